@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fitsketch-installed
+
+.PHONY: demo test test-all bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of PyTorch first, spelled exactly so, so no multi-GB CUDA build is pulled.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fitsketch demo
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2
+
+test-all: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 -m ''
+
+bench: $(STAMP)
+	$(PY) -m bench all --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

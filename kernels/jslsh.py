@@ -1,0 +1,102 @@
+# JS-LSH (Chen et al., NeurIPS 2019): for a distribution P (rows of sqrt(P) here),
+#     h_j(P) = ceil((a_j . sqrt(P) + b_j) / r),   a_j ~ N(0, I),  b_j ~ U[0, r]
+# ||sqrt(P) - sqrt(Q)||^2 = 2 * Hellinger^2(P, Q), which bounds JS divergence, so nearby
+# distributions collide. K hashes are concatenated into one band key, L bands per partition.
+#
+# The coordinates of P are (aligned feature j, histogram bucket k); the random vector entry
+# a[(j, k), h] is a counter-based normal drawn from (seed, j, k, h), so a target and a source
+# sketched separately see the same a over their aligned features, and only the buckets that
+# occur are ever materialized (gather of the union of buckets, then one dense matmul).
+# Arithmetic is IEEE fp32 (TF32 off on GPU) so the CPU and GPU paths give the same buckets
+# (up to values within float rounding of a bucket edge, which the tests bound).
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._device import resolve_device
+from .hashing import mix64, uniform01
+
+
+def gaussian_projection(seed: int, feature: np.ndarray, bucket: np.ndarray, n_hashes: int) -> np.ndarray:
+    """``a`` rows for coordinates ``(feature[i], bucket[i])``: float32 ``(len(feature), n_hashes)``.
+
+    Box-Muller over two counter-based uniforms keyed by (seed, feature, bucket, hash index).
+    """
+    feature = np.asarray(feature, dtype=np.int64).reshape(-1, 1)
+    bucket = np.asarray(bucket, dtype=np.int64).reshape(-1, 1)
+    h = np.arange(n_hashes, dtype=np.int64).reshape(1, -1)
+    u1 = uniform01(feature, bucket, 2 * h, seed=seed)
+    u2 = uniform01(feature, bucket, 2 * h + 1, seed=seed)
+    z = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+    return z.astype(np.float32)
+
+
+def offsets(seed: int, n_hashes: int, r: float) -> np.ndarray:
+    """``b ~ U[0, r]``, float32 ``(n_hashes,)``."""
+    u = uniform01(np.arange(n_hashes, dtype=np.int64), seed=seed ^ 0x5EED)
+    return (u * r).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- PyTorch path
+def _project_torch(sqrt_p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r: float) -> torch.Tensor:
+    """(n, d) fp32 @ (d, h) fp32 -> (n, h) int64 buckets."""
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        v = (sqrt_p @ a + b) / r  # (n, h) fp32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    return torch.ceil(v).to(torch.int64)
+
+
+# ----------------------------------------------------------------------------- NumPy reference
+def project_reference(sqrt_p: np.ndarray, a: np.ndarray, b: np.ndarray, r: float) -> np.ndarray:
+    """The definition: ``ceil((sqrt_p @ a + b) / r)`` in fp32, one row at a time."""
+    sqrt_p = np.asarray(sqrt_p, dtype=np.float32)
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    out = np.zeros((sqrt_p.shape[0], a.shape[1]), dtype=np.int64)
+    for i in range(sqrt_p.shape[0]):
+        v = (sqrt_p[i] @ a + b) / np.float32(r)
+        out[i] = np.ceil(v).astype(np.int64)
+    return out
+
+
+def project(sqrt_p, a, b, r: float, device: str = "auto") -> np.ndarray:
+    """Batched JS-LSH buckets ``ceil((sqrt_p @ a + b) / r)``: int64 ``(n, n_hashes)``."""
+    dev = resolve_device(device)
+    sqrt_p = np.ascontiguousarray(sqrt_p, dtype=np.float32)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    if sqrt_p.ndim != 2 or a.ndim != 2 or sqrt_p.shape[1] != a.shape[0] or b.shape != (a.shape[1],):
+        raise ValueError(f"shapes do not chain: sqrt_p {sqrt_p.shape}, a {a.shape}, b {b.shape}")
+    t = torch.device(dev)
+    if dev == "cuda" and _project_triton is not None:
+        out = _project_triton(torch.from_numpy(sqrt_p).to(t), torch.from_numpy(a).to(t),
+                              torch.from_numpy(b).to(t), float(r))
+    else:
+        out = _project_torch(torch.from_numpy(sqrt_p).to(t), torch.from_numpy(a).to(t),
+                             torch.from_numpy(b).to(t), float(r))
+    return out.cpu().numpy()
+
+
+_project_triton = None  # the Triton kernel lands with the "Kernels" issue
+
+
+def band_keys(hashes: np.ndarray, k: int, n_bands: int) -> np.ndarray:
+    """Concatenate ``k`` consecutive hashes into one int64 key per band: ``(n, n_bands)``.
+
+    ``hashes`` is ``(n, k * n_bands)`` int64. The key mixes the band index in, so equal keys in
+    different bands never collide.
+    """
+    hashes = np.asarray(hashes, dtype=np.int64)
+    n = hashes.shape[0]
+    if hashes.shape[1] != k * n_bands:
+        raise ValueError(f"expected {k * n_bands} hashes per row, got {hashes.shape[1]}")
+    hb = hashes.reshape(n, n_bands, k).view(np.uint64)
+    key = mix64(np.broadcast_to(np.arange(n_bands, dtype=np.uint64), (n, n_bands)))
+    for i in range(k):
+        with np.errstate(over="ignore"):
+            key = mix64(key ^ hb[:, :, i])
+    return key.view(np.int64)
