@@ -1,0 +1,66 @@
+"""fitsketch: which of the models you already have will work best on your data?
+
+    import fitsketch
+    with fitsketch.open("zoo.hub") as hub:
+        hub.add("model-a", train_a, metadata={"accuracy": 0.91})
+        hub.search(my_data, k=5, method="adaptivity")
+"""
+from __future__ import annotations
+
+import os
+
+from . import errors
+from .config import METHODS, SketchConfig
+from .errors import FitsketchError
+from .hub import Entry, Hub, Match
+from .kernels.minhash import minhash as _kernel_minhash
+from .sketch import Sketch, build_sketch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Entry",
+    "FitsketchError",
+    "Hub",
+    "METHODS",
+    "Match",
+    "Sketch",
+    "SketchConfig",
+    "__version__",
+    "errors",
+    "inspect",
+    "minhash",
+    "open",
+    "sketch",
+]
+
+
+def open(path: str | os.PathLike, create: bool = True, *, config: SketchConfig | None = None,
+         readonly: bool = False, device: str = "auto") -> Hub:  # noqa: A001 - the documented name
+    """Open (or create) the hub at ``path``."""
+    return Hub(path, create=create, config=config, readonly=readonly, device=device)
+
+
+def inspect(path: str | os.PathLike) -> dict:
+    """A hub's header (format, seeds, sketch parameters, counts) without loading anything else."""
+    from .storage import inspect as _inspect
+
+    try:
+        return _inspect(path)
+    except Exception as e:
+        raise errors.translate(e) from None
+
+
+def sketch(data, config: SketchConfig | None = None, *, partition_size: int | None = None,
+           feature_names=None, device: str = "auto") -> Sketch:
+    """Sketch ``data`` without a hub (mergeable; register later with ``hub.add_sketch``)."""
+    return build_sketch(data, config or SketchConfig(), partition_size=partition_size,
+                        feature_names=feature_names, device=device)
+
+
+def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto"):
+    """MinHash signatures ``(len(sets), num_perm)`` uint32 of many sets of str / bytes / ints."""
+    try:
+        return _kernel_minhash(sets, num_perm=num_perm, seed=seed, device=device)
+    except Exception as e:
+        raise errors.translate(e) from None

@@ -1,0 +1,82 @@
+"""Sketch and search parameters: hub-level defaults stored in the hub's ``meta``.
+
+Every value here is fixed when the hub is created (sketches of different entries must be
+comparable), except the search thresholds, which are defaults a query can override.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import InvalidArgumentError
+
+METHODS = ("adaptivity", "js", "exact-js", "l2")
+
+
+@dataclass(frozen=True)
+class SketchConfig:
+    seed: int = 0                    # every hash, shuffle and random projection derives from it
+    num_perm: int = 128              # MinHash permutations per feature = lsh_k * lsh_l
+    lsh_k: int = 4                   # MinHash values per LSH band
+    lsh_l: int = 32                  # LSH bands per feature
+    accuracy: float = 0.01           # relative accuracy of the value quantizer behind MinHash sets
+    hist_accuracy: float = 0.1       # relative accuracy of the (coarser) histogram grid
+    hist_bins: int = 64              # hash bins for categorical / text histograms
+    partition_size: int = 500        # rows per partition (m)
+    # JS-LSH: h = ceil((a . sqrt(P) + b) / r); jslsh_k hashes per band, jslsh_l bands
+    jslsh_r: float = 0.5
+    jslsh_k: int = 4
+    jslsh_l: int = 32
+    # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
+    # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
+    feature_threshold: float = 0.5
+    overlap_threshold: float = 0.0
+    match: str = "containment"       # "containment" (of the target in the source) or "jaccard"
+
+    def __post_init__(self):
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
+               "an integer in [0, 2**63)")
+        for name in ("num_perm", "lsh_k", "lsh_l", "hist_bins", "partition_size", "jslsh_k",
+                     "jslsh_l"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v,
+                   "a positive integer")
+        _check(self.num_perm == self.lsh_k * self.lsh_l, "num_perm", self.num_perm,
+               f"lsh_k * lsh_l = {self.lsh_k * self.lsh_l}")
+        for name in ("accuracy", "hist_accuracy"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and 1e-3 <= v <= 0.5, name, v, "a number in [0.001, 0.5]")
+        _check(isinstance(self.jslsh_r, (int, float)) and self.jslsh_r > 0, "jslsh_r", self.jslsh_r,
+               "a positive number")
+        for name in ("feature_threshold", "overlap_threshold"):
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
+        _check(self.match in ("containment", "jaccard"), "match", self.match,
+               "'containment' or 'jaccard'")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SketchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InvalidArgumentError(f"unknown sketch parameters {unknown}: known ones are {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **overrides) -> "SketchConfig":
+        return SketchConfig.from_dict({**self.to_dict(), **overrides})
+
+    def sketch_key(self) -> tuple:
+        """The parameters two sketches must share to be comparable or mergeable."""
+        return (self.seed, self.num_perm, self.lsh_k, self.lsh_l, self.accuracy,
+                self.hist_accuracy, self.hist_bins)
+
+
+QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l")
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise InvalidArgumentError(f"{name}={value!r} is not valid: expected {expected}")

@@ -1,0 +1,96 @@
+"""Reading user data into one shape: a pandas DataFrame with unique string column names.
+
+Accepted: pandas DataFrame, pyarrow Table, NumPy array (2-D, or N-D images flattened to one
+feature per pixel), dict of equal-length columns, or a path to CSV / TSV / Parquet / NPY.
+Files are read by pandas / pyarrow; ``.npy`` with ``allow_pickle=False``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DuplicateFeatureError, EmptyDataError, InvalidArgumentError, UnsupportedDataError
+
+_ACCEPTED = "a pandas DataFrame, a pyarrow Table, a NumPy array, a dict of columns, or a path to .csv/.tsv/.parquet/.npy"
+
+
+def read_path(path: str | os.PathLike) -> pd.DataFrame | np.ndarray:
+    p = Path(path)
+    if not p.exists():
+        raise UnsupportedDataError(f"data path {str(p)!r} does not exist: pass an existing file ({_ACCEPTED})")
+    suffix = "".join(p.suffixes[-2:]).lower() if p.suffix.lower() in (".gz", ".bz2", ".zip", ".xz") else p.suffix.lower()
+    try:
+        if suffix.startswith(".csv"):
+            return pd.read_csv(p)
+        if suffix.startswith(".tsv"):
+            return pd.read_csv(p, sep="\t")
+        if suffix in (".parquet", ".pq"):
+            return pd.read_parquet(p)
+        if suffix == ".npy":
+            return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise UnsupportedDataError(f"could not read {str(p)!r}: {e}") from e
+    raise UnsupportedDataError(f"data path {str(p)!r} has suffix {suffix!r}: use .csv, .tsv, .parquet or .npy")
+
+
+def to_frame(data, feature_names=None) -> pd.DataFrame:
+    """Normalize ``data`` to a DataFrame with unique ``str`` column names; never empty."""
+    if isinstance(data, (str, os.PathLike)):
+        data = read_path(data)
+    if type(data).__module__.startswith("pyarrow") and hasattr(data, "to_pandas"):
+        data = data.to_pandas()
+    if isinstance(data, pd.Series):
+        data = data.to_frame()
+    if isinstance(data, dict):
+        lengths = {k: len(v) if hasattr(v, "__len__") else None for k, v in data.items()}
+        if any(n is None for n in lengths.values()):
+            bad = [k for k, n in lengths.items() if n is None]
+            raise UnsupportedDataError(f"dict data: columns {bad!r} are not sequences: give each column as a list or array")
+        if len(set(lengths.values())) > 1:
+            raise InvalidArgumentError(f"dict data: columns have different lengths {lengths}: give equal-length columns")
+        data = pd.DataFrame({str(k): (np.asarray(v) if isinstance(v, np.ndarray) else list(v)) for k, v in data.items()})
+        if len({str(k) for k in lengths}) != len(lengths):
+            raise DuplicateFeatureError("dict data: two keys have the same string name: rename one")
+    if isinstance(data, np.ndarray):
+        data = _array_to_frame(data, feature_names)
+    elif feature_names is not None:
+        raise InvalidArgumentError("feature_names is only for NumPy arrays: name DataFrame columns directly")
+    if not isinstance(data, pd.DataFrame):
+        raise UnsupportedDataError(f"data of type {type(data).__name__} is not supported: pass {_ACCEPTED}")
+    names = [str(c) for c in data.columns]
+    if len(set(names)) != len(names):
+        dups = sorted({n for n in names if names.count(n) > 1})
+        raise DuplicateFeatureError(f"duplicate column names {dups}: each feature needs a unique name")
+    if data.shape[1] == 0:
+        raise EmptyDataError("data has no columns: give at least one feature")
+    if data.shape[0] == 0:
+        raise EmptyDataError("data has no rows: give at least one row")
+    if list(data.columns) != names:
+        data = data.set_axis(names, axis=1)
+    return data
+
+
+def _array_to_frame(arr: np.ndarray, feature_names) -> pd.DataFrame:
+    if arr.dtype.kind not in "biufOUS":
+        raise UnsupportedDataError(f"array dtype {arr.dtype} is not supported: use numbers or strings")
+    if arr.ndim == 1:
+        raise InvalidArgumentError(
+            f"1-D array of shape {arr.shape}: give a 2-D (rows, features) array, e.g. x.reshape(-1, 1)")
+    if arr.ndim == 0:
+        raise InvalidArgumentError("0-D array: give a 2-D (rows, features) array")
+    if arr.ndim > 2:  # images: one feature per pixel position
+        arr = arr.reshape(arr.shape[0], -1)
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise EmptyDataError(f"array of shape {arr.shape} is empty: give at least one row and one feature")
+    if feature_names is None:
+        feature_names = [f"f{i}" for i in range(arr.shape[1])]
+    feature_names = [str(n) for n in feature_names]
+    if len(feature_names) != arr.shape[1]:
+        raise InvalidArgumentError(
+            f"feature_names has {len(feature_names)} names for {arr.shape[1]} columns: give one name per column")
+    if len(set(feature_names)) != len(feature_names):
+        raise DuplicateFeatureError("feature_names has duplicates: each feature needs a unique name")
+    return pd.DataFrame(arr, columns=feature_names)

@@ -1,0 +1,177 @@
+"""One error hierarchy for every failure a user can cause, each with a stable ``code``.
+
+Messages name the argument, the value received and the fix. The server sends
+``{"code": ..., "message": ...}`` and the client re-raises the same class via :data:`BY_CODE`.
+Errors raised by the lower layers (``fitsketch.storage``, ``fitsketch.kernels``) are translated
+at the engine boundary by :func:`translate`; the engine classes also inherit from them, so
+``except fitsketch.storage.SchemaError`` keeps working.
+"""
+from __future__ import annotations
+
+from .kernels._device import DeviceError as _KernelDeviceError
+from .storage import errors as _se
+
+
+class FitsketchError(Exception):
+    """Base class of every fitsketch error."""
+
+    code = "error"
+
+
+class InvalidArgumentError(FitsketchError, ValueError):
+    """An argument has the wrong type or value."""
+
+    code = "invalid_argument"
+
+
+class UnsupportedDataError(InvalidArgumentError):
+    """``data`` is of a kind fitsketch cannot read."""
+
+    code = "unsupported_data"
+
+
+class EmptyDataError(InvalidArgumentError):
+    """The data has no rows or no columns."""
+
+    code = "empty_data"
+
+
+class EmptyColumnError(InvalidArgumentError):
+    """A column holds no usable (non-missing) value."""
+
+    code = "empty_column"
+
+
+class DuplicateFeatureError(InvalidArgumentError):
+    """Two columns share one name."""
+
+    code = "duplicate_feature"
+
+
+class NonFiniteError(InvalidArgumentError):
+    """NaN or infinity where only finite values are allowed."""
+
+    code = "non_finite"
+
+
+class DimensionError(InvalidArgumentError):
+    """An array has the wrong number of dimensions or the wrong width."""
+
+    code = "dimension"
+
+
+class UnknownMethodError(InvalidArgumentError):
+    """A search method that does not exist."""
+
+    code = "unknown_method"
+
+
+class NoSharedFeaturesError(FitsketchError):
+    """No entry shares enough features with the query."""
+
+    code = "no_shared_features"
+
+
+class EntryExistsError(FitsketchError):
+    """``add`` with a name that is already registered."""
+
+    code = "entry_exists"
+
+
+class EntryNotFoundError(FitsketchError, KeyError):
+    """``get`` / ``remove`` of a name that is not registered."""
+
+    code = "entry_not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class DeviceError(FitsketchError, _KernelDeviceError):
+    """The requested device is not available."""
+
+    code = "device_unavailable"
+
+
+class SchemaError(FitsketchError, _se.SchemaError):
+    """The hub was written by a format this fitsketch cannot read."""
+
+    code = "schema"
+
+
+class CorruptHubError(FitsketchError, _se.CorruptHubError):
+    """A hub file or record cannot be read."""
+
+    code = "corrupt"
+
+
+class HubNotFoundError(FitsketchError, _se.HubNotFoundError):
+    """No hub at the path and ``create=False``."""
+
+    code = "not_found"
+
+
+class HubBusyError(FitsketchError, _se.HubBusyError):
+    """The hub is already open (in this process) or locked by a server."""
+
+    code = "busy"
+
+
+class CodecError(FitsketchError, _se.CodecError):
+    """A value cannot be stored (not msgpack-able, object arrays...)."""
+
+    code = "codec"
+
+
+class ProtocolError(FitsketchError):
+    """A malformed frame or request on the socket protocol."""
+
+    code = "protocol"
+
+
+class FrameTooLargeError(ProtocolError):
+    """A frame over the configured size limit."""
+
+    code = "frame_too_large"
+
+
+class ConnectionLostError(FitsketchError):
+    """The server closed the connection or did not answer in time."""
+
+    code = "connection"
+
+
+def _all_subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_subclasses(sub)
+
+
+BY_CODE: dict[str, type[FitsketchError]] = {FitsketchError.code: FitsketchError}
+for _cls in _all_subclasses(FitsketchError):
+    BY_CODE.setdefault(_cls.code, _cls)
+
+_LOWER = {
+    _se.SchemaError: SchemaError,
+    _se.CorruptHubError: CorruptHubError,
+    _se.HubNotFoundError: HubNotFoundError,
+    _se.HubBusyError: HubBusyError,
+    _se.CodecError: CodecError,
+    _KernelDeviceError: DeviceError,
+}
+
+
+def translate(exc: BaseException) -> BaseException:
+    """The engine error for a lower-layer error (or ``exc`` itself when there is none)."""
+    if isinstance(exc, FitsketchError):
+        return exc
+    for low, high in _LOWER.items():
+        if isinstance(exc, low):
+            new = high(str(exc))
+            new.__cause__ = exc
+            return new
+    if isinstance(exc, _se.StorageError):
+        new = CorruptHubError(str(exc))
+        new.__cause__ = exc
+        return new
+    return exc

@@ -1,0 +1,439 @@
+"""The hub: a directory holding an LMDB environment of entries and their sketches.
+
+Writes: every ``add`` / ``remove`` is one LMDB transaction covering the entry record, its name,
+its feature signatures, its LSH band keys and its partition histograms, so after a crash the
+hub holds the whole entry or none of it. All validation and sketching happen before the
+transaction opens, so a failed ``add`` leaves the hub exactly as it was.
+
+Reads: ``search`` runs inside one read transaction and sees one consistent snapshot.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import errors as E
+from .config import METHODS, QUERY_PARAMS, SketchConfig
+from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys
+from .minhash import Alignment, align_from_similarity, feature_band_keys, similarity
+from .partitions import aligned_distributions
+from .planner import Plan, Stage, choose_candidate_stage
+from .sketch import Sketch, build_sketch
+from .storage import HubStore, from_u64, u64
+
+log = logging.getLogger(__name__)
+
+ENTRY_FORMAT = 1
+_NAME_MAX = 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered model (or bare dataset) and what the hub knows of its data."""
+    name: str
+    id: int
+    metadata: dict
+    features: list[str]
+    kinds: list[str]
+    n_rows: int
+    n_partitions: int
+    partition_size: int
+    created: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Match:
+    """One search result. ``score`` is higher-is-better for every method; ``evidence`` holds the
+    method's raw numbers; ``features`` the matched (target feature, source feature, similarity)."""
+    name: str
+    score: float
+    method: str
+    overlap: float
+    features: list[tuple[str, str, float]] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["features"] = [list(f) for f in self.features]
+        return d
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX or "\x00" in name:
+        raise E.InvalidArgumentError(
+            f"name={name!r} is not valid: give a non-empty str of at most {_NAME_MAX} UTF-8 bytes without NUL")
+    return name
+
+
+def _check_metadata(metadata) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise E.InvalidArgumentError(
+            f"metadata must be a dict with str keys, got {type(metadata).__name__}: e.g. {{'task': 'em', 'accuracy': 0.9}}")
+    from .storage import pack
+
+    try:
+        pack(metadata)
+    except Exception as e:
+        raise E.CodecError(f"metadata cannot be stored: {e}: use str, numbers, bools, None, lists, dicts, bytes or NumPy arrays") from e
+    return metadata
+
+
+def _dup(entry_id: int, feat: int) -> bytes:
+    return struct.pack(">II", entry_id, feat)
+
+
+class Hub:
+    """A fitsketch hub. Open with :func:`fitsketch.open`; use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, config: SketchConfig | None = None,
+                 readonly: bool = False, device: str = "auto", map_size: int = 1 << 26):
+        if config is not None and not isinstance(config, SketchConfig):
+            raise E.InvalidArgumentError(f"config must be a SketchConfig, got {type(config).__name__}")
+        from .kernels._device import resolve_device
+
+        try:
+            resolve_device(device)
+            self._store = HubStore(path, create=create, readonly=readonly, map_size=map_size)
+        except Exception as e:
+            raise E.translate(e) from None
+        self.path = str(path)
+        self.device = device
+        meta = self._store.meta()
+        if "config" not in meta:
+            if readonly:
+                raise E.CorruptHubError(f"hub at {self.path} has no sketch configuration: open it writable once")
+            cfg = config or SketchConfig()
+            self._store.init_meta({"config": cfg.to_dict(), "next_id": 1, "generation": 0, "n_features": 0})
+            meta = self._store.meta()
+        self.config = SketchConfig.from_dict(meta["config"])
+        if config is not None and config.sketch_key() != self.config.sketch_key():
+            self.close()
+            raise E.InvalidArgumentError(
+                f"hub at {self.path} was created with sketch parameters {self.config.to_dict()}; "
+                "open it without config= (or with the same one), or create a new hub")
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
+            self._store = None
+
+    def __enter__(self) -> "Hub":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Hub({self.path!r}, entries={len(self) if self._store else 'closed'})"
+
+    @property
+    def store(self) -> HubStore:
+        if self._store is None:
+            raise E.InvalidArgumentError("this hub is closed: open it again with fitsketch.open(path)")
+        return self._store
+
+    # ------------------------------------------------------------------ reads
+    def __len__(self) -> int:
+        with self.store.read() as txn:
+            return txn.count("names")
+
+    def __contains__(self, name) -> bool:
+        if not isinstance(name, str):
+            return False
+        with self.store.read() as txn:
+            return txn.exists("names", name.encode("utf-8"))
+
+    def names(self) -> list[str]:
+        with self.store.read() as txn:
+            return [k.decode("utf-8") for k in txn.keys("names")]
+
+    def get(self, name: str) -> Entry:
+        _check_name(name)
+        with self.store.read() as txn:
+            raw = txn.get_raw("names", name.encode("utf-8"))
+            if raw is None:
+                raise E.EntryNotFoundError(f"no entry named {name!r} in hub {self.path}: see hub.names()")
+            return self._entry(txn.get("entries", raw))
+
+    def stats(self) -> dict:
+        meta = self.store.meta()
+        return {"path": self.path, "entries": len(self), "generation": meta.get("generation", 0),
+                "features": meta.get("n_features", 0), "bytes": self.store.env_bytes(),
+                "config": self.config.to_dict()}
+
+    @staticmethod
+    def _entry(rec: dict) -> Entry:
+        if not isinstance(rec, dict) or rec.get("v") != ENTRY_FORMAT:
+            raise E.CorruptHubError(f"entry record has format {rec.get('v') if isinstance(rec, dict) else rec!r}; "
+                                    f"this fitsketch reads {ENTRY_FORMAT}")
+        return Entry(rec["name"], rec["id"], rec["metadata"], list(rec["features"]), list(rec["kinds"]),
+                     rec["n_rows"], rec["n_partitions"], rec["partition_size"], rec["created"])
+
+    # ------------------------------------------------------------------ writes
+    def add(self, name: str, data, *, metadata: dict | None = None, partition_size: int | None = None,
+            feature_names=None, progress: bool = False) -> Entry:
+        """Sketch ``data`` and register it as entry ``name`` in one transaction."""
+        _check_name(name)
+        metadata = _check_metadata(metadata)
+        if name in self:
+            raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
+        sketch = build_sketch(data, self.config, partition_size=partition_size, feature_names=feature_names,
+                              device=self.device, progress=progress)
+        return self.add_sketch(name, sketch, metadata=metadata)
+
+    def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
+        """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
+        _check_name(name)
+        metadata = _check_metadata(metadata)
+        if not isinstance(sketch, Sketch):
+            raise E.InvalidArgumentError(f"sketch must be a fitsketch Sketch, got {type(sketch).__name__}")
+        if tuple(sketch.config_key) != self.config.sketch_key():
+            raise E.InvalidArgumentError(
+                "the sketch was built with other parameters than this hub's: build it with hub.config")
+        bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
+        nonempty = np.nonzero(sketch.signatures[:, 0] != np.uint32(0xFFFFFFFF))[0]
+        created = time.time()
+
+        def write(txn):
+            key = name.encode("utf-8")
+            if txn.exists("names", key):
+                raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
+            eid = int(txn.get("meta", b"next_id"))
+            rec = {"v": ENTRY_FORMAT, "id": eid, "name": name, "metadata": metadata,
+                   "features": sketch.names, "kinds": sketch.kinds, "n_rows": sketch.n_rows,
+                   "n_partitions": sketch.n_partitions, "partition_size": sketch.partition_size,
+                   "sums": sketch.sums, "counts": sketch.counts, "created": created}
+            k = u64(eid)
+            txn.put("entries", k, rec)
+            txn.put_raw("names", key, k)
+            txn.put("signatures", k, {"v": ENTRY_FORMAT, "sig": sketch.signatures})
+            txn.put("histograms", k, {"v": ENTRY_FORMAT, **sketch.hist})
+            for f in nonempty:
+                v = _dup(eid, int(f))
+                for bk in bands[f]:
+                    txn.put_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
+            txn.put("meta", b"next_id", eid + 1)
+            txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
+            txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + sketch.n_features)
+            return self._entry(rec)
+
+        return self._transact(write)
+
+    def remove(self, name: str) -> None:
+        """Delete entry ``name`` and all its sketches in one transaction."""
+        _check_name(name)
+        cfg = self.config
+
+        def write(txn):
+            key = name.encode("utf-8")
+            k = txn.get_raw("names", key)
+            if k is None:
+                raise E.EntryNotFoundError(f"no entry named {name!r} in hub {self.path}: see hub.names()")
+            eid = from_u64(k)
+            rec = txn.get("entries", k)
+            sig = txn.get("signatures", k)["sig"]
+            bands = feature_band_keys(sig, cfg.lsh_k, cfg.lsh_l)
+            for f in range(sig.shape[0]):
+                if sig[f, 0] == np.uint32(0xFFFFFFFF):
+                    continue
+                v = _dup(eid, f)
+                for bk in bands[f]:
+                    txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
+            for db in ("entries", "signatures", "histograms"):
+                txn.delete(db, k)
+            txn.delete("names", key)
+            txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
+            txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
+
+        self._transact(write)
+
+    def _transact(self, fn):
+        try:
+            return self.store.transact(fn)
+        except E.FitsketchError:
+            raise
+        except Exception as e:
+            raise E.translate(e) from None
+
+    # ------------------------------------------------------------------ search
+    def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+               feature_names=None, **overrides) -> list[Match]:
+        """Rank entries by how well their data fits ``data``; see DESIGN.md for the methods."""
+        matches, _ = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
+                                  overrides=overrides)
+        return matches
+
+    def explain(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+                feature_names=None, **overrides) -> Plan:
+        """Run the query and return its plan with estimated and actual counts and times per stage."""
+        _, plan = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
+                               overrides=overrides)
+        return plan
+
+    def _query_config(self, method, k, where, overrides) -> SketchConfig:
+        if method not in METHODS:
+            raise E.UnknownMethodError(f"method={method!r} is not a search method: use one of {', '.join(METHODS)}")
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise E.InvalidArgumentError(f"k={k!r} is not valid: expected a positive integer")
+        if where is not None and not isinstance(where, dict):
+            raise E.InvalidArgumentError(f"where must be a dict of metadata equalities, got {type(where).__name__}")
+        bad = sorted(set(overrides) - set(QUERY_PARAMS))
+        if bad:
+            raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
+        return self.config.replace(**overrides)
+
+    def _search(self, data, *, k, method, where, feature_names, overrides):
+        cfg = self._query_config(method, k, where, overrides)
+        plan = Plan(method, k)
+        with plan.run(Stage("sketch", "quantize + MinHash + partition histograms of the query")) as st:
+            if isinstance(data, Sketch):
+                if tuple(data.config_key) != self.config.sketch_key():
+                    raise E.InvalidArgumentError(
+                        "the query sketch was built with other parameters than this hub's: build it with hub.config")
+                target = data
+            else:
+                target = build_sketch(data, self.config, feature_names=feature_names, device=self.device)
+            st.actual = target.n_partitions
+        with self.store.read() as txn:
+            n_stored = int(txn.get("meta", b"n_features") or 0)
+            n_entries = txn.count("names")
+            if n_entries == 0:
+                return [], plan
+            mode, reason, cost = choose_candidate_stage(n_stored, target.n_features, cfg.lsh_l)
+            with plan.run(Stage("candidates", f"MinHash overlap by {mode}: {reason}; "
+                                f"t2={cfg.feature_threshold} ({cfg.match}), t1={cfg.overlap_threshold}",
+                                estimated=n_entries)) as st:
+                cands = self._candidates(txn, target, cfg, mode, where)
+                st.actual = len(cands)
+            if where:
+                plan.stages.insert(len(plan.stages) - 1, Stage("filter", f"metadata where {where}"))
+            if not cands:
+                raise E.NoSharedFeaturesError(
+                    f"no entry shares features with the query (overlap > {cfg.overlap_threshold} with "
+                    f"feature similarity >= {cfg.feature_threshold} by {cfg.match}"
+                    + (f", metadata {where}" if where else "")
+                    + "): lower feature_threshold / overlap_threshold, or check the columns")
+            with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
+                scored = self._score(txn, target, cands, cfg, method)
+                st.actual = len(scored)
+        with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
+            scored.sort(key=lambda m: (-m.score, -m.evidence.get("_tiebreak", 0.0), -m.overlap, m.name))
+            for m in scored:
+                m.evidence.pop("_tiebreak", None)
+            out = scored[:k]
+            st.actual = len(out)
+        return out, plan
+
+    def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, where: dict | None):
+        """[(entry record, Alignment)] of the entries whose overlap with the target passes t1."""
+        if mode == "scan":
+            ids, sigs = [], []
+            for key, rec in txn.items("signatures"):
+                ids.append(key)
+                sigs.append(rec["sig"])
+        else:
+            bands = feature_band_keys(target.signatures, cfg.lsh_k, cfg.lsh_l)
+            keys = [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]
+            hits = set()
+            for dups in txn.get_dups_many("bands", keys):
+                for v in dups:
+                    hits.add(struct.unpack(">II", v)[0])
+            ids = [u64(e) for e in sorted(hits)]
+            sigs = [txn.get("signatures", key)["sig"] for key in ids]
+        if not ids:
+            return []
+        allsig = np.concatenate(sigs)
+        sim = similarity(target.signatures, allsig, cfg.match)       # (T, all source features)
+        out = []
+        lo = 0
+        for key, s in zip(ids, sigs):
+            hi = lo + s.shape[0]
+            block = sim[:, lo:hi]
+            lo = hi
+            if not (block >= cfg.feature_threshold).any():
+                continue
+            rec = txn.get("entries", key)
+            if where and any(rec["metadata"].get(wk) != wv for wk, wv in where.items()):
+                continue
+            al = align_from_similarity(target.names, rec["features"], block, cfg.feature_threshold)
+            if al.pairs and al.overlap > cfg.overlap_threshold:
+                out.append((rec, al))
+        return out
+
+    def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str) -> list[Match]:
+        n_t = target.n_features
+        t_map = np.arange(n_t, dtype=np.int64)
+        per_dataset = method != "adaptivity"
+        t_dist = aligned_distributions(target.hist, t_map, n_t, per_dataset=per_dataset,
+                                       n_partitions=target.n_partitions)
+        s_dists = []
+        for rec, al in cands:
+            fmap = np.full(len(rec["features"]), -1, dtype=np.int64)
+            for tj, sf, _ in al.pairs:
+                fmap[sf] = tj
+            hist = txn.get("histograms", u64(rec["id"]))
+            s_dists.append(aligned_distributions(hist, fmap, n_t, per_dataset=per_dataset,
+                                                 n_partitions=rec["n_partitions"]))
+        results = []
+        if method in ("adaptivity", "js"):
+            keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
+                                       k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
+            t_keys = keys[offs[0]:offs[1]]
+            s_keys = [keys[offs[i]:offs[i + 1]] for i in range(1, len(offs) - 1)]
+            if method == "adaptivity":
+                for (rec, al), (score, agree, matched) in zip(cands, adaptivity_scores(t_keys, s_keys)):
+                    results.append(self._match(rec, al, target, score, method, {
+                        "matched_partitions": matched, "target_partitions": target.n_partitions,
+                        "source_partitions": rec["n_partitions"], "band_agreement": agree, "_tiebreak": agree}))
+            else:
+                for (rec, al), (score, c) in zip(cands, js_lsh_scores(t_keys, s_keys)):
+                    results.append(self._match(rec, al, target, score, method,
+                                               {"bands_collided": c, "bands": cfg.jslsh_l}))
+        elif method == "exact-js":
+            js = exact_js_scores([t_dist] + s_dists)
+            for (rec, al), v in zip(cands, js):
+                results.append(self._match(rec, al, target, 1.0 - float(v), method, {"js_divergence": float(v)}))
+        elif method == "l2":
+            for (rec, al), sd in zip(cands, s_dists):
+                d = _l2(target, t_dist, rec, al, sd)
+                results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
+        return results
+
+    @staticmethod
+    def _match(rec, al: Alignment, target: Sketch, score: float, method: str, evidence: dict) -> Match:
+        feats = [(target.names[t], rec["features"][s], round(sim, 4)) for t, s, sim in al.pairs]
+        return Match(rec["name"], float(score), method, al.overlap, feats, evidence, rec["metadata"])
+
+
+def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist) -> float:
+    """L2 distance between feature means over aligned features (histograms for non-numeric ones)."""
+    sq = 0.0
+    t_counts, s_counts = target.counts, np.asarray(rec["counts"])
+    t_sums, s_sums = target.sums, np.asarray(rec["sums"])
+    nonnum = []
+    for tj, sf, _ in al.pairs:
+        if t_counts[tj] > 0 and s_counts[sf] > 0:
+            sq += (t_sums[tj] / t_counts[tj] - s_sums[sf] / s_counts[sf]) ** 2
+        else:
+            nonnum.append(tj)
+    if nonnum:
+        n = max(target.n_features, 1)
+        for j in nonnum:
+            tv = {int(kk): v for kk, v in zip(t_dist.key[(t_dist.key >> 32) == j], t_dist.value[(t_dist.key >> 32) == j])}
+            sv = {int(kk): v for kk, v in zip(s_dist.key[(s_dist.key >> 32) == j], s_dist.value[(s_dist.key >> 32) == j])}
+            sq += sum(((tv.get(c, 0.0) - sv.get(c, 0.0)) * n) ** 2 for c in set(tv) | set(sv))
+    return float(np.sqrt(sq))

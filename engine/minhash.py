@@ -1,0 +1,89 @@
+"""Feature overlap (ModelHub Def. 3): which source features match which target features.
+
+A source feature matches a target feature when the MinHash estimate of their bucket sets'
+Jaccard similarity -- or of the containment of the target set in the source set (the LSH
+Ensemble view, better for sets of very different sizes) -- reaches ``feature_threshold`` (t2).
+Matches are made one-to-one, greedily: a pair with the same column name first, then by
+similarity. ``overlap = matched target features / target features``.
+
+Candidate pairs come either from comparing against every stored signature (small hubs) or from
+the banded LSH tables (``lsh_l`` bands of ``lsh_k`` values, one key per band and feature).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels.jslsh import band_keys
+from .kernels.minhash import EMPTY, M32
+
+_CHUNK = 1 << 24  # booleans compared at once
+
+
+def feature_band_keys(sigs: np.ndarray, k: int, l: int) -> np.ndarray:
+    """LSH band keys of feature signatures: ``(n_features, l)`` int64."""
+    return band_keys(np.asarray(sigs, dtype=np.int64), k, l)
+
+
+def _cardinality(sigs: np.ndarray) -> np.ndarray:
+    s = sigs.astype(np.float64)
+    est = s.shape[-1] / np.maximum((s / M32).sum(axis=-1), 1e-12) - 1.0
+    return np.where(sigs[..., 0] == EMPTY, 0.0, np.maximum(est, 1.0))
+
+
+def similarity(t_sigs: np.ndarray, s_sigs: np.ndarray, match: str = "containment") -> np.ndarray:
+    """Estimated similarity of every target feature with every source feature: ``(T, S)``."""
+    t_sigs = np.asarray(t_sigs)
+    s_sigs = np.asarray(s_sigs)
+    T, S, P = t_sigs.shape[0], s_sigs.shape[0], t_sigs.shape[1]
+    jac = np.zeros((T, S), dtype=np.float64)
+    step = max(1, _CHUNK // max(1, S * P))
+    for lo in range(0, T, step):
+        jac[lo:lo + step] = (t_sigs[lo:lo + step, None, :] == s_sigs[None, :, :]).mean(axis=-1)
+    empty = (t_sigs[:, 0] == EMPTY)[:, None] | (s_sigs[:, 0] == EMPTY)[None, :]
+    jac[empty] = 0.0
+    if match == "jaccard":
+        return jac
+    nt = _cardinality(t_sigs)[:, None]
+    ns = _cardinality(s_sigs)[None, :]
+    inter = jac * (nt + ns) / (1.0 + jac)
+    return np.where(nt > 0, np.clip(inter / np.maximum(nt, 1e-12), 0.0, 1.0), 0.0)
+
+
+@dataclass
+class Alignment:
+    pairs: list[tuple[int, int, float]]   # (target feature, source feature, similarity)
+    n_target: int
+
+    @property
+    def overlap(self) -> float:
+        return len(self.pairs) / self.n_target if self.n_target else 0.0
+
+
+def align(t_names: list[str], t_sigs: np.ndarray, s_names: list[str], s_sigs: np.ndarray,
+          threshold: float, match: str = "containment") -> Alignment:
+    """Greedy one-to-one matching of target features to source features."""
+    return align_from_similarity(t_names, s_names, similarity(t_sigs, s_sigs, match), threshold)
+
+
+def align_from_similarity(t_names: list[str], s_names: list[str], sim: np.ndarray,
+                          threshold: float) -> Alignment:
+    """Greedy one-to-one matching given the (T, S) similarity matrix."""
+    ti, si = np.nonzero(sim >= threshold)
+    if len(ti) == 0:
+        return Alignment([], len(t_names))
+    same = np.array([t_names[a] == s_names[b] for a, b in zip(ti, si)], dtype=bool)
+    order = np.lexsort((si, ti, -sim[ti, si], ~same))
+    used_t: set[int] = set()
+    used_s: set[int] = set()
+    pairs = []
+    for o in order:
+        a, b = int(ti[o]), int(si[o])
+        if a in used_t or b in used_s:
+            continue
+        used_t.add(a)
+        used_s.add(b)
+        pairs.append((a, b, float(sim[a, b])))
+    pairs.sort()
+    return Alignment(pairs, len(t_names))

@@ -1,0 +1,65 @@
+"""Query plans: the stages a search runs, chosen from hub statistics, printable (``explain``).
+
+A plan is built before the query runs (with estimated candidate counts and costs) and filled
+in while it runs (actual counts and time per stage), like SQL's EXPLAIN ANALYZE.
+
+Stages: metadata filter -> candidate stage (MinHash overlap, by scanning every stored feature
+signature or through the banded LSH tables) -> scoring (adaptivity / js / exact-js / l2) ->
+rerank and cut to k. The candidate stage scans when the hub holds few features (the scan is
+exact and cheaper than ``n_target_features * lsh_l`` random lookups plus verification) and uses
+the LSH tables otherwise.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+SCAN_FEATURE_LIMIT = 50_000  # stored features up to which the candidate stage scans them all
+
+
+@dataclass
+class Stage:
+    name: str
+    detail: str
+    estimated: int | None = None     # estimated rows (entries or features) out of this stage
+    actual: int | None = None
+    ms: float | None = None
+
+
+@dataclass
+class Plan:
+    method: str
+    k: int
+    stages: list[Stage] = field(default_factory=list)
+
+    @contextmanager
+    def run(self, stage: Stage):
+        self.stages.append(stage)
+        t0 = time.perf_counter()
+        try:
+            yield stage
+        finally:
+            stage.ms = (time.perf_counter() - t0) * 1e3
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "k": self.k,
+                "stages": [dict(s.__dict__) for s in self.stages]}
+
+    def __str__(self) -> str:
+        lines = [f"plan: method={self.method} k={self.k}"]
+        for i, s in enumerate(self.stages):
+            est = "-" if s.estimated is None else str(s.estimated)
+            act = "-" if s.actual is None else str(s.actual)
+            ms = "-" if s.ms is None else f"{s.ms:.2f} ms"
+            lines.append(f"  {i + 1}. {s.name:<12} {s.detail}  (estimated {est}, actual {act}, {ms})")
+        return "\n".join(lines)
+
+
+def choose_candidate_stage(n_stored_features: int, n_target_features: int, lsh_l: int) -> tuple[str, str, int]:
+    """``("scan" | "lsh", reason, estimated cost in signature comparisons or lookups)``."""
+    scan_cost = n_stored_features * n_target_features
+    lsh_cost = n_target_features * lsh_l
+    if n_stored_features <= SCAN_FEATURE_LIMIT:
+        return "scan", f"{n_stored_features} stored features <= {SCAN_FEATURE_LIMIT}: exact scan", scan_cost
+    return "lsh", f"{n_stored_features} stored features: {lsh_cost} LSH band lookups", lsh_cost

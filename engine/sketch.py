@@ -1,0 +1,132 @@
+"""A dataset's sketch: everything fitsketch keeps of it, mergeable, independent of any hub.
+
+* ``signatures`` (n_features, num_perm) uint32 -- MinHash of each feature's bucket set; merge: min
+* ``hist`` -- sparse per-partition histograms, COO sorted by (part, feat, bucket); merge: the
+  partitions of the second sketch follow those of the first
+* ``sums``, ``counts`` -- per numeric feature, for feature means; merge: sum
+* ``n_rows``; merge: sum
+
+Rows are shuffled with a generator seeded by the hub seed, then cut into partitions of
+``partition_size`` rows (the last one may be shorter), so partitions are samples of the data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import SketchConfig
+from .data import to_frame
+from .errors import InvalidArgumentError
+from .kernels.minhash import minhash_csr
+from .quantize import Column, quantize_column
+
+SKETCH_FORMAT = 1
+
+
+@dataclass
+class Sketch:
+    config_key: tuple
+    partition_size: int
+    names: list[str]
+    kinds: list[str]
+    signatures: np.ndarray                 # (n_features, num_perm) uint32
+    sums: np.ndarray                       # (n_features,) float64
+    counts: np.ndarray                     # (n_features,) int64
+    n_rows: int
+    n_partitions: int
+    hist: dict = field(repr=False)         # part, feat, bucket: int32 (nnz,); count: uint32 (nnz,)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    def merge(self, other: "Sketch") -> "Sketch":
+        """The sketch of the rows of ``self`` followed by the rows of ``other``."""
+        if not isinstance(other, Sketch):
+            raise InvalidArgumentError(f"can only merge a Sketch with a Sketch, not {type(other).__name__}")
+        if tuple(other.config_key) != tuple(self.config_key) or other.partition_size != self.partition_size:
+            raise InvalidArgumentError(
+                "sketches were built with different parameters (seed, num_perm, quantizer or partition size): "
+                "build both with the same SketchConfig")
+        if other.names != self.names or other.kinds != self.kinds:
+            raise InvalidArgumentError(
+                f"sketches have different features: {list(zip(self.names, self.kinds))} vs "
+                f"{list(zip(other.names, other.kinds))}: merge sketches of the same columns")
+        hist = {k: np.concatenate([self.hist[k], other.hist[k]]) for k in ("part", "feat", "bucket", "count")}
+        hist["part"][len(self.hist["part"]):] += self.n_partitions
+        return Sketch(self.config_key, self.partition_size, list(self.names), list(self.kinds),
+                      np.minimum(self.signatures, other.signatures), self.sums + other.sums,
+                      self.counts + other.counts, self.n_rows + other.n_rows,
+                      self.n_partitions + other.n_partitions, hist)
+
+    def totals(self) -> dict:
+        """Histograms summed over partitions: ``feat``, ``bucket``, ``count`` sorted by (feat, bucket)."""
+        key = self.hist["feat"].astype(np.int64) * (1 << 32) + (self.hist["bucket"].astype(np.int64) + (1 << 31))
+        uniq, inv = np.unique(key, return_inverse=True)
+        counts = np.bincount(inv, weights=self.hist["count"].astype(np.float64), minlength=len(uniq))
+        return {"feat": (uniq >> 32).astype(np.int32), "bucket": ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
+                "count": counts.astype(np.uint64)}
+
+    def to_record(self) -> dict:
+        return {"v": SKETCH_FORMAT, "config_key": list(self.config_key), "partition_size": self.partition_size,
+                "names": self.names, "kinds": self.kinds, "signatures": self.signatures,
+                "sums": self.sums, "counts": self.counts, "n_rows": self.n_rows,
+                "n_partitions": self.n_partitions, "hist": self.hist}
+
+
+def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
+                 device: str = "auto", progress: bool = False, shuffle: bool = True) -> Sketch:
+    """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``."""
+    m = config.partition_size if partition_size is None else partition_size
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise InvalidArgumentError(f"partition_size={m!r} is not valid: expected a positive integer")
+    df = to_frame(data, feature_names)
+    n = len(df)
+    cols: list[Column] = []
+    it = df.items()
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, total=df.shape[1], desc="sketching features", unit="feature", leave=False)
+    for name, col in it:
+        cols.append(quantize_column(name, col, config))
+    # MinHash of every feature's bucket set in one batched call
+    lengths = np.array([len(c.set_elems) for c in cols], dtype=np.int64)
+    offsets = np.zeros(len(cols) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate([c.set_elems for c in cols]) if cols else np.zeros(0, np.int64)
+    sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device)
+    # partitions: a seeded shuffle, then blocks of m rows
+    if shuffle:
+        order = np.random.Generator(np.random.PCG64(config.seed)).permutation(n)
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n, dtype=np.int64)
+    else:
+        position = np.arange(n, dtype=np.int64)
+    part_of_row = position // m
+    n_parts = int((n + m - 1) // m)
+    parts, feats, buckets, counts = [], [], [], []
+    for f, c in enumerate(cols):
+        key = part_of_row[c.rows] * (1 << 32) + (c.hist.astype(np.int64) + (1 << 31))
+        uniq, cnt = np.unique(key, return_counts=True)
+        parts.append((uniq >> 32).astype(np.int32))
+        buckets.append(((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32))
+        feats.append(np.full(len(uniq), f, dtype=np.int32))
+        counts.append(cnt.astype(np.uint32))
+    hist = {"part": np.concatenate(parts), "feat": np.concatenate(feats),
+            "bucket": np.concatenate(buckets), "count": np.concatenate(counts)}
+    order = np.lexsort((hist["bucket"], hist["feat"], hist["part"]))
+    hist = {k: v[order] for k, v in hist.items()}
+    return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
+                  np.array([c.total for c in cols], dtype=np.float64),
+                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist)
+
+
+def sketch_from_record(rec: dict) -> Sketch:
+    if rec.get("v") != SKETCH_FORMAT:
+        raise InvalidArgumentError(f"sketch record format {rec.get('v')!r} is not {SKETCH_FORMAT}")
+    return Sketch(tuple(rec["config_key"]), int(rec["partition_size"]), list(rec["names"]), list(rec["kinds"]),
+                  np.asarray(rec["signatures"], dtype=np.uint32), np.asarray(rec["sums"], dtype=np.float64),
+                  np.asarray(rec["counts"], dtype=np.int64), int(rec["n_rows"]), int(rec["n_partitions"]),
+                  {k: np.asarray(v) for k, v in rec["hist"].items()})

@@ -1,0 +1,295 @@
+"""The hub end to end: add / get / remove / search, persistence, atomicity, every error."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import fitsketch
+from fitsketch import errors as E
+from fitsketch.config import SketchConfig
+from fitsketch.storage import DBS
+
+
+def frame(rng, n=120, shift=0.0, names=("a", "b", "c")):
+    return pd.DataFrame({names[0]: rng.normal(shift, 1.0, n), names[1]: rng.integers(0, 10, n) + int(shift),
+                         names[2]: rng.choice(["red", "green", "blue", "cyan"], n)})
+
+
+def dump(path) -> dict:
+    """Every key and value of every named database: the hub's logical content."""
+    import lmdb
+
+    env = lmdb.open(os.path.join(path, "hub.lmdb"), subdir=False, readonly=True, lock=False, max_dbs=16)
+    out = {}
+    with env.begin() as txn:
+        for name in DBS:
+            try:
+                db = env.open_db(name.encode(), txn=txn, create=False)
+            except lmdb.NotFoundError:
+                continue
+            out[name] = list(txn.cursor(db).iternext(keys=True, values=True))
+    env.close()
+    return out
+
+
+@pytest.fixture
+def hub(tmp_path):
+    with fitsketch.open(tmp_path / "hub", config=SketchConfig(partition_size=40)) as h:
+        yield h
+
+
+def test_public_surface_is_pinned():
+    assert sorted(fitsketch.__all__) == sorted([
+        "Entry", "FitsketchError", "Hub", "METHODS", "Match", "Sketch", "SketchConfig", "__version__",
+        "connect", "errors", "inspect", "minhash", "open", "sketch"])
+    for name in fitsketch.__all__:
+        assert hasattr(fitsketch, name)
+
+
+def test_add_get_names_len_contains_remove(hub):
+    rng = np.random.default_rng()
+    e = hub.add("m1", frame(rng), metadata={"task": "demo", "accuracy": 0.9})
+    assert (e.name, e.n_rows, e.features, e.n_partitions) == ("m1", 120, ["a", "b", "c"], 3)
+    assert e.kinds == ["numeric", "numeric", "categorical"]
+    hub.add("m2", frame(rng, shift=3))
+    assert len(hub) == 2 and hub.names() == ["m1", "m2"] and "m1" in hub and "zz" not in hub
+    assert hub.get("m1").metadata == {"task": "demo", "accuracy": 0.9}
+    hub.remove("m1")
+    assert hub.names() == ["m2"] and "m1" not in hub
+    with pytest.raises(E.EntryNotFoundError, match="m1"):
+        hub.get("m1")
+
+
+def test_search_ranks_the_matching_distribution_first(hub):
+    rng = np.random.default_rng()
+    for i, shift in enumerate([0.0, 4.0, 8.0]):
+        hub.add(f"s{i}", frame(rng, 400, shift))
+    q = frame(rng, 200, 4.0)
+    for method in fitsketch.METHODS:
+        res = hub.search(q, k=3, method=method)
+        assert res[0].name == "s1", (method, [(m.name, m.score) for m in res])
+        assert res[0].method == method and res[0].overlap == 1.0
+        assert [t for t, s, _ in res[0].features] == ["a", "b", "c"]
+    res = hub.search(q, k=1)
+    assert len(res) == 1
+    ev = res[0].evidence
+    assert ev["target_partitions"] == 5 and 0 <= ev["matched_partitions"] <= 5
+
+
+def test_remove_clears_every_sketch_and_band_key(tmp_path):
+    rng = np.random.default_rng()
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add("keep", frame(rng))
+    before = dump(path)
+    with fitsketch.open(path) as hub:
+        hub.add("gone", frame(rng, shift=2))
+        hub.remove("gone")
+    after = dump(path)
+    meta_keys = lambda d: {k for k, _ in d["meta"]}  # noqa: E731
+    for name in DBS:
+        if name == "meta":
+            assert meta_keys(before) == meta_keys(after)
+            continue
+        assert before.get(name) == after.get(name), name
+
+
+def test_persistence_close_reopen_identical_results(tmp_path):
+    rng = np.random.default_rng()
+    data = {f"s{i}": frame(rng, 200, i * 1.5) for i in range(4)}
+    q = frame(rng, 150, 1.5)
+    path = tmp_path / "p"
+    with fitsketch.open(path, config=SketchConfig(partition_size=50)) as hub:
+        for name, df in data.items():
+            hub.add(name, df)
+        before = {m: [x.to_dict() for x in hub.search(q, method=m)] for m in fitsketch.METHODS}
+    with fitsketch.open(path, create=False) as hub:
+        assert hub.config.partition_size == 50
+        after = {m: [x.to_dict() for x in hub.search(q, method=m)] for m in fitsketch.METHODS}
+    assert before == after
+
+
+def test_same_seed_same_results_in_two_hubs(tmp_path):
+    rng = np.random.default_rng()
+    data = {f"s{i}": frame(rng, 150, i) for i in range(3)}
+    q = frame(rng, 100, 1)
+    results = []
+    for name in ("h1", "h2"):
+        with fitsketch.open(tmp_path / name, config=SketchConfig(seed=7, partition_size=30)) as hub:
+            for n, df in data.items():
+                hub.add(n, df)
+            results.append([x.to_dict() for x in hub.search(q)])
+    assert results[0] == results[1]
+
+
+def test_lsh_candidate_stage_agrees_with_scan(hub, monkeypatch):
+    rng = np.random.default_rng()
+    for i in range(5):
+        hub.add(f"s{i}", frame(rng, 100, i, names=("a", "b", "c") if i % 2 else ("u", "v", "w")))
+    q = frame(rng, 100, 2)
+    scan = hub.search(q, k=5, method="exact-js")
+    import fitsketch.planner as planner
+
+    monkeypatch.setattr(planner, "SCAN_FEATURE_LIMIT", 0)
+    plan = hub.explain(q, k=5, method="exact-js")
+    assert "lsh" in plan.stages[1].detail
+    lsh = hub.search(q, k=5, method="exact-js")
+    # same-value features collide in the band tables, so LSH finds the entries the scan found
+    assert [m.name for m in lsh] == [m.name for m in scan]
+
+
+def test_where_filters_on_metadata(hub):
+    rng = np.random.default_rng()
+    hub.add("x", frame(rng), metadata={"task": "a"})
+    hub.add("y", frame(rng), metadata={"task": "b"})
+    res = hub.search(frame(rng), where={"task": "b"})
+    assert [m.name for m in res] == ["y"]
+    with pytest.raises(E.NoSharedFeaturesError):
+        hub.search(frame(rng), where={"task": "nope"})
+
+
+def test_explain_reports_stages_with_counts(hub):
+    rng = np.random.default_rng()
+    hub.add("x", frame(rng))
+    plan = hub.explain(frame(rng), k=1)
+    names = [s.name for s in plan.stages]
+    assert names == ["sketch", "candidates", "score", "rerank"]
+    assert plan.stages[1].actual == 1 and plan.stages[3].actual == 1
+    assert all(s.ms is not None and s.ms >= 0 for s in plan.stages)
+    assert "candidates" in str(plan)
+
+
+def test_search_accepts_a_prebuilt_sketch(hub):
+    rng = np.random.default_rng()
+    hub.add("x", frame(rng))
+    q = frame(rng)
+    a = hub.search(q)
+    b = hub.search(fitsketch.sketch(q, hub.config))
+    assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
+
+
+def test_inspect_reads_header_only(tmp_path):
+    rng = np.random.default_rng()
+    with fitsketch.open(tmp_path / "i", config=SketchConfig(seed=11)) as hub:
+        hub.add("x", frame(rng))
+    info = fitsketch.inspect(tmp_path / "i")
+    assert info["format"] == 1 and info["entries"] == 1 and info["config"]["seed"] == 11
+
+
+def test_input_kinds_give_the_same_sketch(tmp_path):
+    rng = np.random.default_rng()
+    arr = rng.normal(size=(80, 3))
+    names = ["p", "q", "r"]
+    df = pd.DataFrame(arr, columns=names)
+    csv, pq, npy = tmp_path / "d.csv", tmp_path / "d.parquet", tmp_path / "d.npy"
+    df.to_csv(csv, index=False)
+    df.to_parquet(pq)
+    np.save(npy, arr)
+    import pyarrow as pa
+
+    ref = fitsketch.sketch(df)
+    variants = [fitsketch.sketch(arr, feature_names=names), fitsketch.sketch({n: arr[:, i] for i, n in enumerate(names)}),
+                fitsketch.sketch(pa.Table.from_pandas(df)), fitsketch.sketch(str(pq)),
+                fitsketch.sketch(npy, feature_names=None)]
+    for v in variants[:4]:
+        assert v.names == names and np.array_equal(v.signatures, ref.signatures)
+    assert np.array_equal(variants[4].signatures, ref.signatures)  # same values, names f0..f2
+    # CSV round-trips floats through text: equal up to the quantizer's buckets
+    assert np.array_equal(fitsketch.sketch(str(csv)).signatures, ref.signatures)
+
+
+# ------------------------------------------------------------------ errors leave the hub unchanged
+BAD_ADDS = [
+    ("empty rows", lambda rng: pd.DataFrame({"a": []}), E.EmptyDataError),
+    ("no columns", lambda rng: pd.DataFrame(index=range(3)), E.EmptyDataError),
+    ("all-NaN column", lambda rng: pd.DataFrame({"a": [1.0, 2.0], "b": [np.nan, np.nan]}), E.EmptyColumnError),
+    ("all-missing text", lambda rng: pd.DataFrame({"a": [1, 2], "t": [None, None]}), E.EmptyColumnError),
+    ("duplicate columns", lambda rng: pd.DataFrame([[1, 2]], columns=["a", "a"]), E.DuplicateFeatureError),
+    ("1-D array", lambda rng: rng.normal(size=5), E.InvalidArgumentError),
+    ("wrong type", lambda rng: 42, E.UnsupportedDataError),
+    ("missing file", lambda rng: "/nonexistent/file.csv", E.UnsupportedDataError),
+    ("bad suffix", lambda rng: __file__, E.UnsupportedDataError),
+    ("ragged dict", lambda rng: {"a": [1, 2], "b": [1]}, E.InvalidArgumentError),
+]
+
+
+@pytest.mark.parametrize("label,make,err", BAD_ADDS, ids=[b[0] for b in BAD_ADDS])
+def test_bad_add_raises_named_error_and_leaves_hub_unchanged(tmp_path, label, make, err):
+    rng = np.random.default_rng()
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add("existing", frame(rng))
+    before = dump(path)
+    with fitsketch.open(path) as hub:
+        with pytest.raises(err) as info:
+            hub.add("new", make(rng))
+        assert isinstance(info.value, fitsketch.FitsketchError)
+        assert len(str(info.value)) > 20
+    assert dump(path) == before
+
+
+def test_other_errors(tmp_path):
+    rng = np.random.default_rng()
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add("x", frame(rng))
+    before = dump(path)
+    with fitsketch.open(path) as hub:
+        with pytest.raises(E.EntryExistsError, match="'x' exists"):
+            hub.add("x", frame(rng))
+        with pytest.raises(E.InvalidArgumentError, match="name="):
+            hub.add("", frame(rng))
+        with pytest.raises(E.CodecError):
+            hub.add("y", frame(rng), metadata={"f": object()})
+        with pytest.raises(E.InvalidArgumentError, match="metadata"):
+            hub.add("y", frame(rng), metadata=["not", "a", "dict"])
+        with pytest.raises(E.UnknownMethodError, match="adaptivity"):
+            hub.search(frame(rng), method="magic")
+        with pytest.raises(E.InvalidArgumentError, match="k="):
+            hub.search(frame(rng), k=0)
+        with pytest.raises(E.InvalidArgumentError, match="unknown search parameters"):
+            hub.search(frame(rng), bogus=1)
+        with pytest.raises(E.InvalidArgumentError, match="feature_threshold"):
+            hub.search(frame(rng), feature_threshold=2.0)
+        with pytest.raises(E.NoSharedFeaturesError, match="lower feature_threshold"):
+            hub.search(pd.DataFrame({"z": [f"unseen-{i}" for i in range(50)]}))
+        with pytest.raises(E.EntryNotFoundError):
+            hub.remove("nope")
+        if not torch.cuda.is_available():
+            with pytest.raises(E.DeviceError, match="cuda"):
+                fitsketch.open(tmp_path / "other", device="cuda")
+            assert not (tmp_path / "other").exists()
+    assert dump(path) == before
+    with pytest.raises(E.HubNotFoundError):
+        fitsketch.open(tmp_path / "missing", create=False)
+    with pytest.raises(E.InvalidArgumentError, match="sketch parameters"):
+        fitsketch.open(path, config=SketchConfig(seed=99))
+
+
+def test_newer_format_is_refused_with_both_versions(tmp_path):
+    import lmdb
+
+    from fitsketch.storage import FORMAT_VERSION, pack
+
+    path = tmp_path / "h"
+    fitsketch.open(path).close()
+    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, max_dbs=16)
+    db = env.open_db(b"meta")
+    with env.begin(write=True, db=db) as txn:
+        txn.put(b"format", pack(FORMAT_VERSION + 1))
+    env.close()
+    with pytest.raises(E.SchemaError) as info:
+        fitsketch.open(path)
+    assert str(FORMAT_VERSION + 1) in str(info.value) and str(FORMAT_VERSION) in str(info.value)
+    with pytest.raises(E.SchemaError):
+        fitsketch.inspect(path)
+
+
+def test_hub_open_twice_in_one_process_is_refused_clearly(tmp_path):
+    with fitsketch.open(tmp_path / "h"):
+        with pytest.raises(E.HubBusyError):
+            fitsketch.open(tmp_path / "h")
