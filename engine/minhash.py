@@ -69,21 +69,24 @@ def align(t_names: list[str], t_sigs: np.ndarray, s_names: list[str], s_sigs: np
 
 def align_from_similarity(t_names: list[str], s_names: list[str], sim: np.ndarray,
                           threshold: float) -> Alignment:
-    """Greedy one-to-one matching given the (T, S) similarity matrix."""
-    ti, si = np.nonzero(sim >= threshold)
-    if len(ti) == 0:
+    """One-to-one matching given the (T, S) similarity matrix.
+
+    Among pairs with similarity >= ``threshold``, the assignment maximizing the total
+    similarity plus a bonus of 1 for every pair with the same column name (Hungarian
+    algorithm, scipy's ``linear_sum_assignment``): a greedy match can let one strong wrong pair
+    take a column that two right pairs needed.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    ok = sim >= threshold
+    if not ok.any():
         return Alignment([], len(t_names))
-    same = np.array([t_names[a] == s_names[b] for a, b in zip(ti, si)], dtype=bool)
-    order = np.lexsort((si, ti, -sim[ti, si], ~same))
-    used_t: set[int] = set()
-    used_s: set[int] = set()
-    pairs = []
-    for o in order:
-        a, b = int(ti[o]), int(si[o])
-        if a in used_t or b in used_s:
-            continue
-        used_t.add(a)
-        used_s.add(b)
-        pairs.append((a, b, float(sim[a, b])))
+    rows = np.flatnonzero(ok.any(axis=1))
+    cols = np.flatnonzero(ok.any(axis=0))
+    sub = sim[np.ix_(rows, cols)]
+    same = np.array([[t_names[a] == s_names[b] for b in cols] for a in rows], dtype=bool)
+    gain = np.where(ok[np.ix_(rows, cols)], sub + same, -1.0)
+    ri, ci = linear_sum_assignment(gain, maximize=True)
+    pairs = [(int(rows[a]), int(cols[b]), float(sub[a, b])) for a, b in zip(ri, ci) if gain[a, b] >= 0]
     pairs.sort()
     return Alignment(pairs, len(t_names))

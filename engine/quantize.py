@@ -11,6 +11,11 @@ parameters, never on the data:
 * categorical values and text tokens: a seeded 64-bit hash (pandas' SipHash), folded to
   ``hist_bins`` bins for histograms (plus one bin for missing values).
 
+The MinHash set of every string column (categorical or text) is its set of lower-cased word
+tokens, so two columns of the same values match even when one was detected as categorical
+("SIGMOD Record") and the other as text ("International Conference on Management of Data");
+histograms keep the distinction (whole values for categorical, tokens for text).
+
 Each column becomes a :class:`Column`: the set of its fine buckets (MinHash elements, 32-bit),
 and one coarse histogram bucket per occurrence (a row for numbers and categories, a token for
 text) with the row it came from.
@@ -114,16 +119,22 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         h[~missing] = hash_tokens(np.array([str(x) for x in values[~missing]], dtype=object), config.seed)
         hist = (h % np.uint64(config.hist_bins)).astype(np.int32)
         hist[missing] = config.hist_bins  # one extra bin for missing values
-        elems = np.unique(to_u32(h[~missing]))
+        _, tok_hash = _tokens(col, missing, config.seed)
+        elems = np.unique(to_u32(tok_hash)) if tok_hash.size else np.unique(to_u32(h[~missing]))
         return Column(name, kind, elems, rows, hist, 0.0, 0)
     if kind == "text":
-        toks = col.astype(object).where(~missing, "").astype(str).str.lower().str.findall(r"\w+")
-        lengths = toks.str.len().to_numpy(dtype=np.int64)
-        flat = np.array([t for ts in toks for t in ts], dtype=object)
-        if flat.size == 0:
+        rows, h = _tokens(col, missing, config.seed)
+        if h.size == 0:
             raise EmptyColumnError(f"text column {name!r} has no word tokens: drop it or fill it")
-        rows = np.repeat(np.arange(n, dtype=np.int64), lengths)
-        h = hash_tokens(flat, config.seed)
         return Column(name, kind, np.unique(to_u32(h)), rows,
                       (h % np.uint64(config.hist_bins)).astype(np.int32), 0.0, 0)
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _tokens(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower-cased word tokens of a string column: (row of each token, token hash)."""
+    toks = col.astype(object).where(~missing, "").astype(str).str.lower().str.findall(r"\w+")
+    lengths = toks.str.len().to_numpy(dtype=np.int64)
+    flat = np.array([t for ts in toks for t in ts], dtype=object)
+    rows = np.repeat(np.arange(len(col), dtype=np.int64), lengths)
+    return rows, hash_tokens(flat, seed)
