@@ -68,6 +68,25 @@ class Sketch:
         return {"feat": (uniq >> 32).astype(np.int32), "bucket": ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
                 "count": counts.astype(np.uint64)}
 
+    def to_bytes(self) -> bytes:
+        """Versioned msgpack bytes (NumPy arrays as a msgpack extension; never pickle)."""
+        from .storage import pack
+
+        return pack(self.to_record())
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Sketch":
+        from .errors import translate
+        from .storage import unpack
+
+        try:
+            rec = unpack(data)
+        except Exception as e:
+            raise translate(e) from None
+        if not isinstance(rec, dict):
+            raise InvalidArgumentError("bytes do not hold a fitsketch sketch record")
+        return sketch_from_record(rec)
+
     def to_record(self) -> dict:
         return {"v": SKETCH_FORMAT, "config_key": list(self.config_key), "partition_size": self.partition_size,
                 "names": self.names, "kinds": self.kinds, "signatures": self.signatures,
@@ -125,7 +144,14 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
 
 def sketch_from_record(rec: dict) -> Sketch:
     if rec.get("v") != SKETCH_FORMAT:
-        raise InvalidArgumentError(f"sketch record format {rec.get('v')!r} is not {SKETCH_FORMAT}")
+        from .errors import SchemaError
+
+        raise SchemaError(f"sketch record has format {rec.get('v')!r}; this fitsketch reads {SKETCH_FORMAT}: "
+                          "upgrade fitsketch or rebuild the sketch")
+    missing = {"config_key", "partition_size", "names", "kinds", "signatures", "sums", "counts", "n_rows",
+               "n_partitions", "hist"} - set(rec)
+    if missing:
+        raise InvalidArgumentError(f"sketch record lacks {sorted(missing)}: it is not a complete fitsketch sketch")
     return Sketch(tuple(rec["config_key"]), int(rec["partition_size"]), list(rec["names"]), list(rec["kinds"]),
                   np.asarray(rec["signatures"], dtype=np.uint32), np.asarray(rec["sums"], dtype=np.float64),
                   np.asarray(rec["counts"], dtype=np.int64), int(rec["n_rows"]), int(rec["n_partitions"]),

@@ -82,7 +82,7 @@ def random_frame(rng, n: int) -> pd.DataFrame:
         "x": rng.standard_normal(n) * 100,
         "k": rng.integers(0, 20, n),
         "cat": rng.choice(words, n),
-        "txt": [" ".join(rng.choice(words, rng.integers(2, 6))) for _ in range(n)],
+        "txt": [" ".join(rng.choice(words, rng.integers(3, 7))) for _ in range(n)],  # > 2.5 tokens: text
     })
 
 
@@ -307,3 +307,21 @@ def test_sketch_is_deterministic_under_a_seed():
     for key in x.hist:
         assert np.array_equal(x.hist[key], y.hist[key])
     assert not np.array_equal(x.signatures, z.signatures)
+
+
+def test_sketch_bytes_round_trip_and_version_check():
+    rng = fresh_rng()
+    sk = fitsketch.sketch(random_frame(rng, 53), partition_size=10)
+    back = fitsketch.Sketch.from_bytes(sk.to_bytes())
+    assert back.names == sk.names and back.kinds == sk.kinds and back.config_key == tuple(sk.config_key)
+    assert np.array_equal(back.signatures, sk.signatures) and back.signatures.dtype == np.uint32
+    for key in sk.hist:
+        assert np.array_equal(back.hist[key], sk.hist[key])
+    from fitsketch.storage import pack, unpack
+
+    rec = unpack(sk.to_bytes())
+    rec["v"] = 99
+    with pytest.raises(fitsketch.errors.SchemaError, match="99"):
+        fitsketch.Sketch.from_bytes(pack(rec))
+    with pytest.raises(fitsketch.errors.FitsketchError):
+        fitsketch.Sketch.from_bytes(b"\x00garbage")

@@ -1,0 +1,400 @@
+"""``HubStore``: one LMDB environment per hub, with versioned meta, atomic writes, a growing map.
+
+Layout: a hub is a directory; the environment is the single file ``<hub>/hub.lmdb`` (lock file
+``<hub>/hub.lmdb-lock``) holding the named databases in ``DBS``. ``meta`` carries ``format``
+(``FORMAT_VERSION`` at creation), ``created`` (unix time) and the engine's parameters
+(``init_meta``).
+
+Versions: a hub of a newer format is refused (``SchemaError``); an older one is upgraded on a
+writable open by the chain ``MIGRATIONS[v]`` (``_upgrade_v1_to_v2(txn)`` style, v -> v+1, all
+in one write transaction) or refused if the chain is incomplete or the open is read-only.
+
+Concurrency: one write transaction at a time in a process (a lock; LMDB serializes writers
+across processes), any number of concurrent readers across threads and processes. When the
+map is full, ``transact`` aborts, doubles the map once no read transaction of this process is
+active, and re-runs ``fn``. LMDB forbids opening one environment twice in a process, so a
+second ``HubStore`` on an open hub raises ``HubBusyError``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterator, TypeVar
+
+import lmdb
+
+from .codec import unpack
+from .errors import CodecError, CorruptHubError, HubBusyError, HubNotFoundError, SchemaError, StorageError
+from .txn import DBS, DUPSORT_DBS, Txn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE"]
+
+FORMAT_VERSION = 1  # format written by this fitsketch; bump with a MIGRATIONS entry
+ENV_FILE = "hub.lmdb"
+MAX_DBS = 16
+MAX_READERS = 126
+# from-version v -> fn(txn) upgrading a hub from format v to v + 1 (e.g. {1: _upgrade_v1_to_v2})
+MIGRATIONS: dict[int, Callable[[Txn], None]] = {}
+
+T = TypeVar("T")
+_OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
+def _translate(path: str, e: lmdb.Error) -> StorageError:
+    if isinstance(e, (lmdb.LockError, lmdb.ReadersFullError)) or "already open" in str(e):
+        return HubBusyError(f"hub at {path} is busy ({e}); close other handles or retry")
+    return CorruptHubError(
+        f"hub at {path} is not a readable LMDB environment ({type(e).__name__}: {e}); "
+        f"restore it from a backup or remove the directory"
+    )
+
+
+def _check_format(path: str, fmt: Any) -> int:
+    if type(fmt) is not int or fmt < 1:
+        raise SchemaError(
+            f"hub at {path} has unknown format {fmt!r}; this fitsketch reads formats "
+            f"1..{FORMAT_VERSION}: it was not written by fitsketch or is damaged"
+        )
+    if fmt > FORMAT_VERSION:
+        raise SchemaError(
+            f"hub at {path} was written by format {fmt}; this fitsketch reads up to "
+            f"{FORMAT_VERSION}: upgrade fitsketch"
+        )
+    return fmt
+
+
+def _meta_key(k: str) -> bytes:
+    if not isinstance(k, str) or not k:
+        raise ValueError(f"meta keys are non-empty str, got {k!r}")
+    return k.encode("utf-8")
+
+
+class HubStore:
+    """The LMDB environment of one hub directory. See the module docstring."""
+
+    def __init__(self, path: str | os.PathLike, *, create: bool = True, readonly: bool = False,
+                 map_size: int = 1 << 26):
+        self.path = os.path.abspath(os.fspath(path))
+        self.readonly = bool(readonly)
+        self.created = False  # True if this call created the hub
+        self._file = os.path.join(self.path, ENV_FILE)
+        self._env: lmdb.Environment | None = None
+        self._dbs: dict[str, Any] = {}
+        self._write_lock = threading.Lock()
+        self._writer: int | None = None  # thread id inside transact()
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+        self._local = threading.local()  # .n: open read() blocks of this store in this thread
+
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise HubNotFoundError(f"{self.path} is a file; a hub is a directory holding {ENV_FILE}")
+        existed = os.path.isfile(self._file) and os.path.getsize(self._file) > 0
+        if not existed and (not create or readonly):
+            why = "create=False" if not create else "readonly=True cannot create one"
+            raise HubNotFoundError(f"no hub at {self.path} ({why}); create it with create=True")
+        if not existed:
+            os.makedirs(self.path, exist_ok=True)
+        self._key = os.path.realpath(self.path)
+        with _OPEN_LOCK:
+            if _OPEN.get(self._key) is not None:
+                raise HubBusyError(
+                    f"hub at {self.path} is already open in this process; reuse that HubStore "
+                    f"or close() it first (LMDB forbids opening one environment twice)"
+                )
+            _OPEN[self._key] = self
+        try:
+            self._open(existed, map_size)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening ------------------------------------------------------------------------------
+    def _open(self, existed: bool, map_size: int) -> None:
+        try:
+            self._env = lmdb.open(
+                self._file, subdir=False, max_dbs=MAX_DBS, map_size=int(map_size),
+                readonly=self.readonly, lock=True, max_readers=MAX_READERS,
+            )
+            if not existed:
+                self._create()
+                return
+            try:
+                meta = self._env.open_db(b"meta", create=False)
+            except lmdb.NotFoundError:
+                raise CorruptHubError(f"{self._file} is an LMDB file without a meta database; "
+                                      f"it is not a fitsketch hub") from None
+            with self._env.begin(db=meta, buffers=False) as txn:
+                raw = txn.get(b"format")
+        except lmdb.Error as e:
+            raise _translate(self.path, e) from e
+        self._dbs = {"meta": meta}
+        if raw is None:
+            raise CorruptHubError(f"hub at {self.path} has no format record in meta; "
+                                  f"creation was interrupted or it is not a fitsketch hub")
+        try:
+            fmt = _check_format(self.path, unpack(raw))
+        except CodecError as e:
+            raise CorruptHubError(f"hub at {self.path}: meta record 'format' cannot be decoded ({e})") from e
+        if fmt < FORMAT_VERSION:
+            self._upgrade_plan(fmt)
+        self._open_dbs(create=not self.readonly)
+        if fmt < FORMAT_VERSION:
+            self._migrate(fmt)
+
+    def _open_dbs(self, create: bool) -> None:
+        try:
+            for name in DBS:
+                dup = name in DUPSORT_DBS
+                self._dbs[name] = self._env.open_db(name.encode(), create=create,
+                                                    dupsort=dup, dupfixed=dup)
+        except lmdb.NotFoundError:
+            raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
+
+    def _create(self) -> None:
+        self._open_dbs(create=True)
+        now = time.time()
+        self.transact(lambda t: (t.put("meta", b"format", FORMAT_VERSION), t.put("meta", b"created", now)))
+        self.created = True
+        log.info("created hub at %s (format %d)", self.path, FORMAT_VERSION)
+
+    def _upgrade_plan(self, fmt: int) -> None:
+        missing = [v for v in range(fmt, FORMAT_VERSION) if v not in MIGRATIONS]
+        if missing:
+            raise SchemaError(
+                f"hub at {self.path} was written by format {fmt}; this fitsketch reads format "
+                f"{FORMAT_VERSION} and has no upgrade from format {missing[0]}: rebuild the hub "
+                f"or use an older fitsketch"
+            )
+        if self.readonly:
+            raise SchemaError(
+                f"hub at {self.path} was written by format {fmt}; this fitsketch reads format "
+                f"{FORMAT_VERSION}: open it once with readonly=False to upgrade it"
+            )
+
+    def _migrate(self, fmt: int) -> None:
+        def run(txn: Txn) -> None:
+            for v in range(fmt, FORMAT_VERSION):
+                MIGRATIONS[v](txn)
+            txn.put("meta", b"format", FORMAT_VERSION)
+
+        self.transact(run)
+        log.info("upgraded hub at %s from format %d to %d", self.path, fmt, FORMAT_VERSION)
+
+    # -- meta ---------------------------------------------------------------------------------
+    def init_meta(self, params: dict) -> None:
+        """Write the engine's parameters into ``meta`` once, in one transaction.
+
+        Keys are str, values anything ``codec.pack`` accepts. Refuses keys already present
+        (``format``, ``created`` and earlier parameters), so seeds cannot be overwritten.
+        """
+        items = [(_meta_key(k), v) for k, v in dict(params).items()]
+
+        def write(txn: Txn) -> None:
+            taken = [k.decode() for k, _ in items if txn.exists("meta", k)]
+            if taken:
+                raise StorageError(f"hub at {self.path}: meta already holds {taken}; "
+                                   f"meta parameters are written once, at creation")
+            for k, v in items:
+                txn.put("meta", k, v)
+
+        self.transact(write)
+
+    def meta(self) -> dict:
+        """Everything in ``meta`` as {str: value}."""
+        with self.read() as txn:
+            return {k.decode("utf-8"): v for k, v in txn.items("meta")}
+
+    # -- transactions -------------------------------------------------------------------------
+    def _live(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StorageError(f"hub at {self.path} is closed")
+        return self._env
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Txn]:
+        """A read-only snapshot: ``with store.read() as txn: txn.get("entries", u64(1))``."""
+        env = self._live()
+        while True:
+            with self._cond:
+                while self._resizing:
+                    self._cond.wait()
+                self._readers += 1
+            self._local.n = self._own_reads() + 1
+            try:
+                try:
+                    txn = env.begin(write=False, buffers=False)
+                except lmdb.MapResizedError:  # another process grew the map
+                    txn = None
+                if txn is not None:
+                    try:
+                        yield Txn(txn, self._dbs, False, self.path)
+                    finally:
+                        txn.abort()
+                    return
+            finally:
+                self._local.n -= 1
+                with self._cond:
+                    self._readers -= 1
+                    self._cond.notify_all()
+            self._resize(0)
+
+    def _own_reads(self) -> int:
+        return getattr(self._local, "n", 0)
+
+    @contextlib.contextmanager
+    def _paused(self, drain: bool) -> Iterator[None]:
+        """Hold new read() blocks at the gate; with ``drain``, also wait out the active ones.
+
+        A write abort runs paused: py-lmdb 3.0 lets a stream of reader threads starve
+        ``Transaction.abort`` of its environment lock for seconds. A remap runs drained.
+        """
+        if drain and self._own_reads():
+            raise StorageError(
+                f"hub at {self.path}: the map must grow but this thread holds an open read() "
+                f"transaction; close it before calling transact()"
+            )
+        with self._cond:
+            self._resizing = True
+            try:
+                while drain and self._readers:
+                    self._cond.wait()
+                yield
+            finally:
+                self._resizing = False
+                self._cond.notify_all()
+
+    def _resize(self, new_size: int, abort: lmdb.Transaction | None = None) -> None:
+        """Abort ``abort``, then set_mapsize with no read txn of this process active.
+
+        ``new_size`` 0 adopts the size another process grew the file to.
+        """
+        with self._paused(drain=True):
+            if abort is not None:
+                with contextlib.suppress(lmdb.Error):
+                    abort.abort()
+            self._live().set_mapsize(new_size)
+
+    def transact(self, fn: Callable[[Txn], T]) -> T:
+        """Run ``fn(txn)`` in one write transaction, commit once, return its result.
+
+        Any exception from ``fn`` aborts (nothing is written) and is re-raised. If the map is
+        full, the transaction is aborted, the map doubled and ``fn`` run again from scratch:
+        ``fn`` must depend only on its inputs and the txn (no side effects outside it).
+        """
+        env = self._live()
+        if self.readonly:
+            raise StorageError(f"hub at {self.path} is open readonly; reopen with readonly=False to write")
+        if self._writer == threading.get_ident():
+            raise StorageError("transact() called inside transact(); use the txn passed to fn")
+        with self._write_lock:
+            self._writer = threading.get_ident()
+            try:
+                while True:
+                    try:
+                        raw = env.begin(write=True, buffers=False)
+                    except lmdb.MapResizedError:
+                        self._resize(0)
+                        continue
+                    txn = Txn(raw, self._dbs, True, self.path)
+                    try:
+                        result = fn(txn)
+                        if not txn.map_full:
+                            raw.commit()
+                            return result
+                    except lmdb.MapFullError:
+                        txn.map_full = True
+                    except BaseException:
+                        if not txn.map_full:  # else fn swallowed MapFullError, then failed
+                            with self._paused(drain=False), contextlib.suppress(lmdb.Error):
+                                raw.abort()
+                            raise
+                    size = env.info()["map_size"] * 2
+                    log.info("hub at %s: map full, growing to %d bytes and retrying", self.path, size)
+                    self._resize(size, abort=raw)
+            finally:
+                self._writer = None
+
+    # -- info / lifecycle ---------------------------------------------------------------------
+    def env_bytes(self) -> int:
+        """Size of hub.lmdb on disk."""
+        return os.path.getsize(self._file)
+
+    def stat(self) -> dict[str, int]:
+        """Entry count per database."""
+        with self.read() as txn:
+            return {name: txn.count(name) for name in DBS}
+
+    def close(self) -> None:
+        """Close the environment (idempotent); waits for this process's writers and readers."""
+        if self._writer == threading.get_ident():
+            raise StorageError(f"hub at {self.path}: close() called inside transact(); close after it returns")
+        env, self._env = self._env, None
+        if env is not None:
+            own = self._own_reads()  # this thread's open read() blocks are invalidated, not awaited
+            with self._write_lock, self._cond:
+                while self._readers > own:
+                    self._cond.wait()
+                env.close()
+        with _OPEN_LOCK:
+            if _OPEN.get(self._key) is self:
+                del _OPEN[self._key]
+
+    def __enter__(self) -> "HubStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._env is None else ("readonly" if self.readonly else "open")
+        return f"HubStore({self.path!r}, {state})"
+
+
+def inspect(path: str | os.PathLike) -> dict:
+    """Read a hub's header (meta and entry count) without opening it as a store.
+
+    Returns {"path", "format", "entries", "bytes", <meta keys>}. Opens the file read-only
+    without the lock file (or reuses this process's open handle), so it never blocks writers;
+    while another process writes, the counts are a best-effort snapshot.
+    """
+    path = os.path.abspath(os.fspath(path))
+    file = os.path.join(path, ENV_FILE)
+    if not os.path.isfile(file) or os.path.getsize(file) == 0:
+        raise HubNotFoundError(f"no hub at {path} (no {ENV_FILE})")
+    with _OPEN_LOCK:
+        store = _OPEN.get(os.path.realpath(path))
+    if store is not None and store._env is not None:
+        meta = store.meta()
+        with store.read() as txn:
+            entries = txn.count("entries")
+    else:
+        try:
+            env = lmdb.open(file, subdir=False, max_dbs=MAX_DBS, readonly=True, lock=False)
+        except lmdb.Error as e:
+            raise _translate(path, e) from e
+        try:
+            try:
+                dbs = {n: env.open_db(n.encode(), create=False) for n in ("meta", "entries")}
+            except lmdb.NotFoundError:
+                raise CorruptHubError(f"{file} lacks the meta/entries databases; not a fitsketch hub") from None
+            with env.begin(buffers=False) as raw:
+                txn = Txn(raw, dbs, False, path)
+                meta = {k.decode("utf-8"): v for k, v in txn.items("meta")}
+                entries = txn.count("entries")
+        except lmdb.Error as e:
+            raise _translate(path, e) from e
+        finally:
+            env.close()
+    out = {"path": path, "format": _check_format(path, meta.get("format")),
+           "entries": entries, "bytes": os.path.getsize(file)}
+    for k, v in meta.items():
+        out.setdefault(k, v)
+    return out

@@ -1,0 +1,200 @@
+"""``Txn``: typed access to one LMDB transaction of a hub, and the u64 key helpers.
+
+A ``Txn`` is handed out by ``HubStore.read()`` (read-only) and ``HubStore.transact(fn)`` (write).
+Databases are named by string (one of ``DBS``); keys are ``bytes`` (1..511 bytes); values are
+msgpack via ``codec`` except in the dupsort database ``bands``, whose values are fixed 8-byte
+records handled by ``put_dup / get_dups / get_dups_many / delete_dup``. A ``Txn`` belongs to one
+thread and is invalid once its ``read()`` block or ``transact`` call ends; iterators returned by
+``items`` / ``keys`` must be consumed before then.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import lmdb
+
+from .codec import pack, unpack
+from .errors import CodecError, CorruptHubError, StorageError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Txn", "DBS", "DUPSORT_DBS", "DUP_SIZE", "u64", "from_u64"]
+
+# Named databases of a hub, all opened when the store opens.
+DBS = (
+    "meta",        # str key -> value: format, created, engine parameters (seeds, sketch config)
+    "entries",     # u64 entry id -> entry record
+    "names",       # utf-8 name -> u64 entry id
+    "signatures",  # u64 entry id -> feature signatures
+    "bands",       # LSH band key -> 8-byte records (dupsort, dupfixed)
+    "histograms",  # partition histograms
+    "embeddings",  # embeddings
+    "weights",     # autoencoder weights
+    "probes",      # probe descriptors
+    "extra",       # anything else
+)
+DUPSORT_DBS = frozenset({"bands"})
+DUP_SIZE = 8  # bytes per value in a dupsort database
+MAX_KEY = 511  # LMDB's default maximum key size
+
+
+def u64(n: int) -> bytes:
+    """Big-endian 8-byte key for ``0 <= n < 2**64``; byte order equals numeric order."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n < 1 << 64:
+        raise ValueError(f"u64 key must be an int in [0, 2**64), got {n!r}")
+    return n.to_bytes(8, "big")
+
+
+def from_u64(b: bytes) -> int:
+    """Inverse of ``u64``."""
+    if len(b) != 8:
+        raise ValueError(f"u64 key must be 8 bytes, got {len(b)}: {bytes(b)!r}")
+    return int.from_bytes(b, "big")
+
+
+def _check_key(key: bytes) -> bytes:
+    if not isinstance(key, bytes):
+        raise TypeError(f"keys are bytes, got {type(key).__qualname__}: use u64(n) or s.encode()")
+    if not 0 < len(key) <= MAX_KEY:
+        raise ValueError(f"key length must be 1..{MAX_KEY} bytes, got {len(key)}")
+    return key
+
+
+class Txn:
+    """One LMDB transaction over the hub's named databases (see module docstring)."""
+
+    __slots__ = ("_txn", "_dbs", "_write", "_path", "map_full")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict, write: bool, path: str):
+        self._txn = txn
+        self._dbs = dbs
+        self._write = write
+        self._path = path
+        self.map_full = False  # set when a write hit MapFullError; transact() then grows + retries
+
+    # -- internals ----------------------------------------------------------------------------
+    def _db(self, db: str, *, dup: bool | None = None):
+        try:
+            handle = self._dbs[db]
+        except KeyError:
+            raise ValueError(f"unknown database {db!r}; databases are {DBS}") from None
+        if dup is True and db not in DUPSORT_DBS:
+            raise ValueError(f"{db!r} is not a dupsort database; use get/put (dupsort: {sorted(DUPSORT_DBS)})")
+        if dup is False and db in DUPSORT_DBS:
+            raise ValueError(f"{db!r} holds 8-byte duplicates; use put_dup/get_dups/delete_dup")
+        return handle
+
+    def _writable(self) -> None:
+        if not self._write:
+            raise StorageError(
+                f"hub at {self._path}: this is a read-only transaction; write inside store.transact(fn)"
+            )
+
+    def _mut(self, op, *args, **kw):
+        self._writable()
+        try:
+            return op(*args, **kw)
+        except lmdb.MapFullError:
+            self.map_full = True
+            raise
+
+    def _decode(self, db: str, key: bytes, raw: bytes) -> Any:
+        try:
+            return unpack(raw)
+        except CodecError as e:
+            raise CorruptHubError(
+                f"hub at {self._path}: record {key!r} in database {db!r} cannot be decoded ({e})"
+            ) from e
+
+    # -- values -------------------------------------------------------------------------------
+    def get_raw(self, db: str, key: bytes) -> bytes | None:
+        return self._txn.get(_check_key(key), db=self._db(db, dup=False))
+
+    def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
+        """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists."""
+        if not isinstance(value, bytes):
+            raise TypeError(f"put_raw stores bytes, got {type(value).__qualname__}")
+        h = self._db(db, dup=False)
+        return self._mut(self._txn.put, _check_key(key), value, db=h, overwrite=overwrite)
+
+    def get(self, db: str, key: bytes) -> Any:
+        """Decoded value, or None if absent (CorruptHubError if the stored bytes are bad)."""
+        raw = self.get_raw(db, key)
+        return None if raw is None else self._decode(db, key, raw)
+
+    def put(self, db: str, key: bytes, obj: Any, overwrite: bool = True) -> bool:
+        """Encode and store ``obj``; returns False if ``overwrite=False`` and the key exists."""
+        return self.put_raw(db, key, pack(obj), overwrite=overwrite)
+
+    def delete(self, db: str, key: bytes) -> bool:
+        """Delete ``key`` (in ``bands``: all its duplicates); returns whether it existed."""
+        return self._mut(self._txn.delete, _check_key(key), db=self._db(db))
+
+    def exists(self, db: str, key: bytes) -> bool:
+        with self._txn.cursor(db=self._db(db)) as cur:
+            return cur.set_key(_check_key(key))
+
+    def count(self, db: str) -> int:
+        """Number of records (in ``bands``: of key/value pairs, duplicates included)."""
+        return self._txn.stat(self._db(db))["entries"]
+
+    def _scan(self, db: str, prefix: bytes, nodup: bool) -> Iterator[tuple[bytes, bytes]]:
+        if not isinstance(prefix, bytes):
+            raise TypeError(f"prefix must be bytes, got {type(prefix).__qualname__}")
+        with self._txn.cursor(db=self._db(db)) as cur:
+            ok = cur.set_range(prefix) if prefix else cur.first()
+            if not ok:
+                return
+            it = cur.iternext_nodup(keys=True, values=True) if nodup else cur.iternext()
+            for key, raw in it:
+                if not key.startswith(prefix):
+                    return
+                yield key, raw
+
+    def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, Any]]:
+        """(key, value) in key order for keys starting with ``prefix``.
+
+        In ``bands`` values are the raw 8-byte records, one pair per duplicate.
+        """
+        if db in DUPSORT_DBS:
+            yield from self._scan(db, prefix, nodup=False)
+            return
+        for key, raw in self._scan(db, prefix, nodup=False):
+            yield key, self._decode(db, key, raw)
+
+    def keys(self, db: str, prefix: bytes = b"") -> Iterator[bytes]:
+        """Keys in order (each once, also in ``bands``), starting with ``prefix``."""
+        for key, _ in self._scan(db, prefix, nodup=db in DUPSORT_DBS):
+            yield key
+
+    # -- dupsort (bands) ----------------------------------------------------------------------
+    def put_dup(self, db: str, key: bytes, value8: bytes) -> bool:
+        """Add the 8-byte record ``value8`` under ``key``; False if that pair already exists."""
+        h = self._db(db, dup=True)
+        if not isinstance(value8, bytes) or len(value8) != DUP_SIZE:
+            raise ValueError(f"{db!r} values are {DUP_SIZE}-byte bytes (use u64(n)), got {value8!r}")
+        return self._mut(self._txn.put, _check_key(key), value8, db=h, dupdata=False)  # NODUPDATA: False if pair exists
+
+    def get_dups(self, db: str, key: bytes) -> list[bytes]:
+        """All 8-byte records under ``key``, sorted; [] if absent."""
+        return self.get_dups_many(db, [key])[0]
+
+    def get_dups_many(self, db: str, keys: list[bytes]) -> list[list[bytes]]:
+        """``[get_dups(db, k) for k in keys]`` with one cursor."""
+        h = self._db(db, dup=True)
+        out: list[list[bytes]] = []
+        with self._txn.cursor(db=h) as cur:
+            for key in keys:
+                if cur.set_key(_check_key(key)):
+                    out.append(list(cur.iternext_dup(keys=False, values=True)))
+                else:
+                    out.append([])
+        return out
+
+    def delete_dup(self, db: str, key: bytes, value8: bytes) -> bool:
+        """Remove one record ``value8`` under ``key``; returns whether it existed."""
+        h = self._db(db, dup=True)
+        if not isinstance(value8, bytes) or len(value8) != DUP_SIZE:
+            raise ValueError(f"{db!r} values are {DUP_SIZE}-byte bytes, got {value8!r}")
+        return self._mut(self._txn.delete, _check_key(key), value8, db=h)
