@@ -52,10 +52,10 @@ def inspect(path: str | os.PathLike) -> dict:
 
 
 def sketch(data, config: SketchConfig | None = None, *, partition_size: int | None = None,
-           feature_names=None, device: str = "auto") -> Sketch:
+           feature_names=None, device: str = "auto", coverage_center=None) -> Sketch:
     """Sketch ``data`` without a hub (mergeable; register later with ``hub.add_sketch``)."""
     return build_sketch(data, config or SketchConfig(), partition_size=partition_size,
-                        feature_names=feature_names, device=device)
+                        feature_names=feature_names, device=device, coverage_center=coverage_center)
 
 
 def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto"):

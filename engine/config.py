@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-METHODS = ("adaptivity", "js", "exact-js", "l2")
+METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2")
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,12 @@ class SketchConfig:
     jslsh_r: float = 0.5
     jslsh_k: int = 4
     jslsh_l: int = 32
+    # coverage: SimHash row codes of coverage_bits bits in coverage_tables tables; a code counts as
+    # seen once the source has coverage_tau rows in it
+    coverage_bits: int = 10
+    coverage_tables: int = 16
+    coverage_tau: float = 1.0
+    coverage_fallback: bool = True   # fall back to adaptivity when an entry's feature set is not covered
     # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
     # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
     feature_threshold: float = 0.5
@@ -37,7 +43,7 @@ class SketchConfig:
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
                "an integer in [0, 2**63)")
         for name in ("num_perm", "lsh_k", "lsh_l", "hist_bins", "partition_size", "jslsh_k",
-                     "jslsh_l"):
+                     "jslsh_l", "coverage_bits", "coverage_tables"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v,
                    "a positive integer")
@@ -48,6 +54,10 @@ class SketchConfig:
             _check(isinstance(v, (int, float)) and 1e-3 <= v <= 0.5, name, v, "a number in [0.001, 0.5]")
         _check(isinstance(self.jslsh_r, (int, float)) and self.jslsh_r > 0, "jslsh_r", self.jslsh_r,
                "a positive number")
+        _check(isinstance(self.coverage_fallback, bool), "coverage_fallback", self.coverage_fallback, "True or False")
+        _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
+        _check(isinstance(self.coverage_tau, (int, float)) and self.coverage_tau > 0, "coverage_tau",
+               self.coverage_tau, "a positive number")
         for name in ("feature_threshold", "overlap_threshold"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
@@ -71,10 +81,11 @@ class SketchConfig:
     def sketch_key(self) -> tuple:
         """The parameters two sketches must share to be comparable or mergeable."""
         return (self.seed, self.num_perm, self.lsh_k, self.lsh_l, self.accuracy,
-                self.hist_accuracy, self.hist_bins)
+                self.hist_accuracy, self.hist_bins, self.coverage_bits, self.coverage_tables)
 
 
-QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l")
+QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
+                "coverage_tau", "coverage_fallback")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

@@ -23,7 +23,7 @@ from .config import SketchConfig
 
 log = logging.getLogger(__name__)
 
-DEMO_METHODS = ("adaptivity", "js", "exact-js", "l2")
+DEMO_METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2")
 
 
 def digits_experiment(workdir: Path, seeds=(0, 1, 2, 3), partition_size: int = 100, show_seed: int = 0,

@@ -72,6 +72,12 @@ class NoSharedFeaturesError(FitsketchError):
     code = "no_shared_features"
 
 
+class FeatureMismatchError(FitsketchError):
+    """A method needs the entry's whole feature set and the query lacks some of it."""
+
+    code = "feature_mismatch"
+
+
 class EntryExistsError(FitsketchError):
     """``add`` with a name that is already registered."""
 

@@ -222,6 +222,8 @@ class Hub:
             txn.put_raw("names", key, k)
             txn.put("signatures", k, {"v": ENTRY_FORMAT, "sig": sketch.signatures})
             txn.put("histograms", k, {"v": ENTRY_FORMAT, **sketch.hist})
+            if sketch.coverage is not None:
+                txn.put("extra", k, {"v": ENTRY_FORMAT, "coverage": sketch.coverage})
             for f in nonempty:
                 v = _dup(eid, int(f))
                 for bk in bands[f]:
@@ -253,7 +255,7 @@ class Hub:
                 v = _dup(eid, f)
                 for bk in bands[f]:
                     txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
-            for db in ("entries", "signatures", "histograms"):
+            for db in ("entries", "signatures", "histograms", "extra"):
                 txn.delete(db, k)
             txn.delete("names", key)
             txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
@@ -364,9 +366,9 @@ class Hub:
             hi = lo + s.shape[0]
             block = sim[:, lo:hi]
             lo = hi
-            if not (block >= cfg.feature_threshold).any():
-                continue
             rec = txn.get("entries", key)
+            if not (block >= cfg.feature_threshold).any() and not set(rec["features"]) & set(target.names):
+                continue
             if where and any(rec["metadata"].get(wk) != wv for wk, wv in where.items()):
                 continue
             al = align_from_similarity(target.names, rec["features"], block, cfg.feature_threshold)
@@ -377,7 +379,7 @@ class Hub:
     def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str) -> list[Match]:
         n_t = target.n_features
         t_map = np.arange(n_t, dtype=np.int64)
-        per_dataset = method != "adaptivity"
+        per_dataset = method not in ("adaptivity", "coverage")
         t_dist = aligned_distributions(target.hist, t_map, n_t, per_dataset=per_dataset,
                                        n_partitions=target.n_partitions)
         s_dists = []
@@ -389,6 +391,8 @@ class Hub:
             s_dists.append(aligned_distributions(hist, fmap, n_t, per_dataset=per_dataset,
                                                  n_partitions=rec["n_partitions"]))
         results = []
+        if method == "coverage":
+            return self._score_coverage(txn, target, cands, cfg, t_dist, s_dists)
         if method in ("adaptivity", "js"):
             keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
                                        k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
@@ -411,6 +415,49 @@ class Hub:
             for (rec, al), sd in zip(cands, s_dists):
                 d = _l2(target, t_dist, rec, al, sd)
                 results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
+        return results
+
+    def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig, t_dist, s_dists) -> list[Match]:
+        """Coverage of the target's rows by each candidate; adaptivity for all when one cannot."""
+        from . import coverage as _cov
+
+        if target.rows is None:
+            raise E.InvalidArgumentError(
+                "method='coverage' needs the target's rows: pass the data itself, not a sketch loaded from bytes")
+        plans = []
+        reason = None
+        for rec, al in cands:
+            cov = (txn.get("extra", u64(rec["id"])) or {}).get("coverage")
+            t_of = {sf: tj for tj, sf, _ in al.pairs}
+            missing = [rec["features"][f] for f in range(len(rec["features"])) if f not in t_of]
+            kinds_differ = [rec["features"][f] for f, tj in t_of.items()
+                            if (rec["kinds"][f] == "numeric") != (target.kinds[tj] == "numeric")
+                            or (rec["kinds"][f] != "numeric" and rec["kinds"][f] != target.kinds[tj])]
+            if cov is None or missing or kinds_differ:
+                reason = (f"entry {rec['name']!r} " + (f"has columns {missing} the target lacks" if missing else
+                          f"has columns {kinds_differ} of another kind in the target" if kinds_differ else
+                          "has no coverage sketch"))
+                break
+            owner = np.asarray(target.row_owner)
+            cols = np.concatenate([np.flatnonzero(owner == t_of[f]) for f in range(len(rec["features"]))])
+            plans.append((rec, al, cov, cols))
+        if reason is not None and not cfg.coverage_fallback:
+            raise E.FeatureMismatchError(
+                f"method='coverage' needs every column of each candidate entry in the query: {reason}; "
+                "pass coverage_fallback=True to fall back to adaptivity, or filter entries with where=")
+        if reason is not None:
+            log.info("coverage falls back to adaptivity: %s", reason)
+            out = self._score(txn, target, cands, cfg, "adaptivity")
+            for m in out:
+                m.evidence["fallback"] = f"coverage needs the entry's whole feature set; {reason}"
+            return out
+        results = []
+        for rec, al, cov, cols in plans:
+            per_table = _cov.score(target.rows[:, cols], cov, seed=self.config.seed, tau=cfg.coverage_tau,
+                                   device=self.device)
+            results.append(self._match(rec, al, target, float(per_table.mean()), "coverage", {
+                "covered_share": float(per_table.mean()), "per_table": [round(float(x), 4) for x in per_table],
+                "tau": cfg.coverage_tau, "target_rows": target.n_rows}))
         return results
 
     @staticmethod

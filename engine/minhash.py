@@ -71,20 +71,27 @@ def align_from_similarity(t_names: list[str], s_names: list[str], sim: np.ndarra
                           threshold: float) -> Alignment:
     """One-to-one matching given the (T, S) similarity matrix.
 
-    Among pairs with similarity >= ``threshold``, the assignment maximizing the total
+    Candidate pairs: columns with the same name (whatever their value overlap: a shifted
+    distribution is still the same feature) and pairs with similarity >= ``threshold``. Among
+    them, the assignment maximizing the total
     similarity plus a bonus of 1 for every pair with the same column name (Hungarian
     algorithm, scipy's ``linear_sum_assignment``): a greedy match can let one strong wrong pair
     take a column that two right pairs needed.
     """
     from scipy.optimize import linear_sum_assignment
 
-    ok = sim >= threshold
+    s_index = {n: i for i, n in enumerate(s_names)}
+    same_all = np.zeros(sim.shape, dtype=bool)
+    for i, n in enumerate(t_names):
+        if n in s_index:
+            same_all[i, s_index[n]] = True
+    ok = (sim >= threshold) | same_all
     if not ok.any():
         return Alignment([], len(t_names))
     rows = np.flatnonzero(ok.any(axis=1))
     cols = np.flatnonzero(ok.any(axis=0))
     sub = sim[np.ix_(rows, cols)]
-    same = np.array([[t_names[a] == s_names[b] for b in cols] for a in rows], dtype=bool)
+    same = same_all[np.ix_(rows, cols)]
     gain = np.where(ok[np.ix_(rows, cols)], sub + same, -1.0)
     ri, ci = linear_sum_assignment(gain, maximize=True)
     pairs = [(int(rows[a]), int(cols[b]), float(sub[a, b])) for a, b in zip(ri, ci) if gain[a, b] >= 0]

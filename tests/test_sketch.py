@@ -267,7 +267,13 @@ def test_merge_equals_sketch_of_union():
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
     kinds = {"txt": "text"}
     whole = fitsketch.sketch(pd.concat([a, b], ignore_index=True), cfg, partition_size=20)
-    merged = fitsketch.sketch(a, cfg, partition_size=20).merge(fitsketch.sketch(b, cfg, partition_size=20))
+    center = whole.coverage["center"]
+    merged = fitsketch.sketch(a, cfg, partition_size=20, coverage_center=center).merge(
+        fitsketch.sketch(b, cfg, partition_size=20, coverage_center=center))
+    for key in ("table", "code", "count"):
+        assert np.array_equal(whole.coverage[key], merged.coverage[key])
+    with pytest.raises(fitsketch.errors.InvalidArgumentError, match="coverage_center"):
+        fitsketch.sketch(a, cfg).merge(fitsketch.sketch(b, cfg))
     assert kinds["txt"] in whole.kinds
     assert np.array_equal(whole.signatures, merged.signatures)
     assert np.array_equal(whole.counts, merged.counts)
@@ -280,7 +286,8 @@ def test_merge_equals_sketch_of_union():
     from fitsketch.sketch import build_sketch
 
     w2 = build_sketch(pd.concat([a, b], ignore_index=True), cfg, partition_size=20, shuffle=False)
-    m2 = build_sketch(a, cfg, partition_size=20, shuffle=False).merge(build_sketch(b, cfg, partition_size=20, shuffle=False))
+    m2 = build_sketch(a, cfg, partition_size=20, shuffle=False, coverage_center=center).merge(
+        build_sketch(b, cfg, partition_size=20, shuffle=False, coverage_center=center))
     for key in ("part", "feat", "bucket", "count"):
         assert np.array_equal(w2.hist[key], m2.hist[key])
 
@@ -325,3 +332,12 @@ def test_sketch_bytes_round_trip_and_version_check():
         fitsketch.Sketch.from_bytes(pack(rec))
     with pytest.raises(fitsketch.errors.FitsketchError):
         fitsketch.Sketch.from_bytes(b"\x00garbage")
+
+
+def test_same_name_columns_align_whatever_their_value_overlap():
+    rng = fresh_rng()
+    t = rng.integers(0, 2**32 - 1, size=(2, 64), dtype=np.int64).astype(np.uint32)
+    s = rng.integers(0, 2**32 - 1, size=(2, 64), dtype=np.int64).astype(np.uint32)
+    al = align(["price", "zz"], t, ["price", "other"], s, threshold=0.5, match="jaccard")
+    assert [(a, b) for a, b, _ in al.pairs] == [(0, 0)]
+    assert al.pairs[0][2] < 0.5

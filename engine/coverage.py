@@ -1,0 +1,114 @@
+"""Coverage: an asymmetric, sample-level fit score (beyond the papers).
+
+Adaptivity asks at partition granularity, over per-feature marginals, how much of the target a
+source has seen. Coverage asks it per row, over the features jointly:
+
+1. a row transform that does not depend on the data: numbers ``sign(v) * log1p(|v|)`` (scale-
+   free; NaN -> the centre), each string column feature-hashed into ``HASH_DIMS`` signed
+   dimensions (whole values for categorical columns, word tokens for text, L2-normalized);
+2. centred by the entry's own mean of the transformed rows (stored with the sketch);
+3. random-hyperplane codes of ``coverage_bits`` bits in ``coverage_tables`` tables, the
+   hyperplane column of a dimension keyed by (hub seed, column name, dimension), so a target
+   coded with the entry's stored centre lands in the entry's space;
+4. per entry, counts of rows per (table, code) -- integers, mergeable by addition;
+5. ``coverage = mean_t sum_b p_target(b) * min(1, n_source(b) / tau)``: the share of the
+   target's mass that falls where the source has seen at least ``tau`` rows.
+
+Coverage applies when the target has every column the entry was coded over (matched by the
+MinHash alignment, so renamed columns work); otherwise the search falls back to adaptivity and
+says so in the plan and in each match's evidence.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .kernels.hashing import hash_tokens
+from .kernels.rowcodes import code_counts, coverage_score, hyperplanes, row_codes
+
+COVERAGE_FORMAT = 1
+HASH_DIMS = 8
+
+
+def _col_key(name: str, seed: int) -> int:
+    return int(hash_tokens(np.array([name], dtype=object), seed)[0] >> np.uint64(8))
+
+
+def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Transformed values of one column: ``(n, width)`` float64 with NaN for missing, and keys."""
+    key = _col_key(name, seed)
+    n = len(col)
+    if kind == "numeric":
+        from .quantize import _as_float
+
+        v = _as_float(col)
+        with np.errstate(invalid="ignore"):
+            x = np.sign(v) * np.log1p(np.minimum(np.abs(v), 1e300))
+        return x.reshape(n, 1), np.array([key * 16], dtype=np.int64)
+    from .quantize import _tokens
+
+    missing = col.isna().to_numpy()
+    out = np.zeros((n, HASH_DIMS), dtype=np.float64)
+    if kind == "categorical":
+        rows = np.flatnonzero(~missing)
+        h = hash_tokens(np.array([str(x) for x in col.to_numpy(dtype=object)[~missing]], dtype=object), seed)
+    else:
+        rows, h = _tokens(col, missing, seed)
+    dim = (h % np.uint64(HASH_DIMS)).astype(np.int64)
+    sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
+    np.add.at(out, (rows, dim), sign)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    out = np.where(norm > 0, out / np.maximum(norm, 1e-12), np.nan)
+    return out, key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
+
+
+def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """All columns transformed: ``X`` (n, D) with NaN for missing, hyperplane keys (D,), column of each dim."""
+    blocks, keys, owner = [], [], []
+    for i, ((name, col), kind) in enumerate(zip(df.items(), kinds)):
+        x, k = column_block(name, col, kind, seed)
+        blocks.append(x)
+        keys.append(k)
+        owner.extend([i] * x.shape[1])
+    return np.concatenate(blocks, axis=1), np.concatenate(keys), owner
+
+
+def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int, center=None,
+          device: str = "auto") -> dict:
+    """The coverage sketch of transformed rows ``X`` (NaN = missing)."""
+    if center is None:
+        with np.errstate(invalid="ignore"):
+            center = np.where(np.isnan(X).all(axis=0), 0.0, np.nanmean(np.where(np.isnan(X), np.nan, X), axis=0)) \
+                if X.shape[0] else np.zeros(X.shape[1])
+    center = np.nan_to_num(np.asarray(center, dtype=np.float64))
+    codes = encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
+    return {"v": COVERAGE_FORMAT, "keys": keys.astype(np.int64), "center": center, "bits": bits,
+            "tables": tables, **code_counts(codes)}
+
+
+def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
+           device: str = "auto") -> np.ndarray:
+    """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
+    Z = np.nan_to_num(X - center[None, :], nan=0.0)
+    return row_codes(Z.astype(np.float32), hyperplanes(seed, tables, bits, keys), device=device)
+
+
+def merge(a: dict, b: dict) -> dict:
+    if not np.array_equal(a["keys"], b["keys"]) or not np.array_equal(a["center"], b["center"]):
+        raise ValueError("coverage sketches were centred differently: build both parts with the same "
+                         "coverage_center (fitsketch.sketch(..., coverage_center=...))")
+    key_a = a["table"].astype(np.int64) * (1 << 32) + a["code"]
+    key_b = b["table"].astype(np.int64) * (1 << 32) + b["code"]
+    keys = np.concatenate([key_a, key_b])
+    counts = np.concatenate([a["count"], b["count"]]).astype(np.int64)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    summed = np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.uint32)
+    return {**a, "table": (uniq >> 32).astype(np.int32), "code": (uniq & 0xFFFFFFFF).astype(np.int64),
+            "count": summed}
+
+
+def score(X_target: np.ndarray, rec: dict, *, seed: int, tau: float, device: str = "auto") -> np.ndarray:
+    """Per-table coverage of target rows (already in the entry's column order) by entry ``rec``."""
+    codes = encode(X_target, np.asarray(rec["keys"]), np.asarray(rec["center"]), seed=seed,
+                   bits=int(rec["bits"]), tables=int(rec["tables"]), device=device)
+    return coverage_score(code_counts(codes), rec, int(rec["tables"]), tau)
