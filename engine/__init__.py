@@ -27,6 +27,7 @@ __all__ = [
     "Sketch",
     "SketchConfig",
     "__version__",
+    "connect",
     "errors",
     "inspect",
     "minhash",
@@ -39,6 +40,14 @@ def open(path: str | os.PathLike, create: bool = True, *, config: SketchConfig |
          readonly: bool = False, device: str = "auto") -> Hub:  # noqa: A001 - the documented name
     """Open (or create) the hub at ``path``."""
     return Hub(path, create=create, config=config, readonly=readonly, device=device)
+
+
+def connect(address, *, timeout: float = 30.0, token: str | None = None, remote_paths: bool = False):
+    """A client of the server at ``address`` (a socket path, ``tcp://127.0.0.1:PORT``, or a hub
+    directory: its server if one runs there, else the hub opened embedded). Same methods as Hub."""
+    from .client import connect as _connect
+
+    return _connect(address, timeout=timeout, token=token, remote_paths=remote_paths)
 
 
 def inspect(path: str | os.PathLike) -> dict:

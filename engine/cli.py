@@ -1,4 +1,4 @@
-"""The ``fitsketch`` command line: init | add | search | show | remove | demo.
+"""The ``fitsketch`` command line: init | add | search | show | remove | serve | demo.
 
 Every command that prints results takes ``--json``. Errors print one line to stderr and exit
 with status 2 (bad input, a FitsketchError) or 1 (anything unexpected).
@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_remove)
 
+    from .server import add_serve_parser
+
+    add_serve_parser(sub)
+
     s = sub.add_parser("demo", help="model selection on real data (digits; DBLP/ACM/Fodors/Zagats tables)")
     s.add_argument("--workdir", help="where to put the demo hubs (default: a temporary directory)")
     s.add_argument("--quick", action="store_true", help="one seed instead of four")
@@ -215,7 +219,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # pragma: no cover - `fitsketch ... | head`
         return 0
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence: one line, no traceback
-        log.debug("unexpected error", exc_info=True)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"fitsketch: unexpected error: {type(e).__name__}: {e} (run with -v for details)", file=sys.stderr)
         return 1
     return 0

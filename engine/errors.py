@@ -141,6 +141,18 @@ class FrameTooLargeError(ProtocolError):
     code = "frame_too_large"
 
 
+class UnauthorizedError(ProtocolError):
+    """A TCP connection without the right token."""
+
+    code = "unauthorized"
+
+
+class InternalError(FitsketchError):
+    """The server failed in a way it did not expect (see its log)."""
+
+    code = "internal"
+
+
 class ConnectionLostError(FitsketchError):
     """The server closed the connection or did not answer in time."""
 

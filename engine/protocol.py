@@ -84,26 +84,15 @@ OPS = ("ping", "stats", "add", "add_sketch", "search", "explain", "get", "remove
 READ_OPS = frozenset({"ping", "stats", "search", "explain", "get", "names", "len", "contains"})
 
 
-class UnauthorizedError(E.ProtocolError):
-    """A TCP connection without the right token."""
-
-    code = "unauthorized"
-
-
-class InternalError(E.FitsketchError):
-    """The server failed in a way it did not expect (see its log)."""
-
-    code = "internal"
-
-
-_EXTRA_CODES = {UnauthorizedError.code: UnauthorizedError, InternalError.code: InternalError}
+UnauthorizedError = E.UnauthorizedError
+InternalError = E.InternalError
 
 
 def error_class(code) -> type[E.FitsketchError]:
     """The error class for a code received on the wire (``FitsketchError`` when unknown)."""
     if not isinstance(code, str):
         return E.FitsketchError
-    return E.BY_CODE.get(code) or _EXTRA_CODES.get(code) or E.FitsketchError
+    return E.BY_CODE.get(code) or E.FitsketchError
 
 
 class ClosedError(Exception):
