@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2")
+METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2", "simex")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class SketchConfig:
     coverage_tables: int = 16
     coverage_tau: float = 1.0
     coverage_fallback: bool = True   # fall back to adaptivity when an entry's feature set is not covered
+    # SimEx: reconstruction loss ("mse" or "ssim") and whether to divide by the source's mean norm
+    simex_loss: str = "mse"
+    simex_normalize: bool = True
     # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
     # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
     feature_threshold: float = 0.5
@@ -55,6 +58,9 @@ class SketchConfig:
         _check(isinstance(self.jslsh_r, (int, float)) and self.jslsh_r > 0, "jslsh_r", self.jslsh_r,
                "a positive number")
         _check(isinstance(self.coverage_fallback, bool), "coverage_fallback", self.coverage_fallback, "True or False")
+        _check(self.simex_loss in ("mse", "ssim"), "simex_loss (loss)", self.simex_loss, "'mse' or 'ssim'")
+        _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
+               "True or False")
         _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
         _check(isinstance(self.coverage_tau, (int, float)) and self.coverage_tau > 0, "coverage_tau",
                self.coverage_tau, "a positive number")
@@ -85,7 +91,7 @@ class SketchConfig:
 
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
-                "coverage_tau", "coverage_fallback")
+                "coverage_tau", "coverage_fallback", "simex_loss", "simex_normalize")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

@@ -66,6 +66,18 @@ class UnknownMethodError(InvalidArgumentError):
     code = "unknown_method"
 
 
+class TooFewSamplesError(InvalidArgumentError):
+    """A dataset or class has too few samples to train an autoencoder on."""
+
+    code = "too_few_samples"
+
+
+class UnknownLossError(InvalidArgumentError):
+    """A reconstruction loss that does not exist (or does not apply to these autoencoders)."""
+
+    code = "unknown_loss"
+
+
 class NoSharedFeaturesError(FitsketchError):
     """No entry shares enough features with the query."""
 

@@ -24,6 +24,7 @@ from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_k
 from .minhash import Alignment, align_from_similarity, feature_band_keys, similarity
 from .partitions import aligned_distributions
 from .planner import Plan, Stage, choose_candidate_stage
+from .data import to_frame
 from .sketch import Sketch, build_sketch
 from .storage import HubStore, from_u64, u64
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_FORMAT = 1
 _NAME_MAX = 1024
+_AE_PREFIX = b"ae:"  # weights-db keys of SimEx fleets: b"ae:" + entry id
 
 
 @dataclass(frozen=True)
@@ -185,18 +187,48 @@ class Hub:
 
     # ------------------------------------------------------------------ writes
     def add(self, name: str, data, *, metadata: dict | None = None, partition_size: int | None = None,
-            feature_names=None, progress: bool = False) -> Entry:
-        """Sketch ``data`` and register it as entry ``name`` in one transaction."""
+            feature_names=None, progress: bool = False, autoencoder: bool = False, labels=None,
+            image_shape=None, ae_config=None) -> Entry:
+        """Sketch ``data`` and register it as entry ``name`` in one transaction.
+
+        ``autoencoder=True`` also trains a SimEx autoencoder on the numeric columns (one per class
+        when ``labels`` -- an array, or the name of a column, which is then not a feature -- are
+        given; a convolutional one when ``image_shape=(C, H, W)``), stored with the entry.
+        """
         _check_name(name)
         metadata = _check_metadata(metadata)
         if name in self:
             raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-        sketch = build_sketch(data, self.config, partition_size=partition_size, feature_names=feature_names,
-                              device=self.device, progress=progress)
-        return self.add_sketch(name, sketch, metadata=metadata)
+        df = to_frame(data, feature_names)
+        if isinstance(labels, str):
+            if labels not in df.columns:
+                raise E.InvalidArgumentError(f"labels={labels!r} is not a column of the data: columns are {list(df.columns)}")
+            labels, df = df[labels].to_numpy(), df.drop(columns=[labels])
+            if df.shape[1] == 0:
+                raise E.EmptyDataError("the data has no column besides the labels: give at least one feature")
+        if labels is not None and not autoencoder:
+            raise E.InvalidArgumentError("labels are used by the SimEx autoencoders: pass autoencoder=True too")
+        if labels is not None and len(labels) != len(df):
+            raise E.DimensionError(f"labels has {len(labels)} values for {len(df)} rows: give one label per row")
+        sketch = build_sketch(df, self.config, partition_size=partition_size, device=self.device, progress=progress)
+        fleet = None
+        if autoencoder:
+            from . import simex
+
+            cfg = ae_config or simex.AEConfig(seed=self.config.seed)
+            cols = [n for n, k in zip(sketch.names, sketch.kinds) if k == "numeric"]
+            if not cols:
+                raise E.UnsupportedDataError("autoencoder=True needs numeric columns and the data has none")
+            fleet = [r.to_record() for r in simex.train_fleet(simex.numeric_matrix(df, columns=cols), labels,
+                                                               image_shape=image_shape, config=cfg,
+                                                               feature_names=cols)]
+        return self._add(name, sketch, metadata, fleet)
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
         """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
+        return self._add(name, sketch, _check_metadata(metadata), None)
+
+    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None) -> Entry:
         _check_name(name)
         metadata = _check_metadata(metadata)
         if not isinstance(sketch, Sketch):
@@ -224,6 +256,8 @@ class Hub:
             txn.put("histograms", k, {"v": ENTRY_FORMAT, **sketch.hist})
             if sketch.coverage is not None:
                 txn.put("extra", k, {"v": ENTRY_FORMAT, "coverage": sketch.coverage})
+            if fleet is not None:
+                txn.put("weights", _AE_PREFIX + k, {"v": ENTRY_FORMAT, "simex": fleet})
             for f in nonempty:
                 v = _dup(eid, int(f))
                 for bk in bands[f]:
@@ -257,6 +291,7 @@ class Hub:
                     txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
             for db in ("entries", "signatures", "histograms", "extra"):
                 txn.delete(db, k)
+            txn.delete("weights", _AE_PREFIX + k)
             txn.delete("names", key)
             txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
             txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
@@ -293,6 +328,8 @@ class Hub:
             raise E.InvalidArgumentError(f"k={k!r} is not valid: expected a positive integer")
         if where is not None and not isinstance(where, dict):
             raise E.InvalidArgumentError(f"where must be a dict of metadata equalities, got {type(where).__name__}")
+        aliases = {"loss": "simex_loss", "normalize": "simex_normalize"}
+        overrides = {aliases.get(k, k): v for k, v in overrides.items()}
         bad = sorted(set(overrides) - set(QUERY_PARAMS))
         if bad:
             raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
@@ -308,7 +345,9 @@ class Hub:
                         "the query sketch was built with other parameters than this hub's: build it with hub.config")
                 target = data
             else:
-                target = build_sketch(data, self.config, feature_names=feature_names, device=self.device)
+                frame = to_frame(data, feature_names)
+                target = build_sketch(frame, self.config, device=self.device)
+                target.frame = frame
             st.actual = target.n_partitions
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
@@ -393,6 +432,8 @@ class Hub:
         results = []
         if method == "coverage":
             return self._score_coverage(txn, target, cands, cfg, t_dist, s_dists)
+        if method == "simex":
+            return self._score_simex(txn, target, cands, cfg)
         if method in ("adaptivity", "js"):
             keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
                                        k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
@@ -415,6 +456,47 @@ class Hub:
             for (rec, al), sd in zip(cands, s_dists):
                 d = _l2(target, t_dist, rec, al, sd)
                 results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
+        return results
+
+    def _score_simex(self, txn, target: Sketch, cands, cfg: SketchConfig) -> list[Match]:
+        """-min over the entry's autoencoders of the target's reconstruction loss, in batched passes."""
+        from . import simex
+
+        frame = getattr(target, "frame", None)
+        if frame is None:
+            raise E.InvalidArgumentError("method='simex' needs the target's rows: pass the data itself, not a sketch")
+        groups: dict[tuple, list] = {}
+        skipped = []
+        for rec, al in cands:
+            stored = txn.get("weights", _AE_PREFIX + u64(rec["id"]))
+            if stored is None:
+                skipped.append(rec["name"])
+                continue
+            records = [simex.AERecord.from_record(r) for r in stored["simex"]]
+            t_of = {rec["features"][sf]: target.names[tj] for tj, sf, _ in al.pairs}
+            cols = tuple(t_of.get(f) for f in (records[0].features or []))
+            if None in cols:
+                skipped.append(rec["name"])
+                continue
+            groups.setdefault(cols, []).append((rec, al, records))
+        if not groups:
+            raise E.InvalidArgumentError(
+                "no candidate entry has an autoencoder over columns the query has: register entries with "
+                "hub.add(..., autoencoder=True)" + (f" (without one: {skipped[:5]})" if skipped else ""))
+        results = []
+        for cols, members in groups.items():
+            X = simex.numeric_matrix(frame, columns=list(cols))
+            flat = [r for _, _, records in members for r in records]
+            deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=self.device)
+            i = 0
+            for rec, al, records in members:
+                d = deltas[i:i + len(records)]
+                i += len(records)
+                ev = {"delta": float(d.min()), "loss": cfg.simex_loss, "normalized": cfg.simex_normalize,
+                      "autoencoders": len(records)}
+                if records[0].label is not None:
+                    ev["closest_class"] = records[int(np.argmin(d))].label
+                results.append(self._match(rec, al, target, simex.entry_score(d), "simex", ev))
         return results
 
     def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig, t_dist, s_dists) -> list[Match]:

@@ -68,20 +68,8 @@ SSIM_WINDOW = "gaussian"  # 7x7, sigma 1.5 (kernels.recon_error); "uniform" also
 _CHUNK_FLOATS = 1 << 24   # largest (E, rows, width) fp32 activation per chunk of target rows
 
 
-class TooFewSamplesError(E.InvalidArgumentError):
-    """A dataset or class has too few samples to train an autoencoder on."""
-
-    code = "too_few_samples"
-
-
-class UnknownLossError(E.InvalidArgumentError):
-    """A reconstruction loss that does not exist (or does not apply to these autoencoders)."""
-
-    code = "unknown_loss"
-
-
-for _cls in (TooFewSamplesError, UnknownLossError):  # so the client can re-raise them by code
-    E.BY_CODE.setdefault(_cls.code, _cls)
+TooFewSamplesError = E.TooFewSamplesError
+UnknownLossError = E.UnknownLossError
 
 
 # ----------------------------------------------------------------------------- configuration

@@ -42,6 +42,7 @@ class Sketch:
     # in memory only (never stored): the transformed rows, for coverage queries with this sketch
     rows: np.ndarray | None = field(default=None, repr=False, compare=False)   # (n_rows, D)
     row_owner: list | None = field(default=None, repr=False, compare=False)   # column of each of the D dims
+    frame: object = field(default=None, repr=False, compare=False)            # the query DataFrame (SimEx)
 
     @property
     def n_features(self) -> int:

