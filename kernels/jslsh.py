@@ -7,8 +7,10 @@
 # a[(j, k), h] is a counter-based normal drawn from (seed, j, k, h), so a target and a source
 # sketched separately see the same a over their aligned features, and only the buckets that
 # occur are ever materialized (gather of the union of buckets, then one dense matmul).
-# Arithmetic is IEEE fp32 (TF32 off on GPU) so the CPU and GPU paths give the same buckets
-# (up to values within float rounding of a bucket edge, which the tests bound).
+# Arithmetic is IEEE fp32 (TF32 off on GPU; the Triton kernel is a tiled tl.dot with
+# input_precision="ieee", then + b, / r, ceil in fp32) so the CPU and GPU paths give the same
+# buckets up to values within float rounding of a bucket edge: summation order differs, so a
+# bucket may differ only where (a . sqrt(P) + b) / r is within ~1e-4 (relative) of an integer.
 from __future__ import annotations
 
 import numpy as np
@@ -16,6 +18,14 @@ import torch
 
 from ._device import resolve_device
 from .hashing import mix64, uniform01
+
+try:  # Triton is optional: the CUDA path needs it, the CPU path does not.
+    import triton
+    import triton.language as tl
+
+    _HAVE_TRITON = True
+except Exception:  # pragma: no cover
+    _HAVE_TRITON = False
 
 
 def gaussian_projection(seed: int, feature: np.ndarray, bucket: np.ndarray, n_hashes: int) -> np.ndarray:
@@ -36,6 +46,53 @@ def offsets(seed: int, n_hashes: int, r: float) -> np.ndarray:
     """``b ~ U[0, r]``, float32 ``(n_hashes,)``."""
     u = uniform01(np.arange(n_hashes, dtype=np.int64), seed=seed ^ 0x5EED)
     return (u * r).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- Triton kernel
+if _HAVE_TRITON:
+
+    @triton.jit
+    def _project_kernel(
+        p_ptr,        # [n, d] float32, rows are sqrt(P)
+        a_ptr,        # [d, h] float32 random projections
+        b_ptr,        # [h] float32 offsets in [0, r]
+        out_ptr,      # [n, h] int64 buckets
+        n, d, h, r,
+        stride_pn, stride_pd, stride_ad, stride_ah,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,)
+        ks = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, d, BLOCK_K):
+            k = k0 + ks
+            p = tl.load(p_ptr + rows[:, None].to(tl.int64) * stride_pn + k[None, :] * stride_pd,
+                        mask=(rows[:, None] < n) & (k[None, :] < d), other=0.0)  # (BM, BK)
+            a = tl.load(a_ptr + k[:, None].to(tl.int64) * stride_ad + cols[None, :] * stride_ah,
+                        mask=(k[:, None] < d) & (cols[None, :] < h), other=0.0)  # (BK, BN)
+            acc = tl.dot(p, a, acc, input_precision="ieee")  # fp32 products, fp32 sums
+        b = tl.load(b_ptr + cols, mask=cols < h, other=0.0)
+        v = tl.ceil((acc + b[None, :]) / r).to(tl.int64)  # (BM, BN)
+        ok = (rows[:, None] < n) & (cols[None, :] < h)
+        tl.store(out_ptr + rows[:, None].to(tl.int64) * h + cols[None, :], v, mask=ok)
+
+    def _project_triton(sqrt_p: torch.Tensor, a: torch.Tensor, b: torch.Tensor, r: float) -> torch.Tensor:
+        """(n, d) fp32 @ (d, h) fp32 -> (n, h) int64 buckets ``ceil((sqrt_p @ a + b) / r)``."""
+        n, d = sqrt_p.shape
+        h = a.shape[1]
+        out = torch.empty((n, h), dtype=torch.int64, device=sqrt_p.device)
+        if n == 0 or h == 0:
+            return out
+        grid = (triton.cdiv(n, 64), triton.cdiv(h, 32))
+        _project_kernel[grid](sqrt_p, a, b.contiguous(), out, n, d, h, float(r),
+                              sqrt_p.stride(0), sqrt_p.stride(1), a.stride(0), a.stride(1),
+                              BLOCK_M=64, BLOCK_N=32, BLOCK_K=32)
+        return out
+else:  # pragma: no cover
+    _project_triton = None
 
 
 # ----------------------------------------------------------------------------- PyTorch path
@@ -79,9 +136,6 @@ def project(sqrt_p, a, b, r: float, device: str = "auto") -> np.ndarray:
         out = _project_torch(torch.from_numpy(sqrt_p).to(t), torch.from_numpy(a).to(t),
                              torch.from_numpy(b).to(t), float(r))
     return out.cpu().numpy()
-
-
-_project_triton = None  # the Triton kernel lands with the "Kernels" issue
 
 
 def band_keys(hashes: np.ndarray, k: int, n_bands: int) -> np.ndarray:

@@ -8,18 +8,33 @@
 # Jaccard(A, B) ~ mean_i [sig_A[i] == sig_B[i]];  |A| ~ num_perm / sum_i(sig_A[i] / M) - 1.
 # Signatures merge by element-wise min: sig(A u B) = min(sig(A), sig(B)).
 #
-# The fast paths compute a_i * x mod p exactly in signed int64 without overflow, splitting
-# a = a_hi * 2**31 + a_lo and folding with 2**61 = 1 (mod p):
-#     a_lo * x < 2**63,  a_hi * x < 2**62,  (s * 2**31) mod p = ((s & (2**30-1)) << 31) + (s >> 30)
-# so NumPy, PyTorch (CPU/GPU) and Triton give bit-identical signatures. The reference below
-# uses Python integers: it is the definition.
+# The fast paths compute h exactly in signed int64 without overflow, splitting
+# a = a_hi * 2**31 + a_lo (a_lo < 2**31, a_hi < 2**30) and folding with 2**61 = 1 (mod p),
+# fold(t) = (t & p) + (t >> 61):
+#     fold(a_lo * x)                                  a_lo * x < 2**63          -> <= p + 3
+#     (s * 2**31) mod p = ((s & (2**30-1)) << 31) + (s >> 30),  s = a_hi * x < 2**62  -> < 2**61 + 2**32
+#     t = fold(a_lo * x) + that + b < 2**63;  v = fold(t) <= p + 3, minus p once if v >= p
+#     w = (v & M) + (v >> 32) < M + 2**29, minus M once if w >= M
+# so NumPy, PyTorch (CPU/GPU, eager or compiled) and Triton give bit-identical signatures. The
+# reference below uses Python integers: it is the definition.
+#
+# Layouts: the Triton kernel runs one program per (set, block of permutations) and loops over
+# the set's values in blocks, min-reducing in registers. The PyTorch path sorts sets by length,
+# pads each group of similar length to a rectangle by repeating the set's own elements (a
+# duplicate never changes a min) and reduces (sets, length, perms) blocks with amin; on CPU the
+# block function is compiled by torch.compile (one fused loop) for large inputs.
 from __future__ import annotations
+
+import logging
+import os
 
 import numpy as np
 import torch
 
 from ._device import resolve_device
 from .hashing import hash_tokens, to_u32
+
+log = logging.getLogger(__name__)
 
 P61 = (1 << 61) - 1
 M32 = (1 << 32) - 1
@@ -42,43 +57,179 @@ def permutations(num_perm: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+# ----------------------------------------------------------------------------- Triton kernel
+if _HAVE_TRITON:
+
+    @triton.jit
+    def _minhash_kernel(
+        values_ptr,   # [nnz] int64, elements < 2**32, sets back to back
+        offsets_ptr,  # [n_sets + 1] int64, set s is values[offsets[s]:offsets[s+1]]
+        a_ptr,        # [num_perm] int64 in [1, p)
+        b_ptr,        # [num_perm] int64 in [0, p)
+        out_ptr,      # [n_sets, num_perm] int64 signatures
+        num_perm,
+        BLOCK_V: tl.constexpr,  # values per step
+        BLOCK_P: tl.constexpr,  # permutations per program
+    ):
+        s = tl.program_id(0).to(tl.int64)
+        perm = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,)
+        perm_ok = perm < num_perm
+        a = tl.load(a_ptr + perm, mask=perm_ok, other=1)
+        b = tl.load(b_ptr + perm, mask=perm_ok, other=0)
+        a_lo = (a & 0x7FFFFFFF)[None, :]  # (1, BLOCK_P)
+        a_hi = (a >> 31)[None, :]
+        b = b[None, :]
+        start = tl.load(offsets_ptr + s)
+        end = tl.load(offsets_ptr + s + 1)
+        acc = tl.full((BLOCK_P,), 4294967295, tl.int64)  # EMPTY
+        for v0 in range(start, end, BLOCK_V):
+            idx = v0 + tl.arange(0, BLOCK_V)
+            ok = idx < end
+            x = tl.load(values_ptr + idx, mask=ok, other=0)[:, None]  # (BLOCK_V, 1)
+            t = a_lo * x                                               # < 2**63
+            t = (t & 2305843009213693951) + (t >> 61)
+            sh = a_hi * x                                              # < 2**62
+            t = t + ((sh & 1073741823) << 31) + (sh >> 30) + b         # < 2**63
+            v = (t & 2305843009213693951) + (t >> 61)
+            v = tl.where(v >= 2305843009213693951, v - 2305843009213693951, v)
+            w = (v & 4294967295) + (v >> 32)
+            w = tl.where(w >= 4294967295, w - 4294967295, w)           # (BLOCK_V, BLOCK_P)
+            w = tl.where(ok[:, None], w, 4294967295)
+            acc = tl.minimum(acc, tl.min(w, axis=0))
+        tl.store(out_ptr + s * num_perm + perm, acc, mask=perm_ok)
+
+    def _minhash_triton(values: torch.Tensor, offsets: torch.Tensor, a: torch.Tensor,
+                        b: torch.Tensor) -> torch.Tensor:
+        """values (nnz,) int64, offsets (n_sets + 1,) int64, a, b (num_perm,) int64
+        -> (n_sets, num_perm) int64 signatures, EMPTY for empty sets."""
+        n_sets = offsets.numel() - 1
+        num_perm = a.numel()
+        out = torch.full((n_sets, num_perm), EMPTY, dtype=torch.int64, device=values.device)
+        if n_sets == 0 or num_perm == 0:
+            return out
+        block_p = min(128, triton.next_power_of_2(num_perm))
+        block_v = 32 if block_p >= 64 else 64
+        grid = (n_sets, triton.cdiv(num_perm, block_p))
+        _minhash_kernel[grid](values.contiguous(), offsets.contiguous(), a.contiguous(),
+                              b.contiguous(), out, num_perm, BLOCK_V=block_v, BLOCK_P=block_p)
+        return out
+else:  # pragma: no cover
+    _minhash_triton = None
+
+
 # ----------------------------------------------------------------------------- PyTorch path
 def _fold61(v):
     return (v & P61) + (v >> 61)
 
 
 def _hash_torch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """h(x) for x (n, 1) int64 < 2**32 and a, b (1, h) int64 -> (n, h) int64 in [0, M32)."""
-    a_lo = a & ((1 << 31) - 1)
-    a_hi = a >> 31
-    r_lo = _fold61(a_lo * x)  # (n, h)
-    s = _fold61(a_hi * x)
-    r_hi = ((s & ((1 << 30) - 1)) << 31) + (s >> 30)
-    v = _fold61(_fold61(r_lo + r_hi + b))
+    """h(x) for x int64 < 2**32 broadcast against a, b int64 (e.g. (n, 1) and (1, h)), in [0, M32)."""
+    t = _fold61((a & ((1 << 31) - 1)) * x)
+    s = (a >> 31) * x
+    t = t + ((s & ((1 << 30) - 1)) << 31) + (s >> 30) + b
+    v = _fold61(t)
     v = torch.where(v >= P61, v - P61, v)
     w = (v & M32) + (v >> 32)
-    w = (w & M32) + (w >> 32)
     return torch.where(w >= M32, w - M32, w)
 
 
+def _block_min(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x (B, W) int64, a, b (num_perm,) -> (B, num_perm) int64 = min over W of h(x).
+
+    The gather that builds ``x`` stays outside: an indirect load inside the compiled loop keeps
+    it from vectorizing (measured ~5x slower)."""
+    return _hash_torch(x.unsqueeze(-1), a, b).amin(dim=-2)
+
+
+_EAGER_BLOCK = 1 << 18      # hashes per eager block (its temporaries stay in cache)
+_COMPILED_BLOCK = 1 << 22   # hashes per compiled block (one fused loop, nothing materialized)
+_COMPILE_MIN_WORK = 1 << 27  # compile only when there are this many hashes to do (or once compiled)
+_compiled = None  # torch.compile(_block_min), built on first large CPU call; False if it failed
+
+
+def _compile_wanted(work: int, dev: torch.device) -> bool:
+    """FITSKETCH_COMPILE=1 forces torch.compile for the CPU path, =0 forbids it; by default it is
+    used for inputs large enough to repay the compile (seconds, cached on disk afterwards)."""
+    if dev.type != "cpu" or _compiled is False:
+        return False
+    flag = os.environ.get("FITSKETCH_COMPILE", "").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if flag in ("1", "true", "yes", "on"):
+        return True
+    return _compiled is not None or work >= _COMPILE_MIN_WORK
+
+
+def _get_block_fn(work: int, num_perm: int, dev: torch.device):
+    """The block function and its block size in hashes: compiled when wanted and available."""
+    global _compiled
+    if _compile_wanted(work, dev):
+        if _compiled is None:
+            try:
+                fn = torch.compile(_block_min, dynamic=True)
+                args = (torch.arange(6, dtype=torch.int64).view(2, 3),
+                        *(torch.from_numpy(v) for v in permutations(num_perm, 0)))
+                if not torch.equal(fn(*args), _block_min(*args)):
+                    raise RuntimeError("compiled MinHash block differs from the eager one")
+                _compiled = fn
+            except Exception as exc:  # no C++ compiler, unsupported platform, ...
+                log.warning("torch.compile of the MinHash CPU path failed (%s); using the eager "
+                            "PyTorch path (same results, slower); set FITSKETCH_COMPILE=0 to "
+                            "silence this", exc)
+                _compiled = False
+        if _compiled:
+            return _compiled, _COMPILED_BLOCK
+    return _block_min, _EAGER_BLOCK
+
+
 def _minhash_torch(values: torch.Tensor, offsets: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                   chunk_elems: int = 1 << 22) -> torch.Tensor:
-    """values (nnz,) int64, offsets (n_sets + 1,) int64 -> (n_sets, num_perm) int64."""
+                   block: int | None = None, block_fn=None) -> torch.Tensor:
+    """values (nnz,) int64, offsets (n_sets + 1,) int64 -> (n_sets, num_perm) int64.
+
+    Sets are sorted by length and cut into groups whose lengths differ by at most 25%; a group is
+    padded to a (B, L) rectangle by repeating each set's own elements (``j % len``), which leaves
+    the min unchanged, and reduced ``block`` hashes at a time; longer sets are cut along L.
+    """
     n_sets = offsets.numel() - 1
     num_perm = a.numel()
-    out = torch.full((n_sets, num_perm), EMPTY, dtype=torch.int64, device=values.device)
-    nnz = values.numel()
-    if nnz == 0 or n_sets == 0:
+    dev = values.device
+    out = torch.full((n_sets, num_perm), EMPTY, dtype=torch.int64, device=dev)
+    if values.numel() == 0 or n_sets == 0 or num_perm == 0:
         return out
-    lengths = offsets[1:] - offsets[:-1]
-    seg = torch.repeat_interleave(torch.arange(n_sets, device=values.device), lengths)
-    a2, b2 = a.view(1, -1), b.view(1, -1)
-    step = max(1, chunk_elems // max(num_perm, 1))
-    for lo in range(0, nnz, step):
-        hi = min(nnz, lo + step)
-        h = _hash_torch(values[lo:hi].view(-1, 1), a2, b2)  # (chunk, num_perm)
-        idx = seg[lo:hi].view(-1, 1).expand(-1, num_perm)
-        out.scatter_reduce_(0, idx, h, reduce="amin", include_self=True)
+    if block_fn is None:
+        block_fn, default_block = _get_block_fn(values.numel() * num_perm, num_perm, dev)
+        block = block or default_block
+    block = block or _EAGER_BLOCK
+    lengths = (offsets[1:] - offsets[:-1]).cpu()
+    order = torch.argsort(lengths, stable=True)
+    ls = lengths[order].numpy()
+    starts_all = offsets[:-1]
+    done_rows, done_sigs = [], []
+    i = int(np.searchsorted(ls, 1))  # skip empty sets: they stay EMPTY
+    while i < n_sets:
+        l0 = int(ls[i])
+        j = int(np.searchsorted(ls, l0 + l0 // 4, side="right"))  # lengths in [l0, 1.25 l0]
+        lmax = int(ls[j - 1])
+        rows = max(1, min(j - i, block // max(lmax * num_perm, 1)))
+        lmax = int(ls[i + rows - 1])
+        sel = order[i:i + rows]
+        if rows == 1:  # keep every dim >= 2 (no 0/1 re-specialization when compiled)
+            sel = torch.cat([sel, sel])
+        sel = sel.to(dev)
+        starts = starts_all[sel].view(-1, 1)  # (B, 1)
+        lens = lengths[sel.cpu()].to(dev).view(-1, 1)  # (B, 1)
+        width = max(2, min(lmax, block // (rows * num_perm)))
+        acc = None
+        for l_lo in range(0, lmax, width):
+            cols = torch.arange(l_lo, l_lo + width, device=dev).view(1, -1)  # (1, W), wraps
+            x = values[starts + cols % lens]  # (B, W): wraps within each set
+            m = block_fn(x, a, b)  # (B, num_perm)
+            acc = m if acc is None else torch.minimum(acc, m)
+        done_rows.append(sel)
+        done_sigs.append(acc)
+        i += rows
+    if done_rows:
+        out[torch.cat(done_rows)] = torch.cat(done_sigs)
     return out
 
 
@@ -112,11 +263,15 @@ def _check_csr(values, offsets):
 
 def minhash_csr(values, offsets, num_perm: int = 128, seed: int = 0,
                 device: str = "auto") -> np.ndarray:
-    """Signatures ``(n_sets, num_perm)`` uint32 of the sets ``values[offsets[s]:offsets[s+1]]``."""
+    """Signatures ``(n_sets, num_perm)`` uint32 of the sets ``values[offsets[s]:offsets[s+1]]``.
+
+    ``device="cuda"`` runs the Triton kernel, ``"cpu"`` the PyTorch path; ``"auto"`` picks CUDA
+    when present (``FITSKETCH_DEVICE`` forces either).
+    """
     values, offsets = _check_csr(values, offsets)
     dev = resolve_device(device)
     a, b = permutations(num_perm, seed)
-    if dev == "cuda" and _HAVE_TRITON and _minhash_triton is not None:
+    if dev == "cuda" and _minhash_triton is not None:
         out = _minhash_triton(torch.from_numpy(values).cuda(), torch.from_numpy(offsets).cuda(),
                               torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda())
     else:
@@ -124,9 +279,6 @@ def minhash_csr(values, offsets, num_perm: int = 128, seed: int = 0,
         out = _minhash_torch(torch.from_numpy(values).to(t), torch.from_numpy(offsets).to(t),
                              torch.from_numpy(a).to(t), torch.from_numpy(b).to(t))
     return out.cpu().numpy().astype(np.uint32)
-
-
-_minhash_triton = None  # the Triton kernel lands with the "Kernels" issue
 
 
 def tokens_to_csr(sets, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,1 @@
+"""fitsketch benchmarks: `python -m bench.bench_minhash` etc.; results in bench/results/."""

@@ -1,0 +1,21 @@
+"""Shared test setup.
+
+``TRITON_INTERPRET=1`` is set before anything imports Triton, so every Triton kernel runs on CPU
+tensors through Triton's interpreter and is compared with its NumPy reference (set
+``TRITON_INTERPRET=0`` on a GPU machine to test the compiled kernels instead).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def rng():
+    """A fresh, unseeded generator; its seed is printed so a failure report shows it
+    (replay with ``np.random.default_rng(seed)``)."""
+    seed = int(np.random.SeedSequence().entropy) % (1 << 63)
+    print(f"rng seed: {seed}")
+    return np.random.default_rng(seed)
