@@ -37,6 +37,7 @@ __all__ = ["DeepHashConfig", "DeepHashModel", "BucketTable", "train", "build_ind
 
 WEIGHTS_FORMAT = 1          # version of the weights record (msgpack dict of arrays)
 _ENUM_CAP = 1 << 16         # most buckets one query may enumerate: sum_{r <= R} C(c, r) <= this
+_DENSE_BITS = 20            # codes up to this length use a direct-address bucket table
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,11 @@ def add(index, model: DeepHashModel, x: np.ndarray, ids: np.ndarray) -> None:
 
 
 def _as_u64(codes: np.ndarray) -> np.ndarray:
-    """Packed codes (n, nbytes <= 8) as one big-endian uint64 each: bit j of the code is bit 63 - j."""
+    """Packed codes (n, nbytes <= 8) as one uint64 each, the bytes read big-endian: bit j of a
+    c-bit code is the integer's bit c - 1 - j."""
     n, nb = codes.shape
     padded = np.zeros((n, 8), dtype=np.uint8)
-    padded[:, :nb] = codes
+    padded[:, 8 - nb:] = codes
     return padded.view(">u8").reshape(n).astype(np.uint64)
 
 
@@ -228,6 +230,11 @@ class BucketTable:
         self.ids = ids[order]
         self.keys, self.starts, self.counts = np.unique(c[order], return_index=True, return_counts=True)
         self._masks: dict[int, np.ndarray] = {}
+        self._dense = None
+        if bits <= _DENSE_BITS:                                        # direct addressing: no search
+            cnt = np.zeros(1 << bits, dtype=np.int64)
+            cnt[self.keys.astype(np.int64)] = self.counts
+            self._dense = (np.concatenate([[0], np.cumsum(cnt)[:-1]]), cnt)
 
     def masks(self, r: int) -> np.ndarray:
         """(C(bits, r),) uint64 XOR masks flipping r of the code's bits."""
@@ -236,7 +243,7 @@ class BucketTable:
             if r == 0:
                 m = np.zeros(1, dtype=np.uint64)
             else:
-                bit = np.uint64(1) << (np.uint64(63) - np.arange(self.bits, dtype=np.uint64))
+                bit = np.uint64(1) << (np.uint64(self.bits - 1) - np.arange(self.bits, dtype=np.uint64))
                 combos = np.array(list(itertools.combinations(range(self.bits), r)), dtype=np.int64)
                 m = np.bitwise_or.reduce(bit[combos], axis=1)
             self._masks[r] = m = m.astype(np.uint64)
@@ -244,6 +251,9 @@ class BucketTable:
 
     def lookup(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(start, count)`` of each bucket in ``codes`` (any shape); absent buckets count 0."""
+        if self._dense is not None:
+            c = codes.astype(np.int64)
+            return self._dense[0][c], self._dense[1][c]
         if len(self.keys) == 0:
             return np.zeros(codes.shape, np.int64), np.zeros(codes.shape, np.int64)
         pos = np.minimum(np.searchsorted(self.keys, codes), len(self.keys) - 1)
@@ -309,6 +319,7 @@ def search(table: BucketTable, model: DeepHashModel, ids: np.ndarray, xb: np.nda
     q_bounds = np.searchsorted(q_of, np.arange(nq + 1))                # runs of query q: [b[q], b[q+1])
     cum = np.concatenate([[0], np.cumsum(run_len)])
     per_q = cum[q_bounds[1:]] - cum[q_bounds[:-1]]                     # (nq,) candidates per query
+    contiguous = ids[-1] - ids[0] + 1 == len(ids)                     # ids 0..N-1 (no removals)
     lo = 0
     while lo < nq:
         hi = lo + 1
@@ -319,9 +330,9 @@ def search(table: BucketTable, model: DeepHashModel, ids: np.ndarray, xb: np.nda
         flat = np.repeat(run_start[a:z] - (cum[a:z] - cum[a]), lens) + np.arange(cum[z] - cum[a])
         cand = table.ids[flat]                                          # (m,) candidate ids
         qrow = np.repeat(q_of[a:z], lens)                               # (m,) their query
-        rows = np.searchsorted(ids, cand)
+        rows = cand - ids[0] if contiguous else np.searchsorted(ids, cand)
         sims = np.einsum("md,md->m", xb[rows], xq[qrow])               # (m,) cosine
-        o = np.lexsort((cand, -sims, qrow))                            # by query, best first
+        o = np.argsort(qrow * 4.0 + (1.0 - sims), kind="stable")        # by query, best first (|sim| <= 1)
         qs = qrow[o]
         rank = np.arange(len(o)) - np.searchsorted(qs, qs)             # position within the query
         keep = rank < k

@@ -31,9 +31,10 @@ entries are added. IVF is retrained when ``sqrt(n)`` moves 2x from its ``nlist``
 retrained when more than ``DEEPHASH_RETRAIN_FRACTION`` of the samples it was trained on changed
 (added + removed). A missing or unreadable index is rebuilt from LMDB.
 
-``index="auto"``: ``flat`` below ``AUTO_FLAT_LIMIT`` vectors, ``hnsw`` from there on (the
-benchmark, bench/bench_embeddings.py, shows HNSW reaching recall@25 >= 0.95 at a higher
-throughput than IVF and the deep-hash buckets on this CPU).
+``index="auto"``: ``flat`` below ``AUTO_FLAT_LIMIT`` vectors, ``ivf`` from there on: in
+bench/bench_embeddings.py (--quick, 50k x 128 clustered, 2-core CPU) IVF reached recall@25 >= 0.95
+at 11x flat's queries/s (nprobe 8; 6.6x at the default 16, recall 1.0), HNSW at 8.4x, and the
+deep-hash buckets did not beat flat (their buckets merge clusters, so thousands of candidates).
 """
 from __future__ import annotations
 
@@ -61,10 +62,10 @@ INDEX_FORMAT = 1
 KINDS = ("flat", "ivf", "hnsw", "deephash")
 LEVELS = ("sample", "entry")
 CHUNK = 16_384                    # rows per sample record
-AUTO_FLAT_LIMIT = 10_000          # index="auto": flat below this many vectors, hnsw above
+AUTO_FLAT_LIMIT = 10_000          # index="auto": flat below this many vectors, ivf above
 HNSW_M = 32                       # graph degree
 HNSW_EF_CONSTRUCTION = 40         # FAISS default
-HNSW_EF_SEARCH = 128              # default search depth (bench: recall@25 >= 0.95 on 1M clustered)
+HNSW_EF_SEARCH = 64               # default search depth (bench --quick: recall@25 0.985 on 50k clustered)
 IVF_NPROBE = 16                   # default lists probed
 IVF_MIN_PER_LIST = 39             # FAISS k-means wants >= 39 training points per centroid
 DEEPHASH_CANDIDATES = 512         # default minimum candidates a deep-hash query reranks
@@ -188,7 +189,8 @@ class _State:
     lock: threading.RLock = field(default_factory=threading.RLock)
     table: _Table | None = None
     indexes: dict = field(default_factory=dict)   # (level, kind) -> _Loaded
-    model: object = None                          # deep-hash model of a hub that cannot store it
+    model: object = None                          # the deep-hash model last read / trained
+    model_generation: int = -1                    # generation at which `model` was checked
 
 
 def _sample_ids(entries: np.ndarray) -> np.ndarray:
@@ -329,7 +331,7 @@ class EmbeddingsMixin:
         D = np.where(I >= 0, D, MISSING_D).astype(np.float32)
         return D, I
 
-    def train_deephash(self, bits: int = 16, epochs: int = 8, *, labels=None, **params) -> dict:
+    def train_deephash(self, bits: int = 16, epochs: int = 30, *, labels=None, **params) -> dict:
         """(Re)train the deep-hash MLP on the stored sample embeddings and store its weights in
         database ``weights`` (key ``b"deephash"``); ``labels`` (n,) aligned with the sample ids in
         insertion order pick the triplet positives, else exact neighbours do. Other
@@ -363,23 +365,33 @@ class EmbeddingsMixin:
             self.store.transact(lambda txn: txn.put("weights", b"deephash", rec))
         except Exception as e:  # a read-only hub keeps the model in memory only
             log.warning("hub at %s: deep-hash weights not stored (%s); kept in memory", self.path, e)
-        self._emb().model = model
+        self._emb().model, self._emb().model_generation = model, t.generation
         return model
 
     def _deephash_model(self, t: _Table):
         """The stored model, trained first when absent or when too much changed since training."""
+        st = self._emb()
+        if st.model is not None and st.model_generation == t.generation and st.model.dim == t.dim:
+            return st.model
         with self.store.read() as txn:
             rec = txn.get("weights", b"deephash")
-        model = DH.DeepHashModel.from_record(rec) if rec is not None else self._emb().model
+        try:
+            model = DH.DeepHashModel.from_record(rec) if rec is not None else st.model
+        except (ValueError, KeyError, TypeError) as e:
+            raise E.CorruptHubError(f"hub at {self.path}: deep-hash weights cannot be read ({e}): "
+                                    f"retrain with hub.train_deephash()") from None
         if model is not None and model.dim == t.dim:
             # live samples with ids below the training high-water mark existed at training
             kept = int(np.minimum(t.entries[:, 2], np.maximum(model.trained_hwm - t.entries[:, 1], 0)).sum())
             changed = (t.n - kept) + (model.trained_n - kept)          # added + removed samples
             if changed <= DEEPHASH_RETRAIN_FRACTION * model.trained_n:
+                st.model, st.model_generation = model, t.generation
                 return model
             log.info("deep hash: %d of %d trained samples changed: retraining", changed, model.trained_n)
         cfg = model.config if model is not None else DH.DeepHashConfig()
-        return self._train_deephash(cfg)
+        model = self._train_deephash(cfg)
+        st.model_generation = t.generation
+        return model
 
     # -- indexes --------------------------------------------------------------------------------
     def _index_paths(self, level: str, kind: str) -> tuple[str, str]:
@@ -558,7 +570,7 @@ def _num_gpus() -> int:
 
 
 def _auto(n: int) -> str:
-    return "flat" if n < AUTO_FLAT_LIMIT else "hnsw"
+    return "flat" if n < AUTO_FLAT_LIMIT else "ivf"
 
 
 def _nlist(n: int) -> int:

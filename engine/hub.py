@@ -9,12 +9,12 @@ Reads: ``search`` runs inside one read transaction and sees one consistent snaps
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from .minhash import Alignment, align_from_similarity, feature_band_keys, simila
 from .partitions import aligned_distributions
 from .planner import Plan, Stage, choose_candidate_stage
 from .data import to_frame
+from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .sketch import Sketch, build_sketch
 from .storage import HubStore, from_u64, u64
 
@@ -96,7 +97,7 @@ def _dup(entry_id: int, feat: int) -> bytes:
     return struct.pack(">II", entry_id, feat)
 
 
-class Hub:
+class Hub(EmbeddingsMixin):
     """A fitsketch hub. Open with :func:`fitsketch.open`; use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, config: SketchConfig | None = None,
@@ -188,12 +189,13 @@ class Hub:
     # ------------------------------------------------------------------ writes
     def add(self, name: str, data, *, metadata: dict | None = None, partition_size: int | None = None,
             feature_names=None, progress: bool = False, autoencoder: bool = False, labels=None,
-            image_shape=None, ae_config=None) -> Entry:
+            image_shape=None, ae_config=None, embedding=None) -> Entry:
         """Sketch ``data`` and register it as entry ``name`` in one transaction.
 
         ``autoencoder=True`` also trains a SimEx autoencoder on the numeric columns (one per class
         when ``labels`` -- an array, or the name of a column, which is then not a feature -- are
         given; a convolutional one when ``image_shape=(C, H, W)``), stored with the entry.
+        ``embedding`` (one row per data row) stores sample embeddings for ``hub.nearest``.
         """
         _check_name(name)
         metadata = _check_metadata(metadata)
@@ -210,6 +212,8 @@ class Hub:
             raise E.InvalidArgumentError("labels are used by the SimEx autoencoders: pass autoencoder=True too")
         if labels is not None and len(labels) != len(df):
             raise E.DimensionError(f"labels has {len(labels)} values for {len(df)} rows: give one label per row")
+        if embedding is not None:
+            embedding = check_embedding(embedding, n_rows=len(df))
         sketch = build_sketch(df, self.config, partition_size=partition_size, device=self.device, progress=progress)
         fleet = None
         if autoencoder:
@@ -222,13 +226,13 @@ class Hub:
             fleet = [r.to_record() for r in simex.train_fleet(simex.numeric_matrix(df, columns=cols), labels,
                                                                image_shape=image_shape, config=cfg,
                                                                feature_names=cols)]
-        return self._add(name, sketch, metadata, fleet)
+        return self._add(name, sketch, metadata, fleet, embedding)
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
         """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
         return self._add(name, sketch, _check_metadata(metadata), None)
 
-    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None) -> Entry:
+    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None) -> Entry:
         _check_name(name)
         metadata = _check_metadata(metadata)
         if not isinstance(sketch, Sketch):
@@ -258,6 +262,8 @@ class Hub:
                 txn.put("extra", k, {"v": ENTRY_FORMAT, "coverage": sketch.coverage})
             if fleet is not None:
                 txn.put("weights", _AE_PREFIX + k, {"v": ENTRY_FORMAT, "simex": fleet})
+            if embedding is not None:
+                write_embeddings(txn, eid, embedding, n_rows=sketch.n_rows)
             for f in nonempty:
                 v = _dup(eid, int(f))
                 for bk in bands[f]:
@@ -292,6 +298,7 @@ class Hub:
             for db in ("entries", "signatures", "histograms", "extra"):
                 txn.delete(db, k)
             txn.delete("weights", _AE_PREFIX + k)
+            delete_embeddings(txn, eid)
             txn.delete("names", key)
             txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
             txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
@@ -343,7 +350,8 @@ class Hub:
                 if tuple(data.config_key) != self.config.sketch_key():
                     raise E.InvalidArgumentError(
                         "the query sketch was built with other parameters than this hub's: build it with hub.config")
-                target = data
+                # a sketch carries no rows, wherever it was built: coverage and simex fall back or refuse
+                target = dataclasses.replace(data, rows=None, row_owner=None, frame=None)
             else:
                 frame = to_frame(data, feature_names)
                 target = build_sketch(frame, self.config, device=self.device)
@@ -503,12 +511,9 @@ class Hub:
         """Coverage of the target's rows by each candidate; adaptivity for all when one cannot."""
         from . import coverage as _cov
 
-        if target.rows is None:
-            raise E.InvalidArgumentError(
-                "method='coverage' needs the target's rows: pass the data itself, not a sketch loaded from bytes")
         plans = []
-        reason = None
-        for rec, al in cands:
+        reason = None if target.rows is not None else "the query is a sketch without its rows (pass the data)"
+        for rec, al in (cands if reason is None else []):
             cov = (txn.get("extra", u64(rec["id"])) or {}).get("coverage")
             t_of = {sf: tj for tj, sf, _ in al.pairs}
             missing = [rec["features"][f] for f in range(len(rec["features"])) if f not in t_of]
@@ -525,7 +530,7 @@ class Hub:
             plans.append((rec, al, cov, cols))
         if reason is not None and not cfg.coverage_fallback:
             raise E.FeatureMismatchError(
-                f"method='coverage' needs every column of each candidate entry in the query: {reason}; "
+                f"method='coverage' needs the query's rows over every column of each candidate entry: {reason}; "
                 "pass coverage_fallback=True to fall back to adaptivity, or filter entries with where=")
         if reason is not None:
             log.info("coverage falls back to adaptivity: %s", reason)

@@ -25,7 +25,7 @@ from fitsketch.storage import pack
 
 N = 50            # rows per dataset
 PART = 25         # partition_size
-METHODS = ("adaptivity", "js", "exact-js", "l2")
+METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2")
 
 
 def _data(seed: int, shift: int = 0, cols=("a", "b", "c")) -> dict:
