@@ -304,6 +304,12 @@ class ERPairs:
         return len(self.y)
 
 
+def _one_thread():
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
 class ERMatcher:
     """A schema-free entity matcher: pair features over the whole serialized records (TF-IDF
     cosine on words and on character 3-grams, both fitted on the source task's training records;
@@ -321,7 +327,9 @@ class ERMatcher:
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 3), sublinear_tf=True,
                                     max_features=30_000, dtype=np.float32).fit(texts)
         self.clf = HistGradientBoostingClassifier(max_iter=100, random_state=self.seed)
-        self.clf.fit(self._features(pairs), pairs.y)
+        X = self._features(pairs)
+        with _one_thread():  # tiny fits: OpenMP threads cost more than they give, more so on a busy box
+            self.clf.fit(X, pairs.y)
         return self
 
     def _features(self, pairs: ERPairs) -> np.ndarray:
@@ -332,7 +340,9 @@ class ERMatcher:
         return np.column_stack([cos(self.word), cos(self.char), pairs.static])
 
     def predict(self, pairs: ERPairs) -> np.ndarray:
-        return self.clf.predict(self._features(pairs))
+        X = self._features(pairs)
+        with _one_thread():
+            return self.clf.predict(X)
 
     def f1(self, pairs: ERPairs) -> float:
         from sklearn.metrics import f1_score

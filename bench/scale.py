@@ -1,0 +1,279 @@
+"""Scale: what a hub costs as it grows -- add throughput, query latency, bytes per entry, RSS.
+
+Entries carry realistic sketch shapes (32 numeric features x 10 partitions of 500 rows) built
+cheaply: ``n_families`` seeded synthetic data distributions (normal, log-normal, integer and
+heavy-tailed columns at family-specific locations and scales), a few partition sketches of 500
+rows per family sketched for real with ``fitsketch.sketch``, and a few hundred entry sketches
+merged from 10 of those partitions each (mostly of one family, some from others) -- sketches are
+mergeable, so this is how large data is sketched too. Entries are registered with
+``hub.add_sketch`` under many names, cycling through the merged sketches. The hub grows through
+the sizes in turn (each size is measured on the same hub after adding the entries up to it).
+
+Per size: add throughput (entries/s over the entries added since the previous size), query
+p50/p99 of ``hub.search`` (method adaptivity, the default thresholds, query sketch prebuilt: 2
+partitions of a family's fresh data) over up to 20 queries within a time cap, candidates per
+query, hub bytes per entry (LMDB file size / entries) and peak RSS. Sizes that would not finish
+in the time available are extrapolated with a power-law fit of the measured ones, and marked so.
+Issue targets: p50 <= 50 ms at 1M entries on 2 cores; <= 32 KB per entry at 32 x 10.
+"""
+from __future__ import annotations
+
+import math
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import harness as H
+
+N_FEATURES = 32
+PARTITION_ROWS = 500
+PARTITIONS = 10
+TARGET_P50_MS = 50.0
+TARGET_BYTES = 32 * 1024
+TARGET_SIZE = 1_000_000
+
+
+def _family_data(fam: int, n: int, seed: int) -> np.ndarray:
+    r = np.random.default_rng(10_000 + fam)
+    kind = r.integers(0, 4, N_FEATURES)
+    loc = r.uniform(-1, 1, N_FEATURES) * 10 ** r.uniform(0, 4, N_FEATURES)
+    scale = np.abs(loc) * r.uniform(0.05, 0.5, N_FEATURES) + 1e-2
+    g = np.random.default_rng(seed)
+    cols = []
+    for j in range(N_FEATURES):
+        if kind[j] == 0:
+            c = g.normal(loc[j], scale[j], n)
+        elif kind[j] == 1:
+            c = np.sign(loc[j]) * g.lognormal(np.log(abs(loc[j]) + 1), 0.5, n)
+        elif kind[j] == 2:
+            c = np.rint(g.normal(loc[j], scale[j], n))
+        else:
+            c = loc[j] + scale[j] * g.standard_t(3, n)
+        cols.append(c)
+    return np.column_stack(cols)
+
+
+def build_sketches(n_families: int, parts_per_family: int, n_sketches: int, seed: int = 0, config=None):
+    """(entry sketches, query sketches) -- see the module docstring."""
+    import inspect
+
+    import fitsketch
+
+    cfg = config or fitsketch.SketchConfig()
+    names = [f"f{j}" for j in range(N_FEATURES)]
+    # merged parts must share the coverage transform's centre (where the engine has one)
+    kw = {"coverage_center": np.zeros(N_FEATURES)} if "coverage_center" in inspect.signature(
+        fitsketch.sketch).parameters else {}
+    parts = {}
+    for f in range(n_families):
+        for p in range(parts_per_family):
+            X = _family_data(f, PARTITION_ROWS, seed * 1_000_003 + f * 1000 + p)
+            parts[f, p] = fitsketch.sketch(X, cfg, partition_size=PARTITION_ROWS, feature_names=names, **kw)
+    rng = np.random.default_rng(seed)
+    sketches = []
+    for i in range(n_sketches):
+        fam = i % n_families
+        n_other = int(rng.integers(0, 4))
+        picks = [(fam, int(p)) for p in rng.integers(0, parts_per_family, PARTITIONS - n_other)]
+        picks += [(int(rng.integers(0, n_families)), int(rng.integers(0, parts_per_family))) for _ in range(n_other)]
+        rng.shuffle(picks)
+        sk = parts[picks[0]]
+        for key in picks[1:]:
+            sk = sk.merge(parts[key])
+        sketches.append(sk)
+    queries = []
+    for q in range(20):
+        fam = int(rng.integers(0, n_families))
+        X = _family_data(fam, 2 * PARTITION_ROWS, seed * 1_000_003 + 999_000 + q)
+        queries.append(fitsketch.sketch(X, cfg, partition_size=PARTITION_ROWS, feature_names=names, **kw))
+    return sketches, queries
+
+
+def _rss_mb() -> tuple[float, float]:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    try:
+        with open("/proc/self/statm") as f:
+            cur = int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:  # pragma: no cover
+        cur = float("nan")
+    return cur, peak
+
+
+def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, max_query_s: float,
+            workdir: Path, out=print) -> list[dict]:
+    import fitsketch
+
+    t0 = time.perf_counter()
+    sketches, queries = build_sketches(n_families, parts_per_family, n_sketches)
+    nbytes = sum(s.hist["count"].nbytes * 4 + s.signatures.nbytes for s in sketches[:50]) / min(50, len(sketches))
+    out(f"  built {len(sketches)} entry sketches ({sketches[0].n_features} features x {sketches[0].n_partitions} "
+        f"partitions, ~{nbytes / 1024:.0f} KiB of arrays each) from {n_families * parts_per_family} partition "
+        f"sketches in {time.perf_counter() - t0:.1f} s")
+    points = []
+    with fitsketch.open(workdir / "scale.hub") as hub:
+        n = 0
+        for size in sizes:
+            t1 = time.perf_counter()
+            start = n
+            while n < size:
+                hub.add_sketch(f"model-{n:07d}", sketches[n % len(sketches)], metadata={"i": n})
+                n += 1
+            add_s = time.perf_counter() - t1
+            lat, cands = [], []
+            tq = time.perf_counter()
+            for q in queries:
+                t2 = time.perf_counter()
+                plan = hub.explain(q, k=10, method="adaptivity")
+                lat.append(time.perf_counter() - t2)
+                cands.append(next((s.actual for s in plan.stages if s.name == "candidates"), None))
+                if time.perf_counter() - tq > max_query_s:
+                    break
+            stats = hub.stats()
+            cur, peak = _rss_mb()
+            pt = {"entries": size, "add_entries_per_s": (size - start) / add_s if size > start else None,
+                  "add_ms_per_entry": 1e3 * add_s / (size - start) if size > start else None,
+                  "query_p50_ms": 1e3 * float(np.percentile(lat, 50)),
+                  "query_p99_ms": 1e3 * float(np.percentile(lat, 99)), "queries": len(lat),
+                  "candidates_median": float(np.median([c for c in cands if c is not None] or [np.nan])),
+                  "bytes_per_entry": stats["bytes"] / size, "hub_bytes": stats["bytes"],
+                  "rss_mb": cur, "peak_rss_mb": peak}
+            points.append(pt)
+            out(f"  {size:>9,} entries: add {pt['add_entries_per_s']:.1f} entries/s; query p50 "
+                f"{pt['query_p50_ms']:.0f} ms, p99 {pt['query_p99_ms']:.0f} ms over {len(lat)} queries "
+                f"(median {pt['candidates_median']:.0f} candidates); {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
+                f"RSS {cur:.0f} MiB (peak {peak:.0f})")
+    return points
+
+
+def _fit(xs, ys):
+    """log y = a + b log x over the points with positive values; None when fewer than 2."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x and y and x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    b, a = np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)
+    return float(a), float(b)
+
+
+def extrapolate(points: list[dict], sizes) -> list[dict]:
+    xs = [p["entries"] for p in points]
+    out = []
+    fits = {k: _fit(xs, [p[k] for p in points]) for k in ("query_p50_ms", "query_p99_ms", "bytes_per_entry",
+                                                           "add_ms_per_entry")}
+    for s in sizes:
+        pt = {"entries": s, "extrapolated": True}
+        for k, f in fits.items():
+            if f is not None:
+                a, b = f
+                # bytes per entry and add cost do not shrink with size: no credit for a falling fit
+                if k in ("bytes_per_entry", "add_ms_per_entry"):
+                    b = max(b, 0.0)
+                pt[k] = math.exp(a + b * math.log(s))
+                pt[k + "_exponent"] = b
+        out.append(pt)
+    return out
+
+
+def _plot(points, extra, path: Path) -> None:
+    plt = H.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    specs = [("query_p50_ms", "query p50 (ms)", TARGET_P50_MS, "target 50 ms at 1M"),
+             ("query_p99_ms", "query p99 (ms)", None, None),
+             ("add_ms_per_entry", "add cost (ms per entry)", None, None)]
+    for ax, (k, label, tgt, tlabel) in zip(axes, specs):
+        xs = [p["entries"] for p in points if p.get(k)]
+        ax.loglog(xs, [p[k] for p in points if p.get(k)], "o-", label="measured")
+        ex = [p for p in extra if p.get(k)]
+        if ex and xs:
+            ax.loglog([xs[-1]] + [p["entries"] for p in ex], [points[-1][k]] + [p[k] for p in ex], "s--",
+                      alpha=0.7, label="extrapolated (power-law fit)")
+        if tgt is not None:
+            ax.scatter([TARGET_SIZE], [tgt], marker="*", s=150, color="red", zorder=5, label=tlabel)
+        ax.set_xlabel("hub size (entries)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax2 = axes[2].twinx()
+    ax2.loglog([p["entries"] for p in points], [p["bytes_per_entry"] / 1024 for p in points], "g^:",
+               label="KiB per entry")
+    ax2.axhline(TARGET_BYTES / 1024, color="g", alpha=0.4, lw=1)
+    ax2.set_ylabel("hub KiB per entry (green; line = 32 KB target)", color="g")
+    fig.suptitle("fitsketch hub cost vs size (32 features x 10 partitions of 500 rows per entry; 2 CPU cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(quick: bool = False, out_dir: Path | None = None, out=print) -> dict:
+    out_dir = Path(out_dir) if out_dir is not None else H.RESULTS
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = H.context("cpu", quick)
+    env = H.environment("cpu")
+    if quick:
+        sizes, fams, ppf, nsk, qcap = (250, 1000), 10, 4, 40, 45.0
+    else:
+        sizes, fams, ppf, nsk, qcap = (1000, 3000, 10000), 20, 6, 200, 150.0
+    t0 = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-"))
+    try:
+        out(f"scale: hub sizes {sizes} in {tmp} (on disk)")
+        points = measure(sizes, n_families=fams, parts_per_family=ppf, n_sketches=nsk, max_query_s=qcap,
+                         workdir=tmp, out=out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    want = [s for s in (10_000, 100_000, TARGET_SIZE) if s > sizes[-1]]
+    extra = extrapolate(points, want)
+    rows = []
+    for p in points:
+        n = p["entries"]
+        w = f"{n} entries"
+        rows.append(H.row(ctx, "scale", w, "add_sketch", "add_throughput", p["add_entries_per_s"], unit="entries/s"))
+        rows.append(H.row(ctx, "scale", w, "adaptivity", "query_p50", p["query_p50_ms"], unit="ms",
+                          baseline="issue target (at 1M)", baseline_value=TARGET_P50_MS, queries=p["queries"],
+                          candidates=p["candidates_median"]))
+        rows.append(H.row(ctx, "scale", w, "adaptivity", "query_p99", p["query_p99_ms"], unit="ms",
+                          queries=p["queries"], candidates=p["candidates_median"]))
+        rows.append(H.row(ctx, "scale", w, "hub", "bytes_per_entry", p["bytes_per_entry"], unit="B",
+                          baseline="issue target", baseline_value=TARGET_BYTES))
+        rows.append(H.row(ctx, "scale", w, "process", "peak_rss", p["peak_rss_mb"], unit="MiB"))
+    for p in extra:
+        w = f"{p['entries']} entries (extrapolated)"
+        note = "extrapolated by a power-law fit of the measured sizes, not measured"
+        if "query_p50_ms" in p:
+            rows.append(H.row(ctx, "scale", w, "adaptivity", "query_p50", p["query_p50_ms"], unit="ms",
+                              baseline="issue target (at 1M)", baseline_value=TARGET_P50_MS,
+                              exponent=p["query_p50_ms_exponent"], note=note))
+        if "add_ms_per_entry" in p:
+            rows.append(H.row(ctx, "scale", w, "add_sketch", "build_time", p["add_ms_per_entry"] * p["entries"] / 1e3,
+                              unit="s", note=note + "; time to add all entries, per-entry add cost extrapolated by the same fit (never below the measured)"))
+    total = time.perf_counter() - t0
+    rows.append(H.row(ctx, "scale", "all", "all", "wall_time", total, unit="s"))
+    notes = [f"sizes measured: {list(sizes)}; hub on local disk (LMDB commits per entry are synced)",
+             "query = hub.explain/search(k=10, method='adaptivity', default thresholds) with a prebuilt "
+             "2-partition query sketch; queries stop early at the per-size time cap (see 'queries')",
+             "bytes per entry = LMDB file size / entries"]
+    largest = points[-1]
+    at_1m = next((p for p in extra if p["entries"] == TARGET_SIZE), None)
+    verdict = []
+    if at_1m and "query_p50_ms" in at_1m:
+        verdict.append(f"query p50 at 1M entries (extrapolated): {at_1m['query_p50_ms']:.3g} ms vs target "
+                       f"{TARGET_P50_MS:.0f} ms -> {at_1m['query_p50_ms'] / TARGET_P50_MS:.3g}x over"
+                       if at_1m["query_p50_ms"] > TARGET_P50_MS else "query p50 target met (extrapolated)")
+    verdict.append(f"bytes per entry at {largest['entries']:,}: {largest['bytes_per_entry'] / 1024:.1f} KiB vs "
+                   f"32 KiB target -> {largest['bytes_per_entry'] / TARGET_BYTES:.2f}x")
+    if at_1m and "add_ms_per_entry" in at_1m:
+        verdict.append(f"building a 1M-entry hub at the measured add rate would take "
+                       f"{at_1m['add_ms_per_entry'] * TARGET_SIZE / 3.6e6:.1f} h: not run")
+    for v in verdict:
+        out("  " + v)
+    notes += verdict
+    suffix = "_quick" if quick else ""
+    plot = out_dir / f"scale{suffix}.png"
+    _plot(points, extra, plot)
+    path = H.write_suite(f"scale{suffix}", rows, out=out_dir, quick=quick, plots=[plot.name],
+                         tables={"points": points, "extrapolated": extra, "notes": notes}, env=env)
+    out(f"scale suite: {total:.1f} s; wrote {path}")
+    return {"rows": rows, "points": points, "extrapolated": extra, "path": path}
