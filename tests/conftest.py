@@ -10,6 +10,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# `make test` runs two pytest workers on two cores: one intra-op thread each, or their OpenMP
+# thread pools fight over the cores (small int64 kernels measured 10x slower that way)
+torch.set_num_threads(1)
 
 
 @pytest.fixture
