@@ -1,4 +1,4 @@
-"""The ``fitsketch`` command line: init | add | search | show | remove | serve | demo.
+"""The ``fitsketch`` command line: init | add | search | show | remove | serve | simex | bench | demo.
 
 Every command that prints results takes ``--json``. Errors print one line to stderr and exit
 with status 2 (bad input, a FitsketchError) or 1 (anything unexpected).
@@ -78,7 +78,9 @@ def cmd_add(args) -> None:
 def _query_overrides(args) -> dict:
     return {k: v for k, v in (("feature_threshold", args.feature_threshold),
                               ("overlap_threshold", args.overlap_threshold), ("match", args.match),
-                              ("jslsh_r", args.r), ("jslsh_k", args.jslsh_k), ("jslsh_l", args.jslsh_l))
+                              ("jslsh_r", args.r), ("jslsh_k", args.jslsh_k), ("jslsh_l", args.jslsh_l),
+                              ("coverage_tau", args.tau), ("simex_loss", args.loss),
+                              ("simex_normalize", False if args.no_normalize else None))
             if v is not None}
 
 
@@ -135,6 +137,37 @@ def cmd_remove(args) -> None:
     _emit(args, {"removed": args.name, "entries": n}, f"removed {args.name!r}; {n} entries left")
 
 
+def cmd_simex_classes(args) -> None:
+    from . import simex
+    from .data import to_frame
+
+    df = to_frame(args.data)
+    if args.labels not in df.columns:
+        raise E.InvalidArgumentError(f"--labels {args.labels!r} is not a column of {args.data}: columns are {list(df.columns)}")
+    labels = df[args.labels].to_numpy()
+    X = simex.numeric_matrix(df.drop(columns=[args.labels]))
+    shape = tuple(int(v) for v in args.image_shape.split(",")) if args.image_shape else None
+    classes, m = simex.class_similarity(X, labels, image_shape=shape, symmetric=args.symmetric)
+    png = simex.heatmap(classes, m, args.png) if args.png else None
+    out = {"classes": [c if isinstance(c, (int, float, str)) else str(c) for c in classes], "matrix": m, "png": png}
+    head = "class  " + " ".join(f"{str(c):>7}" for c in classes)
+    rows = [f"{str(c):<6} " + " ".join(f"{v:7.3f}" for v in row) for c, row in zip(classes, m)]
+    _emit(args, out, "\n".join(["SimEx delta (row: class samples | column: class autoencoder; lower = closer)",
+                                 head, *rows] + ([f"heatmap: {png}"] if png else [])))
+
+
+def cmd_bench(args) -> None:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "__main__.py").exists():
+        raise E.InvalidArgumentError("the benchmarks live in the source checkout (bench/): run this from a clone")
+    cmd = [sys.executable, "-m", "bench", args.suite] + (["--quick"] if args.quick else [])
+    raise SystemExit(subprocess.call(cmd, cwd=root, env=dict(os.environ)))
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -180,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--r", type=float, help="JS-LSH bucket width")
     s.add_argument("--jslsh-k", type=int)
     s.add_argument("--jslsh-l", type=int)
+    s.add_argument("--tau", type=float, help="coverage: rows a code needs to count as seen")
+    s.add_argument("--loss", choices=["mse", "ssim"], help="simex: reconstruction loss")
+    s.add_argument("--no-normalize", action="store_true", help="simex: do not divide by the source's mean norm")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_search)
 
@@ -194,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_remove)
+
+    s = sub.add_parser("simex", help="SimEx autoencoder tools")
+    simex_sub = s.add_subparsers(dest="simex_command", required=True)
+    c = simex_sub.add_parser("classes", help="inter-class similarity matrix of one labelled dataset (+ heatmap)")
+    c.add_argument("data", help="a .csv, .tsv, .parquet or .npy file")
+    c.add_argument("--labels", required=True, help="the label column")
+    c.add_argument("--image-shape", help="C,H,W for image rows (a convolutional autoencoder)")
+    c.add_argument("--symmetric", action="store_true")
+    c.add_argument("--png", help="write the heatmap here")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_simex_classes)
+
+    s = sub.add_parser("bench", help="run the benchmarks (python -m bench) from a source checkout")
+    s.add_argument("suite", nargs="?", default="quality", choices=["quality", "speed", "scale", "all"])
+    s.add_argument("--quick", action="store_true")
+    s.set_defaults(fn=cmd_bench)
 
     from .server import add_serve_parser
 

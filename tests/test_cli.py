@@ -93,3 +93,22 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, files, run, args, code, n
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and f"[{code}]" in lines[0] and needle in lines[0]
     assert p.stdout == ""
+
+
+def test_cli_simex_classes_writes_matrix_and_heatmap(tmp_path, run):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    keep = np.isin(y, [0, 1, 7])
+    df = pd.DataFrame(X[keep], columns=[f"p{i}" for i in range(64)])
+    df["digit"] = y[keep]
+    csv = tmp_path / "d.csv"
+    df.to_csv(csv, index=False)
+    png = tmp_path / "heat.png"
+    out = json.loads(run("simex", "classes", csv, "--labels", "digit", "--png", png, "--json").stdout)
+    m = np.array(out["matrix"])
+    assert out["classes"] == [0, 1, 7] and m.shape == (3, 3)
+    assert all(m[i, i] == m[i].min() for i in range(3))  # each class is closest to its own autoencoder
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    p = run("simex", "classes", csv, "--labels", "nope", check=False)
+    assert p.returncode == 2 and "[invalid_argument]" in p.stderr
