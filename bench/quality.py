@@ -8,7 +8,8 @@ Workloads (ground truth from training real models, see ``fitsketch.workloads``):
   experiment; seeds 0-3, seed 0 in --quick).
 * ``digit_domains`` -- scikit-learn digits vs MNIST-5k downsampled to 8x8, mixes of both.
 
-Per workload and method (adaptivity, js, exact-js, l2, and the source-accuracy baseline):
+Per workload and method (adaptivity, coverage, js, exact-js, l2, simex, the source-accuracy baseline
+and, where labels are known, the label-aware oracle that bounds coverage from above):
 top-1 / top-2 error, regret and mean Pearson r over targets (``selection_quality``).
 """
 from __future__ import annotations
@@ -21,8 +22,10 @@ import numpy as np
 
 from . import harness as H
 
-METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2")
+METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2", "simex")
+ROW_METHODS = ("coverage", "simex")  # these need the target's rows: they are given the data, not a sketch
 BASELINE = "source-accuracy"
+ORACLE = "oracle-labels"  # label-aware ceiling of coverage (fitsketch.workloads.label_oracle)
 METRICS = ("top1_error", "top2_error", "regret", "pearson")
 LOWER_IS_BETTER = {"top1_error": True, "top2_error": True, "regret": True, "pearson": False}
 
@@ -43,18 +46,26 @@ def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: 
     raw = {m: {} for m in METHODS}
     returned = {m: 0 for m in METHODS}
     search_s = {m: 0.0 for m in METHODS}
+    from fitsketch.simex import AEConfig
+
+    ae = AEConfig(epochs=25, time_cap_s=10.0, seed=0)
     with fitsketch.open(workdir, config=SketchConfig(partition_size=partition_size)) as hub:
         for name, df in wl.sources.items():
-            hub.add(name, df, metadata={"source_accuracy": wl.source_accuracy[name]})
+            meta = {"source_accuracy": wl.source_accuracy[name]}
+            try:  # a SimEx autoencoder over the numeric columns, where there are any
+                hub.add(name, df, metadata=meta, autoencoder=True, ae_config=ae)
+            except (fitsketch.errors.UnsupportedDataError, fitsketch.errors.TooFewSamplesError,
+                    fitsketch.errors.NonFiniteError):  # no numeric columns, or NaN in them
+                hub.add(name, df, metadata=meta)
         add_s = time.perf_counter() - t0
         for t, df in wl.targets.items():
             target = fitsketch.sketch(df, hub.config, partition_size=partition_size)
             for m in METHODS:
                 t1 = time.perf_counter()
                 try:
-                    res = hub.search(target, k=len(wl.sources), method=m)
-                except fitsketch.errors.NoSharedFeaturesError:
-                    res = []
+                    res = hub.search(df if m in ROW_METHODS else target, k=len(wl.sources), method=m)
+                except (fitsketch.errors.NoSharedFeaturesError, fitsketch.errors.InvalidArgumentError):
+                    res = []  # e.g. simex when no entry has an autoencoder over the target's columns
                 search_s[m] += time.perf_counter() - t1
                 returned[m] += len(res)
                 # rank order is the method's; break exact score ties by rank
@@ -89,7 +100,7 @@ def quality(scores: dict, accuracy) -> dict:
 
 def evaluate(wls: list, workdir: Path, *, partition_size: int, out=print, label: str = "") -> dict:
     """Quality per method averaged over the workload instances ``wls`` (e.g. seeds)."""
-    per = {m: [] for m in (*METHODS, BASELINE)}
+    per = {m: [] for m in (*METHODS, BASELINE, ORACLE)}
     coverage = {m: [] for m in METHODS}
     seconds = []
     scatter = []  # (method, target, source, score, accuracy) of the first instance
@@ -105,10 +116,18 @@ def evaluate(wls: list, workdir: Path, *, partition_size: int, out=print, label:
                     scatter += [(m, t, s, v, float(wl.accuracy[t][s])) for s, v in sc.items()]
         src = {t: dict(wl.source_accuracy) for t in wl.targets}
         per[BASELINE].append(quality(src, wl.accuracy))
+        if wl.target_labels is not None:
+            from fitsketch.workloads import label_oracle
+
+            per[ORACLE].append(quality(label_oracle(wl), wl.accuracy))
         if i == 0:
             scatter += [(BASELINE, t, s, v, float(wl.accuracy[t][s])) for t, sc in src.items() for s, v in sc.items()]
     summary = {}
     for m, qs in per.items():
+        if not qs:
+            summary[m] = {k: float("nan") for k in METRICS}
+            summary[m]["targets"] = 0
+            continue
         summary[m] = {k: _nanmean([q[k] for q in qs]) for k in METRICS}
         summary[m]["targets"] = int(sum(q["targets"] for q in qs))
         summary[m]["targets_without_result"] = int(sum(q.get("targets_without_result", 0) for q in qs))
@@ -125,7 +144,7 @@ def _nanmean(xs) -> float:
 def _print_tables(results: dict, out=print) -> None:
     """The ModelHub paper's Tables 4-5 layout: Pearson r, then top-1/top-2 error, per workload."""
     wls = list(results)
-    methods = (*METHODS, BASELINE)
+    methods = (*METHODS, BASELINE, ORACLE)
     out("\nTable 4 layout -- mean Pearson r of score vs measured target accuracy (higher is better)")
     out(f"  {'method':<16}" + "".join(f"{w:>16}" for w in wls))
     for m in methods:
@@ -149,7 +168,7 @@ def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
     methods = (*METHODS, BASELINE)
     for metric, label in (("top1_error", "top-1 error"), ("top2_error", "top-2 error")):
         p = out_dir / f"quality{suffix}_{metric}.png"
-        H.bar_chart(p, wls, {m: [results[w]["summary"][m][metric] for w in wls] for m in methods},
+        H.bar_chart(p, wls, {m: [results[w]["summary"][m][metric] for w in wls] for m in (*methods, ORACLE)},
                     title=f"{label} per method and workload (lower is better)", ylabel=label, ylim=(0, 1.05))
         files.append(p.name)
     # score vs true accuracy per target, first instance of each workload
@@ -258,7 +277,7 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
     rows = []
     for w, res in results.items():
         base = res["summary"][BASELINE]
-        for m in (*METHODS, BASELINE):
+        for m in (*METHODS, BASELINE, ORACLE):
             s = res["summary"][m]
             for metric in METRICS:
                 rows.append(H.row(ctx, "quality", w, m, metric, s[metric],

@@ -33,6 +33,25 @@ class Workload:
     targets: dict[str, pd.DataFrame]        # name -> target data (features only)
     accuracy: pd.DataFrame                  # accuracy[target][source]: source model on the target
     source_accuracy: dict[str, float]       # each source model on its own held-out data
+    source_labels: dict | None = None       # name -> class labels of the source rows (when known)
+    target_labels: dict | None = None       # name -> class labels of the target rows (when known)
+
+
+ORACLE_TAU = 30  # a class counts as seen by a source once it holds this many of its rows
+
+
+def label_oracle(wl: Workload, tau: float = ORACLE_TAU) -> dict[str, dict[str, float]]:
+    """The label-aware ceiling of coverage: share of the target's class mass that each source has
+    seen at least ``tau`` times, ``sum_c p_target(c) * min(1, n_source(c) / tau)``."""
+    out = {}
+    for t, yt in wl.target_labels.items():
+        classes, counts = np.unique(yt, return_counts=True)
+        p = counts / counts.sum()
+        out[t] = {}
+        for s, ys in wl.source_labels.items():
+            n = np.array([(np.asarray(ys) == c).sum() for c in classes], dtype=float)
+            out[t][s] = float((p * np.minimum(1.0, n / tau)).sum())
+    return out
 
 
 def _skewed_indices(rng, y_pool: np.ndarray, major: list[int], n: int, share: float) -> np.ndarray:
@@ -55,7 +74,7 @@ def digits_skew(seed: int = 0, n_source: int = 400, n_target: int = 300, share: 
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
     rng = np.random.default_rng(seed)
     recipes = {"balanced": None, **{f"skew{2 * g}{2 * g + 1}": [2 * g, 2 * g + 1] for g in range(5)}}
-    sources, targets, models, own = {}, {}, {}, {}
+    sources, targets, models, own, slab, tlab = {}, {}, {}, {}, {}, {}
     for rname, major in recipes.items():
         if major is None:
             si = rng.choice(len(ytr), n_source, replace=False)
@@ -69,9 +88,10 @@ def digits_skew(seed: int = 0, n_source: int = 400, n_target: int = 300, share: 
         sources[rname] = pd.DataFrame(Xtr[si], columns=names)
         targets[rname] = pd.DataFrame(Xte[ti], columns=names)
         models[rname] = (clf, Xte[ti], yte[ti])
+        slab[rname], tlab[rname] = ytr[si], yte[ti]
     acc = pd.DataFrame({t: {s: float(models[s][0].score(models[t][1] / 16.0, models[t][2])) for s in sources}
                         for t in targets})
-    return Workload(sources, targets, acc, own)
+    return Workload(sources, targets, acc, own, slab, tlab)
 
 
 def selection_quality(scores: dict[str, dict[str, float]], accuracy: pd.DataFrame) -> dict:
@@ -199,7 +219,7 @@ def digit_domains(seed: int = 0, n_source: int = 400, n_target: int = 300,
                 lo += k
         return [(np.concatenate(xs), np.concatenate(ys)) for xs, ys in parts]
 
-    sources, targets, models, own = {}, {}, {}, {}
+    sources, targets, models, own, slab, tlab = {}, {}, {}, {}, {}, {}
     for share in shares:
         name = f"mnist{int(round(share * 100))}"
         (Xs, ys), (Xv, yv) = draw("train", share, (n_source, n_target))
@@ -209,9 +229,10 @@ def digit_domains(seed: int = 0, n_source: int = 400, n_target: int = 300,
         sources[name] = pd.DataFrame(Xs, columns=names)
         targets[name] = pd.DataFrame(Xt, columns=names)
         models[name] = (clf, Xt, yt)
+        slab[name], tlab[name] = ys, yt
     acc = pd.DataFrame({t: {s: float(models[s][0].score(models[t][1] / 16.0, models[t][2])) for s in sources}
                         for t in targets})
-    return Workload(sources, targets, acc, own)
+    return Workload(sources, targets, acc, own, slab, tlab)
 
 
 # ------------------------------------------------------------------ ER-Magellan (Ditto serialization)
