@@ -21,6 +21,7 @@ test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2
 
 test-all: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,text]'
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -n 2 -m ''
 
 bench: $(STAMP)

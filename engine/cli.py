@@ -1,4 +1,5 @@
-"""The ``fitsketch`` command line: init | add | search | show | remove | serve | simex | bench | demo.
+"""The ``fitsketch`` command line: init | add | search | show | remove | serve | simex |
+search-logits | search-concept | bench | demo.
 
 Every command that prints results takes ``--json``. Errors print one line to stderr and exit
 with status 2 (bad input, a FitsketchError) or 1 (anything unexpected).
@@ -247,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true")
     s.set_defaults(fn=cmd_bench)
 
+    from .probelog import add_probelog_parsers
     from .server import add_serve_parser
+
+    add_probelog_parsers(sub)
 
     add_serve_parser(sub)
 

@@ -78,6 +78,12 @@ class UnknownLossError(InvalidArgumentError):
     code = "unknown_loss"
 
 
+class EncoderNotInstalledError(FitsketchError, ImportError):
+    """The package of a text encoder is not installed."""
+
+    code = "encoder_not_installed"
+
+
 class NoSharedFeaturesError(FitsketchError):
     """No entry shares enough features with the query."""
 

@@ -26,6 +26,7 @@ from .partitions import aligned_distributions
 from .planner import Plan, Stage, choose_candidate_stage
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
+from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
 from .sketch import Sketch, build_sketch
 from .storage import HubStore, from_u64, u64
 
@@ -97,7 +98,7 @@ def _dup(entry_id: int, feat: int) -> bytes:
     return struct.pack(">II", entry_id, feat)
 
 
-class Hub(EmbeddingsMixin):
+class Hub(EmbeddingsMixin, ProbeLogMixin):
     """A fitsketch hub. Open with :func:`fitsketch.open`; use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, config: SketchConfig | None = None,
@@ -189,13 +190,16 @@ class Hub(EmbeddingsMixin):
     # ------------------------------------------------------------------ writes
     def add(self, name: str, data, *, metadata: dict | None = None, partition_size: int | None = None,
             feature_names=None, progress: bool = False, autoencoder: bool = False, labels=None,
-            image_shape=None, ae_config=None, embedding=None) -> Entry:
+            image_shape=None, ae_config=None, embedding=None, model=None, logit_labels=None,
+            probe_set: str | None = None) -> Entry:
         """Sketch ``data`` and register it as entry ``name`` in one transaction.
 
         ``autoencoder=True`` also trains a SimEx autoencoder on the numeric columns (one per class
         when ``labels`` -- an array, or the name of a column, which is then not a feature -- are
         given; a convolutional one when ``image_shape=(C, H, W)``), stored with the entry.
         ``embedding`` (one row per data row) stores sample embeddings for ``hub.nearest``.
+        ``model`` (a callable or torch module returning logits) is run on the hub's probe set and
+        one ProbeLog descriptor per logit is stored, for ``search_logits`` / ``search_concept``.
         """
         _check_name(name)
         metadata = _check_metadata(metadata)
@@ -214,6 +218,11 @@ class Hub(EmbeddingsMixin):
             raise E.DimensionError(f"labels has {len(labels)} values for {len(df)} rows: give one label per row")
         if embedding is not None:
             embedding = check_embedding(embedding, n_rows=len(df))
+        probed = None
+        if model is not None:
+            probed = (self.probe(model, probe_set), logit_labels, probe_set)
+        elif logit_labels is not None:
+            raise E.InvalidArgumentError("logit_labels describe a model's outputs: pass model= too")
         sketch = build_sketch(df, self.config, partition_size=partition_size, device=self.device, progress=progress)
         fleet = None
         if autoencoder:
@@ -226,13 +235,14 @@ class Hub(EmbeddingsMixin):
             fleet = [r.to_record() for r in simex.train_fleet(simex.numeric_matrix(df, columns=cols), labels,
                                                                image_shape=image_shape, config=cfg,
                                                                feature_names=cols)]
-        return self._add(name, sketch, metadata, fleet, embedding)
+        return self._add(name, sketch, metadata, fleet, embedding, probed)
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
         """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
         return self._add(name, sketch, _check_metadata(metadata), None)
 
-    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None) -> Entry:
+    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
+             probed=None) -> Entry:
         _check_name(name)
         metadata = _check_metadata(metadata)
         if not isinstance(sketch, Sketch):
@@ -264,6 +274,9 @@ class Hub(EmbeddingsMixin):
                 txn.put("weights", _AE_PREFIX + k, {"v": ENTRY_FORMAT, "simex": fleet})
             if embedding is not None:
                 write_embeddings(txn, eid, embedding, n_rows=sketch.n_rows)
+            if probed is not None:
+                responses, labels, pset = probed
+                write_model_descriptors(txn, eid, name, responses, labels, pset)
             for f in nonempty:
                 v = _dup(eid, int(f))
                 for bk in bands[f]:
@@ -299,6 +312,7 @@ class Hub(EmbeddingsMixin):
                 txn.delete(db, k)
             txn.delete("weights", _AE_PREFIX + k)
             delete_embeddings(txn, eid)
+            delete_model_descriptors(txn, eid)
             txn.delete("names", key)
             txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
             txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))

@@ -296,3 +296,14 @@ def test_hub_open_twice_in_one_process_is_refused_clearly(tmp_path):
     with fitsketch.open(tmp_path / "h"):
         with pytest.raises(E.HubBusyError):
             fitsketch.open(tmp_path / "h")
+
+
+def test_hub_mixins_do_not_shadow_each_other():
+    """Hub is assembled from mixins (embeddings, ProbeLog): a private helper of one must never
+    silently replace another's (ProbeLog's _search once shadowed the hub's)."""
+    seen = {}
+    for cls in fitsketch.Hub.__mro__[:-1]:
+        for name, value in vars(cls).items():
+            if callable(value) and not (name.startswith("__") and name.endswith("__")):
+                assert name not in seen, f"{cls.__name__}.{name} clashes with {seen[name]}.{name}"
+                seen[name] = cls.__name__
