@@ -34,6 +34,8 @@ import socket
 import stat
 import threading
 
+import numpy as np
+
 from . import errors as E
 from .hub import Entry, Match
 from .planner import Plan, Stage
@@ -302,12 +304,38 @@ class Client:
             args["params"] = overrides
         return args
 
+    def nearest(self, xq, k: int = 10, *, index: str = "auto", level: str = "sample"):
+        """Cosine search over stored embeddings (see :meth:`fitsketch.Hub.nearest`)."""
+        r = self._call("nearest", {"xq": np.asarray(xq, dtype=np.float32), "k": k, "index": index,
+                                   "level": level})
+        if level == "entry":
+            if r.get("single"):
+                return [_match(d) for d in r["matches"]]
+            return [[_match(d) for d in ms] for ms in r["matches"]]
+        return np.asarray(r["D"]), np.asarray(r["I"])
+
+    def sample(self, sample_id: int) -> tuple[str, int]:
+        name, row = self._call("sample", {"sample_id": int(sample_id)})
+        return name, int(row)
+
+    def search_logits(self, query, k: int = 10):
+        """Logit-to-logit search (see :meth:`fitsketch.Hub.search_logits`)."""
+        from .probelog import LogitMatch
+
+        if isinstance(query, tuple):
+            args = {"entry": query[0], "logit": int(query[1]), "k": k}
+        else:
+            args = {"descriptor": np.asarray(query, dtype=np.float32), "k": k}
+        return [LogitMatch(**d) for d in self._call("search_logits", args)]
+
     # ------------------------------------------------------------------------ writes
     def add(self, name: str, data, *, metadata: dict | None = None, partition_size: int | None = None,
-            feature_names=None, progress: bool = False) -> Entry:
+            feature_names=None, progress: bool = False, embedding=None) -> Entry:
         """Sketch ``data`` on the server and register it as ``name`` (``progress`` is ignored)."""
         args = {"name": name, **encode_data(data, feature_names, remote_paths=self.remote_paths),
                 "metadata": metadata, "partition_size": partition_size}
+        if embedding is not None:
+            args["embedding"] = np.asarray(embedding)
         return Entry(**self._call("add", args))
 
     def add_sketch(self, name: str, sketch, *, metadata: dict | None = None) -> Entry:

@@ -35,7 +35,8 @@ arguments of the :class:`fitsketch.Hub` method of the same name::
     op           args                                                   result
     ping         {}                                                     {"pong": true}
     stats        {}                                                     Hub.stats() dict
-    add          name, data, metadata?, partition_size?, feature_names? Entry.to_dict()
+    add          name, data, metadata?, partition_size?, feature_names?, Entry.to_dict()
+                 embedding? (models and autoencoder training stay embedded-only)
     add_sketch   name, sketch (Sketch.to_record() map), metadata?       Entry.to_dict()
     search       data | sketch, k?, method?, where?, feature_names?,    [Match.to_dict(), ...]
                  params? (per-query overrides, e.g. feature_threshold)
@@ -45,6 +46,9 @@ arguments of the :class:`fitsketch.Hub` method of the same name::
     names        {}                                                     [str, ...]
     len          {}                                                     int
     contains     name                                                   bool
+    nearest      xq (ndarray), k?, index?, level?                       {"D", "I"} | [[Match.to_dict()]]
+    sample       sample_id                                              [entry name, row]
+    search_logits entry + logit | descriptor (ndarray), k?              [LogitMatch as a map, ...]
 
 ``data`` on the wire is one of
 
@@ -80,8 +84,9 @@ MAX_FRAME_LIMIT = (1 << 32) - 1      # what a 4-byte length can say
 _HEADER = struct.Struct(">I")
 
 OPS = ("ping", "stats", "add", "add_sketch", "search", "explain", "get", "remove", "names", "len",
-       "contains")
-READ_OPS = frozenset({"ping", "stats", "search", "explain", "get", "names", "len", "contains"})
+       "contains", "nearest", "sample", "search_logits")
+READ_OPS = frozenset({"ping", "stats", "search", "explain", "get", "names", "len", "contains", "nearest",
+                      "sample", "search_logits"})
 
 
 UnauthorizedError = E.UnauthorizedError
@@ -255,13 +260,18 @@ ARGS: dict[str, dict[str, tuple]] = {
     "remove": {"name": (str, True)},
     "contains": {"name": (str, True)},
     "add": {"name": (str, True), "data": (_DATA, True), "metadata": (_OPT_DICT, False),
-            "partition_size": ((int, type(None)), False), "feature_names": ((list, type(None)), False)},
+            "partition_size": ((int, type(None)), False), "feature_names": ((list, type(None)), False),
+            "embedding": ((np.ndarray, type(None)), False)},
     "add_sketch": {"name": (str, True), "sketch": (dict, True), "metadata": (_OPT_DICT, False)},
     "search": {"data": (_DATA, False), "sketch": (dict, False), "k": (int, False), "method": (str, False),
                "where": (_OPT_DICT, False), "feature_names": ((list, type(None)), False),
                "params": (dict, False)},
 }
 ARGS["explain"] = ARGS["search"]
+ARGS["nearest"] = {"xq": (np.ndarray, True), "k": (int, False), "index": (str, False), "level": (str, False)}
+ARGS["sample"] = {"sample_id": (int, True)}
+ARGS["search_logits"] = {"entry": (str, False), "logit": (int, False), "descriptor": (np.ndarray, False),
+                         "k": (int, False)}
 
 
 def _type_names(types) -> str:

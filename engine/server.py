@@ -95,7 +95,7 @@ def _op_stats(server, hub, args):
 
 
 def _op_add(server, hub, args):
-    kw = {k: args[k] for k in ("metadata", "partition_size", "feature_names") if k in args}
+    kw = {k: args[k] for k in ("metadata", "partition_size", "feature_names", "embedding") if k in args}
     return hub.add(args["name"], _data(server, args), **kw).to_dict()
 
 
@@ -138,6 +138,31 @@ def _op_contains(server, hub, args):
     return args["name"] in hub
 
 
+def _op_nearest(server, hub, args):
+    kw = {k: args[k] for k in ("k", "index", "level") if k in args}
+    out = hub.nearest(args["xq"], **kw)
+    if kw.get("level", "sample") == "entry":
+        if out and isinstance(out[0], list):
+            return {"matches": [[m.to_dict() for m in ms] for ms in out]}
+        return {"matches": [m.to_dict() for m in out], "single": True}
+    D, I = out
+    return {"D": D, "I": I}
+
+
+def _op_sample(server, hub, args):
+    return list(hub.sample(args["sample_id"]))
+
+
+def _op_search_logits(server, hub, args):
+    if "descriptor" in args:
+        query = args["descriptor"]
+    elif "entry" in args and "logit" in args:
+        query = (args["entry"], args["logit"])
+    else:
+        raise E.InvalidArgumentError("search_logits needs entry + logit, or a descriptor")
+    return [dict(m.__dict__) for m in hub.search_logits(query, k=args.get("k", 10))]
+
+
 # The allow-list: an op not in here does not exist. Never getattr(hub, op).
 HANDLERS = {
     "ping": _op_ping,
@@ -151,6 +176,9 @@ HANDLERS = {
     "names": _op_names,
     "len": _op_len,
     "contains": _op_contains,
+    "nearest": _op_nearest,
+    "sample": _op_sample,
+    "search_logits": _op_search_logits,
 }
 if tuple(HANDLERS) != OPS:  # pragma: no cover - keep protocol.OPS and this allow-list in step
     raise ImportError(f"server HANDLERS {tuple(HANDLERS)} differ from protocol.OPS {OPS}")

@@ -663,3 +663,47 @@ def test_sigkill_mid_write_then_restart_and_sigterm(tmp_path, sock_dir):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_nearest_sample_and_search_logits_equal_embedded(tmp_path, sock_dir):
+    """The embedding and ProbeLog reads through the socket give what the embedded hub gives."""
+    from fitsketch.probelog import make_probes
+
+    srv = Server(tmp_path / "served", socket_path=os.path.join(sock_dir, "n.sock"), shutdown_grace=2.0).start()
+    hub = fitsketch.open(tmp_path / "embedded")
+    client = connect(srv.url())
+    rng = np.random.default_rng()
+    emb = {f"e{i}": rng.normal(size=(N, 8)) for i in range(3)}
+    probes = make_probes(rng.normal(size=(200, 4)), 40, seed=1)
+    W = [rng.normal(size=(4, 3)) for _ in range(2)]
+    try:
+        for h in (hub, client):
+            for name, e in emb.items():
+                h.add(name, _data(hash(name) % 100), embedding=e, partition_size=PART)
+        hub.add_probes("p", probes, default=True)
+        for i, w in enumerate(W):
+            hub.add(f"m{i}", _data(i + 50), model=lambda x, w=w: x @ w, partition_size=PART)
+        xq = rng.normal(size=(4, 8))
+        Da, Ia = hub.nearest(xq, 5, index="flat")
+        Db, Ib = client.nearest(xq, 5, index="flat")
+        assert np.array_equal(Ia, Ib) and np.allclose(Da, Db, atol=1e-6)
+        assert hub.sample(int(Ia[0, 0])) == client.sample(int(Ib[0, 0]))
+        ea, eb = hub.nearest(xq[0], 2, level="entry"), client.nearest(xq[0], 2, level="entry")
+        assert [m.name for m in ea] == [m.name for m in eb]
+        with pytest.raises(E.DimensionError):
+            client.nearest(rng.normal(size=(2, 5)), 3)
+    finally:
+        client.close()
+        hub.close()
+        srv.stop()
+    # ProbeLog through a server on the hub that holds the models
+    srv2 = Server(tmp_path / "embedded", socket_path=os.path.join(sock_dir, "p.sock"), shutdown_grace=2.0).start()
+    try:
+        with connect(srv2.url()) as c:
+            got = c.search_logits(("m0", 1), k=3)
+            assert got and all(m.name in ("m0", "m1") for m in got)
+            assert not any(m.name == "m0" and m.logit == 1 for m in got)  # the query logit itself is left out
+            with pytest.raises(E.InvalidArgumentError):
+                c.search_logits(("m0", 99))
+    finally:
+        srv2.stop()
