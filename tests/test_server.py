@@ -558,8 +558,8 @@ def test_lost_connection_retries_reads_once_never_writes(sock_dir):
 
 
 def test_allow_list_is_pinned():
-    assert sorted(HANDLERS) == ["add", "add_sketch", "contains", "explain", "get", "len", "names", "ping",
-                                "remove", "search", "stats"]
+    assert sorted(HANDLERS) == ["add", "add_sketch", "contains", "explain", "get", "len", "names", "nearest",
+                                "ping", "remove", "sample", "search", "search_logits", "stats"]
 
 
 def test_cli_parser():
