@@ -393,6 +393,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
                 scored = self._score(txn, target, cands, cfg, method)
                 st.actual = len(scored)
+                fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
+                if fell:
+                    st.detail += f"; fell back to adaptivity: {fell}"
         with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
             scored.sort(key=lambda m: (-m.score, -m.evidence.get("_tiebreak", 0.0), -m.overlap, m.name))
             for m in scored:

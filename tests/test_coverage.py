@@ -104,6 +104,7 @@ def test_coverage_falls_back_or_raises_when_feature_sets_differ(tmp_path):
         q = src[["a", "b"]].copy()
         res = hub.search(q, method="coverage")
         assert res[0].method == "adaptivity" and "fallback" in res[0].evidence
+        assert "fell back to adaptivity" in hub.explain(q, method="coverage").stages[2].detail
         with pytest.raises(E.FeatureMismatchError, match="coverage_fallback"):
             hub.search(q, method="coverage", coverage_fallback=False)
         full = hub.search(src, method="coverage")
