@@ -61,6 +61,7 @@ class SketchConfig:
         _check(self.simex_loss in ("mse", "ssim"), "simex_loss (loss)", self.simex_loss, "'mse' or 'ssim'")
         _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
                "True or False")
+        _check(self.coverage_tables <= 65536, "coverage_tables", self.coverage_tables, "at most 65536")
         _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
         _check(isinstance(self.coverage_tau, (int, float)) and self.coverage_tau > 0, "coverage_tau",
                self.coverage_tau, "a positive number")

@@ -97,13 +97,15 @@ def merge(a: dict, b: dict) -> dict:
     if not np.array_equal(a["keys"], b["keys"]) or not np.array_equal(a["center"], b["center"]):
         raise ValueError("coverage sketches were centred differently: build both parts with the same "
                          "coverage_center (fitsketch.sketch(..., coverage_center=...))")
-    key_a = a["table"].astype(np.int64) * (1 << 32) + a["code"]
-    key_b = b["table"].astype(np.int64) * (1 << 32) + b["code"]
+    key_a = a["table"].astype(np.int64) * (1 << 32) + a["code"].astype(np.int64)
+    key_b = b["table"].astype(np.int64) * (1 << 32) + b["code"].astype(np.int64)
     keys = np.concatenate([key_a, key_b])
     counts = np.concatenate([a["count"], b["count"]]).astype(np.int64)
     uniq, inv = np.unique(keys, return_inverse=True)
     summed = np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.uint32)
-    return {**a, "table": (uniq >> 32).astype(np.int32), "code": (uniq & 0xFFFFFFFF).astype(np.int64),
+    table_t = np.result_type(a["table"].dtype, b["table"].dtype)
+    code_t = np.result_type(a["code"].dtype, b["code"].dtype)
+    return {**a, "table": (uniq >> 32).astype(table_t), "code": (uniq & 0xFFFFFFFF).astype(code_t),
             "count": summed}
 
 

@@ -301,6 +301,27 @@ def check_args(op: str, args) -> dict:
     return args
 
 
+def _check_coverage_record(cov, bad) -> None:
+    """The coverage part of a wire sketch (fitsketch.coverage.build's record), fully checked."""
+    if not (isinstance(cov, dict) and {"v", "keys", "center", "bits", "tables", "table", "code", "count"} <= set(cov)):
+        raise bad("coverage must be a map with v, keys, center, bits, tables, table, code, count")
+    keys, center = cov["keys"], cov["center"]
+    if not (isinstance(keys, np.ndarray) and keys.ndim == 1 and keys.dtype.kind in "iu"
+            and isinstance(center, np.ndarray) and center.shape == keys.shape and center.dtype.kind == "f"
+            and np.isfinite(center).all()):
+        raise bad("coverage keys / center must be 1-D arrays of one length (integer / finite float)")
+    bits, tables = cov["bits"], cov["tables"]
+    if not (type(bits) is int and 1 <= bits <= 30 and type(tables) is int and 1 <= tables <= 65536):
+        raise bad("coverage bits must be in 1..30 and tables in 1..65536")
+    arrs = [cov["table"], cov["code"], cov["count"]]
+    if not all(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu" and len(a) == len(arrs[0])
+               for a in arrs):
+        raise bad("coverage table / code / count must be 1-D integer arrays of one length")
+    if len(arrs[0]) and (arrs[0].min() < 0 or arrs[0].max() >= tables or arrs[1].min() < 0
+                         or arrs[1].max() >= (1 << bits)):
+        raise bad("coverage table / code out of range")
+
+
 def sketch_from_wire(rec: dict):
     """A Sketch from its wire record, validated so a bad record cannot reach the hub."""
     from .sketch import SKETCH_FORMAT, sketch_from_record
@@ -342,6 +363,9 @@ def sketch_from_wire(rec: dict):
     if len(arrs[0]) and (hist["feat"].min() < 0 or hist["feat"].max() >= n or hist["part"].min() < 0
                          or hist["part"].max() >= rec["n_partitions"]):
         raise bad("hist feat / part out of range")
+    cov = rec.get("coverage")
+    if cov is not None:
+        _check_coverage_record(cov, bad)
     try:
         sk = sketch_from_record(rec)
     except (KeyError, TypeError, ValueError) as e:

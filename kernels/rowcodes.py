@@ -140,22 +140,26 @@ def code_counts(codes: np.ndarray) -> dict:
     T, n = codes.shape
     key = np.arange(T, dtype=np.int64).reshape(-1, 1) * (1 << 32) + codes
     uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
-    return {"table": (uniq >> 32).astype(np.int32), "code": (uniq & 0xFFFFFFFF).astype(np.int64),
+    # the narrowest integer types that hold the values: these counts are most of an entry's bytes
+    table_t = np.uint8 if T <= 256 else np.uint16
+    code_t = np.uint16 if (codes.size == 0 or int(codes.max()) < (1 << 16)) else np.uint32
+    return {"table": (uniq >> 32).astype(table_t), "code": (uniq & 0xFFFFFFFF).astype(code_t),
             "count": cnt.astype(np.uint32)}
 
 
 def coverage_score(t_counts: dict, s_counts: dict, tables: int, tau: float) -> np.ndarray:
     """Per table: ``sum_b p_target(b) * min(1, n_source(b) / tau)`` -> float64 ``(tables,)``."""
     out = np.zeros(tables, dtype=np.float64)
-    tk = t_counts["table"].astype(np.int64) * (1 << 32) + t_counts["code"]
-    sk = s_counts["table"].astype(np.int64) * (1 << 32) + s_counts["code"]
+    tk = t_counts["table"].astype(np.int64) * (1 << 32) + t_counts["code"].astype(np.int64)
+    sk = s_counts["table"].astype(np.int64) * (1 << 32) + s_counts["code"].astype(np.int64)
     order = np.argsort(sk)
     sk_sorted = sk[order]
     pos = np.searchsorted(sk_sorted, tk)
     pos_c = np.minimum(pos, max(len(sk_sorted) - 1, 0))
     hit = (pos < len(sk_sorted)) & (sk_sorted[pos_c] == tk) if len(sk_sorted) else np.zeros(len(tk), bool)
     n_src = np.where(hit, s_counts["count"][order][pos_c].astype(np.float64) if len(sk_sorted) else 0.0, 0.0)
-    t_tot = np.bincount(t_counts["table"], weights=t_counts["count"].astype(np.float64), minlength=tables)
-    w = t_counts["count"].astype(np.float64) / np.maximum(t_tot[t_counts["table"]], 1.0)
-    np.add.at(out, t_counts["table"], w * np.minimum(1.0, n_src / tau))
+    tt = t_counts["table"].astype(np.int64)
+    t_tot = np.bincount(tt, weights=t_counts["count"].astype(np.float64), minlength=tables)
+    w = t_counts["count"].astype(np.float64) / np.maximum(t_tot[tt], 1.0)
+    np.add.at(out, tt, w * np.minimum(1.0, n_src / tau))
     return out

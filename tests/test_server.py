@@ -707,3 +707,19 @@ def test_nearest_sample_and_search_logits_equal_embedded(tmp_path, sock_dir):
                 c.search_logits(("m0", 99))
     finally:
         srv2.stop()
+
+
+def test_wire_sketch_with_a_bad_coverage_record_is_refused():
+    from fitsketch.protocol import sketch_from_wire
+
+    sk = fitsketch.sketch(_data(3))
+    assert sketch_from_wire(sk.to_record()).coverage is not None
+    for mutate in (lambda c: c.update(code=c["code"].astype(np.int64) + (1 << 20)),
+                   lambda c: c.update(table=c["table"][:-1]),
+                   lambda c: c.update(center=np.full_like(c["center"], np.nan)),
+                   lambda c: c.update(bits=99)):
+        rec = sk.to_record()
+        rec["coverage"] = dict(rec["coverage"])
+        mutate(rec["coverage"])
+        with pytest.raises(E.InvalidArgumentError, match="coverage"):
+            sketch_from_wire(rec)
