@@ -165,6 +165,9 @@ def render_results_md(results: Path | None = None, *, link_prefix: str = "result
            "(do not edit by hand). Each row: metric, value, the baseline measured in the same run "
            "(or the issue's target) and value / baseline, with device, fitsketch version, git commit "
            "and timestamp. Timings on a shared 2-core machine: see each file's load average.", ""]
+    summary = results.parent / "SUMMARY.md"
+    if summary.exists():  # the hand-written reading of these numbers (targets, rooflines, caveats)
+        out += [summary.read_text().strip(), ""]
     if not files:
         out.append("_no result files yet_")
     for f in files:

@@ -79,10 +79,10 @@ def dense(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_rows: int, n_c
           lo: int = 0, hi: int | None = None, dtype=np.float64) -> np.ndarray:
     """Dense ``[lo:hi]`` rows of a COO matrix."""
     hi = n_rows if hi is None else hi
-    out = np.zeros((hi - lo, n_cols), dtype=dtype)
     sel = (rows >= lo) & (rows < hi)
-    np.add.at(out, (rows[sel] - lo, cols[sel]), vals[sel])
-    return out
+    flat = (rows[sel] - lo) * n_cols + cols[sel]
+    out = np.bincount(flat, weights=vals[sel], minlength=(hi - lo) * n_cols)
+    return out.reshape(hi - lo, n_cols).astype(dtype, copy=False)
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
