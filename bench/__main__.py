@@ -1,7 +1,8 @@
 """The benchmark runner: ``python -m bench <suite> [--quick] [--data DIR] [--out DIR]``.
 
-Suites: ``quality`` (selection quality on real data), ``speed`` (the kernel benchmarks
-bench.bench_minhash / bench_jslsh / bench_recon, those present), ``scale`` (hub size vs add
+Suites: ``quality`` (selection quality on real data), ``speed`` or ``kernels`` (the kernel
+benchmarks bench.bench_minhash / bench_jslsh / bench_recon; ``--device cuda`` runs them on the
+GPU when one is present), ``server`` (socket vs embedded latency), ``scale`` (hub size vs add
 throughput, query latency, bytes per entry, RSS), ``all``. Each suite writes
 ``<out>/<suite>[_quick].json``; ``RESULTS.md`` beside the results folder is regenerated from
 every JSON file there, plots are PNGs in the results folder.
@@ -20,7 +21,7 @@ from . import harness as H
 SPEED_MODULES = ("bench.bench_minhash", "bench.bench_jslsh", "bench.bench_recon")
 
 
-def run_speed(quick: bool, out_dir: Path, out=print) -> dict:
+def run_speed(quick: bool, out_dir: Path, out=print, device: str = "auto") -> dict:
     ran, skipped = [], []
     for mod in SPEED_MODULES:
         if importlib.util.find_spec(mod) is None:
@@ -31,7 +32,7 @@ def run_speed(quick: bool, out_dir: Path, out=print) -> dict:
         out(f"\n== speed: {mod}{' --quick' if quick else ''}")
         t0 = time.perf_counter()
         try:
-            importlib.import_module(mod).main(["--quick"] if quick else [])
+            importlib.import_module(mod).main((["--quick"] if quick else []) + ["--device", device])
         except SystemExit as e:  # argparse inside main
             if e.code not in (0, None):
                 skipped.append(f"speed: {mod} exited with {e.code}")
@@ -49,7 +50,9 @@ def run_speed(quick: bool, out_dir: Path, out=print) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("quality", "speed", "scale", "all"))
+    p.add_argument("suite", choices=("quality", "speed", "kernels", "server", "scale", "all"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="device of the kernel benchmarks (speed / kernels)")
     p.add_argument("--quick", action="store_true", help="small sizes: every suite in under 5 minutes on 2 cores")
     p.add_argument("--data", type=Path, default=None,
                    help="folder holding er_magellan/ (default: ../shared/data relative to the repo root)")
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out_dir = (args.out or H.RESULTS).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    suites = ("quality", "speed", "scale") if args.suite == "all" else (args.suite,)
+    suites = ("quality", "speed", "server", "scale") if args.suite == "all" else (args.suite,)
     t0 = time.perf_counter()
     for s in suites:
         print(f"\n===== suite {s}{' (quick)' if args.quick else ''}", flush=True)
@@ -70,12 +73,14 @@ def main(argv=None) -> int:
             from . import scale
 
             scale.run(quick=args.quick, out_dir=out_dir)
+        elif s == "server":
+            from . import bench_server
+
+            bench_server.run(quick=args.quick, out_dir=out_dir)
         else:
-            run_speed(args.quick, out_dir)
+            run_speed(args.quick, out_dir, device=args.device)
         print(f"suite {s}: {time.perf_counter() - ts:.1f} s", flush=True)
     md = H.write_results_md(out_dir, (out_dir.parent / "RESULTS.md"))
-    if out_dir.resolve() == H.RESULTS.resolve() and args.suite in ("speed", "all"):
-        pass
     print(f"\nwrote {md} ({time.perf_counter() - t0:.1f} s in all)")
     return 0
 
