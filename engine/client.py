@@ -279,18 +279,20 @@ class Client:
         return self._call("stats", {})
 
     def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
-               feature_names=None, **overrides) -> list[Match]:
+               feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> list[Match]:
         """Rank entries by how well their data fits ``data`` (see :meth:`fitsketch.Hub.search`)."""
-        args = self._query_args(data, k, method, where, feature_names, overrides)
+        args = self._query_args(data, k, method, where, feature_names, overrides, embedding, embedding_candidates)
         return [_match(d) for d in self._call("search", args)]
 
     def explain(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
-                feature_names=None, **overrides) -> Plan:
+                feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> Plan:
         """Run the query on the server and return its plan (see :meth:`fitsketch.Hub.explain`)."""
-        d = self._call("explain", self._query_args(data, k, method, where, feature_names, overrides))
+        d = self._call("explain", self._query_args(data, k, method, where, feature_names, overrides, embedding,
+                                                   embedding_candidates))
         return Plan(d["method"], d["k"], [Stage(**s) for s in d["stages"]])
 
-    def _query_args(self, data, k, method, where, feature_names, overrides) -> dict:
+    def _query_args(self, data, k, method, where, feature_names, overrides, embedding=None,
+                    embedding_candidates=100) -> dict:
         from .sketch import Sketch
 
         if isinstance(data, Sketch):
@@ -300,6 +302,8 @@ class Client:
         else:
             args = encode_data(data, feature_names, remote_paths=self.remote_paths)
         args.update(k=k, method=method, where=where)
+        if embedding is not None:
+            args.update(embedding=np.asarray(embedding, dtype=np.float32), embedding_candidates=embedding_candidates)
         if overrides:
             args["params"] = overrides
         return args

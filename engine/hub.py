@@ -23,7 +23,7 @@ from .config import METHODS, QUERY_PARAMS, SketchConfig
 from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys
 from .minhash import Alignment, align_from_similarity, feature_band_keys, similarity
 from .partitions import aligned_distributions
-from .planner import Plan, Stage, choose_candidate_stage
+from .planner import Plan, Stage, choose_candidate_stage, order_filter_first
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
@@ -329,17 +329,22 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     # ------------------------------------------------------------------ search
     def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
-               feature_names=None, **overrides) -> list[Match]:
-        """Rank entries by how well their data fits ``data``; see DESIGN.md for the methods."""
+               feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> list[Match]:
+        """Rank entries by how well their data fits ``data``; see DESIGN.md for the methods.
+
+        ``embedding`` (a vector, or sample embeddings whose mean is taken) adds a FAISS candidate
+        stage: only the ``embedding_candidates`` entries whose dataset-level embedding is nearest
+        go on to the MinHash overlap stage.
+        """
         matches, _ = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
-                                  overrides=overrides)
+                                  overrides=overrides, embedding=embedding, n_emb=embedding_candidates)
         return matches
 
     def explain(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
-                feature_names=None, **overrides) -> Plan:
+                feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> Plan:
         """Run the query and return its plan with estimated and actual counts and times per stage."""
         _, plan = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
-                               overrides=overrides)
+                               overrides=overrides, embedding=embedding, n_emb=embedding_candidates)
         return plan
 
     def _query_config(self, method, k, where, overrides) -> SketchConfig:
@@ -356,8 +361,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
         return self.config.replace(**overrides)
 
-    def _search(self, data, *, k, method, where, feature_names, overrides):
+    def _search(self, data, *, k, method, where, feature_names, overrides, embedding=None, n_emb=100):
         cfg = self._query_config(method, k, where, overrides)
+        if embedding is not None and (not isinstance(n_emb, int) or isinstance(n_emb, bool) or n_emb < 1):
+            raise E.InvalidArgumentError(f"embedding_candidates={n_emb!r} is not valid: expected a positive integer")
         plan = Plan(method, k)
         with plan.run(Stage("sketch", "quantize + MinHash + partition histograms of the query")) as st:
             if isinstance(data, Sketch):
@@ -371,24 +378,28 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 target = build_sketch(frame, self.config, device=self.device)
                 target.frame = frame
             st.actual = target.n_partitions
+        allowed = None
+        if embedding is not None:
+            q = np.asarray(embedding, dtype=np.float64)
+            q = q.mean(axis=0) if q.ndim == 2 else q
+            with plan.run(Stage("embedding", f"FAISS nearest dataset-level embeddings, top {n_emb}",
+                                estimated=n_emb)) as st:
+                near = self.nearest(q, n_emb, level="entry")
+                allowed = {u64(int(m.evidence["entry_id"])) for m in near}
+                st.actual = len(allowed)
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
             if n_entries == 0:
                 return [], plan
             mode, reason, cost = choose_candidate_stage(n_stored, target.n_features, cfg.lsh_l)
-            with plan.run(Stage("candidates", f"MinHash overlap by {mode}: {reason}; "
-                                f"t2={cfg.feature_threshold} ({cfg.match}), t1={cfg.overlap_threshold}",
-                                estimated=n_entries)) as st:
-                cands = self._candidates(txn, target, cfg, mode, where)
-                st.actual = len(cands)
-            if where:
-                plan.stages.insert(len(plan.stages) - 1, Stage("filter", f"metadata where {where}"))
+            cands = self._candidates(txn, target, cfg, mode, reason, where, allowed, plan,
+                                     n_entries if allowed is None else len(allowed))
             if not cands:
                 raise E.NoSharedFeaturesError(
                     f"no entry shares features with the query (overlap > {cfg.overlap_threshold} with "
                     f"feature similarity >= {cfg.feature_threshold} by {cfg.match}"
-                    + (f", metadata {where}" if where else "")
+                    + (f", metadata {where}" if where else "") + (", embedding shortlist" if allowed else "")
                     + "): lower feature_threshold / overlap_threshold, or check the columns")
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
                 scored = self._score(txn, target, cands, cfg, method)
@@ -404,41 +415,73 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             st.actual = len(out)
         return out, plan
 
-    def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, where: dict | None):
-        """[(entry record, Alignment)] of the entries whose overlap with the target passes t1."""
-        if mode == "scan":
-            ids, sigs = [], []
-            for key, rec in txn.items("signatures"):
-                ids.append(key)
-                sigs.append(rec["sig"])
-        else:
-            bands = feature_band_keys(target.signatures, cfg.lsh_k, cfg.lsh_l)
-            keys = [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]
-            hits = set()
-            for dups in txn.get_dups_many("bands", keys):
-                for v in dups:
-                    hits.add(struct.unpack(">II", v)[0])
-            ids = [u64(e) for e in sorted(hits)]
-            sigs = [txn.get("signatures", key)["sig"] for key in ids]
-        if not ids:
-            return []
-        allsig = np.concatenate(sigs)
-        sim = similarity(target.signatures, allsig, cfg.match)       # (T, all source features)
-        out = []
-        lo = 0
-        for key, s in zip(ids, sigs):
-            hi = lo + s.shape[0]
-            block = sim[:, lo:hi]
-            lo = hi
-            rec = txn.get("entries", key)
-            if not (block >= cfg.feature_threshold).any() and not set(rec["features"]) & set(target.names):
-                continue
-            if where and any(rec["metadata"].get(wk) != wv for wk, wv in where.items()):
-                continue
-            al = align_from_similarity(target.names, rec["features"], block, cfg.feature_threshold)
-            if al.pairs and al.overlap > cfg.overlap_threshold:
-                out.append((rec, al))
-        return out
+    def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, reason: str, where: dict | None,
+                    allowed: set | None, plan: Plan, n_in: int):
+        """[(entry record, Alignment)] of the entries whose overlap with the target passes t1.
+
+        Stage order by cost (planner.order_filter_first): a metadata filter reads one small record
+        per entry, so it runs before an exact signature scan (which compares every stored feature)
+        and after an LSH lookup (which already cut the entries to those colliding in some band).
+        """
+        recs: dict[bytes, dict] = {}
+
+        def run_filter(keys, estimated):
+            with plan.run(Stage("filter", f"metadata where {where}", estimated=estimated)) as st:
+                keep = []
+                for key in keys:
+                    rec = recs.get(key) or txn.get("entries", key)
+                    if all(rec["metadata"].get(wk) == wv for wk, wv in where.items()):
+                        recs[key] = rec
+                        keep.append(key)
+                st.actual = len(keep)
+            return keep
+
+        ids = None if allowed is None else sorted(allowed)
+        if where and order_filter_first(mode):
+            ids = run_filter(ids if ids is not None else list(txn.keys("entries")), n_in)
+        with plan.run(Stage("candidates", f"MinHash overlap by {mode}: {reason}; "
+                            f"t2={cfg.feature_threshold} ({cfg.match}), t1={cfg.overlap_threshold}",
+                            estimated=n_in if ids is None else len(ids))) as st:
+            if mode == "scan":
+                if ids is None:
+                    keys, sigs = [], []
+                    for key, rec in txn.items("signatures"):
+                        keys.append(key)
+                        sigs.append(rec["sig"])
+                else:
+                    keys = list(ids)
+                    sigs = [txn.get("signatures", key)["sig"] for key in keys]
+            else:
+                bands = feature_band_keys(target.signatures, cfg.lsh_k, cfg.lsh_l)
+                lookups = [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]
+                hits = set()
+                for dups in txn.get_dups_many("bands", lookups):
+                    for v in dups:
+                        hits.add(u64(struct.unpack(">II", v)[0]))
+                if ids is not None:
+                    hits &= set(ids)
+                keys = sorted(hits)
+                sigs = [txn.get("signatures", key)["sig"] for key in keys]
+            out = []
+            if keys:
+                sim = similarity(target.signatures, np.concatenate(sigs), cfg.match)  # (T, source features)
+                lo = 0
+                for key, sg in zip(keys, sigs):
+                    hi = lo + sg.shape[0]
+                    block = sim[:, lo:hi]
+                    lo = hi
+                    rec = recs.get(key) or txn.get("entries", key)
+                    if not (block >= cfg.feature_threshold).any() and not set(rec["features"]) & set(target.names):
+                        continue
+                    al = align_from_similarity(target.names, rec["features"], block, cfg.feature_threshold)
+                    if al.pairs and al.overlap > cfg.overlap_threshold:
+                        recs[key] = rec
+                        out.append((key, al))
+            st.actual = len(out)
+        if where and not order_filter_first(mode):
+            kept = set(run_filter([key for key, _ in out], len(out)))
+            out = [(key, al) for key, al in out if key in kept]
+        return [(recs[key], al) for key, al in out]
 
     def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str) -> list[Match]:
         n_t = target.n_features

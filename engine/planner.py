@@ -3,9 +3,10 @@
 A plan is built before the query runs (with estimated candidate counts and costs) and filled
 in while it runs (actual counts and time per stage), like SQL's EXPLAIN ANALYZE.
 
-Stages: metadata filter -> candidate stage (MinHash overlap, by scanning every stored feature
-signature or through the banded LSH tables) -> scoring (adaptivity / js / exact-js / l2) ->
-rerank and cut to k. The candidate stage scans when the hub holds few features (the scan is
+Stages: FAISS embedding shortlist (when the query brings an embedding) -> metadata filter and
+MinHash overlap (by scanning every stored feature signature or through the banded LSH tables),
+in the order their costs give (``order_filter_first``) -> scoring (adaptivity / coverage / js /
+exact-js / l2 / simex) -> rerank and cut to k. The candidate stage scans when the hub holds few features (the scan is
 exact and cheaper than ``n_target_features * lsh_l`` random lookups plus verification) and uses
 the LSH tables otherwise.
 """
@@ -54,6 +55,17 @@ class Plan:
             ms = "-" if s.ms is None else f"{s.ms:.2f} ms"
             lines.append(f"  {i + 1}. {s.name:<12} {s.detail}  (estimated {est}, actual {act}, {ms})")
         return "\n".join(lines)
+
+
+def order_filter_first(mode: str) -> bool:
+    """Whether a metadata filter runs before the MinHash stage.
+
+    Costs per entry: the filter reads one small record (~1 unit); the exact scan compares every
+    stored feature signature with every target feature (T x F x num_perm / 4096 units, >= 1 for
+    any real sketch); the LSH stage costs T x L lookups in all, independent of the entries, and
+    leaves only the entries colliding in some band. So: filter first before a scan, after LSH.
+    """
+    return mode == "scan"
 
 
 def choose_candidate_stage(n_stored_features: int, n_target_features: int, lsh_l: int) -> tuple[str, str, int]:

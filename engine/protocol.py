@@ -265,7 +265,7 @@ ARGS: dict[str, dict[str, tuple]] = {
     "add_sketch": {"name": (str, True), "sketch": (dict, True), "metadata": (_OPT_DICT, False)},
     "search": {"data": (_DATA, False), "sketch": (dict, False), "k": (int, False), "method": (str, False),
                "where": (_OPT_DICT, False), "feature_names": ((list, type(None)), False),
-               "params": (dict, False)},
+               "params": (dict, False), "embedding": (np.ndarray, False), "embedding_candidates": (int, False)},
 }
 ARGS["explain"] = ARGS["search"]
 ARGS["nearest"] = {"xq": (np.ndarray, True), "k": (int, False), "index": (str, False), "level": (str, False)}

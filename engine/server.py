@@ -77,7 +77,7 @@ def _query(server: "Server", args: dict) -> dict:
     if ("data" in args) == ("sketch" in args):
         raise E.InvalidArgumentError("search: give exactly one of 'data' or 'sketch'")
     q = sketch_from_wire(args["sketch"]) if "sketch" in args else _data(server, args)
-    kw_names = ("k", "method", "where", "feature_names")
+    kw_names = ("k", "method", "where", "feature_names", "embedding", "embedding_candidates")
     kw = {k: args[k] for k in kw_names if k in args}
     params = args.get("params", {})
     if not all(isinstance(k, str) and k not in ("data", *kw_names) for k in params):
