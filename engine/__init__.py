@@ -32,6 +32,7 @@ __all__ = [
     "inspect",
     "minhash",
     "open",
+    "open_sharded",
     "sketch",
 ]
 
@@ -48,6 +49,13 @@ def connect(address, *, timeout: float = 30.0, token: str | None = None, remote_
     from .client import connect as _connect
 
     return _connect(address, timeout=timeout, token=token, remote_paths=remote_paths)
+
+
+def open_sharded(addresses, **kwargs):
+    """A hub sharded by entry name over several hub paths or server addresses (fitsketch.sharded)."""
+    from .sharded import open_sharded as _open_sharded
+
+    return _open_sharded(addresses, **kwargs)
 
 
 def inspect(path: str | os.PathLike) -> dict:

@@ -69,9 +69,19 @@ def cmd_add(args) -> None:
     import fitsketch
 
     meta = _json_arg(args.metadata, "metadata") if args.metadata else None
+    if (args.data is None) == (args.parquet is None):
+        raise E.InvalidArgumentError("give either a DATA file or --parquet GLOB (not both)")
     with fitsketch.open(args.hub, create=False) as hub:
-        entry = hub.add(args.name, args.data, metadata=meta, partition_size=args.partition_size,
-                        progress=not args.json and sys.stderr.isatty())
+        if args.parquet is not None:
+            from .distributed import add_parquet
+
+            entry = add_parquet(hub, args.name, args.parquet, metadata=meta,
+                                engine="ray" if args.ray is not None else "processes",
+                                address=args.ray or None, workers=args.workers,
+                                partition_size=args.partition_size, progress=not args.json)
+        else:
+            entry = hub.add(args.name, args.data, metadata=meta, partition_size=args.partition_size,
+                            progress=not args.json and sys.stderr.isatty())
     _emit(args, entry.to_dict(), f"added {entry.name!r}: {entry.n_rows} rows, {len(entry.features)} features, "
                                  f"{entry.n_partitions} partitions")
 
@@ -195,7 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("add", help="sketch a dataset and register it as an entry")
     s.add_argument("hub")
     s.add_argument("name")
-    s.add_argument("data", help="a .csv, .tsv, .parquet or .npy file")
+    s.add_argument("data", nargs="?", help="a .csv, .tsv, .parquet or .npy file")
+    s.add_argument("--parquet", help="a glob of Parquet files, sketched in parallel (fitsketch.distributed)")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="with --parquet: run on Ray (a local cluster, or ADDRESS); default: a process pool")
+    s.add_argument("--workers", type=int, help="with --parquet: parallel workers")
     s.add_argument("--metadata", help="a JSON object, e.g. '{\"task\": \"em\", \"accuracy\": 0.9}'")
     s.add_argument("--partition-size", type=int)
     s.add_argument("--json", action="store_true")

@@ -147,6 +147,36 @@ class CodecError(FitsketchError, _se.CodecError):
     code = "codec"
 
 
+class MissingDependencyError(FitsketchError, ImportError):
+    """An optional dependency (Ray) is not installed."""
+
+    code = "missing_dependency"
+
+
+class UnreadableFileError(UnsupportedDataError):
+    """A data file does not exist or is not readable Parquet."""
+
+    code = "unreadable_file"
+
+
+class SchemaDriftError(InvalidArgumentError):
+    """The files of one dataset do not share their columns and types."""
+
+    code = "schema_drift"
+
+
+class DistributedError(FitsketchError):
+    """A worker or the cluster failed during a distributed job; nothing was written."""
+
+    code = "distributed"
+
+
+class ShardConfigError(InvalidArgumentError):
+    """The shards of one sharded hub were created with different sketch or search parameters."""
+
+    code = "shard_config"
+
+
 class ProtocolError(FitsketchError):
     """A malformed frame or request on the socket protocol."""
 

@@ -111,11 +111,15 @@ class Sketch:
 
 def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
                  device: str = "auto", progress: bool = False, shuffle: bool = True,
-                 coverage_center=None) -> Sketch:
+                 coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
+                 quantize=None) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
-    mean); sketches built in parts and merged must share it.
+    mean); sketches built in parts and merged must share it. For parts of one dataset
+    (``fitsketch.distributed``): ``kinds`` fixes the column kinds, ``shuffle_key`` seeds the row
+    shuffle by ``(config.seed, *shuffle_key)`` instead of the seed alone, and ``quantize`` replaces
+    :func:`quantize_column` (``(name, column, config, kind) -> Column``).
     """
     m = config.partition_size if partition_size is None else partition_size
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -128,16 +132,22 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
         from tqdm.auto import tqdm
 
         it = tqdm(it, total=df.shape[1], desc="sketching features", unit="feature", leave=False)
-    for name, col in it:
-        cols.append(quantize_column(name, col, config))
+    quantize = quantize or quantize_column
+    for i, (name, col) in enumerate(it):
+        cols.append(quantize(name, col, config, None if kinds is None else kinds[i]))
     # MinHash of every feature's bucket set in one batched call
     lengths = np.array([len(c.set_elems) for c in cols], dtype=np.int64)
     offsets = np.zeros(len(cols) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate([c.set_elems for c in cols]) if cols else np.zeros(0, np.int64)
+    values = np.concatenate([c.set_elems for c in cols]).astype(np.int64) if cols else np.zeros(0, np.int64)
     sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device)
     # partitions: a seeded shuffle, then blocks of m rows
-    if shuffle:
+    if shuffle_key is not None:
+        ss = np.random.SeedSequence([config.seed, *[int(k) for k in shuffle_key]])
+        order = np.random.Generator(np.random.PCG64(ss)).permutation(n)
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n, dtype=np.int64)
+    elif shuffle:
         order = np.random.Generator(np.random.PCG64(config.seed)).permutation(n)
         position = np.empty(n, dtype=np.int64)
         position[order] = np.arange(n, dtype=np.int64)

@@ -112,3 +112,27 @@ def test_cli_simex_classes_writes_matrix_and_heatmap(tmp_path, run):
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     p = run("simex", "classes", csv, "--labels", "nope", check=False)
     assert p.returncode == 2 and "[invalid_argument]" in p.stderr
+
+
+def test_cli_add_parquet_glob_equals_the_library(tmp_path, run):
+    """`fitsketch add HUB NAME --parquet GLOB` registers the distributed sketch of the files."""
+    import fitsketch
+    from fitsketch.distributed import sketch_parquet
+
+    rng = np.random.default_rng()
+    for i in range(2):
+        pd.DataFrame({"a": rng.normal(size=40), "b": rng.choice(["x", "y"], 40)}).to_parquet(tmp_path / f"p{i}.parquet")
+    hub = tmp_path / "hub"
+    run("init", hub)
+    e = json.loads(run("add", hub, "pq", "--parquet", str(tmp_path / "p*.parquet"), "--workers", "1",
+                       "--json").stdout)
+    assert e["n_rows"] == 80 and e["features"] == ["a", "b"]
+    with fitsketch.open(hub, create=False) as h:
+        ref = sketch_parquet(str(tmp_path / "p*.parquet"), config=h.config, engine="local", progress=False)
+        with h.store.read() as txn:
+            stored = txn.get("signatures", fitsketch.storage.u64(h.get("pq").id))["sig"]
+    assert np.array_equal(stored, ref.signatures)
+    p = run("add", hub, "x", "--parquet", str(tmp_path / "none*.parquet"), check=False)
+    assert p.returncode == 2
+    p = run("add", hub, "x", check=False)
+    assert p.returncode == 2 and "either a DATA file or --parquet" in p.stderr

@@ -1,0 +1,205 @@
+"""Scale out: distributed sketching of Parquet data, and search over hub shards.
+
+* sketch throughput (rows/s, MB/s of Parquet on disk) of a locally generated dataset, for one
+  process (``engine="local"``), a 2-process pool and Ray with 2 workers, against plain pandas
+  reading the same files (the I/O floor, measured in the same run); the first pass (coverage
+  centre) is timed on its own too;
+* sharded search latency (median, p90 of queries after a warm-up) over 1, 2 and 4 shards holding
+  the same entries (a few real sketches registered under many names with ``add_sketch``); a
+  query matches one of ``FAMILIES`` column families, so 1/FAMILIES of the entries are candidates.
+
+    python -m bench.bench_scale_out [--quick] [--gb 0.5] [--entries 20000] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import fitsketch
+from fitsketch import distributed as D
+from fitsketch import sharded as S
+
+from . import harness as H
+
+SUITE = "scale_out"
+ROWS_PER_GROUP = 50_000          # a multiple of the default partition size (500)
+FAMILIES = 8
+WORDS = np.array(("data model sketch query hub shard merge row group file column value token text "
+                  "alpha beta gamma delta kappa sigma omega north south east west red green blue").split())
+
+
+def generate(root: Path, mb: float, seed: int = 0, out=print) -> tuple[list[str], int]:
+    """Parquet files of ~``mb`` MB on disk: 4 floats, 1 int, 1 categorical, 1 short text column;
+    row groups of ROWS_PER_GROUP rows, 4 row groups per file."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    files, n_rows, size, i = [], 0, 0, 0
+    cats = np.array([f"city-{j}" for j in range(200)], dtype=object)
+    while size < mb * 1e6:
+        n = 4 * ROWS_PER_GROUP
+        df = pd.DataFrame({
+            "f0": rng.normal(0, 1, n), "f1": rng.lognormal(2, 1, n), "f2": rng.uniform(-5, 5, n),
+            "f3": rng.exponential(3, n).round(2), "n": rng.integers(0, 10_000, n),
+            "city": cats[rng.zipf(1.5, n) % len(cats)],
+            "text": [" ".join(w) for w in rng.choice(WORDS, (n, 4))]})
+        path = root / f"part-{i:04d}.parquet"
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=ROWS_PER_GROUP)
+        files.append(str(path))
+        size += path.stat().st_size
+        n_rows += n
+        i += 1
+    out(f"generated {len(files)} files, {n_rows:,} rows, {size / 1e6:.0f} MB on disk in {root}")
+    return files, n_rows
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def bench_sketch(ctx, files, n_rows, repeats: int, out=print) -> list[dict]:
+    mb = sum(Path(f).stat().st_size for f in files) / 1e6
+    cfg = fitsketch.SketchConfig()
+    rows = []
+
+    def add(method, ts, floor, note=""):
+        med = statistics.median(ts)
+        extra = {"seconds_median": med, "seconds_min": min(ts), "seconds_max": max(ts), "repeats": len(ts),
+                 "rows": n_rows, "mb": mb, "note": note}
+        rows.append(H.row(ctx, SUITE, f"parquet {mb:.0f} MB", method, "sketch throughput", n_rows / med,
+                          unit="rows/s", baseline="pandas read_parquet (I/O floor)",
+                          baseline_value=n_rows / floor if floor else None, **extra))
+        rows.append(H.row(ctx, SUITE, f"parquet {mb:.0f} MB", method, "sketch throughput MB/s", mb / med,
+                          unit="MB/s", baseline="pandas read_parquet (I/O floor)",
+                          baseline_value=mb / floor if floor else None, **extra))
+        out(f"  {method:<28} {med:8.2f} s  {n_rows / med:12,.0f} rows/s  {mb / med:7.1f} MB/s  "
+            f"(spread {min(ts):.2f}-{max(ts):.2f} s) {note}")
+
+    # warm-up: imports, torch kernels, page cache
+    D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False)
+    floor_ts = _timed(lambda: [pd.read_parquet(f) for f in files], repeats)
+    floor = statistics.median(floor_ts)
+    add("pandas read_parquet", floor_ts, floor)
+    t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats)
+    add("local (1 process)", t_local, floor)
+    center = D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False).coverage["center"]
+    add("local, centre given", _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False,
+                                                              coverage_center=center), repeats), floor,
+        "pass 2 only: the first pass costs the difference")
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        pool.submit(int, 0).result()
+        D.sketch_parquet(files[:1], config=cfg, engine=pool, progress=False)        # warm both workers
+        start = time.perf_counter() - t0
+        add("processes, 2 workers", _timed(lambda: D.sketch_parquet(files, config=cfg, engine=pool,
+                                                                    progress=False), repeats), floor,
+            f"warm pool; starting it took {start:.1f} s")
+    try:
+        import ray
+    except ImportError:
+        out("  ray: not installed (pip install 'fitsketch[ray]'): skipped")
+        return rows
+    t0 = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        D.sketch_parquet(files[:1], config=cfg, engine="ray", progress=False)        # warm the workers
+        start = time.perf_counter() - t0
+        add("ray, 2 workers", _timed(lambda: D.sketch_parquet(files, config=cfg, engine="ray", progress=False),
+                                     repeats), floor, f"local Ray; ray.init + warm-up took {start:.1f} s")
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def _family(rng, f: int, n: int) -> pd.DataFrame:
+    return pd.DataFrame({f"fam{f}_a": rng.normal(f, 1 + f % 3, n), f"fam{f}_b": rng.lognormal(f % 4, 1, n),
+                         f"fam{f}_c": rng.choice([f"v{f}-{j}" for j in range(10)], n)})
+
+
+def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print) -> list[dict]:
+    rng = np.random.default_rng(1)
+    cfg = fitsketch.SketchConfig()
+    variants = 4                                  # distinct sketches per family
+    sketches = [[fitsketch.sketch(_family(rng, f, 2000), cfg) for _ in range(variants)] for f in range(FAMILIES)]
+    qs = [_family(rng, i % FAMILIES, 1000) for i in range(queries)]
+    rows, base = [], None
+    for n_shards in (1, 2, 4):
+        paths = [work / f"s{n_shards}-{i}.hub" for i in range(n_shards)]
+        t0 = time.perf_counter()
+        with S.open_sharded(paths, config=cfg) as hub:
+            for e in range(n_entries):
+                f = e % FAMILIES
+                hub.add_sketch(f"model-{e:07d}", sketches[f][(e // FAMILIES) % variants], metadata={"family": f})
+            add_s = time.perf_counter() - t0
+            nbytes = sum(s.stats()["bytes"] for s in hub.shards)
+            modes = [s.explain(qs[0], k=10).stages[1].detail.split(":")[0] for s in hub.shards]
+            hub.search(qs[0], k=10)                                         # warm-up
+            lat = []
+            for q in qs:
+                t = time.perf_counter()
+                res = hub.search(q, k=10)
+                lat.append(time.perf_counter() - t)
+            assert len(res) == 10
+        med = statistics.median(lat)
+        p90 = float(np.percentile(lat, 90))
+        base = base or med
+        out(f"  {n_shards} shard(s), {n_entries:,} entries: add {n_entries / add_s:8,.0f} entries/s, "
+            f"{nbytes / n_entries / 1e3:.1f} KB/entry, search median {med * 1e3:8.1f} ms, p90 {p90 * 1e3:8.1f} ms "
+            f"({n_entries // FAMILIES:,} candidates; {modes[0]})")
+        common = {"entries": n_entries, "shards": n_shards, "candidates": n_entries // FAMILIES,
+                  "candidate_stage": modes, "p90_ms": p90 * 1e3, "add_entries_per_s": n_entries / add_s,
+                  "bytes_per_entry": nbytes / n_entries, "queries": len(lat)}
+        rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s)", "search latency median",
+                          med * 1e3, unit="ms", baseline="1 shard", baseline_value=base * 1e3, **common))
+        rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s)", "add_sketch throughput",
+                          n_entries / add_s, unit="entries/s", baseline=None, **common))
+    return rows
+
+
+def run(quick: bool = False, gb: float | None = None, entries: int | None = None, out_dir: Path | None = None,
+        out=print) -> Path:
+    mb = 1000 * gb if gb is not None else (50 if quick else 500)
+    n_entries = entries or (2_000 if quick else 20_000)
+    repeats = 3 if quick else 1
+    ctx = H.context(quick=quick)
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-out-"))
+    try:
+        files, n_rows = generate(work / "data", mb, out=out)
+        out(f"sketch throughput ({repeats} run(s) each, median):")
+        rows = bench_sketch(ctx, files, n_rows, repeats, out=out)
+        out("sharded search (adaptivity, k=10):")
+        rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    path = H.write_suite(SUITE + ("_quick" if quick else ""), rows, out=out_dir, quick=quick)
+    out(f"wrote {path}")
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="~50 MB and 2,000 entries")
+    ap.add_argument("--gb", type=float, default=None, help="dataset size on disk (default 0.5; quick 0.05)")
+    ap.add_argument("--entries", type=int, default=None, help="entries for sharded search (default 20,000)")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    a = ap.parse_args(argv)
+    run(a.quick, a.gb, a.entries, a.out)
+
+
+if __name__ == "__main__":
+    main()

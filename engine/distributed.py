@@ -1,0 +1,574 @@
+"""Sketching Parquet datasets larger than one machine: map row groups to sketches, merge in a tree.
+
+    from fitsketch.distributed import sketch_parquet, add_parquet
+    sk = sketch_parquet("s3-mirror/part-*.parquet", config=hub.config, engine="ray")
+    hub.add_sketch("model-a", sk)            # or add_parquet(hub, "model-a", "part-*.parquet")
+
+Engines: ``"ray"`` (plain Ray tasks; ``pip install 'fitsketch[ray]'``; ``address=`` joins a
+cluster, none starts a local one), ``"processes"`` (a ``concurrent.futures`` process pool on this
+machine) and ``"local"`` (one process: the reference). All three compute the same sketch, defined
+here, so the distributed sketch equals the single-process one bit for bit (every integer part:
+signatures, histograms, counts, coverage counts; and the float ``sums`` too, because the merge
+tree is fixed -- see below):
+
+1. **Files**: the given paths, or the matches of a glob, sorted; file ``i`` in that order.
+   Every file must have the columns (``columns=`` or file 0's) with the same Arrow types, checked
+   on the footers before any work starts (:class:`SchemaDriftError`, :class:`UnreadableFileError`).
+2. **Units**: the non-empty row groups ``(i, g)`` of the files, in file then row-group order.
+   A unit is the map task: it ships ``(path, g, config, kinds, centre)``, a few hundred bytes,
+   and returns the unit's sketch as msgpack bytes (never pickle).
+3. **Kinds**: a column's kind (numeric / categorical / text) is detected, as ``build_sketch``
+   does on a whole frame, on its first 1000 non-missing values in dataset order.
+4. **Coverage centre**: a first pass maps every unit to per-dimension sums and counts of the
+   coverage row transform (``coverage.row_matrix``); they are added in unit order and the centre is
+   ``sum / count`` (0 where a dimension has no value). Give ``coverage_center=`` to skip the pass.
+5. **Partitions**: the rows of unit ``(i, g)`` are shuffled by a generator seeded with
+   ``(hub seed, i, g)`` (``shuffle=False``: kept in file order) and cut into partitions of
+   ``partition_size`` rows. Partitions never span units: a unit whose row count is not a multiple
+   of ``partition_size`` ends with a short partition. Size row groups as multiples of it.
+6. **Merge**: unit sketches are merged by :meth:`Sketch.merge` in a fixed balanced binary tree over
+   the unit order (node ``(level, j)`` merges ``(level-1, 2j)`` and ``(level-1, 2j+1)``), as soon as
+   both children are in, whatever order the workers finish in. Merge keeps partition order, so
+   the result's partitions are the units' partitions in unit order.
+
+Merge laws (tests/test_distributed.py): ``merge`` is associative for every part, bit for bit, and
+:func:`empty_like` is its two-sided identity. It is *not* commutative as a whole -- histograms are
+per partition and ``b.merge(a)`` lists ``b``'s partitions first -- but it is commutative for every
+order-free part: signatures (min), ``sums`` / ``counts`` / ``n_rows`` / ``n_partitions`` (sum),
+coverage counts (sum) and histogram totals (:meth:`Sketch.totals`). ``sums`` are float64 sums, so
+regrouping them changes the last bits (relative difference below 1e-12 here); the fixed tree of
+step 6 makes every engine group them the same way, so the engines agree exactly.
+
+The sketch of a unit uses the same kernels as ``build_sketch`` (``quantize_column``, ``minhash_csr``,
+``coverage.row_matrix`` / ``coverage.build``) with the kinds of step 3 fixed; a column that is
+missing in one unit but not in the whole dataset is legal here (it adds no MinHash elements), and
+:class:`fitsketch.errors.EmptyColumnError` is raised only when it is missing everywhere.
+
+Failures raise before anything is written: :func:`add_parquet` registers the sketch only after
+the whole job succeeded, so a worker that raises or a Ray cluster that goes away mid-job
+(:class:`DistributedError`) leaves every hub as it was.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import errors as E
+from .config import SketchConfig
+from .sketch import Sketch, build_sketch
+
+MissingDependencyError = E.MissingDependencyError
+UnreadableFileError = E.UnreadableFileError
+SchemaDriftError = E.SchemaDriftError
+DistributedError = E.DistributedError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("ray", "processes", "local")
+KIND_SAMPLE = 1000        # values detect_kind looks at (quantize.detect_kind samples the first 1000)
+EMPTY_SIG = np.uint32(0xFFFFFFFF)
+
+
+# ----------------------------------------------------------------------------- errors
+# Named here so this module stands alone; move them into fitsketch.errors (BY_CODE) when wiring.
+
+
+
+
+# ----------------------------------------------------------------------------- merge helpers
+def empty_like(sketch: Sketch) -> Sketch:
+    """The identity of :meth:`Sketch.merge` for sketches like ``sketch`` (no rows, no partitions)."""
+    nf, num_perm = sketch.signatures.shape
+    hist = {"part": np.zeros(0, np.int32), "feat": np.zeros(0, np.int32), "bucket": np.zeros(0, np.int32),
+            "count": np.zeros(0, np.uint32)}
+    cov = None
+    if sketch.coverage is not None:
+        cov = {**sketch.coverage, "table": np.zeros(0, np.int32), "code": np.zeros(0, np.int64),
+               "count": np.zeros(0, np.uint32)}
+    return Sketch(tuple(sketch.config_key), sketch.partition_size, list(sketch.names), list(sketch.kinds),
+                  np.full((nf, num_perm), EMPTY_SIG, dtype=np.uint32), np.zeros(nf, np.float64),
+                  np.zeros(nf, np.int64), 0, 0, hist, cov)
+
+
+def merge_all(sketches: list[Sketch]) -> Sketch:
+    """Merge sketches (in order) in the fixed balanced tree of the module docstring."""
+    if not sketches:
+        raise E.InvalidArgumentError("merge_all got no sketches: give at least one")
+    tree = _TreeMerge(len(sketches))
+    for i, s in enumerate(sketches):
+        tree.add(i, s)
+    return tree.result()
+
+
+class _TreeMerge:
+    """Balanced binary merge tree over ``n`` leaves in order; leaves may arrive in any order.
+
+    Level sizes are ``n_0 = n``, ``n_{l+1} = ceil(n_l / 2)``; node ``(l+1, j)`` is the merge of
+    ``(l, 2j)`` and ``(l, 2j+1)``, or ``(l, 2j)`` itself when it is the odd last node of level ``l``.
+    At most one pending node per level and pair is held, so memory stays O(log n) sketches when
+    results arrive roughly in order.
+    """
+
+    def __init__(self, n: int):
+        self.sizes = [n]
+        while self.sizes[-1] > 1:
+            self.sizes.append((self.sizes[-1] + 1) // 2)
+        self.pending: dict[tuple[int, int], Sketch] = {}
+
+    def add(self, j: int, sketch: Sketch, level: int = 0) -> None:
+        while level < len(self.sizes) - 1:
+            sib = j ^ 1
+            if sib >= self.sizes[level]:           # odd last node: promoted as is
+                j, level = j // 2, level + 1
+                continue
+            other = self.pending.pop((level, sib), None)
+            if other is None:
+                self.pending[(level, j)] = sketch
+                return
+            sketch = other.merge(sketch) if sib < j else sketch.merge(other)
+            j, level = j // 2, level + 1
+        self.pending[(level, j)] = sketch
+
+    def result(self) -> Sketch:
+        top = (len(self.sizes) - 1, 0)
+        if top not in self.pending or len(self.pending) != 1:
+            raise E.InternalError(f"merge tree incomplete: pending nodes {sorted(self.pending)}")
+        return self.pending[top]
+
+
+# ----------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Unit:
+    """One map task: a row group of one file."""
+    index: int          # position in unit order
+    file_index: int
+    path: str
+    row_group: int
+    num_rows: int
+
+
+@dataclass
+class ParquetPlan:
+    files: list[str]
+    columns: list[str]
+    units: list[Unit]
+    n_rows: int
+    n_bytes: int        # uncompressed bytes of the row groups (Parquet metadata)
+
+
+def resolve_files(paths_or_glob) -> list[str]:
+    """Sorted file list from a path, a glob, a directory (its ``*.parquet``) or a list of those."""
+    items = [paths_or_glob] if isinstance(paths_or_glob, (str, os.PathLike)) else list(paths_or_glob)
+    if not items:
+        raise E.InvalidArgumentError("paths_or_glob is empty: give Parquet paths or a glob like 'data/*.parquet'")
+    out: list[str] = []
+    for p in items:
+        if not isinstance(p, (str, os.PathLike)):
+            raise E.InvalidArgumentError(f"paths_or_glob holds {p!r}: give str paths or globs")
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            out.extend(sorted(_glob.glob(os.path.join(p, "*.parquet"))))
+        elif _glob.has_magic(p):
+            hits = sorted(_glob.glob(p))
+            if not hits:
+                raise UnreadableFileError(f"no file matches {p!r}: check the glob")
+            out.extend(hits)
+        else:
+            out.append(p)
+    if not out:
+        raise UnreadableFileError(f"no Parquet file in {paths_or_glob!r}: give files or a glob like 'dir/*.parquet'")
+    return sorted(dict.fromkeys(out))
+
+
+def plan(paths_or_glob, columns=None) -> ParquetPlan:
+    """Read every file's footer: check readability and schema, list the units. Reads no data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = resolve_files(paths_or_glob)
+    if columns is not None:
+        if isinstance(columns, str) or not all(isinstance(c, str) for c in columns) or not columns:
+            raise E.InvalidArgumentError(f"columns={columns!r} is not valid: give a non-empty list of column names")
+        columns = list(columns)
+    ref_types, units, n_rows, n_bytes = None, [], 0, 0
+    for i, path in enumerate(files):
+        if not os.path.isfile(path):
+            raise UnreadableFileError(f"data file {path!r} does not exist: check the path or glob")
+        try:
+            pf = pq.ParquetFile(path)
+            schema, md = pf.schema_arrow, pf.metadata
+        except (OSError, pa.ArrowException, ValueError) as e:
+            raise UnreadableFileError(f"cannot read {path!r} as Parquet: {e}") from None
+        types = {f.name: f.type for f in schema}
+        if ref_types is None:
+            if columns is None:
+                columns = list(schema.names)
+            missing = [c for c in columns if c not in types]
+            if missing:
+                raise E.InvalidArgumentError(f"columns {missing} are not in {path!r}: its columns are {schema.names}")
+            if len(set(columns)) != len(columns):
+                raise E.DuplicateFeatureError(f"columns={columns!r} has duplicates: name each column once")
+            ref_types, ref_path = {c: types[c] for c in columns}, path
+        missing = [c for c in columns if c not in types]
+        if missing:
+            raise SchemaDriftError(f"file {path!r} lacks columns {missing} that {ref_path!r} has: give files of "
+                                   f"one schema, or select shared columns with columns=[...]")
+        changed = [(c, str(ref_types[c]), str(types[c])) for c in columns if types[c] != ref_types[c]]
+        if changed:
+            desc = ", ".join(f"{c!r} is {new} (was {old})" for c, old, new in changed)
+            raise SchemaDriftError(f"file {path!r} changes column types: {desc} in {ref_path!r}: rewrite the files "
+                                   f"with one schema (pyarrow: table.cast(schema)) or leave those columns out")
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            if rg.num_rows == 0:
+                continue
+            units.append(Unit(len(units), i, path, g, rg.num_rows))
+            n_rows += rg.num_rows
+            n_bytes += rg.total_byte_size
+    if not units:
+        raise E.EmptyDataError(f"the {len(files)} Parquet file(s) hold no rows: give data with at least one row")
+    return ParquetPlan(files, columns, units, n_rows, n_bytes)
+
+
+def detect_kinds(p: ParquetPlan) -> list[str]:
+    """Each column's kind from its first KIND_SAMPLE non-missing values in unit order (reads only
+    the string-like columns of the first row groups)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .quantize import detect_kind
+
+    schema = pq.read_schema(p.files[0])
+    kinds = {}
+    todo = []
+    for c in p.columns:
+        t = schema.field(c).type
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or \
+                pa.types.is_temporal(t) or pa.types.is_decimal(t):
+            kinds[c] = "numeric"
+        else:
+            todo.append(c)
+    samples = {c: [] for c in todo}
+    have = dict.fromkeys(todo, 0)
+    for u in p.units:
+        need = [c for c in todo if have[c] < KIND_SAMPLE]
+        if not need:
+            break
+        tab = _read_unit(u.path, u.row_group, need)
+        for c in need:
+            s = tab.column(c).to_pandas().dropna()
+            s = s.iloc[: KIND_SAMPLE - have[c]]
+            samples[c].append(s)
+            have[c] += len(s)
+    for c in todo:
+        s = pd.concat(samples[c], ignore_index=True) if samples[c] else pd.Series([], dtype=object)
+        kinds[c] = detect_kind(s)
+    return [kinds[c] for c in p.columns]
+
+
+# ----------------------------------------------------------------------------- map tasks
+def _read_unit(path: str, row_group: int, columns: list[str]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise UnreadableFileError(f"cannot read row group {row_group} of {path!r}: {e}") from None
+
+
+def _unit_frame(spec: dict):
+    from .data import to_frame
+
+    return to_frame(_read_unit(spec["path"], spec["row_group"], spec["columns"]))
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def unit_stats(spec: dict) -> bytes:
+    """Map task of pass 1: per-dimension sums and non-missing counts of the coverage transform."""
+    from . import coverage as _cov
+    from .storage import pack
+
+    _threads(spec.get("threads"))
+    df = _unit_frame(spec)
+    X, keys, _ = _cov.row_matrix(df, spec["kinds"], spec["config"]["seed"])       # (n, D)
+    ok = ~np.isnan(X)
+    return pack({"sum": np.where(ok, X, 0.0).sum(axis=0), "count": ok.sum(axis=0).astype(np.int64),
+                 "keys": keys.astype(np.int64)})
+
+
+def unit_sketch(spec: dict) -> bytes:
+    """Map task of pass 2: the unit's sketch as msgpack bytes (``Sketch.to_bytes``)."""
+    _threads(spec.get("threads"))
+    df = _unit_frame(spec)
+    cfg = SketchConfig.from_dict(spec["config"])
+    seed_key = (spec["file_index"], spec["row_group"]) if spec["shuffle"] else None
+    return sketch_frame(df, cfg, spec["kinds"], partition_size=spec["partition_size"], shuffle_key=seed_key,
+                        coverage_center=spec["center"], device=spec["device"]).to_bytes()
+
+
+def _quantize(name, col, config: SketchConfig, kind: str):
+    """``quantize_column`` with a fixed kind. A column with no value (or no token) in this unit but
+    some elsewhere is legal: it adds no MinHash element, and its rows land where the whole-dataset
+    quantizer puts missing values (NaN bucket / missing bin / no token). Columns empty in every
+    unit are refused after the merge."""
+    from .quantize import NAN_KEY, Column, quantize_column
+
+    try:
+        return quantize_column(name, col, config, kind=kind)
+    except E.EmptyColumnError:
+        n = len(col)
+        none = np.zeros(0, np.int64)
+        if kind == "numeric":
+            return Column(name, kind, none, np.arange(n, dtype=np.int64), np.full(n, NAN_KEY, np.int32), 0.0, 0)
+        if kind == "categorical":
+            return Column(name, kind, none, np.arange(n, dtype=np.int64), np.full(n, config.hist_bins, np.int32),
+                          0.0, 0)
+        return Column(name, kind, none, none, np.zeros(0, np.int32), 0.0, 0)
+
+
+def sketch_frame(df, config: SketchConfig, kinds: list[str], *, partition_size: int, shuffle_key=None,
+                 coverage_center=None, device: str = "auto") -> Sketch:
+    """``build_sketch`` of one unit with the column kinds fixed (same kernels, same layout).
+
+    ``shuffle_key=(file_index, row_group)`` shuffles rows with a generator seeded by
+    ``(config.seed, *shuffle_key)``; ``None`` keeps them in order.
+    """
+    return build_sketch(df, config, partition_size=partition_size, kinds=list(kinds), shuffle=False,
+                        shuffle_key=shuffle_key, coverage_center=coverage_center, device=device,
+                        quantize=_quantize)
+
+
+# ----------------------------------------------------------------------------- engines
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(
+            "engine='ray' needs Ray, which is not installed: pip install 'fitsketch[ray]' (or "
+            "pip install ray), or use engine='processes' to run on this machine's cores") from None
+    return ray
+
+
+def _run_pool(pool, fn, specs, on_result):
+    futs = {pool.submit(fn, s): i for i, s in enumerate(specs)}
+    try:
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                try:
+                    res = f.result()
+                except E.FitsketchError:
+                    raise
+                except Exception as e:
+                    raise DistributedError(
+                        f"a worker process failed on {_where(specs[futs[f]])}: {type(e).__name__}: {e}: "
+                        "nothing was written; run again (engine='local' shows the error in this process)") from e
+                on_result(futs[f], res)
+    except BaseException:
+        for f in futs:
+            f.cancel()
+        raise
+
+
+def _run_ray(fn, specs, on_result, ray):
+    task = ray.remote(num_cpus=1, max_retries=1)(fn)
+    try:
+        refs = [task.remote(s) for s in specs]
+        index = {r: i for i, r in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for r in done:
+                on_result(index[r], ray.get(r))
+    except E.FitsketchError:
+        raise
+    except Exception as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, E.FitsketchError):
+            raise cause from None
+        if not ray.is_initialized():
+            what = "the Ray runtime shut down during the job"
+        else:
+            first = (str(e).splitlines() or [""])[0]
+            what = f"the Ray job failed ({type(e).__name__}: {first[:200]}{'...' if len(first) > 200 else ''})"
+        raise DistributedError(f"{what}: nothing was written; check the cluster (`ray status`) and run again, "
+                               "or use engine='processes'") from e
+
+
+def _where(spec: dict) -> str:
+    return f"row group {spec['row_group']} of {spec['path']!r}"
+
+
+class _Session:
+    """Runs map tasks on one engine for both passes; owns the pool or the Ray instance it started."""
+
+    def __init__(self, engine, address, workers):
+        self.engine, self.workers, self.ray, self.pool, self.owned = engine, workers, None, None, False
+        if isinstance(engine, Executor):
+            self.pool, self.engine = engine, "processes"
+        elif engine == "processes":
+            import multiprocessing as mp
+
+            n = workers or os.cpu_count() or 1
+            log.info("engine='processes': a pool of %d processes on this machine (not Ray)", n)
+            # spawn, not fork: the parent may hold torch / OpenMP threads, which fork does not carry over
+            # safely. As with any spawn pool, a script must call this under `if __name__ == "__main__":`.
+            self.pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"))
+            self.owned = True
+        elif engine == "ray":
+            ray = _import_ray()
+            if not ray.is_initialized():
+                kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+                if address is None:
+                    kw["num_cpus"] = workers or os.cpu_count() or 1
+                try:
+                    ray.init(address=address, **kw)
+                except Exception as e:
+                    raise DistributedError(f"cannot start or join Ray at address={address!r}: {e}: check the "
+                                           "address (`ray status`), or use engine='processes'") from e
+                self.owned = True
+            self.ray = ray
+
+    def run(self, fn, specs, on_result):
+        if self.engine == "ray":
+            if not self.ray.is_initialized():
+                raise DistributedError("the Ray runtime was shut down during the job: nothing was written; "
+                                       "run again")
+            return _run_ray(fn, specs, on_result, self.ray)
+        if self.pool is not None:
+            return _run_pool(self.pool, fn, specs, on_result)
+        for i, spec in enumerate(specs):
+            on_result(i, fn(spec))
+
+    def close(self):
+        if not self.owned:
+            return
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        elif self.ray is not None and self.ray.is_initialized():
+            self.ray.shutdown()
+
+
+def _bar(progress: bool, total: int, desc: str, unit: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False)
+
+
+# ----------------------------------------------------------------------------- public API
+def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine: str = "ray", columns=None,
+                   partition_size: int | None = None, address: str | None = None, progress: bool = True,
+                   workers: int | None = None, shuffle: bool = True, coverage_center=None,
+                   device: str = "auto") -> Sketch:
+    """Sketch the rows of Parquet files, one map task per row group, merged in a tree.
+
+    ``engine``: ``"ray"`` (``address`` of a running cluster, or None to start a local Ray on
+    ``workers`` CPUs), ``"processes"`` (``workers`` processes here), ``"local"`` (this process,
+    the reference), or a ``concurrent.futures`` process pool of your own (reused, not shut down).
+    All engines return the same sketch (module docstring). ``progress`` shows
+    tqdm bars over row groups; ``coverage_center`` skips the first (centre) pass.
+    """
+    config = config or SketchConfig()
+    if not isinstance(config, SketchConfig):
+        raise E.InvalidArgumentError(f"config must be a SketchConfig, got {type(config).__name__}")
+    if not isinstance(engine, Executor) and engine not in ENGINES:
+        raise E.InvalidArgumentError(f"engine={engine!r} is not valid: use one of {', '.join(map(repr, ENGINES))}")
+    m = config.partition_size if partition_size is None else partition_size
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise E.InvalidArgumentError(f"partition_size={m!r} is not valid: expected a positive integer")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise E.InvalidArgumentError(f"workers={workers!r} is not valid: expected a positive integer")
+    if engine == "ray":
+        _import_ray()                                  # fail fast, before reading anything
+    p = plan(paths_or_glob, columns)
+    kinds = detect_kinds(p)
+    threads = None if engine == "local" else 1           # one torch thread per worker: no oversubscription
+    base = {"columns": p.columns, "kinds": kinds, "config": config.to_dict(), "threads": threads}
+    specs = [{**base, "path": u.path, "file_index": u.file_index, "row_group": u.row_group} for u in p.units]
+    log.info("sketching %d rows in %d row groups of %d file(s) with engine=%r", p.n_rows, len(p.units),
+             len(p.files), engine)
+    session = _Session(engine, address, workers)
+    try:
+        if coverage_center is None:
+            coverage_center = _center_pass(session, specs, progress)
+        else:
+            coverage_center = np.asarray(coverage_center, dtype=np.float64)
+        specs = [{**s, "partition_size": m, "shuffle": bool(shuffle), "center": coverage_center,
+                  "device": device} for s in specs]
+        tree = _TreeMerge(len(specs))
+        bar = _bar(progress, p.n_rows, "sketching row groups", "row")
+
+        def on_sketch(i, data):
+            sk = Sketch.from_bytes(data)
+            tree.add(i, sk)
+            if bar is not None:
+                bar.update(sk.n_rows)
+
+        try:
+            session.run(unit_sketch, specs, on_sketch)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        session.close()
+    out = tree.result()
+    empty = [n for n, s in zip(out.names, out.signatures) if (s == EMPTY_SIG).all()]
+    if empty:
+        raise E.EmptyColumnError(f"columns {empty} have no values in any of the {p.n_rows} rows: leave them "
+                                 f"out with columns=[...]")
+    return out
+
+
+def _center_pass(session: _Session, specs: list[dict], progress: bool) -> np.ndarray:
+    from .storage import unpack
+
+    parts: list = [None] * len(specs)
+    bar = _bar(progress, len(specs), "coverage centre", "row group")
+
+    def on_stats(i, data):
+        parts[i] = unpack(data)
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        session.run(unit_stats, specs, on_stats)
+    finally:
+        if bar is not None:
+            bar.close()
+    total = np.zeros_like(parts[0]["sum"])
+    count = np.zeros_like(parts[0]["count"])
+    for d in parts:                       # unit order: the same float sum on every engine
+        total = total + d["sum"]
+        count = count + d["count"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def add_parquet(hub, name: str, paths_or_glob, *, metadata: dict | None = None, **kwargs):
+    """Sketch Parquet files with :func:`sketch_parquet` (``hub.config``) and register the sketch as
+    ``name`` -- only once the whole job has succeeded. ``hub``: a Hub, a Client or a ShardedHub."""
+    if not isinstance(name, str) or not name:
+        raise E.InvalidArgumentError(f"name={name!r} is not valid: give a non-empty str")
+    if name in hub:
+        raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
+    if "config" in kwargs:
+        raise E.InvalidArgumentError("add_parquet sketches with the hub's config: do not pass config=")
+    sk = sketch_parquet(paths_or_glob, config=hub.config, **kwargs)
+    return hub.add_sketch(name, sk, metadata=metadata)
