@@ -70,7 +70,22 @@ def to_frame(data, feature_names=None) -> pd.DataFrame:
         raise EmptyDataError("data has no rows: give at least one row")
     if list(data.columns) != names:
         data = data.set_axis(names, axis=1)
-    return data
+    return _decode_bytes(data)
+
+
+def _decode_bytes(df: pd.DataFrame) -> pd.DataFrame:
+    """bytes values become str (UTF-8; undecodable bytes as backslash escapes), so every later
+    step sees text: b"abc" and "abc" are the same value, b"\\xff" is the text "\\xff"."""
+    out = None
+    for name in df.columns:
+        col = df[name]
+        if col.dtype != object or not col.map(lambda v: isinstance(v, (bytes, bytearray))).any():
+            continue
+        if out is None:
+            out = df.copy()
+        out[name] = col.map(lambda v: bytes(v).decode("utf-8", "backslashreplace")
+                            if isinstance(v, (bytes, bytearray)) else v)
+    return df if out is None else out
 
 
 def _array_to_frame(arr: np.ndarray, feature_names) -> pd.DataFrame:
@@ -87,6 +102,9 @@ def _array_to_frame(arr: np.ndarray, feature_names) -> pd.DataFrame:
         raise EmptyDataError(f"array of shape {arr.shape} is empty: give at least one row and one feature")
     if feature_names is None:
         feature_names = [f"f{i}" for i in range(arr.shape[1])]
+    if isinstance(feature_names, (str, bytes)) or not hasattr(feature_names, "__iter__"):
+        raise InvalidArgumentError(
+            f"feature_names={feature_names!r} is not a sequence of names: give one name per column")
     feature_names = [str(n) for n in feature_names]
     if len(feature_names) != arr.shape[1]:
         raise InvalidArgumentError(

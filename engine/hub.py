@@ -33,7 +33,7 @@ from .storage import HubStore, from_u64, u64
 log = logging.getLogger(__name__)
 
 ENTRY_FORMAT = 1
-_NAME_MAX = 1024
+_NAME_MAX = 511  # LMDB's key size limit: a name is a key of the names database
 _AE_PREFIX = b"ae:"  # weights-db keys of SimEx fleets: b"ae:" + entry id
 
 
@@ -94,6 +94,24 @@ def _check_metadata(metadata) -> dict:
     return metadata
 
 
+def _translated(fn):
+    """Public hub reads raise FitsketchError subclasses, never a storage- or kernel-layer class."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except E.FitsketchError:
+            raise
+        except Exception as e:
+            new = E.translate(e)
+            if new is e:
+                raise
+            raise new from None
+    return wrapper
+
+
 def _dup(entry_id: int, feat: int) -> bytes:
     return struct.pack(">II", entry_id, feat)
 
@@ -151,20 +169,24 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         return self._store
 
     # ------------------------------------------------------------------ reads
+    @_translated
     def __len__(self) -> int:
         with self.store.read() as txn:
             return txn.count("names")
 
+    @_translated
     def __contains__(self, name) -> bool:
         if not isinstance(name, str):
             return False
         with self.store.read() as txn:
             return txn.exists("names", name.encode("utf-8"))
 
+    @_translated
     def names(self) -> list[str]:
         with self.store.read() as txn:
             return [k.decode("utf-8") for k in txn.keys("names")]
 
+    @_translated
     def get(self, name: str) -> Entry:
         _check_name(name)
         with self.store.read() as txn:
@@ -173,6 +195,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 raise E.EntryNotFoundError(f"no entry named {name!r} in hub {self.path}: see hub.names()")
             return self._entry(txn.get("entries", raw))
 
+    @_translated
     def stats(self) -> dict:
         meta = self.store.meta()
         return {"path": self.path, "entries": len(self), "generation": meta.get("generation", 0),
@@ -328,6 +351,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             raise E.translate(e) from None
 
     # ------------------------------------------------------------------ search
+    @_translated
     def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
                feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> list[Match]:
         """Rank entries by how well their data fits ``data``; see DESIGN.md for the methods.
@@ -340,6 +364,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                                   overrides=overrides, embedding=embedding, n_emb=embedding_candidates)
         return matches
 
+    @_translated
     def explain(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
                 feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> Plan:
         """Run the query and return its plan with estimated and actual counts and times per stage."""

@@ -70,6 +70,17 @@ def _check_format(path: str, fmt: Any) -> int:
     return fmt
 
 
+def _check_size(env: lmdb.Environment, file: str) -> None:
+    """Refuse a file shorter than the pages its meta page says are in use: LMDB would read past
+    the end through its memory map and the process would die of SIGBUS (a truncated copy)."""
+    need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    have = os.path.getsize(file)
+    if have < need:
+        env.close()
+        raise CorruptHubError(f"{file} is truncated: {have} bytes, but its pages in use need {need}; "
+                              f"restore the hub from a backup")
+
+
 def _meta_key(k: str) -> bytes:
     if not isinstance(k, str) or not k:
         raise ValueError(f"meta keys are non-empty str, got {k!r}")
@@ -126,6 +137,7 @@ class HubStore:
             if not existed:
                 self._create()
                 return
+            _check_size(self._env, self._file)
             try:
                 meta = self._env.open_db(b"meta", create=False)
             except lmdb.NotFoundError:
@@ -236,6 +248,9 @@ class HubStore:
                 if txn is not None:
                     try:
                         yield Txn(txn, self._dbs, False, self.path)
+                    except lmdb.CorruptedError as e:  # a damaged page met while reading
+                        raise CorruptHubError(f"hub at {self.path} is damaged ({e}); restore it from a "
+                                              f"backup") from e
                     finally:
                         txn.abort()
                     return
@@ -380,6 +395,7 @@ def inspect(path: str | os.PathLike) -> dict:
             env = lmdb.open(file, subdir=False, max_dbs=MAX_DBS, readonly=True, lock=False)
         except lmdb.Error as e:
             raise _translate(path, e) from e
+        _check_size(env, file)
         try:
             try:
                 dbs = {n: env.open_db(n.encode(), create=False) for n in ("meta", "entries")}
