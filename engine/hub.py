@@ -176,8 +176,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     @_translated
     def __contains__(self, name) -> bool:
-        if not isinstance(name, str):
-            return False
+        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX:
+            return False  # no entry can have such a name
         with self.store.read() as txn:
             return txn.exists("names", name.encode("utf-8"))
 

@@ -74,7 +74,8 @@ class MiniLMEncoder:
                 except ImportError:
                     raise EncoderNotInstalledError("MiniLMEncoder needs transformers: pip install transformers") from None
                 self._tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-                self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(self.device).eval()
+                self._model = AutoModel.from_pretrained(str(self.path), local_files_only=True,
+                                                        use_safetensors=True).to(self.device).eval()
                 log.info("loaded all-MiniLM-L6-v2 from %s on %s", self.path, self.device)
         return self._tok, self._model
 
