@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels.jslsh import band_keys
-from .kernels.minhash import EMPTY, M32
+from .kernels.minhash import EMPTY, cardinality
 
 _CHUNK = 1 << 24  # booleans compared at once
 
@@ -24,12 +24,6 @@ _CHUNK = 1 << 24  # booleans compared at once
 def feature_band_keys(sigs: np.ndarray, k: int, l: int) -> np.ndarray:
     """LSH band keys of feature signatures: ``(n_features, l)`` int64."""
     return band_keys(np.asarray(sigs, dtype=np.int64), k, l)
-
-
-def _cardinality(sigs: np.ndarray) -> np.ndarray:
-    s = sigs.astype(np.float64)
-    est = s.shape[-1] / np.maximum((s / M32).sum(axis=-1), 1e-12) - 1.0
-    return np.where(sigs[..., 0] == EMPTY, 0.0, np.maximum(est, 1.0))
 
 
 def similarity(t_sigs: np.ndarray, s_sigs: np.ndarray, match: str = "containment") -> np.ndarray:
@@ -45,8 +39,8 @@ def similarity(t_sigs: np.ndarray, s_sigs: np.ndarray, match: str = "containment
     jac[empty] = 0.0
     if match == "jaccard":
         return jac
-    nt = _cardinality(t_sigs)[:, None]
-    ns = _cardinality(s_sigs)[None, :]
+    nt = cardinality(t_sigs)[:, None]
+    ns = cardinality(s_sigs)[None, :]
     inter = jac * (nt + ns) / (1.0 + jac)
     return np.where(nt > 0, np.clip(inter / np.maximum(nt, 1e-12), 0.0, 1.0), 0.0)
 

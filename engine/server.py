@@ -703,19 +703,13 @@ def cmd_serve(args) -> None:
 
 
 def main(argv=None) -> int:
-    """``python -m fitsketch.server HUB [options]``: the ``serve`` command on its own."""
-    p = argparse.ArgumentParser(prog="python -m fitsketch.server", description="Serve a fitsketch hub.")
-    p.add_argument("-v", "--verbose", action="store_true")
-    _add_serve_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        args.fn(args)
-    except E.FitsketchError as e:
-        print(f"fitsketch: error [{e.code}]: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """``python -m fitsketch.server HUB [options]``: the ``serve`` command on its own (the CLI's
+    ``fitsketch serve``, with the same error handling)."""
+    from .cli import main as cli_main
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a in ("-v", "--verbose")]
+    return cli_main(flags[:1] + ["serve"] + [a for a in argv if a not in ("-v", "--verbose")])
 
 
 if __name__ == "__main__":  # pragma: no cover
