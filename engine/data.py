@@ -79,7 +79,10 @@ def _decode_bytes(df: pd.DataFrame) -> pd.DataFrame:
     out = None
     for name in df.columns:
         col = df[name]
-        if col.dtype != object or not col.map(lambda v: isinstance(v, (bytes, bytearray))).any():
+        if getattr(col.dtype, "kind", "") not in "OS":
+            continue
+        col = col.astype(object)
+        if not col.map(lambda v: isinstance(v, (bytes, bytearray))).any():
             continue
         if out is None:
             out = df.copy()
@@ -97,6 +100,8 @@ def _array_to_frame(arr: np.ndarray, feature_names) -> pd.DataFrame:
     if arr.ndim == 0:
         raise InvalidArgumentError("0-D array: give a 2-D (rows, features) array")
     if arr.ndim > 2:  # images: one feature per pixel position
+        if arr.size == 0:
+            raise EmptyDataError(f"array of shape {arr.shape} is empty: give at least one row and one feature")
         arr = arr.reshape(arr.shape[0], -1)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise EmptyDataError(f"array of shape {arr.shape} is empty: give at least one row and one feature")

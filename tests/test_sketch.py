@@ -150,9 +150,10 @@ def test_similarity_estimates_true_jaccard_and_containment():
     true_j = len(set(a) & set(b)) / len(set(a) | set(b))
     j = similarity(sig[:1], sig[1:2], "jaccard")[0, 0]
     assert abs(j - true_j) < 0.08  # 512 permutations: std ~ 0.02
-    # containment of a 200-set inside a 2000-set (J = 0.1): the estimate's std is ~0.15 here
+    # containment of a 200-set inside a 2000-set (J = 0.1): the estimate's std is ~0.15 here,
+    # so 0.4 is 4 standard deviations below the truth (1.0)
     c = similarity(sig[2:3], sig[:1], "containment")[0, 0]
-    assert 0.55 < c <= 1.0
+    assert 0.4 < c <= 1.0
     stranger = rng.choice(np.arange(200_000, 300_000), 200, replace=False)
     c0 = similarity(fitsketch.minhash([stranger.tolist()], num_perm=512), sig[:1], "containment")[0, 0]
     assert c0 < 0.2
