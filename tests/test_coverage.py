@@ -93,7 +93,7 @@ def test_planted_target_covered_by_one_source_ranks_it_first(tmp_path):
         res = hub.search(pd.DataFrame(X[q], columns=names), method="coverage")
     assert res[0].name == "s345", [(m.name, m.score) for m in res]
     assert res[0].method == "coverage" and res[0].score > res[1].score
-    assert len(res[0].evidence["per_table"]) == 16
+    assert len(res[0].evidence["per_table"]) == hub.config.coverage_tables
 
 
 def test_coverage_falls_back_or_raises_when_feature_sets_differ(tmp_path):
