@@ -509,9 +509,13 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         return [(recs[key], al) for key, al in out]
 
     def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str) -> list[Match]:
+        if method == "coverage":  # these two never read the partition histograms
+            return self._score_coverage(txn, target, cands, cfg)
+        if method == "simex":
+            return self._score_simex(txn, target, cands, cfg)
         n_t = target.n_features
         t_map = np.arange(n_t, dtype=np.int64)
-        per_dataset = method not in ("adaptivity", "coverage")
+        per_dataset = method != "adaptivity"
         t_dist = aligned_distributions(target.hist, t_map, n_t, per_dataset=per_dataset,
                                        n_partitions=target.n_partitions)
         s_dists = []
@@ -523,10 +527,6 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             s_dists.append(aligned_distributions(hist, fmap, n_t, per_dataset=per_dataset,
                                                  n_partitions=rec["n_partitions"]))
         results = []
-        if method == "coverage":
-            return self._score_coverage(txn, target, cands, cfg, t_dist, s_dists)
-        if method == "simex":
-            return self._score_simex(txn, target, cands, cfg)
         if method in ("adaptivity", "js"):
             keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
                                        k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
@@ -592,7 +592,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 results.append(self._match(rec, al, target, simex.entry_score(d), "simex", ev))
         return results
 
-    def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig, t_dist, s_dists) -> list[Match]:
+    def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig) -> list[Match]:
         """Coverage of the target's rows by each candidate; adaptivity for all when one cannot."""
         from . import coverage as _cov
 
