@@ -81,6 +81,9 @@ def _decode_bytes(df: pd.DataFrame) -> pd.DataFrame:
         col = df[name]
         if getattr(col.dtype, "kind", "") not in "OS":
             continue
+        # one pass in C: all-str (the common text column) and all-number columns hold no bytes
+        if pd.api.types.infer_dtype(col, skipna=True) not in ("bytes", "mixed", "mixed-integer"):
+            continue
         col = col.astype(object)
         if not col.map(lambda v: isinstance(v, (bytes, bytearray))).any():
             continue
