@@ -20,6 +20,8 @@ says so in the plan and in each match's evidence.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -77,9 +79,9 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
           device: str = "auto") -> dict:
     """The coverage sketch of transformed rows ``X`` (NaN = missing)."""
     if center is None:
-        with np.errstate(invalid="ignore"):
-            center = np.where(np.isnan(X).all(axis=0), 0.0, np.nanmean(np.where(np.isnan(X), np.nan, X), axis=0)) \
-                if X.shape[0] else np.zeros(X.shape[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing dimension: NaN, centre 0 below
+            center = np.nanmean(X, axis=0) if X.shape[0] else np.zeros(X.shape[1])
     center = np.nan_to_num(np.asarray(center, dtype=np.float64))
     codes = encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
     return {"v": COVERAGE_FORMAT, "keys": keys.astype(np.int64), "center": center, "bits": bits,
