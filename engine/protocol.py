@@ -39,7 +39,8 @@ arguments of the :class:`fitsketch.Hub` method of the same name::
                  embedding? (models and autoencoder training stay embedded-only)
     add_sketch   name, sketch (Sketch.to_record() map), metadata?       Entry.to_dict()
     search       data | sketch, k?, method?, where?, feature_names?,    [Match.to_dict(), ...]
-                 params? (per-query overrides, e.g. feature_threshold)
+                 params? (per-query overrides, e.g. feature_threshold,
+                 coverage_space), embedding?, embedding_candidates?
     explain      same as search                                          Plan.to_dict()
     get          name                                                   Entry.to_dict()
     remove       name                                                   null

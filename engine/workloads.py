@@ -235,6 +235,18 @@ def digit_domains(seed: int = 0, n_source: int = 400, n_target: int = 300,
     return Workload(sources, targets, acc, own, slab, tlab)
 
 
+def digit_embedding(X, dim: int = 256, seed: int = 0, bandwidth: float = 3.0) -> np.ndarray:
+    """A fixed, data-independent embedding of 8x8 digit images (pixels 0-16), for coverage over
+    sample embeddings: seeded random Fourier features ``cos(x / 16 @ W + b)``, ``W ~ N(0, 1 /
+    bandwidth^2)`` (64, dim), ``b ~ U[0, 2 pi)``, the feature map of a Gaussian kernel of width
+    ``bandwidth`` (3.0: the median pairwise distance of scikit-learn digits / 16). Nothing is
+    fitted, so every source and target is embedded by the same map -> (n, dim) float32."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(0.0, 1.0 / bandwidth, size=(64, dim))
+    b = rng.uniform(0.0, 2.0 * np.pi, size=dim)
+    return np.cos(np.asarray(X, dtype=np.float64) / 16.0 @ W + b).astype(np.float32)
+
+
 # ------------------------------------------------------------------ ER-Magellan (Ditto serialization)
 ER_MAGELLAN_TASKS = (
     "Structured/Amazon-Google", "Structured/Beer", "Structured/DBLP-ACM", "Structured/DBLP-GoogleScholar",
