@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fitsketch-installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench bench-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench all --quick
+
+# CI's smoke run of every benchmark suite (--quick, results into a temp folder, timings not asserted)
+bench-smoke: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m bench all --quick --out "$$(mktemp -d)/results"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

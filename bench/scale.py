@@ -9,10 +9,14 @@ mergeable, so this is how large data is sketched too. Entries are registered wit
 ``hub.add_sketch`` under many names, cycling through the merged sketches. The hub grows through
 the sizes in turn (each size is measured on the same hub after adding the entries up to it).
 
-Per size: add throughput (entries/s over the entries added since the previous size), query
-p50/p99 of ``hub.search`` (method adaptivity, the default thresholds, query sketch prebuilt: 2
-partitions of a family's fresh data) over up to 20 queries within a time cap, candidates per
-query, hub bytes per entry (LMDB file size / entries) and peak RSS. Sizes that would not finish
+Per size: add throughput (entries/s over the entries added since the previous size, through
+``hub.add_sketches``: 1000 entries per transaction), the first query after the adds (it brings
+the in-memory profile index up to date), query p50/p99 of ``hub.search`` (method adaptivity, the
+default thresholds and shortlist, query sketch prebuilt: 2 partitions of a family's fresh data)
+over up to 20 queries within a time cap, candidates per query, the exhaustive search
+(``shortlist=0``) on the same hub as the baseline and the reference for the shortlist's recall@10
+(by score: many names share a sketch, so entries tie) and top-1, hub bytes per entry (LMDB file
+size / entries) and peak RSS. Sizes that would not finish
 in the time available are extrapolated with a power-law fit of the measured ones, and marked so.
 Issue targets: p50 <= 50 ms at 1M entries on 2 cores; <= 32 KB per entry at 32 x 10.
 """
@@ -104,7 +108,7 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, max_query_s: float,
-            workdir: Path, out=print) -> list[dict]:
+            workdir: Path, out=print, exhaustive_queries: int = 10, exhaustive_max: int = 100_000) -> list[dict]:
     import fitsketch
 
     t0 = time.perf_counter()
@@ -119,10 +123,15 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
         for size in sizes:
             t1 = time.perf_counter()
             start = n
-            while n < size:
-                hub.add_sketch(f"model-{n:07d}", sketches[n % len(sketches)], metadata={"i": n})
-                n += 1
+            while n < size:    # bulk add: batches of 1000 entries per transaction
+                hi = min(size, n + 10_000)
+                hub.add_sketches([(f"model-{i:07d}", sketches[i % len(sketches)], {"i": i}) for i in range(n, hi)])
+                n = hi
             add_s = time.perf_counter() - t1
+            # first query after the adds brings the profile index up to date: timed on its own
+            t2 = time.perf_counter()
+            hub.search(queries[0], k=10, method="adaptivity")
+            warm_s = time.perf_counter() - t2
             lat, cands = [], []
             tq = time.perf_counter()
             for q in queries:
@@ -130,6 +139,23 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
                 plan = hub.explain(q, k=10, method="adaptivity")
                 lat.append(time.perf_counter() - t2)
                 cands.append(next((s.actual for s in plan.stages if s.name == "candidates"), None))
+                if time.perf_counter() - tq > max_query_s:
+                    break
+            # the exhaustive search (shortlist=0) as the baseline and the reference for recall
+            full_lat, top1, recall = [], [], []
+            tq = time.perf_counter()
+            for q in queries[:exhaustive_queries]:
+                if size > exhaustive_max:
+                    break
+                t2 = time.perf_counter()
+                full = hub.search(q, k=10, method="adaptivity", shortlist=0)
+                full_lat.append(time.perf_counter() - t2)
+                short = hub.search(q, k=10, method="adaptivity")
+                # many entries tie (names cycle through the sketches), so recall is by score: the share
+                # of the shortlisted top 10 scoring at least the exhaustive 10th best, and top-1 equal
+                kth = full[-1].score if full else 0.0
+                recall.append(float(np.mean([m.score >= kth - 1e-12 for m in short])) if short else 0.0)
+                top1.append(bool(short) and bool(full) and short[0].score >= full[0].score - 1e-12)
                 if time.perf_counter() - tq > max_query_s:
                     break
             stats = hub.stats()
@@ -140,11 +166,17 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
                   "query_p99_ms": 1e3 * float(np.percentile(lat, 99)), "queries": len(lat),
                   "candidates_median": float(np.median([c for c in cands if c is not None] or [np.nan])),
                   "bytes_per_entry": stats["bytes"] / size, "hub_bytes": stats["bytes"],
-                  "rss_mb": cur, "peak_rss_mb": peak}
+                  "rss_mb": cur, "peak_rss_mb": peak, "first_query_s": warm_s,
+                  "exhaustive_p50_ms": 1e3 * float(np.percentile(full_lat, 50)) if full_lat else None,
+                  "exhaustive_queries": len(full_lat),
+                  "recall_at_10": float(np.mean(recall)) if recall else None,
+                  "top1_found": float(np.mean(top1)) if top1 else None}
             points.append(pt)
-            out(f"  {size:>9,} entries: add {pt['add_entries_per_s']:.1f} entries/s; query p50 "
-                f"{pt['query_p50_ms']:.0f} ms, p99 {pt['query_p99_ms']:.0f} ms over {len(lat)} queries "
-                f"(median {pt['candidates_median']:.0f} candidates); {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
+            ex = (f"; exhaustive p50 {pt['exhaustive_p50_ms']:.0f} ms, shortlist recall@10 {pt['recall_at_10']:.2f}, "
+                  f"top-1 {pt['top1_found']:.2f} over {len(full_lat)} queries" if full_lat else "")
+            out(f"  {size:>9,} entries: add {pt['add_entries_per_s']:.1f} entries/s; first query {warm_s:.2f} s; "
+                f"query p50 {pt['query_p50_ms']:.1f} ms, p99 {pt['query_p99_ms']:.1f} ms over {len(lat)} queries "
+                f"(median {pt['candidates_median']:.0f} candidates){ex}; {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
                 f"RSS {cur:.0f} MiB (peak {peak:.0f})")
     return points
 
@@ -213,9 +245,9 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> dict:
     ctx = H.context("cpu", quick)
     env = H.environment("cpu")
     if quick:
-        sizes, fams, ppf, nsk, qcap = (250, 1000), 10, 4, 40, 45.0
+        sizes, fams, ppf, nsk, qcap = (300, 3000), 10, 4, 40, 30.0
     else:
-        sizes, fams, ppf, nsk, qcap = (1000, 3000, 10000), 20, 6, 200, 150.0
+        sizes, fams, ppf, nsk, qcap = (1000, 10_000, 100_000), 20, 6, 200, 120.0
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-"))
     try:
@@ -236,6 +268,13 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> dict:
                           candidates=p["candidates_median"]))
         rows.append(H.row(ctx, "scale", w, "adaptivity", "query_p99", p["query_p99_ms"], unit="ms",
                           queries=p["queries"], candidates=p["candidates_median"]))
+        if p.get("exhaustive_p50_ms"):
+            rows.append(H.row(ctx, "scale", w, "adaptivity", "query_p50_vs_exhaustive", p["query_p50_ms"], unit="ms",
+                              baseline="exhaustive search (shortlist=0), same hub", baseline_value=p["exhaustive_p50_ms"],
+                              queries=p["exhaustive_queries"]))
+            rows.append(H.row(ctx, "scale", w, "adaptivity", "shortlist_recall_at_10", p["recall_at_10"],
+                              baseline="exhaustive top 10 (by score)", baseline_value=1.0, top1_found=p["top1_found"]))
+        rows.append(H.row(ctx, "scale", w, "profiles", "first_query_after_adds", p["first_query_s"], unit="s"))
         rows.append(H.row(ctx, "scale", w, "hub", "bytes_per_entry", p["bytes_per_entry"], unit="B",
                           baseline="issue target", baseline_value=TARGET_BYTES))
         rows.append(H.row(ctx, "scale", w, "process", "peak_rss", p["peak_rss_mb"], unit="MiB"))

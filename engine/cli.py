@@ -51,6 +51,16 @@ def _json_arg(value: str, what: str) -> dict:
     return out
 
 
+def _npy_arg(path: str, what: str):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise E.UnsupportedDataError(f"--{what} {path!r} cannot be read as a .npy array ({e}): "
+                                     f"save it with numpy.save(path, array)") from None
+
+
 def cmd_init(args) -> None:
     import fitsketch
 
@@ -90,7 +100,8 @@ def _query_overrides(args) -> dict:
     return {k: v for k, v in (("feature_threshold", args.feature_threshold),
                               ("overlap_threshold", args.overlap_threshold), ("match", args.match),
                               ("jslsh_r", args.r), ("jslsh_k", args.jslsh_k), ("jslsh_l", args.jslsh_l),
-                              ("coverage_tau", args.tau), ("simex_loss", args.loss),
+                              ("coverage_tau", args.tau), ("coverage_space", args.coverage_space),
+                              ("simex_loss", args.loss), ("shortlist", args.shortlist),
                               ("simex_normalize", False if args.no_normalize else None))
             if v is not None}
 
@@ -114,6 +125,8 @@ def cmd_search(args) -> None:
     where = _json_arg(args.where, "where") if args.where else None
     with fitsketch.open(args.hub, create=False, readonly=True) as hub:
         kw = dict(k=args.k, method=args.method, where=where, **_query_overrides(args))
+        if args.embedding:
+            kw["embedding"] = _npy_arg(args.embedding, "embedding")
         if args.explain:
             plan = hub.explain(args.data, **kw)
             _emit(args, plan.to_dict(), str(plan))
@@ -186,7 +199,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import METHODS
+    from .config import COVERAGE_SPACES, METHODS
 
     p = argparse.ArgumentParser(prog="fitsketch", description="Rank your models by how well their training data fits yours.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -228,7 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--r", type=float, help="JS-LSH bucket width")
     s.add_argument("--jslsh-k", type=int)
     s.add_argument("--jslsh-l", type=int)
+    s.add_argument("--shortlist", type=int, help="large hubs: entries kept by the profile shortlist (0: score all)")
     s.add_argument("--tau", type=float, help="coverage: rows a code needs to count as seen")
+    s.add_argument("--coverage-space", choices=list(COVERAGE_SPACES),
+                   help="coverage: code the rows (default), the sample embeddings (give --embedding) "
+                        "or the SimEx autoencoders' latents")
+    s.add_argument("--embedding", metavar="NPY",
+                   help="the query's sample embeddings, an (n, d) .npy file: FAISS shortlist, and what "
+                        "--coverage-space embedding codes")
     s.add_argument("--loss", choices=["mse", "ssim"], help="simex: reconstruction loss")
     s.add_argument("--no-normalize", action="store_true", help="simex: do not divide by the source's mean norm")
     s.add_argument("--json", action="store_true")

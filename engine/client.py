@@ -342,6 +342,16 @@ class Client:
             args["embedding"] = np.asarray(embedding)
         return Entry(**self._call("add", args))
 
+    def add_sketches(self, items, *, batch: int = 1000) -> int:
+        """``Hub.add_sketches`` over the socket: one ``add_sketch`` request per item (each entry is
+        its own transaction on the server); stops at the first error. ``batch`` is accepted for
+        parity and unused."""
+        n = 0
+        for it in items:
+            self.add_sketch(it[0], it[1], metadata=it[2] if len(it) == 3 else None)
+            n += 1
+        return n
+
     def add_sketch(self, name: str, sketch, *, metadata: dict | None = None) -> Entry:
         """Register a sketch built here with ``fitsketch.sketch(data, config=client.config)``."""
         from .sketch import Sketch

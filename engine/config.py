@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .errors import InvalidArgumentError
 
 METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2", "simex")
+COVERAGE_SPACES = ("rows", "embedding", "latent")  # what coverage codes (engine/coverage_spaces.py)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class SketchConfig:
     coverage_tables: int = 8
     coverage_tau: float = 1.0
     coverage_fallback: bool = True   # fall back to adaptivity when an entry's feature set is not covered
+    # per query, what coverage codes: "rows" (the row transform above), "embedding" (the sample
+    # embeddings given with hub.add / search(embedding=...)) or "latent" (the SimEx autoencoders'
+    # latent vectors); see engine/coverage_spaces.py
+    coverage_space: str = "rows"
     # SimEx: reconstruction loss ("mse" or "ssim") and whether to divide by the source's mean norm
     simex_loss: str = "mse"
     simex_normalize: bool = True
@@ -42,6 +47,10 @@ class SketchConfig:
     feature_threshold: float = 0.5
     overlap_threshold: float = 0.0
     match: str = "containment"       # "containment" (of the target in the source) or "jaccard"
+    # large hubs: the query scores only the `shortlist` entries whose profiles (engine/profiles.py)
+    # are nearest to its own, once the hub holds more than SHORTLIST_FACTOR x shortlist entries;
+    # 0 scores every entry (exact, linear in the hub's size). Recall: bench/scale.py.
+    shortlist: int = 256
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
@@ -59,6 +68,8 @@ class SketchConfig:
         _check(isinstance(self.jslsh_r, (int, float)) and self.jslsh_r > 0, "jslsh_r", self.jslsh_r,
                "a positive number")
         _check(isinstance(self.coverage_fallback, bool), "coverage_fallback", self.coverage_fallback, "True or False")
+        _check(isinstance(self.coverage_space, str) and self.coverage_space in COVERAGE_SPACES, "coverage_space",
+               self.coverage_space, "one of " + ", ".join(repr(s) for s in COVERAGE_SPACES))
         _check(self.simex_loss in ("mse", "ssim"), "simex_loss (loss)", self.simex_loss, "'mse' or 'ssim'")
         _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
                "True or False")
@@ -69,6 +80,8 @@ class SketchConfig:
         for name in ("feature_threshold", "overlap_threshold"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
+        _check(isinstance(self.shortlist, int) and not isinstance(self.shortlist, bool) and self.shortlist >= 0,
+               "shortlist", self.shortlist, "a non-negative integer (0 scores every entry)")
         _check(self.match in ("containment", "jaccard"), "match", self.match,
                "'containment' or 'jaccard'")
 
@@ -93,7 +106,8 @@ class SketchConfig:
 
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
-                "coverage_tau", "coverage_fallback", "simex_loss", "simex_normalize")
+                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize",
+                "shortlist")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

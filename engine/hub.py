@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import errors as E
+from . import profiles as _profiles
 from .config import METHODS, QUERY_PARAMS, SketchConfig
-from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys
-from .minhash import Alignment, align_from_similarity, feature_band_keys, similarity
-from .partitions import aligned_distributions
-from .planner import Plan, Stage, choose_candidate_stage, order_filter_first
+from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys, own_keys
+from .minhash import Alignment, align_from_similarity, feature_band_keys, row_similarity, similarity
+from .partitions import aligned_distributions, pack_hist, unpack_hist
+from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, use_shortlist
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
@@ -255,26 +256,90 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             cols = [n for n, k in zip(sketch.names, sketch.kinds) if k == "numeric"]
             if not cols:
                 raise E.UnsupportedDataError("autoencoder=True needs numeric columns and the data has none")
-            fleet = [r.to_record() for r in simex.train_fleet(simex.numeric_matrix(df, columns=cols), labels,
-                                                               image_shape=image_shape, config=cfg,
-                                                               feature_names=cols)]
-        return self._add(name, sketch, metadata, fleet, embedding, probed)
+            X_ae = simex.numeric_matrix(df, columns=cols)
+            trained = simex.train_fleet(X_ae, labels, image_shape=image_shape, config=cfg, feature_names=cols)
+            fleet = [r.to_record() for r in trained]
+        # coverage spaces (engine/coverage_spaces.py): codes of the sample embeddings and of the
+        # autoencoders' latents, stored in the entry's "extra" record in the same transaction
+        spaces = {}
+        if embedding is not None or fleet is not None:
+            from . import coverage_spaces as _spaces
+
+            ckw = dict(seed=self.config.seed, bits=self.config.coverage_bits, tables=self.config.coverage_tables,
+                       device=self.device)
+            if embedding is not None:
+                spaces["coverage_embedding"] = _spaces.embedding_record(embedding, **ckw)
+            if fleet is not None:
+                spaces["coverage_latent"] = _spaces.latent_record(X_ae, labels, trained, **ckw)
+        return self._add(name, sketch, metadata, fleet, embedding, probed, spaces)
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
         """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
         return self._add(name, sketch, _check_metadata(metadata), None)
 
-    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
-             probed=None) -> Entry:
-        _check_name(name)
-        metadata = _check_metadata(metadata)
+    def add_sketches(self, items, *, batch: int = 1000, progress: bool = False) -> int:
+        """Register many prebuilt sketches: ``items`` yields ``(name, sketch)`` or ``(name, sketch,
+        metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
+        nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
+        before anything is written (types, parameters, names unique and not in the hub), so bad input
+        leaves the hub unchanged. Returns the number of entries added."""
+        items = list(items)
+        checked, seen = [], set()
+        for i, it in enumerate(items):
+            if not isinstance(it, (tuple, list)) or len(it) not in (2, 3):
+                raise E.InvalidArgumentError(f"item {i} is {type(it).__name__}: give (name, sketch) or "
+                                             "(name, sketch, metadata) tuples")
+            name, sk = it[0], it[1]
+            _check_name(name)
+            if name in seen:
+                raise E.EntryExistsError(f"name {name!r} appears twice in the items: names are unique")
+            seen.add(name)
+            self._check_sketch(sk)
+            md = _check_metadata(it[2] if len(it) == 3 else None)   # also: storable by msgpack
+            checked.append((name, sk, md))
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise E.InvalidArgumentError(f"batch={batch!r} is not valid: expected a positive integer")
+        with self.store.read() as txn:
+            taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
+        if taken:
+            raise E.EntryExistsError(f"entries named {sorted(taken)[:5]} exist: remove them first or choose other names")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(checked), desc="add", unit="entry")
+        try:
+            for lo in range(0, len(checked), batch):
+                chunk = [self._writer(name, sk, md, None) for name, sk, md in checked[lo:lo + batch]]
+                self._transact(lambda txn, chunk=chunk: [w(txn) for w in chunk])
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        return len(checked)
+
+    def _check_sketch(self, sketch) -> None:
         if not isinstance(sketch, Sketch):
             raise E.InvalidArgumentError(f"sketch must be a fitsketch Sketch, got {type(sketch).__name__}")
         if tuple(sketch.config_key) != self.config.sketch_key():
             raise E.InvalidArgumentError(
                 "the sketch was built with other parameters than this hub's: build it with hub.config")
+
+    def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
+             probed=None, spaces: dict | None = None) -> Entry:
+        return self._transact(self._writer(name, sketch, metadata, fleet, embedding, probed, spaces))
+
+    def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
+                probed=None, spaces: dict | None = None):
+        """The function that writes entry ``name`` inside a write transaction (all checks done first)."""
+        _check_name(name)
+        metadata = _check_metadata(metadata)
+        self._check_sketch(sketch)
         bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
         nonempty = np.nonzero(sketch.signatures[:, 0] != np.uint32(0xFFFFFFFF))[0]
+        prof = _profiles.record(sketch.hist, sketch.names, sketch.n_partitions, self.config, self.device)
+        packed_hist = pack_hist(sketch.hist, sketch.n_partitions, sketch.n_features)
         created = time.time()
 
         def write(txn):
@@ -290,9 +355,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             txn.put("entries", k, rec)
             txn.put_raw("names", key, k)
             txn.put("signatures", k, {"v": ENTRY_FORMAT, "sig": sketch.signatures})
-            txn.put("histograms", k, {"v": ENTRY_FORMAT, **sketch.hist})
-            if sketch.coverage is not None:
-                txn.put("extra", k, {"v": ENTRY_FORMAT, "coverage": sketch.coverage})
+            txn.put("histograms", k, packed_hist)
+            if sketch.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
+                cov = {} if sketch.coverage is None else {"coverage": sketch.coverage}
+                txn.put("extra", k, {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
             if fleet is not None:
                 txn.put("weights", _AE_PREFIX + k, {"v": ENTRY_FORMAT, "simex": fleet})
             if embedding is not None:
@@ -300,16 +366,16 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if probed is not None:
                 responses, labels, pset = probed
                 write_model_descriptors(txn, eid, name, responses, labels, pset)
-            for f in nonempty:
-                v = _dup(eid, int(f))
-                for bk in bands[f]:
-                    txn.put_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
+            txn.put("extra", _profiles.key(eid), prof)
+            sel = bands[nonempty]                                       # (features, L) int64
+            txn.put_dups("bands", sel.reshape(-1).view(np.uint64),
+                         np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
             txn.put("meta", b"next_id", eid + 1)
             txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
             txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + sketch.n_features)
             return self._entry(rec)
 
-        return self._transact(write)
+        return write
 
     def remove(self, name: str) -> None:
         """Delete entry ``name`` and all its sketches in one transaction."""
@@ -333,6 +399,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
             for db in ("entries", "signatures", "histograms", "extra"):
                 txn.delete(db, k)
+            txn.delete("extra", _profiles.key(eid))
             txn.delete("weights", _AE_PREFIX + k)
             delete_embeddings(txn, eid)
             delete_model_descriptors(txn, eid)
@@ -412,11 +479,15 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 near = self.nearest(q, n_emb, level="entry")
                 allowed = {u64(int(m.evidence["entry_id"])) for m in near}
                 st.actual = len(allowed)
+        if allowed is None:
+            allowed = self._shortlist(target, cfg, method, plan)
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
             if n_entries == 0:
                 return [], plan
+            if allowed is not None:   # only the shortlisted entries' features are compared
+                n_stored = n_stored * len(allowed) // max(n_entries, 1)
             mode, reason, cost = choose_candidate_stage(n_stored, target.n_features, cfg.lsh_l)
             cands = self._candidates(txn, target, cfg, mode, reason, where, allowed, plan,
                                      n_entries if allowed is None else len(allowed))
@@ -424,10 +495,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 raise E.NoSharedFeaturesError(
                     f"no entry shares features with the query (overlap > {cfg.overlap_threshold} with "
                     f"feature similarity >= {cfg.feature_threshold} by {cfg.match}"
-                    + (f", metadata {where}" if where else "") + (", embedding shortlist" if allowed else "")
+                    + (f", metadata {where}" if where else "") + (", shortlist" if allowed else "")
                     + "): lower feature_threshold / overlap_threshold, or check the columns")
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
-                scored = self._score(txn, target, cands, cfg, method)
+                scored = self._score(txn, target, cands, cfg, method, embedding=embedding)
                 st.actual = len(scored)
                 fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
                 if fell:
@@ -439,6 +510,42 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             out = scored[:k]
             st.actual = len(out)
         return out, plan
+
+    def _profile_index(self) -> _profiles.ProfileIndex:
+        idx = self.__dict__.get("_profile_idx")
+        if idx is None:
+            idx = self.__dict__.setdefault("_profile_idx", _profiles.ProfileIndex())
+        return idx
+
+    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan) -> set | None:
+        """Ids (u64 keys) of the ``cfg.shortlist`` entries with the nearest profiles, or None when
+        the planner scores every entry (engine/profiles.py, planner.use_shortlist)."""
+        n_entries = len(self)
+        use, why = use_shortlist(n_entries, cfg.shortlist, method)
+        if not use:
+            return None
+        seed = self.config.seed
+        with plan.run(Stage("shortlist", f"entry profiles nearest to the query's, top {cfg.shortlist} by "
+                            f"inner product ({why})", estimated=cfg.shortlist)) as st:
+            idx = self._profile_index()
+            with self.store.read() as txn:
+                gen = int(txn.get("meta", b"generation") or 0)
+
+                def missing(eid):
+                    rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
+                    hist = None if hist is None else unpack_hist(hist)
+                    return None if rec is None or hist is None else _profiles.record(
+                        hist, rec["features"], rec["n_partitions"], self.config, self.device)
+
+                idx.sync(txn, gen, missing)
+            used = sorted({int(f) for f in np.asarray(target.hist["feat"], dtype=np.int64)})
+            if not idx.shares_names(_profiles.name_keys([target.names[f] for f in used], seed)):
+                st.detail += "; skipped: no stored profile has a feature named like the query's, every entry is scored"
+                st.actual = n_entries
+                return None
+            ids, _ = idx.top(_profiles.profile(target.hist, target.names, seed), cfg.shortlist)
+            st.actual = len(ids)
+        return {u64(int(i)) for i in ids}
 
     def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, reason: str, where: dict | None,
                     allowed: set | None, plan: Plan, n_in: int):
@@ -489,18 +596,30 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 sigs = [txn.get("signatures", key)["sig"] for key in keys]
             out = []
             if keys:
-                sim = similarity(target.signatures, np.concatenate(sigs), cfg.match)  # (T, source features)
-                lo = 0
-                for key, sg in zip(keys, sigs):
-                    hi = lo + sg.shape[0]
-                    block = sim[:, lo:hi]
-                    lo = hi
-                    rec = recs.get(key) or txn.get("entries", key)
-                    if not (block >= cfg.feature_threshold).any() and not set(rec["features"]) & set(target.names):
-                        continue
-                    al = align_from_similarity(target.names, rec["features"], block, cfg.feature_threshold)
-                    if al.pairs and al.overlap > cfg.overlap_threshold:
-                        recs[key] = rec
+                # entries with the target's columns in its order align by the identity (minhash.
+                # align_from_similarity): only the T same-name similarities are needed
+                rec_of = [recs.get(key) or txn.get("entries", key) for key in keys]
+                same = [i for i, rec in enumerate(rec_of) if rec["features"] == target.names]
+                other = [i for i, rec in enumerate(rec_of) if rec["features"] != target.names]
+                als = {}
+                if same:
+                    diag = row_similarity(target.signatures, np.stack([sigs[i] for i in same]), cfg.match)
+                    for i, d in zip(same, diag):
+                        als[i] = Alignment([(j, j, float(d[j])) for j in range(len(d))], len(d))
+                if other:
+                    sim = similarity(target.signatures, np.concatenate([sigs[i] for i in other]), cfg.match)
+                    lo = 0
+                    for i in other:
+                        hi = lo + sigs[i].shape[0]
+                        block = sim[:, lo:hi]
+                        lo = hi
+                        if (block >= cfg.feature_threshold).any() or set(rec_of[i]["features"]) & set(target.names):
+                            als[i] = align_from_similarity(target.names, rec_of[i]["features"], block,
+                                                           cfg.feature_threshold)
+                for i, key in enumerate(keys):
+                    al = als.get(i)
+                    if al is not None and al.pairs and al.overlap > cfg.overlap_threshold:
+                        recs[key] = rec_of[i]
                         out.append((key, al))
             st.actual = len(out)
         if where and not order_filter_first(mode):
@@ -508,9 +627,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             out = [(key, al) for key, al in out if key in kept]
         return [(recs[key], al) for key, al in out]
 
-    def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str) -> list[Match]:
+    def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str, embedding=None) -> list[Match]:
         if method == "coverage":  # these two never read the partition histograms
-            return self._score_coverage(txn, target, cands, cfg)
+            return self._score_coverage(txn, target, cands, cfg, embedding)
         if method == "simex":
             return self._score_simex(txn, target, cands, cfg)
         n_t = target.n_features
@@ -518,30 +637,21 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         per_dataset = method != "adaptivity"
         t_dist = aligned_distributions(target.hist, t_map, n_t, per_dataset=per_dataset,
                                        n_partitions=target.n_partitions)
-        s_dists = []
-        for rec, al in cands:
-            fmap = np.full(len(rec["features"]), -1, dtype=np.int64)
-            for tj, sf, _ in al.pairs:
-                fmap[sf] = tj
-            hist = txn.get("histograms", u64(rec["id"]))
-            s_dists.append(aligned_distributions(hist, fmap, n_t, per_dataset=per_dataset,
-                                                 n_partitions=rec["n_partitions"]))
         results = []
         if method in ("adaptivity", "js"):
-            keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
-                                       k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
-            t_keys = keys[offs[0]:offs[1]]
-            s_keys = [keys[offs[i]:offs[i + 1]] for i in range(1, len(offs) - 1)]
+            scores = self._jslsh_scores(txn, target, cands, cfg, method, t_dist)
             if method == "adaptivity":
-                for (rec, al), (score, agree, matched) in zip(cands, adaptivity_scores(t_keys, s_keys)):
+                for (rec, al), (score, agree, matched) in zip(cands, scores):
                     results.append(self._match(rec, al, target, score, method, {
                         "matched_partitions": matched, "target_partitions": target.n_partitions,
                         "source_partitions": rec["n_partitions"], "band_agreement": agree, "_tiebreak": agree}))
             else:
-                for (rec, al), (score, c) in zip(cands, js_lsh_scores(t_keys, s_keys)):
+                for (rec, al), (score, c) in zip(cands, scores):
                     results.append(self._match(rec, al, target, score, method,
                                                {"bands_collided": c, "bands": cfg.jslsh_l}))
-        elif method == "exact-js":
+            return results
+        s_dists = [self._source_dist(txn, rec, al, n_t, per_dataset) for rec, al in cands]
+        if method == "exact-js":
             js = exact_js_scores([t_dist] + s_dists)
             for (rec, al), v in zip(cands, js):
                 results.append(self._match(rec, al, target, 1.0 - float(v), method, {"js_divergence": float(v)}))
@@ -550,6 +660,51 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 d = _l2(target, t_dist, rec, al, sd)
                 results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
         return results
+
+    @staticmethod
+    def _source_dist(txn, rec: dict, al: Alignment, n_t: int, per_dataset: bool):
+        fmap = np.full(len(rec["features"]), -1, dtype=np.int64)
+        for tj, sf, _ in al.pairs:
+            fmap[sf] = tj
+        hist = unpack_hist(txn.get("histograms", u64(rec["id"])))
+        return aligned_distributions(hist, fmap, n_t, per_dataset=per_dataset, n_partitions=rec["n_partitions"])
+
+    def _jslsh_scores(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str, t_dist) -> list:
+        """adaptivity_scores / js_lsh_scores of every candidate, in order.
+
+        A candidate whose alignment is the identity over all of its and the target's features is
+        compared through the band keys stored with it (engine/profiles.py, ``own_keys``) when the
+        query uses the hub's JS-LSH parameters: its histograms are not read or projected. The
+        others are projected together with the target at query time (one batched product).
+        """
+        per_dataset = method != "adaptivity"
+        n_t = target.n_features
+        field = "jk_data" if per_dataset else "jk_part"
+        params = [float(cfg.jslsh_r), int(cfg.jslsh_k), int(cfg.jslsh_l)]
+        stored_ok = params == [float(self.config.jslsh_r), int(self.config.jslsh_k), int(self.config.jslsh_l)]
+        stored, slow = {}, []
+        for i, (rec, al) in enumerate(cands):
+            if stored_ok and len(rec["features"]) == n_t == len(al.pairs) and all(t == s for t, s, _ in al.pairs):
+                prof = txn.get("extra", _profiles.key(rec["id"]))
+                if prof is not None and prof.get("jk_params") == params and field in prof:
+                    stored[i] = np.asarray(prof[field])
+                    continue
+            slow.append(i)
+        score = adaptivity_scores if method == "adaptivity" else js_lsh_scores
+        out = [None] * len(cands)
+        if stored:
+            t_own = own_keys(target.hist, n_t, target.n_partitions, per_dataset=per_dataset, seed=self.config.seed,
+                             r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
+            for i, v in zip(stored, score(t_own, list(stored.values()))):
+                out[i] = v
+        if slow:
+            s_dists = [self._source_dist(txn, *cands[i], n_t, per_dataset) for i in slow]
+            keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
+                                       k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
+            s_keys = [keys[offs[j]:offs[j + 1]] for j in range(1, len(offs) - 1)]
+            for i, v in zip(slow, score(keys[offs[0]:offs[1]], s_keys)):
+                out[i] = v
+        return out
 
     def _score_simex(self, txn, target: Sketch, cands, cfg: SketchConfig) -> list[Match]:
         """-min over the entry's autoencoders of the target's reconstruction loss, in batched passes."""
@@ -592,10 +747,24 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 results.append(self._match(rec, al, target, simex.entry_score(d), "simex", ev))
         return results
 
-    def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig) -> list[Match]:
+    def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig, embedding=None) -> list[Match]:
         """Coverage of the target's rows by each candidate; adaptivity for all when one cannot."""
         from . import coverage as _cov
 
+        if cfg.coverage_space != "rows":  # sample embeddings or autoencoder latents
+            results, reason = self._score_coverage_space(txn, target, cands, cfg, embedding)
+            if reason is None:
+                return results
+            if not cfg.coverage_fallback:
+                raise E.FeatureMismatchError(
+                    f"method='coverage' with coverage_space={cfg.coverage_space!r} cannot score every candidate: "
+                    f"{reason}; pass coverage_fallback=True to fall back to adaptivity, filter entries with "
+                    "where=, or use coverage_space='rows'")
+            log.info("coverage (%s) falls back to adaptivity: %s", cfg.coverage_space, reason)
+            out = self._score(txn, target, cands, cfg, "adaptivity")
+            for m in out:
+                m.evidence["fallback"] = f"coverage_space={cfg.coverage_space!r}: {reason}"
+            return out
         plans = []
         reason = None if target.rows is not None else "the query is a sketch without its rows (pass the data)"
         for rec, al in (cands if reason is None else []):
@@ -631,6 +800,62 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 "covered_share": float(per_table.mean()), "per_table": [round(float(x), 4) for x in per_table],
                 "tau": cfg.coverage_tau, "target_rows": target.n_rows}))
         return results
+
+    def _score_coverage_space(self, txn, target: Sketch, cands, cfg: SketchConfig, embedding):
+        """``(matches, None)`` scored in ``cfg.coverage_space``, or ``([], reason)`` when some candidate
+        cannot be (engine/coverage_spaces.py)."""
+        from . import coverage_spaces as _spaces
+
+        space = cfg.coverage_space
+        kw = dict(seed=self.config.seed, tau=cfg.coverage_tau, device=self.device)
+        stored = [(rec, al, (txn.get("extra", u64(rec["id"])) or {}).get(f"coverage_{space}")) for rec, al in cands]
+        results = []
+        if space == "embedding":
+            if embedding is None or np.ndim(embedding) != 2:
+                raise E.InvalidArgumentError(
+                    f"coverage_space='embedding' codes the query's sample embeddings, got embedding="
+                    f"{'None' if embedding is None else f'of shape {np.shape(embedding)}'}: pass embedding=(n, d), "
+                    "one row per query sample, embedded like the entries' (it also drives the FAISS shortlist)")
+            q = check_embedding(embedding)
+            lacking = [rec["name"] for rec, _, r in stored if r is None]
+            if lacking:
+                return [], f"entry {lacking[0]!r} has no embedding coverage sketch (add it with embedding=)"
+            per = _spaces.embedding_coverage(q, [r for _, _, r in stored], **kw)
+            for (rec, al, _), pt in zip(stored, per):
+                results.append(self._match(rec, al, target, float(pt.mean()), "coverage", {
+                    "covered_share": float(pt.mean()), "per_table": [round(float(x), 4) for x in pt],
+                    "tau": cfg.coverage_tau, "target_rows": int(q.shape[0]), "space": space}))
+            return results, None
+        from . import simex
+
+        frame = getattr(target, "frame", None)
+        if frame is None:
+            return [], "the query is a sketch without its rows (pass the data)"
+        groups: dict[tuple, list] = {}
+        for rec, al, lat in stored:
+            weights = txn.get("weights", _AE_PREFIX + u64(rec["id"]))
+            if weights is None:
+                return [], f"entry {rec['name']!r} has no autoencoder (add it with autoencoder=True)"
+            if lat is None:
+                return [], f"entry {rec['name']!r} has no latent coverage sketch (added before coverage spaces: add it again)"
+            records = [simex.AERecord.from_record(r) for r in weights["simex"]]
+            t_of = {rec["features"][sf]: target.names[tj] for tj, sf, _ in al.pairs}
+            cols = tuple(t_of.get(f) for f in (records[0].features or []))
+            if not cols or None in cols:
+                return [], f"entry {rec['name']!r} has an autoencoder over columns the query lacks"
+            groups.setdefault(cols, []).append((rec, al, records, lat))
+        for cols, members in groups.items():
+            X = simex.numeric_matrix(frame, columns=list(cols))
+            scored = _spaces.latent_coverage(X, [(records, lat) for _, _, records, lat in members], **kw)
+            for (rec, al, records, _), sc in zip(members, scored):
+                pt = sc["per_table"]
+                ev = {"covered_share": float(pt.mean()), "per_table": [round(float(x), 4) for x in pt],
+                      "tau": cfg.coverage_tau, "target_rows": int(X.shape[0]), "space": space,
+                      "autoencoders": len(records)}
+                if records[0].label is not None:
+                    ev["closest_class"] = records[int(np.argmax(sc["per_ae"]))].label
+                results.append(self._match(rec, al, target, float(pt.mean()), "coverage", ev))
+        return results, None
 
     @staticmethod
     def _match(rec, al: Alignment, target: Sketch, score: float, method: str, evidence: dict) -> Match:

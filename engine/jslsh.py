@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels.jslsh import band_keys, gaussian_projection, offsets, project
-from .partitions import Distributions, dense, js_divergence, stack
+from .partitions import Distributions, aligned_distributions, dense, js_divergence, stack
 
 _DENSE_BUDGET = 1 << 23  # floats per dense chunk (32 MiB in fp32)
 
@@ -42,6 +42,18 @@ def lsh_band_keys(dists: list[Distributions], *, seed: int, r: float, k: int, l:
         hashes = project(sqrt_p.astype(np.float32), a, b, r, device=device)   # (rows, h) int64
         keys[lo:hi] = band_keys(hashes, k, l)
     return keys, row_offsets
+
+
+def own_keys(hist: dict, n_features: int, n_partitions: int, *, per_dataset: bool, seed: int, r: float, k: int,
+             l: int, device: str = "auto") -> np.ndarray:
+    """Band keys of a sketch over its own features in its own order (the identity alignment), low
+    32 bits as uint32 ``(rows, l)``: stored with each entry (engine/profiles.py) so that a query
+    whose columns are the entry's, in the same order, compares keys instead of re-projecting the
+    entry's histograms. Both sides of such a comparison come from this function."""
+    d = aligned_distributions(hist, np.arange(n_features, dtype=np.int64), n_features, per_dataset=per_dataset,
+                              n_partitions=n_partitions)
+    keys, _ = lsh_band_keys([d], seed=seed, r=r, k=k, l=l, device=device)
+    return (keys & 0xFFFFFFFF).astype(np.uint32)
 
 
 def adaptivity_scores(t_keys: np.ndarray, s_keys: list[np.ndarray]) -> list[tuple[float, float, int]]:

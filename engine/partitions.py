@@ -94,3 +94,81 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
         kp = np.where(p > 0, p * np.log2(p / m), 0.0).sum(axis=1)
         kq = np.where(q > 0, q * np.log2(q / m), 0.0).sum(axis=1)
     return np.clip(0.5 * (kp + kq), 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- stored form
+HIST_FORMAT = 2   # 1: the COO arrays as they are (int32 / uint32); 2: runs, below
+
+
+def _narrow(a: np.ndarray, signed: bool) -> np.ndarray:
+    """``a`` in the narrowest integer dtype holding its values (these arrays are most of an entry)."""
+    a = np.asarray(a, dtype=np.int64)
+    lo, hi = (int(a.min()), int(a.max())) if len(a) else (0, 0)
+    for t in ((np.int8, np.int16, np.int32, np.int64) if signed else (np.uint8, np.uint16, np.uint32, np.uint64)):
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            return a.astype(t)
+    raise ValueError("value out of range")  # pragma: no cover
+
+
+def pack_hist(hist: dict, n_partitions: int, n_features: int) -> dict:
+    """Stored form of a sketch's histograms (COO sorted by part, feat, bucket, unique): per
+    (partition, feature) cell its number of buckets ``n``, the first bucket of each non-empty cell
+    ``b0``, the gaps to the following buckets ``gap`` (>= 1) and the counts ``c``: gaps and counts
+    one byte each, those of 255 or more at positions ``xi`` / ``cxi`` with values ``xv`` / ``cxv``;
+    the rest in the narrowest integer type. About 2 bytes per non-zero instead of 16."""
+    part = np.asarray(hist["part"], dtype=np.int64)
+    feat = np.asarray(hist["feat"], dtype=np.int64)
+    bucket = np.asarray(hist["bucket"], dtype=np.int64)
+    cell = part * n_features + feat
+    if len(cell) and (np.any(np.diff(cell) < 0) or np.any((np.diff(cell) == 0) & (np.diff(bucket) <= 0))):
+        raise ValueError("histograms must be sorted by (part, feat, bucket) without repeats")
+    n = np.bincount(cell, minlength=n_partitions * n_features) if len(cell) else np.zeros(n_partitions * n_features,
+                                                                                       dtype=np.int64)
+    start = np.ones(len(cell), dtype=bool)
+    start[1:] = cell[1:] != cell[:-1]
+    gap = np.diff(bucket)[~start[1:]] if len(cell) else np.zeros(0, dtype=np.int64)
+    # rare long jumps (special buckets) and large counts are kept aside so the rest fit a byte
+    g8, gxi, gxv = _bytes_and_exceptions(gap)
+    c8, cxi, cxv = _bytes_and_exceptions(np.asarray(hist["count"], dtype=np.int64))
+    return {"v": HIST_FORMAT, "shape": [int(n_partitions), int(n_features)], "n": _narrow(n, False),
+            "b0": _narrow(bucket[start], True), "gap": g8, "xi": gxi, "xv": gxv, "c": c8, "cxi": cxi, "cxv": cxv}
+
+
+def _bytes_and_exceptions(a: np.ndarray):
+    """Non-negative ``a`` as uint8 (255 where it does not fit) + the positions and values that do not."""
+    big = np.flatnonzero(a >= 255)
+    return np.where(a >= 255, 255, a).astype(np.uint8), _narrow(big, False), _narrow(a[big], False)
+
+
+def _with_exceptions(small, xi, xv) -> np.ndarray:
+    a = np.asarray(small, dtype=np.int64)
+    a[np.asarray(xi, dtype=np.int64)] = np.asarray(xv, dtype=np.int64)
+    return a
+
+
+def unpack_hist(rec: dict) -> dict:
+    """The COO histograms (``part``, ``feat``, ``bucket`` int32, ``count`` uint32) of a stored record
+    (format 1 or 2)."""
+    if rec.get("v") == 1 or "part" in rec:
+        return {k: np.asarray(rec[k]) for k in ("part", "feat", "bucket", "count")}
+    if rec.get("v") != HIST_FORMAT:
+        from .errors import SchemaError
+
+        raise SchemaError(f"histogram record has format {rec.get('v')}; this fitsketch reads 1 and {HIST_FORMAT}: "
+                          "upgrade fitsketch")
+    n_p, n_f = rec["shape"]
+    n = np.asarray(rec["n"], dtype=np.int64)
+    cells = np.flatnonzero(n)
+    cell = np.repeat(cells, n[cells])
+    start = np.ones(len(cell), dtype=bool)
+    start[1:] = cell[1:] != cell[:-1]
+    step = np.zeros(len(cell), dtype=np.int64)
+    step[start] = np.asarray(rec["b0"], dtype=np.int64)
+    step[~start] = _with_exceptions(rec["gap"], rec["xi"], rec["xv"])
+    # bucket = first bucket of its run + cumulative gaps inside the run
+    csum = np.cumsum(np.where(start, 0, step))
+    run_base = np.maximum.accumulate(np.where(start, np.arange(len(cell)), 0)) if len(cell) else cell
+    bucket = step[run_base] + csum - csum[run_base]
+    return {"part": (cell // max(n_f, 1)).astype(np.int32), "feat": (cell % max(n_f, 1)).astype(np.int32),
+            "bucket": bucket.astype(np.int32), "count": _with_exceptions(rec["c"], rec["cxi"], rec["cxv"]).astype(np.uint32)}

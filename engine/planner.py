@@ -3,7 +3,8 @@
 A plan is built before the query runs (with estimated candidate counts and costs) and filled
 in while it runs (actual counts and time per stage), like SQL's EXPLAIN ANALYZE.
 
-Stages: FAISS embedding shortlist (when the query brings an embedding) -> metadata filter and
+Stages: FAISS embedding shortlist (when the query brings an embedding) or, on a large hub, the
+profile shortlist (engine/profiles.py; ``use_shortlist``) -> metadata filter and
 MinHash overlap (by scanning every stored feature signature or through the banded LSH tables),
 in the order their costs give (``order_filter_first``) -> scoring (adaptivity / coverage / js /
 exact-js / l2 / simex) -> rerank and cut to k. The candidate stage scans when the hub holds few features (the scan is
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 SCAN_FEATURE_LIMIT = 50_000  # stored features up to which the candidate stage scans them all
+SHORTLIST_FACTOR = 4         # the profile shortlist runs above SHORTLIST_FACTOR x shortlist entries
 
 
 @dataclass
@@ -66,6 +68,23 @@ def order_filter_first(mode: str) -> bool:
     leaves only the entries colliding in some band. So: filter first before a scan, after LSH.
     """
     return mode == "scan"
+
+
+def use_shortlist(n_entries: int, shortlist: int, method: str) -> tuple[bool, str]:
+    """Whether the profile shortlist runs before the MinHash stage, and why.
+
+    Scoring costs about a millisecond per candidate entry (alignment, histograms, JS-LSH); the
+    profile stage costs one inner product per entry in one FAISS call (microseconds per thousand).
+    It runs once the hub holds more than ``SHORTLIST_FACTOR x shortlist`` entries; SimEx scores
+    through autoencoders, which profiles do not summarize, so it never shortlists.
+    """
+    if shortlist <= 0:
+        return False, "shortlist=0: every entry is scored"
+    if method == "simex":
+        return False, "simex scores autoencoders, not histograms: no profile shortlist"
+    if n_entries <= SHORTLIST_FACTOR * shortlist:
+        return False, f"{n_entries} entries <= {SHORTLIST_FACTOR} x shortlist {shortlist}: every entry is scored"
+    return True, f"{n_entries} entries > {SHORTLIST_FACTOR} x shortlist {shortlist}"
 
 
 def choose_candidate_stage(n_stored_features: int, n_target_features: int, lsh_l: int) -> tuple[str, str, int]:

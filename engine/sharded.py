@@ -141,6 +141,21 @@ class ShardedHub:
         i = self.shard_of(name)
         return self._call(i, self.shards[i].add_sketch, name, sketch, metadata=metadata)
 
+    def add_sketches(self, items, *, batch: int = 1000) -> int:
+        """``Hub.add_sketches`` routed: the items are grouped by shard and each shard adds its group
+        (shards in parallel). Each shard checks its whole group before writing; a shard that refuses
+        its group leaves it unchanged, but the groups other shards accepted stay."""
+        groups: list[list] = [[] for _ in self.shards]
+        for i, it in enumerate(items):
+            if not isinstance(it, (tuple, list)) or len(it) not in (2, 3) or not isinstance(it[0], str):
+                raise E.InvalidArgumentError(f"item {i} is not (name, sketch) or (name, sketch, metadata)")
+            groups[self.shard_of(it[0])].append(it)
+        if self._pool is None:
+            raise E.InvalidArgumentError("this sharded hub is closed: open it again with open_sharded(...)")
+        futs = [self._pool.submit(self._call, i, s.add_sketches, g, batch=batch)
+                for i, (s, g) in enumerate(zip(self.shards, groups)) if g]
+        return sum(f.result() for f in futs)
+
     def get(self, name: str):
         i = self.shard_of(name)
         return self._call(i, self.shards[i].get, name)

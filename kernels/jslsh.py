@@ -28,11 +28,61 @@ except Exception:  # pragma: no cover
     _HAVE_TRITON = False
 
 
+class _RowCache:
+    """Memo of ``gaussian_projection`` rows per (seed, n_hashes) and coordinate (feature, bucket):
+    entries and queries keep meeting the same coordinates, and drawing a row costs ~2 x n_hashes
+    counter-based hashes. Coordinates are found by a 64-bit mix of (feature, bucket) in a sorted
+    array and then compared field by field, so a mix collision is a miss, never a wrong row: the
+    memo of a pure function, results unchanged. Bounded (cleared when full)."""
+
+    def __init__(self, max_rows: int = 1 << 16):
+        self.max_rows = max_rows
+        self.tables: dict = {}   # (seed, n_hashes) -> (keys sorted uint64, feature, bucket, rows)
+
+    def get(self, seed: int, feature: np.ndarray, bucket: np.ndarray, n_hashes: int) -> np.ndarray:
+        feature = np.asarray(feature, dtype=np.int64).reshape(-1)
+        bucket = np.asarray(bucket, dtype=np.int64).reshape(-1)
+        with np.errstate(over="ignore"):
+            h = mix64(feature.view(np.uint64) ^ mix64(bucket.view(np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
+        tag = (seed, n_hashes)
+        keys, F, B, rows = self.tables.get(tag) or (np.zeros(0, np.uint64), np.zeros(0, np.int64),
+                                                   np.zeros(0, np.int64), np.zeros((0, n_hashes), np.float32))
+        out = np.empty((len(feature), n_hashes), dtype=np.float32)
+        pos = np.minimum(np.searchsorted(keys, h), max(len(keys) - 1, 0))
+        hit = (len(keys) > 0) & (keys[pos] == h) & (F[pos] == feature) & (B[pos] == bucket) if len(keys) else \
+            np.zeros(len(h), dtype=bool)
+        out[hit] = rows[pos[hit]]
+        miss = np.flatnonzero(~hit)
+        if len(miss):
+            fresh = _gaussian_rows(seed, feature[miss], bucket[miss], n_hashes)
+            out[miss] = fresh
+            hm, first = np.unique(h[miss], return_index=True)
+            new = ~np.isin(hm, keys)            # a mix collision with a cached coordinate stays uncached
+            if len(keys) + int(new.sum()) > self.max_rows:
+                keys, F, B, rows = keys[:0], F[:0], B[:0], rows[:0]
+            take = miss[first[new]]
+            keys = np.concatenate([keys, h[take]])
+            order = np.argsort(keys, kind="stable")
+            F = np.concatenate([F, feature[take]])[order]
+            B = np.concatenate([B, bucket[take]])[order]
+            rows = np.concatenate([rows, out[take]])[order]
+            self.tables[tag] = (keys[order], F, B, rows)
+        return out
+
+
+_ROWS = _RowCache()
+
+
 def gaussian_projection(seed: int, feature: np.ndarray, bucket: np.ndarray, n_hashes: int) -> np.ndarray:
     """``a`` rows for coordinates ``(feature[i], bucket[i])``: float32 ``(len(feature), n_hashes)``.
 
-    Box-Muller over two counter-based uniforms keyed by (seed, feature, bucket, hash index).
+    Box-Muller over two counter-based uniforms keyed by (seed, feature, bucket, hash index);
+    rows are memoized (``_RowCache``).
     """
+    return _ROWS.get(seed, feature, bucket, n_hashes)
+
+
+def _gaussian_rows(seed: int, feature: np.ndarray, bucket: np.ndarray, n_hashes: int) -> np.ndarray:
     feature = np.asarray(feature, dtype=np.int64).reshape(-1, 1)
     bucket = np.asarray(bucket, dtype=np.int64).reshape(-1, 1)
     h = np.arange(n_hashes, dtype=np.int64).reshape(1, -1)

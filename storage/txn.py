@@ -13,6 +13,7 @@ import logging
 from typing import Any, Iterator
 
 import lmdb
+import numpy as np
 
 from .codec import pack, unpack
 from .errors import CodecError, CorruptHubError, StorageError
@@ -139,11 +140,12 @@ class Txn:
         """Number of records (in ``bands``: of key/value pairs, duplicates included)."""
         return self._txn.stat(self._db(db))["entries"]
 
-    def _scan(self, db: str, prefix: bytes, nodup: bool) -> Iterator[tuple[bytes, bytes]]:
-        if not isinstance(prefix, bytes):
-            raise TypeError(f"prefix must be bytes, got {type(prefix).__qualname__}")
+    def _scan(self, db: str, prefix: bytes, nodup: bool, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        if not isinstance(prefix, bytes) or not isinstance(start, bytes):
+            raise TypeError(f"prefix and start must be bytes, got {type(prefix).__qualname__}, {type(start).__qualname__}")
+        first = max(prefix, start)
         with self._txn.cursor(db=self._db(db)) as cur:
-            ok = cur.set_range(prefix) if prefix else cur.first()
+            ok = cur.set_range(first) if first else cur.first()
             if not ok:
                 return
             it = cur.iternext_nodup(keys=True, values=True) if nodup else cur.iternext()
@@ -152,15 +154,15 @@ class Txn:
                     return
                 yield key, raw
 
-    def items(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, Any]]:
-        """(key, value) in key order for keys starting with ``prefix``.
+    def items(self, db: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, Any]]:
+        """(key, value) in key order for keys starting with ``prefix`` (and ``>= start``, if given).
 
         In ``bands`` values are the raw 8-byte records, one pair per duplicate.
         """
         if db in DUPSORT_DBS:
-            yield from self._scan(db, prefix, nodup=False)
+            yield from self._scan(db, prefix, nodup=False, start=start)
             return
-        for key, raw in self._scan(db, prefix, nodup=False):
+        for key, raw in self._scan(db, prefix, nodup=False, start=start):
             yield key, self._decode(db, key, raw)
 
     def keys(self, db: str, prefix: bytes = b"") -> Iterator[bytes]:
@@ -175,6 +177,27 @@ class Txn:
         if not isinstance(value8, bytes) or len(value8) != DUP_SIZE:
             raise ValueError(f"{db!r} values are {DUP_SIZE}-byte bytes (use u64(n)), got {value8!r}")
         return self._mut(self._txn.put, _check_key(key), value8, db=h, dupdata=False)  # NODUPDATA: False if pair exists
+
+    def put_dups(self, db: str, keys, values) -> int:
+        """``put_dup(db, u64(keys[i]), u64(values[i]))`` for every i, in one C loop: ``keys`` and
+        ``values`` are equal-length arrays of integers in [0, 2**64). Returns how many pairs were new."""
+        h = self._db(db, dup=True)
+        keys = np.asarray(keys)
+        values = np.asarray(values)
+        if keys.shape != values.shape or keys.ndim != 1 or keys.dtype.kind not in "iu" or values.dtype.kind not in "iu":
+            raise ValueError(f"put_dups takes two equal-length 1-D integer arrays, got {keys.dtype}{keys.shape} "
+                             f"and {values.dtype}{values.shape}")
+        kb = keys.astype(">u8").tobytes()
+        vb = values.astype(">u8").tobytes()
+        pairs = [(kb[i:i + 8], vb[i:i + 8]) for i in range(0, len(kb), 8)]
+        self._writable()
+        with self._txn.cursor(db=h) as cur:
+            try:
+                _, added = cur.putmulti(pairs, dupdata=False)
+            except lmdb.MapFullError:
+                self.map_full = True
+                raise
+        return added
 
     def get_dups(self, db: str, key: bytes) -> list[bytes]:
         """All 8-byte records under ``key``, sorted; [] if absent."""

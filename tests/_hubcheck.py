@@ -23,6 +23,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from fitsketch.partitions import unpack_hist
 from fitsketch.storage import DBS, from_u64
 
 _AE_PREFIX = b"ae:"
@@ -60,15 +61,20 @@ def check_txn(txn) -> list[str]:
         sig = txn.get("signatures", key)
         assert sig is not None and sig["sig"].shape[0] == nf, f"entry {rec['name']!r}: signatures missing or wrong"
         hist = txn.get("histograms", key)
-        assert hist is not None and set(hist) >= {"part", "feat", "bucket", "count"}, \
+        assert hist is not None and set(unpack_hist(hist)) == {"part", "feat", "bucket", "count"}, \
             f"entry {rec['name']!r}: histograms missing"
     assert set(names.values()) == entry_ids, \
         f"names without an entry record: {sorted(n for n, k in names.items() if k not in entry_ids)}"
     for db in ("entries", "signatures", "histograms"):
         assert txn.count(db) == n, f"count({db})={txn.count(db)} != count(names)={n}"
-    for db in ("extra",):
-        for key in txn.keys(db):
-            assert key in entry_ids, f"{db}[{key!r}] belongs to no entry"
+    profiled = set()
+    for key in txn.keys("extra"):
+        if len(key) == 9 and key.startswith(b"p"):   # entry profile (engine/profiles.py)
+            assert key[1:] in entry_ids, f"profile extra[{key!r}] belongs to no entry"
+            profiled.add(key[1:])
+        else:
+            assert key in entry_ids, f"extra[{key!r}] belongs to no entry"
+    assert profiled == entry_ids, f"entries without a profile: {sorted(entry_ids - profiled)}"
     for key in txn.keys("weights"):
         if key.startswith(_AE_PREFIX):
             assert key[len(_AE_PREFIX):] in entry_ids, f"weights[{key!r}] belongs to no entry"

@@ -136,3 +136,18 @@ def test_cli_add_parquet_glob_equals_the_library(tmp_path, run):
     assert p.returncode == 2
     p = run("add", hub, "x", check=False)
     assert p.returncode == 2 and "either a DATA file or --parquet" in p.stderr
+
+
+def test_cli_shortlist_reaches_the_plan(tmp_path, files, run):
+    """--shortlist N: with more than 4 x N entries the plan shortlists N of them; 0 scores all."""
+    hub = tmp_path / "hub"
+    run("init", hub, "--partition-size", "50")
+    for i in range(3):
+        for name in ("s0", "s1", "s2"):
+            run("add", hub, f"{name}-{i}", files[name])
+    out = run("search", hub, files["q"], "--shortlist", "2", "--explain", "-k", "2").stdout
+    assert "shortlist" in out and "top 2" in out
+    out0 = run("search", hub, files["q"], "--shortlist", "0", "--explain", "-k", "2").stdout
+    assert "shortlist" not in out0.split("plan:")[-1]
+    bad = run("search", hub, files["q"], "--shortlist", "-1", check=False)
+    assert bad.returncode == 2 and "shortlist" in bad.stderr

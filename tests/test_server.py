@@ -19,7 +19,7 @@ import pytest
 import fitsketch
 from fitsketch import errors as E
 from fitsketch.client import Client, connect
-from fitsketch.protocol import PROTOCOL_VERSION, UnauthorizedError, recv_frame
+from fitsketch.protocol import PROTOCOL_VERSION, ClosedError, UnauthorizedError, recv_frame
 from fitsketch.server import HANDLERS, Server, add_serve_parser, cmd_serve, parse_listen
 from fitsketch.storage import pack
 
@@ -653,6 +653,12 @@ def test_sigkill_mid_write_then_restart_and_sigterm(tmp_path, sock_dir):
         proc2.send_signal(signal.SIGTERM)
         r = recv_frame(s, 1 << 20)      # answered, or (if it lost the race with the signal) told why not
         assert (r["ok"] and r["result"][0]["name"] == "m") or _code(r) == "connection"
+        if r["ok"]:     # answered before the signal: the now idle connection may be told it is closing
+            try:
+                note = recv_frame(s, 1 << 20)
+                assert _code(note) == "connection" and "shutting down" in note["error"]["message"]
+            except (ClosedError, ConnectionError, socket.timeout):
+                pass
         assert _closed(s)
         assert proc2.wait(20) == 0
         assert not os.path.exists(sock2)

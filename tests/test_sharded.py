@@ -35,7 +35,8 @@ def zoo(tmp_path_factory):
     sh = S.open_sharded([d / f"s{i}.hub" for i in range(3)], config=CFG)
     for n, sk in sketches.items():
         single.add_sketch(n, sk, metadata={"i": int(n[-2:])})
-        sh.add_sketch(n, sk, metadata={"i": int(n[-2:])})
+    # the shards get the same entries through the bulk path (grouped by shard, batches of 4)
+    assert sh.add_sketches([(n, sk, {"i": int(n[-2:])}) for n, sk in sketches.items()], batch=4) == N_ENTRIES
     yield single, sh, _data(rng, 300, 3.0, 2.0, cats[:3])
     single.close()
     sh.close()

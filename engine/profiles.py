@@ -1,0 +1,212 @@
+"""Profiles: one small vector per entry, so a query on a large hub scores a shortlist, not every entry.
+
+Scoring a candidate (alignment, its partition histograms, JS-LSH over them) costs about a
+millisecond, so a hub of a million entries sharing the query's columns cannot be scored
+exhaustively in interactive time. Each entry therefore carries a *profile*: the Hellinger
+embedding of its dataset-level feature distributions under a random projection keyed by feature
+**name**,
+
+    profile(D) = sum_f sum_b sqrt(p_f(b)) * g(seed, name_f, b) / sqrt(F),   g ~ N(0, I_d / d),
+
+where ``p_f`` is feature ``f``'s normalized histogram over the quantizer's buckets and ``F`` the
+number of non-empty features. Then ``E[profile(D_t) . profile(D_s)]`` is the sum over same-named
+features of the Bhattacharyya coefficient ``sum_b sqrt(p_t(b) p_s(b))`` divided by
+``sqrt(F_t F_s)``: 1 for identical data, 0 for disjoint columns or values (the projection adds
+noise of standard deviation about ``1/sqrt(d)``). The search ranks every entry by that inner
+product (a FAISS inner-product index, exact below ``IVF_FROM`` entries, IVF above) and hands the
+top ``shortlist`` to the exact stages (MinHash alignment, the chosen method). Recall of the
+exhaustive top-k is measured in ``bench/scale.py``.
+
+Profiles are keyed by name, so they only see features the query names the same way; the planner
+skips the shortlist (scores exhaustively) when no stored feature has one of the query's names.
+
+Storage: database ``extra``, key ``b"p" + u64(entry id)`` -> ``{"v", "x" float16 (d,), "names"
+(name keys, int64), "jk_params", "jk_part", "jk_data"}`` (the last three: the entry's JS-LSH band
+keys under the identity alignment, see ``record``), written in the entry's transaction. The in-memory index is derived: built
+from those records on first use and kept in step with the hub's generation (new entries by a
+range scan over ids above the last one seen, removals by a key scan).
+"""
+from __future__ import annotations
+
+import threading
+
+import faiss
+import numpy as np
+
+from .kernels.hashing import hash_tokens
+from .kernels.jslsh import gaussian_projection
+from .storage import from_u64, u64
+
+PROFILE_FORMAT = 1
+PROFILE_DIM = 128
+IVF_FROM = 200_000        # exact inner products below this many entries, IVF from there on
+IVF_NPROBE = 32
+_PREFIX = b"p"
+_SEED_SALT = 0x9E0F11E5
+
+
+def key(entry_id: int) -> bytes:
+    return _PREFIX + u64(entry_id)
+
+
+def name_keys(names, seed: int) -> np.ndarray:
+    """Stable int64 keys of feature names (63 bits of the seeded hash)."""
+    if len(names) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return (hash_tokens(np.array([str(n) for n in names], dtype=object), seed) >> np.uint64(1)).astype(np.int64)
+
+
+def profile(hist: dict, names, seed: int, dim: int = PROFILE_DIM) -> np.ndarray:
+    """The profile (float32 ``(dim,)``) of a sketch's partition histograms (module docstring)."""
+    feat = np.asarray(hist["feat"], dtype=np.int64)
+    out = np.zeros(dim, dtype=np.float64)
+    if len(feat) == 0:
+        return out.astype(np.float32)
+    bucket = np.asarray(hist["bucket"], dtype=np.int64)
+    count = np.asarray(hist["count"], dtype=np.float64)
+    fb = (feat << 32) + (bucket + (1 << 31))
+    uniq, inv = np.unique(fb, return_inverse=True)
+    c = np.bincount(inv, weights=count, minlength=len(uniq))
+    f = uniq >> 32
+    b = (uniq & 0xFFFFFFFF) - (1 << 31)
+    totals = np.bincount(f, weights=c, minlength=int(f.max()) + 1)
+    keep = totals[f] > 0
+    f, b, c = f[keep], b[keep], c[keep]
+    n_feat = int((totals > 0).sum())
+    if n_feat == 0:
+        return out.astype(np.float32)
+    w = np.sqrt(c / totals[f])
+    nk = name_keys(list(names), seed)[f]
+    a = gaussian_projection(seed ^ _SEED_SALT, nk, b, dim).astype(np.float64)   # (nnz, dim)
+    out = (w[:, None] * a).sum(axis=0) / np.sqrt(n_feat * dim)
+    return out.astype(np.float32)
+
+
+def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -> dict:
+    """The entry's profile record: profile, name keys, and its JS-LSH keys under the identity
+    alignment (``jk_part`` per partition, ``jk_data`` per dataset; engine/jslsh.py ``own_keys``)
+    for the hub's default ``jslsh_r/k/l`` (``jk_params``)."""
+    from .jslsh import own_keys
+
+    seed = config.seed
+    x = profile(hist, names, seed)
+    used = np.unique(np.asarray(hist["feat"], dtype=np.int64)).tolist()
+    kw = dict(seed=seed, r=config.jslsh_r, k=config.jslsh_k, l=config.jslsh_l, device=device)
+    return {"v": PROFILE_FORMAT, "x": x.astype(np.float16), "names": name_keys([names[f] for f in used], seed),
+            "jk_params": [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)],
+            "jk_part": own_keys(hist, len(names), n_partitions, per_dataset=False, **kw),
+            "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw)}
+
+
+class ProfileIndex:
+    """Entry profiles of one hub in memory, synchronized with the hub's generation."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.generation = -1
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.x = np.zeros((0, PROFILE_DIM), dtype=np.float32)
+        self.name_counts: dict[int, int] = {}
+        self._names: dict[int, np.ndarray] = {}
+        self._faiss = None
+        self._faiss_n = -1
+        self._trained_n = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def sync(self, txn, generation: int, read_missing=None) -> None:
+        """Bring the index to ``generation``: add records of ids above the last seen, drop removed
+        ones. ``read_missing(eid) -> record`` computes a profile for an entry stored without one."""
+        with self.lock:
+            if generation == self.generation:
+                return
+            last = int(self.ids[-1]) if len(self.ids) else -1
+            new_ids, new_x = [], []
+            for k, rec in txn.items("extra", _PREFIX, start=key(last + 1)):
+                if len(k) == 9:
+                    self._take(from_u64(k[1:]), rec, new_ids, new_x)
+            if read_missing is not None and self.generation == -1:   # hubs written before profiles
+                have = set(self.ids.tolist()) | set(new_ids)
+                for ek in txn.keys("entries"):
+                    eid = from_u64(ek)
+                    if eid not in have:
+                        rec = read_missing(eid)
+                        if rec is not None:
+                            self._take(eid, rec, new_ids, new_x)
+            if new_ids:
+                order = np.argsort(new_ids, kind="stable")
+                ids = np.concatenate([self.ids, np.asarray(new_ids, dtype=np.int64)[order]])
+                x = np.concatenate([self.x, np.stack(new_x)[order]])
+                srt = np.argsort(ids, kind="stable")
+                if not np.array_equal(srt, np.arange(len(ids))):   # old entries profiled late: positions moved
+                    self._faiss = None
+                self.ids, self.x = ids[srt], x[srt]
+            n_stored = txn.count("entries")
+            if len(self.ids) > n_stored:        # some were removed: keep the ids still present
+                present = np.fromiter((from_u64(k) for k in txn.keys("entries")), dtype=np.int64)
+                keep = np.isin(self.ids, present)
+                for eid in self.ids[~keep].tolist():
+                    for nk in self._names.pop(eid, ()):
+                        self.name_counts[nk] -= 1
+                        if self.name_counts[nk] == 0:
+                            del self.name_counts[nk]
+                self.ids, self.x = self.ids[keep], self.x[keep]
+                self._faiss = None
+            self.generation = generation
+
+    def _take(self, eid: int, rec: dict, ids: list, xs: list) -> None:
+        if rec.get("v") != PROFILE_FORMAT:
+            from . import errors as E
+
+            raise E.SchemaError(f"profile record of entry {eid} has format {rec.get('v')}; this fitsketch reads "
+                                f"{PROFILE_FORMAT}: upgrade fitsketch")
+        ids.append(eid)
+        xs.append(np.asarray(rec["x"], dtype=np.float32))
+        nks = np.asarray(rec["names"], dtype=np.int64)
+        self._names[eid] = nks
+        for nk in nks.tolist():
+            self.name_counts[nk] = self.name_counts.get(nk, 0) + 1
+
+    def shares_names(self, keys: np.ndarray) -> bool:
+        return any(int(k) in self.name_counts for k in keys)
+
+    def _index(self):
+        """The FAISS index over ``x`` (row i = ``ids[i]``): appended to as entries arrive, rebuilt
+        after removals, when the hub crosses ``IVF_FROM``, or when an IVF index has doubled since
+        it was trained."""
+        n = len(self.ids)
+        ivf = n >= IVF_FROM
+        if self._faiss is not None:
+            is_ivf = isinstance(self._faiss, faiss.IndexIVFFlat)
+            if is_ivf != ivf or (is_ivf and n > 2 * self._trained_n):
+                self._faiss = None
+        if self._faiss is not None and self._faiss_n < n:
+            self._faiss.add(self.x[self._faiss_n:])
+            self._faiss_n = n
+        if self._faiss is None:
+            self._trained_n = n
+            if ivf:
+                nlist = int(4 * np.sqrt(n))
+                q = faiss.IndexFlatIP(PROFILE_DIM)
+                idx = faiss.IndexIVFFlat(q, PROFILE_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+                rng = np.random.default_rng(0)
+                train = self.x[rng.choice(n, min(n, 64 * nlist), replace=False)]
+                idx.train(train)
+                idx.add(self.x)
+                idx.nprobe = IVF_NPROBE
+                self._quantizer = q   # the IVF index points at it: keep it alive
+            else:
+                idx = faiss.IndexFlatIP(PROFILE_DIM)
+                idx.add(self.x)
+            self._faiss, self._faiss_n = idx, n
+        return self._faiss
+
+    def top(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(entry ids, inner products) of the ``n`` best profiles for query profile ``q``."""
+        with self.lock:
+            if len(self.ids) == 0 or n <= 0:
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            D, I = self._index().search(np.asarray(q, dtype=np.float32).reshape(1, -1), min(n, len(self.ids)))
+            ok = I[0] >= 0
+            return self.ids[I[0][ok]], D[0][ok]
