@@ -135,21 +135,12 @@ def _bottleneck(w: dict) -> int:
 def _encode_fleet(w: dict, xs: torch.Tensor, kind: str, image_shape: tuple) -> torch.Tensor:
     """The encoders of E stacked autoencoders (simex._forward_fleet's first half), each on its own
     transformed input: xs (E, n, d) -> latents (E, n, k)."""
+    from .simex import fleet_conv_encode, fleet_mlp
+
     e, n, _ = xs.shape
     if kind == "mlp":
-        b = _bottleneck(w)
-        h = xs
-        for l in range(b + 1):
-            h = torch.baddbmm(w[f"b{l}"].unsqueeze(1), h, w[f"W{l}"])  # (E, n, out)
-            if l < b:
-                h = torch.relu_(h)
-        return h
-    c, hh, ww = image_shape
-    g = lambda name: w[name].reshape(-1, *w[name].shape[2:])  # noqa: E731  (E*out, in, 3, 3)
-    bias = lambda name: w[name].reshape(-1)  # noqa: E731                (E*out,)
-    h = xs.reshape(e, n, c, hh, ww).transpose(0, 1).reshape(n, e * c, hh, ww)  # (n, E*C, H, W)
-    h1 = F.max_pool2d(torch.relu_(F.conv2d(h, g("enc0.w"), bias("enc0.b"), padding=1, groups=e)), 2)
-    h2 = F.max_pool2d(torch.relu_(F.conv2d(h1, g("enc1.w"), bias("enc1.b"), padding=1, groups=e)), 2)
+        return fleet_mlp(w, xs, _bottleneck(w))
+    _, h2 = fleet_conv_encode(w, xs, image_shape)
     return h2.reshape(n, e, -1).transpose(0, 1)  # (E, n, C2 * H/4 * W/4): AE e owns channel group e
 
 

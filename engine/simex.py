@@ -325,23 +325,43 @@ def _forward(w: dict, x: torch.Tensor, kind: str, image_shape: tuple, final: str
     return torch.sigmoid(h) if final == "sigmoid" else h
 
 
+def fleet_mlp(w: dict, xs: torch.Tensor, last: int) -> torch.Tensor:
+    """Layers ``0..last`` of E stacked MLPs, ReLU between them: xs (E, n, d) -> (E, n, out)."""
+    h = xs
+    for l in range(last + 1):
+        h = torch.baddbmm(w[f"b{l}"].unsqueeze(1), h, w[f"W{l}"])  # (E, n, out)
+        if l < last:
+            h = torch.relu_(h)
+    return h
+
+
+def _grouped(w: dict):
+    g = lambda name: w[name].reshape(-1, *w[name].shape[2:])  # noqa: E731  (E*out, in, 3, 3)
+    b = lambda name: w[name].reshape(-1)  # noqa: E731                   (E*out,)
+    return g, b
+
+
+def fleet_conv_encode(w: dict, xs: torch.Tensor, image_shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conv encoders of E stacked autoencoders as grouped convolutions (autoencoder e owns
+    channel group e): xs (E, n, C*H*W) -> (h1, h2), each (n, E*channels, h, w)."""
+    e, n, _ = xs.shape
+    c, hh, ww = image_shape
+    g, b = _grouped(w)
+    h = xs.reshape(e, n, c, hh, ww).transpose(0, 1).reshape(n, e * c, hh, ww)  # (n, E*C, H, W)
+    h1 = F.max_pool2d(torch.relu_(F.conv2d(h, g("enc0.w"), b("enc0.b"), padding=1, groups=e)), 2)
+    h2 = F.max_pool2d(torch.relu_(F.conv2d(h1, g("enc1.w"), b("enc1.b"), padding=1, groups=e)), 2)
+    return h1, h2
+
+
 def _forward_fleet(w: dict, xs: torch.Tensor, kind: str, image_shape: tuple, final: str) -> torch.Tensor:
     """E stacked autoencoders, each on its own input: xs (E, n, d) -> (E, n, d)."""
     e, n, d = xs.shape
     if kind == "mlp":
-        n_layers = len(w) // 2
-        h = xs
-        for l in range(n_layers):
-            h = torch.baddbmm(w[f"b{l}"].unsqueeze(1), h, w[f"W{l}"])  # (E, n, out)
-            if l < n_layers - 1:
-                h = torch.relu_(h)
+        h = fleet_mlp(w, xs, len(w) // 2 - 1)
     else:  # grouped convolutions: autoencoder e owns channel group e
         c, hh, ww = image_shape
-        g = lambda name: w[name].reshape(-1, *w[name].shape[2:])  # noqa: E731  (E*out, in, 3, 3)
-        b = lambda name: w[name].reshape(-1)  # noqa: E731                   (E*out,)
-        h = xs.reshape(e, n, c, hh, ww).transpose(0, 1).reshape(n, e * c, hh, ww)  # (n, E*C, H, W)
-        h1 = F.max_pool2d(torch.relu_(F.conv2d(h, g("enc0.w"), b("enc0.b"), padding=1, groups=e)), 2)
-        h2 = F.max_pool2d(torch.relu_(F.conv2d(h1, g("enc1.w"), b("enc1.b"), padding=1, groups=e)), 2)
+        g, b = _grouped(w)
+        h1, h2 = fleet_conv_encode(w, xs, image_shape)
         u = F.interpolate(h2, size=h1.shape[-2:], mode="nearest")
         u = torch.relu_(F.conv2d(u, g("dec0.w"), b("dec0.b"), padding=1, groups=e))
         u = F.interpolate(u, size=(hh, ww), mode="nearest")
