@@ -338,7 +338,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         self._check_sketch(sketch)
         bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
         nonempty = np.nonzero(sketch.signatures[:, 0] != np.uint32(0xFFFFFFFF))[0]
-        prof = _profiles.record(sketch.hist, sketch.names, sketch.n_partitions, self.config, self.device)
+        prof, prof_keys = _profiles.record(sketch.hist, sketch.names, sketch.n_partitions, self.config, self.device)
         packed_hist = pack_hist(sketch.hist, sketch.n_partitions, sketch.n_features)
         created = time.time()
 
@@ -367,6 +367,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 responses, labels, pset = probed
                 write_model_descriptors(txn, eid, name, responses, labels, pset)
             txn.put("extra", _profiles.key(eid), prof)
+            txn.put("extra", _profiles.keys_key(eid), prof_keys)
             sel = bands[nonempty]                                       # (features, L) int64
             txn.put_dups("bands", sel.reshape(-1).view(np.uint64),
                          np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
@@ -400,6 +401,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             for db in ("entries", "signatures", "histograms", "extra"):
                 txn.delete(db, k)
             txn.delete("extra", _profiles.key(eid))
+            txn.delete("extra", _profiles.keys_key(eid))
             txn.delete("weights", _AE_PREFIX + k)
             delete_embeddings(txn, eid)
             delete_model_descriptors(txn, eid)
@@ -535,7 +537,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
                     hist = None if hist is None else unpack_hist(hist)
                     return None if rec is None or hist is None else _profiles.record(
-                        hist, rec["features"], rec["n_partitions"], self.config, self.device)
+                        hist, rec["features"], rec["n_partitions"], self.config, self.device)[0]
 
                 idx.sync(txn, gen, missing)
             used = sorted({int(f) for f in np.asarray(target.hist["feat"], dtype=np.int64)})
@@ -685,7 +687,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         stored, slow = {}, []
         for i, (rec, al) in enumerate(cands):
             if stored_ok and len(rec["features"]) == n_t == len(al.pairs) and all(t == s for t, s, _ in al.pairs):
-                prof = txn.get("extra", _profiles.key(rec["id"]))
+                prof = txn.get("extra", _profiles.keys_key(rec["id"]))
                 if prof is not None and prof.get("jk_params") == params and field in prof:
                     stored[i] = np.asarray(prof[field])
                     continue

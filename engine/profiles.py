@@ -21,8 +21,9 @@ Profiles are keyed by name, so they only see features the query names the same w
 skips the shortlist (scores exhaustively) when no stored feature has one of the query's names.
 
 Storage: database ``extra``, key ``b"p" + u64(entry id)`` -> ``{"v", "x" float16 (d,), "names"
-(name keys, int64), "jk_params", "jk_part", "jk_data"}`` (the last three: the entry's JS-LSH band
-keys under the identity alignment, see ``record``), written in the entry's transaction. The in-memory index is derived: built
+(name keys, int64)}`` and key ``b"k" + u64(entry id)`` -> ``{"v", "jk_params", "jk_part",
+"jk_data"}`` (the entry's JS-LSH band keys under the identity alignment, see ``record``), both
+written in the entry's transaction. The in-memory index is derived: built
 from those records on first use and kept in step with the hub's generation (new entries by a
 range scan over ids above the last one seen, removals by a key scan).
 """
@@ -46,7 +47,13 @@ _SEED_SALT = 0x9E0F11E5
 
 
 def key(entry_id: int) -> bytes:
+    """Key of an entry's profile record in database ``extra``."""
     return _PREFIX + u64(entry_id)
+
+
+def keys_key(entry_id: int) -> bytes:
+    """Key of an entry's stored JS-LSH band keys in database ``extra``."""
+    return b"k" + u64(entry_id)
 
 
 def name_keys(names, seed: int) -> np.ndarray:
@@ -82,94 +89,127 @@ def profile(hist: dict, names, seed: int, dim: int = PROFILE_DIM) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -> dict:
-    """The entry's profile record: profile, name keys, and its JS-LSH keys under the identity
-    alignment (``jk_part`` per partition, ``jk_data`` per dataset; engine/jslsh.py ``own_keys``)
-    for the hub's default ``jslsh_r/k/l`` (``jk_params``)."""
+def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -> tuple[dict, dict]:
+    """The entry's two records: ``(profile, keys)``. ``profile`` = the vector and the keys of the
+    names of its non-empty features (read by the index, so kept small); ``keys`` = its JS-LSH band
+    keys under the identity alignment (``jk_part`` per partition, ``jk_data`` per dataset;
+    engine/jslsh.py ``own_keys``) for the hub's default ``jslsh_r/k/l`` (``jk_params``)."""
     from .jslsh import own_keys
 
     seed = config.seed
     x = profile(hist, names, seed)
     used = np.unique(np.asarray(hist["feat"], dtype=np.int64)).tolist()
     kw = dict(seed=seed, r=config.jslsh_r, k=config.jslsh_k, l=config.jslsh_l, device=device)
-    return {"v": PROFILE_FORMAT, "x": x.astype(np.float16), "names": name_keys([names[f] for f in used], seed),
-            "jk_params": [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)],
-            "jk_part": own_keys(hist, len(names), n_partitions, per_dataset=False, **kw),
-            "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw)}
+    return ({"v": PROFILE_FORMAT, "x": x.astype(np.float16), "names": name_keys([names[f] for f in used], seed)},
+            {"v": PROFILE_FORMAT, "jk_params": [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)],
+             "jk_part": own_keys(hist, len(names), n_partitions, per_dataset=False, **kw),
+             "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw)})
 
 
 class ProfileIndex:
-    """Entry profiles of one hub in memory, synchronized with the hub's generation."""
+    """Entry profiles of one hub in memory, synchronized with the hub's generation.
+
+    Rows live in buffers that double when full (an add between two searches appends, it does not
+    copy the index); each entry's column names are kept as a schema id (entries of one schema
+    share one tuple of name keys)."""
 
     def __init__(self):
         self.lock = threading.RLock()
         self.generation = -1
-        self.ids = np.zeros(0, dtype=np.int64)
-        self.x = np.zeros((0, PROFILE_DIM), dtype=np.float32)
-        self.name_counts: dict[int, int] = {}
-        self._names: dict[int, np.ndarray] = {}
+        self.n = 0
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._x = np.zeros((0, PROFILE_DIM), dtype=np.float32)
+        self._schema = np.zeros(0, dtype=np.int32)
+        self._schema_id: dict[tuple, int] = {}
+        self._schema_names: list[frozenset] = []
+        self._schema_live: list[int] = []
         self._faiss = None
         self._faiss_n = -1
         self._trained_n = 0
 
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids[:self.n]
+
+    @property
+    def x(self) -> np.ndarray:
+        return self._x[:self.n]
+
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.n
 
     def sync(self, txn, generation: int, read_missing=None) -> None:
         """Bring the index to ``generation``: add records of ids above the last seen, drop removed
-        ones. ``read_missing(eid) -> record`` computes a profile for an entry stored without one."""
+        ones. ``read_missing(eid) -> profile record`` computes one for an entry stored without."""
         with self.lock:
             if generation == self.generation:
                 return
-            last = int(self.ids[-1]) if len(self.ids) else -1
-            new_ids, new_x = [], []
+            last = int(self._ids[self.n - 1]) if self.n else -1
+            new = []
             for k, rec in txn.items("extra", _PREFIX, start=key(last + 1)):
                 if len(k) == 9:
-                    self._take(from_u64(k[1:]), rec, new_ids, new_x)
+                    new.append((from_u64(k[1:]), rec))
+            late = False
             if read_missing is not None and self.generation == -1:   # hubs written before profiles
-                have = set(self.ids.tolist()) | set(new_ids)
+                have = set(self.ids.tolist()) | {eid for eid, _ in new}
                 for ek in txn.keys("entries"):
                     eid = from_u64(ek)
                     if eid not in have:
                         rec = read_missing(eid)
                         if rec is not None:
-                            self._take(eid, rec, new_ids, new_x)
-            if new_ids:
-                order = np.argsort(new_ids, kind="stable")
-                ids = np.concatenate([self.ids, np.asarray(new_ids, dtype=np.int64)[order]])
-                x = np.concatenate([self.x, np.stack(new_x)[order]])
-                srt = np.argsort(ids, kind="stable")
-                if not np.array_equal(srt, np.arange(len(ids))):   # old entries profiled late: positions moved
+                            new.append((eid, rec))
+                            late = True
+            if new:
+                new.sort(key=lambda t: t[0])
+                self._append(new)
+                if late or (self.n > len(new) and new[0][0] < last):
+                    order = np.argsort(self.ids, kind="stable")   # old entries profiled late: positions moved
+                    self._ids[:self.n], self._x[:self.n] = self.ids[order], self.x[order]
+                    self._schema[:self.n] = self._schema[:self.n][order]
                     self._faiss = None
-                self.ids, self.x = ids[srt], x[srt]
-            n_stored = txn.count("entries")
-            if len(self.ids) > n_stored:        # some were removed: keep the ids still present
+            if self.n > txn.count("entries"):        # some were removed: keep the ids still present
                 present = np.fromiter((from_u64(k) for k in txn.keys("entries")), dtype=np.int64)
                 keep = np.isin(self.ids, present)
-                for eid in self.ids[~keep].tolist():
-                    for nk in self._names.pop(eid, ()):
-                        self.name_counts[nk] -= 1
-                        if self.name_counts[nk] == 0:
-                            del self.name_counts[nk]
-                self.ids, self.x = self.ids[keep], self.x[keep]
+                for sid in self._schema[:self.n][~keep].tolist():
+                    self._schema_live[sid] -= 1
+                m = int(keep.sum())
+                self._ids[:m], self._x[:m] = self.ids[keep], self.x[keep]
+                self._schema[:m] = self._schema[:self.n][keep]
+                self.n = m
                 self._faiss = None
             self.generation = generation
 
-    def _take(self, eid: int, rec: dict, ids: list, xs: list) -> None:
-        if rec.get("v") != PROFILE_FORMAT:
-            from . import errors as E
+    def _append(self, new: list) -> None:
+        need = self.n + len(new)
+        if need > len(self._ids):
+            cap = max(need, 2 * len(self._ids), 1024)
+            for name, dtype, shape in (("_ids", np.int64, ()), ("_x", np.float32, (PROFILE_DIM,)),
+                                       ("_schema", np.int32, ())):
+                buf = np.zeros((cap,) + shape, dtype=dtype)
+                buf[:self.n] = getattr(self, name)[:self.n]
+                setattr(self, name, buf)
+        for i, (eid, rec) in enumerate(new, start=self.n):
+            if rec.get("v") != PROFILE_FORMAT:
+                from . import errors as E
 
-            raise E.SchemaError(f"profile record of entry {eid} has format {rec.get('v')}; this fitsketch reads "
-                                f"{PROFILE_FORMAT}: upgrade fitsketch")
-        ids.append(eid)
-        xs.append(np.asarray(rec["x"], dtype=np.float32))
-        nks = np.asarray(rec["names"], dtype=np.int64)
-        self._names[eid] = nks
-        for nk in nks.tolist():
-            self.name_counts[nk] = self.name_counts.get(nk, 0) + 1
+                raise E.SchemaError(f"profile record of entry {eid} has format {rec.get('v')}; this fitsketch "
+                                    f"reads {PROFILE_FORMAT}: upgrade fitsketch")
+            self._ids[i] = eid
+            self._x[i] = np.asarray(rec["x"], dtype=np.float32)
+            names = tuple(np.asarray(rec["names"], dtype=np.int64).tolist())
+            sid = self._schema_id.get(names)
+            if sid is None:
+                sid = self._schema_id[names] = len(self._schema_names)
+                self._schema_names.append(frozenset(names))
+                self._schema_live.append(0)
+            self._schema_live[sid] += 1
+            self._schema[i] = sid
+        self.n = need
 
     def shares_names(self, keys: np.ndarray) -> bool:
-        return any(int(k) in self.name_counts for k in keys)
+        """Whether a live entry has a feature named like one of ``keys`` (name keys)."""
+        ks = {int(k) for k in keys}
+        return any(live > 0 and ks & names for names, live in zip(self._schema_names, self._schema_live))
 
     def _index(self):
         """The FAISS index over ``x`` (row i = ``ids[i]``): appended to as entries arrive, rebuilt

@@ -69,9 +69,10 @@ def check_txn(txn) -> list[str]:
         assert txn.count(db) == n, f"count({db})={txn.count(db)} != count(names)={n}"
     profiled = set()
     for key in txn.keys("extra"):
-        if len(key) == 9 and key.startswith(b"p"):   # entry profile (engine/profiles.py)
+        if len(key) == 9 and key[:1] in (b"p", b"k"):   # entry profile, stored band keys (engine/profiles.py)
             assert key[1:] in entry_ids, f"profile extra[{key!r}] belongs to no entry"
-            profiled.add(key[1:])
+            if key[:1] == b"p":
+                profiled.add(key[1:])
         else:
             assert key in entry_ids, f"extra[{key!r}] belongs to no entry"
     assert profiled == entry_ids, f"entries without a profile: {sorted(entry_ids - profiled)}"

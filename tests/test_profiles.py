@@ -191,7 +191,7 @@ def test_stored_keys_equal_query_time_projection(tmp_path, rng, monkeypatch):
         q = _frame(rng, 173, loc=0.5)
         for method in ("adaptivity", "js"):
             fast = {m.name: (m.score, m.evidence) for m in hub.search(q, k=8, method=method)}
-            monkeypatch.setattr(P, "key", lambda eid: b"q" + u64(eid))   # no stored record found
+            monkeypatch.setattr(P, "keys_key", lambda eid: b"q" + u64(eid))   # no stored keys found
             slow = {m.name: (m.score, m.evidence) for m in hub.search(q, k=8, method=method)}
             monkeypatch.undo()
             assert fast.keys() == slow.keys()
@@ -212,7 +212,8 @@ def test_hub_without_profiles_still_shortlists(tmp_path, rng):
         q = _frame(rng, 100, loc=4)
         want = [(m.name, m.score) for m in hub.search(q, k=2)]
     with fitsketch.open(tmp_path / "h.hub") as hub:
-        hub.store.transact(lambda t: [t.delete("extra", P.key(hub.get(f"m{i}").id)) for i in range(10)])
+        hub.store.transact(lambda t: [(t.delete("extra", P.key(hub.get(f"m{i}").id)),
+                                       t.delete("extra", P.keys_key(hub.get(f"m{i}").id))) for i in range(10)])
     with fitsketch.open(tmp_path / "h.hub") as hub:
         plan = hub.explain(q, k=2)
         res = hub.search(q, k=2)
