@@ -507,9 +507,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     st.detail += f"; fell back to adaptivity: {fell}"
         with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
             scored.sort(key=lambda m: (-m.score, -m.evidence.get("_tiebreak", 0.0), -m.overlap, m.name))
-            for m in scored:
-                m.evidence.pop("_tiebreak", None)
             out = scored[:k]
+            for m in out:
+                m.evidence.pop("_tiebreak", None)
+                self._features(m)
             st.actual = len(out)
         return out, plan
 
@@ -861,8 +862,15 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     @staticmethod
     def _match(rec, al: Alignment, target: Sketch, score: float, method: str, evidence: dict) -> Match:
-        feats = [(target.names[t], rec["features"][s], round(sim, 4)) for t, s, sim in al.pairs]
-        return Match(rec["name"], float(score), method, al.overlap, feats, evidence, rec["metadata"])
+        # the matched-features list is built for the k matches that are returned, not for every
+        # candidate (the rerank stage calls _features)
+        evidence["_features"] = (target.names, rec["features"], al.pairs)
+        return Match(rec["name"], float(score), method, al.overlap, [], evidence, rec["metadata"])
+
+    @staticmethod
+    def _features(m: Match) -> None:
+        t_names, s_names, pairs = m.evidence.pop("_features")
+        m.features = [(t_names[t], s_names[s], round(sim, 4)) for t, s, sim in pairs]
 
 
 def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist) -> float:
