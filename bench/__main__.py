@@ -3,7 +3,7 @@
 Suites: ``quality`` (selection quality on real data), ``speed`` or ``kernels`` (the kernel
 benchmarks bench.bench_minhash / bench_jslsh / bench_recon; ``--device cuda`` runs them on the
 GPU when one is present), ``server`` (socket vs embedded latency), ``scale`` (hub size vs add
-throughput, query latency, bytes per entry, RSS), ``all``. Each suite writes
+throughput, query latency, bytes per entry, RSS; then bench.bench_shortlist: the shortlist's recall), ``all``. Each suite writes
 ``<out>/<suite>[_quick].json``; ``RESULTS.md`` beside the results folder is regenerated from
 every JSON file there, plots are PNGs in the results folder.
 """
@@ -71,9 +71,10 @@ def main(argv=None) -> int:
 
             quality.run(quick=args.quick, data=args.data, out_dir=out_dir)
         elif s == "scale":
-            from . import scale
+            from . import bench_shortlist, scale
 
             scale.run(quick=args.quick, out_dir=out_dir)
+            bench_shortlist.run(quick=args.quick, out_dir=out_dir)
         elif s == "server":
             from . import bench_server
 

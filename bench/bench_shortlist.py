@@ -26,11 +26,11 @@ from .scale import build_sketches
 METHODS = ("adaptivity", "js", "exact-js", "l2")
 
 
-def run(quick: bool = False, entries: int | None = None, out=print) -> list[dict]:
+def run(quick: bool = False, entries: int | None = None, out=print, out_dir: Path | None = None) -> list[dict]:
     import fitsketch
 
-    n = entries or (2_000 if quick else 10_000)
-    n_queries = 5 if quick else 10
+    n = entries or (1_200 if quick else 10_000)    # the shortlist engages above 4 x 256 = 1,024 entries
+    n_queries = 3 if quick else 10
     ctx = H.context("cpu", quick)
     env = H.environment("cpu")
     t0 = time.perf_counter()
@@ -68,7 +68,7 @@ def run(quick: bool = False, entries: int | None = None, out=print) -> list[dict
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows.append(H.row(ctx, "shortlist", "all", "all", "wall_time", time.perf_counter() - t0, unit="s"))
-    path = H.write_suite("shortlist" + ("_quick" if quick else ""), rows, quick=quick, env=env,
+    path = H.write_suite("shortlist" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
                          tables={"notes": ["recall by score: share of the shortlisted top 10 scoring at least the "
                                            "exhaustive 10th best; queries: 2 partitions of a family's fresh data"]})
     out(f"shortlist: wrote {path} ({time.perf_counter() - t0:.1f} s)")
@@ -77,7 +77,7 @@ def run(quick: bool = False, entries: int | None = None, out=print) -> list[dict
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_shortlist", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="2,000 entries, 5 queries")
+    ap.add_argument("--quick", action="store_true", help="1,200 entries, 3 queries")
     ap.add_argument("--entries", type=int, default=None)
     a = ap.parse_args(argv)
     run(a.quick, a.entries)
