@@ -9,6 +9,7 @@
   query matches one of ``FAMILIES`` column families, so 1/FAMILIES of the entries are candidates.
 
     python -m bench.bench_scale_out [--quick] [--gb 0.5] [--entries 20000] [--out DIR]
+        [--skip centre,processes,ray] [--no-search] [--name scale_out_5gb]
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def generate(root: Path, mb: float, seed: int = 0, out=print) -> tuple[list[str]
             "f0": rng.normal(0, 1, n), "f1": rng.lognormal(2, 1, n), "f2": rng.uniform(-5, 5, n),
             "f3": rng.exponential(3, n).round(2), "n": rng.integers(0, 10_000, n),
             "city": cats[rng.zipf(1.5, n) % len(cats)],
-            "text": [" ".join(w) for w in rng.choice(WORDS, (n, 4))]})
+            "text": _join_words(rng.choice(WORDS, (n, 4)))})
         path = root / f"part-{i:04d}.parquet"
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, row_group_size=ROWS_PER_GROUP)
         files.append(str(path))
@@ -61,6 +62,15 @@ def generate(root: Path, mb: float, seed: int = 0, out=print) -> tuple[list[str]
         i += 1
     out(f"generated {len(files)} files, {n_rows:,} rows, {size / 1e6:.0f} MB on disk in {root}")
     return files, n_rows
+
+
+def _join_words(w: np.ndarray) -> pd.Series:
+    """``" ".join(row)`` of every row of a 2-D array of words, in one Arrow call (the Python join of
+    numpy rows took most of the time generating 5 GB)."""
+    import pyarrow.compute as pc
+
+    cols = [pa.array(w[:, j].astype(object), type=pa.large_string()) for j in range(w.shape[1])]
+    return pc.binary_join_element_wise(*cols, pa.scalar(" ", pa.large_string())).to_pandas()
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -72,7 +82,15 @@ def _timed(fn, repeats: int) -> list[float]:
     return ts
 
 
-def bench_sketch(ctx, files, n_rows, repeats: int, out=print) -> list[dict]:
+METHODS = ("centre", "processes", "ray")     # what --skip may leave out (one process and pandas always run)
+
+
+def _read_all(files) -> None:
+    for f in files:                  # one frame at a time: 5 GB of frames would not fit in memory at once
+        pd.read_parquet(f)
+
+
+def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[dict]:
     mb = sum(Path(f).stat().st_size for f in files) / 1e6
     cfg = fitsketch.SketchConfig()
     rows = []
@@ -92,23 +110,27 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print) -> list[dict]:
 
     # warm-up: imports, torch kernels, page cache
     D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False)
-    floor_ts = _timed(lambda: [pd.read_parquet(f) for f in files], repeats)
+    floor_ts = _timed(lambda: _read_all(files), repeats)
     floor = statistics.median(floor_ts)
     add("pandas read_parquet", floor_ts, floor)
     t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats)
     add("local (1 process)", t_local, floor)
-    center = D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False).coverage["center"]
-    add("local, centre given", _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False,
-                                                              coverage_center=center), repeats), floor,
-        "pass 2 only: the first pass costs the difference")
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
-        pool.submit(int, 0).result()
-        D.sketch_parquet(files[:1], config=cfg, engine=pool, progress=False)        # warm both workers
-        start = time.perf_counter() - t0
-        add("processes, 2 workers", _timed(lambda: D.sketch_parquet(files, config=cfg, engine=pool,
-                                                                    progress=False), repeats), floor,
-            f"warm pool; starting it took {start:.1f} s")
+    if "centre" not in skip:
+        center = D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False).coverage["center"]
+        add("local, centre given", _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False,
+                                                                  coverage_center=center), repeats), floor,
+            "pass 2 only: the first pass costs the difference")
+    if "processes" not in skip:
+        t0 = time.perf_counter()
+        with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+            pool.submit(int, 0).result()
+            D.sketch_parquet(files[:1], config=cfg, engine=pool, progress=False)        # warm both workers
+            start = time.perf_counter() - t0
+            add("processes, 2 workers", _timed(lambda: D.sketch_parquet(files, config=cfg, engine=pool,
+                                                                        progress=False), repeats), floor,
+                f"warm pool; starting it took {start:.1f} s")
+    if "ray" in skip:
+        return rows
     try:
         import ray
     except ImportError:
@@ -172,7 +194,7 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print) -> li
 
 
 def run(quick: bool = False, gb: float | None = None, entries: int | None = None, out_dir: Path | None = None,
-        out=print) -> Path:
+        out=print, skip=(), search: bool = True, name: str | None = None) -> Path:
     mb = 1000 * gb if gb is not None else (50 if quick else 500)
     n_entries = entries or (2_000 if quick else 20_000)
     repeats = 3 if quick else 1
@@ -180,13 +202,16 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-out-"))
     try:
         files, n_rows = generate(work / "data", mb, out=out)
-        out(f"sketch throughput ({repeats} run(s) each, median):")
-        rows = bench_sketch(ctx, files, n_rows, repeats, out=out)
-        out("sharded search (adaptivity, k=10):")
-        rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out)
+        out(f"sketch throughput ({repeats} run(s) each, median){'; skipped: ' + ', '.join(skip) if skip else ''}:")
+        rows = bench_sketch(ctx, files, n_rows, repeats, out=out, skip=skip)
+        if search:
+            out("sharded search (adaptivity, k=10):")
+            rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out)
+        else:
+            out("sharded search: skipped (--no-search)")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
-    path = H.write_suite(SUITE + ("_quick" if quick else ""), rows, out=out_dir, quick=quick)
+        shutil.rmtree(work, ignore_errors=True)           # the generated dataset goes with it
+    path = H.write_suite(name or SUITE + ("_quick" if quick else ""), rows, out=out_dir, quick=quick)
     out(f"wrote {path}")
     return path
 
@@ -197,8 +222,16 @@ def main(argv=None) -> None:
     ap.add_argument("--gb", type=float, default=None, help="dataset size on disk (default 0.5; quick 0.05)")
     ap.add_argument("--entries", type=int, default=None, help="entries for sharded search (default 20,000)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    ap.add_argument("--skip", default="", help=f"comma-separated sketch runs to leave out: {', '.join(METHODS)} "
+                    "(one process and the pandas floor always run)")
+    ap.add_argument("--no-search", action="store_true", help="leave out the sharded-search part")
+    ap.add_argument("--name", default=None, help="results file name without .json (default scale_out[_quick])")
     a = ap.parse_args(argv)
-    run(a.quick, a.gb, a.entries, a.out)
+    skip = tuple(m for m in a.skip.split(",") if m)
+    bad = [m for m in skip if m not in METHODS]
+    if bad:
+        ap.error(f"--skip {','.join(bad)}: choose among {', '.join(METHODS)}")
+    run(a.quick, a.gb, a.entries, a.out, skip=skip, search=not a.no_search, name=a.name)
 
 
 if __name__ == "__main__":

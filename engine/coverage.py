@@ -47,18 +47,18 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
         with np.errstate(invalid="ignore"):
             x = np.sign(v) * np.log1p(np.minimum(np.abs(v), 1e300))
         return x.reshape(n, 1), np.array([key * 16], dtype=np.int64)
-    from .quantize import _tokens
+    from .quantize import _tokens, _value_hashes
 
     missing = col.isna().to_numpy()
-    out = np.zeros((n, HASH_DIMS), dtype=np.float64)
     if kind == "categorical":
         rows = np.flatnonzero(~missing)
-        h = hash_tokens(np.array([str(x) for x in col.to_numpy(dtype=object)[~missing]], dtype=object), seed)
+        h = _value_hashes(col, missing, seed)            # hash_tokens of str(v), distinct values once
     else:
         rows, h = _tokens(col, missing, seed)
     dim = (h % np.uint64(HASH_DIMS)).astype(np.int64)
     sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
-    np.add.at(out, (rows, dim), sign)
+    # sums of +-1 are exact in float64: the same as np.add.at(out, (rows, dim), sign), in one pass
+    out = np.bincount(rows * HASH_DIMS + dim, weights=sign, minlength=n * HASH_DIMS).reshape(n, HASH_DIMS)
     norm = np.linalg.norm(out, axis=1, keepdims=True)
     out = np.where(norm > 0, out / np.maximum(norm, 1e-12), np.nan)
     return out, key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)

@@ -22,7 +22,9 @@ text) with the row it came from.
 """
 from __future__ import annotations
 
+import contextvars
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,10 +115,9 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         raise EmptyColumnError(
             f"column {name!r} has no values (all {n} are missing): drop it or fill it")
     if kind == "categorical":
-        values = col.to_numpy(dtype=object)
         rows = np.arange(n, dtype=np.int64)
         h = np.zeros(n, dtype=np.uint64)
-        h[~missing] = hash_tokens(np.array([str(x) for x in values[~missing]], dtype=object), config.seed)
+        h[~missing] = _value_hashes(col, missing, config.seed)
         hist = (h % np.uint64(config.hist_bins)).astype(np.int32)
         hist[missing] = config.hist_bins  # one extra bin for missing values
         _, tok_hash = _tokens(col, missing, config.seed)
@@ -131,10 +132,181 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
     raise ValueError(f"unknown column kind {kind!r}")
 
 
+# ----------------------------------------------------------------------------- string columns
+_SHARED: contextvars.ContextVar = contextvars.ContextVar("fitsketch_shared_tokens", default=None)
+
+
+@contextmanager
+def shared_tokens():
+    """Inside the block, :func:`_tokens` and :func:`_value_hashes` of one column object are computed
+    once (``build_sketch`` quantizes a column and transforms it for coverage: the same tokens twice).
+    Shared results are read-only arrays. Per context (thread / task), never global."""
+    reset = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(reset)
+
+
+def _shared(what: str, col: pd.Series, missing: np.ndarray, seed: int, compute):
+    memo = _SHARED.get()
+    if memo is None:
+        return compute()
+    obj = col.array                        # the same object for every Series view of a frame's column
+    key = (what, id(obj), len(col), int(seed))
+    hit = memo.get(key)
+    if hit is not None and hit[0] is obj and np.array_equal(hit[1], missing):
+        return hit[2]
+    out = compute()
+    for a in (out if isinstance(out, tuple) else (out,)):
+        a.setflags(write=False)
+    memo[key] = (obj, missing.copy(), out)     # holding obj keeps its id from being reused
+    return out
+
+
 def _tokens(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Lower-cased word tokens of a string column: (row of each token, token hash)."""
+    """Lower-cased word tokens (``\\w+``) of a string column: (row of each token, token hash),
+    tokens in row order and, within a row, in text order.
+
+    Columns of ``str`` values go through Arrow: ASCII rows are tokenized on the UTF-8 bytes with
+    NumPy and only distinct tokens are hashed; rows with other characters (Unicode word rules and
+    case mapping) and columns of other values take :func:`_tokens_reference`, the definition.
+    Both give the same result (tests/test_sketch_fastpath.py compares them)."""
+    return _shared("tokens", col, missing, seed, lambda: _tokens_fast(col, missing, seed))
+
+
+def _tokens_fast(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    arr = _arrow_strings(col)
+    if arr is None:
+        return _tokens_reference(col, missing, seed)
+    import pyarrow.compute as pc
+
+    drop = missing | arr.is_null().to_numpy(zero_copy_only=False)
+    ascii_ = pc.fill_null(pc.string_is_ascii(arr), True).to_numpy(zero_copy_only=False)
+    slow = ~ascii_ & ~drop
+    if not slow.any():
+        rows, tok = _ascii_tokens(_blank(arr, drop))
+        return rows, _hash_unique(tok, seed)
+    fast = np.flatnonzero(~slow)
+    rows_a, tok = _ascii_tokens(_blank(arr.take(fast), drop[fast]))
+    idx_b = np.flatnonzero(slow)
+    rows_b, h_b = _tokens_reference(col.iloc[idx_b], np.zeros(len(idx_b), dtype=bool), seed)
+    rows = np.concatenate([fast[rows_a], idx_b[rows_b]])
+    h = np.concatenate([_hash_unique(tok, seed), h_b])
+    order = np.argsort(rows, kind="stable")          # a row's tokens come from one side: text order kept
+    return rows[order], h[order]
+
+
+def _value_hashes(col: pd.Series, missing: np.ndarray, seed: int) -> np.ndarray:
+    """``hash_tokens`` of ``str(v)`` for the non-missing values ``v`` of a column, in row order;
+    for a column of ``str`` values only the distinct values are hashed."""
+    return _shared("values", col, missing, seed, lambda: _value_hashes_fast(col, missing, seed))
+
+
+def _value_hashes_fast(col: pd.Series, missing: np.ndarray, seed: int) -> np.ndarray:
+    arr = _arrow_strings(col)
+    if arr is None:
+        return hash_tokens(np.array([str(x) for x in col.to_numpy(dtype=object)[~missing]], dtype=object), seed)
+    return _hash_unique(arr.filter(~missing), seed)
+
+
+def _tokens_reference(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The definition of :func:`_tokens`: ``str(v).lower()`` split by the regex ``\\w+`` (pandas)."""
     toks = col.astype(object).where(~missing, "").astype(str).str.lower().str.findall(r"\w+")
     lengths = toks.str.len().to_numpy(dtype=np.int64)
     flat = np.array([t for ts in toks for t in ts], dtype=object)
     rows = np.repeat(np.arange(len(col), dtype=np.int64), lengths)
     return rows, hash_tokens(flat, seed)
+
+
+# ----------------------------------------------------------------------------- Arrow fast path
+def _word_bytes(b: np.ndarray) -> np.ndarray:
+    """Which bytes are ASCII characters of the regex ``\\w``: ``[0-9A-Za-z_]``."""
+    w = ((b | np.uint8(32)) - np.uint8(97)) < 26         # letters (uint8 wraps: one compare a range)
+    w |= (b - np.uint8(48)) < 10                         # digits
+    w |= b == 95                                         # _
+    return w
+
+
+def _ascii_lower(c: np.ndarray) -> np.ndarray:
+    """ASCII lower case of bytes (what ``str.lower`` does to ASCII)."""
+    return c + (((c - np.uint8(65)) < 26).view(np.uint8) << np.uint8(5))
+
+
+def _arrow_strings(col: pd.Series):
+    """The column as an Arrow ``large_string`` array when every non-missing value is a ``str``
+    (pandas string dtypes, or object / categorical columns of str); else None."""
+    import pyarrow as pa
+
+    try:
+        if isinstance(col.dtype, pd.StringDtype):
+            arr = pa.array(col.array)
+        else:
+            if col.dtype != object and not isinstance(col.dtype, pd.CategoricalDtype):
+                return None
+            values = col.to_numpy(dtype=object)
+            if len(values) == 0 or pd.api.types.infer_dtype(values, skipna=True) != "string":
+                return None
+            # str itself, not a subclass (whose str() could differ); other types are missing values
+            if any(t is not str and issubclass(t, str) for t in set(map(type, values))):
+                return None
+            arr = pa.array(values, type=pa.large_string(), from_pandas=True)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            return None
+        return arr.cast(pa.large_string())
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError):
+        return None
+
+
+def _blank(arr, drop: np.ndarray):
+    """``arr`` with the rows in ``drop`` (missing values) replaced by empty strings."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not drop.any():
+        return arr
+    return pc.if_else(pa.array(drop), pa.scalar("", pa.large_string()), arr)
+
+
+def _ascii_tokens(arr):
+    """Lower-cased maximal runs of ``[0-9A-Za-z_]`` of ASCII strings (no nulls): ``(row of each
+    token, tokens as an Arrow large_string array)``, in row then text order."""
+    import pyarrow as pa
+
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), pa.array([], type=pa.large_string())
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset:]
+    lo, hi = int(offs[0]), int(offs[-1])
+    b = np.frombuffer(bufs[2], dtype=np.uint8)[lo:hi] if bufs[2] is not None and hi > lo else np.zeros(0, np.uint8)
+    rel = offs - lo
+    w = _word_bytes(b)
+    size = len(b)
+    vstart = np.zeros(size + 1, dtype=bool)         # a byte that starts a value: no token spans values
+    vstart[rel[:-1]] = True
+    prev = np.zeros(size, dtype=bool)
+    prev[1:] = w[:-1]
+    prev &= ~vstart[:size]
+    starts = np.flatnonzero(w & ~prev)
+    nxt = np.zeros(size, dtype=bool)
+    nxt[:-1] = w[1:]
+    nxt &= ~vstart[1:]
+    ends = np.flatnonzero(w & ~nxt) + 1
+    rows = np.searchsorted(rel[:-1], starts, side="right").astype(np.int64) - 1
+    tok_offs = np.zeros(len(starts) + 1, dtype=np.int64)
+    np.cumsum(ends - starts, out=tok_offs[1:])
+    chars = _ascii_lower(np.compress(w, b))             # the tokens back to back
+    tok = pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(tok_offs), pa.py_buffer(chars))
+    return rows, tok
+
+
+def _hash_unique(arr, seed: int) -> np.ndarray:
+    """``hash_tokens`` of every string of an Arrow array (no nulls), hashing each distinct one once."""
+    if len(arr) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    enc = arr.dictionary_encode()
+    uniq = enc.dictionary.to_numpy(zero_copy_only=False)
+    return hash_tokens(uniq, seed)[enc.indices.to_numpy(zero_copy_only=False)]

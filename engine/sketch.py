@@ -21,7 +21,7 @@ from .config import SketchConfig
 from .data import to_frame
 from .errors import InvalidArgumentError
 from .kernels.minhash import minhash_csr
-from .quantize import Column, quantize_column
+from .quantize import Column, quantize_column, shared_tokens
 
 SKETCH_FORMAT = 1
 
@@ -133,8 +133,12 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
 
         it = tqdm(it, total=df.shape[1], desc="sketching features", unit="feature", leave=False)
     quantize = quantize or quantize_column
-    for i, (name, col) in enumerate(it):
-        cols.append(quantize(name, col, config, None if kinds is None else kinds[i]))
+    with shared_tokens():                  # a string column's tokens serve the quantizer and coverage
+        for i, (name, col) in enumerate(it):
+            cols.append(quantize(name, col, config, None if kinds is None else kinds[i]))
+        from . import coverage as _cov
+
+        rows, keys, owner = _cov.row_matrix(df, [c.kind for c in cols], config.seed)
     # MinHash of every feature's bucket set in one batched call
     lengths = np.array([len(c.set_elems) for c in cols], dtype=np.int64)
     offsets = np.zeros(len(cols) + 1, dtype=np.int64)
@@ -167,9 +171,6 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
             "bucket": np.concatenate(buckets), "count": np.concatenate(counts)}
     order = np.lexsort((hist["bucket"], hist["feat"], hist["part"]))
     hist = {k: v[order] for k, v in hist.items()}
-    from . import coverage as _cov
-
-    rows, keys, owner = _cov.row_matrix(df, [c.kind for c in cols], config.seed)
     cov = _cov.build(rows, keys, seed=config.seed, bits=config.coverage_bits, tables=config.coverage_tables,
                      center=coverage_center, device=device)
     return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
