@@ -113,6 +113,9 @@ def _translated(fn):
     return wrapper
 
 
+_VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a time
+
+
 def _dup(entry_id: int, feat: int) -> bytes:
     return struct.pack(">II", entry_id, feat)
 
@@ -578,14 +581,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                             f"t2={cfg.feature_threshold} ({cfg.match}), t1={cfg.overlap_threshold}",
                             estimated=n_in if ids is None else len(ids))) as st:
             if mode == "scan":
-                if ids is None:
-                    keys, sigs = [], []
-                    for key, rec in txn.items("signatures"):
-                        keys.append(key)
-                        sigs.append(rec["sig"])
-                else:
-                    keys = list(ids)
-                    sigs = [txn.get("signatures", key)["sig"] for key in keys]
+                keys = list(txn.keys("signatures")) if ids is None else list(ids)
             else:
                 bands = feature_band_keys(target.signatures, cfg.lsh_k, cfg.lsh_l)
                 lookups = [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]
@@ -596,39 +592,45 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 if ids is not None:
                     hits &= set(ids)
                 keys = sorted(hits)
-                sigs = [txn.get("signatures", key)["sig"] for key in keys]
             out = []
-            if keys:
-                # entries with the target's columns in its order align by the identity (minhash.
-                # align_from_similarity): only the T same-name similarities are needed
-                rec_of = [recs.get(key) or txn.get("entries", key) for key in keys]
-                same = [i for i, rec in enumerate(rec_of) if rec["features"] == target.names]
-                other = [i for i, rec in enumerate(rec_of) if rec["features"] != target.names]
-                als = {}
-                if same:
-                    diag = row_similarity(target.signatures, np.stack([sigs[i] for i in same]), cfg.match)
-                    for i, d in zip(same, diag):
-                        als[i] = Alignment([(j, j, float(d[j])) for j in range(len(d))], len(d))
-                if other:
-                    sim = similarity(target.signatures, np.concatenate([sigs[i] for i in other]), cfg.match)
-                    lo = 0
-                    for i in other:
-                        hi = lo + sigs[i].shape[0]
-                        block = sim[:, lo:hi]
-                        lo = hi
-                        if (block >= cfg.feature_threshold).any() or set(rec_of[i]["features"]) & set(target.names):
-                            als[i] = align_from_similarity(target.names, rec_of[i]["features"], block,
-                                                           cfg.feature_threshold)
-                for i, key in enumerate(keys):
-                    al = als.get(i)
-                    if al is not None and al.pairs and al.overlap > cfg.overlap_threshold:
-                        recs[key] = rec_of[i]
-                        out.append((key, al))
+            for lo in range(0, len(keys), _VERIFY_CHUNK):   # bounded memory however many entries are verified
+                chunk = keys[lo:lo + _VERIFY_CHUNK]
+                sigs = [txn.get("signatures", key)["sig"] for key in chunk]
+                for key, rec, al in self._verify(txn, target, cfg, chunk, sigs, recs):
+                    recs[key] = rec
+                    out.append((key, al))
             st.actual = len(out)
         if where and not order_filter_first(mode):
             kept = set(run_filter([key for key, _ in out], len(out)))
             out = [(key, al) for key, al in out if key in kept]
         return [(recs[key], al) for key, al in out]
+
+    @staticmethod
+    def _verify(txn, target: Sketch, cfg: SketchConfig, keys: list, sigs: list, recs: dict):
+        """(key, entry record, Alignment) of the entries among ``keys`` whose overlap passes t1."""
+        # entries with the target's columns in its order align by the identity (minhash.
+        # align_from_similarity): only the T same-name similarities are needed
+        rec_of = [recs.get(key) or txn.get("entries", key) for key in keys]
+        same = [i for i, rec in enumerate(rec_of) if rec["features"] == target.names]
+        other = [i for i, rec in enumerate(rec_of) if rec["features"] != target.names]
+        als = {}
+        if same:
+            diag = row_similarity(target.signatures, np.stack([sigs[i] for i in same]), cfg.match)
+            for i, d in zip(same, diag):
+                als[i] = Alignment([(j, j, float(d[j])) for j in range(len(d))], len(d))
+        if other:
+            sim = similarity(target.signatures, np.concatenate([sigs[i] for i in other]), cfg.match)
+            lo = 0
+            for i in other:
+                hi = lo + sigs[i].shape[0]
+                block = sim[:, lo:hi]
+                lo = hi
+                if (block >= cfg.feature_threshold).any() or set(rec_of[i]["features"]) & set(target.names):
+                    als[i] = align_from_similarity(target.names, rec_of[i]["features"], block, cfg.feature_threshold)
+        for i, key in enumerate(keys):
+            al = als.get(i)
+            if al is not None and al.pairs and al.overlap > cfg.overlap_threshold:
+                yield key, rec_of[i], al
 
     def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str, embedding=None) -> list[Match]:
         if method == "coverage":  # these two never read the partition histograms

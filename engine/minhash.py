@@ -36,16 +36,14 @@ def similarity(t_sigs: np.ndarray, s_sigs: np.ndarray, match: str = "containment
     for lo in range(0, T, step):
         jac[lo:lo + step] = (t_sigs[lo:lo + step, None, :] == s_sigs[None, :, :]).mean(axis=-1)
     empty = (t_sigs[:, 0] == EMPTY)[:, None] | (s_sigs[:, 0] == EMPTY)[None, :]
-    return _finish(jac, empty, t_sigs, s_sigs, match, pairwise=True)
-
-
-def _finish(jac, empty, t_sigs, s_sigs, match, pairwise: bool) -> np.ndarray:
     jac[empty] = 0.0
     if match == "jaccard":
         return jac
-    nt, ns = cardinality(t_sigs), cardinality(s_sigs)
-    if pairwise:
-        nt, ns = nt[:, None], ns[None, :]
+    return _containment(jac, cardinality(t_sigs)[:, None], cardinality(s_sigs)[None, :])
+
+
+def _containment(jac: np.ndarray, nt: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """Containment of the target in the source from Jaccard and the two set-size estimates."""
     inter = jac * (nt + ns) / (1.0 + jac)
     return np.where(nt > 0, np.clip(inter / np.maximum(nt, 1e-12), 0.0, 1.0), 0.0)
 
@@ -56,10 +54,12 @@ def row_similarity(t_sigs: np.ndarray, s_sigs: np.ndarray, match: str = "contain
     pairwise matrices, same formula)."""
     t_sigs = np.asarray(t_sigs)
     s_sigs = np.asarray(s_sigs)
-    t_b = np.broadcast_to(t_sigs, s_sigs.shape)
-    jac = (t_b == s_sigs).mean(axis=-1)
-    empty = (t_b[..., 0] == EMPTY) | (s_sigs[..., 0] == EMPTY)
-    return _finish(jac, empty, t_b, s_sigs, match, pairwise=False)
+    jac = (t_sigs[None] == s_sigs).mean(axis=-1)
+    empty = (t_sigs[None, :, 0] == EMPTY) | (s_sigs[..., 0] == EMPTY)
+    jac[empty] = 0.0
+    if match == "jaccard":
+        return jac
+    return _containment(jac, cardinality(t_sigs)[None, :], cardinality(s_sigs))
 
 
 @dataclass

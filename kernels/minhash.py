@@ -324,9 +324,14 @@ def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
 
 def cardinality(sig: np.ndarray) -> np.ndarray:
     """Estimated set size from a signature (datasketch's ``count``): k / sum(sig / M) - 1."""
-    sig = np.asarray(sig, dtype=np.float64)
+    sig = np.asarray(sig)
     k = sig.shape[-1]
-    est = k / np.maximum((sig / M32).sum(axis=-1), 1e-12) - 1.0
+    flat = sig.reshape(-1, k)
+    total = np.empty(flat.shape[0], dtype=np.float64)
+    step = 1 << 14     # rows per float64 block: bounds memory on a hub-sized stack of signatures
+    for lo in range(0, flat.shape[0], step):
+        total[lo:lo + step] = (flat[lo:lo + step].astype(np.float64) / M32).sum(axis=-1)
+    est = k / np.maximum(total.reshape(sig.shape[:-1]), 1e-12) - 1.0
     return np.where(sig[..., 0] == EMPTY, 0.0, np.maximum(est, 1.0))
 
 
