@@ -153,23 +153,25 @@ def _family(rng, f: int, n: int) -> pd.DataFrame:
                          f"fam{f}_c": rng.choice([f"v{f}-{j}" for j in range(10)], n)})
 
 
-def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print) -> list[dict]:
+def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard_counts=(1, 2, 4)) -> list[dict]:
     rng = np.random.default_rng(1)
     cfg = fitsketch.SketchConfig()
     variants = 4                                  # distinct sketches per family
     sketches = [[fitsketch.sketch(_family(rng, f, 2000), cfg) for _ in range(variants)] for f in range(FAMILIES)]
     qs = [_family(rng, i % FAMILIES, 1000) for i in range(queries)]
     rows, base = [], None
-    for n_shards in (1, 2, 4):
+    for n_shards in shard_counts:
         paths = [work / f"s{n_shards}-{i}.hub" for i in range(n_shards)]
         t0 = time.perf_counter()
         with S.open_sharded(paths, config=cfg) as hub:
-            for e in range(n_entries):
-                f = e % FAMILIES
-                hub.add_sketch(f"model-{e:07d}", sketches[f][(e // FAMILIES) % variants], metadata={"family": f})
+            for lo in range(0, n_entries, 10_000):     # bulk add, grouped by shard
+                hub.add_sketches([(f"model-{e:07d}", sketches[e % FAMILIES][(e // FAMILIES) % variants],
+                                   {"family": e % FAMILIES}) for e in range(lo, min(n_entries, lo + 10_000))])
             add_s = time.perf_counter() - t0
             nbytes = sum(s.stats()["bytes"] for s in hub.shards)
-            modes = [s.explain(qs[0], k=10).stages[1].detail.split(":")[0] for s in hub.shards]
+            plans = [s.explain(qs[0], k=10) for s in hub.shards]
+            modes = ["; ".join(f"{st.name} {st.actual}" for st in p.stages if st.name in ("shortlist", "candidates"))
+                     for p in plans]
             hub.search(qs[0], k=10)                                         # warm-up
             lat = []
             for q in qs:
@@ -177,6 +179,8 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print) -> li
                 res = hub.search(q, k=10)
                 lat.append(time.perf_counter() - t)
             assert len(res) == 10
+        for pth in paths:                      # a 1M-entry configuration takes tens of GB: free it now
+            shutil.rmtree(pth, ignore_errors=True)
         med = statistics.median(lat)
         p90 = float(np.percentile(lat, 90))
         base = base or med
@@ -194,19 +198,22 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print) -> li
 
 
 def run(quick: bool = False, gb: float | None = None, entries: int | None = None, out_dir: Path | None = None,
-        out=print, skip=(), search: bool = True, name: str | None = None) -> Path:
+        out=print, skip=(), search: bool = True, name: str | None = None, sketching: bool = True,
+        shard_counts=(1, 2, 4)) -> Path:
     mb = 1000 * gb if gb is not None else (50 if quick else 500)
     n_entries = entries or (2_000 if quick else 20_000)
     repeats = 3 if quick else 1
     ctx = H.context(quick=quick)
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-out-"))
     try:
-        files, n_rows = generate(work / "data", mb, out=out)
-        out(f"sketch throughput ({repeats} run(s) each, median){'; skipped: ' + ', '.join(skip) if skip else ''}:")
-        rows = bench_sketch(ctx, files, n_rows, repeats, out=out, skip=skip)
+        rows = []
+        if sketching:
+            files, n_rows = generate(work / "data", mb, out=out)
+            out(f"sketch throughput ({repeats} run(s) each, median){'; skipped: ' + ', '.join(skip) if skip else ''}:")
+            rows = bench_sketch(ctx, files, n_rows, repeats, out=out, skip=skip)
         if search:
-            out("sharded search (adaptivity, k=10):")
-            rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out)
+            out("sharded search (adaptivity, k=10; entries added with add_sketches):")
+            rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out, shard_counts=shard_counts)
         else:
             out("sharded search: skipped (--no-search)")
     finally:
@@ -225,13 +232,16 @@ def main(argv=None) -> None:
     ap.add_argument("--skip", default="", help=f"comma-separated sketch runs to leave out: {', '.join(METHODS)} "
                     "(one process and the pandas floor always run)")
     ap.add_argument("--no-search", action="store_true", help="leave out the sharded-search part")
+    ap.add_argument("--search-only", action="store_true", help="only the sharded-search part")
+    ap.add_argument("--shards", default="1,2,4", help="shard counts of the sharded-search part (default 1,2,4)")
     ap.add_argument("--name", default=None, help="results file name without .json (default scale_out[_quick])")
     a = ap.parse_args(argv)
     skip = tuple(m for m in a.skip.split(",") if m)
     bad = [m for m in skip if m not in METHODS]
     if bad:
         ap.error(f"--skip {','.join(bad)}: choose among {', '.join(METHODS)}")
-    run(a.quick, a.gb, a.entries, a.out, skip=skip, search=not a.no_search, name=a.name)
+    run(a.quick, a.gb, a.entries, a.out, skip=skip, search=not a.no_search, name=a.name, sketching=not a.search_only,
+        shard_counts=tuple(int(x) for x in a.shards.split(",") if x))
 
 
 if __name__ == "__main__":
