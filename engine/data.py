@@ -7,6 +7,7 @@ Files are read by pandas / pyarrow; ``.npy`` with ``allow_pickle=False``.
 from __future__ import annotations
 
 import os
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -75,23 +76,32 @@ def to_frame(data, feature_names=None) -> pd.DataFrame:
 
 def _decode_bytes(df: pd.DataFrame) -> pd.DataFrame:
     """bytes values become str (UTF-8; undecodable bytes as backslash escapes), so every later
-    step sees text: b"abc" and "abc" are the same value, b"\\xff" is the text "\\xff"."""
+    step sees text: b"abc" and "abc" are the same value, b"\\xff" is the text "\\xff". Decimal
+    values become floats (a signaling NaN becomes NaN: pandas' own missing-value checks raise
+    decimal.InvalidOperation on it)."""
     out = None
     for name in df.columns:
         col = df[name]
         if getattr(col.dtype, "kind", "") not in "OS":
             continue
-        # one pass in C: all-str (the common text column) and all-number columns hold no bytes
-        if pd.api.types.infer_dtype(col, skipna=True) not in ("bytes", "mixed", "mixed-integer"):
+        # one pass in C: all-str (the common text column) and all-number columns need nothing
+        if pd.api.types.infer_dtype(col, skipna=False) not in ("bytes", "mixed", "mixed-integer", "decimal"):
             continue
         col = col.astype(object)
-        if not col.map(lambda v: isinstance(v, (bytes, bytearray))).any():
+        if not col.map(lambda v: isinstance(v, (bytes, bytearray, Decimal))).any():
             continue
         if out is None:
             out = df.copy()
-        out[name] = col.map(lambda v: bytes(v).decode("utf-8", "backslashreplace")
-                            if isinstance(v, (bytes, bytearray)) else v)
+        out[name] = col.map(_plain)
     return df if out is None else out
+
+
+def _plain(v):
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).decode("utf-8", "backslashreplace")
+    if isinstance(v, Decimal):
+        return float("nan") if v.is_nan() else float(v)
+    return v
 
 
 def _array_to_frame(arr: np.ndarray, feature_names) -> pd.DataFrame:

@@ -146,6 +146,19 @@ def test_non_utf8_bytes_column_is_text_not_a_crash(hub):
     _search(hub, data)
 
 
+def test_signaling_nan_decimals_are_missing_values_not_a_crash(hub):
+    """Was: a Decimal('sNaN') reached pandas' isna, which raised decimal.InvalidOperation (found by
+    test_add_any_data when another module's settings changed the examples). Now to_frame turns
+    Decimals into floats, a NaN of either kind into NaN: the column is numeric, the add works."""
+    from decimal import Decimal
+
+    data = {"a": [Decimal("sNaN"), Decimal("1.5"), Decimal("-sNaN"), Decimal("NaN"), Decimal(2)] * 3}
+    e = _add(hub, "dec", data)
+    assert e is not None and e.n_rows == 15
+    assert e.kinds == ["numeric"]
+    _search(hub, data)
+
+
 def test_non_iterable_feature_names_raise_a_named_error(hub):
     """Was: ``feature_names=0`` raised TypeError from a list comprehension."""
     with pytest.raises(fitsketch.errors.InvalidArgumentError, match="feature_names"):
