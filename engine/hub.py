@@ -114,6 +114,7 @@ def _translated(fn):
 
 
 _VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a time
+_SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
 
 
 def _dup(entry_id: int, feat: int) -> bytes:
@@ -655,15 +656,17 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     results.append(self._match(rec, al, target, score, method,
                                                {"bands_collided": c, "bands": cfg.jslsh_l}))
             return results
-        s_dists = [self._source_dist(txn, rec, al, n_t, per_dataset) for rec, al in cands]
-        if method == "exact-js":
-            js = exact_js_scores([t_dist] + s_dists)
-            for (rec, al), v in zip(cands, js):
-                results.append(self._match(rec, al, target, 1.0 - float(v), method, {"js_divergence": float(v)}))
-        elif method == "l2":
-            for (rec, al), sd in zip(cands, s_dists):
-                d = _l2(target, t_dist, rec, al, sd)
-                results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
+        for lo in range(0, len(cands), _SCORE_CHUNK):   # bounded memory: the dense matrix is per chunk
+            chunk = cands[lo:lo + _SCORE_CHUNK]
+            s_dists = [self._source_dist(txn, rec, al, n_t, per_dataset) for rec, al in chunk]
+            if method == "exact-js":
+                js = exact_js_scores([t_dist] + s_dists)
+                for (rec, al), v in zip(chunk, js):
+                    results.append(self._match(rec, al, target, 1.0 - float(v), method, {"js_divergence": float(v)}))
+            elif method == "l2":
+                for (rec, al), sd in zip(chunk, s_dists):
+                    d = _l2(target, t_dist, rec, al, sd)
+                    results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
         return results
 
     @staticmethod
@@ -703,12 +706,14 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             for i, v in zip(stored, score(t_own, list(stored.values()))):
                 out[i] = v
         if slow:
-            s_dists = [self._source_dist(txn, *cands[i], n_t, per_dataset) for i in slow]
-            keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
-                                       k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
-            s_keys = [keys[offs[j]:offs[j + 1]] for j in range(1, len(offs) - 1)]
-            for i, v in zip(slow, score(keys[offs[0]:offs[1]], s_keys)):
-                out[i] = v
+            for lo in range(0, len(slow), _SCORE_CHUNK):
+                part = slow[lo:lo + _SCORE_CHUNK]
+                s_dists = [self._source_dist(txn, *cands[i], n_t, per_dataset) for i in part]
+                keys, offs = lsh_band_keys([t_dist] + s_dists, seed=self.config.seed, r=cfg.jslsh_r,
+                                           k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
+                s_keys = [keys[offs[j]:offs[j + 1]] for j in range(1, len(offs) - 1)]
+                for i, v in zip(part, score(keys[offs[0]:offs[1]], s_keys)):
+                    out[i] = v
         return out
 
     def _score_simex(self, txn, target: Sketch, cands, cfg: SketchConfig) -> list[Match]:
