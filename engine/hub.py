@@ -486,7 +486,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 allowed = {u64(int(m.evidence["entry_id"])) for m in near}
                 st.actual = len(allowed)
         if allowed is None:
-            allowed = self._shortlist(target, cfg, method, plan)
+            allowed = self._shortlist(target, cfg, method, plan, where)
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
@@ -524,11 +524,11 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             idx = self.__dict__.setdefault("_profile_idx", _profiles.ProfileIndex())
         return idx
 
-    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan) -> set | None:
+    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
         """Ids (u64 keys) of the ``cfg.shortlist`` entries with the nearest profiles, or None when
         the planner scores every entry (engine/profiles.py, planner.use_shortlist)."""
         n_entries = len(self)
-        use, why = use_shortlist(n_entries, cfg.shortlist, method)
+        use, why = use_shortlist(n_entries, cfg.shortlist, method, filtered=bool(where))
         if not use:
             return None
         seed = self.config.seed

@@ -70,18 +70,21 @@ def order_filter_first(mode: str) -> bool:
     return mode == "scan"
 
 
-def use_shortlist(n_entries: int, shortlist: int, method: str) -> tuple[bool, str]:
+def use_shortlist(n_entries: int, shortlist: int, method: str, filtered: bool = False) -> tuple[bool, str]:
     """Whether the profile shortlist runs before the MinHash stage, and why.
 
     Scoring costs about a millisecond per candidate entry (alignment, histograms, JS-LSH); the
     profile stage costs one inner product per entry in one FAISS call (microseconds per thousand).
     It runs once the hub holds more than ``SHORTLIST_FACTOR x shortlist`` entries; SimEx scores
-    through autoencoders, which profiles do not summarize, so it never shortlists.
+    through autoencoders, which profiles do not summarize, so it never shortlists, and a query
+    with a metadata filter does not either (the nearest profiles could all fail the filter).
     """
     if shortlist <= 0:
         return False, "shortlist=0: every entry is scored"
     if method == "simex":
         return False, "simex scores autoencoders, not histograms: no profile shortlist"
+    if filtered:   # the nearest profiles may all fail the filter: every entry passing it is scored
+        return False, "a metadata filter applies: every entry passing it is scored"
     if n_entries <= SHORTLIST_FACTOR * shortlist:
         return False, f"{n_entries} entries <= {SHORTLIST_FACTOR} x shortlist {shortlist}: every entry is scored"
     return True, f"{n_entries} entries > {SHORTLIST_FACTOR} x shortlist {shortlist}"

@@ -294,3 +294,18 @@ def test_chunked_verification_and_scoring_equal_one_pass(tmp_path, rng, monkeypa
 
 
 METHODS_ALL = ("adaptivity", "js", "exact-js", "l2")
+
+
+def test_metadata_filter_is_never_cut_by_the_shortlist(tmp_path, rng):
+    """The only entry passing the filter is far from the query: a shortlist would drop it, so a
+    filtered query scores every entry passing the filter and finds it."""
+    cfg = fitsketch.SketchConfig(shortlist=2)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        items = [(f"m{i}", _sketch(cfg, _frame(rng, 100, loc=0.1 * i)), {"team": "a"}) for i in range(11)]
+        items.append(("far", _sketch(cfg, _frame(rng, 100, loc=50.0)), {"team": "b"}))
+        hub.add_sketches(items)
+        q = _frame(rng, 100, loc=0.2)
+        assert "far" not in [m.name for m in hub.search(q, k=2)]
+        plan = hub.explain(q, k=2, where={"team": "b"})
+        assert "shortlist" not in [s.name for s in plan.stages]
+        assert [m.name for m in hub.search(q, k=2, where={"team": "b"})] == ["far"]
