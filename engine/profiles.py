@@ -42,6 +42,8 @@ PROFILE_FORMAT = 1
 PROFILE_DIM = 128
 IVF_FROM = 200_000        # exact inner products below this many entries, IVF from there on
 IVF_NPROBE = 32
+IVF_MIN_DISTINCT = 64     # distinct training profiles per IVF list, at least
+IVF_MIN_LISTS = 16        # fewer lists than this: exact search instead
 _PREFIX = b"p"
 _SEED_SALT = 0x9E0F11E5
 
@@ -213,25 +215,33 @@ class ProfileIndex:
 
     def _index(self):
         """The FAISS index over ``x`` (row i = ``ids[i]``): appended to as entries arrive, rebuilt
-        after removals, when the hub crosses ``IVF_FROM``, or when an IVF index has doubled since
-        it was trained."""
+        after removals, when the hub doubles since the index was built past ``IVF_FROM`` entries,
+        or when an IVF index has doubled since it was trained."""
         n = len(self.ids)
         ivf = n >= IVF_FROM
         if self._faiss is not None:
             is_ivf = isinstance(self._faiss, faiss.IndexIVFFlat)
-            if is_ivf != ivf or (is_ivf and n > 2 * self._trained_n):
+            if (ivf and not is_ivf and n > max(IVF_FROM, 2 * self._trained_n)) or (not ivf and is_ivf) \
+                    or (is_ivf and n > 2 * self._trained_n):
                 self._faiss = None
         if self._faiss is not None and self._faiss_n < n:
             self._faiss.add(self.x[self._faiss_n:])
             self._faiss_n = n
         if self._faiss is None:
             self._trained_n = n
+            train, nlist = None, 0
             if ivf:
                 nlist = int(4 * np.sqrt(n))
-                q = faiss.IndexFlatIP(PROFILE_DIM)
-                idx = faiss.IndexIVFFlat(q, PROFILE_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
                 rng = np.random.default_rng(0)
                 train = self.x[rng.choice(n, min(n, 64 * nlist), replace=False)]
+                # hubs of many copies of few sketches: with more lists than distinct profiles, the
+                # copies of one profile land in one of many near-identical lists, which a query
+                # near it may not probe; so at most one list per IVF_MIN_DISTINCT distinct profiles
+                nlist = min(nlist, len(np.unique(train, axis=0)) // IVF_MIN_DISTINCT)
+                ivf = nlist >= IVF_MIN_LISTS
+            if ivf:
+                q = faiss.IndexFlatIP(PROFILE_DIM)
+                idx = faiss.IndexIVFFlat(q, PROFILE_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
                 idx.train(train)
                 idx.add(self.x)
                 idx.nprobe = IVF_NPROBE

@@ -309,3 +309,24 @@ def test_metadata_filter_is_never_cut_by_the_shortlist(tmp_path, rng):
         plan = hub.explain(q, k=2, where={"team": "b"})
         assert "shortlist" not in [s.name for s in plan.stages]
         assert [m.name for m in hub.search(q, k=2, where={"team": "b"})] == ["far"]
+
+
+@pytest.mark.parametrize("distinct,copies", [(2048, 1), (32, 80)])
+def test_ivf_profile_index_finds_near_profiles(rng, monkeypatch, distinct, copies):
+    """Past IVF_FROM the index is IVF when the profiles are many and distinct; a hub of many copies
+    of few profiles keeps the exact index (IVF would spread the copies' near-identical lists).
+    Either way a query next to a stored profile gets that profile's copies first."""
+    import faiss
+
+    monkeypatch.setattr(P, "IVF_FROM", 500)
+    base = rng.normal(size=(distinct, P.PROFILE_DIM)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    x = np.repeat(base, copies, axis=0)
+    idx = P.ProfileIndex()
+    idx._append([(i, {"v": P.PROFILE_FORMAT, "x": x[i].astype(np.float16), "names": np.array([7])})
+                 for i in range(len(x))])
+    for j in rng.choice(distinct, 5, replace=False):
+        q = base[j] + 0.05 * rng.normal(size=P.PROFILE_DIM).astype(np.float32)
+        ids, _ = idx.top(q, copies)
+        assert sorted(ids.tolist()) == list(range(j * copies, (j + 1) * copies))
+    assert isinstance(idx._faiss, faiss.IndexIVFFlat) == (copies == 1)
