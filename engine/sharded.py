@@ -18,19 +18,24 @@ runs the same search with the same ``k``, and the lists merge by the hub's own o
 then (adaptivity) band agreement, then overlap, then name -- cut to ``k``. Every method scores an
 entry from the query and that entry alone (JS-LSH projections are seeded per coordinate), so the
 result equals one hub holding all entries: same names, same scores, same order
-(tests/test_sharded.py). A shard that shares no feature with the query contributes nothing;
+(tests/test_sharded.py) -- below the profile shortlist's threshold. Above it each shard keeps its
+own top ``shortlist`` entries, and the shards together score a superset of the entries one hub
+would (an entry in the global top ``shortlist`` is in its shard's), so a sharded result is never
+worse. A shard that shares no feature with the query contributes nothing;
 :class:`fitsketch.errors.NoSharedFeaturesError` is raised only when no shard has a candidate.
 
-**When to shard.** One hub is enough while its working set fits one machine's page cache and
-one query's scan is fast: an entry costs about ``n_features * (num_perm * 4 + lsh_l * 16)`` bytes
-of signatures and band keys plus its histograms (``n_partitions * n_features * ~40 buckets * 16``
-bytes) -- a few KB to a few hundred KB. 1M entries of 10 features and 20 partitions are
-~10 GB: one machine holds that, and the LSH candidate stage keeps a query's work proportional to
-the candidates, not to the hub. Shard when the hub no longer fits one disk / page cache, when
-the write rate exceeds one LMDB writer, or when queries touch so many candidates (broad
-queries, low thresholds, ``method="exact-js"`` over everything) that the scoring stage needs
-more cores than one machine has. Sharding divides the scoring work by ``n_shards``; it adds the
-cost of the slowest shard plus one merge of ``n_shards * k`` matches.
+**When to shard.** One hub is enough while it fits one machine's disk and page cache: an entry
+costs about 64-82 KiB at 32 features x 10 partitions (16 KiB of MinHash signatures, ~1,000 band
+postings, histograms at ~2 bytes per non-zero; bench/SUMMARY.md) and ~21 KiB at 3 features, and a
+query's cost does not grow with the hub (the profile shortlist: ~50 ms at 100k entries of 32
+features on 2 busy cores). 1M entries of 32 features are ~72 GB: past one disk, shard. Shard too
+when the write rate exceeds one LMDB writer (~50-400 entries/s here, by entry size), or when
+queries skip the shortlist (``where=`` filters, ``shortlist=0``, ``simex``) over so many entries
+that the scoring needs more cores than one machine has. Shards behind servers on separate
+machines search in parallel; shards in threads of one process share its GIL and gain nothing
+(bench_scale_out: 2,000 entries, 1 shard 26 ms, 4 shards 414 ms, because a shard of 500 entries
+is below the shortlist threshold and is scored exhaustively). A sharded search costs the slowest
+shard plus one merge of ``n_shards * k`` matches.
 """
 from __future__ import annotations
 
