@@ -5,8 +5,10 @@
   reading the same files (the I/O floor, measured in the same run); the first pass (coverage
   centre) is timed on its own too;
 * sharded search latency (median, p90 of queries after a warm-up) over 1, 2 and 4 shards holding
-  the same entries (a few real sketches registered under many names with ``add_sketch``); a
-  query matches one of ``FAMILIES`` column families, so 1/FAMILIES of the entries are candidates.
+  the same entries (a few real sketches registered under many names with ``add_sketches``; several
+  shards are filled through one ``fitsketch serve`` process each), searched embedded (shards in
+  turn, in this process) and through the servers (shards in parallel); a query matches one of
+  ``FAMILIES`` column families, so 1/FAMILIES of the entries are candidates.
 
     python -m bench.bench_scale_out [--quick] [--gb 0.5] [--entries 20000] [--out DIR]
         [--skip centre,processes,ray] [--no-search] [--name scale_out_5gb]
@@ -153,45 +155,127 @@ def _family(rng, f: int, n: int) -> pd.DataFrame:
                          f"fam{f}_c": rng.choice([f"v{f}-{j}" for j in range(10)], n)})
 
 
+class _Servers:
+    """``fitsketch serve`` processes, one per hub directory, each on its own Unix socket."""
+
+    def __init__(self, paths: list[Path], work: Path):
+        import os
+        import subprocess
+        import sys
+
+        self.socks = [str(work / f"srv{i}.sock") for i in range(len(paths))]
+        self.logs = [open(work / f"srv{i}.log", "w") for i in range(len(paths))]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.procs = [subprocess.Popen([sys.executable, "-m", "fitsketch.server", str(p), "--socket", s],
+                                       stdout=subprocess.DEVNULL, stderr=log, env=env)
+                      for p, s, log in zip(paths, self.socks, self.logs)]
+        try:
+            for proc, sock, log in zip(self.procs, self.socks, self.logs):
+                self._wait(proc, sock, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _wait(proc, sock: str, log, timeout: float = 120.0) -> None:
+        from fitsketch import errors as E
+        from fitsketch.client import Client
+
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server for {sock} exited with {proc.returncode}: {Path(log.name).read_text()}")
+            try:
+                Client(sock, timeout=10).close()
+                return
+            except E.ConnectionLostError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"server for {sock} did not answer in {timeout:.0f} s") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=120)
+        for log in self.logs:
+            log.close()
+
+
+def _latencies(hub, qs) -> list[float]:
+    res = hub.search(qs[0], k=10)                                         # warm-up
+    lat = []
+    for q in qs:
+        t = time.perf_counter()
+        res = hub.search(q, k=10)
+        lat.append(time.perf_counter() - t)
+    assert len(res) == 10
+    return lat
+
+
 def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard_counts=(1, 2, 4)) -> list[dict]:
+    """Per shard count: add the entries (one shard embedded, in this process; several shards each
+    behind its own ``fitsketch serve`` process, so they write in parallel), then time the same queries
+    through the servers (shards searched in parallel) and with the shards opened embedded (searched
+    one after the other in this process)."""
     rng = np.random.default_rng(1)
     cfg = fitsketch.SketchConfig()
     variants = 4                                  # distinct sketches per family
     sketches = [[fitsketch.sketch(_family(rng, f, 2000), cfg) for _ in range(variants)] for f in range(FAMILIES)]
     qs = [_family(rng, i % FAMILIES, 1000) for i in range(queries)]
     rows, base = [], None
+
+    def add_all(hub):
+        for lo in range(0, n_entries, 10_000):     # bulk add, grouped by shard
+            hub.add_sketches([(f"model-{e:07d}", sketches[e % FAMILIES][(e // FAMILIES) % variants],
+                               {"family": e % FAMILIES}) for e in range(lo, min(n_entries, lo + 10_000))])
+
     for n_shards in shard_counts:
         paths = [work / f"s{n_shards}-{i}.hub" for i in range(n_shards)]
-        t0 = time.perf_counter()
-        with S.open_sharded(paths, config=cfg) as hub:
-            for lo in range(0, n_entries, 10_000):     # bulk add, grouped by shard
-                hub.add_sketches([(f"model-{e:07d}", sketches[e % FAMILIES][(e // FAMILIES) % variants],
-                                   {"family": e % FAMILIES}) for e in range(lo, min(n_entries, lo + 10_000))])
+        try:
+            t0 = time.perf_counter()
+            if n_shards == 1:
+                with S.open_sharded(paths, config=cfg) as hub:
+                    add_all(hub)
+                add_how = "embedded, in this process"
+            else:
+                for pth in paths:                     # created with the bench's config, then served
+                    fitsketch.open(pth, create=True, config=cfg).close()
+                srv = _Servers(paths, work)
+                try:
+                    with S.open_sharded(srv.socks) as hub:
+                        add_all(hub)
+                finally:
+                    srv.stop()
+                add_how = f"{n_shards} servers in parallel"
             add_s = time.perf_counter() - t0
-            nbytes = sum(s.stats()["bytes"] for s in hub.shards)
-            plans = [s.explain(qs[0], k=10) for s in hub.shards]
-            modes = ["; ".join(f"{st.name} {st.actual}" for st in p.stages if st.name in ("shortlist", "candidates"))
-                     for p in plans]
-            hub.search(qs[0], k=10)                                         # warm-up
-            lat = []
-            for q in qs:
-                t = time.perf_counter()
-                res = hub.search(q, k=10)
-                lat.append(time.perf_counter() - t)
-            assert len(res) == 10
-        for pth in paths:                      # a 1M-entry configuration takes tens of GB: free it now
-            shutil.rmtree(pth, ignore_errors=True)
-        med = statistics.median(lat)
-        p90 = float(np.percentile(lat, 90))
-        base = base or med
-        out(f"  {n_shards} shard(s), {n_entries:,} entries: add {n_entries / add_s:8,.0f} entries/s, "
-            f"{nbytes / n_entries / 1e3:.1f} KB/entry, search median {med * 1e3:8.1f} ms, p90 {p90 * 1e3:8.1f} ms "
-            f"({n_entries // FAMILIES:,} candidates; {modes[0]})")
+            with S.open_sharded(paths, create=False) as hub:
+                nbytes = sum(s.stats()["bytes"] for s in hub.shards)
+                plans = [s.explain(qs[0], k=10) for s in hub.shards]
+                modes = ["; ".join(f"{st.name} {st.actual}" for st in p.stages if st.name in ("shortlist", "candidates"))
+                         for p in plans]
+                lat = {"embedded": _latencies(hub, qs)}
+            srv = _Servers(paths, work)
+            try:
+                with S.open_sharded(srv.socks) as hub:
+                    lat["served"] = _latencies(hub, qs)
+            finally:
+                srv.stop()
+        finally:
+            for pth in paths:                  # a 1M-entry configuration takes tens of GB: free it now
+                shutil.rmtree(pth, ignore_errors=True)
         common = {"entries": n_entries, "shards": n_shards, "candidates": n_entries // FAMILIES,
-                  "candidate_stage": modes, "p90_ms": p90 * 1e3, "add_entries_per_s": n_entries / add_s,
-                  "bytes_per_entry": nbytes / n_entries, "queries": len(lat)}
-        rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s)", "search latency median",
-                          med * 1e3, unit="ms", baseline="1 shard", baseline_value=base * 1e3, **common))
+                  "candidate_stage": modes, "add_entries_per_s": n_entries / add_s, "add": add_how,
+                  "bytes_per_entry": nbytes / n_entries, "queries": len(qs)}
+        out(f"  {n_shards} shard(s), {n_entries:,} entries: add {n_entries / add_s:8,.0f} entries/s ({add_how}), "
+            f"{nbytes / n_entries / 1e3:.1f} KB/entry ({n_entries // FAMILIES:,} candidates; {modes[0]})")
+        for how in ("embedded", "served"):
+            med, p90 = statistics.median(lat[how]), float(np.percentile(lat[how], 90))
+            base = base or med
+            out(f"    search {how:>8}: median {med * 1e3:8.1f} ms, p90 {p90 * 1e3:8.1f} ms")
+            rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s), {how}",
+                              "search latency median", med * 1e3, unit="ms", baseline="1 shard, embedded",
+                              baseline_value=base * 1e3, p90_ms=p90 * 1e3, **common))
         rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s)", "add_sketch throughput",
                           n_entries / add_s, unit="entries/s", baseline=None, **common))
     return rows

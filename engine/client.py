@@ -343,13 +343,53 @@ class Client:
         return Entry(**self._call("add", args))
 
     def add_sketches(self, items, *, batch: int = 1000) -> int:
-        """``Hub.add_sketches`` over the socket: one ``add_sketch`` request per item (each entry is
-        its own transaction on the server); stops at the first error. ``batch`` is accepted for
-        parity and unused."""
-        n = 0
-        for it in items:
-            self.add_sketch(it[0], it[1], metadata=it[2] if len(it) == 3 else None)
-            n += 1
+        """``Hub.add_sketches`` over the socket. Every item is checked here first (shape, a Sketch
+        built with this hub's parameters, names unique among the items), then the items go in
+        ``add_sketches`` requests of at most ``batch`` entries, fewer when a request would pass the
+        server's frame limit. The server checks a request whole and writes it in one transaction, so
+        a refused request (a name already in the hub, say) changes nothing, but the requests before it
+        stay: the error says how many entries they added. Returns the number of entries added."""
+        from .sketch import Sketch
+        from .storage import pack
+
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise E.InvalidArgumentError(f"batch={batch!r} is not valid: expected a positive integer")
+        key, recs, seen = tuple(self.config.sketch_key()), [], set()
+        for i, it in enumerate(items):
+            if not isinstance(it, (tuple, list)) or len(it) not in (2, 3) or not isinstance(it[0], str):
+                raise E.InvalidArgumentError(f"item {i} is not (name, sketch) or (name, sketch, metadata)")
+            if not isinstance(it[1], Sketch):
+                raise E.InvalidArgumentError(f"item {i}: sketch must be a fitsketch Sketch, got {type(it[1]).__name__}")
+            if tuple(it[1].config_key) != key:
+                raise E.InvalidArgumentError(f"item {i} ({it[0]!r}): the sketch was built with other parameters than "
+                                             "this hub's: build it with client.config")
+            if it[0] in seen:
+                raise E.EntryExistsError(f"name {it[0]!r} appears twice in the items: names are unique")
+            seen.add(it[0])
+            recs.append({"name": it[0], "sketch": it[1].to_record(), "metadata": it[2] if len(it) == 3 else None})
+        limit = self._max_out - (64 << 10)          # room for the envelope
+        n, chunk, size = 0, [], 0
+
+        def send():
+            nonlocal n
+            try:
+                n += self._call("add_sketches", {"items": chunk, "batch": len(chunk)})
+            except E.FitsketchError as e:
+                if not n:
+                    raise
+                err = type(e)(f"{e} (the {n} entries of the requests before this one were added)")
+                err.server_code = getattr(e, "server_code", None)
+                raise err from None
+
+        for rec in recs:
+            nbytes = len(pack(rec))
+            if chunk and (len(chunk) == batch or size + nbytes > limit):
+                send()
+                chunk, size = [], 0
+            chunk.append(rec)
+            size += nbytes
+        if chunk:
+            send()
         return n
 
     def add_sketch(self, name: str, sketch, *, metadata: dict | None = None) -> Entry:

@@ -38,6 +38,8 @@ arguments of the :class:`fitsketch.Hub` method of the same name::
     add          name, data, metadata?, partition_size?, feature_names?, Entry.to_dict()
                  embedding? (models and autoencoder training stay embedded-only)
     add_sketch   name, sketch (Sketch.to_record() map), metadata?       Entry.to_dict()
+    add_sketches items ([{name, sketch, metadata?}, ...]), batch?           int (entries added): Hub.add_sketches,
+                 every item checked before any is written, ``batch`` entries per transaction
     search       data | sketch, k?, method?, where?, feature_names?,    [Match.to_dict(), ...]
                  params? (per-query overrides, e.g. feature_threshold,
                  coverage_space), embedding?, embedding_candidates?
@@ -84,7 +86,7 @@ DEFAULT_MAX_FRAME = 64 << 20          # bytes of body per frame
 MAX_FRAME_LIMIT = (1 << 32) - 1      # what a 4-byte length can say
 _HEADER = struct.Struct(">I")
 
-OPS = ("ping", "stats", "add", "add_sketch", "search", "explain", "get", "remove", "names", "len",
+OPS = ("ping", "stats", "add", "add_sketch", "add_sketches", "search", "explain", "get", "remove", "names", "len",
        "contains", "nearest", "sample", "search_logits")
 READ_OPS = frozenset({"ping", "stats", "search", "explain", "get", "names", "len", "contains", "nearest",
                       "sample", "search_logits"})
@@ -264,6 +266,7 @@ ARGS: dict[str, dict[str, tuple]] = {
             "partition_size": ((int, type(None)), False), "feature_names": ((list, type(None)), False),
             "embedding": ((np.ndarray, type(None)), False)},
     "add_sketch": {"name": (str, True), "sketch": (dict, True), "metadata": (_OPT_DICT, False)},
+    "add_sketches": {"items": (list, True), "batch": (int, False)},
     "search": {"data": (_DATA, False), "sketch": (dict, False), "k": (int, False), "method": (str, False),
                "where": (_OPT_DICT, False), "feature_names": ((list, type(None)), False),
                "params": (dict, False), "embedding": (np.ndarray, False), "embedding_candidates": (int, False)},

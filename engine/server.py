@@ -99,12 +99,31 @@ def _op_add(server, hub, args):
     return hub.add(args["name"], _data(server, args), **kw).to_dict()
 
 
-def _op_add_sketch(server, hub, args):
-    sk = sketch_from_wire(args["sketch"])
+def _wire_sketch(hub, rec):
+    sk = sketch_from_wire(rec)
     if sk.signatures.shape[1] != hub.config.num_perm:
         raise E.InvalidArgumentError(f"sketch record is malformed: signatures have {sk.signatures.shape[1]} "
                                      f"columns, this hub's num_perm is {hub.config.num_perm}")
-    return hub.add_sketch(args["name"], sk, metadata=args.get("metadata")).to_dict()
+    return sk
+
+
+def _op_add_sketch(server, hub, args):
+    return hub.add_sketch(args["name"], _wire_sketch(hub, args["sketch"]), metadata=args.get("metadata")).to_dict()
+
+
+def _op_add_sketches(server, hub, args):
+    items = []
+    for i, it in enumerate(args["items"]):
+        if (not isinstance(it, dict) or set(it) - {"name", "sketch", "metadata"} or not isinstance(it.get("name"), str)
+                or not isinstance(it.get("sketch"), dict) or not isinstance(it.get("metadata"), (dict, type(None)))):
+            raise E.InvalidArgumentError(f"add_sketches: item {i} is not a map {{name: str, sketch: map, metadata?: "
+                                         "map | null}}")
+        try:
+            sk = _wire_sketch(hub, it["sketch"])
+        except E.InvalidArgumentError as e:
+            raise E.InvalidArgumentError(f"add_sketches: item {i} ({it['name']!r}): {e}") from None
+        items.append((it["name"], sk, it.get("metadata")))
+    return hub.add_sketches(items, batch=args.get("batch", 1000))
 
 
 def _op_search(server, hub, args):
@@ -169,6 +188,7 @@ HANDLERS = {
     "stats": _op_stats,
     "add": _op_add,
     "add_sketch": _op_add_sketch,
+    "add_sketches": _op_add_sketches,
     "search": _op_search,
     "explain": _op_explain,
     "get": _op_get,

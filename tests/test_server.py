@@ -96,6 +96,70 @@ def test_add_sketch(api):
     assert api.search(sk, method="exact-js")[0].name == "sk"
 
 
+def test_add_sketches(api):
+    cfg = api.config
+    sks = {f"b{i}": fitsketch.sketch(_data(20 + i, shift=i), cfg, partition_size=PART) for i in range(7)}
+    api.add("m0", _data(1), partition_size=PART)
+    assert api.add_sketches([]) == 0
+    items = [(n, sk, {"i": i}) if i % 2 else (n, sk) for i, (n, sk) in enumerate(sks.items())]
+    assert api.add_sketches(items, batch=3) == 7
+    assert api.names() == ["b0", "b1", "b2", "b3", "b4", "b5", "b6", "m0"]
+    for i, (n, sk) in enumerate(sks.items()):
+        e = api.get(n)
+        assert (e.n_rows, e.features, e.metadata) == (N, ["a", "b", "c"], {"i": i} if i % 2 else {})
+    want = [(m.name, m.score) for m in api.search(sks["b3"], k=8, method="exact-js")]
+    assert want[0] == ("b3", pytest.approx(1.0))
+    # refused before anything is written: a name in the hub, a name twice, a bad item, a bad batch
+    fresh = fitsketch.sketch(_data(99), cfg, partition_size=PART)
+    bad = {
+        E.EntryExistsError: [("new", fresh), ("b2", fresh)],
+        E.InvalidArgumentError: [("new", fresh), ("x", "not a sketch")],
+    }
+    for cls, its in bad.items():
+        with pytest.raises(cls):
+            api.add_sketches(its)
+    with pytest.raises(E.EntryExistsError, match="twice"):
+        api.add_sketches([("new", fresh), ("new", fresh)])
+    with pytest.raises(E.InvalidArgumentError):
+        api.add_sketches([("new", fresh)], batch=0)
+    with pytest.raises(E.InvalidArgumentError):
+        api.add_sketches([("new", fresh, {"k": 1}, "extra")])
+    other = fitsketch.sketch(_data(99), cfg.replace(num_perm=64, lsh_l=16), partition_size=PART)
+    with pytest.raises(E.InvalidArgumentError, match="parameters"):
+        api.add_sketches([("new", fresh), ("odd", other)])
+    assert len(api) == 8 and "new" not in api
+
+
+def test_client_add_sketches_splits_requests_at_the_frame_limit(tmp_path, sock_dir):
+    srv = Server(tmp_path / "hub", socket_path=os.path.join(sock_dir, "s.sock"), max_frame=20_000,
+                 shutdown_grace=2.0).start()
+    try:
+        with connect(srv.url()) as c, fitsketch.open(tmp_path / "ref") as ref:
+            cfg = c.config
+            sks = [(f"e{i:02d}", fitsketch.sketch(_data(40 + i, shift=i % 5), cfg, partition_size=PART), {"i": i})
+                   for i in range(13)]
+            one = len(pack({"name": "e00", "sketch": sks[0][1].to_record(), "metadata": {"i": 0}}))
+            assert 2 * one < 20_000 < 13 * one            # several items fit a request, not all
+            sent = []
+            call = c._call
+            c._call = lambda op, args: (sent.append(len(args.get("items", ()))), call(op, args))[1]
+            assert c.add_sketches(sks, batch=1000) == 13
+            c._call = call
+            assert len(sent) > 1 and sum(sent) == 13 and max(sent) * one < 20_000
+            ref.add_sketches(sks)
+            assert c.names() == ref.names()
+            q = fitsketch.sketch(_data(45, shift=0), cfg, partition_size=PART)
+            assert [(m.name, m.score) for m in c.search(q, k=13)] == \
+                [(m.name, pytest.approx(m.score, abs=1e-12)) for m in ref.search(q, k=13)]
+            # a later request refused: the earlier ones stay, and the error says how many went in
+            more = [(f"f{i:02d}", sk, md) for i, (_, sk, md) in enumerate(sks)][:12] + [("e05", sks[5][1])]
+            with pytest.raises(E.EntryExistsError, match="the 12 entries of the requests before this one were added"):
+                c.add_sketches(more, batch=3)
+            assert len(c) == 25 and "f11" in c
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("case", ["exists", "not_found_get", "not_found_remove", "unknown_method", "empty_dict",
                                   "empty_array", "bad_k", "bad_name", "no_shared"])
 def test_errors_same_class(api, case):
@@ -328,7 +392,17 @@ def test_malformed_sketch_records_are_refused(server):
             resp = _ask(s, {"id": i, "op": "add_sketch", "args": {"name": f"b{i}", "sketch": r}})
             assert _code(resp) == "invalid_argument", i
         assert _ask(s, {"id": 99, "op": "add_sketch", "args": {"name": "ok", "sketch": rec}})["ok"]
-        assert c.names() == ["ok"]
+        # add_sketches: one bad item refuses the whole request
+        for j, item in enumerate([bad[0], "text", {"name": 3, "sketch": rec}, {"name": "z", "sketch": rec, "x": 1},
+                                  {"name": "z", "sketch": rec, "metadata": [1]}]):
+            item = {"name": f"c{j}", "sketch": item} if item is bad[0] else item
+            resp = _ask(s, {"id": 200 + j, "op": "add_sketches", "args": {"items": [{"name": "fine", "sketch": rec},
+                                                                                     item]}})
+            assert _code(resp) == "invalid_argument", j
+        assert _code(_ask(s, {"id": 300, "op": "add_sketches", "args": {"items": {"a": 1}}})) == "invalid_argument"
+        assert _ask(s, {"id": 301, "op": "add_sketches", "args": {"items": [{"name": "two", "sketch": rec}]}}) == \
+            {"id": 301, "ok": True, "result": 1}
+        assert c.names() == ["ok", "two"]
         s.close()
 
 
@@ -558,7 +632,7 @@ def test_lost_connection_retries_reads_once_never_writes(sock_dir):
 
 
 def test_allow_list_is_pinned():
-    assert sorted(HANDLERS) == ["add", "add_sketch", "contains", "explain", "get", "len", "names", "nearest",
+    assert sorted(HANDLERS) == ["add", "add_sketch", "add_sketches", "contains", "explain", "get", "len", "names", "nearest",
                                 "ping", "remove", "sample", "search", "search_logits", "stats"]
 
 

@@ -124,3 +124,48 @@ def test_nearest_entry_level_merges_over_shards(tmp_path):
             assert [m.score for m in g] == pytest.approx([m.score for m in w], abs=1e-6)
         with pytest.raises(fitsketch.errors.InvalidArgumentError, match="level='entry'"):
             sh.nearest(xq, 5, level="sample")
+
+
+def test_served_and_embedded_shards_mixed(tmp_path):
+    """Two shards behind servers (searched in the pool's threads) and one embedded (searched in the
+    caller's thread): bulk add and search give what one hub holding every entry gives."""
+    import os
+    import shutil
+    import tempfile
+
+    from fitsketch.server import Server
+
+    rng = np.random.default_rng(5)
+    cats = np.array(["x", "y", "z", "w"])
+    items = [(f"m{i:02d}", fitsketch.sketch(_data(rng, 120 + 10 * i, i * 0.5, 1 + i % 3, cats[: 2 + i % 3]), CFG),
+              {"i": i}) for i in range(11)]
+    query = _data(rng, 200, 2.0, 1.5, cats[:3])
+    socks = tempfile.mkdtemp(dir="/tmp", prefix="fs")        # AF_UNIX paths stay short
+    for i in range(2):
+        fitsketch.open(tmp_path / f"srv{i}.hub", config=CFG).close()
+    srvs = [Server(tmp_path / f"srv{i}.hub", socket_path=os.path.join(socks, f"{i}.sock"),
+                   shutdown_grace=2.0).start() for i in range(2)]
+    try:
+        with fitsketch.open(tmp_path / "all.hub", config=CFG) as single, \
+                S.open_sharded([srvs[0].url(), tmp_path / "emb.hub", srvs[1].url()], config=CFG) as sh:
+            assert [type(s).__name__ for s in sh.shards] == ["Client", "Hub", "Client"]
+            assert single.add_sketches(items) == sh.add_sketches(items, batch=2) == len(items)
+            assert all(len(s) > 0 for s in sh.shards) and sh.misrouted() == [] and sh.names() == single.names()
+            for method in ("adaptivity", "exact-js"):
+                want = single.search(query, k=6, method=method)
+                got = sh.search(query, k=6, method=method)
+                assert [(m.name, m.overlap, m.metadata) for m in got] == [(m.name, m.overlap, m.metadata) for m in want]
+                assert [m.score for m in got] == pytest.approx([m.score for m in want], rel=1e-12, abs=1e-12)
+            # a refused group leaves its shard unchanged; the groups other shards accepted stay
+            fresh = [(f"new-{i}", items[1][1]) for i in range(12)]
+            refused = sh.shard_of(items[0][0])
+            with pytest.raises(fitsketch.errors.EntryExistsError):
+                sh.add_sketches(fresh + [items[0]])
+            for i, s in enumerate(sh.shards):
+                added = sum(sh.shard_of(n) == i for n, _ in fresh)
+                assert len([n for n in s.names() if n.startswith("new-")]) == (0 if i == refused else added)
+            assert 0 < sum(sh.shard_of(n) != refused for n, _ in fresh) < len(fresh)
+    finally:
+        for s in srvs:
+            s.stop()
+        shutil.rmtree(socks, ignore_errors=True)
