@@ -367,7 +367,7 @@ class Client:
                 raise E.EntryExistsError(f"name {it[0]!r} appears twice in the items: names are unique")
             seen.add(it[0])
             recs.append({"name": it[0], "sketch": it[1].to_record(), "metadata": it[2] if len(it) == 3 else None})
-        limit = self._max_out - (64 << 10)          # room for the envelope
+        limit = self._max_out - 1024                # room for the envelope (id, op, arg keys)
         n, chunk, size = 0, [], 0
 
         def send():

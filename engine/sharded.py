@@ -1,4 +1,4 @@
-"""A hub sharded by entry: searches fan out over shards in threads and the top-k lists merge.
+"""A hub sharded by entry: searches fan out over the shards and the top-k lists merge.
 
     from fitsketch.sharded import open_sharded
     with open_sharded(["zoo-0.hub", "zoo-1.hub", "tcp://10.0.0.7:7400"], token=...) as hub:
