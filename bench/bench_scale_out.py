@@ -213,17 +213,21 @@ def _latencies(hub, qs) -> list[float]:
     return lat
 
 
-def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard_counts=(1, 2, 4)) -> list[dict]:
+def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard_counts=(1, 2, 4),
+                 save=None) -> list[dict]:
     """Per shard count: add the entries (one shard embedded, in this process; several shards each
     behind its own ``fitsketch serve`` process, so they write in parallel), then time the same queries
     through the servers (shards searched in parallel) and with the shards opened embedded (searched
-    one after the other in this process)."""
+    one after the other in this process). The baseline is the first shard count's embedded search.
+    ``save(rows)`` is called after each shard count (a 1M-entry configuration takes most of an hour:
+    a run cut off later keeps what it measured)."""
     rng = np.random.default_rng(1)
     cfg = fitsketch.SketchConfig()
     variants = 4                                  # distinct sketches per family
     sketches = [[fitsketch.sketch(_family(rng, f, 2000), cfg) for _ in range(variants)] for f in range(FAMILIES)]
     qs = [_family(rng, i % FAMILIES, 1000) for i in range(queries)]
     rows, base = [], None
+    base_name = f"{shard_counts[0]} shard{'s' if shard_counts[0] > 1 else ''}, embedded"
 
     def add_all(hub):
         for lo in range(0, n_entries, 10_000):     # bulk add, grouped by shard
@@ -274,10 +278,12 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
             base = base or med
             out(f"    search {how:>8}: median {med * 1e3:8.1f} ms, p90 {p90 * 1e3:8.1f} ms")
             rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s), {how}",
-                              "search latency median", med * 1e3, unit="ms", baseline="1 shard, embedded",
+                              "search latency median", med * 1e3, unit="ms", baseline=base_name,
                               baseline_value=base * 1e3, p90_ms=p90 * 1e3, **common))
         rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s)", "add_sketch throughput",
                           n_entries / add_s, unit="entries/s", baseline=None, **common))
+        if save is not None:
+            save(rows)
     return rows
 
 
@@ -297,7 +303,10 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
             rows = bench_sketch(ctx, files, n_rows, repeats, out=out, skip=skip)
         if search:
             out("sharded search (adaptivity, k=10; entries added with add_sketches):")
-            rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out, shard_counts=shard_counts)
+            done = list(rows)
+            rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out, shard_counts=shard_counts,
+                                 save=lambda part: H.write_suite(name or SUITE + ("_quick" if quick else ""),
+                                                                 done + part, out=out_dir, quick=quick))
         else:
             out("sharded search: skipped (--no-search)")
     finally:
