@@ -52,17 +52,31 @@ def _clustered(n, nq, d=32, n_clusters=50, seed=0):
 
 # ----------------------------------------------------------------------------- exact.py
 def test_exact_search_is_the_definition(rng):
-    xb = rng.integers(-2, 3, size=(60, 5)).astype(np.float32)         # many exact ties
+    xb = rng.integers(-2, 3, size=(60, 5)).astype(np.float32)         # many mathematical ties
     xb[3] = 0                                                          # a zero row: similarity 0
+    xb[[10, 40, 50]] = xb[20]                                          # exact ties: copies, and a
+    xb[30] = 2 * xb[20]                                                # multiple (same unit row)
     xq = rng.integers(-2, 3, size=(9, 5)).astype(np.float32)
     D, I = exact_search(xb, xq, 70)
     nb = xb / np.maximum(np.linalg.norm(xb, axis=1, keepdims=True), 1e-30)
     nq = xq / np.maximum(np.linalg.norm(xq, axis=1, keepdims=True), 1e-30)
     for i in range(9):
         sim = (nb @ nq[i]).astype(np.float32)
-        order = sorted(range(60), key=lambda j: (-sim[j], j))          # ties to the smaller row
-        assert I[i, :60].tolist() == order
-        np.testing.assert_allclose(D[i, :60], sim[order], atol=ATOL, rtol=0)
+        got = I[i, :60]
+        assert sorted(got.tolist()) == list(range(60))
+        np.testing.assert_allclose(D[i, :60], sim[got], atol=ATOL, rtol=0)
+        # sorted by (-D, row): equal similarities go to the smaller row
+        assert all((D[i, j], -got[j]) > (D[i, j + 1], -got[j + 1]) for j in range(59))
+        # the reference order wherever the reference similarities differ by more than float noise
+        # (two rows with mathematically equal cosines may round apart differently in a matrix
+        # product and a matrix-vector product)
+        pos = np.empty(60, dtype=np.int64)
+        pos[got] = np.arange(60)
+        apart = sim[:, None] > sim[None, :] + 2 * ATOL
+        assert (pos[:, None] < pos[None, :])[apart].all()
+        # copies of one unit row tie exactly, so they come by row number
+        assert len(set(D[i, pos[[10, 20, 30, 40, 50]]].tolist())) == 1
+        assert [r for r in got if r in (10, 20, 30, 40, 50)] == [10, 20, 30, 40, 50]
         assert (I[i, 60:] == -1).all() and np.isneginf(D[i, 60:]).all()
     D5, I5 = exact_search(xb, xq, 5)
     assert np.array_equal(I5, I[:, :5])
