@@ -247,7 +247,7 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
                     fitsketch.open(pth, create=True, config=cfg).close()
                 srv = _Servers(paths, work)
                 try:
-                    with S.open_sharded(srv.socks) as hub:
+                    with S.open_sharded(srv.socks, timeout=1800) as hub:
                         add_all(hub)
                 finally:
                     srv.stop()
@@ -261,7 +261,9 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
                 lat = {"embedded": _latencies(hub, qs)}
             srv = _Servers(paths, work)
             try:
-                with S.open_sharded(srv.socks) as hub:
+                # a server's first search loads its shard's profiles: 250k+ entries take longer than the
+                # client's default 30 s (a 1M-entry run died there)
+                with S.open_sharded(srv.socks, timeout=1800) as hub:
                     lat["served"] = _latencies(hub, qs)
             finally:
                 srv.stop()
