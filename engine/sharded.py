@@ -31,11 +31,14 @@ query's cost does not grow with the hub (the profile shortlist: ~50 ms at 100k e
 features on 2 busy cores). 1M entries of 32 features are ~72 GB: past one disk, shard. Shard too
 when the write rate exceeds one LMDB writer (~50-400 entries/s here, by entry size), or when
 queries skip the shortlist (``where=`` filters, ``shortlist=0``, ``simex``) over so many entries
-that the scoring needs more cores than one machine has. Shards behind servers on separate
-machines search in parallel; shards in threads of one process share its GIL and gain nothing
-(bench_scale_out: 2,000 entries, 1 shard 26 ms, 4 shards 414 ms, because a shard of 500 entries
-is below the shortlist threshold and is scored exhaustively). A sharded search costs the slowest
-shard plus one merge of ``n_shards * k`` matches.
+that the scoring needs more cores than one machine has. Shards behind servers search in
+parallel, as far as there are cores; shards opened embedded in one process take their turns.
+Each shard keeps its own shortlist, so a query scores ``n_shards * shortlist`` candidates: on one
+machine sharding buys write rate and room, not latency (bench_scale_out, 200k entries of 3
+features on 2 cores: 1 shard 64 ms; 2 served shards 64 ms, 4 served shards 104 ms, embedded 101
+and 174 ms; adds 240 entries/s into one hub, 395 through 2 servers). A shard of fewer entries than
+the shortlist threshold is scored exhaustively, so keep shards above it. A sharded search costs
+the slowest shard plus one merge of ``n_shards * k`` matches.
 """
 from __future__ import annotations
 
