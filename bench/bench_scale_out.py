@@ -296,6 +296,11 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
     n_entries = entries or (2_000 if quick else 20_000)
     repeats = 3 if quick else 1
     ctx = H.context(quick=quick)
+    suite = name or SUITE + ("_quick" if quick else "")
+
+    def write(rows):
+        return H.write_suite(suite, rows, out=out_dir, quick=quick)
+
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-out-"))
     try:
         rows = []
@@ -307,13 +312,12 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
             out("sharded search (adaptivity, k=10; entries added with add_sketches):")
             done = list(rows)
             rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out, shard_counts=shard_counts,
-                                 save=lambda part: H.write_suite(name or SUITE + ("_quick" if quick else ""),
-                                                                 done + part, out=out_dir, quick=quick))
+                                 save=lambda part: write(done + part))
         else:
             out("sharded search: skipped (--no-search)")
     finally:
         shutil.rmtree(work, ignore_errors=True)           # the generated dataset goes with it
-    path = H.write_suite(name or SUITE + ("_quick" if quick else ""), rows, out=out_dir, quick=quick)
+    path = write(rows)
     out(f"wrote {path}")
     return path
 
