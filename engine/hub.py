@@ -524,6 +524,32 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             idx = self.__dict__.setdefault("_profile_idx", _profiles.ProfileIndex())
         return idx
 
+    def _synced_profiles(self, *, build_index: bool = False) -> _profiles.ProfileIndex:
+        """The in-memory profile index, brought to the hub's current generation."""
+        idx = self._profile_index()
+        with self.store.read() as txn:
+            gen = int(txn.get("meta", b"generation") or 0)
+
+            def missing(eid):
+                rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
+                hist = None if hist is None else unpack_hist(hist)
+                return None if rec is None or hist is None else _profiles.record(
+                    hist, rec["features"], rec["n_partitions"], self.config, self.device)[0]
+
+            idx.sync(txn, gen, missing)
+        if build_index:
+            idx.build()
+        return idx
+
+    @_translated
+    def warm(self) -> int:
+        """Load what a first search would otherwise load: every entry's profile and the FAISS index
+        over them (about a minute at 1M entries). Returns the number of profiles in memory.
+
+        Searches call it themselves; call it after opening a big hub so the first query is not the
+        slow one. ``fitsketch serve`` does this in the background as it starts."""
+        return len(self._synced_profiles(build_index=True))
+
     def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
         """Ids (u64 keys) of the ``cfg.shortlist`` entries with the nearest profiles, or None when
         the planner scores every entry (engine/profiles.py, planner.use_shortlist)."""
@@ -534,17 +560,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         seed = self.config.seed
         with plan.run(Stage("shortlist", f"entry profiles nearest to the query's, top {cfg.shortlist} by "
                             f"inner product ({why})", estimated=cfg.shortlist)) as st:
-            idx = self._profile_index()
-            with self.store.read() as txn:
-                gen = int(txn.get("meta", b"generation") or 0)
-
-                def missing(eid):
-                    rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
-                    hist = None if hist is None else unpack_hist(hist)
-                    return None if rec is None or hist is None else _profiles.record(
-                        hist, rec["features"], rec["n_partitions"], self.config, self.device)[0]
-
-                idx.sync(txn, gen, missing)
+            idx = self._synced_profiles()
             used = sorted({int(f) for f in np.asarray(target.hist["feat"], dtype=np.int64)})
             if not idx.shares_names(_profiles.name_keys([target.names[f] for f in used], seed)):
                 st.detail += "; skipped: no stored profile has a feature named like the query's, every entry is scored"

@@ -252,6 +252,12 @@ class ProfileIndex:
             self._faiss, self._faiss_n = idx, n
         return self._faiss
 
+    def build(self) -> None:
+        """Build (or bring up to date) the FAISS index now rather than at the next ``top``."""
+        with self.lock:
+            if self.n:
+                self._index()
+
     def top(self, q: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(entry ids, inner products) of the ``n`` best profiles for query profile ``q``."""
         with self.lock:

@@ -37,6 +37,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 
 
 from . import errors as E
@@ -250,7 +251,7 @@ class Server:
     def __init__(self, hub_path, socket_path=None, listen=None, token=None, max_frame: int = DEFAULT_MAX_FRAME,
                  allow_paths=None, *, allow_remote: bool = False, max_connections: int = 64,
                  idle_timeout: float = 300.0, shutdown_grace: float = 10.0, device: str = "auto",
-                 create: bool = True):
+                 create: bool = True, warm: bool = True):
         if socket_path is not None and listen is not None:
             raise E.InvalidArgumentError("give socket_path or listen, not both")
         if type(max_frame) is not int or not 16 <= max_frame <= MAX_FRAME_LIMIT:
@@ -282,6 +283,9 @@ class Server:
         self.shutdown_grace = shutdown_grace
         self.device = device
         self.create = create
+        self.warm = warm
+        self.warmed = threading.Event()     # set once the start-up warm (hub.warm) is over, or skipped
+        self._warm_thread = None
         self.hub = None
         self.address = None            # socket path, or (host, port) actually bound
         self._lock = threading.Lock()
@@ -315,8 +319,28 @@ class Server:
             raise
         self._accept_thread = threading.Thread(target=self._accept_loop, name="fitsketch-accept", daemon=True)
         self._accept_thread.start()
+        if self.warm:
+            self._warm_thread = threading.Thread(target=self._warm, name="fitsketch-warm", daemon=True)
+            self._warm_thread.start()
+        else:
+            self.warmed.set()
         log.info("serving hub %s on %s (pid %d)", self.hub_path, self.url(), os.getpid())
         return self
+
+    def _warm(self) -> None:
+        """Load the hub's profiles and profile index while the socket already serves, so the first
+        search does not pay for it (a query arriving meanwhile waits on the index, as it would)."""
+        t0 = time.perf_counter()
+        try:
+            n = self.hub.warm()
+        except Exception as e:     # not fatal: the first search loads them and reports the error
+            log.warning("warming hub %s failed (%s: %s); the first search will load the profiles",
+                        self.hub_path, type(e).__name__, e)
+        else:
+            log.info("hub %s warm: %d entry profiles in memory in %.1f s", self.hub_path, n,
+                     time.perf_counter() - t0)
+        finally:
+            self.warmed.set()
 
     def url(self) -> str:
         """The address to give :func:`fitsketch.connect`."""
@@ -378,9 +402,13 @@ class Server:
             if c.thread is not None and c.thread is not threading.current_thread():
                 c.thread.join(2)
         busy = [c for c in left if c.thread is not None and c.thread.is_alive()]
+        if self._warm_thread is not None:     # loading profiles reads the hub: do not close it underneath
+            self._warm_thread.join(grace)
+            if self._warm_thread.is_alive():
+                busy.append(self._warm_thread)
         if busy:
-            log.warning("%d request(s) still running after %.1f s; leaving the hub open (LMDB keeps it consistent)",
-                        len(busy), grace)
+            log.warning("%d request(s) or the start-up warm still running after %.1f s; leaving the hub open "
+                        "(LMDB keeps it consistent)", len(busy), grace)
             self.hub = None
         self._release()
         self._stopped.set()
@@ -683,6 +711,9 @@ def _add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-connections", type=int, default=64)
     s.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS")
     s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="do not load the entry profiles at start (by default a background thread does, so the "
+                        "first search of a big hub is not the slow one)")
     s.set_defaults(fn=cmd_serve)
 
 
@@ -716,7 +747,8 @@ def cmd_serve(args) -> None:
     token = _read_token(args.token_file) if args.token_file else None
     server = Server(args.hub, socket_path=args.socket, listen=args.listen, token=token, max_frame=args.max_frame,
                     allow_paths=args.allow_paths, allow_remote=args.allow_remote,
-                    max_connections=args.max_connections, idle_timeout=args.idle_timeout, device=args.device)
+                    max_connections=args.max_connections, idle_timeout=args.idle_timeout, device=args.device,
+                    warm=args.warm)
     server.start()
     print(f"fitsketch: serving {server.hub_path} on {server.url()} (pid {os.getpid()})", flush=True)
     server.serve_forever()

@@ -145,6 +145,40 @@ def test_profile_index_follows_adds_and_removes(tmp_path, rng):
         assert hub.get("m6").id == int(ids[0])
 
 
+def test_warm_loads_what_a_first_search_would(tmp_path, rng):
+    """hub.warm() brings the profile index to the hub's generation (its ids are the live entries)
+    and builds the FAISS index over them; a shortlisted search on the warmed hub gives what the same
+    search gives on a cold one, and warm() follows later adds."""
+    cfg = fitsketch.SketchConfig(shortlist=5)
+    path = tmp_path / "h.hub"
+    n = int(rng.integers(22, 31))
+    q = _sketch(cfg, _frame(rng, 100, loc=4.0))
+
+    def live(hub):
+        with hub.store.read() as txn:
+            return (sorted(int.from_bytes(k, "big") for k in txn.keys("entries")),
+                    int(txn.get("meta", b"generation")))
+
+    with fitsketch.open(path, config=cfg) as hub:
+        assert hub.warm() == 0
+        hub.add_sketches([(f"m{i:02d}", _sketch(cfg, _frame(rng, 100, loc=0.5 * i))) for i in range(n)])
+        hub.remove(f"m{int(rng.integers(n)):02d}")
+        assert hub.warm() == n - 1
+        idx = hub._profile_index()
+        ids, gen = live(hub)
+        assert idx.ids.tolist() == ids and idx.generation == gen
+        assert idx._faiss is not None and idx._faiss.ntotal == n - 1
+        warm = [(m.name, m.score) for m in hub.search(q, k=4)]
+        assert "shortlist" in [s.name for s in hub.explain(q, k=4).stages]
+    with fitsketch.open(path) as cold:
+        assert cold._profile_index().generation == -1
+        assert [(m.name, m.score) for m in cold.search(q, k=4)] == warm
+        cold.add_sketch("late", q)
+        assert cold.warm() == n
+        ids, gen = live(cold)
+        assert cold._profile_index().ids.tolist() == ids and cold._profile_index()._faiss.ntotal == n
+
+
 def test_shortlisted_search_matches_exhaustive_scores(tmp_path, rng):
     """Above 4 x shortlist entries the plan shortlists; every match it returns carries the score the
     exhaustive search gives that entry, and the best entry (a copy of the query's data) is found."""

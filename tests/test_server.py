@@ -219,6 +219,50 @@ def test_search_and_explain_equal_embedded(pair):
     assert strip == [(s.name, s.detail, s.estimated, s.actual) for s in pb.stages]
 
 
+def _profiles_state(hub):
+    with hub.store.read() as txn:
+        gen = int(txn.get("meta", b"generation"))
+    idx = hub._profile_index()
+    return idx.generation == gen, len(idx)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_server_warms_the_hub_at_start(tmp_path, sock_dir, warm):
+    """By default a server loads the entry profiles in the background as it starts (so a big hub's
+    first search is not the slow one); warm=False leaves that to the first search."""
+    with fitsketch.open(tmp_path / "hub") as hub:
+        _fill(hub, 7)
+    srv = Server(tmp_path / "hub", socket_path=os.path.join(sock_dir, "s.sock"), shutdown_grace=2.0,
+                 warm=warm).start()
+    try:
+        assert srv.warmed.wait(30)
+        assert _profiles_state(srv.hub) == ((True, 7) if warm else (False, 0))
+        with connect(srv.url()) as c:
+            assert c.search(_data(42), k=3)
+        assert _profiles_state(srv.hub) == ((True, 7) if warm else (False, 0))   # 7 entries: no shortlist
+    finally:
+        srv.stop()
+
+
+def test_server_serves_when_warming_fails(tmp_path, sock_dir, monkeypatch, caplog):
+    with fitsketch.open(tmp_path / "hub") as hub:
+        _fill(hub, 3)
+        ref = hub.search(_data(42), k=3)
+
+    def broken(self):
+        raise E.CorruptHubError("profile record unreadable")
+
+    monkeypatch.setattr(fitsketch.Hub, "warm", broken)
+    srv = Server(tmp_path / "hub", socket_path=os.path.join(sock_dir, "s.sock"), shutdown_grace=2.0).start()
+    try:
+        assert srv.warmed.wait(30)
+        with connect(srv.url()) as c:
+            assert c.search(_data(42), k=3) == ref
+    finally:
+        srv.stop()
+    assert "warming hub" in caplog.text and "profile record unreadable" in caplog.text
+
+
 def test_concurrent_clients_match_serial(tmp_path, sock_dir):
     srv = Server(tmp_path / "hub", socket_path=os.path.join(sock_dir, "s.sock"), shutdown_grace=2.0).start()
     ref = fitsketch.open(tmp_path / "ref")
@@ -645,6 +689,7 @@ def test_cli_parser():
     a = p.parse_args(["serve", "h", "--listen", "127.0.0.1:0", "--token-file", "t", "--max-frame", "1024",
                       "--allow-paths", "/data"])
     assert (a.fn, a.listen, a.token_file, a.max_frame, a.allow_paths) == (cmd_serve, "127.0.0.1:0", "t", 1024, ["/data"])
+    assert a.warm is True and p.parse_args(["serve", "h", "--no-warm"]).warm is False
     with pytest.raises(SystemExit):
         p.parse_args(["serve", "h", "--listen", "127.0.0.1:0", "--socket", "/tmp/x.sock"])
     with pytest.raises(E.InvalidArgumentError, match="token-file"):
