@@ -278,6 +278,12 @@ class Client:
     def stats(self) -> dict:
         return self._call("stats", {})
 
+    def warm(self) -> int:
+        """:meth:`fitsketch.Hub.warm` on the server: returns once every entry's profile is loaded
+        there (a server warms itself as it starts; this waits for that). At 1M entries it can
+        take longer than the default timeout: connect with ``timeout=`` to match."""
+        return int(self._call("warm", {}))
+
     def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
                feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> list[Match]:
         """Rank entries by how well their data fits ``data`` (see :meth:`fitsketch.Hub.search`)."""

@@ -52,6 +52,7 @@ arguments of the :class:`fitsketch.Hub` method of the same name::
     nearest      xq (ndarray), k?, index?, level?                       {"D", "I"} | [[Match.to_dict()]]
     sample       sample_id                                              [entry name, row]
     search_logits entry + logit | descriptor (ndarray), k?              [LogitMatch as a map, ...]
+    warm         {}                                                     int: Hub.warm(), profiles in memory
 
 ``data`` on the wire is one of
 
@@ -87,9 +88,9 @@ MAX_FRAME_LIMIT = (1 << 32) - 1      # what a 4-byte length can say
 _HEADER = struct.Struct(">I")
 
 OPS = ("ping", "stats", "add", "add_sketch", "add_sketches", "search", "explain", "get", "remove", "names", "len",
-       "contains", "nearest", "sample", "search_logits")
+       "contains", "nearest", "sample", "search_logits", "warm")
 READ_OPS = frozenset({"ping", "stats", "search", "explain", "get", "names", "len", "contains", "nearest",
-                      "sample", "search_logits"})
+                      "sample", "search_logits", "warm"})
 
 
 UnauthorizedError = E.UnauthorizedError
@@ -259,6 +260,7 @@ ARGS: dict[str, dict[str, tuple]] = {
     "stats": {},
     "names": {},
     "len": {},
+    "warm": {},
     "get": {"name": (str, True)},
     "remove": {"name": (str, True)},
     "contains": {"name": (str, True)},

@@ -91,6 +91,10 @@ def _op_ping(server, hub, args):
     return {"pong": True}
 
 
+def _op_warm(server, hub, args):
+    return hub.warm()     # waits for the start-up warm if it still runs (the profile index's lock)
+
+
 def _op_stats(server, hub, args):
     return hub.stats()
 
@@ -200,6 +204,7 @@ HANDLERS = {
     "nearest": _op_nearest,
     "sample": _op_sample,
     "search_logits": _op_search_logits,
+    "warm": _op_warm,
 }
 if tuple(HANDLERS) != OPS:  # pragma: no cover - keep protocol.OPS and this allow-list in step
     raise ImportError(f"server HANDLERS {tuple(HANDLERS)} differ from protocol.OPS {OPS}")

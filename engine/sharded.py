@@ -218,6 +218,10 @@ class ShardedHub:
         per = self._fan_out("stats")
         return {"shards": per, "entries": sum(s["entries"] for s in per), "config": self.config.to_dict()}
 
+    def warm(self) -> int:
+        """:meth:`fitsketch.Hub.warm` on every shard (served ones in parallel); the profiles loaded."""
+        return sum(self._fan_out("warm"))
+
     def misrouted(self) -> list[tuple[str, int, int]]:
         """``(name, shard holding it, shard routing says)`` for every entry on the wrong shard."""
         out = []

@@ -86,6 +86,7 @@ def test_add_names_len_contains_get(api):
     assert "m0" not in api and len(api) == 2
     st = api.stats()
     assert st["entries"] == 2 and "config" in st
+    assert api.warm() == 2     # profiles of the live entries (the removed one is dropped)
 
 
 def test_add_sketch(api):
@@ -239,7 +240,8 @@ def test_server_warms_the_hub_at_start(tmp_path, sock_dir, warm):
         assert _profiles_state(srv.hub) == ((True, 7) if warm else (False, 0))
         with connect(srv.url()) as c:
             assert c.search(_data(42), k=3)
-        assert _profiles_state(srv.hub) == ((True, 7) if warm else (False, 0))   # 7 entries: no shortlist
+            assert _profiles_state(srv.hub) == ((True, 7) if warm else (False, 0))   # 7 entries: no shortlist
+            assert c.warm() == 7 and _profiles_state(srv.hub) == (True, 7)
     finally:
         srv.stop()
 
@@ -677,7 +679,7 @@ def test_lost_connection_retries_reads_once_never_writes(sock_dir):
 
 def test_allow_list_is_pinned():
     assert sorted(HANDLERS) == ["add", "add_sketch", "add_sketches", "contains", "explain", "get", "len", "names", "nearest",
-                                "ping", "remove", "sample", "search", "search_logits", "stats"]
+                                "ping", "remove", "sample", "search", "search_logits", "stats", "warm"]
 
 
 def test_cli_parser():

@@ -87,6 +87,7 @@ def test_routed_and_aggregated_operations(zoo, tmp_path):
     assert "model-05" in sh and "nope" not in sh and 3 not in sh
     assert sh.get("model-05").n_rows == single.get("model-05").n_rows
     assert sh.stats()["entries"] == N_ENTRIES
+    assert sh.warm() == N_ENTRIES == sum(s._profile_index().n for s in sh.shards)
     sk = fitsketch.sketch(query, CFG)
     sh.add_sketch("temp", sk)
     assert "temp" in sh.shards[sh.shard_of("temp")]
@@ -151,6 +152,7 @@ def test_served_and_embedded_shards_mixed(tmp_path):
             assert [type(s).__name__ for s in sh.shards] == ["Client", "Hub", "Client"]
             assert single.add_sketches(items) == sh.add_sketches(items, batch=2) == len(items)
             assert all(len(s) > 0 for s in sh.shards) and sh.misrouted() == [] and sh.names() == single.names()
+            assert sh.warm() == len(items) == sum(srv.hub._profile_index().n for srv in srvs) + len(sh.shards[1])
             for method in ("adaptivity", "exact-js"):
                 want = single.search(query, k=6, method=method)
                 got = sh.search(query, k=6, method=method)
