@@ -253,17 +253,24 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
                     srv.stop()
                 add_how = f"{n_shards} servers in parallel"
             add_s = time.perf_counter() - t0
+            warm = {}
             with S.open_sharded(paths, create=False) as hub:
+                t0 = time.perf_counter()
+                hub.warm()                     # what a first search would load: every entry's profile
+                warm["embedded"] = time.perf_counter() - t0
                 nbytes = sum(s.stats()["bytes"] for s in hub.shards)
                 plans = [s.explain(qs[0], k=10) for s in hub.shards]
                 modes = ["; ".join(f"{st.name} {st.actual}" for st in p.stages if st.name in ("shortlist", "candidates"))
                          for p in plans]
                 lat = {"embedded": _latencies(hub, qs)}
+            t0 = time.perf_counter()
             srv = _Servers(paths, work)
             try:
-                # a server's first search loads its shard's profiles: 250k+ entries take longer than the
+                # servers load their shard's profiles as they start: 250k+ entries take longer than the
                 # client's default 30 s (a 1M-entry run died there)
                 with S.open_sharded(srv.socks, timeout=1800) as hub:
+                    hub.warm()
+                    warm["served"] = time.perf_counter() - t0        # from starting the servers
                     lat["served"] = _latencies(hub, qs)
             finally:
                 srv.stop()
@@ -272,9 +279,10 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
                 shutil.rmtree(pth, ignore_errors=True)
         common = {"entries": n_entries, "shards": n_shards, "candidates": n_entries // FAMILIES,
                   "candidate_stage": modes, "add_entries_per_s": n_entries / add_s, "add": add_how,
-                  "bytes_per_entry": nbytes / n_entries, "queries": len(qs)}
+                  "bytes_per_entry": nbytes / n_entries, "queries": len(qs), "warm_s": warm}
         out(f"  {n_shards} shard(s), {n_entries:,} entries: add {n_entries / add_s:8,.0f} entries/s ({add_how}), "
-            f"{nbytes / n_entries / 1e3:.1f} KB/entry ({n_entries // FAMILIES:,} candidates; {modes[0]})")
+            f"{nbytes / n_entries / 1e3:.1f} KB/entry ({n_entries // FAMILIES:,} candidates; {modes[0]}); warm "
+            f"{warm['embedded']:.1f} s embedded, {warm['served']:.1f} s from starting the servers")
         for how in ("embedded", "served"):
             med, p90 = statistics.median(lat[how]), float(np.percentile(lat[how], 90))
             base = base or med
