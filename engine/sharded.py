@@ -36,7 +36,8 @@ parallel, as far as there are cores; shards opened embedded in one process take 
 Each shard keeps its own shortlist, so a query scores ``n_shards * shortlist`` candidates: on one
 machine sharding buys write rate and room, not latency (bench_scale_out, 200k entries of 3
 features on 2 cores: 1 shard 64 ms; 2 served shards 64 ms, 4 served shards 104 ms, embedded 101
-and 174 ms; adds 240 entries/s into one hub, 395 through 2 servers). A shard of fewer entries than
+and 174 ms; adds 240 entries/s into one hub, 395 through 2 servers; at 1M entries 2 served
+shards 86 ms and 4 served 139 ms, one hub 79 ms on another day). A shard of fewer entries than
 the shortlist threshold is scored exhaustively, so keep shards above it. A sharded search costs
 the slowest shard plus one merge of ``n_shards * k`` matches.
 """
