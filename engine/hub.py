@@ -544,10 +544,11 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     @_translated
     def warm(self) -> int:
         """Load what a first search would otherwise load: every entry's profile and the FAISS index
-        over them (about a minute at 1M entries). Returns the number of profiles in memory.
+        over them (14 s at 200k entries on 2 cores, linear in the entries; bench/SUMMARY.md). Returns
+        the number of profiles in memory.
 
-        Searches call it themselves; call it after opening a big hub so the first query is not the
-        slow one. ``fitsketch serve`` does this in the background as it starts."""
+        A search loads whatever is missing on its own; call this after opening a big hub so the
+        first query is not the slow one. ``fitsketch serve`` does it in the background as it starts."""
         return len(self._synced_profiles(build_index=True))
 
     def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
