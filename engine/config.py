@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-METHODS = ("adaptivity", "coverage", "js", "exact-js", "l2", "simex")
+METHODS = ("auto", "accuracy", "adaptivity", "coverage", "js", "exact-js", "l2", "simex")
 COVERAGE_SPACES = ("rows", "embedding", "latent")  # what coverage codes (engine/coverage_spaces.py)
 
 
@@ -51,6 +51,12 @@ class SketchConfig:
     # are nearest to its own, once the hub holds more than SHORTLIST_FACTOR x shortlist entries;
     # 0 scores every entry (exact, linear in the hub's size). Recall: bench/scale.py.
     shortlist: int = 256
+    # predicted accuracy (engine/accuracy.py): naive-Bayes log-likelihoods are divided by
+    # accuracy_temperature x the number of features before EM; accuracy_bootstrap resamples of the
+    # query's rows give the interval (0: none). Chosen on the digits label-skew zoo, seeds 0-1
+    # (python -m bench.bench_accuracy; bench/SUMMARY.md)
+    accuracy_temperature: float = 1.0
+    accuracy_bootstrap: int = 50
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
@@ -84,6 +90,12 @@ class SketchConfig:
                "shortlist", self.shortlist, "a non-negative integer (0 scores every entry)")
         _check(self.match in ("containment", "jaccard"), "match", self.match,
                "'containment' or 'jaccard'")
+        _check(isinstance(self.accuracy_temperature, (int, float)) and not isinstance(self.accuracy_temperature, bool)
+               and 1e-3 <= self.accuracy_temperature <= 1e3, "accuracy_temperature", self.accuracy_temperature,
+               "a number in [0.001, 1000]")
+        _check(isinstance(self.accuracy_bootstrap, int) and not isinstance(self.accuracy_bootstrap, bool)
+               and 0 <= self.accuracy_bootstrap <= 1000, "accuracy_bootstrap", self.accuracy_bootstrap,
+               "an integer in [0, 1000]")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -107,7 +119,7 @@ class SketchConfig:
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
                 "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize",
-                "shortlist")
+                "shortlist", "accuracy_temperature", "accuracy_bootstrap")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

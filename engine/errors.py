@@ -207,6 +207,18 @@ class ConnectionLostError(FitsketchError):
     code = "connection"
 
 
+class LabelError(InvalidArgumentError):
+    """Class labels (of an entry, its validation data or its model's outputs) are unusable."""
+
+    code = "bad_labels"
+
+
+class NoLabelsError(FitsketchError):
+    """``method="accuracy"`` found no candidate entry registered with labels."""
+
+    code = "no_labels"
+
+
 def _all_subclasses(cls):
     for sub in cls.__subclasses__():
         yield sub

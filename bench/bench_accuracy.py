@@ -1,0 +1,171 @@
+"""Predicted accuracy on label-skew zoos: does fitsketch predict each model's accuracy on the
+target, and rank first the model that really does best?
+
+Workloads (``fitsketch.workloads.label_skew_zoo``): scikit-learn digits and MNIST-5k; 10 class-
+skewed samples (Dirichlet alpha 0.3) each train an ExtraTrees and a logistic regression (20
+models), registered with their training labels, the model and validation rows of their own
+mixture; 5 targets with their own Dirichlet mixtures. Ground truth: each model's accuracy on
+each target.
+
+Methods: ``accuracy`` (and ``auto``, which picks it on labelled entries), the label-free
+``adaptivity``, ``js``, ``exact-js``, ``l2``, ``coverage``, the ``source-accuracy`` baseline (the
+model's validation accuracy), and ``accuracy (true mixture)``: predicted accuracy given the
+target's true class mixture (``mixture=``), the ceiling of the label-shift estimate.
+
+Metrics per method (``fitsketch.workloads.selection_quality``): Spearman rho, Pearson r, top-1 /
+top-2 error, regret (accuracy points lost by taking the top pick) and, for methods that predict an
+accuracy, its mean absolute error.
+
+``accuracy_temperature`` is chosen on digits seeds 0-1 (``--tune``); the tables report seeds 2-4
+of digits and every MNIST seed apart from the tuning seeds.
+
+    python -m bench.bench_accuracy [--quick] [--tune] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import harness as H
+
+LABEL_FREE = ("adaptivity", "js", "exact-js", "l2", "coverage")
+METHODS = ("accuracy", "auto", *LABEL_FREE)
+TRUE_MIX = "accuracy (true mixture)"
+BASELINE = "source-accuracy"
+METRICS = ("spearman", "pearson", "top1_error", "top2_error", "regret", "mae")
+TUNE_SEEDS = {"digits": (0, 1)}
+TEMPERATURES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def register(hub, wl) -> float:
+    t0 = time.perf_counter()
+    for name, df in wl.sources.items():
+        hub.add(name, df, labels=wl.source_labels[name], model=wl.models[name], validation=wl.validation[name],
+                metadata={"source_accuracy": wl.source_accuracy[name]})
+    return time.perf_counter() - t0
+
+
+def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = None, bootstrap: int = 0,
+              true_mixture: bool = True) -> dict:
+    """``{method: {target: {source: score}}}`` plus timings, on a fresh hub of ``wl``'s models."""
+    import fitsketch
+
+    scores = {m: {} for m in methods}
+    seconds = {m: 0.0 for m in methods}
+    kw = {"accuracy_bootstrap": bootstrap}
+    if temperature is not None:
+        kw["accuracy_temperature"] = temperature
+    with fitsketch.open(workdir) as hub:
+        add_s = register(hub, wl)
+        n = len(wl.sources)
+        for t, df in wl.targets.items():
+            for m in methods:
+                t0 = time.perf_counter()
+                extra = kw if m in ("accuracy", "auto") else {}
+                res = hub.search(df, k=n, method=m, **extra)
+                seconds[m] += time.perf_counter() - t0
+                scores[m][t] = {r.name: r.score - 1e-9 * i for i, r in enumerate(res)}
+            if true_mixture:
+                y = wl.target_labels[t]
+                cls, cnt = np.unique(y, return_counts=True)
+                res = hub.search(df, k=n, method="accuracy", mixture={int(c): int(k) for c, k in zip(cls, cnt)},
+                                 **kw)
+                scores.setdefault(TRUE_MIX, {})[t] = {r.name: r.score for r in res}
+    scores[BASELINE] = {t: dict(wl.source_accuracy) for t in wl.targets}
+    return {"scores": scores, "add_s": add_s, "search_s": seconds}
+
+
+def evaluate(wls: list, workdir: Path, out=print, label: str = "", **kw) -> dict:
+    from fitsketch.workloads import selection_quality
+
+    per: dict[str, list] = {}
+    for i, wl in enumerate(wls):
+        r = score_zoo(wl, workdir / f"{label}-{i}", **kw)
+        out(f"  {label}[{i}]: {len(wl.sources)} models, {len(wl.targets)} targets; add {r['add_s']:.1f} s, search "
+            + ", ".join(f"{m} {s / len(wl.targets) * 1e3:.0f} ms" for m, s in r["search_s"].items()))
+        for m, sc in r["scores"].items():
+            per.setdefault(m, []).append(selection_quality(sc, wl.accuracy))
+    return {m: {k: float(np.nanmean([q[k] for q in qs])) for k in METRICS} for m, qs in per.items()}
+
+
+def _zoos(dataset: str, seeds, quick: bool):
+    from fitsketch.workloads import label_skew_zoo
+
+    kw = {"n_sources": 4, "n_targets": 3} if quick else {}
+    return [label_skew_zoo(dataset, seed=s, **kw) for s in seeds]
+
+
+def tune(workdir: Path, out=print) -> dict:
+    """Quality of ``accuracy`` per temperature on the tuning seeds (digits 0-1)."""
+    wls = _zoos("digits", TUNE_SEEDS["digits"], quick=False)
+    res = {}
+    for T in TEMPERATURES:
+        q = evaluate(wls, workdir / f"tune-{T}", out=lambda *a: None, label="tune", methods=("accuracy",),
+                     temperature=T, true_mixture=False)["accuracy"]
+        res[T] = q
+        out(f"  T={T:<5} " + "  ".join(f"{k} {q[k]:.3f}" for k in METRICS))
+    return res
+
+
+def table(results: dict, out=print) -> list[str]:
+    lines = []
+    for wl, summary in results.items():
+        lines.append(f"\n{wl}")
+        lines.append("| method | Spearman | Pearson | top-1 err | top-2 err | regret (pts) | MAE |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for m, q in summary.items():
+            mae = "-" if m not in ("accuracy", "auto", TRUE_MIX, BASELINE) else f"{q['mae']:.3f}"
+            lines.append(f"| {m} | {q['spearman']:.2f} | {q['pearson']:.2f} | {q['top1_error']:.2f} | "
+                         f"{q['top2_error']:.2f} | {100 * q['regret']:.1f} | {mae} |")
+    for ln in lines:
+        out(ln)
+    return lines
+
+
+def run(quick: bool = False, out_dir: Path | None = None, out=print, do_tune: bool = False) -> dict:
+    out_dir = Path(out_dir or H.RESULTS)
+    ctx = H.context("cpu", quick)
+    seeds = {"digits": (2,) if quick else (2, 3, 4), "mnist": (0,) if quick else (0, 1, 2)}
+    results, tuning = {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        if do_tune and not quick:
+            out("tuning accuracy_temperature on digits seeds 0-1")
+            tuning = tune(Path(tmp), out)
+        for ds, ss in seeds.items():
+            label = f"{ds} label-skew zoo, seeds {list(ss)}"
+            out(f"\n== {label}")
+            results[label] = evaluate(_zoos(ds, ss, quick), Path(tmp) / ds, out=out, label=ds)
+    lines = table(results, out)
+    rows = []
+    for wl, summary in results.items():
+        for m, q in summary.items():
+            for k in METRICS:
+                if k == "mae" and m not in ("accuracy", "auto", TRUE_MIX, BASELINE):
+                    continue
+                rows.append(H.row(ctx, suite="accuracy", workload=wl, method=m, metric=k, value=q[k],
+                                  baseline=BASELINE, baseline_value=summary[BASELINE][k]))
+    name = "accuracy_quick" if quick else "accuracy"
+    tables = {"quality": lines}
+    if tuning:
+        tables["tuning (digits seeds 0-1)"] = [f"T={T}: " + ", ".join(f"{k} {v:.3f}" for k, v in q.items())
+                                              for T, q in tuning.items()]
+    H.write_suite(name, rows, out=out_dir, quick=quick, tables=tables)
+    return {"results": results, "tuning": tuning}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_accuracy", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tune", action="store_true", help="also sweep accuracy_temperature on digits seeds 0-1")
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args(argv)
+    run(quick=a.quick, out_dir=a.out, do_tune=a.tune)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

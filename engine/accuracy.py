@@ -1,0 +1,464 @@
+"""Predicted accuracy (``method="accuracy"``): the accuracy each entry's model will have on the
+query's data, estimated without the query's labels.
+
+Registration (``hub.add(name, data, labels=...)``) stores, in the entry's one transaction, a
+*class record*:
+
+* per class ``c`` of the training labels: its row count ``n_c`` and its per-feature histograms
+  over the hub's histogram grid (``cls, feat, bucket, count``, COO sorted by (feat, cls, bucket));
+  merge: counts add, over the union of the two label vocabularies;
+* the model's per-class performance, by the first that is given: ``model=`` run on
+  ``validation=(data, labels)`` (the confusion matrix is stored), ``confusion=``, or
+  ``class_accuracy={label: recall}``; otherwise a fallback from the class counts, flagged in the
+  evidence (``recall_c = FALLBACK_RMAX x curve(n_c)``).
+
+Query, for the labelled candidates (the query's rows are needed):
+
+1. *Class likelihoods.* The candidates' class-conditional histograms are pooled per class over
+   the features aligned with the query's (so every class that any candidate saw is
+   recognizable); ``log p(x | c)`` is naive Bayes over the query's features with the pooled
+   all-class histogram as the smoothing prior, divided by a temperature (``accuracy_temperature``
+   x the number of features: naive Bayes over correlated features is overconfident).
+2. *Query class mixture* (Saerens, Latinne, Decaestecker 2002): EM over
+   ``pi_c <- mean_i pi_c p(x_i|c) / sum_c' pi_c' p(x_i|c')``; a caller that knows it can pass
+   ``mixture={label: share}`` instead.
+3. *Accuracy under label shift*: ``acc(S -> T) = sum_c pi_T(c) recall_S(c)``, 0 for a class the
+   model never saw. Smoothed recalls: ``(C[c,c] + m r0_c) / (n_val_c + m)``, ``m =
+   RECALL_PSEUDO``, with the prior ``r0_c = (validation accuracy) x curve(n_c)``, where
+   ``curve(n) = n^b / (n^b + K^b)`` is how recall grows with the class's training rows ``n_c``
+   (a class seen twice is recognized far less often than one seen fifty times; 0 when unseen).
+4. *Interval*: the 5-95 % range of ``acc`` over ``accuracy_bootstrap`` resamples of the query's
+   rows (EM re-run on each).
+
+Constants were chosen on the digits label-skew zoo, seeds 0-1 (``python -m bench.bench_accuracy``),
+and are reported on the other seeds and on MNIST-5k.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import errors as E
+
+CLASSES_FORMAT = 1
+MAX_CLASSES = 4096          # classes per entry; a label vocabulary larger than this is refused
+RECALL_PSEUDO = 8.0         # pseudo-count pulling a class's validation recall towards r0 (tuned: digits seeds 0-1)
+# a model's recall on a class it saw n times in training, relative to its best: n^b / (n^b + K^b)
+# (0 for n = 0, half at n = K); fitted on the digits zoo's tuning seeds 0-1 (bench.bench_accuracy)
+CURVE_K = 4.5
+CURVE_B = 2.0
+FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance is given
+SMOOTHING = 1.0             # weight of the pooled all-class histogram in each class's histogram
+EM_ITERS = 300
+EM_TOL = 1e-7
+
+
+# ------------------------------------------------------------------------------ labels
+def check_labels(labels, n_rows: int, what: str = "labels") -> np.ndarray:
+    """Labels as a 1-D object array of canonical values (``int`` or ``str``), one per row.
+
+    Refused with :class:`~fitsketch.errors.LabelError`: other lengths, missing values, floats that
+    are not integers, unhashable values, a mix of numbers and strings, fewer than two classes or
+    more than ``MAX_CLASSES``."""
+    if isinstance(labels, (str, bytes, dict)) or not hasattr(labels, "__len__"):
+        raise E.LabelError(f"{what} must be a sequence with one label per row (or a column name), "
+                           f"got {type(labels).__name__}")
+    if isinstance(labels, pd.Series):
+        labels = labels.to_numpy()
+    try:
+        arr = np.asarray(labels)
+    except (ValueError, TypeError):
+        arr = np.empty(len(labels), dtype=object)
+        arr[:] = list(labels)
+    if arr.ndim != 1:
+        raise E.LabelError(f"{what} has shape {arr.shape}: give one label per row (a 1-D sequence)")
+    if len(arr) != n_rows:
+        raise E.DimensionError(f"{what} has {len(arr)} values for {n_rows} rows: give one label per row")
+    out = canonical(arr, what)
+    n_classes = len(set(out.tolist()))
+    if n_classes < 2 and what == "labels":
+        raise E.LabelError(f"{what} hold a single class ({out[0]!r}): predicted accuracy needs a model of at "
+                           "least two classes; register a one-class model without labels")
+    if n_classes > MAX_CLASSES:
+        raise E.LabelError(f"{what} hold {n_classes} classes, more than {MAX_CLASSES}: these look like ids, "
+                           "not class labels")
+    return out
+
+
+def canonical(arr: np.ndarray, what: str = "labels") -> np.ndarray:
+    """``arr`` as an object array of python ``int`` or ``str`` (one kind), or LabelError."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind in "iu":
+        return np.array([int(v) for v in arr], dtype=object)
+    if arr.dtype.kind == "b":
+        return np.array([int(v) for v in arr], dtype=object)
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr) | (arr != np.round(arr))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise E.LabelError(f"{what}[{i}] = {arr[i]!r} is not a class label: labels are integers or strings, "
+                               "with no missing value")
+        return np.array([int(v) for v in arr], dtype=object)
+    if arr.dtype.kind in "US":
+        return np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr], dtype=object)
+    out = np.empty(len(arr), dtype=object)
+    kinds = set()
+    for i, v in enumerate(arr):
+        if isinstance(v, (bool, np.bool_, int, np.integer)):
+            out[i] = int(v)
+            kinds.add("int")
+        elif isinstance(v, (float, np.floating)) and np.isfinite(v) and float(v).is_integer():
+            out[i] = int(v)
+            kinds.add("int")
+        elif isinstance(v, str):
+            out[i] = v
+            kinds.add("str")
+        elif v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+            raise E.LabelError(f"{what}[{i}] is missing ({v!r}): every row needs a label; drop unlabelled rows")
+        else:
+            raise E.LabelError(f"{what}[{i}] = {v!r} ({type(v).__name__}) is not a class label: use integers or "
+                               "strings")
+    if len(kinds) > 1:
+        raise E.LabelError(f"{what} mix numbers and strings: use one kind (e.g. map them all to str)")
+    return out
+
+
+def label_kind(values) -> str:
+    return "str" if any(isinstance(v, str) for v in values) else "int"
+
+
+# ------------------------------------------------------------------------------ registration
+def class_record(df: pd.DataFrame, labels: np.ndarray, names: list[str], kinds: list[str], config) -> dict:
+    """The class record of rows ``df`` (columns ``names`` of kinds ``kinds``) labelled ``labels``
+    (from :func:`check_labels`), without performance (see :func:`performance`)."""
+    from .quantize import quantize_column, shared_tokens
+
+    classes = sorted(set(labels.tolist()))
+    index = {c: i for i, c in enumerate(classes)}
+    codes = np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
+    cls, feat, bucket, count = [], [], [], []
+    with shared_tokens():
+        for f, (name, kind) in enumerate(zip(names, kinds)):
+            col = quantize_column(name, df[name], config, kind)
+            key = codes[col.rows] * (1 << 32) + (col.hist.astype(np.int64) + (1 << 31))
+            uniq, cnt = np.unique(key, return_counts=True)
+            cls.append((uniq >> 32).astype(np.int32))
+            bucket.append(((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32))
+            feat.append(np.full(len(uniq), f, dtype=np.int32))
+            count.append(cnt.astype(np.uint32))
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+    return {"v": CLASSES_FORMAT, "labels": classes,
+            "counts": np.bincount(codes, minlength=len(classes)).astype(np.int64),
+            "cls": cat(cls, np.int32), "feat": cat(feat, np.int32), "bucket": cat(bucket, np.int32),
+            "count": cat(count, np.uint32), "perf": None}
+
+
+def merge_records(a: dict, b: dict) -> dict:
+    """The class record of the rows of ``a`` and ``b`` (performance dropped: it is the model's)."""
+    labels = sorted(set(a["labels"]) | set(b["labels"]), key=_sort_key)
+    index = {c: i for i, c in enumerate(labels)}
+    parts = []
+    for r in (a, b):
+        remap = np.array([index[c] for c in r["labels"]], dtype=np.int64)
+        parts.append((remap[np.asarray(r["cls"], np.int64)], np.asarray(r["feat"], np.int64),
+                      np.asarray(r["bucket"], np.int64), np.asarray(r["count"], np.int64)))
+    cls, feat, bucket, count = (np.concatenate(x) for x in zip(*parts))
+    key = (feat * (1 << 20) + cls) * (1 << 32) + (bucket + (1 << 31))
+    uniq, inv = np.unique(key, return_inverse=True)
+    summed = np.bincount(inv, weights=count.astype(np.float64), minlength=len(uniq)).astype(np.uint64)
+    counts = np.zeros(len(labels), dtype=np.int64)
+    for r in (a, b):
+        for c, n in zip(r["labels"], r["counts"]):
+            counts[index[c]] += int(n)
+    return {"v": CLASSES_FORMAT, "labels": labels, "counts": counts,
+            "cls": ((uniq >> 32) & ((1 << 20) - 1)).astype(np.int32), "feat": (uniq >> 52).astype(np.int32),
+            "bucket": ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
+            "count": np.minimum(summed, np.iinfo(np.uint32).max).astype(np.uint32), "perf": None}
+
+
+def _sort_key(v):
+    return (isinstance(v, str), v)
+
+
+def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
+                class_accuracy=None, columns: list[str], feature_names=None) -> dict:
+    """The ``perf`` part of a class record: per-class recall of the entry's model and where it came from."""
+    train = list(rec["labels"])
+    counts = dict(zip(train, (int(n) for n in rec["counts"])))
+    given = [n for n, v in (("validation", validation), ("confusion", confusion),
+                            ("class_accuracy", class_accuracy)) if v is not None]
+    if len(given) > 1:
+        raise E.InvalidArgumentError(f"give one of validation= (with model=), confusion= or class_accuracy=, not "
+                                     f"{' and '.join(given)}")
+    if validation is not None:
+        if model is None:
+            raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
+                                         "(a callable returning one row of logits per input row)")
+        y_true, y_pred = _run_validation(model, validation, logit_labels, train, columns, feature_names)
+        labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
+        index = {c: i for i, c in enumerate(labels)}
+        C = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        np.add.at(C, (np.fromiter((index[v] for v in y_true), np.int64, len(y_true)),
+                      np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
+        return _perf_from_confusion(C, labels, counts, "validation")
+    if confusion is not None:
+        C, labels = _check_confusion(confusion, train)
+        return _perf_from_confusion(C, labels, counts, "confusion")
+    if class_accuracy is not None:
+        if not isinstance(class_accuracy, dict) or not class_accuracy:
+            raise E.InvalidArgumentError("class_accuracy must be a non-empty dict {label: recall in [0, 1]}")
+        keys = canonical(np.array(list(class_accuracy), dtype=object), "class_accuracy labels")
+        vals = []
+        for k, v in zip(class_accuracy, class_accuracy.values()):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v) or not 0.0 <= float(v) <= 1.0:
+                raise E.InvalidArgumentError(f"class_accuracy[{k!r}] = {v!r}: give a recall in [0, 1]")
+            vals.append(float(v))
+        missing = [c for c in train if c not in set(keys.tolist())]
+        if missing:
+            raise E.LabelError(f"class_accuracy has no recall for training classes {missing[:10]}: give one for "
+                               "every class of the labels")
+        labels = sorted(set(train) | set(keys.tolist()), key=_sort_key)
+        r = dict(zip(keys.tolist(), vals))
+        return {"source": "class_accuracy", "labels": labels, "recall": np.array([r.get(c, 0.0) for c in labels])}
+    labels = list(train)
+    recall = FALLBACK_RMAX * curve(np.array([counts[c] for c in labels], dtype=np.float64))
+    return {"source": "fallback: class counts", "labels": labels, "recall": recall}
+
+
+def curve(n: np.ndarray) -> np.ndarray:
+    """Relative recall of a class seen ``n`` times in training (0 at n = 0, 1/2 at ``CURVE_K``)."""
+    n = np.asarray(n, dtype=np.float64)
+    return n ** CURVE_B / (n ** CURVE_B + CURVE_K ** CURVE_B)
+
+
+def _perf_from_confusion(C: np.ndarray, labels: list, counts: dict, source: str) -> dict:
+    n_val = C.sum(axis=1).astype(np.float64)
+    total = float(C.sum())
+    acc = float(np.trace(C)) / total if total else 0.0
+    r0 = acc * curve(np.array([counts.get(c, 0) for c in labels], dtype=np.float64))
+    recall = (np.diag(C).astype(np.float64) + RECALL_PSEUDO * r0) / (n_val + RECALL_PSEUDO)
+    return {"source": source, "labels": labels, "recall": recall, "confusion": C, "validation_accuracy": acc}
+
+
+def _check_confusion(confusion, train: list):
+    if isinstance(confusion, pd.DataFrame):
+        rows = canonical(np.asarray(confusion.index, dtype=object), "confusion rows").tolist()
+        cols = canonical(np.asarray(confusion.columns, dtype=object), "confusion columns").tolist()
+        labels = sorted(set(rows) | set(cols), key=_sort_key)
+        index = {c: i for i, c in enumerate(labels)}
+        C = np.zeros((len(labels), len(labels)), dtype=np.float64)
+        vals = confusion.to_numpy(dtype=np.float64, na_value=np.nan)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                C[index[r], index[c]] += vals[i, j]
+    else:
+        try:
+            C = np.asarray(confusion, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise E.InvalidArgumentError("confusion must be a square array (rows: true class, columns: predicted, "
+                                         "in the sorted order of the training labels) or a DataFrame") from None
+        labels = list(train)
+        if C.shape != (len(labels), len(labels)):
+            raise E.DimensionError(f"confusion has shape {C.shape}; the training labels have {len(labels)} classes: "
+                                   f"give a ({len(labels)}, {len(labels)}) array in the order {labels[:10]}, "
+                                   "or a DataFrame indexed by label")
+    if not np.isfinite(C).all() or (C < 0).any() or C.sum() <= 0:
+        raise E.InvalidArgumentError("confusion holds negative, missing or no counts: give counts (or rates) >= 0")
+    return C, labels
+
+
+def _run_validation(model, validation, logit_labels, train: list, columns: list[str], feature_names):
+    from .data import to_frame
+
+    if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+        raise E.InvalidArgumentError("validation must be a (data, labels) pair: held-out rows of the model's task "
+                                     "and their true labels")
+    vdf = to_frame(validation[0], feature_names)
+    y_true = validation[1]
+    if isinstance(y_true, str):
+        if y_true not in vdf.columns:
+            raise E.LabelError(f"validation labels {y_true!r} is not a column of the validation data")
+        y_true, vdf = vdf[y_true].to_numpy(), vdf.drop(columns=[y_true])
+    y_true = check_labels(y_true, len(vdf), "validation labels")
+    missing = [c for c in columns if c not in vdf.columns]
+    if missing:
+        raise E.FeatureMismatchError(f"the validation data lacks the entry's columns {missing[:10]}: give the same "
+                                     "columns as the training data")
+    X = vdf[columns]
+    if all(pd.api.types.is_numeric_dtype(X[c]) for c in columns):
+        from .probelog import probe_model
+
+        out = probe_model(model, X.to_numpy(dtype=np.float32))
+    else:
+        try:
+            out = np.asarray(model(X), dtype=np.float32)
+        except E.FitsketchError:
+            raise
+        except Exception as e:
+            raise E.InvalidArgumentError(f"model(validation data) failed: {type(e).__name__}: {e}") from None
+        if out.ndim != 2 or out.shape[0] != len(X):
+            raise E.DimensionError(f"model returned shape {out.shape} for {len(X)} rows: return (rows, n_logits)")
+        if not np.isfinite(out).all():
+            raise E.NonFiniteError("model returned NaN or infinite logits on the validation data")
+    if logit_labels is None:
+        vocab = list(train)
+        if out.shape[1] != len(vocab):
+            raise E.LabelError(f"model has {out.shape[1]} outputs but the training labels have {len(vocab)} classes "
+                               f"({vocab[:10]}): pass logit_labels=[label of output 0, 1, ...]")
+    else:
+        if isinstance(logit_labels, (str, bytes)) or not hasattr(logit_labels, "__len__"):
+            raise E.LabelError(f"logit_labels must be a list of labels, got {type(logit_labels).__name__}")
+        vocab = canonical(np.array(list(logit_labels), dtype=object), "logit_labels").tolist()
+        if len(vocab) != out.shape[1]:
+            raise E.LabelError(f"logit_labels has {len(vocab)} labels but the model has {out.shape[1]} outputs: "
+                               "give one label per output")
+        if label_kind(vocab) != label_kind(train):
+            vocab = _match_kind(vocab, train)
+    y_pred = np.array([vocab[i] for i in out.argmax(axis=1)], dtype=object)
+    if label_kind(y_true.tolist()) != label_kind(train):
+        y_true = np.array(_match_kind(y_true.tolist(), train), dtype=object)
+    return y_true, y_pred
+
+
+def _match_kind(values: list, train: list) -> list:
+    """``values`` converted to the kind of ``train`` labels (``"3"`` <-> ``3``), or LabelError."""
+    if label_kind(train) == "str":
+        return [str(v) for v in values]
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        raise E.LabelError(f"labels {values[:5]} are strings and the training labels are integers: use one "
+                           "vocabulary") from None
+
+
+def check_record(rec, n_features: int) -> dict:
+    """A stored or received class record, validated (shapes, ranges, sortedness) or CorruptHubError."""
+    ok = isinstance(rec, dict) and rec.get("v") == CLASSES_FORMAT and isinstance(rec.get("labels"), list)
+    if ok:
+        k = len(rec["labels"])
+        arrs = [np.asarray(rec.get(x)) for x in ("cls", "feat", "bucket", "count")]
+        ok = (2 <= k <= MAX_CLASSES and np.asarray(rec.get("counts")).shape == (k,)
+              and len({a.shape for a in arrs}) == 1 and arrs[0].ndim == 1
+              and (arrs[0].size == 0 or (arrs[0].min() >= 0 and arrs[0].max() < k
+                                         and arrs[1].min() >= 0 and arrs[1].max() < n_features)))
+    if not ok:
+        raise E.CorruptHubError("an entry's class record is malformed: remove the entry and add it again")
+    return rec
+
+
+# ------------------------------------------------------------------------------ query
+def query_buckets(frame: pd.DataFrame, names: list[str], kinds: list[str], columns: list[int], config):
+    """``{target feature: (rows, buckets)}`` of the query's occurrences in the histogram grid; a
+    column with no value is left out."""
+    from .quantize import quantize_column, shared_tokens
+
+    out = {}
+    with shared_tokens():
+        for j in columns:
+            try:
+                col = quantize_column(names[j], frame[names[j]], config, kinds[j])
+            except E.EmptyColumnError:
+                continue
+            out[j] = (col.rows, col.hist.astype(np.int64))
+    return out
+
+
+def pooled_loglik(qb: dict, n_rows: int, pooled: list, labels: list, temperature: float) -> np.ndarray:
+    """(n_rows, n_classes) log p(x_i | c) / (temperature x features) under naive Bayes.
+
+    ``pooled``: per candidate, ``(rec, {source feature: target feature})``; their class-conditional
+    counts are summed per (class, target feature, bucket)."""
+    index = {c: i for i, c in enumerate(labels)}
+    K = len(labels)
+    cls, feat, bucket, count = [], [], [], []
+    for rec, fmap in pooled:
+        remap = np.array([index[c] for c in rec["labels"]], dtype=np.int64)
+        fm = np.full(int(np.max(list(fmap) + [0])) + 1, -1, dtype=np.int64)
+        for sf, tj in fmap.items():
+            fm[sf] = tj
+        f = np.asarray(rec["feat"], np.int64)
+        keep = f < len(fm)
+        keep[keep] = fm[f[keep]] >= 0
+        tj = fm[f[keep]]
+        keep_q = np.isin(tj, list(qb))
+        cls.append(remap[np.asarray(rec["cls"], np.int64)[keep]][keep_q])
+        feat.append(tj[keep_q])
+        bucket.append(np.asarray(rec["bucket"], np.int64)[keep][keep_q])
+        count.append(np.asarray(rec["count"], np.float64)[keep][keep_q])
+    cls, feat, bucket, count = (np.concatenate(x) if x else np.zeros(0) for x in (cls, feat, bucket, count))
+    ll = np.zeros((n_rows, K))
+    used = 0
+    for j, (rows, qbk) in qb.items():
+        sel = feat == j
+        if not sel.any():
+            continue
+        used += 1
+        vocab, inv = np.unique(np.concatenate([bucket[sel], qbk]), return_inverse=True)
+        V = len(vocab)
+        N = np.zeros((K, V))
+        np.add.at(N, (cls[sel].astype(np.int64), inv[:sel.sum()]), count[sel])
+        q = (N.sum(axis=0) + 1.0) / (N.sum() + V)                     # pooled all-class, add-one
+        P = (N + SMOOTHING * q) / (N.sum(axis=1, keepdims=True) + SMOOTHING)   # (K, V)
+        L = np.log(P).T                                               # (V, K)
+        np.add.at(ll, rows, L[inv[sel.sum():]])
+    return ll / (temperature * max(used, 1))
+
+
+def em_mixture(ll: np.ndarray, pi0: np.ndarray | None = None, iters: int = EM_ITERS) -> np.ndarray:
+    """Saerens et al.'s EM: the class mixture maximizing the likelihood of rows with class
+    log-likelihoods ``ll`` (n, K)."""
+    n, K = ll.shape
+    pi = np.full(K, 1.0 / K) if pi0 is None else pi0.copy()
+    if n == 0:
+        return pi
+    L = np.exp(ll - ll.max(axis=1, keepdims=True))                 # (n, K), row max 1
+    for _ in range(iters):
+        w = L * pi
+        w /= w.sum(axis=1, keepdims=True)
+        new = w.mean(axis=0)
+        if np.abs(new - pi).max() < EM_TOL:
+            pi = new
+            break
+        pi = new
+    return pi
+
+
+def recall_vector(perf: dict, labels: list) -> np.ndarray:
+    r = dict(zip(perf["labels"], np.asarray(perf["recall"], dtype=np.float64)))
+    return np.array([r.get(c, 0.0) for c in labels])
+
+
+def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstrap: int = 0,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(pi, acc, interval)``: the query's class mixture, each model's predicted accuracy
+    (``perfs[i]`` -> ``acc[i]``) and the (len(perfs), 2) 5-95 % bootstrap interval (None without)."""
+    R = np.stack([recall_vector(p, labels) for p in perfs]) if perfs else np.zeros((0, len(labels)))
+    if mixture is not None:
+        pi = mixture
+        return pi, R @ pi, None
+    pi = em_mixture(ll)
+    acc = R @ pi
+    if bootstrap <= 0 or ll.shape[0] < 2:
+        return pi, acc, None
+    rng = np.random.default_rng(seed)
+    accs = np.empty((bootstrap, len(perfs)))
+    for b in range(bootstrap):
+        idx = rng.integers(0, ll.shape[0], ll.shape[0])
+        accs[b] = R @ em_mixture(ll[idx], pi, iters=60)
+    return pi, acc, np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
+
+
+def check_mixture(mixture, labels: list) -> np.ndarray:
+    """A user's ``mixture={label: share}`` as a distribution over ``labels``."""
+    if not isinstance(mixture, dict) or not mixture:
+        raise E.InvalidArgumentError("mixture must be a dict {label: share of the query's rows}")
+    keys = canonical(np.array(list(mixture), dtype=object), "mixture labels").tolist()
+    vals = np.array([float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+                     else np.nan for v in mixture.values()])
+    if not np.isfinite(vals).all() or (vals < 0).any() or vals.sum() <= 0:
+        raise E.InvalidArgumentError("mixture shares must be numbers >= 0 with a positive sum")
+    if labels and label_kind(keys) != label_kind(labels):
+        keys = _match_kind(keys, labels)
+    d = dict(zip(keys, vals / vals.sum()))
+    return np.array([d.get(c, 0.0) for c in labels])
