@@ -364,45 +364,107 @@ def query_buckets(frame: pd.DataFrame, names: list[str], kinds: list[str], colum
     return out
 
 
-def pooled_loglik(qb: dict, n_rows: int, pooled: list, labels: list, temperature: float) -> np.ndarray:
-    """(n_rows, n_classes) log p(x_i | c) / (temperature x features) under naive Bayes.
+def pool(pooled: list, labels: list, names: list[str]) -> dict:
+    """The candidates' class-conditional counts summed per (class, query column, bucket).
 
-    ``pooled``: per candidate, ``(rec, {source feature: target feature})``; their class-conditional
-    counts are summed per (class, target feature, bucket)."""
+    ``pooled``: per candidate, ``(rec, {source feature: target feature})``; ``names``: the query's
+    columns. The result names columns and classes, so pools of several hubs (shards) add up
+    (:func:`merge_pools`) to the pool of one hub holding every entry."""
     index = {c: i for i, c in enumerate(labels)}
-    K = len(labels)
     cls, feat, bucket, count = [], [], [], []
     for rec, fmap in pooled:
         remap = np.array([index[c] for c in rec["labels"]], dtype=np.int64)
-        fm = np.full(int(np.max(list(fmap) + [0])) + 1, -1, dtype=np.int64)
+        f = np.asarray(rec["feat"], np.int64)
+        fm = np.full(max(int(f.max()) + 1 if f.size else 0, max(fmap, default=-1) + 1), -1, dtype=np.int64)
         for sf, tj in fmap.items():
             fm[sf] = tj
-        f = np.asarray(rec["feat"], np.int64)
-        keep = f < len(fm)
-        keep[keep] = fm[f[keep]] >= 0
-        tj = fm[f[keep]]
-        keep_q = np.isin(tj, list(qb))
-        cls.append(remap[np.asarray(rec["cls"], np.int64)[keep]][keep_q])
-        feat.append(tj[keep_q])
-        bucket.append(np.asarray(rec["bucket"], np.int64)[keep][keep_q])
-        count.append(np.asarray(rec["count"], np.float64)[keep][keep_q])
-    cls, feat, bucket, count = (np.concatenate(x) if x else np.zeros(0) for x in (cls, feat, bucket, count))
+        keep = fm[f] >= 0
+        cls.append(remap[np.asarray(rec["cls"], np.int64)[keep]])
+        feat.append(fm[f[keep]])
+        bucket.append(np.asarray(rec["bucket"], np.int64)[keep])
+        count.append(np.asarray(rec["count"], np.float64)[keep])
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+    return _aggregate(labels, list(names), cat(cls, np.int64), cat(feat, np.int64), cat(bucket, np.int64),
+                      cat(count, np.float64), len(pooled))
+
+
+def _aggregate(labels, columns, cls, col, bucket, count, entries: int) -> dict:
+    key = (col * (1 << 20) + cls) * (1 << 33) + (bucket + (1 << 32))
+    uniq, inv = np.unique(key, return_inverse=True)
+    summed = np.bincount(inv, weights=count, minlength=len(uniq))
+    return {"labels": list(labels), "columns": columns, "col": (uniq >> 53).astype(np.int32),
+            "cls": ((uniq >> 33) & ((1 << 20) - 1)).astype(np.int32),
+            "bucket": ((uniq & ((1 << 33) - 1)) - (1 << 32)).astype(np.int32), "count": summed,
+            "entries": int(entries)}
+
+
+def merge_pools(pools: list[dict]) -> dict:
+    """The sum of several :func:`pool` results (e.g. one per shard), over the union of their
+    classes and columns, in the canonical order one hub would give."""
+    labels = sorted({c for p in pools for c in p["labels"]}, key=_sort_key)
+    columns = sorted({c for p in pools for c in p["columns"]})
+    li = {c: i for i, c in enumerate(labels)}
+    ci = {c: i for i, c in enumerate(columns)}
+    parts = [(np.array([li[c] for c in p["labels"]], np.int64)[np.asarray(p["cls"], np.int64)],
+              np.array([ci[c] for c in p["columns"]], np.int64)[np.asarray(p["col"], np.int64)],
+              np.asarray(p["bucket"], np.int64), np.asarray(p["count"], np.float64))
+             for p in pools if len(p["cls"])]
+    if not parts:
+        return {"labels": labels, "columns": columns, "col": np.zeros(0, np.int32), "cls": np.zeros(0, np.int32),
+                "bucket": np.zeros(0, np.int32), "count": np.zeros(0), "entries": sum(p["entries"] for p in pools)}
+    cls, col, bucket, count = (np.concatenate(x) for x in zip(*parts))
+    return _aggregate(labels, columns, cls, col, bucket, count, sum(int(p["entries"]) for p in pools))
+
+
+def check_pool(p) -> dict:
+    """A class pool received from outside (a shard's answer), validated."""
+    ok = isinstance(p, dict) and isinstance(p.get("labels"), list) and isinstance(p.get("columns"), list) \
+        and all(isinstance(c, str) for c in p["columns"]) and isinstance(p.get("entries"), int)
+    if ok:
+        arrs = [np.asarray(p.get(x)) for x in ("col", "cls", "bucket", "count")]
+        ok = len({a.shape for a in arrs}) == 1 and arrs[0].ndim == 1 and len(p["labels"]) <= MAX_CLASSES * 64 \
+            and (arrs[0].size == 0 or (arrs[0].min() >= 0 and arrs[0].max() < len(p["columns"])
+                                       and arrs[1].min() >= 0 and arrs[1].max() < len(p["labels"])
+                                       and np.isfinite(arrs[3]).all() and arrs[3].min() >= 0))
+    if not ok:
+        raise E.InvalidArgumentError("class_pool is malformed: pass what hub.class_pool(...) returned")
+    p = dict(p)
+    p["labels"] = canonical(np.array(p["labels"], dtype=object), "class_pool labels").tolist() if p["labels"] else []
+    return p
+
+
+def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float) -> np.ndarray:
+    """(n_rows, n_classes) ``log p(x_i | c)`` / (temperature x features) under naive Bayes over
+    the pooled class-conditional histograms ``pl`` (smoothed towards the pooled all-class one)."""
+    K = len(pl["labels"])
+    col_of = {c: i for i, c in enumerate(pl["columns"])}
+    col = np.asarray(pl["col"], np.int64)
+    cls = np.asarray(pl["cls"], np.int64)
+    bucket = np.asarray(pl["bucket"], np.int64)
+    count = np.asarray(pl["count"], np.float64)
     ll = np.zeros((n_rows, K))
     used = 0
     for j, (rows, qbk) in qb.items():
-        sel = feat == j
+        c = col_of.get(names[j])
+        sel = col == c if c is not None else np.zeros(len(col), bool)
         if not sel.any():
             continue
         used += 1
+        n_sel = int(sel.sum())
         vocab, inv = np.unique(np.concatenate([bucket[sel], qbk]), return_inverse=True)
-        V = len(vocab)
-        N = np.zeros((K, V))
-        np.add.at(N, (cls[sel].astype(np.int64), inv[:sel.sum()]), count[sel])
-        q = (N.sum(axis=0) + 1.0) / (N.sum() + V)                     # pooled all-class, add-one
+        N = np.zeros((K, len(vocab)))
+        np.add.at(N, (cls[sel], inv[:n_sel]), count[sel])
+        q = (N.sum(axis=0) + 1.0) / (N.sum() + len(vocab))                    # pooled all-class, add-one
         P = (N + SMOOTHING * q) / (N.sum(axis=1, keepdims=True) + SMOOTHING)   # (K, V)
-        L = np.log(P).T                                               # (V, K)
-        np.add.at(ll, rows, L[inv[sel.sum():]])
+        np.add.at(ll, rows, np.log(P).T[inv[n_sel:]])
     return ll / (temperature * max(used, 1))
+
+
+def pooled_loglik(qb: dict, n_rows: int, pooled: list, labels: list, temperature: float,
+                  names: list[str] | None = None) -> np.ndarray:
+    """:func:`loglik` over the :func:`pool` of ``pooled``."""
+    names = names or [str(j) for j in range(max(qb, default=-1) + 1)]
+    return loglik(qb, n_rows, pool(pooled, labels, names), names, temperature)
 
 
 def em_mixture(ll: np.ndarray, pi0: np.ndarray | None = None, iters: int = EM_ITERS) -> np.ndarray:

@@ -297,6 +297,10 @@ class Client:
                                                    embedding_candidates))
         return Plan(d["method"], d["k"], [Stage(**s) for s in d["stages"]])
 
+    def class_pool(self, data, *, where: dict | None = None, feature_names=None, **overrides) -> dict:
+        """The server's share of what ``method="accuracy"`` pools (see :meth:`fitsketch.Hub.class_pool`)."""
+        return self._call("class_pool", self._query_args(data, 1, "accuracy", where, feature_names, overrides))
+
     def _query_args(self, data, k, method, where, feature_names, overrides, embedding=None,
                     embedding_candidates=100) -> dict:
         from .sketch import Sketch

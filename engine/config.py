@@ -55,7 +55,7 @@ class SketchConfig:
     # accuracy_temperature x the number of features before EM; accuracy_bootstrap resamples of the
     # query's rows give the interval (0: none). Chosen on the digits label-skew zoo, seeds 0-1
     # (python -m bench.bench_accuracy; bench/SUMMARY.md)
-    accuracy_temperature: float = 1.0
+    accuracy_temperature: float = 0.1
     accuracy_bootstrap: int = 50
 
     def __post_init__(self):

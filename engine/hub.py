@@ -468,6 +468,21 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                                overrides=overrides, embedding=embedding, n_emb=embedding_candidates)
         return plan
 
+    @_translated
+    def class_pool(self, data, *, where: dict | None = None, feature_names=None, **overrides) -> dict:
+        """This hub's share of what ``method="accuracy"`` pools for ``data``: the labelled candidates'
+        class-conditional counts per (class, query column, bucket). A sharded hub sums the shards'
+        pools (``accuracy.merge_pools``) and passes the sum back as ``search(..., class_pool=)``, so
+        every shard estimates the query's class mixture from all entries, as one hub would."""
+        try:
+            pl, _ = self._search(data, k=1, method="accuracy", where=where, feature_names=feature_names,
+                                 overrides={**overrides, "class_pool": "return"})
+        except E.NoSharedFeaturesError:
+            pl = []
+        if not isinstance(pl, dict):   # no candidate: an empty pool
+            pl = _acc.merge_pools([])
+        return pl
+
     def _query_config(self, method, k, where, overrides) -> SketchConfig:
         if method not in METHODS:
             raise E.UnknownMethodError(f"method={method!r} is not a search method: use one of {', '.join(METHODS)}")
@@ -485,6 +500,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def _search(self, data, *, k, method, where, feature_names, overrides, embedding=None, n_emb=100):
         overrides = dict(overrides)
         mixture = overrides.pop("mixture", None)   # method="accuracy": the query's class mixture, when known
+        class_pool = overrides.pop("class_pool", None)   # method="accuracy" across shards (engine/sharded.py)
+        if class_pool is not None and class_pool != "return":
+            class_pool = _acc.check_pool(class_pool)
         cfg = self._query_config(method, k, where, overrides)
         if embedding is not None and (not isinstance(n_emb, int) or isinstance(n_emb, bool) or n_emb < 1):
             raise E.InvalidArgumentError(f"embedding_candidates={n_emb!r} is not valid: expected a positive integer")
@@ -529,7 +547,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     + (f", metadata {where}" if where else "") + (", shortlist" if allowed else "")
                     + "): lower feature_threshold / overlap_threshold, or check the columns")
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
-                scored = self._score(txn, target, cands, cfg, method, embedding=embedding, mixture=mixture)
+                scored = self._score(txn, target, cands, cfg, method, embedding=embedding, mixture=mixture,
+                                     class_pool=class_pool)
+                if class_pool == "return":
+                    return scored, plan
                 st.actual = len(scored)
                 picked = sorted({m.evidence["auto"] for m in scored if "auto" in m.evidence})
                 if picked:
@@ -681,9 +702,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 yield key, rec_of[i], al
 
     def _score(self, txn, target: Sketch, cands, cfg: SketchConfig, method: str, embedding=None,
-               mixture=None) -> list[Match]:
+               mixture=None, class_pool=None) -> list[Match]:
         if method in ("auto", "accuracy"):
-            return self._score_accuracy(txn, target, cands, cfg, auto=method == "auto", mixture=mixture)
+            return self._score_accuracy(txn, target, cands, cfg, auto=method == "auto", mixture=mixture,
+                                        class_pool=class_pool)
         if method == "coverage":  # these two never read the partition histograms
             return self._score_coverage(txn, target, cands, cfg, embedding)
         if method == "simex":
@@ -766,7 +788,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     out[i] = v
         return out
 
-    def _score_accuracy(self, txn, target: Sketch, cands, cfg: SketchConfig, *, auto: bool, mixture=None):
+    def _score_accuracy(self, txn, target: Sketch, cands, cfg: SketchConfig, *, auto: bool, mixture=None,
+                        class_pool=None):
         """Predicted accuracy of each labelled candidate's model on the query (engine/accuracy.py).
 
         ``auto``: the labelled candidates are ranked by predicted accuracy, the others after them by
@@ -781,7 +804,13 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 rest.append((rec, al))
         frame = getattr(target, "frame", None)
         why = None
-        if not labelled:
+        if class_pool == "return":   # Hub.class_pool: this hub's share of the pooled class-conditionals
+            labels = sorted({c for _, _, cl in labelled for c in cl["labels"]}, key=_acc._sort_key)
+            return _acc.merge_pools([_acc.pool([(cl, {sf: tj for tj, sf, _ in al.pairs}) for _, al, cl in labelled],
+                                               labels, target.names)])
+        if class_pool is not None and not class_pool["labels"]:
+            why = "no entry (of any shard) was registered with labels"
+        elif not labelled:
             why = "no candidate entry was registered with labels"
         elif frame is None and mixture is None:
             why = "the query is a sketch without its rows (pass the data)"
@@ -794,6 +823,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 m.evidence["auto"] = f"{AUTO_LABEL_FREE}: {why}"
             return out
         labels = sorted({c for _, _, cl in labelled for c in cl["labels"]}, key=_acc._sort_key)
+        pl = None
+        if class_pool is not None:   # the pool of every shard (ShardedHub), instead of this hub's own
+            pl = class_pool
+            labels = sorted(set(labels) | set(pl["labels"]), key=_acc._sort_key)
         if mixture is not None:
             pi = _acc.check_mixture(mixture, labels)
             extra = [c for c in _acc.canonical(np.array(list(mixture), dtype=object)).tolist() if c not in set(labels)]
@@ -802,10 +835,15 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 pi = _acc.check_mixture(mixture, labels)
             ll = np.zeros((0, len(labels)))
         else:
-            used = sorted({tj for _, al, _ in labelled for tj, _, _ in al.pairs})
+            if pl is None:
+                pl = _acc.merge_pools([_acc.pool([(cl, {sf: tj for tj, sf, _ in al.pairs}) for _, al, cl in labelled],
+                                                 labels, target.names)])
+            pl = _acc.merge_pools([pl, {**pl, "labels": labels, "cls": pl["cls"][:0], "col": pl["col"][:0],
+                                        "bucket": pl["bucket"][:0], "count": pl["count"][:0], "entries": 0}])
+            labels = pl["labels"]
+            used = sorted({j for j, n in enumerate(target.names) if n in set(pl["columns"])})
             qb = _acc.query_buckets(frame, target.names, target.kinds, used, self.config)
-            pooled = [(cl, {sf: tj for tj, sf, _ in al.pairs}) for _, al, cl in labelled]
-            ll = _acc.pooled_loglik(qb, len(frame), pooled, labels, cfg.accuracy_temperature)
+            ll = _acc.loglik(qb, len(frame), pl, target.names, cfg.accuracy_temperature)
             pi = None
         pi, acc, interval = _acc.estimate(ll, labels, [cl["perf"] for _, _, cl in labelled], mixture=pi,
                                           bootstrap=cfg.accuracy_bootstrap, seed=self.config.seed)
@@ -821,13 +859,14 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                   "contributions": {str(labels[j]): round(float(contrib[j]), 4)
                                     for j in np.argsort(-contrib, kind="stable")[:5] if contrib[j] > 0},
                   "unseen_class_share": round(float(sum(p for c, p in zip(labels, pi) if c not in seen)), 4),
-                  "performance": cl["perf"]["source"], "pooled_entries": len(labelled)}
+                  "performance": cl["perf"]["source"],
+                  "pooled_entries": pl["entries"] if pl is not None else len(labelled)}
             if interval is not None:
                 ev["interval"] = [round(float(interval[i, 0]), 4), round(float(interval[i, 1]), 4)]
             if cl["perf"]["source"].startswith("fallback"):
                 ev["fallback"] = "no model performance was registered: recall guessed from class counts"
             if auto:
-                ev["auto"] = f"accuracy: {len(labelled)} of {len(cands)} candidates carry labels"
+                ev["auto"] = "accuracy: registered with labels"
             results.append(self._match(rec, al, target, float(acc[i]), "accuracy", ev))
         if auto and rest:
             for m in self._score(txn, target, rest, cfg, AUTO_LABEL_FREE):

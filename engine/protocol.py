@@ -88,9 +88,9 @@ MAX_FRAME_LIMIT = (1 << 32) - 1      # what a 4-byte length can say
 _HEADER = struct.Struct(">I")
 
 OPS = ("ping", "stats", "add", "add_sketch", "add_sketches", "search", "explain", "get", "remove", "names", "len",
-       "contains", "nearest", "sample", "search_logits", "warm")
+       "contains", "nearest", "sample", "search_logits", "warm", "class_pool")
 READ_OPS = frozenset({"ping", "stats", "search", "explain", "get", "names", "len", "contains", "nearest",
-                      "sample", "search_logits", "warm"})
+                      "sample", "search_logits", "warm", "class_pool"})
 
 
 UnauthorizedError = E.UnauthorizedError
@@ -274,6 +274,7 @@ ARGS: dict[str, dict[str, tuple]] = {
                "params": (dict, False), "embedding": (np.ndarray, False), "embedding_candidates": (int, False)},
 }
 ARGS["explain"] = ARGS["search"]
+ARGS["class_pool"] = ARGS["search"]   # method="accuracy" across shards: a shard's pooled class counts
 ARGS["nearest"] = {"xq": (np.ndarray, True), "k": (int, False), "index": (str, False), "level": (str, False)}
 ARGS["sample"] = {"sample_id": (int, True)}
 ARGS["search_logits"] = {"entry": (str, False), "logit": (int, False), "descriptor": (np.ndarray, False),

@@ -141,6 +141,13 @@ def _op_explain(server, hub, args):
     return hub.explain(q.pop("data"), **q).to_dict()
 
 
+def _op_class_pool(server, hub, args):
+    q = _query(server, args)
+    q.pop("k", None)
+    q.pop("method", None)
+    return hub.class_pool(q.pop("data"), **q)
+
+
 def _op_get(server, hub, args):
     return hub.get(args["name"]).to_dict()
 
@@ -205,6 +212,7 @@ HANDLERS = {
     "sample": _op_sample,
     "search_logits": _op_search_logits,
     "warm": _op_warm,
+    "class_pool": _op_class_pool,
 }
 if tuple(HANDLERS) != OPS:  # pragma: no cover - keep protocol.OPS and this allow-list in step
     raise ImportError(f"server HANDLERS {tuple(HANDLERS)} differ from protocol.OPS {OPS}")

@@ -55,7 +55,7 @@ ShardConfigError = E.ShardConfigError
 from .config import SketchConfig
 from .sketch import Sketch
 
-_ROW_METHODS = ("coverage", "simex")      # need the query's rows: ship the data, not a sketch
+_ROW_METHODS = ("coverage", "simex", "accuracy", "auto")   # need the query's rows: ship the data, not a sketch
 
 
 
@@ -68,7 +68,8 @@ def shard_of(name: str, n_shards: int) -> int:
 
 
 def _sort_key(m):
-    return (-m.score, -float(m.evidence.get("band_agreement", 0.0)) if m.method == "adaptivity" else 0.0,
+    unlabelled = "registered without labels" in str(m.evidence.get("auto", ""))   # auto: after the labelled ones
+    return (unlabelled, -m.score, -float(m.evidence.get("band_agreement", 0.0)) if m.method == "adaptivity" else 0.0,
             -m.overlap, m.name)
 
 
@@ -241,6 +242,14 @@ class ShardedHub:
 
             data = build_sketch(to_frame(data, feature_names), self.config)    # once, not once per shard
             feature_names = None
+        if method in ("accuracy", "auto") and not isinstance(data, Sketch) and "mixture" not in overrides:
+            # every shard estimates the query's class mixture from the pool of ALL shards' labelled
+            # entries (accuracy.merge_pools), as one hub holding them all would
+            from .accuracy import merge_pools
+
+            pools = self._map(lambda i: self._call(i, self.shards[i].class_pool, data, where=where,
+                                                   feature_names=feature_names, **overrides))
+            overrides = {**overrides, "class_pool": merge_pools(pools)}
         results = self._map(lambda i: self._search_one(i, data, k=k, method=method, where=where,
                                                        feature_names=feature_names, **overrides))
         lists = [r for r in results if r is not None]
