@@ -45,8 +45,8 @@ def test_simex_add_errors_leave_hub_unchanged(tmp_path):
     rng = np.random.default_rng()
     with fitsketch.open(tmp_path / "h") as hub:
         df = _data(rng, 30, 0.0)
-        with pytest.raises(E.InvalidArgumentError, match="autoencoder=True"):
-            hub.add("x", df, labels="y")
+        with pytest.raises(E.LabelError, match="single class"):   # labels alone are fine (method="accuracy")
+            hub.add("x", df.assign(y=0), labels="y")
         with pytest.raises(E.InvalidArgumentError, match="not a column"):
             hub.add("x", df, autoencoder=True, labels="nope")
         with pytest.raises(E.TooFewSamplesError):
