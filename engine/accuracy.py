@@ -127,25 +127,51 @@ def label_kind(values) -> str:
     return "str" if any(isinstance(v, str) for v in values) else "int"
 
 
+# ------------------------------------------------------------------------------ buckets
+def column_buckets(df: pd.DataFrame, names: list[str], kinds: list[str], columns, config):
+    """Yield ``(index, rows, buckets)`` of columns ``columns`` (indices into ``names``) on the hub's
+    histogram grid, as :func:`fitsketch.quantize.quantize_column` gives them; plain numeric columns
+    are bucketed as one matrix (one call instead of one per column: 784-pixel images). A column
+    with no value is skipped."""
+    from .quantize import numeric_keys, quantize_column, shared_tokens
+
+    columns = list(columns)
+    fast = [j for j in columns if kinds[j] == "numeric" and (pd.api.types.is_numeric_dtype(df[names[j]])
+                                                             or pd.api.types.is_bool_dtype(df[names[j]]))]
+    n = len(df)
+    if fast:
+        X = df[[names[j] for j in fast]].to_numpy(dtype=np.float64, na_value=np.nan)   # (n, len(fast))
+        keys = numeric_keys(X, config.hist_accuracy).astype(np.int32)
+        allnan = np.isnan(X).all(axis=0)
+        rows = np.arange(n, dtype=np.int64)
+        for i, j in enumerate(fast):
+            if not allnan[i]:
+                yield j, rows, keys[:, i]
+    slow = [j for j in columns if j not in set(fast)]
+    with shared_tokens():
+        for j in slow:
+            try:
+                col = quantize_column(names[j], df[names[j]], config, kinds[j])
+            except E.EmptyColumnError:
+                continue
+            yield j, col.rows, col.hist
+
+
 # ------------------------------------------------------------------------------ registration
 def class_record(df: pd.DataFrame, labels: np.ndarray, names: list[str], kinds: list[str], config) -> dict:
     """The class record of rows ``df`` (columns ``names`` of kinds ``kinds``) labelled ``labels``
     (from :func:`check_labels`), without performance (see :func:`performance`)."""
-    from .quantize import quantize_column, shared_tokens
-
     classes = sorted(set(labels.tolist()))
     index = {c: i for i, c in enumerate(classes)}
     codes = np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
     cls, feat, bucket, count = [], [], [], []
-    with shared_tokens():
-        for f, (name, kind) in enumerate(zip(names, kinds)):
-            col = quantize_column(name, df[name], config, kind)
-            key = codes[col.rows] * (1 << 32) + (col.hist.astype(np.int64) + (1 << 31))
-            uniq, cnt = np.unique(key, return_counts=True)
-            cls.append((uniq >> 32).astype(np.int32))
-            bucket.append(((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32))
-            feat.append(np.full(len(uniq), f, dtype=np.int32))
-            count.append(cnt.astype(np.uint32))
+    for f, rows, hist in column_buckets(df, names, kinds, range(len(names)), config):
+        key = codes[rows] * (1 << 32) + (hist.astype(np.int64) + (1 << 31))
+        uniq, cnt = np.unique(key, return_counts=True)
+        cls.append((uniq >> 32).astype(np.int32))
+        bucket.append(((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32))
+        feat.append(np.full(len(uniq), f, dtype=np.int32))
+        count.append(cnt.astype(np.uint32))
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
     return {"v": CLASSES_FORMAT, "labels": classes,
             "counts": np.bincount(codes, minlength=len(classes)).astype(np.int64),
@@ -351,17 +377,8 @@ def check_record(rec, n_features: int) -> dict:
 def query_buckets(frame: pd.DataFrame, names: list[str], kinds: list[str], columns: list[int], config):
     """``{target feature: (rows, buckets)}`` of the query's occurrences in the histogram grid; a
     column with no value is left out."""
-    from .quantize import quantize_column, shared_tokens
-
-    out = {}
-    with shared_tokens():
-        for j in columns:
-            try:
-                col = quantize_column(names[j], frame[names[j]], config, kinds[j])
-            except E.EmptyColumnError:
-                continue
-            out[j] = (col.rows, col.hist.astype(np.int64))
-    return out
+    return {j: (rows, hist.astype(np.int64), kinds[j] != "text")   # text: several tokens a row
+            for j, rows, hist in column_buckets(frame, names, kinds, columns, config)}
 
 
 def pool(pooled: list, labels: list, names: list[str]) -> dict:
@@ -439,24 +456,27 @@ def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float
     K = len(pl["labels"])
     col_of = {c: i for i, c in enumerate(pl["columns"])}
     col = np.asarray(pl["col"], np.int64)
-    cls = np.asarray(pl["cls"], np.int64)
-    bucket = np.asarray(pl["bucket"], np.int64)
-    count = np.asarray(pl["count"], np.float64)
+    order = np.argsort(col, kind="stable")
+    col, cls, bucket, count = col[order], np.asarray(pl["cls"], np.int64)[order], \
+        np.asarray(pl["bucket"], np.int64)[order], np.asarray(pl["count"], np.float64)[order]
+    starts = np.searchsorted(col, np.arange(len(pl["columns"]) + 1))
     ll = np.zeros((n_rows, K))
     used = 0
-    for j, (rows, qbk) in qb.items():
+    for j, (rows, qbk, one_per_row) in qb.items():
         c = col_of.get(names[j])
-        sel = col == c if c is not None else np.zeros(len(col), bool)
-        if not sel.any():
+        if c is None or starts[c] == starts[c + 1]:
             continue
         used += 1
-        n_sel = int(sel.sum())
-        vocab, inv = np.unique(np.concatenate([bucket[sel], qbk]), return_inverse=True)
+        lo, hi = starts[c], starts[c + 1]
+        vocab, inv = np.unique(np.concatenate([bucket[lo:hi], qbk]), return_inverse=True)
         N = np.zeros((K, len(vocab)))
-        np.add.at(N, (cls[sel], inv[:n_sel]), count[sel])
+        np.add.at(N, (cls[lo:hi], inv[:hi - lo]), count[lo:hi])
         q = (N.sum(axis=0) + 1.0) / (N.sum() + len(vocab))                    # pooled all-class, add-one
         P = (N + SMOOTHING * q) / (N.sum(axis=1, keepdims=True) + SMOOTHING)   # (K, V)
-        np.add.at(ll, rows, np.log(P).T[inv[n_sel:]])
+        if one_per_row:
+            ll[rows] += np.log(P).T[inv[hi - lo:]]
+        else:
+            np.add.at(ll, rows, np.log(P).T[inv[hi - lo:]])
     return ll / (temperature * max(used, 1))
 
 
@@ -496,18 +516,21 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
     """``(pi, acc, interval)``: the query's class mixture, each model's predicted accuracy
     (``perfs[i]`` -> ``acc[i]``) and the (len(perfs), 2) 5-95 % bootstrap interval (None without)."""
     R = np.stack([recall_vector(p, labels) for p in perfs]) if perfs else np.zeros((0, len(labels)))
+    # one dot product per model (not R @ pi): a model's score must not depend on which other
+    # models share the call (a shard holds some of them; BLAS sums a matrix product in blocks)
+    times = lambda pi: np.array([np.dot(r, pi) for r in R])  # noqa: E731
     if mixture is not None:
         pi = mixture
-        return pi, R @ pi, None
+        return pi, times(pi), None
     pi = em_mixture(ll)
-    acc = R @ pi
+    acc = times(pi)
     if bootstrap <= 0 or ll.shape[0] < 2:
         return pi, acc, None
     rng = np.random.default_rng(seed)
     accs = np.empty((bootstrap, len(perfs)))
     for b in range(bootstrap):
         idx = rng.integers(0, ll.shape[0], ll.shape[0])
-        accs[b] = R @ em_mixture(ll[idx], pi, iters=60)
+        accs[b] = times(em_mixture(ll[idx], pi, iters=60))
     return pi, acc, np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
 
 

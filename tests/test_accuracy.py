@@ -286,3 +286,25 @@ def test_accuracy_across_shards_equals_one_hub(tmp_path, rng):
     finally:
         srv.stop()
         shutil.rmtree(sock, ignore_errors=True)
+
+
+def test_column_buckets_equal_quantize_column(rng):
+    """The one-matrix path for numeric columns gives quantize_column's histogram buckets."""
+    from fitsketch.quantize import quantize_column
+
+    n = int(rng.choice([1, 7, 97, 1001]))
+    vals = rng.normal(0, 10.0 ** rng.uniform(-3, 6), size=n)
+    vals[rng.random(n) < 0.1] = np.nan
+    vals[rng.random(n) < 0.05] = np.inf
+    df = pd.DataFrame({"f": vals, "i": rng.integers(-50, 50, n), "b": rng.random(n) < 0.5,
+                       "s": rng.choice(["x", "y", "z"], n), "t": ["a b c d"] * n,
+                       "nan": np.full(n, np.nan)})
+    names = list(df.columns)
+    kinds = ["numeric", "numeric", "numeric", "categorical", "text", "numeric"]
+    cfg = SketchConfig()
+    got = {j: (r, h) for j, r, h in A.column_buckets(df, names, kinds, range(len(names)), cfg)}
+    assert set(got) == {0, 1, 2, 3, 4}     # the all-NaN column is left out
+    for j in got:
+        col = quantize_column(names[j], df[names[j]], cfg, kinds[j])
+        np.testing.assert_array_equal(got[j][0], col.rows)
+        np.testing.assert_array_equal(got[j][1], col.hist)
