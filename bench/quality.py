@@ -32,8 +32,8 @@ SPACES = {"coverage (embedding)": "embedding", "coverage (latent)": "latent"}  #
 ROW_METHODS = ("coverage", "simex")  # these need the target's rows: they are given the data, not a sketch
 BASELINE = "source-accuracy"
 ORACLE = "oracle-labels"  # label-aware ceiling of coverage (fitsketch.workloads.label_oracle)
-METRICS = ("top1_error", "top2_error", "regret", "pearson")
-LOWER_IS_BETTER = {"top1_error": True, "top2_error": True, "regret": True, "pearson": False}
+METRICS = ("top1_error", "top2_error", "regret", "pearson", "spearman")
+LOWER_IS_BETTER = {"top1_error": True, "top2_error": True, "regret": True, "pearson": False, "spearman": False}
 
 
 def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: str = "", embed=None) -> dict:
@@ -108,14 +108,15 @@ def quality(scores: dict, accuracy) -> dict:
     got = {t: sc for t, sc in scores.items() if sc}
     empty = [t for t, sc in scores.items() if not sc]
     q = selection_quality(got, accuracy) if got else {"top1_error": 0.0, "top2_error": 0.0, "regret": 0.0,
-                                                     "pearson": float("nan"), "targets": 0}
+                                                     "pearson": float("nan"), "spearman": float("nan"),
+                                                     "targets": 0}
     n = len(got) + len(empty)
     if empty:
         miss_regret = [float(accuracy[t].max() - accuracy[t].mean()) for t in empty]
         q = {"top1_error": (q["top1_error"] * len(got) + len(empty)) / n,
              "top2_error": (q["top2_error"] * len(got) + len(empty)) / n,
              "regret": (q["regret"] * len(got) + sum(miss_regret)) / n,
-             "pearson": q["pearson"], "targets": n}
+             "pearson": q["pearson"], "spearman": q["spearman"], "targets": n}
     q["targets_without_result"] = len(empty)
     return q
 
@@ -171,7 +172,10 @@ def _print_tables(results: dict, out=print) -> None:
     out(f"  {'method':<22}" + "".join(f"{w:>16}" for w in wls))
     for m in methods:
         out(f"  {m:<22}" + "".join(f"{results[w]['summary'][m]['pearson']:>16.3f}" for w in wls))
-    out("  paper: see Tables 4-5 of Zhou et al. (ModelHub); their numbers are not reproduced here")
+    out(f"\nTable 4 layout -- mean Spearman rho (higher is better)")
+    out(f"  {'method':<22}" + "".join(f"{w:>16}" for w in wls))
+    for m in methods:
+        out(f"  {m:<22}" + "".join(f"{results[w]['summary'][m]['spearman']:>16.3f}" for w in wls))
     out("\nTable 5 layout -- top-1 / top-2 error over targets (lower is better), regret in accuracy")
     out(f"  {'method':<22}" + "".join(f"{w:>22}" for w in wls))
     for m in methods:
@@ -180,7 +184,16 @@ def _print_tables(results: dict, out=print) -> None:
             s = results[w]["summary"][m]
             cells.append(f"{s['top1_error']:.2f} / {s['top2_error']:.2f} ({s['regret']:.3f})")
         out(f"  {m:<22}" + "".join(f"{c:>22}" for c in cells))
-    out("  paper: see Tables 4-5")
+    from . import paper
+
+    tables = paper.load()
+    for w in wls:
+        lines = paper.lines_beside(results[w]["summary"], w, tables)
+        if lines:
+            out("")
+            for ln in lines:
+                out("  " + ln)
+    out("  " + paper.NOTE)
 
 
 def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
@@ -303,7 +316,14 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
     notes.append("methods that return no result for a source (no feature passed MinHash overlap) rank it "
                  "last; Pearson r is over the sources returned; coverage = share of (target, source) "
                  "pairs scored")
-    notes.append("paper: see Tables 4-5 of the ModelHub paper; its numbers are not copied here")
+    from . import paper
+
+    tables_paper = paper.load()
+    for w in results:
+        beside = paper.lines_beside(results[w]["summary"], w, tables_paper)
+        if beside:
+            notes.append("beside the paper: " + " ".join(beside[2:]))
+    notes.append(paper.NOTE)
     rows = []
     for w, res in results.items():
         base = res["summary"][BASELINE]
