@@ -69,10 +69,20 @@ def inspect(path: str | os.PathLike) -> dict:
 
 
 def sketch(data, config: SketchConfig | None = None, *, partition_size: int | None = None,
-           feature_names=None, device: str = "auto", coverage_center=None) -> Sketch:
-    """Sketch ``data`` without a hub (mergeable; register later with ``hub.add_sketch``)."""
-    return build_sketch(data, config or SketchConfig(), partition_size=partition_size,
-                        feature_names=feature_names, device=device, coverage_center=coverage_center)
+           feature_names=None, device: str = "auto", coverage_center=None, labels=None) -> Sketch:
+    """Sketch ``data`` without a hub (mergeable; register later with ``hub.add_sketch``).
+    ``labels`` (one per row, or a column's name) add class-conditional histograms for
+    ``method="accuracy"``."""
+    from .accuracy import with_labels
+
+    config = config or SketchConfig()
+    frame, labels = with_labels(data, labels, feature_names)
+    sk = build_sketch(frame, config, partition_size=partition_size, device=device, coverage_center=coverage_center)
+    if labels is not None:
+        from .accuracy import class_record
+
+        sk.classes = class_record(frame, labels, sk.names, sk.kinds, config)
+    return sk
 
 
 def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto"):

@@ -158,6 +158,23 @@ def column_buckets(df: pd.DataFrame, names: list[str], kinds: list[str], columns
 
 
 # ------------------------------------------------------------------------------ registration
+def with_labels(data, labels, feature_names=None):
+    """``(frame, labels)``: ``data`` read into a frame, and ``labels`` checked (a column's name is
+    taken out of the frame)."""
+    from .data import to_frame
+
+    df = to_frame(data, feature_names)
+    if labels is None:
+        return df, None
+    if isinstance(labels, str):
+        if labels not in df.columns:
+            raise E.InvalidArgumentError(f"labels={labels!r} is not a column of the data: columns are {list(df.columns)}")
+        labels, df = df[labels].to_numpy(), df.drop(columns=[labels])
+        if df.shape[1] == 0:
+            raise E.EmptyDataError("the data has no column besides the labels: give at least one feature")
+    return df, check_labels(labels, len(df))
+
+
 def class_record(df: pd.DataFrame, labels: np.ndarray, names: list[str], kinds: list[str], config) -> dict:
     """The class record of rows ``df`` (columns ``names`` of kinds ``kinds``) labelled ``labels``
     (from :func:`check_labels`), without performance (see :func:`performance`)."""

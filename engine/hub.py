@@ -241,16 +241,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         metadata = _check_metadata(metadata)
         if name in self:
             raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-        df = to_frame(data, feature_names)
-        if isinstance(labels, str):
-            if labels not in df.columns:
-                raise E.InvalidArgumentError(f"labels={labels!r} is not a column of the data: columns are {list(df.columns)}")
-            labels, df = df[labels].to_numpy(), df.drop(columns=[labels])
-            if df.shape[1] == 0:
-                raise E.EmptyDataError("the data has no column besides the labels: give at least one feature")
-        if labels is not None:
-            labels = _acc.check_labels(labels, len(df))
-        elif validation is not None or confusion is not None or class_accuracy is not None:
+        df, labels = _acc.with_labels(data, labels, feature_names)
+        if labels is None and (validation is not None or confusion is not None or class_accuracy is not None):
             raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
                                          "performance: pass the training labels= too")
         if embedding is not None:
@@ -295,9 +287,22 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             spaces["classes"] = classes
         return self._add(name, sketch, metadata, fleet, embedding, probed, spaces)
 
-    def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
-        """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
-        return self._add(name, sketch, _check_metadata(metadata), None)
+    def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None, model=None, validation=None,
+                   logit_labels=None, confusion=None, class_accuracy=None) -> Entry:
+        """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``. A sketch built
+        with ``labels=`` takes the model's per-class performance as :meth:`add` does."""
+        self._check_sketch(sketch)
+        spaces = None
+        if sketch.classes is not None:
+            classes = dict(sketch.classes)
+            classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
+                                               confusion=confusion, class_accuracy=class_accuracy,
+                                               columns=sketch.names)
+            spaces = {"classes": classes}
+        elif any(v is not None for v in (validation, confusion, class_accuracy)):
+            raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
+                                         "performance: build the sketch with fitsketch.sketch(data, labels=...)")
+        return self._add(name, sketch, _check_metadata(metadata), None, spaces=spaces)
 
     def add_sketches(self, items, *, batch: int = 1000, progress: bool = False) -> int:
         """Register many prebuilt sketches: ``items`` yields ``(name, sketch)`` or ``(name, sketch,
@@ -363,6 +368,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         prof, prof_keys = _profiles.record(sketch.hist, sketch.names, sketch.n_partitions, self.config, self.device)
         packed_hist = pack_hist(sketch.hist, sketch.n_partitions, sketch.n_features)
         created = time.time()
+        if sketch.classes is not None and not (spaces and "classes" in spaces):   # add_sketches: no performance
+            classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
+            spaces = {**(spaces or {}), "classes": {**classes, "perf": _acc.performance(classes, columns=sketch.names)}}
 
         def write(txn):
             key = name.encode("utf-8")

@@ -43,6 +43,8 @@ class Sketch:
     rows: np.ndarray | None = field(default=None, repr=False, compare=False)   # (n_rows, D)
     row_owner: list | None = field(default=None, repr=False, compare=False)   # column of each of the D dims
     frame: object = field(default=None, repr=False, compare=False)            # the query DataFrame (SimEx)
+    # class-conditional histograms when built with labels (engine/accuracy.py); merge: counts add
+    classes: dict | None = field(default=None, repr=False)
 
     @property
     def n_features(self) -> int:
@@ -70,10 +72,20 @@ class Sketch:
                 cov = _cov.merge(self.coverage, other.coverage)
             except ValueError as e:
                 raise InvalidArgumentError(str(e)) from None
+        if (self.classes is None) != (other.classes is None):
+            raise InvalidArgumentError("one sketch was built with labels and the other without: build both with "
+                                       "labels= (or both without)")
+        classes = None
+        if self.classes is not None:
+            from .accuracy import label_kind, merge_records
+
+            if label_kind(self.classes["labels"]) != label_kind(other.classes["labels"]):
+                raise InvalidArgumentError("the sketches' labels are of different kinds (ints and strings): use one")
+            classes = merge_records(self.classes, other.classes)
         return Sketch(self.config_key, self.partition_size, list(self.names), list(self.kinds),
                       np.minimum(self.signatures, other.signatures), self.sums + other.sums,
                       self.counts + other.counts, self.n_rows + other.n_rows,
-                      self.n_partitions + other.n_partitions, hist, cov)
+                      self.n_partitions + other.n_partitions, hist, cov, classes=classes)
 
     def totals(self) -> dict:
         """Histograms summed over partitions: ``feat``, ``bucket``, ``count`` sorted by (feat, bucket)."""
@@ -106,7 +118,8 @@ class Sketch:
         return {"v": SKETCH_FORMAT, "config_key": list(self.config_key), "partition_size": self.partition_size,
                 "names": self.names, "kinds": self.kinds, "signatures": self.signatures,
                 "sums": self.sums, "counts": self.counts, "n_rows": self.n_rows,
-                "n_partitions": self.n_partitions, "hist": self.hist, "coverage": self.coverage}
+                "n_partitions": self.n_partitions, "hist": self.hist, "coverage": self.coverage,
+                **({"classes": self.classes} if self.classes is not None else {})}
 
 
 def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
@@ -193,4 +206,17 @@ def sketch_from_record(rec: dict) -> Sketch:
                   np.asarray(rec["counts"], dtype=np.int64), int(rec["n_rows"]), int(rec["n_partitions"]),
                   {k: np.asarray(v) for k, v in rec["hist"].items()},
                   {k: (np.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in rec["coverage"].items()}
-                  if rec.get("coverage") else None)
+                  if rec.get("coverage") else None, classes=_classes_from_record(rec, len(rec["names"])))
+
+
+def _classes_from_record(rec: dict, n_features: int):
+    if rec.get("classes") is None:
+        return None
+    from .accuracy import check_record
+    from .errors import CorruptHubError
+
+    try:
+        cl = check_record({**rec["classes"], "perf": None}, n_features)
+    except CorruptHubError:
+        raise InvalidArgumentError("the sketch's class record is malformed: rebuild the sketch with labels=") from None
+    return {k: (np.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in cl.items()}

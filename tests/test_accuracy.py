@@ -308,3 +308,30 @@ def test_column_buckets_equal_quantize_column(rng):
         col = quantize_column(names[j], df[names[j]], cfg, kinds[j])
         np.testing.assert_array_equal(got[j][0], col.rows)
         np.testing.assert_array_equal(got[j][1], col.hist)
+
+
+def test_labelled_sketches_merge_and_register_like_add(tmp_path, rng):
+    """fitsketch.sketch(part, labels=) of two parts, merged, registered with add_sketch: the same
+    class record and the same predicted accuracy as hub.add of the whole."""
+    df, y = _labelled(rng, int(rng.integers(20, 200)), [0, 1, 2])
+    cut = int(rng.integers(5, len(df) - 5))
+    y[:2], y[cut:cut + 2] = [0, 1], [1, 2]
+    cfg = SketchConfig()
+    center = fitsketch.sketch(df, cfg).coverage["center"]     # parts share the coverage centre
+    a = fitsketch.sketch(df.iloc[:cut], cfg, labels=y[:cut], coverage_center=center)
+    b = fitsketch.sketch(df.iloc[cut:].reset_index(drop=True), cfg, labels=y[cut:], coverage_center=center)
+    merged = a.merge(b)
+    again = fitsketch.Sketch.from_bytes(merged.to_bytes())
+    ca = {0: 0.9, 1: 0.6, 2: 0.3}
+    query, _ = _labelled(rng, 60, [0, 1])
+    with fitsketch.open(tmp_path / "hub", config=cfg) as hub:
+        hub.add("whole", df, labels=y, class_accuracy=ca)
+        hub.add_sketch("parts", again, class_accuracy=ca)
+        res = {m.name: m for m in hub.search(query, method="accuracy", accuracy_bootstrap=0)}
+        with hub.store.read() as txn:
+            recs = {n: txn.get("extra", u64(hub.get(n).id))["classes"] for n in ("whole", "parts")}
+    for key in ("cls", "feat", "bucket", "count", "counts"):
+        np.testing.assert_array_equal(recs["whole"][key], recs["parts"][key])
+    assert res["whole"].score == res["parts"].score
+    with pytest.raises(E.InvalidArgumentError, match="labels"):
+        a.merge(fitsketch.sketch(df.iloc[cut:], cfg, coverage_center=center))
