@@ -16,8 +16,9 @@ Metrics per method (``fitsketch.workloads.selection_quality``): Spearman rho, Pe
 top-2 error, regret (accuracy points lost by taking the top pick) and, for methods that predict an
 accuracy, its mean absolute error.
 
-``accuracy_temperature`` is chosen on digits seeds 0-1 (``--tune``); the tables report seeds 2-4
-of digits and every MNIST seed apart from the tuning seeds.
+``accuracy_temperature`` and the recall curve are chosen on digits seeds 0-1 (``--tune``); MNIST
+seed 0 showed that dividing log-likelihoods by the plain column count fails on 784 mostly blank
+pixels (hence the effective count). The tables report digits seeds 2-4 and MNIST seeds 1-3.
 
     python -m bench.bench_accuracy [--quick] [--tune] [--out DIR]
 """
@@ -130,7 +131,8 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print, do_tune: bo
     out_dir = Path(out_dir or H.RESULTS)
     ctx = H.context("cpu", quick)
     # --quick (CI's smoke run): one digits zoo of 8 models; MNIST's 784-column adds take ~10 s each
-    seeds = {"digits": (2,)} if quick else {"digits": (2, 3, 4), "mnist": (0, 1, 2)}
+    # (MNIST seed 0 was looked at while choosing loglik's normalization: reported are seeds 1-3)
+    seeds = {"digits": (2,)} if quick else {"digits": (2, 3, 4), "mnist": (1, 2, 3)}
     results, tuning = {}, None
     with tempfile.TemporaryDirectory() as tmp:
         if do_tune and not quick:
