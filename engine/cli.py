@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("hub")
     s.add_argument("data")
     s.add_argument("-k", type=int, default=10)
-    s.add_argument("--method", default="adaptivity", choices=list(METHODS))
+    s.add_argument("--method", default="auto", choices=list(METHODS))
     s.add_argument("--where", help="metadata equalities as a JSON object")
     s.add_argument("--explain", action="store_true", help="print the query plan with counts and times")
     s.add_argument("--feature-threshold", type=float)

@@ -284,13 +284,13 @@ class Client:
         take longer than the default timeout: connect with ``timeout=`` to match."""
         return int(self._call("warm", {}))
 
-    def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+    def search(self, data, *, k: int = 10, method: str = "auto", where: dict | None = None,
                feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> list[Match]:
         """Rank entries by how well their data fits ``data`` (see :meth:`fitsketch.Hub.search`)."""
         args = self._query_args(data, k, method, where, feature_names, overrides, embedding, embedding_candidates)
         return [_match(d) for d in self._call("search", args)]
 
-    def explain(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+    def explain(self, data, *, k: int = 10, method: str = "auto", where: dict | None = None,
                 feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> Plan:
         """Run the query on the server and return its plan (see :meth:`fitsketch.Hub.explain`)."""
         d = self._call("explain", self._query_args(data, k, method, where, feature_names, overrides, embedding,

@@ -381,6 +381,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                    "features": sketch.names, "kinds": sketch.kinds, "n_rows": sketch.n_rows,
                    "n_partitions": sketch.n_partitions, "partition_size": sketch.partition_size,
                    "sums": sketch.sums, "counts": sketch.counts, "created": created}
+            if spaces and "classes" in spaces:
+                rec["labelled"] = True   # method="auto" reads class records only of these
             k = u64(eid)
             txn.put("entries", k, rec)
             txn.put_raw("names", key, k)
@@ -456,7 +458,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     # ------------------------------------------------------------------ search
     @_translated
-    def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+    def search(self, data, *, k: int = 10, method: str = "auto", where: dict | None = None,
                feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> list[Match]:
         """Rank entries by how well their data fits ``data``; see DESIGN.md for the methods.
 
@@ -469,7 +471,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         return matches
 
     @_translated
-    def explain(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+    def explain(self, data, *, k: int = 10, method: str = "auto", where: dict | None = None,
                 feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> Plan:
         """Run the query and return its plan with estimated and actual counts and times per stage."""
         _, plan = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
@@ -482,6 +484,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         class-conditional counts per (class, query column, bucket). A sharded hub sums the shards'
         pools (``accuracy.merge_pools``) and passes the sum back as ``search(..., class_pool=)``, so
         every shard estimates the query's class mixture from all entries, as one hub would."""
+        with self.store.read() as txn:
+            if not any((txn.get("meta", b"label_kinds") or {}).values()):   # no labelled entry: nothing to pool
+                return _acc.merge_pools([])
         try:
             pl, _ = self._search(data, k=1, method="accuracy", where=where, feature_names=feature_names,
                                  overrides={**overrides, "class_pool": "return"})
@@ -805,7 +810,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         its rows), every candidate is scored label-free."""
         labelled, rest = [], []
         for rec, al in cands:
-            cl = (txn.get("extra", u64(rec["id"])) or {}).get("classes")
+            cl = (txn.get("extra", u64(rec["id"])) or {}).get("classes") if rec.get("labelled") else None
             if cl is not None:
                 labelled.append((rec, al, _acc.check_record(cl, len(rec["features"]))))
             else:

@@ -231,7 +231,7 @@ class ShardedHub:
             out.extend((n, i, self.shard_of(n)) for n in ns if self.shard_of(n) != i)
         return out
 
-    def search(self, data, *, k: int = 10, method: str = "adaptivity", where: dict | None = None,
+    def search(self, data, *, k: int = 10, method: str = "auto", where: dict | None = None,
                feature_names=None, **overrides) -> list:
         """:meth:`fitsketch.Hub.search` over every shard; the merged top ``k``."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:

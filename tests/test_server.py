@@ -678,8 +678,8 @@ def test_lost_connection_retries_reads_once_never_writes(sock_dir):
 
 
 def test_allow_list_is_pinned():
-    assert sorted(HANDLERS) == ["add", "add_sketch", "add_sketches", "contains", "explain", "get", "len", "names", "nearest",
-                                "ping", "remove", "sample", "search", "search_logits", "stats", "warm"]
+    assert sorted(HANDLERS) == sorted(["add", "add_sketch", "add_sketches", "contains", "explain", "get", "len", "names", "nearest",
+                                "ping", "remove", "sample", "search", "search_logits", "stats", "warm", "class_pool"])
 
 
 def test_cli_parser():
