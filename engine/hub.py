@@ -117,6 +117,15 @@ _VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a tim
 _SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
 
 
+def _live_ids(txn, ids: set, plan: Plan) -> set:
+    """The ids of ``ids`` still in the hub in this read transaction's snapshot: the shortlist (or the
+    embedding stage) was read in an earlier transaction, and entries removed since are skipped."""
+    live = {key for key in ids if txn.exists("entries", key)}
+    if len(live) < len(ids) and plan.stages:
+        plan.stages[-1].detail += f"; {len(ids) - len(live)} removed since, skipped"
+    return live
+
+
 def _dup(entry_id: int, feat: int) -> bytes:
     return struct.pack(">II", entry_id, feat)
 
@@ -493,6 +502,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if n_entries == 0:
                 return [], plan
             if allowed is not None:   # only the shortlisted entries' features are compared
+                allowed = _live_ids(txn, allowed, plan)
                 n_stored = n_stored * len(allowed) // max(n_entries, 1)
             mode, reason, cost = choose_candidate_stage(n_stored, target.n_features, cfg.lsh_l)
             cands = self._candidates(txn, target, cfg, mode, reason, where, allowed, plan,
