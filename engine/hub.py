@@ -113,8 +113,32 @@ def _translated(fn):
     return wrapper
 
 
+# Limits on what one request may ask for (issue 23): each is refused with LimitExceededError
+# naming it, before anything is sized from the request.
+MAX_K = 1_000_000          # k of search / explain / nearest, embedding_candidates
+MAX_JSLSH_K = 64           # JS-LSH hashes per band (the hub default is 4)
+MAX_JSLSH_L = 1024         # JS-LSH bands (the hub default is 32)
+MAX_JSLSH_HASHES = 4096    # jslsh_k * jslsh_l: projections computed per histogram
+MAX_QUERY_COLUMNS = 2048   # columns of a query: the MinHash stage compares each with every stored feature
+
+
+def _check_count(name: str, v, limit: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
+        raise E.InvalidArgumentError(f"{name}={v!r} is not valid: expected a positive integer")
+    if v > limit:
+        raise E.LimitExceededError(f"{name}={v!r} is over the limit of {limit}: ask for at most {limit}")
+    return int(v)
+
+
 _VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a time
 _SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
+
+
+def _check_query_columns(n: int) -> None:
+    if n > MAX_QUERY_COLUMNS:
+        raise E.LimitExceededError(
+            f"the query has {n} columns, over the limit of {MAX_QUERY_COLUMNS} (each is compared with every "
+            f"stored feature): query with the columns that matter, at most {MAX_QUERY_COLUMNS}")
 
 
 def _live_ids(txn, ids: set, plan: Plan) -> set:
@@ -457,8 +481,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def _query_config(self, method, k, where, overrides) -> SketchConfig:
         if method not in METHODS:
             raise E.UnknownMethodError(f"method={method!r} is not a search method: use one of {', '.join(METHODS)}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise E.InvalidArgumentError(f"k={k!r} is not valid: expected a positive integer")
+        _check_count("k", k, MAX_K)
         if where is not None and not isinstance(where, dict):
             raise E.InvalidArgumentError(f"where must be a dict of metadata equalities, got {type(where).__name__}")
         aliases = {"loss": "simex_loss", "normalize": "simex_normalize"}
@@ -466,15 +489,22 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         bad = sorted(set(overrides) - set(QUERY_PARAMS))
         if bad:
             raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
-        return self.config.replace(**overrides)
+        cfg = self.config.replace(**overrides)
+        if cfg.jslsh_k > MAX_JSLSH_K or cfg.jslsh_l > MAX_JSLSH_L or cfg.jslsh_k * cfg.jslsh_l > MAX_JSLSH_HASHES:
+            raise E.LimitExceededError(
+                f"jslsh_k={cfg.jslsh_k}, jslsh_l={cfg.jslsh_l} are over the limits: jslsh_k <= {MAX_JSLSH_K}, "
+                f"jslsh_l <= {MAX_JSLSH_L} and jslsh_k * jslsh_l <= {MAX_JSLSH_HASHES} (the hub's are "
+                f"{self.config.jslsh_k} and {self.config.jslsh_l})")
+        return cfg
 
     def _search(self, data, *, k, method, where, feature_names, overrides, embedding=None, n_emb=100):
         cfg = self._query_config(method, k, where, overrides)
-        if embedding is not None and (not isinstance(n_emb, int) or isinstance(n_emb, bool) or n_emb < 1):
-            raise E.InvalidArgumentError(f"embedding_candidates={n_emb!r} is not valid: expected a positive integer")
+        if embedding is not None:
+            n_emb = _check_count("embedding_candidates", n_emb, MAX_K)
         plan = Plan(method, k)
         with plan.run(Stage("sketch", "quantize + MinHash + partition histograms of the query")) as st:
             if isinstance(data, Sketch):
+                _check_query_columns(data.n_features)
                 if tuple(data.config_key) != self.config.sketch_key():
                     raise E.InvalidArgumentError(
                         "the query sketch was built with other parameters than this hub's: build it with hub.config")
@@ -482,6 +512,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 target = dataclasses.replace(data, rows=None, row_owner=None, frame=None)
             else:
                 frame = to_frame(data, feature_names)
+                _check_query_columns(frame.shape[1])
                 target = build_sketch(frame, self.config, device=self.device)
                 target.frame = frame
             st.actual = target.n_partitions
