@@ -14,6 +14,7 @@ import logging
 import os
 import struct
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, us
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
-from .sketch import Sketch, build_sketch
+from .sketch import Sketch, build_sketch, check_sketch
 from .storage import HubStore, from_u64, u64
 
 log = logging.getLogger(__name__)
@@ -74,10 +75,50 @@ class Match:
 
 
 def _check_name(name) -> str:
+    """``name`` in Unicode normal form NFC (names that differ only by normalization are one entry)."""
+    if isinstance(name, str):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise E.InvalidArgumentError(f"name={name!r} holds a lone surrogate, which UTF-8 cannot encode: "
+                                         "decode the name properly") from None
+        name = unicodedata.normalize("NFC", name)
     if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX or "\x00" in name:
         raise E.InvalidArgumentError(
             f"name={name!r} is not valid: give a non-empty str of at most {_NAME_MAX} UTF-8 bytes without NUL")
     return name
+
+
+_META_SCALARS = (type(None), bool, int, float, str, bytes)
+_META_MAX_DEPTH = 32
+
+
+def _plain(v, depth: int = 0):
+    """A metadata value as plain msgpack data: None, bool, int, float, str, bytes, and lists / dicts
+    (str keys) of them; NumPy scalars become Python ones. Anything else (a NumPy array, which
+    ``where=`` could not compare) raises CodecError."""
+    if depth > _META_MAX_DEPTH:
+        raise E.InvalidArgumentError(f"metadata is nested deeper than {_META_MAX_DEPTH} levels")
+    if isinstance(v, np.generic) and not isinstance(v, (np.void, np.object_)) and v.dtype.kind in "biuf":
+        v = v.item()
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise E.InvalidArgumentError(f"metadata string {v!r} holds a lone surrogate, which UTF-8 cannot "
+                                         "encode") from None
+        return v
+    if isinstance(v, _META_SCALARS):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise E.InvalidArgumentError("metadata dicts must have str keys")
+        return {_plain(k, depth + 1): _plain(x, depth + 1) for k, x in v.items()}
+    raise E.CodecError(
+        f"metadata value of type {type(v).__name__} is not accepted: use None, bool, int, float, str, bytes, "
+        "and lists / dicts of them (convert NumPy arrays with .tolist())")
 
 
 def _check_metadata(metadata) -> dict:
@@ -86,12 +127,13 @@ def _check_metadata(metadata) -> dict:
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise E.InvalidArgumentError(
             f"metadata must be a dict with str keys, got {type(metadata).__name__}: e.g. {{'task': 'em', 'accuracy': 0.9}}")
+    metadata = _plain(metadata)
     from .storage import pack
 
     try:
         pack(metadata)
     except Exception as e:
-        raise E.CodecError(f"metadata cannot be stored: {e}: use str, numbers, bools, None, lists, dicts, bytes or NumPy arrays") from e
+        raise E.CodecError(f"metadata cannot be stored: {e}: use str, numbers, bools, None, bytes, lists, dicts") from e
     return metadata
 
 
@@ -132,6 +174,43 @@ def _check_count(name: str, v, limit: int) -> int:
 
 _VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a time
 _SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
+
+
+def _meta_match(md, where: dict) -> bool:
+    """Whether stored metadata ``md`` equals ``where`` on each of its keys (False for a stored value
+    that does not compare to a bool, e.g. an array stored by an older fitsketch)."""
+    if not isinstance(md, dict):
+        return False
+    for wk, wv in where.items():
+        v = md.get(wk)
+        if isinstance(v, np.ndarray):
+            return False
+        try:
+            if not bool(v == wv):
+                return False
+        except (ValueError, TypeError):
+            return False
+    return True
+
+
+def _record_problem(rec) -> str | None:
+    """Why an entry record is unusable by a search (None when it is consistent): what an older
+    fitsketch accepted without checks and a scorer would meet as a raw error or a huge allocation."""
+    from .sketch import MAX_ROWS
+
+    if not isinstance(rec, dict):
+        return "the entry record is not a map"
+    feats, kinds = rec.get("features"), rec.get("kinds")
+    if not (isinstance(feats, list) and isinstance(kinds, list) and len(feats) == len(kinds)):
+        return "features / kinds are not lists of one length"
+    n_rows, n_parts, m = rec.get("n_rows"), rec.get("n_partitions"), rec.get("partition_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_rows, n_parts, m)) or m < 1 \
+            or not 0 <= n_rows <= MAX_ROWS or not -(-n_rows // m) <= n_parts <= n_rows:
+        return f"n_rows={n_rows!r}, n_partitions={n_parts!r}, partition_size={m!r} are inconsistent"
+    for key in ("sums", "counts"):
+        if np.shape(rec.get(key)) != (len(feats),):
+            return f"{key} has shape {np.shape(rec.get(key))}, not ({len(feats)},)"
+    return None
 
 
 def _check_query_columns(n: int) -> None:
@@ -214,7 +293,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     @_translated
     def __contains__(self, name) -> bool:
-        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX:
+        try:
+            name = _check_name(name)
+        except E.InvalidArgumentError:
             return False  # no entry can have such a name
         with self.store.read() as txn:
             return txn.exists("names", name.encode("utf-8"))
@@ -226,7 +307,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     @_translated
     def get(self, name: str) -> Entry:
-        _check_name(name)
+        name = _check_name(name)
         with self.store.read() as txn:
             raw = txn.get_raw("names", name.encode("utf-8"))
             if raw is None:
@@ -326,8 +407,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if not isinstance(it, (tuple, list)) or len(it) not in (2, 3):
                 raise E.InvalidArgumentError(f"item {i} is {type(it).__name__}: give (name, sketch) or "
                                              "(name, sketch, metadata) tuples")
-            name, sk = it[0], it[1]
-            _check_name(name)
+            name, sk = _check_name(it[0]), it[1]
             if name in seen:
                 raise E.EntryExistsError(f"name {name!r} appears twice in the items: names are unique")
             seen.add(name)
@@ -362,6 +442,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if tuple(sketch.config_key) != self.config.sketch_key():
             raise E.InvalidArgumentError(
                 "the sketch was built with other parameters than this hub's: build it with hub.config")
+        check_sketch(sketch, self.config)   # every array's shape and range: no entry can break a search
 
     def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
              probed=None, spaces: dict | None = None) -> Entry:
@@ -370,7 +451,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):
         """The function that writes entry ``name`` inside a write transaction (all checks done first)."""
-        _check_name(name)
+        name = _check_name(name)
         metadata = _check_metadata(metadata)
         self._check_sketch(sketch)
         bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
@@ -417,7 +498,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     def remove(self, name: str) -> None:
         """Delete entry ``name`` and all its sketches in one transaction."""
-        _check_name(name)
+        name = _check_name(name)
         cfg = self.config
 
         def write(txn):
@@ -484,6 +565,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         _check_count("k", k, MAX_K)
         if where is not None and not isinstance(where, dict):
             raise E.InvalidArgumentError(f"where must be a dict of metadata equalities, got {type(where).__name__}")
+        if where:
+            _check_metadata(where)     # plain values: equality with stored metadata is a bool
         aliases = {"loss": "simex_loss", "normalize": "simex_normalize"}
         overrides = {aliases.get(k, k): v for k, v in overrides.items()}
         bad = sorted(set(overrides) - set(QUERY_PARAMS))
@@ -545,7 +628,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     + (f", metadata {where}" if where else "") + (", shortlist" if allowed else "")
                     + "): lower feature_threshold / overlap_threshold, or check the columns")
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
-                scored = self._score(txn, target, cands, cfg, method, embedding=embedding)
+                scored, damaged = self._score_healthy(txn, target, cands, cfg, method, embedding)
+                if damaged:
+                    st.detail += (f"; skipped {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} "
+                                  f"({'; '.join(damaged[:5])}): remove and re-add them")
                 st.actual = len(scored)
                 fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
                 if fell:
@@ -558,6 +644,48 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 self._features(m)
             st.actual = len(out)
         return out, plan
+
+    def _score_healthy(self, txn, target, cands, cfg, method, embedding):
+        """``(matches, damaged)``: the candidates scored together, less those whose stored records are
+        damaged (entries written before records were checked on the way in, issue 23): a cheap
+        check of each entry record first; if scoring still fails on a lower-layer error, each
+        candidate is scored alone to find the damaged ones and the rest are scored together."""
+        damaged, ok = [], []
+        for rec, al in cands:
+            why = _record_problem(rec)
+            if why:
+                damaged.append(f"{rec.get('name')!r}: {why}" if isinstance(rec, dict) else why)
+            else:
+                ok.append((rec, al))
+        if not ok:
+            if damaged:
+                raise E.DamagedRecordError(f"every candidate entry is damaged ({'; '.join(damaged[:5])}): "
+                                           "remove and re-add them")
+            return [], damaged
+        try:
+            return self._score(txn, target, ok, cfg, method, embedding=embedding), damaged
+        except E.FitsketchError as e:
+            if not isinstance(e, E.CorruptHubError):
+                raise
+        except Exception:  # noqa: BLE001 - a damaged record met by a scorer: found below
+            pass
+        healthy = []
+        for rec, al in ok:
+            try:
+                self._score(txn, target, [(rec, al)], cfg, method, embedding=embedding)
+            except E.FitsketchError as e:
+                if not isinstance(e, E.CorruptHubError):
+                    raise
+                damaged.append(f"{rec['name']!r}: {e}")
+            except Exception as e:  # noqa: BLE001
+                damaged.append(f"{rec['name']!r}: {type(e).__name__}: {e}")
+            else:
+                healthy.append((rec, al))
+        log.warning("search skipped damaged entries: %s", "; ".join(damaged[:5]))
+        if not healthy:
+            raise E.DamagedRecordError(f"every candidate entry is damaged ({'; '.join(damaged[:5])}): "
+                                       "remove and re-add them")
+        return self._score(txn, target, healthy, cfg, method, embedding=embedding), damaged
 
     def _profile_index(self) -> _profiles.ProfileIndex:
         idx = self.__dict__.get("_profile_idx")
@@ -627,7 +755,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 keep = []
                 for key in keys:
                     rec = recs.get(key) or txn.get("entries", key)
-                    if all(rec["metadata"].get(wk) == wv for wk, wv in where.items()):
+                    if rec is not None and _meta_match(rec.get("metadata"), where):
                         recs[key] = rec
                         keep.append(key)
                 st.actual = len(keep)

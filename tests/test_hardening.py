@@ -161,3 +161,139 @@ def test_wide_query_is_refused_with_the_column_limit(small_hub):
     # the widest allowed query is answered (its 'a' / 'b' columns match the entries)
     ok = wide.iloc[:, :MAX_QUERY_COLUMNS - 2].assign(a=[0.1], b=[1])
     assert hub.search(ok, k=2)
+
+
+# ------------------------------------------------------------------- 4. records validated on the way in
+def _mutations(sk):
+    """(what, function turning a copy of ``sk`` into a malformed sketch)."""
+    def cov(**kw):
+        def f(s):
+            s.coverage = {**s.coverage, **kw}
+        return f
+
+    def hist(key, fn):
+        def f(s):
+            s.hist = {**s.hist, key: fn(s.hist[key].copy())}
+        return f
+
+    return [
+        ("coverage keys of other columns", cov(keys=sk.coverage["keys"][::-1].copy())),
+        ("coverage keys too short", cov(keys=sk.coverage["keys"][:-1], center=sk.coverage["center"][:-1])),
+        ("coverage bits=30", cov(bits=30)),
+        ("coverage tables=65536", cov(tables=65536)),
+        ("coverage code out of range", cov(code=sk.coverage["code"].astype(np.int64) + (1 << 20))),
+        ("coverage center not finite", cov(center=np.full_like(sk.coverage["center"], np.nan))),
+        ("unsorted histogram", hist("bucket", lambda a: a[::-1].copy())),
+        ("histogram part out of range", hist("part", lambda a: a + 10**6)),
+        ("histogram feat out of range", hist("feat", lambda a: a + 5)),
+        ("histogram count 0", hist("count", lambda a: a * 0)),
+        ("histogram arrays of two lengths", hist("count", lambda a: a[:-1])),
+        ("n_partitions=2**33", lambda s: setattr(s, "n_partitions", 2**33)),
+        ("n_partitions > n_rows", lambda s: setattr(s, "n_partitions", s.n_rows + 1)),
+        ("n_rows=2**50", lambda s: setattr(s, "n_rows", 2**50)),
+        ("signatures of another width", lambda s: setattr(s, "signatures", s.signatures[:, :7].copy())),
+        ("signatures as float", lambda s: setattr(s, "signatures", s.signatures.astype(np.float64))),
+        ("negative counts", lambda s: setattr(s, "counts", -s.counts)),
+        ("kinds unknown", lambda s: setattr(s, "kinds", ["blob"] * len(s.kinds))),
+        ("two features of one name", lambda s: setattr(s, "names", [s.names[0]] * len(s.names))),
+    ]
+
+
+def test_malformed_sketches_are_refused_and_leave_the_hub_unchanged(small_hub):
+    import copy
+
+    hub, rng = small_hub
+    good = fitsketch.sketch(_frame(rng, n=1200), hub.config)
+    before = (hub.names(), hub.stats()["generation"])
+    for what, mutate in _mutations(good):
+        bad = copy.deepcopy(good)
+        mutate(bad)
+        for add in (lambda: hub.add_sketch("new", bad), lambda: hub.add_sketches([("ok", good), ("new", bad)])):
+            with pytest.raises(E.InvalidArgumentError, match="malformed"):
+                add()
+        # the same bytes through Sketch.from_bytes: a named error there or on add (float signatures
+        # holding the same integers are read back as the uint32 they were)
+        if what == "signatures as float":
+            assert np.array_equal(fitsketch.Sketch.from_bytes(bad.to_bytes()).signatures, good.signatures)
+        else:
+            with pytest.raises(E.InvalidArgumentError):
+                hub.add_sketch("new", fitsketch.Sketch.from_bytes(bad.to_bytes()))
+        assert (hub.names(), hub.stats()["generation"]) == before, what
+    hub.add_sketch("new", fitsketch.Sketch.from_bytes(good.to_bytes()))       # the unmutated one is accepted
+    assert hub.search(_frame(rng), k=3, method="coverage")
+
+
+@pytest.mark.parametrize("rec", [
+    {"v": 1}, {"v": 1, "config_key": 3, "partition_size": "x", "names": 5, "kinds": [], "signatures": 1,
+               "sums": [], "counts": [], "n_rows": 1, "n_partitions": 1, "hist": "x"},
+    "not a map", [1, 2, 3],
+])
+def test_from_bytes_of_malformed_records_is_a_named_error(rec):
+    from fitsketch.storage import pack
+
+    with pytest.raises(E.InvalidArgumentError):
+        fitsketch.Sketch.from_bytes(pack(rec))
+    with pytest.raises(E.FitsketchError):
+        fitsketch.Sketch.from_bytes(b"\xc1garbage")
+
+
+def test_metadata_is_plain_data(small_hub):
+    hub, rng = small_hub
+    sk = fitsketch.sketch(_frame(rng), hub.config)
+    with pytest.raises(E.CodecError, match="tolist"):
+        hub.add_sketch("m", sk, metadata={"task": np.array([1, 2, 3])})
+    with pytest.raises(E.CodecError):
+        hub.add_sketch("m", sk, metadata={"nested": [{"a": np.zeros(2)}]})
+    with pytest.raises(E.InvalidArgumentError, match="surrogate"):
+        hub.add_sketch("m", sk, metadata={"task": "bad\udc80"})
+    assert "m" not in hub
+    e = hub.add_sketch("m", sk, metadata={"acc": np.float32(0.5), "n": np.int64(3), "tags": ("a", "b")})
+    assert e.metadata == {"acc": 0.5, "n": 3, "tags": ["a", "b"]} and type(hub.get("m").metadata["n"]) is int
+    assert [m.name for m in hub.search(_frame(rng), k=30, where={"n": 3})] == ["m"]
+    with pytest.raises(E.CodecError):
+        hub.search(_frame(rng), where={"task": np.array([1, 2, 3])})
+
+
+def _poison(hub, name, fn):
+    """Damage entry ``name`` in place, as an older fitsketch without these checks could have stored it."""
+    from fitsketch.storage import u64
+
+    def write(txn):
+        key = txn.get_raw("names", name.encode("utf-8"))
+        fn(txn, key)
+    hub.store.transact(write)
+
+
+def test_search_skips_damaged_entries_and_says_so(small_hub):
+    hub, rng = small_hub
+    q = _frame(rng, n=60, shift=0)
+    ref = {m: [x.name for x in hub.search(q, k=30, method=m, shortlist=0)] for m in ("adaptivity", "coverage", "l2")}
+    victims = ref["coverage"][:3]
+
+    def bad_parts(txn, key):
+        rec = txn.get("entries", key)
+        txn.put("entries", key, {**rec, "n_partitions": 2**33})
+
+    def bad_cov(txn, key):
+        extra = txn.get("extra", key)
+        cov = extra["coverage"]
+        txn.put("extra", key, {**extra, "coverage": {**cov, "keys": cov["keys"][:-1], "center": cov["center"][:-1]}})
+
+    def bad_meta(txn, key):
+        rec = txn.get("entries", key)
+        txn.put("entries", key, {**rec, "metadata": {"task": np.array([1, 2, 3])}})
+
+    _poison(hub, victims[0], bad_parts)
+    _poison(hub, victims[1], bad_cov)
+    _poison(hub, victims[2], bad_meta)
+    for method, skipped in (("adaptivity", [victims[0]]), ("l2", [victims[0]]), ("coverage", victims[:2])):
+        plan = hub.explain(q, k=30, method=method, shortlist=0)
+        score = next(s for s in plan.stages if s.name == "score")
+        assert all(repr(v) in score.detail for v in skipped) and "damaged" in score.detail, (method, score.detail)
+        got = [m.name for m in hub.search(q, k=30, method=method, shortlist=0)]
+        assert got == [n for n in ref[method] if n not in skipped], method
+    # the damaged metadata fails every where= equality instead of raising
+    hub.add_sketch("tagged", fitsketch.sketch(q, hub.config), metadata={"task": "x"})
+    assert [m.name for m in hub.search(q, k=30, where={"task": "x"})] == ["tagged"]
+    hub.remove(victims[0])                      # and the entries can be removed
+    assert victims[0] not in hub

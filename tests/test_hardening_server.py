@@ -287,3 +287,30 @@ def test_server_memory_under_preauth_and_amplification_attacks(tmp_path, sock_di
         for p in (unix, tcp):
             p.terminate()
             p.wait(10)
+
+
+# ------------------------------------------------------------------------------- poisoned entries
+def test_poisoned_add_sketch_over_the_wire_is_refused(tmp_path, sock_dir, rng):
+    srv = Server(tmp_path / "hub", socket_path=os.path.join(sock_dir, "s.sock"), shutdown_grace=2.0,
+                 warm=False).start()
+    try:
+        with connect(srv.url()) as c:
+            frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.integers(0, 5, 300)})
+            c.add("good", frame)
+            cfg = srv.hub.config
+            sk = fitsketch.sketch(frame, cfg)
+            cov = sk.coverage
+            for bad in ({**cov, "keys": cov["keys"][::-1].copy()}, {**cov, "bits": 30}, {**cov, "tables": 65536}):
+                sk.coverage = bad
+                with pytest.raises(E.InvalidArgumentError):
+                    c.add_sketch("poison", sk)
+            sk.coverage = cov
+            sk.hist = {**sk.hist, "bucket": sk.hist["bucket"][::-1].copy()}
+            with pytest.raises(E.InvalidArgumentError):
+                c.add_sketch("poison", sk)
+            with pytest.raises(E.CodecError):
+                c.add_sketch("poison", fitsketch.sketch(frame, cfg), metadata={"task": np.array([1, 2])})
+            assert c.names() == ["good"]
+            assert [m.name for m in c.search(frame, method="coverage")] == ["good"]
+    finally:
+        srv.stop()
