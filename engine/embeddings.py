@@ -38,6 +38,7 @@ deep-hash buckets did not beat flat (their buckets merge clusters, so thousands 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -452,16 +453,20 @@ class EmbeddingsMixin:
 
     def _save(self, level: str, kind: str, ld: _Loaded) -> None:
         fpath, mpath = self._index_paths(level, kind)
+        tmps = [f"{p}.tmp{os.getpid()}.{threading.get_ident()}" for p in (fpath, mpath)]
         try:
             os.makedirs(os.path.dirname(fpath), exist_ok=True)
-            tmp = f"{fpath}.tmp{os.getpid()}.{threading.get_ident()}"
-            (faiss.write_index_binary if kind == "deephash" else faiss.write_index)(ld.index, tmp)
-            os.replace(tmp, fpath)
-            tmp = f"{mpath}.tmp{os.getpid()}.{threading.get_ident()}"
-            with open(tmp, "wb") as f:
+            (faiss.write_index_binary if kind == "deephash" else faiss.write_index)(ld.index, tmps[0])
+            os.replace(tmps[0], fpath)
+            with open(tmps[1], "wb") as f:
                 f.write(pack(ld.meta))
-            os.replace(tmp, mpath)
-        except OSError as e:  # read-only hub directory: the index lives in memory only
+            os.replace(tmps[1], mpath)
+        except (OSError, RuntimeError) as e:
+            # a read-only hub directory or a full disk (FAISS raises RuntimeError): the index is
+            # derived data, kept in memory only, and no temporary file is left behind
+            for tmp in tmps:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             log.warning("index %s not written (%s); kept in memory", fpath, e)
 
     def _sync(self, level: str, kind: str, t: _Table, ld: _Loaded | None, model) -> _Loaded:

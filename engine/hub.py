@@ -74,6 +74,35 @@ class Match:
         return d
 
 
+def _to_frame(data, feature_names):
+    """data.to_frame, with text UTF-8 cannot encode (lone surrogates) an InvalidArgumentError."""
+    try:
+        return to_frame(data, feature_names)
+    except UnicodeEncodeError as e:
+        raise E.translate(e) from None
+
+
+def _check_path(path) -> str:
+    """A hub path as str: a non-empty str or os.PathLike of str, not under a regular file."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise E.InvalidArgumentError(f"path={path!r} is not a hub path: give the hub's directory as a non-empty str "
+                                     "or pathlib.Path (not bytes, not '')")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise E.InvalidArgumentError(f"path={path!r} holds a lone surrogate: give a path UTF-8 can encode") from None
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent, last = os.path.dirname(parent), parent
+        if parent == last:
+            break
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        raise E.InvalidArgumentError(f"path={path!r} is inside {parent!r}, which is a file: a hub is a directory")
+    return path
+
+
 def _check_name(name) -> str:
     """``name`` in Unicode normal form NFC (names that differ only by normalization are one entry)."""
     if isinstance(name, str):
@@ -90,7 +119,7 @@ def _check_name(name) -> str:
 
 
 _META_SCALARS = (type(None), bool, int, float, str, bytes)
-_META_MAX_DEPTH = 32
+_META_MAX_DEPTH = 256
 
 
 def _plain(v, depth: int = 0):
@@ -242,6 +271,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             raise E.InvalidArgumentError(f"config must be a SketchConfig, got {type(config).__name__}")
         from .kernels._device import resolve_device
 
+        path = _check_path(path)
         try:
             resolve_device(device)
             self._store = HubStore(path, create=create, readonly=readonly, map_size=map_size)
@@ -347,7 +377,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         metadata = _check_metadata(metadata)
         if name in self:
             raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-        df = to_frame(data, feature_names)
+        df = _to_frame(data, feature_names)
         if isinstance(labels, str):
             if labels not in df.columns:
                 raise E.InvalidArgumentError(f"labels={labels!r} is not a column of the data: columns are {list(df.columns)}")
@@ -528,6 +558,19 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
 
         self._transact(write)
+
+    def compact(self) -> dict:
+        """Rewrite the hub's file to its live size (removed entries' pages are otherwise kept, for
+        reuse, and the file never shrinks): a compacting copy, then an atomic swap, under the
+        writer lock. Needs the hub to itself: with another process on it (``fitsketch serve``, a
+        reader) it raises HubBusyError and changes nothing. Returns {"before", "after"} in bytes."""
+        try:
+            before, after = self.store.compact()
+        except E.FitsketchError:
+            raise
+        except Exception as e:
+            raise E.translate(e) from None
+        return {"before": before, "after": after}
 
     def _transact(self, fn):
         try:

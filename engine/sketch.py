@@ -109,10 +109,21 @@ class Sketch:
                 "n_partitions": self.n_partitions, "hist": self.hist, "coverage": self.coverage}
 
 
-def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
-                 device: str = "auto", progress: bool = False, shuffle: bool = True,
-                 coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
-                 quantize=None) -> Sketch:
+def build_sketch(data, config: SketchConfig, **kw) -> Sketch:
+    """Sketch ``data`` under ``config`` (keyword arguments: :func:`_build_sketch`); text UTF-8
+    cannot encode (lone surrogates, in column names or values) is an ``InvalidArgumentError``."""
+    try:
+        return _build_sketch(data, config, **kw)
+    except UnicodeEncodeError as e:
+        from .errors import translate
+
+        raise translate(e) from None
+
+
+def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
+                  device: str = "auto", progress: bool = False, shuffle: bool = True,
+                  coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
+                  quantize=None) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
@@ -125,6 +136,13 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise InvalidArgumentError(f"partition_size={m!r} is not valid: expected a positive integer")
     df = to_frame(data, feature_names)
+    complex_cols = [str(c) for c, dt in df.dtypes.items() if getattr(dt, "kind", "") == "c"]
+    if complex_cols:
+        from .errors import UnsupportedDataError
+
+        raise UnsupportedDataError(f"columns {complex_cols[:5]} hold complex numbers, which fitsketch does not "
+                                   "sketch (the imaginary part would be lost): split them into real and imaginary "
+                                   "columns, e.g. df['x_re'], df['x_im'] = z.real, z.imag")
     n = len(df)
     cols: list[Column] = []
     it = df.items()

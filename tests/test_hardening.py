@@ -7,6 +7,7 @@ The socket server's attacks live in tests/test_hardening_server.py.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -297,3 +298,295 @@ def test_search_skips_damaged_entries_and_says_so(small_hub):
     assert [m.name for m in hub.search(q, k=30, where={"task": "x"})] == ["tagged"]
     hub.remove(victims[0])                      # and the entries can be removed
     assert victims[0] not in hub
+
+
+# ------------------------------------------------------------------------ 6. errors that tell the truth
+def test_writes_on_a_readonly_handle_say_read_only(small_hub, tmp_path):
+    hub, rng = small_hub
+    path, names = hub.path, hub.names()
+    sk = fitsketch.sketch(_frame(rng), hub.config)
+    hub.close()
+    with fitsketch.open(path, readonly=True) as ro:
+        for write in (lambda: ro.add("n", _frame(rng)), lambda: ro.add_sketch("n", sk), lambda: ro.remove(names[0]),
+                      lambda: ro.add_sketches([("n", sk)]), ro.compact):
+            with pytest.raises(E.ReadOnlyHubError, match="readonly"):
+                write()
+        assert ro.names() == names
+
+
+_READONLY_CHILD = r'''
+import json, os, sys
+import numpy as np, pandas as pd
+import fitsketch
+from fitsketch import errors as E
+
+path, scratch = sys.argv[1], sys.argv[2]
+q = pd.DataFrame({"a": np.linspace(-1, 1, 40), "b": np.arange(40) % 6})
+with fitsketch.open(scratch) as h:          # import what a search imports lazily, before dropping rights
+    h.add("x", q)
+    h.search(q, method="coverage")
+if os.geteuid() == 0:
+    os.setgid(65534)
+    os.setuid(65534)
+out = {}
+try:
+    fitsketch.open(path)
+    out["writable"] = "opened"
+except E.FitsketchError as e:
+    out["writable"] = [e.code, str(e)]
+with fitsketch.open(path, readonly=True) as h:
+    out["names"] = h.names()
+    out["top"] = [m.name for m in h.search(q, k=3)]
+    try:
+        h.add("new", q)
+    except E.FitsketchError as e:
+        out["add"] = e.code
+print(json.dumps(out))
+'''
+
+
+def test_read_only_directory_opens_readonly_and_says_what_to_do(tmp_path, rng):
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    root = tempfile.mkdtemp(dir="/tmp", prefix="fro")
+    try:
+        os.chmod(root, 0o755)
+        path = os.path.join(root, "hub")
+        with fitsketch.open(path) as hub:
+            hub.add_sketches([(f"e{i}", fitsketch.sketch(_frame(rng, shift=i), hub.config)) for i in range(4)])
+            names, top = hub.names(), [m.name for m in hub.search(
+                pd.DataFrame({"a": np.linspace(-1, 1, 40), "b": np.arange(40) % 6}), k=3)]
+        for d, _, files in os.walk(path):
+            for f in files:
+                os.chmod(os.path.join(d, f), 0o444)
+            os.chmod(d, 0o555)
+        res = subprocess.run([sys.executable, "-c", _READONLY_CHILD, path, str(tmp_path / "scratch")],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+        code, msg = out["writable"]
+        assert code == "read_only" and "readonly=True" in msg and "corrupt" not in msg.lower()
+        assert out["names"] == names and out["top"] == top and out["add"] == "read_only"
+    finally:
+        for d, _, _ in os.walk(root):
+            os.chmod(d, 0o755)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_DISK_FULL_CHILD = r'''
+import json, os, resource, signal, sys
+import numpy as np, pandas as pd
+import fitsketch
+from fitsketch import errors as E
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # writes past RLIMIT_FSIZE fail with EFBIG instead
+rng = np.random.default_rng(int(sys.argv[2]))
+out = {"added": []}
+with fitsketch.open(sys.argv[1]) as hub:
+    hub.add("first", pd.DataFrame({"a": rng.normal(size=100)}))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (hub.store.env_bytes(), resource.RLIM_INFINITY))
+    try:
+        for i in range(300):
+            hub.add(f"e{i}", pd.DataFrame({"a": rng.normal(size=2000), "b": rng.integers(0, 1000, 2000)}))
+            out["added"].append(f"e{i}")
+    except E.FitsketchError as e:
+        out["error"] = [e.code, str(e), isinstance(e, OSError)]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    out["names"] = sorted(hub.names())
+    hub.add("after", pd.DataFrame({"a": rng.normal(size=100)}))
+    out["after"] = "after" in hub
+print(json.dumps(out))
+'''
+
+
+def test_disk_full_is_a_named_error_and_nothing_is_half_written(tmp_path, rng):
+    import json
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _DISK_FULL_CHILD, str(tmp_path / "h"), str(int(rng.integers(1 << 30)))],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    code, msg, is_oserror = out["error"]
+    assert code == "disk_full" and "nothing was written" in msg and is_oserror
+    assert out["names"] == sorted(["first", *out["added"]]) and out["after"]
+    import _hubcheck as hc
+
+    with fitsketch.open(tmp_path / "h") as hub:      # every invariant holds after the failed commit
+        hc.check_hub(hub)
+        assert sorted(hub.names()) == sorted(out["names"] + ["after"])
+
+
+def test_index_write_failure_leaves_no_temporary_files(tmp_path, rng, monkeypatch):
+    import faiss
+
+    hub = fitsketch.open(tmp_path / "h")
+    embs = {f"e{i}": rng.normal(size=(9, 4)).astype(np.float32) for i in range(3)}
+    for name, x in embs.items():
+        hub.add(name, _frame(rng, n=9), embedding=x)
+    real = faiss.write_index
+
+    def full_disk(index, path):
+        real(index, path)                    # a partial file is there when the disk fills up
+        raise RuntimeError("Error in faiss::FileIOWriter: fwrite failed: No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", full_disk)
+    xq = rng.normal(size=(2, 4)).astype(np.float32)
+    D, I = hub.nearest(xq, k=4, index="flat")          # answered from the index kept in memory
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    allx = unit(np.concatenate(list(embs.values())))
+    ref = np.sort(unit(xq) @ allx.T, axis=1)[:, ::-1][:, :4]
+    assert np.allclose(D, ref, atol=1e-5)
+    for qi in range(2):
+        for d, sid in zip(D[qi], I[qi]):
+            name, row = hub.sample(int(sid))
+            assert abs(float(unit(xq[qi]) @ unit(embs[name][row])) - d) < 1e-5
+    idx_dir = tmp_path / "h" / "indexes"
+    assert not [f for f in (os.listdir(idx_dir) if idx_dir.exists() else []) if ".tmp" in f]
+    hub.close()
+
+
+@pytest.mark.parametrize("path", [None, b"..", "", 3, "bad\udc80path"])
+def test_open_refuses_bad_paths(path):
+    with pytest.raises(E.InvalidArgumentError, match="path"):
+        fitsketch.open(path)
+
+
+def test_open_under_a_file_is_refused(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for p in (f / "child", f / "a" / "b"):
+        with pytest.raises(E.InvalidArgumentError, match="which is a file"):
+            fitsketch.open(p)
+    with pytest.raises(E.HubNotFoundError):
+        fitsketch.open(f)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_lone_surrogates_are_named_errors(small_hub):
+    hub, rng = small_hub
+    before = (hub.names(), hub.stats()["generation"])
+    for data in ({"a\udc80": [1.0, 2.0, 3.0]}, {"a": ["x\udc80", "y", "z"]},
+                 {"a": np.array(["x\udc80", "y"], dtype=object)}):
+        with pytest.raises(E.InvalidArgumentError, match="surrogate"):
+            hub.add("n", data)
+        with pytest.raises(E.InvalidArgumentError, match="surrogate"):
+            hub.search(data)
+        with pytest.raises(E.InvalidArgumentError, match="surrogate"):
+            fitsketch.sketch(data)
+    with pytest.raises(E.InvalidArgumentError, match="surrogate"):
+        hub.add("bad\udc80name", _frame(rng))
+    assert "bad\udc80name" not in hub
+    assert (hub.names(), hub.stats()["generation"]) == before
+
+
+def test_names_are_nfc_normalized(small_hub):
+    import unicodedata
+
+    hub, rng = small_hub
+    nfc, nfd = unicodedata.normalize("NFC", "café-ṩ"), unicodedata.normalize("NFD", "café-ṩ")
+    assert nfc != nfd
+    e = hub.add(nfd, _frame(rng))
+    assert e.name == nfc and nfc in hub and nfd in hub
+    with pytest.raises(E.EntryExistsError):
+        hub.add(nfc, _frame(rng))
+    with pytest.raises(E.EntryExistsError):
+        hub.add_sketches([(nfc, fitsketch.sketch(_frame(rng), hub.config))])
+    with pytest.raises(E.EntryExistsError, match="twice"):
+        hub.add_sketches([("x" + nfc, fitsketch.sketch(_frame(rng), hub.config)),
+                          ("x" + nfd, fitsketch.sketch(_frame(rng), hub.config))])
+    assert hub.get(nfd).name == nfc and [n for n in hub.names() if n.startswith("caf")] == [nfc]
+    hub.remove(nfd)
+    assert nfc not in hub
+
+
+def test_complex_columns_are_refused(small_hub):
+    hub, rng = small_hub
+    before = hub.names()
+    for data in ({"a": np.arange(10) * 1j, "b": np.arange(10.0)}, np.ones((10, 2), dtype=complex),
+                 pd.DataFrame({"z": rng.normal(size=5) + 1j * rng.normal(size=5)})):
+        with pytest.raises(E.UnsupportedDataError, match="complex"):
+            hub.add("c", data)
+        with pytest.raises(E.UnsupportedDataError, match="complex"):
+            hub.search(data)
+        with pytest.raises(E.UnsupportedDataError, match="complex"):
+            fitsketch.sketch(data)
+    assert hub.names() == before
+
+
+# ------------------------------------------------------------------------------------- compaction
+def test_compact_brings_a_churned_hub_back_to_its_live_size(tmp_path, rng):
+    import _hubcheck as hc
+
+    hub = fitsketch.open(tmp_path / "h")
+    keep = [(f"k{i}", fitsketch.sketch(_frame(rng, n=300, shift=i % 5), hub.config)) for i in range(10)]
+    churn = [(f"c{i}", fitsketch.sketch(_frame(rng, n=300, shift=i % 5), hub.config)) for i in range(400)]
+    hub.add_sketches(keep[:5])
+    hub.add_sketches(churn)
+    hub.add_sketches(keep[5:])
+    for name, _ in churn:
+        hub.remove(name)
+    q = _frame(rng, n=100, shift=2)
+    ref = [(m.name, m.score) for m in hub.search(q, k=10, method="exact-js")]
+    churned = hub.store.env_bytes()
+    with fitsketch.open(tmp_path / "fresh") as fresh:        # the same live data, never churned
+        fresh.add_sketches(keep)
+        live = fresh.store.env_bytes()
+    out = hub.compact()
+    assert out == {"before": churned, "after": hub.store.env_bytes()}
+    assert out["after"] <= 1.5 * live < churned
+    assert [(m.name, m.score) for m in hub.search(q, k=10, method="exact-js")] == ref
+    hc.check_hub(hub)
+    hub.add_sketch("later", churn[0][1])           # writable after the swap
+    hub.close()
+    with fitsketch.open(tmp_path / "h") as again:
+        assert sorted(again.names()) == sorted([n for n, _ in keep] + ["later"])
+
+
+def test_compact_refuses_while_another_process_has_the_hub_open(tmp_path, rng):
+    import subprocess
+    import sys
+
+    hub = fitsketch.open(tmp_path / "h")
+    hub.add_sketches([(f"e{i}", fitsketch.sketch(_frame(rng), hub.config)) for i in range(3)])
+    child = subprocess.Popen([sys.executable, "-c", "import sys, fitsketch\nh = fitsketch.open(sys.argv[1], "
+                              "readonly=True)\nprint(len(h), flush=True)\nsys.stdin.read()", str(tmp_path / "h")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "3"
+        size = hub.store.env_bytes()
+        with pytest.raises(E.HubBusyError, match="another process"):
+            hub.compact()
+        assert hub.store.env_bytes() == size and len(hub) == 3
+        assert not [f for f in os.listdir(tmp_path / "h") if "compact" in f]
+    finally:
+        child.communicate("", timeout=60)
+    assert hub.compact()["after"] <= size
+    assert len(hub) == 3
+    hub.close()
+
+
+def test_cli_compact(tmp_path, rng):
+    import json
+    import subprocess
+    import sys
+
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add_sketches([(f"e{i}", fitsketch.sketch(_frame(rng, n=300), hub.config)) for i in range(60)])
+        for i in range(55):
+            hub.remove(f"e{i}")
+        churned = hub.store.env_bytes()
+    res = subprocess.run([sys.executable, "-m", "fitsketch.cli", "compact", str(tmp_path / "h"), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert out["before"] == churned and out["after"] < churned
+    assert fitsketch.inspect(tmp_path / "h")["entries"] == 5
