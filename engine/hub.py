@@ -191,6 +191,7 @@ MAX_JSLSH_K = 64           # JS-LSH hashes per band (the hub default is 4)
 MAX_JSLSH_L = 1024         # JS-LSH bands (the hub default is 32)
 MAX_JSLSH_HASHES = 4096    # jslsh_k * jslsh_l: projections computed per histogram
 MAX_QUERY_COLUMNS = 2048   # columns of a query: the MinHash stage compares each with every stored feature
+MAX_FEATURE_PAIRS = 1 << 23  # (query column, stored feature) pairs one search verifies (~1 us each)
 
 
 def _check_count(name: str, v, limit: int) -> int:
@@ -240,6 +241,19 @@ def _record_problem(rec) -> str | None:
         if np.shape(rec.get(key)) != (len(feats),):
             return f"{key} has shape {np.shape(rec.get(key))}, not ({len(feats)},)"
     return None
+
+
+def _width(data) -> int:
+    """Columns of ``data`` when it says so cheaply (0 when it does not)."""
+    if isinstance(data, dict):
+        return len(data)
+    cols = getattr(data, "columns", None)
+    if cols is not None and hasattr(cols, "__len__"):
+        return len(cols)
+    shape = getattr(data, "shape", None)
+    if isinstance(shape, tuple) and len(shape) == 2:
+        return int(shape[1])
+    return 0
 
 
 def _check_query_columns(n: int) -> None:
@@ -628,6 +642,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if embedding is not None:
             n_emb = _check_count("embedding_candidates", n_emb, MAX_K)
         plan = Plan(method, k)
+        _check_query_columns(_width(data))      # before anything is built from a wide input
         with plan.run(Stage("sketch", "quantize + MinHash + partition histograms of the query")) as st:
             if isinstance(data, Sketch):
                 _check_query_columns(data.n_features)
@@ -823,9 +838,17 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     hits &= set(ids)
                 keys = sorted(hits)
             out = []
+            pairs = 0
             for lo in range(0, len(keys), _VERIFY_CHUNK):   # bounded memory however many entries are verified
                 chunk = keys[lo:lo + _VERIFY_CHUNK]
                 sigs = [txn.get("signatures", key)["sig"] for key in chunk]
+                pairs += target.n_features * sum(sg.shape[0] for sg in sigs)
+                if pairs > MAX_FEATURE_PAIRS:
+                    raise E.LimitExceededError(
+                        f"the query's {target.n_features} columns would be compared with over "
+                        f"{pairs // max(target.n_features, 1)} stored features, over the limit of {MAX_FEATURE_PAIRS} "
+                        f"(query column, stored feature) pairs: query with fewer columns, or narrow the entries "
+                        f"with where=")
                 for key, rec, al in self._verify(txn, target, cfg, chunk, sigs, recs):
                     recs[key] = rec
                     out.append((key, al))

@@ -590,3 +590,18 @@ def test_cli_compact(tmp_path, rng):
     out = json.loads(res.stdout)
     assert out["before"] == churned and out["after"] < churned
     assert fitsketch.inspect(tmp_path / "h")["entries"] == 5
+
+
+def test_feature_pair_budget_bounds_the_minhash_stage(small_hub, monkeypatch):
+    """The candidate stage compares every query column with every stored feature it verifies: past
+    MAX_FEATURE_PAIRS (8.4M, ~10 s) pairs the search is refused, naming the limit."""
+    import fitsketch.hub as H
+
+    hub, rng = small_hub
+    q = _frame(rng)                                    # 2 columns x 24 entries of 2 features: 96 pairs
+    ref = [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)]
+    monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", 95)
+    with pytest.raises(E.LimitExceededError, match="95"):
+        hub.search(q, k=5, shortlist=0)
+    monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", 96)
+    assert [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)] == ref
