@@ -275,6 +275,10 @@ def translate(exc: BaseException) -> BaseException:
             "(text decoded with errors='surrogateescape'?): decode it properly or drop those characters")
         new.__cause__ = exc
         return new
+    if isinstance(exc, EOFError):       # np.load of an empty or truncated .npy
+        new = UnreadableFileError(f"the file is empty or truncated ({exc}): check it was written completely")
+        new.__cause__ = exc
+        return new
     if isinstance(exc, _se.StorageError):
         # storage errors with a code of their own (read_only, disk_full) keep it; the rest are corrupt
         cls = BY_CODE.get(getattr(exc, "code", None), CorruptHubError)

@@ -75,10 +75,11 @@ class Match:
 
 
 def _to_frame(data, feature_names):
-    """data.to_frame, with text UTF-8 cannot encode (lone surrogates) an InvalidArgumentError."""
+    """data.to_frame, with text UTF-8 cannot encode (lone surrogates) an InvalidArgumentError and
+    an empty .npy file an UnreadableFileError."""
     try:
         return to_frame(data, feature_names)
-    except UnicodeEncodeError as e:
+    except (UnicodeEncodeError, EOFError) as e:
         raise E.translate(e) from None
 
 

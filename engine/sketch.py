@@ -114,7 +114,7 @@ def build_sketch(data, config: SketchConfig, **kw) -> Sketch:
     cannot encode (lone surrogates, in column names or values) is an ``InvalidArgumentError``."""
     try:
         return _build_sketch(data, config, **kw)
-    except UnicodeEncodeError as e:
+    except (UnicodeEncodeError, EOFError) as e:
         from .errors import translate
 
         raise translate(e) from None

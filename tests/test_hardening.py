@@ -605,3 +605,17 @@ def test_feature_pair_budget_bounds_the_minhash_stage(small_hub, monkeypatch):
         hub.search(q, k=5, shortlist=0)
     monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", 96)
     assert [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)] == ref
+
+
+def test_empty_npy_file_is_a_named_error(small_hub, tmp_path):
+    hub, rng = small_hub
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "trunc.npy"
+    np.save(truncated, rng.normal(size=(50, 3)))
+    truncated.write_bytes(truncated.read_bytes()[:20])
+    for f in (empty, truncated):
+        for call in (lambda: hub.add("n", str(f)), lambda: hub.search(str(f)), lambda: fitsketch.sketch(str(f))):
+            with pytest.raises(E.UnsupportedDataError):
+                call()
+    assert "n" not in hub
