@@ -625,7 +625,7 @@ class Server:
                                                name=f"fitsketch-conn-{sock.fileno()}")
                 conn.thread.start()
         if evict is not None:       # its thread sees the end of stream and cleans up
-            log.info("dropping a connection that has not said hello (%d pending, max %d)", self.max_pending,
+            log.info("dropping the oldest connection that has not said hello: %d are waiting (max_pending)",
                      self.max_pending)
             _shutdown(evict.sock)
         if not full and not self._stopping:
