@@ -5,7 +5,10 @@ its feature signatures, its LSH band keys and its partition histograms, so after
 hub holds the whole entry or none of it. All validation and sketching happen before the
 transaction opens, so a failed ``add`` leaves the hub exactly as it was.
 
-Reads: ``search`` runs inside one read transaction and sees one consistent snapshot.
+Reads: ``search`` scores inside one read transaction and sees one consistent snapshot; the
+profile shortlist (or the embedding stage) before it is read earlier, so entries it names that
+were removed since are skipped (the plan says how many). Stored records that an older
+fitsketch accepted without checks and that a scorer cannot use are skipped and named in the plan.
 """
 from __future__ import annotations
 
