@@ -161,6 +161,14 @@ def cmd_remove(args) -> None:
     _emit(args, {"removed": args.name, "entries": n}, f"removed {args.name!r}; {n} entries left")
 
 
+def cmd_compact(args) -> None:
+    import fitsketch
+
+    with fitsketch.open(args.hub, create=False) as hub:
+        out = hub.compact()
+    _emit(args, out, f"compacted {args.hub}: {out['before']:,} -> {out['after']:,} bytes")
+
+
 def cmd_simex_classes(args) -> None:
     from . import simex
     from .data import to_frame
@@ -265,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_remove)
+
+    s = sub.add_parser("compact", help="rewrite a hub's file to its live size (stop its server first)")
+    s.add_argument("hub")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_compact)
 
     s = sub.add_parser("simex", help="SimEx autoencoder tools")
     simex_sub = s.add_subparsers(dest="simex_command", required=True)

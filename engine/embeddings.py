@@ -38,6 +38,7 @@ deep-hash buckets did not beat flat (their buckets merge clusters, so thousands 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
@@ -291,12 +292,12 @@ class EmbeddingsMixin:
             raise E.InvalidArgumentError(f"index={index!r} is not valid: use 'auto', " + ", ".join(map(repr, KINDS)))
         if level not in LEVELS:
             raise E.InvalidArgumentError(f"level={level!r} is not valid: use 'sample' or 'entry'")
-        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
-            raise E.InvalidArgumentError(f"k={k!r} is not valid: expected a positive integer")
+        from .hub import MAX_K, _check_count
+
+        k = _check_count("k", k, MAX_K)
         for name, v in (("nprobe", nprobe), ("ef_search", ef_search), ("candidates", candidates)):
-            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1):
-                raise E.InvalidArgumentError(f"{name}={v!r} is not valid: expected a positive integer")
-        k = int(k)
+            if v is not None:
+                _check_count(name, v, MAX_K)
         single = np.ndim(xq) == 1
         t = self._emb_table()
         q = np.asarray(xq)
@@ -310,12 +311,18 @@ class EmbeddingsMixin:
             raise E.DimensionError(f"xq has dimension {q.shape[1]} but this hub stores dimension {t.dim}: "
                                    f"embed the queries with the same model")
         qn, _ = normalize(q)
-        if level == "entry":
-            return self._nearest_entries(t, qn, k, index, single, nprobe, ef_search)
+        if level == "entry":   # a list per query: never longer than the entries held
+            return self._nearest_entries(t, qn, min(k, max(len(t.entries), 1)), index, single, nprobe, ef_search)
+        if qn.shape[0] * k > MAX_RESULT_SLOTS:
+            raise E.LimitExceededError(
+                f"{qn.shape[0]} queries x k={k} is {qn.shape[0] * k} result slots, over the limit of "
+                f"{MAX_RESULT_SLOTS}: ask for a smaller k (this hub holds {t.n} samples) or fewer queries per call")
+        k_all = k
+        k = min(k, max(t.n, 1))   # FAISS allocates (nq, k): never more than the samples held
         D = np.full((qn.shape[0], k), MISSING_D, dtype=np.float32)
         I = np.full((qn.shape[0], k), MISSING_I, dtype=np.int64)
         if t.n == 0 or qn.shape[0] == 0:
-            return D, I
+            return _pad(D, I, k_all)
         kind = _auto(t.n) if index == "auto" else index
         with self._emb().lock:
             ld = self._index("sample", kind)
@@ -324,12 +331,12 @@ class EmbeddingsMixin:
                 if ld.table is None:
                     ld.table = DH.BucketTable(ld.index, ld.model.bits)
                 D, I, _ = DH.search(ld.table, ld.model, t.ids, t.x, qn, k, candidates or DEEPHASH_CANDIDATES)
-                return D, I
+                return _pad(D, I, k_all)
             index_ = ld.searcher(kind)
             _set_params(index_, kind, nprobe, ef_search)
             D, I = index_.search(qn, k)
         D = np.where(I >= 0, D, MISSING_D).astype(np.float32)
-        return D, I
+        return _pad(D, I, k_all)
 
     def train_deephash(self, bits: int = 16, epochs: int = 30, *, labels=None, **params) -> dict:
         """(Re)train the deep-hash MLP on the stored sample embeddings and store its weights in
@@ -446,16 +453,20 @@ class EmbeddingsMixin:
 
     def _save(self, level: str, kind: str, ld: _Loaded) -> None:
         fpath, mpath = self._index_paths(level, kind)
+        tmps = [f"{p}.tmp{os.getpid()}.{threading.get_ident()}" for p in (fpath, mpath)]
         try:
             os.makedirs(os.path.dirname(fpath), exist_ok=True)
-            tmp = f"{fpath}.tmp{os.getpid()}.{threading.get_ident()}"
-            (faiss.write_index_binary if kind == "deephash" else faiss.write_index)(ld.index, tmp)
-            os.replace(tmp, fpath)
-            tmp = f"{mpath}.tmp{os.getpid()}.{threading.get_ident()}"
-            with open(tmp, "wb") as f:
+            (faiss.write_index_binary if kind == "deephash" else faiss.write_index)(ld.index, tmps[0])
+            os.replace(tmps[0], fpath)
+            with open(tmps[1], "wb") as f:
                 f.write(pack(ld.meta))
-            os.replace(tmp, mpath)
-        except OSError as e:  # read-only hub directory: the index lives in memory only
+            os.replace(tmps[1], mpath)
+        except (OSError, RuntimeError) as e:
+            # a read-only hub directory or a full disk (FAISS raises RuntimeError): the index is
+            # derived data, kept in memory only, and no temporary file is left behind
+            for tmp in tmps:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
             log.warning("index %s not written (%s); kept in memory", fpath, e)
 
     def _sync(self, level: str, kind: str, t: _Table, ld: _Loaded | None, model) -> _Loaded:
@@ -560,6 +571,18 @@ class EmbeddingsMixin:
 
 
 # ----------------------------------------------------------------------------- helpers
+MAX_RESULT_SLOTS = 1 << 22   # n_queries x k of one sample-level nearest call (48 MiB of D and I)
+
+
+def _pad(D: np.ndarray, I: np.ndarray, k: int):
+    """(D, I) widened to k columns with -inf / -1 (k was cut to the samples held before searching)."""
+    if D.shape[1] >= k:
+        return D, I
+    pad = k - D.shape[1]
+    return (np.concatenate([D, np.full((D.shape[0], pad), MISSING_D, np.float32)], axis=1),
+            np.concatenate([I, np.full((I.shape[0], pad), MISSING_I, np.int64)], axis=1))
+
+
 _GPUS: list = []
 
 

@@ -219,6 +219,39 @@ class NoLabelsError(FitsketchError):
     code = "no_labels"
 
 
+class LimitExceededError(InvalidArgumentError):
+    """A request asks for more than a stated limit (k, candidates, LSH parameters, query columns):
+    the message names the limit; ask for less."""
+
+    code = "limit_exceeded"
+
+
+class ReadOnlyHubError(FitsketchError):
+    """A write on a hub opened with ``readonly=True``, or a hub whose files cannot be written
+    (a read-only directory or mount): open it with ``readonly=True`` to read it."""
+
+    code = "read_only"
+
+
+class DiskFullError(FitsketchError, OSError):
+    """The disk (or the file size limit) is full: nothing was written; free space and retry."""
+
+    code = "disk_full"
+
+
+class SocketInUseError(HubBusyError):
+    """Another live server holds the socket path's lock: choose another ``--socket``."""
+
+    code = "socket_in_use"
+
+
+class DamagedRecordError(CorruptHubError):
+    """One stored entry's record is inconsistent (written by an older fitsketch without checks);
+    searches skip the entry and say so in the plan. Remove and re-add it."""
+
+    code = "damaged_record"
+
+
 def _all_subclasses(cls):
     for sub in cls.__subclasses__():
         yield sub
@@ -248,8 +281,20 @@ def translate(exc: BaseException) -> BaseException:
             new = high(str(exc))
             new.__cause__ = exc
             return new
+    if isinstance(exc, UnicodeEncodeError) and "surrogate" in str(exc):
+        new = InvalidArgumentError(
+            f"text holds {exc.object[exc.start:exc.end]!r}, a lone surrogate that UTF-8 cannot encode "
+            "(text decoded with errors='surrogateescape'?): decode it properly or drop those characters")
+        new.__cause__ = exc
+        return new
+    if isinstance(exc, EOFError):       # np.load of an empty or truncated .npy
+        new = UnreadableFileError(f"the file is empty or truncated ({exc}): check it was written completely")
+        new.__cause__ = exc
+        return new
     if isinstance(exc, _se.StorageError):
-        new = CorruptHubError(str(exc))
+        # storage errors with a code of their own (read_only, disk_full) keep it; the rest are corrupt
+        cls = BY_CODE.get(getattr(exc, "code", None), CorruptHubError)
+        new = (cls if issubclass(cls, FitsketchError) else CorruptHubError)(str(exc))
         new.__cause__ = exc
         return new
     return exc

@@ -5,7 +5,10 @@ its feature signatures, its LSH band keys and its partition histograms, so after
 hub holds the whole entry or none of it. All validation and sketching happen before the
 transaction opens, so a failed ``add`` leaves the hub exactly as it was.
 
-Reads: ``search`` runs inside one read transaction and sees one consistent snapshot.
+Reads: ``search`` scores inside one read transaction and sees one consistent snapshot; the
+profile shortlist (or the embedding stage) before it is read earlier, so entries it names that
+were removed since are skipped (the plan says how many). Stored records that an older
+fitsketch accepted without checks and that a scorer cannot use are skipped and named in the plan.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import logging
 import os
 import struct
 import time
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +33,7 @@ from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, us
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
-from .sketch import Sketch, build_sketch
+from .sketch import Sketch, build_sketch, check_sketch
 from .storage import HubStore, from_u64, u64
 
 log = logging.getLogger(__name__)
@@ -74,11 +78,81 @@ class Match:
         return d
 
 
+def _to_frame(data, feature_names):
+    """data.to_frame, with text UTF-8 cannot encode (lone surrogates) an InvalidArgumentError and
+    an empty .npy file an UnreadableFileError."""
+    try:
+        return to_frame(data, feature_names)
+    except (UnicodeEncodeError, EOFError) as e:
+        raise E.translate(e) from None
+
+
+def _check_path(path) -> str:
+    """A hub path as str: a non-empty str or os.PathLike of str, not under a regular file."""
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise E.InvalidArgumentError(f"path={path!r} is not a hub path: give the hub's directory as a non-empty str "
+                                     "or pathlib.Path (not bytes, not '')")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise E.InvalidArgumentError(f"path={path!r} holds a lone surrogate: give a path UTF-8 can encode") from None
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent, last = os.path.dirname(parent), parent
+        if parent == last:
+            break
+    if parent and os.path.exists(parent) and not os.path.isdir(parent):
+        raise E.InvalidArgumentError(f"path={path!r} is inside {parent!r}, which is a file: a hub is a directory")
+    return path
+
+
 def _check_name(name) -> str:
+    """``name`` in Unicode normal form NFC (names that differ only by normalization are one entry)."""
+    if isinstance(name, str):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise E.InvalidArgumentError(f"name={name!r} holds a lone surrogate, which UTF-8 cannot encode: "
+                                         "decode the name properly") from None
+        name = unicodedata.normalize("NFC", name)
     if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX or "\x00" in name:
         raise E.InvalidArgumentError(
             f"name={name!r} is not valid: give a non-empty str of at most {_NAME_MAX} UTF-8 bytes without NUL")
     return name
+
+
+_META_SCALARS = (type(None), bool, int, float, str, bytes)
+_META_MAX_DEPTH = 256
+
+
+def _plain(v, depth: int = 0):
+    """A metadata value as plain msgpack data: None, bool, int, float, str, bytes, and lists / dicts
+    (str keys) of them; NumPy scalars become Python ones. Anything else (a NumPy array, which
+    ``where=`` could not compare) raises CodecError."""
+    if depth > _META_MAX_DEPTH:
+        raise E.InvalidArgumentError(f"metadata is nested deeper than {_META_MAX_DEPTH} levels")
+    if isinstance(v, np.generic) and not isinstance(v, (np.void, np.object_)) and v.dtype.kind in "biuf":
+        v = v.item()
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise E.InvalidArgumentError(f"metadata string {v!r} holds a lone surrogate, which UTF-8 cannot "
+                                         "encode") from None
+        return v
+    if isinstance(v, _META_SCALARS):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_plain(x, depth + 1) for x in v]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise E.InvalidArgumentError("metadata dicts must have str keys")
+        return {_plain(k, depth + 1): _plain(x, depth + 1) for k, x in v.items()}
+    raise E.CodecError(
+        f"metadata value of type {type(v).__name__} is not accepted: use None, bool, int, float, str, bytes, "
+        "and lists / dicts of them (convert NumPy arrays with .tolist())")
 
 
 def _check_metadata(metadata) -> dict:
@@ -87,12 +161,13 @@ def _check_metadata(metadata) -> dict:
     if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
         raise E.InvalidArgumentError(
             f"metadata must be a dict with str keys, got {type(metadata).__name__}: e.g. {{'task': 'em', 'accuracy': 0.9}}")
+    metadata = _plain(metadata)
     from .storage import pack
 
     try:
         pack(metadata)
     except Exception as e:
-        raise E.CodecError(f"metadata cannot be stored: {e}: use str, numbers, bools, None, lists, dicts, bytes or NumPy arrays") from e
+        raise E.CodecError(f"metadata cannot be stored: {e}: use str, numbers, bools, None, bytes, lists, dicts") from e
     return metadata
 
 
@@ -115,8 +190,92 @@ def _translated(fn):
 
 
 AUTO_LABEL_FREE = "adaptivity"   # what method="auto" scores entries without labels by
+# Limits on what one request may ask for (issue 23): each is refused with LimitExceededError
+# naming it, before anything is sized from the request.
+MAX_K = 1_000_000          # k of search / explain / nearest, embedding_candidates
+MAX_JSLSH_K = 64           # JS-LSH hashes per band (the hub default is 4)
+MAX_JSLSH_L = 1024         # JS-LSH bands (the hub default is 32)
+MAX_JSLSH_HASHES = 4096    # jslsh_k * jslsh_l: projections computed per histogram
+MAX_QUERY_COLUMNS = 2048   # columns of a query: the MinHash stage compares each with every stored feature
+MAX_FEATURE_PAIRS = 1 << 23  # (query column, stored feature) pairs one search verifies (~1 us each)
+
+
+def _check_count(name: str, v, limit: int) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 1:
+        raise E.InvalidArgumentError(f"{name}={v!r} is not valid: expected a positive integer")
+    if v > limit:
+        raise E.LimitExceededError(f"{name}={v!r} is over the limit of {limit}: ask for at most {limit}")
+    return int(v)
+
+
 _VERIFY_CHUNK = 4096   # entries whose signatures are read and compared at a time
 _SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
+
+
+def _meta_match(md, where: dict) -> bool:
+    """Whether stored metadata ``md`` equals ``where`` on each of its keys (False for a stored value
+    that does not compare to a bool, e.g. an array stored by an older fitsketch)."""
+    if not isinstance(md, dict):
+        return False
+    for wk, wv in where.items():
+        v = md.get(wk)
+        if isinstance(v, np.ndarray):
+            return False
+        try:
+            if not bool(v == wv):
+                return False
+        except (ValueError, TypeError):
+            return False
+    return True
+
+
+def _record_problem(rec) -> str | None:
+    """Why an entry record is unusable by a search (None when it is consistent): what an older
+    fitsketch accepted without checks and a scorer would meet as a raw error or a huge allocation."""
+    from .sketch import MAX_ROWS
+
+    if not isinstance(rec, dict):
+        return "the entry record is not a map"
+    feats, kinds = rec.get("features"), rec.get("kinds")
+    if not (isinstance(feats, list) and isinstance(kinds, list) and len(feats) == len(kinds)):
+        return "features / kinds are not lists of one length"
+    n_rows, n_parts, m = rec.get("n_rows"), rec.get("n_partitions"), rec.get("partition_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_rows, n_parts, m)) or m < 1 \
+            or not 0 <= n_rows <= MAX_ROWS or not -(-n_rows // m) <= n_parts <= n_rows:
+        return f"n_rows={n_rows!r}, n_partitions={n_parts!r}, partition_size={m!r} are inconsistent"
+    for key in ("sums", "counts"):
+        if np.shape(rec.get(key)) != (len(feats),):
+            return f"{key} has shape {np.shape(rec.get(key))}, not ({len(feats)},)"
+    return None
+
+
+def _width(data) -> int:
+    """Columns of ``data`` when it says so cheaply (0 when it does not)."""
+    if isinstance(data, dict):
+        return len(data)
+    cols = getattr(data, "columns", None)
+    if cols is not None and hasattr(cols, "__len__"):
+        return len(cols)
+    shape = getattr(data, "shape", None)
+    if isinstance(shape, tuple) and len(shape) == 2:
+        return int(shape[1])
+    return 0
+
+
+def _check_query_columns(n: int) -> None:
+    if n > MAX_QUERY_COLUMNS:
+        raise E.LimitExceededError(
+            f"the query has {n} columns, over the limit of {MAX_QUERY_COLUMNS} (each is compared with every "
+            f"stored feature): query with the columns that matter, at most {MAX_QUERY_COLUMNS}")
+
+
+def _live_ids(txn, ids: set, plan: Plan) -> set:
+    """The ids of ``ids`` still in the hub in this read transaction's snapshot: the shortlist (or the
+    embedding stage) was read in an earlier transaction, and entries removed since are skipped."""
+    live = {key for key in ids if txn.exists("entries", key)}
+    if len(live) < len(ids) and plan.stages:
+        plan.stages[-1].detail += f"; {len(ids) - len(live)} removed since, skipped"
+    return live
 
 
 def _dup(entry_id: int, feat: int) -> bytes:
@@ -132,6 +291,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             raise E.InvalidArgumentError(f"config must be a SketchConfig, got {type(config).__name__}")
         from .kernels._device import resolve_device
 
+        path = _check_path(path)
         try:
             resolve_device(device)
             self._store = HubStore(path, create=create, readonly=readonly, map_size=map_size)
@@ -183,7 +343,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     @_translated
     def __contains__(self, name) -> bool:
-        if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX:
+        try:
+            name = _check_name(name)
+        except E.InvalidArgumentError:
             return False  # no entry can have such a name
         with self.store.read() as txn:
             return txn.exists("names", name.encode("utf-8"))
@@ -195,7 +357,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     @_translated
     def get(self, name: str) -> Entry:
-        _check_name(name)
+        name = _check_name(name)
         with self.store.read() as txn:
             raw = txn.get_raw("names", name.encode("utf-8"))
             if raw is None:
@@ -241,7 +403,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         metadata = _check_metadata(metadata)
         if name in self:
             raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-        df, labels = _acc.with_labels(data, labels, feature_names)
+        df, labels = _acc.with_labels(_to_frame(data, feature_names), labels)
         if labels is None and (validation is not None or confusion is not None or class_accuracy is not None):
             raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
                                          "performance: pass the training labels= too")
@@ -294,7 +456,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         self._check_sketch(sketch)
         spaces = None
         if sketch.classes is not None:
-            classes = dict(sketch.classes)
+            classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
             classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
                                                confusion=confusion, class_accuracy=class_accuracy,
                                                columns=sketch.names)
@@ -316,8 +478,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if not isinstance(it, (tuple, list)) or len(it) not in (2, 3):
                 raise E.InvalidArgumentError(f"item {i} is {type(it).__name__}: give (name, sketch) or "
                                              "(name, sketch, metadata) tuples")
-            name, sk = it[0], it[1]
-            _check_name(name)
+            name, sk = _check_name(it[0]), it[1]
             if name in seen:
                 raise E.EntryExistsError(f"name {name!r} appears twice in the items: names are unique")
             seen.add(name)
@@ -352,6 +513,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if tuple(sketch.config_key) != self.config.sketch_key():
             raise E.InvalidArgumentError(
                 "the sketch was built with other parameters than this hub's: build it with hub.config")
+        check_sketch(sketch, self.config)   # every array's shape and range: no entry can break a search
 
     def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
              probed=None, spaces: dict | None = None) -> Entry:
@@ -360,7 +522,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):
         """The function that writes entry ``name`` inside a write transaction (all checks done first)."""
-        _check_name(name)
+        name = _check_name(name)
         metadata = _check_metadata(metadata)
         self._check_sketch(sketch)
         bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
@@ -414,7 +576,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     def remove(self, name: str) -> None:
         """Delete entry ``name`` and all its sketches in one transaction."""
-        _check_name(name)
+        name = _check_name(name)
         cfg = self.config
 
         def write(txn):
@@ -447,6 +609,19 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
 
         self._transact(write)
+
+    def compact(self) -> dict:
+        """Rewrite the hub's file to its live size (removed entries' pages are otherwise kept, for
+        reuse, and the file never shrinks): a compacting copy, then an atomic swap, under the
+        writer lock. Needs the hub to itself: with another process on it (``fitsketch serve``, a
+        reader) it raises HubBusyError and changes nothing. Returns {"before", "after"} in bytes."""
+        try:
+            before, after = self.store.compact()
+        except E.FitsketchError:
+            raise
+        except Exception as e:
+            raise E.translate(e) from None
+        return {"before": before, "after": after}
 
     def _transact(self, fn):
         try:
@@ -499,16 +674,23 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def _query_config(self, method, k, where, overrides) -> SketchConfig:
         if method not in METHODS:
             raise E.UnknownMethodError(f"method={method!r} is not a search method: use one of {', '.join(METHODS)}")
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise E.InvalidArgumentError(f"k={k!r} is not valid: expected a positive integer")
+        _check_count("k", k, MAX_K)
         if where is not None and not isinstance(where, dict):
             raise E.InvalidArgumentError(f"where must be a dict of metadata equalities, got {type(where).__name__}")
+        if where:
+            _check_metadata(where)     # plain values: equality with stored metadata is a bool
         aliases = {"loss": "simex_loss", "normalize": "simex_normalize"}
         overrides = {aliases.get(k, k): v for k, v in overrides.items()}
         bad = sorted(set(overrides) - set(QUERY_PARAMS))
         if bad:
             raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
-        return self.config.replace(**overrides)
+        cfg = self.config.replace(**overrides)
+        if cfg.jslsh_k > MAX_JSLSH_K or cfg.jslsh_l > MAX_JSLSH_L or cfg.jslsh_k * cfg.jslsh_l > MAX_JSLSH_HASHES:
+            raise E.LimitExceededError(
+                f"jslsh_k={cfg.jslsh_k}, jslsh_l={cfg.jslsh_l} are over the limits: jslsh_k <= {MAX_JSLSH_K}, "
+                f"jslsh_l <= {MAX_JSLSH_L} and jslsh_k * jslsh_l <= {MAX_JSLSH_HASHES} (the hub's are "
+                f"{self.config.jslsh_k} and {self.config.jslsh_l})")
+        return cfg
 
     def _search(self, data, *, k, method, where, feature_names, overrides, embedding=None, n_emb=100):
         overrides = dict(overrides)
@@ -517,11 +699,13 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if class_pool is not None and class_pool != "return":
             class_pool = _acc.check_pool(class_pool)
         cfg = self._query_config(method, k, where, overrides)
-        if embedding is not None and (not isinstance(n_emb, int) or isinstance(n_emb, bool) or n_emb < 1):
-            raise E.InvalidArgumentError(f"embedding_candidates={n_emb!r} is not valid: expected a positive integer")
+        if embedding is not None:
+            n_emb = _check_count("embedding_candidates", n_emb, MAX_K)
         plan = Plan(method, k)
+        _check_query_columns(_width(data))      # before anything is built from a wide input
         with plan.run(Stage("sketch", "quantize + MinHash + partition histograms of the query")) as st:
             if isinstance(data, Sketch):
+                _check_query_columns(data.n_features)
                 if tuple(data.config_key) != self.config.sketch_key():
                     raise E.InvalidArgumentError(
                         "the query sketch was built with other parameters than this hub's: build it with hub.config")
@@ -529,6 +713,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 target = dataclasses.replace(data, rows=None, row_owner=None, frame=None)
             else:
                 frame = to_frame(data, feature_names)
+                _check_query_columns(frame.shape[1])
                 target = build_sketch(frame, self.config, device=self.device)
                 target.frame = frame
             st.actual = target.n_partitions
@@ -549,6 +734,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             if n_entries == 0:
                 return [], plan
             if allowed is not None:   # only the shortlisted entries' features are compared
+                allowed = _live_ids(txn, allowed, plan)
                 n_stored = n_stored * len(allowed) // max(n_entries, 1)
             mode, reason, cost = choose_candidate_stage(n_stored, target.n_features, cfg.lsh_l)
             cands = self._candidates(txn, target, cfg, mode, reason, where, allowed, plan,
@@ -560,10 +746,13 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     + (f", metadata {where}" if where else "") + (", shortlist" if allowed else "")
                     + "): lower feature_threshold / overlap_threshold, or check the columns")
             with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
-                scored = self._score(txn, target, cands, cfg, method, embedding=embedding, mixture=mixture,
-                                     class_pool=class_pool)
-                if class_pool == "return":
-                    return scored, plan
+                if class_pool == "return":   # Hub.class_pool: the pooled class counts, not matches
+                    return self._score(txn, target, cands, cfg, method, class_pool=class_pool), plan
+                scored, damaged = self._score_healthy(txn, target, cands, cfg, method, embedding, mixture=mixture,
+                                                      class_pool=class_pool)
+                if damaged:
+                    st.detail += (f"; skipped {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} "
+                                  f"({'; '.join(damaged[:5])}): remove and re-add them")
                 st.actual = len(scored)
                 picked = sorted({m.evidence["auto"] for m in scored if "auto" in m.evidence})
                 if picked:
@@ -581,6 +770,48 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 self._features(m)
             st.actual = len(out)
         return out, plan
+
+    def _score_healthy(self, txn, target, cands, cfg, method, embedding, **kw):
+        """``(matches, damaged)``: the candidates scored together, less those whose stored records are
+        damaged (entries written before records were checked on the way in, issue 23): a cheap
+        check of each entry record first; if scoring still fails on a lower-layer error, each
+        candidate is scored alone to find the damaged ones and the rest are scored together."""
+        damaged, ok = [], []
+        for rec, al in cands:
+            why = _record_problem(rec)
+            if why:
+                damaged.append(f"{rec.get('name')!r}: {why}" if isinstance(rec, dict) else why)
+            else:
+                ok.append((rec, al))
+        if not ok:
+            if damaged:
+                raise E.DamagedRecordError(f"every candidate entry is damaged ({'; '.join(damaged[:5])}): "
+                                           "remove and re-add them")
+            return [], damaged
+        try:
+            return self._score(txn, target, ok, cfg, method, embedding=embedding, **kw), damaged
+        except E.FitsketchError as e:
+            if not isinstance(e, E.CorruptHubError):
+                raise
+        except Exception:  # noqa: BLE001 - a damaged record met by a scorer: found below
+            pass
+        healthy = []
+        for rec, al in ok:
+            try:
+                self._score(txn, target, [(rec, al)], cfg, method, embedding=embedding, **kw)
+            except E.FitsketchError as e:
+                if not isinstance(e, E.CorruptHubError):
+                    raise
+                damaged.append(f"{rec['name']!r}: {e}")
+            except Exception as e:  # noqa: BLE001
+                damaged.append(f"{rec['name']!r}: {type(e).__name__}: {e}")
+            else:
+                healthy.append((rec, al))
+        log.warning("search skipped damaged entries: %s", "; ".join(damaged[:5]))
+        if not healthy:
+            raise E.DamagedRecordError(f"every candidate entry is damaged ({'; '.join(damaged[:5])}): "
+                                       "remove and re-add them")
+        return self._score(txn, target, healthy, cfg, method, embedding=embedding, **kw), damaged
 
     def _profile_index(self) -> _profiles.ProfileIndex:
         idx = self.__dict__.get("_profile_idx")
@@ -650,7 +881,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 keep = []
                 for key in keys:
                     rec = recs.get(key) or txn.get("entries", key)
-                    if all(rec["metadata"].get(wk) == wv for wk, wv in where.items()):
+                    if rec is not None and _meta_match(rec.get("metadata"), where):
                         recs[key] = rec
                         keep.append(key)
                 st.actual = len(keep)
@@ -675,9 +906,17 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     hits &= set(ids)
                 keys = sorted(hits)
             out = []
+            pairs = 0
             for lo in range(0, len(keys), _VERIFY_CHUNK):   # bounded memory however many entries are verified
                 chunk = keys[lo:lo + _VERIFY_CHUNK]
                 sigs = [txn.get("signatures", key)["sig"] for key in chunk]
+                pairs += target.n_features * sum(sg.shape[0] for sg in sigs)
+                if pairs > MAX_FEATURE_PAIRS:
+                    raise E.LimitExceededError(
+                        f"the query's {target.n_features} columns would be compared with over "
+                        f"{pairs // max(target.n_features, 1)} stored features, over the limit of {MAX_FEATURE_PAIRS} "
+                        f"(query column, stored feature) pairs: query with fewer columns, or narrow the entries "
+                        f"with where=")
                 for key, rec, al in self._verify(txn, target, cfg, chunk, sigs, recs):
                     recs[key] = rec
                     out.append((key, al))

@@ -10,7 +10,10 @@ bytes of msgpack body, encoded and decoded only by :func:`fitsketch.storage.pack
 holding ``[dtype.str, shape, raw bytes]``; never pickle). The receiver checks ``n`` against its
 maximum frame size (default 64 MiB, ``--max-frame``) *before* reading the body; an oversize
 frame gets an error frame with code ``"frame_too_large"`` and the connection is closed (the
-stream cannot be resynchronized without reading the body).
+stream cannot be resynchronized without reading the body). The body is read as it arrives (a
+buffer never grows past the bytes received) and decoded under msgpack's ``max_*_len`` limits
+and a count of values (``MAX_ITEMS``); until hello succeeds a frame is at most 64 KiB
+(``PREAUTH_MAX_FRAME``) of at most 1,024 values.
 
 Requests and responses (one outstanding request per connection, answered in order)::
 
@@ -74,16 +77,21 @@ import logging
 import os
 import socket
 import struct
+import time
 
+import msgpack
 import numpy as np
 
 from . import errors as E
 from .storage import CodecError, pack, unpack
+from .storage.codec import _ext_hook
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 64 << 20          # bytes of body per frame
+PREAUTH_MAX_FRAME = 64 << 10          # bytes of body per frame until hello (and its token) succeed
+PREAUTH_MAX_ITEMS = 1024              # values a frame may decode to until then
 MAX_FRAME_LIMIT = (1 << 32) - 1      # what a 4-byte length can say
 _HEADER = struct.Struct(">I")
 
@@ -123,36 +131,79 @@ def encode_frame(obj, max_frame: int = MAX_FRAME_LIMIT) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
-def _recv_exact(sock: socket.socket, n: int, what: str, started: bool) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            clean = got == 0 and not started
+_RECV_CHUNK = 1 << 20     # a body is read (and its buffer grown) at most this many bytes at a time
+MAX_ITEMS = 1 << 21       # containers + their elements one request may decode to: ~70 bytes each in Python,
+#                           so ~150 MB and ~3 s of decoding (the garbage collector) at worst
+
+
+def _recv_exact(sock: socket.socket, n: int, what: str, started: bool, deadline: float | None = None) -> bytearray:
+    """``n`` bytes from ``sock``. The buffer grows with what arrives, never to what a header announced
+    before the bytes are there; ``deadline`` (time.monotonic()) bounds the whole read."""
+    buf = bytearray()
+    while len(buf) < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout(f"{what}: deadline passed")
+            sock.settimeout(left)
+        chunk = sock.recv(min(n - len(buf), _RECV_CHUNK))
+        if not chunk:
+            clean = not buf and not started
             raise ClosedError(f"connection closed {'between frames' if clean else f'inside a {what}'}"
-                              f" ({got} of {n} bytes)", clean)
-        got += k
-    return bytes(buf)
+                              f" ({len(buf)} of {n} bytes)", clean)
+        buf += chunk
+    return buf
 
 
-def recv_frame(sock: socket.socket, max_frame: int):
+def decode_body(body, max_items: int | None = None):
+    """A frame body decoded by the hub codec's rules; with ``max_items``, msgpack's own length limits
+    (``max_array_len`` ...) and a count of containers and elements bound what the body may
+    decode to, whatever its size (an array of empty arrays is ~70 bytes of Python per byte)."""
+    if max_items is None:
+        try:
+            return unpack(body)
+        except CodecError as e:
+            raise E.ProtocolError(f"frame body is not valid msgpack: {e}") from None
+    seen = [0]
+
+    def counted(obj):        # list_hook / object_hook: once per container, after it is built
+        seen[0] += 1 + len(obj)
+        if seen[0] > max_items:
+            raise _TooMany
+        return obj
+
+    n = len(body)
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True, ext_hook=_ext_hook,
+                               list_hook=counted, object_hook=counted, max_str_len=n, max_bin_len=n,
+                               max_ext_len=n, max_array_len=max_items, max_map_len=max_items)
+    except _TooMany:
+        raise E.FrameTooLargeError(f"the frame decodes to over {max_items} values: send fewer values per call "
+                                   "(numeric columns as NumPy arrays travel as one value)") from None
+    except CodecError as e:
+        raise E.ProtocolError(f"frame body is not valid msgpack: {e}") from None
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise E.ProtocolError(f"frame body is not valid msgpack (or over its limits): {e}") from None
+
+
+class _TooMany(Exception):
+    pass
+
+
+def recv_frame(sock: socket.socket, max_frame: int, *, deadline: float | None = None,
+               max_items: int | None = None):
     """Read one frame and decode it.
 
     Raises ``ClosedError`` on end of stream, ``FrameTooLargeError`` (checked from the length
-    prefix, before any of the body is read), ``ProtocolError`` for a body that is not valid
-    msgpack, and ``socket.timeout`` / ``OSError`` from the socket.
+    prefix, before any of the body is read; or a body decoding to over ``max_items`` values),
+    ``ProtocolError`` for a body that is not valid msgpack, and ``socket.timeout`` / ``OSError``
+    from the socket (``socket.timeout`` too once ``deadline``, a time.monotonic() value, passes).
     """
-    (n,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, "frame header", False))
+    (n,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, "frame header", False, deadline))
     if n > max_frame:
         raise E.FrameTooLargeError(f"frame of {n} bytes is over the limit of {max_frame} bytes "
-                                   "(--max-frame): send less data per call")
-    body = _recv_exact(sock, n, "frame body", True)
-    try:
-        return unpack(body)
-    except CodecError as e:
-        raise E.ProtocolError(f"frame body is not valid msgpack: {e}") from None
+                                   "(--max-frame; before hello, 64 KiB): send less data per call")
+    return decode_body(_recv_exact(sock, n, "frame body", True, deadline), max_items)
 
 
 def error_body(req_id, exc: BaseException) -> dict:

@@ -12,8 +12,17 @@ hello. The server never reads a file named by a client unless started with
 ``--allow-paths DIR`` and the path resolves inside such a directory. Requests reach the hub
 only through the allow-list :data:`HANDLERS`; values are msgpack (never pickle).
 
-Concurrency. One thread per connection, at most ``max_connections`` (over the cap: an error
-frame with code ``"busy"``, then close). One :class:`fitsketch.Hub` is shared: reads run in
+Hostile clients. Until its hello (and token) succeed, a connection may send frames of at most
+64 KiB decoding to at most 1,024 values, and must say hello within ``auth_timeout`` (5 s) of
+connecting or is closed; such connections share ``max_pending`` (16) slots of their own, the
+oldest dropped for a newcomer, so connections that never authenticate cannot keep out a client
+that does. Afterwards a frame is read as it arrives (never allocated from its header) and
+decodes to at most ``protocol.MAX_ITEMS`` values. The socket path is locked (``<socket>.lock``,
+an exclusive ``flock`` held while the server lives): a second server on it gets
+``SocketInUseError``, even while the first is stopped with its backlog full.
+
+Concurrency. One thread per connection, at most ``max_connections`` authenticated ones (over
+the cap: an error frame with code ``"busy"``, then close) plus ``max_pending`` before hello. One :class:`fitsketch.Hub` is shared: reads run in
 parallel (LMDB read transactions), writes are serialized by the hub's store lock. A connection
 idle for ``idle_timeout`` seconds is closed. One server per hub: an exclusive ``flock`` on
 ``<hub>/server.lock``.
@@ -44,7 +53,10 @@ from . import errors as E
 from .protocol import (
     DEFAULT_MAX_FRAME,
     MAX_FRAME_LIMIT,
+    MAX_ITEMS,
     OPS,
+    PREAUTH_MAX_FRAME,
+    PREAUTH_MAX_ITEMS,
     PROTOCOL_VERSION,
     ClosedError,
     InternalError,
@@ -245,13 +257,15 @@ def parse_listen(listen, allow_remote: bool = False) -> tuple[str, int]:
 
 
 class _Conn:
-    __slots__ = ("sock", "peer", "busy", "thread")
+    __slots__ = ("sock", "peer", "busy", "thread", "authed", "since")
 
     def __init__(self, sock, peer):
         self.sock = sock
         self.peer = peer
         self.busy = False
         self.thread = None
+        self.authed = False               # hello (and its token) succeeded
+        self.since = time.monotonic()
 
 
 class Server:
@@ -264,7 +278,7 @@ class Server:
     def __init__(self, hub_path, socket_path=None, listen=None, token=None, max_frame: int = DEFAULT_MAX_FRAME,
                  allow_paths=None, *, allow_remote: bool = False, max_connections: int = 64,
                  idle_timeout: float = 300.0, shutdown_grace: float = 10.0, device: str = "auto",
-                 create: bool = True, warm: bool = True):
+                 create: bool = True, warm: bool = True, auth_timeout: float = 5.0, max_pending: int = 16):
         if socket_path is not None and listen is not None:
             raise E.InvalidArgumentError("give socket_path or listen, not both")
         if type(max_frame) is not int or not 16 <= max_frame <= MAX_FRAME_LIMIT:
@@ -272,6 +286,10 @@ class Server:
                                          f"[16, {MAX_FRAME_LIMIT}] (bytes)")
         if type(max_connections) is not int or max_connections < 1:
             raise E.InvalidArgumentError(f"max_connections={max_connections!r}: expected a positive int")
+        if type(max_pending) is not int or max_pending < 1:
+            raise E.InvalidArgumentError(f"max_pending={max_pending!r}: expected a positive int")
+        if not isinstance(auth_timeout, (int, float)) or not 0 < auth_timeout <= 300:
+            raise E.InvalidArgumentError(f"auth_timeout={auth_timeout!r}: expected seconds in (0, 300]")
         self.hub_path = os.path.abspath(os.fspath(hub_path))
         self.listen = None
         self.socket_path = None
@@ -292,6 +310,8 @@ class Server:
             if not os.path.isdir(p):
                 raise E.InvalidArgumentError(f"--allow-paths {p!r} is not a directory")
         self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.auth_timeout = float(auth_timeout)
         self.idle_timeout = idle_timeout
         self.shutdown_grace = shutdown_grace
         self.device = device
@@ -309,6 +329,8 @@ class Server:
         self._stopped = threading.Event()
         self._stop_requested = threading.Event()
         self._lock_fd = None
+        self._sock_lock_fd = None
+        self._sock_lock_path = None
         self._listener = None
         self._sock_id = None
         self._wake_r = self._wake_w = None
@@ -470,6 +492,7 @@ class Server:
             self.address = s.getsockname()[:2]
             return s
         path = self.socket_path
+        self._take_socket_lock(path)
         self._clear_stale_socket(path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -483,6 +506,40 @@ class Server:
             raise E.HubBusyError(f"cannot listen on {path}: {e.strerror}") from None
         self.address = path
         return s
+
+    def _take_socket_lock(self, path: str) -> None:
+        """An exclusive ``flock`` on ``<socket>.lock``, held while this server lives: a second server
+        on the same socket path is refused however the first one is doing (even stopped with its
+        backlog full, when a connect() probe would time out and call the socket stale)."""
+        lock_path = path + ".lock"
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise E.HubBusyError(f"cannot listen on {path}: cannot create its lock file {lock_path}: "
+                                     f"{e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                other = ""
+                with contextlib.suppress(OSError, ValueError):
+                    other = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise E.SocketInUseError(
+                        f"socket {path!r} is in use by another fitsketch server{other} (it holds {lock_path}): "
+                        "choose another --socket, or stop that server") from None
+                raise
+            try:        # the lock file may have been removed by the server that held it, since we opened it
+                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._sock_lock_fd, self._sock_lock_path = fd, lock_path
 
     @staticmethod
     def _clear_stale_socket(path: str) -> None:
@@ -512,6 +569,11 @@ class Server:
                     s.close()
         self._listener = self._wake_r = self._wake_w = None
         self._unlink_socket()
+        if self._sock_lock_fd is not None:     # removed while still held: see _take_socket_lock
+            with contextlib.suppress(OSError):
+                os.unlink(self._sock_lock_path)
+            os.close(self._sock_lock_fd)
+            self._sock_lock_fd = None
         if self.hub is not None:
             with contextlib.suppress(Exception):
                 self.hub.close()
@@ -554,15 +616,28 @@ class Server:
             self._unlink_socket()
 
     def _admit(self, sock: socket.socket, peer) -> None:
+        """Authenticated connections hold up to ``max_connections`` slots; connections that have not
+        said hello yet share ``max_pending`` others (the oldest is dropped for a newcomer), so
+        connections that never authenticate cannot keep a client with the token out."""
+        evict = None
         with self._lock:
-            full = len(self._conns) >= self.max_connections
+            full = sum(c.authed for c in self._conns) >= self.max_connections
             if not full and not self._stopping:
+                pending = sorted((c for c in self._conns if not c.authed), key=lambda c: c.since)
+                if len(pending) >= self.max_pending:
+                    evict = pending[0]
+                    self._conns.discard(evict)
                 conn = _Conn(sock, peer)
                 self._conns.add(conn)
                 conn.thread = threading.Thread(target=self._serve_conn, args=(conn,), daemon=True,
                                                name=f"fitsketch-conn-{sock.fileno()}")
                 conn.thread.start()
-                return
+        if evict is not None:       # its thread sees the end of stream and cleans up
+            log.info("dropping the oldest connection that has not said hello: %d are waiting (max_pending)",
+                     self.max_pending)
+            _shutdown(evict.sock)
+        if not full and not self._stopping:
+            return
         log.warning("refusing a connection: %d connections open (max %d)", len(self._conns), self.max_connections)
         self._reply_and_close(sock, error_body(None, E.HubBusyError(
             f"the server has its maximum of {self.max_connections} connections open: retry later, or close "
@@ -579,13 +654,19 @@ class Server:
         sock = conn.sock
         hello = False
         try:
-            sock.settimeout(self.idle_timeout)
             while True:
                 try:
-                    req = recv_frame(sock, self.max_frame)
+                    if conn.authed:
+                        sock.settimeout(self.idle_timeout)
+                        req = recv_frame(sock, self.max_frame, max_items=MAX_ITEMS)
+                    else:      # small frames, few values, a deadline: nothing is sized from a stranger's header
+                        req = recv_frame(sock, min(PREAUTH_MAX_FRAME, self.max_frame),
+                                         deadline=conn.since + self.auth_timeout,
+                                         max_items=PREAUTH_MAX_ITEMS)
                 except socket.timeout:
                     self._send(sock, error_body(None, E.ConnectionLostError(
-                        f"connection idle for {self.idle_timeout:g} s: closed by the server (reconnect)")))
+                        f"connection idle for {self.idle_timeout:g} s: closed by the server (reconnect)" if conn.authed
+                        else f"no hello within {self.auth_timeout:g} s of connecting: closed by the server")))
                     return
                 except (ClosedError, OSError):
                     if self._stopping:      # woken by stop(): a request sent just now gets an answer
@@ -612,6 +693,8 @@ class Server:
                     return
                 try:
                     body, hello, close = self._respond(req, hello)
+                    if hello and not conn.authed:
+                        close = self._promote(conn, body) or close
                     if not self._send(sock, body):
                         return
                 finally:
@@ -626,6 +709,20 @@ class Server:
             with self._lock:
                 self._conns.discard(conn)
                 self._idle.notify_all()
+
+    def _promote(self, conn: _Conn, body: dict) -> bool:
+        """Move a connection whose hello succeeded to an authenticated slot; True (and ``body``
+        turned into a "busy" error) when they are all taken."""
+        with self._lock:
+            if conn in self._conns and sum(c.authed for c in self._conns) < self.max_connections:
+                conn.authed = True
+                return False
+        err = error_body(body.get("id"), E.HubBusyError(
+            f"the server has its maximum of {self.max_connections} connections open: retry later, or close "
+            "idle clients"))
+        body.clear()
+        body.update(err)
+        return True
 
     def _send(self, sock, body) -> bool:
         """Send one response; an answer too large or not encodable becomes an error frame."""

@@ -122,10 +122,21 @@ class Sketch:
                 **({"classes": self.classes} if self.classes is not None else {})}
 
 
-def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
-                 device: str = "auto", progress: bool = False, shuffle: bool = True,
-                 coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
-                 quantize=None) -> Sketch:
+def build_sketch(data, config: SketchConfig, **kw) -> Sketch:
+    """Sketch ``data`` under ``config`` (keyword arguments: :func:`_build_sketch`); text UTF-8
+    cannot encode (lone surrogates, in column names or values) is an ``InvalidArgumentError``."""
+    try:
+        return _build_sketch(data, config, **kw)
+    except (UnicodeEncodeError, EOFError) as e:
+        from .errors import translate
+
+        raise translate(e) from None
+
+
+def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
+                  device: str = "auto", progress: bool = False, shuffle: bool = True,
+                  coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
+                  quantize=None) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
@@ -138,6 +149,13 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise InvalidArgumentError(f"partition_size={m!r} is not valid: expected a positive integer")
     df = to_frame(data, feature_names)
+    complex_cols = [str(c) for c, dt in df.dtypes.items() if getattr(dt, "kind", "") == "c"]
+    if complex_cols:
+        from .errors import UnsupportedDataError
+
+        raise UnsupportedDataError(f"columns {complex_cols[:5]} hold complex numbers, which fitsketch does not "
+                                   "sketch (the imaginary part would be lost): split them into real and imaginary "
+                                   "columns, e.g. df['x_re'], df['x_im'] = z.real, z.imag")
     n = len(df)
     cols: list[Column] = []
     it = df.items()
@@ -191,7 +209,122 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
                   np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner)
 
 
+MAX_ROWS = 1 << 40        # rows a sketch may claim (n_rows); partitions are at most one per row
+
+
+def check_sketch(sk: Sketch, config: SketchConfig) -> None:
+    """Refuse (``InvalidArgumentError``) a sketch that could not have been built by
+    :func:`build_sketch` under ``config``: every array's shape, dtype and range, histograms sorted
+    by (part, feat, bucket) within ``n_partitions`` x ``n_features``, ``n_partitions`` consistent
+    with ``n_rows``, the coverage record over this hub's bits / tables and the sketch's columns.
+    A stored entry can then never break a search of others (issue 23)."""
+    def bad(why):
+        return InvalidArgumentError(f"sketch is malformed: {why}; build it with fitsketch.sketch(data, hub.config) "
+                                    "and send Sketch.to_bytes() / to_record() unchanged")
+
+    def int_array(a, what, shape=None):
+        if not (isinstance(a, np.ndarray) and a.dtype.kind in "iu" and (a.ndim == 1 if shape is None else a.shape == shape)):
+            raise bad(f"{what} must be a 1-D integer array" if shape is None else
+                      f"{what} must be an integer array of shape {shape}, got {getattr(a, 'shape', type(a).__name__)}")
+        return a
+
+    from .quantize import KINDS
+
+    names, kinds = sk.names, sk.kinds
+    if not (isinstance(names, list) and isinstance(kinds, list) and len(names) == len(kinds)
+            and all(type(x) is str and x for x in names) and all(k in KINDS for k in kinds)):
+        raise bad(f"names must be non-empty str and kinds one of {KINDS}, one per feature")
+    if len(set(names)) != len(names):
+        raise bad("two features have the same name")
+    for x in names:
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"feature name {x!r} holds a lone surrogate") from None
+    n = len(names)
+    for key in ("partition_size", "n_rows", "n_partitions"):
+        v = getattr(sk, key)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < (1 if key == "partition_size" else 0):
+            raise bad(f"{key}={v!r} must be a {'positive' if key == 'partition_size' else 'non-negative'} int")
+    if sk.n_rows > MAX_ROWS:
+        raise bad(f"n_rows={sk.n_rows} is over {MAX_ROWS}")
+    if not -(-sk.n_rows // sk.partition_size) <= sk.n_partitions <= sk.n_rows:
+        raise bad(f"n_partitions={sk.n_partitions} does not fit n_rows={sk.n_rows} in partitions of at most "
+                  f"{sk.partition_size} rows (between ceil(n_rows / partition_size) and n_rows)")
+    sig = sk.signatures
+    if not (isinstance(sig, np.ndarray) and sig.dtype == np.uint32 and sig.shape == (n, config.num_perm)):
+        raise bad(f"signatures must be uint32 of shape ({n}, {config.num_perm}), got "
+                  f"{getattr(sig, 'dtype', type(sig).__name__)} {getattr(sig, 'shape', '')}")
+    if not (isinstance(sk.sums, np.ndarray) and sk.sums.shape == (n,) and sk.sums.dtype.kind == "f"):
+        raise bad(f"sums must be a float array of shape ({n},)")
+    counts = int_array(sk.counts, "counts", (n,))
+    if n and counts.min() < 0:
+        raise bad("counts must be non-negative")
+    h = sk.hist
+    if not (isinstance(h, dict) and set(h) == {"part", "feat", "bucket", "count"}):
+        raise bad("hist must be a map of part, feat, bucket, count")
+    part, feat, bucket, count = (int_array(h[k], f"hist {k}") for k in ("part", "feat", "bucket", "count"))
+    if not len(part) == len(feat) == len(bucket) == len(count):
+        raise bad("hist arrays must have one length")
+    if len(part):
+        if part.min() < 0 or part.max() >= sk.n_partitions or feat.min() < 0 or feat.max() >= n:
+            raise bad(f"hist part / feat out of range (n_partitions={sk.n_partitions}, features={n})")
+        if bucket.min() < -(1 << 31) or bucket.max() >= (1 << 31) or count.min() < 1 or count.max() >= (1 << 32):
+            raise bad("hist bucket must fit int32 and count be in [1, 2**32)")
+        dp, df, db = (np.diff(a.astype(np.int64)) for a in (part, feat, bucket))
+        if not np.all((dp > 0) | ((dp == 0) & ((df > 0) | ((df == 0) & (db > 0))))):
+            raise bad("hist must be sorted by (part, feat, bucket) without repeats")
+    cov = sk.coverage
+    if cov is not None:
+        _check_coverage(cov, sk, config, bad, int_array)
+
+
+def _check_coverage(cov, sk: Sketch, config: SketchConfig, bad, int_array) -> None:
+    from . import coverage as _cov
+
+    if not (isinstance(cov, dict) and {"v", "keys", "center", "bits", "tables", "table", "code", "count"} <= set(cov)):
+        raise bad("coverage must be a map with v, keys, center, bits, tables, table, code, count")
+    if cov["v"] != _cov.COVERAGE_FORMAT:
+        raise bad(f"coverage format {cov['v']!r} is not {_cov.COVERAGE_FORMAT}")
+    if cov["bits"] != config.coverage_bits or cov["tables"] != config.coverage_tables \
+            or isinstance(cov["bits"], bool) or isinstance(cov["tables"], bool):
+        raise bad(f"coverage has bits={cov['bits']!r}, tables={cov['tables']!r}; this hub codes "
+                  f"{config.coverage_bits} bits in {config.coverage_tables} tables")
+    keys = int_array(cov["keys"], "coverage keys")
+    want = np.concatenate([np.array([_cov._col_key(nm, config.seed) * 16], dtype=np.int64) if kind == "numeric" else
+                           _cov._col_key(nm, config.seed) * 16 + 1 + np.arange(_cov.HASH_DIMS, dtype=np.int64)
+                           for nm, kind in zip(sk.names, sk.kinds)]) if sk.names else np.zeros(0, np.int64)
+    if keys.shape != want.shape or not np.array_equal(keys.astype(np.int64), want):
+        raise bad("coverage keys do not match the sketch's columns (names and kinds)")
+    center = cov["center"]
+    if not (isinstance(center, np.ndarray) and center.shape == keys.shape and center.dtype.kind == "f"
+            and np.isfinite(center).all()):
+        raise bad("coverage center must be finite floats, one per key")
+    table, code, count = (int_array(cov[k], f"coverage {k}") for k in ("table", "code", "count"))
+    if not len(table) == len(code) == len(count):
+        raise bad("coverage table / code / count must have one length")
+    if len(table) and (table.min() < 0 or table.max() >= config.coverage_tables or code.min() < 0
+                       or code.max() >= (1 << config.coverage_bits) or count.min() < 0
+                       or count.max() > sk.n_rows):
+        raise bad("coverage table / code / count out of range")
+
+
 def sketch_from_record(rec: dict) -> Sketch:
+    """The Sketch of a record (``Sketch.to_record()``), its structure checked: a malformed record
+    raises ``InvalidArgumentError`` (the hub checks the rest against its parameters on add)."""
+    if not isinstance(rec, dict):
+        raise InvalidArgumentError(f"a sketch record is a map, got {type(rec).__name__}")
+    try:
+        sk = _from_record(rec)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+        raise InvalidArgumentError(f"sketch record is malformed ({type(e).__name__}: {e}): send "
+                                   "Sketch.to_bytes() / to_record() unchanged") from None
+    if not (isinstance(sk.hist, dict) and set(sk.hist) == {"part", "feat", "bucket", "count"}):
+        raise InvalidArgumentError("sketch record is malformed: hist must be a map of part, feat, bucket, count")
+    return sk
+
+
+def _from_record(rec: dict) -> Sketch:
     if rec.get("v") != SKETCH_FORMAT:
         from .errors import SchemaError
 

@@ -18,6 +18,8 @@ second ``HubStore`` on an open hub raises ``HubBusyError``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import threading
@@ -33,7 +35,7 @@ from .txn import DBS, DUPSORT_DBS, Txn
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE"]
+__all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
 FORMAT_VERSION = 1  # format written by this fitsketch; bump with a MIGRATIONS entry
 ENV_FILE = "hub.lmdb"
@@ -45,6 +47,37 @@ MIGRATIONS: dict[int, Callable[[Txn], None]] = {}
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
 _OPEN_LOCK = threading.Lock()
+
+
+class ReadOnlyError(StorageError):
+    """A write on a store opened read-only, or a hub whose files cannot be written."""
+
+    code = "read_only"
+
+
+class DiskFullError(StorageError, OSError):
+    """The disk (or the process's file size limit) is full: the transaction was not committed."""
+
+    code = "disk_full"
+
+
+def _disk_full(e: BaseException) -> bool:
+    if isinstance(e, lmdb.DiskError):                      # ENOSPC
+        return True
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    return isinstance(e, lmdb.Error) and any(m in str(e) for m in ("No space left", "File too large",
+                                                                    "Disk quota exceeded"))
+
+
+def _exclusive(fd: int) -> bool:
+    """An exclusive fcntl lock on byte 0 of an LMDB lock file: False when another process has the
+    environment open (LMDB holds a shared lock there in each)."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+        return True
+    except OSError:
+        return False
 
 
 def _translate(path: str, e: lmdb.Error) -> StorageError:
@@ -95,6 +128,7 @@ class HubStore:
         self.path = os.path.abspath(os.fspath(path))
         self.readonly = bool(readonly)
         self.created = False  # True if this call created the hub
+        self.lockless = False  # True when opened read-only without LMDB's lock file (read-only files)
         self._file = os.path.join(self.path, ENV_FILE)
         self._env: lmdb.Environment | None = None
         self._dbs: dict[str, Any] = {}
@@ -112,7 +146,11 @@ class HubStore:
             why = "create=False" if not create else "readonly=True cannot create one"
             raise HubNotFoundError(f"no hub at {self.path} ({why}); create it with create=True")
         if not existed:
-            os.makedirs(self.path, exist_ok=True)
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except PermissionError as e:
+                raise ReadOnlyError(f"cannot create a hub at {self.path}: {e.strerror}: choose a writable "
+                                    f"directory") from None
         self._key = os.path.realpath(self.path)
         with _OPEN_LOCK:
             if _OPEN.get(self._key) is not None:
@@ -128,12 +166,27 @@ class HubStore:
             raise
 
     # -- opening ------------------------------------------------------------------------------
+    def _open_env(self, map_size: int) -> lmdb.Environment:
+        """The environment; a hub whose files cannot be written (a read-only directory or mount,
+        where LMDB cannot use its lock file) opens with ``readonly=True`` without the lock file
+        (``self.lockless``): nothing can write it then, so readers need no reader table."""
+        kw = dict(subdir=False, max_dbs=MAX_DBS, map_size=int(map_size), readonly=self.readonly,
+                  max_readers=MAX_READERS)
+        try:
+            return lmdb.open(self._file, lock=True, **kw)
+        except lmdb.ReadonlyError as e:                      # EACCES / EROFS
+            if not self.readonly:
+                raise ReadOnlyError(
+                    f"hub at {self.path} cannot be opened for writing ({e.__class__.__name__}: {e}): its files "
+                    f"or directory are read-only; open it with readonly=True to read it, or make it writable "
+                    f"(chmod -R u+w {self.path})") from None
+            log.info("hub at %s: lock file not writable (%s); reading it without the lock", self.path, e)
+            self.lockless = True
+            return lmdb.open(self._file, lock=False, **kw)
+
     def _open(self, existed: bool, map_size: int) -> None:
         try:
-            self._env = lmdb.open(
-                self._file, subdir=False, max_dbs=MAX_DBS, map_size=int(map_size),
-                readonly=self.readonly, lock=True, max_readers=MAX_READERS,
-            )
+            self._env = self._open_env(map_size)
             if not existed:
                 self._create()
                 return
@@ -306,7 +359,7 @@ class HubStore:
         """
         env = self._live()
         if self.readonly:
-            raise StorageError(f"hub at {self.path} is open readonly; reopen with readonly=False to write")
+            raise ReadOnlyError(f"hub at {self.path} is open readonly; reopen with readonly=False to write")
         if self._writer == threading.get_ident():
             raise StorageError("transact() called inside transact(); use the txn passed to fn")
         with self._write_lock:
@@ -326,16 +379,96 @@ class HubStore:
                             return result
                     except lmdb.MapFullError:
                         txn.map_full = True
-                    except BaseException:
+                    except BaseException as e:
                         if not txn.map_full:  # else fn swallowed MapFullError, then failed
                             with self._paused(drain=False), contextlib.suppress(lmdb.Error):
                                 raw.abort()
+                            if _disk_full(e):
+                                raise DiskFullError(
+                                    f"hub at {self.path}: the disk is full ({e}); nothing was written: free "
+                                    f"space (or raise the file size limit) and retry") from e
                             raise
                     size = env.info()["map_size"] * 2
                     log.info("hub at %s: map full, growing to %d bytes and retrying", self.path, size)
                     self._resize(size, abort=raw)
             finally:
                 self._writer = None
+
+    # -- compaction ---------------------------------------------------------------------------
+    def compact(self) -> tuple[int, int]:
+        """Rewrite ``hub.lmdb`` to its live pages (LMDB keeps the pages of removed records for reuse
+        but never shrinks the file): a compacting copy (``env.copy(compact=True)``), an atomic
+        ``os.replace``, a reopen, all under the writer lock. The hub must be this process's alone:
+        an exclusive ``fcntl`` lock on byte 0 of the lock file (where every process with the
+        environment open holds a shared one) is taken first, so another process with it open (a
+        server, a reader) raises ``HubBusyError`` with nothing changed, and one opening it meanwhile
+        waits. Returns (bytes before, bytes after)."""
+        env = self._live()
+        if self.readonly:
+            raise ReadOnlyError(f"hub at {self.path} is open readonly; reopen with readonly=False to compact it")
+        if self._own_reads():
+            raise StorageError(f"hub at {self.path}: compact() inside a read() block; call it outside")
+        tmp = self._file + ".compact.tmp"
+        before = os.path.getsize(self._file)
+        busy = HubBusyError(f"hub at {self.path} is open in another process (a server or a reader): stop it, then "
+                            f"compact")
+        with self._write_lock:
+            fd = os.open(self._file + "-lock", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                if not _exclusive(fd):
+                    raise busy
+                try:
+                    self._copy_live(env, tmp)
+                except Exception as e:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                    if _disk_full(e):
+                        raise DiskFullError(f"hub at {self.path}: the disk is full while compacting ({e}); the "
+                                            f"hub is unchanged: free space and retry") from e
+                    raise
+                with self._paused(drain=True):
+                    map_size = env.info()["map_size"]
+                    env.close()     # closing LMDB's descriptor drops this process's locks on the file:
+                    self._env = None
+                    try:            # take ours again; someone who got in meanwhile keeps the old file
+                        swapped = _exclusive(fd)
+                        if swapped:
+                            os.replace(tmp, self._file)
+                    finally:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(tmp)
+                        os.close(fd)    # before LMDB takes its own lock in this process again
+                        fd = None
+                        self._env = self._open_env(map_size)
+                        self._open_dbs(create=False)
+                if not swapped:
+                    raise busy
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        after = os.path.getsize(self._file)
+        log.info("compacted hub at %s: %d -> %d bytes", self.path, before, after)
+        return before, after
+
+    def _copy_live(self, env: lmdb.Environment, path: str) -> None:
+        """Every record of every database into a new environment at ``path``, in key order (so its
+        pages are full). LMDB's own ``env.copy(compact=True)`` crashes the process (SIGSEGV, py-lmdb
+        3.0) on this hub's dupsort/dupfixed ``bands`` database, so the copy is made record by record."""
+        size = max(env.info()["map_size"], 2 * os.path.getsize(self._file))
+        dst = lmdb.open(path, subdir=False, max_dbs=MAX_DBS, map_size=size, lock=False, sync=False,
+                        metasync=False)
+        try:
+            with env.begin(buffers=False) as src, dst.begin(write=True) as out:
+                for name in DBS:
+                    dup = name in DUPSORT_DBS
+                    ddb = dst.open_db(name.encode(), txn=out, create=True, dupsort=dup, dupfixed=dup)
+                    cur = src.cursor(self._dbs[name])
+                    if cur.first():
+                        out.cursor(ddb).putmulti(cur.iternext(keys=True, values=True), dupdata=dup,
+                                                 append=not dup)
+            dst.sync(True)
+        finally:
+            dst.close()
 
     # -- info / lifecycle ---------------------------------------------------------------------
     def env_bytes(self) -> int:

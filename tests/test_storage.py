@@ -57,7 +57,7 @@ def test_public_surface():
     assert codes == {"schema", "corrupt", "not_found", "busy", "codec"}
 
 
-ALLOWED_IMPORTS = {"__future__", "contextlib", "logging", "math", "os", "threading", "time",
+ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "os", "threading", "time",
                    "typing", "weakref", "lmdb", "msgpack", "numpy"}
 
 
