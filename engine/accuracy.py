@@ -164,7 +164,10 @@ def with_labels(data, labels, feature_names=None):
     taken out of the frame)."""
     from .data import to_frame
 
-    df = to_frame(data, feature_names)
+    try:
+        df = to_frame(data, feature_names)
+    except (UnicodeEncodeError, EOFError) as e:   # lone surrogates, an empty .npy: named errors
+        raise E.translate(e) from None
     if labels is None:
         return df, None
     if isinstance(labels, str):

@@ -78,15 +78,6 @@ class Match:
         return d
 
 
-def _to_frame(data, feature_names):
-    """data.to_frame, with text UTF-8 cannot encode (lone surrogates) an InvalidArgumentError and
-    an empty .npy file an UnreadableFileError."""
-    try:
-        return to_frame(data, feature_names)
-    except (UnicodeEncodeError, EOFError) as e:
-        raise E.translate(e) from None
-
-
 def _check_path(path) -> str:
     """A hub path as str: a non-empty str or os.PathLike of str, not under a regular file."""
     if isinstance(path, os.PathLike):
@@ -403,7 +394,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         metadata = _check_metadata(metadata)
         if name in self:
             raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-        df, labels = _acc.with_labels(_to_frame(data, feature_names), labels)
+        df, labels = _acc.with_labels(data, labels, feature_names)
         if labels is None and (validation is not None or confusion is not None or class_accuracy is not None):
             raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
                                          "performance: pass the training labels= too")
