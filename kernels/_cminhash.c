@@ -249,6 +249,8 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
     Py_ssize_t *lens = NULL;
     ms_params prm = {NULL, NULL, NULL, NULL};
     ms_slot *cache = NULL;
+    int use_cache = 1;
+    size_t lookups = 0, hits = 0;
     if (check_buffers(&a, &b, &k) < 0) goto done;
     if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
     seq = PySequence_Fast(sets, "sets must be a sequence");
@@ -275,7 +277,7 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
         PyObject **it = PySequence_Fast_ITEMS(items);
         /* a list or tuple keeps its tokens alive for the whole call (the GIL is held), so a token
          * object seen before has the element computed then: each distinct object is hashed once */
-        ms_slot *c = (PyList_CheckExact(items) || PyTuple_CheckExact(items)) ? cache : NULL;
+        ms_slot *c = (use_cache && (PyList_CheckExact(items) || PyTuple_CheckExact(items))) ? cache : NULL;
         /* pass 1: each token's bytes (the loads of many token objects overlap here, where the
          * hashing would serialize them); pass 2: hash the ones not in the cache */
         for (Py_ssize_t j = 0; j < n; j++) {
@@ -283,7 +285,8 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
             if (c) {
                 if (j + 8 < n) __builtin_prefetch(&c[slot_of(it[j + 8])]);
                 const ms_slot *e = &c[slot_of(obj)];
-                if (e->key == obj) { xs[j] = e->val; ptrs[j] = NULL; continue; }
+                lookups++;
+                if (e->key == obj) { xs[j] = e->val; ptrs[j] = NULL; hits++; continue; }
             } else if (j + 8 < n) {
                 __builtin_prefetch(it[j + 8]);
             }
@@ -312,6 +315,9 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
             }
         Py_DECREF(items);
         if (ok) ms_set(xs, n, &prm, k, (uint32_t *)out.buf + s * k);
+        /* tokens that are new objects each time (e.g. fresh from str.split) never hit: after 8,192
+         * lookups with under 1 in 8 hits, stop paying the table's memory traffic */
+        if (use_cache && lookups >= 8192 && hits * 8 < lookups) use_cache = 0;
     }
     ret = PyBool_FromLong(ok);
 done:
