@@ -24,6 +24,12 @@
 #include <string.h>
 
 
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(p) __builtin_prefetch(p)
+#else
+#define PREFETCH(p) ((void)0)
+#endif
+
 #define EMPTY_U32 0xFFFFFFFFu
 #define MAX_HASH 0xFFFFFFFEll
 
@@ -75,16 +81,19 @@ static inline uint64_t finalize(uint64_t z) { /* pandas' redistribution (SplitMi
 }
 
 /* ------------------------------------------------------------------ the signature of one set */
-/* With a = a_hi 2^32 + a_lo and b = b_hi 2^32 + b_lo (32-bit halves), a_lo x + b_lo < 2^64, so
- *     ((a x + b) mod 2^64) >> 32 = (a_hi x + b_hi + ((a_lo x + b_lo) >> 32)) mod 2^32:
- * one 32x32->64 multiply and one 32-bit multiply, all in 32-bit lanes (min of 8 lanes is one op). */
+/* With a = a_hi 2^32 + a_lo (32-bit halves) and a_lo x + b_lo < 2^64 (b_lo: b's low half),
+ *     ((a x + b) mod 2^64) >> 32 = (a_hi x + ((a_lo x + b) mod 2^64 >> 32)) mod 2^32
+ * (adding all of b to a_lo x carries b_hi into the high word): one 32x32->64 multiply and one
+ * 32-bit multiply, in 32-bit lanes where the min of 8 lanes is one op. */
 typedef struct {
-    uint32_t *alo, *ahi, *blo, *bhi;
+    uint32_t *alo, *ahi;   /* a's 32-bit halves */
+    uint64_t *b;           /* b, in perm order */
+    uint64_t *b_even_odd;  /* per block of 8 perms: b of perms 0, 2, 4, 6 then of 1, 3, 5, 7 */
 } ms_params;
 
 static inline uint32_t ms_hash(const ms_params *p, Py_ssize_t i, uint32_t x) {
-    const uint64_t t = (uint64_t)p->alo[i] * x + p->blo[i];
-    return p->ahi[i] * x + p->bhi[i] + (uint32_t)(t >> 32);
+    const uint64_t t = (uint64_t)p->alo[i] * x + p->b[i];   /* wraps mod 2^64 */
+    return p->ahi[i] * x + (uint32_t)(t >> 32);
 }
 
 /* perms [i0, k) of one set, portable C */
@@ -112,18 +121,16 @@ static void ms_set_avx2(const uint32_t *x, Py_ssize_t n, const ms_params *p, Py_
         const __m256i ALO = _mm256_loadu_si256((const __m256i *)(p->alo + i));
         const __m256i ALO_O = _mm256_srli_epi64(ALO, 32);          /* odd lanes' a_lo, in even slots */
         const __m256i AHI = _mm256_loadu_si256((const __m256i *)(p->ahi + i));
-        const __m256i BLO = _mm256_loadu_si256((const __m256i *)(p->blo + i));
-        const __m256i BLO_E = _mm256_and_si256(BLO, _mm256_set1_epi64x(0xFFFFFFFFll));
-        const __m256i BLO_O = _mm256_srli_epi64(BLO, 32);
-        const __m256i BHI = _mm256_loadu_si256((const __m256i *)(p->bhi + i));
+        const __m256i B_E = _mm256_loadu_si256((const __m256i *)(p->b_even_odd + i));
+        const __m256i B_O = _mm256_loadu_si256((const __m256i *)(p->b_even_odd + i + 4));
         __m256i A0 = _mm256_set1_epi32(-1), A1 = A0;
 #define MS_STEP(ACC, XV)                                                                      \
         do {                                                                                  \
             const __m256i X = _mm256_set1_epi32((int)(XV));                                   \
-            const __m256i TE = _mm256_add_epi64(_mm256_mul_epu32(ALO, X), BLO_E);             \
-            const __m256i TO = _mm256_add_epi64(_mm256_mul_epu32(ALO_O, X), BLO_O);           \
+            const __m256i TE = _mm256_add_epi64(_mm256_mul_epu32(ALO, X), B_E);               \
+            const __m256i TO = _mm256_add_epi64(_mm256_mul_epu32(ALO_O, X), B_O);             \
             const __m256i HI = _mm256_blend_epi32(_mm256_srli_epi64(TE, 32), TO, 0xAA);       \
-            const __m256i U = _mm256_add_epi32(_mm256_add_epi32(_mm256_mullo_epi32(AHI, X), BHI), HI); \
+            const __m256i U = _mm256_add_epi32(_mm256_mullo_epi32(AHI, X), HI);               \
             ACC = _mm256_min_epu32(ACC, U);                                                   \
         } while (0)
         Py_ssize_t j = 0;
@@ -156,20 +163,26 @@ static void ms_set(const uint32_t *x, Py_ssize_t n, const ms_params *p, Py_ssize
 
 /* the 32-bit halves of a and b (uint64 buffers of k values); 0 or -1 with MemoryError set */
 static int ms_params_init(ms_params *p, Py_buffer *a, Py_buffer *b, Py_ssize_t k) {
-    size_t sz = sizeof(uint32_t) * (size_t)(k > 0 ? k : 1);
-    p->alo = (uint32_t *)malloc(sz); p->ahi = (uint32_t *)malloc(sz);
-    p->blo = (uint32_t *)malloc(sz); p->bhi = (uint32_t *)malloc(sz);
-    if (!p->alo || !p->ahi || !p->blo || !p->bhi) { PyErr_NoMemory(); return -1; }
+    size_t n = (size_t)(k > 0 ? k : 1);
+    p->alo = (uint32_t *)malloc(sizeof(uint32_t) * n); p->ahi = (uint32_t *)malloc(sizeof(uint32_t) * n);
+    p->b = (uint64_t *)malloc(sizeof(uint64_t) * n); p->b_even_odd = (uint64_t *)malloc(sizeof(uint64_t) * n);
+    if (!p->alo || !p->ahi || !p->b || !p->b_even_odd) { PyErr_NoMemory(); return -1; }
     const uint64_t *av = (const uint64_t *)a->buf, *bv = (const uint64_t *)b->buf;
     for (Py_ssize_t i = 0; i < k; i++) {
         p->alo[i] = (uint32_t)av[i]; p->ahi[i] = (uint32_t)(av[i] >> 32);
-        p->blo[i] = (uint32_t)bv[i]; p->bhi[i] = (uint32_t)(bv[i] >> 32);
+        p->b[i] = bv[i];
+        p->b_even_odd[i] = bv[i];   /* the tail (k % 8) stays in order: the scalar loop reads b */
     }
+    for (Py_ssize_t i = 0; i + 8 <= k; i += 8)
+        for (int q = 0; q < 4; q++) {
+            p->b_even_odd[i + q] = bv[i + 2 * q];
+            p->b_even_odd[i + 4 + q] = bv[i + 2 * q + 1];
+        }
     return 0;
 }
 
 static void ms_params_free(ms_params *p) {
-    free(p->alo); free(p->ahi); free(p->blo); free(p->bhi);
+    free(p->alo); free(p->ahi); free(p->b); free(p->b_even_odd);
 }
 
 /* ------------------------------------------------------------------ Python glue */
@@ -283,12 +296,12 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
         for (Py_ssize_t j = 0; j < n; j++) {
             PyObject *obj = it[j];
             if (c) {
-                if (j + 8 < n) __builtin_prefetch(&c[slot_of(it[j + 8])]);
+                if (j + 8 < n) PREFETCH(&c[slot_of(it[j + 8])]);
                 const ms_slot *e = &c[slot_of(obj)];
                 lookups++;
                 if (e->key == obj) { xs[j] = e->val; ptrs[j] = NULL; hits++; continue; }
             } else if (j + 8 < n) {
-                __builtin_prefetch(it[j + 8]);
+                PREFETCH(it[j + 8]);
             }
             if (PyUnicode_Check(obj)) {
                 if (PyUnicode_IS_COMPACT_ASCII(obj)) {
@@ -335,7 +348,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cminhash",
-                                    "MinHash (multiply-shift family) compiled for the CPU.", -1, methods};
+                                    "MinHash (multiply-shift family) compiled for the CPU.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__cminhash(void) {
     PyObject *m = PyModule_Create(&module);
