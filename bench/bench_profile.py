@@ -92,10 +92,15 @@ QUERY_SUB = [
 
 
 def _instrument(timer: _Timer) -> None:
-    import importlib
+    import sys
 
-    coverage, hub, profiles, sketch = (importlib.import_module(f"fitsketch.{m}")
-                                       for m in ("coverage", "hub", "profiles", "sketch"))
+    import fitsketch.coverage
+    import fitsketch.hub
+    import fitsketch.profiles
+    import fitsketch.sketch  # noqa: F401 (the package's `sketch` attribute is the function: use sys.modules)
+
+    coverage, hub, profiles, sketch = (sys.modules["fitsketch.coverage"], sys.modules["fitsketch.hub"],
+                                       sys.modules["fitsketch.profiles"], sys.modules["fitsketch.sketch"])
 
     timer.wrap(hub, "to_frame", "to_frame")
     timer.wrap(hub, "build_sketch", "build_sketch")
