@@ -5,8 +5,9 @@ The add: a table like issue 21's (200,000 rows: 16 numeric columns, one 500-valu
 against a hub of that entry and 20 smaller ones (``--quick`` 1,000 rows, 10 entries).
 
 Each stage is timed by wrapping the engine function that does it (nothing in the engine changes;
-wrapping costs microseconds per call); a stage's time includes its sub-stages (indented), and
-"other" is what the listed stages leave of the total. The query's top-level stages are the
+wrapping costs microseconds per call); a stage's time includes its sub-stages (indented), "rest
+of" a stage is what its sub-stages leave of it, and "other" what the listed stages leave of the
+total. The query's top-level stages are the
 search plan's own (``hub.explain``).
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ ADD_STAGES = [
     ("row_matrix", "coverage row transform", 1),
     ("minhash", "MinHash signatures (minhash_csr)", 1),
     ("coverage", "coverage codes", 1),
-    ("writer", "entry record: band keys, profile, packed histograms", 0),
+    ("writer", "entry record (band keys, profile, packed histograms)", 0),
     ("band_keys", "LSH band keys", 1),
     ("profile", "profile (engine/profiles.py)", 1),
     ("pack_hist", "pack histograms", 1),
@@ -116,13 +117,31 @@ def _instrument(timer: _Timer) -> None:
 
 
 def _rows(stages, timer: _Timer, total_s: float, top_keys) -> list[dict]:
+    """Table rows of the stages that ran; after a stage's sub-stages, a "rest of" row with what
+    they leave of it (work done by the stage itself)."""
     rows = []
-    for key, label, depth in stages:
-        if key not in timer.total:
-            continue
-        s = timer.total[key]
-        rows.append({"stage": "&nbsp;&nbsp;" * depth + label, "ms": s * 1e3, "share": f"{100 * s / total_s:.1f}%",
-                     "calls": timer.calls[key]})
+
+    def row(label, s, depth, calls):
+        return {"stage": "&nbsp;&nbsp;" * depth + label, "ms": s * 1e3, "share": f"{100 * s / total_s:.1f}%",
+                "calls": calls}
+
+    ran = [(key, label, depth) for key, label, depth in stages if key in timer.total]
+    rests = {}   # index of a parent's last sub-stage -> [(label, ms, depth) of "rest of" rows]
+    for n, (key, label, depth) in enumerate(ran):
+        kids, last = [], None
+        for m in range(n + 1, len(ran)):
+            if ran[m][2] <= depth:
+                break
+            last = m
+            if ran[m][2] == depth + 1:
+                kids.append(ran[m][0])
+        if kids:
+            rest = timer.total[key] - sum(timer.total[k] for k in kids)
+            rests.setdefault(last, []).insert(0, (f"rest of {label.split(' (')[0]}", rest, depth + 1))
+    for n, (key, label, depth) in enumerate(ran):
+        rows.append(row(label, timer.total[key], depth, timer.calls[key]))
+        for rlabel, rest, rdepth in rests.get(n, []):
+            rows.append(row(rlabel, rest, rdepth, ""))
     other = total_s - sum(timer.total.get(k, 0.0) for k in top_keys)
     rows.append({"stage": "other (validation, bookkeeping)", "ms": other * 1e3,
                  "share": f"{100 * other / total_s:.1f}%", "calls": ""})
@@ -171,8 +190,7 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, repeats
         q_rows.append({"stage": f"{st.name}: {st.detail}", "ms": ms, "share": f"{100 * ms / (q_s * 1e3):.1f}%",
                        "calls": ""})
         if st.name == "sketch":
-            for row in _rows(QUERY_SUB, timer, q_s, ())[:-2]:
-                q_rows.append(row)
+            q_rows += _rows(QUERY_SUB, timer, q_s, ())[:-2]
     other = q_s * 1e3 - sum(st.ms or 0.0 for st in plan.stages)
     q_rows.append({"stage": "other (config, checks, result records)", "ms": other,
                    "share": f"{100 * other / (q_s * 1e3):.1f}%", "calls": ""})
