@@ -44,29 +44,41 @@
     } while (0)
 
 static inline uint64_t load_le64(const uint8_t *p) {
-    return ((uint64_t)p[0]) | ((uint64_t)p[1] << 8) | ((uint64_t)p[2] << 16) |
-           ((uint64_t)p[3] << 24) | ((uint64_t)p[4] << 32) | ((uint64_t)p[5] << 40) |
-           ((uint64_t)p[6] << 48) | ((uint64_t)p[7] << 56);
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+static inline uint64_t load_le32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap32(v);
+#endif
+    return v;
+}
+
+/* the last inlen % 8 bytes of in[0:inlen] as a little-endian word (SipHash's final block less its
+ * length byte), read without an 8-way branch: overlapping loads that stay inside the string */
+static inline uint64_t tail_bytes(const uint8_t *in, size_t inlen) {
+    const size_t rem = inlen & 7;
+    if (rem == 0) return 0;
+    if (inlen >= 8) return load_le64(in + inlen - 8) >> (64 - 8 * rem);
+    if (rem >= 4) return load_le32(in) | (load_le32(in + rem - 4) << (8 * (rem - 4)));
+    return (uint64_t)in[0] | ((uint64_t)in[rem / 2] << (8 * (rem / 2))) | ((uint64_t)in[rem - 1] << (8 * (rem - 1)));
 }
 
 static uint64_t siphash24(const uint8_t *in, size_t inlen, uint64_t k0, uint64_t k1) {
     uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
     uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
     const uint8_t *end = in + inlen - (inlen % 8);
-    uint64_t m, b = ((uint64_t)inlen) << 56;
+    uint64_t m, b = (((uint64_t)inlen) << 56) | tail_bytes(in, inlen);
     for (; in != end; in += 8) {
         m = load_le64(in);
         v3 ^= m; SIPROUND; SIPROUND; v0 ^= m;
-    }
-    switch (inlen & 7) {
-        case 7: b |= ((uint64_t)in[6]) << 48; /* fall through */
-        case 6: b |= ((uint64_t)in[5]) << 40; /* fall through */
-        case 5: b |= ((uint64_t)in[4]) << 32; /* fall through */
-        case 4: b |= ((uint64_t)in[3]) << 24; /* fall through */
-        case 3: b |= ((uint64_t)in[2]) << 16; /* fall through */
-        case 2: b |= ((uint64_t)in[1]) << 8;  /* fall through */
-        case 1: b |= ((uint64_t)in[0]); break;
-        case 0: break;
     }
     v3 ^= b; SIPROUND; SIPROUND; v0 ^= b;
     v2 ^= 0xff; SIPROUND; SIPROUND; SIPROUND; SIPROUND;
