@@ -4,7 +4,8 @@ Suites: ``quality`` (selection quality on real data), ``accuracy`` (predicted ac
 label-skew zoos, bench.bench_accuracy), ``speed`` or ``kernels`` (the kernel
 benchmarks bench.bench_minhash / bench_jslsh / bench_recon; ``--device cuda`` runs them on the
 GPU when one is present), ``server`` (socket vs embedded latency), ``scale`` (hub size vs add
-throughput, query latency, bytes per entry, RSS; then bench.bench_shortlist: the shortlist's recall), ``all``. Each suite writes
+throughput, query latency, bytes per entry, RSS; then bench.bench_shortlist: the shortlist's recall),
+``profile`` (where an add and a query spend their time, stage by stage: bench.bench_profile), ``all``. Each suite writes
 ``<out>/<suite>[_quick].json``; ``RESULTS.md`` beside the results folder is regenerated from
 every JSON file there, plots are PNGs in the results folder.
 """
@@ -51,7 +52,7 @@ def run_speed(quick: bool, out_dir: Path, out=print, device: str = "auto") -> di
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("quality", "accuracy", "speed", "kernels", "server", "scale", "all"))
+    p.add_argument("suite", choices=("quality", "accuracy", "speed", "kernels", "server", "scale", "profile", "all"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="device of the kernel benchmarks (speed / kernels)")
     p.add_argument("--quick", action="store_true", help="small sizes: every suite in under 5 minutes on 2 cores")
@@ -84,6 +85,10 @@ def main(argv=None) -> int:
             from . import bench_server
 
             bench_server.run(quick=args.quick, out_dir=out_dir)
+        elif s == "profile":
+            from . import bench_profile
+
+            bench_profile.run(quick=args.quick, out_dir=out_dir)
         else:
             failed += [m for m in run_speed(args.quick, out_dir, device=args.device)["skipped"] if "failed" in m
                        or "exited" in m]

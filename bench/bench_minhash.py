@@ -1,112 +1,254 @@
-"""MinHash throughput: fitsketch.kernels.minhash vs datasketch.MinHash.bulk.
+"""MinHash throughput: fitsketch.minhash vs rensa and datasketch on the same sets, one thread.
 
-End to end from Python string tokens (10,000 sets x 1,000 tokens, 128 permutations; datasketch
-on a subset, its tokens pre-encoded to bytes outside the timing, which favours it), then the
-two stages apart: hashing the strings (``tokens_to_csr``) and the signature arithmetic on
-32-bit integer sets (``minhash_csr``), the latter also with the eager PyTorch path.
+Sets of string tokens from a shared vocabulary (2,000 sets x 1,000 tokens, 128 permutations;
+``--quick`` 400 sets). Rows, each timed in this run:
+
+* fitsketch's **first call in a fresh process** (a subprocess: imports done, nothing warmed) and
+  its later calls, default family ms64 (multiply-shift, compiled C kernel on the CPU);
+* the same with **fresh token objects** (every token a new str: the kernel's per-object cache
+  never hits), against rensa on the same fresh sets;
+* fitsketch with family mod61 (hubs created before families; PyTorch path) on a subset;
+* the stages apart: hashing the strings (``tokens_to_csr``, pandas SipHash) and the signatures of
+  the 32-bit integer sets (``minhash_csr``);
+* rensa ``RMinHash(num_perm, seed=1).update(tokens)`` per set (Rust, one thread) and datasketch
+  ``MinHash.bulk`` (on a subset; its tokens pre-encoded to bytes outside the timing, which favours
+  it). fitsketch and rensa alternate run by run, so both see the same machine load.
+
+Quality: mean absolute error of the Jaccard estimate on pairs with exact J in 0.1-0.8.
 
     python -m bench.bench_minhash [--quick] [--device auto|cpu|cuda]
 """
 from __future__ import annotations
 
+import json
 import os
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
+import torch
 
 from fitsketch.kernels import minhash as mh
 from fitsketch.kernels._device import resolve_device
 
 from . import _common as C
 
+ROOT = Path(__file__).resolve().parents[1]
+
+_FIRST_CALL = """
+import json, time
+from fitsketch.kernels import minhash as mh
+from bench import _common as C
+sets = C.token_sets({n}, {size}, seed={seed})
+t0 = time.perf_counter(); mh.minhash(sets, {k}, seed={seed}, device={dev!r}); t1 = time.perf_counter()
+mh.minhash(sets, {k}, seed={seed}, device={dev!r}); t2 = time.perf_counter()
+print(json.dumps({{"first_s": t1 - t0, "second_s": t2 - t1, "c_kernel": mh._c is not None}}))
+"""
+
+
+def first_call(n: int, size: int, k: int, seed: int, device: str) -> dict:
+    """fitsketch.minhash's first and second call in a fresh one-thread process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    code = _FIRST_CALL.format(n=n, size=size, k=k, seed=seed, dev=device)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=900)
+    if out.returncode != 0:
+        raise RuntimeError(f"first-call subprocess failed: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
+    """Time each function ``repeats`` times, alternating between them, after ``warmup`` untimed
+    rounds; returns {name: timeit-style dict}, with the process CPU time of each run as well
+    (every contender runs on one thread, so CPU time is its cost without the time a busy machine
+    took the core away)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    results = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    out = {}
+    for name, ts in times.items():
+        q = np.percentile(ts, [25, 75])
+        out[name] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+                     "iqr_s": float(q[1] - q[0]), "times_s": ts, "cpu_s": cpu[name],
+                     "median_cpu_s": statistics.median(cpu[name]), "result": results[name]}
+    return out
+
+
+def rensa_sets(sets, num_perm: int):
+    import rensa
+
+    out = []
+    for s in sets:
+        m = rensa.RMinHash(num_perm=num_perm, seed=1)
+        m.update(s)
+        out.append(m)
+    return out
+
+
+def jaccard_error(num_perm: int, seed: int, pairs_per_j: int = 100) -> dict:
+    """Mean absolute error of the estimate on pairs of 1,000-token sets with exact J = 0.1..0.8
+    (``pairs_per_j`` pairs at each tenth), with ``ideal``: the expected error of MinHash with truly
+    independent random permutations (the estimate is Binomial(k, J) / k)."""
+    rng = np.random.default_rng(seed + 1)
+    sets, exact = [], []
+    for j in np.arange(0.1, 0.81, 0.1):
+        shared = int(round(2000 * j / (1 + j)))       # |A| = |B| = 1000, J = shared / (2000 - shared)
+        for _ in range(pairs_per_j):
+            ids = rng.choice(1 << 40, size=2000 - shared, replace=False)
+            a = ids[:1000]
+            b = np.concatenate([ids[:shared], ids[1000:]])
+            sets += [[f"q{v}" for v in a], [f"q{v}" for v in b]]
+            exact.append(shared / (2000 - shared))
+    exact = np.array(exact)
+    from scipy.stats import binom
+
+    m = np.arange(num_perm + 1)
+    out = {"ideal": float(np.mean([(binom.pmf(m, num_perm, j) * np.abs(m / num_perm - j)).sum()
+                                   for j in exact]))}
+    for family in mh.FAMILIES:
+        sig = mh.minhash(sets, num_perm, seed=seed, device="cpu", family=family)
+        out[family] = float(np.abs(mh.jaccard(sig[0::2], sig[1::2]) - exact).mean())
+    try:
+        ms = rensa_sets(sets, num_perm)
+        est = np.array([ms[i].jaccard(ms[i + 1]) for i in range(0, len(ms), 2)])
+        out["rensa"] = float(np.abs(est - exact).mean())
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
 
 def main(argv=None) -> dict:
     args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
     C.setup(args)
+    torch.set_num_threads(1)   # one thread, as rensa and datasketch
     device = resolve_device(args.device)
-    n_sets, set_size, num_perm = (1_000, 200, 128) if args.quick else (10_000, 1_000, 128)
-    n_ds = 100 if args.quick else 1_000
-    repeats = args.repeats or 3
+    n_sets, set_size, num_perm = (400, 1_000, 128) if args.quick else (2_000, 1_000, 128)
+    n_ds = 50 if args.quick else 200
+    n_mod61 = 100 if args.quick else 500
+    repeats = args.repeats or (3 if args.quick else 5)
 
     sets = C.token_sets(n_sets, set_size, seed=args.seed)
+    # the same sets with a new str object per token (the per-object cache cannot help)
+    fresh = [[w[:-1] + w[-1] for w in s] for s in sets]
     values, offsets = mh.tokens_to_csr(sets, seed=args.seed)
-    rows = []
 
-    # first call: includes the one-off torch.compile of the CPU block (cached on disk after)
-    t0 = time.perf_counter()
-    mh.minhash_csr(values, offsets, num_perm, seed=args.seed, device=device)
-    first_call_s = time.perf_counter() - t0
+    first = first_call(n_sets, set_size, num_perm, args.seed, device)
 
-    ours = C.timeit(lambda: mh.minhash(sets, num_perm, seed=args.seed, device=device),
-                    repeats=repeats, warmup=1, device=device)
+    have_rensa = True
+    try:
+        import rensa
+        rensa_version = getattr(rensa, "__version__", None)
+        if rensa_version is None:
+            from importlib.metadata import version
+            rensa_version = version("rensa")
+    except ImportError:  # pragma: no cover
+        have_rensa = False
+        rensa_version = None
+
+    fns = {"ours": lambda: mh.minhash(sets, num_perm, seed=args.seed, device=device)}
+    if have_rensa:
+        fns["rensa"] = lambda: rensa_sets(sets, num_perm)
+    shared_t = interleaved(fns, repeats)
+    fns = {"ours": lambda: mh.minhash(fresh, num_perm, seed=args.seed, device=device)}
+    if have_rensa:
+        fns["rensa"] = lambda: rensa_sets(fresh, num_perm)
+    fresh_t = interleaved(fns, repeats)
+    ours = shared_t["ours"]
+    np.testing.assert_array_equal(ours["result"], fresh_t["ours"]["result"])  # same tokens, same sigs
+
     hashing = C.timeit(lambda: mh.tokens_to_csr(sets, seed=args.seed), repeats=repeats, warmup=0)
     arith = C.timeit(lambda: mh.minhash_csr(values, offsets, num_perm, seed=args.seed, device=device),
                      repeats=repeats, warmup=1, device=device)
-
-    eager = None
-    if device == "cpu":  # the eager PyTorch path, on a subset (it is the slow fallback)
-        n_eager = max(1, n_sets // 100)
-        prev = os.environ.get("FITSKETCH_COMPILE")
-        os.environ["FITSKETCH_COMPILE"] = "0"
-        try:
-            sub_v, sub_o = values[: offsets[n_eager]], offsets[: n_eager + 1]
-            eager = C.timeit(lambda: mh.minhash_csr(sub_v, sub_o, num_perm, seed=args.seed, device="cpu"),
-                             repeats=1, warmup=0)
-        finally:
-            if prev is None:
-                os.environ.pop("FITSKETCH_COMPILE", None)
-            else:
-                os.environ["FITSKETCH_COMPILE"] = prev
-        eager["n_sets"] = n_eager
+    sub = sets[:n_mod61]
+    mod61 = C.timeit(lambda: mh.minhash(sub, num_perm, seed=args.seed, device=device, family="mod61"),
+                     repeats=max(1, repeats // 2), warmup=1, device=device)
 
     baseline = None
     try:
         import datasketch
         encoded = [[t.encode("utf8") for t in s] for s in sets[:n_ds]]
         baseline = C.timeit(lambda: datasketch.MinHash.bulk(encoded, num_perm=num_perm),
-                            repeats=repeats, warmup=0)
-        baseline["version"] = datasketch.__version__ if hasattr(datasketch, "__version__") else "?"
+                            repeats=max(1, repeats // 2), warmup=0)
+        baseline["version"] = getattr(datasketch, "__version__", "?")
     except ImportError:  # pragma: no cover
         pass
 
-    # sanity: one signature per set
-    sig = ours["result"]
-    assert sig.shape == (n_sets, num_perm)
+    quality = jaccard_error(num_perm, args.seed)
 
-    def sets_per_s(t, n):
+    def sps(t, n):
         return n / t["median_s"]
 
-    ours_sps = sets_per_s(ours, n_sets)
-    rows.append({"path": f"fitsketch minhash ({device}), strings end to end", "sets": n_sets,
-                 "time": C.spread(ours), "sets/s": ours_sps})
-    rows.append({"path": "  stage: hash strings (tokens_to_csr, pandas SipHash)", "sets": n_sets,
-                 "time": C.spread(hashing), "sets/s": sets_per_s(hashing, n_sets)})
-    rows.append({"path": f"  stage: signatures of int sets (minhash_csr, {device})", "sets": n_sets,
-                 "time": C.spread(arith), "sets/s": sets_per_s(arith, n_sets),
-                 "Mhash/s": n_sets * set_size * num_perm / arith["median_s"] / 1e6})
-    if eager is not None:
-        rows.append({"path": "  int sets, eager PyTorch (no torch.compile)", "sets": eager["n_sets"],
-                     "time": C.spread(eager), "sets/s": sets_per_s(eager, eager["n_sets"]),
-                     "Mhash/s": eager["n_sets"] * set_size * num_perm / eager["median_s"] / 1e6})
-    ratio = None
+    ours_sps = sps(ours, n_sets)
+    first_sps = n_sets / first["first_s"]
+    rows = [
+        {"path": f"fitsketch minhash ms64 ({device}), first call in a fresh process", "sets": n_sets,
+         "time": f"{first['first_s']:.3f} s", "sets/s": first_sps},
+        {"path": f"fitsketch minhash ms64 ({device}), later calls", "sets": n_sets,
+         "time": C.spread(ours), "sets/s": ours_sps, "sets/CPU-s": n_sets / ours["median_cpu_s"]},
+        {"path": "  same sets, a new str object per token", "sets": n_sets,
+         "time": C.spread(fresh_t["ours"]), "sets/s": sps(fresh_t["ours"], n_sets),
+         "sets/CPU-s": n_sets / fresh_t["ours"]["median_cpu_s"]},
+        {"path": "  stage: hash strings (tokens_to_csr, pandas SipHash)", "sets": n_sets,
+         "time": C.spread(hashing), "sets/s": sps(hashing, n_sets)},
+        {"path": f"  stage: signatures of int sets (minhash_csr, {device})", "sets": n_sets,
+         "time": C.spread(arith), "sets/s": sps(arith, n_sets),
+         "Mhash/s": n_sets * set_size * num_perm / arith["median_s"] / 1e6},
+        {"path": "fitsketch minhash mod61 (hubs before families; subset)", "sets": n_mod61,
+         "time": C.spread(mod61), "sets/s": sps(mod61, n_mod61)},
+    ]
+    ratios = {"first_call_over_later": first["first_s"] / ours["median_s"]}
+    if have_rensa:
+        rensa_sps = sps(shared_t["rensa"], n_sets)
+        rows.append({"path": f"rensa {rensa_version} RMinHash (Rust, one thread)", "sets": n_sets,
+                     "time": C.spread(shared_t["rensa"]), "sets/s": rensa_sps,
+                     "sets/CPU-s": n_sets / shared_t["rensa"]["median_cpu_s"]})
+        rows.append({"path": "  same sets, a new str object per token", "sets": n_sets,
+                     "time": C.spread(fresh_t["rensa"]), "sets/s": sps(fresh_t["rensa"], n_sets),
+                     "sets/CPU-s": n_sets / fresh_t["rensa"]["median_cpu_s"]})
+        ratios["vs_rensa"] = ours_sps / rensa_sps
+        ratios["vs_rensa_cpu"] = shared_t["rensa"]["median_cpu_s"] / ours["median_cpu_s"]
+        ratios["vs_rensa_fresh_objects"] = sps(fresh_t["ours"], n_sets) / sps(fresh_t["rensa"], n_sets)
+        ratios["vs_rensa_fresh_objects_cpu"] = fresh_t["rensa"]["median_cpu_s"] / fresh_t["ours"]["median_cpu_s"]
+        # per alternation: the ratio of the pair of runs that saw the same load
+        ratios["vs_rensa_paired_median"] = statistics.median(
+            r / o for o, r in zip(ours["times_s"], shared_t["rensa"]["times_s"]))
     if baseline is not None:
-        ds_sps = sets_per_s(baseline, n_ds)
-        ratio = ours_sps / ds_sps
+        ds_sps = sps(baseline, n_ds)
         rows.append({"path": f"datasketch MinHash.bulk {baseline['version']} (bytes, subset)",
                      "sets": n_ds, "time": C.spread(baseline), "sets/s": ds_sps})
-    print(f"\n## MinHash: {n_sets} sets x {set_size} tokens, {num_perm} permutations, device={device}\n")
-    print(C.markdown_table(rows, ["path", "sets", "time", "sets/s", "Mhash/s"]))
-    if ratio is not None:
-        print(f"\nspeed-up vs datasketch (end to end, strings): {ratio:.1f}x "
-              f"(integer sets: {sets_per_s(arith, n_sets) / sets_per_s(baseline, n_ds):.1f}x; "
-              f"target 50x)")
-    print(f"first call (includes one-off torch.compile when used): {first_call_s:.2f} s")
+        ratios["vs_datasketch"] = ours_sps / ds_sps
+        ratios["first_call_vs_datasketch"] = first_sps / ds_sps
+
+    print(f"\n## MinHash: {n_sets} sets x {set_size} string tokens, {num_perm} permutations, one thread, "
+          f"device={device}\n")
+    print(C.markdown_table(rows, ["path", "sets", "time", "sets/s", "sets/CPU-s", "Mhash/s"]))
+    print("\n" + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+          + "  (targets: >= 1x rensa, >= 50x datasketch, first call <= 2x later)")
+    print("Jaccard mean absolute error, J = 0.1-0.8 (800 pairs of 1,000-token sets; ideal = independent "
+          "random permutations): "
+          + ", ".join(f"{k} {v:.4f}" for k, v in quality.items()) + "  (bound 0.03)")
 
     payload = {"benchmark": "minhash", "quick": args.quick, **C.environment(device),
-               "params": {"n_sets": n_sets, "set_size": set_size, "num_perm": num_perm,
-                          "datasketch_sets": n_ds, "seed": args.seed},
-               "first_call_s": first_call_s, "ours_end_to_end": ours, "stage_hashing": hashing,
-               "stage_signatures_int": arith, "eager_int": eager, "baseline_datasketch": baseline,
-               "speedup_vs_datasketch": ratio, "rows": rows}
+               "params": {"n_sets": n_sets, "set_size": set_size, "num_perm": num_perm, "threads": 1,
+                          "datasketch_sets": n_ds, "mod61_sets": n_mod61, "seed": args.seed,
+                          "c_kernel": mh._c is not None},
+               "first_call": first, "ours_end_to_end": ours, "ours_fresh_objects": fresh_t["ours"],
+               "rensa": shared_t.get("rensa"), "rensa_fresh_objects": fresh_t.get("rensa"),
+               "rensa_version": rensa_version, "stage_hashing": hashing, "stage_signatures_int": arith,
+               "mod61": mod61, "baseline_datasketch": baseline, "ratios": ratios,
+               "jaccard_mae": quality, "rows": rows}
     path = C.write_result("minhash_quick" if args.quick else "minhash", payload)
     print(f"\nwrote {path}")
     return payload

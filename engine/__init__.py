@@ -85,9 +85,10 @@ def sketch(data, config: SketchConfig | None = None, *, partition_size: int | No
     return sk
 
 
-def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto"):
-    """MinHash signatures ``(len(sets), num_perm)`` uint32 of many sets of str / bytes / ints."""
+def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto", family: str = "ms64"):
+    """MinHash signatures ``(len(sets), num_perm)`` uint32 of many sets of str / bytes / ints
+    (``family``: "ms64" multiply-shift, or "mod61" to compare with a hub created before families)."""
     try:
-        return _kernel_minhash(sets, num_perm=num_perm, seed=seed, device=device)
+        return _kernel_minhash(sets, num_perm=num_perm, seed=seed, device=device, family=family)
     except Exception as e:
         raise errors.translate(e) from None

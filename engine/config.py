@@ -57,6 +57,9 @@ class SketchConfig:
     # (python -m bench.bench_accuracy; bench/SUMMARY.md)
     accuracy_temperature: float = 0.1
     accuracy_bootstrap: int = 50
+    # MinHash hash family (kernels/minhash.py): "ms64" multiply-shift (new hubs), "mod61" for a hub
+    # created before the family was recorded (it stored none; signatures cannot be converted)
+    minhash_family: str = "ms64"
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
@@ -96,6 +99,7 @@ class SketchConfig:
         _check(isinstance(self.accuracy_bootstrap, int) and not isinstance(self.accuracy_bootstrap, bool)
                and 0 <= self.accuracy_bootstrap <= 1000, "accuracy_bootstrap", self.accuracy_bootstrap,
                "an integer in [0, 1000]")
+        _check(self.minhash_family in ("ms64", "mod61"), "minhash_family", self.minhash_family, "'ms64' or 'mod61'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,15 +110,17 @@ class SketchConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise InvalidArgumentError(f"unknown sketch parameters {unknown}: known ones are {sorted(known)}")
-        return cls(**d)
+        return cls(**{"minhash_family": "mod61", **d})  # recorded before families: the old one
 
     def replace(self, **overrides) -> "SketchConfig":
         return SketchConfig.from_dict({**self.to_dict(), **overrides})
 
     def sketch_key(self) -> tuple:
-        """The parameters two sketches must share to be comparable or mergeable."""
-        return (self.seed, self.num_perm, self.lsh_k, self.lsh_l, self.accuracy,
-                self.hist_accuracy, self.hist_bins, self.coverage_bits, self.coverage_tables)
+        """The parameters two sketches must share to be comparable or mergeable (the MinHash family
+        is appended unless it is mod61, so sketches made before families keep their key)."""
+        key = (self.seed, self.num_perm, self.lsh_k, self.lsh_l, self.accuracy,
+               self.hist_accuracy, self.hist_bins, self.coverage_bits, self.coverage_tables)
+        return key if self.minhash_family == "mod61" else key + (self.minhash_family,)
 
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",

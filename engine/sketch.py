@@ -175,7 +175,8 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     offsets = np.zeros(len(cols) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate([c.set_elems for c in cols]).astype(np.int64) if cols else np.zeros(0, np.int64)
-    sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device)
+    sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device,
+                       family=config.minhash_family)
     # partitions: a seeded shuffle, then blocks of m rows
     if shuffle_key is not None:
         ss = np.random.SeedSequence([config.seed, *[int(k) for k in shuffle_key]])

@@ -1,14 +1,20 @@
 # MinHash over many sets at once (CSR form).
 #
-# Elements are 32-bit ints x in [0, 2**32) (tokens are first hashed by kernels.hashing).
-# For permutation i with seeded a_i in [1, p), b_i in [0, p), p = 2**61 - 1 (Mersenne) and
-# M = 2**32 - 1:
-#     h_i(x) = ((a_i * x + b_i) mod p) mod M          in [0, M - 1]
-#     sig[s, i] = min_{x in set s} h_i(x);   empty set -> EMPTY = M (never a hash value)
+# Elements are 32-bit ints x in [0, 2**32) (tokens are first hashed by kernels.hashing). Two hash
+# families, recorded per hub (SketchConfig.minhash_family; signatures of different families never
+# compare). With M = 2**32 - 1:
+#   "ms64" (multiply-shift, the default since hubs record a family): seeded a_i, b_i in [0, 2**64),
+#     h_i(x) = min(((a_i * x + b_i) mod 2**64) >> 32, M - 1)                  in [0, M - 1]
+#     Dietzfelbinger's multiply-add-shift, 2-independent (64 >= 32 + 32 - 1); wrapping uint64
+#     arithmetic, so exact in NumPy, PyTorch and Triton alike (int64 wraps the same bits).
+#   "mod61" (hubs created before the family was recorded): a_i in [1, p), b_i in [0, p),
+#     p = 2**61 - 1 (Mersenne),
+#     h_i(x) = ((a_i * x + b_i) mod p) mod M                                  in [0, M - 1]
+# For both: sig[s, i] = min_{x in set s} h_i(x);   empty set -> EMPTY = M (never a hash value)
 # Jaccard(A, B) ~ mean_i [sig_A[i] == sig_B[i]];  |A| ~ num_perm / sum_i(sig_A[i] / M) - 1.
 # Signatures merge by element-wise min: sig(A u B) = min(sig(A), sig(B)).
 #
-# The fast paths compute h exactly in signed int64 without overflow, splitting
+# The mod61 fast paths compute h exactly in signed int64 without overflow, splitting
 # a = a_hi * 2**31 + a_lo (a_lo < 2**31, a_hi < 2**30) and folding with 2**61 = 1 (mod p),
 # fold(t) = (t & p) + (t >> 61):
 #     fold(a_lo * x)                                  a_lo * x < 2**63          -> <= p + 3
@@ -19,7 +25,10 @@
 # reference below uses Python integers: it is the definition.
 #
 # Layouts: the Triton kernel runs one program per (set, block of permutations) and loops over
-# the set's values in blocks, min-reducing in registers. The PyTorch path sorts sets by length,
+# the set's values in blocks, min-reducing in registers. On the CPU, ms64 runs in a C kernel
+# compiled when fitsketch is installed (kernels/_cminhash.c: AVX2 when the CPU has it, nothing
+# compiled inside a call; it also hashes str / bytes tokens itself, each distinct token object
+# once). Without it (no C compiler at install), and for mod61, the PyTorch path sorts sets by length,
 # pads each group of similar length to a rectangle by repeating the set's own elements (a
 # duplicate never changes a min) and reduces (sets, length, perms) blocks with amin; on CPU the
 # block function is compiled by torch.compile (one fused loop) for large inputs.
@@ -32,13 +41,21 @@ import numpy as np
 import torch
 
 from ._device import resolve_device
-from .hashing import hash_tokens, to_u32
+from .hashing import _hash_key, hash_tokens, to_u32
 
 log = logging.getLogger(__name__)
 
 P61 = (1 << 61) - 1
 M32 = (1 << 32) - 1
 EMPTY = M32  # signature value of an empty set (no hash value equals it)
+FAMILIES = ("ms64", "mod61")   # hash families: multiply-shift (default), the Mersenne one of old hubs
+DEFAULT_FAMILY = "ms64"
+LEGACY_FAMILY = "mod61"        # what a hub that recorded no family was built with
+
+try:  # the compiled CPU kernel of ms64 (built by `pip install`; optional)
+    from . import _cminhash as _c
+except ImportError:  # pragma: no cover - no C compiler when installed
+    _c = None
 
 try:  # Triton is optional: the CUDA path needs it, the CPU path does not.
     import triton
@@ -50,11 +67,35 @@ except Exception:  # pragma: no cover
 
 
 def permutations(num_perm: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The seeded universal-hash parameters ``(a, b)``, int64 arrays of length ``num_perm``."""
+    """The seeded mod61 parameters ``(a, b)``, int64 arrays of length ``num_perm``."""
     rng = np.random.Generator(np.random.PCG64(int(seed)))
     a = rng.integers(1, P61, size=num_perm, dtype=np.int64)
     b = rng.integers(0, P61, size=num_perm, dtype=np.int64)
     return a, b
+
+
+def multiply_shift_params(num_perm: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded ms64 parameters ``(a, b)``, uint64 arrays of length ``num_perm``, uniform in
+    [0, 2**64) (a separate stream from mod61's)."""
+    rng = np.random.Generator(np.random.PCG64([int(seed), 0x6D73]))
+    a = rng.integers(0, M32 * (M32 + 2), size=num_perm, dtype=np.uint64, endpoint=True)
+    b = rng.integers(0, M32 * (M32 + 2), size=num_perm, dtype=np.uint64, endpoint=True)
+    return a, b
+
+
+def _check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not a MinHash family: expected one of {FAMILIES}")
+    return family
+
+
+def _params(num_perm: int, seed: int, family: str) -> tuple[np.ndarray, np.ndarray]:
+    """The family's parameters as int64 arrays (ms64's uint64 bits viewed as int64: same wrapping
+    arithmetic in PyTorch and Triton)."""
+    if family == "ms64":
+        a, b = multiply_shift_params(num_perm, seed)
+        return a.view(np.int64), b.view(np.int64)
+    return permutations(num_perm, seed)
 
 
 # ----------------------------------------------------------------------------- Triton kernel
@@ -70,6 +111,7 @@ if _HAVE_TRITON:
         num_perm,
         BLOCK_V: tl.constexpr,  # values per step
         BLOCK_P: tl.constexpr,  # permutations per program
+        MS64: tl.constexpr,     # True: family ms64 (a, b: the uint64 bits as int64), False: mod61
     ):
         s = tl.program_id(0).to(tl.int64)
         perm = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)  # (BLOCK_P,)
@@ -78,6 +120,7 @@ if _HAVE_TRITON:
         b = tl.load(b_ptr + perm, mask=perm_ok, other=0)
         a_lo = (a & 0x7FFFFFFF)[None, :]  # (1, BLOCK_P)
         a_hi = (a >> 31)[None, :]
+        a2 = a[None, :]
         b = b[None, :]
         start = tl.load(offsets_ptr + s)
         end = tl.load(offsets_ptr + s + 1)
@@ -86,21 +129,25 @@ if _HAVE_TRITON:
             idx = v0 + tl.arange(0, BLOCK_V)
             ok = idx < end
             x = tl.load(values_ptr + idx, mask=ok, other=0)[:, None]  # (BLOCK_V, 1)
-            t = a_lo * x                                               # < 2**63
-            t = (t & 2305843009213693951) + (t >> 61)
-            sh = a_hi * x                                              # < 2**62
-            t = t + ((sh & 1073741823) << 31) + (sh >> 30) + b         # < 2**63
-            v = (t & 2305843009213693951) + (t >> 61)
-            v = tl.where(v >= 2305843009213693951, v - 2305843009213693951, v)
-            w = (v & 4294967295) + (v >> 32)
-            w = tl.where(w >= 4294967295, w - 4294967295, w)           # (BLOCK_V, BLOCK_P)
+            if MS64:
+                w = ((a2 * x + b) >> 32) & 4294967295                  # wraps mod 2**64
+                w = tl.minimum(w, 4294967294)                          # (BLOCK_V, BLOCK_P)
+            else:
+                t = a_lo * x                                           # < 2**63
+                t = (t & 2305843009213693951) + (t >> 61)
+                sh = a_hi * x                                          # < 2**62
+                t = t + ((sh & 1073741823) << 31) + (sh >> 30) + b     # < 2**63
+                v = (t & 2305843009213693951) + (t >> 61)
+                v = tl.where(v >= 2305843009213693951, v - 2305843009213693951, v)
+                w = (v & 4294967295) + (v >> 32)
+                w = tl.where(w >= 4294967295, w - 4294967295, w)       # (BLOCK_V, BLOCK_P)
             w = tl.where(ok[:, None], w, 4294967295)
             acc = tl.minimum(acc, tl.min(w, axis=0))
         tl.store(out_ptr + s * num_perm + perm, acc, mask=perm_ok)
 
     def _minhash_triton(values: torch.Tensor, offsets: torch.Tensor, a: torch.Tensor,
-                        b: torch.Tensor) -> torch.Tensor:
-        """values (nnz,) int64, offsets (n_sets + 1,) int64, a, b (num_perm,) int64
+                        b: torch.Tensor, family: str = LEGACY_FAMILY) -> torch.Tensor:
+        """values (nnz,) int64, offsets (n_sets + 1,) int64, a, b (num_perm,) int64 (``_params``)
         -> (n_sets, num_perm) int64 signatures, EMPTY for empty sets."""
         n_sets = offsets.numel() - 1
         num_perm = a.numel()
@@ -111,7 +158,8 @@ if _HAVE_TRITON:
         block_v = 32 if block_p >= 64 else 64
         grid = (n_sets, triton.cdiv(num_perm, block_p))
         _minhash_kernel[grid](values.contiguous(), offsets.contiguous(), a.contiguous(),
-                              b.contiguous(), out, num_perm, BLOCK_V=block_v, BLOCK_P=block_p)
+                              b.contiguous(), out, num_perm, BLOCK_V=block_v, BLOCK_P=block_p,
+                              MS64=_check_family(family) == "ms64")
         return out
 else:  # pragma: no cover
     _minhash_triton = None
@@ -131,6 +179,16 @@ def _hash_torch(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     v = torch.where(v >= P61, v - P61, v)
     w = (v & M32) + (v >> 32)
     return torch.where(w >= M32, w - M32, w)
+
+
+def _hash_torch_ms(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ms64's h(x) for x int64 < 2**32 broadcast against a, b int64 (uint64 bits), in [0, M32)."""
+    return torch.clamp_max(((a * x + b) >> 32) & M32, M32 - 1)  # int64 wraps like uint64
+
+
+def _block_min_ms(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``_block_min`` of the ms64 family (eager: no compile inside a call)."""
+    return _hash_torch_ms(x.unsqueeze(-1), a, b).amin(dim=-2)
 
 
 def _block_min(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -183,8 +241,9 @@ def _get_block_fn(work: int, num_perm: int, dev: torch.device):
 
 
 def _minhash_torch(values: torch.Tensor, offsets: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                   block: int | None = None, block_fn=None) -> torch.Tensor:
-    """values (nnz,) int64, offsets (n_sets + 1,) int64 -> (n_sets, num_perm) int64.
+                   block: int | None = None, block_fn=None, family: str = LEGACY_FAMILY) -> torch.Tensor:
+    """values (nnz,) int64, offsets (n_sets + 1,) int64, a, b from ``_params``
+    -> (n_sets, num_perm) int64.
 
     Sets are sorted by length and cut into groups whose lengths differ by at most 25%; a group is
     padded to a (B, L) rectangle by repeating each set's own elements (``j % len``), which leaves
@@ -196,6 +255,8 @@ def _minhash_torch(values: torch.Tensor, offsets: torch.Tensor, a: torch.Tensor,
     out = torch.full((n_sets, num_perm), EMPTY, dtype=torch.int64, device=dev)
     if values.numel() == 0 or n_sets == 0 or num_perm == 0:
         return out
+    if block_fn is None and _check_family(family) == "ms64":
+        block_fn = _block_min_ms
     if block_fn is None:
         block_fn, default_block = _get_block_fn(values.numel() * num_perm, num_perm, dev)
         block = block or default_block
@@ -235,9 +296,19 @@ def _minhash_torch(values: torch.Tensor, offsets: torch.Tensor, a: torch.Tensor,
 
 # ----------------------------------------------------------------------------- NumPy reference
 def minhash_reference(values: np.ndarray, offsets: np.ndarray, num_perm: int = 128,
-                      seed: int = 0) -> np.ndarray:
-    """The definition, with Python integers: ``((a*x + b) % p) % M`` minimized per set."""
-    a, b = permutations(num_perm, seed)
+                      seed: int = 0, family: str = DEFAULT_FAMILY) -> np.ndarray:
+    """The definition, with Python integers, minimized per set: ms64 ``min(((a*x + b) % 2**64)
+    >> 32, M - 1)``, mod61 ``((a*x + b) % p) % M``."""
+    if _check_family(family) == "ms64":
+        a, b = multiply_shift_params(num_perm, seed)
+
+        def h(ai, bi, x):
+            return min(((ai * x + bi) % (1 << 64)) >> 32, M32 - 1)
+    else:
+        a, b = permutations(num_perm, seed)
+
+        def h(ai, bi, x):
+            return ((ai * x + bi) % P61) % M32
     a = [int(v) for v in a]
     b = [int(v) for v in b]
     n_sets = len(offsets) - 1
@@ -246,7 +317,7 @@ def minhash_reference(values: np.ndarray, offsets: np.ndarray, num_perm: int = 1
         xs = [int(v) for v in values[offsets[s]:offsets[s + 1]]]
         for i in range(num_perm):
             if xs:
-                out[s, i] = min(((a[i] * x + b[i]) % P61) % M32 for x in xs)
+                out[s, i] = min(h(a[i], b[i], x) for x in xs)
     return out
 
 
@@ -261,23 +332,37 @@ def _check_csr(values, offsets):
     return values, offsets
 
 
+def _use_c(dev: str, family: str) -> bool:
+    """The compiled kernel runs ms64 on the CPU (``FITSKETCH_CMINHASH=0`` forces PyTorch, for tests
+    and comparisons)."""
+    return (_c is not None and dev == "cpu" and family == "ms64"
+            and os.environ.get("FITSKETCH_CMINHASH", "").strip().lower() not in ("0", "false", "no", "off"))
+
+
 def minhash_csr(values, offsets, num_perm: int = 128, seed: int = 0,
-                device: str = "auto") -> np.ndarray:
+                device: str = "auto", family: str = DEFAULT_FAMILY) -> np.ndarray:
     """Signatures ``(n_sets, num_perm)`` uint32 of the sets ``values[offsets[s]:offsets[s+1]]``.
 
-    ``device="cuda"`` runs the Triton kernel, ``"cpu"`` the PyTorch path; ``"auto"`` picks CUDA
-    when present (``FITSKETCH_DEVICE`` forces either).
+    ``device="cuda"`` runs the Triton kernel, ``"cpu"`` the compiled kernel (ms64) or the PyTorch
+    path; ``"auto"`` picks CUDA when present (``FITSKETCH_DEVICE`` forces either). ``family``: the
+    hash family (``FAMILIES``; a hub passes its recorded one).
     """
+    _check_family(family)
     values, offsets = _check_csr(values, offsets)
     dev = resolve_device(device)
-    a, b = permutations(num_perm, seed)
+    if _use_c(dev, family):
+        a, b = multiply_shift_params(num_perm, seed)
+        out = np.empty((offsets.size - 1, num_perm), dtype=np.uint32)
+        _c.ms_csr(values.astype(np.uint32), offsets, a, b, out)
+        return out
+    a, b = _params(num_perm, seed, family)
     if dev == "cuda" and _minhash_triton is not None:
         out = _minhash_triton(torch.from_numpy(values).cuda(), torch.from_numpy(offsets).cuda(),
-                              torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda())
+                              torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), family=family)
     else:
         t = torch.device(dev)
         out = _minhash_torch(torch.from_numpy(values).to(t), torch.from_numpy(offsets).to(t),
-                             torch.from_numpy(a).to(t), torch.from_numpy(b).to(t))
+                             torch.from_numpy(a).to(t), torch.from_numpy(b).to(t), family=family)
     return out.cpu().numpy().astype(np.uint32)
 
 
@@ -303,14 +388,24 @@ def tokens_to_csr(sets, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return to_u32(h), offsets
 
 
-def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto") -> np.ndarray:
+def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto",
+            family: str = DEFAULT_FAMILY) -> np.ndarray:
     """MinHash signatures of many sets at once: ``(len(sets), num_perm)`` uint32.
 
     ``sets`` is a sequence of iterables of str, bytes or ints (the counterpart of
     ``datasketch.MinHash.bulk``). An empty set's signature is all ``EMPTY`` (= 2**32 - 1).
+    Equal to ``minhash_csr(*tokens_to_csr(sets, seed), ...)``; on the CPU with ms64, sets of str /
+    bytes are hashed and signed in one compiled pass.
     """
+    _check_family(family)
+    if _use_c(resolve_device(device), family):
+        sets = [s if isinstance(s, (list, tuple)) else list(s) for s in sets]
+        a, b = multiply_shift_params(num_perm, seed)
+        out = np.empty((len(sets), num_perm), dtype=np.uint32)
+        if _c.ms_tokens(sets, _hash_key(seed).encode("ascii"), a, b, out):
+            return out
     values, offsets = tokens_to_csr(sets, seed)
-    return minhash_csr(values, offsets, num_perm=num_perm, seed=seed, device=device)
+    return minhash_csr(values, offsets, num_perm=num_perm, seed=seed, device=device, family=family)
 
 
 def jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
