@@ -18,7 +18,7 @@ from fitsketch.config import SketchConfig
 from _family_data import frames, query
 
 OLD = os.path.join(os.path.dirname(__file__), "data", "hub_before_families.lmdb.gz")
-METHODS = [m for m in fitsketch.METHODS if m != "simex"]
+METHODS = [m for m in fitsketch.METHODS if m not in ("simex", "accuracy", "auto")]
 
 
 def _old_hub(tmp_path):
