@@ -404,7 +404,7 @@ def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
     kept = []
     info = {"screened": int(len(ids)), "exact": int(ex.sum()), "proxy": int((~ex).sum())}
     for grp in (ex, ~ex):
-        g = np.flatnonzero(grp)
+        g = np.flatnonzero(grp) if n_keep > 0 else np.zeros(0, dtype=np.int64)
         if len(g) == 0:
             continue
         if len(g) > n_keep:
