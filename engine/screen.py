@@ -333,14 +333,12 @@ class ScreenIndex:
         fi_tj = tj_of[self._fi_name.v]                                # (n_fi,)
         shared = fi_tj >= 0
         row_shared = np.bincount(self._fi_row.v[shared], minlength=n) > 0
-        fi_cnt = np.diff(np.append(self._fi_lo.v, self._col.n))
-        # non-zeros of shared features only (the others cannot meet the query's coordinates)
-        z_sel = np.repeat(shared, fi_cnt)
-        col, ps = self._col.v[z_sel], self._p.v[z_sel].astype(np.float64)
-        z_fi = np.repeat(np.flatnonzero(shared), fi_cnt[shared])
-        a = qd[col]
-        both = a > 0
-        a_b, p_b, fi_b = a[both], ps[both], z_fi[both]
+        # the query's mass at every stored non-zero: zero outside the query's coordinates, so only
+        # non-zeros of shared features where the query has mass go on (one gather over all of them)
+        pos = np.flatnonzero(qd.astype(np.float32)[self._col.v] > 0)
+        a_b = qd[self._col.v[pos]]
+        p_b = self._p.v[pos].astype(np.float64)
+        fi_b = np.searchsorted(self._fi_lo.v, pos, side="right") - 1      # feature instance of each
         out = {"ids": self.ids.v[row_shared]}
         if method != "l2":
             aa, bb = a_b / N, p_b / N
