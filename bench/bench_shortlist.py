@@ -17,11 +17,14 @@ their class mixtures; queries are class-skewed samples of 600 rows. Per method (
 exact-js, l2, coverage): recall@10 and best-found of the default candidate stage (the exact screen,
 engine/screen.py) and of the random-projection profiles (``shortlist_screen="profile"``), each
 against ``shortlist=0`` (every entry scored), with the latency of all three (p50 over the queries).
-Histogram methods get the query as a prebuilt sketch; coverage needs the query's rows, so it gets
+The MinHash stage scans every signature at every size (the LSH tables
+are pathological when every entry has the query's columns: see ``run_similar``). Histogram methods
+get the query as a prebuilt sketch; coverage needs the query's rows, so it gets
 the array (the query is sketched inside each timed search, the same for all three).
 
     python -m bench.bench_shortlist [--quick] [--entries 10000]
     python -m bench.bench_shortlist --similar digits --entries 1000 [--queries 8]
+    python -m bench.bench_shortlist --screen-scale digits      # the screen alone at 1k / 10k / 100k
 """
 from __future__ import annotations
 
@@ -99,9 +102,15 @@ def _found(short, full) -> tuple[float, bool]:
 def run_similar(data: str = "digits", entries: int | None = None, n_queries: int | None = None, quick: bool = False,
                 methods=SIMILAR_METHODS, out=print, out_dir: Path | None = None, seed: int = 0) -> list[dict]:
     import fitsketch
+    from fitsketch import planner
 
     from . import zoos
 
+    # every entry here shares one schema, so every stored feature collides with the query's in the
+    # MinHash LSH tables (used above SCAN_FEATURE_LIMIT stored features): at 1,300 entries one
+    # exhaustive query spent minutes and GBs there. The exact signature scan gives the same (exact)
+    # candidates, so the baseline scans at every size
+    planner.SCAN_FEATURE_LIMIT = 1 << 62
     n = entries or (1_200 if quick else 1_000)
     nq = n_queries or (3 if quick else 8)
     ctx = H.context("cpu", quick)
@@ -179,6 +188,59 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
     return rows
 
 
+def run_screen_scale(data: str = "digits", distinct: int = 2000, sizes=(1_000, 10_000, 100_000), n_queries: int = 5,
+                     out=print, out_dir: Path | None = None) -> list[dict]:
+    """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
+    in-memory index of ``distinct`` zoo entries' screen records repeated up to each size (the work
+    is linear in the stored non-zeros, whatever their values), timed per method (p50 of
+    ``n_queries``), with its memory. Only the candidate stage: scoring the kept entries comes on
+    top (the hub's query p50 at the same ``shortlist``)."""
+    import fitsketch
+    from fitsketch import screen as S
+    from fitsketch.jslsh import own_keys
+
+    from . import zoos
+
+    cfg = fitsketch.SketchConfig()
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    t0 = time.perf_counter()
+    X, y, names = zoos.dataset(data)
+    sk = zoos.build(data, distinct, seed=7)
+    recs = []
+    for s in sk:
+        pr, keys = fitsketch.profiles.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
+        recs.append((S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), keys))
+    del sk
+    qs = zoos.fast_sketches(X, names, [zoos.sample_index(y, zoos.QUERY_ROWS, (7, 1, i)) for i in range(n_queries)], cfg)
+    kw = dict(seed=cfg.seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l)
+    own = [(own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, **kw),
+            own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, **kw)) for q in qs]
+    rows = []
+    idx = S.ScreenIndex(cfg.jslsh_l)
+    for size in sizes:
+        while len(idx) < size:
+            lo = len(idx)
+            idx._append([(lo + i, r, k) for i, (r, k) in enumerate(recs[:size - lo])])
+        w = f"{data} label skew, {size} entries (screen only)"
+        mem = idx.nbytes()
+        out(f"screen/{data}: {size:,} entries, index {mem / 2**20:.0f} MiB ({mem / size / 1024:.1f} KiB an entry)")
+        rows.append(H.row(ctx, "shortlist_screen", w, "all", "screen_bytes_per_entry", mem / size, unit="B"))
+        for method in ("exact-js", "l2", "js", "adaptivity"):
+            ts = []
+            for q, o in zip(qs, own):
+                t1 = time.perf_counter()
+                S.select(idx.scores(q, method, seed=cfg.seed, t_keys=o), cfg.shortlist)
+                ts.append(time.perf_counter() - t1)
+            p50 = 1e3 * float(np.median(ts))
+            out(f"  {method:<10} screen p50 {p50:8.1f} ms ({1e6 * p50 / 1e3 / size:.2f} us an entry)")
+            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_p50", p50, unit="ms", queries=len(ts)))
+    rows.append(H.row(ctx, "shortlist_screen", "all", "all", "wall_time", time.perf_counter() - t0, unit="s"))
+    path = H.write_suite(f"shortlist_screen_{data}", rows, out=out_dir, env=env)
+    out(f"screen/{data}: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_shortlist", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1,200 entries, 3 queries")
@@ -187,8 +249,12 @@ def main(argv=None) -> None:
                     help="the similar-entries workload on this zoo (default: the families workload)")
     ap.add_argument("--queries", type=int, default=None)
     ap.add_argument("--methods", default=",".join(SIMILAR_METHODS))
+    ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
+                    help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
     a = ap.parse_args(argv)
-    if a.similar:
+    if a.screen_scale:
+        run_screen_scale(a.screen_scale)
+    elif a.similar:
         run_similar(a.similar, a.entries, a.queries, a.quick, methods=tuple(a.methods.split(",")))
     else:
         run(a.quick, a.entries)

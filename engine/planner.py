@@ -4,7 +4,9 @@ A plan is built before the query runs (with estimated candidate counts and costs
 in while it runs (actual counts and time per stage), like SQL's EXPLAIN ANALYZE.
 
 Stages: FAISS embedding shortlist (when the query brings an embedding) or, on a large hub, the
-profile shortlist (engine/profiles.py; ``use_shortlist``) -> metadata filter and
+candidate stage (``use_shortlist``; the method's ``ShortlistRule`` says how: engine/screen.py
+computes its own score for every entry, or engine/profiles.py's random projections when the
+query asks ``shortlist_screen="profile"``) -> metadata filter and
 MinHash overlap (by scanning every stored feature signature or through the banded LSH tables),
 in the order their costs give (``order_filter_first``) -> scoring (adaptivity / coverage / js /
 exact-js / l2 / simex) -> rerank and cut to k. The candidate stage scans when the hub holds few features (the scan is
