@@ -623,7 +623,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                           f"{info['exact']} screened by the method's own score")
             if info["proxy"]:
                 st.detail += f", {info['proxy']} by the exact-js proxy (another column order or JS-LSH parameters)"
-            st.detail += f"; kept the best {cfg.shortlist} of each"
+            st.detail += f"; kept the top {cfg.shortlist}" + (" of each" if info["proxy"] and info["exact"] else "")
             if "kept_score_range" in info:
                 lo_, hi_ = info["kept_score_range"]
                 st.detail += f" (screen scores {lo_:.4g} .. {hi_:.4g})"

@@ -26,7 +26,7 @@ parameters) are ranked by their exact-js screen as a proxy and kept apart, and t
 many there were. Column names are hashed (63 bits), so renamed columns are invisible to the
 screen (the planner then scores every entry when no stored column has one of the query's names).
 
-Memory: ~8 bytes per stored non-zero (dataset-level histogram cell) + 4 x jslsh_l bytes per
+Memory: ~12 bytes per stored non-zero (dataset-level histogram cell) + 4 x jslsh_l bytes per
 entry and per partition: ~5 KiB an entry of 64 columns x ~650 cells (digits samples).
 
 Storage: database ``extra``, key ``b"d" + u64(entry id)`` -> ``{"v", "names" (int64 name keys of
@@ -154,6 +154,7 @@ class ScreenIndex:
         # per stored non-zero (dataset-level histogram cell), grouped by feature instance
         self._col = _Grow(np.int32)
         self._p = _Grow(np.float32)
+        self._fi = _Grow(np.int32)                     # its feature instance
         # per stored partition (JS-LSH keys of the identity alignment)
         self._part_keys = _Grow(np.uint32, l)
         self._part_row = _Grow(np.int32)
@@ -264,6 +265,7 @@ class ScreenIndex:
         self._fi_live.extend(np.concatenate(fi_live))
         self._col.extend(self._coords.add(coords))
         self._p.extend(np.concatenate(probs))
+        self._fi.extend(f0 + cnp)
         if part_keys:
             self._part_keys.extend(np.concatenate(part_keys))
             self._part_row.extend(np.concatenate(part_row))
@@ -287,6 +289,8 @@ class ScreenIndex:
         self._fi_row.a[:self._fi_row.n] = new_row[self._fi_row.v]
         self._col.keep(z_keep)
         self._p.keep(z_keep)
+        self._fi.keep(z_keep)
+        self._fi.a[:self._fi.n] = (np.cumsum(fi_keep) - 1)[self._fi.v]
         self._part_keys.keep(p_keep)
         self._part_row.keep(p_keep)
         self._part_row.a[:self._part_row.n] = new_row[self._part_row.v]
@@ -333,21 +337,10 @@ class ScreenIndex:
         fi_tj = tj_of[self._fi_name.v]                                # (n_fi,)
         shared = fi_tj >= 0
         row_shared = np.bincount(self._fi_row.v[shared], minlength=n) > 0
-        # the query's mass at every stored non-zero: zero outside the query's coordinates, so only
-        # non-zeros of shared features where the query has mass go on (one gather over all of them)
-        pos = np.flatnonzero(qd.astype(np.float32)[self._col.v] > 0)
-        a_b = qd[self._col.v[pos]]
-        p_b = self._p.v[pos].astype(np.float64)
-        fi_b = np.searchsorted(self._fi_lo.v, pos, side="right") - 1      # feature instance of each
         out = {"ids": self.ids.v[row_shared]}
-        if method != "l2":
-            aa, bb = a_b / N, p_b / N
-            m = aa + bb
-            g = 0.5 * (aa * np.log2(2 * aa / m) + bb * np.log2(2 * bb / m)) - 0.5 * (aa + bb)
-            b_tot = np.bincount(self._fi_row.v[shared & self._fi_live.v], minlength=n) / N
-            js = 0.5 * a_tot + 0.5 * b_tot + np.bincount(self._fi_row.v[fi_b], weights=g, minlength=n)
-            ejs = 1.0 - np.clip(js, 0.0, 1.0)
+        pass_args = (qd, N, a_tot, shared, n)
         if method == "l2":
+            a_b, p_b, fi_b = self._hits(qd)
             cross = np.bincount(fi_b, weights=a_b * p_b, minlength=self._fi_row.n)
             t_mean = np.where(np.asarray(target.counts) > 0,
                               np.asarray(target.sums, dtype=np.float64) / np.maximum(np.asarray(target.counts), 1),
@@ -362,8 +355,8 @@ class ScreenIndex:
             out.update(score=-l2[row_shared], tiebreak=np.zeros(int(row_shared.sum())),
                        exact=np.ones(int(row_shared.sum()), dtype=bool))
             return out
-        score, tie = ejs.copy(), np.zeros(n)
-        exact = np.zeros(n, dtype=bool) if method not in ("exact-js",) else np.ones(n, dtype=bool)
+        score, tie = np.zeros(n), np.zeros(n)
+        exact = np.full(n, method == "exact-js")
         if method in ("js", "adaptivity") and t_keys is not None:
             t_ids = self._names.get(np.asarray(rec["names"], dtype=np.int64))
             ident = np.array([len(s) == len(t_ids) and bool(np.array_equal(s, t_ids)) for s in self._schema_names],
@@ -390,8 +383,33 @@ class ScreenIndex:
                 score[rows] = matched[rows] / T
                 tie[rows] = agree[rows] / T / self.l
             exact[rows] = True
+        proxy = row_shared & ~exact
+        if method != "l2" and (method == "exact-js" or proxy.any()):   # the exact-js pass
+            ejs = self._exact_js(pass_args)
+            score[~exact] = ejs[~exact]
+            if method == "exact-js":
+                score = ejs
+        out = {"ids": self.ids.v[row_shared]}
         out.update(score=score[row_shared], tiebreak=tie[row_shared], exact=exact[row_shared])
         return out
+
+    def _hits(self, qd):
+        """``(a, p, fi)`` at the stored non-zeros where the query has mass: the query's value, the
+        entry's (both per-feature normalized) and the feature instance. One gather over all
+        non-zeros; the query is zero outside its own coordinates, so only shared features remain."""
+        pos = np.flatnonzero(qd.astype(np.float32)[self._col.v] > 0)
+        return qd[self._col.v[pos]], self._p.v[pos].astype(np.float64), self._fi.v[pos]
+
+    def _exact_js(self, args) -> np.ndarray:
+        """1 - JS (base 2) of every entry (module docstring)."""
+        qd, N, a_tot, shared, n = args
+        a_b, p_b, fi_b = self._hits(qd)
+        aa, bb = a_b / N, p_b / N
+        m = aa + bb
+        g = 0.5 * (aa * np.log2(2 * aa / m) + bb * np.log2(2 * bb / m)) - 0.5 * (aa + bb)
+        b_tot = np.bincount(self._fi_row.v[shared & self._fi_live.v], minlength=n) / N
+        js = 0.5 * a_tot + 0.5 * b_tot + np.bincount(self._fi_row.v[fi_b], weights=g, minlength=n)
+        return 1.0 - np.clip(js, 0.0, 1.0)
 
 
 def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
