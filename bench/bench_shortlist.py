@@ -188,7 +188,7 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
     return rows
 
 
-def run_screen_scale(data: str = "digits", distinct: int = 2000, sizes=(1_000, 10_000, 100_000), n_queries: int = 5,
+def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10_000, 100_000), n_queries: int = 3,
                      out=print, out_dir: Path | None = None) -> list[dict]:
     """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
     in-memory index of ``distinct`` zoo entries' screen records repeated up to each size (the work

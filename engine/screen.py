@@ -26,7 +26,7 @@ parameters) are ranked by their exact-js screen as a proxy and kept apart, and t
 many there were. Column names are hashed (63 bits), so renamed columns are invisible to the
 screen (the planner then scores every entry when no stored column has one of the query's names).
 
-Memory: ~12 bytes per stored non-zero (dataset-level histogram cell) + 4 x jslsh_l bytes per
+Memory: ~16 bytes per stored non-zero (dataset-level histogram cell) + 4 x jslsh_l bytes per
 entry and per partition: ~5 KiB an entry of 64 columns x ~650 cells (digits samples).
 
 Storage: database ``extra``, key ``b"d" + u64(entry id)`` -> ``{"v", "names" (int64 name keys of
@@ -155,6 +155,7 @@ class ScreenIndex:
         self._col = _Grow(np.int32)
         self._p = _Grow(np.float32)
         self._fi = _Grow(np.int32)                     # its feature instance
+        self._plog = _Grow(np.float32)                 # p * log2(p), for the exact-js pass
         # per stored partition (JS-LSH keys of the identity alignment)
         self._part_keys = _Grow(np.uint32, l)
         self._part_row = _Grow(np.int32)
@@ -264,7 +265,9 @@ class ScreenIndex:
         self._fi_sq.extend(np.concatenate(fi_sq))
         self._fi_live.extend(np.concatenate(fi_live))
         self._col.extend(self._coords.add(coords))
-        self._p.extend(np.concatenate(probs))
+        pp = np.concatenate(probs)
+        self._p.extend(pp)
+        self._plog.extend(pp * np.log2(np.where(pp > 0, pp, 1.0)))
         self._fi.extend(f0 + cnp)
         if part_keys:
             self._part_keys.extend(np.concatenate(part_keys))
@@ -290,6 +293,7 @@ class ScreenIndex:
         self._col.keep(z_keep)
         self._p.keep(z_keep)
         self._fi.keep(z_keep)
+        self._plog.keep(z_keep)
         self._fi.a[:self._fi.n] = (np.cumsum(fi_keep) - 1)[self._fi.v]
         self._part_keys.keep(p_keep)
         self._part_row.keep(p_keep)
@@ -340,7 +344,7 @@ class ScreenIndex:
         out = {"ids": self.ids.v[row_shared]}
         pass_args = (qd, N, a_tot, shared, n)
         if method == "l2":
-            a_b, p_b, fi_b = self._hits(qd)
+            a_b, p_b, fi_b, _ = self._hits(qd)
             cross = np.bincount(fi_b, weights=a_b * p_b, minlength=self._fi_row.n)
             t_mean = np.where(np.asarray(target.counts) > 0,
                               np.asarray(target.sums, dtype=np.float64) / np.maximum(np.asarray(target.counts), 1),
@@ -393,20 +397,32 @@ class ScreenIndex:
         out.update(score=score[row_shared], tiebreak=tie[row_shared], exact=exact[row_shared])
         return out
 
-    def _hits(self, qd):
-        """``(a, p, fi)`` at the stored non-zeros where the query has mass: the query's value, the
-        entry's (both per-feature normalized) and the feature instance. One gather over all
-        non-zeros; the query is zero outside its own coordinates, so only shared features remain."""
-        pos = np.flatnonzero(qd.astype(np.float32)[self._col.v] > 0)
-        return qd[self._col.v[pos]], self._p.v[pos].astype(np.float64), self._fi.v[pos]
+    def _hits(self, qd, float32: bool = False):
+        """``(a, p, fi, pos)`` at the stored non-zeros where the query has mass: the query's value,
+        the entry's (both per-feature normalized), the feature instance and the position. One gather
+        over all non-zeros; the query is zero outside its own coordinates, so only shared features
+        remain."""
+        q32 = qd.astype(np.float32)
+        a = q32[self._col.v]
+        pos = np.flatnonzero(a > 0)
+        if float32:
+            return a[pos], self._p.v[pos], self._fi.v[pos], pos
+        return qd[self._col.v[pos]], self._p.v[pos].astype(np.float64), self._fi.v[pos], pos
 
     def _exact_js(self, args) -> np.ndarray:
-        """1 - JS (base 2) of every entry (module docstring)."""
+        """1 - JS (base 2) of every entry (module docstring). Per shared non-zero, with a = a'/N and
+        b = p/N: ``[a log2(2a/m) + b log2(2b/m) - a - b] / 2 = [a log2 a + b log2 b - m log2 m] / 2``,
+        m = a + b, so one logarithm each (``p log2 p`` is stored; float32 terms, summed in float64)."""
         qd, N, a_tot, shared, n = args
-        a_b, p_b, fi_b = self._hits(qd)
-        aa, bb = a_b / N, p_b / N
-        m = aa + bb
-        g = 0.5 * (aa * np.log2(2 * aa / m) + bb * np.log2(2 * bb / m)) - 0.5 * (aa + bb)
+        a_b, p_b, fi_b, pos = self._hits(qd, float32=True)
+        inv = np.float32(1.0 / N)
+        m = (a_b + p_b) * inv
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qlog = np.where(qd > 0, qd * np.log2(np.where(qd > 0, qd, 1.0)), 0.0)   # a' log2 a', per coordinate
+        lgN = np.float32(np.log2(N))
+        alog = (qlog.astype(np.float32)[self._col.v[pos]] - a_b * lgN) * inv          # a log2 a
+        blog = (self._plog.v[pos] - p_b * lgN) * inv                                  # b log2 b
+        g = 0.5 * (alog + blog - m * np.log2(m))
         b_tot = np.bincount(self._fi_row.v[shared & self._fi_live.v], minlength=n) / N
         js = 0.5 * a_tot + 0.5 * b_tot + np.bincount(self._fi_row.v[fi_b], weights=g, minlength=n)
         return 1.0 - np.clip(js, 0.0, 1.0)
