@@ -619,8 +619,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             scr = idx.scores(target, rule.screen, seed=seed, t_keys=own)
             ids, info = _screen.select(scr, cfg.shortlist)
             st.actual = len(ids)
-            st.detail += (f"; {info['screened']} entries share column names with the query, "
-                          f"{info['exact']} screened by the method's own score")
+            st.detail += (f"; {info['screened']} entries share column names with the query, {info['exact']} "
+                          + ("screened by the method's own score" if rule.exact else f"ranked by {rule.screen}"))
             if info["proxy"]:
                 st.detail += f", {info['proxy']} by the exact-js proxy (another column order or JS-LSH parameters)"
             st.detail += f"; kept the top {cfg.shortlist}" + (" of each" if info["proxy"] and info["exact"] else "")
