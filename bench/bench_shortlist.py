@@ -260,9 +260,10 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default=",".join(SIMILAR_METHODS))
     ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
                     help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
+    ap.add_argument("--sizes", default="1000,10000,100000", help="--screen-scale: index sizes")
     a = ap.parse_args(argv)
     if a.screen_scale:
-        run_screen_scale(a.screen_scale)
+        run_screen_scale(a.screen_scale, sizes=tuple(int(x) for x in a.sizes.split(",")))
     elif a.similar:
         run_similar(a.similar, a.entries, a.queries, a.quick, methods=tuple(a.methods.split(",")))
     else:
