@@ -1,5 +1,7 @@
-"""Shortlist recall: does the profile shortlist of a large hub keep the entries an exhaustive search
-ranks first, for every histogram method?
+"""Shortlist recall: does the candidate stage of a large hub keep the entries an exhaustive search
+ranks first, for every method it serves?
+
+Two workloads. **families** (``run``):
 
 A hub of ``--entries`` *distinct* synthetic entries (bench/scale.py's families: each entry merged
 from 10 partition sketches, mostly of one family, so scores are graded rather than tied) is queried
@@ -8,7 +10,21 @@ recall@10 by score (the share of the shortlisted top 10 scoring at least the exh
 which counts ties fairly), top-1 found (the shortlisted best equals the exhaustive best), and the
 latency of both (the exhaustive one is the baseline).
 
+**similar** (``run_similar``): zoos of *similar* entries (bench/zoos.py): every entry a
+class-skewed sample (Dirichlet alpha 0.3, 400 rows) of one dataset -- scikit-learn digits (64
+columns) or MNIST-5k pooled 4 x 4 (49 columns) -- so all entries share one schema and differ by
+their class mixtures; queries are class-skewed samples of 600 rows. Per method (adaptivity, js,
+exact-js, l2, coverage): recall@10 and best-found of the default candidate stage (the exact screen,
+engine/screen.py) and of the random-projection profiles (``shortlist_screen="profile"``), each
+against ``shortlist=0`` (every entry scored), with the latency of all three (p50 over the queries).
+The MinHash stage scans every signature at every size (the LSH tables
+are pathological when every entry has the query's columns: see ``run_similar``). Histogram methods
+get the query as a prebuilt sketch; coverage needs the query's rows, so it gets
+the array (the query is sketched inside each timed search, the same for all three).
+
     python -m bench.bench_shortlist [--quick] [--entries 10000]
+    python -m bench.bench_shortlist --similar digits --entries 1000 [--queries 8]
+    python -m bench.bench_shortlist --screen-scale digits      # the screen alone at 1k / 10k / 100k
 """
 from __future__ import annotations
 
@@ -24,6 +40,7 @@ from . import harness as H
 from .scale import build_sketches
 
 METHODS = ("adaptivity", "js", "exact-js", "l2")
+SIMILAR_METHODS = ("adaptivity", "js", "exact-js", "l2", "coverage")
 
 
 def run(quick: bool = False, entries: int | None = None, out=print, out_dir: Path | None = None) -> list[dict]:
@@ -75,12 +92,182 @@ def run(quick: bool = False, entries: int | None = None, out=print, out_dir: Pat
     return rows
 
 
+def _found(short, full) -> tuple[float, bool]:
+    """(recall@k by score, best found): shares of ``short`` scoring at least the exhaustive k-th best
+    (ties count fairly), and whether its best reaches the exhaustive best."""
+    kth = full[-1].score
+    return float(np.mean([m.score >= kth - 1e-12 for m in short])), bool(short and short[0].score >= full[0].score - 1e-12)
+
+
+def run_similar(data: str = "digits", entries: int | None = None, n_queries: int | None = None, quick: bool = False,
+                methods=SIMILAR_METHODS, out=print, out_dir: Path | None = None, seed: int = 0) -> list[dict]:
+    import fitsketch
+    from fitsketch import planner
+
+    from . import zoos
+
+    # every entry here shares one schema, so every stored feature collides with the query's in the
+    # MinHash LSH tables (used above SCAN_FEATURE_LIMIT stored features): at 1,300 entries one
+    # exhaustive query spent minutes and GBs there. The exact signature scan gives the same (exact)
+    # candidates, so the baseline scans at every size
+    planner.SCAN_FEATURE_LIMIT = 1 << 62
+    n = entries or (1_200 if quick else 1_000)
+    nq = n_queries or (3 if quick else 8)
+    ctx = H.context("cpu", quick)
+    env = H.environment("cpu")
+    t0 = time.perf_counter()
+    zoos.check(data, 2)                                  # the fast builder equals fitsketch.sketch
+    X, y, names = zoos.dataset(data)
+    sk = zoos.build(data, n, seed=seed)
+    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(nq)]
+    q_sk = zoos.fast_sketches(X, names, q_idx, fitsketch.SketchConfig())
+    build_s = time.perf_counter() - t0
+    out(f"similar/{data}: {n:,} entries of {len(names)} columns sketched in {build_s:.1f} s "
+        f"({1e3 * build_s / n:.1f} ms an entry)")
+    w = f"{data} label skew, {n} entries"
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-similar-"))
+    rows = []
+    try:
+        with fitsketch.open(work / "h.hub") as hub:
+            t1 = time.perf_counter()
+            hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
+            add_s = time.perf_counter() - t1
+            del sk
+            t1 = time.perf_counter()
+            hub.warm()
+            warm_s = time.perf_counter() - t1
+            idx = hub._synced_screen()
+            mem = idx.nbytes()
+            out(f"  added in {add_s:.1f} s ({n / add_s:.0f} entries/s), warm-up {warm_s:.1f} s, screen index "
+                f"{mem / 2**20:.1f} MiB ({mem / n / 1024:.1f} KiB an entry)")
+            rows += [H.row(ctx, "shortlist_similar", w, "all", "add_throughput", n / add_s, unit="entries/s"),
+                     H.row(ctx, "shortlist_similar", w, "all", "warm_s", warm_s, unit="s"),
+                     H.row(ctx, "shortlist_similar", w, "all", "screen_bytes_per_entry", mem / n, unit="B"),
+                     H.row(ctx, "shortlist_similar", w, "all", "build_ms_per_entry", 1e3 * build_s / n, unit="ms")]
+            for method in methods:
+                res = {"exact": ([], [], [], []), "profile": ([], [], [], []), "full": ([], [], [], [])}
+                kept = []
+                for qi in range(nq):
+                    q = (X[q_idx[qi]] if method == "coverage" else q_sk[qi])
+                    kw = {"feature_names": names} if method == "coverage" else {}
+                    t2, c2 = time.perf_counter(), time.process_time()
+                    full = hub.search(q, k=10, method=method, shortlist=0, **kw)
+                    res["full"][2].append(time.perf_counter() - t2)
+                    res["full"][3].append(time.process_time() - c2)
+                    for mode in ("exact", "profile"):
+                        t2, c2 = time.perf_counter(), time.process_time()
+                        short = hub.search(q, k=10, method=method, shortlist_screen=mode, **kw)
+                        res[mode][2].append(time.perf_counter() - t2)
+                        res[mode][3].append(time.process_time() - c2)
+                        r, b = _found(short, full)
+                        res[mode][0].append(r)
+                        res[mode][1].append(b)
+                    if qi == 0:
+                        plan = hub.explain(q, k=10, method=method, **kw)
+                        st = next((s for s in plan.stages if s.name == "shortlist"), None)
+                        kept.append(None if st is None else st.actual)
+                pf = 1e3 * float(np.median(res["full"][2]))
+                cf = 1e3 * float(np.median(res["full"][3]))
+                for mode in ("exact", "profile"):
+                    rec, best = float(np.mean(res[mode][0])), float(np.mean(res[mode][1]))
+                    p50 = 1e3 * float(np.median(res[mode][2]))
+                    c50 = 1e3 * float(np.median(res[mode][3]))
+                    out(f"  {method:<10} {mode:<7} recall@10 {rec:.3f}  best found {best:.3f}  p50 {p50:8.1f} ms"
+                        f"  vs shortlist=0 {pf:8.1f} ms ({pf / p50:.1f}x); CPU {c50:8.1f} vs {cf:8.1f} ms")
+                    m = f"{method} ({mode} screen)"
+                    rows.append(H.row(ctx, "shortlist_similar", w, m, "recall_at_10", rec, baseline="exhaustive top 10",
+                                      baseline_value=1.0, queries=nq, best_found=best, kept=kept[0]))
+                    rows.append(H.row(ctx, "shortlist_similar", w, m, "best_found", best,
+                                      baseline="exhaustive best", baseline_value=1.0, queries=nq))
+                    rows.append(H.row(ctx, "shortlist_similar", w, m, "query_p50", p50, unit="ms",
+                                      baseline="exhaustive search (shortlist=0)", baseline_value=pf, queries=nq))
+                    rows.append(H.row(ctx, "shortlist_similar", w, m, "query_cpu_p50", c50, unit="ms",
+                                      baseline="exhaustive search (shortlist=0)", baseline_value=cf, queries=nq))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows.append(H.row(ctx, "shortlist_similar", w, "all", "wall_time", time.perf_counter() - t0, unit="s"))
+    path = H.write_suite(f"shortlist_similar_{data}_{n}" + ("_quick" if quick else ""), rows, out=out_dir,
+                         quick=quick, env=env,
+                         tables={"notes": ["zoo: bench/zoos.py (class-skewed samples, Dirichlet 0.3, 400 rows; "
+                                           "queries 600 rows); recall by score against shortlist=0 in the same run"]})
+    out(f"similar/{data}: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
+def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10_000, 100_000), n_queries: int = 3,
+                     out=print, out_dir: Path | None = None) -> list[dict]:
+    """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
+    in-memory index of ``distinct`` zoo entries' screen records repeated up to each size (the work
+    is linear in the stored non-zeros, whatever their values), timed per method (p50 of
+    ``n_queries``), with its memory. Only the candidate stage: scoring the kept entries comes on
+    top (the hub's query p50 at the same ``shortlist``)."""
+    import fitsketch
+    from fitsketch import screen as S
+    from fitsketch.jslsh import own_keys
+
+    from . import zoos
+
+    cfg = fitsketch.SketchConfig()
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    t0 = time.perf_counter()
+    X, y, names = zoos.dataset(data)
+    sk = zoos.build(data, distinct, seed=7)
+    recs = []
+    for s in sk:
+        pr, keys = fitsketch.profiles.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
+        recs.append((S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), keys))
+    del sk
+    qs = zoos.fast_sketches(X, names, [zoos.sample_index(y, zoos.QUERY_ROWS, (7, 1, i)) for i in range(n_queries)], cfg)
+    kw = dict(seed=cfg.seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l)
+    own = [(own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, **kw),
+            own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, **kw)) for q in qs]
+    rows = []
+    idx = S.ScreenIndex(cfg.jslsh_l)
+    for size in sizes:
+        while len(idx) < size:
+            lo = len(idx)
+            idx._append([(lo + i, r, k) for i, (r, k) in enumerate(recs[:size - lo])])
+        w = f"{data} label skew, {size} entries (screen only)"
+        mem = idx.nbytes()
+        out(f"screen/{data}: {size:,} entries, index {mem / 2**20:.0f} MiB ({mem / size / 1024:.1f} KiB an entry)")
+        rows.append(H.row(ctx, "shortlist_screen", w, "all", "screen_bytes_per_entry", mem / size, unit="B"))
+        for method in ("exact-js", "l2", "js", "adaptivity"):
+            ts = []
+            cs = []
+            for q, o in zip(qs, own):
+                t1, c1 = time.perf_counter(), time.process_time()
+                S.select(idx.scores(q, method, seed=cfg.seed, t_keys=o), cfg.shortlist)
+                ts.append(time.perf_counter() - t1)
+                cs.append(time.process_time() - c1)
+            p50, c50 = 1e3 * float(np.median(ts)), 1e3 * float(np.median(cs))
+            out(f"  {method:<10} screen p50 {p50:8.1f} ms wall, {c50:8.1f} ms CPU ({1e3 * c50 / size:.2f} us CPU an entry)")
+            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_p50", p50, unit="ms", queries=len(ts)))
+            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_cpu_p50", c50, unit="ms", queries=len(ts)))
+    rows.append(H.row(ctx, "shortlist_screen", "all", "all", "wall_time", time.perf_counter() - t0, unit="s"))
+    path = H.write_suite(f"shortlist_screen_{data}", rows, out=out_dir, env=env)
+    out(f"screen/{data}: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_shortlist", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1,200 entries, 3 queries")
     ap.add_argument("--entries", type=int, default=None)
+    ap.add_argument("--similar", choices=("digits", "mnist"), default=None,
+                    help="the similar-entries workload on this zoo (default: the families workload)")
+    ap.add_argument("--queries", type=int, default=None)
+    ap.add_argument("--methods", default=",".join(SIMILAR_METHODS))
+    ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
+                    help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
+    ap.add_argument("--sizes", default="1000,10000,100000", help="--screen-scale: index sizes")
     a = ap.parse_args(argv)
-    run(a.quick, a.entries)
+    if a.screen_scale:
+        run_screen_scale(a.screen_scale, sizes=tuple(int(x) for x in a.sizes.split(",")))
+    elif a.similar:
+        run_similar(a.similar, a.entries, a.queries, a.quick, methods=tuple(a.methods.split(",")))
+    else:
+        run(a.quick, a.entries)
 
 
 if __name__ == "__main__":

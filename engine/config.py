@@ -60,6 +60,11 @@ class SketchConfig:
     # MinHash hash family (kernels/minhash.py): "ms64" multiply-shift (new hubs), "mod61" for a hub
     # created before the family was recorded (it stored none; signatures cannot be converted)
     minhash_family: str = "ms64"
+    # how the shortlist is chosen (engine/screen.py): "exact" computes the method's own score for
+    # every entry from stored dataset-level histograms (recall 1 where columns align by name);
+    # "profile" ranks 128-dim random projections (faster on huge hubs, recall not held on zoos of
+    # similar entries: bench/bench_shortlist.py)
+    shortlist_screen: str = "exact"
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
@@ -91,6 +96,8 @@ class SketchConfig:
             _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
         _check(isinstance(self.shortlist, int) and not isinstance(self.shortlist, bool) and self.shortlist >= 0,
                "shortlist", self.shortlist, "a non-negative integer (0 scores every entry)")
+        _check(self.shortlist_screen in ("exact", "profile"), "shortlist_screen", self.shortlist_screen,
+               "'exact' or 'profile'")
         _check(self.match in ("containment", "jaccard"), "match", self.match,
                "'containment' or 'jaccard'")
         _check(isinstance(self.accuracy_temperature, (int, float)) and not isinstance(self.accuracy_temperature, bool)
@@ -125,7 +132,7 @@ class SketchConfig:
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
                 "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize",
-                "shortlist", "accuracy_temperature", "accuracy_bootstrap")
+                "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

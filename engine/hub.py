@@ -25,11 +25,12 @@ import numpy as np
 from . import errors as E
 from . import accuracy as _acc
 from . import profiles as _profiles
+from . import screen as _screen
 from .config import METHODS, QUERY_PARAMS, SketchConfig
 from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys, own_keys
 from .minhash import Alignment, align_from_similarity, feature_band_keys, row_similarity, similarity
 from .partitions import aligned_distributions, pack_hist, unpack_hist
-from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, use_shortlist
+from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, shortlist_rule, use_shortlist
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
@@ -519,6 +520,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
         nonempty = np.nonzero(sketch.signatures[:, 0] != np.uint32(0xFFFFFFFF))[0]
         prof, prof_keys = _profiles.record(sketch.hist, sketch.names, sketch.n_partitions, self.config, self.device)
+        screen_rec = _screen.record(sketch.hist, sketch.names, sketch.sums, sketch.counts, self.config.seed)
         packed_hist = pack_hist(sketch.hist, sketch.n_partitions, sketch.n_features)
         created = time.time()
         if sketch.classes is not None and not (spaces and "classes" in spaces):   # add_sketches: no performance
@@ -555,6 +557,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 write_model_descriptors(txn, eid, name, responses, labels, pset)
             txn.put("extra", _profiles.key(eid), prof)
             txn.put("extra", _profiles.keys_key(eid), prof_keys)
+            txn.put("extra", _screen.key(eid), screen_rec)
             sel = bands[nonempty]                                       # (features, L) int64
             txn.put_dups("bands", sel.reshape(-1).view(np.uint64),
                          np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
@@ -592,6 +595,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 txn.delete(db, k)
             txn.delete("extra", _profiles.key(eid))
             txn.delete("extra", _profiles.keys_key(eid))
+            txn.delete("extra", _screen.key(eid))
             txn.delete("weights", _AE_PREFIX + k)
             delete_embeddings(txn, eid)
             delete_model_descriptors(txn, eid)
@@ -827,34 +831,97 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             idx.build()
         return idx
 
+    def _synced_screen(self) -> _screen.ScreenIndex:
+        """The in-memory screen index (engine/screen.py), brought to the hub's current generation;
+        entries stored without a screen record (older hubs) are computed from their histograms."""
+        idx = self.__dict__.get("_screen_idx")
+        if idx is None:
+            idx = self.__dict__.setdefault("_screen_idx", _screen.ScreenIndex(int(self.config.jslsh_l)))
+        with self.store.read() as txn:
+            gen = int(txn.get("meta", b"generation") or 0)
+
+            def missing(eid):
+                rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
+                if rec is None or hist is None:
+                    return None
+                hist = unpack_hist(hist)
+                keys = txn.get("extra", _profiles.keys_key(eid)) or _profiles.record(
+                    hist, rec["features"], rec["n_partitions"], self.config, self.device)[1]
+                return _screen.record(hist, rec["features"], rec["sums"], rec["counts"], self.config.seed), keys
+
+            idx.sync(txn, gen, missing)
+        return idx
+
     @_translated
     def warm(self) -> int:
-        """Load what a first search would otherwise load: every entry's profile and the FAISS index
-        over them (14 s at 200k entries on 2 cores, linear in the entries; bench/SUMMARY.md). Returns
-        the number of profiles in memory.
+        """Load what a first search would otherwise load: every entry's screen data and profile and
+        the FAISS index over the profiles (14 s at 200k entries on 2 cores for the profiles, linear
+        in the entries; bench/SUMMARY.md). Returns the number of entries in memory.
 
         A search loads whatever is missing on its own; call this after opening a big hub so the
         first query is not the slow one. ``fitsketch serve`` does it in the background as it starts."""
+        self._synced_screen()
         return len(self._synced_profiles(build_index=True))
 
     def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
-        """Ids (u64 keys) of the ``cfg.shortlist`` entries with the nearest profiles, or None when
-        the planner scores every entry (engine/profiles.py, planner.use_shortlist)."""
+        """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores
+        every entry (planner.use_shortlist). ``cfg.shortlist_screen``: "exact" screens every entry
+        with the method's own score (engine/screen.py, planner.shortlist_rule), "profile" keeps the
+        ``cfg.shortlist`` nearest random-projection profiles (engine/profiles.py)."""
         n_entries = len(self)
         use, why = use_shortlist(n_entries, cfg.shortlist, method, filtered=bool(where))
         if not use:
             return None
         seed = self.config.seed
-        with plan.run(Stage("shortlist", f"entry profiles nearest to the query's, top {cfg.shortlist} by "
-                            f"inner product ({why})", estimated=cfg.shortlist)) as st:
-            idx = self._synced_profiles()
-            used = sorted({int(f) for f in np.asarray(target.hist["feat"], dtype=np.int64)})
-            if not idx.shares_names(_profiles.name_keys([target.names[f] for f in used], seed)):
-                st.detail += "; skipped: no stored profile has a feature named like the query's, every entry is scored"
+        used = sorted({int(f) for f in np.asarray(target.hist["feat"], dtype=np.int64)})
+        t_keys = _profiles.name_keys([target.names[f] for f in used], seed)
+        if cfg.shortlist_screen == "profile":
+            with plan.run(Stage("shortlist", f"entry profiles nearest to the query's, top {cfg.shortlist} by "
+                                f"inner product ({why}); recall not held on similar entries: "
+                                "shortlist_screen='exact' holds it", estimated=cfg.shortlist)) as st:
+                idx = self._synced_profiles()
+                if not idx.shares_names(t_keys):
+                    st.detail += "; skipped: no stored profile has a feature named like the query's, every entry is scored"
+                    st.actual = n_entries
+                    return None
+                ids, _ = idx.top(_profiles.profile(target.hist, target.names, seed), cfg.shortlist)
+                st.actual = len(ids)
+            return {u64(int(i)) for i in ids}
+        rule = shortlist_rule(method)
+        with plan.run(Stage("shortlist", f"screen: {rule.screen} of every entry from stored dataset-level "
+                            f"histograms ({why})", estimated=cfg.shortlist)) as st:
+            idx = self._synced_screen()
+            if not idx.shares_names(t_keys):
+                st.detail += "; skipped: no stored entry has a feature named like the query's, every entry is scored"
                 st.actual = n_entries
                 return None
-            ids, _ = idx.top(_profiles.profile(target.hist, target.names, seed), cfg.shortlist)
+            own = None
+            if rule.screen in ("js", "adaptivity") and [float(cfg.jslsh_r), int(cfg.jslsh_k), int(cfg.jslsh_l)] == \
+                    [float(self.config.jslsh_r), int(self.config.jslsh_k), int(self.config.jslsh_l)]:
+                kw = dict(seed=seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
+                own = (own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, **kw),
+                       own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=False, **kw)
+                       if rule.screen == "adaptivity" else None)
+            scr = idx.scores(target, rule.screen, seed=seed, t_keys=own)
+            ids, info = _screen.select(scr, cfg.shortlist)
             st.actual = len(ids)
+            st.detail += (f"; {info['screened']} entries share column names with the query, {info['exact']} "
+                          + ("screened by the method's own score" if rule.exact else f"ranked by {rule.screen}"))
+            if info["proxy"]:
+                st.detail += f", {info['proxy']} by the exact-js proxy (another column order or JS-LSH parameters)"
+            st.detail += f"; kept the top {cfg.shortlist}" + (" of each" if info["proxy"] and info["exact"] else "")
+            if "kept_score_range" in info:
+                lo_, hi_ = info["kept_score_range"]
+                st.detail += f" (screen scores {lo_:.4g} .. {hi_:.4g})"
+            if rule.exact and not info["proxy"]:
+                st.recall = 1.0
+                st.detail += "; recall 1 for entries aligned by column name (an exact screen)"
+            elif not rule.exact:
+                st.recall = rule.measured_recall
+                st.detail += f"; {method} is screened by its proxy {rule.screen}" + (
+                    f", recall@10 measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
+                    if rule.measured_recall is not None else ", recall not measured")
+            st.detail += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
         return {u64(int(i)) for i in ids}
 
     def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, reason: str, where: dict | None,

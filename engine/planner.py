@@ -4,7 +4,9 @@ A plan is built before the query runs (with estimated candidate counts and costs
 in while it runs (actual counts and time per stage), like SQL's EXPLAIN ANALYZE.
 
 Stages: FAISS embedding shortlist (when the query brings an embedding) or, on a large hub, the
-profile shortlist (engine/profiles.py; ``use_shortlist``) -> metadata filter and
+candidate stage (``use_shortlist``; the method's ``ShortlistRule`` says how: engine/screen.py
+computes its own score for every entry, or engine/profiles.py's random projections when the
+query asks ``shortlist_screen="profile"``) -> metadata filter and
 MinHash overlap (by scanning every stored feature signature or through the banded LSH tables),
 in the order their costs give (``order_filter_first``) -> scoring (adaptivity / coverage / js /
 exact-js / l2 / simex) -> rerank and cut to k. The candidate stage scans when the hub holds few features (the scan is
@@ -28,6 +30,7 @@ class Stage:
     estimated: int | None = None     # estimated rows (entries or features) out of this stage
     actual: int | None = None
     ms: float | None = None
+    recall: float | None = None      # candidate stages: estimated recall of the exhaustive top k
 
 
 @dataclass
@@ -55,7 +58,8 @@ class Plan:
             est = "-" if s.estimated is None else str(s.estimated)
             act = "-" if s.actual is None else str(s.actual)
             ms = "-" if s.ms is None else f"{s.ms:.2f} ms"
-            lines.append(f"  {i + 1}. {s.name:<12} {s.detail}  (estimated {est}, actual {act}, {ms})")
+            rec = "" if s.recall is None else f", estimated recall {s.recall:.2f}"
+            lines.append(f"  {i + 1}. {s.name:<12} {s.detail}  (estimated {est}, actual {act}, {ms}{rec})")
         return "\n".join(lines)
 
 
@@ -70,19 +74,56 @@ def order_filter_first(mode: str) -> bool:
     return mode == "scan"
 
 
+@dataclass(frozen=True)
+class ShortlistRule:
+    """How a method is shortlisted on a large hub (engine/screen.py).
+
+    ``screen``: what the candidate stage computes for every entry -- ``"exact-js"``, ``"l2"``,
+    ``"js"`` or ``"adaptivity"`` (the scorers' own formulas over the stored dataset-level
+    histograms, means and JS-LSH band keys) -- or None: the method is never shortlisted and every
+    entry is scored. ``exact``: the screen is the method's own score, so the stage keeps the
+    exhaustive top ``shortlist`` (recall 1 over entries aligned by column name); otherwise it is a
+    proxy, and ``measured_recall`` is its recall@10 measured by ``bench.bench_shortlist`` on zoos
+    of similar entries (None: not measured)."""
+    screen: str | None
+    exact: bool = False
+    measured_recall: float | None = None
+
+
+# a method not listed here (a new one, e.g. predicted accuracy) is never shortlisted until it
+# declares a rule: every entry is scored, which is slow on a large hub but never loses an answer
+SHORTLIST_RULES = {
+    "adaptivity": ShortlistRule("adaptivity", exact=True),
+    "js": ShortlistRule("js", exact=True),
+    "exact-js": ShortlistRule("exact-js", exact=True),
+    "l2": ShortlistRule("l2", exact=True),
+    # coverage codes the query's rows per entry, which no stored summary reproduces; exact-js of the
+    # dataset-level distributions ranks its entries: recall@10 0.975 (best found 8/8) on the digits
+    # label-skew zoo of 1,300 entries where this was chosen, 1.00 (6/6) on the held-out MNIST-5k
+    # zoo of 1,100 (python -m bench.bench_shortlist --similar digits|mnist); the lower is stated
+    "coverage": ShortlistRule("exact-js", exact=False, measured_recall=0.97),
+    "simex": ShortlistRule(None),       # autoencoders: nothing stored summarizes them
+}
+
+
+def shortlist_rule(method: str) -> ShortlistRule:
+    return SHORTLIST_RULES.get(method, ShortlistRule(None))
+
+
 def use_shortlist(n_entries: int, shortlist: int, method: str, filtered: bool = False) -> tuple[bool, str]:
-    """Whether the profile shortlist runs before the MinHash stage, and why.
+    """Whether the candidate stage (shortlist) runs before the MinHash stage, and why.
 
     Scoring costs about a millisecond per candidate entry (alignment, histograms, JS-LSH); the
-    profile stage costs one inner product per entry in one FAISS call (microseconds per thousand).
-    It runs once the hub holds more than ``SHORTLIST_FACTOR x shortlist`` entries; SimEx scores
-    through autoencoders, which profiles do not summarize, so it never shortlists, and a query
-    with a metadata filter does not either (the nearest profiles could all fail the filter).
+    screen costs a few vectorized passes over every entry's stored dataset-level histogram
+    (engine/screen.py), the profile stage one inner product per entry in one FAISS call.
+    It runs once the hub holds more than ``SHORTLIST_FACTOR x shortlist`` entries, for methods
+    whose ``shortlist_rule`` names a screen (SimEx and unlisted methods score every entry), and not
+    with a metadata filter (the best screened entries could all fail the filter).
     """
     if shortlist <= 0:
         return False, "shortlist=0: every entry is scored"
-    if method == "simex":
-        return False, "simex scores autoencoders, not histograms: no profile shortlist"
+    if shortlist_rule(method).screen is None:
+        return False, f"{method} declares no shortlist screen: every entry is scored"
     if filtered:   # the nearest profiles may all fail the filter: every entry passing it is scored
         return False, "a metadata filter applies: every entry passing it is scored"
     if n_entries <= SHORTLIST_FACTOR * shortlist:

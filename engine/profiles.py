@@ -1,5 +1,10 @@
 """Profiles: one small vector per entry, so a query on a large hub scores a shortlist, not every entry.
 
+Since engine/screen.py this is the *fast, approximate* candidate stage, run only when a query asks
+``shortlist_screen="profile"``: on zoos of similar entries the projection's error exceeds the
+differences between entries (bench/bench_shortlist.py, similar workload), where the screen
+computes every entry's own score instead. The records are still written with every entry.
+
 Scoring a candidate (alignment, its partition histograms, JS-LSH over them) costs about a
 millisecond, so a hub of a million entries sharing the query's columns cannot be scored
 exhaustively in interactive time. Each entry therefore carries a *profile*: the Hellinger

@@ -69,7 +69,8 @@ def check_txn(txn) -> list[str]:
         assert txn.count(db) == n, f"count({db})={txn.count(db)} != count(names)={n}"
     profiled = set()
     for key in txn.keys("extra"):
-        if len(key) == 9 and key[:1] in (b"p", b"k"):   # entry profile, stored band keys (engine/profiles.py)
+        if len(key) == 9 and key[:1] in (b"p", b"k", b"d"):   # entry profile, stored band keys
+            # (engine/profiles.py), screen record (engine/screen.py)
             assert key[1:] in entry_ids, f"profile extra[{key!r}] belongs to no entry"
             if key[:1] == b"p":
                 profiled.add(key[1:])

