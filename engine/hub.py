@@ -722,7 +722,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 allowed = {u64(int(m.evidence["entry_id"])) for m in near}
                 st.actual = len(allowed)
         if allowed is None:
-            allowed = self._shortlist(target, cfg, method, plan, where)
+            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where)
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
@@ -862,6 +862,15 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         first query is not the slow one. ``fitsketch serve`` does it in the background as it starts."""
         self._synced_screen()
         return len(self._synced_profiles(build_index=True))
+
+    def _screened_as(self, method: str) -> str:
+        """The method whose shortlist rule applies: ``auto`` on a hub without labelled entries
+        scores (and so is screened) exactly as the label-free default."""
+        if method != "auto":
+            return method
+        with self.store.read() as txn:
+            labelled = any((txn.get("meta", b"label_kinds") or {}).values())
+        return "accuracy" if labelled else AUTO_LABEL_FREE
 
     def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
         """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores

@@ -336,3 +336,16 @@ def test_labelled_sketches_merge_and_register_like_add(tmp_path, rng):
     assert res["whole"].score == res["parts"].score
     with pytest.raises(E.InvalidArgumentError, match="labels"):
         a.merge(fitsketch.sketch(df.iloc[cut:], cfg, coverage_center=center))
+
+
+def test_auto_is_screened_as_its_label_free_default_until_an_entry_has_labels(tmp_path, rng):
+    with fitsketch.open(tmp_path / "hub") as hub:
+        df, y = _labelled(rng, 40, [0, 1])
+        for i in range(9):
+            hub.add(f"m{i}", df.sample(frac=1.0, random_state=i))
+        q, _ = _labelled(rng, 30, [0, 1])
+        plan = str(hub.explain(q, shortlist=2))
+        assert "screen: adaptivity" in plan
+        hub.add("lab", df, labels=y)
+        plan = str(hub.explain(q, shortlist=2))
+        assert "screen: exact-js" in plan and "screen: adaptivity" not in plan

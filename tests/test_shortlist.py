@@ -173,9 +173,11 @@ def test_index_follows_adds_removes_and_old_hubs(tmp_path, rng):
 
 
 def test_methods_declare_how_they_are_shortlisted():
-    """A method without a rule (a new one) is never shortlisted; simex neither; coverage by a proxy."""
-    assert planner.shortlist_rule("accuracy").screen is None
-    assert planner.use_shortlist(10_000, 8, "accuracy")[0] is False
+    """A method without a rule (a new one) is never shortlisted; simex neither; coverage and
+    accuracy by a proxy (exact-js)."""
+    assert planner.shortlist_rule("a-new-method").screen is None
+    assert planner.use_shortlist(10_000, 8, "a-new-method")[0] is False
+    assert planner.shortlist_rule("accuracy").screen == "exact-js" and not planner.shortlist_rule("accuracy").exact
     assert planner.use_shortlist(10_000, 8, "simex")[0] is False
     for m in HIST_METHODS:
         assert planner.shortlist_rule(m).exact and planner.use_shortlist(10_000, 8, m)[0]
