@@ -24,6 +24,11 @@ class SketchConfig:
     hist_accuracy: float = 0.1       # relative accuracy of the (coarser) histogram grid
     hist_bins: int = 64              # hash bins for categorical / text histograms
     partition_size: int = 500        # rows per partition (m)
+    # per query: a query of fewer than query_min_partitions * partition_size rows is cut into
+    # partitions sized from the query -- query_min_partitions of them, each of at least
+    # query_partition_rows rows (jslsh.query_partition_size) -- so adaptivity is graded on small queries
+    query_min_partitions: int = 8
+    query_partition_rows: int = 25
     # JS-LSH: h = ceil((a . sqrt(P) + b) / r); jslsh_k hashes per band, jslsh_l bands
     jslsh_r: float = 0.5
     jslsh_k: int = 4
@@ -56,7 +61,7 @@ class SketchConfig:
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
                "an integer in [0, 2**63)")
         for name in ("num_perm", "lsh_k", "lsh_l", "hist_bins", "partition_size", "jslsh_k",
-                     "jslsh_l", "coverage_bits", "coverage_tables"):
+                     "jslsh_l", "coverage_bits", "coverage_tables", "query_min_partitions", "query_partition_rows"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v,
                    "a positive integer")
@@ -73,6 +78,7 @@ class SketchConfig:
         _check(self.simex_loss in ("mse", "ssim"), "simex_loss (loss)", self.simex_loss, "'mse' or 'ssim'")
         _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
                "True or False")
+        _check(self.query_min_partitions <= 4096, "query_min_partitions", self.query_min_partitions, "at most 4096")
         _check(self.coverage_tables <= 65536, "coverage_tables", self.coverage_tables, "at most 65536")
         _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
         _check(isinstance(self.coverage_tau, (int, float)) and self.coverage_tau > 0, "coverage_tau",
@@ -107,7 +113,7 @@ class SketchConfig:
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
                 "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize",
-                "shortlist")
+                "shortlist", "query_min_partitions", "query_partition_rows")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

@@ -21,8 +21,10 @@ import numpy as np
 from . import errors as E
 from . import profiles as _profiles
 from .config import METHODS, QUERY_PARAMS, SketchConfig
-from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys, own_keys
-from .minhash import Alignment, align_from_similarity, feature_band_keys, row_similarity, similarity
+from .jslsh import (adaptivity_scores, below_one_step, exact_js_scores, graded_adaptivity, js_lsh_scores,
+                    lsh_band_keys, own_keys, query_partition_size)
+from .minhash import (Alignment, align_from_similarity, distribution_overlap, feature_band_keys, feature_dists,
+                      hist_totals, is_generic, row_similarity, similarity)
 from .partitions import aligned_distributions, pack_hist, unpack_hist
 from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, use_shortlist
 from .data import to_frame
@@ -473,7 +475,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 target = dataclasses.replace(data, rows=None, row_owner=None, frame=None)
             else:
                 frame = to_frame(data, feature_names)
-                target = build_sketch(frame, self.config, device=self.device)
+                target = build_sketch(frame, self.config, device=self.device, partition_size=query_partition_size(
+                    len(frame), self.config.partition_size, cfg.query_min_partitions, cfg.query_partition_rows))
                 target.frame = frame
             st.actual = target.n_partitions
         allowed = None
@@ -638,13 +641,29 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 als[i] = Alignment([(j, j, float(d[j])) for j in range(len(d))], len(d))
         if other:
             sim = similarity(target.signatures, np.concatenate([sigs[i] for i in other]), cfg.match)
+            t_num = np.array([k == "numeric" for k in target.kinds], dtype=bool)
+            t_dists = None
+            named = {n for n in target.names if not is_generic(n)}
             lo = 0
             for i in other:
                 hi = lo + sigs[i].shape[0]
                 block = sim[:, lo:hi]
                 lo = hi
-                if (block >= cfg.feature_threshold).any() or set(rec_of[i]["features"]) & set(target.names):
-                    als[i] = align_from_similarity(target.names, rec_of[i]["features"], block, cfg.feature_threshold)
+                s_names = rec_of[i]["features"]
+                # numeric pairs not matched by name: sharing buckets is not enough, the value
+                # distributions must overlap too (minhash.distribution_overlap)
+                s_num = np.array([k == "numeric" for k in rec_of[i]["kinds"]], dtype=bool)
+                by_name = np.array([[t == s_ and t in named for s_ in s_names] for t in target.names], dtype=bool)
+                need = (block >= cfg.feature_threshold) & t_num[:, None] & s_num[None, :] & ~by_name
+                if need.any():
+                    if t_dists is None:
+                        t_dists = feature_dists(target.totals())
+                    s_dists = feature_dists(hist_totals(unpack_hist(txn.get("histograms", keys[i]))))
+                    block = block.copy()
+                    for a, b in zip(*np.nonzero(need)):
+                        block[a, b] = min(block[a, b], distribution_overlap(t_dists.get(int(a)), s_dists.get(int(b))))
+                if (block >= cfg.feature_threshold).any() or set(s_names) & named:
+                    als[i] = align_from_similarity(target.names, s_names, block, cfg.feature_threshold)
         for i, key in enumerate(keys):
             al = als.get(i)
             if al is not None and al.pairs and al.overlap > cfg.overlap_threshold:
@@ -664,14 +683,30 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if method in ("adaptivity", "js"):
             scores = self._jslsh_scores(txn, target, cands, cfg, method, t_dist)
             if method == "adaptivity":
-                for (rec, al), (score, agree, matched) in zip(cands, scores):
-                    results.append(self._match(rec, al, target, score, method, {
-                        "matched_partitions": matched, "target_partitions": target.n_partitions,
-                        "source_partitions": rec["n_partitions"], "band_agreement": agree, "_tiebreak": agree}))
+                n_p = target.n_partitions
+                lsh = [graded_adaptivity(matched, agree, n_p) for _, agree, matched in scores]
+                step = 1.0 / (cfg.jslsh_l * n_p * (n_p + 1))   # the scores are multiples of it
             else:
-                for (rec, al), (score, c) in zip(cands, scores):
-                    results.append(self._match(rec, al, target, score, method,
-                                               {"bands_collided": c, "bands": cfg.jslsh_l}))
+                lsh = [score for score, _ in scores]
+                step = 1.0 / cfg.jslsh_l
+            # a small query (cut into partitions sized from it) grades every entry by closeness under
+            # the LSH step; a larger one only the entries at 0, and breaks ties by it
+            small = target.n_rows < self.config.partition_size * cfg.query_min_partitions
+            close = self._closeness(txn, target, cands, lsh, every=small)
+            for i, ((rec, al), sc) in enumerate(zip(cands, scores)):
+                if method == "adaptivity":
+                    ev = {"adaptivity": sc[0], "matched_partitions": sc[2], "target_partitions": target.n_partitions,
+                          "target_partition_rows": target.partition_size, "source_partitions": rec["n_partitions"],
+                          "band_agreement": sc[1]}
+                else:
+                    ev = {"bands_collided": sc[1], "bands": cfg.jslsh_l}
+                score = lsh[i]
+                if i in close:   # 1 - exact JS: grades an entry sharing no band, breaks a tie
+                    ev["closeness"] = close[i]
+                    ev["_tiebreak"] = close[i]
+                    if score == 0.0 or small:
+                        score += below_one_step(close[i], step)
+                results.append(self._match(rec, al, target, score, method, ev))
             return results
         for lo in range(0, len(cands), _SCORE_CHUNK):   # bounded memory: the dense matrix is per chunk
             chunk = cands[lo:lo + _SCORE_CHUNK]
@@ -685,6 +720,25 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     d = _l2(target, t_dist, rec, al, sd)
                     results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
         return results
+
+    def _closeness(self, txn, target: Sketch, cands, lsh: list[float], every: bool = False) -> dict[int, float]:
+        """{candidate index: 1 - exact JS divergence of the dataset-level distributions} for every
+        candidate, or (``every=False``) for those whose LSH score is 0 or equal to another
+        candidate's (only those histograms are read)."""
+        seen: dict[float, int] = {}
+        for v in lsh:
+            seen[v] = seen.get(v, 0) + 1
+        need = [i for i, v in enumerate(lsh) if every or v == 0.0 or seen[v] > 1]
+        if not need:
+            return {}
+        n_t = target.n_features
+        t_dist = aligned_distributions(target.hist, np.arange(n_t, dtype=np.int64), n_t, per_dataset=True)
+        out = {}
+        for lo in range(0, len(need), _SCORE_CHUNK):
+            part = need[lo:lo + _SCORE_CHUNK]
+            js = exact_js_scores([t_dist] + [self._source_dist(txn, *cands[i], n_t, True) for i in part])
+            out.update({i: 1.0 - float(v) for i, v in zip(part, js)})
+        return out
 
     @staticmethod
     def _source_dist(txn, rec: dict, al: Alignment, n_t: int, per_dataset: bool):
@@ -775,7 +829,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         return results
 
     def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig, embedding=None) -> list[Match]:
-        """Coverage of the target's rows by each candidate; adaptivity for all when one cannot."""
+        """Coverage of the target's rows by each candidate; adaptivity (with the entry's own reason in
+        its evidence) for each entry coverage cannot score."""
         from . import coverage as _cov
 
         if cfg.coverage_space != "rows":  # sample embeddings or autoencoder latents
@@ -792,9 +847,12 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             for m in out:
                 m.evidence["fallback"] = f"coverage_space={cfg.coverage_space!r}: {reason}"
             return out
-        plans = []
-        reason = None if target.rows is not None else "the query is a sketch without its rows (pass the data)"
-        for rec, al in (cands if reason is None else []):
+        plans, fallback = [], []   # fallback: (candidate, that entry's own reason)
+        no_rows = None if target.rows is not None else "the query is a sketch without its rows (pass the data)"
+        for rec, al in cands:
+            if no_rows is not None:
+                fallback.append(((rec, al), no_rows))
+                continue
             cov = (txn.get("extra", u64(rec["id"])) or {}).get("coverage")
             t_of = {sf: tj for tj, sf, _ in al.pairs}
             missing = [rec["features"][f] for f in range(len(rec["features"])) if f not in t_of]
@@ -802,24 +860,27 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                             if (rec["kinds"][f] == "numeric") != (target.kinds[tj] == "numeric")
                             or (rec["kinds"][f] != "numeric" and rec["kinds"][f] != target.kinds[tj])]
             if cov is None or missing or kinds_differ:
-                reason = (f"entry {rec['name']!r} " + (f"has columns {missing} the target lacks" if missing else
-                          f"has columns {kinds_differ} of another kind in the target" if kinds_differ else
-                          "has no coverage sketch"))
-                break
+                fallback.append(((rec, al), f"entry {rec['name']!r} " + (
+                    f"has columns {missing} the target lacks" if missing else
+                    f"has columns {kinds_differ} of another kind in the target" if kinds_differ else
+                    "has no coverage sketch")))
+                continue
             owner = np.asarray(target.row_owner)
             cols = np.concatenate([np.flatnonzero(owner == t_of[f]) for f in range(len(rec["features"]))])
             plans.append((rec, al, cov, cols))
-        if reason is not None and not cfg.coverage_fallback:
+        if fallback and not cfg.coverage_fallback:
             raise E.FeatureMismatchError(
-                f"method='coverage' needs the query's rows over every column of each candidate entry: {reason}; "
-                "pass coverage_fallback=True to fall back to adaptivity, or filter entries with where=")
-        if reason is not None:
-            log.info("coverage falls back to adaptivity: %s", reason)
-            out = self._score(txn, target, cands, cfg, "adaptivity")
-            for m in out:
-                m.evidence["fallback"] = f"coverage needs the entry's whole feature set; {reason}"
-            return out
-        results = []
+                f"method='coverage' needs the query's rows over every column of each candidate entry: "
+                f"{fallback[0][1]}; pass coverage_fallback=True to fall back to adaptivity for such entries, "
+                "or filter entries with where=")
+        out = []
+        if fallback:   # per entry: only the entries coverage cannot score are scored by adaptivity
+            log.info("coverage falls back to adaptivity for %d of %d entries: %s", len(fallback), len(cands),
+                     fallback[0][1])
+            out = self._score(txn, target, [c for c, _ in fallback], cfg, "adaptivity")
+            for m, (_, why) in zip(out, fallback):
+                m.evidence["fallback"] = f"scored by adaptivity: coverage needs the entry's whole feature set; {why}"
+        results = out
         for rec, al, cov, cols in plans:
             per_table = _cov.score(target.rows[:, cols], cov, seed=self.config.seed, tau=cfg.coverage_tau,
                                    device=self.device)

@@ -1,0 +1,152 @@
+"""Label-free methods a user can trust (issue 20): graded adaptivity / js on small queries, column
+matching that needs alike value distributions and ignores generic names, coverage falling back
+per entry, l2 comparable across entries, all-NaN query columns left out."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fitsketch
+from fitsketch import errors as E
+from fitsketch.config import SketchConfig
+from fitsketch.jslsh import below_one_step, graded_adaptivity, query_partition_size
+from fitsketch.minhash import align_from_similarity, distribution_overlap, feature_dists, is_generic
+
+
+# ----------------------------------------------------------------------------- partitions, grading
+def _ref_partition_size(n, m, parts, rows):
+    if n >= m * parts:
+        return m
+    k = max(1, min(parts, n // rows))
+    return max(1, min(m, math.ceil(n / k)))
+
+
+def test_query_partition_size_equals_reference_and_bounds():
+    rng = np.random.default_rng()
+    cases = [(0, 500, 8, 25), (1, 500, 8, 25), (30, 500, 8, 25), (4000, 500, 8, 25), (3999, 500, 8, 25)]
+    cases += [(int(rng.integers(0, 20000)), int(rng.integers(1, 900)), int(rng.integers(1, 40)),
+               int(rng.integers(1, 100))) for _ in range(300)]
+    for n, m, parts, rows in cases:
+        got = query_partition_size(n, m, parts, rows)
+        assert got == _ref_partition_size(n, m, parts, rows), (n, m, parts, rows)
+        assert 1 <= got <= m
+        n_parts = -(-n // got)
+        if n >= m * parts:
+            assert got == m                                  # normal-size queries: the hub's partitions
+        else:
+            assert n_parts <= parts                          # at most the stated number of partitions
+            assert n < rows or got >= min(rows, m)           # each of at least min_rows rows (when it can be)
+
+
+def test_graded_adaptivity_orders_like_matched_then_agreement():
+    rng = np.random.default_rng()
+    for _ in range(200):
+        n_t, l = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+        pairs = []
+        for _ in range(6):
+            best = rng.integers(0, l + 1, n_t)   # best bands shared per target partition
+            pairs.append((int((best > 0).sum()), float(best.mean()) / l))
+        g = [graded_adaptivity(m, a, n_t) for m, a in pairs]
+        for (m1, a1), g1 in zip(pairs, g):
+            assert 0.0 <= g1 <= 1.0
+            for (m2, a2), g2 in zip(pairs, g):
+                if (m1, a1) > (m2, a2):
+                    assert g1 > g2
+        # a zero-score entry graded by closeness stays under every non-zero score
+        zero = below_one_step(float(rng.random()), 1.0 / (n_t + 1))
+        assert all(zero < x for x in g if x > 0)
+
+
+def _frame(rng, n, shift=0.0):
+    return pd.DataFrame({"a": rng.normal(shift, 1.0, n), "b": rng.gamma(2.0, 1.0 + shift / 4, n),
+                         "c": rng.normal(10 + shift, 2.0, n)})
+
+
+@pytest.mark.parametrize("method", ["adaptivity", "js"])
+def test_small_query_scores_are_graded_and_untied(tmp_path, method):
+    rng = np.random.default_rng()
+    with fitsketch.open(tmp_path / "h") as hub:
+        for i, shift in enumerate([0.0, 0.7, 1.5, 3.0, 6.0]):
+            hub.add(f"s{i}", _frame(rng, 600, shift))
+        q = _frame(rng, 30, 0.0)
+        res = hub.search(q, k=5, method=method)
+        scores = [r.score for r in res]
+        assert len(res) == 5
+        assert len(set(scores)) == 5, scores                         # no ties
+        assert all(0.0 < s < 1.0 for s in scores), scores            # never 0 / 1 on a 30-row query
+        assert res[0].name in ("s0", "s1") and res[-1].name in ("s3", "s4"), [(r.name, r.score) for r in res]
+        if method == "adaptivity":
+            ev = res[0].evidence
+            assert ev["target_partition_rows"] == 30 and ev["target_partitions"] == 1
+
+
+# ----------------------------------------------------------------------------- column matching
+def test_distribution_overlap_equals_reference():
+    rng = np.random.default_rng()
+    for _ in range(50):
+        n = int(rng.integers(0, 30))
+        feat = rng.integers(0, 3, n)
+        bucket = rng.integers(-5, 5, n)
+        count = rng.integers(1, 9, n)
+        d = feature_dists({"feat": feat, "bucket": bucket, "count": count})
+        ref = {}
+        for f, b, c in zip(feat, bucket, count):
+            ref.setdefault(int(f), {}).setdefault(int(b), 0)
+            ref[int(f)][int(b)] += int(c)
+        for f in range(3):
+            for g in range(3):
+                if f not in ref or g not in ref:
+                    assert (f in d) == (f in ref)
+                    continue
+                pf = {b: c / sum(ref[f].values()) for b, c in ref[f].items()}
+                pg = {b: c / sum(ref[g].values()) for b, c in ref[g].items()}
+                want = sum(min(pf[b], pg[b]) for b in set(pf) & set(pg))
+                assert distribution_overlap(d[f], d[g]) == pytest.approx(want, abs=1e-12)
+    assert distribution_overlap(None, d.get(0)) == 0.0
+
+
+def test_generic_names_never_match_by_name_alone():
+    for n in ("target", "Label", "id", "index", "0", "Unnamed: 0", "y", "class"):
+        assert is_generic(n)
+    for n in ("alcohol", "mean radius", "pixel_0_0", "target_price", "x1y"):
+        assert not is_generic(n)
+    sim = np.zeros((2, 2))
+    assert align_from_similarity(["target", "a"], ["b", "target"], sim, 0.5).pairs == []
+    assert align_from_similarity(["alcohol", "a"], ["b", "alcohol"], sim, 0.5).pairs == [(0, 1, 0.0)]
+
+
+def test_unrelated_columns_do_not_match_by_shared_buckets(tmp_path):
+    """A narrow column whose value buckets lie inside a wide column's (magnesium ~ area error) is no
+    match; the same column renamed is; a shared generic name links nothing."""
+    rng = np.random.default_rng()
+    n = 600
+    wide = pd.DataFrame({"area_error": np.exp(rng.uniform(np.log(5), np.log(600), n)),
+                         "target": rng.integers(0, 2, n)})
+    narrow = pd.DataFrame({"magnesium": rng.normal(100, 12, n).round(), "target": rng.integers(0, 3, n) * 5})
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add("wide", wide)
+        hub.add("narrow", narrow.iloc[:300].reset_index(drop=True))
+        q = narrow.iloc[300:].rename(columns={"magnesium": "mg"}).reset_index(drop=True)
+        res = hub.search(q, k=2, method="exact-js", feature_threshold=0.5)
+        assert [r.name for r in res] == ["narrow"], [(r.name, r.features) for r in res]
+        assert res[0].features[0][:2] == ("mg", "magnesium") and res[0].features[0][2] >= 0.5
+        assert all(t != "target" or s != "target" for r in res for t, s, _ in r.features if r.name == "wide")
+
+
+# ----------------------------------------------------------------------------- coverage per entry
+def test_coverage_falls_back_per_entry_with_its_own_reason(tmp_path):
+    rng = np.random.default_rng()
+    src = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200), "z": rng.normal(size=200)})
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add("two", src[["a", "b"]])
+        hub.add("three", src)
+        q = src[["a", "b"]].iloc[:80].copy()
+        res = {r.name: r for r in hub.search(q, k=2, method="coverage")}
+        assert res["two"].method == "coverage" and "fallback" not in res["two"].evidence
+        assert res["three"].method == "adaptivity"
+        assert "'three'" in res["three"].evidence["fallback"] and "'two'" not in res["three"].evidence["fallback"]
+        with pytest.raises(E.FeatureMismatchError, match="'three'"):
+            hub.search(q, method="coverage", coverage_fallback=False)
