@@ -476,8 +476,11 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             else:
                 frame = to_frame(data, feature_names)
                 target = build_sketch(frame, self.config, device=self.device, partition_size=query_partition_size(
-                    len(frame), self.config.partition_size, cfg.query_min_partitions, cfg.query_partition_rows))
+                    len(frame), self.config.partition_size, cfg.query_min_partitions, cfg.query_partition_rows),
+                    skip_empty=True)
                 target.frame = frame
+                if target.left_out:
+                    st.detail += f"; left out query columns without values: {target.left_out}"
             st.actual = target.n_partitions
         allowed = None
         if embedding is not None:
@@ -717,8 +720,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     results.append(self._match(rec, al, target, 1.0 - float(v), method, {"js_divergence": float(v)}))
             elif method == "l2":
                 for (rec, al), sd in zip(chunk, s_dists):
-                    d = _l2(target, t_dist, rec, al, sd)
-                    results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
+                    d, ev = _l2(target, t_dist, rec, al, sd, self.config.hist_accuracy)
+                    results.append(self._match(rec, al, target, -d, method, {"l2_distance": d, **ev}))
         return results
 
     def _closeness(self, txn, target: Sketch, cands, lsh: list[float], every: bool = False) -> dict[int, float]:
@@ -950,6 +953,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         # the matched-features list is built for the k matches that are returned, not for every
         # candidate (the rerank stage calls _features)
         evidence["_features"] = (target.names, rec["features"], al.pairs)
+        if getattr(target, "left_out", None):
+            evidence["query_columns_left_out"] = list(target.left_out)   # all missing: not scored
         return Match(rec["name"], float(score), method, al.overlap, [], evidence, rec["metadata"])
 
     @staticmethod
@@ -958,21 +963,63 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         m.features = [(t_names[t], s_names[s], round(sim, 4)) for t, s, sim in pairs]
 
 
-def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist) -> float:
-    """L2 distance between feature means over aligned features (histograms for non-numeric ones)."""
-    sq = 0.0
+_L2_UNCOVERED = 4.0   # squared distance of a query feature an entry does not cover: two spreads apart
+
+
+def _bucket_values(bucket: np.ndarray, accuracy: float) -> np.ndarray:
+    """A representative value of each histogram bucket of the numeric quantizer (quantize.numeric_keys
+    at ``accuracy``): the geometric middle of ``(gamma^(k-1), gamma^k]``, 0 for the zero bucket, NaN
+    for the NaN / infinity buckets."""
+    from .quantize import BIAS, NAN_KEY
+
+    b = np.asarray(bucket, dtype=np.int64)
+    k = np.abs(b) - BIAS
+    gamma = (1.0 + accuracy) / (1.0 - accuracy)
+    with np.errstate(over="ignore"):
+        v = np.sign(b) * gamma ** (k - 0.5)
+    return np.where(b == 0, 0.0, np.where(np.abs(b) >= NAN_KEY, np.nan, v))
+
+
+def _per_feature(dist, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{aligned feature: (buckets, probabilities)} of a dataset-level ``Distributions``."""
+    j = dist.key >> 32
+    out = {}
+    for f in np.unique(j):
+        sel = j == f
+        out[int(f)] = ((dist.key[sel] & 0xFFFFFFFF) - (1 << 31), dist.value[sel] * n)
+    return out
+
+
+def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist, accuracy: float = 0.1) -> tuple[float, dict]:
+    """Root mean over the query's features of a squared distance, comparable across entries that
+    match different numbers of columns: a matched numeric feature contributes its difference of
+    means in units of the pooled spread (standard deviations from the histograms), a matched
+    categorical / text feature twice the squared L2 distance of its normalized histograms (in
+    [0, 4]), and a query feature the entry does not cover ``_L2_UNCOVERED`` (two spreads apart)."""
+    n = max(target.n_features, 1)
     t_counts, s_counts = target.counts, np.asarray(rec["counts"])
     t_sums, s_sums = target.sums, np.asarray(rec["sums"])
-    nonnum = []
+    tf, sf_ = _per_feature(t_dist, n), _per_feature(s_dist, n)
+    sq, numeric = 0.0, 0
     for tj, sf, _ in al.pairs:
+        tb, tp = tf.get(tj, (np.zeros(0, np.int64), np.zeros(0)))
+        sb, sp = sf_.get(tj, (np.zeros(0, np.int64), np.zeros(0)))
         if t_counts[tj] > 0 and s_counts[sf] > 0:
-            sq += (t_sums[tj] / t_counts[tj] - s_sums[sf] / s_counts[sf]) ** 2
+            mt, ms = t_sums[tj] / t_counts[tj], s_sums[sf] / s_counts[sf]
+            var = []
+            for b, p, m in ((tb, tp, mt), (sb, sp, ms)):
+                v = _bucket_values(b, accuracy)
+                ok = np.isfinite(v)
+                w = p[ok].sum()
+                var.append(float((p[ok] * (v[ok] - m) ** 2).sum() / w) if w > 0 else 0.0)
+            sd = max(np.sqrt((var[0] + var[1]) / 2), 1e-3 * (abs(mt) + abs(ms)), 1e-12)
+            sq += ((mt - ms) / sd) ** 2
+            numeric += 1
         else:
-            nonnum.append(tj)
-    if nonnum:
-        n = max(target.n_features, 1)
-        for j in nonnum:
-            tv = {int(kk): v for kk, v in zip(t_dist.key[(t_dist.key >> 32) == j], t_dist.value[(t_dist.key >> 32) == j])}
-            sv = {int(kk): v for kk, v in zip(s_dist.key[(s_dist.key >> 32) == j], s_dist.value[(s_dist.key >> 32) == j])}
-            sq += sum(((tv.get(c, 0.0) - sv.get(c, 0.0)) * n) ** 2 for c in set(tv) | set(sv))
-    return float(np.sqrt(sq))
+            pt = dict(zip(tb.tolist(), tp.tolist()))
+            ps = dict(zip(sb.tolist(), sp.tolist()))
+            sq += 2.0 * sum((pt.get(c, 0.0) - ps.get(c, 0.0)) ** 2 for c in set(pt) | set(ps))
+    uncovered = n - len(al.pairs)
+    sq += _L2_UNCOVERED * uncovered
+    return float(np.sqrt(sq / n)), {"matched_features": len(al.pairs), "uncovered_query_features": uncovered,
+                                    "scaled_by_spread": numeric}

@@ -150,3 +150,52 @@ def test_coverage_falls_back_per_entry_with_its_own_reason(tmp_path):
         assert "'three'" in res["three"].evidence["fallback"] and "'two'" not in res["three"].evidence["fallback"]
         with pytest.raises(E.FeatureMismatchError, match="'three'"):
             hub.search(q, method="coverage", coverage_fallback=False)
+
+
+# ----------------------------------------------------------------------------- l2
+def test_l2_counts_uncovered_features_and_scales_by_spread(tmp_path):
+    """A wine-like query with renamed, reordered columns: the entry of the same data must beat an
+    entry matching one column only (old l2: -30 vs -0.9), and a column of large values must not
+    decide alone (differences are in units of the pooled spread)."""
+    rng = np.random.default_rng()
+    n = 400
+    full = pd.DataFrame({"big": rng.normal(1000, 300, n), "small": rng.normal(1, 0.2, n),
+                         "mid": rng.gamma(3, 2, n)})
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add("same", full.iloc[:200].reset_index(drop=True))
+        hub.add("one_col", pd.DataFrame({"small": rng.normal(1, 0.2, n)}))
+        q = full.iloc[200:][["mid", "small", "big"]].reset_index(drop=True)
+        res = hub.search(q, k=2, method="l2")
+        assert [r.name for r in res] == ["same", "one_col"], [(r.name, r.score, r.evidence) for r in res]
+        assert res[1].evidence["uncovered_query_features"] == 2 and res[0].evidence["uncovered_query_features"] == 0
+        # the same data scaled by 1000 in one column moves that column by (1000 - 1) spreads
+        d = res[0].evidence["l2_distance"]
+        assert 0.0 <= d < 0.5, d
+        shifted = q.copy()
+        shifted["small"] = shifted["small"] + 0.4          # two spreads of "small"
+        d2 = hub.search(shifted, k=2, method="l2")[0]
+        assert d2.name == "same" and d2.evidence["l2_distance"] == pytest.approx(np.sqrt(4 / 3), rel=0.35)
+
+
+# ----------------------------------------------------------------------------- all-NaN query columns
+def test_query_columns_without_values_are_left_out_with_a_note(tmp_path):
+    rng = np.random.default_rng()
+    src = _frame(rng, 300)
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add("s", src)
+        q = _frame(rng, 100)
+        q["empty"] = np.nan
+        q["empty_str"] = pd.Series([None] * 100, dtype=object)
+        for method in ("adaptivity", "coverage", "exact-js", "l2", "js"):
+            res = hub.search(q, k=1, method=method)
+            assert res[0].name == "s" and res[0].evidence["query_columns_left_out"] == ["empty", "empty_str"]
+            assert [t for t, _, _ in res[0].features] == ["a", "b", "c"]
+            assert res[0].method == method              # coverage scores the rest, no fallback
+        plan = hub.explain(q, k=1)
+        assert "left out query columns without values: ['empty', 'empty_str']" in plan.stages[0].detail
+        assert "query_columns_left_out" not in hub.search(_frame(rng, 100), k=1)[0].evidence
+        with pytest.raises(E.EmptyColumnError):          # registration still refuses
+            hub.add("bad", q)
+        with pytest.raises(E.EmptyColumnError):          # a query of only empty columns too
+            hub.search(q[["empty"]], k=1)
+        assert hub.names() == ["s"]
