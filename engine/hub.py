@@ -886,10 +886,13 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         results = out
         for rec, al, cov, cols in plans:
             per_table = _cov.score(target.rows[:, cols], cov, seed=self.config.seed, tau=cfg.coverage_tau,
-                                   device=self.device)
+                                   device=self.device, mode=cfg.coverage_score, resolution=cfg.coverage_resolution,
+                                   rho=cfg.coverage_rho)
+            how = ({"tau": cfg.coverage_tau} if cfg.coverage_score == "count" else
+                   {"resolution_bits": min(cfg.coverage_resolution, int(cov["bits"])), "rho": cfg.coverage_rho})
             results.append(self._match(rec, al, target, float(per_table.mean()), "coverage", {
                 "covered_share": float(per_table.mean()), "per_table": [round(float(x), 4) for x in per_table],
-                "tau": cfg.coverage_tau, "target_rows": target.n_rows}))
+                "coverage_score": cfg.coverage_score, **how, "target_rows": target.n_rows}))
         return results
 
     def _score_coverage_space(self, txn, target: Sketch, cands, cfg: SketchConfig, embedding):

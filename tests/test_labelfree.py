@@ -199,3 +199,48 @@ def test_query_columns_without_values_are_left_out_with_a_note(tmp_path):
         with pytest.raises(E.EmptyColumnError):          # a query of only empty columns too
             hub.search(q[["empty"]], k=1)
         assert hub.names() == ["s"]
+
+
+# ----------------------------------------------------------------------------- coverage share score
+@pytest.mark.parametrize("n", [0, 1, 7, 301])
+def test_share_score_equals_reference(n):
+    from fitsketch.coverage import share_score
+    from fitsketch.kernels.rowcodes import code_counts
+
+    rng = np.random.default_rng()
+    T, bits = int(rng.integers(1, 5)), int(rng.integers(1, 11))
+    res, rho = int(rng.integers(1, bits + 1)), float(rng.choice([1.0, 0.5, 0.3]))
+    t_codes = rng.integers(0, 1 << bits, (T, n))
+    s_codes = rng.integers(0, 1 << bits, (T, int(rng.integers(1, 400))))
+    rec = code_counts(s_codes)
+    got = share_score(t_codes, rec, T, res, rho)
+    mask = (1 << res) - 1
+    for t in range(T):
+        tc = [c & mask for c in t_codes[t].tolist()]
+        sc = [c & mask for c in s_codes[t].tolist()]
+        want = sum(min(tc.count(b) / len(tc), sc.count(b) / len(sc) / rho) for b in set(tc))
+        assert got[t] == pytest.approx(want, abs=1e-12)
+
+
+def test_coverage_ranks_the_side_of_a_median_split_first(tmp_path):
+    """The issue's check on one table: a held-out quarter of the rows under a feature's median ranks
+    the "low" source above the "high" one and above a random half (the count score ranked it last)."""
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    df = pd.DataFrame(d.data, columns=list(d.feature_names))
+    rng = np.random.default_rng(3)
+    low = (df["mean area"] <= df["mean area"].median()).to_numpy()
+    idx = rng.permutation(np.flatnonzero(low))
+    held = np.zeros(len(df), dtype=bool)
+    held[idx[:len(idx) // 4]] = True
+    rest = np.flatnonzero(~held)
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add("low", df[low & ~held])
+        hub.add("high", df[~low & ~held])
+        hub.add("random", df.iloc[np.sort(rng.permutation(rest)[:len(rest) // 2])])
+        res = hub.search(df[held], k=3, method="coverage")
+        assert res[0].name == "low", [(r.name, r.score) for r in res]
+        assert all(r.method == "coverage" and r.evidence["coverage_score"] == "share" for r in res)
+        old = hub.search(df[held], k=3, method="coverage", coverage_score="count")
+        assert old[0].evidence["tau"] == 1.0
