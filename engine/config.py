@@ -55,6 +55,10 @@ class SketchConfig:
     # SimEx: reconstruction loss ("mse" or "ssim") and whether to divide by the source's mean norm
     simex_loss: str = "mse"
     simex_normalize: bool = True
+    # per query: divide each autoencoder's loss by its own held-out error (stored at add), so one
+    # that reconstructs everything does not win (bench/bench_simex.py); entries added before the
+    # own error was stored fall back to simex_normalize's division and say so in their evidence
+    simex_relative: bool = True
     # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
     # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
     feature_threshold: float = 0.5
@@ -86,6 +90,7 @@ class SketchConfig:
         _check(self.simex_loss in ("mse", "ssim"), "simex_loss (loss)", self.simex_loss, "'mse' or 'ssim'")
         _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
                "True or False")
+        _check(isinstance(self.simex_relative, bool), "simex_relative", self.simex_relative, "True or False")
         _check(self.query_min_partitions <= 4096, "query_min_partitions", self.query_min_partitions, "at most 4096")
         _check(self.coverage_tables <= 65536, "coverage_tables", self.coverage_tables, "at most 65536")
         _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
@@ -126,7 +131,7 @@ class SketchConfig:
 
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
-                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize",
+                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative",
                 "shortlist", "query_min_partitions", "query_partition_rows", "coverage_score", "coverage_resolution",
                 "coverage_rho")
 

@@ -819,13 +819,19 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         for cols, members in groups.items():
             X = simex.numeric_matrix(frame, columns=list(cols))
             flat = [r for _, _, records in members for r in records]
-            deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=self.device)
+            deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=self.device,
+                                 relative=cfg.simex_relative)
+            rel = simex.relative_used(flat, cfg.simex_loss) if cfg.simex_relative else np.zeros(len(flat), bool)
             i = 0
             for rec, al, records in members:
                 d = deltas[i:i + len(records)]
+                r = rel[i:i + len(records)]
                 i += len(records)
                 ev = {"delta": float(d.min()), "loss": cfg.simex_loss, "normalized": cfg.simex_normalize,
-                      "autoencoders": len(records)}
+                      "relative_to_own_error": bool(r.all()), "autoencoders": len(records)}
+                if cfg.simex_relative and not r.all():
+                    ev["fallback"] = ("an autoencoder of this entry has no stored own error (added before it was "
+                                      "stored, or loss='ssim'): divided by its mean norm instead")
                 if records[0].label is not None:
                     ev["closest_class"] = records[int(np.argmin(d))].label
                 results.append(self._match(rec, al, target, simex.entry_score(d), "simex", ev))

@@ -244,3 +244,66 @@ def test_coverage_ranks_the_side_of_a_median_split_first(tmp_path):
         assert all(r.method == "coverage" and r.evidence["coverage_score"] == "share" for r in res)
         old = hub.search(df[held], k=3, method="coverage", coverage_score="count")
         assert old[0].evidence["tau"] == 1.0
+
+
+# ----------------------------------------------------------------------------- SimEx relative
+def _record(rng, d, own):
+    from fitsketch import simex
+
+    cfg = simex.AEConfig(hidden=(12, 5, 12))
+    shapes = simex._weight_shapes("mlp", d, (), cfg)
+    w = {k: rng.standard_normal(s).astype(np.float32) * 0.5 for k, s in shapes.items()}
+    return simex.AERecord("mlp", d, (), cfg.to_dict(), rng.normal(size=d).astype(np.float32),
+                          rng.uniform(0.5, 2, size=d).astype(np.float32), float(rng.uniform(0.5, 3)), w, 10, 1,
+                          "epoch-cap", None, [f"f{i}" for i in range(d)], own_error=own)
+
+
+@pytest.mark.parametrize("n", [1, 7, 97])
+def test_relative_delta_divides_by_own_error_or_falls_back(n):
+    from fitsketch import simex
+
+    rng = np.random.default_rng()
+    d = int(rng.integers(2, 9))
+    recs = [_record(rng, d, float(rng.uniform(0.01, 2))), _record(rng, d, None), _record(rng, d, 0.3)]
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    raw = simex.delta(X, recs, normalize=False, device="cpu")
+    got = simex.delta(X, recs, relative=True, device="cpu")
+    want = [raw[0] / recs[0].own_error, raw[1] / recs[1].norm, raw[2] / 0.3]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert simex.relative_used(recs).tolist() == [True, False, True]
+    assert simex.relative_used(recs, "ssim").tolist() == [False, False, False]
+    # the own error survives the stored form; an old record without it reads as None
+    rt = simex.AERecord.from_record(recs[0].to_record())
+    assert rt.own_error == recs[0].own_error
+    old = recs[0].to_record()
+    old.pop("own_error")
+    assert simex.AERecord.from_record(old).own_error is None
+    bad = recs[0].to_record()
+    bad["own_error"] = float("nan")
+    with pytest.raises(E.CorruptHubError):
+        simex.AERecord.from_record(bad)
+
+
+def test_simex_in_the_hub_is_relative_and_says_when_it_falls_back(tmp_path):
+    from fitsketch import simex
+    from fitsketch.storage import u64
+
+    rng = np.random.default_rng()
+    ae = simex.AEConfig(epochs=3, min_epochs=1, seed=0, hidden=(8, 3, 8))
+    with fitsketch.open(tmp_path / "h") as hub:
+        hub.add("a", _frame(rng, 200), autoencoder=True, ae_config=ae)
+        hub.add("b", _frame(rng, 200, 3.0), autoencoder=True, ae_config=ae)
+        eid = hub.get("b").id
+
+        def strip(txn):   # "b" as an entry added before the own error was stored
+            w = txn.get("weights", b"ae:" + u64(eid))
+            for r in w["simex"]:
+                r.pop("own_error")
+            txn.put("weights", b"ae:" + u64(eid), w)
+
+        hub._transact(strip)
+        res = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}
+        assert res["a"].evidence["relative_to_own_error"] is True and "fallback" not in res["a"].evidence
+        assert res["b"].evidence["relative_to_own_error"] is False and "own error" in res["b"].evidence["fallback"]
+        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_relative=False)}
+        assert plain["a"].evidence["relative_to_own_error"] is False and "fallback" not in plain["a"].evidence
