@@ -29,6 +29,11 @@ class SketchConfig:
     # query_partition_rows rows (jslsh.query_partition_size) -- so adaptivity is graded on small queries
     query_min_partitions: int = 8
     query_partition_rows: int = 25
+    # such a small query is scored by adaptivity / js with more, wider LSH bands (projected at query
+    # time) unless the query sets jslsh_l / jslsh_r itself: 32 bands at r=0.5 are too coarse to tell
+    # near sources apart (chosen on the median-split seeds 0-2, reported on 3-4; bench/SUMMARY.md)
+    small_query_jslsh_l: int = 128
+    small_query_jslsh_r: float = 1.0
     # JS-LSH: h = ceil((a . sqrt(P) + b) / r); jslsh_k hashes per band, jslsh_l bands
     jslsh_r: float = 0.5
     jslsh_k: int = 4
@@ -73,7 +78,8 @@ class SketchConfig:
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
                "an integer in [0, 2**63)")
         for name in ("num_perm", "lsh_k", "lsh_l", "hist_bins", "partition_size", "jslsh_k",
-                     "jslsh_l", "coverage_bits", "coverage_tables", "query_min_partitions", "query_partition_rows"):
+                     "jslsh_l", "coverage_bits", "coverage_tables", "query_min_partitions", "query_partition_rows",
+                     "small_query_jslsh_l"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v,
                    "a positive integer")
@@ -84,6 +90,9 @@ class SketchConfig:
             _check(isinstance(v, (int, float)) and 1e-3 <= v <= 0.5, name, v, "a number in [0.001, 0.5]")
         _check(isinstance(self.jslsh_r, (int, float)) and self.jslsh_r > 0, "jslsh_r", self.jslsh_r,
                "a positive number")
+        _check(isinstance(self.small_query_jslsh_r, (int, float)) and self.small_query_jslsh_r > 0,
+               "small_query_jslsh_r", self.small_query_jslsh_r, "a positive number")
+        _check(self.small_query_jslsh_l <= 4096, "small_query_jslsh_l", self.small_query_jslsh_l, "at most 4096")
         _check(isinstance(self.coverage_fallback, bool), "coverage_fallback", self.coverage_fallback, "True or False")
         _check(isinstance(self.coverage_space, str) and self.coverage_space in COVERAGE_SPACES, "coverage_space",
                self.coverage_space, "one of " + ", ".join(repr(s) for s in COVERAGE_SPACES))
@@ -132,7 +141,8 @@ class SketchConfig:
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
                 "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative",
-                "shortlist", "query_min_partitions", "query_partition_rows", "coverage_score", "coverage_resolution",
+                "shortlist", "query_min_partitions", "query_partition_rows", "small_query_jslsh_l",
+                "small_query_jslsh_r", "coverage_score", "coverage_resolution",
                 "coverage_rho")
 
 

@@ -684,6 +684,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                                        n_partitions=target.n_partitions)
         results = []
         if method in ("adaptivity", "js"):
+            # a small query (cut into partitions sized from it): more, wider bands unless it set its own
+            small = target.n_rows < self.config.partition_size * cfg.query_min_partitions
+            if small and (cfg.jslsh_l, cfg.jslsh_r) == (self.config.jslsh_l, self.config.jslsh_r):
+                cfg = cfg.replace(jslsh_l=cfg.small_query_jslsh_l, jslsh_r=cfg.small_query_jslsh_r)
             scores = self._jslsh_scores(txn, target, cands, cfg, method, t_dist)
             if method == "adaptivity":
                 n_p = target.n_partitions
@@ -692,9 +696,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             else:
                 lsh = [score for score, _ in scores]
                 step = 1.0 / cfg.jslsh_l
-            # a small query (cut into partitions sized from it) grades every entry by closeness under
-            # the LSH step; a larger one only the entries at 0, and breaks ties by it
-            small = target.n_rows < self.config.partition_size * cfg.query_min_partitions
+            # a small query grades every entry by closeness under the LSH step; a larger one only the
+            # entries at 0, and breaks ties by it
             close = self._closeness(txn, target, cands, lsh, every=small)
             for i, ((rec, al), sc) in enumerate(zip(cands, scores)):
                 if method == "adaptivity":
@@ -702,7 +705,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                           "target_partition_rows": target.partition_size, "source_partitions": rec["n_partitions"],
                           "band_agreement": sc[1]}
                 else:
-                    ev = {"bands_collided": sc[1], "bands": cfg.jslsh_l}
+                    ev = {"bands_collided": sc[1]}
+                ev.update(bands=cfg.jslsh_l, bucket_width=cfg.jslsh_r)
                 score = lsh[i]
                 if i in close:   # 1 - exact JS: grades an entry sharing no band, breaks a tie
                     ev["closeness"] = close[i]
