@@ -891,8 +891,12 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             log.info("coverage falls back to adaptivity for %d of %d entries: %s", len(fallback), len(cands),
                      fallback[0][1])
             out = self._score(txn, target, [c for c, _ in fallback], cfg, "adaptivity")
-            for m, (_, why) in zip(out, fallback):
+            for m, ((rec, al), why) in zip(out, fallback):
                 m.evidence["fallback"] = f"scored by adaptivity: coverage needs the entry's whole feature set; {why}"
+                if plans:   # ranked beside coverage scores: an entry the query covers in part counts in part
+                    share = len(al.pairs) / max(len(rec["features"]), 1)
+                    m.evidence.update(fallback_score=m.score, entry_columns_matched=share)
+                    m.score *= share
         results = out
         for rec, al, cov, cols in plans:
             per_table = _cov.score(target.rows[:, cols], cov, seed=self.config.seed, tau=cfg.coverage_tau,

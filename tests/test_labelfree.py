@@ -148,6 +148,10 @@ def test_coverage_falls_back_per_entry_with_its_own_reason(tmp_path):
         assert res["two"].method == "coverage" and "fallback" not in res["two"].evidence
         assert res["three"].method == "adaptivity"
         assert "'three'" in res["three"].evidence["fallback"] and "'two'" not in res["three"].evidence["fallback"]
+        # ranked beside coverage scores, the fallback counts the share of the entry's columns matched
+        ev = res["three"].evidence
+        assert ev["entry_columns_matched"] == pytest.approx(2 / 3)
+        assert res["three"].score == pytest.approx(ev["fallback_score"] * 2 / 3)
         with pytest.raises(E.FeatureMismatchError, match="'three'"):
             hub.search(q, method="coverage", coverage_fallback=False)
 
