@@ -697,7 +697,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 lsh = [score for score, _ in scores]
                 step = 1.0 / cfg.jslsh_l
             # a small query grades every entry by closeness under the LSH step; a larger one only the
-            # entries at 0, and breaks ties by it
+            # entries at 0 (the others keep their stored-key fast path)
             close = self._closeness(txn, target, cands, lsh, every=small)
             for i, ((rec, al), sc) in enumerate(zip(cands, scores)):
                 if method == "adaptivity":
@@ -708,11 +708,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     ev = {"bands_collided": sc[1]}
                 ev.update(bands=cfg.jslsh_l, bucket_width=cfg.jslsh_r)
                 score = lsh[i]
-                if i in close:   # 1 - exact JS: grades an entry sharing no band, breaks a tie
+                if i in close:   # 1 - exact JS, under the LSH step: no ties, no 0 on small queries
                     ev["closeness"] = close[i]
-                    ev["_tiebreak"] = close[i]
-                    if score == 0.0 or small:
-                        score += below_one_step(close[i], step)
+                    score += below_one_step(close[i], step)
                 results.append(self._match(rec, al, target, score, method, ev))
             return results
         for lo in range(0, len(cands), _SCORE_CHUNK):   # bounded memory: the dense matrix is per chunk
@@ -730,12 +728,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     def _closeness(self, txn, target: Sketch, cands, lsh: list[float], every: bool = False) -> dict[int, float]:
         """{candidate index: 1 - exact JS divergence of the dataset-level distributions} for every
-        candidate, or (``every=False``) for those whose LSH score is 0 or equal to another
-        candidate's (only those histograms are read)."""
-        seen: dict[float, int] = {}
-        for v in lsh:
-            seen[v] = seen.get(v, 0) + 1
-        need = [i for i, v in enumerate(lsh) if every or v == 0.0 or seen[v] > 1]
+        candidate, or (``every=False``) for those whose LSH score is 0 (only those histograms are
+        read). It never depends on the other candidates, so shards merge to the one hub's order."""
+        need = [i for i, v in enumerate(lsh) if every or v == 0.0]
         if not need:
             return {}
         n_t = target.n_features

@@ -12,9 +12,8 @@
 * Both: ``closeness`` = 1 - exact JS divergence of the dataset-level distributions, scaled under
   the step of the LSH score (:func:`below_one_step`), is added to the score of every entry for a
   query of fewer than ``query_min_partitions * partition_size`` rows, and for a larger query to
-  the entries at 0 (no band in common), while it only breaks ties between the others (whose
-  stored band keys then spare reading their histograms): no 0/1 scores and no ties on small
-  queries, and the order of the LSH scores is kept.
+  the entries at 0 (no band in common; the others' stored band keys spare reading their
+  histograms): no 0/1 scores and no ties on small queries, and the order of the LSH scores is kept.
 * ``exact-js``: 1 - JS divergence (base 2) of the dataset-level distributions, no LSH.
 * ``l2``: minus the L2 distance between feature means over the aligned features (for a
   categorical or text feature its normalized histogram stands for its mean).
