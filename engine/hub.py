@@ -656,7 +656,11 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 # numeric pairs not matched by name: sharing buckets is not enough, the value
                 # distributions must overlap too (minhash.distribution_overlap)
                 s_num = np.array([k == "numeric" for k in rec_of[i]["kinds"]], dtype=bool)
-                by_name = np.array([[t == s_ and t in named for s_ in s_names] for t in target.names], dtype=bool)
+                by_name = np.zeros(block.shape, dtype=bool)
+                s_index = {n: j for j, n in enumerate(s_names)}
+                for a, t in enumerate(target.names):
+                    if t in named and t in s_index:
+                        by_name[a, s_index[t]] = True
                 need = (block >= cfg.feature_threshold) & t_num[:, None] & s_num[None, :] & ~by_name
                 if need.any():
                     if t_dists is None:
