@@ -1,7 +1,8 @@
 """The benchmark runner: ``python -m bench <suite> [--quick] [--data DIR] [--out DIR]``.
 
 Suites: ``quality`` (selection quality on real data), ``accuracy`` (predicted accuracy on
-label-skew zoos, bench.bench_accuracy), ``speed`` or ``kernels`` (the kernel
+label-skew zoos, bench.bench_accuracy), ``sanity`` (the label-free methods on simple shifts of
+scikit-learn's bundled tables: bench.bench_sanity), ``speed`` or ``kernels`` (the kernel
 benchmarks bench.bench_minhash / bench_jslsh / bench_recon; ``--device cuda`` runs them on the
 GPU when one is present), ``server`` (socket vs embedded latency), ``scale`` (hub size vs add
 throughput, query latency, bytes per entry, RSS; then bench.bench_shortlist: the shortlist's recall),
@@ -52,7 +53,8 @@ def run_speed(quick: bool, out_dir: Path, out=print, device: str = "auto") -> di
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("quality", "accuracy", "speed", "kernels", "server", "scale", "profile", "all"))
+    p.add_argument("suite", choices=("quality", "accuracy", "sanity", "speed", "kernels", "server", "scale", "profile",
+                                     "all"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="device of the kernel benchmarks (speed / kernels)")
     p.add_argument("--quick", action="store_true", help="small sizes: every suite in under 5 minutes on 2 cores")
@@ -62,7 +64,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out_dir = (args.out or H.RESULTS).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    suites = ("quality", "accuracy", "speed", "server", "scale") if args.suite == "all" else (args.suite,)
+    suites = ("quality", "accuracy", "sanity", "speed", "server", "scale") if args.suite == "all" else (args.suite,)
     t0 = time.perf_counter()
     failed: list[str] = []
     for s in suites:
@@ -76,6 +78,10 @@ def main(argv=None) -> int:
             from . import bench_accuracy
 
             bench_accuracy.run(quick=args.quick, out_dir=out_dir)
+        elif s == "sanity":
+            from . import bench_sanity
+
+            bench_sanity.run(quick=args.quick, out_dir=out_dir)
         elif s == "scale":
             from . import bench_shortlist, scale
 

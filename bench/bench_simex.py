@@ -177,14 +177,22 @@ def main(argv=None) -> dict:
     names = list(sources)
     class_records = [r for s in names for r in per_class[s]]
     owner = np.repeat(np.arange(len(names)), [len(per_class[s]) for s in names])
-    corr = {"simex": [], "simex-class": [], "exact-js": [], "l2": []}
+    corr = {"simex": [], "simex-class": [], "simex-raw": [], "simex-rel": [], "simex-class-rel": [], "exact-js": [],
+            "l2": []}
     per_target = []
     for t, (x, y) in targets.items():
         acc = {s: float(clf[s].score(x / 16.0, y)) for s in names}
         d_whole = S.delta(x, [whole[s] for s in names], device=device)
         d_class = S.delta(x, class_records, device=device)
+        # relative: each AE's loss over its own held-out error (the hub's default, simex_relative=True)
+        r_whole = S.delta(x, [whole[s] for s in names], device=device, relative=True)
+        r_class = S.delta(x, class_records, device=device, relative=True)
         sc = {"simex": {s: -d for s, d in zip(names, d_whole)},
               "simex-class": {s: S.entry_score(d_class[owner == i]) for i, s in enumerate(names)},
+              "simex-rel": {s: -d for s, d in zip(names, r_whole)},
+              "simex-raw": {s: -d for s, d in zip(names, S.delta(x, [whole[s] for s in names], device=device,
+                                                                  normalize=False))},
+              "simex-class-rel": {s: S.entry_score(r_class[owner == i]) for i, s in enumerate(names)},
               "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t]}
         row = {"target": t, "best source (acc)": max(acc, key=acc.get)}
         for m in corr:
@@ -235,6 +243,12 @@ def main(argv=None) -> dict:
             mean["simex"] - mean["l2"], ratio_kind="difference"),
         row("spearman(-min class delta, transfer acc) vs exact-JS", mean["simex-class"], mean["exact-js"],
             mean["simex-class"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-raw delta (no normalization; the hub's default), transfer acc), whole-dataset AE vs exact-JS",
+            mean["simex-raw"], mean["exact-js"], mean["simex-raw"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-delta / own held-out error, transfer acc), whole-dataset AE vs exact-JS", mean["simex-rel"],
+            mean["exact-js"], mean["simex-rel"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-min class delta / own held-out error, transfer acc) vs exact-JS", mean["simex-class-rel"],
+            mean["exact-js"], mean["simex-class-rel"] - mean["exact-js"], ratio_kind="difference"),
         row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
             batched["median_s"], loop["median_s"], loop["median_s"] / batched["median_s"],
             spread=C.spread(batched), baseline_spread=C.spread(loop)),
@@ -246,7 +260,8 @@ def main(argv=None) -> dict:
         row(f"AE training s ({n_ae} AEs, {len(names)} sources)", train_s, None, None),
     ]
     print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
-    print(C.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "exact-js", "l2"]))
+    print(C.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
+                                        "simex-class-rel", "exact-js", "l2"]))
     print()
     print(C.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
     payload = {"name": "simex", "quick": args.quick, "environment": env, "rows": rows, "per_target": per_target,

@@ -24,6 +24,16 @@ class SketchConfig:
     hist_accuracy: float = 0.1       # relative accuracy of the (coarser) histogram grid
     hist_bins: int = 64              # hash bins for categorical / text histograms
     partition_size: int = 500        # rows per partition (m)
+    # per query: a query of fewer than query_min_partitions * partition_size rows is cut into
+    # partitions sized from the query -- query_min_partitions of them, each of at least
+    # query_partition_rows rows (jslsh.query_partition_size) -- so adaptivity is graded on small queries
+    query_min_partitions: int = 8
+    query_partition_rows: int = 25
+    # such a small query is scored by adaptivity / js with more, wider LSH bands (projected at query
+    # time) unless the query sets jslsh_l / jslsh_r itself: 32 bands at r=0.5 are too coarse to tell
+    # near sources apart (chosen on the median-split seeds 0-2, reported on 3-4; bench/SUMMARY.md)
+    small_query_jslsh_l: int = 128
+    small_query_jslsh_r: float = 1.0
     # JS-LSH: h = ceil((a . sqrt(P) + b) / r); jslsh_k hashes per band, jslsh_l bands
     jslsh_r: float = 0.5
     jslsh_k: int = 4
@@ -34,6 +44,14 @@ class SketchConfig:
     coverage_bits: int = 12
     coverage_tables: int = 8
     coverage_tau: float = 1.0
+    # per query, how coverage counts a cell as covered (engine/coverage.py share_score): "share" --
+    # the source's share of rows there against rho times the target's, over the cells of the first
+    # coverage_resolution hyperplanes -- or "count" (the first definition: >= coverage_tau source
+    # rows at all coverage_bits). "share", 6 bits, rho 1 were chosen on the median-split seeds 0-2 and
+    # digits class skew / digits vs MNIST-5k seed 0, and reported on the other seeds (bench/SUMMARY.md)
+    coverage_score: str = "share"
+    coverage_resolution: int = 6
+    coverage_rho: float = 1.0
     coverage_fallback: bool = True   # fall back to adaptivity when an entry's feature set is not covered
     # per query, what coverage codes: "rows" (the row transform above), "embedding" (the sample
     # embeddings given with hub.add / search(embedding=...)) or "latent" (the SimEx autoencoders'
@@ -41,7 +59,14 @@ class SketchConfig:
     coverage_space: str = "rows"
     # SimEx: reconstruction loss ("mse" or "ssim") and whether to divide by the source's mean norm
     simex_loss: str = "mse"
-    simex_normalize: bool = True
+    # (False for hubs created from issue 20 on: bench/bench_simex.py's Spearman with transfer accuracy
+    # is 0.79 / 0.67 raw against 0.64 / 0.53 divided by the mean norm, seeds 0 / 1 --quick; a hub
+    # keeps the value it was created with)
+    simex_normalize: bool = False
+    # per query: divide each autoencoder's loss by its own held-out error (AERecord.own_error, stored
+    # at add) instead; entries added before it was stored fall back to simex_normalize's division and
+    # say so. Off by default: 0.60 / 0.54 on the same benchmark (bench/SUMMARY.md)
+    simex_relative: bool = False
     # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
     # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
     feature_threshold: float = 0.5
@@ -70,7 +95,8 @@ class SketchConfig:
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
                "an integer in [0, 2**63)")
         for name in ("num_perm", "lsh_k", "lsh_l", "hist_bins", "partition_size", "jslsh_k",
-                     "jslsh_l", "coverage_bits", "coverage_tables"):
+                     "jslsh_l", "coverage_bits", "coverage_tables", "query_min_partitions", "query_partition_rows",
+                     "small_query_jslsh_l"):
             v = getattr(self, name)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, v,
                    "a positive integer")
@@ -81,16 +107,27 @@ class SketchConfig:
             _check(isinstance(v, (int, float)) and 1e-3 <= v <= 0.5, name, v, "a number in [0.001, 0.5]")
         _check(isinstance(self.jslsh_r, (int, float)) and self.jslsh_r > 0, "jslsh_r", self.jslsh_r,
                "a positive number")
+        _check(isinstance(self.small_query_jslsh_r, (int, float)) and self.small_query_jslsh_r > 0,
+               "small_query_jslsh_r", self.small_query_jslsh_r, "a positive number")
+        _check(self.small_query_jslsh_l <= 4096, "small_query_jslsh_l", self.small_query_jslsh_l, "at most 4096")
         _check(isinstance(self.coverage_fallback, bool), "coverage_fallback", self.coverage_fallback, "True or False")
         _check(isinstance(self.coverage_space, str) and self.coverage_space in COVERAGE_SPACES, "coverage_space",
                self.coverage_space, "one of " + ", ".join(repr(s) for s in COVERAGE_SPACES))
         _check(self.simex_loss in ("mse", "ssim"), "simex_loss (loss)", self.simex_loss, "'mse' or 'ssim'")
         _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
                "True or False")
+        _check(isinstance(self.simex_relative, bool), "simex_relative", self.simex_relative, "True or False")
+        _check(self.query_min_partitions <= 4096, "query_min_partitions", self.query_min_partitions, "at most 4096")
         _check(self.coverage_tables <= 65536, "coverage_tables", self.coverage_tables, "at most 65536")
         _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
         _check(isinstance(self.coverage_tau, (int, float)) and self.coverage_tau > 0, "coverage_tau",
                self.coverage_tau, "a positive number")
+        _check(self.coverage_score in ("share", "count"), "coverage_score", self.coverage_score, "'share' or 'count'")
+        _check(isinstance(self.coverage_resolution, int) and not isinstance(self.coverage_resolution, bool)
+               and 1 <= self.coverage_resolution <= 30, "coverage_resolution", self.coverage_resolution,
+               "an integer in [1, 30]")
+        _check(isinstance(self.coverage_rho, (int, float)) and not isinstance(self.coverage_rho, bool)
+               and 0 < self.coverage_rho <= 1, "coverage_rho", self.coverage_rho, "a number in (0, 1]")
         for name in ("feature_threshold", "overlap_threshold"):
             v = getattr(self, name)
             _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
@@ -131,8 +168,10 @@ class SketchConfig:
 
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
-                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize",
-                "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen")
+                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative",
+                "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen", "query_min_partitions",
+                "query_partition_rows", "small_query_jslsh_l", "small_query_jslsh_r", "coverage_score",
+                "coverage_resolution", "coverage_rho")
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

@@ -11,12 +11,16 @@ source has seen. Coverage asks it per row, over the features jointly:
    hyperplane column of a dimension keyed by (hub seed, column name, dimension), so a target
    coded with the entry's stored centre lands in the entry's space;
 4. per entry, counts of rows per (table, code) -- integers, mergeable by addition;
-5. ``coverage = mean_t sum_b p_target(b) * min(1, n_source(b) / tau)``: the share of the
-   target's mass that falls where the source has seen at least ``tau`` rows.
+5. ``coverage = mean_t sum_b min(p_target(b), p_source(b) / rho)`` over the cells of the first
+   ``coverage_resolution`` hyperplanes (``coverage_score="share"``, the default: the share of the
+   target's mass that falls where the source has at least ``rho`` times the target's share of
+   rows; see ``share_score``), or ``mean_t sum_b p_target(b) * min(1, n_source(b) / tau)``
+   (``coverage_score="count"``, the first definition: the share of the target's mass that falls
+   where the source has seen at least ``tau`` rows).
 
 Coverage applies when the target has every column the entry was coded over (matched by the
-MinHash alignment, so renamed columns work); otherwise the search falls back to adaptivity and
-says so in the plan and in each match's evidence.
+MinHash alignment, so renamed columns work); an entry it cannot score is scored by adaptivity
+instead, with that entry's own reason in its evidence (the others keep their coverage).
 """
 from __future__ import annotations
 
@@ -111,8 +115,43 @@ def merge(a: dict, b: dict) -> dict:
             "count": summed}
 
 
-def score(X_target: np.ndarray, rec: dict, *, seed: int, tau: float, device: str = "auto") -> np.ndarray:
-    """Per-table coverage of target rows (already in the entry's column order) by entry ``rec``."""
+def score(X_target: np.ndarray, rec: dict, *, seed: int, tau: float, device: str = "auto", mode: str = "count",
+          resolution: int = 6, rho: float = 1.0) -> np.ndarray:
+    """Per-table coverage of target rows (already in the entry's column order) by entry ``rec``:
+    ``mode="count"`` the share of the target's mass in codes where the source has >= ``tau`` rows;
+    ``mode="share"`` (:func:`share_score`) at ``resolution`` bits with ratio ``rho``."""
     codes = encode(X_target, np.asarray(rec["keys"]), np.asarray(rec["center"]), seed=seed,
                    bits=int(rec["bits"]), tables=int(rec["tables"]), device=device)
+    if mode == "share":
+        return share_score(codes, rec, int(rec["tables"]), min(int(resolution), int(rec["bits"])), rho)
     return coverage_score(code_counts(codes), rec, int(rec["tables"]), tau)
+
+
+def share_score(codes: np.ndarray, rec: dict, tables: int, resolution: int, rho: float) -> np.ndarray:
+    """Per table ``t``: ``sum_b min(p_target(b), p_source(b) / rho)`` over the cells ``b`` of the first
+    ``resolution`` hyperplanes (codes masked to their low bits, counts summed), with ``p`` each
+    side's share of rows: how much of the target's mass falls where the source has at least
+    ``rho`` times the target's share of rows (``rho = 1``: the histogram intersection).
+
+    Why not counts (mode "count"): hyperplanes through the entry's centre cut space into cones, so
+    a target shifted away from the centre falls into the few cones that point its way, where any
+    source has rows: a count-based score calls such a target covered, and one spread like the
+    source (over many sparse cells) less covered. Shares over coarse cells compare how the mass is
+    spread (bench/bench_sanity.py: the median-split check)."""
+    mask = np.int64((1 << resolution) - 1)
+    T, n = codes.shape
+    out = np.zeros(tables, dtype=np.float64)
+    if n == 0:
+        return out
+    tk = (np.arange(T, dtype=np.int64)[:, None] << np.int64(32)) + (np.asarray(codes, dtype=np.int64) & mask)
+    t_keys, t_cnt = np.unique(tk.reshape(-1), return_counts=True)
+    sk = (np.asarray(rec["table"], dtype=np.int64) << np.int64(32)) + (np.asarray(rec["code"], dtype=np.int64) & mask)
+    s_keys, s_inv = np.unique(sk, return_inverse=True)
+    s_cnt = np.bincount(s_inv, weights=np.asarray(rec["count"], dtype=np.float64), minlength=len(s_keys))
+    s_tot = np.bincount((s_keys >> 32).astype(np.int64), weights=s_cnt, minlength=tables)
+    common, i, j = np.intersect1d(t_keys, s_keys, assume_unique=True, return_indices=True)
+    tab = (common >> 32).astype(np.int64)
+    pt = t_cnt[i] / n
+    ps = s_cnt[j] / np.maximum(s_tot[tab], 1.0)
+    np.add.at(out, tab, np.minimum(pt, ps / rho))
+    return out

@@ -27,8 +27,10 @@ from . import accuracy as _acc
 from . import profiles as _profiles
 from . import screen as _screen
 from .config import METHODS, QUERY_PARAMS, SketchConfig
-from .jslsh import adaptivity_scores, exact_js_scores, js_lsh_scores, lsh_band_keys, own_keys
-from .minhash import Alignment, align_from_similarity, feature_band_keys, row_similarity, similarity
+from .jslsh import (adaptivity_scores, below_one_step, exact_js_scores, graded_adaptivity, js_lsh_scores,
+                    lsh_band_keys, own_keys, query_partition_size)
+from .minhash import (Alignment, align_from_similarity, distribution_overlap, feature_band_keys, feature_dists,
+                      hist_totals, is_generic, row_similarity, similarity)
 from .partitions import aligned_distributions, pack_hist, unpack_hist
 from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, shortlist_rule, use_shortlist
 from .data import to_frame
@@ -709,8 +711,12 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             else:
                 frame = to_frame(data, feature_names)
                 _check_query_columns(frame.shape[1])
-                target = build_sketch(frame, self.config, device=self.device)
+                target = build_sketch(frame, self.config, device=self.device, partition_size=query_partition_size(
+                    len(frame), self.config.partition_size, cfg.query_min_partitions, cfg.query_partition_rows),
+                    skip_empty=True)
                 target.frame = frame
+                if target.left_out:
+                    st.detail += f"; left out query columns without values: {target.left_out}"
             st.actual = target.n_partitions
         allowed = None
         if embedding is not None:
@@ -1008,13 +1014,33 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 als[i] = Alignment([(j, j, float(d[j])) for j in range(len(d))], len(d))
         if other:
             sim = similarity(target.signatures, np.concatenate([sigs[i] for i in other]), cfg.match)
+            t_num = np.array([k == "numeric" for k in target.kinds], dtype=bool)
+            t_dists = None
+            named = {n for n in target.names if not is_generic(n)}
             lo = 0
             for i in other:
                 hi = lo + sigs[i].shape[0]
                 block = sim[:, lo:hi]
                 lo = hi
-                if (block >= cfg.feature_threshold).any() or set(rec_of[i]["features"]) & set(target.names):
-                    als[i] = align_from_similarity(target.names, rec_of[i]["features"], block, cfg.feature_threshold)
+                s_names = rec_of[i]["features"]
+                # numeric pairs not matched by name: sharing buckets is not enough, the value
+                # distributions must overlap too (minhash.distribution_overlap)
+                s_num = np.array([k == "numeric" for k in rec_of[i]["kinds"]], dtype=bool)
+                by_name = np.zeros(block.shape, dtype=bool)
+                s_index = {n: j for j, n in enumerate(s_names)}
+                for a, t in enumerate(target.names):
+                    if t in named and t in s_index:
+                        by_name[a, s_index[t]] = True
+                need = (block >= cfg.feature_threshold) & t_num[:, None] & s_num[None, :] & ~by_name
+                if need.any():
+                    if t_dists is None:
+                        t_dists = feature_dists(target.totals())
+                    s_dists = feature_dists(hist_totals(unpack_hist(txn.get("histograms", keys[i]))))
+                    block = block.copy()
+                    for a, b in zip(*np.nonzero(need)):
+                        block[a, b] = min(block[a, b], distribution_overlap(t_dists.get(int(a)), s_dists.get(int(b))))
+                if (block >= cfg.feature_threshold).any() or set(s_names) & named:
+                    als[i] = align_from_similarity(target.names, s_names, block, cfg.feature_threshold)
         for i, key in enumerate(keys):
             al = als.get(i)
             if al is not None and al.pairs and al.overlap > cfg.overlap_threshold:
@@ -1036,16 +1062,34 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                                        n_partitions=target.n_partitions)
         results = []
         if method in ("adaptivity", "js"):
+            # a small query (cut into partitions sized from it): more, wider bands unless it set its own
+            small = target.n_rows < self.config.partition_size * cfg.query_min_partitions
+            if small and (cfg.jslsh_l, cfg.jslsh_r) == (self.config.jslsh_l, self.config.jslsh_r):
+                cfg = cfg.replace(jslsh_l=cfg.small_query_jslsh_l, jslsh_r=cfg.small_query_jslsh_r)
             scores = self._jslsh_scores(txn, target, cands, cfg, method, t_dist)
             if method == "adaptivity":
-                for (rec, al), (score, agree, matched) in zip(cands, scores):
-                    results.append(self._match(rec, al, target, score, method, {
-                        "matched_partitions": matched, "target_partitions": target.n_partitions,
-                        "source_partitions": rec["n_partitions"], "band_agreement": agree, "_tiebreak": agree}))
+                n_p = target.n_partitions
+                lsh = [graded_adaptivity(matched, agree, n_p) for _, agree, matched in scores]
+                step = 1.0 / (cfg.jslsh_l * n_p * (n_p + 1))   # the scores are multiples of it
             else:
-                for (rec, al), (score, c) in zip(cands, scores):
-                    results.append(self._match(rec, al, target, score, method,
-                                               {"bands_collided": c, "bands": cfg.jslsh_l}))
+                lsh = [score for score, _ in scores]
+                step = 1.0 / cfg.jslsh_l
+            # a small query grades every entry by closeness under the LSH step; a larger one only the
+            # entries at 0 (the others keep their stored-key fast path)
+            close = self._closeness(txn, target, cands, lsh, every=small)
+            for i, ((rec, al), sc) in enumerate(zip(cands, scores)):
+                if method == "adaptivity":
+                    ev = {"adaptivity": sc[0], "matched_partitions": sc[2], "target_partitions": target.n_partitions,
+                          "target_partition_rows": target.partition_size, "source_partitions": rec["n_partitions"],
+                          "band_agreement": sc[1]}
+                else:
+                    ev = {"bands_collided": sc[1]}
+                ev.update(bands=cfg.jslsh_l, bucket_width=cfg.jslsh_r)
+                score = lsh[i]
+                if i in close:   # 1 - exact JS, under the LSH step: no ties, no 0 on small queries
+                    ev["closeness"] = close[i]
+                    score += below_one_step(close[i], step)
+                results.append(self._match(rec, al, target, score, method, ev))
             return results
         for lo in range(0, len(cands), _SCORE_CHUNK):   # bounded memory: the dense matrix is per chunk
             chunk = cands[lo:lo + _SCORE_CHUNK]
@@ -1056,9 +1100,25 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     results.append(self._match(rec, al, target, 1.0 - float(v), method, {"js_divergence": float(v)}))
             elif method == "l2":
                 for (rec, al), sd in zip(chunk, s_dists):
-                    d = _l2(target, t_dist, rec, al, sd)
-                    results.append(self._match(rec, al, target, -d, method, {"l2_distance": d}))
+                    d, ev = _l2(target, t_dist, rec, al, sd, self.config.hist_accuracy)
+                    results.append(self._match(rec, al, target, -d, method, {"l2_distance": d, **ev}))
         return results
+
+    def _closeness(self, txn, target: Sketch, cands, lsh: list[float], every: bool = False) -> dict[int, float]:
+        """{candidate index: 1 - exact JS divergence of the dataset-level distributions} for every
+        candidate, or (``every=False``) for those whose LSH score is 0 (only those histograms are
+        read). It never depends on the other candidates, so shards merge to the one hub's order."""
+        need = [i for i, v in enumerate(lsh) if every or v == 0.0]
+        if not need:
+            return {}
+        n_t = target.n_features
+        t_dist = aligned_distributions(target.hist, np.arange(n_t, dtype=np.int64), n_t, per_dataset=True)
+        out = {}
+        for lo in range(0, len(need), _SCORE_CHUNK):
+            part = need[lo:lo + _SCORE_CHUNK]
+            js = exact_js_scores([t_dist] + [self._source_dist(txn, *cands[i], n_t, True) for i in part])
+            out.update({i: 1.0 - float(v) for i, v in zip(part, js)})
+        return out
 
     @staticmethod
     def _source_dist(txn, rec: dict, al: Alignment, n_t: int, per_dataset: bool):
@@ -1223,20 +1283,27 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         for cols, members in groups.items():
             X = simex.numeric_matrix(frame, columns=list(cols))
             flat = [r for _, _, records in members for r in records]
-            deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=self.device)
+            deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=self.device,
+                                 relative=cfg.simex_relative)
+            rel = simex.relative_used(flat, cfg.simex_loss) if cfg.simex_relative else np.zeros(len(flat), bool)
             i = 0
             for rec, al, records in members:
                 d = deltas[i:i + len(records)]
+                r = rel[i:i + len(records)]
                 i += len(records)
                 ev = {"delta": float(d.min()), "loss": cfg.simex_loss, "normalized": cfg.simex_normalize,
-                      "autoencoders": len(records)}
+                      "relative_to_own_error": bool(r.all()), "autoencoders": len(records)}
+                if cfg.simex_relative and not r.all():
+                    ev["fallback"] = ("an autoencoder of this entry has no stored own error (added before it was "
+                                      "stored, or loss='ssim'): divided by its mean norm instead")
                 if records[0].label is not None:
                     ev["closest_class"] = records[int(np.argmin(d))].label
                 results.append(self._match(rec, al, target, simex.entry_score(d), "simex", ev))
         return results
 
     def _score_coverage(self, txn, target: Sketch, cands, cfg: SketchConfig, embedding=None) -> list[Match]:
-        """Coverage of the target's rows by each candidate; adaptivity for all when one cannot."""
+        """Coverage of the target's rows by each candidate; adaptivity (with the entry's own reason in
+        its evidence) for each entry coverage cannot score."""
         from . import coverage as _cov
 
         if cfg.coverage_space != "rows":  # sample embeddings or autoencoder latents
@@ -1253,9 +1320,12 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             for m in out:
                 m.evidence["fallback"] = f"coverage_space={cfg.coverage_space!r}: {reason}"
             return out
-        plans = []
-        reason = None if target.rows is not None else "the query is a sketch without its rows (pass the data)"
-        for rec, al in (cands if reason is None else []):
+        plans, fallback = [], []   # fallback: (candidate, that entry's own reason)
+        no_rows = None if target.rows is not None else "the query is a sketch without its rows (pass the data)"
+        for rec, al in cands:
+            if no_rows is not None:
+                fallback.append(((rec, al), no_rows))
+                continue
             cov = (txn.get("extra", u64(rec["id"])) or {}).get("coverage")
             t_of = {sf: tj for tj, sf, _ in al.pairs}
             missing = [rec["features"][f] for f in range(len(rec["features"])) if f not in t_of]
@@ -1263,30 +1333,40 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                             if (rec["kinds"][f] == "numeric") != (target.kinds[tj] == "numeric")
                             or (rec["kinds"][f] != "numeric" and rec["kinds"][f] != target.kinds[tj])]
             if cov is None or missing or kinds_differ:
-                reason = (f"entry {rec['name']!r} " + (f"has columns {missing} the target lacks" if missing else
-                          f"has columns {kinds_differ} of another kind in the target" if kinds_differ else
-                          "has no coverage sketch"))
-                break
+                fallback.append(((rec, al), f"entry {rec['name']!r} " + (
+                    f"has columns {missing} the target lacks" if missing else
+                    f"has columns {kinds_differ} of another kind in the target" if kinds_differ else
+                    "has no coverage sketch")))
+                continue
             owner = np.asarray(target.row_owner)
             cols = np.concatenate([np.flatnonzero(owner == t_of[f]) for f in range(len(rec["features"]))])
             plans.append((rec, al, cov, cols))
-        if reason is not None and not cfg.coverage_fallback:
+        if fallback and not cfg.coverage_fallback:
             raise E.FeatureMismatchError(
-                f"method='coverage' needs the query's rows over every column of each candidate entry: {reason}; "
-                "pass coverage_fallback=True to fall back to adaptivity, or filter entries with where=")
-        if reason is not None:
-            log.info("coverage falls back to adaptivity: %s", reason)
-            out = self._score(txn, target, cands, cfg, "adaptivity")
-            for m in out:
-                m.evidence["fallback"] = f"coverage needs the entry's whole feature set; {reason}"
-            return out
-        results = []
+                f"method='coverage' needs the query's rows over every column of each candidate entry: "
+                f"{fallback[0][1]}; pass coverage_fallback=True to fall back to adaptivity for such entries, "
+                "or filter entries with where=")
+        out = []
+        if fallback:   # per entry: only the entries coverage cannot score are scored by adaptivity
+            log.info("coverage falls back to adaptivity for %d of %d entries: %s", len(fallback), len(cands),
+                     fallback[0][1])
+            out = self._score(txn, target, [c for c, _ in fallback], cfg, "adaptivity")
+            for m, ((rec, al), why) in zip(out, fallback):
+                m.evidence["fallback"] = f"scored by adaptivity: coverage needs the entry's whole feature set; {why}"
+                if plans:   # ranked beside coverage scores: an entry the query covers in part counts in part
+                    share = len(al.pairs) / max(len(rec["features"]), 1)
+                    m.evidence.update(fallback_score=m.score, entry_columns_matched=share)
+                    m.score *= share
+        results = out
         for rec, al, cov, cols in plans:
             per_table = _cov.score(target.rows[:, cols], cov, seed=self.config.seed, tau=cfg.coverage_tau,
-                                   device=self.device)
+                                   device=self.device, mode=cfg.coverage_score, resolution=cfg.coverage_resolution,
+                                   rho=cfg.coverage_rho)
+            how = ({"tau": cfg.coverage_tau} if cfg.coverage_score == "count" else
+                   {"resolution_bits": min(cfg.coverage_resolution, int(cov["bits"])), "rho": cfg.coverage_rho})
             results.append(self._match(rec, al, target, float(per_table.mean()), "coverage", {
                 "covered_share": float(per_table.mean()), "per_table": [round(float(x), 4) for x in per_table],
-                "tau": cfg.coverage_tau, "target_rows": target.n_rows}))
+                "coverage_score": cfg.coverage_score, **how, "target_rows": target.n_rows}))
         return results
 
     def _score_coverage_space(self, txn, target: Sketch, cands, cfg: SketchConfig, embedding):
@@ -1350,6 +1430,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         # the matched-features list is built for the k matches that are returned, not for every
         # candidate (the rerank stage calls _features)
         evidence["_features"] = (target.names, rec["features"], al.pairs)
+        if getattr(target, "left_out", None):
+            evidence["query_columns_left_out"] = list(target.left_out)   # all missing: not scored
         return Match(rec["name"], float(score), method, al.overlap, [], evidence, rec["metadata"])
 
     @staticmethod
@@ -1371,21 +1453,63 @@ def _count_label_kind(txn, labels: list, step: int) -> None:
     txn.put("meta", b"label_kinds", counts)
 
 
-def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist) -> float:
-    """L2 distance between feature means over aligned features (histograms for non-numeric ones)."""
-    sq = 0.0
+_L2_UNCOVERED = 4.0   # squared distance of a query feature an entry does not cover: two spreads apart
+
+
+def _bucket_values(bucket: np.ndarray, accuracy: float) -> np.ndarray:
+    """A representative value of each histogram bucket of the numeric quantizer (quantize.numeric_keys
+    at ``accuracy``): the geometric middle of ``(gamma^(k-1), gamma^k]``, 0 for the zero bucket, NaN
+    for the NaN / infinity buckets."""
+    from .quantize import BIAS, NAN_KEY
+
+    b = np.asarray(bucket, dtype=np.int64)
+    k = np.abs(b) - BIAS
+    gamma = (1.0 + accuracy) / (1.0 - accuracy)
+    with np.errstate(over="ignore"):
+        v = np.sign(b) * gamma ** (k - 0.5)
+    return np.where(b == 0, 0.0, np.where(np.abs(b) >= NAN_KEY, np.nan, v))
+
+
+def _per_feature(dist, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{aligned feature: (buckets, probabilities)} of a dataset-level ``Distributions``."""
+    j = dist.key >> 32
+    out = {}
+    for f in np.unique(j):
+        sel = j == f
+        out[int(f)] = ((dist.key[sel] & 0xFFFFFFFF) - (1 << 31), dist.value[sel] * n)
+    return out
+
+
+def _l2(target: Sketch, t_dist, rec: dict, al: Alignment, s_dist, accuracy: float = 0.1) -> tuple[float, dict]:
+    """Root mean over the query's features of a squared distance, comparable across entries that
+    match different numbers of columns: a matched numeric feature contributes its difference of
+    means in units of the pooled spread (standard deviations from the histograms), a matched
+    categorical / text feature twice the squared L2 distance of its normalized histograms (in
+    [0, 4]), and a query feature the entry does not cover ``_L2_UNCOVERED`` (two spreads apart)."""
+    n = max(target.n_features, 1)
     t_counts, s_counts = target.counts, np.asarray(rec["counts"])
     t_sums, s_sums = target.sums, np.asarray(rec["sums"])
-    nonnum = []
+    tf, sf_ = _per_feature(t_dist, n), _per_feature(s_dist, n)
+    sq, numeric = 0.0, 0
     for tj, sf, _ in al.pairs:
+        tb, tp = tf.get(tj, (np.zeros(0, np.int64), np.zeros(0)))
+        sb, sp = sf_.get(tj, (np.zeros(0, np.int64), np.zeros(0)))
         if t_counts[tj] > 0 and s_counts[sf] > 0:
-            sq += (t_sums[tj] / t_counts[tj] - s_sums[sf] / s_counts[sf]) ** 2
+            mt, ms = t_sums[tj] / t_counts[tj], s_sums[sf] / s_counts[sf]
+            var = []
+            for b, p, m in ((tb, tp, mt), (sb, sp, ms)):
+                v = _bucket_values(b, accuracy)
+                ok = np.isfinite(v)
+                w = p[ok].sum()
+                var.append(float((p[ok] * (v[ok] - m) ** 2).sum() / w) if w > 0 else 0.0)
+            sd = max(np.sqrt((var[0] + var[1]) / 2), 1e-3 * (abs(mt) + abs(ms)), 1e-12)
+            sq += ((mt - ms) / sd) ** 2
+            numeric += 1
         else:
-            nonnum.append(tj)
-    if nonnum:
-        n = max(target.n_features, 1)
-        for j in nonnum:
-            tv = {int(kk): v for kk, v in zip(t_dist.key[(t_dist.key >> 32) == j], t_dist.value[(t_dist.key >> 32) == j])}
-            sv = {int(kk): v for kk, v in zip(s_dist.key[(s_dist.key >> 32) == j], s_dist.value[(s_dist.key >> 32) == j])}
-            sq += sum(((tv.get(c, 0.0) - sv.get(c, 0.0)) * n) ** 2 for c in set(tv) | set(sv))
-    return float(np.sqrt(sq))
+            pt = dict(zip(tb.tolist(), tp.tolist()))
+            ps = dict(zip(sb.tolist(), sp.tolist()))
+            sq += 2.0 * sum((pt.get(c, 0.0) - ps.get(c, 0.0)) ** 2 for c in set(pt) | set(ps))
+    uncovered = n - len(al.pairs)
+    sq += _L2_UNCOVERED * uncovered
+    return float(np.sqrt(sq / n)), {"matched_features": len(al.pairs), "uncovered_query_features": uncovered,
+                                    "scaled_by_spread": numeric}

@@ -1,10 +1,19 @@
 """Scoring by JS-LSH: adaptivity (ModelHub Def. 4) and LSH-estimated JS, plus exact baselines.
 
 * ``adaptivity(D_s, D_t)`` = fraction of the target's partitions that collide with at least one
-  source partition in at least one band. Ties are broken by ``band_agreement``: the mean over
-  target partitions of the best fraction of bands shared with any source partition.
+  source partition in at least one band. The score is graded by ``band_agreement`` (the mean over
+  target partitions of the best fraction of bands shared with any source partition), counted as
+  one more, fractional partition: ``(matched + band_agreement) / (target partitions + 1)``
+  (:func:`graded_adaptivity`), so it orders entries as adaptivity then band agreement did.
+  A query of fewer than ``query_min_partitions * partition_size`` rows is cut into partitions
+  sized from the query (:func:`query_partition_size`).
 * ``js`` = adaptivity's special case of one partition per dataset, reported as the fraction of
   bands in which the two datasets collide (a graded estimate of collision probability).
+* Both: ``closeness`` = 1 - exact JS divergence of the dataset-level distributions, scaled under
+  the step of the LSH score (:func:`below_one_step`), is added to the score of every entry for a
+  query of fewer than ``query_min_partitions * partition_size`` rows, and for a larger query to
+  the entries at 0 (no band in common; the others' stored band keys spare reading their
+  histograms): no 0/1 scores and no ties on small queries, and the order of the LSH scores is kept.
 * ``exact-js``: 1 - JS divergence (base 2) of the dataset-level distributions, no LSH.
 * ``l2``: minus the L2 distance between feature means over the aligned features (for a
   categorical or text feature its normalized histogram stands for its mean).
@@ -54,6 +63,28 @@ def own_keys(hist: dict, n_features: int, n_partitions: int, *, per_dataset: boo
                               n_partitions=n_partitions)
     keys, _ = lsh_band_keys([d], seed=seed, r=r, k=k, l=l, device=device)
     return (keys & 0xFFFFFFFF).astype(np.uint32)
+
+
+def query_partition_size(n_rows: int, partition_size: int, min_partitions: int, min_rows: int) -> int:
+    """Rows per partition of a query of ``n_rows`` rows: the hub's ``partition_size`` when the query
+    has at least ``min_partitions`` such partitions; otherwise ``min_partitions`` partitions (fewer
+    when that would make them smaller than ``min_rows`` rows, at least one)."""
+    if n_rows >= partition_size * min_partitions:
+        return int(partition_size)
+    n_parts = max(1, min(min_partitions, n_rows // max(min_rows, 1)))
+    return int(max(1, min(partition_size, -(-n_rows // n_parts))))
+
+
+def graded_adaptivity(matched: int, agreement: float, n_target: int) -> float:
+    """``(matched + band_agreement) / (n_target + 1)``: adaptivity graded by the band agreement,
+    lexicographic in (matched, agreement) for one target (a matched partition shares >= 1 band)."""
+    return (matched + agreement) / (n_target + 1)
+
+
+def below_one_step(closeness: float, step: float) -> float:
+    """``closeness`` in [0, 1] scaled into [0, step / 2]: added to an LSH score whose values are
+    multiples of ``step``, it grades without reordering."""
+    return float(np.clip(closeness, 0.0, 1.0)) * step / 2
 
 
 def adaptivity_scores(t_keys: np.ndarray, s_keys: list[np.ndarray]) -> list[tuple[float, float, int]]:

@@ -240,7 +240,15 @@ class ShardedHub:
             from .data import to_frame
             from .sketch import build_sketch
 
-            data = build_sketch(to_frame(data, feature_names), self.config)    # once, not once per shard
+            from .jslsh import query_partition_size
+
+            frame = to_frame(data, feature_names)
+            # once, not once per shard; cut and cleaned as Hub.search cuts a query given as data
+            q = self.config.replace(**{p: overrides[p] for p in ("query_min_partitions", "query_partition_rows")
+                                       if p in overrides})   # validated like the hub's parameters
+            m = query_partition_size(len(frame), self.config.partition_size, q.query_min_partitions,
+                                     q.query_partition_rows)
+            data = build_sketch(frame, self.config, partition_size=m, skip_empty=True)
             feature_names = None
         if method in ("accuracy", "auto") and not isinstance(data, Sketch) and "mixture" not in overrides:
             # every shard estimates the query's class mixture from the pool of ALL shards' labelled

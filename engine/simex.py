@@ -149,6 +149,9 @@ class AERecord:
     label: Any = None                 # class label for per-class autoencoders
     features: list | None = None      # column names of the training matrix, when known
     version: int = AE_FORMAT
+    # mean MSE (transformed space) of the autoencoder on its own held-out rows after training:
+    # SimEx's relative score divides by it (None in records written before it was stored)
+    own_error: float | None = None
 
     @property
     def final(self) -> str:
@@ -170,6 +173,8 @@ class AERecord:
             rec["label"] = self.label
         if self.features is not None:
             rec["features"] = [str(f) for f in self.features]
+        if self.own_error is not None:
+            rec["own_error"] = float(self.own_error)
         return rec
 
     @classmethod
@@ -186,7 +191,10 @@ class AERecord:
                       scale=np.asarray(rec["scale"], np.float32), norm=float(rec["norm"]),
                       weights={str(k): np.asarray(a, np.float32) for k, a in rec["weights"].items()},
                       n_samples=int(rec["n_samples"]), epochs=int(rec["epochs"]), stopped=str(rec["stopped"]),
-                      label=rec.get("label"), features=rec.get("features"))
+                      label=rec.get("label"), features=rec.get("features"),
+                      own_error=None if rec.get("own_error") is None else float(rec["own_error"]))
+            if out.own_error is not None and not (math.isfinite(out.own_error) and out.own_error >= 0):
+                raise ValueError(f"own_error={out.own_error!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise E.CorruptHubError(
                 f"autoencoder record is missing or has a bad field ({e!r}): the hub is damaged") from e
@@ -456,9 +464,12 @@ def train_autoencoder(X, *, image_shape=None, config: AEConfig = AEConfig(), lab
                 break
     log.info("autoencoder %s (%s, n=%d, d=%d): %d epochs, %s, %.2fs", label, kind, n, d, epoch, stopped,
              time.perf_counter() - t0)
+    with torch.no_grad():   # its own error on rows it did not train on (or the fixed training slice)
+        own = float((_forward(w, probe, kind, shape, final) - probe).double().square().mean())
     return AERecord(kind, d, shape, config.to_dict(), shift, scale, norm,
                     {k: v.detach().numpy().copy() for k, v in w.items()}, n, epoch, stopped,
-                    _plain_label(label), None if feature_names is None else [str(f) for f in feature_names])
+                    _plain_label(label), None if feature_names is None else [str(f) for f in feature_names],
+                    own_error=own)
 
 
 def _plain_label(label):
@@ -519,8 +530,13 @@ def _check_target(X, recs: list[AERecord]) -> np.ndarray:
 
 
 def delta(X_target, records, *, loss: str = "mse", normalize: bool = True, device: str = "auto",
-          window: str = SSIM_WINDOW) -> np.ndarray:
-    """Delta(X_target | Y) for every record, one batched pass per architecture: (len(records),) float64."""
+          window: str = SSIM_WINDOW, relative: bool = False) -> np.ndarray:
+    """Delta(X_target | Y) for every record, one batched pass per architecture: (len(records),) float64.
+
+    ``relative`` (MSE only): divided by each autoencoder's own held-out error (``AERecord.own_error``)
+    instead of its mean norm -- how much worse the target reconstructs than the autoencoder's own
+    data, so one that reconstructs everything well does not win. A record without ``own_error``
+    (trained before it was stored) falls back to ``normalize``'s division (see ``relative_used``)."""
     recs = _as_records(records)
     X = _check_target(X_target, recs)
     _check_loss(loss, recs)
@@ -536,9 +552,17 @@ def delta(X_target, records, *, loss: str = "mse", normalize: bool = True, devic
     with torch.no_grad():
         for idx in groups.values():
             out[idx] = _score_group(X, xt, [recs[i] for i in idx], loss, window, dev)
-    if normalize:
-        out /= np.array([max(r.norm, 1e-12) for r in recs])
+    rel = relative_used(recs, loss) if relative else np.zeros(len(recs), dtype=bool)
+    if rel.any():
+        out[rel] /= np.array([max(r.own_error, 1e-12) for r, u in zip(recs, rel) if u])
+    if normalize and not rel.all():
+        out[~rel] /= np.array([max(r.norm, 1e-12) for r, u in zip(recs, rel) if not u])
     return out
+
+
+def relative_used(records, loss: str = "mse") -> np.ndarray:
+    """Which records ``delta(..., relative=True)`` divides by their own error: MSE and a stored own error."""
+    return np.array([loss == "mse" and r.own_error is not None for r in _as_records(records)], dtype=bool)
 
 
 def _score_group(X: np.ndarray, xt: torch.Tensor, recs: list[AERecord], loss: str, window: str, dev: str):

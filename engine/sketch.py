@@ -19,7 +19,7 @@ import numpy as np
 
 from .config import SketchConfig
 from .data import to_frame
-from .errors import InvalidArgumentError
+from .errors import EmptyColumnError, InvalidArgumentError
 from .kernels.minhash import minhash_csr
 from .quantize import Column, quantize_column, shared_tokens
 
@@ -45,6 +45,8 @@ class Sketch:
     frame: object = field(default=None, repr=False, compare=False)            # the query DataFrame (SimEx)
     # class-conditional histograms when built with labels (engine/accuracy.py); merge: counts add
     classes: dict | None = field(default=None, repr=False)
+    # in memory only: columns left out of a query sketch because they hold no value (skip_empty)
+    left_out: list | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_features(self) -> int:
@@ -136,14 +138,16 @@ def build_sketch(data, config: SketchConfig, **kw) -> Sketch:
 def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
                   device: str = "auto", progress: bool = False, shuffle: bool = True,
                   coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
-                  quantize=None) -> Sketch:
+                  quantize=None, skip_empty: bool = False) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
     mean); sketches built in parts and merged must share it. For parts of one dataset
     (``fitsketch.distributed``): ``kinds`` fixes the column kinds, ``shuffle_key`` seeds the row
     shuffle by ``(config.seed, *shuffle_key)`` instead of the seed alone, and ``quantize`` replaces
-    :func:`quantize_column` (``(name, column, config, kind) -> Column``).
+    :func:`quantize_column` (``(name, column, config, kind) -> Column``). ``skip_empty`` (queries)
+    leaves out the columns that hold no value (all missing / NaN, or text without a word) instead
+    of refusing them, and names them in ``Sketch.left_out``; a frame of only such columns is refused.
     """
     m = config.partition_size if partition_size is None else partition_size
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -164,9 +168,19 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
 
         it = tqdm(it, total=df.shape[1], desc="sketching features", unit="feature", leave=False)
     quantize = quantize or quantize_column
+    left_out = []
     with shared_tokens():                  # a string column's tokens serve the quantizer and coverage
         for i, (name, col) in enumerate(it):
-            cols.append(quantize(name, col, config, None if kinds is None else kinds[i]))
+            try:
+                cols.append(quantize(name, col, config, None if kinds is None else kinds[i]))
+            except EmptyColumnError:
+                if not skip_empty:
+                    raise
+                left_out.append(name)
+        if left_out:
+            if not cols:
+                raise EmptyColumnError(f"every column of the query holds no value ({left_out[:10]}): give data")
+            df = df.drop(columns=left_out)
         from . import coverage as _cov
 
         rows, keys, owner = _cov.row_matrix(df, [c.kind for c in cols], config.seed)
@@ -207,7 +221,8 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
                      center=coverage_center, device=device)
     return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
                   np.array([c.total for c in cols], dtype=np.float64),
-                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner)
+                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner,
+                  left_out=left_out or None)
 
 
 MAX_ROWS = 1 << 40        # rows a sketch may claim (n_rows); partitions are at most one per row

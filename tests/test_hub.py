@@ -81,7 +81,9 @@ def test_search_ranks_the_matching_distribution_first(hub):
     res = hub.search(q, k=1)
     assert len(res) == 1
     ev = res[0].evidence
-    assert ev["target_partitions"] == 5 and 0 <= ev["matched_partitions"] <= 5
+    # 200 rows < query_min_partitions (8) x partition_size (40): 8 partitions of 25 rows
+    assert ev["target_partitions"] == 8 and ev["target_partition_rows"] == 25 and 0 <= ev["matched_partitions"] <= 8
+    assert ev["adaptivity"] == ev["matched_partitions"] / 8
 
 
 def test_remove_clears_every_sketch_and_band_key(tmp_path):
@@ -172,7 +174,13 @@ def test_search_accepts_a_prebuilt_sketch(hub):
     hub.add("x", frame(rng))
     q = frame(rng)
     a = hub.search(q)
-    b = hub.search(fitsketch.sketch(q, hub.config))
+    # a query's rows are cut into partitions sized from the query (jslsh.query_partition_size); a
+    # prebuilt sketch keeps its own, so it is built with that size here
+    from fitsketch.jslsh import query_partition_size
+
+    m = query_partition_size(len(q), hub.config.partition_size, hub.config.query_min_partitions,
+                             hub.config.query_partition_rows)
+    b = hub.search(fitsketch.sketch(q, hub.config, partition_size=m))
     assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
 
 
