@@ -911,7 +911,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 st.actual = n_entries
                 return None
             own = None
-            if rule.screen in ("js", "adaptivity") and [float(cfg.jslsh_r), int(cfg.jslsh_k), int(cfg.jslsh_l)] == \
+            small = target.n_rows < self.config.partition_size * cfg.query_min_partitions   # scored with more bands
+            if rule.screen in ("js", "adaptivity") and not small and [float(cfg.jslsh_r), int(cfg.jslsh_k),
+                                                                      int(cfg.jslsh_l)] == \
                     [float(self.config.jslsh_r), int(self.config.jslsh_k), int(self.config.jslsh_l)]:
                 kw = dict(seed=seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l, device=self.device)
                 own = (own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, **kw),

@@ -369,6 +369,7 @@ class ScreenIndex:
             if method == "js":
                 c = (self._jk_data.v[rows] == np.asarray(t_keys[0], dtype=np.uint32)[0][None, :]).sum(axis=1)
                 score[rows] = c / self.l
+                step = 1.0 / self.l
             else:
                 tk = np.asarray(t_keys[1], dtype=np.uint32)
                 in_rows = np.zeros(n, dtype=bool)
@@ -384,13 +385,19 @@ class ScreenIndex:
                     matched[r] += best > 0
                     agree[r] += best
                 T = max(len(tk), 1)
-                score[rows] = matched[rows] / T
+                # the scorer's graded adaptivity (jslsh.graded_adaptivity): (matched + agreement) / (T + 1)
+                score[rows] = (matched[rows] + agree[rows] / T / self.l) / (T + 1)
                 tie[rows] = agree[rows] / T / self.l
+                step = 1.0 / (self.l * T * (T + 1))
             exact[rows] = True
         proxy = row_shared & ~exact
-        if method != "l2" and (method == "exact-js" or proxy.any()):   # the exact-js pass
+        # entries at 0 are graded by closeness (1 - exact JS) under one LSH step, as the scorer does
+        zero = (row_shared & exact & (score == 0)) if method in ("js", "adaptivity") else np.zeros(n, bool)
+        if method != "l2" and (method == "exact-js" or proxy.any() or zero.any()):   # the exact-js pass
             ejs = self._exact_js(pass_args)
             score[~exact] = ejs[~exact]
+            if zero.any():
+                score[zero] += np.clip(ejs[zero], 0.0, 1.0) * step / 2
             if method == "exact-js":
                 score = ejs
         out = {"ids": self.ids.v[row_shared]}
