@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
                "first_call_s": first_call_s, "ours_end_to_end": ours, "stage_hashing": hashing,
                "stage_signatures_int": arith, "eager_int": eager, "baseline_datasketch": baseline,
                "speedup_vs_datasketch": ratio, "rows": rows}
-    path = C.write_result("minhash_quick" if args.quick else "minhash", payload)
+    path = C.write_result("minhash_quick" if args.quick else "minhash", payload, out=args.out)
     print(f"\nwrote {path}")
     return payload
 

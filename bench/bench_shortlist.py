@@ -79,8 +79,9 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.bench_shortlist", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1,200 entries, 3 queries")
     ap.add_argument("--entries", type=int, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = ap.parse_args(argv)
-    run(a.quick, a.entries)
+    run(a.quick, a.entries, out_dir=a.out)
 
 
 if __name__ == "__main__":
