@@ -72,7 +72,7 @@ def run(quick: bool = False, data: Path | None = None, out=print, out_dir: Path 
                               baseline="parse tables (pandas)", baseline_value=parse_s, entries=len(tasks),
                               records=n_rows))
             queries = [test[t] for t in tasks]
-            sketches = [fitsketch.sketch(q, hub.config) for q in queries]
+            sketches = [fitsketch.sketch_data(q, hub.config) for q in queries]
             lat = {}
             for method in ("adaptivity", "coverage", "js", "exact-js", "l2"):
                 times = []

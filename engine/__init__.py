@@ -4,6 +4,14 @@
     with fitsketch.open("zoo.hub") as hub:
         hub.add("model-a", train_a, metadata={"accuracy": 0.91})
         hub.search(my_data, k=5, method="adaptivity")
+
+Importing ``fitsketch`` loads no PyTorch: ``Hub``, ``Entry``, ``Match`` and ``Sketch`` are
+imported on first use (so ``fitsketch --help`` starts fast).
+
+No public function shares its name with a module: ``import fitsketch.sketch as sk`` is the
+module (the ``Sketch`` class), ``fitsketch.sketch_data(df)`` builds a sketch, and
+``fitsketch.minhash_sets(sets)`` computes MinHash signatures (``fitsketch.minhash`` is the
+feature-overlap module).
 """
 from __future__ import annotations
 
@@ -12,11 +20,25 @@ import os
 from . import errors
 from .config import METHODS, SketchConfig
 from .errors import FitsketchError
-from .hub import Entry, Hub, Match
-from .kernels.minhash import minhash as _kernel_minhash
-from .sketch import Sketch, build_sketch
 
 __version__ = "0.1.0"
+
+_LAZY = {"Hub": "hub", "Entry": "hub", "Match": "hub", "Sketch": "sketch", "build_sketch": "sketch"}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'fitsketch' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "Entry",
@@ -30,16 +52,18 @@ __all__ = [
     "connect",
     "errors",
     "inspect",
-    "minhash",
+    "minhash_sets",
     "open",
     "open_sharded",
-    "sketch",
+    "sketch_data",
 ]
 
 
 def open(path: str | os.PathLike, create: bool = True, *, config: SketchConfig | None = None,
-         readonly: bool = False, device: str = "auto") -> Hub:  # noqa: A001 - the documented name
+         readonly: bool = False, device: str = "auto") -> "Hub":  # noqa: A001 - the documented name
     """Open (or create) the hub at ``path``."""
+    from .hub import Hub
+
     return Hub(path, create=create, config=config, readonly=readonly, device=device)
 
 
@@ -68,15 +92,24 @@ def inspect(path: str | os.PathLike) -> dict:
         raise errors.translate(e) from None
 
 
-def sketch(data, config: SketchConfig | None = None, *, partition_size: int | None = None,
-           feature_names=None, device: str = "auto", coverage_center=None) -> Sketch:
-    """Sketch ``data`` without a hub (mergeable; register later with ``hub.add_sketch``)."""
+def sketch_data(data, config: SketchConfig | None = None, *, partition_size: int | None = None,
+                feature_names=None, device: str = "auto", coverage_center=None) -> "Sketch":
+    """Sketch ``data`` without a hub (mergeable; register later with ``hub.add_sketch``).
+
+    (Named ``sketch_data``, not ``sketch``: ``fitsketch.sketch`` is the module of the ``Sketch``
+    class, and a function of the same name would hide it from ``import fitsketch.sketch``.)"""
+    from .sketch import build_sketch
+
     return build_sketch(data, config or SketchConfig(), partition_size=partition_size,
                         feature_names=feature_names, device=device, coverage_center=coverage_center)
 
 
-def minhash(sets, num_perm: int = 128, seed: int = 0, device: str = "auto"):
-    """MinHash signatures ``(len(sets), num_perm)`` uint32 of many sets of str / bytes / ints."""
+def minhash_sets(sets, num_perm: int = 128, seed: int = 0, device: str = "auto"):
+    """MinHash signatures ``(len(sets), num_perm)`` uint32 of many sets of str / bytes / ints.
+
+    (Named ``minhash_sets``, not ``minhash``: ``fitsketch.minhash`` is the feature-overlap module.)"""
+    from .kernels.minhash import minhash as _kernel_minhash
+
     try:
         return _kernel_minhash(sets, num_perm=num_perm, seed=seed, device=device)
     except Exception as e:

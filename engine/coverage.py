@@ -98,7 +98,7 @@ def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bi
 def merge(a: dict, b: dict) -> dict:
     if not np.array_equal(a["keys"], b["keys"]) or not np.array_equal(a["center"], b["center"]):
         raise ValueError("coverage sketches were centred differently: build both parts with the same "
-                         "coverage_center (fitsketch.sketch(..., coverage_center=...))")
+                         "coverage_center (fitsketch.sketch_data(..., coverage_center=...))")
     key_a = a["table"].astype(np.int64) * (1 << 32) + a["code"].astype(np.int64)
     key_b = b["table"].astype(np.int64) * (1 << 32) + b["code"].astype(np.int64)
     keys = np.concatenate([key_a, key_b])

@@ -278,7 +278,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         return self._add(name, sketch, metadata, fleet, embedding, probed, spaces)
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None) -> Entry:
-        """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``."""
+        """Register a sketch built elsewhere (``fitsketch.sketch_data``) as entry ``name``."""
         return self._add(name, sketch, _check_metadata(metadata), None)
 
     def add_sketches(self, items, *, batch: int = 1000, progress: bool = False) -> int:

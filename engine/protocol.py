@@ -119,7 +119,7 @@ def encode_frame(obj, max_frame: int = MAX_FRAME_LIMIT) -> bytes:
     if len(body) > max_frame:
         raise E.FrameTooLargeError(
             f"a frame of {len(body)} bytes is over the limit of {max_frame} bytes: send less data per "
-            "call (fewer rows, or a sketch built with fitsketch.sketch), or raise the server's --max-frame")
+            "call (fewer rows, or a sketch built with fitsketch.sketch_data), or raise the server's --max-frame")
     return _HEADER.pack(len(body)) + body
 
 

@@ -171,7 +171,7 @@ def test_search_accepts_a_prebuilt_sketch(hub):
     hub.add("x", frame(rng))
     q = frame(rng)
     a = hub.search(q)
-    b = hub.search(fitsketch.sketch(q, hub.config))
+    b = hub.search(fitsketch.sketch_data(q, hub.config))
     assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
 
 
@@ -194,15 +194,15 @@ def test_input_kinds_give_the_same_sketch(tmp_path):
     np.save(npy, arr)
     import pyarrow as pa
 
-    ref = fitsketch.sketch(df)
-    variants = [fitsketch.sketch(arr, feature_names=names), fitsketch.sketch({n: arr[:, i] for i, n in enumerate(names)}),
-                fitsketch.sketch(pa.Table.from_pandas(df)), fitsketch.sketch(str(pq)),
-                fitsketch.sketch(npy, feature_names=None)]
+    ref = fitsketch.sketch_data(df)
+    variants = [fitsketch.sketch_data(arr, feature_names=names), fitsketch.sketch_data({n: arr[:, i] for i, n in enumerate(names)}),
+                fitsketch.sketch_data(pa.Table.from_pandas(df)), fitsketch.sketch_data(str(pq)),
+                fitsketch.sketch_data(npy, feature_names=None)]
     for v in variants[:4]:
         assert v.names == names and np.array_equal(v.signatures, ref.signatures)
     assert np.array_equal(variants[4].signatures, ref.signatures)  # same values, names f0..f2
     # CSV round-trips floats through text: equal up to the quantizer's buckets
-    assert np.array_equal(fitsketch.sketch(str(csv)).signatures, ref.signatures)
+    assert np.array_equal(fitsketch.sketch_data(str(csv)).signatures, ref.signatures)
 
 
 # ------------------------------------------------------------------ errors leave the hub unchanged

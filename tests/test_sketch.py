@@ -92,7 +92,7 @@ def test_histograms_equal_reference(n):
     df = random_frame(rng, n)
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
     m = int(rng.integers(1, 60))
-    sk = fitsketch.sketch(df, cfg, partition_size=m)
+    sk = fitsketch.sketch_data(df, cfg, partition_size=m)
     got = {(int(p), int(f), int(b)): int(c) for p, f, b, c in
            zip(sk.hist["part"], sk.hist["feat"], sk.hist["bucket"], sk.hist["count"])}
     assert got == ref_histograms(df, cfg, m)
@@ -104,7 +104,7 @@ def test_feature_signatures_equal_reference():
     rng = fresh_rng()
     df = random_frame(rng, 97)
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)), num_perm=16, lsh_k=4, lsh_l=4)
-    sk = fitsketch.sketch(df, cfg)
+    sk = fitsketch.sketch_data(df, cfg)
     for f, name in enumerate(df.columns):
         col = quantize_column(name, df[name], cfg)
         ref = minhash_reference(col.set_elems, np.array([0, len(col.set_elems)]), cfg.num_perm, cfg.seed)
@@ -146,7 +146,7 @@ def test_similarity_estimates_true_jaccard_and_containment():
     a = rng.choice(universe, 2000, replace=False)
     b = np.concatenate([a[:1000], rng.choice(universe[50_000:], 1000, replace=False)])
     small = a[:200]
-    sig = fitsketch.minhash([a.tolist(), b.tolist(), small.tolist()], num_perm=512)
+    sig = fitsketch.minhash_sets([a.tolist(), b.tolist(), small.tolist()], num_perm=512)
     true_j = len(set(a) & set(b)) / len(set(a) | set(b))
     j = similarity(sig[:1], sig[1:2], "jaccard")[0, 0]
     assert abs(j - true_j) < 0.08  # 512 permutations: std ~ 0.02
@@ -155,7 +155,7 @@ def test_similarity_estimates_true_jaccard_and_containment():
     c = similarity(sig[2:3], sig[:1], "containment")[0, 0]
     assert 0.4 < c <= 1.0
     stranger = rng.choice(np.arange(200_000, 300_000), 200, replace=False)
-    c0 = similarity(fitsketch.minhash([stranger.tolist()], num_perm=512), sig[:1], "containment")[0, 0]
+    c0 = similarity(fitsketch.minhash_sets([stranger.tolist()], num_perm=512), sig[:1], "containment")[0, 0]
     assert c0 < 0.2
 
 
@@ -230,10 +230,10 @@ def ref_band_keys_and_adaptivity(hists, feat_maps, n_aligned, seed, r, k, l):
 def test_jslsh_and_adaptivity_equal_reference():
     rng = fresh_rng()
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
-    target = fitsketch.sketch(random_frame(rng, 97), cfg, partition_size=13)
+    target = fitsketch.sketch_data(random_frame(rng, 97), cfg, partition_size=13)
     # 997 rows: 110 partitions x 8 bands in all, so that the 99% bound below leaves room for the rare
     # band on a bucket edge (~1.5e-4 a band); with 19 partitions (152 bands) two such bands failed it
-    sources = [fitsketch.sketch(random_frame(rng, int(n)), cfg, partition_size=11) for n in (1, 7, 97, 997)]
+    sources = [fitsketch.sketch_data(random_frame(rng, int(n)), cfg, partition_size=11) for n in (1, 7, 97, 997)]
     n_t = target.n_features
     fmaps = [np.arange(n_t)] + [rng.permutation(n_t) for _ in sources]
     fmaps[2][1] = -1  # one source feature unaligned
@@ -269,14 +269,14 @@ def test_merge_equals_sketch_of_union():
     b = random_frame(rng, 37)
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
     kinds = {"txt": "text"}
-    whole = fitsketch.sketch(pd.concat([a, b], ignore_index=True), cfg, partition_size=20)
+    whole = fitsketch.sketch_data(pd.concat([a, b], ignore_index=True), cfg, partition_size=20)
     center = whole.coverage["center"]
-    merged = fitsketch.sketch(a, cfg, partition_size=20, coverage_center=center).merge(
-        fitsketch.sketch(b, cfg, partition_size=20, coverage_center=center))
+    merged = fitsketch.sketch_data(a, cfg, partition_size=20, coverage_center=center).merge(
+        fitsketch.sketch_data(b, cfg, partition_size=20, coverage_center=center))
     for key in ("table", "code", "count"):
         assert np.array_equal(whole.coverage[key], merged.coverage[key])
     with pytest.raises(fitsketch.errors.InvalidArgumentError, match="coverage_center"):
-        fitsketch.sketch(a, cfg).merge(fitsketch.sketch(b, cfg))
+        fitsketch.sketch_data(a, cfg).merge(fitsketch.sketch_data(b, cfg))
     assert kinds["txt"] in whole.kinds
     assert np.array_equal(whole.signatures, merged.signatures)
     assert np.array_equal(whole.counts, merged.counts)
@@ -297,11 +297,11 @@ def test_merge_equals_sketch_of_union():
 
 def test_merge_refuses_other_features_or_parameters():
     rng = fresh_rng()
-    a = fitsketch.sketch(random_frame(rng, 10))
-    b = fitsketch.sketch(random_frame(rng, 10)[["x", "k"]])
+    a = fitsketch.sketch_data(random_frame(rng, 10))
+    b = fitsketch.sketch_data(random_frame(rng, 10)[["x", "k"]])
     with pytest.raises(fitsketch.errors.InvalidArgumentError, match="different features"):
         a.merge(b)
-    c = fitsketch.sketch(random_frame(rng, 10), SketchConfig(seed=5))
+    c = fitsketch.sketch_data(random_frame(rng, 10), SketchConfig(seed=5))
     with pytest.raises(fitsketch.errors.InvalidArgumentError, match="different parameters"):
         a.merge(c)
 
@@ -310,9 +310,9 @@ def test_sketch_is_deterministic_under_a_seed():
     rng = fresh_rng()
     df = random_frame(rng, 200)
     s = int(rng.integers(0, 2**31))
-    x = fitsketch.sketch(df, SketchConfig(seed=s), partition_size=30)
-    y = fitsketch.sketch(df, SketchConfig(seed=s), partition_size=30)
-    z = fitsketch.sketch(df, SketchConfig(seed=s + 1), partition_size=30)
+    x = fitsketch.sketch_data(df, SketchConfig(seed=s), partition_size=30)
+    y = fitsketch.sketch_data(df, SketchConfig(seed=s), partition_size=30)
+    z = fitsketch.sketch_data(df, SketchConfig(seed=s + 1), partition_size=30)
     assert np.array_equal(x.signatures, y.signatures)
     for key in x.hist:
         assert np.array_equal(x.hist[key], y.hist[key])
@@ -321,7 +321,7 @@ def test_sketch_is_deterministic_under_a_seed():
 
 def test_sketch_bytes_round_trip_and_version_check():
     rng = fresh_rng()
-    sk = fitsketch.sketch(random_frame(rng, 53), partition_size=10)
+    sk = fitsketch.sketch_data(random_frame(rng, 53), partition_size=10)
     back = fitsketch.Sketch.from_bytes(sk.to_bytes())
     assert back.names == sk.names and back.kinds == sk.kinds and back.config_key == tuple(sk.config_key)
     assert np.array_equal(back.signatures, sk.signatures) and back.signatures.dtype == np.uint32
