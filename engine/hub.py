@@ -72,6 +72,14 @@ class Match:
         d["features"] = [list(f) for f in self.features]
         return d
 
+    def __repr__(self) -> str:  # short: a few matched features and evidence values, not all of them
+        feats = ", ".join(t if t == src else f"{t}~{src}" for t, src, _ in self.features[:3])
+        more = f", +{len(self.features) - 3} more" if len(self.features) > 3 else ""
+        ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in
+                       list((k, v) for k, v in self.evidence.items() if isinstance(v, (int, float, str)))[:3])
+        return (f"Match({self.name!r}, score={self.score:.4g}, method={self.method!r}, overlap={self.overlap:.2f}, "
+                f"features=[{feats}{more}]" + (f", evidence={{{ev}}}" if ev else "") + ")")
+
 
 def _check_name(name) -> str:
     if not isinstance(name, str) or not name or len(name.encode("utf-8")) > _NAME_MAX or "\x00" in name:
