@@ -89,8 +89,8 @@ def empty_like(sketch: Sketch) -> Sketch:
             "count": np.zeros(0, np.uint32)}
     cov = None
     if sketch.coverage is not None:
-        cov = {**sketch.coverage, "table": np.zeros(0, np.int32), "code": np.zeros(0, np.int64),
-               "count": np.zeros(0, np.uint32)}
+        cov = {**{k: v for k, v in sketch.coverage.items() if k != "more"}, "table": np.zeros(0, np.int32),
+               "code": np.zeros(0, np.int64), "count": np.zeros(0, np.uint32)}
     return Sketch(tuple(sketch.config_key), sketch.partition_size, list(sketch.names), list(sketch.kinds),
                   np.full((nf, num_perm), EMPTY_SIG, dtype=np.uint32), np.zeros(nf, np.float64),
                   np.zeros(nf, np.int64), 0, 0, hist, cov)

@@ -6,7 +6,8 @@
 * ``sums``, ``counts`` -- per numeric feature, for feature means; merge: sum
 * ``n_rows``; merge: sum
 * ``coverage`` -- counts of rows per (table, SimHash code) of the transformed rows (coverage.py);
-  merge: sum (both parts must share the centre: pass ``coverage_center``)
+  merge: sum when both parts share the centre (``coverage_center``); parts sketched independently
+  (each around its own mean) keep one group of counts per centre, scored together
 
 Rows are shuffled with a generator seeded by the hub seed, then cut into partitions of
 ``partition_size`` rows (the last one may be shorter), so partitions are samples of the data.
