@@ -30,7 +30,7 @@ import numpy as np
 
 from . import errors as E
 
-CHUNK_BYTES = 32 << 20      # about this much CSV text per chunk
+CHUNK_BYTES = 16 << 20      # about this much CSV text per chunk (peak memory ~ a few chunks)
 MIN_CHUNK_ROWS = 10_000
 MAX_CHUNK_ROWS = 1_000_000
 
@@ -61,7 +61,7 @@ def supports(path) -> bool:
         return False
 
 
-def _csv_chunks(path: Path, sep, partition_size: int, on_bytes):
+def _csv_chunks(path: Path, sep, partition_size: int):
     import pandas as pd
 
     from .data import SNIFF_BYTES, csv_options, warn_one_column
@@ -82,13 +82,12 @@ def _csv_chunks(path: Path, sep, partition_size: int, on_bytes):
                 if first:
                     warn_one_column(df, path, kw["sep"])
                     first = False
-                on_bytes(f.tell() if not compressed else 0)
-                yield df
+                yield df, (f.tell() if not compressed else 0)   # bytes read so far (pandas reads ahead)
         except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
             raise E.UnsupportedDataError(f"could not read {str(path)!r}: {e}") from e
 
 
-def _parquet_chunks(path: Path, partition_size: int, on_rows):
+def _parquet_chunks(path: Path, partition_size: int):
     import pyarrow.parquet as pq
 
     try:
@@ -99,8 +98,7 @@ def _parquet_chunks(path: Path, partition_size: int, on_rows):
         done = 0
         for batch in pf.iter_batches(batch_size=rows):
             done += batch.num_rows
-            on_rows(done, n)
-            yield batch.to_pandas()
+            yield batch.to_pandas(), done
     except (OSError, ValueError) as e:
         raise E.UnreadableFileError(f"could not read {str(path)!r} as Parquet: {e}") from e
 
@@ -127,29 +125,32 @@ def sketch_file(path, config, *, partition_size: int | None = None, sep=None, de
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
         raise E.InvalidArgumentError(f"partition_size={m!r} is not valid: expected a positive integer")
     kind = _kind(path)
-    if kind == "csv":
-        def on_bytes(pos):
-            if bar is not None and pos:
-                bar.update(max(0, pos - bar.n))
-        chunks = _csv_chunks(path, sep, m, on_bytes)
-    else:
-        def on_rows(done, n):
-            if bar is not None:
-                bar.total = n
-                bar.update(max(0, done - bar.n))
-        chunks = _parquet_chunks(path, m, on_rows)
+    chunks = _csv_chunks(path, sep, m) if kind == "csv" else _parquet_chunks(path, m)
     from .data import to_frame
 
+    def advance(done):   # after a chunk is sketched: bytes read (CSV) or rows (Parquet) up to it
+        if bar is not None and done:
+            bar.update(max(0, min(done, bar.total or done) - bar.n))
+
+    if bar is not None and kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            bar.total = pq.ParquetFile(path).metadata.num_rows
+        except Exception:  # noqa: BLE001 - the reader below raises the named error
+            pass
     merged = None
     kinds = center = None
     i = 0
-    cur = next(chunks, None)
+    cur, done = next(chunks, (None, 0))
     if cur is None:
         raise E.EmptyDataError(f"{str(path)!r} has no rows: give at least one row")
     while cur is not None:
-        nxt = next(chunks, None)
+        nxt, nxt_done = next(chunks, (None, 0))
         if i == 0 and nxt is None:   # one chunk: exactly the sketch of the whole frame
-            return build_sketch(cur, config, partition_size=m, device=device)
+            out = build_sketch(cur, config, partition_size=m, device=device)
+            advance(done)
+            return out
         cur = to_frame(cur)
         if i == 0:
             kinds = [detect_kind(col) for _, col in cur.items()]
@@ -170,7 +171,8 @@ def sketch_file(path, config, *, partition_size: int | None = None, sep=None, de
         sk.rows = sk.row_owner = sk.frame = None
         merged = sk if merged is None else merged.merge(sk)
         del sk
-        cur, i = nxt, i + 1
+        advance(done)
+        cur, done, i = nxt, nxt_done, i + 1
     from .kernels.minhash import EMPTY
 
     empty = [n for n, sig in zip(merged.names, merged.signatures) if (sig == EMPTY).all()]
