@@ -114,7 +114,7 @@ def _bar(total, enabled: bool, unit: str):
 
 def sketch_file(path, config, *, partition_size: int | None = None, sep=None, device: str = "auto", bar=None):
     """The chunked sketch of one CSV / TSV / Parquet file (see the module docstring)."""
-    from .distributed import sketch_frame
+    from .distributed import _quantize
     from .quantize import detect_kind
     from .sketch import build_sketch
 
@@ -139,7 +139,7 @@ def sketch_file(path, config, *, partition_size: int | None = None, sep=None, de
             bar.total = pq.ParquetFile(path).metadata.num_rows
         except Exception:  # noqa: BLE001 - the reader below raises the named error
             pass
-    merged = None
+    merged = elems = None
     kinds = center = None
     i = 0
     cur, done = next(chunks, (None, 0))
@@ -166,15 +166,23 @@ def sketch_file(path, config, *, partition_size: int | None = None, sep=None, de
         elif list(cur.columns) != merged.names:
             raise E.SchemaDriftError(f"{str(path)!r}: chunk {i} has columns {list(cur.columns)[:10]}, not "
                                      f"{merged.names[:10]}")
-        sk = sketch_frame(cur, config, kinds, partition_size=m, shuffle_key=(i,), coverage_center=center,
-                          device=device)
-        sk.rows = sk.row_owner = sk.frame = None
+        # signatures are hashed once, at the end, from the union of the chunks' sets (one kernel call,
+        # not one per chunk): the MinHash of a union is the min of the MinHashes, so this is exact
+        sk = build_sketch(cur, config, partition_size=m, kinds=list(kinds), shuffle=False, shuffle_key=(i,),
+                          coverage_center=center, device=device, quantize=_quantize, minhash=False)
+        elems = sk.set_elems if elems is None else [np.union1d(a, b) for a, b in zip(elems, sk.set_elems)]
+        sk.rows = sk.row_owner = sk.frame = sk.set_elems = None
         merged = sk if merged is None else merged.merge(sk)
         del sk
         advance(done)
         cur, done, i = nxt, nxt_done, i + 1
-    from .kernels.minhash import EMPTY
+    from .kernels.minhash import EMPTY, minhash_csr
 
+    lengths = np.array([len(e) for e in elems], dtype=np.int64)
+    offsets = np.zeros(len(elems) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(elems) if elems else np.zeros(0, np.int64)
+    merged.signatures = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device)
     empty = [n for n, sig in zip(merged.names, merged.signatures) if (sig == EMPTY).all()]
     if empty:
         raise E.EmptyColumnError(f"{str(path)!r}: column(s) {empty[:5]} hold no value in any row: drop them")

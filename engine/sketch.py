@@ -44,6 +44,7 @@ class Sketch:
     rows: np.ndarray | None = field(default=None, repr=False, compare=False)   # (n_rows, D)
     row_owner: list | None = field(default=None, repr=False, compare=False)   # column of each of the D dims
     frame: object = field(default=None, repr=False, compare=False)            # the query DataFrame (SimEx)
+    set_elems: list | None = field(default=None, repr=False, compare=False)   # minhash=False: each feature's set
 
     @property
     def n_features(self) -> int:
@@ -113,14 +114,16 @@ class Sketch:
 def build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
                  device: str = "auto", progress: bool = False, shuffle: bool = True,
                  coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
-                 quantize=None) -> Sketch:
+                 quantize=None, minhash: bool = True) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
     mean); sketches built in parts and merged must share it. For parts of one dataset
     (``fitsketch.distributed``): ``kinds`` fixes the column kinds, ``shuffle_key`` seeds the row
     shuffle by ``(config.seed, *shuffle_key)`` instead of the seed alone, and ``quantize`` replaces
-    :func:`quantize_column` (``(name, column, config, kind) -> Column``).
+    :func:`quantize_column` (``(name, column, config, kind) -> Column``). ``minhash=False`` leaves
+    the signatures empty and keeps each feature's MinHash set in ``set_elems`` instead (in memory),
+    for a caller that sketches many chunks and hashes the union once (``fitsketch.chunked``).
     """
     m = config.partition_size if partition_size is None else partition_size
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -145,7 +148,12 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
     offsets = np.zeros(len(cols) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate([c.set_elems for c in cols]).astype(np.int64) if cols else np.zeros(0, np.int64)
-    sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device)
+    if minhash:
+        sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device)
+    else:
+        from .kernels.minhash import EMPTY
+
+        sigs = np.full((len(cols), config.num_perm), EMPTY, dtype=np.uint32)
     # partitions: a seeded shuffle, then blocks of m rows
     if shuffle_key is not None:
         ss = np.random.SeedSequence([config.seed, *[int(k) for k in shuffle_key]])
@@ -176,7 +184,8 @@ def build_sketch(data, config: SketchConfig, *, partition_size: int | None = Non
                      center=coverage_center, device=device)
     return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
                   np.array([c.total for c in cols], dtype=np.float64),
-                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner)
+                  np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner,
+                  set_elems=None if minhash else [np.unique(np.asarray(c.set_elems, dtype=np.int64)) for c in cols])
 
 
 def sketch_from_record(rec: dict) -> Sketch:
