@@ -237,7 +237,13 @@ def cmd_search(args) -> None:
             _emit(args, plan.to_dict(), str(plan))
             return
         matches = hub.search(data, **kw)
-    _emit(args, [m.to_dict() for m in matches], format_matches(matches))
+        png = None
+        if args.png:
+            from .plots import explain_matches
+
+            png = explain_matches(hub, data, matches, args.png, top=args.png_top)
+    _emit(args, [m.to_dict() for m in matches],
+          format_matches(matches) + (f"\npicture of the top matches: {png}" if png else ""))
 
 
 def cmd_show(args) -> None:
@@ -411,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--coverage-space embedding codes (default: none)")
     s.add_argument("--loss", choices=["mse", "ssim"], help="simex: reconstruction loss (default: the hub's, mse)")
     s.add_argument("--no-normalize", action="store_true", help="simex: do not divide by the source's mean norm")
+    s.add_argument("--png", metavar="FILE",
+                   help="also draw the top matches' distributions of the features that differ most from the "
+                        "query's, as a PNG (needs matplotlib) (default: none)")
+    s.add_argument("--png-top", type=int, default=3, help="with --png: matches drawn")
     _sep_flag(s)
     _json_flag(s)
     s.set_defaults(fn=cmd_search)
