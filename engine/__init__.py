@@ -28,11 +28,13 @@ _LAZY = {"Hub": "hub", "Entry": "hub", "Match": "hub", "Sketch": "sketch", "buil
 
 def __getattr__(name: str):
     mod = _LAZY.get(name)
-    if mod is None:
+    if mod == "hub":
+        from . import hub as module
+    elif mod == "sketch":
+        from . import sketch as module
+    else:
         raise AttributeError(f"module 'fitsketch' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

@@ -8,8 +8,6 @@ missing package is a :class:`fitsketch.errors.MissingDependencyError` naming the
 """
 from __future__ import annotations
 
-import importlib
-
 from .errors import MissingDependencyError
 
 EXTRAS = {"sklearn": ("scikit-learn", "bench"), "matplotlib": ("matplotlib", "plot")}
@@ -19,7 +17,11 @@ def require(module: str, purpose: str):
     """Import ``module`` (a key of EXTRAS) or raise MissingDependencyError naming its extra."""
     package, extra = EXTRAS[module]
     try:
-        return importlib.import_module(module)
+        if module == "sklearn":
+            import sklearn as mod
+        else:
+            import matplotlib as mod
+        return mod
     except ImportError:
         raise MissingDependencyError(
             f"{purpose} needs {package}, which is not installed: pip install 'fitsketch[{extra}]' "

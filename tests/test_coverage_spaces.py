@@ -283,9 +283,9 @@ def test_cli_coverage_space(tmp_path, capsys):
         assert len(res) == 3 and all(r["method"] == "coverage" and r["evidence"]["space"] == space for r in res)
     code, _, err = run("search", tmp_path / "hub", tmp_path / "q.csv", "--method", "coverage",
                        "--coverage-space", "embedding")
-    assert code == 2 and "[invalid_argument]" in err and "embedding=(n, d)" in err
-    with pytest.raises(SystemExit):
-        run("search", tmp_path / "hub", tmp_path / "q.csv", "--coverage-space", "pixels")
+    assert code == 2 and "[invalid_argument]" in err and "--embedding FILE.npy" in err   # command-line terms
+    code, _, err = run("search", tmp_path / "hub", tmp_path / "q.csv", "--coverage-space", "pixels")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'pixels'" in err
 
 
 def test_server_coverage_space_equals_embedded(tmp_path):

@@ -48,7 +48,7 @@ def hub(tmp_path):
 def test_public_surface_is_pinned():
     assert sorted(fitsketch.__all__) == sorted([
         "Entry", "FitsketchError", "Hub", "METHODS", "Match", "Sketch", "SketchConfig", "__version__",
-        "connect", "errors", "inspect", "minhash", "open", "open_sharded", "sketch"])
+        "connect", "errors", "inspect", "minhash_sets", "open", "open_sharded", "sketch_data"])
     for name in fitsketch.__all__:
         assert hasattr(fitsketch, name)
 
