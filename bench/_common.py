@@ -31,6 +31,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
+    p.add_argument("--out", type=Path, default=None, help=f"results folder (default {RESULTS})")
     return p
 
 
@@ -124,10 +125,13 @@ def _clean(obj):
     return obj
 
 
-def write_result(name: str, payload: dict) -> Path:
-    """Write ``bench/results/<name>.json`` atomically (tmp file + rename)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict, out: Path | None = None) -> Path:
+    """Write ``<out>/<name>.json`` atomically (tmp file + rename); ``out`` defaults to
+    ``bench/results``. Every writer passes its ``--out`` here, so a run into a temporary folder
+    leaves the tracked result files alone."""
+    out = Path(out) if out is not None else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(_clean(payload), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)

@@ -45,7 +45,7 @@ def _scores(wl, work: Path, *, bits: int, tables: int, taus, methods=()) -> dict
     return out
 
 
-def run(quick: bool = False, out=print) -> list[dict]:
+def run(quick: bool = False, out=print, out_dir: Path | None = None) -> list[dict]:
     from fitsketch.workloads import digit_domains, digits_skew, selection_quality
 
     tune_seeds, held_seeds = ((0,), (4,)) if quick else ((0, 1, 2, 3), (4, 5, 6, 7))
@@ -89,7 +89,7 @@ def run(quick: bool = False, out=print) -> list[dict]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out(f"bench_coverage: {time.perf_counter() - t0:.0f} s")
-    H.write_suite("coverage_quick" if quick else "coverage", rows, quick=quick)
+    H.write_suite("coverage_quick" if quick else "coverage", rows, out=out_dir, quick=quick)
     return rows
 
 
@@ -98,7 +98,9 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    run(quick=p.parse_args(argv).quick)
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    a = p.parse_args(argv)
+    run(quick=a.quick, out_dir=a.out)
 
 
 if __name__ == "__main__":

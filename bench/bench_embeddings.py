@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
                         entry_rows=50_000)
     payload = {"benchmark": "embeddings", "quick": args.quick, "k": K, "environment": env, "notes": notes,
                "rows": _metric_rows(rows), "table": rows}
-    path = C.write_result("embeddings" + ("_quick" if args.quick else ""), payload)
+    path = C.write_result("embeddings" + ("_quick" if args.quick else ""), payload, out=args.out)
     print("\n".join(notes))
     print(C.markdown_table(rows, ["dataset", "n", "index", "param", "recall@25", "queries/s", "speedup",
                                   "build_s"]))

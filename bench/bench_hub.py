@@ -46,7 +46,7 @@ def _used_bytes(path: Path) -> int:
         env.close()
 
 
-def run(quick: bool = False, data: Path | None = None, out=print) -> list[dict]:
+def run(quick: bool = False, data: Path | None = None, out=print, out_dir: Path | None = None) -> list[dict]:
     root = Path(data or DEFAULT_DATA)
     if not root.exists():
         out(f"bench_hub: ER-Magellan data not found at {root}: skipped (pass --data DIR)")
@@ -72,7 +72,7 @@ def run(quick: bool = False, data: Path | None = None, out=print) -> list[dict]:
                               baseline="parse tables (pandas)", baseline_value=parse_s, entries=len(tasks),
                               records=n_rows))
             queries = [test[t] for t in tasks]
-            sketches = [fitsketch.sketch(q, hub.config) for q in queries]
+            sketches = [fitsketch.sketch_data(q, hub.config) for q in queries]
             lat = {}
             for method in ("adaptivity", "coverage", "js", "exact-js", "l2"):
                 times = []
@@ -110,7 +110,7 @@ def run(quick: bool = False, data: Path | None = None, out=print) -> list[dict]:
                           baseline="LMDB file bytes per entry", baseline_value=file_bytes / n))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    H.write_suite("hub_quick" if quick else "hub", rows, quick=quick)
+    H.write_suite("hub_quick" if quick else "hub", rows, out=out_dir, quick=quick)
     return rows
 
 
@@ -120,8 +120,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--data", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = p.parse_args(argv)
-    run(quick=a.quick, data=a.data)
+    run(quick=a.quick, data=a.data, out_dir=a.out)
 
 
 if __name__ == "__main__":

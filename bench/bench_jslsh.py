@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
                "adaptivity": lsh, "baseline_exact_js": exact, "speedup": ratio,
                "top10_agreement": agreement, "top10_adaptivity": top_lsh.tolist(),
                "top10_exact_js": top_js.tolist(), "rows": rows}
-    path = C.write_result("jslsh_quick" if args.quick else "jslsh", payload)
+    path = C.write_result("jslsh_quick" if args.quick else "jslsh", payload, out=args.out)
     print(f"\nwrote {path}")
     return payload
 

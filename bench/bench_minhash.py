@@ -249,7 +249,7 @@ def main(argv=None) -> dict:
                "rensa_version": rensa_version, "stage_hashing": hashing, "stage_signatures_int": arith,
                "mod61": mod61, "baseline_datasketch": baseline, "ratios": ratios,
                "jaccard_mae": quality, "rows": rows}
-    path = C.write_result("minhash_quick" if args.quick else "minhash", payload)
+    path = C.write_result("minhash_quick" if args.quick else "minhash", payload, out=args.out)
     print(f"\nwrote {path}")
     return payload
 

@@ -301,7 +301,7 @@ def main(argv=None) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     print(f"\n## ProbeLog: {wl}; training the image zoo took {train_s:.1f} s\n")
     print(C.markdown_table(table, ["workload", "method", "metric", "value", "baseline", "baseline value", "ratio"]))
-    path = H.write_suite("probelog_quick" if quick else "probelog", rows, quick=quick,
+    path = H.write_suite("probelog_quick" if quick else "probelog", rows, out=args.out, quick=quick,
                          tables={"probelog": table})
     print(f"\nwrote {path}")
     return {"rows": rows}

@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
                "params": {"n_autoencoders": n_ae, "n_samples": n, "dims": DIMS, "seed": args.seed},
                "fleet": fleet, "baseline_loop": base, "speedup": ratio, "max_abs_diff": err,
                "rows": rows}
-    path = C.write_result("recon_quick" if args.quick else "recon", payload)
+    path = C.write_result("recon_quick" if args.quick else "recon", payload, out=args.out)
     print(f"\nwrote {path}")
     return payload
 

@@ -105,7 +105,9 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    run(quick=p.parse_args(argv).quick)
+    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    a = p.parse_args(argv)
+    run(quick=a.quick, out_dir=a.out)
 
 
 if __name__ == "__main__":

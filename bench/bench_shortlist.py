@@ -261,13 +261,14 @@ def main(argv=None) -> None:
     ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
                     help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
     ap.add_argument("--sizes", default="1000,10000,100000", help="--screen-scale: index sizes")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = ap.parse_args(argv)
     if a.screen_scale:
         run_screen_scale(a.screen_scale, sizes=tuple(int(x) for x in a.sizes.split(",")))
     elif a.similar:
         run_similar(a.similar, a.entries, a.queries, a.quick, methods=tuple(a.methods.split(",")))
     else:
-        run(a.quick, a.entries)
+        run(a.quick, a.entries, out_dir=a.out)
 
 
 if __name__ == "__main__":

@@ -268,7 +268,7 @@ def main(argv=None) -> dict:
                "sources": {s: len(v[1]) for s, v in sources.items()},
                "targets": {t: len(v[1]) for t, v in targets.items()}, "config": cfg.to_dict()}
     path = C.write_result("simex" + ("_fixed" if args.fixed_budget else "") + ("_quick" if args.quick else ""),
-                          payload)
+                          payload, out=args.out)
     print(f"\nwrote {path}")
     return payload
 

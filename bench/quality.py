@@ -71,7 +71,7 @@ def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: 
                 hub.add(name, df, metadata=meta, embedding=emb)
         add_s = time.perf_counter() - t0
         for t, df in wl.targets.items():
-            target = fitsketch.sketch(df, hub.config, partition_size=partition_size)
+            target = fitsketch.sketch_data(df, hub.config, partition_size=partition_size)
             for m in methods:
                 method, kw = m, {}
                 if m in SPACES:

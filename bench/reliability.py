@@ -21,7 +21,7 @@ d = tempfile.mkdtemp()
 which = sys.argv[1] if len(sys.argv) > 1 else "params"
 if which == "compact":
     with fitsketch.open(os.path.join(d, "h")) as hub:
-        sks = [(f"e{i}", fitsketch.sketch(pd.DataFrame({"a": rng.normal(i % 7, 1, 500), "b": rng.integers(0, 100, 500),
+        sks = [(f"e{i}", fitsketch.sketch_data(pd.DataFrame({"a": rng.normal(i % 7, 1, 500), "b": rng.integers(0, 100, 500),
                                                        "c": rng.choice(list("abcdefgh"), 500)}), hub.config)) for i in range(1520)]
         hub.add_sketches(sks[:20])
         t = time.perf_counter()
@@ -53,7 +53,7 @@ elif which == "wide":
                   f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**10:.0f} MB")
 elif which == "params":
     with fitsketch.open(os.path.join(d, "h")) as hub:
-        hub.add_sketches([(f"e{i}", fitsketch.sketch(pd.DataFrame({"a": rng.normal(i % 5, 1, 300), "b": rng.integers(0, 9, 300)}), hub.config)) for i in range(47)])
+        hub.add_sketches([(f"e{i}", fitsketch.sketch_data(pd.DataFrame({"a": rng.normal(i % 5, 1, 300), "b": rng.integers(0, 9, 300)}), hub.config)) for i in range(47)])
         q = pd.DataFrame({"a": rng.normal(0, 1, 300), "b": rng.integers(0, 9, 300)})
         for kw in (dict(jslsh_l=10**6), dict(jslsh_l=10**7), dict(jslsh_k=10**7), dict(k=10**9), dict(jslsh_k=64, jslsh_l=64), dict(jslsh_l=1024)):
             t = time.perf_counter()
@@ -79,7 +79,7 @@ elif which == "race":
     d = tempfile.mkdtemp(dir="/tmp")
     srv = Server(os.path.join(d, "h"), socket_path=os.path.join(d, "s"), warm=False).start()
     hub = srv.hub
-    sks = [(f"e{i}", fitsketch.sketch(pd.DataFrame({"a": rng.normal(i % 5, 1, 200), "b": rng.integers(0, 9, 200)}), hub.config)) for i in range(40)]
+    sks = [(f"e{i}", fitsketch.sketch_data(pd.DataFrame({"a": rng.normal(i % 5, 1, 200), "b": rng.integers(0, 9, 200)}), hub.config)) for i in range(40)]
     hub.add_sketches(sks)
     stop = threading.Event()
 

@@ -3,7 +3,7 @@
 Entries carry realistic sketch shapes (32 numeric features x 10 partitions of 500 rows) built
 cheaply: ``n_families`` seeded synthetic data distributions (normal, log-normal, integer and
 heavy-tailed columns at family-specific locations and scales), a few partition sketches of 500
-rows per family sketched for real with ``fitsketch.sketch``, and a few hundred entry sketches
+rows per family sketched for real with ``fitsketch.sketch_data``, and a few hundred entry sketches
 merged from 10 of those partitions each (mostly of one family, some from others) -- sketches are
 mergeable, so this is how large data is sketched too. Entries are registered with
 ``hub.add_sketch`` under many names, cycling through the merged sketches. The hub grows through
@@ -71,12 +71,12 @@ def build_sketches(n_families: int, parts_per_family: int, n_sketches: int, seed
     names = [f"f{j}" for j in range(N_FEATURES)]
     # merged parts must share the coverage transform's centre (where the engine has one)
     kw = {"coverage_center": np.zeros(N_FEATURES)} if "coverage_center" in inspect.signature(
-        fitsketch.sketch).parameters else {}
+        fitsketch.sketch_data).parameters else {}
     parts = {}
     for f in range(n_families):
         for p in range(parts_per_family):
             X = _family_data(f, PARTITION_ROWS, seed * 1_000_003 + f * 1000 + p)
-            parts[f, p] = fitsketch.sketch(X, cfg, partition_size=PARTITION_ROWS, feature_names=names, **kw)
+            parts[f, p] = fitsketch.sketch_data(X, cfg, partition_size=PARTITION_ROWS, feature_names=names, **kw)
     rng = np.random.default_rng(seed)
     sketches = []
     for i in range(n_sketches):
@@ -93,7 +93,7 @@ def build_sketches(n_families: int, parts_per_family: int, n_sketches: int, seed
     for q in range(20):
         fam = int(rng.integers(0, n_families))
         X = _family_data(fam, 2 * PARTITION_ROWS, seed * 1_000_003 + 999_000 + q)
-        queries.append(fitsketch.sketch(X, cfg, partition_size=PARTITION_ROWS, feature_names=names, **kw))
+        queries.append(fitsketch.sketch_data(X, cfg, partition_size=PARTITION_ROWS, feature_names=names, **kw))
     return sketches, queries
 
 

@@ -50,7 +50,7 @@ def sample_index(y, n_rows: int, seed: tuple, alpha: float = ALPHA) -> np.ndarra
 
 def fast_sketches(X: np.ndarray, names: list[str], samples: list[np.ndarray], config, *, batch: int = 500,
                   device: str = "cpu"):
-    """``fitsketch.sketch(X[idx], config, feature_names=names)`` for every ``idx`` in ``samples``
+    """``fitsketch.sketch_data(X[idx], config, feature_names=names)`` for every ``idx`` in ``samples``
     (row indices into a finite numeric ``X``), built together: the per-value work (quantization,
     MinHash elements and their hashes, the coverage row transform) is done once for ``X``'s rows. ``check`` (in run) compares it with ``fitsketch.sketch``."""
     from fitsketch import coverage as _cov
@@ -118,7 +118,7 @@ def check(data: str, n: int = 3, pool: int = 4) -> None:
     X, y, names = dataset(data, pool)
     idxs = [sample_index(y, ROWS + 200 * i, (99, 2, i)) for i in range(n)]
     for idx, f in zip(idxs, fast_sketches(X, names, idxs, cfg)):
-        ref = fitsketch.sketch(X[idx], cfg, feature_names=names)
+        ref = fitsketch.sketch_data(X[idx], cfg, feature_names=names)
         for k in ("signatures", "sums", "counts", "n_rows", "n_partitions", "names", "kinds"):
             assert np.array_equal(np.asarray(getattr(ref, k)), np.asarray(getattr(f, k))), k
         for k in ref.hist:

@@ -403,7 +403,7 @@ class Client:
         return n
 
     def add_sketch(self, name: str, sketch, *, metadata: dict | None = None) -> Entry:
-        """Register a sketch built here with ``fitsketch.sketch(data, config=client.config)``."""
+        """Register a sketch built here with ``fitsketch.sketch_data(data, config=client.config)``."""
         from .sketch import Sketch
 
         if not isinstance(sketch, Sketch):

@@ -10,7 +10,9 @@ source has seen. Coverage asks it per row, over the features jointly:
 3. random-hyperplane codes of ``coverage_bits`` bits in ``coverage_tables`` tables, the
    hyperplane column of a dimension keyed by (hub seed, column name, dimension), so a target
    coded with the entry's stored centre lands in the entry's space;
-4. per entry, counts of rows per (table, code) -- integers, mergeable by addition;
+4. per entry, counts of rows per (table, code) -- integers, mergeable by addition (parts coded
+   around different centres -- sketched independently -- keep one group of counts per centre,
+   see :func:`merge` and :func:`score`);
 5. ``coverage = mean_t sum_b min(p_target(b), p_source(b) / rho)`` over the cells of the first
    ``coverage_resolution`` hyperplanes (``coverage_score="share"``, the default: the share of the
    target's mass that falls where the source has at least ``rho`` times the target's share of
@@ -99,10 +101,19 @@ def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bi
     return row_codes(Z.astype(np.float32), hyperplanes(seed, tables, bits, keys), device=device)
 
 
-def merge(a: dict, b: dict) -> dict:
-    if not np.array_equal(a["keys"], b["keys"]) or not np.array_equal(a["center"], b["center"]):
-        raise ValueError("coverage sketches were centred differently: build both parts with the same "
-                         "coverage_center (fitsketch.sketch(..., coverage_center=...))")
+MAX_GROUPS = 16   # coverage centres one merged sketch may carry
+
+
+def groups(rec: dict) -> list[dict]:
+    """The record's count groups: ``[{"center", "table", "code", "count"}, ...]``. A sketch built in
+    one piece (or from parts that shared ``coverage_center``) has one; a merge of parts coded around
+    different centres keeps one group per centre (the first in the record's top level, the others
+    under ``"more"``)."""
+    first = {k: rec[k] for k in ("center", "table", "code", "count")}
+    return [first, *rec.get("more", [])]
+
+
+def _sum_counts(a: dict, b: dict) -> dict:
     key_a = a["table"].astype(np.int64) * (1 << 32) + a["code"].astype(np.int64)
     key_b = b["table"].astype(np.int64) * (1 << 32) + b["code"].astype(np.int64)
     keys = np.concatenate([key_a, key_b])
@@ -111,20 +122,76 @@ def merge(a: dict, b: dict) -> dict:
     summed = np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.uint32)
     table_t = np.result_type(a["table"].dtype, b["table"].dtype)
     code_t = np.result_type(a["code"].dtype, b["code"].dtype)
-    return {**a, "table": (uniq >> 32).astype(table_t), "code": (uniq & 0xFFFFFFFF).astype(code_t),
-            "count": summed}
+    return {"center": a["center"], "table": (uniq >> 32).astype(table_t),
+            "code": (uniq & 0xFFFFFFFF).astype(code_t), "count": summed}
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Coverage counts of the rows of both sketches. Groups with the same centre add their counts
+    (exactly the counts of the union); a part coded around another centre -- parts of one dataset
+    sketched independently -- is kept as a group of its own, scored by :func:`score` as the sum of
+    the groups' counts at the target row's code in each group's space."""
+    if not np.array_equal(a["keys"], b["keys"]) or a["bits"] != b["bits"] or a["tables"] != b["tables"]:
+        raise ValueError("coverage sketches were coded over different columns or code sizes: merge sketches "
+                         "of the same columns built with the same SketchConfig")
+    out = groups(a)
+    for g in groups(b):
+        for i, h in enumerate(out):
+            if np.array_equal(h["center"], g["center"]):
+                out[i] = _sum_counts(h, g)
+                break
+        else:
+            out.append(g)
+    if len(out) > MAX_GROUPS:
+        raise ValueError(f"the merged coverage sketch would hold {len(out)} coverage centres (at most {MAX_GROUPS}): "
+                         "build the parts with one shared coverage_center (fitsketch.sketch_data(..., "
+                         "coverage_center=...)), e.g. the first part's sketch.coverage['center']")
+    rec = {k: v for k, v in a.items() if k != "more"}
+    rec.update(out[0])
+    if len(out) > 1:
+        rec["more"] = out[1:]
+    return rec
 
 
 def score(X_target: np.ndarray, rec: dict, *, seed: int, tau: float, device: str = "auto", mode: str = "count",
           resolution: int = 6, rho: float = 1.0) -> np.ndarray:
     """Per-table coverage of target rows (already in the entry's column order) by entry ``rec``:
     ``mode="count"`` the share of the target's mass in codes where the source has >= ``tau`` rows;
-    ``mode="share"`` (:func:`share_score`) at ``resolution`` bits with ratio ``rho``."""
-    codes = encode(X_target, np.asarray(rec["keys"]), np.asarray(rec["center"]), seed=seed,
-                   bits=int(rec["bits"]), tables=int(rec["tables"]), device=device)
+    ``mode="share"`` (:func:`share_score`) at ``resolution`` bits with ratio ``rho``.
+
+    Several count groups (a merge of parts coded around different centres): in count mode the mean
+    over target rows of ``min(1, sum_g n_g(code_g(row)) / tau)`` -- the source's count at a row is
+    the sum of each part's count at the row's code in that part's space (for one group the two
+    definitions are equal); in share mode each group's share score, weighted by its rows."""
+    keys, bits, tables = np.asarray(rec["keys"]), int(rec["bits"]), int(rec["tables"])
+    res = min(int(resolution), bits)
+    if not rec.get("more"):
+        codes = encode(X_target, keys, np.asarray(rec["center"]), seed=seed, bits=bits, tables=tables,
+                       device=device)
+        if mode == "share":
+            return share_score(codes, rec, tables, res, rho)
+        return coverage_score(code_counts(codes), rec, tables, tau)
+    n = X_target.shape[0]
+    if n == 0:
+        return np.zeros(tables, dtype=np.float64)
     if mode == "share":
-        return share_score(codes, rec, int(rec["tables"]), min(int(resolution), int(rec["bits"])), rho)
-    return coverage_score(code_counts(codes), rec, int(rec["tables"]), tau)
+        out, weight = np.zeros(tables, dtype=np.float64), 0.0
+        for g in groups(rec):
+            codes = encode(X_target, keys, np.asarray(g["center"], dtype=np.float64), seed=seed, bits=bits,
+                           tables=tables, device=device)
+            w = float(np.asarray(g["count"], dtype=np.float64).sum())
+            out += w * share_score(codes, g, tables, res, rho)
+            weight += w
+        return out / max(weight, 1.0)
+    from .kernels.rowcodes import source_counts
+
+    table = np.repeat(np.arange(tables, dtype=np.int64)[:, None], n, axis=1)
+    total = np.zeros((tables, n), dtype=np.float64)
+    for g in groups(rec):
+        codes = encode(X_target, keys, np.asarray(g["center"], dtype=np.float64), seed=seed, bits=bits,
+                       tables=tables, device=device)
+        total += source_counts(g, table, codes)
+    return np.minimum(1.0, total / tau).mean(axis=1)
 
 
 def share_score(codes: np.ndarray, rec: dict, tables: int, resolution: int, rho: float) -> np.ndarray:

@@ -6,7 +6,9 @@ Files are read by pandas / pyarrow; ``.npy`` with ``allow_pickle=False``.
 """
 from __future__ import annotations
 
+import csv
 import os
+import warnings
 from decimal import Decimal
 from pathlib import Path
 
@@ -18,16 +20,76 @@ from .errors import DuplicateFeatureError, EmptyDataError, InvalidArgumentError,
 _ACCEPTED = "a pandas DataFrame, a pyarrow Table, a NumPy array, a dict of columns, or a path to .csv/.tsv/.parquet/.npy"
 
 
-def read_path(path: str | os.PathLike) -> pd.DataFrame | np.ndarray:
+SNIFF_BYTES = 1 << 16
+DELIMITERS = ",;\t|"
+
+
+class OneColumnWarning(UserWarning):
+    """A CSV file parsed into a single column whose name holds another likely delimiter."""
+
+
+def sniff_sep(path: str | os.PathLike, default: str = ",") -> str:
+    """The field delimiter of a delimited text file, guessed by :class:`csv.Sniffer` from its
+    first 64 KiB among ``, ; TAB |`` (``default`` when the sample is not conclusive)."""
+    import gzip
+
+    p = Path(path)
+    try:
+        opener = gzip.open if p.suffix.lower() == ".gz" else open
+        with opener(p, "rt", encoding="utf-8", errors="replace", newline="") as f:
+            sample = f.read(SNIFF_BYTES)
+    except OSError:
+        return default
+    lines = sample.splitlines()
+    if len(sample) >= SNIFF_BYTES and len(lines) > 1:
+        sample = "\n".join(lines[:-1])  # the last line may be cut
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return default
+
+
+def check_sep(sep) -> str | None:
+    if sep is None or (isinstance(sep, str) and sep in ("auto", "")):
+        return None
+    if not isinstance(sep, str) or len(sep) != 1 or sep in "\"\r\n":
+        raise InvalidArgumentError(f"sep={sep!r} is not a field delimiter: give one character such as ',' ';' "
+                                   "'|' or '\\t', or 'auto' to guess it")
+    return sep
+
+
+def warn_one_column(df: pd.DataFrame, path, sep: str) -> None:
+    if df.shape[1] == 1:
+        name = str(df.columns[0])
+        others = [d for d in DELIMITERS if d != sep and d in name]
+        if others:
+            warnings.warn(f"{str(path)!r} parsed into one column named {name[:60]!r} with delimiter {sep!r}; "
+                          f"if its fields are separated by {others[0]!r}, pass sep={others[0]!r}",
+                          OneColumnWarning, stacklevel=3)
+
+
+def csv_options(path: str | os.PathLike, sep=None) -> dict:
+    """``pandas.read_csv`` keyword arguments for a delimited file: its delimiter (``sep``, or
+    sniffed when ``sep`` is None / ``"auto"``; TAB for .tsv)."""
+    sep = check_sep(sep)
+    if sep is None:
+        name = str(path).lower()
+        sep = "\t" if ".tsv" in name else sniff_sep(path)
+    return {"sep": sep}
+
+
+def read_path(path: str | os.PathLike, sep=None) -> pd.DataFrame | np.ndarray:
+    """Read a data file; ``sep`` is the CSV / TSV field delimiter (None or "auto": sniffed)."""
     p = Path(path)
     if not p.exists():
         raise UnsupportedDataError(f"data path {str(p)!r} does not exist: pass an existing file ({_ACCEPTED})")
     suffix = "".join(p.suffixes[-2:]).lower() if p.suffix.lower() in (".gz", ".bz2", ".zip", ".xz") else p.suffix.lower()
     try:
-        if suffix.startswith(".csv"):
-            return pd.read_csv(p)
-        if suffix.startswith(".tsv"):
-            return pd.read_csv(p, sep="\t")
+        if suffix.startswith((".csv", ".tsv")):
+            kw = csv_options(p, sep)
+            df = pd.read_csv(p, **kw)
+            warn_one_column(df, p, kw["sep"])
+            return df
         if suffix in (".parquet", ".pq"):
             return pd.read_parquet(p)
         if suffix == ".npy":

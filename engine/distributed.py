@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import glob as _glob
 import logging
+import contextlib
 import os
 from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -88,8 +89,8 @@ def empty_like(sketch: Sketch) -> Sketch:
             "count": np.zeros(0, np.uint32)}
     cov = None
     if sketch.coverage is not None:
-        cov = {**sketch.coverage, "table": np.zeros(0, np.int32), "code": np.zeros(0, np.int64),
-               "count": np.zeros(0, np.uint32)}
+        cov = {**{k: v for k, v in sketch.coverage.items() if k != "more"}, "table": np.zeros(0, np.int32),
+               "code": np.zeros(0, np.int64), "count": np.zeros(0, np.uint32)}
     return Sketch(tuple(sketch.config_key), sketch.partition_size, list(sketch.names), list(sketch.kinds),
                   np.full((nf, num_perm), EMPTY_SIG, dtype=np.uint32), np.zeros(nf, np.float64),
                   np.zeros(nf, np.int64), 0, 0, hist, cov)
@@ -414,6 +415,26 @@ def _where(spec: dict) -> str:
     return f"row group {spec['row_group']} of {spec['path']!r}"
 
 
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Spawned workers re-import the parent's ``__main__`` from its file. When that is no file --
+    ``python -`` (``<stdin>``), an embedded interpreter, some notebooks -- hide the name while the
+    workers start, so they start clean (the map functions live in this module, not in __main__)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    hide = main is not None and getattr(main, "__spec__", None) is None and path is not None \
+        and not os.path.isfile(path)
+    if hide:
+        del main.__file__
+    try:
+        yield
+    finally:
+        if hide:
+            main.__file__ = path
+
+
 class _Session:
     """Runs map tasks on one engine for both passes; owns the pool or the Ray instance it started."""
 
@@ -430,6 +451,9 @@ class _Session:
             # safely. As with any spawn pool, a script must call this under `if __name__ == "__main__":`.
             self.pool = ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn"))
             self.owned = True
+            # workers start on demand: keep a file-less __main__ hidden while this pool lives
+            self._hidden = _main_not_reimported()
+            self._hidden.__enter__()
         elif engine == "ray":
             ray = _import_ray()
             if not ray.is_initialized():
@@ -459,7 +483,12 @@ class _Session:
         if not self.owned:
             return
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            try:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+            finally:
+                hidden, self._hidden = getattr(self, "_hidden", None), None
+                if hidden is not None:
+                    hidden.__exit__(None, None, None)
         elif self.ray is not None and self.ray.is_initialized():
             self.ray.shutdown()
 

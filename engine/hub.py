@@ -80,6 +80,14 @@ class Match:
         d["features"] = [list(f) for f in self.features]
         return d
 
+    def __repr__(self) -> str:  # short: a few matched features and evidence values, not all of them
+        feats = ", ".join(t if t == src else f"{t}~{src}" for t, src, _ in self.features[:3])
+        more = f", +{len(self.features) - 3} more" if len(self.features) > 3 else ""
+        ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in
+                       list((k, v) for k, v in self.evidence.items() if isinstance(v, (int, float, str)))[:3])
+        return (f"Match({self.name!r}, score={self.score:.4g}, method={self.method!r}, overlap={self.overlap:.2f}, "
+                f"features=[{feats}{more}]" + (f", evidence={{{ev}}}" if ev else "") + ")")
+
 
 def _check_path(path) -> str:
     """A hub path as str: a non-empty str or os.PathLike of str, not under a regular file."""
@@ -445,7 +453,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None, model=None, validation=None,
                    logit_labels=None, confusion=None, class_accuracy=None) -> Entry:
-        """Register a sketch built elsewhere (``fitsketch.sketch``) as entry ``name``. A sketch built
+        """Register a sketch built elsewhere (``fitsketch.sketch_data``) as entry ``name``. A sketch built
         with ``labels=`` takes the model's per-class performance as :meth:`add` does."""
         self._check_sketch(sketch)
         spaces = None
@@ -457,7 +465,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             spaces = {"classes": classes}
         elif any(v is not None for v in (validation, confusion, class_accuracy)):
             raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
-                                         "performance: build the sketch with fitsketch.sketch(data, labels=...)")
+                                         "performance: build the sketch with fitsketch.sketch_data(data, labels=...)")
         return self._add(name, sketch, _check_metadata(metadata), None, spaces=spaces)
 
     def add_sketches(self, items, *, batch: int = 1000, progress: bool = False) -> int:

@@ -127,7 +127,7 @@ def encode_frame(obj, max_frame: int = MAX_FRAME_LIMIT) -> bytes:
     if len(body) > max_frame:
         raise E.FrameTooLargeError(
             f"a frame of {len(body)} bytes is over the limit of {max_frame} bytes: send less data per "
-            "call (fewer rows, or a sketch built with fitsketch.sketch), or raise the server's --max-frame")
+            "call (fewer rows, or a sketch built with fitsketch.sketch_data), or raise the server's --max-frame")
     return _HEADER.pack(len(body)) + body
 
 
@@ -371,13 +371,24 @@ def _check_coverage_record(cov, bad) -> None:
     bits, tables = cov["bits"], cov["tables"]
     if not (type(bits) is int and 1 <= bits <= 30 and type(tables) is int and 1 <= tables <= 65536):
         raise bad("coverage bits must be in 1..30 and tables in 1..65536")
-    arrs = [cov["table"], cov["code"], cov["count"]]
-    if not all(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu" and len(a) == len(arrs[0])
-               for a in arrs):
-        raise bad("coverage table / code / count must be 1-D integer arrays of one length")
-    if len(arrs[0]) and (arrs[0].min() < 0 or arrs[0].max() >= tables or arrs[1].min() < 0
-                         or arrs[1].max() >= (1 << bits)):
-        raise bad("coverage table / code out of range")
+    more = cov.get("more", [])
+    from .coverage import MAX_GROUPS
+
+    if not (isinstance(more, list) and len(more) < MAX_GROUPS):
+        raise bad(f"coverage more must be a list of at most {MAX_GROUPS - 1} count groups")
+    for g in [cov, *more]:
+        if not (isinstance(g, dict) and {"center", "table", "code", "count"} <= set(g)):
+            raise bad("each coverage count group must be a map with center, table, code, count")
+        c = g["center"]
+        if not (isinstance(c, np.ndarray) and c.shape == keys.shape and c.dtype.kind == "f" and np.isfinite(c).all()):
+            raise bad("coverage center must be a finite float array as long as keys")
+        arrs = [g["table"], g["code"], g["count"]]
+        if not all(isinstance(a, np.ndarray) and a.ndim == 1 and a.dtype.kind in "iu" and len(a) == len(arrs[0])
+                   for a in arrs):
+            raise bad("coverage table / code / count must be 1-D integer arrays of one length")
+        if len(arrs[0]) and (arrs[0].min() < 0 or arrs[0].max() >= tables or arrs[1].min() < 0
+                             or arrs[1].max() >= (1 << bits)):
+            raise bad("coverage table / code out of range")
 
 
 def sketch_from_wire(rec: dict):

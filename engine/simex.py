@@ -693,6 +693,9 @@ def pair_classes(target_data, target_labels, source_data, source_labels, *, imag
 def heatmap(classes, matrix, path, *, col_classes=None, title: str = "SimEx Δ (row target | column AE)",
             fmt: str = ".2f") -> str:
     """Write the matrix as an annotated PNG (matplotlib's Agg canvas, no global backend change)."""
+    from .extras import require
+
+    require("matplotlib", "the heatmap (--png)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -6,7 +6,8 @@
 * ``sums``, ``counts`` -- per numeric feature, for feature means; merge: sum
 * ``n_rows``; merge: sum
 * ``coverage`` -- counts of rows per (table, SimHash code) of the transformed rows (coverage.py);
-  merge: sum (both parts must share the centre: pass ``coverage_center``)
+  merge: sum when both parts share the centre (``coverage_center``); parts sketched independently
+  (each around its own mean) keep one group of counts per centre, scored together
 
 Rows are shuffled with a generator seeded by the hub seed, then cut into partitions of
 ``partition_size`` rows (the last one may be shorter), so partitions are samples of the data.
@@ -47,6 +48,7 @@ class Sketch:
     classes: dict | None = field(default=None, repr=False)
     # in memory only: columns left out of a query sketch because they hold no value (skip_empty)
     left_out: list | None = field(default=None, repr=False, compare=False)
+    set_elems: list | None = field(default=None, repr=False, compare=False)   # minhash=False: each feature's set
 
     @property
     def n_features(self) -> int:
@@ -138,7 +140,7 @@ def build_sketch(data, config: SketchConfig, **kw) -> Sketch:
 def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
                   device: str = "auto", progress: bool = False, shuffle: bool = True,
                   coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
-                  quantize=None, skip_empty: bool = False) -> Sketch:
+                  quantize=None, skip_empty: bool = False, minhash: bool = True) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
@@ -147,7 +149,9 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     shuffle by ``(config.seed, *shuffle_key)`` instead of the seed alone, and ``quantize`` replaces
     :func:`quantize_column` (``(name, column, config, kind) -> Column``). ``skip_empty`` (queries)
     leaves out the columns that hold no value (all missing / NaN, or text without a word) instead
-    of refusing them, and names them in ``Sketch.left_out``; a frame of only such columns is refused.
+    of refusing them, and names them in ``Sketch.left_out``; a frame of only such columns is refused. ``minhash=False`` leaves
+    the signatures empty and keeps each feature's MinHash set in ``set_elems`` instead (in memory),
+    for a caller that sketches many chunks and hashes the union once (``fitsketch.chunked``).
     """
     m = config.partition_size if partition_size is None else partition_size
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -189,8 +193,13 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     offsets = np.zeros(len(cols) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     values = np.concatenate([c.set_elems for c in cols]).astype(np.int64) if cols else np.zeros(0, np.int64)
-    sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device,
-                       family=config.minhash_family)
+    if minhash:
+        sigs = minhash_csr(values, offsets, num_perm=config.num_perm, seed=config.seed, device=device,
+                           family=config.minhash_family)
+    else:
+        from .kernels.minhash import EMPTY
+
+        sigs = np.full((len(cols), config.num_perm), EMPTY, dtype=np.uint32)
     # partitions: a seeded shuffle, then blocks of m rows
     if shuffle_key is not None:
         ss = np.random.SeedSequence([config.seed, *[int(k) for k in shuffle_key]])
@@ -222,7 +231,8 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
                   np.array([c.total for c in cols], dtype=np.float64),
                   np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner,
-                  left_out=left_out or None)
+                  left_out=left_out or None,
+                  set_elems=None if minhash else [np.unique(np.asarray(c.set_elems, dtype=np.int64)) for c in cols])
 
 
 MAX_ROWS = 1 << 40        # rows a sketch may claim (n_rows); partitions are at most one per row
@@ -235,7 +245,7 @@ def check_sketch(sk: Sketch, config: SketchConfig) -> None:
     with ``n_rows``, the coverage record over this hub's bits / tables and the sketch's columns.
     A stored entry can then never break a search of others (issue 23)."""
     def bad(why):
-        return InvalidArgumentError(f"sketch is malformed: {why}; build it with fitsketch.sketch(data, hub.config) "
+        return InvalidArgumentError(f"sketch is malformed: {why}; build it with fitsketch.sketch_data(data, hub.config) "
                                     "and send Sketch.to_bytes() / to_record() unchanged")
 
     def int_array(a, what, shape=None):

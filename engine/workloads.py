@@ -68,6 +68,9 @@ def _skewed_indices(rng, y_pool: np.ndarray, major: list[int], n: int, share: fl
 
 def digits_skew(seed: int = 0, n_source: int = 400, n_target: int = 300, share: float = 0.8) -> Workload:
     """Balanced + 5 class-skewed subsets of digits (classes {0,1}, {2,3}, ... hold ``share``)."""
+    from .extras import require
+
+    require("sklearn", "the digits workloads (and the demo)")
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -203,6 +206,9 @@ def digit_domains(seed: int = 0, n_source: int = 400, n_target: int = 300,
     LogisticRegression on ``n_source`` training rows and is, in turn, a target of ``n_target``
     held-out rows. Ground truth: each source model's accuracy on each target (cross-domain
     transfer); source accuracy: on ``n_target`` other held-out rows of its own recipe."""
+    from .extras import require
+
+    require("sklearn", "the digits workloads (and the demo)")
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -363,6 +369,9 @@ class ERMatcher:
         self.seed = seed
 
     def fit(self, pairs: ERPairs) -> "ERMatcher":
+        from .extras import require
+
+        require("sklearn", "the entity-matching workload's matcher")
         from sklearn.ensemble import HistGradientBoostingClassifier
         from sklearn.feature_extraction.text import TfidfVectorizer
 

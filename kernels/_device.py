@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 VALID = ("auto", "cpu", "cuda")
 
 
@@ -21,6 +19,8 @@ class DeviceError(RuntimeError):
 
 
 def cuda_available() -> bool:
+    import torch  # here, not at import time: fitsketch.errors imports DeviceError, and the CLI's --help stays fast
+
     return torch.cuda.is_available()
 
 

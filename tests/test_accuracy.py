@@ -176,7 +176,7 @@ def test_auto_uses_accuracy_on_labelled_entries_and_label_free_otherwise(tmp_pat
         plan = hub.explain(query, method="auto")
         assert "auto: accuracy" in str(plan)
         with pytest.raises(E.NoLabelsError):
-            hub.search(fitsketch.sketch(query, hub.config), method="accuracy")
+            hub.search(fitsketch.sketch_data(query, hub.config), method="accuracy")
 
 
 @pytest.mark.parametrize("case", ["single_class", "nan", "unhashable", "mixed_kinds", "validation_without_model",
@@ -312,15 +312,15 @@ def test_column_buckets_equal_quantize_column(rng):
 
 
 def test_labelled_sketches_merge_and_register_like_add(tmp_path, rng):
-    """fitsketch.sketch(part, labels=) of two parts, merged, registered with add_sketch: the same
+    """fitsketch.sketch_data(part, labels=) of two parts, merged, registered with add_sketch: the same
     class record and the same predicted accuracy as hub.add of the whole."""
     df, y = _labelled(rng, int(rng.integers(20, 200)), [0, 1, 2])
     cut = int(rng.integers(5, len(df) - 5))
     y[:2], y[cut:cut + 2] = [0, 1], [1, 2]
     cfg = SketchConfig()
-    center = fitsketch.sketch(df, cfg).coverage["center"]     # parts share the coverage centre
-    a = fitsketch.sketch(df.iloc[:cut], cfg, labels=y[:cut], coverage_center=center)
-    b = fitsketch.sketch(df.iloc[cut:].reset_index(drop=True), cfg, labels=y[cut:], coverage_center=center)
+    center = fitsketch.sketch_data(df, cfg).coverage["center"]     # parts share the coverage centre
+    a = fitsketch.sketch_data(df.iloc[:cut], cfg, labels=y[:cut], coverage_center=center)
+    b = fitsketch.sketch_data(df.iloc[cut:].reset_index(drop=True), cfg, labels=y[cut:], coverage_center=center)
     merged = a.merge(b)
     again = fitsketch.Sketch.from_bytes(merged.to_bytes())
     ca = {0: 0.9, 1: 0.6, 2: 0.3}
@@ -335,7 +335,7 @@ def test_labelled_sketches_merge_and_register_like_add(tmp_path, rng):
         np.testing.assert_array_equal(recs["whole"][key], recs["parts"][key])
     assert res["whole"].score == res["parts"].score
     with pytest.raises(E.InvalidArgumentError, match="labels"):
-        a.merge(fitsketch.sketch(df.iloc[cut:], cfg, coverage_center=center))
+        a.merge(fitsketch.sketch_data(df.iloc[cut:], cfg, coverage_center=center))
 
 
 def test_auto_is_screened_as_its_label_free_default_until_an_entry_has_labels(tmp_path, rng):

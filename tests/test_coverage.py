@@ -64,10 +64,10 @@ def test_coverage_counts_merge_by_addition():
     a = pd.DataFrame({"x": rng.normal(size=40), "y": rng.normal(size=40), "c": rng.choice(["p", "q"], 40)})
     b = pd.DataFrame({"x": rng.normal(size=23), "y": rng.normal(size=23), "c": rng.choice(["p", "r"], 23)})
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
-    center = rng.normal(size=fitsketch.sketch(a, cfg).coverage["center"].shape)
-    sa = fitsketch.sketch(a, cfg, coverage_center=center).coverage
-    sb = fitsketch.sketch(b, cfg, coverage_center=center).coverage
-    sab = fitsketch.sketch(pd.concat([a, b], ignore_index=True), cfg, coverage_center=center).coverage
+    center = rng.normal(size=fitsketch.sketch_data(a, cfg).coverage["center"].shape)
+    sa = fitsketch.sketch_data(a, cfg, coverage_center=center).coverage
+    sb = fitsketch.sketch_data(b, cfg, coverage_center=center).coverage
+    sab = fitsketch.sketch_data(pd.concat([a, b], ignore_index=True), cfg, coverage_center=center).coverage
     dense = lambda c: {(int(t), int(k)): int(n) for t, k, n in zip(c["table"], c["code"], c["count"])}  # noqa: E731
     merged = dict(dense(sa))
     for key, n in dense(sb).items():

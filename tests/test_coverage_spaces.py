@@ -182,7 +182,7 @@ def test_planted_only_one_sources_embeddings_cover_the_target(tmp_path):
         assert [m.name for m in res][0] == "s1" and res[0].score > 0.5 > res[1].score
         assert res[0].evidence["space"] == "embedding" and res[0].evidence["target_rows"] == 80
         # the query may be a sketch: this space needs its embeddings, not its rows
-        sk = hub.search(fitsketch.sketch(rows, hub.config), method="coverage", coverage_space="embedding", embedding=q)
+        sk = hub.search(fitsketch.sketch_data(rows, hub.config), method="coverage", coverage_space="embedding", embedding=q)
         assert [(m.name, m.score) for m in sk] == [(m.name, m.score) for m in res]
 
 
@@ -223,7 +223,7 @@ def test_fallback_and_errors(tmp_path):
         with pytest.raises(E.FeatureMismatchError, match="coverage_fallback"):
             hub.search(df, method="coverage", coverage_space="latent", coverage_fallback=False)
         # a sketch query has no rows to encode
-        sk = hub.search(fitsketch.sketch(df, hub.config), method="coverage", coverage_space="latent", where={})
+        sk = hub.search(fitsketch.sketch_data(df, hub.config), method="coverage", coverage_space="latent", where={})
         assert "sketch without its rows" in sk[0].evidence["fallback"]
         # embedding: the query must give its sample embeddings
         with pytest.raises(E.InvalidArgumentError, match="embedding=\\(n, d\\)"):
@@ -283,9 +283,9 @@ def test_cli_coverage_space(tmp_path, capsys):
         assert len(res) == 3 and all(r["method"] == "coverage" and r["evidence"]["space"] == space for r in res)
     code, _, err = run("search", tmp_path / "hub", tmp_path / "q.csv", "--method", "coverage",
                        "--coverage-space", "embedding")
-    assert code == 2 and "[invalid_argument]" in err and "embedding=(n, d)" in err
-    with pytest.raises(SystemExit):
-        run("search", tmp_path / "hub", tmp_path / "q.csv", "--coverage-space", "pixels")
+    assert code == 2 and "[invalid_argument]" in err and "--embedding FILE.npy" in err   # command-line terms
+    code, _, err = run("search", tmp_path / "hub", tmp_path / "q.csv", "--coverage-space", "pixels")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "invalid choice: 'pixels'" in err
 
 
 def test_server_coverage_space_equals_embedded(tmp_path):

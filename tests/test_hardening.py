@@ -26,7 +26,7 @@ def _frame(rng, n=40, shift=0.0):
 def small_hub(tmp_path, rng):
     """A hub of 24 two-column entries (over 4 x shortlist=2, so shortlist=2 runs the profile stage)."""
     hub = fitsketch.open(tmp_path / "h")
-    items = [(f"e{i:02d}", fitsketch.sketch(_frame(rng, shift=i % 6), hub.config)) for i in range(24)]
+    items = [(f"e{i:02d}", fitsketch.sketch_data(_frame(rng, shift=i % 6), hub.config)) for i in range(24)]
     hub.add_sketches(items)
     yield hub, rng
     hub.close()
@@ -68,7 +68,7 @@ def test_search_racing_removes_in_a_thread(small_hub):
     sketches = {n: None for n in hub.names()}
     q = _frame(rng, shift=1)
     for n in list(sketches)[:12]:
-        sketches[n] = fitsketch.sketch(_frame(np.random.default_rng(len(n)), shift=1), hub.config)
+        sketches[n] = fitsketch.sketch_data(_frame(np.random.default_rng(len(n)), shift=1), hub.config)
     stop = threading.Event()
     errors = []
 
@@ -156,7 +156,7 @@ def test_wide_query_is_refused_with_the_column_limit(small_hub):
     with pytest.raises(E.LimitExceededError) as ei:
         hub.search(wide)
     assert str(MAX_QUERY_COLUMNS) in str(ei.value)
-    sk = fitsketch.sketch(wide, hub.config)
+    sk = fitsketch.sketch_data(wide, hub.config)
     with pytest.raises(E.LimitExceededError):
         hub.search(sk)
     # the widest allowed query is answered (its 'a' / 'b' columns match the entries)
@@ -204,7 +204,7 @@ def test_malformed_sketches_are_refused_and_leave_the_hub_unchanged(small_hub):
     import copy
 
     hub, rng = small_hub
-    good = fitsketch.sketch(_frame(rng, n=1200), hub.config)
+    good = fitsketch.sketch_data(_frame(rng, n=1200), hub.config)
     before = (hub.names(), hub.stats()["generation"])
     for what, mutate in _mutations(good):
         bad = copy.deepcopy(good)
@@ -240,7 +240,7 @@ def test_from_bytes_of_malformed_records_is_a_named_error(rec):
 
 def test_metadata_is_plain_data(small_hub):
     hub, rng = small_hub
-    sk = fitsketch.sketch(_frame(rng), hub.config)
+    sk = fitsketch.sketch_data(_frame(rng), hub.config)
     with pytest.raises(E.CodecError, match="tolist"):
         hub.add_sketch("m", sk, metadata={"task": np.array([1, 2, 3])})
     with pytest.raises(E.CodecError):
@@ -294,7 +294,7 @@ def test_search_skips_damaged_entries_and_says_so(small_hub):
         got = [m.name for m in hub.search(q, k=30, method=method, shortlist=0)]
         assert got == [n for n in ref[method] if n not in skipped], method
     # the damaged metadata fails every where= equality instead of raising
-    hub.add_sketch("tagged", fitsketch.sketch(q, hub.config), metadata={"task": "x"})
+    hub.add_sketch("tagged", fitsketch.sketch_data(q, hub.config), metadata={"task": "x"})
     assert [m.name for m in hub.search(q, k=30, where={"task": "x"})] == ["tagged"]
     hub.remove(victims[0])                      # and the entries can be removed
     assert victims[0] not in hub
@@ -304,7 +304,7 @@ def test_search_skips_damaged_entries_and_says_so(small_hub):
 def test_writes_on_a_readonly_handle_say_read_only(small_hub, tmp_path):
     hub, rng = small_hub
     path, names = hub.path, hub.names()
-    sk = fitsketch.sketch(_frame(rng), hub.config)
+    sk = fitsketch.sketch_data(_frame(rng), hub.config)
     hub.close()
     with fitsketch.open(path, readonly=True) as ro:
         for write in (lambda: ro.add("n", _frame(rng)), lambda: ro.add_sketch("n", sk), lambda: ro.remove(names[0]),
@@ -357,7 +357,7 @@ def test_read_only_directory_opens_readonly_and_says_what_to_do(tmp_path, rng):
         os.chmod(root, 0o755)
         path = os.path.join(root, "hub")
         with fitsketch.open(path) as hub:
-            hub.add_sketches([(f"e{i}", fitsketch.sketch(_frame(rng, shift=i), hub.config)) for i in range(4)])
+            hub.add_sketches([(f"e{i}", fitsketch.sketch_data(_frame(rng, shift=i), hub.config)) for i in range(4)])
             names, top = hub.names(), [m.name for m in hub.search(
                 pd.DataFrame({"a": np.linspace(-1, 1, 40), "b": np.arange(40) % 6}), k=3)]
         for d, _, files in os.walk(path):
@@ -481,7 +481,7 @@ def test_lone_surrogates_are_named_errors(small_hub):
         with pytest.raises(E.InvalidArgumentError, match="surrogate"):
             hub.search(data)
         with pytest.raises(E.InvalidArgumentError, match="surrogate"):
-            fitsketch.sketch(data)
+            fitsketch.sketch_data(data)
     with pytest.raises(E.InvalidArgumentError, match="surrogate"):
         hub.add("bad\udc80name", _frame(rng))
     assert "bad\udc80name" not in hub
@@ -499,10 +499,10 @@ def test_names_are_nfc_normalized(small_hub):
     with pytest.raises(E.EntryExistsError):
         hub.add(nfc, _frame(rng))
     with pytest.raises(E.EntryExistsError):
-        hub.add_sketches([(nfc, fitsketch.sketch(_frame(rng), hub.config))])
+        hub.add_sketches([(nfc, fitsketch.sketch_data(_frame(rng), hub.config))])
     with pytest.raises(E.EntryExistsError, match="twice"):
-        hub.add_sketches([("x" + nfc, fitsketch.sketch(_frame(rng), hub.config)),
-                          ("x" + nfd, fitsketch.sketch(_frame(rng), hub.config))])
+        hub.add_sketches([("x" + nfc, fitsketch.sketch_data(_frame(rng), hub.config)),
+                          ("x" + nfd, fitsketch.sketch_data(_frame(rng), hub.config))])
     assert hub.get(nfd).name == nfc and [n for n in hub.names() if n.startswith("caf")] == [nfc]
     hub.remove(nfd)
     assert nfc not in hub
@@ -518,7 +518,7 @@ def test_complex_columns_are_refused(small_hub):
         with pytest.raises(E.UnsupportedDataError, match="complex"):
             hub.search(data)
         with pytest.raises(E.UnsupportedDataError, match="complex"):
-            fitsketch.sketch(data)
+            fitsketch.sketch_data(data)
     assert hub.names() == before
 
 
@@ -527,8 +527,8 @@ def test_compact_brings_a_churned_hub_back_to_its_live_size(tmp_path, rng):
     import _hubcheck as hc
 
     hub = fitsketch.open(tmp_path / "h")
-    keep = [(f"k{i}", fitsketch.sketch(_frame(rng, n=300, shift=i % 5), hub.config)) for i in range(10)]
-    churn = [(f"c{i}", fitsketch.sketch(_frame(rng, n=300, shift=i % 5), hub.config)) for i in range(400)]
+    keep = [(f"k{i}", fitsketch.sketch_data(_frame(rng, n=300, shift=i % 5), hub.config)) for i in range(10)]
+    churn = [(f"c{i}", fitsketch.sketch_data(_frame(rng, n=300, shift=i % 5), hub.config)) for i in range(400)]
     hub.add_sketches(keep[:5])
     hub.add_sketches(churn)
     hub.add_sketches(keep[5:])
@@ -556,7 +556,7 @@ def test_compact_refuses_while_another_process_has_the_hub_open(tmp_path, rng):
     import sys
 
     hub = fitsketch.open(tmp_path / "h")
-    hub.add_sketches([(f"e{i}", fitsketch.sketch(_frame(rng), hub.config)) for i in range(3)])
+    hub.add_sketches([(f"e{i}", fitsketch.sketch_data(_frame(rng), hub.config)) for i in range(3)])
     child = subprocess.Popen([sys.executable, "-c", "import sys, fitsketch\nh = fitsketch.open(sys.argv[1], "
                               "readonly=True)\nprint(len(h), flush=True)\nsys.stdin.read()", str(tmp_path / "h")],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -580,7 +580,7 @@ def test_cli_compact(tmp_path, rng):
     import sys
 
     with fitsketch.open(tmp_path / "h") as hub:
-        hub.add_sketches([(f"e{i}", fitsketch.sketch(_frame(rng, n=300), hub.config)) for i in range(60)])
+        hub.add_sketches([(f"e{i}", fitsketch.sketch_data(_frame(rng, n=300), hub.config)) for i in range(60)])
         for i in range(55):
             hub.remove(f"e{i}")
         churned = hub.store.env_bytes()
@@ -615,7 +615,7 @@ def test_empty_npy_file_is_a_named_error(small_hub, tmp_path):
     np.save(truncated, rng.normal(size=(50, 3)))
     truncated.write_bytes(truncated.read_bytes()[:20])
     for f in (empty, truncated):
-        for call in (lambda: hub.add("n", str(f)), lambda: hub.search(str(f)), lambda: fitsketch.sketch(str(f))):
+        for call in (lambda: hub.add("n", str(f)), lambda: hub.search(str(f)), lambda: fitsketch.sketch_data(str(f))):
             with pytest.raises(E.UnsupportedDataError):
                 call()
     assert "n" not in hub

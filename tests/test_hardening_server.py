@@ -298,7 +298,7 @@ def test_poisoned_add_sketch_over_the_wire_is_refused(tmp_path, sock_dir, rng):
             frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.integers(0, 5, 300)})
             c.add("good", frame)
             cfg = srv.hub.config
-            sk = fitsketch.sketch(frame, cfg)
+            sk = fitsketch.sketch_data(frame, cfg)
             cov = sk.coverage
             for bad in ({**cov, "keys": cov["keys"][::-1].copy()}, {**cov, "bits": 30}, {**cov, "tables": 65536}):
                 sk.coverage = bad
@@ -309,7 +309,7 @@ def test_poisoned_add_sketch_over_the_wire_is_refused(tmp_path, sock_dir, rng):
             with pytest.raises(E.InvalidArgumentError):
                 c.add_sketch("poison", sk)
             with pytest.raises(E.CodecError):
-                c.add_sketch("poison", fitsketch.sketch(frame, cfg), metadata={"task": np.array([1, 2])})
+                c.add_sketch("poison", fitsketch.sketch_data(frame, cfg), metadata={"task": np.array([1, 2])})
             assert c.names() == ["good"]
             assert [m.name for m in c.search(frame, method="coverage")] == ["good"]
     finally:

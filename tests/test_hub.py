@@ -49,7 +49,7 @@ def hub(tmp_path):
 def test_public_surface_is_pinned():
     assert sorted(fitsketch.__all__) == sorted([
         "Entry", "FitsketchError", "Hub", "METHODS", "Match", "Sketch", "SketchConfig", "__version__",
-        "connect", "errors", "inspect", "minhash", "open", "open_sharded", "sketch"])
+        "connect", "errors", "inspect", "minhash_sets", "open", "open_sharded", "sketch_data"])
     for name in fitsketch.__all__:
         assert hasattr(fitsketch, name)
 
@@ -180,7 +180,7 @@ def test_search_accepts_a_prebuilt_sketch(hub):
 
     m = query_partition_size(len(q), hub.config.partition_size, hub.config.query_min_partitions,
                              hub.config.query_partition_rows)
-    b = hub.search(fitsketch.sketch(q, hub.config, partition_size=m))
+    b = hub.search(fitsketch.sketch_data(q, hub.config, partition_size=m))
     assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
 
 
@@ -203,15 +203,15 @@ def test_input_kinds_give_the_same_sketch(tmp_path):
     np.save(npy, arr)
     import pyarrow as pa
 
-    ref = fitsketch.sketch(df)
-    variants = [fitsketch.sketch(arr, feature_names=names), fitsketch.sketch({n: arr[:, i] for i, n in enumerate(names)}),
-                fitsketch.sketch(pa.Table.from_pandas(df)), fitsketch.sketch(str(pq)),
-                fitsketch.sketch(npy, feature_names=None)]
+    ref = fitsketch.sketch_data(df)
+    variants = [fitsketch.sketch_data(arr, feature_names=names), fitsketch.sketch_data({n: arr[:, i] for i, n in enumerate(names)}),
+                fitsketch.sketch_data(pa.Table.from_pandas(df)), fitsketch.sketch_data(str(pq)),
+                fitsketch.sketch_data(npy, feature_names=None)]
     for v in variants[:4]:
         assert v.names == names and np.array_equal(v.signatures, ref.signatures)
     assert np.array_equal(variants[4].signatures, ref.signatures)  # same values, names f0..f2
     # CSV round-trips floats through text: equal up to the quantizer's buckets
-    assert np.array_equal(fitsketch.sketch(str(csv)).signatures, ref.signatures)
+    assert np.array_equal(fitsketch.sketch_data(str(csv)).signatures, ref.signatures)
 
 
 # ------------------------------------------------------------------ errors leave the hub unchanged

@@ -80,9 +80,9 @@ def test_sketches_of_another_family_are_refused(tmp_path):
     with fitsketch.open(_old_hub(tmp_path)) as old:
         cfg = old.config
         with pytest.raises(E.FitsketchError, match="sketch"):
-            old.add_sketch("new-family", fitsketch.sketch(df, cfg.replace(minhash_family="ms64")))
+            old.add_sketch("new-family", fitsketch.sketch_data(df, cfg.replace(minhash_family="ms64")))
         assert "new-family" not in old and len(old) == 5                # unchanged
-        old.add_sketch("same-family", fitsketch.sketch(df, cfg))
+        old.add_sketch("same-family", fitsketch.sketch_data(df, cfg))
         assert "same-family" in old
     with pytest.raises(E.InvalidArgumentError, match="sketch parameters"):
         fitsketch.open(tmp_path / "old", config=cfg.replace(minhash_family="ms64"))

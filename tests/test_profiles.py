@@ -26,7 +26,7 @@ def _frame(rng, n, loc=0.0, names=("a", "b", "c")):
 
 
 def _sketch(cfg, df, ps=50):
-    return fitsketch.sketch(df, cfg, partition_size=ps)
+    return fitsketch.sketch_data(df, cfg, partition_size=ps)
 
 
 # ----------------------------------------------------------------------------- kernels / formats

@@ -78,7 +78,7 @@ def test_add_names_len_contains_get(api):
     e2 = api.add("arr", x, feature_names=["u", "v", "w"], partition_size=PART)
     assert e2.features == ["u", "v", "w"] and e2.n_rows == N
     e3 = api.add("df", pd.DataFrame({"s": [f"t{i % 7}" for i in range(N)], "n": np.arange(N)}), partition_size=PART)
-    assert e3.kinds == fitsketch.sketch(pd.DataFrame({"s": ["t0"], "n": [0]})).kinds
+    assert e3.kinds == fitsketch.sketch_data(pd.DataFrame({"s": ["t0"], "n": [0]})).kinds
     assert api.names() == ["arr", "df", "m0"] and len(api) == 3
     assert "m0" in api and "nope" not in api and 5 not in api
     assert api.get("m0") == e and api.get("arr") == e2
@@ -91,7 +91,7 @@ def test_add_names_len_contains_get(api):
 
 def test_add_sketch(api):
     cfg = api.config
-    sk = fitsketch.sketch(_data(3), cfg, partition_size=PART)
+    sk = fitsketch.sketch_data(_data(3), cfg, partition_size=PART)
     e = api.add_sketch("sk", sk, metadata={"k": [1, 2]})
     assert e.n_rows == N and e.metadata == {"k": [1, 2]} and api.get("sk") == e
     assert api.search(sk, method="exact-js")[0].name == "sk"
@@ -99,7 +99,7 @@ def test_add_sketch(api):
 
 def test_add_sketches(api):
     cfg = api.config
-    sks = {f"b{i}": fitsketch.sketch(_data(20 + i, shift=i), cfg, partition_size=PART) for i in range(7)}
+    sks = {f"b{i}": fitsketch.sketch_data(_data(20 + i, shift=i), cfg, partition_size=PART) for i in range(7)}
     api.add("m0", _data(1), partition_size=PART)
     assert api.add_sketches([]) == 0
     items = [(n, sk, {"i": i}) if i % 2 else (n, sk) for i, (n, sk) in enumerate(sks.items())]
@@ -111,7 +111,7 @@ def test_add_sketches(api):
     want = [(m.name, m.score) for m in api.search(sks["b3"], k=8, method="exact-js")]
     assert want[0] == ("b3", pytest.approx(1.0))
     # refused before anything is written: a name in the hub, a name twice, a bad item, a bad batch
-    fresh = fitsketch.sketch(_data(99), cfg, partition_size=PART)
+    fresh = fitsketch.sketch_data(_data(99), cfg, partition_size=PART)
     bad = {
         E.EntryExistsError: [("new", fresh), ("b2", fresh)],
         E.InvalidArgumentError: [("new", fresh), ("x", "not a sketch")],
@@ -125,7 +125,7 @@ def test_add_sketches(api):
         api.add_sketches([("new", fresh)], batch=0)
     with pytest.raises(E.InvalidArgumentError):
         api.add_sketches([("new", fresh, {"k": 1}, "extra")])
-    other = fitsketch.sketch(_data(99), cfg.replace(num_perm=64, lsh_l=16), partition_size=PART)
+    other = fitsketch.sketch_data(_data(99), cfg.replace(num_perm=64, lsh_l=16), partition_size=PART)
     with pytest.raises(E.InvalidArgumentError, match="parameters"):
         api.add_sketches([("new", fresh), ("odd", other)])
     assert len(api) == 8 and "new" not in api
@@ -137,7 +137,7 @@ def test_client_add_sketches_splits_requests_at_the_frame_limit(tmp_path, sock_d
     try:
         with connect(srv.url()) as c, fitsketch.open(tmp_path / "ref") as ref:
             cfg = c.config
-            sks = [(f"e{i:02d}", fitsketch.sketch(_data(40 + i, shift=i % 5), cfg, partition_size=PART), {"i": i})
+            sks = [(f"e{i:02d}", fitsketch.sketch_data(_data(40 + i, shift=i % 5), cfg, partition_size=PART), {"i": i})
                    for i in range(13)]
             one = len(pack({"name": "e00", "sketch": sks[0][1].to_record(), "metadata": {"i": 0}}))
             assert 2 * one < 20_000 < 13 * one            # several items fit a request, not all
@@ -149,7 +149,7 @@ def test_client_add_sketches_splits_requests_at_the_frame_limit(tmp_path, sock_d
             assert len(sent) > 1 and sum(sent) == 13 and 1 < max(sent) and max(sent) * one < 20_000
             ref.add_sketches(sks)
             assert c.names() == ref.names()
-            q = fitsketch.sketch(_data(45, shift=0), cfg, partition_size=PART)
+            q = fitsketch.sketch_data(_data(45, shift=0), cfg, partition_size=PART)
             assert [(m.name, m.score) for m in c.search(q, k=13)] == \
                 [(m.name, pytest.approx(m.score, abs=1e-12)) for m in ref.search(q, k=13)]
             # a later request refused: the earlier ones stay, and the error says how many went in
@@ -204,7 +204,7 @@ def pair(tmp_path, sock_dir):
 def test_search_and_explain_equal_embedded(pair):
     hub, client = pair
     queries = [_data(42, shift=2), pd.DataFrame(_data(43, shift=1)),
-               np.random.default_rng(44).integers(0, 25, size=(N, 2)), fitsketch.sketch(_data(45), hub.config)]
+               np.random.default_rng(44).integers(0, 25, size=(N, 2)), fitsketch.sketch_data(_data(45), hub.config)]
     for q in queries:
         fn = ["a", "b"] if isinstance(q, np.ndarray) else None
         for method in METHODS:
@@ -420,7 +420,7 @@ def test_malformed_frames_get_errors_and_server_keeps_serving(tmp_path, sock_dir
 
 def test_malformed_sketch_records_are_refused(server):
     with connect(server.url()) as c:
-        rec = fitsketch.sketch(_data(1), c.config, partition_size=PART).to_record()
+        rec = fitsketch.sketch_data(_data(1), c.config, partition_size=PART).to_record()
         s = _raw(server.url())
         _hello(s)
         bad = [
@@ -839,7 +839,7 @@ def test_nearest_sample_and_search_logits_equal_embedded(tmp_path, sock_dir):
 def test_wire_sketch_with_a_bad_coverage_record_is_refused():
     from fitsketch.protocol import sketch_from_wire
 
-    sk = fitsketch.sketch(_data(3))
+    sk = fitsketch.sketch_data(_data(3))
     assert sketch_from_wire(sk.to_record()).coverage is not None
     for mutate in (lambda c: c.update(code=c["code"].astype(np.int64) + (1 << 20)),
                    lambda c: c.update(table=c["table"][:-1]),

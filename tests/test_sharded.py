@@ -29,7 +29,7 @@ def zoo(tmp_path_factory):
     d = tmp_path_factory.mktemp("zoo")
     cats = np.array(["x", "y", "z", "w", "v"])
     names = [f"model-{i:02d}" for i in range(N_ENTRIES)]
-    sketches = {n: fitsketch.sketch(_data(rng, 150 + 25 * i, i * 0.7, 1 + i % 4, cats[: 2 + i % 4]), CFG)
+    sketches = {n: fitsketch.sketch_data(_data(rng, 150 + 25 * i, i * 0.7, 1 + i % 4, cats[: 2 + i % 4]), CFG)
                 for i, n in enumerate(names)}
     single = fitsketch.open(d / "all.hub", config=CFG)
     sh = S.open_sharded([d / f"s{i}.hub" for i in range(3)], config=CFG)
@@ -56,7 +56,7 @@ def test_sharded_search_equals_one_hub(zoo, method, k):
 
 def test_sharded_search_with_where_and_a_prebuilt_sketch(zoo):
     single, sh, query = zoo
-    q = fitsketch.sketch(query, CFG)
+    q = fitsketch.sketch_data(query, CFG)
     want = single.search(q, k=4, where={"i": 3})
     got = sh.search(q, k=4, where={"i": 3})
     assert [m.name for m in got] == [m.name for m in want] == ["model-03"]
@@ -88,7 +88,7 @@ def test_routed_and_aggregated_operations(zoo, tmp_path):
     assert sh.get("model-05").n_rows == single.get("model-05").n_rows
     assert sh.stats()["entries"] == N_ENTRIES
     assert sh.warm() == N_ENTRIES == sum(s._profile_index().n for s in sh.shards)
-    sk = fitsketch.sketch(query, CFG)
+    sk = fitsketch.sketch_data(query, CFG)
     sh.add_sketch("temp", sk)
     assert "temp" in sh.shards[sh.shard_of("temp")]
     sh.remove("temp")
@@ -138,7 +138,7 @@ def test_served_and_embedded_shards_mixed(tmp_path):
 
     rng = np.random.default_rng(5)
     cats = np.array(["x", "y", "z", "w"])
-    items = [(f"m{i:02d}", fitsketch.sketch(_data(rng, 120 + 10 * i, i * 0.5, 1 + i % 3, cats[: 2 + i % 3]), CFG),
+    items = [(f"m{i:02d}", fitsketch.sketch_data(_data(rng, 120 + 10 * i, i * 0.5, 1 + i % 3, cats[: 2 + i % 3]), CFG),
               {"i": i}) for i in range(11)]
     query = _data(rng, 200, 2.0, 1.5, cats[:3])
     socks = tempfile.mkdtemp(dir="/tmp", prefix="fs")        # AF_UNIX paths stay short

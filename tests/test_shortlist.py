@@ -58,14 +58,14 @@ def test_screen_equals_the_scorers(tmp_path, rng):
     for i in range(n):
         df = _mixture(pools, rng.integers(5, 120, 4))
         df.loc[rng.random(len(df)) < 0.05, "d"] = np.nan           # numeric with some missing values
-        items.append((f"m{i}", fitsketch.sketch(df, cfg, partition_size=int(rng.integers(30, 200)))))
-    items.append(("perm", fitsketch.sketch(_mixture(pools, [60, 60, 10, 1])[["d", "a", "c", "b"]], cfg)))
-    items.append(("fewer", fitsketch.sketch(_mixture(pools, [20, 60, 10, 40])[["a", "c"]], cfg)))
-    items.append(("one", fitsketch.sketch(_mixture(pools, [1, 0, 0, 0]), cfg)))   # a single row
+        items.append((f"m{i}", fitsketch.sketch_data(df, cfg, partition_size=int(rng.integers(30, 200)))))
+    items.append(("perm", fitsketch.sketch_data(_mixture(pools, [60, 60, 10, 1])[["d", "a", "c", "b"]], cfg)))
+    items.append(("fewer", fitsketch.sketch_data(_mixture(pools, [20, 60, 10, 40])[["a", "c"]], cfg)))
+    items.append(("one", fitsketch.sketch_data(_mixture(pools, [1, 0, 0, 0]), cfg)))   # a single row
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
         hub.add_sketches(items)
         check_hub(hub)
-        q = fitsketch.sketch(_mixture(pools, rng.integers(60, 120, 4)), cfg, partition_size=int(rng.integers(40, 400)))
+        q = fitsketch.sketch_data(_mixture(pools, rng.integers(60, 120, 4)), cfg, partition_size=int(rng.integers(40, 400)))
         for method in HIST_METHODS:
             full = {m.name: m.score for m in hub.search(q, k=len(items), method=method, shortlist=0)}
             scr = _screen_by_name(hub, q, method)
@@ -91,11 +91,11 @@ def test_near_duplicates_differing_in_one_class_share(tmp_path, rng, method):
     base = [0, 40, 30, 20]
     shares = rng.permutation(np.arange(30, 70))                  # class 0 rows: 30 .. 69, one entry each
     twin = int(rng.integers(35, 65))
-    items = [("twin" if c0 == twin else f"dup{c0}", fitsketch.sketch(_mixture(pools, [c0] + base[1:]), cfg))
+    items = [("twin" if c0 == twin else f"dup{c0}", fitsketch.sketch_data(_mixture(pools, [c0] + base[1:]), cfg))
              for c0 in shares]
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
         hub.add_sketches(items)
-        q = fitsketch.sketch(_mixture(pools, [twin] + base[1:]), cfg)
+        q = fitsketch.sketch_data(_mixture(pools, [twin] + base[1:]), cfg)
         plan = hub.explain(q, k=3, method=method)
         st = next(s for s in plan.stages if s.name == "shortlist")
         assert st.actual == 3 and st.recall == 1.0
@@ -119,12 +119,12 @@ def test_one_schema_hub_returns_the_exhaustive_top_k(tmp_path, rng):
     items = []
     for i in range(n):
         counts = rng.multinomial(int(rng.integers(100, 300)), rng.dirichlet(np.full(4, 0.3)))
-        items.append((f"m{i:02d}", fitsketch.sketch(_mixture(pools, np.minimum(counts, 150)), cfg, partition_size=100)))
+        items.append((f"m{i:02d}", fitsketch.sketch_data(_mixture(pools, np.minimum(counts, 150)), cfg, partition_size=100)))
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
         hub.add_sketches(items)
         for _ in range(2):
             counts = rng.multinomial(200, rng.dirichlet(np.full(4, 0.3)))
-            q = fitsketch.sketch(_mixture(pools, np.minimum(counts, 150)), cfg, partition_size=100)
+            q = fitsketch.sketch_data(_mixture(pools, np.minimum(counts, 150)), cfg, partition_size=100)
             for method in EXACT_METHODS:
                 k = int(rng.integers(1, 5))
                 short = hub.search(q, k=k, method=method)
@@ -141,10 +141,10 @@ def test_index_follows_adds_removes_and_old_hubs(tmp_path, rng):
     cfg = fitsketch.SketchConfig(shortlist=2)
     pools = _classes(rng, rows=80)
     path = tmp_path / "h.hub"
-    q = fitsketch.sketch(_mixture(pools, [30, 10, 50, 5]), cfg)
+    q = fitsketch.sketch_data(_mixture(pools, [30, 10, 50, 5]), cfg)
 
     def mix():
-        return fitsketch.sketch(_mixture(pools, rng.integers(1, 80, 4)), cfg, partition_size=int(rng.integers(20, 90)))
+        return fitsketch.sketch_data(_mixture(pools, rng.integers(1, 80, 4)), cfg, partition_size=int(rng.integers(20, 90)))
 
     with fitsketch.open(path, config=cfg) as hub:
         hub.add_sketches([(f"m{i}", mix()) for i in range(12)])
@@ -195,11 +195,11 @@ def test_explain_states_proxies_and_the_profile_screen_still_runs(tmp_path, rng)
     a bad shortlist_screen is refused and changes nothing."""
     cfg = fitsketch.SketchConfig(shortlist=2, partition_size=5)   # the 80-row query is not "small"
     pools = _classes(rng, rows=60)
-    items = [(f"m{i}", fitsketch.sketch(_mixture(pools, rng.integers(1, 60, 4)), cfg)) for i in range(9)]
-    items.append(("perm", fitsketch.sketch(_mixture(pools, [20, 20, 20, 20])[["b", "a", "d", "c"]], cfg)))
+    items = [(f"m{i}", fitsketch.sketch_data(_mixture(pools, rng.integers(1, 60, 4)), cfg)) for i in range(9)]
+    items.append(("perm", fitsketch.sketch_data(_mixture(pools, [20, 20, 20, 20])[["b", "a", "d", "c"]], cfg)))
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
         hub.add_sketches(items)
-        q = fitsketch.sketch(_mixture(pools, [25, 20, 15, 20]), cfg)
+        q = fitsketch.sketch_data(_mixture(pools, [25, 20, 15, 20]), cfg)
         st = next(s for s in hub.explain(q, k=2, method="js").stages if s.name == "shortlist")
         assert st.recall is None and "1 by the exact-js proxy" in st.detail and st.actual == 3
         st = next(s for s in hub.explain(q, k=2, method="exact-js").stages if s.name == "shortlist")

@@ -143,10 +143,10 @@ def test_sketch_with_fast_paths_equals_sketch_with_reference_paths(monkeypatch):
                            "txt": pd.Series([" ".join(random_strings(rng, 4, 0.1, 0.0)) + " w1 w2 w3"
                                              for _ in range(n)], dtype=object)})
         cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
-        fast = fitsketch.sketch(df, cfg, partition_size=50)
+        fast = fitsketch.sketch_data(df, cfg, partition_size=50)
         with monkeypatch.context() as m:
             m.setattr(Q, "_arrow_strings", lambda col: None)
-            slow = fitsketch.sketch(df, cfg, partition_size=50)
+            slow = fitsketch.sketch_data(df, cfg, partition_size=50)
         assert fast.kinds == slow.kinds
         assert fast.to_bytes() == slow.to_bytes()
         assert np.array_equal(fast.rows, slow.rows, equal_nan=True)
