@@ -205,9 +205,7 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, repeats
                "params": {"add_rows": n_add, "query_rows": n_query, "entries": n_entries, "repeats": repeats,
                           "seed": seed},
                "add_s": add_s, "query_s": q_s, "add": add_rows, "query": q_rows}
-    path = C.write_result("profile_quick" if quick else "profile", payload)
-    if out_dir is not None and Path(out_dir).resolve() != path.parent.resolve():
-        print(f"note: the profile writes into {path.parent}, not {out_dir}")
+    path = C.write_result("profile_quick" if quick else "profile", payload, out=out_dir)
     print(f"\nwrote {path}")
     return payload
 

@@ -50,7 +50,7 @@ def test_simex_add_errors_leave_hub_unchanged(tmp_path):
         with pytest.raises(E.InvalidArgumentError, match="not a column"):
             hub.add("x", df, autoencoder=True, labels="nope")
         with pytest.raises(E.TooFewSamplesError):
-            hub.add("x", df.iloc[:5], autoencoder=True, labels="y")
+            hub.add("x", df.iloc[:5].assign(y=[0, 1, 0, 1, 0]), autoencoder=True, labels="y")   # two classes
         with pytest.raises(E.DimensionError, match="one label per row"):
             hub.add("x", df.drop(columns=["y"]), autoencoder=True, labels=[0, 1])
         assert len(hub) == 0

@@ -427,7 +427,8 @@ def test_merged_sketch_registers_searches_and_crosses_the_wire(tmp_path):
         q = _cov_frame(rng, 200, 0.2)
         res = {m.name: m.score for m in hub.search(q, method="coverage")}
         qs = fitsketch.sketch_data(q, cfg)
-        direct = C.score(qs.rows, merged.coverage, seed=cfg.seed, tau=cfg.coverage_tau).mean()
+        direct = C.score(qs.rows, merged.coverage, seed=cfg.seed, tau=cfg.coverage_tau, mode=cfg.coverage_score,
+                         resolution=cfg.coverage_resolution, rho=cfg.coverage_rho).mean()
         assert res["merged"] == pytest.approx(direct, rel=1e-9) and abs(res["merged"] - res["whole"]) < 0.05
     bad = merged.to_record()
     bad["coverage"] = {**bad["coverage"], "more": [{"center": np.zeros(3), "table": np.zeros(1, np.int32),
