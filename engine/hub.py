@@ -1199,6 +1199,16 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                                                labels, target.names)])
         if class_pool is not None and not class_pool["labels"]:
             why = "no entry (of any shard) was registered with labels"
+        elif class_pool is not None and not labelled:
+            # a shard without labelled candidates while other shards have some: its entries are the
+            # unlabelled group (auto), or nothing (accuracy), as in one hub holding every entry
+            if not auto:
+                return []
+            out = self._score(txn, target, cands, cfg, AUTO_LABEL_FREE)
+            for m in out:
+                m.evidence["auto"] = f"{AUTO_LABEL_FREE}: registered without labels, ranked after the labelled entries"
+                m.evidence["_group"] = 1
+            return out
         elif not labelled:
             why = "no candidate entry was registered with labels"
         elif frame is None and mixture is None:

@@ -349,3 +349,21 @@ def test_auto_is_screened_as_its_label_free_default_until_an_entry_has_labels(tm
         hub.add("lab", df, labels=y)
         plan = str(hub.explain(q, shortlist=2))
         assert "screen: exact-js" in plan and "screen: adaptivity" not in plan
+
+
+def test_a_shard_without_labelled_entries_answers_as_the_unlabelled_group(tmp_path, rng):
+    """Given the other shards' class pool, a hub holding only unlabelled entries ranks them as the
+    unlabelled group under auto (after the labelled ones, as one hub would) and returns nothing for
+    accuracy (instead of refusing the sharded query)."""
+    df, y = _labelled(rng, 80, [0, 1])
+    q, _ = _labelled(rng, 40, [0, 1])
+    with fitsketch.open(tmp_path / "a") as a, fitsketch.open(tmp_path / "b") as b:
+        a.add("lab", df, labels=y, class_accuracy={0: 0.8, 1: 0.7})
+        b.add("plain", df)
+        pool = a.class_pool(q)
+        assert pool["labels"] == [0, 1] and b.class_pool(q)["labels"] == []
+        res = b.search(q, method="auto", class_pool=pool)
+        assert [m.name for m in res] == ["plain"] and "registered without labels" in res[0].evidence["auto"]
+        assert b.search(q, method="accuracy", class_pool=pool) == []
+        with pytest.raises(E.NoLabelsError):
+            b.search(q, method="accuracy")
