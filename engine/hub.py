@@ -664,9 +664,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         class-conditional counts per (class, query column, bucket). A sharded hub sums the shards'
         pools (``accuracy.merge_pools``) and passes the sum back as ``search(..., class_pool=)``, so
         every shard estimates the query's class mixture from all entries, as one hub would."""
-        with self.store.read() as txn:
-            if not any((txn.get("meta", b"label_kinds") or {}).values()):   # no labelled entry: nothing to pool
-                return _acc.merge_pools([])
+        if not self._has_labelled():   # no labelled entry: nothing to pool
+            return _acc.merge_pools([])
         try:
             pl, _ = self._search(data, k=1, method="accuracy", where=where, feature_names=feature_names,
                                  overrides={**overrides, "class_pool": "return"})
@@ -882,9 +881,12 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         scores (and so is screened) exactly as the label-free default."""
         if method != "auto":
             return method
+        return "accuracy" if self._has_labelled() else AUTO_LABEL_FREE
+
+    def _has_labelled(self) -> bool:
+        """Whether the hub holds an entry registered with labels (the label-kind counts in meta)."""
         with self.store.read() as txn:
-            labelled = any((txn.get("meta", b"label_kinds") or {}).values())
-        return "accuracy" if labelled else AUTO_LABEL_FREE
+            return any((txn.get("meta", b"label_kinds") or {}).values())
 
     def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
         """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores

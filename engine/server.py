@@ -230,6 +230,23 @@ if tuple(HANDLERS) != OPS:  # pragma: no cover - keep protocol.OPS and this allo
     raise ImportError(f"server HANDLERS {tuple(HANDLERS)} differ from protocol.OPS {OPS}")
 
 
+def _flock_or_holder(fd: int) -> str | None:
+    """Take an exclusive non-blocking ``flock`` on ``fd``: None when taken; when another process
+    holds it, ``fd`` is closed and the text naming the holder (`` (pid N)`` when it wrote its pid,
+    else empty) is returned. Other OS errors close ``fd`` and propagate."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except OSError as e:
+        other = ""
+        with contextlib.suppress(OSError, ValueError):
+            other = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return other
+        raise
+
+
 # ------------------------------------------------------------------------------ addresses
 def parse_listen(listen, allow_remote: bool = False) -> tuple[str, int]:
     """``"HOST:PORT"`` or ``(host, port)`` -> (host, port); refuses non-loopback hosts."""
@@ -461,18 +478,11 @@ class Server:
     def _take_lock(self) -> None:
         path = os.path.join(self.hub_path, LOCK_NAME)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            other = ""
-            with contextlib.suppress(OSError, ValueError):
-                other = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise E.HubBusyError(
-                    f"another fitsketch server{other} already serves hub at {self.hub_path}: stop it, or talk to it "
-                    f"with fitsketch.connect({self.hub_path!r})") from None
-            raise
+        other = _flock_or_holder(fd)
+        if other is not None:
+            raise E.HubBusyError(
+                f"another fitsketch server{other} already serves hub at {self.hub_path}: stop it, or talk to it "
+                f"with fitsketch.connect({self.hub_path!r})")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
@@ -518,18 +528,11 @@ class Server:
             except OSError as e:
                 raise E.HubBusyError(f"cannot listen on {path}: cannot create its lock file {lock_path}: "
                                      f"{e.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                other = ""
-                with contextlib.suppress(OSError, ValueError):
-                    other = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-                os.close(fd)
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise E.SocketInUseError(
-                        f"socket {path!r} is in use by another fitsketch server{other} (it holds {lock_path}): "
-                        "choose another --socket, or stop that server") from None
-                raise
+            other = _flock_or_holder(fd)
+            if other is not None:
+                raise E.SocketInUseError(
+                    f"socket {path!r} is in use by another fitsketch server{other} (it holds {lock_path}): "
+                    "choose another --socket, or stop that server")
             try:        # the lock file may have been removed by the server that held it, since we opened it
                 same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
