@@ -34,6 +34,10 @@ def _frame(rng, n: int, shift: float = 0.0) -> pd.DataFrame:
     x[rng.random(n) < 0.05] = np.nan
     cat = rng.choice(np.array(["red", "green", "blue", "teal", None], dtype=object), n)
     text = [" ".join(rng.choice(WORDS, rng.integers(3, 8))) for _ in range(n)]
+    if n and np.isnan(x).all():   # a column without any value is refused: keep one (a 1-row frame hit it)
+        x[0] = shift
+    if n and all(c is None for c in cat):
+        cat[0] = "red"
     return pd.DataFrame({"x": x, "k": rng.integers(0, 20, n), "color": cat, "text": text})
 
 
