@@ -292,8 +292,7 @@ def plot_plan(plan, path=None, *, top: int = 8, features: int = 3):
     has = ~np.isnan(iv[:, 0])
     if has.any():
         ax.errorbar(s[has], y[has], xerr=np.abs(np.stack([s[has] - iv[has, 0], iv[has, 1] - s[has]])),
-                    fmt="none", ecolor="black", capsize=4, label="5-95 % interval")
-        ax.legend(fontsize=10, loc="lower right")
+                    fmt="none", ecolor="black", capsize=4)
     ax.set_yticks(y, [f"{nm}\n{note}" for nm, note in zip(d["names"][:n], d["notes"][:n])], fontsize=10)
     lo = min(0.0, float(s.min()))
     hi = max(1.0, float(s.max())) if s.min() >= 0 else max(0.0, float(s.max()))
@@ -301,7 +300,10 @@ def plot_plan(plan, path=None, *, top: int = 8, features: int = 3):
     for yi, si in zip(y, s):
         ax.text(si, yi + 0.34, f"{si:.3f}", fontsize=10, ha="right" if si > lo + 0.9 * (hi - lo) else "left")
     methods = sorted(set(d["methods"][:n]))
-    ax.set_xlabel(f"score ({' / '.join(methods)}; higher = better fit)", fontsize=11)
+    what = [f"{'blue' if m == 'accuracy' else 'green'}: {'predicted accuracy' if m == 'accuracy' else m}"
+            for m in methods] if len(methods) > 1 else [methods[0]]
+    ax.set_xlabel(f"score ({', '.join(what)}; higher = better fit)" + ("\nerror bars: 5-95 % interval" if has.any() else ""),
+                  fontsize=11)
     ax.set_title(f"Ranking of {n} candidate(s) ({plan.method})", fontsize=13)
     ax.tick_params(axis="x", labelsize=10)
     ax.grid(axis="x", alpha=0.3)
