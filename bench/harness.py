@@ -266,6 +266,8 @@ def bar_chart(path: Path, groups: list[str], series: dict[str, list[float]], *, 
         ax.bar(pos, v, width, label=name)
         for px in pos[np.isnan(v)]:
             ax.text(px, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="0.4")
+        for px in pos[v == 0]:   # a zero is a result, not a gap
+            ax.text(px, 0.01, "0", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, groups, fontsize=11)
     ax.set_xlabel(xlabel, fontsize=11)
     ax.set_ylabel(ylabel, fontsize=11)

@@ -228,6 +228,8 @@ def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
     # score vs true accuracy per target, first instance of each workload: only panels with points
     panels = scatter_panels(results, methods)
     if panels:
+        from matplotlib.ticker import FuncFormatter
+
         ncols = 5
         per_w = {}
         for pnl in panels:
@@ -245,7 +247,7 @@ def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
                     ax.scatter(xs, ys, s=16, color=colour[t], alpha=0.8)
                 ax.set_title(f"{w}: {m}\nmean r = {r:.2f}", fontsize=11)
                 ax.tick_params(labelsize=9)
-                ax.ticklabel_format(axis="x", useOffset=False)
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))   # no offset text over the label
                 ax.set_xlabel("method score (higher = better)" if m != BASELINE else "source accuracy", fontsize=10)
                 if i % ncols == 0:
                     ax.set_ylabel("measured accuracy on target", fontsize=10)
