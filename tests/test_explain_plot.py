@@ -113,3 +113,22 @@ def test_plot_needs_matplotlib_and_a_local_plan(zoo, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(InvalidArgumentError, match="embedded hub"):
         Plan("auto", 3).plot()          # a plan that came over the socket carries no matches
+
+
+def test_cli_search_why(zoo, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import json
+
+    from fitsketch.cli import main
+
+    hub, q, _ = zoo
+    want = [(m.name, m.score) for m in hub.search(q, k=3)]
+    path = hub.path
+    hub.close()
+    csv = tmp_path / "q.csv"
+    q.to_csv(csv, index=False)
+    png = tmp_path / "why.png"
+    assert main(["search", str(path), str(csv), "-k", "3", "--why", str(png), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["score"]) for r in got] == want        # --why draws the search it prints
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -114,4 +114,5 @@ def test_readme_runs_as_written(tmp_path, monkeypatch):
             except subprocess.TimeoutExpired:
                 proc.kill()
     # what the README says it writes
-    assert (tmp_path / "why.png").stat().st_size > 0 and (tmp_path / "matches.png").stat().st_size > 0
+    for png in ("why.png", "matches.png", "why-cli.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
