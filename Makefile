@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fitsketch-installed
 
-.PHONY: demo test test-all bench bench-smoke clean
+.PHONY: demo test test-all bench bench-smoke install-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ bench: $(STAMP)
 # CI's smoke run of every benchmark suite (--quick, results into a temp folder, timings not asserted)
 bench-smoke: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m bench all --quick --out "$$(mktemp -d)/results"
+
+# CI: `pip install .` of a copy of the checkout into a throwaway virtualenv, then the installed
+# `fitsketch` run from outside the tree (runtime dependencies borrowed from $(VENV); .ci/install_check.sh)
+install-check: $(STAMP)
+	PY=$(PY) bash .ci/install_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

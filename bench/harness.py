@@ -252,24 +252,32 @@ def pyplot():
 
 
 def bar_chart(path: Path, groups: list[str], series: dict[str, list[float]], *, title: str, ylabel: str,
-              ylim=None) -> Path:
-    """Grouped bars: one group per workload, one bar per method."""
+              ylim=None, xlabel: str = "workload") -> Path:
+    """Grouped bars: one group per workload, one bar per method; a missing value is marked "n/a"
+    (not a silent gap), the legend sits below the axes (it covered the tallest bars)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4))
     n = max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * n * len(groups) + 3), 5.6))
     width = 0.8 / n
     x = np.arange(len(groups))
     for i, (name, vals) in enumerate(series.items()):
-        v = [np.nan if val is None else val for val in vals]
-        ax.bar(x + (i - (n - 1) / 2) * width, v, width, label=name)
-    ax.set_xticks(x, groups)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
+        v = np.array([np.nan if val is None else float(val) for val in vals])
+        pos = x + (i - (n - 1) / 2) * width
+        ax.bar(pos, v, width, label=name)
+        for px in pos[np.isnan(v)]:
+            ax.text(px, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="0.4")
+        for px in pos[v == 0]:   # a zero is a result, not a gap
+            ax.text(px, 0.01, "0", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, groups, fontsize=11)
+    ax.set_xlabel(xlabel, fontsize=11)
+    ax.set_ylabel(ylabel, fontsize=11)
+    ax.tick_params(axis="y", labelsize=10)
+    ax.set_title(title, fontsize=13)
     if ylim is not None:
         ax.set_ylim(*ylim)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(n, 5))
+    ax.legend(fontsize=10, ncol=min(n, 4), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

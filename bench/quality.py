@@ -196,6 +196,25 @@ def _print_tables(results: dict, out=print) -> None:
     out("  " + paper.NOTE)
 
 
+def scatter_panels(results: dict, methods) -> list[tuple[str, str, float, list]]:
+    """The panels of the score-vs-accuracy scatter: ``(workload, method, mean pearson r,
+    [(target, scores, accuracies), ...])`` for every method with at least two finite points on a
+    workload (a method that could not score a workload gets no empty panel)."""
+    panels = []
+    for w, res in results.items():
+        pts = [p for p in res.get("scatter", []) if np.isfinite(p[3]) and np.isfinite(p[4])]
+        targets = sorted({p[1] for p in pts}, key=str)
+        for m in methods:
+            series = []
+            for t in targets:
+                xs = [float(p[3]) for p in pts if p[0] == m and p[1] == t]
+                if xs:
+                    series.append((t, xs, [float(p[4]) for p in pts if p[0] == m and p[1] == t]))
+            if sum(len(xs) for _, xs, _ in series) >= 2:
+                panels.append((w, m, float(res["summary"][m]["pearson"]), series))
+    return panels
+
+
 def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
     plt = H.pyplot()
     files = []
@@ -206,34 +225,42 @@ def _plots(results: dict, out_dir: Path, suffix: str) -> list[str]:
         H.bar_chart(p, wls, {m: [results[w]["summary"][m][metric] for w in wls] for m in (*methods, ORACLE)},
                     title=f"{label} per method and workload (lower is better)", ylabel=label, ylim=(0, 1.05))
         files.append(p.name)
-    # score vs true accuracy per target, first instance of each workload
-    fig, axes = plt.subplots(len(wls), len(methods), figsize=(3.1 * len(methods), 2.8 * len(wls)), squeeze=False)
-    for i, w in enumerate(wls):
-        pts = results[w]["scatter"]
-        targets = sorted({p[1] for p in pts})
-        cmap = plt.get_cmap("tab20", max(len(targets), 1))
-        for j, m in enumerate(methods):
-            ax = axes[i][j]
-            for k, t in enumerate(targets):
-                xs = [p[3] for p in pts if p[0] == m and p[1] == t]
-                ys = [p[4] for p in pts if p[0] == m and p[1] == t]
-                if xs:
-                    ax.scatter(xs, ys, s=12, color=cmap(k), alpha=0.8)
-            r = results[w]["summary"][m]["pearson"]
-            ax.set_title(f"{w}: {m}\nmean r={r:.2f}", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.ticklabel_format(axis="x", useOffset=False)
-            if j == 0:
-                ax.set_ylabel("true accuracy on target", fontsize=8)
-            if i == len(wls) - 1:
-                ax.set_xlabel("method score (higher = better)", fontsize=8)
-    fig.suptitle("method score vs measured accuracy, one colour per target (first seed); mean r uses the "
-                 "method's rank order, exact score ties broken by its rank", fontsize=10)
-    fig.tight_layout()
-    p = out_dir / f"quality{suffix}_scatter.png"
-    fig.savefig(p, dpi=90)
-    plt.close(fig)
-    files.append(p.name)
+    # score vs true accuracy per target, first instance of each workload: only panels with points
+    panels = scatter_panels(results, methods)
+    if panels:
+        from matplotlib.ticker import FuncFormatter
+
+        ncols = 5
+        per_w = {}
+        for pnl in panels:
+            per_w.setdefault(pnl[0], []).append(pnl)
+        nrows = sum(-(-len(v) // ncols) for v in per_w.values())
+        fig = plt.figure(figsize=(3.6 * ncols, 3.3 * nrows + 0.8))
+        gs = fig.add_gridspec(nrows, ncols)
+        row = 0
+        for w, pnls in per_w.items():
+            cmap = plt.get_cmap("tab20", max(len({t for pn in pnls for t, _, _ in pn[3]}), 1))
+            colour = {t: cmap(i) for i, t in enumerate(sorted({t for pn in pnls for t, _, _ in pn[3]}))}
+            for i, (_, m, r, series) in enumerate(pnls):
+                ax = fig.add_subplot(gs[row + i // ncols, i % ncols])
+                for t, xs, ys in series:
+                    ax.scatter(xs, ys, s=16, color=colour[t], alpha=0.8)
+                ax.set_title(f"{w}: {m}\nmean r = {r:.2f}", fontsize=11)
+                ax.tick_params(labelsize=9)
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))   # no offset text over the label
+                ax.set_xlabel("method score (higher = better)" if m != BASELINE else "source accuracy", fontsize=10)
+                if i % ncols == 0:
+                    ax.set_ylabel("measured accuracy on target", fontsize=10)
+                ax.grid(alpha=0.3)
+            row += -(-len(pnls) // ncols)
+        fig.suptitle("Method score vs measured accuracy, one colour per target (first seed); mean r uses the\n"
+                     "method's rank order, exact score ties broken by its rank; methods without scores are left out",
+                     fontsize=12)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / (3.3 * nrows + 0.8)))
+        p = out_dir / f"quality{suffix}_scatter.png"
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        files.append(p.name)
     return files
 
 

@@ -216,30 +216,39 @@ def extrapolate(points: list[dict], sizes) -> list[dict]:
 
 
 def _plot(points, extra, path: Path) -> None:
+    """Four panels, one y-axis each: query p50, query p99, add cost, disk per entry (with its target)."""
     plt = H.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    specs = [("query_p50_ms", "query p50 (ms)", TARGET_P50_MS, "target 50 ms at 1M"),
-             ("query_p99_ms", "query p99 (ms)", None, None),
-             ("add_ms_per_entry", "add cost (ms per entry)", None, None)]
-    for ax, (k, label, tgt, tlabel) in zip(axes, specs):
-        xs = [p["entries"] for p in points if p.get(k)]
-        ax.loglog(xs, [p[k] for p in points if p.get(k)], "o-", label="measured")
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    specs = [("query_p50_ms", "query latency p50 (ms)", TARGET_P50_MS, "target: 50 ms at 1M entries"),
+             ("query_p99_ms", "query latency p99 (ms)", None, None),
+             ("add_ms_per_entry", "add cost (ms per entry)", None, None),
+             ("kib_per_entry", "hub size on disk (KiB per entry)", TARGET_BYTES / 1024, "target: 32 KB per entry")]
+    kib = lambda p: {**p, "kib_per_entry": p["bytes_per_entry"] / 1024 if p.get("bytes_per_entry") else None}  # noqa: E731
+    pts, extra = [kib(p) for p in points], [kib(p) for p in extra]
+    for ax, (k, label, tgt, tlabel) in zip(axes.ravel(), specs):
+        xs = [p["entries"] for p in pts if p.get(k)]
+        ax.loglog(xs, [p[k] for p in pts if p.get(k)], "o-", label="measured")
         ex = [p for p in extra if p.get(k)]
         if ex and xs:
-            ax.loglog([xs[-1]] + [p["entries"] for p in ex], [points[-1][k]] + [p[k] for p in ex], "s--",
+            last = [p for p in pts if p.get(k)][-1]
+            ax.loglog([xs[-1]] + [p["entries"] for p in ex], [last[k]] + [p[k] for p in ex], "s--",
                       alpha=0.7, label="extrapolated (power-law fit)")
-        if tgt is not None:
+        if tgt is not None and k == "kib_per_entry":
+            ax.axhline(tgt, color="red", alpha=0.6, lw=1.5, ls=":", label=tlabel)
+        elif tgt is not None:
             ax.scatter([TARGET_SIZE], [tgt], marker="*", s=150, color="red", zorder=5, label=tlabel)
-        ax.set_xlabel("hub size (entries)")
-        ax.set_ylabel(label)
+        ax.set_xlabel("hub size (entries)", fontsize=11)
+        ax.set_ylabel(label, fontsize=11)
+        ax.set_title(label, fontsize=12)
+        ax.tick_params(which="both", labelsize=10)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))   # 20, not 2 x 10^1
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(f"{v:g}")[0] in "2358" else ""))
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    ax2 = axes[2].twinx()
-    ax2.loglog([p["entries"] for p in points], [p["bytes_per_entry"] / 1024 for p in points], "g^:",
-               label="KiB per entry")
-    ax2.axhline(TARGET_BYTES / 1024, color="g", alpha=0.4, lw=1)
-    ax2.set_ylabel("hub KiB per entry (green; line = 32 KB target)", color="g")
-    fig.suptitle("fitsketch hub cost vs size (32 features x 10 partitions of 500 rows per entry; 2 CPU cores)")
+        ax.legend(fontsize=10)
+    fig.suptitle("fitsketch hub cost vs size (32 features x 10 partitions of 500 rows per entry; 2 CPU cores)",
+                 fontsize=13)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

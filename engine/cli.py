@@ -236,14 +236,21 @@ def cmd_search(args) -> None:
             plan = hub.explain(data, **kw)
             _emit(args, plan.to_dict(), str(plan))
             return
-        matches = hub.search(data, **kw)
+        why = None
+        if args.why:   # one search: the plan keeps its matches, and draws them
+            plan = hub.explain(data, **kw)
+            matches = plan.matches
+            why = plan.plot(args.why)
+        else:
+            matches = hub.search(data, **kw)
         png = None
         if args.png:
             from .plots import explain_matches
 
             png = explain_matches(hub, data, matches, args.png, top=args.png_top)
     _emit(args, [m.to_dict() for m in matches],
-          format_matches(matches) + (f"\npicture of the top matches: {png}" if png else ""))
+          format_matches(matches) + (f"\npicture of the top matches: {png}" if png else "")
+          + (f"\npicture of why they rank so: {why}" if why else ""))
 
 
 def cmd_show(args) -> None:
@@ -429,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also draw the top matches' distributions of the features that differ most from the "
                         "query's, as a PNG (needs matplotlib) (default: none)")
     s.add_argument("--png-top", type=int, default=3, help="with --png: matches drawn")
+    s.add_argument("--why", metavar="FILE",
+                   help="also draw hub.explain(...).plot() as a PNG: the score per match with its evidence, "
+                        "the class mixture against each model's recall (predicted accuracy), the top match's "
+                        "most different features (needs matplotlib) (default: none)")
     _sep_flag(s)
     _json_flag(s)
     s.set_defaults(fn=cmd_search)

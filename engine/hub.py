@@ -654,8 +654,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
     def explain(self, data, *, k: int = 10, method: str = "auto", where: dict | None = None,
                 feature_names=None, embedding=None, embedding_candidates: int = 100, **overrides) -> Plan:
         """Run the query and return its plan with estimated and actual counts and times per stage."""
-        _, plan = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
-                               overrides=overrides, embedding=embedding, n_emb=embedding_candidates)
+        matches, plan = self._search(data, k=k, method=method, where=where, feature_names=feature_names,
+                                     overrides=overrides, embedding=embedding, n_emb=embedding_candidates)
+        plan.matches, plan.source = matches, (self, data, {"feature_names": feature_names, "where": where,
+                                                           "overrides": overrides})
         return plan
 
     @_translated

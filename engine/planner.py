@@ -38,6 +38,18 @@ class Plan:
     method: str
     k: int
     stages: list[Stage] = field(default_factory=list)
+    # hub.explain: the matches and (hub, query, search options), for plot(); not sent over the wire
+    matches: list = field(default_factory=list, repr=False, compare=False)
+    source: tuple | None = field(default=None, repr=False, compare=False)
+
+    def plot(self, path=None, **kwargs):
+        """Why the candidates rank as they do (matplotlib, ``pip install 'fitsketch[plot]'``): the
+        score per candidate with its evidence, for predicted accuracy the query's estimated class
+        mixture against each model's per-class recall, and the top match's most different features.
+        Returns the Figure, or writes a PNG at ``path`` and returns the path (engine/plots.py)."""
+        from .plots import plot_plan
+
+        return plot_plan(self, path, **kwargs)
 
     @contextmanager
     def run(self, stage: Stage):
