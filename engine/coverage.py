@@ -97,8 +97,12 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
 def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
-    Z = np.nan_to_num(X - center[None, :], nan=0.0)
-    return row_codes(Z.astype(np.float32), hyperplanes(seed, tables, bits, keys), device=device)
+    X = np.asarray(X, dtype=np.float64)
+    Z = np.empty(X.shape, dtype=np.float32)     # (X - center) rounded to fp32 in one pass, NaN -> 0
+    with np.errstate(over="ignore"):            # beyond fp32 -> +-inf, as the cast did before
+        np.subtract(X, np.asarray(center, dtype=np.float64)[None, :], out=Z, casting="unsafe")
+    np.copyto(Z, 0.0, where=np.isnan(Z))
+    return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
 
 
 MAX_GROUPS = 16   # coverage centres one merged sketch may carry

@@ -34,6 +34,13 @@ from .config import SketchConfig
 from .errors import EmptyColumnError
 from .kernels.hashing import hash_tokens, mix64, to_u32
 
+try:  # the compiled word tokenizer (kernels/_cminhash.c, built by `pip install`; optional)
+    from .kernels import _cminhash as _c
+    if not hasattr(_c, "ascii_tokens"):    # a kernel built before the tokenizer was added
+        _c = None
+except ImportError:  # pragma: no cover - no C compiler when installed
+    _c = None
+
 MIN_ABS = 1e-9
 BIAS = 1 << 20
 NAN_KEY = 1 << 30
@@ -185,14 +192,13 @@ def _tokens_fast(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.nda
     ascii_ = pc.fill_null(pc.string_is_ascii(arr), True).to_numpy(zero_copy_only=False)
     slow = ~ascii_ & ~drop
     if not slow.any():
-        rows, tok = _ascii_tokens(_blank(arr, drop))
-        return rows, _hash_unique(tok, seed)
+        return _ascii_token_hashes(_blank(arr, drop), seed)
     fast = np.flatnonzero(~slow)
-    rows_a, tok = _ascii_tokens(_blank(arr.take(fast), drop[fast]))
+    rows_a, h_a = _ascii_token_hashes(_blank(arr.take(fast), drop[fast]), seed)
     idx_b = np.flatnonzero(slow)
     rows_b, h_b = _tokens_reference(col.iloc[idx_b], np.zeros(len(idx_b), dtype=bool), seed)
     rows = np.concatenate([fast[rows_a], idx_b[rows_b]])
-    h = np.concatenate([_hash_unique(tok, seed), h_b])
+    h = np.concatenate([h_a, h_b])
     order = np.argsort(rows, kind="stable")          # a row's tokens come from one side: text order kept
     return rows[order], h[order]
 
@@ -268,6 +274,26 @@ def _blank(arr, drop: np.ndarray):
     if not drop.any():
         return arr
     return pc.if_else(pa.array(drop), pa.scalar("", pa.large_string()), arr)
+
+
+def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(row of each token, hash_tokens hash of each token)`` of ASCII strings (no nulls): the
+    compiled kernel (kernels/_cminhash.c: one pass, every token hashed) when it is built, else
+    :func:`_ascii_tokens` then :func:`_hash_unique` -- the same values."""
+    if _c is None or len(arr) == 0:
+        rows, tok = _ascii_tokens(arr)
+        return rows, _hash_unique(tok, seed)
+    from .kernels.hashing import _hash_key
+
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
+    data = bufs[2] if bufs[2] is not None else b""
+    n_tok = _c.count_ascii_tokens(data, offs)
+    rows = np.empty(n_tok, dtype=np.int64)
+    h = np.empty(n_tok, dtype=np.uint64)
+    if _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h) != n_tok:
+        raise RuntimeError("the token kernel wrote another number of tokens than it counted")
+    return rows, h
 
 
 def _ascii_tokens(arr):

@@ -25,7 +25,9 @@ def test_row_codes_equal_reference_on_every_path(n):
     proj = np.einsum("nd,tbd->tnb", x.astype(np.float64), a.astype(np.float64))
     # a sign may differ only where the projection is within fp32 rounding of zero
     edge = (np.abs(proj) < 1e-4).any(axis=2)
-    got_torch = rc.row_codes(x, a, device="cpu")
+    got_torch = rc.row_codes(x, a, device="cpu")            # the NumPy path on CPU
+    got_torch2 = rc._row_codes_torch(torch.from_numpy(x), torch.from_numpy(a)).numpy()
+    assert np.array_equal(got_torch2[~edge], ref[~edge])
     got_triton = rc._row_codes_triton(torch.from_numpy(x), torch.from_numpy(a)).numpy()
     assert got_torch.shape == got_triton.shape == (T, n)
     assert np.array_equal(got_torch[~edge], ref[~edge])
