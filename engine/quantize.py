@@ -64,6 +64,46 @@ class Column:
 
 def numeric_keys(values: np.ndarray, accuracy: float) -> np.ndarray:
     """Log-bucket keys (int64, within int32 range) of float values at relative ``accuracy``."""
+    return numeric_keys_at(values, (accuracy,))[0]
+
+
+def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
+    """:func:`numeric_keys` of ``values`` at each of ``accuracies``, sharing one logarithm and one
+    pass over the special values (a column is bucketed at the fine and the histogram accuracy).
+    The logarithm is taken of the same array (the finite ``|v| > MIN_ABS`` values) as
+    :func:`numeric_keys_reference`, so the keys are the same bit for bit."""
+    v = np.asarray(values, dtype=np.float64)
+    a = np.abs(v)
+    big = a > MIN_ABS                                   # False for NaN
+    big &= a != np.inf
+    every = bool(big.all())
+    ab, neg = (a, v < 0) if every else (a[big], v[big] < 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la = np.log(ab)
+    special = None
+    if not every:
+        nan, pinf, ninf = np.isnan(v), v == np.inf, v == -np.inf
+        special = (nan.any(), nan), (pinf.any(), pinf), (ninf.any(), ninf)
+    out = []
+    for accuracy in accuracies:
+        lg = math.log((1.0 + accuracy) / (1.0 - accuracy))
+        k = np.ceil(la / lg).astype(np.int64)
+        k += BIAS
+        np.negative(k, out=k, where=neg)
+        if every:
+            out.append(k)
+            continue
+        keys = np.zeros(v.shape, dtype=np.int64)
+        keys[big] = k
+        for (has, mask), key in zip(special, (NAN_KEY, POS_INF_KEY, NEG_INF_KEY)):
+            if has:
+                keys[mask] = key
+        out.append(keys)
+    return out
+
+
+def numeric_keys_reference(values: np.ndarray, accuracy: float) -> np.ndarray:
+    """The definition of :func:`numeric_keys` (the tests compare the two)."""
     v = np.asarray(values, dtype=np.float64)
     lg = math.log((1.0 + accuracy) / (1.0 - accuracy))
     keys = np.zeros(v.shape, dtype=np.int64)
@@ -110,12 +150,11 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
             raise EmptyColumnError(
                 f"column {name!r} has no values (all {n} are missing/NaN): drop it "
                 "(df.dropna(axis=1, how='all')) or fill it")
-        fine = numeric_keys(v, config.accuracy)
-        fine = np.unique(fine[~np.isnan(v)])
+        fine, coarse = numeric_keys_at(v, (config.accuracy, config.hist_accuracy))
+        fine = pd.unique(fine[~np.isnan(v)])            # distinct buckets (hashing: no sort of n keys)
         elems = to_u32(mix64(fine.view(np.uint64), config.seed ^ _NUMERIC_DOMAIN))
         finite = np.isfinite(v)
-        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64),
-                      numeric_keys(v, config.hist_accuracy).astype(np.int32),
+        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse.astype(np.int32),
                       float(v[finite].sum()), int(finite.sum()))
     missing = col.isna().to_numpy()
     if missing.all():
