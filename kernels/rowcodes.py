@@ -9,7 +9,7 @@
 #
 # The Triton kernel runs one program per block of rows and one table: it accumulates the
 # (rows, bits) projection tile over d in blocks with tl.dot, then packs the sign bits with a
-# dot against the powers of two. On CPU one BLAS product and np.packbits do it (_row_codes_numpy).
+# dot against the powers of two. On CPU two BLAS products do it (_row_codes_numpy).
 from __future__ import annotations
 
 import numpy as np
@@ -107,19 +107,22 @@ def _row_codes_torch(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- NumPy path (CPU)
 def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     """x (n, d) fp32, a (T, B, d) fp32 -> (T, n) int64: one (n, d) x (d, T*B) fp32 matrix product
-    (BLAS), the sign bits packed 8 to a byte (``np.packbits``, little bit order), the bytes joined.
-    The same codes as :func:`_row_codes_torch` up to projections within float rounding of zero;
-    ~3x faster on CPU (the einsum's (T, n, B) layout and the float packing cost more than the product)."""
+    (BLAS), then the sign bits summed against each table's powers of two by a second product with
+    a block-diagonal (T*B, T) matrix -- every partial sum an integer below 2**B, exact in float32
+    for B <= 24 (float64 up to MAX_BITS). The same codes as :func:`_row_codes_torch` up to
+    projections within float rounding of zero; ~3x faster on CPU (the einsum's (T, n, B) layout
+    and np.packbits along a short axis cost more than the products)."""
     n, d = x.shape
     T, B, _ = a.shape
-    out = np.zeros((T, n), dtype=np.int64)
     if n == 0 or T == 0 or B == 0:
-        return out
+        return np.zeros((T, n), dtype=np.int64)
     proj = x @ a.reshape(T * B, d).T                                # (n, T*B)
-    packed = np.packbits((proj > 0).reshape(n, T, B), axis=2, bitorder="little")   # (n, T, ceil(B/8))
-    for i in range(packed.shape[2]):
-        out |= packed[:, :, i].T.astype(np.int64) << (8 * i)
-    return out
+    ft = np.float32 if B <= 24 else np.float64
+    weight = np.zeros((T * B, T), dtype=ft)
+    for t in range(T):
+        weight[t * B:(t + 1) * B, t] = 2.0 ** np.arange(B)
+    codes = (proj > 0).astype(ft) @ weight                          # (n, T)
+    return np.ascontiguousarray(codes.T, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- NumPy reference

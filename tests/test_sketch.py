@@ -473,3 +473,16 @@ def test_partition_counts_equal_unique(n):
         assert p.dtype == b.dtype == np.int32 and c.dtype == np.uint32
         assert np.array_equal(p, uk >> 32) and np.array_equal(b, (uk & 0xFFFFFFFF) - (1 << 31))
         assert np.array_equal(c, uc)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1001])
+def test_distinct_u32_equals_unique(n):
+    from fitsketch.kernels.hashing import to_u32
+    from fitsketch.quantize import _distinct_u32
+
+    rng = fresh_rng()
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(np.uint64)
+    h = np.concatenate([h, h[: n // 2]])            # repeats
+    got = _distinct_u32(h)
+    ref = np.unique(to_u32(h))
+    assert got.dtype == ref.dtype and np.array_equal(got, ref)

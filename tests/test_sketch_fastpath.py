@@ -162,7 +162,7 @@ def test_row_code_packing_equals_int64_sum(bits, n):
 @pytest.mark.parametrize("bits", [1, 5, 8, 9, 12, 16, 24, 25, 30])
 @pytest.mark.parametrize("n", [0, 1, 97, 1001])
 def test_numpy_row_code_packing_equals_int64_sum(bits, n):
-    """The CPU path's packbits packing equals the multiply-and-sum of its own projection's signs."""
+    """The CPU path's bit packing (a float product) equals the multiply-and-sum of its own projection's signs."""
     rng = np.random.default_rng()
     d, T = int(rng.integers(1, 20)), int(rng.integers(1, 5))
     x = rng.standard_normal((n, d)).astype(np.float32)
