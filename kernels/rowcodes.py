@@ -9,7 +9,7 @@
 #
 # The Triton kernel runs one program per block of rows and one table: it accumulates the
 # (rows, bits) projection tile over d in blocks with tl.dot, then packs the sign bits with a
-# dot against the powers of two. On CPU two BLAS products do it (_row_codes_numpy).
+# dot against the powers of two. On CPU one BLAS product and shifted ORs do it (_row_codes_numpy).
 from __future__ import annotations
 
 import numpy as np
@@ -106,23 +106,25 @@ def _row_codes_torch(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- NumPy path (CPU)
 def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
-    """x (n, d) fp32, a (T, B, d) fp32 -> (T, n) int64: one (n, d) x (d, T*B) fp32 matrix product
-    (BLAS), then the sign bits summed against each table's powers of two by a second product with
-    a block-diagonal (T*B, T) matrix -- every partial sum an integer below 2**B, exact in float32
-    for B <= 24 (float64 up to MAX_BITS). The same codes as :func:`_row_codes_torch` up to
-    projections within float rounding of zero; ~3x faster on CPU (the einsum's (T, n, B) layout
-    and np.packbits along a short axis cost more than the products)."""
+    """x (n, d) fp32, a (T, B, d) fp32 -> (T, n) int64: one (T*B, d) x (d, n) fp32 matrix product
+    (BLAS), then each table's code OR-ed together from its B rows of signs, shifted (rows of n
+    contiguous values: no (n, T, B) layout to transpose, no packing along a short axis). The same
+    codes as :func:`_row_codes_torch` up to projections within float rounding of zero; ~6x faster
+    on CPU."""
     n, d = x.shape
     T, B, _ = a.shape
+    out = np.zeros((T, n), dtype=np.int32)            # B <= MAX_BITS = 30: codes fit int32
     if n == 0 or T == 0 or B == 0:
-        return np.zeros((T, n), dtype=np.int64)
-    proj = x @ a.reshape(T * B, d).T                                # (n, T*B)
-    ft = np.float32 if B <= 24 else np.float64
-    weight = np.zeros((T * B, T), dtype=ft)
+        return out.astype(np.int64)
+    proj = a.reshape(T * B, d) @ x.T                                # (T*B, n)
+    bit = np.empty(n, dtype=np.int32)
     for t in range(T):
-        weight[t * B:(t + 1) * B, t] = 2.0 ** np.arange(B)
-    codes = (proj > 0).astype(ft) @ weight                          # (n, T)
-    return np.ascontiguousarray(codes.T, dtype=np.int64)
+        for j in range(B):
+            np.greater(proj[t * B + j], 0, out=bit, casting="unsafe")
+            if j:
+                np.left_shift(bit, j, out=bit)
+            out[t] |= bit
+    return out.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- NumPy reference

@@ -162,12 +162,12 @@ def test_row_code_packing_equals_int64_sum(bits, n):
 @pytest.mark.parametrize("bits", [1, 5, 8, 9, 12, 16, 24, 25, 30])
 @pytest.mark.parametrize("n", [0, 1, 97, 1001])
 def test_numpy_row_code_packing_equals_int64_sum(bits, n):
-    """The CPU path's bit packing (a float product) equals the multiply-and-sum of its own projection's signs."""
+    """The CPU path's bit packing (shifted ORs) equals the multiply-and-sum of its own projection's signs."""
     rng = np.random.default_rng()
     d, T = int(rng.integers(1, 20)), int(rng.integers(1, 5))
     x = rng.standard_normal((n, d)).astype(np.float32)
     a = rng.standard_normal((T, bits, d)).astype(np.float32)
-    proj = (x @ a.reshape(T * bits, d).T).reshape(n, T, bits)
+    proj = (a.reshape(T * bits, d) @ x.T).T.reshape(n, T, bits)
     ref = ((proj > 0).astype(np.int64) * (2 ** np.arange(bits, dtype=np.int64))).sum(axis=-1).T
     got = rc._row_codes_numpy(x, a)
     assert got.dtype == np.int64 and got.shape == (T, n) and np.array_equal(got, ref)
