@@ -71,14 +71,30 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
 
 
 def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """All columns transformed: ``X`` (n, D) with NaN for missing, hyperplane keys (D,), column of each dim."""
-    blocks, keys, owner = [], [], []
+    """All columns transformed: ``X`` (n, D) with NaN for missing, hyperplane keys (D,), column of each dim.
+
+    The same values as concatenating :func:`column_block` of every column; the plain int / float
+    columns are transformed together as one (n, k) block, written into a preallocated ``X``."""
+    n = len(df)
+    widths = [1 if kind == "numeric" else HASH_DIMS for kind in kinds]
+    start = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+    X = np.empty((n, int(start[-1])), dtype=np.float64)
+    keys, owner, plain = [], [], []
     for i, ((name, col), kind) in enumerate(zip(df.items(), kinds)):
-        x, k = column_block(name, col, kind, seed)
-        blocks.append(x)
-        keys.append(k)
-        owner.extend([i] * x.shape[1])
-    return np.concatenate(blocks, axis=1), np.concatenate(keys), owner
+        dt = col.dtype
+        if kind == "numeric" and isinstance(dt, np.dtype) and dt.kind in "fiu":
+            plain.append(i)
+            keys.append(np.array([_col_key(name, seed) * 16], dtype=np.int64))
+        else:
+            x, k = column_block(name, col, kind, seed)
+            X[:, start[i]:start[i + 1]] = x
+            keys.append(k)
+        owner.extend([i] * widths[i])
+    if plain:
+        v = df.iloc[:, plain].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            X[:, start[plain]] = np.sign(v) * np.log1p(np.minimum(np.abs(v), 1e300))
+    return X, (np.concatenate(keys) if keys else np.zeros(0, np.int64)), owner
 
 
 def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int, center=None,
