@@ -65,8 +65,12 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
     sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
     # sums of +-1 are exact in float64: the same as np.add.at(out, (rows, dim), sign), in one pass
     out = np.bincount(rows * HASH_DIMS + dim, weights=sign, minlength=n * HASH_DIMS).reshape(n, HASH_DIMS)
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    out = np.where(norm > 0, out / np.maximum(norm, 1e-12), np.nan)
+    out = out.astype(np.float64, copy=False)          # (no weights at all: bincount gives int64)
+    # the entries are integers, so their squares' sum is exact in any order: the norm np.linalg.norm
+    # gives, without its temporaries; then scaled in place, NaN where the row has no value
+    norm = np.sqrt(np.einsum("ij,ij->i", out, out))
+    out /= np.maximum(norm, 1e-12)[:, None]
+    out[norm == 0] = np.nan
     return out, key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
 
 

@@ -240,14 +240,20 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
 def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Occurrences per (partition, bucket): ``(part int32, bucket int32, count uint32)`` of the
     distinct pairs, sorted by (part, bucket) -- ``np.unique`` of the pairs with counts, computed by
-    hashing the buckets to ranks (``pd.factorize``, sorted) and counting ``part * n_buckets + rank``
+    mapping the buckets to ranks (by offset within a narrow range, else ``pd.factorize``, sorted) and counting ``part * n_buckets + rank``
     cells with ``np.bincount`` when there are not many more cells than occurrences (the sort of n
     keys is most of the cost otherwise); else by ``np.unique``."""
     part = np.asarray(part, dtype=np.int64)
     bucket = np.asarray(bucket)
     if len(bucket) == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint32)
-    ranks, uniq = pd.factorize(bucket, sort=True)
+    lo, hi = int(bucket.min()), int(bucket.max())
+    if hi - lo < min(1 << 16, 4 * len(bucket) + 64):    # a narrow range (numeric buckets): offsets are ranks
+        present = np.bincount(bucket.astype(np.int64) - lo, minlength=hi - lo + 1) > 0
+        uniq = np.flatnonzero(present) + lo
+        ranks = (np.cumsum(present) - 1)[bucket.astype(np.int64) - lo]
+    else:
+        ranks, uniq = pd.factorize(bucket, sort=True)
     nb = len(uniq)
     cells = int(n_parts) * nb
     if cells <= max(1 << 20, 4 * len(bucket)):

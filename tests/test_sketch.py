@@ -465,7 +465,7 @@ def test_partition_counts_equal_unique(n):
     from fitsketch.sketch import partition_counts
 
     rng = fresh_rng()
-    for n_parts, spread in ((1, 5), (max(n // 7, 1), 300), (1 << 12, 1 << 31)):
+    for n_parts, spread in ((1, 5), (max(n // 7, 1), 300), (7, 1 << 20), (1 << 12, 1 << 31)):
         part = rng.integers(0, n_parts, n)
         bucket = rng.integers(-spread, spread, n).astype(np.int32)
         p, b, c = partition_counts(part, bucket, n_parts)
