@@ -65,20 +65,40 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
     sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
     # sums of +-1 are exact in float64: the same as np.add.at(out, (rows, dim), sign), in one pass
     out = np.bincount(rows * HASH_DIMS + dim, weights=sign, minlength=n * HASH_DIMS).reshape(n, HASH_DIMS)
-    norm = np.linalg.norm(out, axis=1, keepdims=True)
-    out = np.where(norm > 0, out / np.maximum(norm, 1e-12), np.nan)
+    out = out.astype(np.float64, copy=False)          # (no weights at all: bincount gives int64)
+    # the entries are integers, so their squares' sum is exact in any order: the norm np.linalg.norm
+    # gives, without its temporaries; then scaled in place, NaN where the row has no value
+    norm = np.sqrt(np.einsum("ij,ij->i", out, out))
+    out /= np.maximum(norm, 1e-12)[:, None]
+    out[norm == 0] = np.nan
     return out, key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
 
 
 def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """All columns transformed: ``X`` (n, D) with NaN for missing, hyperplane keys (D,), column of each dim."""
-    blocks, keys, owner = [], [], []
+    """All columns transformed: ``X`` (n, D) with NaN for missing, hyperplane keys (D,), column of each dim.
+
+    The same values as concatenating :func:`column_block` of every column; the plain int / float
+    columns are transformed together as one (n, k) block, written into a preallocated ``X``."""
+    n = len(df)
+    widths = [1 if kind == "numeric" else HASH_DIMS for kind in kinds]
+    start = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+    X = np.empty((n, int(start[-1])), dtype=np.float64)
+    keys, owner, plain = [], [], []
     for i, ((name, col), kind) in enumerate(zip(df.items(), kinds)):
-        x, k = column_block(name, col, kind, seed)
-        blocks.append(x)
-        keys.append(k)
-        owner.extend([i] * x.shape[1])
-    return np.concatenate(blocks, axis=1), np.concatenate(keys), owner
+        dt = col.dtype
+        if kind == "numeric" and isinstance(dt, np.dtype) and dt.kind in "fiu":
+            plain.append(i)
+            keys.append(np.array([_col_key(name, seed) * 16], dtype=np.int64))
+        else:
+            x, k = column_block(name, col, kind, seed)
+            X[:, start[i]:start[i + 1]] = x
+            keys.append(k)
+        owner.extend([i] * widths[i])
+    if plain:
+        v = df.iloc[:, plain].to_numpy(dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            X[:, start[plain]] = np.sign(v) * np.log1p(np.minimum(np.abs(v), 1e300))
+    return X, (np.concatenate(keys) if keys else np.zeros(0, np.int64)), owner
 
 
 def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int, center=None,
@@ -97,8 +117,12 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
 def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
-    Z = np.nan_to_num(X - center[None, :], nan=0.0)
-    return row_codes(Z.astype(np.float32), hyperplanes(seed, tables, bits, keys), device=device)
+    X = np.asarray(X, dtype=np.float64)
+    Z = np.empty(X.shape, dtype=np.float32)     # (X - center) rounded to fp32 in one pass, NaN -> 0
+    with np.errstate(over="ignore"):            # beyond fp32 -> +-inf, as the cast did before
+        np.subtract(X, np.asarray(center, dtype=np.float64)[None, :], out=Z, casting="unsafe")
+    np.copyto(Z, 0.0, where=np.isnan(Z))
+    return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
 
 
 MAX_GROUPS = 16   # coverage centres one merged sketch may carry

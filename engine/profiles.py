@@ -38,6 +38,7 @@ import threading
 
 import faiss
 import numpy as np
+import pandas as pd
 
 from .kernels.hashing import hash_tokens
 from .kernels.jslsh import gaussian_projection
@@ -79,7 +80,7 @@ def profile(hist: dict, names, seed: int, dim: int = PROFILE_DIM) -> np.ndarray:
     bucket = np.asarray(hist["bucket"], dtype=np.int64)
     count = np.asarray(hist["count"], dtype=np.float64)
     fb = (feat << 32) + (bucket + (1 << 31))
-    uniq, inv = np.unique(fb, return_inverse=True)
+    inv, uniq = pd.factorize(fb, sort=True)             # np.unique(fb, return_inverse=True), by hashing
     c = np.bincount(inv, weights=count, minlength=len(uniq))
     f = uniq >> 32
     b = (uniq & 0xFFFFFFFF) - (1 << 31)
@@ -105,7 +106,8 @@ def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -
 
     seed = config.seed
     x = profile(hist, names, seed)
-    used = np.unique(np.asarray(hist["feat"], dtype=np.int64)).tolist()
+    feat = np.asarray(hist["feat"], dtype=np.int64)
+    used = np.flatnonzero(np.bincount(feat)).tolist() if len(feat) else []   # np.unique(feat), no sort
     kw = dict(seed=seed, r=config.jslsh_r, k=config.jslsh_k, l=config.jslsh_l, device=device)
     return ({"v": PROFILE_FORMAT, "x": x.astype(np.float16), "names": name_keys([names[f] for f in used], seed)},
             {"v": PROFILE_FORMAT, "jk_params": [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)],

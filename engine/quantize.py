@@ -34,6 +34,13 @@ from .config import SketchConfig
 from .errors import EmptyColumnError
 from .kernels.hashing import hash_tokens, mix64, to_u32
 
+try:  # the compiled word tokenizer (kernels/_cminhash.c, built by `pip install`; optional)
+    from .kernels import _cminhash as _c
+    if not hasattr(_c, "ascii_tokens"):    # a kernel built before the tokenizer was added
+        _c = None
+except ImportError:  # pragma: no cover - no C compiler when installed
+    _c = None
+
 MIN_ABS = 1e-9
 BIAS = 1 << 20
 NAN_KEY = 1 << 30
@@ -57,6 +64,46 @@ class Column:
 
 def numeric_keys(values: np.ndarray, accuracy: float) -> np.ndarray:
     """Log-bucket keys (int64, within int32 range) of float values at relative ``accuracy``."""
+    return numeric_keys_at(values, (accuracy,))[0]
+
+
+def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
+    """:func:`numeric_keys` of ``values`` at each of ``accuracies``, sharing one logarithm and one
+    pass over the special values (a column is bucketed at the fine and the histogram accuracy).
+    The logarithm is taken of the same array (the finite ``|v| > MIN_ABS`` values) as
+    :func:`numeric_keys_reference`, so the keys are the same bit for bit."""
+    v = np.asarray(values, dtype=np.float64)
+    a = np.abs(v)
+    big = a > MIN_ABS                                   # False for NaN
+    big &= a != np.inf
+    every = bool(big.all())
+    ab, neg = (a, v < 0) if every else (a[big], v[big] < 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        la = np.log(ab)
+    special = None
+    if not every:
+        nan, pinf, ninf = np.isnan(v), v == np.inf, v == -np.inf
+        special = (nan.any(), nan), (pinf.any(), pinf), (ninf.any(), ninf)
+    out = []
+    for accuracy in accuracies:
+        lg = math.log((1.0 + accuracy) / (1.0 - accuracy))
+        k = np.ceil(la / lg).astype(np.int64)
+        k += BIAS
+        np.negative(k, out=k, where=neg)
+        if every:
+            out.append(k)
+            continue
+        keys = np.zeros(v.shape, dtype=np.int64)
+        keys[big] = k
+        for (has, mask), key in zip(special, (NAN_KEY, POS_INF_KEY, NEG_INF_KEY)):
+            if has:
+                keys[mask] = key
+        out.append(keys)
+    return out
+
+
+def numeric_keys_reference(values: np.ndarray, accuracy: float) -> np.ndarray:
+    """The definition of :func:`numeric_keys` (the tests compare the two)."""
     v = np.asarray(values, dtype=np.float64)
     lg = math.log((1.0 + accuracy) / (1.0 - accuracy))
     keys = np.zeros(v.shape, dtype=np.int64)
@@ -103,12 +150,11 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
             raise EmptyColumnError(
                 f"column {name!r} has no values (all {n} are missing/NaN): drop it "
                 "(df.dropna(axis=1, how='all')) or fill it")
-        fine = numeric_keys(v, config.accuracy)
-        fine = np.unique(fine[~np.isnan(v)])
+        fine, coarse = numeric_keys_at(v, (config.accuracy, config.hist_accuracy))
+        fine = pd.unique(fine[~np.isnan(v)])            # distinct buckets (hashing: no sort of n keys)
         elems = to_u32(mix64(fine.view(np.uint64), config.seed ^ _NUMERIC_DOMAIN))
         finite = np.isfinite(v)
-        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64),
-                      numeric_keys(v, config.hist_accuracy).astype(np.int32),
+        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse.astype(np.int32),
                       float(v[finite].sum()), int(finite.sum()))
     missing = col.isna().to_numpy()
     if missing.all():
@@ -121,15 +167,21 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         hist = (h % np.uint64(config.hist_bins)).astype(np.int32)
         hist[missing] = config.hist_bins  # one extra bin for missing values
         _, tok_hash = _tokens(col, missing, config.seed)
-        elems = np.unique(to_u32(tok_hash)) if tok_hash.size else np.unique(to_u32(h[~missing]))
+        elems = _distinct_u32(tok_hash) if tok_hash.size else _distinct_u32(h[~missing])
         return Column(name, kind, elems, rows, hist, 0.0, 0)
     if kind == "text":
         rows, h = _tokens(col, missing, config.seed)
         if h.size == 0:
             raise EmptyColumnError(f"text column {name!r} has no word tokens: drop it or fill it")
-        return Column(name, kind, np.unique(to_u32(h)), rows,
+        return Column(name, kind, _distinct_u32(h), rows,
                       (h % np.uint64(config.hist_bins)).astype(np.int32), 0.0, 0)
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _distinct_u32(h64: np.ndarray) -> np.ndarray:
+    """``np.unique(to_u32(h64))``, the distinct 64-bit hashes found first by hashing (a text column
+    holds many more tokens than distinct ones: sorting every token cost more than the rest)."""
+    return np.unique(to_u32(pd.unique(np.asarray(h64, dtype=np.uint64))))
 
 
 # ----------------------------------------------------------------------------- string columns
@@ -185,14 +237,13 @@ def _tokens_fast(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.nda
     ascii_ = pc.fill_null(pc.string_is_ascii(arr), True).to_numpy(zero_copy_only=False)
     slow = ~ascii_ & ~drop
     if not slow.any():
-        rows, tok = _ascii_tokens(_blank(arr, drop))
-        return rows, _hash_unique(tok, seed)
+        return _ascii_token_hashes(_blank(arr, drop), seed)
     fast = np.flatnonzero(~slow)
-    rows_a, tok = _ascii_tokens(_blank(arr.take(fast), drop[fast]))
+    rows_a, h_a = _ascii_token_hashes(_blank(arr.take(fast), drop[fast]), seed)
     idx_b = np.flatnonzero(slow)
     rows_b, h_b = _tokens_reference(col.iloc[idx_b], np.zeros(len(idx_b), dtype=bool), seed)
     rows = np.concatenate([fast[rows_a], idx_b[rows_b]])
-    h = np.concatenate([_hash_unique(tok, seed), h_b])
+    h = np.concatenate([h_a, h_b])
     order = np.argsort(rows, kind="stable")          # a row's tokens come from one side: text order kept
     return rows[order], h[order]
 
@@ -268,6 +319,26 @@ def _blank(arr, drop: np.ndarray):
     if not drop.any():
         return arr
     return pc.if_else(pa.array(drop), pa.scalar("", pa.large_string()), arr)
+
+
+def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(row of each token, hash_tokens hash of each token)`` of ASCII strings (no nulls): the
+    compiled kernel (kernels/_cminhash.c: one pass, every token hashed) when it is built, else
+    :func:`_ascii_tokens` then :func:`_hash_unique` -- the same values."""
+    if _c is None or len(arr) == 0:
+        rows, tok = _ascii_tokens(arr)
+        return rows, _hash_unique(tok, seed)
+    from .kernels.hashing import _hash_key
+
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
+    data = bufs[2] if bufs[2] is not None else b""
+    n_tok = _c.count_ascii_tokens(data, offs)
+    rows = np.empty(n_tok, dtype=np.int64)
+    h = np.empty(n_tok, dtype=np.uint64)
+    if _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h) != n_tok:
+        raise RuntimeError("the token kernel wrote another number of tokens than it counted")
+    return rows, h
 
 
 def _ascii_tokens(arr):

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from .config import SketchConfig
 from .data import to_frame
@@ -216,15 +217,16 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     n_parts = int((n + m - 1) // m)
     parts, feats, buckets, counts = [], [], [], []
     for f, c in enumerate(cols):
-        key = part_of_row[c.rows] * (1 << 32) + (c.hist.astype(np.int64) + (1 << 31))
-        uniq, cnt = np.unique(key, return_counts=True)
-        parts.append((uniq >> 32).astype(np.int32))
-        buckets.append(((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32))
-        feats.append(np.full(len(uniq), f, dtype=np.int32))
-        counts.append(cnt.astype(np.uint32))
+        p, b, cnt = partition_counts(part_of_row[c.rows], c.hist, n_parts)
+        parts.append(p)
+        buckets.append(b)
+        feats.append(np.full(len(p), f, dtype=np.int32))
+        counts.append(cnt)
     hist = {"part": np.concatenate(parts), "feat": np.concatenate(feats),
             "bucket": np.concatenate(buckets), "count": np.concatenate(counts)}
-    order = np.lexsort((hist["bucket"], hist["feat"], hist["part"]))
+    # each feature's cells are sorted by (part, bucket) and the features follow in order: a stable
+    # sort by part alone gives the (part, feat, bucket) order
+    order = np.argsort(hist["part"], kind="stable")
     hist = {k: v[order] for k, v in hist.items()}
     cov = _cov.build(rows, keys, seed=config.seed, bits=config.coverage_bits, tables=config.coverage_tables,
                      center=coverage_center, device=device)
@@ -233,6 +235,35 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
                   np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner,
                   left_out=left_out or None,
                   set_elems=None if minhash else [np.unique(np.asarray(c.set_elems, dtype=np.int64)) for c in cols])
+
+
+def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Occurrences per (partition, bucket): ``(part int32, bucket int32, count uint32)`` of the
+    distinct pairs, sorted by (part, bucket) -- ``np.unique`` of the pairs with counts, computed by
+    mapping the buckets to ranks (by offset within a narrow range, else ``pd.factorize``, sorted) and counting ``part * n_buckets + rank``
+    cells with ``np.bincount`` when there are not many more cells than occurrences (the sort of n
+    keys is most of the cost otherwise); else by ``np.unique``."""
+    part = np.asarray(part, dtype=np.int64)
+    bucket = np.asarray(bucket)
+    if len(bucket) == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint32)
+    lo, hi = int(bucket.min()), int(bucket.max())
+    if hi - lo < min(1 << 16, 4 * len(bucket) + 64):    # a narrow range (numeric buckets): offsets are ranks
+        present = np.bincount(bucket.astype(np.int64) - lo, minlength=hi - lo + 1) > 0
+        uniq = np.flatnonzero(present) + lo
+        ranks = (np.cumsum(present) - 1)[bucket.astype(np.int64) - lo]
+    else:
+        ranks, uniq = pd.factorize(bucket, sort=True)
+    nb = len(uniq)
+    cells = int(n_parts) * nb
+    if cells <= max(1 << 20, 4 * len(bucket)):
+        cnt = np.bincount(part * nb + ranks, minlength=cells)
+        nz = np.flatnonzero(cnt)
+        return ((nz // nb).astype(np.int32), np.asarray(uniq, dtype=np.int64)[nz % nb].astype(np.int32),
+                cnt[nz].astype(np.uint32))
+    key = part * (1 << 32) + (bucket.astype(np.int64) + (1 << 31))
+    uk, cnt = np.unique(key, return_counts=True)
+    return (uk >> 32).astype(np.int32), ((uk & 0xFFFFFFFF) - (1 << 31)).astype(np.int32), cnt.astype(np.uint32)
 
 
 MAX_ROWS = 1 << 40        # rows a sketch may claim (n_rows); partitions are at most one per row

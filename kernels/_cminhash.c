@@ -353,9 +353,116 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ ASCII word tokens */
+/* The word tokens of ASCII strings stored back to back (an Arrow string array's data and offsets):
+ * maximal runs of [0-9A-Za-z_] inside one value, lower-cased, each hashed as hash_tokens does
+ * (SipHash-2-4 of the bytes under the seed's key, then the SplitMix64 finalizer). The same tokens,
+ * rows and hashes as engine/quantize.py's NumPy tokenizer followed by hash_tokens, in one pass. */
+static const uint8_t *word_table(void) {
+    static uint8_t t[256];
+    static int init = 0;
+    if (!init) {
+        for (int c = 0; c < 256; c++)
+            t[c] = (uint8_t)((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_');
+        init = 1;
+    }
+    return t;
+}
+
+static int check_offsets(Py_buffer *data, Py_buffer *offs, Py_ssize_t *n) {
+    if (offs->len % 8 || offs->len < 8) { PyErr_SetString(PyExc_ValueError, "offsets must be int64, n + 1 of them"); return -1; }
+    *n = offs->len / 8 - 1;
+    const int64_t *o = (const int64_t *)offs->buf;
+    for (Py_ssize_t i = 0; i < *n; i++)
+        if (o[i] < 0 || o[i] > o[i + 1]) { PyErr_SetString(PyExc_ValueError, "offsets must be non-decreasing and >= 0"); return -1; }
+    if (o[*n] > data->len) { PyErr_SetString(PyExc_ValueError, "offsets run past the data"); return -1; }
+    return 0;
+}
+
+PyDoc_STRVAR(count_ascii_tokens_doc,
+"count_ascii_tokens(data, offsets) -> int\n\n"
+"How many word tokens ([0-9A-Za-z_] runs within a value) the values data[offsets[i]:offsets[i+1]] hold.");
+
+static PyObject *count_ascii_tokens(PyObject *self, PyObject *args) {
+    Py_buffer data, offs;
+    if (!PyArg_ParseTuple(args, "y*y*", &data, &offs)) return NULL;
+    PyObject *ret = NULL;
+    Py_ssize_t n;
+    if (check_offsets(&data, &offs, &n) < 0) goto done;
+    const uint8_t *w = word_table(), *b = (const uint8_t *)data.buf;
+    const int64_t *o = (const int64_t *)offs.buf;
+    long long count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int prev = 0;
+        for (int64_t j = o[i]; j < o[i + 1]; j++) {
+            const int cur = w[b[j]];
+            count += cur & !prev;
+            prev = cur;
+        }
+    }
+    ret = PyLong_FromLongLong(count);
+done:
+    PyBuffer_Release(&data); PyBuffer_Release(&offs);
+    return ret;
+}
+
+PyDoc_STRVAR(ascii_tokens_doc,
+"ascii_tokens(data, offsets, key, rows, hashes) -> int\n\n"
+"The word tokens of the values data[offsets[i]:offsets[i+1]] (ASCII), lower-cased, in value then\n"
+"text order: each token's value index into rows (writable int64) and its hash_tokens hash under\n"
+"the 16-byte SipHash key into hashes (writable uint64), both sized by count_ascii_tokens. Returns\n"
+"the number of tokens written.");
+
+static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
+    Py_buffer data, offs, key, rows, hashes;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &data, &offs, &key, &rows, &hashes)) return NULL;
+    PyObject *ret = NULL;
+    uint8_t *buf = NULL;
+    Py_ssize_t n;
+    if (check_offsets(&data, &offs, &n) < 0) goto done;
+    if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
+    const uint64_t k0 = load_le64((const uint8_t *)key.buf), k1 = load_le64((const uint8_t *)key.buf + 8);
+    const uint8_t *w = word_table(), *b = (const uint8_t *)data.buf;
+    const int64_t *o = (const int64_t *)offs.buf;
+    const Py_ssize_t cap = rows.len / 8;
+    if (hashes.len / 8 < cap) { PyErr_SetString(PyExc_ValueError, "hashes must hold as many as rows"); goto done; }
+    int64_t *r = (int64_t *)rows.buf;
+    uint64_t *h = (uint64_t *)hashes.buf;
+    int64_t longest = 0;
+    for (Py_ssize_t i = 0; i < n; i++) longest = o[i + 1] - o[i] > longest ? o[i + 1] - o[i] : longest;
+    buf = (uint8_t *)malloc((size_t)longest + 8);
+    if (!buf) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t t = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t j = o[i];
+        const int64_t end = o[i + 1];
+        while (j < end) {
+            while (j < end && !w[b[j]]) j++;
+            if (j == end) break;
+            size_t len = 0;
+            while (j < end && w[b[j]]) {
+                const uint8_t c = b[j++];
+                buf[len++] = (uint8_t)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+            }
+            if (t >= cap) { PyErr_SetString(PyExc_ValueError, "rows / hashes too small: size them by count_ascii_tokens"); goto done; }
+            r[t] = (int64_t)i;
+            h[t] = finalize(siphash24(buf, len, k0, k1));
+            t++;
+        }
+    }
+    ret = PyLong_FromSsize_t(t);
+done:
+    free(buf);
+    PyBuffer_Release(&data); PyBuffer_Release(&offs); PyBuffer_Release(&key);
+    PyBuffer_Release(&rows); PyBuffer_Release(&hashes);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
+    {"count_ascii_tokens", count_ascii_tokens, METH_VARARGS, count_ascii_tokens_doc},
+    {"ascii_tokens", ascii_tokens, METH_VARARGS, ascii_tokens_doc},
     {NULL, NULL, 0, NULL},
 };
 

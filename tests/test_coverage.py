@@ -25,7 +25,9 @@ def test_row_codes_equal_reference_on_every_path(n):
     proj = np.einsum("nd,tbd->tnb", x.astype(np.float64), a.astype(np.float64))
     # a sign may differ only where the projection is within fp32 rounding of zero
     edge = (np.abs(proj) < 1e-4).any(axis=2)
-    got_torch = rc.row_codes(x, a, device="cpu")
+    got_torch = rc.row_codes(x, a, device="cpu")            # the NumPy path on CPU
+    got_torch2 = rc._row_codes_torch(torch.from_numpy(x), torch.from_numpy(a)).numpy()
+    assert np.array_equal(got_torch2[~edge], ref[~edge])
     got_triton = rc._row_codes_triton(torch.from_numpy(x), torch.from_numpy(a)).numpy()
     assert got_torch.shape == got_triton.shape == (T, n)
     assert np.array_equal(got_torch[~edge], ref[~edge])
@@ -109,3 +111,31 @@ def test_coverage_falls_back_or_raises_when_feature_sets_differ(tmp_path):
             hub.search(q, method="coverage", coverage_fallback=False)
         full = hub.search(src, method="coverage")
         assert full[0].method == "coverage" and full[0].score == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1001])
+def test_row_matrix_equals_column_blocks(n):
+    """The batched transform of plain numeric columns equals each column's own block, for frames
+    mixing float (with NaN / inf), int, uint, bool, datetime, numeric-object and string columns."""
+    from fitsketch import coverage as C
+    from fitsketch import quantize as Q
+
+    rng = np.random.default_rng()
+    f = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 300, n)
+    if n > 3:
+        f[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    df = pd.DataFrame({"f": f, "i": rng.integers(-1000, 1000, n), "u": rng.integers(0, 9, n).astype(np.uint8),
+                       "b": rng.random(n) < 0.5, "t": pd.to_datetime(rng.integers(0, 2**40, n)),
+                       "o": pd.Series(rng.standard_normal(n), dtype=object),
+                       "c": pd.Series([f"v{k}" for k in rng.integers(0, 5, n)], dtype=object),
+                       "x": pd.Series([f"w{k} w{k + 1} w{k * 2}" for k in rng.integers(0, 50, n)], dtype="str"),
+                       "f32": rng.standard_normal(n).astype(np.float32)})
+    kinds = ["numeric"] * 6 + ["categorical", "text", "numeric"]
+    seed = int(rng.integers(0, 2**31))
+    with Q.shared_tokens():
+        X, keys, owner = C.row_matrix(df, kinds, seed)
+        blocks = [C.column_block(nm, df[nm], k, seed) for nm, k in zip(df.columns, kinds)]
+    ref = np.concatenate([b[0] for b in blocks], axis=1)
+    assert X.shape == ref.shape and np.array_equal(X, ref, equal_nan=True)
+    assert np.array_equal(keys, np.concatenate([b[1] for b in blocks]))
+    assert owner == [i for i, b in enumerate(blocks) for _ in range(b[0].shape[1])]

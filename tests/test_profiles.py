@@ -364,3 +364,41 @@ def test_ivf_profile_index_finds_near_profiles(rng, monkeypatch, distinct, copie
         ids, _ = idx.top(q, copies)
         assert sorted(ids.tolist()) == list(range(j * copies, (j + 1) * copies))
     assert isinstance(idx._faiss, faiss.IndexIVFFlat) == (copies == 1)
+
+
+def _profile_reference(hist, names, seed, dim=P.PROFILE_DIM):
+    """profile() as it was: np.unique with the inverse."""
+    feat = np.asarray(hist["feat"], dtype=np.int64)
+    out = np.zeros(dim, dtype=np.float64)
+    if len(feat) == 0:
+        return out.astype(np.float32)
+    bucket = np.asarray(hist["bucket"], dtype=np.int64)
+    count = np.asarray(hist["count"], dtype=np.float64)
+    uniq, inv = np.unique((feat << 32) + (bucket + (1 << 31)), return_inverse=True)
+    c = np.bincount(inv, weights=count, minlength=len(uniq))
+    f, b = uniq >> 32, (uniq & 0xFFFFFFFF) - (1 << 31)
+    totals = np.bincount(f, weights=c, minlength=int(f.max()) + 1)
+    keep = totals[f] > 0
+    f, b, c = f[keep], b[keep], c[keep]
+    n_feat = int((totals > 0).sum())
+    if n_feat == 0:
+        return out.astype(np.float32)
+    w = np.sqrt(c / totals[f])
+    a = P.gaussian_projection(seed ^ P._SEED_SALT, P.name_keys(list(names), seed)[f], b, dim).astype(np.float64)
+    return ((w[:, None] * a).sum(axis=0) / np.sqrt(n_feat * dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("nnz", [0, 1, 2, 7, 1001])
+def test_profile_and_used_features_equal_reference(nnz):
+    rng = np.random.default_rng()
+    n_feat = int(rng.integers(1, 9))
+    hist = {"part": rng.integers(0, 5, nnz).astype(np.int32), "feat": rng.integers(0, n_feat, nnz).astype(np.int32),
+            "bucket": rng.integers(-(1 << 31), 1 << 31, nnz).astype(np.int32) if nnz % 2 else
+            rng.integers(-3, 4, nnz).astype(np.int32), "count": rng.integers(1, 50, nnz).astype(np.uint32)}
+    names = [f"c{i}" for i in range(n_feat)]
+    seed = int(rng.integers(0, 2**31))
+    assert np.array_equal(P.profile(hist, names, seed), _profile_reference(hist, names, seed))
+    cfg = fitsketch.SketchConfig(seed=seed)
+    prof, _ = P.record(hist, names, 5, cfg, "cpu")
+    used = np.unique(hist["feat"].astype(np.int64)).tolist()
+    assert np.array_equal(prof["names"], P.name_keys([names[f] for f in used], seed))

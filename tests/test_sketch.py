@@ -50,6 +50,27 @@ def test_numeric_keys_equal_reference(n):
         assert np.all(np.abs(got) < 2**31)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1001])
+def test_numeric_keys_at_equal_reference_bit_for_bit(n):
+    """The shared-logarithm fast path against the definition, with and without special values
+    (the no-special path skips the masks), 1-D and 2-D, two accuracies at once."""
+    from fitsketch.quantize import numeric_keys_at, numeric_keys_reference
+
+    rng = fresh_rng()
+    for specials in (False, True):
+        v = rng.standard_normal(n) * 10.0 ** rng.integers(-12, 12, n)
+        if specials and n:
+            pick = rng.choice([np.nan, np.inf, -np.inf, 0.0, 1e-10, -1e-12], n)
+            mask = rng.random(n) < 0.3
+            v[mask] = pick[mask]
+        accs = (float(rng.uniform(0.001, 0.2)), float(rng.uniform(0.05, 0.5)))
+        for arr in (v, v.reshape(-1, 1) if n else v):
+            got = numeric_keys_at(arr, accs)
+            for g, acc in zip(got, accs):
+                ref = numeric_keys_reference(arr, acc)
+                assert g.dtype == np.int64 and g.shape == ref.shape and np.array_equal(g, ref)
+
+
 def test_numeric_keys_relative_accuracy():
     """Two values in one bucket differ by at most the bucket's relative width."""
     rng = fresh_rng()
@@ -435,3 +456,33 @@ def test_merged_sketch_registers_searches_and_crosses_the_wire(tmp_path):
                                                     "code": np.zeros(1, np.int64), "count": np.ones(1, np.uint32)}]}
     with pytest.raises(fitsketch.errors.InvalidArgumentError, match="center"):
         sketch_from_wire(bad)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1001])
+def test_partition_counts_equal_unique(n):
+    """The factorize + bincount counts against np.unique of the (part, bucket) pairs, on both of
+    its paths (few cells: bincount; many: np.unique), buckets over all of int32."""
+    from fitsketch.sketch import partition_counts
+
+    rng = fresh_rng()
+    for n_parts, spread in ((1, 5), (max(n // 7, 1), 300), (7, 1 << 20), (1 << 12, 1 << 31)):
+        part = rng.integers(0, n_parts, n)
+        bucket = rng.integers(-spread, spread, n).astype(np.int32)
+        p, b, c = partition_counts(part, bucket, n_parts)
+        uk, uc = np.unique(part * (1 << 32) + (bucket.astype(np.int64) + (1 << 31)), return_counts=True)
+        assert p.dtype == b.dtype == np.int32 and c.dtype == np.uint32
+        assert np.array_equal(p, uk >> 32) and np.array_equal(b, (uk & 0xFFFFFFFF) - (1 << 31))
+        assert np.array_equal(c, uc)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1001])
+def test_distinct_u32_equals_unique(n):
+    from fitsketch.kernels.hashing import to_u32
+    from fitsketch.quantize import _distinct_u32
+
+    rng = fresh_rng()
+    h = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, n).astype(np.uint64)
+    h = np.concatenate([h, h[: n // 2]])            # repeats
+    got = _distinct_u32(h)
+    ref = np.unique(to_u32(h))
+    assert got.dtype == ref.dtype and np.array_equal(got, ref)

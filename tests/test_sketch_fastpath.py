@@ -71,15 +71,39 @@ def check_same(col: pd.Series, seed: int) -> None:
     assert vh.dtype == np.uint64 and np.array_equal(vh, ref)
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def tokenizer(request, monkeypatch):
+    """Both ASCII tokenizers: the compiled one (kernels/_cminhash.c) and the NumPy one."""
+    if request.param == "numpy":
+        monkeypatch.setattr(Q, "_c", None)
+    elif Q._c is None:
+        pytest.skip("the compiled kernel is not built")
+    return request.param
+
+
 @pytest.mark.parametrize("n", SIZES)
-def test_tokens_and_value_hashes_equal_reference(n):
+def test_tokens_and_value_hashes_equal_reference(n, tokenizer):
     rng = np.random.default_rng()
     seed = int(rng.integers(0, 2**31))
     for col in columns(rng, n):
         check_same(col, seed)
 
 
-def test_tokens_equal_reference_on_edge_values():
+def test_compiled_tokenizer_refuses_bad_offsets():
+    if Q._c is None:
+        pytest.skip("the compiled kernel is not built")
+    data = b"ab cd"
+    for offs in ([0, 6], [3, 2], [-1, 2], []):
+        with pytest.raises(ValueError):
+            Q._c.count_ascii_tokens(data, np.array(offs, dtype=np.int64))
+    assert Q._c.count_ascii_tokens(data, np.array([0], dtype=np.int64)) == 0   # no values
+    offs = np.array([0, 2, 5], dtype=np.int64)
+    assert Q._c.count_ascii_tokens(data, offs) == 2
+    with pytest.raises(ValueError):     # output smaller than the tokens
+        Q._c.ascii_tokens(data, offs, b"0" * 16, np.empty(1, np.int64), np.empty(1, np.uint64))
+
+
+def test_tokens_equal_reference_on_edge_values(tokenizer):
     vals = ["", " ", "A", "_", "a_b-C", "ÀB", "abc déf GHI", "x\u0000y", "\x7f", "tab\tsep", "İ", "ß",
             "\u212a", None, "ends with space ", "  lead", "9", "a" * 300]
     for dtype in ("str", object, "string[python]"):
@@ -133,6 +157,20 @@ def test_row_code_packing_equals_int64_sum(bits, n):
     assert got.dtype == torch.int64 and torch.equal(got, ref)
     if n:
         assert int(got.max()) < 2**bits
+
+
+@pytest.mark.parametrize("bits", [1, 5, 8, 9, 12, 16, 24, 25, 30])
+@pytest.mark.parametrize("n", [0, 1, 97, 1001])
+def test_numpy_row_code_packing_equals_int64_sum(bits, n):
+    """The CPU path's bit packing (shifted ORs) equals the multiply-and-sum of its own projection's signs."""
+    rng = np.random.default_rng()
+    d, T = int(rng.integers(1, 20)), int(rng.integers(1, 5))
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    a = rng.standard_normal((T, bits, d)).astype(np.float32)
+    proj = (a.reshape(T * bits, d) @ x.T).T.reshape(n, T, bits)
+    ref = ((proj > 0).astype(np.int64) * (2 ** np.arange(bits, dtype=np.int64))).sum(axis=-1).T
+    got = rc._row_codes_numpy(x, a)
+    assert got.dtype == np.int64 and got.shape == (T, n) and np.array_equal(got, ref)
 
 
 def test_sketch_with_fast_paths_equals_sketch_with_reference_paths(monkeypatch):
