@@ -648,8 +648,8 @@ def calibrated_evidence(cal, rel) -> dict:
     why = ("divided by its own held-out error instead" if (rel | cal).all()
            else "divided by its own held-out error or mean norm instead")
     return {"score": "calibrated" if cal.any() else "raw",
-            "fallback": f"{int((~cal).sum())} of this entry's autoencoders store no input moments (added before "
-                        f"they were stored, or loss='ssim'): {why}; re-add the entry to calibrate it"}
+            "fallback": f"{int((~cal).sum())} of this entry's autoencoders store no own error or input moments "
+                        f"(added before they were stored, or loss='ssim'): {why}; re-add the entry to calibrate it"}
 
 
 def relative_used(records, loss: str = "mse") -> np.ndarray:
