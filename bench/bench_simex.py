@@ -248,7 +248,7 @@ def main(argv=None) -> dict:
             mean["simex"] - mean["l2"], ratio_kind="difference"),
         row("spearman(-min class delta, transfer acc) vs exact-JS", mean["simex-class"], mean["exact-js"],
             mean["simex-class"] - mean["exact-js"], ratio_kind="difference"),
-        row("spearman(-raw delta (no normalization; the hub's default), transfer acc), whole-dataset AE vs exact-JS",
+        row("spearman(-raw delta (no normalization; simex_score='raw', the default of hubs made before), transfer acc), whole-dataset AE vs exact-JS",
             mean["simex-raw"], mean["exact-js"], mean["simex-raw"] - mean["exact-js"], ratio_kind="difference"),
         row("spearman(-delta / own held-out error, transfer acc), whole-dataset AE vs exact-JS", mean["simex-rel"],
             mean["exact-js"], mean["simex-rel"] - mean["exact-js"], ratio_kind="difference"),
