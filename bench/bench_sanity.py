@@ -11,7 +11,12 @@
 * **column matches** -- between the bundled tables (wine, breast cancer, diabetes, iris, digits),
   no matched pair of different quantities at similarity >= 0.9.
 
-    python -m bench sanity [--quick]      (or python -m bench.bench_sanity [--quick])
+* **class groups** (SimEx's failure on a footwear / bags zoo) -- scikit-learn digits and MNIST-5k
+  (8x8, bench.bench_simex.mnist_8x8) split into visually different class groups (round 0/6/8, thin
+  1/7, curvy 2/3/5, open 4/9); one source per group (conv autoencoders, image_shape=(1, 8, 8)), and
+  a held-out query of one group must rank that group's source first (4 groups x seeds per domain).
+
+    python -m bench sanity [--quick] [--seeds 5,6,7,8,9] [--methods simex,exact-js]
 
 ``--quick`` runs 2 seeds of the median split instead of 5 (and no SimEx autoencoders).
 """
@@ -163,9 +168,52 @@ def cross_matches(threshold: float = 0.9) -> list:
     return found
 
 
-def run(quick: bool = False, out=print, out_dir: Path | None = None) -> dict:
-    seeds = (0, 1) if quick else (0, 1, 2, 3, 4)
-    methods = QUICK_METHODS if quick else METHODS
+GROUPS = {"round": (0, 6, 8), "thin": (1, 7), "curvy": (2, 3, 5), "open": (4, 9)}
+
+
+def group_data(domain: str):
+    from sklearn.datasets import load_digits
+
+    if domain == "digits":
+        x, y = load_digits(return_X_y=True)
+        return x.astype(np.float32), y
+    from .bench_simex import mnist_8x8
+
+    return mnist_8x8()
+
+
+def run_groups(seeds, methods, work: Path, out=print) -> dict:
+    """{domain: {method: hits out of 4 * len(seeds)}}: a held-out query of one class group must rank
+    that group's source first (sources of up to 400 rows, queries of up to 150)."""
+    import fitsketch
+    from fitsketch.simex import AEConfig
+
+    hits = {}
+    for domain in ("digits", "mnist"):
+        x, y = group_data(domain)
+        cols = [f"p{i}" for i in range(x.shape[1])]
+        hits[domain] = {m: 0 for m in methods}
+        for seed in seeds:
+            p = np.random.default_rng(seed).permutation(len(x))
+            src, tgt = p[:int(0.7 * len(x))], p[int(0.7 * len(x)):]
+            shutil.rmtree(work, ignore_errors=True)
+            with fitsketch.open(work) as hub:
+                for g, cl in GROUPS.items():
+                    rows = src[np.isin(y[src], cl)][:400]
+                    hub.add(g, pd.DataFrame(x[rows], columns=cols), autoencoder="simex" in methods,
+                            image_shape=(1, 8, 8), ae_config=AEConfig(epochs=30, seed=seed, time_cap_s=0))
+                for g, cl in GROUPS.items():
+                    q = pd.DataFrame(x[tgt[np.isin(y[tgt], cl)][:150]], columns=cols)
+                    for m in methods:
+                        res = hub.search(q, k=4, method=m)
+                        hits[domain][m] += bool(res) and res[0].name == g
+        out(f"  class groups {domain:<8} " + "  ".join(f"{m} {hits[domain][m]}/{4 * len(seeds)}" for m in methods))
+    return hits
+
+
+def run(quick: bool = False, out=print, out_dir: Path | None = None, seeds=None, methods=None) -> dict:
+    seeds = tuple(seeds) if seeds else (0, 1) if quick else (0, 1, 2, 3, 4)
+    methods = tuple(methods) if methods else QUICK_METHODS if quick else METHODS
     ctx = H.context(quick=quick)
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-sanity-"))
@@ -185,6 +233,12 @@ def run(quick: bool = False, out=print, out_dir: Path | None = None) -> dict:
             distinct = [len(set(s)) == len(s) and any(0.0 < abs(v) < 1.0 or abs(v) > 1.0 for v in s) for s in rn["small"][m]]
             rows.append(H.row(ctx, "sanity", "query_20_rows", m, "graded_untied", int(sum(distinct)),
                               unit=f"of {len(seeds)}", baseline="all", baseline_value=len(seeds)))
+        gr = run_groups(seeds[:3], methods, work / "h", out=out)
+        for dom, h in gr.items():
+            for m in methods:
+                rows.append(H.row(ctx, "sanity", f"class_groups_{dom}", m, "top1_hits", h[m],
+                                  unit=f"of {4 * len(seeds[:3])}", baseline="target 90%",
+                                  baseline_value=0.9 * 4 * len(seeds[:3])))
         cm = cross_matches()
         out(f"cross-table column matches at similarity >= 0.9: {len(cm)}" + "".join(f"\n  {x}" for x in cm[:20]))
         rows.append(H.row(ctx, "sanity", "bundled_tables", "match", "cross_matches_ge_0.9", len(cm),
@@ -192,8 +246,11 @@ def run(quick: bool = False, out=print, out_dir: Path | None = None) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out(f"bench_sanity: {time.perf_counter() - t0:.0f} s")
-    H.write_suite("sanity_quick" if quick else "sanity", rows, out=out_dir, quick=quick)
-    return {"median_split": ms, "renamed": rn, "cross_matches": cm}
+    name = "sanity_quick" if quick else "sanity"
+    if seeds != ((0, 1) if quick else (0, 1, 2, 3, 4)) or methods != (QUICK_METHODS if quick else METHODS):
+        name += "_seeds" + "-".join(map(str, seeds)) + ("_" + "-".join(methods) if methods != METHODS else "")
+    H.write_suite(name, rows, out=out_dir, quick=quick)
+    return {"median_split": ms, "renamed": rn, "groups": gr, "cross_matches": cm}
 
 
 def main(argv=None) -> None:
@@ -201,8 +258,12 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--seeds", help="comma-separated seeds of the median split (default 0-4; --quick 0,1); "
+                                   "the class groups use the first three")
+    p.add_argument("--methods", help=f"comma-separated methods (default {','.join(METHODS)})")
     args = p.parse_args(argv)
-    run(quick=args.quick)
+    run(quick=args.quick, seeds=[int(v) for v in args.seeds.split(",")] if args.seeds else None,
+        methods=args.methods.split(",") if args.methods else None)
 
 
 if __name__ == "__main__":

@@ -177,8 +177,8 @@ def main(argv=None) -> dict:
     names = list(sources)
     class_records = [r for s in names for r in per_class[s]]
     owner = np.repeat(np.arange(len(names)), [len(per_class[s]) for s in names])
-    corr = {"simex": [], "simex-class": [], "simex-raw": [], "simex-rel": [], "simex-class-rel": [], "exact-js": [],
-            "l2": []}
+    corr = {"simex": [], "simex-class": [], "simex-raw": [], "simex-rel": [], "simex-class-rel": [], "simex-cal": [],
+            "simex-class-cal": [], "exact-js": [], "l2": []}
     per_target = []
     for t, (x, y) in targets.items():
         acc = {s: float(clf[s].score(x / 16.0, y)) for s in names}
@@ -187,12 +187,17 @@ def main(argv=None) -> dict:
         # relative: each AE's loss over its own held-out error (the hub's default, simex_relative=True)
         r_whole = S.delta(x, [whole[s] for s in names], device=device, relative=True)
         r_class = S.delta(x, class_records, device=device, relative=True)
+        # calibrated (the hub's default for new hubs, simex_score="calibrated"): S.calibrate
+        c_whole = S.delta(x, [whole[s] for s in names], device=device, calibrated=True)
+        c_class = S.delta(x, class_records, device=device, calibrated=True)
         sc = {"simex": {s: -d for s, d in zip(names, d_whole)},
               "simex-class": {s: S.entry_score(d_class[owner == i]) for i, s in enumerate(names)},
               "simex-rel": {s: -d for s, d in zip(names, r_whole)},
               "simex-raw": {s: -d for s, d in zip(names, S.delta(x, [whole[s] for s in names], device=device,
                                                                   normalize=False))},
               "simex-class-rel": {s: S.entry_score(r_class[owner == i]) for i, s in enumerate(names)},
+              "simex-cal": {s: -d for s, d in zip(names, c_whole)},
+              "simex-class-cal": {s: S.entry_score(c_class[owner == i]) for i, s in enumerate(names)},
               "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t]}
         row = {"target": t, "best source (acc)": max(acc, key=acc.get)}
         for m in corr:
@@ -243,12 +248,16 @@ def main(argv=None) -> dict:
             mean["simex"] - mean["l2"], ratio_kind="difference"),
         row("spearman(-min class delta, transfer acc) vs exact-JS", mean["simex-class"], mean["exact-js"],
             mean["simex-class"] - mean["exact-js"], ratio_kind="difference"),
-        row("spearman(-raw delta (no normalization; the hub's default), transfer acc), whole-dataset AE vs exact-JS",
+        row("spearman(-raw delta (no normalization; simex_score='raw', the default of hubs made before), transfer acc), whole-dataset AE vs exact-JS",
             mean["simex-raw"], mean["exact-js"], mean["simex-raw"] - mean["exact-js"], ratio_kind="difference"),
         row("spearman(-delta / own held-out error, transfer acc), whole-dataset AE vs exact-JS", mean["simex-rel"],
             mean["exact-js"], mean["simex-rel"] - mean["exact-js"], ratio_kind="difference"),
         row("spearman(-min class delta / own held-out error, transfer acc) vs exact-JS", mean["simex-class-rel"],
             mean["exact-js"], mean["simex-class-rel"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-calibrated delta (simex_score='calibrated'), transfer acc), whole-dataset AE vs exact-JS",
+            mean["simex-cal"], mean["exact-js"], mean["simex-cal"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-min class calibrated delta, transfer acc) vs exact-JS", mean["simex-class-cal"],
+            mean["exact-js"], mean["simex-class-cal"] - mean["exact-js"], ratio_kind="difference"),
         row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
             batched["median_s"], loop["median_s"], loop["median_s"] / batched["median_s"],
             spread=C.spread(batched), baseline_spread=C.spread(loop)),
@@ -261,7 +270,7 @@ def main(argv=None) -> dict:
     ]
     print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
     print(C.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
-                                        "simex-class-rel", "exact-js", "l2"]))
+                                        "simex-class-rel", "simex-cal", "simex-class-cal", "exact-js", "l2"]))
     print()
     print(C.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
     payload = {"name": "simex", "quick": args.quick, "environment": env, "rows": rows, "per_target": per_target,

@@ -67,6 +67,10 @@ class SketchConfig:
     # at add) instead; entries added before it was stored fall back to simex_normalize's division and
     # say so. Off by default: 0.60 / 0.54 on the same benchmark (bench/SUMMARY.md)
     simex_relative: bool = False
+    # per query: "calibrated" (hubs created from issue 20's follow-up on) scores simex.calibrate --
+    # the query's marginal moments against the source's plus the two-sided own-error term;
+    # "raw" the loss as above (hubs created before keep "raw"). bench/SUMMARY.md, label-free section
+    simex_score: str = "calibrated"
     # ModelHub thresholds (Def. 3): a source feature matches a target feature when its estimated
     # similarity >= feature_threshold (t2); an entry goes on when overlap > overlap_threshold (t1)
     feature_threshold: float = 0.5
@@ -117,6 +121,7 @@ class SketchConfig:
         _check(isinstance(self.simex_normalize, bool), "simex_normalize (normalize)", self.simex_normalize,
                "True or False")
         _check(isinstance(self.simex_relative, bool), "simex_relative", self.simex_relative, "True or False")
+        _check(self.simex_score in ("calibrated", "raw"), "simex_score", self.simex_score, "'calibrated' or 'raw'")
         _check(self.query_min_partitions <= 4096, "query_min_partitions", self.query_min_partitions, "at most 4096")
         _check(self.coverage_tables <= 65536, "coverage_tables", self.coverage_tables, "at most 65536")
         _check(self.coverage_bits <= 30, "coverage_bits", self.coverage_bits, "at most 30")
@@ -154,7 +159,8 @@ class SketchConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise InvalidArgumentError(f"unknown sketch parameters {unknown}: known ones are {sorted(known)}")
-        return cls(**{"minhash_family": "mod61", **d})  # recorded before families: the old one
+        # recorded before families / calibrated SimEx: the old ones
+        return cls(**{"minhash_family": "mod61", "simex_score": "raw", **d})
 
     def replace(self, **overrides) -> "SketchConfig":
         return SketchConfig.from_dict({**self.to_dict(), **overrides})
@@ -168,7 +174,7 @@ class SketchConfig:
 
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
-                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative",
+                "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative", "simex_score",
                 "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen", "query_min_partitions",
                 "query_partition_rows", "small_query_jslsh_l", "small_query_jslsh_r", "coverage_score",
                 "coverage_resolution", "coverage_rho")

@@ -1308,8 +1308,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             X = simex.numeric_matrix(frame, columns=list(cols))
             flat = [r for _, _, records in members for r in records]
             deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=self.device,
-                                 relative=cfg.simex_relative)
-            rel = simex.relative_used(flat, cfg.simex_loss) if cfg.simex_relative else np.zeros(len(flat), bool)
+                                 relative=cfg.simex_relative, calibrated=cfg.simex_score == "calibrated")
+            cal = simex.calibrated_used(flat, cfg.simex_loss) if cfg.simex_score == "calibrated" else None
+            rel = simex.relative_used(flat, cfg.simex_loss) if cfg.simex_relative or cal is not None \
+                else np.zeros(len(flat), bool)
             i = 0
             for rec, al, records in members:
                 d = deltas[i:i + len(records)]
@@ -1317,7 +1319,9 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 i += len(records)
                 ev = {"delta": float(d.min()), "loss": cfg.simex_loss, "normalized": cfg.simex_normalize,
                       "relative_to_own_error": bool(r.all()), "autoencoders": len(records)}
-                if cfg.simex_relative and not r.all():
+                if cal is not None:
+                    ev.update(simex.calibrated_evidence(cal[i - len(records):i], r))
+                elif cfg.simex_relative and not r.all():
                     ev["fallback"] = ("an autoencoder of this entry has no stored own error (added before it was "
                                       "stored, or loss='ssim'): divided by its mean norm instead")
                 if records[0].label is not None:

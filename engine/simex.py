@@ -28,7 +28,10 @@ Caveat: Delta compares autoencoders, so they must be trained comparably. Rank-st
 ends training at different stages for different sources, and a longer-trained broad autoencoder
 can then beat a briefly trained, closer one (tests/test_simex.py shows both regimes); for close
 sources prefer one fixed budget (``patience >= epochs``). Standardized (tabular) errors are in
-units of each source's own feature spread, which favours broad sources.
+units of each source's own feature spread, which favours broad sources; :func:`calibrate`
+(``delta(..., calibrated=True)``, the hub's default ``simex_score``) compares the target with the
+source's stored input moments and its own held-out error instead, which neither favours broad
+sources nor autoencoders that reconstruct everything.
 
 Scoring (:func:`delta`) runs the target through all candidate autoencoders in one batched pass:
 records of one architecture are stacked, the target is transformed per autoencoder into an
@@ -89,7 +92,13 @@ class AEConfig:
     min_epochs: int = 10              # the first epochs' rankings follow the sample norms and look stable
     rank_threshold: float = 0.99      # Spearman with the previous epoch counted as "unchanged"
     min_samples: int = 8              # fewer samples per dataset / class is refused
-    std_floor: float = 0.1            # std floored at std_floor * mean feature std (and 1e-6)
+    std_floor: float = 0.1            # floor of a feature's std, see std_floor_scope
+    # "feature" (default): each feature's std floored at std_floor * its own range (a constant feature:
+    # std_floor * |value|, 1 when all zero), so a pixel that is rarely on does not blow up; unchanged
+    # by an affine rescaling of any one feature. "mean" (before issue 20's follow-up): every std floored at std_floor *
+    # the mean std over features, which in raw units squashes small-valued features (breast cancer's
+    # smoothness next to its areas) to ~0, so the autoencoder ignored them
+    std_floor_scope: str = "feature"
     threads: int = 1                  # torch threads while training (0: leave as is)
 
     def __post_init__(self):
@@ -98,6 +107,8 @@ class AEConfig:
 
         if self.kind not in KINDS:
             bad("kind", f"one of {', '.join(KINDS)}")
+        if self.std_floor_scope not in ("feature", "mean"):
+            bad("std_floor_scope", "'feature' or 'mean'")
         for name in ("hidden", "channels"):
             v = getattr(self, name)
             if not isinstance(v, (tuple, list)) or not v or not all(_is_int(h) and h >= 1 for h in v):
@@ -152,6 +163,9 @@ class AERecord:
     # mean MSE (transformed space) of the autoencoder on its own held-out rows after training:
     # SimEx's relative score divides by it (None in records written before it was stored)
     own_error: float | None = None
+    # per-feature mean and std of the transformed training rows (the source's marginal moments in its
+    # own input space): the calibrated score compares the query's against them (None in older records)
+    moments: tuple | None = None
 
     @property
     def final(self) -> str:
@@ -175,6 +189,8 @@ class AERecord:
             rec["features"] = [str(f) for f in self.features]
         if self.own_error is not None:
             rec["own_error"] = float(self.own_error)
+        if self.moments is not None:
+            rec["mom_mean"], rec["mom_std"] = (np.ascontiguousarray(m, np.float32) for m in self.moments)
         return rec
 
     @classmethod
@@ -195,6 +211,11 @@ class AERecord:
                       own_error=None if rec.get("own_error") is None else float(rec["own_error"]))
             if out.own_error is not None and not (math.isfinite(out.own_error) and out.own_error >= 0):
                 raise ValueError(f"own_error={out.own_error!r}")
+            if rec.get("mom_mean") is not None:
+                mom = (np.asarray(rec["mom_mean"], np.float32), np.asarray(rec["mom_std"], np.float32))
+                if any(m.shape != (out.d,) or not np.isfinite(m).all() for m in mom) or (mom[1] < 0).any():
+                    raise ValueError(f"moments of shapes {[m.shape for m in mom]} for d={out.d} (or not finite)")
+                out.moments = mom
         except (KeyError, TypeError, ValueError) as e:
             raise E.CorruptHubError(
                 f"autoencoder record is missing or has a bad field ({e!r}): the hub is damaged") from e
@@ -422,8 +443,7 @@ def train_autoencoder(X, *, image_shape=None, config: AEConfig = AEConfig(), lab
     else:
         shift = X.mean(axis=0, dtype=np.float64).astype(np.float32)
         sd = X.std(axis=0, dtype=np.float64)
-        floor = max(config.std_floor * float(sd.mean()), 1e-6)
-        scale = np.maximum(sd, floor).astype(np.float32)
+        scale = _feature_scale(X, sd, config).astype(np.float32)
     final = "sigmoid" if shape else "none"
     gen = torch.Generator().manual_seed(config.seed)
     xt = torch.from_numpy((X - shift) / scale)  # (n, d)
@@ -466,10 +486,22 @@ def train_autoencoder(X, *, image_shape=None, config: AEConfig = AEConfig(), lab
              time.perf_counter() - t0)
     with torch.no_grad():   # its own error on rows it did not train on (or the fixed training slice)
         own = float((_forward(w, probe, kind, shape, final) - probe).double().square().mean())
+    xd = xt.double()
+    moments = (xd.mean(dim=0).float().numpy(), xd.std(dim=0, correction=0).float().numpy())
     return AERecord(kind, d, shape, config.to_dict(), shift, scale, norm,
                     {k: v.detach().numpy().copy() for k, v in w.items()}, n, epoch, stopped,
                     _plain_label(label), None if feature_names is None else [str(f) for f in feature_names],
-                    own_error=own)
+                    own_error=own, moments=moments)
+
+
+def _feature_scale(X: np.ndarray, sd: np.ndarray, config: AEConfig) -> np.ndarray:
+    """Per-feature divisor of the tabular transform (see ``AEConfig.std_floor_scope``)."""
+    if config.std_floor_scope == "mean":
+        return np.maximum(sd, max(config.std_floor * float(sd.mean()), 1e-6))
+    ptp = np.ptp(X, axis=0).astype(np.float64)
+    big = np.abs(X).max(axis=0).astype(np.float64)
+    floor = np.where(ptp > 0, config.std_floor * ptp, np.where(big > 0, config.std_floor * big, 1.0))
+    return np.maximum(sd, floor)
 
 
 def _plain_label(label):
@@ -530,13 +562,18 @@ def _check_target(X, recs: list[AERecord]) -> np.ndarray:
 
 
 def delta(X_target, records, *, loss: str = "mse", normalize: bool = True, device: str = "auto",
-          window: str = SSIM_WINDOW, relative: bool = False) -> np.ndarray:
+          window: str = SSIM_WINDOW, relative: bool = False, calibrated: bool = False) -> np.ndarray:
     """Delta(X_target | Y) for every record, one batched pass per architecture: (len(records),) float64.
 
     ``relative`` (MSE only): divided by each autoencoder's own held-out error (``AERecord.own_error``)
     instead of its mean norm -- how much worse the target reconstructs than the autoencoder's own
     data, so one that reconstructs everything well does not win. A record without ``own_error``
-    (trained before it was stored) falls back to ``normalize``'s division (see ``relative_used``)."""
+    (trained before it was stored) falls back to ``normalize``'s division (see ``relative_used``).
+
+    ``calibrated`` (MSE only; overrides ``relative``): :func:`calibrate` of the raw loss -- the query's
+    marginal moments against the source's stored ones plus the two-sided own-error term. Records
+    without ``moments`` / ``own_error`` (trained before they were stored) fall back to ``relative``
+    / ``normalize`` (see ``calibrated_used``)."""
     recs = _as_records(records)
     X = _check_target(X_target, recs)
     _check_loss(loss, recs)
@@ -552,12 +589,70 @@ def delta(X_target, records, *, loss: str = "mse", normalize: bool = True, devic
     with torch.no_grad():
         for idx in groups.values():
             out[idx] = _score_group(X, xt, [recs[i] for i in idx], loss, window, dev)
-    rel = relative_used(recs, loss) if relative else np.zeros(len(recs), dtype=bool)
+    cal = calibrated_used(recs, loss) if calibrated else np.zeros(len(recs), dtype=bool)
+    if cal.any():
+        out[cal] = calibrate(X, [r for r, u in zip(recs, cal) if u], out[cal])
+    rel = relative_used(recs, loss) & ~cal if relative or calibrated else np.zeros(len(recs), dtype=bool)
     if rel.any():
         out[rel] /= np.array([max(r.own_error, 1e-12) for r, u in zip(recs, rel) if u])
-    if normalize and not rel.all():
-        out[~rel] /= np.array([max(r.norm, 1e-12) for r, u in zip(recs, rel) if not u])
+    rest = ~(cal | rel)
+    if normalize and rest.any():
+        out[rest] /= np.array([max(r.norm, 1e-12) for r, u in zip(recs, rest) if u])
     return out
+
+
+RECON_WEIGHT = 0.1   # weight of the own-error term in calibrate(); chosen on the median splits (seeds 0-4) and
+#                      the digit / MNIST-5k group zoos, reported on held-out seeds (bench/SUMMARY.md)
+_MOMENT_FLOOR = 0.1  # stds (transformed units) floored at this share of the source's mean std (and 1e-3)
+
+
+def calibrate(X, records, raw, recon_weight: float = RECON_WEIGHT) -> np.ndarray:
+    """The calibrated SimEx score of target X (n, d) for each record from its raw mean MSE ``raw``:
+
+        mean_j KL(N(m_j, s_j^2) || N(mu_j, sigma_j^2))  +  recon_weight * (E - 1 - ln E) / 2,   E = raw / own_error
+
+    m, s: the target's per-feature mean and std in the record's input space t(x); mu, sigma: the
+    source's stored ``moments`` (stds floored at _MOMENT_FLOOR x the source's mean std, and 1e-3).
+    The first term asks whether the target sits where the source's rows sit; the second whether the
+    autoencoder reconstructs it as well as its own held-out rows -- two-sided, so an autoencoder that
+    reconstructs the target much *better* than its own data (a dense-image autoencoder on sparse
+    images) is penalised as well. Both are in nats, unchanged by rescaling any feature of source
+    and target alike (per-feature affine for tabular transforms; one global factor for images).
+    Lower = closer, 0 for a target distributed like the source's rows and reconstructed like them."""
+    X = np.asarray(X, dtype=np.float64)
+    raw = np.asarray(raw, dtype=np.float64)
+    mean_x, std_x = X.mean(axis=0), X.std(axis=0)
+    out = np.empty(len(records), dtype=np.float64)
+    for i, r in enumerate(records):
+        shift, scale = r.shift.astype(np.float64), r.scale.astype(np.float64)
+        mu, sd = (m.astype(np.float64) for m in r.moments)
+        floor = max(_MOMENT_FLOOR * float(sd.mean()), 1e-3)
+        sd = np.maximum(sd, floor)
+        m = (mean_x - shift) / scale
+        ratio = np.square(np.maximum(std_x / scale, floor) / sd)
+        kl = 0.5 * (ratio + np.square((m - mu) / sd) - 1.0 - np.log(ratio))
+        e = max(raw[i] / max(r.own_error, 1e-12), 1e-12)
+        out[i] = float(kl.mean()) + recon_weight * 0.5 * (e - 1.0 - math.log(e))
+    return out
+
+
+def calibrated_used(records, loss: str = "mse") -> np.ndarray:
+    """Which records ``delta(..., calibrated=True)`` calibrates: MSE, a stored own error and moments."""
+    return np.array([loss == "mse" and r.own_error is not None and r.moments is not None
+                     for r in _as_records(records)], dtype=bool)
+
+
+def calibrated_evidence(cal, rel) -> dict:
+    """Evidence for one entry's autoencoders scored with ``calibrated=True`` (cal, rel: the entry's
+    slices of ``calibrated_used`` / ``relative_used``): what was scored, and why not when it was not."""
+    cal, rel = np.asarray(cal, bool), np.asarray(rel, bool)
+    if cal.all():
+        return {"score": "calibrated", "recon_weight": RECON_WEIGHT}
+    why = ("divided by its own held-out error instead" if (rel | cal).all()
+           else "divided by its own held-out error or mean norm instead")
+    return {"score": "calibrated" if cal.any() else "raw",
+            "fallback": f"{int((~cal).sum())} of this entry's autoencoders store no own error or input moments "
+                        f"(added before they were stored, or loss='ssim'): {why}; re-add the entry to calibrate it"}
 
 
 def relative_used(records, loss: str = "mse") -> np.ndarray:
@@ -606,7 +701,7 @@ def _same_transform(shift: np.ndarray, scale: np.ndarray) -> list[list[int]]:
 
 
 def delta_reference(X_target, records, *, loss: str = "mse", normalize: bool = True,
-                    window: str = SSIM_WINDOW) -> np.ndarray:
+                    window: str = SSIM_WINDOW, calibrated: bool = False) -> np.ndarray:
     """The definition of :func:`delta`: one autoencoder, one sample at a time, float64 forward."""
     recs = _as_records(records)
     X = _check_target(X_target, recs).astype(np.float64)
@@ -632,8 +727,30 @@ def delta_reference(X_target, records, *, loss: str = "mse", normalize: bool = T
             else:
                 losses.append(float(recon_loss_reference(xs[None], y[None], "ssim", image_shape=r.image_shape,
                                                          window=window)[0, 0]))
-        out[j] = np.mean(losses) / (max(r.norm, 1e-12) if normalize else 1.0)
+        if calibrated and loss == "mse" and r.own_error is not None and r.moments is not None:
+            out[j] = _calibrated_reference(X, r, float(np.mean(losses)))
+        elif calibrated and loss == "mse" and r.own_error is not None:
+            out[j] = np.mean(losses) / max(r.own_error, 1e-12)
+        else:
+            out[j] = np.mean(losses) / (max(r.norm, 1e-12) if normalize else 1.0)
     return out
+
+
+def _calibrated_reference(X: np.ndarray, r: AERecord, raw: float) -> float:
+    """:func:`calibrate` for one record, one feature at a time on the transformed rows."""
+    d = X.shape[1]
+    xs = (X - r.shift.astype(np.float64)) / r.scale.astype(np.float64)
+    mu, sd = (m.astype(np.float64) for m in r.moments)
+    floor = max(_MOMENT_FLOOR * sum(float(v) for v in sd) / d, 1e-3)
+    total = 0.0
+    for j in range(d):
+        col = xs[:, j]
+        m = sum(col) / len(col)
+        s = max(math.sqrt(sum((v - m) ** 2 for v in col) / len(col)), floor)
+        sg = max(float(sd[j]), floor)
+        total += math.log(sg / s) + (s * s + (m - mu[j]) ** 2) / (2 * sg * sg) - 0.5
+    e = max(raw / max(r.own_error, 1e-12), 1e-12)
+    return total / d + RECON_WEIGHT * 0.5 * (e - 1.0 - math.log(e))
 
 
 def entry_score(deltas) -> float:

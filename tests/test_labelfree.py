@@ -308,8 +308,11 @@ def test_simex_in_the_hub_is_relative_and_says_when_it_falls_back(tmp_path):
             txn.put("weights", b"ae:" + u64(eid), w)
 
         hub._transact(strip)
-        res = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_relative=True)}
+        res = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_relative=True, simex_score="raw")}
         assert res["a"].evidence["relative_to_own_error"] is True and "fallback" not in res["a"].evidence
         assert res["b"].evidence["relative_to_own_error"] is False and "own error" in res["b"].evidence["fallback"]
-        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}   # the default
-        assert plain["a"].evidence["relative_to_own_error"] is False and "fallback" not in plain["a"].evidence
+        raw = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_score="raw")}
+        assert raw["a"].evidence["relative_to_own_error"] is False and "fallback" not in raw["a"].evidence
+        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}   # the default: calibrated
+        assert plain["a"].evidence["score"] == "calibrated" and "fallback" not in plain["a"].evidence
+        assert plain["b"].evidence["score"] == "raw" and "no own error or input moments" in plain["b"].evidence["fallback"]
