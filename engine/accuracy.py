@@ -255,6 +255,8 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if not isinstance(class_accuracy, dict) or not class_accuracy:
             raise E.InvalidArgumentError("class_accuracy must be a non-empty dict {label: recall in [0, 1]}")
         keys = canonical(np.array(list(class_accuracy), dtype=object), "class_accuracy labels")
+        if label_kind(keys.tolist()) != label_kind(train):   # a JSON file's keys are strings: "3" -> 3
+            keys = np.array(_match_kind(keys.tolist(), train), dtype=object)
         vals = []
         for k, v in zip(class_accuracy, class_accuracy.values()):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
@@ -292,6 +294,10 @@ def _check_confusion(confusion, train: list):
     if isinstance(confusion, pd.DataFrame):
         rows = canonical(np.asarray(confusion.index, dtype=object), "confusion rows").tolist()
         cols = canonical(np.asarray(confusion.columns, dtype=object), "confusion columns").tolist()
+        if label_kind(rows) != label_kind(train):    # a CSV's header is strings: "3" -> 3
+            rows = _match_kind(rows, train)
+        if label_kind(cols) != label_kind(train):
+            cols = _match_kind(cols, train)
         labels = sorted(set(rows) | set(cols), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
         C = np.zeros((len(labels), len(labels)), dtype=np.float64)
@@ -377,6 +383,92 @@ def _match_kind(values: list, train: list) -> list:
     except (TypeError, ValueError):
         raise E.LabelError(f"labels {values[:5]} are strings and the training labels are integers: use one "
                            "vocabulary") from None
+
+
+MAX_PERF_FILE = 64 << 20    # bytes: a --class-accuracy / --confusion file larger than this is refused
+
+
+def _perf_path(path, flag: str):
+    import os
+
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read ({e.strerror})") from None
+    if size > MAX_PERF_FILE:
+        raise E.LimitExceededError(f"{flag} {str(path)!r} is {size} bytes, more than {MAX_PERF_FILE}: a class "
+                                   f"table has at most {MAX_CLASSES} classes")
+    return str(path).lower()
+
+
+def read_class_accuracy(path) -> dict:
+    """``{label: recall}`` from a file (the command line's ``--class-accuracy``): a JSON object, or
+    a CSV / TSV with two columns (label, recall) and a header row. Values are checked later by
+    :func:`performance`; here only the file's shape, with InvalidArgumentError naming the problem."""
+    import json
+
+    flag = "--class-accuracy"
+    low = _perf_path(path, flag)
+    if low.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                out = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} is not valid JSON ({e}): write "
+                                         "{\"label\": recall, ...}") from None
+        if not isinstance(out, dict) or not out:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} must hold a non-empty JSON object "
+                                         "{\"label\": recall in [0, 1], ...}")
+    else:
+        df = _read_table(path, flag, index=False)
+        if df.shape[1] != 2 or len(df) == 0:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} has {df.shape[1]} columns and {len(df)} rows: give "
+                                         "two columns (label, recall) under a header row, or a .json object")
+        labels = df.iloc[:, 0].to_numpy()
+        if len(set(labels.tolist())) != len(labels):
+            raise E.LabelError(f"{flag} {str(path)!r} names a label twice: give one recall per class")
+        out = dict(zip(labels.tolist(), df.iloc[:, 1].tolist()))
+    if len(out) > MAX_CLASSES:
+        raise E.LabelError(f"{flag} {str(path)!r} holds {len(out)} classes, more than {MAX_CLASSES}")
+    return out
+
+
+def read_confusion(path):
+    """A confusion matrix from a file (the command line's ``--confusion``): a CSV / TSV with the
+    true labels in the first column and the predicted labels in the header row, or a square
+    ``.npy`` array in the sorted order of the training labels (read without pickle)."""
+    flag = "--confusion"
+    low = _perf_path(path, flag)
+    if low.endswith(".npy"):
+        try:
+            C = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read as a .npy array ({e}): save a "
+                                         "square array with numpy.save") from None
+        if C.ndim != 2 or C.shape[0] != C.shape[1] or C.dtype.kind not in "iuf":
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} holds a {C.dtype} array of shape {C.shape}: give a "
+                                         "square numeric array (rows: true class, columns: predicted)")
+        return C
+    df = _read_table(path, flag, index=True)
+    if df.shape[0] == 0 or df.shape[0] != df.shape[1] or len(df.index) > MAX_CLASSES:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} is {df.shape[0]} x {df.shape[1]}: give a square table, "
+                                     "true labels in the first column, predicted labels in the header row")
+    for what, vals in (("row", df.index), ("column", df.columns)):
+        if len(set(vals.tolist())) != len(vals):
+            raise E.LabelError(f"{flag} {str(path)!r} names a {what} label twice: give each class once")
+    if not all(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns):
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} holds non-numeric cells: give counts (or rates)")
+    return df
+
+
+def _read_table(path, flag: str, index: bool) -> pd.DataFrame:
+    low = str(path).lower()
+    sep = "\t" if low.endswith((".tsv", ".tab")) else ","
+    try:
+        return pd.read_csv(path, sep=sep, index_col=0 if index else None, nrows=MAX_CLASSES + 1)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read as CSV ({e}): give a .csv / .tsv "
+                                     "with a header row") from None
 
 
 def check_record(rec, n_features: int) -> dict:
