@@ -422,7 +422,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             classes = _acc.class_record(df, labels, sketch.names, sketch.kinds, self.config)
             classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
                                                confusion=confusion, class_accuracy=class_accuracy,
-                                               columns=sketch.names, feature_names=feature_names)
+                                               columns=sketch.names, feature_names=feature_names,
+                                               kinds=sketch.kinds, config=self.config)
         fleet = None
         if autoencoder:
             from . import simex
@@ -461,7 +462,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
             classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
                                                confusion=confusion, class_accuracy=class_accuracy,
-                                               columns=sketch.names)
+                                               columns=sketch.names, kinds=sketch.kinds, config=self.config)
             spaces = {"classes": classes}
         elif any(v is not None for v in (validation, confusion, class_accuracy)):
             raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
@@ -1228,6 +1229,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if class_pool is not None:   # the pool of every shard (ShardedHub), instead of this hub's own
             pl = class_pool
             labels = sorted(set(labels) | set(pl["labels"]), key=_acc._sort_key)
+        proxies = None
         if mixture is not None:
             pi = _acc.check_mixture(mixture, labels)
             extra = [c for c in _acc.canonical(np.array(list(mixture), dtype=object)).tolist() if c not in set(labels)]
@@ -1246,21 +1248,24 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             qb = _acc.query_buckets(frame, target.names, target.kinds, used, self.config)
             ll = _acc.loglik(qb, len(frame), pl, target.names, cfg.accuracy_temperature)
             pi = None
+            proxies = [_acc.own_predictions(qb, len(frame), cl, {sf: tj for tj, sf, _ in al.pairs}, labels,
+                                            target.names) for _, al, cl in labelled]
+        det = {}
         pi, acc, interval = _acc.estimate(ll, labels, [cl["perf"] for _, _, cl in labelled], mixture=pi,
-                                          bootstrap=cfg.accuracy_bootstrap, seed=self.config.seed)
+                                          bootstrap=cfg.accuracy_bootstrap, seed=self.config.seed, proxies=proxies,
+                                          records=[cl for _, _, cl in labelled], details=det)
         top = np.argsort(-pi, kind="stable")[:5]
         mix = {str(labels[i]): round(float(pi[i]), 4) for i in top if pi[i] > 0}
         results = []
         for i, (rec, al, cl) in enumerate(labelled):
-            r = _acc.recall_vector(cl["perf"], labels)
-            contrib = pi * r
+            contrib = pi * det["recall"][i]
             seen = set(cl["labels"])
             ev = {"predicted_accuracy": float(acc[i]), "mixture": mix,
                   "mixture_source": "given" if mixture is not None else "EM over pooled class-conditionals",
                   "contributions": {str(labels[j]): round(float(contrib[j]), 4)
                                     for j in np.argsort(-contrib, kind="stable")[:5] if contrib[j] > 0},
                   "unseen_class_share": round(float(sum(p for c, p in zip(labels, pi) if c not in seen)), 4),
-                  "performance": cl["perf"]["source"],
+                  "performance": cl["perf"]["source"], "covariate_shift": round(det["shift"][i], 4),
                   "pooled_entries": pl["entries"] if pl is not None else len(labelled)}
             if interval is not None:
                 ev["interval"] = [round(float(interval[i, 0]), 4), round(float(interval[i, 1]), 4)]
