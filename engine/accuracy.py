@@ -821,6 +821,51 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
     return pi, acc, interval
 
 
+def screen(txn, target, config, temperature: float, n_keep: int, kept: set) -> tuple[set, dict]:
+    """The candidate stage of ``method="accuracy"`` (and ``auto``) on a large hub: every labelled
+    entry that has some of the query's columns (by name) is ranked by its predicted accuracy from
+    its *stored* recalls times the query's class mixture (EM over the class histograms of all of
+    them, pooled), as one matrix product; the ``n_keep`` best are kept, ties included. ``kept``
+    (the exact-js screen's choice) contributes its unlabelled entries (``auto`` ranks them after
+    the labelled ones). An entry whose class record is damaged is kept, so the scorer names it.
+
+    Returns ``(keys, info)``; ``info["class_pool"]``, the pool of every labelled entry, is what the
+    scorer then estimates the mixture from (as without the stage), so a kept entry scores as it
+    would with every entry scored. bench.bench_accuracy --screen measures what the stage loses."""
+    from .storage import u64
+
+    frame = getattr(target, "frame", None)
+    col_of = {n: j for j, n in enumerate(target.names)}
+    entries, keep = [], set()
+    for key in txn.keys("entries"):
+        rec = txn.get("entries", key)
+        if not rec or not rec.get("labelled"):
+            continue
+        fmap = {sf: col_of[n] for sf, n in enumerate(rec.get("features") or []) if n in col_of}
+        if not fmap:
+            continue
+        try:
+            cl = check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
+        except E.CorruptHubError:
+            keep.add(key)
+            continue
+        entries.append((key, cl, fmap))
+    unlabelled = {k for k in kept if (txn.get("entries", k) or {}).get("labelled") is not True}
+    info = {"labelled": len(entries)}
+    if not entries or frame is None:
+        return set(kept) | keep, info
+    labels = sorted({c for _, cl, _ in entries for c in cl["labels"]}, key=_sort_key)
+    pl = merge_pools([pool([(cl, fmap) for _, cl, fmap in entries], labels, target.names)])
+    used = sorted({j for j, n in enumerate(target.names) if n in set(pl["columns"])})
+    qb = query_buckets(frame, target.names, target.kinds, used, config)
+    pi = em_mixture(loglik(qb, len(frame), pl, target.names, temperature))
+    score = np.stack([recall_vector(cl["perf"], labels) for _, cl, _ in entries]) @ pi
+    cut = np.sort(score)[::-1][min(n_keep, len(score)) - 1] if n_keep > 0 else np.inf
+    keep |= {key for (key, _, _), v in zip(entries, score) if v >= cut - 1e-12}
+    info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl)
+    return keep | unlabelled, info
+
+
 def check_mixture(mixture, labels: list) -> np.ndarray:
     """A user's ``mixture={label: share}`` as a distribution over ``labels``."""
     if not isinstance(mixture, dict) or not mixture:

@@ -736,7 +736,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 allowed = {u64(int(m.evidence["entry_id"])) for m in near}
                 st.actual = len(allowed)
         if allowed is None:
-            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where)
+            screened = {}
+            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where, out=screened)
+            if class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
+                class_pool = screened["class_pool"]
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
@@ -889,7 +892,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         with self.store.read() as txn:
             return any((txn.get("meta", b"label_kinds") or {}).values())
 
-    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
+    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None,
+                   out: dict | None = None) -> set | None:
         """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores
         every entry (planner.use_shortlist). ``cfg.shortlist_screen``: "exact" screens every entry
         with the method's own score (engine/screen.py, planner.shortlist_rule), "profile" keeps the
@@ -950,7 +954,16 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     f", recall@10 measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
                     if rule.measured_recall is not None else ", recall not measured")
             st.detail += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
-        return {u64(int(i)) for i in ids}
+            keep = {u64(int(i)) for i in ids}
+            if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
+                with self.store.read() as txn:
+                    keep, ai = _acc.screen(txn, target, self.config, cfg.accuracy_temperature, cfg.shortlist, keep)
+                if out is not None and "class_pool" in ai:
+                    out["class_pool"] = ai["class_pool"]
+                st.actual = len(keep)
+                st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by predicted accuracy from "
+                              f"their stored recalls and the pooled EM mixture, kept the top {cfg.shortlist}")
+        return keep
 
     def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, reason: str, where: dict | None,
                     allowed: set | None, plan: Plan, n_in: int):

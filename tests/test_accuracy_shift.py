@@ -262,3 +262,27 @@ def test_performance_file_readers_refuse_oversized_files(tmp_path, monkeypatch):
         A.read_class_accuracy(tmp_path / "big.json")
     with pytest.raises(E.LimitExceededError):
         A.read_confusion(tmp_path / "big.json")
+
+
+# ------------------------------------------------------------------ the candidate stage
+@pytest.mark.parametrize("seed", [0, 1])
+def test_accuracy_screen_keeps_the_exhaustive_top(tmp_path, seed):
+    """12 labelled entries, each a random half of one table (their feature distributions differ
+    at random, unrelated to their models), with random per-class recalls (class_accuracy=: the
+    scorer uses them as given). With shortlist=2 (the stage runs above 4 x 2 entries) the top 2
+    equal those of scoring every entry, names and scores, and the plan says how it ranked."""
+    rng = np.random.default_rng(seed)
+    y_all = rng.integers(0, 3, 400)
+    X_all = _rows(rng, y_all, MEANS)
+    target = _rows(rng, rng.choice(3, 200, p=[0.6, 0.3, 0.1]), MEANS)
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(12):
+            idx = rng.choice(400, 200, replace=False)
+            hub.add(f"e{i}", X_all.iloc[idx], labels=y_all[idx],
+                    class_accuracy={c: float(rng.uniform(0.2, 1.0)) for c in range(3)})
+        full = hub.search(target, k=2, method="accuracy", shortlist=0, accuracy_bootstrap=0)
+        short = hub.search(target, k=2, method="accuracy", shortlist=2, accuracy_bootstrap=0)
+        plan = hub.explain(target, k=2, method="accuracy", shortlist=2, accuracy_bootstrap=0)
+    assert [(m.name, m.score) for m in short] == [(m.name, m.score) for m in full]
+    stage = next(s for s in plan.stages if s.name == "shortlist")
+    assert "ranked by predicted accuracy" in stage.detail and stage.actual == 2
