@@ -28,6 +28,10 @@ Query, for the labelled candidates (the query's rows are needed):
    RECALL_PSEUDO``, with the prior ``r0_c = (validation accuracy) x curve(n_c)``, where
    ``curve(n) = n^b / (n^b + K^b)`` is how recall grows with the class's training rows ``n_c``
    (a class seen twice is recognized far less often than one seen fifty times; 0 when unseen).
+   With the query's rows, ``r0_c`` is mixed (``PROXY_WEIGHT``, in logit space) with the recall of
+   the candidate's *own-histogram proxy* on the rows EM assigns to ``c`` (:func:`own_predictions`,
+   :func:`shifted_recall`), and a class with ``SHIFT_MIN_VAL`` validation rows is discounted by
+   the covariate-shift factor sqrt(min(1, proxy recall on the query / on the validation rows)).
 4. *Interval*: the 5-95 % range of ``acc`` over ``accuracy_bootstrap`` resamples of the query's
    rows (EM re-run on each).
 
