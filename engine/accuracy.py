@@ -28,6 +28,10 @@ Query, for the labelled candidates (the query's rows are needed):
    RECALL_PSEUDO``, with the prior ``r0_c = (validation accuracy) x curve(n_c)``, where
    ``curve(n) = n^b / (n^b + K^b)`` is how recall grows with the class's training rows ``n_c``
    (a class seen twice is recognized far less often than one seen fifty times; 0 when unseen).
+   With the query's rows, ``r0_c`` is mixed (``PROXY_WEIGHT``, in logit space) with the recall of
+   the candidate's *own-histogram proxy* on the rows EM assigns to ``c`` (:func:`own_predictions`,
+   :func:`shifted_recall`), and a class with ``SHIFT_MIN_VAL`` validation rows is discounted by
+   the covariate-shift factor sqrt(min(1, proxy recall on the query / on the validation rows)).
 4. *Interval*: the 5-95 % range of ``acc`` over ``accuracy_bootstrap`` resamples of the query's
    rows (EM re-run on each).
 
@@ -50,6 +54,14 @@ CURVE_K = 4.5
 CURVE_B = 2.0
 FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance is given
 SMOOTHING = 1.0             # weight of the pooled all-class histogram in each class's histogram
+# Own-histogram proxy (covariate shift inside a class; :func:`own_predictions`): each candidate's
+# own class histograms, as a naive-Bayes classifier with its training class shares as prior,
+# label the query's rows; its recall on the rows EM assigns to class c says how well the model's
+# training rows of c cover the query's rows of c. Chosen on digits seeds 0-1 and MNIST seed 0:
+PROXY_TEMPERATURE = 0.1     # the proxy's temperature (fixed: registration and query must agree)
+PROXY_WEIGHT = 0.5          # logit-space weight of the proxy's recall in a class's recall prior
+PROXY_MIN_MASS = 3.0        # query rows (EM responsibilities) a class needs before its proxy is read
+SHIFT_MIN_VAL = 10          # validation rows of a class needed before the shift factor discounts it
 EM_ITERS = 300
 EM_TOL = 1e-7
 
@@ -228,8 +240,12 @@ def _sort_key(v):
 
 
 def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
-                class_accuracy=None, columns: list[str], feature_names=None) -> dict:
-    """The ``perf`` part of a class record: per-class recall of the entry's model and where it came from."""
+                class_accuracy=None, columns: list[str], feature_names=None, kinds=None, config=None) -> dict:
+    """The ``perf`` part of a class record: per-class recall of the entry's model and where it came from.
+
+    With ``validation=`` and the entry's column ``kinds`` and hub ``config``, also the own-histogram
+    proxy's hits on the validation rows per class (``proxy_hits`` / ``proxy_n``): the reference the
+    query's proxy recall is compared with (:func:`shifted_recall`)."""
     train = list(rec["labels"])
     counts = dict(zip(train, (int(n) for n in rec["counts"])))
     given = [n for n, v in (("validation", validation), ("confusion", confusion),
@@ -247,7 +263,10 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         C = np.zeros((len(labels), len(labels)), dtype=np.int64)
         np.add.at(C, (np.fromiter((index[v] for v in y_true), np.int64, len(y_true)),
                       np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
-        return _perf_from_confusion(C, labels, counts, "validation")
+        perf = _perf_from_confusion(C, labels, counts, "validation")
+        if kinds is not None and config is not None:
+            perf.update(_proxy_on_validation(rec, validation, y_true, labels, columns, kinds, config, feature_names))
+        return perf
     if confusion is not None:
         C, labels = _check_confusion(confusion, train)
         return _perf_from_confusion(C, labels, counts, "confusion")
@@ -255,6 +274,8 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if not isinstance(class_accuracy, dict) or not class_accuracy:
             raise E.InvalidArgumentError("class_accuracy must be a non-empty dict {label: recall in [0, 1]}")
         keys = canonical(np.array(list(class_accuracy), dtype=object), "class_accuracy labels")
+        if label_kind(keys.tolist()) != label_kind(train):   # a JSON file's keys are strings: "3" -> 3
+            keys = np.array(_match_kind(keys.tolist(), train), dtype=object)
         vals = []
         for k, v in zip(class_accuracy, class_accuracy.values()):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
@@ -288,10 +309,32 @@ def _perf_from_confusion(C: np.ndarray, labels: list, counts: dict, source: str)
     return {"source": source, "labels": labels, "recall": recall, "confusion": C, "validation_accuracy": acc}
 
 
+def _proxy_on_validation(rec: dict, validation, y_true: np.ndarray, labels: list, columns: list[str], kinds,
+                         config, feature_names) -> dict:
+    """``proxy_hits`` / ``proxy_n`` per class of ``labels``: the own-histogram proxy's correct labels
+    and the rows of each class, over the validation rows."""
+    from .data import to_frame
+
+    vdf = to_frame(validation[0], feature_names)
+    if isinstance(validation[1], str):
+        vdf = vdf.drop(columns=[validation[1]])
+    vdf = vdf[columns]
+    qb = query_buckets(vdf, list(columns), list(kinds), list(range(len(columns))), config)
+    pred = own_predictions(qb, len(vdf), rec, {f: f for f in range(len(columns))}, labels, list(columns))
+    index = {c: i for i, c in enumerate(labels)}
+    yi = np.fromiter((index[v] for v in y_true), np.int64, len(y_true))
+    return {"proxy_hits": np.bincount(yi[pred == yi], minlength=len(labels)).astype(np.int64),
+            "proxy_n": np.bincount(yi, minlength=len(labels)).astype(np.int64)}
+
+
 def _check_confusion(confusion, train: list):
     if isinstance(confusion, pd.DataFrame):
         rows = canonical(np.asarray(confusion.index, dtype=object), "confusion rows").tolist()
         cols = canonical(np.asarray(confusion.columns, dtype=object), "confusion columns").tolist()
+        if label_kind(rows) != label_kind(train):    # a CSV's header is strings: "3" -> 3
+            rows = _match_kind(rows, train)
+        if label_kind(cols) != label_kind(train):
+            cols = _match_kind(cols, train)
         labels = sorted(set(rows) | set(cols), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
         C = np.zeros((len(labels), len(labels)), dtype=np.float64)
@@ -377,6 +420,92 @@ def _match_kind(values: list, train: list) -> list:
     except (TypeError, ValueError):
         raise E.LabelError(f"labels {values[:5]} are strings and the training labels are integers: use one "
                            "vocabulary") from None
+
+
+MAX_PERF_FILE = 64 << 20    # bytes: a --class-accuracy / --confusion file larger than this is refused
+
+
+def _perf_path(path, flag: str):
+    import os
+
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read ({e.strerror})") from None
+    if size > MAX_PERF_FILE:
+        raise E.LimitExceededError(f"{flag} {str(path)!r} is {size} bytes, more than {MAX_PERF_FILE}: a class "
+                                   f"table has at most {MAX_CLASSES} classes")
+    return str(path).lower()
+
+
+def read_class_accuracy(path) -> dict:
+    """``{label: recall}`` from a file (the command line's ``--class-accuracy``): a JSON object, or
+    a CSV / TSV with two columns (label, recall) and a header row. Values are checked later by
+    :func:`performance`; here only the file's shape, with InvalidArgumentError naming the problem."""
+    import json
+
+    flag = "--class-accuracy"
+    low = _perf_path(path, flag)
+    if low.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                out = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} is not valid JSON ({e}): write "
+                                         "{\"label\": recall, ...}") from None
+        if not isinstance(out, dict) or not out:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} must hold a non-empty JSON object "
+                                         "{\"label\": recall in [0, 1], ...}")
+    else:
+        df = _read_table(path, flag, index=False)
+        if df.shape[1] != 2 or len(df) == 0:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} has {df.shape[1]} columns and {len(df)} rows: give "
+                                         "two columns (label, recall) under a header row, or a .json object")
+        labels = df.iloc[:, 0].to_numpy()
+        if len(set(labels.tolist())) != len(labels):
+            raise E.LabelError(f"{flag} {str(path)!r} names a label twice: give one recall per class")
+        out = dict(zip(labels.tolist(), df.iloc[:, 1].tolist()))
+    if len(out) > MAX_CLASSES:
+        raise E.LabelError(f"{flag} {str(path)!r} holds {len(out)} classes, more than {MAX_CLASSES}")
+    return out
+
+
+def read_confusion(path):
+    """A confusion matrix from a file (the command line's ``--confusion``): a CSV / TSV with the
+    true labels in the first column and the predicted labels in the header row, or a square
+    ``.npy`` array in the sorted order of the training labels (read without pickle)."""
+    flag = "--confusion"
+    low = _perf_path(path, flag)
+    if low.endswith(".npy"):
+        try:
+            C = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read as a .npy array ({e}): save a "
+                                         "square array with numpy.save") from None
+        if C.ndim != 2 or C.shape[0] != C.shape[1] or C.dtype.kind not in "iuf":
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} holds a {C.dtype} array of shape {C.shape}: give a "
+                                         "square numeric array (rows: true class, columns: predicted)")
+        return C
+    df = _read_table(path, flag, index=True)
+    if df.shape[0] == 0 or df.shape[0] != df.shape[1] or len(df.index) > MAX_CLASSES:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} is {df.shape[0]} x {df.shape[1]}: give a square table, "
+                                     "true labels in the first column, predicted labels in the header row")
+    for what, vals in (("row", df.index), ("column", df.columns)):
+        if len(set(vals.tolist())) != len(vals):
+            raise E.LabelError(f"{flag} {str(path)!r} names a {what} label twice: give each class once")
+    if not all(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns):
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} holds non-numeric cells: give counts (or rates)")
+    return df
+
+
+def _read_table(path, flag: str, index: bool) -> pd.DataFrame:
+    low = str(path).lower()
+    sep = "\t" if low.endswith((".tsv", ".tab")) else ","
+    try:
+        return pd.read_csv(path, sep=sep, index_col=0 if index else None, nrows=MAX_CLASSES + 1)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read as CSV ({e}): give a .csv / .tsv "
+                                     "with a header row") from None
 
 
 def check_record(rec, n_features: int) -> dict:
@@ -477,32 +606,62 @@ def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float
     all-class one). A column counts ``1 - (its most common bucket's share)`` towards the effective
     features: dividing by the plain column count over-flattened MNIST's 784 pixels, most of them
     blank (digits seeds 0-1 chose the temperature, MNIST seed 0 showed the plain count failing).
-    ``temperature=None``: the untempered naive-Bayes log-likelihood."""
+    ``temperature=None``: the untempered naive-Bayes log-likelihood.
+
+    Per column ``j`` with vocabulary ``V_j`` (the pool's buckets and the query's): the all-class
+    ``q_j(b) = (M_jb + 1) / (N_j + V_j)`` and ``P_j(b | c) = (N_jcb + SMOOTHING q_j(b)) / (N_jc +
+    SMOOTHING)``. Computed for the query's distinct (column, bucket) pairs only, then summed over
+    each row's occurrences as one sparse product (tests/test_accuracy_shift.py checks it against a
+    per-column loop)."""
+    from scipy import sparse
+
     K = len(pl["labels"])
+    ncol = len(pl["columns"])
+    ll = np.zeros((n_rows, K))
     col_of = {c: i for i, c in enumerate(pl["columns"])}
     col = np.asarray(pl["col"], np.int64)
-    order = np.argsort(col, kind="stable")
-    col, cls, bucket, count = col[order], np.asarray(pl["cls"], np.int64)[order], \
-        np.asarray(pl["bucket"], np.int64)[order], np.asarray(pl["count"], np.float64)[order]
-    starts = np.searchsorted(col, np.arange(len(pl["columns"]) + 1))
-    ll = np.zeros((n_rows, K))
-    effective = 0.0
-    for j, (rows, qbk, one_per_row) in qb.items():
+    cls = np.asarray(pl["cls"], np.int64)
+    bucket = np.asarray(pl["bucket"], np.int64)
+    count = np.asarray(pl["count"], np.float64)
+    has = np.bincount(col, minlength=ncol) > 0
+    R, Q = [], []
+    for j, (rows, qbk, _) in qb.items():
         c = col_of.get(names[j])
-        if c is None or starts[c] == starts[c + 1]:
+        if c is None or not has[c] or len(rows) == 0:
             continue
-        lo, hi = starts[c], starts[c + 1]
-        vocab, inv = np.unique(np.concatenate([bucket[lo:hi], qbk]), return_inverse=True)
-        N = np.zeros((K, len(vocab)))
-        np.add.at(N, (cls[lo:hi], inv[:hi - lo]), count[lo:hi])
-        q = (N.sum(axis=0) + 1.0) / (N.sum() + len(vocab))                    # pooled all-class, add-one
-        P = (N + SMOOTHING * q) / (N.sum(axis=1, keepdims=True) + SMOOTHING)   # (K, V)
-        effective += 1.0 - q.max()   # a column that is nearly constant (an image's border) counts ~0
-        if one_per_row:
-            ll[rows] += np.log(P).T[inv[hi - lo:]]
-        else:
-            np.add.at(ll, rows, np.log(P).T[inv[hi - lo:]])
-    return ll if temperature is None else ll / (temperature * max(effective, 1e-3))
+        R.append(np.asarray(rows, np.int64))
+        Q.append(c * (1 << 33) + (np.asarray(qbk, np.int64) + (1 << 32)))
+    if not R:
+        return ll
+    rows, qkey = np.concatenate(R), np.concatenate(Q)
+    uq, qinv = np.unique(qkey, return_inverse=True)                        # the query's (column, bucket)s
+    ucol, ub = uq >> 33, (uq & ((1 << 33) - 1)) - (1 << 32)
+    pkey = col * (1 << 33) + (bucket + (1 << 32))                         # the pool's (column, bucket)s
+    pu, pinv = np.unique(pkey, return_inverse=True)
+    M = np.bincount(pinv, weights=count, minlength=len(pu))               # all-class count per (column, bucket)
+    V = np.bincount(np.union1d(pu, uq) >> 33, minlength=ncol).astype(np.float64)
+    Ntot = np.bincount(col, weights=count, minlength=ncol)
+    Nc = np.bincount(col * K + cls, weights=count, minlength=ncol * K).reshape(ncol, K)
+    pos = np.minimum(np.searchsorted(pu, uq), len(pu) - 1)
+    Mu = np.where(pu[pos] == uq, M[pos], 0.0)
+    q = (Mu + 1.0) / (Ntot[ucol] + V[ucol])                                # (U,)
+    fkey = (col * (1 << 20) + cls) * (1 << 33) + (bucket + (1 << 32))    # sorted: the pool's own order
+    order = np.argsort(fkey, kind="stable")
+    fkey, fcount = fkey[order], count[order]
+    want = (ucol[:, None] * (1 << 20) + np.arange(K)[None, :]) * (1 << 33) + (ub[:, None] + (1 << 32))
+    fpos = np.minimum(np.searchsorted(fkey, want), len(fkey) - 1)
+    N = np.where(fkey[fpos] == want, fcount[fpos], 0.0)                    # (U, K)
+    logP = np.log((N + SMOOTHING * q[:, None]) / (Nc[ucol] + SMOOTHING))   # (U, K)
+    S = sparse.csr_matrix((np.ones(len(rows)), (rows, qinv)), shape=(n_rows, len(uq)))
+    ll = np.asarray(S @ logP)
+    if temperature is None:
+        return ll
+    # effective features: the query's columns that the pool has, each 1 - max_b q_j(b)
+    used = np.unique(ucol)
+    Mmax = np.zeros(ncol)
+    np.maximum.at(Mmax, pu >> 33, M)
+    effective = float(np.sum(1.0 - (Mmax[used] + 1.0) / (Ntot[used] + V[used])))
+    return ll / (temperature * max(effective, 1e-3))
 
 
 def pooled_loglik(qb: dict, n_rows: int, pooled: list, labels: list, temperature: float | None,
@@ -531,32 +690,184 @@ def em_mixture(ll: np.ndarray, pi0: np.ndarray | None = None, iters: int = EM_IT
     return pi
 
 
-def recall_vector(perf: dict, labels: list) -> np.ndarray:
-    r = dict(zip(perf["labels"], np.asarray(perf["recall"], dtype=np.float64)))
+def recall_vector(perf: dict, labels: list, key: str = "recall") -> np.ndarray:
+    r = dict(zip(perf["labels"], np.asarray(perf[key], dtype=np.float64)))
     return np.array([r.get(c, 0.0) for c in labels])
 
 
-def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstrap: int = 0,
-             seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def own_predictions(qb: dict, n_rows: int, rec: dict, fmap: dict, labels: list, names: list[str]) -> np.ndarray:
+    """(n_rows,) index into ``labels`` of the class each query row gets from the proxy of one
+    candidate: naive Bayes over the candidate's own class histograms (``rec`` mapped by ``fmap``
+    {source feature: query feature}), tempered by ``PROXY_TEMPERATURE``, plus the log of its
+    training class shares; only classes the candidate saw can be given."""
+    pl = pool([(rec, fmap)], labels, names)
+    ll = loglik(qb, n_rows, pl, names, PROXY_TEMPERATURE)
+    n = _counts(rec, labels)
+    with np.errstate(divide="ignore"):
+        score = ll + np.log(n / max(n.sum(), 1.0))
+    score[:, n <= 0] = -np.inf
+    return score.argmax(axis=1).astype(np.int64) if n_rows else np.zeros(0, np.int64)
+
+
+def _counts(rec: dict, labels: list) -> np.ndarray:
+    d = dict(zip(rec["labels"], (float(v) for v in rec["counts"])))
+    return np.array([d.get(c, 0.0) for c in labels])
+
+
+def responsibilities(ll: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """(n, K) posterior class probabilities of the rows under mixture ``pi``."""
+    with np.errstate(divide="ignore"):
+        a = ll + np.log(pi)
+    w = np.exp(a - a.max(axis=1, keepdims=True))
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _logit(x):
+    x = np.clip(x, 1e-3, 1 - 1e-3)
+    return np.log(x / (1 - x))
+
+
+class _Model:
+    """One candidate's per-class numbers over ``labels`` for :func:`shifted_recall`."""
+
+    def __init__(self, perf: dict, rec: dict | None, labels: list):
+        self.base = recall_vector(perf, labels)
+        self.given = perf["source"] == "class_accuracy" or rec is None
+        if self.given:
+            return
+        self.n = _counts(rec, labels)
+        C = perf.get("confusion")
+        if C is not None:
+            C = np.asarray(C, dtype=np.float64)
+            self.diag = recall_vector({"labels": perf["labels"], "d": np.diag(C)}, labels, "d")
+            self.n_val = recall_vector({"labels": perf["labels"], "d": C.sum(axis=1)}, labels, "d")
+            self.r_max = float(perf.get("validation_accuracy", FALLBACK_RMAX))
+        else:                       # the count fallback: no validation rows
+            self.diag = self.n_val = np.zeros(len(labels))
+            self.r_max = FALLBACK_RMAX
+        self.pv = None
+        if "proxy_hits" in perf:
+            hits = recall_vector({"labels": perf["labels"], "d": perf["proxy_hits"]}, labels, "d")
+            self.pv_n = recall_vector({"labels": perf["labels"], "d": perf["proxy_n"]}, labels, "d")
+            self.pv = (hits + 1.0) / (self.pv_n + 2.0)
+
+
+def shifted_recall(m: _Model, pred: np.ndarray | None, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(recall, shift)`` per class of one candidate on the query rows: the validation recall
+    shrunk towards a prior that mixes the learning curve with the candidate's own-histogram proxy
+    recall on the rows EM assigns to the class, times the covariate-shift factor ``shift`` =
+    sqrt(min(1, proxy recall on the query / proxy recall on the validation rows)) for classes with
+    ``SHIFT_MIN_VAL`` validation rows (1 elsewhere; a class whose query rows the candidate's training
+    rows of it do not cover loses recall even when validation measured it well).
+
+    ``pred`` None (no query rows, e.g. a given mixture) or a ``class_accuracy=`` performance: the
+    stored recalls, shift 1."""
+    if m.given or pred is None or w is None or len(pred) == 0:
+        return m.base, np.ones(len(m.base))
+    K = w.shape[1]
+    mass = w.sum(axis=0)
+    hit = np.bincount(pred, weights=w[np.arange(len(pred)), pred], minlength=K)
+    pr = hit / np.maximum(mass, 1e-12)
+    prior = m.r_max * curve(m.n)
+    ok = (mass > PROXY_MIN_MASS) & (m.n > 0)
+    r0 = np.where(ok, 1.0 / (1.0 + np.exp(-(PROXY_WEIGHT * _logit(pr) + (1 - PROXY_WEIGHT) * _logit(prior)))), prior)
+    r = (m.diag + RECALL_PSEUDO * r0) / (m.n_val + RECALL_PSEUDO)
+    shift = np.ones(K)
+    if m.pv is not None:
+        use = ok & (m.pv_n >= SHIFT_MIN_VAL)
+        shift = np.where(use, np.sqrt(np.minimum(1.0, (pr + 0.02) / (m.pv + 0.02))), 1.0)
+    return r * shift, shift
+
+
+def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstrap: int = 0, seed: int = 0,
+             proxies: list | None = None, records: list | None = None,
+             details: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(pi, acc, interval)``: the query's class mixture, each model's predicted accuracy
-    (``perfs[i]`` -> ``acc[i]``) and the (len(perfs), 2) 5-95 % bootstrap interval (None without)."""
-    R = np.stack([recall_vector(p, labels) for p in perfs]) if perfs else np.zeros((0, len(labels)))
+    (``perfs[i]`` -> ``acc[i]``) and the (len(perfs), 2) 5-95 % bootstrap interval (None without).
+
+    ``proxies[i]`` (from :func:`own_predictions`) with ``records[i]`` (the class record): recalls
+    from :func:`shifted_recall`; without them, the stored recalls. ``details`` (a dict) receives
+    per model its ``recall`` vector and ``shift``: predicted accuracy over what the stored recalls
+    alone give (1 = no correction)."""
+    models = [_Model(p, None if records is None else records[i], labels) for i, p in enumerate(perfs)]
     # one dot product per model (not R @ pi): a model's score must not depend on which other
     # models share the call (a shard holds some of them; BLAS sums a matrix product in blocks)
-    times = lambda pi: np.array([np.dot(r, pi) for r in R])  # noqa: E731
+
+    def times(pi, idx=None):
+        w = responsibilities(ll if idx is None else ll[idx], pi) if proxies is not None and ll.shape[0] else None
+        out, recalls = [], []
+        for i, m in enumerate(models):
+            pred = None if proxies is None else (proxies[i] if idx is None else proxies[i][idx])
+            r, _ = shifted_recall(m, pred, w)
+            recalls.append(r)
+            out.append(np.dot(r, pi))
+        return np.array(out), recalls
+
     if mixture is not None:
         pi = mixture
-        return pi, times(pi), None
-    pi = em_mixture(ll)
-    acc = times(pi)
-    if bootstrap <= 0 or ll.shape[0] < 2:
-        return pi, acc, None
-    rng = np.random.default_rng(seed)
-    accs = np.empty((bootstrap, len(perfs)))
-    for b in range(bootstrap):
-        idx = rng.integers(0, ll.shape[0], ll.shape[0])
-        accs[b] = times(em_mixture(ll[idx], pi, iters=60))
-    return pi, acc, np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
+        acc, recalls = times(pi)
+        interval = None
+    else:
+        pi = em_mixture(ll)
+        acc, recalls = times(pi)
+        interval = None
+        if bootstrap > 0 and ll.shape[0] >= 2:
+            rng = np.random.default_rng(seed)
+            accs = np.empty((bootstrap, len(perfs)))
+            for b in range(bootstrap):
+                idx = rng.integers(0, ll.shape[0], ll.shape[0])
+                accs[b] = times(em_mixture(ll[idx], pi, iters=60), idx)[0]
+            interval = np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
+    if details is not None:
+        details["recall"] = recalls
+        details["shift"] = [float(a / np.dot(m.base, pi)) if np.dot(m.base, pi) > 0 else 1.0
+                            for a, m in zip(acc, models)]
+    return pi, acc, interval
+
+
+def screen(txn, target, config, temperature: float, n_keep: int, kept: set) -> tuple[set, dict]:
+    """The candidate stage of ``method="accuracy"`` (and ``auto``) on a large hub: every labelled
+    entry that has some of the query's columns (by name) is ranked by its predicted accuracy from
+    its *stored* recalls times the query's class mixture (EM over the class histograms of all of
+    them, pooled), as one matrix product; the ``n_keep`` best are kept, ties included. ``kept``
+    (the exact-js screen's choice) contributes its unlabelled entries (``auto`` ranks them after
+    the labelled ones). An entry whose class record is damaged is kept, so the scorer names it.
+
+    Returns ``(keys, info)``; ``info["class_pool"]``, the pool of every labelled entry, is what the
+    scorer then estimates the mixture from (as without the stage), so a kept entry scores as it
+    would with every entry scored. bench.bench_accuracy --screen measures what the stage loses."""
+    from .storage import u64
+
+    frame = getattr(target, "frame", None)
+    col_of = {n: j for j, n in enumerate(target.names)}
+    entries, keep = [], set()
+    for key in txn.keys("entries"):
+        rec = txn.get("entries", key)
+        if not rec or not rec.get("labelled"):
+            continue
+        fmap = {sf: col_of[n] for sf, n in enumerate(rec.get("features") or []) if n in col_of}
+        if not fmap:
+            continue
+        try:
+            cl = check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
+        except E.CorruptHubError:
+            keep.add(key)
+            continue
+        entries.append((key, cl, fmap))
+    unlabelled = {k for k in kept if (txn.get("entries", k) or {}).get("labelled") is not True}
+    info = {"labelled": len(entries)}
+    if not entries or frame is None:
+        return set(kept) | keep, info
+    labels = sorted({c for _, cl, _ in entries for c in cl["labels"]}, key=_sort_key)
+    pl = merge_pools([pool([(cl, fmap) for _, cl, fmap in entries], labels, target.names)])
+    used = sorted({j for j, n in enumerate(target.names) if n in set(pl["columns"])})
+    qb = query_buckets(frame, target.names, target.kinds, used, config)
+    pi = em_mixture(loglik(qb, len(frame), pl, target.names, temperature))
+    score = np.stack([recall_vector(cl["perf"], labels) for _, cl, _ in entries]) @ pi
+    cut = np.sort(score)[::-1][min(n_keep, len(score)) - 1] if n_keep > 0 else np.inf
+    keep |= {key for (key, _, _), v in zip(entries, score) if v >= cut - 1e-12}
+    info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl)
+    return keep | unlabelled, info
 
 
 def check_mixture(mixture, labels: list) -> np.ndarray:

@@ -155,6 +155,18 @@ def _read(path: str, sep):
     return read_path(path, sep=sep)
 
 
+def _performance_args(args) -> dict:
+    """``hub.add``'s ``class_accuracy=`` / ``confusion=`` from ``--class-accuracy`` / ``--confusion`` files
+    (validated in engine/accuracy.py); read before the hub is opened, so a bad file changes nothing."""
+    from . import accuracy
+
+    if args.class_accuracy:
+        return {"class_accuracy": accuracy.read_class_accuracy(args.class_accuracy)}
+    if args.confusion:
+        return {"confusion": accuracy.read_confusion(args.confusion)}
+    return {}
+
+
 def cmd_add(args) -> None:
     import fitsketch
 
@@ -164,10 +176,16 @@ def cmd_add(args) -> None:
     in_memory = args.autoencoder or args.labels is not None or args.embedding is not None
     if args.image_shape and not args.autoencoder:
         raise E.InvalidArgumentError("--image-shape shapes the rows for the SimEx autoencoder: pass --autoencoder too")
+    if (args.class_accuracy or args.confusion) and args.labels is None:
+        raise E.InvalidArgumentError("--class-accuracy / --confusion describe the model's per-class performance on "
+                                     "the classes of --labels COL: pass --labels too")
+    if args.class_accuracy and args.confusion:
+        raise E.InvalidArgumentError("give one of --class-accuracy FILE or --confusion FILE, not both")
     if args.parquet is not None and in_memory:
         raise E.InvalidArgumentError("--labels / --autoencoder / --embedding need one DATA file, not --parquet")
     shape = _image_shape(args.image_shape) if args.image_shape else None
     embedding = _npy_arg(args.embedding, "embedding") if args.embedding is not None else None
+    perf = _performance_args(args)
     with fitsketch.open(args.hub, create=False) as hub:
         if args.parquet is not None:
             from .distributed import add_parquet
@@ -191,6 +209,7 @@ def cmd_add(args) -> None:
                 kw["embedding"] = embedding
             if args.labels is not None:
                 kw["labels"] = args.labels
+                kw.update(perf)
             if shape is not None:
                 kw["image_shape"] = shape
             entry = hub.add(args.name, _read(args.data, args.sep), metadata=meta,
@@ -389,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", metavar="COL",
                    help="the label column: not a feature; with --autoencoder, one autoencoder per class "
                         "(default: none)")
+    s.add_argument("--class-accuracy", metavar="FILE",
+                   help="with --labels: the model's recall per class, for --method accuracy: a .json object "
+                        "{label: recall} or a .csv with columns label,recall (default: guessed from the class "
+                        "counts, flagged in the evidence)")
+    s.add_argument("--confusion", metavar="FILE",
+                   help="with --labels: the model's confusion matrix on validation data, for --method accuracy: a "
+                        ".csv with true labels in the first column and predicted labels in the header row, or a "
+                        "square .npy in the sorted order of the labels (default: none)")
     s.add_argument("--autoencoder", action="store_true",
                    help="also train a SimEx autoencoder on the numeric columns (for --method simex)")
     s.add_argument("--image-shape", metavar="C,H,W",

@@ -422,7 +422,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             classes = _acc.class_record(df, labels, sketch.names, sketch.kinds, self.config)
             classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
                                                confusion=confusion, class_accuracy=class_accuracy,
-                                               columns=sketch.names, feature_names=feature_names)
+                                               columns=sketch.names, feature_names=feature_names,
+                                               kinds=sketch.kinds, config=self.config)
         fleet = None
         if autoencoder:
             from . import simex
@@ -461,7 +462,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
             classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
                                                confusion=confusion, class_accuracy=class_accuracy,
-                                               columns=sketch.names)
+                                               columns=sketch.names, kinds=sketch.kinds, config=self.config)
             spaces = {"classes": classes}
         elif any(v is not None for v in (validation, confusion, class_accuracy)):
             raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
@@ -737,7 +738,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 allowed = {u64(int(m.evidence["entry_id"])) for m in near}
                 st.actual = len(allowed)
         if allowed is None:
-            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where)
+            screened = {}
+            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where, out=screened)
+            if class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
+                class_pool = screened["class_pool"]
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
@@ -890,7 +894,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         with self.store.read() as txn:
             return any((txn.get("meta", b"label_kinds") or {}).values())
 
-    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
+    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None,
+                   out: dict | None = None) -> set | None:
         """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores
         every entry (planner.use_shortlist). ``cfg.shortlist_screen``: "exact" screens every entry
         with the method's own score (engine/screen.py, planner.shortlist_rule), "profile" keeps the
@@ -951,7 +956,16 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                     f", recall@10 measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
                     if rule.measured_recall is not None else ", recall not measured")
             st.detail += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
-        return {u64(int(i)) for i in ids}
+            keep = {u64(int(i)) for i in ids}
+            if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
+                with self.store.read() as txn:
+                    keep, ai = _acc.screen(txn, target, self.config, cfg.accuracy_temperature, cfg.shortlist, keep)
+                if out is not None and "class_pool" in ai:
+                    out["class_pool"] = ai["class_pool"]
+                st.actual = len(keep)
+                st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by predicted accuracy from "
+                              f"their stored recalls and the pooled EM mixture, kept the top {cfg.shortlist}")
+        return keep
 
     def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, reason: str, where: dict | None,
                     allowed: set | None, plan: Plan, n_in: int):
@@ -1230,6 +1244,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         if class_pool is not None:   # the pool of every shard (ShardedHub), instead of this hub's own
             pl = class_pool
             labels = sorted(set(labels) | set(pl["labels"]), key=_acc._sort_key)
+        proxies = None
         if mixture is not None:
             pi = _acc.check_mixture(mixture, labels)
             extra = [c for c in _acc.canonical(np.array(list(mixture), dtype=object)).tolist() if c not in set(labels)]
@@ -1248,21 +1263,24 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             qb = _acc.query_buckets(frame, target.names, target.kinds, used, self.config)
             ll = _acc.loglik(qb, len(frame), pl, target.names, cfg.accuracy_temperature)
             pi = None
+            proxies = [_acc.own_predictions(qb, len(frame), cl, {sf: tj for tj, sf, _ in al.pairs}, labels,
+                                            target.names) for _, al, cl in labelled]
+        det = {}
         pi, acc, interval = _acc.estimate(ll, labels, [cl["perf"] for _, _, cl in labelled], mixture=pi,
-                                          bootstrap=cfg.accuracy_bootstrap, seed=self.config.seed)
+                                          bootstrap=cfg.accuracy_bootstrap, seed=self.config.seed, proxies=proxies,
+                                          records=[cl for _, _, cl in labelled], details=det)
         top = np.argsort(-pi, kind="stable")[:5]
         mix = {str(labels[i]): round(float(pi[i]), 4) for i in top if pi[i] > 0}
         results = []
         for i, (rec, al, cl) in enumerate(labelled):
-            r = _acc.recall_vector(cl["perf"], labels)
-            contrib = pi * r
+            contrib = pi * det["recall"][i]
             seen = set(cl["labels"])
             ev = {"predicted_accuracy": float(acc[i]), "mixture": mix,
                   "mixture_source": "given" if mixture is not None else "EM over pooled class-conditionals",
                   "contributions": {str(labels[j]): round(float(contrib[j]), 4)
                                     for j in np.argsort(-contrib, kind="stable")[:5] if contrib[j] > 0},
                   "unseen_class_share": round(float(sum(p for c, p in zip(labels, pi) if c not in seen)), 4),
-                  "performance": cl["perf"]["source"],
+                  "performance": cl["perf"]["source"], "covariate_shift": round(det["shift"][i], 4),
                   "pooled_entries": pl["entries"] if pl is not None else len(labelled)}
             if interval is not None:
                 ev["interval"] = [round(float(interval[i, 0]), 4), round(float(interval[i, 1]), 4)]
