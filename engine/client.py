@@ -38,7 +38,7 @@ import numpy as np
 
 from . import errors as E
 from .hub import Entry, Match
-from .planner import Plan, Stage
+from .plan import Plan, Stage
 from .protocol import (
     DEFAULT_MAX_FRAME,
     MAX_FRAME_LIMIT,

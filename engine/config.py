@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-METHODS = ("auto", "accuracy", "adaptivity", "coverage", "js", "exact-js", "l2", "simex")
 COVERAGE_SPACES = ("rows", "embedding", "latent")  # what coverage codes (engine/coverage_spaces.py)
 
 
@@ -177,3 +176,13 @@ QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "j
 def _check(ok: bool, name: str, value, expected: str) -> None:
     if not ok:
         raise InvalidArgumentError(f"{name}={value!r} is not valid: expected {expected}")
+
+
+def __getattr__(name: str):
+    # ``METHODS`` (the search methods' names) is the registry's (engine/methods/), read when asked:
+    # the registry imports the scorers, which this module must not import at load time
+    if name == "METHODS":
+        from .methods import names
+
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
