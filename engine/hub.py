@@ -14,34 +14,31 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
-import time
 
 import numpy as np
 
 from . import accuracy as _acc
 from . import errors as E
+from . import parts as _parts
 from . import pipeline as _pipeline
 from . import profiles as _profiles
 from . import screen as _screen
 from .config import SketchConfig
-from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
+from .embeddings import EmbeddingsMixin, check_embedding
 from .indexes import SearchIndexes
 from .methods.accuracy import LABEL_FREE
-from .minhash import feature_band_keys
-from .partitions import pack_hist
 from .plan import Plan
-from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
+from .probelog import ProbeLogMixin
 from .results import Entry, Match  # noqa: F401 - their old home
 from .sketch import Sketch, build_sketch, check_sketch
-from .storage import HubStore, from_u64, u64
+from .storage import HubStore
 from .storage.schema import AE_PREFIX
 from .validate import (MAX_JSLSH_HASHES, MAX_JSLSH_K, MAX_JSLSH_L, MAX_K,  # noqa: F401 - their old home
                        MAX_QUERY_COLUMNS, _check_count, _check_metadata, _check_name, _check_path)
 
 log = logging.getLogger(__name__)
 
-ENTRY_FORMAT = 1
+ENTRY_FORMAT = _parts.ENTRY_FORMAT
 _AE_PREFIX = AE_PREFIX  # weights-db keys of SimEx fleets: b"ae:" + entry id (storage/schema.py)
 
 
@@ -64,10 +61,6 @@ def _translated(fn):
 
 
 AUTO_LABEL_FREE = LABEL_FREE   # what method="auto" scores entries without labels by (engine/methods/accuracy.py)
-
-
-def _dup(entry_id: int, feat: int) -> bytes:
-    return struct.pack(">II", entry_id, feat)
 
 
 class Hub(EmbeddingsMixin, ProbeLogMixin):
@@ -314,93 +307,17 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         name = _check_name(name)
         metadata = _check_metadata(metadata)
         self._check_sketch(sketch)
-        bands = feature_band_keys(sketch.signatures, self.config.lsh_k, self.config.lsh_l)
-        nonempty = np.nonzero(sketch.signatures[:, 0] != np.uint32(0xFFFFFFFF))[0]
-        prof, prof_keys = _profiles.record(sketch.hist, sketch.names, sketch.n_partitions, self.config, self.device)
-        screen_rec = _screen.record(sketch.hist, sketch.names, sketch.sums, sketch.counts, self.config.seed)
-        packed_hist = pack_hist(sketch.hist, sketch.n_partitions, sketch.n_features)
-        created = time.time()
         if sketch.classes is not None and not (spaces and "classes" in spaces):   # add_sketches: no performance
             classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
             spaces = {**(spaces or {}), "classes": {**classes, "perf": _acc.performance(classes, columns=sketch.names)}}
-
-        def write(txn):
-            key = name.encode("utf-8")
-            if txn.exists("names", key):
-                raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-            eid = int(txn.get("meta", b"next_id"))
-            rec = {"v": ENTRY_FORMAT, "id": eid, "name": name, "metadata": metadata,
-                   "features": sketch.names, "kinds": sketch.kinds, "n_rows": sketch.n_rows,
-                   "n_partitions": sketch.n_partitions, "partition_size": sketch.partition_size,
-                   "sums": sketch.sums, "counts": sketch.counts, "created": created}
-            if spaces and "classes" in spaces:
-                rec["labelled"] = True   # method="auto" reads class records only of these
-            k = u64(eid)
-            txn.put("entries", k, rec)
-            txn.put_raw("names", key, k)
-            txn.put("signatures", k, {"v": ENTRY_FORMAT, "sig": sketch.signatures})
-            txn.put("histograms", k, packed_hist)
-            if sketch.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
-                cov = {} if sketch.coverage is None else {"coverage": sketch.coverage}
-                txn.put("extra", k, {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
-            if spaces and "classes" in spaces:
-                _count_label_kind(txn, spaces["classes"]["labels"], +1)
-            if fleet is not None:
-                txn.put("weights", _AE_PREFIX + k, {"v": ENTRY_FORMAT, "simex": fleet})
-            if embedding is not None:
-                write_embeddings(txn, eid, embedding, n_rows=sketch.n_rows)
-            if probed is not None:
-                responses, labels, pset = probed
-                write_model_descriptors(txn, eid, name, responses, labels, pset)
-            txn.put("extra", _profiles.key(eid), prof)
-            txn.put("extra", _profiles.keys_key(eid), prof_keys)
-            txn.put("extra", _screen.key(eid), screen_rec)
-            sel = bands[nonempty]                                       # (features, L) int64
-            txn.put_dups("bands", sel.reshape(-1).view(np.uint64),
-                         np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
-            txn.put("meta", b"next_id", eid + 1)
-            txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
-            txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + sketch.n_features)
-            return self._entry(rec)
-
-        return write
+        new = _parts.NewEntry(name, sketch, metadata, fleet, embedding, probed, spaces)
+        return _parts.entry_writer(new, self.config, self.device, self._entry)
 
     def remove(self, name: str) -> None:
         """Delete entry ``name`` and all its sketches in one transaction."""
         name = _check_name(name)
-        cfg = self.config
-
-        def write(txn):
-            key = name.encode("utf-8")
-            k = txn.get_raw("names", key)
-            if k is None:
-                raise E.EntryNotFoundError(f"no entry named {name!r} in hub {self.path}: see hub.names()")
-            eid = from_u64(k)
-            rec = txn.get("entries", k)
-            sig = txn.get("signatures", k)["sig"]
-            bands = feature_band_keys(sig, cfg.lsh_k, cfg.lsh_l)
-            for f in range(sig.shape[0]):
-                if sig[f, 0] == np.uint32(0xFFFFFFFF):
-                    continue
-                v = _dup(eid, f)
-                for bk in bands[f]:
-                    txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
-            classes = (txn.get("extra", k) or {}).get("classes")
-            if classes is not None:
-                _count_label_kind(txn, classes["labels"], -1)
-            for db in ("entries", "signatures", "histograms", "extra"):
-                txn.delete(db, k)
-            txn.delete("extra", _profiles.key(eid))
-            txn.delete("extra", _profiles.keys_key(eid))
-            txn.delete("extra", _screen.key(eid))
-            txn.delete("weights", _AE_PREFIX + k)
-            delete_embeddings(txn, eid)
-            delete_model_descriptors(txn, eid)
-            txn.delete("names", key)
-            txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
-            txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
-
-        self._transact(write)
+        self._transact(_parts.entry_remover(name, self.config, lambda: E.EntryNotFoundError(
+            f"no entry named {name!r} in hub {self.path}: see hub.names()")))
 
     def compact(self) -> dict:
         """Rewrite the hub's file to its live size (removed entries' pages are otherwise kept, for
@@ -492,14 +409,4 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             return any((txn.get("meta", b"label_kinds") or {}).values())
 
 
-def _count_label_kind(txn, labels: list, step: int) -> None:
-    """Keep the hub's labelled entries on one label kind (int or str), counted in ``meta``: labels
-    ``3`` and ``"3"`` would never pool as one class."""
-    kind = _acc.label_kind(labels)
-    counts = txn.get("meta", b"label_kinds") or {}
-    other = {"int": "str", "str": "int"}[kind]
-    if step > 0 and counts.get(other, 0) > 0:
-        raise E.LabelError(f"this hub's labelled entries have {other} labels and these are {kind}s: use one label "
-                           f"vocabulary in a hub (map the labels to {other}s)")
-    counts[kind] = max(0, counts.get(kind, 0) + step)
-    txn.put("meta", b"label_kinds", counts)
+_count_label_kind = _parts.count_label_kind   # its old home
