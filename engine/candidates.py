@@ -37,7 +37,7 @@ def _meta_match(md, where: dict) -> bool:
     return True
 
 
-def candidates(txn, target, cfg, mode: str, reason: str, where: dict | None, allowed: set | None,
+def candidates(txn, target, cfg, config, mode: str, reason: str, where: dict | None, allowed: set | None,
                plan: Plan, n_in: int):
     """[(entry record, Alignment)] of the entries whose overlap with the target passes t1.
 
@@ -67,7 +67,7 @@ def candidates(txn, target, cfg, mode: str, reason: str, where: dict | None, all
         if mode == "scan":
             keys = list(txn.keys("signatures")) if ids is None else list(ids)
         else:
-            bands = feature_band_keys(target.signatures, cfg.lsh_k, cfg.lsh_l)
+            bands = feature_band_keys(target.signatures, config.lsh_k, config.lsh_l)   # the hub's stored LSH
             lookups = [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]
             hits = set()
             for dups in txn.get_dups_many("bands", lookups):

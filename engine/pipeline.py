@@ -22,7 +22,7 @@ from . import methods as _methods
 from . import profiles as _profiles
 from . import screen as _screen
 from .candidates import candidates
-from .config import QUERY_PARAMS, SketchConfig
+from .config import QUERY_PARAMS, QueryConfig, SketchConfig
 from .data import to_frame
 from .jslsh import own_keys, query_partition_size
 from .methods import Query, ScoreContext
@@ -38,8 +38,8 @@ from .validate import (MAX_JSLSH_HASHES, MAX_JSLSH_K, MAX_JSLSH_L, MAX_K, _check
 log = logging.getLogger("fitsketch.hub")
 
 
-def query_config(config: SketchConfig, method, k, where, overrides) -> SketchConfig:
-    """The query's parameters: the hub's ``config`` with the query's ``overrides``, all checked."""
+def query_config(config: SketchConfig, method, k, where, overrides) -> QueryConfig:
+    """The query's parameters: the hub's per-query defaults with the query's ``overrides``, all checked."""
     _methods.get(method)   # UnknownMethodError naming the methods
     _check_count("k", k, MAX_K)
     if where is not None and not isinstance(where, dict):
@@ -51,7 +51,7 @@ def query_config(config: SketchConfig, method, k, where, overrides) -> SketchCon
     bad = sorted(set(overrides) - set(QUERY_PARAMS))
     if bad:
         raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
-    cfg = config.replace(**overrides)
+    cfg = config.query_defaults(**overrides)
     if cfg.jslsh_k > MAX_JSLSH_K or cfg.jslsh_l > MAX_JSLSH_L or cfg.jslsh_k * cfg.jslsh_l > MAX_JSLSH_HASHES:
         raise E.LimitExceededError(
             f"jslsh_k={cfg.jslsh_k}, jslsh_l={cfg.jslsh_l} are over the limits: jslsh_k <= {MAX_JSLSH_K}, "
@@ -118,8 +118,8 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
         if allowed is not None:   # only the shortlisted entries' features are compared
             allowed = live_ids(txn, allowed, plan)
             n_stored = n_stored * len(allowed) // max(n_entries, 1)
-        mode, reason, cost = choose_candidate_stage(n_stored, query.n_features, cfg.lsh_l)
-        cands = candidates(txn, query, cfg, mode, reason, where, allowed, plan,
+        mode, reason, cost = choose_candidate_stage(n_stored, query.n_features, hub.config.lsh_l)
+        cands = candidates(txn, query, cfg, hub.config, mode, reason, where, allowed, plan,
                            n_entries if allowed is None else len(allowed))
         if not cands:
             raise E.NoSharedFeaturesError(

@@ -90,10 +90,12 @@ class ShardedHub:
         from .hub import Hub
 
         self._locks = [None if isinstance(s, Hub) else threading.Lock() for s in self.shards]
+        # only the stored sketch parameters must agree: per-query defaults (shortlist, thresholds)
+        # may differ between shards, each answering with its own
         configs = [s.config for s in self.shards]
-        ref = configs[0].to_dict()
+        ref = configs[0].stored()
         for i, c in enumerate(configs[1:], 1):
-            diff = {k: (ref[k], v) for k, v in c.to_dict().items() if ref.get(k) != v}
+            diff = {k: (ref[k], v) for k, v in c.stored().items() if ref.get(k) != v}
             if diff:
                 self.close()
                 raise ShardConfigError(
