@@ -37,7 +37,7 @@ import threading
 import numpy as np
 
 from . import errors as E
-from .hub import Entry, Match
+from .results import Entry, Match
 from .plan import Plan, Stage
 from .protocol import (
     DEFAULT_MAX_FRAME,
