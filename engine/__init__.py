@@ -40,7 +40,8 @@ def __getattr__(name: str):
     else:
         raise AttributeError(f"module 'fitsketch' has no attribute {name!r}")
     value = getattr(module, name)
-    globals()[name] = value
+    if name != "METHODS":   # METHODS is read from the registry each time: methods registered later count
+        globals()[name] = value
     return value
 
 

@@ -13,20 +13,20 @@ from importlib import import_module
 from .. import errors as E
 from .base import EMBEDDINGS, HISTOGRAMS, LABELS, NO_SHORTLIST, ROWS, Method, Query, ScoreContext, ShortlistRule
 
-# the built-in methods, in the order fitsketch.METHODS lists them: name -> "module:object" of this
-# package, imported when the method is first asked for (``fitsketch --help`` loads no scorer)
+# the built-in methods, in the order fitsketch.METHODS lists them: name -> the loader of its object,
+# imported when the method is first asked for (``fitsketch --help`` loads no scorer)
 _BUILTIN = {
-    "auto": "auto:AUTO",
-    "accuracy": "accuracy:ACCURACY",
-    "adaptivity": "jslsh:ADAPTIVITY",
-    "coverage": "coverage:COVERAGE",
-    "js": "jslsh:JS_METHOD",
-    "exact-js": "exact:EXACT_JS",
-    "l2": "exact:L2_METHOD",
-    "simex": "simex:SIMEX",
+    "auto": lambda: import_module("fitsketch.methods.auto").AUTO,
+    "accuracy": lambda: import_module("fitsketch.methods.accuracy").ACCURACY,
+    "adaptivity": lambda: import_module("fitsketch.methods.jslsh").ADAPTIVITY,
+    "coverage": lambda: import_module("fitsketch.methods.coverage").COVERAGE,
+    "js": lambda: import_module("fitsketch.methods.jslsh").JS_METHOD,
+    "exact-js": lambda: import_module("fitsketch.methods.exact").EXACT_JS,
+    "l2": lambda: import_module("fitsketch.methods.exact").L2_METHOD,
+    "simex": lambda: import_module("fitsketch.methods.simex").SIMEX,
 }
 
-_REGISTRY: dict[str, "Method | str"] = dict(_BUILTIN)
+_REGISTRY: dict = dict(_BUILTIN)   # name -> Method, or the loader of a built-in one not imported yet
 
 
 def register(method: Method) -> Method:
@@ -61,9 +61,8 @@ def get(name) -> Method:
 def find(name) -> Method | None:
     """The method called ``name``, or None."""
     m = _REGISTRY.get(name) if isinstance(name, str) else None
-    if isinstance(m, str):   # a built-in one, not imported yet
-        module, attr = m.split(":")
-        m = _REGISTRY[name] = getattr(import_module(f"{__name__}.{module}"), attr)
+    if m is not None and not isinstance(m, Method):   # a built-in one, not imported yet
+        m = _REGISTRY[name] = m()
         assert m.name == name, (m, name)
     return m
 
