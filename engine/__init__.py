@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 
 from . import errors
-from .config import METHODS, SketchConfig
+from .config import SketchConfig
 from .errors import FitsketchError
 
 __version__ = "0.1.0"
 
-_LAZY = {"Hub": "hub", "Entry": "hub", "Match": "hub", "Sketch": "sketch", "build_sketch": "sketch"}
+_LAZY = {"Hub": "hub", "Entry": "results", "Match": "results", "Sketch": "sketch", "build_sketch": "sketch",
+         "METHODS": "config"}
 
 
 def __getattr__(name: str):
@@ -32,10 +33,15 @@ def __getattr__(name: str):
         from . import hub as module
     elif mod == "sketch":
         from . import sketch as module
+    elif mod == "results":
+        from . import results as module
+    elif mod == "config":   # METHODS: the method registry's names (engine/methods/)
+        from . import config as module
     else:
         raise AttributeError(f"module 'fitsketch' has no attribute {name!r}")
     value = getattr(module, name)
-    globals()[name] = value
+    if name != "METHODS":   # METHODS is read from the registry each time: methods registered later count
+        globals()[name] = value
     return value
 
 

@@ -194,7 +194,7 @@ def add_file(hub, name: str, path, *, metadata: dict | None = None, partition_si
     """Sketch ``path`` in chunks and register it as entry ``name`` (one transaction); one progress
     bar over the whole add (bytes read for CSV, rows for Parquet, then the write) when
     ``progress``."""
-    from .hub import _check_metadata, _check_name
+    from .validate import _check_metadata, _check_name
 
     _check_name(name)
     _check_metadata(metadata)

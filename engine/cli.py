@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from . import errors as E
+from .formatting import format_matches  # noqa: F401 - also its old import path
 
 log = logging.getLogger(__name__)
 
@@ -229,19 +230,6 @@ def _query_overrides(args) -> dict:
             if v is not None}
 
 
-def format_matches(matches) -> str:
-    if not matches:
-        return "no matches"
-    lines = [f"{'rank':>4}  {'name':<24} {'score':>9} {'overlap':>7}  evidence"]
-    for i, m in enumerate(matches):
-        ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.evidence.items())
-        lines.append(f"{i + 1:>4}  {m.name:<24} {m.score:>9.4f} {m.overlap:>7.2f}  {ev}")
-        shared = ", ".join(t if t == s else f"{t}~{s}" for t, s, _ in m.features[:8])
-        more = f" (+{len(m.features) - 8} more)" if len(m.features) > 8 else ""
-        lines.append(f"{'':>6}shared: {shared}{more}")
-    return "\n".join(lines)
-
-
 def cmd_search(args) -> None:
     import fitsketch
 
@@ -339,7 +327,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .contrib.demo import run_demo
 
     run_demo(workdir=args.workdir, as_json=args.json, quick=args.quick)
 

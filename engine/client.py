@@ -37,8 +37,8 @@ import threading
 import numpy as np
 
 from . import errors as E
-from .hub import Entry, Match
-from .planner import Plan, Stage
+from .results import Entry, Match
+from .plan import Plan, Stage
 from .protocol import (
     DEFAULT_MAX_FRAME,
     MAX_FRAME_LIMIT,

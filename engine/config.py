@@ -1,7 +1,11 @@
-"""Sketch and search parameters: hub-level defaults stored in the hub's ``meta``.
+"""Sketch and search parameters, stored in the hub's ``meta`` when it is created.
 
-Every value here is fixed when the hub is created (sketches of different entries must be
-comparable), except the search thresholds, which are defaults a query can override.
+``SketchConfig`` holds both kinds, as a hub stores them: the stored sketch parameters
+(``STORED_PARAMS``: fixed at creation, since sketches of different entries must be comparable;
+compared to open a hub with ``config=`` or to merge shards) and the hub's per-query defaults
+(``QUERY_PARAMS``: what a query may override). ``QueryConfig`` is one query's parameters: the
+hub's defaults (``SketchConfig.query_defaults()``) with the query's overrides, checked as
+``SketchConfig`` checks them; the search pipeline and the methods read it.
 """
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ from dataclasses import dataclass
 
 from .errors import InvalidArgumentError
 
-METHODS = ("auto", "accuracy", "adaptivity", "coverage", "js", "exact-js", "l2", "simex")
 COVERAGE_SPACES = ("rows", "embedding", "latent")  # what coverage codes (engine/coverage_spaces.py)
 
 
@@ -165,6 +168,14 @@ class SketchConfig:
     def replace(self, **overrides) -> "SketchConfig":
         return SketchConfig.from_dict({**self.to_dict(), **overrides})
 
+    def stored(self) -> dict:
+        """The stored sketch parameters (``STORED_PARAMS``): what shards must share to merge."""
+        return {k: getattr(self, k) for k in STORED_PARAMS}
+
+    def query_defaults(self, **overrides) -> "QueryConfig":
+        """This hub's per-query defaults as a ``QueryConfig``, with ``overrides`` (checked)."""
+        return QueryConfig(**{**{k: getattr(self, k) for k in QUERY_PARAMS}, **overrides})
+
     def sketch_key(self) -> tuple:
         """The parameters two sketches must share to be comparable or mergeable (the MinHash family
         is appended unless it is mod61, so sketches made before families keep their key)."""
@@ -180,6 +191,35 @@ QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "j
                 "coverage_resolution", "coverage_rho")
 
 
+STORED_PARAMS = tuple(f.name for f in dataclasses.fields(SketchConfig) if f.name not in QUERY_PARAMS)
+
+
+def _query_post_init(self) -> None:
+    SketchConfig(**dataclasses.asdict(self))   # the same checks, with the same messages
+
+
+# One query's parameters: the QUERY_PARAMS fields of SketchConfig, their defaults and checks.
+QueryConfig = dataclasses.make_dataclass(
+    "QueryConfig", [(f.name, f.type, dataclasses.field(default=f.default))
+                    for f in dataclasses.fields(SketchConfig) if f.name in QUERY_PARAMS],
+    frozen=True, namespace={"__post_init__": _query_post_init,
+                            "replace": lambda self, **kw: dataclasses.replace(self, **kw),
+                            "to_dict": lambda self: dataclasses.asdict(self),
+                            "__doc__": "One query's parameters (config.QUERY_PARAMS): a hub's defaults with the "
+                                       "query's overrides."})
+QueryConfig.__module__ = __name__
+
+
 def _check(ok: bool, name: str, value, expected: str) -> None:
     if not ok:
         raise InvalidArgumentError(f"{name}={value!r} is not valid: expected {expected}")
+
+
+def __getattr__(name: str):
+    # ``METHODS`` (the search methods' names) is the registry's (engine/methods/), read when asked:
+    # the registry imports the scorers, which this module must not import at load time
+    if name == "METHODS":
+        from .methods import names
+
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

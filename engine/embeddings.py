@@ -292,7 +292,7 @@ class EmbeddingsMixin:
             raise E.InvalidArgumentError(f"index={index!r} is not valid: use 'auto', " + ", ".join(map(repr, KINDS)))
         if level not in LEVELS:
             raise E.InvalidArgumentError(f"level={level!r} is not valid: use 'sample' or 'entry'")
-        from .hub import MAX_K, _check_count
+        from .validate import MAX_K, _check_count
 
         k = _check_count("k", k, MAX_K)
         for name, v in (("nprobe", nprobe), ("ef_search", ef_search), ("candidates", candidates)):
@@ -545,7 +545,7 @@ class EmbeddingsMixin:
 
     def _nearest_entries(self, t: _Table, qn: np.ndarray, k: int, index: str, single: bool,
                          nprobe, ef_search):
-        from .hub import Match
+        from .results import Match
 
         if index == "deephash":
             raise E.InvalidArgumentError("index='deephash' searches samples: use level='sample', or "

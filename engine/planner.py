@@ -15,64 +15,12 @@ the LSH tables otherwise.
 """
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from . import methods as _methods
+from .methods import NO_SHORTLIST, ShortlistRule  # noqa: F401 - ShortlistRule: its old home
+from .plan import Plan, Stage  # noqa: F401 - their old home
 
 SCAN_FEATURE_LIMIT = 50_000  # stored features up to which the candidate stage scans them all
 SHORTLIST_FACTOR = 4         # the profile shortlist runs above SHORTLIST_FACTOR x shortlist entries
-
-
-@dataclass
-class Stage:
-    name: str
-    detail: str
-    estimated: int | None = None     # estimated rows (entries or features) out of this stage
-    actual: int | None = None
-    ms: float | None = None
-    recall: float | None = None      # candidate stages: estimated recall of the exhaustive top k
-
-
-@dataclass
-class Plan:
-    method: str
-    k: int
-    stages: list[Stage] = field(default_factory=list)
-    # hub.explain: the matches and (hub, query, search options), for plot(); not sent over the wire
-    matches: list = field(default_factory=list, repr=False, compare=False)
-    source: tuple | None = field(default=None, repr=False, compare=False)
-
-    def plot(self, path=None, **kwargs):
-        """Why the candidates rank as they do (matplotlib, ``pip install 'fitsketch[plot]'``): the
-        score per candidate with its evidence, for predicted accuracy the query's estimated class
-        mixture against each model's per-class recall, and the top match's most different features.
-        Returns the Figure, or writes a PNG at ``path`` and returns the path (engine/plots.py)."""
-        from .plots import plot_plan
-
-        return plot_plan(self, path, **kwargs)
-
-    @contextmanager
-    def run(self, stage: Stage):
-        self.stages.append(stage)
-        t0 = time.perf_counter()
-        try:
-            yield stage
-        finally:
-            stage.ms = (time.perf_counter() - t0) * 1e3
-
-    def to_dict(self) -> dict:
-        return {"method": self.method, "k": self.k,
-                "stages": [dict(s.__dict__) for s in self.stages]}
-
-    def __str__(self) -> str:
-        lines = [f"plan: method={self.method} k={self.k}"]
-        for i, s in enumerate(self.stages):
-            est = "-" if s.estimated is None else str(s.estimated)
-            act = "-" if s.actual is None else str(s.actual)
-            ms = "-" if s.ms is None else f"{s.ms:.2f} ms"
-            rec = "" if s.recall is None else f", estimated recall {s.recall:.2f}"
-            lines.append(f"  {i + 1}. {s.name:<12} {s.detail}  (estimated {est}, actual {act}, {ms}{rec})")
-        return "\n".join(lines)
 
 
 def order_filter_first(mode: str) -> bool:
@@ -86,46 +34,12 @@ def order_filter_first(mode: str) -> bool:
     return mode == "scan"
 
 
-@dataclass(frozen=True)
-class ShortlistRule:
-    """How a method is shortlisted on a large hub (engine/screen.py).
-
-    ``screen``: what the candidate stage computes for every entry -- ``"exact-js"``, ``"l2"``,
-    ``"js"`` or ``"adaptivity"`` (the scorers' own formulas over the stored dataset-level
-    histograms, means and JS-LSH band keys) -- or None: the method is never shortlisted and every
-    entry is scored. ``exact``: the screen is the method's own score, so the stage keeps the
-    exhaustive top ``shortlist`` (recall 1 over entries aligned by column name); otherwise it is a
-    proxy, and ``measured_recall`` is its recall@10 measured by ``bench.bench_shortlist`` on zoos
-    of similar entries (None: not measured)."""
-    screen: str | None
-    exact: bool = False
-    measured_recall: float | None = None
-
-
-# a method not listed here (a new one, e.g. predicted accuracy) is never shortlisted until it
-# declares a rule: every entry is scored, which is slow on a large hub but never loses an answer
-SHORTLIST_RULES = {
-    "adaptivity": ShortlistRule("adaptivity", exact=True),
-    "js": ShortlistRule("js", exact=True),
-    "exact-js": ShortlistRule("exact-js", exact=True),
-    # l2 is now scaled by each feature's spread (issue 20); the screen computes the unscaled
-    # distance of the means, a proxy whose recall is not measured yet
-    "l2": ShortlistRule("l2", exact=False),
-    # coverage codes the query's rows per entry, which no stored summary reproduces; exact-js of the
-    # dataset-level distributions ranks its entries: recall@10 0.975 (best found 8/8) on the digits
-    # label-skew zoo of 1,300 entries where this was chosen, 1.00 (6/6) on the held-out MNIST-5k
-    # zoo of 1,100 (python -m bench.bench_shortlist --similar digits|mnist); the lower is stated
-    "coverage": ShortlistRule("exact-js", exact=False, measured_recall=0.97),
-    "simex": ShortlistRule(None),       # autoencoders: nothing stored summarizes them
-    # predicted accuracy: the labelled entries nearest the query by exact-js (its class mixture
-    # moves the dataset-level distribution); a proxy whose recall is not measured yet. method="auto"
-    # is screened as "accuracy" on a hub with labelled entries, as its label-free default otherwise
-    "accuracy": ShortlistRule("exact-js", exact=False),
-}
-
-
 def shortlist_rule(method: str) -> ShortlistRule:
-    return SHORTLIST_RULES.get(method, ShortlistRule(None))
+    """How ``method`` is shortlisted on a large hub: its ``Method.shortlist`` in the registry
+    (engine/methods/); a name the registry does not know is never shortlisted (every entry is scored,
+    slow on a large hub but never losing an answer)."""
+    m = _methods.find(method)
+    return NO_SHORTLIST if m is None else m.shortlist
 
 
 def use_shortlist(n_entries: int, shortlist: int, method: str, filtered: bool = False) -> tuple[bool, str]:

@@ -202,7 +202,16 @@ def class_mixture(hub, data, matches, *, feature_names=None, where=None, overrid
     from .storage import u64
 
     shown = [m for m in matches if m.method == "accuracy"]
-    if not shown or isinstance(data, Sketch):
+    if not shown:
+        return None
+    if all(m.detail.get("recall") is not None for m in shown):
+        # the mixture and the per-class recall the search scored with (the recall after the own-
+        # histogram proxy and the shift factor, engine/accuracy.py), so share x recall is the score
+        labels = shown[0].detail["labels"]
+        if all(m.detail["labels"] == labels for m in shown):
+            return {"classes": [str(c) for c in labels], "mixture": shown[0].detail["mixture"],
+                    "models": [m.name for m in shown], "recall": np.stack([m.detail["recall"] for m in shown])}
+    if isinstance(data, Sketch):
         return None
     overrides = dict(overrides or {})
     given = overrides.pop("mixture", None)

@@ -543,7 +543,7 @@ class ProbeLogMixin:
         but not listed by ``hub.names()``. ``probe_fraction < 1`` runs the model on that share of
         the probes and completes the rest from the hub's other models (rank ``rank``).
         """
-        from .hub import _check_metadata, _check_name
+        from .validate import _check_metadata, _check_name
 
         _check_name(name)
         metadata = _check_metadata(metadata)
@@ -797,7 +797,7 @@ def cmd_search_logits(args) -> None:
 
 
 def cmd_search_concept(args) -> None:
-    from .text_encoder import MiniLMEncoder
+    from .contrib.text_encoder import MiniLMEncoder
 
     with _open_hub(args.hub) as hub:
         matches = hub.search_concept(args.text, MiniLMEncoder(), k=args.k, probe_set=args.probe_set)

@@ -50,12 +50,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from . import errors as E
+from . import methods as _methods
 
 ShardConfigError = E.ShardConfigError
 from .config import SketchConfig
 from .sketch import Sketch
-
-_ROW_METHODS = ("coverage", "simex", "accuracy", "auto")   # need the query's rows: ship the data, not a sketch
 
 
 
@@ -68,9 +67,8 @@ def shard_of(name: str, n_shards: int) -> int:
 
 
 def _sort_key(m):
-    unlabelled = "registered without labels" in str(m.evidence.get("auto", ""))   # auto: after the labelled ones
-    return (unlabelled, -m.score, -float(m.evidence.get("band_agreement", 0.0)) if m.method == "adaptivity" else 0.0,
-            -m.overlap, m.name)
+    """The hub's order of matches, as the method that scored each says (engine/methods/)."""
+    return (_methods.find(m.method) or _methods.Method()).sort_key(m)
 
 
 def merge_topk(lists, k: int) -> list:
@@ -92,10 +90,12 @@ class ShardedHub:
         from .hub import Hub
 
         self._locks = [None if isinstance(s, Hub) else threading.Lock() for s in self.shards]
+        # only the stored sketch parameters must agree: per-query defaults (shortlist, thresholds)
+        # may differ between shards, each answering with its own
         configs = [s.config for s in self.shards]
-        ref = configs[0].to_dict()
+        ref = configs[0].stored()
         for i, c in enumerate(configs[1:], 1):
-            diff = {k: (ref[k], v) for k, v in c.to_dict().items() if ref.get(k) != v}
+            diff = {k: (ref[k], v) for k, v in c.stored().items() if ref.get(k) != v}
             if diff:
                 self.close()
                 raise ShardConfigError(
@@ -236,7 +236,10 @@ class ShardedHub:
         """:meth:`fitsketch.Hub.search` over every shard; the merged top ``k``."""
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise E.InvalidArgumentError(f"k={k!r} is not valid: expected a positive integer")
-        if method not in _ROW_METHODS and not isinstance(data, Sketch) and method in _sketch_methods():
+        meth = _methods.find(method)   # an unknown method: every shard refuses it
+        needs = meth.needs if meth is not None else frozenset()
+        if meth is not None and _methods.ROWS not in needs and not isinstance(data, Sketch):
+            # a method reading no rows: the query is sketched once here, and the sketch is shipped
             from .data import to_frame
             from .sketch import build_sketch
 
@@ -250,7 +253,7 @@ class ShardedHub:
                                      q.query_partition_rows)
             data = build_sketch(frame, self.config, partition_size=m, skip_empty=True)
             feature_names = None
-        if method in ("accuracy", "auto") and not isinstance(data, Sketch) and "mixture" not in overrides:
+        if _methods.LABELS in needs and not isinstance(data, Sketch) and "mixture" not in overrides:
             # every shard estimates the query's class mixture from the pool of ALL shards' labelled
             # entries (accuracy.merge_pools), as one hub holding them all would
             from .accuracy import merge_pools
@@ -289,12 +292,6 @@ class ShardedHub:
         if np.ndim(xq) == 1:
             return merge_topk(per, k)
         return [merge_topk([p[q] for p in per], k) for q in range(len(per[0]))]
-
-
-def _sketch_methods():
-    from .config import METHODS
-
-    return tuple(m for m in METHODS if m not in _ROW_METHODS)
 
 
 def _label(shard) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import lmdb
 
+from . import schema
 from .codec import unpack
 from .errors import CodecError, CorruptHubError, HubBusyError, HubNotFoundError, SchemaError, StorageError
 from .txn import DBS, DUPSORT_DBS, Txn
@@ -37,12 +38,23 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 1  # format written by this fitsketch; bump with a MIGRATIONS entry
+FORMAT_VERSION = 2  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
-# from-version v -> fn(txn) upgrading a hub from format v to v + 1 (e.g. {1: _upgrade_v1_to_v2})
-MIGRATIONS: dict[int, Callable[[Txn], None]] = {}
+
+
+def _upgrade_v1_to_v2(txn: Txn) -> None:
+    """Format 2: histograms may be of record format 2 (partitions.HIST_FORMAT). A format-1 hub's
+    records are all read as they are, so nothing is rewritten: the new format number makes a
+    fitsketch that reads only format 1 refuse the hub at open instead of failing at the first
+    histogram of record format 2 it meets."""
+
+
+# from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
+MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2}
+# formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
+READ_AS_IS = frozenset({1})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
@@ -208,10 +220,11 @@ class HubStore:
             fmt = _check_format(self.path, unpack(raw))
         except CodecError as e:
             raise CorruptHubError(f"hub at {self.path}: meta record 'format' cannot be decoded ({e})") from e
-        if fmt < FORMAT_VERSION:
+        upgrade = fmt < FORMAT_VERSION and not (self.readonly and fmt in READ_AS_IS)
+        if upgrade:
             self._upgrade_plan(fmt)
         self._open_dbs(create=not self.readonly)
-        if fmt < FORMAT_VERSION:
+        if upgrade:
             self._migrate(fmt)
 
     def _open_dbs(self, create: bool) -> None:
@@ -251,7 +264,8 @@ class HubStore:
             txn.put("meta", b"format", FORMAT_VERSION)
 
         self.transact(run)
-        log.info("upgraded hub at %s from format %d to %d", self.path, fmt, FORMAT_VERSION)
+        log.warning("upgraded hub at %s from format %d to %d (storage/schema.py); a fitsketch older than this "
+                    "one no longer opens it", self.path, fmt, FORMAT_VERSION)
 
     # -- meta ---------------------------------------------------------------------------------
     def init_meta(self, params: dict) -> None:
@@ -509,7 +523,8 @@ class HubStore:
 def inspect(path: str | os.PathLike) -> dict:
     """Read a hub's header (meta and entry count) without opening it as a store.
 
-    Returns {"path", "format", "entries", "bytes", <meta keys>}. Opens the file read-only
+    Returns {"path", "format", "entries", "bytes", "record_formats", <meta keys>}: ``record_formats``
+    are the record formats this fitsketch writes (storage/schema.py). Opens the file read-only
     without the lock file (or reuses this process's open handle), so it never blocks writers;
     while another process writes, the counts are a best-effort snapshot.
     """
@@ -543,7 +558,7 @@ def inspect(path: str | os.PathLike) -> dict:
         finally:
             env.close()
     out = {"path": path, "format": _check_format(path, meta.get("format")),
-           "entries": entries, "bytes": os.path.getsize(file)}
+           "entries": entries, "bytes": os.path.getsize(file), "record_formats": schema.formats()}
     for k, v in meta.items():
         out.setdefault(k, v)
     return out

@@ -38,7 +38,9 @@ def test_search_skips_entries_removed_after_the_shortlist(small_hub, monkeypatch
     transaction and the scoring transaction; the search answers from what is left."""
     hub, rng = small_hub
     q = _frame(rng, shift=0)
-    original = fitsketch.Hub._shortlist
+    from fitsketch import pipeline
+
+    original = pipeline.shortlist
     removed = []
 
     def racing_shortlist(self, *a, **kw):
@@ -50,7 +52,7 @@ def test_search_skips_entries_removed_after_the_shortlist(small_hub, monkeypatch
         removed.append(names[0])
         return ids
 
-    monkeypatch.setattr(fitsketch.Hub, "_shortlist", racing_shortlist)
+    monkeypatch.setattr(pipeline, "shortlist", racing_shortlist)
     for method in ("adaptivity", "js", "exact-js", "l2", "coverage"):
         plan = hub.explain(q, k=5, method=method, shortlist=2)
         short = next(s for s in plan.stages if s.name == "shortlist")
@@ -595,7 +597,7 @@ def test_cli_compact(tmp_path, rng):
 def test_feature_pair_budget_bounds_the_minhash_stage(small_hub, monkeypatch):
     """The candidate stage compares every query column with every stored feature it verifies: past
     MAX_FEATURE_PAIRS (8.4M, ~10 s) pairs the search is refused, naming the limit."""
-    import fitsketch.hub as H
+    import fitsketch.candidates as H
 
     hub, rng = small_hub
     q = _frame(rng)                                    # 2 columns x 24 entries of 2 features: 96 pairs

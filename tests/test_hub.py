@@ -189,7 +189,7 @@ def test_inspect_reads_header_only(tmp_path):
     with fitsketch.open(tmp_path / "i", config=SketchConfig(seed=11)) as hub:
         hub.add("x", frame(rng))
     info = fitsketch.inspect(tmp_path / "i")
-    assert info["format"] == 1 and info["entries"] == 1 and info["config"]["seed"] == 11
+    assert info["format"] == 2 and info["entries"] == 1 and info["config"]["seed"] == 11   # format 2: issue 18
 
 
 def test_input_kinds_give_the_same_sketch(tmp_path):

@@ -1,0 +1,132 @@
+"""JS-LSH methods: ``adaptivity`` (the paper's per-partition band agreement, graded) and ``js`` (the
+share of bands whose dataset-level keys collide), both with 1 - exact JS as the tie-break below one
+LSH step (engine/jslsh.py holds the formulas)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import profiles as _profiles
+from ..jslsh import (adaptivity_scores, below_one_step, exact_js_scores, graded_adaptivity, js_lsh_scores,
+                     lsh_band_keys, own_keys)
+from ..partitions import aligned_distributions
+from .base import HISTOGRAMS, Method, ShortlistRule, chunks, source_dist
+
+
+class _JSLSH(Method):
+    needs = frozenset({HISTOGRAMS})
+    per_dataset = True
+
+    def score(self, ctx, query, cands):
+        cfg, config = ctx.cfg, ctx.config
+        n_t = query.n_features
+        t_dist = aligned_distributions(query.hist, np.arange(n_t, dtype=np.int64), n_t,
+                                       per_dataset=self.per_dataset, n_partitions=query.n_partitions)
+        # a small query (cut into partitions sized from it): more, wider bands unless it set its own
+        small = query.n_rows < config.partition_size * cfg.query_min_partitions
+        if small and (cfg.jslsh_l, cfg.jslsh_r) == (config.jslsh_l, config.jslsh_r):
+            cfg = cfg.replace(jslsh_l=cfg.small_query_jslsh_l, jslsh_r=cfg.small_query_jslsh_r)
+        scores = jslsh_scores(ctx, query, cands, cfg, self.per_dataset, t_dist)
+        lsh, step = self.grade(scores, query, cfg)
+        # a small query grades every entry by closeness under the LSH step; a larger one only the
+        # entries at 0 (the others keep their stored-key fast path)
+        close = closeness(ctx.txn, query, cands, lsh, every=small)
+        results = []
+        for i, ((rec, al), sc) in enumerate(zip(cands, scores)):
+            ev = self.evidence(sc, rec, query)
+            ev.update(bands=cfg.jslsh_l, bucket_width=cfg.jslsh_r)
+            score = lsh[i]
+            if i in close:   # 1 - exact JS, under the LSH step: no ties, no 0 on small queries
+                ev["closeness"] = close[i]
+                score += below_one_step(close[i], step)
+            results.append(ctx.match(rec, al, query, score, self.name, ev))
+        return results
+
+
+class Adaptivity(_JSLSH):
+    name = "adaptivity"
+    shortlist = ShortlistRule("adaptivity", exact=True)
+    per_dataset = False
+
+    def grade(self, scores, query, cfg):
+        n_p = query.n_partitions
+        return ([graded_adaptivity(matched, agree, n_p) for _, agree, matched in scores],
+                1.0 / (cfg.jslsh_l * n_p * (n_p + 1)))   # the scores are multiples of the step
+
+    def evidence(self, sc, rec, query):
+        return {"adaptivity": sc[0], "matched_partitions": sc[2], "target_partitions": query.n_partitions,
+                "target_partition_rows": query.partition_size, "source_partitions": rec["n_partitions"],
+                "band_agreement": sc[1]}
+
+    def tiebreak(self, m):
+        return float(m.evidence.get("band_agreement", 0.0))
+
+
+class JS(_JSLSH):
+    name = "js"
+    shortlist = ShortlistRule("js", exact=True)
+
+    def grade(self, scores, query, cfg):
+        return [score for score, _ in scores], 1.0 / cfg.jslsh_l
+
+    def evidence(self, sc, rec, query):
+        return {"bands_collided": sc[1]}
+
+
+ADAPTIVITY, JS_METHOD = Adaptivity(), JS()
+
+
+def closeness(txn, query, cands, lsh: list[float], every: bool = False) -> dict[int, float]:
+    """{candidate index: 1 - exact JS divergence of the dataset-level distributions} for every
+    candidate, or (``every=False``) for those whose LSH score is 0 (only those histograms are
+    read). It never depends on the other candidates, so shards merge to the one hub's order."""
+    need = [i for i, v in enumerate(lsh) if every or v == 0.0]
+    if not need:
+        return {}
+    n_t = query.n_features
+    t_dist = aligned_distributions(query.hist, np.arange(n_t, dtype=np.int64), n_t, per_dataset=True)
+    out = {}
+    for r in chunks(len(need)):
+        part = need[r.start:r.stop]
+        js = exact_js_scores([t_dist] + [source_dist(txn, *cands[i], n_t, True) for i in part])
+        out.update({i: 1.0 - float(v) for i, v in zip(part, js)})
+    return out
+
+
+def jslsh_scores(ctx, query, cands, cfg, per_dataset: bool, t_dist) -> list:
+    """adaptivity_scores / js_lsh_scores of every candidate, in order.
+
+    A candidate whose alignment is the identity over all of its and the query's features is
+    compared through the band keys stored with it (engine/profiles.py, ``own_keys``) when the
+    query uses the hub's JS-LSH parameters: its histograms are not read or projected. The
+    others are projected together with the query at query time (one batched product).
+    """
+    txn, config = ctx.txn, ctx.config
+    n_t = query.n_features
+    field = "jk_data" if per_dataset else "jk_part"
+    params = [float(cfg.jslsh_r), int(cfg.jslsh_k), int(cfg.jslsh_l)]
+    stored_ok = params == [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)]
+    stored, slow = {}, []
+    for i, (rec, al) in enumerate(cands):
+        if stored_ok and len(rec["features"]) == n_t == len(al.pairs) and all(t == s for t, s, _ in al.pairs):
+            prof = txn.get("extra", _profiles.keys_key(rec["id"]))
+            if prof is not None and prof.get("jk_params") == params and field in prof:
+                stored[i] = np.asarray(prof[field])
+                continue
+        slow.append(i)
+    score = js_lsh_scores if per_dataset else adaptivity_scores
+    out = [None] * len(cands)
+    if stored:
+        t_own = own_keys(query.hist, n_t, query.n_partitions, per_dataset=per_dataset, seed=config.seed,
+                         r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l, device=ctx.device)
+        for i, v in zip(stored, score(t_own, list(stored.values()))):
+            out[i] = v
+    if slow:
+        for r in chunks(len(slow)):
+            part = slow[r.start:r.stop]
+            s_dists = [source_dist(txn, *cands[i], n_t, per_dataset) for i in part]
+            keys, offs = lsh_band_keys([t_dist] + s_dists, seed=config.seed, r=cfg.jslsh_r,
+                                       k=cfg.jslsh_k, l=cfg.jslsh_l, device=ctx.device)
+            s_keys = [keys[offs[j]:offs[j + 1]] for j in range(1, len(offs) - 1)]
+            for i, v in zip(part, score(keys[offs[0]:offs[1]], s_keys)):
+                out[i] = v
+    return out

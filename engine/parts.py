@@ -1,0 +1,261 @@
+"""An entry on disk is a list of parts. Each part knows its own keys (storage/schema.py lists them
+all) and has three steps: ``prepare`` (outside the transaction: every record computed and
+checked, so a failing add leaves the hub unchanged), ``write`` and ``delete`` (inside the one
+write transaction of the add or remove). ``Hub.add`` / ``remove`` iterate ``PARTS`` and never name
+another subsystem's keys; a new subsystem storing something per entry adds one part here.
+
+Parts are written in list order and deleted in reverse order (the band postings are found from
+the stored signatures, the label-kind count from the stored class record, so those are removed
+before the records they read).
+"""
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import accuracy as _acc
+from . import errors as E
+from . import profiles as _profiles
+from . import screen as _screen
+from .minhash import feature_band_keys
+from .partitions import pack_hist
+from .storage import from_u64, u64
+from .storage.schema import ae_key
+
+ENTRY_FORMAT = 1   # entry, signature, extra and weights records (storage/schema.py)
+_EMPTY_SIG = np.uint32(0xFFFFFFFF)
+
+
+@dataclass
+class NewEntry:
+    """What an add brings, checked: the sketch and what was computed beside it."""
+    name: str
+    sketch: object
+    metadata: dict
+    fleet: list | None = None        # SimEx autoencoder records
+    embedding: np.ndarray | None = None
+    probed: tuple | None = None      # (responses, logit labels, probe set) for ProbeLog
+    spaces: dict | None = None       # "extra" fields: coverage spaces and the class record
+
+
+class Part:
+    name = ""
+
+    def prepare(self, new: NewEntry, config, device):
+        """What ``write`` stores (computed before the transaction), or None: nothing to store."""
+        return None
+
+    def write(self, txn, eid: int, new: NewEntry, prepared):
+        pass
+
+    def delete(self, txn, eid: int, rec: dict, config) -> None:
+        pass
+
+
+class Core(Part):
+    """The entry record, its name, its feature signatures and its partition histograms."""
+    name = "core"
+
+    def prepare(self, new, config, device):
+        sk = new.sketch
+        return {"hist": pack_hist(sk.hist, sk.n_partitions, sk.n_features), "created": time.time()}
+
+    def write(self, txn, eid, new, prepared):
+        sk, k = new.sketch, u64(eid)
+        rec = {"v": ENTRY_FORMAT, "id": eid, "name": new.name, "metadata": new.metadata,
+               "features": sk.names, "kinds": sk.kinds, "n_rows": sk.n_rows,
+               "n_partitions": sk.n_partitions, "partition_size": sk.partition_size,
+               "sums": sk.sums, "counts": sk.counts, "created": prepared["created"]}
+        if new.spaces and "classes" in new.spaces:
+            rec["labelled"] = True   # method="auto" reads class records only of these
+        txn.put("entries", k, rec)
+        txn.put_raw("names", new.name.encode("utf-8"), k)
+        txn.put("signatures", k, {"v": ENTRY_FORMAT, "sig": sk.signatures})
+        txn.put("histograms", k, prepared["hist"])
+        return rec
+
+    def delete(self, txn, eid, rec, config):
+        k = u64(eid)
+        for db in ("entries", "signatures", "histograms"):
+            txn.delete(db, k)
+        txn.delete("names", rec["name"].encode("utf-8"))
+
+
+class Extra(Part):
+    """The entry's "extra" record: its row coverage sketch, its coverage spaces and its class record
+    (with the hub's label-kind count, which keeps labelled entries on one label vocabulary)."""
+    name = "extra"
+
+    def write(self, txn, eid, new, prepared):
+        sk, spaces = new.sketch, new.spaces
+        if sk.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
+            cov = {} if sk.coverage is None else {"coverage": sk.coverage}
+            txn.put("extra", u64(eid), {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
+        if spaces and "classes" in spaces:
+            count_label_kind(txn, spaces["classes"]["labels"], +1)
+
+    def delete(self, txn, eid, rec, config):
+        k = u64(eid)
+        classes = (txn.get("extra", k) or {}).get("classes")
+        if classes is not None:
+            count_label_kind(txn, classes["labels"], -1)
+        txn.delete("extra", k)
+
+
+class SimExFleet(Part):
+    """The entry's SimEx autoencoders."""
+    name = "simex"
+
+    def write(self, txn, eid, new, prepared):
+        if new.fleet is not None:
+            txn.put("weights", ae_key(u64(eid)), {"v": ENTRY_FORMAT, "simex": new.fleet})
+
+    def delete(self, txn, eid, rec, config):
+        txn.delete("weights", ae_key(u64(eid)))
+
+
+class Embeddings(Part):
+    """The entry's sample embeddings (engine/embeddings.py)."""
+    name = "embeddings"
+
+    def write(self, txn, eid, new, prepared):
+        if new.embedding is not None:
+            from .embeddings import write_embeddings
+
+            write_embeddings(txn, eid, new.embedding, n_rows=new.sketch.n_rows)
+
+    def delete(self, txn, eid, rec, config):
+        from .embeddings import delete_embeddings
+
+        delete_embeddings(txn, eid)
+
+
+class ModelDescriptors(Part):
+    """The ProbeLog descriptors of the entry's model (engine/probelog.py)."""
+    name = "probelog"
+
+    def write(self, txn, eid, new, prepared):
+        if new.probed is not None:
+            from .probelog import write_model_descriptors
+
+            responses, labels, pset = new.probed
+            write_model_descriptors(txn, eid, new.name, responses, labels, pset)
+
+    def delete(self, txn, eid, rec, config):
+        from .probelog import delete_model_descriptors
+
+        delete_model_descriptors(txn, eid)
+
+
+class Profile(Part):
+    """The entry's random-projection profile and stored JS-LSH band keys (engine/profiles.py)."""
+    name = "profile"
+
+    def prepare(self, new, config, device):
+        sk = new.sketch
+        return _profiles.record(sk.hist, sk.names, sk.n_partitions, config, device)
+
+    def write(self, txn, eid, new, prepared):
+        prof, prof_keys = prepared
+        txn.put("extra", _profiles.key(eid), prof)
+        txn.put("extra", _profiles.keys_key(eid), prof_keys)
+
+    def delete(self, txn, eid, rec, config):
+        txn.delete("extra", _profiles.key(eid))
+        txn.delete("extra", _profiles.keys_key(eid))
+
+
+class Screen(Part):
+    """The entry's dataset-level screen record (engine/screen.py)."""
+    name = "screen"
+
+    def prepare(self, new, config, device):
+        sk = new.sketch
+        return _screen.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
+
+    def write(self, txn, eid, new, prepared):
+        txn.put("extra", _screen.key(eid), prepared)
+
+    def delete(self, txn, eid, rec, config):
+        txn.delete("extra", _screen.key(eid))
+
+
+class Bands(Part):
+    """The LSH band postings of the entry's non-empty features: (band key) -> (entry id, feature)."""
+    name = "bands"
+
+    def prepare(self, new, config, device):
+        sig = new.sketch.signatures
+        return feature_band_keys(sig, config.lsh_k, config.lsh_l), np.nonzero(sig[:, 0] != _EMPTY_SIG)[0]
+
+    def write(self, txn, eid, new, prepared):
+        bands, nonempty = prepared
+        sel = bands[nonempty]                                       # (features, L) int64
+        txn.put_dups("bands", sel.reshape(-1).view(np.uint64),
+                     np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
+
+    def delete(self, txn, eid, rec, config):
+        sig = txn.get("signatures", u64(eid))["sig"]
+        bands = feature_band_keys(sig, config.lsh_k, config.lsh_l)
+        for f in range(sig.shape[0]):
+            if sig[f, 0] == _EMPTY_SIG:
+                continue
+            v = struct.pack(">II", eid, f)
+            for bk in bands[f]:
+                txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
+
+
+PARTS: tuple[Part, ...] = (Core(), Extra(), SimExFleet(), Embeddings(), ModelDescriptors(), Profile(), Screen(),
+                           Bands())
+
+
+def entry_writer(new: NewEntry, config, device, make_entry):
+    """The function that writes ``new`` inside a write transaction; every part prepared first."""
+    prepared = [(p, p.prepare(new, config, device)) for p in PARTS]
+
+    def write(txn):
+        key = new.name.encode("utf-8")
+        if txn.exists("names", key):
+            raise E.EntryExistsError(f"an entry named {new.name!r} exists: remove it first or choose another name")
+        eid = int(txn.get("meta", b"next_id"))
+        rec = [p.write(txn, eid, new, prep) for p, prep in prepared][0]   # Core's: the entry record
+        txn.put("meta", b"next_id", eid + 1)
+        txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
+        txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + new.sketch.n_features)
+        return make_entry(rec)
+
+    return write
+
+
+def entry_remover(name: str, config, not_found):
+    """The function that removes entry ``name`` inside a write transaction (``not_found()``: the
+    error to raise when there is none)."""
+    def write(txn):
+        k = txn.get_raw("names", name.encode("utf-8"))
+        if k is None:
+            raise not_found()
+        eid = from_u64(k)
+        rec = txn.get("entries", k)
+        rec = {**rec, "name": name}   # the name it was found under
+        for p in reversed(PARTS):
+            p.delete(txn, eid, rec, config)
+        txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
+        txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) - len(rec["features"]))
+
+    return write
+
+
+def count_label_kind(txn, labels: list, step: int) -> None:
+    """Keep the hub's labelled entries on one label kind (int or str), counted in ``meta``: labels
+    ``3`` and ``"3"`` would never pool as one class."""
+    kind = _acc.label_kind(labels)
+    counts = txn.get("meta", b"label_kinds") or {}
+    other = {"int": "str", "str": "int"}[kind]
+    if step > 0 and counts.get(other, 0) > 0:
+        raise E.LabelError(f"this hub's labelled entries have {other} labels and these are {kind}s: use one label "
+                           f"vocabulary in a hub (map the labels to {other}s)")
+    counts[kind] = max(0, counts.get(kind, 0) + step)
+    txn.put("meta", b"label_kinds", counts)

@@ -1,0 +1,306 @@
+"""The search pipeline: what ``Hub.search`` / ``explain`` / ``class_pool`` run, stage by stage, into
+a ``Plan``:
+
+    query (sketch it: a ``Query``) -> [embedding stage (FAISS) | shortlist (screen or profiles)]
+    -> candidates (MinHash overlap + metadata filter, engine/candidates.py)
+    -> score (the method from the registry, engine/methods/; damaged entries skipped)
+    -> rerank (sort, cut to k, matched features)
+
+The method decides how it is screened and scored; the pipeline owns the order of the stages,
+their plan entries, the snapshot they read and the fallbacks around a method (damaged records,
+an empty candidate set). It never changes the query's sketch.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import logging
+
+import numpy as np
+
+from . import accuracy as _acc
+from . import errors as E
+from . import methods as _methods
+from . import profiles as _profiles
+from . import screen as _screen
+from .candidates import candidates
+from .config import QUERY_PARAMS, QueryConfig, SketchConfig
+from .data import to_frame
+from .jslsh import own_keys, query_partition_size
+from .methods import Query, ScoreContext
+from .methods import accuracy as _m_accuracy
+from .plan import Plan, Stage
+from .planner import choose_candidate_stage, shortlist_rule, use_shortlist
+from .results import Match, finish_features
+from .sketch import MAX_ROWS, Sketch, build_sketch
+from .storage import u64
+from .validate import (MAX_JSLSH_HASHES, MAX_JSLSH_K, MAX_JSLSH_L, MAX_K, _check_count, _check_metadata,
+                       _check_query_columns, _width)
+
+log = logging.getLogger("fitsketch.hub")
+
+
+def query_config(config: SketchConfig, method, k, where, overrides) -> QueryConfig:
+    """The query's parameters: the hub's per-query defaults with the query's ``overrides``, all checked."""
+    _methods.get(method)   # UnknownMethodError naming the methods
+    _check_count("k", k, MAX_K)
+    if where is not None and not isinstance(where, dict):
+        raise E.InvalidArgumentError(f"where must be a dict of metadata equalities, got {type(where).__name__}")
+    if where:
+        _check_metadata(where)     # plain values: equality with stored metadata is a bool
+    aliases = {"loss": "simex_loss", "normalize": "simex_normalize"}
+    overrides = {aliases.get(k, k): v for k, v in overrides.items()}
+    bad = sorted(set(overrides) - set(QUERY_PARAMS))
+    if bad:
+        raise E.InvalidArgumentError(f"unknown search parameters {bad}: per-query parameters are {list(QUERY_PARAMS)}")
+    cfg = config.query_defaults(**overrides)
+    if cfg.jslsh_k > MAX_JSLSH_K or cfg.jslsh_l > MAX_JSLSH_L or cfg.jslsh_k * cfg.jslsh_l > MAX_JSLSH_HASHES:
+        raise E.LimitExceededError(
+            f"jslsh_k={cfg.jslsh_k}, jslsh_l={cfg.jslsh_l} are over the limits: jslsh_k <= {MAX_JSLSH_K}, "
+            f"jslsh_l <= {MAX_JSLSH_L} and jslsh_k * jslsh_l <= {MAX_JSLSH_HASHES} (the hub's are "
+            f"{config.jslsh_k} and {config.jslsh_l})")
+    return cfg
+
+
+def make_query(hub, data, feature_names, cfg, plan: Plan, **brings) -> Query:
+    """Sketch ``data`` (or check a given ``Sketch``) into a ``Query``: the "sketch" stage."""
+    _check_query_columns(_width(data))      # before anything is built from a wide input
+    with plan.run(Stage("sketch", "quantize + MinHash + partition histograms of the query")) as st:
+        if isinstance(data, Sketch):
+            _check_query_columns(data.n_features)
+            if tuple(data.config_key) != hub.config.sketch_key():
+                raise E.InvalidArgumentError(
+                    "the query sketch was built with other parameters than this hub's: build it with hub.config")
+            # a sketch carries no rows, wherever it was built: coverage and simex fall back or refuse
+            query = Query(data, **brings)
+        else:
+            frame = to_frame(data, feature_names)
+            _check_query_columns(frame.shape[1])
+            sk = build_sketch(frame, hub.config, device=hub.device, partition_size=query_partition_size(
+                len(frame), hub.config.partition_size, cfg.query_min_partitions, cfg.query_partition_rows),
+                skip_empty=True)
+            query = Query(sk, frame=frame, rows=sk.rows, row_owner=sk.row_owner, **brings)
+            if sk.left_out:
+                st.detail += f"; left out query columns without values: {sk.left_out}"
+        st.actual = query.n_partitions
+    return query
+
+
+def search(hub, data, *, k, method, where, feature_names, overrides, embedding=None, n_emb=100):
+    """``(matches, plan)`` of one query (Hub.search / explain); with ``class_pool="return"`` in
+    ``overrides``, ``(this hub's class pool, plan)`` (Hub.class_pool)."""
+    overrides = dict(overrides)
+    mixture = overrides.pop("mixture", None)   # method="accuracy": the query's class mixture, when known
+    class_pool = overrides.pop("class_pool", None)   # method="accuracy" across shards (engine/sharded.py)
+    if class_pool is not None and class_pool != "return":
+        class_pool = _acc.check_pool(class_pool)
+    cfg = query_config(hub.config, method, k, where, overrides)
+    meth = _methods.get(method)
+    if embedding is not None:
+        n_emb = _check_count("embedding_candidates", n_emb, MAX_K)
+    plan = Plan(method, k)
+    query = make_query(hub, data, feature_names, cfg, plan, embedding=embedding, mixture=mixture,
+                       class_pool=class_pool)
+    allowed = None
+    if embedding is not None:
+        q = np.asarray(embedding, dtype=np.float64)
+        q = q.mean(axis=0) if q.ndim == 2 else q
+        with plan.run(Stage("embedding", f"FAISS nearest dataset-level embeddings, top {n_emb}",
+                            estimated=n_emb)) as st:
+            near = hub.nearest(q, n_emb, level="entry")
+            allowed = {u64(int(m.evidence["entry_id"])) for m in near}
+            st.actual = len(allowed)
+    if allowed is None:
+        screened = {}
+        allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled), plan, where, out=screened)
+        if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
+            query = dataclasses.replace(query, class_pool=screened["class_pool"])
+    with hub.store.read() as txn:
+        n_stored = int(txn.get("meta", b"n_features") or 0)
+        n_entries = txn.count("names")
+        if n_entries == 0:
+            return [], plan
+        if allowed is not None:   # only the shortlisted entries' features are compared
+            allowed = live_ids(txn, allowed, plan)
+            n_stored = n_stored * len(allowed) // max(n_entries, 1)
+        mode, reason, cost = choose_candidate_stage(n_stored, query.n_features, hub.config.lsh_l)
+        cands = candidates(txn, query, cfg, hub.config, mode, reason, where, allowed, plan,
+                           n_entries if allowed is None else len(allowed))
+        if not cands:
+            raise E.NoSharedFeaturesError(
+                f"no entry shares features with the query (overlap > {cfg.overlap_threshold} with "
+                f"feature similarity >= {cfg.feature_threshold} by {cfg.match}"
+                + (f", metadata {where}" if where else "") + (", shortlist" if allowed else "")
+                + "): lower feature_threshold / overlap_threshold, or check the columns")
+        ctx = ScoreContext(txn, hub.config, cfg, hub.device)
+        with plan.run(Stage("score", f"{method} over aligned features", estimated=len(cands))) as st:
+            if class_pool == "return":   # Hub.class_pool: the pooled class counts, not matches
+                return _m_accuracy.class_pool(ctx, query, cands), plan
+            scored, damaged = score_healthy(ctx, query, cands, method)
+            if damaged:
+                st.detail += (f"; skipped {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} "
+                              f"({'; '.join(damaged[:5])}): remove and re-add them")
+            st.actual = len(scored)
+            picked = sorted({m.evidence["auto"] for m in scored if "auto" in m.evidence})
+            if picked:
+                st.detail += "; auto: " + " | ".join(picked)
+            fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
+            if fell:
+                st.detail += f"; fell back to adaptivity: {fell}"
+    with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
+        out = rerank(scored, k)
+        st.actual = len(out)
+    return out, plan
+
+
+def rerank(scored: list[Match], k: int) -> list[Match]:
+    """The top ``k``: by group (auto: the labelled first), score, tie-break, overlap, name; the
+    pipeline's working evidence removed and the matched features filled in."""
+    scored.sort(key=lambda m: (m.evidence.get("_group", 0), -m.score, -m.evidence.get("_tiebreak", 0.0),
+                               -m.overlap, m.name))
+    out = scored[:k]
+    for m in out:
+        m.evidence.pop("_tiebreak", None)
+        m.evidence.pop("_group", None)
+        finish_features(m)
+    return out
+
+
+def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict | None = None) -> set | None:
+    """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores
+    every entry (planner.use_shortlist). ``cfg.shortlist_screen``: "exact" screens every entry
+    with the method's own score (engine/screen.py, planner.shortlist_rule), "profile" keeps the
+    ``cfg.shortlist`` nearest random-projection profiles (engine/profiles.py)."""
+    n_entries = len(hub)
+    use, why = use_shortlist(n_entries, cfg.shortlist, method, filtered=bool(where))
+    if not use:
+        return None
+    seed = hub.config.seed
+    used = sorted({int(f) for f in np.asarray(target.hist["feat"], dtype=np.int64)})
+    t_keys = _profiles.name_keys([target.names[f] for f in used], seed)
+    if cfg.shortlist_screen == "profile":
+        with plan.run(Stage("shortlist", f"entry profiles nearest to the query's, top {cfg.shortlist} by "
+                            f"inner product ({why}); recall not held on similar entries: "
+                            "shortlist_screen='exact' holds it", estimated=cfg.shortlist)) as st:
+            idx = hub._indexes.profiles(hub.store)
+            if not idx.shares_names(t_keys):
+                st.detail += "; skipped: no stored profile has a feature named like the query's, every entry is scored"
+                st.actual = n_entries
+                return None
+            ids, _ = idx.top(_profiles.profile(target.hist, target.names, seed), cfg.shortlist)
+            st.actual = len(ids)
+        return {u64(int(i)) for i in ids}
+    rule = shortlist_rule(method)
+    with plan.run(Stage("shortlist", f"screen: {rule.screen} of every entry from stored dataset-level "
+                        f"histograms ({why})", estimated=cfg.shortlist)) as st:
+        idx = hub._indexes.screen(hub.store)
+        if not idx.shares_names(t_keys):
+            st.detail += "; skipped: no stored entry has a feature named like the query's, every entry is scored"
+            st.actual = n_entries
+            return None
+        own = None
+        small = target.n_rows < hub.config.partition_size * cfg.query_min_partitions   # scored with more bands
+        if rule.screen in ("js", "adaptivity") and not small and [float(cfg.jslsh_r), int(cfg.jslsh_k),
+                                                                  int(cfg.jslsh_l)] == \
+                [float(hub.config.jslsh_r), int(hub.config.jslsh_k), int(hub.config.jslsh_l)]:
+            kw = dict(seed=seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l, device=hub.device)
+            own = (own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, **kw),
+                   own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=False, **kw)
+                   if rule.screen == "adaptivity" else None)
+        scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own)
+        ids, info = _screen.select(scr, cfg.shortlist)
+        st.actual = len(ids)
+        st.detail += (f"; {info['screened']} entries share column names with the query, {info['exact']} "
+                      + ("screened by the method's own score" if rule.exact else f"ranked by {rule.screen}"))
+        if info["proxy"]:
+            st.detail += f", {info['proxy']} by the exact-js proxy (another column order or JS-LSH parameters)"
+        st.detail += f"; kept the top {cfg.shortlist}" + (" of each" if info["proxy"] and info["exact"] else "")
+        if "kept_score_range" in info:
+            lo_, hi_ = info["kept_score_range"]
+            st.detail += f" (screen scores {lo_:.4g} .. {hi_:.4g})"
+        if rule.exact and not info["proxy"]:
+            st.recall = 1.0
+            st.detail += "; recall 1 for entries aligned by column name (an exact screen)"
+        elif not rule.exact:
+            st.recall = rule.measured_recall
+            st.detail += f"; {method} is screened by its proxy {rule.screen}" + (
+                f", recall@10 measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
+                if rule.measured_recall is not None else ", recall not measured")
+        st.detail += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
+        keep = {u64(int(i)) for i in ids}
+        if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
+            with hub.store.read() as txn:
+                keep, ai = _acc.screen(txn, target, hub.config, cfg.accuracy_temperature, cfg.shortlist, keep)
+            if out is not None and "class_pool" in ai:
+                out["class_pool"] = ai["class_pool"]
+            st.actual = len(keep)
+            st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by predicted accuracy from "
+                          f"their stored recalls and the pooled EM mixture, kept the top {cfg.shortlist}")
+    return keep
+
+def score_healthy(ctx, query, cands, method: str):
+    """``(matches, damaged)``: the candidates scored together, less those whose stored records are
+    damaged (entries written before records were checked on the way in, issue 23): a cheap
+    check of each entry record first; if scoring still fails on a lower-layer error, each
+    candidate is scored alone to find the damaged ones and the rest are scored together."""
+    damaged, ok = [], []
+    for rec, al in cands:
+        why = record_problem(rec)
+        if why:
+            damaged.append(f"{rec.get('name')!r}: {why}" if isinstance(rec, dict) else why)
+        else:
+            ok.append((rec, al))
+    if not ok:
+        if damaged:
+            raise E.DamagedRecordError(f"every candidate entry is damaged ({'; '.join(damaged[:5])}): "
+                                       "remove and re-add them")
+        return [], damaged
+    try:
+        return ctx.score(method, query, ok), damaged
+    except E.FitsketchError as e:
+        if not isinstance(e, E.CorruptHubError):
+            raise
+    except Exception:  # noqa: BLE001 - a damaged record met by a scorer: found below
+        pass
+    healthy = []
+    for rec, al in ok:
+        try:
+            ctx.score(method, query, [(rec, al)])
+        except E.FitsketchError as e:
+            if not isinstance(e, E.CorruptHubError):
+                raise
+            damaged.append(f"{rec['name']!r}: {e}")
+        except Exception as e:  # noqa: BLE001
+            damaged.append(f"{rec['name']!r}: {type(e).__name__}: {e}")
+        else:
+            healthy.append((rec, al))
+    log.warning("search skipped damaged entries: %s", "; ".join(damaged[:5]))
+    if not healthy:
+        raise E.DamagedRecordError(f"every candidate entry is damaged ({'; '.join(damaged[:5])}): "
+                                   "remove and re-add them")
+    return ctx.score(method, query, healthy), damaged
+
+def record_problem(rec) -> str | None:
+    """Why an entry record is unusable by a search (None when it is consistent): what an older
+    fitsketch accepted without checks and a scorer would meet as a raw error or a huge allocation."""
+    if not isinstance(rec, dict):
+        return "the entry record is not a map"
+    feats, kinds = rec.get("features"), rec.get("kinds")
+    if not (isinstance(feats, list) and isinstance(kinds, list) and len(feats) == len(kinds)):
+        return "features / kinds are not lists of one length"
+    n_rows, n_parts, m = rec.get("n_rows"), rec.get("n_partitions"), rec.get("partition_size")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (n_rows, n_parts, m)) or m < 1 \
+            or not 0 <= n_rows <= MAX_ROWS or not -(-n_rows // m) <= n_parts <= n_rows:
+        return f"n_rows={n_rows!r}, n_partitions={n_parts!r}, partition_size={m!r} are inconsistent"
+    for key in ("sums", "counts"):
+        if np.shape(rec.get(key)) != (len(feats),):
+            return f"{key} has shape {np.shape(rec.get(key))}, not ({len(feats)},)"
+    return None
+
+def live_ids(txn, ids: set, plan: Plan) -> set:
+    """The ids of ``ids`` still in the hub in this read transaction's snapshot: the shortlist (or the
+    embedding stage) was read in an earlier transaction, and entries removed since are skipped."""
+    live = {key for key in ids if txn.exists("entries", key)}
+    if len(live) < len(ids) and plan.stages:
+        plan.stages[-1].detail += f"; {len(ids) - len(live)} removed since, skipped"
+    return live

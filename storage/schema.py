@@ -1,0 +1,100 @@
+"""The on-disk schema of a hub, in one table: every LMDB database, the key shapes it holds, the
+record format each is written in, and the module that owns it.
+
+The engine writes and removes an entry as a list of parts (engine/parts.py), each of which names
+only its own keys; this table is where those keys are described and where every record format
+constant is listed with its value, so that a test (tests/test_schema.py) fails when a record
+format changes without an entry here. ``FORMAT_VERSION`` (storage/env.py) is the format of the hub as a whole:
+it is bumped with an upgrade function in ``MIGRATIONS`` whenever a record a previous fitsketch
+cannot read may be written, so that older code refuses the hub at open instead of failing at the
+first read.
+
+Depends only on the standard library (the storage layer's rule).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+AE_PREFIX = b"ae:"        # weights-db keys of SimEx fleets: b"ae:" + entry id (u64)
+
+
+class Record(NamedTuple):
+    """One kind of record: where it lives, its key shape, its format and its owner."""
+    db: str                 # LMDB database (storage/txn.py DBS), or "file" for a derived file beside the hub
+    key: str                # the key shape, in words
+    record: str             # what the value is
+    owner: str              # the module that writes and reads it
+    formats: tuple = ()     # ("fitsketch.module.CONSTANT", the format this fitsketch writes) of its versioned parts
+    reads: str = ""         # older formats it still reads, and how they are upgraded
+    per_entry: bool = True  # written and removed with an entry (an entry part, engine/parts.py)
+
+
+_E = ("fitsketch.parts.ENTRY_FORMAT", 1)
+
+SCHEMA: tuple[Record, ...] = (
+    Record("meta", "b'format'", "the hub's format", "fitsketch.storage.env",
+           (("fitsketch.storage.env.FORMAT_VERSION", 2),),
+           "format 1 (histograms of record formats 1 and 2) is read as it is; a writable open upgrades it to 2 "
+           "(MIGRATIONS[1], records unchanged) so that a fitsketch reading only format 1 refuses it at open",
+           per_entry=False),
+    Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
+           "b'next_sample_id', b'embedding_dim'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
+           "fitsketch.embeddings", per_entry=False),
+    Record("entries", "u64(entry id)", "{v, id, name, metadata, features, kinds, n_rows, n_partitions, "
+           "partition_size, sums, counts, created, labelled?}", "fitsketch.parts (Core)", (_E,)),
+    Record("names", "UTF-8 name (NFC)", "raw u64(entry id)", "fitsketch.parts (Core)"),
+    Record("signatures", "u64(entry id)", "{v, sig: (features, num_perm) uint32 MinHash}", "fitsketch.parts (Core)",
+           (_E,)),
+    Record("histograms", "u64(entry id)", "packed partition histograms (partitions.pack_hist)",
+           "fitsketch.parts (Core), fitsketch.partitions", (("fitsketch.partitions.HIST_FORMAT", 2),),
+           "format 1 (the COO arrays as they are) is read as it is by partitions.unpack_hist"),
+    Record("bands", "u64(LSH band key), dupsort", "8 bytes: struct '>II' (entry id, feature)",
+           "fitsketch.parts (Bands)"),
+    Record("extra", "u64(entry id)", "{v, coverage?, coverage_embedding?, coverage_latent?, classes?}",
+           "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
+                                       ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),
+                                       ("fitsketch.accuracy.CLASSES_FORMAT", 1))),
+    Record("extra", "b'p' + u64(entry id)", "random-projection profile", "fitsketch.parts (Profile), "
+           "fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),)),
+    Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys",
+           "fitsketch.parts (Profile), fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "missing (older hubs): computed from the histograms"),
+    Record("extra", "b'd' + u64(entry id)", "dataset-level screen record", "fitsketch.parts (Screen), "
+           "fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
+           "missing (older hubs): computed from the histograms"),
+    Record("weights", "b'ae:' + u64(entry id)", "{v, simex: [autoencoder records]}", "fitsketch.parts (SimExFleet)",
+           (_E, ("fitsketch.simex.AE_FORMAT", 1))),
+    Record("weights", "b'deephash'", "the hub's deep-hash model", "fitsketch.embeddings",
+           (("fitsketch.deephash.WEIGHTS_FORMAT", 1),), per_entry=False),
+    Record("embeddings", "b'e' + u64(entry id); b's' + u64(entry id) + u32(chunk)",
+           "the entry's sample-id range and mean; its embedding rows by chunk", "fitsketch.parts (Embeddings), "
+           "fitsketch.embeddings", (("fitsketch.embeddings.EMBEDDING_FORMAT", 1),)),
+    Record("probes", "b'p' + probe-set name; b'_generation', b'_default'", "ProbeLog probe sets",
+           "fitsketch.probelog", (("fitsketch.probelog.PROBE_FORMAT", 1),), per_entry=False),
+    Record("probes", "b'd' + u64(entry id)", "ProbeLog descriptors of a hub entry's model",
+           "fitsketch.parts (ModelDescriptors), fitsketch.probelog", (("fitsketch.probelog.PROBE_FORMAT", 1),)),
+    Record("probes", "b'm' + sha256(model name)[:16]", "ProbeLog descriptors of a model-only entry (add_model)",
+           "fitsketch.probelog", (("fitsketch.probelog.PROBE_FORMAT", 1),), per_entry=False),
+    Record("file", "<hub>/indexes/<level>-<kind>.faiss + .msgpack sidecar", "FAISS indexes over the embeddings (derived: rebuilt when their "
+           "sidecar's format or generation differs)", "fitsketch.embeddings",
+           (("fitsketch.embeddings.INDEX_FORMAT", 1),), per_entry=False),
+    Record("file", "<hub>/indexes/probelog-<slug>.faiss + .msgpack sidecar", "FAISS indexes over the ProbeLog descriptors (derived)",
+           "fitsketch.probelog", (("fitsketch.probelog.INDEX_FORMAT", 1),), per_entry=False),
+    Record("wire", "-", "a Sketch as bytes (Sketch.to_bytes, the socket protocol)", "fitsketch.sketch",
+           (("fitsketch.sketch.SKETCH_FORMAT", 1),), per_entry=False),
+)
+
+
+def ae_key(entry_key: bytes) -> bytes:
+    """The weights-db key of an entry's SimEx fleet (``entry_key``: u64 of the entry id)."""
+    return AE_PREFIX + entry_key
+
+
+def databases() -> list[str]:
+    """The LMDB databases the schema describes."""
+    return sorted({r.db for r in SCHEMA} - {"file", "wire"})
+
+
+def formats() -> dict[str, int]:
+    """{record format constant: the format this fitsketch writes}: what ``fitsketch.inspect`` reports."""
+    return {name: v for r in SCHEMA for name, v in r.formats}
