@@ -24,9 +24,7 @@ pixels (hence the effective count). The tables report digits seeds 2-4 and MNIST
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +41,11 @@ TEMPERATURES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def register(hub, wl) -> float:
-    t0 = time.perf_counter()
-    for name, df in wl.sources.items():
-        hub.add(name, df, labels=wl.source_labels[name], model=wl.models[name], validation=wl.validation[name],
-                metadata={"source_accuracy": wl.source_accuracy[name]})
-    return time.perf_counter() - t0
+    with H.stopwatch() as sw:
+        for name, df in wl.sources.items():
+            hub.add(name, df, labels=wl.source_labels[name], model=wl.models[name], validation=wl.validation[name],
+                    metadata={"source_accuracy": wl.source_accuracy[name]})
+    return sw.s
 
 
 def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = None, bootstrap: int = 0,
@@ -65,10 +63,10 @@ def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = No
         n = len(wl.sources)
         for t, df in wl.targets.items():
             for m in methods:
-                t0 = time.perf_counter()
                 extra = kw if m in ("accuracy", "auto") else {}
-                res = hub.search(df, k=n, method=m, **extra)
-                seconds[m] += time.perf_counter() - t0
+                with H.stopwatch() as sw:
+                    res = hub.search(df, k=n, method=m, **extra)
+                seconds[m] += sw.s
                 scores[m][t] = {r.name: r.score - 1e-9 * i for i, r in enumerate(res)}
             if true_mixture:
                 y = wl.target_labels[t]
@@ -139,7 +137,7 @@ def table(results: dict, out=print) -> list[str]:
 
 
 def run(quick: bool = False, out_dir: Path | None = None, out=print, do_tune: bool = False) -> dict:
-    out_dir = Path(out_dir or H.RESULTS)
+    out_dir = H.results_dir(out_dir, quick)
     ctx = H.context("cpu", quick)
     # --quick (CI's smoke run): one digits zoo of 8 models; MNIST's 784-column adds take ~10 s each
     # (MNIST seed 0 was looked at while choosing loglik's normalization: reported are seeds 1-3)
@@ -172,13 +170,15 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print, do_tune: bo
     return {"results": results, "tuning": tuning}
 
 
+def suite(opts: H.Options) -> dict:
+    return run(quick=opts.quick, out_dir=opts.out_dir, do_tune=bool(opts.extra.get("tune")))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_accuracy", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
+    p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--tune", action="store_true", help="also sweep accuracy_temperature on digits seeds 0-1")
-    p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
-    run(quick=a.quick, out_dir=a.out, do_tune=a.tune)
+    suite(H.options(a, tune=a.tune))
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -167,7 +166,7 @@ def run(quick: bool = False, out=print, out_dir: Path | None = None) -> dict:
     seeds = (0, 1) if quick else (0, 1, 2, 3, 4)
     methods = QUICK_METHODS if quick else METHODS
     ctx = H.context(quick=quick)
-    t0 = time.perf_counter()
+    sw = H.stopwatch().__enter__()
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-sanity-"))
     rows = []
     try:
@@ -191,18 +190,17 @@ def run(quick: bool = False, out=print, out_dir: Path | None = None) -> dict:
                           baseline="none", baseline_value=None))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out(f"bench_sanity: {time.perf_counter() - t0:.0f} s")
+    out(f"bench_sanity: {sw.elapsed():.0f} s")
     H.write_suite("sanity_quick" if quick else "sanity", rows, out=out_dir, quick=quick)
     return {"median_split": ms, "renamed": rn, "cross_matches": cm}
 
 
-def main(argv=None) -> None:
-    import argparse
+def suite(opts: H.Options) -> dict:
+    return run(quick=opts.quick, out_dir=opts.out_dir)
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args(argv)
-    run(quick=args.quick)
+
+def main(argv=None) -> None:
+    suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":
