@@ -543,3 +543,22 @@ def test_concurrent_readers_during_growth(tmp_path):
             th.join(10)
         assert not errors, errors[0]
         assert s.stat()["weights"] == 29
+
+
+def test_put_dups_equals_put_dup_loop(tmp_path, rng):
+    from fitsketch.storage import HubStore
+
+    keys = rng.integers(0, 2**63, 50).astype(np.uint64)
+    keys[10:20] = keys[0]                              # repeated keys
+    vals = rng.integers(0, 2**63, 50).astype(np.uint64)
+    vals[15] = vals[10]                                # one repeated pair
+    a, b = HubStore(str(tmp_path / "a")), HubStore(str(tmp_path / "b"))
+    n_new = a.transact(lambda t: t.put_dups("bands", keys, vals))
+    added = b.transact(lambda t: sum(t.put_dup("bands", u64(int(k)), u64(int(v))) for k, v in zip(keys, vals)))
+    assert n_new == added == 49
+    with a.read() as ta, b.read() as tb:
+        assert list(ta.items("bands")) == list(tb.items("bands"))
+    with pytest.raises(ValueError):
+        a.transact(lambda t: t.put_dups("bands", keys, vals[:3]))
+    a.close()
+    b.close()
