@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import resource
 import sys
 import traceback
 from pathlib import Path
@@ -55,6 +56,7 @@ def run_suite(name: str, opts: H.Options, out=print) -> dict:
     caught and reported, so one broken suite does not hide the others)."""
     module, _ = SUITES[name]
     rec = {"suite": name, "ok": True, "error": None}
+    cpu0 = _cpu_s()
     with H.stopwatch() as sw:
         try:
             importlib.import_module(module).suite(opts)
@@ -64,9 +66,17 @@ def run_suite(name: str, opts: H.Options, out=print) -> dict:
         except Exception as e:  # noqa: BLE001 - reported, and the exit status says it
             traceback.print_exc()
             rec.update(ok=False, error=f"{type(e).__name__}: {e}")
-    rec["seconds"] = sw.s
-    out(f"suite {name}: {sw.s:.1f} s" + ("" if rec["ok"] else f" FAILED ({rec['error']})"), flush=True)
+    rec["seconds"], rec["cpu_s"] = sw.s, _cpu_s() - cpu0
+    out(f"suite {name}: {sw.s:.1f} s ({rec['cpu_s']:.1f} CPU-s)" + ("" if rec["ok"] else f" FAILED ({rec['error']})"),
+        flush=True)
     return rec
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children: a suite's cost on a busy machine,
+    where wall time also counts the time other processes held the cores."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def results_md_path(out_dir: Path) -> Path:
@@ -107,7 +117,7 @@ def main(argv=None) -> int:
             print(f"\n===== suite {n}{' (quick)' if args.quick else ''}", flush=True)
             done.append(run_suite(n, opts))
     md = H.write_results_md(out_dir, results_md_path(out_dir))
-    print(f"\nwrote {md}; {len(done)} suite(s) in {sw.s:.1f} s: "
+    print(f"\nwrote {md}; {len(done)} suite(s) in {sw.s:.1f} s ({sum(r['cpu_s'] for r in done):.0f} CPU-s): "
           + ", ".join(f"{r['suite']} {r['seconds']:.0f} s" for r in done))
     failed = [r for r in done if not r["ok"]]
     if failed:   # the other suites ran and wrote their results; the exit status still says it

@@ -160,7 +160,7 @@ def suite(opts: H.Options) -> dict:
     except ImportError:  # pragma: no cover
         pass
 
-    quality = jaccard_error(num_perm, args.seed)
+    quality = jaccard_error(num_perm, args.seed, pairs_per_j=25 if args.quick else 100)
 
     def sps(t, n):
         return n / t["p50_s"]

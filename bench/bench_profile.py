@@ -13,7 +13,6 @@ search plan's own (``hub.explain``).
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +36,11 @@ class _Timer:
         orig = getattr(owner, attr)
 
         def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+            sw = H.stopwatch().__enter__()
             try:
                 return orig(*args, **kwargs)
             finally:
-                self.total[key] = self.total.get(key, 0.0) + time.perf_counter() - t0
+                self.total[key] = self.total.get(key, 0.0) + sw.elapsed()
                 self.calls[key] = self.calls.get(key, 0) + 1
 
         setattr(owner, attr, timed)

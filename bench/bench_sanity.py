@@ -13,7 +13,7 @@
 
     python -m bench sanity [--quick]      (or python -m bench.bench_sanity [--quick])
 
-``--quick`` runs 2 seeds of the median split instead of 5 (and no SimEx autoencoders).
+``--quick`` runs 1 seed of the median split and the renamed table instead of 5 (and no SimEx autoencoders).
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def cross_matches(threshold: float = 0.9) -> list:
 
 
 def run(quick: bool = False, out=print, out_dir: Path | None = None) -> dict:
-    seeds = (0, 1) if quick else (0, 1, 2, 3, 4)
+    seeds = (0,) if quick else (0, 1, 2, 3, 4)
     methods = QUICK_METHODS if quick else METHODS
     ctx = H.context(quick=quick)
     sw = H.stopwatch().__enter__()
