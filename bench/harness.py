@@ -189,6 +189,9 @@ class Samples:
         self.cpu.append(time.process_time() - c0)
         return result
 
+    def __len__(self) -> int:
+        return len(self.wall)
+
     def total_s(self) -> float:
         return float(sum(self.wall))
 

@@ -163,7 +163,7 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
                   "top1_found": float(np.mean(top1)) if top1 else None}
             points.append(pt)
             ex = (f"; exhaustive p50 {pt['exhaustive_p50_ms']:.0f} ms, shortlist recall@10 {pt['recall_at_10']:.2f}, "
-                  f"top-1 {pt['top1_found']:.2f} over {len(full_lat)} queries" if full_lat else "")
+                  f"top-1 {pt['top1_found']:.2f} over {len(full_lat.wall)} queries" if full_lat.wall else "")
             out(f"  {size:>9,} entries: add {pt['add_entries_per_s']:.1f} entries/s; first query {warm_s:.2f} s; "
                 f"query p50 {pt['query_p50_ms']:.1f} ms, p99 {pt['query_p99_ms']:.1f} ms over {t_q['n']} queries "
                 f"(median {pt['candidates_median']:.0f} candidates){ex}; {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
