@@ -159,13 +159,13 @@ def suite(opts: H.Options) -> dict:
     logging.basicConfig(level=logging.WARNING)
     env = H.environment("cpu")
     repeats = args.repeats or 3
-    n = opts.extra.get("n") or (50_000 if args.quick else 200_000)
-    nq = 200 if args.quick else 500
-    sweeps = {"ivf": ("nprobe", [8, 16, 32] if args.quick else [8, 16, 32, 64]),
-              "hnsw": ("ef_search", [32, 64, 128] if args.quick else [32, 64, 128, 256]),
-              "deephash": ("candidates", [256, 512, 1024] if args.quick else [256, 512, 1024, 2048])}
+    n = opts.extra.get("n") or (10_000 if args.quick else 200_000)     # --quick: smoke sizes, one point a sweep
+    nq = 100 if args.quick else 500
+    sweeps = {"ivf": ("nprobe", [16] if args.quick else [8, 16, 32, 64]),
+              "hnsw": ("ef_search", [64] if args.quick else [32, 64, 128, 256]),
+              "deephash": ("candidates", [512] if args.quick else [256, 512, 1024, 2048])}
     rows, notes = [], []
-    x, how = text_embeddings(opts.extra.get("text") or (2_000 if args.quick else 4_000))
+    x, how = text_embeddings(opts.extra.get("text") or (500 if args.quick else 4_000))
     notes.append(f"text: {how}")
     if x is not None:
         rng = np.random.default_rng(args.seed)

@@ -288,9 +288,9 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
 def run(quick: bool = False, gb: float | None = None, entries: int | None = None, out_dir: Path | None = None,
         out=print, skip=(), search: bool = True, name: str | None = None, sketching: bool = True,
         shard_counts=(1, 2, 4)) -> Path:
-    mb = 1000 * gb if gb is not None else (50 if quick else 500)
-    n_entries = entries or (2_000 if quick else 20_000)
-    repeats = 3 if quick else 1
+    mb = 1000 * gb if gb is not None else (20 if quick else 500)        # --quick: smoke sizes
+    n_entries = entries or (1_000 if quick else 20_000)
+    repeats = 1
     ctx = H.context(quick=quick)
     suite = name or SUITE + ("_quick" if quick else "")
 

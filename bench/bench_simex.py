@@ -141,8 +141,8 @@ def suite(opts: H.Options) -> dict:
     fixed_budget = bool(opts.extra.get("fixed_budget"))
     device = resolve_device(args.device)
     n_src, n_tgt = (240, 150) if args.quick else (500, 300)
-    repeats = args.repeats or (3 if args.quick else 5)
-    epochs = 30 if args.quick else 60
+    repeats = args.repeats or (2 if args.quick else 5)
+    epochs = 10 if args.quick else 60    # --quick: a smoke run, not a measurement
     cfg = S.AEConfig(seed=args.seed, kind="mlp", epochs=epochs, patience=epochs if fixed_budget else 3)
     rng = np.random.default_rng(args.seed)
     pools = _pools(args.seed)
