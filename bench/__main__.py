@@ -20,29 +20,55 @@ import resource
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from . import harness as H
 
-# name -> (module, what it measures); `all` runs them in this order (cheap, widely used ones first)
-SUITES: dict[str, tuple[str, str]] = {
-    "paper": ("bench.paper", "the ModelHub paper's published numbers (reference rows)"),
-    "minhash": ("bench.bench_minhash", "MinHash kernel vs rensa / datasketch, Jaccard error"),
-    "jslsh": ("bench.bench_jslsh", "JS-LSH adaptivity vs exact pairwise JS (partitions.js_divergence)"),
-    "recon": ("bench.bench_recon", "fleet reconstruction error vs a loop over autoencoders"),
-    "server": ("bench.bench_server", "socket vs embedded search latency, concurrent clients"),
-    "profile": ("bench.bench_profile", "where an add and a query spend their time"),
-    "reliability": ("bench.reliability", "hostile parameters, wide queries, races, compaction"),
-    "hub": ("bench.bench_hub", "the hub end to end on ER-Magellan: add, query latency, bytes per entry"),
-    "sanity": ("bench.bench_sanity", "label-free methods on simple shifts of scikit-learn tables"),
-    "accuracy": ("bench.bench_accuracy", "predicted accuracy on label-skew zoos"),
-    "quality": ("bench.quality", "selection quality on real data, beside the paper"),
-    "coverage": ("bench.bench_coverage", "coverage parameters tuned, reported on held-out seeds"),
-    "simex": ("bench.bench_simex", "SimEx fleet: correlation with transfer accuracy, batched scoring"),
-    "embeddings": ("bench.bench_embeddings", "FAISS indexes over stored embeddings: recall vs speed"),
-    "probelog": ("bench.bench_probelog", "ProbeLog logit search, collaborative probing"),
-    "scale": ("bench.scale", "hub size vs add throughput, query latency, bytes per entry, RSS"),
-    "shortlist": ("bench.bench_shortlist", "the candidate stage's recall and speed-up"),
-    "scale_out": ("bench.bench_scale_out", "Parquet sketching throughput, sharded search"),
+
+class Suite(NamedTuple):
+    module: str          # the benchmark module, which defines suite(opts)
+    about: str           # what it measures (python -m bench --help)
+    load: Callable       # imports the module (a literal name: no module is imported from a computed string)
+
+
+# name -> Suite; `all` runs them in this order (cheap, widely used ones first)
+SUITES: dict[str, Suite] = {
+    "paper": Suite("bench.paper", "the ModelHub paper's published numbers (reference rows)",
+                    lambda: importlib.import_module("bench.paper")),
+    "minhash": Suite("bench.bench_minhash", "MinHash kernel vs rensa / datasketch, Jaccard error",
+                    lambda: importlib.import_module("bench.bench_minhash")),
+    "jslsh": Suite("bench.bench_jslsh", "JS-LSH adaptivity vs exact pairwise JS (partitions.js_divergence)",
+                    lambda: importlib.import_module("bench.bench_jslsh")),
+    "recon": Suite("bench.bench_recon", "fleet reconstruction error vs a loop over autoencoders",
+                    lambda: importlib.import_module("bench.bench_recon")),
+    "server": Suite("bench.bench_server", "socket vs embedded search latency, concurrent clients",
+                    lambda: importlib.import_module("bench.bench_server")),
+    "profile": Suite("bench.bench_profile", "where an add and a query spend their time",
+                    lambda: importlib.import_module("bench.bench_profile")),
+    "reliability": Suite("bench.reliability", "hostile parameters, wide queries, races, compaction",
+                    lambda: importlib.import_module("bench.reliability")),
+    "hub": Suite("bench.bench_hub", "the hub end to end on ER-Magellan: add, query latency, bytes per entry",
+                    lambda: importlib.import_module("bench.bench_hub")),
+    "sanity": Suite("bench.bench_sanity", "label-free methods on simple shifts of scikit-learn tables",
+                    lambda: importlib.import_module("bench.bench_sanity")),
+    "accuracy": Suite("bench.bench_accuracy", "predicted accuracy on label-skew zoos",
+                    lambda: importlib.import_module("bench.bench_accuracy")),
+    "quality": Suite("bench.quality", "selection quality on real data, beside the paper",
+                    lambda: importlib.import_module("bench.quality")),
+    "coverage": Suite("bench.bench_coverage", "coverage parameters tuned, reported on held-out seeds",
+                    lambda: importlib.import_module("bench.bench_coverage")),
+    "simex": Suite("bench.bench_simex", "SimEx fleet: correlation with transfer accuracy, batched scoring",
+                    lambda: importlib.import_module("bench.bench_simex")),
+    "embeddings": Suite("bench.bench_embeddings", "FAISS indexes over stored embeddings: recall vs speed",
+                    lambda: importlib.import_module("bench.bench_embeddings")),
+    "probelog": Suite("bench.bench_probelog", "ProbeLog logit search, collaborative probing",
+                    lambda: importlib.import_module("bench.bench_probelog")),
+    "scale": Suite("bench.scale", "hub size vs add throughput, query latency, bytes per entry, RSS",
+                    lambda: importlib.import_module("bench.scale")),
+    "shortlist": Suite("bench.bench_shortlist", "the candidate stage's recall and speed-up",
+                    lambda: importlib.import_module("bench.bench_shortlist")),
+    "scale_out": Suite("bench.bench_scale_out", "Parquet sketching throughput, sharded search",
+                    lambda: importlib.import_module("bench.bench_scale_out")),
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "speed": ("minhash", "jslsh", "recon"),
@@ -54,12 +80,12 @@ GROUPS: dict[str, tuple[str, ...]] = {
 def run_suite(name: str, opts: H.Options, out=print) -> dict:
     """Run one registered suite; returns ``{"suite", "seconds", "ok", "error"}`` (an exception is
     caught and reported, so one broken suite does not hide the others)."""
-    module, _ = SUITES[name]
+    entry = SUITES[name]
     rec = {"suite": name, "ok": True, "error": None}
     cpu0 = _cpu_s()
     with H.stopwatch() as sw:
         try:
-            importlib.import_module(module).suite(opts)
+            entry.load().suite(opts)
         except SystemExit as e:    # argparse or an explicit exit inside a suite
             if e.code not in (0, None):
                 rec.update(ok=False, error=f"exited with {e.code}")
@@ -87,7 +113,7 @@ def results_md_path(out_dir: Path) -> Path:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="suites:\n" + "\n".join(f"  {n:<12} {d}" for n, (_, d) in SUITES.items())
+                                epilog="suites:\n" + "\n".join(f"  {n:<12} {s.about}" for n, s in SUITES.items())
                                 + "\ngroups:\n" + "\n".join(f"  {g:<12} {', '.join(s)}" for g, s in GROUPS.items()
                                                              if g != "all") + "\n  all          every suite")
     p.add_argument("suite", nargs="+", choices=tuple(SUITES) + tuple(GROUPS), metavar="SUITE",

@@ -158,15 +158,17 @@ def test_every_benchmark_module_is_a_registered_suite():
     """Every bench/bench_*.py, and every other module defining suite(), is in the runner's registry,
     `all` runs every registered suite, and each registered module defines suite(opts)."""
     M = pytest.importorskip("bench.__main__")
-    registered = {mod for mod, _ in M.SUITES.values()}
+    registered = {s.module for s in M.SUITES.values()}
     bench_dir = _bench_dir()
     modules = {f"bench.{f.stem}" for f in bench_dir.glob("bench_*.py")}
     modules |= {f"bench.{f.stem}" for f in bench_dir.glob("*.py") if _defines(f, "suite")}
     assert modules - registered == set(), "benchmark modules missing from bench.__main__.SUITES"
     assert set(M.GROUPS["all"]) == set(M.SUITES)
-    for mod in registered:
-        f = bench_dir / (mod.split(".", 1)[1] + ".py")
-        assert f.exists() and _defines(f, "suite"), f"{mod} defines no suite(opts)"
+    for name, s in M.SUITES.items():
+        f = bench_dir / (s.module.split(".", 1)[1] + ".py")
+        assert f.exists() and _defines(f, "suite"), f"{s.module} defines no suite(opts)"
+        loaded = s.load()                                  # the loader imports the module it names
+        assert loaded.__name__ == s.module and callable(loaded.suite), name
     for group, names in M.GROUPS.items():
         assert set(names) <= set(M.SUITES), group
 
@@ -326,7 +328,10 @@ def test_runner_runs_every_named_suite_and_reports_a_failure(tmp_path, monkeypat
         monkeypatch.setitem(sys.modules, mod.__name__, mod)
         return mod.__name__
 
-    suites = {"one": (fake("one"), ""), "bad": (fake("bad", fail=True), ""), "two": (fake("two"), "")}
+    def entry(modname):
+        return M.Suite(modname, "", lambda: sys.modules[modname])
+
+    suites = {"one": entry(fake("one")), "bad": entry(fake("bad", fail=True)), "two": entry(fake("two"))}
     monkeypatch.setattr(M, "SUITES", suites)
     monkeypatch.setattr(M, "GROUPS", {"all": tuple(suites)})
     out = tmp_path / "res"
