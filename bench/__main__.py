@@ -1,109 +1,155 @@
-"""The benchmark runner: ``python -m bench <suite> [--quick] [--data DIR] [--out DIR]``.
+"""The benchmark runner: ``python -m bench <suite|group> [--quick] [--device D] [--data DIR] [--out DIR]``.
 
-Suites: ``quality`` (selection quality on real data), ``accuracy`` (predicted accuracy on
-label-skew zoos, bench.bench_accuracy), ``sanity`` (the label-free methods on simple shifts of
-scikit-learn's bundled tables: bench.bench_sanity), ``speed`` or ``kernels`` (the kernel
-benchmarks bench.bench_minhash / bench_jslsh / bench_recon; ``--device cuda`` runs them on the
-GPU when one is present), ``server`` (socket vs embedded latency), ``scale`` (hub size vs add
-throughput, query latency, bytes per entry, RSS; then bench.bench_shortlist: the shortlist's recall),
-``profile`` (where an add and a query spend their time, stage by stage: bench.bench_profile), ``all``.
-Each suite writes ``<out>/<suite>[_quick].json`` (every writer, the kernel benchmarks included,
-honours ``--out``, so ``--out`` in a temporary folder leaves the tracked ``bench/results`` alone);
-``RESULTS.md`` beside the results folder is regenerated from every JSON file there (full runs,
-then quick runs apart), plots are PNGs in the results folder.
+Every benchmark module exposes ``suite(opts: bench.harness.Options)``; ``SUITES`` below is the one
+registry of them (a new ``bench/bench_*.py`` is one more line here: tests/test_bench.py fails on a
+module that is not registered). ``all`` runs every suite in turn; a suite that fails is reported
+and the others still run (the exit status is then 1). Groups: ``speed`` / ``kernels`` (the kernel
+benchmarks; ``--device cuda`` runs them on the GPU when one is present), ``all``.
+
+Each suite writes ``<out>/<name>[_quick].json`` in the runner's one format (bench/harness.py: rows
+of one schema, the environment, free-form ``tables``); ``--out`` defaults to ``bench/results`` for
+full runs and to the git-ignored ``bench/results/quick`` for ``--quick`` runs, so a smoke run never
+changes a tracked file. ``RESULTS.md`` is regenerated from every JSON file of the results folder:
+``bench/RESULTS.md`` for ``bench/results``, ``<out>/RESULTS.md`` for any other folder.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
+import resource
 import sys
-import time
+import traceback
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 from . import harness as H
 
-SPEED_MODULES = ("bench.bench_minhash", "bench.bench_jslsh", "bench.bench_recon")
+
+class Suite(NamedTuple):
+    module: str          # the benchmark module, which defines suite(opts)
+    about: str           # what it measures (python -m bench --help)
+    load: Callable       # imports the module (a literal name: no module is imported from a computed string)
 
 
-def run_speed(quick: bool, out_dir: Path, out=print, device: str = "auto") -> dict:
-    ran, skipped = [], []
-    for mod in SPEED_MODULES:
-        if importlib.util.find_spec(mod) is None:
-            msg = f"speed: {mod} is absent: skipped"
-            out(msg)
-            skipped.append(msg)
-            continue
-        out(f"\n== speed: {mod}{' --quick' if quick else ''}")
-        t0 = time.perf_counter()
+# name -> Suite; `all` runs them in this order (cheap, widely used ones first)
+SUITES: dict[str, Suite] = {
+    "paper": Suite("bench.paper", "the ModelHub paper's published numbers (reference rows)",
+                    lambda: importlib.import_module("bench.paper")),
+    "minhash": Suite("bench.bench_minhash", "MinHash kernel vs rensa / datasketch, Jaccard error",
+                    lambda: importlib.import_module("bench.bench_minhash")),
+    "jslsh": Suite("bench.bench_jslsh", "JS-LSH adaptivity vs exact pairwise JS (partitions.js_divergence)",
+                    lambda: importlib.import_module("bench.bench_jslsh")),
+    "recon": Suite("bench.bench_recon", "fleet reconstruction error vs a loop over autoencoders",
+                    lambda: importlib.import_module("bench.bench_recon")),
+    "server": Suite("bench.bench_server", "socket vs embedded search latency, concurrent clients",
+                    lambda: importlib.import_module("bench.bench_server")),
+    "profile": Suite("bench.bench_profile", "where an add and a query spend their time",
+                    lambda: importlib.import_module("bench.bench_profile")),
+    "reliability": Suite("bench.reliability", "hostile parameters, wide queries, races, compaction",
+                    lambda: importlib.import_module("bench.reliability")),
+    "ingest": Suite("bench.bench_ingest", "hub.add of a 200k-row table vs pd.read_csv of the same CSV",
+                    lambda: importlib.import_module("bench.bench_ingest")),
+    "hub": Suite("bench.bench_hub", "the hub end to end on ER-Magellan: add, query latency, bytes per entry",
+                    lambda: importlib.import_module("bench.bench_hub")),
+    "sanity": Suite("bench.bench_sanity", "label-free methods on simple shifts of scikit-learn tables",
+                    lambda: importlib.import_module("bench.bench_sanity")),
+    "accuracy": Suite("bench.bench_accuracy", "predicted accuracy on label-skew zoos",
+                    lambda: importlib.import_module("bench.bench_accuracy")),
+    "quality": Suite("bench.quality", "selection quality on real data, beside the paper",
+                    lambda: importlib.import_module("bench.quality")),
+    "coverage": Suite("bench.bench_coverage", "coverage parameters tuned, reported on held-out seeds",
+                    lambda: importlib.import_module("bench.bench_coverage")),
+    "simex": Suite("bench.bench_simex", "SimEx fleet: correlation with transfer accuracy, batched scoring",
+                    lambda: importlib.import_module("bench.bench_simex")),
+    "embeddings": Suite("bench.bench_embeddings", "FAISS indexes over stored embeddings: recall vs speed",
+                    lambda: importlib.import_module("bench.bench_embeddings")),
+    "probelog": Suite("bench.bench_probelog", "ProbeLog logit search, collaborative probing",
+                    lambda: importlib.import_module("bench.bench_probelog")),
+    "scale": Suite("bench.scale", "hub size vs add throughput, query latency, bytes per entry, RSS",
+                    lambda: importlib.import_module("bench.scale")),
+    "shortlist": Suite("bench.bench_shortlist", "the candidate stage's recall and speed-up",
+                    lambda: importlib.import_module("bench.bench_shortlist")),
+    "scale_out": Suite("bench.bench_scale_out", "Parquet sketching throughput, sharded search",
+                    lambda: importlib.import_module("bench.bench_scale_out")),
+}
+GROUPS: dict[str, tuple[str, ...]] = {
+    "speed": ("minhash", "jslsh", "recon"),
+    "kernels": ("minhash", "jslsh", "recon"),
+    "all": tuple(SUITES),
+}
+
+
+def run_suite(name: str, opts: H.Options, out=print) -> dict:
+    """Run one registered suite; returns ``{"suite", "seconds", "ok", "error"}`` (an exception is
+    caught and reported, so one broken suite does not hide the others)."""
+    entry = SUITES[name]
+    rec = {"suite": name, "ok": True, "error": None}
+    cpu0 = _cpu_s()
+    with H.stopwatch() as sw:
         try:
-            importlib.import_module(mod).main((["--quick"] if quick else []) + ["--device", device,
-                                                                                "--out", str(out_dir)])
-        except SystemExit as e:  # argparse inside main
+            entry.load().suite(opts)
+        except SystemExit as e:    # argparse or an explicit exit inside a suite
             if e.code not in (0, None):
-                skipped.append(f"speed: {mod} exited with {e.code}")
-                continue
-        except Exception as e:  # one broken benchmark must not hide the others
-            msg = f"speed: {mod} failed: {type(e).__name__}: {e}"
-            out(msg)
-            skipped.append(msg)
-            continue
-        ran.append((mod, time.perf_counter() - t0))
-    return {"ran": ran, "skipped": skipped}
+                rec.update(ok=False, error=f"exited with {e.code}")
+        except Exception as e:  # noqa: BLE001 - reported, and the exit status says it
+            traceback.print_exc()
+            rec.update(ok=False, error=f"{type(e).__name__}: {e}")
+    rec["seconds"], rec["cpu_s"] = sw.s, _cpu_s() - cpu0
+    out(f"suite {name}: {sw.s:.1f} s ({rec['cpu_s']:.1f} CPU-s)" + ("" if rec["ok"] else f" FAILED ({rec['error']})"),
+        flush=True)
+    return rec
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children: a suite's cost on a busy machine,
+    where wall time also counts the time other processes held the cores."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def results_md_path(out_dir: Path) -> Path:
+    """``bench/RESULTS.md`` for the tracked results folder, ``<out>/RESULTS.md`` for any other."""
+    return H.RESULTS.parent / "RESULTS.md" if out_dir.resolve() == H.RESULTS.resolve() else out_dir / "RESULTS.md"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("quality", "accuracy", "sanity", "speed", "kernels", "server", "scale", "profile",
-                                     "all"))
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="suites:\n" + "\n".join(f"  {n:<12} {s.about}" for n, s in SUITES.items())
+                                + "\ngroups:\n" + "\n".join(f"  {g:<12} {', '.join(s)}" for g, s in GROUPS.items()
+                                                             if g != "all") + "\n  all          every suite")
+    p.add_argument("suite", nargs="+", choices=tuple(SUITES) + tuple(GROUPS), metavar="SUITE",
+                   help="suite(s) or group(s) to run (see below)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="device of the kernel benchmarks (speed / kernels)")
-    p.add_argument("--quick", action="store_true", help="small sizes: every suite in under 5 minutes on 2 cores")
+                   help="device of the kernel benchmarks (minhash / jslsh / recon / simex)")
+    p.add_argument("--quick", action="store_true", help="small sizes: every suite in a few minutes on 2 cores")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic workloads (default 0)")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default: the suite's)")
     p.add_argument("--data", type=Path, default=None,
-                   help="folder holding er_magellan/ (default: ../shared/data relative to the repo root)")
-    p.add_argument("--out", type=Path, default=None, help=f"results folder (default {H.RESULTS})")
+                   help="folder holding er_magellan/ and the paper's tables (default ../shared/data)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results folder (default {H.RESULTS}; with --quick {H.QUICK_RESULTS})")
     args = p.parse_args(argv)
-    out_dir = (args.out or H.RESULTS).resolve()
+    names: list[str] = []
+    for s in args.suite:
+        for n in GROUPS.get(s, (s,)):
+            if n not in names:
+                names.append(n)
+    out_dir = H.results_dir(args.out, args.quick).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    suites = ("quality", "accuracy", "sanity", "speed", "server", "scale") if args.suite == "all" else (args.suite,)
-    t0 = time.perf_counter()
-    failed: list[str] = []
-    for s in suites:
-        print(f"\n===== suite {s}{' (quick)' if args.quick else ''}", flush=True)
-        ts = time.perf_counter()
-        if s == "quality":
-            from . import quality
-
-            quality.run(quick=args.quick, data=args.data, out_dir=out_dir)
-        elif s == "accuracy":
-            from . import bench_accuracy
-
-            bench_accuracy.run(quick=args.quick, out_dir=out_dir)
-        elif s == "sanity":
-            from . import bench_sanity
-
-            bench_sanity.run(quick=args.quick, out_dir=out_dir)
-        elif s == "scale":
-            from . import bench_shortlist, scale
-
-            scale.run(quick=args.quick, out_dir=out_dir)
-            bench_shortlist.run(quick=args.quick, out_dir=out_dir)
-        elif s == "server":
-            from . import bench_server
-
-            bench_server.run(quick=args.quick, out_dir=out_dir)
-        elif s == "profile":
-            from . import bench_profile
-
-            bench_profile.run(quick=args.quick, out_dir=out_dir)
-        else:
-            failed += [m for m in run_speed(args.quick, out_dir, device=args.device)["skipped"] if "failed" in m
-                       or "exited" in m]
-        print(f"suite {s}: {time.perf_counter() - ts:.1f} s", flush=True)
-    md = H.write_results_md(out_dir, (out_dir.parent / "RESULTS.md"))
-    print(f"\nwrote {md} ({time.perf_counter() - t0:.1f} s in all)")
+    opts = H.Options(quick=args.quick, out_dir=out_dir, device=args.device, data=args.data, seed=args.seed,
+                     repeats=args.repeats)
+    done = []
+    with H.stopwatch() as sw:
+        for n in names:
+            print(f"\n===== suite {n}{' (quick)' if args.quick else ''}", flush=True)
+            done.append(run_suite(n, opts))
+    md = H.write_results_md(out_dir, results_md_path(out_dir))
+    print(f"\nwrote {md}; {len(done)} suite(s) in {sw.s:.1f} s ({sum(r['cpu_s'] for r in done):.0f} CPU-s): "
+          + ", ".join(f"{r['suite']} {r['seconds']:.0f} s" for r in done))
+    failed = [r for r in done if not r["ok"]]
     if failed:   # the other suites ran and wrote their results; the exit status still says it
-        print("failed: " + "; ".join(failed), file=sys.stderr)
+        print("failed: " + "; ".join(f"{r['suite']}: {r['error']}" for r in failed), file=sys.stderr)
         return 1
     return 0
 

@@ -24,9 +24,7 @@ pixels (hence the effective count). The tables report digits seeds 2-4 and MNIST
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +41,11 @@ TEMPERATURES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 def register(hub, wl) -> float:
-    t0 = time.perf_counter()
-    for name, df in wl.sources.items():
-        hub.add(name, df, labels=wl.source_labels[name], model=wl.models[name], validation=wl.validation[name],
-                metadata={"source_accuracy": wl.source_accuracy[name]})
-    return time.perf_counter() - t0
+    with H.stopwatch() as sw:
+        for name, df in wl.sources.items():
+            hub.add(name, df, labels=wl.source_labels[name], model=wl.models[name], validation=wl.validation[name],
+                    metadata={"source_accuracy": wl.source_accuracy[name]})
+    return sw.s
 
 
 def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = None, bootstrap: int = 0,
@@ -70,10 +68,10 @@ def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = No
         n = len(wl.sources)
         for t, df in wl.targets.items():
             for m in methods:
-                t0 = time.perf_counter()
                 extra = kw if m in ("accuracy", "auto") else {}
-                res = hub.search(df, k=n, method=m, **extra)
-                seconds[m] += time.perf_counter() - t0
+                with H.stopwatch() as sw:
+                    res = hub.search(df, k=n, method=m, **extra)
+                seconds[m] += sw.s
                 scores[m][t] = {r.name: r.score - 1e-9 * i for i, r in enumerate(res)}
             if true_mixture:
                 y = wl.target_labels[t]
@@ -144,7 +142,7 @@ def table(results: dict, out=print) -> list[str]:
 
 
 def run(quick: bool = False, out_dir: Path | None = None, out=print, do_tune: bool = False) -> dict:
-    out_dir = Path(out_dir or H.RESULTS)
+    out_dir = H.results_dir(out_dir, quick)
     ctx = H.context("cpu", quick)
     # --quick (CI's smoke run): one digits zoo of 8 models; MNIST's 784-column adds take ~10 s each
     # (MNIST seed 0 was looked at while choosing loglik's normalization: reported are seeds 1-3)
@@ -202,7 +200,7 @@ def run_screen(entries: int = 240, n_queries: int = 10, shortlist: int = 16, out
     classes = np.unique(y)
     half = rng.permutation(len(y))
     tr, te = half[: len(y) // 2], half[len(y) // 2:]
-    t0 = time.perf_counter()
+    sw = H.stopwatch().__enter__()
     res = {"recall_at_10": [], "best_found": [], "ms_short": [], "ms_full": []}
     with tempfile.TemporaryDirectory() as tmp, fitsketch.open(Path(tmp) / "h", create=True) as hub:
         for i in range(entries):
@@ -214,23 +212,22 @@ def run_screen(entries: int = 240, n_queries: int = 10, shortlist: int = 16, out
             hub.add(f"e{i}", pd.DataFrame(X[ti], columns=names), labels=y[ti],
                     model=(lambda c: lambda rows: c.predict_proba(np.asarray(rows, np.float64) / 16.0))(clf),
                     validation=(pd.DataFrame(X[vi], columns=names), y[vi]))
-        add_s = time.perf_counter() - t0
+        add_s = sw.elapsed()
         out(f"accuracy screen: {entries} labelled digits entries added in {add_s:.0f} s")
         for q in range(n_queries):
             qi = te[_mixture_draw(rng, y[te], classes, rng.dirichlet(np.full(len(classes), 0.3)), 300)]
             df = pd.DataFrame(X[qi], columns=names)
-            t1 = time.perf_counter()
-            short = hub.search(df, k=10, method="accuracy", shortlist=shortlist, accuracy_bootstrap=0)
-            t2 = time.perf_counter()
-            full = hub.search(df, k=10, method="accuracy", shortlist=0, accuracy_bootstrap=0)
-            t3 = time.perf_counter()
+            t_short, t_full = H.Samples(), H.Samples()
+            short = t_short.call(hub.search, df, k=10, method="accuracy", shortlist=shortlist, accuracy_bootstrap=0)
+            full = t_full.call(hub.search, df, k=10, method="accuracy", shortlist=0, accuracy_bootstrap=0)
+            ms_short, ms_full = 1e3 * t_short.total_s(), 1e3 * t_full.total_s()
             r, best = _found(short, full)
             res["recall_at_10"].append(r)
             res["best_found"].append(float(best))
-            res["ms_short"].append(1e3 * (t2 - t1))
-            res["ms_full"].append(1e3 * (t3 - t2))
-            out(f"  query {q}: recall@10 {r:.2f}  best found {best}  {1e3 * (t2 - t1):.0f} ms vs "
-                f"{1e3 * (t3 - t2):.0f} ms exhaustive")
+            res["ms_short"].append(ms_short)
+            res["ms_full"].append(ms_full)
+            out(f"  query {q}: recall@10 {r:.2f}  best found {best}  {ms_short:.0f} ms vs "
+                f"{ms_full:.0f} ms exhaustive")
         plan = hub.explain(df, k=10, method="accuracy", shortlist=shortlist, accuracy_bootstrap=0)
     summary = {k: float(np.mean(v)) for k, v in res.items()}
     out(f"accuracy through the screen (shortlist={shortlist} of {entries}): recall@10 {summary['recall_at_10']:.3f}, "
@@ -247,11 +244,13 @@ def run_screen(entries: int = 240, n_queries: int = 10, shortlist: int = 16, out
     return summary
 
 
+def suite(opts: H.Options) -> dict:
+    return run(quick=opts.quick, out_dir=opts.out_dir, do_tune=bool(opts.extra.get("tune")))
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.bench_accuracy", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
+    p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--tune", action="store_true", help="also sweep accuracy_temperature on digits seeds 0-1")
-    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--screen", action="store_true",
                    help="instead: recall@10 / best found of accuracy through the candidate stage (run_screen)")
     p.add_argument("--entries", type=int, default=240, help="with --screen: labelled entries")
@@ -260,7 +259,7 @@ def main(argv=None) -> int:
     if a.screen:
         run_screen(a.entries, a.queries, out_dir=a.out)
         return 0
-    run(quick=a.quick, out_dir=a.out, do_tune=a.tune)
+    suite(H.options(a, tune=a.tune))
     return 0
 
 

@@ -15,16 +15,15 @@ import hashlib
 import logging
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 import fitsketch
-from fitsketch.embeddings import EmbeddingsMixin, write_embeddings
+from fitsketch.embeddings import write_embeddings
 from fitsketch.exact import exact_search, recall_at_k, synthetic_embeddings
 
-from . import _common as C
+from . import harness as H
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,8 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "er_magellan"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fitsketch"
 
 
-class _Hub(EmbeddingsMixin, fitsketch.Hub):
-    """The hub with embedding search (until ``Hub`` carries the mixin itself)."""
-
-
 def _hub_class():
-    return fitsketch.Hub if hasattr(fitsketch.Hub, "nearest") else _Hub
+    return fitsketch.Hub     # Hub carries embedding search (nearest) itself
 
 
 def _load(hub, xb: np.ndarray, entry_rows: int) -> None:
@@ -92,9 +87,9 @@ def text_embeddings(limit: int) -> tuple[np.ndarray | None, str]:
         model = pkg.load_model()
     except Exception as e:  # the model cannot load: say so, the caller uses synthetic data
         return None, f"all-MiniLM-L6-v2 could not load ({type(e).__name__}: {e})"
-    t0 = time.perf_counter()
-    x = np.asarray(model.encode(texts, batch_size=64, show_progress_bar=False), dtype=np.float32)
-    log.info("embedded %d records in %.1f s", len(texts), time.perf_counter() - t0)
+    with H.stopwatch() as sw:
+        x = np.asarray(model.encode(texts, batch_size=64, show_progress_bar=False), dtype=np.float32)
+    log.info("embedded %d records in %.1f s", len(texts), sw.s)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(cache, x)
     return x, f"all-MiniLM-L6-v2 over {len(texts)} ER-Magellan records"
@@ -108,32 +103,32 @@ def run_dataset(name: str, xb: np.ndarray, xq: np.ndarray, *, repeats: int, swee
     with tempfile.TemporaryDirectory() as tmp:
         hub = _hub_class()(Path(tmp) / "hub", map_size=1 << 30)
         try:
-            t0 = time.perf_counter()
-            _load(hub, xb, entry_rows)
-            load_s = time.perf_counter() - t0
-            numpy_t = C.timeit(lambda: exact_search(xb, xq, K), repeats=1, warmup=0)
+            with H.stopwatch() as sw:
+                _load(hub, xb, entry_rows)
+            load_s = sw.s
+            numpy_t = H.timeit(lambda: exact_search(xb, xq, K), repeats=1, warmup=0)
             base = None
             for kind, param, values in [("flat", None, [None])] + [(k, p, v) for k, (p, v) in sweeps.items()]:
-                t0 = time.perf_counter()
-                if kind == "deephash":
-                    hub.train_deephash()
-                hub.nearest(xq[:1], K, index=kind)                     # builds (or trains) the index
-                build_s = time.perf_counter() - t0
+                with H.stopwatch() as sw:
+                    if kind == "deephash":
+                        hub.train_deephash()
+                    hub.nearest(xq[:1], K, index=kind)                 # builds (or trains) the index
+                build_s = sw.s
                 for v in values:
                     kw = {param: v} if param else {}
-                    t = C.timeit(lambda: hub.nearest(xq, K, index=kind, **kw), repeats=repeats, warmup=1)
+                    t = H.timeit(lambda: hub.nearest(xq, K, index=kind, **kw), repeats=repeats, warmup=1)
                     rec = recall_at_k(t["result"][1], I_gt, K)
-                    qps = len(xq) / t["median_s"]
+                    qps = len(xq) / t["p50_s"]
                     if base is None:
                         base = {"qps": qps, "recall": rec}
                     rows.append({"dataset": name, "n": len(xb), "d": xb.shape[1], "nq": len(xq), "index": kind,
                                  "param": f"{param}={v}" if param else "", "recall@25": rec, "queries/s": qps,
-                                 "speedup": qps / base["qps"], "build_s": build_s, "median_s": t["median_s"],
+                                 "speedup": qps / base["qps"], "build_s": build_s, "median_s": t["p50_s"], "p90_s": t["p90_s"],
                                  "min_s": t["min_s"], "max_s": t["max_s"]})
             rows.append({"dataset": name, "n": len(xb), "d": xb.shape[1], "nq": len(xq), "index": "numpy exact",
-                         "param": "", "recall@25": 1.0, "queries/s": len(xq) / numpy_t["median_s"],
-                         "speedup": len(xq) / numpy_t["median_s"] / base["qps"], "build_s": 0.0,
-                         "median_s": numpy_t["median_s"], "min_s": numpy_t["min_s"], "max_s": numpy_t["max_s"],
+                         "param": "", "recall@25": 1.0, "queries/s": len(xq) / numpy_t["p50_s"],
+                         "speedup": len(xq) / numpy_t["p50_s"] / base["qps"], "build_s": 0.0,
+                         "median_s": numpy_t["p50_s"], "min_s": numpy_t["min_s"], "max_s": numpy_t["max_s"],
                          "load_s": load_s})
         finally:
             hub.close()
@@ -142,36 +137,35 @@ def run_dataset(name: str, xb: np.ndarray, xq: np.ndarray, *, repeats: int, swee
     return rows
 
 
-def _metric_rows(rows: list[dict]) -> list[dict]:
-    """The result-file rows: (metric, value, baseline, ratio, device, version, commit, timestamp)."""
+def _metric_rows(rows: list[dict], ctx: dict) -> list[dict]:
+    """The result-file rows (the runner's schema): recall@25 against exact search, queries/s
+    against the flat index, per dataset, index and parameter."""
     out = []
     for r in rows:
         base = [b for b in rows if b["dataset"] == r["dataset"] and b["index"] == "flat"][0]
-        common = {k: r[k] for k in ("dataset", "n", "d", "nq", "index", "param", "device", "version",
-                                    "commit", "timestamp")}
-        out.append({**common, "metric": "recall@25", "value": r["recall@25"], "baseline": 1.0,
-                    "ratio": r["recall@25"]})
-        out.append({**common, "metric": "queries/s", "value": r["queries/s"], "baseline": base["queries/s"],
-                    "ratio": r["queries/s"] / base["queries/s"], "spread_s": [r["min_s"], r["max_s"]],
-                    "build_s": r["build_s"]})
+        wl = f"{r['dataset']} (n={r['n']}, d={r['d']}, nq={r['nq']})"
+        method = r["index"] + (f" {r['param']}" if r["param"] else "")
+        out.append(H.row(ctx, "embeddings", wl, method, "recall@25", r["recall@25"], baseline="exact search",
+                         baseline_value=1.0))
+        out.append(H.row(ctx, "embeddings", wl, method, "queries/s", r["queries/s"], unit="queries/s",
+                         baseline="flat index", baseline_value=base["queries/s"], spread_s=[r["min_s"], r["max_s"]],
+                         build_s=r["build_s"]))
     return out
 
 
-def main(argv=None) -> dict:
-    p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=None, help="synthetic vectors (default 200,000; 50,000 with --quick)")
-    p.add_argument("--text", type=int, default=None, help="ER-Magellan records to embed (default 4,000)")
-    args = p.parse_args(argv)
+def suite(opts: H.Options) -> dict:
+    H.setup(opts)
+    args = opts
     logging.basicConfig(level=logging.WARNING)
-    env = C.environment("cpu")
+    env = H.environment("cpu")
     repeats = args.repeats or 3
-    n = args.n or (50_000 if args.quick else 200_000)
-    nq = 200 if args.quick else 500
-    sweeps = {"ivf": ("nprobe", [8, 16, 32] if args.quick else [8, 16, 32, 64]),
-              "hnsw": ("ef_search", [32, 64, 128] if args.quick else [32, 64, 128, 256]),
-              "deephash": ("candidates", [256, 512, 1024] if args.quick else [256, 512, 1024, 2048])}
+    n = opts.extra.get("n") or (10_000 if args.quick else 200_000)     # --quick: smoke sizes, one point a sweep
+    nq = 100 if args.quick else 500
+    sweeps = {"ivf": ("nprobe", [16] if args.quick else [8, 16, 32, 64]),
+              "hnsw": ("ef_search", [64] if args.quick else [32, 64, 128, 256]),
+              "deephash": ("candidates", [512] if args.quick else [256, 512, 1024, 2048])}
     rows, notes = [], []
-    x, how = text_embeddings(args.text or (2_000 if args.quick else 4_000))
+    x, how = text_embeddings(opts.extra.get("text") or (500 if args.quick else 4_000))
     notes.append(f"text: {how}")
     if x is not None:
         rng = np.random.default_rng(args.seed)
@@ -183,11 +177,11 @@ def main(argv=None) -> dict:
     notes.append(f"synthetic: {n} x 128, {max(50, n // 1_000)} clusters, {nq} queries")
     rows += run_dataset("synthetic-clustered", xs[:n], xs[n:], repeats=repeats, sweeps=sweeps, env=env,
                         entry_rows=50_000)
-    payload = {"benchmark": "embeddings", "quick": args.quick, "k": K, "environment": env, "notes": notes,
-               "rows": _metric_rows(rows), "table": rows}
-    path = C.write_result("embeddings" + ("_quick" if args.quick else ""), payload, out=args.out)
+    payload = {"k": K, "notes": notes, "table": rows}
+    path = H.write_suite("embeddings" + ("_quick" if args.quick else ""), _metric_rows(rows, H.context("cpu", args.quick)),
+                         out=args.out_dir, quick=args.quick, tables=payload, env=env)
     print("\n".join(notes))
-    print(C.markdown_table(rows, ["dataset", "n", "index", "param", "recall@25", "queries/s", "speedup",
+    print(H.markdown_table(rows, ["dataset", "n", "index", "param", "recall@25", "queries/s", "speedup",
                                   "build_s"]))
     for ds in sorted({r["dataset"] for r in rows}):
         for kind in ("deephash", "hnsw", "ivf"):
@@ -197,6 +191,14 @@ def main(argv=None) -> dict:
                   + (f"{best['param']} {best['speedup']:.1f}x flat" if best else "not reached"))
     print(f"wrote {path}")
     return payload
+
+
+def main(argv=None) -> dict:
+    p = H.parser(__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=None, help="synthetic vectors (default 200,000; 50,000 with --quick)")
+    p.add_argument("--text", type=int, default=None, help="ER-Magellan records to embed (default 4,000)")
+    args = p.parse_args(argv)
+    return suite(H.options(args, n=args.n, text=args.text))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import shutil
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import fitsketch
@@ -25,14 +23,14 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 
 def _tables(root: Path, tasks) -> tuple[dict, dict, float]:
-    t0 = time.perf_counter()
     train, test = {}, {}
-    for t in tasks:
-        d = root / t
-        tr = d / "train.txt" if (d / "train.txt").exists() else d / "valid.txt"
-        train[t] = er_records_table(*read_er_pairs(tr)[:2])
-        test[t] = er_records_table(*read_er_pairs(d / "test.txt")[:2])
-    return train, test, time.perf_counter() - t0
+    with H.stopwatch() as sw:
+        for t in tasks:
+            d = root / t
+            tr = d / "train.txt" if (d / "train.txt").exists() else d / "valid.txt"
+            train[t] = er_records_table(*read_er_pairs(tr)[:2])
+            test[t] = er_records_table(*read_er_pairs(d / "test.txt")[:2])
+    return train, test, sw.s
 
 
 def _used_bytes(path: Path) -> int:
@@ -61,10 +59,10 @@ def run(quick: bool = False, data: Path | None = None, out=print, out_dir: Path 
     try:
         path = work / "hub"
         with fitsketch.open(path, config=fitsketch.SketchConfig(partition_size=500)) as hub:
-            t0 = time.perf_counter()
-            for t in tasks:
-                hub.add(t.replace("/", "-"), train[t], metadata={"task": t})
-            add_s = time.perf_counter() - t0
+            with H.stopwatch() as sw:
+                for t in tasks:
+                    hub.add(t.replace("/", "-"), train[t], metadata={"task": t})
+            add_s = sw.s
             n_rows = sum(len(df) for df in train.values())
             out(f"added {len(tasks)} ER-Magellan tasks ({n_rows} records) in {add_s:.2f} s "
                 f"(pandas parse of the same files: {parse_s:.2f} s)")
@@ -75,32 +73,24 @@ def run(quick: bool = False, data: Path | None = None, out=print, out_dir: Path 
             sketches = [fitsketch.sketch_data(q, hub.config) for q in queries]
             lat = {}
             for method in ("adaptivity", "coverage", "js", "exact-js", "l2"):
-                times = []
-                for i in range(20):
-                    q = queries[i % len(queries)]
-                    t1 = time.perf_counter()
-                    hub.search(q, k=5, method=method, feature_threshold=0.35)
-                    times.append(time.perf_counter() - t1)
-                lat[method] = times
-                med = statistics.median(times)
-                p90 = sorted(times)[int(0.9 * len(times)) - 1]
+                t = H.time_each(lambda q: hub.search(q, k=5, method=method, feature_threshold=0.35),
+                                [queries[i % len(queries)] for i in range(20)])
+                lat[method] = t
+                med, p90 = t["p50_s"], t["p90_s"]
                 out(f"query ({method}): median {med * 1e3:.1f} ms, p90 {p90 * 1e3:.1f} ms over 20 queries")
                 rows.append(H.row(ctx, "hub", "er-magellan", method, "query_median_ms", med * 1e3, unit="ms",
                                   baseline="exact-js query", baseline_value=None, p90_ms=p90 * 1e3))
             # the same queries from prebuilt sketches: the cost of the search itself
-            times = []
-            for i in range(20):
-                t1 = time.perf_counter()
-                hub.search(sketches[i % len(sketches)], k=5, feature_threshold=0.35)
-                times.append(time.perf_counter() - t1)
-            med_sk = statistics.median(times)
+            t = H.time_each(lambda sk: hub.search(sk, k=5, feature_threshold=0.35),
+                            [sketches[i % len(sketches)] for i in range(20)])
+            med_sk = t["p50_s"]
             out(f"query (adaptivity, prebuilt query sketch): median {med_sk * 1e3:.1f} ms")
             rows.append(H.row(ctx, "hub", "er-magellan", "adaptivity", "query_from_sketch_median_ms",
                               med_sk * 1e3, unit="ms", baseline="query from data",
-                              baseline_value=statistics.median(lat["adaptivity"]) * 1e3))
+                              baseline_value=lat["adaptivity"]["p50_s"] * 1e3))
             for r in rows:
                 if r["metric"] == "query_median_ms" and r["method"] != "exact-js":
-                    r["baseline_value"] = statistics.median(lat["exact-js"]) * 1e3
+                    r["baseline_value"] = lat["exact-js"]["p50_s"] * 1e3
                     r["ratio"] = r["value"] / r["baseline_value"]
             file_bytes = hub.stats()["bytes"]
             n = len(hub)
@@ -114,15 +104,13 @@ def run(quick: bool = False, data: Path | None = None, out=print, out_dir: Path 
     return rows
 
 
-def main(argv=None) -> None:
-    import argparse
+def suite(opts: H.Options) -> list[dict]:
+    data = opts.data / "er_magellan" if opts.data is not None and (opts.data / "er_magellan").exists() else opts.data
+    return run(quick=opts.quick, data=data, out_dir=opts.out_dir)
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--data", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
-    a = p.parse_args(argv)
-    run(quick=a.quick, data=a.data, out_dir=a.out)
+
+def main(argv=None) -> None:
+    suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,14 @@ single-threaded with ``OMP_NUM_THREADS=1``), which contention inflates less.
 """
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import fitsketch
 
-from . import _common as C
+from . import harness as H
 from .bench_profile import table
 
 
@@ -41,25 +38,18 @@ def run(quick: bool = False, repeats: int | None = None, rows: int | None = None
         path = Path(tmp) / "table.csv"
         df0.to_csv(path, index=False)
         mb = path.stat().st_size / 1e6
-        read, add_df, add_path, ratios = [], [], [], []
-        cpu_read, cpu_add = [], []                      # process CPU time: steadier under contention
         with fitsketch.open(Path(tmp) / "hub", device="cpu") as hub:
             for i in range(3):                         # warm: imports, kernels, a hub with entries
                 hub.add(f"warm{i}", table(2_000, seed + 100 + i))
-            for r in range(repeats):
-                t0, c0 = time.perf_counter(), time.process_time()
-                df = pd.read_csv(path)
-                read.append(time.perf_counter() - t0)
-                cpu_read.append(time.process_time() - c0)
-                t0, c0 = time.perf_counter(), time.process_time()
-                hub.add(f"frame{r}", df)
-                add_df.append(time.perf_counter() - t0)
-                cpu_add.append(time.process_time() - c0)
-                t0 = time.perf_counter()
-                hub.add(f"path{r}", str(path))
-                add_path.append(time.perf_counter() - t0)
-                ratios.append(add_df[-1] / read[-1])
-    med = {k: statistics.median(v) for k, v in (("read_csv", read), ("add_frame", add_df), ("add_path", add_path))}
+            names = iter(range(10 ** 9))
+            frame = pd.read_csv(path)
+            # interleaved rounds: read_csv, add(frame), add(path) back to back see the same load
+            t = H.interleaved({"read_csv": lambda: pd.read_csv(path),
+                               "add_frame": lambda: hub.add(f"frame{next(names)}", frame),
+                               "add_path": lambda: hub.add(f"path{next(names)}", str(path))},
+                              repeats=repeats, warmup=0)
+    med = {k: t[k]["p50_s"] for k in ("read_csv", "add_frame", "add_path")}
+    cpu = {k: t[k]["median_cpu_s"] for k in ("read_csv", "add_frame")}
     rows_out = [
         {"what": "pd.read_csv(path) (baseline)", "median s": med["read_csv"], "MB/s": mb / med["read_csv"],
          "x read_csv": 1.0},
@@ -69,32 +59,36 @@ def run(quick: bool = False, repeats: int | None = None, rows: int | None = None
          "x read_csv": med["add_path"] / med["read_csv"]},
     ]
     print(f"\n## Ingest: {n:,} rows x {df0.shape[1]} columns, {mb:.1f} MB of CSV (median of {repeats} rounds)\n")
-    print(C.markdown_table(rows_out, ["what", "median s", "MB/s", "x read_csv"]))
-    cpu = {"read_csv": statistics.median(cpu_read), "add_frame": statistics.median(cpu_add)}
-    print(f"\nper-round add(frame)/read_csv: {', '.join(f'{x:.2f}' for x in ratios)}; "
-          f"load average {C.load_average()}")
-    print(f"process CPU time (medians): read_csv {cpu['read_csv']:.3f} s, add(frame) {cpu['add_frame']:.3f} s: "
-          f"{cpu['add_frame'] / cpu['read_csv']:.2f}x")
-    payload = {"benchmark": "ingest", "quick": quick, **C.environment("cpu"),
-               "params": {"rows": n, "columns": int(df0.shape[1]), "csv_mb": mb, "repeats": repeats, "seed": seed},
-               "read_csv_s": read, "add_frame_s": add_df, "add_path_s": add_path, "median": med,
-               "ratio_add_frame": med["add_frame"] / med["read_csv"],
-               "ratio_add_path": med["add_path"] / med["read_csv"], "round_ratios": ratios,
-               "cpu_read_csv_s": cpu_read, "cpu_add_frame_s": cpu_add,
-               "cpu_ratio_add_frame": cpu["add_frame"] / cpu["read_csv"], "load_average": C.load_average(),
-               "table": rows_out}
-    out = C.write_result("ingest_quick" if quick else "ingest", payload, out=out_dir)
+    print(H.markdown_table(rows_out, ["what", "median s", "MB/s", "x read_csv"]))
+    print(f"\nprocess CPU time (medians): read_csv {cpu['read_csv']:.3f} s, add(frame) {cpu['add_frame']:.3f} s: "
+          f"{cpu['add_frame'] / cpu['read_csv']:.2f}x; load average {H.load_average()}")
+    ctx = H.context("cpu", quick)
+    wl = f"{n:,} rows x {df0.shape[1]} columns, {mb:.1f} MB CSV"
+    res = [H.row(ctx, "ingest", wl, "hub.add(df)", "add_s", med["add_frame"], unit="s",
+                 baseline="pd.read_csv", baseline_value=med["read_csv"]),
+           H.row(ctx, "ingest", wl, "hub.add(path)", "add_s", med["add_path"], unit="s",
+                 baseline="pd.read_csv", baseline_value=med["read_csv"]),
+           H.row(ctx, "ingest", wl, "hub.add(df), process CPU time", "add_cpu_s", cpu["add_frame"], unit="s",
+                 baseline="pd.read_csv, process CPU time", baseline_value=cpu["read_csv"])]
+    payload = {"params": {"rows": n, "columns": int(df0.shape[1]), "csv_mb": mb, "repeats": repeats, "seed": seed},
+               "median": med, "ratio_add_frame": med["add_frame"] / med["read_csv"],
+               "ratio_add_path": med["add_path"] / med["read_csv"],
+               "cpu_ratio_add_frame": cpu["add_frame"] / cpu["read_csv"], "table": rows_out}
+    out = H.write_suite("ingest_quick" if quick else "ingest", res, out=out_dir, quick=quick, tables=payload)
     print(f"wrote {out}")
     return payload
 
 
+def suite(opts: H.Options) -> dict:
+    return run(quick=opts.quick, repeats=opts.repeats, rows=opts.extra.get("rows"), seed=opts.seed,
+               out_dir=opts.out_dir)
+
+
 def main(argv=None) -> dict:
-    p = C.parser(__doc__.splitlines()[0])
+    p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=None, help="rows of the table (default 200,000; --quick 20,000)")
     args = p.parse_args(argv)
-    C.setup(args)
-    np.random.seed(args.seed)
-    return run(quick=args.quick, repeats=args.repeats, rows=args.rows, seed=args.seed, out_dir=args.out)
+    return suite(H.options(args, rows=args.rows))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ JS-LSH kernel, forms band keys and checks collisions (adaptivity = share of targ
 collide with some partition of the source in some band; ties broken by the share of
 (target partition, band) pairs that collide). The baseline computes the exact JS divergence
 between each target partition and every source partition (vectorized NumPy) and ranks sources
-by the mean. Reported: speed ratio and top-10 agreement |top10(adaptivity) n top10(exact JS)| / 10.
+by the mean (``fitsketch.partitions.js_divergence``, the engine's own reference, in bits; the
+ranking is the same in any log base). Reported: speed ratio and top-10 agreement |top10(adaptivity) n top10(exact JS)| / 10.
 
     python -m bench.bench_jslsh [--quick] [--device auto|cpu|cuda]
 """
@@ -17,8 +18,10 @@ import numpy as np
 
 from fitsketch.kernels import jslsh
 from fitsketch.kernels._device import resolve_device
+from fitsketch.partitions import js_divergence
 
-from . import _common as C
+from . import harness as H
+from .synth import partition_histograms, sample_partitions
 
 K, L, R = 3, 12, 0.15  # hashes per band, bands, bucket width
 
@@ -52,64 +55,89 @@ def adaptivity(target_rows, source_rows, n_sources, n_partitions, a, b, device):
     return adapt, band_hits
 
 
-def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup(args)
-    device = resolve_device(args.device)
-    n_sources = 1_000 if args.quick else 10_000
-    n_partitions, n_features, n_bins = 10, 32, 16
-    repeats = args.repeats or 3
+def exact_js_bits(p: np.ndarray, q: np.ndarray, block: int = 2048) -> np.ndarray:
+    """(m, n) JS divergence in bits between every row of ``p`` and every row of ``q``: the engine's
+    ``partitions.js_divergence`` (one row against many), over blocks of ``q`` to bound memory."""
+    out = np.empty((p.shape[0], q.shape[0]))
+    for lo in range(0, q.shape[0], block):
+        for i in range(p.shape[0]):
+            out[i, lo:lo + block] = js_divergence(p[i], q[lo:lo + block])
+    return out
 
-    hist, family, alpha, bases = C.partition_histograms(
-        n_sources, n_partitions, n_features, n_bins, n_families=max(10, n_sources // 100), seed=args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    target_hist = C.sample_partitions(rng, bases[0], n_partitions, 500)  # (10, F, B)
+
+def suite(opts: H.Options) -> dict:
+    H.setup(opts)
+    device = resolve_device(opts.device)
+    n_sources = 1_000 if opts.quick else 10_000
+    n_partitions, n_features, n_bins = 10, 32, 16
+    repeats = opts.repeats or 3
+    seed = opts.seed
+
+    hist, family, alpha, bases = partition_histograms(
+        n_sources, n_partitions, n_features, n_bins, n_families=max(10, n_sources // 100), seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    target_hist = sample_partitions(rng, bases[0], n_partitions, 500)  # (10, F, B)
     target_rows = _sqrt_rows(target_hist)
     source_rows = _sqrt_rows(hist)  # (n_sources * 10, F * B)
     feat = np.repeat(np.arange(n_features), n_bins)
     bucket = np.tile(np.arange(n_bins), n_features)
-    a = jslsh.gaussian_projection(args.seed, feat, bucket, K * L)
-    b = jslsh.offsets(args.seed, K * L, R)
+    a = jslsh.gaussian_projection(seed, feat, bucket, K * L)
+    b = jslsh.offsets(seed, K * L, R)
 
-    lsh = C.timeit(lambda: adaptivity(target_rows, source_rows, n_sources, n_partitions, a, b, device),
+    lsh = H.timeit(lambda: adaptivity(target_rows, source_rows, n_sources, n_partitions, a, b, device),
                    repeats=repeats, warmup=1, device=device)
     score, band_score = lsh["result"]
 
     tp = target_hist.reshape(n_partitions, -1) / n_features
     sp = hist.reshape(n_sources * n_partitions, -1) / n_features
     def exact_mean_js():
-        return C.exact_js(tp, sp).reshape(n_partitions, n_sources, n_partitions).mean(axis=(0, 2))
+        return exact_js_bits(tp, sp).reshape(n_partitions, n_sources, n_partitions).mean(axis=(0, 2))
 
-    exact = C.timeit(exact_mean_js, repeats=1 if not args.quick else repeats, warmup=0)
+    exact = H.timeit(exact_mean_js, repeats=1, warmup=0)     # seconds a run: one is enough against ~100 ms
     js_mean = exact["result"]
 
     top_lsh = np.lexsort((np.arange(n_sources), -band_score, -score))[:10]
     top_js = np.argsort(js_mean, kind="stable")[:10]
     agreement = len(set(top_lsh.tolist()) & set(top_js.tolist())) / 10.0
-    ratio = exact["median_s"] / lsh["median_s"]
+    ratio = exact["p50_s"] / lsh["p50_s"]
     n_rows = n_sources * n_partitions
     rows = [
-        {"method": f"adaptivity (JS-LSH, K={K}, L={L}, r={R}, {device})", "time": C.spread(lsh),
-         "source partitions/s": n_rows / lsh["median_s"]},
-        {"method": "exact pairwise JS (NumPy)", "time": C.spread(exact),
-         "source partitions/s": n_rows / exact["median_s"]},
+        {"method": f"adaptivity (JS-LSH, K={K}, L={L}, r={R}, {device})", "time": H.spread(lsh),
+         "source partitions/s": n_rows / lsh["p50_s"]},
+        {"method": "exact pairwise JS (NumPy)", "time": H.spread(exact),
+         "source partitions/s": n_rows / exact["p50_s"]},
     ]
     print(f"\n## JS-LSH adaptivity: {n_sources} sources x {n_partitions} partitions x {n_features} "
           f"features x {n_bins} bins, target of {n_partitions} partitions\n")
-    print(C.markdown_table(rows, ["method", "time", "source partitions/s"]))
+    print(H.markdown_table(rows, ["method", "time", "source partitions/s"]))
     print(f"\nspeed-up: {ratio:.1f}x (target 100x); top-10 agreement with exact JS: {agreement:.1f} "
           f"(target 0.9); family-0 sources in adaptivity top-10: {int((family[top_lsh] == 0).sum())}")
 
-    payload = {"benchmark": "jslsh", "quick": args.quick, **C.environment(device),
-               "params": {"n_sources": n_sources, "n_partitions": n_partitions,
+    ctx = H.context(device, opts.quick)
+    base = "exact pairwise JS (partitions.js_divergence)"
+    wl = f"{n_sources} sources x {n_partitions} partitions"
+    out_rows = [
+        H.row(ctx, "jslsh", wl, "adaptivity (JS-LSH)", "query_p50", lsh["p50_s"], unit="s", baseline=base,
+              baseline_value=exact["p50_s"], p90_s=lsh["p90_s"]),
+        H.row(ctx, "jslsh", wl, "adaptivity (JS-LSH)", "speedup", ratio, unit="x", baseline="issue target",
+              baseline_value=100.0),
+        H.row(ctx, "jslsh", wl, "adaptivity (JS-LSH)", "top10_agreement", agreement, baseline="issue target",
+              baseline_value=0.9),
+    ]
+    payload = {"params": {"n_sources": n_sources, "n_partitions": n_partitions,
                           "n_features": n_features, "n_bins": n_bins, "K": K, "L": L, "r": R,
-                          "seed": args.seed},
+                          "seed": seed},
                "adaptivity": lsh, "baseline_exact_js": exact, "speedup": ratio,
                "top10_agreement": agreement, "top10_adaptivity": top_lsh.tolist(),
-               "top10_exact_js": top_js.tolist(), "rows": rows}
-    path = C.write_result("jslsh_quick" if args.quick else "jslsh", payload, out=args.out)
+               "top10_exact_js": top_js.tolist(), "table": rows}
+    path = H.write_suite("jslsh_quick" if opts.quick else "jslsh", out_rows, out=opts.out_dir, quick=opts.quick,
+                         tables=payload, env=H.environment(device))
     print(f"\nwrote {path}")
     return payload
+
+
+def main(argv=None) -> dict:
+    return suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":

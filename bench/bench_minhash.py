@@ -25,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +33,20 @@ import torch
 from fitsketch.kernels import minhash as mh
 from fitsketch.kernels._device import resolve_device
 
-from . import _common as C
+from . import harness as H
+from .synth import token_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 _FIRST_CALL = """
-import json, time
+import json
 from fitsketch.kernels import minhash as mh
-from bench import _common as C
-sets = C.token_sets({n}, {size}, seed={seed})
-t0 = time.perf_counter(); mh.minhash(sets, {k}, seed={seed}, device={dev!r}); t1 = time.perf_counter()
-mh.minhash(sets, {k}, seed={seed}, device={dev!r}); t2 = time.perf_counter()
-print(json.dumps({{"first_s": t1 - t0, "second_s": t2 - t1, "c_kernel": mh._c is not None}}))
+from bench import harness as H
+from bench.synth import token_sets
+sets = token_sets({n}, {size}, seed={seed})
+first = H.timeit(lambda: mh.minhash(sets, {k}, seed={seed}, device={dev!r}), repeats=1, warmup=0)
+second = H.timeit(lambda: mh.minhash(sets, {k}, seed={seed}, device={dev!r}), repeats=1, warmup=0)
+print(json.dumps({{"first_s": first["p50_s"], "second_s": second["p50_s"], "c_kernel": mh._c is not None}}))
 """
 
 
@@ -58,32 +59,6 @@ def first_call(n: int, size: int, k: int, seed: int, device: str) -> dict:
     if out.returncode != 0:
         raise RuntimeError(f"first-call subprocess failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def interleaved(fns: dict, repeats: int, warmup: int = 1) -> dict:
-    """Time each function ``repeats`` times, alternating between them, after ``warmup`` untimed
-    rounds; returns {name: timeit-style dict}, with the process CPU time of each run as well
-    (every contender runs on one thread, so CPU time is its cost without the time a busy machine
-    took the core away)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    cpu = {name: [] for name in fns}
-    results = {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            c0, t0 = time.process_time(), time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-    out = {}
-    for name, ts in times.items():
-        q = np.percentile(ts, [25, 75])
-        out[name] = {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
-                     "iqr_s": float(q[1] - q[0]), "times_s": ts, "cpu_s": cpu[name],
-                     "median_cpu_s": statistics.median(cpu[name]), "result": results[name]}
-    return out
 
 
 def rensa_sets(sets, num_perm: int):
@@ -129,9 +104,9 @@ def jaccard_error(num_perm: int, seed: int, pairs_per_j: int = 100) -> dict:
     return out
 
 
-def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup(args)
+def suite(opts: H.Options) -> dict:
+    H.setup(opts)
+    args = opts
     torch.set_num_threads(1)   # one thread, as rensa and datasketch
     device = resolve_device(args.device)
     n_sets, set_size, num_perm = (400, 1_000, 128) if args.quick else (2_000, 1_000, 128)
@@ -139,7 +114,7 @@ def main(argv=None) -> dict:
     n_mod61 = 100 if args.quick else 500
     repeats = args.repeats or (3 if args.quick else 5)
 
-    sets = C.token_sets(n_sets, set_size, seed=args.seed)
+    sets = token_sets(n_sets, set_size, seed=args.seed)
     # the same sets with a new str object per token (the per-object cache cannot help)
     fresh = [[w[:-1] + w[-1] for w in s] for s in sets]
     values, offsets = mh.tokens_to_csr(sets, seed=args.seed)
@@ -160,35 +135,35 @@ def main(argv=None) -> dict:
     fns = {"ours": lambda: mh.minhash(sets, num_perm, seed=args.seed, device=device)}
     if have_rensa:
         fns["rensa"] = lambda: rensa_sets(sets, num_perm)
-    shared_t = interleaved(fns, repeats)
+    shared_t = H.interleaved(fns, repeats)
     fns = {"ours": lambda: mh.minhash(fresh, num_perm, seed=args.seed, device=device)}
     if have_rensa:
         fns["rensa"] = lambda: rensa_sets(fresh, num_perm)
-    fresh_t = interleaved(fns, repeats)
+    fresh_t = H.interleaved(fns, repeats)
     ours = shared_t["ours"]
     np.testing.assert_array_equal(ours["result"], fresh_t["ours"]["result"])  # same tokens, same sigs
 
-    hashing = C.timeit(lambda: mh.tokens_to_csr(sets, seed=args.seed), repeats=repeats, warmup=0)
-    arith = C.timeit(lambda: mh.minhash_csr(values, offsets, num_perm, seed=args.seed, device=device),
+    hashing = H.timeit(lambda: mh.tokens_to_csr(sets, seed=args.seed), repeats=repeats, warmup=0)
+    arith = H.timeit(lambda: mh.minhash_csr(values, offsets, num_perm, seed=args.seed, device=device),
                      repeats=repeats, warmup=1, device=device)
     sub = sets[:n_mod61]
-    mod61 = C.timeit(lambda: mh.minhash(sub, num_perm, seed=args.seed, device=device, family="mod61"),
+    mod61 = H.timeit(lambda: mh.minhash(sub, num_perm, seed=args.seed, device=device, family="mod61"),
                      repeats=max(1, repeats // 2), warmup=1, device=device)
 
     baseline = None
     try:
         import datasketch
         encoded = [[t.encode("utf8") for t in s] for s in sets[:n_ds]]
-        baseline = C.timeit(lambda: datasketch.MinHash.bulk(encoded, num_perm=num_perm),
+        baseline = H.timeit(lambda: datasketch.MinHash.bulk(encoded, num_perm=num_perm),
                             repeats=max(1, repeats // 2), warmup=0)
         baseline["version"] = getattr(datasketch, "__version__", "?")
     except ImportError:  # pragma: no cover
         pass
 
-    quality = jaccard_error(num_perm, args.seed)
+    quality = jaccard_error(num_perm, args.seed, pairs_per_j=25 if args.quick else 100)
 
     def sps(t, n):
-        return n / t["median_s"]
+        return n / t["p50_s"]
 
     ours_sps = sps(ours, n_sets)
     first_sps = n_sets / first["first_s"]
@@ -196,26 +171,26 @@ def main(argv=None) -> dict:
         {"path": f"fitsketch minhash ms64 ({device}), first call in a fresh process", "sets": n_sets,
          "time": f"{first['first_s']:.3f} s", "sets/s": first_sps},
         {"path": f"fitsketch minhash ms64 ({device}), later calls", "sets": n_sets,
-         "time": C.spread(ours), "sets/s": ours_sps, "sets/CPU-s": n_sets / ours["median_cpu_s"]},
+         "time": H.spread(ours), "sets/s": ours_sps, "sets/CPU-s": n_sets / ours["median_cpu_s"]},
         {"path": "  same sets, a new str object per token", "sets": n_sets,
-         "time": C.spread(fresh_t["ours"]), "sets/s": sps(fresh_t["ours"], n_sets),
+         "time": H.spread(fresh_t["ours"]), "sets/s": sps(fresh_t["ours"], n_sets),
          "sets/CPU-s": n_sets / fresh_t["ours"]["median_cpu_s"]},
         {"path": "  stage: hash strings (tokens_to_csr, pandas SipHash)", "sets": n_sets,
-         "time": C.spread(hashing), "sets/s": sps(hashing, n_sets)},
+         "time": H.spread(hashing), "sets/s": sps(hashing, n_sets)},
         {"path": f"  stage: signatures of int sets (minhash_csr, {device})", "sets": n_sets,
-         "time": C.spread(arith), "sets/s": sps(arith, n_sets),
-         "Mhash/s": n_sets * set_size * num_perm / arith["median_s"] / 1e6},
+         "time": H.spread(arith), "sets/s": sps(arith, n_sets),
+         "Mhash/s": n_sets * set_size * num_perm / arith["p50_s"] / 1e6},
         {"path": "fitsketch minhash mod61 (hubs before families; subset)", "sets": n_mod61,
-         "time": C.spread(mod61), "sets/s": sps(mod61, n_mod61)},
+         "time": H.spread(mod61), "sets/s": sps(mod61, n_mod61)},
     ]
-    ratios = {"first_call_over_later": first["first_s"] / ours["median_s"]}
+    ratios = {"first_call_over_later": first["first_s"] / ours["p50_s"]}
     if have_rensa:
         rensa_sps = sps(shared_t["rensa"], n_sets)
         rows.append({"path": f"rensa {rensa_version} RMinHash (Rust, one thread)", "sets": n_sets,
-                     "time": C.spread(shared_t["rensa"]), "sets/s": rensa_sps,
+                     "time": H.spread(shared_t["rensa"]), "sets/s": rensa_sps,
                      "sets/CPU-s": n_sets / shared_t["rensa"]["median_cpu_s"]})
         rows.append({"path": "  same sets, a new str object per token", "sets": n_sets,
-                     "time": C.spread(fresh_t["rensa"]), "sets/s": sps(fresh_t["rensa"], n_sets),
+                     "time": H.spread(fresh_t["rensa"]), "sets/s": sps(fresh_t["rensa"], n_sets),
                      "sets/CPU-s": n_sets / fresh_t["rensa"]["median_cpu_s"]})
         ratios["vs_rensa"] = ours_sps / rensa_sps
         ratios["vs_rensa_cpu"] = shared_t["rensa"]["median_cpu_s"] / ours["median_cpu_s"]
@@ -227,31 +202,50 @@ def main(argv=None) -> dict:
     if baseline is not None:
         ds_sps = sps(baseline, n_ds)
         rows.append({"path": f"datasketch MinHash.bulk {baseline['version']} (bytes, subset)",
-                     "sets": n_ds, "time": C.spread(baseline), "sets/s": ds_sps})
+                     "sets": n_ds, "time": H.spread(baseline), "sets/s": ds_sps})
         ratios["vs_datasketch"] = ours_sps / ds_sps
         ratios["first_call_vs_datasketch"] = first_sps / ds_sps
 
     print(f"\n## MinHash: {n_sets} sets x {set_size} string tokens, {num_perm} permutations, one thread, "
           f"device={device}\n")
-    print(C.markdown_table(rows, ["path", "sets", "time", "sets/s", "sets/CPU-s", "Mhash/s"]))
+    print(H.markdown_table(rows, ["path", "sets", "time", "sets/s", "sets/CPU-s", "Mhash/s"]))
     print("\n" + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
           + "  (targets: >= 1x rensa, >= 50x datasketch, first call <= 2x later)")
     print("Jaccard mean absolute error, J = 0.1-0.8 (800 pairs of 1,000-token sets; ideal = independent "
           "random permutations): "
           + ", ".join(f"{k} {v:.4f}" for k, v in quality.items()) + "  (bound 0.03)")
 
-    payload = {"benchmark": "minhash", "quick": args.quick, **C.environment(device),
-               "params": {"n_sets": n_sets, "set_size": set_size, "num_perm": num_perm, "threads": 1,
+    ctx = H.context(device, args.quick)
+    wl = f"{n_sets} sets x {set_size} tokens, {num_perm} perms"
+    out_rows = [H.row(ctx, "minhash", wl, "fitsketch ms64", "sets_per_s", ours_sps, unit="sets/s",
+                      baseline=f"rensa {rensa_version}" if have_rensa else None,
+                      baseline_value=sps(shared_t["rensa"], n_sets) if have_rensa else None,
+                      p50_s=ours["p50_s"], p90_s=ours["p90_s"]),
+                H.row(ctx, "minhash", wl, "fitsketch ms64", "first_call_sets_per_s", first_sps, unit="sets/s",
+                      baseline="later calls", baseline_value=ours_sps)]
+    if baseline is not None:
+        out_rows.append(H.row(ctx, "minhash", f"{n_ds} sets (subset)", "fitsketch ms64", "sets_per_s", ours_sps,
+                              unit="sets/s", baseline=f"datasketch {baseline['version']}",
+                              baseline_value=sps(baseline, n_ds)))
+    for fam, mae in quality.items():
+        out_rows.append(H.row(ctx, "minhash", "jaccard 0.1-0.8, 800 pairs", fam, "jaccard_mae", mae,
+                              baseline="bound", baseline_value=0.03))
+    payload = {"params": {"n_sets": n_sets, "set_size": set_size, "num_perm": num_perm, "threads": 1,
                           "datasketch_sets": n_ds, "mod61_sets": n_mod61, "seed": args.seed,
                           "c_kernel": mh._c is not None},
                "first_call": first, "ours_end_to_end": ours, "ours_fresh_objects": fresh_t["ours"],
                "rensa": shared_t.get("rensa"), "rensa_fresh_objects": fresh_t.get("rensa"),
                "rensa_version": rensa_version, "stage_hashing": hashing, "stage_signatures_int": arith,
                "mod61": mod61, "baseline_datasketch": baseline, "ratios": ratios,
-               "jaccard_mae": quality, "rows": rows}
-    path = C.write_result("minhash_quick" if args.quick else "minhash", payload, out=args.out)
+               "jaccard_mae": quality, "table": rows}
+    path = H.write_suite("minhash_quick" if args.quick else "minhash", out_rows, out=args.out_dir,
+                         quick=args.quick, tables=payload, env=H.environment(device))
     print(f"\nwrote {path}")
     return payload
+
+
+def main(argv=None) -> dict:
+    return suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":

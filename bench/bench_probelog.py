@@ -25,14 +25,12 @@ import os
 import re
 import shutil
 import tempfile
-import time
 import warnings
 
 import numpy as np
 import torch
 from fitsketch import probelog as PL
 
-from . import _common as C
 from . import harness as H
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
@@ -198,20 +196,20 @@ def _fill(workdir, tag, probes, zoo, *, kind="image", texts=None, fractions=None
         hub.add_probes("probes", kind="text", texts=texts)
     else:
         hub.add_probes("probes", probes, kind=kind)
-    t0 = time.perf_counter()
-    for i, (name, model, labels) in enumerate(zoo):
-        hub.add_model(name, model, logit_labels=labels, probe_fraction=(fractions or {}).get(i, 1.0))
-    return hub, time.perf_counter() - t0
+    with H.stopwatch() as sw:
+        for i, (name, model, labels) in enumerate(zoo):
+            hub.add_model(name, model, logit_labels=labels, probe_fraction=(fractions or {}).get(i, 1.0))
+    return hub, sw.s
 
 
-def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup(args)
+def suite(opts: H.Options) -> dict:
+    H.setup(opts)
+    args = opts
     if not args.threads:
         torch.set_num_threads(1)  # tiny models: threads only add overhead on 2 shared cores
     quick = args.quick
     rng = np.random.default_rng(args.seed)
-    n_img, n_txt, n_probes, n_tprobes = (16, 8, 200, 150) if quick else (40, 20, 500, 300)
+    n_img, n_txt, n_probes, n_tprobes = (8, 4, 100, 60) if quick else (40, 20, 500, 300)   # quick: smoke sizes
     ctx = H.context("cpu", quick)
     rows, table = [], []
 
@@ -228,9 +226,9 @@ def main(argv=None) -> dict:
         sources.append((src, X, y, perm[n_held:]))
         held.append(X[perm[:n_held]])
     probes = PL.make_probes(np.concatenate(held), n_probes, seed=args.seed)
-    t0 = time.perf_counter()
-    izoo = image_zoo(n_img, sources, rng)
-    train_s = time.perf_counter() - t0
+    with H.stopwatch() as sw:
+        izoo = image_zoo(n_img, sources, rng)
+    train_s = sw.s
     work = tempfile.mkdtemp(prefix="probelog-bench-")
     srcs = "+".join(s[0] for s in sources)
     wl = f"{n_img} image classifiers ({srcs}), {n_probes} probes"
@@ -251,16 +249,16 @@ def main(argv=None) -> dict:
         add(wl, "probelog", "cross-source top-1 (digits<->MNIST)", cross / max(n, 1), "chance", acc["chance_top1"])
     add(wl, "probelog", "add_model throughput", len(izoo) / add_s, None, None, unit="models/s")
     qs = [(name, 0) for name, _, _ in izoo]
-    t_faiss = C.timeit(lambda: [hub.search_logits(q, k=10) for q in qs], repeats=args.repeats or 5)
+    t_faiss = H.timeit(lambda: [hub.search_logits(q, k=10) for q in qs], repeats=args.repeats or 5)
     xb = np.concatenate([hub.model_logits(nm).descriptors for nm, _, _ in izoo])
     xbn = xb / np.maximum(np.linalg.norm(xb, axis=1, keepdims=True), 1e-12)
-    t_np = C.timeit(lambda: [np.argsort(-(xbn @ xbn[i]))[:11] for i in range(len(qs))], repeats=args.repeats or 5)
-    add(wl, "search_logits (FAISS flat IP, end to end)", "search throughput", len(qs) / t_faiss["median_s"],
-        "NumPy brute-force cosine (no hub)", len(qs) / t_np["median_s"], unit="queries/s")
+    t_np = H.timeit(lambda: [np.argsort(-(xbn @ xbn[i]))[:11] for i in range(len(qs))], repeats=args.repeats or 5)
+    add(wl, "search_logits (FAISS flat IP, end to end)", "search throughput", len(qs) / t_faiss["p50_s"],
+        "NumPy brute-force cosine (no hub)", len(qs) / t_np["p50_s"], unit="queries/s")
 
     # collaborative probing
     keep = max(3, n_img // 3)
-    for f in FRACTIONS:
+    for f in (FRACTIONS[::2] if quick else FRACTIONS):
         fr = {i: f for i in range(keep, n_img)}
         h2, _ = _fill(work, f"img-f{f}", probes, izoo, fractions=fr)
         a2 = logit_accuracy(h2, izoo)
@@ -300,11 +298,15 @@ def main(argv=None) -> dict:
 
     shutil.rmtree(work, ignore_errors=True)
     print(f"\n## ProbeLog: {wl}; training the image zoo took {train_s:.1f} s\n")
-    print(C.markdown_table(table, ["workload", "method", "metric", "value", "baseline", "baseline value", "ratio"]))
-    path = H.write_suite("probelog_quick" if quick else "probelog", rows, out=args.out, quick=quick,
+    print(H.markdown_table(table, ["workload", "method", "metric", "value", "baseline", "baseline value", "ratio"]))
+    path = H.write_suite("probelog_quick" if quick else "probelog", rows, out=args.out_dir, quick=quick,
                          tables={"probelog": table})
     print(f"\nwrote {path}")
     return {"rows": rows}
+
+
+def main(argv=None) -> dict:
+    return suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ search plan's own (``hub.explain``).
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +20,15 @@ import pandas as pd
 
 import fitsketch
 
-from . import _common as C
+from . import harness as H
 
 
 class _Timer:
-    """Wraps functions (module or class attributes), summing wall time per stage key."""
+    """Wraps functions (module or class attributes), summing wall time per stage key: a profiler
+    of one run's stages; the runs themselves are timed by ``harness.timeit``."""
 
-    def __init__(self, clock=time.perf_counter):
-        self.clock = clock
+    def __init__(self, clock=None):
+        self.clock = clock or H.clock()   # H.clock(cpu=True) with --cpu: steadier on a shared machine
         self.total = {}
         self.calls = {}
         self._undo = []
@@ -152,12 +151,17 @@ def _rows(stages, timer: _Timer, total_s: float, top_keys) -> list[dict]:
 
 def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, repeats: int | None = None,
         cpu: bool = False) -> dict:
+    return suite(H.Options(quick=quick, out_dir=out_dir, seed=seed, repeats=repeats, extra={"cpu": cpu}))
+
+
+def suite(opts: H.Options) -> dict:
+    quick, out_dir, seed, repeats = opts.quick, opts.out_dir, opts.seed, opts.repeats
+    cpu = bool(opts.extra.get("cpu"))
     n_add, n_query, n_small, small_rows = (20_000, 1_000, 10, 2_000) if quick else (200_000, 2_000, 20, 5_000)
     repeats = repeats or (2 if quick else 3)
     big = table(n_add, seed)
     query = table(n_query, seed + 1)
-    clock = time.process_time if cpu else time.perf_counter   # CPU time: steadier on a shared machine
-    timer = _Timer(clock)
+    timer = _Timer(H.clock(cpu))
     _instrument(timer)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,25 +169,32 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, repeats
                 for i in range(n_small):
                     hub.add(f"small{i}", table(small_rows, seed + 10 + i))
                 # the add: the median of `repeats` adds of the big table (each under a new name)
-                runs = []
-                for r in range(repeats):
+                snaps = []
+
+                def one_add():
                     timer.reset()
-                    t0 = clock()
-                    hub.add(f"big{r}", big)
-                    runs.append((clock() - t0, dict(timer.total), dict(timer.calls)))
-                runs.sort(key=lambda x: x[0])
-                add_s, timer.total, timer.calls = runs[len(runs) // 2]
+                    hub.add(f"big{len(snaps)}", big)
+                    snaps.append((dict(timer.total), dict(timer.calls)))
+
+                t_add = H.timeit(one_add, repeats=repeats, warmup=0, cpu=cpu)
+                times = t_add["cpu"]["times_s"] if cpu else t_add["times_s"]
+                mid = int(np.argsort(times, kind="stable")[len(snaps) // 2])   # the median run
+                add_s = times[mid]
+                timer.total, timer.calls = snaps[mid]
                 add_rows = _rows(ADD_STAGES, timer, add_s, ("to_frame", "build_sketch", "writer", "transact"))
                 # the query: the plan's stages, with the query sketch's sub-stages
                 hub.search(query)  # warm: profiles loaded, caches filled
-                runs = []
-                for _ in range(repeats):
+                snaps = []
+
+                def one_query():
                     timer.reset()
-                    t0 = time.perf_counter()
-                    plan = hub.explain(query)
-                    runs.append((time.perf_counter() - t0, plan, dict(timer.total), dict(timer.calls)))
-                runs.sort(key=lambda x: x[0])
-                q_s, plan, timer.total, timer.calls = runs[len(runs) // 2]
+                    p = hub.explain(query)
+                    snaps.append((p, dict(timer.total), dict(timer.calls)))
+
+                t_q = H.timeit(one_query, repeats=repeats, warmup=0)
+                mid = int(np.argsort(t_q["times_s"], kind="stable")[len(snaps) // 2])
+                q_s = t_q["times_s"][mid]
+                plan, timer.total, timer.calls = snaps[mid]
                 n_entries = len(hub)
     finally:
         timer.restore()
@@ -201,29 +212,36 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, repeats
 
     print(f"\n## Profile of an add: {n_add:,} rows x {big.shape[1]} columns (median of {repeats}"
           f"{', process CPU time' if cpu else ''})\n")
-    print(C.markdown_table(add_rows, ["stage", "ms", "share", "calls"]))
+    print(H.markdown_table(add_rows, ["stage", "ms", "share", "calls"]))
     print(f"\n## Profile of a query: {n_query:,} rows as data, adaptivity, hub of {n_entries} entries "
           f"(median of {repeats})\n")
-    print(C.markdown_table(q_rows, ["stage", "ms", "share", "calls"]))
-    payload = {"benchmark": "profile", "quick": quick, **C.environment("cpu"),
-               "params": {"clock": "process CPU time" if cpu else "wall", "add_rows": n_add, "query_rows": n_query, "entries": n_entries, "repeats": repeats,
+    print(H.markdown_table(q_rows, ["stage", "ms", "share", "calls"]))
+    ctx = H.context("cpu", quick)
+    wl = f"{n_add:,}-row add; {n_query:,}-row query, {n_entries} entries"
+    rows = [H.row(ctx, "profile", wl, "hub.add", "add_s", add_s, unit="s", p50_s=t_add["p50_s"],
+                  p90_s=t_add["p90_s"]),
+            H.row(ctx, "profile", wl, "hub.explain (adaptivity)", "query_s", q_s, unit="s", p50_s=t_q["p50_s"],
+                  p90_s=t_q["p90_s"])]
+    rows += [H.row(ctx, "profile", "add stage", r["stage"], "ms", r["ms"], unit="ms", share=r["share"])
+             for r in add_rows]
+    rows += [H.row(ctx, "profile", "query stage", r["stage"], "ms", r["ms"], unit="ms", share=r["share"])
+             for r in q_rows]
+    payload = {"params": {"clock": "process CPU time" if cpu else "wall", "add_rows": n_add, "query_rows": n_query, "entries": n_entries, "repeats": repeats,
                           "seed": seed},
                "add_s": add_s, "query_s": q_s, "add": add_rows, "query": q_rows}
-    path = C.write_result("profile_quick" if quick else "profile", payload, out=out_dir)
+    path = H.write_suite("profile_quick" if quick else "profile", rows, out=out_dir, quick=quick, tables=payload,
+                         env=H.environment("cpu"))
     print(f"\nwrote {path}")
     return payload
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="20,000-row add, 10-entry hub")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeats", type=int, default=None)
+    p = H.parser(__doc__.splitlines()[0])
     p.add_argument("--cpu", action="store_true",
                    help="time the add's stages in process CPU time (single-threaded stages; steadier than wall "
                         "time when other processes share the machine); the query stays in wall time")
     args = p.parse_args(argv)
-    return run(quick=args.quick, seed=args.seed, repeats=args.repeats, cpu=args.cpu)
+    return suite(H.options(args, cpu=args.cpu))
 
 
 if __name__ == "__main__":

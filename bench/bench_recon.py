@@ -15,7 +15,8 @@ import torch
 from fitsketch.kernels import recon_error as rk
 from fitsketch.kernels._device import resolve_device
 
-from . import _common as C
+from . import harness as H
+from .synth import mlp_fleet
 
 DIMS = [64, 32, 8, 32, 64]
 
@@ -35,42 +36,55 @@ def loop_baseline(x: torch.Tensor, layers) -> torch.Tensor:
     return torch.stack(out)
 
 
-def main(argv=None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup(args)
+def suite(opts: H.Options) -> dict:
+    H.setup(opts)
+    args = opts
     device = resolve_device(args.device)
     n_ae, n = (20, 2_000) if args.quick else (100, 10_000)
     repeats = args.repeats or 5
 
-    layers = C.mlp_fleet(n_ae, DIMS, seed=args.seed)
+    layers = mlp_fleet(n_ae, DIMS, seed=args.seed)
     x = np.random.default_rng(args.seed).random((n, DIMS[0])).astype(np.float32)
     tdev = torch.device(device)
     xt = torch.from_numpy(x).to(tdev)
     lt = [(torch.from_numpy(w).to(tdev), torch.from_numpy(b).to(tdev)) for w, b in layers]
 
-    fleet = C.timeit(lambda: rk.recon_error(xt, lt, "mse", device=device), repeats=repeats, warmup=1,
+    fleet = H.timeit(lambda: rk.recon_error(xt, lt, "mse", device=device), repeats=repeats, warmup=1,
                      device=device)
-    base = C.timeit(lambda: loop_baseline(xt, lt).cpu().numpy(), repeats=repeats, warmup=1, device=device)
+    base = H.timeit(lambda: loop_baseline(xt, lt).cpu().numpy(), repeats=repeats, warmup=1, device=device)
     err = float(np.max(np.abs(fleet["result"] - base["result"])))
     assert err < 1e-4, f"fleet and loop disagree by {err}"
-    ratio = base["median_s"] / fleet["median_s"]
+    ratio = base["p50_s"] / fleet["p50_s"]
     evals = n_ae * n
     rows = [
-        {"path": f"fleet recon_error ({device}, batched)", "time": C.spread(fleet),
-         "sample-AE evals/s": evals / fleet["median_s"]},
-        {"path": "loop over autoencoders (torch, one at a time)", "time": C.spread(base),
-         "sample-AE evals/s": evals / base["median_s"]},
+        {"path": f"fleet recon_error ({device}, batched)", "time": H.spread(fleet),
+         "sample-AE evals/s": evals / fleet["p50_s"]},
+        {"path": "loop over autoencoders (torch, one at a time)", "time": H.spread(base),
+         "sample-AE evals/s": evals / base["p50_s"]},
     ]
     print(f"\n## Reconstruction error: {n_ae} autoencoders {'->'.join(map(str, DIMS))} x {n} samples\n")
-    print(C.markdown_table(rows, ["path", "time", "sample-AE evals/s"]))
+    print(H.markdown_table(rows, ["path", "time", "sample-AE evals/s"]))
     print(f"\nspeed-up: {ratio:.1f}x (target 10x); max |fleet - loop| = {err:.2e}")
-    payload = {"benchmark": "recon", "quick": args.quick, **C.environment(device),
-               "params": {"n_autoencoders": n_ae, "n_samples": n, "dims": DIMS, "seed": args.seed},
+    ctx = H.context(device, args.quick)
+    wl = f"{n_ae} autoencoders x {n} samples"
+    out_rows = [
+        H.row(ctx, "recon", wl, "fleet recon_error (batched)", "time_p50", fleet["p50_s"], unit="s",
+              baseline="loop over autoencoders", baseline_value=base["p50_s"], p90_s=fleet["p90_s"]),
+        H.row(ctx, "recon", wl, "fleet recon_error (batched)", "speedup", ratio, unit="x",
+              baseline="issue target", baseline_value=10.0),
+        H.row(ctx, "recon", wl, "fleet recon_error (batched)", "max_abs_diff", err, baseline="loop"),
+    ]
+    payload = {"params": {"n_autoencoders": n_ae, "n_samples": n, "dims": DIMS, "seed": args.seed},
                "fleet": fleet, "baseline_loop": base, "speedup": ratio, "max_abs_diff": err,
-               "rows": rows}
-    path = C.write_result("recon_quick" if args.quick else "recon", payload, out=args.out)
+               "table": rows}
+    path = H.write_suite("recon_quick" if args.quick else "recon", out_rows, out=args.out_dir, quick=args.quick,
+                         tables=payload, env=H.environment(device))
     print(f"\nwrote {path}")
     return payload
+
+
+def main(argv=None) -> dict:
+    return suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -15,10 +15,8 @@
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import shutil
-import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -75,13 +73,8 @@ def _join_words(w: np.ndarray) -> pd.Series:
     return pc.binary_join_element_wise(*cols, pa.scalar(" ", pa.large_string())).to_pandas()
 
 
-def _timed(fn, repeats: int) -> list[float]:
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return ts
+def _timed(fn, repeats: int) -> dict:
+    return H.timeit(fn, repeats=repeats, warmup=0)
 
 
 METHODS = ("centre", "processes", "ray")     # what --skip may leave out (one process and pandas always run)
@@ -97,9 +90,9 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
     cfg = fitsketch.SketchConfig()
     rows = []
 
-    def add(method, ts, floor, note=""):
-        med = statistics.median(ts)
-        extra = {"seconds_median": med, "seconds_min": min(ts), "seconds_max": max(ts), "repeats": len(ts),
+    def add(method, t, floor, note=""):
+        med = t["p50_s"]
+        extra = {"seconds_median": med, "seconds_min": t["min_s"], "seconds_max": t["max_s"], "repeats": t["n"],
                  "rows": n_rows, "mb": mb, "note": note}
         rows.append(H.row(ctx, SUITE, f"parquet {mb:.0f} MB", method, "sketch throughput", n_rows / med,
                           unit="rows/s", baseline="pandas read_parquet (I/O floor)",
@@ -108,12 +101,12 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
                           unit="MB/s", baseline="pandas read_parquet (I/O floor)",
                           baseline_value=mb / floor if floor else None, **extra))
         out(f"  {method:<28} {med:8.2f} s  {n_rows / med:12,.0f} rows/s  {mb / med:7.1f} MB/s  "
-            f"(spread {min(ts):.2f}-{max(ts):.2f} s) {note}")
+            f"(spread {t['min_s']:.2f}-{t['max_s']:.2f} s) {note}")
 
     # warm-up: imports, torch kernels, page cache
     D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False)
     floor_ts = _timed(lambda: _read_all(files), repeats)
-    floor = statistics.median(floor_ts)
+    floor = floor_ts["p50_s"]
     add("pandas read_parquet", floor_ts, floor)
     t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats)
     add("local (1 process)", t_local, floor)
@@ -123,11 +116,11 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
                                                                   coverage_center=center), repeats), floor,
             "pass 2 only: the first pass costs the difference")
     if "processes" not in skip:
-        t0 = time.perf_counter()
+        sw = H.stopwatch().__enter__()
         with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
             pool.submit(int, 0).result()
             D.sketch_parquet(files[:1], config=cfg, engine=pool, progress=False)        # warm both workers
-            start = time.perf_counter() - t0
+            start = sw.elapsed()
             add("processes, 2 workers", _timed(lambda: D.sketch_parquet(files, config=cfg, engine=pool,
                                                                         progress=False), repeats), floor,
                 f"warm pool; starting it took {start:.1f} s")
@@ -138,11 +131,11 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
     except ImportError:
         out("  ray: not installed (pip install 'fitsketch[ray]'): skipped")
         return rows
-    t0 = time.perf_counter()
+    sw = H.stopwatch().__enter__()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         D.sketch_parquet(files[:1], config=cfg, engine="ray", progress=False)        # warm the workers
-        start = time.perf_counter() - t0
+        start = sw.elapsed()
         add("ray, 2 workers", _timed(lambda: D.sketch_parquet(files, config=cfg, engine="ray", progress=False),
                                      repeats), floor, f"local Ray; ray.init + warm-up took {start:.1f} s")
     finally:
@@ -202,15 +195,10 @@ class _Servers:
             log.close()
 
 
-def _latencies(hub, qs) -> list[float]:
-    res = hub.search(qs[0], k=10)                                         # warm-up
-    lat = []
-    for q in qs:
-        t = time.perf_counter()
-        res = hub.search(q, k=10)
-        lat.append(time.perf_counter() - t)
-    assert len(res) == 10
-    return lat
+def _latencies(hub, qs) -> dict:
+    t = H.time_each(lambda q: hub.search(q, k=10), qs, warmup=1)      # warm-up: the first query once
+    assert len(t["result"][-1]) == 10
+    return t
 
 
 def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard_counts=(1, 2, 4),
@@ -237,7 +225,7 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
     for n_shards in shard_counts:
         paths = [work / f"s{n_shards}-{i}.hub" for i in range(n_shards)]
         try:
-            t0 = time.perf_counter()
+            sw = H.stopwatch().__enter__()
             if n_shards == 1:
                 with S.open_sharded(paths, config=cfg) as hub:
                     add_all(hub)
@@ -252,25 +240,25 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
                 finally:
                     srv.stop()
                 add_how = f"{n_shards} servers in parallel"
-            add_s = time.perf_counter() - t0
+            add_s = sw.elapsed()
             warm = {}
             with S.open_sharded(paths, create=False) as hub:
-                t0 = time.perf_counter()
-                hub.warm()                     # what a first search would load: every entry's profile
-                warm["embedded"] = time.perf_counter() - t0
+                with H.stopwatch() as sw:
+                    hub.warm()                 # what a first search would load: every entry's profile
+                warm["embedded"] = sw.s
                 nbytes = sum(s.stats()["bytes"] for s in hub.shards)
                 plans = [s.explain(qs[0], k=10) for s in hub.shards]
                 modes = ["; ".join(f"{st.name} {st.actual}" for st in p.stages if st.name in ("shortlist", "candidates"))
                          for p in plans]
                 lat = {"embedded": _latencies(hub, qs)}
-            t0 = time.perf_counter()
+            sw = H.stopwatch().__enter__()
             srv = _Servers(paths, work)
             try:
                 # servers load their shard's profiles as they start: 250k+ entries take longer than the
                 # client's default 30 s (a 1M-entry run died there)
                 with S.open_sharded(srv.socks, timeout=1800) as hub:
                     hub.warm()
-                    warm["served"] = time.perf_counter() - t0        # from starting the servers
+                    warm["served"] = sw.elapsed()                    # from starting the servers
                     lat["served"] = _latencies(hub, qs)
             finally:
                 srv.stop()
@@ -284,7 +272,7 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
             f"{nbytes / n_entries / 1e3:.1f} KB/entry ({n_entries // FAMILIES:,} candidates; {modes[0]}); warm "
             f"{warm['embedded']:.1f} s embedded, {warm['served']:.1f} s from starting the servers")
         for how in ("embedded", "served"):
-            med, p90 = statistics.median(lat[how]), float(np.percentile(lat[how], 90))
+            med, p90 = lat[how]["p50_s"], lat[how]["p90_s"]
             base = base or med
             out(f"    search {how:>8}: median {med * 1e3:8.1f} ms, p90 {p90 * 1e3:8.1f} ms")
             rows.append(H.row(ctx, SUITE, f"{n_entries} entries", f"{n_shards} shard(s), {how}",
@@ -300,9 +288,9 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
 def run(quick: bool = False, gb: float | None = None, entries: int | None = None, out_dir: Path | None = None,
         out=print, skip=(), search: bool = True, name: str | None = None, sketching: bool = True,
         shard_counts=(1, 2, 4)) -> Path:
-    mb = 1000 * gb if gb is not None else (50 if quick else 500)
-    n_entries = entries or (2_000 if quick else 20_000)
-    repeats = 3 if quick else 1
+    mb = 1000 * gb if gb is not None else (20 if quick else 500)        # --quick: smoke sizes
+    n_entries = entries or (1_000 if quick else 20_000)
+    repeats = 1
     ctx = H.context(quick=quick)
     suite = name or SUITE + ("_quick" if quick else "")
 
@@ -330,12 +318,17 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
     return path
 
 
+def suite(opts: H.Options) -> Path:
+    x = opts.extra
+    return run(opts.quick, x.get("gb"), x.get("entries"), opts.out_dir, skip=tuple(x.get("skip", ())),
+               search=not x.get("no_search"), name=x.get("name"), sketching=not x.get("search_only"),
+               shard_counts=tuple(x.get("shard_counts", (1, 2, 4))))
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="~50 MB and 2,000 entries")
+    ap = H.parser(__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, default=None, help="dataset size on disk (default 0.5; quick 0.05)")
     ap.add_argument("--entries", type=int, default=None, help="entries for sharded search (default 20,000)")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     ap.add_argument("--skip", default="", help=f"comma-separated sketch runs to leave out: {', '.join(METHODS)} "
                     "(one process and the pandas floor always run)")
     ap.add_argument("--no-search", action="store_true", help="leave out the sharded-search part")
@@ -347,8 +340,8 @@ def main(argv=None) -> None:
     bad = [m for m in skip if m not in METHODS]
     if bad:
         ap.error(f"--skip {','.join(bad)}: choose among {', '.join(METHODS)}")
-    run(a.quick, a.gb, a.entries, a.out, skip=skip, search=not a.no_search, name=a.name, sketching=not a.search_only,
-        shard_counts=tuple(int(x) for x in a.shards.split(",") if x))
+    suite(H.options(a, gb=a.gb, entries=a.entries, skip=skip, no_search=a.no_search, name=a.name,
+                    search_only=a.search_only, shard_counts=tuple(int(x) for x in a.shards.split(",") if x)))
 
 
 if __name__ == "__main__":

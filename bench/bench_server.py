@@ -9,10 +9,8 @@ the server also pays for decoding it. Baseline: the embedded search measured in 
 from __future__ import annotations
 
 import os
-import statistics
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +23,9 @@ def _frame(rng, n, shift):
     return pd.DataFrame({f"f{j}": rng.normal(shift + j % 3, 1.0, n) for j in range(16)})
 
 
-def _lat(fn, n) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
-
-
-def _pct(xs, q) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
+def _lat(fn, n) -> dict:
+    """``harness.stats`` of ``n`` timed calls of ``fn`` (after the caller's warm-up call)."""
+    return H.timeit(fn, repeats=n, warmup=0)
 
 
 def run(quick: bool = False, out_dir: Path | None = None, out=print) -> list[dict]:
@@ -61,14 +50,14 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> list[dic
             with fitsketch.connect(srv.url()) as c:
                 c.search(q)
                 sock = _lat(lambda: c.search(q, k=5), n_queries)
-            p50e, p50s = statistics.median(emb), statistics.median(sock)
+            p50e, p50s = emb["p50_s"], sock["p50_s"]
             out(f"search p50: embedded {p50e * 1e3:.1f} ms, socket {p50s * 1e3:.1f} ms "
-                f"(overhead {p50s / p50e:.2f}x; target <= 1.2x); p99 {_pct(emb, .99) * 1e3:.1f} / "
-                f"{_pct(sock, .99) * 1e3:.1f} ms")
+                f"(overhead {p50s / p50e:.2f}x; target <= 1.2x); p99 {emb['p99_s'] * 1e3:.1f} / "
+                f"{sock['p99_s'] * 1e3:.1f} ms")
             rows.append(H.row(ctx, "server", "search", "socket", "p50_ms", p50s * 1e3, unit="ms",
                               baseline="embedded p50", baseline_value=p50e * 1e3))
-            rows.append(H.row(ctx, "server", "search", "socket", "p99_ms", _pct(sock, .99) * 1e3, unit="ms",
-                              baseline="embedded p99", baseline_value=_pct(emb, .99) * 1e3))
+            rows.append(H.row(ctx, "server", "search", "socket", "p99_ms", sock["p99_s"] * 1e3, unit="ms",
+                              baseline="embedded p99", baseline_value=emb["p99_s"] * 1e3))
             for n_clients in (1, 4, 16):
                 per = max(2, n_queries // n_clients) if quick else max(4, 2 * n_queries // n_clients)
                 done = []
@@ -84,12 +73,12 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> list[dic
                         errors.append(e)
 
                 threads = [threading.Thread(target=worker) for _ in range(n_clients)]
-                t0 = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                rps = len(done) / (time.perf_counter() - t0)
+                with H.stopwatch() as sw:
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                rps = len(done) / sw.s
                 out(f"{n_clients:>2} clients: {rps:.1f} requests/s ({len(errors)} errors)")
                 rows.append(H.row(ctx, "server", "search", f"{n_clients} clients", "requests_per_s", rps,
                                   unit="req/s", baseline="embedded, 1 thread", baseline_value=1.0 / p50e,
@@ -100,14 +89,12 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> list[dic
     return rows
 
 
-def main(argv=None) -> None:
-    import argparse
+def suite(opts: H.Options) -> list[dict]:
+    return run(quick=opts.quick, out_dir=opts.out_dir)
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
-    a = p.parse_args(argv)
-    run(quick=a.quick, out_dir=a.out)
+
+def main(argv=None) -> None:
+    suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 if __name__ == "__main__":

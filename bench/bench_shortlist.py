@@ -28,10 +28,8 @@ the array (the query is sketched inside each timed search, the same for all thre
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,31 +48,27 @@ def run(quick: bool = False, entries: int | None = None, out=print, out_dir: Pat
     n_queries = 3 if quick else 10
     ctx = H.context("cpu", quick)
     env = H.environment("cpu")
-    t0 = time.perf_counter()
+    wall = H.stopwatch().__enter__()
     sketches, queries = build_sketches(20, 8, n, seed=1)
-    out(f"shortlist: {n:,} distinct entries built in {time.perf_counter() - t0:.1f} s")
+    out(f"shortlist: {n:,} distinct entries built in {wall.elapsed():.1f} s")
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-shortlist-"))
     rows = []
     try:
         with fitsketch.open(work / "h.hub") as hub:
-            t1 = time.perf_counter()
-            hub.add_sketches([(f"e{i:07d}", sk) for i, sk in enumerate(sketches)])
-            out(f"  added in {time.perf_counter() - t1:.1f} s")
+            with H.stopwatch() as sw:
+                hub.add_sketches([(f"e{i:07d}", sk) for i, sk in enumerate(sketches)])
+            out(f"  added in {sw.s:.1f} s")
             hub.search(queries[0], k=10)                      # brings the profile index up to date
             for method in METHODS:
-                rec, top1, t_short, t_full = [], [], [], []
+                rec, top1, t_short, t_full = [], [], H.Samples(), H.Samples()
                 for q in queries[:n_queries]:
-                    t2 = time.perf_counter()
-                    short = hub.search(q, k=10, method=method)
-                    t_short.append(time.perf_counter() - t2)
-                    t2 = time.perf_counter()
-                    full = hub.search(q, k=10, method=method, shortlist=0)
-                    t_full.append(time.perf_counter() - t2)
+                    short = t_short.call(hub.search, q, k=10, method=method)
+                    full = t_full.call(hub.search, q, k=10, method=method, shortlist=0)
                     kth = full[-1].score
                     rec.append(float(np.mean([m.score >= kth - 1e-12 for m in short])))
                     top1.append(short[0].score >= full[0].score - 1e-12)
                 r, t1_ = float(np.mean(rec)), float(np.mean(top1))
-                ps, pf = 1e3 * float(np.median(t_short)), 1e3 * float(np.median(t_full))
+                ps, pf = 1e3 * t_short.stats()["p50_s"], 1e3 * t_full.stats()["p50_s"]
                 out(f"  {method:<11} recall@10 {r:.2f}  top-1 found {t1_:.2f}  p50 {ps:7.1f} ms vs exhaustive "
                     f"{pf:8.1f} ms ({pf / ps:.0f}x)")
                 w = f"{n} distinct entries"
@@ -84,11 +78,11 @@ def run(quick: bool = False, entries: int | None = None, out=print, out_dir: Pat
                                   baseline="exhaustive search (shortlist=0)", baseline_value=pf, queries=len(rec)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows.append(H.row(ctx, "shortlist", "all", "all", "wall_time", time.perf_counter() - t0, unit="s"))
+    rows.append(H.row(ctx, "shortlist", "all", "all", "wall_time", wall.elapsed(), unit="s"))
     path = H.write_suite("shortlist" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
                          tables={"notes": ["recall by score: share of the shortlisted top 10 scoring at least the "
                                            "exhaustive 10th best; queries: 2 partitions of a family's fresh data"]})
-    out(f"shortlist: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    out(f"shortlist: wrote {path} ({wall.elapsed():.1f} s)")
     return rows
 
 
@@ -115,13 +109,13 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
     nq = n_queries or (3 if quick else 8)
     ctx = H.context("cpu", quick)
     env = H.environment("cpu")
-    t0 = time.perf_counter()
+    wall = H.stopwatch().__enter__()
     zoos.check(data, 2)                                  # the fast builder equals fitsketch.sketch
     X, y, names = zoos.dataset(data)
     sk = zoos.build(data, n, seed=seed)
     q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(nq)]
     q_sk = zoos.fast_sketches(X, names, q_idx, fitsketch.SketchConfig())
-    build_s = time.perf_counter() - t0
+    build_s = wall.elapsed()
     out(f"similar/{data}: {n:,} entries of {len(names)} columns sketched in {build_s:.1f} s "
         f"({1e3 * build_s / n:.1f} ms an entry)")
     w = f"{data} label skew, {n} entries"
@@ -129,13 +123,13 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
     rows = []
     try:
         with fitsketch.open(work / "h.hub") as hub:
-            t1 = time.perf_counter()
-            hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
-            add_s = time.perf_counter() - t1
+            with H.stopwatch() as sw:
+                hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
+            add_s = sw.s
             del sk
-            t1 = time.perf_counter()
-            hub.warm()
-            warm_s = time.perf_counter() - t1
+            with H.stopwatch() as sw:
+                hub.warm()
+            warm_s = sw.s
             idx = hub._synced_screen()
             mem = idx.nbytes()
             out(f"  added in {add_s:.1f} s ({n / add_s:.0f} entries/s), warm-up {warm_s:.1f} s, screen index "
@@ -145,20 +139,14 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
                      H.row(ctx, "shortlist_similar", w, "all", "screen_bytes_per_entry", mem / n, unit="B"),
                      H.row(ctx, "shortlist_similar", w, "all", "build_ms_per_entry", 1e3 * build_s / n, unit="ms")]
             for method in methods:
-                res = {"exact": ([], [], [], []), "profile": ([], [], [], []), "full": ([], [], [], [])}
+                res = {mode: ([], [], H.Samples()) for mode in ("exact", "profile", "full")}
                 kept = []
                 for qi in range(nq):
                     q = (X[q_idx[qi]] if method == "coverage" else q_sk[qi])
                     kw = {"feature_names": names} if method == "coverage" else {}
-                    t2, c2 = time.perf_counter(), time.process_time()
-                    full = hub.search(q, k=10, method=method, shortlist=0, **kw)
-                    res["full"][2].append(time.perf_counter() - t2)
-                    res["full"][3].append(time.process_time() - c2)
+                    full = res["full"][2].call(hub.search, q, k=10, method=method, shortlist=0, **kw)
                     for mode in ("exact", "profile"):
-                        t2, c2 = time.perf_counter(), time.process_time()
-                        short = hub.search(q, k=10, method=method, shortlist_screen=mode, **kw)
-                        res[mode][2].append(time.perf_counter() - t2)
-                        res[mode][3].append(time.process_time() - c2)
+                        short = res[mode][2].call(hub.search, q, k=10, method=method, shortlist_screen=mode, **kw)
                         r, b = _found(short, full)
                         res[mode][0].append(r)
                         res[mode][1].append(b)
@@ -166,12 +154,12 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
                         plan = hub.explain(q, k=10, method=method, **kw)
                         st = next((s for s in plan.stages if s.name == "shortlist"), None)
                         kept.append(None if st is None else st.actual)
-                pf = 1e3 * float(np.median(res["full"][2]))
-                cf = 1e3 * float(np.median(res["full"][3]))
+                st_full = res["full"][2].stats()
+                pf, cf = 1e3 * st_full["p50_s"], 1e3 * st_full["cpu"]["p50_s"]
                 for mode in ("exact", "profile"):
                     rec, best = float(np.mean(res[mode][0])), float(np.mean(res[mode][1]))
-                    p50 = 1e3 * float(np.median(res[mode][2]))
-                    c50 = 1e3 * float(np.median(res[mode][3]))
+                    st = res[mode][2].stats()
+                    p50, c50 = 1e3 * st["p50_s"], 1e3 * st["cpu"]["p50_s"]
                     out(f"  {method:<10} {mode:<7} recall@10 {rec:.3f}  best found {best:.3f}  p50 {p50:8.1f} ms"
                         f"  vs shortlist=0 {pf:8.1f} ms ({pf / p50:.1f}x); CPU {c50:8.1f} vs {cf:8.1f} ms")
                     m = f"{method} ({mode} screen)"
@@ -185,12 +173,12 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
                                       baseline="exhaustive search (shortlist=0)", baseline_value=cf, queries=nq))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    rows.append(H.row(ctx, "shortlist_similar", w, "all", "wall_time", time.perf_counter() - t0, unit="s"))
+    rows.append(H.row(ctx, "shortlist_similar", w, "all", "wall_time", wall.elapsed(), unit="s"))
     path = H.write_suite(f"shortlist_similar_{data}_{n}" + ("_quick" if quick else ""), rows, out=out_dir,
                          quick=quick, env=env,
                          tables={"notes": ["zoo: bench/zoos.py (class-skewed samples, Dirichlet 0.3, 400 rows; "
                                            "queries 600 rows); recall by score against shortlist=0 in the same run"]})
-    out(f"similar/{data}: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    out(f"similar/{data}: wrote {path} ({wall.elapsed():.1f} s)")
     return rows
 
 
@@ -210,7 +198,7 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     cfg = fitsketch.SketchConfig()
     ctx = H.context("cpu", False)
     env = H.environment("cpu")
-    t0 = time.perf_counter()
+    wall = H.stopwatch().__enter__()
     X, y, names = zoos.dataset(data)
     sk = zoos.build(data, distinct, seed=7)
     recs = []
@@ -233,26 +221,33 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
         out(f"screen/{data}: {size:,} entries, index {mem / 2**20:.0f} MiB ({mem / size / 1024:.1f} KiB an entry)")
         rows.append(H.row(ctx, "shortlist_screen", w, "all", "screen_bytes_per_entry", mem / size, unit="B"))
         for method in ("exact-js", "l2", "js", "adaptivity"):
-            ts = []
-            cs = []
-            for q, o in zip(qs, own):
-                t1, c1 = time.perf_counter(), time.process_time()
-                S.select(idx.scores(q, method, seed=cfg.seed, t_keys=o), cfg.shortlist)
-                ts.append(time.perf_counter() - t1)
-                cs.append(time.process_time() - c1)
-            p50, c50 = 1e3 * float(np.median(ts)), 1e3 * float(np.median(cs))
+            t = H.time_each(lambda qo: S.select(idx.scores(qo[0], method, seed=cfg.seed, t_keys=qo[1]),
+                                                cfg.shortlist), list(zip(qs, own)))
+            p50, c50 = 1e3 * t["p50_s"], 1e3 * t["cpu"]["p50_s"]
             out(f"  {method:<10} screen p50 {p50:8.1f} ms wall, {c50:8.1f} ms CPU ({1e3 * c50 / size:.2f} us CPU an entry)")
-            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_p50", p50, unit="ms", queries=len(ts)))
-            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_cpu_p50", c50, unit="ms", queries=len(ts)))
-    rows.append(H.row(ctx, "shortlist_screen", "all", "all", "wall_time", time.perf_counter() - t0, unit="s"))
+            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_p50", p50, unit="ms", queries=t["n"]))
+            rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_cpu_p50", c50, unit="ms", queries=t["n"]))
+    rows.append(H.row(ctx, "shortlist_screen", "all", "all", "wall_time", wall.elapsed(), unit="s"))
     path = H.write_suite(f"shortlist_screen_{data}", rows, out=out_dir, env=env)
-    out(f"screen/{data}: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    out(f"screen/{data}: wrote {path} ({wall.elapsed():.1f} s)")
     return rows
 
 
+def suite(opts: H.Options) -> list[dict]:
+    """The families workload (``python -m bench shortlist``); the flags ``--similar`` and
+    ``--screen-scale`` of this module's own command line select the other two workloads."""
+    x = opts.extra
+    if x.get("screen_scale"):
+        return run_screen_scale(x["screen_scale"], sizes=tuple(int(v) for v in x.get("sizes", "1000,10000,100000")
+                                                                .split(",")), out_dir=opts.out_dir)
+    if x.get("similar"):
+        return run_similar(x["similar"], x.get("entries"), x.get("queries"), opts.quick,
+                           methods=tuple(x.get("methods", ",".join(SIMILAR_METHODS)).split(",")), out_dir=opts.out_dir)
+    return run(opts.quick, x.get("entries"), out_dir=opts.out_dir)
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_shortlist", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1,200 entries, 3 queries")
+    ap = H.parser(__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=None)
     ap.add_argument("--similar", choices=("digits", "mnist"), default=None,
                     help="the similar-entries workload on this zoo (default: the families workload)")
@@ -261,14 +256,9 @@ def main(argv=None) -> None:
     ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
                     help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
     ap.add_argument("--sizes", default="1000,10000,100000", help="--screen-scale: index sizes")
-    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = ap.parse_args(argv)
-    if a.screen_scale:
-        run_screen_scale(a.screen_scale, sizes=tuple(int(x) for x in a.sizes.split(",")))
-    elif a.similar:
-        run_similar(a.similar, a.entries, a.queries, a.quick, methods=tuple(a.methods.split(",")))
-    else:
-        run(a.quick, a.entries, out_dir=a.out)
+    suite(H.options(a, entries=a.entries, similar=a.similar, queries=a.queries, methods=a.methods,
+                    screen_scale=a.screen_scale, sizes=a.sizes))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 import warnings
 
 import numpy as np
@@ -39,7 +38,7 @@ import fitsketch
 from fitsketch import simex as S
 from fitsketch.kernels._device import resolve_device
 
-from . import _common as C
+from . import harness as H
 
 log = logging.getLogger(__name__)
 IMAGE = (1, 8, 8)
@@ -136,29 +135,27 @@ def _spearman(score: dict, acc: dict) -> float:
 
 
 # ----------------------------------------------------------------------------- main
-def main(argv=None) -> dict:
-    p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--fixed-budget", action="store_true",
-                   help="train every autoencoder for the full epoch cap (no rank-stable early stopping)")
-    args = p.parse_args(argv)
-    C.setup(args)
+def suite(opts: H.Options) -> dict:
+    H.setup(opts)
+    args = opts
+    fixed_budget = bool(opts.extra.get("fixed_budget"))
     device = resolve_device(args.device)
     n_src, n_tgt = (240, 150) if args.quick else (500, 300)
-    repeats = args.repeats or (3 if args.quick else 5)
-    epochs = 30 if args.quick else 60
-    cfg = S.AEConfig(seed=args.seed, kind="mlp", epochs=epochs, patience=epochs if args.fixed_budget else 3)
+    repeats = args.repeats or (2 if args.quick else 5)
+    epochs = 10 if args.quick else 60    # --quick: a smoke run, not a measurement
+    cfg = S.AEConfig(seed=args.seed, kind="mlp", epochs=epochs, patience=epochs if fixed_budget else 3)
     rng = np.random.default_rng(args.seed)
     pools = _pools(args.seed)
     sources, targets = build_sources(rng, pools, n_src), build_targets(rng, pools, n_tgt)
 
-    t0 = time.perf_counter()
     whole, per_class, clf = {}, {}, {}
-    for name, (x, y) in sources.items():
-        clf[name] = _classifier(x, y, args.seed)
-        whole[name] = S.train_fleet(x, image_shape=IMAGE, config=cfg)[0]
-        keep = np.isin(y, [c for c in np.unique(y) if (y == c).sum() >= cfg.min_samples])  # skewed sources
-        per_class[name] = S.train_fleet(x[keep], y[keep], image_shape=IMAGE, config=cfg)
-    train_s = time.perf_counter() - t0
+    with H.stopwatch() as sw:
+        for name, (x, y) in sources.items():
+            clf[name] = _classifier(x, y, args.seed)
+            whole[name] = S.train_fleet(x, image_shape=IMAGE, config=cfg)[0]
+            keep = np.isin(y, [c for c in np.unique(y) if (y == c).sum() >= cfg.min_samples])  # skewed sources
+            per_class[name] = S.train_fleet(x[keep], y[keep], image_shape=IMAGE, config=cfg)
+    train_s = sw.s
     n_ae = len(whole) + sum(len(v) for v in per_class.values())
 
     # hub baselines: exact JS and L2 over the sketches
@@ -208,12 +205,12 @@ def main(argv=None) -> dict:
     # timing: one target through all class AEs
     xq = targets["mix-30d-70m"][0]
     yq = targets["mix-30d-70m"][1]
-    batched = C.timeit(lambda: S.delta(xq, class_records, device=device), repeats=repeats, device=device)
-    loop = C.timeit(lambda: np.array([S.delta(xq, [r], device=device)[0] for r in class_records]),
+    batched = H.timeit(lambda: S.delta(xq, class_records, device=device), repeats=repeats, device=device)
+    loop = H.timeit(lambda: np.array([S.delta(xq, [r], device=device)[0] for r in class_records]),
                     repeats=repeats, device=device)
     n_ref = min(len(xq), 60)
-    ref = C.timeit(lambda: S.delta_reference(xq[:n_ref], class_records), repeats=1, warmup=0)
-    ref_per_row = ref["median_s"] / n_ref * len(xq)  # the reference loop is linear in rows
+    ref = H.timeit(lambda: S.delta_reference(xq[:n_ref], class_records), repeats=1, warmup=0)
+    ref_per_row = ref["p50_s"] / n_ref * len(xq)  # the reference loop is linear in rows
     np.testing.assert_allclose(batched["result"], loop["result"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(S.delta(xq[:n_ref], class_records, device=device), ref["result"],
                                rtol=1e-4, atol=1e-5)
@@ -231,14 +228,19 @@ def main(argv=None) -> dict:
             out.append(head.score(xq / 16.0, yq))
         return out
 
-    transfer = C.timeit(finetune_heads, repeats=repeats)
+    transfer = H.timeit(finetune_heads, repeats=repeats)
 
-    env = C.environment(device)
-    base = {"device": f"{device} ({env['device_name']}, {env['torch_threads']} threads)",
-            "version": fitsketch.__version__, "commit": env["commit"], "timestamp": env["timestamp"]}
+    env = H.environment(device)
+    ctx = H.context(f"{device} ({env['device_name']}, {env['torch_threads']} threads)", args.quick)
+    wl = f"digits + MNIST-5k 8x8, {len(sources)} sources, {len(targets)} targets"
 
-    def row(metric, value, baseline=None, ratio=None, **extra):
-        return {"metric": metric, "value": value, "baseline": baseline, "ratio": ratio, **base, **extra}
+    def row(metric, value, baseline_value=None, ratio=None, **extra):
+        """``baseline_value`` is the comparison's other side (exact-JS / L2 correlation, the loop's
+        time); ``ratio`` is the row's own (a difference of correlations, a speed-up)."""
+        r = H.row(ctx, "simex", wl, "simex", metric, value, baseline=metric.split(" vs ")[-1] if " vs " in metric
+                  else None, baseline_value=baseline_value, **extra)
+        r["ratio"] = ratio
+        return r
 
     mean = {m: float(np.nanmean(v)) for m, v in corr.items()}
     rows = [
@@ -259,27 +261,35 @@ def main(argv=None) -> dict:
         row("spearman(-min class calibrated delta, transfer acc) vs exact-JS", mean["simex-class-cal"],
             mean["exact-js"], mean["simex-class-cal"] - mean["exact-js"], ratio_kind="difference"),
         row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
-            batched["median_s"], loop["median_s"], loop["median_s"] / batched["median_s"],
-            spread=C.spread(batched), baseline_spread=C.spread(loop)),
+            batched["p50_s"], loop["p50_s"], loop["p50_s"] / batched["p50_s"],
+            spread=H.spread(batched), baseline_spread=H.spread(loop)),
         row("batched fleet scoring s vs one-sample float64 reference loop (extrapolated from "
-            f"{n_ref} rows)", batched["median_s"], ref_per_row, ref_per_row / batched["median_s"]),
+            f"{n_ref} rows)", batched["p50_s"], ref_per_row, ref_per_row / batched["p50_s"]),
         row(f"batched fleet scoring s vs transfer baseline (fine-tune {len(names)} LR heads on "
-            f"{len(lab)} labelled rows)", batched["median_s"], transfer["median_s"],
-            transfer["median_s"] / batched["median_s"], spread=C.spread(transfer)),
+            f"{len(lab)} labelled rows)", batched["p50_s"], transfer["p50_s"],
+            transfer["p50_s"] / batched["p50_s"], spread=H.spread(transfer)),
         row(f"AE training s ({n_ae} AEs, {len(names)} sources)", train_s, None, None),
     ]
     print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
-    print(C.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
-                                        "simex-class-rel", "simex-cal", "simex-class-cal", "exact-js", "l2"]))
+    print(H.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
+                                         "simex-class-rel", "simex-cal", "simex-class-cal", "exact-js", "l2"]))
     print()
-    print(C.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
-    payload = {"name": "simex", "quick": args.quick, "environment": env, "rows": rows, "per_target": per_target,
+    print(H.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
+    payload = {"per_target": per_target,
                "sources": {s: len(v[1]) for s, v in sources.items()},
                "targets": {t: len(v[1]) for t, v in targets.items()}, "config": cfg.to_dict()}
-    path = C.write_result("simex" + ("_fixed" if args.fixed_budget else "") + ("_quick" if args.quick else ""),
-                          payload, out=args.out)
+    path = H.write_suite("simex" + ("_fixed" if fixed_budget else "") + ("_quick" if args.quick else ""),
+                         rows, out=args.out_dir, quick=args.quick, tables=payload, env=env)
     print(f"\nwrote {path}")
     return payload
+
+
+def main(argv=None) -> dict:
+    p = H.parser(__doc__.splitlines()[0])
+    p.add_argument("--fixed-budget", action="store_true",
+                   help="train every autoencoder for the full epoch cap (no rank-stable early stopping)")
+    args = p.parse_args(argv)
+    return suite(H.options(args, fixed_budget=args.fixed_budget))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,9 @@
-"""The benchmark runner's result rows, result files, ``RESULTS.md`` and plots.
+"""The one benchmark harness: suites, the timer, result rows, result files, ``RESULTS.md``, plots.
+
+Every benchmark module (``bench/bench_*.py``, ``quality.py``, ``scale.py``, ``reliability.py``,
+``paper.py``) exposes ``suite(opts: Options)``; ``python -m bench`` (bench/__main__.py) holds the
+registry of suites and runs them. Timings go through ``timeit`` / ``time_each`` / ``stopwatch``,
+whose samples are summarised by ``stats`` (p50, p90, mean, min, max: one piece of code).
 
 One row schema for every suite (``ROW_KEYS``): each row says what was measured (``metric``,
 ``value``, ``unit``), against what (``baseline`` = the baseline's name, ``baseline_value``
@@ -7,26 +12,243 @@ measured in the same run or the issue's target, ``ratio`` = value / baseline_val
 ``bench/results/<suite>.json`` is ``{"suite", "quick", "env", "rows", "plots", "tables"}``.
 
 ``write_results_md`` regenerates ``RESULTS.md`` from every JSON file in the results folder: files
-whose ``rows`` follow the row schema become one table each; other files (the kernel benchmarks'
-own rows, written with ``bench._common.write_result``) become a table of their rows' columns.
+whose ``rows`` follow the row schema become one table each; older files in another format (written
+before the runner was unified) become a table of their rows' columns.
+
+Quick runs (``--quick``) write into ``bench/results/quick/`` (not tracked by git) unless ``--out``
+says otherwise, so a smoke run never changes a tracked file.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
 import datetime as _dt
 import json
 import math
 import os
+import platform
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 
-# bench._common (timing, environment) imports torch; this module does not, so writing rows and
-# RESULTS.md stays fast (tests/test_bench.py). Same results folder as bench._common.RESULTS.
+# This module imports no torch at import time (only `environment` and the GPU sync do), so writing
+# rows and RESULTS.md stays fast (tests/test_bench.py).
 RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_RESULTS = RESULTS / "quick"   # git-ignored: quick runs never change a tracked file
 ROW_KEYS = ("suite", "workload", "method", "metric", "value", "unit", "baseline", "baseline_value",
             "ratio", "device", "version", "commit", "timestamp", "quick")
 REQUIRED_KEYS = ("metric", "value", "baseline", "ratio", "device", "version", "commit", "timestamp")
+
+
+# ----------------------------------------------------------------------------- suites
+@dataclasses.dataclass
+class Options:
+    """What the runner hands every suite: ``suite(opts)`` sizes its workload from ``quick`` and
+    writes its result file(s) into ``out_dir`` (see ``results_dir``)."""
+    quick: bool = False
+    out_dir: Path | None = None
+    device: str = "auto"
+    data: Path | None = None
+    seed: int = 0
+    repeats: int | None = None
+    threads: int | None = None
+    extra: dict = dataclasses.field(default_factory=dict)   # a module's own flags (its main's argv)
+
+    @property
+    def out(self) -> Path:
+        return results_dir(self.out_dir, self.quick)
+
+
+def results_dir(out_dir: Path | None = None, quick: bool = False) -> Path:
+    """``out_dir`` when given, else ``bench/results`` (full runs) or ``bench/results/quick``
+    (quick runs: git-ignored, so a smoke run leaves the checkout clean)."""
+    return Path(out_dir) if out_dir is not None else (QUICK_RESULTS if quick else RESULTS)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every benchmark module's own ``main(argv)`` takes (as ``python -m bench``)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="small sizes (seconds), for CI and smoke runs")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice); 1 is steadier on a busy machine")
+    p.add_argument("--data", type=Path, default=None, help="folder of the reference data (../shared/data)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"results folder (default {RESULTS}; quick runs {QUICK_RESULTS})")
+    return p
+
+
+def options(args: argparse.Namespace, **extra) -> Options:
+    """``Options`` from a ``parser()`` namespace; ``extra`` holds the module's own flags."""
+    return Options(quick=args.quick, out_dir=args.out, device=args.device, data=getattr(args, "data", None),
+                   seed=args.seed, repeats=args.repeats, threads=args.threads, extra=extra)
+
+
+def setup(opts: Options) -> None:
+    """Apply the common options (threads) and warn when the machine is already busy."""
+    if opts.threads:
+        import torch
+
+        torch.set_num_threads(opts.threads)
+    load = load_average()
+    if load is not None and load > (os.cpu_count() or 1):
+        print(f"warning: 1-minute load average {load:.1f} exceeds the {os.cpu_count()} CPUs: "
+              f"other processes share this machine and timings will be noisy")
+
+
+# ----------------------------------------------------------------------------- the timer
+def stats(times_s) -> dict:
+    """The one summary of timing samples (seconds): ``n``, ``p50_s`` (= ``median_s``), ``p90_s``, ``p99_s``,
+    ``mean_s``, ``min_s``, ``max_s``, ``iqr_s`` and the samples ``times_s``. Percentiles are
+    NumPy's (linear interpolation between order statistics)."""
+    t = np.asarray(list(times_s), dtype=np.float64)
+    if t.size == 0:
+        raise ValueError("no timing samples")
+    p25, p50, p75, p90, p99 = (float(v) for v in np.percentile(t, [25, 50, 75, 90, 99]))
+    return {"n": int(t.size), "p50_s": p50, "median_s": p50, "p90_s": p90, "p99_s": p99, "mean_s": float(t.mean()),
+            "min_s": float(t.min()), "max_s": float(t.max()), "iqr_s": p75 - p25, "times_s": t.tolist()}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+
+def clock(cpu: bool = False):
+    """The clock a profiler sums stage times with: process CPU time (``cpu=True``: steadier than
+    wall time when other processes share the machine) or wall time."""
+    return time.process_time if cpu else time.perf_counter
+
+
+def timeit(fn, *, repeats: int = 5, warmup: int = 1, device: str = "cpu", cpu: bool = False) -> dict:
+    """Run ``fn()`` ``warmup`` times untimed, then ``repeats`` times timed (the GPU synchronized
+    around each run). Returns ``stats`` of the wall times plus ``result`` (the last return value,
+    for checks outside the timing, never written) and, with ``cpu=True``, ``cpu`` = ``stats`` of
+    the process CPU times."""
+    result = None
+    for _ in range(max(0, warmup)):
+        result = fn()
+    wall, cpu_t = [], []
+    for _ in range(max(1, repeats)):
+        _sync(device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        result = fn()
+        _sync(device)
+        wall.append(time.perf_counter() - t0)
+        cpu_t.append(time.process_time() - c0)
+    out = stats(wall)
+    if cpu:
+        out["cpu"] = stats(cpu_t)
+    out["result"] = result
+    return out
+
+
+def interleaved(fns: dict, repeats: int, warmup: int = 1, device: str = "cpu") -> dict:
+    """Time each function ``repeats`` times, alternating between them (each round sees the same
+    load), after ``warmup`` untimed rounds. Returns ``{name: stats of the wall times}``, each with
+    ``cpu`` (stats of the process CPU times), ``median_cpu_s`` and ``result``."""
+    for _ in range(max(0, warmup)):
+        for fn in fns.values():
+            fn()
+    wall = {name: [] for name in fns}
+    cpu_t = {name: [] for name in fns}
+    results = {}
+    for _ in range(max(1, repeats)):
+        for name, fn in fns.items():
+            _sync(device)
+            c0, t0 = time.process_time(), time.perf_counter()
+            results[name] = fn()
+            _sync(device)
+            wall[name].append(time.perf_counter() - t0)
+            cpu_t[name].append(time.process_time() - c0)
+    out = {}
+    for name in fns:
+        c = stats(cpu_t[name])
+        out[name] = {**stats(wall[name]), "cpu": c, "median_cpu_s": c["p50_s"], "result": results[name]}
+    return out
+
+
+class Samples:
+    """Timed calls made from the caller's own loop (contenders interleaved query by query, a loop
+    that stops on a time budget): ``samples.call(fn, *args)`` times one call and returns its result;
+    ``samples.stats()`` is ``stats`` of the wall times with ``cpu`` (stats of the CPU times)."""
+
+    def __init__(self, device: str = "cpu"):
+        self.device = device
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def call(self, fn, *args, **kwargs):
+        _sync(self.device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        result = fn(*args, **kwargs)
+        _sync(self.device)
+        self.wall.append(time.perf_counter() - t0)
+        self.cpu.append(time.process_time() - c0)
+        return result
+
+    def __len__(self) -> int:
+        return len(self.wall)
+
+    def total_s(self) -> float:
+        return float(sum(self.wall))
+
+    def stats(self) -> dict:
+        out = stats(self.wall)
+        out["cpu"] = stats(self.cpu)
+        return out
+
+
+def time_each(fn, items, *, warmup: int = 0, device: str = "cpu", budget_s: float | None = None) -> dict:
+    """One timed call ``fn(item)`` per item (e.g. one query each), after ``fn(items[0])`` run
+    ``warmup`` times untimed; stops early once ``budget_s`` seconds of timed calls have passed
+    (at least one call always runs). Returns ``Samples.stats`` of the calls plus ``result`` (the
+    list of return values)."""
+    items = list(items)
+    for _ in range(max(0, warmup) if items else 0):
+        fn(items[0])
+    samples, results = Samples(device), []
+    for it in items:
+        results.append(samples.call(fn, it))
+        if budget_s is not None and samples.total_s() > budget_s:
+            break
+    out = samples.stats()
+    out["result"] = results
+    return out
+
+
+class stopwatch(contextlib.AbstractContextManager):
+    """Wall time of one block (a build, an add): ``with stopwatch() as sw: ...`` then ``sw.s``;
+    ``sw.elapsed()`` reads the running time inside the block. One sample: no warm-up, no spread."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        self.s = float("nan")
+        return self
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0
+        return False
+
+
+def spread(t: dict) -> str:
+    """``p50 ms (min, max)`` of a ``stats`` dict, for printed tables."""
+    return f"{t['p50_s'] * 1e3:.1f} ms (min {t['min_s'] * 1e3:.1f}, max {t['max_s'] * 1e3:.1f})"
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    return _table(rows, columns)
 
 
 def _version() -> str:
@@ -90,20 +312,38 @@ def _num(v):
     return f if math.isfinite(f) else None  # JSON has no NaN: a missing value is null
 
 
-def environment(device: str = "cpu") -> dict:
-    from . import _common as C  # imports torch
-
-    env = C.environment(device)
+def load_average() -> float | None:
     try:
-        env["loadavg_1m"] = os.getloadavg()[0]  # other work on the machine skews timings
-    except OSError:  # pragma: no cover
-        pass
-    return env
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        return None
+
+
+def environment(device: str = "cpu") -> dict:
+    """Device, library versions, git commit, timestamp and load average of this run."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = platform.processor() or platform.machine()
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    return {
+        "device": device, "device_name": name, "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "triton": triton_version, "numpy": np.__version__, "python": platform.python_version(),
+        "commit": git_commit(), "load_avg_1m": load_average(), "loadavg_1m": load_average(),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _clean(obj):
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, dict):   # a timing's "result" (the timed function's return value) is not written
+        return {str(k): _clean(v) for k, v in obj.items() if k != "result"}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     if isinstance(obj, np.generic):
@@ -116,7 +356,7 @@ def _clean(obj):
 def write_suite(name: str, rows: list[dict], *, out: Path | None = None, quick: bool = False,
                 plots: list[str] | None = None, tables: dict | None = None, env: dict | None = None) -> Path:
     """Write ``<out>/<name>.json`` (atomically) and return its path."""
-    out = Path(out) if out is not None else RESULTS
+    out = results_dir(out, quick)
     out.mkdir(parents=True, exist_ok=True)
     for r in rows:
         missing = [k for k in REQUIRED_KEYS if k not in r]

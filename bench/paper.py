@@ -73,3 +73,28 @@ def lines_beside(ours: dict, workload: str, paper: dict | None = None) -> list[s
         out.append(f"| {m}: top-1 {fmt(p1)}, top-2 {fmt(p2)}, r {fmt(r)} | top-1 {fmt(q.get('top1_error'))}, "
                    f"top-2 {fmt(q.get('top2_error'))}, r {fmt(q.get('pearson'))} |")
     return out
+
+
+def suite(opts) -> list[dict]:
+    """The paper's numbers as result rows (``python -m bench paper``): top-1 / top-2 error and mean
+    Pearson r per workload and method, read from the tables file; the suite the quality suite's
+    "beside the paper" notes come from. No timing: these are published values."""
+    from . import harness as H
+
+    ctx = H.context("cpu", opts.quick)
+    tables = load()
+    rows = []
+    for wl, metrics in sorted(tables["errors"].items()):
+        for metric, per_method in sorted(metrics.items()):
+            for m, v in per_method.items():
+                rows.append(H.row(ctx, "paper", f"paper: {wl}", m, metric, v, baseline="source-accuracy",
+                                  baseline_value=per_method.get("source-accuracy")))
+    for wl, per_method in sorted(tables["pearson"].items()):
+        for m, v in per_method.items():
+            rows.append(H.row(ctx, "paper", f"paper: {wl}", m, "pearson_mean", v))
+    if not rows:
+        print(f"paper: no tables at {TABLES}: nothing to write")
+    H.write_suite("paper_quick" if opts.quick else "paper", rows, out=opts.out_dir, quick=opts.quick,
+                  tables={"notes": [NOTE], "source": str(TABLES)})
+    print(f"paper: {len(rows)} published values from {TABLES.name}")
+    return rows

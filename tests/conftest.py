@@ -18,9 +18,22 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
-def rng():
-    """A fresh, unseeded generator; its seed is printed so a failure report shows it
-    (replay with ``np.random.default_rng(seed)``)."""
+def rng(request):
+    """A generator with a fresh seed on every run; a failing test's report names the seed (a section
+    "rng seed" beside the traceback; replay with ``np.random.default_rng(seed)``)."""
     seed = int(np.random.SeedSequence().entropy) % (1 << 63)
     print(f"rng seed: {seed}")
+    request.node.stash[RNG_SEED] = seed
     return np.random.default_rng(seed)
+
+
+RNG_SEED = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    seed = item.stash.get(RNG_SEED, None)
+    if seed is not None and report.failed:
+        report.sections.append(("rng seed", f"this test drew its data with np.random.default_rng({seed})"))

@@ -142,7 +142,8 @@ def test_non_utf8_bytes_column_is_text_not_a_crash(hub):
     """Was: bytes values that are not UTF-8 reached ``astype(str)`` and raised UnicodeDecodeError.
     Now to_frame decodes bytes with backslash escapes: the add works."""
     data = {"a": [b"\x00\xff", b"", b"abc"] * 3}
-    assert _add(hub, "edge", data) is not None
+    e = _add(hub, "edge", data)
+    assert e is not None and (e.n_rows, e.kinds, e.features) == (9, ["categorical"], ["a"])
     _search(hub, data)
 
 
@@ -167,13 +168,26 @@ def test_non_iterable_feature_names_raise_a_named_error(hub):
 
 
 # ------------------------------------------------------------------------------- the checks
+def _assert_says_what_and_how(e: Exception) -> None:
+    """A named error: a subclass (never the bare base) carrying its class's stable ``code``, and a
+    message of its own -- a sentence (4 words or more) saying what was wrong -- not the code, the
+    class name, a repr of Python internals or a traceback."""
+    msg = str(e)
+    name = type(e).__name__
+    assert type(e) is not fitsketch.FitsketchError, f"bare FitsketchError: {e!r}"
+    assert e.code == type(e).code and e.code != fitsketch.FitsketchError.code, f"{name} lost its code: {e!r}"
+    assert msg.strip() not in ("", e.code, name), f"{name} says nothing: {e!r}"
+    assert len(msg.split()) >= 4, f"{name} says too little: {e!r}"
+    assert "Traceback" not in msg and " object at 0x" not in msg, f"{name} leaks internals: {e!r}"
+
+
 def _add(hub, name, data, **kw):
     TRIED["add"] += 1
     before = hc.dump(hub)
     try:
         entry = hub.add(name, data, **kw)
     except fitsketch.FitsketchError as e:
-        assert len(str(e)) > 10, f"{type(e).__name__} says too little: {e!r}"
+        _assert_says_what_and_how(e)
         assert hc.dump(hub) == before, f"failed add ({type(e).__name__}: {e}) changed the hub"
         return None
     hc.check_hub(hub)
@@ -190,7 +204,7 @@ def _search(hub, data, **kw):
         assert isinstance(out, list) and all(isinstance(m, fitsketch.Match) for m in out)
         assert all(np.isfinite(m.score) or np.isinf(m.score) for m in out)
     except fitsketch.FitsketchError as e:
-        assert len(str(e)) > 10
+        _assert_says_what_and_how(e)
     assert hc.dump(hub) == before, "search changed the hub"
 
 
@@ -517,6 +531,8 @@ def test_empty_image_array_raises_empty_data(hub):
 def test_fixed_width_bytes_arrays_are_decoded(hub):
     """Was: an ``S``-dtype NumPy array or column of non-UTF-8 bytes raised UnicodeDecodeError."""
     arr = np.array([[b"\x80"], [b"ab"], [b"ab"]], dtype="S2")
-    assert _add(hub, "s", arr) is not None
-    assert _add(hub, "t", pd.DataFrame({"a": arr[:, 0]})) is not None
+    e = _add(hub, "s", arr)
+    assert e is not None and (e.n_rows, e.kinds, e.features) == (3, ["categorical"], ["f0"])
+    e = _add(hub, "t", pd.DataFrame({"a": arr[:, 0]}))
+    assert e is not None and (e.n_rows, e.kinds, e.features) == (3, ["categorical"], ["a"])
     _search(hub, arr)

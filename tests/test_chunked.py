@@ -21,8 +21,7 @@ def _frame(rng, n):
                          "t": [" ".join(rng.choice(["alpha", "beta", "gamma", "delta", "eps"], 5)) for _ in range(n)]})
 
 
-def test_one_chunk_file_is_exactly_the_whole_frame(tmp_path):
-    rng = np.random.default_rng()
+def test_one_chunk_file_is_exactly_the_whole_frame(rng, tmp_path):
     df = _frame(rng, int(rng.integers(1, 400)))
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
@@ -33,8 +32,7 @@ def test_one_chunk_file_is_exactly_the_whole_frame(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_many_chunks_keep_the_exact_parts_and_are_deterministic(tmp_path, monkeypatch, fmt):
-    rng = np.random.default_rng()
+def test_many_chunks_keep_the_exact_parts_and_are_deterministic(rng, tmp_path, monkeypatch, fmt):
     m = int(rng.integers(3, 17))
     rows = m * int(rng.integers(2, 6))            # rows per chunk, a multiple of m
     monkeypatch.setattr(chunked, "MIN_CHUNK_ROWS", rows)
@@ -67,10 +65,9 @@ def test_many_chunks_keep_the_exact_parts_and_are_deterministic(tmp_path, monkey
                                                                                          got.signatures)
 
 
-def test_cli_add_is_chunked_and_progress_only_when_asked(tmp_path, monkeypatch, capsys):
+def test_cli_add_is_chunked_and_progress_only_when_asked(rng, tmp_path, monkeypatch, capsys):
     from fitsketch.cli import main
 
-    rng = np.random.default_rng()
     monkeypatch.setattr(chunked, "MIN_CHUNK_ROWS", 50)
     monkeypatch.setattr(chunked, "MAX_CHUNK_ROWS", 50)
     df = _frame(rng, 173)

@@ -40,8 +40,7 @@ def test_console_entry_point_runs_as_a_process(tmp_path):
 
 
 @pytest.fixture
-def files(tmp_path):
-    rng = np.random.default_rng()
+def files(tmp_path, rng):
     out = {}
     for i, shift in enumerate([0, 5, 10]):
         df = pd.DataFrame({"a": rng.normal(shift, 1, 300), "b": rng.choice(["x", "y", "z"], 300)})
@@ -114,12 +113,11 @@ def test_cli_simex_classes_writes_matrix_and_heatmap(tmp_path, run):
     assert p.returncode == 2 and "[invalid_argument]" in p.stderr
 
 
-def test_cli_add_parquet_glob_equals_the_library(tmp_path, run):
+def test_cli_add_parquet_glob_equals_the_library(rng, tmp_path, run):
     """`fitsketch add HUB NAME --parquet GLOB` registers the distributed sketch of the files."""
     import fitsketch
     from fitsketch.distributed import sketch_parquet
 
-    rng = np.random.default_rng()
     for i in range(2):
         pd.DataFrame({"a": rng.normal(size=40), "b": rng.choice(["x", "y"], 40)}).to_parquet(tmp_path / f"p{i}.parquet")
     hub = tmp_path / "hub"

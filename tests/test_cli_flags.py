@@ -125,8 +125,7 @@ def test_engine_errors_print_in_command_line_terms(tmp_path, run):
     assert code == 2 and "fitsketch show HUB" in err and "hub.names()" not in err
 
 
-def test_sep_sniffed_explicit_and_one_column_warning(tmp_path, run):
-    rng = np.random.default_rng()
+def test_sep_sniffed_explicit_and_one_column_warning(rng, tmp_path, run):
     df = pd.DataFrame({"a": rng.normal(size=60), "b": rng.choice(["x", "y"], 60), "c": rng.integers(0, 9, 60)})
     semi = tmp_path / "semi.csv"
     df.to_csv(semi, sep=";", index=False)
@@ -149,10 +148,9 @@ def test_sep_sniffed_explicit_and_one_column_warning(tmp_path, run):
                 assert np.array_equal(stored, ref.signatures)
 
 
-def test_add_labels_autoencoder_image_shape_embedding_metadata(tmp_path, run):
+def test_add_labels_autoencoder_image_shape_embedding_metadata(rng, tmp_path, run):
     """`add --labels COL --autoencoder --image-shape C,H,W --embedding F --metadata J` registers what
     hub.add(labels=, autoencoder=True, image_shape=, embedding=, metadata=) registers."""
-    rng = np.random.default_rng()
     n = 90
     y = rng.integers(0, 3, n)
     X = rng.random((n, 16)) + y[:, None] * 0.5      # 1 x 4 x 4 images, three classes

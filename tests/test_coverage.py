@@ -12,12 +12,13 @@ from fitsketch import errors as E
 from fitsketch.config import SketchConfig
 from fitsketch.kernels import rowcodes as rc
 
+from _frames import _cov_frame
+
 SIZES = [0, 1, 7, 97, 1001]
 
 
 @pytest.mark.parametrize("n", SIZES)
-def test_row_codes_equal_reference_on_every_path(n):
-    rng = np.random.default_rng()
+def test_row_codes_equal_reference_on_every_path(rng, n):
     d, T, B = int(rng.integers(1, 40)), int(rng.integers(1, 5)), int(rng.integers(1, 13))
     x = rng.standard_normal((n, d)).astype(np.float32)
     a = rc.hyperplanes(int(rng.integers(0, 2**31)), T, B, rng.integers(0, 2**40, d))
@@ -48,8 +49,7 @@ def ref_coverage(t_codes, s_codes, tau):
 
 
 @pytest.mark.parametrize("tau", [1.0, 2.5])
-def test_counts_and_score_equal_reference(tau):
-    rng = np.random.default_rng()
+def test_counts_and_score_equal_reference(rng, tau):
     T = 3
     t_codes = rng.integers(0, 16, size=(T, 41))
     s_codes = rng.integers(0, 16, size=(T, int(rng.integers(1, 60))))
@@ -61,8 +61,7 @@ def test_counts_and_score_equal_reference(tau):
     np.testing.assert_allclose(rc.coverage_score(tc, sc, T, tau), ref_coverage(t_codes, s_codes, tau), atol=1e-12)
 
 
-def test_coverage_counts_merge_by_addition():
-    rng = np.random.default_rng()
+def test_coverage_counts_merge_by_addition(rng):
     a = pd.DataFrame({"x": rng.normal(size=40), "y": rng.normal(size=40), "c": rng.choice(["p", "q"], 40)})
     b = pd.DataFrame({"x": rng.normal(size=23), "y": rng.normal(size=23), "c": rng.choice(["p", "r"], 23)})
     cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
@@ -77,13 +76,12 @@ def test_coverage_counts_merge_by_addition():
     assert merged == dense(sab)
 
 
-def test_planted_target_covered_by_one_source_ranks_it_first(tmp_path):
+def test_planted_target_covered_by_one_source_ranks_it_first(rng, tmp_path):
     """Digits: the target holds classes only one source has seen."""
     from sklearn.datasets import load_digits
 
     X, y = load_digits(return_X_y=True)
     names = [f"px{i}" for i in range(64)]
-    rng = np.random.default_rng()
     perm = rng.permutation(len(y))
     train, test = perm[:1200], perm[1200:]
     groups = {"s012": [0, 1, 2], "s345": [3, 4, 5], "s6789": [6, 7, 8, 9]}
@@ -98,8 +96,7 @@ def test_planted_target_covered_by_one_source_ranks_it_first(tmp_path):
     assert len(res[0].evidence["per_table"]) == hub.config.coverage_tables
 
 
-def test_coverage_falls_back_or_raises_when_feature_sets_differ(tmp_path):
-    rng = np.random.default_rng()
+def test_coverage_falls_back_or_raises_when_feature_sets_differ(rng, tmp_path):
     src = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80), "c": rng.normal(size=80)})
     with fitsketch.open(tmp_path / "h") as hub:
         hub.add("three", src)
@@ -114,13 +111,12 @@ def test_coverage_falls_back_or_raises_when_feature_sets_differ(tmp_path):
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1001])
-def test_row_matrix_equals_column_blocks(n):
+def test_row_matrix_equals_column_blocks(n, rng):
     """The batched transform of plain numeric columns equals each column's own block, for frames
     mixing float (with NaN / inf), int, uint, bool, datetime, numeric-object and string columns."""
     from fitsketch import coverage as C
     from fitsketch import quantize as Q
 
-    rng = np.random.default_rng()
     f = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 300, n)
     if n > 3:
         f[:4] = [np.nan, np.inf, -np.inf, -0.0]
@@ -139,3 +135,32 @@ def test_row_matrix_equals_column_blocks(n):
     assert X.shape == ref.shape and np.array_equal(X, ref, equal_nan=True)
     assert np.array_equal(keys, np.concatenate([b[1] for b in blocks]))
     assert owner == [i for i, b in enumerate(blocks) for _ in range(b[0].shape[1])]
+
+
+def test_coverage_groups_generalize_the_one_group_score(rng):
+    """The several-groups score with one real group (plus an empty one) is the one-group score;
+    a shared centre still sums counts; more than MAX_GROUPS centres is refused with the fix."""
+    from fitsketch import coverage as C
+
+    cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
+    s = fitsketch.sketch_data(_cov_frame(rng, int(rng.integers(50, 400))), cfg)
+    q = fitsketch.sketch_data(_cov_frame(rng, int(rng.integers(1, 300)), 0.3), cfg)
+    rec = s.coverage
+    empty = {"center": rec["center"] + 1.0, "table": rec["table"][:0], "code": rec["code"][:0],
+             "count": rec["count"][:0]}
+    for tau in (1.0, 3.0):
+        one = C.score(q.rows, rec, seed=cfg.seed, tau=tau)
+        two = C.score(q.rows, {**rec, "more": [empty]}, seed=cfg.seed, tau=tau)
+        np.testing.assert_allclose(two, one, rtol=1e-12, atol=1e-15)
+    # three parts, two of which share a centre: two groups, the shared one with their summed counts
+    parts = [_cov_frame(rng, 80) for _ in range(3)]
+    c = fitsketch.sketch_data(parts[1], cfg).coverage["center"]
+    m = fitsketch.sketch_data(parts[0], cfg).merge(fitsketch.sketch_data(parts[1], cfg, coverage_center=c)).merge(
+        fitsketch.sketch_data(parts[2], cfg, coverage_center=c))
+    g = C.groups(m.coverage)
+    ref = fitsketch.sketch_data(pd.concat(parts[1:], ignore_index=True), cfg, coverage_center=c).coverage
+    assert len(g) == 2 and all(np.array_equal(g[1][k], ref[k]) for k in ("table", "code", "count"))
+    acc = fitsketch.sketch_data(parts[0], cfg)
+    with pytest.raises(fitsketch.errors.InvalidArgumentError, match="coverage_center"):
+        for i in range(C.MAX_GROUPS + 1):
+            acc = acc.merge(fitsketch.sketch_data(_cov_frame(rng, 20, float(i)), cfg))

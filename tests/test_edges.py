@@ -25,12 +25,10 @@ def test_no_public_name_shadows_a_module():
     assert importlib.import_module("fitsketch.sketch") is sk
 
 
-def test_match_repr_is_short_and_says_what_matters():
-    import numpy as np
+def test_match_repr_is_short_and_says_what_matters(rng):
 
     from fitsketch.hub import Match
 
-    rng = np.random.default_rng()
     n = int(rng.integers(4, 200))
     feats = [(f"t{i}", f"t{i}" if i % 2 else f"s{i}", float(rng.random())) for i in range(n)]
     m = Match("model-a", float(rng.random()), "adaptivity", 1.0, feats,
@@ -43,16 +41,14 @@ def test_match_repr_is_short_and_says_what_matters():
     assert len(m.to_dict()["features"]) == n          # the data itself is all there
 
 
-def test_sketch_parquet_processes_from_stdin_script(tmp_path):
+def test_sketch_parquet_processes_from_stdin_script(rng, tmp_path):
     """`python -` (no __main__ file) with engine="processes": workers start (spawn) and the sketch
     equals the single-process one."""
     import subprocess
     import sys
 
-    import numpy as np
     import pandas as pd
 
-    rng = np.random.default_rng()
     for i in range(2):
         pd.DataFrame({"a": rng.normal(size=int(rng.integers(20, 60))), "b": rng.choice(["x", "y"], 1)[0]}
                      ).to_parquet(tmp_path / f"p{i}.parquet")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fitsketch.kernels import _device, jslsh
+from fitsketch.kernels import jslsh as KJ
 from fitsketch.kernels.jslsh import gaussian_projection, offsets, project_reference
 
 EDGE_RTOL = 1e-4  # |v - round(v)| <= EDGE_RTOL * max(1, |v|): a mismatch is allowed there only
@@ -84,3 +85,15 @@ def test_env_forces_cpu_for_auto(rng, monkeypatch):
 def test_cuda_equals_reference(rng, n, d, h):
     sqrt_p, a, b = _inputs(rng, n, d, h, 0.3)
     _assert_buckets_equal(jslsh.project(sqrt_p, a, b, 0.3, device="cuda"), sqrt_p, a, b, 0.3)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 301])
+def test_gaussian_rows_memo_equals_fresh_draw(rng, n):
+    """The memo returns exactly the rows a fresh draw gives, also for repeated and new coordinates."""
+    cache = KJ._RowCache(max_rows=64)          # small: exercises clearing too
+    for _ in range(3):
+        f = rng.integers(-5, 5, n).astype(np.int64) * (1 << 40)
+        b = rng.integers(-3, 3, n).astype(np.int64)
+        got = cache.get(7, f, b, 16)
+        assert got.dtype == np.float32 and got.shape == (n, 16)
+        np.testing.assert_array_equal(got, KJ._gaussian_rows(7, f, b, 16))

@@ -2,7 +2,6 @@
 embedding shortlist as a candidate stage."""
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -23,11 +22,10 @@ def test_candidate_mode_follows_the_stored_feature_count():
 
 
 @pytest.mark.parametrize("scan_limit,first", [(10**9, "filter"), (0, "candidates")])
-def test_filter_order_and_explain_match_what_ran(tmp_path, monkeypatch, scan_limit, first):
+def test_filter_order_and_explain_match_what_ran(rng, tmp_path, monkeypatch, scan_limit, first):
     """Constructed statistics: a tiny scan limit forces the LSH stage, which must run before the
     filter; otherwise the filter runs first. The plan's actual counts are what the search did."""
     monkeypatch.setattr(planner, "SCAN_FEATURE_LIMIT", scan_limit)
-    rng = np.random.default_rng()
     with fitsketch.open(tmp_path / "h", config=SketchConfig(partition_size=30)) as hub:
         for i in range(6):
             hub.add(f"e{i}", _frame(rng, i), metadata={"team": "a" if i % 2 else "b"})
@@ -46,8 +44,7 @@ def test_filter_order_and_explain_match_what_ran(tmp_path, monkeypatch, scan_lim
         assert stage["score"].estimated == stage["score"].actual
 
 
-def test_embedding_shortlist_is_a_candidate_stage(tmp_path):
-    rng = np.random.default_rng()
+def test_embedding_shortlist_is_a_candidate_stage(rng, tmp_path):
     centers = rng.normal(size=(5, 16))
     with fitsketch.open(tmp_path / "h", config=SketchConfig(partition_size=30)) as hub:
         for i in range(5):

@@ -21,8 +21,7 @@ def _jsd_ref(p: dict, q: dict) -> float:
 
 
 @pytest.fixture
-def hub_and_query(tmp_path):
-    rng = np.random.default_rng()
+def hub_and_query(tmp_path, rng):
     n = int(rng.integers(200, 500))
     shifted = str(rng.choice(["u", "v", "w"]))   # the one feature entry "far" differs in
 

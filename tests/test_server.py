@@ -792,14 +792,13 @@ def test_sigkill_mid_write_then_restart_and_sigterm(tmp_path, sock_dir):
                 p.wait()
 
 
-def test_nearest_sample_and_search_logits_equal_embedded(tmp_path, sock_dir):
+def test_nearest_sample_and_search_logits_equal_embedded(rng, tmp_path, sock_dir):
     """The embedding and ProbeLog reads through the socket give what the embedded hub gives."""
     from fitsketch.probelog import make_probes
 
     srv = Server(tmp_path / "served", socket_path=os.path.join(sock_dir, "n.sock"), shutdown_grace=2.0).start()
     hub = fitsketch.open(tmp_path / "embedded")
     client = connect(srv.url())
-    rng = np.random.default_rng()
     emb = {f"e{i}": rng.normal(size=(N, 8)) for i in range(3)}
     probes = make_probes(rng.normal(size=(200, 4)), 40, seed=1)
     W = [rng.normal(size=(4, 3)) for _ in range(2)]
@@ -840,7 +839,14 @@ def test_wire_sketch_with_a_bad_coverage_record_is_refused():
     from fitsketch.protocol import sketch_from_wire
 
     sk = fitsketch.sketch_data(_data(3))
-    assert sketch_from_wire(sk.to_record()).coverage is not None
+    back = sketch_from_wire(sk.to_record()).coverage      # the good record crosses the wire unchanged
+    assert back is not None and sorted(back) == sorted(sk.coverage)
+    for key, v in sk.coverage.items():
+        if isinstance(v, np.ndarray):
+            assert back[key].dtype == v.dtype, key
+            np.testing.assert_array_equal(back[key], v, err_msg=key)
+        else:
+            assert back[key] == v, key
     for mutate in (lambda c: c.update(code=c["code"].astype(np.int64) + (1 << 20)),
                    lambda c: c.update(table=c["table"][:-1]),
                    lambda c: c.update(center=np.full_like(c["center"], np.nan)),
