@@ -223,7 +223,7 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     own = [(own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, **kw),
             own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, **kw)) for q in qs]
     rows = []
-    idx = S.ScreenIndex(cfg.jslsh_l)
+    idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
     for size in sizes:
         while len(idx) < size:
             lo = len(idx)

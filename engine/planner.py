@@ -96,9 +96,9 @@ SHORTLIST_RULES = {
     "adaptivity": ShortlistRule("adaptivity", exact=True),
     "js": ShortlistRule("js", exact=True),
     "exact-js": ShortlistRule("exact-js", exact=True),
-    # l2 is now scaled by each feature's spread (issue 20); the screen computes the unscaled
-    # distance of the means, a proxy whose recall is not measured yet
-    "l2": ShortlistRule("l2", exact=False),
+    # l2 (scaled by each feature's spread, issue 20): the screen computes hub._l2 itself, the spread
+    # from each feature's stored variance about its mean (engine/screen.py _variance)
+    "l2": ShortlistRule("l2", exact=True),
     # coverage codes the query's rows per entry, which no stored summary reproduces; exact-js of the
     # dataset-level distributions ranks its entries: recall@10 0.975 (best found 8/8) on the digits
     # label-skew zoo of 1,300 entries where this was chosen, 1.00 (6/6) on the held-out MNIST-5k

@@ -17,7 +17,7 @@ from fitsketch.jslsh import own_keys
 from _hubcheck import check_hub
 
 HIST_METHODS = ("adaptivity", "js", "exact-js", "l2")
-EXACT_METHODS = ("adaptivity", "js", "exact-js")   # screened by their own score (l2: a proxy since issue 20)
+EXACT_METHODS = ("adaptivity", "js", "exact-js", "l2")   # screened by their own score
 
 
 def _classes(rng, n_classes=4, rows=120):
@@ -71,9 +71,7 @@ def test_screen_equals_the_scorers(tmp_path, rng):
             scr = _screen_by_name(hub, q, method)
             assert set(scr) == set(full)
             for name, (s, exact) in scr.items():
-                if method == "l2":   # a proxy since l2 is scaled by each feature's spread
-                    assert not planner.shortlist_rule("l2").exact
-                elif method == "exact-js":
+                if method in ("exact-js", "l2"):   # l2: spread-scaled, with the uncovered-feature term ("fewer")
                     assert exact and s == pytest.approx(full[name], abs=1e-6), (method, name)
                 elif name in ("perm", "fewer"):
                     assert not exact
@@ -186,7 +184,6 @@ def test_methods_declare_how_they_are_shortlisted():
     assert planner.use_shortlist(10_000, 8, "simex")[0] is False
     for m in EXACT_METHODS:
         assert planner.shortlist_rule(m).exact and planner.use_shortlist(10_000, 8, m)[0]
-    assert not planner.shortlist_rule("l2").exact and planner.use_shortlist(10_000, 8, "l2")[0]
     assert not planner.shortlist_rule("coverage").exact and planner.use_shortlist(10_000, 8, "coverage")[0]
     assert planner.use_shortlist(32, 8, "exact-js")[0] is False          # at most 4 x shortlist entries
 
