@@ -32,7 +32,8 @@ from .jslsh import (adaptivity_scores, below_one_step, exact_js_scores, graded_a
 from .minhash import (Alignment, align_from_similarity, distribution_overlap, feature_band_keys, feature_dists,
                       hist_totals, is_generic, row_similarity, similarity)
 from .partitions import aligned_distributions, pack_hist, unpack_hist
-from .planner import Plan, Stage, choose_candidate_stage, order_filter_first, shortlist_rule, use_shortlist
+from .planner import (SHORTLIST_MARGIN_CAP, Plan, Stage, choose_candidate_stage, order_filter_first, shortlist_rule,
+                      use_shortlist)
 from .data import to_frame
 from .embeddings import EmbeddingsMixin, check_embedding, delete_embeddings, write_embeddings
 from .probelog import ProbeLogMixin, delete_model_descriptors, write_model_descriptors
@@ -735,7 +736,7 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                 allowed = {u64(int(m.evidence["entry_id"])) for m in near}
                 st.actual = len(allowed)
         if allowed is None:
-            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where)
+            allowed = self._shortlist(target, cfg, self._screened_as(method), plan, where, k)
         with self.store.read() as txn:
             n_stored = int(txn.get("meta", b"n_features") or 0)
             n_entries = txn.count("names")
@@ -888,7 +889,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         with self.store.read() as txn:
             return any((txn.get("meta", b"label_kinds") or {}).values())
 
-    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None) -> set | None:
+    def _shortlist(self, target: Sketch, cfg: SketchConfig, method: str, plan: Plan, where=None,
+                   k: int = 10) -> set | None:
         """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores
         every entry (planner.use_shortlist). ``cfg.shortlist_screen``: "exact" screens every entry
         with the method's own score (engine/screen.py, planner.shortlist_rule), "profile" keeps the
@@ -930,25 +932,10 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
                        own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=False, **kw)
                        if rule.screen == "adaptivity" else None)
             scr = idx.scores(target, rule.screen, seed=seed, t_keys=own)
-            ids, info = _screen.select(scr, cfg.shortlist)
+            ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
             st.actual = len(ids)
-            st.detail += (f"; {info['screened']} entries share column names with the query, {info['exact']} "
-                          + ("screened by the method's own score" if rule.exact else f"ranked by {rule.screen}"))
-            if info["proxy"]:
-                st.detail += f", {info['proxy']} by the exact-js proxy (another column order or JS-LSH parameters)"
-            st.detail += f"; kept the top {cfg.shortlist}" + (" of each" if info["proxy"] and info["exact"] else "")
-            if "kept_score_range" in info:
-                lo_, hi_ = info["kept_score_range"]
-                st.detail += f" (screen scores {lo_:.4g} .. {hi_:.4g})"
-            if rule.exact and not info["proxy"]:
-                st.recall = 1.0
-                st.detail += "; recall 1 for entries aligned by column name (an exact screen)"
-            elif not rule.exact:
-                st.recall = rule.measured_recall
-                st.detail += f"; {method} is screened by its proxy {rule.screen}" + (
-                    f", recall@10 measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
-                    if rule.measured_recall is not None else ", recall not measured")
-            st.detail += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
+            text, st.recall = _screen.describe(info, rule, method, cfg.shortlist, k, n_entries)
+            st.detail += text
         return {u64(int(i)) for i in ids}
 
     def _candidates(self, txn, target: Sketch, cfg: SketchConfig, mode: str, reason: str, where: dict | None,

@@ -474,13 +474,18 @@ def _variance(feat: np.ndarray, bucket: np.ndarray, p: np.ndarray, mean: np.ndar
     return np.where(w > 0, sq / np.where(w > 0, w, 1.0), 0.0)
 
 
-def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
+def select(scr: dict, n_keep: int, k: int = 0, margin: float | None = None,
+           max_keep: int | None = None) -> tuple[np.ndarray, dict]:
     """Entry ids to score: the ``n_keep`` best exactly screened entries (by score, then tiebreak)
-    and the ``n_keep`` best of the others (by their exact-js proxy), ties at each cut included.
+    and the ``n_keep`` best of the others (by their proxy), ties at each cut included; with a
+    ``margin``, also every proxy-screened entry within ``margin`` of the proxies' ``k``-th best score
+    (the proxy's measured error: an entry the method ranks in its top k lies no further below),
+    at most ``max_keep`` proxies in all (the best; ``info["capped"]`` then says recall is not held).
     Returns ``(ids, info)`` with the counts for the plan."""
     ids, s, tb, ex = scr["ids"], scr["score"], scr["tiebreak"], scr["exact"]
     kept = []
-    info = {"screened": int(len(ids)), "exact": int(ex.sum()), "proxy": int((~ex).sum())}
+    info = {"screened": int(len(ids)), "exact": int(ex.sum()), "proxy": int((~ex).sum()), "in_margin": 0,
+            "capped": False}
     for grp in (ex, ~ex):
         g = np.flatnonzero(grp) if n_keep > 0 else np.zeros(0, dtype=np.int64)
         if len(g) == 0:
@@ -491,10 +496,63 @@ def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
             tied = g[s[g] == cut]
             if len(top) + len(tied) > n_keep:      # ties at the cut: the best tiebreaks among them
                 tied = tied[np.argsort(-tb[tied], kind="stable")[:n_keep - len(top)]]
-            g = np.concatenate([top, tied])
+            sel = np.concatenate([top, tied])
+            if grp is not ex and margin is not None and k > 0:
+                kth = np.partition(s[g], len(g) - min(k, len(g)))[len(g) - min(k, len(g))]
+                near = g[s[g] >= kth - margin]
+                extra = np.setdiff1d(near, sel)
+                if max_keep is not None and len(sel) + len(extra) > max_keep:
+                    info["capped"] = True
+                    extra = extra[np.argsort(-s[extra], kind="stable")[:max(max_keep - len(sel), 0)]]
+                info["in_margin"] = int(len(extra))
+                info["margin_floor"] = float(kth - margin)
+                sel = np.concatenate([sel, extra])
+            g = sel
         kept.append(g)
     sel = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
     info["kept"] = int(len(sel))
     if len(sel):
         info["kept_score_range"] = (float(s[sel].min()), float(s[sel].max()))
     return ids[sel], info
+
+
+def choose(scr: dict, rule, n_keep: int, k: int, max_keep: int | None) -> tuple[np.ndarray, dict]:
+    """select() under a planner.ShortlistRule: a method screened by a proxy (``rule.exact`` False)
+    has every entry in the proxy group; ``rule.margin`` widens that group's cut."""
+    if not rule.exact:
+        scr = {**scr, "exact": np.zeros(len(scr["ids"]), dtype=bool)}
+    return select(scr, n_keep, k=k, margin=rule.margin, max_keep=max_keep)
+
+
+def describe(info: dict, rule, method: str, n_keep: int, k: int, n_entries: int) -> tuple[str, float | None]:
+    """``(text, estimated recall)`` of a screen's selection for the plan (``explain``): what was
+    screened how, what was kept, and the recall of the exhaustive top k it holds -- 1 when every
+    screened entry got the method's own score, the proxy's measured recall (with its margin) when
+    some did not, None when that is unknown or the margin's cap cut entries."""
+    t = f"; {info['screened']} entries share column names with the query"
+    if info["exact"]:
+        t += f", {info['exact']} screened by the method's own score"
+    if info["proxy"]:
+        why = (f"{method} is screened by its proxy {rule.screen}" if not rule.exact else
+               "another column order, other JS-LSH parameters, or a small query's query-time bands")
+        t += f", {info['proxy']} by the exact-js proxy ({why})"
+    t += f"; kept {info['kept']}: the top {n_keep}" + (" of each" if info["proxy"] and info["exact"] else "")
+    if rule.margin is not None and info["proxy"]:
+        t += (f" + {info['in_margin']} proxy-screened within margin {rule.margin:g} of the {k}-th best proxy "
+              f"score (the proxy's measured error)")
+        if info["capped"]:
+            t += f", capped at {info['kept']} (more lay within the margin: recall not held)"
+    if "kept_score_range" in info:
+        lo_, hi_ = info["kept_score_range"]
+        t += f" (screen scores {lo_:.4g} .. {hi_:.4g})"
+    if not info["proxy"]:
+        recall = 1.0
+        t += "; recall 1 for entries aligned by column name (an exact screen)"
+    elif info["capped"]:
+        recall = None
+    else:
+        recall = rule.measured_recall
+        t += (f"; recall@10 of the proxy measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
+              if rule.measured_recall is not None else "; the proxy's recall is not measured")
+    t += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
+    return t, recall
