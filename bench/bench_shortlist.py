@@ -194,6 +194,104 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
     return rows
 
 
+def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100, methods=SIMILAR_METHODS,
+               shortlist: int = 100, seed: int = 0, out=print, out_dir: Path | None = None, tag: str = "") -> list[dict]:
+    """Recall of the default candidate stage (the exact screen, with each rule's margin) on a zoo of
+    similar entries, with enough queries for best-found to mean something, and the proxy's gaps
+    that choose a rule's margin: per query, how far below the exact-js screen's 10th best score the
+    exhaustive top 10 (``gap10``) and the exhaustive best (``gap1``) lie (planner.ShortlistRule.margin).
+    ``shortlist`` is set so the stage runs at ``entries`` (above 4 x shortlist). Profile screens are
+    not run (bench/SUMMARY.md has them)."""
+    import fitsketch
+    from fitsketch import planner
+
+    from . import zoos
+
+    planner.SCAN_FEATURE_LIMIT = 1 << 62                 # as run_similar: the exact signature scan
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    t0 = time.perf_counter()
+    zoos.check(data, 2)
+    X, y, names = zoos.dataset(data)
+    sk = zoos.build(data, entries, seed=seed)
+    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    q_sk = zoos.fast_sketches(X, names, q_idx, fitsketch.SketchConfig())
+    w = f"{data} label skew, {entries} entries, seed {seed}, shortlist {shortlist}"
+    out(f"recall/{data}: {entries:,} entries, {n_queries} queries, shortlist {shortlist}, seed {seed}")
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-recall-"))
+    rows, per_query = [], []
+    try:
+        with fitsketch.open(work / "h.hub", config=fitsketch.SketchConfig(shortlist=shortlist)) as hub:
+            t1 = time.perf_counter()
+            hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
+            del sk
+            hub.warm()
+            out(f"  added + warmed in {time.perf_counter() - t1:.1f} s")
+            idx = hub._synced_screen()
+            row_of = {int(e): r for r, e in enumerate(idx.ids.v)}
+            name_id = {}
+
+            def eid(name):
+                if name not in name_id:
+                    name_id[name] = hub.get(name).id
+                return name_id[name]
+
+            for method in methods:
+                rec, best, t_s, t_f, kept, g10, g1, recall_claim = [], [], [], [], [], [], [], []
+                for qi in range(n_queries):
+                    q = (X[q_idx[qi]] if method == "coverage" else q_sk[qi])
+                    kw = {"feature_names": names} if method == "coverage" else {}
+                    t2 = time.perf_counter()
+                    full = hub.search(q, k=10, method=method, shortlist=0, **kw)
+                    t_f.append(time.perf_counter() - t2)
+                    t2 = time.perf_counter()
+                    short, plan = hub._search(q, k=10, method=method, where=None, overrides={}, **{
+                        "feature_names": kw.get("feature_names")})   # search's matches and explain's plan at once
+                    t_s.append(time.perf_counter() - t2)
+                    r, b = _found(short, full)
+                    rec.append(r)
+                    best.append(b)
+                    st = next((s for s in plan.stages if s.name == "shortlist"), None)
+                    kept.append(None if st is None else st.actual)
+                    recall_claim.append(None if st is None else st.recall)
+                    ejs = idx.scores(q_sk[qi], "exact-js", seed=hub.config.seed)
+                    sc = np.full(len(idx), np.nan)
+                    sc[[row_of[int(i)] for i in ejs["ids"]]] = ejs["score"]
+                    kth = np.sort(sc[~np.isnan(sc)])[-10]
+                    top = np.array([sc[row_of[eid(m.name)]] for m in full])
+                    g10.append(float(kth - top.min()))
+                    g1.append(float(kth - top[0]))
+                    per_query.append({"method": method, "query": qi, "recall": r, "best": b, "gap10": g10[-1],
+                                      "gap1": g1[-1], "kept": kept[-1]})
+                rmean, bmean = float(np.mean(rec)), float(np.mean(best))
+                ps, pf = 1e3 * float(np.median(t_s)), 1e3 * float(np.median(t_f))
+                kk = [x for x in kept if x is not None]
+                out(f"  {method:<10} recall@10 {rmean:.3f} (min {min(rec):.2f})  best found {bmean:.3f} "
+                    f"({sum(best)}/{len(best)})  kept p50 {np.median(kk) if kk else '-'} max {max(kk) if kk else '-'}"
+                    f"  explain p50 {ps:7.0f} ms vs shortlist=0 {pf:7.0f} ms  proxy gap10 max {max(g10):.4f} "
+                    f"p95 {np.quantile(g10, .95):.4f}, gap1 max {max(g1):.4f}; stated recall {recall_claim[0]}")
+                m = f"{method}"
+                rows += [H.row(ctx, "shortlist_recall", w, m, "recall_at_10", rmean, baseline="exhaustive top 10",
+                               baseline_value=1.0, queries=n_queries, min=min(rec)),
+                         H.row(ctx, "shortlist_recall", w, m, "best_found", bmean, baseline="exhaustive best",
+                               baseline_value=1.0, queries=n_queries),
+                         H.row(ctx, "shortlist_recall", w, m, "query_p50", ps, unit="ms",
+                               baseline="exhaustive search (shortlist=0)", baseline_value=pf, queries=n_queries),
+                         H.row(ctx, "shortlist_recall", w, m, "kept_p50", float(np.median(kk)) if kk else -1.0,
+                               unit="entries", max=max(kk) if kk else -1),
+                         H.row(ctx, "shortlist_recall", w, m, "proxy_gap10_max", max(g10), p95=float(np.quantile(g10, .95))),
+                         H.row(ctx, "shortlist_recall", w, m, "proxy_gap1_max", max(g1)),
+                         H.row(ctx, "shortlist_recall", w, m, "stated_recall", -1.0 if recall_claim[0] is None
+                               else float(recall_claim[0]))]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows.append(H.row(ctx, "shortlist_recall", w, "all", "wall_time", time.perf_counter() - t0, unit="s"))
+    path = H.write_suite(f"shortlist_recall_{data}_{entries}_s{seed}{tag}", rows, out=out_dir, env=env,
+                         tables={"per_query": per_query})
+    out(f"recall/{data}: wrote {path} ({time.perf_counter() - t0:.1f} s)")
+    return rows
+
+
 def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10_000, 100_000), n_queries: int = 3,
                      out=print, out_dir: Path | None = None) -> list[dict]:
     """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
@@ -261,9 +359,17 @@ def main(argv=None) -> None:
     ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
                     help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
     ap.add_argument("--sizes", default="1000,10000,100000", help="--screen-scale: index sizes")
+    ap.add_argument("--recall", choices=("digits", "mnist"), default=None,
+                    help="recall of the default stage with many queries, and the proxies' gaps (run_recall)")
+    ap.add_argument("--shortlist", type=int, default=100, help="--recall: shortlist (the stage runs above 4x)")
+    ap.add_argument("--seed", type=int, default=0, help="--recall: zoo and query seed")
+    ap.add_argument("--tag", default="", help="--recall: suffix of the result file")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = ap.parse_args(argv)
-    if a.screen_scale:
+    if a.recall:
+        run_recall(a.recall, a.entries or 1_000, a.queries or 100, tuple(a.methods.split(",")), a.shortlist, a.seed,
+                   out_dir=a.out, tag=a.tag)
+    elif a.screen_scale:
         run_screen_scale(a.screen_scale, sizes=tuple(int(x) for x in a.sizes.split(",")))
     elif a.similar:
         run_similar(a.similar, a.entries, a.queries, a.quick, methods=tuple(a.methods.split(",")))
