@@ -195,13 +195,15 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
 
 
 def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100, methods=SIMILAR_METHODS,
-               shortlist: int = 100, seed: int = 0, out=print, out_dir: Path | None = None, tag: str = "") -> list[dict]:
+               shortlist: int = 100, seed: int = 0, out=print, out_dir: Path | None = None, tag: str = "",
+               labelled: bool = False) -> list[dict]:
     """Recall of the default candidate stage (the exact screen, with each rule's margin) on a zoo of
     similar entries, with enough queries for best-found to mean something, and the proxy's gaps
     that choose a rule's margin: per query, how far below the exact-js screen's 10th best score the
     exhaustive top 10 (``gap10``) and the exhaustive best (``gap1``) lie (planner.ShortlistRule.margin).
     ``shortlist`` is set so the stage runs at ``entries`` (above 4 x shortlist). Profile screens are
-    not run (bench/SUMMARY.md has them)."""
+    not run (bench/SUMMARY.md has them). ``labelled``: entries are added from their rows with their
+    labels (``hub.add(labels=)``, ~10x slower than prebuilt sketches), for ``method="accuracy"``."""
     import fitsketch
     from fitsketch import planner
 
@@ -223,7 +225,12 @@ def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
     try:
         with fitsketch.open(work / "h.hub", config=fitsketch.SketchConfig(shortlist=shortlist)) as hub:
             t1 = time.perf_counter()
-            hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
+            if labelled:   # accuracy needs each entry's class record: added from its rows and labels
+                for i in range(entries):
+                    e_idx = zoos.sample_index(y, zoos.ROWS, (seed, 0, i))
+                    hub.add(f"e{i:07d}", X[e_idx], labels=y[e_idx], feature_names=names)
+            else:
+                hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
             del sk
             hub.warm()
             out(f"  added + warmed in {time.perf_counter() - t1:.1f} s")
@@ -239,8 +246,8 @@ def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
             for method in methods:
                 rec, best, t_s, t_f, kept, g10, g1, recall_claim = [], [], [], [], [], [], [], []
                 for qi in range(n_queries):
-                    q = (X[q_idx[qi]] if method == "coverage" else q_sk[qi])
-                    kw = {"feature_names": names} if method == "coverage" else {}
+                    q = (X[q_idx[qi]] if method in ("coverage", "accuracy") else q_sk[qi])
+                    kw = {"feature_names": names} if method in ("coverage", "accuracy") else {}
                     t2 = time.perf_counter()
                     full = hub.search(q, k=10, method=method, shortlist=0, **kw)
                     t_f.append(time.perf_counter() - t2)
@@ -368,7 +375,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if a.recall:
         run_recall(a.recall, a.entries or 1_000, a.queries or 100, tuple(a.methods.split(",")), a.shortlist, a.seed,
-                   out_dir=a.out, tag=a.tag)
+                   out_dir=a.out, tag=a.tag, labelled="accuracy" in a.methods)
     elif a.screen_scale:
         run_screen_scale(a.screen_scale, sizes=tuple(int(x) for x in a.sizes.split(",")))
     elif a.similar:

@@ -203,7 +203,7 @@ class ScreenIndex:
         from . import errors as E
 
         row0, f0, z0, s0 = self.ids.n, self._fi_row.n, self._col.n, self._part_row.n
-        names, fi_row, fi_cnt, fi_mean, fi_sq, fi_live, fi_mom = [], [], [], [], [], [], []
+        names, fi_row, fi_cnt, fi_mean, fi_sq, fi_live, fi_var = [], [], [], [], [], [], []
         coord_name_pos, buckets, probs = [], [], []
         jk_ok, jk_data, part_keys, part_row, p_lo = [], [], [], [], []
         n_fi, n_parts = f0, s0
@@ -225,7 +225,7 @@ class ScreenIndex:
                 fi_mean.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
             fi_sq.append(np.bincount(feat, weights=p * p, minlength=F))
             fi_live.append(tot > 0)
-            fi_mom.append(_variance(feat, np.asarray(rec["bucket"], dtype=np.int64), p, fi_mean[-1], self.accuracy))
+            fi_var.append(_variance(feat, np.asarray(rec["bucket"], dtype=np.int64), p, fi_mean[-1], self.accuracy))
             coord_name_pos.append(n_fi - f0 + feat)
             buckets.append(np.asarray(rec["bucket"], dtype=np.int64))
             probs.append(p)
@@ -269,7 +269,7 @@ class ScreenIndex:
         self._fi_mean.extend(np.concatenate(fi_mean))
         self._fi_sq.extend(np.concatenate(fi_sq))
         self._fi_live.extend(np.concatenate(fi_live))
-        self._fi_var.extend(np.concatenate(fi_mom))
+        self._fi_var.extend(np.concatenate(fi_var))
         self._col.extend(self._coords.add(coords))
         pp = np.concatenate(probs)
         self._p.extend(pp)
