@@ -100,8 +100,13 @@ class ShortlistRule:
 # a method not listed here (a new one, e.g. predicted accuracy) is never shortlisted until it
 # declares a rule: every entry is scored, which is slow on a large hub but never loses an answer
 SHORTLIST_RULES = {
-    "adaptivity": ShortlistRule("adaptivity", exact=True),
-    "js": ShortlistRule("js", exact=True),
+    # js / adaptivity: exact for queries of >= query_min_partitions x partition_size rows (the stored
+    # band keys); a smaller query is scored with query-time bands, so its screen is the exact-js
+    # proxy (the closeness the scorer adds under one LSH step), widened by a margin: the largest gap
+    # between the proxy's 10th best and an exhaustive top-10 entry on the digits label-skew zoo (tuning
+    # queries 0-2: js 0.0044, adaptivity 0.0066), doubled
+    "adaptivity": ShortlistRule("adaptivity", exact=True, margin=0.013),
+    "js": ShortlistRule("js", exact=True, margin=0.009),
     "exact-js": ShortlistRule("exact-js", exact=True),
     # l2 (scaled by each feature's spread, issue 20): the screen computes hub._l2 itself, the spread
     # from each feature's stored variance about its mean (engine/screen.py _variance)
@@ -110,7 +115,8 @@ SHORTLIST_RULES = {
     # dataset-level distributions ranks its entries: recall@10 0.975 (best found 8/8) on the digits
     # label-skew zoo of 1,300 entries where this was chosen, 1.00 (6/6) on the held-out MNIST-5k
     # zoo of 1,100 (python -m bench.bench_shortlist --similar digits|mnist); the lower is stated
-    "coverage": ShortlistRule("exact-js", exact=False, measured_recall=0.97),
+    # (before the margin); the margin is its largest gap on the digits zoo's tuning queries (0.0023), doubled
+    "coverage": ShortlistRule("exact-js", exact=False, measured_recall=0.97, margin=0.005),
     "simex": ShortlistRule(None),       # autoencoders: nothing stored summarizes them
     # predicted accuracy: the labelled entries nearest the query by exact-js (its class mixture
     # moves the dataset-level distribution); a proxy whose recall is not measured yet. method="auto"

@@ -194,7 +194,7 @@ def test_shortlisted_search_matches_exhaustive_scores(tmp_path, rng):
             plan = hub.explain(q, k=3, method=method)
             short = hub.search(q, k=3, method=method)
             stages = [s.name for s in plan.stages]
-            assert "shortlist" in stages and plan.stages[stages.index("shortlist")].actual == 5
+            assert "shortlist" in stages and plan.stages[stages.index("shortlist")].actual >= 5   # + a small query's margin
             full = {m.name: m.score for m in hub.search(q, k=28, method=method, shortlist=0)}
             assert short and all(m.score == pytest.approx(full[m.name], abs=1e-12) for m in short)
             assert short[0].name == "best" or short[0].score == pytest.approx(max(full.values()))
