@@ -25,6 +25,8 @@ the array (the query is sketched inside each timed search, the same for all thre
     python -m bench.bench_shortlist [--quick] [--entries 10000]
     python -m bench.bench_shortlist --similar digits --entries 1000 [--queries 8]
     python -m bench.bench_shortlist --screen-scale digits      # the screen alone at 1k / 10k / 100k
+    python -m bench.bench_shortlist --recall digits --entries 1000 --queries 100 --shortlist 100 \
+        --methods js,adaptivity,exact-js                        # many queries + the proxies' gaps (margins)
 """
 from __future__ import annotations
 
