@@ -301,6 +301,34 @@ def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
     return rows
 
 
+def run_margin_kept(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
+                    margins=(0.005, 0.009, 0.013, 0.015, 0.02, 0.03), out=print) -> dict:
+    """What a proxy margin costs: per margin, how many entries of the zoo score (exact-js screen, the
+    proxy) at least the 10th best minus the margin -- median / p95 / max over the queries. The screen
+    index only (no hub, no exhaustive search), so it runs in minutes at 1k-10k entries."""
+    import fitsketch
+    from fitsketch import screen as S
+
+    from . import zoos
+
+    cfg = fitsketch.SketchConfig()
+    X, y, names = zoos.dataset(data)
+    idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
+    for lo in range(0, entries, 1000):
+        sk = zoos.build(data, min(entries, lo + 1000), seed=0, lo=lo)
+        idx._append([(lo + i, S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), None) for i, s in enumerate(sk)])
+    qs = zoos.fast_sketches(X, names, [zoos.sample_index(y, zoos.QUERY_ROWS, (0, 1, i)) for i in range(n_queries)], cfg)
+    kept = {m: [] for m in margins}
+    for q in qs:
+        sc = idx.scores(q, "exact-js", seed=cfg.seed)["score"]
+        kth = np.sort(sc)[-10]
+        for m in margins:
+            kept[m].append(int((sc >= kth - m).sum()))
+    res = {m: (int(np.median(v)), int(np.quantile(v, .95)), max(v)) for m, v in kept.items()}
+    out(f"margin/{data}: {entries} entries, {n_queries} queries: kept (median, p95, max) {res}")
+    return res
+
+
 def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10_000, 100_000), n_queries: int = 3,
                      out=print, out_dir: Path | None = None) -> list[dict]:
     """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
@@ -374,8 +402,12 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="--recall: zoo and query seed")
     ap.add_argument("--tag", default="", help="--recall: suffix of the result file")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
+    ap.add_argument("--margin-kept", choices=("digits", "mnist"), default=None,
+                    help="entries a proxy margin keeps (screen index only; run_margin_kept)")
     a = ap.parse_args(argv)
-    if a.recall:
+    if a.margin_kept:
+        run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
+    elif a.recall:
         run_recall(a.recall, a.entries or 1_000, a.queries or 100, tuple(a.methods.split(",")), a.shortlist, a.seed,
                    out_dir=a.out, tag=a.tag, labelled="accuracy" in a.methods)
     elif a.screen_scale:
