@@ -288,7 +288,8 @@ def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
                                baseline="exhaustive search (shortlist=0)", baseline_value=pf, queries=n_queries),
                          H.row(ctx, "shortlist_recall", w, m, "kept_p50", float(np.median(kk)) if kk else -1.0,
                                unit="entries", max=max(kk) if kk else -1),
-                         H.row(ctx, "shortlist_recall", w, m, "proxy_gap10_max", max(g10), p95=float(np.quantile(g10, .95))),
+                         H.row(ctx, "shortlist_recall", w, m, "proxy_gap10_max", max(g10),
+                               p95=float(np.quantile(g10, .95))),
                          H.row(ctx, "shortlist_recall", w, m, "proxy_gap1_max", max(g1)),
                          H.row(ctx, "shortlist_recall", w, m, "stated_recall", -1.0 if recall_claim[0] is None
                                else float(recall_claim[0]))]

@@ -850,7 +850,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
         entries stored without a screen record (older hubs) are computed from their histograms."""
         idx = self.__dict__.get("_screen_idx")
         if idx is None:
-            idx = self.__dict__.setdefault("_screen_idx", _screen.ScreenIndex(int(self.config.jslsh_l), self.config.hist_accuracy))
+            idx = self.__dict__.setdefault("_screen_idx", _screen.ScreenIndex(int(self.config.jslsh_l),
+                                                                              self.config.hist_accuracy))
         with self.store.read() as txn:
             gen = int(txn.get("meta", b"generation") or 0)
 
