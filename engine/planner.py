@@ -108,8 +108,9 @@ SHORTLIST_RULES = {
     # queries): the best entry lay within 0.0075 in every query, the whole top 10 within 0.015 in >= 95%;
     # recall@10 0.89 / best 95% with the top 100 alone (no margin), the stated lower bound. The margin
     # keeps ~20-30% of a 1k zoo (median 192 digits / 311 MNIST): a small query on similar entries
-    # costs that much more (bench/SUMMARY.md). adaptivity uses js's margin (same proxy; its 3-query gap 0.0066)
-    "adaptivity": ShortlistRule("adaptivity", exact=True, margin=0.015),
+    # costs that much more (bench/SUMMARY.md). adaptivity: digits gap 0.0119, MNIST best within 0.0082,
+    # recall 0.88 / best 94% without the margin (held out)
+    "adaptivity": ShortlistRule("adaptivity", exact=True, measured_recall=0.88, margin=0.015),
     "js": ShortlistRule("js", exact=True, measured_recall=0.89, margin=0.015),
     "exact-js": ShortlistRule("exact-js", exact=True),
     # l2 (scaled by each feature's spread, issue 20): the screen computes hub._l2 itself, the spread
