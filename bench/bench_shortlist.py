@@ -25,6 +25,8 @@ the array (the query is sketched inside each timed search, the same for all thre
     python -m bench.bench_shortlist [--quick] [--entries 10000]
     python -m bench.bench_shortlist --similar digits --entries 1000 [--queries 8]
     python -m bench.bench_shortlist --screen-scale digits      # the screen alone at 1k / 10k / 100k
+    python -m bench.bench_shortlist --recall digits --entries 1000 --queries 100 --shortlist 100 \
+        --methods js,adaptivity,exact-js                        # many queries + the proxies' gaps (margins)
 """
 from __future__ import annotations
 
@@ -182,6 +184,137 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
     return rows
 
 
+def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100, methods=SIMILAR_METHODS,
+               shortlist: int = 100, seed: int = 0, out=print, out_dir: Path | None = None, tag: str = "",
+               labelled: bool = False) -> list[dict]:
+    """Recall of the default candidate stage (the exact screen, with each rule's margin) on a zoo of
+    similar entries, with enough queries for best-found to mean something, and the proxy's gaps
+    that choose a rule's margin: per query, how far below the exact-js screen's 10th best score the
+    exhaustive top 10 (``gap10``) and the exhaustive best (``gap1``) lie (planner.ShortlistRule.margin).
+    ``shortlist`` is set so the stage runs at ``entries`` (above 4 x shortlist). Profile screens are
+    not run (bench/SUMMARY.md has them). ``labelled``: entries are added from their rows with their
+    labels (``hub.add(labels=)``, ~10x slower than prebuilt sketches), for ``method="accuracy"``."""
+    import fitsketch
+    from fitsketch import planner
+
+    from . import zoos
+
+    planner.SCAN_FEATURE_LIMIT = 1 << 62                 # as run_similar: the exact signature scan
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    sw0 = H.stopwatch().__enter__()
+    zoos.check(data, 2)
+    X, y, names = zoos.dataset(data)
+    sk = zoos.build(data, entries, seed=seed)
+    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    q_sk = zoos.fast_sketches(X, names, q_idx, fitsketch.SketchConfig())
+    w = f"{data} label skew, {entries} entries, seed {seed}, shortlist {shortlist}"
+    out(f"recall/{data}: {entries:,} entries, {n_queries} queries, shortlist {shortlist}, seed {seed}")
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-recall-"))
+    rows, per_query = [], []
+    try:
+        with fitsketch.open(work / "h.hub", config=fitsketch.SketchConfig(shortlist=shortlist)) as hub:
+            sw1 = H.stopwatch().__enter__()
+            if labelled:   # accuracy needs each entry's class record: added from its rows and labels
+                for i in range(entries):
+                    e_idx = zoos.sample_index(y, zoos.ROWS, (seed, 0, i))
+                    hub.add(f"e{i:07d}", X[e_idx], labels=y[e_idx], feature_names=names)
+            else:
+                hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)])
+            del sk
+            hub.warm()
+            out(f"  added + warmed in {sw1.elapsed():.1f} s")
+            idx = hub._synced_screen()
+            row_of = {int(e): r for r, e in enumerate(idx.ids.v)}
+            name_id = {}
+
+            def eid(name):
+                if name not in name_id:
+                    name_id[name] = hub.get(name).id
+                return name_id[name]
+
+            for method in methods:
+                rec, best, kept, g10, g1, recall_claim = [], [], [], [], [], []
+                t_s, t_f = H.Samples(), H.Samples()
+                for qi in range(n_queries):
+                    q = (X[q_idx[qi]] if method in ("coverage", "accuracy") else q_sk[qi])
+                    kw = {"feature_names": names} if method in ("coverage", "accuracy") else {}
+                    full = t_f.call(hub.search, q, k=10, method=method, shortlist=0, **kw)
+                    plan = t_s.call(hub.explain, q, k=10, method=method, **kw)   # explain keeps search's matches
+                    short = plan.matches
+                    r, b = _found(short, full)
+                    rec.append(r)
+                    best.append(b)
+                    st = next((s for s in plan.stages if s.name == "shortlist"), None)
+                    kept.append(None if st is None else st.actual)
+                    recall_claim.append(None if st is None else st.recall)
+                    ejs = idx.scores(q_sk[qi], "exact-js", seed=hub.config.seed)
+                    sc = np.full(len(idx), np.nan)
+                    sc[[row_of[int(i)] for i in ejs["ids"]]] = ejs["score"]
+                    kth = np.sort(sc[~np.isnan(sc)])[-10]
+                    top = np.array([sc[row_of[eid(m.name)]] for m in full])
+                    g10.append(float(kth - top.min()))
+                    g1.append(float(kth - top[0]))
+                    per_query.append({"method": method, "query": qi, "recall": r, "best": b, "gap10": g10[-1],
+                                      "gap1": g1[-1], "kept": kept[-1]})
+                rmean, bmean = float(np.mean(rec)), float(np.mean(best))
+                ps, pf = 1e3 * t_s.stats()["p50_s"], 1e3 * t_f.stats()["p50_s"]
+                kk = [x for x in kept if x is not None]
+                out(f"  {method:<10} recall@10 {rmean:.3f} (min {min(rec):.2f})  best found {bmean:.3f} "
+                    f"({sum(best)}/{len(best)})  kept p50 {np.median(kk) if kk else '-'} max {max(kk) if kk else '-'}"
+                    f"  explain p50 {ps:7.0f} ms vs shortlist=0 {pf:7.0f} ms  proxy gap10 max {max(g10):.4f} "
+                    f"p95 {np.quantile(g10, .95):.4f}, gap1 max {max(g1):.4f}; stated recall {recall_claim[0]}")
+                m = f"{method}"
+                rows += [H.row(ctx, "shortlist_recall", w, m, "recall_at_10", rmean, baseline="exhaustive top 10",
+                               baseline_value=1.0, queries=n_queries, min=min(rec)),
+                         H.row(ctx, "shortlist_recall", w, m, "best_found", bmean, baseline="exhaustive best",
+                               baseline_value=1.0, queries=n_queries),
+                         H.row(ctx, "shortlist_recall", w, m, "query_p50", ps, unit="ms",
+                               baseline="exhaustive search (shortlist=0)", baseline_value=pf, queries=n_queries),
+                         H.row(ctx, "shortlist_recall", w, m, "kept_p50", float(np.median(kk)) if kk else -1.0,
+                               unit="entries", max=max(kk) if kk else -1),
+                         H.row(ctx, "shortlist_recall", w, m, "proxy_gap10_max", max(g10),
+                               p95=float(np.quantile(g10, .95))),
+                         H.row(ctx, "shortlist_recall", w, m, "proxy_gap1_max", max(g1)),
+                         H.row(ctx, "shortlist_recall", w, m, "stated_recall", -1.0 if recall_claim[0] is None
+                               else float(recall_claim[0]))]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows.append(H.row(ctx, "shortlist_recall", w, "all", "wall_time", sw0.elapsed(), unit="s"))
+    path = H.write_suite(f"shortlist_recall_{data}_{entries}_s{seed}{tag}", rows, out=out_dir, env=env,
+                         tables={"per_query": per_query})
+    out(f"recall/{data}: wrote {path} ({sw0.elapsed():.1f} s)")
+    return rows
+
+
+def run_margin_kept(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
+                    margins=(0.005, 0.009, 0.013, 0.015, 0.02, 0.03), out=print) -> dict:
+    """What a proxy margin costs: per margin, how many entries of the zoo score (exact-js screen, the
+    proxy) at least the 10th best minus the margin -- median / p95 / max over the queries. The screen
+    index only (no hub, no exhaustive search), so it runs in minutes at 1k-10k entries."""
+    import fitsketch
+    from fitsketch import screen as S
+
+    from . import zoos
+
+    cfg = fitsketch.SketchConfig()
+    X, y, names = zoos.dataset(data)
+    idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
+    for lo in range(0, entries, 1000):
+        sk = zoos.build(data, min(entries, lo + 1000), seed=0, lo=lo)
+        idx._append([(lo + i, S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), None) for i, s in enumerate(sk)])
+    qs = zoos.fast_sketches(X, names, [zoos.sample_index(y, zoos.QUERY_ROWS, (0, 1, i)) for i in range(n_queries)], cfg)
+    kept = {m: [] for m in margins}
+    for q in qs:
+        sc = idx.scores(q, "exact-js", seed=cfg.seed)["score"]
+        kth = np.sort(sc)[-10]
+        for m in margins:
+            kept[m].append(int((sc >= kth - m).sum()))
+    res = {m: (int(np.median(v)), int(np.quantile(v, .95)), max(v)) for m, v in kept.items()}
+    out(f"margin/{data}: {entries} entries, {n_queries} queries: kept (median, p95, max) {res}")
+    return res
+
+
 def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10_000, 100_000), n_queries: int = 3,
                      out=print, out_dir: Path | None = None) -> list[dict]:
     """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
@@ -211,7 +344,7 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     own = [(own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, **kw),
             own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, **kw)) for q in qs]
     rows = []
-    idx = S.ScreenIndex(cfg.jslsh_l)
+    idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
     for size in sizes:
         while len(idx) < size:
             lo = len(idx)
@@ -256,9 +389,21 @@ def main(argv=None) -> None:
     ap.add_argument("--screen-scale", choices=("digits", "mnist"), default=None,
                     help="time the screen alone on an in-memory index of 1k / 10k / 100k entries")
     ap.add_argument("--sizes", default="1000,10000,100000", help="--screen-scale: index sizes")
+    ap.add_argument("--recall", choices=("digits", "mnist"), default=None,
+                    help="recall of the default stage with many queries, and the proxies' gaps (run_recall)")
+    ap.add_argument("--shortlist", type=int, default=100, help="--recall: shortlist (the stage runs above 4x)")
+    ap.add_argument("--tag", default="", help="--recall: suffix of the result file")
+    ap.add_argument("--margin-kept", choices=("digits", "mnist"), default=None,
+                    help="entries a proxy margin keeps (screen index only; run_margin_kept)")
     a = ap.parse_args(argv)
-    suite(H.options(a, entries=a.entries, similar=a.similar, queries=a.queries, methods=a.methods,
-                    screen_scale=a.screen_scale, sizes=a.sizes))
+    if a.margin_kept:
+        run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
+    elif a.recall:
+        run_recall(a.recall, a.entries or 1_000, a.queries or 100, tuple(a.methods.split(",")), a.shortlist, a.seed,
+                   out_dir=a.out, tag=a.tag, labelled="accuracy" in a.methods)
+    else:
+        suite(H.options(a, entries=a.entries, similar=a.similar, queries=a.queries, methods=a.methods,
+                        screen_scale=a.screen_scale, sizes=a.sizes))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ class SearchIndexes:
         """The in-memory screen index, brought to the hub's current generation."""
         config, device = self._config, self._device
         if self._screen is None:
-            self._screen = _screen.ScreenIndex(int(config.jslsh_l))
+            self._screen = _screen.ScreenIndex(int(config.jslsh_l), config.hist_accuracy)
         idx = self._screen
         with store.read() as txn:
             gen = int(txn.get("meta", b"generation") or 0)

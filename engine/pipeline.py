@@ -30,7 +30,7 @@ from .jslsh import own_keys, query_partition_size
 from .methods import Query, ScoreContext
 from .methods import accuracy as _m_accuracy
 from .plan import Plan, Stage
-from .planner import choose_candidate_stage, shortlist_rule, use_shortlist
+from .planner import SHORTLIST_MARGIN_CAP, choose_candidate_stage, shortlist_rule, use_shortlist
 from .results import Match, finish_features
 from .sketch import MAX_ROWS, Sketch, build_sketch
 from .storage import u64
@@ -112,7 +112,7 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             st.actual = len(allowed)
     if allowed is None:
         screened = {}
-        allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled), plan, where, out=screened)
+        allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled), plan, where, out=screened, k=k)
         if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
             query = dataclasses.replace(query, class_pool=screened["class_pool"])
     with hub.store.read() as txn:
@@ -166,7 +166,8 @@ def rerank(scored: list[Match], k: int) -> list[Match]:
     return out
 
 
-def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict | None = None) -> set | None:
+def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict | None = None,
+              k: int = 10) -> set | None:
     """Ids (u64 keys) of the entries the candidate stage keeps, or None when the planner scores
     every entry (planner.use_shortlist). ``cfg.shortlist_screen``: "exact" screens every entry
     with the method's own score (engine/screen.py, planner.shortlist_rule), "profile" keeps the
@@ -208,25 +209,10 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                    own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=False, **kw)
                    if rule.screen == "adaptivity" else None)
         scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own)
-        ids, info = _screen.select(scr, cfg.shortlist)
+        ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
         st.actual = len(ids)
-        st.detail += (f"; {info['screened']} entries share column names with the query, {info['exact']} "
-                      + ("screened by the method's own score" if rule.exact else f"ranked by {rule.screen}"))
-        if info["proxy"]:
-            st.detail += f", {info['proxy']} by the exact-js proxy (another column order or JS-LSH parameters)"
-        st.detail += f"; kept the top {cfg.shortlist}" + (" of each" if info["proxy"] and info["exact"] else "")
-        if "kept_score_range" in info:
-            lo_, hi_ = info["kept_score_range"]
-            st.detail += f" (screen scores {lo_:.4g} .. {hi_:.4g})"
-        if rule.exact and not info["proxy"]:
-            st.recall = 1.0
-            st.detail += "; recall 1 for entries aligned by column name (an exact screen)"
-        elif not rule.exact:
-            st.recall = rule.measured_recall
-            st.detail += f"; {method} is screened by its proxy {rule.screen}" + (
-                f", recall@10 measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
-                if rule.measured_recall is not None else ", recall not measured")
-        st.detail += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
+        text, st.recall = _screen.describe(info, rule, method, cfg.shortlist, k, n_entries)
+        st.detail += text
         keep = {u64(int(i)) for i in ids}
         if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
             with hub.store.read() as txn:

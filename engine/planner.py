@@ -21,6 +21,7 @@ from .plan import Plan, Stage  # noqa: F401 - their old home
 
 SCAN_FEATURE_LIMIT = 50_000  # stored features up to which the candidate stage scans them all
 SHORTLIST_FACTOR = 4         # the profile shortlist runs above SHORTLIST_FACTOR x shortlist entries
+SHORTLIST_MARGIN_CAP = 8     # a proxy's margin keeps at most SHORTLIST_MARGIN_CAP x shortlist entries
 
 
 def order_filter_first(mode: str) -> bool:

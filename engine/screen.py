@@ -12,8 +12,10 @@ columns the query names, in a few vectorized passes:
   engine/partitions.py ``aligned_distributions``): over the stored non-zeros,
   ``JS = (A + B) / 2 + sum_both [a log2(2a/(a+b)) + b log2(2b/(a+b)) - a - b] / 2`` where ``A``, ``B``
   are the two sides' masses on shared features;
-* ``l2``: the distance between feature means over shared features (for a feature that is not
-  numeric on both sides, its normalized histograms), from stored means and ``sum p^2`` per feature;
+* ``l2``: methods.exact._l2 -- per shared feature the difference of means in units of the pooled spread
+  (each side's variance about its mean from its histogram's bucket values, stored per feature),
+  or for a feature not numeric on both sides twice the squared distance of its normalized
+  histograms (stored ``sum p^2`` and one gather for the cross term), plus the uncovered-feature term;
 * ``js`` and ``adaptivity``: JS-LSH band collisions of the band keys stored with each entry
   (``jk_data``, ``jk_part``; engine/profiles.py ``record``), for entries whose columns are the
   query's in the query's order (the only alignment those keys are valid for).
@@ -130,10 +132,11 @@ class ScreenIndex:
     """Every entry's screen data in memory, synchronized with the hub's generation (as
     profiles.ProfileIndex: new ids by a range scan, removals by comparing with the entries)."""
 
-    def __init__(self, l: int):
+    def __init__(self, l: int, accuracy: float = 0.1):
         self.lock = threading.RLock()
         self.generation = -1
         self.l = l
+        self.accuracy = float(accuracy)                # the hub's hist_accuracy (bucket values, for l2)
         self._names, self._coords = _Intern(), _Intern()
         self._schema_id: dict[tuple, int] = {}
         self._schema_names: list[np.ndarray] = []     # name ids of every feature, in order
@@ -151,6 +154,7 @@ class ScreenIndex:
         self._fi_mean = _Grow(np.float64)              # NaN when the feature has no numeric value
         self._fi_sq = _Grow(np.float64)                # sum of p^2 of its normalized histogram
         self._fi_live = _Grow(bool)                    # non-empty
+        self._fi_var = _Grow(np.float64)               # l2's spread: variance about the mean (_variance)
         # per stored non-zero (dataset-level histogram cell), grouped by feature instance
         self._col = _Grow(np.int32)
         self._p = _Grow(np.float32)
@@ -199,7 +203,7 @@ class ScreenIndex:
         from . import errors as E
 
         row0, f0, z0, s0 = self.ids.n, self._fi_row.n, self._col.n, self._part_row.n
-        names, fi_row, fi_cnt, fi_mean, fi_sq, fi_live = [], [], [], [], [], []
+        names, fi_row, fi_cnt, fi_mean, fi_sq, fi_live, fi_var = [], [], [], [], [], [], []
         coord_name_pos, buckets, probs = [], [], []
         jk_ok, jk_data, part_keys, part_row, p_lo = [], [], [], [], []
         n_fi, n_parts = f0, s0
@@ -221,6 +225,7 @@ class ScreenIndex:
                 fi_mean.append(np.where(counts > 0, sums / np.maximum(counts, 1), np.nan))
             fi_sq.append(np.bincount(feat, weights=p * p, minlength=F))
             fi_live.append(tot > 0)
+            fi_var.append(_variance(feat, np.asarray(rec["bucket"], dtype=np.int64), p, fi_mean[-1], self.accuracy))
             coord_name_pos.append(n_fi - f0 + feat)
             buckets.append(np.asarray(rec["bucket"], dtype=np.int64))
             probs.append(p)
@@ -264,6 +269,7 @@ class ScreenIndex:
         self._fi_mean.extend(np.concatenate(fi_mean))
         self._fi_sq.extend(np.concatenate(fi_sq))
         self._fi_live.extend(np.concatenate(fi_live))
+        self._fi_var.extend(np.concatenate(fi_var))
         self._col.extend(self._coords.add(coords))
         pp = np.concatenate(probs)
         self._p.extend(pp)
@@ -285,7 +291,7 @@ class ScreenIndex:
         self._f_lo.keep(keep_row)
         self._f_lo.a[:self._f_lo.n] = np.concatenate([[0], np.cumsum(f_cnt)[:-1]])
         z_cnt = np.diff(np.append(self._fi_lo.v, self._col.n))[fi_keep]
-        for g in (self._fi_name, self._fi_lo, self._fi_mean, self._fi_sq, self._fi_live):
+        for g in (self._fi_name, self._fi_lo, self._fi_mean, self._fi_sq, self._fi_live, self._fi_var):
             g.keep(fi_keep)
         self._fi_lo.a[:self._fi_lo.n] = np.concatenate([[0], np.cumsum(z_cnt)[:-1]])
         self._fi_row.keep(fi_keep)
@@ -344,20 +350,8 @@ class ScreenIndex:
         out = {"ids": self.ids.v[row_shared]}
         pass_args = (qd, N, a_tot, shared, n)
         if method == "l2":
-            a_b, p_b, fi_b, _ = self._hits(qd)
-            cross = np.bincount(fi_b, weights=a_b * p_b, minlength=self._fi_row.n)
-            t_mean = np.where(np.asarray(target.counts) > 0,
-                              np.asarray(target.sums, dtype=np.float64) / np.maximum(np.asarray(target.counts), 1),
-                              np.nan)
-            fi_s = np.flatnonzero(shared)
-            tj = fi_tj[fi_s]
-            mt, ms = t_mean[tj], self._fi_mean.v[fi_s]
-            num = ~np.isnan(mt) & ~np.isnan(ms)
-            d2 = np.where(num, (np.where(num, mt, 0.0) - np.where(num, ms, 0.0)) ** 2,
-                          sq_t[tj] + self._fi_sq.v[fi_s] - 2 * cross[fi_s])
-            l2 = np.sqrt(np.maximum(np.bincount(self._fi_row.v[fi_s], weights=d2, minlength=n), 0.0))
-            out.update(score=-l2[row_shared], tiebreak=np.zeros(int(row_shared.sum())),
-                       exact=np.ones(int(row_shared.sum()), dtype=bool))
+            out.update(score=self._l2(target, rec, feat, pt, sq_t, N, qd, fi_tj, shared, n)[row_shared],
+                       tiebreak=np.zeros(int(row_shared.sum())), exact=np.ones(int(row_shared.sum()), dtype=bool))
             return out
         score, tie = np.zeros(n), np.zeros(n)
         exact = np.full(n, method == "exact-js")
@@ -404,6 +398,33 @@ class ScreenIndex:
         out.update(score=score[row_shared], tiebreak=tie[row_shared], exact=exact[row_shared])
         return out
 
+    def _l2(self, target, rec, feat, pt, sq_t, N, qd, fi_tj, shared, n) -> np.ndarray:
+        """Minus methods.exact._l2 of every entry, over the features named like the query's: per matched feature
+        the squared difference of means in units of the pooled spread (each side's variance about its
+        exact mean from its histogram's bucket values, _variance) when both are numeric, else twice the
+        squared L2 distance of the normalized histograms (``sum p^2`` stored, the cross term one
+        gather); ``L2_UNCOVERED`` for each query feature an entry does not name; root of the mean over
+        the query's features."""
+
+        a_b, p_b, fi_b, _ = self._hits(qd)
+        cross = np.bincount(fi_b, weights=a_b * p_b, minlength=self._fi_row.n)
+        t_cnt = np.asarray(target.counts)
+        t_mean = np.where(t_cnt > 0, np.asarray(target.sums, dtype=np.float64) / np.maximum(t_cnt, 1), np.nan)
+        t_var = _variance(feat, np.asarray(rec["bucket"], dtype=np.int64), pt, t_mean, self.accuracy)
+        fi_s = np.flatnonzero(shared)
+        tj = fi_tj[fi_s]
+        mt, ms = t_mean[tj], self._fi_mean.v[fi_s]
+        num = ~np.isnan(mt) & ~np.isnan(ms)
+        mt0, ms0 = np.where(num, mt, 0.0), np.where(num, ms, 0.0)
+        vt, vs = t_var[tj], self._fi_var.v[fi_s]
+        sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
+        d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 2.0 * (sq_t[tj] + self._fi_sq.v[fi_s] - 2 * cross[fi_s]))
+        rows = self._fi_row.v[fi_s]
+        sq = np.bincount(rows, weights=np.maximum(d2, 0.0), minlength=n)
+        matched = np.bincount(rows, minlength=n)
+        sq += L2_UNCOVERED * np.maximum(N - matched, 0)
+        return -np.sqrt(sq / N)
+
     def _hits(self, qd, float32: bool = False):
         """``(a, p, fi, pos)`` at the stored non-zeros where the query has mass: the query's value,
         the entry's (both per-feature normalized), the feature instance and the position. One gather
@@ -435,13 +456,34 @@ class ScreenIndex:
         return 1.0 - np.clip(js, 0.0, 1.0)
 
 
-def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
+def _variance(feat: np.ndarray, bucket: np.ndarray, p: np.ndarray, mean: np.ndarray, accuracy: float) -> np.ndarray:
+    """Per feature: the variance of its normalized histogram ``p`` about ``mean`` (its exact mean) over
+    the buckets with a finite value (bucket_values), 0 without such mass or mean -- l2's
+    spread, as methods.exact._l2 computes it for each side."""
+
+    n_feat = len(mean)
+    v = bucket_values(bucket, accuracy)
+    m = np.asarray(mean, dtype=np.float64)[feat]
+    ok = np.isfinite(v) & ~np.isnan(m)
+    d = np.where(ok, v - np.where(ok, m, 0.0), 0.0)
+    pf = np.where(ok, p, 0.0)
+    w = np.bincount(feat, weights=pf, minlength=n_feat)
+    sq = np.bincount(feat, weights=pf * d * d, minlength=n_feat)
+    return np.where(w > 0, sq / np.where(w > 0, w, 1.0), 0.0)
+
+
+def select(scr: dict, n_keep: int, k: int = 0, margin: float | None = None,
+           max_keep: int | None = None) -> tuple[np.ndarray, dict]:
     """Entry ids to score: the ``n_keep`` best exactly screened entries (by score, then tiebreak)
-    and the ``n_keep`` best of the others (by their exact-js proxy), ties at each cut included.
+    and the ``n_keep`` best of the others (by their proxy), ties at each cut included; with a
+    ``margin``, also every proxy-screened entry within ``margin`` of the proxies' ``k``-th best score
+    (the proxy's measured error: an entry the method ranks in its top k lies no further below),
+    at most ``max_keep`` proxies in all (the best; ``info["capped"]`` then says recall is not held).
     Returns ``(ids, info)`` with the counts for the plan."""
     ids, s, tb, ex = scr["ids"], scr["score"], scr["tiebreak"], scr["exact"]
     kept = []
-    info = {"screened": int(len(ids)), "exact": int(ex.sum()), "proxy": int((~ex).sum())}
+    info = {"screened": int(len(ids)), "exact": int(ex.sum()), "proxy": int((~ex).sum()), "in_margin": 0,
+            "capped": False}
     for grp in (ex, ~ex):
         g = np.flatnonzero(grp) if n_keep > 0 else np.zeros(0, dtype=np.int64)
         if len(g) == 0:
@@ -452,10 +494,81 @@ def select(scr: dict, n_keep: int) -> tuple[np.ndarray, dict]:
             tied = g[s[g] == cut]
             if len(top) + len(tied) > n_keep:      # ties at the cut: the best tiebreaks among them
                 tied = tied[np.argsort(-tb[tied], kind="stable")[:n_keep - len(top)]]
-            g = np.concatenate([top, tied])
+            sel = np.concatenate([top, tied])
+            if grp is not ex and margin is not None and k > 0:
+                kth = np.partition(s[g], len(g) - min(k, len(g)))[len(g) - min(k, len(g))]
+                near = g[s[g] >= kth - margin]
+                extra = np.setdiff1d(near, sel)
+                if max_keep is not None and len(sel) + len(extra) > max_keep:
+                    info["capped"] = True
+                    extra = extra[np.argsort(-s[extra], kind="stable")[:max(max_keep - len(sel), 0)]]
+                info["in_margin"] = int(len(extra))
+                info["margin_floor"] = float(kth - margin)
+                sel = np.concatenate([sel, extra])
+            g = sel
         kept.append(g)
     sel = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
     info["kept"] = int(len(sel))
     if len(sel):
         info["kept_score_range"] = (float(s[sel].min()), float(s[sel].max()))
     return ids[sel], info
+
+
+def choose(scr: dict, rule, n_keep: int, k: int, max_keep: int | None) -> tuple[np.ndarray, dict]:
+    """select() under a planner.ShortlistRule: a method screened by a proxy (``rule.exact`` False)
+    has every entry in the proxy group; ``rule.margin`` widens that group's cut."""
+    if not rule.exact:
+        scr = {**scr, "exact": np.zeros(len(scr["ids"]), dtype=bool)}
+    return select(scr, n_keep, k=k, margin=rule.margin, max_keep=max_keep)
+
+
+def describe(info: dict, rule, method: str, n_keep: int, k: int, n_entries: int) -> tuple[str, float | None]:
+    """``(text, estimated recall)`` of a screen's selection for the plan (``explain``): what was
+    screened how, what was kept, and the recall of the exhaustive top k it holds -- 1 when every
+    screened entry got the method's own score, the proxy's measured recall (with its margin) when
+    some did not, None when that is unknown or the margin's cap cut entries."""
+    t = f"; {info['screened']} entries share column names with the query"
+    if info["exact"]:
+        t += f", {info['exact']} screened by the method's own score"
+    if info["proxy"]:
+        why = (f"{method} is screened by its proxy {rule.screen}" if not rule.exact else
+               "another column order, other JS-LSH parameters, or a small query's query-time bands")
+        t += f", {info['proxy']} by the exact-js proxy ({why})"
+    t += f"; kept {info['kept']}: the top {n_keep}" + (" of each" if info["proxy"] and info["exact"] else "")
+    if rule.margin is not None and info["proxy"]:
+        t += (f" + {info['in_margin']} proxy-screened within margin {rule.margin:g} of the {k}-th best proxy "
+              f"score (the proxy's measured error)")
+        if info["capped"]:
+            t += f", capped at {info['kept']} (more lay within the margin: recall not held)"
+    if "kept_score_range" in info:
+        lo_, hi_ = info["kept_score_range"]
+        t += f" (screen scores {lo_:.4g} .. {hi_:.4g})"
+    if not info["proxy"]:
+        recall = 1.0
+        t += "; recall 1 for entries aligned by column name (an exact screen)"
+    elif info["capped"]:
+        recall = None
+    else:
+        recall = rule.measured_recall
+        t += (f"; recall@10 of the proxy measured {rule.measured_recall:.2f} (bench.bench_shortlist)"
+              if rule.measured_recall is not None else "; the proxy's recall is not measured")
+    t += f"; unnamed entries (renamed columns) are not screened: {n_entries - info['screened']}"
+    return t, recall
+
+
+# l2 shared with methods/exact.py (the scorer): the screen computes the same distance
+L2_UNCOVERED = 4.0   # squared distance of a query feature an entry does not cover: two spreads apart
+
+
+def bucket_values(bucket: np.ndarray, accuracy: float) -> np.ndarray:
+    """A representative value of each histogram bucket of the numeric quantizer (quantize.numeric_keys
+    at ``accuracy``): the geometric middle of ``(gamma^(k-1), gamma^k]``, 0 for the zero bucket, NaN
+    for the NaN / infinity buckets."""
+    from .quantize import BIAS, NAN_KEY
+
+    b = np.asarray(bucket, dtype=np.int64)
+    k = np.abs(b) - BIAS
+    gamma = (1.0 + accuracy) / (1.0 - accuracy)
+    with np.errstate(over="ignore"):
+        v = np.sign(b) * gamma ** (k - 0.5)
+    return np.where(b == 0, 0.0, np.where(np.abs(b) >= NAN_KEY, np.nan, v))

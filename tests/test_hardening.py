@@ -45,7 +45,7 @@ def test_search_skips_entries_removed_after_the_shortlist(small_hub, monkeypatch
 
     def racing_shortlist(self, *a, **kw):
         ids = original(self, *a, **kw)
-        assert ids is not None and len(ids) == 2
+        assert ids is not None and len(ids) >= 2   # + a small query's proxy margin (planner)
         with self.store.read() as txn:
             names = sorted(txn.get("entries", key)["name"] for key in ids)
         self.remove(names[0])

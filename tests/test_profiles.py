@@ -112,7 +112,7 @@ def test_shortlisted_search_matches_exhaustive_scores(tmp_path, rng):
             plan = hub.explain(q, k=3, method=method)
             short = hub.search(q, k=3, method=method)
             stages = [s.name for s in plan.stages]
-            assert "shortlist" in stages and plan.stages[stages.index("shortlist")].actual == 5
+            assert "shortlist" in stages and plan.stages[stages.index("shortlist")].actual >= 5   # + a small query's margin
             full = {m.name: m.score for m in hub.search(q, k=28, method=method, shortlist=0)}
             assert short and all(m.score == pytest.approx(full[m.name], abs=1e-12) for m in short)
             assert short[0].name == "best" or short[0].score == pytest.approx(max(full.values()))
@@ -146,7 +146,8 @@ def test_hub_without_profiles_still_shortlists(tmp_path, rng):
     with fitsketch.open(tmp_path / "h.hub") as hub:
         plan = hub.explain(q, k=2)
         res = hub.search(q, k=2)
-        assert next(s for s in plan.stages if s.name == "shortlist").actual == 2
+        st = next(s for s in plan.stages if s.name == "shortlist")
+        assert st.actual >= 2 and "the top 2" in st.detail, st.detail   # + a small query's proxy margin
         assert (res[0].name, res[0].score) == want[0]
 
 

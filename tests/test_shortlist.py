@@ -17,7 +17,7 @@ from fitsketch.jslsh import own_keys
 from _hubcheck import check_hub
 
 HIST_METHODS = ("adaptivity", "js", "exact-js", "l2")
-EXACT_METHODS = ("adaptivity", "js", "exact-js")   # screened by their own score (l2: a proxy since issue 20)
+EXACT_METHODS = ("adaptivity", "js", "exact-js", "l2")   # screened by their own score
 
 
 def _classes(rng, n_classes=4, rows=120):
@@ -71,9 +71,7 @@ def test_screen_equals_the_scorers(tmp_path, rng):
             scr = _screen_by_name(hub, q, method)
             assert set(scr) == set(full)
             for name, (s, exact) in scr.items():
-                if method == "l2":   # a proxy since l2 is scaled by each feature's spread
-                    assert not planner.shortlist_rule("l2").exact
-                elif method == "exact-js":
+                if method in ("exact-js", "l2"):   # l2: spread-scaled, with the uncovered-feature term ("fewer")
                     assert exact and s == pytest.approx(full[name], abs=1e-6), (method, name)
                 elif name in ("perm", "fewer"):
                     assert not exact
@@ -186,14 +184,13 @@ def test_methods_declare_how_they_are_shortlisted():
     assert planner.use_shortlist(10_000, 8, "simex")[0] is False
     for m in EXACT_METHODS:
         assert planner.shortlist_rule(m).exact and planner.use_shortlist(10_000, 8, m)[0]
-    assert not planner.shortlist_rule("l2").exact and planner.use_shortlist(10_000, 8, "l2")[0]
     assert not planner.shortlist_rule("coverage").exact and planner.use_shortlist(10_000, 8, "coverage")[0]
     assert planner.use_shortlist(32, 8, "exact-js")[0] is False          # at most 4 x shortlist entries
 
 
 def test_explain_states_proxies_and_the_profile_screen_still_runs(tmp_path, rng):
     """Entries the JS-LSH screen cannot score exactly (another column order) are counted as proxies
-    and the plan then states no recall; shortlist_screen="profile" runs the random projections;
+    and the plan then states the proxy's measured recall and its margin; shortlist_screen="profile" runs the random projections;
     a bad shortlist_screen is refused and changes nothing."""
     cfg = fitsketch.SketchConfig(shortlist=2, partition_size=5)   # the 80-row query is not "small"
     pools = _classes(rng, rows=60)
@@ -203,7 +200,9 @@ def test_explain_states_proxies_and_the_profile_screen_still_runs(tmp_path, rng)
         hub.add_sketches(items)
         q = fitsketch.sketch_data(_mixture(pools, [25, 20, 15, 20]), cfg)
         st = next(s for s in hub.explain(q, k=2, method="js").stages if s.name == "shortlist")
-        assert st.recall is None and "1 by the exact-js proxy" in st.detail and st.actual == 3
+        # the proxy's stated recall is the rule's measured one, and its margin may keep more than the top 2 of each
+        assert st.recall == planner.shortlist_rule("js").measured_recall and "1 by the exact-js proxy" in st.detail
+        assert st.actual == 3 and "within margin" in st.detail
         st = next(s for s in hub.explain(q, k=2, method="exact-js").stages if s.name == "shortlist")
         assert st.recall == 1.0 and st.actual == 2
         st = next(s for s in hub.explain(q, k=2, method="exact-js", shortlist_screen="profile").stages
@@ -231,3 +230,67 @@ def test_select_keeps_the_best_of_each_group(rng, n, keep):
         want += ids[g].tolist()
     assert sorted(got.tolist()) == sorted(want)
     assert info == {**info, "screened": n, "exact": int(exact.sum()), "proxy": int((~exact).sum()), "kept": len(want)}
+
+
+@pytest.mark.parametrize("n,keep,k,cap", [(0, 3, 2, None), (1, 3, 1, None), (40, 3, 2, None), (97, 5, 3, None),
+                                          (97, 5, 3, 12), (97, 0, 3, None), (10, 4, 10, None)])
+def test_select_margin_keeps_every_proxy_within_the_margin_of_the_kth_best(rng, n, keep, k, cap):
+    """select with a margin: the exact group as without one; the proxy group's ``keep`` best plus every
+    proxy scoring at least (its k-th best - margin), at most ``cap`` of them (the best), against a sort."""
+    score = np.round(rng.random(n), 2)
+    tie = rng.random(n)
+    exact = rng.random(n) < 0.3
+    ids = rng.permutation(1000)[:n].astype(np.int64)
+    margin = float(rng.uniform(0.02, 0.2))
+    got, info = S.select({"ids": ids, "score": score, "tiebreak": tie, "exact": exact}, keep, k=k, margin=margin,
+                         max_keep=cap)
+    want, capped = [], False
+    for is_exact, grp in ((True, exact), (False, ~exact)):
+        g = np.flatnonzero(grp)
+        g = g[np.lexsort((-tie[g], -score[g]))]
+        top = g[:keep]
+        if not is_exact and keep and len(g) > keep:
+            kth = score[g][min(k, len(g)) - 1]
+            extra = [i for i in g[keep:] if score[i] >= kth - margin]
+            if cap is not None and len(top) + len(extra) > cap:
+                extra, capped = extra[:max(cap - len(top), 0)], True
+            top = np.concatenate([top, np.asarray(extra, dtype=np.int64)])
+        want += ids[top].tolist()
+    if capped:   # the cap keeps the best by score: compare scores (ties at the cap may pick either)
+        assert sorted(score[np.isin(ids, got)].tolist()) == sorted(score[np.isin(ids, want)].tolist())
+    else:
+        assert sorted(got.tolist()) == sorted(want)
+    assert info["kept"] == len(want) and info["capped"] == capped
+
+
+def test_small_query_proxy_margin_keeps_the_best_and_explain_says_so(tmp_path, rng, monkeypatch):
+    """A query under query_min_partitions x partition_size rows is scored with query-time JS-LSH bands,
+    which no stored key reproduces: js / adaptivity are screened by the exact-js proxy. Near-duplicate
+    entries (class 0's share one row apart): with a margin covering the whole proxy range the stage
+    keeps every entry and returns the exhaustive top k; the plan states the margin, what it kept and
+    the rule's measured recall; a cap below that is stated as not holding recall."""
+    cfg = fitsketch.SketchConfig(shortlist=4)       # partition_size 500: a 190-row query is small; cap 8 x 4 >= 30
+    pools = _classes(rng, rows=100)
+    base = [0, 40, 30, 20]
+    shares = rng.permutation(np.arange(30, 60))
+    items = [(f"dup{c0}", fitsketch.sketch_data(_mixture(pools, [c0] + base[1:]), cfg)) for c0 in shares]
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        q = fitsketch.sketch_data(_mixture(pools, [int(rng.integers(35, 55))] + base[1:]), cfg)
+        for method in ("js", "adaptivity"):
+            meth = fitsketch.methods.get(method)   # the registry's method object holds its rule
+            monkeypatch.setattr(meth, "shortlist",
+                                planner.ShortlistRule(meth.shortlist.screen, True, measured_recall=0.96, margin=1.0))
+            plan = hub.explain(q, k=2, method=method)
+            st = next(s for s in plan.stages if s.name == "shortlist")
+            assert st.actual == len(items) and st.recall == 0.96, st.detail
+            assert f"{len(items)} by the exact-js proxy" in st.detail and "within margin 1" in st.detail
+            short = hub.search(q, k=2, method=method)
+            full = hub.search(q, k=2, method=method, shortlist=0)
+            assert [m.name for m in short] == [m.name for m in full]
+            monkeypatch.setattr(planner, "SHORTLIST_MARGIN_CAP", 2)   # 2 x 4 = 8 entries at most
+            import fitsketch.pipeline as pipemod
+            monkeypatch.setattr(pipemod, "SHORTLIST_MARGIN_CAP", 2)
+            st = next(s for s in hub.explain(q, k=2, method=method).stages if s.name == "shortlist")
+            assert st.actual == 8 and st.recall is None and "recall not held" in st.detail
+            monkeypatch.undo()

@@ -30,10 +30,17 @@ class ShortlistRule:
     entry is scored. ``exact``: the screen is the method's own score, so the stage keeps the
     exhaustive top ``shortlist`` (recall 1 over entries aligned by column name); otherwise it is a
     proxy, and ``measured_recall`` is its recall@10 measured by ``bench.bench_shortlist`` on zoos
-    of similar entries (None: not measured)."""
+    of similar entries (None: not measured). ``margin``: entries screened by a proxy (all of them
+    for a proxy rule; for an exact rule those its screen cannot score, e.g. a small query's
+    query-time JS-LSH bands) are kept when their proxy score is within ``margin`` of the proxies'
+    k-th best, besides the top ``shortlist`` -- the largest gap between the proxy's k-th best and an
+    exhaustive top-k entry measured on the tuning zoo, widened (``measured_recall`` is then the
+    recall without it, the stated lower bound); at most ``planner.SHORTLIST_MARGIN_CAP x shortlist``
+    entries."""
     screen: str | None
     exact: bool = False
     measured_recall: float | None = None
+    margin: float | None = None
 
 
 NO_SHORTLIST = ShortlistRule(None)

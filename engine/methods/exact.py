@@ -37,9 +37,9 @@ class ExactJS(_Exact):
 
 class L2(_Exact):
     name = "l2"
-    # l2 is scaled by each feature's spread (issue 20); the screen computes the unscaled distance
-    # of the means, a proxy whose recall is not measured yet
-    shortlist = ShortlistRule("l2", exact=False)
+    # the screen computes the spread-scaled l2 itself, the spread from each feature's stored
+    # variance about its mean (engine/screen.py)
+    shortlist = ShortlistRule("l2", exact=True)
 
     def score_chunk(self, ctx, query, t_dist, chunk, s_dists):
         out = []
@@ -52,21 +52,7 @@ class L2(_Exact):
 EXACT_JS, L2_METHOD = ExactJS(), L2()
 
 
-_L2_UNCOVERED = 4.0   # squared distance of a query feature an entry does not cover: two spreads apart
-
-
-def _bucket_values(bucket: np.ndarray, accuracy: float) -> np.ndarray:
-    """A representative value of each histogram bucket of the numeric quantizer (quantize.numeric_keys
-    at ``accuracy``): the geometric middle of ``(gamma^(k-1), gamma^k]``, 0 for the zero bucket, NaN
-    for the NaN / infinity buckets."""
-    from ..quantize import BIAS, NAN_KEY
-
-    b = np.asarray(bucket, dtype=np.int64)
-    k = np.abs(b) - BIAS
-    gamma = (1.0 + accuracy) / (1.0 - accuracy)
-    with np.errstate(over="ignore"):
-        v = np.sign(b) * gamma ** (k - 0.5)
-    return np.where(b == 0, 0.0, np.where(np.abs(b) >= NAN_KEY, np.nan, v))
+from ..screen import L2_UNCOVERED as _L2_UNCOVERED, bucket_values as _bucket_values  # noqa: E402 - shared with the screen
 
 
 def _per_feature(dist, n: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:

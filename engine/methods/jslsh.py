@@ -44,7 +44,14 @@ class _JSLSH(Method):
 
 class Adaptivity(_JSLSH):
     name = "adaptivity"
-    shortlist = ShortlistRule("adaptivity", exact=True)
+    # exact for queries of >= query_min_partitions x partition_size rows (the stored band keys); a
+    # smaller query is scored with query-time bands, so its screen is the exact-js proxy widened by
+    # a margin: the largest gap between the proxy's 10th best and an exhaustive top-10 entry over
+    # 100 small queries on the digits label-skew zoo of 1,000 entries (0.0119; chosen there), 0.015.
+    # Held out (MNIST-5k, 100 queries): the best entry within 0.0082 in every query; recall@10 0.88
+    # / best 94% with the top 100 alone (no margin), the stated lower bound. The margin keeps
+    # ~20-30% of a 1k zoo of similar entries (bench/SUMMARY.md)
+    shortlist = ShortlistRule("adaptivity", exact=True, measured_recall=0.88, margin=0.015)
     per_dataset = False
 
     def grade(self, scores, query, cfg):
@@ -63,7 +70,9 @@ class Adaptivity(_JSLSH):
 
 class JS(_JSLSH):
     name = "js"
-    shortlist = ShortlistRule("js", exact=True)
+    # as adaptivity: digits gap 0.0148 (chosen there), MNIST-5k best within 0.0075 in every query, the
+    # whole top 10 within 0.015 in >= 95%; recall@10 0.89 / best 95% without the margin (held out)
+    shortlist = ShortlistRule("js", exact=True, measured_recall=0.89, margin=0.015)
 
     def grade(self, scores, query, cfg):
         return [score for score, _ in scores], 1.0 / cfg.jslsh_l
