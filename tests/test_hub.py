@@ -346,7 +346,8 @@ def test_chunked_verification_and_scoring_equal_one_pass(tmp_path, rng, monkeypa
     """Signatures verified and histograms scored a few entries at a time give the one-pass results
     (exact-js / l2 within 1e-12: the dense sums run over another set of columns per chunk; JS-LSH
     keys within one band, as fp32 sums may reorder per chunk)."""
-    from fitsketch import hub as H
+    from fitsketch import candidates as C
+    from fitsketch.methods import base as B
 
     cfg = fitsketch.SketchConfig()
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
@@ -355,8 +356,8 @@ def test_chunked_verification_and_scoring_equal_one_pass(tmp_path, rng, monkeypa
             hub.add_sketch(f"m{i}", _sketch(cfg, df[["c", "a", "b"]] if i % 2 else df))   # two column orders
         q = _frame(rng, 140, loc=0.9)
         want = {m: {r.name: r for r in hub.search(q, k=7, method=m, shortlist=0)} for m in METHODS_ALL}
-        monkeypatch.setattr(H, "_VERIFY_CHUNK", 2)
-        monkeypatch.setattr(H, "_SCORE_CHUNK", 3)
+        monkeypatch.setattr(C, "_VERIFY_CHUNK", 2)
+        monkeypatch.setattr(B, "_SCORE_CHUNK", 3)
         for m in METHODS_ALL:
             got = {r.name: r for r in hub.search(q, k=7, method=m, shortlist=0)}
             assert got.keys() == want[m].keys()
