@@ -65,9 +65,13 @@ def _frame(rng, n, shift=0.0):
                          "c": rng.normal(10 + shift, 2.0, n)})
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("method", ["adaptivity", "js"])
-def test_small_query_scores_are_graded_and_untied(tmp_path, method):
-    rng = np.random.default_rng()
+def test_small_query_scores_are_graded_and_untied(tmp_path, method, seed):
+    # fixed seeds: "the query's own distribution ranks first" is a statistical property of a 30-row
+    # query (one partition, a few chance band collisions), not an identity: over seeds 0-39 it failed
+    # once (seed 39, adaptivity: the 2-sd shift collided in 10 bands, the own distribution in 7)
+    rng = np.random.default_rng(seed)
     with fitsketch.open(tmp_path / "h") as hub:
         for i, shift in enumerate([0.0, 2.0, 4.0, 7.0, 11.0]):
             hub.add(f"s{i}", _frame(rng, 600, shift))
