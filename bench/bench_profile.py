@@ -96,23 +96,30 @@ def _instrument(timer: _Timer) -> None:
     import sys
 
     import fitsketch.coverage
+    import fitsketch.data
     import fitsketch.hub
+    import fitsketch.parts
+    import fitsketch.pipeline
     import fitsketch.profiles
     import fitsketch.sketch  # noqa: F401 (the package's `sketch` attribute is the function: use sys.modules)
 
     coverage, hub, profiles, sketch = (sys.modules["fitsketch.coverage"], sys.modules["fitsketch.hub"],
                                        sys.modules["fitsketch.profiles"], sys.modules["fitsketch.sketch"])
+    parts = sys.modules["fitsketch.parts"]   # an entry's records (engine/parts.py, issue 18)
+    data, pipeline = sys.modules["fitsketch.data"], sys.modules["fitsketch.pipeline"]   # add's input, the query
 
-    timer.wrap(hub, "to_frame", "to_frame")
+    timer.wrap(data, "to_frame", "to_frame")           # hub.add reads its input through accuracy.with_labels
+    timer.wrap(pipeline, "to_frame", "to_frame")       # a query's
     timer.wrap(hub, "build_sketch", "build_sketch")
+    timer.wrap(pipeline, "build_sketch", "build_sketch")
     timer.wrap(sketch, "quantize_column", "quantize")
     timer.wrap(coverage, "row_matrix", "row_matrix")
     timer.wrap(sketch, "minhash_csr", "minhash")
     timer.wrap(coverage, "build", "coverage")
     timer.wrap(hub.Hub, "_writer", "writer")
-    timer.wrap(hub, "feature_band_keys", "band_keys")
+    timer.wrap(parts, "feature_band_keys", "band_keys")
     timer.wrap(profiles, "record", "profile")
-    timer.wrap(hub, "pack_hist", "pack_hist")
+    timer.wrap(parts, "pack_hist", "pack_hist")
     timer.wrap(hub.Hub, "_transact", "transact")
 
 
