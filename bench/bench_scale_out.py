@@ -307,7 +307,7 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
         if search:
             out("sharded search (adaptivity, k=10; entries added with add_sketches):")
             done = list(rows)
-            rows += bench_search(ctx, n_entries, 10 if quick else 20, work, out=out, shard_counts=shard_counts,
+            rows += bench_search(ctx, n_entries, 5 if quick else 20, work, out=out, shard_counts=shard_counts,
                                  save=lambda part: write(done + part))
         else:
             out("sharded search: skipped (--no-search)")
