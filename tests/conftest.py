@@ -5,6 +5,7 @@ tensors through Triton's interpreter and is compared with its NumPy reference (s
 ``TRITON_INTERPRET=0`` on a GPU machine to test the compiled kernels instead).
 """
 import os
+import typing
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -37,3 +38,26 @@ def pytest_runtest_makereport(item, call):
     seed = item.stash.get(RNG_SEED, None)
     if seed is not None and report.failed:
         report.sections.append(("rng seed", f"this test drew its data with np.random.default_rng({seed})"))
+
+
+class CliResult(typing.NamedTuple):
+    """What one in-process CLI run returned and printed: unpacks as ``code, out, err``."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run(capsys):
+    """Run the CLI in this process (as `fitsketch ...` does) and capture what it prints; a non-zero
+    exit raises unless ``check=False`` (test_cli.py, test_cli_flags.py)."""
+    from fitsketch.cli import main
+
+    def _run(*args, check=True):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"exit {code}: {err}")
+        return CliResult(code, out, err)
+    return _run

@@ -10,25 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fitsketch.cli import main
 
 
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def run(capsys):
-    """Run the CLI in this process (as `fitsketch ...` does) and capture what it prints."""
-    def _run(*args, check=True):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        if check and code != 0:
-            raise AssertionError(f"exit {code}: {err}")
-        return Result(code, out, err)
-    return _run
 
 
 def test_console_entry_point_runs_as_a_process(tmp_path):

@@ -14,19 +14,7 @@ import pandas as pd
 import pytest
 
 import fitsketch
-from fitsketch.cli import build_parser, cli_terms, main
-
-
-@pytest.fixture
-def run(capsys):
-    def _run(*args, check=True):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        if check and code != 0:
-            raise AssertionError(f"exit {code}: {err}")
-        return code, out, err
-    return _run
+from fitsketch.cli import build_parser, cli_terms
 
 
 def _subparsers(p: argparse.ArgumentParser, prefix="fitsketch"):
