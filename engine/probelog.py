@@ -63,7 +63,6 @@ __all__ = [
     "ModelLogits",
     "ProbeLogMixin",
     "ProbeSet",
-    "add_probelog_parsers",
     "complete_responses",
     "delete_model_descriptors",
     "descriptors",
@@ -802,23 +801,4 @@ def cmd_search_concept(args) -> None:
     with _open_hub(args.hub) as hub:
         matches = hub.search_concept(args.text, MiniLMEncoder(), k=args.k, probe_set=args.probe_set)
     _print_matches(args, matches, f"logits for concept {args.text!r}:")
-
-
-def add_probelog_parsers(sub) -> None:
-    """Add ``search-logits`` and ``search-concept`` to an argparse subparsers object."""
-    s = sub.add_parser("search-logits", help="logits of any model that behave like one logit (ProbeLog)")
-    s.add_argument("hub")
-    s.add_argument("entry")
-    s.add_argument("logit", type=int)
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(fn=cmd_search_logits)
-
-    s = sub.add_parser("search-concept", help="zero-shot: logits that detect a concept given as text (ProbeLog)")
-    s.add_argument("hub")
-    s.add_argument("text")
-    s.add_argument("-k", type=int, default=10)
-    s.add_argument("--probe-set", help="a text probe set (default: the hub's default set)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(fn=cmd_search_concept)
 

@@ -6,7 +6,6 @@ Tolerances (float32 results):
     completion (rank-5 synthetic, 30 % observed rows)   held-out relative RMSE < 0.05
     zoo logit -> logit top-1 (same digit class)         >= 0.8
 """
-import argparse
 import json
 import os
 
@@ -388,16 +387,11 @@ def test_minilm_encoder():
 
 
 # ----------------------------------------------------------------------------- CLI
-def test_cli_search_logits(tmp_path, zoo, capsys):
+def test_cli_search_logits(tmp_path, zoo, run):
     cls = _hub_class()
     with cls(tmp_path / "h") as h:
         _fill(h, zoo, probes=100)
         expect = [m.to_dict() for m in h.search_logits(("lr0", 1), k=3)]
-    p = argparse.ArgumentParser()
-    PL.add_probelog_parsers(p.add_subparsers())
-    args = p.parse_args(["search-logits", str(tmp_path / "h"), "lr0", "1", "-k", "3", "--json"])
-    args.fn(args)
-    assert json.loads(capsys.readouterr().out) == expect
-    args = p.parse_args(["search-logits", str(tmp_path / "h"), "lr0", "1", "-k", "2"])
-    args.fn(args)
-    assert "score" in capsys.readouterr().out
+    # the fitsketch command's own parser (engine/cli.py)
+    assert json.loads(run("search-logits", tmp_path / "h", "lr0", "1", "-k", "3", "--json").stdout) == expect
+    assert "score" in run("search-logits", tmp_path / "h", "lr0", "1", "-k", "2").stdout
