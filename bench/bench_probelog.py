@@ -29,6 +29,7 @@ import warnings
 
 import numpy as np
 import torch
+import fitsketch
 from fitsketch import probelog as PL
 
 from . import harness as H
@@ -191,7 +192,7 @@ def concept_accuracy(hub, zoo, names, encoder, probe_set) -> dict:
 
 # ----------------------------------------------------------------------------- runs
 def _fill(workdir, tag, probes, zoo, *, kind="image", texts=None, fractions=None):
-    hub = PL._open_hub(os.path.join(workdir, tag), create=True)
+    hub = fitsketch.open(os.path.join(workdir, tag), create=True)
     if kind == "text":
         hub.add_probes("probes", kind="text", texts=texts)
     else:

@@ -332,16 +332,31 @@ def cmd_demo(args) -> None:
     run_demo(workdir=args.workdir, as_json=args.json, quick=args.quick)
 
 
-def _cmd_search_logits(args) -> None:
-    from .probelog import cmd_search_logits
+def _print_logit_matches(args, matches, title: str) -> None:
+    if args.json:
+        print(json.dumps([m.to_dict() for m in matches], sort_keys=True))
+        return
+    print(title)
+    for i, m in enumerate(matches, 1):
+        print(f"{i:3d}. {m.name}  logit {m.logit}" + (f" ({m.label})" if m.label is not None else "")
+              + f"  score {m.score:.4f}")
 
-    cmd_search_logits(args)
+
+def _cmd_search_logits(args) -> None:
+    import fitsketch
+
+    with fitsketch.open(args.hub, create=False) as hub:
+        matches = hub.search_logits((args.entry, args.logit), k=args.k)
+    _print_logit_matches(args, matches, f"logits like {args.entry!r} logit {args.logit}:")
 
 
 def _cmd_search_concept(args) -> None:
-    from .probelog import cmd_search_concept
+    import fitsketch
+    from .contrib.text_encoder import MiniLMEncoder
 
-    cmd_search_concept(args)
+    with fitsketch.open(args.hub, create=False) as hub:
+        matches = hub.search_concept(args.text, MiniLMEncoder(), k=args.k, probe_set=args.probe_set)
+    _print_logit_matches(args, matches, f"logits for concept {args.text!r}:")
 
 
 def _json_flag(s) -> None:

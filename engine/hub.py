@@ -12,6 +12,7 @@ fitsketch accepted without checks and that a scorer cannot use are skipped and n
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -24,11 +25,11 @@ from . import pipeline as _pipeline
 from . import profiles as _profiles
 from . import screen as _screen
 from .config import SketchConfig
-from .embeddings import EmbeddingsMixin, check_embedding
+from .embeddings import Embeddings, check_embedding
 from .indexes import SearchIndexes
 from .methods.accuracy import LABEL_FREE
 from .plan import Plan
-from .probelog import ProbeLogMixin
+from .probelog import ProbeLog
 from .results import Entry, Match  # noqa: F401 - their old home
 from .sketch import Sketch, build_sketch, check_sketch
 from .storage import HubStore
@@ -44,8 +45,6 @@ _AE_PREFIX = AE_PREFIX  # weights-db keys of SimEx fleets: b"ae:" + entry id (st
 
 def _translated(fn):
     """Public hub reads raise FitsketchError subclasses, never a storage- or kernel-layer class."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -60,10 +59,23 @@ def _translated(fn):
     return wrapper
 
 
+def _part(component: str, fn):
+    """The Hub method that calls method ``fn`` of its component ``component`` (same signature,
+    same docstring): embeddings and ProbeLog are parts the hub holds, not bases."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        return getattr(getattr(self, component), name)(*args, **kwargs)
+
+    method.__qualname__ = f"Hub.{name}"
+    return method
+
+
 AUTO_LABEL_FREE = LABEL_FREE   # what method="auto" scores entries without labels by (engine/methods/accuracy.py)
 
 
-class Hub(EmbeddingsMixin, ProbeLogMixin):
+class Hub:
     """A fitsketch hub. Open with :func:`fitsketch.open`; use as a context manager."""
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True, config: SketchConfig | None = None,
@@ -89,6 +101,8 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             meta = self._store.meta()
         self.config = SketchConfig.from_dict(meta["config"])
         self._indexes = SearchIndexes(self.config, device)
+        self._embeddings = Embeddings(self)      # hub.nearest, .sample, .train_deephash
+        self._probelog = ProbeLog(self)          # hub.add_probes, .add_model, .search_logits, ...
         if config is not None and config.sketch_key() != self.config.sketch_key():
             self.close()
             raise E.InvalidArgumentError(
@@ -340,6 +354,24 @@ class Hub(EmbeddingsMixin, ProbeLogMixin):
             raise
         except Exception as e:
             raise E.translate(e) from None
+
+    # ------------------------------------------------------------------ components
+    sample = _part("_embeddings", Embeddings.sample)
+    nearest = _part("_embeddings", Embeddings.nearest)
+    train_deephash = _part("_embeddings", Embeddings.train_deephash)
+    add_probes = _part("_probelog", ProbeLog.add_probes)
+    probe_set = _part("_probelog", ProbeLog.probe_set)
+    probes = _part("_probelog", ProbeLog.probes)
+    probe_sets = _part("_probelog", ProbeLog.probe_sets)
+    probe = _part("_probelog", ProbeLog.probe)
+    add_model = _part("_probelog", ProbeLog.add_model)
+    remove_model = _part("_probelog", ProbeLog.remove_model)
+    model_logits = _part("_probelog", ProbeLog.model_logits)
+    models = _part("_probelog", ProbeLog.models)
+    search_logits = _part("_probelog", ProbeLog.search_logits)
+    search_concept = _part("_probelog", ProbeLog.search_concept)
+    concept_descriptors = _part("_probelog", ProbeLog.concept_descriptors)
+    probelog_index_paths = _part("_probelog", ProbeLog.probelog_index_paths)
 
     # ------------------------------------------------------------------ search
     @_translated

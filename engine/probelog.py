@@ -1,25 +1,8 @@
-# ProbeLog (Kahana, Nathan, Horwitz, Hoshen, "Can this Model Also Recognize Dogs? Zero-Shot Model
-# Search from Weights"): describe every output logit of a classifier by how it responds to one
-# fixed, seeded set of probe inputs, so that logits detecting the same concept look alike.
-#
-#   R (n_probes, n_logits): R[i, j] = logit j of the model on probe i
-#   d_j = (R[:, j] - mean_i R[i, j]) / std_i R[i, j]      (population std, ddof = 0)
-#
-# i.e. each logit's responses are z-scored across the probes; a constant logit (std 0) gets the
-# zero descriptor. The cosine of two descriptors is the Pearson correlation of the two logits'
-# responses over the probes: invariant to each logit's offset and scale, so logits of unrelated
-# models (other calibration, other training set) compare. Search is exact cosine (FAISS
-# IndexFlatIP over L2-normalized descriptors).
-#
-# Zero-shot concept search: an encoder (list[str] -> (n, dim)) embeds the concept and the probe
-# set's texts; the concept's "responses" are its cosine similarities to the probes, z-scored the
-# same way, and go through the same index.
-#
-# Collaborative probing: a model is run on a seeded subset S of the probes (different per model:
-# the subset's seed mixes the model name in); its measured descriptor entries (z-scored over S)
-# and the measured entries of every stored descriptor on that probe set form a matrix with
-# missing values, completed by rank-r ALS with ridge (``complete_responses``); the completed rows
-# are z-scored again over all probes. The record keeps which probes were measured.
+# ProbeLog in the hub: probe sets, the logit descriptors of models, and logit / concept search
+# (Kahana et al., "Can this Model Also Recognize Dogs?"). The descriptors, the probing of a model
+# and the collaborative completion are defined in engine/probelog_descriptors.py; this module
+# holds their records and the hub's component, :class:`ProbeLog` (``hub._probelog``), whose
+# public methods are the hub's (``hub.add_probes``, ``hub.search_logits``, ...).
 #
 # Storage (LMDB database ``probes``; every record carries its format ``v``):
 #   b"_generation"        -> int, bumped by every write below (dates the derived FAISS indexes)
@@ -35,12 +18,11 @@
 #                       "metadata", "created"}
 # Derived index per probe set: <hub>/indexes/probelog-<slug>.faiss (faiss.write_index) + a
 # .msgpack sidecar {"v", "generation", "probe_set", "keys", "offsets", "names", "labels"},
-# both written to a temp file and os.replace'd; stale, missing or unreadable -> rebuilt from LMDB.
+# both read and written through engine/faiss_files.py; stale, missing or unreadable -> rebuilt from LMDB.
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -51,8 +33,12 @@ import faiss
 import numpy as np
 
 from . import errors as E
+from . import faiss_files
 from .exact import normalize
-from .storage import pack, u64, unpack
+from .probelog_descriptors import (ALS_ITERS, BATCH, RIDGE, complete_responses, descriptors,  # noqa: F401
+                                   make_probes, probe_model)
+from .storage import pack, u64
+from .validate import _check_metadata, _check_name
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +47,7 @@ __all__ = [
     "PROBE_FORMAT",
     "LogitMatch",
     "ModelLogits",
-    "ProbeLogMixin",
+    "ProbeLog",
     "ProbeSet",
     "complete_responses",
     "delete_model_descriptors",
@@ -74,10 +60,7 @@ __all__ = [
 PROBE_FORMAT = 1          # format of probe-set and descriptor records
 INDEX_FORMAT = 1          # format of the index sidecar
 KINDS = ("tabular", "image", "text")
-BATCH = 256               # probes per forward call
 DEFAULT_RANK = 16         # rank of the collaborative-probing completion (capped by the data)
-RIDGE = 1e-1              # ALS ridge
-ALS_ITERS = 50
 _SET_NAME_MAX = 200
 _DB = "probes"
 _K_GEN, _K_DEFAULT = b"_generation", b"_default"
@@ -133,172 +116,6 @@ class LogitMatch:
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
-
-
-# ----------------------------------------------------------------------------- pure functions
-def make_probes(source, n: int, seed: int = 0, *, method: str = "subset") -> np.ndarray:
-    """``n`` probes drawn from real data ``source`` (n_rows, ...): ``method="subset"`` takes a
-    seeded subset of the rows without replacement (the paper's choice: real, in-distribution
-    inputs); ``"gaussian"`` generates rows from a per-feature normal fitted to ``source``
-    (generated probes, when no held-out data may be stored). Returns float32 (n, ...)."""
-    x = np.asarray(source)
-    if x.ndim < 1 or x.dtype.kind not in "biuf":
-        raise E.InvalidArgumentError(f"source has dtype {x.dtype}, shape {x.shape}: pass a numeric array (n_rows, ...)")
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 2:
-        raise E.InvalidArgumentError(f"n={n!r}: pass an integer number of probes >= 2")
-    rng = np.random.default_rng(seed)
-    if method == "subset":
-        if n > x.shape[0]:
-            raise E.InvalidArgumentError(f"n={n} probes but source has {x.shape[0]} rows: lower n or use method='gaussian'")
-        return x[np.sort(rng.choice(x.shape[0], size=int(n), replace=False))].astype(np.float32)
-    if method == "gaussian":
-        mu, sd = x.mean(axis=0), x.std(axis=0)
-        return (mu + sd * rng.standard_normal((int(n),) + x.shape[1:])).astype(np.float32)
-    raise E.InvalidArgumentError(f"method={method!r}: use 'subset' or 'gaussian'")
-
-
-def _n_inputs(probes) -> int:
-    return len(probes) if isinstance(probes, list) else int(probes.shape[0])
-
-
-def probe_model(model, probes, *, batch_size: int = BATCH) -> np.ndarray:
-    """Run ``model`` on ``probes`` and return its logits, float32 (n_probes, n_logits).
-
-    ``model`` is a ``torch.nn.Module`` (run in eval mode under no_grad on the device of its
-    parameters, in batches of ``batch_size``; its training flag is restored) or a callable taking
-    a batch (a NumPy slice of ``probes``, or a list of str for text probes) and returning logits.
-    Raises DimensionError unless every batch gives a 2-D (batch, n_logits) output, NonFiniteError
-    on NaN / infinite logits.
-    """
-    if isinstance(probes, (list, tuple)):
-        probes = list(probes)
-        if not all(isinstance(t, str) for t in probes):
-            raise E.InvalidArgumentError("probes given as a list must be str (text probes)")
-    else:
-        probes = np.asarray(probes, dtype=np.float32)
-    n = _n_inputs(probes)
-    if n == 0:
-        raise E.EmptyDataError("probes is empty: add probes with make_probes(data, n, seed)")
-    try:
-        import torch
-        is_module = isinstance(model, torch.nn.Module)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        is_module = False
-    if not is_module and not callable(model):
-        raise E.InvalidArgumentError(f"model is a {type(model).__name__}: pass a torch.nn.Module or a callable "
-                                     f"(batch of probes -> logits (batch, n_logits)), e.g. clf.decision_function")
-    outs = []
-    if is_module:
-        was_training = model.training
-        params = next(model.parameters(), None)
-        dev = params.device if params is not None else torch.device("cpu")
-        model.eval()
-        try:
-            with torch.no_grad():
-                for lo in range(0, n, batch_size):
-                    xb = probes[lo:lo + batch_size]
-                    out = model(xb if isinstance(xb, list) else torch.from_numpy(np.ascontiguousarray(xb)).to(dev))
-                    outs.append(_check_batch(out.detach().float().cpu().numpy(), _n_inputs(xb), lo))
-        finally:
-            model.train(was_training)
-    else:
-        for lo in range(0, n, batch_size):
-            xb = probes[lo:lo + batch_size]
-            outs.append(_check_batch(model(xb), _n_inputs(xb), lo))
-    widths = {o.shape[1] for o in outs}
-    if len(widths) != 1:
-        raise E.DimensionError(f"the model returned {sorted(widths)} logits on different batches: it must give a fixed number")
-    r = np.concatenate(outs).astype(np.float32)                       # (n_probes, n_logits)
-    bad = ~np.isfinite(r)
-    if bad.any():
-        raise E.NonFiniteError(f"the model gave NaN or infinite logits on {int(bad.any(axis=1).sum())} of {n} probes "
-                               f"(logits {np.flatnonzero(bad.any(axis=0))[:10].tolist()}): fix the model or its inputs")
-    return r
-
-
-def _check_batch(out, rows: int, lo: int) -> np.ndarray:
-    try:
-        a = np.asarray(out)
-    except Exception as e:  # noqa: BLE001 - any model output
-        raise E.DimensionError(f"the model output cannot be read as an array ({e}): return (batch, n_logits) logits") from None
-    if a.dtype.kind not in "biuf":
-        raise E.DimensionError(f"the model returned dtype {a.dtype}: return numeric logits (batch, n_logits)")
-    if a.ndim != 2 or a.shape[0] != rows or a.shape[1] == 0:
-        hint = " (a binary classifier's (n,) scores: return s[:, None])" if a.ndim == 1 else ""
-        raise E.DimensionError(f"the model returned shape {a.shape} for probes {lo}..{lo + rows - 1}: expected "
-                               f"({rows}, n_logits), one row of logits per probe{hint}")
-    return a
-
-
-def descriptors(responses) -> np.ndarray:
-    """Normalized logit descriptors (n_logits, n_probes) float32 of responses (n_probes, n_logits):
-    each column z-scored across the probes (population std); a constant column gives zeros.
-    NaN marks an unmeasured response: the statistics use the measured ones and NaN is kept."""
-    r = np.asarray(responses, dtype=np.float64)
-    if r.ndim != 2:
-        raise E.DimensionError(f"responses has shape {r.shape}: expected (n_probes, n_logits)")
-    if np.isinf(r).any():
-        raise E.NonFiniteError("responses hold infinity: only NaN (unmeasured) and finite values are allowed")
-    obs = ~np.isnan(r)
-    if (obs.sum(axis=0) < 2).any():
-        raise E.DimensionError(f"responses has shape {r.shape}: every logit needs >= 2 measured probes")
-    mean = np.nanmean(r, axis=0)                                      # (n_logits,)
-    std = np.sqrt(np.nanmean((r - mean) ** 2, axis=0))
-    z = np.where(std > 0, (r - mean) / np.where(std > 0, std, 1.0), np.where(obs, 0.0, np.nan))
-    return np.ascontiguousarray(z.T, dtype=np.float32)
-
-
-def complete_responses(partial, rank: int, *, ridge: float = RIDGE, iters: int = ALS_ITERS, seed: int = 0,
-                       tol: float = 1e-6) -> np.ndarray:
-    """Fill the NaN entries of ``partial`` (n_rows, n_cols) by a rank-``rank`` factorization.
-
-    Each row is centred on its observed mean, then ``X ~ U V^T + b 1^T`` (``b`` a per-row offset:
-    a mean over few observed entries is off) is fitted on the observed entries by alternating
-    ridge least squares (``ridge`` * I), from a seeded random ``V``, for at most
-    ``iters`` sweeps or until the observed-fit RMSE moves less than ``tol``. Observed entries are
-    returned unchanged; a row or column with no observation gets its mean (0 for a column).
-    """
-    x = np.asarray(partial, dtype=np.float64)
-    if x.ndim != 2:
-        raise E.DimensionError(f"partial has shape {x.shape}: expected (n_rows, n_cols)")
-    if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or rank < 1:
-        raise E.InvalidArgumentError(f"rank={rank!r}: pass a positive integer")
-    if np.isinf(x).any():
-        raise E.NonFiniteError("partial holds infinity: mark unobserved entries with NaN")
-    m = ~np.isnan(x)                                                  # (n_rows, n_cols) observed
-    cnt = m.sum(axis=1)
-    mu = np.where(cnt > 0, np.nansum(x, axis=1) / np.maximum(cnt, 1), 0.0)   # (n_rows,)
-    xc = np.where(m, x - mu[:, None], 0.0)
-    r = int(min(rank, *x.shape))
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal((x.shape[1], r)) / np.sqrt(r)             # (n_cols, rank)
-    ones = np.ones((x.shape[1], 1))
-    prev = np.inf
-    for _ in range(max(1, iters)):
-        ub = _ridge_rows(np.hstack([v, ones]), xc, m, ridge)           # (n_rows, rank + 1): factors, bias
-        u, b = ub[:, :r], ub[:, r:]
-        v = _ridge_rows(u, (xc - b).T, m.T, ridge)
-        fit = u @ v.T + b
-        rmse = float(np.sqrt(((fit - xc)[m] ** 2).mean())) if m.any() else 0.0
-        if abs(prev - rmse) < tol:
-            break
-        prev = rmse
-    return np.where(m, x, fit + mu[:, None]).astype(np.float32)
-
-
-def _ridge_rows(a: np.ndarray, x: np.ndarray, m: np.ndarray, lam: float) -> np.ndarray:
-    """For each row i: argmin_b ||x[i, m_i] - a[m_i] b||^2 + lam ||b||^2, rows grouped by mask."""
-    out = np.zeros((x.shape[0], a.shape[1]))
-    pats, inv = np.unique(m, axis=0, return_inverse=True)
-    eye = lam * np.eye(a.shape[1])
-    for p in range(pats.shape[0]):
-        rows = np.flatnonzero(inv.reshape(-1) == p)
-        cols = pats[p]
-        if not cols.any():
-            continue
-        ao = a[cols]                                                  # (n_obs, rank)
-        out[rows] = np.linalg.solve(ao.T @ ao + eye, ao.T @ x[np.ix_(rows, np.flatnonzero(cols))].T).T
-    return out
 
 
 # ----------------------------------------------------------------------------- records (in a txn)
@@ -405,7 +222,7 @@ def _complete_in_hub(txn, ps: dict, desc: np.ndarray, measured: np.ndarray, rank
     return descriptors(done.T)
 
 
-# ----------------------------------------------------------------------------- the hub mixin
+# ----------------------------------------------------------------------------- the hub's component
 @dataclass
 class _Index:
     generation: int
@@ -416,23 +233,26 @@ class _Index:
     labels: list                    # logit labels (list | None) per record
 
 
-class _State:
-    def __init__(self):
+class ProbeLog:
+    """ProbeLog search, a part of a :class:`~fitsketch.Hub` (``hub._probelog``): reads and writes
+    the hub's ``store``; holds the FAISS index of each probe set (dated by the ``probes``
+    database's generation) and the embeddings of text probe sets. See the module header."""
+
+    def __init__(self, hub):
+        self._hub = hub
         self.lock = threading.RLock()
         self.indexes: dict[str, _Index] = {}
         self.text_cache: dict = {}  # (digest, encoder) -> (n_probes, dim) unit probe embeddings
 
+    @property
+    def store(self):
+        return self._hub.store
 
-class ProbeLogMixin:
-    """ProbeLog search for ``Hub`` (uses ``self.store``, ``self.path``). See the module header."""
+    @property
+    def path(self) -> str:
+        return self._hub.path
 
-    def _pl(self) -> _State:
-        st = self.__dict__.get("_pl_state")
-        if st is None:
-            st = self.__dict__.setdefault("_pl_state", _State())
-        return st
-
-    def _pl_transact(self, fn):
+    def _transact(self, fn):
         try:
             return self.store.transact(fn)
         except E.FitsketchError:
@@ -489,7 +309,7 @@ class ProbeLogMixin:
                 txn.put(_DB, _K_DEFAULT, name)
             return self._probe_set(old or rec, txn.get(_DB, _K_DEFAULT))
 
-        return self._pl_transact(write)
+        return self._transact(write)
 
     @staticmethod
     def _probe_set(rec: dict, default) -> ProbeSet:
@@ -542,8 +362,6 @@ class ProbeLogMixin:
         but not listed by ``hub.names()``. ``probe_fraction < 1`` runs the model on that share of
         the probes and completes the rest from the hub's other models (rank ``rank``).
         """
-        from .validate import _check_metadata, _check_name
-
         _check_name(name)
         metadata = _check_metadata(metadata)
         resp = self.probe(model, probe_set, fraction=probe_fraction, seed=seed, name=name)
@@ -562,7 +380,7 @@ class ProbeLogMixin:
                                           logit_labels, probe_set, metadata=metadata, rank=rank)
             return self._model_logits(rec)
 
-        return self._pl_transact(write)
+        return self._transact(write)
 
     def remove_model(self, name: str) -> None:
         """Delete ``name``'s descriptors (a model-only entry, or the descriptors of a hub entry,
@@ -573,7 +391,7 @@ class ProbeLogMixin:
                 raise E.EntryNotFoundError(f"no model named {name!r} has logit descriptors in hub {self.path}")
             _bump(txn)
 
-        self._pl_transact(write)
+        self._transact(write)
 
     @staticmethod
     def _model_logits(rec: dict) -> ModelLogits:
@@ -623,7 +441,7 @@ class ProbeLogMixin:
                 raise E.InvalidArgumentError("query must be (entry_name, logit_index) or a descriptor vector (n_probes,)")
             set_name = self.probe_set(probe_set).name
             q = self._query_vector(q, set_name)
-        return self._probelog_search(q, set_name, k, skip)
+        return self._search_index(q, set_name, k, skip)
 
     def _query_vector(self, q: np.ndarray, set_name: str) -> np.ndarray:
         n = self.probe_set(set_name).n_probes
@@ -641,7 +459,7 @@ class ProbeLogMixin:
         if not isinstance(text, str) or not text.strip():
             raise E.InvalidArgumentError(f"text={text!r}: pass a non-empty concept, e.g. 'dog'")
         q = self.concept_descriptors([text], encoder, probe_set)[0]
-        return self._probelog_search(q, self.probe_set(probe_set).name, k, None)
+        return self._search_index(q, self.probe_set(probe_set).name, k, None)
 
     def concept_descriptors(self, texts: list[str], encoder, probe_set: str | None = None) -> np.ndarray:
         """Descriptors (n_texts, n_probes) float32 of concepts ``texts`` (see ``search_concept``)."""
@@ -651,22 +469,21 @@ class ProbeLogMixin:
                                          f"(hub.add_probes(name, kind='text', texts=[...]))")
         if not callable(encoder):
             raise E.InvalidArgumentError("encoder must be a callable list[str] -> (n, dim) embeddings")
-        st = self._pl()
-        with st.lock:
-            pe = st.text_cache.get((ps.digest, encoder))
+        with self.lock:
+            pe = self.text_cache.get((ps.digest, encoder))
             if pe is None:
                 pe = _unit(_embed(encoder, ps.texts), "probe texts")           # (n_probes, dim)
-                if len(st.text_cache) >= 4:
-                    st.text_cache.pop(next(iter(st.text_cache)))
-                st.text_cache[(ps.digest, encoder)] = pe
+                if len(self.text_cache) >= 4:
+                    self.text_cache.pop(next(iter(self.text_cache)))
+                self.text_cache[(ps.digest, encoder)] = pe
         ce = _unit(_embed(encoder, list(texts)), "concepts")                 # (n_texts, dim)
         if ce.shape[1] != pe.shape[1]:
             raise E.DimensionError(f"encoder gave dimension {ce.shape[1]} for concepts, {pe.shape[1]} for probes")
         return descriptors((ce @ pe.T).T)                                     # (n_texts, n_probes)
 
-    def _probelog_search(self, q: np.ndarray, set_name: str, k: int, skip) -> list[LogitMatch]:
-        with self._pl().lock:
-            ix = self._probelog_index(set_name)
+    def _search_index(self, q: np.ndarray, set_name: str, k: int, skip) -> list[LogitMatch]:
+        with self.lock:
+            ix = self._index(set_name)
             if ix.index.ntotal == 0:
                 return []
             xq, _ = normalize(q[None, :])
@@ -685,69 +502,45 @@ class ProbeLogMixin:
     def probelog_index_paths(self, probe_set: str) -> tuple[str, str]:
         slug = re.sub(r"[^A-Za-z0-9_.-]", "_", probe_set)[:40]
         tag = hashlib.sha256(probe_set.encode("utf-8")).hexdigest()[:8]
-        base = os.path.join(self.store.path, "indexes", f"probelog-{slug}-{tag}")
-        return base + ".faiss", base + ".msgpack"
+        return faiss_files.paths(self.store.path, f"probelog-{slug}-{tag}")
 
-    def _probelog_index(self, set_name: str) -> _Index:
-        st = self._pl()
+    def _index(self, set_name: str) -> _Index:
         with self.store.read() as txn:
             gen = int(txn.get(_DB, _K_GEN) or 0)
-            ix = st.indexes.get(set_name)
+            ix = self.indexes.get(set_name)
             if ix is not None and ix.generation == gen:
                 return ix
-            ix = self._probelog_load_index(set_name, gen)
+            ix = self._load_index(set_name, gen)
             if ix is None:
-                ix = self._probelog_build_index(txn, set_name, gen)
-                self._probelog_save_index(set_name, ix)
-        st.indexes[set_name] = ix
+                ix = _build_index(txn, set_name, gen)
+                faiss_files.save(*self.probelog_index_paths(set_name), ix.index, {
+                    "v": INDEX_FORMAT, "generation": ix.generation, "probe_set": set_name, "keys": ix.keys,
+                    "offsets": ix.offsets, "names": ix.names, "labels": ix.labels})
+        self.indexes[set_name] = ix
         return ix
 
-    @staticmethod
-    def _probelog_build_index(txn, set_name: str, gen: int) -> _Index:
-        ps = _read_set(txn, set_name)
-        n_probes = len(ps["texts"]) if ps["x"] is None else ps["x"].shape[0]
-        recs = _stored(txn, set_name)
-        index = faiss.IndexFlatIP(n_probes)
-        if recs:
-            index.add(normalize(np.concatenate([r["desc"] for _, r in recs]))[0])
-        offsets = np.cumsum([0] + [r["desc"].shape[0] for _, r in recs]).astype(np.int64)
-        log.info("probelog index %r: %d logits of %d models (generation %d)", set_name, index.ntotal, len(recs), gen)
-        return _Index(gen, index, [k for k, _ in recs], offsets, [r["name"] for _, r in recs],
-                      [r["labels"] for _, r in recs])
-
-    def _probelog_load_index(self, set_name: str, gen: int) -> _Index | None:
-        fpath, mpath = self.probelog_index_paths(set_name)
-        try:
-            with open(mpath, "rb") as f:
-                meta = unpack(f.read())
-            if not isinstance(meta, dict) or meta.get("v") != INDEX_FORMAT or meta.get("generation") != gen \
-                    or meta.get("probe_set") != set_name:
-                return None
-            index = faiss.read_index(fpath)
+    def _load_index(self, set_name: str, gen: int) -> _Index | None:
+        def decode(index, meta):
             offsets = np.asarray(meta["offsets"], dtype=np.int64)
             if index.ntotal != offsets[-1]:
                 return None
             return _Index(gen, index, list(meta["keys"]), offsets, list(meta["names"]), list(meta["labels"]))
-        except FileNotFoundError:
-            return None
-        except Exception as e:  # noqa: BLE001 - derived data: rebuilt from LMDB
-            log.warning("probelog index %s cannot be read (%s): rebuilding", fpath, e)
-            return None
 
-    def _probelog_save_index(self, set_name: str, ix: _Index) -> None:
-        fpath, mpath = self.probelog_index_paths(set_name)
-        try:
-            os.makedirs(os.path.dirname(fpath), exist_ok=True)
-            tmp = f"{fpath}.tmp{os.getpid()}.{threading.get_ident()}"
-            faiss.write_index(ix.index, tmp)
-            os.replace(tmp, fpath)
-            tmp = f"{mpath}.tmp{os.getpid()}.{threading.get_ident()}"
-            with open(tmp, "wb") as f:
-                f.write(pack({"v": INDEX_FORMAT, "generation": ix.generation, "probe_set": set_name,
-                              "keys": ix.keys, "offsets": ix.offsets, "names": ix.names, "labels": ix.labels}))
-            os.replace(tmp, mpath)
-        except OSError as e:  # a read-only directory keeps the index in memory
-            log.warning("probelog index %s not saved (%s)", fpath, e)
+        return faiss_files.load(*self.probelog_index_paths(set_name), fmt=INDEX_FORMAT, decode=decode,
+                                accept=lambda m: m.get("generation") == gen and m.get("probe_set") == set_name)
+
+
+def _build_index(txn, set_name: str, gen: int) -> _Index:
+    ps = _read_set(txn, set_name)
+    n_probes = len(ps["texts"]) if ps["x"] is None else ps["x"].shape[0]
+    recs = _stored(txn, set_name)
+    index = faiss.IndexFlatIP(n_probes)
+    if recs:
+        index.add(normalize(np.concatenate([r["desc"] for _, r in recs]))[0])
+    offsets = np.cumsum([0] + [r["desc"].shape[0] for _, r in recs]).astype(np.int64)
+    log.info("probelog index %r: %d logits of %d models (generation %d)", set_name, index.ntotal, len(recs), gen)
+    return _Index(gen, index, [k for k, _ in recs], offsets, [r["name"] for _, r in recs],
+                  [r["labels"] for _, r in recs])
 
 
 def _check_k(k) -> None:
@@ -766,39 +559,3 @@ def _unit(e: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(e).all():
         raise E.NonFiniteError(f"the encoder returned NaN or infinity for the {what}")
     return normalize(e)[0]
-
-
-# ----------------------------------------------------------------------------- CLI
-def _open_hub(path: str, create: bool = False):
-    import fitsketch
-
-    cls = fitsketch.Hub if issubclass(fitsketch.Hub, ProbeLogMixin) else \
-        type("Hub", (ProbeLogMixin, fitsketch.Hub), {})
-    return cls(path, create=create)
-
-
-def _print_matches(args, matches: list[LogitMatch], title: str) -> None:
-    import json
-
-    if args.json:
-        print(json.dumps([m.to_dict() for m in matches], sort_keys=True))
-        return
-    print(title)
-    for i, m in enumerate(matches, 1):
-        print(f"{i:3d}. {m.name}  logit {m.logit}" + (f" ({m.label})" if m.label is not None else "")
-              + f"  score {m.score:.4f}")
-
-
-def cmd_search_logits(args) -> None:
-    with _open_hub(args.hub) as hub:
-        matches = hub.search_logits((args.entry, args.logit), k=args.k)
-    _print_matches(args, matches, f"logits like {args.entry!r} logit {args.logit}:")
-
-
-def cmd_search_concept(args) -> None:
-    from .contrib.text_encoder import MiniLMEncoder
-
-    with _open_hub(args.hub) as hub:
-        matches = hub.search_concept(args.text, MiniLMEncoder(), k=args.k, probe_set=args.probe_set)
-    _print_matches(args, matches, f"logits for concept {args.text!r}:")
-

@@ -64,7 +64,7 @@ SCHEMA: tuple[Record, ...] = (
            "missing (older hubs): computed from the histograms"),
     Record("weights", "b'ae:' + u64(entry id)", "{v, simex: [autoencoder records]}", "fitsketch.parts (SimExFleet)",
            (_E, ("fitsketch.simex.AE_FORMAT", 1))),
-    Record("weights", "b'deephash'", "the hub's deep-hash model", "fitsketch.embeddings",
+    Record("weights", "b'deephash'", "the hub's deep-hash model", "fitsketch.embedding_indexes",
            (("fitsketch.deephash.WEIGHTS_FORMAT", 1),), per_entry=False),
     Record("embeddings", "b'e' + u64(entry id); b's' + u64(entry id) + u32(chunk)",
            "the entry's sample-id range and mean; its embedding rows by chunk", "fitsketch.parts (Embeddings), "
@@ -76,10 +76,10 @@ SCHEMA: tuple[Record, ...] = (
     Record("probes", "b'm' + sha256(model name)[:16]", "ProbeLog descriptors of a model-only entry (add_model)",
            "fitsketch.probelog", (("fitsketch.probelog.PROBE_FORMAT", 1),), per_entry=False),
     Record("file", "<hub>/indexes/<level>-<kind>.faiss + .msgpack sidecar", "FAISS indexes over the embeddings (derived: rebuilt when their "
-           "sidecar's format or generation differs)", "fitsketch.embeddings",
-           (("fitsketch.embeddings.INDEX_FORMAT", 1),), per_entry=False),
+           "sidecar's format or generation differs)", "fitsketch.embedding_indexes, fitsketch.faiss_files",
+           (("fitsketch.embedding_indexes.INDEX_FORMAT", 1),), per_entry=False),
     Record("file", "<hub>/indexes/probelog-<slug>.faiss + .msgpack sidecar", "FAISS indexes over the ProbeLog descriptors (derived)",
-           "fitsketch.probelog", (("fitsketch.probelog.INDEX_FORMAT", 1),), per_entry=False),
+           "fitsketch.probelog, fitsketch.faiss_files", (("fitsketch.probelog.INDEX_FORMAT", 1),), per_entry=False),
     Record("wire", "-", "a Sketch as bytes (Sketch.to_bytes, the socket protocol)", "fitsketch.sketch",
            (("fitsketch.sketch.SKETCH_FORMAT", 1),), per_entry=False),
 )

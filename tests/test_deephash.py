@@ -16,7 +16,7 @@ from test_embeddings import _add, _fill
 FAST = DH.DeepHashConfig(bits=16, epochs=3, max_train=2_000)
 
 
-_Hub = fitsketch.Hub  # EmbeddingsMixin is one of Hub's bases
+_Hub = fitsketch.Hub  # its train_deephash / nearest are those of its Embeddings component
 
 
 @pytest.fixture

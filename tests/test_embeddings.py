@@ -10,13 +10,14 @@ import pytest
 
 import fitsketch
 from fitsketch import errors as E
-from fitsketch.embeddings import EmbeddingsMixin, write_embeddings
+from fitsketch.embedding_indexes import EmbeddingIndexes
+from fitsketch.embeddings import write_embeddings
 from fitsketch.exact import exact_search, normalize, recall_at_k, synthetic_embeddings
 
 ATOL = 1e-5
 
 
-_Hub = fitsketch.Hub  # EmbeddingsMixin is one of Hub's bases
+_Hub = fitsketch.Hub  # its nearest / sample are those of its Embeddings component
 
 
 # -- the only place that knows how embeddings get into the hub (switch to hub.add(..., embedding=))
@@ -166,7 +167,7 @@ def test_index_is_loaded_from_disk_not_rebuilt(tmp_path, monkeypatch):
     def no_build(*a, **kw):
         raise AssertionError("the index was rebuilt although its file is current")
 
-    monkeypatch.setattr(EmbeddingsMixin, "_build", no_build)
+    monkeypatch.setattr(EmbeddingIndexes, "_build", no_build)
     with _Hub(path) as h:
         D2, I2 = h.nearest(xq, 5, index="ivf")
     assert np.array_equal(I1, I2)

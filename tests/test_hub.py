@@ -303,15 +303,41 @@ def test_hub_open_twice_in_one_process_is_refused_clearly(tmp_path):
             fitsketch.open(tmp_path / "h")
 
 
-def test_hub_mixins_do_not_shadow_each_other():
-    """Hub is assembled from mixins (embeddings, ProbeLog): a private helper of one must never
-    silently replace another's (ProbeLog's _search once shadowed the hub's)."""
-    seen = {}
-    for cls in fitsketch.Hub.__mro__[:-1]:
-        for name, value in vars(cls).items():
-            if callable(value) and not (name.startswith("__") and name.endswith("__")):
-                assert name not in seen, f"{cls.__name__}.{name} clashes with {seen[name]}.{name}"
-                seen[name] = cls.__name__
+_COMPONENT_METHODS = {
+    "_embeddings": ("sample", "nearest", "train_deephash"),
+    "_probelog": ("add_probes", "probe_set", "probes", "probe_sets", "probe", "add_model", "remove_model",
+                  "model_logits", "models", "search_logits", "search_concept", "concept_descriptors",
+                  "probelog_index_paths"),
+}
+
+
+def test_hub_holds_its_components_and_delegates_to_them(tmp_path):
+    """Embeddings and ProbeLog are parts a hub holds, not bases (a mixin's private helper once
+    silently replaced the hub's: ProbeLog's _search): each hub method of theirs has the component
+    method's signature and docstring and calls the hub's own component."""
+    import inspect
+
+    from fitsketch.embeddings import Embeddings
+    from fitsketch.probelog import ProbeLog
+
+    assert fitsketch.Hub.__bases__ == (object,)
+    classes = {"_embeddings": Embeddings, "_probelog": ProbeLog}
+    for attr, names in _COMPONENT_METHODS.items():
+        for name in names:
+            hub_fn, comp_fn = getattr(fitsketch.Hub, name), getattr(classes[attr], name)
+            assert inspect.signature(hub_fn) == inspect.signature(comp_fn), name
+            assert hub_fn.__doc__ == comp_fn.__doc__, name
+    with fitsketch.open(tmp_path / "a") as a, fitsketch.open(tmp_path / "b") as b:
+        for hub in (a, b):
+            for attr, names in _COMPONENT_METHODS.items():
+                comp = getattr(hub, attr)
+                assert isinstance(comp, classes[attr]) and comp._hub is hub
+                for name in names:
+                    seen = []
+                    setattr(comp, name, lambda *args, _n=name, **kw: seen.append((_n, args, kw)) or ("ok", _n))
+                    assert getattr(hub, name)(1, x=2) == ("ok", name) and seen == [(name, (1,), {"x": 2})]
+        assert a._embeddings is not b._embeddings and a._probelog is not b._probelog
+        assert not {"_emb_state", "_pl_state"} & set(vars(a))
 
 
 def test_add_sketches_checks_everything_first(tmp_path, rng):

@@ -14,8 +14,8 @@ LAYERS = [
     ("storage+kernels", {"storage", "kernels"}),   # import nothing of the engine
     ("base", {"errors", "results", "validate", "plan", "config", "extras"}),
     ("algorithms", {"quantize", "partitions", "minhash", "jslsh", "sketch", "data", "exact", "coverage",
-                    "coverage_spaces", "profiles", "screen", "accuracy", "simex", "deephash", "embeddings",
-                    "probelog", "protocol"}),
+                    "coverage_spaces", "profiles", "screen", "accuracy", "simex", "deephash", "faiss_files",
+                    "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),
     ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline"}),
     ("hub", {"hub", "chunked", "distributed"}),
@@ -25,8 +25,6 @@ LAYERS = [
 # the only imports against the layers, each with its reason
 ALLOWED_UP = {
     ("config", "methods"): "config.METHODS (a module __getattr__) reads the registry's names when asked",
-    ("probelog", "contrib"): "search_concept's default text encoder (contrib), loaded only when a concept is "
-                                  "searched without one",
     ("server", "cli"): "server.main, the `python -m fitsketch.server` entry point, runs the CLI's serve command",
     ("plan", "plots"): "Plan.plot (hub.explain(...).plot()) draws with plots, loaded only when a picture is asked for",
 }

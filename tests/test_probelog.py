@@ -17,7 +17,6 @@ from fitsketch import errors as E
 from fitsketch import probelog as PL
 from fitsketch.probelog import (
     LogitMatch,
-    ProbeLogMixin,
     complete_responses,
     descriptors,
     make_probes,
@@ -27,25 +26,17 @@ from fitsketch.probelog import (
 
 # ----------------------------------------------------------------------------- wiring (one place)
 def _hub_class():
-    """fitsketch.Hub once ProbeLogMixin is among its bases, else a test subclass."""
-    if issubclass(fitsketch.Hub, ProbeLogMixin):
-        return fitsketch.Hub
-    return type("_Hub", (ProbeLogMixin, fitsketch.Hub), {})
+    """The hub: its ProbeLog methods are those of its ProbeLog component (``hub._probelog``)."""
+    return fitsketch.Hub
 
 
 def _add_with_data(hub, name, data, model, labels):
-    """Register ``name`` with training data and a model: hub.add(model=...) once wired."""
-    try:
-        return hub.add(name, data, model=model, logit_labels=labels)
-    except TypeError:  # not wired yet: the same two steps, in two transactions
-        hub.add(name, data)
-        return hub.add_model(name, model, logit_labels=labels)
+    """Register ``name`` with training data and a model, in one transaction."""
+    return hub.add(name, data, model=model, logit_labels=labels)
 
 
 def _remove(hub, name):
-    hub.remove(name)
-    if name in hub.models():  # not wired yet: hub.remove does not call delete_model_descriptors
-        hub.remove_model(name)
+    hub.remove(name)     # also deletes the entry's descriptors (engine/parts.py)
 
 
 @pytest.fixture
