@@ -16,22 +16,21 @@ import functools
 import logging
 import os
 
-import numpy as np
-
 from . import accuracy as _acc
+from . import adding as _adding
 from . import errors as E
 from . import parts as _parts
 from . import pipeline as _pipeline
 from . import profiles as _profiles
 from . import screen as _screen
 from .config import SketchConfig
-from .embeddings import Embeddings, check_embedding
+from .embeddings import Embeddings
 from .indexes import SearchIndexes
 from .methods.accuracy import LABEL_FREE
 from .plan import Plan
 from .probelog import ProbeLog
 from .results import Entry, Match  # noqa: F401 - their old home
-from .sketch import Sketch, build_sketch, check_sketch
+from .sketch import Sketch, check_sketch
 from .storage import HubStore
 from .storage.schema import AE_PREFIX
 from .validate import (MAX_JSLSH_HASHES, MAX_JSLSH_K, MAX_JSLSH_L, MAX_K,  # noqa: F401 - their old home
@@ -195,56 +194,11 @@ class Hub:
         set ``model=`` serves only this), ``confusion=`` or ``class_accuracy={label: recall}``, else
         a fallback from the class counts (flagged in the evidence).
         """
-        _check_name(name)
-        metadata = _check_metadata(metadata)
-        if name in self:
-            raise E.EntryExistsError(f"an entry named {name!r} exists: remove it first or choose another name")
-        df, labels = _acc.with_labels(data, labels, feature_names)
-        if labels is None and (validation is not None or confusion is not None or class_accuracy is not None):
-            raise E.InvalidArgumentError("validation=, confusion= and class_accuracy= describe a model's per-class "
-                                         "performance: pass the training labels= too")
-        if embedding is not None:
-            embedding = check_embedding(embedding, n_rows=len(df))
-        probed = None
-        if model is not None and (validation is None or probe_set is not None or self.probe_sets()):
-            probed = (self.probe(model, probe_set), logit_labels, probe_set)
-        elif model is None and logit_labels is not None:
-            raise E.InvalidArgumentError("logit_labels describe a model's outputs: pass model= too")
-        sketch = build_sketch(df, self.config, partition_size=partition_size, device=self.device, progress=progress)
-        classes = None
-        if labels is not None:
-            classes = _acc.class_record(df, labels, sketch.names, sketch.kinds, self.config)
-            classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
-                                               confusion=confusion, class_accuracy=class_accuracy,
-                                               columns=sketch.names, feature_names=feature_names,
-                                               kinds=sketch.kinds, config=self.config)
-        fleet = None
-        if autoencoder:
-            from . import simex
-
-            cfg = ae_config or simex.AEConfig(seed=self.config.seed)
-            cols = [n for n, k in zip(sketch.names, sketch.kinds) if k == "numeric"]
-            if not cols:
-                raise E.UnsupportedDataError("autoencoder=True needs numeric columns and the data has none")
-            X_ae = simex.numeric_matrix(df, columns=cols)
-            ae_labels = None if labels is None else np.asarray(labels.tolist())
-            trained = simex.train_fleet(X_ae, ae_labels, image_shape=image_shape, config=cfg, feature_names=cols)
-            fleet = [r.to_record() for r in trained]
-        # coverage spaces (engine/coverage_spaces.py): codes of the sample embeddings and of the
-        # autoencoders' latents, stored in the entry's "extra" record in the same transaction
-        spaces = {}
-        if embedding is not None or fleet is not None:
-            from . import coverage_spaces as _spaces
-
-            ckw = dict(seed=self.config.seed, bits=self.config.coverage_bits, tables=self.config.coverage_tables,
-                       device=self.device)
-            if embedding is not None:
-                spaces["coverage_embedding"] = _spaces.embedding_record(embedding, **ckw)
-            if fleet is not None:
-                spaces["coverage_latent"] = _spaces.latent_record(X_ae, ae_labels, trained, **ckw)
-        if classes is not None:
-            spaces["classes"] = classes
-        return self._add(name, sketch, metadata, fleet, embedding, probed, spaces)
+        return self._add(*_adding.prepare(
+            self, name, data, metadata=metadata, partition_size=partition_size, feature_names=feature_names,
+            progress=progress, autoencoder=autoencoder, labels=labels, image_shape=image_shape, ae_config=ae_config,
+            embedding=embedding, model=model, logit_labels=logit_labels, probe_set=probe_set, validation=validation,
+            confusion=confusion, class_accuracy=class_accuracy))
 
     def add_sketch(self, name: str, sketch: Sketch, *, metadata: dict | None = None, model=None, validation=None,
                    logit_labels=None, confusion=None, class_accuracy=None) -> Entry:

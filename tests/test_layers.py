@@ -17,7 +17,7 @@ LAYERS = [
                     "coverage_spaces", "profiles", "screen", "accuracy", "simex", "deephash", "faiss_files",
                     "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),
-    ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline"}),
+    ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline", "adding"}),
     ("hub", {"hub", "chunked", "distributed"}),
     ("service", {"sharded", "client", "server"}),
     ("front", {"cli", "formatting", "plots", "contrib", "workloads", "demo", "text_encoder", "__init__"}),
