@@ -34,22 +34,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
-import fcntl
 import hmac
-import ipaddress
 import logging
 import os
 import selectors
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
 
-
 from . import errors as E
+from . import server_sockets as sockets
 from .protocol import (
     DEFAULT_MAX_FRAME,
     MAX_FRAME_LIMIT,
@@ -66,211 +62,13 @@ from .protocol import (
     error_body,
     ok_body,
     recv_frame,
-    resolve_path,
-    sketch_from_wire,
 )
+from .server_ops import HANDLERS  # noqa: F401 - the allow-list, also at its old import path
+from .server_sockets import LOCK_NAME, SOCKET_NAME, parse_listen  # noqa: F401 - their old import path
 
 log = logging.getLogger(__name__)
 
-SOCKET_NAME = "fitsketch.sock"
-LOCK_NAME = "server.lock"
-_UNIX_PATH_MAX = 107          # sun_path is 108 bytes including the NUL
 _CLOSE_AFTER = frozenset({"frame_too_large", "unauthorized", "busy", "connection"})
-
-
-# ------------------------------------------------------------------------------- operations
-def _data(server: "Server", args: dict):
-    data = args["data"]
-    if isinstance(data, str):
-        data = resolve_path(data, server.allow_paths)
-    return data
-
-
-def _query(server: "Server", args: dict) -> dict:
-    if ("data" in args) == ("sketch" in args):
-        raise E.InvalidArgumentError("search: give exactly one of 'data' or 'sketch'")
-    q = sketch_from_wire(args["sketch"]) if "sketch" in args else _data(server, args)
-    kw_names = ("k", "method", "where", "feature_names", "embedding", "embedding_candidates")
-    kw = {k: args[k] for k in kw_names if k in args}
-    params = args.get("params", {})
-    if not all(isinstance(k, str) and k not in ("data", *kw_names) for k in params):
-        raise E.InvalidArgumentError(f"search: params must map per-query parameter names (str, none of "
-                                     f"{['data', *kw_names]}) to values, got keys {sorted(map(str, params))}")
-    return {"data": q, **kw, **params}
-
-
-def _op_ping(server, hub, args):
-    return {"pong": True}
-
-
-def _op_warm(server, hub, args):
-    return hub.warm()     # waits for the start-up warm if it still runs (the profile index's lock)
-
-
-def _op_stats(server, hub, args):
-    return hub.stats()
-
-
-def _op_add(server, hub, args):
-    kw = {k: args[k] for k in ("metadata", "partition_size", "feature_names", "embedding") if k in args}
-    return hub.add(args["name"], _data(server, args), **kw).to_dict()
-
-
-def _wire_sketch(hub, rec):
-    sk = sketch_from_wire(rec)
-    if sk.signatures.shape[1] != hub.config.num_perm:
-        raise E.InvalidArgumentError(f"sketch record is malformed: signatures have {sk.signatures.shape[1]} "
-                                     f"columns, this hub's num_perm is {hub.config.num_perm}")
-    return sk
-
-
-def _op_add_sketch(server, hub, args):
-    return hub.add_sketch(args["name"], _wire_sketch(hub, args["sketch"]), metadata=args.get("metadata")).to_dict()
-
-
-def _op_add_sketches(server, hub, args):
-    items = []
-    for i, it in enumerate(args["items"]):
-        if (not isinstance(it, dict) or set(it) - {"name", "sketch", "metadata"} or not isinstance(it.get("name"), str)
-                or not isinstance(it.get("sketch"), dict) or not isinstance(it.get("metadata"), (dict, type(None)))):
-            raise E.InvalidArgumentError(f"add_sketches: item {i} is not a map {{name: str, sketch: map, metadata?: "
-                                         "map | null}}")
-        try:
-            sk = _wire_sketch(hub, it["sketch"])
-        except E.InvalidArgumentError as e:
-            raise E.InvalidArgumentError(f"add_sketches: item {i} ({it['name']!r}): {e}") from None
-        items.append((it["name"], sk, it.get("metadata")))
-    return hub.add_sketches(items, batch=args.get("batch", 1000))
-
-
-def _op_search(server, hub, args):
-    q = _query(server, args)
-    return [m.to_dict() for m in hub.search(q.pop("data"), **q)]
-
-
-def _op_explain(server, hub, args):
-    q = _query(server, args)
-    return hub.explain(q.pop("data"), **q).to_dict()
-
-
-def _op_class_pool(server, hub, args):
-    q = _query(server, args)
-    q.pop("k", None)
-    q.pop("method", None)
-    return hub.class_pool(q.pop("data"), **q)
-
-
-def _op_get(server, hub, args):
-    return hub.get(args["name"]).to_dict()
-
-
-def _op_remove(server, hub, args):
-    hub.remove(args["name"])
-    return None
-
-
-def _op_names(server, hub, args):
-    return hub.names()
-
-
-def _op_len(server, hub, args):
-    return len(hub)
-
-
-def _op_contains(server, hub, args):
-    return args["name"] in hub
-
-
-def _op_nearest(server, hub, args):
-    kw = {k: args[k] for k in ("k", "index", "level") if k in args}
-    out = hub.nearest(args["xq"], **kw)
-    if kw.get("level", "sample") == "entry":
-        if out and isinstance(out[0], list):
-            return {"matches": [[m.to_dict() for m in ms] for ms in out]}
-        return {"matches": [m.to_dict() for m in out], "single": True}
-    D, I = out
-    return {"D": D, "I": I}
-
-
-def _op_sample(server, hub, args):
-    return list(hub.sample(args["sample_id"]))
-
-
-def _op_search_logits(server, hub, args):
-    if "descriptor" in args:
-        query = args["descriptor"]
-    elif "entry" in args and "logit" in args:
-        query = (args["entry"], args["logit"])
-    else:
-        raise E.InvalidArgumentError("search_logits needs entry + logit, or a descriptor")
-    return [dict(m.__dict__) for m in hub.search_logits(query, k=args.get("k", 10))]
-
-
-# The allow-list: an op not in here does not exist. Never getattr(hub, op).
-HANDLERS = {
-    "ping": _op_ping,
-    "stats": _op_stats,
-    "add": _op_add,
-    "add_sketch": _op_add_sketch,
-    "add_sketches": _op_add_sketches,
-    "search": _op_search,
-    "explain": _op_explain,
-    "get": _op_get,
-    "remove": _op_remove,
-    "names": _op_names,
-    "len": _op_len,
-    "contains": _op_contains,
-    "nearest": _op_nearest,
-    "sample": _op_sample,
-    "search_logits": _op_search_logits,
-    "warm": _op_warm,
-    "class_pool": _op_class_pool,
-}
-if tuple(HANDLERS) != OPS:  # pragma: no cover - keep protocol.OPS and this allow-list in step
-    raise ImportError(f"server HANDLERS {tuple(HANDLERS)} differ from protocol.OPS {OPS}")
-
-
-def _flock_or_holder(fd: int) -> str | None:
-    """Take an exclusive non-blocking ``flock`` on ``fd``: None when taken; when another process
-    holds it, ``fd`` is closed and the text naming the holder (`` (pid N)`` when it wrote its pid,
-    else empty) is returned. Other OS errors close ``fd`` and propagate."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return None
-    except OSError as e:
-        other = ""
-        with contextlib.suppress(OSError, ValueError):
-            other = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return other
-        raise
-
-
-# ------------------------------------------------------------------------------ addresses
-def parse_listen(listen, allow_remote: bool = False) -> tuple[str, int]:
-    """``"HOST:PORT"`` or ``(host, port)`` -> (host, port); refuses non-loopback hosts."""
-    if isinstance(listen, str):
-        host, sep, port = listen.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit():
-            raise E.InvalidArgumentError(f"--listen {listen!r} is not HOST:PORT, e.g. 127.0.0.1:7707")
-        listen = (host, int(port))
-    if not (isinstance(listen, tuple) and len(listen) == 2 and isinstance(listen[1], int)
-            and 0 <= listen[1] < 65536):
-        raise E.InvalidArgumentError(f"listen={listen!r} is not (host, port), e.g. ('127.0.0.1', 7707)")
-    host, port = listen
-    if not allow_remote:
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as e:
-            raise E.InvalidArgumentError(f"--listen host {host!r} cannot be resolved: {e}") from None
-        addrs = {ipaddress.ip_address(i[4][0].split("%")[0]) for i in infos}
-        if not addrs or not all(a.is_loopback for a in addrs):
-            raise E.InvalidArgumentError(
-                f"--listen host {host!r} is not a loopback address ({sorted(map(str, addrs))}): the protocol has "
-                "no encryption; use 127.0.0.1, or pass --allow-remote if you really mean it")
-    return host, port
 
 
 class _Conn:
@@ -316,10 +114,10 @@ class Server:
                 raise E.InvalidArgumentError("TCP needs a token: give token= (or --token-file F with a secret in it)")
         else:
             self.socket_path = os.path.abspath(os.fspath(socket_path or os.path.join(self.hub_path, SOCKET_NAME)))
-            if len(os.fsencode(self.socket_path)) > _UNIX_PATH_MAX:
+            if len(os.fsencode(self.socket_path)) > sockets.UNIX_PATH_MAX:
                 raise E.InvalidArgumentError(
                     f"socket path {self.socket_path!r} is {len(os.fsencode(self.socket_path))} bytes; Unix sockets "
-                    f"allow {_UNIX_PATH_MAX}: pass a shorter --socket, e.g. /tmp/fitsketch-{os.getpid()}.sock")
+                    f"allow {sockets.UNIX_PATH_MAX}: pass a shorter --socket, e.g. /tmp/fitsketch-{os.getpid()}.sock")
         self.token = token
         self.max_frame = max_frame
         self.allow_paths = [os.path.realpath(os.fspath(p)) for p in (allow_paths or [])]
@@ -449,7 +247,7 @@ class Server:
             self._idle.wait_for(lambda: not self._conns, timeout=grace)    # requests in flight finish
             left = list(self._conns)
         for c in left:
-            _shutdown(c.sock)
+            sockets.shutdown(c.sock)
         for c in left:
             if c.thread is not None and c.thread is not threading.current_thread():
                 c.thread.join(2)
@@ -476,94 +274,17 @@ class Server:
 
     # ------------------------------------------------------------------------ resources
     def _take_lock(self) -> None:
-        path = os.path.join(self.hub_path, LOCK_NAME)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        other = _flock_or_holder(fd)
-        if other is not None:
-            raise E.HubBusyError(
-                f"another fitsketch server{other} already serves hub at {self.hub_path}: stop it, or talk to it "
-                f"with fitsketch.connect({self.hub_path!r})")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
+        self._lock_fd = sockets.take_hub_lock(self.hub_path)
 
     def _bind(self) -> socket.socket:
         if self.listen is not None:
-            host, port = self.listen
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            s = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((host, port))
-                s.listen(128)
-            except OSError as e:
-                s.close()
-                raise E.HubBusyError(f"cannot listen on {host}:{port}: {e.strerror}: choose another port") from None
+            s = sockets.bind_tcp(self.listen)
             self.address = s.getsockname()[:2]
             return s
-        path = self.socket_path
-        self._take_socket_lock(path)
-        self._clear_stale_socket(path)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.bind(path)
-            os.chmod(path, 0o600)          # before listen(): nobody can connect in between
-            st = os.stat(path)
-            self._sock_id = (st.st_dev, st.st_ino)
-            s.listen(128)
-        except OSError as e:
-            s.close()
-            raise E.HubBusyError(f"cannot listen on {path}: {e.strerror}") from None
-        self.address = path
+        self._sock_lock_fd, self._sock_lock_path = sockets.take_socket_lock(self.socket_path)
+        s, self._sock_id = sockets.bind_unix(self.socket_path)
+        self.address = self.socket_path
         return s
-
-    def _take_socket_lock(self, path: str) -> None:
-        """An exclusive ``flock`` on ``<socket>.lock``, held while this server lives: a second server
-        on the same socket path is refused however the first one is doing (even stopped with its
-        backlog full, when a connect() probe would time out and call the socket stale)."""
-        lock_path = path + ".lock"
-        while True:
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except OSError as e:
-                raise E.HubBusyError(f"cannot listen on {path}: cannot create its lock file {lock_path}: "
-                                     f"{e.strerror}") from None
-            other = _flock_or_holder(fd)
-            if other is not None:
-                raise E.SocketInUseError(
-                    f"socket {path!r} is in use by another fitsketch server{other} (it holds {lock_path}): "
-                    "choose another --socket, or stop that server")
-            try:        # the lock file may have been removed by the server that held it, since we opened it
-                same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._sock_lock_fd, self._sock_lock_path = fd, lock_path
-
-    @staticmethod
-    def _clear_stale_socket(path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise E.InvalidArgumentError(f"socket path {path!r} exists and is not a socket: remove it or choose another")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            log.info("removing stale socket %s", path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            return
-        finally:
-            probe.close()
-        raise E.HubBusyError(f"socket {path!r} is in use by another server: choose another --socket")
 
     def _release(self) -> None:
         for s in (self._listener, self._wake_r, self._wake_w):
@@ -572,29 +293,21 @@ class Server:
                     s.close()
         self._listener = self._wake_r = self._wake_w = None
         self._unlink_socket()
-        if self._sock_lock_fd is not None:     # removed while still held: see _take_socket_lock
-            with contextlib.suppress(OSError):
-                os.unlink(self._sock_lock_path)
-            os.close(self._sock_lock_fd)
+        if self._sock_lock_fd is not None:
+            sockets.release_socket_lock(self._sock_lock_fd, self._sock_lock_path)
             self._sock_lock_fd = None
         if self.hub is not None:
             with contextlib.suppress(Exception):
                 self.hub.close()
             self.hub = None
         if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            sockets.release_hub_lock(self._lock_fd)
             self._lock_fd = None
 
     def _unlink_socket(self) -> None:
-        if self._sock_id is None:
-            return
-        with contextlib.suppress(OSError):
-            st = os.lstat(self.socket_path)
-            if (st.st_dev, st.st_ino) == self._sock_id:   # still ours, not a newer server's
-                os.unlink(self.socket_path)
-        self._sock_id = None
+        if self._sock_id is not None:
+            sockets.unlink_socket(self.socket_path, self._sock_id)
+            self._sock_id = None
 
     # ------------------------------------------------------------------------ serving
     def _accept_loop(self) -> None:
@@ -638,7 +351,7 @@ class Server:
         if evict is not None:       # its thread sees the end of stream and cleans up
             log.info("dropping the oldest connection that has not said hello: %d are waiting (max_pending)",
                      self.max_pending)
-            _shutdown(evict.sock)
+            sockets.shutdown(evict.sock)
         if not full and not self._stopping:
             return
         log.warning("refusing a connection: %d connections open (max %d)", len(self._conns), self.max_connections)
@@ -650,7 +363,7 @@ class Server:
         with contextlib.suppress(OSError):
             sock.settimeout(1.0)
             sock.sendall(encode_frame(body))
-        _shutdown(sock)
+        sockets.shutdown(sock)
         sock.close()
 
     def _serve_conn(self, conn: _Conn) -> None:
@@ -707,7 +420,7 @@ class Server:
                 if close or self._stopping:
                     return
         finally:
-            _shutdown(sock)
+            sockets.shutdown(sock)
             sock.close()
             with self._lock:
                 self._conns.discard(conn)
@@ -804,11 +517,6 @@ def _req_id(req):
     return None
 
 
-def _shutdown(sock) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 # ------------------------------------------------------------------------------------ CLI
 def _add_serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("hub", help="the hub directory (created if missing)")
@@ -837,27 +545,12 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     return s
 
 
-def _read_token(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-        mode = os.stat(path).st_mode
-    except OSError as e:
-        raise E.InvalidArgumentError(f"--token-file {path!r} cannot be read: {e.strerror}") from None
-    if not token:
-        raise E.InvalidArgumentError(f"--token-file {path!r} is empty: put a long random secret in it, e.g. "
-                                     "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
-    if mode & 0o077:
-        log.warning("--token-file %s is readable by other users (mode %o): chmod 600 it", path, mode & 0o777)
-    return token
-
-
 def cmd_serve(args) -> None:
     if args.listen is None and args.token_file is not None:
         raise E.InvalidArgumentError("--token-file is for --listen HOST:PORT; the Unix socket is protected by its mode")
     if args.listen is not None and args.token_file is None:
         raise E.InvalidArgumentError("--listen needs --token-file F: TCP clients must present the secret in F")
-    token = _read_token(args.token_file) if args.token_file else None
+    token = sockets.read_token(args.token_file) if args.token_file else None
     server = Server(args.hub, socket_path=args.socket, listen=args.listen, token=token, max_frame=args.max_frame,
                     allow_paths=args.allow_paths, allow_remote=args.allow_remote,
                     max_connections=args.max_connections, idle_timeout=args.idle_timeout, device=args.device,
@@ -868,13 +561,31 @@ def cmd_serve(args) -> None:
 
 
 def main(argv=None) -> int:
-    """``python -m fitsketch.server HUB [options]``: the ``serve`` command on its own (the CLI's
-    ``fitsketch serve``, with the same error handling)."""
-    from .cli import main as cli_main
+    """``python -m fitsketch.server HUB [options]``: the ``serve`` command on its own, with the
+    CLI's error handling (a FitsketchError is one line and status 2) but not the CLI module."""
+    p = argparse.ArgumentParser(prog="python -m fitsketch.server", description="serve a hub on a Unix socket or "
+                                "a loopback TCP port (the same as `fitsketch serve`)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress and full tracebacks")
+    _add_serve_arguments(p)
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:   # --help, or a bad argument (one line, status 2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cmd_serve(args)
+    except E.FitsketchError as e:
+        print(f"fitsketch: error [{e.code}]: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # noqa: BLE001 - the entry point's last line of defence: one line, no traceback
+        if args.verbose:
+            import traceback
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a in ("-v", "--verbose")]
-    return cli_main(flags[:1] + ["serve"] + [a for a in argv if a not in ("-v", "--verbose")])
+            traceback.print_exc()
+        print(f"fitsketch: unexpected error: {type(e).__name__}: {e} (run with -v for details)", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,13 +19,12 @@ LAYERS = [
     ("methods", {"methods"}),
     ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline", "adding"}),
     ("hub", {"hub", "chunked", "distributed"}),
-    ("service", {"sharded", "client", "server"}),
+    ("service", {"sharded", "client", "server", "server_ops", "server_sockets"}),
     ("front", {"cli", "formatting", "plots", "contrib", "workloads", "demo", "text_encoder", "__init__"}),
 ]
 # the only imports against the layers, each with its reason
 ALLOWED_UP = {
     ("config", "methods"): "config.METHODS (a module __getattr__) reads the registry's names when asked",
-    ("server", "cli"): "server.main, the `python -m fitsketch.server` entry point, runs the CLI's serve command",
     ("plan", "plots"): "Plan.plot (hub.explain(...).plot()) draws with plots, loaded only when a picture is asked for",
 }
 

@@ -698,6 +698,21 @@ def test_cli_parser():
         cmd_serve(p.parse_args(["serve", "h", "--listen", "127.0.0.1:0"]))
 
 
+def test_server_main_has_its_own_parser_and_not_the_cli(tmp_path):
+    """``python -m fitsketch.server``: the serve options, errors as the CLI prints them (one line,
+    status 2), and the CLI module is never imported."""
+    code = ("import sys, fitsketch.server as s\n"
+            "rc = s.main([sys.argv[1], '--listen', '127.0.0.1:0'])\n"
+            "print(rc, 'fitsketch.cli' in sys.modules)\n"
+            "print(s.main(['--help']) , s.main([sys.argv[1], '--bogus']))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "h")], capture_output=True, text=True, timeout=120)
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "2 False" and lines[-1] == "0 2", r.stdout + r.stderr
+    assert "fitsketch: error [invalid_argument]: --listen needs --token-file F" in r.stderr
+    assert "--token-file" in r.stdout and "--no-warm" in r.stdout    # the --help text
+    assert not (tmp_path / "h").exists()      # refused before the hub is created
+
+
 # ------------------------------------------------------------------------ subprocesses
 def _spawn(hub, sock):
     return subprocess.Popen([sys.executable, "-m", "fitsketch.server", str(hub), "--socket", sock],
