@@ -18,7 +18,7 @@ LAYERS = [
                     "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),
     ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline", "adding"}),
-    ("hub", {"hub", "chunked", "distributed"}),
+    ("hub", {"hub", "chunked", "distributed", "parquet_units"}),
     ("service", {"sharded", "client", "server", "server_ops", "server_sockets"}),
     ("front", {"cli", "formatting", "plots", "contrib", "workloads", "demo", "text_encoder", "__init__"}),
 ]
