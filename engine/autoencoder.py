@@ -137,6 +137,10 @@ class AERecord:
     # per-feature mean and std of the transformed training rows (the source's marginal moments in its
     # own input space): the calibrated score compares the query's against them (None in older records)
     moments: tuple | None = None
+    # per-dimension mean and std of the training rows' latents (the encoder's output, the latent of
+    # coverage_space="latent"): the latent score compares the query's latents against them (None in
+    # records written before they were stored)
+    latent_moments: tuple | None = None
 
     @property
     def final(self) -> str:
@@ -162,6 +166,8 @@ class AERecord:
             rec["own_error"] = float(self.own_error)
         if self.moments is not None:
             rec["mom_mean"], rec["mom_std"] = (np.ascontiguousarray(m, np.float32) for m in self.moments)
+        if self.latent_moments is not None:
+            rec["lat_mean"], rec["lat_std"] = (np.ascontiguousarray(m, np.float32) for m in self.latent_moments)
         return rec
 
     @classmethod
@@ -187,6 +193,12 @@ class AERecord:
                 if any(m.shape != (out.d,) or not np.isfinite(m).all() for m in mom) or (mom[1] < 0).any():
                     raise ValueError(f"moments of shapes {[m.shape for m in mom]} for d={out.d} (or not finite)")
                 out.moments = mom
+            if rec.get("lat_mean") is not None:
+                lat = (np.asarray(rec["lat_mean"], np.float32), np.asarray(rec["lat_std"], np.float32))
+                if any(m.ndim != 1 or m.shape != lat[0].shape or not np.isfinite(m).all() for m in lat) \
+                        or (lat[1] < 0).any():
+                    raise ValueError(f"latent moments of shapes {[m.shape for m in lat]} (or not finite)")
+                out.latent_moments = lat
         except (KeyError, TypeError, ValueError) as e:
             raise E.CorruptHubError(
                 f"autoencoder record is missing or has a bad field ({e!r}): the hub is damaged") from e
@@ -194,7 +206,17 @@ class AERecord:
         got = {k: tuple(a.shape) for k, a in out.weights.items()}
         if got != expected or out.shift.shape != (out.d,) or out.scale.shape != (out.d,):
             raise E.CorruptHubError(f"autoencoder record weights {got} do not match its architecture {expected}")
+        if out.latent_moments is not None and out.latent_moments[0].shape != (out.latent_width(),):
+            raise E.CorruptHubError(f"autoencoder record holds latent moments of shape {out.latent_moments[0].shape} "
+                                    f"for a {out.latent_width()}-dimensional latent: the hub is damaged")
         return out
+
+    def latent_width(self) -> int:
+        """Dimensions of the latent :func:`_encode_fleet` gives: the MLP bottleneck's width, or the conv
+        encoder's channels x (H // 4) x (W // 4)."""
+        if self.kind == "mlp":
+            return int(self.weights[f"W{_bottleneck(self.weights)}"].shape[-1])
+        return int(self.weights["enc1.w"].shape[0] * (self.image_shape[1] // 4) * (self.image_shape[2] // 4))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -370,6 +392,22 @@ def _forward_fleet(w: dict, xs: torch.Tensor, kind: str, image_shape: tuple, fin
     return torch.sigmoid_(h) if final == "sigmoid" else h
 
 
+def _bottleneck(w: dict) -> int:
+    """The MLP layer whose output is the latent: the narrowest hidden layer (the first if tied)."""
+    n_layers = len(w) // 2
+    return int(np.argmin([w[f"W{l}"].shape[-1] for l in range(n_layers - 1)]))
+
+
+def _encode_fleet(w: dict, xs: torch.Tensor, kind: str, image_shape: tuple) -> torch.Tensor:
+    """The encoders of E stacked autoencoders (_forward_fleet's first half), each on its own
+    transformed input: xs (E, n, d) -> latents (E, n, k)."""
+    e, n, _ = xs.shape
+    if kind == "mlp":
+        return fleet_mlp(w, xs, _bottleneck(w))
+    _, h2 = fleet_conv_encode(w, xs, image_shape)
+    return h2.reshape(n, e, -1).transpose(0, 1)  # (E, n, C2 * H/4 * W/4): AE e owns channel group e
+
+
 # ----------------------------------------------------------------------------- training
 @contextmanager
 def _threads(n: int):
@@ -459,10 +497,13 @@ def train_autoencoder(X, *, image_shape=None, config: AEConfig = AEConfig(), lab
         own = float((_forward(w, probe, kind, shape, final) - probe).double().square().mean())
     xd = xt.double()
     moments = (xd.mean(dim=0).float().numpy(), xd.std(dim=0, correction=0).float().numpy())
+    with torch.no_grad():   # the training rows' latents, as the scoring pass encodes them
+        z = _encode_fleet({k: v.detach()[None] for k, v in w.items()}, xt[None], kind, shape)[0].double()
+    latent_moments = (z.mean(dim=0).float().numpy(), z.std(dim=0, correction=0).float().numpy())
     return AERecord(kind, d, shape, config.to_dict(), shift, scale, norm,
                     {k: v.detach().numpy().copy() for k, v in w.items()}, n, epoch, stopped,
                     _plain_label(label), None if feature_names is None else [str(f) for f in feature_names],
-                    own_error=own, moments=moments)
+                    own_error=own, moments=moments, latent_moments=latent_moments)
 
 
 def _feature_scale(X: np.ndarray, sd: np.ndarray, config: AEConfig) -> np.ndarray:
