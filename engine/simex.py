@@ -21,10 +21,12 @@ Caveat: Delta compares autoencoders, so they must be trained comparably. Rank-st
 ends training at different stages for different sources, and a longer-trained broad autoencoder
 can then beat a briefly trained, closer one (tests/test_simex.py shows both regimes); for close
 sources prefer one fixed budget (``patience >= epochs``). Standardized (tabular) errors are in
-units of each source's own feature spread, which favours broad sources; :func:`calibrate`
-(``delta(..., calibrated=True)``, the hub's default ``simex_score``) compares the target with the
-source's stored input moments and its own held-out error instead, which neither favours broad
-sources nor autoencoders that reconstruct everything.
+units of each source's own feature spread, which favours broad sources; :func:`latent_score`
+(``delta(..., latent=True)``, the hub's default ``simex_score`` for new hubs) compares the target's
+latents with the source rows' stored latent moments (plus a small own-error term), and
+:func:`calibrate` (``calibrated=True``, the default of hubs made before) the target with the
+source's stored input moments and its own held-out error; neither favours broad sources nor
+autoencoders that reconstruct everything.
 
 Scoring (:func:`delta`) runs the target through all candidate autoencoders in one batched pass:
 records of one architecture are stacked, the target is transformed per autoencoder into an
