@@ -175,7 +175,7 @@ def suite(opts: H.Options) -> dict:
     class_records = [r for s in names for r in per_class[s]]
     owner = np.repeat(np.arange(len(names)), [len(per_class[s]) for s in names])
     corr = {"simex": [], "simex-class": [], "simex-raw": [], "simex-rel": [], "simex-class-rel": [], "simex-cal": [],
-            "simex-class-cal": [], "exact-js": [], "l2": []}
+            "simex-class-cal": [], "simex-lat": [], "simex-class-lat": [], "exact-js": [], "l2": []}
     per_target = []
     for t, (x, y) in targets.items():
         acc = {s: float(clf[s].score(x / 16.0, y)) for s in names}
@@ -184,9 +184,12 @@ def suite(opts: H.Options) -> dict:
         # relative: each AE's loss over its own held-out error (the hub's default, simex_relative=True)
         r_whole = S.delta(x, [whole[s] for s in names], device=device, relative=True)
         r_class = S.delta(x, class_records, device=device, relative=True)
-        # calibrated (the hub's default for new hubs, simex_score="calibrated"): S.calibrate
+        # calibrated (simex_score="calibrated", the default of hubs made after issue 20's first follow-up)
         c_whole = S.delta(x, [whole[s] for s in names], device=device, calibrated=True)
         c_class = S.delta(x, class_records, device=device, calibrated=True)
+        # latent (the hub's default for new hubs, simex_score="latent"): S.latent_score
+        l_whole = S.delta(x, [whole[s] for s in names], device=device, latent=True)
+        l_class = S.delta(x, class_records, device=device, latent=True)
         sc = {"simex": {s: -d for s, d in zip(names, d_whole)},
               "simex-class": {s: S.entry_score(d_class[owner == i]) for i, s in enumerate(names)},
               "simex-rel": {s: -d for s, d in zip(names, r_whole)},
@@ -195,6 +198,8 @@ def suite(opts: H.Options) -> dict:
               "simex-class-rel": {s: S.entry_score(r_class[owner == i]) for i, s in enumerate(names)},
               "simex-cal": {s: -d for s, d in zip(names, c_whole)},
               "simex-class-cal": {s: S.entry_score(c_class[owner == i]) for i, s in enumerate(names)},
+              "simex-lat": {s: -d for s, d in zip(names, l_whole)},
+              "simex-class-lat": {s: S.entry_score(l_class[owner == i]) for i, s in enumerate(names)},
               "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t]}
         row = {"target": t, "best source (acc)": max(acc, key=acc.get)}
         for m in corr:
@@ -260,6 +265,10 @@ def suite(opts: H.Options) -> dict:
             mean["simex-cal"], mean["exact-js"], mean["simex-cal"] - mean["exact-js"], ratio_kind="difference"),
         row("spearman(-min class calibrated delta, transfer acc) vs exact-JS", mean["simex-class-cal"],
             mean["exact-js"], mean["simex-class-cal"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-latent delta (simex_score='latent'), transfer acc), whole-dataset AE vs exact-JS",
+            mean["simex-lat"], mean["exact-js"], mean["simex-lat"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-min class latent delta, transfer acc) vs exact-JS", mean["simex-class-lat"],
+            mean["exact-js"], mean["simex-class-lat"] - mean["exact-js"], ratio_kind="difference"),
         row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
             batched["p50_s"], loop["p50_s"], loop["p50_s"] / batched["p50_s"],
             spread=H.spread(batched), baseline_spread=H.spread(loop)),
@@ -272,7 +281,8 @@ def suite(opts: H.Options) -> dict:
     ]
     print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
     print(H.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
-                                         "simex-class-rel", "simex-cal", "simex-class-cal", "exact-js", "l2"]))
+                                         "simex-class-rel", "simex-cal", "simex-class-cal", "simex-lat",
+                                         "simex-class-lat", "exact-js", "l2"]))
     print()
     print(H.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
     payload = {"per_target": per_target,

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 
 from . import coverage as _cov
 from . import errors as E
+from .autoencoder import _bottleneck, _encode_fleet
 from .exact import normalize
 from .kernels._device import resolve_device
 from .kernels.rowcodes import code_counts, coverage_score, hyperplanes, row_codes, source_counts
@@ -126,24 +127,6 @@ def embedding_coverage(embedding, recs: list, *, seed: int, tau: float, device: 
 
 
 # ----------------------------------------------------------------------------- autoencoder latents
-def _bottleneck(w: dict) -> int:
-    """The MLP layer whose output is the latent: the narrowest hidden layer (the first if tied)."""
-    n_layers = len(w) // 2
-    return int(np.argmin([w[f"W{l}"].shape[-1] for l in range(n_layers - 1)]))
-
-
-def _encode_fleet(w: dict, xs: torch.Tensor, kind: str, image_shape: tuple) -> torch.Tensor:
-    """The encoders of E stacked autoencoders (simex._forward_fleet's first half), each on its own
-    transformed input: xs (E, n, d) -> latents (E, n, k)."""
-    from .simex import fleet_conv_encode, fleet_mlp
-
-    e, n, _ = xs.shape
-    if kind == "mlp":
-        return fleet_mlp(w, xs, _bottleneck(w))
-    _, h2 = fleet_conv_encode(w, xs, image_shape)
-    return h2.reshape(n, e, -1).transpose(0, 1)  # (E, n, C2 * H/4 * W/4): AE e owns channel group e
-
-
 def latent_reference(X, record) -> np.ndarray:
     """The definition of the latent: one autoencoder, one sample at a time, float64 -> (n, k)."""
     from .simex import AERecord

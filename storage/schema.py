@@ -63,7 +63,7 @@ SCHEMA: tuple[Record, ...] = (
            "fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
            "missing (older hubs): computed from the histograms"),
     Record("weights", "b'ae:' + u64(entry id)", "{v, simex: [autoencoder records]}", "fitsketch.parts (SimExFleet)",
-           (_E, ("fitsketch.simex.AE_FORMAT", 1))),
+           (_E, ("fitsketch.autoencoder.AE_FORMAT", 1))),
     Record("weights", "b'deephash'", "the hub's deep-hash model", "fitsketch.embedding_indexes",
            (("fitsketch.deephash.WEIGHTS_FORMAT", 1),), per_entry=False),
     Record("embeddings", "b'e' + u64(entry id); b's' + u64(entry id) + u32(chunk)",
