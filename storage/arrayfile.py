@@ -12,8 +12,8 @@ Header: ``{"v": ARRAY_FILE_FORMAT, "meta": {...caller's msgpack values...}, "arr
 Nothing read is trusted: the magic, the format, every dtype (numeric and bool only, as the codec),
 every shape (non-negative, its size matching ``nbytes``), every offset (aligned, inside the file,
 after the header, not overlapping) and every array's CRC-32 are checked; any failure raises
-``CorruptHubError`` naming the file (a caller treats the file as missing and rebuilds it). No
-pickle. Files are written to a temporary name and ``os.replace``d, so a reader sees the old file
+``CorruptHubError`` naming the file (a caller treats the file as missing and rebuilds it). No Python-object
+serialization. Files are written to a temporary name and ``os.replace``d, so a reader sees the old file
 or the new one, never a half-written one.
 
 Depends only on the standard library, numpy and msgpack (the storage layer's rule).
