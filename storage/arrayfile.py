@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import threading
 import zlib
 
@@ -76,7 +75,7 @@ def write_arrays(path: str, meta: dict, arrays: dict[str, np.ndarray]) -> int:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", len(header)) + header)
+            f.write(MAGIC + len(header).to_bytes(8, "little") + header)
             f.write(b"\0" * (start - f.tell()))
             for e, a in zip(entries, blobs):
                 f.seek(start + e[3])
@@ -104,7 +103,7 @@ def read_arrays(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         head = f.read(len(MAGIC) + 8)
         if len(head) < len(MAGIC) + 8 or head[:len(MAGIC)] != MAGIC:
             raise bad("not an array file: wrong magic")
-        (hlen,) = struct.unpack("<Q", head[len(MAGIC):])
+        hlen = int.from_bytes(head[len(MAGIC):], "little")
         if hlen > min(_MAX_HEADER, size - len(head)):
             raise bad(f"header of {hlen} bytes in a file of {size}")
         try:
