@@ -15,8 +15,9 @@ count at the hub's generation, a failed checksum or inconsistent arrays -> ignor
 LMDB). A file of an earlier generation is loaded and brought forward like the in-memory index
 (entries added since by a range scan over ids, removed ones by a key scan: ids only grow). The
 file is rewritten after a sync that read at least ``max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)``
-entries from LMDB or dropped as many since it was last written or read; a hub directory that
-cannot be written keeps its indexes in memory only.
+entries from LMDB or dropped as many since it was last written or read, and by ``hub.warm()``
+whenever it loaded anything; a hub directory that cannot be written keeps its indexes in memory
+only.
 """
 from __future__ import annotations
 
@@ -82,9 +83,11 @@ class SearchIndexes:
                     before = _ids_state(idx.ids)
                     idx.sync(txn, gen, missing)
                     self._count("profiles", before, idx.ids)
-        if build_index:
+        if build_index:                 # hub.warm(): both files written whenever anything was loaded
             idx.build()
-        self._maybe_save("profiles", store, idx)
+            if self._screen is not None:
+                self._maybe_save("screen", store, self._screen, force=True)
+        self._maybe_save("profiles", store, idx, force=build_index)
         return idx
 
     def screen(self, store) -> _screen.ScreenIndex:
@@ -132,10 +135,11 @@ class SearchIndexes:
     def _hub_identity(self, txn) -> dict:
         return {"created": txn.get("meta", b"created"), "format": txn.get("meta", b"format")}
 
-    def _maybe_save(self, kind: str, store, idx) -> None:
+    def _maybe_save(self, kind: str, store, idx, force: bool = False) -> None:
         path = self._file(kind, store)
         n = len(idx)
-        if path is None or self._changes[kind] <= 0 or self._changes[kind] < max(SAVE_MIN_CHANGES, SAVE_FRACTION * n):
+        if path is None or self._changes[kind] <= 0 or (
+                not force and self._changes[kind] < max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)):
             return
         with idx.lock, store.read() as txn:
             if idx.generation != int(txn.get("meta", b"generation") or 0):

@@ -234,3 +234,23 @@ def test_profile_index_past_ivf_is_stored_with_its_faiss_index(tmp_path, rng, al
         ids_b, d_b = back.top(q, 10)
         assert ids_a.tolist() == ids_b.tolist() and np.array_equal(d_a, d_b)
     assert back.shares_names(np.array([2])) and not back.shares_names(np.array([99]))
+
+
+def test_warm_writes_both_files_and_small_syncs_do_not(tmp_path, rng):
+    """Under the default thresholds a search on a small hub keeps its indexes in memory only;
+    ``hub.warm()`` writes both files whenever it loaded anything, and a reopened hub reads them."""
+    cfg = fitsketch.SketchConfig(shortlist=2)
+    path = tmp_path / "h.hub"
+    q = _sketch(rng, cfg)
+    with fitsketch.open(path, config=cfg) as hub:
+        hub.add_sketches([(f"m{i}", _sketch(rng, cfg)) for i in range(9)])
+        hub.search(q, k=3)
+        assert not (path / "indexes").exists()
+        hub.warm()
+        assert sorted(os.listdir(path / "indexes")) == ["profiles.fsidx", "screen.fsidx"]
+        want = _screens(hub, q)
+    with fitsketch.open(path) as hub:
+        for kind in ("screen", "profiles"):
+            got = I.SearchIndexes._load(hub._indexes, kind, hub.store)
+            assert got is not None and len(got) == 9
+        assert _screens(hub, q) == want
