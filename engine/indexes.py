@@ -17,7 +17,9 @@ LMDB). A file of an earlier generation is loaded and brought forward like the in
 file is rewritten after a sync that read at least ``max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)``
 entries from LMDB or dropped as many since it was last written or read, and by ``hub.warm()``
 whenever it loaded anything; a hub directory that cannot be written keeps its indexes in memory
-only.
+only. Like the FAISS files, the check dates a file by the hub's identity and generation, not its
+contents: restoring ``hub.lmdb`` alone from a backup and adding to it until it reaches the
+file's generation again would pass it, so delete ``indexes/`` when restoring a hub by parts.
 """
 from __future__ import annotations
 
