@@ -165,6 +165,7 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
                   "top1_found": float(np.mean(top1)) if top1 else None}
             hub.warm()                          # writes the persisted search indexes (engine/indexes.py)
             hub.close()
+            pt["bytes_by_part"] = db_bytes(hub_path)
             pt.update(_reopen(hub_path, queries[0]))
             hub = fitsketch.open(hub_path)
             points.append(pt)
@@ -175,10 +176,37 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
                 f"(median {pt['candidates_median']:.0f} candidates){ex}; {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
                 f"RSS {cur:.0f} MiB (peak {peak:.0f}); reopened: open + first query {pt['reopen_first_query_s']:.2f} s "
                 f"from the persisted indexes vs {pt['reopen_rebuild_s']:.2f} s rebuilding them from the records "
-                f"({pt['index_file_bytes'] / 2**20:.1f} MiB of index files)")
+                f"({pt['index_file_bytes'] / 2**20:.1f} MiB of index files); KiB/entry by part: "
+                + ", ".join(f"{k} {v / size / 1024:.1f}" for k, v in pt["bytes_by_part"].items()))
     finally:
         hub.close()
     return points
+
+
+def db_bytes(path: Path) -> dict[str, int]:
+    """Where a hub's bytes go: LMDB pages (branch, leaf, overflow) of each database, and the key +
+    value bytes of database ``extra`` split by record kind (``extra/<prefix>`` for the prefixed
+    profile, band-key and screen records; ``extra`` for the per-entry record holding coverage
+    counts). Largest first."""
+    import lmdb
+
+    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, readonly=True, lock=False, max_dbs=32)
+    out: dict[str, int] = {}
+    try:
+        with env.begin() as txn:
+            names = [bytes(k).decode() for k, _ in txn.cursor()]
+        for name in names:
+            db = env.open_db(name.encode(), create=False)
+            with env.begin(db=db) as txn:
+                st = txn.stat(db)
+                out[name] = (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+                if name == "extra":
+                    for k, v in txn.cursor(db=db):
+                        kind = "extra/" + chr(k[0]) if len(k) == 9 else "extra (record: coverage counts)"
+                        out[kind] = out.get(kind, 0) + len(k) + len(v)
+    finally:
+        env.close()
+    return dict(sorted(out.items(), key=lambda t: -t[1]))
 
 
 def _reopen(path: Path, query) -> dict:
