@@ -117,7 +117,9 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
         f"partitions, ~{nbytes / 1024:.0f} KiB of arrays each) from {n_families * parts_per_family} partition "
         f"sketches in {sw.elapsed():.1f} s")
     points = []
-    with fitsketch.open(workdir / "scale.hub") as hub:
+    hub_path = workdir / "scale.hub"
+    hub = fitsketch.open(hub_path)
+    try:
         n = 0
         for size in sizes:
             start = n
@@ -161,14 +163,75 @@ def measure(sizes, *, n_families: int, parts_per_family: int, n_sketches: int, m
                   "exhaustive_queries": len(full_lat.wall),
                   "recall_at_10": float(np.mean(recall)) if recall else None,
                   "top1_found": float(np.mean(top1)) if top1 else None}
+            hub.warm()                          # writes the persisted search indexes (engine/indexes.py)
+            hub.close()
+            pt["bytes_by_part"] = db_bytes(hub_path)
+            pt.update(_reopen(hub_path, queries[0]))
+            hub = fitsketch.open(hub_path)
             points.append(pt)
             ex = (f"; exhaustive p50 {pt['exhaustive_p50_ms']:.0f} ms, shortlist recall@10 {pt['recall_at_10']:.2f}, "
                   f"top-1 {pt['top1_found']:.2f} over {len(full_lat.wall)} queries" if full_lat.wall else "")
             out(f"  {size:>9,} entries: add {pt['add_entries_per_s']:.1f} entries/s; first query {warm_s:.2f} s; "
                 f"query p50 {pt['query_p50_ms']:.1f} ms, p99 {pt['query_p99_ms']:.1f} ms over {t_q['n']} queries "
                 f"(median {pt['candidates_median']:.0f} candidates){ex}; {pt['bytes_per_entry'] / 1024:.1f} KiB/entry; "
-                f"RSS {cur:.0f} MiB (peak {peak:.0f})")
+                f"RSS {cur:.0f} MiB (peak {peak:.0f}); reopened: open + first query {pt['reopen_first_query_s']:.2f} s "
+                f"from the persisted indexes vs {pt['reopen_rebuild_s']:.2f} s rebuilding them from the records "
+                f"({pt['index_file_bytes'] / 2**20:.1f} MiB of index files); KiB/entry by part: "
+                + ", ".join(f"{k} {v / size / 1024:.1f}" for k, v in pt["bytes_by_part"].items()))
+    finally:
+        hub.close()
     return points
+
+
+def db_bytes(path: Path) -> dict[str, int]:
+    """Where a hub's bytes go: LMDB pages (branch, leaf, overflow) of each database, and the key +
+    value bytes of database ``extra`` split by record kind (``extra/<prefix>`` for the prefixed
+    profile, band-key and screen records; ``extra`` for the per-entry record holding coverage
+    counts). Largest first."""
+    import lmdb
+
+    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, readonly=True, lock=False, max_dbs=32)
+    out: dict[str, int] = {}
+    try:
+        with env.begin() as txn:
+            names = [bytes(k).decode() for k, _ in txn.cursor()]
+        for name in names:
+            db = env.open_db(name.encode(), create=False)
+            with env.begin(db=db) as txn:
+                st = txn.stat(db)
+                out[name] = (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) * st["psize"]
+                if name == "extra":
+                    for k, v in txn.cursor(db=db):
+                        kind = "extra/" + chr(k[0]) if len(k) == 9 else "extra (record: coverage counts)"
+                        out[kind] = out.get(kind, 0) + len(k) + len(v)
+    finally:
+        env.close()
+    return dict(sorted(out.items(), key=lambda t: -t[1]))
+
+
+def _reopen(path: Path, query) -> dict:
+    """Warm-up after opening: open the hub and answer one query, with its persisted search indexes
+    (engine/indexes.py) and, as the baseline in the same run, with them moved away (every record
+    read back from LMDB, the files written again)."""
+    import fitsketch
+
+    files = path / "indexes"
+    size = sum(f.stat().st_size for f in files.glob("*.fsidx")) if files.exists() else 0
+    with H.stopwatch() as sw:
+        with fitsketch.open(path) as hub:
+            hub.search(query, k=10, method="adaptivity")
+    from_file = sw.s
+    off = path / "indexes.off"
+    if files.exists():
+        files.rename(off)
+    with H.stopwatch() as sw:
+        with fitsketch.open(path) as hub:
+            hub.search(query, k=10, method="adaptivity")
+    rebuilt = sw.s
+    shutil.rmtree(files, ignore_errors=True)
+    if off.exists():
+        off.rename(files)
+    return {"reopen_first_query_s": from_file, "reopen_rebuild_s": rebuilt, "index_file_bytes": size}
 
 
 def _fit(xs, ys):
@@ -295,6 +358,10 @@ def report(points, sizes, quick, ctx, env, total, out_dir: Path, out=print) -> d
             rows.append(H.row(ctx, "scale", w, "adaptivity", "shortlist_recall_at_10", p["recall_at_10"],
                               baseline="exhaustive top 10 (by score)", baseline_value=1.0, top1_found=p["top1_found"]))
         rows.append(H.row(ctx, "scale", w, "profiles", "first_query_after_adds", p["first_query_s"], unit="s"))
+        if p.get("reopen_first_query_s") is not None:
+            rows.append(H.row(ctx, "scale", w, "indexes", "open_and_first_query", p["reopen_first_query_s"], unit="s",
+                              baseline="the same without the persisted index files (rebuilt from LMDB), same run",
+                              baseline_value=p["reopen_rebuild_s"], index_file_bytes=p["index_file_bytes"]))
         rows.append(H.row(ctx, "scale", w, "hub", "bytes_per_entry", p["bytes_per_entry"], unit="B",
                           baseline="issue target", baseline_value=TARGET_BYTES))
         rows.append(H.row(ctx, "scale", w, "process", "peak_rss", p["peak_rss_mb"], unit="MiB"))

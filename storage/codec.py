@@ -103,6 +103,9 @@ def pack(obj: Any) -> bytes:
         ) from e
 
 
+_DTYPES: dict[str, np.dtype] = {}     # dtype strings already parsed and accepted
+
+
 def _decode_array(payload: bytes) -> np.ndarray:
     try:
         parts = msgpack.unpackb(payload, raw=False, use_list=True)
@@ -113,20 +116,30 @@ def _decode_array(payload: bytes) -> np.ndarray:
     dstr, shape, raw = parts
     if not isinstance(dstr, str) or not isinstance(raw, bytes) or not isinstance(shape, list):
         raise CodecError("malformed array payload: expected [str dtype, list shape, bytes]")
-    try:
-        dtype = np.dtype(dstr)
-    except TypeError as e:
-        raise CodecError(f"malformed array payload: unknown dtype {dstr!r}") from e
-    _check_dtype(dtype)
-    if not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 64:
+    dtype = _DTYPES.get(dstr)
+    if dtype is None:
+        try:
+            dtype = np.dtype(dstr)
+        except TypeError as e:
+            raise CodecError(f"malformed array payload: unknown dtype {dstr!r}") from e
+        _check_dtype(dtype)
+        if len(_DTYPES) < 256:          # the few dtypes a hub uses; bounded against hostile input
+            _DTYPES[dstr] = dtype
+    if len(shape) == 1 and type(shape[0]) is int and shape[0] >= 0:      # the common case, checked as below
+        count = shape[0]
+    elif not all(type(n) is int and n >= 0 for n in shape) or len(shape) > 64:
         raise CodecError(f"malformed array payload: bad shape {shape!r}")
-    count = math.prod(shape)
+    else:
+        count = math.prod(shape)
     if count * dtype.itemsize != len(raw):
         raise CodecError(
             f"malformed array payload: shape {shape} of {dstr} needs "
             f"{count * dtype.itemsize} bytes, got {len(raw)}"
         )
-    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape).copy()
+    # a writable copy: frombuffer over a bytearray (3x faster than frombuffer(...).copy() on the
+    # small arrays of a record); reshape only when not 1-D
+    a = np.frombuffer(bytearray(raw), dtype=dtype, count=count)
+    return a if len(shape) == 1 else a.reshape(shape)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:

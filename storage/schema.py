@@ -80,6 +80,11 @@ SCHEMA: tuple[Record, ...] = (
            (("fitsketch.embedding_indexes.INDEX_FORMAT", 1),), per_entry=False),
     Record("file", "<hub>/indexes/probelog-<slug>.faiss + .msgpack sidecar", "FAISS indexes over the ProbeLog descriptors (derived)",
            "fitsketch.probelog, fitsketch.faiss_files", (("fitsketch.probelog.INDEX_FORMAT", 1),), per_entry=False),
+    Record("file", "<hub>/indexes/screen.fsidx, <hub>/indexes/profiles.fsidx", "the in-memory screen and profile "
+           "indexes as named arrays (storage/arrayfile.py; derived: read when their header fits the hub, brought "
+           "forward from an earlier generation, rebuilt from LMDB otherwise)", "fitsketch.indexes",
+           (("fitsketch.indexes.SEARCH_INDEX_FORMAT", 1), ("fitsketch.storage.arrayfile.ARRAY_FILE_FORMAT", 1)),
+           per_entry=False),
     Record("wire", "-", "a Sketch as bytes (Sketch.to_bytes, the socket protocol)", "fitsketch.sketch",
            (("fitsketch.sketch.SKETCH_FORMAT", 1),), per_entry=False),
 )

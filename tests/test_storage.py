@@ -50,7 +50,7 @@ def test_public_surface():
 
 
 ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "os", "threading", "time",
-                   "typing", "weakref", "lmdb", "msgpack", "numpy"}
+                   "typing", "weakref", "zlib", "lmdb", "msgpack", "numpy"}   # zlib: arrayfile's CRC-32
 
 
 def test_storage_imports_nothing_forbidden():
