@@ -17,7 +17,7 @@ the hub's, the index is synchronized from the entry list it holds: removed entri
 ``remove_ids`` (flat, ivf, deephash) or by a rebuild (hnsw: FAISS cannot delete from it), new
 entries are added. IVF is retrained when ``sqrt(n)`` moves 2x from its ``nlist``; the deep hash is
 retrained when more than ``DEEPHASH_RETRAIN_FRACTION`` of the samples it was trained on changed
-(added + removed). A missing or unreadable index is rebuilt from LMDB.
+(added + removed), or when its weights come from an older training recipe (``deephash.TRAINER``). A missing or unreadable index is rebuilt from LMDB.
 """
 from __future__ import annotations
 
