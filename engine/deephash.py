@@ -9,14 +9,23 @@
 #     dist(u, v) = |u - v|^2 / (4 c)      (= Hamming distance / c when u, v are in {-1, 1}^c)
 # the loss per batch is
 #     mean relu(dist(h_a, h_p) - dist(h_a, h_n) + margin)         triplet margin
-#   + quant   * mean((|h| - 1)^2)                                  push outputs to +-1
-#   + balance * mean_bits(mean_batch(h)^2)                         each bit half on, half off
+#   + quant       * mean((|h| - 1)^2)                              push outputs to +-1
+#   + balance     * mean_bits(mean_batch(h)^2)                     each bit half on, half off
+#   + decorrelate * mean_{i != j} cov_batch(h_i, h_j)^2            bits carry different splits
+# Balance and decorrelation at weight 1 (TRAINER 2) are what keep the codes from collapsing: at
+# the old weights (balance 0.1, no decorrelation) 50 clusters of 50k x 128 fell into 74 buckets,
+# the largest 9,915 vectors (ten clusters); with them, 201 buckets, the largest 1,060 (one).
 # Search: codes and ids persist as a FAISS IndexBinaryIDMap2(IndexBinaryFlat) (incremental add /
 # remove); in memory they are grouped by code into buckets (BucketTable, CSR). A query reads its
-# own bucket, then every bucket at Hamming radius 1, 2, ... until its ball holds >= `candidates`
-# vectors (or the radius cap), and all of them are reranked by exact cosine. (FAISS's
-# IndexBinaryHash does the same walk but keeps a k-heap per query and cannot remove ids; it was
-# ~10 ms per query at 4096 candidates here, the CSR walk well under 1 ms.)
+# own bucket, then every bucket at Hamming radius 1, 2, ... until its ball holds `candidates`
+# vectors (or the radius cap); the read is capped at `candidates` (the bucket crossing it is cut),
+# and the candidates are reranked by exact cosine in FAISS (knn_inner_products_by_idx, which reads
+# the stored rows in place). Measured (bench/SUMMARY.md, k = 25, candidates = 1024, about one
+# cluster): recall@25 0.998 at 9-15x the flat FAISS index's queries/s on 50k x 128 (50 clusters),
+# 0.996 at 31x on 100k x 128 (100 clusters); at candidates = 512 recall falls to ~0.5 (within a
+# cluster the hash has little to go on), so `candidates` should cover the groups the data forms.
+# (FAISS's IndexBinaryHash does the same walk but keeps a k-heap per query and cannot remove ids;
+# it was ~10 ms per query at 4096 candidates here, the CSR walk well under 1 ms.)
 from __future__ import annotations
 
 import itertools
@@ -33,9 +42,11 @@ from .exact import MISSING_D, MISSING_I, exact_search
 log = logging.getLogger(__name__)
 
 __all__ = ["DeepHashConfig", "DeepHashModel", "BucketTable", "train", "build_index", "search",
-           "WEIGHTS_FORMAT", "max_radius"]
+           "WEIGHTS_FORMAT", "TRAINER", "max_radius"]
 
 WEIGHTS_FORMAT = 1          # version of the weights record (msgpack dict of arrays)
+TRAINER = 2                 # version of the training recipe; records without "trainer" are 1
+                            # (collapsing codes): the hub retrains those on first use
 _ENUM_CAP = 1 << 16         # most buckets one query may enumerate: sum_{r <= R} C(c, r) <= this
 _DENSE_BITS = 20            # codes up to this length use a direct-address bucket table
 
@@ -49,7 +60,8 @@ class DeepHashConfig:
     lr: float = 3e-3         # Adam learning rate
     margin: float = 0.25     # triplet margin in normalized Hamming units (share of the bits)
     quant: float = 0.1       # weight of the quantization penalty
-    balance: float = 0.1     # weight of the bit-balance penalty
+    balance: float = 1.0     # weight of the bit-balance penalty
+    decorrelate: float = 1.0  # weight of the bit-decorrelation penalty
     n_pos: int = 10          # positives among the exact top-n_pos neighbours (no labels)
     max_train: int = 10_000  # training sample size (seeded subsample of the stored vectors)
 
@@ -74,6 +86,7 @@ class DeepHashModel:
     trained_n: int = 0       # vectors in the hub when trained
     trained_hwm: int = 0     # next sample id when trained: ids below it existed then
     generation: int = 0      # hub generation when trained
+    trainer: int = TRAINER   # training recipe version (TRAINER)
 
     @property
     def dim(self) -> int:
@@ -93,7 +106,7 @@ class DeepHashModel:
         """msgpack-able record (arrays travel as the codec's ndarray extension; never pickle)."""
         return {"v": WEIGHTS_FORMAT, "W1": self.W1, "b1": self.b1, "W2": self.W2, "b2": self.b2,
                 "config": asdict(self.config), "seed": self.seed, "trained_n": self.trained_n,
-                "trained_hwm": self.trained_hwm, "generation": self.generation}
+                "trained_hwm": self.trained_hwm, "generation": self.generation, "trainer": self.trainer}
 
     @classmethod
     def from_record(cls, rec) -> "DeepHashModel":
@@ -101,9 +114,13 @@ class DeepHashModel:
             v = rec.get("v") if isinstance(rec, dict) else type(rec).__name__
             raise ValueError(f"deep-hash weights have format {v!r}; this fitsketch reads {WEIGHTS_FORMAT}")
         arrs = {k: np.asarray(rec[k], dtype=np.float32) for k in ("W1", "b1", "W2", "b2")}
-        return cls(**arrs, config=DeepHashConfig(**rec["config"]), seed=int(rec["seed"]),
+        trainer = int(rec.get("trainer", 1))
+        cfg = dict(rec["config"])
+        if trainer < 2:          # trained before balance / decorrelation defaults of 1
+            cfg.setdefault("decorrelate", 0.0)
+        return cls(**arrs, config=DeepHashConfig(**cfg), seed=int(rec["seed"]),
                    trained_n=int(rec["trained_n"]), trained_hwm=int(rec["trained_hwm"]),
-                   generation=int(rec["generation"]))
+                   generation=int(rec["generation"]), trainer=trainer)
 
 
 # ----------------------------------------------------------------------------- training
@@ -176,6 +193,8 @@ def _fit(xt: torch.Tensor, rng, pos_table, labels, config: DeepHashConfig, seed:
                 loss = (torch.relu(dap - dan + config.margin).mean()
                         + config.quant * (h.abs() - 1).pow(2).mean()
                         + config.balance * h.mean(0).pow(2).mean())
+                if config.decorrelate:
+                    loss = loss + config.decorrelate * _offdiag_cov(h)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -185,6 +204,14 @@ def _fit(xt: torch.Tensor, rng, pos_table, labels, config: DeepHashConfig, seed:
     return DeepHashModel(W1=lin1.weight.detach().numpy().T.copy(), b1=lin1.bias.detach().numpy().copy(),
                          W2=lin2.weight.detach().numpy().T.copy(), b2=lin2.bias.detach().numpy().copy(),
                          config=config, seed=seed)
+
+
+def _offdiag_cov(h: torch.Tensor) -> torch.Tensor:
+    """Mean squared off-diagonal covariance of the bits over the batch (0: bits uncorrelated)."""
+    c = h.shape[1]
+    hc = h - h.mean(0)
+    cov = hc.T @ hc / h.shape[0]
+    return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / max(c * (c - 1), 1)
 
 
 # ----------------------------------------------------------------------------- search
@@ -274,15 +301,17 @@ def max_radius(bits: int) -> int:
 
 def search(table: BucketTable, model: DeepHashModel, ids: np.ndarray, xb: np.ndarray,
            xq: np.ndarray, k: int, candidates: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Bucket search + exact cosine rerank.
+    """Bucket search with capped reads + exact cosine rerank.
 
     ``ids`` (N,) sorted int64 and ``xb`` (N, d) unit rows are the stored vectors (``xb[j]`` has
-    id ``ids[j]``); ``xq`` (nq, d) unit rows. Each query reads every bucket of its Hamming ball,
-    radius 0, 1, ... until the ball holds ``max(k, candidates)`` vectors or the radius reaches
-    :func:`max_radius`; all of them are reranked by exact cosine. A query whose ball still holds
-    fewer than ``k`` falls back to exact search. Returns ``D`` (nq, k) float32 cosine
-    similarities, ``I`` (nq, k) int64 ids (-inf / -1 padding) and stats {"radius_hist",
-    "fallback", "mean_candidates"}.
+    id ``ids[j]``); ``xq`` (nq, d) unit rows. Each query reads the buckets of its Hamming ball,
+    radius 0, 1, ... until it holds ``need = max(k, candidates)`` vectors or the radius reaches
+    :func:`max_radius`; the read is capped at ``need`` vectors (the bucket that crosses it is
+    cut), so a query reranks at most ``need`` vectors whatever the bucket sizes. The rerank is
+    exact cosine by FAISS (``knn_inner_products_by_idx``: no gathered copy of the candidates).
+    A query whose ball holds fewer than ``min(k, N)`` falls back to exact search. Returns ``D``
+    (nq, k) float32 cosine similarities, ``I`` (nq, k) int64 ids (-inf / -1 padding) and stats
+    {"radius_hist", "fallback", "mean_candidates"} (candidates reranked per query, after the cap).
     """
     nq = xq.shape[0]
     D = np.full((nq, k), MISSING_D, dtype=np.float32)
@@ -291,9 +320,10 @@ def search(table: BucketTable, model: DeepHashModel, ids: np.ndarray, xb: np.nda
     if nq == 0 or k == 0 or len(ids) == 0:
         return D, I, stats
     need = min(max(int(k), int(candidates)), len(ids))
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
     qc = _as_u64(model.encode(xq))                                     # (nq,)
     total = np.zeros(nq, dtype=np.int64)
-    radius = np.full(nq, -1, dtype=np.int64)
     rmax = max_radius(model.bits)
     hits = []                                                          # (query, start, count) runs
     active = np.arange(nq)
@@ -304,7 +334,6 @@ def search(table: BucketTable, model: DeepHashModel, ids: np.ndarray, xb: np.nda
         hits.append((active[nz[0]], st[nz], cnt[nz]))
         total[active] += cnt.sum(axis=1)
         done = (total[active] >= need) | (r == rmax)
-        radius[active[done]] = r
         stats["radius_hist"][r] = int(done.sum())
         active = active[~done]
         if active.size == 0:
@@ -312,33 +341,39 @@ def search(table: BucketTable, model: DeepHashModel, ids: np.ndarray, xb: np.nda
     q_of = np.concatenate([h[0] for h in hits])
     run_start = np.concatenate([h[1] for h in hits])
     run_len = np.concatenate([h[2] for h in hits])
-    order = np.argsort(q_of, kind="stable")                            # runs grouped by query
+    order = np.argsort(q_of, kind="stable")                            # by query, then radius
     q_of, run_start, run_len = q_of[order], run_start[order], run_len[order]
-    stats["mean_candidates"] = float(total.mean())
-    # rerank by exact cosine, in blocks of ~2^20 candidates
-    q_bounds = np.searchsorted(q_of, np.arange(nq + 1))                # runs of query q: [b[q], b[q+1])
-    cum = np.concatenate([[0], np.cumsum(run_len)])
-    per_q = cum[q_bounds[1:]] - cum[q_bounds[:-1]]                     # (nq,) candidates per query
+    # cap: each query keeps the first `need` vectors of its runs (radius order)
+    cum = np.cumsum(run_len)
+    first_run = np.searchsorted(q_of, q_of)                            # index of the query's first run
+    before = cum - run_len - (cum[first_run] - run_len[first_run])     # vectors of earlier runs, same query
+    take = np.clip(need - before, 0, run_len)                          # (runs,)
+    per_q = np.bincount(q_of, weights=take, minlength=nq).astype(np.int64)
+    stats["mean_candidates"] = float(per_q.mean())
     contiguous = ids[-1] - ids[0] + 1 == len(ids)                     # ids 0..N-1 (no removals)
-    lo = 0
-    while lo < nq:
-        hi = lo + 1
-        while hi < nq and cum[q_bounds[hi + 1]] - cum[q_bounds[lo]] <= (1 << 20):
-            hi += 1
-        a, z = q_bounds[lo], q_bounds[hi]
-        lens = run_len[a:z]
-        flat = np.repeat(run_start[a:z] - (cum[a:z] - cum[a]), lens) + np.arange(cum[z] - cum[a])
-        cand = table.ids[flat]                                          # (m,) candidate ids
-        qrow = np.repeat(q_of[a:z], lens)                               # (m,) their query
+    tcum = np.concatenate([[0], np.cumsum(take)])
+    q_runs = np.searchsorted(q_of, np.arange(nq + 1))                  # runs of query q: [q_runs[q], q_runs[q+1])
+    block = max(1, (1 << 22) // need)                                  # queries per rerank block
+    for lo in range(0, nq, block):
+        hi = min(nq, lo + block)
+        a, z = q_runs[lo], q_runs[hi]
+        t = take[a:z]
+        m = int(tcum[z] - tcum[a])
+        pos = np.repeat(run_start[a:z] - (tcum[a:z] - tcum[a]), t) + np.arange(m)   # into table.ids
+        qrow = np.repeat(q_of[a:z], t)                                  # (m,) their query
+        rank = np.arange(m) + tcum[a] - tcum[q_runs[qrow]]             # position within its query
+        cand = table.ids[pos]
         rows = cand - ids[0] if contiguous else np.searchsorted(ids, cand)
-        sims = np.einsum("md,md->m", xb[rows], xq[qrow])               # (m,) cosine
-        o = np.argsort(qrow * 4.0 + (1.0 - sims), kind="stable")        # by query, best first (|sim| <= 1)
-        qs = qrow[o]
-        rank = np.arange(len(o)) - np.searchsorted(qs, qs)             # position within the query
-        keep = rank < k
-        D[qs[keep], rank[keep]] = sims[o][keep]
-        I[qs[keep], rank[keep]] = cand[o][keep]
-        lo = hi
+        sub = np.full((hi - lo, need), -1, dtype=np.int64)             # -1 ends a query's list
+        sub[qrow - lo, rank] = rows
+        vals = np.empty((hi - lo, k), dtype=np.float32)
+        out = np.empty((hi - lo, k), dtype=np.int64)
+        faiss.knn_inner_products_by_idx(faiss.swig_ptr(xq[lo:hi]), faiss.swig_ptr(xb), faiss.swig_ptr(sub),
+                                        xb.shape[1], hi - lo, xb.shape[0], need, k,
+                                        faiss.swig_ptr(vals), faiss.swig_ptr(out), need)
+        ok = out >= 0
+        D[lo:hi] = np.where(ok, vals, MISSING_D)
+        I[lo:hi] = np.where(ok, ids[np.maximum(out, 0)], MISSING_I)
     short = np.flatnonzero(per_q < min(k, len(ids)))
     if short.size:
         stats["fallback"] = int(short.size)

@@ -17,10 +17,11 @@ the hub's, the index is synchronized from the entry list it holds: removed entri
 ``remove_ids`` (flat, ivf, deephash) or by a rebuild (hnsw: FAISS cannot delete from it), new
 entries are added. IVF is retrained when ``sqrt(n)`` moves 2x from its ``nlist``; the deep hash is
 retrained when more than ``DEEPHASH_RETRAIN_FRACTION`` of the samples it was trained on changed
-(added + removed). A missing or unreadable index is rebuilt from LMDB.
+(added + removed), or when its weights come from an older training recipe (``deephash.TRAINER``). A missing or unreadable index is rebuilt from LMDB.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ HNSW_EF_CONSTRUCTION = 40         # FAISS default
 HNSW_EF_SEARCH = 64               # default search depth (bench --quick: recall@25 0.985 on 50k clustered)
 IVF_NPROBE = 16                   # default lists probed
 IVF_MIN_PER_LIST = 39             # FAISS k-means wants >= 39 training points per centroid
-DEEPHASH_CANDIDATES = 512         # default minimum candidates a deep-hash query reranks
+DEEPHASH_CANDIDATES = 1024        # default candidates a deep-hash query reranks (its cap)
 DEEPHASH_RETRAIN_FRACTION = 0.25  # retrain when added + removed samples > this * trained samples
 
 
@@ -138,7 +139,8 @@ class EmbeddingIndexes:
         except (ValueError, KeyError, TypeError) as e:
             raise E.CorruptHubError(f"hub at {self._emb.path}: deep-hash weights cannot be read ({e}): "
                                     f"retrain with hub.train_deephash()") from None
-        if model is not None and model.dim == t.dim:
+        legacy = model is not None and model.trainer < DH.TRAINER   # older recipe: collapsing codes
+        if model is not None and model.dim == t.dim and not legacy:
             # live samples with ids below the training high-water mark existed at training
             kept = int(np.minimum(t.entries[:, 2], np.maximum(model.trained_hwm - t.entries[:, 1], 0)).sum())
             changed = (t.n - kept) + (model.trained_n - kept)          # added + removed samples
@@ -147,6 +149,9 @@ class EmbeddingIndexes:
                 return model
             log.info("deep hash: %d of %d trained samples changed: retraining", changed, model.trained_n)
         cfg = model.config if model is not None else DH.DeepHashConfig()
+        if legacy:
+            log.info("deep hash: weights from training recipe %d (now %d): retraining", model.trainer, DH.TRAINER)
+            cfg = dataclasses.replace(cfg, balance=DH.DeepHashConfig.balance, decorrelate=DH.DeepHashConfig.decorrelate)
         model = self.train_deephash(cfg)
         self.model_generation = t.generation
         return model
