@@ -256,7 +256,9 @@ def test_cli_bad_performance_files_are_named_errors_and_change_nothing(tmp_path,
 
 
 def test_performance_file_readers_refuse_oversized_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(A, "MAX_PERF_FILE", 10)
+    from fitsketch import accuracy_perf
+
+    monkeypatch.setattr(accuracy_perf, "MAX_PERF_FILE", 10)
     (tmp_path / "big.json").write_text('{"0": 0.9, "1": 0.5, "2": 0.7}')
     with pytest.raises(E.LimitExceededError):
         A.read_class_accuracy(tmp_path / "big.json")
