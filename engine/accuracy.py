@@ -46,7 +46,7 @@ from . import errors as E
 from .accuracy_perf import (CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, RECALL_PSEUDO,  # noqa: F401
                             curve, performance, read_class_accuracy, read_confusion)
 from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, loglik,  # noqa: F401
-                            merge_pools, own_predictions, pool, pooled_loglik, query_buckets)
+                            merge_pools, own_predictions, pool, pooled_loglik, query_buckets, query_index)
 from .accuracy_records import (CLASSES_FORMAT, MAX_CLASSES, _match_kind, _sort_key, canonical,  # noqa: F401
                                check_labels, check_record, class_record, column_buckets, label_kind,
                                merge_records, with_labels)

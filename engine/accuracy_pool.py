@@ -90,60 +90,80 @@ def check_pool(p) -> dict:
     return p
 
 
-def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float | None) -> np.ndarray:
+def query_index(qb: dict, n_rows: int) -> dict:
+    """The query's side of :func:`loglik`, computed once per query and shared by every pool scored
+    against it (the pooled likelihood and each candidate's own-histogram proxy): the query's
+    distinct (query column, bucket) pairs ``uq`` (keys ``j * 2**33 + bucket + 2**32``, sorted) and
+    the (n_rows, len(uq)) sparse count of each row's occurrences of them."""
+    from scipy import sparse
+
+    R, Q = [], []
+    for j, (rows, qbk, _) in qb.items():
+        if len(rows):
+            R.append(np.asarray(rows, np.int64))
+            Q.append(int(j) * (1 << 33) + (np.asarray(qbk, np.int64) + (1 << 32)))
+    rows = np.concatenate(R) if R else np.zeros(0, np.int64)
+    uq, qinv = np.unique(np.concatenate(Q) if Q else np.zeros(0, np.int64), return_inverse=True)
+    S = sparse.csr_matrix((np.ones(len(rows)), (rows, qinv.ravel())), shape=(n_rows, len(uq)))
+    return {"n_rows": int(n_rows), "uq": uq, "S": S}
+
+
+def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float | None,
+           qx: dict | None = None) -> np.ndarray:
     """(n_rows, n_classes) ``log p(x_i | c)`` / (temperature x effective features) under naive
     Bayes over the pooled class-conditional histograms ``pl`` (smoothed towards the pooled
     all-class one). A column counts ``1 - (its most common bucket's share)`` towards the effective
     features: dividing by the plain column count over-flattened MNIST's 784 pixels, most of them
     blank (digits seeds 0-1 chose the temperature, MNIST seed 0 showed the plain count failing).
-    ``temperature=None``: the untempered naive-Bayes log-likelihood.
+    ``temperature=None``: the untempered naive-Bayes log-likelihood. ``qx``: the query's
+    :func:`query_index` when the caller already has it (several pools against one query).
 
     Per column ``j`` with vocabulary ``V_j`` (the pool's buckets and the query's): the all-class
     ``q_j(b) = (M_jb + 1) / (N_j + V_j)`` and ``P_j(b | c) = (N_jcb + SMOOTHING q_j(b)) / (N_jc +
-    SMOOTHING)``. Computed for the query's distinct (column, bucket) pairs only, then summed over
-    each row's occurrences as one sparse product (tests/test_accuracy_shift.py checks it against a
-    per-column loop)."""
-    from scipy import sparse
-
+    SMOOTHING)``. Computed for the query's distinct (column, bucket) pairs only (0 for a column
+    the pool lacks), then summed over each row's occurrences as one sparse product
+    (tests/test_accuracy_shift.py checks it against a per-column loop)."""
     K = len(pl["labels"])
-    ncol = len(pl["columns"])
+    if qx is None:
+        qx = query_index(qb, n_rows)
+    uq = qx["uq"]
     ll = np.zeros((n_rows, K))
-    col_of = {c: i for i, c in enumerate(pl["columns"])}
-    col = np.asarray(pl["col"], np.int64)
-    cls = np.asarray(pl["cls"], np.int64)
-    bucket = np.asarray(pl["bucket"], np.int64)
-    count = np.asarray(pl["count"], np.float64)
-    has = np.bincount(col, minlength=ncol) > 0
-    R, Q = [], []
-    for j, (rows, qbk, _) in qb.items():
-        c = col_of.get(names[j])
-        if c is None or not has[c] or len(rows) == 0:
-            continue
-        R.append(np.asarray(rows, np.int64))
-        Q.append(c * (1 << 33) + (np.asarray(qbk, np.int64) + (1 << 32)))
-    if not R:
+    if len(uq) == 0 or len(pl["col"]) == 0:
         return ll
-    rows, qkey = np.concatenate(R), np.concatenate(Q)
-    uq, qinv = np.unique(qkey, return_inverse=True)                        # the query's (column, bucket)s
-    ucol, ub = uq >> 33, (uq & ((1 << 33) - 1)) - (1 << 32)
+    ncol = int(uq[-1] >> 33) + 1                                           # the query's columns j < ncol
+    j_of = {names[j]: j for j in qb if j < ncol}
+    pj = np.array([j_of.get(c, -1) for c in pl["columns"]], dtype=np.int64)
+    col = pj[np.asarray(pl["col"], np.int64)]                              # the pool's columns as query columns
+    keep = col >= 0
+    col = col[keep]
+    cls = np.asarray(pl["cls"], np.int64)[keep]
+    bucket = np.asarray(pl["bucket"], np.int64)[keep]
+    count = np.asarray(pl["count"], np.float64)[keep]
+    has = np.bincount(col, minlength=ncol) > 0
+    ucol_all = uq >> 33
+    mask = has[ucol_all]                                                   # occurrences in a column the pool has
+    if not mask.any():
+        return ll
+    uq_m = uq[mask]
+    ucol, ub = uq_m >> 33, (uq_m & ((1 << 33) - 1)) - (1 << 32)
     pkey = col * (1 << 33) + (bucket + (1 << 32))                         # the pool's (column, bucket)s
     pu, pinv = np.unique(pkey, return_inverse=True)
-    M = np.bincount(pinv, weights=count, minlength=len(pu))               # all-class count per (column, bucket)
-    V = np.bincount(np.union1d(pu, uq) >> 33, minlength=ncol).astype(np.float64)
+    M = np.bincount(pinv.ravel(), weights=count, minlength=len(pu))       # all-class count per (column, bucket)
+    V = np.bincount(np.union1d(pu, uq_m) >> 33, minlength=ncol).astype(np.float64)
     Ntot = np.bincount(col, weights=count, minlength=ncol)
     Nc = np.bincount(col * K + cls, weights=count, minlength=ncol * K).reshape(ncol, K)
-    pos = np.minimum(np.searchsorted(pu, uq), len(pu) - 1)
-    Mu = np.where(pu[pos] == uq, M[pos], 0.0)
+    pos = np.minimum(np.searchsorted(pu, uq_m), len(pu) - 1)
+    Mu = np.where(pu[pos] == uq_m, M[pos], 0.0)
     q = (Mu + 1.0) / (Ntot[ucol] + V[ucol])                                # (U,)
-    fkey = (col * (1 << 20) + cls) * (1 << 33) + (bucket + (1 << 32))    # sorted: the pool's own order
+    fkey = (col * (1 << 20) + cls) * (1 << 33) + (bucket + (1 << 32))
     order = np.argsort(fkey, kind="stable")
     fkey, fcount = fkey[order], count[order]
     want = (ucol[:, None] * (1 << 20) + np.arange(K)[None, :]) * (1 << 33) + (ub[:, None] + (1 << 32))
     fpos = np.minimum(np.searchsorted(fkey, want), len(fkey) - 1)
     N = np.where(fkey[fpos] == want, fcount[fpos], 0.0)                    # (U, K)
-    logP = np.log((N + SMOOTHING * q[:, None]) / (Nc[ucol] + SMOOTHING))   # (U, K)
-    S = sparse.csr_matrix((np.ones(len(rows)), (rows, qinv)), shape=(n_rows, len(uq)))
-    ll = np.asarray(S @ logP)
+    logP = np.zeros((len(uq), K))
+    logP[mask] = np.log((N + SMOOTHING * q[:, None]) / (Nc[ucol] + SMOOTHING))
+    ll = np.asarray(qx["S"] @ logP)
     if temperature is None:
         return ll
     # effective features: the query's columns that the pool has, each 1 - max_b q_j(b)
@@ -161,13 +181,15 @@ def pooled_loglik(qb: dict, n_rows: int, pooled: list, labels: list, temperature
     return loglik(qb, n_rows, pool(pooled, labels, names), names, temperature)
 
 
-def own_predictions(qb: dict, n_rows: int, rec: dict, fmap: dict, labels: list, names: list[str]) -> np.ndarray:
+def own_predictions(qb: dict, n_rows: int, rec: dict, fmap: dict, labels: list, names: list[str],
+                    qx: dict | None = None) -> np.ndarray:
     """(n_rows,) index into ``labels`` of the class each query row gets from the proxy of one
     candidate: naive Bayes over the candidate's own class histograms (``rec`` mapped by ``fmap``
     {source feature: query feature}), tempered by ``PROXY_TEMPERATURE``, plus the log of its
-    training class shares; only classes the candidate saw can be given."""
+    training class shares; only classes the candidate saw can be given. ``qx``: the query's
+    :func:`query_index`, shared by every candidate of one query."""
     pl = pool([(rec, fmap)], labels, names)
-    ll = loglik(qb, n_rows, pl, names, PROXY_TEMPERATURE)
+    ll = loglik(qb, n_rows, pl, names, PROXY_TEMPERATURE, qx)
     n = _counts(rec, labels)
     with np.errstate(divide="ignore"):
         score = ll + np.log(n / max(n.sum(), 1.0))

@@ -68,11 +68,16 @@ def test_loglik_equals_the_per_column_loop(n_rows, seed):
             qb[j] = (rng.integers(0, n_rows, m), rng.integers(-8, 9, m).astype(np.int64), False)
         else:
             qb[j] = (np.arange(n_rows), rng.integers(-8, 9, n_rows).astype(np.int64), True)
+    # a second pool over other columns in another order, scored with the same query index
+    pl2 = _random_pool(rng, K, ["other", "f8", "f3", "f1"], entries=1)
+    qx = A.query_index(qb, n_rows)
     for T in (None, 0.1, 3.0):
-        ref = _loglik_reference(qb, n_rows, pl, names, T)
-        got = A.loglik(qb, n_rows, pl, names, T)
-        assert got.shape == ref.shape == (n_rows, K)
-        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-9)
+        for p in (pl, pl2):
+            ref = _loglik_reference(qb, n_rows, p, names, T)
+            got = A.loglik(qb, n_rows, p, names, T)
+            assert got.shape == ref.shape == (n_rows, K)
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-9)
+            np.testing.assert_allclose(A.loglik(qb, n_rows, p, names, T, qx), ref, rtol=1e-10, atol=1e-9)
 
 
 def test_loglik_of_an_empty_pool_is_zero():
