@@ -293,3 +293,45 @@ def test_accuracy_screen_keeps_the_exhaustive_top(tmp_path, seed):
     assert [(m.name, m.score) for m in short] == [(m.name, m.score) for m in full]
     stage = next(s for s in plan.stages if s.name == "shortlist")
     assert "ranked by predicted accuracy" in stage.detail and stage.actual == 2
+
+
+# ------------------------------------------------------------------ interval draws
+def test_recall_draw_moves_rare_classes_further_in_logit_space(rng):
+    """_recall_draw: logit(r) + z / sqrt(conc r (1 - r)) with conc = (n_val + pseudo) / spread, for
+    random recalls and validation counts; unseen classes (recall 0) stay 0; given recalls stay."""
+    from scipy.special import expit, logit
+
+    K = int(rng.integers(1, 9))
+    labels = list(range(K))
+    C = np.diag(rng.integers(0, 60, K)).astype(np.int64) + rng.integers(0, 3, (K, K))
+    perf = {"source": "validation", "labels": labels, "recall": rng.uniform(0, 1, K), "confusion": C,
+            "validation_accuracy": 0.8}
+    rec = {"labels": labels, "counts": rng.integers(0, 50, K)}
+    m = A._Model(perf, rec, labels)
+    r = rng.uniform(0.01, 0.99, K)
+    r[rng.random(K) < 0.3] = 0.0
+    z = rng.standard_normal(K)
+    conc = (C.sum(axis=1) + A.RECALL_PSEUDO) / A.RECALL_SPREAD
+    with np.errstate(divide="ignore"):
+        want = np.where(r > 0, expit(logit(np.clip(r, 1e-3, 1 - 1e-3)) + z / np.sqrt(conc * r * (1 - r))), 0.0)
+    np.testing.assert_allclose(A._recall_draw(m, r, z), want, rtol=1e-9, atol=1e-12)
+    given = A._Model({"source": "class_accuracy", "labels": labels, "recall": r}, rec, labels)
+    np.testing.assert_array_equal(A._recall_draw(given, r, z), r)
+
+
+def test_interval_is_wider_for_a_model_measured_on_fewer_validation_rows():
+    """Two models with the same recalls, one measured on 10x the validation rows: the same point
+    estimate, a narrower interval for the well-measured one; both intervals inside [0, 1]."""
+    labels = [0, 1, 2]
+    rng = np.random.default_rng(7)
+    ll = np.log(rng.dirichlet(np.ones(3), size=200))
+    rec = {"labels": labels, "counts": np.array([100, 100, 100])}
+    perfs = []
+    for scale in (1, 10):
+        C = np.array([[8, 1, 1], [2, 6, 2], [1, 1, 8]]) * scale
+        perfs.append({"source": "validation", "labels": labels, "recall": np.diag(C) / C.sum(axis=1),
+                      "confusion": C, "validation_accuracy": float(np.trace(C) / C.sum())})
+    _, acc, iv = A.estimate(ll, labels, perfs, bootstrap=200, seed=3, records=[rec, rec])
+    assert acc[0] == pytest.approx(acc[1], abs=0.05)
+    assert (iv >= 0).all() and (iv <= 1).all() and (iv[:, 0] <= iv[:, 1]).all()
+    assert iv[0, 1] - iv[0, 0] > 1.3 * (iv[1, 1] - iv[1, 0])
