@@ -296,11 +296,10 @@ def test_accuracy_screen_keeps_the_exhaustive_top(tmp_path, seed):
 
 
 # ------------------------------------------------------------------ interval draws
-def test_recall_draw_moves_rare_classes_further_in_logit_space(rng):
-    """_recall_draw: logit(r) + z / sqrt(conc r (1 - r)) with conc = (n_val + pseudo) / spread, for
-    random recalls and validation counts; unseen classes (recall 0) stay 0; given recalls stay."""
-    from scipy.special import expit, logit
-
+def test_recall_draw_is_a_beta_posterior_per_class(rng):
+    """_recall_draw: per class a Beta with mean r and (n_val + pseudo) / spread observations, from
+    the draw's seed (checked against numpy's Beta with the same seed, and its mean and variance
+    over many seeds); unseen classes (recall 0) stay 0; given recalls stay."""
     K = int(rng.integers(1, 9))
     labels = list(range(K))
     C = np.diag(rng.integers(0, 60, K)).astype(np.int64) + rng.integers(0, 3, (K, K))
@@ -308,15 +307,19 @@ def test_recall_draw_moves_rare_classes_further_in_logit_space(rng):
             "validation_accuracy": 0.8}
     rec = {"labels": labels, "counts": rng.integers(0, 50, K)}
     m = A._Model(perf, rec, labels)
-    r = rng.uniform(0.01, 0.99, K)
+    r = rng.uniform(0.05, 0.95, K)
     r[rng.random(K) < 0.3] = 0.0
-    z = rng.standard_normal(K)
     conc = (C.sum(axis=1) + A.RECALL_PSEUDO) / A.RECALL_SPREAD
-    with np.errstate(divide="ignore"):
-        want = np.where(r > 0, expit(logit(np.clip(r, 1e-3, 1 - 1e-3)) + z / np.sqrt(conc * r * (1 - r))), 0.0)
-    np.testing.assert_allclose(A._recall_draw(m, r, z), want, rtol=1e-9, atol=1e-12)
+    seed = int(rng.integers(1 << 62))
+    rc = np.clip(r, 1e-3, 1 - 1e-3)
+    want = np.where(r > 0, np.random.default_rng(seed).beta(rc * conc, (1 - rc) * conc), 0.0)
+    np.testing.assert_array_equal(A._recall_draw(m, r, seed), want)
+    draws = np.stack([A._recall_draw(m, r, s) for s in range(4000)])
+    np.testing.assert_allclose(draws.mean(axis=0), r, atol=0.02)
+    np.testing.assert_allclose(draws.var(axis=0), r * (1 - r) / (conc + 1), rtol=0.15, atol=1e-4)
+    assert (draws[:, r == 0] == 0).all()
     given = A._Model({"source": "class_accuracy", "labels": labels, "recall": r}, rec, labels)
-    np.testing.assert_array_equal(A._recall_draw(given, r, z), r)
+    np.testing.assert_array_equal(A._recall_draw(given, r, seed), r)
 
 
 def test_interval_is_wider_for_a_model_measured_on_fewer_validation_rows():
