@@ -35,7 +35,10 @@ LABEL_FREE = ("adaptivity", "js", "exact-js", "l2", "coverage")
 METHODS = ("accuracy", "auto", *LABEL_FREE)
 TRUE_MIX = "accuracy (true mixture)"
 BASELINE = "source-accuracy"
-METRICS = ("spearman", "pearson", "top1_error", "top2_error", "regret", "mae")
+METRICS = ("spearman", "pearson", "top1_error", "top2_error", "regret", "mae", "coverage", "width")
+INTERVAL = ("coverage", "width")   # of accuracy's 5-95 % interval (evidence["interval"]): share holding the
+#                                    measured accuracy, and mean width
+BOOTSTRAP = 50                     # accuracy's interval draws (the hub's default accuracy_bootstrap)
 TUNE_SEEDS = {"digits": (0, 1)}
 TEMPERATURES = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -50,10 +53,13 @@ def register(hub, wl) -> float:
 
 def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = None, bootstrap: int = 0,
               true_mixture: bool = True) -> dict:
-    """``{method: {target: {source: score}}}`` plus timings, on a fresh hub of ``wl``'s models."""
+    """``{method: {target: {source: score}}}`` plus timings, on a fresh hub of ``wl``'s models;
+    ``accuracy`` runs with ``BOOTSTRAP`` interval draws (``intervals[target][source]``), the
+    other accuracy-valued searches with ``bootstrap``."""
     import fitsketch
 
     scores = {m: {} for m in methods}
+    intervals = {}
     seconds = {m: 0.0 for m in methods}
     kw = {"accuracy_bootstrap": bootstrap}
     if temperature is not None:
@@ -69,10 +75,14 @@ def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = No
         for t, df in wl.targets.items():
             for m in methods:
                 extra = kw if m in ("accuracy", "auto") else {}
+                if m == "accuracy":
+                    extra = {**kw, "accuracy_bootstrap": BOOTSTRAP}
                 with H.stopwatch() as sw:
                     res = hub.search(df, k=n, method=m, **extra)
                 seconds[m] += sw.s
                 scores[m][t] = {r.name: r.score - 1e-9 * i for i, r in enumerate(res)}
+                if m == "accuracy":
+                    intervals[t] = {r.name: r.evidence.get("interval") for r in res}
             if true_mixture:
                 y = wl.target_labels[t]
                 cls, cnt = np.unique(y, return_counts=True)
@@ -80,7 +90,20 @@ def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = No
                                  **kw)
                 scores.setdefault(TRUE_MIX, {})[t] = {r.name: r.score for r in res}
     scores[BASELINE] = {t: dict(wl.source_accuracy) for t in wl.targets}
-    return {"scores": scores, "add_s": add_s, "search_s": seconds}
+    return {"scores": scores, "intervals": intervals, "add_s": add_s, "search_s": seconds}
+
+
+def interval_quality(intervals: dict, accuracy) -> dict:
+    """``coverage``: the share of (target, model) whose measured accuracy lies in the interval;
+    ``width``: the intervals' mean width."""
+    inside, width = [], []
+    for t, per in intervals.items():
+        for s, iv in per.items():
+            if iv is not None:
+                inside.append(iv[0] <= accuracy[t][s] <= iv[1])
+                width.append(iv[1] - iv[0])
+    return {"coverage": float(np.mean(inside)) if inside else float("nan"),
+            "width": float(np.mean(width)) if width else float("nan")}
 
 
 def evaluate(wls: list, workdir: Path, out=print, label: str = "", **kw) -> dict:
@@ -92,8 +115,12 @@ def evaluate(wls: list, workdir: Path, out=print, label: str = "", **kw) -> dict
         out(f"  {label}[{i}]: {len(wl.sources)} models, {len(wl.targets)} targets; add {r['add_s']:.1f} s, search "
             + ", ".join(f"{m} {s / len(wl.targets) * 1e3:.0f} ms" for m, s in r["search_s"].items()))
         for m, sc in r["scores"].items():
-            per.setdefault(m, []).append(selection_quality(sc, wl.accuracy))
-    return {m: {k: float(np.nanmean([q[k] for q in qs])) for k in METRICS} for m, qs in per.items()}
+            q = selection_quality(sc, wl.accuracy)
+            q.update(interval_quality(r["intervals"], wl.accuracy) if m == "accuracy"
+                     else dict.fromkeys(INTERVAL, float("nan")))
+            per.setdefault(m, []).append(q)
+    return {m: {k: float(np.nanmean([q[k] for q in qs])) if not all(np.isnan(q[k]) for q in qs) else float("nan")
+                for k in METRICS} for m, qs in per.items()}
 
 
 def _zoos(dataset: str, seeds, quick: bool):
@@ -130,12 +157,14 @@ def table(results: dict, out=print) -> list[str]:
     lines = []
     for wl, summary in results.items():
         lines.append(f"\n{wl}")
-        lines.append("| method | Spearman | Pearson | top-1 err | top-2 err | regret (pts) | MAE |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| method | Spearman | Pearson | top-1 err | top-2 err | regret (pts) | MAE | "
+                     "interval coverage / width |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for m, q in summary.items():
             mae = "-" if m not in ("accuracy", "auto", TRUE_MIX, BASELINE) else f"{q['mae']:.3f}"
+            iv = "-" if np.isnan(q["coverage"]) else f"{q['coverage']:.2f} / {q['width']:.3f}"
             lines.append(f"| {m} | {q['spearman']:.2f} | {q['pearson']:.2f} | {q['top1_error']:.2f} | "
-                         f"{q['top2_error']:.2f} | {100 * q['regret']:.1f} | {mae} |")
+                         f"{q['top2_error']:.2f} | {100 * q['regret']:.1f} | {mae} | {iv} |")
     for ln in lines:
         out(ln)
     return lines
@@ -162,7 +191,7 @@ def run(quick: bool = False, out_dir: Path | None = None, out=print, do_tune: bo
     for wl, summary in results.items():
         for m, q in summary.items():
             for k in METRICS:
-                if k == "mae" and m not in ("accuracy", "auto", TRUE_MIX, BASELINE):
+                if (k == "mae" and m not in ("accuracy", "auto", TRUE_MIX, BASELINE)) or np.isnan(q[k]):
                     continue
                 rows.append(H.row(ctx, suite="accuracy", workload=wl, method=m, metric=k, value=q[k],
                                   baseline=BASELINE, baseline_value=summary[BASELINE][k]))

@@ -53,7 +53,7 @@ SCHEMA: tuple[Record, ...] = (
     Record("extra", "u64(entry id)", "{v, coverage?, coverage_embedding?, coverage_latent?, classes?}",
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),
-                                       ("fitsketch.accuracy.CLASSES_FORMAT", 1))),
+                                       ("fitsketch.accuracy_records.CLASSES_FORMAT", 1))),
     Record("extra", "b'p' + u64(entry id)", "random-projection profile", "fitsketch.parts (Profile), "
            "fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),)),
     Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys",

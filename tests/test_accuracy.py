@@ -304,7 +304,8 @@ def test_column_buckets_equal_quantize_column(rng):
     kinds = ["numeric", "numeric", "numeric", "categorical", "text", "numeric"]
     cfg = SketchConfig()
     got = {j: (r, h) for j, r, h in A.column_buckets(df, names, kinds, range(len(names)), cfg)}
-    assert set(got) == {0, 1, 2, 3, 4}     # the all-NaN column is left out
+    # an all-NaN column is left out ("f" too when its one row drew NaN)
+    assert set(got) == {0, 1, 2, 3, 4} - ({0} if np.isnan(vals).all() else set())
     for j in got:
         col = quantize_column(names[j], df[names[j]], cfg, kinds[j])
         np.testing.assert_array_equal(got[j][0], col.rows)

@@ -68,11 +68,16 @@ def test_loglik_equals_the_per_column_loop(n_rows, seed):
             qb[j] = (rng.integers(0, n_rows, m), rng.integers(-8, 9, m).astype(np.int64), False)
         else:
             qb[j] = (np.arange(n_rows), rng.integers(-8, 9, n_rows).astype(np.int64), True)
+    # a second pool over other columns in another order, scored with the same query index
+    pl2 = _random_pool(rng, K, ["other", "f8", "f3", "f1"], entries=1)
+    qx = A.query_index(qb, n_rows)
     for T in (None, 0.1, 3.0):
-        ref = _loglik_reference(qb, n_rows, pl, names, T)
-        got = A.loglik(qb, n_rows, pl, names, T)
-        assert got.shape == ref.shape == (n_rows, K)
-        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-9)
+        for p in (pl, pl2):
+            ref = _loglik_reference(qb, n_rows, p, names, T)
+            got = A.loglik(qb, n_rows, p, names, T)
+            assert got.shape == ref.shape == (n_rows, K)
+            np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-9)
+            np.testing.assert_allclose(A.loglik(qb, n_rows, p, names, T, qx), ref, rtol=1e-10, atol=1e-9)
 
 
 def test_loglik_of_an_empty_pool_is_zero():
@@ -256,7 +261,9 @@ def test_cli_bad_performance_files_are_named_errors_and_change_nothing(tmp_path,
 
 
 def test_performance_file_readers_refuse_oversized_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(A, "MAX_PERF_FILE", 10)
+    from fitsketch import accuracy_perf
+
+    monkeypatch.setattr(accuracy_perf, "MAX_PERF_FILE", 10)
     (tmp_path / "big.json").write_text('{"0": 0.9, "1": 0.5, "2": 0.7}')
     with pytest.raises(E.LimitExceededError):
         A.read_class_accuracy(tmp_path / "big.json")
@@ -286,3 +293,48 @@ def test_accuracy_screen_keeps_the_exhaustive_top(tmp_path, seed):
     assert [(m.name, m.score) for m in short] == [(m.name, m.score) for m in full]
     stage = next(s for s in plan.stages if s.name == "shortlist")
     assert "ranked by predicted accuracy" in stage.detail and stage.actual == 2
+
+
+# ------------------------------------------------------------------ interval draws
+def test_recall_draw_is_a_beta_posterior_per_class(rng):
+    """_recall_draw: per class a Beta with mean r and (n_val + pseudo) / spread observations, from
+    the draw's seed (checked against numpy's Beta with the same seed, and its mean and variance
+    over many seeds); unseen classes (recall 0) stay 0; given recalls stay."""
+    K = int(rng.integers(1, 9))
+    labels = list(range(K))
+    C = np.diag(rng.integers(0, 60, K)).astype(np.int64) + rng.integers(0, 3, (K, K))
+    perf = {"source": "validation", "labels": labels, "recall": rng.uniform(0, 1, K), "confusion": C,
+            "validation_accuracy": 0.8}
+    rec = {"labels": labels, "counts": rng.integers(0, 50, K)}
+    m = A._Model(perf, rec, labels)
+    r = rng.uniform(0.05, 0.95, K)
+    r[rng.random(K) < 0.3] = 0.0
+    conc = (C.sum(axis=1) + A.RECALL_PSEUDO) / A.RECALL_SPREAD
+    seed = int(rng.integers(1 << 62))
+    rc = np.clip(r, 1e-3, 1 - 1e-3)
+    want = np.where(r > 0, np.random.default_rng(seed).beta(rc * conc, (1 - rc) * conc), 0.0)
+    np.testing.assert_array_equal(A._recall_draw(m, r, seed), want)
+    draws = np.stack([A._recall_draw(m, r, s) for s in range(4000)])
+    np.testing.assert_allclose(draws.mean(axis=0), r, atol=0.02)
+    np.testing.assert_allclose(draws.var(axis=0), r * (1 - r) / (conc + 1), rtol=0.15, atol=1e-4)
+    assert (draws[:, r == 0] == 0).all()
+    given = A._Model({"source": "class_accuracy", "labels": labels, "recall": r}, rec, labels)
+    np.testing.assert_array_equal(A._recall_draw(given, r, seed), r)
+
+
+def test_interval_is_wider_for_a_model_measured_on_fewer_validation_rows():
+    """Two models with the same recalls, one measured on 10x the validation rows: the same point
+    estimate, a narrower interval for the well-measured one; both intervals inside [0, 1]."""
+    labels = [0, 1, 2]
+    rng = np.random.default_rng(7)
+    ll = np.log(rng.dirichlet(np.ones(3), size=200))
+    rec = {"labels": labels, "counts": np.array([100, 100, 100])}
+    perfs = []
+    for scale in (1, 10):
+        C = np.array([[8, 1, 1], [2, 6, 2], [1, 1, 8]]) * scale
+        perfs.append({"source": "validation", "labels": labels, "recall": np.diag(C) / C.sum(axis=1),
+                      "confusion": C, "validation_accuracy": float(np.trace(C) / C.sum())})
+    _, acc, iv = A.estimate(ll, labels, perfs, bootstrap=200, seed=3, records=[rec, rec])
+    assert acc[0] == pytest.approx(acc[1], abs=0.05)
+    assert (iv >= 0).all() and (iv <= 1).all() and (iv[:, 0] <= iv[:, 1]).all()
+    assert iv[0, 1] - iv[0, 0] > 1.3 * (iv[1, 1] - iv[1, 0])

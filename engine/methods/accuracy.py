@@ -109,10 +109,11 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         labels = pl["labels"]
         used = sorted({j for j, n in enumerate(query.names) if n in set(pl["columns"])})
         qb = _acc.query_buckets(frame, query.names, query.kinds, used, config)
-        ll = _acc.loglik(qb, len(frame), pl, query.names, cfg.accuracy_temperature)
+        qx = _acc.query_index(qb, len(frame))     # the query's side, shared by the pool and every proxy
+        ll = _acc.loglik(qb, len(frame), pl, query.names, cfg.accuracy_temperature, qx)
         pi = None
         proxies = [_acc.own_predictions(qb, len(frame), cl, {sf: tj for tj, sf, _ in al.pairs}, labels,
-                                        query.names) for _, al, cl in labelled]
+                                        query.names, qx) for _, al, cl in labelled]
     det = {}
     pi, acc, interval = _acc.estimate(ll, labels, [cl["perf"] for _, _, cl in labelled], mixture=pi,
                                       bootstrap=cfg.accuracy_bootstrap, seed=config.seed, proxies=proxies,

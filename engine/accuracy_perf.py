@@ -1,0 +1,276 @@
+"""The model's per-class performance in a class record (engine/accuracy.py): from ``model=`` run
+on ``validation=``, a given ``confusion=`` or ``class_accuracy=``, or the class-count fallback;
+and the command line's ``--class-accuracy`` / ``--confusion`` files."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import errors as E
+from .accuracy_pool import own_predictions, query_buckets
+from .accuracy_records import MAX_CLASSES, _match_kind, _sort_key, canonical, check_labels, label_kind
+
+RECALL_PSEUDO = 8.0         # pseudo-count pulling a class's validation recall towards r0 (tuned: digits seeds 0-1)
+# a model's recall on a class it saw n times in training, relative to its best: n^b / (n^b + K^b)
+# (0 for n = 0, half at n = K); fitted on the digits zoo's tuning seeds 0-1 (bench.bench_accuracy)
+CURVE_K = 4.5
+CURVE_B = 2.0
+FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance is given
+
+
+def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
+                class_accuracy=None, columns: list[str], feature_names=None, kinds=None, config=None) -> dict:
+    """The ``perf`` part of a class record: per-class recall of the entry's model and where it came from.
+
+    With ``validation=`` and the entry's column ``kinds`` and hub ``config``, also the own-histogram
+    proxy's hits on the validation rows per class (``proxy_hits`` / ``proxy_n``): the reference the
+    query's proxy recall is compared with (:func:`shifted_recall`)."""
+    train = list(rec["labels"])
+    counts = dict(zip(train, (int(n) for n in rec["counts"])))
+    given = [n for n, v in (("validation", validation), ("confusion", confusion),
+                            ("class_accuracy", class_accuracy)) if v is not None]
+    if len(given) > 1:
+        raise E.InvalidArgumentError(f"give one of validation= (with model=), confusion= or class_accuracy=, not "
+                                     f"{' and '.join(given)}")
+    if validation is not None:
+        if model is None:
+            raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
+                                         "(a callable returning one row of logits per input row)")
+        y_true, y_pred = _run_validation(model, validation, logit_labels, train, columns, feature_names)
+        labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
+        index = {c: i for i, c in enumerate(labels)}
+        C = np.zeros((len(labels), len(labels)), dtype=np.int64)
+        np.add.at(C, (np.fromiter((index[v] for v in y_true), np.int64, len(y_true)),
+                      np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
+        perf = _perf_from_confusion(C, labels, counts, "validation")
+        if kinds is not None and config is not None:
+            perf.update(_proxy_on_validation(rec, validation, y_true, labels, columns, kinds, config, feature_names))
+        return perf
+    if confusion is not None:
+        C, labels = _check_confusion(confusion, train)
+        return _perf_from_confusion(C, labels, counts, "confusion")
+    if class_accuracy is not None:
+        if not isinstance(class_accuracy, dict) or not class_accuracy:
+            raise E.InvalidArgumentError("class_accuracy must be a non-empty dict {label: recall in [0, 1]}")
+        keys = canonical(np.array(list(class_accuracy), dtype=object), "class_accuracy labels")
+        if label_kind(keys.tolist()) != label_kind(train):   # a JSON file's keys are strings: "3" -> 3
+            keys = np.array(_match_kind(keys.tolist(), train), dtype=object)
+        vals = []
+        for k, v in zip(class_accuracy, class_accuracy.values()):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v) or not 0.0 <= float(v) <= 1.0:
+                raise E.InvalidArgumentError(f"class_accuracy[{k!r}] = {v!r}: give a recall in [0, 1]")
+            vals.append(float(v))
+        missing = [c for c in train if c not in set(keys.tolist())]
+        if missing:
+            raise E.LabelError(f"class_accuracy has no recall for training classes {missing[:10]}: give one for "
+                               "every class of the labels")
+        labels = sorted(set(train) | set(keys.tolist()), key=_sort_key)
+        r = dict(zip(keys.tolist(), vals))
+        return {"source": "class_accuracy", "labels": labels, "recall": np.array([r.get(c, 0.0) for c in labels])}
+    labels = list(train)
+    recall = FALLBACK_RMAX * curve(np.array([counts[c] for c in labels], dtype=np.float64))
+    return {"source": "fallback: class counts", "labels": labels, "recall": recall}
+
+
+def curve(n: np.ndarray) -> np.ndarray:
+    """Relative recall of a class seen ``n`` times in training (0 at n = 0, 1/2 at ``CURVE_K``)."""
+    n = np.asarray(n, dtype=np.float64)
+    return n ** CURVE_B / (n ** CURVE_B + CURVE_K ** CURVE_B)
+
+
+def _perf_from_confusion(C: np.ndarray, labels: list, counts: dict, source: str) -> dict:
+    n_val = C.sum(axis=1).astype(np.float64)
+    total = float(C.sum())
+    acc = float(np.trace(C)) / total if total else 0.0
+    r0 = acc * curve(np.array([counts.get(c, 0) for c in labels], dtype=np.float64))
+    recall = (np.diag(C).astype(np.float64) + RECALL_PSEUDO * r0) / (n_val + RECALL_PSEUDO)
+    return {"source": source, "labels": labels, "recall": recall, "confusion": C, "validation_accuracy": acc}
+
+
+def _proxy_on_validation(rec: dict, validation, y_true: np.ndarray, labels: list, columns: list[str], kinds,
+                         config, feature_names) -> dict:
+    """``proxy_hits`` / ``proxy_n`` per class of ``labels``: the own-histogram proxy's correct labels
+    and the rows of each class, over the validation rows."""
+    from .data import to_frame
+
+    vdf = to_frame(validation[0], feature_names)
+    if isinstance(validation[1], str):
+        vdf = vdf.drop(columns=[validation[1]])
+    vdf = vdf[columns]
+    qb = query_buckets(vdf, list(columns), list(kinds), list(range(len(columns))), config)
+    pred = own_predictions(qb, len(vdf), rec, {f: f for f in range(len(columns))}, labels, list(columns))
+    index = {c: i for i, c in enumerate(labels)}
+    yi = np.fromiter((index[v] for v in y_true), np.int64, len(y_true))
+    return {"proxy_hits": np.bincount(yi[pred == yi], minlength=len(labels)).astype(np.int64),
+            "proxy_n": np.bincount(yi, minlength=len(labels)).astype(np.int64)}
+
+
+def _check_confusion(confusion, train: list):
+    if isinstance(confusion, pd.DataFrame):
+        rows = canonical(np.asarray(confusion.index, dtype=object), "confusion rows").tolist()
+        cols = canonical(np.asarray(confusion.columns, dtype=object), "confusion columns").tolist()
+        if label_kind(rows) != label_kind(train):    # a CSV's header is strings: "3" -> 3
+            rows = _match_kind(rows, train)
+        if label_kind(cols) != label_kind(train):
+            cols = _match_kind(cols, train)
+        labels = sorted(set(rows) | set(cols), key=_sort_key)
+        index = {c: i for i, c in enumerate(labels)}
+        C = np.zeros((len(labels), len(labels)), dtype=np.float64)
+        vals = confusion.to_numpy(dtype=np.float64, na_value=np.nan)
+        for i, r in enumerate(rows):
+            for j, c in enumerate(cols):
+                C[index[r], index[c]] += vals[i, j]
+    else:
+        try:
+            C = np.asarray(confusion, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise E.InvalidArgumentError("confusion must be a square array (rows: true class, columns: predicted, "
+                                         "in the sorted order of the training labels) or a DataFrame") from None
+        labels = list(train)
+        if C.shape != (len(labels), len(labels)):
+            raise E.DimensionError(f"confusion has shape {C.shape}; the training labels have {len(labels)} classes: "
+                                   f"give a ({len(labels)}, {len(labels)}) array in the order {labels[:10]}, "
+                                   "or a DataFrame indexed by label")
+    if not np.isfinite(C).all() or (C < 0).any() or C.sum() <= 0:
+        raise E.InvalidArgumentError("confusion holds negative, missing or no counts: give counts (or rates) >= 0")
+    return C, labels
+
+
+def _run_validation(model, validation, logit_labels, train: list, columns: list[str], feature_names):
+    from .data import to_frame
+
+    if not isinstance(validation, (tuple, list)) or len(validation) != 2:
+        raise E.InvalidArgumentError("validation must be a (data, labels) pair: held-out rows of the model's task "
+                                     "and their true labels")
+    vdf = to_frame(validation[0], feature_names)
+    y_true = validation[1]
+    if isinstance(y_true, str):
+        if y_true not in vdf.columns:
+            raise E.LabelError(f"validation labels {y_true!r} is not a column of the validation data")
+        y_true, vdf = vdf[y_true].to_numpy(), vdf.drop(columns=[y_true])
+    y_true = check_labels(y_true, len(vdf), "validation labels")
+    missing = [c for c in columns if c not in vdf.columns]
+    if missing:
+        raise E.FeatureMismatchError(f"the validation data lacks the entry's columns {missing[:10]}: give the same "
+                                     "columns as the training data")
+    X = vdf[columns]
+    if all(pd.api.types.is_numeric_dtype(X[c]) for c in columns):
+        from .probelog import probe_model
+
+        out = probe_model(model, X.to_numpy(dtype=np.float32))
+    else:
+        try:
+            out = np.asarray(model(X), dtype=np.float32)
+        except E.FitsketchError:
+            raise
+        except Exception as e:
+            raise E.InvalidArgumentError(f"model(validation data) failed: {type(e).__name__}: {e}") from None
+        if out.ndim != 2 or out.shape[0] != len(X):
+            raise E.DimensionError(f"model returned shape {out.shape} for {len(X)} rows: return (rows, n_logits)")
+        if not np.isfinite(out).all():
+            raise E.NonFiniteError("model returned NaN or infinite logits on the validation data")
+    if logit_labels is None:
+        vocab = list(train)
+        if out.shape[1] != len(vocab):
+            raise E.LabelError(f"model has {out.shape[1]} outputs but the training labels have {len(vocab)} classes "
+                               f"({vocab[:10]}): pass logit_labels=[label of output 0, 1, ...]")
+    else:
+        if isinstance(logit_labels, (str, bytes)) or not hasattr(logit_labels, "__len__"):
+            raise E.LabelError(f"logit_labels must be a list of labels, got {type(logit_labels).__name__}")
+        vocab = canonical(np.array(list(logit_labels), dtype=object), "logit_labels").tolist()
+        if len(vocab) != out.shape[1]:
+            raise E.LabelError(f"logit_labels has {len(vocab)} labels but the model has {out.shape[1]} outputs: "
+                               "give one label per output")
+        if label_kind(vocab) != label_kind(train):
+            vocab = _match_kind(vocab, train)
+    y_pred = np.array([vocab[i] for i in out.argmax(axis=1)], dtype=object)
+    if label_kind(y_true.tolist()) != label_kind(train):
+        y_true = np.array(_match_kind(y_true.tolist(), train), dtype=object)
+    return y_true, y_pred
+
+
+MAX_PERF_FILE = 64 << 20    # bytes: a --class-accuracy / --confusion file larger than this is refused
+
+
+def _perf_path(path, flag: str):
+    import os
+
+    try:
+        size = os.stat(path).st_size
+    except OSError as e:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read ({e.strerror})") from None
+    if size > MAX_PERF_FILE:
+        raise E.LimitExceededError(f"{flag} {str(path)!r} is {size} bytes, more than {MAX_PERF_FILE}: a class "
+                                   f"table has at most {MAX_CLASSES} classes")
+    return str(path).lower()
+
+
+def read_class_accuracy(path) -> dict:
+    """``{label: recall}`` from a file (the command line's ``--class-accuracy``): a JSON object, or
+    a CSV / TSV with two columns (label, recall) and a header row. Values are checked later by
+    :func:`performance`; here only the file's shape, with InvalidArgumentError naming the problem."""
+    import json
+
+    flag = "--class-accuracy"
+    low = _perf_path(path, flag)
+    if low.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                out = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} is not valid JSON ({e}): write "
+                                         "{\"label\": recall, ...}") from None
+        if not isinstance(out, dict) or not out:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} must hold a non-empty JSON object "
+                                         "{\"label\": recall in [0, 1], ...}")
+    else:
+        df = _read_table(path, flag, index=False)
+        if df.shape[1] != 2 or len(df) == 0:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} has {df.shape[1]} columns and {len(df)} rows: give "
+                                         "two columns (label, recall) under a header row, or a .json object")
+        labels = df.iloc[:, 0].to_numpy()
+        if len(set(labels.tolist())) != len(labels):
+            raise E.LabelError(f"{flag} {str(path)!r} names a label twice: give one recall per class")
+        out = dict(zip(labels.tolist(), df.iloc[:, 1].tolist()))
+    if len(out) > MAX_CLASSES:
+        raise E.LabelError(f"{flag} {str(path)!r} holds {len(out)} classes, more than {MAX_CLASSES}")
+    return out
+
+
+def read_confusion(path):
+    """A confusion matrix from a file (the command line's ``--confusion``): a CSV / TSV with the
+    true labels in the first column and the predicted labels in the header row, or a square
+    ``.npy`` array in the sorted order of the training labels (read without pickle)."""
+    flag = "--confusion"
+    low = _perf_path(path, flag)
+    if low.endswith(".npy"):
+        try:
+            C = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read as a .npy array ({e}): save a "
+                                         "square array with numpy.save") from None
+        if C.ndim != 2 or C.shape[0] != C.shape[1] or C.dtype.kind not in "iuf":
+            raise E.InvalidArgumentError(f"{flag} {str(path)!r} holds a {C.dtype} array of shape {C.shape}: give a "
+                                         "square numeric array (rows: true class, columns: predicted)")
+        return C
+    df = _read_table(path, flag, index=True)
+    if df.shape[0] == 0 or df.shape[0] != df.shape[1] or len(df.index) > MAX_CLASSES:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} is {df.shape[0]} x {df.shape[1]}: give a square table, "
+                                     "true labels in the first column, predicted labels in the header row")
+    for what, vals in (("row", df.index), ("column", df.columns)):
+        if len(set(vals.tolist())) != len(vals):
+            raise E.LabelError(f"{flag} {str(path)!r} names a {what} label twice: give each class once")
+    if not all(pd.api.types.is_numeric_dtype(df[c]) for c in df.columns):
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} holds non-numeric cells: give counts (or rates)")
+    return df
+
+
+def _read_table(path, flag: str, index: bool) -> pd.DataFrame:
+    low = str(path).lower()
+    sep = "\t" if low.endswith((".tsv", ".tab")) else ","
+    try:
+        return pd.read_csv(path, sep=sep, index_col=0 if index else None, nrows=MAX_CLASSES + 1)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise E.InvalidArgumentError(f"{flag} {str(path)!r} cannot be read as CSV ({e}): give a .csv / .tsv "
+                                     "with a header row") from None
