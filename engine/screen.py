@@ -64,8 +64,15 @@ def record(hist: dict, names, sums, counts, seed: int) -> dict:
     fb = (feat << 32) + (bucket + _OFF)
     uniq, inv = np.unique(fb, return_inverse=True)
     c = np.bincount(inv, weights=np.asarray(hist["count"], dtype=np.float64), minlength=len(uniq))
-    return {"v": SCREEN_FORMAT, "names": name_keys(list(names), seed), "feat": _narrow(uniq >> 32, False),
-            "bucket": _narrow((uniq & 0xFFFFFFFF) - _OFF, True), "count": _narrow(np.rint(c).astype(np.int64), False),
+    return record_of(name_keys(list(names), seed), uniq >> 32, (uniq & 0xFFFFFFFF) - _OFF, c, sums, counts)
+
+
+def record_of(name_keys, feat, bucket, count, sums, counts) -> dict:
+    """The screen record of a dataset-level histogram already summed over partitions (``feat``,
+    ``bucket`` sorted and unique, ``count``) and the features' name keys: ``record`` of a batch
+    (``Hub.add_sketches``, profiles._aggregate)."""
+    return {"v": SCREEN_FORMAT, "names": np.asarray(name_keys, dtype=np.int64), "feat": _narrow(feat, False),
+            "bucket": _narrow(bucket, True), "count": _narrow(np.rint(count).astype(np.int64), False),
             "sums": np.asarray(sums, dtype=np.float64), "counts": np.asarray(counts, dtype=np.int64)}
 
 
