@@ -368,20 +368,24 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
 
 def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: int = 100,
               plan: str = "1000:exact-js,l2,js,adaptivity,coverage;10000:exact-js,l2,js,adaptivity;100000:exact-js,l2,js",
-              budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, seed: int = 0, out=print,
+              budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, exhaustive_max: int = 1_000,
+              shortlist: int | None = None, seed: int = 0, out=print,
               out_dir: Path | None = None) -> list[dict]:
     """Recall and latency of the default candidate stage on one hub of *similar* entries grown
     through ``sizes`` (bench/zoos.py ``Pool``: label-skew entries of ``data``, 400 rows, built from a
     sketched pool of class chunks, added with ``add_sketches``). ``plan``: the methods measured at
     each size. Per (size, method), up to ``n_queries`` queries (600-row class-skewed samples, the
-    same at every size) within ``budget_s`` of searching:
+    same at every size) within ``budget_s`` of searching, ``shortlist`` the hub's (default 256: the
+    stage runs above 4 x 256 = 1,024 entries, so a 1k zoo needs a smaller one to be screened at all):
 
     * the search through the default stage (``hub.explain``: its matches and what the shortlist
       kept, its stated recall, whether the margin's cap cut), timed (p50 wall and CPU);
     * references: for the exactly screened methods (exact-js, l2) the screen's own score of *every*
       entry (engine/screen.py, equal to the scorers within 1e-6: tests/test_shortlist.py) -- the
       exhaustive ranking at every size, so every query gets one; and for every method the search with
-      ``shortlist=0`` (every entry scored) on the first queries within ``exhaustive_budget_s``.
+      ``shortlist=0`` (every entry scored) on the first queries within ``exhaustive_budget_s``, at
+      sizes up to ``exhaustive_max`` (above ~8M (query column, stored feature) pairs -- 10k entries of
+      64 columns -- candidates.MAX_FEATURE_PAIRS refuses it, and one such query costs minutes here).
 
     recall@10 by score (share of the stage's top 10 scoring at least the reference's 10th best, less
     1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference."""
@@ -404,7 +408,8 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
     rows, per_query = [], []
     try:
-        with fitsketch.open(work / "h.hub") as hub:
+        cfg_kw = {} if shortlist is None else {"config": fitsketch.SketchConfig(shortlist=shortlist)}
+        with fitsketch.open(work / "h.hub", **cfg_kw) as hub:
             have = 0
             for size in sizes:
                 t_build, t_add = H.Samples(), H.Samples()
@@ -447,7 +452,7 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                             rec_s.append(r)
                             best_s.append(bf)
                             pq.update(recall_screen=r, best_screen=bf)
-                        if sum(t_f.wall) < exhaustive_budget_s:
+                        if size <= exhaustive_max and sum(t_f.wall) < exhaustive_budget_s:
                             full = t_f.call(hub.search, q, k=10, method=method, shortlist=0, **kw)
                             r, bf = _found(short, full)
                             rec_f.append(r)
@@ -475,11 +480,11 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                                    cpu_p50_ms=c50, baseline="exhaustive search (shortlist=0)", baseline_value=pf),
                              H.row(ctx, "shortlist_scale", w, method, "kept_p50", float(np.median(kept)), unit="entries",
                                    max=max(kept), capped=sum(capped), stated_recall=-1.0 if stated is None else stated)]
-                    H.write_suite(f"shortlist_scale_{data}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+                    H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows.append(H.row(ctx, "shortlist_scale", "all", "all", "wall_time", wall.elapsed(), unit="s"))
-    path = H.write_suite(f"shortlist_scale_{data}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+    path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     out(f"scale/{data}: wrote {path} ({wall.elapsed():.0f} s)")
     return rows
 
@@ -614,6 +619,9 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", choices=("digits", "mnist"), default=None,
                     help="recall + latency of the default stage on a pool zoo grown through --sizes (run_scale)")
     ap.add_argument("--plan", default=None, help="--scale: SIZE:method,method;SIZE:...")
+    ap.add_argument("--scale-shortlist", type=int, default=None, help="--scale: the hub's shortlist (default 256)")
+    ap.add_argument("--exhaustive-max", type=int, default=1_000,
+                    help="--scale: largest size given the shortlist=0 reference (above, the screen of every entry only)")
     ap.add_argument("--budget", type=float, default=240.0, help="--scale: seconds of searching per size and method")
     ap.add_argument("--exhaustive-budget", type=float, default=240.0,
                     help="--scale: seconds of shortlist=0 searches (the reference) per size and method")
@@ -621,7 +629,8 @@ def main(argv=None) -> None:
     if a.scale:
         run_scale(a.scale, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
                   **({"plan": a.plan} if a.plan else {}), budget_s=a.budget, exhaustive_budget_s=a.exhaustive_budget,
-                  seed=a.seed, out_dir=a.out)
+                  seed=a.seed, out_dir=a.out, shortlist=a.scale_shortlist,
+                  exhaustive_max=a.exhaustive_max)
     elif a.margin_kept:
         run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
     elif a.recall:

@@ -104,11 +104,14 @@ def _narrow(a: np.ndarray, signed: bool) -> np.ndarray:
     """``a`` in the narrowest integer dtype holding its values (these arrays are most of an entry)."""
     a = np.asarray(a, dtype=np.int64)
     lo, hi = (int(a.min()), int(a.max())) if len(a) else (0, 0)
-    for t in ((np.int8, np.int16, np.int32, np.int64) if signed else (np.uint8, np.uint16, np.uint32, np.uint64)):
-        info = np.iinfo(t)
-        if info.min <= lo and hi <= info.max:
+    for t, t_lo, t_hi in _LIMITS[signed]:
+        if t_lo <= lo and hi <= t_hi:
             return a.astype(t)
     raise ValueError("value out of range")  # pragma: no cover
+
+
+_LIMITS = {s: tuple((t, int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in ts) for s, ts in
+           ((True, (np.int8, np.int16, np.int32, np.int64)), (False, (np.uint8, np.uint16, np.uint32, np.uint64)))}
 
 
 def pack_hist(hist: dict, n_partitions: int, n_features: int) -> dict:

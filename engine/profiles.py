@@ -27,7 +27,8 @@ skips the shortlist (scores exhaustively) when no stored feature has one of the 
 
 Storage: database ``extra``, key ``b"p" + u64(entry id)`` -> ``{"v", "x" float16 (d,), "names"
 (name keys, int64)}`` and key ``b"k" + u64(entry id)`` -> ``{"v", "jk_params", "jk_part",
-"jk_data"}`` (the entry's JS-LSH band keys under the identity alignment, see ``record``), both
+"jk_data", "jk_small_params", "jk_small"}`` (the entry's JS-LSH band keys under the identity
+alignment, see ``record``; ``jk_small*`` since issue 24, absent in older records), both
 written in the entry's transaction. The in-memory index is derived: built
 from those records on first use and kept in step with the hub's generation (new entries by a
 range scan over ids above the last one seen, removals by a key scan).
@@ -108,7 +109,10 @@ def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -
     """The entry's two records: ``(profile, keys)``. ``profile`` = the vector and the keys of the
     names of its non-empty features (read by the index, so kept small); ``keys`` = its JS-LSH band
     keys under the identity alignment (``jk_part`` per partition, ``jk_data`` per dataset;
-    engine/jslsh.py ``own_keys``) for the hub's default ``jslsh_r/k/l`` (``jk_params``)."""
+    engine/jslsh.py ``own_keys``) for the hub's default ``jslsh_r/k/l`` (``jk_params``), and
+    ``jk_small`` per dataset for the bands a small query is scored with (``small_query_jslsh_r`` /
+    ``_l``, ``jk_small_params``): with them js screens a small query by its own score
+    (engine/screen.py) instead of a proxy."""
     from .jslsh import own_keys
 
     seed = config.seed
@@ -119,7 +123,15 @@ def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -
     return ({"v": PROFILE_FORMAT, "x": x.astype(np.float16), "names": name_keys([names[f] for f in used], seed)},
             {"v": PROFILE_FORMAT, "jk_params": [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)],
              "jk_part": own_keys(hist, len(names), n_partitions, per_dataset=False, **kw),
-             "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw)})
+             "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw),
+             "jk_small_params": small_params(config),
+             "jk_small": own_keys(hist, len(names), n_partitions, per_dataset=True,
+                                  **{**kw, "r": config.small_query_jslsh_r, "l": config.small_query_jslsh_l})})
+
+
+def small_params(config) -> list:
+    """``[r, k, l]`` of the bands a small query is scored with (methods/jslsh.py): ``jk_small_params``."""
+    return [float(config.small_query_jslsh_r), int(config.jslsh_k), int(config.small_query_jslsh_l)]
 
 
 def _aggregate(sketches) -> dict:
@@ -224,6 +236,11 @@ def records(sketches, config, device: str = "auto", agg: dict | None = None) -> 
     prun = _runs(prow, a["feat"])
     p_val = a["count"] / np.bincount(prun, weights=a["count"])[prun] / nf[a["e"]] if len(prun) else a["count"]
     part_keys = _sparse_keys(prow, j_inv[a["d_of"]], p_val, int(p_off[-1]), **kw)
+    hs = config.jslsh_k * config.small_query_jslsh_l
+    small_keys = _sparse_keys(de, j_inv, dc / tot / nf[de], n, a=gaussian_projection(seed, j_uniq >> 32, (j_uniq & 0xFFFFFFFF)
+                              - (1 << 31), hs), b=offsets(seed, hs, config.small_query_jslsh_r),
+                              r=config.small_query_jslsh_r, k=config.jslsh_k, l=config.small_query_jslsh_l)
+    small_keys = (small_keys & 0xFFFFFFFF).astype(np.uint32)
     data_keys = (data_keys & 0xFFFFFFFF).astype(np.uint32)
     part_keys = (part_keys & 0xFFFFFFFF).astype(np.uint32)
     out = []
@@ -233,7 +250,8 @@ def records(sketches, config, device: str = "auto", agg: dict | None = None) -> 
         used = np.unique(df[indptr[i]:indptr[i + 1]])
         out.append(({"v": PROFILE_FORMAT, "x": xs[i], "names": nk_all[f_off[i] + used]},
                     {"v": PROFILE_FORMAT, "jk_params": params, "jk_part": part_keys[p_off[i]:p_off[i + 1]],
-                     "jk_data": data_keys[i:i + 1]}))
+                     "jk_data": data_keys[i:i + 1], "jk_small_params": small_params(config),
+                     "jk_small": small_keys[i:i + 1]}))
     return out
 
 

@@ -273,12 +273,12 @@ def test_batched_records_equal_one_at_a_time(rng):
         bprof, bkeys = batch[i]
         assert np.array_equal(prof["names"], bprof["names"]) and bprof["x"].dtype == np.float16
         np.testing.assert_allclose(bprof["x"].astype(np.float32), prof["x"].astype(np.float32), rtol=2e-3, atol=1e-4)
-        assert bkeys["jk_params"] == keys["jk_params"]
-        for k in ("jk_part", "jk_data"):
+        assert bkeys["jk_params"] == keys["jk_params"] and bkeys["jk_small_params"] == keys["jk_small_params"]
+        for k in ("jk_part", "jk_data", "jk_small"):
             assert bkeys[k].dtype == keys[k].dtype and np.array_equal(bkeys[k], keys[k]), (i, k)
         alone = P.records([s], cfg, "cpu")[0]
         assert np.array_equal(alone[0]["x"], bprof["x"])
-        assert all(np.array_equal(alone[1][k], bkeys[k]) for k in ("jk_part", "jk_data"))
+        assert all(np.array_equal(alone[1][k], bkeys[k]) for k in ("jk_part", "jk_data", "jk_small"))
 
 
 def test_add_sketches_stores_what_add_sketch_stores(tmp_path, rng):
