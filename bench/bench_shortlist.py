@@ -320,9 +320,12 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
     in-memory index of ``distinct`` zoo entries' screen records repeated up to each size (the work
     is linear in the stored non-zeros, whatever their values), timed per method (p50 of
-    ``n_queries``), with its memory. Only the candidate stage: scoring the kept entries comes on
-    top (the hub's query p50 at the same ``shortlist``)."""
+    ``n_queries``), with its memory; "js (small query)": js's screen of a small query (the 600-row
+    queries) from the stored small-query keys, with the exact-js pass that grades it. Only the
+    candidate stage: scoring the kept entries comes on top (the hub's query p50 at the same
+    ``shortlist``)."""
     import fitsketch
+    from fitsketch import profiles as PR
     from fitsketch import screen as S
     from fitsketch.jslsh import own_keys
 
@@ -336,13 +339,16 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     sk = zoos.build(data, distinct, seed=7)
     recs = []
     for s in sk:
-        pr, keys = fitsketch.profiles.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
+        pr, keys = PR.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
         recs.append((S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), keys))
     del sk
     qs = zoos.fast_sketches(X, names, [zoos.sample_index(y, zoos.QUERY_ROWS, (7, 1, i)) for i in range(n_queries)], cfg)
     kw = dict(seed=cfg.seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l)
     own = [(own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, **kw),
             own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, **kw)) for q in qs]
+    sp = PR.small_params(cfg)                  # the 600-row queries are small: js's own bands
+    small = [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, seed=cfg.seed, r=sp[0], k=sp[1],
+                           l=sp[2])) for q in qs]
     rows = []
     idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
     for size in sizes:
@@ -353,9 +359,11 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
         mem = idx.nbytes()
         out(f"screen/{data}: {size:,} entries, index {mem / 2**20:.0f} MiB ({mem / size / 1024:.1f} KiB an entry)")
         rows.append(H.row(ctx, "shortlist_screen", w, "all", "screen_bytes_per_entry", mem / size, unit="B"))
-        for method in ("exact-js", "l2", "js", "adaptivity"):
-            t = H.time_each(lambda qo: S.select(idx.scores(qo[0], method, seed=cfg.seed, t_keys=qo[1]),
-                                                cfg.shortlist), list(zip(qs, own)))
+        for method in ("exact-js", "l2", "js", "adaptivity", "js (small query)"):
+            m = method.split(" ")[0]
+            t = H.time_each(lambda qo: S.select(idx.scores(qo[0], m, seed=cfg.seed, t_keys=qo[1] if m == method else None,
+                                                           t_small=qo[2] if m != method else None),
+                                                cfg.shortlist), list(zip(qs, own, small)))
             p50, c50 = 1e3 * t["p50_s"], 1e3 * t["cpu"]["p50_s"]
             out(f"  {method:<10} screen p50 {p50:8.1f} ms wall, {c50:8.1f} ms CPU ({1e3 * c50 / size:.2f} us CPU an entry)")
             rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_p50", p50, unit="ms", queries=t["n"]))
@@ -380,7 +388,7 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
 
     * the search through the default stage (``hub.explain``: its matches and what the shortlist
       kept, its stated recall, whether the margin's cap cut), timed (p50 wall and CPU);
-    * references: for the exactly screened methods (exact-js, l2) the screen's own score of *every*
+    * references: for the exactly screened methods (exact-js, l2, js) the screen's own score of *every*
       entry (engine/screen.py, equal to the scorers within 1e-6: tests/test_shortlist.py) -- the
       exhaustive ranking at every size, so every query gets one; and for every method the search with
       ``shortlist=0`` (every entry scored) on the first queries within ``exhaustive_budget_s``, at
@@ -391,6 +399,8 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference."""
     import fitsketch
     from fitsketch import planner
+    from fitsketch import profiles as PR
+    from fitsketch.jslsh import own_keys
 
     from . import zoos
 
@@ -444,8 +454,15 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                         capped.append(st is not None and "recall not held" in (st.detail or ""))
                         stated = None if st is None else st.recall
                         pq = {"size": size, "method": method, "query": qi, "kept": kept[-1], "capped": capped[-1]}
-                        if method in ("exact-js", "l2"):
-                            scr = idx.scores(q, method, seed=hub.config.seed)
+                        if method in ("exact-js", "l2", "js"):
+                            small = None
+                            if method == "js":      # the queries are small: js's own bands, stored with every entry
+                                sp = PR.small_params(hub.config)
+                                small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True,
+                                                      seed=hub.config.seed, r=sp[0], k=sp[1], l=sp[2]))
+                            scr = idx.scores(q, method, seed=hub.config.seed, t_small=small)
+                            if method == "js" and not scr["exact"].all():   # pragma: no cover - pool entries store jk_small
+                                raise AssertionError("js: entries screened by a proxy in a pool zoo")
                             ref = np.sort(scr["score"])[::-1][:10]
                             r = float(np.mean([m.score >= ref[-1] - 1e-6 for m in short]))
                             bf = bool(short and short[0].score >= ref[0] - 1e-6)
