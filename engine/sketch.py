@@ -15,7 +15,6 @@ Rows are shuffled with a generator seeded by the hub seed, then cut into partiti
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass, field
 
 import numpy as np
