@@ -320,9 +320,12 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     """The screen alone (engine/screen.py) at sizes no hub here can be filled to in the time: an
     in-memory index of ``distinct`` zoo entries' screen records repeated up to each size (the work
     is linear in the stored non-zeros, whatever their values), timed per method (p50 of
-    ``n_queries``), with its memory. Only the candidate stage: scoring the kept entries comes on
-    top (the hub's query p50 at the same ``shortlist``)."""
+    ``n_queries``), with its memory; "js (small query)": js's screen of a small query (the 600-row
+    queries) from the stored small-query keys, with the exact-js pass that grades it. Only the
+    candidate stage: scoring the kept entries comes on top (the hub's query p50 at the same
+    ``shortlist``)."""
     import fitsketch
+    from fitsketch import profiles as PR
     from fitsketch import screen as S
     from fitsketch.jslsh import own_keys
 
@@ -336,13 +339,16 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     sk = zoos.build(data, distinct, seed=7)
     recs = []
     for s in sk:
-        pr, keys = fitsketch.profiles.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
+        pr, keys = PR.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
         recs.append((S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), keys))
     del sk
     qs = zoos.fast_sketches(X, names, [zoos.sample_index(y, zoos.QUERY_ROWS, (7, 1, i)) for i in range(n_queries)], cfg)
     kw = dict(seed=cfg.seed, r=cfg.jslsh_r, k=cfg.jslsh_k, l=cfg.jslsh_l)
     own = [(own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, **kw),
             own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, **kw)) for q in qs]
+    sp = PR.small_params(cfg)                  # the 600-row queries are small: js's own bands
+    small = [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, seed=cfg.seed, r=sp[0], k=sp[1],
+                           l=sp[2])) for q in qs]
     rows = []
     idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
     for size in sizes:
@@ -353,9 +359,11 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
         mem = idx.nbytes()
         out(f"screen/{data}: {size:,} entries, index {mem / 2**20:.0f} MiB ({mem / size / 1024:.1f} KiB an entry)")
         rows.append(H.row(ctx, "shortlist_screen", w, "all", "screen_bytes_per_entry", mem / size, unit="B"))
-        for method in ("exact-js", "l2", "js", "adaptivity"):
-            t = H.time_each(lambda qo: S.select(idx.scores(qo[0], method, seed=cfg.seed, t_keys=qo[1]),
-                                                cfg.shortlist), list(zip(qs, own)))
+        for method in ("exact-js", "l2", "js", "adaptivity", "js (small query)"):
+            m = method.split(" ")[0]
+            t = H.time_each(lambda qo: S.select(idx.scores(qo[0], m, seed=cfg.seed, t_keys=qo[1] if m == method else None,
+                                                           t_small=qo[2] if m != method else None),
+                                                cfg.shortlist), list(zip(qs, own, small)))
             p50, c50 = 1e3 * t["p50_s"], 1e3 * t["cpu"]["p50_s"]
             out(f"  {method:<10} screen p50 {p50:8.1f} ms wall, {c50:8.1f} ms CPU ({1e3 * c50 / size:.2f} us CPU an entry)")
             rows.append(H.row(ctx, "shortlist_screen", w, method, "screen_p50", p50, unit="ms", queries=t["n"]))
@@ -366,10 +374,238 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     return rows
 
 
+def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: int = 100,
+              plan: str = "1000:exact-js,l2,js,adaptivity,coverage;10000:exact-js,l2,js,adaptivity;100000:exact-js,l2,js",
+              budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, exhaustive_max: int = 1_000,
+              shortlist: int | None = None, seed: int = 0, out=print,
+              out_dir: Path | None = None) -> list[dict]:
+    """Recall and latency of the default candidate stage on one hub of *similar* entries grown
+    through ``sizes`` (bench/zoos.py ``Pool``: label-skew entries of ``data``, 400 rows, built from a
+    sketched pool of class chunks, added with ``add_sketches``). ``plan``: the methods measured at
+    each size. Per (size, method), up to ``n_queries`` queries (600-row class-skewed samples, the
+    same at every size) within ``budget_s`` of searching, ``shortlist`` the hub's (default 256: the
+    stage runs above 4 x 256 = 1,024 entries, so a 1k zoo needs a smaller one to be screened at all):
+
+    * the search through the default stage (``hub.explain``: its matches and what the shortlist
+      kept, its stated recall, whether the margin's cap cut), timed (p50 wall and CPU);
+    * references: for the exactly screened methods (exact-js, l2, js) the screen's own score of *every*
+      entry (engine/screen.py, equal to the scorers within 1e-6: tests/test_shortlist.py) -- the
+      exhaustive ranking at every size, so every query gets one; and for every method the search with
+      ``shortlist=0`` (every entry scored) on the first queries within ``exhaustive_budget_s``, at
+      sizes up to ``exhaustive_max`` (above ~8M (query column, stored feature) pairs -- 10k entries of
+      64 columns -- candidates.MAX_FEATURE_PAIRS refuses it, and one such query costs minutes here).
+
+    recall@10 by score (share of the stage's top 10 scoring at least the reference's 10th best, less
+    1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference."""
+    import fitsketch
+    from fitsketch import planner
+    from fitsketch import profiles as PR
+    from fitsketch.jslsh import own_keys
+
+    from . import zoos
+
+    planner.SCAN_FEATURE_LIMIT = 1 << 62                 # as run_similar: the exact signature scan
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    wall = H.stopwatch().__enter__()
+    todo = {int(k): v.split(",") for k, v in (x.split(":") for x in plan.split(";"))}
+    pool = zoos.Pool(data, seed=seed)
+    pool.check()
+    X, y, names = pool.X, pool.y, pool.names
+    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    q_sk = zoos.fast_sketches(X, names, q_idx, pool.cfg)
+    out(f"scale/{data}: pool built and checked in {wall.elapsed():.0f} s; {n_queries} queries")
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
+    rows, per_query = [], []
+    try:
+        cfg_kw = {} if shortlist is None else {"config": fitsketch.SketchConfig(shortlist=shortlist)}
+        with fitsketch.open(work / "h.hub", **cfg_kw) as hub:
+            have = 0
+            for size in sizes:
+                t_build, t_add = H.Samples(), H.Samples()
+                for lo in range(have, size, 1_000):
+                    sk = t_build.call(pool.sketches, lo, min(size, lo + 1_000))
+                    t_add.call(hub.add_sketches, [(f"e{lo + i:07d}", s) for i, s in enumerate(sk)])
+                    del sk
+                have = size
+                with H.stopwatch() as sw:
+                    hub.warm()
+                b, a = sum(t_build.wall), sum(t_add.wall)
+                w = f"{data} label skew (pool), {size} entries"
+                out(f"  {size:,} entries: built {b:.0f} s, added {a:.0f} s ({len(t_add) * 1_000 / max(a, 1e-9):.0f} "
+                    f"entries/s), warm {sw.s:.1f} s")
+                rows.append(H.row(ctx, "shortlist_scale", w, "all", "add_s", a, unit="s", build_s=b, warm_s=sw.s))
+                idx = hub._synced_screen()
+                row_name = {}
+                for method in todo.get(size, []):
+                    t_s, t_f = H.Samples(), H.Samples()
+                    rec_s, best_s, rec_f, best_f, kept, capped = [], [], [], [], [], []
+                    stated = None
+                    for qi in range(n_queries):
+                        if sum(t_s.wall) + sum(t_f.wall) > budget_s + (exhaustive_budget_s if t_f.wall else 0):
+                            break
+                        cov = method == "coverage"
+                        q = X[q_idx[qi]] if cov else q_sk[qi]
+                        kw = {"feature_names": names} if cov else {}
+                        plan_ = t_s.call(hub.explain, q, k=10, method=method, **kw)
+                        short = plan_.matches
+                        st = next((x for x in plan_.stages if x.name == "shortlist"), None)
+                        kept.append(-1 if st is None else st.actual)
+                        capped.append(st is not None and "recall not held" in (st.detail or ""))
+                        stated = None if st is None else st.recall
+                        pq = {"size": size, "method": method, "query": qi, "kept": kept[-1], "capped": capped[-1]}
+                        if method in ("exact-js", "l2", "js"):
+                            small = None
+                            if method == "js":      # the queries are small: js's own bands, stored with every entry
+                                sp = PR.small_params(hub.config)
+                                small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True,
+                                                      seed=hub.config.seed, r=sp[0], k=sp[1], l=sp[2]))
+                            scr = idx.scores(q, method, seed=hub.config.seed, t_small=small)
+                            if method == "js" and not scr["exact"].all():   # pragma: no cover - pool entries store jk_small
+                                raise AssertionError("js: entries screened by a proxy in a pool zoo")
+                            ref = np.sort(scr["score"])[::-1][:10]
+                            r = float(np.mean([m.score >= ref[-1] - 1e-6 for m in short]))
+                            bf = bool(short and short[0].score >= ref[0] - 1e-6)
+                            rec_s.append(r)
+                            best_s.append(bf)
+                            pq.update(recall_screen=r, best_screen=bf)
+                        if size <= exhaustive_max and sum(t_f.wall) < exhaustive_budget_s:
+                            full = t_f.call(hub.search, q, k=10, method=method, shortlist=0, **kw)
+                            r, bf = _found(short, full)
+                            rec_f.append(r)
+                            best_f.append(bf)
+                            pq.update(recall=r, best=bf)
+                        per_query.append(pq)
+                    st_s = t_s.stats()
+                    p50, c50 = 1e3 * st_s["p50_s"], 1e3 * st_s["cpu"]["p50_s"]
+                    pf = 1e3 * t_f.stats()["p50_s"] if t_f.wall else float("nan")
+                    txt = f"  {size:>7,} {method:<10} p50 {p50:7.0f} ms (CPU {c50:6.0f}), kept p50 {np.median(kept):.0f} " \
+                          f"max {max(kept)}, capped {sum(capped)}/{len(kept)}, stated recall {stated}"
+                    if rec_s:
+                        txt += f"; vs screen of all: recall@10 {np.mean(rec_s):.3f} (min {min(rec_s):.2f}) best " \
+                               f"{sum(best_s)}/{len(best_s)}"
+                        rows += [H.row(ctx, "shortlist_scale", w, method, "recall_at_10_vs_screen", float(np.mean(rec_s)),
+                                       queries=len(rec_s), min=min(rec_s), best_found=float(np.mean(best_s)))]
+                    if rec_f:
+                        txt += f"; vs shortlist=0: recall@10 {np.mean(rec_f):.3f} (min {min(rec_f):.2f}) best " \
+                               f"{sum(best_f)}/{len(best_f)} (exhaustive p50 {pf:.0f} ms)"
+                        rows += [H.row(ctx, "shortlist_scale", w, method, "recall_at_10", float(np.mean(rec_f)),
+                                       baseline="exhaustive top 10 (shortlist=0)", baseline_value=1.0, queries=len(rec_f),
+                                       min=min(rec_f), best_found=float(np.mean(best_f)))]
+                    out(txt)
+                    rows += [H.row(ctx, "shortlist_scale", w, method, "query_p50", p50, unit="ms", queries=len(kept),
+                                   cpu_p50_ms=c50, baseline="exhaustive search (shortlist=0)", baseline_value=pf),
+                             H.row(ctx, "shortlist_scale", w, method, "kept_p50", float(np.median(kept)), unit="entries",
+                                   max=max(kept), capped=sum(capped), stated_recall=-1.0 if stated is None else stated)]
+                    H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    rows.append(H.row(ctx, "shortlist_scale", "all", "all", "wall_time", wall.elapsed(), unit="s"))
+    path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+    out(f"scale/{data}: wrote {path} ({wall.elapsed():.0f} s)")
+    return rows
+
+
+def _raw_items(path: str) -> dict:
+    """Every (key, value) of every database of the LMDB file at ``path``, as stored (bytes)."""
+    import lmdb
+
+    from fitsketch.storage.txn import DBS, DUPSORT_DBS
+
+    env = lmdb.open(path, subdir=False, readonly=True, lock=False, max_dbs=16)
+    out = {}
+    with env.begin(buffers=False) as txn:
+        for name in DBS:
+            db = env.open_db(name.encode(), txn=txn, create=False, dupsort=name in DUPSORT_DBS,
+                             dupfixed=name in DUPSORT_DBS)
+            out[name] = list(txn.cursor(db=db).iternext(keys=True, values=True))
+    env.close()
+    return out
+
+
+def _raw_write(path: str, items: dict, n_txn: int) -> None:
+    """Write ``items`` (``_raw_items``) into a new LMDB file in ``n_txn`` transactions, each database's
+    records split evenly over them (dupsort records by ``putmulti``, in stored order)."""
+    import lmdb
+
+    from fitsketch.storage.txn import DUPSORT_DBS
+
+    env = lmdb.open(path, subdir=False, max_dbs=16, map_size=1 << 34)
+    dbs = {n: env.open_db(n.encode(), dupsort=n in DUPSORT_DBS, dupfixed=n in DUPSORT_DBS) for n in items}
+    for t in range(n_txn):
+        with env.begin(write=True) as txn:
+            for n, kv in items.items():
+                part = kv[t * len(kv) // n_txn:(t + 1) * len(kv) // n_txn]
+                txn.cursor(db=dbs[n]).putmulti(part, dupdata=n not in DUPSORT_DBS)
+    env.close()
+
+
+def run_add_rate(n: int = 2_000, batch: int = 1_000, kinds=("scale32", "digits64"), out=print,
+                 out_dir: Path | None = None, quick: bool = False) -> list[dict]:
+    """Issue 21's bulk add: ``Hub.add_sketches`` of ``n`` prebuilt sketches (``batch`` a transaction)
+    against two baselines in the same run: LMDB alone writing the same bytes (every record the hub
+    stored, read back raw, written into a new file in as many transactions) and the entry-at-a-time
+    path (each entry prepared alone, parts.entry_writer, the code before batching) on ``n // 4``
+    of them. ``scale32``: bench/scale.py's 32 numeric features x 10 partitions of 500 rows (merged
+    from partition sketches of 20 families); ``digits64``: the digits zoo's 64-column entries
+    (bench/zoos.py, 400 rows, one partition). Wall and CPU time (the machine is shared)."""
+    import fitsketch
+    from fitsketch import parts as P
+
+    from . import zoos
+
+    ctx = H.context("cpu", quick)
+    env = H.environment("cpu")
+    wall = H.stopwatch().__enter__()
+    rows = []
+    for kind in kinds:
+        if kind == "scale32":
+            sk, _ = build_sketches(20, 8, n, seed=3)
+        else:
+            sk = zoos.build("digits", n, seed=3)
+        nnz = float(np.mean([len(s.hist["feat"]) for s in sk]))
+        work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-addrate-"))
+        try:
+            with fitsketch.open(work / "a.hub") as hub:
+                t_add = H.timeit(lambda: hub.add_sketches([(f"e{i:07d}", s) for i, s in enumerate(sk)], batch=batch),
+                                 repeats=1, warmup=0, cpu=True)
+                path = hub.store._file
+            items = _raw_items(path)
+            size = sum(len(k) + len(v) for kv in items.values() for k, v in kv)
+            n_txn = -(-n // batch)
+            t_raw = H.timeit(lambda: _raw_write(str(work / "raw.lmdb"), items, n_txn), repeats=1, warmup=0, cpu=True)
+            m = max(1, n // 4)
+            with fitsketch.open(work / "b.hub") as hub:
+                def one_at_a_time():
+                    ws = [P.entry_writer(hub._new_entry(f"e{i:07d}", s, {}, None, checked=True), hub.config,
+                                         hub.device, hub._entry) for i, s in enumerate(sk[:m])]
+                    hub._transact(lambda txn: [w(txn) for w in ws])
+                t_one = H.timeit(one_at_a_time, repeats=1, warmup=0, cpu=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        r_add, r_raw, r_one = n / t_add["p50_s"], n / t_raw["p50_s"], m / t_one["p50_s"]
+        c_add, c_raw, c_one = n / t_add["cpu"]["p50_s"], n / t_raw["cpu"]["p50_s"], m / t_one["cpu"]["p50_s"]
+        w = f"{kind}: {n} entries, {sk[0].n_features} features, {nnz:.0f} histogram non-zeros an entry"
+        out(f"add rate {w}: add_sketches {r_add:.0f} entries/s (CPU {c_add:.0f}/s); LMDB raw write of the same "
+            f"{size / n / 1024:.1f} KiB an entry {r_raw:.0f}/s (CPU {c_raw:.0f}/s): {r_add / r_raw:.2f}x raw; "
+            f"entry at a time {r_one:.0f}/s (CPU {c_one:.0f}/s): batched {r_add / r_one:.1f}x")
+        rows += [H.row(ctx, "add_rate", w, "add_sketches", "entries_per_s", r_add, unit="entries/s",
+                       baseline="LMDB raw write of the same records", baseline_value=r_raw, cpu_rate=c_add,
+                       baseline_cpu_rate=c_raw, bytes_per_entry=size / n),
+                 H.row(ctx, "add_rate", w, "entry at a time", "entries_per_s", r_one, unit="entries/s",
+                       baseline="add_sketches (batched)", baseline_value=r_add, cpu_rate=c_one)]
+    rows.append(H.row(ctx, "add_rate", "all", "all", "wall_time", wall.elapsed(), unit="s"))
+    path = H.write_suite("add_rate" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env)
+    out(f"add rate: wrote {path} ({wall.elapsed():.1f} s)")
+    return rows
+
+
 def suite(opts: H.Options) -> list[dict]:
     """The families workload (``python -m bench shortlist``); the flags ``--similar`` and
     ``--screen-scale`` of this module's own command line select the other two workloads."""
     x = opts.extra
+    if x.get("add_rate"):
+        return run_add_rate(x.get("entries") or (400 if opts.quick else 2_000), out_dir=opts.out_dir, quick=opts.quick)
     if x.get("screen_scale"):
         return run_screen_scale(x["screen_scale"], sizes=tuple(int(v) for v in x.get("sizes", "1000,10000,100000")
                                                                 .split(",")), out_dir=opts.out_dir)
@@ -395,15 +631,31 @@ def main(argv=None) -> None:
     ap.add_argument("--tag", default="", help="--recall: suffix of the result file")
     ap.add_argument("--margin-kept", choices=("digits", "mnist"), default=None,
                     help="entries a proxy margin keeps (screen index only; run_margin_kept)")
+    ap.add_argument("--add-rate", action="store_true",
+                    help="Hub.add_sketches entries/s against LMDB writing the same bytes (run_add_rate)")
+    ap.add_argument("--scale", choices=("digits", "mnist"), default=None,
+                    help="recall + latency of the default stage on a pool zoo grown through --sizes (run_scale)")
+    ap.add_argument("--plan", default=None, help="--scale: SIZE:method,method;SIZE:...")
+    ap.add_argument("--scale-shortlist", type=int, default=None, help="--scale: the hub's shortlist (default 256)")
+    ap.add_argument("--exhaustive-max", type=int, default=1_000,
+                    help="--scale: largest size given the shortlist=0 reference (above, the screen of every entry only)")
+    ap.add_argument("--budget", type=float, default=240.0, help="--scale: seconds of searching per size and method")
+    ap.add_argument("--exhaustive-budget", type=float, default=240.0,
+                    help="--scale: seconds of shortlist=0 searches (the reference) per size and method")
     a = ap.parse_args(argv)
-    if a.margin_kept:
+    if a.scale:
+        run_scale(a.scale, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
+                  **({"plan": a.plan} if a.plan else {}), budget_s=a.budget, exhaustive_budget_s=a.exhaustive_budget,
+                  seed=a.seed, out_dir=a.out, shortlist=a.scale_shortlist,
+                  exhaustive_max=a.exhaustive_max)
+    elif a.margin_kept:
         run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
     elif a.recall:
         run_recall(a.recall, a.entries or 1_000, a.queries or 100, tuple(a.methods.split(",")), a.shortlist, a.seed,
                    out_dir=a.out, tag=a.tag, labelled="accuracy" in a.methods)
     else:
         suite(H.options(a, entries=a.entries, similar=a.similar, queries=a.queries, methods=a.methods,
-                        screen_scale=a.screen_scale, sizes=a.sizes))
+                        screen_scale=a.screen_scale, sizes=a.sizes, add_rate=a.add_rate))
 
 
 if __name__ == "__main__":

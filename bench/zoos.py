@@ -125,3 +125,131 @@ def check(data: str, n: int = 3, pool: int = 4) -> None:
             assert np.array_equal(ref.hist[k], f.hist[k]), k
         for k in ref.coverage:
             assert np.array_equal(np.asarray(ref.coverage[k]), np.asarray(f.coverage[k])), k
+
+
+# ----------------------------------------------------------------------------- pool zoos (10k-100k entries)
+CHUNK = 10          # rows of one pool chunk
+POOL = 48           # chunks per class in the pool
+
+
+class Pool:
+    """A zoo of ``n`` similar entries built in seconds per thousand: every class of the dataset gets
+    ``POOL`` chunks of ``CHUNK`` rows (drawn with replacement from the class's rows) and each chunk
+    is sketched once -- its per-column MinHash signature, dataset-level histogram counts, column
+    sums and coverage code counts (coded around one centre, the dataset's mean, as parts that are
+    merged share ``coverage_center``). Entry ``i``: class mixture ``pi ~ Dirichlet(ALPHA)``, ``ROWS /
+    CHUNK`` chunks drawn ``multinomial(pi)`` from the classes and uniformly from each class's chunks
+    (with replacement), and its sketch *is* the sketch of the union of those rows: signatures the
+    minimum of the chunks', histogram, sums and coverage counts their sums, one partition (``ROWS``
+    <= partition_size) -- ``check`` compares it with ``fitsketch.sketch_data`` of those rows. Entries
+    differ as class-skewed samples do, in mixtures with a granularity of ``CHUNK`` rows and in which
+    rows of a class they hold (each a draw of ``ROWS / CHUNK`` of the class's ``POOL`` chunks)."""
+
+    def __init__(self, data: str, config=None, seed: int = 0, pool: int = 4):
+        import fitsketch
+        from fitsketch import coverage as _cov
+        from fitsketch.kernels.hashing import mix64, to_u32
+        from fitsketch.kernels.minhash import minhash_csr
+        from fitsketch.quantize import _NUMERIC_DOMAIN, numeric_keys
+
+        cfg = self.cfg = config or fitsketch.SketchConfig()
+        assert ROWS <= cfg.partition_size and ROWS % CHUNK == 0
+        X, y, names = dataset(data, pool)
+        self.X, self.y, self.names, self.data, self.seed = X, y, names, data, seed
+        n, d = X.shape
+        self.classes = np.unique(y)
+        rng = np.random.default_rng([seed, 77])
+        # pool chunks: (C * POOL, CHUNK) row indices, class by class
+        self.chunk_rows = np.stack([rng.choice(np.flatnonzero(y == c), CHUNK, replace=True)
+                                    for c in self.classes for _ in range(POOL)])
+        fine = numeric_keys(X, cfg.accuracy)
+        elems = to_u32(mix64(fine.reshape(-1).view(np.uint64), cfg.seed ^ _NUMERIC_DOMAIN)).reshape(X.shape)
+        uniq, inv = np.unique(elems, return_inverse=True)
+        Hm = minhash_csr(uniq.astype(np.int64), np.arange(len(uniq) + 1, dtype=np.int64), num_perm=cfg.num_perm,
+                         seed=cfg.seed, device="cpu")
+        eid = inv.reshape(X.shape)
+        rows = self.chunk_rows
+        # (chunks, d, num_perm): each column's signature = min over the chunk's rows
+        self.sig = np.min(Hm[eid[rows]], axis=1)
+        # histogram coordinates (column, bucket) numbered in sorted order, counts per chunk
+        hkey = numeric_keys(X, cfg.hist_accuracy).astype(np.int64)
+        ckey = (np.arange(d, dtype=np.int64)[None, :] << 32) + (hkey + (1 << 31))
+        self.coords, cid = np.unique(ckey, return_inverse=True)
+        cid = cid.reshape(X.shape)
+        n_chunks = len(rows)
+        self.hcount = np.zeros((n_chunks, len(self.coords)), dtype=np.float64)
+        np.add.at(self.hcount, (np.repeat(np.arange(n_chunks), CHUNK * d), cid[rows].reshape(-1)), 1.0)
+        self.csum = X[rows].sum(axis=1)                                   # (chunks, d)
+        # coverage: rows coded once around the dataset's mean; (table, code) counts per chunk
+        with np.errstate(invalid="ignore"):
+            T = np.sign(X) * np.log1p(np.minimum(np.abs(X), 1e300))
+        self.ckeys = np.array([_cov._col_key(nm, cfg.seed) * 16 for nm in names], dtype=np.int64)
+        self.center = np.nan_to_num(T.mean(axis=0))
+        codes = _cov.encode(T, self.ckeys, self.center, seed=cfg.seed, bits=cfg.coverage_bits,
+                            tables=cfg.coverage_tables, device="cpu")           # (tables, n)
+        tkey = (np.arange(codes.shape[0], dtype=np.int64)[:, None] << 32) + codes.astype(np.int64)
+        self.tcodes, tid = np.unique(tkey, return_inverse=True)
+        tid = tid.reshape(codes.shape)                                      # (tables, n)
+        self.tcount = np.zeros((n_chunks, len(self.tcodes)), dtype=np.float64)
+        np.add.at(self.tcount, (np.repeat(np.arange(n_chunks), CHUNK * codes.shape[0]),
+                                tid[:, rows].transpose(1, 2, 0).reshape(-1)), 1.0)
+        self.table_t = np.uint8 if codes.shape[0] <= 256 else np.uint16
+        self.code_max_ok = int(codes.max()) < (1 << 16)
+
+    def picks(self, i: int) -> np.ndarray:
+        """The pool chunks of entry ``i`` (with repeats)."""
+        rng = np.random.default_rng([self.seed, 0, i])
+        pi = rng.dirichlet(np.full(len(self.classes), ALPHA))
+        n_c = rng.multinomial(ROWS // CHUNK, pi)
+        return np.concatenate([c * POOL + rng.integers(0, POOL, k) for c, k in enumerate(n_c) if k])
+
+    def rows_of(self, i: int) -> np.ndarray:
+        """Row indices of entry ``i`` (its chunks' rows)."""
+        return self.chunk_rows[self.picks(i)].reshape(-1)
+
+    def sketches(self, lo: int, hi: int) -> list:
+        """Sketches of entries ``lo .. hi-1``."""
+        from fitsketch.sketch import Sketch
+
+        cfg, d = self.cfg, len(self.names)
+        out = []
+        for i in range(lo, hi):
+            p = self.picks(i)
+            w = np.bincount(p, minlength=len(self.chunk_rows)).astype(np.float64)
+            used = np.flatnonzero(w)
+            hc = w[used] @ self.hcount[used]
+            nz = np.flatnonzero(hc)
+            co = self.coords[nz]
+            hist = {"part": np.zeros(len(nz), np.int32), "feat": (co >> 32).astype(np.int32),
+                    "bucket": ((co & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
+                    "count": np.rint(hc[nz]).astype(np.uint32)}
+            tc = w[used] @ self.tcount[used]
+            tz = np.flatnonzero(tc)
+            tk = self.tcodes[tz]
+            cov = {"v": 1, "keys": self.ckeys.copy(), "center": self.center.copy(), "bits": cfg.coverage_bits,
+                   "tables": cfg.coverage_tables, "table": (tk >> 32).astype(self.table_t),
+                   "code": (tk & 0xFFFFFFFF).astype(np.uint16 if self.code_max_ok else np.uint32),
+                   "count": np.rint(tc[tz]).astype(np.uint32)}
+            n = len(p) * CHUNK
+            out.append(Sketch(cfg.sketch_key(), cfg.partition_size, list(self.names), ["numeric"] * d,
+                              self.sig[used].min(axis=0).astype(np.uint32), w[used] @ self.csum[used],
+                              np.full(d, n, dtype=np.int64), n, 1, hist, cov))
+        return out
+
+    def check(self, idx=(0, 1, 2)) -> None:
+        """Pool entries equal ``fitsketch.sketch_data`` of their rows (coverage coded around the pool's
+        centre); sums to float rounding. Raises AssertionError if not."""
+        import fitsketch
+
+        for i in idx:
+            f = self.sketches(i, i + 1)[0]
+            ref = fitsketch.sketch_data(self.X[self.rows_of(i)], self.cfg, feature_names=self.names,
+                                        coverage_center=self.center)
+            for k in ("signatures", "counts", "n_rows", "n_partitions", "names", "kinds"):
+                assert np.array_equal(np.asarray(getattr(ref, k)), np.asarray(getattr(f, k))), k
+            assert np.allclose(ref.sums, f.sums, rtol=1e-12, atol=1e-9)
+            for k in ref.hist:
+                assert np.array_equal(ref.hist[k], f.hist[k]) and ref.hist[k].dtype == f.hist[k].dtype, k
+            for k in ref.coverage:
+                a, b = np.asarray(ref.coverage[k]), np.asarray(f.coverage[k])
+                assert np.array_equal(a, b) and a.dtype == b.dtype, k

@@ -248,9 +248,9 @@ class Hub:
 
             bar = tqdm(total=len(checked), desc="add", unit="entry")
         try:
-            for lo in range(0, len(checked), batch):
-                chunk = [self._writer(name, sk, md, None) for name, sk, md in checked[lo:lo + batch]]
-                self._transact(lambda txn, chunk=chunk: [w(txn) for w in chunk])
+            for lo in range(0, len(checked), batch):   # each batch prepared at once (parts.entries_writer)
+                chunk = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
+                self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry))
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -273,14 +273,19 @@ class Hub:
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):
         """The function that writes entry ``name`` inside a write transaction (all checks done first)."""
+        return _parts.entry_writer(self._new_entry(name, sketch, metadata, fleet, embedding, probed, spaces),
+                                   self.config, self.device, self._entry)
+
+    def _new_entry(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
+                   probed=None, spaces: dict | None = None, checked: bool = False) -> _parts.NewEntry:
         name = _check_name(name)
         metadata = _check_metadata(metadata)
-        self._check_sketch(sketch)
+        if not checked:   # add_sketches checked every sketch before writing any
+            self._check_sketch(sketch)
         if sketch.classes is not None and not (spaces and "classes" in spaces):   # add_sketches: no performance
             classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
             spaces = {**(spaces or {}), "classes": {**classes, "perf": _acc.performance(classes, columns=sketch.names)}}
-        new = _parts.NewEntry(name, sketch, metadata, fleet, embedding, probed, spaces)
-        return _parts.entry_writer(new, self.config, self.device, self._entry)
+        return _parts.NewEntry(name, sketch, metadata, fleet, embedding, probed, spaces)
 
     def remove(self, name: str) -> None:
         """Delete entry ``name`` and all its sketches in one transaction."""

@@ -104,11 +104,14 @@ def _narrow(a: np.ndarray, signed: bool) -> np.ndarray:
     """``a`` in the narrowest integer dtype holding its values (these arrays are most of an entry)."""
     a = np.asarray(a, dtype=np.int64)
     lo, hi = (int(a.min()), int(a.max())) if len(a) else (0, 0)
-    for t in ((np.int8, np.int16, np.int32, np.int64) if signed else (np.uint8, np.uint16, np.uint32, np.uint64)):
-        info = np.iinfo(t)
-        if info.min <= lo and hi <= info.max:
+    for t, t_lo, t_hi in _LIMITS[signed]:
+        if t_lo <= lo and hi <= t_hi:
             return a.astype(t)
     raise ValueError("value out of range")  # pragma: no cover
+
+
+_LIMITS = {s: tuple((t, int(np.iinfo(t).min), int(np.iinfo(t).max)) for t in ts) for s, ts in
+           ((True, (np.int8, np.int16, np.int32, np.int64)), (False, (np.uint8, np.uint16, np.uint32, np.uint64)))}
 
 
 def pack_hist(hist: dict, n_partitions: int, n_features: int) -> dict:
@@ -133,6 +136,40 @@ def pack_hist(hist: dict, n_partitions: int, n_features: int) -> dict:
     c8, cxi, cxv = _bytes_and_exceptions(np.asarray(hist["count"], dtype=np.int64))
     return {"v": HIST_FORMAT, "shape": [int(n_partitions), int(n_features)], "n": _narrow(n, False),
             "b0": _narrow(bucket[start], True), "gap": g8, "xi": gxi, "xv": gxv, "c": c8, "cxi": cxi, "cxv": cxv}
+
+
+def pack_hists(e, part, feat, bucket, count, n_partitions, n_features) -> list[dict]:
+    """``pack_hist`` of every sketch of a batch at once (``Hub.add_sketches``): their histograms
+    concatenated (``e`` the sketch of each non-zero, ascending; each sketch's sorted as
+    ``pack_hist`` requires, which sketch.check_sketch has checked), ``n_partitions`` /
+    ``n_features`` per sketch. Equal to ``pack_hist`` of each (tests/test_profiles.py)."""
+    n_p, n_f = np.asarray(n_partitions, dtype=np.int64), np.asarray(n_features, dtype=np.int64)
+    m = len(n_p)
+    lo = np.searchsorted(e, np.arange(m + 1))
+    cell = part * n_f[e] + feat
+    start = np.zeros(len(e), dtype=bool)        # (sortedness: checked by sketch.check_sketch before a batch)
+    start[lo[:-1][lo[:-1] < len(e)]] = True      # every sketch's first non-zero
+    start[1:] |= cell[1:] != cell[:-1]
+    c_off = np.concatenate([[0], np.cumsum(n_p * n_f)])
+    n_all = np.bincount(c_off[e] + cell, minlength=int(c_off[-1])) if len(e) else np.zeros(int(c_off[-1]), np.int64)
+    inner = np.flatnonzero(~start)                                     # positions with a gap to the one before
+    gap = bucket[inner] - bucket[inner - 1]
+    g_lo = np.searchsorted(inner, lo)
+    s_lo = np.searchsorted(np.flatnonzero(start), lo)
+    b0 = bucket[start]
+    cnt = np.asarray(count, dtype=np.int64)
+    g_big, c_big = np.flatnonzero(gap >= 255), np.flatnonzero(cnt >= 255)
+    gb_lo, cb_lo = np.searchsorted(g_big, g_lo), np.searchsorted(c_big, lo)
+    g8 = np.where(gap >= 255, 255, gap).astype(np.uint8)
+    c8 = np.where(cnt >= 255, 255, cnt).astype(np.uint8)
+    out = []
+    for i in range(m):
+        gx, cx = g_big[gb_lo[i]:gb_lo[i + 1]], c_big[cb_lo[i]:cb_lo[i + 1]]
+        out.append({"v": HIST_FORMAT, "shape": [int(n_p[i]), int(n_f[i])], "n": _narrow(n_all[c_off[i]:c_off[i + 1]], False),
+                    "b0": _narrow(b0[s_lo[i]:s_lo[i + 1]], True), "gap": g8[g_lo[i]:g_lo[i + 1]],
+                    "xi": _narrow(gx - g_lo[i], False), "xv": _narrow(gap[gx], False), "c": c8[lo[i]:lo[i + 1]],
+                    "cxi": _narrow(cx - lo[i], False), "cxv": _narrow(cnt[cx], False)})
+    return out
 
 
 def _bytes_and_exceptions(a: np.ndarray):

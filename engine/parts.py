@@ -21,7 +21,7 @@ from . import errors as E
 from . import profiles as _profiles
 from . import screen as _screen
 from .minhash import feature_band_keys
-from .partitions import pack_hist
+from .partitions import pack_hist, pack_hists
 from .storage import from_u64, u64
 from .storage.schema import ae_key
 
@@ -54,6 +54,15 @@ class Part:
     def delete(self, txn, eid: int, rec: dict, config) -> None:
         pass
 
+    def prepare_many(self, news: list, config, device, shared: dict) -> list:
+        """``prepare`` of every entry of a batch (``Hub.add_sketches``); ``shared`` holds what parts
+        of one batch compute once for all of them (profiles._aggregate)."""
+        return [self.prepare(new, config, device) for new in news]
+
+    def write_many(self, txn, eids: list, news: list, prepared: list) -> list:
+        """``write`` of every entry of a batch, in one transaction."""
+        return [self.write(txn, eid, new, prep) for eid, new, prep in zip(eids, news, prepared)]
+
 
 class Core(Part):
     """The entry record, its name, its feature signatures and its partition histograms."""
@@ -62,6 +71,15 @@ class Core(Part):
     def prepare(self, new, config, device):
         sk = new.sketch
         return {"hist": pack_hist(sk.hist, sk.n_partitions, sk.n_features), "created": time.time()}
+
+    def prepare_many(self, news, config, device, shared):
+        a = _aggregate(news, shared)
+        if a is None:
+            return super().prepare_many(news, config, device, shared)
+        now = time.time()
+        packed = pack_hists(a["e"], a["part"], a["feat"], a["bucket"], a["count"],
+                            [n.sketch.n_partitions for n in news], [n.sketch.n_features for n in news])
+        return [{"hist": h, "created": now} for h in packed]
 
     def write(self, txn, eid, new, prepared):
         sk, k = new.sketch, u64(eid)
@@ -158,6 +176,12 @@ class Profile(Part):
         sk = new.sketch
         return _profiles.record(sk.hist, sk.names, sk.n_partitions, config, device)
 
+    def prepare_many(self, news, config, device, shared):
+        a = _aggregate(news, shared)
+        if a is None:
+            return super().prepare_many(news, config, device, shared)
+        return _profiles.records([n.sketch for n in news], config, device, agg=a)
+
     def write(self, txn, eid, new, prepared):
         prof, prof_keys = prepared
         txn.put("extra", _profiles.key(eid), prof)
@@ -176,6 +200,15 @@ class Screen(Part):
         sk = new.sketch
         return _screen.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
 
+    def prepare_many(self, news, config, device, shared):
+        a = _aggregate(news, shared)
+        if a is None:
+            return super().prepare_many(news, config, device, shared)
+        lo = np.searchsorted(a["d_e"], np.arange(len(news) + 1))
+        return [_screen.record_of(_profiles.name_keys(new.sketch.names, config.seed), a["d_feat"][lo[i]:lo[i + 1]],
+                                  a["d_bucket"][lo[i]:lo[i + 1]], a["d_count"][lo[i]:lo[i + 1]], new.sketch.sums,
+                                  new.sketch.counts) for i, new in enumerate(news)]
+
     def write(self, txn, eid, new, prepared):
         txn.put("extra", _screen.key(eid), prepared)
 
@@ -191,11 +224,33 @@ class Bands(Part):
         sig = new.sketch.signatures
         return feature_band_keys(sig, config.lsh_k, config.lsh_l), np.nonzero(sig[:, 0] != _EMPTY_SIG)[0]
 
-    def write(self, txn, eid, new, prepared):
+    def prepare_many(self, news, config, device, shared):
+        sigs = [n.sketch.signatures for n in news]
+        if not sigs:
+            return []
+        bands = feature_band_keys(np.concatenate(sigs), config.lsh_k, config.lsh_l)   # row-wise: as one at a time
+        lo = np.cumsum([0] + [len(x) for x in sigs])
+        return [(bands[lo[i]:lo[i + 1]], np.nonzero(x[:, 0] != _EMPTY_SIG)[0]) for i, x in enumerate(sigs)]
+
+    @staticmethod
+    def _postings(eid, prepared):
         bands, nonempty = prepared
         sel = bands[nonempty]                                       # (features, L) int64
-        txn.put_dups("bands", sel.reshape(-1).view(np.uint64),
-                     np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
+        return (sel.reshape(-1).view(np.uint64),
+                np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
+
+    def write(self, txn, eid, new, prepared):
+        txn.put_dups("bands", *self._postings(eid, prepared))
+
+    def write_many(self, txn, eids, news, prepared):
+        # one sorted insert of the batch's postings: LMDB inserts in key order touch each page once
+        if not eids:
+            return []
+        kv = [self._postings(eid, prep) for eid, prep in zip(eids, prepared)]
+        keys, vals = np.concatenate([k for k, _ in kv]), np.concatenate([v for _, v in kv])
+        order = np.argsort(keys)   # a dupsort key's values LMDB keeps sorted itself
+        txn.put_dups("bands", keys[order], vals[order])
+        return [None] * len(eids)
 
     def delete(self, txn, eid, rec, config):
         sig = txn.get("signatures", u64(eid))["sig"]
@@ -226,6 +281,40 @@ def entry_writer(new: NewEntry, config, device, make_entry):
         txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
         txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + new.sketch.n_features)
         return make_entry(rec)
+
+    return write
+
+
+def _aggregate(news: list, shared: dict):
+    """The batch's histograms in one COO (profiles._aggregate), computed once for the parts of a
+    batch; None when a batch cannot be aggregated (empty, over profiles.BATCH sketches, or a sketch
+    of 2^16 features or more: each is then prepared alone)."""
+    if "agg" not in shared:
+        ok = 0 < len(news) <= _profiles.BATCH and max(n.sketch.n_features for n in news) < 1 << 16
+        shared["agg"] = _profiles._aggregate([n.sketch for n in news]) if ok else None
+    return shared["agg"]
+
+
+def entries_writer(news: list, config, device, make_entry):
+    """The function that writes a batch of entries (``Hub.add_sketches``) inside one write
+    transaction, every part prepared first for the batch at once (``Part.prepare_many``); the
+    batch is written part by part (``Part.write_many``), all or nothing. Stores what
+    ``entry_writer`` of each entry in turn stores (tests/test_profiles.py)."""
+    shared: dict = {}
+    prepared = [(p, p.prepare_many(news, config, device, shared)) for p in PARTS]
+    del shared
+
+    def write(txn):
+        for new in news:
+            if txn.exists("names", new.name.encode("utf-8")):
+                raise E.EntryExistsError(f"an entry named {new.name!r} exists: remove it first or choose another name")
+        eid0 = int(txn.get("meta", b"next_id"))
+        eids = list(range(eid0, eid0 + len(news)))
+        recs = [p.write_many(txn, eids, news, prep) for p, prep in prepared][0]   # Core's: the entry records
+        txn.put("meta", b"next_id", eid0 + len(news))
+        txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + len(news))
+        txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + sum(n.sketch.n_features for n in news))
+        return [make_entry(r) for r in recs]
 
     return write
 

@@ -27,13 +27,15 @@ skips the shortlist (scores exhaustively) when no stored feature has one of the 
 
 Storage: database ``extra``, key ``b"p" + u64(entry id)`` -> ``{"v", "x" float16 (d,), "names"
 (name keys, int64)}`` and key ``b"k" + u64(entry id)`` -> ``{"v", "jk_params", "jk_part",
-"jk_data"}`` (the entry's JS-LSH band keys under the identity alignment, see ``record``), both
+"jk_data", "jk_small_params", "jk_small"}`` (the entry's JS-LSH band keys under the identity
+alignment, see ``record``; ``jk_small*`` since issue 24, absent in older records), both
 written in the entry's transaction. The in-memory index is derived: built
 from those records on first use and kept in step with the hub's generation (new entries by a
 range scan over ids above the last one seen, removals by a key scan).
 """
 from __future__ import annotations
 
+import functools
 import threading
 
 import faiss
@@ -68,7 +70,13 @@ def name_keys(names, seed: int) -> np.ndarray:
     """Stable int64 keys of feature names (63 bits of the seeded hash)."""
     if len(names) == 0:
         return np.zeros(0, dtype=np.int64)
-    return (hash_tokens(np.array([str(n) for n in names], dtype=object), seed) >> np.uint64(1)).astype(np.int64)
+    return _name_keys(tuple(str(n) for n in names), seed).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _name_keys(names: tuple, seed: int) -> np.ndarray:
+    # memo: the entries of a hub keep one schema, and hashing names costs ~70 us a call
+    return (hash_tokens(np.array(names, dtype=object), seed) >> np.uint64(1)).astype(np.int64)
 
 
 def profile(hist: dict, names, seed: int, dim: int = PROFILE_DIM) -> np.ndarray:
@@ -101,7 +109,10 @@ def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -
     """The entry's two records: ``(profile, keys)``. ``profile`` = the vector and the keys of the
     names of its non-empty features (read by the index, so kept small); ``keys`` = its JS-LSH band
     keys under the identity alignment (``jk_part`` per partition, ``jk_data`` per dataset;
-    engine/jslsh.py ``own_keys``) for the hub's default ``jslsh_r/k/l`` (``jk_params``)."""
+    engine/jslsh.py ``own_keys``) for the hub's default ``jslsh_r/k/l`` (``jk_params``), and
+    ``jk_small`` per dataset for the bands a small query is scored with (``small_query_jslsh_r`` /
+    ``_l``, ``jk_small_params``): with them js screens a small query by its own score
+    (engine/screen.py) instead of a proxy."""
     from .jslsh import own_keys
 
     seed = config.seed
@@ -112,7 +123,136 @@ def record(hist: dict, names, n_partitions: int, config, device: str = "auto") -
     return ({"v": PROFILE_FORMAT, "x": x.astype(np.float16), "names": name_keys([names[f] for f in used], seed)},
             {"v": PROFILE_FORMAT, "jk_params": [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)],
              "jk_part": own_keys(hist, len(names), n_partitions, per_dataset=False, **kw),
-             "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw)})
+             "jk_data": own_keys(hist, len(names), n_partitions, per_dataset=True, **kw),
+             "jk_small_params": small_params(config),
+             "jk_small": own_keys(hist, len(names), n_partitions, per_dataset=True,
+                                  **{**kw, "r": config.small_query_jslsh_r, "l": config.small_query_jslsh_l})})
+
+
+def small_params(config) -> list:
+    """``[r, k, l]`` of the bands a small query is scored with (methods/jslsh.py): ``jk_small_params``."""
+    return [float(config.small_query_jslsh_r), int(config.jslsh_k), int(config.small_query_jslsh_l)]
+
+
+def _aggregate(sketches) -> dict:
+    """The batch's histograms in one COO: ``e`` (entry in the batch), ``part``, ``feat``, ``bucket``,
+    ``count`` (each sketch's arrays, concatenated in order; sorted by (entry, part, feat, bucket)
+    since each sketch's are, check_sketch), ``d_of`` (each cell's dataset-level cell) and per entry
+    the dataset-level histogram (partitions summed) as ``d_e``, ``d_feat``, ``d_bucket``,
+    ``d_count``, sorted by (entry, feature, bucket) -- what every sketch's ``profile``,
+    ``own_keys(per_dataset=True)`` and screen record compute one at a time."""
+    lens = np.array([len(s.hist["feat"]) for s in sketches], dtype=np.int64)
+
+    def cat(k, t):
+        return np.concatenate([np.asarray(s.hist[k]) for s in sketches]).astype(t) if len(sketches) else np.zeros(0, t)
+
+    e = np.repeat(np.arange(len(sketches), dtype=np.int64), lens)
+    part, feat, bucket, count = cat("part", np.int64), cat("feat", np.int64), cat("bucket", np.int64), \
+        cat("count", np.float64)
+    # (entry, feature, bucket) -> one int64: entries < 2^15 a batch, features < 2^16, buckets int32
+    inv, uniq = pd.factorize((e << 48) | (feat << 32) | (bucket + (1 << 31)), sort=True)
+    d_count = np.bincount(inv, weights=count, minlength=len(uniq))
+    return {"e": e, "part": part, "feat": feat, "bucket": bucket, "count": count, "d_of": inv, "d_e": uniq >> 48,
+            "d_feat": (uniq >> 32) & 0xFFFF, "d_bucket": (uniq & 0xFFFFFFFF) - (1 << 31), "d_count": d_count}
+
+
+BATCH = 1 << 15    # entries a _aggregate may hold (the entry index takes the key's top 15 bits)
+
+
+def _runs(*keys) -> np.ndarray:
+    """Run id of every element of arrays sorted by ``keys`` (a new run where any key changes)."""
+    n = len(keys[0])
+    start = np.zeros(n, dtype=bool)
+    start[:1] = True
+    for k in keys:
+        start[1:] |= k[1:] != k[:-1]
+    return np.cumsum(start) - 1
+
+
+def _sparse_keys(rows, cols, vals, n_rows, a, b, r, k, l) -> np.ndarray:
+    """``band_keys(ceil((sqrt(P) @ a + b) / r))`` of the sparse rows ``P`` (``rows`` ascending,
+    ``cols`` ascending within a row): float32 as kernels.jslsh.project, each row summed over its own
+    non-zeros in column order (so a row's keys do not depend on the other rows of the batch)."""
+    from scipy import sparse
+
+    from .kernels.jslsh import band_keys
+
+    indptr = np.searchsorted(rows, np.arange(n_rows + 1))
+    m = sparse.csr_matrix((np.sqrt(vals).astype(np.float32), cols, indptr), shape=(n_rows, len(a)))
+    v = (m @ a + b) / np.float32(r)
+    return band_keys(np.ceil(v).astype(np.int64), k, l)
+
+
+def records(sketches, config, device: str = "auto", agg: dict | None = None) -> list[tuple[dict, dict]]:
+    """``record(...)`` of every sketch in ``sketches`` (each a Sketch, features < 2^16), computed for
+    the batch at once (``Hub.add_sketches``): one random projection over the union of the batch's
+    coordinates for the profiles and for each kind of JS-LSH band keys, as sparse products in which
+    every row is summed over its own non-zeros in coordinate order -- so an entry's records do not
+    depend on the rest of its batch (``records([s])`` is bit-equal). They equal ``record``'s (a dense
+    float32 product per entry) up to float rounding: profiles within float16 storage, band keys
+    except where rounding moves a projection across a bucket edge (tests/test_profiles.py)."""
+    from .kernels.jslsh import offsets
+
+    if len(sketches) > BATCH:
+        out = []
+        for lo in range(0, len(sketches), BATCH):
+            out += records(sketches[lo:lo + BATCH], config, device)
+        return out
+    n = len(sketches)
+    if n == 0:
+        return []
+    seed = config.seed
+    a = agg if agg is not None else _aggregate(sketches)
+    n_feat = np.array([s.n_features for s in sketches], dtype=np.int64)
+    f_off = np.concatenate([[0], np.cumsum(n_feat)])
+    nk_all = np.concatenate([name_keys(list(s.names), seed) for s in sketches])
+    de, df, db, dc = a["d_e"], a["d_feat"], a["d_bucket"], a["d_count"]
+    run = _runs(de, df)                                                 # dataset-level (entry, feature) cells
+    tot = np.bincount(run, weights=dc)[run] if len(run) else dc
+    live = np.bincount(de[np.r_[0, np.flatnonzero(np.diff(run)) + 1]], minlength=n) if len(run) else np.zeros(n, int)
+    # profiles: sqrt(p) of every dataset-level cell, projected per (name, bucket) coordinate (in sorted order)
+    name_ix, name_u = pd.factorize(nk_all, sort=True)
+    c_inv, c_uniq = pd.factorize((name_ix[f_off[de] + df].astype(np.int64) << 32) + (db + (1 << 31)), sort=True)
+    A = gaussian_projection(seed ^ _SEED_SALT, name_u[c_uniq >> 32], (c_uniq & 0xFFFFFFFF) - (1 << 31),
+                            PROFILE_DIM).astype(np.float64)
+    from scipy import sparse
+
+    order = np.lexsort((c_inv, de))
+    indptr = np.searchsorted(de, np.arange(n + 1))
+    W = sparse.csr_matrix((np.sqrt(dc / tot)[order], c_inv[order], indptr), shape=(n, len(c_uniq)))
+    X = (W @ A) / np.sqrt(np.maximum(live, 1) * PROFILE_DIM)[:, None]
+    # JS-LSH keys under the identity alignment over (feature index, bucket) coordinates, numbered in
+    # sorted order: per dataset (row = entry) and per partition (row = partition)
+    h = config.jslsh_k * config.jslsh_l
+    j_inv, j_uniq = pd.factorize((df << 32) + (db + (1 << 31)), sort=True)
+    Aj = gaussian_projection(seed, j_uniq >> 32, (j_uniq & 0xFFFFFFFF) - (1 << 31), h)
+    bj = offsets(seed, h, config.jslsh_r)
+    kw = dict(a=Aj, b=bj, r=config.jslsh_r, k=config.jslsh_k, l=config.jslsh_l)
+    nf = np.maximum(n_feat, 1).astype(np.float64)
+    data_keys = _sparse_keys(de, j_inv, dc / tot / nf[de], n, **kw)
+    n_part = np.array([s.n_partitions for s in sketches], dtype=np.int64)
+    p_off = np.concatenate([[0], np.cumsum(n_part)])
+    prow = p_off[a["e"]] + a["part"]
+    prun = _runs(prow, a["feat"])
+    p_val = a["count"] / np.bincount(prun, weights=a["count"])[prun] / nf[a["e"]] if len(prun) else a["count"]
+    part_keys = _sparse_keys(prow, j_inv[a["d_of"]], p_val, int(p_off[-1]), **kw)
+    hs = config.jslsh_k * config.small_query_jslsh_l
+    small_keys = _sparse_keys(de, j_inv, dc / tot / nf[de], n, a=gaussian_projection(seed, j_uniq >> 32, (j_uniq & 0xFFFFFFFF)
+                              - (1 << 31), hs), b=offsets(seed, hs, config.small_query_jslsh_r),
+                              r=config.small_query_jslsh_r, k=config.jslsh_k, l=config.small_query_jslsh_l)
+    small_keys = (small_keys & 0xFFFFFFFF).astype(np.uint32)
+    data_keys = (data_keys & 0xFFFFFFFF).astype(np.uint32)
+    part_keys = (part_keys & 0xFFFFFFFF).astype(np.uint32)
+    out = []
+    params = [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)]
+    xs = X.astype(np.float32).astype(np.float16)
+    for i in range(n):
+        used = np.unique(df[indptr[i]:indptr[i + 1]])
+        out.append(({"v": PROFILE_FORMAT, "x": xs[i], "names": nk_all[f_off[i] + used]},
+                    {"v": PROFILE_FORMAT, "jk_params": params, "jk_part": part_keys[p_off[i]:p_off[i + 1]],
+                     "jk_data": data_keys[i:i + 1], "jk_small_params": small_params(config),
+                     "jk_small": small_keys[i:i + 1]}))
+    return out
 
 
 class ProfileIndex:

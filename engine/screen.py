@@ -64,8 +64,15 @@ def record(hist: dict, names, sums, counts, seed: int) -> dict:
     fb = (feat << 32) + (bucket + _OFF)
     uniq, inv = np.unique(fb, return_inverse=True)
     c = np.bincount(inv, weights=np.asarray(hist["count"], dtype=np.float64), minlength=len(uniq))
-    return {"v": SCREEN_FORMAT, "names": name_keys(list(names), seed), "feat": _narrow(uniq >> 32, False),
-            "bucket": _narrow((uniq & 0xFFFFFFFF) - _OFF, True), "count": _narrow(np.rint(c).astype(np.int64), False),
+    return record_of(name_keys(list(names), seed), uniq >> 32, (uniq & 0xFFFFFFFF) - _OFF, c, sums, counts)
+
+
+def record_of(name_keys, feat, bucket, count, sums, counts) -> dict:
+    """The screen record of a dataset-level histogram already summed over partitions (``feat``,
+    ``bucket`` sorted and unique, ``count``) and the features' name keys: ``record`` of a batch
+    (``Hub.add_sketches``, profiles._aggregate)."""
+    return {"v": SCREEN_FORMAT, "names": np.asarray(name_keys, dtype=np.int64), "feat": _narrow(feat, False),
+            "bucket": _narrow(bucket, True), "count": _narrow(np.rint(count).astype(np.int64), False),
             "sums": np.asarray(sums, dtype=np.float64), "counts": np.asarray(counts, dtype=np.int64)}
 
 
@@ -147,6 +154,10 @@ class ScreenIndex:
         self._p_lo = _Grow(np.int64)                   # first stored partition key row
         self._jk_ok = _Grow(bool)
         self._jk_data = _Grow(np.uint32, l)
+        # a small query's js bands (profiles.record "jk_small"): of the first params seen, lazily sized
+        self._jks_params = None
+        self._jks_ok = _Grow(bool)
+        self._jks_data = None
         # per feature instance (entry, feature)
         self._fi_name = _Grow(np.int32)
         self._fi_row = _Grow(np.int32)
@@ -206,6 +217,7 @@ class ScreenIndex:
         names, fi_row, fi_cnt, fi_mean, fi_sq, fi_live, fi_var = [], [], [], [], [], [], []
         coord_name_pos, buckets, probs = [], [], []
         jk_ok, jk_data, part_keys, part_row, p_lo = [], [], [], [], []
+        jks_ok, jks_data = [], []
         n_fi, n_parts = f0, s0
         for r, (eid, rec, keys) in enumerate(new, start=row0):
             if rec.get("v") != SCREEN_FORMAT:
@@ -233,6 +245,13 @@ class ScreenIndex:
             ok = keys is not None and "jk_data" in keys and "jk_part" in keys
             jk_ok.append(ok)
             jk_data.append(np.asarray(keys["jk_data"], dtype=np.uint32)[0] if ok else np.zeros(self.l, np.uint32))
+            if keys is not None and "jk_small" in keys and self._jks_params is None:
+                self._jks_params = list(keys["jk_small_params"])
+                self._jks_data = _Grow(np.uint32, int(self._jks_params[2]))
+                self._jks_data.extend(np.zeros((row0, int(self._jks_params[2])), np.uint32))   # rows before: none
+            oks = (keys is not None and "jk_small" in keys and list(keys["jk_small_params"]) == self._jks_params)
+            jks_ok.append(oks)
+            jks_data.append(np.asarray(keys["jk_small"], dtype=np.uint32)[0] if oks else None)
             p_lo.append(n_parts)
             if ok:
                 pk = np.asarray(keys["jk_part"], dtype=np.uint32).reshape(-1, self.l)
@@ -263,6 +282,10 @@ class ScreenIndex:
         self._p_lo.extend(p_lo)
         self._jk_ok.extend(jk_ok)
         self._jk_data.extend(np.stack(jk_data))
+        self._jks_ok.extend(jks_ok)
+        if self._jks_data is not None:
+            w = self._jks_data.a.shape[1]
+            self._jks_data.extend(np.stack([np.zeros(w, np.uint32) if x is None else x for x in jks_data]))
         self._fi_name.extend(name_ids)
         self._fi_row.extend(np.concatenate(fi_row))
         self._fi_lo.extend(fi_lo)
@@ -285,8 +308,10 @@ class ScreenIndex:
         fi_keep = keep_row[self._fi_row.v]
         z_keep = np.repeat(fi_keep, np.diff(np.append(self._fi_lo.v, self._col.n)))
         p_keep = keep_row[self._part_row.v]
-        for g in (self.ids, self._schema, self._jk_ok, self._jk_data):
+        for g in (self.ids, self._schema, self._jk_ok, self._jk_data, self._jks_ok):
             g.keep(keep_row)
+        if self._jks_data is not None:
+            self._jks_data.keep(keep_row)
         f_cnt = np.diff(np.append(self._f_lo.v, self._fi_row.n))[keep_row]
         self._f_lo.keep(keep_row)
         self._f_lo.a[:self._f_lo.n] = np.concatenate([[0], np.cumsum(f_cnt)[:-1]])
@@ -314,17 +339,20 @@ class ScreenIndex:
         with self.lock:
             return bool((self._names.get(name_keys) >= 0).any()) and self.ids.n > 0
 
-    def scores(self, target, method: str, *, seed: int, t_keys=None) -> dict:
+    def scores(self, target, method: str, *, seed: int, t_keys=None, t_small=None) -> dict:
         """The screen of every entry sharing a column name with ``target`` (a Sketch).
 
         Returns ``{"ids", "score", "tiebreak", "exact"}`` (arrays over those entries; ``exact``:
         whether ``score`` is the method's own score, else it is the exact-js screen). ``t_keys``:
         the query's JS-LSH keys under the identity alignment, ``(jk_data (1, l), jk_part (T, l))``,
-        or None when the query's JS-LSH parameters are not the stored ones."""
+        or None when the query's JS-LSH parameters are not the stored ones. ``t_small``: for js
+        and a small query, ``(params, keys (1, l))`` of the bands it is scored with: entries that
+        stored keys of those params (``jk_small``) get js's own small-query score, ``collisions / l
+        + (1 - exact JS) / l / 2`` (methods/jslsh.py)."""
         with self.lock:
-            return self._scores(target, method, seed, t_keys)
+            return self._scores(target, method, seed, t_keys, t_small)
 
-    def _scores(self, target, method, seed, t_keys) -> dict:
+    def _scores(self, target, method, seed, t_keys, t_small=None) -> dict:
         n = self.ids.n
         rec = record(target.hist, target.names, target.sums, target.counts, seed)
         N = max(target.n_features, 1)
@@ -355,7 +383,19 @@ class ScreenIndex:
             return out
         score, tie = np.zeros(n), np.zeros(n)
         exact = np.full(n, method == "exact-js")
-        if method in ("js", "adaptivity") and t_keys is not None:
+        small_rows = None
+        if method == "js" and t_small is not None and self._jks_data is not None and list(t_small[0]) == \
+                self._jks_params:
+            t_ids = self._names.get(np.asarray(rec["names"], dtype=np.int64))
+            ident = np.array([len(x) == len(t_ids) and bool(np.array_equal(x, t_ids)) for x in self._schema_names],
+                             dtype=bool)
+            small_rows = np.flatnonzero(ident[self._schema.v] & self._jks_ok.v) if len(ident) else np.zeros(0, np.int64)
+            ls = self._jks_data.a.shape[1]
+            c = (self._jks_data.v[small_rows] == np.asarray(t_small[1], dtype=np.uint32)[0][None, :]).sum(axis=1)
+            score[small_rows] = c / ls
+            exact[small_rows] = True
+            step = 1.0 / ls
+        elif method in ("js", "adaptivity") and t_keys is not None:
             t_ids = self._names.get(np.asarray(rec["names"], dtype=np.int64))
             ident = np.array([len(s) == len(t_ids) and bool(np.array_equal(s, t_ids)) for s in self._schema_names],
                              dtype=bool)
@@ -387,6 +427,10 @@ class ScreenIndex:
         proxy = row_shared & ~exact
         # entries at 0 are graded by closeness (1 - exact JS) under one LSH step, as the scorer does
         zero = (row_shared & exact & (score == 0)) if method in ("js", "adaptivity") else np.zeros(n, bool)
+        if small_rows is not None:   # a small query: every entry graded by closeness (methods/jslsh.py)
+            zero = np.zeros(n, bool)
+            zero[small_rows] = True
+            zero &= row_shared
         if method != "l2" and (method == "exact-js" or proxy.any() or zero.any()):   # the exact-js pass
             ejs = self._exact_js(pass_args)
             score[~exact] = ejs[~exact]

@@ -14,6 +14,7 @@ Rows are shuffled with a generator seeded by the hub seed, then cut into partiti
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -348,9 +349,7 @@ def _check_coverage(cov, sk: Sketch, config: SketchConfig, bad, int_array) -> No
         raise bad(f"coverage has bits={cov['bits']!r}, tables={cov['tables']!r}; this hub codes "
                   f"{config.coverage_bits} bits in {config.coverage_tables} tables")
     keys = int_array(cov["keys"], "coverage keys")
-    want = np.concatenate([np.array([_cov._col_key(nm, config.seed) * 16], dtype=np.int64) if kind == "numeric" else
-                           _cov._col_key(nm, config.seed) * 16 + 1 + np.arange(_cov.HASH_DIMS, dtype=np.int64)
-                           for nm, kind in zip(sk.names, sk.kinds)]) if sk.names else np.zeros(0, np.int64)
+    want = _coverage_keys(tuple(sk.names), tuple(sk.kinds), config.seed)
     if keys.shape != want.shape or not np.array_equal(keys.astype(np.int64), want):
         raise bad("coverage keys do not match the sketch's columns (names and kinds)")
     center = cov["center"]
@@ -410,3 +409,18 @@ def _classes_from_record(rec: dict, n_features: int):
     except CorruptHubError:
         raise InvalidArgumentError("the sketch's class record is malformed: rebuild the sketch with labels=") from None
     return {k: (np.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in cl.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _coverage_keys(names: tuple, kinds: tuple, seed: int) -> np.ndarray:
+    """The coverage keys of columns ``names`` of ``kinds`` (coverage.column_block's), memoized: the
+    sketches of one hub keep one schema, and hashing each name costs ~70 us (add_sketches)."""
+    from . import coverage as _cov
+
+    if not names:
+        return np.zeros(0, np.int64)
+    out = np.concatenate([np.array([_cov._col_key(nm, seed) * 16], dtype=np.int64) if kind == "numeric" else
+                          _cov._col_key(nm, seed) * 16 + 1 + np.arange(_cov.HASH_DIMS, dtype=np.int64)
+                          for nm, kind in zip(names, kinds)])
+    out.flags.writeable = False
+    return out

@@ -187,9 +187,8 @@ class Txn:
         if keys.shape != values.shape or keys.ndim != 1 or keys.dtype.kind not in "iu" or values.dtype.kind not in "iu":
             raise ValueError(f"put_dups takes two equal-length 1-D integer arrays, got {keys.dtype}{keys.shape} "
                              f"and {values.dtype}{values.shape}")
-        kb = keys.astype(">u8").tobytes()
-        vb = values.astype(">u8").tobytes()
-        pairs = [(kb[i:i + 8], vb[i:i + 8]) for i in range(0, len(kb), 8)]
+        # 8-byte big-endian bytes objects, made in C (V8 items convert to bytes, zero bytes kept)
+        pairs = zip(keys.astype(">u8").view("V8").tolist(), values.astype(">u8").view("V8").tolist())
         self._writable()
         with self._txn.cursor(db=h) as cur:
             try:

@@ -225,3 +225,105 @@ def test_profile_and_used_features_equal_reference(rng, nnz):
     prof, _ = P.record(hist, names, 5, cfg, "cpu")
     used = np.unique(hist["feat"].astype(np.int64)).tolist()
     assert np.array_equal(prof["names"], P.name_keys([names[f] for f in used], seed))
+
+
+# ----------------------------------------------------------------------------- bulk add (batched records)
+def _mixed_batch(rng, cfg):
+    """Sketches of several schemas, partition counts and sizes (one of a single row), in one batch."""
+    out = []
+    for i in range(int(rng.integers(5, 9))):
+        names = [("a", "b", "c"), ("c", "a"), ("x", "b", "y", "z")][i % 3]
+        n = 1 if i == 2 else int(rng.integers(20, 400))
+        df = _frame(rng, n, loc=float(rng.normal()), names=names)
+        if i % 4 == 3:
+            df[names[0]] = rng.choice(["u", "v", "w"], n)          # a categorical column
+        out.append(_sketch(cfg, df, ps=int(rng.integers(15, 120))))
+    return out
+
+
+def test_batched_records_equal_one_at_a_time(rng):
+    """What Hub.add_sketches prepares for a batch at once equals what each entry's own prepare gives:
+    packed histograms and screen records exactly, profile vectors to float16 storage, JS-LSH band keys
+    exactly (both are float32 projections of the same values; a different summation order could move
+    one across a bucket edge, which these seeded sketches do not hit); and an entry's records do not
+    depend on the rest of its batch (records of it alone are bit-equal)."""
+    from fitsketch import parts as PT
+    from fitsketch import screen as S
+    from fitsketch.partitions import pack_hist, pack_hists
+
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    sks = _mixed_batch(rng, cfg)
+    a = P._aggregate(sks)
+    packed = pack_hists(a["e"], a["part"], a["feat"], a["bucket"], a["count"], [s.n_partitions for s in sks],
+                        [s.n_features for s in sks])
+    batch = P.records(sks, cfg, "cpu")
+    news = [PT.NewEntry(f"e{i}", s, {}) for i, s in enumerate(sks)]
+    screens = PT.Screen().prepare_many(news, cfg, "cpu", {})
+    for i, s in enumerate(sks):
+        ref = pack_hist(s.hist, s.n_partitions, s.n_features)
+        assert set(ref) == set(packed[i])
+        for k in ref:
+            assert np.array_equal(np.asarray(ref[k]), np.asarray(packed[i][k])) and \
+                np.asarray(ref[k]).dtype == np.asarray(packed[i][k]).dtype, (i, k)
+        ref_s = S.record(s.hist, s.names, s.sums, s.counts, cfg.seed)
+        for k in ref_s:
+            assert np.array_equal(np.asarray(ref_s[k]), np.asarray(screens[i][k])) and \
+                np.asarray(ref_s[k]).dtype == np.asarray(screens[i][k]).dtype, (i, k)
+        prof, keys = P.record(s.hist, s.names, s.n_partitions, cfg, "cpu")
+        bprof, bkeys = batch[i]
+        assert np.array_equal(prof["names"], bprof["names"]) and bprof["x"].dtype == np.float16
+        np.testing.assert_allclose(bprof["x"].astype(np.float32), prof["x"].astype(np.float32), rtol=2e-3, atol=1e-4)
+        assert bkeys["jk_params"] == keys["jk_params"] and bkeys["jk_small_params"] == keys["jk_small_params"]
+        for k in ("jk_part", "jk_data", "jk_small"):
+            assert bkeys[k].dtype == keys[k].dtype and np.array_equal(bkeys[k], keys[k]), (i, k)
+        alone = P.records([s], cfg, "cpu")[0]
+        assert np.array_equal(alone[0]["x"], bprof["x"])
+        assert all(np.array_equal(alone[1][k], bkeys[k]) for k in ("jk_part", "jk_data", "jk_small"))
+
+
+def test_add_sketches_stores_what_add_sketch_stores(tmp_path, rng):
+    """Two hubs given the same sketches, one through add_sketches (batched, batch=3 so batches split
+    the items unevenly) and one entry at a time through add_sketch, hold the same records under every
+    key except the add times, and search alike."""
+    import lmdb
+
+    from fitsketch.storage.codec import unpack
+    from fitsketch.storage.txn import DBS
+
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    sks = _mixed_batch(rng, cfg)
+    with fitsketch.open(tmp_path / "a.hub", config=cfg) as a, fitsketch.open(tmp_path / "b.hub", config=cfg) as b:
+        assert a.add_sketches([(f"e{i}", s, {"i": i}) for i, s in enumerate(sks)], batch=3) == len(sks)
+        for i, s in enumerate(sks):
+            b.add_sketch(f"e{i}", s, metadata={"i": i})
+        check_hub(a)
+        q = sks[0]
+        for method in ("exact-js", "js", "l2"):
+            assert [(m.name, m.score) for m in a.search(q, method=method, k=5)] == \
+                [(m.name, m.score) for m in b.search(q, method=method, k=5)]
+        files = (a.store._file, b.store._file)
+    dumps = []
+    for f in files:
+        env = lmdb.open(f, subdir=False, readonly=True, lock=False, max_dbs=16)
+        d = {}
+        with env.begin() as txn:
+            for name in DBS:
+                db = env.open_db(name.encode(), txn=txn, create=False, dupsort=name == "bands")
+                d[name] = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=db)]
+        env.close()
+        dumps.append(d)
+    for name in DBS:
+        ka, kb = [k for k, _ in dumps[0][name]], [k for k, _ in dumps[1][name]]
+        assert ka == kb, name
+        for (k, va), (_, vb) in zip(dumps[0][name], dumps[1][name]):
+            if name == "entries":
+                ra, rb = unpack(va), unpack(vb)
+                ra.pop("created"), rb.pop("created")
+                assert ra.keys() == rb.keys() and all(np.array_equal(np.asarray(ra[x]), np.asarray(rb[x]))
+                                                      if isinstance(ra[x], np.ndarray) else ra[x] == rb[x] for x in ra)
+            elif name == "extra" and k[:1] == P._PREFIX:   # the profile vector: float16 of another summation
+                ra, rb = unpack(va), unpack(vb)
+                np.testing.assert_allclose(ra["x"].astype(np.float32), rb["x"].astype(np.float32), rtol=2e-3, atol=1e-4)
+                assert np.array_equal(ra["names"], rb["names"])
+            elif name != "meta":
+                assert va == vb, (name, k)

@@ -263,9 +263,47 @@ def test_select_margin_keeps_every_proxy_within_the_margin_of_the_kth_best(rng, 
     assert info["kept"] == len(want) and info["capped"] == capped
 
 
+def test_small_query_js_is_screened_by_its_own_score(tmp_path, rng):
+    """A small query's js uses more, wider bands (small_query_jslsh_*); entries store their keys for
+    those (profiles "jk_small"), so the screen gives every same-schema entry js's own score -- equal
+    to the exhaustive search's (the same stored keys; closeness within 1e-6 x step / 2) -- and an
+    entry of another column order its exact-js proxy. On near-duplicates (class 0's share one row
+    apart) the shortlist of 3 holds the exhaustive top 3; a query that sets its own bands falls back
+    to the proxy."""
+    cfg = fitsketch.SketchConfig(shortlist=3)       # partition_size 500: a query under 4 x 500 rows is small
+    pools = _classes(rng, rows=100)
+    base = [0, 40, 30, 20]
+    shares = rng.permutation(np.arange(30, 70))
+    items = [(f"dup{c0}", fitsketch.sketch_data(_mixture(pools, [c0] + base[1:]), cfg)) for c0 in shares]
+    items.append(("perm", fitsketch.sketch_data(_mixture(pools, [50] + base[1:])[["d", "a", "c", "b"]], cfg)))
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        q = fitsketch.sketch_data(_mixture(pools, [int(rng.integers(35, 65))] + base[1:]), cfg)
+        assert q.n_rows < cfg.partition_size * cfg.query_min_partitions
+        sp = fitsketch.profiles.small_params(cfg)
+        t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, seed=cfg.seed, r=sp[0],
+                                k=sp[1], l=sp[2]))
+        scr = hub._synced_screen().scores(q, "js", seed=cfg.seed, t_small=t_small)
+        by_id = {hub.get(n).id: n for n in hub.names()}
+        full = {m.name: m.score for m in hub.search(q, k=len(items), method="js", shortlist=0)}
+        for i, sc, ex in zip(scr["ids"], scr["score"], scr["exact"]):
+            name = by_id[int(i)]
+            if name == "perm":
+                assert not ex
+            else:   # one LSH step is 1/128: a band difference is far above 5e-7
+                assert ex and sc == pytest.approx(full[name], rel=0, abs=5e-7), name
+        st = next(s for s in hub.explain(q, k=3, method="js").stages if s.name == "shortlist")
+        assert f"{len(items) - 1} screened by the method's own score" in st.detail and "1 by the exact-js" in st.detail
+        short = hub.search(q, k=3, method="js")
+        assert [m.score for m in short] == pytest.approx(sorted(full.values(), reverse=True)[:3], rel=0, abs=1e-12)
+        st = next(s for s in hub.explain(q, k=3, method="js", jslsh_l=64).stages if s.name == "shortlist")
+        assert "screened by the method's own score" not in st.detail and f"{len(items)} by the exact-js" in st.detail
+
+
 def test_small_query_proxy_margin_keeps_the_best_and_explain_says_so(tmp_path, rng, monkeypatch):
-    """A query under query_min_partitions x partition_size rows is scored with query-time JS-LSH bands,
-    which no stored key reproduces: js / adaptivity are screened by the exact-js proxy. Near-duplicate
+    """A query under query_min_partitions x partition_size rows is scored with query-time JS-LSH bands;
+    adaptivity's (per partition of the query) no stored key reproduces, so it is screened by the
+    exact-js proxy (js, since its small-query keys are stored, only for entries without them). Near-duplicate
     entries (class 0's share one row apart): with a margin covering the whole proxy range the stage
     keeps every entry and returns the exhaustive top k; the plan states the margin, what it kept and
     the rule's measured recall; a cap below that is stated as not holding recall."""
@@ -277,7 +315,7 @@ def test_small_query_proxy_margin_keeps_the_best_and_explain_says_so(tmp_path, r
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
         hub.add_sketches(items)
         q = fitsketch.sketch_data(_mixture(pools, [int(rng.integers(35, 55))] + base[1:]), cfg)
-        for method in ("js", "adaptivity"):
+        for method in ("adaptivity",):
             meth = fitsketch.methods.get(method)   # the registry's method object holds its rule
             monkeypatch.setattr(meth, "shortlist",
                                 planner.ShortlistRule(meth.shortlist.screen, True, measured_recall=0.96, margin=1.0))
@@ -294,3 +332,48 @@ def test_small_query_proxy_margin_keeps_the_best_and_explain_says_so(tmp_path, r
             st = next(s for s in hub.explain(q, k=2, method=method).stages if s.name == "shortlist")
             assert st.actual == 8 and st.recall is None and "recall not held" in st.detail
             monkeypatch.undo()
+
+
+def test_entries_stored_without_small_query_keys_are_proxies(tmp_path, rng):
+    """Entries whose keys record predates "jk_small" (simulated by removing it) are screened for a small
+    js query by the exact-js proxy, the ones added after them by js's own score -- whichever kind the
+    index met first, each entry's row holds its own keys; after removing entries of both kinds the
+    rest keep theirs."""
+    from fitsketch.profiles import keys_key
+
+    cfg = fitsketch.SketchConfig(shortlist=2)
+    pools = _classes(rng, rows=100)
+
+    def mix():
+        return fitsketch.sketch_data(_mixture(pools, rng.integers(10, 100, 4)), cfg)
+
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches([(f"old{i}", mix()) for i in range(5)])
+
+        def strip(txn):
+            for i in range(5):
+                eid = hub.get(f"old{i}").id
+                rec = dict(txn.get("extra", keys_key(eid)))
+                rec.pop("jk_small"), rec.pop("jk_small_params")
+                txn.put("extra", keys_key(eid), rec)
+        hub.store.transact(strip)
+        q = mix()
+        sp = fitsketch.profiles.small_params(cfg)
+        t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True, seed=cfg.seed, r=sp[0],
+                                k=sp[1], l=sp[2]))
+        idx = hub._synced_screen()            # loaded now: the first entries it meets have no small keys
+        hub.add_sketches([(f"new{i}", mix()) for i in range(6)])
+        hub.remove("old1")
+        hub.remove("new2")
+        for _ in range(2):
+            idx = hub._synced_screen()
+            scr = idx.scores(q, "js", seed=cfg.seed, t_small=t_small)
+            by_id = {hub.get(n).id: n for n in hub.names()}
+            full = {m.name: m.score for m in hub.search(q, k=20, method="js", shortlist=0)}
+            got = {by_id[int(i)]: (float(s), bool(x)) for i, s, x in zip(scr["ids"], scr["score"], scr["exact"])}
+            assert set(got) == set(full) == set(hub.names())
+            for name, (s, ex) in got.items():
+                assert ex == name.startswith("new"), name
+                if ex:
+                    assert s == pytest.approx(full[name], rel=0, abs=5e-7), name
+            hub._indexes = type(hub._indexes)(hub.config, hub.device)   # a fresh index (as a reopened hub): the same

@@ -70,7 +70,9 @@ class Adaptivity(_JSLSH):
 
 class JS(_JSLSH):
     name = "js"
-    # as adaptivity: digits gap 0.0148 (chosen there), MNIST-5k best within 0.0075 in every query, the
+    # a small query is screened exactly too where entries stored its bands' keys ("jk_small", since
+    # issue 24); the margin is for entries without them (older records, another column order): as
+    # adaptivity, digits gap 0.0148 (chosen there), MNIST-5k best within 0.0075 in every query, the
     # whole top 10 within 0.015 in >= 95%; recall@10 0.89 / best 95% without the margin (held out)
     shortlist = ShortlistRule("js", exact=True, measured_recall=0.89, margin=0.015)
 
@@ -114,12 +116,18 @@ def jslsh_scores(ctx, query, cands, cfg, per_dataset: bool, t_dist) -> list:
     field = "jk_data" if per_dataset else "jk_part"
     params = [float(cfg.jslsh_r), int(cfg.jslsh_k), int(cfg.jslsh_l)]
     stored_ok = params == [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)]
+    # a small query's js bands: the entries' keys stored for them (profiles.record "jk_small")
+    small_ok = per_dataset and params == _profiles.small_params(config)
     stored, slow = {}, []
     for i, (rec, al) in enumerate(cands):
-        if stored_ok and len(rec["features"]) == n_t == len(al.pairs) and all(t == s for t, s, _ in al.pairs):
+        if (stored_ok or small_ok) and len(rec["features"]) == n_t == len(al.pairs) \
+                and all(t == s for t, s, _ in al.pairs):
             prof = txn.get("extra", _profiles.keys_key(rec["id"]))
             if prof is not None and prof.get("jk_params") == params and field in prof:
                 stored[i] = np.asarray(prof[field])
+                continue
+            if small_ok and prof is not None and prof.get("jk_small_params") == params and "jk_small" in prof:
+                stored[i] = np.asarray(prof["jk_small"])
                 continue
         slow.append(i)
     score = js_lsh_scores if per_dataset else adaptivity_scores
