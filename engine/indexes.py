@@ -44,9 +44,10 @@ SAVE_FRACTION = 0.05          # ... or this share of the index, whichever is lar
 # the attributes each index class holds; the file stores exactly these (another set: not persisted)
 _SCREEN_GROW = ("ids", "_schema", "_f_lo", "_p_lo", "_jk_ok", "_jk_data", "_fi_name", "_fi_row", "_fi_lo",
                 "_fi_mean", "_fi_sq", "_fi_live", "_fi_var", "_col", "_p", "_fi", "_plog", "_part_keys",
-                "_part_row")
+                "_part_row", "_jks_ok")
+# a small query's js keys (screen.py): parameters and rows exist once an entry carried them
 _SCREEN_ATTRS = frozenset(_SCREEN_GROW + ("lock", "generation", "l", "accuracy", "_names", "_coords",
-                                          "_schema_id", "_schema_names"))
+                                          "_schema_id", "_schema_names", "_jks_params", "_jks_data"))
 _PROFILE_ATTRS = frozenset(("lock", "generation", "n", "_ids", "_x", "_schema", "_schema_id", "_schema_names",
                             "_schema_live", "_faiss", "_faiss_n", "_trained_n"))
 _PROFILE_OPTIONAL = frozenset(("_quantizer",))
@@ -248,7 +249,9 @@ def _screen_state(idx: _screen.ScreenIndex) -> dict:
     st.update(names_keys=idx._names.keys, names_ids=idx._names.ids, coords_keys=idx._coords.keys,
               coords_ids=idx._coords.ids, schema_names=names_v, schema_off=names_off)
     st["__layout__"] = layout
-    st["__meta__"] = {"l": int(idx.l), "accuracy": float(idx.accuracy)}
+    st["__meta__"] = {"l": int(idx.l), "accuracy": float(idx.accuracy), "jks_params": idx._jks_params}
+    if idx._jks_data is not None:
+        st["jks_data"] = idx._jks_data.v
     return st
 
 
@@ -271,6 +274,19 @@ def _screen_from(meta: dict, a: dict, config) -> _screen.ScreenIndex:
     for g in ("_p", "_fi", "_plog"):
         _check(getattr(idx, g).n == n_z, f"{g} is not one per stored non-zero")
     _check(idx._part_keys.n == n_p, "_part_keys is not one per partition")
+    _check(idx._jks_ok.n == n, "_jks_ok is not one per entry")
+    jp = meta.get("jks_params")
+    if jp is None:
+        _check("jks_data" not in a and not idx._jks_ok.v.any(), "small-query keys without their parameters")
+    else:
+        _check(isinstance(jp, list) and len(jp) == 3 and all(isinstance(x, (int, float)) for x in jp)
+               and isinstance(jp[2], int) and 0 < jp[2] <= 4096, "small-query key parameters are malformed")
+        v = a.get("jks_data")
+        _check(v is not None and v.dtype == np.uint32 and v.shape == (n, jp[2]), "small-query keys are not one "
+               "row of the bands per entry")
+        idx._jks_params = list(jp)
+        idx._jks_data = _screen._Grow(np.uint32, jp[2])
+        idx._jks_data.a, idx._jks_data.n = v, len(v)
     ids = idx.ids.v
     _check(n == meta.get("entries") and bool(np.all(np.diff(ids) > 0)) and (n == 0 or ids[0] >= 0),
            "entry ids are not increasing")

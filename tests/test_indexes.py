@@ -168,7 +168,7 @@ def test_index_read_from_file_equals_rebuilt_and_follows_adds_and_removes(tmp_pa
         assert _screens(hub, q) == got
 
 
-@pytest.mark.parametrize("how", ["corrupt", "foreign", "newer", "params", "layout"])
+@pytest.mark.parametrize("how", ["corrupt", "foreign", "newer", "params", "layout", "small_keys", "small_params"])
 def test_stale_or_damaged_index_file_is_rebuilt(tmp_path, rng, always_save, monkeypatch, how):
     cfg = fitsketch.SketchConfig(shortlist=2)
     path, other = tmp_path / "h.hub", tmp_path / "o.hub"
@@ -192,6 +192,15 @@ def test_stale_or_damaged_index_file_is_rebuilt(tmp_path, rng, always_save, monk
     elif how == "params":
         meta, arrays = read_arrays(str(f))
         meta["params"]["hist_accuracy"] /= 2
+        write_arrays(str(f), meta, arrays)
+    elif how == "small_keys":                    # a small query's js keys: a row short
+        meta, arrays = read_arrays(str(f))
+        assert meta["jks_params"] is not None and arrays["jks_data"].shape[0] == 6
+        arrays["jks_data"] = np.ascontiguousarray(arrays["jks_data"][:5])
+        write_arrays(str(f), meta, arrays)
+    elif how == "small_params":                  # ... or their parameters malformed
+        meta, arrays = read_arrays(str(f))
+        meta["jks_params"] = meta["jks_params"][:2]
         write_arrays(str(f), meta, arrays)
     elif how == "layout":                        # the screen index gained an attribute
         monkeypatch.setattr(I, "_SCREEN_ATTRS", I._SCREEN_ATTRS | {"_new_field"})
