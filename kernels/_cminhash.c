@@ -291,7 +291,8 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
     size_t lookups = 0, hits = 0;
     if (check_buffers(&a, &b, &k) < 0) goto done;
     if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
-    seq = PySequence_Fast(sets, "sets must be a sequence");
+    /* a tuple of its own: Python code run below (a set given as a generator) cannot shrink it */
+    seq = PySequence_Tuple(sets);
     if (!seq) goto done;
     Py_ssize_t n_sets = PySequence_Fast_GET_SIZE(seq);
     if (out.len != n_sets * k * 4) { PyErr_SetString(PyExc_ValueError, "out must hold len(sets) * num_perm uint32"); goto done; }

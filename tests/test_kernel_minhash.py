@@ -316,3 +316,23 @@ def test_c_tokens_of_generators_that_free_their_tokens(rng):
     assert minhash._c.ms_tokens([(f"t{v}" for v in r) for r in rows], minhash._hash_key(seed).encode("ascii"),
                                 a, b, sig)
     np.testing.assert_array_equal(sig, ref)
+
+
+@needs_c
+def test_c_tokens_when_a_generator_empties_the_list_of_sets(rng):
+    """A set given as a generator runs Python code inside the kernel; when that code empties the
+    caller's list of sets, the kernel still signs the sets the list held when it was called."""
+    seed = int(rng.integers(1 << 31))
+    expect = [["x", "y"], ["a"], [f"z{int(v)}" for v in rng.integers(0, 1000, size=5)]]
+    outer = []
+
+    def gen():
+        outer.clear()
+        yield "a"
+
+    outer.extend([expect[0], gen(), expect[2]])
+    values, offsets = minhash.tokens_to_csr(expect, seed=seed)
+    a, b = minhash.multiply_shift_params(7, seed)
+    sig = np.empty((3, 7), dtype=np.uint32)
+    assert minhash._c.ms_tokens(outer, minhash._hash_key(seed).encode("ascii"), a, b, sig)
+    np.testing.assert_array_equal(sig, minhash_reference(values, offsets, 7, seed, family="ms64"))
