@@ -283,3 +283,56 @@ def test_cuda_equals_reference(rng, n_sets, family):
     a, b = minhash._params(32, 4, family)
     got = minhash._minhash_torch(*(_t(v).cuda() for v in (values, offsets, a, b)), family=family)
     np.testing.assert_array_equal(got.cpu().numpy(), ref.astype(np.int64))
+
+
+@needs_c
+def test_c_tokens_cache_over_many_sets_equals_reference(rng):
+    """The per-call token cache over enough sets that it warms up, stays on (shared vocabulary
+    objects recur) or turns itself off (every token a new object): the same signatures as
+    tokens_to_csr then the reference, whichever happens."""
+    vocab = [f"w{int(v)}-{i}" for i, v in enumerate(rng.integers(0, 1 << 40, size=3001))]
+    shared = [[vocab[j] for j in rng.integers(0, len(vocab), size=int(rng.integers(0, 1300)))] for _ in range(97)]
+    fresh = [[w[:-1] + w[-1] for w in s] for s in shared]   # same strings, new objects
+    seed = int(rng.integers(1 << 31))
+    values, offsets = minhash.tokens_to_csr(shared, seed=seed)
+    ref = minhash_reference(values, offsets, 3, seed, family="ms64")
+    np.testing.assert_array_equal(minhash.minhash(shared, 3, seed, device="cpu"), ref)
+    np.testing.assert_array_equal(minhash.minhash(fresh, 3, seed, device="cpu"), ref)
+    mixed = [s if i % 2 else f for i, (s, f) in enumerate(zip(shared, fresh))]
+    np.testing.assert_array_equal(minhash.minhash(mixed, 3, seed, device="cpu"), ref)
+
+
+@needs_c
+def test_c_tokens_of_generators_that_free_their_tokens(rng):
+    """Sets given as generators of new strings: each set's tokens die with it and the next set's
+    new strings can take their addresses. A cache keyed by address must not give a dead token's
+    element to the new string living there."""
+    rows = [[int(v) for v in rng.integers(0, 1 << 30, size=int(rng.integers(0, 60)))] for _ in range(301)]
+    seed = int(rng.integers(1 << 31))
+    values, offsets = minhash.tokens_to_csr([[f"t{v}" for v in r] for r in rows], seed=seed)
+    ref = minhash_reference(values, offsets, 5, seed, family="ms64")
+    a, b = minhash.multiply_shift_params(5, seed)
+    sig = np.empty((len(rows), 5), dtype=np.uint32)   # the kernel itself (minhash() makes lists first)
+    assert minhash._c.ms_tokens([(f"t{v}" for v in r) for r in rows], minhash._hash_key(seed).encode("ascii"),
+                                a, b, sig)
+    np.testing.assert_array_equal(sig, ref)
+
+
+@needs_c
+def test_c_tokens_when_a_generator_empties_the_list_of_sets(rng):
+    """A set given as a generator runs Python code inside the kernel; when that code empties the
+    caller's list of sets, the kernel still signs the sets the list held when it was called."""
+    seed = int(rng.integers(1 << 31))
+    expect = [["x", "y"], ["a"], [f"z{int(v)}" for v in rng.integers(0, 1000, size=5)]]
+    outer = []
+
+    def gen():
+        outer.clear()
+        yield "a"
+
+    outer.extend([expect[0], gen(), expect[2]])
+    values, offsets = minhash.tokens_to_csr(expect, seed=seed)
+    a, b = minhash.multiply_shift_params(7, seed)
+    sig = np.empty((3, 7), dtype=np.uint32)
+    assert minhash._c.ms_tokens(outer, minhash._hash_key(seed).encode("ascii"), a, b, sig)
+    np.testing.assert_array_equal(sig, minhash_reference(values, offsets, 7, seed, family="ms64"))
