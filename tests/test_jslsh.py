@@ -108,3 +108,33 @@ def test_stored_keys_equal_query_time_projection(tmp_path, rng, monkeypatch):
                     assert abs(fast[name][1]["band_agreement"] - slow[name][1]["band_agreement"]) <= 1 / cfg.jslsh_l
                 else:
                     assert abs(fast[name][1]["bands_collided"] - slow[name][1]["bands_collided"]) <= 1
+
+
+def test_small_query_reads_each_candidates_histograms_once_and_scores_alike(tmp_path, rng, monkeypatch):
+    """A small query's adaptivity / js: the entries scored by query-time projection get their
+    closeness from the histograms the LSH step read (one read each), with exactly the scores of
+    reading them again for closeness (within 1e-12: the JS pass sums a different batch of
+    candidates, which moves the last bits); entries with other columns or orders take that path."""
+    from fitsketch.methods import base as B, jslsh as MJ
+
+    cfg = fitsketch.SketchConfig()
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        n = int(rng.integers(5, 10))
+        for i in range(n):   # odd sizes; some entries with another column order or an extra column
+            names = ("a", "b", "c") if i % 3 == 0 else (("c", "a", "b") if i % 3 == 1 else ("a", "b", "c", "d"))
+            hub.add_sketch(f"m{i}", _sketch(cfg, _frame(rng, 150 + 37 * i, loc=0.3 * i, names=names)))
+        q = _frame(rng, int(rng.integers(20, 60)), loc=float(rng.uniform(0, 2)))
+        reads = []
+        real = B.source_hist
+        monkeypatch.setattr(MJ, "source_hist", lambda txn, rec: reads.append(rec["id"]) or real(txn, rec))
+        for method in ("adaptivity", "js"):
+            reads.clear()
+            once = [(m.name, m.score, m.evidence.get("closeness")) for m in hub.search(q, k=n, method=method)]
+            assert len(once) == n and all(c is not None for _, _, c in once)
+            assert len(reads) == len(set(reads)) and len(reads) >= n // 3   # each read at most once here
+            real_scores = MJ.jslsh_scores
+            monkeypatch.setattr(MJ, "jslsh_scores", lambda *a, closeness_out=None, **kw: real_scores(*a, **kw))
+            twice = [(m.name, m.score, m.evidence.get("closeness")) for m in hub.search(q, k=n, method=method)]
+            monkeypatch.setattr(MJ, "jslsh_scores", real_scores)
+            assert [x[0] for x in once] == [x[0] for x in twice]
+            assert np.allclose([x[1:] for x in once], [x[1:] for x in twice], rtol=0, atol=1e-12)

@@ -140,15 +140,25 @@ class Method:
 _SCORE_CHUNK = 1024    # candidates whose histograms are read and scored at a time (exact-js, l2, JS-LSH)
 
 
-def source_dist(txn, rec: dict, al, n_t: int, per_dataset: bool):
-    """An entry's stored partition histograms as distributions over the query's feature order."""
-    from ..partitions import aligned_distributions, unpack_hist   # the kernels: loaded by a search, not by the registry
+def source_dist(txn, rec: dict, al, n_t: int, per_dataset: bool, hist: dict | None = None):
+    """An entry's stored partition histograms as distributions over the query's feature order
+    (``hist``: the entry's histograms already read by ``source_hist``, so a scorer that needs two
+    views of them reads and decodes them once)."""
+    from ..partitions import aligned_distributions   # the kernels: loaded by a search, not by the registry
 
     fmap = np.full(len(rec["features"]), -1, dtype=np.int64)
     for tj, sf, _ in al.pairs:
         fmap[sf] = tj
-    hist = unpack_hist(txn.get("histograms", u64(rec["id"])))
+    if hist is None:
+        hist = source_hist(txn, rec)
     return aligned_distributions(hist, fmap, n_t, per_dataset=per_dataset, n_partitions=rec["n_partitions"])
+
+
+def source_hist(txn, rec: dict) -> dict:
+    """An entry's stored partition histograms, read and unpacked."""
+    from ..partitions import unpack_hist
+
+    return unpack_hist(txn.get("histograms", u64(rec["id"])))
 
 
 def chunks(n: int):

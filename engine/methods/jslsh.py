@@ -9,7 +9,7 @@ from .. import profiles as _profiles
 from ..jslsh import (adaptivity_scores, below_one_step, exact_js_scores, graded_adaptivity, js_lsh_scores,
                      lsh_band_keys, own_keys)
 from ..partitions import aligned_distributions
-from .base import HISTOGRAMS, Method, ShortlistRule, chunks, source_dist
+from .base import HISTOGRAMS, Method, ShortlistRule, chunks, source_dist, source_hist
 
 
 class _JSLSH(Method):
@@ -25,11 +25,13 @@ class _JSLSH(Method):
         small = query.n_rows < config.partition_size * cfg.query_min_partitions
         if small and (cfg.jslsh_l, cfg.jslsh_r) == (config.jslsh_l, config.jslsh_r):
             cfg = cfg.replace(jslsh_l=cfg.small_query_jslsh_l, jslsh_r=cfg.small_query_jslsh_r)
-        scores = jslsh_scores(ctx, query, cands, cfg, self.per_dataset, t_dist)
-        lsh, step = self.grade(scores, query, cfg)
         # a small query grades every entry by closeness under the LSH step; a larger one only the
-        # entries at 0 (the others keep their stored-key fast path)
-        close = closeness(ctx.txn, query, cands, lsh, every=small)
+        # entries at 0 (the others keep their stored-key fast path). Entries whose histograms the
+        # LSH step reads anyway get their closeness there (one read and decode, not two).
+        known = {} if small else None
+        scores = jslsh_scores(ctx, query, cands, cfg, self.per_dataset, t_dist, closeness_out=known)
+        lsh, step = self.grade(scores, query, cfg)
+        close = closeness(ctx.txn, query, cands, lsh, every=small, known=known)
         results = []
         for i, ((rec, al), sc) in enumerate(zip(cands, scores)):
             ev = self.evidence(sc, rec, query)
@@ -86,16 +88,18 @@ class JS(_JSLSH):
 ADAPTIVITY, JS_METHOD = Adaptivity(), JS()
 
 
-def closeness(txn, query, cands, lsh: list[float], every: bool = False) -> dict[int, float]:
+def closeness(txn, query, cands, lsh: list[float], every: bool = False, known: dict | None = None
+              ) -> dict[int, float]:
     """{candidate index: 1 - exact JS divergence of the dataset-level distributions} for every
     candidate, or (``every=False``) for those whose LSH score is 0 (only those histograms are
-    read). It never depends on the other candidates, so shards merge to the one hub's order."""
-    need = [i for i, v in enumerate(lsh) if every or v == 0.0]
+    read; ``known``: values already computed, kept as they are). It never depends on the other
+    candidates, so shards merge to the one hub's order."""
+    out = dict(known or {})
+    need = [i for i, v in enumerate(lsh) if (every or v == 0.0) and i not in out]
     if not need:
-        return {}
+        return out
     n_t = query.n_features
-    t_dist = aligned_distributions(query.hist, np.arange(n_t, dtype=np.int64), n_t, per_dataset=True)
-    out = {}
+    t_dist = _query_data_dist(query)
     for r in chunks(len(need)):
         part = need[r.start:r.stop]
         js = exact_js_scores([t_dist] + [source_dist(txn, *cands[i], n_t, True) for i in part])
@@ -103,13 +107,20 @@ def closeness(txn, query, cands, lsh: list[float], every: bool = False) -> dict[
     return out
 
 
-def jslsh_scores(ctx, query, cands, cfg, per_dataset: bool, t_dist) -> list:
+def _query_data_dist(query):
+    n_t = query.n_features
+    return aligned_distributions(query.hist, np.arange(n_t, dtype=np.int64), n_t, per_dataset=True)
+
+
+def jslsh_scores(ctx, query, cands, cfg, per_dataset: bool, t_dist, closeness_out: dict | None = None) -> list:
     """adaptivity_scores / js_lsh_scores of every candidate, in order.
 
     A candidate whose alignment is the identity over all of its and the query's features is
     compared through the band keys stored with it (engine/profiles.py, ``own_keys``) when the
     query uses the hub's JS-LSH parameters: its histograms are not read or projected. The
-    others are projected together with the query at query time (one batched product).
+    others are projected together with the query at query time (one batched product); with
+    ``closeness_out`` (a dict) their ``closeness`` is computed from the same read histograms and
+    stored there by candidate index.
     """
     txn, config = ctx.txn, ctx.config
     n_t = query.n_features
@@ -140,7 +151,15 @@ def jslsh_scores(ctx, query, cands, cfg, per_dataset: bool, t_dist) -> list:
     if slow:
         for r in chunks(len(slow)):
             part = slow[r.start:r.stop]
-            s_dists = [source_dist(txn, *cands[i], n_t, per_dataset) for i in part]
+            hists = [source_hist(txn, cands[i][0]) for i in part]
+            s_dists = [source_dist(txn, *cands[i], n_t, per_dataset, hist=h) for i, h in zip(part, hists)]
+            if closeness_out is not None:
+                d_dists = s_dists if per_dataset else [source_dist(txn, *cands[i], n_t, True, hist=h)
+                                                       for i, h in zip(part, hists)]
+                js = exact_js_scores([_query_data_dist(query)] + d_dists)
+                closeness_out.update({i: 1.0 - float(v) for i, v in zip(part, js)})
+                del d_dists
+            del hists
             keys, offs = lsh_band_keys([t_dist] + s_dists, seed=config.seed, r=cfg.jslsh_r,
                                        k=cfg.jslsh_k, l=cfg.jslsh_l, device=ctx.device)
             s_keys = [keys[offs[j]:offs[j + 1]] for j in range(1, len(offs) - 1)]
