@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .kernels.hashing import hash_tokens
-from .kernels.rowcodes import code_counts, coverage_score, hyperplanes, row_codes
+from .kernels.rowcodes import code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
 
 COVERAGE_FORMAT = 1
 HASH_DIMS = 8
@@ -143,7 +143,8 @@ def _sum_counts(a: dict, b: dict) -> dict:
     keys = np.concatenate([key_a, key_b])
     counts = np.concatenate([a["count"], b["count"]]).astype(np.int64)
     uniq, inv = np.unique(keys, return_inverse=True)
-    summed = np.bincount(inv, weights=counts, minlength=len(uniq)).astype(np.uint32)
+    # summed counts of the union, as narrow as code_counts stores them (merged sketches were uint32)
+    summed = narrow_counts(np.minimum(np.bincount(inv, weights=counts, minlength=len(uniq)), 2 ** 32 - 1))
     table_t = np.result_type(a["table"].dtype, b["table"].dtype)
     code_t = np.result_type(a["code"].dtype, b["code"].dtype)
     return {"center": a["center"], "table": (uniq >> 32).astype(table_t),

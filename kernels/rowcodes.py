@@ -176,10 +176,14 @@ def code_counts(codes: np.ndarray) -> dict:
     # counts too: most codes hold a row or two, so uint8 where every count fits (a quarter of the
     # uint32 bytes: ~52 of an entry's 263 KiB on 5,000 real-valued rows x 32 columns); readers
     # widen before any arithmetic (source_counts, coverage_score, coverage._sum_counts)
-    top = int(cnt.max()) if len(cnt) else 0
-    count_t = np.uint8 if top < (1 << 8) else np.uint16 if top < (1 << 16) else np.uint32
     return {"table": (uniq >> 32).astype(table_t), "code": (uniq & 0xFFFFFFFF).astype(code_t),
-            "count": cnt.astype(count_t)}
+            "count": narrow_counts(cnt)}
+
+
+def narrow_counts(cnt: np.ndarray) -> np.ndarray:
+    """Non-negative counts (below 2^32) in the narrowest of uint8 / uint16 / uint32 holding them all."""
+    top = int(cnt.max()) if len(cnt) else 0
+    return cnt.astype(np.uint8 if top < (1 << 8) else np.uint16 if top < (1 << 16) else np.uint32)
 
 
 def source_counts(s_counts: dict, table: np.ndarray, code: np.ndarray) -> np.ndarray:

@@ -31,3 +31,21 @@ def test_code_counts_equal_reference_in_narrow_types(rng, n, bits, repeat):
         wide = {**got, "count": got["count"].astype(np.uint32)}
         target = rc.code_counts(rng.integers(0, 1 << bits, (T, 50)))
         assert np.array_equal(rc.coverage_score(target, got, T, 3.0), rc.coverage_score(target, wide, T, 3.0))
+
+
+@pytest.mark.parametrize("n_a,n_b,repeat", [(0, 0, 1), (0, 7, 1), (1, 1, 1), (37, 64, 1), (5, 3, 130),
+                                             (3, 2, 26_000)])
+def test_merged_counts_equal_counts_of_the_union_in_narrow_types(rng, n_a, n_b, repeat):
+    """coverage._sum_counts (merging two sketches' counts around one centre) gives exactly the counts
+    of the concatenated codes, stored as narrow as code_counts stores them (it was always uint32)."""
+    from fitsketch import coverage
+
+    T, bits = int(rng.integers(1, 7)), int(rng.integers(1, 6))
+    a = np.repeat(rng.integers(0, 1 << bits, (T, n_a)), repeat, axis=1)
+    b = np.repeat(rng.integers(0, 1 << bits, (T, n_b)), repeat, axis=1)
+    centre = rng.normal(size=3)
+    got = coverage._sum_counts({"center": centre, **rc.code_counts(a)}, {"center": centre, **rc.code_counts(b)})
+    want = rc.code_counts(np.concatenate([a, b], axis=1))
+    for f in ("table", "code", "count"):
+        assert np.array_equal(got[f].astype(np.int64), want[f].astype(np.int64)), f
+    assert got["count"].dtype == want["count"].dtype
