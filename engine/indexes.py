@@ -31,6 +31,7 @@ import numpy as np
 
 from . import profiles as _profiles
 from . import screen as _screen
+from .growable import Grow
 from .partitions import unpack_hist
 from .storage import CorruptHubError, from_u64, u64
 from .storage.arrayfile import read_arrays, write_arrays
@@ -285,7 +286,7 @@ def _screen_from(meta: dict, a: dict, config) -> _screen.ScreenIndex:
         _check(v is not None and v.dtype == np.uint32 and v.shape == (n, jp[2]), "small-query keys are not one "
                "row of the bands per entry")
         idx._jks_params = list(jp)
-        idx._jks_data = _screen._Grow(np.uint32, jp[2])
+        idx._jks_data = Grow(np.uint32, jp[2])
         idx._jks_data.a, idx._jks_data.n = v, len(v)
     ids = idx.ids.v
     _check(n == meta.get("entries") and bool(np.all(np.diff(ids) > 0)) and (n == 0 or ids[0] >= 0),
