@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from dataclasses import dataclass
 
 import faiss
@@ -274,4 +275,11 @@ def set_params(index, kind: str, nprobe, ef_search) -> None:
 
 
 def _model_tag(model) -> list:
-    return [model.generation, model.trained_hwm, model.trained_n, model.bits, int(model.W1.shape[1])]
+    """What ties a deep-hash index file to the model whose codes it holds: the model's counters and
+    shape, its training recipe and a CRC-32 of its weights (a model retrained at the same generation
+    -- another epoch count, or an older recipe's weights retrained on first use -- has other codes)."""
+    crc = 0
+    for w in (model.W1, model.b1, model.W2, model.b2):
+        crc = zlib.crc32(np.ascontiguousarray(w, dtype=np.float32).tobytes(), crc)
+    return [model.generation, model.trained_hwm, model.trained_n, model.bits, int(model.W1.shape[1]),
+            int(model.trainer), crc]

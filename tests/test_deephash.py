@@ -230,3 +230,35 @@ def test_legacy_weights_load_and_are_retrained(hub):
         assert new["config"]["bits"] == 8 and new["config"]["epochs"] == 1   # the rest is kept
     finally:
         h2.close()
+
+
+@pytest.mark.parametrize("how", ["epochs", "legacy"])
+def test_index_file_of_other_weights_is_rebuilt(hub, rng, how):
+    """The deep-hash index file holds the codes of the model it was built with: after a retrain at
+    the same generation (another epoch count, or an older recipe's weights retrained on first use
+    after reopening) the hub searches codes of the current model, not the file's."""
+    x, _ = _data(1500)
+    _fill(hub, x, [1500])
+    hub.train_deephash(bits=8, epochs=1)
+    hub.nearest(x[:4], 3, index="deephash")             # writes the index file with these weights
+    if how == "epochs":
+        hub.train_deephash(bits=8, epochs=3)
+        h = hub
+    else:
+        with hub.store.read() as txn:
+            rec = dict(txn.get("weights", b"deephash"))
+        rec.pop("trainer")                               # an older recipe's record: retrained on use
+        hub.store.transact(lambda txn: txn.put("weights", b"deephash", rec))
+        path = hub.path
+        hub.close()
+        h = _Hub(path)
+    try:
+        h.nearest(x[:4], 3, index="deephash")
+        ld = h._embeddings.indexes.loaded[("sample", "deephash")]
+        some = np.sort(rng.choice(len(x), 40, replace=False))
+        stored = np.vstack([ld.index.reconstruct(int(i)) for i in some])
+        want = np.asarray(ld.model.encode(x[some]))
+        assert np.array_equal(stored.reshape(len(some), -1), want.reshape(len(some), -1))
+    finally:
+        if h is not hub:
+            h.close()
