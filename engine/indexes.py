@@ -315,11 +315,13 @@ def _screen_from(meta: dict, a: dict, config) -> _screen.ScreenIndex:
     within(idx._col.v, 0, n_coords, "coordinates")
     within(idx._fi.v, 0, n_fi, "non-zero features")
     within(idx._part_row.v, 0, n, "partition rows")
-    for lo, total, what in ((idx._f_lo.v, n_fi, "_f_lo"), (idx._fi_lo.v, n_z, "_fi_lo"), (idx._p_lo.v, n_p, "_p_lo")):
-        _check(len(lo) == 0 or (lo[0] == 0 and bool(np.all(np.diff(lo) >= 0)) and lo[-1] <= total),
-               f"{what} offsets are inconsistent")
     _check(bool(np.all(np.diff(idx._fi_row.v) >= 0)) and bool(np.all(np.diff(idx._fi.v) >= 0))
            and bool(np.all(np.diff(idx._part_row.v) >= 0)), "rows are not grouped")
+    # each group's first row is exactly where its rows start (offsets that merely look monotone
+    # would pass a weaker check and give wrong screens after the next remove)
+    for lo, rows, m, what in ((idx._f_lo.v, idx._fi_row.v, n, "_f_lo"), (idx._fi_lo.v, idx._fi.v, n_fi, "_fi_lo"),
+                              (idx._p_lo.v, idx._part_row.v, n, "_p_lo")):
+        _check(np.array_equal(lo, np.searchsorted(rows, np.arange(m))), f"{what} offsets are inconsistent")
     idx.generation = int(meta["generation"])
     return idx
 
@@ -372,10 +374,32 @@ def _profile_from(meta: dict, a: dict, config) -> _profiles.ProfileIndex:
         index = faiss.deserialize_index(np.asarray(a["faiss"], dtype=np.uint8))
         _check(isinstance(index, faiss.IndexIVFFlat) and index.ntotal == n and index.d == _profiles.PROFILE_DIM,
                "the stored FAISS index does not hold these profiles")
+        _check_ivf_holds(index, idx._x)
         index.nprobe = _profiles.IVF_NPROBE
         idx._faiss, idx._faiss_n, idx._trained_n = index, n, int(meta.get("trained_n", n))
     idx.generation = int(meta["generation"])
     return idx
+
+
+def _check_ivf_holds(index, x: np.ndarray) -> None:
+    """The IVF's lists hold every profile exactly once, under its row as id, with its exact vector:
+    ``ProfileIndex.top`` maps the ids the index returns through ``ids[...]``, so an id out of range
+    would raise there and a permuted one would answer with another entry."""
+    n, d = x.shape
+    il = index.invlists
+    seen = np.zeros(n, dtype=bool)
+    for lst in range(index.nlist):
+        sz = int(il.list_size(lst))
+        if sz == 0:
+            continue
+        ids = faiss.rev_swig_ptr(il.get_ids(lst), sz).copy()
+        _check(bool(np.all((ids >= 0) & (ids < n))) and not seen[ids].any()
+               and len(np.unique(ids)) == sz, "the stored FAISS index holds other ids")
+        codes = faiss.rev_swig_ptr(il.get_codes(lst), sz * index.code_size).copy()
+        _check(np.array_equal(codes.view(np.float32).reshape(sz, d), x[ids]),
+               "the stored FAISS index holds other vectors")
+        seen[ids] = True
+    _check(bool(seen.all()), "the stored FAISS index misses profiles")
 
 
 __all__ = ["SearchIndexes", "SEARCH_INDEX_FORMAT", "from_u64"]

@@ -168,7 +168,8 @@ def test_index_read_from_file_equals_rebuilt_and_follows_adds_and_removes(tmp_pa
         assert _screens(hub, q) == got
 
 
-@pytest.mark.parametrize("how", ["corrupt", "foreign", "newer", "params", "layout", "small_keys", "small_params"])
+@pytest.mark.parametrize("how", ["corrupt", "foreign", "newer", "params", "layout", "small_keys", "small_params",
+                                 "offsets"])
 def test_stale_or_damaged_index_file_is_rebuilt(tmp_path, rng, always_save, monkeypatch, how):
     cfg = fitsketch.SketchConfig(shortlist=2)
     path, other = tmp_path / "h.hub", tmp_path / "o.hub"
@@ -201,6 +202,10 @@ def test_stale_or_damaged_index_file_is_rebuilt(tmp_path, rng, always_save, monk
     elif how == "small_params":                  # ... or their parameters malformed
         meta, arrays = read_arrays(str(f))
         meta["jks_params"] = meta["jks_params"][:2]
+        write_arrays(str(f), meta, arrays)
+    elif how == "offsets":                       # monotone from 0, but not where the rows start
+        meta, arrays = read_arrays(str(f))
+        arrays["g_fi_lo"] = np.zeros_like(arrays["g_fi_lo"])
         write_arrays(str(f), meta, arrays)
     elif how == "layout":                        # the screen index gained an attribute
         monkeypatch.setattr(I, "_SCREEN_ATTRS", I._SCREEN_ATTRS | {"_new_field"})
@@ -263,3 +268,39 @@ def test_warm_writes_both_files_and_small_syncs_do_not(tmp_path, rng):
             got = I.SearchIndexes._load(hub._indexes, kind, hub.store)
             assert got is not None and len(got) == 9
         assert _screens(hub, q) == want
+
+
+@pytest.mark.parametrize("how", ["ids_out_of_range", "ids_permuted", "vectors"])
+def test_stored_faiss_index_of_other_ids_or_vectors_is_refused(rng, monkeypatch, how):
+    """A checksum-valid profile file whose IVF holds ids out of range, other rows' ids, or other
+    vectors is not used (ProfileIndex.top maps the IVF's ids through the stored rows)."""
+    import faiss
+
+    from fitsketch import profiles as P
+
+    monkeypatch.setattr(P, "IVF_FROM", 500)
+    n = int(rng.integers(1100, 1400))
+    base = rng.normal(size=(n, P.PROFILE_DIM)).astype(np.float32)
+    idx = P.ProfileIndex()
+    idx._append([(i, {"v": P.PROFILE_FORMAT, "x": base[i].astype(np.float16), "names": np.array([7])})
+                 for i in range(n)])
+    idx.generation = 4
+    idx.build()
+    st = I._profile_state(idx)
+    meta = {"layout": st.pop("__layout__"), "generation": 4, "entries": n, **st.pop("__meta__")}
+    assert "faiss" in st
+    I._profile_from(meta, dict(st), None)                    # as written: accepted
+    ivf = faiss.deserialize_index(np.asarray(st["faiss"], dtype=np.uint8))
+    other = faiss.IndexIVFFlat(ivf.quantizer, ivf.d, ivf.nlist, ivf.metric_type)
+    x = idx.x.copy()
+    ids = np.arange(n, dtype=np.int64)
+    if how == "ids_out_of_range":
+        ids = ids + n
+    elif how == "ids_permuted":
+        ids = rng.permutation(n).astype(np.int64)
+    else:
+        x[int(rng.integers(n))] += 1.0
+    other.add_with_ids(x, ids)
+    st["faiss"] = faiss.serialize_index(other)
+    with pytest.raises(I._NotPersisted):
+        I._profile_from(meta, st, None)
