@@ -265,6 +265,13 @@ class Hub:
             raise E.InvalidArgumentError(
                 "the sketch was built with other parameters than this hub's: build it with hub.config")
         check_sketch(sketch, self.config)   # every array's shape and range: no entry can break a search
+        if sketch.classes is not None:      # before any write (add_sketches writes in batches)
+            try:
+                _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)
+            except (E.CorruptHubError, TypeError):
+                raise E.InvalidArgumentError(
+                    "the sketch's class record (Sketch.classes) is malformed: build the sketch with "
+                    "fitsketch.sketch_data(..., labels=...) or merge sketches that were") from None
 
     def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
              probed=None, spaces: dict | None = None) -> Entry:

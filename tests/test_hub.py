@@ -395,3 +395,30 @@ def test_chunked_verification_and_scoring_equal_one_pass(tmp_path, rng, monkeypa
                     assert abs(r.evidence["bands_collided"] - want[m][name].evidence["bands_collided"]) <= 1
                 else:
                     assert abs(r.evidence["matched_partitions"] - want[m][name].evidence["matched_partitions"]) <= 1
+
+
+def test_add_sketches_with_a_bad_class_record_in_a_later_batch_changes_nothing(tmp_path, rng):
+    """Every item is checked before any batch is written: a malformed Sketch.classes in the last
+    item raises InvalidArgumentError (bad input, not a damaged hub) and the earlier items are not
+    added either."""
+    import dataclasses
+
+    cfg = fitsketch.SketchConfig(seed=3)
+
+    def sk():
+        n = int(rng.integers(40, 90))
+        df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+        return fitsketch.sketch_data(df, cfg, partition_size=30, labels=rng.choice([0, 1, 2], n))
+
+    good = [sk() for _ in range(3)]
+    assert good[0].classes is not None
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketch("first", good[0])
+        before = (hub.names(), hub.stats()["generation"])
+        for bad_classes in ({"labels": "nonsense"}, {**good[1].classes, "feat": np.array([99])}, ["x"]):
+            bad = dataclasses.replace(good[2], classes=bad_classes)
+            with pytest.raises(E.InvalidArgumentError, match="class record"):
+                hub.add_sketches([("g1", good[1]), ("g2", good[2]), ("bad", bad)], batch=1)
+            assert (hub.names(), hub.stats()["generation"]) == before
+        hub.add_sketches([("g1", good[1]), ("g2", good[2])], batch=1)
+        assert sorted(hub.names()) == ["first", "g1", "g2"]
