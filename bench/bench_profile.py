@@ -95,6 +95,7 @@ QUERY_SUB = [
 def _instrument(timer: _Timer) -> None:
     import sys
 
+    import fitsketch.adding
     import fitsketch.coverage
     import fitsketch.data
     import fitsketch.hub
@@ -107,10 +108,11 @@ def _instrument(timer: _Timer) -> None:
                                        sys.modules["fitsketch.profiles"], sys.modules["fitsketch.sketch"])
     parts = sys.modules["fitsketch.parts"]   # an entry's records (engine/parts.py, issue 18)
     data, pipeline = sys.modules["fitsketch.data"], sys.modules["fitsketch.pipeline"]   # add's input, the query
+    adding = sys.modules["fitsketch.adding"]   # hub.add's preparation (engine/adding.py)
 
     timer.wrap(data, "to_frame", "to_frame")           # hub.add reads its input through accuracy.with_labels
     timer.wrap(pipeline, "to_frame", "to_frame")       # a query's
-    timer.wrap(hub, "build_sketch", "build_sketch")
+    timer.wrap(adding, "build_sketch", "build_sketch")
     timer.wrap(pipeline, "build_sketch", "build_sketch")
     timer.wrap(sketch, "quantize_column", "quantize")
     timer.wrap(coverage, "row_matrix", "row_matrix")
