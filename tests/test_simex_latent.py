@@ -31,8 +31,7 @@ def _kl_loop(z, mu, sd, floor):
 
 @pytest.mark.parametrize("case", ["mlp", "conv", "classes"])
 @pytest.mark.parametrize("n_target", [1, 2, 7])
-def test_latent_delta_matches_the_reference(case, n_target):
-    rng = np.random.default_rng()
+def test_latent_delta_matches_the_reference(case, n_target, rng):
     if case == "conv":
         x = rng.random((30, 64)).astype(np.float32) * 16
         recs = S.train_fleet(x, image_shape=(1, 8, 8), config=TINY)
@@ -57,8 +56,7 @@ def test_latent_delta_matches_the_reference(case, n_target):
         assert g == pytest.approx(want_one, rel=1e-4, abs=1e-5)
 
 
-def test_stored_latent_moments_are_the_training_rows_latents():
-    rng = np.random.default_rng()
+def test_stored_latent_moments_are_the_training_rows_latents(rng):
     d = int(rng.integers(3, 9))
     x = (rng.normal(size=(int(rng.integers(20, 60)), d)) * rng.uniform(0.5, 9, size=d)).astype(np.float32)
     (r,) = S.train_fleet(x, config=TINY)
@@ -75,16 +73,14 @@ def test_stored_latent_moments_are_the_training_rows_latents():
     assert c.latent_moments[0].shape == (c.latent_width(),) == (3 * 2 * 2,)
 
 
-def test_a_shifted_target_scores_worse_than_the_sources_own_kind():
-    rng = np.random.default_rng()
+def test_a_shifted_target_scores_worse_than_the_sources_own_kind(rng):
     x = rng.normal(size=(300, 4)).astype(np.float32)
     (r,) = S.train_fleet(x, config=S.AEConfig(hidden=(8, 3, 8), epochs=10, time_cap_s=0, seed=1))
     near, far = rng.normal(size=(100, 4)), rng.normal(2.0, 1.0, size=(100, 4))
     assert S.delta(near, [r], latent=True)[0] < S.delta(far, [r], latent=True)[0]
 
 
-def test_records_without_latent_moments_fall_back_to_calibrate():
-    rng = np.random.default_rng()
+def test_records_without_latent_moments_fall_back_to_calibrate(rng):
     x = rng.normal(size=(40, 5)).astype(np.float32)
     recs = S.train_fleet(x, rng.permutation(np.arange(40) % 2), config=TINY)
     old = [r.to_record() for r in recs]
@@ -110,16 +106,14 @@ def test_records_without_latent_moments_fall_back_to_calibrate():
     {"lat_mean": np.array([0.0, np.nan, 0.0], np.float32)},                 # not finite
     {"lat_std": np.zeros((3, 1), np.float32)},                              # not 1-D
 ])
-def test_bad_latent_moments_are_refused(bad):
-    rng = np.random.default_rng()
+def test_bad_latent_moments_are_refused(bad, rng):
     (r,) = S.train_fleet(rng.normal(size=(20, 4)).astype(np.float32), config=TINY)
     rec = {**r.to_record(), **bad}
     with pytest.raises(E.CorruptHubError):
         S.AERecord.from_record(rec)
 
 
-def test_latent_score_checks_the_latent_width():
-    rng = np.random.default_rng()
+def test_latent_score_checks_the_latent_width(rng):
     (r,) = S.train_fleet(rng.normal(size=(20, 4)).astype(np.float32), config=TINY)
     with pytest.raises(E.DimensionError):
         S.latent_score([np.zeros((5, 4))], [r], [0.1])
