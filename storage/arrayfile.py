@@ -21,6 +21,7 @@ Depends only on the standard library, numpy and msgpack (the storage layer's rul
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import zlib
@@ -119,7 +120,10 @@ def read_arrays(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         data = len(head) + hlen
         data += _pad(data)
         out, end = {}, 0
-        for e in sorted(entries, key=lambda e: e[3] if isinstance(e, list) and len(e) == 6 else -1):
+        def order(e):   # by offset; anything malformed first, where the checks below refuse it
+            return e[3] if isinstance(e, list) and len(e) == 6 and type(e[3]) is int else -1
+
+        for e in sorted(entries, key=order):
             if not (isinstance(e, list) and len(e) == 6 and isinstance(e[0], str) and isinstance(e[1], str)
                     and isinstance(e[2], list) and all(isinstance(v, int) for v in e[3:])
                     and all(isinstance(s, int) and s >= 0 for s in e[2])):
@@ -127,11 +131,11 @@ def read_arrays(path: str) -> tuple[dict, dict[str, np.ndarray]]:
             name, dts, shape, off, nbytes, crc = e
             try:
                 dt = np.dtype(dts)
-            except TypeError:
+            except (TypeError, ValueError):
                 raise bad(f"array {name!r}: dtype {dts!r}") from None
             if dt.kind not in ALLOWED_KINDS or dt.fields is not None or dt.subdtype is not None:
                 raise bad(f"array {name!r}: dtype {dts!r} is not numeric")
-            if name in out or int(np.prod(shape, dtype=np.int64)) * dt.itemsize != nbytes or off % _ALIGN \
+            if name in out or math.prod(shape) * dt.itemsize != nbytes or off % _ALIGN \
                     or off < end or data + off + nbytes > size:
                 raise bad(f"array {name!r}: shape {shape}, offset {off}, {nbytes} bytes do not fit the file")
             f.seek(data + off)

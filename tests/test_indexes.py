@@ -304,3 +304,25 @@ def test_stored_faiss_index_of_other_ids_or_vectors_is_refused(rng, monkeypatch,
     st["faiss"] = faiss.serialize_index(other)
     with pytest.raises(I._NotPersisted):
         I._profile_from(meta, st, None)
+
+
+@pytest.mark.parametrize("entries", [
+    [["a", "<i8", [2 ** 64 - 1], 0, 0, 0]],                            # a size that wraps int64
+    [["a", "|b1", [2 ** 62, 4], 0, 0, 0]],                             # ... and one that wraps to 0
+    [["a", "<i8", [1], "x", 8, 0], ["b", "<i8", [1], 0, 8, 0]],        # an offset that is no integer
+    [["a", "not a dtype", [1], 0, 8, 0]],
+    [["a", "<U2", [1], 0, 8, 0]],
+])
+def test_array_file_with_a_malformed_header_is_corrupt(tmp_path, entries):
+    """Headers whose entries are the wrong types or describe impossible sizes raise CorruptHubError
+    (not TypeError / ValueError from NumPy), like every other damage."""
+    from fitsketch.storage import CorruptHubError, pack
+    from fitsketch.storage.arrayfile import MAGIC
+
+    h = pack({"v": 1, "meta": {}, "arrays": entries})
+    start = len(MAGIC) + 8 + len(h)
+    start += -start % 64
+    p = tmp_path / "x.fsidx"
+    p.write_bytes(MAGIC + len(h).to_bytes(8, "little") + h + b"\0" * (start - len(MAGIC) - 8 - len(h)) + b"\0" * 64)
+    with pytest.raises(CorruptHubError):
+        read_arrays(str(p))
