@@ -330,15 +330,21 @@ def _calibrated_reference(X: np.ndarray, r: AERecord, raw: float) -> float:
     xs = (X - r.shift.astype(np.float64)) / r.scale.astype(np.float64)
     mu, sd = (m.astype(np.float64) for m in r.moments)
     floor = max(_MOMENT_FLOOR * sum(float(v) for v in sd) / d, 1e-3)
+    e = max(raw / max(r.own_error, 1e-12), 1e-12)
+    return _kl_reference(xs, mu, sd, floor) / d + RECON_WEIGHT * 0.5 * (e - 1.0 - math.log(e))
+
+
+def _kl_reference(cols: np.ndarray, mu, sd, floor: float) -> float:
+    """sum over columns j of KL(N(m_j, s_j^2) || N(mu_j, sd_j^2)), the column's own mean and std
+    (both stds floored), one column and one value at a time in float64."""
     total = 0.0
-    for j in range(d):
-        col = xs[:, j]
+    for j in range(cols.shape[1]):
+        col = cols[:, j]
         m = sum(col) / len(col)
         s = max(math.sqrt(sum((v - m) ** 2 for v in col) / len(col)), floor)
         sg = max(float(sd[j]), floor)
         total += math.log(sg / s) + (s * s + (m - mu[j]) ** 2) / (2 * sg * sg) - 0.5
-    e = max(raw / max(r.own_error, 1e-12), 1e-12)
-    return total / d + RECON_WEIGHT * 0.5 * (e - 1.0 - math.log(e))
+    return total
 
 
 def _latent_reference(X: np.ndarray, r: AERecord, raw: float) -> float:
@@ -350,15 +356,8 @@ def _latent_reference(X: np.ndarray, r: AERecord, raw: float) -> float:
     k = z.shape[1]
     mu, sd = (m.astype(np.float64) for m in r.latent_moments)
     floor = max(_MOMENT_FLOOR * sum(float(v) for v in sd) / k, 1e-6)
-    total = 0.0
-    for j in range(k):
-        col = z[:, j]
-        m = sum(col) / len(col)
-        s = max(math.sqrt(sum((v - m) ** 2 for v in col) / len(col)), floor)
-        sg = max(float(sd[j]), floor)
-        total += math.log(sg / s) + (s * s + (m - mu[j]) ** 2) / (2 * sg * sg) - 0.5
     e = max(raw / max(r.own_error, 1e-12), 1e-12)
-    return total / k + LATENT_RECON_WEIGHT * 0.5 * (e - 1.0 - math.log(e))
+    return _kl_reference(z, mu, sd, floor) / k + LATENT_RECON_WEIGHT * 0.5 * (e - 1.0 - math.log(e))
 
 
 def entry_score(deltas) -> float:
