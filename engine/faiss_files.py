@@ -6,8 +6,10 @@ dict that says what the index was built from. Every sidecar carries ``"v"``, the
 owner (``embedding_indexes.INDEX_FORMAT``, ``probelog.INDEX_FORMAT``); the owner adds what dates
 the index (the generation it was built at) and what it holds.
 
-* :func:`save` writes both files to temporary names and ``os.replace``\\ s them, so a reader
-  sees the old pair or the new one. A read-only hub directory or a full disk is not an error:
+* :func:`save` writes both files to temporary names and ``os.replace``\\ s them, the index file
+  first. The sidecar records the index file's size and CRC-32 (``"file"``), so a pair whose
+  halves come from two saves -- a crash or another process between the two renames -- is
+  noticed when read and rebuilt. A read-only hub directory or a full disk is not an error:
   the index is kept in memory only (a warning), and no temporary file is left behind.
 * :func:`load` returns the owner's object, or None whenever the files cannot serve: missing, of
   another format, stale or built for other data (the owner's ``accept``), unreadable, or not
@@ -19,9 +21,11 @@ import contextlib
 import logging
 import os
 import threading
+import zlib
 from typing import Callable
 
 import faiss
+import numpy as np
 
 from .storage import pack, unpack
 
@@ -47,10 +51,18 @@ def load(fpath: str, mpath: str, *, fmt: int, accept: Callable[[dict], bool], de
     try:
         with open(mpath, "rb") as f:
             meta = unpack(f.read())
+        # the index file's size and CRC-32 (save's own record; sidecars written before it: None)
+        want = meta.pop("file", None) if isinstance(meta, dict) else None
         if not isinstance(meta, dict) or meta.get("v") != fmt or not accept(meta):
             log.info("index %s: sidecar of another format, generation or data: rebuilding", mpath)
             return None
-        index = faiss.read_index_binary(fpath) if binary else faiss.read_index(fpath)
+        with open(fpath, "rb") as f:
+            raw = f.read()
+        if want is not None and want != {"size": len(raw), "crc32": zlib.crc32(raw)}:
+            log.info("index %s is not the one its sidecar %s was saved with: rebuilding", fpath, mpath)
+            return None
+        buf = np.frombuffer(raw, dtype=np.uint8)
+        index = faiss.deserialize_index_binary(buf) if binary else faiss.deserialize_index(buf)
         out = decode(index, meta)
         if out is None:
             log.info("index %s does not match its sidecar %s: rebuilding", fpath, mpath)
@@ -68,10 +80,12 @@ def save(fpath: str, mpath: str, index, meta: dict, *, binary: bool = False) -> 
     tmps = [f"{p}.tmp{os.getpid()}.{threading.get_ident()}" for p in (fpath, mpath)]
     try:
         os.makedirs(os.path.dirname(fpath), exist_ok=True)
-        (faiss.write_index_binary if binary else faiss.write_index)(index, tmps[0])
+        raw = (faiss.serialize_index_binary if binary else faiss.serialize_index)(index).tobytes()
+        with open(tmps[0], "wb") as f:
+            f.write(raw)
         os.replace(tmps[0], fpath)
         with open(tmps[1], "wb") as f:
-            f.write(pack(meta))
+            f.write(pack({**meta, "file": {"size": len(raw), "crc32": zlib.crc32(raw)}}))
         os.replace(tmps[1], mpath)
         return True
     except (OSError, RuntimeError) as e:

@@ -89,3 +89,24 @@ def test_unwritable_place_keeps_nothing_and_says_so(tmp_path, rng, caplog):
     fpath, mpath = FF.paths(str(tmp_path), "x")
     assert FF.save(fpath, mpath, ix, {"v": 3, "ntotal": 4}) is False
     assert os.listdir(tmp_path) == ["indexes"] and "not written" in caplog.text
+
+
+def test_a_pair_from_two_saves_loads_as_none(tmp_path, rng):
+    """The halves of two saves -- a crash or another process between save's two renames leaves the
+    new index beside the old sidecar -- are noticed (the sidecar's size and CRC-32 of its index
+    file) and rebuilt, even when the sidecar would otherwise accept the index."""
+    n = int(rng.integers(3, 40))
+    a, _ = _index(rng, n)
+    b, _ = _index(rng, n)                   # another index of the same size: decode would take it
+    fpath, mpath = FF.paths(str(tmp_path), "x")
+    assert FF.save(fpath, mpath, a, {"v": 3, "ntotal": n})
+    old_sidecar = open(mpath, "rb").read()
+    assert FF.save(fpath, mpath, b, {"v": 3, "ntotal": n})
+    assert _load(fpath, mpath) is not None
+    with open(mpath, "wb") as f:            # new index, old sidecar
+        f.write(old_sidecar)
+    assert _load(fpath, mpath) is None
+    with open(mpath, "wb") as f:            # a sidecar written before the record existed: trusted as before
+        f.write(pack({"v": 3, "ntotal": n}))
+    got = _load(fpath, mpath)
+    assert got is not None and got[1] == {"v": 3, "ntotal": n}
