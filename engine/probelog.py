@@ -253,12 +253,7 @@ class ProbeLog:
         return self._hub.path
 
     def _transact(self, fn):
-        try:
-            return self.store.transact(fn)
-        except E.FitsketchError:
-            raise
-        except Exception as e:  # noqa: BLE001 - lower-layer errors, translated
-            raise E.translate(e) from None
+        return self._hub._transact(fn)   # one write transaction, lower-layer errors translated
 
     # -- probe sets -----------------------------------------------------------------------------
     def add_probes(self, name: str, probes=None, *, kind: str = "tabular", texts=None,
