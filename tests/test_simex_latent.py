@@ -127,17 +127,23 @@ def _wine():
     return pd.DataFrame(d.data, columns=d.feature_names)
 
 
+def _wine_halves(rng):
+    """(wine, a random half of its rows for the entry, the other rows for the query)."""
+    wine = _wine()
+    p = rng.permutation(len(wine))
+    return wine, wine.iloc[p[:89]].reset_index(drop=True), wine.iloc[p[89:]].reset_index(drop=True)
+
+
+_SMALL_AE = S.AEConfig(hidden=(16, 4, 16), epochs=10, patience=10, time_cap_s=0, seed=0)
+
+
 def test_an_entry_the_query_matches_in_part_is_scored_with_its_reason(tmp_path):
     """A query lacking one of an entry's columns (dropped here; renamed columns that match nothing do
     the same) is scored for that entry -- the missing column filled with the entry's mean and the
     delta divided by the matched share -- instead of refusing the search."""
-    wine = _wine()
-    rng = np.random.default_rng(3)
-    p = rng.permutation(len(wine))
-    half, rest = wine.iloc[p[:89]].reset_index(drop=True), wine.iloc[p[89:]].reset_index(drop=True)
-    ae = S.AEConfig(hidden=(16, 4, 16), epochs=10, patience=10, time_cap_s=0, seed=0)
+    _, half, rest = _wine_halves(np.random.default_rng(3))
     with fitsketch.open(tmp_path / "h") as hub:
-        hub.add("wine", half, autoencoder=True, ae_config=ae)
+        hub.add("wine", half, autoencoder=True, ae_config=_SMALL_AE)
         dropped = "proline"
         q = rest.drop(columns=[dropped])
         (m,) = hub.search(q, k=1, method="simex")
@@ -169,14 +175,12 @@ def test_a_renamed_query_ranks_its_table_first_when_a_column_is_unmatched(tmp_pa
     from sklearn.datasets import load_breast_cancer
 
     bc = load_breast_cancer()
-    wine = _wine()
     rng = np.random.default_rng(0)
-    p = rng.permutation(len(wine))
-    half, rest = wine.iloc[p[:89]].reset_index(drop=True), wine.iloc[p[89:]].reset_index(drop=True)
-    ae = S.AEConfig(hidden=(16, 4, 16), epochs=10, patience=10, time_cap_s=0, seed=0)
+    wine, half, rest = _wine_halves(rng)
     with fitsketch.open(tmp_path / "h") as hub:
-        hub.add("wine", half, autoencoder=True, ae_config=ae)
-        hub.add("breast_cancer", pd.DataFrame(bc.data, columns=bc.feature_names), autoencoder=True, ae_config=ae)
+        hub.add("wine", half, autoencoder=True, ae_config=_SMALL_AE)
+        hub.add("breast_cancer", pd.DataFrame(bc.data, columns=bc.feature_names), autoencoder=True,
+                ae_config=_SMALL_AE)
         cols = list(rng.permutation(wine.columns))
         q = rest[cols].copy()
         q.columns = [f"c{i}" for i in range(len(cols))]
