@@ -269,20 +269,8 @@ PARTS: tuple[Part, ...] = (Core(), Extra(), SimExFleet(), Embeddings(), ModelDes
 
 def entry_writer(new: NewEntry, config, device, make_entry):
     """The function that writes ``new`` inside a write transaction; every part prepared first."""
-    prepared = [(p, p.prepare(new, config, device)) for p in PARTS]
-
-    def write(txn):
-        key = new.name.encode("utf-8")
-        if txn.exists("names", key):
-            raise E.EntryExistsError(f"an entry named {new.name!r} exists: remove it first or choose another name")
-        eid = int(txn.get("meta", b"next_id"))
-        rec = [p.write(txn, eid, new, prep) for p, prep in prepared][0]   # Core's: the entry record
-        txn.put("meta", b"next_id", eid + 1)
-        txn.put("meta", b"generation", int(txn.get("meta", b"generation")) + 1)
-        txn.put("meta", b"n_features", int(txn.get("meta", b"n_features")) + new.sketch.n_features)
-        return make_entry(rec)
-
-    return write
+    write = _writer([new], [(p, [p.prepare(new, config, device)]) for p in PARTS], make_entry)
+    return lambda txn: write(txn)[0]
 
 
 def _aggregate(news: list, shared: dict):
@@ -303,7 +291,11 @@ def entries_writer(news: list, config, device, make_entry):
     shared: dict = {}
     prepared = [(p, p.prepare_many(news, config, device, shared)) for p in PARTS]
     del shared
+    return _writer(news, prepared, make_entry)
 
+
+def _writer(news: list, prepared: list, make_entry):
+    """Write ``news`` (each part's ``prepared`` list) and the hub's counters in one transaction."""
     def write(txn):
         for new in news:
             if txn.exists("names", new.name.encode("utf-8")):
