@@ -81,14 +81,15 @@ def candidates(txn, target, cfg, config, mode: str, reason: str, where: dict | N
         for lo in range(0, len(keys), _VERIFY_CHUNK):   # bounded memory however many entries are verified
             chunk = keys[lo:lo + _VERIFY_CHUNK]
             sigs = [txn.get("signatures", key)["sig"] for key in chunk]
-            pairs += target.n_features * sum(sg.shape[0] for sg in sigs)
+            rec_of = [recs.get(key) or txn.get("entries", key) for key in chunk]
+            pairs += sum(_pairs(target, rec, sg.shape[0]) for rec, sg in zip(rec_of, sigs))
             if pairs > MAX_FEATURE_PAIRS:
                 raise E.LimitExceededError(
                     f"the query's {target.n_features} columns would be compared with over "
                     f"{pairs // max(target.n_features, 1)} stored features, over the limit of {MAX_FEATURE_PAIRS} "
                     f"(query column, stored feature) pairs: query with fewer columns, or narrow the entries "
                     f"with where=")
-            for key, rec, al in _verify(txn, target, cfg, chunk, sigs, recs):
+            for key, rec, al in _verify(txn, target, cfg, chunk, sigs, rec_of):
                 recs[key] = rec
                 out.append((key, al))
         st.actual = len(out)
@@ -97,11 +98,18 @@ def candidates(txn, target, cfg, config, mode: str, reason: str, where: dict | N
         out = [(key, al) for key, al in out if key in kept]
     return [(recs[key], al) for key, al in out]
 
-def _verify(txn, target, cfg, keys: list, sigs: list, recs: dict):
-    """(key, entry record, Alignment) of the entries among ``keys`` whose overlap passes t1."""
+def _pairs(target, rec, n_stored: int) -> int:
+    """(query column, stored feature) pairs ``_verify`` compares for one entry: an entry with the
+    target's columns in its order aligns by the identity (one pair per column), any other entry
+    compares every query column with every stored feature."""
+    return target.n_features if rec["features"] == target.names else target.n_features * n_stored
+
+
+def _verify(txn, target, cfg, keys: list, sigs: list, rec_of: list):
+    """(key, entry record, Alignment) of the entries among ``keys`` (records ``rec_of``) whose
+    overlap passes t1."""
     # entries with the target's columns in its order align by the identity (minhash.
     # align_from_similarity): only the T same-name similarities are needed
-    rec_of = [recs.get(key) or txn.get("entries", key) for key in keys]
     same = [i for i, rec in enumerate(rec_of) if rec["features"] == target.names]
     other = [i for i, rec in enumerate(rec_of) if rec["features"] != target.names]
     als = {}

@@ -594,18 +594,22 @@ def test_cli_compact(tmp_path, rng):
 
 
 def test_feature_pair_budget_bounds_the_minhash_stage(small_hub, monkeypatch):
-    """The candidate stage compares every query column with every stored feature it verifies: past
-    MAX_FEATURE_PAIRS (8.4M, ~10 s) pairs the search is refused, naming the limit."""
+    """The candidate stage compares query columns with the stored features it verifies: past
+    MAX_FEATURE_PAIRS (8.4M, ~10 s) pairs the search is refused, naming the limit. An entry with the
+    query's columns in the query's order aligns by the identity and costs one pair per column; any
+    other entry costs every (query column, stored feature) pair."""
     import fitsketch.candidates as H
 
     hub, rng = small_hub
-    q = _frame(rng)                                    # 2 columns x 24 entries of 2 features: 96 pairs
-    ref = [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)]
-    monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", 95)
-    with pytest.raises(E.LimitExceededError, match="95"):
-        hub.search(q, k=5, shortlist=0)
-    monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", 96)
-    assert [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)] == ref
+    same = _frame(rng)                                 # a, b like every entry: 2 pairs x 24 entries = 48
+    swapped = same[["b", "a"]]                         # other order: 2 x 2 pairs x 24 entries = 96
+    ref = {id(q): [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)] for q in (same, swapped)}
+    for q, need in ((same, 48), (swapped, 96)):
+        monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", need - 1)
+        with pytest.raises(E.LimitExceededError, match=str(need - 1)):
+            hub.search(q, k=5, shortlist=0)
+        monkeypatch.setattr(H, "MAX_FEATURE_PAIRS", need)
+        assert [(m.name, m.score) for m in hub.search(q, k=5, shortlist=0)] == ref[id(q)]
 
 
 def test_empty_npy_file_is_a_named_error(small_hub, tmp_path):
