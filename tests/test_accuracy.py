@@ -166,12 +166,12 @@ def test_auto_uses_accuracy_on_labelled_entries_and_label_free_otherwise(tmp_pat
         hub.add("plain", df)
         query, _ = _labelled(rng, 100, [0, 1])
         auto = hub.search(query, method="auto")
-        ref = hub.search(query, method="adaptivity")
+        ref = hub.search(query, method="coverage")   # the label-free default (methods/accuracy.LABEL_FREE)
         assert [(m.name, m.score, m.method) for m in auto] == [(m.name, m.score, m.method) for m in ref]
         assert "no candidate entry was registered with labels" in auto[0].evidence["auto"]
         hub.add("labelled", df, labels=y, class_accuracy={0: 0.5, 1: 0.5})
         auto = hub.search(query, method="auto")
-        assert [m.method for m in auto] == ["accuracy", "adaptivity"]   # labelled first, then the rest
+        assert [m.method for m in auto] == ["accuracy", "coverage"]   # labelled first, then the rest
         assert auto[0].name == "labelled"
         plan = hub.explain(query, method="auto")
         assert "auto: accuracy" in str(plan)
@@ -346,10 +346,10 @@ def test_auto_is_screened_as_its_label_free_default_until_an_entry_has_labels(tm
             hub.add(f"m{i}", df.sample(frac=1.0, random_state=i))
         q, _ = _labelled(rng, 30, [0, 1])
         plan = str(hub.explain(q, shortlist=2))
-        assert "screen: adaptivity" in plan
+        assert "(coverage is screened by its proxy exact-js)" in plan   # the label-free default (LABEL_FREE)
         hub.add("lab", df, labels=y)
         plan = str(hub.explain(q, shortlist=2))
-        assert "screen: exact-js" in plan and "screen: adaptivity" not in plan
+        assert "(accuracy is screened by its proxy exact-js)" in plan and "coverage is screened" not in plan
 
 
 def test_a_shard_without_labelled_entries_answers_as_the_unlabelled_group(tmp_path, rng):

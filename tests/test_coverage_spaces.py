@@ -243,7 +243,7 @@ def test_fallback_and_errors(tmp_path):
             with pytest.raises(E.InvalidArgumentError, match="coverage_space"):
                 hub.search(df, method="coverage", coverage_space=bad)
         # other methods ignore it; rows stays today's behaviour
-        assert hub.search(df, coverage_space="latent") == hub.search(df)
+        assert hub.search(df, method="adaptivity", coverage_space="latent") == hub.search(df, method="adaptivity")
         assert hub.search(df, method="coverage", coverage_space="rows") == hub.search(df, method="coverage")
         hub.remove("emb")
         with hub.store.read() as txn:

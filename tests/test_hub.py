@@ -79,8 +79,9 @@ def test_search_ranks_the_matching_distribution_first(rng, hub):
         assert res[0].name == "s1", (method, [(m.name, m.score) for m in res])
         assert res[0].method == method and res[0].overlap == 1.0
         assert [t for t, s, _ in res[0].features] == ["a", "b", "c"]
-    res = hub.search(q, k=1)
-    assert len(res) == 1
+    res = hub.search(q, k=1)                          # method="auto": coverage on a hub without labels
+    assert len(res) == 1 and res[0].method == "coverage" and res[0].name == "s1"
+    res = hub.search(q, k=1, method="adaptivity")
     ev = res[0].evidence
     # 200 rows < query_min_partitions (8) x partition_size (40): 8 partitions of 25 rows
     assert ev["target_partitions"] == 8 and ev["target_partition_rows"] == 25 and 0 <= ev["matched_partitions"] <= 8
@@ -174,8 +175,13 @@ def test_search_accepts_a_prebuilt_sketch(rng, hub):
 
     m = query_partition_size(len(q), hub.config.partition_size, hub.config.query_min_partitions,
                              hub.config.query_partition_rows)
-    b = hub.search(fitsketch.sketch_data(q, hub.config, partition_size=m))
-    assert [m.to_dict() for m in a] == [m.to_dict() for m in b]
+    sk = fitsketch.sketch_data(q, hub.config, partition_size=m)
+    b = hub.search(sk, method="adaptivity")
+    assert [m.to_dict() for m in hub.search(q, method="adaptivity")] == [m.to_dict() for m in b]
+    # the default (auto -> coverage) needs the query's rows: a sketch is scored by adaptivity, saying why
+    c = hub.search(sk)
+    assert a[0].method == "coverage" and [m.method for m in c] == ["adaptivity"]
+    assert "sketch without its rows" in c[0].evidence["fallback"] and c[0].score == b[0].score
 
 
 def test_inspect_reads_header_only(rng, tmp_path):

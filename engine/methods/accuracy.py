@@ -12,7 +12,7 @@ from .. import errors as E
 from ..storage import u64
 from .base import LABELS, ROWS, Method, ShortlistRule
 
-LABEL_FREE = "adaptivity"   # what method="auto" scores entries without labels by
+LABEL_FREE = "coverage"   # what method="auto" scores entries without labels by (bench/SUMMARY.md "Which label-free method auto uses")
 
 
 class Accuracy(Method):

@@ -1,5 +1,5 @@
 """``auto`` (the default): predicted accuracy (engine/methods/accuracy.py) for the entries
-registered with labels, the label-free default (``LABEL_FREE``, adaptivity) for the others,
+registered with labels, the label-free default (``LABEL_FREE``, coverage) for the others,
 ranked after them; on a hub without labelled entries it scores, and is screened, exactly as the
 label-free default."""
 from __future__ import annotations
