@@ -268,8 +268,10 @@ PARTS: tuple[Part, ...] = (Core(), Extra(), SimExFleet(), Embeddings(), ModelDes
 
 
 def entry_writer(new: NewEntry, config, device, make_entry):
-    """The function that writes ``new`` inside a write transaction; every part prepared first."""
-    write = _writer([new], [(p, [p.prepare(new, config, device)]) for p in PARTS], make_entry)
+    """The function that writes ``new`` inside a write transaction; every part prepared first. A
+    batch of one (``entries_writer``): an entry is stored byte for byte as ``Hub.add_sketches``
+    stores it, whatever its batch (tests/test_bulk.py)."""
+    write = entries_writer([new], config, device, make_entry)
     return lambda txn: write(txn)[0]
 
 
