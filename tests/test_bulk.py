@@ -75,18 +75,41 @@ def test_batched_hub_equals_entry_by_entry_hub(tmp_path, rng, monkeypatch, batch
 
 
 def test_one_batch_equals_many_batches(tmp_path, rng, monkeypatch):
-    """An entry's records do not depend on its batch: all items in one batch, or a batch per
-    entry, store the same bytes."""
+    """An entry's records do not depend on its batch or on its prepare chunk: all items in one
+    batch, a transaction per two entries, or one transaction prepared three entries at a time
+    (parts.PREPARE_CHUNK) store the same bytes."""
     monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
     cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
     sks = _sketches(rng, cfg, 7)
     items = [(f"e{i}", s) for i, s in enumerate(sks)]
     dumps = []
-    for j, batch in enumerate((len(items), 2)):
+    for j, (batch, chunk) in enumerate(((len(items), 1000), (2, 1000), (len(items), 3))):
+        monkeypatch.setattr(PT, "PREPARE_CHUNK", chunk)
         with fitsketch.open(tmp_path / f"{j}.hub", config=cfg) as hub:
             hub.add_sketches(items, batch=batch)
             dumps.append(_dump(hub))
-    _assert_same(*dumps)
+    _assert_same(dumps[0], dumps[1], "batch 2")
+    _assert_same(dumps[0], dumps[2], "prepare chunk 3")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 50])
+def test_put_dups_in_chunks_stores_what_put_dup_stores(tmp_path, rng, monkeypatch, n):
+    """``Txn.put_dups`` (chunks of 3 pairs here, so chunk edges fall inside runs of one key) stores
+    the pairs ``put_dup`` one at a time stores and counts the new ones, repeats included."""
+    from fitsketch.storage import txn as T
+    from fitsketch.storage import u64
+
+    monkeypatch.setattr(T, "_DUPS_CHUNK", 3)
+    keys = rng.integers(0, 4, n).astype(np.uint64) << np.uint64(60)      # few keys: long runs of duplicates
+    vals = rng.integers(0, 2**63, n).astype(np.uint64)
+    vals[n // 2:] = vals[:n - n // 2] if rng.random() < 0.5 else vals[n // 2:]   # repeated pairs, sometimes
+    keys[n // 2:] = keys[:n - n // 2] if rng.random() < 0.5 else keys[n // 2:]
+    with fitsketch.open(tmp_path / "a.hub") as a, fitsketch.open(tmp_path / "b.hub") as b:
+        added = a.store.transact(lambda t: t.put_dups("bands", keys, vals))
+        one = b.store.transact(lambda t: sum(t.put_dup("bands", u64(int(k)), u64(int(v))) for k, v in zip(keys, vals)))
+        assert added == one == len(set(zip(keys.tolist(), vals.tolist())))
+        da, db = _dump(a), _dump(b)
+    _assert_same(da, db)
 
 
 def test_empty_list_changes_nothing(tmp_path, rng):
