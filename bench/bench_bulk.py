@@ -54,7 +54,7 @@ def _instrument(timer: _Timer) -> None:
     import fitsketch.profiles as PR
     import fitsketch.storage.txn as T
 
-    parts = {p.name: p for p in P.PARTS}
+    parts = {p.name: type(p) for p in P.PARTS}   # the classes: restore() leaves no attribute on the instances
     timer.wrap(fitsketch.hub.Hub, "_check_sketch", "validate")
     timer.wrap(P, "_aggregate", "aggregate")
     timer.wrap(P, "pack_hists", "pack_hists")
