@@ -33,7 +33,7 @@ from .scale import build_sketches
 # (stage key, label, depth): what _instrument wraps
 STAGES = [
     ("validate", "validation (Hub._check_sketch: every array's shape, dtype, range, order)", 0),
-    ("prepare", "prepare (every part's records, the batch at once)", 0),
+    ("prepare", "prepare (every part's records, parts.PREPARE_CHUNK entries at a time)", 0),
     ("aggregate", "the batch's histograms in one COO (profiles._aggregate)", 1),
     ("pack_hists", "packed histograms (partitions.pack_hists)", 1),
     ("records", "profiles and JS-LSH keys (profiles.records)", 1),
