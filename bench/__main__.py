@@ -71,6 +71,8 @@ SUITES: dict[str, Suite] = {
                     lambda: importlib.import_module("bench.bench_shortlist")),
     "scale_out": Suite("bench.bench_scale_out", "Parquet sketching throughput, sharded search",
                     lambda: importlib.import_module("bench.bench_scale_out")),
+    "bulk": Suite("bench.bench_bulk", "add_sketches entries/s vs LMDB writing the same bytes, its stage split",
+                    lambda: importlib.import_module("bench.bench_bulk")),
 }
 GROUPS: dict[str, tuple[str, ...]] = {
     "speed": ("minhash", "jslsh", "recon"),

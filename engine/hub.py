@@ -238,10 +238,15 @@ class Hub:
             checked.append((name, sk, md))
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise E.InvalidArgumentError(f"batch={batch!r} is not valid: expected a positive integer")
+        kinds = {_acc.label_kind(sk.classes["labels"]) for _, sk, _ in checked if sk.classes is not None}
         with self.store.read() as txn:
             taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
+            held = {k for k, c in (txn.get("meta", b"label_kinds") or {}).items() if c > 0} if kinds else set()
         if taken:
             raise E.EntryExistsError(f"entries named {sorted(taken)[:5]} exist: remove them first or choose other names")
+        if len(kinds | held) > 1:   # checked here, not in a later batch's write (parts.count_label_kind)
+            raise E.LabelError(f"the items' labelled sketches{' and the hub' if held else ''} have int and str labels: "
+                               "use one label vocabulary in a hub (map the labels to one kind)")
         bar = None
         if progress:
             from tqdm import tqdm

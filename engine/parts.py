@@ -248,7 +248,9 @@ class Bands(Part):
             return []
         kv = [self._postings(eid, prep) for eid, prep in zip(eids, prepared)]
         keys, vals = np.concatenate([k for k, _ in kv]), np.concatenate([v for _, v in kv])
-        order = np.argsort(keys)   # a dupsort key's values LMDB keeps sorted itself
+        # stable: the postings come by entry id, each entry's by feature, so every key's new values
+        # go in ascending -- appended to its sorted duplicates (~20% less CPU than in any order)
+        order = np.argsort(keys, kind="stable")
         txn.put_dups("bands", keys[order], vals[order])
         return [None] * len(eids)
 
@@ -268,8 +270,10 @@ PARTS: tuple[Part, ...] = (Core(), Extra(), SimExFleet(), Embeddings(), ModelDes
 
 
 def entry_writer(new: NewEntry, config, device, make_entry):
-    """The function that writes ``new`` inside a write transaction; every part prepared first."""
-    write = _writer([new], [(p, [p.prepare(new, config, device)]) for p in PARTS], make_entry)
+    """The function that writes ``new`` inside a write transaction; every part prepared first. A
+    batch of one (``entries_writer``): an entry is stored byte for byte as ``Hub.add_sketches``
+    stores it, whatever its batch (tests/test_bulk.py)."""
+    write = entries_writer([new], config, device, make_entry)
     return lambda txn: write(txn)[0]
 
 
@@ -283,14 +287,20 @@ def _aggregate(news: list, shared: dict):
     return shared["agg"]
 
 
+PREPARE_CHUNK = 256   # entries prepared at once: a 1,000-entry batch's temporaries (5M histogram cells at
+                      # 32 x 10) outgrow the caches; 256 at a time cost ~30% less CPU (bench/bench_bulk.py)
+
+
 def entries_writer(news: list, config, device, make_entry):
     """The function that writes a batch of entries (``Hub.add_sketches``) inside one write
-    transaction, every part prepared first for the batch at once (``Part.prepare_many``); the
-    batch is written part by part (``Part.write_many``), all or nothing. Stores what
+    transaction, every part prepared first for ``PREPARE_CHUNK`` entries at once (``Part.prepare_many``);
+    the batch is written part by part (``Part.write_many``), all or nothing. Stores what
     ``entry_writer`` of each entry in turn stores (tests/test_profiles.py)."""
-    shared: dict = {}
-    prepared = [(p, p.prepare_many(news, config, device, shared)) for p in PARTS]
-    del shared
+    prepared = [(p, []) for p in PARTS]
+    for lo in range(0, len(news), PREPARE_CHUNK):   # an entry's records do not depend on its chunk
+        chunk, shared = news[lo:lo + PREPARE_CHUNK], {}
+        for p, out in prepared:
+            out += p.prepare_many(chunk, config, device, shared)
     return _writer(news, prepared, make_entry)
 
 

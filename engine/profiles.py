@@ -149,9 +149,20 @@ def _aggregate(sketches) -> dict:
     e = np.repeat(np.arange(len(sketches), dtype=np.int64), lens)
     part, feat, bucket, count = cat("part", np.int64), cat("feat", np.int64), cat("bucket", np.int64), \
         cat("count", np.float64)
-    # (entry, feature, bucket) -> one int64: entries < 2^15 a batch, features < 2^16, buckets int32
-    inv, uniq = pd.factorize((e << 48) | (feat << 32) | (bucket + (1 << 31)), sort=True)
-    d_count = np.bincount(inv, weights=count, minlength=len(uniq))
+    # (entry, feature, bucket) -> one int64: entries < 2^15 a batch, features < 2^16, buckets int32.
+    # Each sketch's cells are sorted by (part, feat, bucket): the keys are n_partitions sorted runs a
+    # sketch, which a stable (run-merging) sort orders ~7x faster than factorize(sort=True) hashes them
+    key = (e << 48) | (feat << 32) | (bucket + (1 << 31))
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    start = np.ones(len(ks), dtype=bool)
+    np.not_equal(ks[1:], ks[:-1], out=start[1:])
+    run = np.cumsum(start) - 1
+    inv = np.empty(len(ks), dtype=np.int64)
+    inv[order] = run
+    uniq = ks[start]
+    # each dataset cell's counts summed in cell order (the sort is stable), as the factorize did
+    d_count = np.bincount(run, weights=count[order], minlength=len(uniq))
     return {"e": e, "part": part, "feat": feat, "bucket": bucket, "count": count, "d_of": inv, "d_e": uniq >> 48,
             "d_feat": (uniq >> 32) & 0xFFFF, "d_bucket": (uniq & 0xFFFFFFFF) - (1 << 31), "d_count": d_count}
 
@@ -217,7 +228,7 @@ def records(sketches, config, device: str = "auto", agg: dict | None = None) -> 
                             PROFILE_DIM).astype(np.float64)
     from scipy import sparse
 
-    order = np.lexsort((c_inv, de))
+    order = np.argsort((de << 32) | c_inv, kind="stable")   # by (entry, coordinate): lexsort((c_inv, de))
     indptr = np.searchsorted(de, np.arange(n + 1))
     W = sparse.csr_matrix((np.sqrt(dc / tot)[order], c_inv[order], indptr), shape=(n, len(c_uniq)))
     X = (W @ A) / np.sqrt(np.maximum(live, 1) * PROFILE_DIM)[:, None]
@@ -246,9 +257,11 @@ def records(sketches, config, device: str = "auto", agg: dict | None = None) -> 
     out = []
     params = [float(config.jslsh_r), int(config.jslsh_k), int(config.jslsh_l)]
     xs = X.astype(np.float32).astype(np.float16)
+    rs = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if len(run) else np.zeros(0, np.int64)
+    used = nk_all[f_off[de[rs]] + df[rs]]   # each entry's non-empty features' name keys, by feature
+    u_lo = np.searchsorted(de[rs], np.arange(n + 1))
     for i in range(n):
-        used = np.unique(df[indptr[i]:indptr[i + 1]])
-        out.append(({"v": PROFILE_FORMAT, "x": xs[i], "names": nk_all[f_off[i] + used]},
+        out.append(({"v": PROFILE_FORMAT, "x": xs[i], "names": used[u_lo[i]:u_lo[i + 1]]},
                     {"v": PROFILE_FORMAT, "jk_params": params, "jk_part": part_keys[p_off[i]:p_off[i + 1]],
                      "jk_data": data_keys[i:i + 1], "jk_small_params": small_params(config),
                      "jk_small": small_keys[i:i + 1]}))

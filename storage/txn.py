@@ -36,6 +36,7 @@ DBS = (
     "extra",       # anything else
 )
 DUPSORT_DBS = frozenset({"bands"})
+_DUPS_CHUNK = 1 << 14   # pairs put_dups converts and writes at a time
 DUP_SIZE = 8  # bytes per value in a dupsort database
 MAX_KEY = 511  # LMDB's default maximum key size
 
@@ -179,7 +180,8 @@ class Txn:
         return self._mut(self._txn.put, _check_key(key), value8, db=h, dupdata=False)  # NODUPDATA: False if pair exists
 
     def put_dups(self, db: str, keys, values) -> int:
-        """``put_dup(db, u64(keys[i]), u64(values[i]))`` for every i, in one C loop: ``keys`` and
+        """``put_dup(db, u64(keys[i]), u64(values[i]))`` for every i, in order, in C loops of
+        ``_DUPS_CHUNK`` pairs (a million pairs' bytes objects at once cost ~25% more): ``keys`` and
         ``values`` are equal-length arrays of integers in [0, 2**64). Returns how many pairs were new."""
         h = self._db(db, dup=True)
         keys = np.asarray(keys)
@@ -187,12 +189,15 @@ class Txn:
         if keys.shape != values.shape or keys.ndim != 1 or keys.dtype.kind not in "iu" or values.dtype.kind not in "iu":
             raise ValueError(f"put_dups takes two equal-length 1-D integer arrays, got {keys.dtype}{keys.shape} "
                              f"and {values.dtype}{values.shape}")
-        # 8-byte big-endian bytes objects, made in C (V8 items convert to bytes, zero bytes kept)
-        pairs = zip(keys.astype(">u8").view("V8").tolist(), values.astype(">u8").view("V8").tolist())
         self._writable()
+        added = 0
         with self._txn.cursor(db=h) as cur:
             try:
-                _, added = cur.putmulti(pairs, dupdata=False)
+                for lo in range(0, len(keys), _DUPS_CHUNK):
+                    # 8-byte big-endian bytes objects, made in C (V8 items convert to bytes, zero bytes kept)
+                    pairs = zip(keys[lo:lo + _DUPS_CHUNK].astype(">u8").view("V8").tolist(),
+                                values[lo:lo + _DUPS_CHUNK].astype(">u8").view("V8").tolist())
+                    added += cur.putmulti(pairs, dupdata=False)[1]
             except lmdb.MapFullError:
                 self.map_full = True
                 raise

@@ -1,0 +1,175 @@
+"""Bulk add (issue 21's ">= 1,000 entries/s through ``add_sketches``"): ``python -m bench bulk [--quick]``.
+
+Entries: bench/scale.py's 32 numeric features x 10 partitions of 500 rows (merged from partition
+sketches of 20 data families, ~5,400 histogram cells and 1,024 band postings an entry), ``--entries``
+of them (default 2,000; ``--quick`` 300), ``batch`` (1,000) a transaction.
+
+Measured, interleaved round by round so both see the same load (``harness.interleaved``):
+
+* ``add_sketches`` of all entries into a new hub (wall and CPU time);
+* the baseline: LMDB alone writing **the same bytes** -- every record the hub stored, read back
+  raw, written into a new file in as many transactions (bench_shortlist's ``_raw_write``);
+* for reference, ``add_sketch`` one entry a transaction, on a tenth of the entries.
+
+One add before the rounds is not timed: it fills the process's memos (name hashes, the random
+projection rows of the batch's histogram coordinates), as in a long bulk load after its first batch.
+Then one more add with each stage's engine function wrapped (CPU time; a stage includes its
+indented sub-stages): where an entry's time goes. The machine is shared: report the CPU rates and
+the ratio to LMDB in the same run, not wall times alone.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import harness as H
+from .bench_profile import _Timer
+from .bench_shortlist import _raw_items, _raw_write
+from .scale import build_sketches
+
+# (stage key, label, depth): what _instrument wraps
+STAGES = [
+    ("validate", "validation (Hub._check_sketch: every array's shape, dtype, range, order)", 0),
+    ("prepare", "prepare (every part's records, parts.PREPARE_CHUNK entries at a time)", 0),
+    ("aggregate", "the batch's histograms in one COO (profiles._aggregate)", 1),
+    ("pack_hists", "packed histograms (partitions.pack_hists)", 1),
+    ("records", "profiles and JS-LSH keys (profiles.records)", 1),
+    ("gaussian", "random projection rows (gaussian_projection)", 2),
+    ("sparse_keys", "JS-LSH sparse projections (profiles._sparse_keys)", 2),
+    ("screen", "screen records", 1),
+    ("band_keys", "LSH band keys", 1),
+    ("transaction", "the write transaction (Hub._transact)", 0),
+    ("write", "records encoded and put (Core, Extra, Profile, Screen)", 1),
+    ("pack", "msgpack encoding (codec.pack)", 2),
+    ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
+]
+
+
+def _instrument(timer: _Timer) -> None:
+    import fitsketch.hub
+    import fitsketch.parts as P
+    import fitsketch.profiles as PR
+    import fitsketch.storage.txn as T
+
+    parts = {p.name: type(p) for p in P.PARTS}   # the classes: restore() leaves no attribute on the instances
+    timer.wrap(fitsketch.hub.Hub, "_check_sketch", "validate")
+    timer.wrap(P, "_aggregate", "aggregate")
+    timer.wrap(P, "pack_hists", "pack_hists")
+    timer.wrap(PR, "records", "records")
+    timer.wrap(PR, "gaussian_projection", "gaussian")
+    timer.wrap(PR, "_sparse_keys", "sparse_keys")
+    timer.wrap(parts["screen"], "prepare_many", "screen")
+    timer.wrap(parts["bands"], "prepare_many", "band_keys")
+    timer.wrap(P, "entries_writer", "prepare")      # prepares every part, returns the transaction's function
+    timer.wrap(fitsketch.hub.Hub, "_transact", "transaction")
+    for name in ("core", "extra", "profile", "screen"):
+        timer.wrap(parts[name], "write_many", "write")
+    timer.wrap(T, "pack", "pack")
+    timer.wrap(parts["bands"], "write_many", "bands")
+
+
+def _split(timer: _Timer, n: int, total_s: float) -> list[dict]:
+    rows = []
+    for key, label, depth in STAGES:
+        s = timer.total.get(key, 0.0)
+        rows.append({"stage": "&nbsp;&nbsp;" * depth + label, "ms_per_entry": round(s * 1e3 / n, 3),
+                     "share": f"{100 * s / total_s:.0f}%"})
+    t = timer.total
+    rest = t.get("transaction", 0.0) - t.get("write", 0.0) - t.get("bands", 0.0)
+    rows.insert(len(STAGES), {"stage": "&nbsp;&nbsp;commit, name checks, counters (rest of the transaction)",
+                                  "ms_per_entry": round(rest * 1e3 / n, 3), "share": f"{100 * rest / total_s:.0f}%"})
+    other = total_s - t.get("validate", 0.0) - t.get("prepare", 0.0) - t.get("transaction", 0.0)
+    rows.append({"stage": "other (items list, NewEntry, checks of names and metadata)",
+                 "ms_per_entry": round(other * 1e3 / n, 3), "share": f"{100 * other / total_s:.0f}%"})
+    rows.append({"stage": "**total** (CPU)", "ms_per_entry": round(total_s * 1e3 / n, 3), "share": "100%"})
+    return rows
+
+
+def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = False, out=print,
+        out_dir: Path | None = None) -> list[dict]:
+    import fitsketch
+
+    ctx = H.context("cpu", quick)
+    env = H.environment("cpu")
+    wall = H.stopwatch().__enter__()
+    sk, _ = build_sketches(20, 8, n, seed=3)
+    items = [(f"e{i:07d}", s) for i, s in enumerate(sk)]
+    cells = float(np.mean([len(s.hist["feat"]) for s in sk]))
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-bulk-"))
+    made = iter(range(1 << 30))
+    try:
+        def add():
+            with fitsketch.open(work / f"a{next(made)}.hub") as hub:
+                assert hub.add_sketches(items, batch=batch) == n
+                return hub.store._file
+
+        raw = _raw_items(add())   # the untimed first add (memos filled); its records are the baseline's bytes
+        size = sum(len(k) + len(v) for kv in raw.values() for k, v in kv)
+        n_txn = -(-n // batch)
+
+        def raw_write():
+            _raw_write(str(work / f"raw{next(made)}.lmdb"), raw, n_txn)
+
+        t = H.interleaved({"add_sketches": add, "lmdb": raw_write}, repeats=repeats, warmup=0)
+        m = max(10, n // 10)
+
+        def one_at_a_time():
+            with fitsketch.open(work / f"b{next(made)}.hub") as hub:
+                for name, s in items[:m]:
+                    hub.add_sketch(name, s)
+
+        t_one = H.timeit(one_at_a_time, repeats=1, warmup=0, cpu=True)
+        timer = _Timer(clock=H.clock(cpu=True))
+        _instrument(timer)
+        try:
+            t_split = H.timeit(add, repeats=1, warmup=0, cpu=True)
+        finally:
+            timer.restore()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    a, r = t["add_sketches"], t["lmdb"]
+    rate, rate_cpu = n / a["p50_s"], n / a["cpu"]["p50_s"]
+    raw_rate, raw_cpu = n / r["p50_s"], n / r["cpu"]["p50_s"]
+    one, one_cpu = m / t_one["p50_s"], m / t_one["cpu"]["p50_s"]
+    load = H.load_average()
+    wl = f"scale32: {n} entries of 32 features x 10 partitions, {cells:.0f} histogram cells, {size / n / 1024:.1f} KiB stored an entry; batch {batch}"
+    split = _split(timer, n, t_split["cpu"]["p50_s"])
+    out(f"bulk add, {wl} (load {load:.1f}, median of {repeats} interleaved rounds):")
+    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second")
+    out(f"  LMDB writing the same bytes {raw_rate:.0f} entries/s wall, {raw_cpu:.0f} per CPU second: add_sketches is "
+        f"{rate / raw_rate:.2f}x wall, {rate_cpu / raw_cpu:.2f}x CPU of it")
+    out(f"  add_sketch, one entry a transaction ({m} entries): {one:.0f}/s wall, {one_cpu:.0f} per CPU second")
+    out(f"\n## Where an add_sketches entry's CPU time goes ({n} entries)\n")
+    out(H.markdown_table(split, ["stage", "ms_per_entry", "share"]))
+    rows = [H.row(ctx, "bulk", wl, "add_sketches", "entries_per_cpu_s", rate_cpu, unit="entries/s",
+                  baseline="LMDB raw write of the same bytes (entries per CPU s)", baseline_value=raw_cpu,
+                  wall_rate=rate, baseline_wall_rate=raw_rate, wall_ratio=rate / raw_rate, load_avg_1m=load,
+                  bytes_per_entry=size / n, target=1000.0),
+            H.row(ctx, "bulk", wl, "add_sketch (one a transaction)", "entries_per_cpu_s", one_cpu, unit="entries/s",
+                  baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=one),
+            H.row(ctx, "bulk", "all", "all", "wall_time", wall.elapsed(), unit="s")]
+    path = H.write_suite("bulk" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
+                         tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
+                                 "lmdb": {k: v for k, v in r.items() if k != "result"}})
+    out(f"bulk: wrote {path} ({wall.elapsed():.0f} s)")
+    return rows
+
+
+def suite(opts: H.Options) -> list[dict]:
+    H.setup(opts)
+    n = opts.extra.get("entries") or (300 if opts.quick else 2_000)
+    return run(n, repeats=opts.repeats or (1 if opts.quick else 3), quick=opts.quick, out_dir=opts.out_dir)
+
+
+def main(argv=None) -> None:
+    ap = H.parser(__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=None, help="entries added (default 2,000; --quick 300)")
+    a = ap.parse_args(argv)
+    suite(H.options(a, entries=a.entries))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Bulk add (``Hub.add_sketches``): a hub filled in batches holds, key by key and byte by byte, what
+a hub filled one entry at a time holds, for any batch size (1, odd, larger than the items) and
+across calls (the empty list included); bad input anywhere in the items leaves the hub unchanged."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fitsketch
+from fitsketch import errors as E
+from fitsketch import parts as PT
+from fitsketch.storage.txn import DBS
+
+from _frames import _frame, _sketch
+from _hubcheck import check_hub
+
+
+def _sketches(rng, cfg, n):
+    """``n`` fresh sketches of three schemas, mixed partition sizes, a categorical column, a one-row
+    table and a merged sketch."""
+    out = []
+    for i in range(n):
+        names = [("a", "b", "c"), ("c", "a"), ("x", "b", "y", "z")][i % 3]
+        rows = 1 if i == 2 else int(rng.integers(20, 300))
+        df = _frame(rng, rows, loc=float(rng.normal()), names=names)
+        if i % 4 == 3:
+            df[names[0]] = rng.choice(["u", "v", "w", "q"], rows)
+        ps = 40 if i % 5 == 4 else int(rng.integers(15, 120))
+        sk = _sketch(cfg, df, ps=ps)
+        if i % 5 == 4:   # a merged sketch
+            sk = sk.merge(_sketch(cfg, _frame(rng, int(rng.integers(20, 200)), names=names), ps=ps))
+        out.append(sk)
+    return out
+
+
+def _dump(hub) -> dict:
+    """Every (key, value) of every database of an open hub, raw bytes (``bands``: each duplicate),
+    the hub's creation time left out."""
+    with hub.store.read() as txn:
+        return {name: [(bytes(k), bytes(v)) for k, v in txn._scan(name, b"", nodup=False)
+                       if (name, bytes(k)) != ("meta", b"created")] for name in DBS}
+
+
+def _assert_same(a: dict, b: dict, why: str = "") -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert [k for k, _ in a[name]] == [k for k, _ in b[name]], (why, name)
+        for (k, va), (_, vb) in zip(a[name], b[name]):
+            assert va == vb, (why, name, k)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_batched_hub_equals_entry_by_entry_hub(tmp_path, rng, monkeypatch, batch):
+    """The same fresh sketches, added by ``add_sketches`` (in two calls around an empty one) and one
+    at a time by ``add_sketch``, give byte-identical databases (the add time fixed: it is a clock)."""
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    n = int(rng.integers(5, 10)) | 1   # odd
+    sks = _sketches(rng, cfg, n)
+    items = [(f"e{i}", s, {"i": i}) for i, s in enumerate(sks)]
+    cut = int(rng.integers(1, n))
+    with fitsketch.open(tmp_path / "a.hub", config=cfg) as a, fitsketch.open(tmp_path / "b.hub", config=cfg) as b:
+        assert a.add_sketches(items[:cut], batch=batch) == cut
+        assert a.add_sketches([], batch=batch) == 0
+        assert a.add_sketches(iter(items[cut:]), batch=batch) == n - cut
+        for name, s, md in items:
+            b.add_sketch(name, s, metadata=md)
+        check_hub(a)
+        da, db = _dump(a), _dump(b)
+    assert len(da["entries"]) == n and len(da["bands"]) > 0
+    _assert_same(da, db)
+
+
+def test_one_batch_equals_many_batches(tmp_path, rng, monkeypatch):
+    """An entry's records do not depend on its batch or on its prepare chunk: all items in one
+    batch, a transaction per two entries, or one transaction prepared three entries at a time
+    (parts.PREPARE_CHUNK) store the same bytes."""
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    sks = _sketches(rng, cfg, 7)
+    items = [(f"e{i}", s) for i, s in enumerate(sks)]
+    dumps = []
+    for j, (batch, chunk) in enumerate(((len(items), 1000), (2, 1000), (len(items), 3))):
+        monkeypatch.setattr(PT, "PREPARE_CHUNK", chunk)
+        with fitsketch.open(tmp_path / f"{j}.hub", config=cfg) as hub:
+            hub.add_sketches(items, batch=batch)
+            dumps.append(_dump(hub))
+    _assert_same(dumps[0], dumps[1], "batch 2")
+    _assert_same(dumps[0], dumps[2], "prepare chunk 3")
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 50])
+def test_put_dups_in_chunks_stores_what_put_dup_stores(tmp_path, rng, monkeypatch, n):
+    """``Txn.put_dups`` (chunks of 3 pairs here, so chunk edges fall inside runs of one key) stores
+    the pairs ``put_dup`` one at a time stores and counts the new ones, repeats included."""
+    from fitsketch.storage import txn as T
+    from fitsketch.storage import u64
+
+    monkeypatch.setattr(T, "_DUPS_CHUNK", 3)
+    keys = rng.integers(0, 4, n).astype(np.uint64) << np.uint64(60)      # few keys: long runs of duplicates
+    vals = rng.integers(0, 2**63, n).astype(np.uint64)
+    vals[n // 2:] = vals[:n - n // 2] if rng.random() < 0.5 else vals[n // 2:]   # repeated pairs, sometimes
+    keys[n // 2:] = keys[:n - n // 2] if rng.random() < 0.5 else keys[n // 2:]
+    with fitsketch.open(tmp_path / "a.hub") as a, fitsketch.open(tmp_path / "b.hub") as b:
+        added = a.store.transact(lambda t: t.put_dups("bands", keys, vals))
+        one = b.store.transact(lambda t: sum(t.put_dup("bands", u64(int(k)), u64(int(v))) for k, v in zip(keys, vals)))
+        assert added == one == len(set(zip(keys.tolist(), vals.tolist())))
+        da, db = _dump(a), _dump(b)
+    _assert_same(da, db)
+
+
+def test_empty_list_changes_nothing(tmp_path, rng):
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches([(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 3))])
+        before = _dump(hub)
+        assert hub.add_sketches([]) == 0 and hub.add_sketches(iter(())) == 0
+        _assert_same(before, _dump(hub))
+
+
+def _labelled(rng, cfg, labels):
+    n = len(labels)
+    df = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    return fitsketch.sketch_data(df, cfg, partition_size=30, labels=np.asarray(labels))
+
+
+def test_bad_input_anywhere_leaves_the_hub_unchanged(tmp_path, rng):
+    """Each bad item, placed last behind good ones and with batch=1 (so earlier batches would be
+    written first if anything were checked late), raises a FitsketchError and leaves every
+    database as it was."""
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    good = _sketches(rng, cfg, 4)
+    s = good[0]
+    unsorted = dataclasses.replace(s, hist={k: v[::-1].copy() for k, v in s.hist.items()})
+    short_sig = dataclasses.replace(s, signatures=s.signatures[:, :7].copy())
+    neg_rows = dataclasses.replace(s, n_rows=-1)
+    big_bucket = dataclasses.replace(s, hist={**s.hist, "count": np.full_like(s.hist["count"], 0)})
+    other = _sketch(fitsketch.SketchConfig(seed=cfg.seed + 1), _frame(rng, 50))
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches([("taken", good[3]), ("int-labelled", _labelled(rng, cfg, rng.integers(0, 3, 60)))])
+        before = _dump(hub)
+        head = [("g0", good[1]), ("g1", good[2])]
+        bad = {
+            "repeated name": head + [("g0", good[3])],
+            "name in the hub": head + [("taken", good[3])],
+            "not a sketch": head + [("x", "sketch")],
+            "other parameters": head + [("x", other)],
+            "unsorted histograms": head + [("x", unsorted)],
+            "short signatures": head + [("x", short_sig)],
+            "negative n_rows": head + [("x", neg_rows)],
+            "zero counts": head + [("x", big_bucket)],
+            "metadata not storable": head + [("x", s, {"k": object()})],
+            "name not a string": head + [(7, s)],
+            "empty name": head + [("", s)],
+            "item of one field": head + [("x",)],
+            "item not a tuple": head + ["x"],
+            "str labels in an int-labelled hub": head + [("x", _labelled(rng, cfg, rng.choice(["p", "q"], 60)))],
+            "int and str labels in one call": [("l1", _labelled(rng, cfg, rng.integers(0, 2, 60))),
+                                               ("l2", _labelled(rng, cfg, rng.choice(["p", "q"], 60)))],
+        }
+        for why, items in bad.items():
+            with pytest.raises(E.FitsketchError):
+                hub.add_sketches(items, batch=1)
+            _assert_same(before, _dump(hub), why)
+        for b in (0, -1, True, 1.5, "2"):
+            with pytest.raises(E.InvalidArgumentError):
+                hub.add_sketches(head, batch=b)
+            _assert_same(before, _dump(hub), f"batch={b!r}")
+        assert hub.add_sketches(head, batch=1) == 2 and len(hub) == 4
+        check_hub(hub)
