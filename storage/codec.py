@@ -50,7 +50,7 @@ EXT_NDARRAY = 1  # msgpack ExtType code of a NumPy array / scalar
 EXT_PACKED = 2   # msgpack ExtType code of a filtered, compressed NumPy array (pack(compress=True))
 MIN_COMPRESS = 128          # smaller arrays are stored as they are (a frame costs ~10 bytes)
 MAX_UNPACKED = 1 << 28      # larger arrays are stored as they are; a larger claimed size is refused
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 1             # level 3 is ~1.5x the CPU for ~3% fewer bytes on hub records
 _FILTERS = (0, 1, 2)        # none, byte shuffle, integer delta + byte shuffle
 _ZSTD, _ZLIB = 1, 2
 ALLOWED_KINDS = frozenset("biufc")  # bool, signed, unsigned, float, complex
@@ -171,7 +171,9 @@ def _encode_packed(a: np.ndarray):
     if not MIN_COMPRESS <= a.nbytes <= MAX_UNPACKED:
         return _encode_array(a)
     a = np.ascontiguousarray(a)
-    filters = _FILTERS if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
+    # the bytes as they are (repeated rows: signatures of merged or alike columns), shuffled when
+    # wider than a byte (small minima, counts, floats), integer delta (sorted codes, positions)
+    filters = tuple(f for f in _FILTERS if (f != 1 or a.itemsize > 1) and (f != 2 or a.dtype.kind in "iu"))
     best = None
     for flt in filters:
         codec, z = _compress(_filtered(a, flt))
