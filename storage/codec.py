@@ -48,7 +48,7 @@ __all__ = ["pack", "unpack", "EXT_NDARRAY", "EXT_PACKED", "ALLOWED_KINDS"]
 
 EXT_NDARRAY = 1  # msgpack ExtType code of a NumPy array / scalar
 EXT_PACKED = 2   # msgpack ExtType code of a filtered, compressed NumPy array (pack(compress=True))
-MIN_COMPRESS = 128          # smaller arrays are stored as they are (a frame costs ~10 bytes)
+MIN_COMPRESS = 512          # smaller arrays are stored as they are (each decompression costs ~5 us)
 MAX_UNPACKED = 1 << 28      # larger arrays are stored as they are; a larger claimed size is refused
 ZSTD_LEVEL = 1             # level 3 is ~1.5x the CPU for ~3% fewer bytes on hub records
 _FILTERS = (0, 1, 2)        # none, byte shuffle, integer delta + byte shuffle
@@ -124,15 +124,25 @@ _ZSTD_CODEC = None
 
 
 def _shuffle(b: bytes, itemsize: int) -> bytes:
+    """Byte i of every element, for i = 0 .. itemsize - 1 (a plane at a time: ~8x faster than a
+    transposed copy for 2-byte elements)."""
     if itemsize == 1:
         return b
-    return np.frombuffer(b, dtype=np.uint8).reshape(-1, itemsize).T.tobytes()
+    u = np.frombuffer(b, dtype=np.uint8)
+    out = np.empty((itemsize, len(u) // itemsize), dtype=np.uint8)
+    for i in range(itemsize):
+        out[i] = u[i::itemsize]
+    return out.tobytes()
 
 
-def _unshuffle(b: bytes, itemsize: int) -> bytes:
+def _unshuffle(b: bytes, itemsize: int) -> bytearray:
     if itemsize == 1:
-        return b
-    return np.frombuffer(b, dtype=np.uint8).reshape(itemsize, -1).T.tobytes()
+        return bytearray(b)
+    planes = np.frombuffer(b, dtype=np.uint8).reshape(itemsize, -1)
+    out = np.empty(len(b), dtype=np.uint8)
+    for i in range(itemsize):
+        out[i::itemsize] = planes[i]
+    return bytearray(out.data)
 
 
 def _filtered(a: np.ndarray, flt: int) -> bytes:
@@ -149,9 +159,12 @@ def _filtered(a: np.ndarray, flt: int) -> bytes:
 def _unfiltered(raw: bytes, dtype: np.dtype, count: int, flt: int) -> np.ndarray:
     if flt == 0:
         return np.frombuffer(bytearray(raw), dtype=dtype, count=count)
-    a = np.frombuffer(bytearray(_unshuffle(raw, dtype.itemsize)), dtype=dtype, count=count)
+    a = np.frombuffer(_unshuffle(raw, dtype.itemsize), dtype=dtype, count=count)
     if flt == 2:
-        np.cumsum(a, dtype=dtype, out=a)
+        if dtype.itemsize < 8:   # summed in 64 bits and cut to the dtype: the same wrapped sums, faster
+            a = np.cumsum(a, dtype=np.int64).astype(dtype)
+        else:
+            np.cumsum(a, dtype=dtype, out=a)
     return a
 
 
