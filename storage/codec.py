@@ -184,9 +184,10 @@ def _encode_packed(a: np.ndarray):
     if not MIN_COMPRESS <= a.nbytes <= MAX_UNPACKED:
         return _encode_array(a)
     a = np.ascontiguousarray(a)
-    # the bytes as they are (repeated rows: signatures of merged or alike columns), shuffled when
-    # wider than a byte (small minima, counts, floats), integer delta (sorted codes, positions)
-    filters = tuple(f for f in _FILTERS if (f != 1 or a.itemsize > 1) and (f != 2 or a.dtype.kind in "iu"))
+    # two tries: the bytes as they are (repeated rows: signatures of merged or alike columns), and
+    # integer delta + shuffle (sorted codes, positions, small counts) or, for floats, the shuffle
+    # alone; the shuffle alone on integers came within ~1% of the better of these on hub records
+    filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
     best = None
     for flt in filters:
         codec, z = _compress(_filtered(a, flt))
