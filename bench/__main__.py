@@ -67,6 +67,8 @@ SUITES: dict[str, Suite] = {
                     lambda: importlib.import_module("bench.bench_probelog")),
     "scale": Suite("bench.scale", "hub size vs add throughput, query latency, bytes per entry, RSS",
                     lambda: importlib.import_module("bench.scale")),
+    "size": Suite("bench.bench_size", "bytes per entry: compressed records (format 3) vs plain, same entries",
+                    lambda: importlib.import_module("bench.bench_size")),
     "shortlist": Suite("bench.bench_shortlist", "the candidate stage's recall and speed-up",
                     lambda: importlib.import_module("bench.bench_shortlist")),
     "scale_out": Suite("bench.bench_scale_out", "Parquet sketching throughput, sharded search",

@@ -22,11 +22,18 @@ from . import profiles as _profiles
 from . import screen as _screen
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
-from .storage import from_u64, u64
+from .storage import from_u64, pack, u64
 from .storage.schema import ae_key
 
 ENTRY_FORMAT = 1   # entry, signature, extra and weights records (storage/schema.py)
 _EMPTY_SIG = np.uint32(0xFFFFFFFF)
+
+
+def _put(txn, db: str, key: bytes, obj) -> None:
+    """Store a per-entry record with its arrays compressed (storage/codec.py ``compress=True``,
+    lossless; hub format 3): signatures, histograms, coverage, profile and screen records are
+    most of an entry's bytes."""
+    txn.put_raw(db, key, pack(obj, compress=True))
 
 
 @dataclass
@@ -89,10 +96,10 @@ class Core(Part):
                "sums": sk.sums, "counts": sk.counts, "created": prepared["created"]}
         if new.spaces and "classes" in new.spaces:
             rec["labelled"] = True   # method="auto" reads class records only of these
-        txn.put("entries", k, rec)
+        _put(txn, "entries", k, rec)
         txn.put_raw("names", new.name.encode("utf-8"), k)
-        txn.put("signatures", k, {"v": ENTRY_FORMAT, "sig": sk.signatures})
-        txn.put("histograms", k, prepared["hist"])
+        _put(txn, "signatures", k, {"v": ENTRY_FORMAT, "sig": sk.signatures})
+        _put(txn, "histograms", k, prepared["hist"])
         return rec
 
     def delete(self, txn, eid, rec, config):
@@ -111,7 +118,7 @@ class Extra(Part):
         sk, spaces = new.sketch, new.spaces
         if sk.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
             cov = {} if sk.coverage is None else {"coverage": sk.coverage}
-            txn.put("extra", u64(eid), {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
+            _put(txn, "extra", u64(eid), {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
         if spaces and "classes" in spaces:
             count_label_kind(txn, spaces["classes"]["labels"], +1)
 
@@ -184,8 +191,8 @@ class Profile(Part):
 
     def write(self, txn, eid, new, prepared):
         prof, prof_keys = prepared
-        txn.put("extra", _profiles.key(eid), prof)
-        txn.put("extra", _profiles.keys_key(eid), prof_keys)
+        _put(txn, "extra", _profiles.key(eid), prof)
+        _put(txn, "extra", _profiles.keys_key(eid), prof_keys)
 
     def delete(self, txn, eid, rec, config):
         txn.delete("extra", _profiles.key(eid))
@@ -210,7 +217,7 @@ class Screen(Part):
                                   new.sketch.counts) for i, new in enumerate(news)]
 
     def write(self, txn, eid, new, prepared):
-        txn.put("extra", _screen.key(eid), prepared)
+        _put(txn, "extra", _screen.key(eid), prepared)
 
     def delete(self, txn, eid, rec, config):
         txn.delete("extra", _screen.key(eid))

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 2  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 3  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -51,10 +51,16 @@ def _upgrade_v1_to_v2(txn: Txn) -> None:
     histogram of record format 2 it meets."""
 
 
+def _upgrade_v2_to_v3(txn: Txn) -> None:
+    """Format 3: per-entry records may hold compressed arrays (codec ``EXT_PACKED``, written by
+    engine/parts.py). Records of format 2 are read as they are (nothing rewritten: a hub's entries
+    may be of either kind); the number makes an older fitsketch refuse the hub at open."""
+
+
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
-MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-READ_AS_IS = frozenset({1})
+READ_AS_IS = frozenset({1, 2})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()

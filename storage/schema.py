@@ -33,9 +33,12 @@ _E = ("fitsketch.parts.ENTRY_FORMAT", 1)
 
 SCHEMA: tuple[Record, ...] = (
     Record("meta", "b'format'", "the hub's format", "fitsketch.storage.env",
-           (("fitsketch.storage.env.FORMAT_VERSION", 2),),
-           "format 1 (histograms of record formats 1 and 2) is read as it is; a writable open upgrades it to 2 "
-           "(MIGRATIONS[1], records unchanged) so that a fitsketch reading only format 1 refuses it at open",
+           (("fitsketch.storage.env.FORMAT_VERSION", 3),),
+           "formats 1 (histograms of record formats 1 and 2) and 2 (no compressed arrays) are read as they are; a "
+           "writable open upgrades them to 3 (MIGRATIONS[1], MIGRATIONS[2], records unchanged) so that an older "
+           "fitsketch refuses the hub at open. Format 3: the per-entry records written by fitsketch.parts (entries, "
+           "signatures, histograms, extra) hold their arrays compressed where that is smaller (codec EXT_PACKED: "
+           "byte shuffle / integer delta + zstd, lossless); records of either kind are read alike",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
            "b'next_sample_id', b'embedding_dim'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "

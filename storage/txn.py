@@ -103,7 +103,7 @@ class Txn:
 
     def _decode(self, db: str, key: bytes, raw: bytes) -> Any:
         try:
-            return unpack(raw)
+            return unpack(raw, stored=True)
         except CodecError as e:
             raise CorruptHubError(
                 f"hub at {self._path}: record {key!r} in database {db!r} cannot be decoded ({e})"

@@ -50,7 +50,8 @@ def test_public_surface():
 
 
 ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "os", "threading", "time",
-                   "typing", "weakref", "zlib", "lmdb", "msgpack", "numpy"}   # zlib: arrayfile's CRC-32
+                   "typing", "weakref", "zlib", "lmdb", "msgpack", "numpy",
+                   "pyarrow"}   # zlib: arrayfile's CRC-32, codec's fallback; pyarrow (a dependency): codec's zstd
 
 
 def test_storage_imports_nothing_forbidden():
