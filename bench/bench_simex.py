@@ -12,7 +12,7 @@ hub entry. Targets: labelled subsets of the
 target pools of both domains. The measured transfer accuracy of source s on target t is the
 accuracy of s's classifier on t. Reported per method: Spearman correlation (over sources, mean
 over targets) between the method's score and the transfer accuracy -- SimEx -Delta (whole-dataset
-AE, and -min over class AEs) beside the hub's exact JS (``method="exact-js"``) and L2.
+AE, and -min over class AEs; raw, relative, calibrated, latent and regions scores) beside the hub's exact JS (``method="exact-js"``) and L2.
 
 Timing: scoring one target through every class autoencoder of every source in one batched pass,
 against the same records one at a time (``delta`` per record), against the float64 one-sample
@@ -175,7 +175,7 @@ def suite(opts: H.Options) -> dict:
     class_records = [r for s in names for r in per_class[s]]
     owner = np.repeat(np.arange(len(names)), [len(per_class[s]) for s in names])
     corr = {"simex": [], "simex-class": [], "simex-raw": [], "simex-rel": [], "simex-class-rel": [], "simex-cal": [],
-            "simex-class-cal": [], "simex-lat": [], "simex-class-lat": [], "exact-js": [], "l2": []}
+            "simex-class-cal": [], "simex-lat": [], "simex-class-lat": [], "simex-reg": [], "simex-class-reg": [], "exact-js": [], "l2": []}
     per_target = []
     for t, (x, y) in targets.items():
         acc = {s: float(clf[s].score(x / 16.0, y)) for s in names}
@@ -190,6 +190,9 @@ def suite(opts: H.Options) -> dict:
         # latent (the hub's default for new hubs, simex_score="latent"): S.latent_score
         l_whole = S.delta(x, [whole[s] for s in names], device=device, latent=True)
         l_class = S.delta(x, class_records, device=device, latent=True)
+        # regions (the hub's default for new hubs from the fourth follow-up, simex_score="regions"): S.region_score
+        g_whole = S.delta(x, [whole[s] for s in names], device=device, regions=True)
+        g_class = S.delta(x, class_records, device=device, regions=True)
         sc = {"simex": {s: -d for s, d in zip(names, d_whole)},
               "simex-class": {s: S.entry_score(d_class[owner == i]) for i, s in enumerate(names)},
               "simex-rel": {s: -d for s, d in zip(names, r_whole)},
@@ -200,6 +203,8 @@ def suite(opts: H.Options) -> dict:
               "simex-class-cal": {s: S.entry_score(c_class[owner == i]) for i, s in enumerate(names)},
               "simex-lat": {s: -d for s, d in zip(names, l_whole)},
               "simex-class-lat": {s: S.entry_score(l_class[owner == i]) for i, s in enumerate(names)},
+              "simex-reg": {s: -d for s, d in zip(names, g_whole)},
+              "simex-class-reg": {s: S.entry_score(g_class[owner == i]) for i, s in enumerate(names)},
               "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t]}
         row = {"target": t, "best source (acc)": max(acc, key=acc.get)}
         for m in corr:
@@ -269,6 +274,10 @@ def suite(opts: H.Options) -> dict:
             mean["simex-lat"], mean["exact-js"], mean["simex-lat"] - mean["exact-js"], ratio_kind="difference"),
         row("spearman(-min class latent delta, transfer acc) vs exact-JS", mean["simex-class-lat"],
             mean["exact-js"], mean["simex-class-lat"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-regions delta (simex_score='regions'), transfer acc), whole-dataset AE vs exact-JS",
+            mean["simex-reg"], mean["exact-js"], mean["simex-reg"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-min class regions delta, transfer acc) vs exact-JS", mean["simex-class-reg"],
+            mean["exact-js"], mean["simex-class-reg"] - mean["exact-js"], ratio_kind="difference"),
         row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
             batched["p50_s"], loop["p50_s"], loop["p50_s"] / batched["p50_s"],
             spread=H.spread(batched), baseline_spread=H.spread(loop)),
@@ -282,7 +291,7 @@ def suite(opts: H.Options) -> dict:
     print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
     print(H.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
                                          "simex-class-rel", "simex-cal", "simex-class-cal", "simex-lat",
-                                         "simex-class-lat", "exact-js", "l2"]))
+                                         "simex-class-lat", "simex-reg", "simex-class-reg", "exact-js", "l2"]))
     print()
     print(H.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
     payload = {"per_target": per_target,
