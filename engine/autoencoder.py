@@ -143,9 +143,9 @@ class AERecord:
     # records written before they were stored)
     latent_moments: tuple | None = None
     # the training rows' regions (:func:`fit_regions`, transformed space): k-means centroids (K, d)
-    # float32, rows per centroid (K,) int64, and each centroid's radius (K,) float32 (its rows' 0.9
-    # quantile distance); the regions score asks how the query's rows fill them (None in records
-    # written before they were stored)
+    # float32, rows within each centroid's radius and outside all (K + 1,) int64, and the radii (K,)
+    # float32 (a centroid's rows' 0.9 quantile distance); the regions score asks how the query's rows
+    # fill them (None in records written before they were stored)
     regions: tuple | None = None
 
     @property
@@ -524,6 +524,7 @@ REGION_K = 20            # k-means centroids per autoencoder (fewer for small so
 REGION_ROWS = 4
 REGION_QUANTILE = 0.9    # a centroid's radius: this quantile of its own rows' distances to it
 REGION_FIT_ROWS = 4096   # k-means is fitted on at most this many rows (a seeded sample); all rows are counted
+REGION_INITS = 4         # k-means starts; the one with the lowest within-region sum of squares is kept
 REGION_MAX_K = 4096      # the most centroids a stored record may hold (validated when read)
 #   K, quantile chosen on bench_simex seeds 0-1 (bench/SUMMARY.md, label-free section)
 
@@ -547,10 +548,13 @@ def nearest_region(xt: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, n
 
 def fit_regions(xt: np.ndarray, *, seed: int = 0, k: int = REGION_K, quantile: float = REGION_QUANTILE) -> tuple:
     """The regions of transformed training rows ``xt`` (n, d): k-means (scipy's ``kmeans2``, k-means++
-    start, seeded) with ``min(k, n // REGION_ROWS)`` (at least 1) centroids on at most REGION_FIT_ROWS
-    rows; every row then counted at its nearest centroid. Returns ``(centroids (K, d) float32,
-    counts (K,) int64, radii (K,) float32)`` without empty centroids; a centroid's radius is the
-    ``quantile`` of its rows' distances to it (of all rows' distances when it holds one row)."""
+    start, seeded, the best of REGION_INITS starts) with ``min(k, n // REGION_ROWS)`` (at least 1)
+    centroids on at most REGION_FIT_ROWS rows; every row then goes to its nearest centroid. A centroid's radius is the ``quantile`` of
+    its rows' distances to it (of all rows' distances when it holds one row); centroids no row is
+    nearest to are dropped. Returns ``(centroids (K, d) float32, counts (K + 1,) int64, radii (K,)
+    float32)``: counts[j] the rows within centroid j's radius, counts[K] the rows outside their
+    nearest centroid's radius (about 1 - quantile of them) -- the bins :func:`simex.region_score`
+    puts a query's rows in."""
     from scipy.cluster.vq import kmeans2
 
     x = np.asarray(xt, dtype=np.float64)
@@ -561,15 +565,24 @@ def fit_regions(xt: np.ndarray, *, seed: int = 0, k: int = REGION_K, quantile: f
     if kk == 1:
         cent = fit.mean(axis=0, keepdims=True)
     else:
-        with warnings.catch_warnings():      # "One of the clusters is empty": empty ones are dropped below
-            warnings.simplefilter("ignore")
-            cent, _ = kmeans2(fit, kk, minit="++", seed=rng)
-    idx, dist = nearest_region(x, cent)
-    counts = np.bincount(idx, minlength=len(cent))
-    keep = np.flatnonzero(counts)
+        best = math.inf
+        for _ in range(REGION_INITS):       # the lowest within-region sum of squares of a few seeded starts
+            with warnings.catch_warnings():  # "One of the clusters is empty": empty ones are dropped below
+                warnings.simplefilter("ignore")
+                c, lab = kmeans2(fit, kk, minit="++", seed=rng)
+            ss = float(np.square(fit - c[lab]).sum())
+            if ss < best:
+                best, cent = ss, c
+    cent = cent.astype(np.float32)             # as stored: radii and counts from the stored centroids
+    idx, _ = nearest_region(x, cent)
+    cent = cent[np.flatnonzero(np.bincount(idx, minlength=len(cent)))]
+    idx, dist = nearest_region(x, cent)        # again: the first of equally near centroids may have moved
+    near = np.bincount(idx, minlength=len(cent))
     whole = float(np.quantile(dist, quantile))
-    radii = np.array([float(np.quantile(dist[idx == j], quantile)) if counts[j] > 1 else whole for j in keep])
-    return cent[keep].astype(np.float32), counts[keep].astype(np.int64), radii.astype(np.float32)
+    radii = np.array([float(np.quantile(dist[idx == j], quantile)) if near[j] > 1 else whole
+                      for j in range(len(cent))], dtype=np.float32)
+    bins = np.where(dist > radii.astype(np.float64)[idx], len(cent), idx)
+    return cent, np.bincount(bins, minlength=len(cent) + 1).astype(np.int64), radii
 
 
 def _check_regions(c, n, r, d: int) -> tuple:
@@ -578,8 +591,9 @@ def _check_regions(c, n, r, d: int) -> tuple:
     if c.ndim != 2 or c.shape[1] != d or not 1 <= c.shape[0] <= REGION_MAX_K or not np.isfinite(c).all():
         raise ValueError(f"region centroids of shape {c.shape} for d={d} (or not finite)")
     k = c.shape[0]
-    if n.shape != (k,) or n.dtype.kind not in "iu" or (n < 1).any():
-        raise ValueError(f"region counts of shape {n.shape}, dtype {n.dtype} for {k} centroids (or below 1)")
+    if n.shape != (k + 1,) or n.dtype.kind not in "iu" or (n < 0).any() or n.sum() < 1:
+        raise ValueError(f"region counts of shape {n.shape}, dtype {n.dtype} for {k} centroids and the outside bin "
+                         "(or negative, or no row)")
     if r.shape != (k,) or not np.isfinite(r).all() or (r < 0).any():
         raise ValueError(f"region radii of shape {r.shape} for {k} centroids (or negative / not finite)")
     return c, n.astype(np.int64), r

@@ -214,10 +214,10 @@ def region_score(X, records, raw, recon_weight: float = REGION_RECON_WEIGHT) -> 
         KL(q || p)  +  recon_weight * (E - 1 - ln E) / 2,   E = raw / own_error
 
     over K + 1 bins: the record's K stored regions (``AERecord.regions``: k-means centroids of the
-    source's transformed training rows, their row counts and radii) and one "outside" bin. p: the
-    source rows' counts per region (0 outside); q: the query's rows, each at its nearest centroid in
-    t(x), or outside when farther from it than that centroid's radius; both plus REGION_SMOOTHING
-    and normalized. It asks whether the source has rows where the query has them, region by region:
+    source's transformed training rows and their radii) and one "outside" bin. A row goes to its
+    nearest centroid in t(x), or outside when farther from it than that centroid's radius. p: the
+    source's own rows per bin (stored; about 10% outside, the radii being 0.9 quantiles); q: the
+    query's rows per bin; both plus REGION_SMOOTHING and normalized. It asks whether the source has rows where the query has them, region by region:
     a source holding the query's kind of rows in a small share (a class-skewed source; a source
     mixing the query's domain with another) is as far as that share is small, and one whose regions
     the query's rows fall outside of is far, however well its autoencoder reconstructs them. The
@@ -233,7 +233,7 @@ def region_score(X, records, raw, recon_weight: float = REGION_RECON_WEIGHT) -> 
         idx, dist = nearest_region(xs, cent)
         bins = np.where(dist > radii.astype(np.float64)[idx], k, idx)
         q = np.bincount(bins, minlength=k + 1).astype(np.float64) + REGION_SMOOTHING
-        p = np.append(counts.astype(np.float64), 0.0) + REGION_SMOOTHING
+        p = counts.astype(np.float64) + REGION_SMOOTHING
         q, p = q / q.sum(), p / p.sum()
         e = max(raw[i] / max(r.own_error, 1e-12), 1e-12)
         out[i] = float((q * np.log(q / p)).sum()) + recon_weight * 0.5 * (e - 1.0 - math.log(e))
@@ -254,8 +254,8 @@ def regions_evidence(reg, lat, cal) -> dict:
     if reg.all():
         return {"score": "regions", "recon_weight": REGION_RECON_WEIGHT}
     return {"score": "regions" if reg.any() else "latent" if lat.any() else "calibrated" if cal.any() else "raw",
-            "fallback": f"{int((~reg).sum())} of this entry's autoencoders store no regions (added before they were "
-                        "stored, or loss='ssim'): scored by the latent score, or where that is missing too by "
+            "fallback": f"{int((~reg).sum())} of this entry's autoencoders store no own error or regions (added before "
+                        "they were stored, or loss='ssim'): scored by the latent score, or where that is missing too by "
                         "calibrate, its own held-out error or its mean norm; re-add the entry to score it by regions"}
 
 
@@ -419,7 +419,7 @@ def _region_reference(X: np.ndarray, r: AERecord, raw: float) -> float:
     """:func:`region_score` for one record: one row and one centroid at a time in float64 (the first
     of equally near centroids), the KL one bin at a time."""
     cent, counts, radii = r.regions
-    k = len(counts)
+    k = len(radii)
     q = [REGION_SMOOTHING] * (k + 1)
     for x in X:
         xs = (x - r.shift.astype(np.float64)) / r.scale.astype(np.float64)
@@ -429,7 +429,7 @@ def _region_reference(X: np.ndarray, r: AERecord, raw: float) -> float:
             if dj < bd:
                 best, bd = j, dj
         q[k if bd > float(radii[best]) else best] += 1
-    p = [float(c) + REGION_SMOOTHING for c in counts] + [REGION_SMOOTHING]
+    p = [float(c) + REGION_SMOOTHING for c in counts]
     sq, sp = sum(q), sum(p)
     kl = sum(qi / sq * math.log((qi / sq) / (pi / sp)) for qi, pi in zip(q, p))
     e = max(raw / max(r.own_error, 1e-12), 1e-12)

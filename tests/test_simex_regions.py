@@ -38,18 +38,22 @@ def test_fit_regions_counts_radii_and_centroids(n, rng):
     d = int(rng.integers(1, 6))
     x = rng.normal(size=(n, d)) * rng.uniform(0.1, 5, size=d) + rng.normal(size=d)
     cent, counts, radii = fit_regions(x, seed=int(rng.integers(1000)))
-    k = len(counts)
-    assert 1 <= k <= max(1, min(S.REGION_K, n // REGION_ROWS)) and cent.shape == (k, d) and radii.shape == (k,)
+    k = len(radii)
+    assert 1 <= k <= max(1, min(S.REGION_K, n // REGION_ROWS)) and cent.shape == (k, d) and counts.shape == (k + 1,)
     near = _nearest_loop(x, cent.astype(np.float64))
     idx = np.array([j for j, _ in near])
     dist = np.array([dd for _, dd in near])
-    # every row counted once, at its nearest stored centroid; no empty centroid kept
-    assert counts.sum() == n and (counts >= 1).all()
-    np.testing.assert_array_equal(counts, np.bincount(idx, minlength=k))
+    # no centroid without a nearest row kept; radii: each centroid's rows' quantile distance
+    nearest = np.bincount(idx, minlength=k)
+    assert (nearest >= 1).all()
     whole = np.quantile(dist, S.REGION_QUANTILE)
     for j in range(k):
-        want = np.quantile(dist[idx == j], S.REGION_QUANTILE) if counts[j] > 1 else whole
+        want = np.quantile(dist[idx == j], S.REGION_QUANTILE) if nearest[j] > 1 else whole
         assert radii[j] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    # every row counted once: within its nearest centroid's radius, or outside
+    bins = [k if dd > float(radii[j]) else j for j, dd in near]
+    assert counts.sum() == n
+    np.testing.assert_array_equal(counts, np.bincount(bins, minlength=k + 1))
     if k == 1:   # one centroid: the rows' mean
         np.testing.assert_allclose(cent[0], x.mean(axis=0), rtol=1e-5, atol=1e-6)
     # deterministic for a seed
@@ -61,11 +65,11 @@ def test_fit_regions_counts_radii_and_centroids(n, rng):
 def _region_loop(target, r, raw):
     xs = (np.asarray(target, np.float64) - r.shift.astype(np.float64)) / r.scale.astype(np.float64)
     cent, counts, radii = r.regions
-    k = len(counts)
+    k = len(radii)
     q = [0.5] * (k + 1)
     for j, dd in _nearest_loop(xs, cent.astype(np.float64)):
         q[k if dd > float(radii[j]) else j] += 1
-    p = [float(c) + 0.5 for c in counts] + [0.5]
+    p = [float(c) + 0.5 for c in counts]
     kl = sum(a / sum(q) * math.log((a / sum(q)) / (b / sum(p))) for a, b in zip(q, p))
     e = raw / r.own_error
     return kl + S.REGION_RECON_WEIGHT * 0.5 * (e - 1 - math.log(e))
@@ -122,7 +126,7 @@ def test_records_without_regions_fall_back_to_the_latent_score(rng):
     assert got[1] == pytest.approx(S.delta(target, mixed[1:], regions=True)[0], rel=1e-6)
     np.testing.assert_allclose(got, S.delta_reference(target, mixed, regions=True), rtol=1e-4, atol=1e-5)
     ev = S.regions_evidence(S.regions_used(mixed), S.latent_used(mixed), S.calibrated_used(mixed))
-    assert ev["score"] == "regions" and "1 of this entry's" in ev["fallback"] and "latent" in ev["fallback"]
+    assert ev["score"] == "regions" and "1 of this entry's" in ev["fallback"] and "latent" in ev["fallback"] and "own error or regions" in ev["fallback"]
     assert S.regions_evidence([False], [True], [True])["score"] == "latent"
     assert S.regions_evidence([True, True], [True, True], [True, True]) == {
         "score": "regions", "recon_weight": S.REGION_RECON_WEIGHT}
@@ -130,13 +134,14 @@ def test_records_without_regions_fall_back_to_the_latent_score(rng):
 
 @pytest.mark.parametrize("bad", [
     lambda c, n, r: {"reg_c": c[:, :-1]},                                     # wrong width
-    lambda c, n, r: {"reg_n": n - n},                                         # counts below 1
-    lambda c, n, r: {"reg_n": np.r_[n, 1]},                                   # counts of the wrong length
+    lambda c, n, r: {"reg_n": n - n},                                         # no row counted
+    lambda c, n, r: {"reg_n": np.r_[n[:-1], -1]},                             # a negative count
+    lambda c, n, r: {"reg_n": n[:-1]},                                        # no outside bin
     lambda c, n, r: {"reg_r": -r - 1},                                        # negative radius
     lambda c, n, r: {"reg_r": r[:0]},                                         # radii of the wrong length
     lambda c, n, r: {"reg_c": np.full_like(c, np.nan)},                       # not finite
     lambda c, n, r: {"reg_n": n.astype(np.float32)},                          # counts not integers
-    lambda c, n, r: {"reg_c": c[:0], "reg_n": n[:0], "reg_r": r[:0]},         # no centroid
+    lambda c, n, r: {"reg_c": c[:0], "reg_n": n[-1:], "reg_r": r[:0]},        # no centroid
 ])
 def test_bad_regions_are_refused(bad, rng):
     (r,) = S.train_fleet(rng.normal(size=(12, 5)).astype(np.float32), config=TINY)
