@@ -206,7 +206,7 @@ def suite(opts: H.Options) -> dict:
         # latent (the hub's default for new hubs, simex_score="latent"): S.latent_score
         l_whole = S.delta(x, [whole[s] for s in names], device=device, latent=True)
         l_class = S.delta(x, class_records, device=device, latent=True)
-        # regions (the hub's default for new hubs from the fourth follow-up, simex_score="regions"): S.region_score
+        # regions (opt-in, simex_score="regions"; issue 20 fourth follow-up): S.region_score
         g_whole = S.delta(x, [whole[s] for s in names], device=device, regions=True)
         g_class = S.delta(x, class_records, device=device, regions=True)
         sc = {"simex": {s: -d for s, d in zip(names, d_whole)},

@@ -317,12 +317,9 @@ def test_simex_in_the_hub_is_relative_and_says_when_it_falls_back(tmp_path):
         assert res["b"].evidence["relative_to_own_error"] is False and "own error" in res["b"].evidence["fallback"]
         raw = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_score="raw")}
         assert raw["a"].evidence["relative_to_own_error"] is False and "fallback" not in raw["a"].evidence
-        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}   # the default: regions
-        assert plain["a"].evidence["score"] == "regions" and "fallback" not in plain["a"].evidence
-        assert plain["b"].evidence["score"] == "raw" and "no own error or regions" in plain["b"].evidence["fallback"]
-        lat = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_score="latent")}
-        assert lat["a"].evidence["score"] == "latent" and "fallback" not in lat["a"].evidence
-        assert lat["b"].evidence["score"] == "raw" and "no own error or latent moments" in lat["b"].evidence["fallback"]
+        plain = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex")}   # the default: latent
+        assert plain["a"].evidence["score"] == "latent" and "fallback" not in plain["a"].evidence
+        assert plain["b"].evidence["score"] == "raw" and "no own error or latent moments" in plain["b"].evidence["fallback"]
         cal = {r.name: r for r in hub.search(_frame(rng, 80), k=2, method="simex", simex_score="calibrated")}
         assert cal["a"].evidence["score"] == "calibrated" and "fallback" not in cal["a"].evidence
         assert cal["b"].evidence["score"] == "raw" and "no own error or input moments" in cal["b"].evidence["fallback"]

@@ -148,7 +148,7 @@ def test_stored_hub_config_keeps_raw_simex():
     old = SketchConfig().to_dict()
     del old["simex_score"]
     assert SketchConfig.from_dict(old).simex_score == "raw"
-    assert SketchConfig().simex_score == "regions"
+    assert SketchConfig().simex_score == "latent"
     assert SketchConfig.from_dict({**old, "simex_score": "calibrated"}).simex_score == "calibrated"
     with pytest.raises(E.InvalidArgumentError, match="simex_score"):
         SketchConfig(simex_score="best")
@@ -178,7 +178,7 @@ def test_median_split_ranks_the_querys_side_first(tmp_path):
         for name, s in sources.items():
             hub.add(name, s.reset_index(drop=True), autoencoder=True, ae_config=ae)
         for side, q in queries.items():
-            for score in ("regions", "latent", "calibrated"):   # the default, and the previous defaults per query
+            for score in ("latent", "calibrated", "regions"):   # the default, the previous one, the opt-in
                 res = hub.search(q.reset_index(drop=True), k=3, method="simex", simex_score=score)
                 assert res[0].name == side, (score, [(r.name, r.score) for r in res])
                 assert res[0].evidence["score"] == score

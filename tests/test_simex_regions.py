@@ -1,5 +1,4 @@
-"""SimEx's regions score (engine/simex.py ``region_score``, ``simex_score="regions"``, the hub's default
-for new hubs): the stored regions against a k-means fit's definition, the score against a one-row,
+"""SimEx's regions score (engine/simex.py ``region_score``, ``simex_score="regions"``, opt-in): the stored regions against a k-means fit's definition, the score against a one-row,
 one-centroid float64 reference on fresh random inputs, records without regions (stored before them)
 falling back per record to the latent score, bad stored regions refused, and the hub's default and
 evidence."""
@@ -151,10 +150,10 @@ def test_bad_regions_are_refused(bad, rng):
         S.AERecord.from_record({**rec, **bad(rec["reg_c"], rec["reg_n"], rec["reg_r"])})
 
 
-def test_new_hubs_default_to_regions_and_old_configs_keep_theirs():
-    assert SketchConfig().simex_score == "regions"
+def test_regions_is_accepted_per_hub_and_old_configs_keep_theirs():
+    assert SketchConfig(simex_score="regions").simex_score == "regions"
     old = SketchConfig().to_dict()
-    assert SketchConfig.from_dict({**old, "simex_score": "latent"}).simex_score == "latent"
+    assert SketchConfig.from_dict({**old, "simex_score": "regions"}).simex_score == "regions"
     del old["simex_score"]
     assert SketchConfig.from_dict(old).simex_score == "raw"
 
@@ -168,7 +167,7 @@ def test_hub_search_scores_by_regions_and_names_the_fallback(tmp_path, rng):
         hub.add("near", frame(120, 0.0), autoencoder=True, ae_config=cfg)
         hub.add("far", frame(120, 6.0), autoencoder=True, ae_config=cfg)
         q = frame(60, 0.0)
-        res = {m.name: m for m in hub.search(q, k=2, method="simex")}
+        res = {m.name: m for m in hub.search(q, k=2, method="simex", simex_score="regions")}
         assert res["near"].evidence["score"] == "regions" and "fallback" not in res["near"].evidence
         assert res["near"].score > res["far"].score
         lat = {m.name: m for m in hub.search(q, k=2, method="simex", simex_score="latent")}
