@@ -548,13 +548,13 @@ def nearest_region(xt: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, n
 
 def fit_regions(xt: np.ndarray, *, seed: int = 0, k: int = REGION_K, quantile: float = REGION_QUANTILE) -> tuple:
     """The regions of transformed training rows ``xt`` (n, d): k-means (scipy's ``kmeans2``, k-means++
-    start, seeded, the best of REGION_INITS starts) with ``min(k, n // REGION_ROWS)`` (at least 1)
-    centroids on at most REGION_FIT_ROWS rows; every row then goes to its nearest centroid. A centroid's radius is the ``quantile`` of
-    its rows' distances to it (of all rows' distances when it holds one row); centroids no row is
-    nearest to are dropped. Returns ``(centroids (K, d) float32, counts (K + 1,) int64, radii (K,)
-    float32)``: counts[j] the rows within centroid j's radius, counts[K] the rows outside their
-    nearest centroid's radius (about 1 - quantile of them) -- the bins :func:`simex.region_score`
-    puts a query's rows in."""
+    start, seeded, the best of REGION_INITS starts) with ``min(k, n // REGION_ROWS)`` (at least 1) centroids
+    on at most REGION_FIT_ROWS rows; every row then goes to its nearest centroid. A centroid's radius is
+    the ``quantile`` of its rows' distances to it (of all rows' distances when it holds one row);
+    centroids no row is nearest to are dropped. Returns ``(centroids (K, d) float32, counts (K + 1,)
+    int64, radii (K,) float32)``: counts[j] the rows within centroid j's radius, counts[K] the rows
+    outside their nearest centroid's radius (about 1 - quantile of them) -- the bins
+    :func:`simex.region_score` puts a query's rows in."""
     from scipy.cluster.vq import kmeans2
 
     x = np.asarray(xt, dtype=np.float64)

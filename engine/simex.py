@@ -213,16 +213,16 @@ def region_score(X, records, raw, recon_weight: float = REGION_RECON_WEIGHT) -> 
 
         KL(q || p)  +  recon_weight * (E - 1 - ln E) / 2,   E = raw / own_error
 
-    over K + 1 bins: the record's K stored regions (``AERecord.regions``: k-means centroids of the
-    source's transformed training rows and their radii) and one "outside" bin. A row goes to its
-    nearest centroid in t(x), or outside when farther from it than that centroid's radius. p: the
-    source's own rows per bin (stored; about 10% outside, the radii being 0.9 quantiles); q: the
-    query's rows per bin; both plus REGION_SMOOTHING and normalized. It asks whether the source has rows where the query has them, region by region:
-    a source holding the query's kind of rows in a small share (a class-skewed source; a source
-    mixing the query's domain with another) is as far as that share is small, and one whose regions
-    the query's rows fall outside of is far, however well its autoencoder reconstructs them. The
-    query's own spread over the source's regions is not penalised (the KL is from q's side), so a
-    query covering part of a source's support is close. Lower = closer."""
+    over K + 1 bins: the record's K stored regions (``AERecord.regions``: k-means centroids of the source's
+    transformed training rows and their radii) and one "outside" bin. A row goes to its nearest centroid
+    in t(x), or outside when farther from it than that centroid's radius. p: the source's own rows per
+    bin (stored; about 10% outside, the radii being 0.9 quantiles); q: the query's rows per bin; both
+    plus REGION_SMOOTHING and normalized. It asks whether the source has rows where the query has them,
+    region by region: a source holding the query's kind of rows in a small share (a class-skewed source;
+    a source mixing the query's domain with another) is as far as that share is small, and one whose
+    regions the query's rows fall outside of is far, however well its autoencoder reconstructs them. The
+    query's own spread over the source's regions is not penalised (the KL is from q's side), so a query
+    covering part of a source's support is close. Lower = closer."""
     X = np.asarray(X, dtype=np.float64)
     raw = np.asarray(raw, dtype=np.float64)
     out = np.empty(len(records), dtype=np.float64)
@@ -249,14 +249,16 @@ def regions_used(records, loss: str = "mse") -> np.ndarray:
 
 def regions_evidence(reg, lat, cal) -> dict:
     """Evidence for one entry's autoencoders scored with ``regions=True`` (the entry's slices of
-    ``regions_used`` / ``latent_used`` / ``calibrated_used``): what was scored, and why not when it was not."""
+    ``regions_used`` / ``latent_used`` / ``calibrated_used``): what was scored, and why not when it
+    was not."""
     reg, lat, cal = (np.asarray(a, bool) for a in (reg, lat, cal))
     if reg.all():
         return {"score": "regions", "recon_weight": REGION_RECON_WEIGHT}
     return {"score": "regions" if reg.any() else "latent" if lat.any() else "calibrated" if cal.any() else "raw",
-            "fallback": f"{int((~reg).sum())} of this entry's autoencoders store no own error or regions (added before "
-                        "they were stored, or loss='ssim'): scored by the latent score, or where that is missing too by "
-                        "calibrate, its own held-out error or its mean norm; re-add the entry to score it by regions"}
+            "fallback": f"{int((~reg).sum())} of this entry's autoencoders store no own error or regions "
+                        "(added before they were stored, or loss='ssim'): scored by the latent score, or where "
+                        "that is missing too by calibrate, its own held-out error or its mean norm; re-add the "
+                        "entry to score it by regions"}
 
 
 def _latents(X: np.ndarray, records: list[AERecord], dev: str) -> list[np.ndarray]:
