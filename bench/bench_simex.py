@@ -12,7 +12,7 @@ hub entry. Targets: labelled subsets of the
 target pools of both domains. The measured transfer accuracy of source s on target t is the
 accuracy of s's classifier on t. Reported per method: Spearman correlation (over sources, mean
 over targets) between the method's score and the transfer accuracy -- SimEx -Delta (whole-dataset
-AE, and -min over class AEs) beside the hub's exact JS (``method="exact-js"``) and L2.
+AE, and -min over class AEs; raw, relative, calibrated, latent and regions scores) beside the hub's exact JS (``method="exact-js"``) and L2.
 
 Timing: scoring one target through every class autoencoder of every source in one batched pass,
 against the same records one at a time (``delta`` per record), against the float64 one-sample
@@ -117,6 +117,22 @@ def build_targets(rng, pools, n):
     }
 
 
+# share of each source's / target's rows drawn from digits (the first rows, as _mix and build_sources draw
+# them; the rest from MNIST-5k): with the labels, each one's exact mixture weights over the 20
+# (domain, class) components -- what the composition oracles below know
+DIGITS_SHARE = {"digits": 1.0, "mnist": 0.0, "mix-50-50": 0.5, "mix-80d-20m": 0.8, "mix-20d-80m": 0.2,
+                "digits-skew-0to4": 1.0, "mnist-skew-5to9": 0.0, "digits-0to4+mnist-5to9": 0.5, "digits-small": 1.0,
+                "mix-30d-70m": 0.3, "digits-5to9": 1.0, "mnist-0to4": 0.0}
+
+
+def composition(name: str, y: np.ndarray, by_class: bool = True) -> np.ndarray:
+    """Exact mixture weights of a source / target over (domain, class) (20,) or over domain (2,)."""
+    n = len(y)
+    nd = int(round(DIGITS_SHARE[name] * n)) if name != "digits-0to4+mnist-5to9" else n // 2
+    dom = np.r_[np.zeros(nd, int), np.ones(n - nd, int)]
+    return np.bincount(dom * 10 + np.asarray(y, int) if by_class else dom, minlength=20 if by_class else 2) / n
+
+
 def _frame(x: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(x, columns=[f"p{i}" for i in range(x.shape[1])])
 
@@ -175,7 +191,7 @@ def suite(opts: H.Options) -> dict:
     class_records = [r for s in names for r in per_class[s]]
     owner = np.repeat(np.arange(len(names)), [len(per_class[s]) for s in names])
     corr = {"simex": [], "simex-class": [], "simex-raw": [], "simex-rel": [], "simex-class-rel": [], "simex-cal": [],
-            "simex-class-cal": [], "simex-lat": [], "simex-class-lat": [], "exact-js": [], "l2": []}
+            "simex-class-cal": [], "simex-lat": [], "simex-class-lat": [], "simex-reg": [], "simex-class-reg": [], "exact-js": [], "l2": [], "oracle": [], "oracle-domain": []}
     per_target = []
     for t, (x, y) in targets.items():
         acc = {s: float(clf[s].score(x / 16.0, y)) for s in names}
@@ -190,6 +206,9 @@ def suite(opts: H.Options) -> dict:
         # latent (the hub's default for new hubs, simex_score="latent"): S.latent_score
         l_whole = S.delta(x, [whole[s] for s in names], device=device, latent=True)
         l_class = S.delta(x, class_records, device=device, latent=True)
+        # regions (opt-in, simex_score="regions"; issue 20 fourth follow-up): S.region_score
+        g_whole = S.delta(x, [whole[s] for s in names], device=device, regions=True)
+        g_class = S.delta(x, class_records, device=device, regions=True)
         sc = {"simex": {s: -d for s, d in zip(names, d_whole)},
               "simex-class": {s: S.entry_score(d_class[owner == i]) for i, s in enumerate(names)},
               "simex-rel": {s: -d for s, d in zip(names, r_whole)},
@@ -200,7 +219,15 @@ def suite(opts: H.Options) -> dict:
               "simex-class-cal": {s: S.entry_score(c_class[owner == i]) for i, s in enumerate(names)},
               "simex-lat": {s: -d for s, d in zip(names, l_whole)},
               "simex-class-lat": {s: S.entry_score(l_class[owner == i]) for i, s in enumerate(names)},
-              "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t]}
+              "simex-reg": {s: -d for s, d in zip(names, g_whole)},
+              "simex-class-reg": {s: S.entry_score(g_class[owner == i]) for i, s in enumerate(names)},
+              "exact-js": hub_scores["exact-js"][t], "l2": hub_scores["l2"][t],
+              # not label-free: the overlap sum_c min(p_c, q_c) of the exact mixture weights over (domain,
+              # class) and over domain alone -- what a score that knew the feature distributions up to
+              # within-component shape, resp. only each row's domain, could reach
+              "oracle": {s: float(np.minimum(composition(s, sources[s][1]), composition(t, y)).sum()) for s in names},
+              "oracle-domain": {s: float(np.minimum(composition(s, sources[s][1], False),
+                                                    composition(t, y, False)).sum()) for s in names}}
         row = {"target": t, "best source (acc)": max(acc, key=acc.get)}
         for m in corr:
             corr[m].append(_spearman(sc[m], acc))
@@ -269,6 +296,15 @@ def suite(opts: H.Options) -> dict:
             mean["simex-lat"], mean["exact-js"], mean["simex-lat"] - mean["exact-js"], ratio_kind="difference"),
         row("spearman(-min class latent delta, transfer acc) vs exact-JS", mean["simex-class-lat"],
             mean["exact-js"], mean["simex-class-lat"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-regions delta (simex_score='regions'), transfer acc), whole-dataset AE vs exact-JS",
+            mean["simex-reg"], mean["exact-js"], mean["simex-reg"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(-min class regions delta, transfer acc) vs exact-JS", mean["simex-class-reg"],
+            mean["exact-js"], mean["simex-class-reg"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(composition oracle: overlap of the exact (domain, class) mixture weights; not label-free, "
+            "the ceiling's estimate, transfer acc) vs exact-JS", mean["oracle"], mean["exact-js"],
+            mean["oracle"] - mean["exact-js"], ratio_kind="difference"),
+        row("spearman(domain-only oracle: overlap of the exact domain shares, transfer acc) vs exact-JS",
+            mean["oracle-domain"], mean["exact-js"], mean["oracle-domain"] - mean["exact-js"], ratio_kind="difference"),
         row(f"batched fleet scoring s ({len(class_records)} AEs, {len(xq)} rows) vs one AE at a time",
             batched["p50_s"], loop["p50_s"], loop["p50_s"] / batched["p50_s"],
             spread=H.spread(batched), baseline_spread=H.spread(loop)),
@@ -282,7 +318,8 @@ def suite(opts: H.Options) -> dict:
     print(f"\n## SimEx on digits + MNIST-5k 8x8 ({len(names)} sources, {len(targets)} targets, {device})\n")
     print(H.markdown_table(per_target, ["target", "best source (acc)", "simex", "simex-class", "simex-raw", "simex-rel",
                                          "simex-class-rel", "simex-cal", "simex-class-cal", "simex-lat",
-                                         "simex-class-lat", "exact-js", "l2"]))
+                                         "simex-class-lat", "simex-reg", "simex-class-reg", "exact-js", "l2", "oracle",
+                                         "oracle-domain"]))
     print()
     print(H.markdown_table(rows, ["metric", "value", "baseline", "ratio"]))
     payload = {"per_target": per_target,

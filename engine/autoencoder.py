@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,11 @@ class AERecord:
     # coverage_space="latent"): the latent score compares the query's latents against them (None in
     # records written before they were stored)
     latent_moments: tuple | None = None
+    # the training rows' regions (:func:`fit_regions`, transformed space): k-means centroids (K, d)
+    # float32, rows within each centroid's radius and outside all (K + 1,) int64, and the radii (K,)
+    # float32 (a centroid's rows' 0.9 quantile distance); the regions score asks how the query's rows
+    # fill them (None in records written before they were stored)
+    regions: tuple | None = None
 
     @property
     def final(self) -> str:
@@ -168,6 +174,11 @@ class AERecord:
             rec["mom_mean"], rec["mom_std"] = (np.ascontiguousarray(m, np.float32) for m in self.moments)
         if self.latent_moments is not None:
             rec["lat_mean"], rec["lat_std"] = (np.ascontiguousarray(m, np.float32) for m in self.latent_moments)
+        if self.regions is not None:
+            c, n, r = self.regions
+            rec["reg_c"], rec["reg_n"], rec["reg_r"] = (np.ascontiguousarray(c, np.float32),
+                                                        np.ascontiguousarray(n, np.int64),
+                                                        np.ascontiguousarray(r, np.float32))
         return rec
 
     @classmethod
@@ -199,6 +210,8 @@ class AERecord:
                         or (lat[1] < 0).any():
                     raise ValueError(f"latent moments of shapes {[m.shape for m in lat]} (or not finite)")
                 out.latent_moments = lat
+            if rec.get("reg_c") is not None:
+                out.regions = _check_regions(rec["reg_c"], rec["reg_n"], rec["reg_r"], out.d)
         except (KeyError, TypeError, ValueError) as e:
             raise E.CorruptHubError(
                 f"autoencoder record is missing or has a bad field ({e!r}): the hub is damaged") from e
@@ -503,7 +516,87 @@ def train_autoencoder(X, *, image_shape=None, config: AEConfig = AEConfig(), lab
     return AERecord(kind, d, shape, config.to_dict(), shift, scale, norm,
                     {k: v.detach().numpy().copy() for k, v in w.items()}, n, epoch, stopped,
                     _plain_label(label), None if feature_names is None else [str(f) for f in feature_names],
-                    own_error=own, moments=moments, latent_moments=latent_moments)
+                    own_error=own, moments=moments, latent_moments=latent_moments,
+                    regions=fit_regions(xt.numpy(), seed=config.seed))
+
+
+REGION_K = 20            # k-means centroids per autoencoder (fewer for small sources: one per REGION_ROWS rows)
+REGION_ROWS = 4
+REGION_QUANTILE = 0.9    # a centroid's radius: this quantile of its own rows' distances to it
+REGION_FIT_ROWS = 4096   # k-means is fitted on at most this many rows (a seeded sample); all rows are counted
+REGION_INITS = 4         # k-means starts; the one with the lowest within-region sum of squares is kept
+REGION_MAX_K = 4096      # the most centroids a stored record may hold (validated when read)
+#   K, quantile chosen on bench_simex seeds 0-1 (bench/SUMMARY.md, label-free section)
+
+
+def nearest_region(xt: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each row's nearest centroid (ties: the lowest index) and its Euclidean distance,
+    computed in float64 in chunks: ``(n,) int64, (n,) float64``."""
+    c = np.asarray(centroids, dtype=np.float64)
+    cc = np.square(c).sum(axis=1)
+    n = xt.shape[0]
+    idx, dist = np.empty(n, np.int64), np.empty(n, np.float64)
+    rows = max(1, _CHUNK_FLOATS // max(1, 8 * c.shape[0]))
+    for lo in range(0, n, rows):
+        x = np.asarray(xt[lo:lo + rows], dtype=np.float64)
+        d2 = np.square(x).sum(axis=1)[:, None] - 2.0 * x @ c.T + cc[None, :]   # (r, K)
+        j = d2.argmin(axis=1)
+        idx[lo:lo + rows] = j
+        dist[lo:lo + rows] = np.sqrt(np.maximum(np.square(x - c[j]).sum(axis=1), 0.0))
+    return idx, dist
+
+
+def fit_regions(xt: np.ndarray, *, seed: int = 0, k: int = REGION_K, quantile: float = REGION_QUANTILE) -> tuple:
+    """The regions of transformed training rows ``xt`` (n, d): k-means (scipy's ``kmeans2``, k-means++
+    start, seeded, the best of REGION_INITS starts) with ``min(k, n // REGION_ROWS)`` (at least 1) centroids
+    on at most REGION_FIT_ROWS rows; every row then goes to its nearest centroid. A centroid's radius is
+    the ``quantile`` of its rows' distances to it (of all rows' distances when it holds one row);
+    centroids no row is nearest to are dropped. Returns ``(centroids (K, d) float32, counts (K + 1,)
+    int64, radii (K,) float32)``: counts[j] the rows within centroid j's radius, counts[K] the rows
+    outside their nearest centroid's radius (about 1 - quantile of them) -- the bins
+    :func:`simex.region_score` puts a query's rows in."""
+    from scipy.cluster.vq import kmeans2
+
+    x = np.asarray(xt, dtype=np.float64)
+    n = x.shape[0]
+    rng = np.random.default_rng(seed)
+    fit = x if n <= REGION_FIT_ROWS else x[np.sort(rng.choice(n, REGION_FIT_ROWS, replace=False))]
+    kk = max(1, min(k, n // REGION_ROWS))
+    if kk == 1:
+        cent = fit.mean(axis=0, keepdims=True)
+    else:
+        best = math.inf
+        for _ in range(REGION_INITS):       # the lowest within-region sum of squares of a few seeded starts
+            with warnings.catch_warnings():  # "One of the clusters is empty": empty ones are dropped below
+                warnings.simplefilter("ignore")
+                c, lab = kmeans2(fit, kk, minit="++", seed=rng)
+            ss = float(np.square(fit - c[lab]).sum())
+            if ss < best:
+                best, cent = ss, c
+    cent = cent.astype(np.float32)             # as stored: radii and counts from the stored centroids
+    idx, _ = nearest_region(x, cent)
+    cent = cent[np.flatnonzero(np.bincount(idx, minlength=len(cent)))]
+    idx, dist = nearest_region(x, cent)        # again: the first of equally near centroids may have moved
+    near = np.bincount(idx, minlength=len(cent))
+    whole = float(np.quantile(dist, quantile))
+    radii = np.array([float(np.quantile(dist[idx == j], quantile)) if near[j] > 1 else whole
+                      for j in range(len(cent))], dtype=np.float32)
+    bins = np.where(dist > radii.astype(np.float64)[idx], len(cent), idx)
+    return cent, np.bincount(bins, minlength=len(cent) + 1).astype(np.int64), radii
+
+
+def _check_regions(c, n, r, d: int) -> tuple:
+    """A stored record's regions, validated (ValueError names what is wrong)."""
+    c, n, r = np.asarray(c, np.float32), np.asarray(n), np.asarray(r, np.float32)
+    if c.ndim != 2 or c.shape[1] != d or not 1 <= c.shape[0] <= REGION_MAX_K or not np.isfinite(c).all():
+        raise ValueError(f"region centroids of shape {c.shape} for d={d} (or not finite)")
+    k = c.shape[0]
+    if n.shape != (k + 1,) or n.dtype.kind not in "iu" or (n < 0).any() or n.sum() < 1:
+        raise ValueError(f"region counts of shape {n.shape}, dtype {n.dtype} for {k} centroids and the outside bin "
+                         "(or negative, or no row)")
+    if r.shape != (k,) or not np.isfinite(r).all() or (r < 0).any():
+        raise ValueError(f"region radii of shape {r.shape} for {k} centroids (or negative / not finite)")
+    return c, n.astype(np.int64), r
 
 
 def _feature_scale(X: np.ndarray, sd: np.ndarray, config: AEConfig) -> np.ndarray:

@@ -178,7 +178,7 @@ def test_median_split_ranks_the_querys_side_first(tmp_path):
         for name, s in sources.items():
             hub.add(name, s.reset_index(drop=True), autoencoder=True, ae_config=ae)
         for side, q in queries.items():
-            for score in ("latent", "calibrated"):   # the default, and the previous default per query
+            for score in ("latent", "calibrated", "regions"):   # the default, the previous one, the opt-in
                 res = hub.search(q.reset_index(drop=True), k=3, method="simex", simex_score=score)
                 assert res[0].name == side, (score, [(r.name, r.score) for r in res])
                 assert res[0].evidence["score"] == score
@@ -202,6 +202,6 @@ def test_class_groups_rank_their_own_group_first(tmp_path):
             hub.add(g, pd.DataFrame(x[rows], columns=cols), autoencoder=True, image_shape=(1, 8, 8), ae_config=ae)
         for g, cl in groups.items():
             q = pd.DataFrame(x[tgt[np.isin(y[tgt], cl)][:100]], columns=cols)
-            for score in ("latent", "calibrated"):
+            for score in ("regions", "latent", "calibrated"):
                 res = hub.search(q, k=3, method="simex", simex_score=score)
                 assert res[0].name == g, (score, g, [(r.name, r.score) for r in res])

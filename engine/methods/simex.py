@@ -59,10 +59,12 @@ class SimEx(Method):
             flat = [r for _, _, records in members for r in records]
             deltas = simex.delta(X, flat, loss=cfg.simex_loss, normalize=cfg.simex_normalize, device=ctx.device,
                                  relative=cfg.simex_relative, calibrated=score == "calibrated",
-                                 latent=score == "latent")
-            lat = simex.latent_used(flat, cfg.simex_loss) if score == "latent" else None
+                                 latent=score == "latent", regions=score == "regions")
+            reg = simex.regions_used(flat, cfg.simex_loss) if score == "regions" else None
+            lat = simex.latent_used(flat, cfg.simex_loss) & (~reg if reg is not None else True) \
+                if score in ("latent", "regions") else None
             cal = simex.calibrated_used(flat, cfg.simex_loss) & (~lat if lat is not None else True) \
-                if score in ("calibrated", "latent") else None
+                & (~reg if reg is not None else True) if score in ("calibrated", "latent", "regions") else None
             rel = simex.relative_used(flat, cfg.simex_loss) if cfg.simex_relative or cal is not None \
                 else np.zeros(len(flat), bool)
             i = 0
@@ -72,7 +74,9 @@ class SimEx(Method):
                 d, r = deltas[sl], rel[sl]
                 ev = {"delta": float(d.min()), "loss": cfg.simex_loss, "normalized": cfg.simex_normalize,
                       "relative_to_own_error": bool(r.all()), "autoencoders": len(records)}
-                if lat is not None:
+                if reg is not None:
+                    ev.update(simex.regions_evidence(reg[sl], lat[sl], cal[sl]))
+                elif lat is not None:
                     ev.update(simex.latent_evidence(lat[sl], cal[sl], r))
                 elif cal is not None:
                     ev.update(simex.calibrated_evidence(cal[sl], r))
