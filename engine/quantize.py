@@ -60,6 +60,7 @@ class Column:
     hist: np.ndarray          # (n_occ,) int32 histogram bucket of each occurrence
     total: float              # sum of finite numeric values (0 for other kinds)
     count: int                # number of finite numeric values (0 for other kinds)
+    all_rows: bool = False    # rows is arange(n): one occurrence per row, in row order
 
 
 def numeric_keys(values: np.ndarray, accuracy: float) -> np.ndarray:
@@ -100,6 +101,29 @@ def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
                 keys[mask] = key
         out.append(keys)
     return out
+
+
+CHUNK = 8192   # values per block of the numeric passes: their temporaries stay in cache and are reused
+
+
+def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column's distinct fine keys of its non-NaN values (int64, unordered) and its
+    histogram keys at ``hist_accuracy`` (int32, one per value): :func:`numeric_keys_at` over blocks
+    of :data:`CHUNK` values, so no temporary is a fresh column-sized array (their page faults cost
+    more than the arithmetic). The keys are elementwise, so the same as of the whole column."""
+    v = np.asarray(v, dtype=np.float64)
+    n = len(v)
+    coarse = np.empty(n, dtype=np.int32)
+    fines = []
+    for s in range(0, n, CHUNK):
+        vc = v[s:s + CHUNK]
+        fine, co = numeric_keys_at(vc, (accuracy, hist_accuracy))
+        coarse[s:s + CHUNK] = co                    # keys fit int32: the same as co.astype(np.int32)
+        nan = np.isnan(vc)
+        fines.append(pd.unique(fine[~nan] if nan.any() else fine))
+    if len(fines) == 1:
+        return fines[0], coarse
+    return (pd.unique(np.concatenate(fines)) if fines else np.zeros(0, np.int64)), coarse
 
 
 def numeric_keys_reference(values: np.ndarray, accuracy: float) -> np.ndarray:
@@ -150,12 +174,13 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
             raise EmptyColumnError(
                 f"column {name!r} has no values (all {n} are missing/NaN): drop it "
                 "(df.dropna(axis=1, how='all')) or fill it")
-        fine, coarse = numeric_keys_at(v, (config.accuracy, config.hist_accuracy))
-        fine = pd.unique(fine[~np.isnan(v)])            # distinct buckets (hashing: no sort of n keys)
+        fine, coarse = numeric_buckets(v, config.accuracy, config.hist_accuracy)
         elems = to_u32(mix64(fine.view(np.uint64), config.seed ^ _NUMERIC_DOMAIN))
         finite = np.isfinite(v)
-        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse.astype(np.int32),
-                      float(v[finite].sum()), int(finite.sum()))
+        # every value finite: the sum of v itself (the same numbers in the same order as v[finite])
+        total = v.sum() if v.flags.c_contiguous and finite.all() else v[finite].sum()
+        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse,
+                      float(total), int(finite.sum()), all_rows=True)
     missing = col.isna().to_numpy()
     if missing.all():
         raise EmptyColumnError(
@@ -168,7 +193,7 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         hist[missing] = config.hist_bins  # one extra bin for missing values
         _, tok_hash = _tokens(col, missing, config.seed)
         elems = _distinct_u32(tok_hash) if tok_hash.size else _distinct_u32(h[~missing])
-        return Column(name, kind, elems, rows, hist, 0.0, 0)
+        return Column(name, kind, elems, rows, hist, 0.0, 0, all_rows=True)
     if kind == "text":
         rows, h = _tokens(col, missing, config.seed)
         if h.size == 0:

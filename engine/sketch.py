@@ -218,7 +218,7 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     n_parts = int((n + m - 1) // m)
     parts, feats, buckets, counts = [], [], [], []
     for f, c in enumerate(cols):
-        p, b, cnt = partition_counts(part_of_row[c.rows], c.hist, n_parts)
+        p, b, cnt = partition_counts(part_of_row if c.all_rows else part_of_row[c.rows], c.hist, n_parts)
         parts.append(p)
         buckets.append(b)
         feats.append(np.full(len(p), f, dtype=np.int32))
