@@ -114,16 +114,18 @@ def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tup
     v = np.asarray(v, dtype=np.float64)
     n = len(v)
     coarse = np.empty(n, dtype=np.int32)
-    fines = []
+    fines = np.empty(n, dtype=np.int64)             # the fine keys of the non-NaN values, packed
+    m = 0
     for s in range(0, n, CHUNK):
         vc = v[s:s + CHUNK]
         fine, co = numeric_keys_at(vc, (accuracy, hist_accuracy))
         coarse[s:s + CHUNK] = co                    # keys fit int32: the same as co.astype(np.int32)
         nan = np.isnan(vc)
-        fines.append(pd.unique(fine[~nan] if nan.any() else fine))
-    if len(fines) == 1:
-        return fines[0], coarse
-    return (pd.unique(np.concatenate(fines)) if fines else np.zeros(0, np.int64)), coarse
+        if nan.any():
+            fine = fine[~nan]
+        fines[m:m + len(fine)] = fine
+        m += len(fine)
+    return pd.unique(fines[:m]), coarse             # distinct buckets (hashing: no sort of n keys)
 
 
 def numeric_keys_reference(values: np.ndarray, accuracy: float) -> np.ndarray:

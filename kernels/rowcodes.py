@@ -117,13 +117,18 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     if n == 0 or T == 0 or B == 0:
         return out.astype(np.int64)
     proj = a.reshape(T * B, d) @ x.T                                # (T*B, n)
-    bit = np.empty(n, dtype=np.int32)
-    for t in range(T):
-        for j in range(B):
-            np.greater(proj[t * B + j], 0, out=bit, casting="unsafe")
-            if j:
-                np.left_shift(bit, j, out=bit)
-            out[t] |= bit
+    step = 1 << 14                              # columns a block: a table's rows of signs stay in cache
+    bit = np.empty(min(step, n), dtype=np.int32)
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        b = bit[:e - s]
+        for t in range(T):
+            o = out[t, s:e]
+            for j in range(B):
+                np.greater(proj[t * B + j, s:e], 0, out=b, casting="unsafe")
+                if j:
+                    np.left_shift(b, j, out=b)
+                o |= b
     return out.astype(np.int64)
 
 
@@ -168,8 +173,17 @@ def code_counts(codes: np.ndarray) -> dict:
     """Sparse counts per (table, code): ``{"table", "code", "count"}``, each in the narrowest unsigned
     type holding its values (table uint8 / uint16, code uint16 / uint32, count uint8 / uint16 / uint32)."""
     T, n = codes.shape
-    key = np.arange(T, dtype=np.int64).reshape(-1, 1) * (1 << 32) + codes
-    uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
+    top = int(codes.max()) + 1 if codes.size else 0
+    if codes.size and int(codes.min()) >= 0 and T * top <= max(1 << 16, codes.size):
+        # few cells (T x 2^bits, e.g. 8 x 4,096): count them all and keep the non-empty ones,
+        # the np.unique of the keys below without sorting n x T keys
+        cnt = np.bincount((codes + np.arange(T, dtype=np.int64).reshape(-1, 1) * top).reshape(-1), minlength=T * top)
+        nz = np.flatnonzero(cnt)
+        uniq = (nz // top) * (1 << 32) + nz % top
+        cnt = cnt[nz]
+    else:
+        key = np.arange(T, dtype=np.int64).reshape(-1, 1) * (1 << 32) + codes
+        uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
     # the narrowest integer types that hold the values: these counts are most of an entry's bytes
     table_t = np.uint8 if T <= 256 else np.uint16
     code_t = np.uint16 if (codes.size == 0 or int(codes.max()) < (1 << 16)) else np.uint32

@@ -137,3 +137,36 @@ def test_sketch_with_all_rows_equals_sketch_through_the_gather():
         fast = build_sketch(df, cfg, partition_size=m, device="cpu")
         slow = build_sketch(df, cfg, partition_size=m, device="cpu", quantize=gathered)
         assert fast.to_bytes() == slow.to_bytes()
+
+
+@pytest.mark.parametrize("n", [0, 1, 97, (1 << 14) + 1, 2 * (1 << 14) + 3])
+def test_row_code_blocks_equal_int64_sum(n):
+    """The CPU packing over blocks of columns equals the multiply-and-sum of the projection's signs."""
+    from fitsketch.kernels import rowcodes as rc
+
+    rng = np.random.default_rng()
+    d, T, bits = int(rng.integers(1, 20)), int(rng.integers(1, 4)), int(rng.integers(1, 31))
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    a = rng.standard_normal((T, bits, d)).astype(np.float32)
+    proj = (a.reshape(T * bits, d) @ x.T).T.reshape(n, T, bits)
+    ref = ((proj > 0).astype(np.int64) * (2 ** np.arange(bits, dtype=np.int64))).sum(axis=-1).T
+    got = rc._row_codes_numpy(x, a)
+    assert got.dtype == np.int64 and got.shape == (T, n) and np.array_equal(got, ref)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 97, 5001])
+@pytest.mark.parametrize("bits", [1, 4, 12, 20, 30])
+def test_code_counts_equal_unique(n, bits):
+    """code_counts (cells counted by bincount when they are few) against np.unique of the keys."""
+    from fitsketch.kernels.rowcodes import code_counts, narrow_counts
+
+    rng = np.random.default_rng()
+    T = int(rng.integers(1, 9))
+    codes = rng.integers(0, 2 ** bits, (T, n)) >> int(rng.integers(0, bits + 1))   # sometimes few codes
+    key = np.arange(T, dtype=np.int64).reshape(-1, 1) * (1 << 32) + codes
+    uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
+    got = code_counts(codes)
+    assert np.array_equal(got["table"], (uniq >> 32)) and np.array_equal(got["code"], uniq & 0xFFFFFFFF)
+    assert np.array_equal(got["count"], cnt) and got["count"].dtype == narrow_counts(cnt).dtype
+    assert got["table"].dtype == (np.uint8 if T <= 256 else np.uint16)
+    assert got["code"].dtype == (np.uint16 if n == 0 or int(codes.max()) < (1 << 16) else np.uint32)
