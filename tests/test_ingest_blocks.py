@@ -170,3 +170,40 @@ def test_code_counts_equal_unique(n, bits):
     assert np.array_equal(got["count"], cnt) and got["count"].dtype == narrow_counts(cnt).dtype
     assert got["table"].dtype == (np.uint8 if T <= 256 else np.uint16)
     assert got["code"].dtype == (np.uint16 if n == 0 or int(codes.max()) < (1 << 16) else np.uint32)
+
+
+def aligned_reference(hist, feat_map, n_aligned, per_dataset, n_partitions):
+    """partitions.aligned_distributions as it was: the (row, feature) totals by np.unique's ranks."""
+    feat = np.asarray(hist["feat"], dtype=np.int64)
+    keep = feat_map[feat] >= 0 if len(feat) else np.zeros(0, dtype=bool)
+    j = feat_map[feat[keep]].astype(np.int64)
+    bucket = np.asarray(hist["bucket"], dtype=np.int64)[keep]
+    count = np.asarray(hist["count"], dtype=np.float64)[keep]
+    row = np.zeros(len(j), dtype=np.int64) if per_dataset else np.asarray(hist["part"], dtype=np.int64)[keep]
+    key = (j << 32) + (bucket + (1 << 31))
+    if per_dataset and len(key):
+        key, inv = np.unique(key, return_inverse=True)
+        count = np.bincount(inv, weights=count, minlength=len(key))
+        row, j = np.zeros(len(key), dtype=np.int64), key >> 32
+    rf = row * max(n_aligned, 1) + j
+    uniq_rf, inv_rf = np.unique(rf, return_inverse=True)
+    totals = np.bincount(inv_rf, weights=count, minlength=len(uniq_rf))
+    return row, key, count / totals[inv_rf] / max(n_aligned, 1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 97, 5001])
+def test_aligned_distributions_equal_reference(n):
+    from fitsketch.partitions import aligned_distributions
+
+    rng = np.random.default_rng()
+    n_feat, n_parts = int(rng.integers(1, 20)), int(rng.integers(1, 300))
+    hist = {"part": np.sort(rng.integers(0, n_parts, n)).astype(np.int32),
+            "feat": rng.integers(0, n_feat, n).astype(np.int32),
+            "bucket": rng.integers(-2**31, 2**31, n).astype(np.int32) if n % 2 else rng.integers(-50, 50, n).astype(np.int32),
+            "count": rng.integers(1, 2**32, n, dtype=np.int64).astype(np.uint32)}
+    feat_map = np.where(rng.random(n_feat) < 0.2, -1, rng.permutation(n_feat)).astype(np.int64)
+    for per_dataset in (False, True):
+        got = aligned_distributions(hist, feat_map, n_feat, per_dataset=per_dataset, n_partitions=n_parts)
+        row, key, value = aligned_reference(hist, feat_map, n_feat, per_dataset, n_parts)
+        assert np.array_equal(got.row, row) and np.array_equal(got.key, key)
+        assert got.value.dtype == np.float64 and np.array_equal(got.value, value)
