@@ -116,20 +116,31 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     out = np.zeros((T, n), dtype=np.int32)            # B <= MAX_BITS = 30: codes fit int32
     if n == 0 or T == 0 or B == 0:
         return out.astype(np.int64)
-    proj = a.reshape(T * B, d) @ x.T                                # (T*B, n)
-    step = 1 << 14                              # columns a block: a table's rows of signs stay in cache
-    bit = np.empty(min(step, n), dtype=np.int32)
-    for s in range(0, n, step):
-        e = min(s + step, n)
-        b = bit[:e - s]
-        for t in range(T):
-            o = out[t, s:e]
-            for j in range(B):
-                np.greater(proj[t * B + j, s:e], 0, out=b, casting="unsafe")
-                if j:
-                    np.left_shift(b, j, out=b)
-                o |= b
+    a2 = a.reshape(T * B, d)
+    # rows in blocks of ROW_BLOCK (the last one takes the remainder, so no block is smaller than
+    # ROW_BLOCK unless x is): one (T*B, block) product at a time instead of a (T*B, n) matrix
+    # (~77 MB at 200,000 rows), each element the same dot product of one row as in one product;
+    # then each table's code OR-ed together from its B rows of signs over sub-blocks in cache
+    starts = list(range(0, max(n - ROW_BLOCK, 0) + 1, ROW_BLOCK)) if n >= ROW_BLOCK else [0]
+    bounds = starts + [n]
+    sub = 1 << 14
+    bit = np.empty(min(sub, n), dtype=np.int32)
+    for s0, e0 in zip(bounds[:-1], bounds[1:]):
+        proj = a2 @ x[s0:e0].T                                          # (T*B, rows of the block)
+        for s in range(0, e0 - s0, sub):
+            e = min(s + sub, e0 - s0)
+            b = bit[:e - s]
+            for t in range(T):
+                o = out[t, s0 + s:s0 + e]
+                for j in range(B):
+                    np.greater(proj[t * B + j, s:e], 0, out=b, casting="unsafe")
+                    if j:
+                        np.left_shift(b, j, out=b)
+                    o |= b
     return out.astype(np.int64)
+
+
+ROW_BLOCK = 1 << 15
 
 
 # ----------------------------------------------------------------------------- NumPy reference

@@ -139,9 +139,10 @@ def test_sketch_with_all_rows_equals_sketch_through_the_gather():
         assert fast.to_bytes() == slow.to_bytes()
 
 
-@pytest.mark.parametrize("n", [0, 1, 97, (1 << 14) + 1, 2 * (1 << 14) + 3])
+@pytest.mark.parametrize("n", [0, 1, 97, (1 << 14) + 1, (1 << 15) - 1, 1 << 15, (1 << 15) + 1, 3 * (1 << 15) + 7])
 def test_row_code_blocks_equal_int64_sum(n):
-    """The CPU packing over blocks of columns equals the multiply-and-sum of the projection's signs."""
+    """The CPU path (products over blocks of rows, packing over blocks of columns) equals the
+    multiply-and-sum of the signs of one product of all rows."""
     from fitsketch.kernels import rowcodes as rc
 
     rng = np.random.default_rng()
