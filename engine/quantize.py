@@ -78,7 +78,7 @@ def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
     big = a > MIN_ABS                                   # False for NaN
     big &= a != np.inf
     every = bool(big.all())
-    ab, neg = (a, v < 0) if every else (a[big], v[big] < 0)
+    ab, sgn = (a, np.sign(v)) if every else (a[big], np.sign(v[big]))     # +-1: every value here is big
     with np.errstate(divide="ignore", invalid="ignore"):
         la = np.log(ab)
     special = None
@@ -86,11 +86,16 @@ def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
         nan, pinf, ninf = np.isnan(v), v == np.inf, v == -np.inf
         special = (nan.any(), nan), (pinf.any(), pinf), (ninf.any(), ninf)
     out = []
+    t = np.empty_like(la)
     for accuracy in accuracies:
         lg = math.log((1.0 + accuracy) / (1.0 - accuracy))
-        k = np.ceil(la / lg).astype(np.int64)
-        k += BIAS
-        np.negative(k, out=k, where=neg)
+        # +-(BIAS + ceil(la / lg)) in float64 (integers far below 2**53: every step exact), then one
+        # conversion: the same keys as the int64 arithmetic, without a masked negation
+        np.divide(la, lg, out=t)
+        np.ceil(t, out=t)
+        t += BIAS
+        t *= sgn
+        k = t.astype(np.int64)
         if every:
             out.append(k)
             continue
