@@ -200,8 +200,9 @@ def suite(opts: H.Options) -> dict:
         ratios["vs_rensa_fresh_objects"] = sps(fresh_t["ours"], n_sets) / sps(fresh_t["rensa"], n_sets)
         ratios["vs_rensa_fresh_objects_cpu"] = fresh_t["rensa"]["median_cpu_s"] / fresh_t["ours"]["median_cpu_s"]
         # per alternation: the ratio of the pair of runs that saw the same load
-        ratios["vs_rensa_paired_median"] = statistics.median(
-            r / o for o, r in zip(ours["times_s"], shared_t["rensa"]["times_s"]))
+        paired = [r / o for o, r in zip(ours["times_s"], shared_t["rensa"]["times_s"])]
+        ratios["vs_rensa_paired_median"] = statistics.median(paired)
+        ratios["vs_rensa_paired_min"] = min(paired)
     if baseline is not None:
         ds_sps = sps(baseline, n_ds)
         rows.append({"path": f"datasketch MinHash.bulk {baseline['version']} (bytes, subset)",
@@ -210,8 +211,17 @@ def suite(opts: H.Options) -> dict:
         ratios["vs_datasketch"] = ours_sps / ds_sps
         # the same in process CPU time, and the median ratio of the runs that alternated
         ratios["vs_datasketch_cpu"] = (baseline["median_cpu_s"] / n_ds) / (ours["median_cpu_s"] / n_sets)
-        ratios["vs_datasketch_paired_median"] = statistics.median(
-            (d / n_ds) / (o / n_sets) for o, d in zip(ours["times_s"], baseline["times_s"]))
+        # the spread over the repeated runs of this one process: the target is met reliably when
+        # the smallest paired ratio is (a median over runs can hide the runs that miss it)
+        paired = [(d / n_ds) / (o / n_sets) for o, d in zip(ours["times_s"], baseline["times_s"])]
+        paired_cpu = [(d / n_ds) / (o / n_sets) for o, d in zip(ours["cpu"]["times_s"], baseline["cpu"]["times_s"])] \
+            if "cpu" in ours and "cpu" in baseline else []
+        ratios["vs_datasketch_paired_median"] = statistics.median(paired)
+        ratios["vs_datasketch_paired_min"] = min(paired)
+        ratios["vs_datasketch_paired_max"] = max(paired)
+        if paired_cpu:
+            ratios["vs_datasketch_paired_cpu_median"] = statistics.median(paired_cpu)
+            ratios["vs_datasketch_paired_cpu_min"] = min(paired_cpu)
         ratios["first_call_vs_datasketch"] = first_sps / ds_sps
 
     print(f"\n## MinHash: {n_sets} sets x {set_size} string tokens, {num_perm} permutations, one thread, "

@@ -4,7 +4,8 @@ The add: a table like issue 21's (200,000 rows: 16 numeric columns, one 500-valu
 6-word text column; ``--quick`` 20,000 rows) into a hub. The query: 2,000 rows of the same kind
 against a hub of that entry and 20 smaller ones (``--quick`` 1,000 rows, 10 entries).
 
-Each stage is timed by wrapping the engine function that does it (nothing in the engine changes;
+The baseline, ``pd.read_csv`` of the same table written as CSV, alternates with the adds (each
+stage also as a multiple of it: the machine's load moves both alike). Each stage is timed by wrapping the engine function that does it (nothing in the engine changes;
 wrapping costs microseconds per call); a stage's time includes its sub-stages (indented), "rest
 of" a stage is what its sub-stages leave of it, and "other" what the listed stages leave of the
 total. The query's top-level stages are the
@@ -185,10 +186,15 @@ def suite(opts: H.Options) -> dict:
                     hub.add(f"big{len(snaps)}", big)
                     snaps.append((dict(timer.total), dict(timer.calls)))
 
-                t_add = H.timeit(one_add, repeats=repeats, warmup=0, cpu=cpu)
+                # the baseline in the same run: pd.read_csv of the same table, alternating with the adds
+                csv = Path(tmp) / "big.csv"
+                big.to_csv(csv, index=False)
+                both = H.interleaved({"read_csv": lambda: pd.read_csv(csv), "add": one_add}, repeats, warmup=0)
+                t_add = both["add"]
                 times = t_add["cpu"]["times_s"] if cpu else t_add["times_s"]
                 mid = int(np.argsort(times, kind="stable")[len(snaps) // 2])   # the median run
                 add_s = times[mid]
+                read_s = both["read_csv"]["median_cpu_s"] if cpu else both["read_csv"]["p50_s"]
                 timer.total, timer.calls = snaps[mid]
                 add_rows = _rows(ADD_STAGES, timer, add_s, ("to_frame", "build_sketch", "writer", "transact"))
                 # the query: the plan's stages, with the query sketch's sub-stages
@@ -221,14 +227,19 @@ def suite(opts: H.Options) -> dict:
 
     print(f"\n## Profile of an add: {n_add:,} rows x {big.shape[1]} columns (median of {repeats}"
           f"{', process CPU time' if cpu else ''})\n")
-    print(H.markdown_table(add_rows, ["stage", "ms", "share", "calls"]))
+    for r in add_rows:
+        r["x read_csv"] = r["ms"] / (read_s * 1e3)
+    print(H.markdown_table(add_rows, ["stage", "ms", "share", "x read_csv", "calls"]))
+    print(f"\nbaseline, same run (alternating with the adds): pd.read_csv of the table as CSV "
+          f"{read_s * 1e3:,.0f} ms{' (process CPU time)' if cpu else ''}: the add is {add_s / read_s:.2f}x it; "
+          f"load average {H.load_average()}")
     print(f"\n## Profile of a query: {n_query:,} rows as data, adaptivity, hub of {n_entries} entries "
           f"(median of {repeats})\n")
     print(H.markdown_table(q_rows, ["stage", "ms", "share", "calls"]))
     ctx = H.context("cpu", quick)
     wl = f"{n_add:,}-row add; {n_query:,}-row query, {n_entries} entries"
     rows = [H.row(ctx, "profile", wl, "hub.add", "add_s", add_s, unit="s", p50_s=t_add["p50_s"],
-                  p90_s=t_add["p90_s"]),
+                  p90_s=t_add["p90_s"], baseline="pd.read_csv, same run", baseline_value=read_s),
             H.row(ctx, "profile", wl, "hub.explain (adaptivity)", "query_s", q_s, unit="s", p50_s=t_q["p50_s"],
                   p90_s=t_q["p90_s"])]
     rows += [H.row(ctx, "profile", "add stage", r["stage"], "ms", r["ms"], unit="ms", share=r["share"])
@@ -237,7 +248,8 @@ def suite(opts: H.Options) -> dict:
              for r in q_rows]
     payload = {"params": {"clock": "process CPU time" if cpu else "wall", "add_rows": n_add, "query_rows": n_query, "entries": n_entries, "repeats": repeats,
                           "seed": seed},
-               "add_s": add_s, "query_s": q_s, "add": add_rows, "query": q_rows}
+               "add_s": add_s, "read_csv_s": read_s, "add_over_read_csv": add_s / read_s, "query_s": q_s,
+               "add": add_rows, "query": q_rows}
     path = H.write_suite("profile_quick" if quick else "profile", rows, out=out_dir, quick=quick, tables=payload,
                          env=H.environment("cpu"))
     print(f"\nwrote {path}")

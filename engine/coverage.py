@@ -94,11 +94,51 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
             X[:, start[i]:start[i + 1]] = x
             keys.append(k)
         owner.extend([i] * widths[i])
-    if plain:
-        v = df.iloc[:, plain].to_numpy(dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            X[:, start[plain]] = np.sign(v) * np.log1p(np.minimum(np.abs(v), 1e300))
+    with np.errstate(invalid="ignore"):
+        for i in plain:                 # sign(v) * log1p(min(|v|, 1e300)), blocks of rows into X's column
+            v = df.iloc[:, i].to_numpy(dtype=np.float64)
+            for s in range(0, n, _ROWS):
+                vc = v[s:s + _ROWS]
+                t = np.abs(vc)
+                np.minimum(t, 1e300, out=t)
+                np.log1p(t, out=t)
+                np.multiply(np.sign(vc), t, out=X[s:s + _ROWS, start[i]])
     return X, (np.concatenate(keys) if keys else np.zeros(0, np.int64)), owner
+
+
+_ROWS = 8192     # rows per block of the elementwise passes: temporaries stay in cache and are reused
+
+
+def nanmean_rows(X: np.ndarray) -> np.ndarray:
+    """``np.nanmean(X, axis=0)`` of a C-ordered (n, D) float64 matrix, bit for bit, in blocks of rows
+    (NumPy sums down the rows one after another: each block's sum starts from the running one, so
+    the additions are the same; no column-sized copy with NaN replaced). NaN where a column holds
+    no number, as nanmean gives (without its warning)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n, d = X.shape
+    step = max(1, (1 << 15) // max(d, 1))           # ~256 KiB of rows a block
+    buf = np.empty((min(step, n) + 1, d), dtype=np.float64)
+    tot = np.zeros(d, dtype=np.float64)
+    cnt = np.zeros(d, dtype=np.int64)
+    first = True
+    for s in range(0, n, step):
+        blk = X[s:s + step]
+        m = len(blk)
+        nan = np.isnan(blk)
+        cnt += m - nan.sum(axis=0)
+        if first:                                   # nanmean's sum starts with the first row itself
+            b = buf[:m]
+            b[:] = blk
+            np.copyto(b, 0.0, where=nan)
+            first = False
+        else:
+            b = buf[:m + 1]
+            b[0] = tot
+            b[1:] = blk
+            np.copyto(b[1:], 0.0, where=nan)
+        tot = np.add.reduce(b, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return tot / cnt
 
 
 def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int, center=None,
@@ -107,7 +147,7 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
     if center is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing dimension: NaN, centre 0 below
-            center = np.nanmean(X, axis=0) if X.shape[0] else np.zeros(X.shape[1])
+            center = nanmean_rows(X) if X.shape[0] else np.zeros(X.shape[1])
     center = np.nan_to_num(np.asarray(center, dtype=np.float64))
     codes = encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
     return {"v": COVERAGE_FORMAT, "keys": keys.astype(np.int64), "center": center, "bits": bits,
@@ -118,10 +158,14 @@ def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bi
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
     X = np.asarray(X, dtype=np.float64)
-    Z = np.empty(X.shape, dtype=np.float32)     # (X - center) rounded to fp32 in one pass, NaN -> 0
+    Z = np.empty(X.shape, dtype=np.float32)     # (X - center) rounded to fp32, NaN -> 0, in blocks of rows
+    c = np.asarray(center, dtype=np.float64)[None, :]
+    step = max(1, (1 << 15) // max(X.shape[1], 1))
     with np.errstate(over="ignore"):            # beyond fp32 -> +-inf, as the cast did before
-        np.subtract(X, np.asarray(center, dtype=np.float64)[None, :], out=Z, casting="unsafe")
-    np.copyto(Z, 0.0, where=np.isnan(Z))
+        for s in range(0, X.shape[0], step):
+            z = Z[s:s + step]
+            np.subtract(X[s:s + step], c, out=z, casting="unsafe")
+            np.copyto(z, 0.0, where=np.isnan(z))
     return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
 
 

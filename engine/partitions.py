@@ -53,9 +53,16 @@ def aligned_distributions(hist: dict, feat_map: np.ndarray, n_aligned: int, *,
         j = key >> 32
     # normalize per (row, feature)
     rf = row * max(n_aligned, 1) + j
-    uniq_rf, inv_rf = np.unique(rf, return_inverse=True)
-    totals = np.bincount(inv_rf, weights=count, minlength=len(uniq_rf))
-    value = count / totals[inv_rf] / max(n_aligned, 1)
+    cells = (int(rf.max()) + 1) if len(rf) else 0
+    if len(rf) and int(rf.min()) >= 0 and cells <= max(1 << 20, 4 * len(rf)):
+        # few (row, feature) cells: count into all of them (np.bincount adds in element order,
+        # so the totals are those of the ranks below, without sorting the occurrences)
+        totals = np.bincount(rf, weights=count, minlength=cells)
+        value = count / totals[rf] / max(n_aligned, 1)
+    else:
+        uniq_rf, inv_rf = np.unique(rf, return_inverse=True)
+        totals = np.bincount(inv_rf, weights=count, minlength=len(uniq_rf))
+        value = count / totals[inv_rf] / max(n_aligned, 1)
     return Distributions(row, key, value, n_rows)
 
 

@@ -60,6 +60,7 @@ class Column:
     hist: np.ndarray          # (n_occ,) int32 histogram bucket of each occurrence
     total: float              # sum of finite numeric values (0 for other kinds)
     count: int                # number of finite numeric values (0 for other kinds)
+    all_rows: bool = False    # rows is arange(n): one occurrence per row, in row order
 
 
 def numeric_keys(values: np.ndarray, accuracy: float) -> np.ndarray:
@@ -77,7 +78,7 @@ def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
     big = a > MIN_ABS                                   # False for NaN
     big &= a != np.inf
     every = bool(big.all())
-    ab, neg = (a, v < 0) if every else (a[big], v[big] < 0)
+    ab, sgn = (a, np.sign(v)) if every else (a[big], np.sign(v[big]))     # +-1: every value here is big
     with np.errstate(divide="ignore", invalid="ignore"):
         la = np.log(ab)
     special = None
@@ -85,11 +86,16 @@ def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
         nan, pinf, ninf = np.isnan(v), v == np.inf, v == -np.inf
         special = (nan.any(), nan), (pinf.any(), pinf), (ninf.any(), ninf)
     out = []
+    t = np.empty_like(la)
     for accuracy in accuracies:
         lg = math.log((1.0 + accuracy) / (1.0 - accuracy))
-        k = np.ceil(la / lg).astype(np.int64)
-        k += BIAS
-        np.negative(k, out=k, where=neg)
+        # +-(BIAS + ceil(la / lg)) in float64 (integers far below 2**53: every step exact), then one
+        # conversion: the same keys as the int64 arithmetic, without a masked negation
+        np.divide(la, lg, out=t)
+        np.ceil(t, out=t)
+        t += BIAS
+        t *= sgn
+        k = t.astype(np.int64)
         if every:
             out.append(k)
             continue
@@ -100,6 +106,31 @@ def numeric_keys_at(values: np.ndarray, accuracies) -> list[np.ndarray]:
                 keys[mask] = key
         out.append(keys)
     return out
+
+
+CHUNK = 8192   # values per block of the numeric passes: their temporaries stay in cache and are reused
+
+
+def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column's distinct fine keys of its non-NaN values (int64, unordered) and its
+    histogram keys at ``hist_accuracy`` (int32, one per value): :func:`numeric_keys_at` over blocks
+    of :data:`CHUNK` values, so no temporary is a fresh column-sized array (their page faults cost
+    more than the arithmetic). The keys are elementwise, so the same as of the whole column."""
+    v = np.asarray(v, dtype=np.float64)
+    n = len(v)
+    coarse = np.empty(n, dtype=np.int32)
+    fines = np.empty(n, dtype=np.int64)             # the fine keys of the non-NaN values, packed
+    m = 0
+    for s in range(0, n, CHUNK):
+        vc = v[s:s + CHUNK]
+        fine, co = numeric_keys_at(vc, (accuracy, hist_accuracy))
+        coarse[s:s + CHUNK] = co                    # keys fit int32: the same as co.astype(np.int32)
+        nan = np.isnan(vc)
+        if nan.any():
+            fine = fine[~nan]
+        fines[m:m + len(fine)] = fine
+        m += len(fine)
+    return pd.unique(fines[:m]), coarse             # distinct buckets (hashing: no sort of n keys)
 
 
 def numeric_keys_reference(values: np.ndarray, accuracy: float) -> np.ndarray:
@@ -150,12 +181,13 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
             raise EmptyColumnError(
                 f"column {name!r} has no values (all {n} are missing/NaN): drop it "
                 "(df.dropna(axis=1, how='all')) or fill it")
-        fine, coarse = numeric_keys_at(v, (config.accuracy, config.hist_accuracy))
-        fine = pd.unique(fine[~np.isnan(v)])            # distinct buckets (hashing: no sort of n keys)
+        fine, coarse = numeric_buckets(v, config.accuracy, config.hist_accuracy)
         elems = to_u32(mix64(fine.view(np.uint64), config.seed ^ _NUMERIC_DOMAIN))
         finite = np.isfinite(v)
-        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse.astype(np.int32),
-                      float(v[finite].sum()), int(finite.sum()))
+        # every value finite: the sum of v itself (the same numbers in the same order as v[finite])
+        total = v.sum() if v.flags.c_contiguous and finite.all() else v[finite].sum()
+        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse,
+                      float(total), int(finite.sum()), all_rows=True)
     missing = col.isna().to_numpy()
     if missing.all():
         raise EmptyColumnError(
@@ -168,7 +200,7 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         hist[missing] = config.hist_bins  # one extra bin for missing values
         _, tok_hash = _tokens(col, missing, config.seed)
         elems = _distinct_u32(tok_hash) if tok_hash.size else _distinct_u32(h[~missing])
-        return Column(name, kind, elems, rows, hist, 0.0, 0)
+        return Column(name, kind, elems, rows, hist, 0.0, 0, all_rows=True)
     if kind == "text":
         rows, h = _tokens(col, missing, config.seed)
         if h.size == 0:

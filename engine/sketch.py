@@ -218,7 +218,7 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     n_parts = int((n + m - 1) // m)
     parts, feats, buckets, counts = [], [], [], []
     for f, c in enumerate(cols):
-        p, b, cnt = partition_counts(part_of_row[c.rows], c.hist, n_parts)
+        p, b, cnt = partition_counts(part_of_row if c.all_rows else part_of_row[c.rows], c.hist, n_parts)
         parts.append(p)
         buckets.append(b)
         feats.append(np.full(len(p), f, dtype=np.int32))
@@ -227,7 +227,8 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
             "bucket": np.concatenate(buckets), "count": np.concatenate(counts)}
     # each feature's cells are sorted by (part, bucket) and the features follow in order: a stable
     # sort by part alone gives the (part, feat, bucket) order
-    order = np.argsort(hist["part"], kind="stable")
+    # (under 2^16 partitions NumPy's stable sort of 16-bit keys is a radix sort: the same order)
+    order = np.argsort(hist["part"].astype(np.uint16) if n_parts <= (1 << 16) else hist["part"], kind="stable")
     hist = {k: v[order] for k, v in hist.items()}
     cov = _cov.build(rows, keys, seed=config.seed, bits=config.coverage_bits, tables=config.coverage_tables,
                      center=coverage_center, device=device)
@@ -250,15 +251,19 @@ def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int) -> tupl
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint32)
     lo, hi = int(bucket.min()), int(bucket.max())
     if hi - lo < min(1 << 16, 4 * len(bucket) + 64):    # a narrow range (numeric buckets): offsets are ranks
-        present = np.bincount(bucket.astype(np.int64) - lo, minlength=hi - lo + 1) > 0
+        off = bucket.astype(np.int64)
+        off -= lo
+        present = np.bincount(off, minlength=hi - lo + 1) > 0
         uniq = np.flatnonzero(present) + lo
-        ranks = (np.cumsum(present) - 1)[bucket.astype(np.int64) - lo]
+        ranks = (np.cumsum(present) - 1)[off]
     else:
         ranks, uniq = pd.factorize(bucket, sort=True)
     nb = len(uniq)
     cells = int(n_parts) * nb
     if cells <= max(1 << 20, 4 * len(bucket)):
-        cnt = np.bincount(part * nb + ranks, minlength=cells)
+        key = part * nb
+        key += ranks
+        cnt = np.bincount(key, minlength=cells)
         nz = np.flatnonzero(cnt)
         return ((nz // nb).astype(np.int32), np.asarray(uniq, dtype=np.int64)[nz % nb].astype(np.int32),
                 cnt[nz].astype(np.uint32))

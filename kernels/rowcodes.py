@@ -116,15 +116,31 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     out = np.zeros((T, n), dtype=np.int32)            # B <= MAX_BITS = 30: codes fit int32
     if n == 0 or T == 0 or B == 0:
         return out.astype(np.int64)
-    proj = a.reshape(T * B, d) @ x.T                                # (T*B, n)
-    bit = np.empty(n, dtype=np.int32)
-    for t in range(T):
-        for j in range(B):
-            np.greater(proj[t * B + j], 0, out=bit, casting="unsafe")
-            if j:
-                np.left_shift(bit, j, out=bit)
-            out[t] |= bit
+    a2 = a.reshape(T * B, d)
+    # rows in blocks of ROW_BLOCK (the last one takes the remainder, so no block is smaller than
+    # ROW_BLOCK unless x is): one (T*B, block) product at a time instead of a (T*B, n) matrix
+    # (~77 MB at 200,000 rows), each element the same dot product of one row as in one product;
+    # then each table's code OR-ed together from its B rows of signs over sub-blocks in cache
+    starts = list(range(0, max(n - ROW_BLOCK, 0) + 1, ROW_BLOCK)) if n >= ROW_BLOCK else [0]
+    bounds = starts + [n]
+    sub = 1 << 14
+    bit = np.empty(min(sub, n), dtype=np.int32)
+    for s0, e0 in zip(bounds[:-1], bounds[1:]):
+        proj = a2 @ x[s0:e0].T                                          # (T*B, rows of the block)
+        for s in range(0, e0 - s0, sub):
+            e = min(s + sub, e0 - s0)
+            b = bit[:e - s]
+            for t in range(T):
+                o = out[t, s0 + s:s0 + e]
+                for j in range(B):
+                    np.greater(proj[t * B + j, s:e], 0, out=b, casting="unsafe")
+                    if j:
+                        np.left_shift(b, j, out=b)
+                    o |= b
     return out.astype(np.int64)
+
+
+ROW_BLOCK = 1 << 15
 
 
 # ----------------------------------------------------------------------------- NumPy reference
@@ -168,8 +184,17 @@ def code_counts(codes: np.ndarray) -> dict:
     """Sparse counts per (table, code): ``{"table", "code", "count"}``, each in the narrowest unsigned
     type holding its values (table uint8 / uint16, code uint16 / uint32, count uint8 / uint16 / uint32)."""
     T, n = codes.shape
-    key = np.arange(T, dtype=np.int64).reshape(-1, 1) * (1 << 32) + codes
-    uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
+    top = int(codes.max()) + 1 if codes.size else 0
+    if codes.size and int(codes.min()) >= 0 and T * top <= max(1 << 16, codes.size):
+        # few cells (T x 2^bits, e.g. 8 x 4,096): count them all and keep the non-empty ones,
+        # the np.unique of the keys below without sorting n x T keys
+        cnt = np.bincount((codes + np.arange(T, dtype=np.int64).reshape(-1, 1) * top).reshape(-1), minlength=T * top)
+        nz = np.flatnonzero(cnt)
+        uniq = (nz // top) * (1 << 32) + nz % top
+        cnt = cnt[nz]
+    else:
+        key = np.arange(T, dtype=np.int64).reshape(-1, 1) * (1 << 32) + codes
+        uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
     # the narrowest integer types that hold the values: these counts are most of an entry's bytes
     table_t = np.uint8 if T <= 256 else np.uint16
     code_t = np.uint16 if (codes.size == 0 or int(codes.max()) < (1 << 16)) else np.uint32
