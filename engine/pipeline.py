@@ -208,11 +208,13 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
             own = (own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, **kw),
                    own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=False, **kw)
                    if rule.screen == "adaptivity" else None)
-        small_keys = None   # a small query's js bands, compared with the entries' stored ones (profiles "jk_small")
-        if rule.screen == "js" and small and (cfg.jslsh_l, cfg.jslsh_r) == (hub.config.jslsh_l, hub.config.jslsh_r):
+        small_keys = None   # a small query's bands, compared with the entries' stored ones (profiles "jk_small")
+        if rule.screen in ("js", "adaptivity") and small and \
+                (cfg.jslsh_l, cfg.jslsh_r) == (hub.config.jslsh_l, hub.config.jslsh_r):
             sp = [float(cfg.small_query_jslsh_r), int(cfg.jslsh_k), int(cfg.small_query_jslsh_l)]
-            small_keys = (sp, own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, seed=seed,
-                                       r=sp[0], k=sp[1], l=sp[2], device=hub.device))
+            small_keys = (sp, own_keys(target.hist, target.n_features, target.n_partitions,
+                                       per_dataset=rule.screen == "js", seed=seed, r=sp[0], k=sp[1], l=sp[2],
+                                       device=hub.device))
         scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys)
         ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
         st.actual = len(ids)
