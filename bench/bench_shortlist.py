@@ -378,7 +378,7 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
               plan: str = "1000:exact-js,l2,js,adaptivity,coverage;10000:exact-js,l2,js,adaptivity;100000:exact-js,l2,js",
               budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, exhaustive_max: int = 1_000,
               shortlist: int | None = None, seed: int = 0, out=print,
-              out_dir: Path | None = None) -> list[dict]:
+              out_dir: Path | None = None, hub_dir: str | None = None, tag: str = "") -> list[dict]:
     """Recall and latency of the default candidate stage on one hub of *similar* entries grown
     through ``sizes`` (bench/zoos.py ``Pool``: label-skew entries of ``data``, 400 rows, built from a
     sketched pool of class chunks, added with ``add_sketches``). ``plan``: the methods measured at
@@ -396,7 +396,9 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
       64 columns -- candidates.MAX_FEATURE_PAIRS refuses it, and one such query costs minutes here).
 
     recall@10 by score (share of the stage's top 10 scoring at least the reference's 10th best, less
-    1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference."""
+    1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference.
+    ``hub_dir``: the hub lives there and is kept (a later run grows it from the entries it holds:
+    entry ``i`` of a pool zoo is the same in every run)."""
     import fitsketch
     from fitsketch import planner
     from fitsketch import profiles as PR
@@ -415,14 +417,18 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
     q_sk = zoos.fast_sketches(X, names, q_idx, pool.cfg)
     out(f"scale/{data}: pool built and checked in {wall.elapsed():.0f} s; {n_queries} queries")
-    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
+    work = Path(hub_dir) if hub_dir else Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
+    work.mkdir(parents=True, exist_ok=True)
     rows, per_query = [], []
     try:
         cfg_kw = {} if shortlist is None else {"config": fitsketch.SketchConfig(shortlist=shortlist)}
         with fitsketch.open(work / "h.hub", **cfg_kw) as hub:
-            have = 0
+            have = len(hub)
+            assert have % 1_000 == 0 and (have == 0 or hub.get(f"e{have - 1:07d}") is not None), have
             for size in sizes:
                 t_build, t_add = H.Samples(), H.Samples()
+                if size < have:
+                    continue
                 for lo in range(have, size, 1_000):
                     sk = t_build.call(pool.sketches, lo, min(size, lo + 1_000))
                     t_add.call(hub.add_sketches, [(f"e{lo + i:07d}", s) for i, s in enumerate(sk)])
@@ -454,15 +460,15 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                         capped.append(st is not None and "recall not held" in (st.detail or ""))
                         stated = None if st is None else st.recall
                         pq = {"size": size, "method": method, "query": qi, "kept": kept[-1], "capped": capped[-1]}
-                        if method in ("exact-js", "l2", "js"):
+                        if method in ("exact-js", "l2", "js", "adaptivity"):
                             small = None
-                            if method == "js":      # the queries are small: js's own bands, stored with every entry
-                                sp = PR.small_params(hub.config)
-                                small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True,
+                            if method in ("js", "adaptivity"):   # the queries are small: their own bands, stored
+                                sp = PR.small_params(hub.config)  # with every entry (one partition each)
+                                small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=method == "js",
                                                       seed=hub.config.seed, r=sp[0], k=sp[1], l=sp[2]))
                             scr = idx.scores(q, method, seed=hub.config.seed, t_small=small)
-                            if method == "js" and not scr["exact"].all():   # pragma: no cover - pool entries store jk_small
-                                raise AssertionError("js: entries screened by a proxy in a pool zoo")
+                            if not scr["exact"].all():   # pragma: no cover - pool entries store jk_small
+                                raise AssertionError(f"{method}: entries screened by a proxy in a pool zoo")
                             ref = np.sort(scr["score"])[::-1][:10]
                             r = float(np.mean([m.score >= ref[-1] - 1e-6 for m in short]))
                             bf = bool(short and short[0].score >= ref[0] - 1e-6)
@@ -497,11 +503,12 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                                    cpu_p50_ms=c50, baseline="exhaustive search (shortlist=0)", baseline_value=pf),
                              H.row(ctx, "shortlist_scale", w, method, "kept_p50", float(np.median(kept)), unit="entries",
                                    max=max(kept), capped=sum(capped), stated_recall=-1.0 if stated is None else stated)]
-                    H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+                    H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not hub_dir:
+            shutil.rmtree(work, ignore_errors=True)
     rows.append(H.row(ctx, "shortlist_scale", "all", "all", "wall_time", wall.elapsed(), unit="s"))
-    path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+    path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     out(f"scale/{data}: wrote {path} ({wall.elapsed():.0f} s)")
     return rows
 
@@ -639,6 +646,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scale-shortlist", type=int, default=None, help="--scale: the hub's shortlist (default 256)")
     ap.add_argument("--exhaustive-max", type=int, default=1_000,
                     help="--scale: largest size given the shortlist=0 reference (above, the screen of every entry only)")
+    ap.add_argument("--hub-dir", default=None, help="--scale: keep the hub in this folder (grown from what it holds)")
     ap.add_argument("--budget", type=float, default=240.0, help="--scale: seconds of searching per size and method")
     ap.add_argument("--exhaustive-budget", type=float, default=240.0,
                     help="--scale: seconds of shortlist=0 searches (the reference) per size and method")
@@ -647,7 +655,7 @@ def main(argv=None) -> None:
         run_scale(a.scale, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
                   **({"plan": a.plan} if a.plan else {}), budget_s=a.budget, exhaustive_budget_s=a.exhaustive_budget,
                   seed=a.seed, out_dir=a.out, shortlist=a.scale_shortlist,
-                  exhaustive_max=a.exhaustive_max)
+                  exhaustive_max=a.exhaustive_max, hub_dir=a.hub_dir, tag=a.tag)
     elif a.margin_kept:
         run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
     elif a.recall:

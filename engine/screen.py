@@ -425,7 +425,7 @@ class ScreenIndex:
         sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
         d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 2.0 * (sq_t[tj] + self._fi_sq.v[fi_s] - 2 * cross[fi_s]))
         rows = self._fi_row.v[fi_s]
-        sq = np.bincount(rows, weights=np.maximum(d2, 0.0), minlength=n)
+        sq = np.bincount(rows, weights=np.maximum(d2, 0.0), minlength=n).astype(np.float64)   # int64 when empty
         matched = np.bincount(rows, minlength=n)
         sq += L2_UNCOVERED * np.maximum(N - matched, 0)
         return -np.sqrt(sq / N)
