@@ -374,6 +374,122 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     return rows
 
 
+def run_two_level(data: str = "digits", sizes=(10_000, 100_000), n_queries: int = 100, coarse=(1, 2, 4, 8, 16),
+                  methods=("exact-js", "l2", "js", "adaptivity"), shortlist: int = 256, budget_s: float = 600.0,
+                  seed: int = 0, tag: str = "", out=print, out_dir: Path | None = None) -> list[dict]:
+    """The two-level candidate stage (engine/coarse.py) against the exact screen of every entry, on an
+    in-memory screen index of ``sizes`` *distinct* pool-zoo entries (bench/zoos.py ``Pool``; records
+    as ``Hub.add_sketches`` stores them: screen.record + profiles.records, no LMDB -- a 100k hub
+    cannot be filled here in the time, the stage reads only this index). Per (size, method), up to
+    ``n_queries`` 600-row queries (the run_scale queries) within ``budget_s``: the exact screen of
+    every entry (the reference: the scorers' own scores, tests/test_shortlist.py) and, per
+    ``shortlist_coarse`` in ``coarse``, the two-level screen; each followed by the selection the
+    pipeline makes (screen.choose, top ``shortlist``). recall@10: share of the two-level kept
+    entries' top 10 (by screen score = the scorer's) scoring at least the exhaustive 10th best less
+    1e-6; best found: its best reaches the exhaustive best less 1e-6. CPU p50 per stage."""
+    import fitsketch
+    from fitsketch import coarse as CO
+    from fitsketch import planner
+    from fitsketch import profiles as PR
+    from fitsketch import screen as S
+    from fitsketch.jslsh import own_keys
+
+    from . import zoos
+
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    wall = H.stopwatch().__enter__()
+    pool = zoos.Pool(data, seed=seed)
+    pool.check()
+    cfg = pool.cfg
+    q_idx = [zoos.sample_index(pool.y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    qs = zoos.fast_sketches(pool.X, pool.names, q_idx, cfg)
+    sp = PR.small_params(cfg)
+    small = {m: [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=m == "js", seed=cfg.seed, r=sp[0],
+                               k=sp[1], l=sp[2])) for q in qs] for m in ("js", "adaptivity")}
+    idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
+    rows, per_query = [], []
+    t_build = H.Samples()
+    name = f"shortlist_two_level_{data}{tag}"
+    for size in sizes:
+        while len(idx) < size:
+            lo = len(idx)
+            hi = min(size, lo + 1_000)
+
+            def batch(lo=lo, hi=hi):
+                sk = pool.sketches(lo, hi)
+                keys = [k for _, k in PR.records(sk, cfg, "cpu")]
+                idx._append([(lo + i, S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), k)
+                             for i, (s, k) in enumerate(zip(sk, keys))])
+            t_build.call(batch)
+        t_m = H.Samples()
+        t_m.call(CO.matrix, idx)
+        w = f"{data} label skew (pool), {size} distinct entries (screen index only)"
+        mem = idx.nbytes()
+        mm = CO.matrix(idx)
+        lvl1 = mm.data.nbytes + mm.indices.nbytes + mm.indptr.nbytes
+        out(f"two-level/{data}: {size:,} entries, built in {sum(t_build.wall):.0f} s so far; index {mem / 2**20:.0f} MiB, "
+            f"level-1 matrix {lvl1 / 2**20:.0f} MiB built in {t_m.wall[0]:.1f} s")
+        rows.append(H.row(ctx, "shortlist_two_level", w, "all", "level1_bytes_per_entry", lvl1 / size, unit="B",
+                          build_s=t_m.wall[0], screen_bytes_per_entry=mem / size))
+        for method in methods:
+            rule = planner.shortlist_rule(method)
+            t_full = H.Samples()
+            t_c = {c: H.Samples() for c in coarse}
+            rec = {c: [] for c in coarse}
+            best = {c: [] for c in coarse}
+            lvl1_only = []
+            for qi, q in enumerate(qs):
+                if sum(t_full.wall) + sum(sum(t.wall) for t in t_c.values()) > budget_s:
+                    break
+                kw = dict(seed=cfg.seed, t_small=small[method][qi] if method in small else None)
+                full = t_full.call(idx.scores, q, method, **kw)
+                if not full["exact"].all():   # pragma: no cover - pool entries store jk_small, one partition each
+                    raise AssertionError(f"{method}: entries screened by a proxy in a pool zoo")
+                ref = np.sort(full["score"])[::-1][:10]
+                pq = {"size": size, "method": method, "query": qi}
+                b = CO.bc(idx, q, cfg.seed)
+                top = full["ids"][np.argsort(-full["score"], kind="stable")[:10]]
+                rank = np.empty(len(b), np.int64)
+                rank[np.argsort(-b, kind="stable")] = np.arange(len(b))
+                pos = {int(e): r for r, e in enumerate(idx.ids.v)}
+                pq["bc_rank_of_top10_max"] = int(max(rank[pos[int(e)]] for e in top))
+                lvl1_only.append(pq["bc_rank_of_top10_max"])
+                for c in coarse:
+                    def two(c=c):
+                        scr, _ = CO.scores(idx, q, method, keep=c * shortlist, **kw)
+                        ids, _ = S.choose(scr, rule, shortlist, 10, planner.SHORTLIST_MARGIN_CAP * shortlist)
+                        return scr, ids
+                    scr, ids = t_c[c].call(two)
+                    got = np.sort(scr["score"][np.isin(scr["ids"], ids)])[::-1][:10]
+                    r = float(np.mean(got >= ref[-1] - 1e-6)) if len(got) else 0.0
+                    bf = bool(len(got) and got[0] >= ref[0] - 1e-6)
+                    rec[c].append(r)
+                    best[c].append(bf)
+                    pq[f"recall_c{c}"], pq[f"best_c{c}"] = r, bf
+                per_query.append(pq)
+            c_full = 1e3 * t_full.stats()["cpu"]["p50_s"]
+            out(f"  {size:>7,} {method:<10} {len(t_full)} queries; exact screen CPU p50 {c_full:7.1f} ms; "
+                f"BC rank of the exact top 10: max p50 {np.median(lvl1_only):.0f}, max {max(lvl1_only)}")
+            rows.append(H.row(ctx, "shortlist_two_level", w, method, "exact_screen_cpu_p50", c_full, unit="ms",
+                              queries=len(t_full), bc_rank_top10_max=int(max(lvl1_only))))
+            for c in coarse:
+                cc = 1e3 * t_c[c].stats()["cpu"]["p50_s"]
+                out(f"      shortlist_coarse {c:>3} (level 1 keeps {c * shortlist:,}): recall@10 {np.mean(rec[c]):.4f} "
+                    f"(min {min(rec[c]):.2f}), best {sum(best[c])}/{len(best[c])}, CPU p50 {cc:7.1f} ms "
+                    f"({c_full / max(cc, 1e-9):.1f}x faster than the exact screen)")
+                rows.append(H.row(ctx, "shortlist_two_level", w, method, f"recall_at_10_c{c}", float(np.mean(rec[c])),
+                                  baseline="exact screen of every entry", baseline_value=1.0, queries=len(rec[c]),
+                                  min=min(rec[c]), best_found=float(np.mean(best[c]))))
+                rows.append(H.row(ctx, "shortlist_two_level", w, method, f"cpu_p50_c{c}", cc, unit="ms",
+                                  baseline="exact screen of every entry", baseline_value=c_full))
+            H.write_suite(name, rows, out=out_dir, env=env, tables={"per_query": per_query})
+    rows.append(H.row(ctx, "shortlist_two_level", "all", "all", "wall_time", wall.elapsed(), unit="s"))
+    path = H.write_suite(name, rows, out=out_dir, env=env, tables={"per_query": per_query})
+    out(f"two-level/{data}: wrote {path} ({wall.elapsed():.0f} s)")
+    return rows
+
+
 def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: int = 100,
               plan: str = "1000:exact-js,l2,js,adaptivity,coverage;10000:exact-js,l2,js,adaptivity;100000:exact-js,l2,js",
               budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, exhaustive_max: int = 1_000,
@@ -650,8 +766,15 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=float, default=240.0, help="--scale: seconds of searching per size and method")
     ap.add_argument("--exhaustive-budget", type=float, default=240.0,
                     help="--scale: seconds of shortlist=0 searches (the reference) per size and method")
+    ap.add_argument("--two-level", choices=("digits", "mnist"), default=None,
+                    help="the two-level stage against the exact screen on an in-memory index (run_two_level)")
+    ap.add_argument("--coarse", default="1,2,4,8,16", help="--two-level: shortlist_coarse values")
     a = ap.parse_args(argv)
-    if a.scale:
+    if a.two_level:
+        run_two_level(a.two_level, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
+                      tuple(int(v) for v in a.coarse.split(",")), tuple(a.methods.split(",")), budget_s=a.budget,
+                      seed=a.seed, tag=a.tag, out_dir=a.out)
+    elif a.scale:
         run_scale(a.scale, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
                   **({"plan": a.plan} if a.plan else {}), budget_s=a.budget, exhaustive_budget_s=a.exhaustive_budget,
                   seed=a.seed, out_dir=a.out, shortlist=a.scale_shortlist,
