@@ -153,7 +153,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
             rows = live[b[live] >= cut]
         else:
             rows = live
-        info = {"ranked": n, "coarse_kept": int(len(rows)),
+        info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
         sub = subset(idx, np.sort(rows))
         return sub._scores(target, method, seed, t_keys, t_small), info
@@ -163,8 +163,9 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
     """The plan's words for level 1 and the stage's estimated recall (``MEASURED_RECALL``)."""
     rec = MEASURED_RECALL.get(method) if coarse >= COARSE_DEFAULT else None
     t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
-         f"dataset-level distributions and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= "
-         f"{info['bc_cut']:.4f}), level 2 screened those")
+         f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
+         f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 screened those "
+         "(the recall above is among them)")
     t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT} "
           "(bench.bench_shortlist --two-level)" if rec is not None else
           "; recall not measured at this shortlist_coarse")

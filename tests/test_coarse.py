@@ -122,6 +122,7 @@ def test_two_level_search_on_near_duplicates(tmp_path, rng):
             st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level",
                                              shortlist_coarse=14).stages if s.name == "shortlist")
             assert f"level 1 ranked {len(items)} entries" in st.detail and f"kept {len(items)}" in st.detail
+            assert f"({len(items)} share a cell" in st.detail and "are not screened: 0" in st.detail
             st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level",
                                              shortlist_coarse=1).stages if s.name == "shortlist")
             assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3 and st.recall is None, st.detail
