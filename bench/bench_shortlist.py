@@ -374,11 +374,127 @@ def run_screen_scale(data: str = "digits", distinct: int = 500, sizes=(1_000, 10
     return rows
 
 
+def run_two_level(data: str = "digits", sizes=(10_000, 100_000), n_queries: int = 100, coarse=(1, 2, 4, 8, 16),
+                  methods=("exact-js", "l2", "js", "adaptivity"), shortlist: int = 256, budget_s: float = 600.0,
+                  seed: int = 0, tag: str = "", out=print, out_dir: Path | None = None) -> list[dict]:
+    """The two-level candidate stage (engine/coarse.py) against the exact screen of every entry, on an
+    in-memory screen index of ``sizes`` *distinct* pool-zoo entries (bench/zoos.py ``Pool``; records
+    as ``Hub.add_sketches`` stores them: screen.record + profiles.records, no LMDB -- a 100k hub
+    cannot be filled here in the time, the stage reads only this index). Per (size, method), up to
+    ``n_queries`` 600-row queries (the run_scale queries) within ``budget_s``: the exact screen of
+    every entry (the reference: the scorers' own scores, tests/test_shortlist.py) and, per
+    ``shortlist_coarse`` in ``coarse``, the two-level screen; each followed by the selection the
+    pipeline makes (screen.choose, top ``shortlist``). recall@10: share of the two-level kept
+    entries' top 10 (by screen score = the scorer's) scoring at least the exhaustive 10th best less
+    1e-6; best found: its best reaches the exhaustive best less 1e-6. CPU p50 per stage."""
+    import fitsketch
+    from fitsketch import coarse as CO
+    from fitsketch import planner
+    from fitsketch import profiles as PR
+    from fitsketch import screen as S
+    from fitsketch.jslsh import own_keys
+
+    from . import zoos
+
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    wall = H.stopwatch().__enter__()
+    pool = zoos.Pool(data, seed=seed)
+    pool.check()
+    cfg = pool.cfg
+    q_idx = [zoos.sample_index(pool.y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    qs = zoos.fast_sketches(pool.X, pool.names, q_idx, cfg)
+    sp = PR.small_params(cfg)
+    small = {m: [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=m == "js", seed=cfg.seed, r=sp[0],
+                               k=sp[1], l=sp[2])) for q in qs] for m in ("js", "adaptivity")}
+    idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
+    rows, per_query = [], []
+    t_build = H.Samples()
+    name = f"shortlist_two_level_{data}{tag}"
+    for size in sizes:
+        while len(idx) < size:
+            lo = len(idx)
+            hi = min(size, lo + 1_000)
+
+            def batch(lo=lo, hi=hi):
+                sk = pool.sketches(lo, hi)
+                keys = [k for _, k in PR.records(sk, cfg, "cpu")]
+                idx._append([(lo + i, S.record(s.hist, s.names, s.sums, s.counts, cfg.seed), k)
+                             for i, (s, k) in enumerate(zip(sk, keys))])
+            t_build.call(batch)
+        t_m = H.Samples()
+        t_m.call(CO.matrix, idx)
+        w = f"{data} label skew (pool), {size} distinct entries (screen index only)"
+        mem = idx.nbytes()
+        mm = CO.matrix(idx)
+        lvl1 = mm.data.nbytes + mm.indices.nbytes + mm.indptr.nbytes
+        out(f"two-level/{data}: {size:,} entries, built in {sum(t_build.wall):.0f} s so far; index {mem / 2**20:.0f} MiB, "
+            f"level-1 matrix {lvl1 / 2**20:.0f} MiB built in {t_m.wall[0]:.1f} s")
+        rows.append(H.row(ctx, "shortlist_two_level", w, "all", "level1_bytes_per_entry", lvl1 / size, unit="B",
+                          build_s=t_m.wall[0], screen_bytes_per_entry=mem / size))
+        for method in methods:
+            rule = planner.shortlist_rule(method)
+            t_full = H.Samples()
+            t_c = {c: H.Samples() for c in coarse}
+            rec = {c: [] for c in coarse}
+            best = {c: [] for c in coarse}
+            lvl1_only = []
+            for qi, q in enumerate(qs):
+                if sum(t_full.wall) + sum(sum(t.wall) for t in t_c.values()) > budget_s:
+                    break
+                kw = dict(seed=cfg.seed, t_small=small[method][qi] if method in small else None)
+                full = t_full.call(idx.scores, q, method, **kw)
+                if not full["exact"].all():   # pragma: no cover - pool entries store jk_small, one partition each
+                    raise AssertionError(f"{method}: entries screened by a proxy in a pool zoo")
+                ref = np.sort(full["score"])[::-1][:10]
+                pq = {"size": size, "method": method, "query": qi}
+                b = CO.bc(idx, q, cfg.seed)
+                top = full["ids"][np.argsort(-full["score"], kind="stable")[:10]]
+                rank = np.empty(len(b), np.int64)
+                rank[np.argsort(-b, kind="stable")] = np.arange(len(b))
+                pos = {int(e): r for r, e in enumerate(idx.ids.v)}
+                pq["bc_rank_of_top10_max"] = int(max(rank[pos[int(e)]] for e in top))
+                lvl1_only.append(pq["bc_rank_of_top10_max"])
+                for c in coarse:
+                    def two(c=c):
+                        scr, _ = CO.scores(idx, q, method, keep=c * shortlist, **kw)
+                        ids, _ = S.choose(scr, rule, shortlist, 10, planner.SHORTLIST_MARGIN_CAP * shortlist)
+                        return scr, ids
+                    scr, ids = t_c[c].call(two)
+                    got = np.sort(scr["score"][np.isin(scr["ids"], ids)])[::-1][:10]
+                    r = float(np.mean(got >= ref[-1] - 1e-6)) if len(got) else 0.0
+                    bf = bool(len(got) and got[0] >= ref[0] - 1e-6)
+                    rec[c].append(r)
+                    best[c].append(bf)
+                    pq[f"recall_c{c}"], pq[f"best_c{c}"] = r, bf
+                per_query.append(pq)
+            c_full = 1e3 * t_full.stats()["cpu"]["p50_s"]
+            out(f"  {size:>7,} {method:<10} {len(t_full)} queries; exact screen CPU p50 {c_full:7.1f} ms; "
+                f"BC rank of the exact top 10: max p50 {np.median(lvl1_only):.0f}, max {max(lvl1_only)}")
+            rows.append(H.row(ctx, "shortlist_two_level", w, method, "exact_screen_cpu_p50", c_full, unit="ms",
+                              queries=len(t_full), bc_rank_top10_max=int(max(lvl1_only))))
+            for c in coarse:
+                cc = 1e3 * t_c[c].stats()["cpu"]["p50_s"]
+                out(f"      shortlist_coarse {c:>3} (level 1 keeps {c * shortlist:,}): recall@10 {np.mean(rec[c]):.4f} "
+                    f"(min {min(rec[c]):.2f}), best {sum(best[c])}/{len(best[c])}, CPU p50 {cc:7.1f} ms "
+                    f"({c_full / max(cc, 1e-9):.1f}x faster than the exact screen)")
+                rows.append(H.row(ctx, "shortlist_two_level", w, method, f"recall_at_10_c{c}", float(np.mean(rec[c])),
+                                  baseline="exact screen of every entry", baseline_value=1.0, queries=len(rec[c]),
+                                  min=min(rec[c]), best_found=float(np.mean(best[c]))))
+                rows.append(H.row(ctx, "shortlist_two_level", w, method, f"cpu_p50_c{c}", cc, unit="ms",
+                                  baseline="exact screen of every entry", baseline_value=c_full))
+            H.write_suite(name, rows, out=out_dir, env=env, tables={"per_query": per_query})
+    rows.append(H.row(ctx, "shortlist_two_level", "all", "all", "wall_time", wall.elapsed(), unit="s"))
+    path = H.write_suite(name, rows, out=out_dir, env=env, tables={"per_query": per_query})
+    out(f"two-level/{data}: wrote {path} ({wall.elapsed():.0f} s)")
+    return rows
+
+
 def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: int = 100,
               plan: str = "1000:exact-js,l2,js,adaptivity,coverage;10000:exact-js,l2,js,adaptivity;100000:exact-js,l2,js",
               budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, exhaustive_max: int = 1_000,
               shortlist: int | None = None, seed: int = 0, out=print,
-              out_dir: Path | None = None) -> list[dict]:
+              out_dir: Path | None = None, hub_dir: str | None = None, tag: str = "") -> list[dict]:
     """Recall and latency of the default candidate stage on one hub of *similar* entries grown
     through ``sizes`` (bench/zoos.py ``Pool``: label-skew entries of ``data``, 400 rows, built from a
     sketched pool of class chunks, added with ``add_sketches``). ``plan``: the methods measured at
@@ -396,7 +512,9 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
       64 columns -- candidates.MAX_FEATURE_PAIRS refuses it, and one such query costs minutes here).
 
     recall@10 by score (share of the stage's top 10 scoring at least the reference's 10th best, less
-    1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference."""
+    1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference.
+    ``hub_dir``: the hub lives there and is kept (a later run grows it from the entries it holds:
+    entry ``i`` of a pool zoo is the same in every run)."""
     import fitsketch
     from fitsketch import planner
     from fitsketch import profiles as PR
@@ -415,14 +533,18 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
     q_sk = zoos.fast_sketches(X, names, q_idx, pool.cfg)
     out(f"scale/{data}: pool built and checked in {wall.elapsed():.0f} s; {n_queries} queries")
-    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
+    work = Path(hub_dir) if hub_dir else Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
+    work.mkdir(parents=True, exist_ok=True)
     rows, per_query = [], []
     try:
         cfg_kw = {} if shortlist is None else {"config": fitsketch.SketchConfig(shortlist=shortlist)}
         with fitsketch.open(work / "h.hub", **cfg_kw) as hub:
-            have = 0
+            have = len(hub)
+            assert have % 1_000 == 0 and (have == 0 or hub.get(f"e{have - 1:07d}") is not None), have
             for size in sizes:
                 t_build, t_add = H.Samples(), H.Samples()
+                if size < have:
+                    continue
                 for lo in range(have, size, 1_000):
                     sk = t_build.call(pool.sketches, lo, min(size, lo + 1_000))
                     t_add.call(hub.add_sketches, [(f"e{lo + i:07d}", s) for i, s in enumerate(sk)])
@@ -454,15 +576,15 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                         capped.append(st is not None and "recall not held" in (st.detail or ""))
                         stated = None if st is None else st.recall
                         pq = {"size": size, "method": method, "query": qi, "kept": kept[-1], "capped": capped[-1]}
-                        if method in ("exact-js", "l2", "js"):
+                        if method in ("exact-js", "l2", "js", "adaptivity"):
                             small = None
-                            if method == "js":      # the queries are small: js's own bands, stored with every entry
-                                sp = PR.small_params(hub.config)
-                                small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=True,
+                            if method in ("js", "adaptivity"):   # the queries are small: their own bands, stored
+                                sp = PR.small_params(hub.config)  # with every entry (one partition each)
+                                small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=method == "js",
                                                       seed=hub.config.seed, r=sp[0], k=sp[1], l=sp[2]))
                             scr = idx.scores(q, method, seed=hub.config.seed, t_small=small)
-                            if method == "js" and not scr["exact"].all():   # pragma: no cover - pool entries store jk_small
-                                raise AssertionError("js: entries screened by a proxy in a pool zoo")
+                            if not scr["exact"].all():   # pragma: no cover - pool entries store jk_small
+                                raise AssertionError(f"{method}: entries screened by a proxy in a pool zoo")
                             ref = np.sort(scr["score"])[::-1][:10]
                             r = float(np.mean([m.score >= ref[-1] - 1e-6 for m in short]))
                             bf = bool(short and short[0].score >= ref[0] - 1e-6)
@@ -497,11 +619,12 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                                    cpu_p50_ms=c50, baseline="exhaustive search (shortlist=0)", baseline_value=pf),
                              H.row(ctx, "shortlist_scale", w, method, "kept_p50", float(np.median(kept)), unit="entries",
                                    max=max(kept), capped=sum(capped), stated_recall=-1.0 if stated is None else stated)]
-                    H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+                    H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not hub_dir:
+            shutil.rmtree(work, ignore_errors=True)
     rows.append(H.row(ctx, "shortlist_scale", "all", "all", "wall_time", wall.elapsed(), unit="s"))
-    path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+    path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     out(f"scale/{data}: wrote {path} ({wall.elapsed():.0f} s)")
     return rows
 
@@ -639,15 +762,23 @@ def main(argv=None) -> None:
     ap.add_argument("--scale-shortlist", type=int, default=None, help="--scale: the hub's shortlist (default 256)")
     ap.add_argument("--exhaustive-max", type=int, default=1_000,
                     help="--scale: largest size given the shortlist=0 reference (above, the screen of every entry only)")
+    ap.add_argument("--hub-dir", default=None, help="--scale: keep the hub in this folder (grown from what it holds)")
     ap.add_argument("--budget", type=float, default=240.0, help="--scale: seconds of searching per size and method")
     ap.add_argument("--exhaustive-budget", type=float, default=240.0,
                     help="--scale: seconds of shortlist=0 searches (the reference) per size and method")
+    ap.add_argument("--two-level", choices=("digits", "mnist"), default=None,
+                    help="the two-level stage against the exact screen on an in-memory index (run_two_level)")
+    ap.add_argument("--coarse", default="1,2,4,8,16", help="--two-level: shortlist_coarse values")
     a = ap.parse_args(argv)
-    if a.scale:
+    if a.two_level:
+        run_two_level(a.two_level, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
+                      tuple(int(v) for v in a.coarse.split(",")), tuple(a.methods.split(",")), budget_s=a.budget,
+                      seed=a.seed, tag=a.tag, out_dir=a.out)
+    elif a.scale:
         run_scale(a.scale, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
                   **({"plan": a.plan} if a.plan else {}), budget_s=a.budget, exhaustive_budget_s=a.exhaustive_budget,
                   seed=a.seed, out_dir=a.out, shortlist=a.scale_shortlist,
-                  exhaustive_max=a.exhaustive_max)
+                  exhaustive_max=a.exhaustive_max, hub_dir=a.hub_dir, tag=a.tag)
     elif a.margin_kept:
         run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
     elif a.recall:

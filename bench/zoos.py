@@ -209,6 +209,7 @@ class Pool:
 
     def sketches(self, lo: int, hi: int) -> list:
         """Sketches of entries ``lo .. hi-1``."""
+        from fitsketch.kernels.rowcodes import narrow_counts
         from fitsketch.sketch import Sketch
 
         cfg, d = self.cfg, len(self.names)
@@ -229,7 +230,7 @@ class Pool:
             cov = {"v": 1, "keys": self.ckeys.copy(), "center": self.center.copy(), "bits": cfg.coverage_bits,
                    "tables": cfg.coverage_tables, "table": (tk >> 32).astype(self.table_t),
                    "code": (tk & 0xFFFFFFFF).astype(np.uint16 if self.code_max_ok else np.uint32),
-                   "count": np.rint(tc[tz]).astype(np.uint32)}
+                   "count": narrow_counts(np.rint(tc[tz]).astype(np.uint32))}   # as code_counts stores them
             n = len(p) * CHUNK
             out.append(Sketch(cfg.sketch_key(), cfg.partition_size, list(self.names), ["numeric"] * d,
                               self.sig[used].min(axis=0).astype(np.uint32), w[used] @ self.csum[used],

@@ -102,6 +102,10 @@ class SketchConfig:
     # "profile" ranks 128-dim random projections (faster on huge hubs, recall not held on zoos of
     # similar entries: bench/bench_shortlist.py)
     shortlist_screen: str = "exact"
+    # "two-level" (engine/coarse.py): every entry ranked by the Bhattacharyya coefficient of its
+    # dataset-level distributions (one sparse product), the method's own screen over the best
+    # shortlist_coarse x shortlist; larger: recall closer to "exact", slower (bench/SUMMARY.md)
+    shortlist_coarse: int = 8
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
@@ -147,8 +151,11 @@ class SketchConfig:
             _check(isinstance(v, (int, float)) and 0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
         _check(isinstance(self.shortlist, int) and not isinstance(self.shortlist, bool) and self.shortlist >= 0,
                "shortlist", self.shortlist, "a non-negative integer (0 scores every entry)")
-        _check(self.shortlist_screen in ("exact", "profile"), "shortlist_screen", self.shortlist_screen,
-               "'exact' or 'profile'")
+        _check(self.shortlist_screen in ("exact", "profile", "two-level"), "shortlist_screen", self.shortlist_screen,
+               "'exact', 'profile' or 'two-level'")
+        _check(isinstance(self.shortlist_coarse, int) and not isinstance(self.shortlist_coarse, bool)
+               and 1 <= self.shortlist_coarse <= 1 << 20, "shortlist_coarse", self.shortlist_coarse,
+               "an integer in [1, 2^20]")
         _check(self.match in ("containment", "jaccard"), "match", self.match,
                "'containment' or 'jaccard'")
         _check(isinstance(self.accuracy_temperature, (int, float)) and not isinstance(self.accuracy_temperature, bool)
@@ -192,7 +199,8 @@ class SketchConfig:
 
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
                 "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative", "simex_score",
-                "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen", "query_min_partitions",
+                "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen", "shortlist_coarse",
+                "query_min_partitions",
                 "query_partition_rows", "small_query_jslsh_l", "small_query_jslsh_r", "coverage_score",
                 "coverage_resolution", "coverage_rho")
 

@@ -19,6 +19,7 @@ import logging
 import numpy as np
 
 from . import accuracy as _acc
+from . import coarse as _coarse
 from . import errors as E
 from . import methods as _methods
 from . import profiles as _profiles
@@ -192,8 +193,9 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
             st.actual = len(ids)
         return {u64(int(i)) for i in ids}
     rule = shortlist_rule(method)
-    with plan.run(Stage("shortlist", f"screen: {rule.screen} of every entry from stored dataset-level "
-                        f"histograms ({why})", estimated=cfg.shortlist)) as st:
+    with plan.run(Stage("shortlist", f"screen: {rule.screen} of "
+                        f"{'the entries level 1 keeps' if cfg.shortlist_screen == 'two-level' else 'every entry'} "
+                        f"from stored dataset-level histograms ({why})", estimated=cfg.shortlist)) as st:
         idx = hub._indexes.screen(hub.store)
         if not idx.shares_names(t_keys):
             st.detail += "; skipped: no stored entry has a feature named like the query's, every entry is scored"
@@ -208,15 +210,26 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
             own = (own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, **kw),
                    own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=False, **kw)
                    if rule.screen == "adaptivity" else None)
-        small_keys = None   # a small query's js bands, compared with the entries' stored ones (profiles "jk_small")
-        if rule.screen == "js" and small and (cfg.jslsh_l, cfg.jslsh_r) == (hub.config.jslsh_l, hub.config.jslsh_r):
+        small_keys = None   # a small query's bands, compared with the entries' stored ones (profiles "jk_small")
+        if rule.screen in ("js", "adaptivity") and small and \
+                (cfg.jslsh_l, cfg.jslsh_r) == (hub.config.jslsh_l, hub.config.jslsh_r):
             sp = [float(cfg.small_query_jslsh_r), int(cfg.jslsh_k), int(cfg.small_query_jslsh_l)]
-            small_keys = (sp, own_keys(target.hist, target.n_features, target.n_partitions, per_dataset=True, seed=seed,
-                                       r=sp[0], k=sp[1], l=sp[2], device=hub.device))
-        scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys)
+            small_keys = (sp, own_keys(target.hist, target.n_features, target.n_partitions,
+                                       per_dataset=rule.screen == "js", seed=seed, r=sp[0], k=sp[1], l=sp[2],
+                                       device=hub.device))
+        if cfg.shortlist_screen == "two-level":   # the screen over the entries of best BC (engine/coarse.py)
+            scr, coarse = _coarse.scores(idx, target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys,
+                                         keep=cfg.shortlist_coarse * cfg.shortlist)
+        else:
+            scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys)
         ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
         st.actual = len(ids)
-        text, st.recall = _screen.describe(info, rule, method, cfg.shortlist, k, n_entries)
+        text, st.recall = _screen.describe(info, rule, method, cfg.shortlist, k, n_entries if cfg.shortlist_screen
+                                           != "two-level" else info["screened"] + n_entries - coarse["live"])
+        if cfg.shortlist_screen == "two-level":
+            more, rc = _coarse.describe(coarse, cfg.shortlist_coarse, rule.screen)
+            text += more
+            st.recall = None if rc is None or st.recall is None else min(rc, st.recall)
         st.detail += text
         keep = {u64(int(i)) for i in ids}
         if method == "accuracy":   # labelled entries: by predicted accuracy from their class records

@@ -288,9 +288,12 @@ class ScreenIndex:
         whether ``score`` is the method's own score, else it is the exact-js screen). ``t_keys``:
         the query's JS-LSH keys under the identity alignment, ``(jk_data (1, l), jk_part (T, l))``,
         or None when the query's JS-LSH parameters are not the stored ones. ``t_small``: for js
-        and a small query, ``(params, keys (1, l))`` of the bands it is scored with: entries that
-        stored keys of those params (``jk_small``) get js's own small-query score, ``collisions / l
-        + (1 - exact JS) / l / 2`` (methods/jslsh.py)."""
+        and adaptivity on a small query, ``(params, keys)`` of the bands it is scored with (js: the
+        dataset's ``(1, l)``; adaptivity: each query partition's ``(T, l)``): entries that stored
+        keys of those params (``jk_small``, per dataset) get the method's own small-query score --
+        js ``collisions / l + (1 - exact JS) / l / 2``, adaptivity (entries of one partition, whose
+        dataset keys are its partition's) ``graded_adaptivity + (1 - exact JS) x step / 2``
+        (methods/jslsh.py)."""
         with self.lock:
             return self._scores(target, method, seed, t_keys, t_small)
 
@@ -326,17 +329,33 @@ class ScreenIndex:
         score, tie = np.zeros(n), np.zeros(n)
         exact = np.full(n, method == "exact-js")
         small_rows = None
-        if method == "js" and t_small is not None and self._jks_data is not None and list(t_small[0]) == \
-                self._jks_params:
+        if method in ("js", "adaptivity") and t_small is not None and self._jks_data is not None and \
+                list(t_small[0]) == self._jks_params:
             t_ids = self._names.get(np.asarray(rec["names"], dtype=np.int64))
             ident = np.array([len(x) == len(t_ids) and bool(np.array_equal(x, t_ids)) for x in self._schema_names],
                              dtype=bool)
-            small_rows = np.flatnonzero(ident[self._schema.v] & self._jks_ok.v) if len(ident) else np.zeros(0, np.int64)
+            ok = ident[self._schema.v] & self._jks_ok.v if len(ident) else np.zeros(n, bool)
+            if method == "adaptivity":   # an entry of one partition: its small-query keys are that partition's
+                ok &= self._jk_ok.v & (np.diff(np.append(self._p_lo.v, self._part_row.n)) == 1)
+            small_rows = np.flatnonzero(ok)
             ls = self._jks_data.a.shape[1]
-            c = (self._jks_data.v[small_rows] == np.asarray(t_small[1], dtype=np.uint32)[0][None, :]).sum(axis=1)
-            score[small_rows] = c / ls
+            tq = np.asarray(t_small[1], dtype=np.uint32).reshape(-1, ls)      # (query partitions, ls)
+            sk = self._jks_data.v[small_rows]
+            if method == "js":
+                score[small_rows] = (sk == tq[0][None, :]).sum(axis=1) / ls
+                step = 1.0 / ls
+            else:   # jslsh.adaptivity_scores against the one stored partition, graded_adaptivity
+                T = len(tq)
+                matched, agree = np.zeros(len(small_rows)), np.zeros(len(small_rows))
+                for t in range(T):
+                    eq = (sk == tq[t][None, :]).sum(axis=1)
+                    matched += eq > 0
+                    agree += eq
+                agree /= max(T, 1) * ls
+                score[small_rows] = (matched + agree) / (T + 1)
+                tie[small_rows] = agree
+                step = 1.0 / (ls * T * (T + 1))
             exact[small_rows] = True
-            step = 1.0 / ls
         elif method in ("js", "adaptivity") and t_keys is not None:
             t_ids = self._names.get(np.asarray(rec["names"], dtype=np.int64))
             ident = np.array([len(s) == len(t_ids) and bool(np.array_equal(s, t_ids)) for s in self._schema_names],
@@ -406,7 +425,7 @@ class ScreenIndex:
         sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
         d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 2.0 * (sq_t[tj] + self._fi_sq.v[fi_s] - 2 * cross[fi_s]))
         rows = self._fi_row.v[fi_s]
-        sq = np.bincount(rows, weights=np.maximum(d2, 0.0), minlength=n)
+        sq = np.bincount(rows, weights=np.maximum(d2, 0.0), minlength=n).astype(np.float64)   # int64 when empty
         matched = np.bincount(rows, minlength=n)
         sq += L2_UNCOVERED * np.maximum(N - matched, 0)
         return -np.sqrt(sq / N)
@@ -518,7 +537,8 @@ def describe(info: dict, rule, method: str, n_keep: int, k: int, n_entries: int)
         t += f", {info['exact']} screened by the method's own score"
     if info["proxy"]:
         why = (f"{method} is screened by its proxy {rule.screen}" if not rule.exact else
-               "another column order, other JS-LSH parameters, or a small query's query-time bands")
+               "another column order, other JS-LSH parameters, or a small query's bands no stored key "
+               "holds, e.g. adaptivity's on an entry of several partitions")
         t += f", {info['proxy']} by the exact-js proxy ({why})"
     t += f"; kept {info['kept']}: the top {n_keep}" + (" of each" if info["proxy"] and info["exact"] else "")
     if rule.margin is not None and info["proxy"]:

@@ -14,7 +14,7 @@ LAYERS = [
     ("storage+kernels", {"storage", "kernels"}),   # import nothing of the engine
     ("base", {"errors", "results", "validate", "plan", "config", "extras"}),
     ("algorithms", {"quantize", "partitions", "minhash", "jslsh", "sketch", "data", "exact", "coverage",
-                    "coverage_spaces", "profiles", "growable", "screen", "accuracy", "accuracy_records",
+                    "coverage_spaces", "profiles", "growable", "screen", "coarse", "accuracy", "accuracy_records",
                     "accuracy_pool", "accuracy_perf", "simex", "autoencoder", "deephash", "faiss_files",
                     "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),

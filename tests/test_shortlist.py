@@ -300,14 +300,51 @@ def test_small_query_js_is_screened_by_its_own_score(tmp_path, rng):
         assert "screened by the method's own score" not in st.detail and f"{len(items)} by the exact-js" in st.detail
 
 
+def test_small_query_adaptivity_is_screened_by_its_own_score(tmp_path, rng):
+    """A small query's adaptivity compares each query partition's small-query bands with the entry's
+    partitions; an entry of one partition stored exactly those keys (its dataset's "jk_small"), so the
+    screen gives it adaptivity's own score -- equal to the exhaustive search's (the same stored keys;
+    closeness within 1e-6 x step / 2) -- and an entry of two partitions its exact-js proxy. On
+    near-duplicates (class 0's share one row apart) the shortlist of 3 holds the exhaustive top 3."""
+    cfg = fitsketch.SketchConfig(shortlist=3)       # partition_size 500: a query under 4 x 500 rows is small
+    pools = _classes(rng, rows=200)
+    base = [0, 40, 30, 20]
+    shares = rng.permutation(np.arange(30, 70))
+    items = [(f"dup{c0}", fitsketch.sketch_data(_mixture(pools, [c0] + base[1:]), cfg)) for c0 in shares]
+    items.append(("two", fitsketch.sketch_data(_mixture(pools, [200, 190, 150, 100]), cfg)))   # 640 rows
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        assert hub.get("two").n_partitions == 2 and hub.get("dup30").n_partitions == 1
+        q = fitsketch.sketch_data(_mixture(pools, [int(rng.integers(35, 65))] + base[1:]), cfg,
+                                  partition_size=40)            # as a query given as data is cut: 4 partitions
+        assert q.n_rows < cfg.partition_size * cfg.query_min_partitions and q.n_partitions > 1
+        sp = fitsketch.profiles.small_params(cfg)
+        t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=False, seed=cfg.seed, r=sp[0],
+                                k=sp[1], l=sp[2]))
+        scr = hub._synced_screen().scores(q, "adaptivity", seed=cfg.seed, t_small=t_small)
+        by_id = {hub.get(n).id: n for n in hub.names()}
+        full = {m.name: m.score for m in hub.search(q, k=len(items), method="adaptivity", shortlist=0)}
+        for i, sc, ex in zip(scr["ids"], scr["score"], scr["exact"]):
+            name = by_id[int(i)]
+            if name == "two":
+                assert not ex
+            else:   # one LSH step is 1 / (128 x T x (T + 1)): far above 5e-7
+                assert ex and sc == pytest.approx(full[name], rel=0, abs=5e-7), name
+        st = next(s for s in hub.explain(q, k=3, method="adaptivity").stages if s.name == "shortlist")
+        assert f"{len(items) - 1} screened by the method's own score" in st.detail and "1 by the exact-js" in st.detail
+        short = hub.search(q, k=3, method="adaptivity")
+        assert [m.score for m in short] == pytest.approx(sorted(full.values(), reverse=True)[:3], rel=0, abs=1e-12)
+
+
 def test_small_query_proxy_margin_keeps_the_best_and_explain_says_so(tmp_path, rng, monkeypatch):
     """A query under query_min_partitions x partition_size rows is scored with query-time JS-LSH bands;
-    adaptivity's (per partition of the query) no stored key reproduces, so it is screened by the
-    exact-js proxy (js, since its small-query keys are stored, only for entries without them). Near-duplicate
+    adaptivity's (per partition of the query) no stored key reproduces on entries of several
+    partitions, so they are screened by the exact-js proxy (js, since its small-query keys are
+    stored, only for entries without them). Near-duplicate
     entries (class 0's share one row apart): with a margin covering the whole proxy range the stage
     keeps every entry and returns the exhaustive top k; the plan states the margin, what it kept and
     the rule's measured recall; a cap below that is stated as not holding recall."""
-    cfg = fitsketch.SketchConfig(shortlist=4)       # partition_size 500: a 190-row query is small; cap 8 x 4 >= 30
+    cfg = fitsketch.SketchConfig(shortlist=4, partition_size=60)   # a 190-row query is small; cap 8 x 4 >= 30
     pools = _classes(rng, rows=100)
     base = [0, 40, 30, 20]
     shares = rng.permutation(np.arange(30, 60))

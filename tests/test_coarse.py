@@ -1,0 +1,130 @@
+"""The two-level candidate stage (engine/coarse.py, ``shortlist_screen="two-level"``): level 1's
+Bhattacharyya coefficients against a dense reference, level 2's screen of a subset of entries equal
+to the full screen of those entries, and searches through the stage on near-duplicate entries."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fitsketch
+from fitsketch import coarse as C
+from fitsketch.jslsh import own_keys
+
+from test_shortlist import _classes, _mixture, _own
+
+METHODS = ("adaptivity", "js", "exact-js", "l2")
+
+
+def _hub_items(rng, cfg, pools, n):
+    items = []
+    for i in range(n):
+        df = _mixture(pools, rng.integers(5, 100, 4))
+        df.loc[rng.random(len(df)) < 0.05, "d"] = np.nan
+        items.append((f"m{i}", fitsketch.sketch_data(df, cfg, partition_size=int(rng.integers(30, 200)))))
+    items.append(("perm", fitsketch.sketch_data(_mixture(pools, [60, 60, 10, 1])[["d", "a", "c", "b"]], cfg)))
+    items.append(("fewer", fitsketch.sketch_data(_mixture(pools, [20, 60, 10, 40])[["a", "c"]], cfg)))
+    items.append(("one", fitsketch.sketch_data(_mixture(pools, [1, 0, 0, 0]), cfg)))
+    return items
+
+
+def _dist(sk):
+    """{(column name, bucket): p} of a sketch's dataset-level histograms, per column normalized."""
+    h = sk.hist
+    df = pd.DataFrame({"f": np.asarray(h["feat"]), "b": np.asarray(h["bucket"]), "c": np.asarray(h["count"], float)})
+    g = df.groupby(["f", "b"])["c"].sum()
+    tot = g.groupby(level=0).transform("sum")
+    return {(sk.names[f], b): v for (f, b), v in (g / tot).items() if v > 0}
+
+
+def test_bc_equals_a_dense_reference(tmp_path, rng):
+    """Level 1's score of every entry is sum over shared (column, bucket) cells of sqrt(p_t p_s),
+    within 1e-5 (float32 products); an entry sharing no column scores 0; after removals and adds
+    the matrix follows the index."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    pools = _classes(rng)
+    items = _hub_items(rng, cfg, pools, int(rng.integers(6, 12)))
+    other = pd.DataFrame({"zz": rng.normal(size=50)})
+    items.append(("other", fitsketch.sketch_data(other, cfg)))
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        sk = dict(items)
+        q = fitsketch.sketch_data(_mixture(pools, rng.integers(30, 120, 4)), cfg)
+        qd = _dist(q)
+        for step in range(2):
+            idx = hub._synced_screen()
+            b = C.bc(idx, q, cfg.seed)
+            by_id = {hub.get(n).id: n for n in hub.names()}
+            assert len(b) == len(by_id)
+            for eid, v in zip(idx.ids.v, b):
+                sd = _dist(sk[by_id[int(eid)]])
+                ref = sum(np.sqrt(p * sd[c]) for c, p in qd.items() if c in sd)
+                assert v == pytest.approx(ref, rel=1e-5, abs=1e-6), by_id[int(eid)]
+            assert b[list(idx.ids.v).index(hub.get("other").id)] == 0.0
+            hub.remove(f"m{step}")
+            extra = fitsketch.sketch_data(_mixture(pools, rng.integers(5, 100, 4)), cfg)
+            hub.add_sketch(f"late{step}", extra)
+            sk[f"late{step}"] = extra
+
+
+def test_subset_screens_equal_the_full_screen(tmp_path, rng):
+    """The screen of a subset of rows (level 2) gives each of its entries exactly the score, tiebreak
+    and exactness the full screen gives it, for every method (large and small queries), after a
+    removal renumbered the index; for one row and for no row too."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    pools = _classes(rng)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(_hub_items(rng, cfg, pools, int(rng.integers(8, 14))))
+        hub.remove("m1")
+        idx = hub._synced_screen()
+        n = len(idx)
+        q_big = fitsketch.sketch_data(_mixture(pools, rng.integers(60, 120, 4)), cfg,
+                                      partition_size=int(rng.integers(40, 400)))
+        q_small = fitsketch.sketch_data(_mixture(pools, rng.integers(10, 40, 4)), fitsketch.SketchConfig(),
+                                        partition_size=25)
+        sp = fitsketch.profiles.small_params(cfg)
+        for rows in (np.sort(rng.choice(n, int(rng.integers(2, n)), replace=False)), np.array([int(rng.integers(n))]),
+                     np.zeros(0, np.int64)):
+            sub = C.subset(idx, rows)
+            assert list(sub.ids.v) == list(idx.ids.v[rows])
+            for method in METHODS:
+                for q, small in ((q_big, None), (q_small, method)):
+                    t_small = None
+                    if small in ("js", "adaptivity"):
+                        t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=small == "js",
+                                                seed=cfg.seed, r=sp[0], k=sp[1], l=sp[2]))
+                    kw = dict(seed=cfg.seed, t_keys=_own(q, cfg), t_small=t_small)
+                    full, part = idx.scores(q, method, **kw), sub.scores(q, method, **kw)
+                    pos = {int(e): i for i, e in enumerate(full["ids"])}
+                    want = [pos[int(e)] for e in idx.ids.v[rows] if int(e) in pos]
+                    assert list(part["ids"]) == list(full["ids"][want]), method
+                    for key in ("score", "tiebreak", "exact"):
+                        assert np.array_equal(part[key], full[key][want]), (method, key)
+
+
+def test_two_level_search_on_near_duplicates(tmp_path, rng):
+    """Near-duplicate entries (class 0's share one row apart) of one schema: with level 1 keeping
+    every entry the two-level stage returns the exhaustive top 3 for every method; with
+    shortlist_coarse=1 level 1 keeps the shortlist's count and level 2 chooses among those; explain
+    states both levels and what they kept."""
+    cfg = fitsketch.SketchConfig(shortlist=3, partition_size=10)   # a query of >= 80 rows is not "small"
+    pools = _classes(rng, rows=100)
+    base = [0, 40, 30, 20]
+    shares = rng.permutation(np.arange(30, 70))
+    items = [(f"dup{c0}", fitsketch.sketch_data(_mixture(pools, [c0] + base[1:]), cfg)) for c0 in shares]
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        q = fitsketch.sketch_data(_mixture(pools, [int(rng.integers(33, 67))] + base[1:]), cfg)
+        for method in METHODS:
+            full = hub.search(q, k=3, method=method, shortlist=0)
+            short = hub.search(q, k=3, method=method, shortlist_screen="two-level", shortlist_coarse=14)
+            assert [m.score for m in short] == pytest.approx([m.score for m in full], rel=0, abs=1e-12), method
+            st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level",
+                                             shortlist_coarse=14).stages if s.name == "shortlist")
+            assert f"level 1 ranked {len(items)} entries" in st.detail and f"kept {len(items)}" in st.detail
+            assert f"({len(items)} share a cell" in st.detail and "are not screened: 0" in st.detail
+            st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level",
+                                             shortlist_coarse=1).stages if s.name == "shortlist")
+            assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3 and st.recall is None, st.detail
+    with pytest.raises(fitsketch.errors.InvalidArgumentError):
+        fitsketch.SketchConfig(shortlist_coarse=0)
