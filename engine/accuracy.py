@@ -24,14 +24,17 @@ Query, for the labelled candidates (the query's rows are needed):
    ``pi_c <- mean_i pi_c p(x_i|c) / sum_c' pi_c' p(x_i|c')``; a caller that knows it can pass
    ``mixture={label: share}`` instead.
 3. *Accuracy under label shift*: ``acc(S -> T) = sum_c pi_T(c) recall_S(c)``, 0 for a class the
-   model never saw. Smoothed recalls: ``(C[c,c] + m r0_c) / (n_val_c + m)``, ``m =
-   RECALL_PSEUDO``, with the prior ``r0_c = (validation accuracy) x curve(n_c)``, where
-   ``curve(n) = n^b / (n^b + K^b)`` is how recall grows with the class's training rows ``n_c``
-   (a class seen twice is recognized far less often than one seen fifty times; 0 when unseen).
-   With the query's rows, ``r0_c`` is mixed (``PROXY_WEIGHT``, in logit space) with the recall of
-   the candidate's *own-histogram proxy* on the rows EM assigns to ``c`` (:func:`own_predictions`,
-   :func:`shifted_recall`), and a class with ``SHIFT_MIN_VAL`` validation rows is discounted by
-   the covariate-shift factor sqrt(min(1, proxy recall on the query / on the validation rows)).
+   model never saw. Stored recalls (registration; the query path without rows): ``(C[c,c] + m
+   r0_c) / (n_val_c + m)``, ``m = RECALL_PSEUDO``, with the prior ``r0_c = (validation accuracy) x
+   curve(n_c)``, where ``curve(n) = n^b / (n^b + K^b)`` is how recall grows with the class's
+   training rows ``n_c`` (a class seen twice is recognized far less often than one seen fifty
+   times; 0 when unseen). With the query's rows, ``r0_c`` is :func:`recall_prior`, a logistic
+   model (``PRIOR_COEF``) of ``n_c``, its share of the training rows, the validation accuracy,
+   the model's confidence on its validation rows and the recall of the candidate's
+   *own-histogram proxy* on the rows EM assigns to ``c`` (:func:`own_predictions`), weighed
+   against the validation rows with ``PRIOR_PSEUDO`` (:func:`shifted_recall`); a class with
+   ``SHIFT_MIN_VAL`` validation rows is discounted by the covariate-shift factor sqrt(min(1,
+   proxy recall on the query / on the validation rows)).
 4. *Interval*: the 5-95 % range of ``acc`` over ``accuracy_bootstrap`` draws, each resampling the
    query's rows (EM re-run), drawing the recalls around their estimates and adding the binomial
    noise of an accuracy measured on the query's rows (:func:`estimate`).
@@ -45,7 +48,7 @@ import numpy as np
 
 from . import errors as E
 from .accuracy_perf import (CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, RECALL_PSEUDO,  # noqa: F401
-                            curve, performance, read_class_accuracy, read_confusion)
+                            curve, performance, read_class_accuracy, read_confusion, true_class_prob)
 from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, loglik,  # noqa: F401
                             merge_pools, own_predictions, pool, pooled_loglik, query_buckets, query_index)
 from .accuracy_records import (CLASSES_FORMAT, MAX_CLASSES, _match_kind, _sort_key, canonical,  # noqa: F401
