@@ -27,7 +27,8 @@ recall_c (the class counts of the drawn rows, which a perfect mixture estimate w
 MAE against the measured accuracy is what even a perfect predictor of the distribution's accuracy
 would show.
 
-``accuracy_temperature`` and the recall curve are chosen on digits seeds 0-1 (``--tune``); MNIST
+``accuracy_temperature`` and the recall curve are chosen on digits seeds 0-1 (``--tune``), the
+recall prior on digits seeds 0-1 and MNIST seed 0 (``python -m bench.accuracy_prior``); MNIST
 seed 0 showed that dividing log-likelihoods by the plain column count fails on 784 mostly blank
 pixels (hence the effective count). The tables report digits seeds 2-4 and MNIST seeds 1-3.
 
