@@ -24,7 +24,11 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
 
     With ``validation=`` and the entry's column ``kinds`` and hub ``config``, also the own-histogram
     proxy's hits on the validation rows per class (``proxy_hits`` / ``proxy_n``): the reference the
-    query's proxy recall is compared with (:func:`shifted_recall`)."""
+    query's proxy recall is compared with (:func:`shifted_recall`). With ``validation=``, also
+    ``true_class_prob``: the model's mean probability of the true class over the validation rows
+    (:func:`true_class_prob`); over the validation accuracy it says how (under)confident the model
+    is, which :func:`shifted_recall`'s prior reads (entries registered before it was stored lack it
+    and use the prior without it)."""
     train = list(rec["labels"])
     counts = dict(zip(train, (int(n) for n in rec["counts"])))
     given = [n for n, v in (("validation", validation), ("confusion", confusion),
@@ -36,13 +40,14 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if model is None:
             raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
                                          "(a callable returning one row of logits per input row)")
-        y_true, y_pred = _run_validation(model, validation, logit_labels, train, columns, feature_names)
+        y_true, y_pred, p_true = _run_validation(model, validation, logit_labels, train, columns, feature_names)
         labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
         C = np.zeros((len(labels), len(labels)), dtype=np.int64)
         np.add.at(C, (np.fromiter((index[v] for v in y_true), np.int64, len(y_true)),
                       np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
         perf = _perf_from_confusion(C, labels, counts, "validation")
+        perf["true_class_prob"] = float(p_true.mean()) if len(p_true) else 0.0
         if kinds is not None and config is not None:
             perf.update(_proxy_on_validation(rec, validation, y_true, labels, columns, kinds, config, feature_names))
         return perf
@@ -187,7 +192,22 @@ def _run_validation(model, validation, logit_labels, train: list, columns: list[
     y_pred = np.array([vocab[i] for i in out.argmax(axis=1)], dtype=object)
     if label_kind(y_true.tolist()) != label_kind(train):
         y_true = np.array(_match_kind(y_true.tolist(), train), dtype=object)
-    return y_true, y_pred
+    return y_true, y_pred, true_class_prob(out, vocab, y_true)
+
+
+def true_class_prob(out: np.ndarray, vocab: list, y_true: np.ndarray) -> np.ndarray:
+    """(rows,) the model's probability of each row's true class (0 for a label it has no output
+    for). ``out`` is read as probabilities when every row is >= 0 and sums to 1 (within 1e-3), as
+    logits otherwise (softmax)."""
+    out = np.asarray(out, dtype=np.float64)
+    if out.size == 0:
+        return np.zeros(out.shape[0])
+    if not ((out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)):
+        out = np.exp(out - out.max(axis=1, keepdims=True))
+    out = out / out.sum(axis=1, keepdims=True)
+    col = {c: j for j, c in enumerate(vocab)}
+    j = np.fromiter((col.get(v, -1) for v in y_true), np.int64, len(y_true))
+    return np.where(j >= 0, out[np.arange(len(j)), np.maximum(j, 0)], 0.0)
 
 
 MAX_PERF_FILE = 64 << 20    # bytes: a --class-accuracy / --confusion file larger than this is refused

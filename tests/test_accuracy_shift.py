@@ -158,7 +158,8 @@ def test_no_shift_keeps_the_validation_recall(tmp_path):
 
 def test_shifted_recall_formula_on_a_constructed_case():
     """Proxy recall per class from responsibilities and the proxy's labels; the prior is the
-    logit mix; the shift factor applies only to classes with SHIFT_MIN_VAL validation rows."""
+    logistic model of PRIOR_COEF_NO_CONF (no confidence stored); the shift factor applies only to
+    classes with SHIFT_MIN_VAL validation rows."""
     labels = [0, 1]
     rec = {"labels": [0, 1], "counts": np.array([40, 40])}
     C = np.array([[20, 0], [0, 5]])                                   # class 1: 5 validation rows
@@ -167,10 +168,11 @@ def test_shifted_recall_formula_on_a_constructed_case():
     w = np.array([[1.0, 0.0]] * 8 + [[0.0, 1.0]] * 4)                # 8 rows of class 0, 4 of class 1
     pred = np.array([0] * 2 + [1] * 6 + [1] * 4)                      # the proxy gets 2 of 8 class-0 rows
     r, shift = A.shifted_recall(A._Model(perf, rec, labels), pred, w)
-    prior = A.curve(np.array([40.0, 40.0]))
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    r0 = sig(A.PROXY_WEIGHT * A._logit(np.array([0.25, 1.0])) + (1 - A.PROXY_WEIGHT) * A._logit(prior))
-    base = (np.diag(C) + A.RECALL_PSEUDO * r0) / (C.sum(axis=1) + A.RECALL_PSEUDO)
+    b = A.PRIOR_COEF_NO_CONF           # 1, logit(validation accuracy 1 -> clipped), log 40, log(40 / 80), logit(proxy)
+    r0 = sig(b[0] + b[1] * np.log(0.999 / 0.001) + b[2] * np.log(40.0) + b[3] * np.log(0.5)
+             + b[4] * A._logit(np.array([0.25, 1.0])))
+    base = (np.diag(C) + A.PRIOR_PSEUDO_NO_CONF * r0) / (C.sum(axis=1) + A.PRIOR_PSEUDO_NO_CONF)
     f0 = np.sqrt((0.25 + 0.02) / (21 / 22 + 0.02))
     np.testing.assert_allclose(shift, [f0, 1.0], rtol=1e-12)
     np.testing.assert_allclose(r, base * [f0, 1.0], rtol=1e-12)

@@ -38,6 +38,11 @@ class Workload:
     # label-skew zoos (label_skew_zoo): what an owner registers besides the data
     validation: dict | None = None          # name -> (validation DataFrame, labels) from the source's recipe
     models: dict | None = None              # name -> callable(rows float32) -> class probabilities
+    # label_skew_zoo's noise-free ground truth: each model's accuracy on each target's *distribution*
+    # (the expectation over the target's draws), beside ``accuracy`` (measured on the drawn rows)
+    population: pd.DataFrame | None = None  # population[target][source] = sum_c mixture_c x class_recall_c
+    target_mixture: dict | None = None      # target -> {class: share} its rows were drawn with
+    class_recall: dict | None = None        # source -> {class: recall on every test-half row of the class}
 
 
 ORACLE_TAU = 30  # a class counts as seen by a source once it holds this many of its rows
@@ -493,7 +498,7 @@ def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, 
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
     classes = np.unique(y)
     rng = np.random.default_rng([seed, 0x5EED])
-    sources, targets, models_of, own, slab, tlab, val = {}, {}, {}, {}, {}, {}, {}
+    sources, targets, models_of, own, slab, tlab, val, tmix = {}, {}, {}, {}, {}, {}, {}, {}
     with _one_thread():
         for i in range(n_sources):
             p = rng.dirichlet(np.full(len(classes), alpha))
@@ -521,9 +526,23 @@ def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, 
             idx = _mixture_draw(rng, yte, classes, p, n_target)
             targets[f"t{j}"] = pd.DataFrame(Xte[idx], columns=names)
             tlab[f"t{j}"] = yte[idx]
+            tmix[f"t{j}"] = {int(c): float(v) for c, v in zip(classes, p)}
         acc = pd.DataFrame({t: {s: _model_accuracy(models_of[s], slab[s], targets[t], tlab[t]) for s in sources}
                             for t in targets})
-    return Workload(sources, targets, acc, own, slab, tlab, val, models_of)
+        # every target row of class c is a uniform draw from the test half's rows of c (_mixture_draw), and
+        # the number of them has mean n x share_c: the expected accuracy is sum_c share_c x recall_c
+        recall = {s: _class_recall(models_of[s], slab[s], Xte, yte, classes) for s in sources}
+        population = pd.DataFrame({t: {s: float(sum(tmix[t][int(c)] * recall[s][int(c)] for c in classes))
+                                       for s in sources} for t in targets})
+    return Workload(sources, targets, acc, own, slab, tlab, val, models_of, population, tmix, recall)
+
+
+def _class_recall(model, train_labels, X: np.ndarray, y: np.ndarray, classes) -> dict:
+    """``{class: share of the rows of X of that class the model labels correctly}`` (0 for a class
+    the model was not trained on: it cannot predict it)."""
+    vocab = np.unique(train_labels)
+    pred = vocab[np.asarray(model(np.asarray(X, dtype=np.float64))).argmax(axis=1)]
+    return {int(c): float((pred[y == c] == c).mean()) if (y == c).any() else 0.0 for c in classes}
 
 
 def _model_accuracy(model, train_labels, X: pd.DataFrame, y) -> float:

@@ -1,0 +1,164 @@
+"""Offline fit and check of method="accuracy"'s recall prior (engine/accuracy.py ``PRIOR_COEF``,
+``PRIOR_PSEUDO``) on cached label-skew zoos: the zoos' registration records, validation outputs and
+query-side arrays are computed once (``--build``, minutes per zoo) into one ``.npz`` per zoo, then
+variants are scored in seconds.
+
+    python -m bench.accuracy_prior --build DIR          # digits 0-4, MNIST 0-3 (about 15 min)
+    python -m bench.accuracy_prior --fit DIR            # fit on the tuning seeds, report held-out
+
+Tuning seeds: digits 0-1, MNIST 0; held-out: digits 2-4, MNIST 1-3 (bench.bench_accuracy's). The
+fit minimizes the mean squared error of the predicted accuracies against the measured ones (the
+bench's primary ground truth), Powell from the old learning curve; it prints each set's quality
+against the measured and the population accuracy, beside the engine's current constants. Not a
+suite of the runner: it times nothing.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+TUNE = (("digits", 0), ("digits", 1), ("mnist", 0))
+HELD = (("digits", 2), ("digits", 3), ("digits", 4), ("mnist", 1), ("mnist", 2), ("mnist", 3))
+KEYS = ("spearman", "top1_error", "top2_error", "regret", "mae")
+
+
+def build(ds: str, seed: int, out: Path) -> Path:
+    """One zoo's (target, source) rows: per class the prior's features and the recall's counts."""
+    from fitsketch import accuracy as A
+    from fitsketch.config import SketchConfig
+    from fitsketch.workloads import label_skew_zoo
+
+    wl = label_skew_zoo(ds, seed=seed)
+    cfg = SketchConfig()
+    names = list(next(iter(wl.sources.values())).columns)
+    kinds = ["numeric"] * len(names)
+    fm = {f: f for f in range(len(names))}
+    srcs = list(wl.sources)
+    recs = {}
+    for s, df in wl.sources.items():
+        rec = A.class_record(df, A.check_labels(wl.source_labels[s], len(df)), names, kinds, cfg)
+        rec["perf"] = A.performance(rec, model=wl.models[s], validation=wl.validation[s], columns=names,
+                                    feature_names=None, kinds=kinds, config=cfg)
+        recs[s] = rec
+    labels = sorted({c for r in recs.values() for c in r["labels"]})
+    pl = A.merge_pools([A.pool([(recs[s], fm) for s in srcs], labels, names)])
+    cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
+                            "pi", "acc", "pop")}
+    for t, df in wl.targets.items():
+        qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
+        qx = A.query_index(qb, len(df))
+        ll = A.loglik(qb, len(df), pl, names, cfg.accuracy_temperature, qx)
+        pi = A.em_mixture(ll)
+        w = A.responsibilities(ll, pi)
+        mass = w.sum(axis=0)
+        for s in srcs:
+            m = A._Model(recs[s]["perf"], recs[s], labels)
+            pred = A.own_predictions(qb, len(df), recs[s], fm, labels, names, qx)
+            hit = np.bincount(pred, weights=w[np.arange(len(pred)), pred], minlength=len(labels))
+            for k, v in (("target", t), ("source", s), ("n", m.n), ("n_val", m.n_val), ("diag", m.diag),
+                         ("r_max", m.r_max), ("conf", recs[s]["perf"]["true_class_prob"]),
+                         ("pr", hit / np.maximum(mass, 1e-12)), ("ok", (mass > A.PROXY_MIN_MASS) & (m.n > 0)),
+                         ("pv", m.pv), ("pv_n", m.pv_n), ("pi", pi), ("acc", wl.accuracy[t][s]),
+                         ("pop", wl.population[t][s])):
+                cols[k].append(v)
+    path = out / f"{ds}_{seed}.npz"
+    np.savez(path, **{k: np.array(v) for k, v in cols.items()})
+    return path
+
+
+def _lg(x):
+    x = np.clip(x, 1e-3, 1 - 1e-3)
+    return np.log(x / (1 - x))
+
+
+def predict(z: dict, coef, pseudo: float, conf: bool = True) -> np.ndarray:
+    """Predicted accuracy of every (target, source) row of ``z`` under the prior ``coef``."""
+    from fitsketch import accuracy as A
+
+    n = np.maximum(z["n"], 1.0)
+    x = [np.ones_like(n), _lg(z["r_max"])[:, None] * np.ones_like(n), np.log(n),
+         np.log(n / np.maximum(z["n"].sum(axis=1, keepdims=True), 1.0)), _lg(z["pr"])]
+    if conf:
+        x.append(np.log(np.maximum(z["r_max"], 1e-3) / np.maximum(z["conf"], 1e-3))[:, None] * np.ones_like(n))
+    r0 = 1.0 / (1.0 + np.exp(-np.tensordot(np.asarray(coef), np.stack(x), axes=1)))
+    r0 = np.where(z["ok"], r0, z["r_max"][:, None] * A.curve(z["n"]))
+    r0 = np.where(z["n"] > 0, r0, 0.0)
+    r = (z["diag"] + pseudo * r0) / (z["n_val"] + pseudo)
+    pv = (z["pv"] + 1.0) / (z["pv_n"] + 2.0)
+    use = z["ok"] & (z["pv_n"] >= A.SHIFT_MIN_VAL)
+    r = r * np.where(use, np.sqrt(np.minimum(1.0, (z["pr"] + 0.02) / (pv + 0.02))), 1.0)
+    return (r * z["pi"]).sum(axis=1)
+
+
+def quality(zs: list, coef, pseudo, conf=True, truth="acc") -> dict:
+    import pandas as pd
+
+    from fitsketch.workloads import selection_quality
+
+    qs = []
+    for z in zs:
+        p = predict(z, coef, pseudo, conf)
+        sc, gt = {}, {}
+        for t, s, a, g in zip(z["target"], z["source"], p, z[truth]):
+            sc.setdefault(t, {})[s] = a
+            gt.setdefault(t, {})[s] = g
+        qs.append(selection_quality(sc, pd.DataFrame(gt)))
+    return {k: float(np.mean([q[k] for q in qs])) for k in KEYS}
+
+
+def fit(zs: list, conf: bool = True):
+    from scipy.optimize import minimize
+
+    from fitsketch import accuracy as A
+
+    y = np.concatenate([z["acc"] for z in zs])
+    start = [-A.CURVE_B * np.log(A.CURVE_K), 1.0, A.CURVE_B, 0.0, 0.0] + ([0.0] if conf else []) + [np.log(8.0)]
+
+    def loss(p):
+        return float(np.mean((np.concatenate([predict(z, p[:-1], np.exp(p[-1]), conf) for z in zs]) - y) ** 2))
+    p = minimize(loss, np.array(start), method="Powell", options={"maxiter": 20000, "xtol": 1e-4, "ftol": 1e-8}).x
+    return p[:-1], float(np.exp(p[-1]))
+
+
+def _fmt(q):
+    return (f"rho {q['spearman']:.3f} top-1/2 {q['top1_error']:.2f}/{q['top2_error']:.2f} "
+            f"regret {100 * q['regret']:.1f} MAE {q['mae']:.4f}")
+
+
+def main(argv=None) -> int:
+    from fitsketch import accuracy as A
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--build", type=Path, help="write the zoos' .npz files into this folder")
+    p.add_argument("--fit", type=Path, help="fit on the tuning seeds' .npz files in this folder, report held-out")
+    p.add_argument("--zoos", default="", help="with --build: e.g. digits:0,mnist:1 (default: all nine)")
+    a = p.parse_args(argv)
+    if a.build:
+        a.build.mkdir(parents=True, exist_ok=True)
+        zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *HELD]
+        for ds, seed in zoos:
+            print("wrote", build(ds, seed, a.build), flush=True)
+    if a.fit:
+        load = lambda ds, s: dict(np.load(a.fit / f"{ds}_{s}.npz", allow_pickle=False))  # noqa: E731
+        tune = {ds: [load(d, s) for d, s in TUNE if d == ds] for ds in ("digits", "mnist")}
+        held = {ds: [load(d, s) for d, s in HELD if d == ds] for ds in ("digits", "mnist")}
+        sets = {"engine": ((A.PRIOR_COEF, A.PRIOR_PSEUDO, True), (A.PRIOR_COEF_NO_CONF, A.PRIOR_PSEUDO_NO_CONF, False))}
+        fits = []
+        for conf in (True, False):
+            coef, pseudo = fit([z for zs in tune.values() for z in zs], conf)
+            fits.append((coef, pseudo, conf))
+            print(f"fitted (confidence {conf}): coef {np.round(coef, 4).tolist()} pseudo {pseudo:.2f}")
+        sets["refit"] = tuple(fits)
+        for name, variants in sets.items():
+            for coef, pseudo, conf in variants:
+                for part, zs in (("tuning", tune), ("held-out", held)):
+                    print(f"{name:6s} conf={conf!s:5s} {part:8s} " + " || ".join(
+                        f"{ds}: {_fmt(quality(z, coef, pseudo, conf))} [vs population MAE "
+                        f"{quality(z, coef, pseudo, conf, 'pop')['mae']:.4f}]" for ds, z in zs.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
