@@ -305,3 +305,15 @@ def hits_known_bug(data, feature_names=None) -> bool:
     return False
 
 
+def set_format(path, fmt) -> None:
+    """Write hub ``path``'s stored format number ``fmt`` directly (a hub as an older or newer
+    fitsketch left it); the hub must be closed."""
+    import lmdb
+    import msgpack
+
+    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, max_dbs=16)
+    try:
+        with env.begin(write=True, db=env.open_db(b"meta", create=False)) as txn:
+            txn.put(b"format", msgpack.packb(fmt))
+    finally:
+        env.close()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 
-import lmdb
 import msgpack
 import numpy as np
 import pandas as pd
 import pytest
+
+import _hubcheck as hc
 
 import fitsketch
 from fitsketch import parts
@@ -47,16 +48,9 @@ def _build(path, sketches, monkeypatch, plain: bool):
             hub.add_sketch(first[0], first[1], metadata={"i": 0})
             hub.add_sketches([(n, s) for n, s in rest])
     if plain:
-        _set_format(path, 2)
+        hc.set_format(path, 2)
 
 
-def _set_format(path, fmt):
-    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, max_dbs=16)
-    try:
-        with env.begin(write=True, db=env.open_db(b"meta", create=False)) as txn:
-            txn.put(b"format", msgpack.packb(fmt))
-    finally:
-        env.close()
 
 
 def _records(path):

@@ -8,11 +8,10 @@ import logging
 import pathlib
 import re
 
-import lmdb
-import msgpack
-import numpy as np
 import pandas as pd
 import pytest
+
+import _hubcheck as hc
 
 import fitsketch
 from fitsketch.errors import SchemaError
@@ -81,13 +80,6 @@ def test_an_entry_removed_leaves_no_key_of_any_part(tmp_path, rng):
             assert not any((txn.get("meta", b"label_kinds") or {}).values())
 
 
-def _set_format(path, fmt):
-    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, max_dbs=16)
-    try:
-        with env.begin(write=True, db=env.open_db(b"meta", create=False)) as txn:
-            txn.put(b"format", msgpack.packb(fmt))
-    finally:
-        env.close()
 
 
 def test_a_format_1_hub_opens_as_it_is_read_only_and_is_upgraded_writable(tmp_path, rng, caplog):
@@ -98,7 +90,7 @@ def test_a_format_1_hub_opens_as_it_is_read_only_and_is_upgraded_writable(tmp_pa
         for i in range(4):
             hub.add(f"e{i}", _frame(rng, 100 + 10 * i))
         want = [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js")]
-    _set_format(path, 1)
+    hc.set_format(path, 1)
     with fitsketch.open(path, readonly=True) as hub:      # read as it is, not written
         assert [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js")] == want
     assert fitsketch.inspect(path)["format"] == 1
@@ -116,6 +108,6 @@ def test_a_newer_format_is_refused_at_open(tmp_path, rng, readonly):
     path = tmp_path / "h"
     with fitsketch.open(path) as hub:
         hub.add("e", _frame(rng, 50))
-    _set_format(path, FORMAT_VERSION + 1)
+    hc.set_format(path, FORMAT_VERSION + 1)
     with pytest.raises(SchemaError, match=f"format {FORMAT_VERSION + 1}"):
         fitsketch.open(path, readonly=readonly)

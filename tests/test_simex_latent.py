@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _simex_cases import TINY, fleet_case
+
 import fitsketch
 from fitsketch import errors as E
 from fitsketch import simex as S
 from fitsketch.coverage_spaces import encode_latent
 
-TINY = S.AEConfig(hidden=(8, 3, 8), channels=(2, 3), epochs=4, min_epochs=1, patience=4, time_cap_s=0, seed=0)
 
 
 def _kl_loop(z, mu, sd, floor):
@@ -32,16 +33,7 @@ def _kl_loop(z, mu, sd, floor):
 @pytest.mark.parametrize("case", ["mlp", "conv", "classes"])
 @pytest.mark.parametrize("n_target", [1, 2, 7])
 def test_latent_delta_matches_the_reference(case, n_target, rng):
-    if case == "conv":
-        x = rng.random((30, 64)).astype(np.float32) * 16
-        recs = S.train_fleet(x, image_shape=(1, 8, 8), config=TINY)
-        target = rng.random((n_target, 64)) * rng.uniform(1, 20)
-    else:
-        d = int(rng.integers(2, 7))
-        x = (rng.normal(size=(40, d)) * rng.uniform(0.1, 50, size=d)).astype(np.float32)
-        recs = S.train_fleet(x, rng.permutation(np.arange(40) % 3) if case == "classes" else None, config=TINY)
-        target = rng.normal(rng.normal(), 3, size=(n_target, d)) * rng.uniform(0.1, 50, size=d)
-    recs = [S.AERecord.from_record(r.to_record()) for r in recs]   # through the stored form
+    recs, target = fleet_case(case, n_target, rng, 3)
     got = S.delta(target, recs, latent=True, device="cpu")
     want = S.delta_reference(target, recs, latent=True)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -10,13 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _simex_cases import TINY, fleet_case
+
 import fitsketch
 from fitsketch import errors as E
 from fitsketch import simex as S
 from fitsketch.autoencoder import REGION_ROWS, fit_regions
 from fitsketch.config import SketchConfig
 
-TINY = S.AEConfig(hidden=(8, 3, 8), channels=(2, 3), epochs=4, min_epochs=1, patience=4, time_cap_s=0, seed=0)
 
 
 def _nearest_loop(xs, cent):
@@ -77,16 +78,7 @@ def _region_loop(target, r, raw):
 @pytest.mark.parametrize("case", ["mlp", "conv", "classes"])
 @pytest.mark.parametrize("n_target", [1, 2, 7, 33])
 def test_regions_delta_matches_the_reference(case, n_target, rng):
-    if case == "conv":
-        x = rng.random((30, 64)).astype(np.float32) * 16
-        recs = S.train_fleet(x, image_shape=(1, 8, 8), config=TINY)
-        target = rng.random((n_target, 64)) * rng.uniform(1, 20)
-    else:
-        d = int(rng.integers(2, 7))
-        x = (rng.normal(size=(40, d)) * rng.uniform(0.1, 50, size=d)).astype(np.float32)
-        recs = S.train_fleet(x, rng.permutation(np.arange(40) % 3) if case == "classes" else None, config=TINY)
-        target = rng.normal(rng.normal(), rng.uniform(0.3, 3), size=(n_target, d)) * rng.uniform(0.1, 50, size=d)
-    recs = [S.AERecord.from_record(r.to_record()) for r in recs]   # through the stored form
+    recs, target = fleet_case(case, n_target, rng, rng.uniform(0.3, 3))
     assert all(r.regions is not None for r in recs) and S.regions_used(recs).all()
     got = S.delta(target, recs, regions=True, device="cpu")
     np.testing.assert_allclose(got, S.delta_reference(target, recs, regions=True), rtol=1e-5, atol=1e-6)
