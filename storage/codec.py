@@ -225,7 +225,7 @@ def pack(obj: Any, compress: bool = False) -> bytes:
 _DTYPES: dict[str, np.dtype] = {}     # dtype strings already parsed and accepted
 
 
-def _decode_array(payload: bytes, packed: bool = False) -> np.ndarray:
+def _decode_array(payload: bytes, packed: bool = False, budget: list | None = None) -> np.ndarray:
     try:
         parts = msgpack.unpackb(payload, raw=False, use_list=True)
     except (ValueError, TypeError, msgpack.ExtraData) as e:
@@ -258,6 +258,12 @@ def _decode_array(payload: bytes, packed: bool = False) -> np.ndarray:
     else:
         count = math.prod(shape)
     if packed:
+        if budget is not None:
+            need = count * dtype.itemsize
+            if need > budget[0]:
+                raise CodecError(f"malformed compressed record: its arrays claim more than "
+                                 f"max({MAX_UNPACKED}, {RECORD_EXPANSION} x the record's bytes) decoded bytes")
+            budget[0] -= need
         return _decode_packed(raw, dtype, shape, count, flt, codec)
     if count * dtype.itemsize != len(raw):
         raise CodecError(
@@ -286,7 +292,7 @@ def _decode_packed(raw: bytes, dtype: np.dtype, shape: list, count: int, flt: in
             import zlib
 
             d = zlib.decompressobj()
-            out = d.decompress(raw, size)
+            out = d.decompress(raw, max(size, 1))   # max_length 0 would mean "no limit"
             if d.unconsumed_tail or not d.eof:
                 raise CodecError(f"malformed compressed array payload: more than the {size} bytes of its shape")
     except CodecError:
@@ -307,10 +313,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
                      + (" (compressed arrays are read from a hub's records only)" if code == EXT_PACKED else ""))
 
 
-def _ext_hook_stored(code: int, data: bytes) -> Any:
-    if code == EXT_PACKED:
-        return _decode_array(data, packed=True)
-    return _ext_hook(code, data)
+RECORD_EXPANSION = 64   # a record's compressed arrays decode to at most max(MAX_UNPACKED, this x its bytes)
+
+
+def _stored_hook(n_bytes: int):
+    """The ext hook of one stored record: each compressed array is charged against the record's
+    budget before it is decompressed, so no record (however many arrays it claims) decodes to
+    more than max(MAX_UNPACKED, RECORD_EXPANSION x its own size)."""
+    left = [max(MAX_UNPACKED, RECORD_EXPANSION * n_bytes)]
+
+    def hook(code: int, data: bytes) -> Any:
+        if code == EXT_PACKED:
+            return _decode_array(data, packed=True, budget=left)
+        return _ext_hook(code, data)
+
+    return hook
 
 
 def unpack(data: bytes, stored: bool = False) -> Any:
@@ -321,7 +338,7 @@ def unpack(data: bytes, stored: bool = False) -> Any:
     try:
         return msgpack.unpackb(
             data, raw=False, strict_map_key=False, use_list=True,
-            ext_hook=_ext_hook_stored if stored else _ext_hook
+            ext_hook=_stored_hook(len(data)) if stored else _ext_hook
         )
     except CodecError:
         raise

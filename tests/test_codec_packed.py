@@ -129,3 +129,26 @@ def test_a_zlib_bomb_stops_at_the_shape(rng):
     z = zlib.compress(bytes(50 << 20), 9)            # ~50 KB that would expand to 50 MiB
     with pytest.raises(CodecError, match="more than"):
         unpack(_ext("|u1", [100], 0, C._ZLIB, z), stored=True)
+    # an empty shape is no exception (zlib's max_length 0 means "no limit"): one byte is enough to refuse
+    for shape in ([0], [3, 0, 2]):
+        with pytest.raises(CodecError, match="more than"):
+            unpack(_ext("<f4", shape, 0, C._ZLIB, z), stored=True)
+    assert unpack(_ext("<f4", [0], 0, C._ZLIB, zlib.compress(b"")), stored=True).shape == (0,)
+
+
+def test_a_record_of_many_compressed_arrays_is_bounded_as_a_whole(monkeypatch):
+    """Each compressed array is charged against its record's budget (max(MAX_UNPACKED,
+    RECORD_EXPANSION x the record's bytes)) before it is decompressed: many small bombs, each
+    under the per-array limit, are refused together; a record within its budget decodes."""
+    monkeypatch.setattr(C, "MAX_UNPACKED", 1 << 20)   # 1 MiB: the same rule, at a size a test can build
+    z = zlib.compress(bytes(1 << 19), 9)             # 512 KiB of zeros in ~0.5 KB
+    one = msgpack.ExtType(C.EXT_PACKED, msgpack.packb(["|u1", [1 << 19], 0, C._ZLIB, z], use_bin_type=True))
+    for n, ok in ((2, True), (3, False), (40, False)):
+        rec = msgpack.packb([one] * n, use_bin_type=True)
+        budget = max(1 << 20, C.RECORD_EXPANSION * len(rec))
+        assert (n * (1 << 19) <= budget) == ok             # each array alone is within MAX_UNPACKED
+        if ok:
+            assert [len(a) for a in unpack(rec, stored=True)] == [1 << 19] * n
+        else:
+            with pytest.raises(CodecError, match="claim more than"):
+                unpack(rec, stored=True)
