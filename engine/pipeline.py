@@ -113,7 +113,7 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             st.actual = len(allowed)
     if allowed is None:
         screened = {}
-        allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled), plan, where, out=screened, k=k)
+        allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled, query, cfg), plan, where, out=screened, k=k)
         if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
             query = dataclasses.replace(query, class_pool=screened["class_pool"])
     with hub.store.read() as txn:

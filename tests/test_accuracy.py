@@ -368,3 +368,36 @@ def test_a_shard_without_labelled_entries_answers_as_the_unlabelled_group(tmp_pa
         assert b.search(q, method="accuracy", class_pool=pool) == []
         with pytest.raises(E.NoLabelsError):
             b.search(q, method="accuracy")
+
+
+def test_auto_screens_as_it_scores_when_coverage_cannot_score_the_query(tmp_path, rng):
+    """auto's label-free method is coverage, which needs the query's rows (and, in
+    coverage_space="embedding", its sample embeddings): a sketch query, or an embedding hub queried
+    without embeddings, is screened *and* scored by adaptivity, so the shortlisted answer equals the
+    exhaustive one and nothing raises."""
+    cfg = SketchConfig(shortlist=3, partition_size=20)
+    items = []
+    for i in range(30):
+        df, _ = _labelled(rng, int(rng.integers(60, 200)), list(rng.choice(4, size=int(rng.integers(1, 4)),
+                                                                            replace=False)))
+        items.append((f"m{i:02d}", fitsketch.sketch_data(df, cfg)))
+    with fitsketch.open(tmp_path / "hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        q = fitsketch.sketch_data(_labelled(rng, 120, [0, 1, 2])[0], cfg)
+        auto = hub.search(q, k=3)
+        ref = hub.search(q, k=3, method="adaptivity", shortlist=0)
+        assert [m.score for m in auto] == [m.score for m in ref] and {m.method for m in auto} == {"adaptivity"}
+        assert all("a sketch" in m.evidence["auto"] for m in auto)
+        shortlist = next(s for s in hub.explain(q, k=3).stages if s.name == "shortlist")
+        assert shortlist.detail.startswith("screen: adaptivity")
+    with fitsketch.open(tmp_path / "emb", config=SketchConfig(coverage_space="embedding")) as hub:
+        for i in range(3):
+            df, _ = _labelled(rng, 80, [i % 2, 2])
+            hub.add(f"e{i}", df, embedding=rng.normal(size=(80, 4)))
+        q, _ = _labelled(rng, 50, [0, 2])
+        auto = hub.search(q, k=3)
+        ref = hub.search(q, k=3, method="adaptivity")
+        assert [(m.name, m.score) for m in auto] == [(m.name, m.score) for m in ref]
+        assert all("embedding=" in m.evidence["auto"] for m in auto)
+        with_emb = hub.search(q, k=3, embedding=rng.normal(size=(50, 4)))
+        assert {m.method for m in with_emb} == {"coverage"}

@@ -50,10 +50,26 @@ def class_pool(ctx, query, cands) -> dict:
                                        labels, query.names)])
 
 
+def label_free(query, cfg) -> tuple[str, str | None]:
+    """``(method, reason)``: what ``auto`` scores this query's unlabelled entries by -- ``LABEL_FREE``
+    (coverage), or adaptivity where coverage cannot score the query at all (a sketch without its
+    rows; ``coverage_space="embedding"`` without the query's sample embeddings), with the reason.
+    The shortlist screens by the same method (``Auto.screened_as``), so the screen matches the scorer."""
+    if LABEL_FREE != "coverage":
+        return LABEL_FREE, None
+    if query.frame is None:
+        return "adaptivity", "coverage needs the query's rows and it is a sketch"
+    if cfg is not None and cfg.coverage_space == "embedding" and (query.embedding is None
+                                                                  or np.ndim(query.embedding) != 2):
+        return "adaptivity", "coverage_space='embedding' needs the query's sample embeddings (embedding=)"
+    return LABEL_FREE, None
+
+
 def _label_free(ctx, query, cands, why: str, group: int | None = None):
-    out = ctx.score(LABEL_FREE, query, cands)
+    method, reason = label_free(query, ctx.cfg)
+    out = ctx.score(method, query, cands)
     for m in out:
-        m.evidence["auto"] = f"{LABEL_FREE}: {why}"
+        m.evidence["auto"] = f"{method}: {why}" + (f" ({reason})" if reason else "")
         if group is not None:
             m.evidence["_group"] = group
     return out

@@ -117,9 +117,10 @@ class Method:
     needs: frozenset = frozenset()
     shortlist: ShortlistRule = NO_SHORTLIST
 
-    def screened_as(self, has_labelled) -> str:
+    def screened_as(self, has_labelled, query=None, cfg=None) -> str:
         """The method whose shortlist rule screens this one (``has_labelled()``: whether the hub holds
-        labelled entries, for methods that score differently then)."""
+        labelled entries; ``query`` / ``cfg``: the query and its parameters, for methods whose scorer
+        depends on them)."""
         return self.name
 
     def tiebreak(self, m: Match) -> float:
