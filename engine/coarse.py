@@ -148,6 +148,12 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         n = idx.ids.n
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
+        if len(live) < min(keep, n):
+            # level 1 cannot rank the others (BC 0), yet the exact screen scores every entry sharing a
+            # column name (l2 by its means, js by its keys): fewer than ``keep`` share a cell, so every
+            # entry is screened exactly, as shortlist_screen="exact" would
+            info = {"ranked": n, "live": int(len(live)), "coarse_kept": n, "bc_cut": 0.0, "all": True}
+            return idx._scores(target, method, seed, t_keys, t_small), info
         if len(live) > keep:
             cut = np.partition(b[live], len(live) - keep)[len(live) - keep]
             rows = live[b[live] >= cut]
@@ -161,6 +167,9 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
 
 def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
     """The plan's words for level 1 and the stage's estimated recall (``MEASURED_RECALL``)."""
+    if info.get("all"):
+        return (f"; two-level: only {info['live']} of {info['ranked']} entries share a cell with the query, "
+                f"fewer than {coarse} x shortlist: every entry was screened exactly (the recall above holds)"), 1.0
     rec = MEASURED_RECALL.get(method) if coarse >= COARSE_DEFAULT else None
     t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
          f"dataset-level distributions ({info['live']} share a cell with the query) and kept "

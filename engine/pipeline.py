@@ -225,7 +225,8 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
         ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
         st.actual = len(ids)
         text, st.recall = _screen.describe(info, rule, method, cfg.shortlist, k, n_entries if cfg.shortlist_screen
-                                           != "two-level" else info["screened"] + n_entries - coarse["live"])
+                                           != "two-level" or coarse.get("all")
+                                           else info["screened"] + n_entries - coarse["live"])
         if cfg.shortlist_screen == "two-level":
             more, rc = _coarse.describe(coarse, cfg.shortlist_coarse, rule.screen)
             text += more

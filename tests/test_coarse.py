@@ -128,3 +128,23 @@ def test_two_level_search_on_near_duplicates(tmp_path, rng):
             assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3 and st.recall is None, st.detail
     with pytest.raises(fitsketch.errors.InvalidArgumentError):
         fitsketch.SketchConfig(shortlist_coarse=0)
+
+
+@pytest.mark.parametrize("method", ["l2", "js", "exact-js", "adaptivity"])
+def test_a_query_sharing_no_cell_is_screened_exactly(tmp_path, rng, method):
+    """Level 1 cannot rank entries that share no histogram cell with the query (BC 0), though the
+    exact screen scores every entry sharing a column name: when fewer than shortlist_coarse x
+    shortlist share a cell, every entry is screened exactly, so the answer is the exact screen's."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=50)
+    items = [(f"e{i:02d}", fitsketch.sketch_data(pd.DataFrame({"a": rng.normal(0, 1, 200) + 0.1 * i,
+                                                                "b": rng.normal(5, 1, 200)}), cfg))
+             for i in range(12)]
+    far = pd.DataFrame({"a": rng.normal(1e6, 1, 300), "b": rng.normal(1e6, 1, 300)})
+    with fitsketch.open(tmp_path / "h", config=cfg) as hub:
+        hub.add_sketches(items)
+        exact = hub.search(far, k=3, method=method)
+        two = hub.search(far, k=3, method=method, shortlist_screen="two-level")
+        assert exact and [(m.name, m.score) for m in two] == [(m.name, m.score) for m in exact]
+        st = next(s for s in hub.explain(far, k=3, method=method, shortlist_screen="two-level").stages
+                  if s.name == "shortlist")
+        assert "every entry was screened exactly" in st.detail
