@@ -81,6 +81,19 @@ def test_nanmean_rows_equals_nanmean(n):
         assert np.array_equal(np.signbit(got), np.signbit(ref))
 
 
+@pytest.mark.parametrize("d", [1, 2])
+def test_nanmean_rows_over_several_blocks(d):
+    """Past one block of rows (32,768 values): a single contiguous column is summed pairwise by
+    NumPy, wider matrices row after row; both bit for bit."""
+    rng = np.random.default_rng()
+    for n in (32768 // d + 1, 40001, 70001):
+        X = rng.standard_normal((n, d)) * 10.0 ** rng.integers(-6, 6, (n, d))
+        X[rng.random((n, d)) < 0.1] = np.nan
+        with np.errstate(invalid="ignore"):
+            ref = np.nanmean(X, axis=0)
+        assert np.array_equal(cov.nanmean_rows(X), ref, equal_nan=True)
+
+
 def frame(rng, n: int) -> pd.DataFrame:
     z = rng.integers(-5, 5, n)
     return pd.DataFrame({"x": wild(rng, n), "cat": np.array(["a", "b c", None, "d"], dtype=object)[rng.integers(0, 4, n)],
