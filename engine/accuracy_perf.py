@@ -197,12 +197,16 @@ def _run_validation(model, validation, logit_labels, train: list, columns: list[
 
 def true_class_prob(out: np.ndarray, vocab: list, y_true: np.ndarray) -> np.ndarray:
     """(rows,) the model's probability of each row's true class (0 for a label it has no output
-    for). ``out`` is read as probabilities when every row is >= 0 and sums to 1 (within 1e-3), as
-    logits otherwise (softmax)."""
+    for). ``out`` is read as scores in [0, 1] when every value is (probabilities, or one-vs-rest
+    sigmoids: each row divided by its sum; a row of zeros as uniform), as logits otherwise
+    (softmax). Sigmoids put through a softmax would flatten to ~1/classes and read as an
+    underconfident model."""
     out = np.asarray(out, dtype=np.float64)
     if out.size == 0:
         return np.zeros(out.shape[0])
-    if not ((out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-3)):
+    if ((out >= 0) & (out <= 1)).all():
+        out = np.where(out.sum(axis=1, keepdims=True) > 0, out, 1.0)
+    else:
         out = np.exp(out - out.max(axis=1, keepdims=True))
     out = out / out.sum(axis=1, keepdims=True)
     col = {c: j for j, c in enumerate(vocab)}

@@ -30,10 +30,17 @@ def test_true_class_prob_reads_probabilities_and_logits(rng, n):
     col = {2: 0, 5: 1, 9: 2}
     want = np.array([P[i, col[v]] if v in col else 0.0 for i, v in enumerate(y)])
     np.testing.assert_allclose(A.true_class_prob(P, vocab, y), want, rtol=1e-12, atol=0)
-    Z = rng.normal(0, 3, size=(n, 3))                          # logits: softmax first
+    Z = rng.normal(0, 3, size=(n, 3))                          # logits (some below 0): softmax first
+    Z[:, 1] = -1.0 - np.abs(Z[:, 1])
     S = softmax(Z, axis=1) if n else Z
     want = np.array([S[i, col[v]] if v in col else 0.0 for i, v in enumerate(y)])
     np.testing.assert_allclose(A.true_class_prob(Z, vocab, y), want, rtol=1e-12, atol=1e-15)
+    O = rng.random((n, 3))                                     # one-vs-rest sigmoids: rows normalized
+    O[: n // 3] = 0.0                                          # a row of zeros reads as uniform
+    N = np.where(O.sum(axis=1, keepdims=True) > 0, O, 1.0)
+    N = N / N.sum(axis=1, keepdims=True)
+    want = np.array([N[i, col[v]] if v in col else 0.0 for i, v in enumerate(y)])
+    np.testing.assert_allclose(A.true_class_prob(O, vocab, y), want, rtol=1e-12, atol=0)
 
 
 def test_registration_stores_the_mean_probability_of_the_true_class(tmp_path, rng):
@@ -147,3 +154,4 @@ def test_an_entry_stored_without_the_confidence_still_scores(tmp_path, rng):
     d = res["a"].detail
     np.testing.assert_allclose(res["a"].score, float(np.dot(d["mixture"], d["recall"])), rtol=1e-9)
     assert 0.0 <= res["a"].score <= 1.0
+    assert abs(res["a"].score - before["a"]) > 1e-9      # the prior without the confidence was used
