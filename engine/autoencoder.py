@@ -591,9 +591,9 @@ def _check_regions(c, n, r, d: int) -> tuple:
     if c.ndim != 2 or c.shape[1] != d or not 1 <= c.shape[0] <= REGION_MAX_K or not np.isfinite(c).all():
         raise ValueError(f"region centroids of shape {c.shape} for d={d} (or not finite)")
     k = c.shape[0]
-    if n.shape != (k + 1,) or n.dtype.kind not in "iu" or (n < 0).any() or n.sum() < 1:
+    if n.shape != (k + 1,) or n.dtype.kind not in "iu" or (n < 0).any() or (n > 2 ** 53).any() or n.sum() < 1:
         raise ValueError(f"region counts of shape {n.shape}, dtype {n.dtype} for {k} centroids and the outside bin "
-                         "(or negative, or no row)")
+                         "(or negative, over 2^53, or no row)")
     if r.shape != (k,) or not np.isfinite(r).all() or (r < 0).any():
         raise ValueError(f"region radii of shape {r.shape} for {k} centroids (or negative / not finite)")
     return c, n.astype(np.int64), r

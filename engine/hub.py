@@ -241,7 +241,7 @@ class Hub:
         kinds = {_acc.label_kind(sk.classes["labels"]) for _, sk, _ in checked if sk.classes is not None}
         with self.store.read() as txn:
             taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
-            held = {k for k, c in (txn.get("meta", b"label_kinds") or {}).items() if c > 0} if kinds else set()
+            held = {k for k, c in _parts.label_kinds(txn).items() if c > 0} if kinds else set()
         if taken:
             raise E.EntryExistsError(f"entries named {sorted(taken)[:5]} exist: remove them first or choose other names")
         if len(kinds | held) > 1:   # checked here, not in a later batch's write (parts.count_label_kind)
@@ -413,7 +413,7 @@ class Hub:
     def _has_labelled(self) -> bool:
         """Whether the hub holds an entry registered with labels (the label-kind counts in meta)."""
         with self.store.read() as txn:
-            return any((txn.get("meta", b"label_kinds") or {}).values())
+            return any(_parts.label_kinds(txn).values())
 
 
 _count_label_kind = _parts.count_label_kind   # its old home

@@ -346,11 +346,21 @@ def entry_remover(name: str, config, not_found):
     return write
 
 
+def label_kinds(txn) -> dict:
+    """The hub's count of labelled entries per label kind (``meta/label_kinds``), checked."""
+    counts = txn.get("meta", b"label_kinds") or {}
+    if not (isinstance(counts, dict) and set(counts) <= {"int", "str"}
+            and all(type(c) is int and 0 <= c < 2 ** 63 for c in counts.values())):
+        raise E.CorruptHubError(f"the hub's meta/label_kinds record is damaged ({str(counts)[:80]}): expected "
+                                "counts of labelled entries by 'int' / 'str'; restore the hub from a backup")
+    return counts
+
+
 def count_label_kind(txn, labels: list, step: int) -> None:
     """Keep the hub's labelled entries on one label kind (int or str), counted in ``meta``: labels
     ``3`` and ``"3"`` would never pool as one class."""
     kind = _acc.label_kind(labels)
-    counts = txn.get("meta", b"label_kinds") or {}
+    counts = label_kinds(txn)
     other = {"int": "str", "str": "int"}[kind]
     if step > 0 and counts.get(other, 0) > 0:
         raise E.LabelError(f"this hub's labelled entries have {other} labels and these are {kind}s: use one label "

@@ -401,3 +401,21 @@ def test_auto_screens_as_it_scores_when_coverage_cannot_score_the_query(tmp_path
         assert all("embedding=" in m.evidence["auto"] for m in auto)
         with_emb = hub.search(q, k=3, embedding=rng.normal(size=(50, 4)))
         assert {m.method for m in with_emb} == {"coverage"}
+
+
+@pytest.mark.parametrize("damage", [["int"], {"int": -1}, {"float": 2}, {"str": "3"}])
+def test_a_damaged_label_kind_count_is_a_named_error(tmp_path, rng, damage):
+    """meta/label_kinds (labelled entries per label kind) is read from disk: a damaged record raises
+    CorruptHubError (not an AttributeError / TypeError) on the paths that read it, and the add
+    leaves the hub as it was."""
+    with fitsketch.open(tmp_path / "hub") as hub:
+        df, y = _labelled(rng, 60, [0, 1])
+        hub.add("plain", df)
+        hub.store.transact(lambda t: t.put("meta", b"label_kinds", damage))
+        with pytest.raises(E.CorruptHubError, match="label_kinds"):
+            hub.add("lab", df, labels=y, class_accuracy={0: 0.5, 1: 0.5})
+        with pytest.raises(E.CorruptHubError, match="label_kinds"):
+            hub.add_sketches([("lab2", fitsketch.sketch_data(df, hub.config, labels=y))])
+        with pytest.raises(E.CorruptHubError, match="label_kinds"):
+            hub.search(df, method="auto")
+        assert "plain" in hub and "lab" not in hub and "lab2" not in hub
