@@ -132,7 +132,7 @@ def test_records_without_regions_fall_back_to_the_latent_score(rng):
     lambda c, n, r: {"reg_r": r[:0]},                                         # radii of the wrong length
     lambda c, n, r: {"reg_c": np.full_like(c, np.nan)},                       # not finite
     lambda c, n, r: {"reg_n": n.astype(np.float32)},                          # counts not integers
-    lambda c, n, r: {"reg_n": np.r_[n[:-1], 2 ** 63].astype(np.uint64)},      # negative once read as int64
+    lambda c, n, r: {"reg_n": np.append(n[:-1].astype(np.uint64), np.uint64(2 ** 63))},   # negative as int64
     lambda c, n, r: {"reg_c": c[:0], "reg_n": n[-1:], "reg_r": r[:0]},        # no centroid
 ])
 def test_bad_regions_are_refused(bad, rng):
