@@ -178,10 +178,10 @@ def test_search_accepts_a_prebuilt_sketch(rng, hub):
     sk = fitsketch.sketch_data(q, hub.config, partition_size=m)
     b = hub.search(sk, method="adaptivity")
     assert [m.to_dict() for m in hub.search(q, method="adaptivity")] == [m.to_dict() for m in b]
-    # the default (auto -> coverage) needs the query's rows: a sketch is scored by adaptivity, saying why
+    # the default (auto -> coverage) needs the query's rows: a sketch is screened and scored by adaptivity, saying why
     c = hub.search(sk)
     assert a[0].method == "coverage" and [m.method for m in c] == ["adaptivity"]
-    assert "sketch without its rows" in c[0].evidence["fallback"] and c[0].score == b[0].score
+    assert "a sketch" in c[0].evidence["auto"] and c[0].score == b[0].score
 
 
 def test_inspect_reads_header_only(rng, tmp_path):
