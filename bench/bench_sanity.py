@@ -46,6 +46,11 @@ def load(name: str) -> pd.DataFrame:
     return pd.DataFrame(np.asarray(d.data, dtype=np.float64), columns=names)
 
 
+def _kw(method: str, simex: dict | None) -> dict:
+    """The per-query parameters of ``method``'s searches (``simex``: SimEx's, e.g. simex_score)."""
+    return dict(simex or {}) if method == "simex" else {}
+
+
 def median_split(df: pd.DataFrame, seed: int) -> tuple[str, dict, dict]:
     """``(feature, sources, queries)``: sources ``low``/``high``/``random``; queries ``low``/``high``."""
     rng = np.random.default_rng(seed)
@@ -82,7 +87,7 @@ def _add(hub, name: str, df: pd.DataFrame, simex: bool) -> None:
         hub.add(name, df)
 
 
-def run_median_split(seeds, methods, work: Path, out=print) -> dict:
+def run_median_split(seeds, methods, work: Path, out=print, simex: dict | None = None) -> dict:
     """{table: {method: hits out of 2 * len(seeds)}} and the misses."""
     import fitsketch
 
@@ -98,7 +103,7 @@ def run_median_split(seeds, methods, work: Path, out=print) -> dict:
                     _add(hub, name, s, "simex" in methods)
                 for side, q in queries.items():
                     for m in methods:
-                        res = hub.search(q, k=3, method=m)
+                        res = hub.search(q, k=3, method=m, **_kw(m, simex))
                         if res and res[0].name == side:
                             hits[table][m] += 1
                         else:
@@ -107,7 +112,7 @@ def run_median_split(seeds, methods, work: Path, out=print) -> dict:
     return {"hits": hits, "misses": misses}
 
 
-def run_renamed(seeds, methods, work: Path, out=print) -> dict:
+def run_renamed(seeds, methods, work: Path, out=print, simex: dict | None = None) -> dict:
     """Top-1 hits of a renamed, reordered wine query among the four tables; 20-row query ties."""
     import fitsketch
 
@@ -129,12 +134,12 @@ def run_renamed(seeds, methods, work: Path, out=print) -> dict:
             q20 = rest.iloc[:20].reset_index(drop=True)
             for m in methods:
                 try:
-                    res = hub.search(q, k=4, method=m)
+                    res = hub.search(q, k=4, method=m, **_kw(m, simex))
                 except fitsketch.errors.FitsketchError as e:
                     res = []
                     out(f"  renamed seed {seed} {m}: {type(e).__name__}: {e}")
                 hits[m] += bool(res) and res[0].name == "wine"
-                res20 = hub.search(q20, k=4, method=m)
+                res20 = hub.search(q20, k=4, method=m, **_kw(m, simex))
                 small[m].append([round(r.score, 6) for r in res20])
     for m in methods:
         out(f"  renamed/reordered wine {m:<11} top-1 {hits[m]}/{len(seeds)};  20-row query scores {small[m]}")
@@ -181,7 +186,7 @@ def group_data(domain: str):
     return mnist_8x8()
 
 
-def run_groups(seeds, methods, work: Path, out=print) -> dict:
+def run_groups(seeds, methods, work: Path, out=print, simex: dict | None = None) -> dict:
     """{domain: {method: hits out of 4 * len(seeds)}}: a held-out query of one class group must rank
     that group's source first (sources of up to 400 rows, queries of up to 150)."""
     import fitsketch
@@ -204,13 +209,16 @@ def run_groups(seeds, methods, work: Path, out=print) -> dict:
                 for g, cl in GROUPS.items():
                     q = pd.DataFrame(x[tgt[np.isin(y[tgt], cl)][:150]], columns=cols)
                     for m in methods:
-                        res = hub.search(q, k=4, method=m)
+                        res = hub.search(q, k=4, method=m, **_kw(m, simex))
                         hits[domain][m] += bool(res) and res[0].name == g
         out(f"  class groups {domain:<8} " + "  ".join(f"{m} {hits[domain][m]}/{4 * len(seeds)}" for m in methods))
     return hits
 
 
-def run(quick: bool = False, out=print, out_dir: Path | None = None, seeds=None, methods=None) -> dict:
+def run(quick: bool = False, out=print, out_dir: Path | None = None, seeds=None, methods=None,
+        simex_score: str | None = None) -> dict:
+    """``simex_score``: SimEx's score for this run's queries (default: the hub's, "latent" for new hubs)."""
+    simex = {"simex_score": simex_score} if simex_score else None
     seeds = tuple(seeds) if seeds else (0,) if quick else (0, 1, 2, 3, 4)
     methods = tuple(methods) if methods else QUICK_METHODS if quick else METHODS
     ctx = H.context(quick=quick)
@@ -219,20 +227,20 @@ def run(quick: bool = False, out=print, out_dir: Path | None = None, seeds=None,
     rows = []
     try:
         out(f"median split, seeds {seeds}: top-1 hits (the query's side first)")
-        ms = run_median_split(seeds, methods, work / "h", out=out)
+        ms = run_median_split(seeds, methods, work / "h", out=out, simex=simex)
         for t in TABLES:
             for m in methods:
                 rows.append(H.row(ctx, "sanity", f"median_split_{t}", m, "top1_hits", ms["hits"][t][m],
                                   unit=f"of {2 * len(seeds)}", baseline="target 90%",
                                   baseline_value=0.9 * 2 * len(seeds)))
-        rn = run_renamed(seeds, methods, work / "h", out=out)
+        rn = run_renamed(seeds, methods, work / "h", out=out, simex=simex)
         for m in methods:
             rows.append(H.row(ctx, "sanity", "renamed_wine", m, "top1_hits", rn["hits"][m], unit=f"of {len(seeds)}",
                               baseline="all", baseline_value=len(seeds)))
             distinct = [len(set(s)) == len(s) and any(0.0 < abs(v) < 1.0 or abs(v) > 1.0 for v in s) for s in rn["small"][m]]
             rows.append(H.row(ctx, "sanity", "query_20_rows", m, "graded_untied", int(sum(distinct)),
                               unit=f"of {len(seeds)}", baseline="all", baseline_value=len(seeds)))
-        gr = run_groups(seeds[:3], methods, work / "h", out=out)
+        gr = run_groups(seeds[:3], methods, work / "h", out=out, simex=simex)
         for dom, h in gr.items():
             for m in methods:
                 rows.append(H.row(ctx, "sanity", f"class_groups_{dom}", m, "top1_hits", h[m],
@@ -248,6 +256,8 @@ def run(quick: bool = False, out=print, out_dir: Path | None = None, seeds=None,
     name = "sanity_quick" if quick else "sanity"
     if seeds != ((0,) if quick else (0, 1, 2, 3, 4)) or methods != (QUICK_METHODS if quick else METHODS):
         name += "_seeds" + "-".join(map(str, seeds)) + ("_" + "-".join(methods) if methods != METHODS else "")
+    if simex_score:
+        name += f"_simex-{simex_score}"
     H.write_suite(name, rows, out=out_dir, quick=quick)
     return {"median_split": ms, "renamed": rn, "groups": gr, "cross_matches": cm}
 
@@ -261,10 +271,12 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", help="comma-separated seeds of the median split (default 0-4; --quick 0); "
                                    "the class groups use the first three")
     p.add_argument("--methods", help=f"comma-separated methods (default {','.join(METHODS)})")
+    p.add_argument("--simex-score", default=None, help="SimEx's score for every simex query (e.g. regions; "
+                                                       "default: the hub's)")
     args = p.parse_args(argv)
     opts = H.options(args)
     run(quick=opts.quick, out_dir=opts.out_dir, seeds=[int(v) for v in args.seeds.split(",")] if args.seeds else None,
-        methods=args.methods.split(",") if args.methods else None)
+        methods=args.methods.split(",") if args.methods else None, simex_score=args.simex_score)
 
 
 if __name__ == "__main__":

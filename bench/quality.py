@@ -171,7 +171,7 @@ def _print_tables(results: dict, out=print) -> None:
     out(f"  {'method':<22}" + "".join(f"{w:>16}" for w in wls))
     for m in methods:
         out(f"  {m:<22}" + "".join(f"{results[w]['summary'][m]['pearson']:>16.3f}" for w in wls))
-    out(f"\nTable 4 layout -- mean Spearman rho (higher is better)")
+    out("\nTable 4 layout -- mean Spearman rho (higher is better)")
     out(f"  {'method':<22}" + "".join(f"{w:>16}" for w in wls))
     for m in methods:
         out(f"  {m:<22}" + "".join(f"{results[w]['summary'][m]['spearman']:>16.3f}" for w in wls))
