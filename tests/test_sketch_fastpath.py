@@ -160,9 +160,10 @@ def test_row_code_packing_equals_int64_sum(bits, n):
 
 
 @pytest.mark.parametrize("bits", [1, 5, 8, 9, 12, 16, 24, 25, 30])
-@pytest.mark.parametrize("n", [0, 1, 97, 1001])
+@pytest.mark.parametrize("n", [0, 1, 97, 1001, (1 << 15) - 1, (1 << 15) + 1, 3 * (1 << 15) + 7])
 def test_numpy_row_code_packing_equals_int64_sum(bits, n):
-    """The CPU path's bit packing (shifted ORs) equals the multiply-and-sum of its own projection's signs."""
+    """The CPU path (products over blocks of 32,768 rows, bit packing by shifted ORs) equals the
+    multiply-and-sum of the signs of one product of all rows."""
     rng = np.random.default_rng()
     d, T = int(rng.integers(1, 20)), int(rng.integers(1, 5))
     x = rng.standard_normal((n, d)).astype(np.float32)
