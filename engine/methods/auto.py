@@ -4,7 +4,7 @@ ranked after them; on a hub without labelled entries it scores, and is screened,
 label-free default."""
 from __future__ import annotations
 
-from .accuracy import LABEL_FREE, Accuracy, label_free
+from .accuracy import Accuracy, label_free
 from .base import NO_SHORTLIST
 
 
@@ -14,11 +14,9 @@ class Auto(Accuracy):
     shortlist = NO_SHORTLIST   # never screened as itself: as ``screened_as`` says
 
 
-    def screened_as(self, has_labelled, query=None, cfg=None) -> str:
+    def screened_as(self, has_labelled, query, cfg) -> str:
         """As it will score: "accuracy" when the hub holds labelled entries and the query brings its
         rows or mixture, otherwise the label-free method for this query (``label_free``)."""
-        if query is None:
-            return "accuracy" if has_labelled() else LABEL_FREE
         if (query.frame is not None or query.mixture is not None) and has_labelled():
             return "accuracy"
         return label_free(query, cfg)[0]

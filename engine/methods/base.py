@@ -117,7 +117,7 @@ class Method:
     needs: frozenset = frozenset()
     shortlist: ShortlistRule = NO_SHORTLIST
 
-    def screened_as(self, has_labelled, query=None, cfg=None) -> str:
+    def screened_as(self, has_labelled, query, cfg) -> str:
         """The method whose shortlist rule screens this one (``has_labelled()``: whether the hub holds
         labelled entries; ``query`` / ``cfg``: the query and its parameters, for methods whose scorer
         depends on them)."""
