@@ -301,19 +301,26 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set) -> t
         except E.CorruptHubError:
             keep.add(key)
             continue
-        entries.append((key, cl, fmap))
+        entries.append((key, cl, fmap, rec["features"]))
     unlabelled = {k for k in kept if (txn.get("entries", k) or {}).get("labelled") is not True}
     info = {"labelled": len(entries)}
     if not entries or frame is None:
         return set(kept) | keep, info
-    labels = sorted({c for _, cl, _ in entries for c in cl["labels"]}, key=_sort_key)
-    pl = merge_pools([pool([(cl, fmap) for _, cl, fmap in entries], labels, target.names)])
-    used = sorted({j for j, n in enumerate(target.names) if n in set(pl["columns"])})
-    qb = query_buckets(frame, target.names, target.kinds, used, config)
-    pi = em_mixture(loglik(qb, len(frame), pl, target.names, temperature))
-    score = np.stack([recall_vector(cl["perf"], labels) for _, cl, _ in entries]) @ pi
+    from .accuracy_gauss import gauss_loglik, gauss_pool
+
+    labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=_sort_key)
+    pl = pool([(cl, fmap) for _, cl, fmap, _ in entries], labels, target.names)
+    pl["gauss"] = gauss_pool([(cl, feats, fmap) for _, cl, fmap, feats in entries], target.names)
+    pl = merge_pools([pl])
+    ll = None if pl["gauss"] is None else gauss_loglik(frame, pl["gauss"], pl["labels"])
+    if ll is None:
+        used = sorted({j for j, n in enumerate(target.names) if n in set(pl["columns"])})
+        qb = query_buckets(frame, target.names, target.kinds, used, config)
+        ll = loglik(qb, len(frame), pl, target.names, temperature)
+    pi = em_mixture(ll)
+    score = np.stack([recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries]) @ pi
     cut = np.sort(score)[::-1][min(n_keep, len(score)) - 1] if n_keep > 0 else np.inf
-    keep |= {key for (key, _, _), v in zip(entries, score) if v >= cut - 1e-12}
+    keep |= {key for (key, _, _, _), v in zip(entries, score) if v >= cut - 1e-12}
     info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl)
     return keep | unlabelled, info
 

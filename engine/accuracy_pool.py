@@ -66,11 +66,18 @@ def merge_pools(pools: list[dict]) -> dict:
               np.array([ci[c] for c in p["columns"]], np.int64)[np.asarray(p["col"], np.int64)],
               np.asarray(p["bucket"], np.int64), np.asarray(p["count"], np.float64))
              for p in pools if len(p["cls"])]
+    from .accuracy_gauss import merge_gauss_pools
+
+    # the class Gaussians (accuracy_gauss.py) of the pools holding entries: kept only if all carry one
+    gauss = merge_gauss_pools([p.get("gauss") for p in pools if int(p["entries"]) > 0])
     if not parts:
-        return {"labels": labels, "columns": columns, "col": np.zeros(0, np.int32), "cls": np.zeros(0, np.int32),
-                "bucket": np.zeros(0, np.int32), "count": np.zeros(0), "entries": sum(p["entries"] for p in pools)}
-    cls, col, bucket, count = (np.concatenate(x) for x in zip(*parts))
-    return _aggregate(labels, columns, cls, col, bucket, count, sum(int(p["entries"]) for p in pools))
+        out = {"labels": labels, "columns": columns, "col": np.zeros(0, np.int32), "cls": np.zeros(0, np.int32),
+               "bucket": np.zeros(0, np.int32), "count": np.zeros(0), "entries": sum(p["entries"] for p in pools)}
+    else:
+        cls, col, bucket, count = (np.concatenate(x) for x in zip(*parts))
+        out = _aggregate(labels, columns, cls, col, bucket, count, sum(int(p["entries"]) for p in pools))
+    out["gauss"] = gauss
+    return out
 
 
 def check_pool(p) -> dict:
@@ -85,7 +92,10 @@ def check_pool(p) -> dict:
                                        and np.isfinite(arrs[3]).all() and arrs[3].min() >= 0))
     if not ok:
         raise E.InvalidArgumentError("class_pool is malformed: pass what hub.class_pool(...) returned")
+    from .accuracy_gauss import check_gauss_pool
+
     p = dict(p)
+    p["gauss"] = check_gauss_pool(p.get("gauss"))
     p["labels"] = canonical(np.array(p["labels"], dtype=object), "class_pool labels").tolist() if p["labels"] else []
     return p
 

@@ -167,10 +167,16 @@ def class_record(df: pd.DataFrame, labels: np.ndarray, names: list[str], kinds: 
         feat.append(np.full(len(uniq), f, dtype=np.int32))
         count.append(cnt.astype(np.uint32))
     cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
-    return {"v": CLASSES_FORMAT, "labels": classes,
-            "counts": np.bincount(codes, minlength=len(classes)).astype(np.int64),
-            "cls": cat(cls, np.int32), "feat": cat(feat, np.int32), "bucket": cat(bucket, np.int32),
-            "count": cat(count, np.uint32), "perf": None}
+    out = {"v": CLASSES_FORMAT, "labels": classes,
+           "counts": np.bincount(codes, minlength=len(classes)).astype(np.int64),
+           "cls": cat(cls, np.int32), "feat": cat(feat, np.int32), "bucket": cat(bucket, np.int32),
+           "count": cat(count, np.uint32), "perf": None}
+    from .accuracy_gauss import gauss_record
+
+    g = gauss_record(df, codes, len(classes), names, kinds)   # optional (accuracy_gauss.py)
+    if g is not None:
+        out["gauss"] = g
+    return out
 
 
 def merge_records(a: dict, b: dict) -> dict:
@@ -190,10 +196,16 @@ def merge_records(a: dict, b: dict) -> dict:
     for r in (a, b):
         for c, n in zip(r["labels"], r["counts"]):
             counts[index[c]] += int(n)
-    return {"v": CLASSES_FORMAT, "labels": labels, "counts": counts,
-            "cls": ((uniq >> 32) & ((1 << 20) - 1)).astype(np.int32), "feat": (uniq >> 52).astype(np.int32),
-            "bucket": ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
-            "count": np.minimum(summed, np.iinfo(np.uint32).max).astype(np.uint32), "perf": None}
+    out = {"v": CLASSES_FORMAT, "labels": labels, "counts": counts,
+           "cls": ((uniq >> 32) & ((1 << 20) - 1)).astype(np.int32), "feat": (uniq >> 52).astype(np.int32),
+           "bucket": ((uniq & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
+           "count": np.minimum(summed, np.iinfo(np.uint32).max).astype(np.uint32), "perf": None}
+    from .accuracy_gauss import merge_gauss
+
+    g = merge_gauss(a, b)   # None (dropped: naive Bayes for this entry) unless both carry one over the same columns
+    if g is not None:
+        out["gauss"] = g
+    return out
 
 
 def check_record(rec, n_features: int) -> dict:
@@ -208,4 +220,8 @@ def check_record(rec, n_features: int) -> dict:
                                          and arrs[1].min() >= 0 and arrs[1].max() < n_features)))
     if not ok:
         raise E.CorruptHubError("an entry's class record is malformed: remove the entry and add it again")
+    if rec.get("gauss") is not None:   # optional (accuracy_gauss.py); absent from records written before
+        from .accuracy_gauss import check_gauss
+
+        check_gauss(rec["gauss"], k, n_features)
     return rec

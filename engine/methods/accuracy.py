@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import accuracy as _acc
+from .. import accuracy_gauss as _gauss
 from .. import errors as E
 from ..storage import u64
 from .base import LABELS, ROWS, Method, ShortlistRule
@@ -46,8 +47,16 @@ def class_pool(ctx, query, cands) -> dict:
     (Hub.class_pool; a sharded hub sums the shards' and passes the sum back as ``class_pool=``)."""
     labelled, _ = _labelled(ctx, cands)
     labels = sorted({c for _, _, cl in labelled for c in cl["labels"]}, key=_acc._sort_key)
-    return _acc.merge_pools([_acc.pool([(cl, {sf: tj for tj, sf, _ in al.pairs}) for _, al, cl in labelled],
-                                       labels, query.names)])
+    return _pool(labelled, labels, query.names)
+
+
+def _pool(labelled, labels, names) -> dict:
+    """The class pool of ``labelled`` candidates: the per-feature histograms, and the class
+    Gaussians (engine/accuracy_gauss.py) where every candidate carries one over the same columns."""
+    fmaps = [{sf: tj for tj, sf, _ in al.pairs} for _, al, _ in labelled]
+    pl = _acc.pool([(cl, fm) for (_, _, cl), fm in zip(labelled, fmaps)], labels, names)
+    pl["gauss"] = _gauss.gauss_pool([(cl, rec["features"], fm) for (rec, _, cl), fm in zip(labelled, fmaps)], names)
+    return _acc.merge_pools([pl])
 
 
 def label_free(query, cfg) -> tuple[str, str | None]:
@@ -118,15 +127,22 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         proxies = None
     else:
         if pl is None:
-            pl = _acc.merge_pools([_acc.pool([(cl, {sf: tj for tj, sf, _ in al.pairs}) for _, al, cl in labelled],
-                                             labels, query.names)])
+            pl = _pool(labelled, labels, query.names)
         pl = _acc.merge_pools([pl, {**pl, "labels": labels, "cls": pl["cls"][:0], "col": pl["col"][:0],
                                     "bucket": pl["bucket"][:0], "count": pl["count"][:0], "entries": 0}])
         labels = pl["labels"]
         used = sorted({j for j, n in enumerate(query.names) if n in set(pl["columns"])})
         qb = _acc.query_buckets(frame, query.names, query.kinds, used, config)
         qx = _acc.query_index(qb, len(frame))     # the query's side, shared by the pool and every proxy
-        ll = _acc.loglik(qb, len(frame), pl, query.names, cfg.accuracy_temperature, qx)
+        # the class Gaussians where every pooled entry carries one (accuracy_gauss.py), naive Bayes
+        # over the histograms otherwise (entries registered before, or without numeric columns)
+        ll = None if pl.get("gauss") is None else _gauss.gauss_loglik(frame, pl["gauss"], labels)
+        mixture_source = "EM over pooled class Gaussians"
+        if ll is None:
+            ll = _acc.loglik(qb, len(frame), pl, query.names, cfg.accuracy_temperature, qx)
+            mixture_source = "EM over pooled class histograms (naive Bayes: " + (
+                "some pooled entry has no class Gaussian, e.g. registered before they were stored)"
+                if pl.get("gauss") is None else "the class Gaussians do not fit this query's columns)")
         pi = None
         proxies = [_acc.own_predictions(qb, len(frame), cl, {sf: tj for tj, sf, _ in al.pairs}, labels,
                                         query.names, qx) for _, al, cl in labelled]
@@ -141,7 +157,7 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         contrib = pi * det["recall"][i]
         seen = set(cl["labels"])
         ev = {"predicted_accuracy": float(acc[i]), "mixture": mix,
-              "mixture_source": "given" if mixture is not None else "EM over pooled class-conditionals",
+              "mixture_source": "given" if mixture is not None else mixture_source,
               "contributions": {str(labels[j]): round(float(contrib[j]), 4)
                                 for j in np.argsort(-contrib, kind="stable")[:5] if contrib[j] > 0},
               "unseen_class_share": round(float(sum(p for c, p in zip(labels, pi) if c not in seen)), 4),

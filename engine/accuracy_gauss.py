@@ -1,0 +1,289 @@
+"""Class-conditional Gaussians of predicted accuracy (engine/accuracy.py): the query's class
+mixture estimated by EM over Gaussian likelihoods in a fixed low-dimensional projection, instead
+of naive Bayes over the per-feature histograms.
+
+Why: naive Bayes over many correlated features (MNIST's 784 pixels) confuses similar classes
+(4 / 9, 3 / 5 / 8), and its EM mixture was off by an L1 distance of .19 on MNIST (.12 on digits),
+which alone cost more predicted-accuracy error than the issue's target. A quadratic discriminant
+in a 32-dimensional random projection models the correlations: L1 .07 / .03 on the tuning zoos
+(MNIST seed 0 / digits seeds 0-1; bench/SUMMARY.md, issue 19).
+
+Registration (:func:`gauss_record`, an optional ``"gauss"`` key of the class record): every
+numeric column ``j`` of the entry has a fixed random direction ``v(name_j)`` in ``R^GAUSS_DIM``
+(seeded by the column's name, so every hub and every query draws the same); a row's projection is
+``z = sum_j x_j v(name_j)`` (missing values count 0). Stored per class: the mean of ``z`` and its
+scatter matrix (sum of outer products about the mean, upper triangle), float32; the class counts
+are the record's own. Merge (:func:`merge_gauss`): Chan et al.'s pairwise update, exact in
+exact arithmetic. Read back: :func:`check_gauss` (shapes, finiteness, feature range) or
+CorruptHubError. A record without the key (registered before, or with no numeric column, or more
+than ``GAUSS_MAX_CLASSES`` classes) scores by naive Bayes, as before.
+
+Query (:func:`gauss_pool`, :func:`gauss_loglik`): the labelled candidates' Gaussians are pooled
+per class (one hub's, summed over shards by :func:`merge_gauss_pools`) when every candidate
+carries one over the same aligned columns; each class's covariance is its own shrunk towards the
+pooled within-class one (``GAUSS_SHRINK`` pseudo-rows) plus a ridge, and the log-likelihoods are
+divided by ``GAUSS_TEMPERATURE``. Chosen on digits seeds 0-1 and MNIST seed 0 (d 16 / 24 / 32 /
+48, LDA and QDA, shrink 5 / 20 / 80, temperature 1 / 2), reported on the other seeds.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from . import errors as E
+
+GAUSS_DIM = 32             # dimensions of the projection
+GAUSS_SHRINK = 20.0        # pseudo-rows pulling a class's covariance towards the pooled within-class one
+GAUSS_RIDGE = 1e-3         # ridge, as a share of the mean variance of the pooled covariance
+GAUSS_TEMPERATURE = 2.0    # the Gaussian log-likelihoods are divided by it before EM
+GAUSS_MAX_CLASSES = 256    # an entry with more classes stores no Gaussian (its size grows with K d^2)
+GAUSS_SEED = 0x6A055       # the projection's seed (fixed: registrations and queries must agree)
+_TRI = GAUSS_DIM * (GAUSS_DIM + 1) // 2
+_IU = np.triu_indices(GAUSS_DIM)
+
+
+@functools.lru_cache(maxsize=64)
+def directions(names: tuple) -> np.ndarray:
+    """(len(names), GAUSS_DIM) the fixed random direction of each column name."""
+    out = np.empty((len(names), GAUSS_DIM))
+    for i, n in enumerate(names):
+        h = zlib.crc32(str(n).encode("utf-8", "surrogatepass"))
+        out[i] = np.random.default_rng([GAUSS_SEED, h, len(str(n))]).standard_normal(GAUSS_DIM)
+    out /= np.sqrt(GAUSS_DIM)
+    out.setflags(write=False)
+    return out
+
+
+def _matrix(df: pd.DataFrame, cols: list[str]) -> np.ndarray | None:
+    try:
+        X = np.array(df[cols].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    X[~np.isfinite(X)] = 0.0
+    return X
+
+
+def project(df: pd.DataFrame, cols: list[str], dir_names: list[str]) -> np.ndarray | None:
+    """(n, GAUSS_DIM) projections of the rows of ``df``: its columns ``cols`` along the directions
+    of ``dir_names`` (the entry's names of them; missing values count 0). None if a column is not
+    numeric."""
+    X = _matrix(df, cols)
+    return None if X is None else X @ directions(tuple(dir_names))
+
+
+def _tri(M: np.ndarray) -> np.ndarray:
+    return M[..., _IU[0], _IU[1]]
+
+
+def _full(t: np.ndarray) -> np.ndarray:
+    M = np.zeros(t.shape[:-1] + (GAUSS_DIM, GAUSS_DIM))
+    M[..., _IU[0], _IU[1]] = t
+    M[..., _IU[1], _IU[0]] = t
+    return M
+
+
+def gauss_record(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], kinds: list[str]) -> dict | None:
+    """The ``"gauss"`` part of a class record: rows ``df`` with class codes ``codes`` (0..K-1).
+    None without a numeric column or with more than ``GAUSS_MAX_CLASSES`` classes."""
+    if K > GAUSS_MAX_CLASSES:
+        return None
+    feat = [j for j, k in enumerate(kinds) if k == "numeric" and (pd.api.types.is_numeric_dtype(df[names[j]])
+                                                                  or pd.api.types.is_bool_dtype(df[names[j]]))
+            and df[names[j]].notna().any()]
+    if not feat:
+        return None
+    Z = project(df, [names[j] for j in feat], [names[j] for j in feat])
+    if Z is None:
+        return None
+    n = np.bincount(codes, minlength=K).astype(np.float64)
+    mean = np.zeros((K, GAUSS_DIM))
+    np.add.at(mean, codes, Z)
+    mean /= np.maximum(n, 1.0)[:, None]
+    D = Z - mean[codes]
+    scatter = np.zeros((K, GAUSS_DIM, GAUSS_DIM))
+    for k in range(K):
+        Dk = D[codes == k]
+        scatter[k] = Dk.T @ Dk
+    return {"d": GAUSS_DIM, "feat": np.asarray(feat, dtype=np.int32), "mean": mean.astype(np.float32),
+            "scatter": _tri(scatter).astype(np.float32)}
+
+
+def _combine(parts: list) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
+    """``(labels, n, mean, scatter)`` of the union of ``parts`` [(labels, n, mean, scatter tri)]:
+    per class, the pooled count, mean and scatter about the pooled mean (Chan et al.)."""
+    from .accuracy_records import _sort_key
+
+    labels = sorted({c for p in parts for c in p[0]}, key=_sort_key)
+    index = {c: i for i, c in enumerate(labels)}
+    K = len(labels)
+    n = np.zeros(K)
+    s1 = np.zeros((K, GAUSS_DIM))
+    for lab, nn, mu, _ in parts:
+        idx = np.array([index[c] for c in lab], dtype=np.int64)
+        nn = np.asarray(nn, np.float64)
+        np.add.at(n, idx, nn)
+        np.add.at(s1, idx, nn[:, None] * np.asarray(mu, np.float64))
+    mean = s1 / np.maximum(n, 1.0)[:, None]
+    scatter = np.zeros((K, _TRI))
+    for lab, nn, mu, sc in parts:
+        idx = np.array([index[c] for c in lab], dtype=np.int64)
+        d = np.asarray(mu, np.float64) - mean[idx]
+        np.add.at(scatter, idx, np.asarray(sc, np.float64) + np.asarray(nn, np.float64)[:, None]
+                  * _tri(d[:, :, None] * d[:, None, :]))
+    return labels, n, mean, scatter
+
+
+def merge_gauss(a: dict, b: dict) -> dict | None:
+    """The ``"gauss"`` part of :func:`~fitsketch.accuracy.merge_records` of class records ``a``
+    and ``b``; None when either lacks one or they project different columns."""
+    ga, gb = a.get("gauss"), b.get("gauss")
+    if ga is None or gb is None or not np.array_equal(np.asarray(ga["feat"]), np.asarray(gb["feat"])):
+        return None
+    labels, _, mean, scatter = _combine([(r["labels"], r["counts"], r["gauss"]["mean"], r["gauss"]["scatter"])
+                                         for r in (a, b)])
+    if len(labels) > GAUSS_MAX_CLASSES:
+        return None
+    return {"d": GAUSS_DIM, "feat": np.asarray(ga["feat"], dtype=np.int32), "mean": mean.astype(np.float32),
+            "scatter": scatter.astype(np.float32)}
+
+
+def check_gauss(g, K: int, n_features: int) -> None:
+    """The ``"gauss"`` part of a stored or received class record of ``K`` classes over
+    ``n_features`` features, validated, or CorruptHubError."""
+    if g is None:
+        return
+    ok = isinstance(g, dict) and g.get("d") == GAUSS_DIM and K <= GAUSS_MAX_CLASSES
+    if ok:
+        feat, mean, sc = (np.asarray(g.get(x)) for x in ("feat", "mean", "scatter"))
+        ok = (feat.ndim == 1 and 1 <= feat.size <= n_features and feat.dtype.kind in "iu"
+              and feat.min() >= 0 and feat.max() < n_features and bool(np.all(np.diff(feat) > 0))
+              and mean.shape == (K, GAUSS_DIM) and sc.shape == (K, _TRI)
+              and mean.dtype.kind == "f" and sc.dtype.kind == "f"
+              and bool(np.isfinite(mean).all()) and bool(np.isfinite(sc).all()))
+    if not ok:
+        raise E.CorruptHubError("an entry's class record holds a malformed class Gaussian ('gauss'): remove the "
+                                "entry and add it again")
+
+
+def _part(labels, n, mean, scatter) -> dict:
+    return {"labels": list(labels), "n": np.asarray(n, np.float64), "mean": np.asarray(mean, np.float32),
+            "scatter": np.asarray(scatter, np.float32)}
+
+
+def _digest(p: dict) -> bytes:
+    h = hashlib.blake2b(repr(p["labels"]).encode("utf-8", "surrogatepass"), digest_size=16)
+    for k in ("n", "mean", "scatter"):
+        h.update(np.ascontiguousarray(p[k]).tobytes())
+    return h.digest()
+
+
+def _sorted_parts(parts: list) -> list:
+    # one canonical order: a hub and the shards of a sharded hub sum the same parts in the same
+    # order, so their floating-point pools (and scores) are bit-identical
+    return [p for _, p in sorted(((_digest(p), i), p) for i, p in enumerate(parts))]
+
+
+def gauss_pool(items: list, query_names: list[str]) -> dict | None:
+    """The class Gaussians of labelled candidates ``items`` [(class record, entry column names,
+    {entry feature: query column})], or None unless every candidate carries one over the same
+    (entry name, query column) pairs. ``"columns"`` names the pairs; ``"parts"`` holds each
+    candidate's per-class count, mean and scatter (summed only when scored, in a canonical order:
+    pools of several shards merge with :func:`merge_gauss_pools` to exactly one hub's)."""
+    key, parts = None, []
+    for cl, enames, fmap in items:
+        g = cl.get("gauss")
+        if g is None:
+            return None
+        feat = np.asarray(g["feat"]).tolist()
+        if any(f not in fmap for f in feat):
+            return None
+        # the projection is a sum over columns: only the (entry name, query column) pairs matter
+        k = sorted([str(enames[f]), str(query_names[fmap[f]])] for f in feat)
+        if key is None:
+            key = k
+        elif k != key:
+            return None
+        parts.append(_part(cl["labels"], cl["counts"], g["mean"], g["scatter"]))
+    if key is None:
+        return None
+    return {"columns": key, "parts": _sorted_parts(parts)}
+
+
+def merge_gauss_pools(pools: list) -> dict | None:
+    """The union of several :func:`gauss_pool` results, or None if any is None or they pair other
+    columns."""
+    if not pools or any(p is None for p in pools):
+        return None
+    if any(p["columns"] != pools[0]["columns"] for p in pools):
+        return None
+    return {"columns": pools[0]["columns"], "parts": _sorted_parts([q for p in pools for q in p["parts"]])}
+
+
+MAX_POOL_PARTS = 1 << 20    # parts (pooled entries) a received class pool may hold
+
+
+def check_gauss_pool(g) -> dict | None:
+    """The ``"gauss"`` part of a class pool received from outside, validated, or InvalidArgumentError."""
+    from .accuracy_records import canonical
+
+    if g is None:
+        return None
+    ok = isinstance(g, dict) and isinstance(g.get("columns"), list) and isinstance(g.get("parts"), list) \
+        and 1 <= len(g["columns"]) and 1 <= len(g["parts"]) <= MAX_POOL_PARTS \
+        and all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in g["columns"])
+    parts = []
+    for p in g["parts"] if ok else []:
+        ok = isinstance(p, dict) and isinstance(p.get("labels"), list) and 1 <= len(p["labels"]) <= GAUSS_MAX_CLASSES
+        if ok:
+            K = len(p["labels"])
+            n, mean, sc = (np.asarray(p.get(x)) for x in ("n", "mean", "scatter"))
+            ok = (n.shape == (K,) and mean.shape == (K, GAUSS_DIM) and sc.shape == (K, _TRI)
+                  and all(a.dtype.kind in "fiu" for a in (n, mean, sc))
+                  and all(bool(np.isfinite(a).all()) for a in (n, mean, sc)) and n.min() >= 0)
+        if not ok:
+            break
+        parts.append(_part(canonical(np.array(p["labels"], dtype=object), "class_pool labels").tolist(),
+                           n, mean, sc))
+    if not ok:
+        raise E.InvalidArgumentError("class_pool's 'gauss' is malformed: pass what hub.class_pool(...) returned")
+    return {"columns": g["columns"], "parts": _sorted_parts(parts)}
+
+
+def gauss_loglik(frame: pd.DataFrame, gp: dict, labels: list) -> np.ndarray | None:
+    """(n_rows, len(labels)) Gaussian class log-likelihoods of the query's rows under the pool
+    ``gp`` (divided by ``GAUSS_TEMPERATURE``); -inf for a class the pool has no row of. None when a
+    paired query column is missing or not numeric, or a covariance is not positive definite."""
+    cols = [q for _, q in gp["columns"]]
+    if any(c not in frame.columns for c in cols):
+        return None
+    Zq = project(frame, cols, [e for e, _ in gp["columns"]])
+    if Zq is None:
+        return None
+    glabels, n, mean, scatter = _combine([(p["labels"], p["n"], p["mean"], p["scatter"]) for p in gp["parts"]])
+    index = {c: i for i, c in enumerate(glabels)}
+    S = _full(scatter)
+    K = len(n)
+    W = S.sum(axis=0) / max(n.sum() - K, 1.0)                    # pooled within-class covariance
+    eye = np.eye(GAUSS_DIM)
+    W = W + GAUSS_RIDGE * max(np.trace(W) / GAUSS_DIM, 1e-12) * eye
+    ridge = GAUSS_RIDGE * max(np.trace(W) / GAUSS_DIM, 1e-12) * eye
+    out = np.full((len(frame), len(labels)), -np.inf)
+    for j, c in enumerate(labels):
+        k = index.get(c)
+        if k is None or n[k] < 1:
+            continue
+        a = n[k] / (n[k] + GAUSS_SHRINK)
+        C = a * S[k] / max(n[k] - 1.0, 1.0) + (1.0 - a) * W + ridge
+        try:
+            L = np.linalg.cholesky(C)
+        except np.linalg.LinAlgError:
+            return None
+        D = np.linalg.solve(L, (Zq - mean[k]).T)
+        out[:, j] = -0.5 * (D ** 2).sum(axis=0) - np.log(np.diag(L)).sum()
+    if not np.isfinite(out).any(axis=1).all():
+        return None
+    return out / GAUSS_TEMPERATURE
