@@ -14,7 +14,10 @@ Registration (``hub.add(name, data, labels=...)``) stores, in the entry's one tr
 
 Query, for the labelled candidates (the query's rows are needed):
 
-1. *Class likelihoods.* The candidates' class-conditional histograms are pooled per class over
+1. *Class likelihoods.* Where every candidate's class record carries class Gaussians in a fixed
+   random projection (engine/accuracy_gauss.py: stored since they measurably beat naive Bayes on
+   MNIST's correlated pixels), EM runs over their pooled Gaussian likelihoods. Otherwise:
+   the candidates' class-conditional histograms are pooled per class over
    the features aligned with the query's (so every class that any candidate saw is
    recognizable); ``log p(x | c)`` is naive Bayes over the query's features with the pooled
    all-class histogram as the smoothing prior, divided by a temperature (``accuracy_temperature``
