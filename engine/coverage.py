@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .kernels.hashing import hash_tokens
-from .kernels.rowcodes import code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
+from .kernels.rowcodes import centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
 
 COVERAGE_FORMAT = 1
 HASH_DIMS = 8
@@ -160,15 +160,7 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
 def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
-    X = np.asarray(X, dtype=np.float64)
-    Z = np.empty(X.shape, dtype=np.float32)     # (X - center) rounded to fp32, NaN -> 0, in blocks of rows
-    c = np.asarray(center, dtype=np.float64)[None, :]
-    step = max(1, (1 << 15) // max(X.shape[1], 1))
-    with np.errstate(over="ignore"):            # beyond fp32 -> +-inf, as the cast did before
-        for s in range(0, X.shape[0], step):
-            z = Z[s:s + step]
-            np.subtract(X[s:s + step], c, out=z, casting="unsafe")
-            np.copyto(z, 0.0, where=np.isnan(z))
+    Z = centered_f32(X, center)                 # (X - center) rounded to fp32, NaN -> 0
     return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
 
 

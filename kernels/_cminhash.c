@@ -489,11 +489,82 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ coverage row codes (kernels/rowcodes.py) */
+PyDoc_STRVAR(center_f32_doc,
+"center_f32(X, center, Z, n, d)\n\n"
+"Z[i, j] = float32(X[i, j] - center[j]) (the float64 difference rounded once, beyond float32 -> +-inf),\n"
+"0 where that is NaN: X (n, d) float64, center (d,) float64, Z (n, d) float32 writable, C order.\n"
+"What NumPy's np.subtract(X, c, out=Z, casting='unsafe') then np.copyto(Z, 0, where=isnan(Z)) gives.");
+
+static PyObject *center_f32(PyObject *self, PyObject *args) {
+    Py_buffer X, c, Z;
+    Py_ssize_t n, d;
+    if (!PyArg_ParseTuple(args, "y*y*w*nn", &X, &c, &Z, &n, &d)) return NULL;
+    PyObject *ret = NULL;
+    if (n < 0 || d < 0 || (d && n > PY_SSIZE_T_MAX / 8 / d) || X.len < n * d * 8 || c.len < d * 8 || Z.len < n * d * 4) {
+        PyErr_SetString(PyExc_ValueError, "center_f32: X must hold n*d float64, center d float64, Z n*d float32");
+        goto done;
+    }
+    const double *x = (const double *)X.buf, *cc = (const double *)c.buf;
+    float *z = (float *)Z.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *xr = x + i * d;
+        float *zr = z + i * d;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            const float v = (float)(xr[j] - cc[j]);
+            zr[j] = v != v ? 0.0f : v;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&X); PyBuffer_Release(&c); PyBuffer_Release(&Z);
+    return ret;
+}
+
+PyDoc_STRVAR(sign_codes_doc,
+"sign_codes(proj, out, T, B, m, n, start)\n\n"
+"out[t, start + i] |= sum_j [proj[t * B + j, i] > 0] << j for i < m: proj (T * B, m) float32, out\n"
+"(T, n) int32 writable, C order; B <= 30. The sign bits of a block of rows' projections packed into\n"
+"their codes (what comparing and OR-ing each of the T * B rows of proj with NumPy gives).");
+
+static PyObject *sign_codes(PyObject *self, PyObject *args) {
+    Py_buffer P, O;
+    Py_ssize_t T, B, m, n, start;
+    if (!PyArg_ParseTuple(args, "y*w*nnnnn", &P, &O, &T, &B, &m, &n, &start)) return NULL;
+    PyObject *ret = NULL;
+    if (T < 0 || B < 0 || B > 30 || m < 0 || n < 0 || start < 0 || start + m > n || (T && B && m > PY_SSIZE_T_MAX / 4 / T / B)
+        || P.len < T * B * m * 4 || O.len < T * n * 4) {
+        PyErr_SetString(PyExc_ValueError, "sign_codes: proj must hold T*B*m float32, out T*n int32, start + m <= n, B <= 30");
+        goto done;
+    }
+    const float *p = (const float *)P.buf;
+    int32_t *o = (int32_t *)O.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) {
+        int32_t *ot = o + t * n + start;
+        for (Py_ssize_t j = 0; j < B; j++) {
+            const float *pr = p + (t * B + j) * m;
+            for (Py_ssize_t i = 0; i < m; i++) ot[i] |= (int32_t)(pr[i] > 0.0f) << j;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&P); PyBuffer_Release(&O);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
     {"count_ascii_tokens", count_ascii_tokens, METH_VARARGS, count_ascii_tokens_doc},
     {"ascii_tokens", ascii_tokens, METH_VARARGS, ascii_tokens_doc},
+    {"center_f32", center_f32, METH_VARARGS, center_f32_doc},
+    {"sign_codes", sign_codes, METH_VARARGS, sign_codes_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,128 @@
+"""The ingest fast paths of issue 21 against the paths they replace, on fresh random inputs
+(exact: every byte of the sketch, every code, every float32 value):
+
+* ``engine="local"`` reading each Parquet row group once for both passes
+  (``parquet_units.local_first_pass``: the unit's sketch but its codes kept between the passes)
+  against the two-pass path every other engine takes (``LOCAL_CACHE_BYTES = 0``) and a budget
+  that keeps only some units;
+* the compiled centring of coverage rows (``rowcodes.centered_f32``) against its NumPy definition;
+* the compiled sign packing of row codes against the NumPy loop (``_row_codes_numpy`` without it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fitsketch import distributed as D
+from fitsketch import parquet_units as PU
+from fitsketch.config import SketchConfig
+from fitsketch.kernels import rowcodes as R
+from fitsketch.storage import unpack
+
+WORDS = np.array("the quick brown fox jumps over a lazy dog Alpha beta gamma delta x_1 2024".split())
+
+
+def _frame(rng, n: int) -> pd.DataFrame:
+    x = rng.normal(0, 3.0, n)
+    x[rng.random(n) < 0.1] = np.nan
+    big = rng.lognormal(0, 40, n) * rng.choice([-1.0, 1.0], n)        # beyond float32 after centring
+    big[rng.random(n) < 0.05] = np.inf
+    cat = rng.choice(np.array(["red", "green", "blue", "teal", None], dtype=object), n)
+    text = [None if rng.random() < 0.1 else " ".join(rng.choice(WORDS, rng.integers(0, 7))) for _ in range(n)]
+    return pd.DataFrame({"x": x, "big": big, "k": rng.integers(-5, 20, n), "color": cat, "text": text})
+
+
+@pytest.fixture
+def parquet_set(rng, tmp_path):
+    """2-3 files of random row-group sizes (1 row, odd sizes, not multiples of the partition size);
+    one file's first group has no value of x (legal in a unit); every column has a value somewhere."""
+    files = []
+    for i in range(int(rng.integers(2, 4))):
+        groups = [int(g) for g in rng.choice([1, 7, 33, 61, 120], int(rng.integers(1, 4)))]
+        df = _frame(rng, sum(groups))
+        if i == 0:
+            df.loc[: groups[0] - 1, "x"] = np.nan
+        df.loc[len(df) - 1, ["x", "color"]] = [1.5, "red"]            # a value in every column
+        df.loc[len(df) - 1, "text"] = "last row"
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        path = tmp_path / f"part-{i}.parquet"
+        with pq.ParquetWriter(path, table.schema) as w:
+            start = 0
+            for g in groups:
+                w.write_table(table.slice(start, g))
+                start += g
+        files.append(str(path))
+    return files
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_local_one_read_equals_the_two_pass_path(parquet_set, monkeypatch, shuffle):
+    cfg = SketchConfig(partition_size=16)
+    assert len(D.plan(parquet_set).units) >= 2
+
+    def run(budget):
+        monkeypatch.setattr(PU, "LOCAL_CACHE_BYTES", budget)
+        return D.sketch_parquet(parquet_set, config=cfg, engine="local", progress=False, shuffle=shuffle)
+
+    ref = run(0).to_bytes()                                   # every unit read twice (the other engines' way)
+    assert run(1 << 30).to_bytes() == ref                     # every unit read once
+    p = D.plan(parquet_set)
+    first = p.units[0].num_rows * (3 + 2 * 8) * 8             # room for the first unit's rows only
+    assert run(first).to_bytes() == ref
+
+
+def test_finish_unit_equals_unit_sketch(parquet_set):
+    cfg = SketchConfig(partition_size=8)
+    p = D.plan(parquet_set)
+    kinds = D.detect_kinds(p)
+    specs = [{"columns": p.columns, "kinds": kinds, "config": cfg.to_dict(), "threads": None, "path": u.path,
+              "file_index": u.file_index, "row_group": u.row_group, "num_rows": u.num_rows, "partition_size": 8,
+              "shuffle": True, "device": "cpu"} for u in p.units]
+    stats, pending = PU.local_first_pass(specs)
+    assert sorted(pending) == list(range(len(specs)))
+    for i, spec in enumerate(specs):
+        want = unpack(PU.unit_stats(spec))
+        for k in ("sum", "count", "keys"):
+            assert np.array_equal(stats[i][k], want[k]) and stats[i][k].dtype == want[k].dtype, k
+    center = D._center_of(stats)
+    for i, spec in enumerate(specs):
+        got = PU.finish_unit(pending[i], spec, center)
+        assert got.rows is None
+        assert got.to_bytes() == PU.unit_sketch({**spec, "center": center})
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 1559, 4099])
+def test_centered_f32_equals_numpy(rng, n):
+    if R._c is None:
+        pytest.skip("the compiled kernel is not built")
+    d = int(rng.integers(1, 40))
+    X = rng.normal(0, 1, (n, d)) * 10.0 ** rng.integers(-3, 60, (n, d))   # up to ~1e60: beyond float32
+    X[rng.random((n, d)) < 0.1] = np.nan
+    X[rng.random((n, d)) < 0.03] = np.inf
+    X[rng.random((n, d)) < 0.03] = -np.inf
+    c = rng.normal(0, 1, d) * 10.0 ** rng.integers(-3, 45, d)
+    c[rng.random(d) < 0.2] = 0.0
+    got, want = R.centered_f32(X, c), R.centered_f32_numpy(X, c)
+    assert got.dtype == want.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))          # bit for bit (signed zeros too)
+
+
+@pytest.mark.parametrize("n", [0, 1, 9, 1000, R.ROW_BLOCK + 777])
+def test_sign_packing_equals_numpy_loop(rng, monkeypatch, n):
+    if R._c is None:
+        pytest.skip("the compiled kernel is not built")
+    d = int(rng.integers(1, 30))
+    T, B = int(rng.integers(1, 9)), int(rng.integers(1, R.MAX_BITS + 1))
+    x = rng.normal(0, 1, (n, d)).astype(np.float32)
+    x[rng.random((n, d)) < 0.05] = 0.0                          # projections of exactly 0 (not > 0)
+    a = rng.normal(0, 1, (T, B, d)).astype(np.float32)
+    if n:
+        x[0] = 0.0
+        x[-1, 0] = np.nan                                       # NaN projections: bit clear
+    got = R._row_codes_numpy(x, a)
+    monkeypatch.setattr(R, "_c", None)
+    want = R._row_codes_numpy(x, a)
+    assert got.dtype == want.dtype == np.int64 and np.array_equal(got, want)
