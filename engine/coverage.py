@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .kernels.hashing import hash_tokens
+from .kernels.rowcodes import _c
 from .kernels.rowcodes import centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
 
 COVERAGE_FORMAT = 1
@@ -96,13 +97,16 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
         owner.extend([i] * widths[i])
     with np.errstate(invalid="ignore"):
         for i in plain:                 # sign(v) * log1p(min(|v|, 1e300)), blocks of rows into X's column
-            v = df.iloc[:, i].to_numpy(dtype=np.float64)
+            v = np.ascontiguousarray(df.iloc[:, i].to_numpy(dtype=np.float64))
             for s in range(0, n, _ROWS):
                 vc = v[s:s + _ROWS]
                 t = np.abs(vc)
                 np.minimum(t, 1e300, out=t)
                 np.log1p(t, out=t)
-                np.multiply(np.sign(vc), t, out=X[s:s + _ROWS, start[i]])
+                if _c is not None and hasattr(_c, "sign_mul_col"):     # the same product, compiled
+                    _c.sign_mul_col(vc, t, X, len(vc), X.shape[1], int(start[i]), s)
+                else:
+                    np.multiply(np.sign(vc), t, out=X[s:s + _ROWS, start[i]])
     return X, (np.concatenate(keys) if keys else np.zeros(0, np.int64)), owner
 
 

@@ -558,6 +558,38 @@ done:
     return ret;
 }
 
+PyDoc_STRVAR(sign_mul_col_doc,
+"sign_mul_col(v, t, X, m, d, col, start)\n\n"
+"X[start + i, col] = sign(v[i]) * t[i] for i < m (NumPy's sign: 1, -1, 0 for +-0, NaN for NaN): v, t\n"
+"(m,) float64, X (rows, d) float64 writable, C order. A numeric column's coverage transform written\n"
+"into its column of the row matrix (t = log1p(min(|v|, 1e300)) from NumPy).");
+
+static PyObject *sign_mul_col(PyObject *self, PyObject *args) {
+    Py_buffer V, Tb, Xb;
+    Py_ssize_t m, d, col, start;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnn", &V, &Tb, &Xb, &m, &d, &col, &start)) return NULL;
+    PyObject *ret = NULL;
+    if (m < 0 || d < 1 || col < 0 || col >= d || start < 0 || V.len < m * 8 || Tb.len < m * 8
+        || start + m > Xb.len / 8 / d) {
+        PyErr_SetString(PyExc_ValueError, "sign_mul_col: v and t must hold m float64, X (start + m) rows of d float64, col < d");
+        goto done;
+    }
+    const double *v = (const double *)V.buf, *t = (const double *)Tb.buf;
+    double *x = (double *)Xb.buf + start * d + col;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const double a = v[i];
+        const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : (a == 0 ? 0.0 : a));
+        x[i * d] = sg * t[i];
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&V); PyBuffer_Release(&Tb); PyBuffer_Release(&Xb);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -565,6 +597,7 @@ static PyMethodDef methods[] = {
     {"ascii_tokens", ascii_tokens, METH_VARARGS, ascii_tokens_doc},
     {"center_f32", center_f32, METH_VARARGS, center_f32_doc},
     {"sign_codes", sign_codes, METH_VARARGS, sign_codes_doc},
+    {"sign_mul_col", sign_mul_col, METH_VARARGS, sign_mul_col_doc},
     {NULL, NULL, 0, NULL},
 };
 
