@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -590,6 +591,93 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ numeric buckets (engine/quantize.py) */
+PyDoc_STRVAR(numeric_buckets_doc,
+"numeric_buckets(v, la, lg_fine, lg_coarse, min_abs, bias, nan_key, pos_inf_key, neg_inf_key, coarse, fines) -> int\n\n"
+"quantize.numeric_keys_at's keys of the float64 values v, given la = np.log(np.abs(v)): for |v| > min_abs\n"
+"and finite, +-(bias + ceil(la / lg)) computed in float64 (the sign of v), 0 for |v| <= min_abs, the\n"
+"special keys for NaN / +inf / -inf. The keys at lg_coarse go to coarse (int32, one per value); the\n"
+"distinct keys at lg_fine of the non-NaN values to fines (int64, unordered). Returns how many.");
+
+/* ceil(q) without a libm call where the baseline ISA has no rounding instruction: exact for
+ * |q| < 2**52 (q is then an integer or its truncation is exact); the sign of a zero result may
+ * differ from ceil's, which adding the bias erases */
+static inline double ceil_exact(double q) {
+    if (!(q < 4503599627370496.0 && q > -4503599627370496.0)) return ceil(q);
+    double c = (double)(int64_t)q;
+    return c < q ? c + 1.0 : c;
+}
+
+static PyObject *numeric_buckets_c(PyObject *self, PyObject *args) {
+    Py_buffer V, L, C, F;
+    double lgf, lgc, min_abs, bias;
+    long long nan_key, pinf_key, ninf_key;
+    if (!PyArg_ParseTuple(args, "y*y*ddddLLLw*w*", &V, &L, &lgf, &lgc, &min_abs, &bias, &nan_key, &pinf_key,
+                          &ninf_key, &C, &F)) return NULL;
+    PyObject *ret = NULL;
+    int64_t *set = NULL;
+    const Py_ssize_t n = V.len / 8;
+    if (V.len % 8 || L.len != V.len || C.len < n * 4 || F.len < n * 8) {
+        PyErr_SetString(PyExc_ValueError, "numeric_buckets: v, la float64 of one length n; coarse n int32, fines n int64");
+        goto done;
+    }
+    size_t cap = 1024;
+    while (cap < 64) cap <<= 1;
+    set = (int64_t *)malloc(cap * sizeof(int64_t));
+    if (!set) { PyErr_NoMemory(); goto done; }
+    const int64_t EMPTY_SLOT = INT64_MIN;
+    for (size_t k = 0; k < cap; k++) set[k] = EMPTY_SLOT;
+    const double *v = (const double *)V.buf, *la = (const double *)L.buf;
+    int32_t *coarse = (int32_t *)C.buf;
+    int64_t *fines = (int64_t *)F.buf;
+    Py_ssize_t m = 0;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double x = v[i];
+        int64_t kf, kc;
+        if (x != x) { coarse[i] = (int32_t)nan_key; continue; }
+        const double a = x < 0 ? -x : x;
+        if (a == HUGE_VAL) { kf = kc = x > 0 ? pinf_key : ninf_key; }
+        else if (!(a > min_abs)) { kf = kc = 0; }
+        else {
+            const double sg = x > 0 ? 1.0 : -1.0;
+            double t = ceil_exact(la[i] / lgf); t += bias; t *= sg; kf = (int64_t)t;
+            t = ceil_exact(la[i] / lgc); t += bias; t *= sg; kc = (int64_t)t;
+        }
+        coarse[i] = (int32_t)kc;
+        /* the distinct fine keys: an open-addressing set, grown at half full */
+        uint64_t hsh = (uint64_t)kf * 0x9E3779B97F4A7C15ull;
+        size_t pos = (size_t)(hsh >> 20) & (cap - 1);
+        while (set[pos] != EMPTY_SLOT && set[pos] != kf) pos = (pos + 1) & (cap - 1);
+        if (set[pos] == kf) continue;
+        set[pos] = kf;
+        fines[m++] = kf;
+        if ((size_t)m * 2 > cap) {
+            size_t ncap = cap * 2;
+            int64_t *ns = (int64_t *)malloc(ncap * sizeof(int64_t));
+            if (!ns) { nomem = 1; break; }
+            for (size_t k = 0; k < ncap; k++) ns[k] = EMPTY_SLOT;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                uint64_t h2 = (uint64_t)fines[j] * 0x9E3779B97F4A7C15ull;
+                size_t p2 = (size_t)(h2 >> 20) & (ncap - 1);
+                while (ns[p2] != EMPTY_SLOT) p2 = (p2 + 1) & (ncap - 1);
+                ns[p2] = fines[j];
+            }
+            free(set);
+            set = ns;
+            cap = ncap;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) { PyErr_NoMemory(); goto done; }
+    ret = PyLong_FromSsize_t(m);
+done:
+    free(set);
+    PyBuffer_Release(&V); PyBuffer_Release(&L); PyBuffer_Release(&C); PyBuffer_Release(&F);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -598,6 +686,7 @@ static PyMethodDef methods[] = {
     {"center_f32", center_f32, METH_VARARGS, center_f32_doc},
     {"sign_codes", sign_codes, METH_VARARGS, sign_codes_doc},
     {"sign_mul_col", sign_mul_col, METH_VARARGS, sign_mul_col_doc},
+    {"numeric_buckets", numeric_buckets_c, METH_VARARGS, numeric_buckets_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -152,3 +152,30 @@ def test_numeric_row_transform_equals_numpy(rng, monkeypatch, n):
     assert X.shape == Y.shape and np.array_equal(np.isnan(X), np.isnan(Y))
     ok = ~np.isnan(Y)
     assert np.array_equal(X[ok].view(np.uint64), Y[ok].view(np.uint64))       # signed zeros too
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 8193, 30001])
+def test_numeric_buckets_compiled_equals_numpy(rng, monkeypatch, n):
+    """quantize.numeric_buckets through the compiled pass against the NumPy blocks: the same set of
+    fine keys and the same coarse keys, with NaN, +-inf, +-0, values at and below MIN_ABS, huge ones,
+    many distinct keys (the kernel's set grows) and accuracies of the config's range."""
+    from fitsketch import quantize as Q
+
+    if Q._c is None or not hasattr(Q._c, "numeric_buckets"):
+        pytest.skip("the compiled kernel is not built")
+    v = rng.normal(0, 1, n) * 10.0 ** rng.integers(-15, 300, n)
+    plain = rng.random(n) < 0.3                              # ordinary rounded values: many repeats
+    v[plain] = np.round(rng.normal(0, 50, n), 2)[plain]
+    for value, share in ((0.0, 0.03), (-0.0, 0.03), (np.nan, 0.05), (np.inf, 0.02), (-np.inf, 0.02),
+                         (Q.MIN_ABS, 0.02), (-Q.MIN_ABS * 1.0000001, 0.02)):
+        v[rng.random(n) < share] = value
+    acc, hist_acc = float(rng.uniform(0.001, 0.05)), float(rng.uniform(0.05, 0.3))
+    fine, coarse = Q.numeric_buckets(v, acc, hist_acc)
+    monkeypatch.setattr(Q, "_c", None)
+    fine_ref, coarse_ref = Q.numeric_buckets(v, acc, hist_acc)
+    assert coarse.dtype == coarse_ref.dtype == np.int32 and np.array_equal(coarse, coarse_ref)
+    assert fine.dtype == fine_ref.dtype == np.int64
+    assert len(fine) == len(set(fine.tolist())) and np.array_equal(np.sort(fine), np.sort(fine_ref))
+    # and both are the definition's keys
+    assert np.array_equal(coarse, Q.numeric_keys_reference(v, hist_acc).astype(np.int32))
+    assert np.array_equal(np.sort(fine), np.unique(Q.numeric_keys_reference(v[~np.isnan(v)], acc)))
