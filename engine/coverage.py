@@ -62,6 +62,11 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
         h = _value_hashes(col, missing, seed)            # hash_tokens of str(v), distinct values once
     else:
         rows, h = _tokens(col, missing, seed)
+    keys = key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
+    if _c is not None and hasattr(_c, "hashed_rows") and HASH_DIMS == 8:     # the same values, compiled
+        out = np.empty((n, HASH_DIMS), dtype=np.float64)
+        _c.hashed_rows(np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(h, dtype=np.uint64), out, n)
+        return out, keys
     dim = (h % np.uint64(HASH_DIMS)).astype(np.int64)
     sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
     # sums of +-1 are exact in float64: the same as np.add.at(out, (rows, dim), sign), in one pass
@@ -72,7 +77,7 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
     norm = np.sqrt(np.einsum("ij,ij->i", out, out))
     out /= np.maximum(norm, 1e-12)[:, None]
     out[norm == 0] = np.nan
-    return out, key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
+    return out, keys
 
 
 def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:

@@ -678,6 +678,47 @@ done:
     return ret;
 }
 
+PyDoc_STRVAR(hashed_rows_doc,
+"hashed_rows(rows, h, out, n)\n\n"
+"A string column's coverage transform (engine/coverage.py column_block): out (n, 8) float64 writable\n"
+"gets, per row, the sum over its tokens t (rows[t] == row) of +-1 (- where bit 63 of h[t] is set) in\n"
+"dimension h[t] % 8, in token order, then each row divided by its L2 norm, NaN where the norm is 0.");
+
+static PyObject *hashed_rows(PyObject *self, PyObject *args) {
+    Py_buffer R, H, O;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*y*w*n", &R, &H, &O, &n)) return NULL;
+    PyObject *ret = NULL;
+    const Py_ssize_t m = R.len / 8;
+    if (R.len % 8 || H.len != R.len || n < 0 || n > PY_SSIZE_T_MAX / 64 || O.len < n * 64) {
+        PyErr_SetString(PyExc_ValueError, "hashed_rows: rows int64 and h uint64 of one length, out n*8 float64");
+        goto done;
+    }
+    const int64_t *r = (const int64_t *)R.buf;
+    const uint64_t *h = (const uint64_t *)H.buf;
+    double *o = (double *)O.buf;
+    for (Py_ssize_t t = 0; t < m; t++)
+        if (r[t] < 0 || r[t] >= n) { PyErr_SetString(PyExc_ValueError, "hashed_rows: a row is out of range"); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    memset(o, 0, (size_t)n * 64);
+    for (Py_ssize_t t = 0; t < m; t++)
+        o[r[t] * 8 + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double *x = o + i * 8, ss = 0.0;
+        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
+        const double norm = sqrt(ss);
+        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
+        const double den = norm > 1e-12 ? norm : 1e-12;
+        for (int j = 0; j < 8; j++) x[j] /= den;
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&R); PyBuffer_Release(&H); PyBuffer_Release(&O);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -687,6 +728,7 @@ static PyMethodDef methods[] = {
     {"sign_codes", sign_codes, METH_VARARGS, sign_codes_doc},
     {"sign_mul_col", sign_mul_col, METH_VARARGS, sign_mul_col_doc},
     {"numeric_buckets", numeric_buckets_c, METH_VARARGS, numeric_buckets_doc},
+    {"hashed_rows", hashed_rows, METH_VARARGS, hashed_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -179,3 +179,28 @@ def test_numeric_buckets_compiled_equals_numpy(rng, monkeypatch, n):
     # and both are the definition's keys
     assert np.array_equal(coarse, Q.numeric_keys_reference(v, hist_acc).astype(np.int32))
     assert np.array_equal(np.sort(fine), np.unique(Q.numeric_keys_reference(v[~np.isnan(v)], acc)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 1000, 4099])
+@pytest.mark.parametrize("kind", ["categorical", "text"])
+def test_string_row_transform_equals_numpy(rng, monkeypatch, n, kind):
+    """coverage.column_block of a string column through the compiled pass against NumPy's
+    bincount / norm: every value bit for bit, NaN in the same places (missing values, rows
+    without a word token), tokens cancelling to 0 in a dimension."""
+    from fitsketch import coverage as C
+    from fitsketch.quantize import shared_tokens
+
+    if C._c is None or not hasattr(C._c, "hashed_rows"):
+        pytest.skip("the compiled kernel is not built")
+    words = np.array(WORDS.tolist() + ["", "...", "été", "x x x x"], dtype=object)
+    vals = [None if rng.random() < 0.1 else " ".join(rng.choice(words, rng.integers(0, 9))) for _ in range(n)]
+    col = pd.Series(vals, dtype=object)
+    with shared_tokens():
+        got, gk = C.column_block("col", col, kind, 11)
+    monkeypatch.setattr(C, "_c", None)
+    with shared_tokens():
+        want, wk = C.column_block("col", col, kind, 11)
+    assert np.array_equal(gk, wk) and got.shape == want.shape == (n, C.HASH_DIMS)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert np.array_equal(got[ok].view(np.uint64), want[ok].view(np.uint64))
