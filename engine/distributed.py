@@ -22,6 +22,9 @@ tree is fixed -- see below):
 4. **Coverage centre**: a first pass maps every unit to per-dimension sums and counts of the
    coverage row transform (``coverage.row_matrix``); they are added in unit order and the centre is
    ``sum / count`` (0 where a dimension has no value). Give ``coverage_center=`` to skip the pass.
+   ``engine="local"`` reads each unit once for both passes: pass 1 also builds the unit's sketch but
+   its codes and keeps it, with its transformed rows, while those fit ``parquet_units.LOCAL_CACHE_BYTES``
+   (1 GiB); pass 2 then only codes them (the same sketch, bit for bit).
 5. **Partitions**: the rows of unit ``(i, g)`` are shuffled by a generator seeded with
    ``(hub seed, i, g)`` (``shuffle=False``: kept in file order) and cut into partitions of
    ``partition_size`` rows. Partitions never span units: a unit whose row count is not a multiple
