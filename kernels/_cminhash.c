@@ -445,11 +445,14 @@ PyDoc_STRVAR(ascii_tokens_doc,
 "the 16-byte SipHash key into hashes (writable uint64), both sized by count_ascii_tokens. Returns\n"
 "the number of tokens written.");
 
+#define TOKEN_CACHE_BITS 12   /* slots of ascii_tokens' cache of short tokens' hashes */
+
 static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
     Py_buffer data, offs, key, rows, hashes;
     if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &data, &offs, &key, &rows, &hashes)) return NULL;
     PyObject *ret = NULL;
     uint8_t *buf = NULL;
+    void *tc = NULL;
     Py_ssize_t n;
     if (check_offsets(&data, &offs, &n) < 0) goto done;
     if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
@@ -463,7 +466,11 @@ static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
     int64_t longest = 0;
     for (Py_ssize_t i = 0; i < n; i++) longest = o[i + 1] - o[i] > longest ? o[i + 1] - o[i] : longest;
     buf = (uint8_t *)malloc((size_t)longest + 8);
-    if (!buf) { PyErr_NoMemory(); goto done; }
+    tc = calloc((size_t)1 << TOKEN_CACHE_BITS, 3 * sizeof(uint64_t) + 1);
+    if (!buf || !tc) { PyErr_NoMemory(); goto done; }
+    uint64_t *tc_w0 = (uint64_t *)tc, *tc_w1 = tc_w0 + ((size_t)1 << TOKEN_CACHE_BITS);
+    uint64_t *tc_h = tc_w1 + ((size_t)1 << TOKEN_CACHE_BITS);
+    uint8_t *tc_len = (uint8_t *)(tc_h + ((size_t)1 << TOKEN_CACHE_BITS));   /* 0: an empty slot */
     Py_ssize_t t = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t j = o[i];
@@ -478,13 +485,30 @@ static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
             }
             if (t >= cap) { PyErr_SetString(PyExc_ValueError, "rows / hashes too small: size them by count_ascii_tokens"); goto done; }
             r[t] = (int64_t)i;
-            h[t] = finalize(siphash24(buf, len, k0, k1));
+            if (len <= 16) {
+                /* tokens of up to 16 bytes: a direct-mapped cache of their hashes, keyed by the
+                 * whole token (its length and bytes, zero-padded): a hit is the same token, exact */
+                uint64_t w0 = 0, w1 = 0;
+                memcpy(&w0, buf, len < 8 ? len : 8);
+                if (len > 8) memcpy(&w1, buf + 8, len - 8);
+                const size_t slot = (size_t)(((w0 * 0x9E3779B97F4A7C15ull) ^ (w1 * 0xC2B2AE3D27D4EB4Full)
+                                              ^ (uint64_t)len) >> (64 - TOKEN_CACHE_BITS));
+                if (tc_len[slot] == len && tc_w0[slot] == w0 && tc_w1[slot] == w1) {
+                    h[t] = tc_h[slot];
+                } else {
+                    h[t] = finalize(siphash24(buf, len, k0, k1));
+                    tc_len[slot] = (uint8_t)len; tc_w0[slot] = w0; tc_w1[slot] = w1; tc_h[slot] = h[t];
+                }
+            } else {
+                h[t] = finalize(siphash24(buf, len, k0, k1));
+            }
             t++;
         }
     }
     ret = PyLong_FromSsize_t(t);
 done:
     free(buf);
+    free(tc);
     PyBuffer_Release(&data); PyBuffer_Release(&offs); PyBuffer_Release(&key);
     PyBuffer_Release(&rows); PyBuffer_Release(&hashes);
     return ret;

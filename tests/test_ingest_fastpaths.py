@@ -204,3 +204,30 @@ def test_string_row_transform_equals_numpy(rng, monkeypatch, n, kind):
     assert np.array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     assert np.array_equal(got[ok].view(np.uint64), want[ok].view(np.uint64))
+
+
+@pytest.mark.parametrize("n", [1, 3, 2000])
+def test_token_hash_cache_equals_hashing_every_token(rng, n):
+    """The compiled tokenizer's cache of short tokens' hashes (kernels/_cminhash.c ascii_tokens)
+    against the NumPy tokenizer + hashing each distinct token: over 4,096 distinct tokens (cache
+    slots are overwritten), tokens of 1-16 bytes sharing prefixes (differing only in bytes 9-16 or
+    in length), tokens longer than 16 bytes, upper case."""
+    import pyarrow as pa
+
+    from fitsketch import quantize as Q
+
+    if Q._c is None:
+        pytest.skip("the compiled kernel is not built")
+    alphabet = np.array(list("abcXYZ019_"))
+    lens = rng.integers(1, 24, 6 * n)
+    toks = ["".join(rng.choice(alphabet, k)) for k in lens]
+    toks += ["abcdefgh" + "".join(rng.choice(alphabet, int(k))) for k in rng.integers(0, 9, n)]   # 8-16 bytes
+    toks += ["abcdefgh"[:int(k)] for k in rng.integers(1, 9, n)]                                 # prefixes
+    rng.shuffle(toks)
+    vals = [" ".join(toks[i:i + 5]) + (" -- " if i % 3 else "") for i in range(0, len(toks), 5)]
+    arr = pa.array(vals, type=pa.large_string())
+    seed = int(rng.integers(0, 2**31))
+    rows, h = Q._ascii_token_hashes(arr, seed)
+    rows_ref, tok = Q._ascii_tokens(arr)
+    assert np.array_equal(rows, rows_ref)
+    assert np.array_equal(h, Q._hash_unique(tok, seed))
