@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from .kernels.hashing import hash_tokens
-from .kernels.rowcodes import code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
+from .kernels.rowcodes import _c
+from .kernels.rowcodes import centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
 
 COVERAGE_FORMAT = 1
 HASH_DIMS = 8
@@ -61,6 +62,11 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
         h = _value_hashes(col, missing, seed)            # hash_tokens of str(v), distinct values once
     else:
         rows, h = _tokens(col, missing, seed)
+    keys = key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
+    if _c is not None and hasattr(_c, "hashed_rows") and HASH_DIMS == 8:     # the same values, compiled
+        out = np.empty((n, HASH_DIMS), dtype=np.float64)
+        _c.hashed_rows(np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(h, dtype=np.uint64), out, n)
+        return out, keys
     dim = (h % np.uint64(HASH_DIMS)).astype(np.int64)
     sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
     # sums of +-1 are exact in float64: the same as np.add.at(out, (rows, dim), sign), in one pass
@@ -71,7 +77,7 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
     norm = np.sqrt(np.einsum("ij,ij->i", out, out))
     out /= np.maximum(norm, 1e-12)[:, None]
     out[norm == 0] = np.nan
-    return out, key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
+    return out, keys
 
 
 def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -96,13 +102,16 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
         owner.extend([i] * widths[i])
     with np.errstate(invalid="ignore"):
         for i in plain:                 # sign(v) * log1p(min(|v|, 1e300)), blocks of rows into X's column
-            v = df.iloc[:, i].to_numpy(dtype=np.float64)
+            v = np.ascontiguousarray(df.iloc[:, i].to_numpy(dtype=np.float64))
             for s in range(0, n, _ROWS):
                 vc = v[s:s + _ROWS]
                 t = np.abs(vc)
                 np.minimum(t, 1e300, out=t)
                 np.log1p(t, out=t)
-                np.multiply(np.sign(vc), t, out=X[s:s + _ROWS, start[i]])
+                if _c is not None and hasattr(_c, "sign_mul_col"):     # the same product, compiled
+                    _c.sign_mul_col(vc, t, X, len(vc), X.shape[1], int(start[i]), s)
+                else:
+                    np.multiply(np.sign(vc), t, out=X[s:s + _ROWS, start[i]])
     return X, (np.concatenate(keys) if keys else np.zeros(0, np.int64)), owner
 
 
@@ -160,15 +169,7 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
 def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
-    X = np.asarray(X, dtype=np.float64)
-    Z = np.empty(X.shape, dtype=np.float32)     # (X - center) rounded to fp32, NaN -> 0, in blocks of rows
-    c = np.asarray(center, dtype=np.float64)[None, :]
-    step = max(1, (1 << 15) // max(X.shape[1], 1))
-    with np.errstate(over="ignore"):            # beyond fp32 -> +-inf, as the cast did before
-        for s in range(0, X.shape[0], step):
-            z = Z[s:s + step]
-            np.subtract(X[s:s + step], c, out=z, casting="unsafe")
-            np.copyto(z, 0.0, where=np.isnan(z))
+    Z = centered_f32(X, center)                 # (X - center) rounded to fp32, NaN -> 0
     return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
 
 

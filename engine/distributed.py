@@ -22,6 +22,9 @@ tree is fixed -- see below):
 4. **Coverage centre**: a first pass maps every unit to per-dimension sums and counts of the
    coverage row transform (``coverage.row_matrix``); they are added in unit order and the centre is
    ``sum / count`` (0 where a dimension has no value). Give ``coverage_center=`` to skip the pass.
+   ``engine="local"`` reads each unit once for both passes: pass 1 also builds the unit's sketch but
+   its codes and keeps it, with its transformed rows, while those fit ``parquet_units.LOCAL_CACHE_BYTES``
+   (1 GiB); pass 2 then only codes them (the same sketch, bit for bit).
 5. **Partitions**: the rows of unit ``(i, g)`` are shuffled by a generator seeded with
    ``(hub seed, i, g)`` (``shuffle=False``: kept in file order) and cut into partitions of
    ``partition_size`` rows. Partitions never span units: a unit whose row count is not a multiple
@@ -61,6 +64,7 @@ from . import errors as E
 from .config import SketchConfig
 from .parquet_units import (KIND_SAMPLE, ParquetPlan, Unit, _quantize, detect_kinds, plan,  # noqa: F401 - also
                             resolve_files, sketch_frame, unit_sketch, unit_stats)       # their old import path
+from .parquet_units import finish_unit, local_first_pass
 from .sketch import Sketch
 
 MissingDependencyError = E.MissingDependencyError
@@ -312,28 +316,35 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
     kinds = detect_kinds(p)
     threads = None if engine == "local" else 1           # one torch thread per worker: no oversubscription
     base = {"columns": p.columns, "kinds": kinds, "config": config.to_dict(), "threads": threads}
-    specs = [{**base, "path": u.path, "file_index": u.file_index, "row_group": u.row_group} for u in p.units]
+    specs = [{**base, "path": u.path, "file_index": u.file_index, "row_group": u.row_group, "num_rows": u.num_rows}
+             for u in p.units]
     log.info("sketching %d rows in %d row groups of %d file(s) with engine=%r", p.n_rows, len(p.units),
              len(p.files), engine)
     session = _Session(engine, address, workers)
+    pending: dict = {}
     try:
-        if coverage_center is None:
+        specs = [{**s, "partition_size": m, "shuffle": bool(shuffle), "device": device} for s in specs]
+        if coverage_center is None and session.engine == "local":   # one read of each unit for both passes
+            coverage_center, pending = _local_center_pass(specs, progress)
+        elif coverage_center is None:
             coverage_center = _center_pass(session, specs, progress)
         else:
             coverage_center = np.asarray(coverage_center, dtype=np.float64)
-        specs = [{**s, "partition_size": m, "shuffle": bool(shuffle), "center": coverage_center,
-                  "device": device} for s in specs]
+        specs = [{**s, "center": coverage_center} for s in specs]
         tree = _TreeMerge(len(specs))
         bar = _bar(progress, p.n_rows, "sketching row groups", "row")
 
         def on_sketch(i, data):
-            sk = Sketch.from_bytes(data)
+            sk = data if isinstance(data, Sketch) else Sketch.from_bytes(data)
             tree.add(i, sk)
             if bar is not None:
                 bar.update(sk.n_rows)
 
         try:
-            session.run(unit_sketch, specs, on_sketch)
+            todo = [i for i in range(len(specs)) if i not in pending]
+            for i in sorted(pending):
+                on_sketch(i, finish_unit(pending.pop(i), specs[i], coverage_center))
+            session.run(unit_sketch, [specs[i] for i in todo], lambda j, data: on_sketch(todo[j], data))
         finally:
             if bar is not None:
                 bar.close()
@@ -345,6 +356,18 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
         raise E.EmptyColumnError(f"columns {empty} have no values in any of the {p.n_rows} rows: leave them "
                                  f"out with columns=[...]")
     return out
+
+
+def _local_center_pass(specs: list[dict], progress: bool) -> tuple[np.ndarray, dict]:
+    """engine="local": the centre of :func:`_center_pass` and the units sketched but for their codes
+    (``parquet_units.local_first_pass``)."""
+    bar = _bar(progress, len(specs), "coverage centre", "row group")
+    try:
+        parts, pending = local_first_pass(specs, None if bar is None else (lambda i: bar.update(1)))
+    finally:
+        if bar is not None:
+            bar.close()
+    return _center_of(parts), pending
 
 
 def _center_pass(session: _Session, specs: list[dict], progress: bool) -> np.ndarray:
@@ -363,6 +386,10 @@ def _center_pass(session: _Session, specs: list[dict], progress: bool) -> np.nda
     finally:
         if bar is not None:
             bar.close()
+    return _center_of(parts)
+
+
+def _center_of(parts: list[dict]) -> np.ndarray:
     total = np.zeros_like(parts[0]["sum"])
     count = np.zeros_like(parts[0]["count"])
     for d in parts:                       # unit order: the same float sum on every engine

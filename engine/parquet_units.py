@@ -16,7 +16,7 @@ from .config import SketchConfig
 from .sketch import Sketch, build_sketch
 
 __all__ = ["Unit", "ParquetPlan", "resolve_files", "plan", "detect_kinds", "unit_stats", "unit_sketch",
-           "sketch_frame", "KIND_SAMPLE"]
+           "sketch_frame", "KIND_SAMPLE", "local_first_pass", "finish_unit", "LOCAL_CACHE_BYTES"]
 
 KIND_SAMPLE = 1000        # values detect_kind looks at (quantize.detect_kind samples the first 1000)
 UnreadableFileError = E.UnreadableFileError
@@ -187,9 +187,13 @@ def unit_stats(spec: dict) -> bytes:
     _threads(spec.get("threads"))
     df = _unit_frame(spec)
     X, keys, _ = _cov.row_matrix(df, spec["kinds"], spec["config"]["seed"])       # (n, D)
+    return pack(_stats(X, keys))
+
+
+def _stats(X: np.ndarray, keys: np.ndarray) -> dict:
     ok = ~np.isnan(X)
-    return pack({"sum": np.where(ok, X, 0.0).sum(axis=0), "count": ok.sum(axis=0).astype(np.int64),
-                 "keys": keys.astype(np.int64)})
+    return {"sum": np.where(ok, X, 0.0).sum(axis=0), "count": ok.sum(axis=0).astype(np.int64),
+            "keys": keys.astype(np.int64)}
 
 
 def unit_sketch(spec: dict) -> bytes:
@@ -200,6 +204,64 @@ def unit_sketch(spec: dict) -> bytes:
     seed_key = (spec["file_index"], spec["row_group"]) if spec["shuffle"] else None
     return sketch_frame(df, cfg, spec["kinds"], partition_size=spec["partition_size"], shuffle_key=seed_key,
                         coverage_center=spec["center"], device=spec["device"]).to_bytes()
+
+
+# ----------------------------------------------------------------------------- one process (engine="local")
+LOCAL_CACHE_BYTES = 1 << 30   # transformed rows (float64) engine="local" keeps between its two passes
+
+
+def local_first_pass(specs: list[dict], on_unit=None) -> tuple[list[dict], dict[int, Sketch]]:
+    """Pass 1 of ``engine="local"`` in one read of each unit: the coverage statistics of
+    :func:`unit_stats` (the same arrays) and, while the units' transformed rows fit in
+    :data:`LOCAL_CACHE_BYTES`, the unit's whole sketch but its coverage codes (``coverage=False``;
+    the rows kept), so pass 2 only codes those units (:func:`finish_unit`) instead of reading,
+    quantizing and transforming them again. Units past the budget get :func:`unit_stats` here and
+    :func:`unit_sketch` in pass 2, as the other engines do. ``specs`` are pass 2's (with
+    ``partition_size``, ``shuffle``, ``device``; ``center`` unused). Returns (stats per unit in
+    order, {unit index: pending sketch})."""
+    from .coverage import HASH_DIMS
+    from .storage import unpack
+
+    stats: list[dict] = []
+    pending: dict[int, Sketch] = {}
+    used = 0
+    for i, spec in enumerate(specs):
+        width = sum(1 if k == "numeric" else HASH_DIMS for k in spec["kinds"])
+        rows = spec.get("num_rows")
+        need = None if rows is None else 8 * int(rows) * width
+        if need is not None and used + need <= LOCAL_CACHE_BYTES:
+            sk = _unit_pending(spec)
+            stats.append(_stats(sk.rows, _pending_keys(sk, spec)))
+            pending[i] = sk
+            used += sk.rows.nbytes
+        else:
+            stats.append(unpack(unit_stats(spec)))
+        if on_unit is not None:
+            on_unit(i)
+    return stats, pending
+
+
+def _pending_keys(sk: Sketch, spec: dict) -> np.ndarray:
+    from .sketch import _coverage_keys
+
+    return _coverage_keys(tuple(sk.names), tuple(sk.kinds), spec["config"]["seed"])
+
+
+def _unit_pending(spec: dict) -> Sketch:
+    _threads(spec.get("threads"))
+    df = _unit_frame(spec)
+    cfg = SketchConfig.from_dict(spec["config"])
+    seed_key = (spec["file_index"], spec["row_group"]) if spec["shuffle"] else None
+    return build_sketch(df, cfg, partition_size=spec["partition_size"], kinds=list(spec["kinds"]), shuffle=False,
+                        shuffle_key=seed_key, device=spec["device"], quantize=_quantize, coverage=False)
+
+
+def finish_unit(sk: Sketch, spec: dict, center) -> Sketch:
+    """A pending unit sketch of :func:`local_first_pass` coded around ``center``: what
+    ``Sketch.from_bytes(unit_sketch(spec))`` gives for that centre."""
+    from .sketch import finish_coverage
+
+    return finish_coverage(sk, SketchConfig.from_dict(spec["config"]), center, device=spec["device"])
 
 
 def _quantize(name, col, config: SketchConfig, kind: str):

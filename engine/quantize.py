@@ -120,6 +120,16 @@ def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tup
     n = len(v)
     coarse = np.empty(n, dtype=np.int32)
     fines = np.empty(n, dtype=np.int64)             # the fine keys of the non-NaN values, packed
+    if _c is not None and hasattr(_c, "numeric_buckets") and v.ndim == 1:
+        # NumPy's logarithm of every |v| (elementwise: the values numeric_keys_at takes of its subset),
+        # then the same float64 steps per value and the distinct fine keys in one compiled pass
+        v = np.ascontiguousarray(v)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            la = np.log(np.abs(v))
+        lgs = [math.log((1.0 + acc) / (1.0 - acc)) for acc in (accuracy, hist_accuracy)]
+        m = _c.numeric_buckets(v, la, lgs[0], lgs[1], MIN_ABS, float(BIAS), NAN_KEY, POS_INF_KEY, NEG_INF_KEY,
+                               coarse, fines)
+        return fines[:m].copy(), coarse
     m = 0
     for s in range(0, n, CHUNK):
         vc = v[s:s + CHUNK]

@@ -142,7 +142,8 @@ def build_sketch(data, config: SketchConfig, **kw) -> Sketch:
 def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = None, feature_names=None,
                   device: str = "auto", progress: bool = False, shuffle: bool = True,
                   coverage_center=None, kinds: list[str] | None = None, shuffle_key=None,
-                  quantize=None, skip_empty: bool = False, minhash: bool = True) -> Sketch:
+                  quantize=None, skip_empty: bool = False, minhash: bool = True,
+                  coverage: bool = True) -> Sketch:
     """Sketch ``data`` (anything :func:`fitsketch.data.to_frame` reads) under ``config``.
 
     ``coverage_center`` fixes the centre of the coverage row transform (default: the data's own
@@ -154,6 +155,8 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     of refusing them, and names them in ``Sketch.left_out``; a frame of only such columns is refused. ``minhash=False`` leaves
     the signatures empty and keeps each feature's MinHash set in ``set_elems`` instead (in memory),
     for a caller that sketches many chunks and hashes the union once (``fitsketch.chunked``).
+    ``coverage=False`` leaves ``coverage`` None (the transformed rows stay in ``rows``) for a caller
+    that codes them once the centre is known (:func:`finish_coverage`; ``fitsketch.parquet_units``).
     """
     m = config.partition_size if partition_size is None else partition_size
     if not isinstance(m, int) or isinstance(m, bool) or m < 1:
@@ -231,12 +234,24 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     order = np.argsort(hist["part"].astype(np.uint16) if n_parts <= (1 << 16) else hist["part"], kind="stable")
     hist = {k: v[order] for k, v in hist.items()}
     cov = _cov.build(rows, keys, seed=config.seed, bits=config.coverage_bits, tables=config.coverage_tables,
-                     center=coverage_center, device=device)
+                     center=coverage_center, device=device) if coverage else None
     return Sketch(config.sketch_key(), m, [c.name for c in cols], [c.kind for c in cols], sigs,
                   np.array([c.total for c in cols], dtype=np.float64),
                   np.array([c.count for c in cols], dtype=np.int64), n, n_parts, hist, cov, rows, owner,
                   left_out=left_out or None,
                   set_elems=None if minhash else [np.unique(np.asarray(c.set_elems, dtype=np.int64)) for c in cols])
+
+
+def finish_coverage(sk: Sketch, config: SketchConfig, center, device: str = "auto") -> Sketch:
+    """The coverage counts of a sketch built with ``coverage=False``, coded around ``center`` from its
+    transformed rows (which it then drops): the sketch ``coverage_center=center`` would have built."""
+    from . import coverage as _cov
+
+    keys = _coverage_keys(tuple(sk.names), tuple(sk.kinds), config.seed)
+    sk.coverage = _cov.build(sk.rows, np.array(keys), seed=config.seed, bits=config.coverage_bits,
+                             tables=config.coverage_tables, center=center, device=device)
+    sk.rows = sk.row_owner = None
+    return sk
 
 
 def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -19,6 +19,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,11 +445,14 @@ PyDoc_STRVAR(ascii_tokens_doc,
 "the 16-byte SipHash key into hashes (writable uint64), both sized by count_ascii_tokens. Returns\n"
 "the number of tokens written.");
 
+#define TOKEN_CACHE_BITS 12   /* slots of ascii_tokens' cache of short tokens' hashes */
+
 static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
     Py_buffer data, offs, key, rows, hashes;
     if (!PyArg_ParseTuple(args, "y*y*y*w*w*", &data, &offs, &key, &rows, &hashes)) return NULL;
     PyObject *ret = NULL;
     uint8_t *buf = NULL;
+    void *tc = NULL;
     Py_ssize_t n;
     if (check_offsets(&data, &offs, &n) < 0) goto done;
     if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
@@ -462,7 +466,11 @@ static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
     int64_t longest = 0;
     for (Py_ssize_t i = 0; i < n; i++) longest = o[i + 1] - o[i] > longest ? o[i + 1] - o[i] : longest;
     buf = (uint8_t *)malloc((size_t)longest + 8);
-    if (!buf) { PyErr_NoMemory(); goto done; }
+    tc = calloc((size_t)1 << TOKEN_CACHE_BITS, 3 * sizeof(uint64_t) + 1);
+    if (!buf || !tc) { PyErr_NoMemory(); goto done; }
+    uint64_t *tc_w0 = (uint64_t *)tc, *tc_w1 = tc_w0 + ((size_t)1 << TOKEN_CACHE_BITS);
+    uint64_t *tc_h = tc_w1 + ((size_t)1 << TOKEN_CACHE_BITS);
+    uint8_t *tc_len = (uint8_t *)(tc_h + ((size_t)1 << TOKEN_CACHE_BITS));   /* 0: an empty slot */
     Py_ssize_t t = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t j = o[i];
@@ -477,15 +485,261 @@ static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
             }
             if (t >= cap) { PyErr_SetString(PyExc_ValueError, "rows / hashes too small: size them by count_ascii_tokens"); goto done; }
             r[t] = (int64_t)i;
-            h[t] = finalize(siphash24(buf, len, k0, k1));
+            if (len <= 16) {
+                /* tokens of up to 16 bytes: a direct-mapped cache of their hashes, keyed by the
+                 * whole token (its length and bytes, zero-padded): a hit is the same token, exact */
+                uint64_t w0 = 0, w1 = 0;
+                memcpy(&w0, buf, len < 8 ? len : 8);
+                if (len > 8) memcpy(&w1, buf + 8, len - 8);
+                const size_t slot = (size_t)(((w0 * 0x9E3779B97F4A7C15ull) ^ (w1 * 0xC2B2AE3D27D4EB4Full)
+                                              ^ (uint64_t)len) >> (64 - TOKEN_CACHE_BITS));
+                if (tc_len[slot] == len && tc_w0[slot] == w0 && tc_w1[slot] == w1) {
+                    h[t] = tc_h[slot];
+                } else {
+                    h[t] = finalize(siphash24(buf, len, k0, k1));
+                    tc_len[slot] = (uint8_t)len; tc_w0[slot] = w0; tc_w1[slot] = w1; tc_h[slot] = h[t];
+                }
+            } else {
+                h[t] = finalize(siphash24(buf, len, k0, k1));
+            }
             t++;
         }
     }
     ret = PyLong_FromSsize_t(t);
 done:
     free(buf);
+    free(tc);
     PyBuffer_Release(&data); PyBuffer_Release(&offs); PyBuffer_Release(&key);
     PyBuffer_Release(&rows); PyBuffer_Release(&hashes);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ coverage row codes (kernels/rowcodes.py) */
+PyDoc_STRVAR(center_f32_doc,
+"center_f32(X, center, Z, n, d)\n\n"
+"Z[i, j] = float32(X[i, j] - center[j]) (the float64 difference rounded once, beyond float32 -> +-inf),\n"
+"0 where that is NaN: X (n, d) float64, center (d,) float64, Z (n, d) float32 writable, C order.\n"
+"What NumPy's np.subtract(X, c, out=Z, casting='unsafe') then np.copyto(Z, 0, where=isnan(Z)) gives.");
+
+static PyObject *center_f32(PyObject *self, PyObject *args) {
+    Py_buffer X, c, Z;
+    Py_ssize_t n, d;
+    if (!PyArg_ParseTuple(args, "y*y*w*nn", &X, &c, &Z, &n, &d)) return NULL;
+    PyObject *ret = NULL;
+    if (n < 0 || d < 0 || (d && n > PY_SSIZE_T_MAX / 8 / d) || X.len < n * d * 8 || c.len < d * 8 || Z.len < n * d * 4) {
+        PyErr_SetString(PyExc_ValueError, "center_f32: X must hold n*d float64, center d float64, Z n*d float32");
+        goto done;
+    }
+    const double *x = (const double *)X.buf, *cc = (const double *)c.buf;
+    float *z = (float *)Z.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *xr = x + i * d;
+        float *zr = z + i * d;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            const float v = (float)(xr[j] - cc[j]);
+            zr[j] = v != v ? 0.0f : v;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&X); PyBuffer_Release(&c); PyBuffer_Release(&Z);
+    return ret;
+}
+
+PyDoc_STRVAR(sign_codes_doc,
+"sign_codes(proj, out, T, B, m, n, start)\n\n"
+"out[t, start + i] |= sum_j [proj[t * B + j, i] > 0] << j for i < m: proj (T * B, m) float32, out\n"
+"(T, n) int32 writable, C order; B <= 30. The sign bits of a block of rows' projections packed into\n"
+"their codes (what comparing and OR-ing each of the T * B rows of proj with NumPy gives).");
+
+static PyObject *sign_codes(PyObject *self, PyObject *args) {
+    Py_buffer P, O;
+    Py_ssize_t T, B, m, n, start;
+    if (!PyArg_ParseTuple(args, "y*w*nnnnn", &P, &O, &T, &B, &m, &n, &start)) return NULL;
+    PyObject *ret = NULL;
+    if (T < 0 || B < 0 || B > 30 || m < 0 || n < 0 || start < 0 || start + m > n || (T && B && m > PY_SSIZE_T_MAX / 4 / T / B)
+        || P.len < T * B * m * 4 || O.len < T * n * 4) {
+        PyErr_SetString(PyExc_ValueError, "sign_codes: proj must hold T*B*m float32, out T*n int32, start + m <= n, B <= 30");
+        goto done;
+    }
+    const float *p = (const float *)P.buf;
+    int32_t *o = (int32_t *)O.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t t = 0; t < T; t++) {
+        int32_t *ot = o + t * n + start;
+        for (Py_ssize_t j = 0; j < B; j++) {
+            const float *pr = p + (t * B + j) * m;
+            for (Py_ssize_t i = 0; i < m; i++) ot[i] |= (int32_t)(pr[i] > 0.0f) << j;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&P); PyBuffer_Release(&O);
+    return ret;
+}
+
+PyDoc_STRVAR(sign_mul_col_doc,
+"sign_mul_col(v, t, X, m, d, col, start)\n\n"
+"X[start + i, col] = sign(v[i]) * t[i] for i < m (NumPy's sign: 1, -1, 0 for +-0, NaN for NaN): v, t\n"
+"(m,) float64, X (rows, d) float64 writable, C order. A numeric column's coverage transform written\n"
+"into its column of the row matrix (t = log1p(min(|v|, 1e300)) from NumPy).");
+
+static PyObject *sign_mul_col(PyObject *self, PyObject *args) {
+    Py_buffer V, Tb, Xb;
+    Py_ssize_t m, d, col, start;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnn", &V, &Tb, &Xb, &m, &d, &col, &start)) return NULL;
+    PyObject *ret = NULL;
+    if (m < 0 || d < 1 || col < 0 || col >= d || start < 0 || V.len < m * 8 || Tb.len < m * 8
+        || start + m > Xb.len / 8 / d) {
+        PyErr_SetString(PyExc_ValueError, "sign_mul_col: v and t must hold m float64, X (start + m) rows of d float64, col < d");
+        goto done;
+    }
+    const double *v = (const double *)V.buf, *t = (const double *)Tb.buf;
+    double *x = (double *)Xb.buf + start * d + col;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const double a = v[i];
+        const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : (a == 0 ? 0.0 : a));
+        x[i * d] = sg * t[i];
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&V); PyBuffer_Release(&Tb); PyBuffer_Release(&Xb);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ numeric buckets (engine/quantize.py) */
+PyDoc_STRVAR(numeric_buckets_doc,
+"numeric_buckets(v, la, lg_fine, lg_coarse, min_abs, bias, nan_key, pos_inf_key, neg_inf_key, coarse, fines) -> int\n\n"
+"quantize.numeric_keys_at's keys of the float64 values v, given la = np.log(np.abs(v)): for |v| > min_abs\n"
+"and finite, +-(bias + ceil(la / lg)) computed in float64 (the sign of v), 0 for |v| <= min_abs, the\n"
+"special keys for NaN / +inf / -inf. The keys at lg_coarse go to coarse (int32, one per value); the\n"
+"distinct keys at lg_fine of the non-NaN values to fines (int64, unordered). Returns how many.");
+
+/* ceil(q) without a libm call where the baseline ISA has no rounding instruction: exact for
+ * |q| < 2**52 (q is then an integer or its truncation is exact); the sign of a zero result may
+ * differ from ceil's, which adding the bias erases */
+static inline double ceil_exact(double q) {
+    if (!(q < 4503599627370496.0 && q > -4503599627370496.0)) return ceil(q);
+    double c = (double)(int64_t)q;
+    return c < q ? c + 1.0 : c;
+}
+
+static PyObject *numeric_buckets_c(PyObject *self, PyObject *args) {
+    Py_buffer V, L, C, F;
+    double lgf, lgc, min_abs, bias;
+    long long nan_key, pinf_key, ninf_key;
+    if (!PyArg_ParseTuple(args, "y*y*ddddLLLw*w*", &V, &L, &lgf, &lgc, &min_abs, &bias, &nan_key, &pinf_key,
+                          &ninf_key, &C, &F)) return NULL;
+    PyObject *ret = NULL;
+    int64_t *set = NULL;
+    const Py_ssize_t n = V.len / 8;
+    if (V.len % 8 || L.len != V.len || C.len < n * 4 || F.len < n * 8) {
+        PyErr_SetString(PyExc_ValueError, "numeric_buckets: v, la float64 of one length n; coarse n int32, fines n int64");
+        goto done;
+    }
+    size_t cap = 1024;
+    while (cap < 64) cap <<= 1;
+    set = (int64_t *)malloc(cap * sizeof(int64_t));
+    if (!set) { PyErr_NoMemory(); goto done; }
+    const int64_t EMPTY_SLOT = INT64_MIN;
+    for (size_t k = 0; k < cap; k++) set[k] = EMPTY_SLOT;
+    const double *v = (const double *)V.buf, *la = (const double *)L.buf;
+    int32_t *coarse = (int32_t *)C.buf;
+    int64_t *fines = (int64_t *)F.buf;
+    Py_ssize_t m = 0;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double x = v[i];
+        int64_t kf, kc;
+        if (x != x) { coarse[i] = (int32_t)nan_key; continue; }
+        const double a = x < 0 ? -x : x;
+        if (a == HUGE_VAL) { kf = kc = x > 0 ? pinf_key : ninf_key; }
+        else if (!(a > min_abs)) { kf = kc = 0; }
+        else {
+            const double sg = x > 0 ? 1.0 : -1.0;
+            double t = ceil_exact(la[i] / lgf); t += bias; t *= sg; kf = (int64_t)t;
+            t = ceil_exact(la[i] / lgc); t += bias; t *= sg; kc = (int64_t)t;
+        }
+        coarse[i] = (int32_t)kc;
+        /* the distinct fine keys: an open-addressing set, grown at half full */
+        uint64_t hsh = (uint64_t)kf * 0x9E3779B97F4A7C15ull;
+        size_t pos = (size_t)(hsh >> 20) & (cap - 1);
+        while (set[pos] != EMPTY_SLOT && set[pos] != kf) pos = (pos + 1) & (cap - 1);
+        if (set[pos] == kf) continue;
+        set[pos] = kf;
+        fines[m++] = kf;
+        if ((size_t)m * 2 > cap) {
+            size_t ncap = cap * 2;
+            int64_t *ns = (int64_t *)malloc(ncap * sizeof(int64_t));
+            if (!ns) { nomem = 1; break; }
+            for (size_t k = 0; k < ncap; k++) ns[k] = EMPTY_SLOT;
+            for (Py_ssize_t j = 0; j < m; j++) {
+                uint64_t h2 = (uint64_t)fines[j] * 0x9E3779B97F4A7C15ull;
+                size_t p2 = (size_t)(h2 >> 20) & (ncap - 1);
+                while (ns[p2] != EMPTY_SLOT) p2 = (p2 + 1) & (ncap - 1);
+                ns[p2] = fines[j];
+            }
+            free(set);
+            set = ns;
+            cap = ncap;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) { PyErr_NoMemory(); goto done; }
+    ret = PyLong_FromSsize_t(m);
+done:
+    free(set);
+    PyBuffer_Release(&V); PyBuffer_Release(&L); PyBuffer_Release(&C); PyBuffer_Release(&F);
+    return ret;
+}
+
+PyDoc_STRVAR(hashed_rows_doc,
+"hashed_rows(rows, h, out, n)\n\n"
+"A string column's coverage transform (engine/coverage.py column_block): out (n, 8) float64 writable\n"
+"gets, per row, the sum over its tokens t (rows[t] == row) of +-1 (- where bit 63 of h[t] is set) in\n"
+"dimension h[t] % 8, in token order, then each row divided by its L2 norm, NaN where the norm is 0.");
+
+static PyObject *hashed_rows(PyObject *self, PyObject *args) {
+    Py_buffer R, H, O;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*y*w*n", &R, &H, &O, &n)) return NULL;
+    PyObject *ret = NULL;
+    const Py_ssize_t m = R.len / 8;
+    if (R.len % 8 || H.len != R.len || n < 0 || n > PY_SSIZE_T_MAX / 64 || O.len < n * 64) {
+        PyErr_SetString(PyExc_ValueError, "hashed_rows: rows int64 and h uint64 of one length, out n*8 float64");
+        goto done;
+    }
+    const int64_t *r = (const int64_t *)R.buf;
+    const uint64_t *h = (const uint64_t *)H.buf;
+    double *o = (double *)O.buf;
+    for (Py_ssize_t t = 0; t < m; t++)
+        if (r[t] < 0 || r[t] >= n) { PyErr_SetString(PyExc_ValueError, "hashed_rows: a row is out of range"); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    memset(o, 0, (size_t)n * 64);
+    for (Py_ssize_t t = 0; t < m; t++)
+        o[r[t] * 8 + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double *x = o + i * 8, ss = 0.0;
+        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
+        const double norm = sqrt(ss);
+        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
+        const double den = norm > 1e-12 ? norm : 1e-12;
+        for (int j = 0; j < 8; j++) x[j] /= den;
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&R); PyBuffer_Release(&H); PyBuffer_Release(&O);
     return ret;
 }
 
@@ -494,6 +748,11 @@ static PyMethodDef methods[] = {
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
     {"count_ascii_tokens", count_ascii_tokens, METH_VARARGS, count_ascii_tokens_doc},
     {"ascii_tokens", ascii_tokens, METH_VARARGS, ascii_tokens_doc},
+    {"center_f32", center_f32, METH_VARARGS, center_f32_doc},
+    {"sign_codes", sign_codes, METH_VARARGS, sign_codes_doc},
+    {"sign_mul_col", sign_mul_col, METH_VARARGS, sign_mul_col_doc},
+    {"numeric_buckets", numeric_buckets_c, METH_VARARGS, numeric_buckets_doc},
+    {"hashed_rows", hashed_rows, METH_VARARGS, hashed_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

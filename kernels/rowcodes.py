@@ -28,6 +28,13 @@ except Exception:  # pragma: no cover
 
 MAX_BITS = 30
 
+try:  # the compiled sign packing (kernels/_cminhash.c, built by `pip install`; optional)
+    from . import _cminhash as _c
+    if not hasattr(_c, "sign_codes"):    # a kernel built before these were added
+        _c = None
+except ImportError:  # pragma: no cover - no C compiler when installed
+    _c = None
+
 
 def hyperplanes(seed: int, tables: int, bits: int, features: np.ndarray) -> np.ndarray:
     """Gaussian hyperplanes ``(tables, bits, len(features))`` float32, one column per feature key.
@@ -127,6 +134,9 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     bit = np.empty(min(sub, n), dtype=np.int32)
     for s0, e0 in zip(bounds[:-1], bounds[1:]):
         proj = a2 @ x[s0:e0].T                                          # (T*B, rows of the block)
+        if _c is not None:          # the same bits packed in one compiled pass over the block
+            _c.sign_codes(np.ascontiguousarray(proj, dtype=np.float32), out, T, B, e0 - s0, n, s0)
+            continue
         for s in range(0, e0 - s0, sub):
             e = min(s + sub, e0 - s0)
             b = bit[:e - s]
@@ -141,6 +151,33 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 
 ROW_BLOCK = 1 << 15
+
+
+def centered_f32(X, center) -> np.ndarray:
+    """``(X - center)`` of rows ``X`` (n, d) as float32 (the float64 difference rounded once; beyond
+    float32 -> +-inf), 0 where it is NaN (missing values sit at the centre): one compiled pass when
+    the kernel is built, else NumPy in blocks of rows (:func:`centered_f32_numpy`, the same values)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    c = np.ascontiguousarray(center, dtype=np.float64)
+    if _c is None or X.ndim != 2 or c.shape != (X.shape[1],):
+        return centered_f32_numpy(X, c)
+    Z = np.empty(X.shape, dtype=np.float32)
+    _c.center_f32(X, c, Z, X.shape[0], X.shape[1])
+    return Z
+
+
+def centered_f32_numpy(X, center) -> np.ndarray:
+    """The NumPy definition of :func:`centered_f32`."""
+    X = np.asarray(X, dtype=np.float64)
+    Z = np.empty(X.shape, dtype=np.float32)
+    c = np.asarray(center, dtype=np.float64)[None, :]
+    step = max(1, (1 << 15) // max(X.shape[1], 1))
+    with np.errstate(over="ignore"):            # beyond fp32 -> +-inf, as the cast does
+        for s in range(0, X.shape[0], step):
+            z = Z[s:s + step]
+            np.subtract(X[s:s + step], c, out=z, casting="unsafe")
+            np.copyto(z, 0.0, where=np.isnan(z))
+    return Z
 
 
 # ----------------------------------------------------------------------------- NumPy reference
