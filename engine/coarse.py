@@ -310,6 +310,7 @@ class Level1Ann:
         quant = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quant, dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = 0
+        index.cp.min_points_per_centroid = 1          # nlist <= n / 39 already; no warning for tiny hubs
         index.train(x[fit] if len(fit) >= nlist else x)
         index.add_with_ids(x, np.arange(n, dtype=np.int64))
         ann.index, ann.ids = index, idx.ids.v.copy()
@@ -436,7 +437,7 @@ def level1(idx, *, load=None, save=None) -> "Level1Ann | None":
     ``load()``: a Level1Ann read from the hub's files (None when there is none that serves), tried
     once per index; ``save(ann)``: writes it (after a build, or after bringing forward >= 5% rows)."""
     with idx.lock:
-        if idx.ids.n < ANN_MIN_ENTRIES:
+        if idx.ids.n < max(ANN_MIN_ENTRIES, 1):
             return None
         ann = _ANN.get(idx)
         if ann is None and load is not None:
