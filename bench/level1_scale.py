@@ -1,0 +1,280 @@
+"""Level 1 of the two-level candidate stage at 100k and 1M entries (issue 21 item 4 "1M p50", issue 24):
+the FAISS IVF (engine/coarse.py ``Level1Ann``) against the exact level 1 and the exact screen.
+
+Not a suite (it needs a 100k hub's screen index file and minutes of CPU):
+
+    python -m bench.level1_scale --screen-file HUB/indexes/screen.fsidx [--queries 8] [--synthetic 1000000]
+
+* **real** (the index file of a hub filled with ``bench.bench_shortlist --scale digits --hub-dir``:
+  the digits label-skew pool zoo; queries are that bench's 600-row class-skewed samples): per method
+  and query, the exact screen of every entry (the reference: the scorers' own scores), the two-level
+  stage with the exact level 1 (``shortlist_nprobe=0``) and with the IVF at each ``--nprobe``; recall@10
+  / best found of the kept set as ``bench_shortlist --two-level`` counts them; CPU p50 of level 1 alone
+  and of the whole stage (level 1 + level 2 + the selection).
+* **synthetic** (``--synthetic N``): N *synthetic* similar entries in level-1 space, each the mixture
+  (Dirichlet(1,1,1) weights) of the dataset-level distributions of 3 random real entries (per column
+  normalized, so each is a valid entry distribution), as dense ``sqrt(p)`` rows; the IVF built as
+  ``Level1Ann.build`` builds it (the real index's basis, ~sqrt(N) lists trained on 20k rows); per
+  query the exact BC of all N (dense product: the reference and the exact level 1's cost) against the
+  IVF's ``refine x keep`` re-ranked by exact BC. Level 2's cost does not depend on N (it screens
+  ``keep`` entries): the real part measures it. The level-1 file at N is written and read back
+  (``faiss_files.load``: size + CRC-32 check, deserialize, every row held once): its warm-up.
+
+CPU times (``time.process_time`` through bench/harness.py): the machine is shared.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from . import harness as H
+
+
+class _Cfg:
+    def __init__(self, meta):
+        self.jslsh_l, self.hist_accuracy = int(meta["l"]), float(meta["accuracy"])
+
+
+def load_screen(path: str):
+    from fitsketch import indexes as I
+    from fitsketch.storage.arrayfile import read_arrays
+
+    meta, arrays = read_arrays(path)
+    return I._screen_from(meta, arrays, _Cfg(meta))
+
+
+def queries(n: int, seed: int = 0):
+    from fitsketch import profiles as PR
+    from fitsketch.jslsh import own_keys
+
+    from . import zoos
+
+    pool = zoos.Pool("digits", seed=seed)
+    cfg = pool.cfg
+    q_idx = [zoos.sample_index(pool.y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n)]
+    qs = zoos.fast_sketches(pool.X, pool.names, q_idx, cfg)
+    sp = PR.small_params(cfg)
+    small = {m: [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=m == "js", seed=cfg.seed, r=sp[0],
+                               k=sp[1], l=sp[2])) for q in qs] for m in ("js", "adaptivity")}
+    return qs, small, cfg
+
+
+def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse: int = 8, shortlist: int = 256,
+             budget_s: float = 600.0, ctx, out=print) -> tuple[list, list]:
+    from fitsketch import coarse as CO
+    from fitsketch import planner
+    from fitsketch import screen as S
+
+    n = len(idx)
+    keep = coarse * shortlist
+    w = f"digits label skew (pool), {n} entries (a hub's screen index file), shortlist {shortlist}, coarse {coarse}"
+    rows, per_query = [], []
+    wall = H.stopwatch().__enter__()
+    CO.matrix(idx)                                    # the exact level 1's matrix, built once (not timed)
+    for method in methods:
+        rule = planner.shortlist_rule(method)
+        t_full, t_l1x, t_x = H.Samples(), H.Samples(), H.Samples()
+        t_l1 = {p: H.Samples() for p in nprobes}
+        t_st = {p: H.Samples() for p in nprobes}
+        rec = {p: [] for p in ["exact"] + list(nprobes)}
+        best = {p: [] for p in rec}
+        l1rec = {p: [] for p in nprobes}
+        for qi, q in enumerate(qs):
+            if wall.elapsed() > budget_s * (methods.index(method) + 1) / len(methods):
+                break
+            kw = dict(seed=cfg.seed, t_small=small[method][qi] if method in small else None)
+            full = t_full.call(idx.scores, q, method, **kw)
+            ref = np.sort(full["score"])[::-1][:10]
+            pq = {"method": method, "query": qi}
+
+            def stage(**a):
+                scr, _ = CO.scores(idx, q, method, keep=keep, **kw, **a)
+                ids, _ = S.choose(scr, rule, shortlist, 10, planner.SHORTLIST_MARGIN_CAP * shortlist)
+                return scr, ids
+
+            def found(scr, ids):
+                got = np.sort(scr["score"][np.isin(scr["ids"], ids)])[::-1][:10]
+                return (float(np.mean(got >= ref[-1] - 1e-6)) if len(got) else 0.0,
+                        bool(len(got) and got[0] >= ref[0] - 1e-6))
+
+            b = t_l1x.call(CO.bc, idx, q, cfg.seed)
+            top_b = set(np.argpartition(-b, keep - 1)[:keep].tolist())
+            r, bf = found(*t_x.call(stage, nprobe=0))
+            rec["exact"].append(r)
+            best["exact"].append(bf)
+            pq.update(recall_exact=r, best_exact=bf)
+            qv = CO.query_vector(idx, q, cfg.seed)
+            for p in nprobes:
+                got, _ = t_l1[p].call(ann.top, idx, qv, keep, p)
+                l1rec[p].append(len(top_b & set(got.tolist())) / keep)
+                r, bf = found(*t_st[p].call(stage, nprobe=p, ann=ann))
+                rec[p].append(r)
+                best[p].append(bf)
+                pq.update({f"recall_np{p}": r, f"best_np{p}": bf, f"level1_recall_np{p}": l1rec[p][-1]})
+            per_query.append(pq)
+        if not len(t_full):
+            continue
+        c = lambda s: 1e3 * s.stats()["cpu"]["p50_s"]   # noqa: E731
+        out(f"  {n:,} {method:<10} {len(t_full)} queries: exact screen CPU p50 {c(t_full):7.0f} ms; two-level with the "
+            f"exact level 1: {c(t_x):6.1f} ms (level 1 {c(t_l1x):5.1f}), recall@10 {np.mean(rec['exact']):.3f} "
+            f"(min {min(rec['exact']):.2f}) best {sum(best['exact'])}/{len(best['exact'])}")
+        rows.append(H.row(ctx, "level1_scale", w, method, "exact_screen_cpu_p50", c(t_full), unit="ms",
+                          queries=len(t_full)))
+        rows.append(H.row(ctx, "level1_scale", w, method, "stage_cpu_p50_exact_level1", c(t_x), unit="ms",
+                          level1_cpu_p50_ms=c(t_l1x), recall_at_10=float(np.mean(rec["exact"])),
+                          best_found=float(np.mean(best["exact"])), baseline="exact screen of every entry",
+                          baseline_value=c(t_full)))
+        for p in nprobes:
+            out(f"      IVF nprobe {p:>3} of {ann.index.nlist}: stage {c(t_st[p]):6.1f} ms (level 1 {c(t_l1[p]):5.1f}; "
+                f"its recall of the exact level 1's {keep}: {np.mean(l1rec[p]):.3f}), recall@10 {np.mean(rec[p]):.3f} "
+                f"(min {min(rec[p]):.2f}) best {sum(best[p])}/{len(best[p])}")
+            rows.append(H.row(ctx, "level1_scale", w, method, f"stage_cpu_p50_np{p}", c(t_st[p]), unit="ms",
+                              level1_cpu_p50_ms=c(t_l1[p]), level1_recall=float(np.mean(l1rec[p])),
+                              recall_at_10=float(np.mean(rec[p])), min=min(rec[p]),
+                              best_found=float(np.mean(best[p])), queries=len(rec[p]),
+                              baseline="two-level with the exact level 1", baseline_value=c(t_x)))
+    return rows, per_query
+
+
+def run_synthetic(idx, qs, cfg, ann, n: int, *, nprobes, keep: int = 2048, seed: int = 0, ctx, out=print) -> list:
+    import faiss
+
+    from fitsketch import coarse as CO
+    from fitsketch import faiss_files
+
+    rng = np.random.default_rng(seed)
+    real = CO.matrix(idx)
+    n0, c = real.shape
+    dense = np.zeros((n, c), dtype=np.float32)
+    block = 20_000
+    t_gen = H.Samples()
+    for lo in range(0, n, block):
+        def gen(lo=lo):
+            m = min(block, n - lo)
+            pick = rng.integers(0, n0, (m, 3))
+            wts = rng.dirichlet(np.ones(3), m)
+            mix = np.zeros((m, c), dtype=np.float64)
+            for k in range(3):
+                sq = real[pick[:, k]].toarray()
+                mix += wts[:, k:k + 1] * (sq * sq)
+            dense[lo:lo + m] = np.sqrt(mix)
+        t_gen.call(gen)
+    w = f"{n} synthetic similar entries (mixtures of 3 of {n0} digits pool entries), level-1 space"
+    out(f"synthetic: {n:,} x {c} rows generated in {t_gen.total_s():.0f} s ({dense.nbytes / 2**30:.1f} GiB)")
+    basis = ann.basis
+    nb = min(len(basis), c)
+    t_b = H.Samples()
+
+    def build():
+        x = np.zeros((n, basis.shape[1]), dtype=np.float32)
+        for lo in range(0, n, 100_000):
+            x[lo:lo + 100_000] = dense[lo:lo + 100_000, :nb] @ basis[:nb]
+        fit = np.unique(np.linspace(0, n - 1, min(n, CO.ANN_FIT_ROWS)).astype(np.int64))
+        nlist = CO._nlist(n)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 0
+        index.train(x[fit])
+        index.add_with_ids(x, np.arange(n, dtype=np.int64))
+        return index
+
+    index = t_b.call(build)
+    out(f"synthetic: IVF of {n:,} rows ({index.nlist} lists) built in {t_b.cpu[0]:.0f} s CPU")
+    rows = [H.row(ctx, "level1_scale", w, "all", "ivf_build_cpu", t_b.cpu[0], unit="s", nlist=int(index.nlist))]
+    # warm-up: the level-1 file at n written and read back (size + CRC-32, deserialize, every row held once)
+    with tempfile.TemporaryDirectory(prefix="fitsketch-level1-") as d:
+        fpath, mpath = faiss_files.paths(d, "level1")
+        ids = np.arange(n, dtype=np.int64)
+        faiss_files.save(fpath, mpath, index, {"v": CO.ANN_FORMAT, "ids": ids, "basis": basis})
+        t_w = H.Samples()
+        for _ in range(2):
+            got = t_w.call(faiss_files.load, fpath, mpath, fmt=CO.ANN_FORMAT, accept=lambda m: True,
+                           decode=lambda ix, m: ix if CO._holds_rows(ix, len(m["ids"])) else None)
+            assert got is not None and got.ntotal == n
+        size = Path(fpath).stat().st_size + Path(mpath).stat().st_size
+    out(f"synthetic: level-1 files {size / 2**20:.0f} MiB read + checked in {t_w.wall[0]:.2f} s / {t_w.wall[1]:.2f} s "
+        f"wall (CPU {t_w.cpu[0]:.2f} / {t_w.cpu[1]:.2f} s)")
+    rows.append(H.row(ctx, "level1_scale", w, "all", "level1_file_load_wall", t_w.wall[0], unit="s", again_s=t_w.wall[1],
+                      cpu_s=t_w.cpu[0], bytes=size))
+    t_exact, t_s = H.Samples(), {p: H.Samples() for p in nprobes}
+    t_rr = {p: H.Samples() for p in nprobes}
+    rec = {p: {"keep": [], "top10": [], "top100": []} for p in nprobes}
+    for q in qs:
+        qv = CO.query_vector(idx, q, cfg.seed)[:c]
+        b = t_exact.call(lambda: dense @ qv)
+        order = np.argpartition(-b, keep - 1)[:keep]
+        top = set(order.tolist())
+        s = order[np.argsort(-b[order])]
+        qx = (qv[:nb] @ basis[:nb]).astype(np.float32)[None, :]
+        for p in nprobes:
+            index.nprobe = p
+            _, got = t_s[p].call(index.search, qx, CO.ANN_REFINE * keep)
+            got = got[0][got[0] >= 0]
+
+            def rerank(got=got):
+                bb = dense[got] @ qv
+                return got[np.argpartition(-bb, min(keep, len(bb)) - 1)[:keep]] if len(bb) > keep else got
+            kept = set(t_rr[p].call(rerank).tolist())
+            rec[p]["keep"].append(len(top & kept) / keep)
+            rec[p]["top10"].append(np.mean([int(e) in kept for e in s[:10]]))
+            rec[p]["top100"].append(np.mean([int(e) in kept for e in s[:100]]))
+    ce = 1e3 * t_exact.stats()["cpu"]["p50_s"]
+    out(f"synthetic {n:,}: exact level 1 (dense product of every row) CPU p50 {ce:.0f} ms; {len(qs)} queries")
+    rows.append(H.row(ctx, "level1_scale", w, "all", "exact_level1_cpu_p50", ce, unit="ms", queries=len(qs)))
+    for p in nprobes:
+        cs, cr = 1e3 * t_s[p].stats()["cpu"]["p50_s"], 1e3 * t_rr[p].stats()["cpu"]["p50_s"]
+        r = {k: float(np.mean(v)) for k, v in rec[p].items()}
+        out(f"   nprobe {p:>3} of {index.nlist}: IVF search {cs:5.1f} ms + re-rank of {CO.ANN_REFINE * keep} {cr:5.1f} ms "
+            f"CPU p50; exact-BC top {keep} kept {r['keep']:.3f}, top 100 {r['top100']:.3f}, top 10 {r['top10']:.3f} "
+            f"(min {min(rec[p]['top10']):.2f})")
+        rows.append(H.row(ctx, "level1_scale", w, "all", f"level1_cpu_p50_np{p}", cs + cr, unit="ms", search_ms=cs,
+                          rerank_ms=cr, recall_keep=r["keep"], recall_top10=r["top10"], recall_top100=r["top100"],
+                          min_top10=float(min(rec[p]["top10"])), baseline="exact level 1 (every row)",
+                          baseline_value=ce, queries=len(qs)))
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--screen-file", required=True)
+    ap.add_argument("--queries", type=int, default=8)
+    ap.add_argument("--methods", default="exact-js,js,adaptivity,l2")
+    ap.add_argument("--nprobe", default="4,8,16,32,64")
+    ap.add_argument("--coarse", type=int, default=8)
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds of the real part (all methods)")
+    ap.add_argument("--synthetic", type=int, default=0, help="entries of the synthetic part (0: none)")
+    ap.add_argument("--syn-queries", type=int, default=20)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args(argv)
+    from fitsketch import coarse as CO
+
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    name = f"level1_scale{a.tag}"
+    idx = H.Samples().call(load_screen, a.screen_file)
+    print(f"screen index of {len(idx):,} entries read from {a.screen_file}")
+    qs, small, cfg = queries(max(a.queries, a.syn_queries))
+    t_a = H.Samples()
+    ann = t_a.call(CO.Level1Ann.build, idx)
+    print(f"level-1 IVF of {len(ann):,} rows ({ann.index.nlist} lists, dim {ann.basis.shape[1]}) built in "
+          f"{t_a.cpu[0]:.1f} s CPU")
+    rows = [H.row(ctx, "level1_scale", f"{len(idx)} entries", "all", "ivf_build_cpu", t_a.cpu[0], unit="s",
+                  nlist=int(ann.index.nlist))]
+    nprobes = tuple(int(v) for v in a.nprobe.split(","))
+    per_query = []
+    if a.budget > 0:
+        r, per_query = run_real(idx, qs[:a.queries], small, cfg, ann, methods=tuple(a.methods.split(",")),
+                                nprobes=nprobes, coarse=a.coarse, budget_s=a.budget, ctx=ctx)
+        rows += r
+        H.write_suite(name, rows, out=a.out, env=env, tables={"per_query": per_query})
+    if a.synthetic:
+        rows += run_synthetic(idx, qs[:a.syn_queries], cfg, ann, a.synthetic, nprobes=nprobes, ctx=ctx)
+    path = H.write_suite(name, rows, out=a.out, env=env, tables={"per_query": per_query})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
