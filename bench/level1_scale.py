@@ -236,9 +236,116 @@ def run_synthetic(idx, qs, cfg, ann, n: int, *, nprobes, keep: int = 2048, seed:
     return rows
 
 
+def _tile(idx, prof, reps: int) -> None:
+    """Repeat the entries of a screen and a profile index ``reps`` times (ids 0..n x reps - 1; the
+    offsets of each copy shifted), as if the same records had been appended again under new ids."""
+    from fitsketch.growable import Grow
+
+    n0, n_fi, n_z, n_p = idx.ids.n, idx._fi_row.n, idx._col.n, idx._part_row.n
+    shift = {"_f_lo": n_fi, "_p_lo": n_p, "_fi_row": n0, "_fi_lo": n_z, "_fi": n_fi, "_part_row": n0}
+    for name, g in list(vars(idx).items()):
+        if not isinstance(g, Grow):
+            continue
+        v = g.v
+        if name == "ids":
+            out = np.arange(n0 * reps, dtype=v.dtype)
+        else:
+            out = np.concatenate([v] * reps)
+            if name in shift:
+                step = np.repeat(np.arange(reps, dtype=np.int64) * shift[name], len(v))
+                out = (out.astype(np.int64) + step).astype(v.dtype)
+        g.a, g.n = out, len(out)
+    m = prof.n
+    prof._ids = np.arange(m * reps, dtype=np.int64)
+    prof._x = np.concatenate([prof.x] * reps)
+    prof._schema = np.concatenate([prof._schema[:m]] * reps)
+    prof._schema_live = [c * reps for c in prof._schema_live]
+    prof.n = m * reps
+    prof._faiss = None
+
+
+def run_warm(n: int, *, ctx, work: Path, out=print) -> list:
+    """Warm-up from the persisted index files at ``n`` entries (issue 21 item 4): the screen, profile
+    and level-1 index files of ``n`` entries of the scale-out shape (bench_scale_out: 3 columns, 8
+    families x 4 sketches registered under many names; the shape the 44k measurement used) written as
+    the hub writes them, then read back and checked as ``hub.warm()`` reads them (indexes.py
+    ``read_arrays`` + ``_screen_from`` / ``_profile_from``, faiss_files.load + ``Level1Ann.decode``).
+    The indexes are filled in memory (``_append`` of each entry's records, as a sync does), not
+    through LMDB: a hub of ``n`` entries is not built (its LMDB header reads at open are O(1)). The
+    files are read right after being written (from the page cache, as on a machine with the RAM)."""
+    import fitsketch
+    from fitsketch import coarse as CO
+    from fitsketch import faiss_files
+    from fitsketch import indexes as I
+    from fitsketch import profiles as PR
+    from fitsketch import screen as S
+    from fitsketch.storage.arrayfile import read_arrays, write_arrays
+
+    from .bench_scale_out import FAMILIES, _family
+
+    rng = np.random.default_rng(1)
+    cfg = fitsketch.SketchConfig()
+    sk = [fitsketch.sketch_data(_family(rng, f, 2000), cfg) for f in range(FAMILIES) for _ in range(4)]
+    recs = PR.records(sk, cfg, "cpu")
+    scr = [S.record(s.hist, s.names, s.sums, s.counts, cfg.seed) for s in sk]
+    idx, prof = S.ScreenIndex(int(cfg.jslsh_l), cfg.hist_accuracy), PR.ProfileIndex()
+    t_fill = H.Samples()
+    base = min(n, 10_000)          # appended as a sync does, then repeated to n by array (the same rows)
+    t_fill.call(idx._append, [(e, scr[e % len(sk)], recs[e % len(sk)][1]) for e in range(base)])
+    t_fill.call(prof._append, [(e, recs[e % len(sk)][0]) for e in range(base)])
+    if n > base:
+        assert n % base == 0, "--warm: a multiple of 10,000"
+        t_fill.call(_tile, idx, prof, n // base)
+    idx.generation = prof.generation = 1
+    prof.build()
+    old = CO.ANN_MIN_ENTRIES
+    t_ann = H.Samples()
+    ann = t_ann.call(CO.Level1Ann.build, idx)
+    out(f"warm: {n:,} entries filled in {t_fill.total_s():.0f} s, level-1 IVF built in {t_ann.wall[0]:.0f} s")
+    root = work / "hub"
+    paths = {k: str(root / "indexes" / f"{k}.fsidx") for k in ("screen", "profiles")}
+    (root / "indexes").mkdir(parents=True, exist_ok=True)
+    ident = {"hub": {"created": b"bench", "format": b"3"}, "params": {"seed": int(cfg.seed)}}
+    size = 0
+    for kind, ix, state_of in (("screen", idx, I._screen_state), ("profiles", prof, I._profile_state)):
+        st = state_of(ix)
+        meta = {"v": I.SEARCH_INDEX_FORMAT, "kind": kind, "layout": st.pop("__layout__"), **ident,
+                "generation": 1, "entries": n, **st.pop("__meta__")}
+        size += write_arrays(paths[kind], meta, st)
+    fpath, mpath = faiss_files.paths(str(root), "level1")
+    faiss_files.save(fpath, mpath, ann.index, ann.meta(ident))
+    size += Path(fpath).stat().st_size + Path(mpath).stat().st_size
+    coords = _Cfg({"l": idx.l, "accuracy": idx.accuracy})
+    del ann, prof
+    rows = []
+    w = f"{n} entries of the scale-out shape (3 columns), index files only"
+    for attempt in range(2):
+        t = {k: H.Samples() for k in ("screen", "profiles", "level1")}
+        meta, arrays = t["screen"].call(read_arrays, paths["screen"])
+        got = t["screen"].call(I._screen_from, meta, arrays, coords)
+        meta, arrays = t["profiles"].call(read_arrays, paths["profiles"])
+        t["profiles"].call(I._profile_from, meta, arrays, cfg)
+        a1 = t["level1"].call(faiss_files.load, fpath, mpath, fmt=CO.ANN_FORMAT, accept=lambda m: True,
+                              decode=lambda ix, m: CO.Level1Ann.decode(ix, m, got))
+        assert len(got) == n and a1 is not None and len(a1) == n
+        tot = sum(x.total_s() for x in t.values())
+        cpu = sum(sum(x.cpu) for x in t.values())
+        out(f"warm: {n:,} entries, {size / 2**30:.2f} GiB of index files read + checked in {tot:.1f} s wall "
+            f"({cpu:.1f} s CPU): screen {t['screen'].total_s():.1f}, profiles {t['profiles'].total_s():.1f}, "
+            f"level 1 {t['level1'].total_s():.1f}")
+        rows.append(H.row(ctx, "level1_scale", w, "all", f"warm_from_files_wall{'' if attempt == 0 else '_again'}", tot,
+                          unit="s", cpu_s=cpu, bytes=size, screen_s=t["screen"].total_s(),
+                          profiles_s=t["profiles"].total_s(), level1_s=t["level1"].total_s()))
+        del got, a1, meta, arrays
+    CO.ANN_MIN_ENTRIES = old
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--screen-file", required=True)
+    ap.add_argument("--screen-file", default=None)
+    ap.add_argument("--warm", type=int, default=0, help="entries of the warm-up-from-files part (0: none)")
+    ap.add_argument("--work", default=None, help="--warm: folder for the index files (default: a temporary one)")
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--methods", default="exact-js,js,adaptivity,l2")
     ap.add_argument("--nprobe", default="4,8,16,32,64")
@@ -254,6 +361,11 @@ def main(argv=None) -> None:
     ctx = H.context("cpu", False)
     env = H.environment("cpu")
     name = f"level1_scale{a.tag}"
+    if a.warm:
+        with tempfile.TemporaryDirectory(prefix="fitsketch-warm-", dir=a.work) as d:
+            rows = run_warm(a.warm, ctx=ctx, work=Path(d))
+        print(f"wrote {H.write_suite(name, rows, out=a.out, env=env)}")
+        return
     idx = H.Samples().call(load_screen, a.screen_file)
     print(f"screen index of {len(idx):,} entries read from {a.screen_file}")
     qs, small, cfg = queries(max(a.queries, a.syn_queries))
