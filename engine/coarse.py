@@ -21,8 +21,11 @@ recall@10 against the exact screen of every entry, per method, is measured by
 ``python -m bench.bench_shortlist --two-level`` (bench/SUMMARY.md) and stated by ``explain``
 (``MEASURED_RECALL``, at the default); it is *not* held by construction as the exact screen's is.
 
-Nothing is stored: the level-1 matrix is derived from the screen index in memory (rebuilt when the
-index changes) and costs ~8 bytes per stored cell.
+The exact level-1 matrix is derived from the screen index in memory (rebuilt when the index changes)
+and costs ~8 bytes per stored cell. From ``ANN_MIN_ENTRIES`` entries level 1 is instead a FAISS IVF over
+a 64-dim projection of the same rows, re-ranked by exact BC (``Level1Ann``, below: sublinear in the hub;
+``shortlist_nprobe`` chooses the lists probed, 0 the exact level 1), persisted beside the hub as
+``indexes/level1.faiss`` + ``level1.msgpack`` and rebuilt when it does not serve the hub.
 """
 from __future__ import annotations
 
@@ -198,7 +201,8 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
     rec = MEASURED_RECALL.get(method) if coarse >= COARSE_DEFAULT else None
     a = info.get("ann")
     if a:
-        rec = None if rec is None or a["nprobe"] < NPROBE_DEFAULT else min(rec, ANN_MEASURED_RECALL.get(method, 0.0))
+        ra = ANN_MEASURED_RECALL.get(method)
+        rec = None if rec is None or ra is None or a["nprobe"] < NPROBE_DEFAULT else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
              f"distributions of {info['ranked']} entries, re-ranked the first {a['reranked']} by their exact "
              f"Bhattacharyya coefficient and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= "
