@@ -299,10 +299,10 @@ class Level1Ann:
         a = _csr(pos, col, val.astype(np.float64), (len(fit), max(c, 1)))
         k = min(dim, min(a.shape) - 1)
         basis = np.zeros((c, dim), dtype=np.float32)
-        if k >= 1 and c <= 4096 and a.shape[0] * c <= 1 << 26:   # top eigenvectors of the Gram matrix (dense)
+        if c and c <= 4096 and a.shape[0] * c <= 1 << 26:   # top eigenvectors of the Gram matrix (dense)
             d = a.toarray()
-            g = d.T @ d
-            _, v = np.linalg.eigh(g)
+            _, v = np.linalg.eigh(d.T @ d)
+            k = min(dim, c)
             basis[:, :k] = v[:, ::-1][:, :k]
         elif k >= 1:
             rng = np.random.default_rng(0)

@@ -97,18 +97,18 @@ def test_search_through_the_ivf_equals_the_exact_level1(tmp_path, rng, small_ann
     cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
     hub, pools = _hub(tmp_path / "h.hub", rng, int(rng.integers(10, 20)), cfg)
     with hub:
-        n = len(hub)
         for method in METHODS:
             q = _mixture(pools, rng.integers(20, 120, 4))
-            # shortlist_coarse x shortlist x ANN_REFINE >= n: the IVF hands every entry to the re-rank
+            # level 1 keeps 2 x coarse < n, and the IVF hands every entry to the exact re-rank
             a = [(m.name, m.score) for m in hub.search(q, k=5, method=method, shortlist_screen="two-level",
-                                                          shortlist_coarse=n, shortlist_nprobe=4096)]
+                                                          shortlist_coarse=_coarse(hub), shortlist_nprobe=4096)]
             b = [(m.name, m.score) for m in hub.search(q, k=5, method=method, shortlist_screen="two-level",
-                                                          shortlist_coarse=n, shortlist_nprobe=0)]
+                                                          shortlist_coarse=_coarse(hub), shortlist_nprobe=0)]
             assert a and a == b, method
             st = next(s for s in hub.explain(q, k=5, method=method, shortlist_screen="two-level",
-                                             shortlist_coarse=2).stages if s.name == "shortlist")
-            assert "IVF lists" in st.detail, st.detail
+                                             shortlist_coarse=_coarse(hub), shortlist_nprobe=4096).stages
+                      if s.name == "shortlist")
+            assert "IVF lists" in st.detail and f"re-ranked the first {len(hub)} " in st.detail, st.detail
             st = next(s for s in hub.explain(q, k=5, method=method, shortlist_screen="two-level", shortlist_coarse=2,
                                              shortlist_nprobe=0).stages if s.name == "shortlist")
             assert "IVF" not in st.detail and "level 1 ranked" in st.detail, st.detail
@@ -116,14 +116,20 @@ def test_search_through_the_ivf_equals_the_exact_level1(tmp_path, rng, small_ann
         fitsketch.SketchConfig(shortlist_nprobe=-1)
 
 
+def _coarse(hub) -> int:
+    """shortlist_coarse for shortlist 2 such that level 1 keeps fewer than every entry (the IVF runs)
+    and the IVF hands every entry to the exact re-rank (ANN_REFINE x keep >= entries)."""
+    return -(-len(hub) // 4)
+
+
 def _search(hub, q):
     return [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js", shortlist_screen="two-level",
-                                                     shortlist_coarse=2)]
+                                                     shortlist_coarse=_coarse(hub))]
 
 
 def _exact(hub, q):
     return [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js", shortlist_screen="two-level",
-                                                     shortlist_coarse=2, shortlist_nprobe=0)]
+                                                     shortlist_coarse=_coarse(hub), shortlist_nprobe=0)]
 
 
 def test_file_read_brought_forward_and_rebuilt_after_removal(tmp_path, rng, small_ann):
