@@ -62,26 +62,26 @@ def queries(n: int, seed: int = 0):
     return qs, small, cfg
 
 
-def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse: int = 8, shortlist: int = 256,
+def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortlist: int = 256,
              budget_s: float = 600.0, ctx, out=print) -> tuple[list, list]:
     from fitsketch import coarse as CO
     from fitsketch import planner
     from fitsketch import screen as S
 
     n = len(idx)
-    keep = coarse * shortlist
-    w = f"digits label skew (pool), {n} entries (a hub's screen index file), shortlist {shortlist}, coarse {coarse}"
+    w = f"digits label skew (pool), {n} entries (a hub's screen index file), shortlist {shortlist}"
     rows, per_query = [], []
     wall = H.stopwatch().__enter__()
     CO.matrix(idx)                                    # the exact level 1's matrix, built once (not timed)
+    variants = [(c, p) for c in coarse for p in (0,) + tuple(nprobes)]   # nprobe 0: the exact level 1
     for method in methods:
         rule = planner.shortlist_rule(method)
-        t_full, t_l1x, t_x = H.Samples(), H.Samples(), H.Samples()
-        t_l1 = {p: H.Samples() for p in nprobes}
-        t_st = {p: H.Samples() for p in nprobes}
-        rec = {p: [] for p in ["exact"] + list(nprobes)}
-        best = {p: [] for p in rec}
-        l1rec = {p: [] for p in nprobes}
+        t_full, t_l1x = H.Samples(), H.Samples()
+        t_l1 = {v: H.Samples() for v in variants}
+        t_st = {v: H.Samples() for v in variants}
+        rec = {v: [] for v in variants}
+        best = {v: [] for v in variants}
+        l1rec = {v: [] for v in variants}
         for qi, q in enumerate(qs):
             if wall.elapsed() > budget_s * (methods.index(method) + 1) / len(methods):
                 break
@@ -89,53 +89,48 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse: int = 8, sho
             full = t_full.call(idx.scores, q, method, **kw)
             ref = np.sort(full["score"])[::-1][:10]
             pq = {"method": method, "query": qi}
-
-            def stage(**a):
-                scr, _ = CO.scores(idx, q, method, keep=keep, **kw, **a)
-                ids, _ = S.choose(scr, rule, shortlist, 10, planner.SHORTLIST_MARGIN_CAP * shortlist)
-                return scr, ids
-
-            def found(scr, ids):
-                got = np.sort(scr["score"][np.isin(scr["ids"], ids)])[::-1][:10]
-                return (float(np.mean(got >= ref[-1] - 1e-6)) if len(got) else 0.0,
-                        bool(len(got) and got[0] >= ref[0] - 1e-6))
-
             b = t_l1x.call(CO.bc, idx, q, cfg.seed)
-            top_b = set(np.argpartition(-b, keep - 1)[:keep].tolist())
-            r, bf = found(*t_x.call(stage, nprobe=0))
-            rec["exact"].append(r)
-            best["exact"].append(bf)
-            pq.update(recall_exact=r, best_exact=bf)
             qv = CO.query_vector(idx, q, cfg.seed)
-            for p in nprobes:
-                got, _ = t_l1[p].call(ann.top, idx, qv, keep, p)
-                l1rec[p].append(len(top_b & set(got.tolist())) / keep)
-                r, bf = found(*t_st[p].call(stage, nprobe=p, ann=ann))
-                rec[p].append(r)
-                best[p].append(bf)
-                pq.update({f"recall_np{p}": r, f"best_np{p}": bf, f"level1_recall_np{p}": l1rec[p][-1]})
+            for c, p in variants:
+                keep = c * shortlist
+
+                def stage():
+                    scr, _ = CO.scores(idx, q, method, keep=keep, nprobe=p, ann=ann if p else None, **kw)
+                    ids, _ = S.choose(scr, rule, shortlist, 10, planner.SHORTLIST_MARGIN_CAP * shortlist)
+                    return scr, ids
+
+                scr, ids = t_st[c, p].call(stage)
+                got = np.sort(scr["score"][np.isin(scr["ids"], ids)])[::-1][:10]
+                r = float(np.mean(got >= ref[-1] - 1e-6)) if len(got) else 0.0
+                bf = bool(len(got) and got[0] >= ref[0] - 1e-6)
+                rec[c, p].append(r)
+                best[c, p].append(bf)
+                if p:
+                    top_b = set(np.argpartition(-b, keep - 1)[:keep].tolist())
+                    kept, _ = t_l1[c, p].call(ann.top, idx, qv, keep, p)
+                    l1rec[c, p].append(len(top_b & set(kept.tolist())) / keep)
+                pq.update({f"recall_c{c}_np{p}": r, f"best_c{c}_np{p}": bf})
             per_query.append(pq)
         if not len(t_full):
             continue
-        c = lambda s: 1e3 * s.stats()["cpu"]["p50_s"]   # noqa: E731
-        out(f"  {n:,} {method:<10} {len(t_full)} queries: exact screen CPU p50 {c(t_full):7.0f} ms; two-level with the "
-            f"exact level 1: {c(t_x):6.1f} ms (level 1 {c(t_l1x):5.1f}), recall@10 {np.mean(rec['exact']):.3f} "
-            f"(min {min(rec['exact']):.2f}) best {sum(best['exact'])}/{len(best['exact'])}")
-        rows.append(H.row(ctx, "level1_scale", w, method, "exact_screen_cpu_p50", c(t_full), unit="ms",
-                          queries=len(t_full)))
-        rows.append(H.row(ctx, "level1_scale", w, method, "stage_cpu_p50_exact_level1", c(t_x), unit="ms",
-                          level1_cpu_p50_ms=c(t_l1x), recall_at_10=float(np.mean(rec["exact"])),
-                          best_found=float(np.mean(best["exact"])), baseline="exact screen of every entry",
-                          baseline_value=c(t_full)))
-        for p in nprobes:
-            out(f"      IVF nprobe {p:>3} of {ann.index.nlist}: stage {c(t_st[p]):6.1f} ms (level 1 {c(t_l1[p]):5.1f}; "
-                f"its recall of the exact level 1's {keep}: {np.mean(l1rec[p]):.3f}), recall@10 {np.mean(rec[p]):.3f} "
-                f"(min {min(rec[p]):.2f}) best {sum(best[p])}/{len(best[p])}")
-            rows.append(H.row(ctx, "level1_scale", w, method, f"stage_cpu_p50_np{p}", c(t_st[p]), unit="ms",
-                              level1_cpu_p50_ms=c(t_l1[p]), level1_recall=float(np.mean(l1rec[p])),
-                              recall_at_10=float(np.mean(rec[p])), min=min(rec[p]),
-                              best_found=float(np.mean(best[p])), queries=len(rec[p]),
-                              baseline="two-level with the exact level 1", baseline_value=c(t_x)))
+        cp = lambda s: 1e3 * s.stats()["cpu"]["p50_s"]   # noqa: E731
+        out(f"  {n:,} {method:<10} {len(t_full)} queries: exact screen CPU p50 {cp(t_full):7.0f} ms; exact level 1 alone "
+            f"{cp(t_l1x):5.1f} ms")
+        rows.append(H.row(ctx, "level1_scale", w, method, "exact_screen_cpu_p50", cp(t_full), unit="ms",
+                          queries=len(t_full), exact_level1_cpu_p50_ms=cp(t_l1x)))
+        for c, p in variants:
+            v = (c, p)
+            l1 = f"level 1 {cp(t_l1[v]):5.1f} ms, kept {np.mean(l1rec[v]):.3f} of the exact level 1's" if p else \
+                f"exact level 1 {cp(t_l1x):5.1f} ms"
+            out(f"      coarse {c} {'IVF nprobe %3d of %d' % (p, ann.index.nlist) if p else 'exact level 1     '}: stage "
+                f"{cp(t_st[v]):6.1f} ms ({l1}), recall@10 {np.mean(rec[v]):.3f} (min {min(rec[v]):.2f}) best "
+                f"{sum(best[v])}/{len(best[v])}")
+            rows.append(H.row(ctx, "level1_scale", w, method, f"stage_cpu_p50_c{c}_np{p}", cp(t_st[v]), unit="ms",
+                              level1_cpu_p50_ms=cp(t_l1[v]) if p else cp(t_l1x),
+                              level1_recall=float(np.mean(l1rec[v])) if p else 1.0,
+                              recall_at_10=float(np.mean(rec[v])), min=min(rec[v]),
+                              best_found=float(np.mean(best[v])), queries=len(rec[v]),
+                              baseline="exact screen of every entry", baseline_value=cp(t_full)))
     return rows, per_query
 
 
@@ -349,7 +344,7 @@ def main(argv=None) -> None:
     ap.add_argument("--queries", type=int, default=8)
     ap.add_argument("--methods", default="exact-js,js,adaptivity,l2")
     ap.add_argument("--nprobe", default="4,8,16,32,64")
-    ap.add_argument("--coarse", type=int, default=8)
+    ap.add_argument("--coarse", default="8", help="shortlist_coarse values")
     ap.add_argument("--budget", type=float, default=600.0, help="seconds of the real part (all methods)")
     ap.add_argument("--synthetic", type=int, default=0, help="entries of the synthetic part (0: none)")
     ap.add_argument("--syn-queries", type=int, default=20)
@@ -379,7 +374,7 @@ def main(argv=None) -> None:
     per_query = []
     if a.budget > 0:
         r, per_query = run_real(idx, qs[:a.queries], small, cfg, ann, methods=tuple(a.methods.split(",")),
-                                nprobes=nprobes, coarse=a.coarse, budget_s=a.budget, ctx=ctx)
+                                nprobes=nprobes, coarse=tuple(int(v) for v in a.coarse.split(",")), budget_s=a.budget, ctx=ctx)
         rows += r
         H.write_suite(name, rows, out=a.out, env=env, tables={"per_query": per_query})
     if a.synthetic:

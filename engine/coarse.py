@@ -49,8 +49,9 @@ MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "l2": 1.0, "js": 0.99, "ad
 ANN_FORMAT = 1
 ANN_MIN_ENTRIES = 20_000   # below: the exact product (~20-40 ms CPU at 10k-30k, bench/SUMMARY.md)
 ANN_DIM = 64               # projection width
-ANN_REFINE = 2             # the IVF hands refine x keep rows to the exact BC re-rank
-NPROBE_DEFAULT = 16        # config.shortlist_nprobe: IVF lists probed (0: level 1 exact)
+ANN_REFINE = 1             # > 1: the IVF hands refine x keep rows to an exact BC re-rank (1: none; level 2
+                           # is exact: the re-rank costs ~30-60 ms CPU for 4,096 rows, bench/SUMMARY.md)
+NPROBE_DEFAULT = 64        # config.shortlist_nprobe: IVF lists probed (0: level 1 exact); chosen on 1M synthetic
 ANN_FIT_ROWS = 20_000      # rows the basis and the IVF's k-means are fitted on (evenly spaced)
 ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a file is read
 # recall@10 of the stage with the IVF level 1 at NPROBE_DEFAULT against the exact screen of every entry
@@ -167,12 +168,13 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         if ann is not None and nprobe > 0 and len(ann) == n and keep < n:
             q = query_vector(idx, target, seed)
             rows, b = ann.top(idx, q, keep, nprobe)
-            rows, b = rows[b > 0], b[b > 0]
+            if ANN_REFINE > 1:
+                rows, b = rows[b > 0], b[b > 0]
             if len(rows) >= keep:      # else few entries share a cell with the query: the exact level below
                 info = {"ranked": n, "live": n, "coarse_kept": int(len(rows)),
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
-                                "reranked": int(min(ANN_REFINE * keep, n))}}
+                                "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
                 return subset(idx, np.sort(rows))._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
@@ -204,9 +206,11 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
         ra = ANN_MEASURED_RECALL.get(method)
         rec = None if rec is None or ra is None or a["nprobe"] < NPROBE_DEFAULT else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
-             f"distributions of {info['ranked']} entries, re-ranked the first {a['reranked']} by their exact "
-             f"Bhattacharyya coefficient and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= "
-             f"{info['bc_cut']:.4f}), level 2 screened those (the recall above is among them)")
+             f"distributions of {info['ranked']} entries, "
+             + (f"re-ranked the first {a['reranked']} by their exact Bhattacharyya coefficient" if a["reranked"]
+                else "ranked by their projected Bhattacharyya coefficient")
+             + f" and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 "
+             "screened those (the recall above is among them)")
     else:
         t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
              f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
@@ -350,14 +354,18 @@ class Level1Ann:
         return n - n0
 
     # -------------------------------------------------------------- searching
-    def top(self, idx, q: np.ndarray, keep: int, nprobe: int, refine: int = ANN_REFINE) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, exact BC)`` of the ``keep`` rows of best exact BC among the ``refine x keep`` the IVF
-        ranks first by the projected inner product (fewer when fewer rows share a list probed)."""
+    def top(self, idx, q: np.ndarray, keep: int, nprobe: int, refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, BC)`` of the ``keep`` rows of best exact BC among the ``refine x keep`` the IVF ranks
+        first by the projected inner product (fewer when fewer rows share a list probed); with
+        ``refine`` 1 (``ANN_REFINE``) the IVF's first ``keep`` and their projected inner products."""
+        refine = ANN_REFINE if refine is None else refine
         qx = (q[:-1][:len(self.basis)] @ self.basis).astype(np.float32)[None, :]
         self.index.nprobe = int(max(1, min(nprobe, self.index.nlist)))
         want = int(min(max(refine, 1) * keep, len(self.ids)))
-        _, got = self.index.search(qx, want)
+        dist, got = self.index.search(qx, want)
         rows = got[0][got[0] >= 0]
+        if refine <= 1:
+            return rows, dist[0][got[0] >= 0].astype(np.float64)
         pos, col, val = _cells(idx, rows)
         b = np.bincount(pos, weights=val * q[col], minlength=len(rows))
         if len(rows) > keep:

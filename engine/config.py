@@ -109,7 +109,7 @@ class SketchConfig:
     # two-level from coarse.ANN_MIN_ENTRIES (20k) entries: level 1 probes this many lists of a FAISS IVF
     # over projected level-1 vectors (indexes/level1.faiss), then re-ranks by exact BC; 0: level 1 ranks
     # every entry exactly (linear in the hub; bench/SUMMARY.md states the trade-off)
-    shortlist_nprobe: int = 16
+    shortlist_nprobe: int = 64
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,

@@ -26,6 +26,7 @@ METHODS = ("adaptivity", "js", "exact-js", "l2")
 def small_ann(monkeypatch):
     """The IVF from the first entry (production: ANN_MIN_ENTRIES), and a count of its builds."""
     monkeypatch.setattr(C, "ANN_MIN_ENTRIES", 1)
+    monkeypatch.setattr(C, "ANN_REFINE", 2)         # the exact re-rank (the tests' equality rests on it)
     builds = []
     real = C.Level1Ann.build.__func__
 
@@ -66,9 +67,15 @@ def test_ivf_probing_every_list_equals_the_exact_level1(tmp_path, rng, small_ann
             assert len(rows) == keep and len(set(rows.tolist())) == keep
             np.testing.assert_allclose(b, exact[rows], rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(np.sort(b)[::-1], np.sort(exact)[::-1][:keep], rtol=1e-5, atol=1e-6)
-            rows, b = ann.top(idx, qv, keep, nprobe=1, refine=1)
+            rows, b = ann.top(idx, qv, keep, nprobe=1, refine=2)
             assert 0 < len(rows) <= keep
             np.testing.assert_allclose(b, exact[rows], rtol=1e-5, atol=1e-6)
+            # no re-rank: the IVF's first rows and their projected inner products
+            rows, b = ann.top(idx, qv, keep, nprobe=ann.index.nlist, refine=1)
+            proj = ann.project(idx, np.arange(n)) @ (qv[:-1] @ ann.basis)
+            assert len(rows) == keep
+            np.testing.assert_allclose(b, proj[rows], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(np.sort(b)[::-1], np.sort(proj)[::-1][:keep], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("n", [0, 1])
