@@ -21,8 +21,11 @@ recall@10 against the exact screen of every entry, per method, is measured by
 ``python -m bench.bench_shortlist --two-level`` (bench/SUMMARY.md) and stated by ``explain``
 (``MEASURED_RECALL``, at the default); it is *not* held by construction as the exact screen's is.
 
-Nothing is stored: the level-1 matrix is derived from the screen index in memory (rebuilt when the
-index changes) and costs ~8 bytes per stored cell.
+The exact level-1 matrix is derived from the screen index in memory (rebuilt when the index changes)
+and costs ~8 bytes per stored cell. From ``ANN_MIN_ENTRIES`` entries level 1 is instead a FAISS IVF over
+a 64-dim projection of the same rows, re-ranked by exact BC (``Level1Ann``, below: sublinear in the hub;
+``shortlist_nprobe`` chooses the lists probed, 0 the exact level 1), persisted beside the hub as
+``indexes/level1.faiss`` + ``level1.msgpack`` and rebuilt when it does not serve the hub.
 """
 from __future__ import annotations
 
@@ -41,6 +44,19 @@ COARSE_DEFAULT = 8   # config.shortlist_coarse: level 1 keeps this many x shortl
 # shortlist_coarse=1, none from 4); stated here as held out on the MNIST-5k pool zoo at 10k (12-15
 # queries each): exact-js / l2 / adaptivity 1.000, js 0.992 (its top 10 lay as deep as BC rank 2,115)
 MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "l2": 1.0, "js": 0.99, "adaptivity": 1.0}
+
+# level 1 by the IVF (``Level1Ann``, below; used from ANN_MIN_ENTRIES entries)
+ANN_FORMAT = 1
+ANN_MIN_ENTRIES = 20_000   # below: the exact product (~20-40 ms CPU at 10k-30k, bench/SUMMARY.md)
+ANN_DIM = 64               # projection width
+ANN_REFINE = 1             # > 1: the IVF hands refine x keep rows to an exact BC re-rank (1: none; level 2
+                           # is exact: the re-rank costs ~30-60 ms CPU for 4,096 rows, bench/SUMMARY.md)
+NPROBE_DEFAULT = 64        # config.shortlist_nprobe: IVF lists probed (0: level 1 exact); chosen on 1M synthetic
+ANN_FIT_ROWS = 20_000      # rows the basis and the IVF's k-means are fitted on (evenly spaced)
+ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a file is read
+# recall@10 of the stage with the IVF level 1 at NPROBE_DEFAULT against the exact screen of every entry
+# (bench.bench_scale_level1; bench/SUMMARY.md); filled from the measurement, stated by ``describe``
+ANN_MEASURED_RECALL: dict[str, float] = {}
 
 _MATRIX = weakref.WeakKeyDictionary()   # ScreenIndex -> (its state, the level-1 CSR matrix)
 
@@ -140,12 +156,26 @@ def _ranges(lo: np.ndarray, end: int, sel: np.ndarray) -> tuple[np.ndarray, np.n
     return np.repeat(a - first, cnt) + np.arange(total), cnt
 
 
-def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_small=None) -> tuple[dict, dict]:
+def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_small=None, ann=None,
+           nprobe: int = NPROBE_DEFAULT) -> tuple[dict, dict]:
     """``(screen, info)``: the method's screen (ScreenIndex.scores) of the ``keep`` entries of best
     BC (ties at the cut included), and what level 1 did (``info``: entries ranked, kept, the BC
-    range kept)."""
+    range kept). ``ann``: the hub's Level1Ann of ``idx`` (``level1``): with ``nprobe`` > 0 level 1
+    takes the ``keep`` of best exact BC among those its IVF ranks first instead of ranking every
+    entry (``info["ann"]``: lists probed, rows re-ranked)."""
     with idx.lock:
         n = idx.ids.n
+        if ann is not None and nprobe > 0 and len(ann) == n and keep < n:
+            q = query_vector(idx, target, seed)
+            rows, b = ann.top(idx, q, keep, nprobe)
+            if ANN_REFINE > 1:
+                rows, b = rows[b > 0], b[b > 0]
+            if len(rows) >= keep:      # else few entries share a cell with the query: the exact level below
+                info = {"ranked": n, "live": n, "coarse_kept": int(len(rows)),
+                        "bc_cut": float(b.min()) / max(target.n_features, 1),
+                        "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
+                                "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
+                return subset(idx, np.sort(rows))._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
         if len(live) < min(keep, n):
@@ -171,11 +201,268 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
         return (f"; two-level: only {info['live']} of {info['ranked']} entries share a cell with the query, "
                 f"fewer than {coarse} x shortlist: every entry was screened exactly (the recall above holds)"), 1.0
     rec = MEASURED_RECALL.get(method) if coarse >= COARSE_DEFAULT else None
-    t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
-         f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
-         f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 screened those "
-         "(the recall above is among them)")
+    a = info.get("ann")
+    if a:
+        ra = ANN_MEASURED_RECALL.get(method)
+        rec = None if rec is None or ra is None or a["nprobe"] < NPROBE_DEFAULT else min(rec, ra)
+        t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
+             f"distributions of {info['ranked']} entries, "
+             + (f"re-ranked the first {a['reranked']} by their exact Bhattacharyya coefficient" if a["reranked"]
+                else "ranked by their projected Bhattacharyya coefficient")
+             + f" and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 "
+             "screened those (the recall above is among them)")
+    else:
+        t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
+             f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
+             f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 screened those "
+             "(the recall above is among them)")
     t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT} "
           "(bench.bench_shortlist --two-level)" if rec is not None else
           "; recall not measured at this shortlist_coarse")
     return t, rec
+
+
+# ---------------------------------------------------------------------- level 1 made sublinear
+# Level 1 above is one pass over every stored cell: ~85 ms CPU at 100k entries of 64 columns, linear
+# in the hub. ``Level1Ann`` ranks instead by a FAISS IVF (inner product) over a dense projection of the
+# same ``sqrt(p)`` rows: ``x = basis^T sqrt(p)`` with ``basis`` the top ``ANN_DIM`` right singular
+# vectors of a sample of the rows (a zoo of similar entries spans few directions: class mixtures), so
+# ``<x_s, x_t>`` approximates BC(s, t). The IVF returns ``ANN_REFINE x keep`` rows by that estimate
+# and they are re-ranked by their exact BC (their own cells only), of which level 1 keeps ``keep``.
+# The recall of the stage against the exact screen of every entry is measured, not held
+# (``python -m bench.bench_scale_level1``; bench/SUMMARY.md). Below ``ANN_MIN_ENTRIES`` entries, with
+# ``shortlist_nprobe=0``, or when no index fits the screen index, level 1 is the exact product above.
+#
+# The index is derived data, kept beside the hub as ``indexes/level1.faiss`` + ``level1.msgpack``
+# (engine/faiss_files.py: size and CRC-32 of the index file in the sidecar). The sidecar records
+# ``ANN_FORMAT``, the hub's identity and parameters, the entry ids the index's rows stand for (their
+# count and CRC-32), the coordinates the basis knows (count and CRC-32 of their keys) and the basis
+# itself; a file of another format, hub, parameters, rows or coordinates, or whose index is not an
+# IVF over exactly its rows, or whose vectors are not the projection of its rows (checked on a sample
+# of rows), is not used: rebuilt from the screen index. A file whose rows are a prefix of the screen
+# index's is brought forward (the new rows projected and added); after a removal it is rebuilt.
+
+_ANN = weakref.WeakKeyDictionary()   # ScreenIndex -> Level1Ann
+
+
+def _nlist(n: int) -> int:
+    """IVF lists for ``n`` rows: ~sqrt(n), at least 39 training rows a list (FAISS's floor)."""
+    return int(max(1, min(4096, int(np.sqrt(max(n, 1))), n // 39)))
+
+
+def _cells(idx, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(row position within rows, coordinate, sqrt(p))`` of every stored cell of ``idx``'s rows."""
+    fi_sel, fi_cnt = _ranges(idx._f_lo.v, idx._fi_row.n, rows)
+    z_sel, z_cnt = _ranges(idx._fi_lo.v, idx._col.n, fi_sel)
+    cz = np.concatenate([[0], np.cumsum(z_cnt)])
+    cf = np.concatenate([[0], np.cumsum(fi_cnt)])
+    per_row = cz[cf[1:]] - cz[cf[:-1]]
+    pos = np.repeat(np.arange(len(rows)), per_row)
+    return pos, idx._col.v[z_sel], np.sqrt(idx._p.v[z_sel])
+
+
+def _csr(pos, col, val, shape) -> sparse.csr_matrix:
+    """The CSR of cells already grouped by row (``pos`` non-decreasing): no sort, no COO pass."""
+    indptr = np.searchsorted(pos, np.arange(shape[0] + 1)).astype(np.int64)
+    return sparse.csr_matrix((val, col, indptr), shape=shape)
+
+
+def _coord_keys(idx, n_coords: int) -> np.ndarray:
+    """The keys of coordinate ids ``0..n_coords-1`` of ``idx``, in id order."""
+    keys = np.empty(len(idx._coords), dtype=np.int64)
+    keys[idx._coords.ids] = idx._coords.keys
+    return keys[:n_coords]
+
+
+def _crc(a: np.ndarray) -> int:
+    import zlib
+    return zlib.crc32(np.ascontiguousarray(a).tobytes())
+
+
+class Level1Ann:
+    """The IVF over the projected level-1 rows of one ScreenIndex (rows ``0..n-1``, ids in its order)."""
+
+    def __init__(self, basis: np.ndarray, index, ids: np.ndarray, coord_keys: np.ndarray):
+        self.basis = np.ascontiguousarray(basis, dtype=np.float32)   # (n_coords, ANN_DIM)
+        self.index = index
+        self.ids = np.asarray(ids, dtype=np.int64)                   # the entry ids of the rows indexed
+        self.coord_keys = np.asarray(coord_keys, dtype=np.int64)     # the coordinates the basis knows
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -------------------------------------------------------------- building
+    @classmethod
+    def build(cls, idx, dim: int = ANN_DIM, fit_rows: int = ANN_FIT_ROWS) -> "Level1Ann":
+        import faiss
+        from scipy.sparse.linalg import svds
+
+        n, c = idx.ids.n, len(idx._coords)
+        fit = np.unique(np.linspace(0, n - 1, min(n, fit_rows)).astype(np.int64)) if n else np.zeros(0, np.int64)
+        pos, col, val = _cells(idx, fit)
+        a = _csr(pos, col, val.astype(np.float64), (len(fit), max(c, 1)))
+        k = min(dim, min(a.shape) - 1)
+        basis = np.zeros((c, dim), dtype=np.float32)
+        if c and c <= 4096 and a.shape[0] * c <= 1 << 26:   # top eigenvectors of the Gram matrix (dense)
+            d = a.toarray()
+            _, v = np.linalg.eigh(d.T @ d)
+            k = min(dim, c)
+            basis[:, :k] = v[:, ::-1][:, :k]
+        elif k >= 1:
+            rng = np.random.default_rng(0)
+            _, s, vt = svds(a, k=k, v0=rng.standard_normal(min(a.shape)))
+            basis[:, :k] = vt[np.argsort(-s)].T[:c]
+        ann = cls(basis, None, np.zeros(0, np.int64), _coord_keys(idx, c))
+        x = ann.project(idx, np.arange(n, dtype=np.int64))
+        nlist = _nlist(n)
+        quant = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quant, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 0
+        index.cp.min_points_per_centroid = 1          # nlist <= n / 39 already; no warning for tiny hubs
+        index.train(x[fit] if len(fit) >= nlist else x)
+        index.add_with_ids(x, np.arange(n, dtype=np.int64))
+        ann.index, ann.ids = index, idx.ids.v.copy()
+        return ann
+
+    def project(self, idx, rows: np.ndarray, block: int = 50_000) -> np.ndarray:
+        """``(len(rows), dim)`` float32: the projection of ``idx``'s rows (coordinates the basis does
+        not know count 0)."""
+        out = np.zeros((len(rows), self.basis.shape[1]), dtype=np.float32)
+        ext = np.vstack([self.basis, np.zeros((1, self.basis.shape[1]), np.float32)])
+        for lo in range(0, len(rows), block):
+            pos, col, val = _cells(idx, rows[lo:lo + block])
+            col = np.where(col < len(self.basis), col, len(self.basis))
+            m = _csr(pos, col, val.astype(np.float32), (min(block, len(rows) - lo), len(ext)))
+            out[lo:lo + block] = m @ ext
+        return out
+
+    def fits(self, idx) -> bool:
+        """Whether the index's rows are ``idx``'s first rows (equal, or a prefix to be brought forward)
+        and its basis's coordinates are ``idx``'s first coordinates."""
+        n = len(self.ids)
+        return (n <= idx.ids.n and np.array_equal(self.ids, idx.ids.v[:n])
+                and len(self.coord_keys) <= len(idx._coords)
+                and np.array_equal(self.coord_keys, _coord_keys(idx, len(self.coord_keys))))
+
+    def extend(self, idx) -> int:
+        """Add ``idx``'s rows after those indexed (``fits`` must hold); how many were added."""
+        n0, n = len(self.ids), idx.ids.n
+        if n > n0:
+            rows = np.arange(n0, n, dtype=np.int64)
+            self.index.add_with_ids(self.project(idx, rows), rows)
+            self.ids = idx.ids.v.copy()
+        return n - n0
+
+    # -------------------------------------------------------------- searching
+    def top(self, idx, q: np.ndarray, keep: int, nprobe: int, refine: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, BC)`` of the ``keep`` rows of best exact BC among the ``refine x keep`` the IVF ranks
+        first by the projected inner product (fewer when fewer rows share a list probed); with
+        ``refine`` 1 (``ANN_REFINE``) the IVF's first ``keep`` and their projected inner products."""
+        refine = ANN_REFINE if refine is None else refine
+        qx = (q[:-1][:len(self.basis)] @ self.basis).astype(np.float32)[None, :]
+        self.index.nprobe = int(max(1, min(nprobe, self.index.nlist)))
+        want = int(min(max(refine, 1) * keep, len(self.ids)))
+        dist, got = self.index.search(qx, want)
+        rows = got[0][got[0] >= 0]
+        if refine <= 1:
+            return rows, dist[0][got[0] >= 0].astype(np.float64)
+        pos, col, val = _cells(idx, rows)
+        b = np.bincount(pos, weights=val * q[col], minlength=len(rows))
+        if len(rows) > keep:
+            sel = np.argpartition(-b, keep - 1)[:keep]
+            rows, b = rows[sel], b[sel]
+        return rows, b
+
+    # -------------------------------------------------------------- persistence
+    def meta(self, ident: dict) -> dict:
+        return {"v": ANN_FORMAT, **ident, "entries": len(self.ids), "ids_crc": _crc(self.ids),
+                "ids": self.ids, "coords": len(self.coord_keys), "coords_crc": _crc(self.coord_keys),
+                "coord_keys": self.coord_keys, "basis": self.basis}
+
+    @classmethod
+    def decode(cls, index, meta: dict, idx) -> "Level1Ann | None":
+        """The object a file holds, or None when it does not serve ``idx`` (see the section's notes)."""
+        import faiss
+
+        ids, keys, basis = meta.get("ids"), meta.get("coord_keys"), meta.get("basis")
+        if not (isinstance(ids, np.ndarray) and ids.dtype == np.int64 and ids.ndim == 1
+                and isinstance(keys, np.ndarray) and keys.dtype == np.int64 and keys.ndim == 1
+                and isinstance(basis, np.ndarray) and basis.dtype == np.float32
+                and basis.shape == (len(keys), ANN_DIM) and bool(np.isfinite(basis).all())):
+            return None
+        if meta.get("entries") != len(ids) or meta.get("ids_crc") != _crc(ids) or \
+                meta.get("coords") != len(keys) or meta.get("coords_crc") != _crc(keys):
+            return None
+        if not (isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
+                and index.d == ANN_DIM and index.ntotal == len(ids)):
+            return None
+        ann = cls(basis, index, ids, keys)
+        if not ann.fits(idx) or not _holds_rows(index, len(ids)):
+            return None
+        n = len(ids)
+        if n:
+            rows = np.unique(np.random.default_rng(n).integers(0, n, min(n, ANN_CHECK_ROWS)))
+            if not np.allclose(_stored(index, rows), ann.project(idx, rows), atol=1e-5):
+                return None
+        return ann
+
+
+def _holds_rows(index, n: int) -> bool:
+    """Whether the IVF's lists hold every row ``0..n-1`` exactly once, under its row as id."""
+    import faiss
+
+    seen = np.zeros(n, dtype=np.int64)
+    il = index.invlists
+    for lst in range(index.nlist):
+        sz = int(il.list_size(lst))
+        if sz:
+            ids = faiss.rev_swig_ptr(il.get_ids(lst), sz)
+            if ids.min() < 0 or ids.max() >= n:
+                return False
+            np.add.at(seen, ids, 1)
+    return bool(np.all(seen == 1))
+
+
+def _stored(index, rows: np.ndarray) -> np.ndarray:
+    """The vectors the IVF stores under ids ``rows``."""
+    import faiss
+
+    out = np.full((len(rows), index.d), np.nan, dtype=np.float32)
+    where = {int(r): i for i, r in enumerate(rows)}
+    il = index.invlists
+    for lst in range(index.nlist):
+        sz = int(il.list_size(lst))
+        if not sz:
+            continue
+        ids = faiss.rev_swig_ptr(il.get_ids(lst), sz)
+        hit = np.flatnonzero(np.isin(ids, rows))
+        if len(hit):
+            codes = faiss.rev_swig_ptr(il.get_codes(lst), sz * index.code_size).view(np.float32).reshape(sz, index.d)
+            for h in hit:
+                out[where[int(ids[h])]] = codes[h]
+    return out
+
+
+def level1(idx, *, load=None, save=None) -> "Level1Ann | None":
+    """The level-1 IVF of ``idx`` brought to its rows, or None below ``ANN_MIN_ENTRIES`` entries.
+
+    ``load()``: a Level1Ann read from the hub's files (None when there is none that serves), tried
+    once per index; ``save(ann)``: writes it (after a build, or after bringing forward >= 5% rows)."""
+    with idx.lock:
+        if idx.ids.n < max(ANN_MIN_ENTRIES, 1):
+            return None
+        ann = _ANN.get(idx)
+        if ann is None and load is not None:
+            ann = load()
+        if ann is not None and not ann.fits(idx):
+            ann = None
+        changed = 0
+        if ann is None:
+            ann = Level1Ann.build(idx)
+            changed = len(ann)
+        else:
+            changed = ann.extend(idx)
+        _ANN[idx] = ann
+        if save is not None and changed and (changed == len(ann) or changed >= 0.05 * len(ann)):
+            save(ann)
+        return ann

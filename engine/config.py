@@ -106,6 +106,10 @@ class SketchConfig:
     # dataset-level distributions (one sparse product), the method's own screen over the best
     # shortlist_coarse x shortlist; larger: recall closer to "exact", slower (bench/SUMMARY.md)
     shortlist_coarse: int = 8
+    # two-level from coarse.ANN_MIN_ENTRIES (20k) entries: level 1 probes this many lists of a FAISS IVF
+    # over projected level-1 vectors (indexes/level1.faiss), then re-ranks by exact BC; 0: level 1 ranks
+    # every entry exactly (linear in the hub; bench/SUMMARY.md states the trade-off)
+    shortlist_nprobe: int = 64
 
     def __post_init__(self):
         _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", self.seed,
@@ -156,6 +160,9 @@ class SketchConfig:
         _check(isinstance(self.shortlist_coarse, int) and not isinstance(self.shortlist_coarse, bool)
                and 1 <= self.shortlist_coarse <= 1 << 20, "shortlist_coarse", self.shortlist_coarse,
                "an integer in [1, 2^20]")
+        _check(isinstance(self.shortlist_nprobe, int) and not isinstance(self.shortlist_nprobe, bool)
+               and 0 <= self.shortlist_nprobe <= 1 << 16, "shortlist_nprobe", self.shortlist_nprobe,
+               "an integer in [0, 65536] (0: level 1 exact)")
         _check(self.match in ("containment", "jaccard"), "match", self.match,
                "'containment' or 'jaccard'")
         _check(isinstance(self.accuracy_temperature, (int, float)) and not isinstance(self.accuracy_temperature, bool)
@@ -200,6 +207,7 @@ class SketchConfig:
 QUERY_PARAMS = ("feature_threshold", "overlap_threshold", "match", "jslsh_r", "jslsh_k", "jslsh_l",
                 "coverage_tau", "coverage_fallback", "coverage_space", "simex_loss", "simex_normalize", "simex_relative", "simex_score",
                 "shortlist", "accuracy_temperature", "accuracy_bootstrap", "shortlist_screen", "shortlist_coarse",
+                "shortlist_nprobe",
                 "query_min_partitions",
                 "query_partition_rows", "small_query_jslsh_l", "small_query_jslsh_r", "coverage_score",
                 "coverage_resolution", "coverage_rho")

@@ -29,6 +29,8 @@ import os
 import faiss
 import numpy as np
 
+from . import coarse as _coarse
+from . import faiss_files as _faiss_files
 from . import profiles as _profiles
 from . import screen as _screen
 from .growable import Grow
@@ -91,6 +93,9 @@ class SearchIndexes:
             idx.build()
             if self._screen is not None:
                 self._maybe_save("screen", store, self._screen, force=True)
+                root = getattr(store, "path", None)      # a level-1 IVF file (two-level stage): read it now
+                if root is not None and os.path.exists(_faiss_files.paths(root, "level1")[1]):
+                    self.level1(store)
         self._maybe_save("profiles", store, idx, force=build_index)
         return idx
 
@@ -120,6 +125,30 @@ class SearchIndexes:
                     self._count("screen", before, idx.ids.v)
         self._maybe_save("screen", store, idx)
         return idx
+
+    def level1(self, store):
+        """The two-level stage's level-1 IVF (engine/coarse.py ``Level1Ann``) over the synced screen
+        index, read from ``<hub>/indexes/level1.faiss`` when that file serves this hub and index, else
+        built (and written); None below ``coarse.ANN_MIN_ENTRIES`` entries."""
+        idx = self.screen(store)
+        root = getattr(store, "path", None)
+        if root is None:
+            return _coarse.level1(idx)
+        fpath, mpath = _faiss_files.paths(root, "level1")
+
+        def ident() -> dict:
+            with store.read() as txn:
+                return {"hub": self._hub_identity(txn), "params": self._params()}
+
+        want = ident()
+
+        def load():
+            return _faiss_files.load(fpath, mpath, fmt=_coarse.ANN_FORMAT,
+                                     accept=lambda m: m.get("hub") == want["hub"] and m.get("params") == want["params"],
+                                     decode=lambda index, meta: _coarse.Level1Ann.decode(index, meta, idx))
+
+        return _coarse.level1(idx, load=load,
+                              save=lambda ann: _faiss_files.save(fpath, mpath, ann.index, ann.meta(want)))
 
     # ------------------------------------------------------------------ persistence
     @staticmethod

@@ -219,7 +219,8 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                                        device=hub.device))
         if cfg.shortlist_screen == "two-level":   # the screen over the entries of best BC (engine/coarse.py)
             scr, coarse = _coarse.scores(idx, target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys,
-                                         keep=cfg.shortlist_coarse * cfg.shortlist)
+                                         keep=cfg.shortlist_coarse * cfg.shortlist, nprobe=cfg.shortlist_nprobe,
+                                         ann=hub._indexes.level1(hub.store) if cfg.shortlist_nprobe else None)
         else:
             scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys)
         ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)

@@ -1,0 +1,224 @@
+"""The two-level stage's level 1 by a FAISS IVF (engine/coarse.py ``Level1Ann``, persisted by
+engine/indexes.py as ``indexes/level1.faiss`` + ``level1.msgpack``): against the exact level 1 (the
+Bhattacharyya coefficient of every entry) on fresh random hubs of odd sizes, one entry and none;
+the file read, brought forward after adds, rebuilt after a removal; a corrupt, version-mismatched,
+tampered or foreign file never trusted (rebuilt, and the answer is the exact level 1's)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import fitsketch
+from fitsketch import coarse as C
+from fitsketch import faiss_files
+from fitsketch.storage import pack, unpack
+
+from test_coarse import _hub_items
+from test_shortlist import _classes, _mixture
+
+METHODS = ("adaptivity", "js", "exact-js", "l2")
+
+
+@pytest.fixture
+def small_ann(monkeypatch):
+    """The IVF from the first entry (production: ANN_MIN_ENTRIES), and a count of its builds."""
+    monkeypatch.setattr(C, "ANN_MIN_ENTRIES", 1)
+    monkeypatch.setattr(C, "ANN_REFINE", 2)         # the exact re-rank (the tests' equality rests on it)
+    builds = []
+    real = C.Level1Ann.build.__func__
+
+    def counted(cls, idx, *a, **k):
+        builds.append(idx.ids.n)
+        return real(cls, idx, *a, **k)
+
+    monkeypatch.setattr(C.Level1Ann, "build", classmethod(counted))
+    return builds
+
+
+def _hub(path, rng, n, cfg):
+    pools = _classes(rng)
+    hub = fitsketch.open(path, config=cfg)
+    items = _hub_items(rng, cfg, pools, n)
+    hub.add_sketches(items[:max(n, 0)] if n <= 1 else items)
+    return hub, pools
+
+
+def test_ivf_probing_every_list_equals_the_exact_level1(tmp_path, rng, small_ann):
+    """With every list probed and refine x keep >= the entries, the IVF's kept rows are the exact
+    BC top ``keep`` (ties at the cut aside: the kept BC values equal the exact top values) and the BC
+    it returns is the exact one (1e-5), for keep 1, an odd middle value and all but one; with fewer
+    lists probed the BC of what it returns is still exact."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    n_items = int(rng.integers(5, 16)) * 2 + 1
+    hub, pools = _hub(tmp_path / "h.hub", rng, n_items, cfg)
+    with hub:
+        idx = hub._synced_screen()
+        ann = C.Level1Ann.build(idx)
+        n = len(idx)
+        assert len(ann) == n and ann.index.ntotal == n
+        q = fitsketch.sketch_data(_mixture(pools, rng.integers(20, 120, 4)), cfg)
+        qv = C.query_vector(idx, q, cfg.seed)
+        exact = C.bc(idx, q, cfg.seed)
+        for keep in sorted({1, int(rng.integers(2, n - 1)) | 1, n - 1}):
+            rows, b = ann.top(idx, qv, keep, nprobe=ann.index.nlist, refine=n)
+            assert len(rows) == keep and len(set(rows.tolist())) == keep
+            np.testing.assert_allclose(b, exact[rows], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.sort(b)[::-1], np.sort(exact)[::-1][:keep], rtol=1e-5, atol=1e-6)
+            rows, b = ann.top(idx, qv, keep, nprobe=1, refine=2)
+            assert 0 < len(rows) <= keep
+            np.testing.assert_allclose(b, exact[rows], rtol=1e-5, atol=1e-6)
+            # no re-rank: the IVF's first rows and their projected inner products
+            rows, b = ann.top(idx, qv, keep, nprobe=ann.index.nlist, refine=1)
+            proj = ann.project(idx, np.arange(n)) @ (qv[:-1] @ ann.basis)
+            assert len(rows) == keep
+            np.testing.assert_allclose(b, proj[rows], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(np.sort(b)[::-1], np.sort(proj)[::-1][:keep], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_empty_and_one_entry(tmp_path, rng, small_ann, n):
+    """No entry: no IVF (level 1 has nothing to rank). One entry: the IVF holds it and the search
+    finds it, as the exact level 1 does."""
+    cfg = fitsketch.SketchConfig(shortlist=1, partition_size=20, shortlist_screen="two-level")
+    pools = _classes(rng)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        if n:
+            hub.add_sketch("only", fitsketch.sketch_data(_mixture(pools, rng.integers(5, 100, 4)), cfg))
+        idx = hub._synced_screen()
+        ann = C.level1(idx)
+        assert (ann is None) == (n == 0)
+        if n:
+            rows, b = ann.top(idx, C.query_vector(idx, fitsketch.sketch_data(_mixture(pools, [30, 30, 30, 30]), cfg),
+                                                  cfg.seed), 1, nprobe=1)
+            assert list(rows) == [0] and b[0] > 0
+        q = _mixture(pools, rng.integers(20, 80, 4))
+        assert [m.name for m in hub.search(q, k=3, method="exact-js")] == (["only"] if n else [])
+
+
+def test_search_through_the_ivf_equals_the_exact_level1(tmp_path, rng, small_ann):
+    """Every method: a search whose IVF probes every list and re-ranks every entry equals the search
+    with the exact level 1 (``shortlist_nprobe=0``); explain says which level 1 ran."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    hub, pools = _hub(tmp_path / "h.hub", rng, int(rng.integers(10, 20)), cfg)
+    with hub:
+        for method in METHODS:
+            q = _mixture(pools, rng.integers(20, 120, 4))
+            # level 1 keeps 2 x coarse < n, and the IVF hands every entry to the exact re-rank
+            a = [(m.name, m.score) for m in hub.search(q, k=5, method=method, shortlist_screen="two-level",
+                                                          shortlist_coarse=_coarse(hub), shortlist_nprobe=4096)]
+            b = [(m.name, m.score) for m in hub.search(q, k=5, method=method, shortlist_screen="two-level",
+                                                          shortlist_coarse=_coarse(hub), shortlist_nprobe=0)]
+            assert a and a == b, method
+            st = next(s for s in hub.explain(q, k=5, method=method, shortlist_screen="two-level",
+                                             shortlist_coarse=_coarse(hub), shortlist_nprobe=4096).stages
+                      if s.name == "shortlist")
+            assert "IVF lists" in st.detail and f"re-ranked the first {len(hub)} " in st.detail, st.detail
+            st = next(s for s in hub.explain(q, k=5, method=method, shortlist_screen="two-level", shortlist_coarse=2,
+                                             shortlist_nprobe=0).stages if s.name == "shortlist")
+            assert "IVF" not in st.detail and "level 1 ranked" in st.detail, st.detail
+    with pytest.raises(fitsketch.errors.InvalidArgumentError):
+        fitsketch.SketchConfig(shortlist_nprobe=-1)
+
+
+def _coarse(hub) -> int:
+    """shortlist_coarse for shortlist 2 such that level 1 keeps fewer than every entry (the IVF runs)
+    and the IVF hands every entry to the exact re-rank (ANN_REFINE x keep >= entries)."""
+    return -(-len(hub) // 4)
+
+
+def _search(hub, q):
+    return [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js", shortlist_screen="two-level",
+                                                     shortlist_coarse=_coarse(hub))]
+
+
+def _exact(hub, q):
+    return [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js", shortlist_screen="two-level",
+                                                     shortlist_coarse=_coarse(hub), shortlist_nprobe=0)]
+
+
+def test_file_read_brought_forward_and_rebuilt_after_removal(tmp_path, rng, small_ann):
+    """The first two-level search builds the IVF and writes it; a reopened hub reads it (no build);
+    adds bring it forward (no build; the file then serves the larger hub); a removal rebuilds it.
+    Each search equals the exact level 1's when every list is probed."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20, shortlist_nprobe=4096)
+    path = tmp_path / "h.hub"
+    hub, pools = _hub(path, rng, int(rng.integers(8, 14)), cfg)
+    q = _mixture(pools, rng.integers(20, 120, 4))
+    with hub:
+        got = _search(hub, q)
+        assert small_ann == [len(hub)] and got == _exact(hub, q)
+    fpath, mpath = faiss_files.paths(str(path), "level1")
+    assert os.path.exists(fpath) and os.path.exists(mpath)
+    with fitsketch.open(path, config=cfg) as hub:
+        hub.warm()                                              # reads the file it finds
+        assert small_ann == [len(hub)] and _search(hub, q) == got
+        for i in range(int(rng.integers(1, 4))):
+            hub.add_sketch(f"new{i}", fitsketch.sketch_data(_mixture(pools, rng.integers(5, 100, 4)), cfg))
+        assert _search(hub, q) == _exact(hub, q) and len(small_ann) == 1
+        hub.remove("m0")
+        assert _search(hub, q) == _exact(hub, q) and small_ann[1:] == [len(hub)]
+
+
+def _tamper_sidecar(mpath, **change):
+    with open(mpath, "rb") as f:
+        meta = unpack(f.read())
+    meta.update(change)
+    with open(mpath, "wb") as f:
+        f.write(pack(meta))
+
+
+@pytest.mark.parametrize("how", ["version", "garbage_sidecar", "index_bytes", "basis", "ids", "other_hub",
+                                 "params"])
+def test_a_bad_file_is_rebuilt_never_trusted(tmp_path, rng, small_ann, how):
+    """A file of another format version, an unreadable sidecar, an index file that is not the one
+    its sidecar was saved with, a tampered basis or row ids (their checks fail), the files of another
+    hub with the same entry count, or of other hub parameters: not used -- the IVF is rebuilt (one
+    build), the answer is the exact level 1's, and a valid file is written again."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20, shortlist_nprobe=4096)
+    n = int(rng.integers(8, 14))
+    path = tmp_path / "h.hub"
+    hub, pools = _hub(path, rng, n, cfg)
+    q = _mixture(pools, rng.integers(20, 120, 4))
+    with hub:
+        want = _search(hub, q)
+    fpath, mpath = faiss_files.paths(str(path), "level1")
+    with open(mpath, "rb") as f:
+        meta = unpack(f.read())
+    if how == "version":
+        _tamper_sidecar(mpath, v=C.ANN_FORMAT + 1)
+    elif how == "garbage_sidecar":
+        with open(mpath, "wb") as f:
+            f.write(rng.bytes(int(rng.integers(1, 300))))
+    elif how == "index_bytes":
+        raw = bytearray(open(fpath, "rb").read())
+        pos = int(rng.integers(len(raw)))
+        raw[pos] ^= 1 << int(rng.integers(8))
+        open(fpath, "wb").write(bytes(raw))
+    elif how == "basis":
+        b = meta["basis"].copy()
+        b[int(rng.integers(len(b))), int(rng.integers(b.shape[1]))] += 0.5
+        _tamper_sidecar(mpath, basis=b)
+    elif how == "ids":
+        ids = meta["ids"].copy()
+        ids[-1] += 1000                                 # the count and CRC recomputed: only the rows differ
+        _tamper_sidecar(mpath, ids=ids, ids_crc=C._crc(ids))
+    elif how == "other_hub":
+        other, _ = _hub(tmp_path / "o.hub", rng, n, cfg)
+        with other:
+            _search(other, q)
+        ofp, omp = faiss_files.paths(str(tmp_path / "o.hub"), "level1")
+        shutil.copy(ofp, fpath)
+        shutil.copy(omp, mpath)
+        small_ann.clear()
+        small_ann.append(-1)
+    elif how == "params":
+        _tamper_sidecar(mpath, params={**meta["params"], "seed": meta["params"]["seed"] + 1})
+    builds = len(small_ann)
+    with fitsketch.open(path, config=cfg) as hub:
+        assert _search(hub, q) == want == _exact(hub, q)
+        assert len(small_ann) == builds + 1, how
+    with fitsketch.open(path, config=cfg) as hub:     # the rebuilt file serves
+        assert _search(hub, q) == want and len(small_ann) == builds + 1
