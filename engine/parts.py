@@ -249,7 +249,8 @@ class Screen(Part):
 
 
 class Bands(Part):
-    """The LSH band postings of the entry's non-empty features: (band key) -> (entry id, feature)."""
+    """The LSH band postings of the entry's non-empty features: (band key) -> (entry id, feature),
+    one per distinct key of the entry (``_postings``)."""
     name = "bands"
 
     def prepare(self, new, config, device):
