@@ -13,7 +13,7 @@ and the pages in use per entry, each database's pages and the ``extra`` records 
 histograms, signatures and coverage record (a query's per-candidate reads). Checked in the same
 run: every record decodes to the same values in both hubs, and every method's top 10 are equal.
 
-``python -m bench size [--quick]`` (quick: 12 real, 60 merged entries; full: 100 and 300)."""
+``python -m bench size [--quick]`` (quick: 8 real, 40 merged entries; full: 100 and 300)."""
 from __future__ import annotations
 
 import shutil
@@ -160,7 +160,7 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
     from .scale import db_bytes
 
     ctx = H.context("cpu", quick)
-    sizes = {"real": 12 if quick else 100, "merged": 60 if quick else 300}
+    sizes = {"real": 8 if quick else 100, "merged": 40 if quick else 300}
     rows, tables = [], {}
     rng = np.random.default_rng(seed + 1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_size_"))
