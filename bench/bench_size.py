@@ -1,6 +1,8 @@
-"""Bytes per entry (issue 21, target 32 KB at 32 features x 10 partitions): hub format 3 (per-entry
-records with compressed arrays, storage/codec.py ``EXT_PACKED``) against the same entries written
-the format-2 way (plain arrays) in the same run.
+"""Bytes per entry (issue 21, target 32 KB at 32 features x 10 partitions): the records this
+fitsketch writes ("now": compressed arrays fitted to LMDB pages, engine/parts.py ``fit_pack``, and
+one band posting per (band key, entry)) against the same entries written the two earlier ways in
+the same run: "format 3" (compressed arrays at zstd level 1, one posting per (key, entry,
+feature)) and "format 2" (plain arrays, postings per feature).
 
 Workloads: ``real`` -- entries of 5,000 rows x 32 normal columns rounded to 4 decimals, partition
 size 500, through ``hub.add`` (the coverage counts grow with distinct rows); ``merged`` -- the
@@ -11,7 +13,7 @@ and the pages in use per entry, each database's pages and the ``extra`` records 
 histograms, signatures and coverage record (a query's per-candidate reads). Checked in the same
 run: every record decodes to the same values in both hubs, and every method's top 10 are equal.
 
-``python -m bench size [--quick]`` (quick: 12 real, 60 merged entries; full: 100 and 300)."""
+``python -m bench size [--quick]`` (quick: 8 real, 40 merged entries; full: 100 and 300)."""
 from __future__ import annotations
 
 import shutil
@@ -35,15 +37,28 @@ def _plain_put(txn, db, key, obj):       # the format-2 writer: arrays as they a
     txn.put(db, key, obj)
 
 
-def _build(path: Path, workload: str, n: int, plain: bool, seed: int) -> float:
-    """Build the hub; returns the add's CPU seconds."""
+def _postings_per_feature(eid, prepared):  # the writer before one posting per (key, entry)
+    bands, nonempty = prepared
+    sel = bands[nonempty]
+    return (sel.reshape(-1).view(np.uint64),
+            np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
+
+
+WRITERS = ("format 2", "format 3", "now")
+
+
+def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
+    """Build the hub with ``writer`` (``WRITERS``); returns the add's CPU seconds."""
     import fitsketch
     from fitsketch import parts
 
     from .scale import build_sketches
 
-    saved = parts._put
-    if plain:
+    saved = parts._put, parts.FIT_LEVEL, parts.Bands._postings
+    if writer != "now":
+        parts.Bands._postings = staticmethod(_postings_per_feature)
+        parts.FIT_LEVEL = 0
+    if writer == "format 2":
         parts._put = _plain_put
     try:
         with fitsketch.open(path) as hub:
@@ -56,7 +71,8 @@ def _build(path: Path, workload: str, n: int, plain: bool, seed: int) -> float:
                 t = H.timeit(lambda: hub.add_sketches([(f"m{i}", s) for i, s in enumerate(sketches)]),
                              repeats=1, warmup=0, cpu=True)
     finally:
-        parts._put = saved
+        parts._put, parts.FIT_LEVEL = saved[:2]
+        parts.Bands._postings = staticmethod(saved[2])
     return t["cpu"]["p50_s"]
 
 
@@ -102,58 +118,111 @@ def _answers(path: Path, queries) -> dict:
         return {m: [[(r.name, r.score) for r in hub.search(q, k=10, method=m)] for q in queries] for m in METHODS}
 
 
+def _lsh_hits(path: Path, sigs: list) -> list:
+    """For each query signature matrix, the entry ids the band postings give (the LSH candidate
+    stage's lookup, engine/candidates.py), sorted."""
+    import struct
+
+    import fitsketch
+    from fitsketch.minhash import feature_band_keys
+    from fitsketch.storage import u64
+
+    with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
+        out = []
+        for sg in sigs:
+            bands = feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)
+            hits = {struct.unpack(">II", v)[0] for dups in txn.get_dups_many(
+                "bands", [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]) for v in dups}
+            out.append(sorted(hits))
+        return out
+
+
+def _answers_lsh(path: Path, queries) -> dict:
+    """``_answers`` with the candidate stage forced through the band postings (planner: LSH above 0
+    stored features), as on a hub of over ``SCAN_FEATURE_LIMIT`` features."""
+    from fitsketch import planner
+
+    saved = planner.SCAN_FEATURE_LIMIT
+    planner.SCAN_FEATURE_LIMIT = 0
+    try:
+        return _answers(path, queries)
+    finally:
+        planner.SCAN_FEATURE_LIMIT = saved
+
+
+def _kib(x: float) -> str:
+    return f"{x / 1024:.1f}"
+
+
 def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=print) -> dict:
     import fitsketch
 
     from .scale import db_bytes
 
     ctx = H.context("cpu", quick)
-    sizes = {"real": 12 if quick else 100, "merged": 60 if quick else 300}
+    sizes = {"real": 8 if quick else 100, "merged": 40 if quick else 300}
     rows, tables = [], {}
     rng = np.random.default_rng(seed + 1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_size_"))
     try:
         for workload, n in sizes.items():
             got = {}
-            _build(tmp / f"{workload}-warm", workload, 2, False, seed)   # imports and compiled kernels: untimed
-            for fmt, plain in (("format 2", True), ("format 3", False)):
-                path = tmp / f"{workload}-{fmt[-1]}"
-                add_cpu = _build(path, workload, n, plain, seed)
+            _build(tmp / f"{workload}-warm", workload, 2, "now", seed)   # imports and compiled kernels: untimed
+            for fmt in WRITERS:
+                path = tmp / f"{workload}-{fmt.replace(' ', '')}"
+                add_cpu = _build(path, workload, n, fmt, seed)
                 parts = db_bytes(path)
                 used = sum(v for k, v in parts.items() if not k.startswith("extra/") and not k.startswith("extra ("))
                 got[fmt] = {"path": path, "file": (path / "hub.lmdb").stat().st_size / n, "used": used / n,
                             "parts": {k: v / n for k, v in parts.items() if v}, "add_cpu_ms": 1e3 * add_cpu / n,
                             "read_cpu_us": 1e6 * _read_cpu(path)}
-            a, b = got["format 3"], got["format 2"]
-            ra, rb = _records(a["path"]), _records(b["path"])
-            lossless = all(_same(x, y) for db in ra for x, y in zip(ra[db], rb[db])) and \
-                all(len(ra[db]) == len(rb[db]) for db in ra)
+            a, f3, b = got["now"], got["format 3"], got["format 2"]
+            rs = {fmt: _records(g["path"]) for fmt, g in got.items()}
+            lossless = all(all(len(rs[fmt][db]) == len(rs["now"][db]) and
+                               all(_same(x, y) for x, y in zip(rs[fmt][db], rs["now"][db])) for db in rs["now"])
+                           for fmt in ("format 2", "format 3"))
             qs = [np.round(rng.normal(size=(600, 32)), 4)] if workload == "real" else \
                 [fitsketch.sketch_data(rng.normal(size=(1000, 32)), partition_size=500,
                                        feature_names=[f"f{j}" for j in range(32)])]
-            same_answers = _answers(a["path"], qs) == _answers(b["path"], qs)
-            out(f"size/{workload}: {n} entries; bytes per entry, format 3 vs format 2 (same run): "
-                f"file {a['file'] / 1024:.1f} vs {b['file'] / 1024:.1f} KiB, pages in use {a['used'] / 1024:.1f} vs "
-                f"{b['used'] / 1024:.1f} KiB ({b['used'] / a['used']:.2f}x smaller); add CPU {a['add_cpu_ms']:.1f} vs "
-                f"{b['add_cpu_ms']:.1f} ms an entry; read + decode CPU {a['read_cpu_us']:.0f} vs {b['read_cpu_us']:.0f} "
-                f"us an entry; records equal: {lossless}; top-10 of {len(METHODS)} methods equal: {same_answers}")
-            out("  KiB per entry by part (format 3 / format 2): " + ", ".join(
-                f"{k} {a['parts'].get(k, 0) / 1024:.1f} / {v / 1024:.1f}" for k, v in b["parts"].items() if v >= 52))
+            ans = {fmt: _answers(g["path"], qs) for fmt, g in got.items()}
+            same_answers = ans["now"] == ans["format 3"] == ans["format 2"]
+            # the band postings: every stored entry's signatures (and the query's) as LSH lookups
+            sigs = [r["sig"] for r in rs["now"]["signatures"]]
+            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in ("now", "format 3")}
+            same_hits = hits["now"] == hits["format 3"]
+            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(f3["path"], qs)
+            n_hits = float(np.mean([len(h) for h in hits["now"]]))
+            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / format 3 / format 2 "
+                f"(same run): {_kib(a['used'])} / {_kib(f3['used'])} / {_kib(b['used'])} KiB; file {_kib(a['file'])} / "
+                f"{_kib(f3['file'])} / {_kib(b['file'])} KiB; add CPU {a['add_cpu_ms']:.1f} / {f3['add_cpu_ms']:.1f} / "
+                f"{b['add_cpu_ms']:.1f} ms an entry; read + decode CPU {a['read_cpu_us']:.0f} / {f3['read_cpu_us']:.0f} / "
+                f"{b['read_cpu_us']:.0f} us an entry; records equal: {lossless}; top-10 of {len(METHODS)} methods "
+                f"equal: {same_answers}; LSH lookups of {len(sigs)} entries' signatures find the same entries (now vs "
+                f"format 3): {same_hits} (mean {n_hits:.1f} entries); top-10 through LSH equal: {same_lsh}")
+            out("  KiB per entry by part (now / format 3 / format 2): " + ", ".join(
+                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(f3['parts'].get(k, 0))} / {_kib(v)}"
+                for k, v in b["parts"].items() if v >= 52))
             w = f"{workload} ({n} entries)"
-            rows += [H.row(ctx, "size", w, "format 3", "bytes_per_entry_in_use", a["used"], unit="B",
+            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use", a["used"], unit="B",
+                           baseline="format 3 as written before (level 1, postings per feature), same entries",
+                           baseline_value=f3["used"]),
+                     H.row(ctx, "size", w, "format 3", "bytes_per_entry_in_use", f3["used"], unit="B",
                            baseline="format 2 (plain arrays), same entries", baseline_value=b["used"]),
-                     H.row(ctx, "size", w, "format 3", "file_bytes_per_entry", a["file"], unit="B",
-                           baseline="format 2 (plain arrays), same entries", baseline_value=b["file"]),
-                     H.row(ctx, "size", w, "format 3", "bytes_per_entry_vs_target", a["used"], unit="B",
+                     H.row(ctx, "size", w, "now", "file_bytes_per_entry", a["file"], unit="B",
+                           baseline="format 3 as written before", baseline_value=f3["file"]),
+                     H.row(ctx, "size", w, "now", "bytes_per_entry_vs_target", a["used"], unit="B",
                            baseline="issue 21 target (32 KB)", baseline_value=32_000),
-                     H.row(ctx, "size", w, "format 3", "add_cpu_per_entry", a["add_cpu_ms"], unit="ms",
-                           baseline="format 2 add CPU", baseline_value=b["add_cpu_ms"]),
-                     H.row(ctx, "size", w, "format 3", "read_decode_cpu_per_entry", a["read_cpu_us"], unit="us",
-                           baseline="format 2 read + decode CPU", baseline_value=b["read_cpu_us"]),
-                     H.row(ctx, "size", w, "format 3", "records_equal", float(lossless), baseline="1 = lossless",
+                     H.row(ctx, "size", w, "now", "add_cpu_per_entry", a["add_cpu_ms"], unit="ms",
+                           baseline="format 3 add CPU as written before", baseline_value=f3["add_cpu_ms"]),
+                     H.row(ctx, "size", w, "now", "read_decode_cpu_per_entry", a["read_cpu_us"], unit="us",
+                           baseline="format 3 read + decode CPU as written before", baseline_value=f3["read_cpu_us"]),
+                     H.row(ctx, "size", w, "now", "records_equal", float(lossless), baseline="1 = lossless",
                            baseline_value=1.0),
-                     H.row(ctx, "size", w, "format 3", "top10_equal", float(same_answers),
-                           baseline="1 = every method's top 10 equal", baseline_value=1.0)]
+                     H.row(ctx, "size", w, "now", "top10_equal", float(same_answers),
+                           baseline="1 = every method's top 10 equal", baseline_value=1.0),
+                     H.row(ctx, "size", w, "now", "lsh_hits_equal", float(same_hits and same_lsh),
+                           baseline="1 = the band postings find the same entries and LSH top 10 are equal",
+                           baseline_value=1.0)]
             tables[workload] = {fmt: {k: v for k, v in g.items() if k != "path"} for fmt, g in got.items()}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

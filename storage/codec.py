@@ -107,17 +107,21 @@ def _default(obj: Any) -> Any:
     raise CodecError(f"cannot store a value of type {type(obj).__qualname__}; accepted: {_ACCEPTED}")
 
 
-def _zstd():
-    """pyarrow's zstd codec (pyarrow is a dependency), or None where this build lacks it."""
+def _zstd(level: int | None = None):
+    """pyarrow's zstd codec at ``level`` (``ZSTD_LEVEL`` by default; pyarrow is a dependency), or
+    None where this build lacks it. The level is not recorded: any level decompresses alike."""
     global _ZSTD_CODEC
+    level = ZSTD_LEVEL if level is None else level
     if _ZSTD_CODEC is None:
+        _ZSTD_CODEC = {}
+    if level not in _ZSTD_CODEC:
         try:
             import pyarrow as pa
 
-            _ZSTD_CODEC = pa.Codec("zstd", compression_level=ZSTD_LEVEL) if pa.Codec.is_available("zstd") else False
+            _ZSTD_CODEC[level] = pa.Codec("zstd", compression_level=level) if pa.Codec.is_available("zstd") else False
         except ImportError:   # pragma: no cover - pyarrow is a dependency
-            _ZSTD_CODEC = False
-    return _ZSTD_CODEC or None
+            _ZSTD_CODEC[level] = False
+    return _ZSTD_CODEC[level] or None
 
 
 _ZSTD_CODEC = None
@@ -168,16 +172,16 @@ def _unfiltered(raw: bytes, dtype: np.dtype, count: int, flt: int) -> np.ndarray
     return a
 
 
-def _compress(b: bytes) -> tuple[int, bytes]:
-    z = _zstd()
+def _compress(b: bytes, level: int | None = None) -> tuple[int, bytes]:
+    z = _zstd(level)
     if z is not None:
         return _ZSTD, z.compress(b, asbytes=True)
     import zlib
 
-    return _ZLIB, zlib.compress(b, 6)
+    return _ZLIB, zlib.compress(b, 6 if level is None or level <= ZSTD_LEVEL else 9)
 
 
-def _encode_packed(a: np.ndarray):
+def _encode_packed(a: np.ndarray, level: int | None = None):
     """``a`` as ``ExtType(2)`` with the filter that compresses it best, or as ``ExtType(1)`` when
     none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes)."""
     _check_dtype(a.dtype)
@@ -190,7 +194,7 @@ def _encode_packed(a: np.ndarray):
     filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
     best = None
     for flt in filters:
-        codec, z = _compress(_filtered(a, flt))
+        codec, z = _compress(_filtered(a, flt), level)
         if best is None or len(z) < len(best[2]):
             best = (flt, codec, z)
     if len(best[2]) + 8 >= a.nbytes:
@@ -199,21 +203,26 @@ def _encode_packed(a: np.ndarray):
     return msgpack.ExtType(EXT_PACKED, payload)
 
 
-def _default_packed(obj: Any) -> Any:
+def _default_packed(obj: Any, level: int | None = None) -> Any:
     if isinstance(obj, np.ndarray):
-        return _encode_packed(obj)
+        return _encode_packed(obj, level)
     if isinstance(obj, np.generic):
         return _encode_array(np.asarray(obj))
     return _default(obj)
 
 
-def pack(obj: Any, compress: bool = False) -> bytes:
+def pack(obj: Any, compress: bool = False, level: int | None = None) -> bytes:
     """Encode ``obj`` to msgpack bytes; raises ``CodecError`` for anything not storable.
     ``compress=True`` (hub records; read back only by ``unpack(stored=True)``) compresses the
-    arrays that it makes smaller, losslessly (the module's docstring)."""
+    arrays that it makes smaller, losslessly (the module's docstring), with zstd at ``level``
+    (``ZSTD_LEVEL`` by default; 1 .. 22, higher is smaller and slower; not recorded)."""
+    if level is not None and not (type(level) is int and 1 <= level <= 22):
+        raise CodecError(f"zstd level {level!r} is outside 1 .. 22")
+    default = _default
+    if compress:
+        default = _default_packed if level is None else (lambda o: _default_packed(o, level))
     try:
-        return msgpack.packb(obj, use_bin_type=True, strict_types=True,
-                             default=_default_packed if compress else _default)
+        return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=default)
     except CodecError:
         raise
     except (TypeError, ValueError, OverflowError) as e:  # ValueError: nesting too deep

@@ -52,7 +52,11 @@ SCHEMA: tuple[Record, ...] = (
            "fitsketch.parts (Core), fitsketch.partitions", (("fitsketch.partitions.HIST_FORMAT", 2),),
            "format 1 (the COO arrays as they are) is read as it is by partitions.unpack_hist"),
     Record("bands", "u64(LSH band key), dupsort", "8 bytes: struct '>II' (entry id, feature)",
-           "fitsketch.parts (Bands)"),
+           "fitsketch.parts (Bands)", (),
+           "written since 2026-11-30 as one posting per (band key, entry), its feature the entry's lowest non-empty "
+           "feature with that key; before, one per (band key, entry, feature). Readers use the entry id only and "
+           "removal deletes every (entry, feature) of the entry's keys, so both kinds are read and removed alike "
+           "(no format change)"),
     Record("extra", "u64(entry id)", "{v, coverage?, coverage_embedding?, coverage_latent?, classes?}",
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),
