@@ -614,8 +614,7 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                             best_f.append(bf)
                             pq.update(recall=r, best=bf)
                         per_query.append(pq)
-                        if method in LABELLED_METHODS:
-                            out(f"    query {qi}: {pq}")
+                        out(f"    query {qi}: {pq}")   # a run stopped early still leaves its queries in the log
                     st_s = t_s.stats()
                     p50, c50 = 1e3 * st_s["p50_s"], 1e3 * st_s["cpu"]["p50_s"]
                     pf = 1e3 * t_f.stats()["p50_s"] if t_f.wall else float("nan")
