@@ -527,8 +527,13 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     env = H.environment("cpu")
     wall = H.stopwatch().__enter__()
     todo = {int(k): v.split(",") for k, v in (x.split(":") for x in plan.split(";"))}
+    # accuracy / auto need labelled entries: each added with its class record, a model fitted on its
+    # rows and validation rows of its mixture (zoos.labelled; Hub.add_sketch measures the model)
+    labelled = any(m in LABELLED_METHODS for ms in todo.values() for m in ms)
     pool = zoos.Pool(data, seed=seed)
     pool.check()
+    if labelled:
+        zoos.check_labelled(pool)
     X, y, names = pool.X, pool.y, pool.names
     q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
     q_sk = zoos.fast_sketches(X, names, q_idx, pool.cfg)
@@ -546,6 +551,11 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                 if size < have:
                     continue
                 for lo in range(have, size, 1_000):
+                    if labelled:
+                        items = t_build.call(zoos.labelled, pool, lo, min(size, lo + 1_000))
+                        t_add.call(_add_labelled, hub, lo, items)
+                        del items
+                        continue
                     sk = t_build.call(pool.sketches, lo, min(size, lo + 1_000))
                     t_add.call(hub.add_sketches, [(f"e{lo + i:07d}", s) for i, s in enumerate(sk)])
                     del sk
@@ -566,9 +576,11 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                     for qi in range(n_queries):
                         if sum(t_s.wall) + sum(t_f.wall) > budget_s + (exhaustive_budget_s if t_f.wall else 0):
                             break
-                        cov = method == "coverage"
+                        cov = method in ("coverage",) + LABELLED_METHODS   # these need the query's rows
                         q = X[q_idx[qi]] if cov else q_sk[qi]
                         kw = {"feature_names": names} if cov else {}
+                        if method in LABELLED_METHODS:   # the interval's bootstrap does not move the score
+                            kw["accuracy_bootstrap"] = 0
                         plan_ = t_s.call(hub.explain, q, k=10, method=method, **kw)
                         short = plan_.matches
                         st = next((x for x in plan_.stages if x.name == "shortlist"), None)
@@ -592,12 +604,17 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                             best_s.append(bf)
                             pq.update(recall_screen=r, best_screen=bf)
                         if size <= exhaustive_max and sum(t_f.wall) < exhaustive_budget_s:
-                            full = t_f.call(hub.search, q, k=10, method=method, shortlist=0, **kw)
+                            full = t_f.call(hub.search, q, k=10 if method not in LABELLED_METHODS else size,
+                                            method=method, shortlist=0, **kw)
+                            if method in LABELLED_METHODS:   # where the scorer's top 10 lie in the screen's order
+                                pq.update(_accuracy_ranks(hub, q, names, full))
+                                full = full[:10]
                             r, bf = _found(short, full)
                             rec_f.append(r)
                             best_f.append(bf)
                             pq.update(recall=r, best=bf)
                         per_query.append(pq)
+                        out(f"    query {qi}: {pq}")   # a run stopped early still leaves its queries in the log
                     st_s = t_s.stats()
                     p50, c50 = 1e3 * st_s["p50_s"], 1e3 * st_s["cpu"]["p50_s"]
                     pf = 1e3 * t_f.stats()["p50_s"] if t_f.wall else float("nan")
@@ -627,6 +644,45 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     path = H.write_suite(f"shortlist_scale_{data}{'' if shortlist is None else f'_s{shortlist}'}{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
     out(f"scale/{data}: wrote {path} ({wall.elapsed():.0f} s)")
     return rows
+
+
+LABELLED_METHODS = ("accuracy", "auto")
+
+
+def _accuracy_ranks(hub, X, names, full) -> dict:
+    """Where the exhaustive ranking ``full`` (every labelled entry scored) puts the screen's choice:
+    the accuracy stage's score of every labelled entry (engine/accuracy.py ``screen``: the stored
+    recalls times the EM mixture over the pooled class records), the screen rank of each exhaustive
+    top-10 entry and the screen-score gap between the screen's 10th best and them."""
+    import pandas as pd
+    from fitsketch import accuracy as A
+    from fitsketch.storage import u64
+
+    frame = pd.DataFrame(X, columns=names)
+    col_of = {n: j for j, n in enumerate(names)}
+    got = []
+    with hub.store.read() as txn:
+        for key in txn.keys("entries"):
+            rec = txn.get("entries", key)
+            cl = txn.get("extra", u64(rec["id"]))["classes"]
+            got.append((rec["name"], cl, {sf: col_of[n] for sf, n in enumerate(rec["features"])}))
+    labels = sorted({c for _, cl, _ in got for c in cl["labels"]}, key=A._sort_key)
+    pl = A.merge_pools([A.pool([(cl, fm) for _, cl, fm in got], labels, names)])
+    qb = A.query_buckets(frame, names, ["numeric"] * len(names), list(range(len(names))), hub.config)
+    pi = A.em_mixture(A.loglik(qb, len(frame), pl, names, hub.config.accuracy_temperature))
+    s = np.array([np.dot(A.recall_vector(cl["perf"], labels), pi) for _, cl, _ in got])
+    order = np.argsort(-s, kind="stable")
+    rank = {got[j][0]: r for r, j in enumerate(order)}
+    score = {got[j][0]: s[j] for j in range(len(got))}
+    top = [m.name for m in full[:10]]
+    tenth = float(s[order[min(9, len(s) - 1)]])
+    return {"screen_rank_of_top10": [int(rank[n]) for n in top], "screen_gap_of_top10": [tenth - float(score[n]) for n in top]}
+
+
+def _add_labelled(hub, lo: int, items) -> None:
+    """Entries ``lo ..`` from zoos.labelled: one ``add_sketch(model=, validation=)`` each."""
+    for i, (sk, model, val) in enumerate(items):
+        hub.add_sketch(f"e{lo + i:07d}", sk, model=model, validation=val)
 
 
 def _raw_items(path: str) -> dict:

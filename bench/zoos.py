@@ -254,3 +254,88 @@ class Pool:
             for k in ref.coverage:
                 a, b = np.asarray(ref.coverage[k]), np.asarray(f.coverage[k])
                 assert np.array_equal(a, b) and a.dtype == b.dtype, k
+
+
+# ----------------------------------------------------------------------------- labelled pool zoos (method="accuracy")
+VAL_ROWS = 150      # validation rows of a labelled pool entry's model (its own class mixture)
+
+
+class NearestCentroid:
+    """A labelled pool entry's model, fitted once from its rows: the class means (its training
+    classes, sorted) and logits ``-|x - mean_c|^2 / scale`` (``scale``: the dataset's total
+    variance, so the softmax is neither flat nor one-hot)."""
+
+    def __init__(self, means: np.ndarray, scale: float):
+        self.means, self.scale = np.asarray(means, dtype=np.float32), float(scale)
+
+    def __call__(self, xb) -> np.ndarray:
+        xb = np.asarray(xb, dtype=np.float32)
+        d2 = (xb * xb).sum(axis=1)[:, None] - 2.0 * xb @ self.means.T + (self.means * self.means).sum(axis=1)[None, :]
+        return -np.maximum(d2, 0.0) / self.scale
+
+
+def _labelled_init(pool: "Pool") -> None:
+    X, y = pool.X, pool.y
+    pool.chunk_class = np.repeat(np.arange(len(pool.classes)), POOL)            # chunk j's class index
+    pool.scale = float(X.var(axis=0).sum()) / 4.0
+    pool.by_class = [np.flatnonzero(y == c) for c in pool.classes]
+
+
+def labelled(pool: "Pool", lo: int, hi: int) -> list:
+    """``(sketch with its class record, model, validation)`` of entries ``lo .. hi-1`` of a pool zoo:
+    the sketch is ``pool.sketches``' with ``classes`` the class record of its rows labelled by their
+    class (``fitsketch.sketch_data(rows, labels=...)``'s: per class, the summed histogram counts of
+    its chunks; ``check_labelled`` compares them), the model a ``NearestCentroid`` fitted on those
+    rows (class means from the chunks' column sums), and ``validation`` ``VAL_ROWS`` rows drawn from
+    the dataset with the entry's class shares (its training classes only), for
+    ``Hub.add_sketch(model=, validation=)``, which measures the model there as ``hub.add`` does."""
+    import pandas as pd
+    from fitsketch.accuracy_records import CLASSES_FORMAT
+
+    if not hasattr(pool, "chunk_class"):
+        _labelled_init(pool)
+    out = []
+    for i, sk in zip(range(lo, hi), pool.sketches(lo, hi)):
+        p = pool.picks(i)
+        w = np.bincount(p, minlength=len(pool.chunk_rows)).astype(np.float64)
+        present = np.flatnonzero(np.bincount(pool.chunk_class[p], minlength=len(pool.classes)))
+        cls, feat, bucket, count, means, n_c = [], [], [], [], [], []
+        for k, c in enumerate(present):
+            used = np.flatnonzero(w * (pool.chunk_class == c))
+            hc = w[used] @ pool.hcount[used]
+            nz = np.flatnonzero(hc)
+            co = pool.coords[nz]
+            cls.append(np.full(len(nz), k, np.int64))
+            feat.append(co >> 32)
+            bucket.append((co & 0xFFFFFFFF) - (1 << 31))
+            count.append(np.rint(hc[nz]).astype(np.int64))
+            n = w[used].sum() * CHUNK
+            n_c.append(int(n))
+            means.append((w[used] @ pool.csum[used]) / n)
+        cls, feat, bucket, count = (np.concatenate(a) for a in (cls, feat, bucket, count))
+        o = np.lexsort((bucket, cls, feat))
+        sk.classes = {"v": CLASSES_FORMAT, "labels": [int(pool.classes[c]) for c in present],
+                      "counts": np.array(n_c, dtype=np.int64), "cls": cls[o].astype(np.int32),
+                      "feat": feat[o].astype(np.int32), "bucket": bucket[o].astype(np.int32),
+                      "count": count[o].astype(np.uint32), "perf": None}
+        rng = np.random.default_rng([pool.seed, 5, i])
+        n_val = rng.multinomial(VAL_ROWS, np.array(n_c, dtype=np.float64) / sum(n_c))
+        vi = np.concatenate([rng.choice(pool.by_class[c], m, replace=True) for c, m in zip(present, n_val) if m])
+        out.append((sk, NearestCentroid(np.stack(means), pool.scale),
+                    (pd.DataFrame(pool.X[vi], columns=pool.names), pool.y[vi])))
+    return out
+
+
+def check_labelled(pool: "Pool", idx=(0, 1, 2)) -> None:
+    """Labelled pool entries' class records equal ``fitsketch.sketch_data(rows, labels=)``'s."""
+    import fitsketch
+
+    for i in idx:
+        sk = labelled(pool, i, i + 1)[0][0]
+        rows = pool.rows_of(i)
+        ref = fitsketch.sketch_data(pool.X[rows], pool.cfg, feature_names=pool.names, labels=pool.y[rows],
+                                    coverage_center=pool.center).classes
+        assert ref["labels"] == sk.classes["labels"], (ref["labels"], sk.classes["labels"])
+        for k in ("counts", "cls", "feat", "bucket", "count"):
+            a, b = np.asarray(ref[k]), np.asarray(sk.classes[k])
+            assert np.array_equal(a, b) and a.dtype == b.dtype, k

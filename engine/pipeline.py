@@ -236,12 +236,19 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
         keep = {u64(int(i)) for i in ids}
         if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
             with hub.store.read() as txn:
-                keep, ai = _acc.screen(txn, target, hub.config, cfg.accuracy_temperature, cfg.shortlist, keep)
+                keep, ai = _acc.screen(txn, target, hub.config, cfg.accuracy_temperature, cfg.shortlist, keep, k=k,
+                                       margin=_acc.SCREEN_MARGIN, max_keep=SHORTLIST_MARGIN_CAP * cfg.shortlist)
             if out is not None and "class_pool" in ai:
                 out["class_pool"] = ai["class_pool"]
             st.actual = len(keep)
             st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by predicted accuracy from "
                           f"their stored recalls and the pooled EM mixture, kept the top {cfg.shortlist}")
+            if ai.get("proxy"):   # models whose recalls the scorer shifts by the query: the screen is a proxy
+                st.detail += (f" + {ai['in_margin']} within {_acc.SCREEN_MARGIN:g} of the {k}-th best "
+                              f"(the screen's measured error for models registered without class_accuracy=)")
+                if ai["capped"]:
+                    st.detail += ", capped (more lay within the margin: recall not held)"
+                    st.recall = None
     return keep
 
 def score_healthy(ctx, query, cands, method: str):
