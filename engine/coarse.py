@@ -165,9 +165,15 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
     entry (``info["ann"]``: lists probed, rows re-ranked)."""
     with idx.lock:
         n = idx.ids.n
-        if ann is not None and nprobe > 0 and len(ann) == n and keep < n:
+        # the rows themselves, not only their count, under the lock: a sync between the caller's
+        # level1() and this lock may have removed one entry and added another (review, 2026-11-30)
+        if ann is not None and nprobe > 0 and len(ann) == n and keep < n and ann.fits(idx):
             q = query_vector(idx, target, seed)
-            rows, b = ann.top(idx, q, keep, nprobe)
+            try:
+                rows, b = ann.top(idx, q, keep, nprobe)
+            except RuntimeError:       # FAISS refused its own file's contents: never trusted again
+                _ANN.pop(idx, None)
+                rows, b = np.zeros(0, np.int64), np.zeros(0)
             if ANN_REFINE > 1:
                 rows, b = rows[b > 0], b[b > 0]
             if len(rows) >= keep:      # else few entries share a cell with the query: the exact level below
@@ -394,7 +400,17 @@ class Level1Ann:
                 meta.get("coords") != len(keys) or meta.get("coords_crc") != _crc(keys):
             return None
         if not (isinstance(index, faiss.IndexIVFFlat) and index.metric_type == faiss.METRIC_INNER_PRODUCT
-                and index.d == ANN_DIM and index.ntotal == len(ids)):
+                and index.d == ANN_DIM and index.ntotal == len(ids) and index.nlist == _nlist(len(ids))):
+            return None
+        # the coarse quantizer inside the file too: FAISS searches it with the query's ANN_DIM floats
+        # (a quantizer of another width would read past them) and indexes lists by its answers
+        # (more centroids than lists: FAISS's own assertion), and lists held in memory only (an
+        # on-disk list type would open a path named inside the file)
+        quant = faiss.downcast_index(index.quantizer)
+        if not (type(quant) is faiss.IndexFlatIP and quant.d == ANN_DIM and quant.ntotal == index.nlist
+                and isinstance(faiss.downcast_InvertedLists(index.invlists), faiss.ArrayInvertedLists)):
+            return None
+        if not np.isfinite(faiss.rev_swig_ptr(quant.get_xb(), quant.ntotal * quant.d)).all():
             return None
         ann = cls(basis, index, ids, keys)
         if not ann.fits(idx) or not _holds_rows(index, len(ids)):

@@ -171,7 +171,7 @@ def _tamper_sidecar(mpath, **change):
 
 
 @pytest.mark.parametrize("how", ["version", "garbage_sidecar", "index_bytes", "basis", "ids", "other_hub",
-                                 "params"])
+                                 "params", "quantizer", "quantizer_width"])
 def test_a_bad_file_is_rebuilt_never_trusted(tmp_path, rng, small_ann, how):
     """A file of another format version, an unreadable sidecar, an index file that is not the one
     its sidecar was saved with, a tampered basis or row ids (their checks fail), the files of another
@@ -216,6 +216,22 @@ def test_a_bad_file_is_rebuilt_never_trusted(tmp_path, rng, small_ann, how):
         small_ann.append(-1)
     elif how == "params":
         _tamper_sidecar(mpath, params={**meta["params"], "seed": meta["params"]["seed"] + 1})
+    elif how in ("quantizer", "quantizer_width"):
+        # the coarse quantizer swapped for one with more centroids than the index has lists (FAISS
+        # then asserts inside search) or of another width (it would read past the query), and the
+        # sidecar's size and CRC of the index file recomputed: the quantizer itself is checked
+        import zlib
+
+        import faiss
+        index = faiss.read_index(fpath)
+        d = C.ANN_DIM if how == "quantizer" else C.ANN_DIM * 2
+        quant = faiss.IndexFlatIP(d)
+        quant.add(rng.standard_normal((int(index.nlist) + int(rng.integers(1, 50)), d)).astype(np.float32))
+        index.quantizer = quant
+        index.own_fields = False
+        raw = faiss.serialize_index(index).tobytes()
+        open(fpath, "wb").write(raw)
+        _tamper_sidecar(mpath, file={"size": len(raw), "crc32": zlib.crc32(raw)})
     builds = len(small_ann)
     with fitsketch.open(path, config=cfg) as hub:
         assert _search(hub, q) == want == _exact(hub, q)
