@@ -211,3 +211,66 @@ def test_a_batch_that_outgrows_the_map_is_written_once(tmp_path, rng, monkeypatc
             dumps.append(_dump(hub))
         assert len(runs) == 2, size
     _assert_same(dumps[0], dumps[1])
+
+
+def _hist_bad(rng, s):
+    """``s`` with one histogram defect (or none) drawn at random."""
+    h = {k: v.copy() for k, v in s.hist.items()}
+    n = len(h["part"])
+    what = rng.choice(["none", "swap", "repeat", "part", "feat", "count0", "bucket", "count", "uint64", "empty",
+                       "int64", "negpart"])
+    i = int(rng.integers(0, max(n, 1)))
+    if n >= 2 and what == "swap":
+        j = min(i + 1, n - 1) if i < n - 1 else i - 1
+        for k in ("part", "feat", "bucket"):
+            h[k][[i, j]] = h[k][[j, i]]
+    elif n >= 2 and what == "repeat":
+        j = i - 1 if i else 1
+        for k in ("part", "feat", "bucket"):
+            h[k][i] = h[k][j]
+    elif n and what in ("part", "feat", "negpart"):
+        k = "feat" if what == "feat" else "part"
+        h[k][i] = -1 if what == "negpart" else (s.n_partitions if k == "part" else s.n_features)
+    elif n and what == "count0":
+        h["count"][i] = 0
+    elif n and what == "bucket":
+        h["bucket"] = h["bucket"].astype(np.int64)
+        h["bucket"][-1] = 1 << 31   # the last cell: sorted, out of int32
+    elif n and what == "count":
+        h["count"] = h["count"].astype(np.int64)
+        h["count"][i] = 1 << 32
+    elif what == "uint64":
+        h = {k: v.astype(np.uint64) for k, v in h.items()}
+    elif what == "empty":
+        h = {k: v[:0] for k, v in h.items()}
+    elif what == "int64":
+        h = {k: v.astype(np.int64) for k, v in h.items()}
+    return dataclasses.replace(s, hist=h)
+
+
+def test_batched_histogram_check_equals_one_at_a_time(rng, monkeypatch):
+    """``adding.hists_ok`` over a batch (chunks of 2 here) is True exactly when every sketch passes
+    ``check_sketch``: fresh sketches, each given a random histogram defect or none (several can be
+    bad, one, or none; empty histograms first, last, between), batches of 0, 1 and odd sizes."""
+    from fitsketch import adding as AD
+    from fitsketch.sketch import check_sketch
+
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    base = _sketches(rng, cfg, 5)
+    for trial in range(40):
+        n = int(rng.integers(0, 6))
+        sks = [_hist_bad(rng, base[int(rng.integers(0, len(base)))]) if rng.random() < 0.3
+               else base[int(rng.integers(0, len(base)))] for _ in range(n)]
+
+        def passes(s):
+            try:
+                check_sketch(s, cfg)
+                return True
+            except E.InvalidArgumentError:
+                return False
+
+        want = all(passes(s) for s in sks)
+        tells = all(s.hist["part"].dtype != np.uint64 for s in sks)   # uint64 arrays: checked one at a time
+        for chunk in (2, 256):
+            monkeypatch.setattr(AD, "_HIST_CHUNK", chunk)
+            assert AD.hists_ok(sks) == (want and tells), (trial, chunk)
