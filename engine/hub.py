@@ -225,8 +225,6 @@ class Hub:
         leaves the hub unchanged. Returns the number of entries added."""
         items = list(items)
         checked, seen = [], set()
-        hist = not _adding.hists_ok([it[1] for it in items if isinstance(it, (tuple, list)) and len(it) in (2, 3)
-                                     and isinstance(it[1], Sketch)])   # the histograms' checks, the items at once
         for i, it in enumerate(items):
             if not isinstance(it, (tuple, list)) or len(it) not in (2, 3):
                 raise E.InvalidArgumentError(f"item {i} is {type(it).__name__}: give (name, sketch) or "
@@ -235,7 +233,7 @@ class Hub:
             if name in seen:
                 raise E.EntryExistsError(f"name {name!r} appears twice in the items: names are unique")
             seen.add(name)
-            self._check_sketch(sk, hist=hist)
+            self._check_sketch(sk)
             md = _check_metadata(it[2] if len(it) == 3 else None)   # also: storable by msgpack
             checked.append((name, sk, md))
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -266,13 +264,13 @@ class Hub:
                 bar.close()
         return len(checked)
 
-    def _check_sketch(self, sketch, hist: bool = True) -> None:
+    def _check_sketch(self, sketch) -> None:
         if not isinstance(sketch, Sketch):
             raise E.InvalidArgumentError(f"sketch must be a fitsketch Sketch, got {type(sketch).__name__}")
         if tuple(sketch.config_key) != self.config.sketch_key():
             raise E.InvalidArgumentError(
                 "the sketch was built with other parameters than this hub's: build it with hub.config")
-        check_sketch(sketch, self.config, hist=hist)   # every array's shape and range: no entry can break a search
+        check_sketch(sketch, self.config)   # every array's shape and range: no entry can break a search
         if sketch.classes is not None:      # before any write (add_sketches writes in batches)
             try:
                 _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)

@@ -275,13 +275,12 @@ def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int) -> tupl
 MAX_ROWS = 1 << 40        # rows a sketch may claim (n_rows); partitions are at most one per row
 
 
-def check_sketch(sk: Sketch, config: SketchConfig, hist: bool = True) -> None:
+def check_sketch(sk: Sketch, config: SketchConfig) -> None:
     """Refuse (``InvalidArgumentError``) a sketch that could not have been built by
     :func:`build_sketch` under ``config``: every array's shape, dtype and range, histograms sorted
     by (part, feat, bucket) within ``n_partitions`` x ``n_features``, ``n_partitions`` consistent
     with ``n_rows``, the coverage record over this hub's bits / tables and the sketch's columns.
-    A stored entry can then never break a search of others (issue 23). ``hist=False``: the
-    histogram's ranges and order were checked already (``adding.hists_ok``, a batch at once)."""
+    A stored entry can then never break a search of others (issue 23)."""
     def bad(why):
         return InvalidArgumentError(f"sketch is malformed: {why}; build it with fitsketch.sketch_data(data, hub.config) "
                                     "and send Sketch.to_bytes() / to_record() unchanged")
@@ -330,7 +329,7 @@ def check_sketch(sk: Sketch, config: SketchConfig, hist: bool = True) -> None:
     part, feat, bucket, count = (int_array(h[k], f"hist {k}") for k in ("part", "feat", "bucket", "count"))
     if not len(part) == len(feat) == len(bucket) == len(count):
         raise bad("hist arrays must have one length")
-    if hist and len(part):
+    if len(part):
         if part.min() < 0 or part.max() >= sk.n_partitions or feat.min() < 0 or feat.max() >= n:
             raise bad(f"hist part / feat out of range (n_partitions={sk.n_partitions}, features={n})")
         if bucket.min() < -(1 << 31) or bucket.max() >= (1 << 31) or count.min() < 1 or count.max() >= (1 << 32):
