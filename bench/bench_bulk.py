@@ -44,6 +44,7 @@ STAGES = [
     ("transaction", "the write transaction (Hub._transact)", 0),
     ("write", "records encoded and put (Core, Extra, Profile, Screen)", 1),
     ("pack", "msgpack encoding (codec.pack)", 2),
+    ("compress", "zstd of the arrays, each filter tried (codec._compress)", 3),
     ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 
@@ -52,7 +53,7 @@ def _instrument(timer: _Timer) -> None:
     import fitsketch.hub
     import fitsketch.parts as P
     import fitsketch.profiles as PR
-    import fitsketch.storage.txn as T
+    import fitsketch.storage.codec as C
 
     parts = {p.name: type(p) for p in P.PARTS}   # the classes: restore() leaves no attribute on the instances
     timer.wrap(fitsketch.hub.Hub, "_check_sketch", "validate")
@@ -67,7 +68,8 @@ def _instrument(timer: _Timer) -> None:
     timer.wrap(fitsketch.hub.Hub, "_transact", "transaction")
     for name in ("core", "extra", "profile", "screen"):
         timer.wrap(parts[name], "write_many", "write")
-    timer.wrap(T, "pack", "pack")
+    timer.wrap(P, "pack", "pack")           # what parts._put calls (T.pack: the Txn.put records)
+    timer.wrap(C, "_compress", "compress")
     timer.wrap(parts["bands"], "write_many", "bands")
 
 

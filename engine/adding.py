@@ -67,3 +67,15 @@ def prepare(hub, name: str, data, *, metadata, partition_size, feature_names, pr
     if classes is not None:
         spaces["classes"] = classes
     return name, sketch, metadata, fleet, embedding, probed, spaces
+
+
+def batch_bytes(sketches, config) -> int:
+    """About what a batch of ``sketches`` adds to the hub's file, for ``HubStore.transact(reserve=)``
+    (the map grown before the batch's transaction, not after it filled the map): each sketch's
+    arrays as they are (its stored records, compressed, are about half of that: bench/bench_bulk.py)
+    plus 16 bytes for each of its band postings (``config.lsh_l`` a feature) and 4 KiB of records."""
+    def nbytes(d):
+        return sum(v.nbytes for v in d.values() if isinstance(v, np.ndarray)) if isinstance(d, dict) else 0
+
+    return sum(sk.signatures.nbytes + nbytes(sk.hist) + nbytes(sk.coverage) + 16 * config.lsh_l * sk.n_features
+               + 4096 for sk in sketches)

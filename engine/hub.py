@@ -255,7 +255,8 @@ class Hub:
         try:
             for lo in range(0, len(checked), batch):   # each batch prepared at once (parts.entries_writer)
                 chunk = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
-                self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry))
+                self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry),
+                               reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -318,9 +319,9 @@ class Hub:
             raise E.translate(e) from None
         return {"before": before, "after": after}
 
-    def _transact(self, fn):
+    def _transact(self, fn, reserve: int = 0):
         try:
-            return self.store.transact(fn)
+            return self.store.transact(fn, reserve=reserve)
         except E.FitsketchError:
             raise
         except Exception as e:

@@ -370,12 +370,28 @@ class HubStore:
                     abort.abort()
             self._live().set_mapsize(new_size)
 
-    def transact(self, fn: Callable[[Txn], T]) -> T:
+    def _reserve(self, env: lmdb.Environment, nbytes: int) -> None:
+        """Double the map (as a full map does) until ``nbytes`` more fit past the pages in use, so
+        that a large transaction is not aborted and run again from scratch when it fills the map
+        (a 1,000-entry ``add_sketches`` batch redid all its records' encoding). Skipped while this
+        thread holds a read() (the map cannot grow then; transact's retry still covers it)."""
+        info = env.info()
+        size = info["map_size"]
+        want = (info["last_pgno"] + 1) * env.stat()["psize"] + int(nbytes)
+        if want <= size or self._own_reads():
+            return
+        while size < want:
+            size *= 2
+        log.info("hub at %s: growing the map to %d bytes for a %d-byte write", self.path, size, nbytes)
+        self._resize(size)
+
+    def transact(self, fn: Callable[[Txn], T], reserve: int = 0) -> T:
         """Run ``fn(txn)`` in one write transaction, commit once, return its result.
 
         Any exception from ``fn`` aborts (nothing is written) and is re-raised. If the map is
         full, the transaction is aborted, the map doubled and ``fn`` run again from scratch:
         ``fn`` must depend only on its inputs and the txn (no side effects outside it).
+        ``reserve``: bytes the transaction is expected to add; the map is grown for them first.
         """
         env = self._live()
         if self.readonly:
@@ -385,6 +401,8 @@ class HubStore:
         with self._write_lock:
             self._writer = threading.get_ident()
             try:
+                if reserve > 0:
+                    self._reserve(env, reserve)
                 while True:
                     try:
                         raw = env.begin(write=True, buffers=False)

@@ -171,3 +171,43 @@ def test_bad_input_anywhere_leaves_the_hub_unchanged(tmp_path, rng):
             _assert_same(before, _dump(hub), f"batch={b!r}")
         assert hub.add_sketches(head, batch=1) == 2 and len(hub) == 4
         check_hub(hub)
+
+
+def test_reserve_grows_the_map_before_the_transaction(tmp_path, rng):
+    """``HubStore.transact(fn, reserve=n)``: ``fn`` runs once with at least ``n`` bytes of map past
+    the pages in use (grown by doubling); a reserve that fits leaves the map as it is."""
+    with fitsketch.Hub(tmp_path / "h.hub", map_size=1 << 20) as hub:
+        env = hub.store._env
+        used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size0 = env.info()["map_size"]
+        n = int(rng.integers(size0, 6 * size0))
+        seen = []
+        hub.store.transact(lambda t: seen.append(env.info()["map_size"]), reserve=n)
+        assert len(seen) == 1 and seen[0] >= used + n and seen[0] < 2 * (used + n)
+        assert seen[0] // size0 & (seen[0] // size0 - 1) == 0 and seen[0] % size0 == 0   # doubled
+        hub.store.transact(lambda t: seen.append(env.info()["map_size"]), reserve=int(rng.integers(1, 1 << 16)))
+        assert seen[1] == seen[0]
+
+
+def test_a_batch_that_outgrows_the_map_is_written_once(tmp_path, rng, monkeypatch):
+    """``add_sketches`` grows the map for a batch before its transaction (parts._writer's function
+    runs once a batch, not again after a full map) and stores what a roomy hub stores."""
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    items = [(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 7))]
+    runs = []
+    orig = PT._writer
+
+    def counted(*a, **kw):
+        write = orig(*a, **kw)
+        return lambda txn: (runs.append(1), write(txn))[1]
+
+    monkeypatch.setattr(PT, "_writer", counted)
+    dumps = []
+    for j, size in enumerate((1 << 17, 1 << 30)):
+        runs.clear()
+        with fitsketch.Hub(tmp_path / f"{j}.hub", config=cfg, map_size=size) as hub:
+            assert hub.add_sketches(items, batch=4) == 7
+            dumps.append(_dump(hub))
+        assert len(runs) == 2, size
+    _assert_same(dumps[0], dumps[1])
