@@ -130,11 +130,11 @@ def gauss_part(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], ki
     cols = [names[j] for j in feat]
     if has_missing(df, cols):
         return None, WHY_MISSING
-    try:
-        var = np.array([np.var(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
-    except (TypeError, ValueError):
-        return None, None
-    with np.errstate(over="ignore", invalid="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflowing variance is a scale gap too
+        try:
+            var = np.array([np.var(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
+        except (TypeError, ValueError):
+            return None, None
         nz = var[var > 0]
         if nz.size and not (np.isfinite(var).all() and var.max() <= GAUSS_MAX_SCALE_RATIO * np.median(nz)):
             return None, WHY_SCALE
