@@ -11,18 +11,27 @@ in a 32-dimensional random projection models the correlations: L1 .07 / .03 on t
 Registration (:func:`gauss_record`, an optional ``"gauss"`` key of the class record): every
 numeric column ``j`` of the entry has a fixed random direction ``v(name_j)`` in ``R^GAUSS_DIM``
 (seeded by the column's name, so every hub and every query draws the same); a row's projection is
-``z = sum_j x_j v(name_j)`` (missing values count 0). Stored per class: the mean of ``z`` and its
-scatter matrix (sum of outer products about the mean, upper triangle), float32; the class counts
-are the record's own. Merge (:func:`merge_gauss`): Chan et al.'s pairwise update, exact in
-exact arithmetic. Read back: :func:`check_gauss` (shapes, finiteness, feature range) or
-CorruptHubError. A record without the key (registered before, or with no numeric column, or more
-than ``GAUSS_MAX_CLASSES`` classes) scores by naive Bayes, as before.
+``z = sum_j x_j v(name_j)`` (infinite values count 0). Stored per class: the mean of ``z`` and its
+scatter matrix (sum of outer products about the mean, upper triangle), computed in float64 and
+stored float32; the class counts are the record's own. Merge (:func:`merge_gauss`): Chan et al.'s
+pairwise update, exact in exact arithmetic. Read back: :func:`check_gauss` (types, shapes,
+finiteness, feature range) or CorruptHubError. A record without the key scores by naive Bayes, as
+before: registered before, with no numeric column, more than ``GAUSS_MAX_CLASSES`` classes, or
+(the reason kept in the record's ``"gauss_why"`` and told in the evidence's ``mixture_source``)
+a missing value in a numeric column (naive Bayes models them; a projection would not), a float32
+mean or scatter that is not finite (values of scale ~1e20), or numeric columns of very different
+scales: a column variance over ``GAUSS_MAX_SCALE_RATIO`` (100) x the median non-zero one, where
+the ridge (a share of the mean variance) would bury the informative directions (an income column
+~1e5 beside features ~1: mixture L1 .47-1.79 against naive Bayes' .003-.008, reviewer's cases). The ratio is at most 4.4 on
+samples of digits, MNIST-5k and MNIST 8x8 (50 to 5000 rows), so those stay on this path.
 
 Query (:func:`gauss_pool`, :func:`gauss_loglik`): the labelled candidates' Gaussians are pooled
 per class (one hub's, summed over shards by :func:`merge_gauss_pools`) when every candidate
 carries one over the same aligned columns; each class's covariance is its own shrunk towards the
 pooled within-class one (``GAUSS_SHRINK`` pseudo-rows) plus a ridge, and the log-likelihoods are
-divided by ``GAUSS_TEMPERATURE``. Chosen on digits seeds 0-1 and MNIST seed 0 (d 16 / 24 / 32 /
+divided by ``GAUSS_TEMPERATURE`` (this path's own fixed constant: ``accuracy_temperature``
+tempers the naive-Bayes path only; the evidence's ``mixture_temperature`` gives the one used). A
+query with a missing value in the pooled columns uses naive Bayes. Chosen on digits seeds 0-1 and MNIST seed 0 (d 16 / 24 / 32 /
 48, LDA and QDA, shrink 5 / 20 / 80, temperature 1 / 2), reported on the other seeds.
 """
 from __future__ import annotations
@@ -42,6 +51,12 @@ GAUSS_RIDGE = 1e-3         # ridge, as a share of the mean variance of the poole
 GAUSS_TEMPERATURE = 2.0    # the Gaussian log-likelihoods are divided by it before EM
 GAUSS_MAX_CLASSES = 256    # an entry with more classes stores no Gaussian (its size grows with K d^2)
 GAUSS_SEED = 0x6A055       # the projection's seed (fixed: registrations and queries must agree)
+GAUSS_MAX_SCALE_RATIO = 100.0   # no Gaussian when a numeric column's variance exceeds this x the median
+#                                 non-zero one (digits / MNIST-5k / MNIST 8x8 samples: at most 4.4)
+WHY_MISSING = "a numeric column of the entry has missing values"
+WHY_SCALE = f"the entry's numeric columns differ in scale (a variance > {GAUSS_MAX_SCALE_RATIO:g} x the median one)"
+WHY_OVERFLOW = "the entry's values are too large for float32 class Gaussians"
+WHYS = (WHY_MISSING, WHY_SCALE, WHY_OVERFLOW)
 _TRI = GAUSS_DIM * (GAUSS_DIM + 1) // 2
 _IU = np.triu_indices(GAUSS_DIM)
 
@@ -58,21 +73,37 @@ def directions(names: tuple) -> np.ndarray:
     return out
 
 
-def _matrix(df: pd.DataFrame, cols: list[str]) -> np.ndarray | None:
-    try:
-        X = np.array(df[cols].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    X[~np.isfinite(X)] = 0.0
-    return X
+_BLOCK_BYTES = 1 << 26    # rows are projected in blocks of at most this many float64 bytes
+
+
+def has_missing(df: pd.DataFrame, cols: list[str]) -> bool:
+    """Whether any of the columns ``cols`` of ``df`` holds a missing value (NaN / None / NA)."""
+    return bool(df[cols].isna().to_numpy().any())
 
 
 def project(df: pd.DataFrame, cols: list[str], dir_names: list[str]) -> np.ndarray | None:
     """(n, GAUSS_DIM) projections of the rows of ``df``: its columns ``cols`` along the directions
-    of ``dir_names`` (the entry's names of them; missing values count 0). None if a column is not
-    numeric."""
-    X = _matrix(df, cols)
-    return None if X is None else X @ directions(tuple(dir_names))
+    of ``dir_names`` (the entry's names of them; infinite values count 0). None if a column is not
+    numeric or holds a missing value (the callers fall back to naive Bayes, which models them).
+    Projected in row blocks (one float64 copy of a block at a time)."""
+    P = directions(tuple(dir_names))
+    n = len(df)
+    step = max(1, _BLOCK_BYTES // (8 * max(len(cols), 1)))
+    out = np.empty((n, GAUSS_DIM))
+    sub = df[cols]
+    for a in range(0, n, step):
+        blk = sub if n <= step else sub.iloc[a:a + step]
+        try:
+            X = np.asarray(blk.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+        except (TypeError, ValueError):
+            return None
+        fin = np.isfinite(X)
+        if not fin.all():
+            if np.isnan(X).any():
+                return None
+            X = np.where(fin, X, 0.0)
+        out[a:a + step] = X @ P
+    return out
 
 
 def _tri(M: np.ndarray) -> np.ndarray:
@@ -86,19 +117,30 @@ def _full(t: np.ndarray) -> np.ndarray:
     return M
 
 
-def gauss_record(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], kinds: list[str]) -> dict | None:
-    """The ``"gauss"`` part of a class record: rows ``df`` with class codes ``codes`` (0..K-1).
-    None without a numeric column or with more than ``GAUSS_MAX_CLASSES`` classes."""
+def gauss_part(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], kinds: list[str]) -> tuple:
+    """``(part, why)``: the ``"gauss"`` part of a class record of rows ``df`` with class codes
+    ``codes`` (0..K-1), or None and why not (None when there is nothing to say: no numeric column)."""
     if K > GAUSS_MAX_CLASSES:
-        return None
+        return None, f"more than {GAUSS_MAX_CLASSES} classes"
     feat = [j for j, k in enumerate(kinds) if k == "numeric" and (pd.api.types.is_numeric_dtype(df[names[j]])
                                                                   or pd.api.types.is_bool_dtype(df[names[j]]))
             and df[names[j]].notna().any()]
     if not feat:
-        return None
-    Z = project(df, [names[j] for j in feat], [names[j] for j in feat])
+        return None, None
+    cols = [names[j] for j in feat]
+    if has_missing(df, cols):
+        return None, WHY_MISSING
+    with np.errstate(over="ignore", invalid="ignore"):   # an overflowing variance is a scale gap too
+        try:
+            var = np.array([np.var(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
+        except (TypeError, ValueError):
+            return None, None
+        nz = var[var > 0]
+        if nz.size and not (np.isfinite(var).all() and var.max() <= GAUSS_MAX_SCALE_RATIO * np.median(nz)):
+            return None, WHY_SCALE
+    Z = project(df, cols, cols)
     if Z is None:
-        return None
+        return None, None
     n = np.bincount(codes, minlength=K).astype(np.float64)
     mean = np.zeros((K, GAUSS_DIM))
     np.add.at(mean, codes, Z)
@@ -108,8 +150,20 @@ def gauss_record(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], 
     for k in range(K):
         Dk = D[codes == k]
         scatter[k] = Dk.T @ Dk
-    return {"d": GAUSS_DIM, "feat": np.asarray(feat, dtype=np.int32), "mean": mean.astype(np.float32),
-            "scatter": _tri(scatter).astype(np.float32)}
+    return _finite32(feat, mean, _tri(scatter))
+
+
+def _finite32(feat, mean: np.ndarray, scatter: np.ndarray) -> tuple:
+    with np.errstate(over="ignore", invalid="ignore"):
+        m32, s32 = mean.astype(np.float32), scatter.astype(np.float32)
+    if not (np.isfinite(m32).all() and np.isfinite(s32).all()):
+        return None, WHY_OVERFLOW
+    return {"d": GAUSS_DIM, "feat": np.asarray(feat, dtype=np.int32), "mean": m32, "scatter": s32}, None
+
+
+def gauss_record(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], kinds: list[str]) -> dict | None:
+    """The ``"gauss"`` part of a class record (:func:`gauss_part`), or None."""
+    return gauss_part(df, codes, K, names, kinds)[0]
 
 
 def _combine(parts: list) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
@@ -147,8 +201,7 @@ def merge_gauss(a: dict, b: dict) -> dict | None:
                                          for r in (a, b)])
     if len(labels) > GAUSS_MAX_CLASSES:
         return None
-    return {"d": GAUSS_DIM, "feat": np.asarray(ga["feat"], dtype=np.int32), "mean": mean.astype(np.float32),
-            "scatter": scatter.astype(np.float32)}
+    return _finite32(ga["feat"], mean, scatter)[0]
 
 
 def check_gauss(g, K: int, n_features: int) -> None:
@@ -156,9 +209,13 @@ def check_gauss(g, K: int, n_features: int) -> None:
     ``n_features`` features, validated, or CorruptHubError."""
     if g is None:
         return
-    ok = isinstance(g, dict) and g.get("d") == GAUSS_DIM and K <= GAUSS_MAX_CLASSES
+    ok = isinstance(g, dict) and _is_int(g.get("d")) and g["d"] == GAUSS_DIM and K <= GAUSS_MAX_CLASSES
     if ok:
-        feat, mean, sc = (np.asarray(g.get(x)) for x in ("feat", "mean", "scatter"))
+        try:
+            feat, mean, sc = (np.asarray(g.get(x)) for x in ("feat", "mean", "scatter"))
+        except (TypeError, ValueError):
+            ok = False
+    if ok:
         ok = (feat.ndim == 1 and 1 <= feat.size <= n_features and feat.dtype.kind in "iu"
               and feat.min() >= 0 and feat.max() < n_features and bool(np.all(np.diff(feat) > 0))
               and mean.shape == (K, GAUSS_DIM) and sc.shape == (K, _TRI)
@@ -167,6 +224,10 @@ def check_gauss(g, K: int, n_features: int) -> None:
     if not ok:
         raise E.CorruptHubError("an entry's class record holds a malformed class Gaussian ('gauss'): remove the "
                                 "entry and add it again")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _part(labels, n, mean, scatter) -> dict:
@@ -226,31 +287,55 @@ def merge_gauss_pools(pools: list) -> dict | None:
 MAX_POOL_PARTS = 1 << 20    # parts (pooled entries) a received class pool may hold
 
 
-def check_gauss_pool(g) -> dict | None:
-    """The ``"gauss"`` part of a class pool received from outside, validated, or InvalidArgumentError."""
+def check_gauss_pool(g, labels: list | None = None) -> dict | None:
+    """The ``"gauss"`` part of a class pool received from outside, validated, or
+    InvalidArgumentError: column pairs unique (each query column at most once), every part's labels
+    among the pool's ``labels`` (bounded by check_pool) when given."""
     from .accuracy_records import canonical
 
     if g is None:
         return None
     ok = isinstance(g, dict) and isinstance(g.get("columns"), list) and isinstance(g.get("parts"), list) \
         and 1 <= len(g["columns"]) and 1 <= len(g["parts"]) <= MAX_POOL_PARTS \
-        and all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in g["columns"])
+        and all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in g["columns"]) \
+        and len({q for _, q in g["columns"]}) == len(g["columns"])
+    allowed = None if labels is None else set(labels)
     parts = []
     for p in g["parts"] if ok else []:
         ok = isinstance(p, dict) and isinstance(p.get("labels"), list) and 1 <= len(p["labels"]) <= GAUSS_MAX_CLASSES
         if ok:
             K = len(p["labels"])
-            n, mean, sc = (np.asarray(p.get(x)) for x in ("n", "mean", "scatter"))
+            try:
+                n, mean, sc = (np.asarray(p.get(x)) for x in ("n", "mean", "scatter"))
+            except (TypeError, ValueError):
+                ok = False
+        if ok:
             ok = (n.shape == (K,) and mean.shape == (K, GAUSS_DIM) and sc.shape == (K, _TRI)
                   and all(a.dtype.kind in "fiu" for a in (n, mean, sc))
                   and all(bool(np.isfinite(a).all()) for a in (n, mean, sc)) and n.min() >= 0)
+        if ok:
+            lab = canonical(np.array(p["labels"], dtype=object), "class_pool labels").tolist()
+            ok = len(set(lab)) == K and (allowed is None or set(lab) <= allowed)
         if not ok:
             break
-        parts.append(_part(canonical(np.array(p["labels"], dtype=object), "class_pool labels").tolist(),
-                           n, mean, sc))
+        parts.append(_part(lab, n, mean, sc))
     if not ok:
-        raise E.InvalidArgumentError("class_pool's 'gauss' is malformed: pass what hub.class_pool(...) returned")
+        raise E.InvalidArgumentError("class_pool's 'gauss' is malformed (column pairs must be unique and the "
+                                     "parts' labels among the pool's): pass what hub.class_pool(...) returned")
     return {"columns": g["columns"], "parts": _sorted_parts(parts)}
+
+
+def naive_bayes_reason(frame: pd.DataFrame, gp: dict | None, records: list) -> str:
+    """Why the query's mixture falls back to naive Bayes: a pooled entry's record without the
+    Gaussian (with its stored reason, if any), or the query's side."""
+    if gp is None:
+        whys = [r.get("gauss_why") for r in records if r.get("gauss") is None]
+        why = next((w for w in whys if w in WHYS), None)
+        return why if why is not None else "some pooled entry has no class Gaussian, e.g. registered before they were stored"
+    cols = [q for _, q in gp["columns"]]
+    if all(c in frame.columns for c in cols) and has_missing(frame, cols):
+        return "the query has missing values in the pooled columns"
+    return "the class Gaussians do not fit this query's columns"
 
 
 def gauss_loglik(frame: pd.DataFrame, gp: dict, labels: list) -> np.ndarray | None:

@@ -95,8 +95,8 @@ def check_pool(p) -> dict:
     from .accuracy_gauss import check_gauss_pool
 
     p = dict(p)
-    p["gauss"] = check_gauss_pool(p.get("gauss"))
     p["labels"] = canonical(np.array(p["labels"], dtype=object), "class_pool labels").tolist() if p["labels"] else []
+    p["gauss"] = check_gauss_pool(p.get("gauss"), p["labels"])
     return p
 
 

@@ -171,11 +171,13 @@ def class_record(df: pd.DataFrame, labels: np.ndarray, names: list[str], kinds: 
            "counts": np.bincount(codes, minlength=len(classes)).astype(np.int64),
            "cls": cat(cls, np.int32), "feat": cat(feat, np.int32), "bucket": cat(bucket, np.int32),
            "count": cat(count, np.uint32), "perf": None}
-    from .accuracy_gauss import gauss_record
+    from .accuracy_gauss import gauss_part
 
-    g = gauss_record(df, codes, len(classes), names, kinds)   # optional (accuracy_gauss.py)
+    g, why = gauss_part(df, codes, len(classes), names, kinds)   # optional (accuracy_gauss.py)
     if g is not None:
         out["gauss"] = g
+    elif why is not None:
+        out["gauss_why"] = why   # told in the evidence when the query falls back to naive Bayes
     return out
 
 
@@ -205,6 +207,8 @@ def merge_records(a: dict, b: dict) -> dict:
     g = merge_gauss(a, b)   # None (dropped: naive Bayes for this entry) unless both carry one over the same columns
     if g is not None:
         out["gauss"] = g
+    elif a.get("gauss_why") is not None or b.get("gauss_why") is not None:
+        out["gauss_why"] = a.get("gauss_why") if a.get("gauss_why") is not None else b.get("gauss_why")
     return out
 
 

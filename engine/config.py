@@ -89,7 +89,8 @@ class SketchConfig:
     # 0 scores every entry (exact, linear in the hub's size). Recall: bench/scale.py.
     shortlist: int = 256
     # predicted accuracy (engine/accuracy.py): naive-Bayes log-likelihoods are divided by
-    # accuracy_temperature x the number of features before EM; accuracy_bootstrap resamples of the
+    # accuracy_temperature x the number of features before EM (the naive-Bayes path only: the class-
+    # Gaussian path uses its own fixed accuracy_gauss.GAUSS_TEMPERATURE); accuracy_bootstrap resamples of the
     # query's rows give the interval (0: none). Chosen on the digits label-skew zoo, seeds 0-1
     # (python -m bench.bench_accuracy; bench/SUMMARY.md)
     accuracy_temperature: float = 0.1

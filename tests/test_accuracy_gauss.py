@@ -82,6 +82,7 @@ def test_merged_records_and_pools_equal_those_of_the_whole(rng):
     a, ya = _draw(rng, mu, np.array([0.5, 0.5, 0, 0]), int(rng.integers(3, 300)))
     b, yb = _draw(rng, mu, np.array([0, 0.2, 0.4, 0.4]), int(rng.integers(3, 300)))
     ya[0], yb[0], ya[-1], yb[-1] = 0, 3, 1, 2
+    ya[1], yb[1] = 1, 1     # class 1 in both parts whatever the draw (parts have >= 3 rows)
     ra, rb = _record(a, ya), _record(b, yb)
     whole = _record(pd.concat([a, b], ignore_index=True), np.concatenate([ya, yb]))
     merged = A.merge_records(ra, rb)
@@ -212,3 +213,110 @@ def test_records_without_the_gaussian_still_score_by_naive_bayes(tmp_path, rng, 
     # both estimates see the same query: the mixtures agree on the well separated classes
     for c in map(str, range(K)):
         assert abs(old["all"].evidence["mixture"].get(c, 0.0) - new["all"].evidence["mixture"].get(c, 0.0)) < 0.1
+
+
+def _query_with_labelled_hub(tmp_path, rng, df, y, query):
+    with fitsketch.open(tmp_path / "hub") as hub:
+        hub.add("m", df, labels=y, class_accuracy={c: 0.5 for c in range(K)})
+        return [m.evidence for m in hub.search(query, method="accuracy", accuracy_bootstrap=0)]
+
+
+def test_values_too_large_for_float32_store_no_gaussian_and_still_register(tmp_path, rng):
+    """Columns of scale 1e20: the float32 scatter would overflow; the record keeps no Gaussian
+    (naive Bayes, the reason in the evidence), the sketch round-trips and adds."""
+    mu = _means(rng)
+    df, y = _draw(rng, mu, np.full(K, 0.25), 120)
+    big = df * 1e20
+    rec = _record(big, y)
+    assert "gauss" not in rec and rec["gauss_why"] == G.WHY_OVERFLOW
+    assert "gauss" in _record(df, y)
+    merged = A.merge_records(rec, _record(df, y))
+    assert "gauss" not in merged
+    sk = fitsketch.sketch_data(big, SketchConfig(), labels=y)
+    sk2 = fitsketch.Sketch.from_bytes(sk.to_bytes())
+    with fitsketch.open(tmp_path / "hub") as hub:
+        hub.add_sketch("big", sk2, class_accuracy={c: 0.5 for c in range(K)})
+        ev = [m.evidence for m in hub.search(big.iloc[:40], method="accuracy", accuracy_bootstrap=0)]
+    assert len(ev) == 1 and G.WHY_OVERFLOW in ev[0]["mixture_source"]
+    assert ev[0]["mixture_temperature"] == SketchConfig().accuracy_temperature
+
+
+def test_a_column_of_much_larger_scale_leaves_the_mixture_to_naive_bayes(tmp_path, rng):
+    mu = _means(rng)
+    df, y = _draw(rng, mu, np.full(K, 0.25), 200)
+    assert "gauss" in _record(df, y)
+    wide = df.assign(income=rng.normal(5e4, 2e4, size=len(df)))
+    rec = _record(wide, y)
+    assert "gauss" not in rec and rec["gauss_why"] == G.WHY_SCALE
+    q, _ = _draw(rng, mu, np.full(K, 0.25), 30)
+    ev = _query_with_labelled_hub(tmp_path, rng, wide, y, q.assign(income=rng.normal(5e4, 2e4, size=30)))
+    assert G.WHY_SCALE in ev[0]["mixture_source"]
+
+
+def test_missing_values_leave_the_mixture_to_naive_bayes(tmp_path, rng):
+    mu = _means(rng)
+    df, y = _draw(rng, mu, np.full(K, 0.25), 150)
+    holed = df.copy()
+    holed.iloc[int(rng.integers(len(df))), int(rng.integers(D))] = np.nan
+    rec = _record(holed, y)
+    assert "gauss" not in rec and rec["gauss_why"] == G.WHY_MISSING
+    # a query with a missing value: naive Bayes (a complete query keeps the Gaussians)
+    q, _ = _draw(rng, mu, np.full(K, 0.25), 30)
+    gp = G.gauss_pool([(_record(df, y), list(df.columns), {f: f for f in range(D)})], list(q.columns))
+    assert G.gauss_loglik(q, gp, list(range(K))) is not None
+    qh = q.copy()
+    qh.iloc[int(rng.integers(len(q))), int(rng.integers(D))] = np.nan
+    assert G.gauss_loglik(qh, gp, list(range(K))) is None
+    ev = _query_with_labelled_hub(tmp_path, rng, df, y, qh)
+    assert "the query has missing values" in ev[0]["mixture_source"]
+    assert ev[0]["mixture_temperature"] == SketchConfig().accuracy_temperature
+
+
+@pytest.mark.parametrize("damage", ["d_array", "d_bool", "ragged_mean", "ragged_scatter"])
+def test_malformed_gaussians_of_other_types_are_named_errors(tmp_path, rng, damage):
+    mu = _means(rng)
+    df, y = _draw(rng, mu, np.full(K, 0.25), 100)
+    rec = _record(df, y)
+    g = dict(rec["gauss"])
+    if damage == "d_array":
+        g["d"] = np.array([G.GAUSS_DIM, G.GAUSS_DIM])
+    elif damage == "d_bool":
+        g["d"] = True
+    elif damage == "ragged_mean":
+        g["mean"] = [[0.0] * G.GAUSS_DIM, [0.0]] + [[0.0] * G.GAUSS_DIM] * (K - 2)
+    else:
+        g["scatter"] = [[1.0, 2.0], [1.0]] * (K // 2)
+    with pytest.raises(E.CorruptHubError, match="class Gaussian"):
+        A.check_record({**rec, "gauss": g}, D)
+    sk = fitsketch.sketch_data(df, SketchConfig(), labels=y)
+    sk.classes["gauss"] = g
+    with fitsketch.open(tmp_path / "hub") as hub:
+        with pytest.raises(E.InvalidArgumentError, match="class record"):
+            hub.add_sketch("bad", sk, class_accuracy={c: 0.5 for c in range(K)})
+        assert len(hub) == 0
+    names = list(df.columns)
+    pl = A.merge_pools([{**A.pool([(rec, {f: f for f in range(D)})], rec["labels"], names),
+                         "gauss": G.gauss_pool([(rec, names, {f: f for f in range(D)})], names)}])
+    part = dict(pl["gauss"]["parts"][0])
+    part["n" if damage.startswith("d_") else damage.split("_")[1]] = g["mean"] if damage == "ragged_mean" else (
+        g["scatter"] if damage == "ragged_scatter" else [[1.0], [1.0, 2.0]])
+    with pytest.raises(E.InvalidArgumentError, match="gauss"):
+        A.check_pool({**pl, "gauss": {**pl["gauss"], "parts": [part]}})
+
+
+def test_a_received_pool_with_repeated_columns_or_foreign_labels_is_refused(rng):
+    mu = _means(rng)
+    train, ytr = _draw(rng, mu, np.full(K, 0.25), 100)
+    rec = _record(train, ytr)
+    names = list(train.columns)
+    pl = A.merge_pools([{**A.pool([(rec, {f: f for f in range(D)})], rec["labels"], names),
+                         "gauss": G.gauss_pool([(rec, names, {f: f for f in range(D)})], names)}])
+    A.check_pool(pl)
+    cols = pl["gauss"]["columns"]
+    j = int(rng.integers(len(cols)))
+    with pytest.raises(E.InvalidArgumentError, match="gauss"):
+        A.check_pool({**pl, "gauss": {**pl["gauss"], "columns": cols + [list(cols[j])]}})
+    part = dict(pl["gauss"]["parts"][0])
+    part["labels"] = [c + 1000 * int(rng.integers(1, 5)) for c in part["labels"]]
+    with pytest.raises(E.InvalidArgumentError, match="gauss"):
+        A.check_pool({**pl, "gauss": {**pl["gauss"], "parts": [part]}})

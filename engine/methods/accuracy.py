@@ -125,6 +125,7 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
             pi = _acc.check_mixture(mixture, labels)
         ll = np.zeros((0, len(labels)))
         proxies = None
+        temperature = None
     else:
         if pl is None:
             pl = _pool(labelled, labels, query.names)
@@ -138,11 +139,12 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         # over the histograms otherwise (entries registered before, or without numeric columns)
         ll = None if pl.get("gauss") is None else _gauss.gauss_loglik(frame, pl["gauss"], labels)
         mixture_source = "EM over pooled class Gaussians"
+        temperature = _gauss.GAUSS_TEMPERATURE   # the Gaussian path's own constant (accuracy_gauss.py)
         if ll is None:
+            temperature = cfg.accuracy_temperature
             ll = _acc.loglik(qb, len(frame), pl, query.names, cfg.accuracy_temperature, qx)
-            mixture_source = "EM over pooled class histograms (naive Bayes: " + (
-                "some pooled entry has no class Gaussian, e.g. registered before they were stored)"
-                if pl.get("gauss") is None else "the class Gaussians do not fit this query's columns)")
+            mixture_source = "EM over pooled class histograms (naive Bayes: " + _gauss.naive_bayes_reason(
+                frame, pl.get("gauss"), [cl for _, _, cl in labelled]) + ")"
         pi = None
         proxies = [_acc.own_predictions(qb, len(frame), cl, {sf: tj for tj, sf, _ in al.pairs}, labels,
                                         query.names, qx) for _, al, cl in labelled]
@@ -158,6 +160,7 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         seen = set(cl["labels"])
         ev = {"predicted_accuracy": float(acc[i]), "mixture": mix,
               "mixture_source": "given" if mixture is not None else mixture_source,
+              "mixture_temperature": temperature,
               "contributions": {str(labels[j]): round(float(contrib[j]), 4)
                                 for j in np.argsort(-contrib, kind="stable")[:5] if contrib[j] > 0},
               "unseen_class_share": round(float(sum(p for c, p in zip(labels, pi) if c not in seen)), 4),
