@@ -92,6 +92,10 @@ SCHEMA: tuple[Record, ...] = (
            "forward from an earlier generation, rebuilt from LMDB otherwise)", "fitsketch.indexes",
            (("fitsketch.indexes.SEARCH_INDEX_FORMAT", 1), ("fitsketch.storage.arrayfile.ARRAY_FILE_FORMAT", 1)),
            per_entry=False),
+    Record("file", "<hub>/indexes/level1.faiss + level1.msgpack sidecar", "the two-level candidate stage's level-1 "
+           "IVF over projected dataset-level rows (derived: its sidecar records the format, the hub's identity and "
+           "parameters, the row ids and the basis; brought forward after adds, rebuilt otherwise)",
+           "fitsketch.coarse, fitsketch.faiss_files", (("fitsketch.coarse.ANN_FORMAT", 1),), per_entry=False),
     Record("wire", "-", "a Sketch as bytes (Sketch.to_bytes, the socket protocol)", "fitsketch.sketch",
            (("fitsketch.sketch.SKETCH_FORMAT", 1),), per_entry=False),
 )
