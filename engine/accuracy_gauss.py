@@ -56,7 +56,9 @@ GAUSS_MAX_SCALE_RATIO = 100.0   # no Gaussian when a numeric column's variance e
 WHY_MISSING = "a numeric column of the entry has missing values"
 WHY_SCALE = f"the entry's numeric columns differ in scale (a variance > {GAUSS_MAX_SCALE_RATIO:g} x the median one)"
 WHY_OVERFLOW = "the entry's values are too large for float32 class Gaussians"
-WHYS = (WHY_MISSING, WHY_SCALE, WHY_OVERFLOW)
+WHY_CLASSES = f"the entry has more than {GAUSS_MAX_CLASSES} classes"
+WHYS = (WHY_MISSING, WHY_SCALE, WHY_OVERFLOW, WHY_CLASSES)
+MAX_WHY = 200              # characters of a stored reason (validated when read)
 _TRI = GAUSS_DIM * (GAUSS_DIM + 1) // 2
 _IU = np.triu_indices(GAUSS_DIM)
 
@@ -121,7 +123,7 @@ def gauss_part(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], ki
     """``(part, why)``: the ``"gauss"`` part of a class record of rows ``df`` with class codes
     ``codes`` (0..K-1), or None and why not (None when there is nothing to say: no numeric column)."""
     if K > GAUSS_MAX_CLASSES:
-        return None, f"more than {GAUSS_MAX_CLASSES} classes"
+        return None, WHY_CLASSES
     feat = [j for j, k in enumerate(kinds) if k == "numeric" and (pd.api.types.is_numeric_dtype(df[names[j]])
                                                                   or pd.api.types.is_bool_dtype(df[names[j]]))
             and df[names[j]].notna().any()]
@@ -132,11 +134,11 @@ def gauss_part(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], ki
         return None, WHY_MISSING
     with np.errstate(over="ignore", invalid="ignore"):   # an overflowing variance is a scale gap too
         try:
+            cm = np.array([np.mean(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
             var = np.array([np.var(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
         except (TypeError, ValueError):
             return None, None
-        nz = var[var > 0]
-        if nz.size and not (np.isfinite(var).all() and var.max() <= GAUSS_MAX_SCALE_RATIO * np.median(nz)):
+        if _scale_gap(var):
             return None, WHY_SCALE
     Z = project(df, cols, cols)
     if Z is None:
@@ -150,15 +152,27 @@ def gauss_part(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], ki
     for k in range(K):
         Dk = D[codes == k]
         scatter[k] = Dk.T @ Dk
-    return _finite32(feat, mean, _tri(scatter))
+    return _finite32(feat, mean, _tri(scatter), cm, var * len(df))
 
 
-def _finite32(feat, mean: np.ndarray, scatter: np.ndarray) -> tuple:
+def _scale_gap(var: np.ndarray) -> bool:
+    """Whether column variances ``var`` differ too much in scale (or overflow) for the Gaussians."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        nz = var[var > 0]
+        return bool(nz.size) and not (np.isfinite(var).all() and var.max() <= GAUSS_MAX_SCALE_RATIO * np.median(nz))
+
+
+def _finite32(feat, mean: np.ndarray, scatter: np.ndarray, col_mean: np.ndarray, col_m2: np.ndarray) -> tuple:
+    """The part, or None and WHY_OVERFLOW. ``col_mean`` / ``col_m2`` (float64, one per column of
+    ``feat``): the columns' mean and sum of squared deviations, kept so that a merge re-checks the
+    scale gap on the union (two chunks may each pass while their union does not)."""
     with np.errstate(over="ignore", invalid="ignore"):
         m32, s32 = mean.astype(np.float32), scatter.astype(np.float32)
-    if not (np.isfinite(m32).all() and np.isfinite(s32).all()):
+    if not (np.isfinite(m32).all() and np.isfinite(s32).all() and np.isfinite(col_mean).all()
+            and np.isfinite(col_m2).all()):
         return None, WHY_OVERFLOW
-    return {"d": GAUSS_DIM, "feat": np.asarray(feat, dtype=np.int32), "mean": m32, "scatter": s32}, None
+    return {"d": GAUSS_DIM, "feat": np.asarray(feat, dtype=np.int32), "mean": m32, "scatter": s32,
+            "col_mean": np.asarray(col_mean, np.float64), "col_m2": np.asarray(col_m2, np.float64)}, None
 
 
 def gauss_record(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], kinds: list[str]) -> dict | None:
@@ -191,17 +205,28 @@ def _combine(parts: list) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
     return labels, n, mean, scatter
 
 
-def merge_gauss(a: dict, b: dict) -> dict | None:
-    """The ``"gauss"`` part of :func:`~fitsketch.accuracy.merge_records` of class records ``a``
-    and ``b``; None when either lacks one or they project different columns."""
+def merge_gauss(a: dict, b: dict) -> tuple:
+    """``(part, why)``: the ``"gauss"`` part of :func:`~fitsketch.accuracy.merge_records` of class
+    records ``a`` and ``b``, or None and why not (None when either lacks one or they project
+    different columns: the records' own reasons then stand). The columns' moments merge by Chan et
+    al.'s update and the scale gap is checked again on the union."""
     ga, gb = a.get("gauss"), b.get("gauss")
     if ga is None or gb is None or not np.array_equal(np.asarray(ga["feat"]), np.asarray(gb["feat"])):
-        return None
+        return None, None
     labels, _, mean, scatter = _combine([(r["labels"], r["counts"], r["gauss"]["mean"], r["gauss"]["scatter"])
                                          for r in (a, b)])
     if len(labels) > GAUSS_MAX_CLASSES:
-        return None
-    return _finite32(ga["feat"], mean, scatter)[0]
+        return None, WHY_CLASSES
+    na, nb = float(np.sum(a["counts"])), float(np.sum(b["counts"]))
+    ma, mb = np.asarray(ga["col_mean"], np.float64), np.asarray(gb["col_mean"], np.float64)
+    n = max(na + nb, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        delta = mb - ma
+        cm = ma + delta * (nb / n)
+        m2 = np.asarray(ga["col_m2"], np.float64) + np.asarray(gb["col_m2"], np.float64) + delta * delta * (na * nb / n)
+    if _scale_gap(m2 / n):
+        return None, WHY_SCALE
+    return _finite32(ga["feat"], mean, scatter, cm, m2)
 
 
 def check_gauss(g, K: int, n_features: int) -> None:
@@ -221,6 +246,14 @@ def check_gauss(g, K: int, n_features: int) -> None:
               and mean.shape == (K, GAUSS_DIM) and sc.shape == (K, _TRI)
               and mean.dtype.kind == "f" and sc.dtype.kind == "f"
               and bool(np.isfinite(mean).all()) and bool(np.isfinite(sc).all()))
+    if ok:
+        try:
+            cm, m2 = (np.asarray(g.get(x)) for x in ("col_mean", "col_m2"))
+        except (TypeError, ValueError):
+            ok = False
+    if ok:
+        ok = (cm.shape == feat.shape and m2.shape == feat.shape and cm.dtype.kind == "f" and m2.dtype.kind == "f"
+              and bool(np.isfinite(cm).all()) and bool(np.isfinite(m2).all()) and bool((m2 >= 0).all()))
     if not ok:
         raise E.CorruptHubError("an entry's class record holds a malformed class Gaussian ('gauss'): remove the "
                                 "entry and add it again")
@@ -330,7 +363,7 @@ def naive_bayes_reason(frame: pd.DataFrame, gp: dict | None, records: list) -> s
     Gaussian (with its stored reason, if any), or the query's side."""
     if gp is None:
         whys = [r.get("gauss_why") for r in records if r.get("gauss") is None]
-        why = next((w for w in whys if w in WHYS), None)
+        why = next((w for w in whys if isinstance(w, str) and w in WHYS), None)
         return why if why is not None else "some pooled entry has no class Gaussian, e.g. registered before they were stored"
     cols = [q for _, q in gp["columns"]]
     if all(c in frame.columns for c in cols) and has_missing(frame, cols):

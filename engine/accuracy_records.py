@@ -204,9 +204,11 @@ def merge_records(a: dict, b: dict) -> dict:
            "count": np.minimum(summed, np.iinfo(np.uint32).max).astype(np.uint32), "perf": None}
     from .accuracy_gauss import merge_gauss
 
-    g = merge_gauss(a, b)   # None (dropped: naive Bayes for this entry) unless both carry one over the same columns
+    g, why = merge_gauss(a, b)   # None (dropped: naive Bayes for this entry) unless both carry one over the same columns
     if g is not None:
         out["gauss"] = g
+    elif why is not None:
+        out["gauss_why"] = why
     elif a.get("gauss_why") is not None or b.get("gauss_why") is not None:
         out["gauss_why"] = a.get("gauss_why") if a.get("gauss_why") is not None else b.get("gauss_why")
     return out
@@ -224,8 +226,12 @@ def check_record(rec, n_features: int) -> dict:
                                          and arrs[1].min() >= 0 and arrs[1].max() < n_features)))
     if not ok:
         raise E.CorruptHubError("an entry's class record is malformed: remove the entry and add it again")
-    if rec.get("gauss") is not None:   # optional (accuracy_gauss.py); absent from records written before
-        from .accuracy_gauss import check_gauss
+    from .accuracy_gauss import MAX_WHY, check_gauss
 
+    if rec.get("gauss") is not None:   # optional (accuracy_gauss.py); absent from records written before
         check_gauss(rec["gauss"], k, n_features)
+    why = rec.get("gauss_why")         # optional: why the entry has no class Gaussian (a short text)
+    if why is not None and not (isinstance(why, str) and len(why) <= MAX_WHY):
+        raise E.CorruptHubError("an entry's class record holds a malformed 'gauss_why' (a text of at most "
+                                f"{MAX_WHY} characters): remove the entry and add it again")
     return rec

@@ -90,6 +90,8 @@ def test_merged_records_and_pools_equal_those_of_the_whole(rng):
     scale = np.abs(whole["gauss"]["scatter"]).max()
     np.testing.assert_allclose(merged["gauss"]["mean"], whole["gauss"]["mean"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(merged["gauss"]["scatter"], whole["gauss"]["scatter"], rtol=1e-4, atol=1e-5 * scale)
+    np.testing.assert_allclose(merged["gauss"]["col_mean"], whole["gauss"]["col_mean"], rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(merged["gauss"]["col_m2"], whole["gauss"]["col_m2"], rtol=1e-9)
     names = list(a.columns)
     fm = {f: f for f in range(D)}
     query, _ = _draw(rng, mu, np.full(K, 0.25), 50)
@@ -320,3 +322,35 @@ def test_a_received_pool_with_repeated_columns_or_foreign_labels_is_refused(rng)
     part["labels"] = [c + 1000 * int(rng.integers(1, 5)) for c in part["labels"]]
     with pytest.raises(E.InvalidArgumentError, match="gauss"):
         A.check_pool({**pl, "gauss": {**pl["gauss"], "parts": [part]}})
+
+
+def test_a_merge_whose_union_has_a_scale_gap_drops_the_gaussian(rng):
+    """Two chunks of which each passes the scale check but whose union does not (a column near 0 in
+    one chunk and near 5e4 in the other): the merged record has no Gaussian and says why, as the
+    record of all the rows does."""
+    mu = _means(rng)
+    a, ya = _draw(rng, mu, np.full(K, 0.25), int(rng.integers(40, 200)))
+    b, yb = _draw(rng, mu, np.full(K, 0.25), int(rng.integers(40, 200)))
+    a = a.assign(income=rng.normal(0, 1, len(a)))
+    b = b.assign(income=rng.normal(5e4, 1, len(b)))
+    ra, rb = _record(a, ya), _record(b, yb)
+    assert "gauss" in ra and "gauss" in rb
+    whole = _record(pd.concat([a, b], ignore_index=True), np.concatenate([ya, yb]))
+    merged = A.merge_records(ra, rb)
+    assert "gauss" not in whole and whole["gauss_why"] == G.WHY_SCALE
+    assert "gauss" not in merged and merged["gauss_why"] == G.WHY_SCALE
+
+
+@pytest.mark.parametrize("why", ["array", "long", "number"])
+def test_a_malformed_gauss_why_is_refused_and_the_hub_unchanged(tmp_path, rng, why):
+    mu = _means(rng)
+    df, y = _draw(rng, mu, np.full(K, 0.25), 120)
+    sk = fitsketch.sketch_data(df, SketchConfig(), labels=y)
+    sk.classes.pop("gauss")
+    sk.classes["gauss_why"] = {"array": np.array([1, 2]), "long": "x" * (G.MAX_WHY + 1), "number": 3}[why]
+    with fitsketch.open(tmp_path / "hub") as hub:
+        with pytest.raises(E.FitsketchError, match="class record"):
+            hub.add_sketch("bad", sk, class_accuracy={c: 0.5 for c in range(K)})
+        assert "bad" not in hub and len(hub) == 0
+    with pytest.raises(E.InvalidArgumentError):
+        fitsketch.Sketch.from_bytes(sk.to_bytes())
