@@ -338,6 +338,10 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
     rows, sel = select({"ids": np.arange(len(entries)), "score": score, "tiebreak": np.zeros(len(entries)),
                         "exact": given}, n_keep, k=k, margin=margin, max_keep=max_keep)
+    rows = np.asarray(rows, dtype=np.int64)
+    if given[rows].any():   # ties at the cut among exactly screened models are all kept (the answer's order
+        lo = score[rows[given[rows]]].min()            # breaks them by overlap, then name: not by hub order)
+        rows = np.union1d(rows, np.flatnonzero(given & (score >= lo - 1e-12)))
     keep |= {entries[int(r)][0] for r in rows}
     info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl, proxy=sel["proxy"],
                 in_margin=sel["in_margin"], capped=sel["capped"])

@@ -10,6 +10,7 @@ import pytest
 
 import fitsketch
 from fitsketch import accuracy as A
+from fitsketch import accuracy_gauss as G
 from fitsketch import pipeline
 
 MEANS = np.array([5.0, 10.0, 15.0])     # class k's features ~ N(MEANS[k], 1.5) in every column
@@ -55,12 +56,20 @@ def _screen_scores(hub, q) -> dict:
         for key in txn.keys("entries"):
             rec = txn.get("entries", key)
             cl = txn.get("extra", u64(rec["id"]))["classes"]
-            got.append((rec["name"], cl, {sf: names.index(n) for sf, n in enumerate(rec["features"])}))
-    labels = sorted({c for _, cl, _ in got for c in cl["labels"]})
-    pl = A.merge_pools([A.pool([(cl, fm) for _, cl, fm in got], labels, names)])
-    qb = A.query_buckets(q, names, ["numeric"] * len(names), list(range(len(names))), hub.config)
-    pi = A.em_mixture(A.loglik(qb, len(q), pl, names, hub.config.accuracy_temperature))
-    return {n: float(np.dot(A.recall_vector(cl["perf"], labels), pi)) for n, cl, _ in got}
+            got.append((rec["name"], cl, {sf: names.index(n) for sf, n in enumerate(rec["features"])},
+                        rec["features"]))
+    labels = sorted({c for _, cl, _, _ in got for c in cl["labels"]})
+    pl = A.pool([(cl, fm) for _, cl, fm, _ in got], labels, names)
+    # the mixture as the scorer estimates it: EM over the pooled class Gaussians where every entry
+    # carries one (these entries do), else over naive Bayes
+    pl["gauss"] = G.gauss_pool([(cl, feats, fm) for _, cl, fm, feats in got], names)
+    pl = A.merge_pools([pl])
+    ll = None if pl["gauss"] is None else G.gauss_loglik(q, pl["gauss"], pl["labels"])
+    if ll is None:
+        qb = A.query_buckets(q, names, ["numeric"] * len(names), list(range(len(names))), hub.config)
+        ll = A.loglik(qb, len(q), pl, names, hub.config.accuracy_temperature)
+    pi = A.em_mixture(ll)
+    return {n: float(np.dot(A.recall_vector(cl["perf"], pl["labels"]), pi)) for n, cl, _, _ in got}
 
 
 def _stage(plan):
@@ -123,3 +132,20 @@ def test_class_accuracy_models_are_screened_exactly_without_a_margin(tmp_path, s
         q = _rows(rng, rng.choice(3, 150, p=rng.dirichlet(np.ones(3))))
         st = _stage(hub.explain(q, k=2, method="accuracy", shortlist=2, accuracy_bootstrap=0))
     assert st.actual == 2 and "within" not in st.detail
+
+def test_ties_among_given_models_at_the_cut_are_all_kept(tmp_path):
+    """Models registered with class_accuracy= are screened exactly: when many tie at the cut, the
+    stage keeps them all, so the shortlisted answer equals shortlist=0's (ties broken by name)."""
+    rng = np.random.default_rng(int(np.random.default_rng().integers(1 << 31)))
+    cfg = fitsketch.SketchConfig(shortlist=2)
+    n = int(rng.integers(10, 16))
+    with fitsketch.open(tmp_path / "h", create=True, config=cfg) as hub:
+        for i in reversed(range(n)):        # added in reverse name order
+            y = rng.choice(3, 90)
+            y[:3] = [0, 1, 2]
+            hub.add(f"n{i:02d}", _rows(rng, y), labels=y, class_accuracy={0: 0.9, 1: 0.6, 2: 0.3})
+        q = _rows(rng, rng.choice(3, 80))
+        got = hub.search(q, k=2, method="accuracy", accuracy_bootstrap=0)
+        want = hub.search(q, k=2, method="accuracy", shortlist=0, accuracy_bootstrap=0)
+        assert [m.name for m in got] == [m.name for m in want]
+        assert [m.score for m in got] == [m.score for m in want]
