@@ -368,7 +368,22 @@ class HubStore:
             if abort is not None:
                 with contextlib.suppress(lmdb.Error):
                     abort.abort()
-            self._live().set_mapsize(new_size)
+            env = self._live()
+            old = env.info()["map_size"]
+            try:
+                env.set_mapsize(new_size)
+            except lmdb.Error as e:
+                # py-lmdb invalidates an environment whose set_mapsize failed (ENOMEM under an
+                # address-space limit): reopen it at its old size, so the hub stays usable, and say so
+                with contextlib.suppress(lmdb.Error):
+                    env.close()
+                self._env = None
+                self._env = self._open_env(old)
+                self._open_dbs(create=False)
+                raise DiskFullError(
+                    f"hub at {self.path}: the map cannot grow from {old} to {new_size} bytes "
+                    f"({e.__class__.__name__}: {e}); nothing was written: free memory or disk space, or "
+                    f"write fewer entries at a time") from e
 
     def _reserve(self, env: lmdb.Environment, nbytes: int) -> None:
         """Double the map (as a full map does) until ``nbytes`` more fit past the pages in use, so
@@ -383,7 +398,10 @@ class HubStore:
         while size < want:
             size *= 2
         log.info("hub at %s: growing the map to %d bytes for a %d-byte write", self.path, size, nbytes)
-        self._resize(size)
+        try:
+            self._resize(size)
+        except DiskFullError as e:   # best effort: the estimate is generous; the map-full retry still applies
+            log.info("%s; writing without growing first", e)
 
     def transact(self, fn: Callable[[Txn], T], reserve: int = 0) -> T:
         """Run ``fn(txn)`` in one write transaction, commit once, return its result.
@@ -404,6 +422,7 @@ class HubStore:
                 if reserve > 0:
                     self._reserve(env, reserve)
                 while True:
+                    env = self._live()          # a failed grow reopens the environment
                     try:
                         raw = env.begin(write=True, buffers=False)
                     except lmdb.MapResizedError:

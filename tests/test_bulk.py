@@ -211,3 +211,35 @@ def test_a_batch_that_outgrows_the_map_is_written_once(tmp_path, rng, monkeypatc
             dumps.append(_dump(hub))
         assert len(runs) == 2, size
     _assert_same(dumps[0], dumps[1])
+
+
+def test_a_map_that_cannot_grow_leaves_the_hub_usable(tmp_path):
+    """set_mapsize failing (ENOMEM under an address-space limit; py-lmdb then invalidates the
+    environment) raises DiskFullError and reopens the environment at its old size: the hub still
+    reads and writes. A reserve that cannot be granted is best effort (the write goes on). In a
+    child process: the limit must not reach the test runner."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import resource, numpy as np, pandas as pd, fitsketch
+        from fitsketch.storage.env import DiskFullError
+        hub = fitsketch.open({str(tmp_path / 'h')!r}, create=True)
+        hub.add("a", pd.DataFrame({{"x": np.arange(50.0)}}))
+        vm = [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize')][0] * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+        hub._transact(lambda t: None, reserve=1 << 34)
+        try:
+            hub.store._resize(1 << 36)
+            raise SystemExit("no error")
+        except DiskFullError as e:
+            assert "cannot grow" in str(e)
+        resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        hub.add("b", pd.DataFrame({{"x": np.arange(60.0)}}))
+        assert len(hub) == 2 and "a" in hub and "b" in hub
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
