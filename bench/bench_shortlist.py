@@ -387,12 +387,10 @@ def run_two_level(data: str = "digits", sizes=(10_000, 100_000), n_queries: int 
     pipeline makes (screen.choose, top ``shortlist``). recall@10: share of the two-level kept
     entries' top 10 (by screen score = the scorer's) scoring at least the exhaustive 10th best less
     1e-6; best found: its best reaches the exhaustive best less 1e-6. CPU p50 per stage."""
-    import fitsketch
     from fitsketch import coarse as CO
     from fitsketch import planner
     from fitsketch import profiles as PR
     from fitsketch import screen as S
-    from fitsketch.jslsh import own_keys
 
     from . import zoos
 
@@ -402,11 +400,7 @@ def run_two_level(data: str = "digits", sizes=(10_000, 100_000), n_queries: int 
     pool = zoos.Pool(data, seed=seed)
     pool.check()
     cfg = pool.cfg
-    q_idx = [zoos.sample_index(pool.y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
-    qs = zoos.fast_sketches(pool.X, pool.names, q_idx, cfg)
-    sp = PR.small_params(cfg)
-    small = {m: [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=m == "js", seed=cfg.seed, r=sp[0],
-                               k=sp[1], l=sp[2])) for q in qs] for m in ("js", "adaptivity")}
+    qs, small = zoos.query_sketches(pool, n_queries, seed)
     idx = S.ScreenIndex(cfg.jslsh_l, cfg.hist_accuracy)
     rows, per_query = [], []
     t_build = H.Samples()

@@ -47,19 +47,11 @@ def load_screen(path: str):
 
 
 def queries(n: int, seed: int = 0):
-    from fitsketch import profiles as PR
-    from fitsketch.jslsh import own_keys
-
     from . import zoos
 
     pool = zoos.Pool("digits", seed=seed)
-    cfg = pool.cfg
-    q_idx = [zoos.sample_index(pool.y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n)]
-    qs = zoos.fast_sketches(pool.X, pool.names, q_idx, cfg)
-    sp = PR.small_params(cfg)
-    small = {m: [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=m == "js", seed=cfg.seed, r=sp[0],
-                               k=sp[1], l=sp[2])) for q in qs] for m in ("js", "adaptivity")}
-    return qs, small, cfg
+    qs, small = zoos.query_sketches(pool, n, seed)
+    return qs, small, pool.cfg
 
 
 def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortlist: int = 256,

@@ -339,3 +339,19 @@ def check_labelled(pool: "Pool", idx=(0, 1, 2)) -> None:
         for k in ("counts", "cls", "feat", "bucket", "count"):
             a, b = np.asarray(ref[k]), np.asarray(sk.classes[k])
             assert np.array_equal(a, b) and a.dtype == b.dtype, k
+
+
+def query_sketches(pool: "Pool", n: int, seed: int) -> tuple[list, dict]:
+    """``(sketches, small)``: ``n`` class-skewed query samples of ``pool`` (``QUERY_ROWS`` rows each,
+    the draws ``(seed, 1, i)``) and, for js and adaptivity, each query's own small-query band keys
+    (what the screen's exact small-query path takes)."""
+    from fitsketch import profiles as PR
+    from fitsketch.jslsh import own_keys
+
+    cfg = pool.cfg
+    q_idx = [sample_index(pool.y, QUERY_ROWS, (seed, 1, i)) for i in range(n)]
+    qs = fast_sketches(pool.X, pool.names, q_idx, cfg)
+    sp = PR.small_params(cfg)
+    small = {m: [(sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=m == "js", seed=cfg.seed, r=sp[0],
+                               k=sp[1], l=sp[2])) for q in qs] for m in ("js", "adaptivity")}
+    return qs, small

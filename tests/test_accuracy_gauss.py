@@ -160,13 +160,18 @@ def test_a_sketch_with_a_malformed_gaussian_is_refused_and_the_hub_unchanged(tmp
         fitsketch.Sketch.from_bytes(sk.to_bytes())
 
 
+def _pool_of(rec, names):
+    """The class pool (histograms and Gaussians) of one record over the columns ``names``."""
+    fm = {f: f for f in range(D)}
+    return A.merge_pools([{**A.pool([(rec, fm)], rec["labels"], names), "gauss": G.gauss_pool([(rec, names, fm)], names)}])
+
+
 def test_a_received_pool_with_a_malformed_gaussian_is_a_named_error(rng):
     mu = _means(rng)
     train, ytr = _draw(rng, mu, np.full(K, 0.25), 100)
     rec = _record(train, ytr)
     names = list(train.columns)
-    pl = A.merge_pools([{**A.pool([(rec, {f: f for f in range(D)})], rec["labels"], names),
-                         "gauss": G.gauss_pool([(rec, names, {f: f for f in range(D)})], names)}])
+    pl = _pool_of(rec, names)
     assert A.check_pool(pl)["gauss"] is not None
     bad = {**pl["gauss"], "parts": [{**pl["gauss"]["parts"][0], "n": np.full(K, -1.0)}]}
     with pytest.raises(E.InvalidArgumentError, match="gauss"):
@@ -297,8 +302,7 @@ def test_malformed_gaussians_of_other_types_are_named_errors(tmp_path, rng, dama
             hub.add_sketch("bad", sk, class_accuracy={c: 0.5 for c in range(K)})
         assert len(hub) == 0
     names = list(df.columns)
-    pl = A.merge_pools([{**A.pool([(rec, {f: f for f in range(D)})], rec["labels"], names),
-                         "gauss": G.gauss_pool([(rec, names, {f: f for f in range(D)})], names)}])
+    pl = _pool_of(rec, names)
     part = dict(pl["gauss"]["parts"][0])
     part["n" if damage.startswith("d_") else damage.split("_")[1]] = g["mean"] if damage == "ragged_mean" else (
         g["scatter"] if damage == "ragged_scatter" else [[1.0], [1.0, 2.0]])
@@ -311,8 +315,7 @@ def test_a_received_pool_with_repeated_columns_or_foreign_labels_is_refused(rng)
     train, ytr = _draw(rng, mu, np.full(K, 0.25), 100)
     rec = _record(train, ytr)
     names = list(train.columns)
-    pl = A.merge_pools([{**A.pool([(rec, {f: f for f in range(D)})], rec["labels"], names),
-                         "gauss": G.gauss_pool([(rec, names, {f: f for f in range(D)})], names)}])
+    pl = _pool_of(rec, names)
     A.check_pool(pl)
     cols = pl["gauss"]["columns"]
     j = int(rng.integers(len(cols)))
