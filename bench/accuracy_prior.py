@@ -43,19 +43,14 @@ def build(ds: str, seed: int, out: Path) -> Path:
                                     feature_names=None, kinds=kinds, config=cfg)
         recs[s] = rec
     labels = sorted({c for r in recs.values() for c in r["labels"]})
-    from fitsketch import accuracy_gauss as G
-
-    pl = A.merge_pools([A.pool([(recs[s], fm) for s in srcs], labels, names)])
-    # the engine's mixture: EM over the class Gaussians (naive Bayes where an entry has none)
-    gp = G.gauss_pool([(recs[s], names, fm) for s in srcs], names)
+    pl = A.class_pool_of([(recs[s], names, fm) for s in srcs], labels, names)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
                             "pi", "acc", "pop")}
     for t, df in wl.targets.items():
         qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
         qx = A.query_index(qb, len(df))
-        ll = None if gp is None else G.gauss_loglik(df, gp, labels)
-        if ll is None:
-            ll = A.loglik(qb, len(df), pl, names, cfg.accuracy_temperature, qx)
+        # the engine's mixture: EM over the class Gaussians (naive Bayes where an entry has none)
+        ll = A.mixture_loglik(df, pl, names, kinds, cfg, cfg.accuracy_temperature, qb, qx)[0]
         pi = A.em_mixture(ll)
         w = A.responsibilities(ll, pi)
         mass = w.sum(axis=0)

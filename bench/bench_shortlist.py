@@ -659,12 +659,13 @@ def _accuracy_ranks(hub, X, names, full) -> dict:
         for key in txn.keys("entries"):
             rec = txn.get("entries", key)
             cl = txn.get("extra", u64(rec["id"]))["classes"]
-            got.append((rec["name"], cl, {sf: col_of[n] for sf, n in enumerate(rec["features"])}))
-    labels = sorted({c for _, cl, _ in got for c in cl["labels"]}, key=A._sort_key)
-    pl = A.merge_pools([A.pool([(cl, fm) for _, cl, fm in got], labels, names)])
-    qb = A.query_buckets(frame, names, ["numeric"] * len(names), list(range(len(names))), hub.config)
-    pi = A.em_mixture(A.loglik(qb, len(frame), pl, names, hub.config.accuracy_temperature))
-    s = np.array([np.dot(A.recall_vector(cl["perf"], labels), pi) for _, cl, _ in got])
+            got.append((rec["name"], cl, {sf: col_of[n] for sf, n in enumerate(rec["features"])}, rec["features"]))
+    labels = sorted({c for _, cl, _, _ in got for c in cl["labels"]}, key=A._sort_key)
+    # the stage's mixture (A.screen): the class Gaussians where every entry carries one, else naive Bayes
+    pl = A.class_pool_of([(cl, feats, fm) for _, cl, fm, feats in got], labels, names)
+    pi = A.em_mixture(A.mixture_loglik(frame, pl, names, ["numeric"] * len(names), hub.config,
+                                       hub.config.accuracy_temperature)[0])
+    s = np.array([np.dot(A.recall_vector(cl["perf"], pl["labels"]), pi) for _, cl, _, _ in got])
     order = np.argsort(-s, kind="stable")
     rank = {got[j][0]: r for r, j in enumerate(order)}
     score = {got[j][0]: s[j] for j in range(len(got))}

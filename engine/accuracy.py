@@ -52,8 +52,9 @@ import numpy as np
 from . import errors as E
 from .accuracy_perf import (CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, RECALL_PSEUDO,  # noqa: F401
                             curve, performance, read_class_accuracy, read_confusion, true_class_prob)
-from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, loglik,  # noqa: F401
-                            merge_pools, own_predictions, pool, pooled_loglik, query_buckets, query_index)
+from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, class_pool_of,  # noqa: F401
+                            loglik, merge_pools, own_predictions, pool, pooled_loglik, query_buckets,
+                            query_index)
 from .accuracy_records import (CLASSES_FORMAT, MAX_CLASSES, _match_kind, _sort_key, canonical,  # noqa: F401
                                check_labels, check_record, class_record, column_buckets, label_kind,
                                merge_records, with_labels)
@@ -104,6 +105,24 @@ def em_mixture(ll: np.ndarray, pi0: np.ndarray | None = None, iters: int = EM_IT
             break
         pi = new
     return pi
+
+
+def mixture_loglik(frame, pl: dict, names: list[str], kinds: list[str], config, temperature: float,
+                   qb: dict | None = None, qx: dict | None = None) -> tuple[np.ndarray, bool]:
+    """``(ll, gaussian)``: the (rows, ``pl["labels"]``) class log-likelihoods of the query's rows that
+    EM estimates its mixture from -- under the pool's class Gaussians where it carries them and they
+    fit the query (engine/accuracy_gauss.py; ``gaussian`` True), else naive Bayes over the pooled
+    histograms at ``temperature`` (``qb`` / ``qx``: the query's buckets and index, when the caller
+    has them already)."""
+    from .accuracy_gauss import gauss_loglik
+
+    ll = None if pl.get("gauss") is None else gauss_loglik(frame, pl["gauss"], pl["labels"])
+    if ll is not None:
+        return ll, True
+    if qb is None:
+        used = sorted({j for j, n in enumerate(names) if n in set(pl["columns"])})
+        qb = query_buckets(frame, names, kinds, used, config)
+    return loglik(qb, len(frame), pl, names, temperature, qx), False
 
 
 def recall_vector(perf: dict, labels: list, key: str = "recall") -> np.ndarray:
@@ -321,19 +340,11 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     info = {"labelled": len(entries)}
     if not entries or frame is None:
         return set(kept) | keep, info
-    from .accuracy_gauss import gauss_loglik, gauss_pool
     from .screen import select
 
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=_sort_key)
-    pl = pool([(cl, fmap) for _, cl, fmap, _ in entries], labels, target.names)
-    pl["gauss"] = gauss_pool([(cl, feats, fmap) for _, cl, fmap, feats in entries], target.names)
-    pl = merge_pools([pl])
-    ll = None if pl["gauss"] is None else gauss_loglik(frame, pl["gauss"], pl["labels"])
-    if ll is None:
-        used = sorted({j for j, n in enumerate(target.names) if n in set(pl["columns"])})
-        qb = query_buckets(frame, target.names, target.kinds, used, config)
-        ll = loglik(qb, len(frame), pl, target.names, temperature)
-    pi = em_mixture(ll)
+    pl = class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, target.names)
+    pi = em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0])
     score = np.stack([recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries]) @ pi
     given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
     rows, sel = select({"ids": np.arange(len(entries)), "score": score, "tiebreak": np.zeros(len(entries)),

@@ -118,6 +118,17 @@ def query_index(qb: dict, n_rows: int) -> dict:
     return {"n_rows": int(n_rows), "uq": uq, "S": S}
 
 
+def class_pool_of(items: list, labels: list, names: list[str]) -> dict:
+    """The class pool of labelled entries ``items`` [(class record, the entry's feature names,
+    {entry feature: query column})]: the per-feature histograms (:func:`pool`) and, where every
+    entry carries one over the same columns, the class Gaussians (accuracy_gauss.gauss_pool)."""
+    from .accuracy_gauss import gauss_pool
+
+    pl = pool([(cl, fmap) for cl, _, fmap in items], labels, names)
+    pl["gauss"] = gauss_pool(items, names)
+    return merge_pools([pl])
+
+
 def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float | None,
            qx: dict | None = None) -> np.ndarray:
     """(n_rows, n_classes) ``log p(x_i | c)`` / (temperature x effective features) under naive

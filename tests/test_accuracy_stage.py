@@ -10,7 +10,6 @@ import pytest
 
 import fitsketch
 from fitsketch import accuracy as A
-from fitsketch import accuracy_gauss as G
 from fitsketch import pipeline
 
 MEANS = np.array([5.0, 10.0, 15.0])     # class k's features ~ N(MEANS[k], 1.5) in every column
@@ -59,16 +58,11 @@ def _screen_scores(hub, q) -> dict:
             got.append((rec["name"], cl, {sf: names.index(n) for sf, n in enumerate(rec["features"])},
                         rec["features"]))
     labels = sorted({c for _, cl, _, _ in got for c in cl["labels"]})
-    pl = A.pool([(cl, fm) for _, cl, fm, _ in got], labels, names)
     # the mixture as the scorer estimates it: EM over the pooled class Gaussians where every entry
     # carries one (these entries do), else over naive Bayes
-    pl["gauss"] = G.gauss_pool([(cl, feats, fm) for _, cl, fm, feats in got], names)
-    pl = A.merge_pools([pl])
-    ll = None if pl["gauss"] is None else G.gauss_loglik(q, pl["gauss"], pl["labels"])
-    if ll is None:
-        qb = A.query_buckets(q, names, ["numeric"] * len(names), list(range(len(names))), hub.config)
-        ll = A.loglik(qb, len(q), pl, names, hub.config.accuracy_temperature)
-    pi = A.em_mixture(ll)
+    pl = A.class_pool_of([(cl, feats, fm) for _, cl, fm, feats in got], labels, names)
+    pi = A.em_mixture(A.mixture_loglik(q, pl, names, ["numeric"] * len(names), hub.config,
+                                       hub.config.accuracy_temperature)[0])
     return {n: float(np.dot(A.recall_vector(cl["perf"], pl["labels"]), pi)) for n, cl, _, _ in got}
 
 

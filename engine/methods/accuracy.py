@@ -51,12 +51,9 @@ def class_pool(ctx, query, cands) -> dict:
 
 
 def _pool(labelled, labels, names) -> dict:
-    """The class pool of ``labelled`` candidates: the per-feature histograms, and the class
-    Gaussians (engine/accuracy_gauss.py) where every candidate carries one over the same columns."""
-    fmaps = [{sf: tj for tj, sf, _ in al.pairs} for _, al, _ in labelled]
-    pl = _acc.pool([(cl, fm) for (_, _, cl), fm in zip(labelled, fmaps)], labels, names)
-    pl["gauss"] = _gauss.gauss_pool([(cl, rec["features"], fm) for (rec, _, cl), fm in zip(labelled, fmaps)], names)
-    return _acc.merge_pools([pl])
+    """The class pool of ``labelled`` candidates (``accuracy.class_pool_of``)."""
+    return _acc.class_pool_of([(cl, rec["features"], {sf: tj for tj, sf, _ in al.pairs}) for rec, al, cl in labelled],
+                              labels, names)
 
 
 def label_free(query, cfg) -> tuple[str, str | None]:
@@ -137,12 +134,13 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         qx = _acc.query_index(qb, len(frame))     # the query's side, shared by the pool and every proxy
         # the class Gaussians where every pooled entry carries one (accuracy_gauss.py), naive Bayes
         # over the histograms otherwise (entries registered before, or without numeric columns)
-        ll = None if pl.get("gauss") is None else _gauss.gauss_loglik(frame, pl["gauss"], labels)
-        mixture_source = "EM over pooled class Gaussians"
-        temperature = _gauss.GAUSS_TEMPERATURE   # the Gaussian path's own constant (accuracy_gauss.py)
-        if ll is None:
+        ll, gaussian = _acc.mixture_loglik(frame, pl, query.names, query.kinds, config, cfg.accuracy_temperature,
+                                           qb, qx)
+        if gaussian:
+            mixture_source = "EM over pooled class Gaussians"
+            temperature = _gauss.GAUSS_TEMPERATURE   # the Gaussian path's own constant (accuracy_gauss.py)
+        else:
             temperature = cfg.accuracy_temperature
-            ll = _acc.loglik(qb, len(frame), pl, query.names, cfg.accuracy_temperature, qx)
             mixture_source = "EM over pooled class histograms (naive Bayes: " + _gauss.naive_bayes_reason(
                 frame, pl.get("gauss"), [cl for _, _, cl in labelled]) + ")"
         pi = None
