@@ -8,7 +8,7 @@ which alone cost more predicted-accuracy error than the issue's target. A quadra
 in a 32-dimensional random projection models the correlations: L1 .07 / .03 on the tuning zoos
 (MNIST seed 0 / digits seeds 0-1; bench/SUMMARY.md, issue 19).
 
-Registration (:func:`gauss_record`, an optional ``"gauss"`` key of the class record): every
+Registration (:func:`gauss_part`, an optional ``"gauss"`` key of the class record): every
 numeric column ``j`` of the entry has a fixed random direction ``v(name_j)`` in ``R^GAUSS_DIM``
 (seeded by the column's name, so every hub and every query draws the same); a row's projection is
 ``z = sum_j x_j v(name_j)`` (infinite values count 0). Stored per class: the mean of ``z`` and its
@@ -133,11 +133,13 @@ def gauss_part(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], ki
     if has_missing(df, cols):
         return None, WHY_MISSING
     with np.errstate(over="ignore", invalid="ignore"):   # an overflowing variance is a scale gap too
-        try:
-            cm = np.array([np.mean(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
-            var = np.array([np.var(np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)) for c in cols])
-        except (TypeError, ValueError):
-            return None, None
+        cm, var = np.empty(len(cols)), np.empty(len(cols))
+        for i, c in enumerate(cols):      # one column's float64 copy at a time
+            try:
+                x = np.asarray(df[c].to_numpy(dtype=np.float64), dtype=np.float64)
+            except (TypeError, ValueError):
+                return None, None
+            cm[i], var[i] = np.mean(x), np.var(x)
         if _scale_gap(var):
             return None, WHY_SCALE
     Z = project(df, cols, cols)
@@ -173,11 +175,6 @@ def _finite32(feat, mean: np.ndarray, scatter: np.ndarray, col_mean: np.ndarray,
         return None, WHY_OVERFLOW
     return {"d": GAUSS_DIM, "feat": np.asarray(feat, dtype=np.int32), "mean": m32, "scatter": s32,
             "col_mean": np.asarray(col_mean, np.float64), "col_m2": np.asarray(col_m2, np.float64)}, None
-
-
-def gauss_record(df: pd.DataFrame, codes: np.ndarray, K: int, names: list[str], kinds: list[str]) -> dict | None:
-    """The ``"gauss"`` part of a class record (:func:`gauss_part`), or None."""
-    return gauss_part(df, codes, K, names, kinds)[0]
 
 
 def _combine(parts: list) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:

@@ -160,18 +160,20 @@ def test_a_sketch_with_a_malformed_gaussian_is_refused_and_the_hub_unchanged(tmp
         fitsketch.Sketch.from_bytes(sk.to_bytes())
 
 
+def _balanced_record(rng):
+    """100 rows of the four classes in equal shares, their labels and their class record."""
+    df, y = _draw(rng, _means(rng), np.full(K, 0.25), 100)
+    return df, y, _record(df, y)
+
+
 def _pool_of(rec, names):
     """The class pool (histograms and Gaussians) of one record over the columns ``names``."""
-    fm = {f: f for f in range(D)}
-    return A.merge_pools([{**A.pool([(rec, fm)], rec["labels"], names), "gauss": G.gauss_pool([(rec, names, fm)], names)}])
+    return A.class_pool_of([(rec, names, {f: f for f in range(D)})], rec["labels"], names)
 
 
 def test_a_received_pool_with_a_malformed_gaussian_is_a_named_error(rng):
-    mu = _means(rng)
-    train, ytr = _draw(rng, mu, np.full(K, 0.25), 100)
-    rec = _record(train, ytr)
-    names = list(train.columns)
-    pl = _pool_of(rec, names)
+    train, _, rec = _balanced_record(rng)
+    pl = _pool_of(rec, list(train.columns))
     assert A.check_pool(pl)["gauss"] is not None
     bad = {**pl["gauss"], "parts": [{**pl["gauss"]["parts"][0], "n": np.full(K, -1.0)}]}
     with pytest.raises(E.InvalidArgumentError, match="gauss"):
@@ -281,9 +283,7 @@ def test_missing_values_leave_the_mixture_to_naive_bayes(tmp_path, rng):
 
 @pytest.mark.parametrize("damage", ["d_array", "d_bool", "ragged_mean", "ragged_scatter"])
 def test_malformed_gaussians_of_other_types_are_named_errors(tmp_path, rng, damage):
-    mu = _means(rng)
-    df, y = _draw(rng, mu, np.full(K, 0.25), 100)
-    rec = _record(df, y)
+    df, y, rec = _balanced_record(rng)
     g = dict(rec["gauss"])
     if damage == "d_array":
         g["d"] = np.array([G.GAUSS_DIM, G.GAUSS_DIM])
@@ -301,8 +301,7 @@ def test_malformed_gaussians_of_other_types_are_named_errors(tmp_path, rng, dama
         with pytest.raises(E.InvalidArgumentError, match="class record"):
             hub.add_sketch("bad", sk, class_accuracy={c: 0.5 for c in range(K)})
         assert len(hub) == 0
-    names = list(df.columns)
-    pl = _pool_of(rec, names)
+    pl = _pool_of(rec, list(df.columns))
     part = dict(pl["gauss"]["parts"][0])
     part["n" if damage.startswith("d_") else damage.split("_")[1]] = g["mean"] if damage == "ragged_mean" else (
         g["scatter"] if damage == "ragged_scatter" else [[1.0], [1.0, 2.0]])
@@ -311,11 +310,8 @@ def test_malformed_gaussians_of_other_types_are_named_errors(tmp_path, rng, dama
 
 
 def test_a_received_pool_with_repeated_columns_or_foreign_labels_is_refused(rng):
-    mu = _means(rng)
-    train, ytr = _draw(rng, mu, np.full(K, 0.25), 100)
-    rec = _record(train, ytr)
-    names = list(train.columns)
-    pl = _pool_of(rec, names)
+    train, _, rec = _balanced_record(rng)
+    pl = _pool_of(rec, list(train.columns))
     A.check_pool(pl)
     cols = pl["gauss"]["columns"]
     j = int(rng.integers(len(cols)))
