@@ -202,6 +202,11 @@ class HubStore:
             self.lockless = True
             return lmdb.open(self._file, lock=False, **kw)
 
+    def _reopen(self, map_size: int) -> None:
+        """Open the environment again with its databases (after compact's swap, or a failed grow)."""
+        self._env = self._open_env(map_size)
+        self._open_dbs(create=False)
+
     def _open(self, existed: bool, map_size: int) -> None:
         try:
             self._env = self._open_env(map_size)
@@ -378,8 +383,7 @@ class HubStore:
                 with contextlib.suppress(lmdb.Error):
                     env.close()
                 self._env = None
-                self._env = self._open_env(old)
-                self._open_dbs(create=False)
+                self._reopen(old)
                 raise DiskFullError(
                     f"hub at {self.path}: the map cannot grow from {old} to {new_size} bytes "
                     f"({e.__class__.__name__}: {e}); nothing was written: free memory or disk space, or "
@@ -496,8 +500,7 @@ class HubStore:
                             os.unlink(tmp)
                         os.close(fd)    # before LMDB takes its own lock in this process again
                         fd = None
-                        self._env = self._open_env(map_size)
-                        self._open_dbs(create=False)
+                        self._reopen(map_size)
                 if not swapped:
                     raise busy
             finally:
