@@ -110,10 +110,7 @@ def _default(obj: Any) -> Any:
 def _zstd(level: int | None = None):
     """pyarrow's zstd codec at ``level`` (``ZSTD_LEVEL`` by default; pyarrow is a dependency), or
     None where this build lacks it. The level is not recorded: any level decompresses alike."""
-    global _ZSTD_CODEC
     level = ZSTD_LEVEL if level is None else level
-    if _ZSTD_CODEC is None:
-        _ZSTD_CODEC = {}
     if level not in _ZSTD_CODEC:
         try:
             import pyarrow as pa
@@ -124,7 +121,7 @@ def _zstd(level: int | None = None):
     return _ZSTD_CODEC[level] or None
 
 
-_ZSTD_CODEC = None
+_ZSTD_CODEC: dict = {}   # zstd level -> pyarrow codec (False where this build lacks zstd)
 
 
 def _shuffle(b: bytes, itemsize: int) -> bytes:
