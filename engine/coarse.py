@@ -23,7 +23,7 @@ recall@10 against the exact screen of every entry, per method, is measured by
 
 The exact level-1 matrix is derived from the screen index in memory (rebuilt when the index changes)
 and costs ~8 bytes per stored cell. From ``ANN_MIN_ENTRIES`` entries level 1 is instead a FAISS IVF over
-a 64-dim projection of the same rows, re-ranked by exact BC (``Level1Ann``, below: sublinear in the hub;
+a 64-dim projection of the same rows, ranked by the projected BC (``Level1Ann``, below: sublinear in the hub;
 ``shortlist_nprobe`` chooses the lists probed, 0 the exact level 1), persisted beside the hub as
 ``indexes/level1.faiss`` + ``level1.msgpack`` and rebuilt when it does not serve the hub.
 """
@@ -55,7 +55,7 @@ NPROBE_DEFAULT = 64        # config.shortlist_nprobe: IVF lists probed (0: level
 ANN_FIT_ROWS = 20_000      # rows the basis and the IVF's k-means are fitted on (evenly spaced)
 ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a file is read
 # recall@10 of the stage with the IVF level 1 at NPROBE_DEFAULT against the exact screen of every entry
-# (bench.bench_scale_level1; bench/SUMMARY.md); filled from the measurement, stated by ``describe``
+# (bench.level1_scale; bench/SUMMARY.md); filled from the measurement, stated by ``describe``
 ANN_MEASURED_RECALL: dict[str, float] = {}
 
 _MATRIX = weakref.WeakKeyDictionary()   # ScreenIndex -> (its state, the level-1 CSR matrix)
@@ -233,10 +233,11 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
 # in the hub. ``Level1Ann`` ranks instead by a FAISS IVF (inner product) over a dense projection of the
 # same ``sqrt(p)`` rows: ``x = basis^T sqrt(p)`` with ``basis`` the top ``ANN_DIM`` right singular
 # vectors of a sample of the rows (a zoo of similar entries spans few directions: class mixtures), so
-# ``<x_s, x_t>`` approximates BC(s, t). The IVF returns ``ANN_REFINE x keep`` rows by that estimate
-# and they are re-ranked by their exact BC (their own cells only), of which level 1 keeps ``keep``.
+# ``<x_s, x_t>`` approximates BC(s, t). The IVF returns ``ANN_REFINE x keep`` rows by that estimate;
+# with ``ANN_REFINE`` > 1 they are re-ranked by their exact BC (their own cells only), of which level 1
+# keeps ``keep`` (the default, 1, keeps the IVF's first ``keep``: level 2 is exact).
 # The recall of the stage against the exact screen of every entry is measured, not held
-# (``python -m bench.bench_scale_level1``; bench/SUMMARY.md). Below ``ANN_MIN_ENTRIES`` entries, with
+# (``python -m bench.level1_scale``; bench/SUMMARY.md). Below ``ANN_MIN_ENTRIES`` entries, with
 # ``shortlist_nprobe=0``, or when no index fits the screen index, level 1 is the exact product above.
 #
 # The index is derived data, kept beside the hub as ``indexes/level1.faiss`` + ``level1.msgpack``

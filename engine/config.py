@@ -108,7 +108,7 @@ class SketchConfig:
     # shortlist_coarse x shortlist; larger: recall closer to "exact", slower (bench/SUMMARY.md)
     shortlist_coarse: int = 8
     # two-level from coarse.ANN_MIN_ENTRIES (20k) entries: level 1 probes this many lists of a FAISS IVF
-    # over projected level-1 vectors (indexes/level1.faiss), then re-ranks by exact BC; 0: level 1 ranks
+    # over projected level-1 vectors (indexes/level1.faiss) and keeps its first entries; 0: level 1 ranks
     # every entry exactly (linear in the hub; bench/SUMMARY.md states the trade-off)
     shortlist_nprobe: int = 64
 
