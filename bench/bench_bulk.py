@@ -44,7 +44,8 @@ STAGES = [
     ("transaction", "the write transaction (Hub._transact)", 0),
     ("write", "records encoded and put (Core, Extra, Profile, Screen)", 1),
     ("pack", "msgpack encoding (codec.pack)", 2),
-    ("compress", "zstd of the arrays, each filter tried (codec._compress)", 3),
+    ("compress", "zstd of the arrays (codec._compress)", 3),
+    ("refit", "records packed again at parts.FIT_LEVEL (fit_pack's retry; zstd included)", 3),
     ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 
@@ -70,6 +71,19 @@ def _instrument(timer: _Timer) -> None:
         timer.wrap(parts[name], "write_many", "write")
     timer.wrap(P, "pack", "pack")           # what parts._put calls (T.pack: the Txn.put records)
     timer.wrap(C, "_compress", "compress")
+    packs = P.pack                          # the packs at a level: fit_pack's retry (parts.FIT_LEVEL)
+
+    def pack(obj, *args, **kw):
+        if kw.get("level") is None:
+            return packs(obj, *args, **kw)
+        t0 = timer.clock()
+        try:
+            return packs(obj, *args, **kw)
+        finally:
+            timer.total["refit"] = timer.total.get("refit", 0.0) + timer.clock() - t0
+
+    P.pack = pack
+    timer._undo.append((P, "pack", packs))
     timer.wrap(parts["bands"], "write_many", "bands")
 
 
