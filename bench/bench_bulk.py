@@ -9,6 +9,8 @@ Measured, interleaved round by round so both see the same load (``harness.interl
 * ``add_sketches`` of all entries into a new hub (wall and CPU time);
 * the baseline: LMDB alone writing **the same bytes** -- every record the hub stored, read back
   raw, written into a new file in as many transactions (bench_shortlist's ``_raw_write``);
+* the same add with ``parts.FIT_LEVEL = 0`` (no page-fit retry at zstd level 15), and the LMDB
+  pages each hub uses: what the page fit (issue 21's 32 KB) costs in add rate;
 * for reference, ``add_sketch`` one entry a transaction, on a tenth of the entries.
 
 One add before the rounds is not timed: it fills the process's memos (name hashes, the random
@@ -44,7 +46,8 @@ STAGES = [
     ("transaction", "the write transaction (Hub._transact)", 0),
     ("write", "records encoded and put (Core, Extra, Profile, Screen)", 1),
     ("pack", "msgpack encoding (codec.pack)", 2),
-    ("compress", "zstd of the arrays, each filter tried (codec._compress)", 3),
+    ("compress", "zstd of the arrays (codec._compress)", 3),
+    ("refit", "records packed again at parts.FIT_LEVEL (fit_pack's retry; zstd included)", 3),
     ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 
@@ -70,6 +73,19 @@ def _instrument(timer: _Timer) -> None:
         timer.wrap(parts[name], "write_many", "write")
     timer.wrap(P, "pack", "pack")           # what parts._put calls (T.pack: the Txn.put records)
     timer.wrap(C, "_compress", "compress")
+    packs = P.pack                          # the packs at a level: fit_pack's retry (parts.FIT_LEVEL)
+
+    def pack(obj, *args, **kw):
+        if kw.get("level") is None:
+            return packs(obj, *args, **kw)
+        t0 = timer.clock()
+        try:
+            return packs(obj, *args, **kw)
+        finally:
+            timer.total["refit"] = timer.total.get("refit", 0.0) + timer.clock() - t0
+
+    P.pack = pack
+    timer._undo.append((P, "pack", packs))
     timer.wrap(parts["bands"], "write_many", "bands")
 
 
@@ -88,6 +104,17 @@ def _split(timer: _Timer, n: int, total_s: float) -> list[dict]:
                  "ms_per_entry": round(other * 1e3 / n, 3), "share": f"{100 * other / total_s:.0f}%"})
     rows.append({"stage": "**total** (CPU)", "ms_per_entry": round(total_s * 1e3 / n, 3), "share": "100%"})
     return rows
+
+
+def _pages_used(path) -> int:
+    """Bytes of the LMDB pages a hub file uses (its last page number + 1, times the page size)."""
+    import lmdb
+
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=16)
+    try:
+        return (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    finally:
+        env.close()
 
 
 def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = False, out=print,
@@ -115,7 +142,18 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
         def raw_write():
             _raw_write(str(work / f"raw{next(made)}.lmdb"), raw, n_txn)
 
-        t = H.interleaved({"add_sketches": add, "lmdb": raw_write}, repeats=repeats, warmup=0)
+        def add_unfitted():   # the same add without fit_pack's retry: what 32 KB's page fit costs
+            import fitsketch.parts as P
+
+            saved, P.FIT_LEVEL = P.FIT_LEVEL, 0
+            try:
+                return add()
+            finally:
+                P.FIT_LEVEL = saved
+
+        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted}, repeats=repeats,
+                          warmup=0)
+        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted")}
         m = max(10, n // 10)
 
         def one_at_a_time():
@@ -132,7 +170,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             timer.restore()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    a, r = t["add_sketches"], t["lmdb"]
+    a, r, u = t["add_sketches"], t["lmdb"], t["unfitted"]
+    u_cpu = n / u["cpu"]["p50_s"]
     rate, rate_cpu = n / a["p50_s"], n / a["cpu"]["p50_s"]
     raw_rate, raw_cpu = n / r["p50_s"], n / r["cpu"]["p50_s"]
     one, one_cpu = m / t_one["p50_s"], m / t_one["cpu"]["p50_s"]
@@ -143,6 +182,9 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second")
     out(f"  LMDB writing the same bytes {raw_rate:.0f} entries/s wall, {raw_cpu:.0f} per CPU second: add_sketches is "
         f"{rate / raw_rate:.2f}x wall, {rate_cpu / raw_cpu:.2f}x CPU of it")
+    out(f"  without fit_pack's retry (parts.FIT_LEVEL = 0): {n / u['p50_s']:.0f} entries/s wall, {u_cpu:.0f} per CPU "
+        f"second ({u_cpu / rate_cpu:.2f}x), {pages['unfitted'] / 1024:.1f} KiB of LMDB pages an entry against "
+        f"{pages['add_sketches'] / 1024:.1f}")
     out(f"  add_sketch, one entry a transaction ({m} entries): {one:.0f}/s wall, {one_cpu:.0f} per CPU second")
     out(f"\n## Where an add_sketches entry's CPU time goes ({n} entries)\n")
     out(H.markdown_table(split, ["stage", "ms_per_entry", "share"]))
@@ -150,11 +192,15 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                   baseline="LMDB raw write of the same bytes (entries per CPU s)", baseline_value=raw_cpu,
                   wall_rate=rate, baseline_wall_rate=raw_rate, wall_ratio=rate / raw_rate, load_avg_1m=load,
                   bytes_per_entry=size / n, target=1000.0),
+            H.row(ctx, "bulk", wl, "add_sketches, FIT_LEVEL 0", "entries_per_cpu_s", u_cpu, unit="entries/s",
+                  baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=n / u["p50_s"],
+                  pages_bytes_per_entry=pages["unfitted"], baseline_pages_bytes_per_entry=pages["add_sketches"]),
             H.row(ctx, "bulk", wl, "add_sketch (one a transaction)", "entries_per_cpu_s", one_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=one),
             H.row(ctx, "bulk", "all", "all", "wall_time", wall.elapsed(), unit="s")]
     path = H.write_suite("bulk" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
                          tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
+                                 "unfitted": {k: v for k, v in u.items() if k != "result"},
                                  "lmdb": {k: v for k, v in r.items() if k != "result"}})
     out(f"bulk: wrote {path} ({wall.elapsed():.0f} s)")
     return rows

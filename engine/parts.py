@@ -46,10 +46,11 @@ def fit_pack(obj) -> bytes:
     boundary is packed again at zstd level ``FIT_LEVEL`` (~10x the CPU of level 1, 5-18% fewer
     bytes on histogram, coverage, screen and signature records) and the fewer pages are kept.
     Decoding is the same for either (the level is not recorded)."""
-    b = pack(obj, compress=True)
+    chosen = {}   # each array's filter at level 1, the only one tried again at FIT_LEVEL (codec.pack)
+    b = pack(obj, compress=True, filters=chosen)
     n = len(b)
     if FIT_LEVEL and n > INLINE_MAX and min(n - INLINE_MAX, (n + 16) % PAGE or PAGE) <= FIT_SHARE * n:
-        c = pack(obj, compress=True, level=FIT_LEVEL)
+        c = pack(obj, compress=True, level=FIT_LEVEL, filters=chosen)
         if _pages(len(c)) < _pages(n):
             return c
     return b

@@ -178,46 +178,57 @@ def _compress(b: bytes, level: int | None = None) -> tuple[int, bytes]:
     return _ZLIB, zlib.compress(b, 6 if level is None or level <= ZSTD_LEVEL else 9)
 
 
-def _encode_packed(a: np.ndarray, level: int | None = None):
+def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = None):
     """``a`` as ``ExtType(2)`` with the filter that compresses it best, or as ``ExtType(1)`` when
-    none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes)."""
+    none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes). ``memo``
+    (``pack(filters=)``): the filter chosen for this array object by an earlier pack with the same
+    memo is the only one tried; the chosen one is recorded."""
     _check_dtype(a.dtype)
     if not MIN_COMPRESS <= a.nbytes <= MAX_UNPACKED:
         return _encode_array(a)
-    a = np.ascontiguousarray(a)
+    orig, a = a, np.ascontiguousarray(a)
     # two tries: the bytes as they are (repeated rows: signatures of merged or alike columns), and
     # integer delta + shuffle (sorted codes, positions, small counts) or, for floats, the shuffle
     # alone; the shuffle alone on integers came within ~1% of the better of these on hub records
     filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
+    seen = None if memo is None else memo.get(id(orig))
+    if seen is not None and seen[0] is orig:
+        filters = (seen[1],)
     best = None
     for flt in filters:
         codec, z = _compress(_filtered(a, flt), level)
         if best is None or len(z) < len(best[2]):
             best = (flt, codec, z)
+    if memo is not None:
+        memo[id(orig)] = (orig, best[0])   # the array held: its id stays its own while the memo lives
     if len(best[2]) + 8 >= a.nbytes:
         return _encode_array(a)
     payload = msgpack.packb([a.dtype.str, [int(n) for n in a.shape], best[0], best[1], best[2]], use_bin_type=True)
     return msgpack.ExtType(EXT_PACKED, payload)
 
 
-def _default_packed(obj: Any, level: int | None = None) -> Any:
+def _default_packed(obj: Any, level: int | None = None, memo: dict | None = None) -> Any:
     if isinstance(obj, np.ndarray):
-        return _encode_packed(obj, level)
+        return _encode_packed(obj, level, memo)
     if isinstance(obj, np.generic):
         return _encode_array(np.asarray(obj))
     return _default(obj)
 
 
-def pack(obj: Any, compress: bool = False, level: int | None = None) -> bytes:
+def pack(obj: Any, compress: bool = False, level: int | None = None, filters: dict | None = None) -> bytes:
     """Encode ``obj`` to msgpack bytes; raises ``CodecError`` for anything not storable.
     ``compress=True`` (hub records; read back only by ``unpack(stored=True)``) compresses the
     arrays that it makes smaller, losslessly (the module's docstring), with zstd at ``level``
-    (``ZSTD_LEVEL`` by default; 1 .. 22, higher is smaller and slower; not recorded)."""
+    (``ZSTD_LEVEL`` by default; 1 .. 22, higher is smaller and slower; not recorded).
+    ``filters``: a dict shared by packs of the same ``obj`` (engine/parts.py ``fit_pack``): the
+    first records each array's best filter, a later one tries only that filter (half the
+    compressions; at a high level those are most of the time)."""
     if level is not None and not (type(level) is int and 1 <= level <= 22):
         raise CodecError(f"zstd level {level!r} is outside 1 .. 22")
     default = _default
     if compress:
-        default = _default_packed if level is None else (lambda o: _default_packed(o, level))
+        default = (_default_packed if level is None and filters is None
+                   else (lambda o: _default_packed(o, level, filters)))
     try:
         return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=default)
     except CodecError:

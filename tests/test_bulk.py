@@ -243,3 +243,66 @@ def test_a_map_that_cannot_grow_leaves_the_hub_usable(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+def _packed_filters(b: bytes) -> list:
+    """The filter of every compressed array (ExtType 2) of a packed record, in packing order."""
+    import msgpack
+
+    from fitsketch.storage import codec as C
+
+    out = []
+    msgpack.unpackb(b, raw=False, strict_map_key=False,
+                    ext_hook=lambda code, data: out.append(msgpack.unpackb(data)[2]) if code == C.EXT_PACKED else None)
+    return out
+
+
+def _array_record(rng) -> dict:
+    """Arrays of the kinds a hub record holds (sorted codes, repeated hash rows, small counts, floats),
+    each side of ``codec.MIN_COMPRESS``."""
+    n = int(rng.integers(50, 3000))
+    rows = rng.integers(0, 2 ** 32, (int(rng.integers(1, 6)), 128), dtype=np.uint32)
+    return {"codes": np.cumsum(rng.integers(0, 5, n)).astype(np.int32),
+            "sig": rows[rng.integers(0, len(rows), int(rng.integers(1, 40)))],
+            "count": rng.integers(0, int(rng.integers(2, 300)), n).astype(np.uint16),
+            "x": [np.round(rng.standard_normal(int(rng.integers(1, 400))), 2).astype(np.float32), 3],
+            "small": rng.integers(0, 9, int(rng.integers(0, 100))).astype(np.int8)}
+
+
+def test_a_filter_memo_keeps_the_first_packs_bytes_and_choices(rng):
+    """``codec.pack(filters=)`` (``parts.fit_pack``'s second level tries each array's level-1 filter
+    only): the first pack is byte for byte the pack without a memo, it records for every array it
+    compresses the filter of the smallest output (the first of equals), a later pack with the memo
+    uses exactly those filters and decodes to the same arrays, and a memo entry naming another
+    object under an array's id is ignored."""
+    from fitsketch.storage import codec as C
+
+    for _ in range(20):
+        rec = _array_record(rng)
+        arrays = [rec["codes"], rec["sig"], rec["count"], rec["x"][0], rec["small"]]
+        memo = {}
+        assert C.pack(rec, compress=True, filters=memo) == C.pack(rec, compress=True)
+        for a in arrays:
+            if not C.MIN_COMPRESS <= a.nbytes:
+                assert id(a) not in memo
+                continue
+            filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
+            sizes = [len(C._compress(C._filtered(a, f))[1]) for f in filters]
+            assert memo[id(a)][0] is a and memo[id(a)][1] == filters[int(np.argmin(sizes))]
+        level = int(rng.integers(2, 16))
+        b = C.pack(rec, compress=True, level=level, filters=memo)
+        big = [a for a in arrays if C.MIN_COMPRESS <= a.nbytes]
+        got = C.unpack(b, stored=True)
+        for a, g in zip(arrays, [got["codes"], got["sig"], got["count"], got["x"][0], got["small"]]):
+            assert g.dtype == a.dtype and g.shape == a.shape and g.tobytes() == a.tobytes()
+        kept = [memo[id(a)][1] for a in big]   # the compressed ones, in packing order, used the memo's filters
+        assert _packed_filters(b) == [f for a, f in zip(big, kept) if _fits(a, f, level)]
+        other = {id(a): (a.copy(), 1 - memo[id(a)][1] % 2) for a in big}   # not these objects: ignored
+        assert C.pack(rec, compress=True, filters=other) == C.pack(rec, compress=True)
+
+
+def _fits(a, flt, level) -> bool:
+    """Whether ``a`` through filter ``flt`` at ``level`` is stored compressed (8 bytes smaller or more)."""
+    from fitsketch.storage import codec as C
+
+    return len(C._compress(C._filtered(np.ascontiguousarray(a), flt), level)[1]) + 8 < a.nbytes
