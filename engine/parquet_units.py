@@ -191,6 +191,22 @@ def unit_stats(spec: dict) -> bytes:
 
 
 def _stats(X: np.ndarray, keys: np.ndarray) -> dict:
+    """Per dimension of the transformed rows ``X`` (n, D): the sum of the non-NaN values and their
+    count (``_stats_numpy``, the definition; compiled in one pass over X when built, the same bits)."""
+    from .kernels.rowcodes import _c
+
+    X = np.asarray(X)
+    if _c is not None and hasattr(_c, "nan_col_sums") and X.ndim == 2 and X.shape[1] >= 2 \
+            and X.dtype == np.float64 and X.flags.c_contiguous:
+        # (D >= 2: NumPy sums a C-ordered matrix down its rows one row after another, as the kernel
+        # does; a single column it sums pairwise)
+        total, count = np.empty(X.shape[1]), np.empty(X.shape[1], dtype=np.int64)
+        _c.nan_col_sums(X, X.shape[0], X.shape[1], total, count)
+        return {"sum": total, "count": count, "keys": keys.astype(np.int64)}
+    return _stats_numpy(X, keys)
+
+
+def _stats_numpy(X: np.ndarray, keys: np.ndarray) -> dict:
     ok = ~np.isnan(X)
     return {"sum": np.where(ok, X, 0.0).sum(axis=0), "count": ok.sum(axis=0).astype(np.int64),
             "keys": keys.astype(np.int64)}

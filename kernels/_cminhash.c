@@ -248,13 +248,21 @@ done:
 /* token object -> its element, direct-mapped by the object's address: q = address / 16 (objects are
  * 16-byte aligned), slot (q / 4) mod 2^CACHE_BITS, and the slot keeps the rest of q as a tag, so
  * slot + tag give back the whole address (a collision overwrites: a miss, never a wrong value). One
- * 8-byte word a slot: (1 << 56 | tag << 32 | element), 0 when empty. The slot follows the address, so
+ * 8-byte word a slot: (epoch << 57 | 1 << 56 | tag << 32 | element), 0 when empty. The slot follows the address, so
  * a vocabulary's token objects, allocated near each other, fill a compact run of the table (a
  * 200,000-word vocabulary: ~1.6 MB of it) instead of one spread over all of it, and collide only
  * when 64 MiB apart; a scrambled address cost a cache miss per lookup, slower than hashing. */
 #define CACHE_BITS 20
 #define ADDR_BITS 48
 typedef uint64_t ms_slot;
+/* The table is kept between calls (8 MiB, allocated once: a fresh calloc per call paid a page fault
+ * for every page a call touched). A slot also records the call that wrote it (its epoch, bits 57-63
+ * of the word, 1..127), so slots of earlier calls never hit and the table needs no clearing but
+ * every 127 calls. ms_tokens holds the GIL while it uses the table and runs no Python code then;
+ * ms_cache_busy guards a re-entrant call all the same (it gets a private table). */
+static ms_slot *ms_cache = NULL;
+static unsigned ms_epoch = 0;
+static int ms_cache_busy = 0;
 
 static inline int cacheable(PyObject *o) {
     const uint64_t p = (uint64_t)(uintptr_t)o;
@@ -287,8 +295,8 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
     const char **ptrs = NULL;
     Py_ssize_t *lens = NULL, *miss = NULL;
     ms_params prm = {NULL, NULL, NULL, NULL};
-    ms_slot *cache = NULL;
-    int use_cache = 1;
+    ms_slot *cache = NULL, *own_cache = NULL;
+    int use_cache = 1, took_shared = 0;
     size_t lookups = 0, hits = 0;
     if (check_buffers(&a, &b, &k) < 0) goto done;
     if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
@@ -299,8 +307,21 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
     if (out.len != n_sets * k * 4) { PyErr_SetString(PyExc_ValueError, "out must hold len(sets) * num_perm uint32"); goto done; }
     const uint64_t k0 = load_le64((const uint8_t *)key.buf), k1 = load_le64((const uint8_t *)key.buf + 8);
     if (ms_params_init(&prm, &a, &b, k) < 0) goto done;
-    cache = (ms_slot *)calloc((size_t)1 << CACHE_BITS, sizeof(ms_slot));
-    if (!cache) { PyErr_NoMemory(); goto done; }
+    uint64_t ep = (uint64_t)1 << 57;
+    if (!ms_cache_busy) {
+        if (!ms_cache) ms_cache = (ms_slot *)calloc((size_t)1 << CACHE_BITS, sizeof(ms_slot));
+        if (!ms_cache) { PyErr_NoMemory(); goto done; }
+        if (++ms_epoch == 128) {
+            memset(ms_cache, 0, sizeof(ms_slot) << CACHE_BITS);
+            ms_epoch = 1;
+        }
+        ep = (uint64_t)ms_epoch << 57;
+        cache = ms_cache;
+        ms_cache_busy = took_shared = 1;
+    } else {
+        cache = own_cache = (ms_slot *)calloc((size_t)1 << CACHE_BITS, sizeof(ms_slot));
+        if (!cache) { PyErr_NoMemory(); goto done; }
+    }
     int ok = 1;
     for (Py_ssize_t s = 0; s < n_sets && ok; s++) {
         PyObject *items = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, s), "each set must be iterable");
@@ -331,9 +352,9 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
         if (c) {
             for (Py_ssize_t j = 0; j < n; j++) {
                 PyObject *obj = it[j];
-                if (j + 8 < n) PREFETCH(&c[slot_of(it[j + 8])]);
+                if (j + 32 < n) PREFETCH(&c[slot_of(it[j + 32])]);   /* ~32 lookups in flight */
                 const ms_slot e = c[slot_of(obj)];
-                if ((e & ~(uint64_t)0xFFFFFFFFu) == key_of(obj) && cacheable(obj)) xs[j] = (uint32_t)e;
+                if ((e & ~(uint64_t)0xFFFFFFFFu) == (key_of(obj) | ep) && cacheable(obj)) xs[j] = (uint32_t)e;
                 else miss[nm++] = j;
             }
             lookups += (size_t)n;
@@ -343,8 +364,8 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
             nm = n;
         }
         for (Py_ssize_t m = 0; m < nm; m++) {
-            if (m + 6 < nm) {
-                const char *ahead = (const char *)it[miss[m + 6]];
+            if (m + 16 < nm) {
+                const char *ahead = (const char *)it[miss[m + 16]];
                 PREFETCH(ahead);
                 PREFETCH(ahead + 64);
             }
@@ -366,7 +387,7 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
             for (Py_ssize_t m = 0; m < nm; m++) {
                 const Py_ssize_t j = miss[m];
                 xs[j] = (uint32_t)(finalize(siphash24((const uint8_t *)ptrs[m], (size_t)lens[m], k0, k1)) >> 32);
-                if (c && cacheable(it[j])) c[slot_of(it[j])] = key_of(it[j]) | xs[j];
+                if (c && cacheable(it[j])) c[slot_of(it[j])] = key_of(it[j]) | ep | xs[j];
             }
         Py_DECREF(items);
         if (ok) ms_set(xs, n, &prm, k, (uint32_t *)out.buf + s * k);
@@ -379,7 +400,8 @@ static PyObject *ms_tokens(PyObject *self, PyObject *args) {
     ret = PyBool_FromLong(ok);
 done:
     Py_XDECREF(seq);
-    free(xs); free((void *)ptrs); free(lens); free(miss); free(cache);
+    free(xs); free((void *)ptrs); free(lens); free(miss); free(own_cache);
+    if (took_shared) ms_cache_busy = 0;
     ms_params_free(&prm);
     PyBuffer_Release(&key); PyBuffer_Release(&a); PyBuffer_Release(&b); PyBuffer_Release(&out);
     return ret;
@@ -743,6 +765,42 @@ done:
     return ret;
 }
 
+PyDoc_STRVAR(nan_col_sums_doc,
+"nan_col_sums(X, n, d, sums, counts)\n\n"
+"Column sums and non-NaN counts of X (n, d) float64, C order: sums (d,) float64 and counts (d,) int64\n"
+"writable. sums[j] is what np.where(isnan(X), 0.0, X).sum(axis=0) gives for d >= 2 (NumPy adds the\n"
+"rows one after another to +0.0; NaN adds 0.0), counts[j] = (~isnan(X)).sum(axis=0).");
+
+static PyObject *nan_col_sums(PyObject *self, PyObject *args) {
+    Py_buffer Xb, Sb, Cb;
+    Py_ssize_t n, d;
+    if (!PyArg_ParseTuple(args, "y*nnw*w*", &Xb, &n, &d, &Sb, &Cb)) return NULL;
+    PyObject *ret = NULL;
+    if (n < 0 || d < 1 || d > PY_SSIZE_T_MAX / 8 || (n && d > PY_SSIZE_T_MAX / 8 / n) || Xb.len < n * d * 8 || Sb.len < d * 8 || Cb.len < d * 8) {
+        PyErr_SetString(PyExc_ValueError, "nan_col_sums: X must hold n*d float64, sums d float64, counts d int64");
+        goto done;
+    }
+    const double *x = (const double *)Xb.buf;
+    double *s = (double *)Sb.buf;
+    int64_t *c = (int64_t *)Cb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < d; j++) { s[j] = 0.0; c[j] = 0; }   /* from +0.0, as NumPy's sum here */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *r = x + i * d;
+        for (Py_ssize_t j = 0; j < d; j++) {
+            const double v = r[j];
+            s[j] += v != v ? 0.0 : v;
+            c[j] += v == v;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&Xb); PyBuffer_Release(&Sb); PyBuffer_Release(&Cb);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -753,6 +811,7 @@ static PyMethodDef methods[] = {
     {"sign_mul_col", sign_mul_col, METH_VARARGS, sign_mul_col_doc},
     {"numeric_buckets", numeric_buckets_c, METH_VARARGS, numeric_buckets_doc},
     {"hashed_rows", hashed_rows, METH_VARARGS, hashed_rows_doc},
+    {"nan_col_sums", nan_col_sums, METH_VARARGS, nan_col_sums_doc},
     {NULL, NULL, 0, NULL},
 };
 

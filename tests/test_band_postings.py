@@ -189,8 +189,9 @@ def test_fit_pack_round_trips_and_never_takes_more_pages(rng, monkeypatch):
         n_fast = len(C.pack(rec, compress=True, filters=chosen))
         strong = parts._pages(len(C.pack(rec, compress=True, level=parts.FIT_LEVEL, filters=chosen)))
         fast = parts._pages(n_fast)
-        # a record sharing leaf pages is kept as it is; a larger one takes the fewer pages of the two levels
-        assert parts._pages(len(b)) == (fast if n_fast <= parts.INLINE_MAX else min(fast, strong))
+        # a record sharing leaf pages (or over FIT_MAX) is kept as it is; one between takes the fewer pages
+        kept = n_fast <= parts.INLINE_MAX or n_fast > parts.FIT_MAX
+        assert parts._pages(len(b)) == (fast if kept else min(fast, strong))
         big += n_fast > parts.INLINE_MAX
         cut = int(rng.integers(0, len(b)))
         with pytest.raises(CodecError):
@@ -199,3 +200,16 @@ def test_fit_pack_round_trips_and_never_takes_more_pages(rng, monkeypatch):
     for level in (0, 23, 1.5, True):
         with pytest.raises(CodecError):
             C.pack({"a": np.zeros(600)}, compress=True, level=level)
+
+
+def test_fit_pack_packs_records_over_fit_max_once(rng, monkeypatch):
+    """Records over ``FIT_MAX`` bytes skip the second level (its CPU on a large entry's records cost
+    ~0.3 s an add); those between ``INLINE_MAX`` and it still take the fewer pages of the two."""
+    monkeypatch.setattr(parts, "FIT_SHARE", 1.0)
+    rec = {"a": rng.integers(0, 1 << 20, size=int(rng.integers(3000, 6000))).astype(np.int64)}
+    once = C.pack(rec, compress=True)
+    strong = C.pack(rec, compress=True, level=parts.FIT_LEVEL)
+    monkeypatch.setattr(parts, "FIT_MAX", len(once) - 1)
+    assert parts.fit_pack(rec) == once
+    monkeypatch.setattr(parts, "FIT_MAX", len(once))
+    assert parts._pages(len(parts.fit_pack(rec))) == min(parts._pages(len(once)), parts._pages(len(strong)))

@@ -231,3 +231,38 @@ def test_token_hash_cache_equals_hashing_every_token(rng, n):
     rows_ref, tok = Q._ascii_tokens(arr)
     assert np.array_equal(rows, rows_ref)
     assert np.array_equal(h, Q._hash_unique(tok, seed))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1559, 50001])
+def test_unit_stats_compiled_equals_numpy(rng, monkeypatch, n):
+    """parquet_units._stats (pass 1's per-dimension sums and counts; one compiled pass when built)
+    against its NumPy definition, bit for bit: NaN, +-inf, signed zeros, magnitudes that make the
+    order of additions matter, one column (NumPy's pairwise sum) and many; and without the kernel."""
+    d = int(rng.choice([1, 2, 3, 21, int(rng.integers(1, 40))]))
+    X = rng.normal(0, 1, (n, d)) * 10.0 ** rng.integers(-8, 17, (n, d))
+    X[rng.random((n, d)) < 0.15] = np.nan
+    X[rng.random((n, d)) < 0.01] = np.inf
+    X[rng.random((n, d)) < 0.01] = -np.inf
+    X[rng.random((n, d)) < 0.05] = -0.0
+    if n and d > 1:
+        X[:, 1] = -0.0                                  # a column of -0.0 only: both sides give NumPy's sum of it
+        X[0, 0] = np.nan                                # a NaN first row starts the sum at +0.0
+    keys = rng.integers(0, 1 << 40, d)
+    want = PU._stats_numpy(X, keys)
+    for kernel in (True, False):
+        if not kernel:
+            monkeypatch.setattr(R, "_c", None)
+        got = PU._stats(X, keys)
+        assert got["sum"].dtype == np.float64 and got["count"].dtype == np.int64
+        assert got["sum"].tobytes() == want["sum"].tobytes()
+        assert np.array_equal(got["count"], want["count"]) and np.array_equal(got["keys"], want["keys"])
+
+
+def test_unit_stats_kernel_refuses_sizes_its_buffers_do_not_hold():
+    """nan_col_sums checks n, d against the buffers before it writes: with n = 0 a huge d once passed
+    (d * 8 overflowed to 0) and the zeroing loop wrote past 1-element outputs."""
+    if R._c is None:
+        pytest.skip("compiled kernels not built")
+    for n, d in ((0, 2**61), (0, 2**62 + 1), (1, 2**61), (0, 2)):
+        with pytest.raises(ValueError, match="nan_col_sums"):
+            R._c.nan_col_sums(np.zeros(0), n, d, np.zeros(1), np.zeros(1, np.int64))

@@ -336,3 +336,47 @@ def test_c_tokens_when_a_generator_empties_the_list_of_sets(rng):
     sig = np.empty((3, 7), dtype=np.uint32)
     assert minhash._c.ms_tokens(outer, minhash._hash_key(seed).encode("ascii"), a, b, sig)
     np.testing.assert_array_equal(sig, minhash_reference(values, offsets, 7, seed, family="ms64"))
+
+
+@needs_c
+def test_c_tokens_table_kept_between_calls_never_gives_an_old_element(rng):
+    """The token table outlives a call (slots tagged with the call's epoch, cleared every 127
+    calls): 300 calls, each on new str objects freed after it, whose addresses the next call's
+    new strings of other contents take; every call must equal tokens_to_csr then the reference."""
+    seed = int(rng.integers(1 << 31))
+    a, b = minhash.multiply_shift_params(3, seed)
+    key = minhash._hash_key(seed).encode("ascii")
+    for call in range(300):
+        n_sets = int(rng.integers(0, 6))
+        sets = [[f"c{int(v)}" for v in rng.integers(0, 1 << 40, size=int(rng.integers(0, 12)))] for _ in range(n_sets)]
+        if sets and sets[0]:
+            sets.append(list(sets[0]))   # the same objects again within the call: table hits
+        values, offsets = minhash.tokens_to_csr(sets, seed=seed)
+        sig = np.empty((len(sets), 3), dtype=np.uint32)
+        assert minhash._c.ms_tokens(sets, key, a, b, sig)
+        np.testing.assert_array_equal(sig, minhash_reference(values, offsets, 3, seed, family="ms64"))
+        del sets
+
+
+@needs_c
+def test_c_tokens_reentrant_call_from_a_generator(rng):
+    """A set given as a generator that signs other sets itself (a call inside the call while the
+    outer one holds the shared table): both calls equal the reference."""
+    seed = int(rng.integers(1 << 31))
+    vocab = [f"v{int(v)}" for v in rng.integers(0, 1 << 40, size=50)]
+    outer_sets = [[vocab[j] for j in rng.integers(0, 50, size=int(rng.integers(1, 30)))] for _ in range(4)]
+    inner_sets = [[vocab[j] for j in rng.integers(0, 50, size=int(rng.integers(1, 30)))] for _ in range(3)]
+    inner = {}
+
+    def gen():
+        inner["sig"] = minhash.minhash(inner_sets, 6, seed, device="cpu")
+        yield from outer_sets[1]
+
+    values, offsets = minhash.tokens_to_csr(outer_sets, seed=seed)
+    a, b = minhash.multiply_shift_params(6, seed)
+    sig = np.empty((4, 6), dtype=np.uint32)
+    assert minhash._c.ms_tokens([outer_sets[0], gen(), outer_sets[2], outer_sets[3]],
+                                minhash._hash_key(seed).encode("ascii"), a, b, sig)
+    np.testing.assert_array_equal(sig, minhash_reference(values, offsets, 6, seed, family="ms64"))
+    iv, io = minhash.tokens_to_csr(inner_sets, seed=seed)
+    np.testing.assert_array_equal(inner["sig"], minhash_reference(iv, io, 6, seed, family="ms64"))
