@@ -88,3 +88,57 @@ def test_add_measures_the_model_on_the_held_out_validation_rows_only(tmp_path, r
     np.testing.assert_array_equal(perf["confusion"], want)
     assert perf["validation_in_training"] == int(inside.sum())
     assert hit[0].evidence["validation_in_training"] == int(inside.sum())
+
+
+def _hub_with_copied_validation_rows(hub, rng):
+    df, y = _labelled(rng, 80)
+    vdf, vy = _labelled(rng, 30)
+    vdf = pd.concat([vdf, df.iloc[:6]], ignore_index=True)
+    hub.add("m", df, labels=y, model=_model, validation=(vdf, np.concatenate([vy, y[:6]])))
+    hub.add("n", *_labelled(rng, 80)[:1], labels=_labelled(rng, 80)[1], class_accuracy={0: .9, 1: .8, 2: .7})
+    return u64(hub.get("m").id)
+
+
+@pytest.mark.parametrize("bad", [-1, "3", True, 2.5, [1], 1 << 62])
+def test_a_malformed_validation_in_training_is_a_named_error(tmp_path, rng, bad, caplog):
+    """The validator raises CorruptHubError; a search skips the damaged entry, names why, and
+    scores the healthy one."""
+    from fitsketch import accuracy as A
+    from fitsketch import errors as E
+
+    with pytest.raises(E.CorruptHubError, match="validation_in_training"):
+        A.validation_in_training({"validation_in_training": bad})
+    assert A.validation_in_training({"validation_in_training": 3}) == 3
+    assert A.validation_in_training({}) is None
+    with fitsketch.open(tmp_path / "hub") as hub:
+        key = _hub_with_copied_validation_rows(hub, rng)
+
+        def damage(txn):
+            ex = txn.get("extra", key)
+            assert ex["classes"]["perf"]["validation_in_training"] >= 1
+            ex["classes"]["perf"]["validation_in_training"] = bad
+            txn.put("extra", key, ex)
+        hub.store.transact(damage)
+        with caplog.at_level("WARNING"):
+            res = hub.search(_labelled(rng, 40)[0], method="accuracy", accuracy_bootstrap=0)
+    assert [m.name for m in res] == ["n"]
+    assert "'m': an entry's class record holds a malformed validation_in_training" in caplog.text
+
+
+def test_an_entry_stored_without_validation_in_training_scores_as_before(tmp_path, rng):
+    """Records written before the field existed lack it: they score the same, without the evidence."""
+    with fitsketch.open(tmp_path / "hub") as hub:
+        key = _hub_with_copied_validation_rows(hub, rng)
+        query = _labelled(rng, 50)[0]
+        before = {m.name: m for m in hub.search(query, method="accuracy", accuracy_bootstrap=0)}
+
+        def drop(txn):
+            ex = txn.get("extra", key)
+            del ex["classes"]["perf"]["validation_in_training"]
+            txn.put("extra", key, ex)
+        hub.store.transact(drop)
+        after = {m.name: m for m in hub.search(query, method="accuracy", accuracy_bootstrap=0)}
+    assert before["m"].evidence["validation_in_training"] >= 1
+    assert "validation_in_training" not in after["m"].evidence
+    for name in ("m", "n"):
+        assert after[name].score == before[name].score
