@@ -132,11 +132,11 @@ def quality(zs: list, coef, pseudo, conf=True, truth="acc") -> dict:
     return {k: float(np.mean([q[k] for q in qs])) for k in KEYS}
 
 
-def fit(zs: list, conf: bool = True, on: str = "recall"):
+def fit(zs: list, conf: bool = True, on: str = "accuracy"):
     """``(coef, pseudo)`` minimizing, by Powell from the engine's constants, the squared error of
-    ``on``: "recall" (the engine's since 2026-11-30's fifth session) each class's recall against the
-    model's recall on every test row of the class (``r_pop``), weighted by the class's share of the
-    target (``pi_true``); "accuracy" the predicted accuracies against the measured ones."""
+    ``on``: "accuracy" (the engine's) the predicted accuracies against the measured ones; "recall"
+    each class's recall against the model's recall on every test row of the class (``r_pop``),
+    weighted by the class's share of the target (``pi_true``; lost on the tuning seeds)."""
     from scipy.optimize import minimize
 
     from fitsketch import accuracy as A
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", type=Path, help="write the zoos' .npz files into this folder")
     p.add_argument("--fit", type=Path, help="fit on the tuning seeds' .npz files in this folder, report held-out")
-    p.add_argument("--on", default="recall", choices=("recall", "accuracy"), help="with --fit: what is fitted")
+    p.add_argument("--on", default="accuracy", choices=("recall", "accuracy"), help="with --fit: what is fitted")
     p.add_argument("--zoos", default="", help="with --build: e.g. digits:0,mnist:1 (default: all nine)")
     a = p.parse_args(argv)
     if a.build:
