@@ -21,6 +21,7 @@ import numpy as np
 
 TUNE = (("digits", 0), ("digits", 1), ("mnist", 0))
 HELD = (("digits", 2), ("digits", 3), ("digits", 4), ("mnist", 1), ("mnist", 2), ("mnist", 3))
+HELD_OUT = True    # validation rows equal to a training row left out (as hub.add does: accuracy_perf.held_out)
 KEYS = ("spearman", "top1_error", "top2_error", "regret", "mae")
 
 
@@ -40,17 +41,19 @@ def build(ds: str, seed: int, out: Path) -> Path:
     for s, df in wl.sources.items():
         rec = A.class_record(df, A.check_labels(wl.source_labels[s], len(df)), names, kinds, cfg)
         rec["perf"] = A.performance(rec, model=wl.models[s], validation=wl.validation[s], columns=names,
-                                    feature_names=None, kinds=kinds, config=cfg)
+                                    feature_names=None, kinds=kinds, config=cfg,
+                                    training=df if HELD_OUT else None)
         recs[s] = rec
     labels = sorted({c for r in recs.values() for c in r["labels"]})
     pl = A.class_pool_of([(recs[s], names, fm) for s in srcs], labels, names)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
-                            "pi", "acc", "pop")}
+                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss")}
+    cls_index = {c: i for i, c in enumerate(labels)}
     for t, df in wl.targets.items():
         qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
         qx = A.query_index(qb, len(df))
         # the engine's mixture: EM over the class Gaussians (naive Bayes where an entry has none)
-        ll = A.mixture_loglik(df, pl, names, kinds, cfg, cfg.accuracy_temperature, qb, qx)[0]
+        ll, gauss = A.mixture_loglik(df, pl, names, kinds, cfg, cfg.accuracy_temperature, qb, qx)
         pi = A.em_mixture(ll)
         w = A.responsibilities(ll, pi)
         mass = w.sum(axis=0)
@@ -58,11 +61,30 @@ def build(ds: str, seed: int, out: Path) -> Path:
             m = A._Model(recs[s]["perf"], recs[s], labels)
             pred = A.own_predictions(qb, len(df), recs[s], fm, labels, names, qx)
             hit = np.bincount(pred, weights=w[np.arange(len(pred)), pred], minlength=len(labels))
+            # the class Gaussians as a classifier with the model's training class shares as prior
+            gq = {}
+            for nm, scale in (("gpr", 1.0), ("gpr1", 2.0)):
+                with np.errstate(divide="ignore"):
+                    a = scale * ll + np.log(m.n / max(m.n.sum(), 1.0))
+                q = np.exp(a - a.max(axis=1, keepdims=True))
+                q /= q.sum(axis=1, keepdims=True)
+                gq[nm] = (w * q).sum(axis=0) / np.maximum(mass, 1e-12)
+                if scale == 2.0:
+                    am = q.argmax(axis=1)
+                    gq["gph"] = np.bincount(am, weights=w[np.arange(len(am)), am],
+                                            minlength=len(labels)) / np.maximum(mass, 1e-12)
+            rp = np.zeros(len(labels))
+            for c, v in wl.class_recall[s].items():
+                rp[cls_index[c]] = v
+            pt = np.zeros(len(labels))
+            for c, v in wl.target_mixture[t].items():
+                pt[cls_index[c]] = v
             for k, v in (("target", t), ("source", s), ("n", m.n), ("n_val", m.n_val), ("diag", m.diag),
                          ("r_max", m.r_max), ("conf", recs[s]["perf"]["true_class_prob"]),
                          ("pr", hit / np.maximum(mass, 1e-12)), ("ok", (mass > A.PROXY_MIN_MASS) & (m.n > 0)),
                          ("pv", m.pv), ("pv_n", m.pv_n), ("pi", pi), ("acc", wl.accuracy[t][s]),
-                         ("pop", wl.population[t][s])):
+                         ("pop", wl.population[t][s]), ("gpr", gq["gpr"]), ("gpr1", gq["gpr1"]),
+                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss)):
                 cols[k].append(v)
     path = out / f"{ds}_{seed}.npz"
     np.savez(path, **{k: np.array(v) for k, v in cols.items()})
@@ -74,8 +96,9 @@ def _lg(x):
     return np.log(x / (1 - x))
 
 
-def predict(z: dict, coef, pseudo: float, conf: bool = True) -> np.ndarray:
-    """Predicted accuracy of every (target, source) row of ``z`` under the prior ``coef``."""
+def predict(z: dict, coef, pseudo: float, conf: bool = True, recall: bool = False) -> np.ndarray:
+    """Predicted accuracy of every (target, source) row of ``z`` under the prior ``coef`` (``recall``:
+    the (rows, classes) recalls instead)."""
     from fitsketch import accuracy as A
 
     n = np.maximum(z["n"], 1.0)
@@ -90,7 +113,7 @@ def predict(z: dict, coef, pseudo: float, conf: bool = True) -> np.ndarray:
     pv = (z["pv"] + 1.0) / (z["pv_n"] + 2.0)
     use = z["ok"] & (z["pv_n"] >= A.SHIFT_MIN_VAL)
     r = r * np.where(use, np.sqrt(np.minimum(1.0, (z["pr"] + 0.02) / (pv + 0.02))), 1.0)
-    return (r * z["pi"]).sum(axis=1)
+    return r if recall else (r * z["pi"]).sum(axis=1)
 
 
 def quality(zs: list, coef, pseudo, conf=True, truth="acc") -> dict:
@@ -109,17 +132,25 @@ def quality(zs: list, coef, pseudo, conf=True, truth="acc") -> dict:
     return {k: float(np.mean([q[k] for q in qs])) for k in KEYS}
 
 
-def fit(zs: list, conf: bool = True):
+def fit(zs: list, conf: bool = True, on: str = "accuracy"):
+    """``(coef, pseudo)`` minimizing, by Powell from the engine's constants, the squared error of
+    ``on``: "accuracy" (the engine's) the predicted accuracies against the measured ones; "recall"
+    each class's recall against the model's recall on every test row of the class (``r_pop``),
+    weighted by the class's share of the target (``pi_true``; lost on the tuning seeds)."""
     from scipy.optimize import minimize
 
     from fitsketch import accuracy as A
 
     y = np.concatenate([z["acc"] for z in zs])
-    start = [-A.CURVE_B * np.log(A.CURVE_K), 1.0, A.CURVE_B, 0.0, 0.0] + ([0.0] if conf else []) + [np.log(8.0)]
+    start = (list(A.PRIOR_COEF) + [np.log(A.PRIOR_PSEUDO)] if conf
+             else list(A.PRIOR_COEF_NO_CONF) + [np.log(A.PRIOR_PSEUDO_NO_CONF)])
 
     def loss(p):
+        if on == "recall":
+            return float(sum(np.sum(z["pi_true"] * (predict(z, p[:-1], np.exp(p[-1]), conf, recall=True)
+                                                    - z["r_pop"]) ** 2) / len(z["acc"]) for z in zs))
         return float(np.mean((np.concatenate([predict(z, p[:-1], np.exp(p[-1]), conf) for z in zs]) - y) ** 2))
-    p = minimize(loss, np.array(start), method="Powell", options={"maxiter": 20000, "xtol": 1e-4, "ftol": 1e-8}).x
+    p = minimize(loss, np.array(start), method="Powell", options={"maxiter": 40000, "xtol": 1e-4, "ftol": 1e-10}).x
     return p[:-1], float(np.exp(p[-1]))
 
 
@@ -134,6 +165,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", type=Path, help="write the zoos' .npz files into this folder")
     p.add_argument("--fit", type=Path, help="fit on the tuning seeds' .npz files in this folder, report held-out")
+    p.add_argument("--on", default="accuracy", choices=("recall", "accuracy"), help="with --fit: what is fitted")
     p.add_argument("--zoos", default="", help="with --build: e.g. digits:0,mnist:1 (default: all nine)")
     a = p.parse_args(argv)
     if a.build:
@@ -148,7 +180,7 @@ def main(argv=None) -> int:
         sets = {"engine": ((A.PRIOR_COEF, A.PRIOR_PSEUDO, True), (A.PRIOR_COEF_NO_CONF, A.PRIOR_PSEUDO_NO_CONF, False))}
         fits = []
         for conf in (True, False):
-            coef, pseudo = fit([z for zs in tune.values() for z in zs], conf)
+            coef, pseudo = fit([z for zs in tune.values() for z in zs], conf, a.on)
             fits.append((coef, pseudo, conf))
             print(f"fitted (confidence {conf}): coef {np.round(coef, 4).tolist()} pseudo {pseudo:.2f}")
         sets["refit"] = tuple(fits)

@@ -19,7 +19,8 @@ FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance 
 
 
 def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
-                class_accuracy=None, columns: list[str], feature_names=None, kinds=None, config=None) -> dict:
+                class_accuracy=None, columns: list[str], feature_names=None, kinds=None, config=None,
+                training=None) -> dict:
     """The ``perf`` part of a class record: per-class recall of the entry's model and where it came from.
 
     With ``validation=`` and the entry's column ``kinds`` and hub ``config``, also the own-histogram
@@ -28,7 +29,13 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
     ``true_class_prob``: the model's mean probability of the true class over the validation rows
     (:func:`true_class_prob`); over the validation accuracy it says how (under)confident the model
     is, which :func:`shifted_recall`'s prior reads (entries registered before it was stored lack it
-    and use the prior without it)."""
+    and use the prior without it).
+
+    ``training`` (the entry's training rows, a DataFrame with ``columns``; ``hub.add`` passes them):
+    validation rows equal to a training row (every column) are not held out -- a model recalls the
+    rows it was fitted on better than new ones -- so they are left out of what is measured, and
+    their number is stored as ``validation_in_training`` (:func:`held_out`; all kept when every
+    validation row is a training row)."""
     train = list(rec["labels"])
     counts = dict(zip(train, (int(n) for n in rec["counts"])))
     given = [n for n, v in (("validation", validation), ("confusion", confusion),
@@ -40,6 +47,9 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if model is None:
             raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
                                          "(a callable returning one row of logits per input row)")
+        n_in = 0
+        if training is not None:
+            validation, n_in = held_out(validation, training, columns, feature_names)
         y_true, y_pred, p_true = _run_validation(model, validation, logit_labels, train, columns, feature_names)
         labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
@@ -48,6 +58,8 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
                       np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
         perf = _perf_from_confusion(C, labels, counts, "validation")
         perf["true_class_prob"] = float(p_true.mean()) if len(p_true) else 0.0
+        if training is not None:
+            perf["validation_in_training"] = int(n_in)
         if kinds is not None and config is not None:
             perf.update(_proxy_on_validation(rec, validation, y_true, labels, columns, kinds, config, feature_names))
         return perf
@@ -76,6 +88,52 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
     labels = list(train)
     recall = FALLBACK_RMAX * curve(np.array([counts[c] for c in labels], dtype=np.float64))
     return {"source": "fallback: class counts", "labels": labels, "recall": recall}
+
+
+def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
+    """(rows,) uint64 hash of each row's values over ``columns`` (numeric columns as float64, so an
+    int and a float column holding the same numbers hash alike); None when a column is not numeric
+    (such rows are not compared)."""
+    if not all(pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in columns):
+        return None
+    X = np.array(df[columns].to_numpy(dtype=np.float64), dtype=np.float64, order="C", copy=True)
+    X[X == 0] = 0.0                                      # -0.0 and 0.0 are the same value
+    return pd.util.hash_pandas_object(pd.DataFrame(X), index=False).to_numpy()
+
+
+def held_out(validation, training: pd.DataFrame, columns: list[str], feature_names=None) -> tuple:
+    """``(validation', n_in)``: the ``validation=(data, labels)`` pair without the rows that equal a
+    row of ``training`` over ``columns``, and how many were left out (0, and the pair unchanged,
+    when the columns are not all numeric, or when every validation row is a training row: then
+    nothing held out is left to measure, and the rows are measured as given)."""
+    from .data import to_frame
+
+    if not isinstance(validation, (tuple, list)) or len(validation) != 2 or not isinstance(training, pd.DataFrame) \
+            or any(c not in training.columns for c in columns):
+        return validation, 0                            # _run_validation names what is wrong with the pair
+    try:
+        vdf = to_frame(validation[0], feature_names)
+    except E.FitsketchError:
+        return validation, 0                            # _run_validation raises it, named
+    if any(c not in vdf.columns for c in columns):
+        return validation, 0
+    hv = row_hashes(vdf, columns)
+    ht = row_hashes(training, columns)
+    if hv is None or ht is None or len(vdf) == 0:
+        return validation, 0
+    inside = np.isin(hv, ht)
+    n_in = int(inside.sum())
+    if n_in == 0 or n_in == len(vdf):
+        return validation, 0
+    keep = ~inside
+    y = validation[1]
+    if isinstance(y, str):
+        return (vdf[keep].reset_index(drop=True), y), n_in
+    y = np.asarray(y, dtype=object) if not isinstance(y, (np.ndarray, pd.Series)) else y
+    if len(y) != len(vdf):
+        return validation, 0                            # _run_validation names the length mismatch
+    y = y[keep] if isinstance(y, np.ndarray) else y[keep].reset_index(drop=True)
+    return (vdf[keep].reset_index(drop=True), y), n_in
 
 
 def curve(n: np.ndarray) -> np.ndarray:

@@ -39,7 +39,7 @@ def prepare(hub, name: str, data, *, metadata, partition_size, feature_names, pr
         classes["perf"] = _acc.performance(classes, model=model, validation=validation, logit_labels=logit_labels,
                                            confusion=confusion, class_accuracy=class_accuracy,
                                            columns=sketch.names, feature_names=feature_names,
-                                           kinds=sketch.kinds, config=hub.config)
+                                           kinds=sketch.kinds, config=hub.config, training=df)
     fleet = None
     if autoencoder:
         from . import simex

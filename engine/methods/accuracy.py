@@ -166,6 +166,9 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
               "pooled_entries": pl["entries"] if pl is not None else len(labelled)}
         if interval is not None:
             ev["interval"] = [round(float(interval[i, 0]), 4), round(float(interval[i, 1]), 4)]
+        n_in = _acc.validation_in_training(cl["perf"])
+        if n_in:
+            ev["validation_in_training"] = n_in   # validation rows left out: the model was trained on them
         if cl["perf"]["source"].startswith("fallback"):
             ev["fallback"] = "no model performance was registered: recall guessed from class counts"
         if auto:

@@ -1,0 +1,144 @@
+"""Validation rows that are also training rows are left out of what registration measures
+(engine/accuracy_perf.py ``held_out``): a model recalls the rows it was fitted on better than new ones."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import fitsketch
+from fitsketch import accuracy_perf as P
+from fitsketch.storage import u64
+
+
+def _rows(rng, n, cols=("a", "b", "c"), levels=4):
+    """Small-integer rows, so draws repeat rows by chance too."""
+    return pd.DataFrame(rng.integers(0, levels, size=(n, len(cols))).astype(np.float64), columns=list(cols))
+
+
+def _reference_mask(vdf, train, cols):
+    seen = {tuple(float(v) for v in r) for r in train[cols].to_numpy(dtype=np.float64)}
+    return np.array([tuple(float(v) for v in r) in seen for r in vdf[cols].to_numpy(dtype=np.float64)], dtype=bool)
+
+
+@pytest.mark.parametrize("n_val", [0, 1, 2, 7, 60])
+def test_held_out_drops_exactly_the_validation_rows_equal_to_a_training_row(rng, n_val):
+    cols = ["a", "b", "c"]
+    train = _rows(rng, int(rng.integers(1, 40)))
+    vdf = _rows(rng, n_val)
+    if n_val:       # some validation rows copied from the training rows, as a draw with replacement makes
+        take = rng.random(n_val) < 0.4
+        vdf.loc[take, :] = train.iloc[rng.integers(0, len(train), int(take.sum()))].to_numpy()
+    y = rng.integers(0, 3, n_val)
+    inside = _reference_mask(vdf, train, cols)
+    (v2, y2), n_in = P.held_out((vdf, y), train, cols)
+    if inside.all() or not inside.any():     # nothing to drop, or nothing held out left: measured as given
+        assert n_in == 0 and v2 is vdf and y2 is y
+        return
+    assert n_in == int(inside.sum())
+    np.testing.assert_array_equal(v2.to_numpy(), vdf.to_numpy()[~inside])
+    np.testing.assert_array_equal(np.asarray(y2), y[~inside])
+
+
+def test_held_out_compares_values_not_dtypes_and_reads_a_label_column(rng):
+    cols = ["a", "b"]
+    train = pd.DataFrame(rng.integers(0, 5, size=(30, 2)), columns=cols)            # int64
+    vdf = pd.DataFrame(np.vstack([train.to_numpy()[:4], 100 + rng.integers(0, 5, size=(6, 2))]).astype(np.float32),
+                       columns=cols)
+    vdf.iloc[0, 0] = -0.0 if vdf.iloc[0, 0] == 0 else vdf.iloc[0, 0]
+    vdf["y"] = np.arange(10) % 3
+    (v2, ycol), n_in = P.held_out((vdf, "y"), train, cols)
+    assert n_in == 4 and ycol == "y"
+    np.testing.assert_array_equal(v2[cols].to_numpy(), vdf[cols].to_numpy()[4:])
+    np.testing.assert_array_equal(v2["y"].to_numpy(), vdf["y"].to_numpy()[4:])
+
+
+def test_held_out_leaves_non_numeric_columns_alone(rng):
+    train = pd.DataFrame({"a": ["x", "y", "z"], "b": [1.0, 2.0, 3.0]})
+    val = (train.copy(), np.array([0, 1, 0]))
+    assert P.held_out(val, train, ["a", "b"]) == (val, 0)
+
+
+def _labelled(rng, n):
+    y = rng.integers(0, 3, n)
+    X = np.rint(10.0 * (y[:, None] + 1) + rng.normal(0, 6.0, size=(n, 3)))   # rounded: overlapping classes
+    return pd.DataFrame(X, columns=["a", "b", "c"]), y
+
+
+def _model(X):
+    m = np.asarray(X, dtype=np.float64).mean(axis=1, keepdims=True)
+    return -np.abs(m - 10.0 * (np.arange(3)[None, :] + 1))
+
+
+def test_add_measures_the_model_on_the_held_out_validation_rows_only(tmp_path, rng):
+    from sklearn.metrics import confusion_matrix
+
+    df, y = _labelled(rng, int(rng.integers(60, 120)))
+    vdf, vy = _labelled(rng, int(rng.integers(20, 60)))
+    k = int(rng.integers(1, 15))
+    copy = rng.choice(len(df), k, replace=False)
+    vdf = pd.concat([vdf, df.iloc[copy]], ignore_index=True)           # training rows in the validation set
+    vy = np.concatenate([vy, y[copy]])
+    inside = _reference_mask(vdf, df, ["a", "b", "c"])
+    with fitsketch.open(tmp_path / "hub") as hub:
+        hub.add("m", df, labels=y, model=_model, validation=(vdf, vy))
+        with hub.store.read() as txn:
+            perf = txn.get("extra", u64(hub.get("m").id))["classes"]["perf"]
+        hit = hub.search(vdf.iloc[:10], method="accuracy")
+    pred = _model(vdf.to_numpy()).argmax(axis=1)
+    want = confusion_matrix(vy[~inside], pred[~inside], labels=perf["labels"])
+    np.testing.assert_array_equal(perf["confusion"], want)
+    assert perf["validation_in_training"] == int(inside.sum())
+    assert hit[0].evidence["validation_in_training"] == int(inside.sum())
+
+
+def _hub_with_copied_validation_rows(hub, rng):
+    df, y = _labelled(rng, 80)
+    vdf, vy = _labelled(rng, 30)
+    vdf = pd.concat([vdf, df.iloc[:6]], ignore_index=True)
+    hub.add("m", df, labels=y, model=_model, validation=(vdf, np.concatenate([vy, y[:6]])))
+    hub.add("n", *_labelled(rng, 80)[:1], labels=_labelled(rng, 80)[1], class_accuracy={0: .9, 1: .8, 2: .7})
+    return u64(hub.get("m").id)
+
+
+@pytest.mark.parametrize("bad", [-1, "3", True, 2.5, [1], 1 << 62])
+def test_a_malformed_validation_in_training_is_a_named_error(tmp_path, rng, bad, caplog):
+    """The validator raises CorruptHubError; a search skips the damaged entry, names why, and
+    scores the healthy one."""
+    from fitsketch import accuracy as A
+    from fitsketch import errors as E
+
+    with pytest.raises(E.CorruptHubError, match="validation_in_training"):
+        A.validation_in_training({"validation_in_training": bad})
+    assert A.validation_in_training({"validation_in_training": 3}) == 3
+    assert A.validation_in_training({}) is None
+    with fitsketch.open(tmp_path / "hub") as hub:
+        key = _hub_with_copied_validation_rows(hub, rng)
+
+        def damage(txn):
+            ex = txn.get("extra", key)
+            assert ex["classes"]["perf"]["validation_in_training"] >= 1
+            ex["classes"]["perf"]["validation_in_training"] = bad
+            txn.put("extra", key, ex)
+        hub.store.transact(damage)
+        with caplog.at_level("WARNING"):
+            res = hub.search(_labelled(rng, 40)[0], method="accuracy", accuracy_bootstrap=0)
+    assert [m.name for m in res] == ["n"]
+    assert "'m': an entry's class record holds a malformed validation_in_training" in caplog.text
+
+
+def test_an_entry_stored_without_validation_in_training_scores_as_before(tmp_path, rng):
+    """Records written before the field existed lack it: they score the same, without the evidence."""
+    with fitsketch.open(tmp_path / "hub") as hub:
+        key = _hub_with_copied_validation_rows(hub, rng)
+        query = _labelled(rng, 50)[0]
+        before = {m.name: m for m in hub.search(query, method="accuracy", accuracy_bootstrap=0)}
+
+        def drop(txn):
+            ex = txn.get("extra", key)
+            del ex["classes"]["perf"]["validation_in_training"]
+            txn.put("extra", key, ex)
+        hub.store.transact(drop)
+        after = {m.name: m for m in hub.search(query, method="accuracy", accuracy_bootstrap=0)}
+    assert before["m"].evidence["validation_in_training"] >= 1
+    assert "validation_in_training" not in after["m"].evidence
+    for name in ("m", "n"):
+        assert after[name].score == before[name].score
