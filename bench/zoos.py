@@ -299,6 +299,10 @@ def labelled(pool: "Pool", lo: int, hi: int) -> list:
         p = pool.picks(i)
         w = np.bincount(p, minlength=len(pool.chunk_rows)).astype(np.float64)
         present = np.flatnonzero(np.bincount(pool.chunk_class[p], minlength=len(pool.classes)))
+        if len(present) < 2:   # one class: hub.add(labels=) refuses it (LabelError); added unlabelled, as a user would
+            sk.classes = None
+            out.append((sk, None, None))
+            continue
         cls, feat, bucket, count, means, n_c = [], [], [], [], [], []
         for k, c in enumerate(present):
             used = np.flatnonzero(w * (pool.chunk_class == c))

@@ -109,19 +109,13 @@ def subset(idx, rows: np.ndarray):
         setattr(sub, a, getattr(idx, a))
 
     def take(src: Grow, sel) -> Grow:
-        out = Grow(src.a.dtype, src.a.shape[1] if src.a.ndim == 2 else None)
-        out.extend(src.v[sel])
-        return out
+        return _held(src.v[sel], src.a.dtype)
 
     def starts(cnt) -> Grow:
-        out = Grow(np.int64)
-        out.extend(np.concatenate([[0], np.cumsum(cnt)[:-1]]) if len(cnt) else np.zeros(0, np.int64))
-        return out
+        return _held(np.concatenate([[0], np.cumsum(cnt)[:-1]]) if len(cnt) else np.zeros(0, np.int64), np.int64)
 
     def counted(cnt) -> Grow:
-        out = Grow(np.int32)
-        out.extend(np.repeat(np.arange(len(cnt)), cnt))
-        return out
+        return _held(np.repeat(np.arange(len(cnt), dtype=np.int32), cnt), np.int32)
 
     for a in ("ids", "_schema", "_jk_ok", "_jk_data", "_jks_ok"):
         setattr(sub, a, take(getattr(idx, a), rows))
@@ -143,11 +137,21 @@ def subset(idx, rows: np.ndarray):
     return sub
 
 
+def _held(a: np.ndarray, dtype) -> Grow:
+    """A Grow holding ``a`` as it is (no copy into a fresh buffer: level 2 builds its subset per query)."""
+    out = Grow(dtype, a.shape[1] if a.ndim == 2 else None)
+    out.a, out.n = np.ascontiguousarray(a, dtype=dtype), len(a)
+    return out
+
+
 def _ranges(lo: np.ndarray, end: int, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the groups ``sel`` whose first positions are ``lo`` (the last ends at ``end``),
-    concatenated in order, and each group's size."""
-    hi = np.append(lo[1:], end)
-    a, b = lo[sel], hi[sel]
+    concatenated in order, and each group's size. Only ``sel``'s bounds are read (``lo`` has one
+    slot per feature instance: millions at 100k entries)."""
+    sel = np.asarray(sel, dtype=np.int64)
+    nxt = sel + 1
+    a = lo[sel]
+    b = np.where(nxt < len(lo), lo[np.minimum(nxt, max(len(lo) - 1, 0))], end) if len(sel) else a
     cnt = (b - a).astype(np.int64)
     total = int(cnt.sum())
     if total == 0:
@@ -210,7 +214,7 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
     a = info.get("ann")
     if a:
         ra = ANN_MEASURED_RECALL.get(method)
-        rec = None if rec is None or ra is None or a["nprobe"] < NPROBE_DEFAULT else min(rec, ra)
+        rec = None if rec is None or ra is None or a["nprobe"] < NPROBE_DEFAULT or a["reranked"] else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
              f"distributions of {info['ranked']} entries, "
              + (f"re-ranked the first {a['reranked']} by their exact Bhattacharyya coefficient" if a["reranked"]
@@ -222,9 +226,16 @@ def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
              f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
              f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 screened those "
              "(the recall above is among them)")
-    t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT} "
-          "(bench.bench_shortlist --two-level)" if rec is not None else
-          "; recall not measured at this shortlist_coarse")
+    if a and rec is not None:
+        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT}, "
+              f"shortlist_nprobe={NPROBE_DEFAULT} ({ANN_MEASURED_ON}; bench.level1_scale)")
+    elif a:
+        t += ("; recall not measured at this shortlist_coarse / shortlist_nprobe" if ANN_MEASURED_RECALL.get(method)
+              is not None else "; the IVF level 1's recall is not measured for this method")
+    else:
+        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT} "
+              "(bench.bench_shortlist --two-level)" if rec is not None else
+              "; recall not measured at this shortlist_coarse")
     return t, rec
 
 
