@@ -98,10 +98,15 @@ def bc(idx, target, seed: int) -> np.ndarray:
     return matrix(idx) @ query_vector(idx, target, seed)
 
 
-def subset(idx, rows: np.ndarray):
+def subset(idx, rows: np.ndarray, cells_of=None):
     """A ScreenIndex of ``idx``'s rows ``rows`` (sorted, unique) alone: the same names, coordinates
     and schemas, each row's columns copied and renumbered, so its ``scores`` are ``idx``'s for those
-    entries (the same float operations in the same order)."""
+    entries (the same float operations in the same order).
+
+    ``cells_of``: a query's per-coordinate values (``query_vector``): then only the stored cells at
+    coordinates where it is > 0 are copied, the only cells the screen of that query reads (``_hits``:
+    the query's mass is 0 elsewhere; every other per-feature number is stored per feature instance),
+    so the subset serves that query alone, with the same scores and less to copy and scan."""
     rows = np.asarray(rows, dtype=np.int64)
     sub = object.__new__(type(idx))
     for a in ("lock", "generation", "l", "accuracy", "_names", "_coords", "_schema_id", "_schema_names",
@@ -126,10 +131,17 @@ def subset(idx, rows: np.ndarray):
         setattr(sub, a, take(getattr(idx, a), fi_sel))
     sub._fi_row = counted(fi_cnt)
     z_sel, z_cnt = _ranges(idx._fi_lo.v, idx._col.n, fi_sel)
+    if cells_of is None:
+        sub._fi = counted(z_cnt)
+    else:
+        has = np.append(np.asarray(cells_of)[:len(idx._coords)] > 0, False)   # the last slot: nobody's
+        on = has[idx._col.v[z_sel]]
+        fi_of = np.repeat(np.arange(len(z_cnt), dtype=np.int32), z_cnt)[on]
+        z_sel, z_cnt = z_sel[on], np.bincount(fi_of, minlength=len(z_cnt)).astype(np.int64)
+        sub._fi = _held(fi_of, np.int32)
     sub._fi_lo = starts(z_cnt)
     for a in ("_col", "_p", "_plog"):
         setattr(sub, a, take(getattr(idx, a), z_sel))
-    sub._fi = counted(z_cnt)
     p_sel, p_cnt = _ranges(idx._p_lo.v, idx._part_row.n, rows)
     sub._p_lo = starts(p_cnt)
     sub._part_keys = take(idx._part_keys, p_sel)
@@ -185,7 +197,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
                                 "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
-                return subset(idx, np.sort(rows))._scores(target, method, seed, t_keys, t_small), info
+                return subset(idx, np.sort(rows), q)._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
         if len(live) < min(keep, n):
@@ -201,7 +213,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
             rows = live
         info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
-        sub = subset(idx, np.sort(rows))
+        sub = subset(idx, np.sort(rows), query_vector(idx, target, seed))
         return sub._scores(target, method, seed, t_keys, t_small), info
 
 
