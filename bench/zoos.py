@@ -336,6 +336,8 @@ def check_labelled(pool: "Pool", idx=(0, 1, 2)) -> None:
 
     for i in idx:
         sk = labelled(pool, i, i + 1)[0][0]
+        if sk.classes is None:   # one class: added without labels (labelled's docstring)
+            continue
         rows = pool.rows_of(i)
         ref = fitsketch.sketch_data(pool.X[rows], pool.cfg, feature_names=pool.names, labels=pool.y[rows],
                                     coverage_center=pool.center).classes
