@@ -674,10 +674,83 @@ def _accuracy_ranks(hub, X, names, full) -> dict:
     return {"screen_rank_of_top10": [int(rank[n]) for n in top], "screen_gap_of_top10": [tenth - float(score[n]) for n in top]}
 
 
-def _add_labelled(hub, lo: int, items) -> None:
-    """Entries ``lo ..`` from zoos.labelled: one ``add_sketch(model=, validation=)`` each."""
+def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
+    """``(ranking, info)``: every labelled entry's ``method="accuracy"`` score on the query rows ``q``
+    (columns ``names``), computed as the scorer computes it with every entry scored
+    (engine/methods/accuracy.py ``score_accuracy`` with ``shortlist=0``: the pool of every labelled
+    entry, the query's class log-likelihoods and EM mixture, each model's own-histogram proxy on the
+    query rows, ``accuracy.estimate``; no bootstrap), as ``[(name, score)]`` best first (name breaks
+    ties). It skips what ``hub.search(shortlist=0)`` spends on the candidate stage (band lookups and
+    signature checks of every entry: ~60% of its CPU at 1.5k entries), so a 10k hub's reference costs
+    ~1/3 of the search. ``check``: matches of a search of the same query (e.g. the stage's top 10),
+    whose scores must equal the ranking's (``info["max_diff"]``, ``info["mixture_diff"]``); equal to
+    ``shortlist=0``'s top 10 on a small hub (names and scores) and checked at 10k by ``run_accuracy``."""
+    import pandas as pd
+    from fitsketch import accuracy as A
+    from fitsketch.storage import u64
+
+    frame = pd.DataFrame(np.asarray(q), columns=names)
+    col_of = {n: j for j, n in enumerate(names)}
+    ents = {}
+    with hub.store.read() as txn:
+        for key in txn.keys("entries"):
+            rec = txn.get("entries", key)
+            if not rec or not rec.get("labelled"):
+                continue
+            cl = A.check_record(txn.get("extra", u64(rec["id"]))["classes"], len(rec["features"]))
+            ents[rec["name"]] = (cl, {sf: col_of[n] for sf, n in enumerate(rec["features"]) if n in col_of},
+                                 rec["features"])
+    kinds = ["numeric"] * len(names)
+    lab = sorted({c for cl, _, _ in ents.values() for c in cl["labels"]}, key=A._sort_key)
+    pl = A.class_pool_of([(cl, feats, fm) for cl, fm, feats in ents.values()], lab, names)
+    pl = A.merge_pools([pl, {**pl, "labels": lab, "cls": pl["cls"][:0], "col": pl["col"][:0],
+                             "bucket": pl["bucket"][:0], "count": pl["count"][:0], "entries": 0}])
+    lab = pl["labels"]
+    used = sorted({j for j, n in enumerate(names) if n in set(pl["columns"])})
+    qb = A.query_buckets(frame, names, kinds, used, hub.config)
+    qx = A.query_index(qb, len(frame))
+    ll, _ = A.mixture_loglik(frame, pl, names, kinds, hub.config, hub.config.accuracy_temperature, qb, qx)
+    names_ = list(ents)
+    prox = [A.own_predictions(qb, len(frame), ents[nm][0], ents[nm][1], lab, names, qx) for nm in names_]
+    pi, acc, _ = A.estimate(ll, lab, [ents[nm][0]["perf"] for nm in names_], proxies=prox,
+                            records=[ents[nm][0] for nm in names_])
+    score = dict(zip(names_, acc.tolist()))
+    ranking = sorted(score.items(), key=lambda x: (-x[1], x[0]))
+    diff = max((abs(score[m.name] - m.score) for m in check), default=0.0)
+    mix = max((float(np.abs(np.asarray(m.detail["mixture"]) - pi).max()) for m in check[:1] if m.detail), default=0.0)
+    return ranking, {"max_diff": float(diff), "mixture_diff": mix, "labelled": len(ents)}
+
+
+def confusion_of(sketch, model, validation) -> np.ndarray:
+    """The confusion matrix (rows: true class, columns: predicted; the sketch's classes in order) of
+    ``model`` on ``validation`` = (rows, labels): what ``add_sketch(model=, validation=)`` measures,
+    computed here so that ``add_sketch(confusion=)`` registers it (~3x cheaper an entry: no proxy
+    on the validation rows, no calibration, which the hub then does not store)."""
+    labels = list(sketch.classes["labels"])
+    X, y = validation
+    pred = np.asarray(labels)[np.argmax(model(np.asarray(X, dtype=np.float64)), axis=1)]
+    at = {c: i for i, c in enumerate(labels)}
+    out = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(np.asarray(y).tolist(), pred.tolist()):
+        if t in at:
+            out[at[t], at[p]] += 1
+    return out
+
+
+def _add_labelled(hub, lo: int, items, confusion: bool = False) -> None:
+    """Entries ``lo ..`` from zoos.labelled: one ``add_sketch(model=, validation=)`` each (a one-class
+    entry, which has no model, without labels). Each carries ``metadata={"i": its number}``, so a
+    reference can score chosen entries alone (``where=``, with the pool of every entry passed as
+    ``class_pool=``, as a sharded hub does: a model's score does not depend on who else is scored)."""
     for i, (sk, model, val) in enumerate(items):
-        hub.add_sketch(f"e{lo + i:07d}", sk, model=model, validation=val)
+        md = {"i": lo + i}
+        if model is None:
+            hub.add_sketch(f"e{lo + i:07d}", sk, metadata=md)
+        elif confusion:
+            hub.add_sketch(f"e{lo + i:07d}", sk, metadata={**md, "perf": "confusion"},
+                           confusion=confusion_of(sk, model, val))
+        else:
+            hub.add_sketch(f"e{lo + i:07d}", sk, metadata=md, model=model, validation=val)
 
 
 def _raw_items(path: str) -> dict:
@@ -774,6 +847,97 @@ def run_add_rate(n: int = 2_000, batch: int = 1_000, kinds=("scale32", "digits64
     return rows
 
 
+def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto"), budget_s: float = 1800.0,
+                 full_checks: int = 1, seed: int = 0, out=print, out_dir: Path | None = None,
+                 tag: str = "") -> list[dict]:
+    """``method="accuracy"`` / ``"auto"`` through the default stage of a labelled digits pool hub
+    (``hub_dir``/h.hub, filled as ``--scale`` fills it; e.g. 10k entries) against the scorer's score
+    of every labelled entry (``accuracy_reference``: ``shortlist=0``'s ranking at ~1/3 of its CPU;
+    the first ``full_checks`` queries also run ``hub.search(shortlist=0)`` to hold the two equal).
+    Per query (the ``--scale`` queries, 600-row class-skewed samples): the stage's top 10
+    (``explain``, no bootstrap), what it kept, whether its margin was capped; recall@10 by score and
+    best found against the reference; for ``auto``, whether every match of its top 10 was scored
+    as ``accuracy`` (a labelled hub). Queries run until ``budget_s`` of searching + references."""
+    import fitsketch
+
+    from . import zoos
+
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    wall = H.stopwatch().__enter__()
+    pool = zoos.Pool("digits", seed=seed)
+    X, y, names = pool.X, pool.y, pool.names
+    rows, per_query = [], []
+    with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
+        n = len(hub)
+        w = f"digits labelled pool zoo, {n} entries (hub {hub_dir})"
+        t_s = {m: H.Samples() for m in methods}
+        t_r, t_f = H.Samples(), H.Samples()
+        res = {m: {"rec": [], "best": [], "kept": [], "capped": [], "acc": []} for m in methods}
+        checks = []
+        for qi in range(n_queries):
+            if wall.elapsed() > budget_s:
+                break
+            q = X[zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, qi))]
+            pq = {"query": qi}
+            ref = None
+            for m in methods:
+                plan = t_s[m].call(hub.explain, q, k=10, method=m, feature_names=names, accuracy_bootstrap=0)
+                short = plan.matches
+                st = next((x for x in plan.stages if x.name == "shortlist"), None)
+                if ref is None:
+                    ref, info = t_r.call(accuracy_reference, hub, q, names, short)
+                    pq.update(ref_check_max_diff=info["max_diff"], ref_mixture_diff=info["mixture_diff"],
+                              labelled=info["labelled"])
+                    if qi < full_checks:   # the reference against the hub's own exhaustive search
+                        full = t_f.call(hub.search, q, k=10, method="accuracy", shortlist=0, feature_names=names,
+                                        accuracy_bootstrap=0)
+                        ok = [x.name for x in full] == [nm for nm, _ in ref[:10]] and \
+                            max(abs(x.score - sc) for x, (_, sc) in zip(full, ref)) <= 1e-12
+                        checks.append(ok)
+                        pq["full_check"] = ok
+                tenth, best = ref[min(9, len(ref) - 1)][1], ref[0][1]
+                r = float(np.mean([x.score >= tenth - 1e-12 for x in short[:10]])) if short else 0.0
+                bf = bool(short and short[0].score >= best - 1e-12)
+                acc_all = all(x.method == "accuracy" for x in short[:10])
+                d = res[m]
+                d["rec"].append(r)
+                d["best"].append(bf)
+                d["kept"].append(-1 if st is None else st.actual)
+                d["capped"].append(st is not None and "recall not held" in (st.detail or ""))
+                d["acc"].append(acc_all)
+                pq.update({f"{m}_recall": r, f"{m}_best": bf, f"{m}_kept": d["kept"][-1], f"{m}_capped": d["capped"][-1],
+                           f"{m}_all_accuracy": acc_all, f"{m}_stated_recall": None if st is None else st.recall})
+            per_query.append(pq)
+            out(f"  query {qi}: {pq}")
+        for m in methods:
+            d = res[m]
+            if not d["rec"]:
+                continue
+            st_ = t_s[m].stats()
+            out(f"  {n:,} {m:<9} {len(d['rec'])} queries: recall@10 {np.mean(d['rec']):.3f} (min {min(d['rec']):.2f}), best "
+                f"{sum(d['best'])}/{len(d['best'])}, kept p50 {np.median(d['kept']):.0f} max {max(d['kept'])}, capped "
+                f"{sum(d['capped'])}, all top 10 scored as accuracy {sum(d['acc'])}/{len(d['acc'])}; explain p50 "
+                f"{1e3 * st_['p50_s']:.0f} ms wall ({1e3 * st_['cpu']['p50_s']:.0f} CPU)")
+            rows += [H.row(ctx, "shortlist_accuracy", w, m, "recall_at_10", float(np.mean(d["rec"])),
+                           baseline="the scorer's score of every labelled entry (shortlist=0's ranking)", baseline_value=1.0,
+                           queries=len(d["rec"]), min=min(d["rec"]), best_found=float(np.mean(d["best"])),
+                           kept_p50=float(np.median(d["kept"])), kept_max=max(d["kept"]), capped=sum(d["capped"]),
+                           all_accuracy=sum(d["acc"])),
+                     H.row(ctx, "shortlist_accuracy", w, m, "explain_p50", 1e3 * st_["p50_s"], unit="ms",
+                           cpu_p50_ms=1e3 * st_["cpu"]["p50_s"], queries=len(d["rec"]))]
+        if len(t_r):
+            out(f"  reference p50 {t_r.stats()['cpu']['p50_s']:.1f} s CPU; shortlist=0 checks {sum(checks)}/{len(checks)} "
+                f"equal" + (f" (shortlist=0 p50 {t_f.stats()['cpu']['p50_s']:.1f} s CPU)" if len(t_f) else ""))
+            rows.append(H.row(ctx, "shortlist_accuracy", w, "accuracy", "reference_cpu_p50", t_r.stats()["cpu"]["p50_s"],
+                              unit="s", full_checks=len(checks), full_checks_equal=sum(checks),
+                              shortlist0_cpu_p50_s=t_f.stats()["cpu"]["p50_s"] if len(t_f) else -1.0))
+    rows.append(H.row(ctx, "shortlist_accuracy", "all", "all", "wall_time", wall.elapsed(), unit="s"))
+    path = H.write_suite(f"shortlist_accuracy{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
+    out(f"accuracy: wrote {path} ({wall.elapsed():.0f} s)")
+    return rows
+
+
 def suite(opts: H.Options) -> list[dict]:
     """The families workload (``python -m bench shortlist``); the flags ``--similar`` and
     ``--screen-scale`` of this module's own command line select the other two workloads."""
@@ -820,7 +984,14 @@ def main(argv=None) -> None:
     ap.add_argument("--two-level", choices=("digits", "mnist"), default=None,
                     help="the two-level stage against the exact screen on an in-memory index (run_two_level)")
     ap.add_argument("--coarse", default="1,2,4,8,16", help="--two-level: shortlist_coarse values")
+    ap.add_argument("--accuracy-hub", default=None,
+                    help="accuracy / auto through the stage of this labelled pool hub folder vs every entry scored (run_accuracy)")
+    ap.add_argument("--full-checks", type=int, default=1, help="--accuracy-hub: queries also searched with shortlist=0")
     a = ap.parse_args(argv)
+    if a.accuracy_hub:
+        run_accuracy(a.accuracy_hub, a.queries or 20, tuple(a.methods.split(",")) if a.methods != ",".join(SIMILAR_METHODS)
+                     else ("accuracy", "auto"), budget_s=a.budget, full_checks=a.full_checks, out_dir=a.out, tag=a.tag)
+        return
     if a.two_level:
         run_two_level(a.two_level, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
                       tuple(int(v) for v in a.coarse.split(",")), tuple(a.methods.split(",")), budget_s=a.budget,

@@ -299,6 +299,10 @@ def labelled(pool: "Pool", lo: int, hi: int) -> list:
         p = pool.picks(i)
         w = np.bincount(p, minlength=len(pool.chunk_rows)).astype(np.float64)
         present = np.flatnonzero(np.bincount(pool.chunk_class[p], minlength=len(pool.classes)))
+        if len(present) < 2:   # one class: hub.add(labels=) refuses it (LabelError); added unlabelled, as a user would
+            sk.classes = None
+            out.append((sk, None, None))
+            continue
         cls, feat, bucket, count, means, n_c = [], [], [], [], [], []
         for k, c in enumerate(present):
             used = np.flatnonzero(w * (pool.chunk_class == c))
@@ -332,6 +336,8 @@ def check_labelled(pool: "Pool", idx=(0, 1, 2)) -> None:
 
     for i in idx:
         sk = labelled(pool, i, i + 1)[0][0]
+        if sk.classes is None:   # one class: added without labels (labelled's docstring)
+            continue
         rows = pool.rows_of(i)
         ref = fitsketch.sketch_data(pool.X[rows], pool.cfg, feature_names=pool.names, labels=pool.y[rows],
                                     coverage_center=pool.center).classes

@@ -453,7 +453,8 @@ class ScreenIndex:
         with np.errstate(divide="ignore", invalid="ignore"):
             qlog = np.where(qd > 0, qd * np.log2(np.where(qd > 0, qd, 1.0)), 0.0)   # a' log2 a', per coordinate
         lgN = np.float32(np.log2(N))
-        alog = (qlog.astype(np.float32)[self._col.v[pos]] - a_b * lgN) * inv          # a log2 a
+        # a log2 a per coordinate (the same float32 operations as per cell, done once a coordinate)
+        alog = ((qlog.astype(np.float32) - qd.astype(np.float32) * lgN) * inv)[self._col.v[pos]]
         blog = (self._plog.v[pos] - p_b * lgN) * inv                                  # b log2 b
         g = 0.5 * (alog + blog - m * np.log2(m))
         b_tot = np.bincount(self._fi_row.v[shared & self._fi_live.v], minlength=n) / N

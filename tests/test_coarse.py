@@ -70,7 +70,8 @@ def test_bc_equals_a_dense_reference(tmp_path, rng):
 def test_subset_screens_equal_the_full_screen(tmp_path, rng):
     """The screen of a subset of rows (level 2) gives each of its entries exactly the score, tiebreak
     and exactness the full screen gives it, for every method (large and small queries), after a
-    removal renumbered the index; for one row and for no row too."""
+    removal renumbered the index; for one row and for no row too; and so does the subset holding only
+    the cells at the query's coordinates (``cells_of``, what level 2 builds)."""
     cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
     pools = _classes(rng)
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
@@ -100,6 +101,10 @@ def test_subset_screens_equal_the_full_screen(tmp_path, rng):
                     assert list(part["ids"]) == list(full["ids"][want]), method
                     for key in ("score", "tiebreak", "exact"):
                         assert np.array_equal(part[key], full[key][want]), (method, key)
+                    # the subset of the cells this query has mass at only (what level 2 builds): the same
+                    only = C.subset(idx, rows, C.query_vector(idx, q, cfg.seed)).scores(q, method, **kw)
+                    for key in ("ids", "score", "tiebreak", "exact"):
+                        assert np.array_equal(only[key], part[key]), (method, key, "cells of the query")
 
 
 def test_two_level_search_on_near_duplicates(tmp_path, rng):

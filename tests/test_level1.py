@@ -238,3 +238,48 @@ def test_a_bad_file_is_rebuilt_never_trusted(tmp_path, rng, small_ann, how):
         assert len(small_ann) == builds + 1, how
     with fitsketch.open(path, config=cfg) as hub:     # the rebuilt file serves
         assert _search(hub, q) == want and len(small_ann) == builds + 1
+
+
+def test_explain_states_the_ivf_levels_measured_recall(tmp_path, rng, monkeypatch):
+    """At the measured setting (the default shortlist_coarse and shortlist_nprobe, no re-rank) explain
+    states the recall bench.level1_scale measured for the IVF level 1 (``ANN_MEASURED_RECALL``, with
+    the exact level 1's ``MEASURED_RECALL`` the lower of the two) and the stage's estimated recall is
+    at most that; at fewer lists probed or a smaller shortlist_coarse it says the recall is not
+    measured and states none."""
+    monkeypatch.setattr(C, "ANN_MIN_ENTRIES", 1)
+    assert set(METHODS) <= set(C.ANN_MEASURED_RECALL), "every two-level method has a measured IVF recall"
+    cfg = fitsketch.SketchConfig(shortlist=1, partition_size=20)
+    # level 1 keeps COARSE_DEFAULT x 1 entries: fewer than the hub's, so the IVF ranks them
+    n = C.COARSE_DEFAULT + int(rng.integers(2, 9))
+    hub, pools = _hub(tmp_path / "h.hub", rng, n, cfg)
+    with hub:
+        for method in METHODS:
+            q = _mixture(pools, rng.integers(20, 120, 4))
+            want = min(C.MEASURED_RECALL[method], C.ANN_MEASURED_RECALL[method])
+            st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level").stages
+                      if s.name == "shortlist")
+            assert "IVF lists" in st.detail and "ranked by their projected" in st.detail, st.detail
+            assert (f"recall@10 vs the exact screen measured {want:.3f} at shortlist_coarse={C.COARSE_DEFAULT}, "
+                    f"shortlist_nprobe={C.NPROBE_DEFAULT}") in st.detail, st.detail
+            assert st.recall is not None and st.recall <= want + 1e-12, (st.recall, want)
+            # fewer lists probed than measured (this small hub's IVF has fewer lists: 0 probes the exact level 1
+            # instead, which states MEASURED_RECALL) or a smaller shortlist_coarse
+            for kw in ({"shortlist_coarse": int(rng.integers(2, C.COARSE_DEFAULT))},):
+                st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level", **kw).stages
+                          if s.name == "shortlist")
+                if "IVF lists" in st.detail:   # (a smaller coarse may keep what every list holds: the same)
+                    assert "recall not measured at this shortlist_coarse / shortlist_nprobe" in st.detail, st.detail
+                    assert st.recall is None, (kw, st.recall)
+    # the words for an IVF of many lists (describe alone): measured only at the default lists or more and
+    # without the re-rank
+    for method in METHODS:
+        want = min(C.MEASURED_RECALL[method], C.ANN_MEASURED_RECALL[method])
+        nlist = int(rng.integers(C.NPROBE_DEFAULT + 1, 4 * C.NPROBE_DEFAULT))
+        base = {"ranked": nlist * 40, "live": nlist * 40, "coarse_kept": 2048, "bc_cut": 0.5}
+        for nprobe, reranked, measured in ((C.NPROBE_DEFAULT, 0, True), (nlist, 0, True),
+                                           (int(rng.integers(1, C.NPROBE_DEFAULT)), 0, False),
+                                           (C.NPROBE_DEFAULT, 4096, False)):
+            text, rec = C.describe({**base, "ann": {"nprobe": nprobe, "nlist": nlist, "reranked": reranked}},
+                                   C.COARSE_DEFAULT, method)
+            assert (rec == want) if measured else rec is None, (nprobe, reranked, rec)
+            assert (f"measured {want:.3f}" in text) == measured, text
