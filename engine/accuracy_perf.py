@@ -35,7 +35,7 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
     validation rows equal to a training row (every column) are not held out -- a model recalls the
     rows it was fitted on better than new ones -- so they are left out of what is measured, and
     their number is stored as ``validation_in_training`` (:func:`held_out`; all kept when every
-    validation row is a training row)."""
+    validation row is a training row, when it is not stored)."""
     train = list(rec["labels"])
     counts = dict(zip(train, (int(n) for n in rec["counts"])))
     given = [n for n, v in (("validation", validation), ("confusion", confusion),
@@ -47,9 +47,12 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if model is None:
             raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
                                          "(a callable returning one row of logits per input row)")
-        n_in = 0
+        n_in = None
         if training is not None:
+            given = validation
             validation, n_in = held_out(validation, training, columns, feature_names)
+            if validation is not given:
+                feature_names = None      # held_out named the columns: the rows are a DataFrame now
         y_true, y_pred, p_true = _run_validation(model, validation, logit_labels, train, columns, feature_names)
         labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
@@ -58,7 +61,7 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
                       np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
         perf = _perf_from_confusion(C, labels, counts, "validation")
         perf["true_class_prob"] = float(p_true.mean()) if len(p_true) else 0.0
-        if training is not None:
+        if n_in is not None:
             perf["validation_in_training"] = int(n_in)
         if kinds is not None and config is not None:
             perf.update(_proxy_on_validation(rec, validation, y_true, labels, columns, kinds, config, feature_names))
@@ -90,48 +93,87 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
     return {"source": "fallback: class counts", "labels": labels, "recall": recall}
 
 
-def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
-    """(rows,) uint64 hash of each row's values over ``columns`` (numeric columns as float64, so an
-    int and a float column holding the same numbers hash alike); None when a column is not numeric
-    (such rows are not compared)."""
-    if not all(pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in columns):
-        return None
+HASH_BLOCK = 1 << 16   # training rows hashed at a time (held_out's memory: validation + one block)
+
+
+def _numeric(df: pd.DataFrame, columns: list[str]) -> bool:
+    return all(pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in columns)
+
+
+def _canonical(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """(rows, columns) float64 of ``df``'s values, -0.0 as 0.0 and every NaN as one NaN: equal rows have
+    equal bytes (an int and a float column holding the same numbers alike)."""
     X = np.array(df[columns].to_numpy(dtype=np.float64), dtype=np.float64, order="C", copy=True)
-    X[X == 0] = 0.0                                      # -0.0 and 0.0 are the same value
-    return pd.util.hash_pandas_object(pd.DataFrame(X), index=False).to_numpy()
+    X[X == 0] = 0.0
+    X[np.isnan(X)] = np.nan
+    return X
+
+
+def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
+    """(rows,) uint64 hash of each row's values over ``columns`` (:func:`_canonical`); None when a
+    column is not numeric (such rows are not compared)."""
+    if not _numeric(df, columns):
+        return None
+    return pd.util.hash_pandas_object(pd.DataFrame(_canonical(df, columns)), index=False).to_numpy()
+
+
+def _inside(vdf: pd.DataFrame, training: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """(validation rows,) bool: the row equals some training row over ``columns``. Training rows are
+    hashed ``HASH_BLOCK`` at a time and every hash hit is confirmed on the values (a 64-bit row hash
+    can be made to collide)."""
+    V = _canonical(vdf, columns)
+    hv = pd.util.hash_pandas_object(pd.DataFrame(V), index=False).to_numpy()
+    order = np.argsort(hv, kind="stable")
+    hs = hv[order]
+    vbytes = [V[i].tobytes() for i in range(len(V))]
+    inside = np.zeros(len(V), dtype=bool)
+    for lo in range(0, len(training), HASH_BLOCK):
+        T = _canonical(training.iloc[lo:lo + HASH_BLOCK], columns)
+        ht = pd.util.hash_pandas_object(pd.DataFrame(T), index=False).to_numpy()
+        for t in np.nonzero(np.isin(ht, hv))[0]:
+            a, b = np.searchsorted(hs, ht[t], "left"), np.searchsorted(hs, ht[t], "right")
+            tb = T[t].tobytes()
+            for i in order[a:b]:
+                if not inside[i] and vbytes[i] == tb:
+                    inside[i] = True
+    return inside
 
 
 def held_out(validation, training: pd.DataFrame, columns: list[str], feature_names=None) -> tuple:
     """``(validation', n_in)``: the ``validation=(data, labels)`` pair without the rows that equal a
-    row of ``training`` over ``columns``, and how many were left out (0, and the pair unchanged,
-    when the columns are not all numeric, or when every validation row is a training row: then
-    nothing held out is left to measure, and the rows are measured as given)."""
+    row of ``training`` over ``columns``, and how many were left out. ``n_in`` is None, and the pair
+    unchanged, when the rows were not compared (a column not numeric, or the pair malformed: then
+    ``_run_validation`` names what is wrong) or when every validation row is a training row (nothing
+    held out would be left to measure: the rows are measured as given)."""
     from .data import to_frame
 
     if not isinstance(validation, (tuple, list)) or len(validation) != 2 or not isinstance(training, pd.DataFrame) \
             or any(c not in training.columns for c in columns):
-        return validation, 0                            # _run_validation names what is wrong with the pair
+        return validation, None
     try:
         vdf = to_frame(validation[0], feature_names)
     except E.FitsketchError:
-        return validation, 0                            # _run_validation raises it, named
-    if any(c not in vdf.columns for c in columns):
-        return validation, 0
-    hv = row_hashes(vdf, columns)
-    ht = row_hashes(training, columns)
-    if hv is None or ht is None or len(vdf) == 0:
-        return validation, 0
-    inside = np.isin(hv, ht)
+        return validation, None
+    if any(c not in vdf.columns for c in columns) or len(vdf) == 0 or not _numeric(vdf, columns) \
+            or not _numeric(training, columns):
+        return validation, None
+    inside = _inside(vdf, training, columns)
     n_in = int(inside.sum())
-    if n_in == 0 or n_in == len(vdf):
+    if n_in == len(vdf):
+        return validation, None
+    if n_in == 0:
         return validation, 0
     keep = ~inside
     y = validation[1]
     if isinstance(y, str):
         return (vdf[keep].reset_index(drop=True), y), n_in
-    y = np.asarray(y, dtype=object) if not isinstance(y, (np.ndarray, pd.Series)) else y
-    if len(y) != len(vdf):
-        return validation, 0                            # _run_validation names the length mismatch
+    if not isinstance(y, (np.ndarray, pd.Series)):
+        try:
+            y = np.asarray(y)
+        except (ValueError, TypeError):
+            y = np.asarray(y, dtype=object)
+    if y.ndim != 1 or len(y) != len(vdf):
+        return validation, None                         # _run_validation names the length mismatch
     y = y[keep] if isinstance(y, np.ndarray) else y[keep].reset_index(drop=True)
     return (vdf[keep].reset_index(drop=True), y), n_in
 
