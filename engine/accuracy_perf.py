@@ -109,12 +109,17 @@ def _canonical(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return X
 
 
+def _hash(X: np.ndarray) -> np.ndarray:
+    """(rows,) uint64 pandas row hash of a :func:`_canonical` matrix."""
+    return pd.util.hash_pandas_object(pd.DataFrame(X), index=False).to_numpy()
+
+
 def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
     """(rows,) uint64 hash of each row's values over ``columns`` (:func:`_canonical`); None when a
     column is not numeric (such rows are not compared)."""
     if not _numeric(df, columns):
         return None
-    return pd.util.hash_pandas_object(pd.DataFrame(_canonical(df, columns)), index=False).to_numpy()
+    return _hash(_canonical(df, columns))
 
 
 def _inside(vdf: pd.DataFrame, training: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -122,14 +127,14 @@ def _inside(vdf: pd.DataFrame, training: pd.DataFrame, columns: list[str]) -> np
     hashed ``HASH_BLOCK`` at a time and every hash hit is confirmed on the values (a 64-bit row hash
     can be made to collide)."""
     V = _canonical(vdf, columns)
-    hv = pd.util.hash_pandas_object(pd.DataFrame(V), index=False).to_numpy()
+    hv = _hash(V)
     order = np.argsort(hv, kind="stable")
     hs = hv[order]
     vbytes = [V[i].tobytes() for i in range(len(V))]
     inside = np.zeros(len(V), dtype=bool)
     for lo in range(0, len(training), HASH_BLOCK):
         T = _canonical(training.iloc[lo:lo + HASH_BLOCK], columns)
-        ht = pd.util.hash_pandas_object(pd.DataFrame(T), index=False).to_numpy()
+        ht = _hash(T)
         for t in np.nonzero(np.isin(ht, hv))[0]:
             a, b = np.searchsorted(hs, ht[t], "left"), np.searchsorted(hs, ht[t], "right")
             tb = T[t].tobytes()
