@@ -13,7 +13,8 @@ Registration (``hub.add(name, data, labels=...)``) stores, in the entry's one tr
   evidence (``recall_c = FALLBACK_RMAX x curve(n_c)``). ``hub.add`` leaves out of the measurement
   the validation rows equal to a training row (accuracy_perf.held_out: a model recalls the rows it
   was fitted on better than new ones; their number is stored and told in the evidence as
-  ``validation_in_training``).
+  ``validation_in_training``); when every validation row is one, the recalls are the class-count
+  fallback, flagged in the evidence (``ALL_IN_TRAINING``).
 
 Query, for the labelled candidates (the query's rows are needed):
 
@@ -53,7 +54,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors as E
-from .accuracy_perf import (CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, RECALL_PSEUDO,  # noqa: F401
+from .accuracy_perf import (ALL_IN_TRAINING, CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, RECALL_PSEUDO,  # noqa: F401
                             curve, performance, read_class_accuracy, read_confusion, true_class_prob)
 from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, class_pool_of,  # noqa: F401
                             loglik, merge_pools, own_predictions, pool, pooled_loglik, query_buckets,

@@ -16,6 +16,9 @@ RECALL_PSEUDO = 8.0         # pseudo-count pulling a class's validation recall t
 CURVE_K = 4.5
 CURVE_B = 2.0
 FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance is given
+# the performance's source when every validation row equals a training row (held_out): the model
+# was measured on rows it was fitted on, so the recalls fall back to the class counts
+ALL_IN_TRAINING = "fallback: every validation row is a training row"
 
 
 def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
@@ -34,8 +37,9 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
     ``training`` (the entry's training rows, a DataFrame with ``columns``; ``hub.add`` passes them):
     validation rows equal to a training row (every column) are not held out -- a model recalls the
     rows it was fitted on better than new ones -- so they are left out of what is measured, and
-    their number is stored as ``validation_in_training`` (:func:`held_out`; all kept when every
-    validation row is a training row, when it is not stored)."""
+    their number is stored as ``validation_in_training`` (:func:`held_out`). When every validation row
+    is a training row, nothing was held out: the recalls are the class-count fallback (source
+    ``ALL_IN_TRAINING``, flagged in the evidence), with the count stored."""
     train = list(rec["labels"])
     counts = dict(zip(train, (int(n) for n in rec["counts"])))
     given = [n for n, v in (("validation", validation), ("confusion", confusion),
@@ -47,13 +51,18 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if model is None:
             raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
                                          "(a callable returning one row of logits per input row)")
-        n_in = None
+        n_in, all_in = None, False
         if training is not None:
             given = validation
             validation, n_in = held_out(validation, training, columns, feature_names)
             if validation is not given:
                 feature_names = None      # held_out named the columns: the rows are a DataFrame now
+            all_in = bool(n_in) and validation is given   # every validation row a training row: none held out
         y_true, y_pred, p_true = _run_validation(model, validation, logit_labels, train, columns, feature_names)
+        if all_in:
+            perf = _fallback(train, counts, ALL_IN_TRAINING)
+            perf["validation_in_training"] = int(n_in)
+            return perf
         labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
         C = np.zeros((len(labels), len(labels)), dtype=np.int64)
@@ -88,9 +97,14 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         labels = sorted(set(train) | set(keys.tolist()), key=_sort_key)
         r = dict(zip(keys.tolist(), vals))
         return {"source": "class_accuracy", "labels": labels, "recall": np.array([r.get(c, 0.0) for c in labels])}
+    return _fallback(train, counts, "fallback: class counts")
+
+
+def _fallback(train: list, counts: dict, source: str) -> dict:
+    """The class-count fallback: ``recall_c = FALLBACK_RMAX x curve(n_c)``."""
     labels = list(train)
     recall = FALLBACK_RMAX * curve(np.array([counts[c] for c in labels], dtype=np.float64))
-    return {"source": "fallback: class counts", "labels": labels, "recall": recall}
+    return {"source": source, "labels": labels, "recall": recall}
 
 
 HASH_BLOCK = 1 << 16   # training rows hashed at a time (held_out's memory: validation + one block)
@@ -148,8 +162,10 @@ def held_out(validation, training: pd.DataFrame, columns: list[str], feature_nam
     """``(validation', n_in)``: the ``validation=(data, labels)`` pair without the rows that equal a
     row of ``training`` over ``columns``, and how many were left out. ``n_in`` is None, and the pair
     unchanged, when the rows were not compared (a column not numeric, or the pair malformed: then
-    ``_run_validation`` names what is wrong) or when every validation row is a training row (nothing
-    held out would be left to measure: the rows are measured as given)."""
+    ``_run_validation`` names what is wrong). When every validation row is a training row, nothing
+    held out is left: the pair comes back unchanged with ``n_in`` = its number of rows, and
+    :func:`performance` falls back to the class counts (a measurement on training rows is not a
+    validation)."""
     from .data import to_frame
 
     if not isinstance(validation, (tuple, list)) or len(validation) != 2 or not isinstance(training, pd.DataFrame) \
@@ -165,7 +181,7 @@ def held_out(validation, training: pd.DataFrame, columns: list[str], feature_nam
     inside = _inside(vdf, training, columns)
     n_in = int(inside.sum())
     if n_in == len(vdf):
-        return validation, None
+        return validation, n_in
     if n_in == 0:
         return validation, 0
     keep = ~inside

@@ -30,8 +30,8 @@ def test_held_out_drops_exactly_the_validation_rows_equal_to_a_training_row(rng,
     y = rng.integers(0, 3, n_val)
     inside = _reference_mask(vdf, train, cols)
     (v2, y2), n_in = P.held_out((vdf, y), train, cols)
-    if inside.all() or not inside.any():     # nothing to drop, or nothing held out left: measured as given
-        assert n_in == (None if n_val == 0 or inside.all() else 0) and v2 is vdf and y2 is y
+    if n_val == 0 or inside.all() or not inside.any():   # nothing to drop, or nothing held out left: unchanged
+        assert n_in == (None if n_val == 0 else int(inside.sum())) and v2 is vdf and y2 is y
         return
     assert n_in == int(inside.sum())
     np.testing.assert_array_equal(v2.to_numpy(), vdf.to_numpy()[~inside])
@@ -213,3 +213,30 @@ def test_an_entry_stored_without_validation_in_training_scores_as_before(tmp_pat
     assert "validation_in_training" not in after["m"].evidence
     for name in ("m", "n"):
         assert after[name].score == before[name].score
+
+
+def test_every_validation_row_a_training_row_falls_back_to_the_class_counts_and_says_so(tmp_path, rng):
+    """A model measured only on rows it was fitted on: the stored recalls are the class-count fallback
+    (not the confusion of training rows), the count of copies is stored, and the evidence says why;
+    an entry with one fresh validation row among the copies is measured on that row."""
+    from fitsketch import accuracy as A
+
+    df, y = _labelled(rng, int(rng.integers(40, 90)))
+    take = rng.choice(len(df), int(rng.integers(1, 30)), replace=False)
+    fresh, fy = _labelled(rng, 1)
+    fresh = fresh + 1000.0                                   # not a training row
+    with fitsketch.open(tmp_path / "hub") as hub:
+        hub.add("all", df, labels=y, model=_model, validation=(df.iloc[take], y[take]))
+        hub.add("one", df, labels=y, model=_model,
+                validation=(pd.concat([df.iloc[take], fresh], ignore_index=True), np.concatenate([y[take], fy])))
+        with hub.store.read() as txn:
+            perf = {n: txn.get("extra", u64(hub.get(n).id))["classes"]["perf"] for n in ("all", "one")}
+        res = {m.name: m for m in hub.search(_labelled(rng, 30)[0], method="accuracy", accuracy_bootstrap=0)}
+    counts = np.bincount(y, minlength=3).astype(np.float64)
+    assert perf["all"]["source"] == A.ALL_IN_TRAINING and "confusion" not in perf["all"]
+    assert perf["all"]["validation_in_training"] == len(take)
+    np.testing.assert_allclose(perf["all"]["recall"], A.FALLBACK_RMAX * A.curve(counts[counts > 0]), rtol=0, atol=1e-12)
+    assert "every validation row is a training row" in res["all"].evidence["fallback"]
+    assert res["all"].evidence["validation_in_training"] == len(take)
+    assert perf["one"]["source"] == "validation" and int(np.sum(perf["one"]["confusion"])) == 1
+    assert perf["one"]["validation_in_training"] == len(take) and "fallback" not in res["one"].evidence

@@ -169,7 +169,10 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         n_in = _acc.validation_in_training(cl["perf"])
         if n_in:
             ev["validation_in_training"] = n_in   # validation rows left out: the model was trained on them
-        if cl["perf"]["source"].startswith("fallback"):
+        if cl["perf"]["source"] == _acc.ALL_IN_TRAINING:
+            ev["fallback"] = ("every validation row is a training row (the model was measured on rows it was fitted "
+                              "on): recall guessed from class counts; pass validation rows held out from training")
+        elif cl["perf"]["source"].startswith("fallback"):
             ev["fallback"] = "no model performance was registered: recall guessed from class counts"
         if auto:
             ev["auto"] = "accuracy: registered with labels"
