@@ -110,59 +110,95 @@ def _fallback(train: list, counts: dict, source: str) -> dict:
 HASH_BLOCK = 1 << 16   # training rows hashed at a time (held_out's memory: validation + one block)
 
 
-def _numeric(df: pd.DataFrame, columns: list[str]) -> bool:
-    return all(pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in columns)
+def _is_num(col: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(col) or pd.api.types.is_bool_dtype(col)
 
 
-def _canonical(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """(rows, columns) float64 of ``df``'s values, -0.0 as 0.0 and every NaN as one NaN: equal rows have
-    equal bytes (an int and a float column holding the same numbers alike)."""
-    X = np.array(df[columns].to_numpy(dtype=np.float64), dtype=np.float64, order="C", copy=True)
+def _value(v):
+    """A cell of a non-numeric column as compared: missing as None, a number (or bool) as its float."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return None
+    if isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating)):
+        f = float(v)
+        return None if f != f else (0.0 if f == 0 else f)
+    return v
+
+
+def _canonical(df: pd.DataFrame, columns: list[str], num: list[bool]) -> tuple:
+    """``(X, O)``: ``X`` (rows, numeric columns) float64 of the columns ``num`` marks, -0.0 as 0.0 and
+    every NaN as one NaN (equal rows have equal bytes; an int, a float and a bool column holding the
+    same numbers alike); ``O`` (rows, other columns) object of the others' cells (:func:`_value`), or
+    None when every column is numeric."""
+    nc = [c for c, k in zip(columns, num) if k]
+    X = np.array(df[nc].to_numpy(dtype=np.float64), dtype=np.float64, order="C", copy=True) if nc \
+        else np.zeros((len(df), 0))
     X[X == 0] = 0.0
     X[np.isnan(X)] = np.nan
-    return X
+    oc = [c for c, k in zip(columns, num) if not k]
+    if not oc:
+        return X, None
+    O = np.empty((len(df), len(oc)), dtype=object)
+    for j, c in enumerate(oc):
+        O[:, j] = [_value(v) for v in df[c].to_numpy(dtype=object)]   # (Series.map would infer NaN back)
+    return X, O
 
 
-def _hash(X: np.ndarray) -> np.ndarray:
-    """(rows,) uint64 pandas row hash of a :func:`_canonical` matrix."""
-    return pd.util.hash_pandas_object(pd.DataFrame(X), index=False).to_numpy()
+def _hash(X: np.ndarray, O: np.ndarray | None = None) -> np.ndarray:
+    """(rows,) uint64 pandas row hash of a :func:`_canonical` pair (the numeric part alone as before
+    text columns were compared)."""
+    h = pd.util.hash_pandas_object(pd.DataFrame(X), index=False).to_numpy()
+    if O is not None:
+        ho = pd.util.hash_pandas_object(pd.DataFrame(O).astype(str), index=False).to_numpy()
+        h = h ^ (ho * np.uint64(0x9E3779B97F4A7C15))
+    return h
 
 
-def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray | None:
-    """(rows,) uint64 hash of each row's values over ``columns`` (:func:`_canonical`); None when a
-    column is not numeric (such rows are not compared)."""
-    if not _numeric(df, columns):
-        return None
-    return _hash(_canonical(df, columns))
+def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """(rows,) uint64 hash of each row's values over ``columns`` (:func:`_canonical`, :func:`_hash`)."""
+    return _hash(*_canonical(df, columns, [_is_num(df[c]) for c in columns]))
+
+
+def _kinds(vdf: pd.DataFrame, training: pd.DataFrame, columns: list[str]) -> list[bool]:
+    """Per column: numeric (or bool) in both frames, compared as numbers; else cell by cell."""
+    return [_is_num(vdf[c]) and _is_num(training[c]) for c in columns]
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):       # a cell holding an array: not compared equal
+        return False
 
 
 def _inside(vdf: pd.DataFrame, training: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """(validation rows,) bool: the row equals some training row over ``columns``. Training rows are
-    hashed ``HASH_BLOCK`` at a time and every hash hit is confirmed on the values (a 64-bit row hash
-    can be made to collide)."""
-    V = _canonical(vdf, columns)
-    hv = _hash(V)
+    """(validation rows,) bool: the row equals some training row over ``columns`` (numbers as numbers,
+    other cells by value). Training rows are hashed ``HASH_BLOCK`` at a time and every hash hit is
+    confirmed on the values (a 64-bit row hash can be made to collide)."""
+    num = _kinds(vdf, training, columns)
+    V, VO = _canonical(vdf, columns, num)
+    hv = _hash(V, VO)
     order = np.argsort(hv, kind="stable")
     hs = hv[order]
     vbytes = [V[i].tobytes() for i in range(len(V))]
     inside = np.zeros(len(V), dtype=bool)
     for lo in range(0, len(training), HASH_BLOCK):
-        T = _canonical(training.iloc[lo:lo + HASH_BLOCK], columns)
-        ht = _hash(T)
+        T, TO = _canonical(training.iloc[lo:lo + HASH_BLOCK], columns, num)
+        ht = _hash(T, TO)
         for t in np.nonzero(np.isin(ht, hv))[0]:
             a, b = np.searchsorted(hs, ht[t], "left"), np.searchsorted(hs, ht[t], "right")
             tb = T[t].tobytes()
             for i in order[a:b]:
-                if not inside[i] and vbytes[i] == tb:
+                if not inside[i] and vbytes[i] == tb and (TO is None or all(
+                        _same(x, y) for x, y in zip(VO[i], TO[t]))):
                     inside[i] = True
     return inside
 
 
 def held_out(validation, training: pd.DataFrame, columns: list[str], feature_names=None) -> tuple:
     """``(validation', n_in)``: the ``validation=(data, labels)`` pair without the rows that equal a
-    row of ``training`` over ``columns``, and how many were left out. ``n_in`` is None, and the pair
-    unchanged, when the rows were not compared (a column not numeric, or the pair malformed: then
-    ``_run_validation`` names what is wrong). When every validation row is a training row, nothing
+    row of ``training`` over ``columns`` (text, category and bool columns too), and how many were left
+    out. ``n_in`` is None, and the pair unchanged, when the rows were not compared (the pair
+    malformed or a column missing: then ``_run_validation`` names what is wrong). When every validation row is a training row, nothing
     held out is left: the pair comes back unchanged with ``n_in`` = its number of rows, and
     :func:`performance` falls back to the class counts (a measurement on training rows is not a
     validation)."""
@@ -175,8 +211,7 @@ def held_out(validation, training: pd.DataFrame, columns: list[str], feature_nam
         vdf = to_frame(validation[0], feature_names)
     except E.FitsketchError:
         return validation, None
-    if any(c not in vdf.columns for c in columns) or len(vdf) == 0 or not _numeric(vdf, columns) \
-            or not _numeric(training, columns):
+    if any(c not in vdf.columns for c in columns) or len(vdf) == 0:
         return validation, None
     inside = _inside(vdf, training, columns)
     n_in = int(inside.sum())

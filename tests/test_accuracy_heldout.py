@@ -51,14 +51,51 @@ def test_held_out_compares_values_not_dtypes_and_reads_a_label_column(rng):
     np.testing.assert_array_equal(v2["y"].to_numpy(), vdf["y"].to_numpy()[4:])
 
 
-def test_held_out_leaves_non_numeric_columns_alone(rng):
-    """A text column is not compared, so rows equal on the numeric columns only are not dropped (and
-    nothing is stored: the rows were not checked)."""
+def _cell(v):
+    """The reference's view of a cell: missing as None, numbers (and bools) as floats."""
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    return float(v) if isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating)) else v
+
+
+def _mixed(rng, n):
+    """Rows of a text, a category, a bool and an int column, few levels, some text missing."""
+    text = np.array(["x", "y", "z"], dtype=object)[rng.integers(0, 3, n)]
+    text[rng.random(n) < 0.2] = None
+    return pd.DataFrame({"t": text, "c": pd.Categorical(rng.choice(["p", "q"], n), categories=["p", "q", "r"]),
+                         "b": rng.random(n) < 0.5, "i": rng.integers(0, 2, n)})
+
+
+@pytest.mark.parametrize("n_val", [1, 2, 9, 50])
+def test_held_out_compares_text_category_and_bool_columns(rng, n_val):
+    """Non-numeric columns are compared cell by cell: exactly the validation rows equal to a training
+    row in every column are left out (against a reference over Python values)."""
+    cols = ["t", "c", "b", "i"]
+    train, vdf = _mixed(rng, int(rng.integers(1, 30))), _mixed(rng, n_val)
+    seen = {tuple(_cell(v) for v in r) for r in train[cols].astype(object).itertuples(index=False)}
+    inside = np.array([tuple(_cell(v) for v in r) in seen for r in vdf[cols].astype(object).itertuples(index=False)])
+    y = rng.integers(0, 3, n_val)
+    (v2, y2), n_in = P.held_out((vdf, y), train, cols)
+    assert n_in == int(inside.sum())
+    if inside.all() or not inside.any():
+        assert v2 is vdf and y2 is y
+        return
+    pd.testing.assert_frame_equal(v2, vdf[~inside].reset_index(drop=True))
+    np.testing.assert_array_equal(np.asarray(y2), y[~inside])
+
+
+def test_held_out_text_decides_rows_equal_on_the_numeric_columns(rng):
+    """Rows equal on the numbers but not in the text column are fresh rows; the text "1" is not the number 1."""
     train = pd.DataFrame({"a": ["x", "y", "z"], "b": [1.0, 2.0, 3.0]})
     vdf = pd.DataFrame({"a": ["p", "q", "z", "r"], "b": [1.0, 2.0, 3.0, float(rng.integers(4, 9))]})
-    val = (vdf, np.array([0, 1, 0, 1]))
-    (v2, y2), n_in = P.held_out(val, train, ["a", "b"])
-    assert n_in is None and v2 is vdf and y2 is val[1]
+    (v2, y2), n_in = P.held_out((vdf, np.array([0, 1, 0, 1])), train, ["a", "b"])
+    assert n_in == 1
+    np.testing.assert_array_equal(v2["a"].to_numpy(), ["p", "q", "r"])
+    np.testing.assert_array_equal(y2, [0, 1, 1])
+    t2 = pd.DataFrame({"a": [1, 2], "b": [0.5, 0.5]})
+    v3 = pd.DataFrame({"a": ["1", 2.0], "b": [0.5, 0.5]})        # text "1" vs the int 1; the float 2.0 vs 2
+    (v4, _), n_in = P.held_out((v3, np.array([0, 1])), t2, ["a", "b"])
+    assert n_in == 1 and v4["a"].tolist() == ["1"]
 
 
 def test_held_out_confirms_a_hash_hit_on_the_values():
