@@ -92,11 +92,14 @@ SHIFT_MIN_VAL = 10          # validation rows of a class needed before the shift
 # of Beta: .91 / .82 but wider, and centred 0.02 below the estimate on digits)
 RECALL_SPREAD = 2.0
 # ... and the draws' 5-95 % range is scaled about the estimate by INTERVAL_SCALE: the draws over-
-# covered with the class-Gaussian mixture (coverage .99 / .96 held out). Chosen on digits seeds 0-1
-# and MNIST seed 0 (offline, the engine's estimate, 50 draws): the narrowest (spread 0.5 / 1 / 2 x
-# scale 0.4-1.0) holding >= 90 % on both: spread 2, scale 0.6 (coverage .905 / .900, width .121 /
-# .108; unscaled .985 / .980, width .202 / .179)
-INTERVAL_SCALE = 0.6
+# covered with the class-Gaussian mixture (coverage .99 / .96 held out). Re-tuned on 2026-11-30's
+# sixth session under the kept prior (offline, the engine's estimate, 50 draws; spread 0.5 / 1 / 2 / 3
+# x scale 0.24-0.78): on digits seeds 0-1 and MNIST seed 0 alone, 0.6 held >= 90 % on both (.905 /
+# .920), but MNIST seed 0 is an easy seed (its MAE .028; MNIST seeds 4-5, never reported, .033 and
+# coverage .835 at 0.6), so the scale was chosen on the tuning seeds plus the extra tuning seeds
+# digits 5 and MNIST 4-5: the narrowest holding >= 90 % on both data sets is spread 2, scale 0.69
+# (coverage .940 / .903, width .139 / .125); held out: bench/SUMMARY.md
+INTERVAL_SCALE = 0.69
 EM_ITERS = 300
 EM_TOL = 1e-7
 
