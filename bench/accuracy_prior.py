@@ -5,6 +5,8 @@ variants are scored in seconds.
 
     python -m bench.accuracy_prior --build DIR          # digits 0-4, MNIST 0-3 (about 15 min)
     python -m bench.accuracy_prior --fit DIR            # fit on the tuning seeds, report held-out
+    python -m bench.accuracy_prior --interval FILE.npz  # the interval's coverage per spread x scale
+                                                        # on the tuning + extra tuning seeds (~25 min)
 
 Tuning seeds: digits 0-1, MNIST 0; held-out: digits 2-4, MNIST 1-3 (bench.bench_accuracy's). The
 fit minimizes the mean squared error of the predicted accuracies against the measured ones (the
@@ -21,6 +23,9 @@ import numpy as np
 
 TUNE = (("digits", 0), ("digits", 1), ("mnist", 0))
 HELD = (("digits", 2), ("digits", 3), ("digits", 4), ("mnist", 1), ("mnist", 2), ("mnist", 3))
+# extra tuning seeds (sixth session): never reported, so constants can be chosen on them too; MNIST
+# seed 0 alone proved an easy seed (the interval chosen on it under-covered held-out MNIST)
+EXTRA_TUNE = (("digits", 5), ("mnist", 4), ("mnist", 5))
 HELD_OUT = True    # validation rows equal to a training row left out (as hub.add does: accuracy_perf.held_out)
 KEYS = ("spearman", "top1_error", "top2_error", "regret", "mae")
 
@@ -89,6 +94,69 @@ def build(ds: str, seed: int, out: Path) -> Path:
     path = out / f"{ds}_{seed}.npz"
     np.savez(path, **{k: np.array(v) for k, v in cols.items()})
     return path
+
+
+def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.91, 0.03), 2)), out=print) -> dict:
+    """Coverage and width of accuracy's interval on ``zoos`` for every ``RECALL_SPREAD`` in ``spreads``
+    x ``INTERVAL_SCALE`` in ``scales``: per (target, model) the engine's estimate with 50 bootstrap
+    draws (``estimate``, seed 0) unscaled, then each scale applied about the estimate. The draws
+    (estimate, 5 %, 95 %, measured accuracy, one row per (target, model), zoos in order) are saved
+    to ``path`` per data set and spread; returns ``{(spread, scale): {ds: (coverage, width)}}``."""
+    from fitsketch import accuracy as A
+    from fitsketch.config import SketchConfig
+    from fitsketch.workloads import label_skew_zoo
+
+    raw: dict = {}
+    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE)
+    try:
+        A.INTERVAL_SCALE = 1.0
+        for ds, seed in zoos:
+            wl = label_skew_zoo(ds, seed=seed)
+            cfg = SketchConfig()
+            names = list(next(iter(wl.sources.values())).columns)
+            kinds = ["numeric"] * len(names)
+            fm = {f: f for f in range(len(names))}
+            srcs = list(wl.sources)
+            recs = {}
+            for s, df in wl.sources.items():
+                rec = A.class_record(df, A.check_labels(wl.source_labels[s], len(df)), names, kinds, cfg)
+                rec["perf"] = A.performance(rec, model=wl.models[s], validation=wl.validation[s], columns=names,
+                                            feature_names=None, kinds=kinds, config=cfg, training=df)
+                recs[s] = rec
+            labels = sorted({c for r in recs.values() for c in r["labels"]})
+            pl = A.class_pool_of([(recs[s], names, fm) for s in srcs], labels, names)
+            for t, df in wl.targets.items():
+                qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
+                qx = A.query_index(qb, len(df))
+                ll = A.mixture_loglik(df, pl, names, kinds, cfg, cfg.accuracy_temperature, qb, qx)[0]
+                prox = [A.own_predictions(qb, len(df), recs[s], fm, labels, names, qx) for s in srcs]
+                truth = np.array([wl.accuracy[t][s] for s in srcs])
+                for sp in spreads:
+                    A.RECALL_SPREAD = sp
+                    _, acc, iv = A.estimate(ll, labels, [recs[s]["perf"] for s in srcs], bootstrap=50, seed=0,
+                                            proxies=prox, records=[recs[s] for s in srcs])
+                    raw.setdefault(f"{ds}_{sp}", []).append(np.stack([acc, iv[:, 0], iv[:, 1], truth], 1))
+            out(f"{ds} seed {seed} done")
+    finally:
+        A.RECALL_SPREAD, A.INTERVAL_SCALE = keep
+    raw = {k: np.concatenate(v) for k, v in raw.items()}
+    np.savez(path, **raw)
+    res = {}
+    for sp in spreads:
+        for lam in scales:
+            row = {}
+            for ds in sorted({d for d, _ in zoos}):
+                a = raw[f"{ds}_{sp}"]
+                lo = np.clip(a[:, 0] + lam * (a[:, 1] - a[:, 0]), 0, 1)
+                hi = np.clip(a[:, 0] + lam * (a[:, 2] - a[:, 0]), 0, 1)
+                row[ds] = (float(((lo <= a[:, 3] + 1e-12) & (a[:, 3] <= hi + 1e-12)).mean()), float((hi - lo).mean()))
+            res[(sp, float(lam))] = row
+            out(f"spread {sp} scale {lam:.2f}: " + "  ".join(f"{ds} coverage {c:.3f} width {w:.3f}"
+                                                             for ds, (c, w) in row.items()))
+    ok = [(np.mean([w for _, w in row.values()]), k) for k, row in res.items() if all(c >= 0.9 for c, _ in row.values())]
+    if ok:
+        out(f"narrowest holding >= 90 % on every data set: spread {min(ok)[1][0]}, scale {min(ok)[1][1]}")
+    return res
 
 
 def _lg(x):
@@ -166,8 +234,15 @@ def main(argv=None) -> int:
     p.add_argument("--build", type=Path, help="write the zoos' .npz files into this folder")
     p.add_argument("--fit", type=Path, help="fit on the tuning seeds' .npz files in this folder, report held-out")
     p.add_argument("--on", default="accuracy", choices=("recall", "accuracy"), help="with --fit: what is fitted")
-    p.add_argument("--zoos", default="", help="with --build: e.g. digits:0,mnist:1 (default: all nine)")
+    p.add_argument("--zoos", default="", help="with --build: e.g. digits:0,mnist:1 (default: all nine); with "
+                   "--interval (default: the tuning and extra tuning seeds)")
+    p.add_argument("--interval", type=Path, help="write the interval's draws here and print coverage per spread x scale")
+    p.add_argument("--spreads", default="1,2,3", help="with --interval: RECALL_SPREAD values")
     a = p.parse_args(argv)
+    if a.interval:
+        zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *EXTRA_TUNE]
+        interval(zoos, [float(x) for x in a.spreads.split(",")], a.interval)
+        return 0
     if a.build:
         a.build.mkdir(parents=True, exist_ok=True)
         zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *HELD]
