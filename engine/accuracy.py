@@ -93,7 +93,7 @@ SHIFT_MIN_VAL = 10          # validation rows of a class needed before the shift
 RECALL_SPREAD = 2.0
 # ... and the draws' 5-95 % range is scaled about the estimate by INTERVAL_SCALE: the draws over-
 # covered with the class-Gaussian mixture (coverage .99 / .96 held out). Re-tuned on 2026-11-30's
-# sixth session under the kept prior (offline, the engine's estimate, 50 draws; spread 0.5 / 1 / 2 / 3
+# sixth session under the kept prior (offline, the engine's estimate, 50 draws; spread 1 / 2 / 3
 # x scale 0.24-0.78): on digits seeds 0-1 and MNIST seed 0 alone, 0.6 held >= 90 % on both (.905 /
 # .920), but MNIST seed 0 is an easy seed (its MAE .028; MNIST seeds 4-5, never reported, .033 and
 # coverage .835 at 0.6), so the scale was chosen on the tuning seeds plus the extra tuning seeds
