@@ -153,7 +153,8 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
             res[(sp, float(lam))] = row
             out(f"spread {sp} scale {lam:.2f}: " + "  ".join(f"{ds} coverage {c:.3f} width {w:.3f}"
                                                              for ds, (c, w) in row.items()))
-    ok = [(np.mean([w for _, w in row.values()]), k) for k, row in res.items() if all(c >= 0.9 for c, _ in row.values())]
+    ok = [(np.mean([w for _, w in row.values()]), k) for k, row in res.items()
+          if all(c >= 0.9 for c, _ in row.values())]
     if ok:
         out(f"narrowest holding >= 90 % on every data set: spread {min(ok)[1][0]}, scale {min(ok)[1][1]}")
     return res
@@ -236,7 +237,8 @@ def main(argv=None) -> int:
     p.add_argument("--on", default="accuracy", choices=("recall", "accuracy"), help="with --fit: what is fitted")
     p.add_argument("--zoos", default="", help="with --build: e.g. digits:0,mnist:1 (default: all nine); with "
                    "--interval (default: the tuning and extra tuning seeds)")
-    p.add_argument("--interval", type=Path, help="write the interval's draws here and print coverage per spread x scale")
+    p.add_argument("--interval", type=Path,
+                   help="write the interval's draws here and print coverage per spread x scale")
     p.add_argument("--spreads", default="1,2,3", help="with --interval: RECALL_SPREAD values")
     a = p.parse_args(argv)
     if a.interval:

@@ -54,8 +54,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors as E
-from .accuracy_perf import (ALL_IN_TRAINING, CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, RECALL_PSEUDO,  # noqa: F401
-                            curve, performance, read_class_accuracy, read_confusion, true_class_prob)
+from .accuracy_perf import (ALL_IN_TRAINING, CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE,  # noqa: F401
+                            RECALL_PSEUDO, curve, performance, read_class_accuracy, read_confusion, true_class_prob)
 from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, class_pool_of,  # noqa: F401
                             loglik, merge_pools, own_predictions, pool, pooled_loglik, query_buckets,
                             query_index)

@@ -198,10 +198,10 @@ def held_out(validation, training: pd.DataFrame, columns: list[str], feature_nam
     """``(validation', n_in)``: the ``validation=(data, labels)`` pair without the rows that equal a
     row of ``training`` over ``columns`` (text, category and bool columns too), and how many were left
     out. ``n_in`` is None, and the pair unchanged, when the rows were not compared (the pair
-    malformed or a column missing: then ``_run_validation`` names what is wrong). When every validation row is a training row, nothing
-    held out is left: the pair comes back unchanged with ``n_in`` = its number of rows, and
-    :func:`performance` falls back to the class counts (a measurement on training rows is not a
-    validation)."""
+    malformed or a column missing: then ``_run_validation`` names what is wrong). When every
+    validation row is a training row, nothing held out is left: the pair comes back unchanged with
+    ``n_in`` = its number of rows, and :func:`performance` falls back to the class counts (a
+    measurement on training rows is not a validation)."""
     from .data import to_frame
 
     if not isinstance(validation, (tuple, list)) or len(validation) != 2 or not isinstance(training, pd.DataFrame) \
