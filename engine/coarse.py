@@ -182,13 +182,36 @@ def _ranges(lo: np.ndarray, end: int, sel: np.ndarray) -> tuple[np.ndarray, np.n
     return np.repeat(a - first, cnt) + np.arange(total), cnt
 
 
+def _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info) -> np.ndarray:
+    """``rows`` less those whose JS-LSH band agreements (``ScreenIndex.key_counts``) are below the
+    ``shortlist``-th best of the keyed rows: a keyed row's screen is its count times one step plus
+    under half a step, so those rows cannot be among the top ``shortlist`` ``screen.select`` keeps of
+    the exactly screened group (proxy rows are all kept). The stage's answer is unchanged; level 2
+    computes the costly part of the screen (its subset, the exact-js grading) for fewer rows."""
+    if not shortlist or method not in ("js", "adaptivity"):
+        return rows
+    k = idx.key_counts(rows, target, method, seed=seed, t_keys=t_keys, t_small=t_small)
+    if k is None:
+        return rows
+    keyed = k >= 0
+    nk = int(keyed.sum())
+    if nk <= shortlist:
+        return rows
+    cut = np.partition(k[keyed], nk - shortlist)[nk - shortlist]
+    kept = rows[~keyed | (k >= cut)]
+    info["by_keys"] = {"keyed": nk, "cut": int(cut), "screened": int(len(kept))}
+    return kept
+
+
 def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_small=None, ann=None,
-           nprobe: int = NPROBE_DEFAULT) -> tuple[dict, dict]:
+           nprobe: int = NPROBE_DEFAULT, shortlist: int | None = None) -> tuple[dict, dict]:
     """``(screen, info)``: the method's screen (ScreenIndex.scores) of the ``keep`` entries of best
     BC (ties at the cut included), and what level 1 did (``info``: entries ranked, kept, the BC
     range kept). ``ann``: the hub's Level1Ann of ``idx`` (``level1``): with ``nprobe`` > 0 level 1
     takes the ``keep`` of best exact BC among those its IVF ranks first instead of ranking every
-    entry (``info["ann"]``: lists probed, rows re-ranked)."""
+    entry (``info["ann"]``: lists probed, rows re-ranked). ``shortlist``: the count the caller keeps of
+    the screen (``screen.select``): for js and adaptivity level 2 then screens only the kept rows whose
+    band agreements can reach it (``_by_keys``; ``info["by_keys"]``), with the same selection."""
     with idx.lock:
         n = idx.ids.n
         # the rows themselves, not only their count, under the lock: a sync between the caller's
@@ -207,6 +230,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
                                 "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
+                rows = _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
                 return subset(idx, np.sort(rows), q)._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
@@ -223,6 +247,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
             rows = live
         info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
+        rows = _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
         sub = subset(idx, np.sort(rows), query_vector(idx, target, seed))
         return sub._scores(target, method, seed, t_keys, t_small), info
 
