@@ -37,13 +37,30 @@ from scipy import sparse
 from . import screen as _screen
 from .growable import Grow
 
-COARSE_DEFAULT = 8   # config.shortlist_coarse: level 1 keeps this many x shortlist entries
+COARSE_DEFAULT = 8   # level 1 keeps this many x shortlist entries for a method not in COARSE_BY_METHOD
+# config.shortlist_coarse=0 (the default): level 1 keeps COARSE_BY_METHOD[method] x shortlist entries, the
+# depth each method's exhaustive top 10 was measured to need in level 1's order (bench.level1_scale; chosen
+# on tuning queries, bench/SUMMARY.md "Candidate stage at 1M, sixth session"). js and adaptivity go deep:
+# their screens are JS-LSH band collisions, a noisy function of what level 1 ranks by, and level 2
+# screens only the rows whose band agreements can reach the shortlist (``_by_keys``), so depth is cheap.
+# coverage and accuracy (proxy screens with a margin) keep COARSE_DEFAULT: not measured at less.
+COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 4, "js": 32, "adaptivity": 32}
+
+
+def coarse_for(method: str, override: int = 0) -> int:
+    """Level 1's depth (x shortlist) for ``method``: ``override`` (config.shortlist_coarse) when > 0,
+    else ``COARSE_BY_METHOD`` (``COARSE_DEFAULT`` for a method not listed)."""
+    return int(override) if override else COARSE_BY_METHOD.get(method, COARSE_DEFAULT)
+
+
 # recall@10 of the two-level stage against the exact screen of every entry, at COARSE_DEFAULT and
 # shortlist 256 (bench.bench_shortlist --two-level; bench/SUMMARY.md). Chosen on the digits pool zoo
 # (10k / 30k: 1.000 for every method; js / adaptivity lose 0.6-1.4% of the top 10 at
 # shortlist_coarse=1, none from 4); stated here as held out on the MNIST-5k pool zoo at 10k (12-15
 # queries each): exact-js / l2 / adaptivity 1.000, js 0.992 (its top 10 lay as deep as BC rank 2,115)
 MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "l2": 1.0, "js": 0.99, "adaptivity": 1.0}
+# the least shortlist_coarse MEASURED_RECALL holds from (the same runs: exact-js / l2 lost none at 1)
+MEASURED_MIN_COARSE: dict[str, int] = {"exact-js": 1, "l2": 1, "js": 4, "adaptivity": 4}
 
 # level 1 by the IVF (``Level1Ann``, below; used from ANN_MIN_ENTRIES entries)
 ANN_FORMAT = 1
@@ -252,39 +269,50 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         return sub._scores(target, method, seed, t_keys, t_small), info
 
 
-def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
-    """The plan's words for level 1 and the stage's estimated recall (``MEASURED_RECALL``)."""
+def describe(info: dict, coarse: int, screen: str, method: str | None = None) -> tuple[str, float | None]:
+    """The plan's words for level 1 and the stage's estimated recall: ``ANN_MEASURED_RECALL`` (IVF
+    level 1) or ``MEASURED_RECALL`` (exact level 1) of ``screen``, the measured recall of the stage
+    against the exact screen, when level 1 kept at least the depth it was measured at (``coarse`` x
+    shortlist, ``coarse`` >= ``COARSE_BY_METHOD[screen]``; a deeper level 1 keeps a superset) with at
+    least ``NPROBE_DEFAULT`` lists probed and no re-rank; else None. ``method``: the searched method,
+    whose default depth ``coarse`` may be (``coarse_for``)."""
     if info.get("all"):
         return (f"; two-level: only {info['live']} of {info['ranked']} entries share a cell with the query, "
                 f"fewer than {coarse} x shortlist: every entry was screened exactly (the recall above holds)"), 1.0
-    rec = MEASURED_RECALL.get(method) if coarse >= COARSE_DEFAULT else None
+    need = COARSE_BY_METHOD.get(screen, COARSE_DEFAULT)
+    deep = coarse >= need
+    rec = MEASURED_RECALL.get(screen) if coarse >= MEASURED_MIN_COARSE.get(screen, COARSE_DEFAULT) else None
     a = info.get("ann")
+    bk = info.get("by_keys")
+    l2_words = ("level 2 screened those" if not bk else
+                f"level 2 counted their JS-LSH band agreements ({bk['keyed']} keyed) and screened the "
+                f"{bk['screened']} that could reach the shortlist (>= {bk['cut']}; the others cannot)")
     if a:
-        ra = ANN_MEASURED_RECALL.get(method)
+        ra = ANN_MEASURED_RECALL.get(screen)
         # measured at NPROBE_DEFAULT lists (or every list, when fewer: a small hub's IVF), no re-rank
         low = a["nprobe"] < min(NPROBE_DEFAULT, a["nlist"])
-        rec = None if rec is None or ra is None or low or a["reranked"] else min(rec, ra)
+        rec = None if ra is None or low or a["reranked"] or not deep else ra if rec is None else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
              f"distributions of {info['ranked']} entries, "
              + (f"re-ranked the first {a['reranked']} by their exact Bhattacharyya coefficient" if a["reranked"]
                 else "ranked by their projected Bhattacharyya coefficient")
-             + f" and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 "
-             "screened those (the recall above is among them)")
+             + f" and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), {l2_words} "
+             "(the recall above is among them)")
     else:
         t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
              f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
-             f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 screened those "
+             f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), {l2_words} "
              "(the recall above is among them)")
     if a and rec is not None:
-        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT}, "
-              f"shortlist_nprobe={NPROBE_DEFAULT} ({ANN_MEASURED_ON}; bench.level1_scale)")
+        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse >= {need}, "
+              f"shortlist_nprobe >= {NPROBE_DEFAULT} ({ANN_MEASURED_ON}; bench.level1_scale)")
     elif a:
-        t += ("; recall not measured at this shortlist_coarse / shortlist_nprobe" if ANN_MEASURED_RECALL.get(method)
+        t += ("; recall not measured at this shortlist_coarse / shortlist_nprobe" if ANN_MEASURED_RECALL.get(screen)
               is not None else "; the IVF level 1's recall is not measured for this method")
     else:
-        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT} "
-              "(bench.bench_shortlist --two-level)" if rec is not None else
-              "; recall not measured at this shortlist_coarse")
+        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse >= "
+              f"{MEASURED_MIN_COARSE.get(screen, COARSE_DEFAULT)} (bench.bench_shortlist --two-level)"
+              if rec is not None else "; recall not measured at this shortlist_coarse")
     return t, rec
 
 

@@ -130,9 +130,12 @@ def test_two_level_search_on_near_duplicates(tmp_path, rng):
             assert f"({len(items)} share a cell" in st.detail and "are not screened: 0" in st.detail
             st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level",
                                              shortlist_coarse=1).stages if s.name == "shortlist")
-            assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3 and st.recall is None, st.detail
-    with pytest.raises(fitsketch.errors.InvalidArgumentError):
-        fitsketch.SketchConfig(shortlist_coarse=0)
+            assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3, st.detail
+            # the recall stated only where measured at that depth (exact-js / l2 from 1, js / adaptivity from 4)
+            assert st.recall == (C.MEASURED_RECALL[method] if C.MEASURED_MIN_COARSE[method] <= 1 else None), st.detail
+    for bad in (-1, 1.5, True, (1 << 20) + 1):
+        with pytest.raises(fitsketch.errors.InvalidArgumentError):
+            fitsketch.SketchConfig(shortlist_coarse=bad)
 
 
 @pytest.mark.parametrize("method", ["l2", "js", "exact-js", "adaptivity"])
