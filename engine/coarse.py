@@ -44,7 +44,7 @@ COARSE_DEFAULT = 8   # level 1 keeps this many x shortlist entries for a method 
 # their screens are JS-LSH band collisions, a noisy function of what level 1 ranks by, and level 2
 # screens only the rows whose band agreements can reach the shortlist (``_by_keys``), so depth is cheap.
 # coverage and accuracy (proxy screens with a margin) keep COARSE_DEFAULT: not measured at less.
-COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 4, "js": 32, "adaptivity": 32}
+COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 4, "js": 32, "adaptivity": 64}
 
 
 def coarse_for(method: str, override: int = 0) -> int:
@@ -220,6 +220,71 @@ def _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info) 
     return kept
 
 
+def l2_bounds(idx, rows: np.ndarray, target, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, shared)`` over ``rows``: bounds on the sum of squares under the l2 screen's root
+    (``ScreenIndex._l2``: its score is ``-sqrt(sum / N)``) from the per-feature numbers alone, no
+    histogram cell read. A feature numeric on both sides adds its term exactly (the same formula);
+    another shared feature adds ``2 (sum p_t^2 + sum p_s^2 - 2 cross)``, between 0 and twice the
+    stored sums of squares; each query feature an entry does not name adds ``L2_UNCOVERED``.
+    ``shared``: whether the row names one of the query's features (only those are screened). Where
+    every shared feature is numeric (e.g. pixels), ``lo == hi``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rec = _screen.record(target.hist, target.names, target.sums, target.counts, seed)
+    N = max(target.n_features, 1)
+    t_name = idx._names.get(rec["names"])
+    tj_of = np.full(len(idx._names), -1, dtype=np.int64)
+    tj_of[t_name[t_name >= 0]] = np.flatnonzero(t_name >= 0)
+    feat = np.asarray(rec["feat"], dtype=np.int64)
+    cnt = np.asarray(rec["count"], dtype=np.float64)
+    tot = np.bincount(feat, weights=cnt, minlength=len(t_name))
+    pt = cnt / tot[feat]
+    sq_t = np.bincount(feat, weights=pt * pt, minlength=len(t_name))
+    t_cnt = np.asarray(target.counts)
+    t_mean = np.where(t_cnt > 0, np.asarray(target.sums, dtype=np.float64) / np.maximum(t_cnt, 1), np.nan)
+    t_var = _screen._variance(feat, np.asarray(rec["bucket"], dtype=np.int64), pt, t_mean, idx.accuracy)
+    fi_sel, fi_cnt = _ranges(idx._f_lo.v, idx._fi_row.n, rows)
+    pos = np.repeat(np.arange(len(rows)), fi_cnt)
+    tj = tj_of[idx._fi_name.v[fi_sel]]
+    on = tj >= 0
+    fi_s, pos, tj = fi_sel[on], pos[on], tj[on]
+    mt, ms = t_mean[tj], idx._fi_mean.v[fi_s]
+    num = ~np.isnan(mt) & ~np.isnan(ms)
+    mt0, ms0 = np.where(num, mt, 0.0), np.where(num, ms, 0.0)
+    vt, vs = t_var[tj], idx._fi_var.v[fi_s]
+    sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
+    d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 0.0)
+    wide = np.where(num, 0.0, 2.0 * (sq_t[tj] + idx._fi_sq.v[fi_s]))
+    matched = np.bincount(pos, minlength=len(rows))
+    lo = np.bincount(pos, weights=np.maximum(d2, 0.0), minlength=len(rows)).astype(np.float64)
+    lo += _screen.L2_UNCOVERED * np.maximum(N - matched, 0)
+    return lo, lo + np.bincount(pos, weights=wide, minlength=len(rows)), matched > 0
+
+
+def _by_l2_bound(idx, rows, target, seed, shortlist, info) -> np.ndarray:
+    """``rows`` less those whose l2 is bounded below the ``shortlist``-th best's bound (``l2_bounds``:
+    their least sum of squares exceeds the ``shortlist``-th least upper bound among the rows sharing a
+    feature with the query, with a relative slack of 1e-9 for the bounds' floating point): they cannot
+    be among the top ``shortlist`` ``screen.select`` keeps. Rows sharing no feature are not screened."""
+    if not shortlist or len(rows) <= shortlist:
+        return rows
+    lo, hi, shared = l2_bounds(idx, rows, target, seed)
+    ns = int(shared.sum())
+    if ns <= shortlist:
+        return rows
+    cut = np.partition(hi[shared], shortlist - 1)[shortlist - 1]
+    kept = rows[shared & (lo <= cut * (1 + 1e-9) + 1e-12)]
+    info["by_bound"] = {"shared": ns, "screened": int(len(kept))}
+    return kept
+
+
+def _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info) -> np.ndarray:
+    """Level 2's rows that can reach the top ``shortlist`` of the screen (js / adaptivity by their band
+    agreements, l2 by its per-feature bounds; the others: every row)."""
+    if method == "l2":
+        return _by_l2_bound(idx, rows, target, seed, shortlist, info)
+    return _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
+
+
 def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_small=None, ann=None,
            nprobe: int = NPROBE_DEFAULT, shortlist: int | None = None) -> tuple[dict, dict]:
     """``(screen, info)``: the method's screen (ScreenIndex.scores) of the ``keep`` entries of best
@@ -247,7 +312,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
                                 "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
-                rows = _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
+                rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
                 return subset(idx, np.sort(rows), q)._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
@@ -264,7 +329,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
             rows = live
         info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
-        rows = _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
+        rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
         sub = subset(idx, np.sort(rows), query_vector(idx, target, seed))
         return sub._scores(target, method, seed, t_keys, t_small), info
 
@@ -283,10 +348,12 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
     deep = coarse >= need
     rec = MEASURED_RECALL.get(screen) if coarse >= MEASURED_MIN_COARSE.get(screen, COARSE_DEFAULT) else None
     a = info.get("ann")
-    bk = info.get("by_keys")
-    l2_words = ("level 2 screened those" if not bk else
-                f"level 2 counted their JS-LSH band agreements ({bk['keyed']} keyed) and screened the "
-                f"{bk['screened']} that could reach the shortlist (>= {bk['cut']}; the others cannot)")
+    bk, bb = info.get("by_keys"), info.get("by_bound")
+    l2_words = (f"level 2 counted their JS-LSH band agreements ({bk['keyed']} keyed) and screened the "
+                f"{bk['screened']} that could reach the shortlist (>= {bk['cut']}; the others cannot)" if bk else
+                f"level 2 bounded their l2 by the features' means and spreads ({bb['shared']} sharing a feature) "
+                f"and screened the {bb['screened']} that could reach the shortlist (the others cannot)" if bb else
+                "level 2 screened those")
     if a:
         ra = ANN_MEASURED_RECALL.get(screen)
         # measured at NPROBE_DEFAULT lists (or every list, when fewer: a small hub's IVF), no re-rank
