@@ -236,3 +236,46 @@ def test_default_depth_per_method_and_the_key_cut(tmp_path, rng):
                 st = next(s for s in hub.explain(q, k=2, method=method, shortlist_screen="two-level",
                                                  shortlist_coarse=1).stages if s.name == "shortlist")
                 assert "(1 x shortlist;" in st.detail, (method, st.detail)
+
+
+def test_l2_bounds_hold_the_l2_screen(tmp_path, rng):
+    """``coarse.l2_bounds`` (level 2's cut for l2): for every row sharing a column with the query,
+    ``lo <= N x screen^2 <= hi`` against the full l2 screen (a categorical column and NaN values
+    included: there ``lo < hi``), ``lo == hi`` where every shared column is numeric on both sides, and
+    ``shared`` is exactly the rows the screen scores; any rows (all, some, one, none). Through the
+    stage, with level 1 keeping every entry, the l2 search equals the exact screen's."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    pools = _classes(rng)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        items = _hub_items(rng, cfg, pools, int(rng.integers(8, 14)))
+        items.append(("other", fitsketch.sketch_data(pd.DataFrame({"zz": rng.normal(size=50)}), cfg)))
+        hub.add_sketches(items)
+        hub.remove("m3")
+        idx = hub._synced_screen()
+        n = len(idx)
+        for q, numeric in ((fitsketch.sketch_data(_mixture(pools, rng.integers(20, 120, 4)), cfg), False),
+                           (fitsketch.sketch_data(_mixture(pools, rng.integers(20, 120, 4))[["a", "d"]], cfg), True)):
+            full = idx.scores(q, "l2", seed=cfg.seed)
+            pos = {int(e): i for i, e in enumerate(full["ids"])}
+            N = q.n_features
+            for rows in (np.arange(n), np.sort(rng.choice(n, int(rng.integers(2, n)), replace=False)),
+                         np.array([int(rng.integers(n))]), np.zeros(0, np.int64)):
+                lo, hi, shared = C.l2_bounds(idx, rows, q, cfg.seed)
+                assert lo.shape == hi.shape == shared.shape == rows.shape
+                for r, a, b, s in zip(rows, lo, hi, shared):
+                    i = pos.get(int(idx.ids.v[r]))
+                    assert s == (i is not None), r
+                    if i is None:
+                        continue
+                    sq = N * full["score"][i] ** 2
+                    assert a <= sq * (1 + 1e-9) + 1e-9 and sq <= b * (1 + 1e-9) + 1e-9, (a, sq, b)
+                    if numeric:   # a and d are numeric wherever they are stored
+                        assert a == pytest.approx(b, rel=1e-12, abs=1e-12) and a == pytest.approx(sq, rel=1e-9)
+        hub.remove("other")             # (an entry sharing no cell: level 1 would screen every entry exactly)
+        q = _mixture(pools, rng.integers(20, 120, 4))
+        exact = hub.search(q, k=2, method="l2", shortlist_screen="exact")
+        two = hub.search(q, k=2, method="l2", shortlist_screen="two-level", shortlist_coarse=64)
+        assert exact and [(m.name, m.score) for m in two] == [(m.name, m.score) for m in exact]
+        st = next(s for s in hub.explain(q, k=2, method="l2", shortlist_screen="two-level", shortlist_coarse=64).stages
+                  if s.name == "shortlist")
+        assert "bounded their l2 by the features' means and spreads" in st.detail, st.detail
