@@ -71,19 +71,29 @@ ANN_REFINE = 1             # > 1: the IVF hands refine x keep rows to an exact B
 NPROBE_DEFAULT = 64        # config.shortlist_nprobe: IVF lists probed (0: level 1 exact); chosen on 1M synthetic
 ANN_FIT_ROWS = 20_000      # rows the basis and the IVF's k-means are fitted on (evenly spaced)
 ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a file is read
-# recall@10 of the whole stage with the IVF level 1 (shortlist_coarse=COARSE_DEFAULT, shortlist_nprobe=
-# NPROBE_DEFAULT, ANN_REFINE 1) against the exact screen of every entry (each method's own score), on the
-# 100k-entry digits label-skew pool hub's screen index (bench/SUMMARY.md, "scale" 2026-11-30 fifth
-# session): the lower of two runs on the same index,
-#   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 40 --coarse 8
-#       --nprobe 64 --budget 1500 --synthetic 0 --warm 0 --tag _100k_q40            (40 queries a method)
+# recall@10 of the whole stage with the IVF level 1 at each method's default depth (COARSE_BY_METHOD,
+# shortlist_nprobe=NPROBE_DEFAULT, ANN_REFINE 1, level 2's cuts) against the exact screen of every entry
+# (each method's own score), on the 100k-entry digits label-skew pool hub's screen index (bench/SUMMARY.md,
+# "Candidate stage at 1M, sixth session"). Depths chosen on the tuning queries (query seed 0): the deepest
+# IVF rank of a true top-10 entry over 23-28 queries a method was exact-js 40, l2 183, js 1,571,
+# adaptivity 3,289, each under a quarter of its default depth x 256 (so recall 1.000 on them), from
 #   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 40 --coarse 2,3,4,8
 #       --nprobe 64 --no-exact-level1 --budget 3200 --synthetic 0 --warm 0 --tag _100k_q40_coarse
-# (24-26 queries a method in its budget): exact-js 1.000 / 1.000, js .997 / 1.000, adaptivity .995 / -,
-# l2 1.000 / -; best found in every query of both. Stated by ``describe`` (the lower of this and
-# MEASURED_RECALL, the exact level 1's at 10k / 30k).
-ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 0.997, "adaptivity": 0.995, "l2": 1.0}
-ANN_MEASURED_ON = "100k similar entries (digits label-skew zoo), 24-40 queries a method"
+#   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 20 --coarse 0,8
+#       --nprobe 64 --no-exact-level1 --budget 700 --synthetic 0 --warm 0 --query-seed 0 --tag _100k_tune_permethod
+# and held out (query seeds 1 and 2, never looked at before the depths were set):
+#   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 30 --coarse 0,8
+#       --nprobe 64 --no-exact-level1 --budget 1100 --synthetic 0 --warm 0 --query-seed 1 --ivf-at 1000000
+#       --tag _100k_heldout_permethod
+#   python -m bench.level1_scale ... --queries 30 --coarse 0 --budget 1300 --query-seed 2 --tag _100k_heldout2_permethod
+# recall@10 1.000 and the best entry found in every held-out query of every method (6-13 queries a method:
+# the load, 10-17 on 2 cores, left few in the budgets). Not measured at 1M (no 1M hub of similar entries):
+# depth grew with the hub (exact-js's top 10 in the exact BC order: 9-13 rows at 10k, 30k and 100k; l2
+# 16-29 -> 18-111; js 46-103 -> 109-399). Stated by ``describe`` (the lower of this and MEASURED_RECALL,
+# the exact level 1's at 10k / 30k) at the default depth or deeper.
+ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 1.0, "adaptivity": 1.0, "l2": 1.0}
+ANN_MEASURED_ON = ("100k similar entries (digits label-skew zoo), depths chosen on 23-28 tuning queries a method, "
+                   "6-13 held-out queries a method")
 
 _MATRIX = weakref.WeakKeyDictionary()   # ScreenIndex -> (its state, the level-1 CSR matrix)
 
