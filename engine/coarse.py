@@ -302,8 +302,9 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
     range kept). ``ann``: the hub's Level1Ann of ``idx`` (``level1``): with ``nprobe`` > 0 level 1
     takes the ``keep`` of best exact BC among those its IVF ranks first instead of ranking every
     entry (``info["ann"]``: lists probed, rows re-ranked). ``shortlist``: the count the caller keeps of
-    the screen (``screen.select``): for js and adaptivity level 2 then screens only the kept rows whose
-    band agreements can reach it (``_by_keys``; ``info["by_keys"]``), with the same selection."""
+    the screen (``screen.select``) of an exact rule (a proxy rule's margin keeps more: pass None): for js,
+    adaptivity and l2 level 2 then screens only the kept rows that can reach it (``_prefilter``;
+    ``info["by_keys"]`` / ``info["by_bound"]``), with the same selection."""
     with idx.lock:
         n = idx.ids.n
         # the rows themselves, not only their count, under the lock: a sync between the caller's

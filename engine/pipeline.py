@@ -222,7 +222,7 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
             scr, coarse = _coarse.scores(idx, target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys,
                                          keep=depth * cfg.shortlist, nprobe=cfg.shortlist_nprobe,
                                          ann=hub._indexes.level1(hub.store) if cfg.shortlist_nprobe else None,
-                                         shortlist=cfg.shortlist)
+                                         shortlist=cfg.shortlist if rule.exact else None)   # a proxy's margin: no cut
         else:
             scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys)
         ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
