@@ -46,16 +46,16 @@ def load_screen(path: str):
     return I._screen_from(meta, arrays, _Cfg(meta))
 
 
-def queries(n: int, seed: int = 0):
+def queries(n: int, seed: int = 0, query_seed: int | None = None):
     from . import zoos
 
     pool = zoos.Pool("digits", seed=seed)
-    qs, small = zoos.query_sketches(pool, n, seed)
+    qs, small = zoos.query_sketches(pool, n, seed if query_seed is None else query_seed)
     return qs, small, pool.cfg
 
 
 def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortlist: int = 256,
-             budget_s: float = 600.0, ctx, out=print, exact_level1: bool = True) -> tuple[list, list]:
+             budget_s: float = 600.0, ctx, out=print, exact_level1: bool = True, big=None) -> tuple[list, list]:
     from fitsketch import coarse as CO
     from fitsketch import planner
     from fitsketch import screen as S
@@ -65,12 +65,16 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
     rows, per_query = [], []
     wall = H.stopwatch().__enter__()
     CO.matrix(idx)                                    # the exact level 1's matrix, built once (not timed)
-    # nprobe 0: the exact level 1 (``exact_level1`` False: the IVF alone, ~65 ms less a variant at 100k)
-    variants = [(c, p) for c in coarse for p in ((0,) if exact_level1 else ()) + tuple(nprobes)]
+    # nprobe 0: the exact level 1 (``exact_level1`` False: the IVF alone, ~65 ms less a variant at 100k);
+    # coarse 0: each method's default depth (coarse.coarse_for, config.shortlist_coarse=0)
+    variants_of = lambda m: [(c, p) for c in coarse for p in ((0,) if exact_level1 else ()) + tuple(nprobes)]  # noqa: E731
     for method in methods:
+        variants = variants_of(method)
+        deepest = max(CO.coarse_for(method, c) for c in coarse)
         rule = planner.shortlist_rule(method)
         t_full, t_l1x = H.Samples(), H.Samples()
         t_l1 = {v: H.Samples() for v in variants}
+        t_big = {v: H.Samples() for v in variants}     # level 1 on the ``big`` IVF (--ivf-at), same keep
         t_st = {v: H.Samples() for v in variants}
         rec = {v: [] for v in variants}
         best = {v: [] for v in variants}
@@ -89,14 +93,15 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
             # shortlist_coarse must reach to keep them (level 2 then screens them exactly)
             top_ids = full["ids"][full["score"] >= ref[-1] - 1e-6]
             for p in nprobes:
-                order, _ = ann.top(idx, qv, max(coarse) * shortlist, p)
+                order, _ = ann.top(idx, qv, deepest * shortlist, p)
                 at = {int(e): r for r, e in enumerate(idx.ids.v[order])}
                 pq[f"ivf_rank_np{p}"] = sorted(at.get(int(e), -1) for e in top_ids)
             for c, p in variants:
-                keep = c * shortlist
+                keep = CO.coarse_for(method, c) * shortlist
 
                 def stage():
-                    scr, _ = CO.scores(idx, q, method, keep=keep, nprobe=p, ann=ann if p else None, **kw)
+                    scr, _ = CO.scores(idx, q, method, keep=keep, nprobe=p, ann=ann if p else None,
+                                       shortlist=shortlist, **kw)
                     ids, _ = S.choose(scr, rule, shortlist, 10, planner.SHORTLIST_MARGIN_CAP * shortlist)
                     return scr, ids
 
@@ -110,6 +115,8 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
                     top_b = set(np.argpartition(-b, keep - 1)[:keep].tolist())
                     kept, _ = t_l1[c, p].call(ann.top, idx, qv, keep, p)
                     l1rec[c, p].append(len(top_b & set(kept.tolist())) / keep)
+                    if big is not None:
+                        t_big[c, p].call(_big_top, big, ann, qv, keep, p)
                 pq.update({f"recall_c{c}_np{p}": r, f"best_c{c}_np{p}": bf})
             per_query.append(pq)
         if not len(t_full):
@@ -121,18 +128,77 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
                           queries=len(t_full), exact_level1_cpu_p50_ms=cp(t_l1x)))
         for c, p in variants:
             v = (c, p)
+            d = CO.coarse_for(method, c)
             l1 = f"level 1 {cp(t_l1[v]):5.1f} ms, kept {np.mean(l1rec[v]):.3f} of the exact level 1's" if p else \
                 f"exact level 1 {cp(t_l1x):5.1f} ms"
-            out(f"      coarse {c} {'IVF nprobe %3d of %d' % (p, ann.index.nlist) if p else 'exact level 1     '}: stage "
-                f"{cp(t_st[v]):6.1f} ms ({l1}), recall@10 {np.mean(rec[v]):.3f} (min {min(rec[v]):.2f}) best "
+            st = t_st[v].stats()
+            out(f"      coarse {c}{' (%d)' % d if not c else ''} {'IVF nprobe %3d of %d' % (p, ann.index.nlist) if p else 'exact level 1     '}: stage "
+                f"CPU p50 {cp(t_st[v]):6.1f} p90 {1e3 * st['cpu']['p90_s']:6.1f} ms, wall p50 {1e3 * st['p50_s']:6.1f} "
+                f"p90 {1e3 * st['p90_s']:6.1f} ms ({l1}), recall@10 {np.mean(rec[v]):.3f} (min {min(rec[v]):.2f}) best "
                 f"{sum(best[v])}/{len(best[v])}")
+            extra = {}
+            if big is not None and p and len(t_big[v]):
+                # the stage at the big IVF's size: this stage with its level-1 search replaced by the big one's,
+                # query by query (level 2 screens the same count of rows at any hub size)
+                cs = H.stats(np.array(t_st[v].cpu) - np.array(t_l1[v].cpu) + np.array(t_big[v].cpu))
+                ws = H.stats(np.array(t_st[v].wall) - np.array(t_l1[v].wall) + np.array(t_big[v].wall))
+                extra = {f"at_{big.ntotal}_cpu_p50_ms": 1e3 * cs["p50_s"], f"at_{big.ntotal}_cpu_p90_ms": 1e3 * cs["p90_s"],
+                         f"at_{big.ntotal}_wall_p50_ms": 1e3 * ws["p50_s"], f"at_{big.ntotal}_wall_p90_ms": 1e3 * ws["p90_s"],
+                         f"level1_at_{big.ntotal}_cpu_p50_ms": cp(t_big[v])}
+                out(f"          at {big.ntotal:,} entries (level 1 on the {big.ntotal:,}-row IVF, {big.nlist} lists, "
+                    f"{cp(t_big[v]):.1f} ms): stage CPU p50 {1e3 * cs['p50_s']:6.1f} p90 {1e3 * cs['p90_s']:6.1f} ms, "
+                    f"wall p50 {1e3 * ws['p50_s']:6.1f} p90 {1e3 * ws['p90_s']:6.1f} ms")
             rows.append(H.row(ctx, "level1_scale", w, method, f"stage_cpu_p50_c{c}_np{p}", cp(t_st[v]), unit="ms",
+                              depth=d, cpu_p90_ms=1e3 * st["cpu"]["p90_s"], wall_p50_ms=1e3 * st["p50_s"],
+                              wall_p90_ms=1e3 * st["p90_s"],
                               level1_cpu_p50_ms=cp(t_l1[v]) if p else cp(t_l1x),
                               level1_recall=float(np.mean(l1rec[v])) if p else 1.0,
                               recall_at_10=float(np.mean(rec[v])), min=min(rec[v]),
                               best_found=float(np.mean(best[v])), queries=len(rec[v]),
-                              baseline="exact screen of every entry", baseline_value=cp(t_full)))
+                              baseline="exact screen of every entry", baseline_value=cp(t_full), **extra))
     return rows, per_query
+
+
+def _big_top(big, ann, qv, keep: int, nprobe: int):
+    """What ``Level1Ann.top`` does (no re-rank), on the big IVF: the query projected, ``keep`` rows searched."""
+    qx = (qv[:-1][:len(ann.basis)] @ ann.basis).astype(np.float32)[None, :]
+    big.nprobe = int(max(1, min(nprobe, big.nlist)))
+    return big.search(qx, int(min(keep, big.ntotal)))
+
+
+def build_big(idx, ann, n: int, *, seed: int = 0, block: int = 20_000, out=print):
+    """An IVF of ``n`` rows as ``Level1Ann.build`` makes one (``_nlist(n)`` lists trained on
+    ``ANN_FIT_ROWS`` evenly spaced rows, the real index's basis): the real rows' projections, then
+    synthetic similar entries (each the Dirichlet(1,1,1) mixture of 3 real entries' distributions, as
+    ``run_synthetic``) projected block by block (never held dense: ~n x 64 floats in all)."""
+    import faiss
+
+    from fitsketch import coarse as CO
+
+    rng = np.random.default_rng(seed)
+    real = CO.matrix(idx)
+    n0, c = real.shape
+    nb = min(len(ann.basis), c)
+    x = np.zeros((n, ann.basis.shape[1]), dtype=np.float32)
+    x[:min(n0, n)] = ann.project(idx, np.arange(min(n0, n), dtype=np.int64))
+    sw = H.stopwatch().__enter__()
+    for lo in range(n0, n, block):
+        m = min(block, n - lo)
+        pick = rng.integers(0, n0, (m, 3))
+        wts = rng.dirichlet(np.ones(3), m)
+        mix = np.zeros((m, c), dtype=np.float64)
+        for k in range(3):
+            sq = real[pick[:, k]].toarray()
+            mix += wts[:, k:k + 1] * (sq * sq)
+        x[lo:lo + m] = (np.sqrt(mix)[:, :nb] @ ann.basis[:nb]).astype(np.float32)
+    fit = np.unique(np.linspace(0, n - 1, min(n, CO.ANN_FIT_ROWS)).astype(np.int64))
+    nlist = CO._nlist(n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = 0
+    index.train(x[fit])
+    index.add_with_ids(x, np.arange(n, dtype=np.int64))
+    out(f"big IVF: {n:,} rows ({n0:,} real, the rest synthetic mixtures), {nlist} lists, built in {sw.elapsed():.0f} s wall")
+    return index
 
 
 def run_synthetic(idx, qs, cfg, ann, n: int, *, nprobes, keep: int = 2048, seed: int = 0, ctx, out=print) -> list:
@@ -358,6 +424,10 @@ def main(argv=None) -> None:
     ap.add_argument("--synthetic", type=int, default=0, help="entries of the synthetic part (0: none)")
     ap.add_argument("--syn-queries", type=int, default=20)
     ap.add_argument("--no-exact-level1", action="store_true", help="--screen-file: the IVF level 1 alone (no nprobe-0 variants)")
+    ap.add_argument("--ivf-at", type=int, default=0,
+                    help="--screen-file: also time level 1 on an IVF of this many rows (the real ones + synthetic "
+                         "mixtures) and report the stage at that size (0: none)")
+    ap.add_argument("--query-seed", type=int, default=0, help="queries' draws (0: the tuning queries)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -373,7 +443,7 @@ def main(argv=None) -> None:
         return
     idx = H.Samples().call(load_screen, a.screen_file)
     print(f"screen index of {len(idx):,} entries read from {a.screen_file}")
-    qs, small, cfg = queries(max(a.queries, a.syn_queries))
+    qs, small, cfg = queries(max(a.queries, a.syn_queries), query_seed=a.query_seed)
     t_a = H.Samples()
     ann = t_a.call(CO.Level1Ann.build, idx)
     print(f"level-1 IVF of {len(ann):,} rows ({ann.index.nlist} lists, dim {ann.basis.shape[1]}) built in "
@@ -383,9 +453,11 @@ def main(argv=None) -> None:
     nprobes = tuple(int(v) for v in a.nprobe.split(","))
     per_query = []
     if a.budget > 0:
+        big = build_big(idx, ann, a.ivf_at) if a.ivf_at else None
         r, per_query = run_real(idx, qs[:a.queries], small, cfg, ann, methods=tuple(a.methods.split(",")),
                                 nprobes=nprobes, coarse=tuple(int(v) for v in a.coarse.split(",")), budget_s=a.budget, ctx=ctx,
-                                exact_level1=not a.no_exact_level1)
+                                exact_level1=not a.no_exact_level1, big=big)
+        del big
         rows += r
         H.write_suite(name, rows, out=a.out, env=env, tables={"per_query": per_query})
     if a.synthetic:

@@ -37,13 +37,30 @@ from scipy import sparse
 from . import screen as _screen
 from .growable import Grow
 
-COARSE_DEFAULT = 8   # config.shortlist_coarse: level 1 keeps this many x shortlist entries
+COARSE_DEFAULT = 8   # level 1 keeps this many x shortlist entries for a method not in COARSE_BY_METHOD
+# config.shortlist_coarse=0 (the default): level 1 keeps COARSE_BY_METHOD[method] x shortlist entries, the
+# depth each method's exhaustive top 10 was measured to need in level 1's order (bench.level1_scale; chosen
+# on tuning queries, bench/SUMMARY.md "Candidate stage at 1M, sixth session"). js and adaptivity go deep:
+# their screens are JS-LSH band collisions, a noisy function of what level 1 ranks by, and level 2
+# screens only the rows whose band agreements can reach the shortlist (``_by_keys``), so depth is cheap.
+# coverage and accuracy (proxy screens with a margin) keep COARSE_DEFAULT: not measured at less.
+COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 4, "js": 32, "adaptivity": 64}
+
+
+def coarse_for(method: str, override: int = 0) -> int:
+    """Level 1's depth (x shortlist) for ``method``: ``override`` (config.shortlist_coarse) when > 0,
+    else ``COARSE_BY_METHOD`` (``COARSE_DEFAULT`` for a method not listed)."""
+    return int(override) if override else COARSE_BY_METHOD.get(method, COARSE_DEFAULT)
+
+
 # recall@10 of the two-level stage against the exact screen of every entry, at COARSE_DEFAULT and
 # shortlist 256 (bench.bench_shortlist --two-level; bench/SUMMARY.md). Chosen on the digits pool zoo
 # (10k / 30k: 1.000 for every method; js / adaptivity lose 0.6-1.4% of the top 10 at
 # shortlist_coarse=1, none from 4); stated here as held out on the MNIST-5k pool zoo at 10k (12-15
 # queries each): exact-js / l2 / adaptivity 1.000, js 0.992 (its top 10 lay as deep as BC rank 2,115)
 MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "l2": 1.0, "js": 0.99, "adaptivity": 1.0}
+# the least shortlist_coarse MEASURED_RECALL holds from (the same runs: exact-js / l2 lost none at 1)
+MEASURED_MIN_COARSE: dict[str, int] = {"exact-js": 1, "l2": 1, "js": 4, "adaptivity": 4}
 
 # level 1 by the IVF (``Level1Ann``, below; used from ANN_MIN_ENTRIES entries)
 ANN_FORMAT = 1
@@ -54,19 +71,29 @@ ANN_REFINE = 1             # > 1: the IVF hands refine x keep rows to an exact B
 NPROBE_DEFAULT = 64        # config.shortlist_nprobe: IVF lists probed (0: level 1 exact); chosen on 1M synthetic
 ANN_FIT_ROWS = 20_000      # rows the basis and the IVF's k-means are fitted on (evenly spaced)
 ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a file is read
-# recall@10 of the whole stage with the IVF level 1 (shortlist_coarse=COARSE_DEFAULT, shortlist_nprobe=
-# NPROBE_DEFAULT, ANN_REFINE 1) against the exact screen of every entry (each method's own score), on the
-# 100k-entry digits label-skew pool hub's screen index (bench/SUMMARY.md, "scale" 2026-11-30 fifth
-# session): the lower of two runs on the same index,
-#   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 40 --coarse 8
-#       --nprobe 64 --budget 1500 --synthetic 0 --warm 0 --tag _100k_q40            (40 queries a method)
+# recall@10 of the whole stage with the IVF level 1 at each method's default depth (COARSE_BY_METHOD,
+# shortlist_nprobe=NPROBE_DEFAULT, ANN_REFINE 1, level 2's cuts) against the exact screen of every entry
+# (each method's own score), on the 100k-entry digits label-skew pool hub's screen index (bench/SUMMARY.md,
+# "Candidate stage at 1M, sixth session"). Depths chosen on the tuning queries (query seed 0): the deepest
+# IVF rank of a true top-10 entry over 23-28 queries a method was exact-js 40, l2 183, js 1,571,
+# adaptivity 3,289, each under a quarter of its default depth x 256 (so recall 1.000 on them), from
 #   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 40 --coarse 2,3,4,8
 #       --nprobe 64 --no-exact-level1 --budget 3200 --synthetic 0 --warm 0 --tag _100k_q40_coarse
-# (24-26 queries a method in its budget): exact-js 1.000 / 1.000, js .997 / 1.000, adaptivity .995 / -,
-# l2 1.000 / -; best found in every query of both. Stated by ``describe`` (the lower of this and
-# MEASURED_RECALL, the exact level 1's at 10k / 30k).
-ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 0.997, "adaptivity": 0.995, "l2": 1.0}
-ANN_MEASURED_ON = "100k similar entries (digits label-skew zoo), 24-40 queries a method"
+#   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 20 --coarse 0,8
+#       --nprobe 64 --no-exact-level1 --budget 700 --synthetic 0 --warm 0 --query-seed 0 --tag _100k_tune_permethod
+# and held out (query seeds 1 and 2, never looked at before the depths were set):
+#   python -m bench.level1_scale --screen-file <100k hub>/indexes/screen.fsidx --queries 30 --coarse 0,8
+#       --nprobe 64 --no-exact-level1 --budget 1100 --synthetic 0 --warm 0 --query-seed 1 --ivf-at 1000000
+#       --tag _100k_heldout_permethod
+#   python -m bench.level1_scale ... --queries 30 --coarse 0 --budget 1300 --query-seed 2 --tag _100k_heldout2_permethod
+# recall@10 1.000 and the best entry found in every held-out query of every method (6-25 queries a method:
+# the load, 10-17 on 2 cores, left few in the budgets). Not measured at 1M (no 1M hub of similar entries):
+# depth grew with the hub (exact-js's top 10 in the exact BC order: 9-13 rows at 10k, 30k and 100k; l2
+# 16-29 -> 18-111; js 46-103 -> 109-399). Stated by ``describe`` (the lower of this and MEASURED_RECALL,
+# the exact level 1's at 10k / 30k) at the default depth or deeper.
+ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 1.0, "adaptivity": 1.0, "l2": 1.0}
+ANN_MEASURED_ON = ("100k similar entries (digits label-skew zoo), depths chosen on 23-28 tuning queries a method, "
+                   "6-25 held-out queries a method")
 
 _MATRIX = weakref.WeakKeyDictionary()   # ScreenIndex -> (its state, the level-1 CSR matrix)
 
@@ -182,13 +209,102 @@ def _ranges(lo: np.ndarray, end: int, sel: np.ndarray) -> tuple[np.ndarray, np.n
     return np.repeat(a - first, cnt) + np.arange(total), cnt
 
 
+def _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info) -> np.ndarray:
+    """``rows`` less those whose JS-LSH band agreements (``ScreenIndex.key_counts``) are below the
+    ``shortlist``-th best of the keyed rows: a keyed row's screen is its count times one step plus
+    under half a step, so those rows cannot be among the top ``shortlist`` ``screen.select`` keeps of
+    the exactly screened group (proxy rows are all kept). The stage's answer is unchanged; level 2
+    computes the costly part of the screen (its subset, the exact-js grading) for fewer rows."""
+    if not shortlist or method not in ("js", "adaptivity"):
+        return rows
+    k = idx.key_counts(rows, target, method, seed=seed, t_keys=t_keys, t_small=t_small)
+    if k is None:
+        return rows
+    keyed = k >= 0
+    nk = int(keyed.sum())
+    if nk <= shortlist:
+        return rows
+    cut = np.partition(k[keyed], nk - shortlist)[nk - shortlist]
+    kept = rows[~keyed | (k >= cut)]
+    info["by_keys"] = {"keyed": nk, "cut": int(cut), "screened": int(len(kept))}
+    return kept
+
+
+def l2_bounds(idx, rows: np.ndarray, target, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, hi, shared)`` over ``rows``: bounds on the sum of squares under the l2 screen's root
+    (``ScreenIndex._l2``: its score is ``-sqrt(sum / N)``) from the per-feature numbers alone, no
+    histogram cell read. A feature numeric on both sides adds its term exactly (the same formula);
+    another shared feature adds ``2 (sum p_t^2 + sum p_s^2 - 2 cross)``, between 0 and twice the
+    stored sums of squares; each query feature an entry does not name adds ``L2_UNCOVERED``.
+    ``shared``: whether the row names one of the query's features (only those are screened). Where
+    every shared feature is numeric (e.g. pixels), ``lo == hi``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    rec = _screen.record(target.hist, target.names, target.sums, target.counts, seed)
+    N = max(target.n_features, 1)
+    t_name = idx._names.get(rec["names"])
+    tj_of = np.full(len(idx._names), -1, dtype=np.int64)
+    tj_of[t_name[t_name >= 0]] = np.flatnonzero(t_name >= 0)
+    feat = np.asarray(rec["feat"], dtype=np.int64)
+    cnt = np.asarray(rec["count"], dtype=np.float64)
+    tot = np.bincount(feat, weights=cnt, minlength=len(t_name))
+    pt = cnt / tot[feat]
+    sq_t = np.bincount(feat, weights=pt * pt, minlength=len(t_name))
+    t_cnt = np.asarray(target.counts)
+    t_mean = np.where(t_cnt > 0, np.asarray(target.sums, dtype=np.float64) / np.maximum(t_cnt, 1), np.nan)
+    t_var = _screen._variance(feat, np.asarray(rec["bucket"], dtype=np.int64), pt, t_mean, idx.accuracy)
+    fi_sel, fi_cnt = _ranges(idx._f_lo.v, idx._fi_row.n, rows)
+    pos = np.repeat(np.arange(len(rows)), fi_cnt)
+    tj = tj_of[idx._fi_name.v[fi_sel]]
+    on = tj >= 0
+    fi_s, pos, tj = fi_sel[on], pos[on], tj[on]
+    mt, ms = t_mean[tj], idx._fi_mean.v[fi_s]
+    num = ~np.isnan(mt) & ~np.isnan(ms)
+    mt0, ms0 = np.where(num, mt, 0.0), np.where(num, ms, 0.0)
+    vt, vs = t_var[tj], idx._fi_var.v[fi_s]
+    sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
+    d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 0.0)
+    wide = np.where(num, 0.0, 2.0 * (sq_t[tj] + idx._fi_sq.v[fi_s]))
+    matched = np.bincount(pos, minlength=len(rows))
+    lo = np.bincount(pos, weights=np.maximum(d2, 0.0), minlength=len(rows)).astype(np.float64)
+    lo += _screen.L2_UNCOVERED * np.maximum(N - matched, 0)
+    return lo, lo + np.bincount(pos, weights=wide, minlength=len(rows)), matched > 0
+
+
+def _by_l2_bound(idx, rows, target, seed, shortlist, info) -> np.ndarray:
+    """``rows`` less those whose l2 is bounded below the ``shortlist``-th best's bound (``l2_bounds``:
+    their least sum of squares exceeds the ``shortlist``-th least upper bound among the rows sharing a
+    feature with the query, with a relative slack of 1e-9 for the bounds' floating point): they cannot
+    be among the top ``shortlist`` ``screen.select`` keeps. Rows sharing no feature are not screened."""
+    if not shortlist or len(rows) <= shortlist:
+        return rows
+    lo, hi, shared = l2_bounds(idx, rows, target, seed)
+    ns = int(shared.sum())
+    if ns <= shortlist:
+        return rows
+    cut = np.partition(hi[shared], shortlist - 1)[shortlist - 1]
+    kept = rows[shared & (lo <= cut * (1 + 1e-9) + 1e-12)]
+    info["by_bound"] = {"shared": ns, "screened": int(len(kept))}
+    return kept
+
+
+def _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info) -> np.ndarray:
+    """Level 2's rows that can reach the top ``shortlist`` of the screen (js / adaptivity by their band
+    agreements, l2 by its per-feature bounds; the others: every row)."""
+    if method == "l2":
+        return _by_l2_bound(idx, rows, target, seed, shortlist, info)
+    return _by_keys(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
+
+
 def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_small=None, ann=None,
-           nprobe: int = NPROBE_DEFAULT) -> tuple[dict, dict]:
+           nprobe: int = NPROBE_DEFAULT, shortlist: int | None = None) -> tuple[dict, dict]:
     """``(screen, info)``: the method's screen (ScreenIndex.scores) of the ``keep`` entries of best
     BC (ties at the cut included), and what level 1 did (``info``: entries ranked, kept, the BC
     range kept). ``ann``: the hub's Level1Ann of ``idx`` (``level1``): with ``nprobe`` > 0 level 1
     takes the ``keep`` of best exact BC among those its IVF ranks first instead of ranking every
-    entry (``info["ann"]``: lists probed, rows re-ranked)."""
+    entry (``info["ann"]``: lists probed, rows re-ranked). ``shortlist``: the count the caller keeps of
+    the screen (``screen.select``) of an exact rule (a proxy rule's margin keeps more: pass None): for js,
+    adaptivity and l2 level 2 then screens only the kept rows that can reach it (``_prefilter``;
+    ``info["by_keys"]`` / ``info["by_bound"]``), with the same selection."""
     with idx.lock:
         n = idx.ids.n
         # the rows themselves, not only their count, under the lock: a sync between the caller's
@@ -207,6 +323,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
                                 "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
+                rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
                 return subset(idx, np.sort(rows), q)._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
@@ -223,43 +340,57 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
             rows = live
         info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
+        rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
         sub = subset(idx, np.sort(rows), query_vector(idx, target, seed))
         return sub._scores(target, method, seed, t_keys, t_small), info
 
 
-def describe(info: dict, coarse: int, method: str) -> tuple[str, float | None]:
-    """The plan's words for level 1 and the stage's estimated recall (``MEASURED_RECALL``)."""
+def describe(info: dict, coarse: int, screen: str, method: str | None = None) -> tuple[str, float | None]:
+    """The plan's words for level 1 and the stage's estimated recall: ``ANN_MEASURED_RECALL`` (IVF
+    level 1) or ``MEASURED_RECALL`` (exact level 1) of ``screen``, the measured recall of the stage
+    against the exact screen, when level 1 kept at least the depth it was measured at (``coarse`` x
+    shortlist, ``coarse`` >= ``COARSE_BY_METHOD[screen]``; a deeper level 1 keeps a superset) with at
+    least ``NPROBE_DEFAULT`` lists probed and no re-rank; else None. ``method``: the searched method,
+    whose default depth ``coarse`` may be (``coarse_for``)."""
     if info.get("all"):
         return (f"; two-level: only {info['live']} of {info['ranked']} entries share a cell with the query, "
                 f"fewer than {coarse} x shortlist: every entry was screened exactly (the recall above holds)"), 1.0
-    rec = MEASURED_RECALL.get(method) if coarse >= COARSE_DEFAULT else None
+    need = COARSE_BY_METHOD.get(screen, COARSE_DEFAULT)
+    deep = coarse >= need
+    rec = MEASURED_RECALL.get(screen) if coarse >= MEASURED_MIN_COARSE.get(screen, COARSE_DEFAULT) else None
     a = info.get("ann")
+    bk, bb = info.get("by_keys"), info.get("by_bound")
+    l2_words = (f"level 2 counted their JS-LSH band agreements ({bk['keyed']} keyed) and screened the "
+                f"{bk['screened']} that could reach the shortlist (>= {bk['cut']}; the others cannot)" if bk else
+                f"level 2 bounded their l2 by the features' means and spreads ({bb['shared']} sharing a feature) "
+                f"and screened the {bb['screened']} that could reach the shortlist (the others cannot)" if bb else
+                "level 2 screened those")
     if a:
-        ra = ANN_MEASURED_RECALL.get(method)
+        ra = ANN_MEASURED_RECALL.get(screen)
         # measured at NPROBE_DEFAULT lists (or every list, when fewer: a small hub's IVF), no re-rank
         low = a["nprobe"] < min(NPROBE_DEFAULT, a["nlist"])
-        rec = None if rec is None or ra is None or low or a["reranked"] else min(rec, ra)
+        rec = None if ra is None or low or a["reranked"] or not deep else ra if rec is None else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
              f"distributions of {info['ranked']} entries, "
              + (f"re-ranked the first {a['reranked']} by their exact Bhattacharyya coefficient" if a["reranked"]
                 else "ranked by their projected Bhattacharyya coefficient")
-             + f" and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 "
-             "screened those (the recall above is among them)")
+             + f" and kept {info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), {l2_words} "
+             "(the recall above is among them)")
     else:
         t = (f"; two-level: level 1 ranked {info['ranked']} entries by the Bhattacharyya coefficient of their "
              f"dataset-level distributions ({info['live']} share a cell with the query) and kept "
-             f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), level 2 screened those "
+             f"{info['coarse_kept']} ({coarse} x shortlist; BC >= {info['bc_cut']:.4f}), {l2_words} "
              "(the recall above is among them)")
     if a and rec is not None:
-        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT}, "
-              f"shortlist_nprobe={NPROBE_DEFAULT} ({ANN_MEASURED_ON}; bench.level1_scale)")
+        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse >= {need}, "
+              f"shortlist_nprobe >= {NPROBE_DEFAULT} ({ANN_MEASURED_ON}; bench.level1_scale)")
     elif a:
-        t += ("; recall not measured at this shortlist_coarse / shortlist_nprobe" if ANN_MEASURED_RECALL.get(method)
+        t += ("; recall not measured at this shortlist_coarse / shortlist_nprobe" if ANN_MEASURED_RECALL.get(screen)
               is not None else "; the IVF level 1's recall is not measured for this method")
     else:
-        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse={COARSE_DEFAULT} "
-              "(bench.bench_shortlist --two-level)" if rec is not None else
-              "; recall not measured at this shortlist_coarse")
+        t += (f"; recall@10 vs the exact screen measured {rec:.3f} at shortlist_coarse >= "
+              f"{MEASURED_MIN_COARSE.get(screen, COARSE_DEFAULT)} (bench.bench_shortlist --two-level)"
+              if rec is not None else "; recall not measured at this shortlist_coarse")
     return t, rec
 
 

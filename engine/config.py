@@ -105,8 +105,9 @@ class SketchConfig:
     shortlist_screen: str = "exact"
     # "two-level" (engine/coarse.py): every entry ranked by the Bhattacharyya coefficient of its
     # dataset-level distributions (one sparse product), the method's own screen over the best
-    # shortlist_coarse x shortlist; larger: recall closer to "exact", slower (bench/SUMMARY.md)
-    shortlist_coarse: int = 8
+    # shortlist_coarse x shortlist; larger: recall closer to "exact", slower (bench/SUMMARY.md);
+    # 0: each method's measured depth (coarse.COARSE_BY_METHOD; 8 for a method not listed)
+    shortlist_coarse: int = 0
     # two-level from coarse.ANN_MIN_ENTRIES (20k) entries: level 1 probes this many lists of a FAISS IVF
     # over projected level-1 vectors (indexes/level1.faiss) and keeps its first entries; 0: level 1 ranks
     # every entry exactly (linear in the hub; bench/SUMMARY.md states the trade-off)
@@ -159,8 +160,8 @@ class SketchConfig:
         _check(self.shortlist_screen in ("exact", "profile", "two-level"), "shortlist_screen", self.shortlist_screen,
                "'exact', 'profile' or 'two-level'")
         _check(isinstance(self.shortlist_coarse, int) and not isinstance(self.shortlist_coarse, bool)
-               and 1 <= self.shortlist_coarse <= 1 << 20, "shortlist_coarse", self.shortlist_coarse,
-               "an integer in [1, 2^20]")
+               and 0 <= self.shortlist_coarse <= 1 << 20, "shortlist_coarse", self.shortlist_coarse,
+               "an integer in [0, 2^20] (0: each method's measured default)")
         _check(isinstance(self.shortlist_nprobe, int) and not isinstance(self.shortlist_nprobe, bool)
                and 0 <= self.shortlist_nprobe <= 1 << 16, "shortlist_nprobe", self.shortlist_nprobe,
                "an integer in [0, 65536] (0: level 1 exact)")

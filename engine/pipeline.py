@@ -218,9 +218,11 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                                        per_dataset=rule.screen == "js", seed=seed, r=sp[0], k=sp[1], l=sp[2],
                                        device=hub.device))
         if cfg.shortlist_screen == "two-level":   # the screen over the entries of best BC (engine/coarse.py)
+            depth = _coarse.coarse_for(method, cfg.shortlist_coarse)   # 0: the method's measured default
             scr, coarse = _coarse.scores(idx, target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys,
-                                         keep=cfg.shortlist_coarse * cfg.shortlist, nprobe=cfg.shortlist_nprobe,
-                                         ann=hub._indexes.level1(hub.store) if cfg.shortlist_nprobe else None)
+                                         keep=depth * cfg.shortlist, nprobe=cfg.shortlist_nprobe,
+                                         ann=hub._indexes.level1(hub.store) if cfg.shortlist_nprobe else None,
+                                         shortlist=cfg.shortlist if rule.exact else None)   # a proxy's margin: no cut
         else:
             scr = idx.scores(target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys)
         ids, info = _screen.choose(scr, rule, cfg.shortlist, k, SHORTLIST_MARGIN_CAP * cfg.shortlist)
@@ -229,7 +231,7 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                                            != "two-level" or coarse.get("all")
                                            else info["screened"] + n_entries - coarse["live"])
         if cfg.shortlist_screen == "two-level":
-            more, rc = _coarse.describe(coarse, cfg.shortlist_coarse, rule.screen)
+            more, rc = _coarse.describe(coarse, depth, rule.screen, method=method)
             text += more
             st.recall = None if rc is None or st.recall is None else min(rc, st.recall)
         st.detail += text

@@ -403,6 +403,70 @@ class ScreenIndex:
         out.update(score=score[row_shared], tiebreak=tie[row_shared], exact=exact[row_shared])
         return out
 
+    def key_counts(self, rows: np.ndarray, target, method: str, *, seed: int, t_keys=None, t_small=None):
+        """The JS-LSH band agreements behind the js / adaptivity screen of ``rows`` (index rows), as
+        integers ordered as ``scores`` orders those entries, or None when the method's screen of this
+        query reads no band keys (exact-js, l2, keys of other parameters: every row is a proxy).
+
+        Returns an int64 array over ``rows``: ``-1`` for a row ``scores`` does not score by its keys
+        (a proxy: another schema or column order, no stored keys, adaptivity's small-query path on an
+        entry of several partitions); else ``K`` with the row's screen equal to ``K x step`` plus the
+        closeness grading, which is under half a ``step`` (js ``K`` collisions of ``l`` bands, step
+        ``1 / l``; adaptivity ``K = matched x T x l + agreements``, step ``1 / (l T (T + 1))``). So a
+        keyed row of lower ``K`` never screens above one of higher ``K``: level 2 (engine/coarse.py)
+        screens only the rows whose ``K`` can reach the top of the shortlist."""
+        if method not in ("js", "adaptivity"):
+            return None
+        with self.lock:
+            rows = np.asarray(rows, dtype=np.int64)
+            from .profiles import name_keys
+            t_ids = self._names.get(name_keys(list(target.names), seed))
+            ident = np.array([len(s) == len(t_ids) and bool(np.array_equal(s, t_ids)) for s in self._schema_names],
+                             dtype=bool)
+            out = np.full(len(rows), -1, dtype=np.int64)
+            if not len(ident) or not len(rows):
+                return out if (t_small is not None or t_keys is not None) else None
+            n_parts = np.diff(np.append(self._p_lo.v, self._part_row.n))
+            if t_small is not None and self._jks_data is not None and list(t_small[0]) == self._jks_params:
+                ok = ident[self._schema.v[rows]] & self._jks_ok.v[rows]
+                if method == "adaptivity":
+                    ok &= self._jk_ok.v[rows] & (n_parts[rows] == 1)
+                sel = np.flatnonzero(ok)
+                ls = self._jks_data.a.shape[1]
+                tq = np.asarray(t_small[1], dtype=np.uint32).reshape(-1, ls)
+                sk = self._jks_data.v[rows[sel]]
+                if method == "js":
+                    out[sel] = (sk == tq[0][None, :]).sum(axis=1)
+                else:
+                    T = len(tq)
+                    for t in range(T):
+                        eq = (sk == tq[t][None, :]).sum(axis=1)
+                        out[sel] += (eq > 0) * (T * ls) + eq
+                    out[sel] += 1                       # from -1
+                return out
+            if t_keys is None:
+                return None
+            ok = ident[self._schema.v[rows]] & self._jk_ok.v[rows]
+            sel = np.flatnonzero(ok)
+            if method == "js":
+                out[sel] = (self._jk_data.v[rows[sel]] == np.asarray(t_keys[0], dtype=np.uint32)[0][None, :]).sum(axis=1)
+                return out
+            tk = np.asarray(t_keys[1], dtype=np.uint32)
+            T = max(len(tk), 1)
+            cnt = n_parts[rows[sel]].astype(np.int64)
+            first = np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64)
+            psel = np.repeat(self._p_lo.v[rows[sel]] - first, cnt) + np.arange(int(cnt.sum()))   # their partitions
+            has = np.flatnonzero(cnt > 0)
+            starts = first[has]
+            k = np.zeros(len(sel), dtype=np.int64)
+            for t in range(len(tk)):
+                eq = (self._part_keys.v[psel] == tk[t][None, :]).sum(axis=1)
+                if len(has):
+                    best = np.maximum.reduceat(eq, starts)
+                    k[has] += (best > 0) * (T * self.l) + best
+            out[sel] = k
+            return out
+
     def _l2(self, target, rec, feat, pt, sq_t, N, qd, fi_tj, shared, n) -> np.ndarray:
         """Minus methods.exact._l2 of every entry, over the features named like the query's: per matched feature
         the squared difference of means in units of the pooled spread (each side's variance about its

@@ -130,9 +130,12 @@ def test_two_level_search_on_near_duplicates(tmp_path, rng):
             assert f"({len(items)} share a cell" in st.detail and "are not screened: 0" in st.detail
             st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level",
                                              shortlist_coarse=1).stages if s.name == "shortlist")
-            assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3 and st.recall is None, st.detail
-    with pytest.raises(fitsketch.errors.InvalidArgumentError):
-        fitsketch.SketchConfig(shortlist_coarse=0)
+            assert "kept 3 (1 x shortlist" in st.detail and st.actual == 3, st.detail
+            # the recall stated only where measured at that depth (exact-js / l2 from 1, js / adaptivity from 4)
+            assert st.recall == (C.MEASURED_RECALL[method] if C.MEASURED_MIN_COARSE[method] <= 1 else None), st.detail
+    for bad in (-1, 1.5, True, (1 << 20) + 1):
+        with pytest.raises(fitsketch.errors.InvalidArgumentError):
+            fitsketch.SketchConfig(shortlist_coarse=bad)
 
 
 @pytest.mark.parametrize("method", ["l2", "js", "exact-js", "adaptivity"])
@@ -153,3 +156,126 @@ def test_a_query_sharing_no_cell_is_screened_exactly(tmp_path, rng, method):
         st = next(s for s in hub.explain(far, k=3, method=method, shortlist_screen="two-level").stages
                   if s.name == "shortlist")
         assert "every entry was screened exactly" in st.detail
+
+
+def test_key_counts_order_the_js_screens(tmp_path, rng):
+    """``ScreenIndex.key_counts`` (level 2's cut for js / adaptivity): -1 exactly for the rows the
+    screen scores by the exact-js proxy or does not score, and for every other row the screen equals
+    ``K x step`` plus under half a step (js: 1 / bands; adaptivity: 1 / (bands T (T + 1))), against
+    the full screen, for large and small queries, on any rows (all, some, one, none); None for the
+    screens that read no band keys."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    pools = _classes(rng)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(_hub_items(rng, cfg, pools, int(rng.integers(8, 14))))
+        hub.remove("m2")
+        idx = hub._synced_screen()
+        n = len(idx)
+        q_big = fitsketch.sketch_data(_mixture(pools, rng.integers(60, 120, 4)), cfg,
+                                      partition_size=int(rng.integers(40, 400)))
+        q_small = fitsketch.sketch_data(_mixture(pools, rng.integers(10, 40, 4)), fitsketch.SketchConfig(),
+                                        partition_size=25)
+        sp = fitsketch.profiles.small_params(cfg)
+        for rows in (np.arange(n), np.sort(rng.choice(n, int(rng.integers(2, n)), replace=False)),
+                     np.array([int(rng.integers(n))]), np.zeros(0, np.int64)):
+            for method in ("js", "adaptivity"):
+                for q, small in ((q_big, False), (q_small, True)):
+                    t_keys = _own(q, cfg)
+                    t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=method == "js",
+                                            seed=cfg.seed, r=sp[0], k=sp[1], l=sp[2])) if small else None
+                    kw = dict(seed=cfg.seed, t_keys=t_keys, t_small=t_small)
+                    k = idx.key_counts(rows, q, method, **kw)
+                    full = idx.scores(q, method, **kw)
+                    pos = {int(e): i for i, e in enumerate(full["ids"])}
+                    bands = sp[2] if small else cfg.jslsh_l
+                    T = len(np.asarray(t_small[1] if small else t_keys[1]).reshape(-1, bands))
+                    step = 1.0 / bands if method == "js" else 1.0 / (bands * T * (T + 1))
+                    assert k.shape == rows.shape and k.dtype == np.int64
+                    for r, kr in zip(rows, k):
+                        i = pos.get(int(idx.ids.v[r]))
+                        if i is None or not full["exact"][i]:
+                            assert kr == -1, (method, small, r)
+                            continue
+                        assert kr >= 0, (method, small, r)
+                        rest = full["score"][i] - kr * step
+                        assert -1e-12 <= rest <= step / 2 + 1e-12, (method, small, kr, full["score"][i], step)
+        for method in ("exact-js", "l2"):
+            assert idx.key_counts(np.arange(n), q_big, method, seed=cfg.seed, t_keys=_own(q_big, cfg)) is None
+
+
+def test_default_depth_per_method_and_the_key_cut(tmp_path, rng):
+    """``shortlist_coarse=0`` (the default) keeps ``COARSE_BY_METHOD[method] x shortlist`` entries
+    at level 1 (``COARSE_DEFAULT`` for a method not listed, e.g. coverage); a user's
+    ``shortlist_coarse`` overrides it. With level 1 keeping every near-duplicate entry, js and
+    adaptivity screen only the rows whose band agreements can reach the shortlist, and the search
+    returns what the exact screen of every entry gives (large and small queries)."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=10)   # a query of >= 80 rows is not "small"
+    pools = _classes(rng, rows=100)
+    base = [0, 40, 30, 20]
+    shares = rng.permutation(np.arange(30, 30 + int(rng.integers(25, 40))))
+    items = [(f"dup{c0}", fitsketch.sketch_data(_mixture(pools, [c0] + base[1:]), cfg)) for c0 in shares]
+    assert len(items) <= 2 * min(C.COARSE_BY_METHOD["js"], C.COARSE_BY_METHOD["adaptivity"])
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(items)
+        for q, large in ((_mixture(pools, [int(rng.integers(33, 60))] + base[1:]), True),
+                         (_mixture(pools, [int(rng.integers(3, 8)), 30, 20, 10]), False)):   # small: < 80 rows
+            for method in METHODS + ("coverage",):
+                depth = C.COARSE_BY_METHOD.get(method, C.COARSE_DEFAULT)
+                st = next(s for s in hub.explain(q, k=2, method=method, shortlist_screen="two-level").stages
+                          if s.name == "shortlist")
+                assert f"({depth} x shortlist;" in st.detail, (method, st.detail)
+                assert f"kept {min(len(items), 2 * depth)} (" in st.detail, (method, st.detail)
+                if method in ("js", "adaptivity"):
+                    # (a small query's adaptivity bands are stored for entries of one partition only: these
+                    # entries have several, so all are proxies and no band count applies)
+                    if large or method == "js":
+                        assert "counted their JS-LSH band agreements" in st.detail, st.detail
+                    two = hub.search(q, k=2, method=method, shortlist_screen="two-level")
+                    exact = hub.search(q, k=2, method=method, shortlist_screen="exact")
+                    assert two and [(m.name, m.score) for m in two] == [(m.name, m.score) for m in exact], method
+                st = next(s for s in hub.explain(q, k=2, method=method, shortlist_screen="two-level",
+                                                 shortlist_coarse=1).stages if s.name == "shortlist")
+                assert "(1 x shortlist;" in st.detail, (method, st.detail)
+
+
+def test_l2_bounds_hold_the_l2_screen(tmp_path, rng):
+    """``coarse.l2_bounds`` (level 2's cut for l2): for every row sharing a column with the query,
+    ``lo <= N x screen^2 <= hi`` against the full l2 screen (a categorical column and NaN values
+    included: there ``lo < hi``), ``lo == hi`` where every shared column is numeric on both sides, and
+    ``shared`` is exactly the rows the screen scores; any rows (all, some, one, none). Through the
+    stage, with level 1 keeping every entry, the l2 search equals the exact screen's."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    pools = _classes(rng)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        items = _hub_items(rng, cfg, pools, int(rng.integers(8, 14)))
+        items.append(("other", fitsketch.sketch_data(pd.DataFrame({"zz": rng.normal(size=50)}), cfg)))
+        hub.add_sketches(items)
+        hub.remove("m3")
+        idx = hub._synced_screen()
+        n = len(idx)
+        for q, numeric in ((fitsketch.sketch_data(_mixture(pools, rng.integers(20, 120, 4)), cfg), False),
+                           (fitsketch.sketch_data(_mixture(pools, rng.integers(20, 120, 4))[["a", "d"]], cfg), True)):
+            full = idx.scores(q, "l2", seed=cfg.seed)
+            pos = {int(e): i for i, e in enumerate(full["ids"])}
+            N = q.n_features
+            for rows in (np.arange(n), np.sort(rng.choice(n, int(rng.integers(2, n)), replace=False)),
+                         np.array([int(rng.integers(n))]), np.zeros(0, np.int64)):
+                lo, hi, shared = C.l2_bounds(idx, rows, q, cfg.seed)
+                assert lo.shape == hi.shape == shared.shape == rows.shape
+                for r, a, b, s in zip(rows, lo, hi, shared):
+                    i = pos.get(int(idx.ids.v[r]))
+                    assert s == (i is not None), r
+                    if i is None:
+                        continue
+                    sq = N * full["score"][i] ** 2
+                    assert a <= sq * (1 + 1e-9) + 1e-9 and sq <= b * (1 + 1e-9) + 1e-9, (a, sq, b)
+                    if numeric:   # a and d are numeric wherever they are stored
+                        assert a == pytest.approx(b, rel=1e-12, abs=1e-12) and a == pytest.approx(sq, rel=1e-9)
+        hub.remove("other")             # (an entry sharing no cell: level 1 would screen every entry exactly)
+        q = _mixture(pools, rng.integers(20, 120, 4))
+        exact = hub.search(q, k=2, method="l2", shortlist_screen="exact")
+        two = hub.search(q, k=2, method="l2", shortlist_screen="two-level", shortlist_coarse=64)
+        assert exact and [(m.name, m.score) for m in two] == [(m.name, m.score) for m in exact]
+        st = next(s for s in hub.explain(q, k=2, method="l2", shortlist_screen="two-level", shortlist_coarse=64).stages
+                  if s.name == "shortlist")
+        assert "bounded their l2 by the features' means and spreads" in st.detail, st.detail

@@ -249,8 +249,8 @@ def test_explain_states_the_ivf_levels_measured_recall(tmp_path, rng, monkeypatc
     monkeypatch.setattr(C, "ANN_MIN_ENTRIES", 1)
     assert set(METHODS) <= set(C.ANN_MEASURED_RECALL), "every two-level method has a measured IVF recall"
     cfg = fitsketch.SketchConfig(shortlist=1, partition_size=20)
-    # level 1 keeps COARSE_DEFAULT x 1 entries: fewer than the hub's, so the IVF ranks them
-    n = C.COARSE_DEFAULT + int(rng.integers(2, 9))
+    # level 1 keeps each method's default depth x 1 entries: fewer than the hub's, so the IVF ranks them
+    n = max(C.COARSE_BY_METHOD[m] for m in METHODS) + int(rng.integers(2, 9))
     hub, pools = _hub(tmp_path / "h.hub", rng, n, cfg)
     with hub:
         for method in METHODS:
@@ -259,12 +259,15 @@ def test_explain_states_the_ivf_levels_measured_recall(tmp_path, rng, monkeypatc
             st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level").stages
                       if s.name == "shortlist")
             assert "IVF lists" in st.detail and "ranked by their projected" in st.detail, st.detail
-            assert (f"recall@10 vs the exact screen measured {want:.3f} at shortlist_coarse={C.COARSE_DEFAULT}, "
-                    f"shortlist_nprobe={C.NPROBE_DEFAULT}") in st.detail, st.detail
+            need = C.COARSE_BY_METHOD[method]
+            assert (f"recall@10 vs the exact screen measured {want:.3f} at shortlist_coarse >= {need}, "
+                    f"shortlist_nprobe >= {C.NPROBE_DEFAULT}") in st.detail, st.detail
+            assert f"({need} x shortlist;" in st.detail, st.detail
             assert st.recall is not None and st.recall <= want + 1e-12, (st.recall, want)
             # fewer lists probed than measured (this small hub's IVF has fewer lists: 0 probes the exact level 1
             # instead, which states MEASURED_RECALL) or a smaller shortlist_coarse
-            for kw in ({"shortlist_coarse": int(rng.integers(2, C.COARSE_DEFAULT))},):
+            for kw in ({"shortlist_coarse": int(rng.integers(1, C.COARSE_BY_METHOD[method]))},) \
+                    if C.COARSE_BY_METHOD[method] > 1 else ():
                 st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level", **kw).stages
                           if s.name == "shortlist")
                 if "IVF lists" in st.detail:   # (a smaller coarse may keep what every list holds: the same)
@@ -279,7 +282,11 @@ def test_explain_states_the_ivf_levels_measured_recall(tmp_path, rng, monkeypatc
         for nprobe, reranked, measured in ((C.NPROBE_DEFAULT, 0, True), (nlist, 0, True),
                                            (int(rng.integers(1, C.NPROBE_DEFAULT)), 0, False),
                                            (C.NPROBE_DEFAULT, 4096, False)):
-            text, rec = C.describe({**base, "ann": {"nprobe": nprobe, "nlist": nlist, "reranked": reranked}},
-                                   C.COARSE_DEFAULT, method)
-            assert (rec == want) if measured else rec is None, (nprobe, reranked, rec)
-            assert (f"measured {want:.3f}" in text) == measured, text
+            for coarse, deep in ((C.COARSE_BY_METHOD[method], True), (C.COARSE_BY_METHOD[method] + 3, True),
+                                 (C.COARSE_BY_METHOD[method] - 1, False)):
+                if coarse < 1:
+                    continue
+                text, rec = C.describe({**base, "ann": {"nprobe": nprobe, "nlist": nlist, "reranked": reranked}},
+                                       coarse, method)
+                assert (rec == want) if measured and deep else rec is None, (nprobe, reranked, coarse, rec)
+                assert (f"measured {want:.3f}" in text) == (measured and deep), text
