@@ -44,7 +44,10 @@ COARSE_DEFAULT = 8   # level 1 keeps this many x shortlist entries for a method 
 # their screens are JS-LSH band collisions, a noisy function of what level 1 ranks by, and level 2
 # screens only the rows whose band agreements can reach the shortlist (``_by_keys``), so depth is cheap.
 # coverage and accuracy (proxy screens with a margin) keep COARSE_DEFAULT: not measured at less.
-COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 4, "js": 32, "adaptivity": 64}
+# l2 measured 4 (its deepest tuning rank 183), set to 8: the depth of its top 10 grew with the hub (16-29
+# rows at 10k, 18-111 at 100k) and a 60-entry hub with shortlist 2 lost 17 of 60 top-2 entries at 4 (3 at
+# 8; review, sixth session); its bound cut makes 8 cost ~3 ms more CPU than 4 at 100k (20 vs 17 ms)
+COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 32, "adaptivity": 64}
 
 
 def coarse_for(method: str, override: int = 0) -> int:
@@ -60,7 +63,8 @@ def coarse_for(method: str, override: int = 0) -> int:
 # queries each): exact-js / l2 / adaptivity 1.000, js 0.992 (its top 10 lay as deep as BC rank 2,115)
 MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "l2": 1.0, "js": 0.99, "adaptivity": 1.0}
 # the least shortlist_coarse MEASURED_RECALL holds from (the same runs: exact-js / l2 lost none at 1)
-MEASURED_MIN_COARSE: dict[str, int] = {"exact-js": 1, "l2": 1, "js": 4, "adaptivity": 4}
+# (l2 from 4: the 60-entry review case above lost top entries at 4 with a small shortlist)
+MEASURED_MIN_COARSE: dict[str, int] = {"exact-js": 1, "l2": 4, "js": 4, "adaptivity": 4}
 
 # level 1 by the IVF (``Level1Ann``, below; used from ANN_MIN_ENTRIES entries)
 ANN_FORMAT = 1
@@ -92,6 +96,10 @@ ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a f
 # 16-29 -> 18-111; js 46-103 -> 109-399). Stated by ``describe`` (the lower of this and MEASURED_RECALL,
 # the exact level 1's at 10k / 30k) at the default depth or deeper.
 ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 1.0, "adaptivity": 1.0, "l2": 1.0}
+# the same stage at COARSE_DEFAULT (8) for every method, 40 queries a method on the same hub (fifth session,
+# ``--coarse 8 --tag _100k_q40``; level 2's cuts leave the selection unchanged): what a hub that stores
+# shortlist_coarse=8 (every hub made before the per-method depths) is told, below the method's default depth
+ANN_RECALL_AT_DEFAULT: dict[str, float] = {"exact-js": 1.0, "js": 0.997, "adaptivity": 0.995, "l2": 1.0}
 ANN_MEASURED_ON = ("100k similar entries (digits label-skew zoo), depths chosen on 23-28 tuning queries a method, "
                    "6-25 held-out queries a method")
 
@@ -369,6 +377,8 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
         ra = ANN_MEASURED_RECALL.get(screen)
         # measured at NPROBE_DEFAULT lists (or every list, when fewer: a small hub's IVF), no re-rank
         low = a["nprobe"] < min(NPROBE_DEFAULT, a["nlist"])
+        if not deep and coarse >= COARSE_DEFAULT and screen in ANN_RECALL_AT_DEFAULT:
+            ra, need, deep = ANN_RECALL_AT_DEFAULT[screen], COARSE_DEFAULT, True
         rec = None if ra is None or low or a["reranked"] or not deep else ra if rec is None else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
              f"distributions of {info['ranked']} entries, "

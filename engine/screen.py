@@ -597,7 +597,7 @@ def describe(info: dict, rule, method: str, n_keep: int, k: int, n_entries: int)
     screened how, what was kept, and the recall of the exhaustive top k it holds -- 1 when every
     screened entry got the method's own score, the proxy's measured recall (with its margin) when
     some did not, None when that is unknown or the margin's cap cut entries."""
-    t = f"; {info['screened']} entries share column names with the query"
+    t = f"; {info['screened']} entries screened (sharing column names with the query)"
     if info["exact"]:
         t += f", {info['exact']} screened by the method's own score"
     if info["proxy"]:

@@ -271,8 +271,13 @@ def test_explain_states_the_ivf_levels_measured_recall(tmp_path, rng, monkeypatc
                 st = next(s for s in hub.explain(q, k=3, method=method, shortlist_screen="two-level", **kw).stages
                           if s.name == "shortlist")
                 if "IVF lists" in st.detail:   # (a smaller coarse may keep what every list holds: the same)
-                    assert "recall not measured at this shortlist_coarse / shortlist_nprobe" in st.detail, st.detail
-                    assert st.recall is None, (kw, st.recall)
+                    exp = _expected_recall(method, kw["shortlist_coarse"], True)
+                    if exp is None:
+                        assert "recall not measured at this shortlist_coarse / shortlist_nprobe" in st.detail, st.detail
+                        assert st.recall is None, (kw, st.recall)
+                    else:   # at or above COARSE_DEFAULT: a hub storing 8 (made before the per-method depths)
+                        assert (f"measured {exp:.3f} at shortlist_coarse >= {C.COARSE_DEFAULT}," in st.detail
+                                and st.recall is not None and st.recall <= exp + 1e-12), (kw, st.detail)
     # the words for an IVF of many lists (describe alone): measured only at the default lists or more and
     # without the re-rank
     for method in METHODS:
@@ -282,11 +287,30 @@ def test_explain_states_the_ivf_levels_measured_recall(tmp_path, rng, monkeypatc
         for nprobe, reranked, measured in ((C.NPROBE_DEFAULT, 0, True), (nlist, 0, True),
                                            (int(rng.integers(1, C.NPROBE_DEFAULT)), 0, False),
                                            (C.NPROBE_DEFAULT, 4096, False)):
-            for coarse, deep in ((C.COARSE_BY_METHOD[method], True), (C.COARSE_BY_METHOD[method] + 3, True),
-                                 (C.COARSE_BY_METHOD[method] - 1, False)):
+            for coarse in (C.COARSE_BY_METHOD[method], C.COARSE_BY_METHOD[method] + 3,
+                           C.COARSE_BY_METHOD[method] - 1, C.COARSE_DEFAULT, C.COARSE_DEFAULT - 1):
                 if coarse < 1:
                     continue
                 text, rec = C.describe({**base, "ann": {"nprobe": nprobe, "nlist": nlist, "reranked": reranked}},
                                        coarse, method)
-                assert (rec == want) if measured and deep else rec is None, (nprobe, reranked, coarse, rec)
-                assert (f"measured {want:.3f}" in text) == (measured and deep), text
+                exp = _expected_recall(method, coarse, measured)
+                assert rec == exp, (nprobe, reranked, coarse, rec, exp)
+                assert (exp is not None) == ("measured 0." in text or "measured 1." in text), text
+                if exp is not None:
+                    assert f"measured {exp:.3f}" in text, text
+
+
+def _expected_recall(method, coarse, measured):
+    """What ``describe`` should state for the IVF level 1 at depth ``coarse`` (lists and re-rank as
+    measured iff ``measured``): the per-method depth's recall at or above it, the recall measured at
+    COARSE_DEFAULT at or above that (a hub storing 8), none below; the lower of it and the exact level
+    1's ``MEASURED_RECALL`` where that holds (``MEASURED_MIN_COARSE``)."""
+    if not measured:
+        return None
+    if coarse >= C.COARSE_BY_METHOD[method]:
+        ra = C.ANN_MEASURED_RECALL[method]
+    elif coarse >= C.COARSE_DEFAULT:
+        ra = C.ANN_RECALL_AT_DEFAULT[method]
+    else:
+        return None
+    return ra if coarse < C.MEASURED_MIN_COARSE[method] else min(ra, C.MEASURED_RECALL[method])

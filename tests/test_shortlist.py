@@ -131,7 +131,7 @@ def test_one_schema_hub_returns_the_exhaustive_top_k(tmp_path, rng):
                 full = hub.search(q, k=k, method=method, shortlist=0)
                 assert [m.score for m in short] == pytest.approx([m.score for m in full], rel=0, abs=1e-12), method   # batch sums
                 st = next(s for s in hub.explain(q, k=k, method=method).stages if s.name == "shortlist")
-                assert st.recall == 1.0 and st.actual == 4 and f"{n} entries share column names" in st.detail
+                assert st.recall == 1.0 and st.actual == 4 and f"{n} entries screened (sharing column names" in st.detail
 
 
 def test_index_follows_adds_removes_and_old_hubs(tmp_path, rng):
