@@ -34,7 +34,8 @@ import pandas as pd
 from .kernels import ingest as _ingest
 from .kernels.hashing import hash_tokens
 from .kernels.rowcodes import _c
-from .kernels.rowcodes import centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
+from .kernels.rowcodes import (centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes,
+                               row_codes_centered)
 
 COVERAGE_FORMAT = 1
 HASH_DIMS = 8
@@ -177,7 +178,7 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing dimension: NaN, centre 0 below
             center = nanmean_rows(X) if X.shape[0] else np.zeros(X.shape[1])
     center = np.nan_to_num(np.asarray(center, dtype=np.float64))
-    codes = encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
+    codes = _encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
     return {"v": COVERAGE_FORMAT, "keys": keys.astype(np.int64), "center": center, "bits": bits,
             "tables": tables, **code_counts(codes)}
 
@@ -185,8 +186,13 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
 def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
-    Z = centered_f32(X, center)                 # (X - center) rounded to fp32, NaN -> 0
-    return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
+    return _encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device).astype(np.int64, copy=False)
+
+
+def _encode(X, keys, center, *, seed: int, bits: int, tables: int, device: str = "auto") -> np.ndarray:
+    """:func:`encode`'s codes, int32 on the CPU: (X - center) rounded to fp32, NaN -> 0, a block of
+    rows at a time (rowcodes.row_codes_centered)."""
+    return row_codes_centered(X, center, hyperplanes(seed, tables, bits, keys), device=device)
 
 
 MAX_GROUPS = 16   # coverage centres one merged sketch may carry

@@ -231,3 +231,40 @@ def test_sketch_bytes_equal_without_the_kernels(rng, n, no_kernels, monkeypatch)
     assert slow.to_bytes() == fast.to_bytes()
     nan = np.isnan(slow.rows)
     assert np.array_equal(np.isnan(fast.rows), nan) and np.array_equal(fast.rows[~nan], slow.rows[~nan])
+
+
+def _codes_one_product(Z, a):
+    """Codes as one (T*B, n) product and NumPy's sign packing (what the blocked paths replace)."""
+    T, B, d = a.shape
+    proj = a.reshape(T * B, d) @ Z.T
+    out = np.zeros((T, Z.shape[0]), dtype=np.int64)
+    for t in range(T):
+        for j in range(B):
+            out[t] |= (proj[t * B + j] > 0).astype(np.int64) << j
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 97, R.ROW_BLOCK - 1, 2 * R.ROW_BLOCK + 7, 3 * R.ROW_BLOCK + 1])
+def test_blocked_centred_codes_equal_one_product(rng, n):
+    """coverage's codes with each block of rows centred into one reused buffer and multiplied into
+    another, against the centred fp32 matrix multiplied at once."""
+    d = int(rng.integers(1, 12))
+    X = rng.standard_normal((n, d)) * 10.0 ** rng.integers(-3, 3, (n, d))
+    X[rng.random((n, d)) < 0.1] = np.nan
+    X[rng.random((n, d)) < 0.01] = 1e300
+    center = rng.standard_normal(d)
+    seed, bits, tables = int(rng.integers(0, 2**31)), int(rng.integers(1, 16)), int(rng.integers(1, 5))
+    a = R.hyperplanes(seed, tables, bits, rng.integers(0, 2**40, d))
+    Z = R.centered_f32_numpy(X, center)
+    want = _codes_one_product(Z, a)
+    got = R.row_codes_centered(X, center, a, device="cpu")
+    assert np.array_equal(got, want)
+    assert np.array_equal(cov.encode(X, np.zeros(d, np.int64), center, seed=seed, bits=bits, tables=tables,
+                                     device="cpu"), R.row_codes(Z, R.hyperplanes(seed, tables, bits, np.zeros(d, np.int64)),
+                                                                device="cpu"))
+    if n:
+        counts = R.code_counts(got)
+        key = np.arange(tables, dtype=np.int64).reshape(-1, 1) * (1 << 32) + want
+        uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
+        assert np.array_equal(counts["table"], uniq >> 32) and np.array_equal(counts["code"], uniq & 0xFFFFFFFF)
+        assert np.array_equal(counts["count"], cnt)
