@@ -31,9 +31,11 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .kernels import ingest as _ingest
 from .kernels.hashing import hash_tokens
 from .kernels.rowcodes import _c
-from .kernels.rowcodes import centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes
+from .kernels.rowcodes import (centered_f32, code_counts, coverage_score, hyperplanes, narrow_counts, row_codes,
+                               row_codes_centered)
 
 COVERAGE_FORMAT = 1
 HASH_DIMS = 8
@@ -54,14 +56,7 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
         with np.errstate(invalid="ignore"):
             x = np.sign(v) * np.log1p(np.minimum(np.abs(v), 1e300))
         return x.reshape(n, 1), np.array([key * 16], dtype=np.int64)
-    from .quantize import _tokens, _value_hashes
-
-    missing = col.isna().to_numpy()
-    if kind == "categorical":
-        rows = np.flatnonzero(~missing)
-        h = _value_hashes(col, missing, seed)            # hash_tokens of str(v), distinct values once
-    else:
-        rows, h = _tokens(col, missing, seed)
+    rows, h = _string_tokens(col, kind, seed)
     keys = key * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64)
     if _c is not None and hasattr(_c, "hashed_rows") and HASH_DIMS == 8:     # the same values, compiled
         out = np.empty((n, HASH_DIMS), dtype=np.float64)
@@ -80,6 +75,16 @@ def column_block(name: str, col: pd.Series, kind: str, seed: int) -> tuple[np.nd
     return out, keys
 
 
+def _string_tokens(col: pd.Series, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, hash) of each hashed item of a string column: its whole values (categorical) or tokens."""
+    from .quantize import _tokens, _value_hashes
+
+    missing = col.isna().to_numpy()
+    if kind == "categorical":
+        return np.flatnonzero(~missing), _value_hashes(col, missing, seed)   # hash_tokens of str(v), distinct values once
+    return _tokens(col, missing, seed)
+
+
 def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """All columns transformed: ``X`` (n, D) with NaN for missing, hyperplane keys (D,), column of each dim.
 
@@ -95,11 +100,18 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
         if kind == "numeric" and isinstance(dt, np.dtype) and dt.kind in "fiu":
             plain.append(i)
             keys.append(np.array([_col_key(name, seed) * 16], dtype=np.int64))
+        elif kind != "numeric" and HASH_DIMS == 8 and _ingest.hashed_rows_at(*_string_tokens(col, kind, seed), X,
+                                                                              int(start[i])):
+            keys.append(_col_key(name, seed) * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64))   # written into X
         else:
             x, k = column_block(name, col, kind, seed)
             X[:, start[i]:start[i + 1]] = x
             keys.append(k)
         owner.extend([i] * widths[i])
+    # the plain columns in one compiled pass over blocks of rows (libm's log1p, NumPy's bit for bit)
+    if plain and _ingest.numeric_rows([df.iloc[:, i].to_numpy(dtype=np.float64) for i in plain],
+                                      [int(start[i]) for i in plain], X):
+        plain = []
     with np.errstate(invalid="ignore"):
         for i in plain:                 # sign(v) * log1p(min(|v|, 1e300)), blocks of rows into X's column
             v = np.ascontiguousarray(df.iloc[:, i].to_numpy(dtype=np.float64))
@@ -125,6 +137,11 @@ def nanmean_rows(X: np.ndarray) -> np.ndarray:
     no number, as nanmean gives (without its warning)."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     n, d = X.shape
+    if d >= 2 and _c is not None and hasattr(_c, "nan_col_sums"):    # the same sums row after row, compiled
+        tot, cnt = np.empty(d, dtype=np.float64), np.empty(d, dtype=np.int64)
+        _c.nan_col_sums(X, n, d, tot, cnt)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tot / cnt
     if d == 1:   # one contiguous column: NumPy sums it pairwise, not row after row; the copy is small
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.nansum(X, axis=0) / (n - np.isnan(X).sum(axis=0))
@@ -161,7 +178,7 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
             warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing dimension: NaN, centre 0 below
             center = nanmean_rows(X) if X.shape[0] else np.zeros(X.shape[1])
     center = np.nan_to_num(np.asarray(center, dtype=np.float64))
-    codes = encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
+    codes = _encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device)
     return {"v": COVERAGE_FORMAT, "keys": keys.astype(np.int64), "center": center, "bits": bits,
             "tables": tables, **code_counts(codes)}
 
@@ -169,8 +186,13 @@ def build(X: np.ndarray, keys: np.ndarray, *, seed: int, bits: int, tables: int,
 def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bits: int, tables: int,
            device: str = "auto") -> np.ndarray:
     """Codes ``(tables, n)`` of rows centred by ``center``; missing values sit at the centre."""
-    Z = centered_f32(X, center)                 # (X - center) rounded to fp32, NaN -> 0
-    return row_codes(Z, hyperplanes(seed, tables, bits, keys), device=device)
+    return _encode(X, keys, center, seed=seed, bits=bits, tables=tables, device=device).astype(np.int64, copy=False)
+
+
+def _encode(X, keys, center, *, seed: int, bits: int, tables: int, device: str = "auto") -> np.ndarray:
+    """:func:`encode`'s codes, int32 on the CPU: (X - center) rounded to fp32, NaN -> 0, a block of
+    rows at a time (rowcodes.row_codes_centered)."""
+    return row_codes_centered(X, center, hyperplanes(seed, tables, bits, keys), device=device)
 
 
 MAX_GROUPS = 16   # coverage centres one merged sketch may carry

@@ -32,6 +32,7 @@ import pandas as pd
 
 from .config import SketchConfig
 from .errors import EmptyColumnError
+from .kernels import ingest as _ingest
 from .kernels.hashing import hash_tokens, mix64, to_u32
 
 try:  # the compiled word tokenizer (kernels/_cminhash.c, built by `pip install`; optional)
@@ -116,7 +117,18 @@ def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tup
     histogram keys at ``hist_accuracy`` (int32, one per value): :func:`numeric_keys_at` over blocks
     of :data:`CHUNK` values, so no temporary is a fresh column-sized array (their page faults cost
     more than the arithmetic). The keys are elementwise, so the same as of the whole column."""
+    return _numeric_buckets(v, accuracy, hist_accuracy)[:2]
+
+
+def _numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float):
+    """:func:`numeric_buckets` and, when the compiled pass computed them, how many values are NaN
+    and how many finite (else None, None)."""
     v = np.asarray(v, dtype=np.float64)
+    lgs = [math.log((1.0 + acc) / (1.0 - acc)) for acc in (accuracy, hist_accuracy)]
+    # one compiled pass: the logarithm, both keys, the distinct fine keys and the counts
+    got = _ingest.numeric_quantize(v, lgs[0], lgs[1], MIN_ABS, float(BIAS), NAN_KEY, POS_INF_KEY, NEG_INF_KEY)
+    if got is not None:
+        return got
     n = len(v)
     coarse = np.empty(n, dtype=np.int32)
     fines = np.empty(n, dtype=np.int64)             # the fine keys of the non-NaN values, packed
@@ -126,10 +138,9 @@ def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tup
         v = np.ascontiguousarray(v)
         with np.errstate(divide="ignore", invalid="ignore"):
             la = np.log(np.abs(v))
-        lgs = [math.log((1.0 + acc) / (1.0 - acc)) for acc in (accuracy, hist_accuracy)]
         m = _c.numeric_buckets(v, la, lgs[0], lgs[1], MIN_ABS, float(BIAS), NAN_KEY, POS_INF_KEY, NEG_INF_KEY,
                                coarse, fines)
-        return fines[:m].copy(), coarse
+        return fines[:m].copy(), coarse, None, None
     m = 0
     for s in range(0, n, CHUNK):
         vc = v[s:s + CHUNK]
@@ -140,7 +151,7 @@ def numeric_buckets(v: np.ndarray, accuracy: float, hist_accuracy: float) -> tup
             fine = fine[~nan]
         fines[m:m + len(fine)] = fine
         m += len(fine)
-    return pd.unique(fines[:m]), coarse             # distinct buckets (hashing: no sort of n keys)
+    return pd.unique(fines[:m]), coarse, None, None  # distinct buckets (hashing: no sort of n keys)
 
 
 def numeric_keys_reference(values: np.ndarray, accuracy: float) -> np.ndarray:
@@ -179,7 +190,23 @@ def _as_float(col: pd.Series) -> np.ndarray:
         out = col.astype("int64").to_numpy(dtype=np.float64) / 1e9
         out[col.isna().to_numpy()] = np.nan
         return out
+    if isinstance(col.dtype, np.dtype) and col.dtype == np.float64:
+        return col.to_numpy()               # the column's own values (read-only use): no copy
     return pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+_ALL_ROWS = [np.zeros(0, dtype=np.int64)]
+
+
+def _all_rows(n: int) -> np.ndarray:
+    """``np.arange(n)`` (int64, read-only), the one of the last call's ``n`` reused: every column of
+    a frame has one occurrence per row."""
+    a = _ALL_ROWS[0]
+    if len(a) != n:
+        a = np.arange(n, dtype=np.int64)
+        a.setflags(write=False)
+        _ALL_ROWS[0] = a
+    return a
 
 
 def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str | None = None) -> Column:
@@ -187,23 +214,26 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
     n = len(col)
     if kind == "numeric":
         v = _as_float(col)
-        if np.isnan(v).all():
+        fine, coarse, n_nan, n_fin = _numeric_buckets(v, config.accuracy, config.hist_accuracy)
+        if (n_nan == n) if n_nan is not None else bool(np.isnan(v).all()):
             raise EmptyColumnError(
                 f"column {name!r} has no values (all {n} are missing/NaN): drop it "
                 "(df.dropna(axis=1, how='all')) or fill it")
-        fine, coarse = numeric_buckets(v, config.accuracy, config.hist_accuracy)
         elems = to_u32(mix64(fine.view(np.uint64), config.seed ^ _NUMERIC_DOMAIN))
-        finite = np.isfinite(v)
         # every value finite: the sum of v itself (the same numbers in the same order as v[finite])
-        total = v.sum() if v.flags.c_contiguous and finite.all() else v[finite].sum()
-        return Column(name, kind, np.unique(elems), np.arange(n, dtype=np.int64), coarse,
-                      float(total), int(finite.sum()), all_rows=True)
+        if n_fin == n and v.flags.c_contiguous:
+            total = v.sum()
+        else:
+            finite = np.isfinite(v)
+            total, n_fin = v[finite].sum(), int(finite.sum())
+        return Column(name, kind, np.unique(elems), _all_rows(n), coarse,
+                      float(total), int(n_fin), all_rows=True)
     missing = col.isna().to_numpy()
     if missing.all():
         raise EmptyColumnError(
             f"column {name!r} has no values (all {n} are missing): drop it or fill it")
     if kind == "categorical":
-        rows = np.arange(n, dtype=np.int64)
+        rows = _all_rows(n)
         h = np.zeros(n, dtype=np.uint64)
         h[~missing] = _value_hashes(col, missing, config.seed)
         hist = (h % np.uint64(config.hist_bins)).astype(np.int32)

@@ -23,6 +23,7 @@ import pandas as pd
 from .config import SketchConfig
 from .data import to_frame
 from .errors import EmptyColumnError, InvalidArgumentError
+from .kernels import ingest as _ingest
 from .kernels.minhash import minhash_csr
 from .quantize import Column, quantize_column, shared_tokens
 
@@ -221,7 +222,7 @@ def _build_sketch(data, config: SketchConfig, *, partition_size: int | None = No
     n_parts = int((n + m - 1) // m)
     parts, feats, buckets, counts = [], [], [], []
     for f, c in enumerate(cols):
-        p, b, cnt = partition_counts(part_of_row if c.all_rows else part_of_row[c.rows], c.hist, n_parts)
+        p, b, cnt = partition_counts(part_of_row, c.hist, n_parts, rows=None if c.all_rows else c.rows)
         parts.append(p)
         buckets.append(b)
         feats.append(np.full(len(p), f, dtype=np.int32))
@@ -254,14 +255,23 @@ def finish_coverage(sk: Sketch, config: SketchConfig, center, device: str = "aut
     return sk
 
 
-def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def partition_counts(part: np.ndarray, bucket: np.ndarray, n_parts: int,
+                     rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Occurrences per (partition, bucket): ``(part int32, bucket int32, count uint32)`` of the
     distinct pairs, sorted by (part, bucket) -- ``np.unique`` of the pairs with counts, computed by
     mapping the buckets to ranks (by offset within a narrow range, else ``pd.factorize``, sorted) and counting ``part * n_buckets + rank``
     cells with ``np.bincount`` when there are not many more cells than occurrences (the sort of n
-    keys is most of the cost otherwise); else by ``np.unique``."""
-    part = np.asarray(part, dtype=np.int64)
+    keys is most of the cost otherwise); else by ``np.unique``. With ``rows``, occurrence ``i`` is
+    in partition ``part[rows[i]]`` (``part`` then gives each row's partition). int32 buckets are
+    counted the same way in one compiled pass (kernels/ingest.py ``pair_counts``) when it is built."""
     bucket = np.asarray(bucket)
+    if bucket.dtype == np.int32 and bucket.ndim == 1:
+        got = _ingest.pair_counts(part, rows, bucket, n_parts, max(1 << 20, 4 * len(bucket)))
+        if got is not None:
+            return got
+    part = np.asarray(part, dtype=np.int64)
+    if rows is not None:
+        part = part[rows]
     if len(bucket) == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.uint32)
     lo, hi = int(bucket.min()), int(bucket.max())

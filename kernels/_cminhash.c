@@ -801,6 +801,386 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ ingest passes (engine/quantize.py,
+ * engine/coverage.py, engine/sketch.py): one pass over each column, no column-sized temporaries.
+ * Logarithms are libm's log / log1p, the functions NumPy's float64 loops call where no SIMD
+ * implementation of its own replaces them; engine/quantize.py uses these kernels only after
+ * checking (libm_apply on a probe of values) that they give NumPy's results bit for bit here. */
+PyDoc_STRVAR(libm_apply_doc,
+"libm_apply(x, out, which)\n\n"
+"out[i] = log(x[i]) (which 0) or log1p(x[i]) (which 1), libm's functions: x float64, out float64\n"
+"writable of the same length. What the ingest kernels compute, for comparing with NumPy.");
+
+static PyObject *libm_apply(PyObject *self, PyObject *args) {
+    Py_buffer X, O;
+    int which;
+    if (!PyArg_ParseTuple(args, "y*w*i", &X, &O, &which)) return NULL;
+    PyObject *ret = NULL;
+    if (X.len % 8 || O.len != X.len || (which != 0 && which != 1)) {
+        PyErr_SetString(PyExc_ValueError, "libm_apply: x and out float64 of one length, which 0 (log) or 1 (log1p)");
+        goto done;
+    }
+    const Py_ssize_t n = X.len / 8;
+    const double *x = (const double *)X.buf;
+    double *o = (double *)O.buf;
+    if (which == 0) for (Py_ssize_t i = 0; i < n; i++) o[i] = log(x[i]);
+    else for (Py_ssize_t i = 0; i < n; i++) o[i] = log1p(x[i]);
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&X); PyBuffer_Release(&O);
+    return ret;
+}
+
+/* a set of int64 keys (open addressing, linear probing, grown at a quarter full); 0 or -1 (no memory) */
+typedef struct { int64_t *slot; size_t cap, used; } i64set;
+#define I64SET_EMPTY INT64_MIN
+
+static int i64set_init(i64set *s, size_t cap) {
+    s->cap = cap; s->used = 0;
+    s->slot = (int64_t *)malloc(cap * sizeof(int64_t));
+    if (!s->slot) return -1;
+    for (size_t k = 0; k < cap; k++) s->slot[k] = I64SET_EMPTY;
+    return 0;
+}
+
+static inline size_t i64_hash(int64_t key, size_t cap) {
+    return (size_t)(((uint64_t)key * 0x9E3779B97F4A7C15ull) >> 20) & (cap - 1);
+}
+
+/* 1 if key was new (and is now in), 0 if it was in, -1 on no memory; key != I64SET_EMPTY */
+static int i64set_add(i64set *s, int64_t key) {
+    size_t pos = i64_hash(key, s->cap);
+    while (s->slot[pos] != I64SET_EMPTY) {
+        if (s->slot[pos] == key) return 0;
+        pos = (pos + 1) & (s->cap - 1);
+    }
+    s->slot[pos] = key;
+    if (++s->used * 4 > s->cap) {
+        i64set g;
+        if (i64set_init(&g, s->cap * 2) < 0) return -1;
+        for (size_t k = 0; k < s->cap; k++)
+            if (s->slot[k] != I64SET_EMPTY) {
+                size_t p = i64_hash(s->slot[k], g.cap);
+                while (g.slot[p] != I64SET_EMPTY) p = (p + 1) & (g.cap - 1);
+                g.slot[p] = s->slot[k];
+            }
+        g.used = s->used;
+        free(s->slot);
+        *s = g;
+    }
+    return 1;
+}
+
+#define NB_WIN 32768     /* fine buckets k in [-NB_WIN, NB_WIN) are recorded in a bitmap per sign */
+
+PyDoc_STRVAR(numeric_quantize_doc,
+"numeric_quantize(v, lg_fine, lg_coarse, min_abs, bias, nan_key, pos_inf_key, neg_inf_key, coarse, fines)\n"
+"    -> (m, n_nan, n_finite)\n\n"
+"numeric_buckets with the logarithm taken here (libm's log of |v|) in the same pass: the coarse keys\n"
+"(int32, one per value) and the m distinct fine keys of the non-NaN values (int64, unordered) of the\n"
+"float64 values v, and how many values are NaN and how many finite.");
+
+static PyObject *numeric_quantize(PyObject *self, PyObject *args) {
+    Py_buffer V, C, F;
+    double lgf, lgc, min_abs, bias;
+    long long nan_key, pinf_key, ninf_key;
+    if (!PyArg_ParseTuple(args, "y*ddddLLLw*w*", &V, &lgf, &lgc, &min_abs, &bias, &nan_key, &pinf_key,
+                          &ninf_key, &C, &F)) return NULL;
+    PyObject *ret = NULL;
+    uint64_t *bits = NULL;
+    i64set other = {NULL, 0, 0};
+    const Py_ssize_t n = V.len / 8;
+    if (V.len % 8 || C.len < n * 4 || F.len < n * 8 || !(lgf > 0) || !(lgc > 0)) {
+        PyErr_SetString(PyExc_ValueError, "numeric_quantize: v float64 (n), coarse n int32, fines n int64, lg > 0");
+        goto done;
+    }
+    bits = (uint64_t *)calloc(2 * (2 * NB_WIN / 64), sizeof(uint64_t));    /* [sign][k + NB_WIN] */
+    if (!bits || i64set_init(&other, 64) < 0) { PyErr_NoMemory(); goto done; }
+    const double *v = (const double *)V.buf;
+    int32_t *coarse = (int32_t *)C.buf;
+    int64_t *fines = (int64_t *)F.buf;
+    Py_ssize_t m = 0, n_nan = 0, n_fin = 0;
+    int nomem = 0;
+    /* distinct fine keys: those with |key| in [lo, lo + 2 NB_WIN) (+-(bias + k) for |k| < NB_WIN: the
+     * buckets of data) in a bitmap per sign, every other key in the set; by the key's value, so a key
+     * reached from either sign or a special value is one key */
+    const int64_t lo = fabs(bias) < 4e18 ? (int64_t)bias - NB_WIN : INT64_MAX;
+    int seen_min = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double x = v[i];
+        if (x != x) { coarse[i] = (int32_t)nan_key; n_nan++; continue; }
+        const double a = fabs(x);
+        int64_t kf;
+        if (a == HUGE_VAL) {
+            kf = x > 0 ? pinf_key : ninf_key;
+            coarse[i] = (int32_t)kf;
+        } else if (!(a > min_abs)) {
+            n_fin++;
+            kf = 0;
+            coarse[i] = 0;
+        } else {
+            n_fin++;
+            /* quantize.numeric_keys_at's float64 steps: t = ceil(la / lg); t += bias; t *= sign */
+            const double la = log(a), sg = x > 0 ? 1.0 : -1.0;
+            double t = ceil_exact(la / lgc); t += bias; t *= sg;
+            coarse[i] = (int32_t)(int64_t)t;
+            t = ceil_exact(la / lgf); t += bias; t *= sg;
+            kf = (int64_t)t;
+        }
+        if (kf == INT64_MIN) {                 /* the set's empty slot (a key beyond int64): a flag */
+            if (!seen_min) { seen_min = 1; fines[m++] = kf; }
+            continue;
+        }
+        const uint64_t off = (uint64_t)(kf < 0 ? -kf : kf) - (uint64_t)lo;     /* wraps above for |key| < lo */
+        if (off < 2 * NB_WIN) {
+            const size_t b = (size_t)off + (kf < 0 ? 2 * NB_WIN : 0);
+            const uint64_t bit = (uint64_t)1 << (b & 63);
+            if (!(bits[b >> 6] & bit)) { bits[b >> 6] |= bit; fines[m++] = kf; }
+            continue;
+        }
+        const int r = i64set_add(&other, kf);
+        if (r < 0) { nomem = 1; break; }
+        if (r) fines[m++] = kf;
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) { PyErr_NoMemory(); goto done; }
+    ret = Py_BuildValue("nnn", m, n_nan, n_fin);
+done:
+    free(bits);
+    free(other.slot);
+    PyBuffer_Release(&V); PyBuffer_Release(&C); PyBuffer_Release(&F);
+    return ret;
+}
+
+PyDoc_STRVAR(numeric_rows_doc,
+"numeric_rows(columns, cols, X, n, d)\n\n"
+"The coverage transform of numeric columns written into their columns of the row matrix:\n"
+"X[i, cols[j]] = sign(v) * log1p(min(|v|, 1e300)) for v = columns[j][i], i < n (NumPy's sign: 1, -1,\n"
+"0 for +-0; NaN stays NaN), with libm's log1p. columns: a sequence of float64 buffers of n values,\n"
+"cols: int64 (len(columns),) in [0, d), X (n, d) float64 writable, C order. Rows in blocks, every\n"
+"column of a block before the next, so each block of X is written while it is in cache.");
+
+#define NR_BLOCK 512
+
+static PyObject *numeric_rows(PyObject *self, PyObject *args) {
+    PyObject *seq;
+    Py_buffer Cb, Xb;
+    Py_ssize_t n, d;
+    if (!PyArg_ParseTuple(args, "Oy*w*nn", &seq, &Cb, &Xb, &n, &d)) return NULL;
+    PyObject *ret = NULL, *fast = NULL;
+    Py_buffer *bufs = NULL;
+    Py_ssize_t k = 0, got = 0;
+    const int64_t *cols = (const int64_t *)Cb.buf;
+    if (n < 0 || d < 1 || n > PY_SSIZE_T_MAX / 8 / d || Xb.len < n * d * 8 || Cb.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "numeric_rows: X must hold n*d float64, cols int64");
+        goto done;
+    }
+    fast = PySequence_Fast(seq, "numeric_rows: columns must be a sequence of buffers");
+    if (!fast) goto done;
+    k = PySequence_Fast_GET_SIZE(fast);
+    if (Cb.len / 8 != k) { PyErr_SetString(PyExc_ValueError, "numeric_rows: one cols entry per column"); goto done; }
+    bufs = (Py_buffer *)calloc((size_t)(k ? k : 1), sizeof(Py_buffer));
+    if (!bufs) { PyErr_NoMemory(); goto done; }
+    for (; got < k; got++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, got), &bufs[got], PyBUF_SIMPLE) < 0) goto done;
+        if (bufs[got].len < n * 8 || cols[got] < 0 || cols[got] >= d) {
+            got++;
+            PyErr_SetString(PyExc_ValueError, "numeric_rows: each column must hold n float64, its cols entry in [0, d)");
+            goto done;
+        }
+    }
+    double *X = (double *)Xb.buf;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t s = 0; s < n; s += NR_BLOCK) {
+        const Py_ssize_t e = s + NR_BLOCK < n ? s + NR_BLOCK : n;
+        for (Py_ssize_t j = 0; j < k; j++) {
+            const double *v = (const double *)bufs[j].buf;
+            double *x = X + cols[j];
+            for (Py_ssize_t i = s; i < e; i++) {
+                const double a = v[i];
+                if (a != a) { x[i * d] = a; continue; }
+                double t = fabs(a);
+                t = t > 1e300 ? 1e300 : t;
+                const double sg = a > 0 ? 1.0 : (a < 0 ? -1.0 : 0.0);
+                x[i * d] = sg * log1p(t);
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    for (Py_ssize_t j = 0; j < got; j++) PyBuffer_Release(&bufs[j]);
+    free(bufs);
+    Py_XDECREF(fast);
+    PyBuffer_Release(&Cb); PyBuffer_Release(&Xb);
+    return ret;
+}
+
+PyDoc_STRVAR(hashed_rows_at_doc,
+"hashed_rows_at(rows, h, X, n, d, col)\n\n"
+"hashed_rows written into columns col .. col + 7 of X (n, d) float64 writable, C order, instead of\n"
+"an (n, 8) array of its own.");
+
+static PyObject *hashed_rows_at(PyObject *self, PyObject *args) {
+    Py_buffer R, H, O;
+    Py_ssize_t n, d, col;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnn", &R, &H, &O, &n, &d, &col)) return NULL;
+    PyObject *ret = NULL;
+    const Py_ssize_t m = R.len / 8;
+    if (R.len % 8 || H.len != R.len || n < 0 || d < 8 || col < 0 || col + 8 > d || n > PY_SSIZE_T_MAX / 8 / d
+        || O.len < n * d * 8) {
+        PyErr_SetString(PyExc_ValueError, "hashed_rows_at: rows int64 and h uint64 of one length, X n*d float64, col + 8 <= d");
+        goto done;
+    }
+    const int64_t *r = (const int64_t *)R.buf;
+    const uint64_t *h = (const uint64_t *)H.buf;
+    double *o = (double *)O.buf + col;
+    for (Py_ssize_t t = 0; t < m; t++)
+        if (r[t] < 0 || r[t] >= n) { PyErr_SetString(PyExc_ValueError, "hashed_rows_at: a row is out of range"); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) memset(o + i * d, 0, 64);
+    for (Py_ssize_t t = 0; t < m; t++)
+        o[r[t] * d + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double *x = o + i * d, ss = 0.0;
+        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
+        const double norm = sqrt(ss);
+        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
+        const double den = norm > 1e-12 ? norm : 1e-12;
+        for (int j = 0; j < 8; j++) x[j] /= den;
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&R); PyBuffer_Release(&H); PyBuffer_Release(&O);
+    return ret;
+}
+
+/* ------------------------------------------------------------------ partition histograms (engine/sketch.py) */
+PyDoc_STRVAR(pair_counts_doc,
+"pair_counts(part, rows, bucket, n_parts, max_cells) -> (part, bucket, count) or None\n\n"
+"sketch.partition_counts: occurrences per distinct (partition, bucket), sorted by (partition, bucket):\n"
+"part int64 (partition of each row), rows int64 (the row of each occurrence) or None (occurrence i\n"
+"is row i), bucket int32 (one per occurrence). Returns three bytearrays (int32, int32, uint32 values),\n"
+"or None when n_parts x distinct buckets exceeds max_cells (the caller counts by sorting).");
+
+static int cmp_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *pair_counts(PyObject *self, PyObject *args) {
+    Py_buffer P, Rb = {0}, B;
+    PyObject *rows_obj;
+    Py_ssize_t n_parts, max_cells;
+    if (!PyArg_ParseTuple(args, "y*Oy*nn", &P, &rows_obj, &B, &n_parts, &max_cells)) return NULL;
+    PyObject *ret = NULL, *op = NULL, *ob = NULL, *oc = NULL;
+    int have_rows = rows_obj != Py_None;
+    int32_t *slot_key = NULL, *rank = NULL, *uniq = NULL;
+    uint32_t *sid = NULL, *cnt = NULL;
+    uint8_t *used = NULL;
+    if (have_rows && PyObject_GetBuffer(rows_obj, &Rb, PyBUF_SIMPLE) < 0) { have_rows = 0; goto done; }
+    const Py_ssize_t n_rows = P.len / 8, m = B.len / 4;
+    if (P.len % 8 || B.len % 4 || (have_rows ? Rb.len != m * 8 : n_rows != m) || n_parts < 1 || max_cells < 0
+        || m > (Py_ssize_t)UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "pair_counts: part int64 per row, rows int64 per occurrence (or None: one per row), "
+                                          "bucket int32 per occurrence, n_parts >= 1");
+        goto done;
+    }
+    const int64_t *part = (const int64_t *)P.buf, *rr = have_rows ? (const int64_t *)Rb.buf : NULL;
+    const int32_t *bk = (const int32_t *)B.buf;
+    for (Py_ssize_t i = 0; i < n_rows; i++)
+        if (part[i] < 0 || part[i] >= n_parts) { PyErr_SetString(PyExc_ValueError, "pair_counts: a partition is out of range"); goto done; }
+    if (have_rows)
+        for (Py_ssize_t i = 0; i < m; i++)
+            if (rr[i] < 0 || rr[i] >= n_rows) { PyErr_SetString(PyExc_ValueError, "pair_counts: a row is out of range"); goto done; }
+    /* the distinct buckets: a hash set of int32 keys; each occurrence's slot kept for the count pass */
+    size_t cap = 256;
+    slot_key = (int32_t *)malloc(cap * sizeof(int32_t));
+    sid = (uint32_t *)malloc((size_t)(m ? m : 1) * sizeof(uint32_t));
+    used = (uint8_t *)calloc(cap, 1);
+    if (!slot_key || !sid || !used) { PyErr_NoMemory(); goto done; }
+    size_t nb = 0;
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const int32_t key = bk[i];
+        size_t pos = (size_t)(((uint32_t)key * 0x9E3779B1u) >> 8) & (cap - 1);
+        while (used[pos] && slot_key[pos] != key) pos = (pos + 1) & (cap - 1);
+        if (!used[pos]) {
+            used[pos] = 1; slot_key[pos] = key;
+            if (++nb * 4 > cap) {             /* grow: rehash and renumber the slots seen so far */
+                const size_t ncap = cap * 4;
+                int32_t *nk = (int32_t *)malloc(ncap * sizeof(int32_t));
+                uint8_t *nu = (uint8_t *)calloc(ncap, 1);
+                uint32_t *move = (uint32_t *)malloc(cap * sizeof(uint32_t));
+                if (!nk || !nu || !move) { free(nk); free(nu); free(move); nomem = 1; break; }
+                for (size_t s = 0; s < cap; s++) {
+                    if (!used[s]) continue;
+                    size_t p2 = (size_t)(((uint32_t)slot_key[s] * 0x9E3779B1u) >> 8) & (ncap - 1);
+                    while (nu[p2]) p2 = (p2 + 1) & (ncap - 1);
+                    nu[p2] = 1; nk[p2] = slot_key[s]; move[s] = (uint32_t)p2;
+                }
+                for (Py_ssize_t j = 0; j < i; j++) sid[j] = move[sid[j]];
+                pos = move[pos];
+                free(slot_key); free(used); free(move);
+                slot_key = nk; used = nu; cap = ncap;
+            }
+        }
+        sid[i] = (uint32_t)pos;
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) { PyErr_NoMemory(); goto done; }
+    if ((size_t)n_parts > (size_t)max_cells / (nb ? nb : 1) || n_parts * (Py_ssize_t)nb > max_cells) {
+        Py_INCREF(Py_None);
+        ret = Py_None;
+        goto done;
+    }
+    const size_t cells = (size_t)n_parts * nb;
+    uniq = (int32_t *)malloc((nb ? nb : 1) * sizeof(int32_t));
+    rank = (int32_t *)malloc(cap * sizeof(int32_t));
+    cnt = (uint32_t *)calloc(cells ? cells : 1, sizeof(uint32_t));
+    if (!uniq || !rank || !cnt) { PyErr_NoMemory(); goto done; }
+    size_t q = 0;
+    for (size_t s = 0; s < cap; s++) if (used[s]) uniq[q++] = slot_key[s];
+    qsort(uniq, nb, sizeof(int32_t), cmp_i32);
+    for (size_t s = 0; s < cap; s++) {
+        if (!used[s]) continue;
+        size_t lo = 0, hi = nb;                /* slot_key[s] is in uniq: its index */
+        while (hi - lo > 1) { const size_t mid = (lo + hi) / 2; if (uniq[mid] <= slot_key[s]) lo = mid; else hi = mid; }
+        rank[s] = (int32_t)lo;
+    }
+    size_t nnz = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (rr) for (Py_ssize_t i = 0; i < m; i++) cnt[(size_t)part[rr[i]] * nb + (size_t)rank[sid[i]]]++;
+    else for (Py_ssize_t i = 0; i < m; i++) cnt[(size_t)part[i] * nb + (size_t)rank[sid[i]]]++;
+    for (size_t c = 0; c < cells; c++) nnz += cnt[c] != 0;
+    Py_END_ALLOW_THREADS
+    op = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(nnz * 4));
+    ob = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(nnz * 4));
+    oc = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(nnz * 4));
+    if (!op || !ob || !oc) goto done;
+    int32_t *wp = (int32_t *)PyByteArray_AS_STRING(op), *wb = (int32_t *)PyByteArray_AS_STRING(ob);
+    uint32_t *wc = (uint32_t *)PyByteArray_AS_STRING(oc);
+    size_t o = 0;
+    for (Py_ssize_t p = 0; p < n_parts; p++) {
+        const uint32_t *row = cnt + (size_t)p * nb;
+        for (size_t r = 0; r < nb; r++)
+            if (row[r]) { wp[o] = (int32_t)p; wb[o] = uniq[r]; wc[o] = row[r]; o++; }
+    }
+    ret = PyTuple_Pack(3, op, ob, oc);
+done:
+    Py_XDECREF(op); Py_XDECREF(ob); Py_XDECREF(oc);
+    free(slot_key); free(used); free(rank); free(uniq); free(sid); free(cnt);
+    if (have_rows) PyBuffer_Release(&Rb);
+    PyBuffer_Release(&P); PyBuffer_Release(&B);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -812,6 +1192,11 @@ static PyMethodDef methods[] = {
     {"numeric_buckets", numeric_buckets_c, METH_VARARGS, numeric_buckets_doc},
     {"hashed_rows", hashed_rows, METH_VARARGS, hashed_rows_doc},
     {"nan_col_sums", nan_col_sums, METH_VARARGS, nan_col_sums_doc},
+    {"libm_apply", libm_apply, METH_VARARGS, libm_apply_doc},
+    {"numeric_quantize", numeric_quantize, METH_VARARGS, numeric_quantize_doc},
+    {"numeric_rows", numeric_rows, METH_VARARGS, numeric_rows_doc},
+    {"hashed_rows_at", hashed_rows_at, METH_VARARGS, hashed_rows_at_doc},
+    {"pair_counts", pair_counts, METH_VARARGS, pair_counts_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -118,24 +118,32 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     contiguous values: no (n, T, B) layout to transpose, no packing along a short axis). The same
     codes as :func:`_row_codes_torch` up to projections within float rounding of zero; ~6x faster
     on CPU."""
-    n, d = x.shape
-    T, B, _ = a.shape
+    return _row_codes_blocks(lambda s, e: x[s:e], x.shape[0], a).astype(np.int64)
+
+
+def _row_codes_blocks(block, n: int, a: np.ndarray) -> np.ndarray:
+    """:func:`_row_codes_numpy`'s codes as int32 (B <= MAX_BITS = 30), the rows' fp32 block of
+    rows ``[s, e)`` given by ``block(s, e)`` (C order)."""
+    T, B, d = a.shape
     out = np.zeros((T, n), dtype=np.int32)            # B <= MAX_BITS = 30: codes fit int32
     if n == 0 or T == 0 or B == 0:
-        return out.astype(np.int64)
+        return out
     a2 = a.reshape(T * B, d)
     # rows in blocks of ROW_BLOCK (the last one takes the remainder, so no block is smaller than
     # ROW_BLOCK unless x is): one (T*B, block) product at a time instead of a (T*B, n) matrix
-    # (~77 MB at 200,000 rows), each element the same dot product of one row as in one product;
+    # (~77 MB at 200,000 rows), each element the same dot product of one row as in one product,
+    # written into one buffer for every block (fresh memory costs more than the product);
     # then each table's code OR-ed together from its B rows of signs over sub-blocks in cache
     starts = list(range(0, max(n - ROW_BLOCK, 0) + 1, ROW_BLOCK)) if n >= ROW_BLOCK else [0]
     bounds = starts + [n]
     sub = 1 << 14
     bit = np.empty(min(sub, n), dtype=np.int32)
+    pbuf = np.empty(T * B * max(e - s for s, e in zip(bounds[:-1], bounds[1:])), dtype=np.float32)
     for s0, e0 in zip(bounds[:-1], bounds[1:]):
-        proj = a2 @ x[s0:e0].T                                          # (T*B, rows of the block)
+        xb = block(s0, e0)
+        proj = np.matmul(a2, xb.T, out=pbuf[:T * B * (e0 - s0)].reshape(T * B, e0 - s0))   # (T*B, rows of the block)
         if _c is not None:          # the same bits packed in one compiled pass over the block
-            _c.sign_codes(np.ascontiguousarray(proj, dtype=np.float32), out, T, B, e0 - s0, n, s0)
+            _c.sign_codes(proj, out, T, B, e0 - s0, n, s0)
             continue
         for s in range(0, e0 - s0, sub):
             e = min(s + sub, e0 - s0)
@@ -147,7 +155,28 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
                     if j:
                         np.left_shift(b, j, out=b)
                     o |= b
-    return out.astype(np.int64)
+    return out
+
+
+def row_codes_centered(X: np.ndarray, center: np.ndarray, a: np.ndarray, device: str = "auto") -> np.ndarray:
+    """``row_codes(centered_f32(X, center), a, device)``; on the CPU with the compiled kernel as int32
+    codes and without the (n, d) fp32 copy: each block of rows is centred into one reused buffer
+    just before its product (the same fp32 rows, the same products)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    c = np.ascontiguousarray(center, dtype=np.float64)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if (_c is None or resolve_device(device) != "cpu" or X.ndim != 2 or a.ndim != 3 or c.shape != (X.shape[1],)
+            or a.shape[2] != X.shape[1] or a.shape[1] > MAX_BITS):
+        return row_codes(centered_f32(X, c), a, device=device)
+    n, d = X.shape
+    zbuf = np.empty(min(n, 2 * ROW_BLOCK) * d, dtype=np.float32)
+
+    def block(s, e):
+        z = zbuf[:(e - s) * d].reshape(e - s, d)
+        _c.center_f32(X[s:e], c, z, e - s, d)
+        return z
+
+    return _row_codes_blocks(block, n, a)
 
 
 ROW_BLOCK = 1 << 15
@@ -224,8 +253,9 @@ def code_counts(codes: np.ndarray) -> dict:
     top = int(codes.max()) + 1 if codes.size else 0
     if codes.size and int(codes.min()) >= 0 and T * top <= max(1 << 16, codes.size):
         # few cells (T x 2^bits, e.g. 8 x 4,096): count them all and keep the non-empty ones,
-        # the np.unique of the keys below without sorting n x T keys
-        cnt = np.bincount((codes + np.arange(T, dtype=np.int64).reshape(-1, 1) * top).reshape(-1), minlength=T * top)
+        # the np.unique of the keys below without sorting n x T keys (a table at a time: no (T, n)
+        # int64 temporary)
+        cnt = np.concatenate([np.bincount(codes[t], minlength=top) for t in range(T)])
         nz = np.flatnonzero(cnt)
         uniq = (nz // top) * (1 << 32) + nz % top
         cnt = cnt[nz]

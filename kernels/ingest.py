@@ -1,0 +1,124 @@
+# The compiled passes of an add (issue 21), kernels/_cminhash.c, with the checks that decide
+# whether they may run. Each returns None when it cannot (no compiled kernel, or this machine's
+# libm does not give NumPy's logarithms): the caller then takes its NumPy path, the definition.
+#
+# * numeric_quantize: a numeric column's histogram keys and distinct fine keys (quantize.py's
+#   numeric_keys_at at two accuracies) with |v|'s logarithm taken in the same pass;
+# * numeric_rows: coverage.py's numeric row transform sign(v) * log1p(min(|v|, 1e300)) of many
+#   columns written into the row matrix block by block;
+# * hashed_rows_at: a string column's hashed dimensions written into the row matrix;
+# * pair_counts: sketch.py's partition_counts (occurrences per (partition, bucket)).
+#
+# Bit for bit: NumPy's float64 log and log1p call the C library's functions unless it carries SIMD
+# implementations of its own for the CPU (AVX-512 builds do), whose last bit can differ. The
+# kernels call the C library's, so they run only after libm_agrees() found both give NumPy's
+# results on a probe of values spread over every binade and the ranges data hold.
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+try:  # built by `pip install` (setup.py; optional)
+    from . import _cminhash as _c
+    if not hasattr(_c, "pair_counts"):     # a kernel built before these were added
+        _c = None
+except ImportError:  # pragma: no cover - no C compiler when installed
+    _c = None
+
+
+def probe_values(rng: np.random.Generator | None = None) -> np.ndarray:
+    """Positive float64 values on which the C library's log / log1p must give NumPy's results:
+    every binade (normal and subnormal) at random mantissas, values near 1 (where log1p and log
+    switch methods), tiny and huge ones, data-like rounded decimals, and 0 / inf / NaN."""
+    rng = rng or np.random.default_rng(0x1F)
+    mant = rng.uniform(1.0, 2.0, 24)
+    exps = np.arange(-1074, 1024)
+    grid = np.ldexp(mant[None, :], exps[:, None]).ravel()
+    near1 = np.concatenate([1.0 + rng.uniform(-0.5, 1.0, 6000), rng.uniform(0.0, 4.0, 6000)])
+    small = 10.0 ** rng.uniform(-30, 0, 4000)
+    decimals = np.abs(np.round(rng.normal(0, 3, 6000) * 10.0 ** rng.integers(-3, 6, 6000), 4))
+    special = np.array([0.0, 1e-9, 1e-10, 1e300, 1e308, np.finfo(np.float64).max, np.finfo(np.float64).tiny,
+                        5e-324, 1.0, 2.0, 0.5, np.inf, np.nan])
+    out = np.concatenate([grid, near1, small, decimals, special])
+    return out[np.isnan(out) | (out >= 0)]
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    nan = np.isnan(a)
+    return bool(np.array_equal(nan, np.isnan(b)) and np.array_equal(a[~nan].view(np.int64), b[~nan].view(np.int64)))
+
+
+@functools.lru_cache(maxsize=1)
+def libm_agrees() -> bool:
+    """Whether the compiled kernel's log and log1p give NumPy's float64 results bit for bit on
+    :func:`probe_values` (checked once a process, ~2 ms)."""
+    if _c is None:
+        return False
+    x = probe_values()
+    out = np.empty_like(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for which, fn in ((0, np.log), (1, np.log1p)):
+            _c.libm_apply(x, out, which)
+            if not _same(out, fn(x)):
+                return False
+    return True
+
+
+def enabled() -> bool:
+    return _c is not None and libm_agrees()
+
+
+def numeric_quantize(v: np.ndarray, lg_fine: float, lg_coarse: float, min_abs: float, bias: float,
+                     nan_key: int, pos_inf_key: int, neg_inf_key: int):
+    """``(fines, coarse, n_nan, n_finite)`` of float64 values ``v`` (1-D): the distinct fine keys
+    (int64, unordered) of the non-NaN values and the coarse key of every value (int32), as
+    quantize.numeric_keys_at gives them at log-bucket widths ``lg_fine`` / ``lg_coarse``; or None."""
+    if not enabled() or v.ndim != 1:
+        return None
+    v = np.ascontiguousarray(v, dtype=np.float64)
+    n = len(v)
+    coarse = np.empty(n, dtype=np.int32)
+    fines = np.empty(n, dtype=np.int64)           # only the first m are written (pages never touched cost nothing)
+    m, n_nan, n_fin = _c.numeric_quantize(v, lg_fine, lg_coarse, min_abs, bias, nan_key, pos_inf_key, neg_inf_key,
+                                          coarse, fines)
+    return fines[:m].copy(), coarse, n_nan, n_fin
+
+
+def numeric_rows(columns: list, cols: list[int], X: np.ndarray) -> bool:
+    """Write ``sign(v) * log1p(min(|v|, 1e300))`` of each float64 column ``columns[j]`` (n values)
+    into column ``cols[j]`` of ``X`` (n, d) float64, C order. False (nothing written) when the
+    kernel may not run."""
+    if not enabled() or X.dtype != np.float64 or X.ndim != 2 or not X.flags.c_contiguous:
+        return False
+    columns = [np.ascontiguousarray(c, dtype=np.float64) for c in columns]
+    _c.numeric_rows(columns, np.asarray(cols, dtype=np.int64), X, X.shape[0], X.shape[1])
+    return True
+
+
+def hashed_rows_at(rows: np.ndarray, h: np.ndarray, X: np.ndarray, col: int) -> bool:
+    """A string column's 8 hashed dimensions (coverage.column_block's) written into columns
+    ``col .. col + 7`` of ``X``; False (nothing written) without the kernel."""
+    if _c is None or X.dtype != np.float64 or X.ndim != 2 or not X.flags.c_contiguous:
+        return False
+    _c.hashed_rows_at(np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(h, dtype=np.uint64), X,
+                      X.shape[0], X.shape[1], int(col))
+    return True
+
+
+def pair_counts(part: np.ndarray, rows, bucket: np.ndarray, n_parts: int, max_cells: int):
+    """``(part int32, bucket int32, count uint32)`` of the distinct (partition, bucket) pairs,
+    sorted, where occurrence ``i`` has bucket ``bucket[i]`` and partition ``part[rows[i]]``
+    (``part[i]`` when ``rows`` is None); None without the kernel or when ``n_parts`` x distinct
+    buckets exceeds ``max_cells``."""
+    if _c is None:
+        return None
+    part = np.ascontiguousarray(part, dtype=np.int64)
+    bucket = np.ascontiguousarray(bucket, dtype=np.int32)
+    if rows is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+    got = _c.pair_counts(part, rows, bucket, int(n_parts), int(max_cells))
+    if got is None:
+        return None
+    p, b, c = got
+    return np.frombuffer(p, dtype=np.int32), np.frombuffer(b, dtype=np.int32), np.frombuffer(c, dtype=np.uint32)

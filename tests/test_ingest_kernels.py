@@ -1,0 +1,270 @@
+"""The compiled passes of an add (kernels/ingest.py, issue 21) against the paths they replace, on
+fresh random inputs, exactly (every key, every float64 bit, every byte of the sketch):
+
+* ``numeric_quantize`` (|v|'s logarithm, both keys and the distinct fine keys in one pass) against
+  ``quantize.numeric_keys_reference`` at random accuracies (tiny ones push keys out of the
+  kernel's bitmap window, onto the zero key);
+* ``quantize_column`` of numeric columns (strided, float32, int, all-infinite) with and without it;
+* ``coverage.row_matrix`` (``numeric_rows`` and ``hashed_rows_at`` writing into X) against the
+  NumPy paths, around the kernel's block of 512 rows;
+* ``pair_counts`` (``sketch.partition_counts``) against ``np.unique`` of the pairs;
+* whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
+  without any compiled kernel.
+
+The logarithm kernels run only where the C library's log / log1p give NumPy's results; that is
+checked on fresh random values here too.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fitsketch import coverage as cov
+from fitsketch import quantize as Q
+from fitsketch import sketch as S
+from fitsketch.config import SketchConfig
+from fitsketch.kernels import ingest
+from fitsketch.kernels import rowcodes as R
+
+SIZES = [0, 1, 2, 7, 97, 511, 512, 513, 1025, 3001]
+needs_libm = pytest.mark.skipif(not ingest.enabled(), reason="the compiled ingest kernels do not run here")
+needs_c = pytest.mark.skipif(ingest._c is None, reason="no compiled kernel")
+
+
+def wild(rng, n: int) -> np.ndarray:
+    x = rng.standard_normal(n) * 10.0 ** rng.integers(-300, 300, n)
+    dec = rng.random(n) < 0.3                           # data-like decimals
+    x[dec] = np.round(rng.normal(0, 5, int(dec.sum())), 3)
+    for value, share in ((np.nan, 0.05), (np.inf, 0.02), (-np.inf, 0.02), (0.0, 0.05), (-0.0, 0.02),
+                         (1e-10, 0.02), (1e-9, 0.01), (1e308, 0.01), (-1e300, 0.01), (5e-324, 0.01)):
+        x[rng.random(n) < share] = value
+    x[:1] = rng.standard_normal(min(n, 1))             # never all NaN (a column without values is refused)
+    return x
+
+
+@pytest.fixture
+def no_kernels(monkeypatch):
+    """Switch the compiled ingest passes off (their callers take the paths they replaced)."""
+    def off():
+        monkeypatch.setattr(ingest, "_c", None)
+    return off
+
+
+@needs_libm
+def test_libm_gives_numpys_logarithms_on_fresh_values(rng):
+    """The premise of the kernels, on values the probe never saw: random binades and data-like decimals."""
+    n = 20000
+    x = np.concatenate([np.ldexp(rng.uniform(1, 2, n), rng.integers(-1074, 1024, n)),
+                        np.abs(np.round(rng.normal(0, 10, n), int(rng.integers(0, 6)))),
+                        rng.uniform(0, 3, n)])
+    out = np.empty_like(x)
+    with np.errstate(divide="ignore"):
+        for which, fn in ((0, np.log), (1, np.log1p)):
+            ingest._c.libm_apply(x, out, which)
+            assert np.array_equal(out.view(np.int64), fn(x).view(np.int64))
+
+
+def test_probe_covers_every_binade():
+    p = ingest.probe_values()
+    e = np.frexp(p[np.isfinite(p) & (p > 0)])[1]
+    assert set(range(-1073, 1025)) <= set(e.tolist())
+    assert np.isnan(p).any() and np.isinf(p).any() and (p == 0).any()
+
+
+@needs_libm
+@pytest.mark.parametrize("n", SIZES)
+def test_numeric_quantize_equals_reference(rng, n):
+    for v in (wild(rng, n), np.round(rng.normal(0, 3, n), 2), np.full(n, np.nan), rng.standard_normal(n)):
+        for acc, hacc in ((float(rng.uniform(0.001, 0.2)), float(rng.uniform(0.01, 0.3))),
+                          (float(10.0 ** rng.uniform(-7, -5)), float(rng.uniform(0.5, 0.99)))):
+            lgs = [np.log((1.0 + a) / (1.0 - a)) for a in (acc, hacc)]
+            fines, coarse, n_nan, n_fin = ingest.numeric_quantize(v, lgs[0], lgs[1], Q.MIN_ABS, float(Q.BIAS),
+                                                                  Q.NAN_KEY, Q.POS_INF_KEY, Q.NEG_INF_KEY)
+            ref_fine = Q.numeric_keys_reference(v, acc)[~np.isnan(v)]
+            assert fines.dtype == np.int64 and len(fines) == len(set(fines.tolist()))
+            assert np.array_equal(np.sort(fines), np.unique(ref_fine))
+            assert coarse.dtype == np.int32
+            assert np.array_equal(coarse, Q.numeric_keys_reference(v, hacc).astype(np.int32))
+            assert n_nan == int(np.isnan(v).sum()) and n_fin == int(np.isfinite(v).sum())
+
+
+@needs_libm
+def test_numeric_quantize_reaches_the_zero_key_from_a_bucket():
+    """At accuracy ~1e-6 the bucket k = -BIAS has key 0, the key of |v| <= MIN_ABS: one key, once."""
+    acc = 1e-6
+    lg = np.log((1.0 + acc) / (1.0 - acc))
+    v = np.array([np.exp(-Q.BIAS * lg) * 0.9999999, 0.0, -np.exp(-Q.BIAS * lg) * 0.9999999, 1e-12])
+    fines, coarse, _, _ = ingest.numeric_quantize(v, lg, lg, Q.MIN_ABS, float(Q.BIAS), Q.NAN_KEY, Q.POS_INF_KEY,
+                                                  Q.NEG_INF_KEY)
+    ref = Q.numeric_keys_reference(v, acc)
+    assert (ref == 0).sum() >= 2
+    assert np.array_equal(np.sort(fines), np.unique(ref)) and np.array_equal(coarse, ref.astype(np.int32))
+
+
+@needs_libm
+def test_numeric_quantize_one_key_from_both_signs():
+    """At accuracy 1e-6, +1.0 (k = 0) and a negative value with k = -2 BIAS share the key BIAS (the
+    reference's keys collide): the kernel's bitmap and set must hold it once."""
+    acc = 1e-6
+    lg = np.log((1.0 + acc) / (1.0 - acc))
+    neg = -np.exp(-2 * Q.BIAS * lg) * (1 - 1e-9)
+    v = np.array([1.0, neg, neg * 0.999, 1.0001])
+    ref = Q.numeric_keys_reference(v, acc)
+    assert ref[0] == ref[1] == Q.BIAS
+    fines, coarse, _, _ = ingest.numeric_quantize(v, lg, lg, Q.MIN_ABS, float(Q.BIAS), Q.NAN_KEY, Q.POS_INF_KEY,
+                                                  Q.NEG_INF_KEY)
+    assert len(fines) == len(set(fines.tolist())) and np.array_equal(np.sort(fines), np.unique(ref))
+
+
+def _numeric_frame(rng, n):
+    block = wild(rng, 3 * n).reshape(n, 3)
+    block[:1] = rng.standard_normal((min(n, 1), 3))     # every column holds a value
+    df = pd.DataFrame(block, columns=["a", "b", "c"])                 # a 2-D block: strided columns
+    df["f32"] = rng.standard_normal(n).astype(np.float32)
+    df["i"] = rng.integers(-10**12, 10**12, n)
+    df["inf"] = np.where(rng.random(n) < 0.5, np.inf, -np.inf)
+    df["u8"] = rng.integers(0, 255, n).astype(np.uint8)
+    return df
+
+
+@pytest.mark.parametrize("n", [1, 2, 97, 513, 3001])
+def test_numeric_columns_equal_without_the_kernel(rng, n, no_kernels):
+    df = _numeric_frame(rng, n)
+    cfg = SketchConfig(seed=int(rng.integers(0, 2**31)), accuracy=float(rng.uniform(0.001, 0.1)))
+    fast = [Q.quantize_column(c, df[c], cfg, "numeric") for c in df.columns]
+    no_kernels()
+    for c, got in zip(df.columns, fast):
+        ref = Q.quantize_column(c, df[c], cfg, "numeric")
+        for f in dataclasses.fields(ref):
+            a, b = getattr(got, f.name), getattr(ref, f.name)
+            if isinstance(a, np.ndarray):
+                assert a.dtype == b.dtype and np.array_equal(a, b), (c, f.name)
+            else:
+                assert type(a) is type(b) and (a == b or (a != a and b != b)), (c, f.name, a, b)
+
+
+def test_an_all_nan_numeric_column_is_refused_with_and_without_the_kernel(no_kernels):
+    for off in (False, True):
+        if off:
+            no_kernels()
+        for n in (0, 1, 513):
+            with pytest.raises(Q.EmptyColumnError):
+                Q.quantize_column("x", pd.Series(np.full(n, np.nan)), SketchConfig(), "numeric")
+
+
+def _mixed_frame(rng, n):
+    df = _numeric_frame(rng, n)
+    cat = np.array(["a", "b c", None, "d", "Émile"], dtype=object)[rng.integers(0, 5, n)]
+    cat[:1] = "a"                                        # every column holds a value
+    df["cat"] = cat
+    df["txt"] = [None if i and rng.random() < 0.1 else f"w{k} v{k % 7} u_{k % 3}"
+                 for i, k in enumerate(rng.integers(0, 50, n))]
+    df["flag"] = rng.random(n) < 0.5
+    return df, ["numeric"] * 7 + ["categorical", "text", "numeric"]
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_row_matrix_equals_without_the_kernel(rng, n, no_kernels):
+    df, kinds = _mixed_frame(rng, n)
+    seed = int(rng.integers(0, 2**31))
+    X, keys, owner = cov.row_matrix(df, kinds, seed)
+    no_kernels()
+    X0, keys0, owner0 = cov.row_matrix(df, kinds, seed)
+    nan = np.isnan(X0)
+    assert np.array_equal(np.isnan(X), nan)
+    assert np.array_equal(X[~nan].view(np.int64), X0[~nan].view(np.int64))      # bit for bit, signs of zero too
+    assert np.array_equal(keys, keys0) and owner == owner0
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+def test_pair_counts_equal_unique(rng, n):
+    n_rows = int(rng.integers(1, 2 * n + 2))
+    n_parts = int(rng.integers(1, n_rows + 1))
+    part = rng.integers(0, n_parts, n_rows)
+    rows = rng.integers(0, n_rows, n)
+    for bucket in (rng.integers(-3, 4, n), rng.integers(-2**31, 2**31, n),
+                   np.where(rng.random(n) < 0.5, 1, -1) * (Q.BIAS + rng.integers(-50, 50, n))):
+        bucket = bucket.astype(np.int32)
+        for r in (rows, None if n == n_rows else rows):
+            p = part[r] if r is not None else part
+            key = p.astype(np.int64) * (1 << 32) + (bucket.astype(np.int64) + (1 << 31))
+            uk, cnt = np.unique(key, return_counts=True)
+            want = ((uk >> 32).astype(np.int32), ((uk & 0xFFFFFFFF) - (1 << 31)).astype(np.int32), cnt.astype(np.uint32))
+            got = ingest.pair_counts(part, r, bucket, n_parts, 1 << 40)
+            for g, w in zip(got, want):
+                assert g.dtype == w.dtype and np.array_equal(g, w)
+            assert S.partition_counts(part, bucket, n_parts, rows=r) is not None
+            for g, w in zip(S.partition_counts(part, bucket, n_parts, rows=r), want):
+                assert g.dtype == w.dtype and np.array_equal(g, w)
+            if n:
+                assert ingest.pair_counts(part, r, bucket, n_parts, n_parts * len(np.unique(bucket)) - 1) is None
+
+
+@needs_c
+def test_pair_counts_refuse_out_of_range_rows_and_parts():
+    part, bucket = np.array([0, 1, 1]), np.array([5, 6, 7], dtype=np.int32)
+    with pytest.raises(ValueError):
+        ingest.pair_counts(part, None, bucket, 1, 100)
+    with pytest.raises(ValueError):
+        ingest.pair_counts(part, np.array([0, 3, 1]), bucket, 2, 100)
+    with pytest.raises(ValueError):
+        ingest.pair_counts(part, None, bucket[:2], 2, 100)
+
+
+@pytest.mark.parametrize("n", [1, 7, 513, 3001])
+def test_sketch_bytes_equal_without_the_kernels(rng, n, no_kernels, monkeypatch):
+    """What a hub stores of the data: the same bytes with the new passes, without them, and without
+    any compiled kernel (NumPy only)."""
+    df, kinds = _mixed_frame(rng, n)
+    cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
+    m = int(rng.integers(1, 60))
+    fast = S.build_sketch(df, cfg, partition_size=m, device="cpu")
+    no_kernels()
+    assert S.build_sketch(df, cfg, partition_size=m, device="cpu").to_bytes() == fast.to_bytes()
+    for mod in (Q, cov, R):
+        monkeypatch.setattr(mod, "_c", None)
+    slow = S.build_sketch(df, cfg, partition_size=m, device="cpu")
+    assert slow.to_bytes() == fast.to_bytes()
+    nan = np.isnan(slow.rows)
+    assert np.array_equal(np.isnan(fast.rows), nan) and np.array_equal(fast.rows[~nan], slow.rows[~nan])
+
+
+def _codes_one_product(Z, a):
+    """Codes as one (T*B, n) product and NumPy's sign packing (what the blocked paths replace)."""
+    T, B, d = a.shape
+    proj = a.reshape(T * B, d) @ Z.T
+    out = np.zeros((T, Z.shape[0]), dtype=np.int64)
+    for t in range(T):
+        for j in range(B):
+            out[t] |= (proj[t * B + j] > 0).astype(np.int64) << j
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 97, R.ROW_BLOCK - 1, 2 * R.ROW_BLOCK + 7, 3 * R.ROW_BLOCK + 1])
+def test_blocked_centred_codes_equal_one_product(rng, n):
+    """coverage's codes with each block of rows centred into one reused buffer and multiplied into
+    another, against the centred fp32 matrix multiplied at once."""
+    d = int(rng.integers(1, 12))
+    X = rng.standard_normal((n, d)) * 10.0 ** rng.integers(-3, 3, (n, d))
+    X[rng.random((n, d)) < 0.1] = np.nan
+    X[rng.random((n, d)) < 0.01] = 1e300
+    center = rng.standard_normal(d)
+    seed, bits, tables = int(rng.integers(0, 2**31)), int(rng.integers(1, 16)), int(rng.integers(1, 5))
+    a = R.hyperplanes(seed, tables, bits, rng.integers(0, 2**40, d))
+    Z = R.centered_f32_numpy(X, center)
+    want = _codes_one_product(Z, a)
+    got = R.row_codes_centered(X, center, a, device="cpu")
+    assert np.array_equal(got, want)
+    assert np.array_equal(cov.encode(X, np.zeros(d, np.int64), center, seed=seed, bits=bits, tables=tables,
+                                     device="cpu"), R.row_codes(Z, R.hyperplanes(seed, tables, bits, np.zeros(d, np.int64)),
+                                                                device="cpu"))
+    if n:
+        counts = R.code_counts(got)
+        key = np.arange(tables, dtype=np.int64).reshape(-1, 1) * (1 << 32) + want
+        uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
+        assert np.array_equal(counts["table"], uniq >> 32) and np.array_equal(counts["code"], uniq & 0xFFFFFFFF)
+        assert np.array_equal(counts["count"], cnt)
