@@ -119,7 +119,10 @@ def _value(v):
     if v is None or v is pd.NA or v is pd.NaT:
         return None
     if isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating)):
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:     # an int beyond float64's range: compared as the int it is
+            return int(v)
         return None if f != f else (0.0 if f == 0 else f)
     return v
 
@@ -148,7 +151,9 @@ def _hash(X: np.ndarray, O: np.ndarray | None = None) -> np.ndarray:
     text columns were compared)."""
     h = pd.util.hash_pandas_object(pd.DataFrame(X), index=False).to_numpy()
     if O is not None:
-        ho = pd.util.hash_pandas_object(pd.DataFrame(O).astype(str), index=False).to_numpy()
+        # dtype=object: each cell formatted alone (a column of Timestamps inferred as datetime64 is
+        # formatted as a whole, midnight as '2020-01-01' or '2020-01-01 00:00:00' by its neighbours)
+        ho = pd.util.hash_pandas_object(pd.DataFrame(O, dtype=object).astype(str), index=False).to_numpy()
         h = h ^ (ho * np.uint64(0x9E3779B97F4A7C15))
     return h
 
@@ -181,16 +186,23 @@ def _inside(vdf: pd.DataFrame, training: pd.DataFrame, columns: list[str]) -> np
     hs = hv[order]
     vbytes = [V[i].tobytes() for i in range(len(V))]
     inside = np.zeros(len(V), dtype=bool)
+    left = np.zeros(len(hs) + 1, dtype=np.int64)   # per hash group (its first sorted position): rows not yet found
+    starts = np.flatnonzero(np.r_[True, hs[1:] != hs[:-1]]) if len(hs) else np.zeros(0, np.int64)
+    left[starts] = np.diff(np.r_[starts, len(hs)])
     for lo in range(0, len(training), HASH_BLOCK):
         T, TO = _canonical(training.iloc[lo:lo + HASH_BLOCK], columns, num)
         ht = _hash(T, TO)
         for t in np.nonzero(np.isin(ht, hv))[0]:
-            a, b = np.searchsorted(hs, ht[t], "left"), np.searchsorted(hs, ht[t], "right")
+            a = np.searchsorted(hs, ht[t], "left")
+            if not left[a]:               # every validation row of this hash found (duplicate rows: no rescan)
+                continue
+            b = np.searchsorted(hs, ht[t], "right")
             tb = T[t].tobytes()
             for i in order[a:b]:
                 if not inside[i] and vbytes[i] == tb and (TO is None or all(
                         _same(x, y) for x, y in zip(VO[i], TO[t]))):
                     inside[i] = True
+                    left[a] -= 1
     return inside
 
 

@@ -226,6 +226,9 @@ def check_record(rec, n_features: int) -> dict:
                                          and arrs[1].min() >= 0 and arrs[1].max() < n_features)))
     if not ok:
         raise E.CorruptHubError("an entry's class record is malformed: remove the entry and add it again")
+    perf = rec.get("perf")
+    if perf is not None:
+        _check_perf(perf)
     from .accuracy_gauss import MAX_WHY, check_gauss
 
     if rec.get("gauss") is not None:   # optional (accuracy_gauss.py); absent from records written before
@@ -235,3 +238,28 @@ def check_record(rec, n_features: int) -> dict:
         raise E.CorruptHubError("an entry's class record holds a malformed 'gauss_why' (a text of at most "
                                 f"{MAX_WHY} characters): remove the entry and add it again")
     return rec
+
+
+def _check_perf(perf) -> None:
+    """A stored performance record (accuracy_perf.performance), its fields the scorer reads validated:
+    ``source`` a short text, ``labels`` a list, ``recall`` finite in [0, 1] a label, an optional
+    ``confusion`` (labels x labels) of finite counts >= 0 and ``validation_accuracy`` in [0, 1]."""
+    ok = (isinstance(perf, dict) and isinstance(perf.get("source"), str) and len(perf["source"]) <= 200
+          and isinstance(perf.get("labels"), list) and len(perf["labels"]) >= 1)
+    if ok:
+        k = len(perf["labels"])
+        try:
+            r = np.asarray(perf.get("recall"), dtype=np.float64)
+            ok = r.shape == (k,) and bool(np.all((r >= 0) & (r <= 1)))
+            if ok and perf.get("confusion") is not None:
+                c = np.asarray(perf["confusion"], dtype=np.float64)
+                ok = c.shape == (k, k) and bool(np.all(np.isfinite(c) & (c >= 0)))
+            va = perf.get("validation_accuracy")
+            if ok and va is not None:
+                ok = not isinstance(va, bool) and isinstance(va, (int, float, np.integer, np.floating)) \
+                    and 0.0 <= float(va) <= 1.0
+        except (TypeError, ValueError):
+            ok = False
+    if not ok:
+        raise E.CorruptHubError("an entry's performance record (source, labels, recall, confusion) is malformed: "
+                                "remove the entry and add it again")

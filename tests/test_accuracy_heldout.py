@@ -277,3 +277,59 @@ def test_every_validation_row_a_training_row_falls_back_to_the_class_counts_and_
     assert res["all"].evidence["validation_in_training"] == len(take)
     assert perf["one"]["source"] == "validation" and int(np.sum(perf["one"]["confusion"])) == 1
     assert perf["one"]["validation_in_training"] == len(take) and "fallback" not in res["one"].evidence
+
+
+def test_held_out_finds_copied_rows_of_a_datetime_column(rng):
+    """A datetime column whose training rows carry times of day and whose validation rows copy the
+    midnight ones: every copy is found (each cell formatted alone for the hash; review, sixth
+    session: the column was formatted as a whole and midnight hashed two ways)."""
+    n = int(rng.integers(20, 60))
+    day = pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 300, n), unit="D")
+    noon = rng.random(n) < 0.5
+    noon[0], noon[1] = True, False
+    train = pd.DataFrame({"a": rng.integers(0, 3, n).astype(float),
+                          "t": day + pd.to_timedelta(np.where(noon, 12, 0), unit="h")})
+    mid = np.flatnonzero(~noon)
+    vdf = train.iloc[mid].reset_index(drop=True)
+    fresh = pd.DataFrame({"a": [9.0], "t": [pd.Timestamp("1999-01-01")]})
+    vdf = pd.concat([vdf, fresh], ignore_index=True)
+    (v2, _), n_in = P.held_out((vdf, np.zeros(len(vdf), int)), train, ["a", "t"])
+    assert n_in == len(mid) and len(v2) == 1 and v2["a"].iloc[0] == 9.0
+
+
+def test_held_out_text_that_hashes_like_a_number_is_not_a_copy(rng):
+    """Text "1.0" and the number 1 format alike for the hash: the values decide (a row equal on every
+    other column but holding the text where the training row holds the number stays in)."""
+    n = int(rng.integers(3, 30))
+    train = pd.DataFrame({"a": rng.integers(0, 5, n).astype(float), "s": pd.Series([1.0] * n, dtype=object)})
+    vdf = train.copy()
+    vdf["s"] = pd.Series(["1.0"] * n, dtype=object)
+    assert np.array_equal(P.row_hashes(train, ["a", "s"]), P.row_hashes(vdf, ["a", "s"]))
+    (v2, _), n_in = P.held_out((vdf, np.zeros(n, int)), train, ["a", "s"])
+    assert n_in == 0 and len(v2) == n
+
+
+def test_held_out_takes_an_int_beyond_float64_and_many_duplicate_rows(rng):
+    """An int too large for a float is compared as the int (no OverflowError); duplicate training rows
+    of a found validation row are not rescanned (the count is the reference's either way)."""
+    big = 10 ** 400
+    train = pd.DataFrame({"a": [1.0, 2.0] * 50, "s": pd.Series([big, "x"] * 50, dtype=object)})
+    vdf = pd.DataFrame({"a": [1.0, 2.0, 1.0], "s": pd.Series([big, "x", big + 1], dtype=object)})
+    (v2, _), n_in = P.held_out((vdf, np.zeros(3, int)), train, ["a", "s"])
+    assert n_in == 2 and len(v2) == 1 and v2["s"].iloc[0] == big + 1
+
+
+@pytest.mark.parametrize("field,bad", [("source", 5), ("source", None), ("recall", "x"), ("recall", [2.0, 0.5]),
+                                       ("labels", "ab"), ("confusion", [[1, -1], [0, 1]]),
+                                       ("validation_accuracy", 1.5)])
+def test_a_malformed_performance_record_is_a_named_error(field, bad):
+    """A stored performance record's fields are validated when read (review, sixth session: a source
+    that was not a text crashed the evidence with an AttributeError)."""
+    from fitsketch import errors as E
+    from fitsketch.accuracy_records import _check_perf
+
+    good = {"source": "validation", "labels": [0, 1], "recall": np.array([0.9, 0.5]),
+            "confusion": np.array([[9, 1], [5, 5]]), "validation_accuracy": 0.7}
+    _check_perf(good)
+    with pytest.raises(E.CorruptHubError, match="performance record"):
+        _check_perf({**good, field: bad})
