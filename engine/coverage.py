@@ -109,8 +109,10 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
             keys.append(k)
         owner.extend([i] * widths[i])
     # the plain columns in one compiled pass over blocks of rows (libm's log1p, NumPy's bit for bit)
-    if plain and _ingest.numeric_rows([df.iloc[:, i].to_numpy(dtype=np.float64) for i in plain],
-                                      [int(start[i]) for i in plain], X):
+    # (every plain column float64 at once: int / float32 columns cost a copy each, ~n x 8 bytes, while
+    # the pass runs; the frame's float64 columns are read as they are)
+    if plain and _ingest.enabled() and _ingest.numeric_rows([df.iloc[:, i].to_numpy(dtype=np.float64) for i in plain],
+                                                            [int(start[i]) for i in plain], X):
         plain = []
     with np.errstate(invalid="ignore"):
         for i in plain:                 # sign(v) * log1p(min(|v|, 1e300)), blocks of rows into X's column

@@ -1030,7 +1030,7 @@ static PyObject *hashed_rows_at(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*w*nnn", &R, &H, &O, &n, &d, &col)) return NULL;
     PyObject *ret = NULL;
     const Py_ssize_t m = R.len / 8;
-    if (R.len % 8 || H.len != R.len || n < 0 || d < 8 || col < 0 || col + 8 > d || n > PY_SSIZE_T_MAX / 8 / d
+    if (R.len % 8 || H.len != R.len || n < 0 || d < 8 || col < 0 || col > d - 8 || n > PY_SSIZE_T_MAX / 8 / d
         || O.len < n * d * 8) {
         PyErr_SetString(PyExc_ValueError, "hashed_rows_at: rows int64 and h uint64 of one length, X n*d float64, col + 8 <= d");
         goto done;

@@ -40,7 +40,15 @@ def probe_values(rng: np.random.Generator | None = None) -> np.ndarray:
     decimals = np.abs(np.round(rng.normal(0, 3, 6000) * 10.0 ** rng.integers(-3, 6, 6000), 4))
     special = np.array([0.0, 1e-9, 1e-10, 1e300, 1e308, np.finfo(np.float64).max, np.finfo(np.float64).tiny,
                         5e-324, 1.0, 2.0, 0.5, np.inf, np.nan])
-    out = np.concatenate([grid, near1, small, decimals, special])
+    # round numbers, the values most often exactly on a log bucket's edge (a one-ulp difference in log
+    # moves their key; review, sixth session): integers, powers of 2, 3 and 10, and powers of the
+    # bucket ratio (1 + a) / (1 - a) at common accuracies
+    with np.errstate(over="ignore"):
+        ratios = [((1 + a) / (1 - a)) ** np.arange(-400.0, 401.0) for a in (0.5, 1 / 3, 0.1, 0.05, 0.01, 0.001)]
+    rounds = np.concatenate([np.arange(1.0, 4097.0), 2.0 ** np.arange(-1074.0, 1024.0),
+                             3.0 ** np.arange(-600.0, 600.0), 10.0 ** np.arange(-300.0, 301.0), *ratios])
+    rounds = rounds[np.isfinite(rounds) & (rounds > 0)]
+    out = np.concatenate([grid, near1, small, decimals, special, rounds])
     return out[np.isnan(out) | (out >= 0)]
 
 
@@ -76,7 +84,7 @@ def numeric_quantize(v: np.ndarray, lg_fine: float, lg_coarse: float, min_abs: f
     quantize.numeric_keys_at gives them at log-bucket widths ``lg_fine`` / ``lg_coarse``; or None."""
     if not enabled() or v.ndim != 1:
         return None
-    v = np.ascontiguousarray(v, dtype=np.float64)
+    v = np.require(v, dtype=np.float64, requirements="CA")   # C order and aligned (the kernel reads doubles)
     n = len(v)
     coarse = np.empty(n, dtype=np.int32)
     fines = np.empty(n, dtype=np.int64)           # only the first m are written (pages never touched cost nothing)
@@ -91,7 +99,7 @@ def numeric_rows(columns: list, cols: list[int], X: np.ndarray) -> bool:
     kernel may not run."""
     if not enabled() or X.dtype != np.float64 or X.ndim != 2 or not X.flags.c_contiguous:
         return False
-    columns = [np.ascontiguousarray(c, dtype=np.float64) for c in columns]
+    columns = [np.require(c, dtype=np.float64, requirements="CA") for c in columns]
     _c.numeric_rows(columns, np.asarray(cols, dtype=np.int64), X, X.shape[0], X.shape[1])
     return True
 
@@ -101,7 +109,7 @@ def hashed_rows_at(rows: np.ndarray, h: np.ndarray, X: np.ndarray, col: int) -> 
     ``col .. col + 7`` of ``X``; False (nothing written) without the kernel."""
     if _c is None or X.dtype != np.float64 or X.ndim != 2 or not X.flags.c_contiguous:
         return False
-    _c.hashed_rows_at(np.ascontiguousarray(rows, dtype=np.int64), np.ascontiguousarray(h, dtype=np.uint64), X,
+    _c.hashed_rows_at(np.require(rows, dtype=np.int64, requirements="CA"), np.require(h, dtype=np.uint64, requirements="CA"), X,
                       X.shape[0], X.shape[1], int(col))
     return True
 
@@ -113,10 +121,10 @@ def pair_counts(part: np.ndarray, rows, bucket: np.ndarray, n_parts: int, max_ce
     buckets exceeds ``max_cells``."""
     if _c is None:
         return None
-    part = np.ascontiguousarray(part, dtype=np.int64)
-    bucket = np.ascontiguousarray(bucket, dtype=np.int32)
+    part = np.require(part, dtype=np.int64, requirements="CA")
+    bucket = np.require(bucket, dtype=np.int32, requirements="CA")
     if rows is not None:
-        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        rows = np.require(rows, dtype=np.int64, requirements="CA")
     got = _c.pair_counts(part, rows, bucket, int(n_parts), int(max_cells))
     if got is None:
         return None

@@ -268,3 +268,39 @@ def test_blocked_centred_codes_equal_one_product(rng, n):
         uniq, cnt = np.unique(key.reshape(-1), return_counts=True)
         assert np.array_equal(counts["table"], uniq >> 32) and np.array_equal(counts["code"], uniq & 0xFFFFFFFF)
         assert np.array_equal(counts["count"], cnt)
+
+
+@needs_c
+def test_hashed_rows_at_refuses_columns_outside_x(rng):
+    """The C function's own bounds (the wrapper passes valid columns): a column past ``d - 8``,
+    including one so large that ``col + 8`` overflows (review, sixth session: it wrote outside X),
+    raises and writes nothing; the last valid column writes exactly columns ``col .. col + 7``."""
+    n, d = int(rng.integers(1, 40)), int(rng.integers(8, 20))
+    m = int(rng.integers(1, 60))                       # (row, hash) of each hashed item
+    rows = np.sort(rng.integers(0, n, m)).astype(np.int64)
+    h = rng.integers(0, 1 << 63, m, dtype=np.int64).astype(np.uint64)
+    X = np.zeros((n, d))
+    for col in (d - 7, d, 1 << 62, (1 << 63) - 1, -1):
+        with pytest.raises((ValueError, OverflowError)):
+            ingest._c.hashed_rows_at(rows, h, X, n, d, col)
+        assert not X.any()
+    assert ingest.hashed_rows_at(rows, h, X, d - 8)
+    assert not X[:, :d - 8].any() and X[np.unique(rows), d - 8:].any()
+
+
+@needs_libm
+def test_misaligned_columns_give_the_aligned_results(rng):
+    """A float64 column at an odd byte offset (a view into a byte buffer) is read as the aligned copy
+    is: the wrappers hand the kernels aligned memory."""
+    n = int(rng.integers(1, 700))
+    v = wild(rng, n)
+    buf = np.zeros(n * 8 + 1, dtype=np.uint8)
+    mis = buf[1:].view(np.float64)
+    mis[:] = v
+    assert not mis.flags.aligned
+    args = (0.01, 0.1, 1e-9, 0.0, -1, -2, -3)
+    a, b = ingest.numeric_quantize(mis, *args), ingest.numeric_quantize(v.copy(), *args)
+    assert np.array_equal(np.sort(a[0]), np.sort(b[0])) and np.array_equal(a[1], b[1]) and a[2:] == b[2:]
+    X1, X2 = np.zeros((n, 3)), np.zeros((n, 3))
+    assert ingest.numeric_rows([mis], [1], X1) and ingest.numeric_rows([v.copy()], [1], X2)
+    assert np.array_equal(X1.view(np.int64), X2.view(np.int64))
