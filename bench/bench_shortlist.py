@@ -849,7 +849,7 @@ def run_add_rate(n: int = 2_000, batch: int = 1_000, kinds=("scale32", "digits64
 
 def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto"), budget_s: float = 1800.0,
                  full_checks: int = 1, seed: int = 0, out=print, out_dir: Path | None = None,
-                 tag: str = "") -> list[dict]:
+                 tag: str = "", first: int = 0) -> list[dict]:
     """``method="accuracy"`` / ``"auto"`` through the default stage of a labelled digits pool hub
     (``hub_dir``/h.hub, filled as ``--scale`` fills it; e.g. 10k entries) against the scorer's score
     of every labelled entry (``accuracy_reference``: ``shortlist=0``'s ranking at ~1/3 of its CPU;
@@ -875,7 +875,7 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
         t_r, t_f = H.Samples(), H.Samples()
         res = {m: {"rec": [], "best": [], "kept": [], "capped": [], "acc": []} for m in methods}
         checks = []
-        for qi in range(n_queries):
+        for qi in range(first, first + n_queries):   # ``first``: go on after an earlier run's queries
             if wall.elapsed() > budget_s:
                 break
             q = X[zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, qi))]
@@ -987,10 +987,12 @@ def main(argv=None) -> None:
     ap.add_argument("--accuracy-hub", default=None,
                     help="accuracy / auto through the stage of this labelled pool hub folder vs every entry scored (run_accuracy)")
     ap.add_argument("--full-checks", type=int, default=1, help="--accuracy-hub: queries also searched with shortlist=0")
+    ap.add_argument("--query-start", type=int, default=0, help="--accuracy-hub: the first query's number (go on after a run)")
     a = ap.parse_args(argv)
     if a.accuracy_hub:
         run_accuracy(a.accuracy_hub, a.queries or 20, tuple(a.methods.split(",")) if a.methods != ",".join(SIMILAR_METHODS)
-                     else ("accuracy", "auto"), budget_s=a.budget, full_checks=a.full_checks, out_dir=a.out, tag=a.tag)
+                     else ("accuracy", "auto"), budget_s=a.budget, full_checks=a.full_checks, out_dir=a.out, tag=a.tag,
+                     first=a.query_start)
         return
     if a.two_level:
         run_two_level(a.two_level, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
