@@ -730,6 +730,22 @@ PyDoc_STRVAR(hashed_rows_doc,
 "gets, per row, the sum over its tokens t (rows[t] == row) of +-1 (- where bit 63 of h[t] is set) in\n"
 "dimension h[t] % 8, in token order, then each row divided by its L2 norm, NaN where the norm is 0.");
 
+/* hashed_rows / hashed_rows_at's body (no GIL): rows of 8 dimensions, ``stride`` doubles apart from o,
+   zeroed, the tokens' +-1 added in token order, each row divided by its L2 norm (NaN where it is 0) */
+static void hashed_fill(const int64_t *r, const uint64_t *h, Py_ssize_t m, double *o, Py_ssize_t n, Py_ssize_t stride) {
+    for (Py_ssize_t i = 0; i < n; i++) memset(o + i * stride, 0, 64);
+    for (Py_ssize_t t = 0; t < m; t++)
+        o[r[t] * stride + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double *x = o + i * stride, ss = 0.0;
+        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
+        const double norm = sqrt(ss);
+        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
+        const double den = norm > 1e-12 ? norm : 1e-12;
+        for (int j = 0; j < 8; j++) x[j] /= den;
+    }
+}
+
 static PyObject *hashed_rows(PyObject *self, PyObject *args) {
     Py_buffer R, H, O;
     Py_ssize_t n;
@@ -746,17 +762,7 @@ static PyObject *hashed_rows(PyObject *self, PyObject *args) {
     for (Py_ssize_t t = 0; t < m; t++)
         if (r[t] < 0 || r[t] >= n) { PyErr_SetString(PyExc_ValueError, "hashed_rows: a row is out of range"); goto done; }
     Py_BEGIN_ALLOW_THREADS
-    memset(o, 0, (size_t)n * 64);
-    for (Py_ssize_t t = 0; t < m; t++)
-        o[r[t] * 8 + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double *x = o + i * 8, ss = 0.0;
-        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
-        const double norm = sqrt(ss);
-        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
-        const double den = norm > 1e-12 ? norm : 1e-12;
-        for (int j = 0; j < 8; j++) x[j] /= den;
-    }
+    hashed_fill(r, h, m, o, n, 8);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     ret = Py_None;
@@ -1041,17 +1047,7 @@ static PyObject *hashed_rows_at(PyObject *self, PyObject *args) {
     for (Py_ssize_t t = 0; t < m; t++)
         if (r[t] < 0 || r[t] >= n) { PyErr_SetString(PyExc_ValueError, "hashed_rows_at: a row is out of range"); goto done; }
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < n; i++) memset(o + i * d, 0, 64);
-    for (Py_ssize_t t = 0; t < m; t++)
-        o[r[t] * d + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double *x = o + i * d, ss = 0.0;
-        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
-        const double norm = sqrt(ss);
-        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
-        const double den = norm > 1e-12 ? norm : 1e-12;
-        for (int j = 0; j < 8; j++) x[j] /= den;
-    }
+    hashed_fill(r, h, m, o, n, d);
     Py_END_ALLOW_THREADS
     Py_INCREF(Py_None);
     ret = Py_None;
