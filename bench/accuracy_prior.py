@@ -30,8 +30,10 @@ HELD_OUT = True    # validation rows equal to a training row left out (as hub.ad
 KEYS = ("spearman", "top1_error", "top2_error", "regret", "mae")
 
 
-def build(ds: str, seed: int, out: Path) -> Path:
-    """One zoo's (target, source) rows: per class the prior's features and the recall's counts."""
+def _zoo(ds: str, seed: int, held_out: bool) -> tuple:
+    """One label-skew zoo registered as the hub would: ``(workload, config, names, kinds, feature map,
+    sources, class records with performance, labels, class pool)``; ``held_out``: validation rows equal
+    to a training row left out of the measured confusion (accuracy_perf.held_out)."""
     from fitsketch import accuracy as A
     from fitsketch.config import SketchConfig
     from fitsketch.workloads import label_skew_zoo
@@ -47,10 +49,18 @@ def build(ds: str, seed: int, out: Path) -> Path:
         rec = A.class_record(df, A.check_labels(wl.source_labels[s], len(df)), names, kinds, cfg)
         rec["perf"] = A.performance(rec, model=wl.models[s], validation=wl.validation[s], columns=names,
                                     feature_names=None, kinds=kinds, config=cfg,
-                                    training=df if HELD_OUT else None)
+                                    training=df if held_out else None)
         recs[s] = rec
     labels = sorted({c for r in recs.values() for c in r["labels"]})
     pl = A.class_pool_of([(recs[s], names, fm) for s in srcs], labels, names)
+    return wl, cfg, names, kinds, fm, srcs, recs, labels, pl
+
+
+def build(ds: str, seed: int, out: Path) -> Path:
+    """One zoo's (target, source) rows: per class the prior's features and the recall's counts."""
+    from fitsketch import accuracy as A
+
+    wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, HELD_OUT)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
                             "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss")}
     cls_index = {c: i for i, c in enumerate(labels)}
@@ -103,28 +113,13 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
     (estimate, 5 %, 95 %, measured accuracy, one row per (target, model), zoos in order) are saved
     to ``path`` per data set and spread; returns ``{(spread, scale): {ds: (coverage, width)}}``."""
     from fitsketch import accuracy as A
-    from fitsketch.config import SketchConfig
-    from fitsketch.workloads import label_skew_zoo
 
     raw: dict = {}
     keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE)
     try:
         A.INTERVAL_SCALE = 1.0
         for ds, seed in zoos:
-            wl = label_skew_zoo(ds, seed=seed)
-            cfg = SketchConfig()
-            names = list(next(iter(wl.sources.values())).columns)
-            kinds = ["numeric"] * len(names)
-            fm = {f: f for f in range(len(names))}
-            srcs = list(wl.sources)
-            recs = {}
-            for s, df in wl.sources.items():
-                rec = A.class_record(df, A.check_labels(wl.source_labels[s], len(df)), names, kinds, cfg)
-                rec["perf"] = A.performance(rec, model=wl.models[s], validation=wl.validation[s], columns=names,
-                                            feature_names=None, kinds=kinds, config=cfg, training=df)
-                recs[s] = rec
-            labels = sorted({c for r in recs.values() for c in r["labels"]})
-            pl = A.class_pool_of([(recs[s], names, fm) for s in srcs], labels, names)
+            wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, True)
             for t, df in wl.targets.items():
                 qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
                 qx = A.query_index(qb, len(df))

@@ -166,6 +166,18 @@ def _big_top(big, ann, qv, keep: int, nprobe: int):
     return big.search(qx, int(min(keep, big.ntotal)))
 
 
+def _mixtures(real, rng, m: int) -> np.ndarray:
+    """(m, columns) float64: ``m`` synthetic level-1 rows, each sqrt of a Dirichlet(1, 1, 1) mix of the
+    squared rows (the distributions) of 3 random rows of ``real`` (the CSR of sqrt(p))."""
+    pick = rng.integers(0, real.shape[0], (m, 3))
+    wts = rng.dirichlet(np.ones(3), m)
+    mix = np.zeros((m, real.shape[1]), dtype=np.float64)
+    for k in range(3):
+        sq = real[pick[:, k]].toarray()
+        mix += wts[:, k:k + 1] * (sq * sq)
+    return np.sqrt(mix)
+
+
 def build_big(idx, ann, n: int, *, seed: int = 0, block: int = 20_000, out=print):
     """An IVF of ``n`` rows as ``Level1Ann.build`` makes one (``_nlist(n)`` lists trained on
     ``ANN_FIT_ROWS`` evenly spaced rows, the real index's basis): the real rows' projections, then
@@ -184,13 +196,7 @@ def build_big(idx, ann, n: int, *, seed: int = 0, block: int = 20_000, out=print
     sw = H.stopwatch().__enter__()
     for lo in range(n0, n, block):
         m = min(block, n - lo)
-        pick = rng.integers(0, n0, (m, 3))
-        wts = rng.dirichlet(np.ones(3), m)
-        mix = np.zeros((m, c), dtype=np.float64)
-        for k in range(3):
-            sq = real[pick[:, k]].toarray()
-            mix += wts[:, k:k + 1] * (sq * sq)
-        x[lo:lo + m] = (np.sqrt(mix)[:, :nb] @ ann.basis[:nb]).astype(np.float32)
+        x[lo:lo + m] = (_mixtures(real, rng, m)[:, :nb] @ ann.basis[:nb]).astype(np.float32)
     fit = np.unique(np.linspace(0, n - 1, min(n, CO.ANN_FIT_ROWS)).astype(np.int64))
     nlist = CO._nlist(n)
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(x.shape[1]), x.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
@@ -216,13 +222,7 @@ def run_synthetic(idx, qs, cfg, ann, n: int, *, nprobes, keep: int = 2048, seed:
     for lo in range(0, n, block):
         def gen(lo=lo):
             m = min(block, n - lo)
-            pick = rng.integers(0, n0, (m, 3))
-            wts = rng.dirichlet(np.ones(3), m)
-            mix = np.zeros((m, c), dtype=np.float64)
-            for k in range(3):
-                sq = real[pick[:, k]].toarray()
-                mix += wts[:, k:k + 1] * (sq * sq)
-            dense[lo:lo + m] = np.sqrt(mix)
+            dense[lo:lo + m] = _mixtures(real, rng, m)
         t_gen.call(gen)
     w = f"{n} synthetic similar entries (mixtures of 3 of {n0} digits pool entries), level-1 space"
     out(f"synthetic: {n:,} x {c} rows generated in {t_gen.total_s():.0f} s ({dense.nbytes / 2**30:.1f} GiB)")
