@@ -306,3 +306,86 @@ def _fits(a, flt, level) -> bool:
     from fitsketch.storage import codec as C
 
     return len(C._compress(C._filtered(np.ascontiguousarray(a), flt), level)[1]) + 8 < a.nbytes
+
+
+def _reference_pack(obj, level=None, flts: dict | None = None) -> bytes:
+    """``codec.pack(obj, compress=True, level=)`` written from the format's definition (storage/codec.py's
+    docstring), independently of the writer's buffers: each array of ``MIN_COMPRESS`` .. ``MAX_UNPACKED``
+    bytes as ``ExtType(2)`` with the filter whose zstd output is smallest (the first of equals; ``flts``:
+    the one filter to use for an array, by id), unless that output is not 8 bytes smaller than the array."""
+    import msgpack
+    import pyarrow as pa
+
+    from fitsketch.storage import codec as C
+
+    z = pa.Codec("zstd", compression_level=C.ZSTD_LEVEL if level is None else level)
+
+    def filtered(a, flt):
+        if flt == 2:   # delta in the array's own dtype (wrapping), then the byte planes
+            flat = a.reshape(-1)
+            a = np.concatenate([flat[:1], flat[1:] - flat[:-1]]).astype(a.dtype)   # concatenate: native order
+        u = np.frombuffer(a.tobytes(), dtype=np.uint8)
+        return u.tobytes() if flt == 0 else u.reshape(-1, a.itemsize).T.tobytes()
+
+    def plain(a):
+        return msgpack.ExtType(C.EXT_NDARRAY, msgpack.packb([a.dtype.str, list(a.shape), a.tobytes()],
+                                                            use_bin_type=True))
+
+    def default(o):
+        if isinstance(o, np.generic):
+            return plain(np.asarray(o))
+        if isinstance(o, tuple):
+            return list(o)
+        a = np.ascontiguousarray(o)
+        if not C.MIN_COMPRESS <= a.nbytes <= C.MAX_UNPACKED:
+            return plain(a)
+        kinds = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
+        outs = [(f, z.compress(filtered(a, f), asbytes=True)) for f in ((flts[id(o)],) if flts else kinds)]
+        f, best = min(outs, key=lambda fz: len(fz[1]))   # min keeps the first of equals
+        if len(best) + 8 >= a.nbytes:
+            return plain(a)
+        return msgpack.ExtType(C.EXT_PACKED, msgpack.packb([a.dtype.str, list(a.shape), f, C._ZSTD, best],
+                                                           use_bin_type=True))
+
+    return msgpack.packb(obj, use_bin_type=True, strict_types=True, default=default)
+
+
+def test_the_record_writer_matches_the_format_definition_byte_for_byte(rng):
+    """The writer's filters and compressors (buffers compressed in place, the filtered bytes kept in the
+    ``filters=`` memo for a second pack) write exactly what the format's definition does: every dtype
+    a record holds (big-endian and bool included), 0, 1, odd and page-sized arrays, 2-D and
+    non-contiguous ones, a first pack and a second pack at another level through the memo."""
+    from fitsketch.storage import codec as C
+
+    if C._zstd() is None:
+        pytest.skip("this pyarrow build has no zstd")
+    dtypes = ("u1", "i1", "?", "<u2", ">i2", "<f2", "<i4", ">u4", "<f4", "<u8", "<i8", "<f8", "<c8")
+    for _ in range(6):
+        rec = {}
+        for dt in dtypes:
+            dt = np.dtype(dt)
+            n = int(rng.choice([0, 1, 2, 3, C.MIN_COMPRESS // dt.itemsize - 1, C.MIN_COMPRESS // dt.itemsize,
+                                int(rng.integers(65, 3000)), int(rng.integers(3000, 9000))]))
+            low = int(rng.integers(1, 40))
+            if dt.kind == "b":
+                a = rng.integers(0, 2, n).astype(bool)
+            elif dt.kind == "c":
+                a = (np.round(rng.standard_normal(n), 1) + 1j * rng.integers(0, low, n)).astype(dt)
+            elif dt.kind == "f":
+                a = np.round(rng.standard_normal(n) * low, int(rng.integers(0, 3))).astype(dt)
+            else:   # sorted codes (delta wins) or repeated small values (none wins), with wrap-around
+                a = rng.integers(0, low, n).astype(dt)
+                if rng.random() < 0.5:
+                    a = np.cumsum(a, dtype=dt)
+            rec[dt.str] = a
+        rec["2d"] = rng.integers(0, 7, (int(rng.integers(1, 40)), 33)).astype(np.uint32)
+        rec["strided"] = rng.integers(0, 50, int(rng.integers(400, 4000)))[::3]         # not contiguous
+        rec["t"] = rng.integers(0, 3, (70, int(rng.integers(2, 30)))).astype(np.uint16).T   # Fortran order
+        rec["rest"] = [np.float32(2.5), np.int64(-3), "x", 7, (1, 2.0)]
+        memo = {}
+        first = C.pack(rec, compress=True, filters=memo)
+        assert first == _reference_pack(rec)
+        flts = {k: v[1] for k, v in memo.items()}
+        level = int(rng.integers(2, 16))
+        assert C.pack(rec, compress=True, level=level, filters=memo) == _reference_pack(rec, level, flts)
+        assert C.pack(rec, compress=True, level=level) == _reference_pack(rec, level)
