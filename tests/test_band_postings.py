@@ -180,6 +180,7 @@ def _same(x, y):
 
 def test_fit_pack_round_trips_and_never_takes_more_pages(rng, monkeypatch):
     monkeypatch.setattr(parts, "FIT_SHARE", 1.0)          # always try the second level
+    monkeypatch.setattr(parts, "FIT_FIRST", 0)            # FIT_LEVEL alone (the ladder: tests/test_bulk.py)
     big = 0
     for _ in range(25):
         rec = _random_record(rng)
@@ -206,6 +207,7 @@ def test_fit_pack_packs_records_over_fit_max_once(rng, monkeypatch):
     """Records over ``FIT_MAX`` bytes skip the second level (its CPU on a large entry's records cost
     ~0.3 s an add); those between ``INLINE_MAX`` and it still take the fewer pages of the two."""
     monkeypatch.setattr(parts, "FIT_SHARE", 1.0)
+    monkeypatch.setattr(parts, "FIT_FIRST", 0)
     rec = {"a": rng.integers(0, 1 << 20, size=int(rng.integers(3000, 6000))).astype(np.int64)}
     chosen = {}   # fit_pack's second level tries only the filter each array chose at level 1
     once = C.pack(rec, compress=True, filters=chosen)

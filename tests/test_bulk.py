@@ -389,3 +389,61 @@ def test_the_record_writer_matches_the_format_definition_byte_for_byte(rng):
         level = int(rng.integers(2, 16))
         assert C.pack(rec, compress=True, level=level, filters=memo) == _reference_pack(rec, level, flts)
         assert C.pack(rec, compress=True, level=level) == _reference_pack(rec, level)
+
+
+def _page_record(rng) -> dict:
+    """A record of a few arrays, 2-60 KiB packed: many land just over a page boundary."""
+    rec = {"v": 1}
+    for i in range(int(rng.integers(1, 5))):
+        n = int(rng.integers(1, 12_000))
+        kind = int(rng.integers(0, 3))
+        if kind == 0:     # repeated hash rows (signatures): level 15 finds more of the repeats
+            rows = rng.integers(0, 2 ** 32, (int(rng.integers(2, 30)), 16), dtype=np.uint32)
+            a = rows[rng.integers(0, len(rows), max(n // 16, 1))]
+        elif kind == 1:   # sorted codes
+            a = np.cumsum(rng.integers(0, int(rng.integers(2, 200)), n)).astype(np.int32)
+        else:             # small counts
+            a = rng.integers(0, int(rng.integers(2, 300)), n).astype(np.uint16)
+        rec[f"a{i}"] = a
+    return rec
+
+
+@pytest.mark.parametrize("share", [0.1, 1.0])
+def test_fit_pack_tries_the_cheap_level_first_and_never_more_pages(rng, monkeypatch, share):
+    """``parts.fit_pack``'s ladder: a record within ``FIT_SHARE`` of saving a page is packed again at
+    ``FIT_FIRST``; that pack is kept when it saves the page and is not within ``FIT_SHARE`` of saving
+    another, else ``FIT_LEVEL`` is tried against the best so far. Checked against that rule written
+    out (packs at each level through one filter memo), byte for byte; it never takes more pages than
+    the first pack; it decodes to the same arrays. With ``FIT_FIRST = 0`` it takes the fewer pages of the
+    first pack and ``FIT_LEVEL``'s, as before the ladder."""
+    from fitsketch.storage import codec as C
+
+    monkeypatch.setattr(PT, "FIT_SHARE", share)
+    ladder, tried = PT.FIT_FIRST, 0
+    assert 0 < ladder < PT.FIT_LEVEL
+    for _ in range(30):
+        rec = _page_record(rng)
+        memo = {}
+        fast = C.pack(rec, compress=True, filters=memo)
+        first = C.pack(rec, compress=True, level=PT.FIT_FIRST, filters=memo)
+        strong = C.pack(rec, compress=True, level=PT.FIT_LEVEL, filters=memo)
+        n = len(fast)
+        near = PT.INLINE_MAX < n <= PT.FIT_MAX and min(n - PT.INLINE_MAX, (n + 16) % PT.PAGE or PT.PAGE) <= share * n
+        want = fast
+        if near:
+            tried += 1
+            if PT._pages(len(first)) < PT._pages(len(want)):
+                want = first
+            m = len(want)
+            again = PT.INLINE_MAX < m and min(m - PT.INLINE_MAX, (m + 16) % PT.PAGE or PT.PAGE) <= share * m
+            if (want is fast or again) and PT._pages(len(strong)) < PT._pages(len(want)):
+                want = strong
+        got = PT.fit_pack(rec)
+        assert got == want
+        assert PT._pages(len(got)) <= PT._pages(n)
+        back = C.unpack(got, stored=True)
+        assert all(back[k].tobytes() == rec[k].tobytes() and back[k].dtype == rec[k].dtype for k in rec if k != "v")
+        monkeypatch.setattr(PT, "FIT_FIRST", 0)    # FIT_LEVEL alone: the fewer pages of the two packs
+        assert PT._pages(len(PT.fit_pack(rec))) == (min(PT._pages(n), PT._pages(len(strong))) if near else PT._pages(n))
+        monkeypatch.setattr(PT, "FIT_FIRST", ladder)
+    assert tried   # some records were near a boundary
