@@ -2,15 +2,17 @@
 
 Entries: bench/scale.py's 32 numeric features x 10 partitions of 500 rows (merged from partition
 sketches of 20 data families, ~5,400 histogram cells and 1,024 band postings an entry), ``--entries``
-of them (default 2,000; ``--quick`` 300), ``batch`` (1,000) a transaction.
+of them (default 2,000; ``--quick`` 200), ``batch`` (1,000) a transaction.
 
 Measured, interleaved round by round so both see the same load (``harness.interleaved``):
 
 * ``add_sketches`` of all entries into a new hub (wall and CPU time);
 * the baseline: LMDB alone writing **the same bytes** -- every record the hub stored, read back
   raw, written into a new file in as many transactions (bench_shortlist's ``_raw_write``);
-* the same add with ``parts.FIT_LEVEL = 0`` (no page-fit retry at zstd level 15), and the LMDB
-  pages each hub uses: what the page fit (issue 21's 32 KB) costs in add rate;
+* the same add with ``parts.FIT_LEVEL = 0`` (no page-fit retry), and the LMDB pages each hub uses:
+  what the page fit (issue 21's 32 KB) costs in add rate;
+* the same add with ``parts.FIT_FIRST = 0`` (the retry at zstd level 15 alone, the fit before the
+  level-6 first try): what that ladder saves, and its pages;
 * for reference, ``add_sketch`` one entry a transaction, on a tenth of the entries.
 
 One add before the rounds is not timed: it fills the process's memos (name hashes, the random
@@ -47,7 +49,7 @@ STAGES = [
     ("write", "records encoded and put (Core, Extra, Profile, Screen)", 1),
     ("pack", "msgpack encoding (codec.pack)", 2),
     ("compress", "zstd of the arrays (codec._compress)", 3),
-    ("refit", "records packed again at parts.FIT_LEVEL (fit_pack's retry; zstd included)", 3),
+    ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 3),
     ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 
@@ -151,9 +153,18 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             finally:
                 P.FIT_LEVEL = saved
 
-        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted}, repeats=repeats,
-                          warmup=0)
-        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted")}
+        def add_level15():   # the retry at FIT_LEVEL alone: the fit before the FIT_FIRST ladder
+            import fitsketch.parts as P
+
+            saved, P.FIT_FIRST = P.FIT_FIRST, 0
+            try:
+                return add()
+            finally:
+                P.FIT_FIRST = saved
+
+        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted, "level15": add_level15},
+                          repeats=repeats, warmup=0)
+        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted", "level15")}
         m = max(10, n // 10)
 
         def one_at_a_time():
@@ -170,8 +181,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             timer.restore()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    a, r, u = t["add_sketches"], t["lmdb"], t["unfitted"]
-    u_cpu = n / u["cpu"]["p50_s"]
+    a, r, u, v = t["add_sketches"], t["lmdb"], t["unfitted"], t["level15"]
+    u_cpu, v_cpu = n / u["cpu"]["p50_s"], n / v["cpu"]["p50_s"]
     rate, rate_cpu = n / a["p50_s"], n / a["cpu"]["p50_s"]
     raw_rate, raw_cpu = n / r["p50_s"], n / r["cpu"]["p50_s"]
     one, one_cpu = m / t_one["p50_s"], m / t_one["cpu"]["p50_s"]
@@ -185,6 +196,9 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     out(f"  without fit_pack's retry (parts.FIT_LEVEL = 0): {n / u['p50_s']:.0f} entries/s wall, {u_cpu:.0f} per CPU "
         f"second ({u_cpu / rate_cpu:.2f}x), {pages['unfitted'] / 1024:.1f} KiB of LMDB pages an entry against "
         f"{pages['add_sketches'] / 1024:.1f}")
+    out(f"  the retry at level 15 alone (parts.FIT_FIRST = 0, the previous fit): {n / v['p50_s']:.0f} entries/s wall, "
+        f"{v_cpu:.0f} per CPU second (add_sketches {rate_cpu / v_cpu:.2f}x of it), {pages['level15'] / 1024:.1f} KiB of "
+        f"LMDB pages an entry against {pages['add_sketches'] / 1024:.1f}")
     out(f"  add_sketch, one entry a transaction ({m} entries): {one:.0f}/s wall, {one_cpu:.0f} per CPU second")
     out(f"\n## Where an add_sketches entry's CPU time goes ({n} entries)\n")
     out(H.markdown_table(split, ["stage", "ms_per_entry", "share"]))
@@ -195,12 +209,16 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             H.row(ctx, "bulk", wl, "add_sketches, FIT_LEVEL 0", "entries_per_cpu_s", u_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=n / u["p50_s"],
                   pages_bytes_per_entry=pages["unfitted"], baseline_pages_bytes_per_entry=pages["add_sketches"]),
+            H.row(ctx, "bulk", wl, "add_sketches, FIT_FIRST 0", "entries_per_cpu_s", v_cpu, unit="entries/s",
+                  baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=n / v["p50_s"],
+                  pages_bytes_per_entry=pages["level15"], baseline_pages_bytes_per_entry=pages["add_sketches"]),
             H.row(ctx, "bulk", wl, "add_sketch (one a transaction)", "entries_per_cpu_s", one_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=one),
             H.row(ctx, "bulk", "all", "all", "wall_time", wall.elapsed(), unit="s")]
     path = H.write_suite("bulk" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
                          tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
                                  "unfitted": {k: v for k, v in u.items() if k != "result"},
+                         "level15": {k: x for k, x in v.items() if k != "result"},
                                  "lmdb": {k: v for k, v in r.items() if k != "result"}})
     out(f"bulk: wrote {path} ({wall.elapsed():.0f} s)")
     return rows
@@ -208,13 +226,13 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
 
 def suite(opts: H.Options) -> list[dict]:
     H.setup(opts)
-    n = opts.extra.get("entries") or (300 if opts.quick else 2_000)
+    n = opts.extra.get("entries") or (200 if opts.quick else 2_000)
     return run(n, repeats=opts.repeats or (1 if opts.quick else 3), quick=opts.quick, out_dir=opts.out_dir)
 
 
 def main(argv=None) -> None:
     ap = H.parser(__doc__.splitlines()[0])
-    ap.add_argument("--entries", type=int, default=None, help="entries added (default 2,000; --quick 300)")
+    ap.add_argument("--entries", type=int, default=None, help="entries added (default 2,000; --quick 200)")
     a = ap.parse_args(argv)
     suite(H.options(a, entries=a.entries))
 
