@@ -198,12 +198,14 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
     # alone; the shuffle alone on integers came within ~1% of the better of these on hub records
     filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
     seen = None if memo is None else memo.get(id(orig))
-    if seen is not None and seen[0] is orig:
+    if seen is not None and seen[0] is not orig:   # another object under this id: not this array's
+        seen = None
+    if seen is not None:
         filters = (seen[1],)
     best = None
     for flt in filters:
         # the filtered bytes the first pack kept (not computed again for a pack at another level)
-        buf = seen[2] if len(filters) == 1 and seen is not None and len(seen) > 2 else _filtered(a, flt)
+        buf = seen[2] if seen is not None and len(seen) > 2 else _filtered(a, flt)
         codec, z = _compress(buf, level)
         if best is None or len(z) < len(best[2]):
             best = (flt, codec, z, buf)

@@ -389,6 +389,9 @@ def test_the_record_writer_matches_the_format_definition_byte_for_byte(rng):
         level = int(rng.integers(2, 16))
         assert C.pack(rec, compress=True, level=level, filters=memo) == _reference_pack(rec, level, flts)
         assert C.pack(rec, compress=True, level=level) == _reference_pack(rec, level)
+        # a memo naming other objects under these arrays' ids (with other filtered bytes) is ignored
+        other = {k: (v[0].copy(), v[1], np.zeros(7, np.uint8)) for k, v in memo.items()}
+        assert C.pack(rec, compress=True, level=level, filters=other) == _reference_pack(rec, level)
 
 
 def _page_record(rng) -> dict:
