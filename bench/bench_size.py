@@ -1,8 +1,8 @@
 """Bytes per entry (issue 21, target 32 KB at 32 features x 10 partitions): the records this
 fitsketch writes ("now": compressed arrays fitted to LMDB pages, engine/parts.py ``fit_pack``, and
-one band posting per (band key, entry)) against the same entries written the two earlier ways in
-the same run: "format 3" (compressed arrays at zstd level 1, one posting per (key, entry,
-feature)) and "format 2" (plain arrays, postings per feature).
+one 4-byte band posting (the entry id) per (band key, entry), hub format 4) against the same
+entries written the two earlier ways in the same run: "format 3" (compressed arrays at zstd level 1, one 8-byte posting per (key, entry,
+feature)) and "format 2" (plain arrays, 8-byte postings per feature).
 
 Workloads: ``real`` -- entries of 5,000 rows x 32 normal columns rounded to 4 decimals, partition
 size 500, through ``hub.add`` (the coverage counts grow with distinct rows); ``merged`` -- the
@@ -62,6 +62,8 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
         parts._put = _plain_put
     try:
         with fitsketch.open(path) as hub:
+            if writer != "now":   # 8-byte (entry id, feature) postings, as format <= 3 wrote them
+                hub.store.transact(lambda t: t.put("meta", b"posting_bytes", 8))
             if workload == "real":
                 items = list(_real(n, seed))
                 t = H.timeit(lambda: [hub.add(name, X, partition_size=500) for name, X in items],
@@ -121,8 +123,6 @@ def _answers(path: Path, queries) -> dict:
 def _lsh_hits(path: Path, sigs: list) -> list:
     """For each query signature matrix, the entry ids the band postings give (the LSH candidate
     stage's lookup, engine/candidates.py), sorted."""
-    import struct
-
     import fitsketch
     from fitsketch.minhash import feature_band_keys
     from fitsketch.storage import u64
@@ -131,7 +131,7 @@ def _lsh_hits(path: Path, sigs: list) -> list:
         out = []
         for sg in sigs:
             bands = feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)
-            hits = {struct.unpack(">II", v)[0] for dups in txn.get_dups_many(
+            hits = {int.from_bytes(v[:4], "big") for dups in txn.get_dups_many(
                 "bands", [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]) for v in dups}
             out.append(sorted(hits))
         return out
