@@ -60,8 +60,10 @@ def fit_pack(obj) -> bytes:
 
 def _put(txn, db: str, key: bytes, obj) -> None:
     """Store a per-entry record with its arrays compressed (``fit_pack``; hub format 3):
-    signatures, histograms, coverage, profile and screen records are most of an entry's bytes."""
-    txn.put_raw(db, key, fit_pack(obj))
+    signatures, histograms, coverage, profile and screen records are most of an entry's bytes.
+    Appended where its key is the database's last (``Txn.put_raw(append=True)``: entry ids grow,
+    so the ``entries`` records fill their leaf pages instead of leaving each half empty)."""
+    txn.put_raw(db, key, fit_pack(obj), append=True)
 
 
 @dataclass

@@ -113,11 +113,16 @@ class Txn:
     def get_raw(self, db: str, key: bytes) -> bytes | None:
         return self._txn.get(_check_key(key), db=self._db(db, dup=False))
 
-    def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
-        """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists."""
+    def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True, append: bool = False) -> bool:
+        """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists. ``append``:
+        a key above every key of ``db`` is appended (LMDB ``MDB_APPEND``: a full page is left full
+        instead of split in half, so records keyed by increasing ids fill their pages); any other
+        key is stored as without it."""
         if not isinstance(value, bytes):
             raise TypeError(f"put_raw stores bytes, got {type(value).__qualname__}")
         h = self._db(db, dup=False)
+        if append and self._mut(self._txn.put, _check_key(key), value, db=h, append=True):
+            return True
         return self._mut(self._txn.put, _check_key(key), value, db=h, overwrite=overwrite)
 
     def get(self, db: str, key: bytes) -> Any:
