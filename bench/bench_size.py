@@ -1,8 +1,9 @@
 """Bytes per entry (issue 21, target 32 KB at 32 features x 10 partitions): the records this
 fitsketch writes ("now": compressed arrays fitted to LMDB pages, engine/parts.py ``fit_pack``, and
-one band posting per (band key, entry)) against the same entries written the two earlier ways in
-the same run: "format 3" (compressed arrays at zstd level 1, one posting per (key, entry,
-feature)) and "format 2" (plain arrays, postings per feature).
+one 4-byte band posting (the entry id) per (band key, entry), hub format 4, records appended where
+their key is the database's last) against the same entries written the two earlier ways in the same
+run: "format 3" (compressed arrays at zstd level 1, one 8-byte posting per (key, entry, feature),
+records put in place) and "format 2" (plain arrays, 8-byte postings per feature).
 
 Workloads: ``real`` -- entries of 5,000 rows x 32 normal columns rounded to 4 decimals, partition
 size 500, through ``hub.add`` (the coverage counts grow with distinct rows); ``merged`` -- the
@@ -37,6 +38,12 @@ def _plain_put(txn, db, key, obj):       # the format-2 writer: arrays as they a
     txn.put(db, key, obj)
 
 
+def _put_no_append(txn, db, key, obj):    # the format-3 writer: compressed, each record put in place (no MDB_APPEND)
+    from fitsketch.parts import fit_pack
+
+    txn.put_raw(db, key, fit_pack(obj))
+
+
 def _postings_per_feature(eid, prepared):  # the writer before one posting per (key, entry)
     bands, nonempty = prepared
     sel = bands[nonempty]
@@ -44,7 +51,7 @@ def _postings_per_feature(eid, prepared):  # the writer before one posting per (
             np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
 
 
-WRITERS = ("format 2", "format 3", "now")
+WRITERS = ("format 2", "format 3", "main", "now")
 
 
 def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
@@ -55,13 +62,17 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
     from .scale import build_sketches
 
     saved = parts._put, parts.FIT_LEVEL, parts.Bands._postings
-    if writer != "now":
+    if writer != "now":            # "main": format 3 as the branch point writes it (8-byte postings, no append)
+        parts._put = _put_no_append
+    if writer in ("format 2", "format 3"):
         parts.Bands._postings = staticmethod(_postings_per_feature)
         parts.FIT_LEVEL = 0
     if writer == "format 2":
         parts._put = _plain_put
     try:
         with fitsketch.open(path) as hub:
+            if writer != "now":   # 8-byte (entry id, feature) postings, as format <= 3 wrote them
+                hub.store.transact(lambda t: t.put("meta", b"posting_bytes", 8))
             if workload == "real":
                 items = list(_real(n, seed))
                 t = H.timeit(lambda: [hub.add(name, X, partition_size=500) for name, X in items],
@@ -121,8 +132,6 @@ def _answers(path: Path, queries) -> dict:
 def _lsh_hits(path: Path, sigs: list) -> list:
     """For each query signature matrix, the entry ids the band postings give (the LSH candidate
     stage's lookup, engine/candidates.py), sorted."""
-    import struct
-
     import fitsketch
     from fitsketch.minhash import feature_band_keys
     from fitsketch.storage import u64
@@ -131,7 +140,7 @@ def _lsh_hits(path: Path, sigs: list) -> list:
         out = []
         for sg in sigs:
             bands = feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)
-            hits = {struct.unpack(">II", v)[0] for dups in txn.get_dups_many(
+            hits = {int.from_bytes(v[:4], "big") for dups in txn.get_dups_many(
                 "bands", [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]) for v in dups}
             out.append(sorted(hits))
         return out
@@ -176,34 +185,43 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
                 got[fmt] = {"path": path, "file": (path / "hub.lmdb").stat().st_size / n, "used": used / n,
                             "parts": {k: v / n for k, v in parts.items() if v}, "add_cpu_ms": 1e3 * add_cpu / n,
                             "read_cpu_us": 1e6 * _read_cpu(path)}
-            a, f3, b = got["now"], got["format 3"], got["format 2"]
+            a, f3, b, mn = got["now"], got["format 3"], got["format 2"], got["main"]
             rs = {fmt: _records(g["path"]) for fmt, g in got.items()}
             lossless = all(all(len(rs[fmt][db]) == len(rs["now"][db]) and
                                all(_same(x, y) for x, y in zip(rs[fmt][db], rs["now"][db])) for db in rs["now"])
-                           for fmt in ("format 2", "format 3"))
+                           for fmt in ("format 2", "format 3", "main"))
             qs = [np.round(rng.normal(size=(600, 32)), 4)] if workload == "real" else \
                 [fitsketch.sketch_data(rng.normal(size=(1000, 32)), partition_size=500,
                                        feature_names=[f"f{j}" for j in range(32)])]
             ans = {fmt: _answers(g["path"], qs) for fmt, g in got.items()}
-            same_answers = ans["now"] == ans["format 3"] == ans["format 2"]
+            same_answers = ans["now"] == ans["main"] == ans["format 3"] == ans["format 2"]
             # the band postings: every stored entry's signatures (and the query's) as LSH lookups
             sigs = [r["sig"] for r in rs["now"]["signatures"]]
-            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in ("now", "format 3")}
-            same_hits = hits["now"] == hits["format 3"]
-            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(f3["path"], qs)
+            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in ("now", "main", "format 3")}
+            same_hits = hits["now"] == hits["main"] == hits["format 3"]
+            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(mn["path"], qs) == _answers_lsh(f3["path"], qs)
             n_hits = float(np.mean([len(h) for h in hits["now"]]))
-            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / format 3 / format 2 "
-                f"(same run): {_kib(a['used'])} / {_kib(f3['used'])} / {_kib(b['used'])} KiB; file {_kib(a['file'])} / "
-                f"{_kib(f3['file'])} / {_kib(b['file'])} KiB; add CPU {a['add_cpu_ms']:.1f} / {f3['add_cpu_ms']:.1f} / "
-                f"{b['add_cpu_ms']:.1f} ms an entry; read + decode CPU {a['read_cpu_us']:.0f} / {f3['read_cpu_us']:.0f} / "
+            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / main / format 3 / format 2 "
+                f"(same run): {_kib(a['used'])} / {_kib(mn['used'])} / {_kib(f3['used'])} / {_kib(b['used'])} KiB; file "
+                f"{_kib(a['file'])} / {_kib(mn['file'])} / {_kib(f3['file'])} / {_kib(b['file'])} KiB; add CPU "
+                f"{a['add_cpu_ms']:.1f} / {mn['add_cpu_ms']:.1f} / {f3['add_cpu_ms']:.1f} / {b['add_cpu_ms']:.1f} ms an "
+                f"entry; read + decode CPU {a['read_cpu_us']:.0f} / {mn['read_cpu_us']:.0f} / {f3['read_cpu_us']:.0f} / "
                 f"{b['read_cpu_us']:.0f} us an entry; records equal: {lossless}; top-10 of {len(METHODS)} methods "
                 f"equal: {same_answers}; LSH lookups of {len(sigs)} entries' signatures find the same entries (now vs "
-                f"format 3): {same_hits} (mean {n_hits:.1f} entries); top-10 through LSH equal: {same_lsh}")
-            out("  KiB per entry by part (now / format 3 / format 2): " + ", ".join(
-                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(f3['parts'].get(k, 0))} / {_kib(v)}"
+                f"main vs format 3): {same_hits} (mean {n_hits:.1f} entries); top-10 through LSH equal: {same_lsh}")
+            out("  KiB per entry by part (now / main / format 3 / format 2): " + ", ".join(
+                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(mn['parts'].get(k, 0))} / {_kib(f3['parts'].get(k, 0))} / "
+                f"{_kib(v)}"
                 for k, v in b["parts"].items() if v >= 52))
             w = f"{workload} ({n} entries)"
-            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use", a["used"], unit="B",
+            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_main", a["used"], unit="B",
+                           baseline="main: format 3 as the branch point writes it (8-byte postings, records put in "
+                                    "place), same entries", baseline_value=mn["used"]),
+                     H.row(ctx, "size", w, "now", "file_bytes_per_entry_vs_main", a["file"], unit="B",
+                           baseline="main, same entries", baseline_value=mn["file"]),
+                     H.row(ctx, "size", w, "now", "add_cpu_per_entry_vs_main", a["add_cpu_ms"], unit="ms",
+                           baseline="main add CPU, same entries", baseline_value=mn["add_cpu_ms"]),
+                     H.row(ctx, "size", w, "now", "bytes_per_entry_in_use", a["used"], unit="B",
                            baseline="format 3 as written before (level 1, postings per feature), same entries",
                            baseline_value=f3["used"]),
                      H.row(ctx, "size", w, "format 3", "bytes_per_entry_in_use", f3["used"], unit="B",

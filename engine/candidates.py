@@ -4,7 +4,6 @@ planner chose), each with its feature ``Alignment``, and the metadata filter (``
 or after it, in the order their costs give (planner.order_filter_first)."""
 from __future__ import annotations
 
-import struct
 
 import numpy as np
 
@@ -71,8 +70,11 @@ def candidates(txn, target, cfg, config, mode: str, reason: str, where: dict | N
             lookups = [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]
             hits = set()
             for dups in txn.get_dups_many("bands", lookups):
-                for v in dups:
-                    hits.add(u64(struct.unpack(">II", v)[0]))
+                for v in dups:   # 4 bytes (entry id) or 8 (entry id, feature): parts.posting_bytes
+                    if len(v) != 4 and len(v) != 8:
+                        raise E.CorruptHubError(f"a band posting of {len(v)} bytes (expected 4 or 8): the hub's "
+                                                "bands database is damaged; restore the hub from a backup")
+                    hits.add(u64(int.from_bytes(v[:4], "big")))
             if ids is not None:
                 hits &= set(ids)
             keys = sorted(hits)

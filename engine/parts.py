@@ -23,6 +23,7 @@ from . import screen as _screen
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
 from .storage import from_u64, pack, u64
+from .storage.env import POSTING_BYTES_KEY
 from .storage.schema import ae_key
 
 ENTRY_FORMAT = 1   # entry, signature, extra and weights records (storage/schema.py)
@@ -69,8 +70,10 @@ def fit_pack(obj) -> bytes:
 
 def _put(txn, db: str, key: bytes, obj) -> None:
     """Store a per-entry record with its arrays compressed (``fit_pack``; hub format 3):
-    signatures, histograms, coverage, profile and screen records are most of an entry's bytes."""
-    txn.put_raw(db, key, fit_pack(obj))
+    signatures, histograms, coverage, profile and screen records are most of an entry's bytes.
+    Appended where its key is the database's last (``Txn.put_raw(append=True)``: entry ids grow,
+    so the ``entries`` records fill their leaf pages instead of leaving each half empty)."""
+    txn.put_raw(db, key, fit_pack(obj), append=True)
 
 
 @dataclass
@@ -260,9 +263,27 @@ class Screen(Part):
         txn.delete("extra", _screen.key(eid))
 
 
+BANDS_FORMAT = 2    # band postings: 1 = 8 bytes (entry id, feature), 2 = 4 bytes (entry id; hubs created at format 4)
+POSTING_BYTES = 4   # the width new hubs write (BANDS_FORMAT 2)
+
+
+def posting_bytes(txn) -> int:
+    """The width of the hub's band postings: 4 (the entry id) for a hub created at format 4, 8
+    (entry id, feature) for one upgraded from an older format (``meta/posting_bytes``, written by
+    its upgrade, storage/env.py). One LMDB key's values must be of one width, so a hub keeps its own."""
+    w = txn.get("meta", POSTING_BYTES_KEY)
+    if w is None:
+        return POSTING_BYTES
+    if type(w) is not int or w not in (4, 8):
+        raise E.CorruptHubError(f"the hub's meta/posting_bytes record is damaged ({str(w)[:40]}): expected 4 or 8; "
+                                "restore the hub from a backup")
+    return w
+
+
 class Bands(Part):
-    """The LSH band postings of the entry's non-empty features: (band key) -> (entry id, feature),
-    one per distinct key of the entry (``_postings``)."""
+    """The LSH band postings of the entry's non-empty features: (band key) -> the entry id (4 bytes;
+    (entry id, feature), 8 bytes, in hubs upgraded from format <= 3: ``posting_bytes``), one per
+    distinct key of the entry (``_postings``)."""
     name = "bands"
 
     def prepare(self, new, config, device):
@@ -291,8 +312,15 @@ class Bands(Part):
         feats = nonempty.astype(np.uint64)[first // max(sel.shape[1], 1)]
         return keys, (np.uint64(eid) << np.uint64(32)) | feats
 
+    @staticmethod
+    def _put(txn, keys, vals) -> None:
+        """Store postings ``vals`` ((entry id << 32) | feature) at the hub's width (``posting_bytes``):
+        4 bytes keep the entry id only (one posting per (key, entry) either way: ~1/3 fewer pages)."""
+        w = posting_bytes(txn)
+        txn.put_dups("bands", keys, vals if w == 8 else vals >> np.uint64(32), width=w)
+
     def write(self, txn, eid, new, prepared):
-        txn.put_dups("bands", *self._postings(eid, prepared))
+        self._put(txn, *self._postings(eid, prepared))
 
     def write_many(self, txn, eids, news, prepared):
         # one sorted insert of the batch's postings: LMDB inserts in key order touch each page once
@@ -303,15 +331,19 @@ class Bands(Part):
         # stable: the postings come by entry id, each entry's by feature, so every key's new values
         # go in ascending -- appended to its sorted duplicates (~20% less CPU than in any order)
         order = np.argsort(keys, kind="stable")
-        txn.put_dups("bands", keys[order], vals[order])
+        self._put(txn, keys[order], vals[order])
         return [None] * len(eids)
 
     def delete(self, txn, eid, rec, config):
         sig = txn.get("signatures", u64(eid))["sig"]
         bands = feature_band_keys(sig, config.lsh_k, config.lsh_l)
-        for f in range(sig.shape[0]):
-            if sig[f, 0] == _EMPTY_SIG:
-                continue
+        nonempty = sig[:, 0] != _EMPTY_SIG
+        if posting_bytes(txn) == 4:
+            v = struct.pack(">I", eid)
+            for bk in np.unique(bands[nonempty].reshape(-1).view(np.uint64)):
+                txn.delete_dup("bands", u64(int(bk)), v)
+            return
+        for f in np.flatnonzero(nonempty):
             v = struct.pack(">II", eid, f)
             for bk in bands[f]:
                 txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 3  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 4  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -57,10 +57,25 @@ def _upgrade_v2_to_v3(txn: Txn) -> None:
     may be of either kind); the number makes an older fitsketch refuse the hub at open."""
 
 
+def _upgrade_v3_to_v4(txn: Txn) -> None:
+    """Format 4: a hub created at format 4 writes its band postings as 4 bytes (the entry id;
+    engine/parts.py ``Bands``). An older hub keeps writing postings of the width it holds (8 bytes;
+    one LMDB key's values must be of one width), recorded here as ``meta/posting_bytes``; one
+    without postings takes 4. Nothing is rewritten and readers take either width; the number makes
+    an older fitsketch refuse the hub at open."""
+    if txn.get("meta", POSTING_BYTES_KEY) is None:
+        it = txn.items("bands")
+        first = next(it, None)
+        it.close()
+        txn.put("meta", POSTING_BYTES_KEY, 4 if first is None or len(first[1]) == 4 else 8)
+
+
+POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
+
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
-MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3}
+MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-READ_AS_IS = frozenset({1, 2})
+READ_AS_IS = frozenset({1, 2, 3})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()

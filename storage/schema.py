@@ -33,15 +33,16 @@ _E = ("fitsketch.parts.ENTRY_FORMAT", 1)
 
 SCHEMA: tuple[Record, ...] = (
     Record("meta", "b'format'", "the hub's format", "fitsketch.storage.env",
-           (("fitsketch.storage.env.FORMAT_VERSION", 3),),
-           "formats 1 (histograms of record formats 1 and 2) and 2 (no compressed arrays) are read as they are; a "
-           "writable open upgrades them to 3 (MIGRATIONS[1], MIGRATIONS[2], records unchanged) so that an older "
-           "fitsketch refuses the hub at open. Format 3: the per-entry records written by fitsketch.parts (entries, "
-           "signatures, histograms, extra) hold their arrays compressed where that is smaller (codec EXT_PACKED: "
-           "byte shuffle / integer delta + zstd, lossless); records of either kind are read alike",
+           (("fitsketch.storage.env.FORMAT_VERSION", 4),),
+           "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays) and 3 (8-byte band postings) "
+           "are read as they are; a writable open upgrades them to 4 (MIGRATIONS[1..3], records unchanged; MIGRATIONS[3] "
+           "writes meta b'posting_bytes' = 8) so that an older fitsketch refuses the hub at open. Format 3: the "
+           "per-entry records written by fitsketch.parts (entries, signatures, histograms, extra) hold their arrays "
+           "compressed where that is smaller (codec EXT_PACKED: byte shuffle / integer delta + zstd, lossless); "
+           "records of either kind are read alike. Format 4: a hub created at format 4 writes 4-byte band postings",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
-           "b'next_sample_id', b'embedding_dim'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
+           "b'next_sample_id', b'embedding_dim', b'posting_bytes'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
            "fitsketch.embeddings", per_entry=False),
     Record("entries", "u64(entry id)", "{v, id, name, metadata, features, kinds, n_rows, n_partitions, "
            "partition_size, sums, counts, created, labelled?}", "fitsketch.parts (Core)", (_E,)),
@@ -51,12 +52,14 @@ SCHEMA: tuple[Record, ...] = (
     Record("histograms", "u64(entry id)", "packed partition histograms (partitions.pack_hist)",
            "fitsketch.parts (Core), fitsketch.partitions", (("fitsketch.partitions.HIST_FORMAT", 2),),
            "format 1 (the COO arrays as they are) is read as it is by partitions.unpack_hist"),
-    Record("bands", "u64(LSH band key), dupsort", "8 bytes: struct '>II' (entry id, feature)",
-           "fitsketch.parts (Bands)", (),
-           "written since 2026-11-30 as one posting per (band key, entry), its feature the entry's lowest non-empty "
-           "feature with that key; before, one per (band key, entry, feature). Readers use the entry id only and "
-           "removal deletes every (entry, feature) of the entry's keys, so both kinds are read and removed alike "
-           "(no format change)"),
+    Record("bands", "u64(LSH band key), dupsort", "4 bytes: struct '>I' (entry id) in a hub created at format 4; "
+           "8 bytes: struct '>II' (entry id, feature) in a hub of format <= 3 (and kept by its upgrade: meta "
+           "b'posting_bytes' = 8, fitsketch.parts.posting_bytes)", "fitsketch.parts (Bands)",
+           (("fitsketch.parts.BANDS_FORMAT", 2),),
+           "8-byte postings are read as they are (readers use the first 4 bytes, the entry id; another length is "
+           "CorruptHubError). Written since 2026-11-30 as one posting per (band key, entry) (8-byte: its feature "
+           "the entry's lowest non-empty feature with that key); before, one per (band key, entry, feature). "
+           "Removal of an 8-byte hub's entry deletes every (entry, feature) of its keys, so both kinds are removed alike"),
     Record("extra", "u64(entry id)", "{v, coverage?, coverage_embedding?, coverage_latent?, classes?}",
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),

@@ -113,11 +113,16 @@ class Txn:
     def get_raw(self, db: str, key: bytes) -> bytes | None:
         return self._txn.get(_check_key(key), db=self._db(db, dup=False))
 
-    def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True) -> bool:
-        """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists."""
+    def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True, append: bool = False) -> bool:
+        """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists. ``append``:
+        a key above every key of ``db`` is appended (LMDB ``MDB_APPEND``: a full page is left full
+        instead of split in half, so records keyed by increasing ids fill their pages); any other
+        key is stored as without it."""
         if not isinstance(value, bytes):
             raise TypeError(f"put_raw stores bytes, got {type(value).__qualname__}")
         h = self._db(db, dup=False)
+        if append and self._mut(self._txn.put, _check_key(key), value, db=h, append=True):
+            return True
         return self._mut(self._txn.put, _check_key(key), value, db=h, overwrite=overwrite)
 
     def get(self, db: str, key: bytes) -> Any:
@@ -179,24 +184,29 @@ class Txn:
             raise ValueError(f"{db!r} values are {DUP_SIZE}-byte bytes (use u64(n)), got {value8!r}")
         return self._mut(self._txn.put, _check_key(key), value8, db=h, dupdata=False)  # NODUPDATA: False if pair exists
 
-    def put_dups(self, db: str, keys, values) -> int:
+    def put_dups(self, db: str, keys, values, width: int = DUP_SIZE) -> int:
         """``put_dup(db, u64(keys[i]), u64(values[i]))`` for every i, in order, in C loops of
         ``_DUPS_CHUNK`` pairs (a million pairs' bytes objects at once cost ~25% more): ``keys`` and
-        ``values`` are equal-length arrays of integers in [0, 2**64). Returns how many pairs were new."""
+        ``values`` are equal-length arrays of integers in [0, 2**64). Returns how many pairs were new.
+        ``width`` 4: each value as 4 big-endian bytes (values < 2**32; the band postings of hubs
+        created at format 4, engine/parts.py ``Bands``); one key's values are all of one width."""
         h = self._db(db, dup=True)
         keys = np.asarray(keys)
         values = np.asarray(values)
         if keys.shape != values.shape or keys.ndim != 1 or keys.dtype.kind not in "iu" or values.dtype.kind not in "iu":
             raise ValueError(f"put_dups takes two equal-length 1-D integer arrays, got {keys.dtype}{keys.shape} "
                              f"and {values.dtype}{values.shape}")
+        if width not in (4, DUP_SIZE) or (width == 4 and len(values) and int(values.max()) >= 1 << 32):
+            raise ValueError(f"put_dups writes 4- or 8-byte values (4: each < 2**32), got width {width!r}")
         self._writable()
         added = 0
+        vt = ">u8" if width == DUP_SIZE else ">u4"
         with self._txn.cursor(db=h) as cur:
             try:
                 for lo in range(0, len(keys), _DUPS_CHUNK):
                     # 8-byte big-endian bytes objects, made in C (V8 items convert to bytes, zero bytes kept)
                     pairs = zip(keys[lo:lo + _DUPS_CHUNK].astype(">u8").view("V8").tolist(),
-                                values[lo:lo + _DUPS_CHUNK].astype(">u8").view("V8").tolist())
+                                values[lo:lo + _DUPS_CHUNK].astype(vt).view(f"V{width}").tolist())
                     added += cur.putmulti(pairs, dupdata=False)[1]
             except lmdb.MapFullError:
                 self.map_full = True
@@ -220,8 +230,8 @@ class Txn:
         return out
 
     def delete_dup(self, db: str, key: bytes, value8: bytes) -> bool:
-        """Remove one record ``value8`` under ``key``; returns whether it existed."""
+        """Remove one record ``value8`` (8 bytes, or 4: ``put_dups(width=4)``) under ``key``; returns whether it existed."""
         h = self._db(db, dup=True)
-        if not isinstance(value8, bytes) or len(value8) != DUP_SIZE:
+        if not isinstance(value8, bytes) or len(value8) not in (4, DUP_SIZE):
             raise ValueError(f"{db!r} values are {DUP_SIZE}-byte bytes, got {value8!r}")
         return self._mut(self._txn.delete, _check_key(key), value8, db=h)

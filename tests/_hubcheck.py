@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -82,7 +81,7 @@ def check_txn(txn) -> list[str]:
             assert key[len(_AE_PREFIX):] in entry_ids, f"weights[{key!r}] belongs to no entry"
     live = {from_u64(k) for k in entry_ids}
     for _, v in txn.items("bands"):
-        eid = struct.unpack(">II", v)[0]
+        eid = int.from_bytes(v[:4], "big")   # 4-byte postings (format 4) or 8 (entry id, feature)
         assert eid in live, f"a band record points at entry id {eid}, which does not exist"
     next_id = txn.get("meta", b"next_id")
     if live:
