@@ -19,6 +19,9 @@ FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance 
 # the performance's source when every validation row equals a training row (held_out): the model
 # was measured on rows it was fitted on, so the recalls fall back to the class counts
 ALL_IN_TRAINING = "fallback: every validation row is a training row"
+# the performance's source when confusion= came with model= + validation= (its counts added to the
+# validation's): accuracy.recall_prior reads such entries with their own prior (PRIOR_COEF_POOLED)
+POOLED = "validation+confusion"
 
 
 def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
@@ -86,7 +89,7 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if extra is not None:
             at = np.array([index[c] for c in extra[1]], dtype=np.int64)
             C[np.ix_(at, at)] += extra[0]
-        perf = _perf_from_confusion(C, labels, counts, "validation" if extra is None else "validation+confusion")
+        perf = _perf_from_confusion(C, labels, counts, "validation" if extra is None else POOLED)
         if all_in:
             perf["source"] = "confusion (every validation row is a training row)"
             perf["validation_in_training"] = int(n_in)
