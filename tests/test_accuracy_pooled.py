@@ -122,3 +122,23 @@ def test_bad_pooled_confusion_is_a_named_error_and_leaves_the_hub_unchanged(tmp_
                     class_accuracy={0: .9, 1: .9, 2: .9})
         after = (hub.names(), len(hub))
         assert after == before and "m" not in hub
+
+
+def test_label_skew_zoo_cv_confusion_counts_every_training_row_and_keeps_the_draws(rng):
+    """``label_skew_zoo(cv_folds=k)``: each model's CV confusion holds each training row once (row sums =
+    the training label counts, over the training labels) and the zoo's draws are those without it."""
+    from fitsketch.workloads import label_skew_zoo
+
+    seed = int(rng.integers(0, 1000))
+    kw = {"n_sources": 2, "n_targets": 1, "n_train": int(rng.integers(20, 60)), "n_val": 10, "n_target": 30,
+          "models": ("logreg",)}
+    a = label_skew_zoo("digits", seed=seed, cv_folds=int(rng.integers(2, 6)), **kw)
+    b = label_skew_zoo("digits", seed=seed, **kw)
+    assert b.cv_confusion is None and set(a.cv_confusion) == set(a.sources)
+    for name, df in a.sources.items():
+        pd.testing.assert_frame_equal(df, b.sources[name])
+        C = a.cv_confusion[name]
+        labels, counts = np.unique(a.source_labels[name], return_counts=True)
+        assert list(C.index) == list(labels) == list(C.columns)
+        np.testing.assert_array_equal(C.to_numpy().sum(axis=1), counts)
+    pd.testing.assert_frame_equal(a.accuracy, b.accuracy)
