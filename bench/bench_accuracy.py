@@ -5,7 +5,9 @@ Workloads (``fitsketch.workloads.label_skew_zoo``): scikit-learn digits and MNIS
 skewed samples (Dirichlet alpha 0.3) each train an ExtraTrees and a logistic regression (20
 models), registered with their training labels, the model and validation rows of their own
 mixture; 5 targets with their own Dirichlet mixtures. Ground truth: each model's accuracy on
-each target.
+each target. Registration (``--registration``, default ``cv``): besides ``model=`` + ``validation=``,
+``confusion=`` = the model's 5-fold cross-validated confusion over its training rows, which the hub
+adds to the validation's (``validation``: without it, as before the seventh session).
 
 Methods: ``accuracy`` (and ``auto``, which picks it on labelled entries), the label-free
 ``adaptivity``, ``js``, ``exact-js``, ``l2``, ``coverage``, the ``source-accuracy`` baseline (the

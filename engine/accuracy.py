@@ -14,7 +14,10 @@ Registration (``hub.add(name, data, labels=...)``) stores, in the entry's one tr
   the validation rows equal to a training row (accuracy_perf.held_out: a model recalls the rows it
   was fitted on better than new ones; their number is stored and told in the evidence as
   ``validation_in_training``); when every validation row is one, the recalls are the class-count
-  fallback, flagged in the evidence (``ALL_IN_TRAINING``).
+  fallback, flagged in the evidence (``ALL_IN_TRAINING``). A ``confusion=`` given together with
+  ``model=`` + ``validation=`` (whole counts, e.g. a cross-validated confusion over the training
+  rows) is added to the validation's confusion (source ``POOLED``); such entries read their own
+  prior (``PRIOR_COEF_POOLED``).
 
 Query, for the labelled candidates (the query's rows are needed):
 
