@@ -67,7 +67,7 @@ CV_FOLDS = 5                            # folds of the "cv" registration's cross
 REGISTRATION = "cv"                     # the reported one (chosen on the tuning seeds, bench/SUMMARY.md)
 
 
-def register(hub, wl, registration: str = "validation") -> float:
+def register(hub, wl, registration: str = REGISTRATION) -> float:
     """Add ``wl``'s models: ``"validation"``: ``model=`` + ``validation=`` (the hub measures the model on
     the validation rows); ``"cv"``: the same plus ``confusion=`` = the model's cross-validated confusion
     over its training rows (``wl.cv_confusion``, ``label_skew_zoo(cv_folds=CV_FOLDS)``), which the hub
@@ -83,7 +83,7 @@ def register(hub, wl, registration: str = "validation") -> float:
 
 
 def score_zoo(wl, workdir: Path, methods=METHODS, temperature: float | None = None, bootstrap: int = 0,
-              true_mixture: bool = True, registration: str = "validation") -> dict:
+              true_mixture: bool = True, registration: str = REGISTRATION) -> dict:
     """``{method: {target: {source: score}}}`` plus timings, on a fresh hub of ``wl``'s models;
     ``accuracy`` runs with ``BOOTSTRAP`` interval draws (``intervals[target][source]``), the
     other accuracy-valued searches with ``bootstrap``."""
