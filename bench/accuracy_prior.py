@@ -30,15 +30,19 @@ HELD_OUT = True    # validation rows equal to a training row left out (as hub.ad
 KEYS = ("spearman", "top1_error", "top2_error", "regret", "mae")
 
 
-def _zoo(ds: str, seed: int, held_out: bool) -> tuple:
+def _zoo(ds: str, seed: int, held_out: bool, registration: str = "validation") -> tuple:
     """One label-skew zoo registered as the hub would: ``(workload, config, names, kinds, feature map,
     sources, class records with performance, labels, class pool)``; ``held_out``: validation rows equal
-    to a training row left out of the measured confusion (accuracy_perf.held_out)."""
+    to a training row left out of the measured confusion (accuracy_perf.held_out); ``registration``
+    "cv": ``confusion=`` the model's 5-fold cross-validated confusion too (bench_accuracy.register)."""
     from fitsketch import accuracy as A
     from fitsketch.config import SketchConfig
     from fitsketch.workloads import label_skew_zoo
 
-    wl = label_skew_zoo(ds, seed=seed)
+    from .bench_accuracy import CV_FOLDS
+
+    cv = registration == "cv"
+    wl = label_skew_zoo(ds, seed=seed, cv_folds=CV_FOLDS if cv else 0)
     cfg = SketchConfig()
     names = list(next(iter(wl.sources.values())).columns)
     kinds = ["numeric"] * len(names)
@@ -49,18 +53,19 @@ def _zoo(ds: str, seed: int, held_out: bool) -> tuple:
         rec = A.class_record(df, A.check_labels(wl.source_labels[s], len(df)), names, kinds, cfg)
         rec["perf"] = A.performance(rec, model=wl.models[s], validation=wl.validation[s], columns=names,
                                     feature_names=None, kinds=kinds, config=cfg,
-                                    training=df if held_out else None)
+                                    training=df if held_out else None,
+                                    confusion=wl.cv_confusion[s] if cv else None)
         recs[s] = rec
     labels = sorted({c for r in recs.values() for c in r["labels"]})
     pl = A.class_pool_of([(recs[s], names, fm) for s in srcs], labels, names)
     return wl, cfg, names, kinds, fm, srcs, recs, labels, pl
 
 
-def build(ds: str, seed: int, out: Path) -> Path:
+def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Path:
     """One zoo's (target, source) rows: per class the prior's features and the recall's counts."""
     from fitsketch import accuracy as A
 
-    wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, HELD_OUT)
+    wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, HELD_OUT, registration)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
                             "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss")}
     cls_index = {c: i for i, c in enumerate(labels)}
@@ -101,7 +106,7 @@ def build(ds: str, seed: int, out: Path) -> Path:
                          ("pop", wl.population[t][s]), ("gpr", gq["gpr"]), ("gpr1", gq["gpr1"]),
                          ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss)):
                 cols[k].append(v)
-    path = out / f"{ds}_{seed}.npz"
+    path = out / f"{ds}_{seed}{_suffix(registration)}.npz"
     np.savez(path, **{k: np.array(v) for k, v in cols.items()})
     return path
 
@@ -155,6 +160,10 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
     return res
 
 
+def _suffix(registration: str) -> str:
+    return "" if registration == "validation" else f"_{registration}"
+
+
 def _lg(x):
     x = np.clip(x, 1e-3, 1 - 1e-3)
     return np.log(x / (1 - x))
@@ -196,7 +205,7 @@ def quality(zs: list, coef, pseudo, conf=True, truth="acc") -> dict:
     return {k: float(np.mean([q[k] for q in qs])) for k in KEYS}
 
 
-def fit(zs: list, conf: bool = True, on: str = "accuracy"):
+def fit(zs: list, conf: bool = True, on: str = "accuracy", start=None):
     """``(coef, pseudo)`` minimizing, by Powell from the engine's constants, the squared error of
     ``on``: "accuracy" (the engine's) the predicted accuracies against the measured ones; "recall"
     each class's recall against the model's recall on every test row of the class (``r_pop``),
@@ -206,8 +215,9 @@ def fit(zs: list, conf: bool = True, on: str = "accuracy"):
     from fitsketch import accuracy as A
 
     y = np.concatenate([z["acc"] for z in zs])
-    start = (list(A.PRIOR_COEF) + [np.log(A.PRIOR_PSEUDO)] if conf
-             else list(A.PRIOR_COEF_NO_CONF) + [np.log(A.PRIOR_PSEUDO_NO_CONF)])
+    if start is None:
+        start = (list(A.PRIOR_COEF) + [np.log(A.PRIOR_PSEUDO)] if conf
+                 else list(A.PRIOR_COEF_NO_CONF) + [np.log(A.PRIOR_PSEUDO_NO_CONF)])
 
     def loss(p):
         if on == "recall":
@@ -235,6 +245,10 @@ def main(argv=None) -> int:
     p.add_argument("--interval", type=Path,
                    help="write the interval's draws here and print coverage per spread x scale")
     p.add_argument("--spreads", default="1,2,3", help="with --interval: RECALL_SPREAD values")
+    p.add_argument("--registration", default="validation", choices=("validation", "cv"),
+                   help="with --build / --fit: 'cv' registers each model's cross-validated confusion with its "
+                   "validation rows (files *_cv.npz); its --fit fits PRIOR_COEF_POOLED on the tuning and extra "
+                   "tuning seeds and reports held-out seeds only where their files exist")
     a = p.parse_args(argv)
     if a.interval:
         zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *EXTRA_TUNE]
@@ -244,8 +258,10 @@ def main(argv=None) -> int:
         a.build.mkdir(parents=True, exist_ok=True)
         zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *HELD]
         for ds, seed in zoos:
-            print("wrote", build(ds, seed, a.build), flush=True)
-    if a.fit:
+            print("wrote", build(ds, seed, a.build, a.registration), flush=True)
+    if a.fit and a.registration == "cv":
+        _fit_pooled(a.fit)
+    elif a.fit:
         load = lambda ds, s: dict(np.load(a.fit / f"{ds}_{s}.npz", allow_pickle=False))  # noqa: E731
         tune = {ds: [load(d, s) for d, s in TUNE if d == ds] for ds in ("digits", "mnist")}
         held = {ds: [load(d, s) for d, s in HELD if d == ds] for ds in ("digits", "mnist")}
@@ -263,6 +279,26 @@ def main(argv=None) -> int:
                         f"{ds}: {_fmt(quality(z, coef, pseudo, conf))} [vs population MAE "
                         f"{quality(z, coef, pseudo, conf, 'pop')['mae']:.4f}]" for ds, z in zs.items()))
     return 0
+
+
+def _fit_pooled(folder: Path) -> tuple:
+    """The "cv" registration's prior (``PRIOR_COEF_POOLED``): fitted on the tuning + extra tuning seeds'
+    ``*_cv.npz``; quality per set beside the engine's pooled constants; held-out sets where present."""
+    from fitsketch import accuracy as A
+
+    load = lambda ds, s: dict(np.load(folder / f"{ds}_{s}_cv.npz", allow_pickle=False))  # noqa: E731
+    parts = {"tuning": TUNE, "extra": EXTRA_TUNE, "held-out": HELD}
+    zs = {k: {ds: [load(d, s) for d, s in v if d == ds and (folder / f"{d}_{s}_cv.npz").exists()]
+              for ds in ("digits", "mnist")} for k, v in parts.items()}
+    coef, pseudo = fit([z for k in ("tuning", "extra") for zz in zs[k].values() for z in zz], True,
+                       start=list(A.PRIOR_COEF_POOLED) + [np.log(A.PRIOR_PSEUDO_POOLED)])
+    print(f"fitted (cv registration): coef {np.round(coef, 4).tolist()} pseudo {pseudo:.2f}")
+    for name, (c, ps) in (("engine", (A.PRIOR_COEF_POOLED, A.PRIOR_PSEUDO_POOLED)), ("refit", (coef, pseudo))):
+        for part, by in zs.items():
+            if any(by.values()):
+                print(f"{name:6s} {part:8s} " + " || ".join(f"{ds}: {_fmt(quality(z, c, ps))}"
+                                                            for ds, z in by.items() if z))
+    return coef, pseudo
 
 
 if __name__ == "__main__":

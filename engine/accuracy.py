@@ -14,7 +14,10 @@ Registration (``hub.add(name, data, labels=...)``) stores, in the entry's one tr
   the validation rows equal to a training row (accuracy_perf.held_out: a model recalls the rows it
   was fitted on better than new ones; their number is stored and told in the evidence as
   ``validation_in_training``); when every validation row is one, the recalls are the class-count
-  fallback, flagged in the evidence (``ALL_IN_TRAINING``).
+  fallback, flagged in the evidence (``ALL_IN_TRAINING``). A ``confusion=`` given together with
+  ``model=`` + ``validation=`` (whole counts, e.g. a cross-validated confusion over the training
+  rows) is added to the validation's confusion (source ``POOLED``); such entries read their own
+  prior (``PRIOR_COEF_POOLED``).
 
 Query, for the labelled candidates (the query's rows are needed):
 
@@ -54,7 +57,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors as E
-from .accuracy_perf import (ALL_IN_TRAINING, CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE,  # noqa: F401
+from .accuracy_perf import (ALL_IN_TRAINING, CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, POOLED,  # noqa: F401
                             RECALL_PSEUDO, curve, performance, read_class_accuracy, read_confusion, true_class_prob)
 from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, class_pool_of,  # noqa: F401
                             loglik, merge_pools, own_predictions, pool, pooled_loglik, query_buckets,
@@ -85,6 +88,13 @@ PRIOR_COEF = (6.555, -0.0878, 0.116, 1.4014, 0.846, -3.4315)
 PRIOR_PSEUDO = 15.17
 PRIOR_COEF_NO_CONF = (2.329, -0.2386, 0.6439, 0.6090, 0.8989)
 PRIOR_PSEUDO_NO_CONF = 9.55
+# entries registered with model= + validation= and a confusion= pooled with it (accuracy_perf.POOLED,
+# e.g. a 5-fold cross-validated confusion over the training rows): the same model, fitted the same way
+# on those registrations of the tuning seeds (digits 0-1, MNIST 0) and the extra tuning seeds (digits
+# 5, MNIST 4-5), ``python -m bench.accuracy_prior --fit DIR --registration cv`` (bench/SUMMARY.md,
+# seventh session). Its many more rows per class make the validation accuracy's term count less.
+PRIOR_COEF_POOLED = (14.5803, -0.5785, -0.6719, 2.6152, 0.6612, -3.3071)
+PRIOR_PSEUDO_POOLED = 15.76
 SHIFT_MIN_VAL = 10          # validation rows of a class needed before the shift factor discounts it
 # the interval's recall spread (:func:`_recall_draw`): 1 = a Beta posterior of the validation rows
 # plus the pseudo-count, 2 = half its observations; chosen on digits seeds 0-1 and MNIST seed 0
@@ -165,6 +175,7 @@ class _Model:
     def __init__(self, perf: dict, rec: dict | None, labels: list):
         self.base = recall_vector(perf, labels)
         self.given = perf["source"] == "class_accuracy" or rec is None
+        self.pooled = perf["source"] == POOLED
         if self.given:
             return
         self.n = _counts(rec, labels)
@@ -217,7 +228,7 @@ def recall_prior(m: _Model, proxy_recall: np.ndarray) -> tuple[np.ndarray, float
     coef, pseudo = PRIOR_COEF_NO_CONF, PRIOR_PSEUDO_NO_CONF
     if m.log_cal is not None:
         x.append(np.full(len(n), m.log_cal))
-        coef, pseudo = PRIOR_COEF, PRIOR_PSEUDO
+        coef, pseudo = (PRIOR_COEF_POOLED, PRIOR_PSEUDO_POOLED) if m.pooled else (PRIOR_COEF, PRIOR_PSEUDO)
     z = np.asarray(coef) @ np.stack(x)
     return np.where(m.n > 0, 1.0 / (1.0 + np.exp(-z)), 0.0), pseudo
 

@@ -19,6 +19,9 @@ FALLBACK_RMAX = 0.9         # the best-class recall assumed when no performance 
 # the performance's source when every validation row equals a training row (held_out): the model
 # was measured on rows it was fitted on, so the recalls fall back to the class counts
 ALL_IN_TRAINING = "fallback: every validation row is a training row"
+# the performance's source when confusion= came with model= + validation= (its counts added to the
+# validation's): accuracy.recall_prior reads such entries with their own prior (PRIOR_COEF_POOLED)
+POOLED = "validation+confusion"
 
 
 def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
@@ -39,14 +42,25 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
     rows it was fitted on better than new ones -- so they are left out of what is measured, and
     their number is stored as ``validation_in_training`` (:func:`held_out`). When every validation row
     is a training row, nothing was held out: the recalls are the class-count fallback (source
-    ``ALL_IN_TRAINING``, flagged in the evidence), with the count stored."""
+    ``ALL_IN_TRAINING``, flagged in the evidence), with the count stored.
+
+    ``confusion=`` given together with ``validation=`` (whole counts, e.g. a cross-validated
+    confusion over the training rows): its counts are added to the validation's confusion, cell by
+    cell over the union of their labels (source ``"validation+confusion"``); the recalls, the
+    prior's validation accuracy and the shrinkage then rest on both. The proxy hits and
+    ``true_class_prob`` stay the validation rows'. When every validation row is a training row, the
+    given counts alone are used."""
     train = list(rec["labels"])
     counts = dict(zip(train, (int(n) for n in rec["counts"])))
     given = [n for n, v in (("validation", validation), ("confusion", confusion),
                             ("class_accuracy", class_accuracy)) if v is not None]
-    if len(given) > 1:
+    extra = None        # confusion= given with model= + validation=: counts pooled with the validation's
+    if given == ["validation", "confusion"]:
+        extra = _check_counts(*_check_confusion(confusion, train))
+    elif len(given) > 1:
         raise E.InvalidArgumentError(f"give one of validation= (with model=), confusion= or class_accuracy=, not "
-                                     f"{' and '.join(given)}")
+                                     f"{' and '.join(given)} (confusion= may come with validation=: its counts "
+                                     "are added to the validation's)")
     if validation is not None:
         if model is None:
             raise E.InvalidArgumentError("validation=(data, labels) is used to measure the model: pass model= too "
@@ -59,16 +73,27 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
                 feature_names = None      # held_out named the columns: the rows are a DataFrame now
             all_in = bool(n_in) and validation is given   # every validation row a training row: none held out
         y_true, y_pred, p_true = _run_validation(model, validation, logit_labels, train, columns, feature_names)
-        if all_in:
+        if all_in and extra is not None:     # nothing held out: the given counts alone
+            y_true = y_pred = np.zeros(0, dtype=object)
+            p_true = np.zeros(0)
+        elif all_in:
             perf = _fallback(train, counts, ALL_IN_TRAINING)
             perf["validation_in_training"] = int(n_in)
             return perf
-        labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist()), key=_sort_key)
+        labels = sorted(set(train) | set(y_true.tolist()) | set(y_pred.tolist())
+                        | (set(extra[1]) if extra is not None else set()), key=_sort_key)
         index = {c: i for i, c in enumerate(labels)}
         C = np.zeros((len(labels), len(labels)), dtype=np.int64)
         np.add.at(C, (np.fromiter((index[v] for v in y_true), np.int64, len(y_true)),
                       np.fromiter((index[v] for v in y_pred), np.int64, len(y_pred))), 1)
-        perf = _perf_from_confusion(C, labels, counts, "validation")
+        if extra is not None:
+            at = np.array([index[c] for c in extra[1]], dtype=np.int64)
+            C[np.ix_(at, at)] += extra[0]
+        perf = _perf_from_confusion(C, labels, counts, "validation" if extra is None else POOLED)
+        if all_in:
+            perf["source"] = "confusion (every validation row is a training row)"
+            perf["validation_in_training"] = int(n_in)
+            return perf
         perf["true_class_prob"] = float(p_true.mean()) if len(p_true) else 0.0
         if n_in is not None:
             perf["validation_in_training"] = int(n_in)
@@ -308,6 +333,16 @@ def _check_confusion(confusion, train: list):
     if not np.isfinite(C).all() or (C < 0).any() or C.sum() <= 0:
         raise E.InvalidArgumentError("confusion holds negative, missing or no counts: give counts (or rates) >= 0")
     return C, labels
+
+
+def _check_counts(C: np.ndarray, labels: list) -> tuple:
+    """A ``confusion=`` pooled with the validation's confusion: whole counts of rows (rates cannot be
+    added to counts), as int64 ``(C, labels)``."""
+    if (C != np.round(C)).any() or C.max() >= 1 << 53:
+        raise E.InvalidArgumentError("confusion= given with validation= is added to the validation's counts: give "
+                                     "whole numbers of rows (e.g. a cross-validated confusion_matrix over the "
+                                     "training rows), not rates")
+    return C.astype(np.int64), labels
 
 
 def _run_validation(model, validation, logit_labels, train: list, columns: list[str], feature_names):

@@ -192,7 +192,9 @@ class Hub:
         (engine/accuracy.py), with the model's per-class performance from the first given of
         ``model=`` + ``validation=(data, labels)`` (its confusion matrix; on a hub without a probe
         set ``model=`` serves only this), ``confusion=`` or ``class_accuracy={label: recall}``, else
-        a fallback from the class counts (flagged in the evidence).
+        a fallback from the class counts (flagged in the evidence). ``confusion=`` given with ``model=``
+        + ``validation=`` (whole counts, e.g. a cross-validated confusion over the training rows) is
+        added to the validation's confusion.
         """
         return self._add(*_adding.prepare(
             self, name, data, metadata=metadata, partition_size=partition_size, feature_names=feature_names,

@@ -64,19 +64,20 @@ def test_registration_stores_the_mean_probability_of_the_true_class(tmp_path, rn
         assert abs(perf[name]["true_class_prob"] - want) <= 1e-5, (name, perf[name]["true_class_prob"], want)
 
 
-def _perf(C, acc=None, conf=None):
+def _perf(C, acc=None, conf=None, source="validation"):
     C = np.asarray(C)
-    p = {"source": "validation", "labels": list(range(len(C))), "recall": np.zeros(len(C)), "confusion": C,
+    p = {"source": source, "labels": list(range(len(C))), "recall": np.zeros(len(C)), "confusion": C,
          "validation_accuracy": float(np.trace(C) / C.sum()) if acc is None else acc}
     if conf is not None:
         p["true_class_prob"] = conf
     return p
 
 
-@pytest.mark.parametrize("conf", [None, 0.6])
-def test_recall_prior_and_shifted_recall_on_a_constructed_case(rng, conf):
+@pytest.mark.parametrize("conf, source", [(None, "validation"), (0.6, "validation"), (0.6, A.POOLED),
+                                          (None, A.POOLED)])
+def test_recall_prior_and_shifted_recall_on_a_constructed_case(rng, conf, source):
     """The prior is the logistic formula of PRIOR_COEF (PRIOR_COEF_NO_CONF without a stored
-    confidence) on random counts; the recall moves it with the class's validation rows and
+    confidence; PRIOR_COEF_POOLED for a confusion pooled with the validation's) on random counts; the recall moves it with the class's validation rows and
     PRIOR_PSEUDO pseudo-rows; a class with under PROXY_MIN_MASS query rows takes the learning
     curve; an unseen class stays 0."""
     K = 5
@@ -84,7 +85,7 @@ def test_recall_prior_and_shifted_recall_on_a_constructed_case(rng, conf):
     rec = {"labels": list(range(K)), "counts": counts}
     C = np.diag(rng.integers(0, 30, K)) + rng.integers(0, 3, (K, K))
     C[0] = 0
-    perf = _perf(C, conf=conf)
+    perf = _perf(C, conf=conf, source=source)
     m = A._Model(perf, rec, list(range(K)))
     pr = rng.uniform(0, 1, K)
     r0, pseudo = A.recall_prior(m, pr)
@@ -94,7 +95,8 @@ def test_recall_prior_and_shifted_recall_on_a_constructed_case(rng, conf):
     if conf is None:
         coef, want_pseudo = A.PRIOR_COEF_NO_CONF, A.PRIOR_PSEUDO_NO_CONF
     else:
-        coef, want_pseudo = A.PRIOR_COEF, A.PRIOR_PSEUDO
+        coef, want_pseudo = ((A.PRIOR_COEF_POOLED, A.PRIOR_PSEUDO_POOLED) if source == A.POOLED
+                             else (A.PRIOR_COEF, A.PRIOR_PSEUDO))
         z.append(np.log(acc / conf))
     want = _sig(sum(c * v for c, v in zip(coef, z)))
     want[0] = 0.0
@@ -116,7 +118,7 @@ def test_recall_prior_and_shifted_recall_on_a_constructed_case(rng, conf):
     np.testing.assert_allclose(r, want_r, rtol=1e-12)
     assert r[0] == 0.0
     # many validation rows outweigh the prior
-    big = _perf(5000 * (np.eye(K, dtype=int) + np.roll(np.eye(K, dtype=int), 1, axis=1)), conf=conf)
+    big = _perf(5000 * (np.eye(K, dtype=int) + np.roll(np.eye(K, dtype=int), 1, axis=1)), conf=conf, source=source)
     rb, _ = A.shifted_recall(A._Model(big, rec, list(range(K))), pred, w)
     np.testing.assert_allclose(rb[1:], 0.5, atol=1e-3)
 

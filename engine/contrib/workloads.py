@@ -43,6 +43,9 @@ class Workload:
     population: pd.DataFrame | None = None  # population[target][source] = sum_c mixture_c x class_recall_c
     target_mixture: dict | None = None      # target -> {class: share} its rows were drawn with
     class_recall: dict | None = None        # source -> {class: recall on every test-half row of the class}
+    # label_skew_zoo(cv_folds=k): name -> the model's k-fold cross-validated confusion over its training rows
+    # (DataFrame, index true label, columns predicted label; what an owner can pass as ``confusion=``)
+    cv_confusion: dict | None = None
 
 
 ORACLE_TAU = 30  # a class counts as seen by a source once it holds this many of its rows
@@ -469,14 +472,20 @@ def _mixture_draw(rng, y_pool: np.ndarray, classes: np.ndarray, p: np.ndarray, n
 
 def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, n_targets: int = 5,
                    alpha: float = 0.3, n_train: int | None = None, n_val: int | None = None,
-                   n_target: int | None = None, models=("trees", "logreg")) -> Workload:
+                   n_target: int | None = None, models=("trees", "logreg"), cv_folds: int = 0) -> Workload:
     """A zoo whose models differ mostly by the classes they saw: ``n_sources`` samples of the
     training half of ``dataset`` ("digits": scikit-learn's 8x8 digits; "mnist": MNIST-5k, 28x28),
     each with its class mixture drawn from Dirichlet(``alpha``); each sample trains one model per
     kind in ``models`` ("trees": ExtraTrees, 100 trees; "logreg": logistic regression), named
     ``s<i>-<kind>``, and keeps ``n_val`` rows of its own mixture as validation data. Targets:
     ``n_targets`` samples of the test half with their own Dirichlet mixtures. Ground truth: each
-    model's accuracy on each target."""
+    model's accuracy on each target.
+
+    ``cv_folds`` > 1: also each model's cross-validated confusion over its training rows
+    (``cv_confusion``): ``cross_val_predict`` of a clone of the model (same class and parameters) in
+    ``cv_folds`` folds grouped by pool row, so that a row drawn twice (a class that ran out of rows is
+    drawn with replacement) never sits on both sides of a fold. The draws are the same with or without
+    it (no random numbers are used for it)."""
     from sklearn.ensemble import ExtraTreesClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -498,7 +507,7 @@ def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, 
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.5, stratify=y, random_state=seed)
     classes = np.unique(y)
     rng = np.random.default_rng([seed, 0x5EED])
-    sources, targets, models_of, own, slab, tlab, val, tmix = {}, {}, {}, {}, {}, {}, {}, {}
+    sources, targets, models_of, own, slab, tlab, val, tmix, cvc = {}, {}, {}, {}, {}, {}, {}, {}, {}
     with _one_thread():
         for i in range(n_sources):
             p = rng.dirichlet(np.full(len(classes), alpha))
@@ -521,6 +530,8 @@ def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, 
                 val[name] = (pd.DataFrame(Xtr[vi], columns=names), ytr[vi])
                 models_of[name] = (lambda c: (lambda rows: c.predict_proba(np.asarray(rows, dtype=np.float64) / scale)))(clf)
                 own[name] = float(clf.score(Xtr[vi] / scale, ytr[vi])) if len(vi) else float("nan")
+                if cv_folds > 1:
+                    cvc[name] = _cv_confusion(clf, Xtr[ti] / scale, ytr[ti], ti, cv_folds)
         for j in range(n_targets):
             p = rng.dirichlet(np.full(len(classes), alpha))
             idx = _mixture_draw(rng, yte, classes, p, n_target)
@@ -534,7 +545,21 @@ def label_skew_zoo(dataset: str = "digits", seed: int = 0, n_sources: int = 10, 
         recall = {s: _class_recall(models_of[s], slab[s], Xte, yte, classes) for s in sources}
         population = pd.DataFrame({t: {s: float(sum(tmix[t][int(c)] * recall[s][int(c)] for c in classes))
                                        for s in sources} for t in targets})
-    return Workload(sources, targets, acc, own, slab, tlab, val, models_of, population, tmix, recall)
+    return Workload(sources, targets, acc, own, slab, tlab, val, models_of, population, tmix, recall,
+                    cvc if cv_folds > 1 else None)
+
+
+def _cv_confusion(clf, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int) -> pd.DataFrame:
+    """The ``folds``-fold cross-validated confusion of a clone of ``clf`` on ``(X, y)``, folds grouped by
+    ``groups`` (equal rows in one fold); rows: true label, columns: predicted label, over ``y``'s labels."""
+    from sklearn.base import clone
+    from sklearn.metrics import confusion_matrix
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    vocab = np.unique(y)
+    k = min(folds, len(np.unique(groups)))
+    pred = cross_val_predict(clone(clf), X, y, cv=GroupKFold(k), groups=groups)
+    return pd.DataFrame(confusion_matrix(y, pred, labels=vocab), index=vocab, columns=vocab)
 
 
 def _class_recall(model, train_labels, X: np.ndarray, y: np.ndarray, classes) -> dict:
