@@ -58,6 +58,7 @@ import numpy as np
 
 from . import errors as E
 from .accuracy_perf import (ALL_IN_TRAINING, CURVE_B, CURVE_K, FALLBACK_RMAX, MAX_PERF_FILE, POOLED,  # noqa: F401
+                            POOLED_ALL_IN_TRAINING,
                             RECALL_PSEUDO, curve, performance, read_class_accuracy, read_confusion, true_class_prob)
 from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, check_pool, class_pool_of,  # noqa: F401
                             loglik, merge_pools, own_predictions, pool, pooled_loglik, query_buckets,

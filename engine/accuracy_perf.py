@@ -22,6 +22,10 @@ ALL_IN_TRAINING = "fallback: every validation row is a training row"
 # the performance's source when confusion= came with model= + validation= (its counts added to the
 # validation's): accuracy.recall_prior reads such entries with their own prior (PRIOR_COEF_POOLED)
 POOLED = "validation+confusion"
+# ... and when, of those, every validation row equals a training row: the given counts alone are used
+POOLED_ALL_IN_TRAINING = "confusion (every validation row is a training row)"
+# the most rows a pooled confusion may count: int64 sums stay exact as float64 with up to 2**32 validation rows
+MAX_POOLED_ROWS = float((1 << 53) - (1 << 32))
 
 
 def performance(rec: dict, *, model=None, validation=None, logit_labels=None, confusion=None,
@@ -91,7 +95,7 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
             C[np.ix_(at, at)] += extra[0]
         perf = _perf_from_confusion(C, labels, counts, "validation" if extra is None else POOLED)
         if all_in:
-            perf["source"] = "confusion (every validation row is a training row)"
+            perf["source"] = POOLED_ALL_IN_TRAINING
             perf["validation_in_training"] = int(n_in)
             return perf
         perf["true_class_prob"] = float(p_true.mean()) if len(p_true) else 0.0
@@ -338,10 +342,14 @@ def _check_confusion(confusion, train: list):
 def _check_counts(C: np.ndarray, labels: list) -> tuple:
     """A ``confusion=`` pooled with the validation's confusion: whole counts of rows (rates cannot be
     added to counts), as int64 ``(C, labels)``."""
-    if (C != np.round(C)).any() or C.max() >= 1 << 53:
+    if (C != np.round(C)).any():
         raise E.InvalidArgumentError("confusion= given with validation= is added to the validation's counts: give "
                                      "whole numbers of rows (e.g. a cross-validated confusion_matrix over the "
                                      "training rows), not rates")
+    if float(C.sum()) >= MAX_POOLED_ROWS:   # the pooled counts are summed in int64 and read back as floats
+        raise E.InvalidArgumentError(f"confusion= counts {float(C.sum()):.3g} rows in all; pooled with the "
+                                     f"validation rows they must stay under {MAX_POOLED_ROWS:.3g} (2**53 - 2**32): "
+                                     "give the counts of the rows the model was really measured on")
     return C.astype(np.int64), labels
 
 

@@ -58,7 +58,9 @@ def test_pooled_confusion_equals_scikit_learns_on_the_union_of_predictions(tmp_p
     want = confusion_matrix(np.concatenate([vy[keep], y]), np.concatenate([pred[keep], cv_pred]),
                             labels=perf["labels"])
     np.testing.assert_array_equal(perf["confusion"], want)
-    assert perf["source"] == "validation+confusion" and res["m"].evidence["performance"] == "validation+confusion"
+    # with few validation rows, all of them may equal training rows (rounded values): the given counts alone
+    source = "validation+confusion" if keep.any() else "confusion (every validation row is a training row)"
+    assert perf["source"] == source and res["m"].evidence["performance"] == source
     assert perf["validation_accuracy"] == pytest.approx(np.trace(want) / want.sum(), abs=1e-12)
     # what the validation rows alone give is kept: the model's confidence and the proxy's hits
     assert perf.get("true_class_prob") == alone.get("true_class_prob")
@@ -93,8 +95,10 @@ def test_every_validation_row_a_training_row_uses_the_given_counts_alone(tmp_pat
     with fitsketch.open(tmp_path / "hub") as hub:
         hub.add("m", df, labels=y, model=_model, validation=(df.iloc[take], y[take]), confusion=cv)
         perf = _perf(hub, "m")
+        ev = hub.search(_labelled(rng, 30)[0], method="accuracy", accuracy_bootstrap=0)[0].evidence
     np.testing.assert_array_equal(perf["confusion"], cv)
     assert perf["validation_in_training"] == len(take) and "every validation row" in perf["source"]
+    assert ev["validation_in_training"] == len(take) and "confusion= given with them alone" in ev["fallback"]
 
 
 @pytest.mark.parametrize("bad, err", [
@@ -104,6 +108,8 @@ def test_every_validation_row_a_training_row_uses_the_given_counts_alone(tmp_pat
     (np.array([[3, np.nan, 0], [0, 2, 0], [0, 0, 1]]), E.InvalidArgumentError),
     (np.zeros((3, 3), dtype=np.int64), E.InvalidArgumentError),        # no rows
     (np.full((3, 3), 2.0 ** 60), E.InvalidArgumentError),               # beyond exact float counts
+    (np.full((3, 3), 2.0 ** 52), E.InvalidArgumentError),               # each cell exact, the sum is not
+    (np.full((3, 3), 1e300), E.InvalidArgumentError),
     ("not a matrix", E.InvalidArgumentError),
 ])
 def test_bad_pooled_confusion_is_a_named_error_and_leaves_the_hub_unchanged(tmp_path, rng, bad, err):

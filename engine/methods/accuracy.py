@@ -172,6 +172,9 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
         if cl["perf"]["source"] == _acc.ALL_IN_TRAINING:
             ev["fallback"] = ("every validation row is a training row (the model was measured on rows it was fitted "
                               "on): recall guessed from class counts; pass validation rows held out from training")
+        elif cl["perf"]["source"] == _acc.POOLED_ALL_IN_TRAINING:
+            ev["fallback"] = ("every validation row is a training row: they were left out, and the confusion= given "
+                              "with them alone measures the model")
         elif cl["perf"]["source"].startswith("fallback"):
             ev["fallback"] = "no model performance was registered: recall guessed from class counts"
         if auto:
