@@ -245,6 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--interval", type=Path,
                    help="write the interval's draws here and print coverage per spread x scale")
     p.add_argument("--spreads", default="1,2,3", help="with --interval: RECALL_SPREAD values")
+    p.add_argument("--held-out", action="store_true",
+                   help="with --fit --registration cv: also print the held-out seeds' quality (look once, at the end)")
     p.add_argument("--registration", default="validation", choices=("validation", "cv"),
                    help="with --build / --fit: 'cv' registers each model's cross-validated confusion with its "
                    "validation rows (files *_cv.npz); its --fit fits PRIOR_COEF_POOLED on the tuning and extra "
@@ -256,11 +258,12 @@ def main(argv=None) -> int:
         return 0
     if a.build:
         a.build.mkdir(parents=True, exist_ok=True)
-        zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *HELD]
+        zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or (
+            [*TUNE, *EXTRA_TUNE] if a.registration == "cv" else [*TUNE, *HELD])   # cv: what its --fit needs
         for ds, seed in zoos:
             print("wrote", build(ds, seed, a.build, a.registration), flush=True)
     if a.fit and a.registration == "cv":
-        _fit_pooled(a.fit)
+        _fit_pooled(a.fit, a.held_out)
     elif a.fit:
         load = lambda ds, s: dict(np.load(a.fit / f"{ds}_{s}.npz", allow_pickle=False))  # noqa: E731
         tune = {ds: [load(d, s) for d, s in TUNE if d == ds] for ds in ("digits", "mnist")}
@@ -281,13 +284,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def _fit_pooled(folder: Path) -> tuple:
-    """The "cv" registration's prior (``PRIOR_COEF_POOLED``): fitted on the tuning + extra tuning seeds'
-    ``*_cv.npz``; quality per set beside the engine's pooled constants; held-out sets where present."""
+def _fit_pooled(folder: Path, held_out: bool = False) -> tuple:
+    """The "cv" registration's prior (``PRIOR_COEF_POOLED``): fitted on every tuning + extra tuning seed's
+    ``*_cv.npz`` (a missing one is an error, not a smaller fit); quality per set beside the engine's
+    pooled constants; the held-out seeds' only with ``held_out`` (and where their files exist)."""
     from fitsketch import accuracy as A
 
+    missing = [f"{d}_{s}_cv.npz" for d, s in (*TUNE, *EXTRA_TUNE) if not (folder / f"{d}_{s}_cv.npz").exists()]
+    if missing:
+        raise SystemExit(f"{folder} lacks {', '.join(missing)}: build them first (--build {folder} --registration cv "
+                         "builds the tuning and extra tuning seeds)")
     load = lambda ds, s: dict(np.load(folder / f"{ds}_{s}_cv.npz", allow_pickle=False))  # noqa: E731
-    parts = {"tuning": TUNE, "extra": EXTRA_TUNE, "held-out": HELD}
+    parts = {"tuning": TUNE, "extra": EXTRA_TUNE, **({"held-out": HELD} if held_out else {})}
     zs = {k: {ds: [load(d, s) for d, s in v if d == ds and (folder / f"{d}_{s}_cv.npz").exists()]
               for ds in ("digits", "mnist")} for k, v in parts.items()}
     coef, pseudo = fit([z for k in ("tuning", "extra") for zz in zs[k].values() for z in zz], True,
