@@ -148,3 +148,48 @@ def test_sketch_parquet_with_dictionary_columns_equals_plain_reads(rng, tmp_path
     got = D.sketch_parquet(files, config=cfg, engine="local", progress=False).to_bytes()
     monkeypatch.setattr(PU, "_dictionary_columns_of", lambda *a: ())       # every column read plain
     assert D.sketch_parquet(files, config=cfg, engine="local", progress=False).to_bytes() == got
+
+
+# ----------------------------------------------------------------------------- fused row codes
+@pytest.mark.parametrize("n", [0, 1, 3, 517, 33_001])
+def test_fused_row_codes_equal_the_blas_product_off_the_rounding_edge(rng, monkeypatch, n):
+    """The opt-in fused codes (``rowcodes.FUSED_CODES``) against the BLAS product (the default) on
+    rows like the coverage transform's (bounded, NaN -> the centre): equal wherever no projection is
+    within float32 rounding of zero; the portable loop equal to the AVX2 one bit for bit."""
+    from fitsketch.kernels import rowcodes as R
+
+    if R._c is None or not hasattr(R._c, "fma_codes"):
+        pytest.skip("compiled kernel not built")
+    assert not R.FUSED_CODES
+    for _ in range(2 if n > 1000 else 6):
+        d = int(rng.integers(1, 40))
+        tables, bits = int(rng.integers(1, 10)), int(rng.choice([1, 3, 7, 12, 30]))
+        X = rng.normal(0, 1, (n, d)) * rng.choice([1.0, 1e-3, 30.0], d)
+        X[rng.random((n, d)) < 0.05] = np.nan
+        center = rng.normal(0, 0.5, d)
+        a = R.hyperplanes(int(rng.integers(0, 1 << 31)), tables, bits, rng.integers(0, 1 << 40, d))
+        want = R.row_codes_centered(X, center, a, device="cpu")                       # BLAS (the default)
+        Z = R.centered_f32(X, center)
+        proj = np.einsum("nd,tbd->tnb", Z.astype(np.float64), a.astype(np.float64))
+        edge = (np.abs(proj) < 1e-4 * (1 + np.abs(Z).sum(axis=1))[None, :, None]).any(axis=2)
+        with monkeypatch.context() as m:
+            m.setattr(R, "FUSED_CODES", True)
+            got = R.row_codes_centered(X, center, a, device="cpu")
+            got32 = R.row_codes(Z, a, device="cpu")
+        assert got.dtype == want.dtype == np.int32 and got32.dtype == np.int64
+        assert np.array_equal(got[~edge], want[~edge]) and np.array_equal(got32, got)
+        assert np.array_equal(R._fma_codes(X, center, a, scalar=True, force=True), got)      # the portable loop
+        assert np.array_equal(R._fma_codes(Z, None, a, scalar=True, force=True), got)
+
+
+def test_fused_row_codes_refuse_buffers_too_small():
+    from fitsketch.kernels import rowcodes as R
+
+    if R._c is None or not hasattr(R._c, "fma_codes"):
+        pytest.skip("compiled kernel not built")
+    X, c, at, out = np.zeros((4, 3)), np.zeros(3), np.zeros((3, 8), np.float32), np.zeros((2, 4), np.int32)
+    R._c.fma_codes(X, c, at, out, 4, 3, 2, 4, 8, 4, 0, True)                          # fits
+    for args in [(5, 3, 2, 4, 8, 5, 0), (4, 3, 2, 4, 8, 4, 1), (4, 3, 3, 4, 8, 4, 0), (4, 3, 2, 31, 64, 4, 0),
+                 (4, 3, 2, 4, 12, 4, 0), (4, 4, 2, 4, 8, 4, 0)]:
+        with pytest.raises(ValueError):
+            R._c.fma_codes(X, c, at, out, *args, True)
