@@ -26,6 +26,7 @@ instead, with that entry's own reason in its evidence (the others keep their cov
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -41,7 +42,9 @@ COVERAGE_FORMAT = 1
 HASH_DIMS = 8
 
 
+@functools.lru_cache(maxsize=4096)
 def _col_key(name: str, seed: int) -> int:
+    """A column's hyperplane key (memoized: each unit of a Parquet dataset asks for every column's)."""
     return int(hash_tokens(np.array([name], dtype=object), seed)[0] >> np.uint64(8))
 
 

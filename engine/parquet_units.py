@@ -201,7 +201,8 @@ def _unit_frame(spec: dict):
     dictionary = spec.get("dictionary")
     if dictionary is None:
         dictionary = _dictionary_columns(spec)
-    return to_frame(_read_unit(spec["path"], spec["row_group"], spec["columns"], dictionary))
+    # split_blocks: each column its own block (no copy of the numeric columns into one 2-D block)
+    return to_frame(_read_unit(spec["path"], spec["row_group"], spec["columns"], dictionary).to_pandas(split_blocks=True))
 
 
 def _threads(n: int | None) -> None:

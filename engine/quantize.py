@@ -239,7 +239,7 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         rows = _all_rows(n)
         h = np.zeros(n, dtype=np.uint64)
         h[~missing] = _value_hashes(col, missing, config.seed)
-        hist = (h % np.uint64(config.hist_bins)).astype(np.int32)
+        hist = _fold(h, config.hist_bins)
         hist[missing] = config.hist_bins  # one extra bin for missing values
         _, tok_hash = _tokens(col, missing, config.seed)
         elems = _distinct_u32(tok_hash) if tok_hash.size else _distinct_u32(h[~missing])
@@ -249,7 +249,7 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         if h.size == 0:
             raise EmptyColumnError(f"text column {name!r} has no word tokens: drop it or fill it")
         return Column(name, kind, _distinct_u32(h), rows,
-                      (h % np.uint64(config.hist_bins)).astype(np.int32), 0.0, 0)
+                      _fold(h, config.hist_bins), 0.0, 0)
     raise ValueError(f"unknown column kind {kind!r}")
 
 
@@ -288,14 +288,14 @@ def _quantize_categories(name: str, kind: str, cats, n: int, config: SketchConfi
     if kind == "categorical":
         vh = _value_hashes(values, np.zeros(len(values), dtype=bool), config.seed)
         table = np.empty(len(values) + 1, dtype=np.int32)
-        table[:-1] = vh % np.uint64(config.hist_bins)
+        table[:-1] = _fold(vh, config.hist_bins)
         table[-1] = config.hist_bins                # code -1 (missing): the extra bin
         elems = _distinct_u32(used) if used.size else _distinct_u32(vh[present])
         return Column(name, kind, elems, _all_rows(n), table[codes], 0.0, 0, all_rows=True)
     rows, h = _expand_category_tokens(codes, crow, ch, len(values))
     if h.size == 0:
         raise EmptyColumnError(f"text column {name!r} has no word tokens: drop it or fill it")
-    return Column(name, kind, _distinct_u32(used), rows, (h % np.uint64(config.hist_bins)).astype(np.int32), 0.0, 0)
+    return Column(name, kind, _distinct_u32(used), rows, _fold(h, config.hist_bins), 0.0, 0)
 
 
 def _expand_category_tokens(codes: np.ndarray, crow: np.ndarray, ch: np.ndarray, k: int):
@@ -313,6 +313,15 @@ def _expand_category_tokens(codes: np.ndarray, crow: np.ndarray, ch: np.ndarray,
     idx -= first[rows]
     idx += start[codes][rows]
     return rows, ch[idx]
+
+
+def _fold(h: np.ndarray, bins: int) -> np.ndarray:
+    """``(h % bins).astype(int32)`` of uint64 hashes: a mask when ``bins`` is a power of two (the
+    same values; the default 64 is), as NumPy's unsigned modulo costs a division per value."""
+    h = np.asarray(h, dtype=np.uint64)
+    if bins > 0 and bins & (bins - 1) == 0:
+        return (h & np.uint64(bins - 1)).astype(np.int32)
+    return (h % np.uint64(bins)).astype(np.int32)
 
 
 def _distinct_u32(h64: np.ndarray) -> np.ndarray:
@@ -479,12 +488,14 @@ def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
     bufs = arr.buffers()
     offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
     data = bufs[2] if bufs[2] is not None else b""
-    n_tok = _c.count_ascii_tokens(data, offs)
-    rows = np.empty(n_tok, dtype=np.int64)
-    h = np.empty(n_tok, dtype=np.uint64)
-    if _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h) != n_tok:
-        raise RuntimeError("the token kernel wrote another number of tokens than it counted")
-    return rows, h
+    # room for the most tokens the values can hold (a token and a separator take 2 bytes: a value
+    # of L bytes holds at most ceil(L / 2)), instead of a counting pass over the text; pages past
+    # the tokens written are never touched
+    cap = (int(offs[-1]) - int(offs[0]) + len(offs)) // 2 + 1
+    rows = np.empty(cap, dtype=np.int64)
+    h = np.empty(cap, dtype=np.uint64)
+    n_tok = _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h)
+    return rows[:n_tok], h[:n_tok]
 
 
 def _ascii_tokens(arr):

@@ -732,18 +732,34 @@ PyDoc_STRVAR(hashed_rows_doc,
 
 /* hashed_rows / hashed_rows_at's body (no GIL): rows of 8 dimensions, ``stride`` doubles apart from o,
    zeroed, the tokens' +-1 added in token order, each row divided by its L2 norm (NaN where it is 0) */
+static void hashed_norm(double *x) {
+    double ss = 0.0;
+    for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
+    const double norm = sqrt(ss);
+    if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; return; }
+    const double den = norm > 1e-12 ? norm : 1e-12;
+    for (int j = 0; j < 8; j++) x[j] /= den;
+}
+
 static void hashed_fill(const int64_t *r, const uint64_t *h, Py_ssize_t m, double *o, Py_ssize_t n, Py_ssize_t stride) {
+    int sorted = 1;
+    for (Py_ssize_t t = 1; t < m && sorted; t++) sorted = r[t - 1] <= r[t];
+    if (sorted) {
+        /* items in row order (a tokenizer's output): each row summed in registers and written once,
+         * the same additions in the same order as below */
+        Py_ssize_t t = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (; t < m && r[t] == i; t++) x[h[t] & 7u] += (h[t] >> 63) ? -1.0 : 1.0;
+            hashed_norm(x);
+            memcpy(o + i * stride, x, sizeof x);
+        }
+        return;
+    }
     for (Py_ssize_t i = 0; i < n; i++) memset(o + i * stride, 0, 64);
     for (Py_ssize_t t = 0; t < m; t++)
         o[r[t] * stride + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double *x = o + i * stride, ss = 0.0;
-        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
-        const double norm = sqrt(ss);
-        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
-        const double den = norm > 1e-12 ? norm : 1e-12;
-        for (int j = 0; j < 8; j++) x[j] /= den;
-    }
+    for (Py_ssize_t i = 0; i < n; i++) hashed_norm(o + i * stride);
 }
 
 static PyObject *hashed_rows(PyObject *self, PyObject *args) {

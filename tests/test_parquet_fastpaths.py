@@ -193,3 +193,29 @@ def test_fused_row_codes_refuse_buffers_too_small():
                  (4, 3, 2, 4, 12, 4, 0), (4, 4, 2, 4, 8, 4, 0)]:
         with pytest.raises(ValueError):
             R._c.fma_codes(X, c, at, out, *args, True)
+
+
+# ----------------------------------------------------------------------------- hashed dimensions
+@pytest.mark.parametrize("n", [0, 1, 2, 9, 1000])
+def test_hashed_rows_in_row_order_and_shuffled_equal_numpy(rng, monkeypatch, n):
+    """The compiled hashed dimensions of a string column (one pass when the items come in row order,
+    as tokenizers give them; scattered otherwise) against coverage.column_block's NumPy definition."""
+    from fitsketch.kernels import ingest as I
+
+    if C._c is None or not hasattr(C._c, "hashed_rows"):
+        pytest.skip("compiled kernel not built")
+    per_row = rng.integers(0, 5, n) * (rng.random(n) < 0.8)            # rows without an item: NaN
+    rows = np.repeat(np.arange(n, dtype=np.int64), per_row)
+    h = rng.integers(0, 1 << 63, len(rows), dtype=np.int64).astype(np.uint64) * np.uint64(2) + \
+        rng.integers(0, 2, len(rows)).astype(np.uint64)
+    dim = (h % np.uint64(8)).astype(np.int64)
+    sign = np.where((h >> np.uint64(63)) == 1, -1.0, 1.0)
+    want = np.bincount(rows * 8 + dim, weights=sign, minlength=n * 8).reshape(n, 8).astype(np.float64)
+    norm = np.sqrt(np.einsum("ij,ij->i", want, want))
+    want /= np.maximum(norm, 1e-12)[:, None]
+    want[norm == 0] = np.nan
+    for order in (np.arange(len(rows)), rng.permutation(len(rows))):
+        X = np.full((n, 11), 7.0)
+        assert I.hashed_rows_at(rows[order], h[order], X, 2)
+        _same_bits(X[:, 2:10], want)
+        assert (X[:, :2] == 7.0).all() and (X[:, 10:] == 7.0).all()          # other columns untouched
