@@ -15,7 +15,7 @@
   does it, as ``bench_profile`` does), against ``read_parquet`` of the same files in the same run.
 
     python -m bench.bench_scale_out [--quick] [--gb 0.5] [--entries 20000] [--out DIR]
-        [--skip centre,processes,ray] [--no-search] [--name scale_out_5gb] [--split]
+        [--skip centre,processes,ray] [--no-search] [--name scale_out_5gb] [--split] [--fused-codes]
 """
 from __future__ import annotations
 
@@ -426,8 +426,14 @@ def main(argv=None) -> None:
     ap.add_argument("--shards", default="1,2,4", help="shard counts of the sharded-search part (default 1,2,4)")
     ap.add_argument("--name", default=None, help="results file name without .json (default scale_out[_quick])")
     ap.add_argument("--split", action="store_true", help="also the one-process sketch's stages (process CPU time)")
+    ap.add_argument("--fused-codes", action="store_true",
+                    help="code coverage rows with the opt-in fused kernel (kernels.rowcodes.FUSED_CODES)")
     a = ap.parse_args(argv)
     skip = tuple(m for m in a.skip.split(",") if m)
+    if a.fused_codes:
+        from fitsketch.kernels import rowcodes
+
+        rowcodes.FUSED_CODES = True
     bad = [m for m in skip if m not in METHODS]
     if bad:
         ap.error(f"--skip {','.join(bad)}: choose among {', '.join(METHODS)}")
