@@ -476,6 +476,9 @@ def _blank(arr, drop: np.ndarray):
     return pc.if_else(pa.array(drop), pa.scalar("", pa.large_string()), arr)
 
 
+TOKEN_ROOM = 1 << 22    # tokens _ascii_token_hashes makes room for without counting them first (64 MiB)
+
+
 def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(row of each token, hash_tokens hash of each token)`` of ASCII strings (no nulls): the
     compiled kernel (kernels/_cminhash.c: one pass, every token hashed) when it is built, else
@@ -489,9 +492,12 @@ def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
     offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
     data = bufs[2] if bufs[2] is not None else b""
     # room for the most tokens the values can hold (a token and a separator take 2 bytes: a value
-    # of L bytes holds at most ceil(L / 2)), instead of a counting pass over the text; pages past
-    # the tokens written are never touched
+    # of L bytes holds at most ceil(L / 2)) instead of a counting pass over the text, pages past the
+    # tokens written never touched; counted first when that room would be large (a big in-memory
+    # column: no reservation of 8x its bytes)
     cap = (int(offs[-1]) - int(offs[0]) + len(offs)) // 2 + 1
+    if cap > TOKEN_ROOM:
+        cap = _c.count_ascii_tokens(data, offs)
     rows = np.empty(cap, dtype=np.int64)
     h = np.empty(cap, dtype=np.uint64)
     n_tok = _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h)

@@ -219,3 +219,19 @@ def test_hashed_rows_in_row_order_and_shuffled_equal_numpy(rng, monkeypatch, n):
         assert I.hashed_rows_at(rows[order], h[order], X, 2)
         _same_bits(X[:, 2:10], want)
         assert (X[:, :2] == 7.0).all() and (X[:, 10:] == 7.0).all()          # other columns untouched
+
+
+@pytest.mark.parametrize("room", [0, 3, 1 << 22])
+def test_tokens_with_and_without_the_counting_pass(rng, monkeypatch, room):
+    """The compiled tokenizer's output whether it counts the tokens first (a column over
+    ``TOKEN_ROOM``) or writes into room for the most the bytes can hold, against the definition."""
+    if Q._c is None:
+        pytest.skip("compiled kernel not built")
+    monkeypatch.setattr(Q, "TOKEN_ROOM", room)
+    words = np.array(["a", "bb", "C_d", "x1", "", " ", "--", "Zeta", "a.b", "9"], dtype=object)
+    for n in (1, 2, 17, 500):
+        vals = pd.Series([" ".join(rng.choice(words, int(rng.integers(0, 6)))) for _ in range(n)], dtype=object)
+        missing = np.zeros(n, dtype=bool)
+        r1, h1 = Q._tokens_fast(vals, missing, 7)
+        r0, h0 = Q._tokens_reference(vals, missing, 7)
+        assert np.array_equal(r1, r0) and np.array_equal(h1, h0)
