@@ -175,11 +175,17 @@ def _dictionary_columns(spec: dict) -> list[str]:
     (``quantize._str_categories``), the same values as of the rows; Parquet stores such columns
     dictionary-encoded, so they are read without writing every string out. Text columns (mostly
     distinct values) are read plain."""
-    return list(_dictionary_columns_of(spec["path"], tuple(spec["columns"]), tuple(spec["kinds"])))
+    try:
+        st = os.stat(spec["path"])
+    except OSError:
+        return []                        # _read_unit raises the named error
+    return list(_dictionary_columns_of(spec["path"], tuple(spec["columns"]), tuple(spec["kinds"]),
+                                       (st.st_mtime_ns, st.st_size)))
 
 
 @functools.lru_cache(maxsize=64)
-def _dictionary_columns_of(path: str, columns: tuple, kinds: tuple) -> tuple:
+def _dictionary_columns_of(path: str, columns: tuple, kinds: tuple, version=None) -> tuple:
+    """(``version``: the file's mtime and size, so a rewritten file's schema is read again.)"""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
