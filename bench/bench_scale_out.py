@@ -10,8 +10,12 @@
   turn, in this process) and through the servers (shards in parallel); a query matches one of
   ``FAMILIES`` column families, so 1/FAMILIES of the entries are candidates.
 
+* with ``--split``: where one process (``engine="local"``) spends its time, stage by stage
+  (process CPU time of one instrumented run, each stage timed by wrapping the engine function that
+  does it, as ``bench_profile`` does), against ``read_parquet`` of the same files in the same run.
+
     python -m bench.bench_scale_out [--quick] [--gb 0.5] [--entries 20000] [--out DIR]
-        [--skip centre,processes,ray] [--no-search] [--name scale_out_5gb]
+        [--skip centre,processes,ray] [--no-search] [--name scale_out_5gb] [--split] [--fused-codes]
 """
 from __future__ import annotations
 
@@ -141,6 +145,90 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
     finally:
         ray.shutdown()
     return rows
+
+
+# (stage key, label, depth) of the one-process split; keys are wrapped in _instrument_parquet
+PARQUET_STAGES = [
+    ("plan", "plan + kinds (footers, first values)", 0),
+    ("pass1", "pass 1: units read and sketched but for their codes", 0),
+    ("read", "read row group (pyarrow)", 1),
+    ("to_frame", "Arrow -> DataFrame (to_frame)", 1),
+    ("build_sketch", "build_sketch(coverage=False)", 1),
+    ("quantize", "quantize columns (buckets, tokens, hashes)", 2),
+    ("row_matrix", "coverage row transform", 2),
+    ("minhash", "MinHash signatures", 2),
+    ("partitions", "partition histograms", 2),
+    ("stats", "centre statistics (per-dimension sums)", 1),
+    ("finish", "pass 2: coverage codes", 0),
+    ("merge", "merge of the unit sketches", 0),
+]
+
+
+def _instrument_parquet(timer) -> None:
+    import sys
+
+    import fitsketch.coverage  # noqa: F401 (modules by sys.modules: the package's attributes shadow some)
+    import fitsketch.data  # noqa: F401
+    import fitsketch.parquet_units  # noqa: F401
+    import fitsketch.sketch  # noqa: F401
+
+    pu, sk, dist = (sys.modules["fitsketch.parquet_units"], sys.modules["fitsketch.sketch"],
+                    sys.modules["fitsketch.distributed"])
+    timer.wrap(dist, "plan", "plan")
+    timer.wrap(dist, "detect_kinds", "plan")
+    timer.wrap(dist, "local_first_pass", "pass1")
+    timer.wrap(pu, "_read_unit", "read")
+    timer.wrap(sys.modules["fitsketch.data"], "to_frame", "to_frame")       # _unit_frame imports it per call
+    timer.wrap(pu, "build_sketch", "build_sketch")
+    timer.wrap(pu, "_quantize", "quantize")            # the quantizer build_sketch is given per unit
+    timer.wrap(sys.modules["fitsketch.coverage"], "row_matrix", "row_matrix")
+    timer.wrap(sk, "minhash_csr", "minhash")
+    timer.wrap(sk, "partition_counts", "partitions")
+    timer.wrap(pu, "_stats", "stats")
+    timer.wrap(dist, "finish_unit", "finish")
+    timer.wrap(sk.Sketch, "merge", "merge")
+
+
+def bench_split(ctx, files, repeats: int = 3, out=print) -> list[dict]:
+    """The one-process sketch's stages (process CPU time), the median of ``repeats`` instrumented runs
+    alternating with ``read_parquet`` of the same files (the baseline, same run)."""
+    from .bench_profile import _rows, _Timer
+
+    mb = sum(Path(f).stat().st_size for f in files) / 1e6
+    cfg = fitsketch.SketchConfig()
+    D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False)       # warm-up
+    timer = _Timer(H.clock(True))
+    snaps = []
+
+    def one():
+        timer.reset()
+        D.sketch_parquet(files, config=cfg, engine="local", progress=False)
+        snaps.append((dict(timer.total), dict(timer.calls)))
+
+    _instrument_parquet(timer)
+    try:
+        both = H.interleaved({"read_parquet": lambda: _read_all(files), "sketch": one}, repeats, warmup=0)
+    finally:
+        timer.restore()
+    times = both["sketch"]["cpu"]["times_s"]
+    mid = int(np.argsort(times, kind="stable")[len(snaps) // 2])
+    total, read_s = times[mid], both["read_parquet"]["median_cpu_s"]
+    timer.total, timer.calls = snaps[mid]
+    rows = _rows(PARQUET_STAGES, timer, total, ("plan", "pass1", "finish", "merge"))
+    for r in rows:
+        r["x read_parquet"] = r["ms"] / (read_s * 1e3)
+    out(f"\n## One-process Parquet sketch, stage by stage ({mb:.0f} MB; process CPU time, median of {repeats})\n")
+    out(H.markdown_table(rows, ["stage", "ms", "share", "x read_parquet", "calls"]))
+    out(f"\nsketch {mb / total:.1f} MB/s CPU ({total * 1e3:,.0f} ms), read_parquet {mb / read_s:.1f} MB/s CPU "
+        f"({read_s * 1e3:,.0f} ms), same run: {read_s / total:.3f}x read_parquet; wall medians "
+        f"{mb / both['sketch']['p50_s']:.1f} / {mb / both['read_parquet']['p50_s']:.1f} MB/s; load average "
+        f"{H.load_average()}")
+    out_rows = [H.row(ctx, SUITE, f"parquet {mb:.0f} MB", "local (1 process), CPU", "sketch throughput MB/s CPU",
+                      mb / total, unit="MB/s", baseline="pandas read_parquet, CPU, same run",
+                      baseline_value=mb / read_s, clock="process CPU time")]
+    out_rows += [H.row(ctx, SUITE, "parquet stage", r["stage"], "ms", r["ms"], unit="ms", share=r["share"])
+                 for r in rows]
+    return out_rows
 
 
 def _family(rng, f: int, n: int) -> pd.DataFrame:
@@ -287,7 +375,7 @@ def bench_search(ctx, n_entries: int, queries: int, work: Path, out=print, shard
 
 def run(quick: bool = False, gb: float | None = None, entries: int | None = None, out_dir: Path | None = None,
         out=print, skip=(), search: bool = True, name: str | None = None, sketching: bool = True,
-        shard_counts=(1, 2, 4)) -> Path:
+        shard_counts=(1, 2, 4), split: bool = False) -> Path:
     mb = 1000 * gb if gb is not None else (20 if quick else 500)        # --quick: smoke sizes
     n_entries = entries or (1_000 if quick else 20_000)
     repeats = 1
@@ -304,6 +392,8 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
             files, n_rows = generate(work / "data", mb, out=out)
             out(f"sketch throughput ({repeats} run(s) each, median){'; skipped: ' + ', '.join(skip) if skip else ''}:")
             rows = bench_sketch(ctx, files, n_rows, repeats, out=out, skip=skip)
+            if split:
+                rows += bench_split(ctx, files, 3, out=out)
         if search:
             out("sharded search (adaptivity, k=10; entries added with add_sketches):")
             done = list(rows)
@@ -322,7 +412,7 @@ def suite(opts: H.Options) -> Path:
     x = opts.extra
     return run(opts.quick, x.get("gb"), x.get("entries"), opts.out_dir, skip=tuple(x.get("skip", ())),
                search=not x.get("no_search"), name=x.get("name"), sketching=not x.get("search_only"),
-               shard_counts=tuple(x.get("shard_counts", (1, 2, 4))))
+               shard_counts=tuple(x.get("shard_counts", (1, 2, 4))), split=bool(x.get("split")))
 
 
 def main(argv=None) -> None:
@@ -335,13 +425,20 @@ def main(argv=None) -> None:
     ap.add_argument("--search-only", action="store_true", help="only the sharded-search part")
     ap.add_argument("--shards", default="1,2,4", help="shard counts of the sharded-search part (default 1,2,4)")
     ap.add_argument("--name", default=None, help="results file name without .json (default scale_out[_quick])")
+    ap.add_argument("--split", action="store_true", help="also the one-process sketch's stages (process CPU time)")
+    ap.add_argument("--fused-codes", action="store_true",
+                    help="code coverage rows with the opt-in fused kernel (kernels.rowcodes.FUSED_CODES)")
     a = ap.parse_args(argv)
     skip = tuple(m for m in a.skip.split(",") if m)
+    if a.fused_codes:
+        from fitsketch.kernels import rowcodes
+
+        rowcodes.FUSED_CODES = True
     bad = [m for m in skip if m not in METHODS]
     if bad:
         ap.error(f"--skip {','.join(bad)}: choose among {', '.join(METHODS)}")
     suite(H.options(a, gb=a.gb, entries=a.entries, skip=skip, no_search=a.no_search, name=a.name,
-                    search_only=a.search_only, shard_counts=tuple(int(x) for x in a.shards.split(",") if x)))
+                    search_only=a.search_only, split=a.split, shard_counts=tuple(int(x) for x in a.shards.split(",") if x)))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ instead, with that entry's own reason in its evidence (the others keep their cov
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -41,7 +42,9 @@ COVERAGE_FORMAT = 1
 HASH_DIMS = 8
 
 
+@functools.lru_cache(maxsize=4096)
 def _col_key(name: str, seed: int) -> int:
+    """A column's hyperplane key (memoized: each unit of a Parquet dataset asks for every column's)."""
     return int(hash_tokens(np.array([name], dtype=object), seed)[0] >> np.uint64(8))
 
 
@@ -100,6 +103,8 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
         if kind == "numeric" and isinstance(dt, np.dtype) and dt.kind in "fiu":
             plain.append(i)
             keys.append(np.array([_col_key(name, seed) * 16], dtype=np.int64))
+        elif kind != "numeric" and _category_block_into(name, col, kind, seed, X, int(start[i])):
+            keys.append(_col_key(name, seed) * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64))   # written into X
         elif kind != "numeric" and HASH_DIMS == 8 and _ingest.hashed_rows_at(*_string_tokens(col, kind, seed), X,
                                                                               int(start[i])):
             keys.append(_col_key(name, seed) * 16 + 1 + np.arange(HASH_DIMS, dtype=np.int64))   # written into X
@@ -127,6 +132,26 @@ def row_matrix(df: pd.DataFrame, kinds: list[str], seed: int) -> tuple[np.ndarra
                 else:
                     np.multiply(np.sign(vc), t, out=X[s:s + _ROWS, start[i]])
     return X, (np.concatenate(keys) if keys else np.zeros(0, np.int64)), owner
+
+
+def _category_block_into(name: str, col: pd.Series, kind: str, seed: int, X: np.ndarray, at: int) -> bool:
+    """A Categorical of str (``quantize._str_categories``): :func:`column_block` of its categories,
+    one row each, gathered by code into columns ``at .. at + HASH_DIMS - 1`` of ``X`` (a missing
+    value's row NaN, as the row of a value without items is): the same rows as of the values
+    written out, each row's dimensions a function of its value alone. False (nothing written) for
+    any other column."""
+    from .quantize import _str_categories
+
+    cats = _str_categories(col, col.isna().to_numpy())
+    if cats is None:
+        return False
+    codes, values = cats
+    block, _ = column_block(name, values, kind, seed)
+    table = np.empty((len(values) + 1, HASH_DIMS), dtype=np.float64)
+    table[:-1] = block
+    table[-1] = np.nan                       # code -1: a missing value
+    X[:, at:at + HASH_DIMS] = np.take(table, codes, axis=0)
+    return True
 
 
 _ROWS = 8192     # rows per block of the elementwise passes: temporaries stay in cache and are reused

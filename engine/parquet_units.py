@@ -5,6 +5,7 @@ task takes a small dict and returns msgpack bytes, never pickle; the functions l
 spawned workers import them from this module, not from the parent's ``__main__``."""
 from __future__ import annotations
 
+import functools
 import glob as _glob
 import os
 from dataclasses import dataclass
@@ -155,20 +156,59 @@ def detect_kinds(p: ParquetPlan) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- map tasks
-def _read_unit(path: str, row_group: int, columns: list[str]):
+def _read_unit(path: str, row_group: int, columns: list[str], dictionary=()):
+    """Row group ``row_group`` of ``path``; the string columns named in ``dictionary`` read as
+    Arrow dictionaries (pandas Categoricals), as Parquet usually stores them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(path).read_row_group(row_group, columns=columns)
+        pf = pq.ParquetFile(path, read_dictionary=list(dictionary) or None)
+        return pf.read_row_group(row_group, columns=columns)
     except (OSError, pa.ArrowException, ValueError) as e:
         raise UnreadableFileError(f"cannot read row group {row_group} of {path!r}: {e}") from None
+
+
+def _dictionary_columns(spec: dict) -> list[str]:
+    """The columns a unit reads as dictionaries: the categorical ones whose values are strings.
+    Their hashes, tokens and hashed dimensions are then computed once per distinct value
+    (``quantize._str_categories``), the same values as of the rows; Parquet stores such columns
+    dictionary-encoded, so they are read without writing every string out. Text columns (mostly
+    distinct values) are read plain."""
+    try:
+        st = os.stat(spec["path"])
+    except OSError:
+        return []                        # _read_unit raises the named error
+    return list(_dictionary_columns_of(spec["path"], tuple(spec["columns"]), tuple(spec["kinds"]),
+                                       (st.st_mtime_ns, st.st_size)))
+
+
+@functools.lru_cache(maxsize=64)
+def _dictionary_columns_of(path: str, columns: tuple, kinds: tuple, version=None) -> tuple:
+    """(``version``: the file's mtime and size, so a rewritten file's schema is read again.)"""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException, ValueError):
+        return ()                        # _read_unit raises the named error
+    out = []
+    for c, kind in zip(columns, kinds):
+        t = schema.field(c).type if c in schema.names else None
+        if kind == "categorical" and t is not None and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            out.append(c)
+    return tuple(out)
 
 
 def _unit_frame(spec: dict):
     from .data import to_frame
 
-    return to_frame(_read_unit(spec["path"], spec["row_group"], spec["columns"]))
+    dictionary = spec.get("dictionary")
+    if dictionary is None:
+        dictionary = _dictionary_columns(spec)
+    # split_blocks: each column its own block (no copy of the numeric columns into one 2-D block)
+    return to_frame(_read_unit(spec["path"], spec["row_group"], spec["columns"], dictionary).to_pandas(split_blocks=True))
 
 
 def _threads(n: int | None) -> None:

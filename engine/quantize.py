@@ -232,11 +232,14 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
     if missing.all():
         raise EmptyColumnError(
             f"column {name!r} has no values (all {n} are missing): drop it or fill it")
+    cats = _str_categories(col, missing) if kind in ("categorical", "text") else None
+    if cats is not None:                   # a Categorical of str: every value's work done once per category
+        return _quantize_categories(name, kind, cats, n, config)
     if kind == "categorical":
         rows = _all_rows(n)
         h = np.zeros(n, dtype=np.uint64)
         h[~missing] = _value_hashes(col, missing, config.seed)
-        hist = (h % np.uint64(config.hist_bins)).astype(np.int32)
+        hist = _fold(h, config.hist_bins)
         hist[missing] = config.hist_bins  # one extra bin for missing values
         _, tok_hash = _tokens(col, missing, config.seed)
         elems = _distinct_u32(tok_hash) if tok_hash.size else _distinct_u32(h[~missing])
@@ -246,8 +249,79 @@ def quantize_column(name: str, col: pd.Series, config: SketchConfig, kind: str |
         if h.size == 0:
             raise EmptyColumnError(f"text column {name!r} has no word tokens: drop it or fill it")
         return Column(name, kind, _distinct_u32(h), rows,
-                      (h % np.uint64(config.hist_bins)).astype(np.int32), 0.0, 0)
+                      _fold(h, config.hist_bins), 0.0, 0)
     raise ValueError(f"unknown column kind {kind!r}")
+
+
+def _str_categories(col: pd.Series, missing: np.ndarray):
+    """``(codes, categories)`` of a pandas Categorical column whose categories are all ``str``
+    (exactly: a subclass's ``str()`` could differ) and whose missing rows are those of code -1:
+    ``codes`` int64 (n,) with -1 for a missing value, ``categories`` a Series of the category
+    values (object dtype, no missing); else None. A Parquet column read as a dictionary
+    (``fitsketch.parquet_units``) arrives this way: its per-value work (hashes, tokens, hashed
+    dimensions) is done once per category and gathered by code, the same values as of the rows."""
+    if not isinstance(col.dtype, pd.CategoricalDtype):
+        return None
+    values = col.cat.categories.to_numpy(dtype=object)
+    if len(values) == 0 or any(type(v) is not str for v in values):
+        return None
+    codes = np.asarray(col.cat.codes.to_numpy(), dtype=np.int64)
+    if len(missing) != len(codes) or not np.array_equal(np.asarray(missing, dtype=bool), codes < 0):
+        return None
+    return codes, pd.Series(values, dtype=object)
+
+
+def _category_tokens(cats: pd.Series, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``_tokens`` of the categories themselves: (category of each token, token hash)."""
+    return _tokens(cats, np.zeros(len(cats), dtype=bool), seed)
+
+
+def _quantize_categories(name: str, kind: str, cats, n: int, config: SketchConfig) -> Column:
+    """:func:`quantize_column` of a Categorical of str (``_str_categories``): the same Column as
+    of its values written out row by row."""
+    codes, values = cats
+    present = np.bincount(codes[codes >= 0], minlength=len(values)) > 0
+    if not present.any():
+        raise EmptyColumnError(f"column {name!r} has no values (all {n} are missing): drop it or fill it")
+    crow, ch = _category_tokens(values, config.seed)
+    used = ch[present[crow]]                        # the tokens of the categories some row holds
+    if kind == "categorical":
+        vh = _value_hashes(values, np.zeros(len(values), dtype=bool), config.seed)
+        table = np.empty(len(values) + 1, dtype=np.int32)
+        table[:-1] = _fold(vh, config.hist_bins)
+        table[-1] = config.hist_bins                # code -1 (missing): the extra bin
+        elems = _distinct_u32(used) if used.size else _distinct_u32(vh[present])
+        return Column(name, kind, elems, _all_rows(n), table[codes], 0.0, 0, all_rows=True)
+    rows, h = _expand_category_tokens(codes, crow, ch, len(values))
+    if h.size == 0:
+        raise EmptyColumnError(f"text column {name!r} has no word tokens: drop it or fill it")
+    return Column(name, kind, _distinct_u32(used), rows, _fold(h, config.hist_bins), 0.0, 0)
+
+
+def _expand_category_tokens(codes: np.ndarray, crow: np.ndarray, ch: np.ndarray, k: int):
+    """(row of each token, token hash) of the rows given by category ``codes`` (-1: no token), from
+    the categories' own tokens (``crow`` category of each, ``ch`` hash; in category then text
+    order): the rows' tokens in row then text order, as :func:`_tokens` of the rows gives them."""
+    cnt = np.zeros(k + 1, dtype=np.int64)
+    cnt[:k] = np.bincount(crow, minlength=k)
+    start = np.zeros(k + 1, dtype=np.int64)        # each category's first token (start[k]: unused)
+    np.cumsum(cnt[:k], out=start[1:])
+    per_row = cnt[codes]                            # code -1 -> cnt[k] = 0
+    rows = np.repeat(np.arange(len(codes), dtype=np.int64), per_row)
+    first = np.cumsum(per_row) - per_row            # each row's first token in the output
+    idx = np.arange(len(rows), dtype=np.int64)
+    idx -= first[rows]
+    idx += start[codes][rows]
+    return rows, ch[idx]
+
+
+def _fold(h: np.ndarray, bins: int) -> np.ndarray:
+    """``(h % bins).astype(int32)`` of uint64 hashes: a mask when ``bins`` is a power of two (the
+    same values; the default 64 is), as NumPy's unsigned modulo costs a division per value."""
+    h = np.asarray(h, dtype=np.uint64)
+    if bins > 0 and bins & (bins - 1) == 0:
+        return (h & np.uint64(bins - 1)).astype(np.int32)
+    return (h % np.uint64(bins)).astype(np.int32)
 
 
 def _distinct_u32(h64: np.ndarray) -> np.ndarray:
@@ -300,6 +374,11 @@ def _tokens(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.ndarray,
 
 
 def _tokens_fast(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    cats = _str_categories(col, missing)
+    if cats is not None:
+        codes, values = cats
+        crow, ch = _category_tokens(values, seed)
+        return _expand_category_tokens(codes, crow, ch, len(values))
     arr = _arrow_strings(col)
     if arr is None:
         return _tokens_reference(col, missing, seed)
@@ -327,6 +406,10 @@ def _value_hashes(col: pd.Series, missing: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _value_hashes_fast(col: pd.Series, missing: np.ndarray, seed: int) -> np.ndarray:
+    cats = _str_categories(col, missing)
+    if cats is not None:
+        codes, values = cats
+        return _value_hashes(values, np.zeros(len(values), dtype=bool), seed)[codes[codes >= 0]]
     arr = _arrow_strings(col)
     if arr is None:
         return hash_tokens(np.array([str(x) for x in col.to_numpy(dtype=object)[~missing]], dtype=object), seed)
@@ -393,6 +476,9 @@ def _blank(arr, drop: np.ndarray):
     return pc.if_else(pa.array(drop), pa.scalar("", pa.large_string()), arr)
 
 
+TOKEN_ROOM = 1 << 22    # tokens _ascii_token_hashes makes room for without counting them first (64 MiB)
+
+
 def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``(row of each token, hash_tokens hash of each token)`` of ASCII strings (no nulls): the
     compiled kernel (kernels/_cminhash.c: one pass, every token hashed) when it is built, else
@@ -405,12 +491,17 @@ def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
     bufs = arr.buffers()
     offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
     data = bufs[2] if bufs[2] is not None else b""
-    n_tok = _c.count_ascii_tokens(data, offs)
-    rows = np.empty(n_tok, dtype=np.int64)
-    h = np.empty(n_tok, dtype=np.uint64)
-    if _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h) != n_tok:
-        raise RuntimeError("the token kernel wrote another number of tokens than it counted")
-    return rows, h
+    # room for the most tokens the values can hold (a token and a separator take 2 bytes: a value
+    # of L bytes holds at most ceil(L / 2)) instead of a counting pass over the text, pages past the
+    # tokens written never touched; counted first when that room would be large (a big in-memory
+    # column: no reservation of 8x its bytes)
+    cap = (int(offs[-1]) - int(offs[0]) + len(offs)) // 2 + 1
+    if cap > TOKEN_ROOM:
+        cap = _c.count_ascii_tokens(data, offs)
+    rows = np.empty(cap, dtype=np.int64)
+    h = np.empty(cap, dtype=np.uint64)
+    n_tok = _c.ascii_tokens(data, offs, _hash_key(seed).encode("ascii"), rows, h)
+    return rows[:n_tok], h[:n_tok]
 
 
 def _ascii_tokens(arr):

@@ -732,18 +732,34 @@ PyDoc_STRVAR(hashed_rows_doc,
 
 /* hashed_rows / hashed_rows_at's body (no GIL): rows of 8 dimensions, ``stride`` doubles apart from o,
    zeroed, the tokens' +-1 added in token order, each row divided by its L2 norm (NaN where it is 0) */
+static void hashed_norm(double *x) {
+    double ss = 0.0;
+    for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
+    const double norm = sqrt(ss);
+    if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; return; }
+    const double den = norm > 1e-12 ? norm : 1e-12;
+    for (int j = 0; j < 8; j++) x[j] /= den;
+}
+
 static void hashed_fill(const int64_t *r, const uint64_t *h, Py_ssize_t m, double *o, Py_ssize_t n, Py_ssize_t stride) {
+    int sorted = 1;
+    for (Py_ssize_t t = 1; t < m && sorted; t++) sorted = r[t - 1] <= r[t];
+    if (sorted) {
+        /* items in row order (a tokenizer's output): each row summed in registers and written once,
+         * the same additions in the same order as below */
+        Py_ssize_t t = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double x[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (; t < m && r[t] == i; t++) x[h[t] & 7u] += (h[t] >> 63) ? -1.0 : 1.0;
+            hashed_norm(x);
+            memcpy(o + i * stride, x, sizeof x);
+        }
+        return;
+    }
     for (Py_ssize_t i = 0; i < n; i++) memset(o + i * stride, 0, 64);
     for (Py_ssize_t t = 0; t < m; t++)
         o[r[t] * stride + (Py_ssize_t)(h[t] & 7u)] += (h[t] >> 63) ? -1.0 : 1.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        double *x = o + i * stride, ss = 0.0;
-        for (int j = 0; j < 8; j++) ss += x[j] * x[j];          /* integers: exact in any order */
-        const double norm = sqrt(ss);
-        if (norm == 0) { for (int j = 0; j < 8; j++) x[j] = NAN; continue; }
-        const double den = norm > 1e-12 ? norm : 1e-12;
-        for (int j = 0; j < 8; j++) x[j] /= den;
-    }
+    for (Py_ssize_t i = 0; i < n; i++) hashed_norm(o + i * stride);
 }
 
 static PyObject *hashed_rows(PyObject *self, PyObject *args) {
@@ -1177,6 +1193,136 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ fused row codes (kernels/rowcodes.py) */
+PyDoc_STRVAR(fma_codes_doc,
+"fma_codes(X, center, At, out, n, d, T, B, R8, ntotal, start, f64, scalar=False)\n\n"
+"The SimHash codes of rows, the projections never written out: for each row i < n, z = X[i] (f64 = 1:\n"
+"float64 rows, z[k] = float32(X[i, k] - center[k]), 0 where NaN, as center_f32; f64 = 0: float32 rows\n"
+"used as they are), p[r] = the float32 dot product of z with hyperplane r accumulated as BLAS's sgemm\n"
+"does on this machine's kernels (acc = 0; acc = fma(At[k, r], z[k], acc) for k = 0 .. d - 1), and\n"
+"out[t, start + i] = sum_j [p[t * B + j] > 0] << j. At (d, R8) float32, the T * B hyperplanes as columns\n"
+"(R8 >= T * B, a multiple of 8, zero past T * B); out (T, ntotal) int32 writable; B <= 30. scalar: the\n"
+"portable loop (fmaf) even where the AVX2 one runs: the same bits (a fused multiply-add is exact).");
+
+#define FC_MAXV 12                    /* 8-lane accumulators per group: 96 projections a pass over z */
+
+static inline void fc_pack(const uint8_t *bit, Py_ssize_t T, Py_ssize_t B, int32_t *o, Py_ssize_t ntotal) {
+    for (Py_ssize_t t = 0; t < T; t++) {
+        int32_t c = 0;
+        const uint8_t *bt = bit + t * B;
+        for (Py_ssize_t j = 0; j < B; j++) c |= (int32_t)bt[j] << j;
+        o[t * ntotal] = c;
+    }
+}
+
+static void fc_rows_scalar(const void *Xv, const double *cc, const float *At, int32_t *o, Py_ssize_t n, Py_ssize_t d,
+                           Py_ssize_t T, Py_ssize_t B, Py_ssize_t R8, Py_ssize_t ntotal, int f64, float *z, uint8_t *bit) {
+    const Py_ssize_t R = T * B;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (f64) {
+            const double *xr = (const double *)Xv + i * d;
+            for (Py_ssize_t k = 0; k < d; k++) { const float v = (float)(xr[k] - cc[k]); z[k] = v != v ? 0.0f : v; }
+        } else {
+            memcpy(z, (const float *)Xv + i * d, (size_t)d * sizeof(float));
+        }
+        for (Py_ssize_t r = 0; r < R; r++) {
+            float acc = 0.0f;
+            for (Py_ssize_t k = 0; k < d; k++) acc = fmaf(At[k * R8 + r], z[k], acc);
+            bit[r] = acc > 0.0f;
+        }
+        fc_pack(bit, T, B, o + i, ntotal);
+    }
+}
+
+#ifdef MS_HAVE_AVX2
+static int fc_use_fma = -1;
+
+__attribute__((target("avx2,fma")))
+static void fc_rows_avx2(const void *Xv, const double *cc, const float *At, int32_t *o, Py_ssize_t n, Py_ssize_t d,
+                         Py_ssize_t T, Py_ssize_t B, Py_ssize_t R8, Py_ssize_t ntotal, int f64, float *z, uint64_t *w) {
+    const Py_ssize_t nv = R8 / 8, nw = R8 / 64 + 1;      /* w: nw zeroed words */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (f64) {
+            const double *xr = (const double *)Xv + i * d;
+            for (Py_ssize_t k = 0; k < d; k++) { const float v = (float)(xr[k] - cc[k]); z[k] = v != v ? 0.0f : v; }
+        } else {
+            memcpy(z, (const float *)Xv + i * d, (size_t)d * sizeof(float));
+        }
+        for (Py_ssize_t v0 = 0; v0 < nv; v0 += FC_MAXV) {
+            const Py_ssize_t g = nv - v0 < FC_MAXV ? nv - v0 : FC_MAXV;
+            __m256 acc[FC_MAXV];
+            for (int v = 0; v < FC_MAXV; v++) acc[v] = _mm256_setzero_ps();
+            const float *a = At + v0 * 8;
+            if (g == FC_MAXV) {
+                for (Py_ssize_t k = 0; k < d; k++) {
+                    const __m256 zk = _mm256_set1_ps(z[k]);
+                    const float *ak = a + k * R8;
+                    for (int v = 0; v < FC_MAXV; v++) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(ak + 8 * v), zk, acc[v]);
+                }
+            } else {
+                for (Py_ssize_t k = 0; k < d; k++) {
+                    const __m256 zk = _mm256_set1_ps(z[k]);
+                    const float *ak = a + k * R8;
+                    for (Py_ssize_t v = 0; v < g; v++) acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(ak + 8 * v), zk, acc[v]);
+                }
+            }
+            for (Py_ssize_t v = 0; v < g; v++) {      /* 8 sign bits a vector, into 64-bit words */
+                const uint64_t m = (uint64_t)_mm256_movemask_ps(_mm256_cmp_ps(acc[v], _mm256_setzero_ps(), _CMP_GT_OQ));
+                const Py_ssize_t r = (v0 + v) * 8;
+                w[r >> 6] |= m << (r & 63);
+            }
+        }
+        for (Py_ssize_t t = 0; t < T; t++) {          /* table t: bits t * B .. t * B + B - 1 */
+            const Py_ssize_t p = t * B, q = p >> 6, sh = p & 63;
+            uint64_t x = w[q] >> sh;
+            if (sh + B > 64) x |= w[q + 1] << (64 - sh);
+            o[i + t * ntotal] = (int32_t)(x & (((uint64_t)1 << B) - 1));
+        }
+        memset(w, 0, (size_t)nw * 8);
+    }
+}
+#endif
+
+static PyObject *fma_codes(PyObject *self, PyObject *args) {
+    Py_buffer X, c, A, O;
+    Py_ssize_t n, d, T, B, R8, ntotal, start;
+    int f64, scalar = 0;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*nnnnnnnp|p", &X, &c, &A, &O, &n, &d, &T, &B, &R8, &ntotal, &start, &f64, &scalar))
+        return NULL;
+    PyObject *ret = NULL;
+    float *z = NULL;
+    uint8_t *bit = NULL;
+    const size_t es = f64 ? 8 : 4;
+    if (n < 0 || d < 0 || T < 0 || B < 0 || B > 30 || R8 < 0 || R8 % 8 || (T && B > R8 / T) || start < 0 || ntotal < 0
+        || start + n > ntotal || (d && n > PY_SSIZE_T_MAX / 8 / d) || (d && R8 > PY_SSIZE_T_MAX / 4 / d)
+        || (T && ntotal > PY_SSIZE_T_MAX / 4 / T) || X.len < (Py_ssize_t)(n * d * es) || (f64 && c.len < d * 8)
+        || A.len < d * R8 * 4 || O.len < T * ntotal * 4) {
+        PyErr_SetString(PyExc_ValueError, "fma_codes: X n*d rows (float64 with center d float64, or float32), At d*R8 "
+                        "float32 (R8 a multiple of 8, >= T*B), out T*ntotal int32, start + n <= ntotal, B <= 30");
+        goto done;
+    }
+    z = (float *)malloc(sizeof(float) * (size_t)(d ? d : 1));
+    bit = (uint8_t *)calloc((size_t)R8 + 16, 1);     /* R8 flags (scalar) or R8 / 64 + 1 zeroed words */
+    if (!z || !bit) { PyErr_NoMemory(); goto done; }
+    Py_BEGIN_ALLOW_THREADS
+#ifdef MS_HAVE_AVX2
+    if (fc_use_fma < 0) fc_use_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (fc_use_fma && !scalar)
+        fc_rows_avx2(X.buf, (const double *)c.buf, (const float *)A.buf, (int32_t *)O.buf + start, n, d, T, B, R8, ntotal,
+                     f64, z, (uint64_t *)bit);
+    else
+#endif
+        fc_rows_scalar(X.buf, (const double *)c.buf, (const float *)A.buf, (int32_t *)O.buf + start, n, d, T, B, R8, ntotal,
+                       f64, z, bit);
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    free(z); free(bit);
+    PyBuffer_Release(&X); PyBuffer_Release(&c); PyBuffer_Release(&A); PyBuffer_Release(&O);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -1193,6 +1339,7 @@ static PyMethodDef methods[] = {
     {"numeric_rows", numeric_rows, METH_VARARGS, numeric_rows_doc},
     {"hashed_rows_at", hashed_rows_at, METH_VARARGS, hashed_rows_at_doc},
     {"pair_counts", pair_counts, METH_VARARGS, pair_counts_doc},
+    {"fma_codes", fma_codes, METH_VARARGS, fma_codes_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -118,7 +118,44 @@ def _row_codes_numpy(x: np.ndarray, a: np.ndarray) -> np.ndarray:
     contiguous values: no (n, T, B) layout to transpose, no packing along a short axis). The same
     codes as :func:`_row_codes_torch` up to projections within float rounding of zero; ~6x faster
     on CPU."""
+    fused = _fma_codes(x, None, a)
+    if fused is not None:
+        return fused.astype(np.int64)
     return _row_codes_blocks(lambda s, e: x[s:e], x.shape[0], a).astype(np.int64)
+
+
+# Opt-in (issue 21, Parquet at >= 50 MB/s): the fused compiled codes below instead of the BLAS product.
+# They are the same except where a projection is within float32 rounding of zero: the kernel sums
+# each dot product in order with fused multiply-adds, OpenBLAS's sgemm in an order of its own (which
+# differs between its CPU kernels too). On natural rows no code differed (0 of 2.26M, random shapes);
+# on rows built so that a projection cancels to rounding error ~1% did. Off: sketches stay what the
+# BLAS product gives; on: ~2-3x faster codes (bench/SUMMARY.md, "Parquet sketch path, seventh session").
+FUSED_CODES = False
+
+
+def _fma_codes(X: np.ndarray, center, a: np.ndarray, scalar: bool = False, force: bool = False):
+    """:func:`_row_codes_blocks`' int32 codes in one compiled pass over the rows (``fma_codes``: each
+    row's T x B projections accumulated in registers, k = 0 .. d - 1, one fused multiply-add a step
+    from 0; no (T * B, rows) projection written out), of float32 rows ``X``, or of float64 rows ``X``
+    centred by ``center`` to float32 (:func:`centered_f32`'s values); None without the kernel, or
+    unless :data:`FUSED_CODES` (or ``force``). The same codes as the BLAS product up to projections
+    within rounding of zero (see FUSED_CODES; tests/test_parquet_fastpaths.py)."""
+    if _c is None or not hasattr(_c, "fma_codes") or not (FUSED_CODES or force):
+        return None
+    T, B, d = a.shape
+    n = X.shape[0]
+    out = np.zeros((T, n), dtype=np.int32)
+    if n == 0 or T == 0 or B == 0:
+        return out
+    r = T * B
+    r8 = -(-r // 8) * 8
+    at = np.zeros((d, r8), dtype=np.float32)       # the hyperplanes as columns, zero past T * B
+    at[:, :r] = a.reshape(r, d).T
+    f64 = center is not None
+    X = np.ascontiguousarray(X, dtype=np.float64 if f64 else np.float32)
+    c = np.ascontiguousarray(center, dtype=np.float64) if f64 else np.zeros(1)
+    _c.fma_codes(X, c, at, out, n, d, T, B, r8, n, 0, f64, scalar)
+    return out
 
 
 def _row_codes_blocks(block, n: int, a: np.ndarray) -> np.ndarray:
@@ -168,6 +205,9 @@ def row_codes_centered(X: np.ndarray, center: np.ndarray, a: np.ndarray, device:
     if (_c is None or resolve_device(device) != "cpu" or X.ndim != 2 or a.ndim != 3 or c.shape != (X.shape[1],)
             or a.shape[2] != X.shape[1] or a.shape[1] > MAX_BITS):
         return row_codes(centered_f32(X, c), a, device=device)
+    fused = _fma_codes(X, c, a)
+    if fused is not None:
+        return fused
     n, d = X.shape
     zbuf = np.empty(min(n, 2 * ROW_BLOCK) * d, dtype=np.float32)
 
