@@ -169,6 +169,10 @@ def _read_unit(path: str, row_group: int, columns: list[str], dictionary=()):
         raise UnreadableFileError(f"cannot read row group {row_group} of {path!r}: {e}") from None
 
 
+# a dictionary column with more distinct values than rows / DICTIONARY_MAX_SHARE is decoded to plain strings
+DICTIONARY_MAX_SHARE = 2
+
+
 def _dictionary_columns(spec: dict) -> list[str]:
     """The columns a unit reads as dictionaries: the categorical ones whose values are strings.
     Their hashes, tokens and hashed dimensions are then computed once per distinct value
@@ -207,8 +211,13 @@ def _unit_frame(spec: dict):
     dictionary = spec.get("dictionary")
     if dictionary is None:
         dictionary = _dictionary_columns(spec)
+    tab = _read_unit(spec["path"], spec["row_group"], spec["columns"], dictionary)
+    for c in dictionary:   # mostly distinct values (ids): per-category work saves nothing, a Categorical costs
+        col = tab.column(c)
+        if sum(len(ch.dictionary) for ch in col.chunks) * DICTIONARY_MAX_SHARE > max(len(col), 1):
+            tab = tab.set_column(tab.schema.get_field_index(c), c, col.cast(col.type.value_type))
     # split_blocks: each column its own block (no copy of the numeric columns into one 2-D block)
-    return to_frame(_read_unit(spec["path"], spec["row_group"], spec["columns"], dictionary).to_pandas(split_blocks=True))
+    return to_frame(tab.to_pandas(split_blocks=True))
 
 
 def _threads(n: int | None) -> None:

@@ -262,11 +262,18 @@ def _str_categories(col: pd.Series, missing: np.ndarray):
     dimensions) is done once per category and gathered by code, the same values as of the rows."""
     if not isinstance(col.dtype, pd.CategoricalDtype):
         return None
-    values = col.cat.categories.to_numpy(dtype=object)
-    if len(values) == 0 or any(type(v) is not str for v in values):
-        return None
     codes = np.asarray(col.cat.codes.to_numpy(), dtype=np.int64)
     if len(missing) != len(codes) or not np.array_equal(np.asarray(missing, dtype=bool), codes < 0):
+        return None
+    k = len(col.cat.categories)
+    used = np.bincount(codes[codes >= 0], minlength=k) > 0
+    if not used.all():        # only the categories some row holds: a slice of a big Categorical keeps them all,
+        at = np.cumsum(used) - 1                    # and an unused one must not be hashed (or refused)
+        codes = np.where(codes >= 0, at[np.maximum(codes, 0)], -1)
+        values = col.cat.categories[used].to_numpy(dtype=object)
+    else:
+        values = col.cat.categories.to_numpy(dtype=object)
+    if len(values) == 0 or any(type(v) is not str for v in values):
         return None
     return codes, pd.Series(values, dtype=object)
 

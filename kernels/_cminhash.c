@@ -1294,7 +1294,7 @@ static PyObject *fma_codes(PyObject *self, PyObject *args) {
     uint8_t *bit = NULL;
     const size_t es = f64 ? 8 : 4;
     if (n < 0 || d < 0 || T < 0 || B < 0 || B > 30 || R8 < 0 || R8 % 8 || (T && B > R8 / T) || start < 0 || ntotal < 0
-        || start + n > ntotal || (d && n > PY_SSIZE_T_MAX / 8 / d) || (d && R8 > PY_SSIZE_T_MAX / 4 / d)
+        || n > ntotal - start || d > PY_SSIZE_T_MAX / 8 || (d && n > PY_SSIZE_T_MAX / 8 / d) || (d && R8 > PY_SSIZE_T_MAX / 4 / d)
         || (T && ntotal > PY_SSIZE_T_MAX / 4 / T) || X.len < (Py_ssize_t)(n * d * es) || (f64 && c.len < d * 8)
         || A.len < d * R8 * 4 || O.len < T * ntotal * 4) {
         PyErr_SetString(PyExc_ValueError, "fma_codes: X n*d rows (float64 with center d float64, or float32), At d*R8 "

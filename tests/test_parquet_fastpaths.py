@@ -67,7 +67,7 @@ def test_categorical_column_equals_its_values_written_out(rng, n, kind):
     for _ in range(3):
         plain, cat = _pair(rng, n, int(rng.integers(1, len(VOCAB) + 1)))
         missing = cat.isna().to_numpy()
-        if len(cat.cat.categories):
+        if (~missing).any():
             assert Q._str_categories(cat, missing) is not None           # the fast path is taken
         try:
             want = Q.quantize_column("c", plain, cfg, kind=kind)
@@ -124,7 +124,9 @@ def _frame(rng, n: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("dictionary", [True, False])
-def test_sketch_parquet_with_dictionary_columns_equals_plain_reads(rng, tmp_path, monkeypatch, dictionary):
+@pytest.mark.parametrize("share", [0, 2, 10 ** 9])   # never / the default / always decode back to plain
+def test_sketch_parquet_with_dictionary_columns_equals_plain_reads(rng, tmp_path, monkeypatch, dictionary, share):
+    monkeypatch.setattr(PU, "DICTIONARY_MAX_SHARE", share)
     schema = pa.schema([("x", pa.float64()), ("k", pa.int64()), ("color", pa.string()), ("text", pa.string())])
     files = []
     for i in range(int(rng.integers(1, 4))):
@@ -235,3 +237,24 @@ def test_tokens_with_and_without_the_counting_pass(rng, monkeypatch, room):
         r1, h1 = Q._tokens_fast(vals, missing, 7)
         r0, h0 = Q._tokens_reference(vals, missing, 7)
         assert np.array_equal(r1, r0) and np.array_equal(h1, h0)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "text"])
+def test_unused_categories_are_never_hashed(rng, kind):
+    """A Categorical whose categories include many no row holds (a slice of a big one), one of them not
+    encodable as UTF-8: the same sketch as the values written out (they were hashed, and refused)."""
+    vals = _values(rng, int(rng.integers(1, 200)), int(rng.integers(1, len(VOCAB) + 1)))
+    if all(v is None for v in vals):
+        vals[0] = "red"
+    extra = [f"unused {i}" for i in range(int(rng.integers(1, 3000)))] + ["bad \ud800"]
+    cats = sorted({v for v in vals if v is not None}) + extra
+    order = rng.permutation(len(cats))
+    cat = pd.Series(pd.Categorical(vals, categories=pd.Index(np.array(cats, dtype=object)[order], dtype=object)))
+    cfg = SketchConfig()
+    try:
+        want = build_sketch(pd.DataFrame({"c": pd.Series(vals, dtype=object)}), cfg, kinds=[kind]).to_bytes()
+    except EmptyColumnError:        # no word token in any value: refused either way
+        with pytest.raises(EmptyColumnError):
+            build_sketch(pd.DataFrame({"c": cat}), cfg, kinds=[kind])
+        return
+    assert build_sketch(pd.DataFrame({"c": cat}), cfg, kinds=[kind]).to_bytes() == want
