@@ -272,11 +272,18 @@ def posting_bytes(txn) -> int:
     (entry id, feature) for one upgraded from an older format (``meta/posting_bytes``, written by
     its upgrade, storage/env.py). One LMDB key's values must be of one width, so a hub keeps its own."""
     w = txn.get("meta", POSTING_BYTES_KEY)
-    if w is None:
-        return POSTING_BYTES
-    if type(w) is not int or w not in (4, 8):
+    if w is not None and (type(w) is not int or w not in (4, 8)):
         raise E.CorruptHubError(f"the hub's meta/posting_bytes record is damaged ({str(w)[:40]}): expected 4 or 8; "
                                 "restore the hub from a backup")
+    it = txn.items("bands")      # the stored postings' width wins: LMDB would take values of another width
+    first = next(it, None)
+    it.close()
+    held = None if first is None else len(first[1])
+    if w is None:                # hubs created before creation wrote the record: what they hold, else 4
+        return held or POSTING_BYTES
+    if held is not None and held != w:
+        raise E.CorruptHubError(f"the hub's band postings are {held} bytes but meta/posting_bytes says {w}: the hub "
+                                "was written by two fitsketch versions at once; restore it from a backup")
     return w
 
 

@@ -265,7 +265,12 @@ class HubStore:
     def _create(self) -> None:
         self._open_dbs(create=True)
         now = time.time()
-        self.transact(lambda t: (t.put("meta", b"format", FORMAT_VERSION), t.put("meta", b"created", now)))
+        def create(t):
+            t.put("meta", b"format", FORMAT_VERSION)
+            t.put("meta", b"created", now)
+            if FORMAT_VERSION >= 4:     # its band postings' width (engine/parts.py POSTING_BYTES), read back by posting_bytes
+                t.put("meta", POSTING_BYTES_KEY, 4)
+        self.transact(create)
         self.created = True
         log.info("created hub at %s (format %d)", self.path, FORMAT_VERSION)
 

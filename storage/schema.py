@@ -36,7 +36,7 @@ SCHEMA: tuple[Record, ...] = (
            (("fitsketch.storage.env.FORMAT_VERSION", 4),),
            "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays) and 3 (8-byte band postings) "
            "are read as they are; a writable open upgrades them to 4 (MIGRATIONS[1..3], records unchanged; MIGRATIONS[3] "
-           "writes meta b'posting_bytes' = 8) so that an older fitsketch refuses the hub at open. Format 3: the "
+           "writes meta b'posting_bytes' = the width the hub holds: 8, or 4 without postings) so that an older fitsketch refuses the hub at open. Format 3: the "
            "per-entry records written by fitsketch.parts (entries, signatures, histograms, extra) hold their arrays "
            "compressed where that is smaller (codec EXT_PACKED: byte shuffle / integer delta + zstd, lossless); "
            "records of either kind are read alike. Format 4: a hub created at format 4 writes 4-byte band postings",

@@ -2,8 +2,8 @@
 
 A ``Txn`` is handed out by ``HubStore.read()`` (read-only) and ``HubStore.transact(fn)`` (write).
 Databases are named by string (one of ``DBS``); keys are ``bytes`` (1..511 bytes); values are
-msgpack via ``codec`` except in the dupsort database ``bands``, whose values are fixed 8-byte
-records handled by ``put_dup / get_dups / get_dups_many / delete_dup``. A ``Txn`` belongs to one
+msgpack via ``codec`` except in the dupsort database ``bands``, whose values are fixed-width
+records (8 bytes, or 4 in hubs created at format 4) handled by ``put_dup / get_dups / get_dups_many / delete_dup``. A ``Txn`` belongs to one
 thread and is invalid once its ``read()`` block or ``transact`` call ends; iterators returned by
 ``items`` / ``keys`` must be consumed before then.
 """
@@ -28,7 +28,7 @@ DBS = (
     "entries",     # u64 entry id -> entry record
     "names",       # utf-8 name -> u64 entry id
     "signatures",  # u64 entry id -> feature signatures
-    "bands",       # LSH band key -> 8-byte records (dupsort, dupfixed)
+    "bands",       # LSH band key -> 4- or 8-byte records (dupsort, dupfixed; engine/parts.py posting_bytes)
     "histograms",  # partition histograms
     "embeddings",  # embeddings
     "weights",     # autoencoder weights
@@ -163,7 +163,7 @@ class Txn:
     def items(self, db: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, Any]]:
         """(key, value) in key order for keys starting with ``prefix`` (and ``>= start``, if given).
 
-        In ``bands`` values are the raw 8-byte records, one pair per duplicate.
+        In ``bands`` values are the raw 4- or 8-byte records, one pair per duplicate.
         """
         if db in DUPSORT_DBS:
             yield from self._scan(db, prefix, nodup=False, start=start)
@@ -214,7 +214,7 @@ class Txn:
         return added
 
     def get_dups(self, db: str, key: bytes) -> list[bytes]:
-        """All 8-byte records under ``key``, sorted; [] if absent."""
+        """All records (4 or 8 bytes) under ``key``, sorted; [] if absent."""
         return self.get_dups_many(db, [key])[0]
 
     def get_dups_many(self, db: str, keys: list[bytes]) -> list[list[bytes]]:

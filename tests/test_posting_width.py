@@ -151,6 +151,41 @@ def test_a_damaged_posting_width_raises_corrupt_hub_and_changes_nothing(tmp_path
         assert (_pairs(hub), hub.names()) == before
 
 
+@pytest.mark.parametrize("old", [False, True])
+def test_without_its_width_record_a_hub_writes_the_width_it_holds(tmp_path, rng, monkeypatch, old):
+    """``meta/posting_bytes`` lost (or a format-4 hub written before creation recorded it): the width
+    is the stored postings' (an upgraded hub's 8 bytes are not joined by 4-byte ones), 4 when none;
+    removing every entry leaves no posting."""
+    path = tmp_path / "h"
+    sketches = _sketches(rng)
+    _build(path, sketches, monkeypatch, old=old)
+    with fitsketch.open(path) as hub:
+        with hub.store.read() as txn:
+            assert txn.get("meta", b"posting_bytes") == (8 if old else 4)      # recorded at creation / upgrade
+        hub.store.transact(lambda t: t.delete("meta", b"posting_bytes"))
+        hub.add("more", _table(rng, int(rng.integers(1, 300))))
+        assert _pairs(hub)[1] == {8 if old else 4}
+        for name in hub.names():
+            hub.remove(name)
+        with hub.store.read() as txn:
+            assert txn.count("bands") == 0
+        hub.store.transact(lambda t: t.delete("meta", b"posting_bytes"))
+        hub.add("again", _table(rng, int(rng.integers(1, 300))))
+        assert _pairs(hub)[1] == {4}                                          # no postings left: 4
+
+
+def test_a_width_record_that_disagrees_with_the_postings_raises_and_changes_nothing(tmp_path, rng, monkeypatch):
+    path = tmp_path / "h"
+    sketches = _sketches(rng)
+    _build(path, sketches, monkeypatch, old=True)
+    with fitsketch.open(path) as hub:                                         # upgraded: 8-byte postings
+        hub.store.transact(lambda t: t.put("meta", b"posting_bytes", 4))
+        before = (_pairs(hub), hub.names())
+        with pytest.raises(CorruptHubError, match="two fitsketch versions"):
+            hub.add("more", _table(rng, int(rng.integers(1, 300))))
+        assert (_pairs(hub), hub.names()) == before
+
+
 def test_put_dups_width_4_stores_the_values_as_4_big_endian_bytes(tmp_path, rng):
     from fitsketch.storage import HubStore, u64
 
