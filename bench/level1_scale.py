@@ -55,7 +55,8 @@ def queries(n: int, seed: int = 0, query_seed: int | None = None):
 
 
 def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortlist: int = 256,
-             budget_s: float = 600.0, ctx, out=print, exact_level1: bool = True, big=None) -> tuple[list, list]:
+             budget_s: float = 600.0, ctx, out=print, exact_level1: bool = True, big=None,
+             log_queries: bool = False, first: int = 0) -> tuple[list, list]:
     from fitsketch import coarse as CO
     from fitsketch import planner
     from fitsketch import screen as S
@@ -79,13 +80,15 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
         rec = {v: [] for v in variants}
         best = {v: [] for v in variants}
         l1rec = {v: [] for v in variants}
+        big_rec = {v: [] for v in variants}              # --ivf-at: the reference's real top 10 kept by level 1 there
+        big_best = {v: [] for v in variants}
         for qi, q in enumerate(qs):
             if wall.elapsed() > budget_s * (methods.index(method) + 1) / len(methods):
                 break
             kw = dict(seed=cfg.seed, t_small=small[method][qi] if method in small else None)
             full = t_full.call(idx.scores, q, method, **kw)
             ref = np.sort(full["score"])[::-1][:10]
-            pq = {"method": method, "query": qi}
+            pq = {"method": method, "query": first + qi}
             b = t_l1x.call(CO.bc, idx, q, cfg.seed)
             qv = CO.query_vector(idx, q, cfg.seed)
             # where the reference's top 10 (every entry scoring >= its 10th best) lie in the IVF's order at
@@ -96,6 +99,20 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
                 order, _ = ann.top(idx, qv, deepest * shortlist, p)
                 at = {int(e): r for r, e in enumerate(idx.ids.v[order])}
                 pq[f"ivf_rank_np{p}"] = sorted(at.get(int(e), -1) for e in top_ids)
+                if big is not None:
+                    # the same ranks in the big IVF's order (the real rows are its rows 0..n-1, the synthetic
+                    # ones after them): whether level 1 at that size still keeps the real entries the
+                    # exhaustive search ranks top (the synthetic rows have no screen data: they are not scored)
+                    _, got_b = _big_top(big, ann, qv, deepest * shortlist, p)
+                    got_b = got_b[0]
+                    at_b = {int(idx.ids.v[row]): r for r, row in enumerate(got_b.tolist()) if 0 <= row < n}
+                    pq[f"big_rank_np{p}"] = sorted(at_b.get(int(e), -1) for e in top_ids)
+                    best_ids = full["ids"][full["score"] >= ref[0] - 1e-6]
+                    for c in coarse:
+                        keep_b = CO.coarse_for(method, c) * shortlist
+                        kept_b = lambda e: 0 <= at_b.get(int(e), -1) < keep_b   # noqa: E731
+                        big_rec[c, p].append(float(np.mean([kept_b(e) for e in top_ids])))
+                        big_best[c, p].append(any(kept_b(e) for e in best_ids))
             for c, p in variants:
                 keep = CO.coarse_for(method, c) * shortlist
 
@@ -112,13 +129,16 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
                 rec[c, p].append(r)
                 best[c, p].append(bf)
                 if p:
-                    top_b = set(np.argpartition(-b, keep - 1)[:keep].tolist())
+                    kk = min(keep, len(b))
+                    top_b = set(np.argpartition(-b, kk - 1)[:kk].tolist())
                     kept, _ = t_l1[c, p].call(ann.top, idx, qv, keep, p)
-                    l1rec[c, p].append(len(top_b & set(kept.tolist())) / keep)
+                    l1rec[c, p].append(len(top_b & set(kept.tolist())) / kk)
                     if big is not None:
                         t_big[c, p].call(_big_top, big, ann, qv, keep, p)
                 pq.update({f"recall_c{c}_np{p}": r, f"best_c{c}_np{p}": bf})
             per_query.append(pq)
+            if log_queries:
+                out(f"  query {pq}", flush=True)
         if not len(t_full):
             continue
         cp = lambda s: 1e3 * s.stats()["cpu"]["p50_s"]   # noqa: E731
@@ -145,9 +165,14 @@ def run_real(idx, qs, small, cfg, ann, *, methods, nprobes, coarse=(8,), shortli
                 extra = {f"at_{big.ntotal}_cpu_p50_ms": 1e3 * cs["p50_s"], f"at_{big.ntotal}_cpu_p90_ms": 1e3 * cs["p90_s"],
                          f"at_{big.ntotal}_wall_p50_ms": 1e3 * ws["p50_s"], f"at_{big.ntotal}_wall_p90_ms": 1e3 * ws["p90_s"],
                          f"level1_at_{big.ntotal}_cpu_p50_ms": cp(t_big[v])}
+                extra.update({f"real_top10_kept_at_{big.ntotal}": float(np.mean(big_rec[v])),
+                              f"real_top10_kept_min_at_{big.ntotal}": float(min(big_rec[v])),
+                              f"real_best_kept_at_{big.ntotal}": float(np.mean(big_best[v]))})
                 out(f"          at {big.ntotal:,} entries (level 1 on the {big.ntotal:,}-row IVF, {big.nlist} lists, "
                     f"{cp(t_big[v]):.1f} ms): stage CPU p50 {1e3 * cs['p50_s']:6.1f} p90 {1e3 * cs['p90_s']:6.1f} ms, "
-                    f"wall p50 {1e3 * ws['p50_s']:6.1f} p90 {1e3 * ws['p90_s']:6.1f} ms")
+                    f"wall p50 {1e3 * ws['p50_s']:6.1f} p90 {1e3 * ws['p90_s']:6.1f} ms; the exhaustive top 10 of the "
+                    f"{n:,} real entries kept by level 1 there: {np.mean(big_rec[v]):.3f} (min {min(big_rec[v]):.2f}), "
+                    f"best {sum(big_best[v])}/{len(big_best[v])}")
             rows.append(H.row(ctx, "level1_scale", w, method, f"stage_cpu_p50_c{c}_np{p}", cp(t_st[v]), unit="ms",
                               depth=d, cpu_p90_ms=1e3 * st["cpu"]["p90_s"], wall_p50_ms=1e3 * st["p50_s"],
                               wall_p90_ms=1e3 * st["p90_s"],
@@ -430,6 +455,8 @@ def main(argv=None) -> None:
     ap.add_argument("--query-seed", type=int, default=0, help="queries' draws (0: the tuning queries)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--query-start", type=int, default=0, help="the first query's number (go on after a run)")
+    ap.add_argument("--log-queries", action="store_true", help="print each query's line as it ends (a run stopped early keeps them)")
     a = ap.parse_args(argv)
     from fitsketch import coarse as CO
 
@@ -443,7 +470,8 @@ def main(argv=None) -> None:
         return
     idx = H.Samples().call(load_screen, a.screen_file)
     print(f"screen index of {len(idx):,} entries read from {a.screen_file}")
-    qs, small, cfg = queries(max(a.queries, a.syn_queries), query_seed=a.query_seed)
+    qs, small, cfg = queries(a.query_start + max(a.queries, a.syn_queries), query_seed=a.query_seed)
+    qs, small = qs[a.query_start:], {m: v[a.query_start:] for m, v in small.items()}   # go on after a run's queries
     t_a = H.Samples()
     ann = t_a.call(CO.Level1Ann.build, idx)
     print(f"level-1 IVF of {len(ann):,} rows ({ann.index.nlist} lists, dim {ann.basis.shape[1]}) built in "
@@ -456,7 +484,8 @@ def main(argv=None) -> None:
         big = build_big(idx, ann, a.ivf_at) if a.ivf_at else None
         r, per_query = run_real(idx, qs[:a.queries], small, cfg, ann, methods=tuple(a.methods.split(",")),
                                 nprobes=nprobes, coarse=tuple(int(v) for v in a.coarse.split(",")), budget_s=a.budget, ctx=ctx,
-                                exact_level1=not a.no_exact_level1, big=big)
+                                exact_level1=not a.no_exact_level1, big=big, log_queries=a.log_queries,
+                                first=a.query_start)
         del big
         rows += r
         H.write_suite(name, rows, out=a.out, env=env, tables={"per_query": per_query})
