@@ -188,7 +188,8 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
     none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes). ``memo``
     (``pack(filters=)``): the filter chosen for this array object by an earlier pack with the same
     memo is the only one tried (on the filtered bytes that pack kept); the chosen one is recorded,
-    ``id(a) -> (a, filter, filtered bytes)``."""
+    ``id(a) -> (a, filter, filtered bytes, (dtype, shape))``. The memo serves packs of arrays whose
+    values do not change between them (``fit_pack`` packs one record twice in a row)."""
     _check_dtype(a.dtype)
     if not MIN_COMPRESS <= a.nbytes <= MAX_UNPACKED:
         return _encode_array(a)
@@ -198,8 +199,8 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
     # alone; the shuffle alone on integers came within ~1% of the better of these on hub records
     filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
     seen = None if memo is None else memo.get(id(orig))
-    if seen is not None and seen[0] is not orig:   # another object under this id: not this array's
-        seen = None
+    if seen is not None and (seen[0] is not orig or seen[3] != (orig.dtype, orig.shape)):
+        seen = None     # another object under this id, or this one re-typed / reshaped in place: not its bytes
     if seen is not None:
         filters = (seen[1],)
     best = None
@@ -210,7 +211,8 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
         if best is None or len(z) < len(best[2]):
             best = (flt, codec, z, buf)
     if memo is not None:
-        memo[id(orig)] = (orig, best[0], best[3])   # the array held: its id stays its own while the memo lives
+        # the array held (its id stays its own while the memo lives); its values must not change between packs
+        memo[id(orig)] = (orig, best[0], best[3], (orig.dtype, orig.shape))
     if len(best[2]) + 8 >= a.nbytes:
         return _encode_array(a)
     payload = msgpack.packb([a.dtype.str, [int(n) for n in a.shape], best[0], best[1], best[2]], use_bin_type=True)

@@ -376,8 +376,11 @@ def test_the_record_writer_matches_the_format_definition_byte_for_byte(rng):
             else:   # sorted codes (delta wins) or repeated small values (none wins), with wrap-around
                 a = rng.integers(0, low, n).astype(dt)
                 if rng.random() < 0.5:
-                    a = np.cumsum(a, dtype=dt)
+                    a = np.cumsum(a, dtype=dt).astype(dt)     # cumsum gives native order: back to dt
             rec[dt.str] = a
+        # always a sorted big-endian int and a big-endian float array, large enough to be filtered
+        rec["be_int"] = np.cumsum(rng.integers(0, 9, int(rng.integers(600, 3000)))).astype(">i4")
+        rec["be_float"] = np.round(rng.standard_normal(int(rng.integers(600, 3000))), 2).astype(">f8")
         rec["2d"] = rng.integers(0, 7, (int(rng.integers(1, 40)), 33)).astype(np.uint32)
         rec["strided"] = rng.integers(0, 50, int(rng.integers(400, 4000)))[::3]         # not contiguous
         rec["t"] = rng.integers(0, 3, (70, int(rng.integers(2, 30)))).astype(np.uint16).T   # Fortran order
