@@ -1215,16 +1215,21 @@ static inline void fc_pack(const uint8_t *bit, Py_ssize_t T, Py_ssize_t B, int32
     }
 }
 
+/* row i of X into z as float32: centred float64 (NaN -> 0) or float32 as it is */
+static inline void fc_row(const void *Xv, const double *cc, Py_ssize_t i, Py_ssize_t d, int f64, float *z) {
+    if (f64) {
+        const double *xr = (const double *)Xv + i * d;
+        for (Py_ssize_t k = 0; k < d; k++) { const float v = (float)(xr[k] - cc[k]); z[k] = v != v ? 0.0f : v; }
+    } else {
+        memcpy(z, (const float *)Xv + i * d, (size_t)d * sizeof(float));
+    }
+}
+
 static void fc_rows_scalar(const void *Xv, const double *cc, const float *At, int32_t *o, Py_ssize_t n, Py_ssize_t d,
                            Py_ssize_t T, Py_ssize_t B, Py_ssize_t R8, Py_ssize_t ntotal, int f64, float *z, uint8_t *bit) {
     const Py_ssize_t R = T * B;
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (f64) {
-            const double *xr = (const double *)Xv + i * d;
-            for (Py_ssize_t k = 0; k < d; k++) { const float v = (float)(xr[k] - cc[k]); z[k] = v != v ? 0.0f : v; }
-        } else {
-            memcpy(z, (const float *)Xv + i * d, (size_t)d * sizeof(float));
-        }
+        fc_row(Xv, cc, i, d, f64, z);
         for (Py_ssize_t r = 0; r < R; r++) {
             float acc = 0.0f;
             for (Py_ssize_t k = 0; k < d; k++) acc = fmaf(At[k * R8 + r], z[k], acc);
@@ -1242,12 +1247,7 @@ static void fc_rows_avx2(const void *Xv, const double *cc, const float *At, int3
                          Py_ssize_t T, Py_ssize_t B, Py_ssize_t R8, Py_ssize_t ntotal, int f64, float *z, uint64_t *w) {
     const Py_ssize_t nv = R8 / 8, nw = R8 / 64 + 1;      /* w: nw zeroed words */
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (f64) {
-            const double *xr = (const double *)Xv + i * d;
-            for (Py_ssize_t k = 0; k < d; k++) { const float v = (float)(xr[k] - cc[k]); z[k] = v != v ? 0.0f : v; }
-        } else {
-            memcpy(z, (const float *)Xv + i * d, (size_t)d * sizeof(float));
-        }
+        fc_row(Xv, cc, i, d, f64, z);
         for (Py_ssize_t v0 = 0; v0 < nv; v0 += FC_MAXV) {
             const Py_ssize_t g = nv - v0 < FC_MAXV ? nv - v0 : FC_MAXV;
             __m256 acc[FC_MAXV];
