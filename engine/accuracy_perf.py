@@ -93,9 +93,9 @@ def performance(rec: dict, *, model=None, validation=None, logit_labels=None, co
         if extra is not None:
             at = np.array([index[c] for c in extra[1]], dtype=np.int64)
             C[np.ix_(at, at)] += extra[0]
-        perf = _perf_from_confusion(C, labels, counts, "validation" if extra is None else POOLED)
+        perf = _perf_from_confusion(C, labels, counts, "validation" if extra is None
+                                    else POOLED_ALL_IN_TRAINING if all_in else POOLED)
         if all_in:
-            perf["source"] = POOLED_ALL_IN_TRAINING
             perf["validation_in_training"] = int(n_in)
             return perf
         perf["true_class_prob"] = float(p_true.mean()) if len(p_true) else 0.0

@@ -142,6 +142,8 @@ def _category_block_into(name: str, col: pd.Series, kind: str, seed: int, X: np.
     any other column."""
     from .quantize import _str_categories
 
+    if not isinstance(col.dtype, pd.CategoricalDtype):   # before isna: every string column passes here
+        return False
     cats = _str_categories(col, col.isna().to_numpy())
     if cats is None:
         return False

@@ -23,7 +23,7 @@ from . import screen as _screen
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
 from .storage import from_u64, pack, u64
-from .storage.env import POSTING_BYTES_KEY
+from .storage.env import POSTING_BYTES_KEY, held_posting_bytes
 from .storage.schema import ae_key
 
 ENTRY_FORMAT = 1   # entry, signature, extra and weights records (storage/schema.py)
@@ -275,10 +275,7 @@ def posting_bytes(txn) -> int:
     if w is not None and (type(w) is not int or w not in (4, 8)):
         raise E.CorruptHubError(f"the hub's meta/posting_bytes record is damaged ({str(w)[:40]}): expected 4 or 8; "
                                 "restore the hub from a backup")
-    it = txn.items("bands")      # the stored postings' width wins: LMDB would take values of another width
-    first = next(it, None)
-    it.close()
-    held = None if first is None else len(first[1])
+    held = held_posting_bytes(txn)   # the stored postings' width wins: LMDB would take values of another width
     if w is None:                # hubs created before creation wrote the record: what they hold, else 4
         return held or POSTING_BYTES
     if held is not None and held != w:

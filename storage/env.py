@@ -64,13 +64,19 @@ def _upgrade_v3_to_v4(txn: Txn) -> None:
     without postings takes 4. Nothing is rewritten and readers take either width; the number makes
     an older fitsketch refuse the hub at open."""
     if txn.get("meta", POSTING_BYTES_KEY) is None:
-        it = txn.items("bands")
-        first = next(it, None)
-        it.close()
-        txn.put("meta", POSTING_BYTES_KEY, 4 if first is None or len(first[1]) == 4 else 8)
+        txn.put("meta", POSTING_BYTES_KEY, 4 if held_posting_bytes(txn) in (None, 4) else 8)
 
 
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
+
+
+def held_posting_bytes(txn: Txn) -> int | None:
+    """The width of the first band posting the hub holds (every one has it: one LMDB key's values
+    are of one width, and a hub writes one width); None when it holds none."""
+    it = txn.items("bands")
+    first = next(it, None)
+    it.close()
+    return None if first is None else len(first[1])
 
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
 MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4}
