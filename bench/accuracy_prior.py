@@ -111,7 +111,8 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
     return path
 
 
-def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.91, 0.03), 2)), out=print) -> dict:
+def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.91, 0.03), 2)), out=print,
+             registration: str = "validation") -> dict:
     """Coverage and width of accuracy's interval on ``zoos`` for every ``RECALL_SPREAD`` in ``spreads``
     x ``INTERVAL_SCALE`` in ``scales``: per (target, model) the engine's estimate with 50 bootstrap
     draws (``estimate``, seed 0) unscaled, then each scale applied about the estimate. The draws
@@ -120,11 +121,11 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
     from fitsketch import accuracy as A
 
     raw: dict = {}
-    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE)
+    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE, A.INTERVAL_SCALE_POOLED)
     try:
-        A.INTERVAL_SCALE = 1.0
+        A.INTERVAL_SCALE = A.INTERVAL_SCALE_POOLED = 1.0
         for ds, seed in zoos:
-            wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, True)
+            wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, True, registration)
             for t, df in wl.targets.items():
                 qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
                 qx = A.query_index(qb, len(df))
@@ -138,7 +139,7 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
                     raw.setdefault(f"{ds}_{sp}", []).append(np.stack([acc, iv[:, 0], iv[:, 1], truth], 1))
             out(f"{ds} seed {seed} done")
     finally:
-        A.RECALL_SPREAD, A.INTERVAL_SCALE = keep
+        A.RECALL_SPREAD, A.INTERVAL_SCALE, A.INTERVAL_SCALE_POOLED = keep
     raw = {k: np.concatenate(v) for k, v in raw.items()}
     np.savez(path, **raw)
     res = {}
@@ -256,7 +257,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.interval:
         zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *EXTRA_TUNE]
-        interval(zoos, [float(x) for x in a.spreads.split(",")], a.interval)
+        interval(zoos, [float(x) for x in a.spreads.split(",")], a.interval, registration=a.registration)
         return 0
     if a.build:
         a.build.mkdir(parents=True, exist_ok=True)

@@ -120,6 +120,12 @@ RECALL_SPREAD = 2.0
 # digits 5 and MNIST 4-5: the narrowest holding >= 90 % on both data sets is spread 2, scale 0.69
 # (coverage .940 / .903, width .139 / .125); held out: bench/SUMMARY.md
 INTERVAL_SCALE = 0.69
+# ... for entries registered with a confusion= pooled with the validation's (accuracy_perf.POOLED): their
+# recalls rest on ~4x more rows, so their draws are narrower; the same rule (the narrowest scale holding
+# >= 90 % on both data sets of the tuning + extra tuning seeds, spread 2) on those registrations gave 0.72
+# (coverage .933 / .900, width .133 / .113; 0.69: .927 / .887), ``python -m bench.accuracy_prior --interval
+# FILE --registration cv --spreads 2`` (bench/SUMMARY.md eighth session)
+INTERVAL_SCALE_POOLED = 0.72
 EM_ITERS = 300
 EM_TOL = 1e-7
 
@@ -349,7 +355,8 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
             accs = np.clip(accs, 0.0, 1.0)
             q = np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
             # the draws' 5-95 % range, scaled about the estimate by INTERVAL_SCALE (calibrated)
-            interval = np.clip(acc[:, None] + INTERVAL_SCALE * (q - acc[:, None]), 0.0, 1.0)
+            scale = np.array([INTERVAL_SCALE_POOLED if m.pooled else INTERVAL_SCALE for m in models])[:, None]
+            interval = np.clip(acc[:, None] + scale * (q - acc[:, None]), 0.0, 1.0)
     if details is not None:
         details["recall"] = recalls
         details["shift"] = [float(a / np.dot(m.base, pi)) if np.dot(m.base, pi) > 0 else 1.0
