@@ -6,7 +6,8 @@ variants are scored in seconds.
     python -m bench.accuracy_prior --build DIR          # digits 0-4, MNIST 0-3 (about 15 min)
     python -m bench.accuracy_prior --fit DIR            # fit on the tuning seeds, report held-out
     python -m bench.accuracy_prior --interval FILE.npz  # the interval's coverage per spread x scale
-                                                        # on the tuning + extra tuning seeds (~25 min)
+                                                        # on the tuning + extra tuning seeds (~25 min;
+                                                        # --registration cv: the pooled registration)
 
 Tuning seeds: digits 0-1, MNIST 0; held-out: digits 2-4, MNIST 1-3 (bench.bench_accuracy's). The
 fit minimizes the mean squared error of the predicted accuracies against the measured ones (the
@@ -67,7 +68,7 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
 
     wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, HELD_OUT, registration)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
-                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss", "rows")}
+                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss", "rows", "mass")}
     cls_index = {c: i for i, c in enumerate(labels)}
     for t, df in wl.targets.items():
         qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
@@ -104,7 +105,8 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
                          ("pr", hit / np.maximum(mass, 1e-12)), ("ok", (mass > A.PROXY_MIN_MASS) & (m.n > 0)),
                          ("pv", m.pv), ("pv_n", m.pv_n), ("pi", pi), ("acc", wl.accuracy[t][s]),
                          ("pop", wl.population[t][s]), ("gpr", gq["gpr"]), ("gpr1", gq["gpr1"]),
-                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss), ("rows", len(df))):
+                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss), ("rows", len(df)),
+                         ("mass", mass)):
                 cols[k].append(v)
     path = out / f"{ds}_{seed}{_suffix(registration)}.npz"
     np.savez(path, **{k: np.array(v) for k, v in cols.items()})
@@ -184,8 +186,11 @@ def predict(z: dict, coef, pseudo: float, conf: bool = True, recall: bool = Fals
     r0 = np.where(z["ok"], r0, z["r_max"][:, None] * A.curve(z["n"]))
     r0 = np.where(z["n"] > 0, r0, 0.0)
     r = (z["diag"] + pseudo * r0) / (z["n_val"] + pseudo)
-    pv = z["pv"]                          # stored as the engine keeps it: (hits + 1) / (n + 2)
-    mass = z["pi"] * z["rows"][:, None]   # the class's query rows (EM's responsibilities sum to n x pi)
+    if "mass" not in z:
+        raise SystemExit("this .npz was built before the query's class mass was stored (the shift factor's gate "
+                         "reads it): rebuild it with --build")
+    pv = z["pv"]                          # stored as the engine keeps it (_Model.pv): (hits + 1) / (n + 2)
+    mass = z["mass"]                      # the class's query rows: EM's responsibilities summed (shifted_recall)
     use = (z["ok"] & (z["pv_n"] >= A.SHIFT_MIN_VAL) & (mass >= A.SHIFT_MIN_VAL)
            & (pv - z["pr"] > A.SHIFT_Z * A.shift_se(pv, z["pv_n"], z["pr"], mass)))
     r = r * np.where(use, np.sqrt(np.minimum(1.0, (z["pr"] + 0.02) / (pv + 0.02))), 1.0)
@@ -251,7 +256,7 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", action="store_true",
                    help="with --fit --registration cv: also print the held-out seeds' quality (look once, at the end)")
     p.add_argument("--registration", default="validation", choices=("validation", "cv"),
-                   help="with --build / --fit: 'cv' registers each model's cross-validated confusion with its "
+                   help="with --build / --fit / --interval: 'cv' registers each model's cross-validated confusion with its "
                    "validation rows (files *_cv.npz); its --fit fits PRIOR_COEF_POOLED on the tuning and extra "
                    "tuning seeds and reports held-out seeds only where their files exist")
     a = p.parse_args(argv)
