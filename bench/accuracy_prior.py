@@ -123,9 +123,9 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
     from fitsketch import accuracy as A
 
     raw: dict = {}
-    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE, A.INTERVAL_SCALE_POOLED)
+    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE)
     try:
-        A.INTERVAL_SCALE = A.INTERVAL_SCALE_POOLED = 1.0
+        A.INTERVAL_SCALE = 1.0
         for ds, seed in zoos:
             wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, True, registration)
             for t, df in wl.targets.items():
@@ -141,7 +141,7 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
                     raw.setdefault(f"{ds}_{sp}", []).append(np.stack([acc, iv[:, 0], iv[:, 1], truth], 1))
             out(f"{ds} seed {seed} done")
     finally:
-        A.RECALL_SPREAD, A.INTERVAL_SCALE, A.INTERVAL_SCALE_POOLED = keep
+        A.RECALL_SPREAD, A.INTERVAL_SCALE = keep
     raw = {k: np.concatenate(v) for k, v in raw.items()}
     np.savez(path, **raw)
     res = {}
