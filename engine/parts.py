@@ -20,6 +20,7 @@ from . import accuracy as _acc
 from . import errors as E
 from . import profiles as _profiles
 from . import screen as _screen
+from . import signature_records as _sigrec
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
 from .storage import from_u64, pack, u64
@@ -74,6 +75,14 @@ def _put(txn, db: str, key: bytes, obj) -> None:
     Appended where its key is the database's last (``Txn.put_raw(append=True)``: entry ids grow,
     so the ``entries`` records fill their leaf pages instead of leaving each half empty)."""
     txn.put_raw(db, key, fit_pack(obj), append=True)
+
+
+def _sig_record(sig: np.ndarray) -> dict:
+    """The stored record of an entry's signatures: the matrix or its per-permutation dictionary
+    (engine/signature_records.py), whichever ``fit_pack`` packs into fewer bytes (the matrix on a
+    tie); both decode to ``sig``. Hub format 5; a format-4 fitsketch wrote ``_sigrec.plain``."""
+    rec = _sigrec.dictionary(sig)
+    return rec if len(fit_pack(rec)) < len(fit_pack(_sigrec.plain(sig))) else _sigrec.plain(sig)
 
 
 @dataclass
@@ -138,7 +147,7 @@ class Core(Part):
             rec["labelled"] = True   # method="auto" reads class records only of these
         _put(txn, "entries", k, rec)
         txn.put_raw("names", new.name.encode("utf-8"), k)
-        _put(txn, "signatures", k, {"v": ENTRY_FORMAT, "sig": sk.signatures})
+        _put(txn, "signatures", k, _sig_record(sk.signatures))
         _put(txn, "histograms", k, prepared["hist"])
         return rec
 
@@ -339,7 +348,7 @@ class Bands(Part):
         return [None] * len(eids)
 
     def delete(self, txn, eid, rec, config):
-        sig = txn.get("signatures", u64(eid))["sig"]
+        sig = _sigrec.decode(txn.get("signatures", u64(eid)))
         bands = feature_band_keys(sig, config.lsh_k, config.lsh_l)
         nonempty = sig[:, 0] != _EMPTY_SIG
         if posting_bytes(txn) == 4:

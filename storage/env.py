@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 4  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 5  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -67,6 +67,13 @@ def _upgrade_v3_to_v4(txn: Txn) -> None:
         txn.put("meta", POSTING_BYTES_KEY, 4 if held_posting_bytes(txn) in (None, 4) else 8)
 
 
+def _upgrade_v4_to_v5(txn: Txn) -> None:
+    """Format 5: an entry's signatures may be stored as a per-permutation dictionary (record format 2,
+    engine/signature_records.py). Format-4 records (the matrix as it is) are read as they are, so
+    nothing is rewritten; the number makes an older fitsketch refuse the hub at open instead of
+    failing at the first such record."""
+
+
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
 
 
@@ -79,9 +86,10 @@ def held_posting_bytes(txn: Txn) -> int | None:
     return None if first is None else len(first[1])
 
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
-MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4}
+MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4,
+                                                4: _upgrade_v4_to_v5}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-READ_AS_IS = frozenset({1, 2, 3})
+READ_AS_IS = frozenset({1, 2, 3, 4})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()

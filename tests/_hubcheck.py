@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fitsketch.partitions import unpack_hist
+from fitsketch.signature_records import decode as decode_signatures
 from fitsketch.storage import DBS, from_u64
 
 _AE_PREFIX = b"ae:"
@@ -58,7 +59,7 @@ def check_txn(txn) -> list[str]:
         entry_ids.add(key)
         nf = len(rec["features"])
         sig = txn.get("signatures", key)
-        assert sig is not None and sig["sig"].shape[0] == nf, f"entry {rec['name']!r}: signatures missing or wrong"
+        assert sig is not None and decode_signatures(sig).shape[0] == nf, f"entry {rec['name']!r}: signatures missing or wrong"
         hist = txn.get("histograms", key)
         assert hist is not None and set(unpack_hist(hist)) == {"part", "feat", "bucket", "count"}, \
             f"entry {rec['name']!r}: histograms missing"

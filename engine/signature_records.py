@@ -1,0 +1,74 @@
+"""The stored form of an entry's MinHash signatures (database ``signatures``), lossless.
+
+An entry's signatures are a ``(features, num_perm)`` uint32 matrix. Its columns (one a
+permutation) repeat few values: the minimum of a permutation over a column's tokens is often the
+same token's hash in several columns (columns of one distribution, or merged partitions sharing
+rows): on 32 real-valued normal columns ~2 distinct values a permutation, on the ``scale`` suite's
+merged sketches 8-16. So a record holds either the matrix as it is (format 1) or, when that packs
+into fewer bytes, each permutation's distinct values and every feature's index into them
+(format 2, a per-permutation dictionary):
+
+    sn[j]      number of distinct values of permutation j                    (num_perm,)
+    sd         the distinct values of permutation 0, then 1, ..., ascending  (sum(sn),) uint32
+    si[j, f]   index of sig[f, j] among permutation j's values               (num_perm, features)
+
+so that ``sig[f, j] = sd[offset[j] + si[j, f]]`` with ``offset`` the exclusive cumulative sum of
+``sn`` (``si`` is permutation-major: a permutation's indices lie together, which packs ~15% smaller
+on real-valued data). Both are packed by engine/parts.py ``fit_pack`` (arrays compressed where that
+is smaller) and the fewer bytes are kept; ``decode`` of either gives the same matrix, byte for byte.
+Written since hub format 5 (storage/env.py): an older fitsketch refuses the hub at open.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import errors as E
+from .partitions import _narrow
+
+SIG_PLAIN = 1        # {"v": 1, "sig"}: the matrix as it is (engine/parts.py ENTRY_FORMAT, every hub)
+SIG_DICT = 2         # {"v": 2, "sn", "sd", "si"}: per-permutation dictionary (hub format 5)
+SIG_FORMAT = 2       # = SIG_DICT: the newest record format this fitsketch writes (storage/schema.py)
+
+
+def plain(sig: np.ndarray) -> dict:
+    """The format-1 record of ``sig``."""
+    return {"v": SIG_PLAIN, "sig": sig}
+
+
+def dictionary(sig: np.ndarray) -> dict:
+    """The format-2 record of ``sig`` (``(features, num_perm)`` uint32; module docstring)."""
+    sig = np.asarray(sig, dtype=np.uint32)
+    if sig.ndim != 2:
+        raise ValueError(f"signatures must be a (features, num_perm) matrix, got shape {sig.shape}")
+    t = np.ascontiguousarray(sig.T)                                  # (num_perm, features)
+    n_p, n_f = t.shape
+    order = np.argsort(t, axis=1, kind="stable")
+    s = np.take_along_axis(t, order, axis=1)
+    new = np.ones(t.shape, dtype=bool)
+    if n_f > 1:
+        new[:, 1:] = s[:, 1:] != s[:, :-1]
+    rank = np.cumsum(new, axis=1) - 1                                # each sorted value's index in its dictionary
+    si = np.empty(t.shape, dtype=np.int64)
+    np.put_along_axis(si, order, rank, axis=1)
+    sn = new.sum(axis=1)
+    return {"v": SIG_DICT, "sn": _narrow(sn, False), "sd": s[new].astype(np.uint32),
+            "si": _narrow(si.reshape(-1), False).reshape(n_p, n_f)}
+
+
+def decode(rec: dict) -> np.ndarray:
+    """The ``(features, num_perm)`` uint32 signatures of a stored record of either format."""
+    v = rec.get("v") if isinstance(rec, dict) else None
+    if v == SIG_PLAIN and "sig" in rec:
+        return rec["sig"]
+    if v == SIG_DICT:
+        sn = np.asarray(rec["sn"], dtype=np.int64)
+        sd = np.asarray(rec["sd"], dtype=np.uint32)
+        si = np.asarray(rec["si"], dtype=np.int64)
+        if si.ndim != 2 or len(sn) != si.shape[0] or int(sn.sum()) != len(sd) or \
+                (si.size and (si.min() < 0 or np.any(si >= sn[:, None]))):
+            raise E.CorruptHubError("a signature record's dictionary does not match its indices: the hub's "
+                                    "signatures database is damaged; restore the hub from a backup")
+        off = np.cumsum(sn) - sn
+        return np.ascontiguousarray(sd[off[:, None] + si].T)
+    raise E.SchemaError(f"a signature record has format {v!r}; this fitsketch reads {SIG_PLAIN} and {SIG_DICT}: "
+                        "upgrade fitsketch")
