@@ -249,24 +249,11 @@ class Profile(Part):
 
 
 class Screen(Part):
-    """The entry's dataset-level screen record (engine/screen.py)."""
+    """The entry's dataset-level screen record (engine/screen.py): derived from the histograms and
+    the entry record, so since hub format 5 it is not stored (3-4 KB, a 4 KiB overflow page an
+    entry) -- the screen index computes it when it loads the entry (screen.records) and keeps it in
+    ``<hub>/indexes/screen.fsidx``. Entries added before format 5 keep theirs, removed here."""
     name = "screen"
-
-    def prepare(self, new, config, device):
-        sk = new.sketch
-        return _screen.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
-
-    def prepare_many(self, news, config, device, shared):
-        a = _aggregate(news, shared)
-        if a is None:
-            return super().prepare_many(news, config, device, shared)
-        lo = np.searchsorted(a["d_e"], np.arange(len(news) + 1))
-        return [_screen.record_of(_profiles.name_keys(new.sketch.names, config.seed), a["d_feat"][lo[i]:lo[i + 1]],
-                                  a["d_bucket"][lo[i]:lo[i + 1]], a["d_count"][lo[i]:lo[i + 1]], new.sketch.sums,
-                                  new.sketch.counts) for i, new in enumerate(news)]
-
-    def write(self, txn, eid, new, prepared):
-        _put(txn, "extra", _screen.key(eid), prepared)
 
     def delete(self, txn, eid, rec, config):
         txn.delete("extra", _screen.key(eid))

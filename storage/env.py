@@ -69,9 +69,10 @@ def _upgrade_v3_to_v4(txn: Txn) -> None:
 
 def _upgrade_v4_to_v5(txn: Txn) -> None:
     """Format 5: an entry's signatures may be stored as a per-permutation dictionary (record format 2,
-    engine/signature_records.py). Format-4 records (the matrix as it is) are read as they are, so
-    nothing is rewritten; the number makes an older fitsketch refuse the hub at open instead of
-    failing at the first such record."""
+    engine/signature_records.py), and new entries store no screen record (engine/screen.py: derived
+    from the histograms; the screen index finds entries by their ids, where an older fitsketch
+    found them by their screen records and would miss these). Format-4 records are read as they
+    are, so nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
 
 
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3

@@ -41,7 +41,8 @@ SCHEMA: tuple[Record, ...] = (
            "per-entry records written by fitsketch.parts (entries, signatures, histograms, extra) hold their arrays "
            "compressed where that is smaller (codec EXT_PACKED: byte shuffle / integer delta + zstd, lossless); "
            "records of either kind are read alike. Format 4: a hub created at format 4 writes 4-byte band postings. "
-           "Format 5: signature records may be per-permutation dictionaries (fitsketch.signature_records)",
+           "Format 5: signature records may be per-permutation dictionaries (fitsketch.signature_records) and new "
+           "entries store no screen record (extra b'd'; the screen index finds entries by a range scan of entries)",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
            "b'next_sample_id', b'embedding_dim', b'posting_bytes'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
@@ -73,9 +74,10 @@ SCHEMA: tuple[Record, ...] = (
     Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys",
            "fitsketch.parts (Profile), fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
            "missing (older hubs): computed from the histograms"),
-    Record("extra", "b'd' + u64(entry id)", "dataset-level screen record", "fitsketch.parts (Screen), "
-           "fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
-           "missing (older hubs): computed from the histograms"),
+    Record("extra", "b'd' + u64(entry id)", "dataset-level screen record (derived; written only by hubs of "
+           "format <= 4)", "fitsketch.parts (Screen), fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
+           "read where present; missing (entries added since format 5, or before screens): computed from the "
+           "histograms and the entry record when the screen index loads the entry (fitsketch.screen.records)"),
     Record("weights", "b'ae:' + u64(entry id)", "{v, simex: [autoencoder records]}", "fitsketch.parts (SimExFleet)",
            (_E, ("fitsketch.autoencoder.AE_FORMAT", 1))),
     Record("weights", "b'deephash'", "the hub's deep-hash model", "fitsketch.embedding_indexes",

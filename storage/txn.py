@@ -171,9 +171,9 @@ class Txn:
         for key, raw in self._scan(db, prefix, nodup=False, start=start):
             yield key, self._decode(db, key, raw)
 
-    def keys(self, db: str, prefix: bytes = b"") -> Iterator[bytes]:
-        """Keys in order (each once, also in ``bands``), starting with ``prefix``."""
-        for key, _ in self._scan(db, prefix, nodup=db in DUPSORT_DBS):
+    def keys(self, db: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[bytes]:
+        """Keys in order (each once, also in ``bands``), starting with ``prefix`` (and ``>= start``, if given)."""
+        for key, _ in self._scan(db, prefix, nodup=db in DUPSORT_DBS, start=start):
             yield key
 
     # -- dupsort (bands) ----------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Issue 21 item 3 (32 KB per entry): the dataset-level screen record is derived (engine/screen.py
+``record`` of the histograms and the entry record), so since hub format 5 an add stores none
+(3-4 KB, a 4 KiB overflow page an entry); the screen index computes it when it loads the entry
+(``screen.records``, a batch at a time) and keeps it in its index file.
+
+Checked against a format-4 hub written by the old encoder (the screen part as it was: a record per
+entry, format 4 at creation) from the same fresh random sketches (odd sizes, one row, merged, a
+categorical column): the screen index holds the same arrays, bit for bit, whether it was read from
+the stored records or computed, from LMDB or from its file, after the old hub's upgrade and adds
+(entries of both kinds in one hub) and after removals; every method answers alike; entries added
+in a process whose index is already loaded are found (the range scan is over ``entries``)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fitsketch
+import fitsketch.storage.env as env_mod
+from fitsketch import indexes as IX
+from fitsketch import parts
+from fitsketch import screen as S
+
+METHODS = ("exact-js", "js", "adaptivity", "l2", "coverage")
+
+
+class _OldScreen(parts.Part):
+    """The screen part of format 4, as engine/parts.py wrote it: a record per entry."""
+    name = "screen"
+
+    def prepare(self, new, config, device):
+        sk = new.sketch
+        return S.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
+
+    def write(self, txn, eid, new, prepared):
+        parts._put(txn, "extra", S.key(eid), prepared)
+
+    def delete(self, txn, eid, rec, config):
+        txn.delete("extra", S.key(eid))
+
+
+def _table(rng, n, shift=0.0):
+    df = pd.DataFrame({f"x{j}": np.round(rng.normal(shift, size=n), 3) for j in range(5)})
+    df["b"] = rng.integers(0, 30, n)
+    df["c"] = rng.choice(["u", "v", "w"], n)
+    return df
+
+
+def _sketches(rng, n=6):
+    sk = lambda n, s=0.0: fitsketch.sketch_data(_table(rng, n, s), partition_size=40)   # noqa: E731
+    out = {f"s{i}": sk(int(rng.integers(2, 333)), float(rng.integers(0, 3))) for i in range(n)}
+    out["one-row"] = sk(1)
+    out["merged"] = sk(97, 1.0).merge(sk(41, 2.0))
+    return out
+
+
+def _build(path, sketches, monkeypatch, old: bool):
+    with monkeypatch.context() as m:
+        if old:
+            m.setattr(env_mod, "FORMAT_VERSION", 4)
+            m.setattr(parts, "PARTS", tuple(_OldScreen() if p.name == "screen" else p for p in parts.PARTS))
+        with fitsketch.open(path) as hub:
+            (n0, s0), *rest = sketches.items()
+            hub.add_sketch(n0, s0)
+            hub.add_sketches(rest)
+
+
+def _stored_screens(path) -> int:
+    with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
+        return sum(1 for k in txn.keys("extra", S._PREFIX) if len(k) == 9)
+
+
+def _state(path, readonly=True, drop_files=True):
+    """The synced screen index's arrays, by name (indexes._screen_state), and the entry names by id."""
+    if drop_files:
+        for f in (path / "indexes").glob("*") if (path / "indexes").exists() else ():
+            f.unlink()
+    with fitsketch.open(path, readonly=readonly) as hub:
+        st = IX._screen_state(hub._synced_screen())
+        names = {hub.get(n).id: n for n in hub.names()}
+    return {k: v for k, v in st.items() if not k.startswith("__")}, st["__meta__"], names
+
+
+def _same_state(a, b):
+    (sa, ma, na), (sb, mb, nb) = a, b
+    assert na == nb and ma == mb and sa.keys() == sb.keys()
+    for k in sa:
+        x, y = np.asarray(sa[k]), np.asarray(sb[k])
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), k
+
+
+def _answers(path, q):
+    with fitsketch.open(path, readonly=True) as hub:
+        return {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
+
+
+def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
+    sketches = _sketches(rng)
+    old, new = tmp_path / "old", tmp_path / "new"
+    _build(old, sketches, monkeypatch, old=True)
+    _build(new, sketches, monkeypatch, old=False)
+    assert fitsketch.inspect(old)["format"] == 4 and fitsketch.inspect(new)["format"] == 5
+    assert _stored_screens(old) == len(sketches) and _stored_screens(new) == 0
+    _same_state(_state(old), _state(new))                    # read (format 4, read-only) vs computed
+    _same_state(_state(new, drop_files=False), _state(new, drop_files=False))   # from its file
+    q = _table(rng, 173, 1.0)
+    assert _answers(old, q) == _answers(new, q)
+    late = {"late": fitsketch.sketch_data(_table(rng, 211, 2.0), partition_size=40),
+            "late1": fitsketch.sketch_data(_table(rng, 1), partition_size=40)}
+    for path in (old, new):                                  # the old hub upgraded: both kinds in one hub
+        with fitsketch.open(path) as hub:
+            hub._synced_screen()                             # loaded before the adds: found by the next sync
+            hub.add_sketches(list(late.items()))
+            hub.remove("s1")
+            hub._synced_screen()
+    assert fitsketch.inspect(old)["format"] == 5
+    assert _stored_screens(old) == len(sketches) - 1          # the old entries' records, less the removed one
+    _same_state(_state(old, drop_files=False), _state(new, drop_files=False))
+    _same_state(_state(old), _state(new))
+    assert _answers(old, q) == _answers(new, q)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_records_of_a_batch_equal_one_at_a_time(rng, n):
+    sks = [fitsketch.sketch_data(_table(rng, int(rng.integers(1, 200))), partition_size=30) for _ in range(n)]
+    got = S.records([s.hist for s in sks], [s.names for s in sks], [s.sums for s in sks], [s.counts for s in sks], 5)
+    assert len(got) == n
+    for s, g in zip(sks, got):
+        ref = S.record(s.hist, s.names, s.sums, s.counts, 5)
+        assert ref.keys() == g.keys()
+        for k in ref:
+            x, y = np.asarray(ref[k]), np.asarray(g[k])
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), k
