@@ -15,7 +15,7 @@ LAYERS = [
     ("base", {"errors", "results", "validate", "plan", "config", "extras"}),
     ("algorithms", {"quantize", "partitions", "minhash", "jslsh", "sketch", "data", "exact", "coverage",
                     "coverage_spaces", "profiles", "growable", "screen", "coarse", "accuracy", "accuracy_records",
-                    "accuracy_gauss", "accuracy_pool", "accuracy_perf", "simex", "autoencoder", "deephash",
+                    "signature_records", "accuracy_gauss", "accuracy_pool", "accuracy_perf", "simex", "autoencoder", "deephash",
                     "faiss_files", "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),
     ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline", "adding"}),
