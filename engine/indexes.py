@@ -118,7 +118,7 @@ class SearchIndexes:
                         todo.append((eid, rec, unpack_hist(hist)))
                 recs = _screen.records([h for _, _, h in todo], [r["features"] for _, r, _ in todo],
                                        [r["sums"] for _, r, _ in todo], [r["counts"] for _, r, _ in todo], config.seed)
-                return {eid: (srec, txn.get("extra", _profiles.keys_key(eid)) or _profiles.record(
+                return {eid: (srec, _profiles.stored_keys(txn, eid) or _profiles.record(
                     hist, rec["features"], rec["n_partitions"], config, device)[1])
                     for (eid, rec, hist), srec in zip(todo, recs)}
 

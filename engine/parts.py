@@ -225,7 +225,8 @@ class ModelDescriptors(Part):
 
 
 class Profile(Part):
-    """The entry's random-projection profile and stored JS-LSH band keys (engine/profiles.py)."""
+    """The entry's random-projection profile and stored JS-LSH band keys (engine/profiles.py), in
+    databases ``profiles`` and ``profile_keys`` (hub format 5; before, in ``extra``)."""
     name = "profile"
 
     def prepare(self, new, config, device):
@@ -240,12 +241,13 @@ class Profile(Part):
 
     def write(self, txn, eid, new, prepared):
         prof, prof_keys = prepared
-        _put(txn, "extra", _profiles.key(eid), prof)
-        _put(txn, "extra", _profiles.keys_key(eid), prof_keys)
+        _put(txn, "profiles", u64(eid), prof)            # hub format 5: appended, each kind in its database
+        _put(txn, "profile_keys", u64(eid), prof_keys)
 
     def delete(self, txn, eid, rec, config):
-        txn.delete("extra", _profiles.key(eid))
-        txn.delete("extra", _profiles.keys_key(eid))
+        for db, k in (("profiles", u64(eid)), ("profile_keys", u64(eid)), ("extra", _profiles.key(eid)),
+                      ("extra", _profiles.keys_key(eid))):    # either place (format >= 5, or before)
+            txn.delete(db, k)
 
 
 class Screen(Part):

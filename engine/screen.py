@@ -159,6 +159,8 @@ class ScreenIndex:
         (entries added before hub format 5) and ``read_missing(eids) -> {eid: (screen record, keys
         record)}`` computing those of the others from their histograms (every entry added since
         format 5: the record is derived, ``record``, and not stored)."""
+        from .profiles import stored_keys
+
         with self.lock:
             if generation == self.generation:
                 return
@@ -171,7 +173,7 @@ class ScreenIndex:
                 new = []
                 for eid in chunk:
                     if stored[eid] is not None:
-                        new.append((eid, stored[eid], txn.get("extra", b"k" + u64(eid))))
+                        new.append((eid, stored[eid], stored_keys(txn, eid)))
                     elif got.get(eid) is not None:
                         new.append((eid, *got[eid]))
                 if new and self.ids.n and new[0][0] <= int(self.ids.v[-1]):   # pragma: no cover - ids only grow

@@ -32,7 +32,7 @@ import lmdb
 from . import schema
 from .codec import unpack
 from .errors import CodecError, CorruptHubError, HubBusyError, HubNotFoundError, SchemaError, StorageError
-from .txn import DBS, DUPSORT_DBS, Txn
+from .txn import DBS, DUPSORT_DBS, LATER_DBS, Txn
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +261,7 @@ class HubStore:
             fmt = _check_format(self.path, unpack(raw))
         except CodecError as e:
             raise CorruptHubError(f"hub at {self.path}: meta record 'format' cannot be decoded ({e})") from e
+        self._format = fmt
         upgrade = fmt < FORMAT_VERSION and not (self.readonly and fmt in READ_AS_IS)
         if upgrade:
             self._upgrade_plan(fmt)
@@ -269,13 +270,17 @@ class HubStore:
             self._migrate(fmt)
 
     def _open_dbs(self, create: bool) -> None:
-        try:
-            for name in DBS:
-                dup = name in DUPSORT_DBS
-                self._dbs[name] = self._env.open_db(name.encode(), create=create,
-                                                    dupsort=dup, dupfixed=dup)
-        except lmdb.NotFoundError:
-            raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
+        """Open every database of ``DBS``; a hub of format < 5 opened read-only lacks ``LATER_DBS``
+        (its upgrade creates them): those it lacks are read as empty (storage/txn.py)."""
+        fmt = getattr(self, "_format", FORMAT_VERSION)   # the hub's format as opened (_open)
+        for name in DBS:
+            dup = name in DUPSORT_DBS
+            try:
+                self._dbs[name] = self._env.open_db(name.encode(), create=create, dupsort=dup, dupfixed=dup)
+            except lmdb.NotFoundError:
+                if name in LATER_DBS and fmt < 5:
+                    continue
+                raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
 
     def _create(self) -> None:
         self._open_dbs(create=True)

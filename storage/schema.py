@@ -42,7 +42,9 @@ SCHEMA: tuple[Record, ...] = (
            "compressed where that is smaller (codec EXT_PACKED: byte shuffle / integer delta + zstd, lossless); "
            "records of either kind are read alike. Format 4: a hub created at format 4 writes 4-byte band postings. "
            "Format 5: signature records may be per-permutation dictionaries (fitsketch.signature_records) and new "
-           "entries store no screen record (extra b'd'; the screen index finds entries by a range scan of entries)",
+           "entries store no screen record (extra b'd'; the screen index finds entries by a range scan of entries) "
+           "and their profile records in databases profiles / profile_keys (were extra b'p' / b'k'), which a "
+           "format-4 hub gets at its upgrade (a read-only open of one reads them as empty)",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
            "b'next_sample_id', b'embedding_dim', b'posting_bytes'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
@@ -69,11 +71,19 @@ SCHEMA: tuple[Record, ...] = (
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),
                                        ("fitsketch.accuracy_records.CLASSES_FORMAT", 1))),
-    Record("extra", "b'p' + u64(entry id)", "random-projection profile", "fitsketch.parts (Profile), "
-           "fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),)),
-    Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys",
+    Record("profiles", "u64(entry id)", "random-projection profile", "fitsketch.parts (Profile), "
+           "fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "since hub format 5 (its own database, so that adds append it); entries added before: extra b'p' + id"),
+    Record("profile_keys", "u64(entry id)", "profile name keys and the stored JS-LSH band keys",
            "fitsketch.parts (Profile), fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "since hub format 5; entries added before: extra b'k' + id (fitsketch.profiles.stored_keys); "
            "missing (older hubs): computed from the histograms"),
+    Record("extra", "b'p' + u64(entry id)", "random-projection profile (written by hubs of format <= 4)",
+           "fitsketch.parts (Profile), fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "read where present (fitsketch.profiles.stored_profiles); removed with its entry"),
+    Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys (written by "
+           "hubs of format <= 4)", "fitsketch.parts (Profile), fitsketch.profiles",
+           (("fitsketch.profiles.PROFILE_FORMAT", 1),), "read where present; removed with its entry"),
     Record("extra", "b'd' + u64(entry id)", "dataset-level screen record (derived; written only by hubs of "
            "format <= 4)", "fitsketch.parts (Screen), fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
            "read where present; missing (entries added since format 5, or before screens): computed from the "

@@ -34,7 +34,12 @@ DBS = (
     "weights",     # autoencoder weights
     "probes",      # probe descriptors
     "extra",       # anything else
+    "profiles",    # u64 entry id -> profile record (engine/profiles.py; format >= 5, before: extra b"p" + id)
+    "profile_keys",  # u64 entry id -> stored JS-LSH band keys (engine/profiles.py; format >= 5, before: extra b"k" + id)
 )
+# databases a hub of an older format lacks until its upgrade (a writable open creates them): a
+# read-only open of such a hub reads them as empty
+LATER_DBS = frozenset({"profiles", "profile_keys"})
 DUPSORT_DBS = frozenset({"bands"})
 _DUPS_CHUNK = 1 << 14   # pairs put_dups converts and writes at a time
 DUP_SIZE = 8  # bytes per value in a dupsort database
@@ -80,6 +85,8 @@ class Txn:
         try:
             handle = self._dbs[db]
         except KeyError:
+            if db in LATER_DBS:
+                return None       # a read-only open of an older hub: the database is empty
             raise ValueError(f"unknown database {db!r}; databases are {DBS}") from None
         if dup is True and db not in DUPSORT_DBS:
             raise ValueError(f"{db!r} is not a dupsort database; use get/put (dupsort: {sorted(DUPSORT_DBS)})")
@@ -111,7 +118,8 @@ class Txn:
 
     # -- values -------------------------------------------------------------------------------
     def get_raw(self, db: str, key: bytes) -> bytes | None:
-        return self._txn.get(_check_key(key), db=self._db(db, dup=False))
+        h = self._db(db, dup=False)
+        return None if h is None else self._txn.get(_check_key(key), db=h)
 
     def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True, append: bool = False) -> bool:
         """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists. ``append``:
@@ -139,17 +147,22 @@ class Txn:
         return self._mut(self._txn.delete, _check_key(key), db=self._db(db))
 
     def exists(self, db: str, key: bytes) -> bool:
+        if self._db(db) is None:
+            return False
         with self._txn.cursor(db=self._db(db)) as cur:
             return cur.set_key(_check_key(key))
 
     def count(self, db: str) -> int:
         """Number of records (in ``bands``: of key/value pairs, duplicates included)."""
-        return self._txn.stat(self._db(db))["entries"]
+        h = self._db(db)
+        return 0 if h is None else self._txn.stat(h)["entries"]
 
     def _scan(self, db: str, prefix: bytes, nodup: bool, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         if not isinstance(prefix, bytes) or not isinstance(start, bytes):
             raise TypeError(f"prefix and start must be bytes, got {type(prefix).__qualname__}, {type(start).__qualname__}")
         first = max(prefix, start)
+        if self._db(db) is None:
+            return
         with self._txn.cursor(db=self._db(db)) as cur:
             ok = cur.set_range(first) if first else cur.first()
             if not ok:

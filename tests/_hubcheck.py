@@ -76,6 +76,12 @@ def check_txn(txn) -> list[str]:
                 profiled.add(key[1:])
         else:
             assert key in entry_ids, f"extra[{key!r}] belongs to no entry"
+    for db in ("profiles", "profile_keys"):      # hub format 5: in their own databases
+        for key in txn.keys(db):
+            assert key in entry_ids, f"{db}[{key!r}] belongs to no entry"
+            if db == "profiles":
+                assert key not in profiled, f"entry {key!r} has a profile in extra and in profiles"
+                profiled.add(key)
     assert profiled == entry_ids, f"entries without a profile: {sorted(entry_ids - profiled)}"
     for key in txn.keys("weights"):
         if key.startswith(_AE_PREFIX):

@@ -11,6 +11,7 @@ import pytest
 
 import fitsketch
 from fitsketch import profiles as P
+from fitsketch.storage import u64
 
 from _frames import _frame, _sketch
 from _hubcheck import check_hub
@@ -141,8 +142,8 @@ def test_hub_without_profiles_still_shortlists(tmp_path, rng):
         q = _frame(rng, 100, loc=4)
         want = [(m.name, m.score) for m in hub.search(q, k=2)]
     with fitsketch.open(tmp_path / "h.hub") as hub:
-        hub.store.transact(lambda t: [(t.delete("extra", P.key(hub.get(f"m{i}").id)),
-                                       t.delete("extra", P.keys_key(hub.get(f"m{i}").id))) for i in range(10)])
+        hub.store.transact(lambda t: [(t.delete("profiles", u64(hub.get(f"m{i}").id)),     # as if stored without
+                                       t.delete("profile_keys", u64(hub.get(f"m{i}").id))) for i in range(10)])
     with fitsketch.open(tmp_path / "h.hub") as hub:
         plan = hub.explain(q, k=2)
         res = hub.search(q, k=2)

@@ -1,14 +1,18 @@
-"""Issue 21 item 3 (32 KB per entry): the dataset-level screen record is derived (engine/screen.py
-``record`` of the histograms and the entry record), so since hub format 5 an add stores none
-(3-4 KB, a 4 KiB overflow page an entry); the screen index computes it when it loads the entry
-(``screen.records``, a batch at a time) and keeps it in its index file.
+"""Issue 21 item 3 (32 KB per entry), hub format 5: (1) the dataset-level screen record is derived
+(engine/screen.py ``record`` of the histograms and the entry record), so an add stores none (3-4 KB,
+a 4 KiB overflow page an entry); the screen index computes it when it loads the entry
+(``screen.records``, a batch at a time) and keeps it in its index file; (2) the profile and profile
+keys records live in databases ``profiles`` / ``profile_keys`` keyed by the entry id (were ``extra``
+``b"p"`` / ``b"k"`` + id), so adds append them and their leaf pages are left full.
 
-Checked against a format-4 hub written by the old encoder (the screen part as it was: a record per
-entry, format 4 at creation) from the same fresh random sketches (odd sizes, one row, merged, a
-categorical column): the screen index holds the same arrays, bit for bit, whether it was read from
-the stored records or computed, from LMDB or from its file, after the old hub's upgrade and adds
-(entries of both kinds in one hub) and after removals; every method answers alike; entries added
-in a process whose index is already loaded are found (the range scan is over ``entries``)."""
+Checked against a format-4 hub written by the old encoder (the screen and profile parts as they
+were, plain signature records, format 4 at creation) from the same fresh random sketches (odd
+sizes, one row, merged, a categorical column): it opens read-only as it is (without the new
+databases); the screen index holds the same arrays, bit for bit, whether read from stored records or
+computed, from LMDB or from its file, after the old hub's upgrade and adds (entries of both kinds in
+one hub) and after removals; the profile index holds the same ids and vectors; every method answers
+alike; entries added in a process whose index is already loaded are found (the range scan is over
+``entries``); removal leaves no record of either kind."""
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +22,8 @@ import pytest
 import fitsketch
 import fitsketch.storage.env as env_mod
 from fitsketch import indexes as IX
-from fitsketch import parts
+from fitsketch import parts, signature_records
+from fitsketch import profiles as P
 from fitsketch import screen as S
 
 METHODS = ("exact-js", "js", "adaptivity", "l2", "coverage")
@@ -37,6 +42,18 @@ class _OldScreen(parts.Part):
 
     def delete(self, txn, eid, rec, config):
         txn.delete("extra", S.key(eid))
+
+
+class _OldProfile(parts.Profile):
+    """The profile part of format 4: both records in database ``extra``."""
+
+    def write(self, txn, eid, new, prepared):
+        prof, prof_keys = prepared
+        parts._put(txn, "extra", P.key(eid), prof)
+        parts._put(txn, "extra", P.keys_key(eid), prof_keys)
+
+
+_OLD = {"screen": _OldScreen(), "profile": _OldProfile()}
 
 
 def _table(rng, n, shift=0.0):
@@ -58,7 +75,8 @@ def _build(path, sketches, monkeypatch, old: bool):
     with monkeypatch.context() as m:
         if old:
             m.setattr(env_mod, "FORMAT_VERSION", 4)
-            m.setattr(parts, "PARTS", tuple(_OldScreen() if p.name == "screen" else p for p in parts.PARTS))
+            m.setattr(parts, "PARTS", tuple(_OLD.get(p.name, p) for p in parts.PARTS))
+            m.setattr(parts, "_sig_record", signature_records.plain)
         with fitsketch.open(path) as hub:
             (n0, s0), *rest = sketches.items()
             hub.add_sketch(n0, s0)
@@ -89,6 +107,17 @@ def _same_state(a, b):
         assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), k
 
 
+def _profiles(path):
+    with fitsketch.open(path, readonly=True) as hub:
+        idx = hub._indexes.profiles(hub.store)
+        return idx.ids.copy(), idx.x.copy()
+
+
+def _counts(path):
+    with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
+        return {db: txn.count(db) for db in ("profiles", "profile_keys", "extra")}
+
+
 def _answers(path, q):
     with fitsketch.open(path, readonly=True) as hub:
         return {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
@@ -101,7 +130,12 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
     _build(new, sketches, monkeypatch, old=False)
     assert fitsketch.inspect(old)["format"] == 4 and fitsketch.inspect(new)["format"] == 5
     assert _stored_screens(old) == len(sketches) and _stored_screens(new) == 0
+    n = len(sketches)
+    assert _counts(old)["profiles"] == _counts(old)["profile_keys"] == 0          # no such databases: read as empty
+    assert _counts(new)["profiles"] == _counts(new)["profile_keys"] == n
     _same_state(_state(old), _state(new))                    # read (format 4, read-only) vs computed
+    for a, b in zip(_profiles(old), _profiles(new)):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     _same_state(_state(new, drop_files=False), _state(new, drop_files=False))   # from its file
     q = _table(rng, 173, 1.0)
     assert _answers(old, q) == _answers(new, q)
@@ -117,7 +151,15 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
     assert _stored_screens(old) == len(sketches) - 1          # the old entries' records, less the removed one
     _same_state(_state(old, drop_files=False), _state(new, drop_files=False))
     _same_state(_state(old), _state(new))
+    for a, b in zip(_profiles(old), _profiles(new)):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     assert _answers(old, q) == _answers(new, q)
+    assert _counts(old)["profiles"] == len(late)              # the upgraded hub's new entries: in the new databases
+    for path in (old, new):
+        with fitsketch.open(path) as hub:
+            for name in hub.names():
+                hub.remove(name)
+        assert set(_counts(path).values()) == {0}
 
 
 @pytest.mark.parametrize("n", [0, 1, 7])
