@@ -71,8 +71,10 @@ def _upgrade_v4_to_v5(txn: Txn) -> None:
     """Format 5: an entry's signatures may be stored as a per-permutation dictionary (record format 2,
     engine/signature_records.py), and new entries store no screen record (engine/screen.py: derived
     from the histograms; the screen index finds entries by their ids, where an older fitsketch
-    found them by their screen records and would miss these). Format-4 records are read as they
-    are, so nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
+    found them by their screen records and would miss these), and profile / profile-keys records
+    go to their own databases (``LATER_DBS``, created by this writable open; an older hub's records
+    in ``extra`` stay where they are and are read there). Format-4 records are read as they are, so
+    nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
 
 
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
