@@ -173,3 +173,19 @@ def test_records_of_a_batch_equal_one_at_a_time(rng, n):
         for k in ref:
             x, y = np.asarray(ref[k]), np.asarray(g[k])
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), k
+
+
+def test_a_format_5_hub_without_its_profile_databases_is_damaged(tmp_path, rng):
+    import lmdb
+
+    from fitsketch.errors import CorruptHubError
+
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add_sketch("a", fitsketch.sketch_data(_table(rng, 57), partition_size=40))
+    env = lmdb.open(str(path / "hub.lmdb"), subdir=False, max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"profiles", txn=txn), delete=True)
+    env.close()
+    with pytest.raises(CorruptHubError, match="lacks database 'profiles'"):
+        fitsketch.open(path, readonly=True)
