@@ -51,20 +51,59 @@ def dictionary(sig: np.ndarray) -> dict:
             "si": _narrow(si.reshape(-1), False).reshape(n_p, n_f)}
 
 
-def decode(rec: dict) -> np.ndarray:
-    """The ``(features, num_perm)`` uint32 signatures of a stored record of either format."""
+_FIX = ("the hub's signatures database is damaged: remove the entry (hub.remove(name)) and add it again, "
+        "or restore the hub from a backup")
+
+
+def _corrupt(what: str) -> E.CorruptHubError:
+    return E.CorruptHubError(f"a signature record {what}; {_FIX}")
+
+
+def _int_array(rec: dict, field: str, ndim: int) -> np.ndarray:
+    a = rec[field]
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu" or a.ndim != ndim:
+        raise _corrupt(f"has field {field!r} of {type(a).__qualname__} "
+                       f"{getattr(a, 'dtype', '')}{getattr(a, 'shape', '')}, expected a {ndim}-D integer array")
+    return a
+
+
+def decode(rec: dict, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The ``(features, num_perm)`` uint32 signatures of a stored record of either format.
+
+    ``shape``: the ``(features, num_perm)`` the entry's record says it has, checked where given. A
+    record of a known format whose fields are missing, of the wrong kind or inconsistent raises
+    ``CorruptHubError``; one of an unknown format ``SchemaError``."""
     v = rec.get("v") if isinstance(rec, dict) else None
-    if v == SIG_PLAIN and "sig" in rec:
-        return rec["sig"]
-    if v == SIG_DICT:
-        sn = np.asarray(rec["sn"], dtype=np.int64)
-        sd = np.asarray(rec["sd"], dtype=np.uint32)
-        si = np.asarray(rec["si"], dtype=np.int64)
-        if si.ndim != 2 or len(sn) != si.shape[0] or int(sn.sum()) != len(sd) or \
-                (si.size and (si.min() < 0 or np.any(si >= sn[:, None]))):
-            raise E.CorruptHubError("a signature record's dictionary does not match its indices: the hub's "
-                                    "signatures database is damaged; restore the hub from a backup")
+    if v == SIG_PLAIN:
+        if "sig" not in rec:
+            raise _corrupt("of format 1 lacks its field 'sig'")
+        sig = _int_array(rec, "sig", 2)
+        if sig.dtype != np.uint32:
+            raise _corrupt(f"of format 1 holds {sig.dtype} values, expected uint32")
+    elif v == SIG_DICT:
+        missing = [f for f in ("sn", "sd", "si") if f not in rec]
+        if missing:
+            raise _corrupt(f"of format 2 lacks its fields {missing}")
+        sn, sd, si = _int_array(rec, "sn", 1), _int_array(rec, "sd", 1), _int_array(rec, "si", 2)
+        if len(sn) != si.shape[0]:
+            raise _corrupt(f"has {len(sn)} dictionary sizes for {si.shape[0]} permutations of indices")
+        if len(sn) and (int(sn.min()) < 0 or int(sn.max()) > len(sd)):
+            raise _corrupt(f"has dictionary sizes outside 0..{len(sd)}")
+        sn = sn.astype(np.int64)
+        if int(sn.sum()) != len(sd):
+            raise _corrupt(f"has dictionary sizes summing to {int(sn.sum())} for {len(sd)} values")
+        if len(sd) and (int(sd.min()) < 0 or int(sd.max()) > 0xFFFFFFFF):
+            raise _corrupt("has dictionary values outside 0..0xFFFFFFFF")
+        if si.size and (int(si.min()) < 0 or np.any(si >= sn[:, None])):
+            raise _corrupt("has indices beyond their permutation's dictionary")
+        if shape is not None and si.shape != (shape[1], shape[0]):
+            raise _corrupt(f"holds {si.shape[1]} features x {si.shape[0]} permutations, its entry "
+                           f"{shape[0]} x {shape[1]}")
         off = np.cumsum(sn) - sn
-        return np.ascontiguousarray(sd[off[:, None] + si].T)
-    raise E.SchemaError(f"a signature record has format {v!r}; this fitsketch reads {SIG_PLAIN} and {SIG_DICT}: "
-                        "upgrade fitsketch")
+        return np.ascontiguousarray(sd.astype(np.uint32)[off[:, None] + si.astype(np.int64)].T)
+    else:
+        raise E.SchemaError(f"a signature record has format {v!r}; this fitsketch reads {SIG_PLAIN} and {SIG_DICT}: "
+                            "upgrade fitsketch")
+    if shape is not None and sig.shape != tuple(shape):
+        raise _corrupt(f"holds {sig.shape[0]} features x {sig.shape[1]} permutations, its entry {shape[0]} x {shape[1]}")
+    return sig

@@ -76,13 +76,45 @@ def test_the_stored_record_is_the_dictionary_where_it_holds_fewer_raw_bytes(rng)
 def test_damaged_and_unknown_records_raise_named_errors(rng):
     sig = _matrix(rng, 9, 16, "few")
     rec = S.dictionary(sig)
-    for bad in ({**rec, "sn": rec["sn"][:-1]}, {**rec, "sd": rec["sd"][:-1]},
-                {**rec, "si": np.asarray(rec["si"], np.int64) + 40}, {**rec, "si": np.asarray(rec["si"]).reshape(-1)}):
-        with pytest.raises(CorruptHubError, match="signature record"):
+    si64 = np.asarray(rec["si"], np.int64)
+    sn64 = np.asarray(rec["sn"], np.int64)
+    damaged = [{**rec, "sn": rec["sn"][:-1]}, {**rec, "sd": rec["sd"][:-1]}, {**rec, "si": si64 + 40},
+               {**rec, "si": np.asarray(rec["si"]).reshape(-1)},
+               {**rec, "si": si64.astype(np.float64)},            # float indices: no silent cast
+               {**rec, "sn": sn64.astype(np.float64)},
+               {**rec, "sd": rec["sd"].astype(np.float64)},
+               {**rec, "sd": rec["sd"].astype(np.int64) + (1 << 32)},   # beyond uint32: no silent wrap
+               {**rec, "sd": np.r_[-1, rec["sd"][1:].astype(np.int64)]},
+               {**rec, "sn": np.r_[-1, sn64[1:] + np.r_[1, np.zeros(len(sn64) - 2, np.int64)]]},  # sum kept, one < 0
+               {**rec, "si": si64 - 1},
+               {**rec, "sn": list(sn64)}, {**rec, "si": "x"}, {**rec, "sd": None},
+               {"v": S.SIG_DICT, "sn": rec["sn"], "sd": rec["sd"]},   # a field missing
+               {"v": S.SIG_PLAIN},                                    # a known format without its matrix
+               {"v": S.SIG_PLAIN, "sig": sig.astype(np.float32)}, {"v": S.SIG_PLAIN, "sig": sig.reshape(-1)},
+               {"v": S.SIG_PLAIN, "sig": [[1, 2]]}]
+    for bad in damaged:
+        with pytest.raises(CorruptHubError, match="signature record.*remove the entry"):
             S.decode(bad)
-    for bad in ({"v": 3, "sig": sig}, {"v": 1}, {"sig": sig}, None):
+    for good in (rec, S.plain(sig)):                      # the entry's shape, checked where given
+        assert S.decode(good, shape=sig.shape).tobytes() == sig.tobytes()
+        for shape in ((8, 16), (9, 15), (16, 9)):
+            with pytest.raises(CorruptHubError, match="signature record"):
+                S.decode(good, shape=shape)
+    for bad in ({"v": 3, "sig": sig}, {"sig": sig}, None):
         with pytest.raises(SchemaError, match="upgrade fitsketch"):
             S.decode(bad)
+
+
+@pytest.mark.parametrize("n_p", [1, 7, 128])
+def test_over_255_values_a_permutation_take_uint16_indices(rng, n_p):
+    sig = _matrix(rng, 400, n_p, "many")     # ~20% empty rows: ~320 distinct values
+    assert max(len(np.unique(sig[:, j])) for j in range(n_p)) > 255
+    rec = S.dictionary(sig)
+    assert np.asarray(rec["si"]).dtype == np.uint16
+    for stored in (unpack(pack(rec)), unpack(parts.fit_pack(rec), stored=True)):
+        assert np.asarray(stored["si"]).dtype == np.uint16
+        got = S.decode(stored)
+        assert got.dtype == np.uint32 and got.shape == sig.shape and got.tobytes() == sig.tobytes()
 
 
 def _table(rng, n, shift=0.0):
