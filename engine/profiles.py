@@ -329,15 +329,23 @@ class ProfileIndex:
             last = int(self._ids[self.n - 1]) if self.n else -1
             new = stored_profiles(txn, last)
             late = False
-            if read_missing is not None and self.generation == -1:   # hubs written before profiles
-                have = set(self.ids.tolist()) | {eid for eid, _ in new}
-                for ek in txn.keys("entries"):
+            if read_missing is not None:
+                # entries without a stored profile: written before profiles were stored (every entry,
+                # on the first sync), or added after this process opened a format-4 hub read-only and
+                # another upgraded it (storage/env.py HubStore._open_later): computed
+                have = {eid for eid, _ in new}
+                if self.generation == -1:
+                    have |= set(self.ids.tolist())
+                    scan = txn.keys("entries")
+                else:
+                    scan = txn.keys("entries", start=u64(last + 1))
+                for ek in scan:
                     eid = from_u64(ek)
                     if eid not in have:
                         rec = read_missing(eid)
                         if rec is not None:
                             new.append((eid, rec))
-                            late = True
+                            late = late or eid < last
             if new:
                 new.sort(key=lambda t: t[0])
                 self._append(new)

@@ -16,7 +16,7 @@ import lmdb
 import numpy as np
 
 from .codec import pack, unpack
-from .errors import CodecError, CorruptHubError, StorageError
+from .errors import CodecError, CorruptHubError, SchemaError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,16 @@ class Txn:
             raise ValueError(f"{db!r} holds 8-byte duplicates; use put_dup/get_dups/delete_dup")
         return handle
 
+    def _wdb(self, db: str, *, dup: bool | None = None):
+        """The handle of ``db`` for a write: a database this hub lacks (``LATER_DBS`` of an older hub
+        opened read-only) raises instead of passing ``db=None``, LMDB's unnamed main database."""
+        h = self._db(db, dup=dup)
+        if h is None:
+            self._writable()
+            raise SchemaError(f"hub at {self._path} has no database {db!r} (a hub of format < 5 opened "
+                              f"read-only): open it with readonly=False to upgrade it before writing")
+        return h
+
     def _writable(self) -> None:
         if not self._write:
             raise StorageError(
@@ -128,7 +138,7 @@ class Txn:
         key is stored as without it."""
         if not isinstance(value, bytes):
             raise TypeError(f"put_raw stores bytes, got {type(value).__qualname__}")
-        h = self._db(db, dup=False)
+        h = self._wdb(db, dup=False)
         if append and self._mut(self._txn.put, _check_key(key), value, db=h, append=True):
             return True
         return self._mut(self._txn.put, _check_key(key), value, db=h, overwrite=overwrite)
@@ -144,7 +154,7 @@ class Txn:
 
     def delete(self, db: str, key: bytes) -> bool:
         """Delete ``key`` (in ``bands``: all its duplicates); returns whether it existed."""
-        return self._mut(self._txn.delete, _check_key(key), db=self._db(db))
+        return self._mut(self._txn.delete, _check_key(key), db=self._wdb(db))
 
     def exists(self, db: str, key: bytes) -> bool:
         if self._db(db) is None:

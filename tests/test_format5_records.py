@@ -15,6 +15,11 @@ alike; entries added in a process whose index is already loaded are found (the r
 ``entries``); removal leaves no record of either kind."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,6 +80,7 @@ def _build(path, sketches, monkeypatch, old: bool):
     with monkeypatch.context() as m:
         if old:
             m.setattr(env_mod, "FORMAT_VERSION", 4)
+            m.setattr(env_mod, "DBS", tuple(d for d in env_mod.DBS if d not in env_mod.LATER_DBS))   # as format 4 made them
             m.setattr(parts, "PARTS", tuple(_OLD.get(p.name, p) for p in parts.PARTS))
             m.setattr(parts, "_sig_record", signature_records.plain)
         with fitsketch.open(path) as hub:
@@ -97,6 +103,14 @@ def _state(path, readonly=True, drop_files=True):
         st = IX._screen_state(hub._synced_screen())
         names = {hub.get(n).id: n for n in hub.names()}
     return {k: v for k, v in st.items() if not k.startswith("__")}, st["__meta__"], names
+
+
+def _state_from_file(path, monkeypatch):
+    """``_state`` of the screen index as read from its file: there is one, and nothing is computed."""
+    assert (path / "indexes" / "screen.fsidx").exists()
+    with monkeypatch.context() as m:
+        m.setattr(S, "records", lambda *a, **k: pytest.fail("the screen index was not read from its file"))
+        return _state(path, drop_files=False)
 
 
 def _same_state(a, b):
@@ -124,6 +138,8 @@ def _answers(path, q):
 
 
 def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(IX, "SAVE_MIN_CHANGES", 0)          # every sync that read an entry writes the index file
+    monkeypatch.setattr(IX, "SAVE_FRACTION", 0)
     sketches = _sketches(rng)
     old, new = tmp_path / "old", tmp_path / "new"
     _build(old, sketches, monkeypatch, old=True)
@@ -136,7 +152,7 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
     _same_state(_state(old), _state(new))                    # read (format 4, read-only) vs computed
     for a, b in zip(_profiles(old), _profiles(new)):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
-    _same_state(_state(new, drop_files=False), _state(new, drop_files=False))   # from its file
+    _same_state(_state(new), _state_from_file(new, monkeypatch))      # computed (and written) vs its file
     q = _table(rng, 173, 1.0)
     assert _answers(old, q) == _answers(new, q)
     late = {"late": fitsketch.sketch_data(_table(rng, 211, 2.0), partition_size=40),
@@ -149,7 +165,7 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
             hub._synced_screen()
     assert fitsketch.inspect(old)["format"] == 5
     assert _stored_screens(old) == len(sketches) - 1          # the old entries' records, less the removed one
-    _same_state(_state(old, drop_files=False), _state(new, drop_files=False))
+    _same_state(_state_from_file(old, monkeypatch), _state_from_file(new, monkeypatch))
     _same_state(_state(old), _state(new))
     for a, b in zip(_profiles(old), _profiles(new)):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
@@ -189,3 +205,96 @@ def test_a_format_5_hub_without_its_profile_databases_is_damaged(tmp_path, rng):
     env.close()
     with pytest.raises(CorruptHubError, match="lacks database 'profiles'"):
         fitsketch.open(path, readonly=True)
+
+
+_WRITER = """
+import sys
+import numpy as np, pandas as pd
+import fitsketch
+rng = np.random.default_rng(int(sys.argv[2]))
+n = 157
+df = pd.DataFrame({f"x{j}": np.round(rng.normal(1.0, size=n), 3) for j in range(5)})
+df["b"] = rng.integers(0, 30, n)
+df["c"] = rng.choice(["u", "v", "w"], n)
+with fitsketch.open(sys.argv[1]) as hub:     # writable: upgrades the format-4 hub to 5, then adds
+    hub.add_sketch("late", fitsketch.sketch_data(df, partition_size=40))
+"""
+
+
+def test_a_reader_of_a_hub_another_process_upgrades_finds_the_new_entries(tmp_path, rng, monkeypatch):
+    """A process reading a format-4 hub (opened read-only: no ``profiles`` databases) while another
+    upgrades it to format 5 and adds: its next search finds the new entry, in both indexes, as a
+    fresh reader does (storage/env.py ``HubStore._open_later``, engine/profiles.py ``ProfileIndex.sync``)."""
+    path = tmp_path / "old"
+    _build(path, _sketches(rng), monkeypatch, old=True)
+    q = _table(rng, 173, 1.0)
+    with fitsketch.open(path, readonly=True) as hub:
+        before = {m: [r.name for r in hub.search(q, k=10, method=m)] for m in METHODS}   # both indexes loaded
+        assert all("late" not in v for v in before.values()) and len(hub._synced_profiles()) == len(hub.names())
+        root = os.path.dirname(os.path.dirname(os.path.abspath(fitsketch.__file__)))
+        subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITER), str(path), str(int(rng.integers(1 << 31)))],
+                       check=True, cwd=root, timeout=300)
+        got = {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
+        late = hub.get("late").id
+        assert late in hub._synced_profiles().ids.tolist() and late in hub._synced_screen().ids.v.tolist()
+        with hub.store.read() as txn:
+            assert txn.count("profiles") == 1 and txn.count("profile_keys") == 1   # the new databases, read
+    assert fitsketch.inspect(path)["format"] == 5
+    assert got == _answers(path, q)                             # as a fresh reader
+    assert all("late" in [n for n, _ in v] for v in got.values())
+
+
+def test_entries_added_since_the_last_sync_without_a_profile_are_profiled(tmp_path, rng, monkeypatch):
+    """``ProfileIndex.sync`` finds new entries by a range scan of ``entries`` and computes the profile
+    of one it finds none stored for (as a reader that cannot see the databases would): the same ids
+    and vectors, bit for bit, as where the profiles were stored."""
+    sketches = _sketches(rng)
+    late = [("late", fitsketch.sketch_data(_table(rng, 157, 1.0), partition_size=40)),
+            ("late1", fitsketch.sketch_data(_table(rng, 1), partition_size=40))]
+    got = []
+    for skip in (False, True):
+        path = tmp_path / str(skip)
+        _build(path, sketches, monkeypatch, old=False)
+        with fitsketch.open(path) as hub:
+            assert len(hub._synced_profiles()) == len(sketches)          # synced before the adds
+            with monkeypatch.context() as m:
+                if skip:
+                    m.setattr(parts.Profile, "write", lambda *a, **k: None)
+                hub.add_sketches(late)
+            with hub.store.read() as txn:
+                assert txn.count("profiles") == len(sketches) + (0 if skip else len(late))
+            idx = hub._synced_profiles()
+            got.append((idx.ids.copy(), idx.x.copy()))
+    (ia, xa), (ib, xb) = got
+    assert len(ia) == len(sketches) + len(late)
+    assert np.array_equal(ia, ib) and xa.dtype == xb.dtype and xa.tobytes() == xb.tobytes()
+
+
+def test_a_write_to_a_database_the_hub_lacks_raises(tmp_path, rng, monkeypatch):
+    """A write transaction without a handle for a database of ``LATER_DBS`` raises ``SchemaError``
+    (it does not fall through to ``db=None``, LMDB's unnamed main database); after an upgrade the
+    store knows its format is the current one."""
+    import lmdb
+
+    from fitsketch.storage import SchemaError as StorageSchemaError
+    from fitsketch.storage.txn import Txn
+
+    env = lmdb.open(str(tmp_path / "raw.lmdb"), subdir=False, max_dbs=4)
+    dbs = {"meta": env.open_db(b"meta")}
+    for name in sorted(env_mod.LATER_DBS):
+        with env.begin(write=True) as raw:
+            t = Txn(raw, dbs, True, str(tmp_path))
+            for op in (lambda: t.put(name, b"k", 1), lambda: t.put_raw(name, b"k", b"v", append=True),
+                       lambda: t.delete(name, b"k")):
+                with pytest.raises(StorageSchemaError, match=f"no database '{name}'.*readonly=False"):
+                    op()
+            assert t.get(name, b"k") is None and t.count(name) == 0 and not t.exists(name, b"k")
+        with env.begin() as raw:
+            assert raw.get(b"k") is None                   # nothing in the main database
+    env.close()
+    path = tmp_path / "old"
+    _build(path, {"a": fitsketch.sketch_data(_table(rng, 57), partition_size=40)}, monkeypatch, old=True)
+    with fitsketch.open(path, readonly=True) as hub:
+        assert hub.store._format == 4
+    with fitsketch.open(path) as hub:
+        assert hub.store._format == env_mod.FORMAT_VERSION == 5
