@@ -35,8 +35,8 @@ Storage: the record ``{"v", "names" (int64 name keys of every feature, in order)
 "count" (dataset-level histogram, narrow ints), "sums", "counts"}`` is derived from the entry's
 histograms and entry record (``record``). Hubs of format <= 4 stored it (database ``extra``, key
 ``b"d" + u64(entry id)``, 3-4 KB: a 4 KiB overflow page an entry); since format 5 it is not stored
-and the index computes it when it loads an entry (``records``, a batch at a time: ~0.4-1.1 ms more
-CPU an entry than reading it), then keeps it in ``<hub>/indexes/screen.fsidx``. Entries that have
+and the index computes it when it loads an entry (``records``, a batch at a time: ~1.3 ms more
+CPU an entry than reading it real-valued, ~0.48 ms merged; bench/SUMMARY.md "Size, eighth session"), then keeps it in ``<hub>/indexes/screen.fsidx``. Entries that have
 one (added before format 5) are read from it.
 """
 from __future__ import annotations
