@@ -43,10 +43,9 @@ STAGES = [
     ("records", "profiles and JS-LSH keys (profiles.records)", 1),
     ("gaussian", "random projection rows (gaussian_projection)", 2),
     ("sparse_keys", "JS-LSH sparse projections (profiles._sparse_keys)", 2),
-    ("screen", "screen records", 1),
     ("band_keys", "LSH band keys", 1),
     ("transaction", "the write transaction (Hub._transact)", 0),
-    ("write", "records encoded and put (Core, Extra, Profile, Screen)", 1),
+    ("write", "records encoded and put (Core, Extra, Profile)", 1),
     ("pack", "msgpack encoding (codec.pack)", 2),
     ("compress", "zstd of the arrays (codec._compress)", 3),
     ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 3),
@@ -67,11 +66,11 @@ def _instrument(timer: _Timer) -> None:
     timer.wrap(PR, "records", "records")
     timer.wrap(PR, "gaussian_projection", "gaussian")
     timer.wrap(PR, "_sparse_keys", "sparse_keys")
-    timer.wrap(parts["screen"], "prepare_many", "screen")
+    # no "screen" row: since hub format 5 the add computes no screen record (parts.Screen prepares nothing)
     timer.wrap(parts["bands"], "prepare_many", "band_keys")
     timer.wrap(P, "entries_writer", "prepare")      # prepares every part, returns the transaction's function
     timer.wrap(fitsketch.hub.Hub, "_transact", "transaction")
-    for name in ("core", "extra", "profile", "screen"):
+    for name in ("core", "extra", "profile"):
         timer.wrap(parts[name], "write_many", "write")
     timer.wrap(P, "pack", "pack")           # what parts._put calls (T.pack: the Txn.put records)
     timer.wrap(C, "_compress", "compress")

@@ -1,18 +1,24 @@
 """Bytes per entry (issue 21, target 32 KB at 32 features x 10 partitions): the records this
-fitsketch writes ("now": compressed arrays fitted to LMDB pages, engine/parts.py ``fit_pack``, and
-one 4-byte band posting (the entry id) per (band key, entry), hub format 4, records appended where
-their key is the database's last) against the same entries written the two earlier ways in the same
-run: "format 3" (compressed arrays at zstd level 1, one 8-byte posting per (key, entry, feature),
-records put in place) and "format 2" (plain arrays, 8-byte postings per feature).
+fitsketch writes ("now", hub format 5: signatures as a per-permutation dictionary where that packs
+smaller, engine/signature_records.py; no stored screen record, derived from the histograms,
+engine/screen.py; profile and profile-keys records in their own databases keyed by the entry id,
+so appended) against the same entries written as main writes them in the same run ("main", hub
+format 4: compressed arrays fitted to LMDB pages, 4-byte band postings, records appended where their
+key is the database's last, plain signature records, a screen record per entry, profiles in
+database ``extra``).
 
 Workloads: ``real`` -- entries of 5,000 rows x 32 normal columns rounded to 4 decimals, partition
 size 500, through ``hub.add`` (the coverage counts grow with distinct rows); ``merged`` -- the
 ``scale`` suite's merged sketches (32 features x 10 partitions of 500 rows, merged from a pool of
-partition sketches) through ``hub.add_sketches``. Reported per workload and format: the LMDB file
+partition sketches) through ``hub.add_sketches``. Reported per workload and writer: the LMDB file
 and the pages in use per entry, each database's pages and the ``extra`` records by kind
-(bench/scale.py ``db_bytes``), the CPU time of the add, and of reading and decoding every entry's
-histograms, signatures and coverage record (a query's per-candidate reads). Checked in the same
-run: every record decodes to the same values in both hubs, and every method's top 10 are equal.
+(bench/scale.py ``db_bytes``), the CPU time of the add, of reading and decoding every entry's
+histograms, signatures, coverage and profile-keys records (a query's per-candidate reads), and of
+loading the screen index from LMDB (its file removed: what a stale or missing index file costs).
+Checked in the same run: every record decodes to the same values in both hubs (signature matrices;
+the screen index's arrays, read or computed; profiles and profile keys by entry), the band lookups
+find the same entries, and every method's top 10 are equal, also with the candidate stage forced
+through the band postings.
 
 ``python -m bench size [--quick]`` (quick: 8 real, 40 merged entries; full: 100 and 300)."""
 from __future__ import annotations
@@ -34,45 +40,65 @@ def _real(n: int, seed: int):
         yield f"r{i}", np.round(rng.normal(size=(5000, 32)), 4)
 
 
-def _plain_put(txn, db, key, obj):       # the format-2 writer: arrays as they are
-    txn.put(db, key, obj)
+class _MainScreen:
+    """main's screen part (hub format 4): a screen record per entry in database ``extra``."""
+    name = "screen"
+
+    def prepare(self, new, config, device):
+        from fitsketch import screen
+
+        sk = new.sketch
+        return screen.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
+
+    def prepare_many(self, news, config, device, shared):
+        return [self.prepare(n, config, device) for n in news]
+
+    def write(self, txn, eid, new, prepared):
+        from fitsketch import parts, screen
+
+        parts._put(txn, "extra", screen.key(eid), prepared)
+
+    def write_many(self, txn, eids, news, prepared):
+        return [self.write(txn, e, n, p) for e, n, p in zip(eids, news, prepared)]
+
+    def delete(self, txn, eid, rec, config):
+        from fitsketch import screen
+
+        txn.delete("extra", screen.key(eid))
 
 
-def _put_no_append(txn, db, key, obj):    # the format-3 writer: compressed, each record put in place (no MDB_APPEND)
-    from fitsketch.parts import fit_pack
+def _main_profile():
+    """main's profile part (hub format 4): both records in database ``extra``."""
+    from fitsketch import parts, profiles
 
-    txn.put_raw(db, key, fit_pack(obj))
+    class MainProfile(parts.Profile):
+        def write(self, txn, eid, new, prepared):
+            prof, prof_keys = prepared
+            parts._put(txn, "extra", profiles.key(eid), prof)
+            parts._put(txn, "extra", profiles.keys_key(eid), prof_keys)
+
+    return MainProfile()
 
 
-def _postings_per_feature(eid, prepared):  # the writer before one posting per (key, entry)
-    bands, nonempty = prepared
-    sel = bands[nonempty]
-    return (sel.reshape(-1).view(np.uint64),
-            np.repeat((np.uint64(eid) << np.uint64(32)) | nonempty.astype(np.uint64), sel.shape[1]))
-
-
-WRITERS = ("format 2", "format 3", "main", "now")
+WRITERS = ("main", "now")
 
 
 def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
     """Build the hub with ``writer`` (``WRITERS``); returns the add's CPU seconds."""
     import fitsketch
-    from fitsketch import parts
+    import fitsketch.storage.env as env_mod
+    from fitsketch import parts, signature_records
 
     from .scale import build_sketches
 
-    saved = parts._put, parts.FIT_LEVEL, parts.Bands._postings
-    if writer != "now":            # "main": format 3 as the branch point writes it (8-byte postings, no append)
-        parts._put = _put_no_append
-    if writer in ("format 2", "format 3"):
-        parts.Bands._postings = staticmethod(_postings_per_feature)
-        parts.FIT_LEVEL = 0
-    if writer == "format 2":
-        parts._put = _plain_put
+    saved = parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION
+    if writer == "main":           # format 4 as main writes it
+        old = {"screen": _MainScreen(), "profile": _main_profile()}
+        parts.PARTS = tuple(old.get(p.name, p) for p in parts.PARTS)
+        parts._sig_record = signature_records.plain
+        env_mod.FORMAT_VERSION = 4
     try:
         with fitsketch.open(path) as hub:
-            if writer != "now":   # 8-byte (entry id, feature) postings, as format <= 3 wrote them
-                hub.store.transact(lambda t: t.put("meta", b"posting_bytes", 8))
             if workload == "real":
                 items = list(_real(n, seed))
                 t = H.timeit(lambda: [hub.add(name, X, partition_size=500) for name, X in items],
@@ -82,16 +108,32 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
                 t = H.timeit(lambda: hub.add_sketches([(f"m{i}", s) for i, s in enumerate(sketches)]),
                              repeats=1, warmup=0, cpu=True)
     finally:
-        parts._put, parts.FIT_LEVEL = saved[:2]
-        parts.Bands._postings = staticmethod(saved[2])
+        parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION = saved
     return t["cpu"]["p50_s"]
 
 
 def _records(path: Path) -> dict:
+    """Every per-entry record as its values, wherever the writer put it: entries, signature matrices,
+    histograms, the coverage records (``extra`` by entry id), profiles and profile keys by entry, and
+    the screen index's arrays (read from stored records or computed, loaded from LMDB)."""
     import fitsketch
+    from fitsketch import indexes, profiles, signature_records
+    from fitsketch.storage import u64
 
-    with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
-        return {db: [txn.get(db, k) for k in txn.keys(db)] for db in ("entries", "signatures", "histograms", "extra")}
+    shutil.rmtree(path / "indexes", ignore_errors=True)
+    with fitsketch.open(path, readonly=True) as hub:
+        with hub.store.read() as txn:
+            keys = list(txn.keys("entries"))
+            eids = [int.from_bytes(k, "big") for k in keys]
+            out = {db: [txn.get(db, k) for k in keys] for db in ("entries", "histograms")}
+            out["signatures"] = [signature_records.decode(txn.get("signatures", k)) for k in keys]
+            out["coverage"] = [txn.get("extra", k) for k in keys]
+            out["profiles"] = [txn.get("profiles", u64(e)) or txn.get("extra", profiles.key(e)) for e in eids]
+            out["profile_keys"] = [profiles.stored_keys(txn, e) for e in eids]
+        st = indexes._screen_state(hub._synced_screen())
+    out["screen"] = [{k: v for k, v in st.items() if k != "__layout__"}]
+    shutil.rmtree(path / "indexes", ignore_errors=True)
+    return out
 
 
 def _same(a, b) -> bool:
@@ -106,8 +148,10 @@ def _same(a, b) -> bool:
 
 
 def _read_cpu(path: Path) -> float:
-    """CPU seconds per entry to read and decode its histograms, signatures and coverage record."""
+    """CPU seconds per entry to read and decode its histograms, signatures, coverage and
+    profile-keys records (what a query reads of a candidate)."""
     import fitsketch
+    from fitsketch import profiles, signature_records
     from fitsketch.partitions import unpack_hist
 
     with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
@@ -116,10 +160,29 @@ def _read_cpu(path: Path) -> float:
         def read():
             for k in keys:
                 unpack_hist(txn.get("histograms", k))
-                txn.get("signatures", k)
+                signature_records.decode(txn.get("signatures", k))
                 txn.get("extra", k)
+                profiles.stored_keys(txn, int.from_bytes(k, "big"))
 
         return H.timeit(read, repeats=3, warmup=1, cpu=True)["cpu"]["p50_s"] / max(len(keys), 1)
+
+
+def _screen_load_cpu(path: Path) -> float:
+    """CPU seconds per entry to load the screen index from LMDB (its file removed, the in-memory
+    index dropped; median of 3)."""
+    import fitsketch
+
+    with fitsketch.open(path, readonly=True) as hub:
+        n = max(len(hub), 1)
+
+        def load():
+            shutil.rmtree(path / "indexes", ignore_errors=True)
+            hub._indexes._screen = None
+            hub._synced_screen()
+
+        t = H.timeit(load, repeats=3, warmup=0, cpu=True)
+    shutil.rmtree(path / "indexes", ignore_errors=True)
+    return t["cpu"]["p50_s"] / n
 
 
 def _answers(path: Path, queries) -> dict:
@@ -163,13 +226,13 @@ def _kib(x: float) -> str:
     return f"{x / 1024:.1f}"
 
 
-def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=print) -> dict:
+def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=print, sizes: dict | None = None) -> dict:
     import fitsketch
 
     from .scale import db_bytes
 
     ctx = H.context("cpu", quick)
-    sizes = {"real": 8 if quick else 100, "merged": 40 if quick else 300}
+    sizes = sizes or {"real": 8 if quick else 100, "merged": 40 if quick else 300}
     rows, tables = [], {}
     rng = np.random.default_rng(seed + 1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_size_"))
@@ -184,56 +247,47 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
                 used = sum(v for k, v in parts.items() if not k.startswith("extra/") and not k.startswith("extra ("))
                 got[fmt] = {"path": path, "file": (path / "hub.lmdb").stat().st_size / n, "used": used / n,
                             "parts": {k: v / n for k, v in parts.items() if v}, "add_cpu_ms": 1e3 * add_cpu / n,
-                            "read_cpu_us": 1e6 * _read_cpu(path)}
-            a, f3, b, mn = got["now"], got["format 3"], got["format 2"], got["main"]
+                            "read_cpu_us": 1e6 * _read_cpu(path), "screen_load_us": 1e6 * _screen_load_cpu(path)}
+            a, mn = got["now"], got["main"]
             rs = {fmt: _records(g["path"]) for fmt, g in got.items()}
-            lossless = all(all(len(rs[fmt][db]) == len(rs["now"][db]) and
-                               all(_same(x, y) for x, y in zip(rs[fmt][db], rs["now"][db])) for db in rs["now"])
-                           for fmt in ("format 2", "format 3", "main"))
+            lossless = all(len(rs["main"][db]) == len(rs["now"][db]) and
+                           all(_same(x, y) for x, y in zip(rs["main"][db], rs["now"][db])) for db in rs["now"])
             qs = [np.round(rng.normal(size=(600, 32)), 4)] if workload == "real" else \
                 [fitsketch.sketch_data(rng.normal(size=(1000, 32)), partition_size=500,
                                        feature_names=[f"f{j}" for j in range(32)])]
             ans = {fmt: _answers(g["path"], qs) for fmt, g in got.items()}
-            same_answers = ans["now"] == ans["main"] == ans["format 3"] == ans["format 2"]
+            same_answers = ans["now"] == ans["main"]
             # the band postings: every stored entry's signatures (and the query's) as LSH lookups
-            sigs = [r["sig"] for r in rs["now"]["signatures"]]
-            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in ("now", "main", "format 3")}
-            same_hits = hits["now"] == hits["main"] == hits["format 3"]
-            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(mn["path"], qs) == _answers_lsh(f3["path"], qs)
+            sigs = rs["now"]["signatures"]
+            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in WRITERS}
+            same_hits = hits["now"] == hits["main"]
+            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(mn["path"], qs)
             n_hits = float(np.mean([len(h) for h in hits["now"]]))
-            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / main / format 3 / format 2 "
-                f"(same run): {_kib(a['used'])} / {_kib(mn['used'])} / {_kib(f3['used'])} / {_kib(b['used'])} KiB; file "
-                f"{_kib(a['file'])} / {_kib(mn['file'])} / {_kib(f3['file'])} / {_kib(b['file'])} KiB; add CPU "
-                f"{a['add_cpu_ms']:.1f} / {mn['add_cpu_ms']:.1f} / {f3['add_cpu_ms']:.1f} / {b['add_cpu_ms']:.1f} ms an "
-                f"entry; read + decode CPU {a['read_cpu_us']:.0f} / {mn['read_cpu_us']:.0f} / {f3['read_cpu_us']:.0f} / "
-                f"{b['read_cpu_us']:.0f} us an entry; records equal: {lossless}; top-10 of {len(METHODS)} methods "
-                f"equal: {same_answers}; LSH lookups of {len(sigs)} entries' signatures find the same entries (now vs "
-                f"main vs format 3): {same_hits} (mean {n_hits:.1f} entries); top-10 through LSH equal: {same_lsh}")
-            out("  KiB per entry by part (now / main / format 3 / format 2): " + ", ".join(
-                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(mn['parts'].get(k, 0))} / {_kib(f3['parts'].get(k, 0))} / "
-                f"{_kib(v)}"
-                for k, v in b["parts"].items() if v >= 52))
+            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / main (same run): "
+                f"{_kib(a['used'])} / {_kib(mn['used'])} KiB; file {_kib(a['file'])} / {_kib(mn['file'])} KiB; add CPU "
+                f"{a['add_cpu_ms']:.1f} / {mn['add_cpu_ms']:.1f} ms an entry; read + decode CPU "
+                f"{a['read_cpu_us']:.0f} / {mn['read_cpu_us']:.0f} us an entry; screen index loaded from LMDB "
+                f"{a['screen_load_us']:.0f} / {mn['screen_load_us']:.0f} us CPU an entry; records equal: {lossless}; "
+                f"top-10 of {len(METHODS)} methods equal: {same_answers}; LSH lookups of {len(sigs)} entries' "
+                f"signatures find the same entries: {same_hits} (mean {n_hits:.1f} entries); top-10 through LSH "
+                f"equal: {same_lsh}")
+            names = list(dict.fromkeys(list(mn["parts"]) + list(a["parts"])))
+            out("  KiB per entry by part (now / main): " + ", ".join(
+                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(mn['parts'].get(k, 0))}" for k in names
+                if max(a["parts"].get(k, 0), mn["parts"].get(k, 0)) >= 52))
             w = f"{workload} ({n} entries)"
             rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_main", a["used"], unit="B",
-                           baseline="main: format 3 as the branch point writes it (8-byte postings, records put in "
-                                    "place), same entries", baseline_value=mn["used"]),
+                           baseline="main: format 4 as main writes it, same entries", baseline_value=mn["used"]),
                      H.row(ctx, "size", w, "now", "file_bytes_per_entry_vs_main", a["file"], unit="B",
                            baseline="main, same entries", baseline_value=mn["file"]),
                      H.row(ctx, "size", w, "now", "add_cpu_per_entry_vs_main", a["add_cpu_ms"], unit="ms",
                            baseline="main add CPU, same entries", baseline_value=mn["add_cpu_ms"]),
-                     H.row(ctx, "size", w, "now", "bytes_per_entry_in_use", a["used"], unit="B",
-                           baseline="format 3 as written before (level 1, postings per feature), same entries",
-                           baseline_value=f3["used"]),
-                     H.row(ctx, "size", w, "format 3", "bytes_per_entry_in_use", f3["used"], unit="B",
-                           baseline="format 2 (plain arrays), same entries", baseline_value=b["used"]),
-                     H.row(ctx, "size", w, "now", "file_bytes_per_entry", a["file"], unit="B",
-                           baseline="format 3 as written before", baseline_value=f3["file"]),
                      H.row(ctx, "size", w, "now", "bytes_per_entry_vs_target", a["used"], unit="B",
                            baseline="issue 21 target (32 KB)", baseline_value=32_000),
-                     H.row(ctx, "size", w, "now", "add_cpu_per_entry", a["add_cpu_ms"], unit="ms",
-                           baseline="format 3 add CPU as written before", baseline_value=f3["add_cpu_ms"]),
                      H.row(ctx, "size", w, "now", "read_decode_cpu_per_entry", a["read_cpu_us"], unit="us",
-                           baseline="format 3 read + decode CPU as written before", baseline_value=f3["read_cpu_us"]),
+                           baseline="main read + decode CPU", baseline_value=mn["read_cpu_us"]),
+                     H.row(ctx, "size", w, "now", "screen_load_cpu_per_entry", a["screen_load_us"], unit="us",
+                           baseline="main: the screen index loaded from stored records", baseline_value=mn["screen_load_us"]),
                      H.row(ctx, "size", w, "now", "records_equal", float(lossless), baseline="1 = lossless",
                            baseline_value=1.0),
                      H.row(ctx, "size", w, "now", "top10_equal", float(same_answers),

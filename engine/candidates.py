@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors as E
+from . import signature_records as _sigrec
 from .minhash import (Alignment, align_from_similarity, distribution_overlap, feature_band_keys, feature_dists,
                       hist_totals, is_generic, row_similarity, similarity)
 from .partitions import unpack_hist
@@ -82,7 +83,7 @@ def candidates(txn, target, cfg, config, mode: str, reason: str, where: dict | N
         pairs = 0
         for lo in range(0, len(keys), _VERIFY_CHUNK):   # bounded memory however many entries are verified
             chunk = keys[lo:lo + _VERIFY_CHUNK]
-            sigs = [txn.get("signatures", key)["sig"] for key in chunk]
+            sigs = [_sigrec.decode(txn.get("signatures", key)) for key in chunk]
             rec_of = [recs.get(key) or txn.get("entries", key) for key in chunk]
             pairs += sum(_pairs(target, rec, sg.shape[0]) for rec, sg in zip(rec_of, sigs))
             if pairs > MAX_FEATURE_PAIRS:

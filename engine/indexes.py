@@ -109,14 +109,18 @@ class SearchIndexes:
         with store.read() as txn:
             gen = int(txn.get("meta", b"generation") or 0)
 
-            def missing(eid):
-                rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
-                if rec is None or hist is None:
-                    return None
-                hist = unpack_hist(hist)
-                keys = txn.get("extra", _profiles.keys_key(eid)) or _profiles.record(
-                    hist, rec["features"], rec["n_partitions"], config, device)[1]
-                return _screen.record(hist, rec["features"], rec["sums"], rec["counts"], config.seed), keys
+            def missing(eids):
+                # entries without a stored screen record (every one added since hub format 5): computed
+                todo = []
+                for eid in eids:
+                    rec, hist = txn.get("entries", u64(eid)), txn.get("histograms", u64(eid))
+                    if rec is not None and hist is not None:
+                        todo.append((eid, rec, unpack_hist(hist)))
+                recs = _screen.records([h for _, _, h in todo], [r["features"] for _, r, _ in todo],
+                                       [r["sums"] for _, r, _ in todo], [r["counts"] for _, r, _ in todo], config.seed)
+                return {eid: (srec, _profiles.stored_keys(txn, eid) or _profiles.record(
+                    hist, rec["features"], rec["n_partitions"], config, device)[1])
+                    for (eid, rec, hist), srec in zip(todo, recs)}
 
             with idx.lock:
                 if idx.generation != gen:

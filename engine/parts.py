@@ -20,6 +20,7 @@ from . import accuracy as _acc
 from . import errors as E
 from . import profiles as _profiles
 from . import screen as _screen
+from . import signature_records as _sigrec
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
 from .storage import from_u64, pack, u64
@@ -74,6 +75,17 @@ def _put(txn, db: str, key: bytes, obj) -> None:
     Appended where its key is the database's last (``Txn.put_raw(append=True)``: entry ids grow,
     so the ``entries`` records fill their leaf pages instead of leaving each half empty)."""
     txn.put_raw(db, key, fit_pack(obj), append=True)
+
+
+def _sig_record(sig: np.ndarray) -> dict:
+    """The stored record of an entry's signatures: its per-permutation dictionary
+    (engine/signature_records.py) where that holds fewer bytes before compression than the matrix,
+    else the matrix; both decode to ``sig``. (Choosing by packed size instead packs both: +0.8 ms
+    an entry of 32 x 128 for the same pages on the ``size`` workloads.) Hub format 5; a format-4
+    fitsketch wrote ``_sigrec.plain``."""
+    rec = _sigrec.dictionary(sig)
+    return rec if sum(np.asarray(v).nbytes for k, v in rec.items() if k != "v") < np.asarray(sig).nbytes \
+        else _sigrec.plain(sig)
 
 
 @dataclass
@@ -138,7 +150,7 @@ class Core(Part):
             rec["labelled"] = True   # method="auto" reads class records only of these
         _put(txn, "entries", k, rec)
         txn.put_raw("names", new.name.encode("utf-8"), k)
-        _put(txn, "signatures", k, {"v": ENTRY_FORMAT, "sig": sk.signatures})
+        _put(txn, "signatures", k, _sig_record(sk.signatures))
         _put(txn, "histograms", k, prepared["hist"])
         return rec
 
@@ -216,7 +228,8 @@ class ModelDescriptors(Part):
 
 
 class Profile(Part):
-    """The entry's random-projection profile and stored JS-LSH band keys (engine/profiles.py)."""
+    """The entry's random-projection profile and stored JS-LSH band keys (engine/profiles.py), in
+    databases ``profiles`` and ``profile_keys`` (hub format 5; before, in ``extra``)."""
     name = "profile"
 
     def prepare(self, new, config, device):
@@ -231,33 +244,21 @@ class Profile(Part):
 
     def write(self, txn, eid, new, prepared):
         prof, prof_keys = prepared
-        _put(txn, "extra", _profiles.key(eid), prof)
-        _put(txn, "extra", _profiles.keys_key(eid), prof_keys)
+        _put(txn, "profiles", u64(eid), prof)            # hub format 5: appended, each kind in its database
+        _put(txn, "profile_keys", u64(eid), prof_keys)
 
     def delete(self, txn, eid, rec, config):
-        txn.delete("extra", _profiles.key(eid))
-        txn.delete("extra", _profiles.keys_key(eid))
+        for db, k in (("profiles", u64(eid)), ("profile_keys", u64(eid)), ("extra", _profiles.key(eid)),
+                      ("extra", _profiles.keys_key(eid))):    # either place (format >= 5, or before)
+            txn.delete(db, k)
 
 
 class Screen(Part):
-    """The entry's dataset-level screen record (engine/screen.py)."""
+    """The entry's dataset-level screen record (engine/screen.py): derived from the histograms and
+    the entry record, so since hub format 5 it is not stored (3-4 KB, a 4 KiB overflow page an
+    entry) -- the screen index computes it when it loads the entry (screen.records) and keeps it in
+    ``<hub>/indexes/screen.fsidx``. Entries added before format 5 keep theirs, removed here."""
     name = "screen"
-
-    def prepare(self, new, config, device):
-        sk = new.sketch
-        return _screen.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
-
-    def prepare_many(self, news, config, device, shared):
-        a = _aggregate(news, shared)
-        if a is None:
-            return super().prepare_many(news, config, device, shared)
-        lo = np.searchsorted(a["d_e"], np.arange(len(news) + 1))
-        return [_screen.record_of(_profiles.name_keys(new.sketch.names, config.seed), a["d_feat"][lo[i]:lo[i + 1]],
-                                  a["d_bucket"][lo[i]:lo[i + 1]], a["d_count"][lo[i]:lo[i + 1]], new.sketch.sums,
-                                  new.sketch.counts) for i, new in enumerate(news)]
-
-    def write(self, txn, eid, new, prepared):
-        _put(txn, "extra", _screen.key(eid), prepared)
 
     def delete(self, txn, eid, rec, config):
         txn.delete("extra", _screen.key(eid))
@@ -339,7 +340,7 @@ class Bands(Part):
         return [None] * len(eids)
 
     def delete(self, txn, eid, rec, config):
-        sig = txn.get("signatures", u64(eid))["sig"]
+        sig = _sigrec.decode(txn.get("signatures", u64(eid)))
         bands = feature_band_keys(sig, config.lsh_k, config.lsh_l)
         nonempty = sig[:, 0] != _EMPTY_SIG
         if posting_bytes(txn) == 4:

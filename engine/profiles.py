@@ -25,11 +25,12 @@ exhaustive top-k is measured in ``bench/scale.py``.
 Profiles are keyed by name, so they only see features the query names the same way; the planner
 skips the shortlist (scores exhaustively) when no stored feature has one of the query's names.
 
-Storage: database ``extra``, key ``b"p" + u64(entry id)`` -> ``{"v", "x" float16 (d,), "names"
-(name keys, int64)}`` and key ``b"k" + u64(entry id)`` -> ``{"v", "jk_params", "jk_part",
+Storage: database ``profiles``, key ``u64(entry id)`` -> ``{"v", "x" float16 (d,), "names"
+(name keys, int64)}`` and database ``profile_keys``, key ``u64(entry id)`` -> ``{"v", "jk_params", "jk_part",
 "jk_data", "jk_small_params", "jk_small"}`` (the entry's JS-LSH band keys under the identity
 alignment, see ``record``; ``jk_small*`` since issue 24, absent in older records), both
-written in the entry's transaction. The in-memory index is derived: built
+written in the entry's transaction (hubs before format 5 wrote them to database ``extra``, keys
+``b"p"`` / ``b"k"`` + u64(entry id), still read: ``stored_profiles``, ``stored_keys``). The in-memory index is derived: built
 from those records on first use and kept in step with the hub's generation (new entries by a
 range scan over ids above the last one seen, removals by a key scan).
 """
@@ -57,13 +58,32 @@ _SEED_SALT = 0x9E0F11E5
 
 
 def key(entry_id: int) -> bytes:
-    """Key of an entry's profile record in database ``extra``."""
+    """Key of an entry's profile record in database ``extra`` (entries added before hub format 5;
+    since, database ``profiles``, key ``u64(entry id)``)."""
     return _PREFIX + u64(entry_id)
 
 
 def keys_key(entry_id: int) -> bytes:
-    """Key of an entry's stored JS-LSH band keys in database ``extra``."""
+    """Key of an entry's stored JS-LSH band keys in database ``extra`` (entries added before hub
+    format 5; since, database ``profile_keys``, key ``u64(entry id)``)."""
     return b"k" + u64(entry_id)
+
+
+def stored_keys(txn, entry_id: int):
+    """The entry's stored JS-LSH band keys record (``record``'s second), None when it has none:
+    database ``profile_keys`` (hub format 5: each kind of record in its own database, keyed by the
+    entry id, so that adds append them and their pages are left full), else the ``extra`` record
+    an older fitsketch wrote."""
+    return txn.get("profile_keys", u64(entry_id)) or txn.get("extra", keys_key(entry_id))
+
+
+def stored_profiles(txn, after: int) -> list:
+    """``[(entry id, profile record)]`` of the entries above id ``after`` that have one, ascending:
+    those written before hub format 5 (database ``extra``), then those since (``profiles``)."""
+    out = [(from_u64(k[1:]), rec) for k, rec in txn.items("extra", _PREFIX, start=key(after + 1)) if len(k) == 9]
+    out += [(from_u64(k), rec) for k, rec in txn.items("profiles", start=u64(after + 1))]
+    out.sort(key=lambda t: t[0])
+    return out
 
 
 def name_keys(names, seed: int) -> np.ndarray:
@@ -307,20 +327,25 @@ class ProfileIndex:
             if generation == self.generation:
                 return
             last = int(self._ids[self.n - 1]) if self.n else -1
-            new = []
-            for k, rec in txn.items("extra", _PREFIX, start=key(last + 1)):
-                if len(k) == 9:
-                    new.append((from_u64(k[1:]), rec))
+            new = stored_profiles(txn, last)
             late = False
-            if read_missing is not None and self.generation == -1:   # hubs written before profiles
-                have = set(self.ids.tolist()) | {eid for eid, _ in new}
-                for ek in txn.keys("entries"):
+            if read_missing is not None:
+                # entries without a stored profile: written before profiles were stored (every entry,
+                # on the first sync), or added after this process opened a format-4 hub read-only and
+                # another upgraded it (storage/env.py HubStore._open_later): computed
+                have = {eid for eid, _ in new}
+                if self.generation == -1:
+                    have |= set(self.ids.tolist())
+                    scan = txn.keys("entries")
+                else:
+                    scan = txn.keys("entries", start=u64(last + 1))
+                for ek in scan:
                     eid = from_u64(ek)
                     if eid not in have:
                         rec = read_missing(eid)
                         if rec is not None:
                             new.append((eid, rec))
-                            late = True
+                            late = late or eid < last
             if new:
                 new.sort(key=lambda t: t[0])
                 self._append(new)

@@ -31,10 +31,13 @@ screen (the planner then scores every entry when no stored column has one of the
 Memory: ~16 bytes per stored non-zero (dataset-level histogram cell), ~33 per column, 4 x jslsh_l
 bytes per entry and per partition: 11 KiB an entry of digits' 64 columns (555 cells on average).
 
-Storage: database ``extra``, key ``b"d" + u64(entry id)`` -> ``{"v", "names" (int64 name keys of
-every feature, in order), "feat", "bucket", "count" (dataset-level histogram, narrow ints), "sums",
-"counts"}``, written in the entry's transaction; entries stored without it (older hubs) are
-computed from their histograms and entry record when the index first loads.
+Storage: the record ``{"v", "names" (int64 name keys of every feature, in order), "feat", "bucket",
+"count" (dataset-level histogram, narrow ints), "sums", "counts"}`` is derived from the entry's
+histograms and entry record (``record``). Hubs of format <= 4 stored it (database ``extra``, key
+``b"d" + u64(entry id)``, 3-4 KB: a 4 KiB overflow page an entry); since format 5 it is not stored
+and the index computes it when it loads an entry (``records``, a batch at a time: ~1.3 ms more
+CPU an entry than reading it real-valued, ~0.48 ms merged; bench/SUMMARY.md "Size, eighth session"), then keeps it in ``<hub>/indexes/screen.fsidx``. Entries that have
+one (added before format 5) are read from it.
 """
 from __future__ import annotations
 
@@ -66,6 +69,32 @@ def record(hist: dict, names, sums, counts, seed: int) -> dict:
     uniq, inv = np.unique(fb, return_inverse=True)
     c = np.bincount(inv, weights=np.asarray(hist["count"], dtype=np.float64), minlength=len(uniq))
     return record_of(name_keys(list(names), seed), uniq >> 32, (uniq & 0xFFFFFFFF) - _OFF, c, sums, counts)
+
+
+SYNC_CHUNK = 1024    # entries a sync reads and computes at once (their histograms in memory together)
+
+
+def records(hists: list, names: list, sums: list, counts: list, seed: int) -> list[dict]:
+    """``record`` of every entry of a batch (``hists`` their COO histograms, ``names`` their
+    feature names): the dataset-level histograms summed for the batch at once (profiles._aggregate,
+    as ``Hub.add_sketches`` did when it stored the records), ~5x less CPU than one at a time.
+    Entries of 2^16 features or more are computed alone."""
+    from types import SimpleNamespace
+
+    from .profiles import BATCH, _aggregate, name_keys
+
+    out: list = [None] * len(hists)
+    many = [i for i, n in enumerate(names) if len(n) < 1 << 16]
+    for i in sorted(set(range(len(hists))) - set(many)):
+        out[i] = record(hists[i], names[i], sums[i], counts[i], seed)
+    for lo in range(0, len(many), BATCH):
+        idx = many[lo:lo + BATCH]
+        a = _aggregate([SimpleNamespace(hist=hists[i]) for i in idx])
+        b = np.searchsorted(a["d_e"], np.arange(len(idx) + 1))
+        for j, i in enumerate(idx):
+            out[i] = record_of(name_keys(list(names[i]), seed), a["d_feat"][b[j]:b[j + 1]],
+                               a["d_bucket"][b[j]:b[j + 1]], a["d_count"][b[j]:b[j + 1]], sums[i], counts[i])
+    return out
 
 
 def record_of(name_keys, feat, bucket, count, sums, counts) -> dict:
@@ -125,28 +154,32 @@ class ScreenIndex:
 
     # ------------------------------------------------------------------ loading
     def sync(self, txn, generation: int, read_missing) -> None:
-        """Bring the index to ``generation``. ``read_missing(eid) -> (screen record, keys record)``
-        computes the records of an entry stored without a screen record (None when it is gone)."""
+        """Bring the index to ``generation``: the entries with ids above the last one held, by a
+        range scan of database ``entries``, each with its stored screen record where it has one
+        (entries added before hub format 5) and ``read_missing(eids) -> {eid: (screen record, keys
+        record)}`` computing those of the others from their histograms (every entry added since
+        format 5: the record is derived, ``record``, and not stored)."""
+        from .profiles import stored_keys
+
         with self.lock:
             if generation == self.generation:
                 return
             last = int(self.ids.v[-1]) if self.ids.n else -1
-            new = [(from_u64(k[1:]), rec) for k, rec in txn.items("extra", _PREFIX, start=key(last + 1))
-                   if len(k) == 9]
-            new = [(eid, rec, txn.get("extra", b"k" + u64(eid))) for eid, rec in new]
-            if self.generation == -1:                                 # entries stored before screens
-                have = {eid for eid, _, _ in new}
-                for ek in txn.keys("entries"):
-                    eid = from_u64(ek)
-                    if eid not in have:
-                        got = read_missing(eid)
-                        if got is not None:
-                            new.append((eid, *got))
-                new.sort(key=lambda t: t[0])
-            if new and self.ids.n and new[0][0] <= last:            # pragma: no cover - ids only grow
-                raise RuntimeError("screen records arrived out of order")
-            if new:
-                self._append(new)
+            eids = [from_u64(k) for k in txn.keys("entries", start=u64(last + 1))]
+            for lo in range(0, len(eids), SYNC_CHUNK):       # bounded memory: histograms read a chunk at a time
+                chunk = eids[lo:lo + SYNC_CHUNK]
+                stored = {eid: txn.get("extra", key(eid)) for eid in chunk}
+                got = read_missing([eid for eid in chunk if stored[eid] is None])
+                new = []
+                for eid in chunk:
+                    if stored[eid] is not None:
+                        new.append((eid, stored[eid], stored_keys(txn, eid)))
+                    elif got.get(eid) is not None:
+                        new.append((eid, *got[eid]))
+                if new and self.ids.n and new[0][0] <= int(self.ids.v[-1]):   # pragma: no cover - ids only grow
+                    raise RuntimeError("screen records arrived out of order")
+                if new:
+                    self._append(new)
             if self.ids.n > txn.count("entries"):                   # removals
                 present = np.fromiter((from_u64(k) for k in txn.keys("entries")), dtype=np.int64)
                 self._keep(np.isin(self.ids.v, present))

@@ -32,13 +32,13 @@ import lmdb
 from . import schema
 from .codec import unpack
 from .errors import CodecError, CorruptHubError, HubBusyError, HubNotFoundError, SchemaError, StorageError
-from .txn import DBS, DUPSORT_DBS, Txn
+from .txn import DBS, DUPSORT_DBS, LATER_DBS, Txn
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 4  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 5  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -67,6 +67,16 @@ def _upgrade_v3_to_v4(txn: Txn) -> None:
         txn.put("meta", POSTING_BYTES_KEY, 4 if held_posting_bytes(txn) in (None, 4) else 8)
 
 
+def _upgrade_v4_to_v5(txn: Txn) -> None:
+    """Format 5: an entry's signatures may be stored as a per-permutation dictionary (record format 2,
+    engine/signature_records.py), and new entries store no screen record (engine/screen.py: derived
+    from the histograms; the screen index finds entries by their ids, where an older fitsketch
+    found them by their screen records and would miss these), and profile / profile-keys records
+    go to their own databases (``LATER_DBS``, created by this writable open; an older hub's records
+    in ``extra`` stay where they are and are read there). Format-4 records are read as they are, so
+    nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
+
+
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
 
 
@@ -79,9 +89,10 @@ def held_posting_bytes(txn: Txn) -> int | None:
     return None if first is None else len(first[1])
 
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
-MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4}
+MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4,
+                                                4: _upgrade_v4_to_v5}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-READ_AS_IS = frozenset({1, 2, 3})
+READ_AS_IS = frozenset({1, 2, 3, 4})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
@@ -252,21 +263,51 @@ class HubStore:
             fmt = _check_format(self.path, unpack(raw))
         except CodecError as e:
             raise CorruptHubError(f"hub at {self.path}: meta record 'format' cannot be decoded ({e})") from e
+        self._format = fmt
         upgrade = fmt < FORMAT_VERSION and not (self.readonly and fmt in READ_AS_IS)
         if upgrade:
             self._upgrade_plan(fmt)
         self._open_dbs(create=not self.readonly)
         if upgrade:
             self._migrate(fmt)
+            self._format = FORMAT_VERSION
 
     def _open_dbs(self, create: bool) -> None:
+        """Open every database of ``DBS``; a hub of format < 5 opened read-only lacks ``LATER_DBS``
+        (its upgrade creates them): those it lacks are read as empty (storage/txn.py)."""
+        fmt = getattr(self, "_format", FORMAT_VERSION)   # the hub's format as opened (_open)
+        for name in DBS:
+            dup = name in DUPSORT_DBS
+            try:
+                self._dbs[name] = self._env.open_db(name.encode(), create=create, dupsort=dup, dupfixed=dup)
+            except lmdb.NotFoundError:
+                if name in LATER_DBS and fmt < 5:
+                    continue
+                raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
+
+    def _open_later(self, env: lmdb.Environment) -> None:
+        """Open ``LATER_DBS`` once the hub's format reaches 5: a hub of format 4 opened read-only lacks
+        them, and another process may upgrade it while this one reads (its upgrade creates them before
+        it writes format 5). Called before a read transaction begins (a transaction sees only the
+        databases opened before it); one meta read a transaction until then."""
         try:
+            with env.begin(db=self._dbs["meta"], buffers=False) as txn:
+                raw = txn.get(b"format")
+            fmt = unpack(raw) if raw is not None else None
+        except (lmdb.Error, CodecError):
+            return                         # the transaction that follows reports what is wrong
+        if not isinstance(fmt, int) or fmt < 5:
+            return
+        with self._cond:                   # LMDB: one mdb_dbi_open at a time in a process
             for name in DBS:
-                dup = name in DUPSORT_DBS
-                self._dbs[name] = self._env.open_db(name.encode(), create=create,
-                                                    dupsort=dup, dupfixed=dup)
-        except lmdb.NotFoundError:
-            raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
+                if name not in self._dbs:
+                    try:
+                        self._dbs[name] = env.open_db(name.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        raise CorruptHubError(f"hub at {self.path} is of format {fmt} but lacks database "
+                                              f"{name!r}; it is damaged") from None
+            self._format = fmt
+            log.info("hub at %s: upgraded to format %d by another process; its new databases are read", self.path, fmt)
 
     def _create(self) -> None:
         self._open_dbs(create=True)
@@ -338,6 +379,8 @@ class HubStore:
     def read(self) -> Iterator[Txn]:
         """A read-only snapshot: ``with store.read() as txn: txn.get("entries", u64(1))``."""
         env = self._live()
+        if len(self._dbs) < len(DBS):      # an older hub opened read-only: upgraded since by another process?
+            self._open_later(env)
         while True:
             with self._cond:
                 while self._resizing:

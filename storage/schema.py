@@ -33,13 +33,18 @@ _E = ("fitsketch.parts.ENTRY_FORMAT", 1)
 
 SCHEMA: tuple[Record, ...] = (
     Record("meta", "b'format'", "the hub's format", "fitsketch.storage.env",
-           (("fitsketch.storage.env.FORMAT_VERSION", 4),),
-           "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays) and 3 (8-byte band postings) "
-           "are read as they are; a writable open upgrades them to 4 (MIGRATIONS[1..3], records unchanged; MIGRATIONS[3] "
+           (("fitsketch.storage.env.FORMAT_VERSION", 5),),
+           "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays), 3 (8-byte band postings) "
+           "and 4 (plain signature records) are read as they are; a writable open upgrades them to 5 (MIGRATIONS[1..4], "
+           "records unchanged; MIGRATIONS[3] "
            "writes meta b'posting_bytes' = the width the hub holds: 8, or 4 without postings) so that an older fitsketch refuses the hub at open. Format 3: the "
            "per-entry records written by fitsketch.parts (entries, signatures, histograms, extra) hold their arrays "
            "compressed where that is smaller (codec EXT_PACKED: byte shuffle / integer delta + zstd, lossless); "
-           "records of either kind are read alike. Format 4: a hub created at format 4 writes 4-byte band postings",
+           "records of either kind are read alike. Format 4: a hub created at format 4 writes 4-byte band postings. "
+           "Format 5: signature records may be per-permutation dictionaries (fitsketch.signature_records) and new "
+           "entries store no screen record (extra b'd'; the screen index finds entries by a range scan of entries) "
+           "and their profile records in databases profiles / profile_keys (were extra b'p' / b'k'), which a "
+           "format-4 hub gets at its upgrade (a read-only open of one reads them as empty)",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
            "b'next_sample_id', b'embedding_dim', b'posting_bytes'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
@@ -47,8 +52,10 @@ SCHEMA: tuple[Record, ...] = (
     Record("entries", "u64(entry id)", "{v, id, name, metadata, features, kinds, n_rows, n_partitions, "
            "partition_size, sums, counts, created, labelled?}", "fitsketch.parts (Core)", (_E,)),
     Record("names", "UTF-8 name (NFC)", "raw u64(entry id)", "fitsketch.parts (Core)"),
-    Record("signatures", "u64(entry id)", "{v, sig: (features, num_perm) uint32 MinHash}", "fitsketch.parts (Core)",
-           (_E,)),
+    Record("signatures", "u64(entry id)", "{v: 1, sig: (features, num_perm) uint32 MinHash} or, where it packs "
+           "smaller, {v: 2, sn, sd, si}: each permutation's distinct values and every feature's index into them",
+           "fitsketch.parts (Core), fitsketch.signature_records", (("fitsketch.signature_records.SIG_FORMAT", 2),),
+           "record format 1 (every hub) is read as it is; format 2 is written since hub format 5"),
     Record("histograms", "u64(entry id)", "packed partition histograms (partitions.pack_hist)",
            "fitsketch.parts (Core), fitsketch.partitions", (("fitsketch.partitions.HIST_FORMAT", 2),),
            "format 1 (the COO arrays as they are) is read as it is by partitions.unpack_hist"),
@@ -64,14 +71,23 @@ SCHEMA: tuple[Record, ...] = (
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),
                                        ("fitsketch.accuracy_records.CLASSES_FORMAT", 1))),
-    Record("extra", "b'p' + u64(entry id)", "random-projection profile", "fitsketch.parts (Profile), "
-           "fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),)),
-    Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys",
+    Record("profiles", "u64(entry id)", "random-projection profile", "fitsketch.parts (Profile), "
+           "fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "since hub format 5 (its own database, so that adds append it); entries added before: extra b'p' + id"),
+    Record("profile_keys", "u64(entry id)", "profile name keys and the stored JS-LSH band keys",
            "fitsketch.parts (Profile), fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "since hub format 5; entries added before: extra b'k' + id (fitsketch.profiles.stored_keys); "
            "missing (older hubs): computed from the histograms"),
-    Record("extra", "b'd' + u64(entry id)", "dataset-level screen record", "fitsketch.parts (Screen), "
-           "fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
-           "missing (older hubs): computed from the histograms"),
+    Record("extra", "b'p' + u64(entry id)", "random-projection profile (written by hubs of format <= 4)",
+           "fitsketch.parts (Profile), fitsketch.profiles", (("fitsketch.profiles.PROFILE_FORMAT", 1),),
+           "read where present (fitsketch.profiles.stored_profiles); removed with its entry"),
+    Record("extra", "b'k' + u64(entry id)", "profile name keys and the stored JS-LSH band keys (written by "
+           "hubs of format <= 4)", "fitsketch.parts (Profile), fitsketch.profiles",
+           (("fitsketch.profiles.PROFILE_FORMAT", 1),), "read where present; removed with its entry"),
+    Record("extra", "b'd' + u64(entry id)", "dataset-level screen record (derived; written only by hubs of "
+           "format <= 4)", "fitsketch.parts (Screen), fitsketch.screen", (("fitsketch.screen.SCREEN_FORMAT", 1),),
+           "read where present; missing (entries added since format 5, or before screens): computed from the "
+           "histograms and the entry record when the screen index loads the entry (fitsketch.screen.records)"),
     Record("weights", "b'ae:' + u64(entry id)", "{v, simex: [autoencoder records]}", "fitsketch.parts (SimExFleet)",
            (_E, ("fitsketch.autoencoder.AE_FORMAT", 1))),
     Record("weights", "b'deephash'", "the hub's deep-hash model", "fitsketch.embedding_indexes",

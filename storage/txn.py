@@ -16,7 +16,7 @@ import lmdb
 import numpy as np
 
 from .codec import pack, unpack
-from .errors import CodecError, CorruptHubError, StorageError
+from .errors import CodecError, CorruptHubError, SchemaError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,12 @@ DBS = (
     "weights",     # autoencoder weights
     "probes",      # probe descriptors
     "extra",       # anything else
+    "profiles",    # u64 entry id -> profile record (engine/profiles.py; format >= 5, before: extra b"p" + id)
+    "profile_keys",  # u64 entry id -> stored JS-LSH band keys (engine/profiles.py; format >= 5, before: extra b"k" + id)
 )
+# databases a hub of an older format lacks until its upgrade (a writable open creates them): a
+# read-only open of such a hub reads them as empty
+LATER_DBS = frozenset({"profiles", "profile_keys"})
 DUPSORT_DBS = frozenset({"bands"})
 _DUPS_CHUNK = 1 << 14   # pairs put_dups converts and writes at a time
 DUP_SIZE = 8  # bytes per value in a dupsort database
@@ -80,12 +85,24 @@ class Txn:
         try:
             handle = self._dbs[db]
         except KeyError:
+            if db in LATER_DBS:
+                return None       # a read-only open of an older hub: the database is empty
             raise ValueError(f"unknown database {db!r}; databases are {DBS}") from None
         if dup is True and db not in DUPSORT_DBS:
             raise ValueError(f"{db!r} is not a dupsort database; use get/put (dupsort: {sorted(DUPSORT_DBS)})")
         if dup is False and db in DUPSORT_DBS:
             raise ValueError(f"{db!r} holds 8-byte duplicates; use put_dup/get_dups/delete_dup")
         return handle
+
+    def _wdb(self, db: str, *, dup: bool | None = None):
+        """The handle of ``db`` for a write: a database this hub lacks (``LATER_DBS`` of an older hub
+        opened read-only) raises instead of passing ``db=None``, LMDB's unnamed main database."""
+        h = self._db(db, dup=dup)
+        if h is None:
+            self._writable()
+            raise SchemaError(f"hub at {self._path} has no database {db!r} (a hub of format < 5 opened "
+                              f"read-only): open it with readonly=False to upgrade it before writing")
+        return h
 
     def _writable(self) -> None:
         if not self._write:
@@ -111,7 +128,8 @@ class Txn:
 
     # -- values -------------------------------------------------------------------------------
     def get_raw(self, db: str, key: bytes) -> bytes | None:
-        return self._txn.get(_check_key(key), db=self._db(db, dup=False))
+        h = self._db(db, dup=False)
+        return None if h is None else self._txn.get(_check_key(key), db=h)
 
     def put_raw(self, db: str, key: bytes, value: bytes, overwrite: bool = True, append: bool = False) -> bool:
         """Store ``value`` as-is; returns False if ``overwrite=False`` and the key exists. ``append``:
@@ -120,7 +138,7 @@ class Txn:
         key is stored as without it."""
         if not isinstance(value, bytes):
             raise TypeError(f"put_raw stores bytes, got {type(value).__qualname__}")
-        h = self._db(db, dup=False)
+        h = self._wdb(db, dup=False)
         if append and self._mut(self._txn.put, _check_key(key), value, db=h, append=True):
             return True
         return self._mut(self._txn.put, _check_key(key), value, db=h, overwrite=overwrite)
@@ -136,20 +154,25 @@ class Txn:
 
     def delete(self, db: str, key: bytes) -> bool:
         """Delete ``key`` (in ``bands``: all its duplicates); returns whether it existed."""
-        return self._mut(self._txn.delete, _check_key(key), db=self._db(db))
+        return self._mut(self._txn.delete, _check_key(key), db=self._wdb(db))
 
     def exists(self, db: str, key: bytes) -> bool:
+        if self._db(db) is None:
+            return False
         with self._txn.cursor(db=self._db(db)) as cur:
             return cur.set_key(_check_key(key))
 
     def count(self, db: str) -> int:
         """Number of records (in ``bands``: of key/value pairs, duplicates included)."""
-        return self._txn.stat(self._db(db))["entries"]
+        h = self._db(db)
+        return 0 if h is None else self._txn.stat(h)["entries"]
 
     def _scan(self, db: str, prefix: bytes, nodup: bool, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         if not isinstance(prefix, bytes) or not isinstance(start, bytes):
             raise TypeError(f"prefix and start must be bytes, got {type(prefix).__qualname__}, {type(start).__qualname__}")
         first = max(prefix, start)
+        if self._db(db) is None:
+            return
         with self._txn.cursor(db=self._db(db)) as cur:
             ok = cur.set_range(first) if first else cur.first()
             if not ok:
@@ -171,9 +194,9 @@ class Txn:
         for key, raw in self._scan(db, prefix, nodup=False, start=start):
             yield key, self._decode(db, key, raw)
 
-    def keys(self, db: str, prefix: bytes = b"") -> Iterator[bytes]:
-        """Keys in order (each once, also in ``bands``), starting with ``prefix``."""
-        for key, _ in self._scan(db, prefix, nodup=db in DUPSORT_DBS):
+    def keys(self, db: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[bytes]:
+        """Keys in order (each once, also in ``bands``), starting with ``prefix`` (and ``>= start``, if given)."""
+        for key, _ in self._scan(db, prefix, nodup=db in DUPSORT_DBS, start=start):
             yield key
 
     # -- dupsort (bands) ----------------------------------------------------------------------

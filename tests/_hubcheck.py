@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fitsketch.partitions import unpack_hist
+from fitsketch.signature_records import decode as decode_signatures
 from fitsketch.storage import DBS, from_u64
 
 _AE_PREFIX = b"ae:"
@@ -58,7 +59,7 @@ def check_txn(txn) -> list[str]:
         entry_ids.add(key)
         nf = len(rec["features"])
         sig = txn.get("signatures", key)
-        assert sig is not None and sig["sig"].shape[0] == nf, f"entry {rec['name']!r}: signatures missing or wrong"
+        assert sig is not None and decode_signatures(sig).shape[0] == nf, f"entry {rec['name']!r}: signatures missing or wrong"
         hist = txn.get("histograms", key)
         assert hist is not None and set(unpack_hist(hist)) == {"part", "feat", "bucket", "count"}, \
             f"entry {rec['name']!r}: histograms missing"
@@ -75,6 +76,12 @@ def check_txn(txn) -> list[str]:
                 profiled.add(key[1:])
         else:
             assert key in entry_ids, f"extra[{key!r}] belongs to no entry"
+    for db in ("profiles", "profile_keys"):      # hub format 5: in their own databases
+        for key in txn.keys(db):
+            assert key in entry_ids, f"{db}[{key!r}] belongs to no entry"
+            if db == "profiles":
+                assert key not in profiled, f"entry {key!r} has a profile in extra and in profiles"
+                profiled.add(key)
     assert profiled == entry_ids, f"entries without a profile: {sorted(entry_ids - profiled)}"
     for key in txn.keys("weights"):
         if key.startswith(_AE_PREFIX):

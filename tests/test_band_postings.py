@@ -101,7 +101,7 @@ def _brute(txn, sig, cfg):
          for b in feature_band_keys(sig[f:f + 1], cfg.lsh_k, cfg.lsh_l)[0]}
     out = set()
     for k in txn.keys("signatures"):
-        s = txn.get("signatures", k)["sig"]
+        s = fitsketch.signature_records.decode(txn.get("signatures", k))
         ne = s[:, 0] != EMPTY
         if q & {int(b) for b in feature_band_keys(s[ne], cfg.lsh_k, cfg.lsh_l).reshape(-1)}:
             out.add(int.from_bytes(k, "big"))

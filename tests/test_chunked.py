@@ -87,7 +87,7 @@ def test_cli_add_is_chunked_and_progress_only_when_asked(rng, tmp_path, monkeypa
     assert "added" in err and "100%" in err                 # one bar, left on screen after the add
     with fitsketch.open(hub, create=False) as h:
         with h.store.read() as txn:
-            sa = txn.get("signatures", fitsketch.storage.u64(h.get("a").id))["sig"]
+            sa = fitsketch.signature_records.decode(txn.get("signatures", fitsketch.storage.u64(h.get("a").id)))
         assert np.array_equal(sa, build_sketch(df, h.config).signatures)
     assert main(["add", str(hub), "a", str(path)]) == 2     # the name exists: nothing read
     assert "exists" in capsys.readouterr().err

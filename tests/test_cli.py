@@ -111,7 +111,7 @@ def test_cli_add_parquet_glob_equals_the_library(rng, tmp_path, run):
     with fitsketch.open(hub, create=False) as h:
         ref = sketch_parquet(str(tmp_path / "p*.parquet"), config=h.config, engine="local", progress=False)
         with h.store.read() as txn:
-            stored = txn.get("signatures", fitsketch.storage.u64(h.get("pq").id))["sig"]
+            stored = fitsketch.signature_records.decode(txn.get("signatures", fitsketch.storage.u64(h.get("pq").id)))
     assert np.array_equal(stored, ref.signatures)
     p = run("add", hub, "x", "--parquet", str(tmp_path / "none*.parquet"), check=False)
     assert p.returncode == 2

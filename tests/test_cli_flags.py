@@ -132,7 +132,7 @@ def test_sep_sniffed_explicit_and_one_column_warning(rng, tmp_path, run):
         ref = fitsketch.sketch_data(comma, h.config)
         with h.store.read() as txn:
             for name in ("auto", "explicit"):
-                stored = txn.get("signatures", fitsketch.storage.u64(h.get(name).id))["sig"]
+                stored = fitsketch.signature_records.decode(txn.get("signatures", fitsketch.storage.u64(h.get(name).id)))
                 assert np.array_equal(stored, ref.signatures)
 
 

@@ -17,7 +17,7 @@ import pytest
 import _hubcheck as hc
 
 import fitsketch
-from fitsketch import parts
+from fitsketch import parts, signature_records
 from fitsketch.storage import FORMAT_VERSION
 from fitsketch.storage import codec as C
 
@@ -43,6 +43,7 @@ def _build(path, sketches, monkeypatch, plain: bool):
     with monkeypatch.context() as m:
         if plain:
             m.setattr(parts, "_put", _plain_put)
+            m.setattr(parts, "_sig_record", signature_records.plain)   # format <= 4: the matrix as it is
         with fitsketch.open(path) as hub:
             first, *rest = sketches.items()
             hub.add_sketch(first[0], first[1], metadata={"i": 0})
@@ -59,6 +60,8 @@ def _records(path):
     with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
         for db in ("entries", "signatures", "histograms", "extra"):
             out[db] = {k: (txn.get_raw(db, k), txn.get(db, k)) for k in txn.keys(db)}
+        # signatures as their matrices: format 5 may store a dictionary (fitsketch.signature_records)
+        out["signatures"] = {k: (raw, signature_records.decode(rec)) for k, (raw, rec) in out["signatures"].items()}
         out["bands"] = sorted(txn.items("bands"))
     return out
 
@@ -98,7 +101,7 @@ def test_compressed_records_read_as_the_plain_ones(tmp_path, rng, monkeypatch):
     new, old = tmp_path / "new", tmp_path / "old"
     _build(new, sketches, monkeypatch, plain=False)
     _build(old, sketches, monkeypatch, plain=True)
-    assert fitsketch.inspect(new)["format"] == FORMAT_VERSION == 4 and fitsketch.inspect(old)["format"] == 2
+    assert fitsketch.inspect(new)["format"] == FORMAT_VERSION == 5 and fitsketch.inspect(old)["format"] == 2
     a, b = _records(new), _records(old)
     assert a["bands"] == b["bands"]
     raw_new = raw_old = 0
@@ -132,8 +135,8 @@ def test_a_format_2_hub_opens_as_it_is_and_mixes_with_format_3_entries(tmp_path,
                 k = txn.get_raw("names", b"added")
                 assert C.EXT_PACKED in _exts(txn.get_raw("histograms", k))
             mixed = {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
-    assert any("from format 2 to 4" in r.getMessage() for r in caplog.records)
-    assert fitsketch.inspect(old)["format"] == 4
+    assert any("from format 2 to 5" in r.getMessage() for r in caplog.records)
+    assert fitsketch.inspect(old)["format"] == 5
     # the mixed hub answers as a hub written all in format 3 from the same sketches
     ref = tmp_path / "ref"
     _build(ref, {**sketches}, monkeypatch, plain=False)

@@ -34,7 +34,7 @@ def _signatures(hub) -> dict:
     with hub.store.read() as txn:
         for name in hub.names():
             k = txn.get_raw("names", name.encode("utf-8"))
-            out[name] = txn.get("signatures", k)["sig"]
+            out[name] = fitsketch.signature_records.decode(txn.get("signatures", k))
     return out
 
 

@@ -50,7 +50,7 @@ def _build(path, sketches, monkeypatch, old: bool):
             (n0, s0), *rest = sketches.items()
             hub.add_sketch(n0, s0)
             hub.add_sketches(rest)
-    assert fitsketch.inspect(path)["format"] == (3 if old else 4)
+    assert fitsketch.inspect(path)["format"] == (3 if old else env_mod.FORMAT_VERSION)
 
 
 def _pairs(hub):
@@ -98,7 +98,7 @@ def test_a_format_3_hub_opens_as_it_is_and_keeps_8_byte_postings_after_its_upgra
                 hub.remove(name)
             with hub.store.read() as txn:
                 assert txn.count("bands") == 0
-    assert fitsketch.inspect(old)["format"] == 4
+    assert fitsketch.inspect(old)["format"] == 5
 
 
 def test_an_old_hub_without_postings_takes_4_byte_postings(tmp_path, rng, monkeypatch):

@@ -11,6 +11,7 @@ import pytest
 
 import fitsketch
 from fitsketch import profiles as P
+from fitsketch.storage import u64
 
 from _frames import _frame, _sketch
 from _hubcheck import check_hub
@@ -141,8 +142,8 @@ def test_hub_without_profiles_still_shortlists(tmp_path, rng):
         q = _frame(rng, 100, loc=4)
         want = [(m.name, m.score) for m in hub.search(q, k=2)]
     with fitsketch.open(tmp_path / "h.hub") as hub:
-        hub.store.transact(lambda t: [(t.delete("extra", P.key(hub.get(f"m{i}").id)),
-                                       t.delete("extra", P.keys_key(hub.get(f"m{i}").id))) for i in range(10)])
+        hub.store.transact(lambda t: [(t.delete("profiles", u64(hub.get(f"m{i}").id)),     # as if stored without
+                                       t.delete("profile_keys", u64(hub.get(f"m{i}").id))) for i in range(10)])
     with fitsketch.open(tmp_path / "h.hub") as hub:
         plan = hub.explain(q, k=2)
         res = hub.search(q, k=2)
@@ -243,13 +244,13 @@ def _mixed_batch(rng, cfg):
 
 def test_batched_records_equal_one_at_a_time(rng):
     """What Hub.add_sketches prepares for a batch at once equals what each entry's own prepare gives:
-    packed histograms and screen records exactly, profile vectors to float16 storage, JS-LSH band keys
+    packed histograms exactly, screen records computed for a batch (screen.records) exactly, profile vectors to float16 storage, JS-LSH band keys
     exactly (both are float32 projections of the same values; a different summation order could move
     one across a bucket edge, which these seeded sketches do not hit); and an entry's records do not
     depend on the rest of its batch (records of it alone are bit-equal)."""
     from fitsketch import parts as PT
     from fitsketch import screen as S
-    from fitsketch.partitions import pack_hist, pack_hists
+    from fitsketch.partitions import pack_hist, pack_hists, unpack_hist
 
     cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
     sks = _mixed_batch(rng, cfg)
@@ -257,8 +258,12 @@ def test_batched_records_equal_one_at_a_time(rng):
     packed = pack_hists(a["e"], a["part"], a["feat"], a["bucket"], a["count"], [s.n_partitions for s in sks],
                         [s.n_features for s in sks])
     batch = P.records(sks, cfg, "cpu")
-    news = [PT.NewEntry(f"e{i}", s, {}) for i, s in enumerate(sks)]
-    screens = PT.Screen().prepare_many(news, cfg, "cpu", {})
+    # screen records: computed for a batch of stored histograms at once (screen.records, the screen
+    # index loading entries added since hub format 5, which stores none)
+    stored = [unpack_hist(h) for h in packed]
+    screens = S.records(stored, [s.names for s in sks], [s.sums for s in sks], [s.counts for s in sks], cfg.seed)
+    assert PT.Screen().prepare_many([PT.NewEntry(f"e{i}", s, {}) for i, s in enumerate(sks)], cfg, "cpu", {}) \
+        == [None] * len(sks)                                    # not stored
     for i, s in enumerate(sks):
         ref = pack_hist(s.hist, s.n_partitions, s.n_features)
         assert set(ref) == set(packed[i])
@@ -276,6 +281,8 @@ def test_batched_records_equal_one_at_a_time(rng):
         assert bkeys["jk_params"] == keys["jk_params"] and bkeys["jk_small_params"] == keys["jk_small_params"]
         for k in ("jk_part", "jk_data", "jk_small"):
             assert bkeys[k].dtype == keys[k].dtype and np.array_equal(bkeys[k], keys[k]), (i, k)
+        alone_s = S.records([stored[i]], [s.names], [s.sums], [s.counts], cfg.seed)[0]
+        assert all(np.asarray(alone_s[k]).tobytes() == np.asarray(screens[i][k]).tobytes() for k in ref_s if k != "v")
         alone = P.records([s], cfg, "cpu")[0]
         assert np.array_equal(alone[0]["x"], bprof["x"])
         assert all(np.array_equal(alone[1][k], bkeys[k]) for k in ("jk_part", "jk_data", "jk_small"))

@@ -376,7 +376,7 @@ def test_entries_stored_without_small_query_keys_are_proxies(tmp_path, rng):
     js query by the exact-js proxy, the ones added after them by js's own score -- whichever kind the
     index met first, each entry's row holds its own keys; after removing entries of both kinds the
     rest keep theirs."""
-    from fitsketch.profiles import keys_key
+    from fitsketch.storage import u64
 
     cfg = fitsketch.SketchConfig(shortlist=2)
     pools = _classes(rng, rows=100)
@@ -390,9 +390,9 @@ def test_entries_stored_without_small_query_keys_are_proxies(tmp_path, rng):
         def strip(txn):
             for i in range(5):
                 eid = hub.get(f"old{i}").id
-                rec = dict(txn.get("extra", keys_key(eid)))
+                rec = dict(txn.get("profile_keys", u64(eid)))      # hub format 5: their own database
                 rec.pop("jk_small"), rec.pop("jk_small_params")
-                txn.put("extra", keys_key(eid), rec)
+                txn.put("profile_keys", u64(eid), rec)
         hub.store.transact(strip)
         q = mix()
         sp = fitsketch.profiles.small_params(cfg)

@@ -135,7 +135,7 @@ def jslsh_scores(ctx, query, cands, cfg, per_dataset: bool, t_dist, closeness_ou
     for i, (rec, al) in enumerate(cands):
         if (stored_ok or small_ok) and len(rec["features"]) == n_t == len(al.pairs) \
                 and all(t == s for t, s, _ in al.pairs):
-            prof = txn.get("extra", _profiles.keys_key(rec["id"]))
+            prof = _profiles.stored_keys(txn, rec["id"])
             if prof is not None and prof.get("jk_params") == params and field in prof:
                 stored[i] = np.asarray(prof[field])
                 continue
