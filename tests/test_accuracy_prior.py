@@ -192,12 +192,16 @@ def test_the_offline_fit_predicts_what_the_engine_scores(rng):
     factor was ~1 while the engine's was not)."""
     from bench import accuracy_prior as P
 
-    K, n_rows = 4, 200
-    y = rng.choice(K, size=n_rows, p=[0.4, 0.3, 0.2, 0.1])
+    K = 4
+    rows, hits = np.array([80, 60, 40, 20]), np.array([32, 53, 38, 18])   # the proxy's hits per class
+    y = rng.permutation(np.repeat(np.arange(K), rows))
+    n_rows = len(y)
     ll = np.log(np.eye(K)[y] * 0.96 + 0.01)                       # EM gives each row to its class
     pi = A.em_mixture(ll)
     w = A.responsibilities(ll, pi)
-    right = rng.random(n_rows) < np.array([0.4, 0.88, 0.96, 0.92])[y]   # class 0: the proxy misses most
+    right = np.zeros(n_rows, dtype=bool)
+    for c in range(K):                                            # class 0: 32 of 80 (a drop of .53 from
+        right[rng.permutation(np.flatnonzero(y == c))[:hits[c]]] = True   # .93); class 1: 53 of 60 (.05)
     pred = np.where(right, y, (y + 1) % K)
     perfs, recs, Z = [], [], []
     for j in range(3):
