@@ -294,24 +294,27 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
     from :func:`shifted_recall`; without them, the stored recalls. ``details`` (a dict) receives
     per model its ``recall`` vector and ``shift``: predicted accuracy over what the stored recalls
     alone give (1 = no correction)."""
+    from .accuracy_batch import Models, recall_draws, shifted_recalls
+
     models = [_Model(p, None if records is None else records[i], labels) for i, p in enumerate(perfs)]
-    # one dot product per model (not R @ pi): a model's score must not depend on which other
-    # models share the call (a shard holds some of them; BLAS sums a matrix product in blocks)
+    # every model at once (accuracy_batch.py: shifted_recall / _recall_draw over (models, classes),
+    # equal to them model by model); one dot product per model (not R @ pi): a model's score must not
+    # depend on which other models share the call (a shard holds some of them; BLAS sums a matrix
+    # product in blocks)
+    stacked = Models(models, len(labels))
+    preds = None
+    if proxies is not None:
+        preds = np.stack(proxies) if len(proxies) else np.zeros((0, ll.shape[0]), np.int64)
 
     def times(pi, idx=None, noise=None):
         w = responsibilities(ll if idx is None else ll[idx], pi) if proxies is not None and ll.shape[0] else None
-        out, recalls = [], []
-        for i, m in enumerate(models):
-            pred = None if proxies is None else (proxies[i] if idx is None else proxies[i][idx])
-            r, _ = shifted_recall(m, pred, w)
-            if noise is not None:
-                r = _recall_draw(m, r, noise[0])
-            recalls.append(r)
-            a = np.dot(r, pi)
-            if noise is not None:      # the accuracy measured on the query's n rows: binomial noise
-                a = a + noise[1] * np.sqrt(max(a * (1.0 - a), 0.0) / ll.shape[0])
-            out.append(a)
-        return np.array(out), recalls
+        R = shifted_recalls(stacked, None if preds is None else (preds if idx is None else preds[:, idx]), w)
+        if noise is not None:
+            R = recall_draws(stacked, R, noise[0])
+        out = np.array([np.dot(R[i], pi) for i in range(len(models))])
+        if noise is not None:          # the accuracy measured on the query's n rows: binomial noise
+            out = out + noise[1] * np.sqrt(np.maximum(out * (1.0 - out), 0.0) / ll.shape[0])
+        return out, list(R)
 
     if mixture is not None:
         pi = mixture
