@@ -1,0 +1,111 @@
+"""The accuracy stage's per-generation cache (engine/accuracy_cache.py): searches through a warm
+cache equal searches with it disabled (the reference: the stage reading every record per query) --
+names, scores, mixture, interval, evidence and what the stage kept -- across adds, removes and query
+schemas, and the cached pool cannot be written into."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fitsketch
+from fitsketch import accuracy_cache as AC
+
+MEANS = np.array([5.0, 10.0, 15.0])
+D = 4
+KW = dict(k=4, method="accuracy", shortlist=2, accuracy_bootstrap=3)   # the stage runs above 4 x 2 entries
+
+
+def _rows(rng, y, cols=None):
+    cols = cols or [f"x{i}" for i in range(D)]
+    return pd.DataFrame(rng.normal(MEANS[y][:, None], 1.5, size=(len(y), len(cols))), columns=cols)
+
+
+def _model(X, y):
+    cls = np.unique(y)
+    means = np.stack([X[y == c].mean(axis=0) for c in cls])
+    return lambda V: -((np.asarray(V, np.float64)[:, None, :] - means[None, :, :]) ** 2).sum(axis=2)
+
+
+def _add(hub, rng, name, perf):
+    pi = rng.dirichlet(np.full(3, 0.7))
+    y = rng.choice(3, 120, p=pi)
+    y[:3] = [0, 1, 2]
+    X = _rows(rng, y)
+    if perf == "class_accuracy":
+        hub.add(name, X, labels=y, class_accuracy={c: float(rng.uniform(0.3, 1.0)) for c in range(3)})
+    elif perf == "unlabelled":
+        hub.add(name, X)
+    else:
+        yv = rng.choice(3, 60, p=pi)
+        noisy = X.to_numpy() + rng.normal(0, float(rng.uniform(0.5, 4.0)), X.shape)
+        hub.add(name, X, labels=y, model=_model(noisy, y), validation=(_rows(rng, yv), yv))
+
+
+def _answer(hub, q):
+    plan = hub.explain(q, **KW)
+    st = next(s for s in plan.stages if s.name == "shortlist")
+    return ([(m.name, m.score, m.evidence.get("mixture"), m.evidence.get("interval"), m.evidence.get("contributions"),
+              m.evidence.get("pooled_entries")) for m in plan.matches], st.actual, st.detail)
+
+
+def _uncached(hub, q, monkeypatch):
+    with monkeypatch.context() as m:
+        m.setattr(AC.ScreenCache, "get", lambda self, txn, names: AC.screen_data(txn, names))
+        return _answer(hub, q)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_warm_cache_answers_as_every_record_read(tmp_path, seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    kinds = ["validation"] * 7 + ["class_accuracy"] * 3 + ["unlabelled"] * 2
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i, kind in enumerate(rng.permutation(kinds)):
+            _add(hub, rng, f"e{i:02d}", kind)
+        q = _rows(rng, rng.choice(3, 150, p=rng.dirichlet(np.ones(3))))
+        q2 = q[["x2", "x0", "x3"]]                   # another schema: other columns, other order
+        for step in range(4):
+            for query in (q, q2, q):                  # cold, the other schema, warm again
+                assert _answer(hub, query) == _uncached(hub, query, monkeypatch)
+            assert hub._indexes.accuracy.generation is not None
+            if step == 0:
+                _add(hub, rng, "new", "validation")   # a new generation: the cache must see the entry
+            elif step == 1:
+                hub.remove("e03")
+            elif step == 2:
+                _add(hub, rng, "new2", "class_accuracy")
+
+
+def test_the_cached_pool_is_read_only(tmp_path):
+    rng = np.random.default_rng(4)
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(10):
+            _add(hub, rng, f"e{i}", "validation")
+        q = _rows(rng, rng.choice(3, 80))
+        hub.search(q, **KW)
+        with hub.store.read() as txn:
+            data = hub._indexes.accuracy.get(txn, list(q.columns))
+        assert len(data.keys) == 10 and data.pool["entries"] == 10
+        for a in (data.recalls, data.pool["count"], data.pool["cls"]):
+            with pytest.raises(ValueError):
+                a[...] = 0
+        # the same object serves the next query of the schema; another schema gets its own
+        with hub.store.read() as txn:
+            assert hub._indexes.accuracy.get(txn, list(q.columns)) is data
+            assert hub._indexes.accuracy.get(txn, ["x1"]) is not data
+
+
+def test_schemas_beyond_the_limit_are_dropped_least_recent_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(AC, "MAX_SCHEMAS", 2)
+    rng = np.random.default_rng(5)
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(4):
+            _add(hub, rng, f"e{i}", "validation")
+        cache = hub._indexes.accuracy
+        with hub.store.read() as txn:
+            a = cache.get(txn, ["x0"])
+            cache.get(txn, ["x1"])
+            assert cache.get(txn, ["x0"]) is a       # used again: now the most recent
+            cache.get(txn, ["x2"])                   # drops ["x1"]
+            assert cache.get(txn, ["x0"]) is a
+            assert list(cache._data) == [("x2",), ("x0",)]
