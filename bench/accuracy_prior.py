@@ -67,7 +67,7 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
 
     wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, HELD_OUT, registration)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
-                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss")}
+                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss", "rows")}
     cls_index = {c: i for i, c in enumerate(labels)}
     for t, df in wl.targets.items():
         qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
@@ -104,7 +104,7 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
                          ("pr", hit / np.maximum(mass, 1e-12)), ("ok", (mass > A.PROXY_MIN_MASS) & (m.n > 0)),
                          ("pv", m.pv), ("pv_n", m.pv_n), ("pi", pi), ("acc", wl.accuracy[t][s]),
                          ("pop", wl.population[t][s]), ("gpr", gq["gpr"]), ("gpr1", gq["gpr1"]),
-                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss)):
+                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss), ("rows", len(df))):
                 cols[k].append(v)
     path = out / f"{ds}_{seed}{_suffix(registration)}.npz"
     np.savez(path, **{k: np.array(v) for k, v in cols.items()})
@@ -183,8 +183,10 @@ def predict(z: dict, coef, pseudo: float, conf: bool = True, recall: bool = Fals
     r0 = np.where(z["ok"], r0, z["r_max"][:, None] * A.curve(z["n"]))
     r0 = np.where(z["n"] > 0, r0, 0.0)
     r = (z["diag"] + pseudo * r0) / (z["n_val"] + pseudo)
-    pv = (z["pv"] + 1.0) / (z["pv_n"] + 2.0)
-    use = z["ok"] & (z["pv_n"] >= A.SHIFT_MIN_VAL)
+    pv = z["pv"]                          # stored as the engine keeps it: (hits + 1) / (n + 2)
+    mass = z["pi"] * z["rows"][:, None]   # the class's query rows (EM's responsibilities sum to n x pi)
+    use = (z["ok"] & (z["pv_n"] >= A.SHIFT_MIN_VAL) & (mass >= A.SHIFT_MIN_VAL)
+           & (pv - z["pr"] > A.SHIFT_Z * A.shift_se(pv, z["pv_n"], z["pr"], mass)))
     r = r * np.where(use, np.sqrt(np.minimum(1.0, (z["pr"] + 0.02) / (pv + 0.02))), 1.0)
     return r if recall else (r * z["pi"]).sum(axis=1)
 

@@ -159,27 +159,60 @@ def test_no_shift_keeps_the_validation_recall(tmp_path):
 def test_shifted_recall_formula_on_a_constructed_case():
     """Proxy recall per class from responsibilities and the proxy's labels; the prior is the
     logistic model of PRIOR_COEF_NO_CONF (no confidence stored); the shift factor applies only to
-    classes with SHIFT_MIN_VAL validation rows."""
+    classes with SHIFT_MIN_VAL validation rows and query rows, whose drop exceeds SHIFT_Z standard
+    errors."""
     labels = [0, 1]
     rec = {"labels": [0, 1], "counts": np.array([40, 40])}
     C = np.array([[20, 0], [0, 5]])                                   # class 1: 5 validation rows
     perf = {"source": "validation", "labels": [0, 1], "recall": np.array([1.0, 1.0]), "confusion": C,
             "validation_accuracy": 1.0, "proxy_hits": np.array([20, 5]), "proxy_n": np.array([20, 5])}
-    w = np.array([[1.0, 0.0]] * 8 + [[0.0, 1.0]] * 4)                # 8 rows of class 0, 4 of class 1
-    pred = np.array([0] * 2 + [1] * 6 + [1] * 4)                      # the proxy gets 2 of 8 class-0 rows
-    r, shift = A.shifted_recall(A._Model(perf, rec, labels), pred, w)
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     b = A.PRIOR_COEF_NO_CONF           # 1, logit(validation accuracy 1 -> clipped), log 40, log(40 / 80), logit(proxy)
-    r0 = sig(b[0] + b[1] * np.log(0.999 / 0.001) + b[2] * np.log(40.0) + b[3] * np.log(0.5)
-             + b[4] * A._logit(np.array([0.25, 1.0])))
-    base = (np.diag(C) + A.PRIOR_PSEUDO_NO_CONF * r0) / (C.sum(axis=1) + A.PRIOR_PSEUDO_NO_CONF)
-    f0 = np.sqrt((0.25 + 0.02) / (21 / 22 + 0.02))
+    pv = 21 / 22
+
+    def case(n0, hits0):
+        """``n0`` query rows of class 0 (the proxy labels ``hits0`` of them 0), 4 of class 1."""
+        w = np.array([[1.0, 0.0]] * n0 + [[0.0, 1.0]] * 4)
+        pred = np.array([0] * hits0 + [1] * (n0 - hits0) + [1] * 4)
+        r, shift = A.shifted_recall(A._Model(perf, rec, labels), pred, w)
+        pr = hits0 / n0
+        r0 = sig(b[0] + b[1] * np.log(0.999 / 0.001) + b[2] * np.log(40.0) + b[3] * np.log(0.5)
+                 + b[4] * A._logit(np.array([pr, 1.0])))
+        base = (np.diag(C) + A.PRIOR_PSEUDO_NO_CONF * r0) / (C.sum(axis=1) + A.PRIOR_PSEUDO_NO_CONF)
+        return r, shift, base, pr
+
+    # 16 rows, 4 recognized: a drop of .70 against 2 standard errors of .24 -> discounted
+    r, shift, base, pr = case(16, 4)
+    se = np.sqrt(pv * (1 - pv) / 20 + pr * (1 - pr) / 16)
+    assert pv - pr > A.SHIFT_Z * se
+    f0 = np.sqrt((pr + 0.02) / (pv + 0.02))
     np.testing.assert_allclose(shift, [f0, 1.0], rtol=1e-12)
     np.testing.assert_allclose(r, base * [f0, 1.0], rtol=1e-12)
+    # 16 rows, 12 recognized: a drop of .20 within the noise -> not discounted
+    r, shift, base, pr = case(16, 12)
+    assert 0 < pv - pr < A.SHIFT_Z * np.sqrt(pv * (1 - pv) / 20 + pr * (1 - pr) / 16)
+    np.testing.assert_array_equal(shift, [1.0, 1.0])
+    np.testing.assert_allclose(r, base, rtol=1e-12)
+    # 8 rows (under SHIFT_MIN_VAL), 2 recognized: too few query rows to discount
+    r, shift, base, pr = case(8, 2)
+    np.testing.assert_array_equal(shift, [1.0, 1.0])
     # no query rows, or a class_accuracy performance: the stored recalls
+    w = np.array([[1.0, 0.0]] * 8 + [[0.0, 1.0]] * 4)
+    pred = np.array([0] * 2 + [1] * 6 + [1] * 4)
     np.testing.assert_array_equal(A.shifted_recall(A._Model(perf, rec, labels), None, None)[0], [1.0, 1.0])
     given = {"source": "class_accuracy", "labels": [0, 1], "recall": np.array([0.7, 0.4])}
     np.testing.assert_array_equal(A.shifted_recall(A._Model(given, rec, labels), pred, w)[0], [0.7, 0.4])
+
+
+def test_shift_se_against_its_formula(rng):
+    """shift_se on random inputs equals the two binomial variances summed, with the query side's
+    recall clipped to [0.02, 0.98] and counts of 0 taken as 1 row (validation) / 1e-12 (mass)."""
+    for size in (0, 1, 7):
+        pv, pr = rng.uniform(0, 1, size), rng.uniform(0, 1, size)
+        pv_n, mass = rng.integers(0, 50, size).astype(float), rng.uniform(0, 100, size)
+        want = [np.sqrt(a * (1 - a) / max(n, 1.0) + min(max(b, 0.02), 0.98) * (1 - min(max(b, 0.02), 0.98))
+                        / max(m, 1e-12)) for a, b, n, m in zip(pv, pr, pv_n, mass)]
+        np.testing.assert_allclose(A.shift_se(pv, pv_n, pr, mass), want, rtol=1e-12)
 
 
 # ------------------------------------------------------------------ command line
