@@ -79,7 +79,8 @@ def shifted_recalls(M: Models, preds: np.ndarray | None, w: np.ndarray | None) -
     r0 = np.where(ok, r0, M.curve)
     ps = M.pseudo[:, None]
     r = (M.diag + ps * r0) / (M.n_val + ps)
-    use = ok & (M.pv_n >= A.SHIFT_MIN_VAL) & M.has_pv[:, None]
+    use = ok & (M.pv_n >= A.SHIFT_MIN_VAL) & (mass >= A.SHIFT_MIN_VAL) & \
+        (M.pv - pr > A.SHIFT_Z * A.shift_se(M.pv, M.pv_n, pr, mass)) & M.has_pv[:, None]
     shift = np.where(use, np.sqrt(np.minimum(1.0, (pr + 0.02) / (M.pv + 0.02))), 1.0)
     out[M.live] = r * shift
     return out
