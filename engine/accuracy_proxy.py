@@ -24,6 +24,7 @@ import numpy as np
 from .accuracy_pool import PROXY_TEMPERATURE, SMOOTHING, _counts, query_index
 
 _BLOCK_FLOATS = 1 << 22     # (query pairs x candidates x classes) floats of logP held at once (32 MiB)
+_DENSE_IDS = 1 << 24        # (column, bucket) grid cells numbered by a lookup table instead of a sort
 
 
 def own_predictions_many(qb: dict, n_rows: int, items: list, labels: list, names: list[str],
@@ -38,88 +39,83 @@ def own_predictions_many(qb: dict, n_rows: int, items: list, labels: list, names
     prior = np.stack([_counts(rec, labels) for rec, _ in items])                 # (E, K)
     with np.errstate(divide="ignore"):
         logprior = np.log(prior / np.maximum(prior.sum(axis=1, keepdims=True), 1.0))
-    logprior[prior <= 0] = -np.inf
-    uq = qx["uq"]
-    if len(uq) == 0:
-        ll = None
-    else:
-        ll = _logliks(qb, n_rows, items, labels, names, qx)                    # (n_rows, E, K) or None
-    out = []
-    for e in range(E):
-        # the reference adds the prior to the row-major (n_rows, K) loglik of one candidate
-        score = (np.zeros((n_rows, K)) if ll is None or ll[e] is None else ll[e]) + logprior[e]
-        score[:, prior[e] <= 0] = -np.inf
-        out.append(score.argmax(axis=1).astype(np.int64))
-    return out
+    out = np.empty((E, n_rows), np.int64)
+    for lo, hi, ll in _logliks(qb, n_rows, items, labels, names, qx):           # ll: (n_rows, B, K)
+        # the reference adds the prior to each candidate's (n_rows, K) loglik, -inf where it saw no row
+        score = ll + logprior[None, lo:hi, :]
+        score[np.broadcast_to(prior[None, lo:hi, :] <= 0, score.shape)] = -np.inf
+        out[lo:hi] = score.argmax(axis=2).T
+    return list(out)
 
 
-def _logliks(qb: dict, n_rows: int, items: list, labels: list, names: list[str], qx: dict) -> list:
-    """Per candidate, its tempered (n_rows, K) naive-Bayes log-likelihoods (accuracy_pool.loglik of
-    its own pool at ``PROXY_TEMPERATURE``), or None where the reference returns zeros."""
+def _logliks(qb: dict, n_rows: int, items: list, labels: list, names: list[str], qx: dict):
+    """Yield ``(lo, hi, ll)``: the tempered (n_rows, hi - lo, K) naive-Bayes log-likelihoods of
+    candidates ``lo .. hi-1`` (accuracy_pool.loglik of each one's own pool at ``PROXY_TEMPERATURE``;
+    0 where the reference returns zeros: no pooled column with a query value)."""
     E, K = len(items), len(labels)
     uq = qx["uq"]
+    if len(uq) == 0:
+        yield 0, E, np.zeros((n_rows, E, K))
+        return
     ncol = int(uq[-1] >> 33) + 1
     j_of = {names[j]: j for j in qb if j < ncol}
-    pj = np.array([j_of.get(c, -1) for c in names] or [-1], dtype=np.int64)  # pool column -> query column
+    pj = np.array([j_of.get(c, -1) for c in names] + [-1], dtype=np.int64)     # pool column -> query column
+    # the candidates' records concatenated, their features mapped through each one's alignment
+    # (accuracy_pool.pool) and their classes into ``labels``
     index = {c: i for i, c in enumerate(labels)}
-    ent, cls, col, bucket, count = [], [], [], [], []
-    for e, (rec, fmap) in enumerate(items):            # accuracy_pool.pool, one candidate at a time
-        remap = np.array([index[c] for c in rec["labels"]], dtype=np.int64)
-        f = np.asarray(rec["feat"], np.int64)
-        fm = np.full(max(int(f.max()) + 1 if f.size else 0, max(fmap, default=-1) + 1), -1, dtype=np.int64)
-        for sf, tj in fmap.items():
-            fm[sf] = tj
-        c = fm[f] if f.size else np.zeros(0, np.int64)
-        keep = c >= 0
-        c = c[keep]
-        c = np.where(c < len(pj), pj[np.minimum(c, len(pj) - 1)], -1)            # the query column, or -1
-        k2 = c >= 0
-        idx = np.flatnonzero(keep)[k2]
-        ent.append(np.full(len(idx), e, np.int64))
-        cls.append(remap[np.asarray(rec["cls"], np.int64)[idx]])
-        col.append(c[k2])
-        bucket.append(np.asarray(rec["bucket"], np.int64)[idx])
-        count.append(np.asarray(rec["count"], np.float64)[idx])
-    ent, cls, col, bucket, count = (np.concatenate(x) for x in (ent, cls, col, bucket, count))
-    # dense ids of every (column, bucket) of the candidates' pools and of the query
+    sizes = np.array([len(rec["feat"]) for rec, _ in items], dtype=np.int64)
+    ent = np.repeat(np.arange(E), sizes)
+    n_f = max([int(np.max(rec["feat"])) + 1 for rec, _ in items if len(rec["feat"])] +
+              [max(fmap, default=-1) + 1 for _, fmap in items] + [1])
+    fm = np.full((E, n_f), len(pj) - 1, dtype=np.int64)                         # -> pj's trailing -1
+    k_max = max(len(rec["labels"]) for rec, _ in items)
+    remap = np.zeros((E, k_max), dtype=np.int64)
+    for e, (rec, fmap) in enumerate(items):
+        if fmap:
+            fm[e, list(fmap)] = np.minimum(list(fmap.values()), len(pj) - 1)
+        remap[e, :len(rec["labels"])] = [index[c] for c in rec["labels"]]
+    cat = lambda k, dt: np.concatenate([np.asarray(rec[k], dt) for rec, _ in items])  # noqa: E731
+    feat = cat("feat", np.int64)
+    col = pj[fm[ent, feat]] if len(feat) else np.zeros(0, np.int64)             # the query column, or -1
+    keep = np.flatnonzero(col >= 0)
+    ent, col = ent[keep], col[keep]
+    cls = remap[ent, cat("cls", np.int64)[keep]]
+    bucket = cat("bucket", np.int64)[keep]
+    count = cat("count", np.float64)[keep]
+    # dense ids of every (column, bucket) of the candidates' pools and of the query's pairs
     ucol_all = uq >> 33
     qcols = np.unique(ucol_all)                                                 # the query's columns with values
-    ckey = col * (1 << 33) + (bucket + (1 << 32))
-    cb, cb_inv = np.unique(np.concatenate([ckey, uq]), return_inverse=True)
-    cb_inv = cb_inv.ravel()
-    cb_row, cb_q = cb_inv[:len(ckey)], cb_inv[len(ckey):]                      # rows' and query pairs' ids
-    n_cb = len(cb)
-    cb_col = cb >> 33
-    # per candidate: which columns its pool has, N_j, N_jc, and the present (column, bucket)s
+    ub_all = (uq & ((1 << 33) - 1)) - (1 << 32)
+    cb_row, cb_q, cb_col = _cell_ids(col, bucket, ucol_all, ub_all, ncol)
+    n_cb = len(cb_col)
     has = np.zeros((E, ncol), bool)
     has[ent, col] = True
     Ntot = np.bincount(ent * ncol + col, weights=count, minlength=E * ncol).reshape(E, ncol)
     q_of = np.full(n_cb, -1, np.int64)
     q_of[cb_q] = np.arange(len(uq))
-    out = [None] * E
     U = len(uq)
-    step = max(1, _BLOCK_FLOATS // max(U * K, 1))
+    step = max(1, _BLOCK_FLOATS // max(U * K, n_cb, 1))
     S = qx["S"]
-    for lo in range(0, E, step):
+    starts = np.searchsorted(ent, np.arange(0, E + step, step))                 # ent is sorted
+    for bi, lo in enumerate(range(0, E, step)):
         hi = min(E, lo + step)
         B = hi - lo
-        sel = (ent >= lo) & (ent < hi)
-        e_b, cb_b, cnt_b, cls_b = ent[sel] - lo, cb_row[sel], count[sel], cls[sel]
-        Nc = np.bincount((e_b * ncol + col[sel]) * K + cls_b, weights=cnt_b, minlength=B * ncol * K).reshape(B, ncol, K)
+        sl = slice(starts[bi], starts[bi + 1])
+        e_b, cb_b, cnt_b, cls_b, col_b = ent[sl] - lo, cb_row[sl], count[sl], cls[sl], col[sl]
+        Nc = np.bincount((e_b * ncol + col_b) * K + cls_b, weights=cnt_b, minlength=B * ncol * K).reshape(B, ncol, K)
         M = np.bincount(e_b * n_cb + cb_b, weights=cnt_b, minlength=B * n_cb).reshape(B, n_cb)   # all-class
         pres = np.bincount(e_b * n_cb + cb_b, minlength=B * n_cb).reshape(B, n_cb) > 0           # pool keys
         hb = has[lo:hi]                                                         # (B, ncol)
         mask = hb[:, ucol_all]                                                  # (B, U): uq_m of each
         # V_j: distinct buckets of the pool and of the query's pairs, in the columns the pool has
-        qpres = np.zeros((B, n_cb), bool)
-        qpres[:, cb_q] = mask
+        un = pres.copy()
+        un[:, cb_q] |= mask
         V = np.zeros((B, ncol))
-        un = pres | qpres
-        bi, ci = np.nonzero(un)
-        np.add.at(V, (bi, cb_col[ci]), 1.0)
+        r, c = np.nonzero(un)
+        np.add.at(V, (r, cb_col[c]), 1.0)
         Mmax = np.zeros((B, ncol))
-        bi, ci = np.nonzero(pres)
-        np.maximum.at(Mmax, (bi, cb_col[ci]), M[bi, ci])
+        r, c = np.nonzero(pres)
+        np.maximum.at(Mmax, (r, cb_col[c]), M[r, c])
         Nt = Ntot[lo:hi]
         Mu = M[:, cb_q]                                                         # (B, U)
         with np.errstate(divide="ignore", invalid="ignore"):   # inf only in columns the pool lacks (unused)
@@ -133,11 +129,35 @@ def _logliks(qb: dict, n_rows: int, items: list, labels: list, names: list[str],
         # (U, B, K): each candidate's logP side by side, 0 outside the columns its pool has
         logP = np.ascontiguousarray(np.where(mask[:, :, None], val, 0.0).transpose(1, 0, 2))
         ll = np.asarray(S @ logP.reshape(U, B * K)).reshape(n_rows, B, K)
+        # effective features: per candidate, the same 1-D sum the reference takes
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eff_terms = 1.0 - (Mmax + 1.0) / (Nt + V)                           # (B, ncol)
+        div = np.ones(B)
         for b in range(B):
-            e = lo + b
-            if not mask[b].any() or not hb[b].any():
-                continue                                                        # the reference's zeros
-            used = qcols[hb[b, qcols]]                                          # = np.unique(ucol of uq_m)
-            effective = float(np.sum(1.0 - (Mmax[b, used] + 1.0) / (Nt[b, used] + V[b, used])))
-            out[e] = ll[:, b, :] / (PROXY_TEMPERATURE * max(effective, 1e-3))
-    return out
+            if mask[b].any():
+                used = qcols[hb[b, qcols]]                                      # = np.unique(ucol of uq_m)
+                div[b] = PROXY_TEMPERATURE * max(float(np.sum(eff_terms[b, used])), 1e-3)
+        yield lo, hi, ll / div[None, :, None]
+
+
+def _cell_ids(col: np.ndarray, bucket: np.ndarray, qcol: np.ndarray, qbucket: np.ndarray, ncol: int):
+    """``(ids of the rows' cells, ids of the query's cells, column of each id)``: the distinct
+    (column, bucket) cells of both numbered in (column, bucket) order, by a lookup table over the
+    grid when it is small enough (``_DENSE_IDS``), else by a sort."""
+    b_all = np.concatenate([bucket, qbucket])
+    c_all = np.concatenate([col, qcol])
+    lo = int(b_all.min()) if len(b_all) else 0
+    span = (int(b_all.max()) - lo + 1) if len(b_all) else 1
+    if span * ncol <= _DENSE_IDS:
+        cell = c_all * span + (b_all - lo)
+        used = np.zeros(span * ncol, bool)
+        used[cell] = True
+        ids = np.cumsum(used) - 1
+        inv = ids[cell]
+        cb_col = np.flatnonzero(used) // span
+    else:
+        key = c_all * (1 << 33) + (b_all + (1 << 32))
+        uniq, inv = np.unique(key, return_inverse=True)
+        inv = inv.ravel()
+        cb_col = uniq >> 33
+    return inv[:len(col)], inv[len(col):], cb_col

@@ -59,8 +59,9 @@ def test_equals_the_one_candidate_reference(n_rows, n_cands, seed, monkeypatch):
     labels = sorted({c for rec, _ in items for c in rec["labels"]} | {"z"})   # a class no candidate saw
     qx = A.query_index(qb, n_rows)
     ref = [A.own_predictions(qb, n_rows, rec, fmap, labels, names, qx) for rec, fmap in items]
-    for block in (1 << 22, 50):     # blocks of many candidates, and of one or two
-        monkeypatch.setattr("fitsketch.accuracy_proxy._BLOCK_FLOATS", block)
+    for block, dense in ((1 << 22, 1 << 24), (50, 0)):   # blocks of many candidates / of one or two, cells
+        monkeypatch.setattr("fitsketch.accuracy_proxy._BLOCK_FLOATS", block)   # by lookup table / by sort
+        monkeypatch.setattr("fitsketch.accuracy_proxy._DENSE_IDS", dense)
         got = own_predictions_many(qb, n_rows, items, labels, names, qx)
         assert len(got) == len(ref)
         for g, r in zip(got, ref):
@@ -68,10 +69,10 @@ def test_equals_the_one_candidate_reference(n_rows, n_cands, seed, monkeypatch):
             np.testing.assert_array_equal(g, r)
     assert len(own_predictions_many(qb, n_rows, items, labels, names)) == n_cands   # qx built inside
     if n_rows and len(qx["uq"]) and n_cands:   # the tempered log-likelihoods themselves: equal floats
-        got = _logliks(qb, n_rows, items, labels, names, qx)
-        for (rec, fmap), g in zip(items, got):
+        got = np.concatenate([ll for _, _, ll in _logliks(qb, n_rows, items, labels, names, qx)], axis=1)
+        for e, (rec, fmap) in enumerate(items):
             ref_ll = A.loglik(qb, n_rows, A.pool([(rec, fmap)], labels, names), names, A.PROXY_TEMPERATURE, qx)
-            np.testing.assert_array_equal(np.zeros((n_rows, len(labels))) if g is None else g, ref_ll)
+            np.testing.assert_array_equal(got[:, e, :], ref_ll)
 
 
 def test_a_query_without_values_predicts_each_candidates_most_common_class():
