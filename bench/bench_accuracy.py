@@ -325,6 +325,159 @@ def run_screen(entries: int = 240, n_queries: int = 10, shortlist: int = 16, out
     return summary
 
 
+# ----------------------------------------------------------------------------- speed (--speed)
+# One process per (checkout, hub): it opens the hub, times ``explain(method="accuracy")`` per query
+# (CPU; accuracy_bootstrap 0, then the default 50) and the reference (every labelled entry scored,
+# bench_shortlist.accuracy_reference), prints one JSON line per query, then one cProfile'd query's
+# split. The same code runs in the baseline checkout (e.g. main), so before and after are measured
+# in one run, alternating, on the same hub and queries.
+_SPEED_CHILD = r"""
+import cProfile, json, pstats, sys, time
+from pathlib import Path
+import fitsketch
+from bench import zoos
+from bench.bench_shortlist import accuracy_reference
+hub_dir, first, n, n_ref, boot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+pool = zoos.Pool("digits", seed=0)
+X, y, names = pool.X, pool.y, pool.names
+query = lambda qi: X[zoos.sample_index(y, zoos.QUERY_ROWS, (0, 1, qi))]
+SPLIT = {"query sketch": ("pipeline.py", "make_query"), "stage: exact-js screen": ("screen.py", "_scores"),
+         "stage: accuracy screen": ("accuracy.py", "screen"), "stage: pool": ("accuracy_pool.py", "class_pool_of"),
+         "record decoding (all)": ("codec.py", "unpack"), "MinHash candidates": ("candidates.py", "candidates"),
+         "scorer": ("accuracy.py", "score_accuracy"), "scorer: record reads": ("accuracy.py", "_labelled"),
+         "scorer: pool merge": ("accuracy_pool.py", "merge_pools"),
+         "scorer+stage: mixture loglik": ("accuracy.py", "mixture_loglik"), "EM": ("accuracy.py", "em_mixture"),
+         "scorer: proxies": ("accuracy_pool.py", "own_predictions"),
+         "scorer: proxies (batched)": ("accuracy_proxy.py", "own_predictions_many"),
+         "scorer: estimate (recalls, bootstrap)": ("accuracy.py", "estimate"),
+         "scorer: query buckets/index": ("accuracy_pool.py", "query_index")}
+with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
+    hub.warm()
+    for qi in range(first, first + n):
+        q = query(qi)
+        c = time.process_time()
+        plan = hub.explain(q, k=10, method="accuracy", feature_names=names, accuracy_bootstrap=0)
+        c0 = time.process_time() - c
+        c = time.process_time()
+        if boot:
+            hub.explain(q, k=10, method="accuracy", feature_names=names)
+        c1 = time.process_time() - c
+        c = time.process_time()
+        ref = accuracy_reference(hub, q, names, plan.matches)[0][:10] if qi < first + n_ref else None
+        c2 = time.process_time() - c
+        print(json.dumps({"query": qi, "entries": len(hub), "cpu_s": c0, "cpu_boot_s": c1 if boot else None,
+                          "ref_cpu_s": c2 if ref is not None else None, "ref": ref,
+                          "top": [[m.name, m.score] for m in plan.matches]}), flush=True)
+    pr = cProfile.Profile()
+    q = query(first + n)
+    pr.enable()
+    hub.explain(q, k=10, method="accuracy", feature_names=names, accuracy_bootstrap=0)
+    pr.disable()
+    st = pstats.Stats(pr).stats
+    total = sum(v[2] for v in st.values())
+    split = {k: sum(v[3] for (f, _, fn), v in st.items() if f.endswith(suf) and fn == name)
+             for k, (suf, name) in SPLIT.items()}
+    print(json.dumps({"split": split, "profiled_total_s": total}), flush=True)
+"""
+
+
+def _speed_child(python: str, checkout: str, hub_dir: str, first: int, n: int, n_ref: int, boot: bool) -> list[dict]:
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": checkout}
+    out = subprocess.run([python, "-c", _SPEED_CHILD, hub_dir, str(first), str(n), str(n_ref), str(int(boot))],
+                         cwd=checkout, env=env, capture_output=True, text=True, check=True).stdout
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+def fill_labelled_hub(hub_dir: str, size: int, out=print) -> int:
+    """The digits labelled pool hub of ``bench_shortlist --scale digits`` (zoos.labelled entries, one
+    ``add_sketch(model=, validation=)`` each) grown to ``size`` entries in ``hub_dir``/h.hub."""
+    import fitsketch
+
+    from . import zoos
+    from .bench_shortlist import _add_labelled
+
+    pool = zoos.Pool("digits", seed=0)
+    Path(hub_dir).mkdir(parents=True, exist_ok=True)
+    with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
+        have = len(hub)
+        for lo in range(have, size, 1_000):
+            _add_labelled(hub, lo, zoos.labelled(pool, lo, min(size, lo + 1_000)))
+            out(f"  {hub_dir}: {min(size, lo + 1_000):,} entries")
+        hub.warm()
+        return len(hub)
+
+
+def run_speed(hubs: list[tuple[str, int]], n_queries: int = 6, n_ref: int = 2, baseline: str | None = None,
+              boot: bool = True, rounds: int = 2, out=print, out_dir: Path | None = None, tag: str = "") -> list[dict]:
+    """CPU of ``method="accuracy"`` searches on digits labelled pool hubs (``hubs``: (folder, entries),
+    filled first if smaller), this checkout against ``baseline`` (another checkout, e.g. /work/main,
+    run by its own ``.venv/bin/python``) in the same run: ``rounds`` x (baseline, this), alternating
+    order, each a fresh process over its own ``n_queries`` queries. Per query: explain CPU with
+    ``accuracy_bootstrap=0`` and the default 50, the reference (every labelled entry scored) on the
+    first ``n_ref`` of a process, and whether the two checkouts' top 10 agree (names, scores within
+    1e-9). The first query of a process is reported apart (``first``: this checkout builds its
+    per-generation cache there). A cProfile'd query per process gives the split by stage."""
+    import os
+
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    this = str(Path(__file__).resolve().parents[1])
+    sides = [("this", os.path.join(this, ".venv", "bin", "python"), this)]
+    if baseline:
+        sides.insert(0, ("baseline", os.path.join(baseline, ".venv", "bin", "python"), baseline))
+    rows, per_query, splits = [], [], []
+    for hub_dir, size in hubs:
+        n = fill_labelled_hub(hub_dir, size, out)
+        w = f"digits labelled pool zoo, {n} entries"
+        got = {name: [] for name, _, _ in sides}
+        for r in range(rounds):
+            for name, py, checkout in (sides if r % 2 == 0 else sides[::-1]):
+                first = 1000 + r * (n_queries + 1)
+                res = _speed_child(py, checkout, hub_dir, first, n_queries, n_ref, boot)
+                for x in res[:-1]:
+                    x.update(side=name, entries=n, round=r, first=x["query"] == first)
+                    got[name].append(x)
+                    per_query.append({k: v for k, v in x.items() if k not in ("top", "ref")})
+                splits.append({"side": name, "entries": n, "round": r, **res[-1]})
+                out(f"  {w}, {name}, round {r}: query CPU " + ", ".join(f"{x['cpu_s']:.2f}" for x in res[:-1])
+                    + " s; split " + ", ".join(f"{k} {v:.2f}" for k, v in res[-1]["split"].items() if v > 0.005))
+        agree = []
+        if baseline:
+            top = {(x["query"]): x["top"] for x in got["baseline"]}
+            for x in got["this"]:
+                b = top.get(x["query"])
+                if b is not None:
+                    agree.append([m for m, _ in b] == [m for m, _ in x["top"]]
+                                 and max((abs(s1 - s2) for (_, s1), (_, s2) in zip(b, x["top"])), default=0.0) <= 1e-9)
+        for name, _, _ in sides:
+            xs = got[name]
+            warm = [x for x in xs if not x["first"]]
+            c50 = float(np.median([x["cpu_s"] for x in warm]))
+            cb = float(np.median([x["cpu_boot_s"] for x in warm])) if boot else None
+            cf = float(np.median([x["cpu_s"] for x in xs if x["first"]]))
+            refs = [x["ref_cpu_s"] for x in xs if x["ref_cpu_s"] is not None]
+            cr = float(np.median(refs)) if refs else None
+            out(f"  {w}: {name}: explain CPU p50 {c50:.3f} s (first query of a process {cf:.2f} s), with the "
+                f"default bootstrap {cb if cb is None else round(cb, 3)} s, reference {cr if cr is None else round(cr, 2)} "
+                f"s a query" + (f"; top 10 equal to the baseline's {sum(agree)}/{len(agree)}" if name == "this" and
+                                baseline else ""))
+            base = None
+            if name == "this" and baseline:
+                bx = [x for x in got["baseline"] if not x["first"]]
+                base = float(np.median([x["cpu_s"] for x in bx]))
+            rows += [H.row(ctx, "accuracy_speed", w, name, "explain_cpu_p50", c50, unit="s", queries=len(warm),
+                           first_query_cpu_s=cf, bootstrap50_cpu_p50_s=cb, reference_cpu_p50_s=cr,
+                           baseline=None if base is None else f"baseline checkout {baseline}", baseline_value=base,
+                           top10_equal=sum(agree) if name == "this" else None, compared=len(agree))]
+    H.write_suite(f"accuracy_speed{tag}", rows, out=Path(out_dir or H.RESULTS),
+                  env=env, tables={"per_query": per_query, "split": splits, "notes": [run_speed.__doc__.split("\n\n")[0]]})
+    return rows
+
+
 def suite(opts: H.Options) -> dict:
     return run(quick=opts.quick, out_dir=opts.out_dir, do_tune=bool(opts.extra.get("tune")),
                registration=opts.extra.get("registration") or REGISTRATION)
@@ -339,7 +492,20 @@ def main(argv=None) -> int:
                    help="what each model is registered with besides its labels (register)")
     p.add_argument("--entries", type=int, default=240, help="with --screen: labelled entries")
     p.add_argument("--queries", type=int, default=10, help="with --screen: queries")
+    p.add_argument("--speed", default=None,
+                   help="instead: CPU of accuracy searches on labelled pool hubs DIR:ENTRIES[,DIR:ENTRIES] (run_speed)")
+    p.add_argument("--baseline", default=None, help="with --speed: the checkout to compare with (e.g. /work/main)")
+    p.add_argument("--reference-queries", type=int, default=2, help="with --speed: queries a process also scores "
+                   "every labelled entry (the reference)")
+    p.add_argument("--rounds", type=int, default=2, help="with --speed: processes per checkout and hub")
+    p.add_argument("--no-bootstrap", action="store_true", help="with --speed: skip the default-bootstrap search")
+    p.add_argument("--tag", default="", help="with --speed: suffix of the result file")
     a = p.parse_args(argv)
+    if a.speed:
+        hubs = [(d, int(s)) for d, s in (x.rsplit(":", 1) for x in a.speed.split(","))]
+        run_speed(hubs, a.queries, a.reference_queries, a.baseline, not a.no_bootstrap, a.rounds, out_dir=a.out,
+                  tag=a.tag)
+        return 0
     if a.screen:
         run_screen(a.entries, a.queries, out_dir=a.out)
         return 0
