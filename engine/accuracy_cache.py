@@ -11,7 +11,8 @@ code the stage ran before (``class_pool_of``, ``recall_vector``, the same entry 
 stage's scores are bit-identical with or without it (tests/test_accuracy_cache.py); the query's
 rows then cost an EM over the pool and one matrix product.
 
-Held: the pool (histograms summed per class and query column, and the class Gaussians' parts), the
+Held: the pool (histograms summed per class and query column, and the class Gaussians' parts with
+their per-class sum), the
 (entries, classes) matrix of stored recalls and the entries' keys: ~1 KB an entry (no class
 record is kept). ``MAX_SCHEMAS`` query schemas per generation, least recently used dropped. The
 arrays are read-only: a caller that writes into a pool it was given gets an error, not a changed
@@ -68,7 +69,13 @@ def screen_data(txn, names: list[str]) -> ScreenData:
     recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries])
     given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
     parts = (pl.get("gauss") or {}).get("parts") or []
-    for a in (recalls, given, pl["col"], pl["cls"], pl["bucket"], pl["count"],
+    comb = ()
+    if parts:   # the class Gaussians summed once (accuracy_gauss.combined), not per query
+        from .accuracy_gauss import combined
+
+        pl["gauss"] = {**pl["gauss"], "_combined": combined(pl["gauss"])}
+        comb = pl["gauss"]["_combined"][1:]
+    for a in (recalls, given, pl["col"], pl["cls"], pl["bucket"], pl["count"], *comb,
               *(p[x] for p in parts for x in ("n", "mean", "scatter"))):
         a.setflags(write=False)
     return ScreenData([key for key, _, _, _ in entries], pl, recalls, given, frozenset(damaged), frozenset(labelled))

@@ -109,3 +109,28 @@ def test_schemas_beyond_the_limit_are_dropped_least_recent_first(tmp_path, monke
             cache.get(txn, ["x2"])                   # drops ["x1"]
             assert cache.get(txn, ["x0"]) is a
             assert list(cache._data) == [("x2",), ("x0",)]
+
+
+def test_the_cached_gaussians_are_summed_once_and_equal_a_fresh_sum(tmp_path):
+    """A hub added with numeric columns carries class Gaussians: the cache keeps their per-class sum
+    (accuracy_gauss.combined), equal to summing the parts again, and a pool received from outside
+    (check_gauss_pool) never carries it."""
+    from fitsketch import accuracy_gauss as G
+
+    rng = np.random.default_rng(6)
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(10):
+            _add(hub, rng, f"e{i}", "validation")
+        q = _rows(rng, rng.choice(3, 80))
+        with hub.store.read() as txn:
+            gp = hub._indexes.accuracy.get(txn, list(q.columns)).pool["gauss"]
+    assert gp is not None and "_combined" in gp
+    fresh = G.combined({k: v for k, v in gp.items() if k != "_combined"})
+    assert gp["_combined"][0] == fresh[0]
+    for a, b in zip(gp["_combined"][1:], fresh[1:]):
+        np.testing.assert_array_equal(a, b)
+    assert G.merge_gauss_pools([gp]) is gp
+    assert "_combined" not in G.check_gauss_pool(gp)
+    labels = [0, 1, 2]
+    np.testing.assert_array_equal(G.gauss_loglik(q, gp, labels),
+                                  G.gauss_loglik(q, {k: v for k, v in gp.items() if k != "_combined"}, labels))
