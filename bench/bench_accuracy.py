@@ -478,6 +478,43 @@ def run_speed(hubs: list[tuple[str, int]], n_queries: int = 6, n_ref: int = 2, b
     return rows
 
 
+def run_gauss_sum(n_parts: int = 10_000, K: int = 10, n_rows: int = 600, seed: int = 0, out=print) -> dict:
+    """CPU of a query's class-Gaussian log-likelihoods over a pool of ``n_parts`` entries' Gaussians
+    (synthetic parts, ``K`` classes, ``n_rows`` query rows): as the scorer paid it before the pool's
+    per-class sum was cached (the parts re-sorted by digest and summed, twice: the stage's mixture
+    and the scorer's) and now (``accuracy_gauss.combined`` kept by accuracy_cache), equal results."""
+    import time
+
+    import pandas as pd
+    from fitsketch import accuracy_gauss as G
+
+    rng = np.random.default_rng(seed)
+    D = G.GAUSS_DIM
+    parts = []
+    for _ in range(n_parts):
+        n = rng.integers(1, 50, K).astype(np.float64)
+        A = rng.normal(size=(K, D, D))
+        parts.append(G._part(list(range(K)), n, rng.normal(size=(K, D)),
+                             G._tri(np.einsum("kij,klj->kil", A, A) * n[:, None, None])))
+    cols = [f"c{i}" for i in range(64)]
+    gp = {"columns": [[c, c] for c in cols], "parts": G._sorted_parts(parts)}
+    frame = pd.DataFrame(rng.normal(size=(n_rows, len(cols))), columns=cols)
+    c = time.process_time()
+    for _ in range(2):   # before: each of the two calls re-sorted and re-summed every part
+        old = G.gauss_loglik(frame, {"columns": gp["columns"], "parts": G._sorted_parts(list(gp["parts"]))},
+                             list(range(K)))
+    before = time.process_time() - c
+    cached = {**gp, "_combined": G.combined(gp)}
+    c = time.process_time()
+    for _ in range(2):
+        new = G.gauss_loglik(frame, G.merge_gauss_pools([cached]), list(range(K)))
+    after = time.process_time() - c
+    res = {"parts": n_parts, "before_cpu_s": before, "after_cpu_s": after, "equal": bool(np.array_equal(old, new))}
+    out(f"class-Gaussian log-likelihoods of one query over {n_parts:,} parts: {before:.3f} s CPU before, "
+        f"{after:.3f} s with the cached sum; equal {res['equal']}")
+    return res
+
+
 def suite(opts: H.Options) -> dict:
     return run(quick=opts.quick, out_dir=opts.out_dir, do_tune=bool(opts.extra.get("tune")),
                registration=opts.extra.get("registration") or REGISTRATION)
@@ -500,7 +537,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="with --speed: processes per checkout and hub")
     p.add_argument("--no-bootstrap", action="store_true", help="with --speed: skip the default-bootstrap search")
     p.add_argument("--tag", default="", help="with --speed: suffix of the result file")
+    p.add_argument("--gauss-sum", type=int, default=None,
+                   help="instead: a query's class-Gaussian log-likelihoods over this many parts, before / after caching their sum")
     a = p.parse_args(argv)
+    if a.gauss_sum:
+        run_gauss_sum(a.gauss_sum)
+        return 0
     if a.speed:
         hubs = [(d, int(s)) for d, s in (x.rsplit(":", 1) for x in a.speed.split(","))]
         run_speed(hubs, a.queries, a.reference_queries, a.baseline, not a.no_bootstrap, a.rounds, out_dir=a.out,
