@@ -332,10 +332,10 @@ def run_screen(entries: int = 240, n_queries: int = 10, shortlist: int = 16, out
 # split. The same code runs in the baseline checkout (e.g. main), so before and after are measured
 # in one run, alternating, on the same hub and queries.
 _SPEED_CHILD = r"""
-import cProfile, json, pstats, sys, time
+import cProfile, json, pstats, sys
 from pathlib import Path
 import fitsketch
-from bench import zoos
+from bench import harness as H, zoos
 from bench.bench_shortlist import accuracy_reference
 hub_dir, first, n, n_ref, boot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 pool = zoos.Pool("digits", seed=0)
@@ -355,18 +355,14 @@ with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
     hub.warm()
     for qi in range(first, first + n):
         q = query(qi)
-        c = time.process_time()
-        plan = hub.explain(q, k=10, method="accuracy", feature_names=names, accuracy_bootstrap=0)
-        c0 = time.process_time() - c
-        c = time.process_time()
+        t = [H.Samples() for _ in range(3)]
+        plan = t[0].call(hub.explain, q, k=10, method="accuracy", feature_names=names, accuracy_bootstrap=0)
         if boot:
-            hub.explain(q, k=10, method="accuracy", feature_names=names)
-        c1 = time.process_time() - c
-        c = time.process_time()
-        ref = accuracy_reference(hub, q, names, plan.matches)[0][:10] if qi < first + n_ref else None
-        c2 = time.process_time() - c
-        print(json.dumps({"query": qi, "entries": len(hub), "cpu_s": c0, "cpu_boot_s": c1 if boot else None,
-                          "ref_cpu_s": c2 if ref is not None else None, "ref": ref,
+            t[1].call(hub.explain, q, k=10, method="accuracy", feature_names=names)
+        ref = t[2].call(accuracy_reference, hub, q, names, plan.matches)[0][:10] if qi < first + n_ref else None
+        print(json.dumps({"query": qi, "entries": len(hub), "cpu_s": t[0].cpu[0],
+                          "cpu_boot_s": t[1].cpu[0] if boot else None,
+                          "ref_cpu_s": t[2].cpu[0] if ref is not None else None, "ref": ref,
                           "top": [[m.name, m.score] for m in plan.matches]}), flush=True)
     pr = cProfile.Profile()
     q = query(first + n)
@@ -499,16 +495,15 @@ def run_gauss_sum(n_parts: int = 10_000, K: int = 10, n_rows: int = 600, seed: i
     cols = [f"c{i}" for i in range(64)]
     gp = {"columns": [[c, c] for c in cols], "parts": G._sorted_parts(parts)}
     frame = pd.DataFrame(rng.normal(size=(n_rows, len(cols))), columns=cols)
-    c = time.process_time()
+    t_old, t_new = H.Samples(), H.Samples()
     for _ in range(2):   # before: each of the two calls re-sorted and re-summed every part
-        old = G.gauss_loglik(frame, {"columns": gp["columns"], "parts": G._sorted_parts(list(gp["parts"]))},
-                             list(range(K)))
-    before = time.process_time() - c
+        old = t_old.call(lambda: G.gauss_loglik(frame, {"columns": gp["columns"],
+                                                        "parts": G._sorted_parts(list(gp["parts"]))}, list(range(K))))
+    before = sum(t_old.cpu)
     cached = {**gp, "_combined": G.combined(gp)}
-    c = time.process_time()
     for _ in range(2):
-        new = G.gauss_loglik(frame, G.merge_gauss_pools([cached]), list(range(K)))
-    after = time.process_time() - c
+        new = t_new.call(lambda: G.gauss_loglik(frame, G.merge_gauss_pools([cached]), list(range(K))))
+    after = sum(t_new.cpu)
     res = {"parts": n_parts, "before_cpu_s": before, "after_cpu_s": after, "equal": bool(np.array_equal(old, new))}
     out(f"class-Gaussian log-likelihoods of one query over {n_parts:,} parts: {before:.3f} s CPU before, "
         f"{after:.3f} s with the cached sum; equal {res['equal']}")
