@@ -474,6 +474,43 @@ def run_speed(hubs: list[tuple[str, int]], n_queries: int = 6, n_ref: int = 2, b
     return rows
 
 
+def run_after_add(hub_dir: str, out=print) -> dict:
+    """CPU of ``method="accuracy"`` searches on a copy of a labelled pool hub (``hub_dir``/h.hub)
+    around writes: the first search of the process (reads and pools every class record), a warm
+    one, one after adding an entry (the cache pools the new entry alone: accuracy_cache.extend), one
+    after removing an entry (every record read again). Same query each time, bootstrap 0."""
+    import shutil
+
+    import fitsketch
+
+    from . import zoos
+    from .bench_shortlist import _add_labelled
+
+    pool = zoos.Pool("digits", seed=0)
+    q = pool.X[zoos.sample_index(pool.y, zoos.QUERY_ROWS, (0, 1, 1000))]
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-after-add-"))
+    res = {}
+    try:
+        shutil.copytree(Path(hub_dir) / "h.hub", work / "h.hub")
+        with fitsketch.open(work / "h.hub") as hub:
+            hub.warm()
+            n = len(hub)
+            t = H.Samples()
+            search = lambda: hub.explain(q, k=10, method="accuracy", feature_names=pool.names,  # noqa: E731
+                                         accuracy_bootstrap=0)
+            for what, write in (("first", None), ("warm", None),
+                                ("after an add", lambda: _add_labelled(hub, n, zoos.labelled(pool, n, n + 1))),
+                                ("warm again", None), ("after a remove", lambda: hub.remove("e0000001"))):
+                if write is not None:
+                    write()
+                t.call(search)
+                res[what] = t.cpu[-1]
+        out(f"accuracy search CPU around writes, {n:,}-entry hub: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.items()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
 def run_gauss_sum(n_parts: int = 10_000, K: int = 10, n_rows: int = 600, seed: int = 0, out=print) -> dict:
     """CPU of a query's class-Gaussian log-likelihoods over a pool of ``n_parts`` entries' Gaussians
     (synthetic parts, ``K`` classes, ``n_rows`` query rows): as the scorer paid it before the pool's
@@ -534,7 +571,12 @@ def main(argv=None) -> int:
     p.add_argument("--tag", default="", help="with --speed: suffix of the result file")
     p.add_argument("--gauss-sum", type=int, default=None,
                    help="instead: a query's class-Gaussian log-likelihoods over this many parts, before / after caching their sum")
+    p.add_argument("--after-add", default=None,
+                   help="instead: accuracy search CPU around an add and a remove on a copy of this labelled pool hub folder")
     a = p.parse_args(argv)
+    if a.after_add:
+        run_after_add(a.after_add)
+        return 0
     if a.gauss_sum:
         run_gauss_sum(a.gauss_sum)
         return 0

@@ -134,3 +134,63 @@ def test_the_cached_gaussians_are_summed_once_and_equal_a_fresh_sum(tmp_path):
     labels = [0, 1, 2]
     np.testing.assert_array_equal(G.gauss_loglik(q, gp, labels),
                                   G.gauss_loglik(q, {k: v for k, v in gp.items() if k != "_combined"}, labels))
+
+
+def _same(a, b):
+    """Two ScreenData (or pools) hold equal numbers."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        assert isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b), (a.keys(), b.keys())
+        for k in a:
+            _same(a[k], b[k])
+    elif isinstance(a, (list, tuple)) and not isinstance(a, (bytes, str)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+        assert np.asarray(a).dtype == np.asarray(b).dtype
+    else:
+        assert a == b
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_extended_after_adds_equals_read_whole(tmp_path, seed):
+    """Entries added since: the cache reads and pools them alone (accuracy_cache.extend); every
+    number equals reading every entry (screen_data), including a class no entry had, an entry
+    without labels, one sharing no column and one without a class Gaussian (a missing value: the
+    union then has none); a remove reads every entry again."""
+    rng = np.random.default_rng(seed)
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(5):
+            _add(hub, rng, f"e{i}", "validation")
+        names = [f"x{i}" for i in range(D)]
+        cache = hub._indexes.accuracy
+
+        def check():
+            with hub.store.read() as txn:
+                got, ref = cache.get(txn, names), AC.screen_data(txn, names)
+            for f in ("keys", "recalls", "given", "damaged", "labelled", "last_key", "n_entries", "generation"):
+                _same(getattr(got, f), getattr(ref, f))
+            _same(got.pool, ref.pool)
+            return got
+
+        check()
+        _add(hub, rng, "a1", "class_accuracy")
+        _add(hub, rng, "a2", "unlabelled")
+        first = check()
+        y = np.array([0, 1, 2, 3] * 30)                                      # a new class, 3
+        hub.add("a3", _rows(rng, y % 3), labels=y, class_accuracy={c: 0.8 for c in range(4)})
+        check()
+        hub.add("other", pd.DataFrame({"z": rng.normal(size=60)}), labels=np.array([0, 1] * 30),
+                class_accuracy={0: 0.5, 1: 0.5})                             # shares no column
+        check()
+        assert "_combined" in check().pool["gauss"]
+        X = _rows(rng, np.array([0, 1, 2] * 20))
+        X.loc[3, "x1"] = np.nan                                              # no class Gaussian (a missing value)
+        hub.add("nogauss", X, labels=np.array([0, 1, 2] * 20), class_accuracy={0: .9, 1: .8, 2: .7})
+        got = check()
+        assert got.pool["gauss"] is None
+        assert len(got.keys) == len(first.keys) + 2                          # a3 and nogauss
+        hub.remove("e2")
+        got = check()
+        assert len(got.keys) == len(first.keys) + 1
