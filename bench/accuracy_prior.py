@@ -6,7 +6,8 @@ variants are scored in seconds.
     python -m bench.accuracy_prior --build DIR          # digits 0-4, MNIST 0-3 (about 15 min)
     python -m bench.accuracy_prior --fit DIR            # fit on the tuning seeds, report held-out
     python -m bench.accuracy_prior --interval FILE.npz  # the interval's coverage per spread x scale
-                                                        # on the tuning + extra tuning seeds (~25 min)
+                                                        # on the tuning + extra tuning seeds (~25 min;
+                                                        # --registration cv: the pooled registration)
 
 Tuning seeds: digits 0-1, MNIST 0; held-out: digits 2-4, MNIST 1-3 (bench.bench_accuracy's). The
 fit minimizes the mean squared error of the predicted accuracies against the measured ones (the
@@ -67,7 +68,7 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
 
     wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, HELD_OUT, registration)
     cols = {k: [] for k in ("target", "source", "n", "n_val", "diag", "r_max", "conf", "pr", "ok", "pv", "pv_n",
-                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss", "rows")}
+                            "pi", "acc", "pop", "gpr", "gpr1", "gph", "r_pop", "pi_true", "gauss", "rows", "mass")}
     cls_index = {c: i for i, c in enumerate(labels)}
     for t, df in wl.targets.items():
         qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
@@ -104,14 +105,16 @@ def build(ds: str, seed: int, out: Path, registration: str = "validation") -> Pa
                          ("pr", hit / np.maximum(mass, 1e-12)), ("ok", (mass > A.PROXY_MIN_MASS) & (m.n > 0)),
                          ("pv", m.pv), ("pv_n", m.pv_n), ("pi", pi), ("acc", wl.accuracy[t][s]),
                          ("pop", wl.population[t][s]), ("gpr", gq["gpr"]), ("gpr1", gq["gpr1"]),
-                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss), ("rows", len(df))):
+                         ("gph", gq["gph"]), ("r_pop", rp), ("pi_true", pt), ("gauss", gauss), ("rows", len(df)),
+                         ("mass", mass)):
                 cols[k].append(v)
     path = out / f"{ds}_{seed}{_suffix(registration)}.npz"
     np.savez(path, **{k: np.array(v) for k, v in cols.items()})
     return path
 
 
-def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.91, 0.03), 2)), out=print) -> dict:
+def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.91, 0.03), 2)), out=print,
+             registration: str = "validation") -> dict:
     """Coverage and width of accuracy's interval on ``zoos`` for every ``RECALL_SPREAD`` in ``spreads``
     x ``INTERVAL_SCALE`` in ``scales``: per (target, model) the engine's estimate with 50 bootstrap
     draws (``estimate``, seed 0) unscaled, then each scale applied about the estimate. The draws
@@ -120,11 +123,11 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
     from fitsketch import accuracy as A
 
     raw: dict = {}
-    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE)
+    keep = (A.RECALL_SPREAD, A.INTERVAL_SCALE, A.INTERVAL_SCALE_POOLED)
     try:
-        A.INTERVAL_SCALE = 1.0
+        A.INTERVAL_SCALE = A.INTERVAL_SCALE_POOLED = 1.0
         for ds, seed in zoos:
-            wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, True)
+            wl, cfg, names, kinds, fm, srcs, recs, labels, pl = _zoo(ds, seed, True, registration)
             for t, df in wl.targets.items():
                 qb = A.query_buckets(df, names, kinds, list(range(len(names))), cfg)
                 qx = A.query_index(qb, len(df))
@@ -138,7 +141,7 @@ def interval(zoos, spreads, path: Path, scales=tuple(np.round(np.arange(0.3, 0.9
                     raw.setdefault(f"{ds}_{sp}", []).append(np.stack([acc, iv[:, 0], iv[:, 1], truth], 1))
             out(f"{ds} seed {seed} done")
     finally:
-        A.RECALL_SPREAD, A.INTERVAL_SCALE = keep
+        A.RECALL_SPREAD, A.INTERVAL_SCALE, A.INTERVAL_SCALE_POOLED = keep
     raw = {k: np.concatenate(v) for k, v in raw.items()}
     np.savez(path, **raw)
     res = {}
@@ -183,8 +186,11 @@ def predict(z: dict, coef, pseudo: float, conf: bool = True, recall: bool = Fals
     r0 = np.where(z["ok"], r0, z["r_max"][:, None] * A.curve(z["n"]))
     r0 = np.where(z["n"] > 0, r0, 0.0)
     r = (z["diag"] + pseudo * r0) / (z["n_val"] + pseudo)
-    pv = z["pv"]                          # stored as the engine keeps it: (hits + 1) / (n + 2)
-    mass = z["pi"] * z["rows"][:, None]   # the class's query rows (EM's responsibilities sum to n x pi)
+    if "mass" not in z:
+        raise SystemExit("this .npz was built before the query's class mass was stored (the shift factor's gate "
+                         "reads it): rebuild it with --build")
+    pv = z["pv"]                          # stored as the engine keeps it (_Model.pv): (hits + 1) / (n + 2)
+    mass = z["mass"]                      # the class's query rows: EM's responsibilities summed (shifted_recall)
     use = (z["ok"] & (z["pv_n"] >= A.SHIFT_MIN_VAL) & (mass >= A.SHIFT_MIN_VAL)
            & (pv - z["pr"] > A.SHIFT_Z * A.shift_se(pv, z["pv_n"], z["pr"], mass)))
     r = r * np.where(use, np.sqrt(np.minimum(1.0, (z["pr"] + 0.02) / (pv + 0.02))), 1.0)
@@ -250,13 +256,13 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", action="store_true",
                    help="with --fit --registration cv: also print the held-out seeds' quality (look once, at the end)")
     p.add_argument("--registration", default="validation", choices=("validation", "cv"),
-                   help="with --build / --fit: 'cv' registers each model's cross-validated confusion with its "
+                   help="with --build / --fit / --interval: 'cv' registers each model's cross-validated confusion with its "
                    "validation rows (files *_cv.npz); its --fit fits PRIOR_COEF_POOLED on the tuning and extra "
                    "tuning seeds and reports held-out seeds only where their files exist")
     a = p.parse_args(argv)
     if a.interval:
         zoos = [(d, int(s)) for d, s in (x.split(":") for x in a.zoos.split(",") if x)] or [*TUNE, *EXTRA_TUNE]
-        interval(zoos, [float(x) for x in a.spreads.split(",")], a.interval)
+        interval(zoos, [float(x) for x in a.spreads.split(",")], a.interval, registration=a.registration)
         return 0
     if a.build:
         a.build.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,9 @@ Query, for the labelled candidates (the query's rows are needed):
    the model's confidence on its validation rows and the recall of the candidate's
    *own-histogram proxy* on the rows EM assigns to ``c`` (:func:`own_predictions`), weighed
    against the validation rows with ``PRIOR_PSEUDO`` (:func:`shifted_recall`); a class with
-   ``SHIFT_MIN_VAL`` validation rows is discounted by the covariate-shift factor sqrt(min(1,
-   proxy recall on the query / on the validation rows)).
+   ``SHIFT_MIN_VAL`` validation rows and query rows whose proxy recall drops by more than
+   ``SHIFT_Z`` standard errors (:func:`shift_se`) is discounted by the covariate-shift factor
+   sqrt(min(1, proxy recall on the query / on the validation rows)).
 4. *Interval*: the 5-95 % range of ``acc`` over ``accuracy_bootstrap`` draws, each resampling the
    query's rows (EM re-run), drawing the recalls around their estimates and adding the binomial
    noise of an accuracy measured on the query's rows (:func:`estimate`).
@@ -120,6 +121,13 @@ RECALL_SPREAD = 2.0
 # digits 5 and MNIST 4-5: the narrowest holding >= 90 % on both data sets is spread 2, scale 0.69
 # (coverage .940 / .903, width .139 / .125); held out: bench/SUMMARY.md
 INTERVAL_SCALE = 0.69
+# ... for entries registered with a confusion= pooled with the validation's (accuracy_perf.POOLED, and
+# POOLED_ALL_IN_TRAINING where every validation row was a training row, not calibrated separately): their
+# recalls rest on ~4x more rows, so their draws are narrower; the same rule (the narrowest scale holding
+# >= 90 % on both data sets of the tuning + extra tuning seeds, spread 2) on those registrations gave 0.72
+# (coverage .933 / .900, width .133 / .113; 0.69: .927 / .887), ``python -m bench.accuracy_prior --interval
+# FILE --registration cv --spreads 2`` (bench/SUMMARY.md eighth session)
+INTERVAL_SCALE_POOLED = 0.72
 EM_ITERS = 300
 EM_TOL = 1e-7
 
@@ -186,6 +194,9 @@ class _Model:
         self.base = recall_vector(perf, labels)
         self.given = perf["source"] == "class_accuracy" or rec is None
         self.pooled = perf["source"] == POOLED
+        # the interval's scale: a confusion pooled with the validation's, or standing in for it when
+        # every validation row was a training row, rests on the confusion's many rows either way
+        self.pooled_interval = perf["source"] in (POOLED, POOLED_ALL_IN_TRAINING)
         if self.given:
             return
         self.n = _counts(rec, labels)
@@ -352,7 +363,8 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
             accs = np.clip(accs, 0.0, 1.0)
             q = np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
             # the draws' 5-95 % range, scaled about the estimate by INTERVAL_SCALE (calibrated)
-            interval = np.clip(acc[:, None] + INTERVAL_SCALE * (q - acc[:, None]), 0.0, 1.0)
+            scale = np.array([INTERVAL_SCALE_POOLED if m.pooled_interval else INTERVAL_SCALE for m in models])[:, None]
+            interval = np.clip(acc[:, None] + scale * (q - acc[:, None]), 0.0, 1.0)
     if details is not None:
         details["recall"] = recalls
         details["shift"] = [float(a / np.dot(m.base, pi)) if np.dot(m.base, pi) > 0 else 1.0

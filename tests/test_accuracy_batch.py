@@ -46,7 +46,8 @@ def _estimate_reference(ll, labels, perfs, *, mixture=None, bootstrap=0, seed=0,
             accs[b] = times(A.em_mixture(ll[idx], pi, iters=60), idx, noise)[0]
         accs = np.clip(accs, 0.0, 1.0)
         q = np.stack([np.quantile(accs, 0.05, axis=0), np.quantile(accs, 0.95, axis=0)], axis=1)
-        interval = np.clip(acc[:, None] + A.INTERVAL_SCALE * (q - acc[:, None]), 0.0, 1.0)
+        scale = np.array([A.INTERVAL_SCALE_POOLED if m.pooled_interval else A.INTERVAL_SCALE for m in models])[:, None]
+        interval = np.clip(acc[:, None] + scale * (q - acc[:, None]), 0.0, 1.0)
     return pi, acc, interval, recalls
 
 

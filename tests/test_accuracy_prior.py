@@ -157,3 +157,67 @@ def test_an_entry_stored_without_the_confidence_still_scores(tmp_path, rng):
     np.testing.assert_allclose(res["a"].score, float(np.dot(d["mixture"], d["recall"])), rtol=1e-9)
     assert 0.0 <= res["a"].score <= 1.0
     assert abs(res["a"].score - before["a"]) > 1e-9      # the prior without the confidence was used
+
+
+def test_the_interval_scale_follows_the_registration(rng, monkeypatch):
+    """estimate's interval is the draws' 5-95 % range scaled about the estimate by INTERVAL_SCALE,
+    or INTERVAL_SCALE_POOLED for a confusion pooled with the validation's (or standing in for it, every
+    validation row a training row): with both set to 1 the
+    raw range; with other values each model's half-widths scale by its own constant (up to the
+    [0, 1] clip), and the estimates do not move."""
+    K = 4
+    rec = {"labels": list(range(K)), "counts": rng.integers(20, 200, K)}
+    perfs = [_perf(np.diag(rng.integers(5, 30, K)) + rng.integers(0, 4, (K, K)), conf=0.7, source=src)
+             for src in ("validation", A.POOLED, A.POOLED_ALL_IN_TRAINING, "validation")]
+    ll = np.log(rng.dirichlet(np.ones(K), size=37))                  # 37 query rows, any mixture
+    proxies = [rng.integers(0, K, 37) for _ in perfs]
+
+    def run(scale, pooled):
+        monkeypatch.setattr(A, "INTERVAL_SCALE", scale)
+        monkeypatch.setattr(A, "INTERVAL_SCALE_POOLED", pooled)
+        return A.estimate(ll, list(range(K)), perfs, bootstrap=20, seed=3, proxies=proxies, records=[rec] * 4)
+
+    _, acc, raw = run(1.0, 1.0)
+    for scale, pooled in ((0.5, 0.8), (0.8, 0.5)):
+        _, acc2, iv = run(scale, pooled)
+        np.testing.assert_array_equal(acc2, acc)
+        want = np.array([scale, pooled, pooled, scale])[:, None]
+        np.testing.assert_allclose(iv, np.clip(acc[:, None] + want * (raw - acc[:, None]), 0, 1), rtol=1e-12,
+                                   atol=1e-15)
+
+
+def test_the_offline_fit_predicts_what_the_engine_scores(rng):
+    """bench.accuracy_prior.predict (the arrays the recall prior is fitted on) equals
+    accuracy.estimate's predicted accuracy on a constructed query where the shift factor discounts
+    one class and leaves another whose drop stays within SHIFT_Z standard errors: the fit and the
+    engine once disagreed (the offline side smoothed the stored proxy recall twice, so its shift
+    factor was ~1 while the engine's was not)."""
+    from bench import accuracy_prior as P
+
+    K, n_rows = 4, 200
+    y = rng.choice(K, size=n_rows, p=[0.4, 0.3, 0.2, 0.1])
+    ll = np.log(np.eye(K)[y] * 0.96 + 0.01)                       # EM gives each row to its class
+    pi = A.em_mixture(ll)
+    w = A.responsibilities(ll, pi)
+    right = rng.random(n_rows) < np.array([0.4, 0.88, 0.96, 0.92])[y]   # class 0: the proxy misses most
+    pred = np.where(right, y, (y + 1) % K)
+    perfs, recs, Z = [], [], []
+    for j in range(3):
+        counts = rng.integers(5, 150, K)
+        rec = {"labels": list(range(K)), "counts": counts}
+        C = np.diag(rng.integers(10, 60, K)) + rng.integers(0, 4, (K, K))
+        perf = {**_perf(C, conf=float(rng.uniform(0.6, 0.9)), source=A.POOLED),
+                "proxy_hits": np.full(K, 38), "proxy_n": np.full(K, 40)}
+        perfs.append(perf)
+        recs.append(rec)
+        m = A._Model(perf, rec, list(range(K)))
+        mass = w.sum(axis=0)
+        hit = np.bincount(pred, weights=w[np.arange(n_rows), pred], minlength=K)
+        Z.append({"n": m.n, "n_val": m.n_val, "diag": m.diag, "r_max": m.r_max, "conf": perf["true_class_prob"],
+                  "pr": hit / mass, "ok": (mass > A.PROXY_MIN_MASS) & (m.n > 0), "pv": m.pv, "pv_n": m.pv_n,
+                  "pi": pi, "mass": mass, "rows": n_rows})
+        _, shift = A.shifted_recall(m, pred, w)
+    z = {k: np.array([d[k] for d in Z]) for k in Z[0]}
+    assert shift[0] < 0.9 and shift[1] == 1.0 and z["pr"][0, 1] < z["pv"][0, 1]   # one discounted, one in the noise
+    _, acc, _ = A.estimate(ll, list(range(K)), perfs, proxies=[pred] * 3, records=recs)
+    np.testing.assert_allclose(P.predict(z, A.PRIOR_COEF_POOLED, A.PRIOR_PSEUDO_POOLED), acc, rtol=1e-12)
