@@ -28,6 +28,9 @@ import numpy as np
 from . import errors as E
 
 MAX_SCHEMAS = 4             # query schemas (tuples of column names) held
+# the class Gaussians' parts kept per schema (~22 KB an entry of 10 classes; 2.2 GB at 100k): above
+# this only their per-class sum is kept (all a query reads), and an add reads every entry again
+MAX_GAUSS_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ def _freeze(pl: dict, recalls: np.ndarray, given: np.ndarray) -> dict:
 
         pl = {**pl, "gauss": {**pl["gauss"], "_combined": combined({**pl["gauss"], "_combined": None})}}
         comb = pl["gauss"]["_combined"][1:]
+        if sum(p[x].nbytes for p in parts for x in ("n", "mean", "scatter")) > MAX_GAUSS_BYTES:
+            pl["gauss"] = {**pl["gauss"], "parts": None}      # extend() then reads every entry again
+            parts = []
     for a in (recalls, given, pl["col"], pl["cls"], pl["bucket"], pl["count"], *comb,
               *(p[x] for p in parts for x in ("n", "mean", "scatter"))):
         a.setflags(write=False)
@@ -126,8 +132,8 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
     if not entries:
         return ScreenData(old.keys, old.pool, old.recalls, old.given, old.damaged | damaged, old.labelled | labelled,
                           old.perfs, last, n, gen)
-    if old.pool is None:
-        return screen_data(txn, names)
+    if old.pool is None or (old.pool.get("gauss") is not None and old.pool["gauss"].get("parts") is None):
+        return screen_data(txn, names)      # nothing pooled yet, or the Gaussians' parts were not kept
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
     new = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
     base = {**old.pool, "gauss": None if old.pool.get("gauss") is None else

@@ -56,7 +56,9 @@ def _uncached(hub, q, monkeypatch):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_warm_cache_answers_as_every_record_read(tmp_path, seed, monkeypatch):
+@pytest.mark.parametrize("gauss_bytes", [AC.MAX_GAUSS_BYTES, 0])   # 0: only the Gaussians' sum is kept
+def test_warm_cache_answers_as_every_record_read(tmp_path, seed, gauss_bytes, monkeypatch):
+    monkeypatch.setattr(AC, "MAX_GAUSS_BYTES", gauss_bytes)
     rng = np.random.default_rng(seed)
     kinds = ["validation"] * 7 + ["class_accuracy"] * 3 + ["unlabelled"] * 2
     with fitsketch.open(tmp_path / "h", create=True) as hub:
@@ -68,6 +70,9 @@ def test_warm_cache_answers_as_every_record_read(tmp_path, seed, monkeypatch):
             for query in (q, q2, q):                  # cold, the other schema, warm again
                 assert _answer(hub, query) == _uncached(hub, query, monkeypatch)
             assert hub._indexes.accuracy.generation is not None
+            with hub.store.read() as txn:
+                gp = hub._indexes.accuracy.get(txn, list(q.columns)).pool["gauss"]
+            assert gp is not None and (gp["parts"] is None) == (gauss_bytes == 0)
             if step == 0:
                 _add(hub, rng, "new", "validation")   # a new generation: the cache must see the entry
             elif step == 1:
