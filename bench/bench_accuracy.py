@@ -325,6 +325,228 @@ def run_screen(entries: int = 240, n_queries: int = 10, shortlist: int = 16, out
     return summary
 
 
+# ----------------------------------------------------------------------------- speed (--speed)
+# One process per (checkout, hub): it opens the hub, times ``explain(method="accuracy")`` per query
+# (CPU; accuracy_bootstrap 0, then the default 50) and the reference (every labelled entry scored,
+# bench_shortlist.accuracy_reference), prints one JSON line per query, then one cProfile'd query's
+# split. The same code runs in the baseline checkout (e.g. main), so before and after are measured
+# in one run, alternating, on the same hub and queries.
+_SPEED_CHILD = r"""
+import cProfile, json, pstats, sys
+from pathlib import Path
+import fitsketch
+from bench import harness as H, zoos
+from bench.bench_shortlist import accuracy_reference
+hub_dir, first, n, n_ref, boot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+pool = zoos.Pool("digits", seed=0)
+X, y, names = pool.X, pool.y, pool.names
+query = lambda qi: X[zoos.sample_index(y, zoos.QUERY_ROWS, (0, 1, qi))]
+SPLIT = {"query sketch": ("pipeline.py", "make_query"), "stage: exact-js screen": ("screen.py", "_scores"),
+         "stage: accuracy screen": ("accuracy.py", "screen"), "stage: pool": ("accuracy_pool.py", "class_pool_of"),
+         "record decoding (all)": ("codec.py", "unpack"), "MinHash candidates": ("candidates.py", "candidates"),
+         "scorer": ("accuracy.py", "score_accuracy"), "scorer: record reads": ("accuracy.py", "_labelled"),
+         "scorer: pool merge": ("accuracy_pool.py", "merge_pools"),
+         "scorer+stage: mixture loglik": ("accuracy.py", "mixture_loglik"), "EM": ("accuracy.py", "em_mixture"),
+         "scorer: proxies": ("accuracy_pool.py", "own_predictions"),
+         "scorer: proxies (batched)": ("accuracy_proxy.py", "own_predictions_many"),
+         "scorer: estimate (recalls, bootstrap)": ("accuracy.py", "estimate"),
+         "scorer: query buckets/index": ("accuracy_pool.py", "query_index")}
+with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
+    hub.warm()
+    for qi in range(first, first + n):
+        q = query(qi)
+        t = [H.Samples() for _ in range(3)]
+        plan = t[0].call(hub.explain, q, k=10, method="accuracy", feature_names=names, accuracy_bootstrap=0)
+        if boot:
+            t[1].call(hub.explain, q, k=10, method="accuracy", feature_names=names)
+        ref = t[2].call(accuracy_reference, hub, q, names, plan.matches)[0][:10] if qi < first + n_ref else None
+        print(json.dumps({"query": qi, "entries": len(hub), "cpu_s": t[0].cpu[0],
+                          "cpu_boot_s": t[1].cpu[0] if boot else None,
+                          "ref_cpu_s": t[2].cpu[0] if ref is not None else None, "ref": ref,
+                          "top": [[m.name, m.score] for m in plan.matches]}), flush=True)
+    pr = cProfile.Profile()
+    q = query(first + n)
+    pr.enable()
+    hub.explain(q, k=10, method="accuracy", feature_names=names, accuracy_bootstrap=0)
+    pr.disable()
+    st = pstats.Stats(pr).stats
+    total = sum(v[2] for v in st.values())
+    split = {k: sum(v[3] for (f, _, fn), v in st.items() if f.endswith(suf) and fn == name)
+             for k, (suf, name) in SPLIT.items()}
+    print(json.dumps({"split": split, "profiled_total_s": total}), flush=True)
+"""
+
+
+def _speed_child(python: str, checkout: str, hub_dir: str, first: int, n: int, n_ref: int, boot: bool) -> list[dict]:
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": checkout}
+    out = subprocess.run([python, "-c", _SPEED_CHILD, hub_dir, str(first), str(n), str(n_ref), str(int(boot))],
+                         cwd=checkout, env=env, capture_output=True, text=True, check=True).stdout
+    return [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+
+
+def fill_labelled_hub(hub_dir: str, size: int, out=print) -> int:
+    """The digits labelled pool hub of ``bench_shortlist --scale digits`` (zoos.labelled entries, one
+    ``add_sketch(model=, validation=)`` each) grown to ``size`` entries in ``hub_dir``/h.hub."""
+    import fitsketch
+
+    from . import zoos
+    from .bench_shortlist import _add_labelled
+
+    pool = zoos.Pool("digits", seed=0)
+    Path(hub_dir).mkdir(parents=True, exist_ok=True)
+    with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
+        have = len(hub)
+        for lo in range(have, size, 1_000):
+            _add_labelled(hub, lo, zoos.labelled(pool, lo, min(size, lo + 1_000)))
+            out(f"  {hub_dir}: {min(size, lo + 1_000):,} entries")
+        hub.warm()
+        return len(hub)
+
+
+def run_speed(hubs: list[tuple[str, int]], n_queries: int = 6, n_ref: int = 2, baseline: str | None = None,
+              boot: bool = True, rounds: int = 2, out=print, out_dir: Path | None = None, tag: str = "") -> list[dict]:
+    """CPU of ``method="accuracy"`` searches on digits labelled pool hubs (``hubs``: (folder, entries),
+    filled first if smaller), this checkout against ``baseline`` (another checkout, e.g. /work/main,
+    run by its own ``.venv/bin/python``) in the same run: ``rounds`` x (baseline, this), alternating
+    order, each a fresh process over its own ``n_queries`` queries. Per query: explain CPU with
+    ``accuracy_bootstrap=0`` and the default 50, the reference (every labelled entry scored) on the
+    first ``n_ref`` of a process, and whether the two checkouts' top 10 agree (names, scores within
+    1e-9). The first query of a process is reported apart (``first``: this checkout builds its
+    per-generation cache there). A cProfile'd query per process gives the split by stage."""
+    import os
+
+    ctx = H.context("cpu", False)
+    env = H.environment("cpu")
+    this = str(Path(__file__).resolve().parents[1])
+    sides = [("this", os.path.join(this, ".venv", "bin", "python"), this)]
+    if baseline:
+        sides.insert(0, ("baseline", os.path.join(baseline, ".venv", "bin", "python"), baseline))
+    rows, per_query, splits = [], [], []
+    for hub_dir, size in hubs:
+        n = fill_labelled_hub(hub_dir, size, out)
+        w = f"digits labelled pool zoo, {n} entries"
+        got = {name: [] for name, _, _ in sides}
+        for r in range(rounds):
+            for name, py, checkout in (sides if r % 2 == 0 else sides[::-1]):
+                first = 1000 + r * (n_queries + 1)
+                res = _speed_child(py, checkout, hub_dir, first, n_queries, n_ref, boot)
+                for x in res[:-1]:
+                    x.update(side=name, entries=n, round=r, first=x["query"] == first)
+                    got[name].append(x)
+                    per_query.append({k: v for k, v in x.items() if k not in ("top", "ref")})
+                splits.append({"side": name, "entries": n, "round": r, **res[-1]})
+                out(f"  {w}, {name}, round {r}: query CPU " + ", ".join(f"{x['cpu_s']:.2f}" for x in res[:-1])
+                    + " s; split " + ", ".join(f"{k} {v:.2f}" for k, v in res[-1]["split"].items() if v > 0.005))
+        agree = []
+        if baseline:
+            top = {(x["query"]): x["top"] for x in got["baseline"]}
+            for x in got["this"]:
+                b = top.get(x["query"])
+                if b is not None:
+                    agree.append([m for m, _ in b] == [m for m, _ in x["top"]]
+                                 and max((abs(s1 - s2) for (_, s1), (_, s2) in zip(b, x["top"])), default=0.0) <= 1e-9)
+        for name, _, _ in sides:
+            xs = got[name]
+            warm = [x for x in xs if not x["first"]]
+            c50 = float(np.median([x["cpu_s"] for x in warm]))
+            cb = float(np.median([x["cpu_boot_s"] for x in warm])) if boot else None
+            cf = float(np.median([x["cpu_s"] for x in xs if x["first"]]))
+            refs = [x["ref_cpu_s"] for x in xs if x["ref_cpu_s"] is not None]
+            cr = float(np.median(refs)) if refs else None
+            out(f"  {w}: {name}: explain CPU p50 {c50:.3f} s (first query of a process {cf:.2f} s), with the "
+                f"default bootstrap {cb if cb is None else round(cb, 3)} s, reference {cr if cr is None else round(cr, 2)} "
+                f"s a query" + (f"; top 10 equal to the baseline's {sum(agree)}/{len(agree)}" if name == "this" and
+                                baseline else ""))
+            base = None
+            if name == "this" and baseline:
+                bx = [x for x in got["baseline"] if not x["first"]]
+                base = float(np.median([x["cpu_s"] for x in bx]))
+            rows += [H.row(ctx, "accuracy_speed", w, name, "explain_cpu_p50", c50, unit="s", queries=len(warm),
+                           first_query_cpu_s=cf, bootstrap50_cpu_p50_s=cb, reference_cpu_p50_s=cr,
+                           baseline=None if base is None else f"baseline checkout {baseline}", baseline_value=base,
+                           top10_equal=sum(agree) if name == "this" else None, compared=len(agree))]
+    H.write_suite(f"accuracy_speed{tag}", rows, out=Path(out_dir or H.RESULTS),
+                  env=env, tables={"per_query": per_query, "split": splits, "notes": [run_speed.__doc__.split("\n\n")[0]]})
+    return rows
+
+
+def run_after_add(hub_dir: str, out=print) -> dict:
+    """CPU of ``method="accuracy"`` searches on a copy of a labelled pool hub (``hub_dir``/h.hub)
+    around writes: the first search of the process (reads and pools every class record), a warm
+    one, one after adding an entry (the cache pools the new entry alone: accuracy_cache.extend), one
+    after removing an entry (every record read again). Same query each time, bootstrap 0."""
+    import shutil
+
+    import fitsketch
+
+    from . import zoos
+    from .bench_shortlist import _add_labelled
+
+    pool = zoos.Pool("digits", seed=0)
+    q = pool.X[zoos.sample_index(pool.y, zoos.QUERY_ROWS, (0, 1, 1000))]
+    work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-after-add-"))
+    res = {}
+    try:
+        shutil.copytree(Path(hub_dir) / "h.hub", work / "h.hub")
+        with fitsketch.open(work / "h.hub") as hub:
+            hub.warm()
+            n = len(hub)
+            t = H.Samples()
+            search = lambda: hub.explain(q, k=10, method="accuracy", feature_names=pool.names,  # noqa: E731
+                                         accuracy_bootstrap=0)
+            for what, write in (("first", None), ("warm", None),
+                                ("after an add", lambda: _add_labelled(hub, n, zoos.labelled(pool, n, n + 1))),
+                                ("warm again", None), ("after a remove", lambda: hub.remove("e0000001"))):
+                if write is not None:
+                    write()
+                t.call(search)
+                res[what] = t.cpu[-1]
+        out(f"accuracy search CPU around writes, {n:,}-entry hub: " + ", ".join(f"{k} {v:.2f} s" for k, v in res.items()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def run_gauss_sum(n_parts: int = 10_000, K: int = 10, n_rows: int = 600, seed: int = 0, out=print) -> dict:
+    """CPU of a query's class-Gaussian log-likelihoods over a pool of ``n_parts`` entries' Gaussians
+    (synthetic parts, ``K`` classes, ``n_rows`` query rows): as the scorer paid it before the pool's
+    per-class sum was cached (the parts re-sorted by digest and summed, twice: the stage's mixture
+    and the scorer's) and now (``accuracy_gauss.combined`` kept by accuracy_cache), equal results."""
+    import time
+
+    import pandas as pd
+    from fitsketch import accuracy_gauss as G
+
+    rng = np.random.default_rng(seed)
+    D = G.GAUSS_DIM
+    parts = []
+    for _ in range(n_parts):
+        n = rng.integers(1, 50, K).astype(np.float64)
+        A = rng.normal(size=(K, D, D))
+        parts.append(G._part(list(range(K)), n, rng.normal(size=(K, D)),
+                             G._tri(np.einsum("kij,klj->kil", A, A) * n[:, None, None])))
+    cols = [f"c{i}" for i in range(64)]
+    gp = {"columns": [[c, c] for c in cols], "parts": G._sorted_parts(parts)}
+    frame = pd.DataFrame(rng.normal(size=(n_rows, len(cols))), columns=cols)
+    t_old, t_new = H.Samples(), H.Samples()
+    for _ in range(2):   # before: each of the two calls re-sorted and re-summed every part
+        old = t_old.call(lambda: G.gauss_loglik(frame, {"columns": gp["columns"],
+                                                        "parts": G._sorted_parts(list(gp["parts"]))}, list(range(K))))
+    before = sum(t_old.cpu)
+    cached = {**gp, "_combined": G.combined(gp)}
+    for _ in range(2):
+        new = t_new.call(lambda: G.gauss_loglik(frame, G.merge_gauss_pools([cached]), list(range(K))))
+    after = sum(t_new.cpu)
+    res = {"parts": n_parts, "before_cpu_s": before, "after_cpu_s": after, "equal": bool(np.array_equal(old, new))}
+    out(f"class-Gaussian log-likelihoods of one query over {n_parts:,} parts: {before:.3f} s CPU before, "
+        f"{after:.3f} s with the cached sum; equal {res['equal']}")
+    return res
+
+
 def suite(opts: H.Options) -> dict:
     return run(quick=opts.quick, out_dir=opts.out_dir, do_tune=bool(opts.extra.get("tune")),
                registration=opts.extra.get("registration") or REGISTRATION)
@@ -339,7 +561,30 @@ def main(argv=None) -> int:
                    help="what each model is registered with besides its labels (register)")
     p.add_argument("--entries", type=int, default=240, help="with --screen: labelled entries")
     p.add_argument("--queries", type=int, default=10, help="with --screen: queries")
+    p.add_argument("--speed", default=None,
+                   help="instead: CPU of accuracy searches on labelled pool hubs DIR:ENTRIES[,DIR:ENTRIES] (run_speed)")
+    p.add_argument("--baseline", default=None, help="with --speed: the checkout to compare with (e.g. /work/main)")
+    p.add_argument("--reference-queries", type=int, default=2, help="with --speed: queries a process also scores "
+                   "every labelled entry (the reference)")
+    p.add_argument("--rounds", type=int, default=2, help="with --speed: processes per checkout and hub")
+    p.add_argument("--no-bootstrap", action="store_true", help="with --speed: skip the default-bootstrap search")
+    p.add_argument("--tag", default="", help="with --speed: suffix of the result file")
+    p.add_argument("--gauss-sum", type=int, default=None,
+                   help="instead: a query's class-Gaussian log-likelihoods over this many parts, before / after caching their sum")
+    p.add_argument("--after-add", default=None,
+                   help="instead: accuracy search CPU around an add and a remove on a copy of this labelled pool hub folder")
     a = p.parse_args(argv)
+    if a.after_add:
+        run_after_add(a.after_add)
+        return 0
+    if a.gauss_sum:
+        run_gauss_sum(a.gauss_sum)
+        return 0
+    if a.speed:
+        hubs = [(d, int(s)) for d, s in (x.rsplit(":", 1) for x in a.speed.split(","))]
+        run_speed(hubs, a.queries, a.reference_queries, a.baseline, not a.no_bootstrap, a.rounds, out_dir=a.out,
+                  tag=a.tag)
+        return 0
     if a.screen:
         run_screen(a.entries, a.queries, out_dir=a.out)
         return 0

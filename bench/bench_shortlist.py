@@ -679,7 +679,8 @@ def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
     (columns ``names``), computed as the scorer computes it with every entry scored
     (engine/methods/accuracy.py ``score_accuracy`` with ``shortlist=0``: the pool of every labelled
     entry, the query's class log-likelihoods and EM mixture, each model's own-histogram proxy on the
-    query rows, ``accuracy.estimate``; no bootstrap), as ``[(name, score)]`` best first (name breaks
+    query rows (every entry's at once: accuracy_proxy.own_predictions_many), ``accuracy.estimate``; no
+    bootstrap), as ``[(name, score)]`` best first (name breaks
     ties). It skips what ``hub.search(shortlist=0)`` spends on the candidate stage (band lookups and
     signature checks of every entry: ~60% of its CPU at 1.5k entries), so a 10k hub's reference costs
     ~1/3 of the search. ``check``: matches of a search of the same query (e.g. the stage's top 10),
@@ -687,6 +688,7 @@ def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
     ``shortlist=0``'s top 10 on a small hub (names and scores) and checked at 10k by ``run_accuracy``."""
     import pandas as pd
     from fitsketch import accuracy as A
+    from fitsketch.accuracy_proxy import own_predictions_many
     from fitsketch.storage import u64
 
     frame = pd.DataFrame(np.asarray(q), columns=names)
@@ -711,7 +713,7 @@ def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
     qx = A.query_index(qb, len(frame))
     ll, _ = A.mixture_loglik(frame, pl, names, kinds, hub.config, hub.config.accuracy_temperature, qb, qx)
     names_ = list(ents)
-    prox = [A.own_predictions(qb, len(frame), ents[nm][0], ents[nm][1], lab, names, qx) for nm in names_]
+    prox = own_predictions_many(qb, len(frame), [(ents[nm][0], ents[nm][1]) for nm in names_], lab, names, qx)
     pi, acc, _ = A.estimate(ll, lab, [ents[nm][0]["perf"] for nm in names_], proxies=prox,
                             records=[ents[nm][0] for nm in names_])
     score = dict(zip(names_, acc.tolist()))

@@ -317,24 +317,27 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
     from :func:`shifted_recall`; without them, the stored recalls. ``details`` (a dict) receives
     per model its ``recall`` vector and ``shift``: predicted accuracy over what the stored recalls
     alone give (1 = no correction)."""
+    from .accuracy_batch import Models, recall_draws, shifted_recalls
+
     models = [_Model(p, None if records is None else records[i], labels) for i, p in enumerate(perfs)]
-    # one dot product per model (not R @ pi): a model's score must not depend on which other
-    # models share the call (a shard holds some of them; BLAS sums a matrix product in blocks)
+    # every model at once (accuracy_batch.py: shifted_recall / _recall_draw over (models, classes),
+    # equal to them model by model); one dot product per model (not R @ pi): a model's score must not
+    # depend on which other models share the call (a shard holds some of them; BLAS sums a matrix
+    # product in blocks)
+    stacked = Models(models, len(labels))
+    preds = None
+    if proxies is not None:
+        preds = np.stack(proxies) if len(proxies) else np.zeros((0, ll.shape[0]), np.int64)
 
     def times(pi, idx=None, noise=None):
         w = responsibilities(ll if idx is None else ll[idx], pi) if proxies is not None and ll.shape[0] else None
-        out, recalls = [], []
-        for i, m in enumerate(models):
-            pred = None if proxies is None else (proxies[i] if idx is None else proxies[i][idx])
-            r, _ = shifted_recall(m, pred, w)
-            if noise is not None:
-                r = _recall_draw(m, r, noise[0])
-            recalls.append(r)
-            a = np.dot(r, pi)
-            if noise is not None:      # the accuracy measured on the query's n rows: binomial noise
-                a = a + noise[1] * np.sqrt(max(a * (1.0 - a), 0.0) / ll.shape[0])
-            out.append(a)
-        return np.array(out), recalls
+        R = shifted_recalls(stacked, None if preds is None else (preds if idx is None else preds[:, idx]), w)
+        if noise is not None:
+            R = recall_draws(stacked, R, noise[0])
+        out = np.array([np.dot(R[i], pi) for i in range(len(models))])
+        if noise is not None:          # the accuracy measured on the query's n rows: binomial noise
+            out = out + noise[1] * np.sqrt(np.maximum(out * (1.0 - out), 0.0) / ll.shape[0])
+        return out, list(R)
 
     if mixture is not None:
         pi = mixture
@@ -373,7 +376,7 @@ SCREEN_MARGIN = 0.04
 
 
 def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: int = 10,
-           margin: float | None = None, max_keep: int | None = None) -> tuple[set, dict]:
+           margin: float | None = None, max_keep: int | None = None, cache=None) -> tuple[set, dict]:
     """The candidate stage of ``method="accuracy"`` (and ``auto``) on a large hub: every labelled
     entry that has some of the query's columns (by name) is ranked by its predicted accuracy from
     its *stored* recalls times the query's class mixture (EM over the class histograms of all of
@@ -385,45 +388,35 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     with a ``margin`` those within it of the proxies' ``k``-th best are kept as well, at most
     ``max_keep`` (screen.select; ``info["capped"]`` then says the recall is not held).
 
+    ``cache``: the hub's accuracy_cache.ScreenCache (the pool and stored recalls of every labelled
+    entry, per generation and query schema; the same numbers as without it).
+
     Returns ``(keys, info)``; ``info["class_pool"]``, the pool of every labelled entry, is what the
     scorer then estimates the mixture from (as without the stage), so a kept entry scores as it
     would with every entry scored. bench.bench_accuracy --screen measures what the stage loses."""
-    from .storage import u64
+    from .accuracy_cache import screen_data
 
     frame = getattr(target, "frame", None)
-    col_of = {n: j for j, n in enumerate(target.names)}
-    entries, keep = [], set()
-    for key in txn.keys("entries"):
-        rec = txn.get("entries", key)
-        if not rec or not rec.get("labelled"):
-            continue
-        fmap = {sf: col_of[n] for sf, n in enumerate(rec.get("features") or []) if n in col_of}
-        if not fmap:
-            continue
-        try:
-            cl = check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
-        except E.CorruptHubError:
-            keep.add(key)
-            continue
-        entries.append((key, cl, fmap, rec["features"]))
-    unlabelled = {k for k in kept if (txn.get("entries", k) or {}).get("labelled") is not True}
-    info = {"labelled": len(entries)}
-    if not entries or frame is None:
+    data = screen_data(txn, target.names) if cache is None else cache.get(txn, target.names)
+    keep = set(data.damaged)
+    unlabelled = {key for key in kept if key not in data.labelled}
+    info = {"labelled": len(data.keys)}
+    if not data.keys or frame is None:
         return set(kept) | keep, info
     from .screen import select
 
-    labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=_sort_key)
-    pl = class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, target.names)
+    pl = data.pool
     pi = em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0])
-    score = np.stack([recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries]) @ pi
-    given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
-    rows, sel = select({"ids": np.arange(len(entries)), "score": score, "tiebreak": np.zeros(len(entries)),
-                        "exact": given}, n_keep, k=k, margin=margin, max_keep=max_keep)
+    score = data.recalls @ pi
+    given = data.given
+    n = len(data.keys)
+    rows, sel = select({"ids": np.arange(n), "score": score, "tiebreak": np.zeros(n), "exact": given},
+                       n_keep, k=k, margin=margin, max_keep=max_keep)
     rows = np.asarray(rows, dtype=np.int64)
     if given[rows].any():   # ties at the cut among exactly screened models are all kept (the answer's order
         lo = score[rows[given[rows]]].min()            # breaks them by overlap, then name: not by hub order)
         rows = np.union1d(rows, np.flatnonzero(given & (score >= lo - 1e-12)))
-    keep |= {entries[int(r)][0] for r in rows}
+    keep |= {data.keys[int(r)] for r in rows}
     info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl, proxy=sel["proxy"],
                 in_margin=sel["in_margin"], capped=sel["capped"])
     return keep | unlabelled, info

@@ -311,7 +311,21 @@ def merge_gauss_pools(pools: list) -> dict | None:
         return None
     if any(p["columns"] != pools[0]["columns"] for p in pools):
         return None
+    if len(pools) == 1:   # its parts are in the canonical order already (every constructor sorts them)
+        return pools[0]
+    if any(p.get("parts") is None for p in pools):   # a cached pool that kept only its per-class sum
+        raise ValueError("merge_gauss_pools: a pool kept only its class Gaussians' per-class sum "
+                         "(accuracy_cache.MAX_GAUSS_BYTES): it cannot be merged with another")
     return {"columns": pools[0]["columns"], "parts": _sorted_parts([q for p in pools for q in p["parts"]])}
+
+
+def combined(gp: dict) -> tuple:
+    """``(labels, n, mean, scatter)``: the parts of the pool ``gp`` summed per class (Chan et al.),
+    or the same numbers kept under ``"_combined"`` by a pool computed once for many queries
+    (accuracy_cache.screen_data: summing 10k parts cost ~1 s a query; dropped by check_gauss_pool,
+    so a pool received from outside is always summed here)."""
+    got = gp.get("_combined")
+    return got if got is not None else _combine([(p["labels"], p["n"], p["mean"], p["scatter"]) for p in gp["parts"]])
 
 
 MAX_POOL_PARTS = 1 << 20    # parts (pooled entries) a received class pool may hold
@@ -378,7 +392,7 @@ def gauss_loglik(frame: pd.DataFrame, gp: dict, labels: list) -> np.ndarray | No
     Zq = project(frame, cols, [e for e, _ in gp["columns"]])
     if Zq is None:
         return None
-    glabels, n, mean, scatter = _combine([(p["labels"], p["n"], p["mean"], p["scatter"]) for p in gp["parts"]])
+    glabels, n, mean, scatter = combined(gp)
     index = {c: i for i, c in enumerate(glabels)}
     S = _full(scatter)
     K = len(n)

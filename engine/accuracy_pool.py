@@ -46,8 +46,14 @@ def pool(pooled: list, labels: list, names: list[str]) -> dict:
 
 
 def _aggregate(labels, columns, cls, col, bucket, count, entries: int) -> dict:
-    key = (col * (1 << 20) + cls) * (1 << 33) + (bucket + (1 << 32))
-    uniq, inv = np.unique(key, return_inverse=True)
+    """The pool's rows: ``count`` summed per distinct (col, cls, bucket), in that order. The keys
+    are numbered by a hash table (``pandas.factorize``, its few distinct keys then sorted) rather
+    than a sort of every key (``np.unique``: ~3 s of the stage's first query at 10k pooled
+    entries, 25M keys); same keys, order and sums (each key's counts added in input order;
+    tests/test_accuracy_proxy.py holds it equal to the sort)."""
+    key = (np.asarray(col, np.int64) * (1 << 20) + cls) * (1 << 33) + (np.asarray(bucket, np.int64) + (1 << 32))
+    inv, uniq = pd.factorize(key, sort=True)
+    uniq = np.asarray(uniq, dtype=np.int64)
     summed = np.bincount(inv, weights=count, minlength=len(uniq))
     return {"labels": list(labels), "columns": columns, "col": (uniq >> 53).astype(np.int32),
             "cls": ((uniq >> 33) & ((1 << 20) - 1)).astype(np.int32),

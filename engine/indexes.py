@@ -29,6 +29,7 @@ import os
 import faiss
 import numpy as np
 
+from . import accuracy_cache as _accuracy_cache
 from . import coarse as _coarse
 from . import faiss_files as _faiss_files
 from . import profiles as _profiles
@@ -62,6 +63,8 @@ class SearchIndexes:
         self._profiles: _profiles.ProfileIndex | None = None
         self._screen: _screen.ScreenIndex | None = None
         self._changes = {"profiles": 0, "screen": 0}   # entries read / dropped since the file
+        # method="accuracy"'s candidate stage: the labelled entries' pool and recalls per generation
+        self.accuracy = _accuracy_cache.ScreenCache()
 
     def profile_index(self) -> _profiles.ProfileIndex:
         """The profile index as it is (not synced)."""

@@ -239,7 +239,8 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
         if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
             with hub.store.read() as txn:
                 keep, ai = _acc.screen(txn, target, hub.config, cfg.accuracy_temperature, cfg.shortlist, keep, k=k,
-                                       margin=_acc.SCREEN_MARGIN, max_keep=SHORTLIST_MARGIN_CAP * cfg.shortlist)
+                                       margin=_acc.SCREEN_MARGIN, max_keep=SHORTLIST_MARGIN_CAP * cfg.shortlist,
+                                       cache=hub._indexes.accuracy)
             if out is not None and "class_pool" in ai:
                 out["class_pool"] = ai["class_pool"]
             st.actual = len(keep)

@@ -10,6 +10,7 @@ import numpy as np
 from .. import accuracy as _acc
 from .. import accuracy_gauss as _gauss
 from .. import errors as E
+from ..accuracy_proxy import own_predictions_many
 from ..storage import u64
 from .base import LABELS, ROWS, Method, ShortlistRule
 
@@ -144,8 +145,10 @@ def score_accuracy(ctx, query, cands, *, auto: bool):
             mixture_source = "EM over pooled class histograms (naive Bayes: " + _gauss.naive_bayes_reason(
                 frame, pl.get("gauss"), [cl for _, _, cl in labelled]) + ")"
         pi = None
-        proxies = [_acc.own_predictions(qb, len(frame), cl, {sf: tj for tj, sf, _ in al.pairs}, labels,
-                                        query.names, qx) for _, al, cl in labelled]
+        # every candidate's own-histogram proxy in one batched pass (accuracy_proxy.py; equal to
+        # accuracy.own_predictions one candidate at a time)
+        proxies = own_predictions_many(qb, len(frame), [(cl, {sf: tj for tj, sf, _ in al.pairs})
+                                                         for _, al, cl in labelled], labels, query.names, qx)
     det = {}
     pi, acc, interval = _acc.estimate(ll, labels, [cl["perf"] for _, _, cl in labelled], mixture=pi,
                                       bootstrap=cfg.accuracy_bootstrap, seed=config.seed, proxies=proxies,

@@ -1,0 +1,216 @@
+"""What the candidate stage of ``method="accuracy"`` reads of every labelled entry, held per hub
+generation (engine/accuracy.py ``screen``).
+
+The stage ranks every labelled entry sharing a column name with the query by its stored recalls
+times the query's EM mixture over the *pool* of all their class records. Reading and decoding those
+records and pooling them cost ~8 s CPU a query at 10k labelled entries (~80 % of the search), yet
+none of it depends on the query's rows: only on the hub's entries (dated by the hub's
+``b"generation"``, bumped by every add and remove) and on the query's column names (which entry
+feature pools into which query column). :class:`ScreenData` is that part, computed by exactly the
+code the stage ran before (``class_pool_of``, ``recall_vector``, the same entry order), so the
+stage's scores are bit-identical with or without it (tests/test_accuracy_cache.py); the query's
+rows then cost an EM over the pool and one matrix product.
+
+Held: the pool (histograms summed per class and query column, and the class Gaussians' parts with
+their per-class sum), the (entries, classes) matrix of stored recalls, the entries' keys and
+performance records: ~1-2 KB an entry without class Gaussians (their parts ~9-22 KB more, up to
+``MAX_GAUSS_BYTES``); the recalls matrix is dense over the union of every entry's classes. At most
+``MAX_SCHEMAS`` query schemas and ``MAX_CACHE_BYTES`` in all, least recently used dropped. After adds only the new entries are read and pooled
+(:func:`extend`); after a remove every entry is read again. The arrays are read-only: a caller
+that writes into a pool it was given gets an error, not a changed cache."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import errors as E
+
+MAX_SCHEMAS = 4             # query schemas (tuples of column names) held
+MAX_CACHE_BYTES = 1 << 30   # bytes held over all schemas (estimated, :func:`nbytes`): least recently used
+#                             dropped beyond it; a schema's data larger than this alone is used, not held
+PERF_BYTES = 1024           # an entry's performance record held, estimated (measured ~0.7 KB with a confusion)
+# the class Gaussians' parts kept per schema (~22 KB an entry of 10 classes; 2.2 GB at 100k): above
+# this only their per-class sum is kept (all a query reads), and an add reads every entry again
+MAX_GAUSS_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class ScreenData:
+    keys: list              # (E,) u64 keys of the labelled entries sharing a column name with the query
+    pool: dict | None       # their class pool over the query's columns (accuracy.class_pool_of); None if E = 0
+    recalls: np.ndarray     # (E, len(pool["labels"])) stored recalls (accuracy.recall_vector), read-only
+    given: np.ndarray       # (E,) bool: registered with class_accuracy= (screened exactly)
+    damaged: frozenset      # keys of labelled entries whose class record is malformed (kept: the scorer names them)
+    labelled: frozenset     # keys of every labelled entry
+    perfs: list = ()        # (E,) the entries' performance records (recalls again when a class is added)
+    last_key: bytes = b""   # the largest entry key read (entry ids only grow)
+    n_entries: int = 0      # entries of the hub when read
+    generation: int = -1    # the hub generation read
+
+
+def _read(txn, names: list[str], after: bytes = b"") -> tuple[list, set, set, bytes]:
+    """``(entries, damaged, labelled, last key)`` of the hub's entries with a key after ``after``:
+    entries [(key, class record, {entry feature: query column}, entry features)] of the labelled
+    ones sharing a column name with the query."""
+    from . import accuracy as A
+    from .storage import u64
+
+    col_of = {n: j for j, n in enumerate(names)}
+    entries, damaged, labelled, last = [], set(), set(), after
+    for key in txn.keys("entries"):
+        if key <= after:
+            continue
+        last = max(last, key)
+        rec = txn.get("entries", key)
+        if not rec or not rec.get("labelled"):
+            continue
+        labelled.add(key)
+        fmap = {sf: col_of[n] for sf, n in enumerate(rec.get("features") or []) if n in col_of}
+        if not fmap:
+            continue
+        try:
+            cl = A.check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
+        except E.CorruptHubError:
+            damaged.add(key)
+            continue
+        entries.append((key, cl, fmap, rec["features"]))
+    return entries, damaged, labelled, last
+
+
+def _freeze(pl: dict, recalls: np.ndarray, given: np.ndarray) -> dict:
+    """The pool with its class Gaussians' per-class sum (accuracy_gauss.combined, summed once, not
+    per query), and every array read-only."""
+    parts = (pl.get("gauss") or {}).get("parts") or []
+    comb = ()
+    if parts:
+        from .accuracy_gauss import combined
+
+        pl = {**pl, "gauss": {**pl["gauss"], "_combined": combined({**pl["gauss"], "_combined": None})}}
+        comb = pl["gauss"]["_combined"][1:]
+        if sum(p[x].nbytes for p in parts for x in ("n", "mean", "scatter")) > MAX_GAUSS_BYTES:
+            pl["gauss"] = {**pl["gauss"], "parts": None}      # extend() then reads every entry again
+            parts = []
+    for a in (recalls, given, pl["col"], pl["cls"], pl["bucket"], pl["count"], *comb,
+              *(p[x] for p in parts for x in ("n", "mean", "scatter"))):
+        a.setflags(write=False)
+    return pl
+
+
+def screen_data(txn, names: list[str]) -> ScreenData:
+    """The stage's data for a query with columns ``names``, read from the hub (the reference: what
+    the stage computed per query before this cache)."""
+    from . import accuracy as A
+
+    gen = int(txn.get("meta", b"generation") or 0)
+    entries, damaged, labelled, last = _read(txn, names)
+    n = txn.count("entries")
+    if not entries:
+        return ScreenData([], None, np.zeros((0, 0)), np.zeros(0, bool), frozenset(damaged), frozenset(labelled),
+                          [], last, n, gen)
+    labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
+    pl = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
+    recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries])
+    given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
+    return ScreenData([key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
+                      frozenset(damaged), frozenset(labelled), [cl["perf"] for _, cl, _, _ in entries], last, n, gen)
+
+
+def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
+    """``old`` brought to the generation of ``txn`` by reading only the entries added since (their
+    keys are larger: ids only grow), or None when an entry was removed since (then it is read
+    again whole). The pool of old + new entries is ``merge_pools`` of the two (integer counts: the
+    same sums; the Gaussians' parts in the same canonical order), the recalls the old rows with
+    the new ones below (all again over the new labels when a class was added): equal to
+    :func:`screen_data` (tests/test_accuracy_cache.py)."""
+    from . import accuracy as A
+
+    gen = int(txn.get("meta", b"generation") or 0)
+    n = txn.count("entries")
+    entries, damaged, labelled, last = _read(txn, names, old.last_key)
+    added = sum(1 for k in txn.keys("entries") if k > old.last_key)
+    if n != old.n_entries + added:          # a removal: the old pool holds an entry no longer there
+        return None
+    if not entries:
+        return ScreenData(old.keys, old.pool, old.recalls, old.given, old.damaged | damaged, old.labelled | labelled,
+                          old.perfs, last, n, gen)
+    if old.pool is None or (old.pool.get("gauss") is not None and old.pool["gauss"].get("parts") is None):
+        return screen_data(txn, names)      # nothing pooled yet, or the Gaussians' parts were not kept
+    labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
+    new = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
+    base = {**old.pool, "gauss": None if old.pool.get("gauss") is None else
+            {k: v for k, v in old.pool["gauss"].items() if k != "_combined"}}
+    if old.pool.get("gauss") is None:   # some old entry lacks a Gaussian: the union has none
+        new["gauss"] = None
+    pl = A.merge_pools([base, new])
+    if pl.get("gauss") is None:
+        pl["gauss"] = None
+    perfs = list(old.perfs) + [cl["perf"] for _, cl, _, _ in entries]
+    if pl["labels"] == old.pool["labels"]:
+        recalls = np.vstack([old.recalls, np.stack([A.recall_vector(cl["perf"], pl["labels"])
+                                                    for _, cl, _, _ in entries])])
+    else:
+        recalls = np.stack([A.recall_vector(p, pl["labels"]) for p in perfs])
+    given = np.concatenate([old.given, [cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries]])
+    return ScreenData(old.keys + [key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
+                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen)
+
+
+def nbytes(d: ScreenData) -> int:
+    """Estimated bytes ``d`` holds: its arrays (the pool's, the class Gaussians' parts and sum, the
+    recalls), ``PERF_BYTES`` a performance record and ~100 bytes a key."""
+    def arrays(x) -> int:
+        if isinstance(x, np.ndarray):
+            return x.nbytes
+        if isinstance(x, dict):
+            return sum(arrays(v) for v in x.values())
+        if isinstance(x, (list, tuple)):
+            return sum(arrays(v) for v in x)
+        return 0
+    return (arrays(d.pool) + d.recalls.nbytes + d.given.nbytes + PERF_BYTES * len(d.perfs)
+            + 100 * (len(d.keys) + len(d.labelled)))
+
+
+class ScreenCache:
+    """:func:`screen_data` per query schema, brought to the hub's current generation when asked
+    (one per Hub: engine/indexes.py ``SearchIndexes.accuracy``): entries added since are read and
+    pooled alone (:func:`extend`), a removal reads every entry again."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._data: OrderedDict = OrderedDict()
+
+    @property
+    def generation(self):
+        """The newest generation held (None when empty)."""
+        with self.lock:
+            return max((d.generation for d in self._data.values()), default=None)
+
+    def get(self, txn, names: list[str]) -> ScreenData:
+        """The stage's data for ``names`` at the generation of ``txn``'s snapshot."""
+        gen = int(txn.get("meta", b"generation") or 0)
+        key = tuple(names)
+        with self.lock:
+            old = self._data.get(key)
+            if old is not None and old.generation == gen:
+                self._data.move_to_end(key)
+                return old
+        data = None
+        if old is not None and old.generation < gen:   # outside the lock: other schemas are served meanwhile
+            data = extend(txn, old, names)
+        if data is None:
+            data = screen_data(txn, names)
+        size = nbytes(data)
+        with self.lock:
+            cur = self._data.get(key)
+            if size > MAX_CACHE_BYTES:                   # too large to hold: used for this search only
+                self._data.pop(key, None)
+            elif cur is None or cur.generation <= gen:   # never replaced by an older snapshot's
+                self._data[key] = data
+                self._data.move_to_end(key)
+            while len(self._data) > MAX_SCHEMAS or (len(self._data) > 1
+                                                    and sum(map(nbytes, self._data.values())) > MAX_CACHE_BYTES):
+                self._data.popitem(last=False)
+        return data
