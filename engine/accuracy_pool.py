@@ -51,14 +51,25 @@ def _aggregate(labels, columns, cls, col, bucket, count, entries: int) -> dict:
     than a sort of every key (``np.unique``: ~3 s of the stage's first query at 10k pooled
     entries, 25M keys); same keys, order and sums (each key's counts added in input order;
     tests/test_accuracy_proxy.py holds it equal to the sort)."""
-    key = (np.asarray(col, np.int64) * (1 << 20) + cls) * (1 << 33) + (np.asarray(bucket, np.int64) + (1 << 32))
-    inv, uniq = pd.factorize(key, sort=True)
-    uniq = np.asarray(uniq, dtype=np.int64)
-    summed = np.bincount(inv, weights=count, minlength=len(uniq))
-    return {"labels": list(labels), "columns": columns, "col": (uniq >> 53).astype(np.int32),
-            "cls": ((uniq >> 33) & ((1 << 20) - 1)).astype(np.int32),
-            "bucket": ((uniq & ((1 << 33) - 1)) - (1 << 32)).astype(np.int32), "count": summed,
-            "entries": int(entries)}
+    col, cls = np.asarray(col, np.int64), np.asarray(cls, np.int64)
+    b = np.asarray(bucket, np.int64) + (1 << 32)            # int32 buckets: 0 <= b < 2^33
+    # one int64 key (col, cls, b) packed in that order, each field as wide as its largest value needs
+    # (a fixed 20-bit class field left col 10 bits: a query of 1,024+ columns wrapped the key); where
+    # the three do not fit 63 bits, the rows themselves are sorted (np.unique over (n, 3))
+    wc = max(int(cls.max()).bit_length() if cls.size else 0, 1)
+    wk = max(int(col.max()).bit_length() if col.size else 0, 1)
+    if wk + wc + 33 <= 63:
+        key = ((col << wc) | cls) << 33 | b
+        inv, uniq = pd.factorize(key, sort=True)
+        uniq = np.asarray(uniq, dtype=np.int64)
+        u_col, u_cls, u_b = uniq >> (33 + wc), (uniq >> 33) & ((1 << wc) - 1), uniq & ((1 << 33) - 1)
+    else:
+        rows, inv = np.unique(np.stack([col, cls, b], axis=1), axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        u_col, u_cls, u_b = rows[:, 0], rows[:, 1], rows[:, 2]
+    summed = np.bincount(inv, weights=count, minlength=len(u_col))
+    return {"labels": list(labels), "columns": columns, "col": u_col.astype(np.int32), "cls": u_cls.astype(np.int32),
+            "bucket": (u_b - (1 << 32)).astype(np.int32), "count": summed, "entries": int(entries)}
 
 
 def merge_pools(pools: list[dict]) -> dict:

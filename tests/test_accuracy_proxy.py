@@ -116,6 +116,29 @@ def test_aggregate_equals_the_sort(n, spread):
             assert got[k] == ref[k]
 
 
+@pytest.mark.parametrize("n", [0, 1, 7, 2000])
+@pytest.mark.parametrize("cols, classes", [(2_000, 300), (1 << 20, 1 << 18), (1, 1)])
+def test_aggregate_of_wide_queries_and_many_classes(n, cols, classes):
+    """Column indices of 1,024 and more (the fixed 20-bit class field once wrapped the packed key
+    there) and class indices to 2^18 (a received pool's bound), packed or, beyond 63 bits, sorted
+    as rows: every (col, cls, bucket) summed once, in that order, as a dictionary adds them."""
+    rng = np.random.default_rng([n, cols % 997])
+    col, cls = rng.integers(0, cols, n), rng.integers(0, classes, n)
+    col[: n // 3], cls[: n // 3] = cols - 1, classes - 1                  # the largest indices present
+    bucket = rng.integers(-(1 << 31), 1 << 31, n)
+    dup = rng.integers(0, max(n, 1), n // 2)                               # repeated keys, summed
+    col, cls, bucket = (np.concatenate([a, a[dup]]) for a in (col, cls, bucket))
+    count = rng.random(len(col)) * 5
+    ref = {}
+    for k, c in zip(zip(col.tolist(), cls.tolist(), bucket.tolist()), count.tolist()):
+        ref[k] = ref.get(k, 0.0) + c
+    got = A._aggregate(list(range(classes)), ["x"] * cols, cls, col, bucket, count, 2)
+    keys = sorted(ref)
+    assert got["col"].dtype == got["cls"].dtype == got["bucket"].dtype == np.int32
+    assert list(zip(got["col"].tolist(), got["cls"].tolist(), got["bucket"].tolist())) == keys
+    np.testing.assert_array_equal(got["count"], [ref[k] for k in keys])
+
+
 @pytest.mark.parametrize("per_block", [1, 3])
 def test_blocks_are_bounded_by_the_query_rows_too(per_block, monkeypatch):
     """A block's (n_rows, B, K) log-likelihoods stay within _BLOCK_FLOATS however many rows the
