@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from . import errors as E
-from .accuracy_records import MAX_CLASSES, _sort_key, canonical, column_buckets
+from .accuracy_records import MAX_CLASSES, _sort_key, canonical, column_buckets, grouped_sum
 
 SMOOTHING = 1.0             # weight of the pooled all-class histogram in each class's histogram
 # the own-histogram proxy (:func:`own_predictions`; chosen on digits seeds 0-1 and MNIST seed 0)
@@ -51,23 +51,7 @@ def _aggregate(labels, columns, cls, col, bucket, count, entries: int) -> dict:
     than a sort of every key (``np.unique``: ~3 s of the stage's first query at 10k pooled
     entries, 25M keys); same keys, order and sums (each key's counts added in input order;
     tests/test_accuracy_proxy.py holds it equal to the sort)."""
-    col, cls = np.asarray(col, np.int64), np.asarray(cls, np.int64)
-    b = np.asarray(bucket, np.int64) + (1 << 32)            # int32 buckets: 0 <= b < 2^33
-    # one int64 key (col, cls, b) packed in that order, each field as wide as its largest value needs
-    # (a fixed 20-bit class field left col 10 bits: a query of 1,024+ columns wrapped the key); where
-    # the three do not fit 63 bits, the rows themselves are sorted (np.unique over (n, 3))
-    wc = max(int(cls.max()).bit_length() if cls.size else 0, 1)
-    wk = max(int(col.max()).bit_length() if col.size else 0, 1)
-    if wk + wc + 33 <= 63:
-        key = ((col << wc) | cls) << 33 | b
-        inv, uniq = pd.factorize(key, sort=True)
-        uniq = np.asarray(uniq, dtype=np.int64)
-        u_col, u_cls, u_b = uniq >> (33 + wc), (uniq >> 33) & ((1 << wc) - 1), uniq & ((1 << 33) - 1)
-    else:
-        rows, inv = np.unique(np.stack([col, cls, b], axis=1), axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        u_col, u_cls, u_b = rows[:, 0], rows[:, 1], rows[:, 2]
-    summed = np.bincount(inv, weights=count, minlength=len(u_col))
+    u_col, u_cls, u_b, summed = grouped_sum(col, cls, np.asarray(bucket, np.int64) + (1 << 32), 33, count)
     return {"labels": list(labels), "columns": columns, "col": u_col.astype(np.int32), "cls": u_cls.astype(np.int32),
             "bucket": (u_b - (1 << 32)).astype(np.int32), "count": summed, "entries": int(entries)}
 
@@ -183,7 +167,7 @@ def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float
     if not mask.any():
         return ll
     uq_m = uq[mask]
-    ucol, ub = uq_m >> 33, (uq_m & ((1 << 33) - 1)) - (1 << 32)
+    ucol = uq_m >> 33
     pkey = col * (1 << 33) + (bucket + (1 << 32))                         # the pool's (column, bucket)s
     pu, pinv = np.unique(pkey, return_inverse=True)
     M = np.bincount(pinv.ravel(), weights=count, minlength=len(pu))       # all-class count per (column, bucket)
@@ -193,12 +177,15 @@ def loglik(qb: dict, n_rows: int, pl: dict, names: list[str], temperature: float
     pos = np.minimum(np.searchsorted(pu, uq_m), len(pu) - 1)
     Mu = np.where(pu[pos] == uq_m, M[pos], 0.0)
     q = (Mu + 1.0) / (Ntot[ucol] + V[ucol])                                # (U,)
-    fkey = (col * (1 << 20) + cls) * (1 << 33) + (bucket + (1 << 32))
+    # each pool row keyed by its (column, bucket)'s rank in pu and its class: below len(pu) x K, no
+    # packing of the column's index (a fixed 20-bit class field once wrapped at 1,024 query columns)
+    fkey = pinv.ravel().astype(np.int64) * K + cls
     order = np.argsort(fkey, kind="stable")
     fkey, fcount = fkey[order], count[order]
-    want = (ucol[:, None] * (1 << 20) + np.arange(K)[None, :]) * (1 << 33) + (ub[:, None] + (1 << 32))
+    hit = pu[pos] == uq_m                                                  # the query's (column, bucket) is pooled
+    want = pos.astype(np.int64)[:, None] * K + np.arange(K)[None, :]
     fpos = np.minimum(np.searchsorted(fkey, want), len(fkey) - 1)
-    N = np.where(fkey[fpos] == want, fcount[fpos], 0.0)                    # (U, K)
+    N = np.where(hit[:, None] & (fkey[fpos] == want), fcount[fpos], 0.0)  # (U, K)
     logP = np.zeros((len(uq), K))
     logP[mask] = np.log((N + SMOOTHING * q[:, None]) / (Nc[ucol] + SMOOTHING))
     ll = np.asarray(qx["S"] @ logP)

@@ -420,3 +420,30 @@ def test_a_damaged_label_kind_count_is_a_named_error(tmp_path, rng, damage):
         with pytest.raises(E.CorruptHubError, match="label_kinds"):
             hub.search(df, method="auto")
         assert "plain" in hub and "lab" not in hub and "lab2" not in hub
+
+
+@pytest.mark.parametrize("n_features", [3, 3000])
+def test_merged_class_records_of_wide_entries_sum_every_cell(rng, n_features):
+    """merge_records sums the two records' counts per (feature, class, bucket), in that order, for
+    entries of 2,048 features and more too (a packed key with a fixed 20-bit class field wrapped
+    there: features 2,048 apart collided and the decoded feature went negative)."""
+    def record(labels, m):
+        return {"v": A.CLASSES_FORMAT, "labels": labels, "counts": rng.integers(1, 50, len(labels)),
+                "cls": rng.integers(0, len(labels), m).astype(np.int32),
+                "feat": np.concatenate([[n_features - 1], rng.integers(0, n_features, m - 1)]).astype(np.int32),
+                "bucket": rng.integers(-(1 << 31), 1 << 31, m).astype(np.int32),
+                "count": rng.integers(0, 1000, m).astype(np.uint32), "perf": None}
+    a, b = record([0, 1, 2], 400), record([1, 2, 5], 300)
+    b["feat"][:100], b["bucket"][:100] = a["feat"][:100], a["bucket"][:100]       # shared cells ...
+    b["cls"][:100] = [1 + (c > 0) for c in a["cls"][:100]]                        # of shared classes (0 stays apart)
+    merged = A.merge_records(a, b)
+    labels = [0, 1, 2, 5]
+    ref = {}
+    for r in (a, b):
+        for c, f, bk, n in zip(r["cls"].tolist(), r["feat"].tolist(), r["bucket"].tolist(), r["count"].tolist()):
+            key = (f, labels.index(r["labels"][c]), bk)
+            ref[key] = ref.get(key, 0) + n
+    keys = sorted(ref)
+    assert merged["labels"] == labels
+    assert list(zip(merged["feat"].tolist(), merged["cls"].tolist(), merged["bucket"].tolist())) == keys
+    np.testing.assert_array_equal(merged["count"], [ref[k] for k in keys])

@@ -80,6 +80,24 @@ def test_loglik_equals_the_per_column_loop(n_rows, seed):
             np.testing.assert_allclose(A.loglik(qb, n_rows, p, names, T, qx), ref, rtol=1e-10, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_loglik_of_a_query_of_2100_columns_equals_the_per_column_loop(seed):
+    """Pools over 2,048 columns and more: a packed (column, class, bucket) key with a fixed 20-bit
+    class field wrapped there (columns 2,048 apart collided), so a wide query's log-likelihoods came
+    out wrong, silently."""
+    rng = np.random.default_rng(seed)
+    n_rows, K = 23, 4
+    names = [f"f{j}" for j in range(2100)]
+    pl = _random_pool(rng, K, names, entries=60)          # the pool over all 2,100 columns
+    assert np.asarray(pl["col"]).max() >= 2048
+    qb = {j: (np.arange(n_rows), rng.integers(-8, 9, n_rows).astype(np.int64), True)
+          for j in list(range(0, 60)) + list(range(2040, 2100))}
+    for T in (None, 0.1):
+        ref = _loglik_reference(qb, n_rows, pl, names, T)
+        np.testing.assert_allclose(A.loglik(qb, n_rows, pl, names, T), ref, rtol=1e-10, atol=1e-9)
+    assert np.abs(ref).max() > 0
+
+
 def test_loglik_of_an_empty_pool_is_zero():
     e = np.zeros(0, np.int64)
     pl = A._aggregate([0, 1, 2], ["a"], e, e, e, np.zeros(0), 0)
