@@ -237,15 +237,10 @@ def recall_prior(m: _Model, proxy_recall: np.ndarray) -> tuple[np.ndarray, float
     from the class's training rows, the model's validation accuracy and confidence, and the
     candidate's own-histogram proxy recall on the query rows of the class (0 for a class the model
     never saw), and the pseudo-rows it weighs against the class's validation rows."""
-    n = np.maximum(m.n, 1.0)
-    x = [np.ones(len(n)), np.full(len(n), _logit(m.r_max)), np.log(n), np.log(n / max(float(m.n.sum()), 1.0)),
-         _logit(proxy_recall)]
-    coef, pseudo = PRIOR_COEF_NO_CONF, PRIOR_PSEUDO_NO_CONF
-    if m.log_cal is not None:
-        x.append(np.full(len(n), m.log_cal))
-        coef, pseudo = (PRIOR_COEF_POOLED, PRIOR_PSEUDO_POOLED) if m.pooled else (PRIOR_COEF, PRIOR_PSEUDO)
-    z = np.asarray(coef) @ np.stack(x)
-    return np.where(m.n > 0, 1.0 / (1.0 + np.exp(-z)), 0.0), pseudo
+    from .accuracy_batch import Models, _prior
+
+    M = Models([m], len(m.n))                  # one model through the batched code (accuracy_batch.py)
+    return _prior(M, np.asarray(proxy_recall, np.float64)[None, :])[0], float(M.pseudo[0])
 
 
 def shifted_recall(m: _Model, pred: np.ndarray | None, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -260,22 +255,12 @@ def shifted_recall(m: _Model, pred: np.ndarray | None, w: np.ndarray | None) -> 
 
     ``pred`` None (no query rows, e.g. a given mixture) or a ``class_accuracy=`` performance: the
     stored recalls, shift 1."""
-    if m.given or pred is None or w is None or len(pred) == 0:
+    from .accuracy_batch import Models, shifted_recalls
+
+    if pred is None or w is None:
         return m.base, np.ones(len(m.base))
-    K = w.shape[1]
-    mass = w.sum(axis=0)
-    hit = np.bincount(pred, weights=w[np.arange(len(pred)), pred], minlength=K)
-    pr = hit / np.maximum(mass, 1e-12)
-    ok = (mass > PROXY_MIN_MASS) & (m.n > 0)
-    r0, pseudo = recall_prior(m, pr)
-    r0 = np.where(ok, r0, m.r_max * curve(m.n))
-    r = (m.diag + pseudo * r0) / (m.n_val + pseudo)
-    shift = np.ones(K)
-    if m.pv is not None:
-        use = ok & (m.pv_n >= SHIFT_MIN_VAL) & (mass >= SHIFT_MIN_VAL) & (m.pv - pr > SHIFT_Z * shift_se(m.pv, m.pv_n,
-                                                                                                      pr, mass))
-        shift = np.where(use, np.sqrt(np.minimum(1.0, (pr + 0.02) / (m.pv + 0.02))), 1.0)
-    return r * shift, shift
+    r, shift = shifted_recalls(Models([m], len(m.base)), np.asarray(pred)[None, :], w, with_shift=True)
+    return r[0], shift[0]
 
 
 def shift_se(pv: np.ndarray, pv_n: np.ndarray, pr: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -292,11 +277,9 @@ def _recall_draw(m: _Model, r: np.ndarray, seed: int) -> np.ndarray:
     moves, a rare one moves far. ``seed`` is the draw's (the same for every model, so a model's
     draws do not depend on which models share the call). A ``class_accuracy=`` performance (no
     counts) is taken as given; 0 (unseen) stays 0."""
-    if m.given:
-        return r
-    conc = (m.n_val + RECALL_PSEUDO) / RECALL_SPREAD
-    rc = np.clip(r, 1e-3, 1 - 1e-3)
-    return np.where(r > 0, np.random.default_rng(seed).beta(rc * conc, (1.0 - rc) * conc), 0.0)
+    from .accuracy_batch import Models, recall_draws
+
+    return recall_draws(Models([m], len(r)), np.asarray(r, np.float64)[None, :], seed)[0]
 
 
 def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstrap: int = 0, seed: int = 0,
@@ -320,8 +303,8 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
     from .accuracy_batch import Models, recall_draws, shifted_recalls
 
     models = [_Model(p, None if records is None else records[i], labels) for i, p in enumerate(perfs)]
-    # every model at once (accuracy_batch.py: shifted_recall / _recall_draw over (models, classes),
-    # equal to them model by model); one dot product per model (not R @ pi): a model's score must not
+    # every model at once (accuracy_batch.py: shifted_recall / _recall_draw over (models, classes));
+    # one dot product per model (not R @ pi): a model's score must not
     # depend on which other models share the call (a shard holds some of them; BLAS sums a matrix
     # product in blocks)
     stacked = Models(models, len(labels))

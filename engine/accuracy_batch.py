@@ -3,9 +3,10 @@
 
 ``accuracy.estimate`` scores every candidate once, and once more in each of ``accuracy_bootstrap``
 (default 50) resamples of the query's rows; one model at a time that was ~0.1 ms of NumPy call
-overhead per model and draw: 2.4 s of a 10k-entry search's 3 s at 256 candidates. The reference is
-the per-model code in engine/accuracy.py (it stays the definition: tests/test_accuracy_batch.py
-holds the two equal on random models, mixtures and bootstraps).
+overhead per model and draw: 2.4 s of a 10k-entry search's 3 s at 256 candidates. This is the one
+implementation: engine/accuracy.py's per-model functions call it with one model, and
+tests/test_accuracy_batch.py holds it equal to the per-model code it replaced (kept there as the
+reference) on random models, mixtures and bootstraps.
 
 What stays equal and why: every step is element-wise over (model, class) with each model's own
 scalars broadcast, or a reduction along one model's row, so a model's numbers do not depend on
@@ -58,14 +59,16 @@ class Models:
         self.curve = (self.r_max[:, None] * A.curve(self.n)) if live else z
 
 
-def shifted_recalls(M: Models, preds: np.ndarray | None, w: np.ndarray | None) -> np.ndarray:
+def shifted_recalls(M: Models, preds: np.ndarray | None, w: np.ndarray | None,
+                    with_shift: bool = False):
     """(E, K): ``accuracy.shifted_recall(model, preds[i], w)[0]`` of every model (``preds``: (E, n)
-    own-histogram proxies; None: the stored recalls)."""
+    own-histogram proxies; None: the stored recalls); ``with_shift``: ``(recalls, shift factors)``."""
     from . import accuracy as A
 
     out = M.base.copy()
+    shift_all = np.ones_like(out)
     if preds is None or w is None or preds.shape[1] == 0 or not len(M.live):
-        return out
+        return (out, shift_all) if with_shift else out
     K = w.shape[1]
     n_rows = preds.shape[1]
     P = preds[M.live]                                                           # (L, n)
@@ -83,7 +86,8 @@ def shifted_recalls(M: Models, preds: np.ndarray | None, w: np.ndarray | None) -
         (M.pv - pr > A.SHIFT_Z * A.shift_se(M.pv, M.pv_n, pr, mass)) & M.has_pv[:, None]
     shift = np.where(use, np.sqrt(np.minimum(1.0, (pr + 0.02) / (M.pv + 0.02))), 1.0)
     out[M.live] = r * shift
-    return out
+    shift_all[M.live] = shift
+    return (out, shift_all) if with_shift else out
 
 
 def _prior(M: Models, pr: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""``accuracy.estimate`` over every model at once (engine/accuracy_batch.py) against the per-model
-reference (engine/accuracy.py ``shifted_recall``, ``_recall_draw``, one ``np.dot`` per model: the
-loop ``estimate`` ran before). Scores, recalls, intervals and the mixture must be *equal* (the
+"""``accuracy.estimate`` over every model at once (engine/accuracy_batch.py, the one implementation;
+engine/accuracy.py's per-model functions call it with one model) against the per-model reference
+kept here (``shifted_recall``, ``recall_prior``, ``_recall_draw`` as engine/accuracy.py defined them
+model by model, one ``np.dot`` per model: the loop ``estimate`` ran before). Scores, recalls, intervals and the mixture must be *equal* (the
 batched steps are the same element-wise operations; see the module's docstring) on random models
 of every registration kind, vocabularies, mixtures and bootstraps."""
 from __future__ import annotations
@@ -9,6 +10,48 @@ import numpy as np
 import pytest
 
 from fitsketch import accuracy as A
+
+
+def _recall_prior_reference(m, proxy_recall):
+    """accuracy.recall_prior as it was defined model by model."""
+    n = np.maximum(m.n, 1.0)
+    x = [np.ones(len(n)), np.full(len(n), A._logit(m.r_max)), np.log(n), np.log(n / max(float(m.n.sum()), 1.0)),
+         A._logit(proxy_recall)]
+    coef, pseudo = A.PRIOR_COEF_NO_CONF, A.PRIOR_PSEUDO_NO_CONF
+    if m.log_cal is not None:
+        x.append(np.full(len(n), m.log_cal))
+        coef, pseudo = (A.PRIOR_COEF_POOLED, A.PRIOR_PSEUDO_POOLED) if m.pooled else (A.PRIOR_COEF, A.PRIOR_PSEUDO)
+    z = np.asarray(coef) @ np.stack(x)
+    return np.where(m.n > 0, 1.0 / (1.0 + np.exp(-z)), 0.0), pseudo
+
+
+def _shifted_recall_reference(m, pred, w):
+    """accuracy.shifted_recall as it was defined model by model."""
+    if m.given or pred is None or w is None or len(pred) == 0:
+        return m.base, np.ones(len(m.base))
+    K = w.shape[1]
+    mass = w.sum(axis=0)
+    hit = np.bincount(pred, weights=w[np.arange(len(pred)), pred], minlength=K)
+    pr = hit / np.maximum(mass, 1e-12)
+    ok = (mass > A.PROXY_MIN_MASS) & (m.n > 0)
+    r0, pseudo = _recall_prior_reference(m, pr)
+    r0 = np.where(ok, r0, m.r_max * A.curve(m.n))
+    r = (m.diag + pseudo * r0) / (m.n_val + pseudo)
+    shift = np.ones(K)
+    if m.pv is not None:
+        use = (ok & (m.pv_n >= A.SHIFT_MIN_VAL) & (mass >= A.SHIFT_MIN_VAL)
+               & (m.pv - pr > A.SHIFT_Z * A.shift_se(m.pv, m.pv_n, pr, mass)))
+        shift = np.where(use, np.sqrt(np.minimum(1.0, (pr + 0.02) / (m.pv + 0.02))), 1.0)
+    return r * shift, shift
+
+
+def _recall_draw_reference(m, r, seed):
+    """accuracy._recall_draw as it was defined model by model."""
+    if m.given:
+        return r
+    conc = (m.n_val + A.RECALL_PSEUDO) / A.RECALL_SPREAD
+    rc = np.clip(r, 1e-3, 1 - 1e-3)
+    return np.where(r > 0, np.random.default_rng(seed).beta(rc * conc, (1.0 - rc) * conc), 0.0)
 
 
 def _estimate_reference(ll, labels, perfs, *, mixture=None, bootstrap=0, seed=0, proxies=None, records=None):
@@ -20,9 +63,9 @@ def _estimate_reference(ll, labels, perfs, *, mixture=None, bootstrap=0, seed=0,
         out, recalls = [], []
         for i, m in enumerate(models):
             pred = None if proxies is None else (proxies[i] if idx is None else proxies[i][idx])
-            r, _ = A.shifted_recall(m, pred, w)
+            r, _ = _shifted_recall_reference(m, pred, w)
             if noise is not None:
-                r = A._recall_draw(m, r, noise[0])
+                r = _recall_draw_reference(m, r, noise[0])
             recalls.append(r)
             a = np.dot(r, pi)
             if noise is not None:
@@ -130,3 +173,33 @@ def test_a_models_score_does_not_depend_on_the_others_in_the_call():
         _, a1, i1 = A.estimate(ll, labels, [pr[i][0]], bootstrap=9, seed=3, proxies=[proxies[i]], records=[pr[i][1]])
         assert a1[0] == acc[i]
         np.testing.assert_array_equal(i1[0], interval[i])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_one_model_functions_equal_the_per_model_reference(seed):
+    """accuracy.shifted_recall / recall_prior / _recall_draw (one model through the batched code)
+    equal the per-model definitions above on random models of every kind: recalls, shift factors,
+    prior and pseudo-rows, draws."""
+    rng = np.random.default_rng(seed)
+    vocab = list(range(6))
+    labels = sorted(set(vocab) | {99})
+    K = len(labels)
+    for i in range(24):
+        perf, rec = _model(rng, vocab, KINDS[i % len(KINDS)])
+        m = A._Model(perf, rec, labels)
+        n_rows = int(rng.integers(0, 400))             # enough rows that the shift gate opens
+        w = A.responsibilities(rng.normal(0, 3, (n_rows, K)), rng.dirichlet(np.ones(K)))
+        pred = rng.integers(0, K, n_rows).astype(np.int64)
+        for p, ww in ((pred, w), (None, None)):
+            got, want = A.shifted_recall(m, p, ww), _shifted_recall_reference(m, p, ww)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+        if not m.given:
+            pr = rng.uniform(0, 1, K)
+            r0, ps = A.recall_prior(m, pr)
+            r0_ref, ps_ref = _recall_prior_reference(m, pr)
+            np.testing.assert_array_equal(r0, r0_ref)
+            assert ps == ps_ref
+        r = got[0]
+        s = int(rng.integers(1 << 62))
+        np.testing.assert_array_equal(A._recall_draw(m, r, s), _recall_draw_reference(m, r, s))
