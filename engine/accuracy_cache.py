@@ -181,6 +181,7 @@ class ScreenCache:
     def __init__(self):
         self.lock = threading.Lock()
         self._data: OrderedDict = OrderedDict()
+        self._bytes: dict = {}              # nbytes of each held schema's data, counted once when stored
 
     @property
     def generation(self):
@@ -207,10 +208,12 @@ class ScreenCache:
             cur = self._data.get(key)
             if size > MAX_CACHE_BYTES:                   # too large to hold: used for this search only
                 self._data.pop(key, None)
+                self._bytes.pop(key, None)
             elif cur is None or cur.generation <= gen:   # never replaced by an older snapshot's
                 self._data[key] = data
+                self._bytes[key] = size
                 self._data.move_to_end(key)
             while len(self._data) > MAX_SCHEMAS or (len(self._data) > 1
-                                                    and sum(map(nbytes, self._data.values())) > MAX_CACHE_BYTES):
-                self._data.popitem(last=False)
+                                                    and sum(self._bytes.values()) > MAX_CACHE_BYTES):
+                self._bytes.pop(self._data.popitem(last=False)[0])
         return data
