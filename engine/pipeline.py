@@ -103,6 +103,7 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
     query = make_query(hub, data, feature_names, cfg, plan, embedding=embedding, mixture=mixture,
                        class_pool=class_pool)
     allowed = None
+    screened = {}
     if embedding is not None:
         q = np.asarray(embedding, dtype=np.float64)
         q = q.mean(axis=0) if q.ndim == 2 else q
@@ -111,8 +112,8 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             near = hub.nearest(q, n_emb, level="entry")
             allowed = {u64(int(m.evidence["entry_id"])) for m in near}
             st.actual = len(allowed)
+    allowed_by_stage = allowed is None
     if allowed is None:
-        screened = {}
         allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled, query, cfg), plan, where, out=screened, k=k)
         if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
             query = dataclasses.replace(query, class_pool=screened["class_pool"])
@@ -138,6 +139,12 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             if class_pool == "return":   # Hub.class_pool: the pooled class counts, not matches
                 return _m_accuracy.class_pool(ctx, query, cands), plan
             scored, damaged = score_healthy(ctx, query, cands, method)
+            if allowed_by_stage and allowed is not None and screened.get("bound") is not None:
+                more, dmg, note = _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, scored,
+                                               screened["bound"], k, allowed)
+                scored += more
+                damaged += dmg
+                st.detail += note
             if damaged:
                 st.detail += (f"; skipped {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} "
                               f"({'; '.join(damaged[:5])}): remove and re-add them")
@@ -152,6 +159,39 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
         out = rerank(scored, k)
         st.actual = len(out)
     return out, plan
+
+
+def _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, scored, bound, k, kept):
+    """The accuracy stage's second round (engine/accuracy_bound.py): every labelled entry the first
+    round did not keep whose recall bound under the scorer's mixture reaches the ``k``-th best
+    predicted accuracy found is scored too, so the top ``k`` is ``shortlist=0``'s -- unless more
+    than ``SHORTLIST_MARGIN_CAP x shortlist`` entries would be scored in all: then the best bounds
+    up to it, and the plan says the recall is not held. Returns ``(matches, damaged, plan note)``."""
+    from . import accuracy_bound as _ab
+
+    extra, threshold = _ab.to_score(bound, scored, k, kept)
+    room = max(SHORTLIST_MARGIN_CAP * cfg.shortlist - len(kept), 0)
+    stage = next((s for s in plan.stages if s.name == "shortlist"), None)
+    note = (f"; second round (exact stage): {len(extra)} more labelled entries' predicted-accuracy bounds reach the "
+            f"{k}-th best score found ({threshold:.4g})")
+    if len(extra) > room:
+        extra = extra[:room]
+        note += f", scored the {room} best of them (capped at {SHORTLIST_MARGIN_CAP} x shortlist: recall not held)"
+        if stage is not None:
+            stage.recall = None
+            stage.detail += "; capped in the second round: recall not held"
+    elif stage is not None:
+        stage.detail += f"; second round scored {len(extra)} more (every entry whose bound reaches the {k}-th best)"
+    if stage is not None and stage.actual is not None:
+        stage.actual += len(extra)      # what the stage let through, both rounds
+    if not extra:
+        return [], [], note
+    live = live_ids(txn, set(extra), plan)
+    cands = candidates(txn, query, cfg, hub.config, mode, reason, where, live, plan, len(live)) if live else []
+    if not cands:
+        return [], [], note
+    more, damaged = score_healthy(ctx, query, cands, method)
+    return more, damaged, note
 
 
 def rerank(scored: list[Match], k: int) -> list[Match]:
@@ -239,20 +279,17 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
         if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
             with hub.store.read() as txn:
                 keep, ai = _acc.screen(txn, target, hub.config, cfg.accuracy_temperature, cfg.shortlist, keep, k=k,
-                                       margin=_acc.SCREEN_MARGIN, max_keep=SHORTLIST_MARGIN_CAP * cfg.shortlist,
                                        cache=hub._indexes.accuracy)
             if out is not None and "class_pool" in ai:
                 out["class_pool"] = ai["class_pool"]
+            if out is not None and "bound" in ai:
+                out["bound"] = ai["bound"]
             st.actual = len(keep)
-            st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by predicted accuracy from "
-                          f"their stored recalls and the pooled EM mixture, kept the top {cfg.shortlist}")
-            if ai.get("proxy"):   # models whose recalls the scorer shifts by the query: the screen is a proxy
-                st.detail += (f" + {ai['in_margin']} within {_acc.SCREEN_MARGIN:g} of the {k}-th best "
-                              f"(the screen's measured error for models registered without class_accuracy=)")
-                if ai["capped"]:
-                    st.detail += ", capped (more lay within the margin: recall not held)"
-                    st.recall = None
-    return keep
+            st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by an upper bound on their "
+                          f"predicted accuracy (recall bounds x the pooled EM mixture), kept the top {cfg.shortlist}")
+            if "bound" in ai:   # the pipeline's second round scores every entry whose bound reaches the k-th best
+                st.recall = 1.0
+        return keep
 
 def score_healthy(ctx, query, cands, method: str):
     """``(matches, damaged)``: the candidates scored together, less those whose stored records are
