@@ -354,7 +354,7 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     every labelled entry that has some of the query's columns (by name) is ranked by an upper bound
     on its predicted accuracy -- its recall bounds (accuracy_bound.py; for a ``class_accuracy=``
     model its recalls, the scorer's own) times the query's class mixture (EM over the class records
-    of all of them, pooled), one matrix product -- and the ``n_keep`` best are kept. With a given
+    of all of them, pooled), one matrix product -- and the ``max(n_keep, k)`` best are kept. With a given
     ``mixture=`` the scorer uses the stored recalls times it, so the bound is that score. ``kept``
     (the exact-js screen's choice) contributes its unlabelled entries (``auto`` ranks them after
     the labelled ones). An entry whose class record is damaged is kept, so the scorer names it.
@@ -388,7 +388,7 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
         pi = check_mixture(mixture, pl["labels"])
         bound = data.recalls
     ub = bound @ pi
-    rows = np.argsort(-ub, kind="stable")[:max(int(n_keep), 0)]
+    rows = np.argsort(-ub, kind="stable")[:max(int(n_keep), int(k), 0)]   # at least k: the second round's cut
     keep |= {data.keys[int(r)] for r in rows}
     info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl,
                 bound={"keys": data.keys, "bound": bound, "labels": pl["labels"]})

@@ -152,13 +152,18 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             picked = sorted({m.evidence["auto"] for m in scored if "auto" in m.evidence})
             if picked:
                 st.detail += "; auto: " + " | ".join(picked)
-            fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
+            fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence
+                         and m.method != "accuracy"), None)   # accuracy's own fallback is not adaptivity
             if fell:
                 st.detail += f"; fell back to adaptivity: {fell}"
     with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
         out = rerank(scored, k)
         st.actual = len(out)
     return out, plan
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
 
 
 def _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, scored, bound, k, kept):
@@ -173,7 +178,8 @@ def _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, s
     room = max(SHORTLIST_MARGIN_CAP * cfg.shortlist - len(kept), 0)
     stage = next((s for s in plan.stages if s.name == "shortlist"), None)
     note = (f"; second round (exact stage): {len(extra)} more labelled entries' predicted-accuracy bounds reach the "
-            f"{k}-th best score found ({threshold:.4g})")
+            + (f"{_ordinal(k)} best score found ({threshold:.4g})" if np.isfinite(threshold) else
+               f"{_ordinal(k)} best score found (fewer than {k} scored: every labelled entry)"))
     if len(extra) > room:
         extra = extra[:room]
         note += f", scored the {room} best of them (capped at {SHORTLIST_MARGIN_CAP} x shortlist: recall not held)"
@@ -181,7 +187,8 @@ def _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, s
             stage.recall = None
             stage.detail += "; capped in the second round: recall not held"
     elif stage is not None:
-        stage.detail += f"; second round scored {len(extra)} more (every entry whose bound reaches the {k}-th best)"
+        stage.detail += (f"; second round scored {len(extra)} more (every entry whose bound reaches the {_ordinal(k)} "
+                         "best score: the answer is shortlist=0's)")
     if stage is not None and stage.actual is not None:
         stage.actual += len(extra)      # what the stage let through, both rounds
     if not extra:

@@ -113,28 +113,42 @@ def test_the_stage_answers_as_every_entry_scored(tmp_path, seed):
 
 
 def test_without_the_second_round_the_answer_differs(tmp_path, monkeypatch):
-    """What the second round is for: with it disabled, the first round's 2 entries cannot answer k = 6."""
-    rng = np.random.default_rng(7)
-    hub, q = _mixed_hub(tmp_path, rng)
+    """What the second round is for: with it disabled, the first round's k best bounds are not always
+    the k best scores (some of 6 hubs of 30 entries answer otherwise than shortlist=0: 4 of 6 when
+    this was written)."""
     monkeypatch.setattr(pipeline, "_bound_round", lambda *a, **kw: ([], [], ""))
-    with hub:
-        short = hub.search(q, k=6, method="accuracy", shortlist=2, accuracy_bootstrap=0)
-        full = hub.search(q, k=6, method="accuracy", shortlist=0, accuracy_bootstrap=0)
-    assert [m.name for m in short] != [m.name for m in full]
+    differ = 0
+    for seed in range(6):
+        hub, q = _mixed_hub(tmp_path / str(seed), np.random.default_rng(seed), n=30)
+        with hub:
+            short = hub.search(q, k=5, method="accuracy", shortlist=2, accuracy_bootstrap=0)
+            full = hub.search(q, k=5, method="accuracy", shortlist=0, accuracy_bootstrap=0)
+        differ += [m.name for m in short] != [m.name for m in full]
+    assert differ >= 1
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_second_round_is_capped_and_says_so(tmp_path, seed, monkeypatch):
-    """More entries reach the k-th best than SHORTLIST_MARGIN_CAP x shortlist allows: the best bounds
-    are scored up to the cap and the plan says the recall is not held."""
-    rng = np.random.default_rng(seed)
-    hub, q = _mixed_hub(tmp_path, rng)
-    monkeypatch.setattr(pipeline, "SHORTLIST_MARGIN_CAP", 2)       # at most 2 x 2 = 4 entries in all
-    with hub:
-        plan = hub.explain(q, k=6, method="accuracy", shortlist=2, accuracy_bootstrap=0)
-    st = _stage(plan)
-    assert "recall not held" in st.detail and st.recall is None
-    assert len(plan.matches) == 4
+def test_the_second_round_is_capped_and_says_so(tmp_path, monkeypatch):
+    """More entries reach the k-th best than SHORTLIST_MARGIN_CAP x shortlist allows (here: no room
+    beyond the first round's 5): none of them is scored and the plan says the recall is not held;
+    where none reach it, nothing is capped."""
+    import re
+
+    monkeypatch.setattr(pipeline, "SHORTLIST_MARGIN_CAP", 1)       # 1 x 2 entries in all: below the first round
+    capped = 0
+    for seed in range(6):
+        hub, q = _mixed_hub(tmp_path / str(seed), np.random.default_rng(seed), n=30)
+        with hub:
+            plan = hub.explain(q, k=5, method="accuracy", shortlist=2, accuracy_bootstrap=0)
+        st = _stage(plan)
+        score = next(s for s in plan.stages if s.name == "score")
+        more = int(re.search(r"second round \(exact stage\): (\d+) more", score.detail).group(1))
+        if more:
+            capped += 1
+            assert "recall not held" in st.detail and st.recall is None, st.detail
+            assert len(plan.matches) == 5 and st.actual == 5
+        else:
+            assert "recall not held" not in st.detail and st.recall == 1.0
+    assert capped >= 1
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -152,7 +166,7 @@ def test_class_accuracy_models_are_screened_exactly(tmp_path, seed):
         plan = hub.explain(q, k=2, method="accuracy", shortlist=2, accuracy_bootstrap=0)
         full = hub.search(q, k=2, method="accuracy", shortlist=0, accuracy_bootstrap=0)
     st = _stage(plan)
-    assert st.actual == 2 and "second round scored 0 more" in st.detail, st.detail
+    assert st.actual == 2 and "second round scored 0 more" in st.detail and "2nd best" in st.detail, st.detail
     assert [(m.name, m.score) for m in plan.matches] == [(m.name, m.score) for m in full]
 
 def test_ties_among_given_models_at_the_cut_are_all_kept(tmp_path):
