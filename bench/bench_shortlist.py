@@ -644,9 +644,9 @@ LABELLED_METHODS = ("accuracy", "auto")
 
 
 def _accuracy_ranks(hub, X, names, full) -> dict:
-    """Where the exhaustive ranking ``full`` (every labelled entry scored) puts the screen's choice:
-    the accuracy stage's score of every labelled entry (engine/accuracy.py ``screen``: the stored
-    recalls times the EM mixture over the pooled class records), the screen rank of each exhaustive
+    """Where the exhaustive ranking ``full`` (every labelled entry scored) puts the old accuracy
+    screen's choice (before the exact stage of 2026-12-01: the stored recalls times the EM mixture
+    over the pooled class records, kept within a margin), the screen rank of each exhaustive
     top-10 entry and the screen-score gap between the screen's 10th best and them."""
     import pandas as pd
     from fitsketch import accuracy as A
@@ -672,6 +672,15 @@ def _accuracy_ranks(hub, X, names, full) -> dict:
     top = [m.name for m in full[:10]]
     tenth = float(s[order[min(9, len(s) - 1)]])
     return {"screen_rank_of_top10": [int(rank[n]) for n in top], "screen_gap_of_top10": [tenth - float(score[n]) for n in top]}
+
+
+def _second_round(plan) -> int | None:
+    """How many entries the accuracy stage's second round scored (the score stage's plan text)."""
+    import re
+
+    st = next((x for x in plan.stages if x.name == "score"), None)
+    hit = re.search(r"second round \(exact stage\): (\d+) more", st.detail if st is not None else "")
+    return int(hit.group(1)) if hit else None
 
 
 def accuracy_reference(hub, q, names, check: list, held: dict | None = None) -> tuple[list, dict]:
@@ -876,15 +885,17 @@ def run_add_rate(n: int = 2_000, batch: int = 1_000, kinds=("scale32", "digits64
 
 def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto"), budget_s: float = 1800.0,
                  full_checks: int = 1, seed: int = 0, out=print, out_dir: Path | None = None,
-                 tag: str = "", first: int = 0) -> list[dict]:
-    """``method="accuracy"`` / ``"auto"`` through the default stage of a labelled digits pool hub
+                 tag: str = "", first: int = 0, data: str = "digits", ref_every: int = 1) -> list[dict]:
+    """``method="accuracy"`` / ``"auto"`` through the default stage of a labelled ``data`` pool hub
     (``hub_dir``/h.hub, filled as ``--scale`` fills it; e.g. 10k entries) against the scorer's score
     of every labelled entry (``accuracy_reference``: ``shortlist=0``'s ranking at ~1/3 of its CPU;
     the first ``full_checks`` queries also run ``hub.search(shortlist=0)`` to hold the two equal).
     Per query (the ``--scale`` queries, 600-row class-skewed samples): the stage's top 10
     (``explain``, no bootstrap), what it kept, whether its margin was capped; recall@10 by score and
     best found against the reference; for ``auto``, whether every match of its top 10 was scored
-    as ``accuracy`` (a labelled hub). Queries run until ``budget_s`` of searching + references."""
+    as ``accuracy`` (a labelled hub). Queries run until ``budget_s`` of searching + references;
+    ``ref_every``: the reference for every such query only (a 100k hub's costs minutes), the others
+    give the stage's size and latency alone."""
     import fitsketch
 
     from . import zoos
@@ -892,15 +903,15 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
     ctx = H.context("cpu", False)
     env = H.environment("cpu")
     wall = H.stopwatch().__enter__()
-    pool = zoos.Pool("digits", seed=seed)
+    pool = zoos.Pool(data, seed=seed)
     X, y, names = pool.X, pool.y, pool.names
     rows, per_query = [], []
     with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
         n = len(hub)
-        w = f"digits labelled pool zoo, {n} entries (hub {hub_dir})"
+        w = f"{data} labelled pool zoo, {n} entries (hub {hub_dir})"
         t_s = {m: H.Samples() for m in methods}
         t_r, t_f = H.Samples(), H.Samples()
-        res = {m: {"rec": [], "best": [], "kept": [], "capped": [], "acc": []} for m in methods}
+        res = {m: {"rec": [], "best": [], "kept": [], "capped": [], "acc": [], "ms": []} for m in methods}
         checks = []
         held = {}                                    # the reference's decoded records, read once
         violations = []                              # entries scoring above their bound, per query
@@ -914,7 +925,7 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
                 plan = t_s[m].call(hub.explain, q, k=10, method=m, feature_names=names, accuracy_bootstrap=0)
                 short = plan.matches
                 st = next((x for x in plan.stages if x.name == "shortlist"), None)
-                if ref is None:
+                if ref is None and (qi - first) % ref_every == 0:
                     ref, info = t_r.call(accuracy_reference, hub, q, names, short, held)
                     viol, excess = bound_violations(hub, names, ref, info)
                     pq.update(ref_check_max_diff=info["max_diff"], ref_mixture_diff=info["mixture_diff"],
@@ -927,17 +938,21 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
                             max(abs(x.score - sc) for x, (_, sc) in zip(full, ref)) <= 1e-12
                         checks.append(ok)
                         pq["full_check"] = ok
-                tenth, best = ref[min(9, len(ref) - 1)][1], ref[0][1]
-                r = float(np.mean([x.score >= tenth - 1e-12 for x in short[:10]])) if short else 0.0
-                bf = bool(short and short[0].score >= best - 1e-12)
                 acc_all = all(x.method == "accuracy" for x in short[:10])
                 d = res[m]
-                d["rec"].append(r)
-                d["best"].append(bf)
+                r = bf = None
+                if ref is not None:
+                    tenth, best = ref[min(9, len(ref) - 1)][1], ref[0][1]
+                    r = float(np.mean([x.score >= tenth - 1e-12 for x in short[:10]])) if short else 0.0
+                    bf = bool(short and short[0].score >= best - 1e-12)
+                    d["rec"].append(r)
+                    d["best"].append(bf)
+                d["ms"].append(1e3 * t_s[m].cpu[-1])
                 d["kept"].append(-1 if st is None else st.actual)
                 d["capped"].append(st is not None and "recall not held" in (st.detail or ""))
                 d["acc"].append(acc_all)
                 pq.update({f"{m}_recall": r, f"{m}_best": bf, f"{m}_kept": d["kept"][-1], f"{m}_capped": d["capped"][-1],
+                           f"{m}_cpu_ms": round(d["ms"][-1], 1), f"{m}_second_round": _second_round(plan),
                            f"{m}_all_accuracy": acc_all, f"{m}_stated_recall": None if st is None else st.recall})
             per_query.append(pq)
             out(f"  query {qi}: {pq}")
@@ -946,8 +961,9 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
             if not d["rec"]:
                 continue
             st_ = t_s[m].stats()
-            out(f"  {n:,} {m:<9} {len(d['rec'])} queries: recall@10 {np.mean(d['rec']):.3f} (min {min(d['rec']):.2f}), best "
-                f"{sum(d['best'])}/{len(d['best'])}, kept p50 {np.median(d['kept']):.0f} max {max(d['kept'])}, capped "
+            out(f"  {n:,} {m:<9} {len(d['rec'])} queries with the reference: recall@10 {np.mean(d['rec']):.3f} (min "
+                f"{min(d['rec']):.2f}), best {sum(d['best'])}/{len(d['best'])}; over all {len(d['kept'])} queries: "
+                f"kept p50 {np.median(d['kept']):.0f} max {max(d['kept'])}, capped "
                 f"{sum(d['capped'])}, all top 10 scored as accuracy {sum(d['acc'])}/{len(d['acc'])}; explain p50 "
                 f"{1e3 * st_['p50_s']:.0f} ms wall ({1e3 * st_['cpu']['p50_s']:.0f} CPU)")
             rows += [H.row(ctx, "shortlist_accuracy", w, m, "recall_at_10", float(np.mean(d["rec"])),
@@ -1021,11 +1037,14 @@ def main(argv=None) -> None:
                     help="accuracy / auto through the stage of this labelled pool hub folder vs every entry scored (run_accuracy)")
     ap.add_argument("--full-checks", type=int, default=1, help="--accuracy-hub: queries also searched with shortlist=0")
     ap.add_argument("--query-start", type=int, default=0, help="--accuracy-hub: the first query's number (go on after a run)")
+    ap.add_argument("--ref-every", type=int, default=1, help="--accuracy-hub: the reference for every such query only")
+    ap.add_argument("--accuracy-data", choices=("digits", "mnist"), default="digits",
+                    help="--accuracy-hub: the data set the hub's pool zoo was built from")
     a = ap.parse_args(argv)
     if a.accuracy_hub:
         run_accuracy(a.accuracy_hub, a.queries or 20, tuple(a.methods.split(",")) if a.methods != ",".join(SIMILAR_METHODS)
                      else ("accuracy", "auto"), budget_s=a.budget, full_checks=a.full_checks, out_dir=a.out, tag=a.tag,
-                     first=a.query_start)
+                     first=a.query_start, data=a.accuracy_data, ref_every=a.ref_every)
         return
     if a.two_level:
         run_two_level(a.two_level, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,

@@ -383,15 +383,18 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     mixture = getattr(target, "mixture", None)
     if mixture is None:
         pi = em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0])
+        at = {c: i for i, c in enumerate(pl["labels"])}
+        pi = np.array([pi[at[c]] if c in at else 0.0 for c in data.labels])   # a class only named: no query rows
         bound = data.bound
     else:
-        pi = check_mixture(mixture, pl["labels"])
-        bound = data.recalls
+        pi = check_mixture(mixture, list(data.labels))
+        bound = data.stored
     ub = bound @ pi
     rows = np.argsort(-ub, kind="stable")[:max(int(n_keep), int(k), 0)]   # at least k: the second round's cut
     keep |= {data.keys[int(r)] for r in rows}
     info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl,
-                bound={"keys": data.keys, "bound": bound, "labels": pl["labels"]})
+                bound={"keys": data.keys, "bound": bound, "labels": list(data.labels)},
+                unscreened=len(data.labelled) - len(data.keys) - len(data.damaged))
     return keep | unlabelled, info
 
 

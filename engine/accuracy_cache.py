@@ -51,7 +51,9 @@ class ScreenData:
     last_key: bytes = b""   # the largest entry key read (entry ids only grow)
     n_entries: int = 0      # entries of the hub when read
     generation: int = -1    # the hub generation read
-    bound: np.ndarray | None = None   # (E, len(pool["labels"])) recall bounds (accuracy_bound.recall_bound), read-only
+    bound: np.ndarray | None = None   # (E, len(labels)) recall bounds (accuracy_bound.recall_bound), read-only
+    labels: list = ()       # the bound's classes: the pool's and every class a performance record names
+    stored: np.ndarray | None = None  # (E, len(labels)) stored recalls over them (a given mixture's exact screen)
 
 
 def _read(txn, names: list[str], after: bytes = b"") -> tuple[list, set, set, bytes]:
@@ -76,6 +78,7 @@ def _read(txn, names: list[str], after: bytes = b"") -> tuple[list, set, set, by
             continue
         try:
             cl = A.check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
+            A._Model(cl["perf"], cl, cl["labels"])     # its performance numbers as the scorer (and the bound) reads them
         except E.CorruptHubError:
             damaged.add(key)
             continue
@@ -112,16 +115,36 @@ def screen_data(txn, names: list[str]) -> ScreenData:
     n = txn.count("entries")
     if not entries:
         return ScreenData([], None, np.zeros((0, 0)), np.zeros(0, bool), frozenset(damaged), frozenset(labelled),
-                          [], last, n, gen, np.zeros((0, 0)))
+                          [], last, n, gen, np.zeros((0, 0)), [], np.zeros((0, 0)))
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
     pl = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
     recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries])
     given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
-    bound = recall_bound([cl for _, cl, _, _ in entries], pl["labels"])
-    bound.setflags(write=False)
+    blabels = bound_labels(pl["labels"], [cl for _, cl, _, _ in entries])
+    bound, stored = _bounds([cl for _, cl, _, _ in entries], blabels)
     return ScreenData([key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
                       frozenset(damaged), frozenset(labelled), [cl["perf"] for _, cl, _, _ in entries], last, n, gen,
-                      bound)
+                      bound, blabels, stored)
+
+
+def bound_labels(pool_labels: list, records: list) -> list:
+    """The classes a bound covers: the pool's (trained on by some entry) and every class an entry's
+    performance names (``class_accuracy=`` / a confusion may name a class it was not trained on; the
+    scorer reads that recall when the query's mixture -- given, or another shard's pool -- has it)."""
+    from .accuracy import _sort_key
+
+    return sorted(set(pool_labels) | {c for cl in records for c in cl["perf"]["labels"]}, key=_sort_key)
+
+
+def _bounds(records: list, labels: list) -> tuple[np.ndarray, np.ndarray]:
+    """(recall bounds, stored recalls) of ``records`` over ``labels``, read-only."""
+    from . import accuracy as A
+
+    bound = recall_bound(records, labels)
+    stored = np.stack([A.recall_vector(cl["perf"], labels) for cl in records]) if records else np.zeros((0, len(labels)))
+    bound.setflags(write=False)
+    stored.setflags(write=False)
+    return bound, stored
 
 
 def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
@@ -141,7 +164,7 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
         return None
     if not entries:
         return ScreenData(old.keys, old.pool, old.recalls, old.given, old.damaged | damaged, old.labelled | labelled,
-                          old.perfs, last, n, gen, old.bound)
+                          old.perfs, last, n, gen, old.bound, old.labels, old.stored)
     if old.pool is None or (old.pool.get("gauss") is not None and old.pool["gauss"].get("parts") is None):
         return screen_data(txn, names)      # nothing pooled yet, or the Gaussians' parts were not kept
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
@@ -153,16 +176,20 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
     pl = A.merge_pools([base, new])
     if pl.get("gauss") is None:
         pl["gauss"] = None
-    if pl["labels"] != old.pool["labels"]:   # a class no entry had: every bound again (from the class records)
-        return screen_data(txn, names)
+    records = [cl for _, cl, _, _ in entries]
+    if pl["labels"] != old.pool["labels"] or bound_labels(pl["labels"], records) != list(old.labels):
+        return screen_data(txn, names)      # a class no entry had: every bound again (from the class records)
     perfs = list(old.perfs) + [cl["perf"] for _, cl, _, _ in entries]
     recalls = np.vstack([old.recalls, np.stack([A.recall_vector(cl["perf"], pl["labels"])
                                                 for _, cl, _, _ in entries])])
-    bound = np.vstack([old.bound, recall_bound([cl for _, cl, _, _ in entries], pl["labels"])])
+    b_new, s_new = _bounds(records, list(old.labels))
+    bound, stored = np.vstack([old.bound, b_new]), np.vstack([old.stored, s_new])
     bound.setflags(write=False)
+    stored.setflags(write=False)
     given = np.concatenate([old.given, [cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries]])
     return ScreenData(old.keys + [key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
-                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen, bound)
+                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen, bound, list(old.labels),
+                      stored)
 
 
 def nbytes(d: ScreenData) -> int:
@@ -176,7 +203,7 @@ def nbytes(d: ScreenData) -> int:
         if isinstance(x, (list, tuple)):
             return sum(arrays(v) for v in x)
         return 0
-    return (arrays(d.pool) + d.recalls.nbytes + (0 if d.bound is None else d.bound.nbytes) + d.given.nbytes
+    return (arrays(d.pool) + d.recalls.nbytes + arrays([d.bound, d.stored]) + d.given.nbytes
             + PERF_BYTES * len(d.perfs) + 100 * (len(d.keys) + len(d.labelled)))
 
 

@@ -113,7 +113,11 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             allowed = {u64(int(m.evidence["entry_id"])) for m in near}
             st.actual = len(allowed)
     allowed_by_stage = allowed is None
-    if allowed is None:
+    if allowed is None and class_pool == "return":
+        # Hub.class_pool (a sharded hub's mixture): the pool of every labelled entry, as shortlist=0
+        # pools them -- not of the stage's survivors (every shard's scores then equal one hub's)
+        allowed_by_stage = False
+    elif allowed is None:
         allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled, query, cfg), plan, where, out=screened, k=k)
         if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
             query = dataclasses.replace(query, class_pool=screened["class_pool"])
@@ -145,6 +149,8 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
                 scored += more
                 damaged += dmg
                 st.detail += note
+                if method == "auto":
+                    _labelled_short(plan, scored, k, screened.get("label_free_recall"))
             if damaged:
                 st.detail += (f"; skipped {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} "
                               f"({'; '.join(damaged[:5])}): remove and re-add them")
@@ -199,6 +205,18 @@ def _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, s
         return [], [], note
     more, damaged = score_healthy(ctx, query, cands, method)
     return more, damaged, note
+
+
+def _labelled_short(plan, scored: list, k: int, label_free_recall) -> None:
+    """``auto`` with fewer than ``k`` labelled matches: its answer also holds unlabelled entries,
+    which the exact-js screen chose (its own recall), so the stage's recall is that screen's."""
+    if sum(1 for m in scored if m.method == "accuracy") >= k:
+        return
+    stage = next((s for s in plan.stages if s.name == "shortlist"), None)
+    if stage is not None and stage.recall == 1.0:
+        stage.recall = label_free_recall
+        stage.detail += (f"; fewer than {k} labelled entries: the unlabelled ones after them were screened by "
+                         "the exact-js proxy")
 
 
 def rerank(scored: list[Match], k: int) -> list[Match]:
@@ -293,8 +311,15 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                 out["bound"] = ai["bound"]
             st.actual = len(keep)
             st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by an upper bound on their "
-                          f"predicted accuracy (recall bounds x the pooled EM mixture), kept the top {cfg.shortlist}")
+                          "predicted accuracy (recall bounds x the " + ("given mixture" if target.mixture is not None
+                                                                        else "pooled EM mixture")
+                          + f"), kept the top {max(cfg.shortlist, k)}")
+            if ai.get("unscreened"):
+                st.detail += (f"; {ai['unscreened']} labelled entries share no column name with the query: not "
+                              "screened (exact among those that do)")
             if "bound" in ai:   # the pipeline's second round scores every entry whose bound reaches the k-th best
+                if out is not None:
+                    out["label_free_recall"] = st.recall   # auto's unlabelled group: the exact-js screen's
                 st.recall = 1.0
         return keep
 

@@ -185,3 +185,102 @@ def test_ties_among_given_models_at_the_cut_are_all_kept(tmp_path):
         want = hub.search(q, k=2, method="accuracy", shortlist=0, accuracy_bootstrap=0)
         assert [m.name for m in got] == [m.name for m in want]
         assert [m.score for m in got] == [m.score for m in want]
+
+
+def test_a_damaged_performance_record_is_skipped_as_without_the_stage(tmp_path, caplog):
+    """A class record whose performance numbers are malformed (true_class_prob outside [0, 1]) is
+    named and skipped as shortlist=0 skips it; it does not fail every search through the stage."""
+    from fitsketch.storage import u64
+
+    hub, q = _mixed_hub(tmp_path, np.random.default_rng(3))
+    with hub:
+        with hub.store.read() as txn:
+            rec = next(txn.get("entries", key) for key in txn.keys("entries")
+                       if txn.get("entries", key)["name"] == "e01")    # model + validation + CV confusion
+
+        def damage(txn):
+            ex = txn.get("extra", u64(rec["id"]))
+            ex["classes"]["perf"]["true_class_prob"] = 7.5
+            txn.put("extra", u64(rec["id"]), ex)
+        hub.store.transact(damage)
+        kw = dict(k=4, method="accuracy", accuracy_bootstrap=0)
+        short = hub.explain(q, shortlist=2, **kw)
+        full = hub.search(q, shortlist=0, **kw)
+    assert "e01" not in [m.name for m in full]
+    assert [(m.name, m.score) for m in short.matches] == [(m.name, m.score) for m in full]
+    assert "true_class_prob" in caplog.text
+
+
+def test_a_class_only_a_performance_record_names_is_bounded(tmp_path):
+    """class_accuracy= may name a class the entry was not trained on, and the scorer reads that recall
+    when a given mixture has the class: the stage still answers as shortlist=0 (the bound covers the
+    classes the performance records name, not only the trained ones)."""
+    rng = np.random.default_rng(4)
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(N):
+            y = rng.choice(3, 90)
+            y[:3] = [0, 1, 2]
+            acc = {c: float(rng.uniform(0.1, 0.6)) for c in range(3)}
+            if i == N - 1:
+                acc = {0: 0.1, 1: 0.1, 2: 0.1, 7: 1.0}
+            hub.add(f"e{i:02d}", _rows(rng, y), labels=y, class_accuracy=acc)
+        q = _rows(rng, rng.choice(3, 80))
+        kw = dict(k=2, method="accuracy", accuracy_bootstrap=0, mixture={0: 0.1, 1: 0.1, 7: 0.8})
+        short = hub.search(q, shortlist=2, **kw)
+        full = hub.search(q, shortlist=0, **kw)
+    assert full[0].name == f"e{N - 1:02d}"
+    assert [(m.name, m.score) for m in short] == [(m.name, m.score) for m in full]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auto_through_the_stage_answers_as_every_entry_scored(tmp_path, seed):
+    """auto on a hub of labelled and unlabelled entries: with at least k labelled entries the top k
+    is shortlist=0's and the plan states recall 1; with fewer, the unlabelled ones after them were
+    screened by the exact-js proxy and the plan does not claim recall 1."""
+    rng = np.random.default_rng(seed)
+    hub, q = _mixed_hub(tmp_path, rng, n=20)
+    with hub:
+        for i in range(10):
+            y = rng.choice(3, 80)
+            hub.add(f"u{i}", _rows(rng, y))
+        for k in (3, 8):
+            plan = hub.explain(q, k=k, method="auto", shortlist=2, accuracy_bootstrap=0)
+            full = hub.search(q, k=k, method="auto", shortlist=0, accuracy_bootstrap=0)
+            assert [(m.name, m.score) for m in plan.matches] == [(m.name, m.score) for m in full]
+            assert _stage(plan).recall == 1.0
+    rng = np.random.default_rng(seed)
+    with fitsketch.open(tmp_path / "few", create=True) as hub:
+        for i in range(2):
+            y = rng.choice(3, 90)
+            y[:3] = [0, 1, 2]
+            hub.add(f"l{i}", _rows(rng, y), labels=y, class_accuracy={c: 0.5 for c in range(3)})
+        for i in range(12):
+            hub.add(f"u{i:02d}", _rows(rng, rng.choice(3, 80)))
+        plan = hub.explain(q, k=5, method="auto", shortlist=2, accuracy_bootstrap=0)
+    assert _stage(plan).recall != 1.0 and "fewer than 5 labelled entries" in _stage(plan).detail
+
+
+def test_a_sharded_hub_through_the_stage_answers_as_one_hub(tmp_path):
+    """Every shard runs the stage against the pool of all shards' labelled entries: the top k equals
+    one hub's with shortlist=0 (the shards' pools are of every labelled entry, not of the stage's
+    survivors), including a class trained on one shard only."""
+    from fitsketch import sharded as S
+
+    rng = np.random.default_rng(9)
+    one = fitsketch.open(tmp_path / "one.hub", create=True)
+    sh = S.open_sharded([tmp_path / f"s{i}.hub" for i in range(2)])
+    with one, sh:
+        for i in range(28):
+            present = [0, 1, 7] if i % 7 == 0 else [0, 1, 2]
+            y = rng.choice(present, 90)
+            y[:3] = present
+            X = _rows(rng, np.where(y == 7, 2, y))
+            kw = dict(labels=y, class_accuracy={c: float(rng.uniform(0.2, 1.0)) for c in present})
+            one.add(f"e{i:02d}", X, **kw)
+            sh.add(f"e{i:02d}", X, **kw)
+        q = _rows(rng, rng.choice(3, 120, p=[0.2, 0.2, 0.6]))
+        for k in (1, 4):
+            got = sh.search(q, k=k, method="accuracy", shortlist=2, accuracy_bootstrap=0)
+            want = one.search(q, k=k, method="accuracy", shortlist=0, accuracy_bootstrap=0)
+            assert [m.name for m in got] == [m.name for m in want]
+            np.testing.assert_allclose([m.score for m in got], [m.score for m in want], rtol=0, atol=1e-12)
