@@ -741,10 +741,12 @@ def accuracy_reference(hub, q, names, check: list, held: dict | None = None) -> 
     return ranking, {"max_diff": float(diff), "mixture_diff": mix, "labelled": len(ents), "labels": lab, "pi": pi}
 
 
-def bound_violations(hub, names, ranking, info) -> tuple[int, float]:
-    """``(entries, largest excess)``: the labelled entries whose score in the reference ``ranking``
-    exceeds their stored recall bound (engine/accuracy_bound.py) under the reference's mixture by more
-    than its rounding slack -- 0 where the exact stage's premise holds for every entry of the hub."""
+def bound_violations(hub, names, ranking, info) -> tuple[int, float, int]:
+    """``(entries, largest excess, reach)``: the labelled entries whose score in the reference
+    ``ranking`` exceeds their stored recall bound (engine/accuracy_bound.py) under the reference's
+    mixture by more than its rounding slack -- 0 where the exact stage's premise holds for every
+    entry of the hub -- and how many entries' bounds reach the 10th best score (what the stage must
+    score at least: its first round plus its second)."""
     from fitsketch.accuracy_bound import SLACK
 
     with hub.store.read() as txn:
@@ -754,7 +756,9 @@ def bound_violations(hub, names, ranking, info) -> tuple[int, float]:
     pi = np.array([info["pi"][at[c]] if c in at else 0.0 for c in data.pool["labels"]])
     ub = dict(zip(name_of, data.bound @ pi))
     excess = np.array([sc - ub[nm] for nm, sc in ranking if nm in ub])
-    return int((excess > SLACK).sum()), float(excess.max(initial=-1.0))
+    tenth = ranking[min(9, len(ranking) - 1)][1] if ranking else 0.0
+    reach = int(sum(1 for v in ub.values() if v >= tenth - SLACK))
+    return int((excess > SLACK).sum()), float(excess.max(initial=-1.0)), reach
 
 
 def confusion_of(sketch, model, validation) -> np.ndarray:
@@ -927,9 +931,10 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
                 st = next((x for x in plan.stages if x.name == "shortlist"), None)
                 if ref is None and (qi - first) % ref_every == 0:
                     ref, info = t_r.call(accuracy_reference, hub, q, names, short, held)
-                    viol, excess = bound_violations(hub, names, ref, info)
+                    viol, excess, reach = bound_violations(hub, names, ref, info)
                     pq.update(ref_check_max_diff=info["max_diff"], ref_mixture_diff=info["mixture_diff"],
-                              labelled=info["labelled"], bound_violations=viol, bound_max_excess=excess)
+                              labelled=info["labelled"], bound_violations=viol, bound_max_excess=excess,
+                              bound_reach_10th=reach)
                     violations.append(viol)
                     if qi < full_checks:   # the reference against the hub's own exhaustive search
                         full = t_f.call(hub.search, q, k=10, method="accuracy", shortlist=0, feature_names=names,
