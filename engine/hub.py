@@ -411,7 +411,12 @@ class Hub:
         A search loads whatever is missing on its own; call this after opening a big hub so the
         first query is not the slow one. ``fitsketch serve`` does it in the background as it starts."""
         self._synced_screen()
-        return len(self._synced_profiles(build_index=True))
+        n = len(self._synced_profiles(build_index=True))
+        root = getattr(self.store, "path", None)    # the LSH band index: only where a file holds it already
+        if root is not None and os.path.exists(os.path.join(root, "indexes", "bands.fsidx")):
+            with self.store.read() as txn:
+                self._indexes.bands(self.store, txn, save=True)
+        return n
 
     def _has_labelled(self) -> bool:
         """Whether the hub holds an entry registered with labels (the label-kind counts in meta)."""
