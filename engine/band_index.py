@@ -18,8 +18,11 @@ found by a range scan of ``entries`` (ids only grow, so their postings go after 
 posting of the same key: one ``np.insert``), and removals by the held count exceeding the hub's
 (a key scan then says which).
 
-On disk (``BAND_INDEX_FORMAT``): ``ids``, the distinct keys ``ukeys`` (uint64, increasing),
-``counts`` (uint32, the postings of each) and ``eids``; header ``{v, kind: "bands", hub: {created,
+On disk (``BAND_INDEX_FORMAT``): one uint8 array ``packed``, the storage codec's compressed
+pack (``pack(compress=True)``: integer delta or byte shuffle + zstd, lossless, chosen per array;
+in chunks of ``FILE_CHUNK`` elements) of ``ids``, the distinct keys ``ukeys`` (uint64, increasing),
+``counts`` (uint32, the postings of each) and ``eids``: sorted 64-bit keys delta-code to ~6 bytes
+and entry ids to ~1-2 (raw they take 16 bytes a posting where keys are not shared); header ``{v, kind: "bands", hub: {created,
 format}, params: {lsh_k, lsh_l}, generation, entries}``. A file is used when it is valid and fits
 the hub (the same header rules as indexes._stale), then brought forward; anything else -- another
 format, hub or parameters, a generation after the hub's, a failed checksum, keys out of order,
@@ -36,12 +39,14 @@ import numpy as np
 from . import errors as E
 from . import signature_records as _sigrec
 from .minhash import feature_band_keys
-from .storage import from_u64, u64
+from .storage import CodecError, from_u64, pack, u64, unpack
 
 log = logging.getLogger(__name__)
 
 BAND_INDEX_FORMAT = 1
 SYNC_CHUNK = 1024          # signatures decoded and keyed at a time
+FILE_CHUNK = 1 << 22       # elements an array chunk of the file (the codec compresses arrays up to 256 MB)
+_FILE_ARRAYS = {"ids": np.int64, "ukeys": np.uint64, "counts": np.uint32, "eids": (np.uint32, np.int64)}
 _EMPTY_SIG = np.uint32(0xFFFFFFFF)
 
 
@@ -151,7 +156,7 @@ class BandIndex:
             counts = np.diff(np.r_[start, len(keys)]).astype(np.uint32)
             return ({"v": BAND_INDEX_FORMAT, "kind": "bands", "params": self.params(),
                      "generation": int(self.generation), "entries": len(ids)},
-                    {"ids": ids, "ukeys": keys[start], "counts": counts, "eids": eids})
+                    {"packed": pack_arrays({"ids": ids, "ukeys": keys[start], "counts": counts, "eids": eids})})
 
     def params(self) -> dict:
         return {"lsh_k": self.lsh_k, "lsh_l": self.lsh_l}
@@ -164,7 +169,8 @@ class BandIndex:
                 raise E.CorruptHubError(f"band index file: {what}; it is derived data: delete it and it is rebuilt")
 
         idx = cls(lsh_k, lsh_l)
-        check(set(a) == {"ids", "ukeys", "counts", "eids"}, f"arrays {sorted(a)}")
+        check(set(a) == {"packed"} and a["packed"].dtype == np.uint8 and a["packed"].ndim == 1, f"arrays {sorted(a)}")
+        a = unpack_arrays(a["packed"])
         ids, uk, cnt, eids = a["ids"], a["ukeys"], a["counts"], a["eids"]
         check(ids.dtype == np.int64 and ids.ndim == 1 and len(ids) == meta.get("entries")
               and bool(np.all(np.diff(ids) > 0)) and (len(ids) == 0 or ids[0] >= 0), "entry ids are not increasing")
@@ -182,6 +188,33 @@ class BandIndex:
         check(isinstance(g, int) and g >= 0, f"generation {g!r}")
         idx.ids, idx.keys, idx.eids, idx.generation = ids, keys, eids, g
         return idx
+
+
+def pack_arrays(arrays: dict) -> np.ndarray:
+    """The file's ``packed`` array: ``arrays`` (name -> 1-D array) compressed by the storage codec, in
+    chunks of ``FILE_CHUNK`` elements."""
+    return np.frombuffer(pack({name: [a[lo:lo + FILE_CHUNK] for lo in range(0, max(len(a), 1), FILE_CHUNK)]
+                               for name, a in arrays.items()}, compress=True), dtype=np.uint8)
+
+
+def unpack_arrays(buf: np.ndarray) -> dict:
+    """``pack_arrays``'s arrays back, each of its expected dtype (``errors.CorruptHubError`` otherwise)."""
+    bad = "band index file: {}; it is derived data: delete it and it is rebuilt"
+    try:
+        d = unpack(buf.tobytes(), stored=True)     # a hub's own derived file: compressed arrays accepted
+    except CodecError as e:
+        raise E.CorruptHubError(bad.format(f"its arrays cannot be decoded ({e})")) from None
+    if not isinstance(d, dict) or set(d) != set(_FILE_ARRAYS):
+        raise E.CorruptHubError(bad.format("another set of arrays"))
+    out = {}
+    for name, want in _FILE_ARRAYS.items():
+        parts = d[name]
+        if not (isinstance(parts, list) and parts and all(isinstance(x, np.ndarray) and x.ndim == 1
+                                                           and x.dtype in np.atleast_1d(want) for x in parts)
+                and len({x.dtype for x in parts}) == 1):
+            raise E.CorruptHubError(bad.format(f"array {name} is not 1-D of {want}"))
+        out[name] = np.concatenate(parts)
+    return out
 
 
 __all__ = ["BandIndex", "BAND_INDEX_FORMAT", "entry_postings"]

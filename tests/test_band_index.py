@@ -213,7 +213,8 @@ def _damage(fpath, how):
         raw[mid:mid + 70] = bytes(b ^ 0x40 for b in raw[mid:mid + 70])
         fpath.write_bytes(bytes(raw))
     else:                                  # valid checksums, wrong contents: rewritten through write_arrays
-        meta, a = read_arrays(str(fpath))
+        meta, packed = read_arrays(str(fpath))
+        a = B.unpack_arrays(packed["packed"])
         if how == "unsorted":
             a["ukeys"] = a["ukeys"][::-1].copy()
         elif how == "foreign-id":
@@ -222,12 +223,15 @@ def _damage(fpath, how):
         elif how == "counts":
             a["counts"] = a["counts"].copy()
             a["counts"][0] += 1
-        elif how == "pickle-dtype":
+        elif how == "float-ids":
             a["eids"] = a["eids"].astype(np.float64)
-        write_arrays(str(fpath), meta, a)
+        blob = B.pack_arrays(a)
+        if how == "garbage":
+            blob = np.frombuffer(np.random.default_rng(0).bytes(len(blob)), dtype=np.uint8)
+        write_arrays(str(fpath), meta, {"packed": blob})
 
 
-@pytest.mark.parametrize("how", ["truncated", "flipped", "unsorted", "foreign-id", "counts", "pickle-dtype"])
+@pytest.mark.parametrize("how", ["truncated", "flipped", "unsorted", "foreign-id", "counts", "float-ids", "garbage"])
 def test_a_damaged_file_is_rebuilt_never_used(tmp_path, rng, monkeypatch, how):
     monkeypatch.setattr(IX, "SAVE_MIN_CHANGES", 0)
     monkeypatch.setattr(IX, "SAVE_FRACTION", 0)
