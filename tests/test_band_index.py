@@ -96,7 +96,10 @@ def test_entry_postings_are_the_distinct_keys_of_the_nonempty_features(rng, n_fe
     assert list(zip(k.tolist(), e.tolist())) == want          # sorted by (key, entry), each pair once
 
 
-def test_lookup_equals_a_dict_after_random_inserts_and_drops(rng):
+@pytest.mark.parametrize("delta_min", [0, 7, 1 << 16])
+def test_lookup_equals_a_dict_after_random_inserts_and_drops(rng, monkeypatch, delta_min):
+    monkeypatch.setattr(B, "DELTA_MIN", delta_min)        # merged at every insert, now and then, never
+    monkeypatch.setattr(B, "DELTA_SHARE", 3)
     idx = B.BandIndex(4, 32)
     truth: dict[int, set] = {}
     next_id = int(rng.integers(0, 5))
@@ -122,14 +125,16 @@ def test_lookup_equals_a_dict_after_random_inserts_and_drops(rng):
         for q in (pool[:5], pool[rng.integers(0, 40, 9)], rng.integers(0, 1 << 64, 3, dtype=np.uint64), pool[:0]):
             want = sorted(set().union(*(truth.get(int(x), set()) for x in q)))
             assert idx.lookup(q).tolist() == want
-        pairs = list(zip(idx.keys.tolist(), idx.eids.tolist()))
+        pk, pe = idx.postings()
+        pairs = list(zip(pk.tolist(), pe.tolist()))
         assert pairs == sorted(pairs) and len(set(pairs)) == len(pairs)
+        assert pairs == sorted((k, e) for k, es in truth.items() for e in es)
         # the file's arrays give the same index back
         idx.generation = step
         meta, arrays = idx.state()
         back = B.BandIndex.from_state(meta, arrays, 4, 32)
-        assert np.array_equal(back.keys, idx.keys) and np.array_equal(back.eids.astype(np.int64), idx.eids.astype(np.int64))
-    assert idx.eids.dtype == np.int64 and int(idx.eids.max()) >= 1 << 32
+        assert np.array_equal(back.keys, pk) and np.array_equal(back.eids.astype(np.int64), pe.astype(np.int64))
+    assert idx.postings()[1].dtype == np.int64 and int(idx.postings()[1].max()) >= 1 << 32
 
 
 # ---------------------------------------------------------------------------------------- hubs
