@@ -404,7 +404,9 @@ class Hub:
     @_translated
     def warm(self) -> int:
         """Load what a first search would otherwise load: every entry's screen data and profile and
-        the FAISS index over the profiles, and write both to ``<hub>/indexes/*.fsidx`` so the next
+        the FAISS index over the profiles (and the LSH band index where ``indexes/bands.fsidx``
+        exists: only a search without a shortlist over 50,000 stored features builds it), and write
+        them to ``<hub>/indexes/*.fsidx`` so the next
         open reads them instead of every record (44k entries: 47.8 s rebuilt, 0.18 s from the
         files; bench/SUMMARY.md). Returns the number of entries in memory.
 

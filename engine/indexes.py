@@ -1,6 +1,8 @@
 """The hub's in-memory search indexes, one component the Hub holds: the profile index
-(engine/profiles.py) and the screen index (engine/screen.py), each brought to the hub's current
-generation before use. Entries stored without a profile or screen record (older hubs) are
+(engine/profiles.py), the screen index (engine/screen.py) and the LSH band index of the candidate
+stage (engine/band_index.py, ``SearchIndexes.bands``: derived from the signatures since hub format
+6, kept in ``<hub>/indexes/bands.fsidx`` by the same rules as below), each brought to the hub's
+current generation before use. Entries stored without a profile or screen record (older hubs) are
 computed from their histograms.
 
 Persisted beside the hub (derived data, like the FAISS indexes of engine/embeddings.py): reading

@@ -333,3 +333,23 @@ def test_an_older_hub_reads_as_it_is_and_its_upgrade_empties_the_postings(tmp_pa
         hub.add_sketch("late", _sketch(rng, 90, 1.0))
         _check_lookups(hub, qs)
         hc.check_hub(hub)
+
+
+def test_warm_refreshes_an_existing_band_index_file_and_builds_none(tmp_path, rng, monkeypatch):
+    path = tmp_path / "h"
+    fpath = path / "indexes" / "bands.fsidx"
+    with fitsketch.open(path) as hub:
+        hub.add_sketches([(f"s{i}", _sketch(rng)) for i in range(4)])
+        hub.warm()
+        assert not fpath.exists()                     # no LSH search yet: warm builds no band index
+        with hub.store.read() as txn:
+            hub._indexes.bands(hub.store, txn, save=True)
+        gen0 = read_arrays(str(fpath))[0]["generation"]
+        hub.add_sketch("late", _sketch(rng))
+        hub.remove("s1")
+        hub.warm()
+        meta, arrays = read_arrays(str(fpath))
+        with hub.store.read() as txn:
+            assert meta["generation"] == int(txn.get("meta", b"generation")) > gen0
+            ids = sorted(from_u64(k) for k in txn.keys("entries"))
+        assert B.BandIndex.from_state(meta, arrays, 4, 32).ids.tolist() == ids
