@@ -149,8 +149,8 @@ class SearchIndexes:
         idx = self._bands
         gen = int(txn.get("meta", b"generation") or 0)
         with idx.lock:
-            if idx.generation != gen:
-                self._changes["bands"] += idx.sync(txn, gen)
+            if idx.generation < gen:       # forward only: a thread on an older snapshot keeps the newer index,
+                self._changes["bands"] += idx.sync(txn, gen)   # and the candidate stage keeps the hits it holds
             n, changes = len(idx), self._changes["bands"]
             path = self._file("bands", store)
             if path is None or save is False or changes <= 0 or idx.generation != gen or (
