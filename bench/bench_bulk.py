@@ -1,8 +1,7 @@
 """Bulk add (issue 21's ">= 1,000 entries/s through ``add_sketches``"): ``python -m bench bulk [--quick]``.
 
 Entries: bench/scale.py's 32 numeric features x 10 partitions of 500 rows (merged from partition
-sketches of 20 data families, ~5,400 histogram cells an entry; since hub format 6 no band postings
-are stored: engine/band_index.py derives them when a search first needs them), ``--entries``
+sketches of 20 data families, ~5,400 histogram cells and 1,024 band postings an entry), ``--entries``
 of them (default 2,000; ``--quick`` 200), ``batch`` (1,000) a transaction.
 
 Measured, interleaved round by round so both see the same load (``harness.interleaved``):
@@ -44,11 +43,13 @@ STAGES = [
     ("records", "profiles and JS-LSH keys (profiles.records)", 1),
     ("gaussian", "random projection rows (gaussian_projection)", 2),
     ("sparse_keys", "JS-LSH sparse projections (profiles._sparse_keys)", 2),
+    ("band_keys", "LSH band keys", 1),
     ("transaction", "the write transaction (Hub._transact)", 0),
     ("write", "records encoded and put (Core, Extra, Profile)", 1),
     ("pack", "msgpack encoding (codec.pack)", 2),
     ("compress", "zstd of the arrays (codec._compress)", 3),
     ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 3),
+    ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 
 
@@ -66,6 +67,7 @@ def _instrument(timer: _Timer) -> None:
     timer.wrap(PR, "gaussian_projection", "gaussian")
     timer.wrap(PR, "_sparse_keys", "sparse_keys")
     # no "screen" row: since hub format 5 the add computes no screen record (parts.Screen prepares nothing)
+    timer.wrap(parts["bands"], "prepare_many", "band_keys")
     timer.wrap(P, "entries_writer", "prepare")      # prepares every part, returns the transaction's function
     timer.wrap(fitsketch.hub.Hub, "_transact", "transaction")
     for name in ("core", "extra", "profile"):
@@ -85,6 +87,7 @@ def _instrument(timer: _Timer) -> None:
 
     P.pack = pack
     timer._undo.append((P, "pack", packs))
+    timer.wrap(parts["bands"], "write_many", "bands")
 
 
 def _split(timer: _Timer, n: int, total_s: float) -> list[dict]:
@@ -94,7 +97,7 @@ def _split(timer: _Timer, n: int, total_s: float) -> list[dict]:
         rows.append({"stage": "&nbsp;&nbsp;" * depth + label, "ms_per_entry": round(s * 1e3 / n, 3),
                      "share": f"{100 * s / total_s:.0f}%"})
     t = timer.total
-    rest = t.get("transaction", 0.0) - t.get("write", 0.0)
+    rest = t.get("transaction", 0.0) - t.get("write", 0.0) - t.get("bands", 0.0)
     rows.insert(len(STAGES), {"stage": "&nbsp;&nbsp;commit, name checks, counters (rest of the transaction)",
                                   "ms_per_entry": round(rest * 1e3 / n, 3), "share": f"{100 * rest / total_s:.0f}%"})
     other = total_s - t.get("validate", 0.0) - t.get("prepare", 0.0) - t.get("transaction", 0.0)

@@ -1,22 +1,24 @@
 """Bytes per entry (issue 21, target 32 KB at 32 features x 10 partitions): the records this
-fitsketch writes ("now", hub format 6: no band postings in LMDB -- the band index is derived from
-the signatures and kept in ``<hub>/indexes/bands.fsidx``, engine/band_index.py, counted here with
-the pages) against the same entries written as main writes them in the same run ("main", hub
-format 5: the same records plus 4-byte band postings in LMDB's ``bands`` database, one sorted put a
-batch, as main's ``parts.Bands`` wrote them).
+fitsketch writes ("now", hub format 5: signatures as a per-permutation dictionary where that packs
+smaller, engine/signature_records.py; no stored screen record, derived from the histograms,
+engine/screen.py; profile and profile-keys records in their own databases keyed by the entry id,
+so appended) against the same entries written as main writes them in the same run ("main", hub
+format 4: compressed arrays fitted to LMDB pages, 4-byte band postings, records appended where their
+key is the database's last, plain signature records, a screen record per entry, profiles in
+database ``extra``).
 
 Workloads: ``real`` -- entries of 5,000 rows x 32 normal columns rounded to 4 decimals, partition
 size 500, through ``hub.add`` (the coverage counts grow with distinct rows); ``merged`` -- the
 ``scale`` suite's merged sketches (32 features x 10 partitions of 500 rows, merged from a pool of
 partition sketches) through ``hub.add_sketches``. Reported per workload and writer: the LMDB file
-and the pages in use per entry, the band index file per entry, each database's pages
+and the pages in use per entry, each database's pages and the ``extra`` records by kind
 (bench/scale.py ``db_bytes``), the CPU time of the add, of reading and decoding every entry's
-histograms, signatures, coverage and profile-keys records (a query's per-candidate reads), of
-loading the screen index from LMDB (its file removed), and of the band index built from the
-signatures and read from its file. Checked in the same run: every record decodes to the same
-values in both hubs, the band lookups of every stored entry's signatures find the same entries
-(main: its LMDB postings; now: the band index), and every method's top 10 are equal, also with the
-candidate stage forced through the band postings (main's read from LMDB).
+histograms, signatures, coverage and profile-keys records (a query's per-candidate reads), and of
+loading the screen index from LMDB (its file removed: what a stale or missing index file costs).
+Checked in the same run: every record decodes to the same values in both hubs (signature matrices;
+the screen index's arrays, read or computed; profiles and profile keys by entry), the band lookups
+find the same entries, and every method's top 10 are equal, also with the candidate stage forced
+through the band postings.
 
 ``python -m bench size [--quick]`` (quick: 8 real, 40 merged entries; full: 100 and 300)."""
 from __future__ import annotations
@@ -38,53 +40,44 @@ def _real(n: int, seed: int):
         yield f"r{i}", np.round(rng.normal(size=(5000, 32)), 4)
 
 
-class _MainBands:
-    """main's band part (hub format 5): one 4-byte posting (the entry id) per distinct (band key,
-    entry) of the non-empty features in LMDB's ``bands``, the batch's postings put in key order."""
-    name = "bands"
+class _MainScreen:
+    """main's screen part (hub format 4): a screen record per entry in database ``extra``."""
+    name = "screen"
 
     def prepare(self, new, config, device):
-        return new.sketch.signatures
+        from fitsketch import screen
+
+        sk = new.sketch
+        return screen.record(sk.hist, sk.names, sk.sums, sk.counts, config.seed)
 
     def prepare_many(self, news, config, device, shared):
-        return [n.sketch.signatures for n in news]
-
-    def write_many(self, txn, eids, news, prepared):
-        from fitsketch.band_index import entry_postings
-
-        kv = [entry_postings([sig], [eid], txn_cfg(txn)[0], txn_cfg(txn)[1]) for eid, sig in zip(eids, prepared)]
-        keys, vals = np.concatenate([k for k, _ in kv]), np.concatenate([v for _, v in kv])
-        order = np.argsort(keys, kind="stable")
-        txn.put_dups("bands", keys[order], vals[order], width=4)
-        return [None] * len(eids)
+        return [self.prepare(n, config, device) for n in news]
 
     def write(self, txn, eid, new, prepared):
-        self.write_many(txn, [eid], [new], [prepared])
+        from fitsketch import parts, screen
 
-    def delete(self, txn, eid, rec, config):   # pragma: no cover - the bench removes nothing
-        raise NotImplementedError
+        parts._put(txn, "extra", screen.key(eid), prepared)
+
+    def write_many(self, txn, eids, news, prepared):
+        return [self.write(txn, e, n, p) for e, n, p in zip(eids, news, prepared)]
+
+    def delete(self, txn, eid, rec, config):
+        from fitsketch import screen
+
+        txn.delete("extra", screen.key(eid))
 
 
-def txn_cfg(txn) -> tuple[int, int]:
-    """(lsh_k, lsh_l) of the hub ``txn`` reads (its stored config)."""
-    c = txn.get("meta", b"config") or {}
-    return int(c.get("lsh_k", 4)), int(c.get("lsh_l", 32))
+def _main_profile():
+    """main's profile part (hub format 4): both records in database ``extra``."""
+    from fitsketch import parts, profiles
 
+    class MainProfile(parts.Profile):
+        def write(self, txn, eid, new, prepared):
+            prof, prof_keys = prepared
+            parts._put(txn, "extra", profiles.key(eid), prof)
+            parts._put(txn, "extra", profiles.keys_key(eid), prof_keys)
 
-class _Postings:
-    """The candidate stage's band lookups answered from main's LMDB postings (what main's
-    ``candidates`` read), in the band index's interface."""
-
-    def __init__(self, txn):
-        self.txn = txn
-        self.generation = int(txn.get("meta", b"generation") or 0)
-
-    def lookup(self, band_keys):
-        from fitsketch.storage import u64
-
-        ks = np.asarray(band_keys).reshape(-1)
-        dups = self.txn.get_dups_many("bands", [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in ks])
-        return np.array(sorted({int.from_bytes(v[:4], "big") for d in dups for v in d}), dtype=np.int64)
+    return MainProfile()
 
 
 WRITERS = ("main", "now")
@@ -94,14 +87,16 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
     """Build the hub with ``writer`` (``WRITERS``); returns the add's CPU seconds."""
     import fitsketch
     import fitsketch.storage.env as env_mod
-    from fitsketch import parts
+    from fitsketch import parts, signature_records
 
     from .scale import build_sketches
 
-    saved = parts.PARTS, env_mod.FORMAT_VERSION
-    if writer == "main":           # format 5 as main writes it: the same records + LMDB band postings
-        parts.PARTS = parts.PARTS + (_MainBands(),)
-        env_mod.FORMAT_VERSION = 5
+    saved = parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION
+    if writer == "main":           # format 4 as main writes it
+        old = {"screen": _MainScreen(), "profile": _main_profile()}
+        parts.PARTS = tuple(old.get(p.name, p) for p in parts.PARTS)
+        parts._sig_record = signature_records.plain
+        env_mod.FORMAT_VERSION = 4
     try:
         with fitsketch.open(path) as hub:
             if workload == "real":
@@ -113,7 +108,7 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
                 t = H.timeit(lambda: hub.add_sketches([(f"m{i}", s) for i, s in enumerate(sketches)]),
                              repeats=1, warmup=0, cpu=True)
     finally:
-        parts.PARTS, env_mod.FORMAT_VERSION = saved
+        parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION = saved
     return t["cpu"]["p50_s"]
 
 
@@ -197,58 +192,34 @@ def _answers(path: Path, queries) -> dict:
         return {m: [[(r.name, r.score) for r in hub.search(q, k=10, method=m)] for q in queries] for m in METHODS}
 
 
-def _bands_of(hub, txn, writer: str):
-    """The candidate stage's band lookups: main's LMDB postings, or this fitsketch's band index."""
-    return _Postings(txn) if writer == "main" else hub._indexes.bands(hub.store, txn, save=False)
-
-
-def _lsh_hits(path: Path, sigs: list, writer: str) -> list:
-    """For each query signature matrix, the entry ids the band lookups give (the LSH candidate
-    stage's, engine/candidates.py), sorted."""
+def _lsh_hits(path: Path, sigs: list) -> list:
+    """For each query signature matrix, the entry ids the band postings give (the LSH candidate
+    stage's lookup, engine/candidates.py), sorted."""
     import fitsketch
     from fitsketch.minhash import feature_band_keys
+    from fitsketch.storage import u64
 
     with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
-        idx = _bands_of(hub, txn, writer)
-        return [idx.lookup(feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)).tolist() for sg in sigs]
+        out = []
+        for sg in sigs:
+            bands = feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)
+            hits = {int.from_bytes(v[:4], "big") for dups in txn.get_dups_many(
+                "bands", [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]) for v in dups}
+            out.append(sorted(hits))
+        return out
 
 
-def _answers_lsh(path: Path, queries, writer: str) -> dict:
-    """``_answers`` with the candidate stage forced through the band lookups (planner: LSH above 0
-    stored features), as on a hub of over ``SCAN_FEATURE_LIMIT`` features; main's from its LMDB
-    postings."""
-    from fitsketch import indexes, planner
+def _answers_lsh(path: Path, queries) -> dict:
+    """``_answers`` with the candidate stage forced through the band postings (planner: LSH above 0
+    stored features), as on a hub of over ``SCAN_FEATURE_LIMIT`` features."""
+    from fitsketch import planner
 
-    saved = planner.SCAN_FEATURE_LIMIT, indexes.SearchIndexes.bands
+    saved = planner.SCAN_FEATURE_LIMIT
     planner.SCAN_FEATURE_LIMIT = 0
-    if writer == "main":
-        indexes.SearchIndexes.bands = lambda self, store, txn, save=None: _Postings(txn)
     try:
         return _answers(path, queries)
     finally:
-        planner.SCAN_FEATURE_LIMIT, indexes.SearchIndexes.bands = saved
-
-
-def _band_file(path: Path) -> tuple[int, float, float]:
-    """(bytes of ``indexes/bands.fsidx``, CPU seconds an entry to build the band index from the
-    signatures, CPU seconds an entry to read it from its file; medians of 3)."""
-    import fitsketch
-
-    f = path / "indexes" / "bands.fsidx"
-    with fitsketch.open(path, readonly=True) as hub:
-        n = max(len(hub), 1)
-
-        def build(save):
-            if save is None:
-                f.unlink(missing_ok=True)
-            hub._indexes._bands = None
-            with hub.store.read() as txn:
-                hub._indexes.bands(hub.store, txn, save=save)
-
-        t_build = H.timeit(lambda: build(None), repeats=3, warmup=0, cpu=True)["cpu"]["p50_s"]
-        build(True)                                     # written
-        t_read = H.timeit(lambda: build(False), repeats=3, warmup=0, cpu=True)["cpu"]["p50_s"]
-        return f.stat().st_size, t_build / n, t_read / n
+        planner.SCAN_FEATURE_LIMIT = saved
 
 
 def _kib(x: float) -> str:
@@ -277,12 +248,6 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
                 got[fmt] = {"path": path, "file": (path / "hub.lmdb").stat().st_size / n, "used": used / n,
                             "parts": {k: v / n for k, v in parts.items() if v}, "add_cpu_ms": 1e3 * add_cpu / n,
                             "read_cpu_us": 1e6 * _read_cpu(path), "screen_load_us": 1e6 * _screen_load_cpu(path)}
-                if fmt == "now":      # the derived band index file, counted with the pages
-                    fbytes, t_build, t_read = _band_file(path)
-                    got[fmt].update(bands_file=fbytes / n, used_with_file=(used + fbytes) / n,
-                                    bands_build_us=1e6 * t_build, bands_read_us=1e6 * t_read)
-                else:
-                    got[fmt]["used_with_file"] = used / n
             a, mn = got["now"], got["main"]
             rs = {fmt: _records(g["path"]) for fmt, g in got.items()}
             lossless = all(len(rs["main"][db]) == len(rs["now"][db]) and
@@ -294,15 +259,12 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
             same_answers = ans["now"] == ans["main"]
             # the band postings: every stored entry's signatures (and the query's) as LSH lookups
             sigs = rs["now"]["signatures"]
-            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs, fmt) for fmt in WRITERS}
+            hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in WRITERS}
             same_hits = hits["now"] == hits["main"]
-            same_lsh = _answers_lsh(a["path"], qs, "now") == _answers_lsh(mn["path"], qs, "main")
+            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(mn["path"], qs)
             n_hits = float(np.mean([len(h) for h in hits["now"]]))
-            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use + band index file), now / main "
-                f"(same run): {a['used_with_file']:.0f} / {mn['used_with_file']:.0f} B = {_kib(a['used_with_file'])} / "
-                f"{_kib(mn['used_with_file'])} KiB (pages {_kib(a['used'])} / {_kib(mn['used'])}, band index file "
-                f"{a['bands_file']:.0f} B an entry: built from the signatures {a['bands_build_us']:.0f} us CPU an "
-                f"entry, read from the file {a['bands_read_us']:.0f}); LMDB file {_kib(a['file'])} / {_kib(mn['file'])} KiB; add CPU "
+            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / main (same run): "
+                f"{_kib(a['used'])} / {_kib(mn['used'])} KiB; file {_kib(a['file'])} / {_kib(mn['file'])} KiB; add CPU "
                 f"{a['add_cpu_ms']:.1f} / {mn['add_cpu_ms']:.1f} ms an entry; read + decode CPU "
                 f"{a['read_cpu_us']:.0f} / {mn['read_cpu_us']:.0f} us an entry; screen index loaded from LMDB "
                 f"{a['screen_load_us']:.0f} / {mn['screen_load_us']:.0f} us CPU an entry; records equal: {lossless}; "
@@ -314,20 +276,13 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
                 f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(mn['parts'].get(k, 0))}" for k in names
                 if max(a["parts"].get(k, 0), mn["parts"].get(k, 0)) >= 52))
             w = f"{workload} ({n} entries)"
-            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_main", a["used_with_file"], unit="B",
-                           baseline="main: format 5 as main writes it, same entries (now: pages + the band index "
-                           "file)", baseline_value=mn["used_with_file"]),
-                     H.row(ctx, "size", w, "now", "lmdb_pages_per_entry_vs_main", a["used"], unit="B",
-                           baseline="main, same entries", baseline_value=mn["used"]),
-                     H.row(ctx, "size", w, "now", "bands_file_per_entry", a["bands_file"], unit="B",
-                           baseline="main: its band postings' LMDB pages", baseline_value=mn["parts"].get("bands", 0.0)),
-                     H.row(ctx, "size", w, "now", "bands_build_cpu_per_entry", a["bands_build_us"], unit="us",
-                           baseline="the band index read from its file", baseline_value=a["bands_read_us"]),
+            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_main", a["used"], unit="B",
+                           baseline="main: format 4 as main writes it, same entries", baseline_value=mn["used"]),
                      H.row(ctx, "size", w, "now", "file_bytes_per_entry_vs_main", a["file"], unit="B",
                            baseline="main, same entries", baseline_value=mn["file"]),
                      H.row(ctx, "size", w, "now", "add_cpu_per_entry_vs_main", a["add_cpu_ms"], unit="ms",
                            baseline="main add CPU, same entries", baseline_value=mn["add_cpu_ms"]),
-                     H.row(ctx, "size", w, "now", "bytes_per_entry_vs_target", a["used_with_file"], unit="B",
+                     H.row(ctx, "size", w, "now", "bytes_per_entry_vs_target", a["used"], unit="B",
                            baseline="issue 21 target (32 KB)", baseline_value=32_000),
                      H.row(ctx, "size", w, "now", "read_decode_cpu_per_entry", a["read_cpu_us"], unit="us",
                            baseline="main read + decode CPU", baseline_value=mn["read_cpu_us"]),

@@ -73,15 +73,9 @@ def batch_bytes(sketches, config) -> int:
     """About what a batch of ``sketches`` adds to the hub's file, for ``HubStore.transact(reserve=)``
     (the map grown before the batch's transaction, not after it filled the map): each sketch's
     arrays as they are (its stored records, compressed, are about half of that: bench/bench_bulk.py)
-    plus 16 bytes for each band of a feature (``config.lsh_l`` a feature: the postings hubs of format
-    <= 5 stored, kept as headroom), 4 KiB of records a sketch and ``COW_PAGES`` a batch: the branch
-    and leaf pages LMDB copies on write in each database the batch touches (without them a batch of
-    four small sketches overflowed a 128 KiB map once format 6 stored no postings: tests/test_bulk.py)."""
+    plus 16 bytes for each of its band postings (``config.lsh_l`` a feature) and 4 KiB of records."""
     def nbytes(d):
         return sum(v.nbytes for v in d.values() if isinstance(v, np.ndarray)) if isinstance(d, dict) else 0
 
-    return COW_PAGES * 4096 + sum(sk.signatures.nbytes + nbytes(sk.hist) + nbytes(sk.coverage)
-                                  + 16 * config.lsh_l * sk.n_features + 4096 for sk in sketches)
-
-
-COW_PAGES = 16   # ~8 databases written a batch, a leaf and a branch page each
+    return sum(sk.signatures.nbytes + nbytes(sk.hist) + nbytes(sk.coverage) + 16 * config.lsh_l * sk.n_features
+               + 4096 for sk in sketches)

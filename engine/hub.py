@@ -404,21 +404,14 @@ class Hub:
     @_translated
     def warm(self) -> int:
         """Load what a first search would otherwise load: every entry's screen data and profile and
-        the FAISS index over the profiles (and the LSH band index where ``indexes/bands.fsidx``
-        exists: only a search without a shortlist over 50,000 stored features builds it), and write
-        them to ``<hub>/indexes/*.fsidx`` so the next
+        the FAISS index over the profiles, and write both to ``<hub>/indexes/*.fsidx`` so the next
         open reads them instead of every record (44k entries: 47.8 s rebuilt, 0.18 s from the
         files; bench/SUMMARY.md). Returns the number of entries in memory.
 
         A search loads whatever is missing on its own; call this after opening a big hub so the
         first query is not the slow one. ``fitsketch serve`` does it in the background as it starts."""
         self._synced_screen()
-        n = len(self._synced_profiles(build_index=True))
-        root = getattr(self.store, "path", None)    # the LSH band index: only where a file holds it already
-        if root is not None and os.path.exists(os.path.join(root, "indexes", "bands.fsidx")):
-            with self.store.read() as txn:
-                self._indexes.bands(self.store, txn, save=True)
-        return n
+        return len(self._synced_profiles(build_index=True))
 
     def _has_labelled(self) -> bool:
         """Whether the hub holds an entry registered with labels (the label-kind counts in meta)."""

@@ -1,8 +1,6 @@
 """The hub's in-memory search indexes, one component the Hub holds: the profile index
-(engine/profiles.py), the screen index (engine/screen.py) and the LSH band index of the candidate
-stage (engine/band_index.py, ``SearchIndexes.bands``: derived from the signatures since hub format
-6, kept in ``<hub>/indexes/bands.fsidx`` by the same rules as below), each brought to the hub's
-current generation before use. Entries stored without a profile or screen record (older hubs) are
+(engine/profiles.py) and the screen index (engine/screen.py), each brought to the hub's current
+generation before use. Entries stored without a profile or screen record (older hubs) are
 computed from their histograms.
 
 Persisted beside the hub (derived data, like the FAISS indexes of engine/embeddings.py): reading
@@ -32,7 +30,6 @@ import faiss
 import numpy as np
 
 from . import accuracy_cache as _accuracy_cache
-from . import band_index as _band_index
 from . import coarse as _coarse
 from . import faiss_files as _faiss_files
 from . import profiles as _profiles
@@ -65,8 +62,7 @@ class SearchIndexes:
         self._config, self._device = config, device
         self._profiles: _profiles.ProfileIndex | None = None
         self._screen: _screen.ScreenIndex | None = None
-        self._bands: _band_index.BandIndex | None = None
-        self._changes = {"profiles": 0, "screen": 0, "bands": 0}   # entries read / dropped since the file
+        self._changes = {"profiles": 0, "screen": 0}   # entries read / dropped since the file
         # method="accuracy"'s candidate stage: the labelled entries' pool and recalls per generation
         self.accuracy = _accuracy_cache.ScreenCache()
 
@@ -135,60 +131,6 @@ class SearchIndexes:
                     idx.sync(txn, gen, missing)
                     self._count("screen", before, idx.ids.v)
         self._maybe_save("screen", store, idx)
-        return idx
-
-    def bands(self, store, txn, *, save: bool | None = None) -> _band_index.BandIndex:
-        """The LSH band index (engine/band_index.py), read from ``<hub>/indexes/bands.fsidx`` on
-        first use when that file fits the hub, brought to the generation of ``txn`` (the candidate
-        stage's own read transaction, so its lookups and the signatures it reads agree) and written
-        back after a sync that read or dropped ``max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)`` entries
-        (``save=True``: whenever anything changed since the file; ``False``: never)."""
-        if self._bands is None:
-            self._bands = self._load_bands(store, txn) or _band_index.BandIndex(self._config.lsh_k,
-                                                                                 self._config.lsh_l)
-        idx = self._bands
-        gen = int(txn.get("meta", b"generation") or 0)
-        with idx.lock:
-            if idx.generation < gen:       # forward only: a thread on an older snapshot keeps the newer index,
-                self._changes["bands"] += idx.sync(txn, gen)   # and the candidate stage keeps the hits it holds
-            n, changes = len(idx), self._changes["bands"]
-            path = self._file("bands", store)
-            if path is None or save is False or changes <= 0 or idx.generation != gen or (
-                    not save and changes < max(SAVE_MIN_CHANGES, SAVE_FRACTION * n)):
-                return idx
-            meta, arrays = idx.state()
-            meta["hub"] = self._hub_identity(txn)
-            try:
-                nbytes = write_arrays(path, meta, arrays)
-            except OSError as e:              # a read-only hub directory or a full disk: kept in memory
-                log.warning("band index not written to %s (%s); kept in memory", path, e)
-                self._changes["bands"] = -(1 << 62)
-                return idx
-            self._changes["bands"] = 0
-            log.info("band index of %d entries (generation %d) written to %s, %.1f MB", n, gen, path, nbytes / 1e6)
-        return idx
-
-    def _load_bands(self, store, txn):
-        """The band index read from its file, or None (no file, or one not valid for this hub: logged)."""
-        path = self._file("bands", store)
-        if path is None:
-            return None
-        c = self._config
-        try:
-            meta, arrays = read_arrays(path)
-            gen = int(txn.get("meta", b"generation") or 0)
-            why = _stale(meta, "bands", self._hub_identity(txn), {"lsh_k": int(c.lsh_k), "lsh_l": int(c.lsh_l)},
-                         gen, txn.count("entries"), fmt=_band_index.BAND_INDEX_FORMAT)
-            if why:
-                log.info("band index file %s not used: %s; rebuilt from the signatures", path, why)
-                return None
-            idx = _band_index.BandIndex.from_state(meta, arrays, c.lsh_k, c.lsh_l)
-        except FileNotFoundError:
-            return None
-        except (CorruptHubError, KeyError, TypeError, ValueError) as e:
-            log.warning("band index file %s not used (%s); rebuilt from the signatures", path, e)
-            return None
-        log.info("band index of %d entries (generation %d) read from %s", len(idx), idx.generation, path)
         return idx
 
     def level1(self, store):
@@ -292,11 +234,10 @@ def _ids_state(ids: np.ndarray) -> tuple[int, int]:
     return len(ids), (int(ids[-1]) if len(ids) else -1)
 
 
-def _stale(meta: dict, kind: str, hub: dict, params: dict, gen: int, n_entries: int,
-           fmt: int = SEARCH_INDEX_FORMAT) -> str:
+def _stale(meta: dict, kind: str, hub: dict, params: dict, gen: int, n_entries: int) -> str:
     """Why a file's header does not fit this hub ('' when it does)."""
-    if meta.get("v") != fmt or meta.get("kind") != kind:
-        return f"format {meta.get('v')} / kind {meta.get('kind')!r}, this fitsketch writes {fmt}"
+    if meta.get("v") != SEARCH_INDEX_FORMAT or meta.get("kind") != kind:
+        return f"format {meta.get('v')} / kind {meta.get('kind')!r}, this fitsketch writes {SEARCH_INDEX_FORMAT}"
     if meta.get("hub") != hub:
         return "written for another hub (its creation time or format differs)"
     if meta.get("params") != params:

@@ -131,8 +131,7 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             n_stored = n_stored * len(allowed) // max(n_entries, 1)
         mode, reason, cost = choose_candidate_stage(n_stored, query.n_features, hub.config.lsh_l)
         cands = candidates(txn, query, cfg, hub.config, mode, reason, where, allowed, plan,
-                           n_entries if allowed is None else len(allowed),
-                           bands=lambda t: hub._indexes.bands(hub.store, t))
+                           n_entries if allowed is None else len(allowed))
         if not cands:
             raise E.NoSharedFeaturesError(
                 f"no entry shares features with the query (overlap > {cfg.overlap_threshold} with "

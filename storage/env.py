@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 6  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 5  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -77,15 +77,6 @@ def _upgrade_v4_to_v5(txn: Txn) -> None:
     nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
 
 
-def _upgrade_v5_to_v6(txn: Txn) -> None:
-    """Format 6: the LSH band postings are not stored (engine/band_index.py derives them from the
-    signatures and keeps them in ``<hub>/indexes/bands.fsidx``; 9.8 KiB of LMDB pages an entry on
-    merged sketches). The ``bands`` database is emptied (its pages go to LMDB's free list, reused
-    by later writes; ``Hub.compact`` returns them to the disk) and kept, empty; an older fitsketch
-    would add entries without postings its searches need, hence the number."""
-    txn.clear("bands")
-
-
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
 
 
@@ -99,10 +90,9 @@ def held_posting_bytes(txn: Txn) -> int | None:
 
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
 MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4,
-                                                4: _upgrade_v4_to_v5, 5: _upgrade_v5_to_v6}
+                                                4: _upgrade_v4_to_v5}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-# (a format <= 5 hub's band postings are not read: the band index is derived from its signatures)
-READ_AS_IS = frozenset({1, 2, 3, 4, 5})
+READ_AS_IS = frozenset({1, 2, 3, 4})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
@@ -325,6 +315,8 @@ class HubStore:
         def create(t):
             t.put("meta", b"format", FORMAT_VERSION)
             t.put("meta", b"created", now)
+            if FORMAT_VERSION >= 4:     # its band postings' width (engine/parts.py POSTING_BYTES), read back by posting_bytes
+                t.put("meta", POSTING_BYTES_KEY, 4)
         self.transact(create)
         self.created = True
         log.info("created hub at %s (format %d)", self.path, FORMAT_VERSION)

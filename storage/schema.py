@@ -33,10 +33,10 @@ _E = ("fitsketch.parts.ENTRY_FORMAT", 1)
 
 SCHEMA: tuple[Record, ...] = (
     Record("meta", "b'format'", "the hub's format", "fitsketch.storage.env",
-           (("fitsketch.storage.env.FORMAT_VERSION", 6),),
-           "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays), 3 (8-byte band postings), "
-           "4 (plain signature records) and 5 (band postings in LMDB) are read as they are; a writable open upgrades "
-           "them to 6 (MIGRATIONS[1..5], records unchanged; MIGRATIONS[5] empties database bands; MIGRATIONS[3] "
+           (("fitsketch.storage.env.FORMAT_VERSION", 5),),
+           "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays), 3 (8-byte band postings) "
+           "and 4 (plain signature records) are read as they are; a writable open upgrades them to 5 (MIGRATIONS[1..4], "
+           "records unchanged; MIGRATIONS[3] "
            "writes meta b'posting_bytes' = the width the hub holds: 8, or 4 without postings) so that an older fitsketch refuses the hub at open. Format 3: the "
            "per-entry records written by fitsketch.parts (entries, signatures, histograms, extra) hold their arrays "
            "compressed where that is smaller (codec EXT_PACKED: byte shuffle / integer delta + zstd, lossless); "
@@ -44,9 +44,7 @@ SCHEMA: tuple[Record, ...] = (
            "Format 5: signature records may be per-permutation dictionaries (fitsketch.signature_records) and new "
            "entries store no screen record (extra b'd'; the screen index finds entries by a range scan of entries) "
            "and their profile records in databases profiles / profile_keys (were extra b'p' / b'k'), which a "
-           "format-4 hub gets at its upgrade (a read-only open of one reads them as empty). Format 6: no band "
-           "postings are stored (fitsketch.band_index derives them from the signatures; an older fitsketch would "
-           "add entries without them)",
+           "format-4 hub gets at its upgrade (a read-only open of one reads them as empty)",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
            "b'next_sample_id', b'embedding_dim', b'posting_bytes'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
@@ -61,11 +59,14 @@ SCHEMA: tuple[Record, ...] = (
     Record("histograms", "u64(entry id)", "packed partition histograms (partitions.pack_hist)",
            "fitsketch.parts (Core), fitsketch.partitions", (("fitsketch.partitions.HIST_FORMAT", 2),),
            "format 1 (the COO arrays as they are) is read as it is by partitions.unpack_hist"),
-    Record("bands", "u64(LSH band key), dupsort", "written by hubs of format <= 5 only: 4 bytes '>I' (entry id) "
-           "or 8 bytes '>II' (entry id, feature) a posting; emptied by the upgrade to format 6 (a read-only open of "
-           "an older hub leaves them, unread)", "fitsketch.storage.env (MIGRATIONS[5])", (),
-           "not read since format 6: the band index is derived from the signatures (fitsketch.band_index)",
-           per_entry=False),
+    Record("bands", "u64(LSH band key), dupsort", "4 bytes: struct '>I' (entry id) in a hub created at format 4; "
+           "8 bytes: struct '>II' (entry id, feature) in a hub of format <= 3 (and kept by its upgrade: meta "
+           "b'posting_bytes' = 8, fitsketch.parts.posting_bytes)", "fitsketch.parts (Bands)",
+           (("fitsketch.parts.BANDS_FORMAT", 2),),
+           "8-byte postings are read as they are (readers use the first 4 bytes, the entry id; another length is "
+           "CorruptHubError). Written since 2026-11-30 as one posting per (band key, entry) (8-byte: its feature "
+           "the entry's lowest non-empty feature with that key); before, one per (band key, entry, feature). "
+           "Removal of an 8-byte hub's entry deletes every (entry, feature) of its keys, so both kinds are removed alike"),
     Record("extra", "u64(entry id)", "{v, coverage?, coverage_embedding?, coverage_latent?, classes?}",
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),
@@ -110,11 +111,6 @@ SCHEMA: tuple[Record, ...] = (
            "forward from an earlier generation, rebuilt from LMDB otherwise)", "fitsketch.indexes",
            (("fitsketch.indexes.SEARCH_INDEX_FORMAT", 1), ("fitsketch.storage.arrayfile.ARRAY_FILE_FORMAT", 1)),
            per_entry=False),
-    Record("file", "<hub>/indexes/bands.fsidx", "the LSH band index: entry ids, distinct band keys, postings per "
-           "key, the postings' entry ids (storage/arrayfile.py; derived from the signatures: read when valid and "
-           "fitting the hub, brought forward from an earlier generation, rebuilt otherwise)", "fitsketch.band_index, "
-           "fitsketch.indexes", (("fitsketch.band_index.BAND_INDEX_FORMAT", 1),
-                                 ("fitsketch.storage.arrayfile.ARRAY_FILE_FORMAT", 1)), per_entry=False),
     Record("file", "<hub>/indexes/level1.faiss + level1.msgpack sidecar", "the two-level candidate stage's level-1 "
            "IVF over projected dataset-level rows (derived: its sidecar records the format, the hub's identity and "
            "parameters, the row ids and the basis; brought forward after adds, rebuilt otherwise)",

@@ -28,8 +28,7 @@ DBS = (
     "entries",     # u64 entry id -> entry record
     "names",       # utf-8 name -> u64 entry id
     "signatures",  # u64 entry id -> feature signatures
-    "bands",       # hub format <= 5: LSH band key -> 4- or 8-byte postings (dupsort, dupfixed); empty since format 6
-                   # (engine/band_index.py derives them)
+    "bands",       # LSH band key -> 4- or 8-byte records (dupsort, dupfixed; engine/parts.py posting_bytes)
     "histograms",  # partition histograms
     "embeddings",  # embeddings
     "weights",     # autoencoder weights
@@ -156,10 +155,6 @@ class Txn:
     def delete(self, db: str, key: bytes) -> bool:
         """Delete ``key`` (in ``bands``: all its duplicates); returns whether it existed."""
         return self._mut(self._txn.delete, _check_key(key), db=self._wdb(db))
-
-    def clear(self, db: str) -> None:
-        """Delete every record of ``db`` (the database itself is kept)."""
-        self._mut(self._txn.drop, self._wdb(db), delete=False)
 
     def exists(self, db: str, key: bytes) -> bool:
         if self._db(db) is None:

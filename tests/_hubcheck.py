@@ -87,8 +87,6 @@ def check_txn(txn) -> list[str]:
         if key.startswith(_AE_PREFIX):
             assert key[len(_AE_PREFIX):] in entry_ids, f"weights[{key!r}] belongs to no entry"
     live = {from_u64(k) for k in entry_ids}
-    if (txn.get("meta", b"format") or 0) >= 6:
-        assert txn.count("bands") == 0, "a hub of format >= 6 holds band postings"
     for _, v in txn.items("bands"):
         eid = int.from_bytes(v[:4], "big")   # 4-byte postings (format 4) or 8 (entry id, feature)
         assert eid in live, f"a band record points at entry id {eid}, which does not exist"
