@@ -683,6 +683,10 @@ def _second_round(plan) -> int | None:
     return int(hit.group(1)) if hit else None
 
 
+REF_HOLD = 20_000    # entries up to which accuracy_reference holds every decoded class record between calls
+REF_CHUNK = 2_048    # entries a chunk of accuracy_reference on a larger hub (~0.1-0.2 MB a class record)
+
+
 def accuracy_reference(hub, q, names, check: list, held: dict | None = None) -> tuple[list, dict]:
     """``(ranking, info)``: every labelled entry's ``method="accuracy"`` score on the query rows ``q``
     (columns ``names``), computed as the scorer computes it with every entry scored
@@ -706,18 +710,40 @@ def accuracy_reference(hub, q, names, check: list, held: dict | None = None) -> 
     col_of = {n: j for j, n in enumerate(names)}
     with hub.store.read() as txn:
         generation = int(txn.get("meta", b"generation") or 0)
-    if held is not None and held.get("names") == list(names) and held.get("generation") == generation:
-        ents, pl = held["ents"], held["pool"]
-    else:
-        ents = {}
+        n_entries = txn.count("entries")
+
+    def records(after=b"", limit=None):
+        """{name: (class record, feature map, features)} of the labelled entries after key ``after``
+        (``limit`` entries read), and the last key read."""
+        out, last = {}, after
         with hub.store.read() as txn:
-            for key in txn.keys("entries"):
+            for key in txn.keys("entries", start=after):
+                if key <= after:
+                    continue
+                if limit is not None and len(out) >= limit:
+                    break
+                last = key
                 rec = txn.get("entries", key)
                 if not rec or not rec.get("labelled"):
                     continue
                 cl = A.check_record(txn.get("extra", u64(rec["id"]))["classes"], len(rec["features"]))
-                ents[rec["name"]] = (cl, {sf: col_of[n] for sf, n in enumerate(rec["features"]) if n in col_of},
-                                     rec["features"])
+                out[rec["name"]] = (cl, {sf: col_of[n] for sf, n in enumerate(rec["features"]) if n in col_of},
+                                    rec["features"])
+        return out, last
+
+    big = n_entries > REF_HOLD       # too many decoded class records to hold: read in chunks, each query
+    if held is not None and held.get("names") == list(names) and held.get("generation") == generation:
+        ents, pl = held["ents"], held["pool"]
+    elif big:
+        from fitsketch.accuracy_cache import screen_data
+
+        with hub.store.read() as txn:   # the pool read in chunks (the engine's, as the scorer gets it from the stage)
+            pl = screen_data(txn, list(names)).pool
+        ents = None
+        if held is not None:
+            held.update(names=list(names), generation=generation, ents=None, pool=pl)
+    else:
+        ents, _ = records()
         lab = sorted({c for cl, _, _ in ents.values() for c in cl["labels"]}, key=A._sort_key)
         pl = A.class_pool_of([(cl, feats, fm) for cl, fm, feats in ents.values()], lab, names)
         pl = A.merge_pools([pl, {**pl, "labels": lab, "cls": pl["cls"][:0], "col": pl["col"][:0],
@@ -730,15 +756,28 @@ def accuracy_reference(hub, q, names, check: list, held: dict | None = None) -> 
     qb = A.query_buckets(frame, names, kinds, used, hub.config)
     qx = A.query_index(qb, len(frame))
     ll, _ = A.mixture_loglik(frame, pl, names, kinds, hub.config, hub.config.accuracy_temperature, qb, qx)
-    names_ = list(ents)
-    prox = own_predictions_many(qb, len(frame), [(ents[nm][0], ents[nm][1]) for nm in names_], lab, names, qx)
-    pi, acc, _ = A.estimate(ll, lab, [ents[nm][0]["perf"] for nm in names_], proxies=prox,
-                            records=[ents[nm][0] for nm in names_])
+    names_, accs, n_lab, last = [], [], 0, b""
+    while True:   # every labelled entry, a chunk at a time (a model's score does not depend on the others')
+        chunk, nxt = (ents, None) if ents is not None else records(last, REF_CHUNK)
+        if chunk:
+            nm = list(chunk)
+            prox = own_predictions_many(qb, len(frame), [(chunk[x][0], chunk[x][1]) for x in nm], lab, names, qx)
+            pi, acc, _ = A.estimate(ll, lab, [chunk[x][0]["perf"] for x in nm], proxies=prox,
+                                    records=[chunk[x][0] for x in nm])
+            names_ += nm
+            accs.append(acc)
+            n_lab += len(nm)
+        if ents is not None or nxt == last:
+            break
+        last = nxt
+    acc = np.concatenate(accs) if accs else np.zeros(0)
+    if not accs:
+        pi = A.em_mixture(ll)
     score = dict(zip(names_, acc.tolist()))
     ranking = sorted(score.items(), key=lambda x: (-x[1], x[0]))
     diff = max((abs(score[m.name] - m.score) for m in check), default=0.0)
     mix = max((float(np.abs(np.asarray(m.detail["mixture"]) - pi).max()) for m in check[:1] if m.detail), default=0.0)
-    return ranking, {"max_diff": float(diff), "mixture_diff": mix, "labelled": len(ents), "labels": lab, "pi": pi}
+    return ranking, {"max_diff": float(diff), "mixture_diff": mix, "labelled": n_lab, "labels": lab, "pi": pi}
 
 
 def bound_violations(hub, names, ranking, info) -> tuple[int, float, int]:

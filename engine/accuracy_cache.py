@@ -37,6 +37,7 @@ PERF_BYTES = 1024           # an entry's performance record held, estimated (mea
 # the class Gaussians' parts kept per schema (~22 KB an entry of 10 classes; 2.2 GB at 100k): above
 # this only their per-class sum is kept (all a query reads), and an add reads every entry again
 MAX_GAUSS_BYTES = 256 << 20
+READ_CHUNK = 2048           # entries read and pooled at a time (screen_data): their class records then dropped
 
 
 @dataclass(frozen=True)
@@ -56,18 +57,23 @@ class ScreenData:
     stored: np.ndarray | None = None  # (E, len(labels)) stored recalls over them (a given mixture's exact screen)
 
 
-def _read(txn, names: list[str], after: bytes = b"") -> tuple[list, set, set, bytes]:
-    """``(entries, damaged, labelled, last key)`` of the hub's entries with a key after ``after``:
-    entries [(key, class record, {entry feature: query column}, entry features)] of the labelled
-    ones sharing a column name with the query."""
+def _read(txn, names: list[str], after: bytes = b"", limit: int | None = None) -> tuple[list, set, set, bytes]:
+    """``(entries, damaged, labelled, last key)`` of the hub's entries with a key after ``after``
+    (the first ``limit`` of them, labelled or not, when given): entries [(key, class record,
+    {entry feature: query column}, entry features)] of the labelled ones sharing a column name
+    with the query."""
     from . import accuracy as A
     from .storage import u64
 
     col_of = {n: j for j, n in enumerate(names)}
     entries, damaged, labelled, last = [], set(), set(), after
-    for key in txn.keys("entries"):
+    seen = 0
+    for key in txn.keys("entries", start=after):
         if key <= after:
             continue
+        if limit is not None and seen >= limit:
+            break
+        seen += 1
         last = max(last, key)
         rec = txn.get("entries", key)
         if not rec or not rec.get("labelled"):
@@ -107,24 +113,53 @@ def _freeze(pl: dict, recalls: np.ndarray, given: np.ndarray) -> dict:
 
 def screen_data(txn, names: list[str]) -> ScreenData:
     """The stage's data for a query with columns ``names``, read from the hub (the reference: what
-    the stage computed per query before this cache)."""
+    the stage computed per query before this cache). Read ``READ_CHUNK`` entries at a time: each
+    chunk's class records are pooled and merged into the pool so far (``merge_pools``, as
+    :func:`extend` merges; the same sums), and only what the recalls and bounds need of them is
+    kept -- holding every decoded class record (~0.1-0.2 MB each on digits) ran a 100k-entry hub
+    out of 24 GB of memory."""
     from . import accuracy as A
 
     gen = int(txn.get("meta", b"generation") or 0)
-    entries, damaged, labelled, last = _read(txn, names)
     n = txn.count("entries")
-    if not entries:
+    pl, keys, slim, damaged, labelled, last = None, [], [], set(), set(), b""
+    while True:
+        entries, dmg, lab, nxt = _read(txn, names, last, READ_CHUNK)
+        damaged |= dmg
+        labelled |= lab
+        if nxt == last:
+            break
+        last = nxt
+        if entries:
+            labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
+            new = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
+            pl = new if pl is None else _merged(pl, new)
+            keys += [key for key, _, _, _ in entries]
+            slim += [{"labels": cl["labels"], "counts": cl["counts"], "perf": cl["perf"]} for _, cl, _, _ in entries]
+    if pl is None:
         return ScreenData([], None, np.zeros((0, 0)), np.zeros(0, bool), frozenset(damaged), frozenset(labelled),
                           [], last, n, gen, np.zeros((0, 0)), [], np.zeros((0, 0)))
-    labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
-    pl = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
-    recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries])
-    given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
-    blabels = bound_labels(pl["labels"], [cl for _, cl, _, _ in entries])
-    bound, stored = _bounds([cl for _, cl, _, _ in entries], blabels)
-    return ScreenData([key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
-                      frozenset(damaged), frozenset(labelled), [cl["perf"] for _, cl, _, _ in entries], last, n, gen,
-                      bound, blabels, stored)
+    recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for cl in slim])
+    given = np.array([cl["perf"]["source"] == "class_accuracy" for cl in slim], dtype=bool)
+    blabels = bound_labels(pl["labels"], slim)
+    bound, stored = _bounds(slim, blabels)
+    return ScreenData(keys, _freeze(pl, recalls, given), recalls, given, frozenset(damaged), frozenset(labelled),
+                      [cl["perf"] for cl in slim], last, n, gen, bound, blabels, stored)
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """The pool of old + new entries (``merge_pools``; an unfrozen ``old``, or one whose Gaussians'
+    parts were kept): the Gaussians only where both carry them."""
+    from . import accuracy as A
+
+    base = {**old, "gauss": None if old.get("gauss") is None else
+            {k: v for k, v in old["gauss"].items() if k != "_combined"}}
+    if old.get("gauss") is None:   # some old entry lacks a Gaussian: the union has none
+        new = {**new, "gauss": None}
+    pl = A.merge_pools([base, new])
+    if pl.get("gauss") is None:
+        pl["gauss"] = None
+    return pl
 
 
 def bound_labels(pool_labels: list, records: list) -> list:
@@ -158,10 +193,12 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
 
     gen = int(txn.get("meta", b"generation") or 0)
     n = txn.count("entries")
-    entries, damaged, labelled, last = _read(txn, names, old.last_key)
-    added = sum(1 for k in txn.keys("entries") if k > old.last_key)
+    added = sum(1 for k in txn.keys("entries", start=old.last_key) if k > old.last_key)
     if n != old.n_entries + added:          # a removal: the old pool holds an entry no longer there
         return None
+    if added > READ_CHUNK:                  # many adds: read in chunks, as a whole read does
+        return screen_data(txn, names)
+    entries, damaged, labelled, last = _read(txn, names, old.last_key)
     if not entries:
         return ScreenData(old.keys, old.pool, old.recalls, old.given, old.damaged | damaged, old.labelled | labelled,
                           old.perfs, last, n, gen, old.bound, old.labels, old.stored)
@@ -169,13 +206,7 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
         return screen_data(txn, names)      # nothing pooled yet, or the Gaussians' parts were not kept
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
     new = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
-    base = {**old.pool, "gauss": None if old.pool.get("gauss") is None else
-            {k: v for k, v in old.pool["gauss"].items() if k != "_combined"}}
-    if old.pool.get("gauss") is None:   # some old entry lacks a Gaussian: the union has none
-        new["gauss"] = None
-    pl = A.merge_pools([base, new])
-    if pl.get("gauss") is None:
-        pl["gauss"] = None
+    pl = _merged(old.pool, new)
     records = [cl for _, cl, _, _ in entries]
     if pl["labels"] != old.pool["labels"] or bound_labels(pl["labels"], records) != list(old.labels):
         return screen_data(txn, names)      # a class no entry had: every bound again (from the class records)

@@ -222,3 +222,44 @@ def test_extended_after_adds_equals_read_whole(tmp_path, seed):
         hub.remove("e2")
         got = check()
         assert len(got.keys) == len(first.keys) + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_read_in_chunks_equals_one_read(tmp_path, seed, monkeypatch):
+    """screen_data reads READ_CHUNK entries at a time and merges their pools: every number equals
+    one read of all of them (chunks of 1, 3 and 4 entries over 11, some unlabelled, one sharing no
+    column, one without a class Gaussian), and a cache brought forward over more adds than a chunk
+    equals a whole read."""
+    rng = np.random.default_rng(seed)
+    names = [f"x{i}" for i in range(D)]
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(7):
+            _add(hub, rng, f"e{i}", ("validation", "class_accuracy", "unlabelled")[i % 3])
+        hub.add("other", pd.DataFrame({"z": rng.normal(size=60)}), labels=np.array([0, 1] * 30),
+                class_accuracy={0: 0.5, 1: 0.5})
+        y = np.array([0, 1, 2, 3] * 30)
+        hub.add("four", _rows(rng, y % 3), labels=y, class_accuracy={c: 0.8 for c in range(4)})
+        for i in range(2):
+            _add(hub, rng, f"f{i}", "validation")
+        with hub.store.read() as txn:
+            monkeypatch.setattr(AC, "READ_CHUNK", 10 ** 9)
+            whole = AC.screen_data(txn, names)
+            for chunk in (1, 3, 4):
+                monkeypatch.setattr(AC, "READ_CHUNK", chunk)
+                got = AC.screen_data(txn, names)
+                for f in ("keys", "recalls", "bound", "stored", "labels", "given", "damaged", "labelled", "last_key",
+                          "n_entries", "generation"):
+                    _same(getattr(got, f), getattr(whole, f))
+                _same(got.pool, whole.pool)
+        monkeypatch.setattr(AC, "READ_CHUNK", 2)
+        cache = hub._indexes.accuracy
+        with hub.store.read() as txn:
+            cache.get(txn, names)
+        for i in range(4):                                                  # more adds than a chunk
+            _add(hub, rng, f"g{i}", "validation")
+        with hub.store.read() as txn:
+            got, ref = cache.get(txn, names), AC.screen_data(txn, names)
+        for f in ("keys", "recalls", "bound", "given", "labelled", "last_key", "n_entries"):
+            _same(getattr(got, f), getattr(ref, f))
+        _same(got.pool, ref.pool)
+        assert len(got.keys) == 12                      # 5 + "four" + 2 + 4 labelled sharing columns
