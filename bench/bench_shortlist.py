@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -611,9 +610,9 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                                 with H.stopwatch() as sw:
                                     cov_records = coverage_records(hub)
                                 out(f"    coverage records of {len(cov_records):,} entries read in {sw.s:.0f} s")
-                            w0, c0 = time.perf_counter(), time.process_time()
-                            ranking, info = coverage_reference(hub, q, names, cov_records, short)
-                            ref_w, ref_c = time.perf_counter() - w0, time.process_time() - c0
+                            t_ref = H.Samples()
+                            ranking, info = t_ref.call(coverage_reference, hub, q, names, cov_records, short)
+                            ref_w, ref_c = t_ref.wall[-1], t_ref.cpu[-1]
                             ref = [v for _, v in ranking[:10]]
                             r = float(np.mean([m.score >= ref[-1] - 1e-12 for m in short]))
                             bf = bool(short and short[0].score >= ref[0] - 1e-12)

@@ -92,7 +92,8 @@ def _share_group(X, recs, keys, bits, tables, *, seed, device, resolution, rho) 
             code = np.asarray(g["code"], dtype=np.int64) & mask
             cnt = np.asarray(g["count"], dtype=np.float64)
             keep = tab < T                                         # (a record's tables beyond T meet no target cell)
-            s_cnt = np.bincount(tab[keep] * cells + code[keep], weights=cnt[keep], minlength=T * cells).reshape(T, cells)
+            s_cnt = np.bincount(tab[keep] * cells + code[keep], weights=cnt[keep],
+                                minlength=T * cells).reshape(T, cells)
             s_tot = s_cnt.sum(axis=1)                              # integers: exact in any order
             s_share.append(s_cnt / np.maximum(s_tot, 1.0)[:, None])
             g_weight.append(float(cnt.sum()))

@@ -59,6 +59,8 @@ def test_score_many_equals_score_entry_by_entry(rng, n, shared, monkeypatch):
     X = _query(rng, cfg, n, nan=bool(rng.integers(0, 2)))
     rho = float(rng.choice([1.0, 0.5, 0.3]))
     res = int(rng.integers(1, cfg.coverage_bits + 3))        # above bits: capped at bits, as score does
+    if min(res, cfg.coverage_bits) > CB.MAX_DENSE_BITS:      # (scored entry by entry: the next test)
+        res = CB.MAX_DENSE_BITS
     ref = [C.score(X, r, seed=cfg.seed, tau=1.0, mode="share", resolution=res, rho=rho) for r in recs]
     # the batched share path must not hand entries back to the per-entry scorer
     monkeypatch.setattr(C, "score", lambda *a, **k: pytest.fail("share mode fell back to coverage.score"))
