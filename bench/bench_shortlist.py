@@ -670,9 +670,9 @@ LABELLED_METHODS = ("accuracy", "auto")
 
 
 def _accuracy_ranks(hub, X, names, full) -> dict:
-    """Where the exhaustive ranking ``full`` (every labelled entry scored) puts the screen's choice:
-    the accuracy stage's score of every labelled entry (engine/accuracy.py ``screen``: the stored
-    recalls times the EM mixture over the pooled class records), the screen rank of each exhaustive
+    """Where the exhaustive ranking ``full`` (every labelled entry scored) puts the old accuracy
+    screen's choice (before the exact stage of 2026-12-01: the stored recalls times the EM mixture
+    over the pooled class records, kept within a margin), the screen rank of each exhaustive
     top-10 entry and the screen-score gap between the screen's 10th best and them."""
     import pandas as pd
     from fitsketch import accuracy as A
@@ -753,7 +753,16 @@ def coverage_reference(hub, q, names, records: dict, check: list) -> tuple[list,
     return ranking, {"max_diff": float(diff), "scored": len(score)}
 
 
-def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
+def _second_round(plan) -> int | None:
+    """How many entries the accuracy stage's second round scored (the score stage's plan text)."""
+    import re
+
+    st = next((x for x in plan.stages if x.name == "score"), None)
+    hit = re.search(r"second round \(exact stage\): (\d+) more", st.detail if st is not None else "")
+    return int(hit.group(1)) if hit else None
+
+
+def accuracy_reference(hub, q, names, check: list, held: dict | None = None) -> tuple[list, dict]:
     """``(ranking, info)``: every labelled entry's ``method="accuracy"`` score on the query rows ``q``
     (columns ``names``), computed as the scorer computes it with every entry scored
     (engine/methods/accuracy.py ``score_accuracy`` with ``shortlist=0``: the pool of every labelled
@@ -764,7 +773,9 @@ def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
     signature checks of every entry: ~60% of its CPU at 1.5k entries), so a 10k hub's reference costs
     ~1/3 of the search. ``check``: matches of a search of the same query (e.g. the stage's top 10),
     whose scores must equal the ranking's (``info["max_diff"]``, ``info["mixture_diff"]``); equal to
-    ``shortlist=0``'s top 10 on a small hub (names and scores) and checked at 10k by ``run_accuracy``."""
+    ``shortlist=0``'s top 10 on a small hub (names and scores) and checked at 10k by ``run_accuracy``.
+    ``held``: a dict kept between calls on an unchanged hub -- the decoded class records and their
+    pool are read on the first call and reused (at 100k entries ~40 % of a call)."""
     import pandas as pd
     from fitsketch import accuracy as A
     from fitsketch.accuracy_proxy import own_predictions_many
@@ -772,20 +783,27 @@ def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
 
     frame = pd.DataFrame(np.asarray(q), columns=names)
     col_of = {n: j for j, n in enumerate(names)}
-    ents = {}
     with hub.store.read() as txn:
-        for key in txn.keys("entries"):
-            rec = txn.get("entries", key)
-            if not rec or not rec.get("labelled"):
-                continue
-            cl = A.check_record(txn.get("extra", u64(rec["id"]))["classes"], len(rec["features"]))
-            ents[rec["name"]] = (cl, {sf: col_of[n] for sf, n in enumerate(rec["features"]) if n in col_of},
-                                 rec["features"])
+        generation = int(txn.get("meta", b"generation") or 0)
+    if held is not None and held.get("names") == list(names) and held.get("generation") == generation:
+        ents, pl = held["ents"], held["pool"]
+    else:
+        ents = {}
+        with hub.store.read() as txn:
+            for key in txn.keys("entries"):
+                rec = txn.get("entries", key)
+                if not rec or not rec.get("labelled"):
+                    continue
+                cl = A.check_record(txn.get("extra", u64(rec["id"]))["classes"], len(rec["features"]))
+                ents[rec["name"]] = (cl, {sf: col_of[n] for sf, n in enumerate(rec["features"]) if n in col_of},
+                                     rec["features"])
+        lab = sorted({c for cl, _, _ in ents.values() for c in cl["labels"]}, key=A._sort_key)
+        pl = A.class_pool_of([(cl, feats, fm) for cl, fm, feats in ents.values()], lab, names)
+        pl = A.merge_pools([pl, {**pl, "labels": lab, "cls": pl["cls"][:0], "col": pl["col"][:0],
+                                 "bucket": pl["bucket"][:0], "count": pl["count"][:0], "entries": 0}])
+        if held is not None:
+            held.update(names=list(names), generation=generation, ents=ents, pool=pl)
     kinds = ["numeric"] * len(names)
-    lab = sorted({c for cl, _, _ in ents.values() for c in cl["labels"]}, key=A._sort_key)
-    pl = A.class_pool_of([(cl, feats, fm) for cl, fm, feats in ents.values()], lab, names)
-    pl = A.merge_pools([pl, {**pl, "labels": lab, "cls": pl["cls"][:0], "col": pl["col"][:0],
-                             "bucket": pl["bucket"][:0], "count": pl["count"][:0], "entries": 0}])
     lab = pl["labels"]
     used = sorted({j for j, n in enumerate(names) if n in set(pl["columns"])})
     qb = A.query_buckets(frame, names, kinds, used, hub.config)
@@ -799,7 +817,27 @@ def accuracy_reference(hub, q, names, check: list) -> tuple[list, dict]:
     ranking = sorted(score.items(), key=lambda x: (-x[1], x[0]))
     diff = max((abs(score[m.name] - m.score) for m in check), default=0.0)
     mix = max((float(np.abs(np.asarray(m.detail["mixture"]) - pi).max()) for m in check[:1] if m.detail), default=0.0)
-    return ranking, {"max_diff": float(diff), "mixture_diff": mix, "labelled": len(ents)}
+    return ranking, {"max_diff": float(diff), "mixture_diff": mix, "labelled": len(ents), "labels": lab, "pi": pi}
+
+
+def bound_violations(hub, names, ranking, info) -> tuple[int, float, int]:
+    """``(entries, largest excess, reach)``: the labelled entries whose score in the reference
+    ``ranking`` exceeds their stored recall bound (engine/accuracy_bound.py) under the reference's
+    mixture by more than its rounding slack -- 0 where the exact stage's premise holds for every
+    entry of the hub -- and how many entries' bounds reach the 10th best score (what the stage must
+    score at least: its first round plus its second)."""
+    from fitsketch.accuracy_bound import SLACK
+
+    with hub.store.read() as txn:
+        data = hub._indexes.accuracy.get(txn, list(names))
+        name_of = [txn.get("entries", key)["name"] for key in data.keys]
+    at = {c: i for i, c in enumerate(info["labels"])}
+    pi = np.array([info["pi"][at[c]] if c in at else 0.0 for c in data.pool["labels"]])
+    ub = dict(zip(name_of, data.bound @ pi))
+    excess = np.array([sc - ub[nm] for nm, sc in ranking if nm in ub])
+    tenth = ranking[min(9, len(ranking) - 1)][1] if ranking else 0.0
+    reach = int(sum(1 for v in ub.values() if v >= tenth - SLACK))
+    return int((excess > SLACK).sum()), float(excess.max(initial=-1.0)), reach
 
 
 def confusion_of(sketch, model, validation) -> np.ndarray:
@@ -930,15 +968,17 @@ def run_add_rate(n: int = 2_000, batch: int = 1_000, kinds=("scale32", "digits64
 
 def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto"), budget_s: float = 1800.0,
                  full_checks: int = 1, seed: int = 0, out=print, out_dir: Path | None = None,
-                 tag: str = "", first: int = 0) -> list[dict]:
-    """``method="accuracy"`` / ``"auto"`` through the default stage of a labelled digits pool hub
+                 tag: str = "", first: int = 0, data: str = "digits", ref_every: int = 1) -> list[dict]:
+    """``method="accuracy"`` / ``"auto"`` through the default stage of a labelled ``data`` pool hub
     (``hub_dir``/h.hub, filled as ``--scale`` fills it; e.g. 10k entries) against the scorer's score
     of every labelled entry (``accuracy_reference``: ``shortlist=0``'s ranking at ~1/3 of its CPU;
     the first ``full_checks`` queries also run ``hub.search(shortlist=0)`` to hold the two equal).
     Per query (the ``--scale`` queries, 600-row class-skewed samples): the stage's top 10
     (``explain``, no bootstrap), what it kept, whether its margin was capped; recall@10 by score and
     best found against the reference; for ``auto``, whether every match of its top 10 was scored
-    as ``accuracy`` (a labelled hub). Queries run until ``budget_s`` of searching + references."""
+    as ``accuracy`` (a labelled hub). Queries run until ``budget_s`` of searching + references;
+    ``ref_every``: the reference for every such query only (a 100k hub's costs minutes), the others
+    give the stage's size and latency alone."""
     import fitsketch
 
     from . import zoos
@@ -946,16 +986,18 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
     ctx = H.context("cpu", False)
     env = H.environment("cpu")
     wall = H.stopwatch().__enter__()
-    pool = zoos.Pool("digits", seed=seed)
+    pool = zoos.Pool(data, seed=seed)
     X, y, names = pool.X, pool.y, pool.names
     rows, per_query = [], []
     with fitsketch.open(Path(hub_dir) / "h.hub") as hub:
         n = len(hub)
-        w = f"digits labelled pool zoo, {n} entries (hub {hub_dir})"
+        w = f"{data} labelled pool zoo, {n} entries (hub {hub_dir})"
         t_s = {m: H.Samples() for m in methods}
         t_r, t_f = H.Samples(), H.Samples()
-        res = {m: {"rec": [], "best": [], "kept": [], "capped": [], "acc": []} for m in methods}
+        res = {m: {"rec": [], "best": [], "kept": [], "capped": [], "acc": [], "ms": []} for m in methods}
         checks = []
+        held = {}                                    # the reference's decoded records, read once
+        violations = []                              # entries scoring above their bound, per query
         for qi in range(first, first + n_queries):   # ``first``: go on after an earlier run's queries
             if wall.elapsed() > budget_s:
                 break
@@ -966,10 +1008,13 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
                 plan = t_s[m].call(hub.explain, q, k=10, method=m, feature_names=names, accuracy_bootstrap=0)
                 short = plan.matches
                 st = next((x for x in plan.stages if x.name == "shortlist"), None)
-                if ref is None:
-                    ref, info = t_r.call(accuracy_reference, hub, q, names, short)
+                if ref is None and (qi - first) % ref_every == 0:
+                    ref, info = t_r.call(accuracy_reference, hub, q, names, short, held)
+                    viol, excess, reach = bound_violations(hub, names, ref, info)
                     pq.update(ref_check_max_diff=info["max_diff"], ref_mixture_diff=info["mixture_diff"],
-                              labelled=info["labelled"])
+                              labelled=info["labelled"], bound_violations=viol, bound_max_excess=excess,
+                              bound_reach_10th=reach)
+                    violations.append(viol)
                     if qi < full_checks:   # the reference against the hub's own exhaustive search
                         full = t_f.call(hub.search, q, k=10, method="accuracy", shortlist=0, feature_names=names,
                                         accuracy_bootstrap=0)
@@ -977,17 +1022,21 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
                             max(abs(x.score - sc) for x, (_, sc) in zip(full, ref)) <= 1e-12
                         checks.append(ok)
                         pq["full_check"] = ok
-                tenth, best = ref[min(9, len(ref) - 1)][1], ref[0][1]
-                r = float(np.mean([x.score >= tenth - 1e-12 for x in short[:10]])) if short else 0.0
-                bf = bool(short and short[0].score >= best - 1e-12)
                 acc_all = all(x.method == "accuracy" for x in short[:10])
                 d = res[m]
-                d["rec"].append(r)
-                d["best"].append(bf)
+                r = bf = None
+                if ref is not None:
+                    tenth, best = ref[min(9, len(ref) - 1)][1], ref[0][1]
+                    r = float(np.mean([x.score >= tenth - 1e-12 for x in short[:10]])) if short else 0.0
+                    bf = bool(short and short[0].score >= best - 1e-12)
+                    d["rec"].append(r)
+                    d["best"].append(bf)
+                d["ms"].append(1e3 * t_s[m].cpu[-1])
                 d["kept"].append(-1 if st is None else st.actual)
                 d["capped"].append(st is not None and "recall not held" in (st.detail or ""))
                 d["acc"].append(acc_all)
                 pq.update({f"{m}_recall": r, f"{m}_best": bf, f"{m}_kept": d["kept"][-1], f"{m}_capped": d["capped"][-1],
+                           f"{m}_cpu_ms": round(d["ms"][-1], 1), f"{m}_second_round": _second_round(plan),
                            f"{m}_all_accuracy": acc_all, f"{m}_stated_recall": None if st is None else st.recall})
             per_query.append(pq)
             out(f"  query {qi}: {pq}")
@@ -996,8 +1045,9 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
             if not d["rec"]:
                 continue
             st_ = t_s[m].stats()
-            out(f"  {n:,} {m:<9} {len(d['rec'])} queries: recall@10 {np.mean(d['rec']):.3f} (min {min(d['rec']):.2f}), best "
-                f"{sum(d['best'])}/{len(d['best'])}, kept p50 {np.median(d['kept']):.0f} max {max(d['kept'])}, capped "
+            out(f"  {n:,} {m:<9} {len(d['rec'])} queries with the reference: recall@10 {np.mean(d['rec']):.3f} (min "
+                f"{min(d['rec']):.2f}), best {sum(d['best'])}/{len(d['best'])}; over all {len(d['kept'])} queries: "
+                f"kept p50 {np.median(d['kept']):.0f} max {max(d['kept'])}, capped "
                 f"{sum(d['capped'])}, all top 10 scored as accuracy {sum(d['acc'])}/{len(d['acc'])}; explain p50 "
                 f"{1e3 * st_['p50_s']:.0f} ms wall ({1e3 * st_['cpu']['p50_s']:.0f} CPU)")
             rows += [H.row(ctx, "shortlist_accuracy", w, m, "recall_at_10", float(np.mean(d["rec"])),
@@ -1008,10 +1058,12 @@ def run_accuracy(hub_dir: str, n_queries: int = 20, methods=("accuracy", "auto")
                      H.row(ctx, "shortlist_accuracy", w, m, "explain_p50", 1e3 * st_["p50_s"], unit="ms",
                            cpu_p50_ms=1e3 * st_["cpu"]["p50_s"], queries=len(d["rec"]))]
         if len(t_r):
+            out(f"  entries scoring above their bound: {sum(violations)} over {len(violations)} queries")
             out(f"  reference p50 {t_r.stats()['cpu']['p50_s']:.1f} s CPU; shortlist=0 checks {sum(checks)}/{len(checks)} "
                 f"equal" + (f" (shortlist=0 p50 {t_f.stats()['cpu']['p50_s']:.1f} s CPU)" if len(t_f) else ""))
             rows.append(H.row(ctx, "shortlist_accuracy", w, "accuracy", "reference_cpu_p50", t_r.stats()["cpu"]["p50_s"],
                               unit="s", full_checks=len(checks), full_checks_equal=sum(checks),
+                              bound_violations=sum(violations),
                               shortlist0_cpu_p50_s=t_f.stats()["cpu"]["p50_s"] if len(t_f) else -1.0))
     rows.append(H.row(ctx, "shortlist_accuracy", "all", "all", "wall_time", wall.elapsed(), unit="s"))
     path = H.write_suite(f"shortlist_accuracy{tag}", rows, out=out_dir, env=env, tables={"per_query": per_query})
@@ -1070,11 +1122,14 @@ def main(argv=None) -> None:
     ap.add_argument("--full-checks", type=int, default=1, help="--accuracy-hub: queries also searched with shortlist=0")
     ap.add_argument("--query-seed", type=int, default=None, help="--scale: the queries' seed (default --seed)")
     ap.add_argument("--query-start", type=int, default=0, help="--accuracy-hub: the first query's number (go on after a run)")
+    ap.add_argument("--ref-every", type=int, default=1, help="--accuracy-hub: the reference for every such query only")
+    ap.add_argument("--accuracy-data", choices=("digits", "mnist"), default="digits",
+                    help="--accuracy-hub: the data set the hub's pool zoo was built from")
     a = ap.parse_args(argv)
     if a.accuracy_hub:
         run_accuracy(a.accuracy_hub, a.queries or 20, tuple(a.methods.split(",")) if a.methods != ",".join(SIMILAR_METHODS)
                      else ("accuracy", "auto"), budget_s=a.budget, full_checks=a.full_checks, out_dir=a.out, tag=a.tag,
-                     first=a.query_start)
+                     first=a.query_start, data=a.accuracy_data, ref_every=a.ref_every)
         return
     if a.two_level:
         run_two_level(a.two_level, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,

@@ -348,35 +348,28 @@ def estimate(ll: np.ndarray, labels: list, perfs: list, *, mixture=None, bootstr
     return pi, acc, interval
 
 
-# the accuracy stage's margin (issue 24): a model's predicted accuracy on the query (the scorer:
-# recalls shifted by the query rows' proxy, shifted_recall) lies below the screen's (stored recalls
-# x the EM mixture) 10th best for some of the exhaustive top 10, so entries screened within
-# SCREEN_MARGIN of the k-th best are kept too. Re-measured with the class-Gaussian mixture and the
-# recall prior of 2026-11-30's fifth session on the digits 1k labelled zoo (class Gaussians stored):
-# largest gap of the exhaustive top 10 on tuning queries 0-9 0.037 (was 0.044 with naive Bayes),
-# rounded up to the next 0.01 as before; held out: bench/SUMMARY.md
-SCREEN_MARGIN = 0.04
-
-
 def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: int = 10,
-           margin: float | None = None, max_keep: int | None = None, cache=None) -> tuple[set, dict]:
-    """The candidate stage of ``method="accuracy"`` (and ``auto``) on a large hub: every labelled
-    entry that has some of the query's columns (by name) is ranked by its predicted accuracy from
-    its *stored* recalls times the query's class mixture (EM over the class histograms of all of
-    them, pooled), as one matrix product; the ``n_keep`` best are kept, ties included. ``kept``
+           cache=None) -> tuple[set, dict]:
+    """The candidate stage of ``method="accuracy"`` (and ``auto``) on a large hub, first round:
+    every labelled entry that has some of the query's columns (by name) is ranked by an upper bound
+    on its predicted accuracy -- its recall bounds (accuracy_bound.py; for a ``class_accuracy=``
+    model its recalls, the scorer's own) times the query's class mixture (EM over the class records
+    of all of them, pooled), one matrix product -- and the ``max(n_keep, k)`` best are kept. With a given
+    ``mixture=`` the scorer uses the stored recalls times it, so the bound is that score. ``kept``
     (the exact-js screen's choice) contributes its unlabelled entries (``auto`` ranks them after
     the labelled ones). An entry whose class record is damaged is kept, so the scorer names it.
-    The screen is the scorer's own score for a ``class_accuracy=`` model (its recalls are taken as
-    given); for the others it is a proxy (the scorer shifts their recalls by the query's rows), so
-    with a ``margin`` those within it of the proxies' ``k``-th best are kept as well, at most
-    ``max_keep`` (screen.select; ``info["capped"]`` then says the recall is not held).
 
-    ``cache``: the hub's accuracy_cache.ScreenCache (the pool and stored recalls of every labelled
-    entry, per generation and query schema; the same numbers as without it).
+    The second round is the pipeline's (engine/pipeline.py ``search``): after scoring what this
+    kept, every entry whose bound reaches the k-th best score is scored too
+    (accuracy_bound.to_score), so the answer is ``shortlist=0``'s. ``info["bound"]`` carries what it
+    needs.
+
+    ``cache``: the hub's accuracy_cache.ScreenCache (the pool, stored recalls and recall bounds of
+    every labelled entry, per generation and query schema; the same numbers as without it).
 
     Returns ``(keys, info)``; ``info["class_pool"]``, the pool of every labelled entry, is what the
     scorer then estimates the mixture from (as without the stage), so a kept entry scores as it
-    would with every entry scored. bench.bench_accuracy --screen measures what the stage loses."""
+    would with every entry scored."""
     from .accuracy_cache import screen_data
 
     frame = getattr(target, "frame", None)
@@ -386,22 +379,22 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     info = {"labelled": len(data.keys)}
     if not data.keys or frame is None:
         return set(kept) | keep, info
-    from .screen import select
-
     pl = data.pool
-    pi = em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0])
-    score = data.recalls @ pi
-    given = data.given
-    n = len(data.keys)
-    rows, sel = select({"ids": np.arange(n), "score": score, "tiebreak": np.zeros(n), "exact": given},
-                       n_keep, k=k, margin=margin, max_keep=max_keep)
-    rows = np.asarray(rows, dtype=np.int64)
-    if given[rows].any():   # ties at the cut among exactly screened models are all kept (the answer's order
-        lo = score[rows[given[rows]]].min()            # breaks them by overlap, then name: not by hub order)
-        rows = np.union1d(rows, np.flatnonzero(given & (score >= lo - 1e-12)))
+    mixture = getattr(target, "mixture", None)
+    if mixture is None:
+        pi = em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0])
+        at = {c: i for i, c in enumerate(pl["labels"])}
+        pi = np.array([pi[at[c]] if c in at else 0.0 for c in data.labels])   # a class only named: no query rows
+        bound = data.bound
+    else:
+        pi = check_mixture(mixture, list(data.labels))
+        bound = data.stored
+    ub = bound @ pi
+    rows = np.argsort(-ub, kind="stable")[:max(int(n_keep), int(k), 0)]   # at least k: the second round's cut
     keep |= {data.keys[int(r)] for r in rows}
-    info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl, proxy=sel["proxy"],
-                in_margin=sel["in_margin"], capped=sel["capped"])
+    info.update(kept_labelled=len(keep), unlabelled=len(unlabelled), class_pool=pl,
+                bound={"keys": data.keys, "bound": bound, "labels": list(data.labels)},
+                unscreened=len(data.labelled) - len(data.keys) - len(data.damaged))
     return keep | unlabelled, info
 
 

@@ -12,7 +12,8 @@ stage's scores are bit-identical with or without it (tests/test_accuracy_cache.p
 rows then cost an EM over the pool and one matrix product.
 
 Held: the pool (histograms summed per class and query column, and the class Gaussians' parts with
-their per-class sum), the (entries, classes) matrix of stored recalls, the entries' keys and
+their per-class sum), the (entries, classes) matrices of stored recalls and of recall bounds
+(accuracy_bound.py: what makes the stage exact), the entries' keys and
 performance records: ~1-2 KB an entry without class Gaussians (their parts ~9-22 KB more, up to
 ``MAX_GAUSS_BYTES``); the recalls matrix is dense over the union of every entry's classes. At most
 ``MAX_SCHEMAS`` query schemas and ``MAX_CACHE_BYTES`` in all, least recently used dropped. After adds only the new entries are read and pooled
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import errors as E
+from .accuracy_bound import recall_bound
 
 MAX_SCHEMAS = 4             # query schemas (tuples of column names) held
 MAX_CACHE_BYTES = 1 << 30   # bytes held over all schemas (estimated, :func:`nbytes`): least recently used
@@ -49,6 +51,9 @@ class ScreenData:
     last_key: bytes = b""   # the largest entry key read (entry ids only grow)
     n_entries: int = 0      # entries of the hub when read
     generation: int = -1    # the hub generation read
+    bound: np.ndarray | None = None   # (E, len(labels)) recall bounds (accuracy_bound.recall_bound), read-only
+    labels: list = ()       # the bound's classes: the pool's and every class a performance record names
+    stored: np.ndarray | None = None  # (E, len(labels)) stored recalls over them (a given mixture's exact screen)
 
 
 def _read(txn, names: list[str], after: bytes = b"") -> tuple[list, set, set, bytes]:
@@ -73,6 +78,7 @@ def _read(txn, names: list[str], after: bytes = b"") -> tuple[list, set, set, by
             continue
         try:
             cl = A.check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
+            A._Model(cl["perf"], cl, cl["labels"])     # its performance numbers as the scorer (and the bound) reads them
         except E.CorruptHubError:
             damaged.add(key)
             continue
@@ -109,22 +115,45 @@ def screen_data(txn, names: list[str]) -> ScreenData:
     n = txn.count("entries")
     if not entries:
         return ScreenData([], None, np.zeros((0, 0)), np.zeros(0, bool), frozenset(damaged), frozenset(labelled),
-                          [], last, n, gen)
+                          [], last, n, gen, np.zeros((0, 0)), [], np.zeros((0, 0)))
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
     pl = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
     recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for _, cl, _, _ in entries])
     given = np.array([cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries], dtype=bool)
+    blabels = bound_labels(pl["labels"], [cl for _, cl, _, _ in entries])
+    bound, stored = _bounds([cl for _, cl, _, _ in entries], blabels)
     return ScreenData([key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
-                      frozenset(damaged), frozenset(labelled), [cl["perf"] for _, cl, _, _ in entries], last, n, gen)
+                      frozenset(damaged), frozenset(labelled), [cl["perf"] for _, cl, _, _ in entries], last, n, gen,
+                      bound, blabels, stored)
+
+
+def bound_labels(pool_labels: list, records: list) -> list:
+    """The classes a bound covers: the pool's (trained on by some entry) and every class an entry's
+    performance names (``class_accuracy=`` / a confusion may name a class it was not trained on; the
+    scorer reads that recall when the query's mixture -- given, or another shard's pool -- has it)."""
+    from .accuracy import _sort_key
+
+    return sorted(set(pool_labels) | {c for cl in records for c in cl["perf"]["labels"]}, key=_sort_key)
+
+
+def _bounds(records: list, labels: list) -> tuple[np.ndarray, np.ndarray]:
+    """(recall bounds, stored recalls) of ``records`` over ``labels``, read-only."""
+    from . import accuracy as A
+
+    bound = recall_bound(records, labels)
+    stored = np.stack([A.recall_vector(cl["perf"], labels) for cl in records]) if records else np.zeros((0, len(labels)))
+    bound.setflags(write=False)
+    stored.setflags(write=False)
+    return bound, stored
 
 
 def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
     """``old`` brought to the generation of ``txn`` by reading only the entries added since (their
     keys are larger: ids only grow), or None when an entry was removed since (then it is read
     again whole). The pool of old + new entries is ``merge_pools`` of the two (integer counts: the
-    same sums; the Gaussians' parts in the same canonical order), the recalls the old rows with
-    the new ones below (all again over the new labels when a class was added): equal to
-    :func:`screen_data` (tests/test_accuracy_cache.py)."""
+    same sums; the Gaussians' parts in the same canonical order), the recalls and recall bounds
+    the old rows with the new ones below (every entry read again when a class was added: the
+    bounds need the class records): equal to :func:`screen_data` (tests/test_accuracy_cache.py)."""
     from . import accuracy as A
 
     gen = int(txn.get("meta", b"generation") or 0)
@@ -135,7 +164,7 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
         return None
     if not entries:
         return ScreenData(old.keys, old.pool, old.recalls, old.given, old.damaged | damaged, old.labelled | labelled,
-                          old.perfs, last, n, gen)
+                          old.perfs, last, n, gen, old.bound, old.labels, old.stored)
     if old.pool is None or (old.pool.get("gauss") is not None and old.pool["gauss"].get("parts") is None):
         return screen_data(txn, names)      # nothing pooled yet, or the Gaussians' parts were not kept
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
@@ -147,15 +176,20 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
     pl = A.merge_pools([base, new])
     if pl.get("gauss") is None:
         pl["gauss"] = None
+    records = [cl for _, cl, _, _ in entries]
+    if pl["labels"] != old.pool["labels"] or bound_labels(pl["labels"], records) != list(old.labels):
+        return screen_data(txn, names)      # a class no entry had: every bound again (from the class records)
     perfs = list(old.perfs) + [cl["perf"] for _, cl, _, _ in entries]
-    if pl["labels"] == old.pool["labels"]:
-        recalls = np.vstack([old.recalls, np.stack([A.recall_vector(cl["perf"], pl["labels"])
-                                                    for _, cl, _, _ in entries])])
-    else:
-        recalls = np.stack([A.recall_vector(p, pl["labels"]) for p in perfs])
+    recalls = np.vstack([old.recalls, np.stack([A.recall_vector(cl["perf"], pl["labels"])
+                                                for _, cl, _, _ in entries])])
+    b_new, s_new = _bounds(records, list(old.labels))
+    bound, stored = np.vstack([old.bound, b_new]), np.vstack([old.stored, s_new])
+    bound.setflags(write=False)
+    stored.setflags(write=False)
     given = np.concatenate([old.given, [cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries]])
     return ScreenData(old.keys + [key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
-                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen)
+                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen, bound, list(old.labels),
+                      stored)
 
 
 def nbytes(d: ScreenData) -> int:
@@ -169,8 +203,8 @@ def nbytes(d: ScreenData) -> int:
         if isinstance(x, (list, tuple)):
             return sum(arrays(v) for v in x)
         return 0
-    return (arrays(d.pool) + d.recalls.nbytes + d.given.nbytes + PERF_BYTES * len(d.perfs)
-            + 100 * (len(d.keys) + len(d.labelled)))
+    return (arrays(d.pool) + d.recalls.nbytes + arrays([d.bound, d.stored]) + d.given.nbytes
+            + PERF_BYTES * len(d.perfs) + 100 * (len(d.keys) + len(d.labelled)))
 
 
 class ScreenCache:

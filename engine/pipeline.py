@@ -103,6 +103,7 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
     query = make_query(hub, data, feature_names, cfg, plan, embedding=embedding, mixture=mixture,
                        class_pool=class_pool)
     allowed = None
+    screened = {}
     if embedding is not None:
         q = np.asarray(embedding, dtype=np.float64)
         q = q.mean(axis=0) if q.ndim == 2 else q
@@ -111,8 +112,12 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             near = hub.nearest(q, n_emb, level="entry")
             allowed = {u64(int(m.evidence["entry_id"])) for m in near}
             st.actual = len(allowed)
-    if allowed is None:
-        screened = {}
+    allowed_by_stage = allowed is None
+    if allowed is None and class_pool == "return":
+        # Hub.class_pool (a sharded hub's mixture): the pool of every labelled entry, as shortlist=0
+        # pools them -- not of the stage's survivors (every shard's scores then equal one hub's)
+        allowed_by_stage = False
+    elif allowed is None:
         allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled, query, cfg), plan, where, out=screened, k=k)
         if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
             query = dataclasses.replace(query, class_pool=screened["class_pool"])
@@ -138,6 +143,14 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             if class_pool == "return":   # Hub.class_pool: the pooled class counts, not matches
                 return _m_accuracy.class_pool(ctx, query, cands), plan
             scored, damaged = score_healthy(ctx, query, cands, method)
+            if allowed_by_stage and allowed is not None and screened.get("bound") is not None:
+                more, dmg, note = _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, scored,
+                                               screened["bound"], k, allowed)
+                scored += more
+                damaged += dmg
+                st.detail += note
+                if method == "auto":
+                    _labelled_short(plan, scored, k, screened.get("label_free_recall"))
             if damaged:
                 st.detail += (f"; skipped {len(damaged)} damaged entr{'y' if len(damaged) == 1 else 'ies'} "
                               f"({'; '.join(damaged[:5])}): remove and re-add them")
@@ -145,13 +158,65 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             picked = sorted({m.evidence["auto"] for m in scored if "auto" in m.evidence})
             if picked:
                 st.detail += "; auto: " + " | ".join(picked)
-            fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence), None)
+            fell = next((m.evidence["fallback"] for m in scored if "fallback" in m.evidence
+                         and m.method != "accuracy"), None)   # accuracy's own fallback is not adaptivity
             if fell:
                 st.detail += f"; fell back to adaptivity: {fell}"
     with plan.run(Stage("rerank", f"sort by score, cut to k={k}", estimated=min(k, len(scored)))) as st:
         out = rerank(scored, k)
         st.actual = len(out)
     return out, plan
+
+
+def _ordinal(k: int) -> str:
+    return f"{k}{'th' if 10 <= k % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(k % 10, 'th')}"
+
+
+def _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, scored, bound, k, kept):
+    """The accuracy stage's second round (engine/accuracy_bound.py): every labelled entry the first
+    round did not keep whose recall bound under the scorer's mixture reaches the ``k``-th best
+    predicted accuracy found is scored too, so the top ``k`` is ``shortlist=0``'s -- unless more
+    than ``SHORTLIST_MARGIN_CAP x shortlist`` entries would be scored in all: then the best bounds
+    up to it, and the plan says the recall is not held. Returns ``(matches, damaged, plan note)``."""
+    from . import accuracy_bound as _ab
+
+    extra, threshold = _ab.to_score(bound, scored, k, kept)
+    room = max(SHORTLIST_MARGIN_CAP * cfg.shortlist - len(kept), 0)
+    stage = next((s for s in plan.stages if s.name == "shortlist"), None)
+    note = (f"; second round (exact stage): {len(extra)} more labelled entries' predicted-accuracy bounds reach the "
+            + (f"{_ordinal(k)} best score found ({threshold:.4g})" if np.isfinite(threshold) else
+               f"{_ordinal(k)} best score found (fewer than {k} scored: every labelled entry)"))
+    if len(extra) > room:
+        extra = extra[:room]
+        note += f", scored the {room} best of them (capped at {SHORTLIST_MARGIN_CAP} x shortlist: recall not held)"
+        if stage is not None:
+            stage.recall = None
+            stage.detail += "; capped in the second round: recall not held"
+    elif stage is not None:
+        stage.detail += (f"; second round scored {len(extra)} more (every entry whose bound reaches the {_ordinal(k)} "
+                         "best score: the answer is shortlist=0's)")
+    if stage is not None and stage.actual is not None:
+        stage.actual += len(extra)      # what the stage let through, both rounds
+    if not extra:
+        return [], [], note
+    live = live_ids(txn, set(extra), plan)
+    cands = candidates(txn, query, cfg, hub.config, mode, reason, where, live, plan, len(live)) if live else []
+    if not cands:
+        return [], [], note
+    more, damaged = score_healthy(ctx, query, cands, method)
+    return more, damaged, note
+
+
+def _labelled_short(plan, scored: list, k: int, label_free_recall) -> None:
+    """``auto`` with fewer than ``k`` labelled matches: its answer also holds unlabelled entries,
+    which the exact-js screen chose (its own recall), so the stage's recall is that screen's."""
+    if sum(1 for m in scored if m.method == "accuracy") >= k:
+        return
+    stage = next((s for s in plan.stages if s.name == "shortlist"), None)
+    if stage is not None and stage.recall == 1.0:
+        stage.recall = label_free_recall
+        stage.detail += (f"; fewer than {k} labelled entries: the unlabelled ones after them were screened by "
+                         "the exact-js proxy")
 
 
 def rerank(scored: list[Match], k: int) -> list[Match]:
@@ -239,20 +304,24 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
         if method == "accuracy":   # labelled entries: by predicted accuracy from their class records
             with hub.store.read() as txn:
                 keep, ai = _acc.screen(txn, target, hub.config, cfg.accuracy_temperature, cfg.shortlist, keep, k=k,
-                                       margin=_acc.SCREEN_MARGIN, max_keep=SHORTLIST_MARGIN_CAP * cfg.shortlist,
                                        cache=hub._indexes.accuracy)
             if out is not None and "class_pool" in ai:
                 out["class_pool"] = ai["class_pool"]
+            if out is not None and "bound" in ai:
+                out["bound"] = ai["bound"]
             st.actual = len(keep)
-            st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by predicted accuracy from "
-                          f"their stored recalls and the pooled EM mixture, kept the top {cfg.shortlist}")
-            if ai.get("proxy"):   # models whose recalls the scorer shifts by the query: the screen is a proxy
-                st.detail += (f" + {ai['in_margin']} within {_acc.SCREEN_MARGIN:g} of the {k}-th best "
-                              f"(the screen's measured error for models registered without class_accuracy=)")
-                if ai["capped"]:
-                    st.detail += ", capped (more lay within the margin: recall not held)"
-                    st.recall = None
-    return keep
+            st.detail += (f"; labelled entries ({ai['labelled']}) instead ranked by an upper bound on their "
+                          "predicted accuracy (recall bounds x the " + ("given mixture" if target.mixture is not None
+                                                                        else "pooled EM mixture")
+                          + f"), kept the top {max(cfg.shortlist, k)}")
+            if ai.get("unscreened"):
+                st.detail += (f"; {ai['unscreened']} labelled entries share no column name with the query: not "
+                              "screened (exact among those that do)")
+            if "bound" in ai:   # the pipeline's second round scores every entry whose bound reaches the k-th best
+                if out is not None:
+                    out["label_free_recall"] = st.recall   # auto's unlabelled group: the exact-js screen's
+                st.recall = 1.0
+        return keep
 
 def score_healthy(ctx, query, cands, method: str):
     """``(matches, damaged)``: the candidates scored together, less those whose stored records are

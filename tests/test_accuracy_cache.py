@@ -91,7 +91,7 @@ def test_the_cached_pool_is_read_only(tmp_path):
         with hub.store.read() as txn:
             data = hub._indexes.accuracy.get(txn, list(q.columns))
         assert len(data.keys) == 10 and data.pool["entries"] == 10
-        for a in (data.recalls, data.pool["count"], data.pool["cls"]):
+        for a in (data.recalls, data.bound, data.pool["count"], data.pool["cls"]):
             with pytest.raises(ValueError):
                 a[...] = 0
         # the same object serves the next query of the schema; another schema gets its own
@@ -197,7 +197,7 @@ def test_extended_after_adds_equals_read_whole(tmp_path, seed):
         def check():
             with hub.store.read() as txn:
                 got, ref = cache.get(txn, names), AC.screen_data(txn, names)
-            for f in ("keys", "recalls", "given", "damaged", "labelled", "last_key", "n_entries", "generation"):
+            for f in ("keys", "recalls", "bound", "given", "damaged", "labelled", "last_key", "n_entries", "generation"):
                 _same(getattr(got, f), getattr(ref, f))
             _same(got.pool, ref.pool)
             return got

@@ -345,7 +345,7 @@ def test_accuracy_screen_keeps_the_exhaustive_top(tmp_path, seed):
         plan = hub.explain(target, k=2, method="accuracy", shortlist=2, accuracy_bootstrap=0)
     assert [(m.name, m.score) for m in short] == [(m.name, m.score) for m in full]
     stage = next(s for s in plan.stages if s.name == "shortlist")
-    assert "ranked by predicted accuracy" in stage.detail and stage.actual == 2
+    assert "ranked by an upper bound on their predicted accuracy" in stage.detail and stage.actual == 2
 
 
 # ------------------------------------------------------------------ interval draws
