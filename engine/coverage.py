@@ -224,10 +224,19 @@ def _encode(X, keys, center, *, seed: int, bits: int, tables: int, device: str =
     return row_codes_centered(X, center, _planes(seed, tables, bits, keys), device=device)
 
 
+PLANES_MEMO_BYTES = 16 << 20   # hyperplanes above this are drawn again each call, not memoized
+
+
 def _planes(seed: int, tables: int, bits: int, keys) -> np.ndarray:
     """``hyperplanes(seed, tables, bits, keys)``, memoized (read-only): every entry of a schema is
-    coded with the same ones, and drawing them costs ~0.5 ms (6,144 Box-Muller pairs)."""
+    coded with the same ones, and drawing them costs ~0.5 ms (6,144 Box-Muller pairs). Arrays above
+    ``PLANES_MEMO_BYTES`` (e.g. 503 MB at tables 65,536, bits 30, 64 dimensions) are drawn as before,
+    so the memo's 64 entries hold at most ~1 GB."""
     k = np.ascontiguousarray(keys, dtype=np.int64)
+    if int(tables) * int(bits) * len(k) * 4 > PLANES_MEMO_BYTES:   # float32 (tables, bits, dims)
+        a = hyperplanes(seed, tables, bits, k)
+        a.setflags(write=False)
+        return a
     return _planes_of(int(seed), int(tables), int(bits), k.tobytes())
 
 

@@ -27,17 +27,27 @@ d = 64 (1.2 ms CPU an entry, against 0.4 for the exact call per centre) and no g
 passes the split needs. tests/test_coverage_batch.py checks equality on fresh random inputs."""
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import coverage as _cov
+from . import errors as E
+from .kernels._device import resolve_device
 
 MAX_DENSE_BITS = 10          # share resolution scored from dense (tables, 2^r) cells; above, entry by entry
-BATCH_ELEMS = 1 << 22        # dense cells held at once (groups x tables x cells), ~32 MB of float64
+BATCH_ELEMS = 1 << 20        # dense cells of groups held at once (groups x tables x cells): 2 arrays of ~8 MB
 
 
 def score_many(X: np.ndarray, recs: list, *, seed: int, tau: float, device: str = "auto", mode: str = "count",
                resolution: int = 6, rho: float = 1.0) -> list:
-    """``[coverage.score(X, rec, ...) for rec in recs]``, the same float64 ``(tables,)`` arrays."""
+    """``[coverage.score(X, rec, ...) for rec in recs]``, the same float64 ``(tables,)`` arrays.
+    ``rho`` must be > 0 (:class:`errors.InvalidArgumentError`); ``device="cuda"`` without a GPU raises
+    :class:`errors.DeviceError` as ``coverage.score`` does, whatever the rows."""
+    resolve_device(device)
+    if not (isinstance(rho, numbers.Real) and not isinstance(rho, bool) and rho > 0):
+        raise E.InvalidArgumentError(f"rho={rho!r}: the share score divides the source's shares by rho; "
+                                     "pass a number > 0 (SketchConfig.coverage_rho takes (0, 1])")
     X = np.asarray(X, dtype=np.float64)
     kw = dict(seed=seed, tau=tau, device=device, mode=mode, resolution=resolution, rho=rho)
     out: list = [None] * len(recs)
@@ -59,35 +69,46 @@ def score_many(X: np.ndarray, recs: list, *, seed: int, tau: float, device: str 
 
 
 def _share_group(X, recs, keys, bits, tables, *, seed, device, resolution, rho) -> list:
-    """Share scores of entries coded over the same keys, bits and tables."""
+    """Share scores of entries coded over the same keys, bits and tables. Held at once: one centre's
+    codes ``(tables, n)`` (what ``coverage.score`` holds for one entry) and dense ``(tables, 2^r)``
+    cells of at most ``max(1, BATCH_ELEMS // (tables 2^r))`` groups (their target and source shares)."""
     n = X.shape[0]
     T, r = tables, resolution
     cells = 1 << r
     groups = [_cov.groups(rec) for rec in recs]
     if n == 0:
         return [np.zeros(T, dtype=np.float64) for _ in recs]
-    # distinct centres, in order of first appearance
-    where: dict = {}
-    centres = []
-    for gs in groups:
-        for g in gs:
-            c = np.asarray(g["center"], dtype=np.float64)
-            k = c.tobytes()
-            if k not in where:
-                where[k] = len(centres)
-                centres.append(c)
-    codes = _low_codes(X, centres, keys, bits, T, r, seed=seed, device=device)   # (U, T, n)
-    U = len(centres)
-    flat = (np.arange(U, dtype=np.int64)[:, None, None] * (T * cells)
-            + np.arange(T, dtype=np.int64)[None, :, None] * cells + codes)
-    t_cnt = np.bincount(flat.reshape(-1), minlength=U * T * cells).reshape(U, T, cells)
-    pt = t_cnt / n                                               # (U, T, cells), share_score's t_cnt[i] / n
-    # every (entry, group): dense source shares, then per table the ordered sum of the cells' minima
-    g_centre, s_share, g_weight = [], [], []
+    flat_g = [g for gs in groups for g in gs]                      # every (entry, group), in order
+    where: dict = {}                                                # distinct centres, by first appearance
+    g_centre = np.empty(len(flat_g), dtype=np.int64)
+    for j, g in enumerate(flat_g):
+        g_centre[j] = where.setdefault(np.asarray(g["center"], dtype=np.float64).tobytes(), len(where))
+    g_weight = [float(np.asarray(g["count"], dtype=np.float64).sum()) for g in flat_g]
     mask = np.int64(cells - 1)
-    for gs in groups:
-        for g in gs:
-            g_centre.append(where[np.asarray(g["center"], dtype=np.float64).tobytes()])
+    offset = np.arange(T, dtype=np.int64)[:, None] * cells           # (T, 1)
+    # groups by centre (each centre's run contiguous: its codes made once, its target shares dropped
+    # after its run), a chunk at a time: dense target and source shares, then per table the ordered
+    # sum of the cells' minima
+    order = np.argsort(g_centre, kind="stable")
+    per_group = np.empty((len(flat_g), T), dtype=np.float64)
+    step = max(1, BATCH_ELEMS // (T * cells))
+    held: dict = {}                                                 # centre -> (T, cells) target shares
+    for s in range(0, len(flat_g), step):
+        idx = order[s:s + step]
+        held = {u: held[u] for u in np.unique(g_centre[idx]).tolist() if u in held}
+        pt = np.empty((len(idx), T, cells), dtype=np.float64)                 # (G, T, cells)
+        s_share = np.empty((len(idx), T, cells), dtype=np.float64)            # (G, T, cells)
+        for i, j in enumerate(idx.tolist()):
+            u = int(g_centre[j])
+            if u not in held:
+                g = flat_g[j]
+                code = _cov.encode(X, keys, np.asarray(g["center"], dtype=np.float64), seed=seed, bits=bits,
+                                   tables=T, device=device)               # (T, n), as coverage.score codes
+                t_cnt = np.bincount((offset + (code & mask)).ravel(), minlength=T * cells)
+                del code
+                held[u] = (t_cnt / n).reshape(T, cells)                # share_score's t_cnt[i] / n
+            pt[i] = held[u]
+            g = flat_g[j]
             tab = np.asarray(g["table"], dtype=np.int64)
             code = np.asarray(g["code"], dtype=np.int64) & mask
             cnt = np.asarray(g["count"], dtype=np.float64)
@@ -95,14 +116,12 @@ def _share_group(X, recs, keys, bits, tables, *, seed, device, resolution, rho) 
             s_cnt = np.bincount(tab[keep] * cells + code[keep], weights=cnt[keep],
                                 minlength=T * cells).reshape(T, cells)
             s_tot = s_cnt.sum(axis=1)                              # integers: exact in any order
-            s_share.append(s_cnt / np.maximum(s_tot, 1.0)[:, None])
-            g_weight.append(float(cnt.sum()))
-    per_group = np.empty((len(g_centre), T), dtype=np.float64)
-    step = max(1, BATCH_ELEMS // (T * cells))
-    gc = np.asarray(g_centre, dtype=np.int64)
-    for s in range(0, len(g_centre), step):
-        v = np.minimum(pt[gc[s:s + step]], np.stack(s_share[s:s + step]) / rho)    # (G, T, cells)
-        per_group[s:s + step] = np.add.accumulate(v, axis=2)[:, :, -1]             # in cell order, one by one
+            s_share[i] = s_cnt / np.maximum(s_tot, 1.0)[:, None]
+        np.divide(s_share, rho, out=s_share)
+        np.minimum(pt, s_share, out=s_share)
+        np.add.accumulate(s_share, axis=2, out=pt)                 # in cell order, one by one
+        per_group[idx] = pt[:, :, -1]
+        del pt, s_share
     res, j = [], 0
     for rec, gs in zip(recs, groups):
         if len(gs) == 1 and not rec.get("more"):
@@ -116,13 +135,3 @@ def _share_group(X, recs, keys, bits, tables, *, seed, device, resolution, rho) 
             j += 1
         res.append(acc / max(weight, 1.0))
     return res
-
-
-def _low_codes(X, centres, keys, bits, T, r, *, seed, device) -> np.ndarray:
-    """``(U, T, n)`` int64: the low ``r`` bits of ``coverage.encode(X, keys, c)`` for each centre, by
-    that very call (one per distinct centre)."""
-    out = np.zeros((len(centres), T, X.shape[0]), dtype=np.int64)
-    mask = np.int64((1 << r) - 1)
-    for u, c in enumerate(centres):
-        out[u] = _cov.encode(X, keys, c, seed=seed, bits=bits, tables=T, device=device) & mask
-    return out
