@@ -613,6 +613,8 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                             t_ref = H.Samples()
                             ranking, info = t_ref.call(coverage_reference, hub, q, names, cov_records, short)
                             ref_w, ref_c = t_ref.wall[-1], t_ref.cpu[-1]
+                            pq.update(coverage_per_entry_check(hub, q, names, cov_records, ranking, short,
+                                                               np.random.default_rng([q_seed, size, qi])))
                             ref = [v for _, v in ranking[:10]]
                             r = float(np.mean([m.score >= ref[-1] - 1e-12 for m in short]))
                             bf = bool(short and short[0].score >= ref[0] - 1e-12)
@@ -643,6 +645,12 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                     if rec_s:
                         txt += f"; vs {'every entry scored' if method == 'coverage' else 'screen of all'}: recall@10 {np.mean(rec_s):.3f} (min {min(rec_s):.2f}) best " \
                                f"{sum(best_s)}/{len(best_s)}"
+                        if method == "coverage":   # the batch against coverage.score one entry at a time
+                            pe = max(p.get("per_entry_max_diff", 0.0) for p in per_query
+                                     if p.get("size") == size and p.get("method") == method)
+                            txt += f"; per-entry check max diff {pe}"
+                            rows += [H.row(ctx, "shortlist_scale", w, method, "per_entry_max_diff", pe,
+                                           baseline="coverage.score one entry at a time", baseline_value=0.0)]
                         rows += [H.row(ctx, "shortlist_scale", w, method, "recall_at_10_vs_screen", float(np.mean(rec_s)),
                                        queries=len(rec_s), min=min(rec_s), best_found=float(np.mean(best_s)))]
                     if rec_f:
@@ -715,42 +723,72 @@ def coverage_records(hub) -> dict:
     return out
 
 
-def coverage_reference(hub, q, names, records: dict, check: list) -> tuple[list, dict]:
-    """``(ranking, info)``: every entry's ``method="coverage"`` score (the default share mode) of the
-    query rows ``q`` (columns ``names``) as ``[(name, score)]`` best first (name breaks ties): the
-    query sketched as the search sketches it (pipeline.make_query), each entry's columns taken by
-    name (a pool zoo's entries share the query's names) and every entry scored by the scorer's own
-    batch (coverage_batch.score_many, equal to coverage.score entry by entry). It skips what
-    ``hub.search(shortlist=0)`` spends on the MinHash candidate stage (band postings and signature
-    checks of every entry: ~13 s of its ~17 s CPU at 10k) and on reading the records again.
-    ``records``: :func:`coverage_records`. ``check``: matches of a search of the same query whose
-    scores must equal the ranking's (``info["max_diff"]``); ``run_scale`` also compares it with
-    ``shortlist=0`` on the first queries."""
+def _coverage_columns(hub, q, names, records: dict):
+    """``(query, qc, cols)``: the query rows ``q`` (columns ``names``) sketched as the search sketches
+    them (pipeline.make_query), the hub's query defaults and ``{entry name: the query's row
+    dimensions in the entry's column order}`` of every entry of ``records`` whose columns the query
+    has (taken by name: a pool zoo's entries share the query's names)."""
     import pandas as pd
-    from fitsketch import coverage_batch as CB
     from fitsketch.pipeline import make_query
     from fitsketch.plan import Plan
 
-    cfg = hub.config
-    qc = cfg.query_defaults()
+    qc = hub.config.query_defaults()
     query = make_query(hub, pd.DataFrame(np.asarray(q), columns=names), None, qc, Plan("coverage", 10))
     col_of = {n: j for j, n in enumerate(query.names)}
     owner = np.asarray(query.row_owner)
     dims = {j: np.flatnonzero(owner == j) for j in range(len(query.names))}
+    cols = {nm: (np.concatenate([dims[col_of[f]] for f in feats]) if feats else np.zeros(0, np.int64))
+            for nm, (feats, _) in records.items() if all(f in col_of for f in feats)}
+    return query, qc, cols
+
+
+def coverage_reference(hub, q, names, records: dict, check: list) -> tuple[list, dict]:
+    """``(ranking, info)``: every entry's ``method="coverage"`` score (the default share mode) of the
+    query rows ``q`` (columns ``names``) as ``[(name, score)]`` best first (name breaks ties): the
+    query sketched as the search sketches it (:func:`_coverage_columns`) and every entry scored by
+    the scorer's own batch (coverage_batch.score_many; :func:`coverage_per_entry_check` checks it
+    against coverage.score one entry at a time). It skips what ``hub.search(shortlist=0)`` spends on
+    the MinHash candidate stage (band postings and signature checks of every entry: ~13 s of its
+    ~17 s CPU at 10k) and on reading the records again.
+    ``records``: :func:`coverage_records`. ``check``: matches of a search of the same query whose
+    scores must equal the ranking's (``info["max_diff"]``); ``run_scale`` also compares it with
+    ``shortlist=0`` on the first queries."""
+    from fitsketch import coverage_batch as CB
+
+    query, qc, cols_of = _coverage_columns(hub, q, names, records)
     by_cols: dict = {}
-    for nm, (feats, cov) in records.items():
-        if all(f in col_of for f in feats):
-            cols = np.concatenate([dims[col_of[f]] for f in feats]) if feats else np.zeros(0, np.int64)
-            by_cols.setdefault(cols.tobytes(), (cols, []))[1].append(nm)
+    for nm, cols in cols_of.items():
+        by_cols.setdefault(cols.tobytes(), (cols, []))[1].append(nm)
     score = {}
     for cols, nms in by_cols.values():
-        per = CB.score_many(query.rows[:, cols], [records[nm][1] for nm in nms], seed=cfg.seed, tau=qc.coverage_tau,
-                            device="cpu", mode=qc.coverage_score, resolution=qc.coverage_resolution,
-                            rho=qc.coverage_rho)
+        per = CB.score_many(query.rows[:, cols], [records[nm][1] for nm in nms], seed=hub.config.seed,
+                            tau=qc.coverage_tau, device="cpu", mode=qc.coverage_score,
+                            resolution=qc.coverage_resolution, rho=qc.coverage_rho)
         score.update({nm: float(pt.mean()) for nm, pt in zip(nms, per)})
     ranking = sorted(score.items(), key=lambda x: (-x[1], x[0]))
     diff = max((abs(score[m.name] - m.score) if m.name in score else float("inf") for m in check), default=0.0)
     return ranking, {"max_diff": float(diff), "scored": len(score)}
+
+
+def coverage_per_entry_check(hub, q, names, records: dict, ranking: list, check: list, rng, extra: int = 50) -> dict:
+    """The batch of :func:`coverage_reference` against the definition: the entries of ``check`` (the
+    stage's top 10) and ``extra`` random entries of ``ranking`` scored one at a time by
+    ``coverage.score`` (the query's rows in each entry's column order); ``per_entry_max_diff`` is the
+    largest difference from the ranking's scores (0.0: the batch is bit for bit the per-entry score)."""
+    from fitsketch import coverage as C
+
+    query, qc, cols_of = _coverage_columns(hub, q, names, records)
+    score = dict(ranking)
+    pool = sorted(score)
+    nms = {m.name for m in check} | set(rng.choice(pool, min(extra, len(pool)), replace=False).tolist() if pool else [])
+    diff = 0.0
+    for nm in sorted(nms):
+        if nm not in score or nm not in cols_of:
+            return {"per_entry_max_diff": float("inf"), "per_entry_checked": len(nms)}
+        pt = C.score(query.rows[:, cols_of[nm]], records[nm][1], seed=hub.config.seed, tau=qc.coverage_tau,
+                     device="cpu", mode=qc.coverage_score, resolution=qc.coverage_resolution, rho=qc.coverage_rho)
+        diff = max(diff, abs(float(pt.mean()) - score[nm]))
+    return {"per_entry_max_diff": float(diff), "per_entry_checked": len(nms)}
 
 
 def _second_round(plan) -> int | None:
