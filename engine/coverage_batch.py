@@ -6,8 +6,10 @@ the entry's centre (~0.2 ms) and the share score's sorts (~0.3 ms), plus the met
 column lookups. :func:`score_many` gives the same per-table scores, bit for bit, for a list of
 entries coded over the same columns:
 
-* hyperplanes are drawn once per (seed, tables, bits, keys) (``coverage._planes``, memoized);
-* the query's rows are coded once per distinct centre, by the very call ``coverage.score`` makes
+* hyperplanes are drawn once per (seed, tables, bits, keys) (``coverage._planes``, memoized up to
+  ``coverage.PLANES_MEMO_BYTES`` an array);
+* the query's rows are coded once per distinct centre, by the very call ``coverage.score`` makes, and
+  counted into that centre's target shares at once (one centre's codes held at a time)
   (parts merged with a shared ``coverage_center`` -- bench/zoos.py pool zoos -- give every entry
   one centre; entries sketched on their own have their own and are coded one by one);
 * the share score of every (entry, group) comes from dense ``(tables, 2^r)`` cell counts (``r =
