@@ -206,7 +206,8 @@ def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100,
     zoos.check(data, 2)
     X, y, names = zoos.dataset(data)
     sk = zoos.build(data, entries, seed=seed)
-    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    q_seed = seed if query_seed is None else query_seed
+    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (q_seed, 1, i)) for i in range(n_queries)]
     q_sk = zoos.fast_sketches(X, names, q_idx, fitsketch.SketchConfig())
     w = f"{data} label skew, {entries} entries, seed {seed}, shortlist {shortlist}"
     out(f"recall/{data}: {entries:,} entries, {n_queries} queries, shortlist {shortlist}, seed {seed}")
@@ -488,7 +489,8 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
               plan: str = "1000:exact-js,l2,js,adaptivity,coverage;10000:exact-js,l2,js,adaptivity;100000:exact-js,l2,js",
               budget_s: float = 240.0, exhaustive_budget_s: float = 240.0, exhaustive_max: int = 1_000,
               shortlist: int | None = None, seed: int = 0, out=print,
-              out_dir: Path | None = None, hub_dir: str | None = None, tag: str = "") -> list[dict]:
+              out_dir: Path | None = None, hub_dir: str | None = None, tag: str = "",
+              query_seed: int | None = None) -> list[dict]:
     """Recall and latency of the default candidate stage on one hub of *similar* entries grown
     through ``sizes`` (bench/zoos.py ``Pool``: label-skew entries of ``data``, 400 rows, built from a
     sketched pool of class chunks, added with ``add_sketches``). ``plan``: the methods measured at
@@ -508,7 +510,10 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     recall@10 by score (share of the stage's top 10 scoring at least the reference's 10th best, less
     1e-6) and best found (its best reaches the reference's best, less 1e-6), per reference.
     ``hub_dir``: the hub lives there and is kept (a later run grows it from the entries it holds:
-    entry ``i`` of a pool zoo is the same in every run)."""
+    entry ``i`` of a pool zoo is the same in every run). ``query_seed``: the queries' seed (default
+    ``seed``; the zoo's entries stay those of ``seed``): held-out queries on the same hub.
+    ``coverage`` is also compared with every entry's coverage score (:func:`coverage_reference`) on
+    every query, reported as its "screen of all" columns."""
     import fitsketch
     from fitsketch import planner
     from fitsketch import profiles as PR
@@ -529,9 +534,10 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
     if labelled:
         zoos.check_labelled(pool)
     X, y, names = pool.X, pool.y, pool.names
-    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (seed, 1, i)) for i in range(n_queries)]
+    q_seed = seed if query_seed is None else query_seed
+    q_idx = [zoos.sample_index(y, zoos.QUERY_ROWS, (q_seed, 1, i)) for i in range(n_queries)]
     q_sk = zoos.fast_sketches(X, names, q_idx, pool.cfg)
-    out(f"scale/{data}: pool built and checked in {wall.elapsed():.0f} s; {n_queries} queries")
+    out(f"scale/{data}: pool built and checked in {wall.elapsed():.0f} s; {n_queries} queries (query seed {q_seed})")
     work = Path(hub_dir) if hub_dir else Path(tempfile.mkdtemp(prefix="fitsketch-bench-scale-similar-"))
     work.mkdir(parents=True, exist_ok=True)
     rows, per_query = [], []
@@ -562,6 +568,7 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                     f"entries/s), warm {sw.s:.1f} s")
                 rows.append(H.row(ctx, "shortlist_scale", w, "all", "add_s", a, unit="s", build_s=b, warm_s=sw.s))
                 idx = hub._synced_screen()
+                cov_records = None                  # every entry's coverage record, read once per size
                 row_name = {}
                 for method in todo.get(size, []):
                     t_s, t_f = H.Samples(), H.Samples()
@@ -597,6 +604,24 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                             rec_s.append(r)
                             best_s.append(bf)
                             pq.update(recall_screen=r, best_screen=bf)
+                        ranking = None
+                        if method == "coverage":   # every entry's coverage score, the scorer's batch
+                            if cov_records is None:
+                                with H.stopwatch() as sw:
+                                    cov_records = coverage_records(hub)
+                                out(f"    coverage records of {len(cov_records):,} entries read in {sw.s:.0f} s")
+                            t_ref = H.Samples()
+                            ranking, info = t_ref.call(coverage_reference, hub, q, names, cov_records, short)
+                            ref_w, ref_c = t_ref.wall[-1], t_ref.cpu[-1]
+                            pq.update(coverage_per_entry_check(hub, q, names, cov_records, ranking, short,
+                                                               np.random.default_rng([q_seed, size, qi])))
+                            ref = [v for _, v in ranking[:10]]
+                            r = float(np.mean([m.score >= ref[-1] - 1e-12 for m in short]))
+                            bf = bool(short and short[0].score >= ref[0] - 1e-12)
+                            rec_s.append(r)
+                            best_s.append(bf)
+                            pq.update(recall_screen=r, best_screen=bf, ref_s=round(ref_w, 2), ref_cpu_s=round(ref_c, 2),
+                                      ref_max_diff=info["max_diff"], ref_scored=info["scored"])
                         if size <= exhaustive_max and sum(t_f.wall) < exhaustive_budget_s:
                             full = t_f.call(hub.search, q, k=10 if method not in LABELLED_METHODS else size,
                                             method=method, shortlist=0, **kw)
@@ -604,6 +629,9 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                                 pq.update(_accuracy_ranks(hub, q, names, full))
                                 full = full[:10]
                             r, bf = _found(short, full)
+                            if ranking is not None:   # the reference against shortlist=0: the same top 10 scores
+                                pq["ref_equals_full"] = bool(len(full) == min(10, len(ranking)) and all(
+                                    abs(m.score - v) <= 1e-12 for m, (_, v) in zip(full, ranking)))
                             rec_f.append(r)
                             best_f.append(bf)
                             pq.update(recall=r, best=bf)
@@ -615,8 +643,14 @@ def run_scale(data: str = "digits", sizes=(1_000, 10_000, 100_000), n_queries: i
                     txt = f"  {size:>7,} {method:<10} p50 {p50:7.0f} ms (CPU {c50:6.0f}), kept p50 {np.median(kept):.0f} " \
                           f"max {max(kept)}, capped {sum(capped)}/{len(kept)}, stated recall {stated}"
                     if rec_s:
-                        txt += f"; vs screen of all: recall@10 {np.mean(rec_s):.3f} (min {min(rec_s):.2f}) best " \
+                        txt += f"; vs {'every entry scored' if method == 'coverage' else 'screen of all'}: recall@10 {np.mean(rec_s):.3f} (min {min(rec_s):.2f}) best " \
                                f"{sum(best_s)}/{len(best_s)}"
+                        if method == "coverage":   # the batch against coverage.score one entry at a time
+                            pe = max(p.get("per_entry_max_diff", 0.0) for p in per_query
+                                     if p.get("size") == size and p.get("method") == method)
+                            txt += f"; per-entry check max diff {pe}"
+                            rows += [H.row(ctx, "shortlist_scale", w, method, "per_entry_max_diff", pe,
+                                           baseline="coverage.score one entry at a time", baseline_value=0.0)]
                         rows += [H.row(ctx, "shortlist_scale", w, method, "recall_at_10_vs_screen", float(np.mean(rec_s)),
                                        queries=len(rec_s), min=min(rec_s), best_found=float(np.mean(best_s)))]
                     if rec_f:
@@ -672,6 +706,89 @@ def _accuracy_ranks(hub, X, names, full) -> dict:
     top = [m.name for m in full[:10]]
     tenth = float(s[order[min(9, len(s) - 1)]])
     return {"screen_rank_of_top10": [int(rank[n]) for n in top], "screen_gap_of_top10": [tenth - float(score[n]) for n in top]}
+
+
+def coverage_records(hub) -> dict:
+    """``{name: (entry features, coverage record)}`` of every entry with a coverage sketch, read once
+    for :func:`coverage_reference` (the hub's records do not change between its queries)."""
+    from fitsketch.storage import u64
+
+    out = {}
+    with hub.store.read() as txn:
+        for key in txn.keys("entries"):
+            rec = txn.get("entries", key)
+            cov = (txn.get("extra", u64(rec["id"])) or {}).get("coverage") if rec else None
+            if cov is not None:
+                out[rec["name"]] = (list(rec["features"]), cov)
+    return out
+
+
+def _coverage_columns(hub, q, names, records: dict):
+    """``(query, qc, cols)``: the query rows ``q`` (columns ``names``) sketched as the search sketches
+    them (pipeline.make_query), the hub's query defaults and ``{entry name: the query's row
+    dimensions in the entry's column order}`` of every entry of ``records`` whose columns the query
+    has (taken by name: a pool zoo's entries share the query's names)."""
+    import pandas as pd
+    from fitsketch.pipeline import make_query
+    from fitsketch.plan import Plan
+
+    qc = hub.config.query_defaults()
+    query = make_query(hub, pd.DataFrame(np.asarray(q), columns=names), None, qc, Plan("coverage", 10))
+    col_of = {n: j for j, n in enumerate(query.names)}
+    owner = np.asarray(query.row_owner)
+    dims = {j: np.flatnonzero(owner == j) for j in range(len(query.names))}
+    cols = {nm: (np.concatenate([dims[col_of[f]] for f in feats]) if feats else np.zeros(0, np.int64))
+            for nm, (feats, _) in records.items() if all(f in col_of for f in feats)}
+    return query, qc, cols
+
+
+def coverage_reference(hub, q, names, records: dict, check: list) -> tuple[list, dict]:
+    """``(ranking, info)``: every entry's ``method="coverage"`` score (the default share mode) of the
+    query rows ``q`` (columns ``names``) as ``[(name, score)]`` best first (name breaks ties): the
+    query sketched as the search sketches it (:func:`_coverage_columns`) and every entry scored by
+    the scorer's own batch (coverage_batch.score_many; :func:`coverage_per_entry_check` checks it
+    against coverage.score one entry at a time). It skips what ``hub.search(shortlist=0)`` spends on
+    the MinHash candidate stage (band postings and signature checks of every entry: ~13 s of its
+    ~17 s CPU at 10k) and on reading the records again.
+    ``records``: :func:`coverage_records`. ``check``: matches of a search of the same query whose
+    scores must equal the ranking's (``info["max_diff"]``); ``run_scale`` also compares it with
+    ``shortlist=0`` on the first queries."""
+    from fitsketch import coverage_batch as CB
+
+    query, qc, cols_of = _coverage_columns(hub, q, names, records)
+    by_cols: dict = {}
+    for nm, cols in cols_of.items():
+        by_cols.setdefault(cols.tobytes(), (cols, []))[1].append(nm)
+    score = {}
+    for cols, nms in by_cols.values():
+        per = CB.score_many(query.rows[:, cols], [records[nm][1] for nm in nms], seed=hub.config.seed,
+                            tau=qc.coverage_tau, device="cpu", mode=qc.coverage_score,
+                            resolution=qc.coverage_resolution, rho=qc.coverage_rho)
+        score.update({nm: float(pt.mean()) for nm, pt in zip(nms, per)})
+    ranking = sorted(score.items(), key=lambda x: (-x[1], x[0]))
+    diff = max((abs(score[m.name] - m.score) if m.name in score else float("inf") for m in check), default=0.0)
+    return ranking, {"max_diff": float(diff), "scored": len(score)}
+
+
+def coverage_per_entry_check(hub, q, names, records: dict, ranking: list, check: list, rng, extra: int = 50) -> dict:
+    """The batch of :func:`coverage_reference` against the definition: the entries of ``check`` (the
+    stage's top 10) and ``extra`` random entries of ``ranking`` scored one at a time by
+    ``coverage.score`` (the query's rows in each entry's column order); ``per_entry_max_diff`` is the
+    largest difference from the ranking's scores (0.0: the batch is bit for bit the per-entry score)."""
+    from fitsketch import coverage as C
+
+    query, qc, cols_of = _coverage_columns(hub, q, names, records)
+    score = dict(ranking)
+    pool = sorted(score)
+    nms = {m.name for m in check} | set(rng.choice(pool, min(extra, len(pool)), replace=False).tolist() if pool else [])
+    diff = 0.0
+    for nm in sorted(nms):
+        if nm not in score or nm not in cols_of:
+            return {"per_entry_max_diff": float("inf"), "per_entry_checked": len(nms)}
+        pt = C.score(query.rows[:, cols_of[nm]], records[nm][1], seed=hub.config.seed, tau=qc.coverage_tau,
+                     device="cpu", mode=qc.coverage_score, resolution=qc.coverage_resolution, rho=qc.coverage_rho)
+        diff = max(diff, abs(float(pt.mean()) - score[nm]))
+    return {"per_entry_max_diff": float(diff), "per_entry_checked": len(nms)}
 
 
 def _second_round(plan) -> int | None:
@@ -1080,6 +1197,7 @@ def main(argv=None) -> None:
     ap.add_argument("--accuracy-hub", default=None,
                     help="accuracy / auto through the stage of this labelled pool hub folder vs every entry scored (run_accuracy)")
     ap.add_argument("--full-checks", type=int, default=1, help="--accuracy-hub: queries also searched with shortlist=0")
+    ap.add_argument("--query-seed", type=int, default=None, help="--scale: the queries' seed (default --seed)")
     ap.add_argument("--query-start", type=int, default=0, help="--accuracy-hub: the first query's number (go on after a run)")
     ap.add_argument("--ref-every", type=int, default=1, help="--accuracy-hub: the reference for every such query only")
     ap.add_argument("--accuracy-data", choices=("digits", "mnist"), default="digits",
@@ -1098,7 +1216,7 @@ def main(argv=None) -> None:
         run_scale(a.scale, tuple(int(v) for v in a.sizes.split(",")), a.queries or 100,
                   **({"plan": a.plan} if a.plan else {}), budget_s=a.budget, exhaustive_budget_s=a.exhaustive_budget,
                   seed=a.seed, out_dir=a.out, shortlist=a.scale_shortlist,
-                  exhaustive_max=a.exhaustive_max, hub_dir=a.hub_dir, tag=a.tag)
+                  exhaustive_max=a.exhaustive_max, hub_dir=a.hub_dir, tag=a.tag, query_seed=a.query_seed)
     elif a.margin_kept:
         run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
     elif a.recall:

@@ -221,7 +221,30 @@ def encode(X: np.ndarray, keys: np.ndarray, center: np.ndarray, *, seed: int, bi
 def _encode(X, keys, center, *, seed: int, bits: int, tables: int, device: str = "auto") -> np.ndarray:
     """:func:`encode`'s codes, int32 on the CPU: (X - center) rounded to fp32, NaN -> 0, a block of
     rows at a time (rowcodes.row_codes_centered)."""
-    return row_codes_centered(X, center, hyperplanes(seed, tables, bits, keys), device=device)
+    return row_codes_centered(X, center, _planes(seed, tables, bits, keys), device=device)
+
+
+PLANES_MEMO_BYTES = 4 << 20    # hyperplanes above this are drawn again each call, not memoized
+
+
+def _planes(seed: int, tables: int, bits: int, keys) -> np.ndarray:
+    """``hyperplanes(seed, tables, bits, keys)``, memoized (read-only): every entry of a schema is
+    coded with the same ones, and drawing them costs ~0.5 ms (6,144 Box-Muller pairs). Arrays above
+    ``PLANES_MEMO_BYTES`` (e.g. 503 MB at tables 65,536, bits 30, 64 dimensions) are drawn as before,
+    so the memo's 64 entries hold at most ~256 MB (the default 8 tables x 12 bits x 64 dims: 24 KB)."""
+    k = np.ascontiguousarray(keys, dtype=np.int64)
+    if int(tables) * int(bits) * len(k) * 4 > PLANES_MEMO_BYTES:   # float32 (tables, bits, dims)
+        a = hyperplanes(seed, tables, bits, k)
+        a.setflags(write=False)
+        return a
+    return _planes_of(int(seed), int(tables), int(bits), k.tobytes())
+
+
+@functools.lru_cache(maxsize=64)
+def _planes_of(seed: int, tables: int, bits: int, kb: bytes) -> np.ndarray:
+    a = hyperplanes(seed, tables, bits, np.frombuffer(kb, dtype=np.int64))
+    a.setflags(write=False)
+    return a
 
 
 MAX_GROUPS = 16   # coverage centres one merged sketch may carry

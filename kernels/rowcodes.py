@@ -278,7 +278,7 @@ def row_codes(x, a, device: str = "auto") -> np.ndarray:
     if dev == "cpu":
         return _row_codes_numpy(x, a)
     t = torch.device(dev)
-    xt, at = torch.from_numpy(x).to(t), torch.from_numpy(a).to(t)
+    xt, at = torch.from_numpy(x).to(t), torch.from_numpy(a if a.flags.writeable else a.copy()).to(t)
     if dev == "cuda" and _row_codes_triton is not None:
         out = _row_codes_triton(xt, at)
     else:

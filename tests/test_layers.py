@@ -13,7 +13,7 @@ ROOT = pathlib.Path(fitsketch.__file__).parent
 LAYERS = [
     ("storage+kernels", {"storage", "kernels"}),   # import nothing of the engine
     ("base", {"errors", "results", "validate", "plan", "config", "extras"}),
-    ("algorithms", {"quantize", "partitions", "minhash", "jslsh", "sketch", "data", "exact", "coverage",
+    ("algorithms", {"quantize", "partitions", "minhash", "jslsh", "sketch", "data", "exact", "coverage", "coverage_batch",
                     "coverage_spaces", "profiles", "growable", "screen", "coarse", "accuracy", "accuracy_records",
                     "signature_records", "accuracy_gauss", "accuracy_pool", "accuracy_perf", "accuracy_proxy",
                     "accuracy_batch", "accuracy_bound", "accuracy_cache", "simex", "autoencoder", "deephash", "faiss_files",

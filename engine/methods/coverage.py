@@ -16,6 +16,7 @@ from .base import EMBEDDINGS, HISTOGRAMS, ROWS, Method, ShortlistRule
 log = logging.getLogger("fitsketch.hub")
 
 FALLBACK = "adaptivity"   # what scores an entry coverage cannot
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 class Coverage(Method):
@@ -32,7 +33,7 @@ class Coverage(Method):
     def score(self, ctx, query, cands):
         """Coverage of the query's rows by each candidate; adaptivity (with the entry's own reason in
         its evidence) for each entry coverage cannot score."""
-        from .. import coverage as _cov
+        from .. import coverage_batch as _batch
 
         cfg, config = ctx.cfg, ctx.config
         if cfg.coverage_space != "rows":  # sample embeddings or autoencoder latents
@@ -50,6 +51,7 @@ class Coverage(Method):
                 m.evidence["fallback"] = f"coverage_space={cfg.coverage_space!r}: {reason}"
             return out
         plans, fallback = [], []   # fallback: (candidate, that entry's own reason)
+        dims_of = None
         no_rows = None if query.rows is not None else "the query is a sketch without its rows (pass the data)"
         for rec, al in cands:
             if no_rows is not None:
@@ -67,8 +69,10 @@ class Coverage(Method):
                     f"has columns {kinds_differ} of another kind in the target" if kinds_differ else
                     "has no coverage sketch")))
                 continue
-            owner = np.asarray(query.row_owner)
-            cols = np.concatenate([np.flatnonzero(owner == t_of[f]) for f in range(len(rec["features"]))])
+            if dims_of is None:   # the query's row dimensions of each of its columns, found once
+                owner = np.asarray(query.row_owner)
+                dims_of = {tj: np.flatnonzero(owner == tj) for tj in np.unique(owner)}
+            cols = np.concatenate([dims_of.get(t_of[f], _NONE) for f in range(len(rec["features"]))])
             plans.append((rec, al, cov, cols))
         if fallback and not cfg.coverage_fallback:
             raise E.FeatureMismatchError(
@@ -87,10 +91,19 @@ class Coverage(Method):
                     m.evidence.update(fallback_score=m.score, entry_columns_matched=share)
                     m.score *= share
         results = out
-        for rec, al, cov, cols in plans:
-            per_table = _cov.score(query.rows[:, cols], cov, seed=config.seed, tau=cfg.coverage_tau,
-                                   device=ctx.device, mode=cfg.coverage_score, resolution=cfg.coverage_resolution,
-                                   rho=cfg.coverage_rho)
+        # every candidate coded over the same query dimensions is scored in one batch
+        # (engine/coverage_batch.py: the same per-table scores as coverage.score entry by entry)
+        by_dims: dict = {}
+        for i, (_, _, _, cols) in enumerate(plans):
+            by_dims.setdefault(cols.tobytes(), []).append(i)
+        scored = [None] * len(plans)
+        for idx in by_dims.values():
+            per = _batch.score_many(query.rows[:, plans[idx[0]][3]], [plans[i][2] for i in idx], seed=config.seed,
+                                    tau=cfg.coverage_tau, device=ctx.device, mode=cfg.coverage_score,
+                                    resolution=cfg.coverage_resolution, rho=cfg.coverage_rho)
+            for i, pt in zip(idx, per):
+                scored[i] = pt
+        for (rec, al, cov, cols), per_table in zip(plans, scored):
             how = ({"tau": cfg.coverage_tau} if cfg.coverage_score == "count" else
                    {"resolution_bits": min(cfg.coverage_resolution, int(cov["bits"])), "rho": cfg.coverage_rho})
             results.append(ctx.match(rec, al, query, float(per_table.mean()), self.name, {
