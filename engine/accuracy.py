@@ -388,7 +388,7 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
         bound = data.bound
     else:
         pi = check_mixture(mixture, list(data.labels))
-        bound = data.stored
+        bound = data.recalls
     ub = bound @ pi
     rows = np.argsort(-ub, kind="stable")[:max(int(n_keep), int(k), 0)]   # at least k: the second round's cut
     keep |= {data.keys[int(r)] for r in rows}

@@ -44,7 +44,7 @@ READ_CHUNK = 2048           # entries read and pooled at a time (screen_data): t
 class ScreenData:
     keys: list              # (E,) u64 keys of the labelled entries sharing a column name with the query
     pool: dict | None       # their class pool over the query's columns (accuracy.class_pool_of); None if E = 0
-    recalls: np.ndarray     # (E, len(pool["labels"])) stored recalls (accuracy.recall_vector), read-only
+    recalls: np.ndarray     # (E, len(labels)) stored recalls (accuracy.recall_vector; a given mixture's exact screen), read-only
     given: np.ndarray       # (E,) bool: registered with class_accuracy= (screened exactly)
     damaged: frozenset      # keys of labelled entries whose class record is malformed (kept: the scorer names them)
     labelled: frozenset     # keys of every labelled entry
@@ -53,8 +53,7 @@ class ScreenData:
     n_entries: int = 0      # entries of the hub when read
     generation: int = -1    # the hub generation read
     bound: np.ndarray | None = None   # (E, len(labels)) recall bounds (accuracy_bound.recall_bound), read-only
-    labels: list = ()       # the bound's classes: the pool's and every class a performance record names
-    stored: np.ndarray | None = None  # (E, len(labels)) stored recalls over them (a given mixture's exact screen)
+    labels: list = ()       # the classes of recalls and bound: the pool's and every class a performance record names
 
 
 def _read(txn, names: list[str], after: bytes = b"", limit: int | None = None) -> tuple[list, set, set, bytes]:
@@ -138,13 +137,12 @@ def screen_data(txn, names: list[str]) -> ScreenData:
             slim += [{"labels": cl["labels"], "counts": cl["counts"], "perf": cl["perf"]} for _, cl, _, _ in entries]
     if pl is None:
         return ScreenData([], None, np.zeros((0, 0)), np.zeros(0, bool), frozenset(damaged), frozenset(labelled),
-                          [], last, n, gen, np.zeros((0, 0)), [], np.zeros((0, 0)))
-    recalls = np.stack([A.recall_vector(cl["perf"], pl["labels"]) for cl in slim])
+                          [], last, n, gen, np.zeros((0, 0)), [])
     given = np.array([cl["perf"]["source"] == "class_accuracy" for cl in slim], dtype=bool)
     blabels = bound_labels(pl["labels"], slim)
-    bound, stored = _bounds(slim, blabels)
+    bound, recalls = _bounds(slim, blabels)
     return ScreenData(keys, _freeze(pl, recalls, given), recalls, given, frozenset(damaged), frozenset(labelled),
-                      [cl["perf"] for cl in slim], last, n, gen, bound, blabels, stored)
+                      [cl["perf"] for cl in slim], last, n, gen, bound, blabels)
 
 
 def _merged(old: dict, new: dict) -> dict:
@@ -201,26 +199,22 @@ def extend(txn, old: ScreenData, names: list[str]) -> ScreenData | None:
     entries, damaged, labelled, last = _read(txn, names, old.last_key)
     if not entries:
         return ScreenData(old.keys, old.pool, old.recalls, old.given, old.damaged | damaged, old.labelled | labelled,
-                          old.perfs, last, n, gen, old.bound, old.labels, old.stored)
+                          old.perfs, last, n, gen, old.bound, old.labels)
     if old.pool is None or (old.pool.get("gauss") is not None and old.pool["gauss"].get("parts") is None):
         return screen_data(txn, names)      # nothing pooled yet, or the Gaussians' parts were not kept
     labels = sorted({c for _, cl, _, _ in entries for c in cl["labels"]}, key=A._sort_key)
     new = A.class_pool_of([(cl, feats, fmap) for _, cl, fmap, feats in entries], labels, names)
     pl = _merged(old.pool, new)
     records = [cl for _, cl, _, _ in entries]
-    if pl["labels"] != old.pool["labels"] or bound_labels(pl["labels"], records) != list(old.labels):
+    if bound_labels(list(old.labels) + pl["labels"], records) != list(old.labels):
         return screen_data(txn, names)      # a class no entry had: every bound again (from the class records)
     perfs = list(old.perfs) + [cl["perf"] for _, cl, _, _ in entries]
-    recalls = np.vstack([old.recalls, np.stack([A.recall_vector(cl["perf"], pl["labels"])
-                                                for _, cl, _, _ in entries])])
-    b_new, s_new = _bounds(records, list(old.labels))
-    bound, stored = np.vstack([old.bound, b_new]), np.vstack([old.stored, s_new])
+    b_new, r_new = _bounds(records, list(old.labels))
+    bound, recalls = np.vstack([old.bound, b_new]), np.vstack([old.recalls, r_new])
     bound.setflags(write=False)
-    stored.setflags(write=False)
     given = np.concatenate([old.given, [cl["perf"]["source"] == "class_accuracy" for _, cl, _, _ in entries]])
     return ScreenData(old.keys + [key for key, _, _, _ in entries], _freeze(pl, recalls, given), recalls, given,
-                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen, bound, list(old.labels),
-                      stored)
+                      old.damaged | damaged, old.labelled | labelled, perfs, last, n, gen, bound, list(old.labels))
 
 
 def nbytes(d: ScreenData) -> int:
@@ -234,7 +228,7 @@ def nbytes(d: ScreenData) -> int:
         if isinstance(x, (list, tuple)):
             return sum(arrays(v) for v in x)
         return 0
-    return (arrays(d.pool) + d.recalls.nbytes + arrays([d.bound, d.stored]) + d.given.nbytes
+    return (arrays(d.pool) + d.recalls.nbytes + arrays(d.bound) + d.given.nbytes
             + PERF_BYTES * len(d.perfs) + 100 * (len(d.keys) + len(d.labelled)))
 
 

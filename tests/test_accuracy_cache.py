@@ -247,7 +247,7 @@ def test_read_in_chunks_equals_one_read(tmp_path, seed, monkeypatch):
             for chunk in (1, 3, 4):
                 monkeypatch.setattr(AC, "READ_CHUNK", chunk)
                 got = AC.screen_data(txn, names)
-                for f in ("keys", "recalls", "bound", "stored", "labels", "given", "damaged", "labelled", "last_key",
+                for f in ("keys", "recalls", "bound", "labels", "given", "damaged", "labelled", "last_key",
                           "n_entries", "generation"):
                     _same(getattr(got, f), getattr(whole, f))
                 _same(got.pool, whole.pool)
@@ -263,3 +263,30 @@ def test_read_in_chunks_equals_one_read(tmp_path, seed, monkeypatch):
             _same(getattr(got, f), getattr(ref, f))
         _same(got.pool, ref.pool)
         assert len(got.keys) == 12                      # 5 + "four" + 2 + 4 labelled sharing columns
+
+
+def test_a_class_only_a_performance_names_does_not_make_every_add_read_all(tmp_path, monkeypatch):
+    """An entry whose class_accuracy= names a class no entry trained on (7) widens the recalls' and
+    bounds' classes once; later adds are still read alone (extend), not every entry again, and equal
+    a whole read."""
+    rng = np.random.default_rng(2)
+    names = [f"x{i}" for i in range(D)]
+    with fitsketch.open(tmp_path / "h", create=True) as hub:
+        for i in range(3):
+            _add(hub, rng, f"e{i}", "validation")
+        y = np.array([0, 1, 2] * 30)
+        hub.add("seven", _rows(rng, y), labels=y, class_accuracy={0: 0.5, 1: 0.5, 2: 0.5, 7: 0.9})
+        cache = hub._indexes.accuracy
+        with hub.store.read() as txn:
+            assert 7 in cache.get(txn, names).labels
+        reads = []
+        whole = AC.screen_data
+        monkeypatch.setattr(AC, "screen_data", lambda *a: reads.append(1) or whole(*a))
+        _add(hub, rng, "later", "validation")
+        with hub.store.read() as txn:
+            got = cache.get(txn, names)
+            ref = whole(txn, names)
+    assert reads == []
+    for f in ("keys", "recalls", "bound", "labels", "given", "labelled", "last_key", "n_entries"):
+        _same(getattr(got, f), getattr(ref, f))
+    _same(got.pool, ref.pool)
