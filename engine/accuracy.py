@@ -66,7 +66,7 @@ from .accuracy_pool import (PROXY_TEMPERATURE, SMOOTHING, _aggregate, _counts, c
                             query_index)
 from .accuracy_records import (CLASSES_FORMAT, MAX_CLASSES, _match_kind, _sort_key, canonical,  # noqa: F401
                                check_labels, check_record, class_record, column_buckets, label_kind,
-                               merge_records, with_labels)
+                               merge_records, stored_true_class_prob, validation_in_training, with_labels)
 
 # Own-histogram proxy (covariate shift inside a class; :func:`own_predictions`): each candidate's
 # own class histograms, as a naive-Bayes classifier with its training class shares as prior,
@@ -204,32 +204,15 @@ class _Model:
             self.diag = self.n_val = np.zeros(len(labels))
             self.r_max = FALLBACK_RMAX
         self.log_cal = None
-        if "true_class_prob" in perf:
-            p = perf["true_class_prob"]
-            if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(p) or not 0.0 <= float(p) <= 1.0:
-                raise E.CorruptHubError("an entry's class record holds a malformed true_class_prob: remove the entry "
-                                        "and add it again")
-            self.log_cal = float(np.log(max(self.r_max, 1e-3) / max(float(p), 1e-3)))
+        p = stored_true_class_prob(perf)
+        if p is not None:
+            self.log_cal = float(np.log(max(self.r_max, 1e-3) / max(p, 1e-3)))
         validation_in_training(perf)
         self.pv = None
         if "proxy_hits" in perf:
             hits = recall_vector({"labels": perf["labels"], "d": perf["proxy_hits"]}, labels, "d")
             self.pv_n = recall_vector({"labels": perf["labels"], "d": perf["proxy_n"]}, labels, "d")
             self.pv = (hits + 1.0) / (self.pv_n + 2.0)
-
-
-def validation_in_training(perf: dict) -> int | None:
-    """The stored number of validation rows left out because they were training rows
-    (accuracy_perf.held_out; optional: absent from records written before, or without
-    ``validation=``), validated, or CorruptHubError."""
-    n = perf.get("validation_in_training")
-    if n is None:
-        return None
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= int(n) < 1 << 62:
-        raise E.CorruptHubError("an entry's class record holds a malformed validation_in_training: remove the entry "
-                                "and add it again")
-    return int(n)
 
 
 def recall_prior(m: _Model, proxy_recall: np.ndarray) -> tuple[np.ndarray, float]:

@@ -83,7 +83,6 @@ def _read(txn, names: list[str], after: bytes = b"", limit: int | None = None) -
             continue
         try:
             cl = A.check_record((txn.get("extra", u64(rec["id"])) or {}).get("classes"), len(rec["features"]))
-            A._Model(cl["perf"], cl, cl["labels"])     # its performance numbers as the scorer (and the bound) reads them
         except E.CorruptHubError:
             damaged.add(key)
             continue

@@ -262,7 +262,8 @@ def check_record(rec, n_features: int) -> dict:
 def _check_perf(perf) -> None:
     """A stored performance record (accuracy_perf.performance), its fields the scorer reads validated:
     ``source`` a short text, ``labels`` a list, ``recall`` finite in [0, 1] a label, an optional
-    ``confusion`` (labels x labels) of finite counts >= 0 and ``validation_accuracy`` in [0, 1]."""
+    ``confusion`` (labels x labels) of finite counts >= 0, ``validation_accuracy`` in [0, 1] and the
+    optional ``true_class_prob`` / ``validation_in_training``."""
     ok = (isinstance(perf, dict) and isinstance(perf.get("source"), str) and len(perf["source"]) <= 200
           and isinstance(perf.get("labels"), list) and len(perf["labels"]) >= 1)
     if ok:
@@ -282,3 +283,31 @@ def _check_perf(perf) -> None:
     if not ok:
         raise E.CorruptHubError("an entry's performance record (source, labels, recall, confusion) is malformed: "
                                 "remove the entry and add it again")
+    stored_true_class_prob(perf)
+    validation_in_training(perf)
+
+
+def stored_true_class_prob(perf: dict) -> float | None:
+    """The stored mean probability the model gave the true class on its validation rows (optional),
+    validated, or CorruptHubError."""
+    if "true_class_prob" not in perf:
+        return None
+    p = perf["true_class_prob"]
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(p) or not 0.0 <= float(p) <= 1.0:
+        raise E.CorruptHubError("an entry's class record holds a malformed true_class_prob: remove the entry "
+                                "and add it again")
+    return float(p)
+
+
+def validation_in_training(perf: dict) -> int | None:
+    """The stored number of validation rows left out because they were training rows
+    (accuracy_perf.held_out; optional: absent from records written before, or without
+    ``validation=``), validated, or CorruptHubError."""
+    n = perf.get("validation_in_training")
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= int(n) < 1 << 62:
+        raise E.CorruptHubError("an entry's class record holds a malformed validation_in_training: remove the entry "
+                                "and add it again")
+    return int(n)
