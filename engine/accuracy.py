@@ -365,9 +365,10 @@ def screen(txn, target, config, temperature: float, n_keep: int, kept: set, k: i
     pl = data.pool
     mixture = getattr(target, "mixture", None)
     if mixture is None:
-        pi = em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0])
-        at = {c: i for i, c in enumerate(pl["labels"])}
-        pi = np.array([pi[at[c]] if c in at else 0.0 for c in data.labels])   # a class only named: no query rows
+        from .accuracy_bound import on_labels
+
+        pi = on_labels(em_mixture(mixture_loglik(frame, pl, target.names, target.kinds, config, temperature)[0]),
+                       pl["labels"], data.labels)   # a class only a performance names: no query rows
         bound = data.bound
     else:
         pi = check_mixture(mixture, list(data.labels))

@@ -51,6 +51,15 @@ def recall_bound(records: list, labels: list) -> np.ndarray:
     return out
 
 
+def on_labels(pi, labels: list, onto: list) -> np.ndarray:
+    """A mixture ``pi`` over ``labels`` as one over ``onto``: a class of ``onto`` that ``labels``
+    lacks gets 0 (no query rows), one that ``onto`` lacks is left out (no bounded entry saw it:
+    every recall of it is 0)."""
+    at = {c: i for i, c in enumerate(labels)}
+    pi = np.asarray(pi, dtype=np.float64)
+    return np.array([pi[at[c]] if c in at else 0.0 for c in onto])
+
+
 def to_score(bound: dict, matches: list, k: int, scored: set) -> tuple[list, float]:
     """``(keys, threshold)``: the labelled entries not scored yet (keys not in ``scored``), best bound
     first, whose
@@ -65,10 +74,7 @@ def to_score(bound: dict, matches: list, k: int, scored: set) -> tuple[list, flo
     scores = np.sort(np.array([m.score for m in acc], dtype=np.float64))[::-1]
     threshold = float(scores[k - 1]) if len(scores) >= k else float("-inf")
     if acc:
-        at = {c: i for i, c in enumerate(acc[0].detail["labels"])}
-        mix = np.asarray(acc[0].detail["mixture"], dtype=np.float64)
-        pi = np.array([mix[at[c]] if c in at else 0.0 for c in bound["labels"]])
-        ub = bound["bound"] @ pi
+        ub = bound["bound"] @ on_labels(acc[0].detail["mixture"], acc[0].detail["labels"], bound["labels"])
     else:
         ub = np.full(len(keys), np.inf)
     rows = np.flatnonzero(ub >= threshold - SLACK)

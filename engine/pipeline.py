@@ -112,12 +112,9 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             near = hub.nearest(q, n_emb, level="entry")
             allowed = {u64(int(m.evidence["entry_id"])) for m in near}
             st.actual = len(allowed)
-    allowed_by_stage = allowed is None
-    if allowed is None and class_pool == "return":
-        # Hub.class_pool (a sharded hub's mixture): the pool of every labelled entry, as shortlist=0
-        # pools them -- not of the stage's survivors (every shard's scores then equal one hub's)
-        allowed_by_stage = False
-    elif allowed is None:
+    # Hub.class_pool (a sharded hub's mixture) pools every labelled entry, as shortlist=0 pools them --
+    # not the stage's survivors (every shard's scores then equal one hub's)
+    if allowed is None and class_pool != "return":
         allowed = shortlist(hub, query, cfg, meth.screened_as(hub._has_labelled, query, cfg), plan, where, out=screened, k=k)
         if query.class_pool is None and "class_pool" in screened:   # accuracy: the pool of every labelled entry
             query = dataclasses.replace(query, class_pool=screened["class_pool"])
@@ -143,7 +140,7 @@ def search(hub, data, *, k, method, where, feature_names, overrides, embedding=N
             if class_pool == "return":   # Hub.class_pool: the pooled class counts, not matches
                 return _m_accuracy.class_pool(ctx, query, cands), plan
             scored, damaged = score_healthy(ctx, query, cands, method)
-            if allowed_by_stage and allowed is not None and screened.get("bound") is not None:
+            if screened.get("bound") is not None:   # the accuracy stage ran: its second round
                 more, dmg, note = _bound_round(ctx, txn, query, cfg, hub, mode, reason, where, plan, method, scored,
                                                screened["bound"], k, allowed)
                 scored += more
@@ -321,7 +318,7 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                 if out is not None:
                     out["label_free_recall"] = st.recall   # auto's unlabelled group: the exact-js screen's
                 st.recall = 1.0
-        return keep
+    return keep
 
 def score_healthy(ctx, query, cands, method: str):
     """``(matches, damaged)``: the candidates scored together, less those whose stored records are
