@@ -186,7 +186,7 @@ def run_similar(data: str = "digits", entries: int | None = None, n_queries: int
 
 def run_recall(data: str = "digits", entries: int = 1_000, n_queries: int = 100, methods=SIMILAR_METHODS,
                shortlist: int = 100, seed: int = 0, out=print, out_dir: Path | None = None, tag: str = "",
-               labelled: bool = False) -> list[dict]:
+               labelled: bool = False, query_seed: int | None = None) -> list[dict]:
     """Recall of the default candidate stage (the exact screen, with each rule's margin) on a zoo of
     similar entries, with enough queries for best-found to mean something, and the proxy's gaps
     that choose a rule's margin: per query, how far below the exact-js screen's 10th best score the
@@ -903,14 +903,12 @@ def bound_violations(hub, names, ranking, info) -> tuple[int, float, int]:
     mixture by more than its rounding slack -- 0 where the exact stage's premise holds for every
     entry of the hub -- and how many entries' bounds reach the 10th best score (what the stage must
     score at least: its first round plus its second)."""
-    from fitsketch.accuracy_bound import SLACK
+    from fitsketch.accuracy_bound import SLACK, on_labels
 
     with hub.store.read() as txn:
         data = hub._indexes.accuracy.get(txn, list(names))
         name_of = [txn.get("entries", key)["name"] for key in data.keys]
-    at = {c: i for i, c in enumerate(info["labels"])}
-    pi = np.array([info["pi"][at[c]] if c in at else 0.0 for c in data.pool["labels"]])
-    ub = dict(zip(name_of, data.bound @ pi))
+    ub = dict(zip(name_of, data.bound @ on_labels(info["pi"], info["labels"], data.labels)))
     excess = np.array([sc - ub[nm] for nm, sc in ranking if nm in ub])
     tenth = ranking[min(9, len(ranking) - 1)][1] if ranking else 0.0
     reach = int(sum(1 for v in ub.values() if v >= tenth - SLACK))
@@ -1221,7 +1219,7 @@ def main(argv=None) -> None:
         run_margin_kept(a.margin_kept, a.entries or 1_000, a.queries or 100)
     elif a.recall:
         run_recall(a.recall, a.entries or 1_000, a.queries or 100, tuple(a.methods.split(",")), a.shortlist, a.seed,
-                   out_dir=a.out, tag=a.tag, labelled="accuracy" in a.methods)
+                   out_dir=a.out, tag=a.tag, labelled="accuracy" in a.methods, query_seed=a.query_seed)
     else:
         suite(H.options(a, entries=a.entries, similar=a.similar, queries=a.queries, methods=a.methods,
                         screen_scale=a.screen_scale, sizes=a.sizes, add_rate=a.add_rate))
