@@ -436,7 +436,7 @@ def run_warm(n: int, *, ctx, work: Path, cold: bool = False, out=print) -> list:
         meta, arrays = t["profiles"].call(read_arrays, paths["profiles"])
         t["profiles"].call(I._profile_from, meta, arrays, cfg)
         a1 = t["level1"].call(faiss_files.load, fpath, mpath, fmt=CO.ANN_FORMAT, accept=lambda m: True,
-                              decode=lambda ix, m: CO.Level1Ann.decode(ix, m, got))
+                              decode=lambda ix, m, got=got: CO.Level1Ann.decode(ix, m, got))
         assert len(got) == n and a1 is not None and len(a1) == n
         tot = sum(x.total_s() for x in t.values())
         cpu = sum(sum(x.cpu) for x in t.values())
