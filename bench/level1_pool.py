@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -104,15 +103,19 @@ def build(d: Path, entries: int, worker: int = 0, workers: int = 1, chunk: int =
         out = d / "chunks" / f"{k:05d}"
         if k % workers != worker or (out / "done").exists():
             continue
-        t0 = time.process_time()
+        t = H.stopwatch().__enter__()
+        c = H.Samples()
         hi = min(lo + chunk, entries)
-        sk = _lean_sketches(pool, lo, hi)
-        sr = S.records([s.hist for s in sk], [s.names for s in sk], [s.sums for s in sk], [s.counts for s in sk],
-                       cfg.seed)
-        kr = PR.records(sk, cfg, "cpu")
-        idx = _empty_index(pool)
-        n_names, n_coords = len(idx._names), len(idx._coords)
-        idx._append([(lo + i, sr[i], kr[i][1]) for i in range(len(sk))])
+        def fill():
+            sk = _lean_sketches(pool, lo, hi)
+            sr = S.records([s.hist for s in sk], [s.names for s in sk], [s.sums for s in sk],
+                           [s.counts for s in sk], cfg.seed)
+            kr = PR.records(sk, cfg, "cpu")
+            idx = _empty_index(pool)
+            n_names, n_coords = len(idx._names), len(idx._coords)
+            idx._append([(lo + i, sr[i], kr[i][1]) for i in range(len(sk))])
+            return idx, n_names, n_coords
+        idx, n_names, n_coords = c.call(fill)
         assert len(idx._names) == n_names and len(idx._coords) == n_coords, "a name or coordinate not seeded"
         out.mkdir(parents=True, exist_ok=True)
         for a in _ARRAYS:
@@ -120,8 +123,8 @@ def build(d: Path, entries: int, worker: int = 0, workers: int = 1, chunk: int =
         sizes = {"rows": idx.ids.n, "fi": idx._fi_row.n, "cells": idx._col.n, "parts": idx._part_row.n,
                  "jks_params": [int(v) for v in idx._jks_params]}
         (out / "sizes.json").write_text(json.dumps(sizes))
-        (out / "done").write_text(f"{time.process_time() - t0:.2f}")
-        print(f"chunk {k} ({lo}-{hi}) {time.process_time() - t0:.1f} s CPU", flush=True)
+        (out / "done").write_text(f"{c.cpu[0]:.2f}")
+        print(f"chunk {k} ({lo}-{hi}) {c.cpu[0]:.1f} s CPU ({t.elapsed():.1f} s wall with the writes)", flush=True)
 
 
 def assemble(d: Path) -> None:
@@ -270,6 +273,7 @@ def measure_main(d: Path, argv) -> None:
     ap.add_argument("--check", type=int, default=0, help="queries whose reference is checked against the full screen")
     ap.add_argument("--budget", type=float, default=1e9, help="seconds (wall) per method")
     ap.add_argument("--tag", default="")
+    ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = ap.parse_args(argv)
     shortlist = 256
     ctx, env = H.context("cpu", False), H.environment("cpu")
@@ -367,8 +371,8 @@ def measure_main(d: Path, argv) -> None:
                               f"stage_cpu_p50_c{dep}_np{p}", cp(t), unit="ms", cpu_p90_ms=cp(t, "p90_s"),
                               wall_p50_ms=1e3 * st["p50_s"], wall_p90_ms=1e3 * st["p90_s"], recall_at_10=float(np.mean(rec)),
                               best_found=float(np.mean(bst)), queries=len(t), query_seed=a.query_seed))
-        H.write_suite(f"level1_pool{a.tag}", rows, env=env, tables={"per_query": per_query})
-    print(f"wrote {H.write_suite(f'level1_pool{a.tag}', rows, env=env, tables={'per_query': per_query})}")
+        H.write_suite(f"level1_pool{a.tag}", rows, out=a.out, env=env, tables={"per_query": per_query})
+    print(f"wrote {H.write_suite(f'level1_pool{a.tag}', rows, out=a.out, env=env, tables={'per_query': per_query})}")
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
