@@ -53,7 +53,8 @@ COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 32, "adaptivit
 # COARSE_AT_1M was chosen at 1M entries of the same zoo, every one of them scored (the exact screen of all
 # 1M the reference; bench.level1_pool, bench/SUMMARY.md "Candidate stage at 1M, tenth session"): the
 # smallest power-of-two depth at which every tuning query (query seeds 4 and 5: 80 js / adaptivity /
-# exact-js queries, 13 l2) found its best entry and the mean recall@10 was >= .99, at NPROBE_AT_1M lists.
+# exact-js queries, 13 l2) found its best entry and the mean recall@10 was >= .99, at NPROBE_AT_1M lists,
+# never below the 100k depth (exact-js would hold at 1, l2 at 4: the depth does not shrink as the hub grows).
 # The deepest tuning rank of a true top-10 entry at 1M (128 lists): js 16,459, adaptivity 60,644 (one
 # query), exact-js 155, l2 1,041. js at 64 (the no-margin choice on seed 4 alone) missed one seed-5 best
 # entry (49/50); at 128 it costs ~20 ms more CPU (held out, seed 6: 64.5 against 40.8 ms p50). Between
