@@ -48,12 +48,34 @@ COARSE_DEFAULT = 8   # level 1 keeps this many x shortlist entries for a method 
 # rows at 10k, 18-111 at 100k) and a 60-entry hub with shortlist 2 lost 17 of 60 top-2 entries at 4 (3 at
 # 8; review, sixth session); its bound cut makes 8 cost ~3 ms more CPU than 4 at 100k (20 vs 17 ms)
 COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 32, "adaptivity": 64}
+# Level 1's depth grows with the hub: with 10x more similar entries, more of them lie between a query and
+# its exhaustive top 10 in level 1's order. COARSE_BY_METHOD holds up to DEPTH_MEASURED_AT entries;
+# COARSE_AT_1M was chosen at 1M entries of the same zoo, every one of them scored (the exact screen of all
+# 1M the reference; bench.level1_pool, bench/SUMMARY.md "Candidate stage at 1M, tenth session"): the
+# smallest power-of-two depth at which every tuning query (query seeds 4 and 5: 80 js / adaptivity /
+# exact-js queries, 13 l2) found its best entry and the mean recall@10 was >= .99, at NPROBE_AT_1M lists,
+# never below the 100k depth (exact-js would hold at 1, l2 at 4: the depth does not shrink as the hub grows).
+# The deepest tuning rank of a true top-10 entry at 1M (128 lists): js 16,459, adaptivity 60,644 (one
+# query), exact-js 155, l2 1,041. js at 64 (the no-margin choice on seed 4 alone) missed one seed-5 best
+# entry (49/50); at 128 it costs ~20 ms more CPU (held out, seed 6: 64.5 against 40.8 ms p50). Between
+# the two sizes, and past 1M (not measured there), the depth follows the power law through both points.
+DEPTH_MEASURED_AT = 100_000
+COARSE_AT_1M: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 128, "adaptivity": 64}
 
 
-def coarse_for(method: str, override: int = 0) -> int:
-    """Level 1's depth (x shortlist) for ``method``: ``override`` (config.shortlist_coarse) when > 0,
-    else ``COARSE_BY_METHOD`` (``COARSE_DEFAULT`` for a method not listed)."""
-    return int(override) if override else COARSE_BY_METHOD.get(method, COARSE_DEFAULT)
+def coarse_for(method: str, override: int = 0, entries: int = 0) -> int:
+    """Level 1's depth (x shortlist) for ``method`` on a hub of ``entries`` entries: ``override``
+    (config.shortlist_coarse) when > 0, else ``COARSE_BY_METHOD`` (``COARSE_DEFAULT`` for a method not
+    listed) up to ``DEPTH_MEASURED_AT`` entries and ``COARSE_AT_1M`` at 1M, the power law through the
+    two between and beyond (rounded up: never below the smaller hub's depth)."""
+    if override:
+        return int(override)
+    base = COARSE_BY_METHOD.get(method, COARSE_DEFAULT)
+    big = COARSE_AT_1M.get(method, base)
+    if entries <= DEPTH_MEASURED_AT or big == base:
+        return base
+    decades = np.log10(entries / DEPTH_MEASURED_AT)          # 0 at 100k, 1 at 1M
+    return int(np.ceil(base * (big / base) ** decades - 1e-9))
 
 
 # recall@10 of the two-level stage against the exact screen of every entry, at COARSE_DEFAULT and
@@ -73,6 +95,7 @@ ANN_DIM = 64               # projection width
 ANN_REFINE = 1             # > 1: the IVF hands refine x keep rows to an exact BC re-rank (1: none; level 2
                            # is exact: the re-rank costs ~30-60 ms CPU for 4,096 rows, bench/SUMMARY.md)
 NPROBE_DEFAULT = 64        # config.shortlist_nprobe: IVF lists probed (0: level 1 exact); chosen on 1M synthetic
+NPROBE_AT_1M = 128         # what shortlist_nprobe=NPROBE_DEFAULT probes at 1M entries (nprobe_for; tenth session)
 ANN_FIT_ROWS = 20_000      # rows the basis and the IVF's k-means are fitted on (evenly spaced)
 ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a file is read
 # recall@10 of the whole stage with the IVF level 1 at each method's default depth (COARSE_BY_METHOD,
@@ -97,14 +120,20 @@ ANN_CHECK_ROWS = 64        # rows whose stored vectors are re-projected when a f
 # the exact level 1's at 10k / 30k) at the default depth or deeper.
 # Seventh session, held-out query seed 3, 100-120 queries a method (``--queries 100 --coarse 0 --query-seed 3
 # --log-queries --tag _100k_q100_permethod`` and its continuations): exact-js 1.000, l2 1.000, js .998 (min .90,
-# 120 queries), adaptivity .999 (min .90); the best entry found in every query. The lower figures are stated.
-ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 0.998, "adaptivity": 0.999, "l2": 1.0}
+# 120 queries), adaptivity .999 (min .90); the best entry found in every query. Tenth session, 1M entries all
+# scored, the 1M defaults (COARSE_AT_1M, NPROBE_AT_1M), held-out query seed 6, 50 queries a method (l2: its
+# reference costs 8.7 s a query; see bench/SUMMARY.md):
+#   python -m bench.level1_pool measure --dir D --query-seed 6 --queries 50 --nprobe 64,128 --max-depth 256
+#       --time "js:128/128,64/128;adaptivity:64/128,128/128;exact-js:2/128;l2:8/128" --budget 200 --tag _1m_heldout_q6
+# js 1.000, adaptivity .996 (min .90), exact-js 1.000; best found in every query. The lower of the two sizes'
+# figures is stated (the power law between them is not measured at sizes between).
+ANN_MEASURED_RECALL: dict[str, float] = {"exact-js": 1.0, "js": 0.998, "adaptivity": 0.996, "l2": 1.0}
 # the same stage at COARSE_DEFAULT (8) for every method, 40 queries a method on the same hub (fifth session,
 # ``--coarse 8 --tag _100k_q40``; level 2's cuts leave the selection unchanged): what a hub that stores
 # shortlist_coarse=8 (every hub made before the per-method depths) is told, below the method's default depth
 ANN_RECALL_AT_DEFAULT: dict[str, float] = {"exact-js": 1.0, "js": 0.997, "adaptivity": 0.995, "l2": 1.0}
-ANN_MEASURED_ON = ("100k similar entries (digits label-skew zoo), depths chosen on 23-28 tuning queries a method, "
-                   "100-120 held-out queries a method (query seed 3) and 6-25 more (seeds 1-2)")
+ANN_MEASURED_ON = ("100k and 1M similar entries (digits label-skew zoo), at 100k 100-120 held-out queries a method, "
+                   "at 1M 50 (l2 8) against the exact screen of every entry; the depth and lists grow with the hub")
 
 _MATRIX = weakref.WeakKeyDictionary()   # ScreenIndex -> (its state, the level-1 CSR matrix)
 
@@ -366,7 +395,7 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
     if info.get("all"):
         return (f"; two-level: only {info['live']} of {info['ranked']} entries share a cell with the query, "
                 f"fewer than {coarse} x shortlist: every entry was screened exactly (the recall above holds)"), 1.0
-    need = COARSE_BY_METHOD.get(screen, COARSE_DEFAULT)
+    need = coarse_for(screen, 0, info.get("ranked", 0))     # the depth measured for a hub of this size
     deep = coarse >= need
     rec = MEASURED_RECALL.get(screen) if coarse >= MEASURED_MIN_COARSE.get(screen, COARSE_DEFAULT) else None
     a = info.get("ann")
@@ -379,8 +408,9 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
     if a:
         ra = ANN_MEASURED_RECALL.get(screen)
         # measured at NPROBE_DEFAULT lists (or every list, when fewer: a small hub's IVF), no re-rank
-        low = a["nprobe"] < min(NPROBE_DEFAULT, a["nlist"])
-        if not deep and coarse >= COARSE_DEFAULT and screen in ANN_RECALL_AT_DEFAULT:
+        low = a["nprobe"] < min(nprobe_for(NPROBE_DEFAULT, info.get("ranked", 0)), a["nlist"])
+        if not deep and coarse >= COARSE_DEFAULT and screen in ANN_RECALL_AT_DEFAULT and \
+                info.get("ranked", 0) <= DEPTH_MEASURED_AT:   # measured at 8 on the 100k hub only
             ra, need, deep = ANN_RECALL_AT_DEFAULT[screen], COARSE_DEFAULT, True
         rec = None if ra is None or low or a["reranked"] or not deep else ra if rec is None else min(rec, ra)
         t = (f"; two-level: level 1 probed {a['nprobe']} of {a['nlist']} IVF lists over projected dataset-level "
@@ -429,6 +459,18 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
 # index's is brought forward (the new rows projected and added); after a removal it is rebuilt.
 
 _ANN = weakref.WeakKeyDictionary()   # ScreenIndex -> Level1Ann
+
+
+def nprobe_for(nprobe: int, entries: int) -> int:
+    """The IVF lists level 1 probes on a hub of ``entries`` entries for ``config.shortlist_nprobe``:
+    ``nprobe`` itself up to ``DEPTH_MEASURED_AT`` entries, ``nprobe x NPROBE_AT_1M / NPROBE_DEFAULT``
+    at 1M, the power law between and beyond (rounded up). The IVF has ~sqrt(n) lists: at 100k, 64 of
+    its 316 lists held every tuning query's top 10; at 1M, 64 of 1,000 missed one query's best entry at
+    any depth (bench/SUMMARY.md "Candidate stage at 1M, tenth session"). 0 (the exact level 1) stays 0."""
+    if nprobe <= 0 or entries <= DEPTH_MEASURED_AT:
+        return int(nprobe)
+    decades = np.log10(entries / DEPTH_MEASURED_AT)
+    return int(np.ceil(nprobe * (NPROBE_AT_1M / NPROBE_DEFAULT) ** decades - 1e-9))
 
 
 def _nlist(n: int) -> int:

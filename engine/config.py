@@ -106,10 +106,12 @@ class SketchConfig:
     # "two-level" (engine/coarse.py): every entry ranked by the Bhattacharyya coefficient of its
     # dataset-level distributions (one sparse product), the method's own screen over the best
     # shortlist_coarse x shortlist; larger: recall closer to "exact", slower (bench/SUMMARY.md);
-    # 0: each method's measured depth (coarse.COARSE_BY_METHOD; 8 for a method not listed)
+    # 0: each method's measured depth for the hub's size (coarse.coarse_for: COARSE_BY_METHOD up to 100k entries,
+    # COARSE_AT_1M at 1M; 8 for a method not listed)
     shortlist_coarse: int = 0
     # two-level from coarse.ANN_MIN_ENTRIES (20k) entries: level 1 probes this many lists of a FAISS IVF
-    # over projected level-1 vectors (indexes/level1.faiss) and keeps its first entries; 0: level 1 ranks
+    # over projected level-1 vectors (indexes/level1.faiss) and keeps its first entries (above 100k entries
+    # scaled up, x2 at 1M: coarse.nprobe_for); 0: level 1 ranks
     # every entry exactly (linear in the hub; bench/SUMMARY.md states the trade-off)
     shortlist_nprobe: int = 64
 

@@ -280,9 +280,10 @@ def shortlist(hub, target, cfg, method: str, plan: Plan, where=None, out: dict |
                                        per_dataset=rule.screen == "js", seed=seed, r=sp[0], k=sp[1], l=sp[2],
                                        device=hub.device))
         if cfg.shortlist_screen == "two-level":   # the screen over the entries of best BC (engine/coarse.py)
-            depth = _coarse.coarse_for(method, cfg.shortlist_coarse)   # 0: the method's measured default
+            depth = _coarse.coarse_for(method, cfg.shortlist_coarse, len(idx))   # 0: measured for the hub's size
             scr, coarse = _coarse.scores(idx, target.sketch, rule.screen, seed=seed, t_keys=own, t_small=small_keys,
-                                         keep=depth * cfg.shortlist, nprobe=cfg.shortlist_nprobe,
+                                         keep=depth * cfg.shortlist,
+                                         nprobe=_coarse.nprobe_for(cfg.shortlist_nprobe, len(idx)),
                                          ann=hub._indexes.level1(hub.store) if cfg.shortlist_nprobe else None,
                                          shortlist=cfg.shortlist if rule.exact else None)   # a proxy's margin: no cut
         else:

@@ -238,6 +238,78 @@ def test_default_depth_per_method_and_the_key_cut(tmp_path, rng):
                 assert "(1 x shortlist;" in st.detail, (method, st.detail)
 
 
+def test_default_depth_grows_with_the_hub(rng):
+    """``coarse_for(method, 0, entries)``: ``COARSE_BY_METHOD`` up to ``DEPTH_MEASURED_AT`` entries (a hub
+    of 100k or fewer is served as before), ``COARSE_AT_1M`` at 1M, between them non-decreasing and
+    between the two depths, at the geometric middle (10^5.5) the rounded-up geometric mean of the two,
+    past 1M still growing (the power law continued); a user's ``shortlist_coarse`` always wins; a method
+    not listed keeps ``COARSE_DEFAULT`` at every size."""
+    for method in METHODS + ("coverage", "accuracy"):
+        base = C.COARSE_BY_METHOD.get(method, C.COARSE_DEFAULT)
+        big = C.COARSE_AT_1M.get(method, base)
+        assert big >= base, method
+        small = [0, 1, 7, 97, 20_000, C.DEPTH_MEASURED_AT - 1, C.DEPTH_MEASURED_AT]
+        for n in small + [int(v) for v in rng.integers(0, C.DEPTH_MEASURED_AT + 1, 5)]:
+            assert C.coarse_for(method, 0, n) == base, (method, n)
+        assert C.coarse_for(method, 0, 1_000_000) == big, method
+        mid = int(round(10 ** 5.5))
+        want = int(np.ceil(np.sqrt(base * big) - 1e-9))
+        assert abs(C.coarse_for(method, 0, mid) - want) <= 1, (method, C.coarse_for(method, 0, mid), want)
+        sizes = np.sort(rng.integers(C.DEPTH_MEASURED_AT + 1, 1_000_000, 40))
+        got = [C.coarse_for(method, 0, int(n)) for n in sizes]
+        assert all(base <= g <= big for g in got) and got == sorted(got), (method, got)
+        past = [C.coarse_for(method, 0, n) for n in (1_000_001, 3_000_000, 10_000_000)]
+        assert past == sorted(past) and past[0] >= big and (big == base or past[-1] > big), (method, past)
+        for n in (0, 1, C.DEPTH_MEASURED_AT + 1, 1_000_000, 7_654_321):
+            k = int(rng.integers(1, 1 << 20))
+            assert C.coarse_for(method, k, n) == k
+
+
+def test_explain_states_the_depth_measured_for_the_hubs_size(rng):
+    """``describe`` on a hub of more than ``DEPTH_MEASURED_AT`` entries (level 1 by the IVF, the measured
+    lists, no re-rank): at the size's default depth or deeper it states ``ANN_MEASURED_RECALL`` (the lower
+    of the 100k and 1M measurements) at "shortlist_coarse >= <that depth>"; below it, no recall -- also
+    at ``COARSE_DEFAULT`` (8), whose recall was measured on the 100k hub only."""
+    for n in (C.DEPTH_MEASURED_AT + 1, int(rng.integers(C.DEPTH_MEASURED_AT + 2, 1_000_000)), 1_000_000, 3_000_000):
+        nlist = C._nlist(n)
+        for method in METHODS:
+            need = C.coarse_for(method, 0, n)
+            probe = C.nprobe_for(C.NPROBE_DEFAULT, n)
+            base = {"ranked": n, "live": n, "coarse_kept": need * 256, "bc_cut": 0.5,
+                    "ann": {"nprobe": probe, "nlist": nlist, "reranked": 0}}
+            want = min(C.MEASURED_RECALL[method], C.ANN_MEASURED_RECALL[method])
+            for coarse in (need, need + int(rng.integers(1, 50))):
+                text, rec = C.describe(base, coarse, method)
+                assert rec == want, (n, method, coarse, rec, want)
+                assert f"measured {want:.3f} at shortlist_coarse >= {need}," in text, text
+            for coarse in {need - 1, C.COARSE_DEFAULT} - {0}:
+                if coarse >= need:
+                    continue
+                text, rec = C.describe(base, coarse, method)
+                assert rec is None and "recall not measured at this shortlist_coarse" in text, (n, method, coarse, text)
+            if probe - 1 < nlist:   # fewer lists than the size's measured count: no recall stated
+                fewer = {**base, "ann": {**base["ann"], "nprobe": int(rng.integers(1, probe))}}
+                assert C.describe(fewer, need, method)[1] is None, (n, method, probe)
+
+
+def test_lists_probed_grow_with_the_hub(rng):
+    """``nprobe_for(nprobe, entries)``: ``nprobe`` itself up to ``DEPTH_MEASURED_AT`` entries (and 0, the
+    exact level 1, at every size); ``NPROBE_AT_1M`` for the default at 1M and the same ratio for any other
+    count; between, non-decreasing and between the two; past 1M still growing."""
+    ratio = C.NPROBE_AT_1M / C.NPROBE_DEFAULT
+    for nprobe in (C.NPROBE_DEFAULT, 1, 7, int(rng.integers(2, 4096))):
+        for n in (0, 1, 97, C.DEPTH_MEASURED_AT, int(rng.integers(0, C.DEPTH_MEASURED_AT))):
+            assert C.nprobe_for(nprobe, n) == nprobe
+        assert C.nprobe_for(nprobe, 1_000_000) == int(np.ceil(nprobe * ratio - 1e-9)), nprobe
+        sizes = np.sort(rng.integers(C.DEPTH_MEASURED_AT + 1, 1_000_000, 30))
+        got = [C.nprobe_for(nprobe, int(n)) for n in sizes]
+        assert got == sorted(got) and all(nprobe <= g <= np.ceil(nprobe * ratio) for g in got), (nprobe, got)
+        assert C.nprobe_for(nprobe, 5_000_000) >= C.nprobe_for(nprobe, 1_000_000)
+    assert C.nprobe_for(C.NPROBE_DEFAULT, 1_000_000) == C.NPROBE_AT_1M
+    for n in (0, 1, 10 ** 5, 10 ** 7):
+        assert C.nprobe_for(0, n) == 0
+
+
 def test_l2_bounds_hold_the_l2_screen(tmp_path, rng):
     """``coarse.l2_bounds`` (level 2's cut for l2): for every row sharing a column with the query,
     ``lo <= N x screen^2 <= hi`` against the full l2 screen (a categorical column and NaN values
