@@ -18,6 +18,7 @@ import os
 
 from . import accuracy as _acc
 from . import adding as _adding
+from . import band_blocks as _blocks
 from . import errors as E
 from . import parts as _parts
 from . import pipeline as _pipeline
@@ -259,6 +260,7 @@ class Hub:
                 chunk = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
                 self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry),
                                reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
+                self._compact_bands_if_due()
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -283,7 +285,23 @@ class Hub:
 
     def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
              probed=None, spaces: dict | None = None) -> Entry:
-        return self._transact(self._writer(name, sketch, metadata, fleet, embedding, probed, spaces))
+        entry = self._transact(self._writer(name, sketch, metadata, fleet, embedding, probed, spaces))
+        self._compact_bands_if_due()
+        return entry
+
+    def _compact_bands_if_due(self) -> None:
+        """Compact the band postings (engine/band_blocks.py) once the postings added since the last
+        compaction outgrow ``1 / COMPACT_SHARE`` of those compacted (and ``COMPACT_MIN``): the add
+        that crosses it pays for moving them, in transactions of ``COMPACT_CHUNK`` postings."""
+        with self.store.read() as txn:
+            due = _blocks.due(txn)
+        if due:
+            try:
+                _blocks.compact(self.store)
+            except E.FitsketchError:
+                raise
+            except Exception as e:
+                raise E.translate(e) from None
 
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):
@@ -308,18 +326,26 @@ class Hub:
         self._transact(_parts.entry_remover(name, self.config, lambda: E.EntryNotFoundError(
             f"no entry named {name!r} in hub {self.path}: see hub.names()")))
 
-    def compact(self) -> dict:
-        """Rewrite the hub's file to its live size (removed entries' pages are otherwise kept, for
-        reuse, and the file never shrinks): a compacting copy, then an atomic swap, under the
-        writer lock. Needs the hub to itself: with another process on it (``fitsketch serve``, a
-        reader) it raises HubBusyError and changes nothing. Returns {"before", "after"} in bytes."""
+    def compact(self, *, file: bool = True) -> dict:
+        """Move the band postings added since the last compaction into their compressed blocks
+        (engine/band_blocks.py: one write transaction per chunk of key range; readers and other
+        processes carry on), then, with ``file=True``, rewrite the hub's file to its live size
+        (removed entries' pages are otherwise kept, for reuse, and the file never shrinks): a
+        compacting copy, then an atomic swap, under the writer lock. The file step needs the hub to
+        itself: with another process on it (``fitsketch serve``, a reader) it raises HubBusyError and
+        changes nothing (the postings are compacted by then; ``file=False`` does only that). Returns
+        {"band_transactions", "before", "after"} (bytes; before = after without ``file``)."""
         try:
+            steps = _blocks.compact(self.store)
+            if not file:
+                n = self.store.env_bytes()
+                return {"band_transactions": steps, "before": n, "after": n}
             before, after = self.store.compact()
         except E.FitsketchError:
             raise
         except Exception as e:
             raise E.translate(e) from None
-        return {"before": before, "after": after}
+        return {"band_transactions": steps, "before": before, "after": after}
 
     def _transact(self, fn, reserve: int = 0):
         try:

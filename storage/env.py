@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 5  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 6  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -77,6 +77,14 @@ def _upgrade_v4_to_v5(txn: Txn) -> None:
     nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
 
 
+def _upgrade_v5_to_v6(txn: Txn) -> None:
+    """Format 6: band postings are moved, a key range at a time, from the dupsort ``bands`` database
+    (where adds still write them) into compressed blocks in database ``band_blocks`` (engine/band_blocks.py,
+    created by this writable open), and the candidate stage and removal read both. An older fitsketch
+    would read only ``bands`` and miss every moved posting, hence the number. The blocks start empty:
+    nothing is moved here (the next compaction moves the postings)."""
+
+
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
 
 
@@ -90,9 +98,9 @@ def held_posting_bytes(txn: Txn) -> int | None:
 
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
 MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4,
-                                                4: _upgrade_v4_to_v5}
+                                                4: _upgrade_v4_to_v5, 5: _upgrade_v5_to_v6}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-READ_AS_IS = frozenset({1, 2, 3, 4})
+READ_AS_IS = frozenset({1, 2, 3, 4, 5})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
@@ -273,34 +281,36 @@ class HubStore:
             self._format = FORMAT_VERSION
 
     def _open_dbs(self, create: bool) -> None:
-        """Open every database of ``DBS``; a hub of format < 5 opened read-only lacks ``LATER_DBS``
-        (its upgrade creates them): those it lacks are read as empty (storage/txn.py)."""
+        """Open every database of ``DBS``; a hub of an older format opened read-only lacks the
+        ``LATER_DBS`` of later formats (its upgrade creates them): those it lacks are read as empty
+        (storage/txn.py)."""
         fmt = getattr(self, "_format", FORMAT_VERSION)   # the hub's format as opened (_open)
         for name in DBS:
             dup = name in DUPSORT_DBS
             try:
                 self._dbs[name] = self._env.open_db(name.encode(), create=create, dupsort=dup, dupfixed=dup)
             except lmdb.NotFoundError:
-                if name in LATER_DBS and fmt < 5:
+                if name in LATER_DBS and fmt < LATER_DBS[name]:
                     continue
                 raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
 
     def _open_later(self, env: lmdb.Environment) -> None:
-        """Open ``LATER_DBS`` once the hub's format reaches 5: a hub of format 4 opened read-only lacks
-        them, and another process may upgrade it while this one reads (its upgrade creates them before
-        it writes format 5). Called before a read transaction begins (a transaction sees only the
-        databases opened before it); one meta read a transaction until then."""
+        """Open ``LATER_DBS`` once the hub's format reaches the one that brought each: a hub of an older
+        format opened read-only lacks them, and another process may upgrade it while this one reads
+        (its upgrade creates them before it writes the new format). Called before a read transaction
+        begins (a transaction sees only the databases opened before it); one meta read a transaction
+        until then."""
         try:
             with env.begin(db=self._dbs["meta"], buffers=False) as txn:
                 raw = txn.get(b"format")
             fmt = unpack(raw) if raw is not None else None
         except (lmdb.Error, CodecError):
             return                         # the transaction that follows reports what is wrong
-        if not isinstance(fmt, int) or fmt < 5:
+        if not isinstance(fmt, int) or fmt < min(LATER_DBS.values()):
             return
         with self._cond:                   # LMDB: one mdb_dbi_open at a time in a process
             for name in DBS:
-                if name not in self._dbs:
+                if name not in self._dbs and LATER_DBS.get(name, 0) <= fmt:
                     try:
                         self._dbs[name] = env.open_db(name.encode(), create=False)
                     except lmdb.NotFoundError:

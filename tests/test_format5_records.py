@@ -144,7 +144,7 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
     old, new = tmp_path / "old", tmp_path / "new"
     _build(old, sketches, monkeypatch, old=True)
     _build(new, sketches, monkeypatch, old=False)
-    assert fitsketch.inspect(old)["format"] == 4 and fitsketch.inspect(new)["format"] == 5
+    assert fitsketch.inspect(old)["format"] == 4 and fitsketch.inspect(new)["format"] == 6
     assert _stored_screens(old) == len(sketches) and _stored_screens(new) == 0
     n = len(sketches)
     assert _counts(old)["profiles"] == _counts(old)["profile_keys"] == 0          # no such databases: read as empty
@@ -163,7 +163,7 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
             hub.add_sketches(list(late.items()))
             hub.remove("s1")
             hub._synced_screen()
-    assert fitsketch.inspect(old)["format"] == 5
+    assert fitsketch.inspect(old)["format"] == 6
     assert _stored_screens(old) == len(sketches) - 1          # the old entries' records, less the removed one
     _same_state(_state_from_file(old, monkeypatch), _state_from_file(new, monkeypatch))
     _same_state(_state(old), _state(new))
@@ -239,7 +239,7 @@ def test_a_reader_of_a_hub_another_process_upgrades_finds_the_new_entries(tmp_pa
         assert late in hub._synced_profiles().ids.tolist() and late in hub._synced_screen().ids.v.tolist()
         with hub.store.read() as txn:
             assert txn.count("profiles") == 1 and txn.count("profile_keys") == 1   # the new databases, read
-    assert fitsketch.inspect(path)["format"] == 5
+    assert fitsketch.inspect(path)["format"] == 6
     assert got == _answers(path, q)                             # as a fresh reader
     assert all("late" in [n for n, _ in v] for v in got.values())
 
@@ -297,4 +297,4 @@ def test_a_write_to_a_database_the_hub_lacks_raises(tmp_path, rng, monkeypatch):
     with fitsketch.open(path, readonly=True) as hub:
         assert hub.store._format == 4
     with fitsketch.open(path) as hub:
-        assert hub.store._format == env_mod.FORMAT_VERSION == 5
+        assert hub.store._format == env_mod.FORMAT_VERSION == 6
