@@ -1,0 +1,284 @@
+"""Hub format 6: LSH band postings compacted into blocks inside LMDB (engine/band_blocks.py).
+
+Checked on fresh random inputs: a block encodes and decodes to its postings (empty key set refused,
+one posting, one key with many ids, keys and ids at their extremes, odd sizes); cutting postings
+into blocks loses nothing and keeps each block within a page unless one key fills it; lookups
+through the blocks and the delta equal a plain dict of postings after random adds, compactions
+(small chunks, so a compaction takes many transactions) and removals interleaved, over several
+seeds, and every posting is held exactly once; a read transaction opened before a compaction or
+a removal sees its own snapshot's postings; a damaged block is ``CorruptHubError``; a format-5 hub
+reads as it is read-only, is upgraded on a writable open, compacts and removes; an older
+fitsketch refuses format 6; ``Hub.add`` compacts past its threshold and searches forced through
+the LSH stage answer alike before and after compaction."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import fitsketch
+import fitsketch.storage.env as env_mod
+from fitsketch import band_blocks as B
+from fitsketch import errors as E
+from fitsketch import planner, signature_records
+from fitsketch.minhash import feature_band_keys
+from fitsketch.storage import HubStore, SchemaError, u64
+
+
+def _postings(rng, n, n_keys, max_eid=1 << 32):
+    """n (key, eid) pairs, distinct, sorted by (key, eid): keys from a pool of ``n_keys`` (with the
+    extremes 0 and 2**64 - 1), ids in [0, max_eid)."""
+    pool = np.unique(np.r_[rng.integers(0, 1 << 63, n_keys, dtype=np.uint64) * np.uint64(2) + np.uint64(1),
+                           np.uint64(0), np.uint64((1 << 64) - 1)])
+    k = pool[rng.integers(0, len(pool), n)]
+    e = rng.integers(0, max_eid, n, dtype=np.int64)
+    kv = np.unique(np.stack([k, e.astype(np.uint64)], axis=1), axis=0)
+    return kv[:, 0].copy(), kv[:, 1].astype(np.int64)
+
+
+@pytest.mark.parametrize("n,n_keys,max_eid", [(1, 1, 1 << 32), (7, 3, 50), (97, 40, 1 << 32), (1001, 5, 3000),
+                                              (5000, 1, 1 << 20), (333, 333, 10)])
+def test_a_block_round_trips(rng, n, n_keys, max_eid):
+    k, e = _postings(rng, n, n_keys, max_eid)
+    raw = B.encode(k, e)
+    uk, c, got = B.decode(raw, int(k[-1]))
+    assert np.array_equal(np.repeat(uk, c), k) and np.array_equal(got.astype(np.int64), e)
+    assert got.dtype == np.uint32 and uk.dtype == np.uint64
+
+
+@pytest.mark.parametrize("n,n_keys", [(0, 1), (1, 1), (7, 7), (3000, 2), (20011, 900), (60000, 20000)])
+def test_cut_keeps_every_posting_in_blocks_of_a_page(rng, n, n_keys):
+    k, e = _postings(rng, n, n_keys, max_eid=1 << int(rng.integers(8, 33)))
+    blocks = B._cut(k, e)
+    got_k, got_e, lasts = [], [], []
+    for last, raw in blocks:
+        uk, c, ids = B.decode(raw, last)
+        assert len(raw) <= B.BLOCK_BYTES or len(uk) == 1       # a key too large alone: its own block
+        got_k.append(np.repeat(uk, c))
+        got_e.append(ids.astype(np.int64))
+        lasts.append(last)
+    assert lasts == sorted(set(lasts))
+    assert np.array_equal(np.concatenate(got_k) if got_k else B._EMPTY, k)
+    assert np.array_equal(np.concatenate(got_e) if got_e else np.zeros(0, np.int64), e)
+    if n >= 20000:
+        assert np.mean([len(r) for _, r in blocks[:-1]]) > 0.8 * B.BLOCK_BYTES   # blocks are filled
+
+
+def _all(txn) -> list:
+    """Every (key, eid) the hub holds, from the blocks and the delta, each as often as held."""
+    out = []
+    for bkey, raw in _raw_items(txn, B.DB):
+        uk, c, e = B.decode(raw, int.from_bytes(bkey, "big"))
+        out += list(zip(np.repeat(uk, c).tolist(), e.tolist()))
+    out += [(int.from_bytes(k, "big"), int.from_bytes(v[:4], "big")) for k, v in txn.items(B.DELTA)]
+    return sorted(out)
+
+
+def _all_of(hub) -> list:
+    with hub.store.read() as txn:
+        return _all(txn)
+
+
+def _raw_items(txn, db):
+    with txn._txn.cursor(db=txn._db(db)) as cur:
+        return list(cur) if cur.first() else []
+
+
+def _check(txn, ref: dict, rng):
+    held = sorted((k, e) for k, ids in ref.items() for e in ids)
+    assert _all(txn) == held                                              # each posting exactly once
+    keys = list(ref)
+    for _ in range(5):
+        q = [keys[i] for i in rng.integers(0, len(keys), int(rng.integers(1, 40)))] if keys else []
+        q += rng.integers(0, 1 << 63, 5, dtype=np.uint64).tolist()          # keys nobody holds
+        want = sorted({e for k in q for e in ref.get(int(k), ())})
+        assert B.lookup(txn, np.array(q, dtype=np.uint64)).tolist() == want
+
+
+@pytest.mark.parametrize("trial", range(4))
+def test_lookups_equal_a_dict_after_adds_compactions_and_removals(tmp_path, rng, monkeypatch, trial):
+    monkeypatch.setattr(B, "BLOCK_BYTES", int(rng.choice([300, 1000, 4080])))   # many blocks, small inputs
+    pool = rng.integers(0, 1 << 64, int(rng.integers(5, 400)), dtype=np.uint64)
+    ref: dict[int, set] = {}
+    next_eid = 0
+    with HubStore(tmp_path / "h", map_size=1 << 26) as store:
+        for step in range(12):
+            op = rng.choice(["add", "add", "compact", "remove"])
+            if op == "add":
+                n_new = int(rng.integers(1, 6))
+                keys, vals = [], []
+                for eid in range(next_eid, next_eid + n_new):
+                    ks = np.unique(pool[rng.integers(0, len(pool), int(rng.integers(1, 60)))])
+                    keys.append(ks)
+                    vals.append(np.full(len(ks), eid, np.int64))
+                    for k in ks.tolist():
+                        ref.setdefault(k, set()).add(eid)
+                next_eid += n_new
+                k, v = np.concatenate(keys), np.concatenate(vals)
+                order = np.argsort(k, kind="stable")
+                store.transact(lambda t: t.put_dups("bands", k[order], v[order], width=4))
+            elif op == "compact":
+                steps = B.compact(store, chunk=int(rng.integers(1, 200)))
+                with store.read() as txn:
+                    assert txn.count(B.DELTA) == 0 and steps >= 1
+            else:
+                eids = sorted({e for ids in ref.values() for e in ids})
+                if not eids:
+                    continue
+                eid = int(rng.choice(eids))
+                ks = np.array(sorted(k for k, ids in ref.items() if eid in ids), dtype=np.uint64)
+
+                def remove(t):
+                    B.remove(t, eid, ks)
+                    for k in ks.tolist():
+                        t.delete_dup("bands", u64(k), eid.to_bytes(4, "big"))
+
+                store.transact(remove)
+                for k in ks.tolist():
+                    ref[k].discard(eid)
+                    if not ref[k]:
+                        del ref[k]
+            with store.read() as txn:
+                _check(txn, ref, rng)
+                blocks = sum(len(B.decode(raw, int.from_bytes(k, "big"))[2]) for k, raw in _raw_items(txn, B.DB))
+                assert B.held(txn) == blocks
+
+
+def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path, rng):
+    keys = rng.integers(0, 1 << 64, 300, dtype=np.uint64)
+    with HubStore(tmp_path / "h", map_size=1 << 26) as store:
+        k = np.sort(np.repeat(keys, 3))
+        v = np.tile(np.arange(3), len(keys))[np.argsort(np.repeat(keys, 3), kind="stable")]
+        store.transact(lambda t: t.put_dups("bands", k, v, width=4))
+        q = keys[:50]
+        with store.read() as before:
+            want = B.lookup(before, q).tolist()
+            held = _all(before)
+            th = threading.Thread(target=lambda: B.compact(store, chunk=64))
+            th.start()
+            th.join()
+            assert B.lookup(before, q).tolist() == want and _all(before) == held   # still the old snapshot
+            with store.read() as after:
+                assert after.count(B.DELTA) == 0 and _all(after) == held
+                gone = np.unique(keys)
+
+                def remove(t):
+                    B.remove(t, 1, gone)
+                    for kk in gone.tolist():
+                        t.delete_dup("bands", u64(kk), (1).to_bytes(4, "big"))
+
+                th = threading.Thread(target=lambda: store.transact(remove))
+                th.start()
+                th.join()
+                assert _all(after) == held and B.lookup(after, q).tolist() == want
+            with store.read() as now:
+                assert B.lookup(now, q).tolist() == [0, 2] and _all(now) == [p for p in held if p[1] != 1]
+
+
+def test_a_damaged_block_is_a_named_error(tmp_path, rng):
+    k, e = _postings(rng, 500, 30, 1000)
+    raw = B.encode(k, e)
+    last = int(k[-1])
+    head = B._HEAD.unpack_from(raw)
+    bad = [raw[:5], raw[:-3], b"\x09" + raw[1:],                               # truncated, format 9
+           B._HEAD.pack(head[0], head[1], head[2], head[3] + 1, head[4]) + raw[B._HEAD.size:],   # counts off
+           B._HEAD.pack(head[0], head[1], 0, head[3], head[4]) + raw[B._HEAD.size:],
+           B._HEAD.pack(head[0], 7, *head[2:]) + raw[B._HEAD.size:],         # unknown codec
+           B.encode(k[::-1].copy(), e),                                      # keys decreasing
+           B.encode(np.full(3, last, np.uint64), np.array([4, 4, 5])),        # ids not increasing in a key
+           raw[:B._HEAD.size] + bytes(len(raw) - B._HEAD.size)]              # zeros for the payload
+    for b in bad:
+        with pytest.raises(E.CorruptHubError, match="band block"):
+            B.decode(b, last if b is not bad[6] else int(k[0]))
+    with pytest.raises(E.CorruptHubError, match="band block"):
+        B.decode(raw, last - 1)                                               # not the block's key
+    with HubStore(tmp_path / "h") as store:                                   # met by a lookup
+        store.transact(lambda t: t.put_raw(B.DB, u64(last), raw[:-3]))
+        with store.read() as txn, pytest.raises(E.CorruptHubError, match="restore the hub"):
+            B.lookup(txn, k[:1])
+
+
+def _hub_answers(path, queries):
+    saved = planner.SCAN_FEATURE_LIMIT
+    planner.SCAN_FEATURE_LIMIT = 0                    # the candidate stage through the band postings
+    try:
+        with fitsketch.open(path, readonly=True) as hub:
+            return [[(m.name, m.score) for m in hub.search(q, k=5, method="exact-js")] for q in queries]
+    finally:
+        planner.SCAN_FEATURE_LIMIT = saved
+
+
+def _entry_hits(path):
+    """For every stored entry, the entries its band keys find (the LSH lookup)."""
+    with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
+        sigs = [signature_records.decode(txn.get("signatures", k)) for k in txn.keys("signatures")]
+        return [B.lookup(txn, feature_band_keys(s, hub.config.lsh_k, hub.config.lsh_l)).tolist() for s in sigs]
+
+
+def _sketches(rng, n):
+    out = []
+    for i in range(n):
+        X = np.round(rng.normal(size=(300, 4)) * (1 + i % 3), 2)
+        out.append((f"e{i}", fitsketch.sketch_data(X, partition_size=100, feature_names=["a", "b", "c", f"x{i % 4}"])))
+    return out
+
+
+def test_a_format_5_hub_reads_as_it_is_and_is_upgraded(tmp_path, rng, monkeypatch):
+    path = tmp_path / "h"
+    items = _sketches(rng, 12)
+    with monkeypatch.context() as m:                         # format 5 as the previous fitsketch writes it
+        m.setattr(env_mod, "FORMAT_VERSION", 5)
+        m.setattr(B, "COMPACT_MIN", 1 << 62)
+        with fitsketch.open(path) as hub:
+            hub.add_sketches(items[:10])
+    assert fitsketch.inspect(path)["format"] == 5
+    queries = [s for _, s in items[10:]]
+    hits, answers = _entry_hits(path), _hub_answers(path, queries)   # read-only: no band_blocks database
+    assert fitsketch.inspect(path)["format"] == 5 and all(hits)
+    with fitsketch.open(path) as hub:                        # writable: upgraded
+        assert hub.store._format == 6
+        with hub.store.read() as txn:
+            assert txn.count(B.DB) == 0 and txn.count(B.DELTA) > 0
+        out = hub.compact(file=False)
+        assert out["band_transactions"] >= 1
+        with hub.store.read() as txn:
+            assert txn.count(B.DELTA) == 0 and B.held(txn) > 0
+    assert _entry_hits(path) == hits and _hub_answers(path, queries) == answers
+    with fitsketch.open(path) as hub:
+        gone = hub.get("e3").id
+        assert gone in {e for _, e in _all_of(hub)}
+        hub.remove("e3")
+        hub.add_sketches(items[10:])                          # into the delta, beside the blocks
+    with fitsketch.open(path) as hub, hub.store.read() as txn:
+        assert txn.count(B.DELTA) > 0 and gone not in {e for _, e in _all(txn)}
+    monkeypatch.setattr(env_mod, "FORMAT_VERSION", 5)        # a fitsketch that reads up to format 5
+    with pytest.raises(SchemaError, match="format 6"):
+        fitsketch.open(path, readonly=True)
+
+
+def test_add_compacts_past_its_threshold_and_answers_stay(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(B, "COMPACT_MIN", 200)
+    monkeypatch.setattr(B, "COMPACT_SHARE", 2)
+    monkeypatch.setattr(B, "BLOCK_BYTES", 600)
+    items = _sketches(rng, 14)
+    a, b = tmp_path / "a", tmp_path / "b"
+    with fitsketch.open(b) as ref:                          # the same entries, never compacted
+        monkeypatch.setattr(B, "COMPACT_MIN", 1 << 62)
+        ref.add_sketches(items[:12], batch=3)
+        ref.remove("e5")
+    monkeypatch.setattr(B, "COMPACT_MIN", 200)
+    compacted = 0
+    with fitsketch.open(a) as hub:
+        for name, sk in items[:12]:
+            hub.add_sketch(name, sk)
+            with hub.store.read() as txn:
+                delta, held = txn.count(B.DELTA), B.held(txn)
+                assert delta <= max(B.COMPACT_MIN, held // B.COMPACT_SHARE)   # never left over the threshold
+                compacted += held > 0
+        hub.remove("e5")
+        with hub.store.read() as txn:
+            assert B.held(txn) > 0 and compacted
+    queries = [s for _, s in items[12:]] + [items[0][1]]
+    assert _hub_answers(a, queries) == _hub_answers(b, queries)
+    assert _entry_hits(a) == _entry_hits(b)
