@@ -23,7 +23,8 @@ through the band postings.
 Since hub format 6 three writers are built in one run: "now" (format 6: the band postings
 compacted into blocks, engine/band_blocks.py, by ``hub.compact(file=False)`` after the adds --
 its CPU reported apart from the add's), "format5" (this fitsketch with compaction off and format
-5 written: every posting in the dupsort ``bands`` database, as main's format 5 stores them) and
+5 written: every posting in the dupsort ``bands`` database, as main's format 5 stores them; the
+adds of "now" run with auto-compaction off, so the add CPU is the add's alone) and
 "main" (format 4 as above). Records, band lookups (through ``band_blocks.lookup``: the delta and
 the blocks) and top 10 are compared between all three.
 
@@ -101,8 +102,8 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> tuple[f
 
     saved = parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION, band_blocks.COMPACT_MIN
     compact_cpu = 0.0
-    if writer != "now":            # no compaction: every posting stays in the dupsort database
-        band_blocks.COMPACT_MIN = 1 << 62
+    band_blocks.COMPACT_MIN = 1 << 62   # no compaction during the add ("now": after it, timed apart)
+    if writer != "now":                 # every posting stays in the dupsort database
         env_mod.FORMAT_VERSION = 5
     if writer == "main":           # format 4 as main writes it
         old = {"screen": _MainScreen(), "profile": _main_profile()}

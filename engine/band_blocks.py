@@ -110,9 +110,8 @@ def _bad(last: int, what) -> E.CorruptHubError:
                              "postings cannot be read; restore the hub from a backup")
 
 
-def decode_keys(raw: bytes, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct keys uint64, counts int64) of a stored block whose LMDB key is u64(``last``),
-    checked (``CorruptHubError`` otherwise)."""
+def _head(raw: bytes, last: int) -> tuple[int, int, int, int]:
+    """(codec, keys, postings, bytes of the keys' part) of a stored block, checked."""
     if len(raw) < _HEAD.size:
         raise _bad(last, f"{len(raw)} bytes")
     v, codec, nk, n, nz = _HEAD.unpack_from(raw)
@@ -120,10 +119,21 @@ def decode_keys(raw: bytes, last: int) -> tuple[np.ndarray, np.ndarray]:
         raise _bad(last, f"format {v}; this fitsketch reads {BLOCKS_FORMAT}")
     if not 0 < nk <= n <= BLOCK_MAX_POSTINGS or _HEAD.size + nz > len(raw):
         raise _bad(last, f"{nk} keys, {n} postings, {nz} bytes of keys")
+    return codec, nk, n, nz
+
+
+def _inflate(raw: bytes, codec: int, size: int, last: int) -> bytes:
     try:
-        body = np.frombuffer(decompress(raw[_HEAD.size:_HEAD.size + nz], codec, 12 * nk), dtype=np.uint8)
+        return decompress(raw, codec, size)
     except CodecError as e:
         raise _bad(last, e) from None
+
+
+def decode_keys(raw: bytes, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys uint64, counts int64) of a stored block whose LMDB key is u64(``last``),
+    checked (``CorruptHubError`` otherwise)."""
+    codec, nk, n, nz = _head(raw, last)
+    body = np.frombuffer(_inflate(raw[_HEAD.size:_HEAD.size + nz], codec, 12 * nk, last), dtype=np.uint8)
     k = np.cumsum(_unplanes(body[:8 * nk], nk, np.uint64), dtype=np.uint64)   # wraps: checked below
     c = _unplanes(body[8 * nk:], nk, np.uint32).astype(np.int64)
     if int(k[-1]) != last or (nk > 1 and not bool((k[1:] > k[:-1]).all())):
@@ -135,12 +145,9 @@ def decode_keys(raw: bytes, last: int) -> tuple[np.ndarray, np.ndarray]:
 
 def decode_ids(raw: bytes, last: int, c: np.ndarray) -> np.ndarray:
     """The entry ids (uint32) of a stored block whose keys' counts ``decode_keys`` gave, checked."""
-    _, codec, nk, n, nz = _HEAD.unpack_from(raw)
-    try:
-        g = _unplanes(np.frombuffer(decompress(raw[_HEAD.size + nz:], codec, 4 * n), dtype=np.uint8), n,
-                      np.uint32).astype(np.int64)
-    except CodecError as e:
-        raise _bad(last, e) from None
+    codec, nk, n, nz = _head(raw, last)
+    g = _unplanes(np.frombuffer(_inflate(raw[_HEAD.size + nz:], codec, 4 * n, last), dtype=np.uint8), n,
+                  np.uint32).astype(np.int64)
     start = np.cumsum(c) - c
     up = g > 0
     up[start] = True
@@ -230,21 +237,88 @@ def _keys(band_keys) -> np.ndarray:
 
 def lookup(txn, band_keys) -> np.ndarray:
     """The ids (int64, ascending, each once) of the entries holding any of ``band_keys`` (int64 or
-    uint64 band keys, any shape): the delta's postings and the blocks'."""
+    uint64 band keys, any shape): the delta's postings and the blocks' (``_lookup_blocks``)."""
     q = _keys(band_keys)
-    found = [delta_ids(d) for d in txn.get_dups_many(DELTA, [u64(int(b)) for b in q]) if d]
-    for _, last, raw, s in _blocks_over(txn, q):
-        k, c = decode_keys(raw, last)
-        qs = q[s]
-        pos = np.minimum(np.searchsorted(k, qs), len(k) - 1)
-        pos = pos[k[pos] == qs]
-        if len(pos):
-            e = decode_ids(raw, last, c)
-            starts = np.cumsum(c) - c
-            n = c[pos]
-            at = np.repeat(starts[pos] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-            found.append(e[at].astype(np.int64))
-    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    found = [delta_ids(d) for d in txn.get_dups_many(DELTA, [u64(int(b)) for b in q]) if d] \
+        if txn.count(DELTA) else []                            # a compacted hub: no delta to look in
+    found.append(_lookup_blocks([(last, raw) for _, last, raw, _ in _blocks_over(txn, q)], q))
+    return np.unique(np.concatenate(found))
+
+
+def _gather(buf: np.ndarray, at: np.ndarray, stride: np.ndarray, width: int, dtype) -> np.ndarray:
+    """Elements whose byte j lies at ``buf[at + j * stride]`` (byte planes, ``_planes``), as ``dtype``."""
+    b = np.empty((len(at), width), np.uint8)
+    for j in range(width):                  # a plane at a time: half the time of one 2-D fancy index
+        b[:, j] = buf[at + j * stride]
+    return b.view(np.dtype(dtype).newbyteorder("<")).reshape(-1)
+
+
+def _lookup_blocks(blocks: list, q: np.ndarray) -> np.ndarray:
+    """The entry ids (int64) under keys ``q`` (sorted distinct uint64) in ``blocks`` [(last key,
+    stored bytes)], in key order, decoded together: a search touches hundreds of blocks, and
+    numpy's cost a call, not a block's bytes, is most of a block decoded alone. Every block's keys
+    and counts are checked as ``decode_keys`` checks them; the entry ids of the matched keys as
+    ``decode_ids`` checks them (the ids of other keys are not decompressed)."""
+    if not blocks:
+        return np.zeros(0, np.int64)
+    heads, parts = [], []
+    for last, raw in blocks:
+        h = _head(raw, last)
+        heads.append(h)
+        parts.append(_inflate(raw[_HEAD.size:_HEAD.size + h[3]], h[0], 12 * h[1], last))
+    nks = np.array([h[1] for h in heads], dtype=np.int64)
+    ns = np.array([h[2] for h in heads], dtype=np.int64)
+    lasts = np.array([last for last, _ in blocks], dtype=np.uint64)
+    buf = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    kstart = np.cumsum(nks) - nks                               # each block's first key, of all blocks' keys
+    blk = np.repeat(np.arange(len(blocks)), nks)
+    local = np.arange(len(blk)) - kstart[blk]
+    at = 12 * kstart[blk] + local
+    kd = _gather(buf, at, nks[blk], 8, np.uint64)
+    c = _gather(buf, at + 8 * nks[blk], nks[blk], 4, np.uint32).astype(np.int64)
+    cs = np.cumsum(kd, dtype=np.uint64)                        # wraps; each block's keys restart below
+    k = cs - np.r_[np.uint64(0), cs[kstart[1:] - 1]][blk]
+    kend = kstart + nks - 1
+    bad = np.flatnonzero(k[kend] != lasts)
+    if len(bad):
+        raise _bad(int(lasts[bad[0]]), "keys not increasing to the block's key")
+    down = np.flatnonzero(k[1:] <= k[:-1])                     # blocks hold increasing, disjoint key ranges
+    if len(down):
+        raise _bad(int(lasts[blk[down[0] + 1]]), "keys not increasing to the block's key")
+    bad = np.flatnonzero((np.add.reduceat(c, kstart) != ns) | (np.minimum.reduceat(c, kstart) <= 0))
+    if len(bad):
+        raise _bad(int(lasts[bad[0]]), "counts do not add up to the postings")
+    pos = np.minimum(np.searchsorted(k, q), len(k) - 1)
+    pos = np.unique(pos[k[pos] == q])                          # the matched keys, of all blocks' keys
+    if not len(pos):
+        return np.zeros(0, np.int64)
+    # the matched keys' entry ids: each block's postings' gaps, decompressed where a key matched
+    pstart = np.cumsum(c) - c                                  # each key's first posting, of all blocks'
+    used = np.unique(blk[pos])
+    ioff = np.zeros(len(blocks), dtype=np.int64)
+    ids_parts, o = [], 0
+    for b in used.tolist():
+        _, raw = blocks[b]
+        codec, nk, n, nz = heads[b]
+        ids_parts.append(_inflate(raw[_HEAD.size + nz:], codec, 4 * n, int(lasts[b])))
+        ioff[b] = o
+        o += 4 * n
+    ibuf = np.frombuffer(b"".join(ids_parts), dtype=np.uint8)
+    cnt = c[pos]
+    kb = blk[pos]
+    first = np.cumsum(cnt) - cnt                               # each matched key's first, of the postings read
+    t = np.arange(int(cnt.sum())) - np.repeat(first, cnt)      # a posting's place within its key
+    tb = np.repeat(kb, cnt)
+    at = ioff[tb] + np.repeat(pstart[pos] - pstart[kstart[kb]], cnt) + t
+    g = _gather(ibuf, at, ns[tb], 4, np.uint32).astype(np.int64)
+    bad = np.flatnonzero((g <= 0) & (t > 0))
+    if len(bad):
+        raise _bad(int(lasts[tb[bad[0]]]), "entry ids not increasing within a key")
+    gs = np.cumsum(g)
+    ids = gs - np.repeat(gs[first] - g[first], cnt)
+    if int(ids.max()) >= 1 << 32:
+        raise _bad(int(lasts[tb[int(np.argmax(ids))]]), "an entry id over 2**32")
+    return ids
 
 
 def held(txn) -> int:

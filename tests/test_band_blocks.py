@@ -178,6 +178,7 @@ def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path,
 
 def test_a_damaged_block_is_a_named_error(tmp_path, rng):
     k, e = _postings(rng, 500, 30, 1000)
+    k, e = k[k < np.uint64(1 << 62)], e[k < np.uint64(1 << 62)]               # room for a block after it
     raw = B.encode(k, e)
     last = int(k[-1])
     head = B._HEAD.unpack_from(raw)
@@ -188,15 +189,22 @@ def test_a_damaged_block_is_a_named_error(tmp_path, rng):
            B.encode(k[::-1].copy(), e),                                      # keys decreasing
            B.encode(np.full(3, last, np.uint64), np.array([4, 4, 5])),        # ids not increasing in a key
            raw[:B._HEAD.size] + bytes(len(raw) - B._HEAD.size)]              # zeros for the payload
-    for b in bad:
-        with pytest.raises(E.CorruptHubError, match="band block"):
-            B.decode(b, last if b is not bad[6] else int(k[0]))
-    with pytest.raises(E.CorruptHubError, match="band block"):
-        B.decode(raw, last - 1)                                               # not the block's key
-    with HubStore(tmp_path / "h") as store:                                   # met by a lookup
-        store.transact(lambda t: t.put_raw(B.DB, u64(last), raw[:-3]))
-        with store.read() as txn, pytest.raises(E.CorruptHubError, match="restore the hub"):
-            B.lookup(txn, k[:1])
+    good = B.encode(k + np.uint64(1 << 62), e)                                # a sound block after it
+    with HubStore(tmp_path / "h") as store:
+        for i, b in enumerate(bad + [raw]):
+            key = int(k[0]) if i == 6 else last - 1 if i == len(bad) else last  # the last: not the block's key
+            with pytest.raises(E.CorruptHubError, match="band block"):
+                B.decode(b, key)
+
+            def put(t):
+                t.delete(B.DB, u64(key)) if t.exists(B.DB, u64(key)) else None
+                t.put_raw(B.DB, u64(key), b)
+                t.put_raw(B.DB, u64(int(k[-1]) + (1 << 62)), good)
+
+            store.transact(put)
+            with store.read() as txn, pytest.raises(E.CorruptHubError, match="restore the hub"):
+                B.lookup(txn, np.r_[k, k + np.uint64(1 << 62)])             # met by a lookup too
+            store.transact(lambda t: t.delete(B.DB, u64(key)))
 
 
 def _hub_answers(path, queries):
