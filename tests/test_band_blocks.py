@@ -290,3 +290,26 @@ def test_add_compacts_past_its_threshold_and_answers_stay(tmp_path, rng, monkeyp
     queries = [s for _, s in items[12:]] + [items[0][1]]
     assert _hub_answers(a, queries) == _hub_answers(b, queries)
     assert _entry_hits(a) == _entry_hits(b)
+
+
+def test_cli_compact_bands_only(tmp_path, rng, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(B, "COMPACT_MIN", 1 << 62)
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add_sketches(_sketches(rng, 5))
+    hits = _entry_hits(path)
+    with fitsketch.open(path, readonly=True) as reader:      # the postings move while another handle reads
+        with reader.store.read() as txn:
+            assert txn.count(B.DELTA) > 0
+        res = subprocess.run([sys.executable, "-m", "fitsketch.cli", "compact", str(path), "--bands-only", "--json"],
+                             capture_output=True, text=True, timeout=300)   # another process: no HubBusyError
+        assert res.returncode == 0, res.stderr[-2000:]
+        out = json.loads(res.stdout)
+        assert out["band_transactions"] >= 1 and out["before"] == out["after"]
+        with reader.store.read() as txn:
+            assert txn.count(B.DELTA) == 0 and B.held(txn) > 0
+    assert _entry_hits(path) == hits
