@@ -348,20 +348,28 @@ def remove(txn, eid: int, band_keys: np.ndarray) -> int:
     gone = 0
     for bkey, last, raw, s in list(_blocks_over(txn, q)):
         k, c = decode_keys(raw, last)
-        if not np.isin(q[s], k).any():
+        qs = q[s]
+        pos = np.minimum(np.searchsorted(k, qs), len(k) - 1)
+        if not (k[pos] == qs).any():
             continue
         e = decode_ids(raw, last, c)
-        keys = _expand(k, c)
-        drop = (e == eid) & np.isin(keys, q[s])
-        if not drop.any():
+        at = np.flatnonzero(e == eid)                                # the entry's postings in the block ...
+        kat = k[np.searchsorted(np.cumsum(c), at, side="right")]
+        at = at[np.isin(kat, qs)]                                    # ... under its keys
+        if not len(at):
             continue
-        gone += int(drop.sum())
-        keep = ~drop
+        gone += len(at)
+        keys, ids = np.delete(_expand(k, c), at), np.delete(e, at)
+        if not len(keys):
+            txn.delete(DB, bkey)
+            continue
+        b = encode(keys, ids)
+        if len(b) <= BLOCK_BYTES and int(keys[-1]) == last:
+            txn.put_raw(DB, bkey, b)                                 # rewritten in place
+            continue
         txn.delete(DB, bkey)
-        if keep.any():
-            kk = keys[keep]
-            for new_last, b in _cut(kk, e[keep]):
-                txn.put_raw(DB, u64(new_last), b)
+        for new_last, blob in ([(int(keys[-1]), b)] if len(b) <= BLOCK_BYTES else _cut(keys, ids)):
+            txn.put_raw(DB, u64(new_last), blob)
     if gone:
         txn.put("meta", HELD_KEY, held(txn) - gone)
     return gone
