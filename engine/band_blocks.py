@@ -46,6 +46,7 @@ import numpy as np
 from . import errors as E
 from .storage import CodecError, u64
 from .storage.codec import compress, decompress
+from .storage.env import held_posting_bytes
 
 log = logging.getLogger(__name__)
 
@@ -378,17 +379,15 @@ def remove(txn, eid: int, band_keys: np.ndarray) -> int:
 def _take_delta(txn, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """(keys uint64, entry ids int64) of the delta's postings from key ``start``, whole keys, about
     ``chunk`` of them, and whether postings are left after them."""
-    ks, vs, last = [], [], None
-    for key, v in txn.items(DELTA, start=u64(start)):
-        if len(vs) >= chunk and key != last:
-            break
-        ks.append(key)
-        vs.append(v)
-        last = key
-    else:
-        return (np.frombuffer(b"".join(ks), dtype=">u8").astype(np.uint64), delta_ids(vs), False) if ks \
-            else (_EMPTY, np.zeros(0, np.int64), False)
-    return np.frombuffer(b"".join(ks), dtype=">u8").astype(np.uint64), delta_ids(vs), True
+    width = held_posting_bytes(txn)
+    if width is None:
+        return _EMPTY, np.zeros(0, np.int64), False
+    if width not in (4, 8):
+        raise E.CorruptHubError(f"a band posting of {width} bytes (expected 4 or 8): the hub's bands database "
+                                "is damaged; restore the hub from a backup")
+    buf, more = txn.dups_from(DELTA, u64(start), chunk, width)
+    rec = np.frombuffer(buf, dtype=np.dtype([("k", ">u8"), ("e", ">u4"), ("f", f"V{width - 4}")]))
+    return rec["k"].astype(np.uint64), rec["e"].astype(np.int64), more
 
 
 def _compact_step(txn, start: int, chunk: int) -> int | None:

@@ -269,6 +269,33 @@ class Txn:
                     out.append([])
         return out
 
+    def dups_from(self, db: str, start: bytes, limit: int, width: int) -> tuple[bytes, bool]:
+        """The pairs of ``db`` from key ``start`` on, whole keys, until ``limit`` pairs are reached, as
+        one buffer of (key, value) records of 8 + ``width`` bytes (LMDB ``MDB_GET_MULTIPLE``: a page
+        of values a call instead of one Python object a pair), and whether pairs are left after
+        them. Every key must be 8 bytes and every value ``width`` bytes (``CorruptHubError`` when
+        the records read do not add up)."""
+        h = self._db(db, dup=True)
+        keys, n, more = [], 0, False
+        with self._txn.cursor(db=h) as cur:
+            if not cur.set_range(_check_key(start)):
+                return b"", False
+            for key in cur.iternext_nodup(keys=True, values=False):
+                if n >= limit:
+                    more = True
+                    break
+                keys.append(key)
+                n += cur.count()
+            if not keys:
+                return b"", False
+            if {len(k) for k in keys} != {8}:
+                raise CorruptHubError(f"hub at {self._path}: a key of database {db!r} is not 8 bytes")
+            buf = bytes(cur.getmulti(keys, dupdata=True, dupfixed_bytes=width, keyfixed=True))
+        if len(buf) != n * (8 + width):
+            raise CorruptHubError(f"hub at {self._path}: database {db!r} holds values of another width than "
+                                  f"{width} bytes; restore the hub from a backup")
+        return buf, more
+
     def delete_dup(self, db: str, key: bytes, value8: bytes) -> bool:
         """Remove one record ``value8`` (8 bytes, or 4: ``put_dups(width=4)``) under ``key``; returns whether it existed."""
         h = self._db(db, dup=True)
