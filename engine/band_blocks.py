@@ -25,7 +25,7 @@ blocks in chunks of key range, each chunk one write transaction that deletes the
 and rewrites the blocks they fall into (runs of adjacent touched blocks are merged and cut again,
 so blocks stay full): a reader sees every posting exactly once before or after a chunk; memory is
 bounded by the chunk (``COMPACT_CHUNK`` delta postings and ``COMPACT_BLOCK_BYTES`` of old blocks),
-never the whole index. ``Hub.add`` / ``add_sketches`` compact once the delta exceeds
+never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call) compact once the delta exceeds
 ``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``); ``Hub.compact()``
 compacts everything. **Removal** (``remove``) stays exact inside its transaction: the entry's
 delta postings are deleted by ``parts.Bands`` as before, and each block holding one of its keys is

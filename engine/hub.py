@@ -225,7 +225,8 @@ class Hub:
         metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
-        leaves the hub unchanged. Returns the number of entries added."""
+        leaves the hub unchanged. At the end of the call the band postings are compacted when due
+        (engine/band_blocks.py: once a call, not a batch). Returns the number of entries added."""
         items = list(items)
         checked, seen = [], set()
         for i, it in enumerate(items):
@@ -260,12 +261,12 @@ class Hub:
                 chunk = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
                 self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry),
                                reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
-                self._compact_bands_if_due()
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
             if bar is not None:
                 bar.close()
+        self._compact_bands_if_due()   # once a call: a bulk load's postings are moved once, not every batch
         return len(checked)
 
     def _check_sketch(self, sketch) -> None:
