@@ -334,7 +334,8 @@ class Hub:
         (removed entries' pages are otherwise kept, for reuse, and the file never shrinks): a
         compacting copy, then an atomic swap, under the writer lock. The file step needs the hub to
         itself: with another process on it (``fitsketch serve``, a reader) it raises HubBusyError and
-        changes nothing (the postings are compacted by then; ``file=False`` does only that). Returns
+        leaves the file as it was (the postings are compacted by then, a write like any other;
+        ``file=False`` does only that, beside other processes). Returns
         {"band_transactions", "before", "after"} (bytes; before = after without ``file``)."""
         try:
             steps = _blocks.compact(self.store)

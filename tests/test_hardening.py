@@ -542,7 +542,7 @@ def test_compact_brings_a_churned_hub_back_to_its_live_size(tmp_path, rng):
         fresh.add_sketches(keep)
         live = fresh.store.env_bytes()
     out = hub.compact()
-    assert out == {"before": churned, "after": hub.store.env_bytes()}
+    assert out == {"band_transactions": 1, "before": churned, "after": hub.store.env_bytes()}
     assert out["after"] <= 1.5 * live < churned
     assert [(m.name, m.score) for m in hub.search(q, k=10, method="exact-js")] == ref
     hc.check_hub(hub)
@@ -563,6 +563,7 @@ def test_compact_refuses_while_another_process_has_the_hub_open(tmp_path, rng):
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "3"
+        hub.compact(file=False)     # hub format 6: the band postings' compaction is a write like any other
         size = hub.store.env_bytes()
         with pytest.raises(E.HubBusyError, match="another process"):
             hub.compact()
