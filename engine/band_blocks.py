@@ -418,7 +418,7 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
                 more = True                                  # the rest in the next step
                 break
             old_bytes += len(raw)
-            nxt = None if prev_last is None else txn.first_from(DB, u64(prev_last + 1))
+            nxt = None if prev_last is None or prev_last == (1 << 64) - 1 else txn.first_from(DB, u64(prev_last + 1))
             if runs and nxt is not None and nxt[0] == bkey:
                 runs[-1].append((bkey, last, raw))
                 run_keys[-1] = (run_keys[-1][0], j)
