@@ -36,6 +36,24 @@ def test_array_file_round_trips(tmp_path, rng, shapes):
         assert got[k].dtype == a.dtype and got[k].shape == a.shape and np.array_equal(got[k], a)
 
 
+def test_array_file_arrays_are_private_copies_of_the_file(tmp_path, rng):
+    """read_arrays maps the file copy-on-write: the arrays can be written, a write never reaches the
+    file, and a file replaced after the read (how writers update it) leaves them as read."""
+    a = {"x": rng.normal(size=(513, 3)), "y": rng.integers(0, 1 << 40, 1001), "z": np.zeros(0, np.int32)}
+    p = str(tmp_path / "f.arr")
+    write_arrays(p, {"v": 1}, a)
+    before = open(p, "rb").read()
+    _, got = read_arrays(p)
+    got["x"][5, 1] = 99.0
+    got["y"][:7] = -1
+    assert open(p, "rb").read() == before
+    _, again = read_arrays(p)
+    assert np.array_equal(again["x"], a["x"]) and np.array_equal(again["y"], a["y"])
+    write_arrays(p, {"v": 2}, {"x": rng.normal(size=(2, 3))})
+    assert np.array_equal(again["x"], a["x"]) and np.array_equal(again["y"], a["y"]) and again["z"].shape == (0,)
+    assert got["x"][5, 1] == 99.0 and np.array_equal(got["x"][:5], a["x"][:5])
+
+
 def _damaged(tmp_path, rng, how):
     p = str(tmp_path / "f.arr")
     write_arrays(p, {"v": 1}, {"x": rng.normal(size=300), "y": rng.integers(0, 9, 50)})

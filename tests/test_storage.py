@@ -49,9 +49,10 @@ def test_public_surface():
     assert codes == {"schema", "corrupt", "not_found", "busy", "codec"}
 
 
-ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "os", "threading", "time",
+ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "mmap", "os", "threading", "time",
                    "typing", "weakref", "zlib", "lmdb", "msgpack", "numpy",
-                   "pyarrow"}   # zlib: arrayfile's CRC-32, codec's fallback; pyarrow (a dependency): codec's zstd
+                   "pyarrow"}   # zlib, mmap: arrayfile's CRC-32 and mapped read, codec's fallback;
+#                                pyarrow (a dependency): codec's zstd
 
 
 def test_storage_imports_nothing_forbidden():
