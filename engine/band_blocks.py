@@ -390,6 +390,15 @@ def _take_delta(txn, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray, bo
     return rec["k"].astype(np.uint64), rec["e"].astype(np.int64), more
 
 
+def _live(txn, eids: np.ndarray) -> np.ndarray:
+    """Which of the postings' entry ids ``eids`` name an entry the hub holds (a mask): a fitsketch of
+    format 5 that removed entries from a hub upgraded under it would have left their postings in the
+    blocks (storage/env.py now upgrades only a hub no other process holds); compaction drops them."""
+    u, inv = np.unique(eids, return_inverse=True)
+    ok = np.fromiter((txn.exists("entries", u64(int(i))) for i in u), dtype=bool, count=len(u))
+    return ok[inv]
+
+
 def _compact_step(txn, start: int, chunk: int) -> int | None:
     """Move the delta's postings from key ``start`` (about ``chunk``, whole keys) into the blocks;
     returns the key to continue from, or None when the delta holds nothing from ``start``."""
@@ -439,9 +448,11 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
         ks, es = [dk[lo:hi]], [de[lo:hi]]
         for bkey, last, raw in blocks:
             k, c, e = decode(raw, last)
-            ks.append(_expand(k, c))
-            es.append(e.astype(np.int64))
             moved_held -= len(e)
+            kk, e = _expand(k, c), e.astype(np.int64)
+            live = _live(txn, e)                             # an older fitsketch's removal may have left some
+            ks.append(kk[live])
+            es.append(e[live])
             txn.delete(DB, bkey)
         keys, eids = np.concatenate(ks), np.concatenate(es)
         order = np.lexsort((eids, keys))

@@ -76,8 +76,11 @@ def candidates(txn, target, cfg, config, mode: str, reason: str, where: dict | N
         out = []
         pairs = 0
         for lo in range(0, len(keys), _VERIFY_CHUNK):   # bounded memory however many entries are verified
-            chunk = keys[lo:lo + _VERIFY_CHUNK]
-            sigs = [_sigrec.decode(txn.get("signatures", key)) for key in chunk]
+            raw = [(key, txn.get("signatures", key)) for key in keys[lo:lo + _VERIFY_CHUNK]]
+            # a posting whose entry is gone (one an older fitsketch's removal left in the band blocks,
+            # engine/band_blocks.py) finds no entry: skipped, as the entry it named is
+            chunk = [key for key, r in raw if r is not None]
+            sigs = [_sigrec.decode(r) for _, r in raw if r is not None]
             rec_of = [recs.get(key) or txn.get("entries", key) for key in chunk]
             pairs += sum(_pairs(target, rec, sg.shape[0]) for rec, sg in zip(rec_of, sigs))
             if pairs > MAX_FEATURE_PAIRS:

@@ -196,6 +196,7 @@ class HubStore:
         self._readers = 0
         self._resizing = False
         self._local = threading.local()  # .n: open read() blocks of this store in this thread
+        self._lockfd: int | None = None  # our descriptor of LMDB's lock file (``_lock_fd``)
 
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise HubNotFoundError(f"{self.path} is a file; a hub is a directory holding {ENV_FILE}")
@@ -277,7 +278,7 @@ class HubStore:
             self._upgrade_plan(fmt)
         self._open_dbs(create=not self.readonly)
         if upgrade:
-            self._migrate(fmt)
+            self._migrate_alone(fmt)
             self._format = FORMAT_VERSION
 
     def _open_dbs(self, create: bool) -> None:
@@ -344,6 +345,40 @@ class HubStore:
                 f"hub at {self.path} was written by format {fmt}; this fitsketch reads format "
                 f"{FORMAT_VERSION}: open it once with readonly=False to upgrade it"
             )
+
+    def _lock_fd(self) -> int:
+        """This store's descriptor of LMDB's lock file, opened once and closed after the environment
+        (``close``): closing any descriptor of a file drops every fcntl lock the process holds on it,
+        LMDB's shared lock on byte 0 included, so one is never closed while the environment is open."""
+        if self._lockfd is None:
+            self._lockfd = os.open(self._file + "-lock", os.O_RDWR | os.O_CLOEXEC)
+        return self._lockfd
+
+    def alone(self) -> bool:
+        """Whether no other process has the hub open (``_exclusive`` on the lock file, as ``compact``
+        checks), this process's shared lock left as it was. A writable store only."""
+        fd = self._lock_fd()
+        if not _exclusive(fd):
+            return False
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)      # back to the shared lock LMDB holds
+        return True
+
+    def _migrate_alone(self, fmt: int) -> None:
+        """``_migrate`` holding the exclusive lock on the lock file: an upgrade across format 6 with
+        another process on the hub would leave a fitsketch of format 5 reading and writing only the
+        delta of the band postings (blind searches, stale postings left in the blocks, its compact()
+        dropping the blocks), and a process cannot tell another's version, so it waits for none:
+        ``HubBusyError`` with the hub unchanged. Processes opening meanwhile wait for the lock."""
+        fd = self._lock_fd()
+        if not _exclusive(fd):
+            raise HubBusyError(
+                f"hub at {self.path} is of format {fmt} and open in another process (a server, a reader, "
+                f"an older fitsketch); upgrading it to format {FORMAT_VERSION} needs it alone: stop the other "
+                f"fitsketch processes, then open it again")
+        try:
+            self._migrate(fmt)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)
 
     def _migrate(self, fmt: int) -> None:
         def run(txn: Txn) -> None:
@@ -553,38 +588,33 @@ class HubStore:
         busy = HubBusyError(f"hub at {self.path} is open in another process (a server or a reader): stop it, then "
                             f"compact")
         with self._write_lock:
-            fd = os.open(self._file + "-lock", os.O_RDWR | os.O_CLOEXEC)
+            fd = self._lock_fd()      # kept open: closing it would drop LMDB's own locks in this process
+            if not _exclusive(fd):
+                raise busy
             try:
-                if not _exclusive(fd):
-                    raise busy
-                try:
-                    self._copy_live(env, tmp)
-                except Exception as e:
+                self._copy_live(env, tmp)
+            except Exception as e:
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                if _disk_full(e):
+                    raise DiskFullError(f"hub at {self.path}: the disk is full while compacting ({e}); the "
+                                        f"hub is unchanged: free space and retry") from e
+                raise
+            with self._paused(drain=True):
+                map_size = env.info()["map_size"]
+                env.close()     # closing LMDB's descriptor drops this process's locks on the file:
+                self._env = None
+                try:            # take ours again; someone who got in meanwhile keeps the old file
+                    swapped = _exclusive(fd)
+                    if swapped:
+                        os.replace(tmp, self._file)
+                finally:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
-                    if _disk_full(e):
-                        raise DiskFullError(f"hub at {self.path}: the disk is full while compacting ({e}); the "
-                                            f"hub is unchanged: free space and retry") from e
-                    raise
-                with self._paused(drain=True):
-                    map_size = env.info()["map_size"]
-                    env.close()     # closing LMDB's descriptor drops this process's locks on the file:
-                    self._env = None
-                    try:            # take ours again; someone who got in meanwhile keeps the old file
-                        swapped = _exclusive(fd)
-                        if swapped:
-                            os.replace(tmp, self._file)
-                    finally:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(tmp)
-                        os.close(fd)    # before LMDB takes its own lock in this process again
-                        fd = None
-                        self._reopen(map_size)
-                if not swapped:
-                    raise busy
-            finally:
-                if fd is not None:
-                    os.close(fd)
+                    self._reopen(map_size)   # LMDB takes the lock again (shared once open)
+            if not swapped:
+                raise busy
         after = os.path.getsize(self._file)
         log.info("compacted hub at %s: %d -> %d bytes", self.path, before, after)
         return before, after
@@ -630,6 +660,9 @@ class HubStore:
                 while self._readers > own:
                     self._cond.wait()
                 env.close()
+        if self._lockfd is not None:      # after the environment (``_lock_fd``)
+            os.close(self._lockfd)
+            self._lockfd = None
         with _OPEN_LOCK:
             if _OPEN.get(self._key) is self:
                 del _OPEN[self._key]

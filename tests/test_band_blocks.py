@@ -316,3 +316,74 @@ def test_cli_compact_bands_only(tmp_path, rng, monkeypatch):
         with reader.store.read() as txn:
             assert txn.count(B.DELTA) == 0 and B.held(txn) > 0
     assert _entry_hits(path) == hits
+
+
+_HOLDER = ("import sys, lmdb\nenv = lmdb.open(sys.argv[1], subdir=False, max_dbs=16, readonly=True)\n"
+           "print('open', flush=True)\nsys.stdin.read()")        # any process with the hub open (an older fitsketch)
+
+
+def _format_5(path, items, monkeypatch):
+    with monkeypatch.context() as m:                         # format 5 as the previous fitsketch writes it
+        m.setattr(env_mod, "FORMAT_VERSION", 5)
+        m.setattr(B, "COMPACT_MIN", 1 << 62)
+        with fitsketch.open(path) as hub:
+            hub.add_sketches(items)
+
+
+def test_the_upgrade_to_format_6_waits_for_the_hub_alone(tmp_path, rng, monkeypatch):
+    """A fitsketch of format 5 holding the hub would read and write only the delta once the postings
+    move into blocks: the upgrade refuses (HubBusyError, hub unchanged) while another process has it open."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "h"
+    _format_5(path, _sketches(rng, 6), monkeypatch)
+    size = (path / "hub.lmdb").stat().st_size
+    child = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path / "hub.lmdb")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "open"
+        with pytest.raises(E.HubBusyError, match="stop the other fitsketch processes"):
+            fitsketch.open(path)
+        assert fitsketch.inspect(path)["format"] == 5 and (path / "hub.lmdb").stat().st_size == size
+        with fitsketch.open(path, readonly=True) as hub:     # reading as it is still works beside it
+            assert len(hub) == 6
+    finally:
+        child.communicate("", timeout=60)
+    with fitsketch.open(path) as hub:                        # alone: upgraded
+        assert hub.store._format == 6 and len(hub) == 6
+        hub.compact()                                        # this process's locks held across the upgrade
+    assert fitsketch.inspect(path)["format"] == 6
+
+
+def test_postings_of_entries_gone_are_skipped_and_dropped_by_compaction(tmp_path, rng):
+    """Postings a format-5 process's removal would have left in the blocks: the candidate stage skips
+    them (no entry to verify) and the next compaction of their block drops them."""
+    path = tmp_path / "h"
+    items = _sketches(rng, 8)
+    with fitsketch.open(path) as hub:
+        hub.add_sketches(items)
+        hub.compact(file=False)
+        want = _all_of(hub)
+        gone = 1 + max(e for _, e in want)                   # an id no entry has
+        with hub.store.read() as txn:
+            bkey, raw = _raw_items(txn, B.DB)[0]
+        last = int.from_bytes(bkey, "big")
+        k, c, e = B.decode(raw, last)
+        keys, eids = np.r_[B._expand(k, c), np.uint64(last)], np.r_[e.astype(np.int64), gone]
+
+        def stale(t):
+            t.put_raw(B.DB, bkey, B.encode(keys, eids))
+            t.put("meta", B.HELD_KEY, B.held(t) + 1)
+
+        hub.store.transact(stale)
+        assert (last, gone) in _all_of(hub)
+    answers = _hub_answers(path, [s for _, s in items[:3]])  # the stale posting met, skipped
+    assert [a[0][0] for a in answers] == [n for n, _ in items[:3]]
+    with fitsketch.open(path) as hub:
+        live = [e for kk, e in want if kk == last][0]       # a delta posting into that block: compacted with it
+        hub.store.transact(lambda t: t.put_dups(B.DELTA, np.array([last], np.uint64), np.array([live]), width=4))
+        B.compact(hub.store)
+        assert _all_of(hub) == want
+        with hub.store.read() as txn:
+            assert B.held(txn) == len(want)
