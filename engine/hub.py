@@ -333,11 +333,14 @@ class Hub:
         processes carry on), then, with ``file=True``, rewrite the hub's file to its live size
         (removed entries' pages are otherwise kept, for reuse, and the file never shrinks): a
         compacting copy, then an atomic swap, under the writer lock. The file step needs the hub to
-        itself: with another process on it (``fitsketch serve``, a reader) it raises HubBusyError and
-        leaves the file as it was (the postings are compacted by then, a write like any other;
-        ``file=False`` does only that, beside other processes). Returns
+        itself: with another process on it (``fitsketch serve``, a reader) it raises HubBusyError before
+        writing anything (checked first, so a caller retrying on it does not grow the file each time;
+        ``file=False`` compacts the postings alone, beside other processes). Returns
         {"band_transactions", "before", "after"} (bytes; before = after without ``file``)."""
         try:
+            if file and not self.store.readonly and not self.store.alone():
+                raise E.HubBusyError(f"hub at {self.path} is open in another process (a server or a reader): stop "
+                                     f"it, then compact (or compact(file=False): the band postings only)")
             steps = _blocks.compact(self.store)
             if not file:
                 n = self.store.env_bytes()
