@@ -33,8 +33,10 @@ rewritten without its postings (an emptied block is deleted).
 
 The postings the blocks hold are counted in ``meta/block_postings`` (kept by compaction and
 removal), which the auto-compaction threshold reads. Stored blocks are validated on read (format,
-array types, sizes bounded by ``BLOCK_MAX_POSTINGS``, keys increasing and ending at the block's key,
-counts adding up, ids increasing within a key): anything else is ``CorruptHubError``.
+sizes checked from the header before anything is inflated -- at most ``BLOCK_MAX_KEYS`` keys, each
+with at most one posting an entry id below ``meta/next_id`` (``ids_bound``), and ``BLOCK_MAX_POSTINGS``
+--, keys increasing and ending at the block's key, counts adding up, ids increasing within a key):
+anything else is ``CorruptHubError``.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ HELD_KEY = b"block_postings"    # meta: the postings the blocks hold
 BLOCK_BYTES = 4080              # a block packs to at most this (one 4 KiB overflow page: value + 16-byte header)
 BLOCK_LEVEL = 3                 # zstd level of a block (bench/SUMMARY.md "Size, tenth session")
 BLOCK_MAX_POSTINGS = 1 << 26    # a stored block claiming more is damaged (one key's postings: every entry of a 64M hub)
+BLOCK_MAX_KEYS = 1 << 12        # keys a block holds at most (random 64-bit keys take over a byte each of BLOCK_BYTES:
+                                # _cut never meets it): a stored block's keys part inflates to at most 48 KiB
 COMPACT_CHUNK = 1 << 18         # delta postings moved in one write transaction (~2 MB of their ids)
 COMPACT_BLOCK_BYTES = 16 << 20  # ... and at most about this many bytes of the old blocks they fall into
 COMPACT_SHARE = 8               # add / add_sketches compact once the delta holds over 1/8 of the blocks' postings ...
@@ -111,14 +115,16 @@ def _bad(last: int, what) -> E.CorruptHubError:
                              "postings cannot be read; restore the hub from a backup")
 
 
-def _head(raw: bytes, last: int) -> tuple[int, int, int, int]:
-    """(codec, keys, postings, bytes of the keys' part) of a stored block, checked."""
+def _head(raw: bytes, last: int, most: int = 1 << 32) -> tuple[int, int, int, int]:
+    """(codec, keys, postings, bytes of the keys' part) of a stored block, checked before anything is
+    inflated: at most ``BLOCK_MAX_KEYS`` keys, each holding at most ``most`` postings (entry ids are
+    below it: ``ids_bound``), so a damaged block cannot make a read inflate more than a sound one could."""
     if len(raw) < _HEAD.size:
         raise _bad(last, f"{len(raw)} bytes")
     v, codec, nk, n, nz = _HEAD.unpack_from(raw)
     if v != BLOCKS_FORMAT:
         raise _bad(last, f"format {v}; this fitsketch reads {BLOCKS_FORMAT}")
-    if not 0 < nk <= n <= BLOCK_MAX_POSTINGS or _HEAD.size + nz > len(raw):
+    if not 0 < nk <= min(n, BLOCK_MAX_KEYS) or n > min(BLOCK_MAX_POSTINGS, nk * most) or _HEAD.size + nz > len(raw):
         raise _bad(last, f"{nk} keys, {n} postings, {nz} bytes of keys")
     return codec, nk, n, nz
 
@@ -130,23 +136,30 @@ def _inflate(raw: bytes, codec: int, size: int, last: int) -> bytes:
         raise _bad(last, e) from None
 
 
-def decode_keys(raw: bytes, last: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct keys uint64, counts int64) of a stored block whose LMDB key is u64(``last``),
-    checked (``CorruptHubError`` otherwise)."""
-    codec, nk, n, nz = _head(raw, last)
+def ids_bound(txn) -> int:
+    """The entry ids of the hub's postings are below this (``meta/next_id``; 2**32 in a store without
+    it), so a key holds at most this many."""
+    n = txn.get("meta", b"next_id")
+    return n if type(n) is int and 0 < n <= 1 << 32 else 1 << 32
+
+
+def decode_keys(raw: bytes, last: int, most: int = 1 << 32) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct keys uint64, counts int64) of a stored block whose LMDB key is u64(``last``), entry
+    ids below ``most``, checked (``CorruptHubError`` otherwise)."""
+    codec, nk, n, nz = _head(raw, last, most)
     body = np.frombuffer(_inflate(raw[_HEAD.size:_HEAD.size + nz], codec, 12 * nk, last), dtype=np.uint8)
     k = np.cumsum(_unplanes(body[:8 * nk], nk, np.uint64), dtype=np.uint64)   # wraps: checked below
     c = _unplanes(body[8 * nk:], nk, np.uint32).astype(np.int64)
     if int(k[-1]) != last or (nk > 1 and not bool((k[1:] > k[:-1]).all())):
         raise _bad(last, "keys not increasing to the block's key")
-    if not bool((c > 0).all()) or int(c.sum()) != n:
+    if not bool((c > 0).all()) or int(c.sum()) != n or int(c.max()) > most:
         raise _bad(last, "counts do not add up to the postings")
     return k, c
 
 
-def decode_ids(raw: bytes, last: int, c: np.ndarray) -> np.ndarray:
-    """The entry ids (uint32) of a stored block whose keys' counts ``decode_keys`` gave, checked."""
-    codec, nk, n, nz = _head(raw, last)
+def decode_ids(raw: bytes, last: int, c: np.ndarray, most: int = 1 << 32) -> np.ndarray:
+    """The entry ids (uint32, below ``most``) of a stored block whose keys' counts ``decode_keys`` gave, checked."""
+    codec, nk, n, nz = _head(raw, last, most)
     g = _unplanes(np.frombuffer(_inflate(raw[_HEAD.size + nz:], codec, 4 * n, last), dtype=np.uint8), n,
                   np.uint32).astype(np.int64)
     start = np.cumsum(c) - c
@@ -156,16 +169,16 @@ def decode_ids(raw: bytes, last: int, c: np.ndarray) -> np.ndarray:
         raise _bad(last, "entry ids not increasing within a key")
     cs = np.cumsum(g)
     e = cs - np.repeat(cs[start] - g[start], c)
-    if int(e.max()) >= 1 << 32:
-        raise _bad(last, "an entry id over 2**32")
+    if int(e.max()) >= most:
+        raise _bad(last, f"an entry id over {most - 1}")
     return e.astype(np.uint32)
 
 
-def decode(raw: bytes, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(raw: bytes, last: int, most: int = 1 << 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(distinct keys uint64, counts int64, entry ids uint32) of a stored block whose LMDB key is
-    u64(``last``), checked (``CorruptHubError`` otherwise)."""
-    k, c = decode_keys(raw, last)
-    return k, c, decode_ids(raw, last, c)
+    u64(``last``), entry ids below ``most``, checked (``CorruptHubError`` otherwise)."""
+    k, c = decode_keys(raw, last, most)
+    return k, c, decode_ids(raw, last, c, most)
 
 
 def _expand(k: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -184,14 +197,15 @@ def _cut(keys: np.ndarray, eids: np.ndarray) -> list[tuple[int, bytes]]:
     out, i, per = [], 0, None
     while i < n:
         lo = int(np.searchsorted(ends, i, side="right"))             # the first key end after i
+        top = min(lo + BLOCK_MAX_KEYS, len(ends)) - 1                 # the block's last key end at most
         want = n if per is None else i + max(1, int(BLOCK_BYTES * _FILL / per))
-        j = int(ends[min(max(lo, int(np.searchsorted(ends, want, side="right")) - 1), len(ends) - 1)])
+        j = int(ends[min(max(lo, int(np.searchsorted(ends, want, side="right")) - 1), top)])
         while True:
             b = encode(keys[i:j], eids[i:j])
             if len(b) <= BLOCK_BYTES or j == ends[lo]:
                 break
             want = i + max(1, int((j - i) * BLOCK_BYTES * _FILL / len(b)))
-            j = int(ends[max(lo, int(np.searchsorted(ends, want, side="right")) - 1)])
+            j = int(ends[min(max(lo, int(np.searchsorted(ends, want, side="right")) - 1), top)])
         out.append((int(keys[j - 1]), b))
         per = len(b) / (j - i)
         i = j
@@ -242,7 +256,7 @@ def lookup(txn, band_keys) -> np.ndarray:
     q = _keys(band_keys)
     found = [delta_ids(d) for d in txn.get_dups_many(DELTA, [u64(int(b)) for b in q]) if d] \
         if txn.count(DELTA) else []                            # a compacted hub: no delta to look in
-    found.append(_lookup_blocks([(last, raw) for _, last, raw, _ in _blocks_over(txn, q)], q))
+    found.append(_lookup_blocks([(last, raw) for _, last, raw, _ in _blocks_over(txn, q)], q, ids_bound(txn)))
     return np.unique(np.concatenate(found))
 
 
@@ -254,7 +268,7 @@ def _gather(buf: np.ndarray, at: np.ndarray, stride: np.ndarray, width: int, dty
     return b.view(np.dtype(dtype).newbyteorder("<")).reshape(-1)
 
 
-def _lookup_blocks(blocks: list, q: np.ndarray) -> np.ndarray:
+def _lookup_blocks(blocks: list, q: np.ndarray, most: int = 1 << 32) -> np.ndarray:
     """The entry ids (int64) under keys ``q`` (sorted distinct uint64) in ``blocks`` [(last key,
     stored bytes)], in key order, decoded together: a search touches hundreds of blocks, and
     numpy's cost a call, not a block's bytes, is most of a block decoded alone. Every block's keys
@@ -264,7 +278,7 @@ def _lookup_blocks(blocks: list, q: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     heads, parts = [], []
     for last, raw in blocks:
-        h = _head(raw, last)
+        h = _head(raw, last, most)                # bounds what it inflates: 12 bytes a key, 4 a posting
         heads.append(h)
         parts.append(_inflate(raw[_HEAD.size:_HEAD.size + h[3]], h[0], 12 * h[1], last))
     nks = np.array([h[1] for h in heads], dtype=np.int64)
@@ -286,7 +300,8 @@ def _lookup_blocks(blocks: list, q: np.ndarray) -> np.ndarray:
     down = np.flatnonzero(k[1:] <= k[:-1])                     # blocks hold increasing, disjoint key ranges
     if len(down):
         raise _bad(int(lasts[blk[down[0] + 1]]), "keys not increasing to the block's key")
-    bad = np.flatnonzero((np.add.reduceat(c, kstart) != ns) | (np.minimum.reduceat(c, kstart) <= 0))
+    bad = np.flatnonzero((np.add.reduceat(c, kstart) != ns) | (np.minimum.reduceat(c, kstart) <= 0)
+                         | (np.maximum.reduceat(c, kstart) > most))
     if len(bad):
         raise _bad(int(lasts[bad[0]]), "counts do not add up to the postings")
     pos = np.minimum(np.searchsorted(k, q), len(k) - 1)
@@ -317,8 +332,8 @@ def _lookup_blocks(blocks: list, q: np.ndarray) -> np.ndarray:
         raise _bad(int(lasts[tb[bad[0]]]), "entry ids not increasing within a key")
     gs = np.cumsum(g)
     ids = gs - np.repeat(gs[first] - g[first], cnt)
-    if int(ids.max()) >= 1 << 32:
-        raise _bad(int(lasts[tb[int(np.argmax(ids))]]), "an entry id over 2**32")
+    if int(ids.max()) >= most:
+        raise _bad(int(lasts[tb[int(np.argmax(ids))]]), f"an entry id over {most - 1}")
     return ids
 
 
@@ -346,14 +361,14 @@ def remove(txn, eid: int, band_keys: np.ndarray) -> int:
     q = _keys(band_keys)
     if txn.last(DB) is None or not len(q):
         return 0
-    gone = 0
+    gone, most = 0, ids_bound(txn)
     for bkey, last, raw, s in list(_blocks_over(txn, q)):
-        k, c = decode_keys(raw, last)
+        k, c = decode_keys(raw, last, most)
         qs = q[s]
         pos = np.minimum(np.searchsorted(k, qs), len(k) - 1)
         if not (k[pos] == qs).any():
             continue
-        e = decode_ids(raw, last, c)
+        e = decode_ids(raw, last, c, most)
         at = np.flatnonzero(e == eid)                                # the entry's postings in the block ...
         kat = k[np.searchsorted(np.cumsum(c), at, side="right")]
         at = at[np.isin(kat, qs)]                                    # ... under its keys
@@ -442,12 +457,12 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
     taken_to = uq[i - 1]                                      # every delta key <= this one is moved
     sel = dk <= taken_to
     dk, de = dk[sel], de[sel]
-    moved_held = 0
+    moved_held, most = 0, ids_bound(txn)
     for blocks, (a, b) in zip(runs, run_keys):
         lo, hi = (np.searchsorted(dk, uq[a], side="left"), np.searchsorted(dk, uq[b - 1], side="right"))
         ks, es = [dk[lo:hi]], [de[lo:hi]]
         for bkey, last, raw in blocks:
-            k, c, e = decode(raw, last)
+            k, c, e = decode(raw, last, most)
             moved_held -= len(e)
             kk, e = _expand(k, c), e.astype(np.int64)
             live = _live(txn, e)                             # an older fitsketch's removal may have left some

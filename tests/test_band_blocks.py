@@ -401,3 +401,48 @@ def test_postings_of_entries_gone_are_skipped_and_dropped_by_compaction(tmp_path
         assert _all_of(hub) == want
         with hub.store.read() as txn:
             assert B.held(txn) == len(want)
+
+
+def _hostile(nk: int, n: int) -> bytes:
+    """A block of zstd-compressed zeros claiming ``nk`` keys and ``n`` postings (a few KB stored)."""
+    from fitsketch.storage.codec import compress
+
+    codec, zk = compress(np.zeros(12 * nk, np.uint8), B.BLOCK_LEVEL)
+    _, ze = compress(np.zeros(4 * n, np.uint8), B.BLOCK_LEVEL)
+    return B._HEAD.pack(B.BLOCKS_FORMAT, codec, nk, n, len(zk)) + zk + ze
+
+
+def test_a_hostile_block_is_refused_before_it_inflates(tmp_path, rng):
+    """Blocks whose header claims millions of keys or postings: CorruptHubError, with no more memory
+    than a sound block could take (keys bounded by BLOCK_MAX_KEYS, postings by the hub's entry ids)."""
+    import tracemalloc
+
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add_sketches(_sketches(rng, 6))
+        hub.compact(file=False)
+        with hub.store.read() as txn:
+            items = _raw_items(txn, B.DB)
+            q = np.array([int.from_bytes(k, "big") for k, _ in items], np.uint64)
+        most = 7                                                 # meta/next_id of 6 entries
+        for nk, n in [(1 << 21, 1 << 21), (B.BLOCK_MAX_KEYS, B.BLOCK_MAX_KEYS * most + 1), (1, 1 << 25)]:
+            bad = _hostile(nk, n)
+            assert len(bad) < 20_000
+
+            def put(t):
+                for k, _ in items[:3]:                           # three touched blocks
+                    t.put_raw(B.DB, k, bad)
+
+            hub.store.transact(put)
+            with hub.store.read() as txn:
+                tracemalloc.start()
+                try:
+                    with pytest.raises(E.CorruptHubError, match="band block"):
+                        B.lookup(txn, q)
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+            assert peak < 4 << 20, (nk, n, peak)
+            with pytest.raises(E.CorruptHubError, match="band block"):
+                hub.remove("e1")
+            hub.store.transact(lambda t: [t.put_raw(B.DB, k, raw) for k, raw in items[:3]])
