@@ -26,7 +26,8 @@ and rewrites the blocks they fall into (runs of adjacent touched blocks are merg
 so blocks stay full): a reader sees every posting exactly once before or after a chunk; memory is
 bounded by the chunk (``COMPACT_CHUNK`` delta postings and ``COMPACT_BLOCK_BYTES`` of old blocks),
 never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call) compact once the delta exceeds
-``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``); ``Hub.compact()``
+``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``), at most ``AUTO_STEPS``
+chunks a call (an error there is logged: the entries are added); ``Hub.compact()``
 compacts everything. **Removal** (``remove``) stays exact inside its transaction: the entry's
 delta postings are deleted by ``parts.Bands`` as before, and each block holding one of its keys is
 rewritten without its postings (an emptied block is deleted).
@@ -65,6 +66,7 @@ COMPACT_CHUNK = 1 << 18         # delta postings moved in one write transaction 
 COMPACT_BLOCK_BYTES = 16 << 20  # ... and at most about this many bytes of the old blocks they fall into
 COMPACT_SHARE = 8               # add / add_sketches compact once the delta holds over 1/8 of the blocks' postings ...
 COMPACT_MIN = 1 << 16           # ... and over this many postings
+AUTO_STEPS = 4                  # ... at most this many chunks a call (~1M postings; later adds carry on)
 _FILL = 0.97                    # a block's first cut aims at this share of BLOCK_BYTES (its size is then measured)
 _EMPTY = np.zeros(0, np.uint64)
 
@@ -483,11 +485,13 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
     return int(taken_to) + 1 if more and int(taken_to) < (1 << 64) - 1 else None
 
 
-def compact(store, chunk: int = COMPACT_CHUNK) -> int:
+def compact(store, chunk: int = COMPACT_CHUNK, most: int | None = None) -> int:
     """Move every delta posting into the blocks, one write transaction per chunk of key range
-    (``_compact_step``); returns the transactions run. Readers and other writers run between chunks."""
+    (``_compact_step``), or only the first ``most`` chunks (an add's share, ``AUTO_STEPS``: the next
+    call starts again from the lowest key the delta holds); returns the transactions run. Readers
+    and other writers run between chunks."""
     start, steps = 0, 0
-    while start is not None:
+    while start is not None and (most is None or steps < most):
         start = store.transact(lambda txn, s=start: _compact_step(txn, s, chunk))
         steps += 1
     return steps

@@ -292,17 +292,25 @@ class Hub:
 
     def _compact_bands_if_due(self) -> None:
         """Compact the band postings (engine/band_blocks.py) once the postings added since the last
-        compaction outgrow ``1 / COMPACT_SHARE`` of those compacted (and ``COMPACT_MIN``): the add
-        that crosses it pays for moving them, in transactions of ``COMPACT_CHUNK`` postings."""
-        with self.store.read() as txn:
-            due = _blocks.due(txn)
-        if due:
-            try:
-                _blocks.compact(self.store)
-            except E.FitsketchError:
-                raise
-            except Exception as e:
-                raise E.translate(e) from None
+        compaction outgrow ``1 / COMPACT_SHARE`` of those compacted (and ``COMPACT_MIN``), at most
+        ``AUTO_STEPS`` chunks of ``COMPACT_CHUNK`` postings a call (the next add carries on: the first
+        add after upgrading a large hub does not move its whole index). It runs after the add has
+        committed, so a failure (a damaged block, a full disk) is logged, not raised -- a retry of the
+        add would meet EntryExistsError -- and the next add or ``hub.compact()`` tries again; Ctrl-C
+        is re-raised, the entries added."""
+        try:
+            with self.store.read() as txn:
+                due = _blocks.due(txn)
+            if due:
+                _blocks.compact(self.store, most=_blocks.AUTO_STEPS)
+        except Exception as e:
+            log.warning("hub at %s: the entries were added, but compacting their band postings failed (%s: %s); "
+                        "searches read them uncompacted: the next add or hub.compact() retries", self.path,
+                        type(e).__name__, e)
+        except KeyboardInterrupt:
+            log.warning("hub at %s: interrupted while compacting the band postings; the entries were added",
+                        self.path)
+            raise
 
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):

@@ -446,3 +446,58 @@ def test_a_hostile_block_is_refused_before_it_inflates(tmp_path, rng):
             with pytest.raises(E.CorruptHubError, match="band block"):
                 hub.remove("e1")
             hub.store.transact(lambda t: [t.put_raw(B.DB, k, raw) for k, raw in items[:3]])
+
+
+def test_an_add_whose_compaction_fails_is_added_and_says_so(tmp_path, rng, monkeypatch, caplog):
+    """Auto-compaction runs after the add committed: its failure is logged, the entry is there (no
+    EntryExistsError on a retry), and the next add compacts."""
+    items = _sketches(rng, 4)
+    with fitsketch.open(tmp_path / "h") as hub:
+        monkeypatch.setattr(B, "COMPACT_MIN", 1)
+        step = B._compact_step
+
+        def full(txn, start, chunk):
+            raise env_mod.DiskFullError("no space left (test)")
+
+        monkeypatch.setattr(B, "_compact_step", full)
+        with caplog.at_level("WARNING", logger="fitsketch.hub"):
+            hub.add_sketch(*items[0])
+            hub.add_sketches(items[1:3])
+        assert sorted(hub.names()) == ["e0", "e1", "e2"]
+        assert caplog.text.count("the entries were added") == 2 and "DiskFullError" in caplog.text
+        with hub.store.read() as txn:
+            assert txn.count(B.DELTA) > 0 and B.held(txn) == 0
+        monkeypatch.setattr(B, "_compact_step", step)
+        hub.add_sketch(*items[3])                                  # the next add compacts
+        with hub.store.read() as txn:
+            assert txn.count(B.DELTA) == 0 and B.held(txn) > 0
+
+
+def test_an_add_compacts_at_most_a_few_chunks(tmp_path, rng, monkeypatch):
+    """The first add after a large delta (a big format-5 hub upgraded) moves AUTO_STEPS chunks, not the
+    whole index; later adds carry on, and lookups stay those of the uncompacted hub."""
+    path = tmp_path / "h"
+    items = _sketches(rng, 14)
+    _format_5(path, items[:10], monkeypatch)
+    hits = _entry_hits(path)
+    monkeypatch.setattr(B, "COMPACT_MIN", 1)
+    steps = []
+    step = B._compact_step
+
+    def small(txn, start, chunk):
+        steps[-1] += 1
+        return step(txn, start, 40)                                # many chunks in a small hub
+
+    monkeypatch.setattr(B, "_compact_step", small)
+    with fitsketch.open(path) as hub:
+        for name, sk in items[10:]:
+            steps.append(0)
+            hub.add_sketch(name, sk)
+            assert steps[-1] <= B.AUTO_STEPS
+            with hub.store.read() as txn:
+                moved = B.held(txn)
+        assert steps[0] == B.AUTO_STEPS and moved > 0
+        hub.compact(file=False)
+        for name, _ in items[10:]:
+            hub.remove(name)
+    assert _entry_hits(path) == hits
