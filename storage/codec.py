@@ -196,6 +196,13 @@ def decompress(raw, codec: int, size: int) -> bytes:
     if codec not in (_ZSTD, _ZLIB) or not 0 <= size <= MAX_UNPACKED:
         raise CodecError(f"malformed compressed payload: codec {codec}, {size} bytes (codecs {_ZSTD}, {_ZLIB}; "
                          f"at most {MAX_UNPACKED} bytes)")
+    return _inflate(raw, codec, size, "malformed compressed payload", f"{size} bytes expected",
+                    f"more than its {size} bytes")
+
+
+def _inflate(raw, codec: int, size: int, what: str, need: str, more: str) -> bytes:
+    """``decompress`` without the argument checks; ``CodecError`` messages ``what: need, decompressed
+    to n`` / ``what: more`` (the compressed arrays' words, ``_decode_packed``, as they always read)."""
     try:
         if codec == _ZSTD:
             z = _zstd()
@@ -209,13 +216,13 @@ def decompress(raw, codec: int, size: int) -> bytes:
             d = zlib.decompressobj()
             out = d.decompress(raw, max(size, 1))   # max_length 0 would mean "no limit"
             if d.unconsumed_tail or not d.eof:
-                raise CodecError(f"malformed compressed payload: more than its {size} bytes")
+                raise CodecError(f"{what}: {more}")
     except CodecError:
         raise
     except Exception as e:          # pyarrow raises OSError / ArrowException, zlib zlib.error
-        raise CodecError(f"malformed compressed payload: {type(e).__name__}: {e}") from e
+        raise CodecError(f"{what}: {type(e).__name__}: {e}") from e
     if len(out) != size:
-        raise CodecError(f"malformed compressed payload: {size} bytes expected, decompressed to {len(out)}")
+        raise CodecError(f"{what}: {need}, decompressed to {len(out)}")
     return out
 
 
@@ -346,10 +353,8 @@ def _decode_packed(raw: bytes, dtype: np.dtype, shape: list, count: int, flt: in
     if size > MAX_UNPACKED or (flt == 2 and dtype.kind not in "iu"):
         raise CodecError(f"malformed compressed array payload: shape {shape} of {dtype.str} with filter {flt} "
                          f"(at most {MAX_UNPACKED} bytes, delta only on integers)")
-    try:
-        out = decompress(raw, codec, size)
-    except CodecError as e:
-        raise CodecError(f"malformed compressed array payload: shape {shape} of {dtype.str}: {e}") from None
+    out = _inflate(raw, codec, size, "malformed compressed array payload",
+                   f"shape {shape} of {dtype.str} needs {size} bytes", f"more than the {size} bytes of its shape")
     a = _unfiltered(out, dtype, count, flt)
     return a if len(shape) == 1 else a.reshape(shape)
 
