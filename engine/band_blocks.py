@@ -10,8 +10,8 @@ transactional (a search's read transaction sees exactly its snapshot's postings)
   feature) in a hub upgraded from format <= 3, ``parts.posting_bytes``), where every add writes its
   postings as before format 6 -- adds cost what they did;
 * the **blocks**: database ``band_blocks``, key = u64 (big-endian) of the *last* band key of the
-  block, value = one compressed block of postings sorted by (key, entry id) (``encode``: a 10-byte
-  header -- format, codec, keys, postings -- then, compressed as the storage codec compresses
+  block, value = one compressed block of postings sorted by (key, entry id) (``encode``: a 14-byte
+  header -- format, codec, keys, postings, bytes of the keys' part -- then, compressed as the storage codec compresses
   arrays, zstd, the byte planes of the distinct keys' deltas, their counts and each key's entry-id
   gaps; a layout of its own rather than ``codec.pack`` because a search decodes hundreds of blocks:
   ~15 us a block against ~90 for three packed arrays). Blocks hold disjoint key ranges in key order, so the only

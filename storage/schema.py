@@ -70,9 +70,12 @@ SCHEMA: tuple[Record, ...] = (
            "CorruptHubError). Written since 2026-11-30 as one posting per (band key, entry) (8-byte: its feature "
            "the entry's lowest non-empty feature with that key); before, one per (band key, entry, feature). "
            "Removal of an 8-byte hub's entry deletes every (entry, feature) of its keys, so both kinds are removed alike"),
-    Record("band_blocks", "u64(the block's last LSH band key)", "{v, k: distinct band keys (uint64, increasing), "
-           "c: postings a key (uint32), e: entry ids (uint32, increasing within a key)}, arrays compressed "
-           "(codec pack(compress=True)), at most ~4 KiB (one overflow page) unless one key's postings are larger",
+    Record("band_blocks", "u64(the block's last LSH band key)", "bytes of its own layout (fitsketch.band_blocks.encode): "
+           "a 14-byte header _HEAD '<BBIII' (block format, codec of storage.codec.compress, distinct keys <= 4096, "
+           "postings, bytes of the keys' part), then two compressed parts (zstd, or zlib where pyarrow lacks it) of "
+           "little-endian byte planes: the distinct keys' deltas (uint64, the first as it is) and their posting "
+           "counts (uint32); the entry ids' gaps within each key (uint32, a key's first id as it is); at most "
+           "4,080 bytes (one overflow page) unless one key's postings are larger",
            "fitsketch.band_blocks (compaction; removal through fitsketch.parts (Bands))",
            (("fitsketch.band_blocks.BLOCKS_FORMAT", 1),),
            "since hub format 6; the postings added since the last compaction stay in bands (the delta); "
