@@ -183,6 +183,13 @@ def decode(raw: bytes, last: int, most: int = 1 << 32) -> tuple[np.ndarray, np.n
     return k, c, decode_ids(raw, last, c, most)
 
 
+def _above(k: np.ndarray, prev: int, last: int) -> None:
+    """Blocks hold disjoint key ranges in key order: a block's first key is above the last key of
+    the block read before it (``prev``, -1 for none)."""
+    if int(k[0]) <= prev:
+        raise _bad(last, f"its first key {int(k[0]):#018x} is not above the previous block's last {prev:#018x}")
+
+
 def _expand(k: np.ndarray, c: np.ndarray) -> np.ndarray:
     """The key of every posting of a block."""
     return np.repeat(k, c)
@@ -363,9 +370,11 @@ def remove(txn, eid: int, band_keys: np.ndarray) -> int:
     q = _keys(band_keys)
     if txn.last(DB) is None or not len(q):
         return 0
-    gone, most = 0, ids_bound(txn)
+    gone, most, prev = 0, ids_bound(txn), -1
     for bkey, last, raw, s in list(_blocks_over(txn, q)):
         k, c = decode_keys(raw, last, most)
+        _above(k, prev, last)
+        prev = last
         qs = q[s]
         pos = np.minimum(np.searchsorted(k, qs), len(k) - 1)
         if not (k[pos] == qs).any():
@@ -463,8 +472,11 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
     for blocks, (a, b) in zip(runs, run_keys):
         lo, hi = (np.searchsorted(dk, uq[a], side="left"), np.searchsorted(dk, uq[b - 1], side="right"))
         ks, es = [dk[lo:hi]], [de[lo:hi]]
-        for bkey, last, raw in blocks:
+        prev = -1
+        for bkey, last, raw in blocks:                       # adjacent blocks
             k, c, e = decode(raw, last, most)
+            _above(k, prev, last)
+            prev = last
             moved_held -= len(e)
             kk, e = _expand(k, c), e.astype(np.int64)
             live = _live(txn, e)                             # an older fitsketch's removal may have left some

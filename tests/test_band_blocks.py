@@ -501,3 +501,28 @@ def test_an_add_compacts_at_most_a_few_chunks(tmp_path, rng, monkeypatch):
         for name, _ in items[10:]:
             hub.remove(name)
     assert _entry_hits(path) == hits
+
+
+def test_blocks_whose_key_ranges_overlap_are_refused_where_read_together(tmp_path, rng):
+    """A block whose first key is not above its neighbour's last: CorruptHubError from a lookup, a
+    removal and a compaction that read both (nothing written)."""
+    ks = np.sort(rng.choice(1 << 40, 5, replace=False).astype(np.uint64))
+    a = B.encode(ks[[0, 2, 3]], np.array([1, 1, 1]))               # last ks[3]
+    b = B.encode(ks[[1, 4]], np.array([1, 1]))                     # first ks[1] < ks[3]: overlapping
+    with HubStore(tmp_path / "h") as store:
+        def put(t):
+            t.put_raw(B.DB, u64(int(ks[3])), a)
+            t.put_raw(B.DB, u64(int(ks[4])), b)
+            t.put("entries", u64(1), {})
+            t.put("meta", B.HELD_KEY, 5)
+
+        store.transact(put)
+        with store.read() as txn, pytest.raises(E.CorruptHubError, match="band block"):
+            B.lookup(txn, ks[[2, 4]])
+        with pytest.raises(E.CorruptHubError, match="band block"):
+            store.transact(lambda t: B.remove(t, 1, ks[[2, 4]]))
+        store.transact(lambda t: t.put_dups(B.DELTA, ks[[3, 4]], np.array([1, 1]), width=4))
+        with pytest.raises(E.CorruptHubError, match="band block"):
+            B.compact(store)
+        with store.read() as txn:
+            assert _raw_items(txn, B.DB) == [(u64(int(ks[3])), a), (u64(int(ks[4])), b)] and txn.count(B.DELTA) == 2
