@@ -13,6 +13,9 @@ Measured, interleaved round by round so both see the same load (``harness.interl
   what the page fit (issue 21's 32 KB) costs in add rate;
 * the same add with ``parts.FIT_FIRST = 0`` (the retry at zstd level 15 alone, the fit before the
   level-6 first try): what that ladder saves, and its pages;
+* hub format 6: the adds above run with band compaction off (their postings stay in the dupsort
+  delta, as every add writes them); the same add as shipped (``add_sketches`` compacting past
+  ``band_blocks``' threshold) and ``hub.compact(file=False)`` after an add are reported apart;
 * for reference, ``add_sketch`` one entry a transaction, on a tenth of the entries.
 
 One add before the rounds is not timed: it fills the process's memos (name hashes, the random
@@ -131,10 +134,31 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-bulk-"))
     made = iter(range(1 << 30))
     try:
-        def add():
-            with fitsketch.open(work / f"a{next(made)}.hub") as hub:
-                assert hub.add_sketches(items, batch=batch) == n
-                return hub.store._file
+        def add(auto: bool = False):
+            # hub format 6: the add as before (postings into the dupsort delta), compaction off;
+            # ``auto``: as shipped, compacting past band_blocks' threshold inside add_sketches
+            import fitsketch.band_blocks as BB
+
+            saved = BB.COMPACT_MIN
+            if not auto:
+                BB.COMPACT_MIN = 1 << 62
+            try:
+                with fitsketch.open(work / f"a{next(made)}.hub") as hub:
+                    assert hub.add_sketches(items, batch=batch) == n
+                    return hub.store._file
+            finally:
+                BB.COMPACT_MIN = saved
+
+        def add_auto():
+            return add(auto=True)
+
+        def compact():   # the explicit compaction of a hub added without it (the add untimed)
+            import fitsketch.band_blocks as BB
+
+            path = Path(add()).parent
+            with fitsketch.open(path) as hub:
+                return H.timeit(lambda: hub.compact(file=False), repeats=1, warmup=0, cpu=True), \
+                    BB.COMPACT_CHUNK
 
         raw = _raw_items(add())   # the untimed first add (memos filled); its records are the baseline's bytes
         size = sum(len(k) + len(v) for kv in raw.values() for k, v in kv)
@@ -161,9 +185,10 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             finally:
                 P.FIT_FIRST = saved
 
-        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted, "level15": add_level15},
-                          repeats=repeats, warmup=0)
-        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted", "level15")}
+        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted, "level15": add_level15,
+                           "auto": add_auto}, repeats=repeats, warmup=0)
+        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted", "level15", "auto")}
+        t_compact, _ = compact()
         m = max(10, n // 10)
 
         def one_at_a_time():
@@ -198,6 +223,13 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     out(f"  the retry at level 15 alone (parts.FIT_FIRST = 0, the previous fit): {n / v['p50_s']:.0f} entries/s wall, "
         f"{v_cpu:.0f} per CPU second (add_sketches {rate_cpu / v_cpu:.2f}x of it), {pages['level15'] / 1024:.1f} KiB of "
         f"LMDB pages an entry against {pages['add_sketches'] / 1024:.1f}")
+    w = t["auto"]
+    auto_cpu = n / w["cpu"]["p50_s"]
+    c_ms = 1e3 * t_compact["cpu"]["p50_s"] / n
+    out(f"  (hub format 6) the rates above add with band compaction off; as shipped, add_sketches compacting the band "
+        f"postings past band_blocks' threshold: {n / w['p50_s']:.0f} entries/s wall, {auto_cpu:.0f} per CPU second "
+        f"({auto_cpu / rate_cpu:.2f}x), {pages['auto'] / 1024:.1f} KiB of LMDB pages an entry; hub.compact(file=False) "
+        f"after the add: {c_ms:.2f} ms CPU an entry ({1e3 * t_compact['p50_s'] / n:.2f} wall)")
     out(f"  add_sketch, one entry a transaction ({m} entries): {one:.0f}/s wall, {one_cpu:.0f} per CPU second")
     out(f"\n## Where an add_sketches entry's CPU time goes ({n} entries)\n")
     out(H.markdown_table(split, ["stage", "ms_per_entry", "share"]))
@@ -211,6 +243,12 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             H.row(ctx, "bulk", wl, "add_sketches, FIT_FIRST 0", "entries_per_cpu_s", v_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=n / v["p50_s"],
                   pages_bytes_per_entry=pages["level15"], baseline_pages_bytes_per_entry=pages["add_sketches"]),
+            H.row(ctx, "bulk", wl, "add_sketches, band compaction as shipped", "entries_per_cpu_s", auto_cpu,
+                  unit="entries/s", baseline="add_sketches without compaction (entries per CPU s)",
+                  baseline_value=rate_cpu, wall_rate=n / w["p50_s"], pages_bytes_per_entry=pages["auto"],
+                  baseline_pages_bytes_per_entry=pages["add_sketches"]),
+            H.row(ctx, "bulk", wl, "hub.compact(file=False) after the add", "compact_cpu_ms_per_entry", c_ms, unit="ms",
+                  baseline="add_sketches CPU ms an entry", baseline_value=1e3 / rate_cpu),
             H.row(ctx, "bulk", wl, "add_sketch (one a transaction)", "entries_per_cpu_s", one_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=one),
             H.row(ctx, "bulk", "all", "all", "wall_time", wall.elapsed(), unit="s")]
@@ -218,6 +256,7 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                          tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
                                  "unfitted": {k: v for k, v in u.items() if k != "result"},
                          "level15": {k: x for k, x in v.items() if k != "result"},
+                                 "auto": {k: x for k, x in w.items() if k != "result"},
                                  "lmdb": {k: v for k, v in r.items() if k != "result"}})
     out(f"bulk: wrote {path} ({wall.elapsed():.0f} s)")
     return rows

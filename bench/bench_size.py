@@ -20,6 +20,14 @@ the screen index's arrays, read or computed; profiles and profile keys by entry)
 find the same entries, and every method's top 10 are equal, also with the candidate stage forced
 through the band postings.
 
+Since hub format 6 three writers are built in one run: "now" (format 6: the band postings
+compacted into blocks, engine/band_blocks.py, by ``hub.compact(file=False)`` after the adds --
+its CPU reported apart from the add's), "format5" (this fitsketch with compaction off and format
+5 written: every posting in the dupsort ``bands`` database, as main's format 5 stores them; the
+adds of "now" run with auto-compaction off, so the add CPU is the add's alone) and
+"main" (format 4 as above). Records, band lookups (through ``band_blocks.lookup``: the delta and
+the blocks) and top 10 are compared between all three.
+
 ``python -m bench size [--quick]`` (quick: 8 real, 40 merged entries; full: 100 and 300)."""
 from __future__ import annotations
 
@@ -80,18 +88,23 @@ def _main_profile():
     return MainProfile()
 
 
-WRITERS = ("main", "now")
+WRITERS = ("main", "format5", "now")
 
 
-def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
-    """Build the hub with ``writer`` (``WRITERS``); returns the add's CPU seconds."""
+def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> tuple[float, float]:
+    """Build the hub with ``writer`` (``WRITERS``); returns the CPU seconds of the add and of the
+    band compaction after it ("now" only; 0 otherwise)."""
     import fitsketch
     import fitsketch.storage.env as env_mod
-    from fitsketch import parts, signature_records
+    from fitsketch import band_blocks, parts, signature_records
 
     from .scale import build_sketches
 
-    saved = parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION
+    saved = parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION, band_blocks.COMPACT_MIN
+    compact_cpu = 0.0
+    band_blocks.COMPACT_MIN = 1 << 62   # no compaction during the add ("now": after it, timed apart)
+    if writer != "now":                 # every posting stays in the dupsort database
+        env_mod.FORMAT_VERSION = 5
     if writer == "main":           # format 4 as main writes it
         old = {"screen": _MainScreen(), "profile": _main_profile()}
         parts.PARTS = tuple(old.get(p.name, p) for p in parts.PARTS)
@@ -107,9 +120,11 @@ def _build(path: Path, workload: str, n: int, writer: str, seed: int) -> float:
                 sketches, _ = build_sketches(8, 12, n, seed=seed)
                 t = H.timeit(lambda: hub.add_sketches([(f"m{i}", s) for i, s in enumerate(sketches)]),
                              repeats=1, warmup=0, cpu=True)
+            if writer == "now":
+                compact_cpu = H.timeit(lambda: hub.compact(file=False), repeats=1, warmup=0, cpu=True)["cpu"]["p50_s"]
     finally:
-        parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION = saved
-    return t["cpu"]["p50_s"]
+        parts.PARTS, parts._sig_record, env_mod.FORMAT_VERSION, band_blocks.COMPACT_MIN = saved
+    return t["cpu"]["p50_s"], compact_cpu
 
 
 def _records(path: Path) -> dict:
@@ -196,17 +211,24 @@ def _lsh_hits(path: Path, sigs: list) -> list:
     """For each query signature matrix, the entry ids the band postings give (the LSH candidate
     stage's lookup, engine/candidates.py), sorted."""
     import fitsketch
+    from fitsketch import band_blocks
     from fitsketch.minhash import feature_band_keys
-    from fitsketch.storage import u64
 
     with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
-        out = []
-        for sg in sigs:
-            bands = feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)
-            hits = {int.from_bytes(v[:4], "big") for dups in txn.get_dups_many(
-                "bands", [u64(int(b) & 0xFFFFFFFFFFFFFFFF) for b in bands.reshape(-1)]) for v in dups}
-            out.append(sorted(hits))
-        return out
+        return [band_blocks.lookup(txn, feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l)).tolist()
+                for sg in sigs]
+
+
+def _lsh_cpu(path: Path, sigs: list) -> float:
+    """CPU seconds of the band lookups of every stored entry's signatures (median of 3)."""
+    import fitsketch
+    from fitsketch import band_blocks
+    from fitsketch.minhash import feature_band_keys
+
+    with fitsketch.open(path, readonly=True) as hub, hub.store.read() as txn:
+        keys = [feature_band_keys(sg, hub.config.lsh_k, hub.config.lsh_l) for sg in sigs]
+        return H.timeit(lambda: [band_blocks.lookup(txn, k) for k in keys], repeats=3, warmup=1,
+                        cpu=True)["cpu"]["p50_s"]
 
 
 def _answers_lsh(path: Path, queries) -> dict:
@@ -242,41 +264,57 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
             _build(tmp / f"{workload}-warm", workload, 2, "now", seed)   # imports and compiled kernels: untimed
             for fmt in WRITERS:
                 path = tmp / f"{workload}-{fmt.replace(' ', '')}"
-                add_cpu = _build(path, workload, n, fmt, seed)
+                add_cpu, compact_cpu = _build(path, workload, n, fmt, seed)
                 parts = db_bytes(path)
                 used = sum(v for k, v in parts.items() if not k.startswith("extra/") and not k.startswith("extra ("))
                 got[fmt] = {"path": path, "file": (path / "hub.lmdb").stat().st_size / n, "used": used / n,
                             "parts": {k: v / n for k, v in parts.items() if v}, "add_cpu_ms": 1e3 * add_cpu / n,
+                            "compact_cpu_ms": 1e3 * compact_cpu / n,
                             "read_cpu_us": 1e6 * _read_cpu(path), "screen_load_us": 1e6 * _screen_load_cpu(path)}
-            a, mn = got["now"], got["main"]
+            a, f5, mn = got["now"], got["format5"], got["main"]
             rs = {fmt: _records(g["path"]) for fmt, g in got.items()}
-            lossless = all(len(rs["main"][db]) == len(rs["now"][db]) and
-                           all(_same(x, y) for x, y in zip(rs["main"][db], rs["now"][db])) for db in rs["now"])
+            lossless = all(len(rs[o][db]) == len(rs["now"][db]) and
+                           all(_same(x, y) for x, y in zip(rs[o][db], rs["now"][db])) for db in rs["now"]
+                           for o in ("main", "format5"))
             qs = [np.round(rng.normal(size=(600, 32)), 4)] if workload == "real" else \
                 [fitsketch.sketch_data(rng.normal(size=(1000, 32)), partition_size=500,
                                        feature_names=[f"f{j}" for j in range(32)])]
             ans = {fmt: _answers(g["path"], qs) for fmt, g in got.items()}
-            same_answers = ans["now"] == ans["main"]
+            same_answers = ans["now"] == ans["main"] == ans["format5"]
             # the band postings: every stored entry's signatures (and the query's) as LSH lookups
             sigs = rs["now"]["signatures"]
             hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in WRITERS}
-            same_hits = hits["now"] == hits["main"]
-            same_lsh = _answers_lsh(a["path"], qs) == _answers_lsh(mn["path"], qs)
+            same_hits = hits["now"] == hits["main"] == hits["format5"]
+            lsh = {fmt: _answers_lsh(g["path"], qs) for fmt, g in got.items()}
+            same_lsh = lsh["now"] == lsh["main"] == lsh["format5"]
+            lsh_cpu = {fmt: _lsh_cpu(got[fmt]["path"], sigs) for fmt in ("now", "format5")}
             n_hits = float(np.mean([len(h) for h in hits["now"]]))
-            out(f"size/{workload}: {n} entries; bytes per entry (LMDB pages in use), now / main (same run): "
-                f"{_kib(a['used'])} / {_kib(mn['used'])} KiB; file {_kib(a['file'])} / {_kib(mn['file'])} KiB; add CPU "
-                f"{a['add_cpu_ms']:.1f} / {mn['add_cpu_ms']:.1f} ms an entry; read + decode CPU "
-                f"{a['read_cpu_us']:.0f} / {mn['read_cpu_us']:.0f} us an entry; screen index loaded from LMDB "
-                f"{a['screen_load_us']:.0f} / {mn['screen_load_us']:.0f} us CPU an entry; records equal: {lossless}; "
-                f"top-10 of {len(METHODS)} methods equal: {same_answers}; LSH lookups of {len(sigs)} entries' "
-                f"signatures find the same entries: {same_hits} (mean {n_hits:.1f} entries); top-10 through LSH "
-                f"equal: {same_lsh}")
-            names = list(dict.fromkeys(list(mn["parts"]) + list(a["parts"])))
-            out("  KiB per entry by part (now / main): " + ", ".join(
-                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(mn['parts'].get(k, 0))}" for k in names
-                if max(a["parts"].get(k, 0), mn["parts"].get(k, 0)) >= 52))
+            out(f"size/{workload}: {n} entries; now = format 6, band postings compacted into blocks before measuring "
+                f"(hub.compact(file=False), {a['compact_cpu_ms']:.2f} ms CPU an entry); bytes per entry (LMDB pages in "
+                f"use), now / format 5 / main format 4 (same run): {a['used']:,.0f} / {f5['used']:,.0f} / "
+                f"{mn['used']:,.0f} B ({_kib(a['used'])} / {_kib(f5['used'])} / {_kib(mn['used'])} KiB); file "
+                f"{_kib(a['file'])} / {_kib(f5['file'])} / {_kib(mn['file'])} KiB; add CPU {a['add_cpu_ms']:.1f} / "
+                f"{f5['add_cpu_ms']:.1f} / {mn['add_cpu_ms']:.1f} ms an entry; read + decode CPU "
+                f"{a['read_cpu_us']:.0f} / {f5['read_cpu_us']:.0f} / {mn['read_cpu_us']:.0f} us an entry; screen "
+                f"index loaded from LMDB {a['screen_load_us']:.0f} / {f5['screen_load_us']:.0f} / "
+                f"{mn['screen_load_us']:.0f} us CPU an entry; records equal: {lossless}; top-10 of {len(METHODS)} "
+                f"methods equal: {same_answers}; LSH lookups of {len(sigs)} entries' signatures find the same "
+                f"entries: {same_hits} (mean {n_hits:.1f} entries), their CPU now / format 5 "
+                f"{1e3 * lsh_cpu['now']:.1f} / {1e3 * lsh_cpu['format5']:.1f} ms; top-10 through LSH equal: {same_lsh}")
+            names = list(dict.fromkeys(list(mn["parts"]) + list(f5["parts"]) + list(a["parts"])))
+            out("  KiB per entry by part (now / format 5 / main): " + ", ".join(
+                f"{k} {_kib(a['parts'].get(k, 0))} / {_kib(f5['parts'].get(k, 0))} / {_kib(mn['parts'].get(k, 0))}"
+                for k in names if max(a["parts"].get(k, 0), f5["parts"].get(k, 0), mn["parts"].get(k, 0)) >= 52))
             w = f"{workload} ({n} entries)"
-            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_main", a["used"], unit="B",
+            rows += [H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_format5", a["used"], unit="B",
+                           baseline="format 5: every band posting in the dupsort database, same entries",
+                           baseline_value=f5["used"]),
+                     H.row(ctx, "size", w, "now", "compact_cpu_per_entry", a["compact_cpu_ms"], unit="ms",
+                           baseline="add CPU, same entries", baseline_value=a["add_cpu_ms"]),
+                     H.row(ctx, "size", w, "now", "lsh_lookup_cpu_vs_format5", 1e3 * lsh_cpu["now"], unit="ms",
+                           baseline="format 5: the same lookups in the dupsort database",
+                           baseline_value=1e3 * lsh_cpu["format5"]),
+                     H.row(ctx, "size", w, "now", "bytes_per_entry_in_use_vs_main", a["used"], unit="B",
                            baseline="main: format 4 as main writes it, same entries", baseline_value=mn["used"]),
                      H.row(ctx, "size", w, "now", "file_bytes_per_entry_vs_main", a["file"], unit="B",
                            baseline="main, same entries", baseline_value=mn["file"]),

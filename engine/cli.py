@@ -290,8 +290,9 @@ def cmd_compact(args) -> None:
     import fitsketch
 
     with fitsketch.open(args.hub, create=False) as hub:
-        out = hub.compact()
-    _emit(args, out, f"compacted {args.hub}: {out['before']:,} -> {out['after']:,} bytes")
+        out = hub.compact(file=not args.bands_only)
+    _emit(args, out, f"compacted {args.hub}: band postings in {out['band_transactions']} transaction(s)"
+          + ("" if args.bands_only else f", file {out['before']:,} -> {out['after']:,} bytes"))
 
 
 def cmd_simex_classes(args) -> None:
@@ -486,8 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(s)
     s.set_defaults(fn=cmd_remove)
 
-    s = _sub(sub, "compact", "rewrite a hub's file to its live size (stop its server first)")
+    s = _sub(sub, "compact", "move the band postings added since the last compaction into their blocks, then "
+             "rewrite the hub's file to its live size (stop its server first)")
     s.add_argument("hub", help="the hub to compact")
+    s.add_argument("--bands-only", action="store_true", help="compact the band postings only (the file is left as "
+                   "it is; works while a server or reader has the hub open)")
     s.add_argument("--json", action="store_true", help="print the sizes as JSON")
     s.set_defaults(fn=cmd_compact)
 

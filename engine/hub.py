@@ -18,6 +18,7 @@ import os
 
 from . import accuracy as _acc
 from . import adding as _adding
+from . import band_blocks as _blocks
 from . import errors as E
 from . import parts as _parts
 from . import pipeline as _pipeline
@@ -224,7 +225,8 @@ class Hub:
         metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
-        leaves the hub unchanged. Returns the number of entries added."""
+        leaves the hub unchanged. At the end of the call the band postings are compacted when due
+        (engine/band_blocks.py: once a call, not a batch). Returns the number of entries added."""
         items = list(items)
         checked, seen = [], set()
         for i, it in enumerate(items):
@@ -264,6 +266,7 @@ class Hub:
         finally:
             if bar is not None:
                 bar.close()
+        self._compact_bands_if_due()   # once a call: a bulk load's postings are moved once, not every batch
         return len(checked)
 
     def _check_sketch(self, sketch) -> None:
@@ -283,7 +286,31 @@ class Hub:
 
     def _add(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
              probed=None, spaces: dict | None = None) -> Entry:
-        return self._transact(self._writer(name, sketch, metadata, fleet, embedding, probed, spaces))
+        entry = self._transact(self._writer(name, sketch, metadata, fleet, embedding, probed, spaces))
+        self._compact_bands_if_due()
+        return entry
+
+    def _compact_bands_if_due(self) -> None:
+        """Compact the band postings (engine/band_blocks.py) once the postings added since the last
+        compaction outgrow ``1 / COMPACT_SHARE`` of those compacted (and ``COMPACT_MIN``), at most
+        ``AUTO_STEPS`` chunks of ``COMPACT_CHUNK`` postings a call (the next add carries on: the first
+        add after upgrading a large hub does not move its whole index). It runs after the add has
+        committed, so a failure (a damaged block, a full disk) is logged, not raised -- a retry of the
+        add would meet EntryExistsError -- and the next add or ``hub.compact()`` tries again; Ctrl-C
+        is re-raised, the entries added."""
+        try:
+            with self.store.read() as txn:
+                due = _blocks.due(txn)
+            if due:
+                _blocks.compact(self.store, most=_blocks.AUTO_STEPS)
+        except Exception as e:
+            log.warning("hub at %s: the entries were added, but compacting their band postings failed (%s: %s); "
+                        "searches read them uncompacted: the next add or hub.compact() retries", self.path,
+                        type(e).__name__, e)
+        except KeyboardInterrupt:
+            log.warning("hub at %s: interrupted while compacting the band postings; the entries were added",
+                        self.path)
+            raise
 
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):
@@ -308,18 +335,30 @@ class Hub:
         self._transact(_parts.entry_remover(name, self.config, lambda: E.EntryNotFoundError(
             f"no entry named {name!r} in hub {self.path}: see hub.names()")))
 
-    def compact(self) -> dict:
-        """Rewrite the hub's file to its live size (removed entries' pages are otherwise kept, for
-        reuse, and the file never shrinks): a compacting copy, then an atomic swap, under the
-        writer lock. Needs the hub to itself: with another process on it (``fitsketch serve``, a
-        reader) it raises HubBusyError and changes nothing. Returns {"before", "after"} in bytes."""
+    def compact(self, *, file: bool = True) -> dict:
+        """Move the band postings added since the last compaction into their compressed blocks
+        (engine/band_blocks.py: one write transaction per chunk of key range; readers and other
+        processes carry on), then, with ``file=True``, rewrite the hub's file to its live size
+        (removed entries' pages are otherwise kept, for reuse, and the file never shrinks): a
+        compacting copy, then an atomic swap, under the writer lock. The file step needs the hub to
+        itself: with another process on it (``fitsketch serve``, a reader) it raises HubBusyError before
+        writing anything (checked first, so a caller retrying on it does not grow the file each time;
+        ``file=False`` compacts the postings alone, beside other processes). Returns
+        {"band_transactions", "before", "after"} (bytes; before = after without ``file``)."""
         try:
+            if file and not self.store.readonly and not self.store.alone():
+                raise E.HubBusyError(f"hub at {self.path} is open in another process (a server or a reader): stop "
+                                     f"it, then compact (or compact(file=False): the band postings only)")
+            steps = _blocks.compact(self.store)
+            if not file:
+                n = self.store.env_bytes()
+                return {"band_transactions": steps, "before": n, "after": n}
             before, after = self.store.compact()
         except E.FitsketchError:
             raise
         except Exception as e:
             raise E.translate(e) from None
-        return {"before": before, "after": after}
+        return {"band_transactions": steps, "before": before, "after": after}
 
     def _transact(self, fn, reserve: int = 0):
         try:

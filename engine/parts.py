@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import accuracy as _acc
+from . import band_blocks as _blocks
 from . import errors as E
 from . import profiles as _profiles
 from . import screen as _screen
@@ -288,7 +289,9 @@ def posting_bytes(txn) -> int:
 class Bands(Part):
     """The LSH band postings of the entry's non-empty features: (band key) -> the entry id (4 bytes;
     (entry id, feature), 8 bytes, in hubs upgraded from format <= 3: ``posting_bytes``), one per
-    distinct key of the entry (``_postings``)."""
+    distinct key of the entry (``_postings``), written to the dupsort ``bands`` database (the delta
+    of engine/band_blocks.py, whose compaction moves them into blocks); removal deletes them from
+    either place."""
     name = "bands"
 
     def prepare(self, new, config, device):
@@ -343,9 +346,11 @@ class Bands(Part):
         sig = _sigrec.decode(txn.get("signatures", u64(eid)))
         bands = feature_band_keys(sig, config.lsh_k, config.lsh_l)
         nonempty = sig[:, 0] != _EMPTY_SIG
+        keys = np.unique(bands[nonempty].reshape(-1).view(np.uint64))
+        _blocks.remove(txn, eid, keys)     # hub format 6: the postings compacted into blocks
         if posting_bytes(txn) == 4:
             v = struct.pack(">I", eid)
-            for bk in np.unique(bands[nonempty].reshape(-1).view(np.uint64)):
+            for bk in keys:
                 txn.delete_dup("bands", u64(int(bk)), v)
             return
         for f in np.flatnonzero(nonempty):

@@ -44,7 +44,7 @@ from .errors import CodecError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pack", "unpack", "EXT_NDARRAY", "EXT_PACKED", "ALLOWED_KINDS"]
+__all__ = ["pack", "unpack", "compress", "decompress", "EXT_NDARRAY", "EXT_PACKED", "ALLOWED_KINDS"]
 
 EXT_NDARRAY = 1  # msgpack ExtType code of a NumPy array / scalar
 EXT_PACKED = 2   # msgpack ExtType code of a filtered, compressed NumPy array (pack(compress=True))
@@ -183,6 +183,49 @@ def _compress(b, level: int | None = None) -> tuple[int, bytes]:
     return _ZLIB, zlib.compress(b, 6 if level is None or level <= ZSTD_LEVEL else 9)
 
 
+def compress(b, level: int | None = None) -> tuple[int, bytes]:
+    """``b`` (bytes or a C-contiguous buffer) compressed as the compressed arrays are: ``(codec,
+    bytes)``, codec 1 zstd (through pyarrow) or 2 zlib where pyarrow lacks zstd. For records that
+    lay out their own bytes (engine/band_blocks.py); read back by ``decompress``."""
+    return _compress(b, level)
+
+
+def decompress(raw, codec: int, size: int) -> bytes:
+    """The ``size`` bytes ``compress`` made ``raw`` of with ``codec``; ``CodecError`` when ``raw`` is
+    not that (malformed, another size, an unknown codec, or ``size`` over ``MAX_UNPACKED``)."""
+    if codec not in (_ZSTD, _ZLIB) or not 0 <= size <= MAX_UNPACKED:
+        raise CodecError(f"malformed compressed payload: codec {codec}, {size} bytes (codecs {_ZSTD}, {_ZLIB}; "
+                         f"at most {MAX_UNPACKED} bytes)")
+    return _inflate(raw, codec, size, "malformed compressed payload", f"{size} bytes expected",
+                    f"more than its {size} bytes")
+
+
+def _inflate(raw, codec: int, size: int, what: str, need: str, more: str) -> bytes:
+    """``decompress`` without the argument checks; ``CodecError`` messages ``what: need, decompressed
+    to n`` / ``what: more`` (the compressed arrays' words, ``_decode_packed``, as they always read)."""
+    try:
+        if codec == _ZSTD:
+            z = _zstd()
+            if z is None:
+                raise CodecError("this record is zstd-compressed and this pyarrow build has no zstd: "
+                                 "install a pyarrow wheel from PyPI")
+            out = z.decompress(raw, decompressed_size=size, asbytes=True)
+        else:
+            import zlib
+
+            d = zlib.decompressobj()
+            out = d.decompress(raw, max(size, 1))   # max_length 0 would mean "no limit"
+            if d.unconsumed_tail or not d.eof:
+                raise CodecError(f"{what}: {more}")
+    except CodecError:
+        raise
+    except Exception as e:          # pyarrow raises OSError / ArrowException, zlib zlib.error
+        raise CodecError(f"{what}: {type(e).__name__}: {e}") from e
+    if len(out) != size:
+        raise CodecError(f"{what}: {need}, decompressed to {len(out)}")
+    return out
+
+
 def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = None):
     """``a`` as ``ExtType(2)`` with the filter that compresses it best, or as ``ExtType(1)`` when
     none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes). ``memo``
@@ -310,27 +353,8 @@ def _decode_packed(raw: bytes, dtype: np.dtype, shape: list, count: int, flt: in
     if size > MAX_UNPACKED or (flt == 2 and dtype.kind not in "iu"):
         raise CodecError(f"malformed compressed array payload: shape {shape} of {dtype.str} with filter {flt} "
                          f"(at most {MAX_UNPACKED} bytes, delta only on integers)")
-    try:
-        if codec == _ZSTD:
-            z = _zstd()
-            if z is None:
-                raise CodecError("this record is zstd-compressed and this pyarrow build has no zstd: "
-                                 "install a pyarrow wheel from PyPI")
-            out = z.decompress(raw, decompressed_size=size, asbytes=True)
-        else:
-            import zlib
-
-            d = zlib.decompressobj()
-            out = d.decompress(raw, max(size, 1))   # max_length 0 would mean "no limit"
-            if d.unconsumed_tail or not d.eof:
-                raise CodecError(f"malformed compressed array payload: more than the {size} bytes of its shape")
-    except CodecError:
-        raise
-    except Exception as e:          # pyarrow raises OSError / ArrowException, zlib zlib.error
-        raise CodecError(f"malformed compressed array payload: {type(e).__name__}: {e}") from e
-    if len(out) != size:
-        raise CodecError(f"malformed compressed array payload: shape {shape} of {dtype.str} needs {size} bytes, "
-                         f"decompressed to {len(out)}")
+    out = _inflate(raw, codec, size, "malformed compressed array payload",
+                   f"shape {shape} of {dtype.str} needs {size} bytes", f"more than the {size} bytes of its shape")
     a = _unfiltered(out, dtype, count, flt)
     return a if len(shape) == 1 else a.reshape(shape)
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["HubStore", "FORMAT_VERSION", "MIGRATIONS", "inspect", "ENV_FILE", "ReadOnlyError", "DiskFullError"]
 
-FORMAT_VERSION = 5  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
+FORMAT_VERSION = 6  # format written by this fitsketch; bump with a MIGRATIONS entry (and storage/schema.py)
 ENV_FILE = "hub.lmdb"
 MAX_DBS = 16
 MAX_READERS = 126
@@ -77,6 +77,14 @@ def _upgrade_v4_to_v5(txn: Txn) -> None:
     nothing is rewritten; the number makes an older fitsketch refuse the hub at open."""
 
 
+def _upgrade_v5_to_v6(txn: Txn) -> None:
+    """Format 6: band postings are moved, a key range at a time, from the dupsort ``bands`` database
+    (where adds still write them) into compressed blocks in database ``band_blocks`` (engine/band_blocks.py,
+    created by this writable open), and the candidate stage and removal read both. An older fitsketch
+    would read only ``bands`` and miss every moved posting, hence the number. The blocks start empty:
+    nothing is moved here (the next compaction moves the postings)."""
+
+
 POSTING_BYTES_KEY = b"posting_bytes"   # meta: the band postings' width of a hub upgraded from format <= 3
 
 
@@ -90,9 +98,9 @@ def held_posting_bytes(txn: Txn) -> int | None:
 
 # from-version v -> fn(txn) upgrading a hub from format v to v + 1 (storage/schema.py lists why)
 MIGRATIONS: dict[int, Callable[[Txn], None]] = {1: _upgrade_v1_to_v2, 2: _upgrade_v2_to_v3, 3: _upgrade_v3_to_v4,
-                                                4: _upgrade_v4_to_v5}
+                                                4: _upgrade_v4_to_v5, 5: _upgrade_v5_to_v6}
 # formats this fitsketch reads as they are: a read-only open of such a hub works without upgrading it
-READ_AS_IS = frozenset({1, 2, 3, 4})
+READ_AS_IS = frozenset({1, 2, 3, 4, 5})
 
 T = TypeVar("T")
 _OPEN: "weakref.WeakValueDictionary[str, HubStore]" = weakref.WeakValueDictionary()
@@ -188,6 +196,7 @@ class HubStore:
         self._readers = 0
         self._resizing = False
         self._local = threading.local()  # .n: open read() blocks of this store in this thread
+        self._lockfd: int | None = None  # our descriptor of LMDB's lock file (``_lock_fd``)
 
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise HubNotFoundError(f"{self.path} is a file; a hub is a directory holding {ENV_FILE}")
@@ -269,38 +278,40 @@ class HubStore:
             self._upgrade_plan(fmt)
         self._open_dbs(create=not self.readonly)
         if upgrade:
-            self._migrate(fmt)
+            self._migrate_alone(fmt)
             self._format = FORMAT_VERSION
 
     def _open_dbs(self, create: bool) -> None:
-        """Open every database of ``DBS``; a hub of format < 5 opened read-only lacks ``LATER_DBS``
-        (its upgrade creates them): those it lacks are read as empty (storage/txn.py)."""
+        """Open every database of ``DBS``; a hub of an older format opened read-only lacks the
+        ``LATER_DBS`` of later formats (its upgrade creates them): those it lacks are read as empty
+        (storage/txn.py)."""
         fmt = getattr(self, "_format", FORMAT_VERSION)   # the hub's format as opened (_open)
         for name in DBS:
             dup = name in DUPSORT_DBS
             try:
                 self._dbs[name] = self._env.open_db(name.encode(), create=create, dupsort=dup, dupfixed=dup)
             except lmdb.NotFoundError:
-                if name in LATER_DBS and fmt < 5:
+                if name in LATER_DBS and fmt < LATER_DBS[name]:
                     continue
                 raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
 
     def _open_later(self, env: lmdb.Environment) -> None:
-        """Open ``LATER_DBS`` once the hub's format reaches 5: a hub of format 4 opened read-only lacks
-        them, and another process may upgrade it while this one reads (its upgrade creates them before
-        it writes format 5). Called before a read transaction begins (a transaction sees only the
-        databases opened before it); one meta read a transaction until then."""
+        """Open ``LATER_DBS`` once the hub's format reaches the one that brought each: a hub of an older
+        format opened read-only lacks them, and another process may upgrade it while this one reads
+        (its upgrade creates them before it writes the new format). Called before a read transaction
+        begins (a transaction sees only the databases opened before it); one meta read a transaction
+        until then."""
         try:
             with env.begin(db=self._dbs["meta"], buffers=False) as txn:
                 raw = txn.get(b"format")
             fmt = unpack(raw) if raw is not None else None
         except (lmdb.Error, CodecError):
             return                         # the transaction that follows reports what is wrong
-        if not isinstance(fmt, int) or fmt < 5:
+        if not isinstance(fmt, int) or fmt < min(LATER_DBS.values()):
             return
         with self._cond:                   # LMDB: one mdb_dbi_open at a time in a process
             for name in DBS:
-                if name not in self._dbs:
+                if name not in self._dbs and LATER_DBS.get(name, 0) <= fmt:
                     try:
                         self._dbs[name] = env.open_db(name.encode(), create=False)
                     except lmdb.NotFoundError:
@@ -334,6 +345,40 @@ class HubStore:
                 f"hub at {self.path} was written by format {fmt}; this fitsketch reads format "
                 f"{FORMAT_VERSION}: open it once with readonly=False to upgrade it"
             )
+
+    def _lock_fd(self) -> int:
+        """This store's descriptor of LMDB's lock file, opened once and closed after the environment
+        (``close``): closing any descriptor of a file drops every fcntl lock the process holds on it,
+        LMDB's shared lock on byte 0 included, so one is never closed while the environment is open."""
+        if self._lockfd is None:
+            self._lockfd = os.open(self._file + "-lock", os.O_RDWR | os.O_CLOEXEC)
+        return self._lockfd
+
+    def alone(self) -> bool:
+        """Whether no other process has the hub open (``_exclusive`` on the lock file, as ``compact``
+        checks), this process's shared lock left as it was. A writable store only."""
+        fd = self._lock_fd()
+        if not _exclusive(fd):
+            return False
+        fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)      # back to the shared lock LMDB holds
+        return True
+
+    def _migrate_alone(self, fmt: int) -> None:
+        """``_migrate`` holding the exclusive lock on the lock file: an upgrade across format 6 with
+        another process on the hub would leave a fitsketch of format 5 reading and writing only the
+        delta of the band postings (blind searches, stale postings left in the blocks, its compact()
+        dropping the blocks), and a process cannot tell another's version, so it waits for none:
+        ``HubBusyError`` with the hub unchanged. Processes opening meanwhile wait for the lock."""
+        fd = self._lock_fd()
+        if not _exclusive(fd):
+            raise HubBusyError(
+                f"hub at {self.path} is of format {fmt} and open in another process (a server, a reader, "
+                f"an older fitsketch); upgrading it to format {FORMAT_VERSION} needs it alone: stop the other "
+                f"fitsketch processes, then open it again")
+        try:
+            self._migrate(fmt)
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)
 
     def _migrate(self, fmt: int) -> None:
         def run(txn: Txn) -> None:
@@ -543,38 +588,33 @@ class HubStore:
         busy = HubBusyError(f"hub at {self.path} is open in another process (a server or a reader): stop it, then "
                             f"compact")
         with self._write_lock:
-            fd = os.open(self._file + "-lock", os.O_RDWR | os.O_CLOEXEC)
+            fd = self._lock_fd()      # kept open: closing it would drop LMDB's own locks in this process
+            if not _exclusive(fd):
+                raise busy
             try:
-                if not _exclusive(fd):
-                    raise busy
-                try:
-                    self._copy_live(env, tmp)
-                except Exception as e:
+                self._copy_live(env, tmp)
+            except Exception as e:
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, 0)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                if _disk_full(e):
+                    raise DiskFullError(f"hub at {self.path}: the disk is full while compacting ({e}); the "
+                                        f"hub is unchanged: free space and retry") from e
+                raise
+            with self._paused(drain=True):
+                map_size = env.info()["map_size"]
+                env.close()     # closing LMDB's descriptor drops this process's locks on the file:
+                self._env = None
+                try:            # take ours again; someone who got in meanwhile keeps the old file
+                    swapped = _exclusive(fd)
+                    if swapped:
+                        os.replace(tmp, self._file)
+                finally:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
-                    if _disk_full(e):
-                        raise DiskFullError(f"hub at {self.path}: the disk is full while compacting ({e}); the "
-                                            f"hub is unchanged: free space and retry") from e
-                    raise
-                with self._paused(drain=True):
-                    map_size = env.info()["map_size"]
-                    env.close()     # closing LMDB's descriptor drops this process's locks on the file:
-                    self._env = None
-                    try:            # take ours again; someone who got in meanwhile keeps the old file
-                        swapped = _exclusive(fd)
-                        if swapped:
-                            os.replace(tmp, self._file)
-                    finally:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(tmp)
-                        os.close(fd)    # before LMDB takes its own lock in this process again
-                        fd = None
-                        self._reopen(map_size)
-                if not swapped:
-                    raise busy
-            finally:
-                if fd is not None:
-                    os.close(fd)
+                    self._reopen(map_size)   # LMDB takes the lock again (shared once open)
+            if not swapped:
+                raise busy
         after = os.path.getsize(self._file)
         log.info("compacted hub at %s: %d -> %d bytes", self.path, before, after)
         return before, after
@@ -620,6 +660,9 @@ class HubStore:
                 while self._readers > own:
                     self._cond.wait()
                 env.close()
+        if self._lockfd is not None:      # after the environment (``_lock_fd``)
+            os.close(self._lockfd)
+            self._lockfd = None
         with _OPEN_LOCK:
             if _OPEN.get(self._key) is self:
                 del _OPEN[self._key]

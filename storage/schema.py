@@ -33,7 +33,7 @@ _E = ("fitsketch.parts.ENTRY_FORMAT", 1)
 
 SCHEMA: tuple[Record, ...] = (
     Record("meta", "b'format'", "the hub's format", "fitsketch.storage.env",
-           (("fitsketch.storage.env.FORMAT_VERSION", 5),),
+           (("fitsketch.storage.env.FORMAT_VERSION", 6),),
            "formats 1 (histograms of record formats 1 and 2), 2 (no compressed arrays), 3 (8-byte band postings) "
            "and 4 (plain signature records) are read as they are; a writable open upgrades them to 5 (MIGRATIONS[1..4], "
            "records unchanged; MIGRATIONS[3] "
@@ -44,10 +44,13 @@ SCHEMA: tuple[Record, ...] = (
            "Format 5: signature records may be per-permutation dictionaries (fitsketch.signature_records) and new "
            "entries store no screen record (extra b'd'; the screen index finds entries by a range scan of entries) "
            "and their profile records in databases profiles / profile_keys (were extra b'p' / b'k'), which a "
-           "format-4 hub gets at its upgrade (a read-only open of one reads them as empty)",
+           "format-4 hub gets at its upgrade (a read-only open of one reads them as empty). Format 6: band postings "
+           "are compacted from database bands (the delta, where adds write) into compressed blocks in database "
+           "band_blocks (fitsketch.band_blocks); MIGRATIONS[5] creates it empty and moves nothing; a format-5 hub "
+           "read-only reads it as empty",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
-           "b'next_sample_id', b'embedding_dim', b'posting_bytes'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
+           "b'next_sample_id', b'embedding_dim', b'posting_bytes', b'block_postings'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
            "fitsketch.embeddings", per_entry=False),
     Record("entries", "u64(entry id)", "{v, id, name, metadata, features, kinds, n_rows, n_partitions, "
            "partition_size, sums, counts, created, labelled?}", "fitsketch.parts (Core)", (_E,)),
@@ -67,6 +70,16 @@ SCHEMA: tuple[Record, ...] = (
            "CorruptHubError). Written since 2026-11-30 as one posting per (band key, entry) (8-byte: its feature "
            "the entry's lowest non-empty feature with that key); before, one per (band key, entry, feature). "
            "Removal of an 8-byte hub's entry deletes every (entry, feature) of its keys, so both kinds are removed alike"),
+    Record("band_blocks", "u64(the block's last LSH band key)", "bytes of its own layout (fitsketch.band_blocks.encode): "
+           "a 14-byte header _HEAD '<BBIII' (block format, codec of storage.codec.compress, distinct keys <= 4096, "
+           "postings, bytes of the keys' part), then two compressed parts (zstd, or zlib where pyarrow lacks it) of "
+           "little-endian byte planes: the distinct keys' deltas (uint64, the first as it is) and their posting "
+           "counts (uint32); the entry ids' gaps within each key (uint32, a key's first id as it is); at most "
+           "4,080 bytes (one overflow page) unless one key's postings are larger",
+           "fitsketch.band_blocks (compaction; removal through fitsketch.parts (Bands))",
+           (("fitsketch.band_blocks.BLOCKS_FORMAT", 1),),
+           "since hub format 6; the postings added since the last compaction stay in bands (the delta); "
+           "meta b'block_postings' counts the postings the blocks hold"),
     Record("extra", "u64(entry id)", "{v, coverage?, coverage_embedding?, coverage_latent?, classes?}",
            "fitsketch.parts (Extra)", (_E, ("fitsketch.coverage.COVERAGE_FORMAT", 1),
                                        ("fitsketch.coverage_spaces.SPACE_FORMAT", 1),

@@ -36,10 +36,11 @@ DBS = (
     "extra",       # anything else
     "profiles",    # u64 entry id -> profile record (engine/profiles.py; format >= 5, before: extra b"p" + id)
     "profile_keys",  # u64 entry id -> stored JS-LSH band keys (engine/profiles.py; format >= 5, before: extra b"k" + id)
+    "band_blocks",   # u64 last band key of the block -> compressed block of band postings (engine/band_blocks.py; format >= 6)
 )
-# databases a hub of an older format lacks until its upgrade (a writable open creates them): a
-# read-only open of such a hub reads them as empty
-LATER_DBS = frozenset({"profiles", "profile_keys"})
+# databases a hub of an older format lacks until its upgrade (a writable open creates them), with
+# the hub format that brought each: a read-only open of such a hub reads them as empty
+LATER_DBS = {"profiles": 5, "profile_keys": 5, "band_blocks": 6}
 DUPSORT_DBS = frozenset({"bands"})
 _DUPS_CHUNK = 1 << 14   # pairs put_dups converts and writes at a time
 DUP_SIZE = 8  # bytes per value in a dupsort database
@@ -100,8 +101,8 @@ class Txn:
         h = self._db(db, dup=dup)
         if h is None:
             self._writable()
-            raise SchemaError(f"hub at {self._path} has no database {db!r} (a hub of format < 5 opened "
-                              f"read-only): open it with readonly=False to upgrade it before writing")
+            raise SchemaError(f"hub at {self._path} has no database {db!r} (a hub of format < {LATER_DBS[db]} "
+                              f"opened read-only): open it with readonly=False to upgrade it before writing")
         return h
 
     def _writable(self) -> None:
@@ -161,6 +162,22 @@ class Txn:
             return False
         with self._txn.cursor(db=self._db(db)) as cur:
             return cur.set_key(_check_key(key))
+
+    def first_from(self, db: str, key: bytes) -> tuple[bytes, bytes] | None:
+        """The first (key, raw value) of ``db`` whose key is ``>= key`` (LMDB ``set_range``), or None."""
+        h = self._db(db, dup=False)
+        if h is None:
+            return None
+        with self._txn.cursor(db=h) as cur:
+            return cur.item() if cur.set_range(_check_key(key)) else None
+
+    def last(self, db: str) -> tuple[bytes, bytes] | None:
+        """The last (key, raw value) of ``db``, or None when it is empty."""
+        h = self._db(db, dup=False)
+        if h is None:
+            return None
+        with self._txn.cursor(db=h) as cur:
+            return cur.item() if cur.last() else None
 
     def count(self, db: str) -> int:
         """Number of records (in ``bands``: of key/value pairs, duplicates included)."""
@@ -251,6 +268,33 @@ class Txn:
                 else:
                     out.append([])
         return out
+
+    def dups_from(self, db: str, start: bytes, limit: int, width: int) -> tuple[bytes, bool]:
+        """The pairs of ``db`` from key ``start`` on, whole keys, until ``limit`` pairs are reached, as
+        one buffer of (key, value) records of 8 + ``width`` bytes (LMDB ``MDB_GET_MULTIPLE``: a page
+        of values a call instead of one Python object a pair), and whether pairs are left after
+        them. Every key must be 8 bytes and every value ``width`` bytes (``CorruptHubError`` when
+        the records read do not add up)."""
+        h = self._db(db, dup=True)
+        keys, n, more = [], 0, False
+        with self._txn.cursor(db=h) as cur:
+            if not cur.set_range(_check_key(start)):
+                return b"", False
+            for key in cur.iternext_nodup(keys=True, values=False):
+                if n >= limit:
+                    more = True
+                    break
+                keys.append(key)
+                n += cur.count()
+            if not keys:
+                return b"", False
+            if {len(k) for k in keys} != {8}:
+                raise CorruptHubError(f"hub at {self._path}: a key of database {db!r} is not 8 bytes")
+            buf = bytes(cur.getmulti(keys, dupdata=True, dupfixed_bytes=width, keyfixed=True))
+        if len(buf) != n * (8 + width):
+            raise CorruptHubError(f"hub at {self._path}: database {db!r} holds values of another width than "
+                                  f"{width} bytes; restore the hub from a backup")
+        return buf, more
 
     def delete_dup(self, db: str, key: bytes, value8: bytes) -> bool:
         """Remove one record ``value8`` (8 bytes, or 4: ``put_dups(width=4)``) under ``key``; returns whether it existed."""

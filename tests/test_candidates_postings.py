@@ -1,4 +1,4 @@
-"""The MinHash candidate stage reads each band's postings as one array (candidates._posting_ids):
+"""The MinHash candidate stage reads each band's postings as one array (band_blocks.delta_ids):
 equal to reading them one ``int.from_bytes`` at a time, for 4- and 8-byte postings (and a band
 holding both), and a posting of another width is a named error."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fitsketch import errors as E
-from fitsketch.candidates import _posting_ids
+from fitsketch.band_blocks import delta_ids as _posting_ids
 
 
 def _reference(dups):

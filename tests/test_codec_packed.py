@@ -152,3 +152,28 @@ def test_a_record_of_many_compressed_arrays_is_bounded_as_a_whole(monkeypatch):
         else:
             with pytest.raises(CodecError, match="claim more than"):
                 unpack(rec, stored=True)
+
+
+def test_malformed_payload_messages_read_as_they_always_did(rng, monkeypatch):
+    """The compressed arrays' error messages (storage/codec.py ``_decode_packed``) are unchanged by the
+    public ``decompress`` (engine/band_blocks.py): each names the array's shape and dtype, and a build
+    without zstd says to install pyarrow from PyPI, nothing before it."""
+    n = int(rng.integers(10, 2000))
+    a = rng.integers(0, 100, n).astype(np.int32)
+    z = zlib.compress(a.tobytes())
+    zz = C._zstd().compress(a.tobytes(), asbytes=True)
+    cases = [(_ext("<i4", [n + 1], 0, C._ZLIB, z),
+              f"^malformed compressed array payload: shape \\[{n + 1}\\] of <i4 needs {4 * n + 4} bytes, "
+              f"decompressed to {4 * n}$"),
+             (_ext("<i4", [n - 1], 0, C._ZLIB, z), f"^malformed compressed array payload: more than the {4 * n - 4} "
+              "bytes of its shape$"),
+             (_ext("<i4", [n], 0, C._ZSTD, b"garbage" * 9), "^malformed compressed array payload: [A-Za-z]+(Error|Exception)?: ")]
+    for b, msg in cases:
+        with pytest.raises(CodecError, match=msg):
+            unpack(b, stored=True)
+    monkeypatch.setattr(C, "_zstd", lambda level=None: None)
+    with pytest.raises(CodecError, match="^this record is zstd-compressed and this pyarrow build has no zstd: "
+                                         "install a pyarrow wheel from PyPI$"):
+        unpack(_ext("<i4", [n], 0, C._ZSTD, zz), stored=True)
+    with pytest.raises(CodecError, match="^this record is zstd-compressed"):
+        C.decompress(zz, C._ZSTD, 4 * n)

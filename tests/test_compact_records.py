@@ -101,7 +101,7 @@ def test_compressed_records_read_as_the_plain_ones(tmp_path, rng, monkeypatch):
     new, old = tmp_path / "new", tmp_path / "old"
     _build(new, sketches, monkeypatch, plain=False)
     _build(old, sketches, monkeypatch, plain=True)
-    assert fitsketch.inspect(new)["format"] == FORMAT_VERSION == 5 and fitsketch.inspect(old)["format"] == 2
+    assert fitsketch.inspect(new)["format"] == FORMAT_VERSION == 6 and fitsketch.inspect(old)["format"] == 2
     a, b = _records(new), _records(old)
     assert a["bands"] == b["bands"]
     raw_new = raw_old = 0
@@ -135,8 +135,8 @@ def test_a_format_2_hub_opens_as_it_is_and_mixes_with_format_3_entries(tmp_path,
                 k = txn.get_raw("names", b"added")
                 assert C.EXT_PACKED in _exts(txn.get_raw("histograms", k))
             mixed = {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
-    assert any("from format 2 to 5" in r.getMessage() for r in caplog.records)
-    assert fitsketch.inspect(old)["format"] == 5
+    assert any("from format 2 to 6" in r.getMessage() for r in caplog.records)
+    assert fitsketch.inspect(old)["format"] == 6
     # the mixed hub answers as a hub written all in format 3 from the same sketches
     ref = tmp_path / "ref"
     _build(ref, {**sketches}, monkeypatch, plain=False)

@@ -144,7 +144,7 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
     old, new = tmp_path / "old", tmp_path / "new"
     _build(old, sketches, monkeypatch, old=True)
     _build(new, sketches, monkeypatch, old=False)
-    assert fitsketch.inspect(old)["format"] == 4 and fitsketch.inspect(new)["format"] == 5
+    assert fitsketch.inspect(old)["format"] == 4 and fitsketch.inspect(new)["format"] == 6
     assert _stored_screens(old) == len(sketches) and _stored_screens(new) == 0
     n = len(sketches)
     assert _counts(old)["profiles"] == _counts(old)["profile_keys"] == 0          # no such databases: read as empty
@@ -163,7 +163,7 @@ def test_computed_screens_equal_the_stored_ones(tmp_path, rng, monkeypatch):
             hub.add_sketches(list(late.items()))
             hub.remove("s1")
             hub._synced_screen()
-    assert fitsketch.inspect(old)["format"] == 5
+    assert fitsketch.inspect(old)["format"] == 6
     assert _stored_screens(old) == len(sketches) - 1          # the old entries' records, less the removed one
     _same_state(_state_from_file(old, monkeypatch), _state_from_file(new, monkeypatch))
     _same_state(_state(old), _state(new))
@@ -221,26 +221,25 @@ with fitsketch.open(sys.argv[1]) as hub:     # writable: upgrades the format-4 h
 """
 
 
-def test_a_reader_of_a_hub_another_process_upgrades_finds_the_new_entries(tmp_path, rng, monkeypatch):
-    """A process reading a format-4 hub (opened read-only: no ``profiles`` databases) while another
-    upgrades it to format 5 and adds: its next search finds the new entry, in both indexes, as a
-    fresh reader does (storage/env.py ``HubStore._open_later``, engine/profiles.py ``ProfileIndex.sync``)."""
+def test_a_hub_another_process_reads_is_not_upgraded_under_it(tmp_path, rng, monkeypatch):
+    """A process reading a format-4 hub while another opens it writable: the upgrade (to format 6,
+    whose band blocks a reader of an older fitsketch would not see) waits for the hub alone
+    (storage/env.py ``HubStore._migrate_alone``): the writer gets HubBusyError, the hub and the reader's
+    answers stay; once the reader closes, the writer upgrades and adds, and a fresh reader finds the entry."""
     path = tmp_path / "old"
     _build(path, _sketches(rng), monkeypatch, old=True)
     q = _table(rng, 173, 1.0)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fitsketch.__file__)))
+    writer = [sys.executable, "-c", textwrap.dedent(_WRITER), str(path), str(int(rng.integers(1 << 31)))]
     with fitsketch.open(path, readonly=True) as hub:
-        before = {m: [r.name for r in hub.search(q, k=10, method=m)] for m in METHODS}   # both indexes loaded
-        assert all("late" not in v for v in before.values()) and len(hub._synced_profiles()) == len(hub.names())
-        root = os.path.dirname(os.path.dirname(os.path.abspath(fitsketch.__file__)))
-        subprocess.run([sys.executable, "-c", textwrap.dedent(_WRITER), str(path), str(int(rng.integers(1 << 31)))],
-                       check=True, cwd=root, timeout=300)
-        got = {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
-        late = hub.get("late").id
-        assert late in hub._synced_profiles().ids.tolist() and late in hub._synced_screen().ids.v.tolist()
-        with hub.store.read() as txn:
-            assert txn.count("profiles") == 1 and txn.count("profile_keys") == 1   # the new databases, read
-    assert fitsketch.inspect(path)["format"] == 5
-    assert got == _answers(path, q)                             # as a fresh reader
+        before = {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS}
+        res = subprocess.run(writer, cwd=root, timeout=300, capture_output=True, text=True)
+        assert res.returncode != 0 and "HubBusyError" in res.stderr and "stop the other" in res.stderr
+        assert fitsketch.inspect(path)["format"] == 4
+        assert {m: [(r.name, r.score) for r in hub.search(q, k=10, method=m)] for m in METHODS} == before
+    subprocess.run(writer, check=True, cwd=root, timeout=300)
+    assert fitsketch.inspect(path)["format"] == 6
+    got = _answers(path, q)
     assert all("late" in [n for n, _ in v] for v in got.values())
 
 
@@ -297,4 +296,4 @@ def test_a_write_to_a_database_the_hub_lacks_raises(tmp_path, rng, monkeypatch):
     with fitsketch.open(path, readonly=True) as hub:
         assert hub.store._format == 4
     with fitsketch.open(path) as hub:
-        assert hub.store._format == env_mod.FORMAT_VERSION == 5
+        assert hub.store._format == env_mod.FORMAT_VERSION == 6

@@ -188,7 +188,7 @@ def test_inspect_reads_header_only(rng, tmp_path):
     with fitsketch.open(tmp_path / "i", config=SketchConfig(seed=11)) as hub:
         hub.add("x", frame(rng))
     info = fitsketch.inspect(tmp_path / "i")
-    assert info["format"] == 5 and info["entries"] == 1 and info["config"]["seed"] == 11   # format 5: issue 21
+    assert info["format"] == 6 and info["entries"] == 1 and info["config"]["seed"] == 11   # format 5: issue 21
 
 
 def test_input_kinds_give_the_same_sketch(rng, tmp_path):

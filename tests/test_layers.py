@@ -15,7 +15,7 @@ LAYERS = [
     ("base", {"errors", "results", "validate", "plan", "config", "extras"}),
     ("algorithms", {"quantize", "partitions", "minhash", "jslsh", "sketch", "data", "exact", "coverage", "coverage_batch",
                     "coverage_spaces", "profiles", "growable", "screen", "coarse", "accuracy", "accuracy_records",
-                    "signature_records", "accuracy_gauss", "accuracy_pool", "accuracy_perf", "accuracy_proxy",
+                    "signature_records", "band_blocks", "accuracy_gauss", "accuracy_pool", "accuracy_perf", "accuracy_proxy",
                     "accuracy_batch", "accuracy_bound", "accuracy_cache", "simex", "autoencoder", "deephash", "faiss_files",
                     "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),

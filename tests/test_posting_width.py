@@ -98,7 +98,7 @@ def test_a_format_3_hub_opens_as_it_is_and_keeps_8_byte_postings_after_its_upgra
                 hub.remove(name)
             with hub.store.read() as txn:
                 assert txn.count("bands") == 0
-    assert fitsketch.inspect(old)["format"] == 5
+    assert fitsketch.inspect(old)["format"] == 6
 
 
 def test_an_old_hub_without_postings_takes_4_byte_postings(tmp_path, rng, monkeypatch):

@@ -83,7 +83,7 @@ def test_an_entry_removed_leaves_no_key_of_any_part(tmp_path, rng):
 
 
 def test_a_format_1_hub_opens_as_it_is_read_only_and_is_upgraded_writable(tmp_path, rng, caplog):
-    assert FORMAT_VERSION == 5
+    assert FORMAT_VERSION == 6
     path = tmp_path / "h"
     q = _frame(rng, 60)
     with fitsketch.open(path) as hub:
@@ -97,9 +97,9 @@ def test_a_format_1_hub_opens_as_it_is_read_only_and_is_upgraded_writable(tmp_pa
     with caplog.at_level(logging.WARNING, logger="fitsketch.storage.env"):
         with fitsketch.open(path) as hub:
             assert [(m.name, m.score) for m in hub.search(q, k=4, method="exact-js")] == want
-    assert any("from format 1 to 5" in r.getMessage() for r in caplog.records)
+    assert any("from format 1 to 6" in r.getMessage() for r in caplog.records)
     info = fitsketch.inspect(path)
-    assert info["format"] == 5 and info["record_formats"] == schema.formats()
+    assert info["format"] == 6 and info["record_formats"] == schema.formats()
     assert info["record_formats"]["fitsketch.partitions.HIST_FORMAT"] == 2
 
 

@@ -144,7 +144,7 @@ def _build(path, sketches, monkeypatch, old: bool):
             (n0, s0), *rest = sketches.items()
             hub.add_sketch(n0, s0)
             hub.add_sketches(rest)
-    assert fitsketch.inspect(path)["format"] == (4 if old else 5)
+    assert fitsketch.inspect(path)["format"] == (4 if old else 6)
 
 
 def _answers(path, q, readonly=True):
@@ -184,7 +184,7 @@ def test_a_format_4_hub_reads_as_a_format_5_hub_and_is_upgraded(tmp_path, rng, m
     with fitsketch.open(old) as a, fitsketch.open(new) as b:  # writable: upgraded, then both take the same adds
         for hub in (a, b):
             hub.add_sketches(list(more.items()))
-    assert fitsketch.inspect(old)["format"] == 5
+    assert fitsketch.inspect(old)["format"] == 6
     m_old, v_old = _matrices(old)
     assert v_old == {S.SIG_PLAIN, S.SIG_DICT}                # old records beside new ones
     assert _answers(old, q) == _answers(new, q)
@@ -202,5 +202,5 @@ def test_an_older_fitsketch_refuses_a_format_5_hub(tmp_path, rng, monkeypatch):
     with fitsketch.open(path) as hub:
         hub.add_sketch("a", fitsketch.sketch_data(_table(rng, 90), partition_size=50))
     monkeypatch.setattr(env_mod, "FORMAT_VERSION", 4)         # a fitsketch that reads up to format 4
-    with pytest.raises(SchemaError, match="format 5"):
+    with pytest.raises(SchemaError, match="format 6"):
         fitsketch.open(path, readonly=True)
