@@ -77,15 +77,7 @@ def _lean_sketches(pool, lo: int, hi: int) -> list:
     cfg, d = pool.cfg, len(pool.names)
     out = []
     for i in range(lo, hi):
-        p = pool.picks(i)
-        w = np.bincount(p, minlength=len(pool.chunk_rows)).astype(np.float64)
-        used = np.flatnonzero(w)
-        hc = w[used] @ pool.hcount[used]
-        nz = np.flatnonzero(hc)
-        co = pool.coords[nz]
-        hist = {"part": np.zeros(len(nz), np.int32), "feat": (co >> 32).astype(np.int32),
-                "bucket": ((co & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
-                "count": np.rint(hc[nz]).astype(np.uint32)}
+        p, w, used, hist = pool.histogram(i)
         n = len(p) * pool.chunk_rows.shape[1]
         out.append(Sketch(cfg.sketch_key(), cfg.partition_size, list(pool.names), ["numeric"] * d,
                           np.zeros((d, cfg.num_perm), np.uint32), w[used] @ pool.csum[used],

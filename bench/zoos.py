@@ -207,6 +207,20 @@ class Pool:
         """Row indices of entry ``i`` (its chunks' rows)."""
         return self.chunk_rows[self.picks(i)].reshape(-1)
 
+    def histogram(self, i: int) -> tuple:
+        """(chunk picks, chunk weights, chunks used, histogram record) of entry ``i``: the sum of its
+        chunks' bucket counts."""
+        p = self.picks(i)
+        w = np.bincount(p, minlength=len(self.chunk_rows)).astype(np.float64)
+        used = np.flatnonzero(w)
+        hc = w[used] @ self.hcount[used]
+        nz = np.flatnonzero(hc)
+        co = self.coords[nz]
+        hist = {"part": np.zeros(len(nz), np.int32), "feat": (co >> 32).astype(np.int32),
+                "bucket": ((co & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
+                "count": np.rint(hc[nz]).astype(np.uint32)}
+        return p, w, used, hist
+
     def sketches(self, lo: int, hi: int) -> list:
         """Sketches of entries ``lo .. hi-1``."""
         from fitsketch.kernels.rowcodes import narrow_counts
@@ -215,15 +229,7 @@ class Pool:
         cfg, d = self.cfg, len(self.names)
         out = []
         for i in range(lo, hi):
-            p = self.picks(i)
-            w = np.bincount(p, minlength=len(self.chunk_rows)).astype(np.float64)
-            used = np.flatnonzero(w)
-            hc = w[used] @ self.hcount[used]
-            nz = np.flatnonzero(hc)
-            co = self.coords[nz]
-            hist = {"part": np.zeros(len(nz), np.int32), "feat": (co >> 32).astype(np.int32),
-                    "bucket": ((co & 0xFFFFFFFF) - (1 << 31)).astype(np.int32),
-                    "count": np.rint(hc[nz]).astype(np.uint32)}
+            p, w, used, hist = self.histogram(i)
             tc = w[used] @ self.tcount[used]
             tz = np.flatnonzero(tc)
             tk = self.tcodes[tz]
