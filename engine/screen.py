@@ -459,11 +459,14 @@ class ScreenIndex:
             out = np.full(len(rows), -1, dtype=np.int64)
             if not len(ident) or not len(rows):
                 return out if (t_small is not None or t_keys is not None) else None
-            n_parts = np.diff(np.append(self._p_lo.v, self._part_row.n))
+            def n_parts(r):   # partitions of rows r (not a diff over every row: ~6 ms a query at 1M)
+                lo = self._p_lo.v
+                nxt = np.minimum(r + 1, len(lo) - 1)
+                return np.where(r + 1 < len(lo), lo[nxt], self._part_row.n) - lo[r]
             if t_small is not None and self._jks_data is not None and list(t_small[0]) == self._jks_params:
                 ok = ident[self._schema.v[rows]] & self._jks_ok.v[rows]
                 if method == "adaptivity":
-                    ok &= self._jk_ok.v[rows] & (n_parts[rows] == 1)
+                    ok &= self._jk_ok.v[rows] & (n_parts(rows) == 1)
                 sel = np.flatnonzero(ok)
                 ls = self._jks_data.a.shape[1]
                 tq = np.asarray(t_small[1], dtype=np.uint32).reshape(-1, ls)
@@ -486,7 +489,7 @@ class ScreenIndex:
                 return out
             tk = np.asarray(t_keys[1], dtype=np.uint32)
             T = max(len(tk), 1)
-            cnt = n_parts[rows[sel]].astype(np.int64)
+            cnt = n_parts(rows[sel]).astype(np.int64)
             first = np.concatenate([[0], np.cumsum(cnt)[:-1]]).astype(np.int64)
             psel = np.repeat(self._p_lo.v[rows[sel]] - first, cnt) + np.arange(int(cnt.sum()))   # their partitions
             has = np.flatnonzero(cnt > 0)
