@@ -71,11 +71,17 @@ def coarse_for(method: str, override: int = 0, entries: int = 0) -> int:
     if override:
         return int(override)
     base = COARSE_BY_METHOD.get(method, COARSE_DEFAULT)
-    big = COARSE_AT_1M.get(method, base)
-    if entries <= DEPTH_MEASURED_AT or big == base:
-        return base
+    return _grown(base, COARSE_AT_1M.get(method, base) / base, entries)
+
+
+def _grown(value: int, at_1m: float, entries: int) -> int:
+    """``value`` (what holds up to ``DEPTH_MEASURED_AT`` entries) on a hub of ``entries`` entries:
+    itself up to that size, ``at_1m`` times it at 1M, the power law through the two between and
+    beyond, rounded up (``coarse_for``, ``nprobe_for``)."""
+    if entries <= DEPTH_MEASURED_AT or at_1m == 1:
+        return int(value)
     decades = np.log10(entries / DEPTH_MEASURED_AT)          # 0 at 100k, 1 at 1M
-    return int(np.ceil(base * (big / base) ** decades - 1e-9))
+    return int(np.ceil(value * at_1m ** decades - 1e-9))
 
 
 # recall@10 of the two-level stage against the exact screen of every entry, at COARSE_DEFAULT and
@@ -467,10 +473,9 @@ def nprobe_for(nprobe: int, entries: int) -> int:
     at 1M, the power law between and beyond (rounded up). The IVF has ~sqrt(n) lists: at 100k, 64 of
     its 316 lists held every tuning query's top 10; at 1M, 64 of 1,000 missed one query's best entry at
     any depth (bench/SUMMARY.md "Candidate stage at 1M, tenth session"). 0 (the exact level 1) stays 0."""
-    if nprobe <= 0 or entries <= DEPTH_MEASURED_AT:
+    if nprobe <= 0:
         return int(nprobe)
-    decades = np.log10(entries / DEPTH_MEASURED_AT)
-    return int(np.ceil(nprobe * (NPROBE_AT_1M / NPROBE_DEFAULT) ** decades - 1e-9))
+    return _grown(nprobe, NPROBE_AT_1M / NPROBE_DEFAULT, entries)
 
 
 def _nlist(n: int) -> int:
