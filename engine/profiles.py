@@ -330,9 +330,8 @@ class ProfileIndex:
             new = stored_profiles(txn, last)
             late = False
             if read_missing is not None:
-                # entries without a stored profile: written before profiles were stored (every entry,
-                # on the first sync), or added after this process opened a format-4 hub read-only and
-                # another upgraded it (storage/env.py HubStore._open_later): computed
+                # entries without a stored profile (written before profiles were stored: every entry,
+                # on the first sync): computed
                 have = {eid for eid, _ in new}
                 if self.generation == -1:
                     have |= set(self.ids.tolist())

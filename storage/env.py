@@ -295,31 +295,6 @@ class HubStore:
                     continue
                 raise CorruptHubError(f"hub at {self.path} lacks database {name!r}; it is damaged") from None
 
-    def _open_later(self, env: lmdb.Environment) -> None:
-        """Open ``LATER_DBS`` once the hub's format reaches the one that brought each: a hub of an older
-        format opened read-only lacks them, and another process may upgrade it while this one reads
-        (its upgrade creates them before it writes the new format). Called before a read transaction
-        begins (a transaction sees only the databases opened before it); one meta read a transaction
-        until then."""
-        try:
-            with env.begin(db=self._dbs["meta"], buffers=False) as txn:
-                raw = txn.get(b"format")
-            fmt = unpack(raw) if raw is not None else None
-        except (lmdb.Error, CodecError):
-            return                         # the transaction that follows reports what is wrong
-        if not isinstance(fmt, int) or fmt < min(LATER_DBS.values()):
-            return
-        with self._cond:                   # LMDB: one mdb_dbi_open at a time in a process
-            for name in DBS:
-                if name not in self._dbs and LATER_DBS.get(name, 0) <= fmt:
-                    try:
-                        self._dbs[name] = env.open_db(name.encode(), create=False)
-                    except lmdb.NotFoundError:
-                        raise CorruptHubError(f"hub at {self.path} is of format {fmt} but lacks database "
-                                              f"{name!r}; it is damaged") from None
-            self._format = fmt
-            log.info("hub at %s: upgraded to format %d by another process; its new databases are read", self.path, fmt)
-
     def _create(self) -> None:
         self._open_dbs(create=True)
         now = time.time()
@@ -424,8 +399,6 @@ class HubStore:
     def read(self) -> Iterator[Txn]:
         """A read-only snapshot: ``with store.read() as txn: txn.get("entries", u64(1))``."""
         env = self._live()
-        if len(self._dbs) < len(DBS):      # an older hub opened read-only: upgraded since by another process?
-            self._open_later(env)
         while True:
             with self._cond:
                 while self._resizing:
