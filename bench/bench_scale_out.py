@@ -20,7 +20,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shutil
 import tempfile
 import time
@@ -115,7 +114,7 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
     add("pandas read_parquet", floor_ts, floor)
     t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False, workers=1), repeats)
     add("local (1 process, 1 thread)", t_local, floor)
-    threads = os.cpu_count() or 1
+    threads = min(D._cpus(), D.LOCAL_THREADS)
     if threads > 1:       # the default of engine="local": one thread per CPU, in this one process
         add(f"local (1 process, {threads} threads)",
             _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats), floor,

@@ -75,6 +75,15 @@ DistributedError = E.DistributedError
 log = logging.getLogger(__name__)
 
 ENGINES = ("ray", "processes", "local")
+LOCAL_THREADS = 8      # engine="local" uses at most this many threads unless workers= says otherwise
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS reports it, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):        # pragma: no cover - not on every platform
+        return os.cpu_count() or 1
 EMPTY_SIG = np.uint32(0xFFFFFFFF)
 
 
@@ -227,13 +236,13 @@ class _Session:
     def __init__(self, engine, address, workers):
         self.engine, self.workers, self.ray, self.pool, self.owned = engine, workers, None, None, False
         # engine="local": threads of this process (one unit each, results in unit order)
-        self.threads = (workers or os.cpu_count() or 1) if engine == "local" else 1
+        self.threads = (workers or min(_cpus(), LOCAL_THREADS)) if engine == "local" else 1
         if isinstance(engine, Executor):
             self.pool, self.engine = engine, "processes"
         elif engine == "processes":
             import multiprocessing as mp
 
-            n = workers or os.cpu_count() or 1
+            n = workers or _cpus()
             log.info("engine='processes': a pool of %d processes on this machine (not Ray)", n)
             # spawn, not fork: the parent may hold torch / OpenMP threads, which fork does not carry over
             # safely. As with any spawn pool, a script must call this under `if __name__ == "__main__":`.
@@ -247,7 +256,7 @@ class _Session:
             if not ray.is_initialized():
                 kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
                 if address is None:
-                    kw["num_cpus"] = workers or os.cpu_count() or 1
+                    kw["num_cpus"] = workers or _cpus()
                 try:
                     ray.init(address=address, **kw)
                 except Exception as e:
@@ -298,7 +307,8 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
 
     ``engine``: ``"ray"`` (``address`` of a running cluster, or None to start a local Ray on
     ``workers`` CPUs), ``"processes"`` (``workers`` processes here), ``"local"`` (this process, on
-    ``workers`` threads, default one per CPU; ``workers=1``: one thread, the reference), or a
+    ``workers`` threads, default one per CPU up to ``LOCAL_THREADS``; ``workers=1``: one thread, the
+    reference), or a
     ``concurrent.futures`` process pool of your own (reused, not shut down).
     All engines return the same sketch (module docstring). ``progress`` shows
     tqdm bars over row groups; ``coverage_center`` skips the first (centre) pass.
