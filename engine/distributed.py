@@ -6,8 +6,8 @@
 
 Engines: ``"ray"`` (plain Ray tasks; ``pip install 'fitsketch[ray]'``; ``address=`` joins a
 cluster, none starts a local one), ``"processes"`` (a ``concurrent.futures`` process pool on this
-machine) and ``"local"`` (this process, on threads; one thread is the reference). All three compute the same sketch, defined
-here, so the distributed sketch equals the single-process one bit for bit (every integer part:
+machine) and ``"local"`` (this process, on threads; one thread is the reference). All three
+compute the same sketch, defined here, so the distributed sketch equals the single-process one bit for bit (every integer part:
 signatures, histograms, counts, coverage counts; and the float ``sums`` too, because the merge
 tree is fixed -- see below):
 
@@ -84,6 +84,8 @@ def _cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):        # pragma: no cover - not on every platform
         return os.cpu_count() or 1
+
+
 EMPTY_SIG = np.uint32(0xFFFFFFFF)
 
 
@@ -308,8 +310,7 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
     ``engine``: ``"ray"`` (``address`` of a running cluster, or None to start a local Ray on
     ``workers`` CPUs), ``"processes"`` (``workers`` processes here), ``"local"`` (this process, on
     ``workers`` threads, default one per CPU up to ``LOCAL_THREADS``; ``workers=1``: one thread, the
-    reference), or a
-    ``concurrent.futures`` process pool of your own (reused, not shut down).
+    reference), or a ``concurrent.futures`` process pool of your own (reused, not shut down).
     All engines return the same sketch (module docstring). ``progress`` shows
     tqdm bars over row groups; ``coverage_center`` skips the first (centre) pass.
     """
