@@ -29,13 +29,14 @@ never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call) c
 ``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``), at most ``AUTO_STEPS``
 chunks a call (an error there is logged: the entries are added); ``Hub.compact()``
 compacts everything. **Removal** (``remove``) deletes the entry's delta postings (``parts.Bands``)
-and leaves its postings in the blocks, dead: entry ids are never reused (``meta/next_id``), so a
-posting whose entry is gone names nothing. ``meta/block_dead`` bounds how many the blocks may hold;
-while it is above 0 a lookup keeps only the ids of entries the hub holds (one check per distinct id:
-its results are exact in every snapshot), compaction drops the dead postings of every block it
-rewrites, and ``Hub.compact()`` sweeps every block (``sweep``) and sets it back to 0. Rewriting
-each block holding one of the entry's keys at removal (hub format 6 as first written) cost ~30-40x a
-format-5 removal (~400 blocks an entry).
+and leaves its compacted postings in the blocks, dead: entry ids are never reused (``meta/next_id``),
+so a posting whose entry is gone names nothing. ``meta/block_dead`` counts them (``removed``: the
+entry's distinct keys that were not in the delta -- a posting is in one place or the other); while it
+is above 0 a lookup keeps only the ids of entries the hub holds (one check per distinct id: its
+results are exact in every snapshot); compaction drops the dead postings of every block it rewrites
+and ``Hub.compact()`` sweeps every block (``sweep``), each taking what it drops off the count, so
+it returns to 0 once they are gone. Rewriting each block holding one of the entry's keys at removal
+(hub format 6 as first written) cost ~30-40x a format-5 removal (~400 blocks an entry).
 
 The postings the blocks hold, live or dead, are counted in ``meta/block_postings`` (kept by
 compaction and sweeps), which the auto-compaction threshold reads. Stored blocks are validated on read (format,
@@ -274,7 +275,7 @@ def lookup(txn, band_keys) -> np.ndarray:
         if txn.count(DELTA) else []                            # a compacted hub: no delta to look in
     found.append(_lookup_blocks([(last, raw) for _, last, raw, _ in _blocks_over(txn, q)], q, ids_bound(txn)))
     ids = np.unique(np.concatenate(found))
-    if len(ids) and dead(txn):                                # removed entries' postings may remain in the blocks
+    if len(ids) and dead(txn) != 0:                           # removed entries' postings may remain in the blocks
         ids = ids[_live(txn, ids)]
     return ids
 
@@ -371,9 +372,13 @@ def held(txn) -> int:
     return _count(txn, HELD_KEY, "a count")
 
 
-def dead(txn) -> int:
-    """An upper bound on the blocks' postings of removed entries (``meta/block_dead``; 0 when none)."""
-    return _count(txn, DEAD_KEY, "a count")
+def dead(txn) -> int | None:
+    """How many of the blocks' postings name removed entries (``meta/block_dead``; 0 when none), or
+    None when that record is damaged: unknown, so lookups check liveness until ``sweep`` counts again."""
+    n = txn.get("meta", DEAD_KEY)
+    if n is None:
+        return 0
+    return n if type(n) is int and 0 <= n < (1 << 62) else None
 
 
 def due(txn) -> bool:
@@ -382,16 +387,20 @@ def due(txn) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- writes
-def remove(txn, eid: int, band_keys: np.ndarray) -> int:
-    """Entry ``eid`` is being removed: its postings of ``band_keys`` (uint64) stay in the blocks, dead
-    (its delta postings are deleted by ``parts.Bands``), and ``meta/block_dead`` grows by how many
-    the blocks can hold (one a distinct key), so that lookups check liveness until a sweep. Returns
-    that bound (0 in a hub without blocks)."""
-    q = _keys(band_keys)
-    if txn.last(DB) is None or not len(q):
-        return 0
-    txn.put("meta", DEAD_KEY, dead(txn) + len(q))
-    return len(q)
+def removed(txn, n: int) -> None:
+    """An entry is being removed and ``n`` of its postings stay in the blocks, dead (those of its
+    distinct band keys that were not in the delta, where ``parts.Bands`` deleted the rest): counted
+    in ``meta/block_dead``, which lookups read to decide whether to check liveness."""
+    d = dead(txn)
+    if n > 0 and d is not None and txn.last(DB) is not None:   # unknown stays unknown (lookups check) until a sweep
+        txn.put("meta", DEAD_KEY, d + int(n))
+
+
+def _drop_dead(txn, n: int) -> None:
+    """``n`` dead postings were dropped from the blocks: the count follows (never below 0)."""
+    d = dead(txn)
+    if n > 0 and d:
+        txn.put("meta", DEAD_KEY, max(0, d - n))
 
 
 def _rewrite(txn, blocks: list, got: list, alive: np.ndarray) -> tuple[int, int]:
@@ -433,25 +442,31 @@ def _sweep_step(txn, start: int) -> int | None:
     if not alive.all():
         before, after = _rewrite(txn, blocks, got, alive)
         txn.put("meta", HELD_KEY, held(txn) - before + after)
+        _drop_dead(txn, before - after)
     last = blocks[-1][1]
     return None if hit is None or last == (1 << 64) - 1 else last + 1
 
 
 def sweep(store) -> int:
     """Drop the dead postings of every block (one write transaction per ``COMPACT_BLOCK_BYTES`` of
-    blocks), then, if no entry was removed meanwhile, set ``meta/block_dead`` to 0; returns the
-    transactions run."""
-    if not store.transact(dead):
+    blocks), each step taking what it drops off ``meta/block_dead`` (which then ends at the postings
+    of entries removed meanwhile); returns the write transactions run. A damaged count is replaced
+    first by the postings the blocks hold (a bound); after the sweep the count is set to 0 if no entry
+    was added or removed meanwhile (every dead posting was then dropped)."""
+    with store.read() as txn:
+        d, mark = dead(txn), txn.get("meta", b"generation")
+    if d == 0:
         return 0
-    mark = store.transact(lambda txn: txn.get("meta", b"generation"))
-    start, steps = 0, 0
+    steps = 0
+    if d is None:
+        store.transact(lambda txn: txn.put("meta", DEAD_KEY, held(txn)))
+        steps += 1
+    start = 0
     while start is not None:
         start = store.transact(lambda txn, s=start: _sweep_step(txn, s))
         steps += 1
-
-    def settle(txn):
-        # a removal after the sweep started may have left postings in blocks already swept
-        if txn.get("meta", b"generation") == mark:
+    def settle(txn):            # every dead posting swept, unless an entry came or went meanwhile
+        if txn.get("meta", b"generation") == mark and dead(txn) != 0:
             txn.put("meta", DEAD_KEY, 0)
 
     store.transact(settle)
@@ -558,9 +573,7 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
     for key in np.unique(dk):
         txn.delete(DELTA, u64(int(key)))
     txn.put("meta", HELD_KEY, held(txn) + moved_held)
-    dropped = 0 if alive is None else int(len(alive) - np.count_nonzero(alive))
-    if dropped and dead(txn):
-        txn.put("meta", DEAD_KEY, max(0, dead(txn) - dropped))
+    _drop_dead(txn, 0 if alive is None else int(len(alive) - np.count_nonzero(alive)))
     return int(taken_to) + 1 if more and int(taken_to) < (1 << 64) - 1 else None
 
 

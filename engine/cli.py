@@ -487,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(s)
     s.set_defaults(fn=cmd_remove)
 
-    s = _sub(sub, "compact", "move the band postings added since the last compaction into their blocks, then "
-             "rewrite the hub's file to its live size (stop its server first)")
+    s = _sub(sub, "compact", "move the band postings added since the last compaction into their blocks, drop "
+             "removed entries' postings from every block, then rewrite the hub's file to its live size (stop its "
+             "server first)")
     s.add_argument("hub", help="the hub to compact")
     s.add_argument("--bands-only", action="store_true", help="compact the band postings only (the file is left as "
                    "it is; works while a server or reader has the hub open)")

@@ -235,10 +235,15 @@ def _main_not_reimported():
 class _Session:
     """Runs map tasks on one engine for both passes; owns the pool or the Ray instance it started."""
 
-    def __init__(self, engine, address, workers):
+    def __init__(self, engine, address, workers, device: str = "auto"):
         self.engine, self.workers, self.ray, self.pool, self.owned = engine, workers, None, None, False
-        # engine="local": threads of this process (one unit each, results in unit order)
-        self.threads = (workers or min(_cpus(), LOCAL_THREADS)) if engine == "local" else 1
+        # engine="local": threads of this process (one unit each, results in unit order); one where the
+        # kernels run on a GPU (its kernels are compiled and launched from one thread)
+        self.threads = 1
+        if engine == "local":
+            from .kernels._device import resolve_device
+
+            self.threads = (workers or min(_cpus(), LOCAL_THREADS)) if resolve_device(device) == "cpu" else 1
         if isinstance(engine, Executor):
             self.pool, self.engine = engine, "processes"
         elif engine == "processes":
@@ -275,8 +280,9 @@ class _Session:
             return _run_ray(fn, specs, on_result, self.ray)
         if self.pool is not None:
             return _run_pool(self.pool, fn, specs, on_result)
-        for i, res in enumerate(ordered_map(fn, specs, self.threads)):
-            on_result(i, res)
+        with contextlib.closing(ordered_map(fn, specs, self.threads)) as results:   # an error here stops the rest
+            for i, res in enumerate(results):
+                on_result(i, res)
 
     def close(self):
         if not self.owned:
@@ -334,7 +340,7 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
              for u in p.units]
     log.info("sketching %d rows in %d row groups of %d file(s) with engine=%r", p.n_rows, len(p.units),
              len(p.files), engine)
-    session = _Session(engine, address, workers)
+    session = _Session(engine, address, workers, device)
     pending: dict = {}
     try:
         specs = [{**s, "partition_size": m, "shuffle": bool(shuffle), "device": device} for s in specs]
@@ -357,10 +363,10 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
         try:
             todo = [i for i in range(len(specs)) if i not in pending]
             done = sorted(pending)
-            finished = ordered_map(lambda i: finish_unit(pending.pop(i), specs[i], coverage_center), done,
-                                   session.threads)
-            for i, sk in zip(done, finished):
-                on_sketch(i, sk)
+            with contextlib.closing(ordered_map(lambda i: finish_unit(pending.pop(i), specs[i], coverage_center),
+                                                done, session.threads)) as finished:
+                for i, sk in zip(done, finished):
+                    on_sketch(i, sk)
             session.run(unit_sketch, [specs[i] for i in todo], lambda j, data: on_sketch(todo[j], data))
         finally:
             if bar is not None:

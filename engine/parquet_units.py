@@ -5,6 +5,7 @@ task takes a small dict and returns msgpack bytes, never pickle; the functions l
 spawned workers import them from this module, not from the parent's ``__main__``."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob as _glob
 import os
@@ -336,12 +337,13 @@ def local_first_pass(specs: list[dict], on_unit=None, workers: int = 1) -> tuple
 
     stats: list[dict] = []
     pending: dict[int, Sketch] = {}
-    for i, (st, sk) in enumerate(ordered_map(one, range(len(specs)), workers)):
-        stats.append(st)
-        if sk is not None:
-            pending[i] = sk
-        if on_unit is not None:
-            on_unit(i)
+    with contextlib.closing(ordered_map(one, range(len(specs)), workers)) as results:   # an error here stops the rest
+        for i, (st, sk) in enumerate(results):
+            stats.append(st)
+            if sk is not None:
+                pending[i] = sk
+            if on_unit is not None:
+                on_unit(i)
     return stats, pending
 
 

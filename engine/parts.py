@@ -347,16 +347,21 @@ class Bands(Part):
         bands = feature_band_keys(sig, config.lsh_k, config.lsh_l)
         nonempty = sig[:, 0] != _EMPTY_SIG
         keys = np.unique(bands[nonempty].reshape(-1).view(np.uint64))
-        _blocks.remove(txn, eid, keys)     # hub format 6: the postings compacted into blocks
+        # its postings still in the delta are deleted; those compacted into blocks (hub format 6: a
+        # key's posting is in one place or the other) stay there, dead, counted (band_blocks.removed)
         if posting_bytes(txn) == 4:
             v = struct.pack(">I", eid)
-            for bk in keys:
-                txn.delete_dup("bands", u64(int(bk)), v)
-            return
-        for f in np.flatnonzero(nonempty):
-            v = struct.pack(">II", eid, f)
-            for bk in bands[f]:
-                txn.delete_dup("bands", u64(int(bk) & 0xFFFFFFFFFFFFFFFF), v)
+            found = sum(bool(txn.delete_dup("bands", u64(int(bk)), v)) for bk in keys)
+        else:
+            hit = set()
+            for f in np.flatnonzero(nonempty):
+                v = struct.pack(">II", eid, f)
+                for bk in bands[f]:
+                    k = int(bk) & 0xFFFFFFFFFFFFFFFF
+                    if txn.delete_dup("bands", u64(k), v):
+                        hit.add(k)
+            found = len(hit)
+        _blocks.removed(txn, len(keys) - found)
 
 
 PARTS: tuple[Part, ...] = (Core(), Extra(), SimExFleet(), Embeddings(), ModelDescriptors(), Profile(), Screen(),

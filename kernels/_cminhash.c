@@ -1358,9 +1358,11 @@ static PyObject *fma_codes(PyObject *self, PyObject *args) {
     z = (float *)malloc(sizeof(float) * (size_t)(d ? d : 1));
     bit = (uint8_t *)calloc((size_t)R8 + 16, 1);     /* R8 flags (scalar) or R8 / 64 + 1 zeroed words */
     if (!z || !bit) { PyErr_NoMemory(); goto done; }
+#ifdef MS_HAVE_AVX2
+    if (fc_use_fma < 0) fc_use_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");   /* GIL held */
+#endif
     Py_BEGIN_ALLOW_THREADS
 #ifdef MS_HAVE_AVX2
-    if (fc_use_fma < 0) fc_use_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (fc_use_fma && !scalar)
         fc_rows_avx2(X.buf, (const double *)c.buf, (const float *)A.buf, (int32_t *)O.buf + start, n, d, T, B, R8, ntotal,
                      f64, z, (uint64_t *)bit);

@@ -120,7 +120,7 @@ def take_rows_at(table: np.ndarray, codes: np.ndarray, X: np.ndarray, col: int) 
     and int64 ``codes`` in [-1, k) (-1: the table's last row) without the (n, w) temporary; False
     (nothing written) without the kernel or when ``X`` is not a C-ordered float64 matrix."""
     if (_c is None or not hasattr(_c, "take_rows_at") or X.dtype != np.float64 or X.ndim != 2
-            or not X.flags.c_contiguous or table.ndim != 2):
+            or not X.flags.c_contiguous or not X.flags.writeable or table.ndim != 2):
         return False
     _c.take_rows_at(np.require(table, dtype=np.float64, requirements="CA"), np.require(codes, dtype=np.int64, requirements="CA"),
                     X, X.shape[0], X.shape[1], int(col), table.shape[1])

@@ -145,12 +145,10 @@ def test_lookups_equal_a_dict_after_adds_compactions_and_removals(tmp_path, rng,
                 eid = int(rng.choice(eids))
                 ks = np.array(sorted(k for k, ids in ref.items() if eid in ids), dtype=np.uint64)
 
-                def remove(t):
-                    B.remove(t, eid, ks)
+                def remove(t):                               # as parts.Bands.delete does
                     t.delete("entries", u64(eid))
                     v = eid.to_bytes(4, "big") if width == 4 else eid.to_bytes(4, "big") + (eid % 7).to_bytes(4, "big")
-                    for k in ks.tolist():
-                        t.delete_dup("bands", u64(k), v)
+                    B.removed(t, len(ks) - sum(t.delete_dup("bands", u64(k), v) for k in ks.tolist()))
 
                 store.transact(remove)
                 removed.add(eid)
@@ -165,6 +163,8 @@ def test_lookups_equal_a_dict_after_adds_compactions_and_removals(tmp_path, rng,
                 gone = {int(e) for e in np.concatenate(ids or [np.zeros(0, np.int64)])} - \
                     {e for es in ref.values() for e in es}
                 assert len(gone) == 0 or B.dead(txn) > 0        # a lookup can skip the liveness check only when none
+                dead_postings = sum(int(np.isin(e, list(gone)).sum()) for e in ids) if gone else 0
+                assert B.dead(txn) == dead_postings               # counted exactly (compactions and sweeps drop them)
 
 
 def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path, rng):
@@ -191,10 +191,9 @@ def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path,
                 gone = np.unique(keys)
 
                 def remove(t):
-                    B.remove(t, 1, gone)
                     t.delete("entries", u64(1))
-                    for kk in gone.tolist():
-                        t.delete_dup("bands", u64(kk), (1).to_bytes(4, "big"))
+                    B.removed(t, len(gone) - sum(t.delete_dup("bands", u64(kk), (1).to_bytes(4, "big"))
+                                                 for kk in gone.tolist()))
 
                 th = threading.Thread(target=lambda: store.transact(remove))
                 th.start()
@@ -551,3 +550,28 @@ def test_blocks_whose_key_ranges_overlap_are_refused_where_read_together(tmp_pat
             B.compact(store)
         with store.read() as txn:
             assert _raw_items(txn, B.DB) == [(u64(int(ks[3])), a), (u64(int(ks[4])), b)] and txn.count(B.DELTA) == 2
+
+
+@pytest.mark.parametrize("bad", ["x", -1, 1 << 63, 2.5])
+def test_a_damaged_dead_count_means_unknown_until_a_sweep(tmp_path, rng, bad):
+    """meta/block_dead unreadable: lookups check liveness (never a removed entry), removals and
+    compactions carry on, and hub.compact()'s sweep drops the dead postings and counts again."""
+    path = tmp_path / "h"
+    with fitsketch.open(path) as hub:
+        hub.add_sketches(_sketches(rng, 8))
+        hub.compact(file=False)
+        ids = {n: hub.get(n).id for n in ("e1", "e2")}
+        hub.remove("e1")
+        with hub.store.read() as txn:
+            assert B.dead(txn) > 0
+            held = _all(txn)
+        hub.store.transact(lambda t: t.put("meta", B.DEAD_KEY, bad))
+        hub.remove("e2")                                   # no CorruptHubError: the count stays unknown
+        with hub.store.read() as txn:
+            assert B.dead(txn) is None
+            for eid in ids.values():
+                keys = np.array([k for k, e in held if e == eid], dtype=np.uint64)
+                assert len(keys) and eid not in B.lookup(txn, keys).tolist()
+        hub.compact(file=False)
+        with hub.store.read() as txn:
+            assert B.dead(txn) == 0 and not set(ids.values()) & {e for _, e in _all(txn)}
