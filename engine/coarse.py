@@ -181,7 +181,7 @@ def bc(idx, target, seed: int) -> np.ndarray:
     return matrix(idx) @ query_vector(idx, target, seed)
 
 
-def subset(idx, rows: np.ndarray, cells_of=None):
+def subset(idx, rows: np.ndarray, cells_of=None, lazy: bool = False):
     """A ScreenIndex of ``idx``'s rows ``rows`` (sorted, unique) alone: the same names, coordinates
     and schemas, each row's columns copied and renumbered, so its ``scores`` are ``idx``'s for those
     entries (the same float operations in the same order).
@@ -189,7 +189,13 @@ def subset(idx, rows: np.ndarray, cells_of=None):
     ``cells_of``: a query's per-coordinate values (``query_vector``): then only the stored cells at
     coordinates where it is > 0 are copied, the only cells the screen of that query reads (``_hits``:
     the query's mass is 0 elsewhere; every other per-feature number is stored per feature instance),
-    so the subset serves that query alone, with the same scores and less to copy and scan."""
+    so the subset serves that query alone, with the same scores and less to copy and scan.
+
+    ``lazy``: each array of ``idx`` is gathered when the subset's screen first reads it (``_Gathered``),
+    not here: a method's screen reads only some of them (js and adaptivity not l2's per-feature means
+    and spreads, a small query not the large query's band keys), and each gather from a memory-mapped
+    index costs page faults (~1 a row and array). The subset must then be screened before ``idx``
+    changes (``scores`` holds the index's lock throughout)."""
     rows = np.asarray(rows, dtype=np.int64)
     sub = object.__new__(type(idx))
     for a in ("lock", "generation", "l", "accuracy", "_names", "_coords", "_schema_id", "_schema_names",
@@ -197,7 +203,7 @@ def subset(idx, rows: np.ndarray, cells_of=None):
         setattr(sub, a, getattr(idx, a))
 
     def take(src: Grow, sel) -> Grow:
-        return _held(src.v[sel], src.a.dtype)
+        return _Gathered(src, sel) if lazy else _held(src.take(sel), src.a.dtype)
 
     def starts(cnt) -> Grow:
         return _held(np.concatenate([[0], np.cumsum(cnt)[:-1]]) if len(cnt) else np.zeros(0, np.int64), np.int64)
@@ -216,14 +222,17 @@ def subset(idx, rows: np.ndarray, cells_of=None):
     z_sel, z_cnt = _ranges(idx._fi_lo.v, idx._col.n, fi_sel)
     if cells_of is None:
         sub._fi = counted(z_cnt)
+        sub._col = take(idx._col, z_sel)
     else:
         has = np.append(np.asarray(cells_of)[:len(idx._coords)] > 0, False)   # the last slot: nobody's
-        on = has[idx._col.v[z_sel]]
+        col = idx._col.take(z_sel)                                            # read once: the filter and the copy
+        on = has[col]
         fi_of = np.repeat(np.arange(len(z_cnt), dtype=np.int32), z_cnt)[on]
         z_sel, z_cnt = z_sel[on], np.bincount(fi_of, minlength=len(z_cnt)).astype(np.int64)
         sub._fi = _held(fi_of, np.int32)
+        sub._col = _held(col[on], idx._col.a.dtype)
     sub._fi_lo = starts(z_cnt)
-    for a in ("_col", "_p", "_plog"):
+    for a in ("_p", "_plog"):
         setattr(sub, a, take(getattr(idx, a), z_sel))
     p_sel, p_cnt = _ranges(idx._p_lo.v, idx._part_row.n, rows)
     sub._p_lo = starts(p_cnt)
@@ -239,11 +248,31 @@ def _held(a: np.ndarray, dtype) -> Grow:
     return out
 
 
+class _Gathered(Grow):
+    """A subset's array (``subset(lazy=True)``): the rows ``sel`` of ``src`` (the index's Grow, e.g.
+    memory-mapped), gathered on the first read of ``a`` / ``v`` and kept."""
+
+    def __init__(self, src: Grow, sel: np.ndarray):
+        self._src, self._sel, self._a, self.n = src, sel, None, len(sel)
+
+    @property
+    def a(self) -> np.ndarray:
+        if self._a is None:
+            self._a = self._src.take(self._sel)
+            self._src = self._sel = None
+        return self._a
+
+    @a.setter
+    def a(self, value: np.ndarray) -> None:
+        self._a, self._src, self._sel = value, None, None
+
+
 def _ranges(lo: np.ndarray, end: int, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the groups ``sel`` whose first positions are ``lo`` (the last ends at ``end``),
     concatenated in order, and each group's size. Only ``sel``'s bounds are read (``lo`` has one
     slot per feature instance: millions at 100k entries)."""
     sel = np.asarray(sel, dtype=np.int64)
+    lo = np.asarray(lo)        # a memory map's fancy indexing is ~2x slower than its base array's
     nxt = sel + 1
     a = lo[sel]
     b = np.where(nxt < len(lo), lo[np.minimum(nxt, max(len(lo) - 1, 0))], end) if len(sel) else a
@@ -358,7 +387,8 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         if ann is not None and nprobe > 0 and len(ann) == n and keep < n and ann.fits(idx):
             q = query_vector(idx, target, seed)
             try:
-                rows, b = ann.top(idx, q, keep, nprobe)
+                # without a re-rank, the IVF's first ``keep`` as a set (ties at the cut included)
+                rows, b = ann.top(idx, q, keep, nprobe) if ANN_REFINE > 1 else ann.kept(q, keep, nprobe)
             except RuntimeError:       # FAISS refused its own file's contents: never trusted again
                 _ANN.pop(idx, None)
                 rows, b = np.zeros(0, np.int64), np.zeros(0)
@@ -369,8 +399,9 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
                                 "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
-                rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
-                return subset(idx, np.sort(rows), q)._scores(target, method, seed, t_keys, t_small), info
+                # in row order from here: level 2's gathers from the index then run forward through it
+                rows = _prefilter(idx, np.sort(rows), target, method, seed, t_keys, t_small, shortlist, info)
+                return subset(idx, rows, q, lazy=True)._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
         if len(live) < min(keep, n):
@@ -387,7 +418,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
         rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
-        sub = subset(idx, np.sort(rows), query_vector(idx, target, seed))
+        sub = subset(idx, np.sort(rows), query_vector(idx, target, seed), lazy=True)
         return sub._scores(target, method, seed, t_keys, t_small), info
 
 
@@ -605,6 +636,26 @@ class Level1Ann:
             sel = np.argpartition(-b, keep - 1)[:keep]
             rows, b = rows[sel], b[sel]
         return rows, b
+
+    def kept(self, q: np.ndarray, keep: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, projected BC)``, in no particular order: the rows of ``top(refine=1)`` as a set, with
+        every row tied with its last at the cut (a superset, equal when no tie straddles the cut; the
+        exact level 1 keeps ties too) -- all the rows of the lists probed when they hold at most ``keep``.
+
+        ``top``'s FAISS search keeps a heap of ``keep`` rows: at 1M entries (128 lists, ``keep`` 32,768
+        of ~125k rows scanned) ~15 ms CPU a query. Here FAISS's range search over the same lists returns
+        every row scanned with the inner product its search computes (the same scanner: equal floats,
+        tests/test_level1.py) and a partition finds the cut: ~6 ms."""
+        qx = (q[:-1][:len(self.basis)] @ self.basis).astype(np.float32)[None, :]
+        self.index.nprobe = int(max(1, min(nprobe, self.index.nlist)))
+        _, dist, rows = self.index.range_search(qx, -np.inf)      # IP > -inf: every row of the lists probed
+        if len(rows) > keep > 0:
+            cut = np.partition(dist, len(dist) - keep)[len(dist) - keep]
+            on = dist >= cut
+            rows, dist = rows[on], dist[on]
+        elif keep <= 0:
+            rows, dist = rows[:0], dist[:0]
+        return rows.astype(np.int64, copy=False), dist.astype(np.float64)
 
     # -------------------------------------------------------------- persistence
     def meta(self, ident: dict) -> dict:
