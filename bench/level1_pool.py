@@ -54,10 +54,13 @@ def _pool():
     return zoos.Pool("digits", seed=0)
 
 
-def _empty_index(pool):
-    """A ScreenIndex whose name and coordinate ids are seeded (the same in every process)."""
-    from fitsketch import profiles as PR
-    from fitsketch import screen as S
+def _empty_index(pool, pkg: str = "fitsketch"):
+    """A ScreenIndex whose name and coordinate ids are seeded (the same in every process); ``pkg``: the
+    engine package whose classes hold it (bench.level1_ab opens one index with another commit's)."""
+    import importlib
+
+    PR = importlib.import_module(f"{pkg}.profiles")
+    S = importlib.import_module(f"{pkg}.screen")
 
     cfg = pool.cfg
     idx = S.ScreenIndex(int(cfg.jslsh_l), cfg.hist_accuracy)
@@ -145,13 +148,15 @@ def assemble(d: Path) -> None:
     print(f"assembled {meta}")
 
 
-def open_index(d: Path):
-    """The N-row ScreenIndex of ``d/index``, its arrays mapped read-only from disk."""
-    from fitsketch import profiles as PR
-    from fitsketch.growable import Grow
+def open_index(d: Path, pkg: str = "fitsketch"):
+    """The N-row ScreenIndex of ``d/index``, its arrays mapped read-only from disk (``pkg``: as ``_empty_index``)."""
+    import importlib
+
+    PR = importlib.import_module(f"{pkg}.profiles")
+    Grow = importlib.import_module(f"{pkg}.growable").Grow
 
     pool = _pool()
-    idx = _empty_index(pool)
+    idx = _empty_index(pool, pkg)
     meta = json.loads((d / "index" / "meta.json").read_text())
     for a in _ARRAYS:
         v = np.load(d / "index" / f"{a}.npy", mmap_mode="r")

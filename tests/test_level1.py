@@ -398,8 +398,8 @@ def test_stage_without_a_rerank_equals_the_search_order_reference(tmp_path, rng,
         same = 0
         for method in METHODS:
             for small in (False, True):
-                q = fitsketch.sketch_data(_mixture(pools, rng.integers(10, 40, 4) if small else rng.integers(60, 120, 4)),
-                                          fitsketch.SketchConfig() if small else cfg,
+                shares = rng.integers(10, 40, 4) if small else rng.integers(60, 120, 4)
+                q = fitsketch.sketch_data(_mixture(pools, shares), fitsketch.SketchConfig() if small else cfg,
                                           partition_size=25 if small else int(rng.integers(40, 400)))
                 t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=method == "js",
                                         seed=cfg.seed, r=sp[0], k=sp[1], l=sp[2])) \
