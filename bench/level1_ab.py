@@ -3,46 +3,44 @@ process (issue 21 item 4 "1M p50 <= 50 ms"): CPU per query under the same load a
 whether the two engines' screens are the same. Not a suite (it needs bench/level1_pool.py's 1M index).
 
     git archive <commit> engine kernels storage | tar -x -C B
-    python -m bench.level1_ab --dir /tmp/depth1m-idx --before B --query-seed 6 --queries 50 \\
-        --time "js:128/128;adaptivity:64/128;exact-js:2/128;l2:8/128"
+    mv B/engine B/fitsketch_before && mv B/kernels B/storage B/fitsketch_before/
+    PYTHONPATH=B python -m bench.level1_ab --dir /tmp/depth1m-idx --before-name <commit> --query-seed 6 \
+        --queries 50 --time "js:128/128;adaptivity:64/128;exact-js:2/128;l2:8/128"
 
-``B`` (engine/, kernels/, storage/ of the other commit) is imported as the package ``fitsketch_before``.
+The other commit's engine is the package ``fitsketch_before`` on ``PYTHONPATH`` (laid out as fitsketch
+is installed: engine/ with kernels/ and storage/ inside; imported by name, no computed import).
 Both engines open the same memory-mapped index (``level1_pool.open_index``, each with its own classes)
 and share the one level-1 IVF (``level1_pool.level1_of``). Per method and query the stage
 (``coarse.scores`` + ``screen.choose``, as bench.level1_pool times it) runs once in each engine,
 alternating which runs first, after one untimed warm-up query each. Reported per method: CPU
 (``time.process_time``) and wall p50 / p90 of each engine and the ratio; the queries whose screens
-are bit-identical (ids, score, tiebreak, exact), or a superset of the before screen's entries with
-equal scores, and whose chosen shortlists are equal; the queries
-where level 1 kept more rows in one engine (ties at the cut). The recall against the exact screen of
-every entry is bench.level1_pool's; this shows where the two engines' stages agree.
+are bit-identical (ids, score, tiebreak, exact) or a superset of the before screen's entries with
+equal scores, whose chosen shortlists are equal, and where level 1 kept more rows in one engine (ties
+at the cut). The recall against the exact screen of every entry is bench.level1_pool's; this shows
+where the two engines' stages agree.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from . import harness as H
 
-BEFORE = "fitsketch_before"
 
-
-def load_before(root: Path):
-    """The engine tree at ``root`` (``engine/``, ``kernels/``, ``storage/``, as ``git archive`` writes
-    them) imported as the package ``fitsketch_before`` (its relative imports stay inside it)."""
-    if BEFORE in sys.modules:
-        return sys.modules[BEFORE]
-    spec = importlib.util.spec_from_file_location(BEFORE, root / "engine" / "__init__.py",
-                                                  submodule_search_locations=[str(root / "engine"), str(root)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[BEFORE] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def load_before():
+    """The other commit's engine: the package ``fitsketch_before`` (module docstring) and its modules."""
+    try:
+        import fitsketch_before
+        import fitsketch_before.coarse
+        import fitsketch_before.growable
+        import fitsketch_before.profiles
+        import fitsketch_before.screen
+    except ImportError as e:
+        raise SystemExit(f"bench.level1_ab needs the other commit's engine as the package fitsketch_before on "
+                         f"PYTHONPATH (see python -m bench.level1_ab --help): {e}")
+    return fitsketch_before
 
 
 def main(argv=None) -> None:
@@ -53,7 +51,7 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, required=True, help="bench.level1_pool's index folder")
-    ap.add_argument("--before", type=Path, required=True, help="the other commit's engine/, kernels/, storage/")
+    ap.add_argument("--before-name", default="fitsketch_before", help="what the other engine is (a commit), for the rows")
     ap.add_argument("--query-seed", type=int, required=True)
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--time", default="js:128/128;adaptivity:64/128;exact-js:2/128;l2:8/128",
@@ -62,12 +60,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     a = ap.parse_args(argv)
     shortlist = 256
-    load_before(a.before)
-    engines = {}
-    for name, pkg in (("before", BEFORE), ("after", "fitsketch")):
-        engines[name] = (importlib.import_module(f"{pkg}.coarse"), importlib.import_module(f"{pkg}.screen"))
+    import fitsketch.coarse
+    import fitsketch.screen
+
+    before = load_before()
+    engines = {"before": (before.coarse, before.screen), "after": (fitsketch.coarse, fitsketch.screen)}
     idx_after, pool = LP.open_index(a.dir)
-    idx_before, _ = LP.open_index(a.dir, BEFORE)
+    idx_before, _ = LP.open_index(a.dir, before)
     ann, _ = LP.level1_of(idx_after, a.dir)
     ann_before = engines["before"][0].Level1Ann(ann.basis, ann.index, ann.ids, ann.coord_keys)
     held = {"before": (idx_before, ann_before), "after": (idx_after, ann)}
@@ -120,7 +119,7 @@ def main(argv=None) -> None:
               f"level 1 kept other counts in {more} (ties at the cut); load {H.load_average()}", flush=True)
         rows.append(H.row(ctx, "level1_ab", f"{idx_after.ids.n} digits pool entries, depth {depth} x 256, "
                           f"{nprobe} lists", method, "stage_cpu_p50", ms("after"), unit="ms",
-                          baseline=f"engine {a.before.name} in the same process", baseline_value=ms("before"),
+                          baseline=f"engine {a.before_name} in the same process", baseline_value=ms("before"),
                           cpu_p90_ms=ms("after", "p90_s"), baseline_cpu_p90_ms=ms("before", "p90_s"),
                           wall_p50_ms=ms("after", w="wall"), baseline_wall_p50_ms=ms("before", w="wall"),
                           same_screens=same, superset_screens=sup, same_shortlists=chosen,

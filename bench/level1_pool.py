@@ -54,13 +54,22 @@ def _pool():
     return zoos.Pool("digits", seed=0)
 
 
-def _empty_index(pool, pkg: str = "fitsketch"):
-    """A ScreenIndex whose name and coordinate ids are seeded (the same in every process); ``pkg``: the
-    engine package whose classes hold it (bench.level1_ab opens one index with another commit's)."""
-    import importlib
+def _engine(engine=None):
+    """``(profiles, screen, growable)`` of ``engine`` (an engine package with those modules imported;
+    bench.level1_ab passes another commit's), fitsketch's by default."""
+    if engine is None:
+        import fitsketch.growable
+        import fitsketch.profiles
+        import fitsketch.screen
 
-    PR = importlib.import_module(f"{pkg}.profiles")
-    S = importlib.import_module(f"{pkg}.screen")
+        engine = fitsketch
+    return engine.profiles, engine.screen, engine.growable
+
+
+def _empty_index(pool, engine=None):
+    """A ScreenIndex whose name and coordinate ids are seeded (the same in every process), of
+    ``engine``'s classes (``_engine``)."""
+    PR, S, _ = _engine(engine)
 
     cfg = pool.cfg
     idx = S.ScreenIndex(int(cfg.jslsh_l), cfg.hist_accuracy)
@@ -148,15 +157,13 @@ def assemble(d: Path) -> None:
     print(f"assembled {meta}")
 
 
-def open_index(d: Path, pkg: str = "fitsketch"):
-    """The N-row ScreenIndex of ``d/index``, its arrays mapped read-only from disk (``pkg``: as ``_empty_index``)."""
-    import importlib
-
-    PR = importlib.import_module(f"{pkg}.profiles")
-    Grow = importlib.import_module(f"{pkg}.growable").Grow
+def open_index(d: Path, engine=None):
+    """The N-row ScreenIndex of ``d/index``, its arrays mapped read-only from disk (``engine``: as ``_engine``)."""
+    PR, _, growable = _engine(engine)
+    Grow = growable.Grow
 
     pool = _pool()
-    idx = _empty_index(pool, pkg)
+    idx = _empty_index(pool, engine)
     meta = json.loads((d / "index" / "meta.json").read_text())
     for a in _ARRAYS:
         v = np.load(d / "index" / f"{a}.npy", mmap_mode="r")
