@@ -57,8 +57,9 @@ COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 32, "adaptivit
 # never below the 100k depth (exact-js would hold at 1, l2 at 4: the depth does not shrink as the hub grows).
 # The deepest tuning rank of a true top-10 entry at 1M (128 lists): js 16,459, adaptivity 60,644 (one
 # query), exact-js 155, l2 1,041. js at 64 (the no-margin choice on seed 4 alone) missed one seed-5 best
-# entry (49/50); at 128 it costs ~20 ms more CPU (held out, seed 6: 64.5 against 40.8 ms p50). Between
-# the two sizes, and past 1M (not measured there), the depth follows the power law through both points.
+# entry (49/50); at 128 it cost ~20 ms more CPU (held out, seed 6: 64.5 against 40.8 ms p50; since the
+# eleventh session's level 1 by range search and cheaper level 2, 33-37 ms at 128). Between the two
+# sizes, and past 1M (not measured there), the depth follows the power law through both points.
 DEPTH_MEASURED_AT = 100_000
 COARSE_AT_1M: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 128, "adaptivity": 64}
 
