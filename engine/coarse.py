@@ -482,7 +482,8 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
 # vectors of a sample of the rows (a zoo of similar entries spans few directions: class mixtures), so
 # ``<x_s, x_t>`` approximates BC(s, t). The IVF returns ``ANN_REFINE x keep`` rows by that estimate;
 # with ``ANN_REFINE`` > 1 they are re-ranked by their exact BC (their own cells only), of which level 1
-# keeps ``keep`` (the default, 1, keeps the IVF's first ``keep``: level 2 is exact).
+# keeps ``keep`` (the default, 1, keeps the IVF's first ``keep``, ties at the cut included:
+# ``Level1Ann.kept``, FAISS's range search and a partition; level 2 is exact).
 # The recall of the stage against the exact screen of every entry is measured, not held
 # (``python -m bench.level1_scale``; bench/SUMMARY.md). Below ``ANN_MIN_ENTRIES`` entries, with
 # ``shortlist_nprobe=0``, or when no index fits the screen index, level 1 is the exact product above.
