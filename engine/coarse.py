@@ -330,16 +330,16 @@ def l2_bounds(idx, rows: np.ndarray, target, seed: int) -> tuple[np.ndarray, np.
     t_var = _screen._variance(feat, np.asarray(rec["bucket"], dtype=np.int64), pt, t_mean, idx.accuracy)
     fi_sel, fi_cnt = _ranges(idx._f_lo.v, idx._fi_row.n, rows)
     pos = np.repeat(np.arange(len(rows)), fi_cnt)
-    tj = tj_of[idx._fi_name.v[fi_sel]]
+    tj = tj_of[idx._fi_name.take(fi_sel)]
     on = tj >= 0
     fi_s, pos, tj = fi_sel[on], pos[on], tj[on]
-    mt, ms = t_mean[tj], idx._fi_mean.v[fi_s]
+    mt, ms = t_mean[tj], idx._fi_mean.take(fi_s)
     num = ~np.isnan(mt) & ~np.isnan(ms)
     mt0, ms0 = np.where(num, mt, 0.0), np.where(num, ms, 0.0)
-    vt, vs = t_var[tj], idx._fi_var.v[fi_s]
+    vt, vs = t_var[tj], idx._fi_var.take(fi_s)
     sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
     d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 0.0)
-    wide = np.where(num, 0.0, 2.0 * (sq_t[tj] + idx._fi_sq.v[fi_s]))
+    wide = np.where(num, 0.0, 2.0 * (sq_t[tj] + idx._fi_sq.take(fi_s)))
     matched = np.bincount(pos, minlength=len(rows))
     lo = np.bincount(pos, weights=np.maximum(d2, 0.0), minlength=len(rows)).astype(np.float64)
     lo += _screen.L2_UNCOVERED * np.maximum(N - matched, 0)

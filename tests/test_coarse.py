@@ -383,9 +383,9 @@ def _mapped(idx, tmp_path):
 
 def test_level2_on_a_memory_mapped_index(tmp_path, rng):
     """Level 2 on an index whose arrays are memory maps (``Grow.take``, ``subset``'s lazy gathers,
-    ``key_counts``): every subset array, key count and screen equals the in-memory index's, for rows in
-    any order (key counts) and for all, some, one and no rows; a lazy subset's array equals the eager
-    one's whether first read by ``v`` or ``a``."""
+    ``key_counts``, ``l2_bounds``): every subset array, key count, l2 bound and screen equals the in-memory
+    index's, for rows in any order (key counts) and for all, some, one and no rows; a lazy subset's array
+    equals the eager one's whether first read by ``v`` or ``a``."""
     cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
     pools = _classes(rng)
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
@@ -427,6 +427,8 @@ def test_level2_on_a_memory_mapped_index(tmp_path, rng):
                     assert np.array_equal(mm.key_counts(rows, qq, method, **kw), want), (method, small)
                     perm = rng.permutation(len(rows))
                     assert np.array_equal(mm.key_counts(rows[perm], qq, method, **kw), want[perm]), (method, small)
+            for got, want in zip(C.l2_bounds(mm, rows, q, cfg.seed), C.l2_bounds(idx, rows, q, cfg.seed)):
+                assert _same(got, want), "l2 bounds"
             for method in METHODS:
                 a = C.subset(mm, rows, qv, lazy=True).scores(q, method, seed=cfg.seed, t_keys=_own(q, cfg))
                 b = C.subset(idx, rows, qv).scores(q, method, seed=cfg.seed, t_keys=_own(q, cfg))
