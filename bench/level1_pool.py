@@ -54,10 +54,22 @@ def _pool():
     return zoos.Pool("digits", seed=0)
 
 
-def _empty_index(pool):
-    """A ScreenIndex whose name and coordinate ids are seeded (the same in every process)."""
-    from fitsketch import profiles as PR
-    from fitsketch import screen as S
+def _engine(engine=None):
+    """``(profiles, screen, growable)`` of ``engine`` (an engine package with those modules imported;
+    bench.level1_ab passes another commit's), fitsketch's by default."""
+    if engine is None:
+        import fitsketch.growable
+        import fitsketch.profiles
+        import fitsketch.screen
+
+        engine = fitsketch
+    return engine.profiles, engine.screen, engine.growable
+
+
+def _empty_index(pool, engine=None):
+    """A ScreenIndex whose name and coordinate ids are seeded (the same in every process), of
+    ``engine``'s classes (``_engine``)."""
+    PR, S, _ = _engine(engine)
 
     cfg = pool.cfg
     idx = S.ScreenIndex(int(cfg.jslsh_l), cfg.hist_accuracy)
@@ -145,13 +157,13 @@ def assemble(d: Path) -> None:
     print(f"assembled {meta}")
 
 
-def open_index(d: Path):
-    """The N-row ScreenIndex of ``d/index``, its arrays mapped read-only from disk."""
-    from fitsketch import profiles as PR
-    from fitsketch.growable import Grow
+def open_index(d: Path, engine=None):
+    """The N-row ScreenIndex of ``d/index``, its arrays mapped read-only from disk (``engine``: as ``_engine``)."""
+    PR, _, growable = _engine(engine)
+    Grow = growable.Grow
 
     pool = _pool()
-    idx = _empty_index(pool)
+    idx = _empty_index(pool, engine)
     meta = json.loads((d / "index" / "meta.json").read_text())
     for a in _ARRAYS:
         v = np.load(d / "index" / f"{a}.npy", mmap_mode="r")

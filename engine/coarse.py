@@ -57,8 +57,9 @@ COARSE_BY_METHOD: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 32, "adaptivit
 # never below the 100k depth (exact-js would hold at 1, l2 at 4: the depth does not shrink as the hub grows).
 # The deepest tuning rank of a true top-10 entry at 1M (128 lists): js 16,459, adaptivity 60,644 (one
 # query), exact-js 155, l2 1,041. js at 64 (the no-margin choice on seed 4 alone) missed one seed-5 best
-# entry (49/50); at 128 it costs ~20 ms more CPU (held out, seed 6: 64.5 against 40.8 ms p50). Between
-# the two sizes, and past 1M (not measured there), the depth follows the power law through both points.
+# entry (49/50); at 128 it cost ~20 ms more CPU (held out, seed 6: 64.5 against 40.8 ms p50; since the
+# eleventh session's level 1 by range search and cheaper level 2, 33-37 ms at 128). Between the two
+# sizes, and past 1M (not measured there), the depth follows the power law through both points.
 DEPTH_MEASURED_AT = 100_000
 COARSE_AT_1M: dict[str, int] = {"exact-js": 2, "l2": 8, "js": 128, "adaptivity": 64}
 
@@ -181,7 +182,7 @@ def bc(idx, target, seed: int) -> np.ndarray:
     return matrix(idx) @ query_vector(idx, target, seed)
 
 
-def subset(idx, rows: np.ndarray, cells_of=None):
+def subset(idx, rows: np.ndarray, cells_of=None, lazy: bool = False):
     """A ScreenIndex of ``idx``'s rows ``rows`` (sorted, unique) alone: the same names, coordinates
     and schemas, each row's columns copied and renumbered, so its ``scores`` are ``idx``'s for those
     entries (the same float operations in the same order).
@@ -189,7 +190,13 @@ def subset(idx, rows: np.ndarray, cells_of=None):
     ``cells_of``: a query's per-coordinate values (``query_vector``): then only the stored cells at
     coordinates where it is > 0 are copied, the only cells the screen of that query reads (``_hits``:
     the query's mass is 0 elsewhere; every other per-feature number is stored per feature instance),
-    so the subset serves that query alone, with the same scores and less to copy and scan."""
+    so the subset serves that query alone, with the same scores and less to copy and scan.
+
+    ``lazy``: each array of ``idx`` is gathered when the subset's screen first reads it (``_Gathered``),
+    not here: a method's screen reads only some of them (js and adaptivity not l2's per-feature means
+    and spreads, a small query not the large query's band keys), and each gather from a memory-mapped
+    index costs page faults (~1 a row and array). The subset must then be screened before ``idx``
+    changes (``scores`` holds the index's lock throughout)."""
     rows = np.asarray(rows, dtype=np.int64)
     sub = object.__new__(type(idx))
     for a in ("lock", "generation", "l", "accuracy", "_names", "_coords", "_schema_id", "_schema_names",
@@ -197,7 +204,7 @@ def subset(idx, rows: np.ndarray, cells_of=None):
         setattr(sub, a, getattr(idx, a))
 
     def take(src: Grow, sel) -> Grow:
-        return _held(src.v[sel], src.a.dtype)
+        return _Gathered(src, sel) if lazy else _held(src.take(sel), src.a.dtype)
 
     def starts(cnt) -> Grow:
         return _held(np.concatenate([[0], np.cumsum(cnt)[:-1]]) if len(cnt) else np.zeros(0, np.int64), np.int64)
@@ -216,14 +223,17 @@ def subset(idx, rows: np.ndarray, cells_of=None):
     z_sel, z_cnt = _ranges(idx._fi_lo.v, idx._col.n, fi_sel)
     if cells_of is None:
         sub._fi = counted(z_cnt)
+        sub._col = take(idx._col, z_sel)
     else:
         has = np.append(np.asarray(cells_of)[:len(idx._coords)] > 0, False)   # the last slot: nobody's
-        on = has[idx._col.v[z_sel]]
+        col = idx._col.take(z_sel)                                            # read once: the filter and the copy
+        on = has[col]
         fi_of = np.repeat(np.arange(len(z_cnt), dtype=np.int32), z_cnt)[on]
         z_sel, z_cnt = z_sel[on], np.bincount(fi_of, minlength=len(z_cnt)).astype(np.int64)
         sub._fi = _held(fi_of, np.int32)
+        sub._col = _held(col[on], idx._col.a.dtype)
     sub._fi_lo = starts(z_cnt)
-    for a in ("_col", "_p", "_plog"):
+    for a in ("_p", "_plog"):
         setattr(sub, a, take(getattr(idx, a), z_sel))
     p_sel, p_cnt = _ranges(idx._p_lo.v, idx._part_row.n, rows)
     sub._p_lo = starts(p_cnt)
@@ -239,11 +249,31 @@ def _held(a: np.ndarray, dtype) -> Grow:
     return out
 
 
+class _Gathered(Grow):
+    """A subset's array (``subset(lazy=True)``): the rows ``sel`` of ``src`` (the index's Grow, e.g.
+    memory-mapped), gathered on the first read of ``a`` / ``v`` and kept."""
+
+    def __init__(self, src: Grow, sel: np.ndarray):
+        self._src, self._sel, self._a, self.n = src, sel, None, len(sel)
+
+    @property
+    def a(self) -> np.ndarray:
+        if self._a is None:
+            self._a = self._src.take(self._sel)
+            self._src = self._sel = None
+        return self._a
+
+    @a.setter
+    def a(self, value: np.ndarray) -> None:
+        self._a, self._src, self._sel = value, None, None
+
+
 def _ranges(lo: np.ndarray, end: int, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the groups ``sel`` whose first positions are ``lo`` (the last ends at ``end``),
     concatenated in order, and each group's size. Only ``sel``'s bounds are read (``lo`` has one
     slot per feature instance: millions at 100k entries)."""
     sel = np.asarray(sel, dtype=np.int64)
+    lo = np.asarray(lo)        # a memory map's fancy indexing is ~2x slower than its base array's
     nxt = sel + 1
     a = lo[sel]
     b = np.where(nxt < len(lo), lo[np.minimum(nxt, max(len(lo) - 1, 0))], end) if len(sel) else a
@@ -300,16 +330,16 @@ def l2_bounds(idx, rows: np.ndarray, target, seed: int) -> tuple[np.ndarray, np.
     t_var = _screen._variance(feat, np.asarray(rec["bucket"], dtype=np.int64), pt, t_mean, idx.accuracy)
     fi_sel, fi_cnt = _ranges(idx._f_lo.v, idx._fi_row.n, rows)
     pos = np.repeat(np.arange(len(rows)), fi_cnt)
-    tj = tj_of[idx._fi_name.v[fi_sel]]
+    tj = tj_of[idx._fi_name.take(fi_sel)]
     on = tj >= 0
     fi_s, pos, tj = fi_sel[on], pos[on], tj[on]
-    mt, ms = t_mean[tj], idx._fi_mean.v[fi_s]
+    mt, ms = t_mean[tj], idx._fi_mean.take(fi_s)
     num = ~np.isnan(mt) & ~np.isnan(ms)
     mt0, ms0 = np.where(num, mt, 0.0), np.where(num, ms, 0.0)
-    vt, vs = t_var[tj], idx._fi_var.v[fi_s]
+    vt, vs = t_var[tj], idx._fi_var.take(fi_s)
     sd = np.maximum(np.maximum(np.sqrt((vt + vs) / 2), 1e-3 * (np.abs(mt0) + np.abs(ms0))), 1e-12)
     d2 = np.where(num, ((mt0 - ms0) / sd) ** 2, 0.0)
-    wide = np.where(num, 0.0, 2.0 * (sq_t[tj] + idx._fi_sq.v[fi_s]))
+    wide = np.where(num, 0.0, 2.0 * (sq_t[tj] + idx._fi_sq.take(fi_s)))
     matched = np.bincount(pos, minlength=len(rows))
     lo = np.bincount(pos, weights=np.maximum(d2, 0.0), minlength=len(rows)).astype(np.float64)
     lo += _screen.L2_UNCOVERED * np.maximum(N - matched, 0)
@@ -358,7 +388,8 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         if ann is not None and nprobe > 0 and len(ann) == n and keep < n and ann.fits(idx):
             q = query_vector(idx, target, seed)
             try:
-                rows, b = ann.top(idx, q, keep, nprobe)
+                # without a re-rank, the IVF's first ``keep`` as a set (ties at the cut included)
+                rows, b = ann.top(idx, q, keep, nprobe) if ANN_REFINE > 1 else ann.kept(q, keep, nprobe)
             except RuntimeError:       # FAISS refused its own file's contents: never trusted again
                 _ANN.pop(idx, None)
                 rows, b = np.zeros(0, np.int64), np.zeros(0)
@@ -369,8 +400,9 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
                         "bc_cut": float(b.min()) / max(target.n_features, 1),
                         "ann": {"nprobe": int(ann.index.nprobe), "nlist": int(ann.index.nlist),
                                 "reranked": int(min(ANN_REFINE * keep, n)) if ANN_REFINE > 1 else 0}}
-                rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
-                return subset(idx, np.sort(rows), q)._scores(target, method, seed, t_keys, t_small), info
+                # in row order from here: level 2's gathers from the index then run forward through it
+                rows = _prefilter(idx, np.sort(rows), target, method, seed, t_keys, t_small, shortlist, info)
+                return subset(idx, rows, q, lazy=True)._scores(target, method, seed, t_keys, t_small), info
         b = bc(idx, target, seed)
         live = np.flatnonzero(b > 0)                                   # entries sharing a cell with the query
         if len(live) < min(keep, n):
@@ -387,7 +419,7 @@ def scores(idx, target, method: str, *, seed: int, keep: int, t_keys=None, t_sma
         info = {"ranked": n, "live": int(len(live)), "coarse_kept": int(len(rows)),
                 "bc_cut": float(b[rows].min()) / max(target.n_features, 1) if len(rows) else 0.0}
         rows = _prefilter(idx, rows, target, method, seed, t_keys, t_small, shortlist, info)
-        sub = subset(idx, np.sort(rows), query_vector(idx, target, seed))
+        sub = subset(idx, np.sort(rows), query_vector(idx, target, seed), lazy=True)
         return sub._scores(target, method, seed, t_keys, t_small), info
 
 
@@ -450,7 +482,8 @@ def describe(info: dict, coarse: int, screen: str, method: str | None = None) ->
 # vectors of a sample of the rows (a zoo of similar entries spans few directions: class mixtures), so
 # ``<x_s, x_t>`` approximates BC(s, t). The IVF returns ``ANN_REFINE x keep`` rows by that estimate;
 # with ``ANN_REFINE`` > 1 they are re-ranked by their exact BC (their own cells only), of which level 1
-# keeps ``keep`` (the default, 1, keeps the IVF's first ``keep``: level 2 is exact).
+# keeps ``keep`` (the default, 1, keeps the IVF's first ``keep``, ties at the cut included:
+# ``Level1Ann.kept``, FAISS's range search and a partition; level 2 is exact).
 # The recall of the stage against the exact screen of every entry is measured, not held
 # (``python -m bench.level1_scale``; bench/SUMMARY.md). Below ``ANN_MIN_ENTRIES`` entries, with
 # ``shortlist_nprobe=0``, or when no index fits the screen index, level 1 is the exact product above.
@@ -605,6 +638,26 @@ class Level1Ann:
             sel = np.argpartition(-b, keep - 1)[:keep]
             rows, b = rows[sel], b[sel]
         return rows, b
+
+    def kept(self, q: np.ndarray, keep: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, projected BC)``, in no particular order: the rows of ``top(refine=1)`` as a set, with
+        every row tied with its last at the cut (a superset, equal when no tie straddles the cut; the
+        exact level 1 keeps ties too) -- all the rows of the lists probed when they hold at most ``keep``.
+
+        ``top``'s FAISS search keeps a heap of ``keep`` rows: at 1M entries (128 lists, ``keep`` 32,768
+        of ~125k rows scanned) ~15 ms CPU a query. Here FAISS's range search over the same lists returns
+        every row scanned with the inner product its search computes (the same scanner: equal floats,
+        tests/test_level1.py) and a partition finds the cut: ~6 ms."""
+        qx = (q[:-1][:len(self.basis)] @ self.basis).astype(np.float32)[None, :]
+        self.index.nprobe = int(max(1, min(nprobe, self.index.nlist)))
+        _, dist, rows = self.index.range_search(qx, -np.inf)      # IP > -inf: every row of the lists probed
+        if len(rows) > keep > 0:
+            cut = np.partition(dist, len(dist) - keep)[len(dist) - keep]
+            on = dist >= cut
+            rows, dist = rows[on], dist[on]
+        elif keep <= 0:
+            rows, dist = rows[:0], dist[:0]
+        return rows.astype(np.int64, copy=False), dist.astype(np.float64)
 
     # -------------------------------------------------------------- persistence
     def meta(self, ident: dict) -> dict:

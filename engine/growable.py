@@ -16,6 +16,11 @@ class Grow:
     def v(self) -> np.ndarray:
         return self.a[:self.n]
 
+    def take(self, sel) -> np.ndarray:
+        """Rows ``sel`` of the array, a new plain array (``np.take`` on the base array: ~2x faster than
+        fancy indexing a memory-mapped one, e.g. an index file's; the same values)."""
+        return np.take(np.asarray(self.v), sel, axis=0)
+
     def extend(self, x) -> None:
         x = np.asarray(x, dtype=self.a.dtype)
         need = self.n + len(x)

@@ -9,6 +9,8 @@ import pytest
 
 import fitsketch
 from fitsketch import coarse as C
+from fitsketch import screen as S
+from fitsketch.growable import Grow
 from fitsketch.jslsh import own_keys
 
 from test_shortlist import _classes, _mixture, _own
@@ -101,10 +103,16 @@ def test_subset_screens_equal_the_full_screen(tmp_path, rng):
                     assert list(part["ids"]) == list(full["ids"][want]), method
                     for key in ("score", "tiebreak", "exact"):
                         assert np.array_equal(part[key], full[key][want]), (method, key)
-                    # the subset of the cells this query has mass at only (what level 2 builds): the same
-                    only = C.subset(idx, rows, C.query_vector(idx, q, cfg.seed)).scores(q, method, **kw)
-                    for key in ("ids", "score", "tiebreak", "exact"):
-                        assert np.array_equal(only[key], part[key]), (method, key, "cells of the query")
+                    # the subset of the cells this query has mass at only (what level 2 builds): the same,
+                    # its arrays gathered when first read (lazy, as level 2 builds it) or at once
+                    qv = C.query_vector(idx, q, cfg.seed)
+                    for lazy in (False, True):
+                        only = C.subset(idx, rows, qv, lazy=lazy).scores(q, method, **kw)
+                        for key in ("ids", "score", "tiebreak", "exact"):
+                            assert np.array_equal(only[key], part[key]), (method, key, "cells of the query", lazy)
+                        lz = C.subset(idx, rows, lazy=lazy).scores(q, method, **kw)
+                        for key in ("ids", "score", "tiebreak", "exact"):
+                            assert np.array_equal(lz[key], part[key]), (method, key, lazy)
 
 
 def test_two_level_search_on_near_duplicates(tmp_path, rng):
@@ -351,3 +359,96 @@ def test_l2_bounds_hold_the_l2_screen(tmp_path, rng):
         st = next(s for s in hub.explain(q, k=2, method="l2", shortlist_screen="two-level", shortlist_coarse=64).stages
                   if s.name == "shortlist")
         assert "bounded their l2 by the features' means and spreads" in st.detail, st.detail
+
+
+def _same(a, b) -> bool:
+    """Equal arrays, NaN equal to NaN (the per-feature means of non-numeric features)."""
+    return np.array_equal(a, b, equal_nan=bool(np.issubdtype(np.asarray(a).dtype, np.inexact)))
+
+
+def _mapped(idx, tmp_path):
+    """A shallow copy of ``idx`` whose per-row arrays are read-only memory maps of files (as a hub's
+    index files are read, storage/arrayfile.py; bench.level1_pool)."""
+    out = object.__new__(type(idx))
+    out.__dict__.update(idx.__dict__)
+    for name, g in vars(idx).items():
+        if isinstance(g, Grow):
+            np.save(tmp_path / f"{name}.npy", g.v)
+            m = Grow(g.a.dtype, g.a.shape[1] if g.a.ndim == 2 else None)
+            m.a = np.load(tmp_path / f"{name}.npy", mmap_mode="r")
+            m.n = len(m.a)
+            setattr(out, name, m)
+    return out
+
+
+def test_level2_on_a_memory_mapped_index(tmp_path, rng):
+    """Level 2 on an index whose arrays are memory maps (``Grow.take``, ``subset``'s lazy gathers,
+    ``key_counts``, ``l2_bounds``): every subset array, key count, l2 bound and screen equals the in-memory
+    index's, for rows in any order (key counts) and for all, some, one and no rows; a lazy subset's array
+    equals the eager one's whether first read by ``v`` or ``a``."""
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    pools = _classes(rng)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        hub.add_sketches(_hub_items(rng, cfg, pools, int(rng.integers(8, 14))))
+        hub.remove("m0")
+        idx = hub._synced_screen()
+        (tmp_path / "maps").mkdir()
+        mm = _mapped(idx, tmp_path / "maps")
+        assert isinstance(mm._col.a, np.memmap)
+        n = len(idx)
+        q = fitsketch.sketch_data(_mixture(pools, rng.integers(60, 120, 4)), cfg,
+                                  partition_size=int(rng.integers(40, 400)))
+        q_small = fitsketch.sketch_data(_mixture(pools, rng.integers(10, 40, 4)), fitsketch.SketchConfig(),
+                                        partition_size=25)
+        sp = fitsketch.profiles.small_params(cfg)
+        qv = C.query_vector(idx, q, cfg.seed)
+        for rows in (np.arange(n), np.sort(rng.choice(n, int(rng.integers(2, n)), replace=False)),
+                     np.array([int(rng.integers(n))]), np.zeros(0, np.int64)):
+            for name, g in vars(idx).items():
+                if isinstance(g, Grow) and g.n:
+                    sel = rng.integers(0, g.n, int(rng.integers(0, 2 * g.n)))
+                    got = getattr(mm, name).take(sel)
+                    assert type(got) is np.ndarray and got.dtype == g.a.dtype
+                    assert _same(got, g.v[sel]), name
+            eager = C.subset(idx, rows, qv)
+            for first in ("v", "a"):
+                lazy = C.subset(mm, rows, qv, lazy=True)
+                for name, g in vars(eager).items():
+                    if isinstance(g, Grow):
+                        lg = getattr(lazy, name)
+                        got = lg.v if first == "v" else lg.a[:lg.n]
+                        assert lg.n == g.n and _same(got, g.v) and got.dtype == g.v.dtype, (name, first)
+            for method in ("js", "adaptivity"):
+                for qq, small in ((q, False), (q_small, True)):
+                    t_small = (sp, own_keys(qq.hist, qq.n_features, qq.n_partitions, per_dataset=method == "js",
+                                            seed=cfg.seed, r=sp[0], k=sp[1], l=sp[2])) if small else None
+                    kw = dict(seed=cfg.seed, t_keys=_own(qq, cfg), t_small=t_small)
+                    want = idx.key_counts(rows, qq, method, **kw)
+                    assert np.array_equal(mm.key_counts(rows, qq, method, **kw), want), (method, small)
+                    perm = rng.permutation(len(rows))
+                    assert np.array_equal(mm.key_counts(rows[perm], qq, method, **kw), want[perm]), (method, small)
+            for got, want in zip(C.l2_bounds(mm, rows, q, cfg.seed), C.l2_bounds(idx, rows, q, cfg.seed)):
+                assert _same(got, want), "l2 bounds"
+            for method in METHODS:
+                a = C.subset(mm, rows, qv, lazy=True).scores(q, method, seed=cfg.seed, t_keys=_own(q, cfg))
+                b = C.subset(idx, rows, qv).scores(q, method, seed=cfg.seed, t_keys=_own(q, cfg))
+                for key in ("ids", "score", "tiebreak", "exact"):
+                    assert np.array_equal(a[key], b[key]), (method, key)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 97, 32_771])
+def test_band_agreements_equal_the_reference(rng, rows):
+    """``screen._agreements`` (the band agreements key_counts counts) equals ``(keys == t).sum(axis=1)``
+    exactly, int64, for widths of the lane path (multiples of 8 up to 248) and of the plain sum (not a
+    multiple of 8, 0, 256 and more), on keys agreeing with ``t`` at none, some and all positions."""
+    for w in (0, 1, 7, 8, 16, 32, 128, 248, 256, 264, int(rng.integers(1, 400))):
+        t = rng.integers(0, 1 << 32, w, dtype=np.uint32)
+        keys = rng.integers(0, 1 << 32, (rows, w), dtype=np.uint32)
+        agree = rng.random((rows, w)) < rng.random((rows, 1))      # per row its own share of agreements
+        keys[agree] = np.broadcast_to(t, (rows, w))[agree]
+        if rows:
+            keys[0] = t                                              # all agree
+        got = S._agreements(keys, t)
+        want = (keys == t[None, :]).sum(axis=1)
+        assert got.dtype == np.int64 and got.shape == (rows,)
+        assert np.array_equal(got, want), (rows, w)

@@ -14,10 +14,11 @@ import pytest
 import fitsketch
 from fitsketch import coarse as C
 from fitsketch import faiss_files
+from fitsketch.jslsh import own_keys
 from fitsketch.storage import pack, unpack
 
 from test_coarse import _hub_items
-from test_shortlist import _classes, _mixture
+from test_shortlist import _classes, _mixture, _own
 
 METHODS = ("adaptivity", "js", "exact-js", "l2")
 
@@ -314,3 +315,110 @@ def _expected_recall(method, coarse, measured):
     else:
         return None
     return ra if coarse < C.MEASURED_MIN_COARSE[method] else min(ra, C.MEASURED_RECALL[method])
+
+
+def _random_ivf(rng, n, nlist, c, dup):
+    """A Level1Ann over ``n`` random rows (``dup`` of them one row repeated: their inner products
+    tie), ``nlist`` lists, a random ``(c, ANN_DIM)`` basis: ``kept`` and ``top(refine=1)`` read only
+    the basis and the IVF."""
+    import faiss
+
+    x = rng.standard_normal((n, C.ANN_DIM)).astype(np.float32)
+    if dup and n:
+        at = rng.choice(n, min(dup, n), replace=False)
+        x[at] = x[at[0]]
+    quant = faiss.IndexFlatIP(C.ANN_DIM)
+    index = faiss.IndexIVFFlat(quant, C.ANN_DIM, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.cp.min_points_per_centroid = 1
+    index.train(rng.standard_normal((max(nlist * 39, 64), C.ANN_DIM)).astype(np.float32))
+    index.add_with_ids(x, np.arange(n, dtype=np.int64))
+    basis = rng.standard_normal((c, C.ANN_DIM)).astype(np.float32)
+    return C.Level1Ann(basis, index, np.arange(n, dtype=np.int64), np.arange(c, dtype=np.int64))
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 97, 5_003])
+def test_kept_is_the_ivf_top_as_a_set_with_its_ties(rng, n):
+    """``Level1Ann.kept`` (level 1 without a re-rank) against ``top(refine=1)``, FAISS's search (the
+    reference): on fresh random IVFs with a group of identical rows (exact ties), for keep 1, odd
+    middle values, a keep that cuts through the tied group, all rows and more, and 1, some or every list
+    probed: it holds every row ``top`` returns, with the same inner product (the same floats), plus
+    exactly the other rows of the lists probed tied with ``top``'s last at the cut; when the lists
+    hold at most ``keep`` rows, all of them; keep 0 keeps none."""
+    nlist = max(1, min(int(rng.integers(1, 80)), n // 2 or 1))
+    ann = _random_ivf(rng, n, nlist, int(rng.integers(5, 40)), dup=int(rng.integers(3, 9)))
+    q = np.append(rng.random(len(ann.basis)).astype(np.float32), np.float32(0))
+    if n == 0:          # an empty IVF (FAISS's search refuses k = 0 rows: no reference to ask)
+        for keep in (0, 1, 7):
+            rows, d = ann.kept(q, keep, nlist)
+            assert len(rows) == len(d) == 0 and rows.dtype == np.int64
+        return
+    straddled = 0
+    for nprobe in sorted({1, int(rng.integers(1, nlist + 1)), nlist}):
+        every, d_every = ann.top(None, q, max(n, 1), nprobe, refine=1)     # all rows of the lists probed
+        inner = dict(zip(every.tolist(), d_every.tolist()))
+        keeps = {1, int(rng.integers(1, max(n, 2))) | 1, max(n - 1, 1), max(n, 1), n + 3}
+        tied = [v for v in d_every.tolist() if (d_every == v).sum() > 1]
+        if tied:   # a keep whose cut falls inside the tied group (rank of its first row + 1)
+            keeps.add(int(np.flatnonzero(d_every == tied[0])[0]) + 1)
+        for keep in sorted(keeps):
+            rows, d = ann.kept(q, keep, nprobe)
+            ref, d_ref = ann.top(None, q, keep, nprobe, refine=1)
+            assert rows.dtype == np.int64 and d.dtype == np.float64 and len(rows) == len(d)
+            assert len(set(rows.tolist())) == len(rows)
+            got = dict(zip(rows.tolist(), d.tolist()))
+            assert all(got.get(r) == v for r, v in zip(ref.tolist(), d_ref.tolist())), (keep, nprobe)
+            assert all(inner[r] == v for r, v in got.items()), (keep, nprobe)
+            if len(every) <= keep:
+                assert set(got) == set(inner), (keep, nprobe)
+                continue
+            cut = d_ref.min()
+            assert set(got) == {r for r, v in inner.items() if v >= cut}, (keep, nprobe)
+            assert all(v == cut for r, v in got.items() if r not in set(ref.tolist())), (keep, nprobe)
+            straddled += len(rows) > keep
+        assert len(ann.kept(q, 0, nprobe)[0]) == 0
+    if n >= 97:
+        assert straddled, "no keep cut through the tied rows: the tie rule went untested"
+
+
+def test_stage_without_a_rerank_equals_the_search_order_reference(tmp_path, rng, small_ann, monkeypatch):
+    """``scores`` with the IVF and no re-rank (``ANN_REFINE`` 1, production): level 1 keeps ``kept``'s
+    rows, level 2 screens them in row order from a lazily gathered subset; against the reference built
+    from FAISS's ordered search (``top(refine=1)``, its rows in their search order through ``_prefilter``,
+    an eager subset): the same screen (ids, scores, tiebreaks, exactness) for every method, large and
+    small queries, 1 to every list probed, whenever the two hold the same rows (no tie at the cut), and
+    level 1 a superset of the search's rows always."""
+    monkeypatch.setattr(C, "ANN_REFINE", 1)
+    cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
+    hub, pools = _hub(tmp_path / "h.hub", rng, int(rng.integers(14, 24)), cfg)
+    with hub:
+        idx = hub._synced_screen()
+        ann = C.level1(idx)
+        n = len(idx)
+        sp = fitsketch.profiles.small_params(cfg)
+        same = 0
+        for method in METHODS:
+            for small in (False, True):
+                shares = rng.integers(10, 40, 4) if small else rng.integers(60, 120, 4)
+                q = fitsketch.sketch_data(_mixture(pools, shares), fitsketch.SketchConfig() if small else cfg,
+                                          partition_size=25 if small else int(rng.integers(40, 400)))
+                t_small = (sp, own_keys(q.hist, q.n_features, q.n_partitions, per_dataset=method == "js",
+                                        seed=cfg.seed, r=sp[0], k=sp[1], l=sp[2])) \
+                    if small and method in ("js", "adaptivity") else None
+                kw = dict(seed=cfg.seed, t_keys=_own(q, cfg), t_small=t_small)
+                qv = C.query_vector(idx, q, cfg.seed)
+                for nprobe in sorted({1, int(rng.integers(1, ann.index.nlist + 1)), ann.index.nlist}):
+                    keep = int(rng.integers(1, n))
+                    ref_rows, _ = ann.top(idx, qv, keep, nprobe, refine=1)
+                    if len(ref_rows) < keep:
+                        continue          # the exact level 1 runs instead (tests above)
+                    scr, info = C.scores(idx, q, method, keep=keep, nprobe=nprobe, ann=ann, shortlist=2, **kw)
+                    kept, _ = ann.kept(qv, keep, nprobe)
+                    assert set(ref_rows.tolist()) <= set(kept.tolist()) and info["coarse_kept"] == len(kept)
+                    if len(kept) != len(ref_rows):
+                        continue
+                    ref = C._prefilter(idx, ref_rows, q, method, cfg.seed, kw["t_keys"], t_small, 2, {})
+                    ref = C.subset(idx, np.sort(ref), qv)._scores(q, method, cfg.seed, kw["t_keys"], t_small)
+                    for key in ("ids", "score", "tiebreak", "exact"):
+                        assert np.array_equal(scr[key], ref[key]), (method, small, nprobe, keep, key)
+                    same += 1
+        assert same, "no query compared"
