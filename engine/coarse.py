@@ -647,7 +647,12 @@ class Level1Ann:
         ``top``'s FAISS search keeps a heap of ``keep`` rows: at 1M entries (128 lists, ``keep`` 32,768
         of ~125k rows scanned) ~15 ms CPU a query. Here FAISS's range search over the same lists returns
         every row scanned with the inner product its search computes (the same scanner: equal floats,
-        tests/test_level1.py) and a partition finds the cut: ~6 ms."""
+        tests/test_level1.py) and a partition finds the cut: ~7-9 ms. It holds every row of the lists
+        probed (~16 bytes a row: ~2 MB at 1M entries and 128 of 1,000 lists; all of them when every list
+        is probed). An index whose scan FAISS caps (``max_codes``; fitsketch never sets it and FAISS does
+        not save it) is searched by ``top`` instead: the range search would scan more rows than it."""
+        if getattr(self.index, "max_codes", 0):
+            return self.top(None, q, keep, nprobe, refine=1)
         qx = (q[:-1][:len(self.basis)] @ self.basis).astype(np.float32)[None, :]
         self.index.nprobe = int(max(1, min(nprobe, self.index.nlist)))
         _, dist, rows = self.index.range_search(qx, -np.inf)      # IP > -inf: every row of the lists probed

@@ -380,6 +380,18 @@ def test_kept_is_the_ivf_top_as_a_set_with_its_ties(rng, n):
         assert straddled, "no keep cut through the tied rows: the tie rule went untested"
 
 
+def test_kept_of_an_ivf_whose_scan_is_capped_is_the_search(rng):
+    """An IVF whose scan FAISS caps (``max_codes``; fitsketch never sets it) is searched by ``top``:
+    the range search would scan rows the capped search does not, so ``kept`` returns ``top``'s rows."""
+    ann = _random_ivf(rng, 997, 13, 12, dup=4)
+    ann.index.max_codes = 30
+    q = np.append(rng.random(len(ann.basis)).astype(np.float32), np.float32(0))
+    for keep, nprobe in ((1, 1), (17, 5), (500, 13)):
+        rows, d = ann.kept(q, keep, nprobe)
+        ref, d_ref = ann.top(None, q, keep, nprobe, refine=1)
+        assert rows.tolist() == ref.tolist() and np.array_equal(d, d_ref)
+
+
 def test_stage_without_a_rerank_equals_the_search_order_reference(tmp_path, rng, small_ann, monkeypatch):
     """``scores`` with the IVF and no re-rank (``ANN_REFINE`` 1, production): level 1 keeps ``kept``'s
     rows, level 2 screens them in row order from a lazily gathered subset; against the reference built
@@ -388,6 +400,7 @@ def test_stage_without_a_rerank_equals_the_search_order_reference(tmp_path, rng,
     small queries, 1 to every list probed, whenever the two hold the same rows (no tie at the cut), and
     level 1 a superset of the search's rows always."""
     monkeypatch.setattr(C, "ANN_REFINE", 1)
+    monkeypatch.setattr(C, "_nlist", lambda n: max(1, n // 4))   # several lists (the default has one below 78 entries)
     cfg = fitsketch.SketchConfig(shortlist=2, partition_size=20)
     hub, pools = _hub(tmp_path / "h.hub", rng, int(rng.integers(14, 24)), cfg)
     with hub:
