@@ -51,8 +51,8 @@ def test_public_surface():
 
 ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "mmap", "os", "threading", "time",
                    "typing", "weakref", "zlib", "lmdb", "msgpack", "numpy",
-                   "pyarrow"}   # zlib, mmap: arrayfile's CRC-32 and mapped read, codec's fallback;
-#                                pyarrow (a dependency): codec's zstd
+                   "pyarrow", "zstandard"}   # zlib, mmap: arrayfile's CRC-32 and mapped read, codec's fallback;
+#                                pyarrow (a dependency): codec's zstd; zstandard (a dependency): its kept contexts
 
 
 def test_storage_imports_nothing_forbidden():
