@@ -110,6 +110,25 @@ def _split(timer: _Timer, n: int, total_s: float) -> list[dict]:
     return rows
 
 
+def _threads() -> int:
+    import fitsketch.parts as P
+
+    return P.PREPARE_THREADS
+
+
+def _kept() -> bool:
+    import fitsketch.storage.codec as C
+
+    return C._zstandard is not None and C.USE_ZSTANDARD
+
+
+def _by_round(base: dict, new: dict, n: int, clock: str | None = None) -> str:
+    """``new``'s rate over ``base``'s in each interleaved round (wall, or ``clock="cpu"``)."""
+    b = base[clock]["times_s"] if clock else base["times_s"]
+    x = new[clock]["times_s"] if clock else new["times_s"]
+    return ", ".join(f"{bs / xs:.2f}x" for bs, xs in zip(b, x))
+
+
 def _pages_used(path) -> int:
     """Bytes of the LMDB pages a hub file uses (its last page number + 1, times the page size)."""
     import lmdb
@@ -185,8 +204,23 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             finally:
                 P.FIT_FIRST = saved
 
-        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted, "level15": add_level15,
-                           "auto": add_auto}, repeats=repeats, warmup=0)
+        def add_one_thread(pyarrow: bool = False):   # parts.PREPARE_THREADS = 1 (and pyarrow's zstd: the previous add)
+            import fitsketch.parts as P
+            import fitsketch.storage.codec as C
+
+            saved = P.PREPARE_THREADS, C.USE_ZSTANDARD
+            P.PREPARE_THREADS, C.USE_ZSTANDARD = 1, C.USE_ZSTANDARD and not pyarrow
+            try:
+                return add()
+            finally:
+                P.PREPARE_THREADS, C.USE_ZSTANDARD = saved
+
+        def add_before():
+            return add_one_thread(pyarrow=True)
+
+        t = H.interleaved({"add_sketches": add, "before": add_before, "one_thread": add_one_thread, "lmdb": raw_write,
+                           "unfitted": add_unfitted, "level15": add_level15, "auto": add_auto},
+                          repeats=repeats, warmup=0)
         pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted", "level15", "auto")}
         t_compact, _ = compact()
         m = max(10, n // 10)
@@ -199,8 +233,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
         t_one = H.timeit(one_at_a_time, repeats=1, warmup=0, cpu=True)
         timer = _Timer(clock=H.clock(cpu=True))
         _instrument(timer)
-        try:
-            t_split = H.timeit(add, repeats=1, warmup=0, cpu=True)
+        try:   # one thread: the process's CPU clock would charge a stage with the other threads' time
+            t_split = H.timeit(add_one_thread, repeats=1, warmup=0, cpu=True)
         finally:
             timer.restore()
     finally:
@@ -213,8 +247,16 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     load = H.load_average()
     wl = f"scale32: {n} entries of 32 features x 10 partitions, {cells:.0f} histogram cells, {size / n / 1024:.1f} KiB stored an entry; batch {batch}"
     split = _split(timer, n, t_split["cpu"]["p50_s"])
+    bf, one1 = t["before"], t["one_thread"]
+    bf_rate, bf_cpu = n / bf["p50_s"], n / bf["cpu"]["p50_s"]
+    one1_rate, one1_cpu = n / one1["p50_s"], n / one1["cpu"]["p50_s"]
     out(f"bulk add, {wl} (load {load:.1f}, median of {repeats} interleaved rounds):")
-    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second")
+    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second (parts.PREPARE_THREADS "
+        f"{_threads()}, zstd contexts kept: {_kept()})")
+    out(f"  before (one thread, pyarrow's zstd): {bf_rate:.0f} entries/s wall, {bf_cpu:.0f} per CPU second: "
+        f"add_sketches {rate / bf_rate:.2f}x wall, {rate_cpu / bf_cpu:.2f}x CPU of it (by round: wall "
+        f"{_by_round(bf, a, n)}, CPU {_by_round(bf, a, n, 'cpu')})")
+    out(f"  one thread, zstd contexts kept: {one1_rate:.0f} entries/s wall, {one1_cpu:.0f} per CPU second")
     out(f"  LMDB writing the same bytes {raw_rate:.0f} entries/s wall, {raw_cpu:.0f} per CPU second: add_sketches is "
         f"{rate / raw_rate:.2f}x wall, {rate_cpu / raw_cpu:.2f}x CPU of it")
     out(f"  without fit_pack's retry (parts.FIT_LEVEL = 0): {n / u['p50_s']:.0f} entries/s wall, {u_cpu:.0f} per CPU "
@@ -237,6 +279,12 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                   baseline="LMDB raw write of the same bytes (entries per CPU s)", baseline_value=raw_cpu,
                   wall_rate=rate, baseline_wall_rate=raw_rate, wall_ratio=rate / raw_rate, load_avg_1m=load,
                   bytes_per_entry=size / n, target=1000.0),
+            H.row(ctx, "bulk", wl, "add_sketches before (one thread, pyarrow zstd)", "entries_per_cpu_s", bf_cpu,
+                  unit="entries/s", baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu,
+                  wall_rate=bf_rate, baseline_wall_rate=rate),
+            H.row(ctx, "bulk", wl, "add_sketches one thread", "entries_per_cpu_s", one1_cpu, unit="entries/s",
+                  baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=one1_rate,
+                  baseline_wall_rate=rate),
             H.row(ctx, "bulk", wl, "add_sketches, FIT_LEVEL 0", "entries_per_cpu_s", u_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=n / u["p50_s"],
                   pages_bytes_per_entry=pages["unfitted"], baseline_pages_bytes_per_entry=pages["add_sketches"]),
@@ -254,6 +302,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             H.row(ctx, "bulk", "all", "all", "wall_time", wall.elapsed(), unit="s")]
     path = H.write_suite("bulk" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
                          tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
+                                 "before": {k: x for k, x in bf.items() if k != "result"},
+                                 "one_thread": {k: x for k, x in one1.items() if k != "result"},
                                  "unfitted": {k: v for k, v in u.items() if k != "result"},
                          "level15": {k: x for k, x in v.items() if k != "result"},
                                  "auto": {k: x for k, x in w.items() if k != "result"},

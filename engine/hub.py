@@ -12,6 +12,7 @@ fitsketch accepted without checks and that a scorer cannot use are skipped and n
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -256,13 +257,14 @@ class Hub:
             from tqdm import tqdm
 
             bar = tqdm(total=len(checked), desc="add", unit="entry")
-        try:
-            for lo in range(0, len(checked), batch):   # each batch prepared at once (parts.entries_writer)
-                chunk = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
-                self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry),
-                               reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
-                if bar is not None:
-                    bar.update(len(chunk))
+        batches = ([self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
+                   for lo in range(0, len(checked), batch))
+        try:   # each batch prepared at once, the next one in threads while this one is written (parts.batch_writers)
+            with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry)) as writers:
+                for chunk, write in writers:
+                    self._transact(write, reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
+                    if bar is not None:
+                        bar.update(len(chunk))
         finally:
             if bar is not None:
                 bar.close()
