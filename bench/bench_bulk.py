@@ -6,7 +6,12 @@ of them (default 2,000; ``--quick`` 200), ``batch`` (1,000) a transaction.
 
 Measured, interleaved round by round so both see the same load (``harness.interleaved``):
 
-* ``add_sketches`` of all entries into a new hub (wall and CPU time);
+* ``add_sketches`` of all entries into a new hub (wall and CPU time), as shipped: chunks prepared in
+  ``parts.PREPARE_THREADS`` threads, the next batch while one is written, zstd contexts kept
+  (storage/codec.py with ``zstandard``);
+* the same add before the eleventh session's change: one thread, pyarrow's zstd codec
+  (``PREPARE_THREADS = 1``, ``codec.USE_ZSTANDARD = False``; the same bytes), and one thread with
+  the kept contexts;
 * the baseline: LMDB alone writing **the same bytes** -- every record the hub stored, read back
   raw, written into a new file in as many transactions (bench_shortlist's ``_raw_write``);
 * the same add with ``parts.FIT_LEVEL = 0`` (no page-fit retry), and the LMDB pages each hub uses:
@@ -20,8 +25,9 @@ Measured, interleaved round by round so both see the same load (``harness.interl
 
 One add before the rounds is not timed: it fills the process's memos (name hashes, the random
 projection rows of the batch's histogram coordinates), as in a long bulk load after its first batch.
-Then one more add with each stage's engine function wrapped (CPU time; a stage includes its
-indented sub-stages): where an entry's time goes. The machine is shared: report the CPU rates and
+Then one more add (one thread: the process's CPU clock would charge a stage with the other
+threads' time) with each stage's engine function wrapped (CPU time; a stage includes its indented
+sub-stages): where an entry's time goes. The machine is shared: report the CPU rates and
 the ratio to LMDB in the same run, not wall times alone.
 """
 from __future__ import annotations
@@ -40,18 +46,18 @@ from .scale import build_sketches
 # (stage key, label, depth): what _instrument wraps
 STAGES = [
     ("validate", "validation (Hub._check_sketch: every array's shape, dtype, range, order)", 0),
-    ("prepare", "prepare (every part's records, parts.PREPARE_CHUNK entries at a time)", 0),
+    ("prepare", "prepare (every part's records, parts.PREPARE_CHUNK entries at a time; one thread here)", 0),
     ("aggregate", "the batch's histograms in one COO (profiles._aggregate)", 1),
     ("pack_hists", "packed histograms (partitions.pack_hists)", 1),
     ("records", "profiles and JS-LSH keys (profiles.records)", 1),
     ("gaussian", "random projection rows (gaussian_projection)", 2),
     ("sparse_keys", "JS-LSH sparse projections (profiles._sparse_keys)", 2),
     ("band_keys", "LSH band keys", 1),
+    ("pack", "records packed (codec.pack through parts.fit_pack; the entry record, in the transaction, too)", 1),
+    ("compress", "zstd of the arrays (codec._compress)", 2),
+    ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 2),
     ("transaction", "the write transaction (Hub._transact)", 0),
-    ("write", "records encoded and put (Core, Extra, Profile)", 1),
-    ("pack", "msgpack encoding (codec.pack)", 2),
-    ("compress", "zstd of the arrays (codec._compress)", 3),
-    ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 3),
+    ("write", "records put (Core, Extra, Profile; only the entry record packed here)", 1),
     ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 

@@ -10,6 +10,7 @@ before the records they read).
 """
 from __future__ import annotations
 
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -398,9 +399,11 @@ def _aggregate(news: list, shared: dict):
 
 PREPARE_CHUNK = 256   # entries prepared at once: a 1,000-entry batch's temporaries (5M histogram cells at
                       # 32 x 10) outgrow the caches; 256 at a time cost ~30% less CPU (bench/bench_bulk.py)
-PREPARE_THREADS = 2   # threads preparing add_sketches' chunks (``batch_writers``) while the calling thread
-                      # writes the previous batch: zstd (pyarrow), NumPy's large kernels and LMDB release the
-                      # GIL; <= 1: every chunk in the calling thread. The bytes stored do not depend on it.
+PREPARE_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      # threads preparing add_sketches' chunks (``batch_writers``) while the calling thread
+                      # writes the previous batch (2 where 2 cores are ours): zstd, scipy's sparse products,
+                      # NumPy's sorts and LMDB release the GIL; <= 1: every chunk in the calling thread.
+                      # The bytes stored do not depend on it.
 
 
 def _prepare_chunk(chunk: list, config, device) -> list:
