@@ -227,7 +227,7 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
         t = H.interleaved({"add_sketches": add, "before": add_before, "one_thread": add_one_thread, "lmdb": raw_write,
                            "unfitted": add_unfitted, "level15": add_level15, "auto": add_auto},
                           repeats=repeats, warmup=0)
-        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted", "level15", "auto")}
+        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "before", "unfitted", "level15", "auto")}
         t_compact, _ = compact()
         m = max(10, n // 10)
 
@@ -261,7 +261,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
         f"{_threads()}, zstd contexts kept: {_kept()})")
     out(f"  before (one thread, pyarrow's zstd): {bf_rate:.0f} entries/s wall, {bf_cpu:.0f} per CPU second: "
         f"add_sketches {rate / bf_rate:.2f}x wall, {rate_cpu / bf_cpu:.2f}x CPU of it (by round: wall "
-        f"{_by_round(bf, a, n)}, CPU {_by_round(bf, a, n, 'cpu')})")
+        f"{_by_round(bf, a, n)}, CPU {_by_round(bf, a, n, 'cpu')}), {pages['before'] / 1024:.1f} KiB of LMDB pages an "
+        f"entry against {pages['add_sketches'] / 1024:.1f}")
     out(f"  one thread, zstd contexts kept: {one1_rate:.0f} entries/s wall, {one1_cpu:.0f} per CPU second")
     out(f"  LMDB writing the same bytes {raw_rate:.0f} entries/s wall, {raw_cpu:.0f} per CPU second: add_sketches is "
         f"{rate / raw_rate:.2f}x wall, {rate_cpu / raw_cpu:.2f}x CPU of it")
