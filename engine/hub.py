@@ -226,8 +226,11 @@ class Hub:
         metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
-        leaves the hub unchanged. At the end of the call the band postings are compacted when due
-        (engine/band_blocks.py: once a call, not a batch). Returns the number of entries added."""
+        leaves the hub unchanged. Each batch's records are computed and packed in
+        ``parts.PREPARE_THREADS`` threads, the next batch's while this one is written (the same bytes
+        as one thread; a failure there raises before its batch's transaction). At the end of the call
+        the band postings are compacted when due (engine/band_blocks.py: once a call, not a batch).
+        Returns the number of entries added."""
         items = list(items)
         checked, seen = [], set()
         for i, it in enumerate(items):
