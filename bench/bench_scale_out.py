@@ -112,13 +112,18 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
     floor_ts = _timed(lambda: _read_all(files), repeats)
     floor = floor_ts["p50_s"]
     add("pandas read_parquet", floor_ts, floor)
-    t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats)
-    add("local (1 process)", t_local, floor)
+    t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False, workers=1), repeats)
+    add("local (1 process, 1 thread)", t_local, floor)
+    threads = min(D._cpus(), D.LOCAL_THREADS)
+    if threads > 1:       # the default of engine="local": one thread per CPU, in this one process
+        add(f"local (1 process, {threads} threads)",
+            _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats), floor,
+            f"load average {H.load_average() or 0:.1f} before (the threads need idle CPUs)")
     if "centre" not in skip:
         center = D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False).coverage["center"]
         add("local, centre given", _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False,
-                                                                  coverage_center=center), repeats), floor,
-            "pass 2 only: the first pass costs the difference")
+                                                                  workers=1, coverage_center=center), repeats),
+            floor, "pass 2 only, 1 thread: the first pass costs the difference")
     if "processes" not in skip:
         sw = H.stopwatch().__enter__()
         with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
@@ -196,13 +201,13 @@ def bench_split(ctx, files, repeats: int = 3, out=print) -> list[dict]:
 
     mb = sum(Path(f).stat().st_size for f in files) / 1e6
     cfg = fitsketch.SketchConfig()
-    D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False)       # warm-up
+    D.sketch_parquet(files[:1], config=cfg, engine="local", progress=False, workers=1)       # warm-up
     timer = _Timer(H.clock(True))
     snaps = []
 
-    def one():
+    def one():              # one thread: the stage timers are not shared between threads
         timer.reset()
-        D.sketch_parquet(files, config=cfg, engine="local", progress=False)
+        D.sketch_parquet(files, config=cfg, engine="local", progress=False, workers=1)
         snaps.append((dict(timer.total), dict(timer.calls)))
 
     _instrument_parquet(timer)

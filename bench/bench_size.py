@@ -244,6 +244,33 @@ def _answers_lsh(path: Path, queries) -> dict:
         planner.SCAN_FEATURE_LIMIT = saved
 
 
+def _removals(got: dict, sigs: list, queries) -> dict:
+    """Remove every 10th entry from the "now" and "format5" hubs (CPU a removal each; no compaction
+    meanwhile), then the band lookups of every stored entry's signatures ``sigs`` and the top 10
+    through LSH of ``queries`` in both, then ``hub.compact(file=False)`` on "now" (its sweep) and the
+    same lookups again."""
+    import fitsketch
+    import fitsketch.band_blocks as bb
+
+    with fitsketch.open(got["now"]["path"], readonly=True) as hub:
+        gone = sorted(hub.names())[::10]
+    cpu_ms = {}
+    for fmt in ("now", "format5"):
+        saved, bb.COMPACT_MIN = bb.COMPACT_MIN, 1 << 62
+        try:
+            with fitsketch.open(got[fmt]["path"]) as hub:
+                t = H.timeit(lambda: [hub.remove(nm) for nm in gone], repeats=1, warmup=0, cpu=True)
+        finally:
+            bb.COMPACT_MIN = saved
+        cpu_ms[fmt] = 1e3 * t["cpu"]["p50_s"] / max(len(gone), 1)
+    hits = {fmt: _lsh_hits(got[fmt]["path"], sigs) for fmt in ("now", "format5")}
+    lsh = {fmt: _answers_lsh(got[fmt]["path"], queries) for fmt in ("now", "format5")}
+    with fitsketch.open(got["now"]["path"]) as hub:
+        sweep = H.timeit(lambda: hub.compact(file=False), repeats=1, warmup=0, cpu=True)["cpu"]["p50_s"]
+    return {"n": len(gone), "cpu_ms": cpu_ms, "hits": hits, "lsh": lsh, "sweep_cpu_s": sweep,
+            "swept_hits": _lsh_hits(got["now"]["path"], sigs), "swept_lsh": _answers_lsh(got["now"]["path"], queries)}
+
+
 def _kib(x: float) -> str:
     return f"{x / 1024:.1f}"
 
@@ -332,6 +359,23 @@ def run(quick: bool = False, out_dir: Path | None = None, seed: int = 0, out=pri
                            baseline="1 = every method's top 10 equal", baseline_value=1.0),
                      H.row(ctx, "size", w, "now", "lsh_hits_equal", float(same_hits and same_lsh),
                            baseline="1 = the band postings find the same entries and LSH top 10 are equal",
+                           baseline_value=1.0)]
+            # removals: every 10th entry from "now" (its compacted postings left dead in the blocks) and from
+            # "format5" (its dupsort postings deleted), then hub.compact's sweep of "now"
+            rm = _removals(got, sigs, qs)
+            same_rm = rm["hits"]["now"] == rm["hits"]["format5"] and rm["lsh"]["now"] == rm["lsh"]["format5"]
+            same_swept = rm["swept_hits"] == rm["hits"]["format5"] and rm["swept_lsh"] == rm["lsh"]["format5"]
+            out(f"  removal of {rm['n']} entries: {rm['cpu_ms']['now']:.1f} ms CPU an entry now, "
+                f"{rm['cpu_ms']['format5']:.1f} format 5 (same run); then hub.compact(file=False) (sweep) "
+                f"{rm['sweep_cpu_s']:.2f} s CPU; LSH lookups and top 10 through LSH equal to format 5's after the "
+                f"removals: {same_rm}, after the sweep: {same_swept}")
+            rows += [H.row(ctx, "size", w, "now", "remove_cpu_per_entry_vs_format5", rm["cpu_ms"]["now"], unit="ms",
+                           baseline="format 5: the same removals (postings in the dupsort database)",
+                           baseline_value=rm["cpu_ms"]["format5"]),
+                     H.row(ctx, "size", w, "now", "sweep_cpu_after_removals", rm["sweep_cpu_s"], unit="s",
+                           baseline="add CPU of all entries", baseline_value=a["add_cpu_ms"] * n / 1e3),
+                     H.row(ctx, "size", w, "now", "removed_lookups_equal", float(same_rm and same_swept),
+                           baseline="1 = LSH lookups and top 10 equal to format 5's after removals and after the sweep",
                            baseline_value=1.0)]
             tables[workload] = {fmt: {k: v for k, v in g.items() if k != "path"} for fmt, g in got.items()}
     finally:

@@ -28,12 +28,17 @@ bounded by the chunk (``COMPACT_CHUNK`` delta postings and ``COMPACT_BLOCK_BYTES
 never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call) compact once the delta exceeds
 ``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``), at most ``AUTO_STEPS``
 chunks a call (an error there is logged: the entries are added); ``Hub.compact()``
-compacts everything. **Removal** (``remove``) stays exact inside its transaction: the entry's
-delta postings are deleted by ``parts.Bands`` as before, and each block holding one of its keys is
-rewritten without its postings (an emptied block is deleted).
+compacts everything. **Removal** (``remove``) deletes the entry's delta postings (``parts.Bands``)
+and leaves its postings in the blocks, dead: entry ids are never reused (``meta/next_id``), so a
+posting whose entry is gone names nothing. ``meta/block_dead`` bounds how many the blocks may hold;
+while it is above 0 a lookup keeps only the ids of entries the hub holds (one check per distinct id:
+its results are exact in every snapshot), compaction drops the dead postings of every block it
+rewrites, and ``Hub.compact()`` sweeps every block (``sweep``) and sets it back to 0. Rewriting
+each block holding one of the entry's keys at removal (hub format 6 as first written) cost ~30-40x a
+format-5 removal (~400 blocks an entry).
 
-The postings the blocks hold are counted in ``meta/block_postings`` (kept by compaction and
-removal), which the auto-compaction threshold reads. Stored blocks are validated on read (format,
+The postings the blocks hold, live or dead, are counted in ``meta/block_postings`` (kept by
+compaction and sweeps), which the auto-compaction threshold reads. Stored blocks are validated on read (format,
 sizes checked from the header before anything is inflated -- at most ``BLOCK_MAX_KEYS`` keys, each
 with at most one posting an entry id below ``meta/next_id`` (``ids_bound``), and ``BLOCK_MAX_POSTINGS``
 --, keys increasing and ending at the block's key, counts adding up, ids increasing within a key):
@@ -56,7 +61,8 @@ log = logging.getLogger(__name__)
 BLOCKS_FORMAT = 1
 DB = "band_blocks"
 DELTA = "bands"
-HELD_KEY = b"block_postings"    # meta: the postings the blocks hold
+HELD_KEY = b"block_postings"    # meta: the postings the blocks hold (live or dead)
+DEAD_KEY = b"block_dead"        # meta: at least as many as the blocks' postings of removed entries
 BLOCK_BYTES = 4080              # a block packs to at most this (one 4 KiB overflow page: value + 16-byte header)
 BLOCK_LEVEL = 3                 # zstd level of a block (bench/SUMMARY.md "Size, tenth session")
 BLOCK_MAX_POSTINGS = 1 << 26    # a stored block claiming more is damaged (one key's postings: every entry of a 64M hub)
@@ -261,12 +267,16 @@ def _keys(band_keys) -> np.ndarray:
 
 def lookup(txn, band_keys) -> np.ndarray:
     """The ids (int64, ascending, each once) of the entries holding any of ``band_keys`` (int64 or
-    uint64 band keys, any shape): the delta's postings and the blocks' (``_lookup_blocks``)."""
+    uint64 band keys, any shape): the delta's postings and the blocks' (``_lookup_blocks``), those of
+    removed entries left out."""
     q = _keys(band_keys)
     found = [delta_ids(d) for d in txn.get_dups_many(DELTA, [u64(int(b)) for b in q]) if d] \
         if txn.count(DELTA) else []                            # a compacted hub: no delta to look in
     found.append(_lookup_blocks([(last, raw) for _, last, raw, _ in _blocks_over(txn, q)], q, ids_bound(txn)))
-    return np.unique(np.concatenate(found))
+    ids = np.unique(np.concatenate(found))
+    if len(ids) and dead(txn):                                # removed entries' postings may remain in the blocks
+        ids = ids[_live(txn, ids)]
+    return ids
 
 
 def _gather(buf: np.ndarray, at: np.ndarray, stride: np.ndarray, width: int, dtype) -> np.ndarray:
@@ -346,15 +356,24 @@ def _lookup_blocks(blocks: list, q: np.ndarray, most: int = 1 << 32) -> np.ndarr
     return ids
 
 
-def held(txn) -> int:
-    """The postings the blocks hold (``meta/block_postings``; 0 in a hub without blocks)."""
-    n = txn.get("meta", HELD_KEY)
+def _count(txn, key: bytes, what: str) -> int:
+    n = txn.get("meta", key)
     if n is None:
         return 0
     if type(n) is not int or n < 0:
-        raise E.CorruptHubError(f"the hub's meta/block_postings record is damaged ({str(n)[:40]}): expected a count; "
+        raise E.CorruptHubError(f"the hub's meta/{key.decode()} record is damaged ({str(n)[:40]}): expected {what}; "
                                 "restore the hub from a backup")
     return n
+
+
+def held(txn) -> int:
+    """The postings the blocks hold, live or dead (``meta/block_postings``; 0 in a hub without blocks)."""
+    return _count(txn, HELD_KEY, "a count")
+
+
+def dead(txn) -> int:
+    """An upper bound on the blocks' postings of removed entries (``meta/block_dead``; 0 when none)."""
+    return _count(txn, DEAD_KEY, "a count")
 
 
 def due(txn) -> bool:
@@ -364,42 +383,79 @@ def due(txn) -> bool:
 
 # ---------------------------------------------------------------------------------------------- writes
 def remove(txn, eid: int, band_keys: np.ndarray) -> int:
-    """Delete entry ``eid``'s postings of ``band_keys`` (uint64) from the blocks (its delta postings
-    are deleted by ``parts.Bands``): each block holding one is rewritten without them, an emptied
-    one deleted. Returns the postings removed."""
+    """Entry ``eid`` is being removed: its postings of ``band_keys`` (uint64) stay in the blocks, dead
+    (its delta postings are deleted by ``parts.Bands``), and ``meta/block_dead`` grows by how many
+    the blocks can hold (one a distinct key), so that lookups check liveness until a sweep. Returns
+    that bound (0 in a hub without blocks)."""
     q = _keys(band_keys)
     if txn.last(DB) is None or not len(q):
         return 0
-    gone, most, prev = 0, ids_bound(txn), -1
-    for bkey, last, raw, s in list(_blocks_over(txn, q)):
-        k, c = decode_keys(raw, last, most)
+    txn.put("meta", DEAD_KEY, dead(txn) + len(q))
+    return len(q)
+
+
+def _rewrite(txn, blocks: list, got: list, alive: np.ndarray) -> tuple[int, int]:
+    """Replace adjacent ``blocks`` [(bkey, last, raw)] decoded as ``got`` [(keys, ids)] by blocks of
+    their postings whose ``alive`` mask is set (cut again); returns (postings before, after)."""
+    ks, es, before = [], [], 0
+    for (bkey, _, _), (k, e) in zip(blocks, got):
+        before += len(e)
+        ks.append(k)
+        es.append(e)
+        txn.delete(DB, bkey)
+    keys, eids = np.concatenate(ks)[alive], np.concatenate(es)[alive]
+    if len(keys):
+        for new_last, blob in _cut(keys, eids):
+            txn.put_raw(DB, u64(new_last), blob)
+    return before, len(keys)
+
+
+def _sweep_step(txn, start: int) -> int | None:
+    """Drop the dead postings of the blocks from block key ``start`` on (about ``COMPACT_BLOCK_BYTES``
+    of them, adjacent: merged and cut again); returns the block key to continue from, or None at the end."""
+    blocks, size, most, prev = [], 0, ids_bound(txn), -1
+    hit = txn.first_from(DB, u64(start))
+    while hit is not None and (not blocks or size + len(hit[1]) <= COMPACT_BLOCK_BYTES):
+        bkey, raw = hit
+        last = int.from_bytes(bkey, "big")
+        blocks.append((bkey, last, raw))
+        size += len(raw)
+        hit = None if last == (1 << 64) - 1 else txn.first_from(DB, u64(last + 1))
+    if not blocks:
+        return None
+    got = []
+    for bkey, last, raw in blocks:
+        k, c, e = decode(raw, last, most)
         _above(k, prev, last)
         prev = last
-        qs = q[s]
-        pos = np.minimum(np.searchsorted(k, qs), len(k) - 1)
-        if not (k[pos] == qs).any():
-            continue
-        e = decode_ids(raw, last, c, most)
-        at = np.flatnonzero(e == eid)                                # the entry's postings in the block ...
-        kat = k[np.searchsorted(np.cumsum(c), at, side="right")]
-        at = at[np.isin(kat, qs)]                                    # ... under its keys
-        if not len(at):
-            continue
-        gone += len(at)
-        keys, ids = np.delete(_expand(k, c), at), np.delete(e, at)
-        if not len(keys):
-            txn.delete(DB, bkey)
-            continue
-        b = encode(keys, ids)
-        if len(b) <= BLOCK_BYTES and int(keys[-1]) == last:
-            txn.put_raw(DB, bkey, b)                                 # rewritten in place
-            continue
-        txn.delete(DB, bkey)
-        for new_last, blob in ([(int(keys[-1]), b)] if len(b) <= BLOCK_BYTES else _cut(keys, ids)):
-            txn.put_raw(DB, u64(new_last), blob)
-    if gone:
-        txn.put("meta", HELD_KEY, held(txn) - gone)
-    return gone
+        got.append((_expand(k, c), e.astype(np.int64)))
+    alive = _live(txn, np.concatenate([e for _, e in got]))
+    if not alive.all():
+        before, after = _rewrite(txn, blocks, got, alive)
+        txn.put("meta", HELD_KEY, held(txn) - before + after)
+    last = blocks[-1][1]
+    return None if hit is None or last == (1 << 64) - 1 else last + 1
+
+
+def sweep(store) -> int:
+    """Drop the dead postings of every block (one write transaction per ``COMPACT_BLOCK_BYTES`` of
+    blocks), then, if no entry was removed meanwhile, set ``meta/block_dead`` to 0; returns the
+    transactions run."""
+    if not store.transact(dead):
+        return 0
+    mark = store.transact(lambda txn: txn.get("meta", b"generation"))
+    start, steps = 0, 0
+    while start is not None:
+        start = store.transact(lambda txn, s=start: _sweep_step(txn, s))
+        steps += 1
+
+    def settle(txn):
+        # a removal after the sweep started may have left postings in blocks already swept
+        if txn.get("meta", b"generation") == mark:
+            txn.put("meta", DEAD_KEY, 0)
+
+    store.transact(settle)
+    return steps + 1
 
 
 def _take_delta(txn, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -417,9 +473,8 @@ def _take_delta(txn, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray, bo
 
 
 def _live(txn, eids: np.ndarray) -> np.ndarray:
-    """Which of the postings' entry ids ``eids`` name an entry the hub holds (a mask): a fitsketch of
-    format 5 that removed entries from a hub upgraded under it would have left their postings in the
-    blocks (storage/env.py now upgrades only a hub no other process holds); compaction drops them."""
+    """Which of the postings' entry ids ``eids`` name an entry the hub holds (a mask): a removal leaves
+    its postings in the blocks (``remove``); compaction and sweeps drop them."""
     u, inv = np.unique(eids, return_inverse=True)
     ok = np.fromiter((txn.exists("entries", u64(int(i))) for i in u), dtype=bool, count=len(u))
     return ok[inv]
@@ -478,8 +533,8 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
             prev = last
             got.append((_expand(k, c), e.astype(np.int64)))
         olds.append(got)
-    # an older fitsketch's removal may have left postings of gone entries: one check of each distinct
-    # id of the step (an entry's postings lie in hundreds of blocks: a check a block's ids was 3/4 of the CPU)
+    # removals leave their postings in the blocks (dead): one check of each distinct id of the step
+    # (an entry's postings lie in hundreds of blocks: a check a block's ids was 3/4 of the CPU)
     held_ids = [e for got in olds for _, e in got]
     alive, at = (_live(txn, np.concatenate(held_ids)) if held_ids else None), 0
     for blocks, got, (a, b) in zip(runs, olds, run_keys):
@@ -505,6 +560,9 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
         raise E.CorruptHubError(f"band compaction deleted {gone} delta keys where it read {i}: the hub's bands "
                                 "database changed under its write transaction; restore the hub from a backup")
     txn.put("meta", HELD_KEY, held(txn) + moved_held)
+    dropped = 0 if alive is None else int(len(alive) - np.count_nonzero(alive))
+    if dropped and dead(txn):
+        txn.put("meta", DEAD_KEY, max(0, dead(txn) - dropped))
     return int(taken_to) + 1 if more and int(taken_to) < (1 << 64) - 1 else None
 
 

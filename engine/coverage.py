@@ -152,7 +152,8 @@ def _category_block_into(name: str, col: pd.Series, kind: str, seed: int, X: np.
     table = np.empty((len(values) + 1, HASH_DIMS), dtype=np.float64)
     table[:-1] = block
     table[-1] = np.nan                       # code -1: a missing value
-    X[:, at:at + HASH_DIMS] = np.take(table, codes, axis=0)
+    if not _ingest.take_rows_at(table, codes, X, at):          # the same gather, compiled: no (n, 8) temporary
+        X[:, at:at + HASH_DIMS] = np.take(table, codes, axis=0)
     return True
 
 
@@ -260,13 +261,25 @@ def groups(rec: dict) -> list[dict]:
 
 
 def _sum_counts(a: dict, b: dict) -> dict:
-    key_a = a["table"].astype(np.int64) * (1 << 32) + a["code"].astype(np.int64)
-    key_b = b["table"].astype(np.int64) * (1 << 32) + b["code"].astype(np.int64)
-    keys = np.concatenate([key_a, key_b])
+    tables = np.concatenate([a["table"], b["table"]]).astype(np.int64)
+    codes = np.concatenate([a["code"], b["code"]]).astype(np.int64)
     counts = np.concatenate([a["count"], b["count"]]).astype(np.int64)
-    uniq, inv = np.unique(keys, return_inverse=True)
+    top = int(codes.max()) + 1 if len(codes) else 0
+    cells = (int(tables.max()) + 1) * top if len(codes) else 0
+    if len(codes) and int(tables.min()) >= 0 and int(codes.min()) >= 0 and cells <= max(1 << 16, 4 * len(codes)):
+        # few cells (T x 2^bits, e.g. 8 x 4,096): summed in a dense array, no sort of the keys; every
+        # cell either record holds is kept (a stored zero count too), in (table, code) order, as below
+        flat = tables * top + codes
+        present = np.zeros(cells, dtype=bool)
+        present[flat] = True
+        nz = np.flatnonzero(present)
+        uniq = (nz // top) * (1 << 32) + nz % top
+        total = np.bincount(flat, weights=counts, minlength=cells)[nz]
+    else:
+        uniq, inv = np.unique(tables * (1 << 32) + codes, return_inverse=True)
+        total = np.bincount(inv, weights=counts, minlength=len(uniq))
     # summed counts of the union, as narrow as code_counts stores them (merged sketches were uint32)
-    summed = narrow_counts(np.minimum(np.bincount(inv, weights=counts, minlength=len(uniq)), 2 ** 32 - 1))
+    summed = narrow_counts(np.minimum(total, 2 ** 32 - 1))
     table_t = np.result_type(a["table"].dtype, b["table"].dtype)
     code_t = np.result_type(a["code"].dtype, b["code"].dtype)
     return {"center": a["center"], "table": (uniq >> 32).astype(table_t),

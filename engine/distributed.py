@@ -6,8 +6,8 @@
 
 Engines: ``"ray"`` (plain Ray tasks; ``pip install 'fitsketch[ray]'``; ``address=`` joins a
 cluster, none starts a local one), ``"processes"`` (a ``concurrent.futures`` process pool on this
-machine) and ``"local"`` (one process: the reference). All three compute the same sketch, defined
-here, so the distributed sketch equals the single-process one bit for bit (every integer part:
+machine) and ``"local"`` (this process, on threads; one thread is the reference). All three
+compute the same sketch, defined here, so the distributed sketch equals the single-process one bit for bit (every integer part:
 signatures, histograms, counts, coverage counts; and the float ``sums`` too, because the merge
 tree is fixed -- see below):
 
@@ -64,7 +64,7 @@ from . import errors as E
 from .config import SketchConfig
 from .parquet_units import (KIND_SAMPLE, ParquetPlan, Unit, _quantize, detect_kinds, plan,  # noqa: F401 - also
                             resolve_files, sketch_frame, unit_sketch, unit_stats)       # their old import path
-from .parquet_units import finish_unit, local_first_pass
+from .parquet_units import finish_unit, local_first_pass, ordered_map
 from .sketch import Sketch
 
 MissingDependencyError = E.MissingDependencyError
@@ -75,6 +75,17 @@ DistributedError = E.DistributedError
 log = logging.getLogger(__name__)
 
 ENGINES = ("ray", "processes", "local")
+LOCAL_THREADS = 8      # engine="local" uses at most this many threads unless workers= says otherwise
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS reports it, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):        # pragma: no cover - not on every platform
+        return os.cpu_count() or 1
+
+
 EMPTY_SIG = np.uint32(0xFFFFFFFF)
 
 
@@ -226,12 +237,14 @@ class _Session:
 
     def __init__(self, engine, address, workers):
         self.engine, self.workers, self.ray, self.pool, self.owned = engine, workers, None, None, False
+        # engine="local": threads of this process (one unit each, results in unit order)
+        self.threads = (workers or min(_cpus(), LOCAL_THREADS)) if engine == "local" else 1
         if isinstance(engine, Executor):
             self.pool, self.engine = engine, "processes"
         elif engine == "processes":
             import multiprocessing as mp
 
-            n = workers or os.cpu_count() or 1
+            n = workers or _cpus()
             log.info("engine='processes': a pool of %d processes on this machine (not Ray)", n)
             # spawn, not fork: the parent may hold torch / OpenMP threads, which fork does not carry over
             # safely. As with any spawn pool, a script must call this under `if __name__ == "__main__":`.
@@ -245,7 +258,7 @@ class _Session:
             if not ray.is_initialized():
                 kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
                 if address is None:
-                    kw["num_cpus"] = workers or os.cpu_count() or 1
+                    kw["num_cpus"] = workers or _cpus()
                 try:
                     ray.init(address=address, **kw)
                 except Exception as e:
@@ -262,8 +275,8 @@ class _Session:
             return _run_ray(fn, specs, on_result, self.ray)
         if self.pool is not None:
             return _run_pool(self.pool, fn, specs, on_result)
-        for i, spec in enumerate(specs):
-            on_result(i, fn(spec))
+        for i, res in enumerate(ordered_map(fn, specs, self.threads)):
+            on_result(i, res)
 
     def close(self):
         if not self.owned:
@@ -295,8 +308,9 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
     """Sketch the rows of Parquet files, one map task per row group, merged in a tree.
 
     ``engine``: ``"ray"`` (``address`` of a running cluster, or None to start a local Ray on
-    ``workers`` CPUs), ``"processes"`` (``workers`` processes here), ``"local"`` (this process,
-    the reference), or a ``concurrent.futures`` process pool of your own (reused, not shut down).
+    ``workers`` CPUs), ``"processes"`` (``workers`` processes here), ``"local"`` (this process, on
+    ``workers`` threads, default one per CPU up to ``LOCAL_THREADS``; ``workers=1``: one thread, the
+    reference), or a ``concurrent.futures`` process pool of your own (reused, not shut down).
     All engines return the same sketch (module docstring). ``progress`` shows
     tqdm bars over row groups; ``coverage_center`` skips the first (centre) pass.
     """
@@ -325,7 +339,7 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
     try:
         specs = [{**s, "partition_size": m, "shuffle": bool(shuffle), "device": device} for s in specs]
         if coverage_center is None and session.engine == "local":   # one read of each unit for both passes
-            coverage_center, pending = _local_center_pass(specs, progress)
+            coverage_center, pending = _local_center_pass(specs, progress, session.threads)
         elif coverage_center is None:
             coverage_center = _center_pass(session, specs, progress)
         else:
@@ -342,8 +356,11 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
 
         try:
             todo = [i for i in range(len(specs)) if i not in pending]
-            for i in sorted(pending):
-                on_sketch(i, finish_unit(pending.pop(i), specs[i], coverage_center))
+            done = sorted(pending)
+            finished = ordered_map(lambda i: finish_unit(pending.pop(i), specs[i], coverage_center), done,
+                                   session.threads)
+            for i, sk in zip(done, finished):
+                on_sketch(i, sk)
             session.run(unit_sketch, [specs[i] for i in todo], lambda j, data: on_sketch(todo[j], data))
         finally:
             if bar is not None:
@@ -358,12 +375,12 @@ def sketch_parquet(paths_or_glob, *, config: SketchConfig | None = None, engine:
     return out
 
 
-def _local_center_pass(specs: list[dict], progress: bool) -> tuple[np.ndarray, dict]:
+def _local_center_pass(specs: list[dict], progress: bool, threads: int = 1) -> tuple[np.ndarray, dict]:
     """engine="local": the centre of :func:`_center_pass` and the units sketched but for their codes
-    (``parquet_units.local_first_pass``)."""
+    (``parquet_units.local_first_pass``, on ``threads`` threads)."""
     bar = _bar(progress, len(specs), "coverage centre", "row group")
     try:
-        parts, pending = local_first_pass(specs, None if bar is None else (lambda i: bar.update(1)))
+        parts, pending = local_first_pass(specs, None if bar is None else (lambda i: bar.update(1)), threads)
     finally:
         if bar is not None:
             bar.close()

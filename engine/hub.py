@@ -343,7 +343,7 @@ class Hub:
     def compact(self, *, file: bool = True) -> dict:
         """Move the band postings added since the last compaction into their compressed blocks
         (engine/band_blocks.py: one write transaction per chunk of key range; readers and other
-        processes carry on), then, with ``file=True``, rewrite the hub's file to its live size
+        processes carry on) and drop removed entries' postings from every block, then, with ``file=True``, rewrite the hub's file to its live size
         (removed entries' pages are otherwise kept, for reuse, and the file never shrinks): a
         compacting copy, then an atomic swap, under the writer lock. The file step needs the hub to
         itself: with another process on it (``fitsketch serve``, a reader) it raises HubBusyError before
@@ -354,7 +354,7 @@ class Hub:
             if file and not self.store.readonly and not self.store.alone():
                 raise E.HubBusyError(f"hub at {self.path} is open in another process (a server or a reader): stop "
                                      f"it, then compact (or compact(file=False): the band postings only)")
-            steps = _blocks.compact(self.store)
+            steps = _blocks.compact(self.store) + _blocks.sweep(self.store)   # then removed entries' postings
             if not file:
                 n = self.store.env_bytes()
                 return {"band_transactions": steps, "before": n, "after": n}

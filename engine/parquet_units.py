@@ -17,7 +17,8 @@ from .config import SketchConfig
 from .sketch import Sketch, build_sketch
 
 __all__ = ["Unit", "ParquetPlan", "resolve_files", "plan", "detect_kinds", "unit_stats", "unit_sketch",
-           "sketch_frame", "KIND_SAMPLE", "local_first_pass", "finish_unit", "LOCAL_CACHE_BYTES"]
+           "sketch_frame", "KIND_SAMPLE", "local_first_pass", "finish_unit", "LOCAL_CACHE_BYTES",
+           "ordered_map"]
 
 KIND_SAMPLE = 1000        # values detect_kind looks at (quantize.detect_kind samples the first 1000)
 UnreadableFileError = E.UnreadableFileError
@@ -275,32 +276,70 @@ def unit_sketch(spec: dict) -> bytes:
 LOCAL_CACHE_BYTES = 1 << 30   # transformed rows (float64) engine="local" keeps between its two passes
 
 
-def local_first_pass(specs: list[dict], on_unit=None) -> tuple[list[dict], dict[int, Sketch]]:
+def ordered_map(fn, items, workers: int):
+    """``map(fn, items)`` in order, on ``workers`` threads of this process (the compiled kernels,
+    pyarrow and NumPy's large operations release the GIL), at most ``2 * workers`` items in flight so
+    memory stays bounded; ``workers <= 1`` runs in the calling thread. An exception of ``fn`` is
+    raised here as it was raised (the same type and message as in one thread), after the items in
+    flight have finished; items not yet started are never started."""
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        for it in items:
+            yield fn(it)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fitsketch-unit") as pool:
+        window: deque = deque()
+        nxt = 0
+        try:
+            while nxt < len(items) or window:
+                while nxt < len(items) and len(window) < 2 * workers:
+                    window.append(pool.submit(fn, items[nxt]))
+                    nxt += 1
+                yield window.popleft().result()
+        finally:
+            for f in window:
+                f.cancel()
+
+
+def local_first_pass(specs: list[dict], on_unit=None, workers: int = 1) -> tuple[list[dict], dict[int, Sketch]]:
     """Pass 1 of ``engine="local"`` in one read of each unit: the coverage statistics of
     :func:`unit_stats` (the same arrays) and, while the units' transformed rows fit in
     :data:`LOCAL_CACHE_BYTES`, the unit's whole sketch but its coverage codes (``coverage=False``;
     the rows kept), so pass 2 only codes those units (:func:`finish_unit`) instead of reading,
     quantizing and transforming them again. Units past the budget get :func:`unit_stats` here and
     :func:`unit_sketch` in pass 2, as the other engines do. ``specs`` are pass 2's (with
-    ``partition_size``, ``shuffle``, ``device``; ``center`` unused). Returns (stats per unit in
-    order, {unit index: pending sketch})."""
+    ``partition_size``, ``shuffle``, ``device``; ``center`` unused); ``workers`` threads sketch
+    units side by side (:func:`ordered_map`: the same results, in unit order). Returns (stats per
+    unit in order, {unit index: pending sketch})."""
     from .coverage import HASH_DIMS
     from .storage import unpack
 
-    stats: list[dict] = []
-    pending: dict[int, Sketch] = {}
-    used = 0
-    for i, spec in enumerate(specs):
+    # which units keep their rows: decided up front from the row counts in the footers (a unit's
+    # rows take 8 bytes x rows x width, what it then holds), so the choice is the same on any thread count
+    keep, used = [], 0
+    for spec in specs:
         width = sum(1 if k == "numeric" else HASH_DIMS for k in spec["kinds"])
         rows = spec.get("num_rows")
         need = None if rows is None else 8 * int(rows) * width
-        if need is not None and used + need <= LOCAL_CACHE_BYTES:
-            sk = _unit_pending(spec)
-            stats.append(_stats(sk.rows, _pending_keys(sk, spec)))
+        keep.append(need is not None and used + need <= LOCAL_CACHE_BYTES)
+        used += need if keep[-1] else 0
+
+    def one(i: int):
+        spec = specs[i]
+        if not keep[i]:
+            return unpack(unit_stats(spec)), None
+        sk = _unit_pending(spec)
+        return _stats(sk.rows, _pending_keys(sk, spec)), sk
+
+    stats: list[dict] = []
+    pending: dict[int, Sketch] = {}
+    for i, (st, sk) in enumerate(ordered_map(one, range(len(specs)), workers)):
+        stats.append(st)
+        if sk is not None:
             pending[i] = sk
-            used += sk.rows.nbytes
-        else:
-            stats.append(unpack(unit_stats(spec)))
         if on_unit is not None:
             on_unit(i)
     return stats, pending

@@ -392,6 +392,8 @@ def _tokens_fast(col: pd.Series, missing: np.ndarray, seed: int) -> tuple[np.nda
     import pyarrow.compute as pc
 
     drop = missing | arr.is_null().to_numpy(zero_copy_only=False)
+    if _ascii_bytes(arr):                            # every value ASCII: no per-value check needed
+        return _ascii_token_hashes(_blank(arr, drop), seed)
     ascii_ = pc.fill_null(pc.string_is_ascii(arr), True).to_numpy(zero_copy_only=False)
     slow = ~ascii_ & ~drop
     if not slow.any():
@@ -471,6 +473,19 @@ def _arrow_strings(col: pd.Series):
         return arr.cast(pa.large_string())
     except (pa.ArrowException, TypeError, ValueError, UnicodeError):
         return None
+
+
+def _ascii_bytes(arr) -> bool:
+    """Whether every byte of the values of an Arrow ``large_string`` array is ASCII (below 128):
+    one max over its data buffer, what ``pc.string_is_ascii`` true on every value means."""
+    if len(arr) == 0:
+        return True
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
+    lo, hi = int(offs[0]), int(offs[-1])
+    if hi <= lo or bufs[2] is None:
+        return True
+    return int(np.frombuffer(bufs[2], dtype=np.uint8)[lo:hi].max()) < 128
 
 
 def _blank(arr, drop: np.ndarray):

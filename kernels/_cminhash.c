@@ -412,6 +412,16 @@ done:
  * maximal runs of [0-9A-Za-z_] inside one value, lower-cased, each hashed as hash_tokens does
  * (SipHash-2-4 of the bytes under the seed's key, then the SplitMix64 finalizer). The same tokens,
  * rows and hashes as engine/quantize.py's NumPy tokenizer followed by hash_tokens, in one pass. */
+static const uint8_t *lower_table(void) {     /* ASCII lower case of every byte (others as they are) */
+    static uint8_t t[256];
+    static int init = 0;
+    if (!init) {
+        for (int c = 0; c < 256; c++) t[c] = (uint8_t)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+        init = 1;
+    }
+    return t;
+}
+
 static const uint8_t *word_table(void) {
     static uint8_t t[256];
     static int init = 0;
@@ -479,7 +489,7 @@ static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
     if (check_offsets(&data, &offs, &n) < 0) goto done;
     if (key.len != 16) { PyErr_SetString(PyExc_ValueError, "key must be 16 bytes"); goto done; }
     const uint64_t k0 = load_le64((const uint8_t *)key.buf), k1 = load_le64((const uint8_t *)key.buf + 8);
-    const uint8_t *w = word_table(), *b = (const uint8_t *)data.buf;
+    const uint8_t *w = word_table(), *b = (const uint8_t *)data.buf, *low = lower_table();
     const int64_t *o = (const int64_t *)offs.buf;
     const Py_ssize_t cap = rows.len / 8;
     if (hashes.len / 8 < cap) { PyErr_SetString(PyExc_ValueError, "hashes must hold as many as rows"); goto done; }
@@ -494,39 +504,45 @@ static PyObject *ascii_tokens(PyObject *self, PyObject *args) {
     uint64_t *tc_h = tc_w1 + ((size_t)1 << TOKEN_CACHE_BITS);
     uint8_t *tc_len = (uint8_t *)(tc_h + ((size_t)1 << TOKEN_CACHE_BITS));   /* 0: an empty slot */
     Py_ssize_t t = 0;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    int full = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n && !full; i++) {
         int64_t j = o[i];
         const int64_t end = o[i + 1];
         while (j < end) {
             while (j < end && !w[b[j]]) j++;
             if (j == end) break;
-            size_t len = 0;
-            while (j < end && w[b[j]]) {
-                const uint8_t c = b[j++];
-                buf[len++] = (uint8_t)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-            }
-            if (t >= cap) { PyErr_SetString(PyExc_ValueError, "rows / hashes too small: size them by count_ascii_tokens"); goto done; }
+            const int64_t s0 = j;
+            while (j < end && w[b[j]]) j++;
+            const size_t len = (size_t)(j - s0);
+            if (t >= cap) { full = 1; break; }
             r[t] = (int64_t)i;
             if (len <= 16) {
                 /* tokens of up to 16 bytes: a direct-mapped cache of their hashes, keyed by the
-                 * whole token (its length and bytes, zero-padded): a hit is the same token, exact */
-                uint64_t w0 = 0, w1 = 0;
-                memcpy(&w0, buf, len < 8 ? len : 8);
-                if (len > 8) memcpy(&w1, buf + 8, len - 8);
+                 * whole token (its length and lower-cased bytes, zero-padded): a hit is the same
+                 * token, exact; the bytes lower-cased only into the two words of the key */
+                uint8_t k16[16] = {0};
+                for (size_t q = 0; q < len; q++) k16[q] = low[b[s0 + (int64_t)q]];
+                uint64_t w0, w1;
+                memcpy(&w0, k16, 8);
+                memcpy(&w1, k16 + 8, 8);
                 const size_t slot = (size_t)(((w0 * 0x9E3779B97F4A7C15ull) ^ (w1 * 0xC2B2AE3D27D4EB4Full)
                                               ^ (uint64_t)len) >> (64 - TOKEN_CACHE_BITS));
                 if (tc_len[slot] == len && tc_w0[slot] == w0 && tc_w1[slot] == w1) {
                     h[t] = tc_h[slot];
                 } else {
-                    h[t] = finalize(siphash24(buf, len, k0, k1));
+                    h[t] = finalize(siphash24(k16, len, k0, k1));
                     tc_len[slot] = (uint8_t)len; tc_w0[slot] = w0; tc_w1[slot] = w1; tc_h[slot] = h[t];
                 }
             } else {
+                for (size_t q = 0; q < len; q++) buf[q] = low[b[s0 + (int64_t)q]];
                 h[t] = finalize(siphash24(buf, len, k0, k1));
             }
             t++;
         }
     }
+    Py_END_ALLOW_THREADS
+    if (full) { PyErr_SetString(PyExc_ValueError, "rows / hashes too small: size them by count_ascii_tokens"); goto done; }
     ret = PyLong_FromSsize_t(t);
 done:
     free(buf);
@@ -1072,6 +1088,44 @@ done:
     return ret;
 }
 
+PyDoc_STRVAR(take_rows_at_doc,
+"take_rows_at(table, codes, X, n, d, col, width)\n\n"
+"X[i, col:col + width] = table[codes[i]] for i < n: table (k, width) float64 C order, codes int64 in\n"
+"[-1, k) with -1 meaning the last row (np.take's mode='wrap' for -1), X (n, d) float64 writable, C\n"
+"order. What X[:, col:col + width] = np.take(table, codes, axis=0, mode='wrap') gives, without the\n"
+"(n, width) temporary.");
+
+static PyObject *take_rows_at(PyObject *self, PyObject *args) {
+    Py_buffer Tb, Cb, O;
+    Py_ssize_t n, d, col, width;
+    if (!PyArg_ParseTuple(args, "y*y*w*nnnn", &Tb, &Cb, &O, &n, &d, &col, &width)) return NULL;
+    PyObject *ret = NULL;
+    if (Cb.len % 8 || n < 0 || Cb.len / 8 != n || width < 1 || d < width || col < 0 || col > d - width
+        || Tb.len % (8 * width) || Tb.len == 0 || (n > 0 && n > PY_SSIZE_T_MAX / 8 / d) || O.len < n * d * 8) {
+        PyErr_SetString(PyExc_ValueError, "take_rows_at: table (k, width) float64 with k >= 1, codes n int64, "
+                        "X n*d float64, col + width <= d");
+        goto done;
+    }
+    const Py_ssize_t k = Tb.len / (8 * width);
+    const int64_t *c = (const int64_t *)Cb.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (c[i] < -1 || c[i] >= k) { PyErr_SetString(PyExc_ValueError, "take_rows_at: a code is out of range"); goto done; }
+    const double *t = (const double *)Tb.buf;
+    double *o = (double *)O.buf + col;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *src = t + (size_t)(c[i] < 0 ? k - 1 : c[i]) * (size_t)width;
+        double *dst = o + (size_t)i * (size_t)d;
+        for (Py_ssize_t j = 0; j < width; j++) dst[j] = src[j];
+    }
+    Py_END_ALLOW_THREADS
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&Tb); PyBuffer_Release(&Cb); PyBuffer_Release(&O);
+    return ret;
+}
+
 /* ------------------------------------------------------------------ partition histograms (engine/sketch.py) */
 PyDoc_STRVAR(pair_counts_doc,
 "pair_counts(part, rows, bucket, n_parts, max_cells) -> (part, bucket, count) or None\n\n"
@@ -1338,6 +1392,7 @@ static PyMethodDef methods[] = {
     {"numeric_quantize", numeric_quantize, METH_VARARGS, numeric_quantize_doc},
     {"numeric_rows", numeric_rows, METH_VARARGS, numeric_rows_doc},
     {"hashed_rows_at", hashed_rows_at, METH_VARARGS, hashed_rows_at_doc},
+    {"take_rows_at", take_rows_at, METH_VARARGS, take_rows_at_doc},
     {"pair_counts", pair_counts, METH_VARARGS, pair_counts_doc},
     {"fma_codes", fma_codes, METH_VARARGS, fma_codes_doc},
     {NULL, NULL, 0, NULL},

@@ -7,6 +7,7 @@
 # * numeric_rows: coverage.py's numeric row transform sign(v) * log1p(min(|v|, 1e300)) of many
 #   columns written into the row matrix block by block;
 # * hashed_rows_at: a string column's hashed dimensions written into the row matrix;
+# * take_rows_at: a categorical column's rows gathered from its per-category table into the row matrix;
 # * pair_counts: sketch.py's partition_counts (occurrences per (partition, bucket)).
 #
 # Bit for bit: NumPy's float64 log and log1p call the C library's functions unless it carries SIMD
@@ -111,6 +112,18 @@ def hashed_rows_at(rows: np.ndarray, h: np.ndarray, X: np.ndarray, col: int) -> 
         return False
     _c.hashed_rows_at(np.require(rows, dtype=np.int64, requirements="CA"), np.require(h, dtype=np.uint64, requirements="CA"), X,
                       X.shape[0], X.shape[1], int(col))
+    return True
+
+
+def take_rows_at(table: np.ndarray, codes: np.ndarray, X: np.ndarray, col: int) -> bool:
+    """``X[:, col:col + w] = np.take(table, codes, axis=0, mode="wrap")`` for a (k, w) float64 ``table``
+    and int64 ``codes`` in [-1, k) (-1: the table's last row) without the (n, w) temporary; False
+    (nothing written) without the kernel or when ``X`` is not a C-ordered float64 matrix."""
+    if (_c is None or not hasattr(_c, "take_rows_at") or X.dtype != np.float64 or X.ndim != 2
+            or not X.flags.c_contiguous or table.ndim != 2):
+        return False
+    _c.take_rows_at(np.require(table, dtype=np.float64, requirements="CA"), np.require(codes, dtype=np.int64, requirements="CA"),
+                    X, X.shape[0], X.shape[1], int(col), table.shape[1])
     return True
 
 

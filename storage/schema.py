@@ -50,7 +50,7 @@ SCHEMA: tuple[Record, ...] = (
            "read-only reads it as empty",
            per_entry=False),
     Record("meta", "b'created', b'config', b'next_id', b'generation', b'n_features', b'label_kinds', "
-           "b'next_sample_id', b'embedding_dim', b'posting_bytes', b'block_postings'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
+           "b'next_sample_id', b'embedding_dim', b'posting_bytes', b'block_postings', b'block_dead'", "msgpack scalars / maps", "fitsketch.hub, fitsketch.parts, "
            "fitsketch.embeddings", per_entry=False),
     Record("entries", "u64(entry id)", "{v, id, name, metadata, features, kinds, n_rows, n_partitions, "
            "partition_size, sums, counts, created, labelled?}", "fitsketch.parts (Core)", (_E,)),

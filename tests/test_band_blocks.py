@@ -85,9 +85,11 @@ def _raw_items(txn, db):
         return list(cur) if cur.first() else []
 
 
-def _check(txn, ref: dict, rng):
+def _check(txn, ref: dict, rng, removed=()):
+    """Every posting of ``ref`` held exactly once -- and, in the blocks, those of the entries ``removed``
+    (dead: lookups skip them) -- and lookups equal to ``ref``'s."""
     held = sorted((k, e) for k, ids in ref.items() for e in ids)
-    assert _all(txn) == held                                              # each posting exactly once
+    assert [p for p in _all(txn) if p[1] not in removed] == held          # each posting exactly once
     keys = list(ref)
     for _ in range(5):
         q = [keys[i] for i in rng.integers(0, len(keys), int(rng.integers(1, 40)))] if keys else []
@@ -102,10 +104,10 @@ def test_lookups_equal_a_dict_after_adds_compactions_and_removals(tmp_path, rng,
     monkeypatch.setattr(B, "BLOCK_BYTES", int(rng.choice([300, 1000, 4080])))   # many blocks, small inputs
     pool = rng.integers(0, 1 << 64, int(rng.integers(5, 400)), dtype=np.uint64)
     ref: dict[int, set] = {}
-    next_eid = 0
+    next_eid, removed = 0, set()
     with HubStore(tmp_path / "h", map_size=1 << 26) as store:
         for step in range(12):
-            op = rng.choice(["add", "add", "compact", "remove"])
+            op = rng.choice(["add", "add", "compact", "remove", "sweep"])
             if op == "add":
                 n_new = int(rng.integers(1, 6))
                 keys, vals = [], []
@@ -131,6 +133,11 @@ def test_lookups_equal_a_dict_after_adds_compactions_and_removals(tmp_path, rng,
                 steps = B.compact(store, chunk=int(rng.integers(1, 200)))
                 with store.read() as txn:
                     assert txn.count(B.DELTA) == 0 and steps >= 1
+            elif op == "sweep":                              # removed entries' postings dropped from every block
+                monkeypatch.setattr(B, "COMPACT_BLOCK_BYTES", int(rng.choice([1, 2000, 1 << 24])))
+                B.sweep(store)
+                with store.read() as txn:
+                    assert B.dead(txn) == 0
             else:
                 eids = sorted({e for ids in ref.values() for e in ids})
                 if not eids:
@@ -146,14 +153,18 @@ def test_lookups_equal_a_dict_after_adds_compactions_and_removals(tmp_path, rng,
                         t.delete_dup("bands", u64(k), v)
 
                 store.transact(remove)
+                removed.add(eid)
                 for k in ks.tolist():
                     ref[k].discard(eid)
                     if not ref[k]:
                         del ref[k]
             with store.read() as txn:
-                _check(txn, ref, rng)
-                blocks = sum(len(B.decode(raw, int.from_bytes(k, "big"))[2]) for k, raw in _raw_items(txn, B.DB))
-                assert B.held(txn) == blocks
+                _check(txn, ref, rng, removed)
+                ids = [B.decode(raw, int.from_bytes(k, "big"))[2] for k, raw in _raw_items(txn, B.DB)]
+                assert B.held(txn) == sum(len(e) for e in ids)
+                gone = {int(e) for e in np.concatenate(ids or [np.zeros(0, np.int64)])} - \
+                    {e for es in ref.values() for e in es}
+                assert len(gone) == 0 or B.dead(txn) > 0        # a lookup can skip the liveness check only when none
 
 
 def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path, rng):
@@ -181,6 +192,7 @@ def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path,
 
                 def remove(t):
                     B.remove(t, 1, gone)
+                    t.delete("entries", u64(1))
                     for kk in gone.tolist():
                         t.delete_dup("bands", u64(kk), (1).to_bytes(4, "big"))
 
@@ -188,8 +200,15 @@ def test_a_reader_keeps_its_snapshot_across_a_compaction_and_a_removal(tmp_path,
                 th.start()
                 th.join()
                 assert _all(after) == held and B.lookup(after, q).tolist() == want
-            with store.read() as now:
-                assert B.lookup(now, q).tolist() == [0, 2] and _all(now) == [p for p in held if p[1] != 1]
+            with store.read() as now:        # entry 1's postings stay in the blocks, dead: lookups skip them
+                assert B.lookup(now, q).tolist() == [0, 2] and _all(now) == held and B.dead(now) == len(gone)
+                th = threading.Thread(target=lambda: B.sweep(store))
+                th.start()
+                th.join()
+                assert _all(now) == held                         # the reader's snapshot, across the sweep
+            with store.read() as swept:
+                assert B.lookup(swept, q).tolist() == [0, 2] and _all(swept) == [p for p in held if p[1] != 1]
+                assert B.dead(swept) == 0
 
 
 def test_a_damaged_block_is_a_named_error(tmp_path, rng):
@@ -274,8 +293,14 @@ def test_a_format_5_hub_reads_as_it_is_and_is_upgraded(tmp_path, rng, monkeypatc
         assert gone in {e for _, e in _all_of(hub)}
         hub.remove("e3")
         hub.add_sketches(items[10:])                          # into the delta, beside the blocks
-    with fitsketch.open(path) as hub, hub.store.read() as txn:
-        assert txn.count(B.DELTA) > 0 and gone not in {e for _, e in _all(txn)}
+    with fitsketch.open(path) as hub:
+        with hub.store.read() as txn:       # its postings stay in the blocks, dead, and no lookup returns it
+            held = _all(txn)
+            assert txn.count(B.DELTA) > 0 and gone in {e for _, e in held} and B.dead(txn) > 0
+            assert gone not in B.lookup(txn, np.array([k for k, e in held if e == gone], dtype=np.uint64)).tolist()
+        hub.compact(file=False)             # the sweep drops them
+        with hub.store.read() as txn:
+            assert gone not in {e for _, e in _all(txn)} and B.dead(txn) == 0 and txn.count(B.DELTA) == 0
     monkeypatch.setattr(env_mod, "FORMAT_VERSION", 5)        # a fitsketch that reads up to format 5
     with pytest.raises(SchemaError, match="format 6"):
         fitsketch.open(path, readonly=True)
@@ -443,8 +468,8 @@ def test_a_hostile_block_is_refused_before_it_inflates(tmp_path, rng):
                 finally:
                     tracemalloc.stop()
             assert peak < 4 << 20, (nk, n, peak)
-            with pytest.raises(E.CorruptHubError, match="band block"):
-                hub.remove("e1")
+            with pytest.raises(E.CorruptHubError, match="band block"):      # a sweep reads every block
+                hub.store.transact(lambda t: B._sweep_step(t, 0))
             hub.store.transact(lambda t: [t.put_raw(B.DB, k, raw) for k, raw in items[:3]])
 
 
@@ -505,7 +530,7 @@ def test_an_add_compacts_at_most_a_few_chunks(tmp_path, rng, monkeypatch):
 
 def test_blocks_whose_key_ranges_overlap_are_refused_where_read_together(tmp_path, rng):
     """A block whose first key is not above its neighbour's last: CorruptHubError from a lookup, a
-    removal and a compaction that read both (nothing written)."""
+    sweep and a compaction that read both (nothing written)."""
     ks = np.sort(rng.choice(1 << 40, 5, replace=False).astype(np.uint64))
     a = B.encode(ks[[0, 2, 3]], np.array([1, 1, 1]))               # last ks[3]
     b = B.encode(ks[[1, 4]], np.array([1, 1]))                     # first ks[1] < ks[3]: overlapping
@@ -520,7 +545,7 @@ def test_blocks_whose_key_ranges_overlap_are_refused_where_read_together(tmp_pat
         with store.read() as txn, pytest.raises(E.CorruptHubError, match="band block"):
             B.lookup(txn, ks[[2, 4]])
         with pytest.raises(E.CorruptHubError, match="band block"):
-            store.transact(lambda t: B.remove(t, 1, ks[[2, 4]]))
+            store.transact(lambda t: B._sweep_step(t, 0))
         store.transact(lambda t: t.put_dups(B.DELTA, ks[[3, 4]], np.array([1, 1]), width=4))
         with pytest.raises(E.CorruptHubError, match="band block"):
             B.compact(store)

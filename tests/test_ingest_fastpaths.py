@@ -76,6 +76,90 @@ def test_local_one_read_equals_the_two_pass_path(parquet_set, monkeypatch, shuff
     assert run(first).to_bytes() == ref
 
 
+@pytest.mark.parametrize("workers", [2, 3, 5])
+def test_local_threads_equal_one_thread(parquet_set, monkeypatch, workers):
+    """``engine="local"`` on several threads (units sketched side by side, results in unit order)
+    against one thread: the same bytes, whether every unit, some or none keep their rows."""
+    cfg = SketchConfig(partition_size=16)
+    p = D.plan(parquet_set)
+    first = p.units[0].num_rows * (3 + 2 * 8) * 8
+
+    def run(budget, n):
+        monkeypatch.setattr(PU, "LOCAL_CACHE_BYTES", budget)
+        return D.sketch_parquet(parquet_set, config=cfg, engine="local", progress=False, workers=n).to_bytes()
+
+    for budget in (1 << 30, first, 0):
+        assert run(budget, workers) == run(budget, 1)
+
+
+def test_local_threads_raise_a_unit_error_as_one_thread_does(parquet_set, monkeypatch):
+    """A unit that fails on a worker thread raises its own error here (type and message), in
+    both passes."""
+    from fitsketch.errors import UnreadableFileError
+
+    p = D.plan(parquet_set)
+    bad = p.units[len(p.units) // 2]
+    for budget, name in ((1 << 30, "_unit_pending"), (0, "unit_sketch")):
+        real = getattr(PU, name)
+
+        def failing(spec, real=real):
+            if (spec["file_index"], spec["row_group"]) == (bad.file_index, bad.row_group):
+                raise UnreadableFileError(f"unit {bad.row_group} of {bad.path} broke")
+            return real(spec)
+
+        with monkeypatch.context() as m:
+            m.setattr(PU, "LOCAL_CACHE_BYTES", budget)
+            m.setattr(PU, name, failing)
+            if name == "unit_sketch":                      # pass 2 calls the name distributed imported
+                m.setattr(D, name, failing)
+            for workers in (1, 3):
+                with pytest.raises(UnreadableFileError, match=f"unit {bad.row_group} of .* broke"):
+                    D.sketch_parquet(parquet_set, config=SketchConfig(partition_size=16), engine="local",
+                                     progress=False, workers=workers)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 40])
+def test_ordered_map_keeps_order_and_bounds_work_in_flight(rng, n):
+    """``parquet_units.ordered_map``: map's results in order whatever order the threads finish in,
+    at most ``2 * workers`` items started and not yet handed back, nothing started after an error."""
+    import threading
+    import time
+
+    for workers in (1, 2, 4):
+        delays = rng.uniform(0, 0.002, n)
+        lock = threading.Lock()
+        started, handed, most = [], [0], [0]
+
+        def fn(i):
+            with lock:
+                started.append(i)
+                most[0] = max(most[0], len(started) - handed[0])
+            time.sleep(delays[i])
+            return i * i
+
+        out = []
+        for v in PU.ordered_map(fn, range(n), workers):
+            out.append(v)
+            handed[0] += 1
+        assert out == [i * i for i in range(n)]
+        assert most[0] <= max(1, 2 * workers)
+
+        if n >= 2:
+            fail_at = int(rng.integers(0, n))
+            seen = []
+
+            def boom(i):
+                with lock:
+                    seen.append(i)
+                if i == fail_at:
+                    raise KeyError(f"item {i}")
+                return i
+
+            with pytest.raises(KeyError, match=f"item {fail_at}"):
+                list(PU.ordered_map(boom, range(n), workers))
+            assert max(seen) <= fail_at + 2 * workers       # items past the window never started
+
+
 def test_finish_unit_equals_unit_sketch(parquet_set):
     cfg = SketchConfig(partition_size=8)
     p = D.plan(parquet_set)

@@ -223,6 +223,65 @@ def test_hashed_rows_in_row_order_and_shuffled_equal_numpy(rng, monkeypatch, n):
         assert (X[:, :2] == 7.0).all() and (X[:, 10:] == 7.0).all()          # other columns untouched
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 9, 1000])
+def test_category_rows_gathered_in_place_equal_numpy_take(rng, n):
+    """The compiled gather of a categorical column's per-category rows into the row matrix
+    (``ingest.take_rows_at``, used by ``coverage._category_block_into``) against ``np.take``'s
+    values written into the same columns: every bit, NaN rows included, other columns untouched."""
+    from fitsketch.kernels import ingest as I
+
+    if I._c is None or not hasattr(I._c, "take_rows_at"):
+        pytest.skip("compiled kernel not built")
+    for _ in range(5):
+        k = int(rng.integers(1, 40))                   # k - 1 categories and the missing row
+        w = int(rng.integers(1, 9))
+        table = rng.normal(0, 1, (k, w))
+        table[-1] = np.nan
+        table[rng.random((k, w)) < 0.05] = np.nan
+        codes = rng.integers(-1, k - 1, n) if k > 1 else np.full(n, -1)
+        d = w + int(rng.integers(0, 5))
+        at = int(rng.integers(0, d - w + 1))
+        X = np.full((n, d), 7.0)
+        assert I.take_rows_at(table, codes, X, at)
+        want = np.full((n, d), 7.0)
+        want[:, at:at + w] = np.take(table, codes, axis=0, mode="wrap")
+        _same_bits(X, want)
+    X = np.zeros((3, 8))
+    for bad in (np.array([0, 1, 5]), np.array([0, -2, 1])):          # past the table / below -1: refused
+        with pytest.raises(ValueError):
+            I._c.take_rows_at(np.zeros((5, 8)), bad, X, 3, 8, 0, 8)
+    with pytest.raises(ValueError):                                   # columns past the row matrix
+        I._c.take_rows_at(np.zeros((5, 8)), np.zeros(3, np.int64), X, 3, 8, 1, 8)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 3000])
+def test_coverage_counts_summed_densely_equal_the_sorted_union(rng, n):
+    """``coverage._sum_counts`` (a dense array over few cells, np.unique over many) against the
+    definition: the sorted union of both records' (table, code) cells, counts added, every cell
+    either holds kept (a zero count too), types as before."""
+    for _ in range(6):
+        records = []
+        tables = int(rng.integers(1, 12))
+        codes = int(rng.choice([2, 64, 4096, 1 << 20, 1 << 31]))
+        for m in (n, int(rng.integers(0, n + 1))):
+            cells = np.unique(rng.integers(0, tables, m) * (1 << 32) + rng.integers(0, codes, m))
+            cnt = rng.integers(0, 300, len(cells)) * (rng.random(len(cells)) < 0.97)   # a few zero counts
+            records.append({"center": np.zeros(2), "table": (cells >> 32).astype(np.uint8),
+                            "code": (cells & 0xFFFFFFFF).astype(np.uint16 if codes <= 4096 else np.uint32),
+                            "count": C.narrow_counts(cnt)})
+        a, b = records if rng.random() < 0.5 else records[::-1]
+        got = C._sum_counts(a, b)
+        union = {}
+        for r in (a, b):
+            for t, c, k in zip(r["table"].tolist(), r["code"].tolist(), r["count"].tolist()):
+                union[(t, c)] = union.get((t, c), 0) + k
+        keys = sorted(union)
+        assert got["table"].tolist() == [t for t, _ in keys] and got["code"].tolist() == [c for _, c in keys]
+        assert got["count"].tolist() == [union[k] for k in keys]
+        assert got["count"].dtype == C.narrow_counts(np.array([union[k] for k in keys], np.int64)).dtype
+        assert got["table"].dtype == np.uint8 and got["code"].dtype == b["code"].dtype
+
+
 @pytest.mark.parametrize("room", [0, 3, 1 << 22])
 def test_tokens_with_and_without_the_counting_pass(rng, monkeypatch, room):
     """The compiled tokenizer's output whether it counts the tokens first (a column over

@@ -189,3 +189,23 @@ def test_sketch_with_fast_paths_equals_sketch_with_reference_paths(monkeypatch):
         assert fast.kinds == slow.kinds
         assert fast.to_bytes() == slow.to_bytes()
         assert np.array_equal(fast.rows, slow.rows, equal_nan=True)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 17, 500])
+def test_the_ascii_check_of_a_data_buffer_equals_arrows_per_value_check(rng, n):
+    """``quantize._ascii_bytes`` (one max over the values' bytes) against ``pc.string_is_ascii`` on
+    every value: the same answer on arrays and slices of them (non-zero offsets), nulls, empty
+    strings, one non-ASCII character anywhere."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    words = np.array(["a", "Bc", "", "x_1", "café", "ÉLAN", "zz top", "\x7f", "Straße"], dtype=object)
+    for _ in range(8):
+        vals = words[rng.integers(0, 4 if rng.random() < 0.5 else len(words), n)].astype(object)
+        vals[rng.random(n) < 0.1] = None
+        arr = pa.array(vals, type=pa.large_string())
+        if n > 2 and rng.random() < 0.5:
+            s = int(rng.integers(0, n // 2))
+            arr = arr.slice(s, int(rng.integers(0, n - s + 1)))
+        want = bool(pc.all(pc.fill_null(pc.string_is_ascii(arr), True)).as_py() is not False)
+        assert Q._ascii_bytes(arr) == want
