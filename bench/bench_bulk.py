@@ -4,7 +4,8 @@ Entries: bench/scale.py's 32 numeric features x 10 partitions of 500 rows (merge
 sketches of 20 data families, ~5,400 histogram cells and 1,024 band postings an entry), ``--entries``
 of them (default 2,000; ``--quick`` 200), ``batch`` (1,000) a transaction.
 
-Measured, interleaved round by round so both see the same load (``harness.interleaved``):
+Measured, interleaved round by round so all see the same load (``harness.interleaved``, the arms' order
+rotated each round):
 
 * ``add_sketches`` of all entries into a new hub (wall and CPU time), as shipped: chunks prepared in
   ``parts.PREPARE_THREADS`` threads, the next batch while one is written, zstd contexts kept
@@ -135,6 +136,23 @@ def _by_round(base: dict, new: dict, n: int, clock: str | None = None) -> str:
     return ", ".join(f"{bs / xs:.2f}x" for bs, xs in zip(b, x))
 
 
+def _rotated(fns: dict, repeats: int) -> dict:
+    """``harness.interleaved`` a round at a time, the arms' order rotated by one each round (the
+    first arm of a round ran up to ~1.3x slower than the same work later in it: no arm keeps a place);
+    the same stats, the samples in round order."""
+    names = list(fns)
+    rounds = []
+    for r in range(max(1, repeats)):
+        order = names[r % len(names):] + names[:r % len(names)]
+        rounds.append(H.interleaved({k: fns[k] for k in order}, repeats=1, warmup=0))
+    out = {}
+    for k in names:
+        c = H.stats([x[k]["cpu"]["times_s"][0] for x in rounds])
+        out[k] = {**H.stats([x[k]["times_s"][0] for x in rounds]), "cpu": c, "median_cpu_s": c["p50_s"],
+                  "result": rounds[-1][k]["result"]}
+    return out
+
+
 def _pages_used(path) -> int:
     """Bytes of the LMDB pages a hub file uses (its last page number + 1, times the page size)."""
     import lmdb
@@ -224,9 +242,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
         def add_before():
             return add_one_thread(pyarrow=True)
 
-        t = H.interleaved({"add_sketches": add, "before": add_before, "one_thread": add_one_thread, "lmdb": raw_write,
-                           "unfitted": add_unfitted, "level15": add_level15, "auto": add_auto},
-                          repeats=repeats, warmup=0)
+        t = _rotated({"add_sketches": add, "before": add_before, "one_thread": add_one_thread, "lmdb": raw_write,
+                      "unfitted": add_unfitted, "level15": add_level15, "auto": add_auto}, repeats)
         pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "before", "unfitted", "level15", "auto")}
         t_compact, _ = compact()
         m = max(10, n // 10)
