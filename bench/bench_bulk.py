@@ -4,9 +4,15 @@ Entries: bench/scale.py's 32 numeric features x 10 partitions of 500 rows (merge
 sketches of 20 data families, ~5,400 histogram cells and 1,024 band postings an entry), ``--entries``
 of them (default 2,000; ``--quick`` 200), ``batch`` (1,000) a transaction.
 
-Measured, interleaved round by round so both see the same load (``harness.interleaved``):
+Measured, interleaved round by round so all see the same load (``harness.interleaved``, the arms' order
+rotated each round):
 
-* ``add_sketches`` of all entries into a new hub (wall and CPU time);
+* ``add_sketches`` of all entries into a new hub (wall and CPU time), as shipped: chunks prepared in
+  ``parts.PREPARE_THREADS`` threads, the next batch while one is written, zstd contexts kept
+  (storage/codec.py with ``zstandard``);
+* the same add before the eleventh session's change: one thread, pyarrow's zstd codec
+  (``PREPARE_THREADS = 1``, ``codec.USE_ZSTANDARD = False``; the same bytes), and one thread with
+  the kept contexts;
 * the baseline: LMDB alone writing **the same bytes** -- every record the hub stored, read back
   raw, written into a new file in as many transactions (bench_shortlist's ``_raw_write``);
 * the same add with ``parts.FIT_LEVEL = 0`` (no page-fit retry), and the LMDB pages each hub uses:
@@ -20,8 +26,9 @@ Measured, interleaved round by round so both see the same load (``harness.interl
 
 One add before the rounds is not timed: it fills the process's memos (name hashes, the random
 projection rows of the batch's histogram coordinates), as in a long bulk load after its first batch.
-Then one more add with each stage's engine function wrapped (CPU time; a stage includes its
-indented sub-stages): where an entry's time goes. The machine is shared: report the CPU rates and
+Then one more add (one thread: the process's CPU clock would charge a stage with the other
+threads' time) with each stage's engine function wrapped (CPU time; a stage includes its indented
+sub-stages): where an entry's time goes. The machine is shared: report the CPU rates and
 the ratio to LMDB in the same run, not wall times alone.
 """
 from __future__ import annotations
@@ -40,18 +47,18 @@ from .scale import build_sketches
 # (stage key, label, depth): what _instrument wraps
 STAGES = [
     ("validate", "validation (Hub._check_sketch: every array's shape, dtype, range, order)", 0),
-    ("prepare", "prepare (every part's records, parts.PREPARE_CHUNK entries at a time)", 0),
+    ("prepare", "prepare (every part's records, parts.PREPARE_CHUNK entries at a time; one thread here)", 0),
     ("aggregate", "the batch's histograms in one COO (profiles._aggregate)", 1),
     ("pack_hists", "packed histograms (partitions.pack_hists)", 1),
     ("records", "profiles and JS-LSH keys (profiles.records)", 1),
     ("gaussian", "random projection rows (gaussian_projection)", 2),
     ("sparse_keys", "JS-LSH sparse projections (profiles._sparse_keys)", 2),
     ("band_keys", "LSH band keys", 1),
+    ("pack", "records packed (codec.pack through parts.fit_pack; the entry record, in the transaction, too)", 1),
+    ("compress", "zstd of the arrays (codec._compress)", 2),
+    ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 2),
     ("transaction", "the write transaction (Hub._transact)", 0),
-    ("write", "records encoded and put (Core, Extra, Profile)", 1),
-    ("pack", "msgpack encoding (codec.pack)", 2),
-    ("compress", "zstd of the arrays (codec._compress)", 3),
-    ("refit", "records packed again at parts.FIT_FIRST / FIT_LEVEL (fit_pack's retry; zstd included)", 3),
+    ("write", "records put (Core, Extra, Profile; only the entry record packed here)", 1),
     ("bands", "band postings: one sorted putmulti (Bands.write_many)", 1),
 ]
 
@@ -108,6 +115,42 @@ def _split(timer: _Timer, n: int, total_s: float) -> list[dict]:
                  "ms_per_entry": round(other * 1e3 / n, 3), "share": f"{100 * other / total_s:.0f}%"})
     rows.append({"stage": "**total** (CPU)", "ms_per_entry": round(total_s * 1e3 / n, 3), "share": "100%"})
     return rows
+
+
+def _threads() -> int:
+    import fitsketch.parts as P
+
+    return P.PREPARE_THREADS
+
+
+def _kept() -> bool:
+    import fitsketch.storage.codec as C
+
+    return C._zstandard is not None and C.USE_ZSTANDARD
+
+
+def _by_round(base: dict, new: dict, n: int, clock: str | None = None) -> str:
+    """``new``'s rate over ``base``'s in each interleaved round (wall, or ``clock="cpu"``)."""
+    b = base[clock]["times_s"] if clock else base["times_s"]
+    x = new[clock]["times_s"] if clock else new["times_s"]
+    return ", ".join(f"{bs / xs:.2f}x" for bs, xs in zip(b, x))
+
+
+def _rotated(fns: dict, repeats: int) -> dict:
+    """``harness.interleaved`` a round at a time, the arms' order rotated by one each round (the
+    first arm of a round ran up to ~1.3x slower than the same work later in it: no arm keeps a place);
+    the same stats, the samples in round order."""
+    names = list(fns)
+    rounds = []
+    for r in range(max(1, repeats)):
+        order = names[r % len(names):] + names[:r % len(names)]
+        rounds.append(H.interleaved({k: fns[k] for k in order}, repeats=1, warmup=0))
+    out = {}
+    for k in names:
+        c = H.stats([x[k]["cpu"]["times_s"][0] for x in rounds])
+        out[k] = {**H.stats([x[k]["times_s"][0] for x in rounds]), "cpu": c, "median_cpu_s": c["p50_s"],
+                  "result": rounds[-1][k]["result"]}
+    return out
 
 
 def _pages_used(path) -> int:
@@ -185,9 +228,23 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             finally:
                 P.FIT_FIRST = saved
 
-        t = H.interleaved({"add_sketches": add, "lmdb": raw_write, "unfitted": add_unfitted, "level15": add_level15,
-                           "auto": add_auto}, repeats=repeats, warmup=0)
-        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "unfitted", "level15", "auto")}
+        def add_one_thread(pyarrow: bool = False):   # parts.PREPARE_THREADS = 1 (and pyarrow's zstd: the previous add)
+            import fitsketch.parts as P
+            import fitsketch.storage.codec as C
+
+            saved = P.PREPARE_THREADS, C.USE_ZSTANDARD
+            P.PREPARE_THREADS, C.USE_ZSTANDARD = 1, C.USE_ZSTANDARD and not pyarrow
+            try:
+                return add()
+            finally:
+                P.PREPARE_THREADS, C.USE_ZSTANDARD = saved
+
+        def add_before():
+            return add_one_thread(pyarrow=True)
+
+        t = _rotated({"add_sketches": add, "before": add_before, "one_thread": add_one_thread, "lmdb": raw_write,
+                      "unfitted": add_unfitted, "level15": add_level15, "auto": add_auto}, repeats)
+        pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "before", "unfitted", "level15", "auto")}
         t_compact, _ = compact()
         m = max(10, n // 10)
 
@@ -199,8 +256,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
         t_one = H.timeit(one_at_a_time, repeats=1, warmup=0, cpu=True)
         timer = _Timer(clock=H.clock(cpu=True))
         _instrument(timer)
-        try:
-            t_split = H.timeit(add, repeats=1, warmup=0, cpu=True)
+        try:   # one thread: the process's CPU clock would charge a stage with the other threads' time
+            t_split = H.timeit(add_one_thread, repeats=1, warmup=0, cpu=True)
         finally:
             timer.restore()
     finally:
@@ -213,8 +270,17 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     load = H.load_average()
     wl = f"scale32: {n} entries of 32 features x 10 partitions, {cells:.0f} histogram cells, {size / n / 1024:.1f} KiB stored an entry; batch {batch}"
     split = _split(timer, n, t_split["cpu"]["p50_s"])
+    bf, one1 = t["before"], t["one_thread"]
+    bf_rate, bf_cpu = n / bf["p50_s"], n / bf["cpu"]["p50_s"]
+    one1_rate, one1_cpu = n / one1["p50_s"], n / one1["cpu"]["p50_s"]
     out(f"bulk add, {wl} (load {load:.1f}, median of {repeats} interleaved rounds):")
-    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second")
+    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second (parts.PREPARE_THREADS "
+        f"{_threads()}, zstd contexts kept: {_kept()})")
+    out(f"  before (one thread, pyarrow's zstd): {bf_rate:.0f} entries/s wall, {bf_cpu:.0f} per CPU second: "
+        f"add_sketches {rate / bf_rate:.2f}x wall, {rate_cpu / bf_cpu:.2f}x CPU of it (by round: wall "
+        f"{_by_round(bf, a, n)}, CPU {_by_round(bf, a, n, 'cpu')}), {pages['before'] / 1024:.1f} KiB of LMDB pages an "
+        f"entry against {pages['add_sketches'] / 1024:.1f}")
+    out(f"  one thread, zstd contexts kept: {one1_rate:.0f} entries/s wall, {one1_cpu:.0f} per CPU second")
     out(f"  LMDB writing the same bytes {raw_rate:.0f} entries/s wall, {raw_cpu:.0f} per CPU second: add_sketches is "
         f"{rate / raw_rate:.2f}x wall, {rate_cpu / raw_cpu:.2f}x CPU of it")
     out(f"  without fit_pack's retry (parts.FIT_LEVEL = 0): {n / u['p50_s']:.0f} entries/s wall, {u_cpu:.0f} per CPU "
@@ -237,6 +303,12 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                   baseline="LMDB raw write of the same bytes (entries per CPU s)", baseline_value=raw_cpu,
                   wall_rate=rate, baseline_wall_rate=raw_rate, wall_ratio=rate / raw_rate, load_avg_1m=load,
                   bytes_per_entry=size / n, target=1000.0),
+            H.row(ctx, "bulk", wl, "add_sketches before (one thread, pyarrow zstd)", "entries_per_cpu_s", bf_cpu,
+                  unit="entries/s", baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu,
+                  wall_rate=bf_rate, baseline_wall_rate=rate),
+            H.row(ctx, "bulk", wl, "add_sketches one thread", "entries_per_cpu_s", one1_cpu, unit="entries/s",
+                  baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=one1_rate,
+                  baseline_wall_rate=rate),
             H.row(ctx, "bulk", wl, "add_sketches, FIT_LEVEL 0", "entries_per_cpu_s", u_cpu, unit="entries/s",
                   baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu, wall_rate=n / u["p50_s"],
                   pages_bytes_per_entry=pages["unfitted"], baseline_pages_bytes_per_entry=pages["add_sketches"]),
@@ -254,6 +326,8 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             H.row(ctx, "bulk", "all", "all", "wall_time", wall.elapsed(), unit="s")]
     path = H.write_suite("bulk" + ("_quick" if quick else ""), rows, out=out_dir, quick=quick, env=env,
                          tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
+                                 "before": {k: x for k, x in bf.items() if k != "result"},
+                                 "one_thread": {k: x for k, x in one1.items() if k != "result"},
                                  "unfitted": {k: v for k, v in u.items() if k != "result"},
                          "level15": {k: x for k, x in v.items() if k != "result"},
                                  "auto": {k: x for k, x in w.items() if k != "result"},

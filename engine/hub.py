@@ -12,6 +12,7 @@ fitsketch accepted without checks and that a scorer cannot use are skipped and n
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -225,8 +226,11 @@ class Hub:
         metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
-        leaves the hub unchanged. At the end of the call the band postings are compacted when due
-        (engine/band_blocks.py: once a call, not a batch). Returns the number of entries added."""
+        leaves the hub unchanged. Each batch's records are computed and packed in
+        ``parts.PREPARE_THREADS`` threads, the next batch's while this one is written (the same bytes
+        as one thread; a failure there raises before its batch's transaction). At the end of the call
+        the band postings are compacted when due (engine/band_blocks.py: once a call, not a batch).
+        Returns the number of entries added."""
         items = list(items)
         checked, seen = [], set()
         for i, it in enumerate(items):
@@ -256,13 +260,14 @@ class Hub:
             from tqdm import tqdm
 
             bar = tqdm(total=len(checked), desc="add", unit="entry")
-        try:
-            for lo in range(0, len(checked), batch):   # each batch prepared at once (parts.entries_writer)
-                chunk = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
-                self._transact(_parts.entries_writer(chunk, self.config, self.device, self._entry),
-                               reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
-                if bar is not None:
-                    bar.update(len(chunk))
+        batches = ([self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
+                   for lo in range(0, len(checked), batch))
+        try:   # each batch prepared at once, the next one in threads while this one is written (parts.batch_writers)
+            with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry)) as writers:
+                for chunk, write in writers:
+                    self._transact(write, reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
+                    if bar is not None:
+                        bar.update(len(chunk))
         finally:
             if bar is not None:
                 bar.close()

@@ -10,6 +10,7 @@ before the records they read).
 """
 from __future__ import annotations
 
+import os
 import struct
 import time
 from dataclasses import dataclass
@@ -73,9 +74,11 @@ def fit_pack(obj) -> bytes:
 def _put(txn, db: str, key: bytes, obj) -> None:
     """Store a per-entry record with its arrays compressed (``fit_pack``; hub format 3):
     signatures, histograms, coverage, profile and screen records are most of an entry's bytes.
-    Appended where its key is the database's last (``Txn.put_raw(append=True)``: entry ids grow,
-    so the ``entries`` records fill their leaf pages instead of leaving each half empty)."""
-    txn.put_raw(db, key, fit_pack(obj), append=True)
+    ``obj`` is the record, or its ``fit_pack`` bytes when a part packed it in ``prepare`` (outside
+    the transaction, in ``entries_writer``'s threads; records are dicts, never bytes). Appended
+    where its key is the database's last (``Txn.put_raw(append=True)``: entry ids grow, so the
+    ``entries`` records fill their leaf pages instead of leaving each half empty)."""
+    txn.put_raw(db, key, obj if type(obj) is bytes else fit_pack(obj), append=True)
 
 
 def _sig_record(sig: np.ndarray) -> dict:
@@ -128,9 +131,13 @@ class Core(Part):
     """The entry record, its name, its feature signatures and its partition histograms."""
     name = "core"
 
+    # prepared: the signature and histogram records' fit_pack bytes (they do not depend on the entry
+    # id: packed outside the transaction) and the add time; the entry record holds its id, packed in write
+
     def prepare(self, new, config, device):
         sk = new.sketch
-        return {"hist": pack_hist(sk.hist, sk.n_partitions, sk.n_features), "created": time.time()}
+        return {"sig": fit_pack(_sig_record(sk.signatures)),
+                "hist": fit_pack(pack_hist(sk.hist, sk.n_partitions, sk.n_features)), "created": time.time()}
 
     def prepare_many(self, news, config, device, shared):
         a = _aggregate(news, shared)
@@ -139,7 +146,8 @@ class Core(Part):
         now = time.time()
         packed = pack_hists(a["e"], a["part"], a["feat"], a["bucket"], a["count"],
                             [n.sketch.n_partitions for n in news], [n.sketch.n_features for n in news])
-        return [{"hist": h, "created": now} for h in packed]
+        return [{"sig": fit_pack(_sig_record(n.sketch.signatures)), "hist": fit_pack(h), "created": now}
+                for n, h in zip(news, packed)]
 
     def write(self, txn, eid, new, prepared):
         sk, k = new.sketch, u64(eid)
@@ -151,7 +159,7 @@ class Core(Part):
             rec["labelled"] = True   # method="auto" reads class records only of these
         _put(txn, "entries", k, rec)
         txn.put_raw("names", new.name.encode("utf-8"), k)
-        _put(txn, "signatures", k, _sig_record(sk.signatures))
+        _put(txn, "signatures", k, prepared["sig"])
         _put(txn, "histograms", k, prepared["hist"])
         return rec
 
@@ -167,11 +175,17 @@ class Extra(Part):
     (with the hub's label-kind count, which keeps labelled entries on one label vocabulary)."""
     name = "extra"
 
-    def write(self, txn, eid, new, prepared):
+    def prepare(self, new, config, device):
         sk, spaces = new.sketch, new.spaces
         if sk.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
             cov = {} if sk.coverage is None else {"coverage": sk.coverage}
-            _put(txn, "extra", u64(eid), {"v": ENTRY_FORMAT, **cov, **(spaces or {})})
+            return fit_pack({"v": ENTRY_FORMAT, **cov, **(spaces or {})})   # no entry id in it: packed here
+        return None
+
+    def write(self, txn, eid, new, prepared):
+        spaces = new.spaces
+        if prepared is not None:
+            _put(txn, "extra", u64(eid), prepared)
         if spaces and "classes" in spaces:
             count_label_kind(txn, spaces["classes"]["labels"], +1)
 
@@ -233,15 +247,17 @@ class Profile(Part):
     databases ``profiles`` and ``profile_keys`` (hub format 5; before, in ``extra``)."""
     name = "profile"
 
+    # prepared: the two records' fit_pack bytes (no entry id in them: packed outside the transaction)
+
     def prepare(self, new, config, device):
         sk = new.sketch
-        return _profiles.record(sk.hist, sk.names, sk.n_partitions, config, device)
+        return tuple(map(fit_pack, _profiles.record(sk.hist, sk.names, sk.n_partitions, config, device)))
 
     def prepare_many(self, news, config, device, shared):
         a = _aggregate(news, shared)
         if a is None:
             return super().prepare_many(news, config, device, shared)
-        return _profiles.records([n.sketch for n in news], config, device, agg=a)
+        return [tuple(map(fit_pack, r)) for r in _profiles.records([n.sketch for n in news], config, device, agg=a)]
 
     def write(self, txn, eid, new, prepared):
         prof, prof_keys = prepared
@@ -388,19 +404,71 @@ def _aggregate(news: list, shared: dict):
 
 PREPARE_CHUNK = 256   # entries prepared at once: a 1,000-entry batch's temporaries (5M histogram cells at
                       # 32 x 10) outgrow the caches; 256 at a time cost ~30% less CPU (bench/bench_bulk.py)
+PREPARE_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                      # threads preparing add_sketches' chunks (``batch_writers``) while the calling thread
+                      # writes the previous batch (2 where 2 cores are ours): zstd, scipy's sparse products,
+                      # NumPy's sorts and LMDB release the GIL; <= 1: every chunk in the calling thread.
+                      # The bytes stored do not depend on it.
+
+
+def _prepare_chunk(chunk: list, config, device) -> list:
+    """Every part's ``prepare_many`` of ``chunk`` (one list per part, ``PARTS`` order)."""
+    shared = {}
+    return [p.prepare_many(chunk, config, device, shared) for p in PARTS]
+
+
+def _gathered(done: list) -> list:
+    """``(part, prepared list)`` for each part, the chunks' ``_prepare_chunk`` results in order."""
+    prepared = [(p, []) for p in PARTS]
+    for res in done:
+        for (_, out), r in zip(prepared, res):
+            out += r
+    return prepared
 
 
 def entries_writer(news: list, config, device, make_entry):
     """The function that writes a batch of entries (``Hub.add_sketches``) inside one write
-    transaction, every part prepared first for ``PREPARE_CHUNK`` entries at once (``Part.prepare_many``);
-    the batch is written part by part (``Part.write_many``), all or nothing. Stores what
-    ``entry_writer`` of each entry in turn stores (tests/test_profiles.py)."""
-    prepared = [(p, []) for p in PARTS]
-    for lo in range(0, len(news), PREPARE_CHUNK):   # an entry's records do not depend on its chunk
-        chunk, shared = news[lo:lo + PREPARE_CHUNK], {}
-        for p, out in prepared:
-            out += p.prepare_many(chunk, config, device, shared)
-    return _writer(news, prepared, make_entry)
+    transaction, every part prepared first for ``PREPARE_CHUNK`` entries at once (``Part.prepare_many``;
+    the records that do not hold the entry id are packed there too); the batch is written part by
+    part (``Part.write_many``), all or nothing. Stores what ``entry_writer`` of each entry in turn
+    stores (tests/test_profiles.py). An entry's records do not depend on its chunk."""
+    done = [_prepare_chunk(news[lo:lo + PREPARE_CHUNK], config, device) for lo in range(0, len(news), PREPARE_CHUNK)]
+    return _writer(news, _gathered(done), make_entry)
+
+
+def batch_writers(batches, config, device, make_entry, threads: int | None = None):
+    """``(news, write)`` for each batch (a list of NewEntry) of ``batches``, in order: ``write`` is
+    ``entries_writer(news, ...)``. With ``threads`` > 1 (``PREPARE_THREADS``) a batch's chunks are
+    prepared in that many threads, and the next batch's while the caller writes this one (at most
+    two batches in flight); the records are the same bytes. A chunk's error is raised here, as the
+    part raised it, before its batch's ``write`` is yielded: nothing of that batch is written, and
+    the batches yielded before stay as the caller wrote them. Close the generator when done
+    (``Hub.add_sketches``: ``contextlib.closing``): it stops the threads (waiting for a chunk under way)."""
+    threads = PREPARE_THREADS if threads is None else threads
+    if threads <= 1:
+        for news in batches:
+            yield news, entries_writer(news, config, device, make_entry)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="fitsketch-prepare")
+
+    def submit(news):   # chunks of at most PREPARE_CHUNK, at least one a thread
+        step = max(1, min(PREPARE_CHUNK, -(-len(news) // threads)))
+        return news, [pool.submit(_prepare_chunk, news[lo:lo + step], config, device) for lo in range(0, len(news), step)]
+
+    try:
+        it = iter(batches)
+        nxt = next(it, None)
+        pending = None if nxt is None else submit(nxt)
+        while pending is not None:
+            news, futures = pending
+            done = [f.result() for f in futures]       # a chunk's error raised here, nothing of the batch written
+            nxt = next(it, None)
+            pending = None if nxt is None else submit(nxt)   # prepared while the caller writes this batch
+            yield news, _writer(news, _gathered(done), make_entry)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _writer(news: list, prepared: list, make_entry):

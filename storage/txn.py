@@ -296,6 +296,26 @@ class Txn:
                                   f"{width} bytes; restore the hub from a backup")
         return buf, more
 
+    def delete_range(self, db: str, first: bytes, last: bytes) -> int:
+        """Delete every key of ``db`` from ``first`` to ``last`` (both included; in ``bands``: with all
+        its duplicates) with one cursor; returns how many keys were deleted. What ``delete`` of each
+        key does, without a Python call and a key lookup a key (band compaction empties ~90 delta
+        keys an entry, engine/band_blocks.py)."""
+        h = self._wdb(db)
+        first, last = _check_key(first), _check_key(last)
+        self._writable()
+        n = 0
+        with self._txn.cursor(db=h) as cur:
+            if not cur.set_range(first):
+                return 0
+            dup = db in DUPSORT_DBS
+            while True:
+                k = cur.key()
+                if not k or k > last:   # b"": the cursor ran off the end
+                    return n
+                self._mut(cur.delete, dupdata=dup)   # moves the cursor to the next key
+                n += 1
+
     def delete_dup(self, db: str, key: bytes, value8: bytes) -> bool:
         """Remove one record ``value8`` (8 bytes, or 4: ``put_dups(width=4)``) under ``key``; returns whether it existed."""
         h = self._db(db, dup=True)

@@ -453,3 +453,78 @@ def test_fit_pack_tries_the_cheap_level_first_and_never_more_pages(rng, monkeypa
         assert PT._pages(len(PT.fit_pack(rec))) == (min(PT._pages(n), PT._pages(len(strong))) if near else PT._pages(n))
         monkeypatch.setattr(PT, "FIT_FIRST", ladder)
     assert tried   # some records were near a boundary
+
+
+def _prepare_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("fitsketch-prepare")]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_store_the_bytes_of_one_thread(tmp_path, rng, monkeypatch, threads):
+    """``add_sketches`` preparing (and packing) its chunks in ``threads`` threads, the next batch while
+    one is written (parts.batch_writers), stores byte for byte what the calling thread alone stores:
+    0, 1, a batch, a batch + 1 and an odd number of fresh sketches, small chunks so that a batch
+    spans several threads; no prepare thread outlives the call."""
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    monkeypatch.setattr(PT, "PREPARE_CHUNK", int(rng.integers(1, 4)))
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    batch = int(rng.integers(2, 5))
+    sks = _sketches(rng, cfg, 2 * batch + 3)
+    for n in sorted({0, 1, batch, batch + 1, 2 * batch + 3}):
+        items = [(f"e{i}", s, {"i": i}) for i, s in enumerate(sks[:n])]
+        dumps = []
+        for t in (1, threads):
+            monkeypatch.setattr(PT, "PREPARE_THREADS", t)
+            with fitsketch.open(tmp_path / f"{n}-{t}.hub", config=cfg) as hub:
+                assert hub.add_sketches(items, batch=batch) == n
+                check_hub(hub)
+                dumps.append(_dump(hub))
+            assert not _prepare_threads()
+        assert len(dumps[0]["entries"]) == n
+        _assert_same(dumps[0], dumps[1], f"{n} entries")
+
+
+class _Boom(E.InvalidArgumentError):
+    """A named error raised by a prepare thread (the test's own subclass: told apart from any other)."""
+
+
+@pytest.mark.parametrize("where", ["first batch", "later batch", "transaction"])
+def test_an_error_in_a_thread_surfaces_and_leaves_its_batch_unwritten(tmp_path, rng, monkeypatch, where):
+    """A part failing in a prepare thread raises its own error from ``add_sketches``; the batches
+    before it stay written (each batch all or nothing, as one thread writes them) and nothing of the
+    failing batch is; a failing transaction, with the next batch in flight, likewise. The hub then
+    equals one given only the batches before, and no prepare thread is left running."""
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    monkeypatch.setattr(PT, "PREPARE_THREADS", 2)
+    monkeypatch.setattr(PT, "PREPARE_CHUNK", 1)
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    batch = 3
+    items = [(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 3 * batch))]
+    fail_at = {"first batch": 1, "later batch": int(rng.integers(batch, 3 * batch)), "transaction": batch}[where]
+    keep = fail_at // batch * batch                       # the entries of the batches before the failing one
+    bad = items[fail_at][0]
+    part = PT.Profile if where != "transaction" else PT.Bands
+    method = "prepare_many" if where != "transaction" else "write_many"
+    orig = getattr(part, method)
+
+    def failing(self, *args):
+        news = args[0] if method == "prepare_many" else args[2]
+        if any(n.name == bad for n in news):
+            raise _Boom(f"entry {bad} fails here")
+        return orig(self, *args)
+
+    with fitsketch.open(tmp_path / "ref.hub", config=cfg) as ref:
+        ref.add_sketches(items[:keep], batch=batch)
+        want = _dump(ref)
+    monkeypatch.setattr(part, method, failing)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        with pytest.raises(_Boom, match=bad):
+            hub.add_sketches(items, batch=batch)
+        assert not _prepare_threads()
+        assert len(hub) == keep
+        _assert_same(want, _dump(hub), where)
+        monkeypatch.setattr(part, method, orig)
+        assert hub.add_sketches(items[keep:], batch=batch) == len(items) - keep   # and the rest can follow
+        check_hub(hub)

@@ -35,14 +35,16 @@ def _sketches(rng, config):
     return {"one-row": sk(1), "odd": sk(257), "merged": merged, "big": sk(3001)}
 
 
-def _plain_put(txn, db, key, obj):     # the format-2 writer: arrays as they are
-    txn.put(db, key, obj)
+def _plain_pack(obj) -> bytes:     # the format-2 writer: arrays as they are (records packed in prepare too)
+    from fitsketch.storage import pack
+
+    return pack(obj)
 
 
 def _build(path, sketches, monkeypatch, plain: bool):
     with monkeypatch.context() as m:
         if plain:
-            m.setattr(parts, "_put", _plain_put)
+            m.setattr(parts, "fit_pack", _plain_pack)
             m.setattr(parts, "_sig_record", signature_records.plain)   # format <= 4: the matrix as it is
         with fitsketch.open(path) as hub:
             first, *rest = sketches.items()

@@ -51,8 +51,8 @@ def test_public_surface():
 
 ALLOWED_IMPORTS = {"__future__", "contextlib", "errno", "fcntl", "logging", "math", "mmap", "os", "threading", "time",
                    "typing", "weakref", "zlib", "lmdb", "msgpack", "numpy",
-                   "pyarrow"}   # zlib, mmap: arrayfile's CRC-32 and mapped read, codec's fallback;
-#                                pyarrow (a dependency): codec's zstd
+                   "pyarrow", "zstandard"}   # zlib, mmap: arrayfile's CRC-32 and mapped read, codec's fallback;
+#                                pyarrow (a dependency): codec's zstd; zstandard (a dependency): its kept contexts
 
 
 def test_storage_imports_nothing_forbidden():
@@ -326,6 +326,34 @@ def test_map_growth(tmp_path, rng):
             return "ok"
 
         assert s.transact(swallow) == "ok"
+
+
+@pytest.mark.parametrize("n_keys", [0, 1, 2, 7, 97])
+def test_delete_range_deletes_what_delete_of_each_key_deletes(tmp_path, rng, n_keys):
+    """``Txn.delete_range(db, first, last)`` (one cursor) leaves what ``delete`` of every key in
+    [first, last] leaves, in a dupsort database (every duplicate) and a plain one, for ranges inside,
+    around, before and after the keys and of one key; it returns the keys deleted."""
+    keys = sorted({u64(int(x)) for x in rng.integers(0, 2**64 - 1, size=n_keys, dtype=np.uint64)})
+    dups = {k: sorted({u64(int(x)) for x in rng.integers(0, 2**63, size=int(rng.integers(1, 5)))}) for k in keys}
+    lo_hi = [(u64(0), u64(2**64 - 1)), (u64(2**64 - 1), u64(2**64 - 1)), (u64(5), u64(4))]
+    for _ in range(4):
+        a, b = sorted(int(x) for x in rng.integers(0, 2**64 - 1, size=2, dtype=np.uint64))
+        lo_hi.append((u64(a), u64(b)))
+    if keys:
+        i, j = sorted(int(x) for x in rng.integers(0, len(keys), size=2))
+        lo_hi += [(keys[i], keys[j]), (keys[i], keys[i]), (keys[-1], u64(2**64 - 1))]
+    for n, (first, last) in enumerate(lo_hi):
+        with HubStore(tmp_path / f"a{n}") as a, HubStore(tmp_path / f"b{n}") as b:
+            for s in (a, b):
+                s.transact(lambda t: [(t.put_dup("bands", k, v), t.put_raw("entries", k, v))
+                                      for k in keys for v in dups[k]])
+            got = a.transact(lambda t: (t.delete_range("bands", first, last), t.delete_range("entries", first, last)))
+            want = [k for k in keys if first <= k <= last]
+            b.transact(lambda t: [(t.delete("bands", k), t.delete("entries", k)) for k in want])
+            assert got == (len(want), len(want))
+            with a.read() as ta, b.read() as tb:
+                for db in ("bands", "entries"):
+                    assert list(ta._scan(db, b"", nodup=False)) == list(tb._scan(db, b"", nodup=False)), (db, n)
 
 
 def test_dupsort(store, rng):
