@@ -573,7 +573,8 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
     gone = txn.delete_range(DELTA, u64(int(dk[0])), u64(int(taken_to)))   # the delta read from dk[0] on: its keys
     if gone != i:                                                           # up to taken_to are uq[:i], no others
         raise E.CorruptHubError(f"band compaction deleted {gone} delta keys where it read {i}: the hub's bands "
-                                "database changed under its write transaction; restore the hub from a backup")
+                                "database is damaged (or this is a fitsketch bug); nothing was changed: restore "
+                                "the hub from a backup and report it")
     txn.put("meta", HELD_KEY, held(txn) + moved_held)
     _drop_dead(txn, 0 if alive is None else int(len(alive) - np.count_nonzero(alive)))
     return int(taken_to) + 1 if more and int(taken_to) < (1 << 64) - 1 else None

@@ -221,14 +221,16 @@ class Hub:
                                          "performance: build the sketch with fitsketch.sketch_data(data, labels=...)")
         return self._add(name, sketch, _check_metadata(metadata), None, spaces=spaces)
 
-    def add_sketches(self, items, *, batch: int = 1000, progress: bool = False) -> int:
+    def add_sketches(self, items, *, batch: int = 1000, progress: bool = False, threads: int | None = None) -> int:
         """Register many prebuilt sketches: ``items`` yields ``(name, sketch)`` or ``(name, sketch,
         metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
-        leaves the hub unchanged. Each batch's records are computed and packed in
-        ``parts.PREPARE_THREADS`` threads, the next batch's while this one is written (the same bytes
-        as one thread; a failure there raises before its batch's transaction). At the end of the call
+        leaves the hub unchanged. Each batch's records are computed and packed in ``threads`` threads
+        (default ``parts.PREPARE_THREADS``: 2 on a machine of 2 CPUs or more, or
+        ``FITSKETCH_PREPARE_THREADS``; 1 uses less CPU on a busy machine), the next batch's while this
+        one is written (the same bytes as one thread; a failure there raises before its batch's
+        transaction, the batches before it written). At the end of the call
         the band postings are compacted when due (engine/band_blocks.py: once a call, not a batch).
         Returns the number of entries added."""
         items = list(items)
@@ -246,6 +248,8 @@ class Hub:
             checked.append((name, sk, md))
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise E.InvalidArgumentError(f"batch={batch!r} is not valid: expected a positive integer")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64):
+            raise E.InvalidArgumentError(f"threads={threads!r} is not valid: expected an integer from 1 to 64 (or None)")
         kinds = {_acc.label_kind(sk.classes["labels"]) for _, sk, _ in checked if sk.classes is not None}
         with self.store.read() as txn:
             taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
@@ -260,10 +264,13 @@ class Hub:
             from tqdm import tqdm
 
             bar = tqdm(total=len(checked), desc="add", unit="entry")
-        batches = ([self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked[lo:lo + batch]]
-                   for lo in range(0, len(checked), batch))
+        # every entry built (its class record's performance included) before anything is written: an
+        # error there leaves the hub unchanged, whatever the threads
+        news = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked]
+        batches = [news[lo:lo + batch] for lo in range(0, len(news), batch)]
         try:   # each batch prepared at once, the next one in threads while this one is written (parts.batch_writers)
-            with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry)) as writers:
+            with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry,
+                                                         threads)) as writers:
                 for chunk, write in writers:
                     self._transact(write, reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
                     if bar is not None:

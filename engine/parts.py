@@ -404,11 +404,26 @@ def _aggregate(news: list, shared: dict):
 
 PREPARE_CHUNK = 256   # entries prepared at once: a 1,000-entry batch's temporaries (5M histogram cells at
                       # 32 x 10) outgrow the caches; 256 at a time cost ~30% less CPU (bench/bench_bulk.py)
-PREPARE_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def _prepare_threads() -> int:
+    """``FITSKETCH_PREPARE_THREADS`` (a positive integer) where set, else 2 where this process may run
+    on 2 CPUs or more, else 1."""
+    forced = os.environ.get("FITSKETCH_PREPARE_THREADS", "").strip()
+    if forced:
+        if not forced.isdigit() or int(forced) < 1:
+            raise E.InvalidArgumentError(f"FITSKETCH_PREPARE_THREADS={forced!r} is not valid: give a positive "
+                                         "integer (1: prepare in the calling thread)")
+        return int(forced)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(2, cpus)
+
+
+PREPARE_THREADS = _prepare_threads()
                       # threads preparing add_sketches' chunks (``batch_writers``) while the calling thread
-                      # writes the previous batch (2 where 2 cores are ours): zstd, scipy's sparse products,
-                      # NumPy's sorts and LMDB release the GIL; <= 1: every chunk in the calling thread.
-                      # The bytes stored do not depend on it.
+                      # writes the previous batch: zstd, scipy's sparse products, NumPy's sorts and LMDB
+                      # release the GIL; 1: every chunk in the calling thread. ~+34 % entries/s wall for
+                      # ~+18 % CPU an entry on 2 idle cores, little or nothing where the other core is busy
+                      # (bench/SUMMARY.md, "Bulk add, eleventh session"): Hub.add_sketches(threads=) and
+                      # FITSKETCH_PREPARE_THREADS choose. The bytes stored do not depend on it.
 
 
 def _prepare_chunk(chunk: list, config, device) -> list:

@@ -22,7 +22,8 @@ Compressed arrays (hub records only): ``pack(obj, compress=True)`` writes each N
 ``payload`` is msgpack ``[dtype.str, shape, filter, codec, raw]``: ``raw`` is the C-contiguous
 bytes after ``filter`` (0 none; 1 byte shuffle: byte i of every element, then byte i + 1, ...; 2
 integer delta in the array's own dtype, wrapping, then byte shuffle), compressed by ``codec`` (1
-zstd through pyarrow, 2 zlib). Lossless: the same dtype, shape and bytes come back. Only
+zstd -- through the ``zstandard`` package where installed, else pyarrow; any zstd frame decodes, so
+neither library's exact frames are part of the format --, 2 zlib). Lossless: the same dtype, shape and bytes come back. Only
 ``unpack(data, stored=True)`` (a hub's records, storage/txn.py) accepts them: data from a socket
 or a file may not expand by a compression ratio. The decompressed size is checked against the
 shape (at most ``MAX_UNPACKED`` bytes) before anything is decompressed.
@@ -212,7 +213,7 @@ def _compress(b, level: int | None = None) -> tuple[int, bytes]:
 
 def compress(b, level: int | None = None) -> tuple[int, bytes]:
     """``b`` (bytes or a C-contiguous buffer) compressed as the compressed arrays are: ``(codec,
-    bytes)``, codec 1 zstd (through pyarrow) or 2 zlib where pyarrow lacks zstd. For records that
+    bytes)``, codec 1 zstd (zstandard or pyarrow) or 2 zlib where neither has zstd. For records that
     lay out their own bytes (engine/band_blocks.py); read back by ``decompress``."""
     return _compress(b, level)
 

@@ -528,3 +528,50 @@ def test_an_error_in_a_thread_surfaces_and_leaves_its_batch_unwritten(tmp_path, 
         monkeypatch.setattr(part, method, orig)
         assert hub.add_sketches(items[keep:], batch=batch) == len(items) - keep   # and the rest can follow
         check_hub(hub)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_entry_that_cannot_be_built_leaves_the_hub_unchanged_on_any_thread_count(tmp_path, rng, monkeypatch,
+                                                                                    threads):
+    """Every entry is built (``Hub._new_entry``: its class record's performance included) before the
+    first batch is written: one that fails in a later batch leaves the hub unchanged -- with the
+    next batch prepared in threads as with one thread (review, eleventh session: 2 threads lost the
+    batch before it, 1 thread wrote it) -- and no prepare thread is left running."""
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    items = [(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 7))]
+    bad = items[int(rng.integers(3, 7))][0]
+    real = fitsketch.Hub._new_entry
+
+    def failing(self, name, *args, **kw):
+        if name == bad:
+            raise KeyboardInterrupt(f"stopped at {name}")
+        return real(self, name, *args, **kw)
+
+    monkeypatch.setattr(fitsketch.Hub, "_new_entry", failing)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        with pytest.raises(KeyboardInterrupt, match=bad):
+            hub.add_sketches(items, batch=3, threads=threads)
+        assert len(hub) == 0 and hub.stats()["generation"] == 0
+        assert not _prepare_threads()
+
+
+def test_the_thread_count_is_checked_and_forced_by_the_environment(tmp_path, rng, monkeypatch):
+    """``add_sketches(threads=)`` outside 1..64 is refused before anything is written;
+    ``FITSKETCH_PREPARE_THREADS`` sets the default (a positive integer; anything else is a named
+    error that says what to give)."""
+    cfg = fitsketch.SketchConfig(seed=1)
+    items = [(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 2))]
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        for bad in (0, -1, 65, 2.0, True, "2"):
+            with pytest.raises(E.InvalidArgumentError, match="threads="):
+                hub.add_sketches(items, threads=bad)
+        assert len(hub) == 0
+    for value, want in (("1", 1), ("3", 3), (" 2 ", 2)):
+        monkeypatch.setenv("FITSKETCH_PREPARE_THREADS", value)
+        assert PT._prepare_threads() == want
+    for value in ("0", "-2", "two", "1.5"):
+        monkeypatch.setenv("FITSKETCH_PREPARE_THREADS", value)
+        with pytest.raises(E.InvalidArgumentError, match="FITSKETCH_PREPARE_THREADS"):
+            PT._prepare_threads()
+    monkeypatch.delenv("FITSKETCH_PREPARE_THREADS")
+    assert PT._prepare_threads() == min(2, len(__import__("os").sched_getaffinity(0)))
