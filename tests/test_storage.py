@@ -328,13 +328,16 @@ def test_map_growth(tmp_path, rng):
         assert s.transact(swallow) == "ok"
 
 
-@pytest.mark.parametrize("n_keys", [0, 1, 2, 7, 97])
+@pytest.mark.parametrize("n_keys", [0, 1, 2, 7, 97, 3001])     # 3,001 keys: many pages, sub-pages of dups
 def test_delete_range_deletes_what_delete_of_each_key_deletes(tmp_path, rng, n_keys):
     """``Txn.delete_range(db, first, last)`` (one cursor) leaves what ``delete`` of every key in
     [first, last] leaves, in a dupsort database (every duplicate) and a plain one, for ranges inside,
     around, before and after the keys and of one key; it returns the keys deleted."""
     keys = sorted({u64(int(x)) for x in rng.integers(0, 2**64 - 1, size=n_keys, dtype=np.uint64)})
-    dups = {k: sorted({u64(int(x)) for x in rng.integers(0, 2**63, size=int(rng.integers(1, 5)))}) for k in keys}
+    many = set(rng.choice(len(keys), min(len(keys), 4), replace=False).tolist()) if n_keys >= 1000 else set()
+    dups = {k: sorted({u64(int(x)) for x in rng.integers(0, 2**63, size=int(rng.integers(300, 700))
+                                                          if i in many else int(rng.integers(1, 5)))})
+            for i, k in enumerate(keys)}          # at 3,001 keys a few keys' duplicates fill pages of their own
     lo_hi = [(u64(0), u64(2**64 - 1)), (u64(2**64 - 1), u64(2**64 - 1)), (u64(5), u64(4))]
     for _ in range(4):
         a, b = sorted(int(x) for x in rng.integers(0, 2**64 - 1, size=2, dtype=np.uint64))
