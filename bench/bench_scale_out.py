@@ -383,7 +383,7 @@ def run(quick: bool = False, gb: float | None = None, entries: int | None = None
         shard_counts=(1, 2, 4), split: bool = False) -> Path:
     mb = 1000 * gb if gb is not None else (20 if quick else 500)        # --quick: smoke sizes
     n_entries = entries or (1_000 if quick else 20_000)
-    repeats = 1
+    repeats = 5 if mb <= 100 else 1     # a small set (seconds a run): the median of 5; 5 GB: one run
     ctx = H.context(quick=quick)
     suite = name or SUITE + ("_quick" if quick else "")
 
