@@ -404,6 +404,8 @@ def _aggregate(news: list, shared: dict):
 
 PREPARE_CHUNK = 256   # entries prepared at once: a 1,000-entry batch's temporaries (5M histogram cells at
                       # 32 x 10) outgrow the caches; 256 at a time cost ~30% less CPU (bench/bench_bulk.py)
+
+
 def _prepare_threads() -> int:
     """``FITSKETCH_PREPARE_THREADS`` (a positive integer) where set, else 2 where this process may run
     on 2 CPUs or more, else 1."""
