@@ -28,7 +28,7 @@ bounded by the chunk (``COMPACT_CHUNK`` delta postings and ``COMPACT_BLOCK_BYTES
 never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call) compact once the delta exceeds
 ``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``), at most ``AUTO_STEPS``
 chunks a call (an error there is logged: the entries are added); ``Hub.compact()``
-compacts everything. **Removal** (``remove``) deletes the entry's delta postings (``parts.Bands``)
+compacts everything. **Removal** (``parts.Bands.delete``) deletes the entry's delta postings
 and leaves its compacted postings in the blocks, dead: entry ids are never reused (``meta/next_id``),
 so a posting whose entry is gone names nothing. ``meta/block_dead`` counts them (``removed``: the
 entry's distinct keys that were not in the delta -- a posting is in one place or the other); while it
@@ -63,7 +63,7 @@ BLOCKS_FORMAT = 1
 DB = "band_blocks"
 DELTA = "bands"
 HELD_KEY = b"block_postings"    # meta: the postings the blocks hold (live or dead)
-DEAD_KEY = b"block_dead"        # meta: at least as many as the blocks' postings of removed entries
+DEAD_KEY = b"block_dead"        # meta: how many of the blocks' postings name removed entries
 BLOCK_BYTES = 4080              # a block packs to at most this (one 4 KiB overflow page: value + 16-byte header)
 BLOCK_LEVEL = 3                 # zstd level of a block (bench/SUMMARY.md "Size, tenth session")
 BLOCK_MAX_POSTINGS = 1 << 26    # a stored block claiming more is damaged (one key's postings: every entry of a 64M hub)
@@ -403,6 +403,18 @@ def _drop_dead(txn, n: int) -> None:
         txn.put("meta", DEAD_KEY, max(0, d - n))
 
 
+def _decode_run(blocks: list, most: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(keys uint64, entry ids int64) of each posting of adjacent ``blocks`` [(bkey, last, raw)],
+    decoded and checked (entry ids below ``most``, each block's keys above the one before)."""
+    got, prev = [], -1
+    for _, last, raw in blocks:
+        k, c, e = decode(raw, last, most)
+        _above(k, prev, last)
+        prev = last
+        got.append((_expand(k, c), e.astype(np.int64)))
+    return got
+
+
 def _rewrite(txn, blocks: list, got: list, alive: np.ndarray) -> tuple[int, int]:
     """Replace adjacent ``blocks`` [(bkey, last, raw)] decoded as ``got`` [(keys, ids)] by blocks of
     their postings whose ``alive`` mask is set (cut again); returns (postings before, after)."""
@@ -422,7 +434,7 @@ def _rewrite(txn, blocks: list, got: list, alive: np.ndarray) -> tuple[int, int]
 def _sweep_step(txn, start: int) -> int | None:
     """Drop the dead postings of the blocks from block key ``start`` on (about ``COMPACT_BLOCK_BYTES``
     of them, adjacent: merged and cut again); returns the block key to continue from, or None at the end."""
-    blocks, size, most, prev = [], 0, ids_bound(txn), -1
+    blocks, size, most = [], 0, ids_bound(txn)
     hit = txn.first_from(DB, u64(start))
     while hit is not None and (not blocks or size + len(hit[1]) <= COMPACT_BLOCK_BYTES):
         bkey, raw = hit
@@ -432,12 +444,7 @@ def _sweep_step(txn, start: int) -> int | None:
         hit = None if last == (1 << 64) - 1 else txn.first_from(DB, u64(last + 1))
     if not blocks:
         return None
-    got = []
-    for bkey, last, raw in blocks:
-        k, c, e = decode(raw, last, most)
-        _above(k, prev, last)
-        prev = last
-        got.append((_expand(k, c), e.astype(np.int64)))
+    got = _decode_run(blocks, most)
     alive = _live(txn, np.concatenate([e for _, e in got]))
     if not alive.all():
         before, after = _rewrite(txn, blocks, got, alive)
@@ -465,6 +472,7 @@ def sweep(store) -> int:
     while start is not None:
         start = store.transact(lambda txn, s=start: _sweep_step(txn, s))
         steps += 1
+
     def settle(txn):            # every dead posting swept, unless an entry came or went meanwhile
         if txn.get("meta", b"generation") == mark and dead(txn) != 0:
             txn.put("meta", DEAD_KEY, 0)
@@ -489,7 +497,7 @@ def _take_delta(txn, start: int, chunk: int) -> tuple[np.ndarray, np.ndarray, bo
 
 def _live(txn, eids: np.ndarray) -> np.ndarray:
     """Which of the postings' entry ids ``eids`` name an entry the hub holds (a mask): a removal leaves
-    its postings in the blocks (``remove``); compaction and sweeps drop them."""
+    its postings in the blocks (``removed``); compaction and sweeps drop them."""
     u, inv = np.unique(eids, return_inverse=True)
     ok = np.fromiter((txn.exists("entries", u64(int(i))) for i in u), dtype=bool, count=len(u))
     return ok[inv]
@@ -539,15 +547,7 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
     sel = dk <= taken_to
     dk, de = dk[sel], de[sel]
     moved_held, most = 0, ids_bound(txn)
-    olds = []                                                # each run's blocks decoded: [[(keys, ids)]]
-    for blocks in runs:
-        prev, got = -1, []
-        for bkey, last, raw in blocks:                       # adjacent blocks
-            k, c, e = decode(raw, last, most)
-            _above(k, prev, last)
-            prev = last
-            got.append((_expand(k, c), e.astype(np.int64)))
-        olds.append(got)
+    olds = [_decode_run(blocks, most) for blocks in runs]     # each run's blocks decoded: [[(keys, ids)]]
     # removals leave their postings in the blocks (dead): one check of each distinct id of the step
     # (an entry's postings lie in hundreds of blocks: a check a block's ids was 3/4 of the CPU)
     held_ids = [e for got in olds for _, e in got]
