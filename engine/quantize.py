@@ -475,17 +475,22 @@ def _arrow_strings(col: pd.Series):
         return None
 
 
+def _string_buffers(arr):
+    """``(offsets, data)`` of a non-empty Arrow ``large_string`` array: its ``len(arr) + 1`` int64
+    value offsets (the array's slice of them) and its data buffer (``b""`` when it has none)."""
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
+    return offs, (bufs[2] if bufs[2] is not None else b"")
+
+
 def _ascii_bytes(arr) -> bool:
     """Whether every byte of the values of an Arrow ``large_string`` array is ASCII (below 128):
     one max over its data buffer, what ``pc.string_is_ascii`` true on every value means."""
     if len(arr) == 0:
         return True
-    bufs = arr.buffers()
-    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
+    offs, data = _string_buffers(arr)
     lo, hi = int(offs[0]), int(offs[-1])
-    if hi <= lo or bufs[2] is None:
-        return True
-    return int(np.frombuffer(bufs[2], dtype=np.uint8)[lo:hi].max()) < 128
+    return hi <= lo or int(np.frombuffer(data, dtype=np.uint8)[lo:hi].max()) < 128
 
 
 def _blank(arr, drop: np.ndarray):
@@ -510,9 +515,7 @@ def _ascii_token_hashes(arr, seed: int) -> tuple[np.ndarray, np.ndarray]:
         return rows, _hash_unique(tok, seed)
     from .kernels.hashing import _hash_key
 
-    bufs = arr.buffers()
-    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + len(arr) + 1)[arr.offset:]
-    data = bufs[2] if bufs[2] is not None else b""
+    offs, data = _string_buffers(arr)
     # room for the most tokens the values can hold (a token and a separator take 2 bytes: a value
     # of L bytes holds at most ceil(L / 2)) instead of a counting pass over the text, pages past the
     # tokens written never touched; counted first when that room would be large (a big in-memory
@@ -534,10 +537,9 @@ def _ascii_tokens(arr):
     n = len(arr)
     if n == 0:
         return np.zeros(0, dtype=np.int64), pa.array([], type=pa.large_string())
-    bufs = arr.buffers()
-    offs = np.frombuffer(bufs[1], dtype=np.int64, count=arr.offset + n + 1)[arr.offset:]
+    offs, data = _string_buffers(arr)
     lo, hi = int(offs[0]), int(offs[-1])
-    b = np.frombuffer(bufs[2], dtype=np.uint8)[lo:hi] if bufs[2] is not None and hi > lo else np.zeros(0, np.uint8)
+    b = np.frombuffer(data, dtype=np.uint8)[lo:hi] if hi > lo else np.zeros(0, np.uint8)
     rel = offs - lo
     w = _word_bytes(b)
     size = len(b)
