@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import fitsketch
 from fitsketch import distributed as D
 from fitsketch import sharded as S
+from fitsketch.kernels._device import usable_cpus
 
 from . import harness as H
 
@@ -114,7 +115,7 @@ def bench_sketch(ctx, files, n_rows, repeats: int, out=print, skip=()) -> list[d
     add("pandas read_parquet", floor_ts, floor)
     t_local = _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False, workers=1), repeats)
     add("local (1 process, 1 thread)", t_local, floor)
-    threads = min(D._cpus(), D.LOCAL_THREADS)
+    threads = min(usable_cpus(), D.LOCAL_THREADS)
     if threads > 1:       # the default of engine="local": one thread per CPU, in this one process
         add(f"local (1 process, {threads} threads)",
             _timed(lambda: D.sketch_parquet(files, config=cfg, engine="local", progress=False), repeats), floor,

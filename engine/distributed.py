@@ -62,6 +62,7 @@ import numpy as np
 
 from . import errors as E
 from .config import SketchConfig
+from .kernels._device import resolve_device, usable_cpus
 from .parquet_units import (KIND_SAMPLE, ParquetPlan, Unit, _quantize, detect_kinds, plan,  # noqa: F401 - also
                             resolve_files, sketch_frame, unit_sketch, unit_stats)       # their old import path
 from .parquet_units import finish_unit, local_first_pass, ordered_map
@@ -76,14 +77,6 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("ray", "processes", "local")
 LOCAL_THREADS = 8      # engine="local" uses at most this many threads unless workers= says otherwise
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (its affinity where the OS reports it, else the machine's)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):        # pragma: no cover - not on every platform
-        return os.cpu_count() or 1
 
 
 EMPTY_SIG = np.uint32(0xFFFFFFFF)
@@ -241,15 +234,13 @@ class _Session:
         # kernels run on a GPU (its kernels are compiled and launched from one thread)
         self.threads = 1
         if engine == "local":
-            from .kernels._device import resolve_device
-
-            self.threads = (workers or min(_cpus(), LOCAL_THREADS)) if resolve_device(device) == "cpu" else 1
+            self.threads = (workers or min(usable_cpus(), LOCAL_THREADS)) if resolve_device(device) == "cpu" else 1
         if isinstance(engine, Executor):
             self.pool, self.engine = engine, "processes"
         elif engine == "processes":
             import multiprocessing as mp
 
-            n = workers or _cpus()
+            n = workers or usable_cpus()
             log.info("engine='processes': a pool of %d processes on this machine (not Ray)", n)
             # spawn, not fork: the parent may hold torch / OpenMP threads, which fork does not carry over
             # safely. As with any spawn pool, a script must call this under `if __name__ == "__main__":`.
@@ -263,7 +254,7 @@ class _Session:
             if not ray.is_initialized():
                 kw = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
                 if address is None:
-                    kw["num_cpus"] = workers or _cpus()
+                    kw["num_cpus"] = workers or usable_cpus()
                 try:
                     ray.init(address=address, **kw)
                 except Exception as e:

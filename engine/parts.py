@@ -23,6 +23,7 @@ from . import errors as E
 from . import profiles as _profiles
 from . import screen as _screen
 from . import signature_records as _sigrec
+from .kernels._device import usable_cpus
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
 from .storage import from_u64, pack, u64
@@ -415,8 +416,7 @@ def _prepare_threads() -> int:
             raise E.InvalidArgumentError(f"FITSKETCH_PREPARE_THREADS={forced!r} is not valid: give a positive "
                                          "integer (1: prepare in the calling thread)")
         return int(forced)
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(2, cpus)
+    return min(2, usable_cpus())
 
 
 PREPARE_THREADS = _prepare_threads()

@@ -18,6 +18,14 @@ class DeviceError(RuntimeError):
     code = "device_unavailable"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS reports it, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):        # pragma: no cover - not on every platform
+        return os.cpu_count() or 1
+
+
 def cuda_available() -> bool:
     import torch  # here, not at import time: fitsketch.errors imports DeviceError, and the CLI's --help stays fast
 
