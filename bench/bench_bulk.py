@@ -7,9 +7,11 @@ of them (default 2,000; ``--quick`` 200), ``batch`` (1,000) a transaction.
 Measured, interleaved round by round so all see the same load (``harness.interleaved``, the arms' order
 rotated each round):
 
-* ``add_sketches`` of all entries into a new hub (wall and CPU time), as shipped: chunks prepared in
-  ``parts.PREPARE_THREADS`` threads, the next batch while one is written, zstd contexts kept
-  (storage/codec.py with ``zstandard``);
+* ``add_sketches`` of all entries into a new hub (wall and CPU time, the forked workers' CPU
+  included: ``harness.cpu_time``), as shipped: chunks prepared in forked worker processes
+  (engine/prepare_procs.py: one a usable CPU here), the next batch while one is written, zstd
+  contexts kept (storage/codec.py with ``zstandard``);
+* the same add in threads (``processes=0``: ``parts.PREPARE_THREADS`` threads; the eleventh session's add);
 * the same add before the eleventh session's change: one thread, pyarrow's zstd codec
   (``PREPARE_THREADS = 1``, ``codec.USE_ZSTANDARD = False``; the same bytes), and one thread with
   the kept contexts;
@@ -123,6 +125,13 @@ def _threads() -> int:
     return P.PREPARE_THREADS
 
 
+def _processes(n: int) -> int:
+    """The worker processes ``add_sketches`` of ``n`` entries prepares in here (engine/prepare_procs.py)."""
+    import fitsketch.prepare_procs as PP
+
+    return PP.choose(None, n, "cpu")
+
+
 def _kept() -> bool:
     import fitsketch.storage.codec as C
 
@@ -177,9 +186,10 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     work = Path(tempfile.mkdtemp(prefix="fitsketch-bench-bulk-"))
     made = iter(range(1 << 30))
     try:
-        def add(auto: bool = False):
+        def add(auto: bool = False, processes: int | None = None):
             # hub format 6: the add as before (postings into the dupsort delta), compaction off;
-            # ``auto``: as shipped, compacting past band_blocks' threshold inside add_sketches
+            # ``auto``: as shipped, compacting past band_blocks' threshold inside add_sketches;
+            # ``processes``: add_sketches' own (None: as shipped, engine/prepare_procs.py chooses)
             import fitsketch.band_blocks as BB
 
             saved = BB.COMPACT_MIN
@@ -187,7 +197,7 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                 BB.COMPACT_MIN = 1 << 62
             try:
                 with fitsketch.open(work / f"a{next(made)}.hub") as hub:
-                    assert hub.add_sketches(items, batch=batch) == n
+                    assert hub.add_sketches(items, batch=batch, processes=processes) == n
                     return hub.store._file
             finally:
                 BB.COMPACT_MIN = saved
@@ -228,6 +238,9 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             finally:
                 P.FIT_FIRST = saved
 
+        def add_threads():   # the eleventh session's add: no processes, parts.PREPARE_THREADS threads
+            return add(processes=0)
+
         def add_one_thread(pyarrow: bool = False):   # parts.PREPARE_THREADS = 1 (and pyarrow's zstd: the previous add)
             import fitsketch.parts as P
             import fitsketch.storage.codec as C
@@ -235,14 +248,15 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
             saved = P.PREPARE_THREADS, C.USE_ZSTANDARD
             P.PREPARE_THREADS, C.USE_ZSTANDARD = 1, C.USE_ZSTANDARD and not pyarrow
             try:
-                return add()
+                return add(processes=0)
             finally:
                 P.PREPARE_THREADS, C.USE_ZSTANDARD = saved
 
         def add_before():
             return add_one_thread(pyarrow=True)
 
-        t = _rotated({"add_sketches": add, "before": add_before, "one_thread": add_one_thread, "lmdb": raw_write,
+        t = _rotated({"add_sketches": add, "threads": add_threads, "before": add_before, "one_thread": add_one_thread,
+                      "lmdb": raw_write,
                       "unfitted": add_unfitted, "level15": add_level15, "auto": add_auto}, repeats)
         pages = {k: _pages_used(t[k]["result"]) / n for k in ("add_sketches", "before", "unfitted", "level15", "auto")}
         t_compact, _ = compact()
@@ -270,12 +284,16 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
     load = H.load_average()
     wl = f"scale32: {n} entries of 32 features x 10 partitions, {cells:.0f} histogram cells, {size / n / 1024:.1f} KiB stored an entry; batch {batch}"
     split = _split(timer, n, t_split["cpu"]["p50_s"])
-    bf, one1 = t["before"], t["one_thread"]
+    bf, one1, th = t["before"], t["one_thread"], t["threads"]
+    th_rate, th_cpu = n / th["p50_s"], n / th["cpu"]["p50_s"]
     bf_rate, bf_cpu = n / bf["p50_s"], n / bf["cpu"]["p50_s"]
     one1_rate, one1_cpu = n / one1["p50_s"], n / one1["cpu"]["p50_s"]
     out(f"bulk add, {wl} (load {load:.1f}, median of {repeats} interleaved rounds):")
-    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second (parts.PREPARE_THREADS "
-        f"{_threads()}, zstd contexts kept: {_kept()})")
+    out(f"  add_sketches {rate:.0f} entries/s wall, {rate_cpu:.0f} per CPU second (this process's and its {_processes(n)} "
+        f"worker processes'; zstd contexts kept: {_kept()})")
+    out(f"  in threads (processes=0, parts.PREPARE_THREADS {_threads()}; the eleventh session's add): {th_rate:.0f} "
+        f"entries/s wall, {th_cpu:.0f} per CPU second: add_sketches {rate / th_rate:.2f}x wall of it (by round: "
+        f"{_by_round(th, a, n)})")
     out(f"  before (one thread, pyarrow's zstd): {bf_rate:.0f} entries/s wall, {bf_cpu:.0f} per CPU second: "
         f"add_sketches {rate / bf_rate:.2f}x wall, {rate_cpu / bf_cpu:.2f}x CPU of it (by round: wall "
         f"{_by_round(bf, a, n)}, CPU {_by_round(bf, a, n, 'cpu')}), {pages['before'] / 1024:.1f} KiB of LMDB pages an "
@@ -303,6 +321,9 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                   baseline="LMDB raw write of the same bytes (entries per CPU s)", baseline_value=raw_cpu,
                   wall_rate=rate, baseline_wall_rate=raw_rate, wall_ratio=rate / raw_rate, load_avg_1m=load,
                   bytes_per_entry=size / n, target=1000.0),
+            H.row(ctx, "bulk", wl, "add_sketches in threads (processes=0)", "entries_per_s", th_rate,
+                  unit="entries/s", baseline="add_sketches (entries per s, wall)", baseline_value=rate,
+                  cpu_rate=th_cpu, processes=_processes(n), threads=_threads()),
             H.row(ctx, "bulk", wl, "add_sketches before (one thread, pyarrow zstd)", "entries_per_cpu_s", bf_cpu,
                   unit="entries/s", baseline="add_sketches (entries per CPU s)", baseline_value=rate_cpu,
                   wall_rate=bf_rate, baseline_wall_rate=rate),
@@ -328,6 +349,7 @@ def run(n: int = 2_000, batch: int = 1_000, repeats: int = 3, quick: bool = Fals
                          tables={"split": split, "add": {k: v for k, v in a.items() if k != "result"},
                                  "before": {k: x for k, x in bf.items() if k != "result"},
                                  "one_thread": {k: x for k, x in one1.items() if k != "result"},
+                                 "threads": {k: x for k, x in th.items() if k != "result"},
                                  "unfitted": {k: v for k, v in u.items() if k != "result"},
                          "level15": {k: x for k, x in v.items() if k != "result"},
                                  "auto": {k: x for k, x in w.items() if k != "result"},

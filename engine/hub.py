@@ -23,6 +23,7 @@ from . import band_blocks as _blocks
 from . import errors as E
 from . import parts as _parts
 from . import pipeline as _pipeline
+from . import prepare_procs as _prepare_procs
 from . import profiles as _profiles
 from . import screen as _screen
 from .config import SketchConfig
@@ -221,16 +222,19 @@ class Hub:
                                          "performance: build the sketch with fitsketch.sketch_data(data, labels=...)")
         return self._add(name, sketch, _check_metadata(metadata), None, spaces=spaces)
 
-    def add_sketches(self, items, *, batch: int = 1000, progress: bool = False, threads: int | None = None) -> int:
+    def add_sketches(self, items, *, batch: int = 1000, progress: bool = False, threads: int | None = None,
+                     processes: int | None = None) -> int:
         """Register many prebuilt sketches: ``items`` yields ``(name, sketch)`` or ``(name, sketch,
         metadata)``. Entries are written ``batch`` to a transaction (each entry whole, a batch all or
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
-        leaves the hub unchanged. Each batch's records are computed and packed in ``threads`` threads
-        (default ``parts.PREPARE_THREADS``: 2 on a machine of 2 CPUs or more, or
-        ``FITSKETCH_PREPARE_THREADS``; 1 uses less CPU on a busy machine), the next batch's while this
-        one is written (the same bytes as one thread; a failure there raises before its batch's
-        transaction, the batches before it written). At the end of the call
+        leaves the hub unchanged. Each batch's records are computed and packed while the batch before
+        is written (the same bytes whatever does it; a failure there raises before its batch's
+        transaction, the batches before it written): in ``processes`` forked worker processes
+        (engine/prepare_procs.py; default: one a usable CPU for a call of 512 entries or more on the
+        CPU device with no other thread running, or ``FITSKETCH_PREPARE_PROCESSES``; 0: none), else in
+        ``threads`` threads (default ``parts.PREPARE_THREADS``: 2 on a machine of 2 CPUs or more, or
+        ``FITSKETCH_PREPARE_THREADS``; 1 uses less CPU on a busy machine). At the end of the call
         the band postings are compacted when due (engine/band_blocks.py: once a call, not a batch).
         Returns the number of entries added."""
         items = list(items)
@@ -250,6 +254,10 @@ class Hub:
             raise E.InvalidArgumentError(f"batch={batch!r} is not valid: expected a positive integer")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64):
             raise E.InvalidArgumentError(f"threads={threads!r} is not valid: expected an integer from 1 to 64 (or None)")
+        if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool)
+                                      or not 0 <= processes <= 64):
+            raise E.InvalidArgumentError(f"processes={processes!r} is not valid: expected an integer from 0 to 64 "
+                                         "(or None)")
         kinds = {_acc.label_kind(sk.classes["labels"]) for _, sk, _ in checked if sk.classes is not None}
         with self.store.read() as txn:
             taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
@@ -259,6 +267,7 @@ class Hub:
         if len(kinds | held) > 1:   # checked here, not in a later batch's write (parts.count_label_kind)
             raise E.LabelError(f"the items' labelled sketches{' and the hub' if held else ''} have int and str labels: "
                                "use one label vocabulary in a hub (map the labels to one kind)")
+        procs = _prepare_procs.choose(processes, len(checked), self.device)   # before tqdm starts its monitor thread
         bar = None
         if progress:
             from tqdm import tqdm
@@ -270,7 +279,7 @@ class Hub:
         batches = [news[lo:lo + batch] for lo in range(0, len(news), batch)]
         try:   # each batch prepared at once, the next one in threads while this one is written (parts.batch_writers)
             with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry,
-                                                         threads)) as writers:
+                                                         threads, procs)) as writers:
                 for chunk, write in writers:
                     self._transact(write, reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
                     if bar is not None:

@@ -453,14 +453,19 @@ def entries_writer(news: list, config, device, make_entry):
     return _writer(news, _gathered(done), make_entry)
 
 
-def batch_writers(batches, config, device, make_entry, threads: int | None = None):
+def batch_writers(batches, config, device, make_entry, threads: int | None = None, processes: int = 0):
     """``(news, write)`` for each batch (a list of NewEntry) of ``batches``, in order: ``write`` is
     ``entries_writer(news, ...)``. With ``threads`` > 1 (``PREPARE_THREADS``) a batch's chunks are
     prepared in that many threads, and the next batch's while the caller writes this one (at most
     two batches in flight); the records are the same bytes. A chunk's error is raised here, as the
     part raised it, before its batch's ``write`` is yielded: nothing of that batch is written, and
     the batches yielded before stay as the caller wrote them. Close the generator when done
-    (``Hub.add_sketches``: ``contextlib.closing``): it stops the threads (waiting for a chunk under way)."""
+    (``Hub.add_sketches``: ``contextlib.closing``): it stops the threads (waiting for a chunk under way).
+    With ``processes`` > 0 (engine/prepare_procs.py ``choose``), the chunks are prepared in that many
+    forked processes instead (``batches`` a list: every entry is in the workers from the start)."""
+    if processes:
+        yield from _process_writers(batches, config, device, make_entry, processes)
+        return
     threads = PREPARE_THREADS if threads is None else threads
     if threads <= 1:
         for news in batches:
@@ -486,6 +491,38 @@ def batch_writers(batches, config, device, make_entry, threads: int | None = Non
             yield news, _writer(news, _gathered(done), make_entry)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _process_writers(batches: list, config, device, make_entry, n: int):
+    """``batch_writers`` with the chunks prepared by ``n`` forked workers (engine/prepare_procs.py):
+    the same records (they unpack to what ``_prepare_chunk`` returns here); a worker's error raised
+    before its batch's ``write`` is yielded; the workers stopped on every exit."""
+    from . import prepare_procs
+
+    news, chunks, batch_of, lo = [], [], [], 0
+    for b, batch in enumerate(batches):
+        # a worker's chunks: at most PREPARE_CHUNK, at least two a worker a batch (the last ones finish together)
+        step = max(1, min(PREPARE_CHUNK, -(-len(batch) // (2 * n))))
+        for s in range(0, len(batch), step):
+            chunks.append((lo + s, lo + min(s + step, len(batch))))
+            batch_of.append(b)
+        news += batch
+        lo += len(batch)
+    if not chunks:
+        return
+    workers = prepare_procs.Workers(news, config, device, n, chunks, batch_of)
+    finished = False
+    try:
+        j = 0
+        for b, batch in enumerate(batches):
+            done = []
+            while j < len(chunks) and batch_of[j] == b:
+                done.append(workers.result(j))
+                j += 1
+            yield batch, _writer(batch, _gathered(done), make_entry)
+        finished = True
+    finally:
+        workers.close(abort=not finished)
 
 
 def _writer(news: list, prepared: list, make_entry):

@@ -70,7 +70,55 @@ class _RowCache:
         return out
 
 
+    def sizes(self) -> dict:
+        """Rows held per (seed, n_hashes)."""
+        return {tag: len(t[0]) for tag, t in self.tables.items()}
+
+    def export(self, since: dict | None = None) -> list:
+        """``[seed, n_hashes, keys, feature, bucket, rows]`` of each table whose size is not the one in
+        ``since`` (``sizes()`` taken earlier): what ``absorb`` takes (engine/prepare_procs.py: a forked
+        worker's rows, sent back to the process that forked it)."""
+        since = since or {}
+        return [[s, h, *t] for (s, h), t in self.tables.items() if since.get((s, h)) != len(t[0])]
+
+    def absorb(self, tables: list) -> None:
+        """Add ``export``'s rows: the coordinates not held yet (a table that would outgrow
+        ``max_rows`` is left as it is). Rows of a pure function: nothing looked up changes."""
+        for s, h, keys, feature, bucket, rows in tables:
+            tag = (int(s), int(h))
+            keys, feature, bucket = (np.asarray(keys, np.uint64), np.asarray(feature, np.int64),
+                                     np.asarray(bucket, np.int64))
+            rows = np.asarray(rows, np.float32)
+            if not (keys.ndim == 1 and feature.shape == bucket.shape == keys.shape
+                    and rows.shape == (len(keys), tag[1])):
+                raise ValueError("projection rows to absorb are malformed")
+            held = self.tables.get(tag)
+            if held is not None:
+                new = ~np.isin(keys, held[0])
+                keys, feature, bucket, rows = (np.concatenate([a, b[new]]) for a, b in
+                                               zip(held, (keys, feature, bucket, rows)))
+            if len(keys) > self.max_rows:
+                continue
+            order = np.argsort(keys, kind="stable")
+            self.tables[tag] = (keys[order], feature[order], bucket[order], rows[order])
+
+
 _ROWS = _RowCache()
+
+
+def row_cache_sizes() -> dict:
+    """``_ROWS.sizes()``: the memo of ``gaussian_projection`` (engine/prepare_procs.py)."""
+    return _ROWS.sizes()
+
+
+def row_cache_export(since: dict | None = None) -> list:
+    """``_ROWS.export(since)``."""
+    return _ROWS.export(since)
+
+
+def row_cache_absorb(tables: list) -> None:
+    """``_ROWS.absorb(tables)``."""
+    _ROWS.absorb(tables)
 
 
 def gaussian_projection(seed: int, feature: np.ndarray, bucket: np.ndarray, n_hashes: int) -> np.ndarray:
