@@ -19,7 +19,7 @@ LAYERS = [
                     "accuracy_batch", "accuracy_bound", "accuracy_cache", "simex", "autoencoder", "deephash", "faiss_files",
                     "embedding_indexes", "embeddings", "probelog_descriptors", "probelog", "protocol"}),
     ("methods", {"methods"}),
-    ("pipeline", {"planner", "candidates", "indexes", "parts", "pipeline", "adding"}),
+    ("pipeline", {"planner", "candidates", "indexes", "parts", "prepare_procs", "pipeline", "adding"}),
     ("hub", {"hub", "chunked", "distributed", "parquet_units"}),
     ("service", {"sharded", "client", "server", "server_ops", "server_sockets"}),
     ("front", {"cli", "formatting", "plots", "contrib", "workloads", "demo", "text_encoder", "__init__"}),
