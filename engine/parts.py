@@ -495,8 +495,10 @@ def batch_writers(batches, config, device, make_entry, threads: int | None = Non
 
 def _process_writers(batches: list, config, device, make_entry, n: int):
     """``batch_writers`` with the chunks prepared by ``n`` forked workers (engine/prepare_procs.py):
-    the same records (they unpack to what ``_prepare_chunk`` returns here); a worker's error raised
-    before its batch's ``write`` is yielded; the workers stopped on every exit."""
+    the same records (they unpack to what ``_prepare_chunk`` returns here). A batch's ``write``
+    writes each chunk as it comes (``_streamed``), so the last batch is written while its last chunks
+    are prepared; a worker's error is raised inside it (the batch's transaction aborted: nothing of
+    it written); the workers are stopped on every exit."""
     from . import prepare_procs
 
     news, chunks, batch_of, lo = [], [], [], 0
@@ -513,16 +515,31 @@ def _process_writers(batches: list, config, device, make_entry, n: int):
     workers = prepare_procs.Workers(news, config, device, n, chunks, batch_of)
     finished = False
     try:
-        j = 0
         for b, batch in enumerate(batches):
-            done = []
-            while j < len(chunks) and batch_of[j] == b:
-                done.append(workers.result(j))
-                j += 1
-            yield batch, _writer(batch, _gathered(done), make_entry)
+            yield batch, _streamed(workers, [j for j in range(len(chunks)) if batch_of[j] == b], chunks, news,
+                                   make_entry)
         finished = True
     finally:
         workers.close(abort=not finished)
+
+
+def _streamed(workers, js: list, chunks: list, news: list, make_entry):
+    """The write of chunks ``js`` (one batch) in one transaction, each chunk's entries written
+    (``_writer``: names checked, ids, parts, counters) as soon as the workers return it. What it
+    stores equals ``_writer`` of the whole batch, the band postings of a batch put a chunk at a time.
+    The chunks taken are kept: a transaction run again (the map grown) writes them again."""
+    taken = []
+
+    def write(txn):
+        out = []
+        for i, j in enumerate(js):
+            if i == len(taken):
+                taken.append(workers.result(j))
+            lo, hi = chunks[j]
+            out += _writer(news[lo:hi], _gathered(taken[i:i + 1]), make_entry)(txn)
+        return out
+
+    return write
 
 
 def _writer(news: list, prepared: list, make_entry):

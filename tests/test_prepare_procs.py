@@ -180,3 +180,41 @@ def test_the_process_count_is_checked_and_chosen(tmp_path, rng, monkeypatch):
         PP.choose(2, 10, "cpu")
     monkeypatch.setenv("FITSKETCH_PREPARE_PROCESSES", "2")
     assert PP.choose(None, 10**6, "cpu") == 0
+
+
+def test_a_transaction_run_again_writes_the_chunks_it_took(tmp_path, rng, monkeypatch):
+    """A batch whose transaction fills the map (no reserve asked for) is aborted and run again on a
+    grown map: the chunks it already took from the workers are written again (each taken once), and
+    the hub equals a roomy one's."""
+    from fitsketch import adding
+
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    monkeypatch.setattr(PT, "PREPARE_CHUNK", 2)
+    monkeypatch.setattr(adding, "batch_bytes", lambda *a, **kw: 0)
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    items = [(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 13))]
+    taken, runs = [], []
+    result, writer = PP.Workers.result, PT._writer
+
+    def counted(self, j):
+        taken.append(j)
+        return result(self, j)
+
+    def written(*a, **kw):
+        w = writer(*a, **kw)
+        return lambda txn: (runs.append(1), w(txn))[1]
+
+    monkeypatch.setattr(PP.Workers, "result", counted)
+    monkeypatch.setattr(PT, "_writer", written)
+    dumps = []
+    for j, size in enumerate((1 << 16, 1 << 30)):
+        taken.clear()
+        runs.clear()
+        with fitsketch.Hub(tmp_path / f"{j}.hub", config=cfg, map_size=size) as hub:
+            assert hub.add_sketches(items, batch=7, processes=2) == 13
+            check_hub(hub)
+            dumps.append(_dump(hub))
+        assert sorted(taken) == list(range(len(taken)))    # every chunk taken once, in order
+        if j == 0:
+            assert len(runs) > len(taken)                  # some chunk was written again
+    _assert_same(dumps[0], dumps[1])
