@@ -229,8 +229,8 @@ class Hub:
         nothing), which amortizes the commit's sync (~5 ms) over the batch. Every item is checked
         before anything is written (types, parameters, names unique and not in the hub), so bad input
         leaves the hub unchanged. Each batch's records are computed and packed while the batch before
-        is written (the same bytes whatever does it; a failure there raises before its batch's
-        transaction, the batches before it written): in ``processes`` forked worker processes
+        is written (the same bytes whatever does it; a failure there leaves its batch unwritten,
+        the batches before it written): in ``processes`` forked worker processes
         (engine/prepare_procs.py; default: one a usable CPU for a call of 512 entries or more on the
         CPU device with no other thread running, or ``FITSKETCH_PREPARE_PROCESSES``; 0: none), else in
         ``threads`` threads (default ``parts.PREPARE_THREADS``: 2 on a machine of 2 CPUs or more, or

@@ -10,9 +10,10 @@ How: the calling process forks ``n`` workers once a call, after every entry was 
 A worker prepares its chunks in order and sends each chunk's prepared records back as msgpack
 bytes (storage/codec.py ``pack``: never pickle), which the caller unpacks into what
 ``_prepare_chunk`` returns in-process -- the same values, so the same bytes stored
-(tests/test_bulk.py). One thread of the caller per worker sends the bounds and receives the
-results (the caller writes a batch meanwhile; a worker never waits on a full pipe), at most
-``LOOKAHEAD`` batches ahead of the batch being written. At the end each worker sends back the
+(tests/test_prepare_procs.py). One thread of the caller per worker sends the bounds and receives
+the results (the caller writes meanwhile; a worker never waits on a full pipe), at most
+``LOOKAHEAD`` batches ahead of the batch being written; the caller writes a batch's chunks as they
+come, in the batch's one transaction (engine/parts.py ``_streamed``). At the end each worker sends back the
 projection rows it drew (kernels/jslsh.py's memo), so the caller's memo grows as if it had prepared
 the chunks itself and the next call's workers start warm.
 
@@ -21,8 +22,8 @@ Fork is used only where it is safe for this work: a POSIX fork start method, the
 would hold it forever in the child); the workers run NumPy, SciPy, zstandard and msgpack only --
 no LMDB (the hub's environment is never touched in a child), no torch, no FAISS. A worker's error
 is raised by ``add_sketches`` as the same class with the same message (the worker's traceback
-attached as its cause) before its batch's transaction, as with threads; a worker that dies raises
-``DistributedError``. Workers are stopped on every exit (terminated where the caller stops early).
+attached as its cause), inside its batch's transaction, which is aborted: nothing of that batch is
+written, the batches before it are, as with threads; a worker that dies raises ``DistributedError``. Workers are stopped on every exit (terminated where the caller stops early).
 """
 from __future__ import annotations
 
