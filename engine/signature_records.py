@@ -64,8 +64,10 @@ def _dictionary_numpy(sig: np.ndarray) -> dict:
 
 def _narrowed(a: np.ndarray, hi: int) -> np.ndarray:
     """``_narrow(a, False)`` of unsigned ``a`` whose largest value is ``hi`` (0 when ``a`` is empty)."""
-    t = next(t for t, _, t_hi in _LIMITS[False] if hi <= t_hi)
-    return a if a.dtype == t else a.astype(t)
+    for t, _, t_hi in _LIMITS[False]:
+        if hi <= t_hi:
+            return a if a.dtype == t else a.astype(t)
+    raise ValueError("value out of range")  # pragma: no cover
 
 
 _FIX = ("the hub's signatures database is damaged: remove the entry (hub.remove(name)) and add it again, "

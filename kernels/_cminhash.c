@@ -1287,7 +1287,7 @@ static void sd_radix_sort(uint64_t *a, uint64_t *tmp, size_t n) {   /* by the hi
 typedef struct {              /* one call's scratch, for nf features */
     uint64_t *slot;           /* (cap) the hash table: (permutation + 1) << 32 | value, 0 when never used */
     uint32_t *snum;           /* (cap) a slot's number */
-    uint32_t *vals;           /* (nf + 4) the distinct values by number */
+    int32_t *vals;            /* (nf + 4) the distinct values by number, x ^ 2**31 (signed order = unsigned) */
     uint32_t *num;            /* (nf) each feature's number */
     uint32_t *rank;           /* (nf) each number's rank; each feature's index past SD_HASHED features */
     uint64_t *keys, *tmp;     /* (nf) the keys to sort */
@@ -1300,7 +1300,8 @@ typedef struct {              /* one call's scratch, for nf features */
 static uint32_t sd_column(const uint32_t *sig, size_t nf, size_t n_p, size_t j, uint64_t stamp, sd_scratch *sc,
                           uint32_t *out) {
     uint64_t *slot = sc->slot;
-    uint32_t *snum = sc->snum, *vals = sc->vals, *num = sc->num, *rank = sc->rank;
+    uint32_t *snum = sc->snum, *num = sc->num, *rank = sc->rank;
+    int32_t *vals = sc->vals;
     uint32_t d = 0;
     if (nf > SD_HASHED) {                       /* sorted by value, each feature's rank: the count of new values before it */
         for (size_t f = 0; f < nf; f++) sc->keys[f] = (uint64_t)sig[f * n_p + j] << 32 | f;
@@ -1323,22 +1324,22 @@ static uint32_t sd_column(const uint32_t *sig, size_t nf, size_t n_p, size_t j, 
         const uint32_t fresh = slot[h] != want, old = snum[h];
         const uint32_t k = old ^ ((old ^ d) & (0u - fresh));                    /* fresh ? d : old */
         slot[h] = want; snum[h] = k;
-        vals[d] = x;                            /* kept where it is new */
+        vals[d] = (int32_t)(x ^ 0x80000000u);   /* kept where it is new */
         num[f] = k;
         d += fresh;
     }
     if (d <= SD_SMALL) {                        /* a value's rank: how many are smaller */
         const uint32_t d4 = (d + 3) & ~3u;
-        vals[d] = vals[d + 1] = vals[d + 2] = 0xFFFFFFFFu;   /* smaller than none */
+        vals[d] = vals[d + 1] = vals[d + 2] = INT32_MAX;     /* smaller than none */
         for (uint32_t p = 0; p < d; p++) {
-            const uint32_t x = vals[p];
+            const int32_t x = vals[p];
             uint32_t r = 0;
             for (uint32_t q = 0; q < d4; q++) r += vals[q] < x;
             rank[p] = r;
-            out[r] = x;
+            out[r] = (uint32_t)x ^ 0x80000000u;
         }
     } else {
-        for (uint32_t p = 0; p < d; p++) sc->keys[p] = (uint64_t)vals[p] << 32 | p;
+        for (uint32_t p = 0; p < d; p++) sc->keys[p] = (uint64_t)((uint32_t)vals[p] ^ 0x80000000u) << 32 | p;
         sd_radix_sort(sc->keys, sc->tmp, d);
         for (uint32_t p = 0; p < d; p++) { out[p] = (uint32_t)(sc->keys[p] >> 32); rank[(uint32_t)sc->keys[p]] = p; }
     }
@@ -1374,7 +1375,8 @@ static PyObject *sig_dictionary(PyObject *self, PyObject *args) {
     if (!mem) { PyErr_NoMemory(); goto done; }
     sd_scratch sc;
     sc.slot = (uint64_t *)mem; sc.keys = sc.slot + cap; sc.tmp = sc.keys + nf;
-    sc.snum = (uint32_t *)(sc.tmp + nf); sc.vals = sc.snum + cap; sc.num = sc.vals + nf + 4; sc.rank = sc.num + nf;
+    sc.snum = (uint32_t *)(sc.tmp + nf); sc.vals = (int32_t *)(sc.snum + cap); sc.num = (uint32_t *)(sc.vals + nf + 4);
+    sc.rank = sc.num + nf;
     sc.mask = cap - 1; sc.shift = shift;
     const uint32_t *sig = (const uint32_t *)S.buf;
     uint32_t *out = (uint32_t *)PyByteArray_AS_STRING(sd);

@@ -157,7 +157,9 @@ def sig_dictionary(sig: np.ndarray):
     the largest ``sn`` (0 when there is none); None without the kernel. Releases the GIL."""
     if _c is None or not hasattr(_c, "sig_dictionary"):
         return None
-    sig = np.require(sig, dtype=np.uint32, requirements="CA")
+    sig = np.asarray(sig)
+    if sig.dtype != np.uint32 or not (sig.flags.c_contiguous and sig.flags.aligned):
+        sig = np.require(sig, dtype=np.uint32, requirements="CA")
     if sig.ndim != 2 or sig.shape[0] >= 1 << 30:
         return None
     n_f, n_p = sig.shape
