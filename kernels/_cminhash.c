@@ -1328,7 +1328,8 @@ static uint32_t sd_column(const uint32_t *sig, size_t nf, size_t n_p, size_t j, 
         num[f] = k;
         d += fresh;
     }
-    if (d <= SD_SMALL) {                        /* a value's rank: how many are smaller */
+    if (d <= SD_SMALL) {                        /* a value's rank: how many are smaller (signed compares of x ^ 2**31:
+                                                 * SSE2 compares 4 at once, signed only) */
         const uint32_t d4 = (d + 3) & ~3u;
         vals[d] = vals[d + 1] = vals[d + 2] = INT32_MAX;     /* smaller than none */
         for (uint32_t p = 0; p < d; p++) {
