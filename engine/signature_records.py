@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import errors as E
-from .partitions import _narrow
+from .kernels import ingest as _ingest
+from .partitions import _LIMITS, _narrow
 
 SIG_PLAIN = 1        # {"v": 1, "sig"}: the matrix as it is (engine/parts.py ENTRY_FORMAT, every hub)
 SIG_DICT = 2         # {"v": 2, "sn", "sd", "si"}: per-permutation dictionary (hub format 5)
@@ -40,6 +41,16 @@ def dictionary(sig: np.ndarray) -> dict:
     sig = np.asarray(sig, dtype=np.uint32)
     if sig.ndim != 2:
         raise ValueError(f"signatures must be a (features, num_perm) matrix, got shape {sig.shape}")
+    got = _ingest.sig_dictionary(sig)      # compiled (kernels/ingest.py): 32 x 128 in ~0.025 ms, not ~0.18, without the GIL
+    if got is None:
+        return _dictionary_numpy(sig)
+    sn, sd, si, top = got
+    return {"v": SIG_DICT, "sn": _narrowed(sn, top), "sd": sd, "si": _narrowed(si, top - 1 if si.size else 0)}
+
+
+def _dictionary_numpy(sig: np.ndarray) -> dict:
+    """``dictionary`` in NumPy: the definition (the compiled pass gives the same arrays, dtypes and
+    packed bytes; tests/test_signature_records.py)."""
     n_f, n_p = sig.shape
     # each permutation's values tagged with the permutation in the high 32 bits: one sort for all
     tagged = (np.arange(n_p, dtype=np.uint64)[:, None] << np.uint64(32)) | sig.T.astype(np.uint64)   # (num_perm, features)
@@ -49,6 +60,14 @@ def dictionary(sig: np.ndarray) -> dict:
     si = inv.reshape(n_p, n_f) - off[:, None]
     return {"v": SIG_DICT, "sn": _narrow(sn, False), "sd": (uniq & np.uint64(0xFFFFFFFF)).astype(np.uint32),
             "si": _narrow(si.reshape(-1), False).reshape(n_p, n_f)}
+
+
+def _narrowed(a: np.ndarray, hi: int) -> np.ndarray:
+    """``_narrow(a, False)`` of unsigned ``a`` whose largest value is ``hi`` (0 when ``a`` is empty)."""
+    for t, _, t_hi in _LIMITS[False]:
+        if hi <= t_hi:
+            return a if a.dtype == t else a.astype(t)
+    raise ValueError("value out of range")  # pragma: no cover
 
 
 _FIX = ("the hub's signatures database is damaged: remove the entry (hub.remove(name)) and add it again, "

@@ -8,7 +8,8 @@
 #   columns written into the row matrix block by block;
 # * hashed_rows_at: a string column's hashed dimensions written into the row matrix;
 # * take_rows_at: a categorical column's rows gathered from its per-category table into the row matrix;
-# * pair_counts: sketch.py's partition_counts (occurrences per (partition, bucket)).
+# * pair_counts: sketch.py's partition_counts (occurrences per (partition, bucket));
+# * sig_dictionary: signature_records.py's per-permutation dictionary of a signature matrix.
 #
 # Bit for bit: NumPy's float64 log and log1p call the C library's functions unless it carries SIMD
 # implementations of its own for the CPU (AVX-512 builds do), whose last bit can differ. The
@@ -143,3 +144,26 @@ def pair_counts(part: np.ndarray, rows, bucket: np.ndarray, n_parts: int, max_ce
         return None
     p, b, c = got
     return np.frombuffer(p, dtype=np.int32), np.frombuffer(b, dtype=np.int32), np.frombuffer(c, dtype=np.uint32)
+
+
+def _uint_holding(n: int):
+    return np.uint8 if n < 1 << 8 else np.uint16 if n < 1 << 16 else np.uint32
+
+
+def sig_dictionary(sig: np.ndarray):
+    """``(sn, sd, si, max_sn)`` of a ``(features, num_perm)`` uint32 matrix, as
+    signature_records.dictionary defines them before narrowing: ``sn`` (num_perm,) and ``si``
+    (num_perm, features) in the narrowest unsigned type holding ``features``, ``sd`` uint32, and
+    the largest ``sn`` (0 when there is none); None without the kernel. Releases the GIL."""
+    if _c is None or not hasattr(_c, "sig_dictionary"):
+        return None
+    sig = np.asarray(sig)
+    if sig.dtype != np.uint32 or not (sig.flags.c_contiguous and sig.flags.aligned):
+        sig = np.require(sig, dtype=np.uint32, requirements="CA")
+    if sig.ndim != 2 or sig.shape[0] >= 1 << 30:
+        return None
+    n_f, n_p = sig.shape
+    t = _uint_holding(n_f)
+    sn, si = np.empty(n_p, dtype=t), np.empty((n_p, n_f), dtype=t)
+    sd, top = _c.sig_dictionary(sig, n_f, n_p, sn, si, sn.itemsize)
+    return sn, np.frombuffer(sd, dtype=np.uint32), si, top

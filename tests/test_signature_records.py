@@ -4,7 +4,8 @@ format 5, engine/signature_records.py, engine/parts.py ``_sig_record``).
 Round trip against the matrix itself on fresh random matrices (0, 1, 7, 97 features; 0, 1, 7, 128
 permutations; few, many and all-equal values, empty rows 0xFFFFFFFF), through the codec as stored:
 the same dtype, shape and bytes. The dictionary against a NumPy reference (``np.unique`` per
-permutation). A format-4 hub written by the old encoder (``{"v": 1, "sig": matrix}``, format 4 at
+permutation); the compiled dictionary (kernels/_cminhash.c) against the NumPy one, with and without
+the kernel. A format-4 hub written by the old encoder (``{"v": 1, "sig": matrix}``, format 4 at
 creation) opens read-only as it is, answers every method and LSH-forced search as a format-5 hub
 of the same sketches, is upgraded on a writable open, takes dictionary records beside its old
 ones, and removes both kinds (no band posting left). Damaged or unknown records raise named
@@ -19,6 +20,7 @@ import fitsketch
 import fitsketch.storage.env as env_mod
 from fitsketch import parts, planner, signature_records as S
 from fitsketch.errors import CorruptHubError, SchemaError
+from fitsketch.kernels import ingest
 from fitsketch.storage import pack, unpack
 
 METHODS = ("exact-js", "js", "adaptivity", "l2", "coverage")
@@ -60,6 +62,80 @@ def test_the_dictionary_is_each_permutations_distinct_values(rng, n_f):
         assert np.array_equal(np.asarray(rec["si"][j], dtype=np.int64), inv.reshape(-1))
         off += len(u)
     assert off == len(rec["sd"])
+
+
+def _values(rng, n_f, n_p, kind):
+    if kind == "range":      # a few small values, many repeats
+        return rng.integers(0, int(rng.integers(1, 6)), size=(n_f, n_p), dtype=np.uint64).astype(np.uint32)
+    if kind == "extremes":   # 0 and the empty-signature sentinel alone
+        return np.where(rng.random((n_f, n_p)) < 0.5, 0, 0xFFFFFFFF).astype(np.uint32)
+    return _matrix(rng, n_f, n_p, kind)
+
+
+def _same_record(a, b):
+    assert a.keys() == b.keys() and a["v"] == b["v"]
+    for k in a.keys() - {"v"}:
+        x, y = a[k], b[k]
+        assert type(x) is type(y) is np.ndarray and x.dtype == y.dtype and x.shape == y.shape, (k, x.dtype, y.dtype)
+        assert x.flags.c_contiguous and np.array_equal(x, y), k
+    assert pack(a) == pack(b) and parts.fit_pack(a) == parts.fit_pack(b)
+
+
+needs_kernel = pytest.mark.skipif(ingest._c is None or not hasattr(ingest._c, "sig_dictionary"),
+                                  reason="no compiled kernel")
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0), (1, 1), (1, 7), (7, 1), (7, 3), (33, 97), (32, 128), (64, 5), (90, 9),
+                                   (255, 3), (256, 5), (257, 5), (3001, 4), (70001, 1)])
+@pytest.mark.parametrize("kind", ["few", "many", "equal", "range", "extremes"])
+def test_the_compiled_dictionary_is_the_numpy_one(rng, shape, kind):
+    """The compiled pass (kernels/_cminhash.c sig_dictionary) against the NumPy definition: the same
+    arrays, dtypes and packed bytes; past 256 features it sorts instead of hashing, past 255 and
+    65,535 features its indices start wider and are narrowed."""
+    sig = _values(rng, *shape, kind)
+    assert ingest.sig_dictionary(sig) is not None        # the compiled path is the one taken
+    _same_record(S.dictionary(sig), S._dictionary_numpy(sig))
+
+
+@needs_kernel
+def test_the_compiled_dictionary_of_any_layout_and_of_many_values(rng):
+    """Fortran order, strided views, big-endian values; over 64 distinct values a permutation (sorted,
+    not counted), 255 to 257 and 65,536 (the narrowing's edges); two threads at once (the kernel runs without
+    the GIL)."""
+    import concurrent.futures as cf
+    base = _values(rng, 300, 40, "many")
+    sigs = [np.asfortranarray(base), base[::3, 1::2], base.astype(">u4"), _values(rng, 200, 9, "many"),
+            rng.integers(0, 100, size=(200, 9)).astype(np.uint32), rng.permutation(70000).astype(np.uint32)[:, None]]
+    for n_f in (200, 300):                # one large value a permutation: a radix pass moves one key
+        sig = rng.integers(0, 1000, size=(n_f, 3)).astype(np.uint32)
+        sig[rng.integers(0, n_f, 3), np.arange(3)] = rng.integers(1 << 24, 1 << 32, 3)
+        sigs.append(sig)
+    for n in (255, 256, 257, 65536):      # all distinct: at 256 and 65,536 the counts take a wider type than the indices
+        sigs.append(np.stack([rng.choice(1 << 32, n, replace=False) for _ in range(2)], axis=1).astype(np.uint32))
+    for sig in sigs:
+        _same_record(S.dictionary(sig), S._dictionary_numpy(np.ascontiguousarray(sig, dtype=np.uint32)))
+    many = [_values(rng, int(rng.integers(1, 400)), int(rng.integers(1, 64)), k) for k in ("few", "many", "range") * 8]
+    with cf.ThreadPoolExecutor(2) as ex:
+        for sig, rec in zip(many, ex.map(S.dictionary, many)):
+            _same_record(rec, S._dictionary_numpy(sig))
+
+
+@needs_kernel
+def test_the_kernel_refuses_inconsistent_buffers():
+    sig = np.zeros((4, 3), np.uint32)
+    u8 = lambda n: np.zeros(n, np.uint8)   # noqa: E731
+    for args in ((sig, 4, 3, u8(3), u8(11), 1), (sig, 4, 3, u8(2), u8(12), 1), (sig, 5, 3, u8(3), u8(15), 1),
+                 (sig, 4, 3, u8(3), u8(12), 3), (np.zeros((300, 1), np.uint32), 300, 1, u8(1), u8(300), 1)):
+        with pytest.raises(ValueError, match="sig_dictionary"):
+            ingest._c.sig_dictionary(*args)
+
+
+def test_without_the_kernel_the_dictionary_is_the_numpy_one(rng, monkeypatch):
+    monkeypatch.setattr(ingest, "_c", None)
+    sig = _values(rng, 32, 128, "few")
+    assert ingest.sig_dictionary(sig) is None
+    _same_record(S.dictionary(sig), S._dictionary_numpy(sig))
 
 
 def test_the_stored_record_is_the_dictionary_where_it_holds_fewer_raw_bytes(rng):
