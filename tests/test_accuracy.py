@@ -70,8 +70,8 @@ def test_em_pools_classes_an_entry_never_saw(rng):
 def test_merged_class_records_equal_the_record_of_the_whole(rng):
     P = _class_conditionals(rng)
     names, kinds, cfg = [f"f{f}" for f in range(D)], ["numeric"] * D, SketchConfig()
-    a, ya = _draw(rng, P, np.array([0.5, 0.5, 0, 0]), int(rng.integers(1, 300)))
-    b, yb = _draw(rng, P, np.array([0, 0.2, 0.4, 0.4]), int(rng.integers(1, 300)))
+    a, ya = _draw(rng, P, np.array([0.5, 0.5, 0, 0]), int(rng.integers(2, 300)))
+    b, yb = _draw(rng, P, np.array([0, 0.2, 0.4, 0.4]), int(rng.integers(2, 300)))
     ya[0], yb[0] = 0, 3   # both parts hold two classes at least
     ya[-1], yb[-1] = 1, 2
     rec = lambda df, y: A.class_record(df, A.check_labels(y, len(y)), names, kinds, cfg)  # noqa: E731
