@@ -111,7 +111,7 @@ def _worker(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the caller's: it stops the workers (``close``)
     _keep_heap()
     news, config, device = _JOB
-    before = jslsh.row_cache_sizes()   # the rows drawn here are sent back: the caller's memo absorbs them
+    before = jslsh.row_cache_snapshot()   # the rows drawn here are sent back: the caller's memo absorbs them
     try:
         while True:
             msg = conn.recv_bytes()
@@ -221,13 +221,15 @@ class Workers:
             if res[:1] == b"R":
                 with self.cv:
                     self.rows.append(res[1:])
-        except (EOFError, OSError):
+        except BaseException as e:   # the worker died (EOF, a broken pipe), or this thread failed: its next chunk fails
             p = self.procs[w]
             p.join(timeout=1.0)
+            why = (f"exited (code {p.exitcode})" if isinstance(e, (EOFError, OSError))
+                   else f"could not be read ({type(e).__name__}: {e})")
             with self.cv:
                 for j in range(w, len(self.chunks), n):
                     if j not in self.results and j >= self.taken:
-                        self.results[j] = b"D" + str(p.exitcode).encode()
+                        self.results[j] = b"D" + why.encode()
                         break
                 self.cv.notify_all()
 
@@ -245,8 +247,8 @@ class Workers:
         if kind == b"E":
             _raise(body)
         raise E.DistributedError(
-            f"a prepare process exited (code {body.decode()}) before returning its chunk -- out of memory, or "
-            "killed; nothing of this batch was written: retry, or add with processes=0 (threads)")
+            f"a prepare process {body.decode()} before returning its chunk -- out of memory, or killed; nothing of "
+            "this batch was written: retry, or add with processes=0 (threads)")
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers: after their last chunk (``abort=False``: they send their projection rows,

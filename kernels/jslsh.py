@@ -70,16 +70,24 @@ class _RowCache:
         return out
 
 
-    def sizes(self) -> dict:
-        """Rows held per (seed, n_hashes)."""
-        return {tag: len(t[0]) for tag, t in self.tables.items()}
+    def snapshot(self) -> dict:
+        """The coordinates held now, per (seed, n_hashes): their keys (arrays never changed in place:
+        an insert replaces a table), what ``export`` leaves out."""
+        return {tag: t[0] for tag, t in self.tables.items()}
 
     def export(self, since: dict | None = None) -> list:
-        """``[seed, n_hashes, keys, feature, bucket, rows]`` of each table whose size is not the one in
-        ``since`` (``sizes()`` taken earlier): what ``absorb`` takes (engine/prepare_procs.py: a forked
-        worker's rows, sent back to the process that forked it)."""
-        since = since or {}
-        return [[s, h, *t] for (s, h), t in self.tables.items() if since.get((s, h)) != len(t[0])]
+        """``[seed, n_hashes, keys, feature, bucket, rows]`` of the rows of each table whose keys are
+        not in ``since`` (``snapshot()`` taken earlier; None: every row), tables with none left out:
+        what ``absorb`` takes (engine/prepare_procs.py: the rows a forked worker drew, sent back to
+        the process that forked it)."""
+        out = []
+        for (s, h), t in self.tables.items():
+            old = (since or {}).get((s, h))
+            if old is not None and old is not t[0]:
+                t = tuple(a[~np.isin(t[0], old)] for a in t)
+            if old is not t[0] and len(t[0]):
+                out.append([s, h, *t])
+        return out
 
     def absorb(self, tables: list) -> None:
         """Add ``export``'s rows: the coordinates not held yet (a table that would outgrow
@@ -106,9 +114,9 @@ class _RowCache:
 _ROWS = _RowCache()
 
 
-def row_cache_sizes() -> dict:
-    """``_ROWS.sizes()``: the memo of ``gaussian_projection`` (engine/prepare_procs.py)."""
-    return _ROWS.sizes()
+def row_cache_snapshot() -> dict:
+    """``_ROWS.snapshot()``: the memo of ``gaussian_projection`` (engine/prepare_procs.py)."""
+    return _ROWS.snapshot()
 
 
 def row_cache_export(since: dict | None = None) -> list:

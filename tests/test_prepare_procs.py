@@ -114,8 +114,8 @@ def test_the_workers_projection_rows_come_back(tmp_path, rng, monkeypatch):
     items = [(f"e{i}", s) for i, s in enumerate(_sketches(rng, cfg, 6))]
     with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
         hub.add_sketches(items, batch=4, processes=2)
-    sizes = jslsh.row_cache_sizes()
-    assert sizes and all(n > 0 for n in sizes.values())
+    held = jslsh.row_cache_snapshot()
+    assert held and all(len(k) > 0 for k in held.values())
     for (seed, h), (keys, feat, buck, rows) in jslsh._ROWS.tables.items():
         assert np.all(np.diff(keys.astype(np.float64)) >= 0) and len(np.unique(keys)) == len(keys)
         np.testing.assert_array_equal(rows, jslsh._gaussian_rows(seed, feat, buck, h))
@@ -131,17 +131,25 @@ def test_absorbed_rows_look_up_as_drawn_rows(rng):
     a.get(11, feat[:200], buck[:200], 8)
     b.get(11, feat[100:], buck[100:], 8)
     b.get(12, feat[:50], buck[:50], 4)
-    a.absorb(b.export(since={}))
-    assert a.sizes() == {(11, 8): len({(f, k) for f, k in zip(feat, buck)}), (12, 4): len({(f, k) for f, k in zip(feat[:50], buck[:50])})}
+    mark = b.snapshot()
+    fresh = 100 + rng.permutation(40)[:10]          # 10 distinct coordinates drawn after the snapshot
+    b.get(11, fresh, buck[:10], 8)
+    new = b.export(since=mark)
+    assert [(s, h, len(k)) for s, h, k, *_ in new] == [(11, 8, 10)]
+    np.testing.assert_array_equal(new[0][5], jslsh._gaussian_rows(11, new[0][3], new[0][4], 8))
+    a.absorb(b.export(since=None))
+    assert {t: len(k) for t, k in a.snapshot().items()} == {
+        (11, 8): 10 + len({(f, k) for f, k in zip(feat, buck)}), (12, 4): len({(f, k) for f, k in zip(feat[:50], buck[:50])})}
     np.testing.assert_array_equal(a.get(11, feat, buck, 8), jslsh._gaussian_rows(11, feat, buck, 8))
+    np.testing.assert_array_equal(a.get(11, fresh, buck[:10], 8), jslsh._gaussian_rows(11, fresh, buck[:10], 8))
     np.testing.assert_array_equal(a.get(12, feat, buck, 4), jslsh._gaussian_rows(12, feat, buck, 4))
-    assert b.export(since=b.sizes()) == []
+    assert b.export(since=b.snapshot()) == []
     s, h, keys, f, k, rows = b.export()[0]
     with pytest.raises(ValueError, match="malformed"):
         a.absorb([[s, h, keys, f, k, rows[:, :-1]]])
     small = jslsh._RowCache(max_rows=10)
     small.absorb(b.export())
-    assert small.sizes() == {}
+    assert small.snapshot() == {}
 
 
 def test_the_process_count_is_checked_and_chosen(tmp_path, rng, monkeypatch):
