@@ -23,6 +23,26 @@ from test_bulk import _assert_same, _dump, _sketches
 pytestmark = pytest.mark.skipif(not PP.fork_ok(), reason="this platform does not fork")
 
 
+def _layout(path) -> dict:
+    """The LMDB layout of a closed hub file: each database's page and record counts, and the pages in use."""
+    import lmdb
+
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, max_dbs=64)
+    try:
+        out = {"last_pgno": env.info()["last_pgno"]}
+        with env.begin() as txn:
+            for name, _ in txn.cursor():
+                try:
+                    db = env.open_db(name, txn=txn, create=False)
+                except lmdb.Error:       # a plain key of the main database, not a named one
+                    continue
+                st = txn.stat(db)
+                out[name] = tuple(st[k] for k in ("branch_pages", "leaf_pages", "overflow_pages", "depth", "entries"))
+        return out
+    finally:
+        env.close()
+
+
 def _no_workers() -> bool:
     return not [p for p in multiprocessing.active_children() if p.name.startswith("fitsketch-prepare")] \
         and not [t for t in threading.enumerate() if t.name.startswith("fitsketch-prepare")]
@@ -31,7 +51,8 @@ def _no_workers() -> bool:
 @pytest.mark.parametrize("processes", [2, 3])
 def test_processes_store_the_bytes_of_one_thread(tmp_path, rng, monkeypatch, processes):
     """0, 1, a batch, a batch + 1 and 2 x batch + 1 fresh sketches (small chunks: a batch spans the
-    workers, and a worker has several chunks) stored byte for byte as the calling thread alone stores them."""
+    workers, and a worker has several chunks) stored byte for byte as the calling thread alone stores
+    them, in the same LMDB pages (a batch's band postings put at once, not a chunk at a time)."""
     monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
     monkeypatch.setattr(PT, "PREPARE_CHUNK", 2)
     cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
@@ -39,15 +60,18 @@ def test_processes_store_the_bytes_of_one_thread(tmp_path, rng, monkeypatch, pro
     sks = _sketches(rng, cfg, 2 * batch + 1)
     for n in sorted({0, 1, batch, batch + 1, 2 * batch + 1}):
         items = [(f"e{i}", s, {"i": i}) for i, s in enumerate(sks[:n])]
-        dumps = []
+        dumps, layouts = [], []
         for kw in ({"threads": 1, "processes": 0}, {"processes": processes}):
             with fitsketch.open(tmp_path / f"{n}-{len(dumps)}.hub", config=cfg) as hub:
                 assert hub.add_sketches(items, batch=batch, **kw) == n
                 check_hub(hub)
                 dumps.append(_dump(hub))
+                path = hub.store._file
+            layouts.append(_layout(path))
             assert _no_workers()
         assert len(dumps[0]["entries"]) == n
         _assert_same(dumps[0], dumps[1], f"{n} entries")
+        assert layouts[0] == layouts[1], f"{n} entries"
 
 
 class _Boom(E.InvalidArgumentError):
