@@ -319,16 +319,9 @@ def check_sketch(sk: Sketch, config: SketchConfig) -> None:
     from .quantize import KINDS
 
     names, kinds = sk.names, sk.kinds
-    if not (isinstance(names, list) and isinstance(kinds, list) and len(names) == len(kinds)
-            and all(type(x) is str and x for x in names) and all(k in KINDS for k in kinds)):
+    if not (isinstance(names, list) and isinstance(kinds, list)):
         raise bad(f"names must be non-empty str and kinds one of {KINDS}, one per feature")
-    if len(set(names)) != len(names):
-        raise bad("two features have the same name")
-    for x in names:
-        try:
-            x.encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad(f"feature name {x!r} holds a lone surrogate") from None
+    _check_columns(names, kinds, bad)
     n = len(names)
     for key in ("partition_size", "n_rows", "n_partitions"):
         v = getattr(sk, key)
@@ -354,17 +347,55 @@ def check_sketch(sk: Sketch, config: SketchConfig) -> None:
     part, feat, bucket, count = (int_array(h[k], f"hist {k}") for k in ("part", "feat", "bucket", "count"))
     if not len(part) == len(feat) == len(bucket) == len(count):
         raise bad("hist arrays must have one length")
+    got = _ingest.hist_check(part, feat, bucket, count, sk.n_partitions, n) if len(part) else 0
+    if got:   # the compiled pass found one (the NumPy tests below say which, in their order)
+        _check_hist(part, feat, bucket, count, sk.n_partitions, n, bad)
+        raise bad(f"hist failed the compiled check ({got})")   # pragma: no cover - the two agree (tests/test_ingest_kernels.py)
+    if got is None:
+        _check_hist(part, feat, bucket, count, sk.n_partitions, n, bad)
+    cov = sk.coverage
+    if cov is not None:
+        _check_coverage(cov, sk, config, bad, int_array)
+
+
+_COLUMNS_OK: dict = {}   # tuples of names that passed _check_columns
+
+
+def _check_columns(names: list, kinds: list, bad) -> None:
+    """check_sketch's tests of the column names and kinds. The names' tests past their type (distinct,
+    encodable) are looked up for names that passed them before (str only: equal tuples hold the
+    same values; a hub's sketches share a few schemas, ~30 us a 32-column sketch)."""
+    from .quantize import KINDS
+
+    if not (len(names) == len(kinds) and set(map(type, names)) <= {str} and all(map(KINDS.__contains__, kinds))
+            and all(names)):
+        raise bad(f"names must be non-empty str and kinds one of {KINDS}, one per feature")
+    key = tuple(names)
+    if key in _COLUMNS_OK:
+        return
+    if len(set(names)) != len(names):
+        raise bad("two features have the same name")
+    for x in names:
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"feature name {x!r} holds a lone surrogate") from None
+    if len(_COLUMNS_OK) >= 1024:      # bounded: a caller sending many schemas starts over
+        _COLUMNS_OK.clear()
+    _COLUMNS_OK[key] = True
+
+
+def _check_hist(part, feat, bucket, count, n_partitions: int, n: int, bad) -> None:
+    """check_sketch's histogram tests in NumPy (the definition; kernels/ingest.py ``hist_check`` runs
+    them in one pass where the arrays have build_sketch's dtypes): ``bad(why)`` raised on the first failed."""
     if len(part):
-        if part.min() < 0 or part.max() >= sk.n_partitions or feat.min() < 0 or feat.max() >= n:
-            raise bad(f"hist part / feat out of range (n_partitions={sk.n_partitions}, features={n})")
+        if part.min() < 0 or part.max() >= n_partitions or feat.min() < 0 or feat.max() >= n:
+            raise bad(f"hist part / feat out of range (n_partitions={n_partitions}, features={n})")
         if bucket.min() < -(1 << 31) or bucket.max() >= (1 << 31) or count.min() < 1 or count.max() >= (1 << 32):
             raise bad("hist bucket must fit int32 and count be in [1, 2**32)")
         dp, df, db = (np.diff(a.astype(np.int64)) for a in (part, feat, bucket))
         if not np.all((dp > 0) | ((dp == 0) & ((df > 0) | ((df == 0) & (db > 0))))):
             raise bad("hist must be sorted by (part, feat, bucket) without repeats")
-    cov = sk.coverage
-    if cov is not None:
-        _check_coverage(cov, sk, config, bad, int_array)
 
 
 def _check_coverage(cov, sk: Sketch, config: SketchConfig, bad, int_array) -> None:

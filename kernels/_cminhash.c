@@ -1539,6 +1539,40 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ sketch histogram check (engine/sketch.py) */
+PyDoc_STRVAR(hist_check_doc,
+"hist_check(part, feat, bucket, count, n, n_partitions, n_features) -> int\n\n"
+"check_sketch's histogram tests in one pass over the COO arrays (part, feat, bucket int32, count uint32,\n"
+"n each): bit 1 set when a part is outside [0, n_partitions) or a feat outside [0, n_features), bit 2 when\n"
+"a count is 0, bit 4 when (part, feat, bucket) does not strictly increase from one non-zero to the next.");
+
+static PyObject *hist_check(PyObject *self, PyObject *args) {
+    Py_buffer P, F, B, C;
+    Py_ssize_t n;
+    long long n_parts, n_feats;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*nLL", &P, &F, &B, &C, &n, &n_parts, &n_feats)) return NULL;
+    PyObject *ret = NULL;
+    if (n < 0 || P.len != n * 4 || F.len != n * 4 || B.len != n * 4 || C.len != n * 4) {
+        PyErr_SetString(PyExc_ValueError, "hist_check: part, feat, bucket int32 and count uint32, n each");
+        goto done;
+    }
+    const int32_t *p = (const int32_t *)P.buf, *f = (const int32_t *)F.buf, *b = (const int32_t *)B.buf;
+    const uint32_t *c = (const uint32_t *)C.buf;
+    int range = 0, zero = 0, order = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        range |= (p[i] < 0) | ((long long)p[i] >= n_parts) | (f[i] < 0) | ((long long)f[i] >= n_feats);
+        zero |= c[i] == 0;
+    }
+    for (Py_ssize_t i = 1; i < n; i++)
+        order |= !(p[i] > p[i - 1] || (p[i] == p[i - 1] && (f[i] > f[i - 1] || (f[i] == f[i - 1] && b[i] > b[i - 1]))));
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromLong((long)(range | (zero << 1) | (order << 2)));
+done:
+    PyBuffer_Release(&P); PyBuffer_Release(&F); PyBuffer_Release(&B); PyBuffer_Release(&C);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -1558,6 +1592,7 @@ static PyMethodDef methods[] = {
     {"pair_counts", pair_counts, METH_VARARGS, pair_counts_doc},
     {"sig_dictionary", sig_dictionary, METH_VARARGS, sig_dictionary_doc},
     {"fma_codes", fma_codes, METH_VARARGS, fma_codes_doc},
+    {"hist_check", hist_check, METH_VARARGS, hist_check_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -167,3 +167,20 @@ def sig_dictionary(sig: np.ndarray):
     sn, si = np.empty(n_p, dtype=t), np.empty((n_p, n_f), dtype=t)
     sd, top = _c.sig_dictionary(sig, n_f, n_p, sn, si, sn.itemsize)
     return sn, np.frombuffer(sd, dtype=np.uint32), si, top
+
+
+def hist_check(part: np.ndarray, feat: np.ndarray, bucket: np.ndarray, count: np.ndarray, n_partitions: int,
+               n_features: int) -> int | None:
+    """sketch.check_sketch's histogram tests in one compiled pass: a bit mask, 1 a part or feat out of
+    range, 2 a zero count, 4 (part, feat, bucket) not strictly increasing; 0 when all pass. None
+    without the kernel or unless the arrays are int32 / int32 / int32 / uint32 of one length (as
+    build_sketch makes them): the caller's NumPy tests then decide."""
+    if _c is None or not hasattr(_c, "hist_check"):
+        return None
+    n = len(part)
+    if not (part.dtype == feat.dtype == bucket.dtype == np.int32 and count.dtype == np.uint32
+            and len(feat) == len(bucket) == len(count) == n) or not 0 <= n_partitions < 1 << 62 \
+            or not 0 <= n_features < 1 << 62:
+        return None
+    return _c.hist_check(*(a if a.flags.c_contiguous and a.flags.aligned else np.require(a, requirements="CA") for a in (part, feat, bucket, count)),
+                         n, int(n_partitions), int(n_features))

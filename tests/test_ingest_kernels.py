@@ -8,6 +8,8 @@ fresh random inputs, exactly (every key, every float64 bit, every byte of the sk
 * ``coverage.row_matrix`` (``numeric_rows`` and ``hashed_rows_at`` writing into X) against the
   NumPy paths, around the kernel's block of 512 rows;
 * ``pair_counts`` (``sketch.partition_counts``) against ``np.unique`` of the pairs;
+* ``hist_check`` (check_sketch's histogram tests in one pass) against each test written in NumPy,
+  and check_sketch's error with and without it, on sorted, shuffled and out-of-range histograms;
 * whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
   without any compiled kernel.
 
@@ -304,3 +306,127 @@ def test_misaligned_columns_give_the_aligned_results(rng):
     X1, X2 = np.zeros((n, 3)), np.zeros((n, 3))
     assert ingest.numeric_rows([mis], [1], X1) and ingest.numeric_rows([v.copy()], [1], X2)
     assert np.array_equal(X1.view(np.int64), X2.view(np.int64))
+
+
+def _hist_reference(part, feat, bucket, count, n_parts: int, n_feats: int) -> int:
+    """The bits ``hist_check`` sets, each test in NumPy."""
+    if not len(part):
+        return 0
+    rng_bad = bool((part < 0).any() or (part >= n_parts).any() or (feat < 0).any() or (feat >= n_feats).any())
+    key = [a.astype(np.int64) for a in (part, feat, bucket)]
+    lex = np.lexsort(key[::-1])          # strictly increasing <=> sorted and no two equal
+    order_bad = bool((lex != np.arange(len(part))).any()) or bool(
+        ((np.diff(key[0]) == 0) & (np.diff(key[1]) == 0) & (np.diff(key[2]) == 0)).any())
+    return int(rng_bad) | int(bool((count == 0).any())) << 1 | int(order_bad) << 2
+
+
+def _random_hist(rng, n: int, n_parts: int, n_feats: int):
+    """A valid histogram of ``n`` non-zeros at most (sorted, unique), as build_sketch makes it."""
+    key = np.unique(rng.integers(0, n_parts * n_feats * 64, n))
+    part, rest = np.divmod(key, n_feats * 64)
+    feat, bucket = np.divmod(rest, 64)
+    b = bucket - 32                                  # -32 .. 31, spread by a strictly increasing map to int32's ends
+    bucket = np.where(b == -32, -2**31, np.where(b == 31, 2**31 - 1, np.where(b >= 16, b << 20, b)))
+    return (part.astype(np.int32), feat.astype(np.int32), bucket.astype(np.int32),
+            rng.integers(1, 2**32, len(key), dtype=np.uint64).astype(np.uint32))
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+def test_hist_check_equals_reference(rng, n):
+    for trial in range(12):
+        n_parts, n_feats = int(rng.integers(1, 40)), int(rng.integers(1, 70))
+        part, feat, bucket, count = (a.copy() for a in _random_hist(rng, n, n_parts, n_feats))
+        m = len(part)
+        if m and trial % 4 == 1:       # one or two elements moved or repeated
+            i, j = rng.integers(0, m, 2)
+            for a in (part, feat, bucket):
+                a[i] = a[j]
+            if rng.random() < 0.5:
+                bucket[i] += int(rng.integers(-2, 3))
+        if m and trial % 4 == 2:       # out of range: negative or past the end, in part or feat
+            i = int(rng.integers(0, m))
+            (part if rng.random() < 0.5 else feat)[i] = rng.choice([-1, n_parts, n_feats, 2**31 - 1, -2**31])
+        if m and trial % 4 == 3:
+            count[int(rng.integers(0, m))] = 0
+        want = _hist_reference(part, feat, bucket, count, n_parts, n_feats)
+        assert trial % 4 or want == 0      # the untouched ones are valid
+        assert ingest.hist_check(part, feat, bucket, count, n_parts, n_feats) == want
+        # strided views and the largest n_partitions (an int64 beyond int32) take the same path
+        assert ingest.hist_check(part[::1], feat, bucket, count, 1 << 40, n_feats) == want & ~1 | _hist_reference(
+            part, feat, bucket, count, 1 << 40, n_feats) & 1
+
+
+@needs_c
+def test_hist_check_declines_other_dtypes_and_lengths():
+    a = np.arange(5, dtype=np.int32)
+    c = np.ones(5, dtype=np.uint32)
+    assert ingest.hist_check(a.astype(np.int64), a, a, c, 9, 9) is None
+    assert ingest.hist_check(a, a, a, c.astype(np.int32), 9, 9) is None
+    assert ingest.hist_check(a, a, a[:4], c, 9, 9) is None
+    assert ingest.hist_check(a, a, a, c, 9, 9) == 0
+    with pytest.raises(ValueError):
+        ingest._c.hist_check(a, a, a, c, 6, 9, 9)
+
+
+@pytest.mark.parametrize("case", ["ok", "unsorted", "repeat", "part", "feat", "negative", "zero", "int64"])
+def test_check_sketch_says_the_same_with_and_without_the_kernel(rng, case, no_kernels):
+    cfg = SketchConfig()
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.integers(0, 9, 300), "c": rng.normal(size=300)})
+    sk = S.build_sketch(X, cfg, partition_size=50)
+    h = {k: v.copy() for k, v in sk.hist.items()}
+    m = len(h["part"])
+    i = int(rng.integers(1, m - 1))
+    if case == "unsorted":
+        h["bucket"][[i, i + 1]] = h["bucket"][[i + 1, i]]
+        h["part"][[i, i + 1]] = h["part"][[i + 1, i]]
+        h["feat"][[i, i + 1]] = h["feat"][[i + 1, i]]
+    elif case == "repeat":
+        for k in ("part", "feat", "bucket"):
+            h[k][i] = h[k][i - 1]
+    elif case == "part":
+        h["part"][i] = sk.n_partitions
+    elif case == "feat":
+        h["feat"][i] = len(sk.names)
+    elif case == "negative":
+        h["feat"][0] = -1
+    elif case == "zero":
+        h["count"][i] = 0
+    elif case == "int64":          # another dtype: the NumPy tests alone
+        h = {k: v.astype(np.int64) for k, v in h.items()}
+        h["part"][i] = sk.n_partitions
+    sk = dataclasses.replace(sk, hist=h)
+
+    def said():
+        try:
+            S.check_sketch(sk, cfg)
+        except Exception as e:
+            return type(e), str(e)
+        return None
+
+    with_kernel = said()
+    no_kernels()
+    assert said() == with_kernel
+    assert (with_kernel is None) == (case == "ok")
+
+
+def test_check_sketch_columns_memo_refuses_what_the_checks_refuse(rng):
+    """The names that passed are looked up, not checked again: equal names of another type, a repeat,
+    a lone surrogate and kinds that are not kinds are refused every time, before and after a pass."""
+    cfg = SketchConfig()
+    X = pd.DataFrame({"a": rng.normal(size=200), "b": rng.normal(size=200)})
+    sk = S.build_sketch(X, cfg, partition_size=50)
+    S._COLUMNS_OK.clear()
+
+    class Name(str):
+        pass
+
+    bad_columns = [([Name("a"), "b"], None), (["a", "a"], None), (["a", "\ud800"], None), (["a", ""], None),
+                   (None, ["numeric", ["numeric"]]), (None, ["numeric", "blob"]), (["a"], None)]
+    for attempt in range(2):       # before the schema passed, and after (looked up)
+        for names, kinds in bad_columns:
+            bad = dataclasses.replace(sk, names=list(names or sk.names), kinds=list(kinds or sk.kinds))
+            with pytest.raises(S.InvalidArgumentError, match="sketch is malformed"):
+                S.check_sketch(bad, cfg)
+        S.check_sketch(sk, cfg)
+        assert tuple(sk.names) in S._COLUMNS_OK
