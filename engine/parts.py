@@ -314,9 +314,12 @@ class Bands(Part):
     either place."""
     name = "bands"
 
+    # prepared: the entry's distinct band keys and their features (``_keys``; computed with the other
+    # parts' records, in add_sketches' workers, not in the write transaction)
+
     def prepare(self, new, config, device):
         sig = new.sketch.signatures
-        return feature_band_keys(sig, config.lsh_k, config.lsh_l), np.nonzero(sig[:, 0] != _EMPTY_SIG)[0]
+        return self._keys(feature_band_keys(sig, config.lsh_k, config.lsh_l), np.nonzero(sig[:, 0] != _EMPTY_SIG)[0])
 
     def prepare_many(self, news, config, device, shared):
         sigs = [n.sketch.signatures for n in news]
@@ -324,21 +327,26 @@ class Bands(Part):
             return []
         bands = feature_band_keys(np.concatenate(sigs), config.lsh_k, config.lsh_l)   # row-wise: as one at a time
         lo = np.cumsum([0] + [len(x) for x in sigs])
-        return [(bands[lo[i]:lo[i + 1]], np.nonzero(x[:, 0] != _EMPTY_SIG)[0]) for i, x in enumerate(sigs)]
+        return [self._keys(bands[lo[i]:lo[i + 1]], np.nonzero(x[:, 0] != _EMPTY_SIG)[0]) for i, x in enumerate(sigs)]
+
+    @staticmethod
+    def _keys(bands, nonempty):
+        """The entry's distinct band keys of its non-empty features, ascending (uint64), and for each the
+        lowest non-empty feature with that key (uint32). The candidate stage reads only the entry id of
+        a posting, so one per (key, entry) finds the same entries as one per (key, entry, feature), in
+        fewer records: columns of one distribution have equal signatures (a 32-column real-valued
+        entry has ~280 distinct keys of 1,024). Removal deletes (entry, feature) for every feature and
+        key, so it removes either kind; an older fitsketch reads and removes these postings alike."""
+        sel = bands[nonempty]                                       # (features, L) int64
+        keys, first = np.unique(sel.reshape(-1).view(np.uint64), return_index=True)   # first: row-major
+        return keys, nonempty.astype(np.uint32)[first // max(sel.shape[1], 1)]
 
     @staticmethod
     def _postings(eid, prepared):
-        """One posting per distinct band key of the entry, (entry id, the lowest non-empty feature with
-        that key), keys ascending. The candidate stage reads only the entry id of a posting, so one
-        per (key, entry) finds the same entries as one per (key, entry, feature), in fewer records:
-        columns of one distribution have equal signatures (a 32-column real-valued entry has ~280
-        distinct keys of 1,024). Removal deletes (entry, feature) for every feature and key, so it
-        removes either kind; an older fitsketch reads and removes these postings alike."""
-        bands, nonempty = prepared
-        sel = bands[nonempty]                                       # (features, L) int64
-        keys, first = np.unique(sel.reshape(-1).view(np.uint64), return_index=True)   # first: row-major
-        feats = nonempty.astype(np.uint64)[first // max(sel.shape[1], 1)]
-        return keys, (np.uint64(eid) << np.uint64(32)) | feats
+        """One posting per distinct band key of the entry (``_keys``): the keys ascending and the
+        postings (entry id << 32) | feature."""
+        keys, feats = prepared
+        return keys, (np.uint64(eid) << np.uint64(32)) | feats.astype(np.uint64)
 
     @staticmethod
     def _put(txn, keys, vals) -> None:
