@@ -43,6 +43,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from .kernels import ingest as _ingest
 from .kernels.hashing import hash_tokens
 from .kernels.jslsh import gaussian_projection
 from .storage import from_u64, u64
@@ -209,8 +210,11 @@ def _sparse_keys(rows, cols, vals, n_rows, a, b, r, k, l) -> np.ndarray:
     from .kernels.jslsh import band_keys
 
     indptr = np.searchsorted(rows, np.arange(n_rows + 1))
-    m = sparse.csr_matrix((np.sqrt(vals).astype(np.float32), cols, indptr), shape=(n_rows, len(a)))
-    v = (m @ a + b) / np.float32(r)
+    data = np.sqrt(vals).astype(np.float32)
+    prod = _ingest.csr_proj(indptr, cols, data, a)    # compiled, scipy's sums bit for bit (kernels/ingest.py)
+    if prod is None:
+        prod = sparse.csr_matrix((data, cols, indptr), shape=(n_rows, len(a))) @ a
+    v = (prod + b) / np.float32(r)
     return band_keys(np.ceil(v).astype(np.int64), k, l)
 
 

@@ -8,6 +8,8 @@ fresh random inputs, exactly (every key, every float64 bit, every byte of the sk
 * ``coverage.row_matrix`` (``numeric_rows`` and ``hashed_rows_at`` writing into X) against the
   NumPy paths, around the kernel's block of 512 rows;
 * ``pair_counts`` (``sketch.partition_counts``) against ``np.unique`` of the pairs;
+* ``csr_proj`` (the JS-LSH keys' sparse projections, profiles._sparse_keys) against scipy's product,
+  bit for bit, on both of its loops (AVX2 and portable), and a bulk add's profile records with and without it;
 * ``hist_check`` (check_sketch's histogram tests in one pass) against each test written in NumPy,
   and check_sketch's error with and without it, on sorted, shuffled and out-of-range histograms;
 * whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
@@ -430,3 +432,58 @@ def test_check_sketch_columns_memo_refuses_what_the_checks_refuse(rng):
                 S.check_sketch(bad, cfg)
         S.check_sketch(sk, cfg)
         assert tuple(sk.names) in S._COLUMNS_OK
+
+
+def _random_csr(rng, n_rows: int, n_cols: int, density: float):
+    counts = rng.binomial(n_cols, density, n_rows) if n_cols else np.zeros(n_rows, dtype=np.int64)
+    counts[rng.random(n_rows) < 0.2] = 0                      # empty rows
+    indices = np.concatenate([np.sort(rng.choice(n_cols, c, replace=False)) for c in counts]) if n_rows else []
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    data = np.sqrt(rng.random(len(indices))).astype(np.float32) * np.float32(10.0) ** rng.integers(-3, 3, len(indices))
+    return indptr, np.asarray(indices, dtype=np.int64), data.astype(np.float32)
+
+
+@needs_c
+@pytest.mark.parametrize("h", [0, 1, 7, 63, 64, 65, 128, 200, 512])
+def test_csr_proj_equals_scipy_bit_for_bit(rng, h):
+    from scipy import sparse
+
+    for n_rows, n_cols in ((0, 5), (1, 1), (3, 0), (17, 40), (40, 300)):
+        indptr, indices, data = _random_csr(rng, n_rows, n_cols, 0.3)
+        a = rng.standard_normal((n_cols, h)).astype(np.float32)
+        want = sparse.csr_matrix((data, indices, indptr), shape=(n_rows, n_cols)) @ a
+        for scalar in (False, True):
+            got = ingest.csr_proj(indptr, indices, data, a, scalar=scalar)
+            assert got.dtype == np.float32 and got.shape == (n_rows, h)
+            assert np.array_equal(got.view(np.uint32), np.asarray(want, dtype=np.float32).view(np.uint32))
+
+
+@needs_c
+def test_csr_proj_refuses_what_is_out_of_range(rng):
+    a = rng.standard_normal((4, 64)).astype(np.float32)
+    out = np.empty((2, 64), np.float32)
+    ok = (np.array([0, 1, 2]), np.array([0, 3]), np.ones(2, np.float32))
+    ingest._c.csr_proj(*ok, a, out, 2, 4, 64)
+    for indptr, indices in ((np.array([0, 1, 2]), np.array([0, 4])), (np.array([0, 1, 2]), np.array([-1, 0])),
+                            (np.array([0, 2, 1]), np.array([0, 1])), (np.array([1, 1, 2]), np.array([0, 1])),
+                            (np.array([0, 1, 3]), np.array([0, 1]))):
+        with pytest.raises(ValueError):
+            ingest._c.csr_proj(indptr.astype(np.int64), indices.astype(np.int64), np.ones(2, np.float32), a, out, 2, 4, 64)
+    with pytest.raises(ValueError):     # out of another shape
+        ingest._c.csr_proj(*ok, a, np.empty((2, 63), np.float32), 2, 4, 64)
+    assert ingest.csr_proj(ok[0], ok[1], ok[2].astype(np.float64), a) is None
+
+
+def test_profile_records_equal_without_the_projection_kernel(rng, monkeypatch):
+    """A bulk add's profile and JS-LSH key records: the same bytes with the compiled projections and
+    with scipy's product."""
+    from fitsketch import profiles
+    from fitsketch.storage import pack
+
+    cfg = SketchConfig()
+    frames = [pd.DataFrame(rng.normal(size=(int(rng.integers(60, 400)), int(rng.integers(1, 9)))) * rng.uniform(0.5, 3))
+              for _ in range(7)]
+    sks = [S.build_sketch(f.rename(columns=str), cfg, partition_size=50) for f in frames]
+    with_kernel = [pack(r) for rec in profiles.records(sks, cfg, "cpu") for r in rec]
+    monkeypatch.setattr(ingest, "_c", None)
+    assert [pack(r) for rec in profiles.records(sks, cfg, "cpu") for r in rec] == with_kernel
