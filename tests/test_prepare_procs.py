@@ -99,12 +99,17 @@ def test_a_failing_worker_leaves_its_batch_unwritten(tmp_path, rng, monkeypatch,
     fail_at = int(rng.integers(0, 3 * batch)) if how != "transaction" else batch
     keep = fail_at // batch * batch
     bad = items[fail_at][0]
-    part, method = (PT.Bands, "write_many") if how == "transaction" else (PT.Profile, "prepare_many")
+    part, method = (PT.Bands, "write_runs") if how == "transaction" else (PT.Profile, "prepare_many")
     orig = getattr(part, method)
+    calls = []
 
     def failing(self, *args):
-        news = args[0] if method == "prepare_many" else args[2]
-        if any(n.name == bad for n in news):
+        if method == "write_runs":     # a batch's band postings, put in its transaction after its last chunk
+            calls.append(1)
+            if len(calls) == fail_at // batch + 1:
+                raise _Boom(f"entry {bad} fails here")
+            return orig(self, *args)
+        if any(n.name == bad for n in args[0]):
             if how == "dies":
                 os._exit(7)
             raise _Odd(bad, 1) if how == "odd error" else _Boom(f"entry {bad} fails here")
