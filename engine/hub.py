@@ -341,9 +341,9 @@ class Hub:
 
     def _new_entry(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                    probed=None, spaces: dict | None = None, checked: bool = False) -> _parts.NewEntry:
-        name = _check_name(name)
-        metadata = _check_metadata(metadata)
-        if not checked:   # add_sketches checked every sketch before writing any
+        if not checked:   # add_sketches checked every name, metadata and sketch before writing any
+            name = _check_name(name)
+            metadata = _check_metadata(metadata)
             self._check_sketch(sketch)
         if sketch.classes is not None and not (spaces and "classes" in spaces):   # add_sketches: no performance
             classes = _acc.check_record({**sketch.classes, "perf": None}, sketch.n_features)

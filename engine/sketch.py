@@ -339,7 +339,7 @@ def check_sketch(sk: Sketch, config: SketchConfig) -> None:
     if not (isinstance(sk.sums, np.ndarray) and sk.sums.shape == (n,) and sk.sums.dtype.kind == "f"):
         raise bad(f"sums must be a float array of shape ({n},)")
     counts = int_array(sk.counts, "counts", (n,))
-    if n and counts.min() < 0:
+    if n and _negative(counts):
         raise bad("counts must be non-negative")
     h = sk.hist
     if not (isinstance(h, dict) and set(h) == {"part", "feat", "bucket", "count"}):
@@ -398,6 +398,11 @@ def _check_hist(part, feat, bucket, count, n_partitions: int, n: int, bad) -> No
             raise bad("hist must be sorted by (part, feat, bucket) without repeats")
 
 
+def _negative(a: np.ndarray) -> bool:
+    """Whether integer array ``a`` holds a value below 0 (never for an unsigned dtype: no pass over it)."""
+    return a.dtype.kind == "i" and bool(a.min() < 0)
+
+
 def _check_coverage(cov, sk: Sketch, config: SketchConfig, bad, int_array) -> None:
     from . import coverage as _cov
 
@@ -420,8 +425,8 @@ def _check_coverage(cov, sk: Sketch, config: SketchConfig, bad, int_array) -> No
     table, code, count = (int_array(cov[k], f"coverage {k}") for k in ("table", "code", "count"))
     if not len(table) == len(code) == len(count):
         raise bad("coverage table / code / count must have one length")
-    if len(table) and (table.min() < 0 or table.max() >= config.coverage_tables or code.min() < 0
-                       or code.max() >= (1 << config.coverage_bits) or count.min() < 0
+    if len(table) and (_negative(table) or table.max() >= config.coverage_tables or _negative(code)
+                       or code.max() >= (1 << config.coverage_bits) or _negative(count)
                        or count.max() > sk.n_rows):
         raise bad("coverage table / code / count out of range")
 
