@@ -1685,6 +1685,110 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ a batch's dataset-level cells (engine/profiles.py) */
+PyDoc_STRVAR(agg_cells_doc,
+"agg_cells(lens, feat, bucket, count, d_of, ukey, d_count, m, n) -> n_unique\n\n"
+"profiles._aggregate's dataset-level cells of m sketches' histograms (n non-zeros concatenated, lens[i] of\n"
+"sketch i; feat, bucket int64, count float64): each sketch's keys feat << 32 | (bucket + 2**31) sorted stably\n"
+"(a natural merge sort: a sketch's partitions are sorted runs), the distinct ones written to ukey as\n"
+"i << 48 | key (int64, ascending), d_of[j] = the index of non-zero j's key in ukey, d_count[u] = the sum of\n"
+"the counts of key u in that stable order (float64, as np.bincount sums them). ValueError where a feat is\n"
+"outside [0, 2**16), a bucket outside int32, m > 2**15 or the lengths do not add up to n.");
+
+typedef struct { uint64_t key; int64_t idx; } ac_pair;
+
+/* stable natural merge sort of a[0:n] by key (tmp: n pairs of scratch); returns the sorted array (a or tmp) */
+static ac_pair *ac_sort(ac_pair *a, ac_pair *tmp, Py_ssize_t n, Py_ssize_t *runs) {
+    Py_ssize_t r = 0;
+    runs[r++] = 0;
+    for (Py_ssize_t i = 1; i < n; i++)
+        if (a[i].key < a[i - 1].key) runs[r++] = i;
+    runs[r] = n;
+    while (r > 1) {
+        Py_ssize_t w = 0;
+        for (Py_ssize_t k = 0; k < r; k += 2) {
+            const Py_ssize_t lo = runs[k], mid = runs[k + 1], hi = k + 2 <= r ? runs[k + 2] : mid;
+            Py_ssize_t i = lo, j = mid, o = lo;
+            if (k + 1 == r) {             /* an odd run out: copied as it is */
+                memcpy(tmp + lo, a + lo, (size_t)(mid - lo) * sizeof(ac_pair));
+            } else {
+                while (i < mid && j < hi) tmp[o++] = a[j].key < a[i].key ? a[j++] : a[i++];   /* ties: the left run */
+                while (i < mid) tmp[o++] = a[i++];
+                while (j < hi) tmp[o++] = a[j++];
+            }
+            runs[w++] = lo;
+        }
+        runs[w] = n;
+        r = w;
+        ac_pair *t = a; a = tmp; tmp = t;
+    }
+    return a;
+}
+
+static PyObject *agg_cells(PyObject *self, PyObject *args) {
+    Py_buffer L, F, B, C, D, U, S;
+    Py_ssize_t m, n;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*w*nn", &L, &F, &B, &C, &D, &U, &S, &m, &n)) return NULL;
+    PyObject *ret = NULL;
+    ac_pair *mem = NULL;
+    Py_ssize_t *runs = NULL;
+    const int64_t *lens = (const int64_t *)L.buf, *feat = (const int64_t *)F.buf, *bucket = (const int64_t *)B.buf;
+    const double *count = (const double *)C.buf;
+    int64_t *d_of = (int64_t *)D.buf, *ukey = (int64_t *)U.buf;
+    double *d_count = (double *)S.buf;
+    if (m < 0 || m > (1 << 15) || n < 0 || L.len != m * 8 || F.len != n * 8 || B.len != n * 8 || C.len != n * 8
+        || D.len != n * 8 || U.len != n * 8 || S.len != n * 8) {
+        PyErr_SetString(PyExc_ValueError, "agg_cells: lens int64 m <= 2**15; feat, bucket int64, count float64 and "
+                                          "d_of, ukey int64, d_count float64 outputs of n");
+        goto done;
+    }
+    Py_ssize_t total = 0, longest = 0;
+    int bad = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        bad |= lens[i] < 0;
+        total += lens[i];
+        if (lens[i] > longest) longest = lens[i];
+    }
+    for (Py_ssize_t j = 0; j < n && !bad; j++)
+        bad = feat[j] < 0 || feat[j] >= (1 << 16) || bucket[j] < -((int64_t)1 << 31) || bucket[j] >= ((int64_t)1 << 31);
+    if (bad || total != n) {
+        PyErr_SetString(PyExc_ValueError, "agg_cells: lens must be >= 0 and add up to n, feat in [0, 2**16), bucket int32");
+        goto done;
+    }
+    mem = (ac_pair *)malloc((size_t)(2 * longest + 1) * sizeof(ac_pair));
+    runs = (Py_ssize_t *)malloc((size_t)(longest + 2) * sizeof(Py_ssize_t));
+    if (!mem || !runs) { PyErr_NoMemory(); goto done; }
+    Py_ssize_t u = 0;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t lo = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        const Py_ssize_t len = lens[i];
+        ac_pair *a = mem, *tmp = mem + longest;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            a[j].key = (uint64_t)feat[lo + j] << 32 | (uint64_t)(bucket[lo + j] + ((int64_t)1 << 31));
+            a[j].idx = lo + j;
+        }
+        const ac_pair *sorted = len ? ac_sort(a, tmp, len, runs) : a;
+        for (Py_ssize_t j = 0; j < len; j++) {
+            if (j == 0 || sorted[j].key != sorted[j - 1].key) {
+                ukey[u] = (int64_t)((uint64_t)i << 48 | sorted[j].key);
+                d_count[u] = 0.0;
+                u++;
+            }
+            d_of[sorted[j].idx] = u - 1;
+            d_count[u - 1] += count[sorted[j].idx];
+        }
+        lo += len;
+    }
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromSsize_t(u);
+done:
+    free(mem); free(runs);
+    PyBuffer_Release(&L); PyBuffer_Release(&F); PyBuffer_Release(&B); PyBuffer_Release(&C);
+    PyBuffer_Release(&D); PyBuffer_Release(&U); PyBuffer_Release(&S);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -1706,6 +1810,7 @@ static PyMethodDef methods[] = {
     {"fma_codes", fma_codes, METH_VARARGS, fma_codes_doc},
     {"hist_check", hist_check, METH_VARARGS, hist_check_doc},
     {"csr_proj", csr_proj, METH_VARARGS, csr_proj_doc},
+    {"agg_cells", agg_cells, METH_VARARGS, agg_cells_doc},
     {NULL, NULL, 0, NULL},
 };
 

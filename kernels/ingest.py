@@ -200,3 +200,24 @@ def csr_proj(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, a: np.nd
                 np.require(data, requirements="CA"), np.require(a, requirements="CA"), out, n_rows, a.shape[0], a.shape[1],
                 bool(scalar))
     return out
+
+
+def agg_cells(lens: np.ndarray, feat: np.ndarray, bucket: np.ndarray, count: np.ndarray):
+    """profiles._aggregate's dataset-level cells in one compiled pass: ``(d_of, ukey, d_count)`` -- each
+    non-zero's cell, the cells' keys ``sketch << 48 | feat << 32 | (bucket + 2**31)`` ascending (int64)
+    and their summed counts (float64, summed in the stable sorted order, as np.bincount sums them) -- for
+    sketches of ``lens`` non-zeros concatenated (``feat``, ``bucket`` int64, ``count`` float64). None
+    without the kernel or outside its ranges (at most 2**15 sketches, feat < 2**16, bucket int32):
+    the caller's NumPy path then. Releases the GIL."""
+    if _c is None or not hasattr(_c, "agg_cells") or not (feat.dtype == bucket.dtype == np.int64
+                                                           and count.dtype == np.float64):
+        return None
+    n = len(feat)
+    d_of, ukey, d_count = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.float64)
+    try:
+        u = _c.agg_cells(np.require(lens, dtype=np.int64, requirements="CA"), np.require(feat, requirements="CA"),
+                         np.require(bucket, requirements="CA"), np.require(count, requirements="CA"),
+                         d_of, ukey, d_count, len(lens), n)
+    except ValueError:
+        return None
+    return d_of, ukey[:u], d_count[:u]

@@ -10,6 +10,7 @@ fresh random inputs, exactly (every key, every float64 bit, every byte of the sk
 * ``pair_counts`` (``sketch.partition_counts``) against ``np.unique`` of the pairs;
 * ``csr_proj`` (the JS-LSH keys' sparse projections, profiles._sparse_keys) against scipy's product,
   bit for bit, on both of its loops (AVX2 and portable), and a bulk add's profile records with and without it;
+* ``agg_cells`` (profiles._aggregate's dataset-level cells) against the NumPy path on random batches;
 * ``hist_check`` (check_sketch's histogram tests in one pass) against each test written in NumPy,
   and check_sketch's error with and without it, on sorted, shuffled and out-of-range histograms;
 * whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
@@ -487,3 +488,53 @@ def test_profile_records_equal_without_the_projection_kernel(rng, monkeypatch):
     with_kernel = [pack(r) for rec in profiles.records(sks, cfg, "cpu") for r in rec]
     monkeypatch.setattr(ingest, "_c", None)
     assert [pack(r) for rec in profiles.records(sks, cfg, "cpu") for r in rec] == with_kernel
+
+
+def _numpy_cells(lens, feat, bucket, count):
+    """profiles._aggregate's NumPy path: (d_of, ukey, d_count)."""
+    e = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+    key = (e << 48) | (feat << 32) | (bucket + (1 << 31))
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    start = np.ones(len(ks), dtype=bool)
+    np.not_equal(ks[1:], ks[:-1], out=start[1:])
+    run = np.cumsum(start) - 1
+    inv = np.empty(len(ks), dtype=np.int64)
+    inv[order] = run
+    return inv, ks[start], np.bincount(run, weights=count[order], minlength=int(start.sum()))
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+def test_agg_cells_equal_numpy(rng, n):
+    for trial in range(6):
+        m = int(rng.integers(1, 12))
+        lens = rng.multinomial(n, np.ones(m) / m).astype(np.int64)
+        lens[rng.random(m) < 0.2] = 0
+        n_ = int(lens.sum())
+        parts = []
+        for ln in lens:     # a sketch: sorted partitions (runs) of (feat, bucket), or any order (trial 5)
+            p = np.sort(rng.integers(0, max(1, int(rng.integers(1, 12))), ln))
+            f = rng.integers(0, [3, 1 << 16][trial % 2], ln)
+            b = [rng.integers(-3, 4, ln), rng.integers(-2**31, 2**31, ln)][trial % 2]
+            o = np.lexsort((b, f, p)) if trial != 5 else rng.permutation(ln)
+            parts.append((f[o], b[o]))
+        feat = np.concatenate([f for f, _ in parts]).astype(np.int64) if m else np.zeros(0, np.int64)
+        bucket = np.concatenate([b for _, b in parts]).astype(np.int64)
+        count = rng.integers(1, 2**32, n_).astype(np.float64) * rng.choice([1.0, 2.0**21], n_)   # sums that round
+        got = ingest.agg_cells(lens, feat, bucket, count)
+        want = _numpy_cells(lens, feat, bucket, count)
+        for g, w in zip(got, want):     # (np.bincount of nothing is int64: the kernel's empty sums stay float64)
+            assert (g.dtype == w.dtype or not len(w)) and np.array_equal(g, w)
+        assert got[2].dtype == np.float64
+
+
+@needs_c
+def test_agg_cells_declines_what_the_keys_cannot_hold():
+    lens = np.array([2], dtype=np.int64)
+    ok = (np.array([0, 1], dtype=np.int64), np.array([5, -5], dtype=np.int64), np.ones(2))
+    assert ingest.agg_cells(lens, *ok) is not None
+    assert ingest.agg_cells(lens, np.array([0, 1 << 16], dtype=np.int64), ok[1], ok[2]) is None
+    assert ingest.agg_cells(lens, ok[0], np.array([0, 2**31], dtype=np.int64), ok[2]) is None
+    assert ingest.agg_cells(np.array([3], dtype=np.int64), *ok) is None
+    assert ingest.agg_cells(lens, ok[0].astype(np.int32), ok[1], ok[2]) is None
