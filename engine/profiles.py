@@ -272,8 +272,10 @@ def records(sketches, config, device: str = "auto", agg: dict | None = None) -> 
     n_part = np.array([s.n_partitions for s in sketches], dtype=np.int64)
     p_off = np.concatenate([[0], np.cumsum(n_part)])
     prow = p_off[a["e"]] + a["part"]
-    prun = _runs(prow, a["feat"])
-    p_val = a["count"] / np.bincount(prun, weights=a["count"])[prun] / nf[a["e"]] if len(prun) else a["count"]
+    p_val = _ingest.part_shares(prow, a["feat"], a["count"], a["e"], nf)   # compiled: the same values, bit for bit
+    if p_val is None:
+        prun = _runs(prow, a["feat"])
+        p_val = a["count"] / np.bincount(prun, weights=a["count"])[prun] / nf[a["e"]] if len(prun) else a["count"]
     part_keys = _sparse_keys(prow, j_inv[a["d_of"]], p_val, int(p_off[-1]), **kw)
     hs = config.jslsh_k * config.small_query_jslsh_l
     small_keys = _sparse_keys(de, j_inv, dc / tot / nf[de], n, a=gaussian_projection(seed, j_uniq >> 32, (j_uniq & 0xFFFFFFFF)

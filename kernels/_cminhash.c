@@ -1789,6 +1789,51 @@ done:
     return ret;
 }
 
+PyDoc_STRVAR(part_shares_doc,
+"part_shares(prow, feat, count, e, nf, out, n, m)\n\n"
+"profiles.records' partition-level values: for non-zeros sorted so that each (prow, feat) group is contiguous,\n"
+"out[j] = count[j] / (the group's counts summed in order, from 0) / nf[e[j]] (float64, divided in that order:\n"
+"np.bincount's sums and NumPy's two divisions, bit for bit). prow, feat, e int64 and count, out float64 of n;\n"
+"nf float64 of m. ValueError where an e is outside [0, m).");
+
+static PyObject *part_shares(PyObject *self, PyObject *args) {
+    Py_buffer P, F, C, E, N, O;
+    Py_ssize_t n, m;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*nn", &P, &F, &C, &E, &N, &O, &n, &m)) return NULL;
+    PyObject *ret = NULL;
+    const int64_t *prow = (const int64_t *)P.buf, *feat = (const int64_t *)F.buf, *e = (const int64_t *)E.buf;
+    const double *count = (const double *)C.buf, *nf = (const double *)N.buf;
+    double *out = (double *)O.buf;
+    if (n < 0 || m < 0 || P.len != n * 8 || F.len != n * 8 || C.len != n * 8 || E.len != n * 8 || O.len != n * 8
+        || N.len != m * 8) {
+        PyErr_SetString(PyExc_ValueError, "part_shares: prow, feat, e int64, count and out float64 of n, nf float64 of m");
+        goto done;
+    }
+    int bad = 0;
+    for (Py_ssize_t j = 0; j < n && !bad; j++) bad = e[j] < 0 || e[j] >= m;
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "part_shares: e must lie in [0, m)");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t lo = 0;
+    while (lo < n) {
+        Py_ssize_t hi = lo + 1;
+        while (hi < n && prow[hi] == prow[lo] && feat[hi] == feat[lo]) hi++;
+        double total = 0.0;
+        for (Py_ssize_t j = lo; j < hi; j++) total += count[j];
+        for (Py_ssize_t j = lo; j < hi; j++) out[j] = count[j] / total / nf[e[j]];
+        lo = hi;
+    }
+    Py_END_ALLOW_THREADS
+    ret = Py_None;
+    Py_INCREF(ret);
+done:
+    PyBuffer_Release(&P); PyBuffer_Release(&F); PyBuffer_Release(&C); PyBuffer_Release(&E); PyBuffer_Release(&N);
+    PyBuffer_Release(&O);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -1811,6 +1856,7 @@ static PyMethodDef methods[] = {
     {"hist_check", hist_check, METH_VARARGS, hist_check_doc},
     {"csr_proj", csr_proj, METH_VARARGS, csr_proj_doc},
     {"agg_cells", agg_cells, METH_VARARGS, agg_cells_doc},
+    {"part_shares", part_shares, METH_VARARGS, part_shares_doc},
     {NULL, NULL, 0, NULL},
 };
 

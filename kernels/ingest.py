@@ -221,3 +221,15 @@ def agg_cells(lens: np.ndarray, feat: np.ndarray, bucket: np.ndarray, count: np.
     except ValueError:
         return None
     return d_of, ukey[:u], d_count[:u]
+
+
+def part_shares(prow: np.ndarray, feat: np.ndarray, count: np.ndarray, e: np.ndarray, nf: np.ndarray):
+    """profiles.records' partition-level values ``count / (the (prow, feat) group's summed count) / nf[e]``
+    (float64; the groups contiguous, sums in order as np.bincount's) in one compiled pass, bit for bit;
+    None without the kernel or for other dtypes (the caller's NumPy expression then)."""
+    if _c is None or not hasattr(_c, "part_shares") or not (prow.dtype == feat.dtype == e.dtype == np.int64
+                                                             and count.dtype == nf.dtype == np.float64):
+        return None
+    out = np.empty(len(prow), dtype=np.float64)
+    _c.part_shares(*(np.require(a, requirements="CA") for a in (prow, feat, count, e, nf)), out, len(prow), len(nf))
+    return out

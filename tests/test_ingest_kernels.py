@@ -10,7 +10,8 @@ fresh random inputs, exactly (every key, every float64 bit, every byte of the sk
 * ``pair_counts`` (``sketch.partition_counts``) against ``np.unique`` of the pairs;
 * ``csr_proj`` (the JS-LSH keys' sparse projections, profiles._sparse_keys) against scipy's product,
   bit for bit, on both of its loops (AVX2 and portable), and a bulk add's profile records with and without it;
-* ``agg_cells`` (profiles._aggregate's dataset-level cells) against the NumPy path on random batches;
+* ``agg_cells`` (profiles._aggregate's dataset-level cells) and ``part_shares`` (profiles.records'
+  partition-level values) against their NumPy paths on random batches, bit for bit;
 * ``hist_check`` (check_sketch's histogram tests in one pass) against each test written in NumPy,
   and check_sketch's error with and without it, on sorted, shuffled and out-of-range histograms;
 * whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
@@ -538,3 +539,27 @@ def test_agg_cells_declines_what_the_keys_cannot_hold():
     assert ingest.agg_cells(lens, ok[0], np.array([0, 2**31], dtype=np.int64), ok[2]) is None
     assert ingest.agg_cells(np.array([3], dtype=np.int64), *ok) is None
     assert ingest.agg_cells(lens, ok[0].astype(np.int32), ok[1], ok[2]) is None
+
+
+@needs_c
+@pytest.mark.parametrize("n", SIZES)
+def test_part_shares_equal_numpy(rng, n):
+    from fitsketch import profiles
+
+    for trial in range(4):
+        m = int(rng.integers(1, 9))
+        e = np.sort(rng.integers(0, m, n)).astype(np.int64)
+        prow = (e * 10 + rng.integers(0, [2, 10][trial % 2], n)).astype(np.int64)
+        prow.sort()
+        feat = rng.integers(0, [2, 40][trial % 2], n).astype(np.int64)
+        if trial == 3:          # groups need not be sorted: runs are where (prow, feat) changes
+            feat = rng.permutation(feat)
+        count = rng.integers(1, 2**32, n).astype(np.float64) * rng.choice([1.0, 3.0 * 2.0**21], n)
+        nf = rng.integers(1, 70, m).astype(np.float64)
+        prun = profiles._runs(prow, feat) if n else np.zeros(0, np.int64)
+        want = count / np.bincount(prun, weights=count)[prun] / nf[e] if n else count
+        got = ingest.part_shares(prow, feat, count, e, nf)
+        assert got.dtype == np.float64 and np.array_equal(got.view(np.uint64), want.view(np.uint64))
+    with pytest.raises(ValueError):
+        ingest._c.part_shares(*(np.zeros(2, np.int64),) * 2, np.ones(2), np.array([0, 1], np.int64), np.ones(1),
+                              np.empty(2), 2, 1)
