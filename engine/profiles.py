@@ -174,22 +174,26 @@ def _aggregate(sketches) -> dict:
     # Each sketch's cells are sorted by (part, feat, bucket): the keys are n_partitions sorted runs a
     # sketch, which a stable (run-merging) sort orders ~7x faster than factorize(sort=True) hashes them
     got = _ingest.agg_cells(lens, feat, bucket, count)   # compiled: the same cells, sums in the same order
-    if got is not None:
-        inv, uniq, d_count = got
-    else:
-        key = (e << 48) | (feat << 32) | (bucket + (1 << 31))
-        order = np.argsort(key, kind="stable")
-        ks = key[order]
-        start = np.ones(len(ks), dtype=bool)
-        np.not_equal(ks[1:], ks[:-1], out=start[1:])
-        run = np.cumsum(start) - 1
-        inv = np.empty(len(ks), dtype=np.int64)
-        inv[order] = run
-        uniq = ks[start]
-        # each dataset cell's counts summed in cell order (the sort is stable), as the factorize did
-        d_count = np.bincount(run, weights=count[order], minlength=len(uniq))
+    inv, uniq, d_count = got if got is not None else _cells(e, feat, bucket, count)
     return {"e": e, "part": part, "feat": feat, "bucket": bucket, "count": count, "d_of": inv, "d_e": uniq >> 48,
             "d_feat": (uniq >> 32) & 0xFFFF, "d_bucket": (uniq & 0xFFFFFFFF) - (1 << 31), "d_count": d_count}
+
+
+def _cells(e, feat, bucket, count) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_aggregate``'s dataset-level cells in NumPy (the definition; kernels/ingest.py ``agg_cells`` is
+    the compiled pass): each non-zero's cell, the cells' keys ``e << 48 | feat << 32 | (bucket + 2**31)``
+    ascending and their summed counts."""
+    key = (e << 48) | (feat << 32) | (bucket + (1 << 31))
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    start = np.ones(len(ks), dtype=bool)
+    np.not_equal(ks[1:], ks[:-1], out=start[1:])
+    run = np.cumsum(start) - 1
+    inv = np.empty(len(ks), dtype=np.int64)
+    inv[order] = run
+    uniq = ks[start]
+    # each dataset cell's counts summed in cell order (the sort is stable), as the factorize did
+    return inv, uniq, np.bincount(run, weights=count[order], minlength=len(uniq))
 
 
 BATCH = 1 << 15    # entries a _aggregate may hold (the entry index takes the key's top 15 bits)

@@ -493,16 +493,9 @@ def test_profile_records_equal_without_the_projection_kernel(rng, monkeypatch):
 
 def _numpy_cells(lens, feat, bucket, count):
     """profiles._aggregate's NumPy path: (d_of, ukey, d_count)."""
-    e = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-    key = (e << 48) | (feat << 32) | (bucket + (1 << 31))
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    start = np.ones(len(ks), dtype=bool)
-    np.not_equal(ks[1:], ks[:-1], out=start[1:])
-    run = np.cumsum(start) - 1
-    inv = np.empty(len(ks), dtype=np.int64)
-    inv[order] = run
-    return inv, ks[start], np.bincount(run, weights=count[order], minlength=int(start.sum()))
+    from fitsketch import profiles
+
+    return profiles._cells(np.repeat(np.arange(len(lens), dtype=np.int64), lens), feat, bucket, count)
 
 
 @needs_c
