@@ -569,7 +569,7 @@ def _streamed(workers, js: list, chunks: list, news: list, make_entry):
             lo, hi = chunks[j]
             out += _writer(news[lo:hi], _gathered(taken[i:i + 1]), make_entry, deferred)(txn)
             if len(deferred) > len(runs):   # this chunk's postings sorted now, while the next chunk is prepared
-                part, eids, _, prep = deferred[-1]
+                part, eids, prep = deferred[-1]
                 runs.append(part.sorted_run(eids, prep))
         if runs:
             deferred[0][0].write_runs(txn, runs)
@@ -580,8 +580,8 @@ def _streamed(workers, js: list, chunks: list, news: list, make_entry):
 
 def _writer(news: list, prepared: list, make_entry, deferred: list | None = None):
     """Write ``news`` (each part's ``prepared`` list) and the hub's counters in one transaction.
-    ``deferred`` (``_streamed``): the ``Bands`` part is not written but its ``(part, eids, news,
-    prepared)`` appended there, for one insert of a batch's postings."""
+    ``deferred`` (``_streamed``): the ``Bands`` part is not written but its ``(part, eids, prepared)``
+    appended there, for one insert of a batch's postings."""
     def write(txn):
         for new in news:
             if txn.exists("names", new.name.encode("utf-8")):
@@ -591,7 +591,7 @@ def _writer(news: list, prepared: list, make_entry, deferred: list | None = None
         recs = None
         for p, prep in prepared:
             if deferred is not None and isinstance(p, Bands):
-                deferred.append((p, eids, news, prep))
+                deferred.append((p, eids, prep))
                 continue
             r = p.write_many(txn, eids, news, prep)
             recs = r if recs is None else recs     # Core's (the first part): the entry records

@@ -170,9 +170,6 @@ def _aggregate(sketches) -> dict:
     e = np.repeat(np.arange(len(sketches), dtype=np.int64), lens)
     part, feat, bucket, count = cat("part", np.int64), cat("feat", np.int64), cat("bucket", np.int64), \
         cat("count", np.float64)
-    # (entry, feature, bucket) -> one int64: entries < 2^15 a batch, features < 2^16, buckets int32.
-    # Each sketch's cells are sorted by (part, feat, bucket): the keys are n_partitions sorted runs a
-    # sketch, which a stable (run-merging) sort orders ~7x faster than factorize(sort=True) hashes them
     got = _ingest.agg_cells(lens, feat, bucket, count)   # compiled: the same cells, sums in the same order
     inv, uniq, d_count = got if got is not None else _cells(e, feat, bucket, count)
     return {"e": e, "part": part, "feat": feat, "bucket": bucket, "count": count, "d_of": inv, "d_e": uniq >> 48,
@@ -183,6 +180,9 @@ def _cells(e, feat, bucket, count) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``_aggregate``'s dataset-level cells in NumPy (the definition; kernels/ingest.py ``agg_cells`` is
     the compiled pass): each non-zero's cell, the cells' keys ``e << 48 | feat << 32 | (bucket + 2**31)``
     ascending and their summed counts."""
+    # (entry, feature, bucket) -> one int64: entries < 2^15 a batch, features < 2^16, buckets int32.
+    # Each sketch's cells are sorted by (part, feat, bucket): the keys are n_partitions sorted runs a
+    # sketch, which a stable (run-merging) sort orders ~7x faster than factorize(sort=True) hashes them
     key = (e << 48) | (feat << 32) | (bucket + (1 << 31))
     order = np.argsort(key, kind="stable")
     ks = key[order]

@@ -182,8 +182,9 @@ def hist_check(part: np.ndarray, feat: np.ndarray, bucket: np.ndarray, count: np
             and len(feat) == len(bucket) == len(count) == n) or not 0 <= n_partitions < 1 << 62 \
             or not 0 <= n_features < 1 << 62:
         return None
-    return _c.hist_check(*(a if a.flags.c_contiguous and a.flags.aligned else np.require(a, requirements="CA") for a in (part, feat, bucket, count)),
-                         n, int(n_partitions), int(n_features))
+    arrays = (a if a.flags.c_contiguous and a.flags.aligned else np.require(a, requirements="CA")   # (np.require: ~2 us)
+              for a in (part, feat, bucket, count))
+    return _c.hist_check(*arrays, n, int(n_partitions), int(n_features))
 
 
 def csr_proj(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, a: np.ndarray, scalar: bool = False):
