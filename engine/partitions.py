@@ -169,14 +169,39 @@ def pack_hists(e, part, feat, bucket, count, n_partitions, n_features) -> list[d
     gb_lo, cb_lo = np.searchsorted(g_big, g_lo), np.searchsorted(c_big, lo)
     g8 = np.where(gap >= 255, 255, gap).astype(np.uint8)
     c8 = np.where(cnt >= 255, 255, cnt).astype(np.uint8)
-    out = []
-    for i in range(m):
-        gx, cx = g_big[gb_lo[i]:gb_lo[i + 1]], c_big[cb_lo[i]:cb_lo[i + 1]]
-        out.append({"v": HIST_FORMAT, "shape": [int(n_p[i]), int(n_f[i])], "n": _narrow(n_all[c_off[i]:c_off[i + 1]], False),
-                    "b0": _narrow(b0[s_lo[i]:s_lo[i + 1]], True), "gap": g8[g_lo[i]:g_lo[i + 1]],
-                    "xi": _narrow(gx - g_lo[i], False), "xv": _narrow(gap[gx], False), "c": c8[lo[i]:lo[i + 1]],
-                    "cxi": _narrow(cx - lo[i], False), "cxv": _narrow(cnt[cx], False)})
-    return out
+    # the exceptions' positions, relative to their sketch's gaps / counts
+    xi = g_big - g_lo[np.repeat(np.arange(m), np.diff(gb_lo))]
+    cxi = c_big - lo[np.repeat(np.arange(m), np.diff(cb_lo))]
+    # every sketch's arrays in the narrowest type, its dtype found for all sketches at once (``_narrow_runs``)
+    ns, b0s = _narrow_runs(n_all, c_off, False), _narrow_runs(b0, s_lo, True)
+    xis, xvs = _narrow_runs(xi, gb_lo, False), _narrow_runs(gap[g_big], gb_lo, False)
+    cxis, cxvs = _narrow_runs(cxi, cb_lo, False), _narrow_runs(cnt[c_big], cb_lo, False)
+    return [{"v": HIST_FORMAT, "shape": [p, f], "n": n, "b0": b, "gap": g8[g_lo[i]:g_lo[i + 1]], "xi": x, "xv": xv,
+             "c": c8[lo[i]:lo[i + 1]], "cxi": cx, "cxv": cv}
+            for i, (p, f, n, b, x, xv, cx, cv) in enumerate(zip(n_p.tolist(), n_f.tolist(), ns, b0s, xis, xvs, cxis, cxvs))]
+
+
+def _narrow_runs(a: np.ndarray, bounds: np.ndarray, signed: bool) -> list:
+    """``[_narrow(a[bounds[i]:bounds[i + 1]], signed) for i ...]`` for non-decreasing ``bounds`` within
+    ``a``: every run's smallest and largest value found at once (``reduceat`` over the non-empty runs),
+    then each run cast to the first type of ``_LIMITS`` that holds both (an empty run: the first)."""
+    bounds = np.asarray(bounds, dtype=np.int64)
+    a = np.asarray(a, dtype=np.int64)[:int(bounds[-1])]      # the last non-empty run's reduce stops at the end
+    starts, ends = bounds[:-1], bounds[1:]
+    full = ends > starts
+    lo = np.zeros(len(starts), dtype=np.int64)
+    hi = np.zeros(len(starts), dtype=np.int64)
+    if full.any():      # consecutive non-empty runs: each reduce ends where the next non-empty run starts
+        lo[full] = np.minimum.reduceat(a, starts[full])
+        hi[full] = np.maximum.reduceat(a, starts[full])
+    types = _LIMITS[signed]
+    code = np.full(len(starts), len(types))
+    for i in range(len(types) - 1, -1, -1):   # widest to narrowest: the last type that holds a run is the first
+        _, t_lo, t_hi = types[i]
+        code[(t_lo <= lo) & (hi <= t_hi)] = i
+    if (code == len(types)).any():
+        raise ValueError("value out of range")  # pragma: no cover - int64 values fit int64 / non-negative ones uint64
+    return [a[s:e].astype(types[c][0]) for s, e, c in zip(starts.tolist(), ends.tolist(), code.tolist())]
 
 
 def _bytes_and_exceptions(a: np.ndarray):
