@@ -192,15 +192,31 @@ def csr_proj(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, a: np.nd
     bit for bit (each sum over its row's non-zeros in their order, a multiply and an add a term),
     with the row's sums held in registers (AVX2 where the CPU has it: ~2x scipy's loop on the JS-LSH
     projections of a bulk add). None without the kernel or for other dtypes: the caller's scipy
-    product then. ``scalar``: the portable loop even where the AVX2 one runs (the same bits)."""
+    product then. ``scalar``: the portable loop even where the AVX2 one runs (the same bits). An ``a`` of
+    over ``CP_SPLIT_BYTES`` is multiplied ``CP_COLS`` columns at a time (the same bits)."""
     if _c is None or not hasattr(_c, "csr_proj") or data.dtype != np.float32 or a.dtype != np.float32 or a.ndim != 2:
         return None
-    n_rows = len(indptr) - 1
-    out = np.empty((n_rows, a.shape[1]), dtype=np.float32)
-    _c.csr_proj(np.require(indptr, dtype=np.int64, requirements="CA"), np.require(indices, dtype=np.int64, requirements="CA"),
-                np.require(data, requirements="CA"), np.require(a, requirements="CA"), out, n_rows, a.shape[0], a.shape[1],
-                bool(scalar))
+    n_rows, h = len(indptr) - 1, a.shape[1]
+    out = np.empty((n_rows, h), dtype=np.float32)
+    args = (np.require(indptr, dtype=np.int64, requirements="CA"), np.require(indices, dtype=np.int64, requirements="CA"),
+            np.require(data, requirements="CA"))
+    if a.nbytes <= CP_SPLIT_BYTES or h <= CP_COLS:
+        _c.csr_proj(*args, np.require(a, requirements="CA"), out, n_rows, a.shape[0], h, bool(scalar))
+        return out
+    # ``a`` outgrows the caches (the small-query keys' 512 columns over a chunk's ~4,600 coordinates: 9.4 MB):
+    # CP_COLS columns at a time, each block copied contiguous, so a row's gathers stay in cache (~1.8x on
+    # that product). Every output is the same sum in the same order: the same bits.
+    part = np.empty((n_rows, CP_COLS), dtype=np.float32)
+    for lo in range(0, h, CP_COLS):
+        blk = np.ascontiguousarray(a[:, lo:lo + CP_COLS])
+        dst = part if blk.shape[1] == CP_COLS else np.empty((n_rows, blk.shape[1]), dtype=np.float32)
+        _c.csr_proj(*args, blk, dst, n_rows, a.shape[0], blk.shape[1], bool(scalar))
+        out[:, lo:lo + blk.shape[1]] = dst
     return out
+
+
+CP_SPLIT_BYTES = 4 << 20   # projection matrices above this are multiplied CP_COLS columns at a time
+CP_COLS = 128
 
 
 def agg_cells(lens: np.ndarray, feat: np.ndarray, bucket: np.ndarray, count: np.ndarray):
