@@ -27,6 +27,7 @@ from .kernels._device import usable_cpus
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
 from .storage import from_u64, pack, u64
+from .storage.codec import prefer
 from .storage.env import POSTING_BYTES_KEY, held_posting_bytes
 from .storage.schema import ae_key
 
@@ -56,14 +57,41 @@ def _near(n: int) -> bool:
     return INLINE_MAX < n <= FIT_MAX and min(n - INLINE_MAX, (n + 16) % PAGE or PAGE) <= FIT_SHARE * n
 
 
-def fit_pack(obj) -> bytes:
+# The filter each record field compresses best with (storage/codec.py: 0 the bytes as they are, 2 integer
+# delta + byte shuffle), given to ``fit_pack`` so it compresses those arrays once instead of trying both:
+# each is the filter that won on both the merged scale32 sketches (600 entries, seed 5) and fresh
+# real-valued data (40 ``hub.add`` entries, seed 9), within 0.6 % of the better one's bytes where it lost.
+# Fields whose winner changes with the data (the histogram counts ``c``: 0 on merged sketches, 2 on
+# real-valued data, ~4 % apart) are still tried both ways (bench/SUMMARY.md, "Bulk add, fourteenth session").
+SIG_FILTERS = {"sd": 2, "si": 0}                 # a signature dictionary's sorted values, its indices
+HIST_FILTERS = {"b0": 0, "gap": 0, "xv": 0}      # first buckets, gaps, large gaps
+KEYS_FILTERS = {"jk_part": 0, "jk_small": 0}     # JS-LSH band keys (hashes)
+EXTRA_FILTERS = {"coverage": {"code": 2, "count": 0, "table": 0}}   # row coverage: sorted codes, counts
+
+
+def _prefer(chosen: dict, obj, hints: dict) -> None:
+    """``codec.prefer`` each array of ``obj`` (a dict) named in ``hints`` (a nested dict for a nested record)."""
+    for k, flt in hints.items():
+        v = obj.get(k)
+        if type(flt) is dict:
+            if type(v) is dict:
+                _prefer(chosen, v, flt)
+        elif type(v) is np.ndarray:
+            prefer(chosen, v, flt)
+
+
+def fit_pack(obj, hints: dict | None = None) -> bytes:
     """``obj`` packed with its arrays compressed (storage/codec.py ``compress=True``, lossless),
     fitted to LMDB's pages: a value over ~2 KiB takes whole 4 KiB pages, so one just over a page
     boundary is packed again, first at zstd level ``FIT_FIRST`` (~3x the CPU of level 1), then,
     unless that saved the page and left the record clear of the next boundary, at ``FIT_LEVEL``
     (~10x the CPU of level 1, 5-18% fewer bytes on histogram, coverage, screen and signature
-    records); the fewer pages are kept. Decoding is the same for either (the level is not recorded)."""
+    records); the fewer pages are kept. Decoding is the same for either (the level is not recorded).
+    ``hints``: the filter of some of ``obj``'s fields (``SIG_FILTERS`` ...): those arrays are not tried
+    with the other filters."""
     chosen = {}   # each array's filter at level 1, the only one tried again (codec.pack)
+    if hints and type(obj) is dict:
+        _prefer(chosen, obj, hints)
     b = pack(obj, compress=True, filters=chosen)
     if FIT_LEVEL and _near(len(b)):
         for level in ((FIT_FIRST,) if 0 < FIT_FIRST < FIT_LEVEL else ()) + (FIT_LEVEL,):
@@ -140,8 +168,8 @@ class Core(Part):
 
     def prepare(self, new, config, device):
         sk = new.sketch
-        return {"sig": fit_pack(_sig_record(sk.signatures)),
-                "hist": fit_pack(pack_hist(sk.hist, sk.n_partitions, sk.n_features)), "created": time.time()}
+        return {"sig": fit_pack(_sig_record(sk.signatures), SIG_FILTERS),
+                "hist": fit_pack(pack_hist(sk.hist, sk.n_partitions, sk.n_features), HIST_FILTERS), "created": time.time()}
 
     def prepare_many(self, news, config, device, shared):
         a = _aggregate(news, shared)
@@ -150,7 +178,8 @@ class Core(Part):
         now = time.time()
         packed = pack_hists(a["e"], a["part"], a["feat"], a["bucket"], a["count"],
                             [n.sketch.n_partitions for n in news], [n.sketch.n_features for n in news])
-        return [{"sig": fit_pack(_sig_record(n.sketch.signatures)), "hist": fit_pack(h), "created": now}
+        return [{"sig": fit_pack(_sig_record(n.sketch.signatures), SIG_FILTERS), "hist": fit_pack(h, HIST_FILTERS),
+                 "created": now}
                 for n, h in zip(news, packed)]
 
     def write(self, txn, eid, new, prepared):
@@ -183,7 +212,7 @@ class Extra(Part):
         sk, spaces = new.sketch, new.spaces
         if sk.coverage is not None or spaces:  # spaces: coverage_spaces records, from add
             cov = {} if sk.coverage is None else {"coverage": sk.coverage}
-            return fit_pack({"v": ENTRY_FORMAT, **cov, **(spaces or {})})   # no entry id in it: packed here
+            return fit_pack({"v": ENTRY_FORMAT, **cov, **(spaces or {})}, EXTRA_FILTERS)   # no entry id in it: packed here
         return None
 
     def write(self, txn, eid, new, prepared):
@@ -255,13 +284,15 @@ class Profile(Part):
 
     def prepare(self, new, config, device):
         sk = new.sketch
-        return tuple(map(fit_pack, _profiles.record(sk.hist, sk.names, sk.n_partitions, config, device)))
+        prof, keys = _profiles.record(sk.hist, sk.names, sk.n_partitions, config, device)
+        return fit_pack(prof), fit_pack(keys, KEYS_FILTERS)
 
     def prepare_many(self, news, config, device, shared):
         a = _aggregate(news, shared)
         if a is None:
             return super().prepare_many(news, config, device, shared)
-        return [tuple(map(fit_pack, r)) for r in _profiles.records([n.sketch for n in news], config, device, agg=a)]
+        return [(fit_pack(prof), fit_pack(keys, KEYS_FILTERS))
+                for prof, keys in _profiles.records([n.sketch for n in news], config, device, agg=a)]
 
     def write(self, txn, eid, new, prepared):
         prof, prof_keys = prepared

@@ -46,7 +46,7 @@ from .errors import CodecError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["pack", "unpack", "compress", "decompress", "EXT_NDARRAY", "EXT_PACKED", "ALLOWED_KINDS"]
+__all__ = ["pack", "unpack", "compress", "decompress", "prefer", "EXT_NDARRAY", "EXT_PACKED", "ALLOWED_KINDS"]
 
 EXT_NDARRAY = 1  # msgpack ExtType code of a NumPy array / scalar
 EXT_PACKED = 2   # msgpack ExtType code of a filtered, compressed NumPy array (pack(compress=True))
@@ -254,6 +254,23 @@ def _inflate(raw, codec: int, size: int, what: str, need: str, more: str) -> byt
     return out
 
 
+def _tries(dtype: np.dtype) -> tuple:
+    """The filters ``pack(compress=True)`` tries on an array of ``dtype``, keeping the smaller: the bytes
+    as they are (repeated rows: signatures of merged or alike columns), and integer delta + shuffle
+    (sorted codes, positions, small counts) or, for floats, the shuffle alone; the shuffle alone on
+    integers came within ~1% of the better of these on hub records."""
+    return (0, 2) if dtype.kind in "iu" else (0, 1) if dtype.itemsize > 1 else (0,)
+
+
+def prefer(memo: dict, a: np.ndarray, flt: int) -> None:
+    """Have a ``pack(obj, compress=True, filters=memo)`` of an ``obj`` holding array ``a`` use filter
+    ``flt`` for it without trying the others (one compression instead of two): for a record field whose
+    best filter is known (engine/parts.py ``fit_pack``'s hints). Ignored where ``flt`` is not one that
+    pack would try on ``a``'s dtype. ``a`` must not change before the pack."""
+    if isinstance(a, np.ndarray) and flt in _tries(a.dtype):
+        memo[id(a)] = (a, flt, None, (a.dtype, a.shape))
+
+
 def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = None):
     """``a`` as ``ExtType(2)`` with the filter that compresses it best, or as ``ExtType(1)`` when
     none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes). ``memo``
@@ -265,10 +282,7 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
     if not MIN_COMPRESS <= a.nbytes <= MAX_UNPACKED:
         return _encode_array(a)
     orig, a = a, np.ascontiguousarray(a)
-    # two tries: the bytes as they are (repeated rows: signatures of merged or alike columns), and
-    # integer delta + shuffle (sorted codes, positions, small counts) or, for floats, the shuffle
-    # alone; the shuffle alone on integers came within ~1% of the better of these on hub records
-    filters = (0, 2) if a.dtype.kind in "iu" else (0, 1) if a.itemsize > 1 else (0,)
+    filters = _tries(a.dtype)
     seen = None if memo is None else memo.get(id(orig))
     if seen is not None and (seen[0] is not orig or seen[3] != (orig.dtype, orig.shape)):
         seen = None     # another object under this id, or this one re-typed / reshaped in place: not its bytes
@@ -276,8 +290,9 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
         filters = (seen[1],)
     best = None
     for flt in filters:
-        # the filtered bytes the first pack kept (not computed again for a pack at another level)
-        buf = seen[2] if seen is not None and len(seen) > 2 else _filtered(a, flt)
+        # the filtered bytes the first pack kept (not computed again for a pack at another level; None: a
+        # filter given by ``prefer``, not computed yet)
+        buf = seen[2] if seen is not None and seen[2] is not None else _filtered(a, flt)
         codec, z = _compress(buf, level)
         if best is None or len(z) < len(best[2]):
             best = (flt, codec, z, buf)

@@ -35,7 +35,7 @@ def _sketches(rng, config):
     return {"one-row": sk(1), "odd": sk(257), "merged": merged, "big": sk(3001)}
 
 
-def _plain_pack(obj) -> bytes:     # the format-2 writer: arrays as they are (records packed in prepare too)
+def _plain_pack(obj, hints=None) -> bytes:     # the format-2 writer: arrays as they are (records packed in prepare too)
     from fitsketch.storage import pack
 
     return pack(obj)
