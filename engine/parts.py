@@ -40,10 +40,12 @@ INLINE_MAX = 2000      # values up to about this many bytes share leaf pages wit
 FIT_LEVEL = 15         # zstd level of the second try (0: none); 16+ cost ~2x the CPU for < 1% fewer bytes
 FIT_FIRST = 6          # a cheaper level tried before FIT_LEVEL (0: none): its pack kept when it saves the page
                        # and is not near another boundary (scale32: the same pages, retry CPU 1.26 -> 0.55 ms)
-FIT_SHARE = 0.08       # tried when <= this share fewer bytes would save a page: level 15 saved 0-12% of a
+FIT_SHARE = 0.06       # tried when <= this share fewer bytes would save a page: level 15 saved 0-12% of a
                        # record's level-1 bytes (signatures 2-4%, histograms 3-12%, coverage 1-7%, JS-LSH keys
                        # 0-12%); 0.1 -> 0.08 cut ~1/3 of the tries for the same pages (bench/SUMMARY.md,
-                       # "Bulk add, twelfth session")
+                       # "Bulk add, twelfth session"); 0.08 -> 0.06 ~1/3 of the rest: each page level 15 saved
+                       # on real-valued data needed <= 5.2 %, on merged sketches 1 page in 250 entries needed
+                       # more ("Bulk add, fourteenth session")
 FIT_MAX = 1 << 16      # larger records are packed once: level 15 on a 200,000-row entry's ~0.3 MB cost ~0.3 s CPU (ingest)
 
 
