@@ -275,7 +275,7 @@ def _encode_packed(a: np.ndarray, level: int | None = None, memo: dict | None = 
     """``a`` as ``ExtType(2)`` with the filter that compresses it best, or as ``ExtType(1)`` when
     none makes it smaller (or it is outside ``MIN_COMPRESS`` .. ``MAX_UNPACKED`` bytes). ``memo``
     (``pack(filters=)``): the filter chosen for this array object by an earlier pack with the same
-    memo is the only one tried (on the filtered bytes that pack kept); the chosen one is recorded,
+    memo, or given by ``prefer``, is the only one tried (on the filtered bytes that pack kept); the chosen one is recorded,
     ``id(a) -> (a, filter, filtered bytes, (dtype, shape))``. The memo serves packs of arrays whose
     values do not change between them (``fit_pack`` packs one record twice in a row)."""
     _check_dtype(a.dtype)
