@@ -23,6 +23,7 @@ from . import errors as E
 from . import profiles as _profiles
 from . import screen as _screen
 from . import signature_records as _sigrec
+from .kernels import ingest as _ingest
 from .kernels._device import usable_cpus
 from .minhash import feature_band_keys
 from .partitions import pack_hist, pack_hists
@@ -358,8 +359,12 @@ class Bands(Part):
         sigs = [n.sketch.signatures for n in news]
         if not sigs:
             return []
-        bands = feature_band_keys(np.concatenate(sigs), config.lsh_k, config.lsh_l)   # row-wise: as one at a time
         lo = np.cumsum([0] + [len(x) for x in sigs])
+        cat = np.concatenate(sigs)
+        done = _ingest.band_runs(cat, lo, config.lsh_k, config.lsh_l)   # compiled: _keys' arrays (uint32 signatures)
+        if done is not None:
+            return done
+        bands = feature_band_keys(cat, config.lsh_k, config.lsh_l)   # row-wise: as one at a time
         return [self._keys(bands[lo[i]:lo[i + 1]], np.nonzero(x[:, 0] != _EMPTY_SIG)[0]) for i, x in enumerate(sigs)]
 
     @staticmethod

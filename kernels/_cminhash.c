@@ -1834,6 +1834,103 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ an entry's distinct LSH band keys (engine/parts.py) */
+PyDoc_STRVAR(band_runs_doc,
+"band_runs(sig, lo, k, l, out_keys, out_feat, out_n) -> total\n\n"
+"parts.Bands' distinct band keys of m entries: sig uint32 (N, k * l) C-contiguous (the entries' signature rows\n"
+"concatenated, entry i's rows lo[i] .. lo[i + 1], lo int64 m + 1), each row whose first value is not 0xFFFFFFFF\n"
+"(a non-empty feature) giving l band keys as minhash.feature_band_keys does (key = mix64(band); then k times\n"
+"key = mix64(key ^ value), SplitMix64 over uint64). Entry i's distinct keys are written ascending to out_keys\n"
+"(uint64) from sum(out_n[:i]), each with the entry-local row of its first occurrence in (row, band) order to\n"
+"out_feat (uint32) -- np.unique(..., return_index=True)'s first -- and their count to out_n[i] (int64).\n"
+"Returns the sum of out_n. ValueError on shapes or bounds that do not fit.");
+
+static inline uint64_t br_mix(uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z ^= z >> 30; z *= 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 27; z *= 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static PyObject *band_runs(PyObject *self, PyObject *args) {
+    Py_buffer S, LO, K, F, NO;
+    Py_ssize_t k, l;
+    if (!PyArg_ParseTuple(args, "y*y*nnw*w*w*", &S, &LO, &k, &l, &K, &F, &NO)) return NULL;
+    PyObject *ret = NULL;
+    uint64_t *pk = NULL, *tk = NULL;
+    uint32_t *pp = NULL, *tp = NULL;
+    Py_ssize_t *cnt = NULL;
+    const Py_ssize_t w = k * l, m = LO.len / 8 - 1;
+    const int64_t *lo = (const int64_t *)LO.buf;
+    if (k < 1 || l < 1 || k > (1 << 20) || l > (1 << 20) || LO.len % 8 || m < 0 || S.len % (w * 4)
+        || lo[0] != 0 || lo[m] != S.len / (w * 4) || K.len != (S.len / (w * 4)) * l * 8
+        || F.len != (S.len / (w * 4)) * l * 4 || NO.len != m * 8) {
+        PyErr_SetString(PyExc_ValueError, "band_runs: sig uint32 (N, k * l), lo int64 m + 1 from 0 to N, out_keys uint64 "
+                                          "and out_feat uint32 of N * l, out_n int64 m");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (lo[i + 1] < lo[i] || lo[i + 1] - lo[i] > 0xFFFFFFFFll) {
+            PyErr_SetString(PyExc_ValueError, "band_runs: lo must not decrease, an entry under 2**32 rows");
+            goto done;
+        }
+    Py_ssize_t most = 0;
+    for (Py_ssize_t i = 0; i < m; i++) if (lo[i + 1] - lo[i] > most) most = lo[i + 1] - lo[i];
+    const Py_ssize_t cap = most * l;
+    pk = PyMem_Malloc((size_t)(cap + 1) * 8); tk = PyMem_Malloc((size_t)(cap + 1) * 8);
+    pp = PyMem_Malloc((size_t)(cap + 1) * 4); tp = PyMem_Malloc((size_t)(cap + 1) * 4);
+    cnt = PyMem_Malloc(2049 * sizeof(Py_ssize_t));
+    if (!pk || !tk || !pp || !tp || !cnt) { PyErr_NoMemory(); goto done; }
+    const uint32_t *sig = (const uint32_t *)S.buf;
+    uint64_t *ok = (uint64_t *)K.buf;
+    uint32_t *of = (uint32_t *)F.buf;
+    int64_t *on = (int64_t *)NO.buf;
+    Py_ssize_t total = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t e = 0; e < m; e++) {
+        /* the entry's keys in (row, band) order, with their row */
+        Py_ssize_t n = 0;
+        for (int64_t r = lo[e]; r < lo[e + 1]; r++) {
+            const uint32_t *row = sig + r * w;
+            if (row[0] == 0xFFFFFFFFu) continue;
+            for (Py_ssize_t b = 0; b < l; b++) {
+                uint64_t key = br_mix((uint64_t)b);
+                for (Py_ssize_t i = 0; i < k; i++) key = br_mix(key ^ (uint64_t)row[b * k + i]);
+                pk[n] = key; pp[n] = (uint32_t)(r - lo[e]); n++;
+            }
+        }
+        /* sorted by key, stably (a counting sort on the top 11 bits, then an insertion sort within each
+           bucket, which keeps the (row, band) order of equal keys): the first of equal keys is the first in
+           that order */
+        const int shift = 64 - 11;
+        memset(cnt, 0, 2049 * sizeof(Py_ssize_t));
+        for (Py_ssize_t j = 0; j < n; j++) cnt[(pk[j] >> shift) + 1]++;
+        for (int d = 0; d < 2048; d++) cnt[d + 1] += cnt[d];
+        for (Py_ssize_t j = 0; j < n; j++) {
+            const Py_ssize_t at = cnt[pk[j] >> shift]++;
+            tk[at] = pk[j]; tp[at] = pp[j];
+        }
+        for (Py_ssize_t j = 1; j < n; j++) {          /* buckets are contiguous and ordered: one insertion sort */
+            const uint64_t x = tk[j];
+            const uint32_t y = tp[j];
+            Py_ssize_t i = j;
+            while (i > 0 && tk[i - 1] > x) { tk[i] = tk[i - 1]; tp[i] = tp[i - 1]; i--; }
+            tk[i] = x; tp[i] = y;
+        }
+        Py_ssize_t u = 0;
+        for (Py_ssize_t j = 0; j < n; j++)
+            if (j == 0 || tk[j] != tk[j - 1]) { ok[total + u] = tk[j]; of[total + u] = tp[j]; u++; }
+        on[e] = u;
+        total += u;
+    }
+    Py_END_ALLOW_THREADS
+    ret = PyLong_FromSsize_t(total);
+done:
+    PyMem_Free(pk); PyMem_Free(tk); PyMem_Free(pp); PyMem_Free(tp); PyMem_Free(cnt);
+    PyBuffer_Release(&S); PyBuffer_Release(&LO); PyBuffer_Release(&K); PyBuffer_Release(&F); PyBuffer_Release(&NO);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -1857,6 +1954,7 @@ static PyMethodDef methods[] = {
     {"csr_proj", csr_proj, METH_VARARGS, csr_proj_doc},
     {"agg_cells", agg_cells, METH_VARARGS, agg_cells_doc},
     {"part_shares", part_shares, METH_VARARGS, part_shares_doc},
+    {"band_runs", band_runs, METH_VARARGS, band_runs_doc},
     {NULL, NULL, 0, NULL},
 };
 

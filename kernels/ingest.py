@@ -9,7 +9,8 @@
 # * hashed_rows_at: a string column's hashed dimensions written into the row matrix;
 # * take_rows_at: a categorical column's rows gathered from its per-category table into the row matrix;
 # * pair_counts: sketch.py's partition_counts (occurrences per (partition, bucket));
-# * sig_dictionary: signature_records.py's per-permutation dictionary of a signature matrix.
+# * sig_dictionary: signature_records.py's per-permutation dictionary of a signature matrix;
+# * band_runs: each entry's distinct LSH band keys (engine/parts.py Bands), hashed and sorted in one pass.
 #
 # Bit for bit: NumPy's float64 log and log1p call the C library's functions unless it carries SIMD
 # implementations of its own for the CPU (AVX-512 builds do), whose last bit can differ. The
@@ -250,3 +251,23 @@ def part_shares(prow: np.ndarray, feat: np.ndarray, count: np.ndarray, e: np.nda
     out = np.empty(len(prow), dtype=np.float64)
     _c.part_shares(*(np.require(a, requirements="CA") for a in (prow, feat, count, e, nf)), out, len(prow), len(nf))
     return out
+
+
+def band_runs(sigs: np.ndarray, lo: np.ndarray, k: int, l: int):
+    """engine/parts.py ``Bands._keys`` of every entry whose signature rows are ``sigs[lo[i]:lo[i + 1]]``
+    (uint32, ``k * l`` a row): ``[(distinct band keys ascending, uint64; each one's first non-empty row,
+    uint32)]``, the same arrays (minhash.feature_band_keys' keys, np.unique's first occurrence), in one
+    compiled pass: the keys hashed and each entry's sorted (a counting sort on the top bits, then an
+    insertion sort) without NumPy's temporaries. None without the kernel or for other dtypes / shapes."""
+    if _c is None or not hasattr(_c, "band_runs") or not isinstance(sigs, np.ndarray) or sigs.dtype != np.uint32 \
+            or sigs.ndim != 2 or k < 1 or l < 1 or sigs.shape[1] != k * l:
+        return None
+    n = len(sigs)
+    keys = np.empty(n * l, dtype=np.uint64)
+    first = np.empty(n * l, dtype=np.uint32)
+    counts = np.empty(len(lo) - 1, dtype=np.int64)
+    _c.band_runs(np.require(sigs, requirements="CA"), np.require(lo, dtype=np.int64, requirements="CA"), int(k), int(l),
+                 keys, first, counts)
+    off = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=off[1:])
+    return [(keys[a:b], first[a:b]) for a, b in zip(off[:-1].tolist(), off[1:].tolist())]

@@ -12,6 +12,8 @@ fresh random inputs, exactly (every key, every float64 bit, every byte of the sk
   bit for bit, on both of its loops (AVX2 and portable), and a bulk add's profile records with and without it;
 * ``agg_cells`` (profiles._aggregate's dataset-level cells) and ``part_shares`` (profiles.records'
   partition-level values) against their NumPy paths on random batches, bit for bit;
+* ``band_runs`` (each entry's distinct LSH band keys, parts.Bands) against feature_band_keys + Bands._keys,
+  with empty features, repeated rows and many equal keys;
 * ``hist_check`` (check_sketch's histogram tests in one pass) against each test written in NumPy,
   and check_sketch's error with and without it, on sorted, shuffled and out-of-range histograms;
 * whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
@@ -576,3 +578,72 @@ def test_part_shares_equal_numpy(rng, n):
     with pytest.raises(ValueError):
         ingest._c.part_shares(*(np.zeros(2, np.int64),) * 2, np.ones(2), np.array([0, 1], np.int64), np.ones(1),
                               np.empty(2), 2, 1)
+
+
+def _band_reference(sigs, lo, k, l):
+    """parts.Bands' NumPy path (minhash.feature_band_keys, then Bands._keys) of each entry, the definition."""
+    from fitsketch import parts as PT
+    from fitsketch.minhash import feature_band_keys
+
+    bands = feature_band_keys(sigs, k, l)
+    return [PT.Bands._keys(bands[lo[i]:lo[i + 1]], np.nonzero(sigs[lo[i]:lo[i + 1], 0] != PT._EMPTY_SIG)[0])
+            for i in range(len(lo) - 1)]
+
+
+@needs_c
+@pytest.mark.parametrize("k,l", [(1, 1), (4, 32), (3, 5), (2, 64)])
+def test_band_runs_equals_the_numpy_keys(rng, k, l):
+    """``band_runs`` (add_sketches' distinct band keys of a chunk's entries) gives Bands._keys' arrays
+    exactly -- the keys ascending, each one's first row in (row, band) order, the dtypes -- for entries of
+    0, 1 and odd numbers of rows, empty features (0xFFFFFFFF first), repeated rows and values that hash
+    to many equal keys (the first occurrence kept), and 0xFFFFFFFF inside a row."""
+    for _ in range(30):
+        rows = rng.integers(0, 9, int(rng.integers(0, 6)))
+        lo = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+        n = int(lo[-1])
+        sigs = rng.integers(0, 2**32, (n, k * l), dtype=np.uint64).astype(np.uint32)
+        if n:
+            small = rng.random(n) < 0.4                        # few distinct values: equal keys across bands / rows
+            sigs[small] = rng.integers(0, 3, (int(small.sum()), k * l)).astype(np.uint32)
+            sigs[rng.random(n) < 0.2, 0] = 0xFFFFFFFF          # empty features
+            sigs[rng.random((n, k * l)) < 0.05] = 0xFFFFFFFF   # the empty value elsewhere in a row
+            for r in np.flatnonzero(rng.random(n) < 0.2):      # a row repeating the one before
+                if r:
+                    sigs[r] = sigs[r - 1]
+        got = ingest.band_runs(sigs, lo, k, l)
+        want = _band_reference(sigs, lo, k, l)
+        assert len(got) == len(want) == len(rows)
+        for (gk, gf), (wk, wf) in zip(got, want):
+            assert gk.dtype == wk.dtype == np.uint64 and gf.dtype == wf.dtype == np.uint32
+            assert np.array_equal(gk, wk) and np.array_equal(gf, wf)
+
+
+@needs_c
+def test_band_runs_on_a_chunk_of_real_sketches_and_its_refusals(rng):
+    """On the sketches of real frames (merged and not) ``band_runs`` equals the NumPy keys; shapes, dtypes and
+    bounds it cannot take give None (the NumPy path) or ValueError, never a read out of bounds."""
+    from fitsketch import parts as PT
+
+    cfg = SketchConfig(seed=int(rng.integers(0, 2**31)))
+    sks = [S.build_sketch(pd.DataFrame(rng.normal(size=(int(rng.integers(1, 300)), int(rng.integers(1, 6))))), cfg)
+           for _ in range(6)]
+    sigs = [s.signatures for s in sks]
+    lo = np.cumsum([0] + [len(x) for x in sigs]).astype(np.int64)
+    cat = np.concatenate(sigs)
+    got = ingest.band_runs(cat, lo, cfg.lsh_k, cfg.lsh_l)
+    for (gk, gf), (wk, wf) in zip(got, _band_reference(cat, lo, cfg.lsh_k, cfg.lsh_l)):
+        assert np.array_equal(gk, wk) and np.array_equal(gf, wf)
+    news = [PT.NewEntry(f"e{i}", s, {}) for i, s in enumerate(sks)]
+    for (gk, gf), new in zip(PT.Bands().prepare_many(news, cfg, "cpu", {}), news):   # the part: kernel vs prepare
+        wk, wf = PT.Bands().prepare(new, cfg, "cpu")
+        assert np.array_equal(gk, wk) and np.array_equal(gf, wf)
+    assert ingest.band_runs(cat.astype(np.int64), lo, cfg.lsh_k, cfg.lsh_l) is None
+    assert ingest.band_runs(cat, lo, cfg.lsh_k + 1, cfg.lsh_l) is None
+    keys, first, counts = np.empty(len(cat) * cfg.lsh_l, np.uint64), np.empty(len(cat) * cfg.lsh_l, np.uint32), \
+        np.empty(len(lo) - 1, np.int64)
+    for bad in (lo + 1, np.r_[lo[:-1], lo[-1] + 1], np.r_[lo[:1], lo[2:2], lo[1:]][::-1].copy()):
+        if len(bad) == len(lo):
+            with pytest.raises(ValueError):
+                ingest._c.band_runs(cat, bad.astype(np.int64), cfg.lsh_k, cfg.lsh_l, keys, first, counts)
+    with pytest.raises(ValueError):   # outputs too small for every key distinct
+        ingest._c.band_runs(cat, lo, cfg.lsh_k, cfg.lsh_l, keys[:-1], first, counts)
