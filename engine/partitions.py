@@ -150,14 +150,40 @@ def pack_hists(e, part, feat, bucket, count, n_partitions, n_features) -> list[d
     concatenated (``e`` the sketch of each non-zero, ascending; each sketch's sorted as
     ``pack_hist`` requires, which sketch.check_sketch has checked), ``n_partitions`` /
     ``n_features`` per sketch. Equal to ``pack_hist`` of each (tests/test_profiles.py)."""
+    from .kernels import ingest as _ingest
+
     n_p, n_f = np.asarray(n_partitions, dtype=np.int64), np.asarray(n_features, dtype=np.int64)
-    m = len(n_p)
+    c_off = np.concatenate([[0], np.cumsum(n_p * n_f)]).astype(np.int64)
+    got = _ingest.hist_runs(e, part, feat, bucket, count, n_f, c_off)   # compiled: the same arrays in one pass
+    if got is not None:
+        k, offs = got
+        arrays = (k["n_all"], k["b0"], k["gap8"], k["gxi"], k["gxv"], k["c8"], k["cxi"], k["cxv"], *offs)
+    else:
+        arrays = _hist_arrays(e, part, feat, bucket, count, n_f, c_off)
+    n_all, b0, g8, xi, xv, c8, cxi, cxv, lo, s_lo, g_lo, gb_lo, cb_lo = arrays
+    # every sketch's arrays in the narrowest type, its dtype found for all sketches at once (``_narrow_runs``)
+    ns, b0s = _narrow_runs(n_all, c_off, False), _narrow_runs(b0, s_lo, True)
+    xis, xvs = _narrow_runs(xi, gb_lo, False), _narrow_runs(xv, gb_lo, False)
+    cxis, cxvs = _narrow_runs(cxi, cb_lo, False), _narrow_runs(cxv, cb_lo, False)
+    lo, g_lo = lo.tolist(), g_lo.tolist()
+    return [{"v": HIST_FORMAT, "shape": [p, f], "n": n, "b0": b, "gap": g8[g_lo[i]:g_lo[i + 1]], "xi": x, "xv": v,
+             "c": c8[lo[i]:lo[i + 1]], "cxi": cx, "cxv": cv}
+            for i, (p, f, n, b, x, v, cx, cv) in enumerate(zip(n_p.tolist(), n_f.tolist(), ns, b0s, xis, xvs, cxis, cxvs))]
+
+
+def _hist_arrays(e, part, feat, bucket, count, n_f, c_off) -> tuple:
+    """``pack_hists``' batch-wide arrays in NumPy (the definition; kernels/ingest.py ``hist_runs`` computes
+    them in one pass): every cell's non-zero count ``n_all``, the cells' first buckets ``b0``, the other
+    non-zeros' gaps as bytes ``g8`` with the gaps of 255 or more at ``xi`` (within the sketch's gaps) /
+    ``xv``, the counts as bytes ``c8`` with those of 255 or more at ``cxi`` (within the sketch) / ``cxv``,
+    and each sketch's offsets into them: ``lo`` (non-zeros), ``s_lo`` (b0), ``g_lo`` (gaps), ``gb_lo``
+    (xi / xv), ``cb_lo`` (cxi / cxv)."""
+    m = len(n_f)
     lo = np.searchsorted(e, np.arange(m + 1))
     cell = part * n_f[e] + feat
     start = np.zeros(len(e), dtype=bool)        # (sortedness: checked by sketch.check_sketch before a batch)
     start[lo[:-1][lo[:-1] < len(e)]] = True      # every sketch's first non-zero
     start[1:] |= cell[1:] != cell[:-1]
-    c_off = np.concatenate([[0], np.cumsum(n_p * n_f)])
     n_all = np.bincount(c_off[e] + cell, minlength=int(c_off[-1])) if len(e) else np.zeros(int(c_off[-1]), np.int64)
     inner = np.flatnonzero(~start)                                     # positions with a gap to the one before
     gap = bucket[inner] - bucket[inner - 1]
@@ -172,13 +198,7 @@ def pack_hists(e, part, feat, bucket, count, n_partitions, n_features) -> list[d
     # the exceptions' positions, relative to their sketch's gaps / counts
     xi = g_big - g_lo[np.repeat(np.arange(m), np.diff(gb_lo))]
     cxi = c_big - lo[np.repeat(np.arange(m), np.diff(cb_lo))]
-    # every sketch's arrays in the narrowest type, its dtype found for all sketches at once (``_narrow_runs``)
-    ns, b0s = _narrow_runs(n_all, c_off, False), _narrow_runs(b0, s_lo, True)
-    xis, xvs = _narrow_runs(xi, gb_lo, False), _narrow_runs(gap[g_big], gb_lo, False)
-    cxis, cxvs = _narrow_runs(cxi, cb_lo, False), _narrow_runs(cnt[c_big], cb_lo, False)
-    return [{"v": HIST_FORMAT, "shape": [p, f], "n": n, "b0": b, "gap": g8[g_lo[i]:g_lo[i + 1]], "xi": x, "xv": xv,
-             "c": c8[lo[i]:lo[i + 1]], "cxi": cx, "cxv": cv}
-            for i, (p, f, n, b, x, xv, cx, cv) in enumerate(zip(n_p.tolist(), n_f.tolist(), ns, b0s, xis, xvs, cxis, cxvs))]
+    return n_all, b0, g8, xi, gap[g_big], c8, cxi, cnt[c_big], lo, s_lo, g_lo, gb_lo, cb_lo
 
 
 def _narrow_runs(a: np.ndarray, bounds: np.ndarray, signed: bool) -> list:

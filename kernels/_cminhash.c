@@ -1931,6 +1931,90 @@ done:
     return ret;
 }
 
+/* ------------------------------------------------------------------ a batch's packed histograms (engine/partitions.py) */
+PyDoc_STRVAR(hist_runs_doc,
+"hist_runs(e, part, feat, bucket, count, n_f, c_off, n_all, b0, g8, gxi, gxv, c8, cxi, cxv, offs) -> (S, G, GX, CX)\n\n"
+"partitions.pack_hists' arrays of m sketches' histograms concatenated in one pass (e, part, feat, bucket int64 and\n"
+"count float64, N non-zeros, e ascending in [0, m); n_f int64 m; c_off int64 m + 1, sketch i's cells\n"
+"c_off[i] .. c_off[i + 1]): n_all[c_off[e] + part * n_f[e] + feat] += 1 (n_all int64, zeroed by the caller); each\n"
+"cell's first bucket to b0 (S of them); every other non-zero's gap to the bucket before to g8 (G; 255 where the\n"
+"gap is 255 or more, the gap's index within its sketch's gaps and its value to gxi / gxv, GX of them); each\n"
+"count (as int64) to c8 (255 from 255 on, its index within the sketch and value to cxi / cxv, CX of them);\n"
+"offs int64 (5, m + 1): each sketch's first non-zero, first start, first gap, first gap and count exception.\n"
+"ValueError where e is not ascending in [0, m), a cell falls outside its sketch or a count is not in [0, 2**63).");
+
+static PyObject *hist_runs(PyObject *self, PyObject *args) {
+    Py_buffer E_, P_, F_, B_, C_, NF, CO, NA, B0, G8, GXI, GXV, C8, CXI, CXV, OF;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*w*w*w*w*w*w*w*w*w*", &E_, &P_, &F_, &B_, &C_, &NF, &CO, &NA, &B0, &G8,
+                          &GXI, &GXV, &C8, &CXI, &CXV, &OF)) return NULL;
+    PyObject *ret = NULL;
+    const Py_ssize_t n = E_.len / 8, m = NF.len / 8;
+    const int64_t *e = E_.buf, *part = P_.buf, *feat = F_.buf, *bucket = B_.buf, *nf = NF.buf, *co = CO.buf;
+    const double *count = C_.buf;
+    int64_t *na = NA.buf, *b0 = B0.buf, *gxi = GXI.buf, *gxv = GXV.buf, *cxi = CXI.buf, *cxv = CXV.buf, *of = OF.buf;
+    uint8_t *g8 = G8.buf, *c8 = C8.buf;
+    if (E_.len % 8 || P_.len != E_.len || F_.len != E_.len || B_.len != E_.len || C_.len != E_.len || NF.len % 8
+        || CO.len != (m + 1) * 8 || co[0] != 0 || NA.len != co[m] * 8 || B0.len != n * 8 || G8.len != n || GXI.len != n * 8
+        || GXV.len != n * 8 || C8.len != n || CXI.len != n * 8 || CXV.len != n * 8 || OF.len != 5 * (m + 1) * 8) {
+        PyErr_SetString(PyExc_ValueError, "hist_runs: arrays of N (e, part, feat, bucket int64, count float64), n_f int64 m, "
+                                          "c_off int64 m + 1 from 0, n_all int64 c_off[m], outputs of N, offs int64 (5, m + 1)");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < m; i++)
+        if (co[i + 1] < co[i]) { PyErr_SetString(PyExc_ValueError, "hist_runs: c_off must not decrease"); goto done; }
+    int bad = 0;
+    Py_ssize_t S = 0, G = 0, GX = 0, CX = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t cur = -1, prev_cell = 0, g_lo = 0;
+    for (Py_ssize_t i = 0; i < n && !bad; i++) {
+        const int64_t ei = e[i];
+        if (ei < cur || ei >= m) { bad = 1; break; }
+        const int start_entry = ei != cur;
+        if (start_entry) {           /* the offsets of every sketch up to this one (those without non-zeros too) */
+            for (int64_t j = cur + 1; j <= ei; j++) {
+                of[j] = i; of[(m + 1) + j] = S; of[2 * (m + 1) + j] = G; of[3 * (m + 1) + j] = GX; of[4 * (m + 1) + j] = CX;
+            }
+            cur = ei;
+            g_lo = G;
+        }
+        const int64_t cell = part[i] * nf[ei] + feat[i];
+        if (part[i] < 0 || feat[i] < 0 || feat[i] >= nf[ei] || cell < 0 || cell >= co[ei + 1] - co[ei]) { bad = 2; break; }
+        na[co[ei] + cell] += 1;
+        if (start_entry || cell != prev_cell) {
+            b0[S++] = bucket[i];
+        } else {
+            const int64_t gap = (int64_t)((uint64_t)bucket[i] - (uint64_t)bucket[i - 1]);
+            if (gap >= 255) { g8[G] = 255; gxi[GX] = G - g_lo; gxv[GX] = gap; GX++; }
+            else g8[G] = (uint8_t)gap;
+            G++;
+        }
+        prev_cell = cell;
+        const double cd = count[i];
+        if (!(cd >= 0.0 && cd < 9223372036854775808.0)) { bad = 3; break; }
+        const int64_t c = (int64_t)cd;
+        if (c >= 255) { c8[i] = 255; cxi[CX] = i - of[ei]; cxv[CX] = c; CX++; }
+        else c8[i] = (uint8_t)c;
+    }
+    if (!bad)
+        for (int64_t j = cur + 1; j <= m; j++) {
+            of[j] = n; of[(m + 1) + j] = S; of[2 * (m + 1) + j] = G; of[3 * (m + 1) + j] = GX; of[4 * (m + 1) + j] = CX;
+        }
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, bad == 1 ? "hist_runs: e must be ascending in [0, m)" : bad == 2
+                        ? "hist_runs: a cell lies outside its sketch's partitions x features"
+                        : "hist_runs: counts must lie in [0, 2**63)");
+        goto done;
+    }
+    ret = Py_BuildValue("nnnn", S, G, GX, CX);
+done:
+    PyBuffer_Release(&E_); PyBuffer_Release(&P_); PyBuffer_Release(&F_); PyBuffer_Release(&B_); PyBuffer_Release(&C_);
+    PyBuffer_Release(&NF); PyBuffer_Release(&CO); PyBuffer_Release(&NA); PyBuffer_Release(&B0); PyBuffer_Release(&G8);
+    PyBuffer_Release(&GXI); PyBuffer_Release(&GXV); PyBuffer_Release(&C8); PyBuffer_Release(&CXI); PyBuffer_Release(&CXV);
+    PyBuffer_Release(&OF);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"ms_csr", ms_csr, METH_VARARGS, ms_csr_doc},
     {"ms_tokens", ms_tokens, METH_VARARGS, ms_tokens_doc},
@@ -1955,6 +2039,7 @@ static PyMethodDef methods[] = {
     {"agg_cells", agg_cells, METH_VARARGS, agg_cells_doc},
     {"part_shares", part_shares, METH_VARARGS, part_shares_doc},
     {"band_runs", band_runs, METH_VARARGS, band_runs_doc},
+    {"hist_runs", hist_runs, METH_VARARGS, hist_runs_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,8 @@ fresh random inputs, exactly (every key, every float64 bit, every byte of the sk
   partition-level values) against their NumPy paths on random batches, bit for bit;
 * ``band_runs`` (each entry's distinct LSH band keys, parts.Bands) against feature_band_keys + Bands._keys,
   with empty features, repeated rows and many equal keys;
+* ``hist_runs`` (partitions.pack_hists' batch arrays) against partitions._hist_arrays, with empty sketches,
+  long gaps, large counts and int32 extremes;
 * ``hist_check`` (check_sketch's histogram tests in one pass) against each test written in NumPy,
   and check_sketch's error with and without it, on sorted, shuffled and out-of-range histograms;
 * whole sketches: ``Sketch.to_bytes()`` (what a hub stores) with the kernels, without them, and
@@ -647,3 +649,43 @@ def test_band_runs_on_a_chunk_of_real_sketches_and_its_refusals(rng):
                 ingest._c.band_runs(cat, bad.astype(np.int64), cfg.lsh_k, cfg.lsh_l, keys, first, counts)
     with pytest.raises(ValueError):   # outputs too small for every key distinct
         ingest._c.band_runs(cat, lo, cfg.lsh_k, cfg.lsh_l, keys[:-1], first, counts)
+
+
+@needs_c
+def test_hist_runs_equals_the_numpy_arrays(rng):
+    """``hist_runs`` gives partitions._hist_arrays' arrays exactly (values and dtypes): batches of 0-6
+    sketches with no non-zero, one, gaps and counts around 255, buckets at int32's extremes; and refuses
+    (ValueError) a descending ``e`` or a cell outside its sketch instead of writing out of bounds."""
+    from fitsketch.partitions import _hist_arrays
+
+    names = ("n_all", "b0", "gap8", "gxi", "gxv", "c8", "cxi", "cxv")
+    for _ in range(60):
+        shapes = [(int(rng.integers(0, 5)), int(rng.integers(1, 7))) for _ in range(int(rng.integers(0, 7)))]
+        es, ps, fs, bs, cs = [], [], [], [], []
+        for i, (n_p, n_f) in enumerate(shapes):
+            for p in range(n_p):
+                for f in range(n_f):
+                    if rng.random() < 0.4:
+                        continue
+                    k = int(rng.integers(1, 9))
+                    pool = np.concatenate([np.arange(-300, 300), [-(2**31), 2**31 - 1, 254, 255, 256, 510]])
+                    b = np.sort(rng.choice(pool, k, replace=False))
+                    es += [i] * k; ps += [p] * k; fs += [f] * k; bs += b.tolist()
+                    cs += rng.choice([1, 2, 254, 255, 256, 70_000, 2**32 - 1], k).tolist()
+        e, part, feat, bucket = (np.array(x, dtype=np.int64) for x in (es, ps, fs, bs))
+        count = np.array(cs, dtype=np.float64)
+        n_f = np.array([s[1] for s in shapes], dtype=np.int64)
+        c_off = np.concatenate([[0], np.cumsum([s[0] * s[1] for s in shapes])]).astype(np.int64)
+        got, offs = ingest.hist_runs(e, part, feat, bucket, count, n_f, c_off)
+        want = _hist_arrays(e, part, feat, bucket, count, n_f, c_off)
+        for k, w in zip(names, want[:8]):
+            assert np.array_equal(got[k], w) and got[k].dtype == w.dtype, k
+        for o, w in zip(offs, want[8:]):
+            assert np.array_equal(o, w)
+        if len(e):
+            past = e.copy()
+            past[-1] = len(shapes)                                  # a sketch that is not in the batch
+            down = np.r_[e[1:], -1].astype(np.int64)                # descending at the end
+            for bad in ((past, part, feat), (down, part, feat), (e, part, feat + 100), (e, part - 100, feat)):
+                with pytest.raises(ValueError):
+                    ingest.hist_runs(bad[0], bad[1], bad[2], bucket, count, n_f, c_off)
