@@ -10,7 +10,8 @@
 # * take_rows_at: a categorical column's rows gathered from its per-category table into the row matrix;
 # * pair_counts: sketch.py's partition_counts (occurrences per (partition, bucket));
 # * sig_dictionary: signature_records.py's per-permutation dictionary of a signature matrix;
-# * band_runs: each entry's distinct LSH band keys (engine/parts.py Bands), hashed and sorted in one pass.
+# * band_runs: each entry's distinct LSH band keys (engine/parts.py Bands), hashed and sorted in one pass;
+# * hist_runs: partitions.pack_hists' batch arrays (cell counts, first buckets, gap / count bytes, exceptions).
 #
 # Bit for bit: NumPy's float64 log and log1p call the C library's functions unless it carries SIMD
 # implementations of its own for the CPU (AVX-512 builds do), whose last bit can differ. The
