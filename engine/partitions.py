@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import ingest as _ingest
+
 _SHIFT = np.int64(1 << 32)
 _OFF = np.int64(1 << 31)
 
@@ -150,15 +152,10 @@ def pack_hists(e, part, feat, bucket, count, n_partitions, n_features) -> list[d
     concatenated (``e`` the sketch of each non-zero, ascending; each sketch's sorted as
     ``pack_hist`` requires, which sketch.check_sketch has checked), ``n_partitions`` /
     ``n_features`` per sketch. Equal to ``pack_hist`` of each (tests/test_profiles.py)."""
-    from .kernels import ingest as _ingest
-
     n_p, n_f = np.asarray(n_partitions, dtype=np.int64), np.asarray(n_features, dtype=np.int64)
     c_off = np.concatenate([[0], np.cumsum(n_p * n_f)]).astype(np.int64)
-    got = _ingest.hist_runs(e, part, feat, bucket, count, n_f, c_off)   # compiled: the same arrays in one pass
-    if got is not None:
-        k, offs = got
-        arrays = (k["n_all"], k["b0"], k["gap8"], k["gxi"], k["gxv"], k["c8"], k["cxi"], k["cxv"], *offs)
-    else:
+    arrays = _ingest.hist_runs(e, part, feat, bucket, count, n_f, c_off)   # compiled: the same arrays in one pass
+    if arrays is None:
         arrays = _hist_arrays(e, part, feat, bucket, count, n_f, c_off)
     n_all, b0, g8, xi, xv, c8, cxi, cxv, lo, s_lo, g_lo, gb_lo, cb_lo = arrays
     # every sketch's arrays in the narrowest type, its dtype found for all sketches at once (``_narrow_runs``)

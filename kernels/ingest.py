@@ -276,22 +276,19 @@ def band_runs(sigs: np.ndarray, lo: np.ndarray, k: int, l: int):
 
 def hist_runs(e: np.ndarray, part: np.ndarray, feat: np.ndarray, bucket: np.ndarray, count: np.ndarray,
               n_f: np.ndarray, c_off: np.ndarray):
-    """engine/partitions.py ``pack_hists``' batch-wide arrays in one compiled pass (the NumPy expressions
-    there are the definition): ``{"n_all", "b0", "gap8", "gxi", "gxv", "c8", "cxi", "cxv"}`` and the sketches'
-    offsets into them ``lo, s_lo, g_lo, gb_lo, cb_lo`` (each ``m + 1``; ``gxi`` / ``cxi`` already relative to
-    the sketch's gaps / non-zeros). None without the kernel or for other dtypes (``e``, ``part``, ``feat``,
-    ``bucket`` int64, ``count`` float64, as profiles._aggregate gives them)."""
+    """engine/partitions.py ``pack_hists``' batch-wide arrays in one compiled pass: the tuple
+    partitions._hist_arrays (the definition) returns, ``(n_all, b0, g8, xi, xv, c8, cxi, cxv, lo, s_lo, g_lo,
+    gb_lo, cb_lo)``. None without the kernel or for other dtypes (``e``, ``part``, ``feat``, ``bucket``
+    int64, ``count`` float64, as profiles._aggregate gives them)."""
     if _c is None or not hasattr(_c, "hist_runs") or not all(
             isinstance(a, np.ndarray) and a.dtype == np.int64 and a.ndim == 1 for a in (e, part, feat, bucket, n_f, c_off)) \
             or not (isinstance(count, np.ndarray) and count.dtype == np.float64 and count.ndim == 1):
         return None
     n, m = len(e), len(n_f)
-    out = {"n_all": np.zeros(int(c_off[-1]) if len(c_off) else 0, dtype=np.int64), "b0": np.empty(n, np.int64),
-           "gap8": np.empty(n, np.uint8), "gxi": np.empty(n, np.int64), "gxv": np.empty(n, np.int64),
-           "c8": np.empty(n, np.uint8), "cxi": np.empty(n, np.int64), "cxv": np.empty(n, np.int64)}
+    n_all = np.zeros(int(c_off[-1]) if len(c_off) else 0, dtype=np.int64)
+    b0, xi, xv, cxi, cxv = (np.empty(n, np.int64) for _ in range(5))
+    g8, c8 = np.empty(n, np.uint8), np.empty(n, np.uint8)
     offs = np.empty((5, m + 1), dtype=np.int64)
     req = [np.require(a, requirements="CA") for a in (e, part, feat, bucket, count, n_f, c_off)]
-    S, G, GX, CX = _c.hist_runs(*req, *out.values(), offs)
-    for k, used in (("b0", S), ("gap8", G), ("gxi", GX), ("gxv", GX), ("cxi", CX), ("cxv", CX)):
-        out[k] = out[k][:used]
-    return out, offs
+    S, G, GX, CX = _c.hist_runs(*req, n_all, b0, g8, xi, xv, c8, cxi, cxv, offs)
+    return (n_all, b0[:S], g8[:G], xi[:GX], xv[:GX], c8, cxi[:CX], cxv[:CX], *offs)
