@@ -238,18 +238,6 @@ class Hub:
         the band postings are compacted when due (engine/band_blocks.py: once a call, not a batch).
         Returns the number of entries added."""
         items = list(items)
-        checked, seen = [], set()
-        for i, it in enumerate(items):
-            if not isinstance(it, (tuple, list)) or len(it) not in (2, 3):
-                raise E.InvalidArgumentError(f"item {i} is {type(it).__name__}: give (name, sketch) or "
-                                             "(name, sketch, metadata) tuples")
-            name, sk = _check_name(it[0]), it[1]
-            if name in seen:
-                raise E.EntryExistsError(f"name {name!r} appears twice in the items: names are unique")
-            seen.add(name)
-            self._check_sketch(sk)
-            md = _check_metadata(it[2] if len(it) == 3 else None)   # also: storable by msgpack
-            checked.append((name, sk, md))
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise E.InvalidArgumentError(f"batch={batch!r} is not valid: expected a positive integer")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or not 1 <= threads <= 64):
@@ -258,37 +246,80 @@ class Hub:
                                       or not 0 <= processes <= 64):
             raise E.InvalidArgumentError(f"processes={processes!r} is not valid: expected an integer from 0 to 64 "
                                          "(or None)")
-        kinds = {_acc.label_kind(sk.classes["labels"]) for _, sk, _ in checked if sk.classes is not None}
-        with self.store.read() as txn:
-            taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
-            held = {k for k, c in _parts.label_kinds(txn).items() if c > 0} if kinds else set()
-        if taken:
-            raise E.EntryExistsError(f"entries named {sorted(taken)[:5]} exist: remove them first or choose other names")
-        if len(kinds | held) > 1:   # checked here, not in a later batch's write (parts.count_label_kind)
-            raise E.LabelError(f"the items' labelled sketches{' and the hub' if held else ''} have int and str labels: "
-                               "use one label vocabulary in a hub (map the labels to one kind)")
-        procs = _prepare_procs.choose(processes, len(checked), self.device)   # before tqdm starts its monitor thread
+        procs = _prepare_procs.choose(processes, len(items), self.device)   # before tqdm starts its monitor thread
+        sizes = [min(batch, len(items) - lo) for lo in range(0, len(items), batch)]
+        chunks, batch_of = _parts.process_chunks(sizes, procs) if procs else ([], [])
+        ends = {hi for _, hi in chunks}
+        workers = None   # forked once the first chunk's items passed: they prepare while the rest are checked
+        try:
+            checked, seen = [], set()
+            for i, it in enumerate(items):
+                checked.append(self._check_item(i, it, seen))
+                if i + 1 in ends:
+                    if workers is None:
+                        workers = _prepare_procs.Workers(self._item_entries(items), self.config, self.device, procs,
+                                                         chunks, batch_of, ready=i + 1)
+                    else:
+                        workers.release(i + 1)
+            kinds = {_acc.label_kind(sk.classes["labels"]) for _, sk, _ in checked if sk.classes is not None}
+            with self.store.read() as txn:
+                taken = [n for n in seen if txn.exists("names", n.encode("utf-8"))]
+                held = {k for k, c in _parts.label_kinds(txn).items() if c > 0} if kinds else set()
+            if taken:
+                raise E.EntryExistsError(f"entries named {sorted(taken)[:5]} exist: remove them first or choose other "
+                                         "names")
+            if len(kinds | held) > 1:   # checked here, not in a later batch's write (parts.count_label_kind)
+                raise E.LabelError(f"the items' labelled sketches{' and the hub' if held else ''} have int and str "
+                                   "labels: use one label vocabulary in a hub (map the labels to one kind)")
+            # every entry built (its class record's performance included) before anything is written: an
+            # error there leaves the hub unchanged, whatever the threads
+            news = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked]
+        except BaseException:
+            if workers is not None:
+                workers.close(abort=True)
+            raise
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(checked), desc="add", unit="entry")
-        # every entry built (its class record's performance included) before anything is written: an
-        # error there leaves the hub unchanged, whatever the threads
-        news = [self._new_entry(name, sk, md, None, checked=True) for name, sk, md in checked]
         batches = [news[lo:lo + batch] for lo in range(0, len(news), batch)]
         try:   # each batch prepared at once, the next one in threads while this one is written (parts.batch_writers)
             with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry,
-                                                         threads, procs)) as writers:
+                                                         threads, procs, workers)) as writers:
                 for chunk, write in writers:
                     self._transact(write, reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
                     if bar is not None:
                         bar.update(len(chunk))
         finally:
+            if workers is not None:
+                workers.close(abort=True)   # nothing where batch_writers closed them (every exit but a generator never started)
             if bar is not None:
                 bar.close()
         self._compact_bands_if_due()   # once a call: a bulk load's postings are moved once, not every batch
         return len(checked)
+
+    def _check_item(self, i: int, it, seen: set) -> tuple:
+        """Item ``i`` of ``add_sketches`` checked: ``(name, sketch, metadata)``; its name added to ``seen``."""
+        if not isinstance(it, (tuple, list)) or len(it) not in (2, 3):
+            raise E.InvalidArgumentError(f"item {i} is {type(it).__name__}: give (name, sketch) or "
+                                         "(name, sketch, metadata) tuples")
+        name, sk = _check_name(it[0]), it[1]
+        if name in seen:
+            raise E.EntryExistsError(f"name {name!r} appears twice in the items: names are unique")
+        seen.add(name)
+        self._check_sketch(sk)
+        return name, sk, _check_metadata(it[2] if len(it) == 3 else None)   # also: storable by msgpack
+
+    def _item_entries(self, items: list):
+        """``(lo, hi) -> the NewEntry of items[lo:hi]``, as ``add_sketches`` builds them from checked items:
+        what a forked worker (engine/prepare_procs.py) calls on its copy of ``items``, for chunks of
+        items the caller checked (it sends no other)."""
+        def entries(lo: int, hi: int) -> list:
+            return [self._new_entry(_check_name(it[0]), it[1], _check_metadata(it[2] if len(it) == 3 else None), None,
+                                    checked=True) for it in items[lo:hi]]
+
+        return entries
 
     def _check_sketch(self, sketch) -> None:
         if not isinstance(sketch, Sketch):

@@ -518,7 +518,8 @@ def entries_writer(news: list, config, device, make_entry):
     return _writer(news, _gathered(done), make_entry)
 
 
-def batch_writers(batches, config, device, make_entry, threads: int | None = None, processes: int = 0):
+def batch_writers(batches, config, device, make_entry, threads: int | None = None, processes: int = 0,
+                  workers=None):
     """``(news, write)`` for each batch (a list of NewEntry) of ``batches``, in order: ``write`` is
     ``entries_writer(news, ...)``. With ``threads`` > 1 (``PREPARE_THREADS``) a batch's chunks are
     prepared in that many threads, and the next batch's while the caller writes this one (at most
@@ -527,9 +528,11 @@ def batch_writers(batches, config, device, make_entry, threads: int | None = Non
     the batches yielded before stay as the caller wrote them. Close the generator when done
     (``Hub.add_sketches``: ``contextlib.closing``): it stops the threads (waiting for a chunk under way).
     With ``processes`` > 0 (engine/prepare_procs.py ``choose``), the chunks are prepared in that many
-    forked processes instead (``batches`` a list: every entry is in the workers from the start)."""
-    if processes:
-        yield from _process_writers(batches, config, device, make_entry, processes)
+    forked processes instead (``batches`` a list: every entry is in the workers from the start), or
+    by ``workers`` where the caller forked them already (``process_chunks`` of the batches' sizes; closed
+    here, whatever happens)."""
+    if processes or workers is not None:
+        yield from _process_writers(batches, config, device, make_entry, processes, workers)
         return
     threads = PREPARE_THREADS if threads is None else threads
     if threads <= 1:
@@ -558,26 +561,43 @@ def batch_writers(batches, config, device, make_entry, threads: int | None = Non
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _process_writers(batches: list, config, device, make_entry, n: int):
-    """``batch_writers`` with the chunks prepared by ``n`` forked workers (engine/prepare_procs.py):
-    the same records (they unpack to what ``_prepare_chunk`` returns here). A batch's ``write``
-    writes each chunk as it comes (``_streamed``), so the last batch is written while its last chunks
-    are prepared; a worker's error is raised inside it (the batch's transaction aborted: nothing of
-    it written); the workers are stopped on every exit."""
+def process_chunks(sizes: list, n: int) -> tuple[list, list]:
+    """The chunks ``[(lo, hi)]`` that ``n`` worker processes prepare of batches of ``sizes`` entries
+    (numbered across the batches), and each chunk's batch: at most ``PREPARE_CHUNK`` entries, at
+    least two chunks a worker a batch (a batch's last chunks finish together), never across a batch."""
+    chunks, batch_of, lo = [], [], 0
+    for b, size in enumerate(sizes):
+        step = max(1, min(PREPARE_CHUNK, -(-size // (2 * n))))
+        for s in range(0, size, step):
+            chunks.append((lo + s, lo + min(s + step, size)))
+            batch_of.append(b)
+        lo += size
+    return chunks, batch_of
+
+
+def _process_writers(batches: list, config, device, make_entry, n: int, workers=None):
+    """``batch_writers`` with the chunks prepared by ``n`` forked workers (engine/prepare_procs.py), or
+    by ``workers`` (forked by the caller, their chunks ``process_chunks`` of the batches): the same
+    records (they unpack to what ``_prepare_chunk`` returns here). A batch's ``write`` writes each
+    chunk as it comes (``_streamed``), so the last batch is written while its last chunks are
+    prepared; a worker's error is raised inside it (the batch's transaction aborted: nothing of it
+    written); the workers are stopped on every exit."""
     from . import prepare_procs
 
-    news, chunks, batch_of, lo = [], [], [], 0
-    for b, batch in enumerate(batches):
-        # a worker's chunks: at most PREPARE_CHUNK, at least two a worker a batch (the last ones finish together)
-        step = max(1, min(PREPARE_CHUNK, -(-len(batch) // (2 * n))))
-        for s in range(0, len(batch), step):
-            chunks.append((lo + s, lo + min(s + step, len(batch))))
-            batch_of.append(b)
-        news += batch
-        lo += len(batch)
-    if not chunks:
-        return
-    workers = prepare_procs.Workers(news, config, device, n, chunks, batch_of)
+    news = [new for batch in batches for new in batch]
+    try:
+        if workers is None:
+            chunks, batch_of = process_chunks([len(b) for b in batches], n)
+            if not chunks:
+                return
+            workers = prepare_procs.Workers(news, config, device, n, chunks, batch_of)
+        chunks, batch_of = workers.chunks, workers.batch_of
+        if chunks[-1][1] != len(news):
+            raise ValueError(f"the workers' chunks cover {chunks[-1][1]} entries, the batches {len(news)}")
+    except BaseException:
+        if workers is not None:
+            workers.close(abort=True)
+        raise
     finished = False
     try:
         for b, batch in enumerate(batches):

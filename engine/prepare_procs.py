@@ -5,8 +5,14 @@ dictionaries, profiles, JS-LSH and band keys, each record packed with zstd) befo
 transaction a batch. About half of that holds the GIL (NumPy's small operations, msgpack, the
 codec's per-array Python), so threads gain ~1.2x on 2 cores; processes run it in parallel.
 
-How: the calling process forks ``n`` workers once a call, after every entry was checked and built
-(``NewEntry``), so each worker holds the entries (copy-on-write) and is given only chunk bounds.
+How: the calling process forks ``n`` workers once a call, as soon as the items of the first chunk
+are checked (``Hub.add_sketches``), so each worker holds the items (copy-on-write) and is given only
+chunk bounds; it builds each chunk's ``NewEntry`` from its items itself (the call's ``source``). The
+caller checks the other items while the workers prepare the first chunks, and ``release``s each
+chunk once its items passed: a chunk is sent to a worker only then, so no work is ever sized from
+an unchecked item, and the caller writes nothing before every item passed (an error there stops the
+workers: nothing is written). Checking ~55 us an item on one core while the other waited was ~5 %
+of a 2,000-entry call (bench/SUMMARY.md, "Bulk add, fifteenth session").
 A worker prepares its chunks in order and sends each chunk's prepared records back as msgpack
 bytes (storage/codec.py ``pack``: never pickle), which the caller unpacks into what
 ``_prepare_chunk`` returns in-process -- the same values, so the same bytes stored
@@ -40,7 +46,7 @@ LOOKAHEAD = 2          # batches prepared ahead of the one being written (the th
 MIN_ENTRIES = 512      # fewer entries in a call: threads (a fork and the workers' first chunk cost ~50 ms)
 MAX_PROCESSES = 8
 
-_JOB = None            # (news, config, device) of the call being prepared: set before the fork, read by the workers
+_JOB = None            # (source, config, device) of the call being prepared: set before the fork, read by the workers
 _STOP = b""
 
 
@@ -110,7 +116,7 @@ def _worker(conn) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the caller's: it stops the workers (``close``)
     _keep_heap()
-    news, config, device = _JOB
+    source, config, device = _JOB
     before = jslsh.row_cache_snapshot()   # the rows drawn here are sent back: the caller's memo absorbs them
     try:
         while True:
@@ -120,7 +126,7 @@ def _worker(conn) -> None:
                 return
             lo, hi = struct.unpack("<qq", msg)
             try:
-                out = b"K" + pack(P._prepare_chunk(news[lo:hi], config, device))
+                out = b"K" + pack(P._prepare_chunk(source(lo, hi), config, device))
             except Exception as e:   # the caller raises it as this class (``_raise``)
                 out = b"E" + pack([type(e).__module__, type(e).__qualname__, str(e), traceback.format_exc()])
             conn.send_bytes(out)
@@ -158,23 +164,28 @@ def _raise(payload: bytes):
 
 
 class Workers:
-    """``n`` forked workers preparing ``chunks`` (``[(lo, hi)]`` of ``news``, ``PREPARE_CHUNK`` or
-    fewer entries, never across a batch) in order; ``result(j)`` waits for chunk ``j`` (taken in
-    order), ``close()`` stops them. ``batch_of[j]``: the batch of chunk ``j`` (the lookahead's unit)."""
+    """``n`` forked workers preparing ``chunks`` (``[(lo, hi)]`` of the call's entries, ``PREPARE_CHUNK``
+    or fewer, never across a batch) in order; ``result(j)`` waits for chunk ``j`` (taken in order),
+    ``close()`` stops them. ``batch_of[j]``: the batch of chunk ``j`` (the lookahead's unit).
+    ``source``: a list of NewEntry (chunk ``(lo, hi)`` is ``source[lo:hi]``), or a function ``(lo,
+    hi) -> list of NewEntry`` that a worker calls on the data it was forked with. ``ready``: the
+    leading entries whose chunks may be sent now (None: all); ``release`` raises it."""
 
-    def __init__(self, news: list, config, device, n: int, chunks: list, batch_of: list):
+    def __init__(self, source, config, device, n: int, chunks: list, batch_of: list, ready: int | None = None):
         import multiprocessing as mp
 
         global _JOB
         self.chunks, self.batch_of = chunks, batch_of
+        self.ready = chunks[-1][1] if ready is None and chunks else (ready or 0)
         self.results: dict = {}
         self.cv = threading.Condition()
         self.taken = 0              # chunks the caller has taken (``result``)
         self.closing = False
+        self.closed = False
         self.rows = []              # the workers' projection rows, absorbed at close
         ctx = mp.get_context("fork")
         self.conns, self.procs, self.threads = [], [], []
-        _JOB = (news, config, device)
+        _JOB = (source if callable(source) else (lambda lo, hi: source[lo:hi]), config, device)
         try:
             for w in range(n):
                 a, b = ctx.Pipe()
@@ -194,9 +205,19 @@ class Workers:
             self.threads.append(t)
 
     def _ahead(self, j: int) -> bool:
-        """Whether chunk ``j`` may be sent: its batch at most ``LOOKAHEAD`` past the batch being taken."""
+        """Whether chunk ``j`` may be sent: its entries released and its batch at most ``LOOKAHEAD``
+        past the batch being taken."""
+        if self.closing:
+            return True
         cur = self.batch_of[min(self.taken, len(self.chunks) - 1)]
-        return self.batch_of[j] <= cur + LOOKAHEAD - 1 or self.closing
+        return self.batch_of[j] <= cur + LOOKAHEAD - 1 and self.chunks[j][1] <= self.ready
+
+    def release(self, ready: int) -> None:
+        """The first ``ready`` entries were checked: their chunks may be sent to the workers."""
+        with self.cv:
+            if ready > self.ready:
+                self.ready = ready
+                self.cv.notify_all()
 
     def _feed(self, w: int) -> None:
         """Worker ``w``'s chunks (every ``n``-th), one at a time: wait for room, send the bounds, store
@@ -252,9 +273,11 @@ class Workers:
 
     def close(self, abort: bool = False) -> None:
         """Stop the workers: after their last chunk (``abort=False``: they send their projection rows,
-        which this process's memo absorbs), or at once (terminated)."""
+        which this process's memo absorbs), or at once (terminated). Once: a second call does nothing."""
         with self.cv:
-            self.closing = True
+            if self.closed:
+                return
+            self.closed = self.closing = True
             self.cv.notify_all()
         if abort:
             for p in self.procs:

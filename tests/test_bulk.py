@@ -127,10 +127,19 @@ def _labelled(rng, cfg, labels):
     return fitsketch.sketch_data(df, cfg, partition_size=30, labels=np.asarray(labels))
 
 
-def test_bad_input_anywhere_leaves_the_hub_unchanged(tmp_path, rng):
+@pytest.mark.parametrize("processes", [None, 2])
+def test_bad_input_anywhere_leaves_the_hub_unchanged(tmp_path, rng, processes):
     """Each bad item, placed last behind good ones and with batch=1 (so earlier batches would be
     written first if anything were checked late), raises a FitsketchError and leaves every
-    database as it was."""
+    database as it was. With worker processes (``processes=2``) the workers are forked once the
+    first item passed, while the others are checked: a bad later item stops them, nothing written,
+    none left running."""
+    import multiprocessing
+
+    from fitsketch import prepare_procs
+
+    if processes and not prepare_procs.fork_ok():
+        pytest.skip("this platform does not fork")
     cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
     good = _sketches(rng, cfg, 4)
     s = good[0]
@@ -163,13 +172,14 @@ def test_bad_input_anywhere_leaves_the_hub_unchanged(tmp_path, rng):
         }
         for why, items in bad.items():
             with pytest.raises(E.FitsketchError):
-                hub.add_sketches(items, batch=1)
+                hub.add_sketches(items, batch=1, processes=processes)
             _assert_same(before, _dump(hub), why)
+            assert not [c for c in multiprocessing.active_children() if c.name.startswith("fitsketch-prepare")], why
         for b in (0, -1, True, 1.5, "2"):
             with pytest.raises(E.InvalidArgumentError):
-                hub.add_sketches(head, batch=b)
+                hub.add_sketches(head, batch=b, processes=processes)
             _assert_same(before, _dump(hub), f"batch={b!r}")
-        assert hub.add_sketches(head, batch=1) == 2 and len(hub) == 4
+        assert hub.add_sketches(head, batch=1, processes=processes) == 2 and len(hub) == 4
         check_hub(hub)
 
 

@@ -150,6 +150,45 @@ def test_the_workers_projection_rows_come_back(tmp_path, rng, monkeypatch):
         np.testing.assert_array_equal(rows, jslsh._gaussian_rows(seed, feat, buck, h))
 
 
+def test_a_chunk_goes_to_a_worker_only_once_released(tmp_path, rng, monkeypatch):
+    """Workers forked with ``ready`` at the first chunk's end are sent that chunk and no other until
+    ``release`` (the caller checks the rest meanwhile, ``Hub.add_sketches``); each chunk a worker
+    prepares from the items it was forked with (``Hub._item_entries``) equals the chunk prepared
+    here from the caller's own entries, and a chunk never released is never sent."""
+    from fitsketch.storage import pack
+
+    monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
+    cfg = fitsketch.SketchConfig(seed=int(rng.integers(0, 2**31)))
+    items = [(f"e{i}", s) + (({"i": i},) if i % 2 else ()) for i, s in enumerate(_sketches(rng, cfg, 7))]
+    chunks, batch_of = PT.process_chunks([4, 3], 2)
+    assert [hi - lo for lo, hi in chunks] == [1, 1, 1, 1, 1, 1, 1] and batch_of == [0, 0, 0, 0, 1, 1, 1]
+    sent = []
+    send = PP.Workers._ahead
+
+    def ahead(self, j):
+        ok = send(self, j)
+        if ok and not self.closing:
+            sent.append(j)
+        return ok
+
+    monkeypatch.setattr(PP.Workers, "_ahead", ahead)
+    with fitsketch.open(tmp_path / "h.hub", config=cfg) as hub:
+        news = [hub._new_entry(it[0], it[1], it[2] if len(it) == 3 else None, None) for it in items]
+        w = PP.Workers(hub._item_entries(items), cfg, hub.device, 2, chunks, batch_of, ready=1)
+        try:
+            got = [w.result(0)]
+            assert sent == [0]          # chunk 1's worker waits: its item is not released
+            w.release(3)
+            got += [w.result(1), w.result(2)]
+            assert sorted(sent) == [0, 1, 2]
+            for j, (lo, hi) in enumerate(chunks[:3]):
+                assert pack(got[j]) == pack(PT._prepare_chunk(news[lo:hi], cfg, hub.device)), j
+        finally:
+            w.close(abort=True)
+        w.close()                       # a second close does nothing
+    assert sorted(sent) == [0, 1, 2] and _no_workers()
+
+
 def test_absorbed_rows_look_up_as_drawn_rows(rng):
     """``absorb`` of another memo's ``export`` (overlapping coordinates, a table of its own) gives,
     for every coordinate, the row ``gaussian_projection`` draws; malformed rows are refused; a table
