@@ -400,7 +400,7 @@ class Bands(Part):
         # one sorted insert of the batch's postings: LMDB inserts in key order touch each page once
         if not eids:
             return []
-        self.write_runs(txn, [self.sorted_run(eids, prepared)])
+        self._put(txn, *self.sorted_run(eids, prepared))
         return [None] * len(eids)
 
     def sorted_run(self, eids, prepared) -> tuple[np.ndarray, np.ndarray]:
@@ -411,18 +411,6 @@ class Bands(Part):
         keys, vals = np.concatenate([k for k, _ in kv]), np.concatenate([v for _, v in kv])
         order = np.argsort(keys, kind="stable")
         return keys[order], vals[order]
-
-    def write_runs(self, txn, runs: list) -> None:
-        """Put the postings of ``runs`` (``sorted_run`` of consecutive groups of entries, in entry order)
-        in one sorted insert: a stable merge of the runs is the stable sort of them all, so this puts
-        what one ``sorted_run`` of every entry would (``_streamed`` sorts each chunk's run as it comes)."""
-        if len(runs) == 1:
-            keys, vals = runs[0]
-        else:
-            keys, vals = np.concatenate([k for k, _ in runs]), np.concatenate([v for _, v in runs])
-            order = np.argsort(keys, kind="stable")      # timsort: sorted runs are merged
-            keys, vals = keys[order], vals[order]
-        self._put(txn, keys, vals)
 
     def delete(self, txn, eid, rec, config):
         sig = _sigrec.decode(txn.get("signatures", u64(eid)))
@@ -493,10 +481,11 @@ PREPARE_THREADS = _prepare_threads()
                       # FITSKETCH_PREPARE_THREADS choose. The bytes stored do not depend on it.
 
 
-def _prepare_chunk(chunk: list, config, device) -> list:
-    """Every part's ``prepare_many`` of ``chunk`` (one list per part, ``PARTS`` order)."""
+def _prepare_chunk(chunk: list, config, device, skip: tuple = ()) -> list:
+    """Every part's ``prepare_many`` of ``chunk`` (one list per part, ``PARTS`` order); a part named
+    in ``skip`` prepares nothing (None an entry: its caller prepares it, ``_streamed``)."""
     shared = {}
-    return [p.prepare_many(chunk, config, device, shared) for p in PARTS]
+    return [[None] * len(chunk) if p.name in skip else p.prepare_many(chunk, config, device, shared) for p in PARTS]
 
 
 def _gathered(done: list) -> list:
@@ -602,44 +591,52 @@ def _process_writers(batches: list, config, device, make_entry, n: int, workers=
     try:
         for b, batch in enumerate(batches):
             yield batch, _streamed(workers, [j for j in range(len(chunks)) if batch_of[j] == b], chunks, news,
-                                   make_entry)
+                                   make_entry, config, device)
         finished = True
     finally:
         workers.close(abort=not finished)
 
 
-def _streamed(workers, js: list, chunks: list, news: list, make_entry):
-    """The write of chunks ``js`` (one batch) in one transaction, each chunk's entries written
-    (``_writer``: names checked, ids, parts, counters) as soon as the workers return it, but the
-    band postings of the whole batch put at once after the last chunk (``Bands.write_many``'s one
-    sorted insert: put a chunk at a time, the dupsort delta took ~9% more pages and the hub ~7%
-    more, 39.1 against 36.4 KiB an entry on scale32). What it stores equals ``_writer`` of the
-    whole batch; each chunk's postings are sorted as it comes (``Bands.sorted_run``), the last batch's
-    insert after its last chunk merging them. The chunks taken are kept: a transaction run again (the map
+STREAMED_SKIP = ("bands",)   # the parts a worker does not prepare: ``_streamed`` computes and puts them
+
+
+def _streamed(workers, js: list, chunks: list, news: list, make_entry, config, device):
+    """The write of chunks ``js`` (one batch) in one transaction. The batch's band postings come
+    first: their keys computed here from the signatures (``Bands.prepare_many``, ~0.02 ms an entry;
+    the workers skip that part, ``STREAMED_SKIP``) and put in one sorted insert (``Bands.write_many``:
+    put a chunk at a time, the dupsort delta took ~9% more pages and the hub ~7% more, 39.1 against
+    36.4 KiB an entry on scale32) while the workers prepare the chunks; then each chunk's entries
+    are written (``_writer``: names checked, ids, parts, counters) as soon as the workers return it.
+    The last batch thus ends with its last chunk's records and the commit, not with a million
+    postings put on one core after its last chunk while the other waited (~0.2 s of a 2,000-entry
+    call: bench/SUMMARY.md, "Bulk add, fifteenth session"). What it stores equals ``_writer`` of the
+    whole batch. The band keys and the chunks taken are kept: a transaction run again (the map
     grown) writes them again."""
-    taken = []
+    lo0, hi0 = chunks[js[0]][0], chunks[js[-1]][1]
+    skipped = [p for p in PARTS if p.name in STREAMED_SKIP]
+    keys, taken = [], []
 
     def write(txn):
-        out, deferred, runs = [], [], []
+        if not keys:
+            keys.extend(p.prepare_many(news[lo0:hi0], config, device, {}) for p in skipped)
+        eid0 = int(txn.get("meta", b"next_id"))
+        eids = list(range(eid0, eid0 + hi0 - lo0))   # what _writer gives the chunks, in order
+        for p, prep in zip(skipped, keys):
+            p.write_many(txn, eids, news[lo0:hi0], prep)
+        out = []
         for i, j in enumerate(js):
             if i == len(taken):
                 taken.append(workers.result(j))
             lo, hi = chunks[j]
-            out += _writer(news[lo:hi], _gathered(taken[i:i + 1]), make_entry, deferred)(txn)
-            if len(deferred) > len(runs):   # this chunk's postings sorted now, while the next chunk is prepared
-                part, eids, prep = deferred[-1]
-                runs.append(part.sorted_run(eids, prep))
-        if runs:
-            deferred[0][0].write_runs(txn, runs)
+            out += _writer(news[lo:hi], _gathered(taken[i:i + 1]), make_entry, skipped)(txn)
         return out
 
     return write
 
 
-def _writer(news: list, prepared: list, make_entry, deferred: list | None = None):
-    """Write ``news`` (each part's ``prepared`` list) and the hub's counters in one transaction.
-    ``deferred`` (``_streamed``): the ``Bands`` part is not written but its ``(part, eids, prepared)``
-    appended there, for one insert of a batch's postings."""
+def _writer(news: list, prepared: list, make_entry, skip: list = ()):
+    """Write ``news`` (each part's ``prepared`` list) and the hub's counters in one transaction; the
+    parts in ``skip`` are not written (``_streamed`` wrote them)."""
     def write(txn):
         for new in news:
             if txn.exists("names", new.name.encode("utf-8")):
@@ -648,8 +645,7 @@ def _writer(news: list, prepared: list, make_entry, deferred: list | None = None
         eids = list(range(eid0, eid0 + len(news)))
         recs = None
         for p, prep in prepared:
-            if deferred is not None and isinstance(p, Bands):
-                deferred.append((p, eids, prep))
+            if p in skip:
                 continue
             r = p.write_many(txn, eids, news, prep)
             recs = r if recs is None else recs     # Core's (the first part): the entry records

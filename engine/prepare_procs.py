@@ -126,7 +126,7 @@ def _worker(conn) -> None:
                 return
             lo, hi = struct.unpack("<qq", msg)
             try:
-                out = b"K" + pack(P._prepare_chunk(source(lo, hi), config, device))
+                out = b"K" + pack(P._prepare_chunk(source(lo, hi), config, device, P.STREAMED_SKIP))
             except Exception as e:   # the caller raises it as this class (``_raise``)
                 out = b"E" + pack([type(e).__module__, type(e).__qualname__, str(e), traceback.format_exc()])
             conn.send_bytes(out)

@@ -99,12 +99,12 @@ def test_a_failing_worker_leaves_its_batch_unwritten(tmp_path, rng, monkeypatch,
     fail_at = int(rng.integers(0, 3 * batch)) if how != "transaction" else batch
     keep = fail_at // batch * batch
     bad = items[fail_at][0]
-    part, method = (PT.Bands, "write_runs") if how == "transaction" else (PT.Profile, "prepare_many")
+    part, method = (PT.Bands, "write_many") if how == "transaction" else (PT.Profile, "prepare_many")
     orig = getattr(part, method)
     calls = []
 
     def failing(self, *args):
-        if method == "write_runs":     # a batch's band postings, put in its transaction after its last chunk
+        if method == "write_many":     # a batch's band postings, put at the start of its transaction
             calls.append(1)
             if len(calls) == fail_at // batch + 1:
                 raise _Boom(f"entry {bad} fails here")
@@ -154,7 +154,8 @@ def test_a_chunk_goes_to_a_worker_only_once_released(tmp_path, rng, monkeypatch)
     """Workers forked with ``ready`` at the first chunk's end are sent that chunk and no other until
     ``release`` (the caller checks the rest meanwhile, ``Hub.add_sketches``); each chunk a worker
     prepares from the items it was forked with (``Hub._item_entries``) equals the chunk prepared
-    here from the caller's own entries, and a chunk never released is never sent."""
+    here from the caller's own entries (the parts the caller prepares itself skipped), and a chunk
+    never released is never sent."""
     from fitsketch.storage import pack
 
     monkeypatch.setattr(PT.time, "time", lambda: 1.7e9)
@@ -182,7 +183,7 @@ def test_a_chunk_goes_to_a_worker_only_once_released(tmp_path, rng, monkeypatch)
             got += [w.result(1), w.result(2)]
             assert sorted(sent) == [0, 1, 2]
             for j, (lo, hi) in enumerate(chunks[:3]):
-                assert pack(got[j]) == pack(PT._prepare_chunk(news[lo:hi], cfg, hub.device)), j
+                assert pack(got[j]) == pack(PT._prepare_chunk(news[lo:hi], cfg, hub.device, PT.STREAMED_SKIP)), j
         finally:
             w.close(abort=True)
         w.close()                       # a second close does nothing
