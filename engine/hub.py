@@ -234,8 +234,9 @@ class Hub:
         (engine/prepare_procs.py; default: one a usable CPU for a call of 512 entries or more on the
         CPU device with no other thread running, or ``FITSKETCH_PREPARE_PROCESSES``; 0: none), else in
         ``threads`` threads (default ``parts.PREPARE_THREADS``: 2 on a machine of 2 CPUs or more, or
-        ``FITSKETCH_PREPARE_THREADS``; 1 uses less CPU on a busy machine). At the end of the call
-        the band postings are compacted when due (engine/band_blocks.py: once a call, not a batch).
+        ``FITSKETCH_PREPARE_THREADS``; 1 uses less CPU on a busy machine). The band postings are
+        compacted when due, once a call (engine/band_blocks.py): after the first batch past which
+        it is due while the next batch is prepared, else at the end of the call.
         Returns the number of entries added."""
         items = list(items)
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -284,19 +285,23 @@ class Hub:
 
             bar = tqdm(total=len(checked), desc="add", unit="entry")
         batches = [news[lo:lo + batch] for lo in range(0, len(news), batch)]
+        compacted = False
         try:   # each batch prepared at once, the next one in threads while this one is written (parts.batch_writers)
             with contextlib.closing(_parts.batch_writers(batches, self.config, self.device, self._entry,
                                                          threads, procs, workers)) as writers:
-                for chunk, write in writers:
+                for k, (chunk, write) in enumerate(writers):
                     self._transact(write, reserve=_adding.batch_bytes([n.sketch for n in chunk], self.config))
                     if bar is not None:
                         bar.update(len(chunk))
+                    if not compacted and k + 1 < len(batches):   # the next batch is being prepared meanwhile
+                        compacted = self._compact_bands_if_due()
         finally:
             if workers is not None:
                 workers.close(abort=True)   # nothing where batch_writers closed them (every exit but a generator never started)
             if bar is not None:
                 bar.close()
-        self._compact_bands_if_due()   # once a call: a bulk load's postings are moved once, not every batch
+        if not compacted:   # once a call: a bulk load's postings are moved once, not every batch
+            self._compact_bands_if_due()
         return len(checked)
 
     def _check_item(self, i: int, it, seen: set) -> tuple:
@@ -342,14 +347,17 @@ class Hub:
         self._compact_bands_if_due()
         return entry
 
-    def _compact_bands_if_due(self) -> None:
+    def _compact_bands_if_due(self) -> bool:
         """Compact the band postings (engine/band_blocks.py) once the postings added since the last
         compaction outgrow ``1 / COMPACT_SHARE`` of those compacted (and ``COMPACT_MIN``), at most
         ``AUTO_STEPS`` chunks of ``COMPACT_CHUNK`` postings a call (the next add carries on: the first
         add after upgrading a large hub does not move its whole index). It runs after the add has
         committed, so a failure (a damaged block, a full disk) is logged, not raised -- a retry of the
         add would meet EntryExistsError -- and the next add or ``hub.compact()`` tries again; Ctrl-C
-        is re-raised, the entries added."""
+        is re-raised, the entries committed before it added. Returns whether it was due (and tried).
+        ``add_sketches`` runs it after the first batch past which it is due while the workers prepare
+        the next batch, else at the end of the call: its one core's work then overlaps theirs."""
+        due = False
         try:
             with self.store.read() as txn:
                 due = _blocks.due(txn)
@@ -360,9 +368,10 @@ class Hub:
                         "searches read them uncompacted: the next add or hub.compact() retries", self.path,
                         type(e).__name__, e)
         except KeyboardInterrupt:
-            log.warning("hub at %s: interrupted while compacting the band postings; the entries were added",
-                        self.path)
+            log.warning("hub at %s: interrupted while compacting the band postings; the entries committed before "
+                        "were added", self.path)
             raise
+        return due
 
     def _writer(self, name: str, sketch: Sketch, metadata: dict, fleet: list | None, embedding=None,
                 probed=None, spaces: dict | None = None):

@@ -332,6 +332,37 @@ def test_add_compacts_past_its_threshold_and_answers_stay(tmp_path, rng, monkeyp
     assert _entry_hits(a) == _entry_hits(b)
 
 
+@pytest.mark.parametrize("processes", [0, 2])
+def test_add_sketches_compacts_once_after_the_first_batch_past_the_threshold(tmp_path, rng, monkeypatch, processes):
+    """A call of several batches compacts once: after the first batch past which it is due while the
+    next batch is prepared (not at the end, on one core), or at the end of a call of one batch; with
+    worker processes or without, the hubs are the same, and the lookups and answers those of a hub
+    never compacted."""
+    from fitsketch import prepare_procs
+
+    if processes and not prepare_procs.fork_ok():
+        pytest.skip("this platform does not fork")
+    items = _sketches(rng, 14)
+    ref = tmp_path / "ref"
+    with fitsketch.open(ref) as hub:
+        monkeypatch.setattr(B, "COMPACT_MIN", 1 << 62)
+        hub.add_sketches(items[:12], batch=3)
+    monkeypatch.setattr(B, "COMPACT_MIN", 1)
+    compact, at = B.compact, []
+    for path, batch in ((tmp_path / "many", 3), (tmp_path / "one", 12)):
+        with fitsketch.open(path) as hub:
+            monkeypatch.setattr(B, "compact", lambda store, **kw: (at.append(len(hub)), compact(store, **kw))[1])
+            at.clear()
+            hub.add_sketches(items[:12], batch=batch, processes=processes)
+            assert at == [min(batch, 12)]            # once, when the first batch (all 12: the end) was in
+            with hub.store.read() as txn:
+                assert B.held(txn) > 0
+    queries = [s for _, s in items[12:]] + [items[0][1]]
+    for path in (tmp_path / "many", tmp_path / "one"):
+        assert _hub_answers(path, queries) == _hub_answers(ref, queries)
+        assert _entry_hits(path) == _entry_hits(ref)
+
+
 def test_cli_compact_bands_only(tmp_path, rng, monkeypatch):
     import json
     import subprocess
