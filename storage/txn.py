@@ -280,12 +280,13 @@ class Txn:
         with self._txn.cursor(db=h) as cur:
             if not cur.set_range(_check_key(start)):
                 return b"", False
+            count, add = cur.count, keys.append
             for key in cur.iternext_nodup(keys=True, values=False):
                 if n >= limit:
                     more = True
                     break
-                keys.append(key)
-                n += cur.count()
+                add(key)
+                n += count()
             if not keys:
                 return b"", False
             if {len(k) for k in keys} != {8}:
@@ -309,12 +310,17 @@ class Txn:
             if not cur.set_range(first):
                 return 0
             dup = db in DUPSORT_DBS
-            while True:
-                k = cur.key()
-                if not k or k > last:   # b"": the cursor ran off the end
-                    return n
-                self._mut(cur.delete, dupdata=dup)   # moves the cursor to the next key
-                n += 1
+            key, delete = cur.key, cur.delete
+            try:   # the loop of ``_mut(cur.delete)``, its checks once (~1/3 of the loop's CPU)
+                while True:
+                    k = key()
+                    if not k or k > last:   # b"": the cursor ran off the end
+                        return n
+                    delete(dupdata=dup)     # moves the cursor to the next key
+                    n += 1
+            except lmdb.MapFullError:
+                self.map_full = True
+                raise
 
     def delete_dup(self, db: str, key: bytes, value8: bytes) -> bool:
         """Remove one record ``value8`` (8 bytes, or 4: ``put_dups(width=4)``) under ``key``; returns whether it existed."""
