@@ -25,7 +25,8 @@ blocks in chunks of key range, each chunk one write transaction that deletes the
 and rewrites the blocks they fall into (runs of adjacent touched blocks are merged and cut again,
 so blocks stay full): a reader sees every posting exactly once before or after a chunk; memory is
 bounded by the chunk (``COMPACT_CHUNK`` delta postings and ``COMPACT_BLOCK_BYTES`` of old blocks),
-never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call) compact once the delta exceeds
+never the whole index. ``Hub.add`` / ``add_sketches`` (at the end of the call; ``add_sketches`` after its first batch
+past the threshold while the next batch is prepared) compact once the delta exceeds
 ``1 / COMPACT_SHARE`` of the postings the blocks hold (and ``COMPACT_MIN``), at most ``AUTO_STEPS``
 chunks a call (an error there is logged: the entries are added); ``Hub.compact()``
 compacts everything. **Removal** (``parts.Bands.delete``) deletes the entry's delta postings
