@@ -504,13 +504,34 @@ def _live(txn, eids: np.ndarray) -> np.ndarray:
     return ok[inv]
 
 
+def _unique_sorted(a: np.ndarray) -> np.ndarray:
+    """``np.unique(a)``, in one pass where ``a`` is already ascending (the delta's keys, read in key order)."""
+    if len(a) > 1 and not np.all(a[1:] >= a[:-1]):
+        return np.unique(a)
+    return a[np.r_[True, a[1:] != a[:-1]]] if len(a) else a
+
+
+def _by_key_and_id(keys: np.ndarray, eids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keys, eids`` ordered by (key, id), as ``np.lexsort((eids, keys))`` orders them. Compaction gives the
+    old blocks' postings (sorted by (key, id)) then the delta's (sorted too, and newer: an add writes
+    its postings to the delta, so a key's delta ids follow its block ids): a stable sort by key alone,
+    which merges the two runs (~1/4 of lexsort's time), orders them by (key, id) whenever that holds
+    -- checked; lexsort where it does not (a hub upgraded from format 5, or damaged)."""
+    order = np.argsort(keys, kind="stable")
+    k, e = keys[order], eids[order]
+    if len(k) > 1 and not np.all((k[1:] != k[:-1]) | (e[1:] >= e[:-1])):
+        order = np.lexsort((eids, keys))
+        k, e = keys[order], eids[order]
+    return k, e
+
+
 def _compact_step(txn, start: int, chunk: int) -> int | None:
     """Move the delta's postings from key ``start`` (about ``chunk``, whole keys) into the blocks;
     returns the key to continue from, or None when the delta holds nothing from ``start``."""
     dk, de, more = _take_delta(txn, start, chunk)
     if not len(dk):
         return None
-    uq = np.unique(dk)
+    uq = _unique_sorted(dk)
     # the blocks the delta keys fall into, in runs of adjacent blocks: [[(bkey, last, raw)], ...] with
     # the delta keys of each run; keys above every block join the last block
     runs, run_keys, i, old_bytes, prev_last = [], [], 0, 0, None
@@ -563,9 +584,7 @@ def _compact_step(txn, start: int, chunk: int) -> int | None:
             ks.append(kk[live])
             es.append(e[live])
             txn.delete(DB, bkey)
-        keys, eids = np.concatenate(ks), np.concatenate(es)
-        order = np.lexsort((eids, keys))
-        keys, eids = keys[order], eids[order]
+        keys, eids = _by_key_and_id(np.concatenate(ks[1:] + ks[:1]), np.concatenate(es[1:] + es[:1]))
         keep = np.r_[True, (keys[1:] != keys[:-1]) | (eids[1:] != eids[:-1])]
         keys, eids = keys[keep], eids[keep]
         moved_held += len(keys)

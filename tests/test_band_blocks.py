@@ -363,6 +363,34 @@ def test_add_sketches_compacts_once_after_the_first_batch_past_the_threshold(tmp
         assert _entry_hits(path) == _entry_hits(ref)
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1001])
+def test_compactions_sort_and_unique_equal_numpys(rng, n):
+    """``_by_key_and_id`` orders (key, id) pairs as ``np.lexsort`` does and ``_unique_sorted`` gives
+    ``np.unique``: on the runs compaction gives (old blocks' postings, then the newer delta's: the stable
+    sort by key alone), on runs whose ids break that (a delta id older than a block id: lexsort's
+    fallback), and on unsorted input; equal keys, equal pairs and keys near 2**64 included."""
+    pool = np.concatenate([rng.integers(0, 1 << 63, 8, dtype=np.uint64) * np.uint64(2),
+                           np.array([0, (1 << 64) - 1], np.uint64)])
+    for trial in range(20):
+        nb = int(rng.integers(0, n + 1))
+        keys = rng.choice(pool, n)
+        eids = rng.integers(0, 50, n).astype(np.int64)
+        if trial % 4 != 3:   # two (key, id)-sorted runs; the second newer unless trial % 4 == 2
+            eids[nb:] += 0 if trial % 4 == 2 else 50
+            for a, b in ((0, nb), (nb, n)):
+                o = np.lexsort((eids[a:b], keys[a:b]))
+                keys[a:b], eids[a:b] = keys[a:b][o], eids[a:b][o]
+        o = np.lexsort((eids, keys))
+        k, e = B._by_key_and_id(keys, eids)
+        np.testing.assert_array_equal(k, keys[o])
+        np.testing.assert_array_equal(e, eids[o])
+        assert k.dtype == keys.dtype and e.dtype == eids.dtype
+        for a in (keys, keys[o], np.sort(keys)):
+            u = B._unique_sorted(a)
+            np.testing.assert_array_equal(u, np.unique(a))
+            assert u.dtype == a.dtype
+
+
 def test_cli_compact_bands_only(tmp_path, rng, monkeypatch):
     import json
     import subprocess
